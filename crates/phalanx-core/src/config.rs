@@ -1,0 +1,537 @@
+//! The desired configuration of a cluster: one TOML file, parsed with spans so that every
+//! problem is reported as `FILE:LINE:COL: severity: message`, and validated as a whole (all
+//! problems at once, not just the first). Pure: the caller reads the file and passes its text.
+
+use crate::quorum::{NoQuorumPolicy, MAX_VOTERS};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::Duration;
+use toml::Spanned;
+
+/// The port a node's API listens on when its `api` is not given (on its first link's address).
+pub const DEFAULT_API_PORT: u16 = 7480;
+/// Allowed heartbeat intervals.
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
+pub const MAX_HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// Whether lost nodes must be fenced before recovery (acted on once fencing exists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Fencing {
+    #[default]
+    Required,
+    Watchdog,
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    pub name: String,
+    #[serde(with = "duration_ms")]
+    pub heartbeat_interval: Duration,
+    pub dead_after: u32,
+    pub no_quorum_policy: NoQuorumPolicy,
+    /// Path of the cluster key, relative to the config file's folder unless absolute.
+    pub key_file: String,
+    pub fencing: Fencing,
+}
+
+impl ClusterConfig {
+    /// Silence after which a link (and, when all links are silent, a node) is declared down.
+    pub fn detection_time(&self) -> Duration {
+        self.heartbeat_interval * self.dead_after
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeConfig {
+    pub name: String,
+    pub links: Vec<SocketAddr>,
+    pub api: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WitnessConfig {
+    pub address: SocketAddr,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    pub cluster: ClusterConfig,
+    pub nodes: Vec<NodeConfig>,
+    pub witness: Option<WitnessConfig>,
+}
+
+impl Config {
+    pub fn node(&self, name: &str) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+/// One problem found in a config file, located by 1-based line and column (in characters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub line: usize,
+    pub col: usize,
+    pub span: Range<usize>,
+    pub message: String,
+}
+
+impl Diagnostic {
+    /// `FILE:LINE:COL: error: message`, the form editors and CI annotate.
+    pub fn render(&self, file: &str) -> String {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        format!("{file}:{}:{}: {sev}: {}", self.line, self.col, self.message)
+    }
+}
+
+/// The result of checking a config: the config when there are no errors, and every diagnostic.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub config: Option<Config>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Checked {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
+    }
+}
+
+/// The error of [`parse`]: every error found, in file order.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{} error(s) in the config, first: {}", .0.len(), .0.first().map(|d| d.message.as_str()).unwrap_or(""))]
+pub struct ConfigError(pub Vec<Diagnostic>);
+
+impl ConfigError {
+    pub fn render(&self, file: &str) -> String {
+        self.0.iter().map(|d| d.render(file)).collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// Parse and validate; errors only (warnings dropped).
+pub fn parse(source: &str) -> Result<Config, ConfigError> {
+    let checked = check(source);
+    match checked.config {
+        Some(c) if !checked.has_errors() => Ok(c),
+        _ => Err(ConfigError(
+            checked
+                .diagnostics
+                .into_iter()
+                .filter(|d| d.severity == Severity::Error)
+                .collect(),
+        )),
+    }
+}
+
+// ---- raw, spanned form -------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    cluster: Option<Spanned<RawCluster>>,
+    #[serde(default)]
+    node: Vec<Spanned<RawNode>>,
+    witness: Option<Spanned<RawWitness>>,
+    // Sections of later features: accepted so a full config checks today, warned about.
+    #[serde(default)]
+    fence_device: Vec<Spanned<toml::Table>>,
+    #[serde(default)]
+    resource: Vec<Spanned<toml::Table>>,
+    #[serde(default)]
+    group: Vec<Spanned<toml::Table>>,
+    #[serde(default)]
+    clone: Vec<Spanned<toml::Table>>,
+    #[serde(default)]
+    constraint: Vec<Spanned<toml::Table>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: Option<Spanned<String>>,
+    heartbeat_interval: Option<Spanned<String>>,
+    dead_after: Option<Spanned<i64>>,
+    no_quorum_policy: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
+    fencing: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Option<Spanned<String>>,
+    links: Option<Spanned<Vec<Spanned<String>>>>,
+    api: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWitness {
+    address: Spanned<String>,
+}
+
+struct Checker<'a> {
+    source: &'a str,
+    diags: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn push(&mut self, severity: Severity, span: Range<usize>, message: String) {
+        let (line, col) = line_col(self.source, span.start);
+        self.diags.push(Diagnostic {
+            severity,
+            line,
+            col,
+            span,
+            message,
+        });
+    }
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.push(Severity::Error, span, message.into());
+    }
+    fn warn(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.push(Severity::Warning, span, message.into());
+    }
+}
+
+/// 1-based (line, column in characters) of byte offset `at` in `source`.
+pub fn line_col(source: &str, at: usize) -> (usize, usize) {
+    let at = at.min(source.len());
+    let mut at = at;
+    while !source.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &source[..at];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    (line, source[line_start..at].chars().count() + 1)
+}
+
+/// Parse and validate `source`, collecting every problem.
+pub fn check(source: &str) -> Checked {
+    let mut c = Checker {
+        source,
+        diags: Vec::new(),
+    };
+    let raw: RawConfig = match toml::from_str(source) {
+        Ok(r) => r,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            let msg = e.message().trim().to_string();
+            c.error(span, msg);
+            return Checked {
+                config: None,
+                diagnostics: c.diags,
+            };
+        }
+    };
+    let config = validate(&mut c, raw);
+    c.diags.sort_by_key(|d| (d.span.start, std::cmp::Reverse(d.severity)));
+    let has_errors = c.diags.iter().any(|d| d.severity == Severity::Error);
+    Checked {
+        config: if has_errors { None } else { config },
+        diagnostics: c.diags,
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.')
+}
+
+fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
+    let Some(cluster) = raw.cluster else {
+        c.error(0..0, "missing [cluster] section (it needs at least `name`)");
+        return None;
+    };
+    let cluster_span = cluster.span();
+    let cl = cluster.into_inner();
+
+    let name = match cl.name {
+        Some(n) if valid_name(n.get_ref()) => n.into_inner(),
+        Some(n) => {
+            c.error(n.span(), format!("cluster name {:?} must be 1-63 characters of A-Z a-z 0-9 - _ .", n.get_ref()));
+            String::new()
+        }
+        None => {
+            c.error(cluster_span.clone(), "[cluster] needs a `name`");
+            String::new()
+        }
+    };
+
+    let heartbeat_interval = match &cl.heartbeat_interval {
+        None => Duration::from_millis(100),
+        Some(s) => match parse_duration(s.get_ref()) {
+            Ok(d) if (MIN_HEARTBEAT..=MAX_HEARTBEAT).contains(&d) => d,
+            Ok(d) => {
+                c.error(
+                    s.span(),
+                    format!("heartbeat_interval {} is outside the allowed 10ms..10s", format_duration(d)),
+                );
+                Duration::from_millis(100)
+            }
+            Err(e) => {
+                c.error(s.span(), format!("heartbeat_interval: {e}"));
+                Duration::from_millis(100)
+            }
+        },
+    };
+
+    let dead_after = match &cl.dead_after {
+        None => 3,
+        Some(d) if (1..=100).contains(d.get_ref()) => *d.get_ref() as u32,
+        Some(d) => {
+            c.error(d.span(), format!("dead_after must be a whole number of heartbeats from 1 to 100, not {}", d.get_ref()));
+            3
+        }
+    };
+
+    let no_quorum_policy = match &cl.no_quorum_policy {
+        None => NoQuorumPolicy::default(),
+        Some(s) => match s.get_ref().as_str() {
+            "stop" => NoQuorumPolicy::Stop,
+            "freeze" => NoQuorumPolicy::Freeze,
+            "demote" => NoQuorumPolicy::Demote,
+            "ignore" => NoQuorumPolicy::Ignore,
+            other => {
+                c.error(s.span(), format!("no_quorum_policy {other:?} is not one of stop, freeze, demote, ignore"));
+                NoQuorumPolicy::default()
+            }
+        },
+    };
+
+    let fencing = match &cl.fencing {
+        None => Fencing::default(),
+        Some(s) => match s.get_ref().as_str() {
+            "required" => Fencing::Required,
+            "watchdog" => Fencing::Watchdog,
+            "off" => {
+                c.warn(s.span(), "fencing = \"off\": a lost node's services may be started elsewhere while it still runs them (split-brain)");
+                Fencing::Off
+            }
+            other => {
+                c.error(s.span(), format!("fencing {other:?} is not one of required, watchdog, off"));
+                Fencing::default()
+            }
+        },
+    };
+
+    let key_file = match cl.key_file {
+        Some(k) if k.get_ref().is_empty() => {
+            c.error(k.span(), "key_file is empty");
+            String::new()
+        }
+        Some(k) => k.into_inner(),
+        None => "phalanx.key".to_string(),
+    };
+
+    // ---- nodes ----
+    if raw.node.is_empty() {
+        c.error(cluster_span.clone(), "no [[node]] is defined: a cluster needs at least one node");
+    }
+    let mut names: BTreeMap<String, usize> = BTreeMap::new();
+    let mut addrs: BTreeMap<SocketAddr, (String, usize)> = BTreeMap::new();
+    let mut nodes = Vec::new();
+    for node in raw.node {
+        let node_span = node.span();
+        let rn = node.into_inner();
+        let name = match &rn.name {
+            None => {
+                c.error(node_span.clone(), "[[node]] needs a `name`");
+                continue;
+            }
+            Some(n) if !valid_name(n.get_ref()) => {
+                c.error(n.span(), format!("node name {:?} must be 1-63 characters of A-Z a-z 0-9 - _ .", n.get_ref()));
+                continue;
+            }
+            Some(n) => {
+                if let Some(first) = names.get(n.get_ref()) {
+                    let (line, _) = line_col(c.source, *first);
+                    c.error(n.span(), format!("duplicate node name {:?} (first defined on line {line})", n.get_ref()));
+                    continue;
+                }
+                names.insert(n.get_ref().clone(), n.span().start);
+                n.get_ref().clone()
+            }
+        };
+        let mut claim = |c: &mut Checker, addr: SocketAddr, span: Range<usize>, what: &str| {
+            if let Some((owner, at)) = addrs.get(&addr) {
+                let (line, _) = line_col(c.source, *at);
+                c.error(span, format!("{what} address {addr} is already used by node {owner} (line {line})"));
+            } else {
+                addrs.insert(addr, (name.clone(), span.start));
+            }
+        };
+        let mut links = Vec::new();
+        match &rn.links {
+            None => c.error(node_span.clone(), format!("node {name} has no `links`: it needs at least one heartbeat link address (\"IP:PORT\")")),
+            Some(l) if l.get_ref().is_empty() => c.error(l.span(), format!("node {name} has an empty `links` list: it needs at least one heartbeat link address")),
+            Some(l) => {
+                for link in l.get_ref() {
+                    match link.get_ref().parse::<SocketAddr>() {
+                        Ok(a) if a.port() == 0 => c.error(link.span(), format!("link address {} needs a port other than 0", link.get_ref())),
+                        Ok(a) => {
+                            claim(c, a, link.span(), "link");
+                            links.push(a);
+                        }
+                        Err(_) => c.error(link.span(), format!("link {:?} is not an IP:PORT address (e.g. \"10.0.0.1:7400\" or \"[fd00::1]:7400\")", link.get_ref())),
+                    }
+                }
+            }
+        }
+        let api = match &rn.api {
+            Some(a) => match a.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => {
+                    claim(c, addr, a.span(), "api");
+                    Some(addr)
+                }
+                Err(_) => {
+                    c.error(a.span(), format!("api {:?} is not an IP:PORT address", a.get_ref()));
+                    None
+                }
+            },
+            None => links.first().map(|l| {
+                let addr = SocketAddr::new(l.ip(), DEFAULT_API_PORT);
+                claim(c, addr, node_span.clone(), "default api");
+                addr
+            }),
+        };
+        if let Some(api) = api {
+            if !links.is_empty() {
+                nodes.push(NodeConfig { name, links, api });
+            }
+        }
+    }
+
+    let witness = raw.witness.and_then(|w| {
+        let a = &w.get_ref().address;
+        match a.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => Some(WitnessConfig { address: addr }),
+            Err(_) => {
+                c.error(a.span(), format!("witness address {:?} is not an IP:PORT address", a.get_ref()));
+                None
+            }
+        }
+    });
+
+    if names.len() == 2 && witness.is_none() {
+        c.warn(
+            cluster_span.clone(),
+            "a two-node cluster without a [witness]: if the link between the nodes breaks, neither side holds a majority (2 of 2 votes needed), so both apply no_quorum_policy and the service stops; add a [witness] or a third node",
+        );
+    }
+    if names.len() > MAX_VOTERS {
+        c.warn(
+            cluster_span.clone(),
+            format!("{} nodes: only {MAX_VOTERS} vote in Raft, the others join as non-voting members", names.len()),
+        );
+    }
+    for (section, items) in [
+        ("fence_device", &raw.fence_device),
+        ("resource", &raw.resource),
+        ("group", &raw.group),
+        ("clone", &raw.clone),
+        ("constraint", &raw.constraint),
+    ] {
+        if let Some(first) = items.first() {
+            c.warn(first.span(), format!("[[{section}]] is accepted but not acted on by this version of phalanx yet"));
+        }
+    }
+
+    Some(Config {
+        cluster: ClusterConfig {
+            name,
+            heartbeat_interval,
+            dead_after,
+            no_quorum_policy,
+            key_file,
+            fencing,
+        },
+        nodes,
+        witness,
+    })
+}
+
+// ---- durations -----------------------------------------------------------------------------
+
+/// Why a duration string was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a duration: write a number and a unit, e.g. \"100ms\", \"2s\", \"1.5s\", \"5m\", \"1h\"")]
+pub struct DurationError(pub String);
+
+/// Parse "100ms", "2s", "1.5s", "5m", "1h" (also "us"). A bare number is refused: the unit
+/// is what makes a config readable.
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
+    let err = || DurationError(s.to_string());
+    let t = s.trim();
+    let split = t.find(|ch: char| !(ch.is_ascii_digit() || ch == '.')).ok_or_else(err)?;
+    let (num, unit) = t.split_at(split);
+    if num.is_empty() || num.starts_with('.') || num.ends_with('.') || num.matches('.').count() > 1 {
+        return Err(err());
+    }
+    let factor_ns: f64 = match unit.trim() {
+        "us" | "µs" => 1e3,
+        "ms" => 1e6,
+        "s" => 1e9,
+        "m" | "min" => 60e9,
+        "h" => 3600e9,
+        _ => return Err(err()),
+    };
+    let v: f64 = num.parse().map_err(|_| err())?;
+    let ns = v * factor_ns;
+    if !ns.is_finite() || ns > 1e18 {
+        return Err(err());
+    }
+    Ok(Duration::from_nanos(ns.round() as u64))
+}
+
+/// Format a duration the way configs write them ("100ms", "2s", "1.5s").
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        format!("{}us", d.as_micros())
+    } else if ms % 1000 == 0 && ms > 0 {
+        format!("{}s", ms / 1000)
+    } else if ms >= 1000 {
+        format!("{}s", d.as_secs_f64())
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+impl fmt::Display for Fencing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Fencing::Required => "required",
+            Fencing::Watchdog => "watchdog",
+            Fencing::Off => "off",
+        })
+    }
+}
+
+mod duration_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}

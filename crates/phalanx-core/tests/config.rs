@@ -1,0 +1,236 @@
+//! Config validation: one test per kind of problem, each checking the reported line and column.
+
+use phalanx_core::config::{check, format_duration, parse, parse_duration, Severity};
+use std::time::Duration;
+
+const GOOD: &str = r#"[cluster]
+name = "shop"
+heartbeat_interval = "100ms"
+dead_after = 3
+no_quorum_policy = "stop"
+
+[[node]]
+name = "n1"
+links = ["127.0.0.1:7401", "127.0.1.1:7401"]
+api = "127.0.0.1:8401"
+
+[[node]]
+name = "n2"
+links = ["127.0.0.1:7402", "127.0.1.1:7402"]
+
+[[node]]
+name = "n3"
+links = ["127.0.0.1:7403", "127.0.1.1:7403"]
+api = "127.0.0.1:8403"
+"#;
+
+/// The single error of `src` as (line, col, message).
+fn one_error(src: &str) -> (usize, usize, String) {
+    let c = check(src);
+    let errs: Vec<_> = c.diagnostics.iter().filter(|d| d.severity == Severity::Error).collect();
+    assert_eq!(errs.len(), 1, "expected one error, got {:#?}", c.diagnostics);
+    assert!(c.config.is_none());
+    (errs[0].line, errs[0].col, errs[0].message.clone())
+}
+
+#[test]
+fn a_good_config_parses_with_defaults() {
+    let c = check(GOOD);
+    assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
+    let cfg = c.config.unwrap();
+    assert_eq!(cfg.cluster.name, "shop");
+    assert_eq!(cfg.cluster.heartbeat_interval, Duration::from_millis(100));
+    assert_eq!(cfg.cluster.detection_time(), Duration::from_millis(300));
+    assert_eq!(cfg.cluster.key_file, "phalanx.key");
+    assert_eq!(cfg.nodes.len(), 3);
+    assert_eq!(cfg.nodes[1].api.to_string(), "127.0.0.1:7480", "default api port on the first link's IP");
+    assert_eq!(cfg.nodes[0].links.len(), 2);
+}
+
+#[test]
+fn syntax_error_is_located() {
+    let src = "[cluster]\nname = \"shop\nheartbeat_interval = \"100ms\"\n";
+    let (line, col, msg) = one_error(src);
+    assert_eq!(line, 2, "{msg}");
+    assert!(col >= 8, "col {col}: {msg}");
+}
+
+#[test]
+fn unknown_key_is_located() {
+    let src = GOOD.replace("dead_after = 3", "dead_after = 3\nheartbeat_intervall = \"1s\"");
+    let (line, col, msg) = one_error(&src);
+    assert_eq!((line, col), (5, 1), "{msg}");
+    assert!(msg.contains("heartbeat_intervall"), "{msg}");
+}
+
+#[test]
+fn unknown_key_in_a_node_is_located() {
+    let src = GOOD.replace("api = \"127.0.0.1:8403\"", "adress = \"x\"");
+    let (line, col, msg) = one_error(&src);
+    assert_eq!((line, col), (19, 1), "{msg}");
+    assert!(msg.contains("adress"), "{msg}");
+}
+
+#[test]
+fn duplicate_node_name() {
+    let src = GOOD.replace("name = \"n3\"", "name = \"n1\"");
+    let (line, col, msg) = one_error(&src);
+    assert_eq!((line, col), (17, 8), "{msg}");
+    assert!(msg.contains("duplicate node name \"n1\"") && msg.contains("line 8"), "{msg}");
+}
+
+#[test]
+fn duplicate_link_address() {
+    let src = GOOD.replace("\"127.0.0.1:7403\"", "\"127.0.0.1:7402\"");
+    let (line, col, msg) = one_error(&src);
+    assert_eq!((line, col), (18, 10), "{msg}");
+    assert!(msg.contains("127.0.0.1:7402") && msg.contains("n2"), "{msg}");
+}
+
+#[test]
+fn api_colliding_with_a_link() {
+    let src = GOOD.replace("api = \"127.0.0.1:8403\"", "api = \"127.0.0.1:7401\"");
+    let (line, col, msg) = one_error(&src);
+    assert_eq!((line, col), (19, 7), "{msg}");
+    assert!(msg.contains("n1"), "{msg}");
+}
+
+#[test]
+fn bad_duration() {
+    let src = GOOD.replace("\"100ms\"", "\"100 parsecs\"");
+    let (line, col, msg) = one_error(&src);
+    assert_eq!((line, col), (3, 22), "{msg}");
+    assert!(msg.contains("not a duration"), "{msg}");
+}
+
+#[test]
+fn heartbeat_outside_bounds() {
+    for bad in ["5ms", "11s"] {
+        let src = GOOD.replace("\"100ms\"", &format!("\"{bad}\""));
+        let (line, col, msg) = one_error(&src);
+        assert_eq!((line, col), (3, 22), "{msg}");
+        assert!(msg.contains("outside the allowed 10ms..10s"), "{msg}");
+    }
+    for ok in ["10ms", "10s"] {
+        let src = GOOD.replace("\"100ms\"", &format!("\"{ok}\""));
+        assert!(parse(&src).is_ok(), "{ok} is allowed");
+    }
+}
+
+#[test]
+fn bad_dead_after_and_policy() {
+    let (line, col, _) = one_error(&GOOD.replace("dead_after = 3", "dead_after = 0"));
+    assert_eq!((line, col), (4, 14));
+    let (line, col, msg) = one_error(&GOOD.replace("\"stop\"", "\"panic\""));
+    assert_eq!((line, col), (5, 20));
+    assert!(msg.contains("stop, freeze, demote, ignore"), "{msg}");
+}
+
+#[test]
+fn node_without_links() {
+    let src = GOOD.replace("links = [\"127.0.0.1:7402\", \"127.0.1.1:7402\"]\n", "");
+    let (line, col, msg) = one_error(&src);
+    assert_eq!((line, col), (12, 1), "{msg}");
+    assert!(msg.contains("node n2 has no `links`"), "{msg}");
+    let src = GOOD.replace("links = [\"127.0.0.1:7402\", \"127.0.1.1:7402\"]", "links = []");
+    let (line, col, msg) = one_error(&src);
+    assert_eq!((line, col), (14, 9), "{msg}");
+}
+
+#[test]
+fn bad_link_address() {
+    let src = GOOD.replace("\"127.0.1.1:7402\"", "\"localhost\"");
+    let (line, col, msg) = one_error(&src);
+    assert_eq!((line, col), (14, 28), "{msg}");
+    assert!(msg.contains("not an IP:PORT"), "{msg}");
+}
+
+#[test]
+fn bad_node_name() {
+    let (line, col, msg) = one_error(&GOOD.replace("name = \"n2\"", "name = \"n 2\""));
+    assert_eq!((line, col), (13, 8), "{msg}");
+}
+
+#[test]
+fn missing_cluster_section() {
+    let (line, col, msg) = one_error("[[node]]\nname = \"n1\"\nlinks = [\"127.0.0.1:1\"]\n");
+    assert_eq!((line, col), (1, 1));
+    assert!(msg.contains("[cluster]"), "{msg}");
+}
+
+#[test]
+fn two_nodes_without_witness_is_a_warning_that_explains_the_split() {
+    let two = GOOD.split("[[node]]\nname = \"n3\"").next().unwrap();
+    let c = check(two);
+    assert!(c.config.is_some(), "a warning is not an error: {:?}", c.diagnostics);
+    assert_eq!(c.diagnostics.len(), 1);
+    let d = &c.diagnostics[0];
+    assert_eq!((d.severity, d.line, d.col), (Severity::Warning, 1, 1));
+    assert!(d.message.contains("witness") && d.message.contains("neither side"), "{}", d.message);
+    let with_witness = format!("{two}\n[witness]\naddress = \"127.0.0.1:7499\"\n");
+    assert!(check(&with_witness).diagnostics.is_empty());
+}
+
+#[test]
+fn every_error_is_reported_not_just_the_first() {
+    let src = GOOD
+        .replace("\"100ms\"", "\"fast\"")
+        .replace("name = \"n3\"", "name = \"n1\"")
+        .replace("\"stop\"", "\"nope\"");
+    let c = check(&src);
+    let errors: Vec<_> = c.diagnostics.iter().filter(|d| d.severity == Severity::Error).collect();
+    let lines: Vec<usize> = errors.iter().map(|d| d.line).collect();
+    assert_eq!(lines, vec![3, 5, 17], "{:#?}", c.diagnostics);
+    let rendered = errors[0].render("shop.toml");
+    assert!(rendered.starts_with("shop.toml:3:22: error: "), "{rendered}");
+}
+
+#[test]
+fn later_sections_are_accepted_with_a_warning() {
+    let src = format!("{GOOD}\n[[resource]]\nid = \"web\"\nagent = \"ocf:heartbeat:nginx\"\n");
+    let c = check(&src);
+    assert!(c.config.is_some());
+    assert_eq!(c.diagnostics.len(), 1);
+    assert_eq!(c.diagnostics[0].line, 21);
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+    assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+    assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+    assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+    assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+    for bad in ["", "100", "ms", "1..5s", ".5s", "5.s", "1e3ms", "-1s", "99999999999999h"] {
+        assert!(parse_duration(bad).is_err(), "{bad:?} must be refused");
+    }
+    for d in ["100ms", "2s", "1.5s", "20ms"] {
+        assert_eq!(format_duration(parse_duration(d).unwrap()), d);
+    }
+}
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        /// Arbitrary text never panics the parser, and every diagnostic has a valid position.
+        #[test]
+        fn arbitrary_text_never_panics(src in "\\PC{0,300}") {
+            let c = phalanx_core::config::check(&src);
+            for d in &c.diagnostics {
+                prop_assert!(d.line >= 1 && d.col >= 1);
+            }
+        }
+
+        /// Mutations of a valid config never panic either.
+        #[test]
+        fn mutated_config_never_panics(cut in 0usize..400, insert in "[\\[\\]=\"a-z0-9 .:\\n]{0,12}") {
+            let mut src = super::GOOD.to_string();
+            let mut at = cut.min(src.len());
+            while !src.is_char_boundary(at) { at -= 1; }
+            src.insert_str(at, &insert);
+            let _ = phalanx_core::config::check(&src);
+        }
+    }
+}
