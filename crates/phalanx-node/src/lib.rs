@@ -1,1 +1,15 @@
-//! stub
+//! phalanx-node: all the IO of a phalanx node. The heartbeat mesh (UDP, HMAC-signed), the
+//! openraft glue (redb storage, HTTP transport), the controller that keeps the replicated state
+//! in line with what the node observes, and the HTTP API. The pure decisions live in
+//! `phalanx-core`; this crate only moves bytes, keeps time and persists.
+
+pub mod api;
+pub mod fakenet;
+pub mod key;
+pub mod mesh;
+pub mod metrics;
+pub mod node;
+pub mod raft;
+
+pub use key::ClusterKey;
+pub use node::{Node, NodeError, NodeOptions, StatusReport};

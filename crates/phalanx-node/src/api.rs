@@ -1,0 +1,260 @@
+//! The node's HTTP API (axum): JSON under `/v1/`, Prometheus text at `/metrics`, and Raft RPC
+//! under `/raft/`. Every route needs the cluster's bearer token (401 otherwise); bodies are
+//! parsed by hand so that malformed JSON gets a 400 with serde's reason; one `ApiError` maps to
+//! status codes and never leaks internals beyond a one-line reason.
+
+use crate::key::token_eq;
+use crate::node::{Node, NodeError};
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use phalanx_core::config::DEFAULT_API_PORT;
+use phalanx_core::{Command, Outcome};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        ApiError::Unavailable(e.to_string())
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
+}
+
+fn outcome(o: Outcome) -> Result<Json<Outcome>, ApiError> {
+    match o {
+        Outcome::Rejected(reason) => Err(ApiError::Conflict(reason)),
+        o => Ok(Json(o)),
+    }
+}
+
+/// The router for one node.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/nodes", get(list_nodes).post(add_node))
+        .route("/v1/nodes/{name}", axum::routing::delete(remove_node))
+        .route("/v1/nodes/{name}/standby", post(set_standby))
+        .route("/v1/nodes/{name}/attrs/{key}", put(set_attr).delete(delete_attr))
+        .route("/v1/links/{index}", post(set_link))
+        .route("/v1/write", post(write))
+        .route("/metrics", get(metrics))
+        .route("/raft/{rpc}", post(raft_rpc))
+        .layer(middleware::from_fn_with_state(node.clone(), auth))
+        .with_state(node)
+}
+
+async fn auth(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| token_eq(t, node.token()))
+        .unwrap_or(false);
+    if ok {
+        next.run(req).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+async fn status(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    Json(node.status())
+}
+
+async fn list_nodes(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    Json(node.members().nodes)
+}
+
+/// Body of `POST /v1/nodes`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddNode {
+    pub name: String,
+    pub links: Vec<String>,
+    #[serde(default)]
+    pub api: Option<String>,
+}
+
+async fn add_node(State(node): State<Arc<Node>>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+    let req: AddNode = parse_json(&body)?;
+    if req.name.is_empty() || !req.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(ApiError::BadRequest(format!("node name {:?} must be A-Z a-z 0-9 - _ .", req.name)));
+    }
+    if req.links.is_empty() {
+        return Err(ApiError::BadRequest("a node needs at least one link".into()));
+    }
+    let mut links = Vec::new();
+    for l in &req.links {
+        let a: SocketAddr = l
+            .parse()
+            .map_err(|_| ApiError::BadRequest(format!("link {l:?} is not an IP:PORT address")))?;
+        links.push(a);
+    }
+    let api = match &req.api {
+        Some(a) => a
+            .parse::<SocketAddr>()
+            .map_err(|_| ApiError::BadRequest(format!("api {a:?} is not an IP:PORT address")))?,
+        None => SocketAddr::new(links[0].ip(), DEFAULT_API_PORT),
+    };
+    // The id must be assigned by whoever commits; try locally, and if this node is not the
+    // leader, hand the whole request to the leader.
+    let max_id = node.members().max_node_id;
+    let cmd = Command::AddNode {
+        name: req.name.clone(),
+        id: max_id + 1,
+        links: links.iter().map(|l| l.to_string()).collect(),
+        api: api.to_string(),
+    };
+    if node.raft.metrics().borrow().state != openraft::ServerState::Leader {
+        let leader = node.leader_api().ok_or(ApiError::Unavailable("no leader is known right now".into()))?;
+        return forward(&node, &leader, "/v1/nodes", &req).await;
+    }
+    let o = node.write(cmd).await?;
+    Ok((StatusCode::CREATED, outcome(o)?).into_response())
+}
+
+async fn forward<T: Serialize>(node: &Node, leader: &str, path: &str, body: &T) -> Result<Response, ApiError> {
+    let resp = reqwest::Client::new()
+        .post(format!("http://{leader}{path}"))
+        .bearer_auth(node.token())
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("forwarding to the leader {leader}: {e}")))?;
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let bytes = resp.bytes().await.unwrap_or_default();
+    Ok((status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response())
+}
+
+fn require_member(node: &Node, name: &str) -> Result<(), ApiError> {
+    if node.members().nodes.contains_key(name) {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(format!("no node named {name:?}")))
+    }
+}
+
+async fn remove_node(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Result<Json<Outcome>, ApiError> {
+    require_member(&node, &name)?;
+    outcome(node.write(Command::RemoveNode { name }).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Standby {
+    standby: bool,
+}
+
+async fn set_standby(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Outcome>, ApiError> {
+    let req: Standby = parse_json(&body)?;
+    require_member(&node, &name)?;
+    outcome(node.write(Command::SetStandby { name, standby: req.standby }).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttrValue {
+    value: String,
+}
+
+async fn set_attr(
+    State(node): State<Arc<Node>>,
+    Path((name, key)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<Outcome>, ApiError> {
+    let req: AttrValue = parse_json(&body)?;
+    require_member(&node, &name)?;
+    outcome(node.write(Command::SetAttr { name, key, value: Some(req.value) }).await?)
+}
+
+async fn delete_attr(
+    State(node): State<Arc<Node>>,
+    Path((name, key)): Path<(String, String)>,
+) -> Result<Json<Outcome>, ApiError> {
+    require_member(&node, &name)?;
+    outcome(node.write(Command::SetAttr { name, key, value: None }).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinkAdmin {
+    enabled: bool,
+}
+
+async fn set_link(
+    State(node): State<Arc<Node>>,
+    Path(index): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let req: LinkAdmin = parse_json(&body)?;
+    let i: usize = index
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("link index {index:?} is not a number")))?;
+    if !node.mesh.set_link_enabled(i, req.enabled) {
+        return Err(ApiError::NotFound(format!("this node has no link {i}")));
+    }
+    tracing::warn!(link = i, enabled = req.enabled, "link administratively changed");
+    Ok(Json(serde_json::json!({ "link": i, "enabled": req.enabled })))
+}
+
+async fn write(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<Outcome>, ApiError> {
+    let cmd: Command = parse_json(&body)?;
+    Ok(Json(node.write(cmd).await?))
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+    let text = crate::metrics::render(&node).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
+}
+
+async fn raft_rpc(State(node): State<Arc<Node>>, Path(rpc): Path<String>, body: Bytes) -> Result<Vec<u8>, ApiError> {
+    crate::raft::network::serve_rpc(&node.raft, &rpc, &body)
+        .await
+        .map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// Serve the API on `addr` until the process ends.
+pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    axum::serve(listener, router(node)).await
+}

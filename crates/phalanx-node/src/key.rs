@@ -1,0 +1,114 @@
+//! The cluster key: 32 random bytes kept hex-encoded in a 0600 file beside the config. It signs
+//! heartbeats (HMAC-SHA256) and derives the API bearer token, so one secret file is all a node
+//! needs to join the cluster's traffic.
+
+use ring::hmac;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("reading the cluster key {path}: {source} (create one with `phalanx init`)")]
+    Read { path: String, source: std::io::Error },
+    #[error("the cluster key {path} is not 64+ hex characters (create one with `phalanx init`)")]
+    Malformed { path: String },
+    #[error("writing the cluster key {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+    #[error("{path} already exists; refusing to overwrite a cluster key (remove it first)")]
+    Exists { path: String },
+}
+
+/// The shared secret of a cluster.
+#[derive(Clone)]
+pub struct ClusterKey {
+    bytes: Vec<u8>,
+    hmac: hmac::Key,
+}
+
+impl std::fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterKey(..)")
+    }
+}
+
+impl ClusterKey {
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        ClusterKey {
+            bytes: bytes.to_vec(),
+            hmac: hmac::Key::new(hmac::HMAC_SHA256, bytes),
+        }
+    }
+
+    /// Load a key file (hex, surrounding whitespace ignored).
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: p.clone(), source })?;
+        let bytes = hex::decode(text.trim()).map_err(|_| KeyError::Malformed { path: p.clone() })?;
+        if bytes.len() < 32 {
+            return Err(KeyError::Malformed { path: p });
+        }
+        Ok(Self::from_bytes(&bytes))
+    }
+
+    /// Write a new random key to `path` with mode 0600; never overwrites.
+    pub fn generate(path: &Path) -> Result<Self, KeyError> {
+        use rand::RngCore;
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let p = path.display().to_string();
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| {
+                if source.kind() == std::io::ErrorKind::AlreadyExists {
+                    KeyError::Exists { path: p.clone() }
+                } else {
+                    KeyError::Write { path: p.clone(), source }
+                }
+            })?;
+        writeln!(f, "{}", hex::encode(bytes)).map_err(|source| KeyError::Write { path: p, source })?;
+        Ok(Self::from_bytes(&bytes))
+    }
+
+    pub fn sign(&self, data: &[u8]) -> hmac::Tag {
+        hmac::sign(&self.hmac, data)
+    }
+
+    /// Constant-time check of a tag.
+    pub fn verify(&self, data: &[u8], tag: &[u8]) -> bool {
+        hmac::verify(&self.hmac, data, tag).is_ok()
+    }
+
+    /// The API bearer token: HMAC(key, "phalanx api token v1"), hex.
+    pub fn api_token(&self) -> String {
+        hex::encode(hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &self.bytes), b"phalanx api token v1"))
+    }
+}
+
+/// Constant-time comparison of two tokens.
+pub fn token_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generate_load_and_refuse_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        let k = ClusterKey::generate(&p).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        let l = ClusterKey::load(&p).unwrap();
+        assert_eq!(k.api_token(), l.api_token());
+        assert!(matches!(ClusterKey::generate(&p), Err(KeyError::Exists { .. })));
+        std::fs::write(dir.path().join("bad"), "zz").unwrap();
+        assert!(matches!(ClusterKey::load(&dir.path().join("bad")), Err(KeyError::Malformed { .. })));
+        assert!(token_eq("abc", "abc") && !token_eq("abc", "abd") && !token_eq("abc", "ab"));
+    }
+}

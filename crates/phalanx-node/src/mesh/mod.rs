@@ -1,0 +1,502 @@
+//! The heartbeat mesh (knet-like): every `heartbeat_interval` this node sends a signed datagram
+//! to every peer on every link; incoming datagrams are authenticated, checked against replay and
+//! fed to the pure failure detector. IO sits behind two narrow seams, `DatagramOut` for sending
+//! and an mpsc channel of `Inbound` for receiving, so the same mesh runs over UDP sockets or the
+//! in-process fake network. Links can be administratively disabled (both directions), which is
+//! how an operator takes a NIC out of service and how tests cut one link on loopback.
+
+pub mod wire;
+
+use crate::key::ClusterKey;
+use phalanx_core::liveness::{Detector, LivenessEvent, PeerView};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+/// A datagram that arrived on one of our links.
+#[derive(Debug)]
+pub struct Inbound {
+    pub link: usize,
+    pub from: SocketAddr,
+    pub data: Vec<u8>,
+}
+
+/// How datagrams leave this node. Implementations never block and never fail loudly: a lost
+/// heartbeat is what the detector exists for.
+pub trait DatagramOut: Send + Sync + 'static {
+    /// Send `data` from our link `link` to `to`. Returns false if it could not be sent.
+    fn send(&self, link: usize, to: SocketAddr, data: &[u8]) -> bool;
+}
+
+/// Static settings of the mesh.
+#[derive(Debug, Clone)]
+pub struct MeshSettings {
+    pub cluster: String,
+    pub me: String,
+    pub links: Vec<SocketAddr>,
+    pub interval: Duration,
+    pub dead_after: u32,
+    pub incarnation: u64,
+    pub key: ClusterKey,
+}
+
+/// Counters of the mesh, exported in status and metrics.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct MeshStats {
+    pub sent: u64,
+    pub send_errors: u64,
+    pub received: u64,
+    pub dropped_malformed: u64,
+    pub dropped_auth: u64,
+    pub dropped_replay: u64,
+    pub dropped_unknown_sender: u64,
+    pub dropped_other_cluster: u64,
+    pub dropped_link_disabled: u64,
+}
+
+/// What status shows of one link of a peer.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LinkStatus {
+    pub index: usize,
+    pub address: String,
+    pub up: bool,
+    /// Milliseconds since the last heartbeat on this link (None: never heard).
+    pub last_heartbeat_ms_ago: Option<u64>,
+}
+
+/// What status shows of one peer, as this node sees it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub alive: bool,
+    pub links: Vec<LinkStatus>,
+    pub last_heartbeat_ms_ago: Option<u64>,
+    /// Wall-clock ms when this node last changed its verdict on the peer.
+    pub changed_at_unix_ms: Option<u64>,
+}
+
+struct MeshState {
+    detector: Detector,
+    peers: BTreeMap<String, Vec<SocketAddr>>,
+    /// (sender, link) → highest (incarnation, seq) accepted.
+    replay: BTreeMap<(String, u8), (u64, u64)>,
+    changed_at: BTreeMap<String, u64>,
+    disabled_links: BTreeSet<usize>,
+    stats: MeshStats,
+    seq: u64,
+}
+
+/// A handle on the running mesh; cheap to clone.
+#[derive(Clone)]
+pub struct Mesh {
+    settings: Arc<MeshSettings>,
+    state: Arc<Mutex<MeshState>>,
+    start: Instant,
+    changed: Arc<Notify>,
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Mesh {
+    pub fn new(settings: MeshSettings) -> Self {
+        let detector = Detector::new(settings.interval, settings.dead_after);
+        Mesh {
+            settings: Arc::new(settings),
+            state: Arc::new(Mutex::new(MeshState {
+                detector,
+                peers: BTreeMap::new(),
+                replay: BTreeMap::new(),
+                changed_at: BTreeMap::new(),
+                disabled_links: BTreeSet::new(),
+                stats: MeshStats::default(),
+                seq: 0,
+            })),
+            start: Instant::now(),
+            changed: Arc::new(Notify::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MeshState> {
+        // A panic while holding this lock is a bug elsewhere; the detector state is still
+        // consistent (every method leaves it so), so recover the guard rather than cascade.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    pub fn settings(&self) -> &MeshSettings {
+        &self.settings
+    }
+
+    /// Notified whenever a peer's verdict changes.
+    pub fn changed(&self) -> Arc<Notify> {
+        self.changed.clone()
+    }
+
+    /// Replace the peer set (names → link addresses); `me` is ignored if present.
+    pub fn set_peers(&self, peers: BTreeMap<String, Vec<SocketAddr>>) {
+        let mut st = self.lock();
+        let peers: BTreeMap<_, _> = peers.into_iter().filter(|(n, _)| *n != self.settings.me).collect();
+        if st.peers == peers {
+            return;
+        }
+        let gone: Vec<String> = st.peers.keys().filter(|n| !peers.contains_key(*n)).cloned().collect();
+        for n in gone {
+            st.detector.remove_peer(&n);
+            st.changed_at.remove(&n);
+        }
+        for (n, links) in &peers {
+            st.detector.set_peer(n, links.len());
+        }
+        st.peers = peers;
+    }
+
+    /// Administratively enable or disable one of our links (stop sending, ignore receiving).
+    pub fn set_link_enabled(&self, link: usize, enabled: bool) -> bool {
+        if link >= self.settings.links.len() {
+            return false;
+        }
+        let mut st = self.lock();
+        if enabled {
+            st.disabled_links.remove(&link);
+        } else {
+            st.disabled_links.insert(link);
+        }
+        true
+    }
+
+    pub fn disabled_links(&self) -> BTreeSet<usize> {
+        self.lock().disabled_links.clone()
+    }
+
+    pub fn stats(&self) -> MeshStats {
+        self.lock().stats.clone()
+    }
+
+    pub fn alive_peers(&self) -> BTreeSet<String> {
+        self.lock().detector.alive_peers().map(str::to_string).collect()
+    }
+
+    /// Each peer's view, with ages relative to now.
+    pub fn peers(&self) -> BTreeMap<String, PeerStatus> {
+        let now = self.now();
+        let st = self.lock();
+        let age = |t: Option<Duration>| t.map(|t| now.saturating_sub(t).as_millis() as u64);
+        st.detector
+            .peers()
+            .iter()
+            .map(|(name, p): (&String, &PeerView)| {
+                let addrs = st.peers.get(name);
+                let links = p
+                    .links
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| LinkStatus {
+                        index: i,
+                        address: addrs.and_then(|a| a.get(i)).map(|a| a.to_string()).unwrap_or_default(),
+                        up: l.up,
+                        last_heartbeat_ms_ago: age(l.last_heard),
+                    })
+                    .collect::<Vec<_>>();
+                let last = links.iter().filter_map(|l| l.last_heartbeat_ms_ago).min();
+                (
+                    name.clone(),
+                    PeerStatus {
+                        alive: p.alive,
+                        links,
+                        last_heartbeat_ms_ago: last,
+                        changed_at_unix_ms: st.changed_at.get(name).copied(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Run the mesh until the inbound channel closes: send heartbeats every interval, tick the
+    /// detector often enough for ~interval/10 precision, and take in datagrams.
+    pub async fn run(self, out: Arc<dyn DatagramOut>, mut inbound: mpsc::Receiver<Inbound>) {
+        let mut beat = tokio::time::interval(self.settings.interval);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let tick_every = (self.settings.interval / 10).clamp(Duration::from_millis(1), Duration::from_millis(10));
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = beat.tick() => self.send_heartbeats(out.as_ref()),
+                _ = tick.tick() => {
+                    let events = { let now = self.now(); self.lock().detector.tick(now) };
+                    self.handle_events(events);
+                }
+                msg = inbound.recv() => match msg {
+                    Some(m) => self.receive(m),
+                    None => return,
+                },
+            }
+        }
+    }
+
+    fn send_heartbeats(&self, out: &dyn DatagramOut) {
+        let mut st = self.lock();
+        st.seq += 1;
+        let seq = st.seq;
+        let mut sent = 0;
+        let mut errors = 0;
+        for (i, _) in self.settings.links.iter().enumerate() {
+            if st.disabled_links.contains(&i) {
+                continue;
+            }
+            let data = wire::encode(
+                &wire::Heartbeat {
+                    cluster: self.settings.cluster.clone(),
+                    sender: self.settings.me.clone(),
+                    link: i as u8,
+                    incarnation: self.settings.incarnation,
+                    seq,
+                },
+                &self.settings.key,
+            );
+            for addrs in st.peers.values() {
+                if let Some(to) = addrs.get(i) {
+                    if out.send(i, *to, &data) {
+                        sent += 1;
+                    } else {
+                        errors += 1;
+                    }
+                }
+            }
+        }
+        st.stats.sent += sent;
+        st.stats.send_errors += errors;
+    }
+
+    /// Take in one datagram. Never panics on any input; every drop is counted by reason.
+    pub fn receive(&self, m: Inbound) {
+        let now = self.now();
+        let events = {
+            let mut st = self.lock();
+            if st.disabled_links.contains(&m.link) {
+                st.stats.dropped_link_disabled += 1;
+                return;
+            }
+            let hb = match wire::decode(&m.data, &self.settings.key) {
+                Ok(hb) => hb,
+                Err(wire::WireError::Auth) => {
+                    st.stats.dropped_auth += 1;
+                    return;
+                }
+                Err(_) => {
+                    st.stats.dropped_malformed += 1;
+                    return;
+                }
+            };
+            if hb.cluster != self.settings.cluster {
+                st.stats.dropped_other_cluster += 1;
+                return;
+            }
+            if usize::from(hb.link) != m.link {
+                st.stats.dropped_malformed += 1;
+                return;
+            }
+            if !st.peers.contains_key(&hb.sender) {
+                st.stats.dropped_unknown_sender += 1;
+                return;
+            }
+            let key = (hb.sender.clone(), hb.link);
+            if let Some(&last) = st.replay.get(&key) {
+                if (hb.incarnation, hb.seq) <= last {
+                    st.stats.dropped_replay += 1;
+                    return;
+                }
+            }
+            st.replay.insert(key, (hb.incarnation, hb.seq));
+            st.stats.received += 1;
+            st.detector.report_heartbeat(&hb.sender, m.link, now)
+        };
+        self.handle_events(events);
+    }
+
+    fn handle_events(&self, events: Vec<LivenessEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let wall = unix_ms();
+        let mut verdict_changed = false;
+        {
+            let mut st = self.lock();
+            for e in &events {
+                match e {
+                    LivenessEvent::NodeAlive { node } | LivenessEvent::NodeDead { node } => {
+                        st.changed_at.insert(node.clone(), wall);
+                        verdict_changed = true;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for e in &events {
+            match e {
+                LivenessEvent::LinkUp { node, link } => tracing::info!(peer = %node, link, "link up"),
+                LivenessEvent::LinkDown { node, link } => tracing::warn!(peer = %node, link, "link down"),
+                LivenessEvent::NodeAlive { node } => tracing::info!(peer = %node, "node alive"),
+                LivenessEvent::NodeDead { node } => tracing::warn!(peer = %node, "node dead: all links silent"),
+            }
+        }
+        if verdict_changed {
+            self.changed.notify_waiters();
+        }
+    }
+}
+
+/// UDP sockets, one per link, as the mesh's transport.
+pub struct UdpOut {
+    sockets: Vec<Arc<tokio::net::UdpSocket>>,
+}
+
+impl DatagramOut for UdpOut {
+    fn send(&self, link: usize, to: SocketAddr, data: &[u8]) -> bool {
+        self.sockets
+            .get(link)
+            .map(|s| s.try_send_to(data, to).is_ok())
+            .unwrap_or(false)
+    }
+}
+
+/// Bind one UDP socket per link and start a receiver task for each.
+pub async fn bind_udp(links: &[SocketAddr]) -> std::io::Result<(Arc<UdpOut>, mpsc::Receiver<Inbound>)> {
+    let (tx, rx) = mpsc::channel(1024);
+    let mut sockets = Vec::new();
+    for (i, addr) in links.iter().enumerate() {
+        let sock = Arc::new(tokio::net::UdpSocket::bind(addr).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("binding heartbeat link {i} on {addr}: {e}"))
+        })?);
+        let rsock = sock.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            loop {
+                match rsock.recv_from(&mut buf).await {
+                    Ok((n, from)) => {
+                        let m = Inbound {
+                            link: i,
+                            from,
+                            data: buf[..n].to_vec(),
+                        };
+                        // A full queue means we are overloaded: dropping a heartbeat is right.
+                        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(m) {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(link = i, error = %e, "heartbeat receive error");
+                    }
+                }
+            }
+        });
+        sockets.push(sock);
+    }
+    Ok((Arc::new(UdpOut { sockets }), rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Sink(Mutex<Vec<(usize, SocketAddr, Vec<u8>)>>);
+    impl DatagramOut for Sink {
+        fn send(&self, link: usize, to: SocketAddr, data: &[u8]) -> bool {
+            self.0.lock().unwrap().push((link, to, data.to_vec()));
+            true
+        }
+    }
+
+    fn settings(me: &str, key: u8) -> MeshSettings {
+        MeshSettings {
+            cluster: "c".into(),
+            me: me.into(),
+            links: vec!["127.0.0.1:1".parse().unwrap(), "127.0.0.2:1".parse().unwrap()],
+            interval: Duration::from_millis(100),
+            dead_after: 3,
+            incarnation: 1,
+            key: ClusterKey::from_bytes(&[key; 32]),
+        }
+    }
+
+    fn peers(names: &[&str]) -> BTreeMap<String, Vec<SocketAddr>> {
+        names
+            .iter()
+            .map(|n| (n.to_string(), vec!["127.0.0.1:2".parse().unwrap(), "127.0.0.2:2".parse().unwrap()]))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn accepts_good_and_counts_every_kind_of_bad() {
+        let a = Mesh::new(settings("a", 1));
+        let b = Mesh::new(settings("b", 1));
+        a.set_peers(peers(&["b"]));
+        b.set_peers(peers(&["a"]));
+        let sink = Sink(Mutex::new(Vec::new()));
+        b.send_heartbeats(&sink);
+        let sent = sink.0.lock().unwrap().clone();
+        assert_eq!(sent.len(), 2, "one datagram per link");
+        let deliver = |i: usize| Inbound {
+            link: sent[i].0,
+            from: sent[i].1,
+            data: sent[i].2.clone(),
+        };
+        a.receive(deliver(0));
+        assert!(a.alive_peers().contains("b"));
+        a.receive(deliver(0)); // replayed
+        a.receive(Inbound { link: 0, from: sent[0].1, data: vec![1, 2, 3] });
+        let mut wrong_link = deliver(1);
+        wrong_link.link = 0;
+        a.receive(wrong_link);
+        // another key
+        let c = Mesh::new(settings("b", 2));
+        c.set_peers(peers(&["a"]));
+        let sink2 = Sink(Mutex::new(Vec::new()));
+        c.send_heartbeats(&sink2);
+        let forged = sink2.0.lock().unwrap()[0].clone();
+        a.receive(Inbound { link: 0, from: forged.1, data: forged.2 });
+        // unknown sender
+        let d = Mesh::new(settings("zz", 1));
+        d.set_peers(peers(&["a"]));
+        let sink3 = Sink(Mutex::new(Vec::new()));
+        d.send_heartbeats(&sink3);
+        let stranger = sink3.0.lock().unwrap()[0].clone();
+        a.receive(Inbound { link: 0, from: stranger.1, data: stranger.2 });
+        // disabled link
+        a.set_link_enabled(1, false);
+        a.receive(deliver(1));
+        let s = a.stats();
+        assert_eq!(
+            (s.received, s.dropped_replay, s.dropped_malformed, s.dropped_auth, s.dropped_unknown_sender, s.dropped_link_disabled),
+            (1, 1, 2, 1, 1, 1)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn disabled_links_send_nothing_and_peers_die_after_silence() {
+        let a = Mesh::new(settings("a", 1));
+        a.set_peers(peers(&["b", "c"]));
+        a.set_link_enabled(0, false);
+        assert!(!a.set_link_enabled(5, false), "no such link");
+        let sink = Sink(Mutex::new(Vec::new()));
+        a.send_heartbeats(&sink);
+        assert!(sink.0.lock().unwrap().iter().all(|(l, _, _)| *l == 1));
+        assert_eq!(sink.0.lock().unwrap().len(), 2);
+        assert!(a.alive_peers().is_empty());
+        let view = a.peers();
+        assert_eq!(view["b"].links.len(), 2);
+        assert_eq!(view["b"].last_heartbeat_ms_ago, None);
+    }
+}

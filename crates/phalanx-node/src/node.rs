@@ -1,0 +1,492 @@
+//! One running phalanx node: it wires the heartbeat mesh, Raft and the replicated state
+//! together and runs the controller. The controller is level-triggered: every heartbeat interval
+//! (and at once when the mesh changes a verdict) the leader compares what it observes with the
+//! replicated state and writes the difference — liveness of each node, Raft membership (learners
+//! for new members, promotion up to seven voters, removal of departed ones).
+
+use crate::key::ClusterKey;
+use crate::mesh::{self, DatagramOut, Inbound, Mesh, MeshSettings, MeshStats, PeerStatus};
+use crate::raft::store::{LogStore, SmData, StateMachine};
+use crate::raft::{raft_config, BasicNode, NodeId, Raft, Request, TypeConfig};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::network::RaftNetworkFactory;
+use openraft::{ChangeMembers, ServerState};
+use phalanx_core::config::Config;
+use phalanx_core::quorum::{self, MAX_VOTERS};
+use phalanx_core::{ClusterState, Command, Liveness, Outcome};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("no leader is known right now (the cluster may have no quorum)")]
+    NoLeader,
+    #[error("forwarding to the leader at {leader}: {error}")]
+    Forward { leader: String, error: String },
+    #[error("storage: {0}")]
+    Store(#[from] crate::raft::store::StoreError),
+}
+
+/// Everything a node needs to start.
+pub struct NodeOptions {
+    pub config: Config,
+    pub name: String,
+    pub id: NodeId,
+    pub links: Vec<SocketAddr>,
+    pub api: SocketAddr,
+    pub key: ClusterKey,
+    /// Listed in the config file: may bootstrap the cluster with the other listed nodes.
+    pub bootstrap: bool,
+}
+
+/// One member as status shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub id: u64,
+    /// online | offline | standby | unknown, as seen by the answering node.
+    pub state: String,
+    pub voter: bool,
+    pub is_self: bool,
+    pub standby: bool,
+    /// As recorded in the replicated state by the leader.
+    pub liveness: Liveness,
+    pub api: String,
+    pub attrs: BTreeMap<String, String>,
+    /// The answering node's view of its heartbeat links to this node (empty for itself).
+    pub links: Vec<mesh::LinkStatus>,
+    pub last_heartbeat_ms_ago: Option<u64>,
+    pub changed_at_unix_ms: Option<u64>,
+}
+
+/// The answer of `/v1/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub cluster: String,
+    pub node: String,
+    pub node_id: u64,
+    pub leader: Option<String>,
+    pub leader_id: Option<u64>,
+    pub term: u64,
+    pub raft_state: String,
+    pub quorum: bool,
+    pub votes: usize,
+    pub votes_needed: usize,
+    pub voters: Vec<String>,
+    pub learners: Vec<String>,
+    /// Wall-clock ms when this node last became leader (None if it never was).
+    pub leader_since_unix_ms: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub last_applied_index: Option<u64>,
+    pub config_version: u64,
+    pub heartbeat_interval_ms: u64,
+    pub dead_after: u32,
+    pub no_quorum_policy: String,
+    pub disabled_links: Vec<usize>,
+    pub nodes: Vec<NodeStatus>,
+    pub mesh: MeshStats,
+}
+
+/// A running node.
+pub struct Node {
+    pub name: String,
+    pub id: NodeId,
+    pub config: Config,
+    pub api: SocketAddr,
+    pub raft: Raft,
+    pub mesh: Mesh,
+    state: Arc<RwLock<SmData>>,
+    token: String,
+    http: reqwest::Client,
+    leader_since: AtomicU64,
+    started: tokio::time::Instant,
+}
+
+impl Node {
+    /// Start Raft, the mesh and the controller. `net` carries Raft RPCs, `out`/`inbound` carry
+    /// heartbeats; the caller serves the API (see `crate::api::router`).
+    pub async fn start<N: RaftNetworkFactory<TypeConfig>>(
+        opts: NodeOptions,
+        db: Arc<redb::Database>,
+        net: N,
+        out: Arc<dyn DatagramOut>,
+        inbound: mpsc::Receiver<Inbound>,
+    ) -> Result<Arc<Node>, NodeError> {
+        let incarnation = crate::raft::store::next_incarnation(&db, mesh::unix_ms())?;
+        let cfg = Arc::new(
+            raft_config(&opts.config.cluster)
+                .validate()
+                .map_err(|e| NodeError::Raft(e.to_string()))?,
+        );
+        let sm = StateMachine::load(db.clone())?;
+        let state = sm.shared();
+        let raft = Raft::new(opts.id, cfg, net, LogStore::new(db), sm)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let mesh = Mesh::new(MeshSettings {
+            cluster: opts.config.cluster.name.clone(),
+            me: opts.name.clone(),
+            links: opts.links.clone(),
+            interval: opts.config.cluster.heartbeat_interval,
+            dead_after: opts.config.cluster.dead_after,
+            incarnation,
+            key: opts.key.clone(),
+        });
+        let node = Arc::new(Node {
+            name: opts.name.clone(),
+            id: opts.id,
+            api: opts.api,
+            raft,
+            mesh: mesh.clone(),
+            state,
+            token: opts.key.api_token(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .map_err(|e| NodeError::Raft(e.to_string()))?,
+            leader_since: AtomicU64::new(0),
+            started: tokio::time::Instant::now(),
+            config: opts.config,
+        });
+        node.refresh_peers();
+        tokio::spawn(mesh.run(out, inbound));
+
+        if opts.bootstrap && !node.raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))? {
+            // Every listed node initializes with the same membership: openraft allows this and
+            // it means the cluster forms whichever nodes come up first.
+            let members: BTreeMap<NodeId, BasicNode> = node
+                .config
+                .nodes
+                .iter()
+                .enumerate()
+                .take(MAX_VOTERS)
+                .map(|(i, n)| (i as u64 + 1, BasicNode::new(n.api.to_string())))
+                .collect();
+            if let Err(e) = node.raft.initialize(members).await {
+                tracing::info!(error = %e, "not initializing the cluster");
+            }
+        }
+        tokio::spawn(node.clone().controller());
+        tokio::spawn(node.clone().leader_watch());
+        Ok(node)
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// A consistent copy of the replicated state.
+    pub fn cluster_state(&self) -> SmData {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The peers to heartbeat: the replicated members once there are any, else the config.
+    fn refresh_peers(&self) {
+        let st = self.cluster_state();
+        let peers: BTreeMap<String, Vec<SocketAddr>> = if st.cluster.nodes.is_empty() {
+            self.config.nodes.iter().map(|n| (n.name.clone(), n.links.clone())).collect()
+        } else {
+            st.cluster
+                .nodes
+                .iter()
+                .map(|(n, r)| (n.clone(), r.links.iter().filter_map(|l| l.parse().ok()).collect()))
+                .collect()
+        };
+        self.mesh.set_peers(peers);
+    }
+
+    fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.state == ServerState::Leader
+    }
+
+    /// Record when this node became leader (for status and the demo's failover figure).
+    async fn leader_watch(self: Arc<Self>) {
+        let mut rx = self.raft.metrics();
+        let mut was_leader = false;
+        loop {
+            let is_leader = rx.borrow_and_update().state == ServerState::Leader;
+            if is_leader && !was_leader {
+                self.leader_since.store(mesh::unix_ms(), Ordering::SeqCst);
+                tracing::info!(term = rx.borrow().current_term, "became leader");
+            }
+            was_leader = is_leader;
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn controller(self: Arc<Self>) {
+        let interval = self.config.cluster.heartbeat_interval;
+        let changed = self.mesh.changed();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = changed.notified() => {}
+            }
+            self.refresh_peers();
+            if self.is_leader() {
+                if let Err(e) = self.reconcile().await {
+                    tracing::debug!(error = %e, "reconcile");
+                }
+            }
+        }
+    }
+
+    /// Names of every node this node can reach, itself included.
+    fn reachable(&self) -> BTreeSet<String> {
+        let mut r = self.mesh.alive_peers();
+        r.insert(self.name.clone());
+        r
+    }
+
+    /// The leader's reconciliation of observation with replicated state.
+    async fn reconcile(&self) -> Result<(), NodeError> {
+        let sm = self.cluster_state();
+        // 1. First leader of a new cluster: record the configured members.
+        if sm.cluster.nodes.is_empty() && sm.cluster.max_node_id == 0 {
+            for (i, n) in self.config.nodes.iter().enumerate() {
+                self.write(Command::AddNode {
+                    name: n.name.clone(),
+                    id: i as u64 + 1,
+                    links: n.links.iter().map(|l| l.to_string()).collect(),
+                    api: n.api.to_string(),
+                })
+                .await?;
+            }
+            return Ok(());
+        }
+        // 2. Liveness as this leader sees it. Right after start the detector has not heard
+        //    anyone yet: give it one detection time before declaring anyone offline.
+        let settled = self.started.elapsed() > self.config.cluster.detection_time() + self.config.cluster.heartbeat_interval;
+        let reachable = self.reachable();
+        for (name, rec) in &sm.cluster.nodes {
+            let seen = if reachable.contains(name) {
+                Liveness::Online
+            } else if settled {
+                Liveness::Offline
+            } else {
+                continue;
+            };
+            if rec.liveness != seen {
+                self.write(Command::SetLiveness {
+                    name: name.clone(),
+                    liveness: seen,
+                    at_ms: mesh::unix_ms(),
+                })
+                .await?;
+            }
+        }
+        // 3. Raft membership follows the member list.
+        let membership = sm.membership.membership().clone();
+        let in_raft: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let wanted: BTreeMap<NodeId, &phalanx_core::NodeRecord> = sm.cluster.nodes.values().map(|r| (r.id, r)).collect();
+        for (id, rec) in &wanted {
+            if !in_raft.contains(id) {
+                tracing::info!(node = id, "adding learner");
+                self.raft
+                    .add_learner(*id, BasicNode::new(rec.api.clone()), false)
+                    .await
+                    .map_err(|e| NodeError::Raft(e.to_string()))?;
+                return Ok(());
+            }
+        }
+        let departed: BTreeSet<NodeId> = in_raft.iter().filter(|id| !wanted.contains_key(id)).copied().collect();
+        if !departed.is_empty() {
+            let departed_voters: BTreeSet<NodeId> = departed.intersection(&voters).copied().collect();
+            if !departed_voters.is_empty() {
+                tracing::info!(nodes = ?departed_voters, "removing voters");
+                self.raft
+                    .change_membership(ChangeMembers::RemoveVoters(departed_voters), false)
+                    .await
+                    .map_err(|e| NodeError::Raft(e.to_string()))?;
+                return Ok(());
+            }
+            tracing::info!(nodes = ?departed, "removing learners");
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(departed), false)
+                .await
+                .map_err(|e| NodeError::Raft(e.to_string()))?;
+            return Ok(());
+        }
+        // 4. Promote caught-up, reachable learners while there are fewer than 7 voters.
+        if voters.len() < MAX_VOTERS {
+            let metrics = self.raft.metrics().borrow().clone();
+            let last = metrics.last_log_index.unwrap_or(0);
+            let caught_up = |id: &NodeId| {
+                metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten())
+                    .map(|m| m.index + 1 >= last)
+                    .unwrap_or(false)
+            };
+            let candidates: BTreeSet<NodeId> = in_raft
+                .iter()
+                .filter(|id| !voters.contains(id))
+                .filter(|id| {
+                    wanted
+                        .get(id)
+                        .and_then(|r| sm.cluster.node_by_id(r.id))
+                        .map(|(name, _)| reachable.contains(name))
+                        .unwrap_or(false)
+                })
+                .filter(|id| caught_up(id))
+                .take(MAX_VOTERS - voters.len())
+                .copied()
+                .collect();
+            if !candidates.is_empty() {
+                tracing::info!(nodes = ?candidates, "promoting learners to voters");
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(candidates), false)
+                    .await
+                    .map_err(|e| NodeError::Raft(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commit a command through Raft, forwarding to the leader when this node is not it.
+    pub async fn write(&self, cmd: Command) -> Result<Outcome, NodeError> {
+        match self.raft.client_write(Request(cmd.clone())).await {
+            Ok(resp) => Ok(resp.data.0),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let Some(leader) = f.leader_node else {
+                    return Err(NodeError::NoLeader);
+                };
+                let url = format!("http://{}/v1/write", leader.addr);
+                let fwd = |error: String| NodeError::Forward {
+                    leader: leader.addr.clone(),
+                    error,
+                };
+                let resp = self
+                    .http
+                    .post(url)
+                    .bearer_auth(&self.token)
+                    .json(&cmd)
+                    .send()
+                    .await
+                    .map_err(|e| fwd(e.to_string()))?;
+                if !resp.status().is_success() {
+                    let status = resp.status();
+                    return Err(fwd(format!("{status}: {}", resp.text().await.unwrap_or_default())));
+                }
+                resp.json::<Outcome>().await.map_err(|e| fwd(e.to_string()))
+            }
+            Err(e) => Err(NodeError::Raft(e.to_string())),
+        }
+    }
+
+    /// The API address of the current leader, if known.
+    pub fn leader_api(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> StatusReport {
+        let m = self.raft.metrics().borrow().clone();
+        let sm = self.cluster_state();
+        let membership = m.membership_config.membership().clone();
+        let voter_ids: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let name_of = |id: NodeId| -> String {
+            sm.cluster
+                .node_by_id(id)
+                .map(|(n, _)| n.clone())
+                .or_else(|| self.config.nodes.get(id as usize - 1).map(|n| n.name.clone()))
+                .unwrap_or_else(|| format!("#{id}"))
+        };
+        let voters: BTreeSet<String> = voter_ids.iter().map(|id| name_of(*id)).collect();
+        let learners: Vec<String> = membership.learner_ids().map(name_of).collect();
+        let reachable = self.reachable();
+        let q = quorum::evaluate(&voters, &reachable, None);
+        let peers: BTreeMap<String, PeerStatus> = self.mesh.peers();
+        let mut nodes = Vec::new();
+        let members: Vec<(String, u64, bool, Liveness, String, BTreeMap<String, String>)> = if sm.cluster.nodes.is_empty() {
+            self.config
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.name.clone(), i as u64 + 1, false, Liveness::Unknown, n.api.to_string(), BTreeMap::new()))
+                .collect()
+        } else {
+            sm.cluster
+                .nodes
+                .iter()
+                .map(|(n, r)| (n.clone(), r.id, r.standby, r.liveness, r.api.clone(), r.attrs.clone()))
+                .collect()
+        };
+        for (name, id, standby, liveness, api, attrs) in members {
+            let is_self = name == self.name;
+            let peer = peers.get(&name);
+            let online = is_self || peer.map(|p| p.alive).unwrap_or(false);
+            let state = match (online, standby) {
+                (true, true) => "standby",
+                (true, false) => "online",
+                (false, _) if peer.is_none() && !is_self => "unknown",
+                (false, _) => "offline",
+            };
+            nodes.push(NodeStatus {
+                state: state.to_string(),
+                voter: voter_ids.contains(&id),
+                is_self,
+                standby,
+                liveness,
+                api,
+                attrs,
+                links: peer.map(|p| p.links.clone()).unwrap_or_default(),
+                last_heartbeat_ms_ago: peer.and_then(|p| p.last_heartbeat_ms_ago),
+                changed_at_unix_ms: peer.and_then(|p| p.changed_at_unix_ms),
+                name,
+                id,
+            });
+        }
+        let since = self.leader_since.load(Ordering::SeqCst);
+        StatusReport {
+            cluster: self.config.cluster.name.clone(),
+            node: self.name.clone(),
+            node_id: self.id,
+            leader: m.current_leader.map(name_of),
+            leader_id: m.current_leader,
+            term: m.current_term,
+            raft_state: format!("{:?}", m.state),
+            quorum: q.quorate,
+            votes: q.votes,
+            votes_needed: q.needed,
+            voters: voters.into_iter().collect(),
+            learners,
+            leader_since_unix_ms: (since > 0).then_some(since),
+            last_log_index: m.last_log_index,
+            last_applied_index: m.last_applied.map(|l| l.index),
+            config_version: sm.cluster.config_version,
+            heartbeat_interval_ms: self.config.cluster.heartbeat_interval.as_millis() as u64,
+            dead_after: self.config.cluster.dead_after,
+            no_quorum_policy: self.config.cluster.no_quorum_policy.as_str().to_string(),
+            disabled_links: self.mesh.disabled_links().into_iter().collect(),
+            nodes,
+            mesh: self.mesh.stats(),
+        }
+    }
+
+    /// The replicated member list.
+    pub fn members(&self) -> ClusterState {
+        self.cluster_state().cluster
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}

@@ -1,0 +1,79 @@
+//! Everything Raft: the openraft type config, the timings derived from the heartbeat settings,
+//! the redb-backed log and state machine (`store`) and the HTTP transport (`network`). All Raft
+//! code lives in this module so the openraft version can move in one place.
+
+pub mod network;
+pub mod store;
+
+use phalanx_core::config::ClusterConfig;
+use phalanx_core::{Command, Outcome};
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+
+pub type NodeId = u64;
+pub type BasicNode = openraft::BasicNode;
+
+/// What the leader proposes: a cluster-state command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request(pub Command);
+
+/// What applying it gave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response(pub Outcome);
+
+openraft::declare_raft_types!(
+    /// phalanx's Raft types: cluster-state commands over u64 node ids.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = BasicNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type Membership = openraft::StoredMembership<NodeId, BasicNode>;
+
+/// Raft timings derived from the heartbeat settings: the leader heartbeats at the mesh interval,
+/// and followers time out after one to 1.25 detection times (`heartbeat_interval × dead_after`).
+/// openraft refuses votes until `election_timeout_max` after the last leader contact (the leader
+/// lease), and a lost leader is typically replaced ~1.6 × election_timeout_max after its last
+/// heartbeat: ≈ 2 × the detection time, as the design asks.
+pub fn raft_config(cluster: &ClusterConfig) -> openraft::Config {
+    let hb = cluster.heartbeat_interval.as_millis().max(1) as u64;
+    let detect = hb * u64::from(cluster.dead_after.max(2));
+    openraft::Config {
+        cluster_name: cluster.name.clone(),
+        heartbeat_interval: hb,
+        election_timeout_min: detect,
+        election_timeout_max: detect + detect / 4 + 1,
+        // Replication RPCs to a dead peer must not stall the leader for long.
+        install_snapshot_timeout: (detect * 4).max(200),
+        max_in_snapshot_log_to_keep: 500,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2000),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timings_follow_the_heartbeat() {
+        let cfg = phalanx_core::config::parse(
+            "[cluster]\nname=\"c\"\nheartbeat_interval=\"20ms\"\n[[node]]\nname=\"a\"\nlinks=[\"127.0.0.1:1\"]\n",
+        )
+        .unwrap();
+        let rc = raft_config(&cfg.cluster);
+        assert_eq!(rc.heartbeat_interval, 20);
+        assert_eq!(rc.election_timeout_min, 60);
+        assert_eq!(rc.election_timeout_max, 76);
+        rc.validate().unwrap();
+        assert_eq!(cfg.cluster.detection_time(), Duration::from_millis(60));
+    }
+}

@@ -1,0 +1,429 @@
+//! Durable Raft storage in one redb file: the log (`log` table, index → postcard entry), and
+//! metadata (`meta` table: vote, committed id, last purged id, the state machine and the last
+//! snapshot). Every write is a redb transaction committed with fsync, so a kill -9 at any moment
+//! loses nothing that was acknowledged. The state machine persists itself in the same way after
+//! each applied batch, so a restart does not replay the log to rebuild it.
+
+use super::{BasicNode, Entry, LogId, Membership, NodeId, Request, Response, StorageError, TypeConfig};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{AnyError, EntryPayload, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageIOError, Vote};
+use phalanx_core::{ClusterState, Outcome};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Errors opening the store (everything after opening is reported as openraft's StorageError).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("opening the database {path}: {source}")]
+    Open { path: String, source: redb::Error },
+    #[error("database: {0}")]
+    Db(#[from] redb::Error),
+    #[error("decoding {what}: {source}")]
+    Decode { what: &'static str, source: postcard::Error },
+}
+
+fn io(e: impl std::fmt::Display) -> AnyError {
+    AnyError::error(e.to_string())
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Invariant: our types serialize infallibly with postcard (no maps with non-string keys
+    // issues, no `deserialize_any`); a failure here is a programming error caught by tests.
+    postcard::to_allocvec(v).expect("postcard encoding of a phalanx type")
+}
+
+fn decode<T: DeserializeOwned>(what: &'static str, b: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(b).map_err(|source| StoreError::Decode { what, source })
+}
+
+/// Open (or create) the database at `path`.
+pub fn open(path: &Path) -> Result<Arc<Database>, StoreError> {
+    let db = Database::create(path).map_err(|e| StoreError::Open {
+        path: path.display().to_string(),
+        source: e.into(),
+    })?;
+    init(db)
+}
+
+/// An in-memory database (tests of the pure shell on a fake network).
+pub fn open_in_memory() -> Result<Arc<Database>, StoreError> {
+    let db = Database::builder()
+        .create_with_backend(redb::backends::InMemoryBackend::new())
+        .map_err(|e| StoreError::Db(e.into()))?;
+    init(db)
+}
+
+fn init(db: Database) -> Result<Arc<Database>, StoreError> {
+    let tx = db.begin_write().map_err(redb::Error::from)?;
+    tx.open_table(LOG).map_err(redb::Error::from)?;
+    tx.open_table(META).map_err(redb::Error::from)?;
+    tx.commit().map_err(redb::Error::from)?;
+    Ok(Arc::new(db))
+}
+
+fn meta_get<T: DeserializeOwned>(db: &Database, key: &'static str) -> Result<Option<T>, StoreError> {
+    let rx = db.begin_read().map_err(redb::Error::from)?;
+    let t = rx.open_table(META).map_err(redb::Error::from)?;
+    match t.get(key).map_err(redb::Error::from)? {
+        Some(v) => Ok(Some(decode(key, v.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn meta_put<T: Serialize>(db: &Database, key: &str, v: &T) -> Result<(), redb::Error> {
+    let tx = db.begin_write()?;
+    {
+        let mut t = tx.open_table(META)?;
+        t.insert(key, encode(v).as_slice())?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// A number that grows on every start of this node (persisted; never below the wall clock in
+/// ms, so a wiped data dir still yields a fresh incarnation). Heartbeats carry it for replay
+/// protection across restarts.
+pub fn next_incarnation(db: &Database, wall_ms: u64) -> Result<u64, StoreError> {
+    let last: u64 = meta_get(db, "incarnation")?.unwrap_or(0);
+    let next = (last + 1).max(wall_ms);
+    meta_put(db, "incarnation", &next)?;
+    Ok(next)
+}
+
+// ---- log -----------------------------------------------------------------------------------
+
+/// The Raft log (and vote) on redb.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl LogStore {
+    pub fn new(db: Arc<Database>) -> Self {
+        LogStore { db }
+    }
+
+    fn get_meta<T: DeserializeOwned>(&self, key: &'static str) -> Result<Option<T>, StorageError> {
+        meta_get(&self.db, key).map_err(|e| StorageIOError::read(io(e)).into())
+    }
+
+    fn put_meta<T: Serialize>(&self, key: &str, v: &T) -> Result<(), StorageError> {
+        meta_put(&self.db, key, v).map_err(|e| StorageIOError::write(io(e)).into())
+    }
+
+    fn remove_range(&self, range: impl RangeBounds<u64>) -> Result<(), redb::Error> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(LOG)?;
+            t.retain_in(range, |_, _| false)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + openraft::OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let read = || -> Result<Vec<Entry>, StoreError> {
+            let rx = self.db.begin_read().map_err(redb::Error::from)?;
+            let t = rx.open_table(LOG).map_err(redb::Error::from)?;
+            let mut out = Vec::new();
+            for item in t.range(range).map_err(redb::Error::from)? {
+                let (_, v) = item.map_err(redb::Error::from)?;
+                out.push(decode("log entry", v.value())?);
+            }
+            Ok(out)
+        };
+        read().map_err(|e| StorageIOError::read_logs(io(e)).into())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> = self.get_meta("purged")?;
+        let last = || -> Result<Option<LogId>, StoreError> {
+            let rx = self.db.begin_read().map_err(redb::Error::from)?;
+            let t = rx.open_table(LOG).map_err(redb::Error::from)?;
+            let last = t.last().map_err(redb::Error::from)?;
+            match last {
+                Some((_, v)) => Ok(Some(decode::<Entry>("log entry", v.value())?.log_id)),
+                None => Ok(None),
+            }
+        };
+        let last_log_id = last().map_err(|e| StorageIOError::read_logs(io(e)))?.or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        self.put_meta("vote", vote)
+            .map_err(|_| StorageIOError::write_vote(io("saving the vote")).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        self.get_meta("vote")
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.put_meta("committed", &committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get_meta::<Option<LogId>>("committed")?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let write = || -> Result<(), redb::Error> {
+            let tx = self.db.begin_write()?;
+            {
+                let mut t = tx.open_table(LOG)?;
+                for e in entries {
+                    t.insert(e.log_id.index, encode(&e).as_slice())?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        };
+        match write() {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(StorageIOError::write_logs(io(e)).into())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.remove_range(log_id.index..)
+            .map_err(|e| StorageIOError::write_logs(io(e)).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.put_meta("purged", &log_id)?;
+        self.remove_range(..=log_id.index)
+            .map_err(|e| StorageIOError::write_logs(io(e)).into())
+    }
+}
+
+// ---- state machine ---------------------------------------------------------------------------
+
+/// What the state machine holds: the cluster state and where in the log it stands.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SmData {
+    pub last_applied: Option<LogId>,
+    pub membership: Membership,
+    pub cluster: ClusterState,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    data: Vec<u8>,
+}
+
+/// The applied cluster state, shared read-only with the rest of the node.
+#[derive(Clone)]
+pub struct StateMachine {
+    db: Arc<Database>,
+    data: Arc<RwLock<SmData>>,
+}
+
+impl StateMachine {
+    /// Load the persisted state machine (empty on a fresh node).
+    pub fn load(db: Arc<Database>) -> Result<Self, StoreError> {
+        let data: SmData = meta_get(&db, "sm")?.unwrap_or_default();
+        Ok(StateMachine {
+            db,
+            data: Arc::new(RwLock::new(data)),
+        })
+    }
+
+    /// A shared handle on the applied state, for readers (API, controller).
+    pub fn shared(&self) -> Arc<RwLock<SmData>> {
+        self.data.clone()
+    }
+
+    fn snapshot_of(&self) -> Result<StoredSnapshot, StorageError> {
+        let d = self.data.read().map_err(|_| StorageIOError::read_state_machine(io("poisoned lock")))?;
+        let data = encode(&*d);
+        let snapshot_id = match d.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+            None => "empty".to_string(),
+        };
+        Ok(StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: d.last_applied,
+                last_membership: d.membership.clone(),
+                snapshot_id,
+            },
+            data,
+        })
+    }
+
+    fn persist(&self, d: &SmData) -> Result<(), StorageError> {
+        meta_put(&self.db, "sm", d).map_err(|e| StorageIOError::write_state_machine(io(e)).into())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let snap = self.snapshot_of()?;
+        meta_put(&self.db, "snapshot", &snap)
+            .map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), io(e)))?;
+        Ok(Snapshot {
+            meta: snap.meta,
+            snapshot: Box::new(Cursor::new(snap.data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageError> {
+        let d = self.data.read().map_err(|_| StorageIOError::read_state_machine(io("poisoned lock")))?;
+        Ok((d.last_applied, d.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let mut next = self
+            .data
+            .read()
+            .map_err(|_| StorageIOError::read_state_machine(io("poisoned lock")))?
+            .clone();
+        let mut out = Vec::new();
+        for e in entries {
+            next.last_applied = Some(e.log_id);
+            let outcome = match e.payload {
+                EntryPayload::Blank => Outcome::Unchanged,
+                EntryPayload::Normal(Request(cmd)) => next.cluster.apply(&cmd),
+                EntryPayload::Membership(m) => {
+                    next.membership = Membership::new(Some(e.log_id), m);
+                    Outcome::Ok
+                }
+            };
+            out.push(Response(outcome));
+        }
+        self.persist(&next)?;
+        *self
+            .data
+            .write()
+            .map_err(|_| StorageIOError::write_state_machine(io("poisoned lock")))? = next;
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let bytes = snapshot.into_inner();
+        let data: SmData = decode("snapshot", &bytes)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), io(e)))?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: bytes,
+        };
+        meta_put(&self.db, "snapshot", &stored)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), io(e)))?;
+        self.persist(&data)?;
+        *self
+            .data
+            .write()
+            .map_err(|_| StorageIOError::write_state_machine(io("poisoned lock")))? = data;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let stored: Option<StoredSnapshot> =
+            meta_get(&self.db, "snapshot").map_err(|e| StorageIOError::read_snapshot(None, io(e)))?;
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, Membership as RaftMembership};
+    use phalanx_core::Command;
+    use std::collections::BTreeSet;
+
+    fn entry(index: u64, payload: EntryPayload<TypeConfig>) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload,
+        }
+    }
+
+    /// Every stored type round-trips through postcard (postcard cannot do `deserialize_any`).
+    #[test]
+    fn stored_types_round_trip() {
+        let m = RaftMembership::new(vec![BTreeSet::from([1u64, 2, 3])], None);
+        let e = entry(3, EntryPayload::Membership(m.clone()));
+        let back: Entry = postcard::from_bytes(&encode(&e)).unwrap();
+        assert_eq!(back.log_id, e.log_id);
+        let cmd = Command::SetStandby { name: "n1".into(), standby: true };
+        let e = entry(4, EntryPayload::Normal(Request(cmd.clone())));
+        let back: Entry = postcard::from_bytes(&encode(&e)).unwrap();
+        assert!(matches!(back.payload, EntryPayload::Normal(Request(c)) if c == cmd));
+        let v = Vote::new(7, 2);
+        assert_eq!(postcard::from_bytes::<Vote<NodeId>>(&encode(&v)).unwrap(), v);
+        let sm = SmData {
+            last_applied: Some(e.log_id),
+            membership: Membership::new(Some(e.log_id), m),
+            cluster: ClusterState::default(),
+        };
+        let back: SmData = postcard::from_bytes(&encode(&sm)).unwrap();
+        assert_eq!(back.membership, sm.membership);
+    }
+
+    #[test]
+    fn incarnation_grows() {
+        let db = open_in_memory().unwrap();
+        let a = next_incarnation(&db, 5).unwrap();
+        let b = next_incarnation(&db, 5).unwrap();
+        let c = next_incarnation(&db, 1000).unwrap();
+        assert_eq!((a, b, c), (5, 6, 1000));
+    }
+}
