@@ -413,6 +413,15 @@ impl Node {
         let learners: Vec<String> = membership.learner_ids().map(name_of).collect();
         let reachable = self.reachable();
         let q = quorum::evaluate(&voters, &reachable, None);
+        // A leader cut off from the majority does not step down by itself in openraft 0.9: it
+        // only counts as leader while a majority acked it within an election timeout, and no
+        // node names a leader while its own partition has no quorum.
+        let election_max = raft_config(&self.config.cluster).election_timeout_max;
+        let leader_valid = match m.state {
+            ServerState::Leader => m.millis_since_quorum_ack.map(|ms| ms <= election_max).unwrap_or(false),
+            _ => true,
+        };
+        let leader_id = m.current_leader.filter(|_| q.quorate && leader_valid);
         let peers: BTreeMap<String, PeerStatus> = self.mesh.peers();
         let mut nodes = Vec::new();
         let members: Vec<(String, u64, bool, Liveness, String, BTreeMap<String, String>)> = if sm.cluster.nodes.is_empty() {
@@ -459,8 +468,8 @@ impl Node {
             cluster: self.config.cluster.name.clone(),
             node: self.name.clone(),
             node_id: self.id,
-            leader: m.current_leader.map(name_of),
-            leader_id: m.current_leader,
+            leader: leader_id.map(name_of),
+            leader_id,
             term: m.current_term,
             raft_state: format!("{:?}", m.state),
             quorum: q.quorate,
