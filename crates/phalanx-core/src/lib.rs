@@ -11,4 +11,4 @@ pub mod state;
 pub use config::{Config, Diagnostic, Severity};
 pub use liveness::{Detector, LivenessEvent};
 pub use quorum::{NoQuorumPolicy, QuorumView};
-pub use state::{ClusterState, Command, Liveness, NodeRecord, Outcome};
+pub use state::{ClusterState, Command, Liveness, NewNode, NodeRecord, Outcome};

@@ -47,12 +47,24 @@ pub struct ClusterState {
 /// A change to the cluster state, proposed by the leader or an operator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
+    /// Record the configured members of a new cluster, all at once (so that a leader change
+    /// half-way through can never leave a partial member list). Rejected once bootstrapped.
+    Bootstrap { nodes: Vec<NewNode> },
     /// Add a member. `id` must be above every id ever assigned.
     AddNode { name: String, id: u64, links: Vec<String>, api: String },
     RemoveNode { name: String },
     SetStandby { name: String, standby: bool },
     SetLiveness { name: String, liveness: Liveness, at_ms: u64 },
     SetAttr { name: String, key: String, value: Option<String> },
+}
+
+/// A member to add (see [`Command::Bootstrap`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewNode {
+    pub name: String,
+    pub id: u64,
+    pub links: Vec<String>,
+    pub api: String,
 }
 
 /// The outcome of applying one command.
@@ -84,6 +96,22 @@ impl ClusterState {
 
     fn try_apply(&mut self, cmd: &Command) -> Result<Outcome, Outcome> {
         match cmd {
+            Command::Bootstrap { nodes } => {
+                if self.max_node_id != 0 {
+                    return Ok(Outcome::Unchanged);
+                }
+                let mut next = self.clone();
+                for n in nodes {
+                    next.try_apply(&Command::AddNode {
+                        name: n.name.clone(),
+                        id: n.id,
+                        links: n.links.clone(),
+                        api: n.api.clone(),
+                    })?;
+                }
+                *self = next;
+                Ok(Outcome::Ok)
+            }
             Command::AddNode { name, id, links, api } => {
                 if name.is_empty() || links.is_empty() {
                     return Err(Outcome::Rejected("a node needs a name and at least one link".into()));
@@ -204,6 +232,28 @@ mod tests {
             assert!(matches!(s.apply(&cmd), Outcome::Rejected(_)), "{cmd:?}");
             assert_eq!(s, before, "{cmd:?} changed the state");
         }
+    }
+
+    #[test]
+    fn bootstrap_is_all_or_nothing_and_only_once() {
+        let n = |name: &str, id: u64| NewNode {
+            name: name.into(),
+            id,
+            links: vec![format!("127.0.0.1:{}", 7400 + id)],
+            api: format!("127.0.0.1:{}", 8400 + id),
+        };
+        let mut s = ClusterState::default();
+        // a bad member (duplicate id) rejects the whole bootstrap
+        let bad = Command::Bootstrap { nodes: vec![n("n1", 1), n("n2", 1)] };
+        assert!(matches!(s.apply(&bad), Outcome::Rejected(_)));
+        assert_eq!(s, ClusterState::default());
+        let good = Command::Bootstrap { nodes: vec![n("n1", 1), n("n2", 2), n("n3", 3)] };
+        assert_eq!(s.apply(&good), Outcome::Ok);
+        assert_eq!(s.nodes.len(), 3);
+        assert_eq!(s.max_node_id, 3);
+        let again = Command::Bootstrap { nodes: vec![n("n9", 9)] };
+        assert_eq!(s.apply(&again), Outcome::Unchanged);
+        assert_eq!(s.nodes.len(), 3);
     }
 
     #[test]

@@ -13,8 +13,8 @@ use openraft::network::RaftNetworkFactory;
 use openraft::{ChangeMembers, ServerState};
 use phalanx_core::config::Config;
 use phalanx_core::quorum::{self, MAX_VOTERS};
-use phalanx_core::{ClusterState, Command, Liveness, Outcome};
-use serde::Serialize;
+use phalanx_core::{ClusterState, Command, Liveness, NewNode, Outcome};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,7 +47,7 @@ pub struct NodeOptions {
 }
 
 /// One member as status shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub name: String,
     pub id: u64,
@@ -67,7 +67,7 @@ pub struct NodeStatus {
 }
 
 /// The answer of `/v1/status`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusReport {
     pub cluster: String,
     pub node: String,
@@ -107,6 +107,8 @@ pub struct Node {
     http: reqwest::Client,
     leader_since: AtomicU64,
     started: tokio::time::Instant,
+    /// The mesh-informed campaign window: (dead leader, until when).
+    campaign: std::sync::Mutex<Option<(NodeId, tokio::time::Instant)>>,
 }
 
 impl Node {
@@ -153,6 +155,7 @@ impl Node {
                 .map_err(|e| NodeError::Raft(e.to_string()))?,
             leader_since: AtomicU64::new(0),
             started: tokio::time::Instant::now(),
+            campaign: std::sync::Mutex::new(None),
             config: opts.config,
         });
         node.refresh_peers();
@@ -190,7 +193,7 @@ impl Node {
     /// The peers to heartbeat: the replicated members once there are any, else the config.
     fn refresh_peers(&self) {
         let st = self.cluster_state();
-        let peers: BTreeMap<String, Vec<SocketAddr>> = if st.cluster.nodes.is_empty() {
+        let peers: BTreeMap<String, Vec<SocketAddr>> = if st.cluster.max_node_id == 0 {
             self.config.nodes.iter().map(|n| (n.name.clone(), n.links.clone())).collect()
         } else {
             st.cluster
@@ -200,6 +203,15 @@ impl Node {
                 .collect()
         };
         self.mesh.set_peers(peers);
+    }
+
+    /// The name of node `id`: from the replicated state, else from the config file (ids of
+    /// listed nodes are their position + 1), so it is known before the state is applied.
+    fn name_of(&self, sm: &SmData, id: NodeId) -> Option<String> {
+        sm.cluster
+            .node_by_id(id)
+            .map(|(n, _)| n.clone())
+            .or_else(|| self.config.nodes.get((id as usize).checked_sub(1)?).map(|n| n.name.clone()))
     }
 
     fn is_leader(&self) -> bool {
@@ -225,11 +237,11 @@ impl Node {
     }
 
     async fn controller(self: Arc<Self>) {
-        let interval = self.config.cluster.heartbeat_interval;
+        let period = self.config.cluster.heartbeat_interval / 2;
         let changed = self.mesh.changed();
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(period) => {}
                 _ = changed.notified() => {}
             }
             self.refresh_peers();
@@ -237,8 +249,70 @@ impl Node {
                 if let Err(e) = self.reconcile().await {
                     tracing::debug!(error = %e, "reconcile");
                 }
+            } else if self.should_campaign() {
+                tracing::info!("the mesh declared the leader dead: starting an election");
+                let _ = self.raft.trigger().elect().await;
             }
         }
+    }
+
+    /// Mesh-informed election: when every link to the leader has gone silent, the reachable
+    /// voter with the lowest id (one node, so candidates do not split the vote) campaigns at
+    /// once instead of waiting for a random election timeout. Followers still refuse votes
+    /// until their leader lease runs out, so this only removes the second, randomised wait;
+    /// Raft's safety does not depend on when elections start.
+    ///
+    /// It campaigns only inside a window that opens when a leader the mesh had seen alive is
+    /// declared dead, and lasts until the followers' leases must have expired (election_timeout_max
+    /// plus two intervals); outside it, Raft's own randomised timers rule. Campaigning without
+    /// such a window livelocks when the campaigner's log is behind: its refused vote requests
+    /// keep resetting the others' election timers.
+    fn should_campaign(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if !voters.contains(&self.id) {
+            return false;
+        }
+        let sm = self.cluster_state();
+        let name_of = |id: NodeId| self.name_of(&sm, id);
+        let reachable = self.reachable();
+        let now = tokio::time::Instant::now();
+        {
+            let mut window = self.campaign.lock().unwrap_or_else(|p| p.into_inner());
+            match m.current_leader {
+                Some(l) if l == self.id => {
+                    *window = None;
+                    return false;
+                }
+                Some(l) => {
+                    let name = name_of(l);
+                    if name.as_ref().map(|n| reachable.contains(n)).unwrap_or(true) {
+                        *window = None;
+                        return false;
+                    }
+                    let seen_alive = name
+                        .and_then(|n| self.mesh.peers().get(&n).map(|p| p.changed_at_unix_ms.is_some()))
+                        .unwrap_or(false);
+                    if seen_alive && window.map(|(dead, _)| dead != l).unwrap_or(true) {
+                        let rc = raft_config(&self.config.cluster);
+                        let len = Duration::from_millis(rc.election_timeout_max) + self.config.cluster.heartbeat_interval * 2;
+                        *window = Some((l, now + len));
+                    }
+                }
+                None => {}
+            }
+            match *window {
+                Some((_, until)) if now < until => {}
+                _ => return false,
+            }
+        }
+        let reachable_voters: BTreeSet<NodeId> = voters
+            .iter()
+            .copied()
+            .filter(|id| *id == self.id || name_of(*id).map(|n| reachable.contains(&n)).unwrap_or(false))
+            .collect();
+        reachable_voters.len() >= quorum::majority(voters.len()) && reachable_voters.first() == Some(&self.id)
     }
 
     /// Names of every node this node can reach, itself included.
@@ -251,17 +325,21 @@ impl Node {
     /// The leader's reconciliation of observation with replicated state.
     async fn reconcile(&self) -> Result<(), NodeError> {
         let sm = self.cluster_state();
-        // 1. First leader of a new cluster: record the configured members.
-        if sm.cluster.nodes.is_empty() && sm.cluster.max_node_id == 0 {
-            for (i, n) in self.config.nodes.iter().enumerate() {
-                self.write(Command::AddNode {
+        // 1. First leader of a new cluster: record the configured members, in one command.
+        if sm.cluster.max_node_id == 0 {
+            let nodes = self
+                .config
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| NewNode {
                     name: n.name.clone(),
                     id: i as u64 + 1,
                     links: n.links.iter().map(|l| l.to_string()).collect(),
                     api: n.api.to_string(),
                 })
-                .await?;
-            }
+                .collect();
+            self.write(Command::Bootstrap { nodes }).await?;
             return Ok(());
         }
         // 2. Liveness as this leader sees it. Right after start the detector has not heard
@@ -300,7 +378,13 @@ impl Node {
                 return Ok(());
             }
         }
-        let departed: BTreeSet<NodeId> = in_raft.iter().filter(|id| !wanted.contains_key(id)).copied().collect();
+        // Departed: recorded once (id within the assigned range) and removed since. An id the
+        // state has never recorded is not departed, whatever the membership says.
+        let departed: BTreeSet<NodeId> = in_raft
+            .iter()
+            .filter(|id| **id <= sm.cluster.max_node_id && !wanted.contains_key(id))
+            .copied()
+            .collect();
         if !departed.is_empty() {
             let departed_voters: BTreeSet<NodeId> = departed.intersection(&voters).copied().collect();
             if !departed_voters.is_empty() {
@@ -402,13 +486,7 @@ impl Node {
         let sm = self.cluster_state();
         let membership = m.membership_config.membership().clone();
         let voter_ids: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let name_of = |id: NodeId| -> String {
-            sm.cluster
-                .node_by_id(id)
-                .map(|(n, _)| n.clone())
-                .or_else(|| self.config.nodes.get(id as usize - 1).map(|n| n.name.clone()))
-                .unwrap_or_else(|| format!("#{id}"))
-        };
+        let name_of = |id: NodeId| -> String { self.name_of(&sm, id).unwrap_or_else(|| format!("#{id}")) };
         let voters: BTreeSet<String> = voter_ids.iter().map(|id| name_of(*id)).collect();
         let learners: Vec<String> = membership.learner_ids().map(name_of).collect();
         let reachable = self.reachable();
@@ -424,7 +502,7 @@ impl Node {
         let leader_id = m.current_leader.filter(|_| q.quorate && leader_valid);
         let peers: BTreeMap<String, PeerStatus> = self.mesh.peers();
         let mut nodes = Vec::new();
-        let members: Vec<(String, u64, bool, Liveness, String, BTreeMap<String, String>)> = if sm.cluster.nodes.is_empty() {
+        let members: Vec<(String, u64, bool, Liveness, String, BTreeMap<String, String>)> = if sm.cluster.max_node_id == 0 {
             self.config
                 .nodes
                 .iter()

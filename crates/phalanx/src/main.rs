@@ -1,1 +1,417 @@
-fn main(){}
+//! `phalanx`: the one binary. Parses the command line (clap) and runs the command; every command
+//! prints human output, or JSON with `--json`.
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use phalanx::client::{key_path, load_config, Client};
+use phalanx::{bench, daemon, demo, render};
+use phalanx_core::config::{check, parse_duration, Severity};
+use phalanx_node::ClusterKey;
+use serde_json::json;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "phalanx", version, about = "A high-availability cluster manager for Linux")]
+struct Cli {
+    /// The cluster's config file.
+    #[arg(long, global = true, env = "PHALANX_CONFIG", default_value = "/etc/phalanx/phalanx.toml")]
+    config: PathBuf,
+    /// Talk to this node's API (IP:PORT) instead of the nodes listed in the config.
+    #[arg(long, global = true, env = "PHALANX_API")]
+    api: Option<String>,
+    /// Print JSON instead of human output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a local cluster on loopback, kill its leader and show the failover (no root needed).
+    Demo {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Heartbeat interval of the demo cluster.
+        #[arg(long, default_value = "100ms", value_parser = duration)]
+        heartbeat: Duration,
+        /// Keep the scratch folder (config, key, logs, data) afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Write a new cluster key (0600); never overwrites one.
+    Init {
+        /// Where to write it (default: the key_file of --config, else ./phalanx.key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Run a node.
+    Daemon {
+        /// This node's name (default: the host name).
+        #[arg(long)]
+        node: Option<String>,
+        /// Where the node keeps its Raft log and state (default /var/lib/phalanx/CLUSTER/NODE).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Log format.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
+    },
+    /// Config file tools.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// Show the cluster: leader, quorum, nodes, links.
+    Status,
+    /// Change cluster membership and node flags.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+    /// Administratively disable or enable one heartbeat link of a node.
+    Link {
+        #[command(subcommand)]
+        cmd: LinkCmd,
+    },
+    /// Benchmarks that print figures (they assert nothing).
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Check a config file: every problem as FILE:LINE:COL; exit 2 on errors.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Add a member (then start its daemon with --node NAME).
+    Add {
+        name: String,
+        /// A heartbeat link address (IP:PORT); repeat for redundant links.
+        #[arg(long = "link", required = true)]
+        links: Vec<String>,
+        /// Its API address (default: the first link's IP, port 7480).
+        #[arg(long = "node-api")]
+        node_api: Option<String>,
+    },
+    /// Remove a member.
+    Remove { name: String },
+    /// Put a node in standby (it stays a member but should host nothing).
+    Standby { name: String },
+    /// Take a node out of standby.
+    Unstandby { name: String },
+    /// Set (or with --delete, remove) a node attribute.
+    Attr {
+        name: String,
+        key: String,
+        value: Option<String>,
+        #[arg(long)]
+        delete: bool,
+    },
+    /// List members as replicated.
+    List,
+}
+
+#[derive(Subcommand)]
+enum LinkCmd {
+    /// Stop sending and receiving heartbeats on link INDEX of node --node.
+    Disable {
+        index: usize,
+        #[arg(long)]
+        node: String,
+    },
+    /// Resume link INDEX of node --node.
+    Enable {
+        index: usize,
+        #[arg(long)]
+        node: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Leader kill: detection and failover percentiles, and idle footprint.
+    Failover {
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+        /// Heartbeat intervals to measure, comma-separated.
+        #[arg(long, default_value = "100ms,20ms", value_delimiter = ',', value_parser = duration)]
+        heartbeats: Vec<Duration>,
+        /// Seconds to measure the idle 5-node cluster.
+        #[arg(long, default_value_t = 10)]
+        idle_seconds: u64,
+    },
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("phalanx: starting the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("phalanx: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// The API addresses to try: --api, else every node of the config.
+fn apis(cli: &Cli) -> Result<(Client, Vec<String>)> {
+    let config = load_config(&cli.config)?;
+    let key = ClusterKey::load(&key_path(&cli.config, &config))?;
+    let apis = match &cli.api {
+        Some(a) => vec![a.clone()],
+        None => config.nodes.iter().map(|n| n.api.to_string()).collect(),
+    };
+    Ok((Client::new(&key), apis))
+}
+
+async fn run(cli: Cli) -> Result<i32> {
+    let exe = std::env::current_exe().context("locating the phalanx binary")?;
+    match &cli.cmd {
+        Cmd::Demo { nodes, heartbeat, keep } => {
+            let report = demo::run(
+                demo::DemoArgs {
+                    nodes: *nodes,
+                    heartbeat: *heartbeat,
+                    json: cli.json,
+                    keep: *keep,
+                },
+                exe,
+            )
+            .await?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "Summary: {} nodes, heartbeat {} ms: detection {} ms, leader failover {} ms, quorum after failure: {}, rejoined: {}",
+                    report.nodes,
+                    report.heartbeat_interval_ms,
+                    report.detection_ms,
+                    report.leader_failover_ms,
+                    report.quorum_after_failure,
+                    report.rejoined
+                );
+            }
+            Ok(0)
+        }
+        Cmd::Init { key } => {
+            let path = match key {
+                Some(k) => k.clone(),
+                None => match load_config(&cli.config) {
+                    Ok(c) => key_path(&cli.config, &c),
+                    Err(_) => PathBuf::from("phalanx.key"),
+                },
+            };
+            ClusterKey::generate(&path)?;
+            if cli.json {
+                print_json(&json!({ "key_file": path, "mode": "0600" }))?;
+            } else {
+                println!("Wrote a new cluster key to {} (mode 0600). Copy it to every node.", path.display());
+            }
+            Ok(0)
+        }
+        Cmd::Daemon { node, data_dir, log_format } => {
+            init_tracing(log_format == "json");
+            let node = match node {
+                Some(n) => n.clone(),
+                None => nix::unistd::gethostname()?
+                    .into_string()
+                    .map_err(|_| anyhow!("the host name is not UTF-8; pass --node"))?,
+            };
+            daemon::run(daemon::DaemonArgs {
+                config: cli.config.clone(),
+                node,
+                data_dir: data_dir.clone(),
+            })
+            .await?;
+            Ok(0)
+        }
+        Cmd::Config { cmd: ConfigCmd::Check { file } } => config_check(file, cli.json),
+        Cmd::Status => {
+            let (client, apis) = apis(&cli)?;
+            let (_, st) = client.first_answering(&apis).await?;
+            if cli.json {
+                print_json(&st)?;
+            } else {
+                print!("{}", render::status(&st));
+            }
+            Ok(0)
+        }
+        Cmd::Node { cmd } => node_cmd(&cli, cmd).await,
+        Cmd::Link { cmd } => {
+            let (client, apis) = apis(&cli)?;
+            let (index, node, enabled) = match cmd {
+                LinkCmd::Disable { index, node } => (*index, node, false),
+                LinkCmd::Enable { index, node } => (*index, node, true),
+            };
+            let (_, st) = client.first_answering(&apis).await?;
+            let target = st
+                .nodes
+                .iter()
+                .find(|n| &n.name == node)
+                .ok_or_else(|| anyhow!("no node named {node}"))?;
+            let v: serde_json::Value = client
+                .post(&target.api, &format!("/v1/links/{index}"), &json!({ "enabled": enabled }))
+                .await?;
+            if cli.json {
+                print_json(&v)?;
+            } else {
+                println!("Link {index} of {node} is now {}.", if enabled { "enabled" } else { "disabled" });
+            }
+            Ok(0)
+        }
+        Cmd::Bench { cmd: BenchCmd::Failover { kills, heartbeats, idle_seconds } } => {
+            if *kills == 0 || heartbeats.is_empty() {
+                bail!("--kills must be at least 1 and --heartbeats must name at least one interval");
+            }
+            let r = bench::run(
+                bench::BenchArgs {
+                    kills: *kills,
+                    heartbeats: heartbeats.clone(),
+                    idle_seconds: *idle_seconds,
+                    json: cli.json,
+                },
+                exe,
+            )
+            .await?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                print!("{}", bench::render(&r));
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn config_check(file: &Path, as_json: bool) -> Result<i32> {
+    let name = file.display().to_string();
+    let src = std::fs::read_to_string(file).with_context(|| format!("reading {name}"))?;
+    let checked = check(&src);
+    let errors = checked.diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
+    let warnings = checked.diagnostics.len() - errors;
+    if as_json {
+        let diags: Vec<_> = checked
+            .diagnostics
+            .iter()
+            .map(|d| {
+                json!({
+                    "severity": if d.severity == Severity::Error { "error" } else { "warning" },
+                    "line": d.line, "col": d.col, "message": d.message,
+                    "rendered": d.render(&name),
+                })
+            })
+            .collect();
+        print_json(&json!({ "file": name, "ok": errors == 0, "errors": errors, "warnings": warnings, "diagnostics": diags }))?;
+    } else {
+        let fancy = std::io::stdout().is_terminal();
+        for d in &checked.diagnostics {
+            println!("{}", d.render(&name));
+            if fancy {
+                let report = miette::Report::new(
+                    miette::MietteDiagnostic::new(d.message.clone())
+                        .with_severity(if d.severity == Severity::Error {
+                            miette::Severity::Error
+                        } else {
+                            miette::Severity::Warning
+                        })
+                        .with_label(miette::LabeledSpan::at(d.span.clone(), "here")),
+                )
+                .with_source_code(miette::NamedSource::new(name.clone(), src.clone()));
+                println!("{report:?}");
+            }
+        }
+        if errors == 0 {
+            println!("{name}: OK ({warnings} warning(s))");
+        } else {
+            println!("{name}: {errors} error(s), {warnings} warning(s)");
+        }
+    }
+    Ok(if errors > 0 { 2 } else { 0 })
+}
+
+async fn node_cmd(cli: &Cli, cmd: &NodeCmd) -> Result<i32> {
+    let (client, apis) = apis(cli)?;
+    let (api, _) = client.first_answering(&apis).await?;
+    let (v, human): (serde_json::Value, String) = match cmd {
+        NodeCmd::Add { name, links, node_api } => {
+            let v = client
+                .post(&api, "/v1/nodes", &json!({ "name": name, "links": links, "api": node_api }))
+                .await?;
+            (v, format!("Added {name}. Start it with: phalanx daemon --config FILE --node {name}"))
+        }
+        NodeCmd::Remove { name } => (client.delete(&api, &format!("/v1/nodes/{name}")).await?, format!("Removed {name}.")),
+        NodeCmd::Standby { name } => (
+            client.post(&api, &format!("/v1/nodes/{name}/standby"), &json!({ "standby": true })).await?,
+            format!("{name} is in standby."),
+        ),
+        NodeCmd::Unstandby { name } => (
+            client.post(&api, &format!("/v1/nodes/{name}/standby"), &json!({ "standby": false })).await?,
+            format!("{name} is out of standby."),
+        ),
+        NodeCmd::Attr { name, key, value, delete } => match (value, delete) {
+            (Some(v), false) => (
+                client.put(&api, &format!("/v1/nodes/{name}/attrs/{key}"), &json!({ "value": v })).await?,
+                format!("{name}: {key}={v}"),
+            ),
+            (None, true) => (
+                client.delete(&api, &format!("/v1/nodes/{name}/attrs/{key}")).await?,
+                format!("{name}: {key} removed"),
+            ),
+            _ => bail!("give a VALUE, or --delete without one"),
+        },
+        NodeCmd::List => {
+            let v: serde_json::Value = client.get(&api, "/v1/nodes").await?;
+            let mut human = String::new();
+            if let Some(m) = v.as_object() {
+                for (n, r) in m {
+                    human += &format!(
+                        "{n}: id {} api {} links {} standby {} liveness {}\n",
+                        r["id"], r["api"], r["links"], r["standby"], r["liveness"]
+                    );
+                }
+            }
+            (v, human.trim_end().to_string())
+        }
+    };
+    if cli.json {
+        print_json(&v)?;
+    } else {
+        println!("{human}");
+    }
+    Ok(0)
+}

@@ -9,7 +9,7 @@ pub mod wire;
 
 use crate::key::ClusterKey;
 use phalanx_core::liveness::{Detector, LivenessEvent, PeerView};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,7 +45,7 @@ pub struct MeshSettings {
 }
 
 /// Counters of the mesh, exported in status and metrics.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MeshStats {
     pub sent: u64,
     pub send_errors: u64,
@@ -59,7 +59,7 @@ pub struct MeshStats {
 }
 
 /// What status shows of one link of a peer.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LinkStatus {
     pub index: usize,
     pub address: String,

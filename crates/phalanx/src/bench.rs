@@ -1,0 +1,162 @@
+//! `phalanx bench failover`: detection and leader-failover distributions over repeated SIGKILLs
+//! of the leader, at each requested heartbeat interval, plus the RSS and idle CPU of each node
+//! of an idle 5-node cluster. A benchmark, not a test: it prints figures, it asserts nothing.
+
+use crate::demo::{kill_leader, rejoin};
+use crate::harness::{LocalCluster, Spec};
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Dist {
+    pub n: usize,
+    pub min: u64,
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+pub fn dist(mut v: Vec<u64>) -> Dist {
+    v.sort_unstable();
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    Dist {
+        n: v.len(),
+        min: v[0],
+        p50: at(0.5),
+        p99: at(0.99),
+        max: v[v.len() - 1],
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IntervalResult {
+    pub heartbeat_interval_ms: u64,
+    pub detection_ms: Dist,
+    pub leader_failover_ms: Dist,
+    pub failover_over_detection_p50: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Idle {
+    pub nodes: usize,
+    pub seconds: u64,
+    pub rss_mb: BTreeMap<String, f64>,
+    pub cpu_percent: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub kills_per_interval: usize,
+    pub intervals: Vec<IntervalResult>,
+    pub idle: Idle,
+}
+
+pub struct BenchArgs {
+    pub kills: usize,
+    pub heartbeats: Vec<Duration>,
+    pub idle_seconds: u64,
+    pub json: bool,
+}
+
+fn proc_cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the ")" of the command name: state is field 3; utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let stime: u64 = f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok(utime + stime)
+}
+
+fn proc_rss_mb(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    Ok(kb / 1024.0)
+}
+
+pub async fn run(args: BenchArgs, exe: PathBuf) -> Result<BenchReport> {
+    let timeout = Duration::from_secs(30);
+    let pb = if args.json { ProgressBar::hidden() } else { ProgressBar::new((args.kills * args.heartbeats.len()) as u64) };
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} kills {msg} [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut intervals = Vec::new();
+    for hb in &args.heartbeats {
+        let mut cluster = LocalCluster::create(Spec { nodes: 3, heartbeat: *hb, links: 2, exe: exe.clone(), keep: false })?;
+        cluster.start_all()?;
+        let mut det = Vec::new();
+        let mut fo = Vec::new();
+        for _ in 0..args.kills {
+            pb.set_message(format!("at {}ms heartbeats", hb.as_millis()));
+            let f = kill_leader(&mut cluster, timeout).await?;
+            det.push(f.detection_ms);
+            fo.push(f.leader_failover_ms);
+            rejoin(&mut cluster, &f.killed, timeout).await?;
+            pb.inc(1);
+        }
+        let d = dist(det);
+        let l = dist(fo);
+        intervals.push(IntervalResult {
+            heartbeat_interval_ms: hb.as_millis() as u64,
+            failover_over_detection_p50: l.p50 as f64 / d.p50.max(1) as f64,
+            detection_ms: d,
+            leader_failover_ms: l,
+        });
+    }
+    pb.finish_and_clear();
+
+    // Idle footprint of a 5-node cluster at the default interval.
+    let mut cluster = LocalCluster::create(Spec { nodes: 5, heartbeat: Duration::from_millis(100), links: 2, exe, keep: false })?;
+    cluster.start_all()?;
+    cluster.wait_stable(timeout).await?;
+    let pids: BTreeMap<String, u32> = cluster.nodes.iter().filter_map(|n| n.pid().map(|p| (n.name.clone(), p))).collect();
+    let before: BTreeMap<String, u64> = pids.iter().map(|(n, p)| (n.clone(), proc_cpu_ticks(*p).unwrap_or(0))).collect();
+    let t0 = std::time::Instant::now();
+    let spin = if args.json { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+    spin.set_message(format!("measuring an idle 5-node cluster for {} s", args.idle_seconds));
+    spin.enable_steady_tick(Duration::from_millis(100));
+    tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+    spin.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    // SC_CLK_TCK is 100 on Linux x86_64 and aarch64.
+    let hz = 100.0;
+    let mut cpu = BTreeMap::new();
+    let mut rss = BTreeMap::new();
+    for (n, p) in &pids {
+        let ticks = proc_cpu_ticks(*p).unwrap_or(0) - before[n];
+        cpu.insert(n.clone(), (ticks as f64 / hz) / secs * 100.0);
+        rss.insert(n.clone(), proc_rss_mb(*p).unwrap_or(0.0));
+    }
+    Ok(BenchReport {
+        kills_per_interval: args.kills,
+        intervals,
+        idle: Idle { nodes: 5, seconds: args.idle_seconds, rss_mb: rss, cpu_percent: cpu },
+    })
+}
+
+pub fn render(r: &BenchReport) -> String {
+    let mut o = format!("Leader SIGKILL, 3 nodes on loopback, 2 links each, {} kills per interval\n", r.kills_per_interval);
+    o += "heartbeat | detection ms min/p50/p99/max | leader failover ms min/p50/p99/max | failover/detection p50\n";
+    for i in &r.intervals {
+        let d = &i.detection_ms;
+        let l = &i.leader_failover_ms;
+        o += &format!(
+            "{:>6}ms  | {:>5} {:>5} {:>5} {:>5}         | {:>5} {:>5} {:>5} {:>5}               | {:.2}\n",
+            i.heartbeat_interval_ms, d.min, d.p50, d.p99, d.max, l.min, l.p50, l.p99, l.max, i.failover_over_detection_p50
+        );
+    }
+    o += &format!("\nIdle {}-node cluster over {} s (100ms heartbeats):\n", r.idle.nodes, r.idle.seconds);
+    for (n, mb) in &r.idle.rss_mb {
+        o += &format!("  {n}: RSS {mb:.1} MB, CPU {:.2} % of a core\n", r.idle.cpu_percent[n]);
+    }
+    o
+}

@@ -1,0 +1,93 @@
+//! `phalanx daemon`: run one node. A node listed in the config file bootstraps with the other
+//! listed nodes; a node added later with `phalanx node add` is not in the file, so it asks the
+//! listed nodes for its replicated record (id, links, API address) and joins as a learner.
+
+use crate::client::{key_path, load_config, Client};
+use anyhow::{anyhow, bail, Context, Result};
+use phalanx_core::NodeRecord;
+use phalanx_node::{mesh, raft, ClusterKey, Node, NodeOptions};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub struct DaemonArgs {
+    pub config: PathBuf,
+    pub node: String,
+    pub data_dir: Option<PathBuf>,
+}
+
+pub async fn run(args: DaemonArgs) -> Result<()> {
+    let config = load_config(&args.config)?;
+    let key = ClusterKey::load(&key_path(&args.config, &config))?;
+    let (id, links, api, bootstrap) = match config.nodes.iter().position(|n| n.name == args.node) {
+        Some(i) => {
+            let n = &config.nodes[i];
+            (i as u64 + 1, n.links.clone(), n.api, true)
+        }
+        None => {
+            let rec = lookup_joiner(&config, &key, &args.node).await?;
+            let links = rec
+                .links
+                .iter()
+                .map(|l| l.parse::<SocketAddr>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow!("bad link in the replicated record: {e}"))?;
+            (rec.id, links, rec.api.parse()?, false)
+        }
+    };
+    let data_dir = args
+        .data_dir
+        .unwrap_or_else(|| Path::new("/var/lib/phalanx").join(&config.cluster.name).join(&args.node));
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let db = raft::store::open(&data_dir.join("raft.redb"))?;
+    let (out, inbound) = mesh::bind_udp(&links).await?;
+    let listener = tokio::net::TcpListener::bind(api)
+        .await
+        .with_context(|| format!("binding the API on {api}"))?;
+    let network = raft::network::HttpNetwork::new(key.api_token());
+    let node = Node::start(
+        NodeOptions {
+            config: config.clone(),
+            name: args.node.clone(),
+            id,
+            links: links.clone(),
+            api,
+            key,
+            bootstrap,
+        },
+        db,
+        network,
+        out,
+        inbound,
+    )
+    .await?;
+    tracing::info!(node = %args.node, id, api = %api, links = ?links, data_dir = %data_dir.display(), "phalanx node started");
+    let server = tokio::spawn(phalanx_node::api::serve(node.clone(), listener));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = server => { r??; }
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, shutting down"),
+        _ = term.recv() => tracing::info!("terminated, shutting down"),
+    }
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn lookup_joiner(config: &phalanx_core::Config, key: &ClusterKey, name: &str) -> Result<NodeRecord> {
+    let client = Client::new(key);
+    let mut last = None;
+    for n in &config.nodes {
+        match client.get::<BTreeMap<String, NodeRecord>>(&n.api.to_string(), "/v1/nodes").await {
+            Ok(nodes) => {
+                return nodes.get(name).cloned().ok_or_else(|| {
+                    anyhow!("node {name} is neither in the config file nor a member of the cluster: run `phalanx node add {name} --link ADDR` first")
+                })
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) => Err(e.context(format!("node {name} is not in the config file, and no listed node answered to look it up"))),
+        None => bail!("the config lists no nodes"),
+    }
+}

@@ -1,0 +1,9 @@
+//! The phalanx binary's library half: the API client, the local-cluster harness shared by the
+//! demo, the benchmark and the process tests, and the commands that are more than a call.
+
+pub mod bench;
+pub mod client;
+pub mod daemon;
+pub mod demo;
+pub mod harness;
+pub mod render;

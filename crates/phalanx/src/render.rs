@@ -1,0 +1,72 @@
+//! Human output: a crm_mon-like view of a status report.
+
+use phalanx_node::StatusReport;
+use std::fmt::Write;
+
+fn age(ms: Option<u64>) -> String {
+    match ms {
+        Some(ms) if ms < 10_000 => format!("{ms}ms ago"),
+        Some(ms) => format!("{}s ago", ms / 1000),
+        None => "never".into(),
+    }
+}
+
+pub fn status(s: &StatusReport) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "Cluster: {}   heartbeat {}ms × {}   no-quorum-policy: {}",
+        s.cluster, s.heartbeat_interval_ms, s.dead_after, s.no_quorum_policy
+    );
+    let _ = writeln!(
+        o,
+        "Leader: {}   term {}   Quorum: {} ({} of {} voter(s) reachable, {} needed)",
+        s.leader.as_deref().unwrap_or("none"),
+        s.term,
+        if s.quorum { "yes" } else { "NO" },
+        s.votes,
+        s.voters.len(),
+        s.votes_needed
+    );
+    let _ = writeln!(
+        o,
+        "Answered by: {} ({}, log {} applied {}, config version {})",
+        s.node,
+        s.raft_state,
+        s.last_log_index.map(|i| i.to_string()).unwrap_or("-".into()),
+        s.last_applied_index.map(|i| i.to_string()).unwrap_or("-".into()),
+        s.config_version
+    );
+    if !s.disabled_links.is_empty() {
+        let _ = writeln!(o, "Links disabled on {}: {:?}", s.node, s.disabled_links);
+    }
+    let _ = writeln!(o, "\nNodes:");
+    for n in &s.nodes {
+        let role = if n.voter { "voter" } else { "learner" };
+        let mark = if n.is_self { "  (this node)" } else { "" };
+        let lead = if s.leader.as_deref() == Some(n.name.as_str()) { " leader" } else { "" };
+        let _ = writeln!(o, "  * {:<10} {:<8} id {} {}{}{}", n.name, n.state.to_uppercase(), n.id, role, lead, mark);
+        for l in &n.links {
+            let _ = writeln!(
+                o,
+                "      link {} {:<22} {:<4} last heartbeat {}",
+                l.index,
+                l.address,
+                if l.up { "up" } else { "DOWN" },
+                age(l.last_heartbeat_ms_ago)
+            );
+        }
+        if !n.attrs.is_empty() {
+            let attrs: Vec<String> = n.attrs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(o, "      attributes: {}", attrs.join(" "));
+        }
+    }
+    let m = &s.mesh;
+    let dropped = m.dropped_malformed + m.dropped_auth + m.dropped_replay + m.dropped_unknown_sender + m.dropped_other_cluster;
+    let _ = writeln!(
+        o,
+        "\nHeartbeats: {} sent, {} received, {} dropped (malformed {}, bad signature {}, replay {}, unknown sender {}, other cluster {})",
+        m.sent, m.received, dropped, m.dropped_malformed, m.dropped_auth, m.dropped_replay, m.dropped_unknown_sender, m.dropped_other_cluster
+    );
+    o
+}
