@@ -73,6 +73,8 @@ pub enum Outcome {
     Ok,
     /// Applied but nothing changed.
     Unchanged,
+    /// The command names a node that is not a member.
+    NoSuchNode(String),
     Rejected(String),
 }
 
@@ -84,7 +86,7 @@ impl ClusterState {
     fn node_mut(&mut self, name: &str) -> Result<&mut NodeRecord, Outcome> {
         self.nodes
             .get_mut(name)
-            .ok_or_else(|| Outcome::Rejected(format!("no node named {name:?}")))
+            .ok_or_else(|| Outcome::NoSuchNode(format!("no node named {name:?}")))
     }
 
     /// Apply one command. Rejected commands change nothing.
@@ -229,7 +231,7 @@ mod tests {
             Command::AddNode { name: "n3".into(), id: 3, links: vec![], api: "x".into() },
             Command::AddNode { name: "n3".into(), id: 3, links: vec!["127.0.0.1:7401".into()], api: "y".into() },
         ] {
-            assert!(matches!(s.apply(&cmd), Outcome::Rejected(_)), "{cmd:?}");
+            assert!(matches!(s.apply(&cmd), Outcome::Rejected(_) | Outcome::NoSuchNode(_)), "{cmd:?}");
             assert_eq!(s, before, "{cmd:?} changed the state");
         }
     }

@@ -59,6 +59,7 @@ fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
 fn outcome(o: Outcome) -> Result<Json<Outcome>, ApiError> {
     match o {
         Outcome::Rejected(reason) => Err(ApiError::Conflict(reason)),
+        Outcome::NoSuchNode(reason) => Err(ApiError::NotFound(reason)),
         o => Ok(Json(o)),
     }
 }
@@ -163,16 +164,7 @@ async fn forward<T: Serialize>(node: &Node, leader: &str, path: &str, body: &T) 
     Ok((status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }
 
-fn require_member(node: &Node, name: &str) -> Result<(), ApiError> {
-    if node.members().nodes.contains_key(name) {
-        Ok(())
-    } else {
-        Err(ApiError::NotFound(format!("no node named {name:?}")))
-    }
-}
-
 async fn remove_node(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Result<Json<Outcome>, ApiError> {
-    require_member(&node, &name)?;
     outcome(node.write(Command::RemoveNode { name }).await?)
 }
 
@@ -188,7 +180,6 @@ async fn set_standby(
     body: Bytes,
 ) -> Result<Json<Outcome>, ApiError> {
     let req: Standby = parse_json(&body)?;
-    require_member(&node, &name)?;
     outcome(node.write(Command::SetStandby { name, standby: req.standby }).await?)
 }
 
@@ -204,7 +195,6 @@ async fn set_attr(
     body: Bytes,
 ) -> Result<Json<Outcome>, ApiError> {
     let req: AttrValue = parse_json(&body)?;
-    require_member(&node, &name)?;
     outcome(node.write(Command::SetAttr { name, key, value: Some(req.value) }).await?)
 }
 
@@ -212,7 +202,6 @@ async fn delete_attr(
     State(node): State<Arc<Node>>,
     Path((name, key)): Path<(String, String)>,
 ) -> Result<Json<Outcome>, ApiError> {
-    require_member(&node, &name)?;
     outcome(node.write(Command::SetAttr { name, key, value: None }).await?)
 }
 
@@ -239,6 +228,7 @@ async fn set_link(
 }
 
 async fn write(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<Outcome>, ApiError> {
+    // Internal (forwarded writes): the outcome travels as data, the forwarder maps it.
     let cmd: Command = parse_json(&body)?;
     Ok(Json(node.write(cmd).await?))
 }

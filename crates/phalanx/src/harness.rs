@@ -109,6 +109,31 @@ impl LocalCluster {
         })
     }
 
+    /// Allocate addresses for a node that is not in the config file (to be added with
+    /// `phalanx node add`, then started). Returns its links and API address.
+    pub fn add_unlisted(&mut self, name: &str) -> Result<(Vec<String>, String)> {
+        let links = vec![format!("127.0.0.1:{}", free_udp_port("127.0.0.1")?), format!("127.0.0.2:{}", free_udp_port("127.0.0.2")?)];
+        let api = format!("127.0.0.1:{}", free_tcp_port()?);
+        self.nodes.push(LocalNode {
+            name: name.to_string(),
+            api: api.clone(),
+            links: links.clone(),
+            data_dir: self.dir.join(name),
+            child: None,
+        });
+        Ok((links, api))
+    }
+
+    /// Run the phalanx CLI against this cluster's config; returns (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> Result<(i32, String, String)> {
+        let out = Command::new(&self.exe).arg("--config").arg(&self.config_path).args(args).output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        ))
+    }
+
     pub fn node(&self, name: &str) -> Result<&LocalNode> {
         self.nodes.iter().find(|n| n.name == name).ok_or_else(|| anyhow!("no node {name}"))
     }
@@ -229,6 +254,7 @@ impl LocalCluster {
         self.wait_for(timeout, "one agreed leader with every running node online", |st| {
             let leader = self.agreed_leader(st)?;
             let all_online = st.values().all(|s| {
+                s.config_version > 0 &&
                 s.nodes
                     .iter()
                     .filter(|n| running.contains(&n.name))

@@ -1,0 +1,336 @@
+//! Real `phalanx daemon` processes on loopback: leader crash and rejoin, no acknowledged write
+//! lost across kill -9, redundant links, membership changes, the API's 400/401, and the CLI.
+
+use phalanx::harness::{LocalCluster, Spec};
+use phalanx_node::StatusReport;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(40);
+
+fn cluster(nodes: usize) -> LocalCluster {
+    let mut c = LocalCluster::create(Spec {
+        nodes,
+        heartbeat: Duration::from_millis(100),
+        links: 2,
+        exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
+        keep: std::env::var_os("PHALANX_KEEP").is_some(),
+    })
+    .unwrap();
+    c.start_all().unwrap();
+    c
+}
+
+fn attrs_of(st: &StatusReport, node: &str) -> BTreeMap<String, String> {
+    st.nodes.iter().find(|n| n.name == node).map(|n| n.attrs.clone()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_crash_new_leader_and_rejoin_with_log() {
+    let mut c = cluster(3);
+    let leader = c.wait_stable(T).await.unwrap();
+    // A write before the crash, which the crashed node must still have when it comes back.
+    let (code, _, err) = c.cli(&["node", "attr", "n1", "before-crash", "1"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    let f = phalanx::demo::kill_leader(&mut c, T).await.unwrap();
+    assert_eq!(f.killed, leader);
+    assert_ne!(f.new_leader, leader);
+    assert!(f.quorum_after_failure);
+    for (name, st) in c.statuses().await {
+        let dead = st.nodes.iter().find(|n| n.name == leader).unwrap();
+        assert_eq!(dead.state, "offline", "{name} must see {leader} offline");
+    }
+    // The new leader records the liveness change in the replicated state.
+    c.wait_for(T, "the leader to record the crash", |st| {
+        let s = st.values().next()?;
+        let rec = s.nodes.iter().find(|n| n.name == leader)?;
+        (rec.liveness == phalanx_core::Liveness::Offline).then_some(())
+    })
+    .await
+    .unwrap();
+    phalanx::demo::rejoin(&mut c, &leader, T).await.unwrap();
+    let st = c.status(&leader).await.unwrap();
+    assert_eq!(attrs_of(&st, "n1").get("before-crash").map(String::as_str), Some("1"));
+    assert!(st.term >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_write_is_lost_across_kill_9() {
+    let mut c = cluster(3);
+    c.wait_stable(T).await.unwrap();
+    // A writer hammers attribute writes through every node's API in turn (non-leaders forward).
+    let apis: Vec<String> = c.nodes.iter().map(|n| n.api.clone()).collect();
+    let client = c.client.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let writer = tokio::spawn(async move {
+        let mut acked = BTreeSet::new();
+        let mut i = 0u32;
+        while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+            let api = &apis[i as usize % apis.len()];
+            let r: anyhow::Result<serde_json::Value> = client
+                .put(api, &format!("/v1/nodes/n2/attrs/k{i}"), &serde_json::json!({ "value": i.to_string() }))
+                .await;
+            if r.is_ok() {
+                acked.insert(i);
+            }
+            i += 1;
+        }
+        acked
+    });
+    // Kill the leader, then a follower, in the middle of the burst.
+    let leader = c.wait_stable(T).await.unwrap();
+    c.wait_for(T, "the burst to be under way", |st| {
+        st.get(&leader).and_then(|s| (attrs_of(s, "n2").len() >= 10).then_some(()))
+    })
+    .await
+    .unwrap();
+    c.kill(&leader).unwrap();
+    let new_leader = c.wait_for(T, "a new leader", |st| c.agreed_leader(st)).await.unwrap();
+    c.start(&leader).unwrap();
+    c.wait_stable(T).await.unwrap();
+    let victim = c.running().into_iter().find(|n| *n != new_leader && *n != leader).unwrap();
+    c.kill(&victim).unwrap();
+    c.start(&victim).unwrap();
+    c.wait_stable(T).await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let acked = writer.await.unwrap();
+    assert!(acked.len() > 20, "the burst must have made progress: {} acks", acked.len());
+    // Every node (both restarted ones included) ends with every acknowledged write.
+    let names: Vec<String> = c.running();
+    c.wait_for(T, "every node to apply every acknowledged write", |st| {
+        (st.len() == names.len()
+            && st.values().all(|s| {
+                let a = attrs_of(s, "n2");
+                acked.iter().all(|i| a.get(&format!("k{i}")) == Some(&i.to_string()))
+            }))
+        .then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_link_down_keeps_nodes_alive_both_down_kills() {
+    let c = cluster(3);
+    c.wait_stable(T).await.unwrap();
+    for n in ["n1", "n2", "n3"] {
+        let (code, _, err) = c.cli(&["link", "disable", "1", "--node", n]).unwrap();
+        assert_eq!(code, 0, "{err}");
+    }
+    // Link 1 goes down everywhere (proof the cut took effect) ...
+    c.wait_for(T, "link 1 down on every node", |st| {
+        (st.len() == 3
+            && st
+                .values()
+                .all(|s| s.nodes.iter().filter(|n| !n.is_self).all(|n| n.links.len() == 2 && !n.links[1].up)))
+        .then_some(())
+    })
+    .await
+    .unwrap();
+    // ... and for ten detection times nobody is declared dead.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        for (name, s) in c.statuses().await {
+            assert!(
+                s.nodes.iter().all(|n| n.state == "online"),
+                "{name} declared a node dead with link 0 still up: {:?}",
+                s.nodes
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Cut link 0 of n3 too: now every link to n3 is silent and it is declared dead.
+    let (code, _, err) = c.cli(&["link", "disable", "0", "--node", "n3"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    c.wait_for(T, "n1 and n2 to declare n3 dead", |st| {
+        ["n1", "n2"]
+            .iter()
+            .all(|me| {
+                st.get(*me)
+                    .map(|s| s.nodes.iter().any(|n| n.name == "n3" && n.state == "offline"))
+                    .unwrap_or(false)
+            })
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    c.wait_for(T, "n3, alone, to know it has no quorum", |st| {
+        st.get("n3").and_then(|s| (!s.quorum && s.leader.is_none()).then_some(()))
+    })
+    .await
+    .unwrap();
+    // Re-enable: it comes back.
+    c.cli(&["link", "enable", "0", "--node", "n3"]).unwrap();
+    c.wait_stable(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_add_and_remove_change_raft_membership() {
+    let mut c = cluster(3);
+    c.wait_stable(T).await.unwrap();
+    let (links, api) = c.add_unlisted("n4").unwrap();
+    let mut args = vec!["node", "add", "n4", "--node-api", api.as_str()];
+    for l in &links {
+        args.extend(["--link", l.as_str()]);
+    }
+    let (code, out, err) = c.cli(&args).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    c.start("n4").unwrap();
+    c.wait_for(T, "n4 to become a voter seen online by all", |st| {
+        (st.len() == 4
+            && st.values().all(|s| s.voters.len() == 4 && s.voters.contains(&"n4".to_string()))
+            && st.values().all(|s| s.nodes.iter().all(|n| n.state == "online")))
+        .then_some(())
+    })
+    .await
+    .unwrap();
+    // Adding a name twice is refused with a reason.
+    let (code, _, err) = c.cli(&["node", "add", "n4", "--link", "127.0.0.9:1"]).unwrap();
+    assert_ne!(code, 0);
+    assert!(err.contains("already exists"), "{err}");
+
+    let (code, out, err) = c.cli(&["node", "remove", "n4"]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    c.kill("n4").unwrap();
+    c.wait_for(T, "n4 to leave the membership", |st| {
+        (st.len() == 3 && st.values().all(|s| s.voters.len() == 3 && !s.nodes.iter().any(|n| n.name == "n4")))
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let (code, out, _) = c.cli(&["--json", "node", "list"]).unwrap();
+    assert_eq!(code, 0);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list.as_object().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_refuses_bad_tokens_and_malformed_json_and_serves_metrics() {
+    let c = cluster(3);
+    c.wait_stable(T).await.unwrap();
+    let api = &c.node("n1").unwrap().api;
+    let http = reqwest::Client::new();
+    let r = http.get(format!("http://{api}/v1/status")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http.get(format!("http://{api}/v1/status")).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http.post(format!("http://{api}/raft/vote")).body("x").send().await.unwrap();
+    assert_eq!(r.status(), 401, "raft RPCs need the token too");
+
+    let token = phalanx_node::ClusterKey::load(&c.dir.join("phalanx.key")).unwrap().api_token();
+    let post = |path: &str, body: &'static str| {
+        http.post(format!("http://{api}{path}")).bearer_auth(&token).body(body).send()
+    };
+    let bad = post("/v1/nodes/n1/standby", "{\"standby\": tru").await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let body: serde_json::Value = bad.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("malformed JSON"), "{body}");
+    assert_eq!(post("/v1/nodes/n1/standby", "{\"stanby\": true}").await.unwrap().status(), 400);
+    assert_eq!(post("/v1/nodes/zz/standby", "{\"standby\": true}").await.unwrap().status(), 404);
+    assert_eq!(post("/v1/nodes", "{\"name\": \"n9\", \"links\": [\"nope\"]}").await.unwrap().status(), 400);
+    assert_eq!(post("/raft/append", "\u{7f}\u{7f}\u{7f}").await.unwrap().status(), 400);
+
+    // standby through the CLI shows in status
+    let (code, _, err) = c.cli(&["node", "standby", "n2"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    c.wait_for(T, "n2 in standby everywhere", |st| {
+        st.values()
+            .all(|s| s.nodes.iter().any(|n| n.name == "n2" && n.state == "standby"))
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let (_, human, _) = c.cli(&["status"]).unwrap();
+    assert!(human.contains("STANDBY") && human.contains("Quorum: yes"), "{human}");
+
+    let m = c.client.metrics(api).await.unwrap();
+    for family in [
+        "phalanx_heartbeats_sent_total",
+        "phalanx_link_up{",
+        "phalanx_raft_term",
+        "phalanx_quorum 1",
+        "phalanx_heartbeats_dropped_total{reason=\"auth\"}",
+    ] {
+        assert!(m.contains(family), "metrics lack {family}:\n{m}");
+    }
+    // The node survived all of it.
+    assert!(c.status("n1").await.unwrap().quorum);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_garbage_heartbeats_are_dropped_and_counted() {
+    let c = cluster(3);
+    c.wait_stable(T).await.unwrap();
+    let target: std::net::SocketAddr = c.node("n1").unwrap().links[0].parse().unwrap();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let other_key = phalanx_node::ClusterKey::from_bytes(&[1u8; 32]);
+    let forged = phalanx_node::mesh::wire::encode(
+        &phalanx_node::mesh::wire::Heartbeat { cluster: "demo".into(), sender: "n2".into(), link: 0, incarnation: u64::MAX, seq: 1 },
+        &other_key,
+    );
+    for _ in 0..5 {
+        sock.send_to(&forged, target).unwrap();
+        sock.send_to(b"PHXH\x01garbage", target).unwrap();
+        sock.send_to(&[0u8; 3000], target).unwrap();
+    }
+    c.wait_for(T, "n1 to count the forged and malformed datagrams", |st| {
+        let m = &st.get("n1")?.mesh;
+        (m.dropped_auth >= 5 && m.dropped_malformed >= 5).then_some(())
+    })
+    .await
+    .unwrap();
+    c.wait_stable(T).await.unwrap();
+}
+
+#[test]
+fn config_check_prints_file_line_col_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.toml");
+    let check = |json: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_phalanx"));
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.args(["config", "check"]).arg(&f).output().unwrap()
+    };
+    let name = f.display().to_string();
+    std::fs::write(&f, "[cluster]\nname = \"x\"\n\n[[node]]\nname = \"a\"\nlinks = [\"127.0.0.1:1\"]\nbogus = 1\n").unwrap();
+    let out = check(false);
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("{name}:7:1: error: unknown field `bogus`")), "{text}");
+    let v: serde_json::Value = serde_json::from_slice(&check(true).stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["diagnostics"][0]["line"], 7);
+
+    std::fs::write(&f, "[cluster]\nname = \"x\"\nheartbeat_interval = \"1ms\"\n\n[[node]]\nname = \"a\"\nlinks = [\"127.0.0.1:1\"]\n").unwrap();
+    let out = check(false);
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("{name}:3:22: error: heartbeat_interval 1ms is outside")), "{text}");
+
+    std::fs::write(&f, "[cluster]\nname = \"x\"\n\n[[node]]\nname = \"a\"\nlinks = [\"127.0.0.1:1\"]\n").unwrap();
+    let out = check(false);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn init_writes_a_0600_key_and_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("k");
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_phalanx"))
+            .args(["init", "--key"])
+            .arg(&k)
+            .output()
+            .unwrap()
+    };
+    assert!(run().status.success());
+    assert_eq!(std::fs::metadata(&k).unwrap().permissions().mode() & 0o777, 0o600);
+    let before = std::fs::read(&k).unwrap();
+    assert!(!run().status.success());
+    assert_eq!(std::fs::read(&k).unwrap(), before);
+}
