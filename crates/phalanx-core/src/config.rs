@@ -252,7 +252,8 @@ pub fn check(source: &str) -> Checked {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.')
+        && s.chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.')
 }
 
 fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
@@ -266,7 +267,13 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
     let name = match cl.name {
         Some(n) if valid_name(n.get_ref()) => n.into_inner(),
         Some(n) => {
-            c.error(n.span(), format!("cluster name {:?} must be 1-63 characters of A-Z a-z 0-9 - _ .", n.get_ref()));
+            c.error(
+                n.span(),
+                format!(
+                    "cluster name {:?} must be 1-63 characters of A-Z a-z 0-9 - _ .",
+                    n.get_ref()
+                ),
+            );
             String::new()
         }
         None => {
@@ -282,7 +289,10 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
             Ok(d) => {
                 c.error(
                     s.span(),
-                    format!("heartbeat_interval {} is outside the allowed 10ms..10s", format_duration(d)),
+                    format!(
+                        "heartbeat_interval {} is outside the allowed 10ms..10s",
+                        format_duration(d)
+                    ),
                 );
                 Duration::from_millis(100)
             }
@@ -297,7 +307,13 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
         None => 3,
         Some(d) if (1..=100).contains(d.get_ref()) => *d.get_ref() as u32,
         Some(d) => {
-            c.error(d.span(), format!("dead_after must be a whole number of heartbeats from 1 to 100, not {}", d.get_ref()));
+            c.error(
+                d.span(),
+                format!(
+                    "dead_after must be a whole number of heartbeats from 1 to 100, not {}",
+                    d.get_ref()
+                ),
+            );
             3
         }
     };
@@ -310,7 +326,10 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
             "demote" => NoQuorumPolicy::Demote,
             "ignore" => NoQuorumPolicy::Ignore,
             other => {
-                c.error(s.span(), format!("no_quorum_policy {other:?} is not one of stop, freeze, demote, ignore"));
+                c.error(
+                    s.span(),
+                    format!("no_quorum_policy {other:?} is not one of stop, freeze, demote, ignore"),
+                );
                 NoQuorumPolicy::default()
             }
         },
@@ -326,7 +345,10 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
                 Fencing::Off
             }
             other => {
-                c.error(s.span(), format!("fencing {other:?} is not one of required, watchdog, off"));
+                c.error(
+                    s.span(),
+                    format!("fencing {other:?} is not one of required, watchdog, off"),
+                );
                 Fencing::default()
             }
         },
@@ -343,7 +365,10 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
 
     // ---- nodes ----
     if raw.node.is_empty() {
-        c.error(cluster_span.clone(), "no [[node]] is defined: a cluster needs at least one node");
+        c.error(
+            cluster_span.clone(),
+            "no [[node]] is defined: a cluster needs at least one node",
+        );
     }
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     let mut addrs: BTreeMap<SocketAddr, (String, usize)> = BTreeMap::new();
@@ -357,13 +382,22 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
                 continue;
             }
             Some(n) if !valid_name(n.get_ref()) => {
-                c.error(n.span(), format!("node name {:?} must be 1-63 characters of A-Z a-z 0-9 - _ .", n.get_ref()));
+                c.error(
+                    n.span(),
+                    format!(
+                        "node name {:?} must be 1-63 characters of A-Z a-z 0-9 - _ .",
+                        n.get_ref()
+                    ),
+                );
                 continue;
             }
             Some(n) => {
                 if let Some(first) = names.get(n.get_ref()) {
                     let (line, _) = line_col(c.source, *first);
-                    c.error(n.span(), format!("duplicate node name {:?} (first defined on line {line})", n.get_ref()));
+                    c.error(
+                        n.span(),
+                        format!("duplicate node name {:?} (first defined on line {line})", n.get_ref()),
+                    );
                     continue;
                 }
                 names.insert(n.get_ref().clone(), n.span().start);
@@ -373,24 +407,42 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
         let mut claim = |c: &mut Checker, addr: SocketAddr, span: Range<usize>, what: &str| {
             if let Some((owner, at)) = addrs.get(&addr) {
                 let (line, _) = line_col(c.source, *at);
-                c.error(span, format!("{what} address {addr} is already used by node {owner} (line {line})"));
+                c.error(
+                    span,
+                    format!("{what} address {addr} is already used by node {owner} (line {line})"),
+                );
             } else {
                 addrs.insert(addr, (name.clone(), span.start));
             }
         };
         let mut links = Vec::new();
         match &rn.links {
-            None => c.error(node_span.clone(), format!("node {name} has no `links`: it needs at least one heartbeat link address (\"IP:PORT\")")),
-            Some(l) if l.get_ref().is_empty() => c.error(l.span(), format!("node {name} has an empty `links` list: it needs at least one heartbeat link address")),
+            None => c.error(
+                node_span.clone(),
+                format!("node {name} has no `links`: it needs at least one heartbeat link address (\"IP:PORT\")"),
+            ),
+            Some(l) if l.get_ref().is_empty() => c.error(
+                l.span(),
+                format!("node {name} has an empty `links` list: it needs at least one heartbeat link address"),
+            ),
             Some(l) => {
                 for link in l.get_ref() {
                     match link.get_ref().parse::<SocketAddr>() {
-                        Ok(a) if a.port() == 0 => c.error(link.span(), format!("link address {} needs a port other than 0", link.get_ref())),
+                        Ok(a) if a.port() == 0 => c.error(
+                            link.span(),
+                            format!("link address {} needs a port other than 0", link.get_ref()),
+                        ),
                         Ok(a) => {
                             claim(c, a, link.span(), "link");
                             links.push(a);
                         }
-                        Err(_) => c.error(link.span(), format!("link {:?} is not an IP:PORT address (e.g. \"10.0.0.1:7400\" or \"[fd00::1]:7400\")", link.get_ref())),
+                        Err(_) => c.error(
+                            link.span(),
+                            format!(
+                                "link {:?} is not an IP:PORT address (e.g. \"10.0.0.1:7400\" or \"[fd00::1]:7400\")",
+                                link.get_ref()
+                            ),
+                        ),
                     }
                 }
             }
@@ -424,7 +476,10 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
         match a.get_ref().parse::<SocketAddr>() {
             Ok(addr) => Some(WitnessConfig { address: addr }),
             Err(_) => {
-                c.error(a.span(), format!("witness address {:?} is not an IP:PORT address", a.get_ref()));
+                c.error(
+                    a.span(),
+                    format!("witness address {:?} is not an IP:PORT address", a.get_ref()),
+                );
                 None
             }
         }
@@ -439,7 +494,10 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
     if names.len() > MAX_VOTERS {
         c.warn(
             cluster_span.clone(),
-            format!("{} nodes: only {MAX_VOTERS} vote in Raft, the others join as non-voting members", names.len()),
+            format!(
+                "{} nodes: only {MAX_VOTERS} vote in Raft, the others join as non-voting members",
+                names.len()
+            ),
         );
     }
     for (section, items) in [
@@ -450,7 +508,10 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
         ("constraint", &raw.constraint),
     ] {
         if let Some(first) = items.first() {
-            c.warn(first.span(), format!("[[{section}]] is accepted but not acted on by this version of phalanx yet"));
+            c.warn(
+                first.span(),
+                format!("[[{section}]] is accepted but not acted on by this version of phalanx yet"),
+            );
         }
     }
 
@@ -504,9 +565,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
 /// Format a duration the way configs write them ("100ms", "2s", "1.5s").
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if d.subsec_nanos() % 1_000_000 != 0 {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
         format!("{}us", d.as_micros())
-    } else if ms % 1000 == 0 && ms > 0 {
+    } else if ms.is_multiple_of(1000) && ms > 0 {
         format!("{}s", ms / 1000)
     } else if ms >= 1000 {
         format!("{}s", d.as_secs_f64())

@@ -103,9 +103,7 @@ impl Detector {
         if !peer.alive {
             peer.alive = true;
             peer.since = Some(now);
-            events.push(LivenessEvent::NodeAlive {
-                node: node.to_string(),
-            });
+            events.push(LivenessEvent::NodeAlive { node: node.to_string() });
         }
         events
     }
@@ -138,6 +136,19 @@ impl Detector {
         events
     }
 
+    /// The earliest `now` at which [`tick`](Self::tick) could report something: the moment the
+    /// first link that is up reaches the detection time. None while no link is up. The shell
+    /// sleeps until then instead of polling, so a verdict is exact and an idle node sleeps.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        let limit = self.detection_time();
+        self.peers
+            .values()
+            .flat_map(|p| p.links.iter())
+            .filter(|l| l.up)
+            .filter_map(|l| l.last_heard.map(|t| t + limit))
+            .min()
+    }
+
     pub fn peer(&self, node: &str) -> Option<&PeerView> {
         self.peers.get(node)
     }
@@ -148,10 +159,7 @@ impl Detector {
 
     /// Names of the peers currently alive.
     pub fn alive_peers(&self) -> impl Iterator<Item = &str> {
-        self.peers
-            .iter()
-            .filter(|(_, p)| p.alive)
-            .map(|(n, _)| n.as_str())
+        self.peers.iter().filter(|(_, p)| p.alive).map(|(n, _)| n.as_str())
     }
 }
 
@@ -175,7 +183,10 @@ mod tests {
         assert_eq!(
             ev,
             vec![
-                LivenessEvent::LinkUp { node: "n2".into(), link: 0 },
+                LivenessEvent::LinkUp {
+                    node: "n2".into(),
+                    link: 0
+                },
                 LivenessEvent::NodeAlive { node: "n2".into() }
             ]
         );
@@ -192,7 +203,10 @@ mod tests {
                 d.report_heartbeat("n2", 1, t * MS);
             }
             let ev = d.tick(t * MS + 50 * MS);
-            assert!(!ev.iter().any(|e| matches!(e, LivenessEvent::NodeDead { .. })), "at {t}: {ev:?}");
+            assert!(
+                !ev.iter().any(|e| matches!(e, LivenessEvent::NodeDead { .. })),
+                "at {t}: {ev:?}"
+            );
         }
         let p = d.peer("n2").unwrap();
         assert!(p.alive);
@@ -203,13 +217,19 @@ mod tests {
     #[test]
     fn all_links_silent_kills_the_node_after_dead_after_intervals() {
         let mut d = det();
-        d.report_heartbeat("n2", 0, 0 * MS);
-        d.report_heartbeat("n2", 1, 0 * MS);
+        d.report_heartbeat("n2", 0, Duration::ZERO);
+        d.report_heartbeat("n2", 1, Duration::ZERO);
         assert!(d.tick(299 * MS).is_empty(), "2.99 intervals of silence is not yet dead");
         let ev = d.tick(300 * MS);
         assert!(ev.contains(&LivenessEvent::NodeDead { node: "n2".into() }), "{ev:?}");
-        assert!(ev.contains(&LivenessEvent::LinkDown { node: "n2".into(), link: 0 }));
-        assert!(ev.contains(&LivenessEvent::LinkDown { node: "n2".into(), link: 1 }));
+        assert!(ev.contains(&LivenessEvent::LinkDown {
+            node: "n2".into(),
+            link: 0
+        }));
+        assert!(ev.contains(&LivenessEvent::LinkDown {
+            node: "n2".into(),
+            link: 1
+        }));
         assert_eq!(d.peer("n2").unwrap().since, Some(300 * MS));
         // no repeated events
         assert!(d.tick(400 * MS).is_empty());
@@ -218,7 +238,7 @@ mod tests {
     #[test]
     fn a_dead_node_recovers_on_any_link() {
         let mut d = det();
-        d.report_heartbeat("n2", 0, 0 * MS);
+        d.report_heartbeat("n2", 0, Duration::ZERO);
         d.tick(1000 * MS);
         assert!(!d.peer("n2").unwrap().alive);
         let ev = d.report_heartbeat("n2", 1, 1100 * MS);
@@ -241,6 +261,26 @@ mod tests {
         d.report_heartbeat("n2", 0, 500 * MS);
         d.report_heartbeat("n2", 0, 400 * MS);
         assert_eq!(d.peer("n2").unwrap().links[0].last_heard, Some(500 * MS));
+    }
+
+    #[test]
+    fn next_deadline_is_the_first_link_to_expire() {
+        let mut d = det();
+        d.set_peer("n3", 1);
+        assert_eq!(d.next_deadline(), None, "nothing is up, nothing can expire");
+        d.report_heartbeat("n2", 0, 100 * MS);
+        d.report_heartbeat("n2", 1, 150 * MS);
+        d.report_heartbeat("n3", 0, 120 * MS);
+        assert_eq!(d.next_deadline(), Some(400 * MS));
+        assert!(d.tick(399 * MS).is_empty());
+        assert_eq!(
+            d.tick(400 * MS),
+            vec![LivenessEvent::LinkDown {
+                node: "n2".into(),
+                link: 0
+            }]
+        );
+        assert_eq!(d.next_deadline(), Some(420 * MS));
     }
 
     #[test]

@@ -49,13 +49,33 @@ pub struct ClusterState {
 pub enum Command {
     /// Record the configured members of a new cluster, all at once (so that a leader change
     /// half-way through can never leave a partial member list). Rejected once bootstrapped.
-    Bootstrap { nodes: Vec<NewNode> },
+    Bootstrap {
+        nodes: Vec<NewNode>,
+    },
     /// Add a member. `id` must be above every id ever assigned.
-    AddNode { name: String, id: u64, links: Vec<String>, api: String },
-    RemoveNode { name: String },
-    SetStandby { name: String, standby: bool },
-    SetLiveness { name: String, liveness: Liveness, at_ms: u64 },
-    SetAttr { name: String, key: String, value: Option<String> },
+    AddNode {
+        name: String,
+        id: u64,
+        links: Vec<String>,
+        api: String,
+    },
+    RemoveNode {
+        name: String,
+    },
+    SetStandby {
+        name: String,
+        standby: bool,
+    },
+    SetLiveness {
+        name: String,
+        liveness: Liveness,
+        at_ms: u64,
+    },
+    SetAttr {
+        name: String,
+        key: String,
+        value: Option<String>,
+    },
 }
 
 /// A member to add (see [`Command::Bootstrap`]).
@@ -209,8 +229,20 @@ mod tests {
         let mut s = ClusterState::default();
         assert_eq!(s.apply(&add("n1", 1)), Outcome::Ok);
         assert_eq!(s.apply(&add("n2", 2)), Outcome::Ok);
-        assert_eq!(s.apply(&Command::SetStandby { name: "n2".into(), standby: true }), Outcome::Ok);
-        assert_eq!(s.apply(&Command::SetStandby { name: "n2".into(), standby: true }), Outcome::Unchanged);
+        assert_eq!(
+            s.apply(&Command::SetStandby {
+                name: "n2".into(),
+                standby: true
+            }),
+            Outcome::Ok
+        );
+        assert_eq!(
+            s.apply(&Command::SetStandby {
+                name: "n2".into(),
+                standby: true
+            }),
+            Outcome::Unchanged
+        );
         assert!(s.nodes["n2"].standby);
         assert_eq!(s.apply(&Command::RemoveNode { name: "n1".into() }), Outcome::Ok);
         assert_eq!(s.nodes.keys().collect::<Vec<_>>(), vec!["n2"]);
@@ -226,12 +258,32 @@ mod tests {
             add("n1", 5),
             add("n9", 1),
             Command::RemoveNode { name: "zz".into() },
-            Command::SetStandby { name: "zz".into(), standby: true },
-            Command::SetAttr { name: "n1".into(), key: "".into(), value: None },
-            Command::AddNode { name: "n3".into(), id: 3, links: vec![], api: "x".into() },
-            Command::AddNode { name: "n3".into(), id: 3, links: vec!["127.0.0.1:7401".into()], api: "y".into() },
+            Command::SetStandby {
+                name: "zz".into(),
+                standby: true,
+            },
+            Command::SetAttr {
+                name: "n1".into(),
+                key: "".into(),
+                value: None,
+            },
+            Command::AddNode {
+                name: "n3".into(),
+                id: 3,
+                links: vec![],
+                api: "x".into(),
+            },
+            Command::AddNode {
+                name: "n3".into(),
+                id: 3,
+                links: vec!["127.0.0.1:7401".into()],
+                api: "y".into(),
+            },
         ] {
-            assert!(matches!(s.apply(&cmd), Outcome::Rejected(_) | Outcome::NoSuchNode(_)), "{cmd:?}");
+            assert!(
+                matches!(s.apply(&cmd), Outcome::Rejected(_) | Outcome::NoSuchNode(_)),
+                "{cmd:?}"
+            );
             assert_eq!(s, before, "{cmd:?} changed the state");
         }
     }
@@ -246,14 +298,20 @@ mod tests {
         };
         let mut s = ClusterState::default();
         // a bad member (duplicate id) rejects the whole bootstrap
-        let bad = Command::Bootstrap { nodes: vec![n("n1", 1), n("n2", 1)] };
+        let bad = Command::Bootstrap {
+            nodes: vec![n("n1", 1), n("n2", 1)],
+        };
         assert!(matches!(s.apply(&bad), Outcome::Rejected(_)));
         assert_eq!(s, ClusterState::default());
-        let good = Command::Bootstrap { nodes: vec![n("n1", 1), n("n2", 2), n("n3", 3)] };
+        let good = Command::Bootstrap {
+            nodes: vec![n("n1", 1), n("n2", 2), n("n3", 3)],
+        };
         assert_eq!(s.apply(&good), Outcome::Ok);
         assert_eq!(s.nodes.len(), 3);
         assert_eq!(s.max_node_id, 3);
-        let again = Command::Bootstrap { nodes: vec![n("n9", 9)] };
+        let again = Command::Bootstrap {
+            nodes: vec![n("n9", 9)],
+        };
         assert_eq!(s.apply(&again), Outcome::Unchanged);
         assert_eq!(s.nodes.len(), 3);
     }
@@ -272,11 +330,19 @@ mod tests {
     fn liveness_and_attrs() {
         let mut s = ClusterState::default();
         s.apply(&add("n1", 1));
-        let set = Command::SetLiveness { name: "n1".into(), liveness: Liveness::Online, at_ms: 42 };
+        let set = Command::SetLiveness {
+            name: "n1".into(),
+            liveness: Liveness::Online,
+            at_ms: 42,
+        };
         assert_eq!(s.apply(&set), Outcome::Ok);
         assert_eq!(s.apply(&set), Outcome::Unchanged);
         assert_eq!(s.nodes["n1"].liveness_since_ms, 42);
-        let attr = Command::SetAttr { name: "n1".into(), key: "k".into(), value: Some("v".into()) };
+        let attr = Command::SetAttr {
+            name: "n1".into(),
+            key: "k".into(),
+            value: Some("v".into()),
+        };
         assert_eq!(s.apply(&attr), Outcome::Ok);
         assert_eq!(s.apply(&attr), Outcome::Unchanged);
         assert_eq!(s.nodes["n1"].attrs["k"], "v");

@@ -43,7 +43,11 @@ fn a_good_config_parses_with_defaults() {
     assert_eq!(cfg.cluster.detection_time(), Duration::from_millis(300));
     assert_eq!(cfg.cluster.key_file, "phalanx.key");
     assert_eq!(cfg.nodes.len(), 3);
-    assert_eq!(cfg.nodes[1].api.to_string(), "127.0.0.1:7480", "default api port on the first link's IP");
+    assert_eq!(
+        cfg.nodes[1].api.to_string(),
+        "127.0.0.1:7480",
+        "default api port on the first link's IP"
+    );
     assert_eq!(cfg.nodes[0].links.len(), 2);
 }
 
@@ -76,7 +80,10 @@ fn duplicate_node_name() {
     let src = GOOD.replace("name = \"n3\"", "name = \"n1\"");
     let (line, col, msg) = one_error(&src);
     assert_eq!((line, col), (17, 8), "{msg}");
-    assert!(msg.contains("duplicate node name \"n1\"") && msg.contains("line 8"), "{msg}");
+    assert!(
+        msg.contains("duplicate node name \"n1\"") && msg.contains("line 8"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -166,7 +173,11 @@ fn two_nodes_without_witness_is_a_warning_that_explains_the_split() {
     assert_eq!(c.diagnostics.len(), 1);
     let d = &c.diagnostics[0];
     assert_eq!((d.severity, d.line, d.col), (Severity::Warning, 1, 1));
-    assert!(d.message.contains("witness") && d.message.contains("neither side"), "{}", d.message);
+    assert!(
+        d.message.contains("witness") && d.message.contains("neither side"),
+        "{}",
+        d.message
+    );
     let with_witness = format!("{two}\n[witness]\naddress = \"127.0.0.1:7499\"\n");
     assert!(check(&with_witness).diagnostics.is_empty());
 }
@@ -201,7 +212,17 @@ fn durations() {
     assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
     assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
     assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
-    for bad in ["", "100", "ms", "1..5s", ".5s", "5.s", "1e3ms", "-1s", "99999999999999h"] {
+    for bad in [
+        "",
+        "100",
+        "ms",
+        "1..5s",
+        ".5s",
+        "5.s",
+        "1e3ms",
+        "-1s",
+        "99999999999999h",
+    ] {
         assert!(parse_duration(bad).is_err(), "{bad:?} must be refused");
     }
     for d in ["100ms", "2s", "1.5s", "20ms"] {

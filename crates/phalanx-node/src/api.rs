@@ -116,7 +116,10 @@ pub struct AddNode {
 async fn add_node(State(node): State<Arc<Node>>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
     let req: AddNode = parse_json(&body)?;
     if req.name.is_empty() || !req.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(ApiError::BadRequest(format!("node name {:?} must be A-Z a-z 0-9 - _ .", req.name)));
+        return Err(ApiError::BadRequest(format!(
+            "node name {:?} must be A-Z a-z 0-9 - _ .",
+            req.name
+        )));
     }
     if req.links.is_empty() {
         return Err(ApiError::BadRequest("a node needs at least one link".into()));
@@ -144,7 +147,9 @@ async fn add_node(State(node): State<Arc<Node>>, body: Bytes) -> Result<impl Int
         api: api.to_string(),
     };
     if node.raft.metrics().borrow().state != openraft::ServerState::Leader {
-        let leader = node.leader_api().ok_or(ApiError::Unavailable("no leader is known right now".into()))?;
+        let leader = node
+            .leader_api()
+            .ok_or(ApiError::Unavailable("no leader is known right now".into()))?;
         return forward(&node, &leader, "/v1/nodes", &req).await;
     }
     let o = node.write(cmd).await?;
@@ -180,7 +185,13 @@ async fn set_standby(
     body: Bytes,
 ) -> Result<Json<Outcome>, ApiError> {
     let req: Standby = parse_json(&body)?;
-    outcome(node.write(Command::SetStandby { name, standby: req.standby }).await?)
+    outcome(
+        node.write(Command::SetStandby {
+            name,
+            standby: req.standby,
+        })
+        .await?,
+    )
 }
 
 #[derive(Deserialize)]
@@ -195,7 +206,14 @@ async fn set_attr(
     body: Bytes,
 ) -> Result<Json<Outcome>, ApiError> {
     let req: AttrValue = parse_json(&body)?;
-    outcome(node.write(Command::SetAttr { name, key, value: Some(req.value) }).await?)
+    outcome(
+        node.write(Command::SetAttr {
+            name,
+            key,
+            value: Some(req.value),
+        })
+        .await?,
+    )
 }
 
 async fn delete_attr(
@@ -235,7 +253,11 @@ async fn write(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<Outcom
 
 async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
     let text = crate::metrics::render(&node).map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response())
 }
 
 async fn raft_rpc(State(node): State<Arc<Node>>, Path(rpc): Path<String>, body: Bytes) -> Result<Vec<u8>, ApiError> {

@@ -213,7 +213,11 @@ impl RaftNetwork<TypeConfig> for FakeConn {
             .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
-    async fn vote(&mut self, req: VoteRequest<NodeId>, _o: RPCOption) -> Rpc<VoteResponse<NodeId>, openraft::error::Infallible> {
+    async fn vote(
+        &mut self,
+        req: VoteRequest<NodeId>,
+        _o: RPCOption,
+    ) -> Rpc<VoteResponse<NodeId>, openraft::error::Infallible> {
         let raft = self.net.raft_of(&self.from, self.target)?;
         raft.vote(req)
             .await

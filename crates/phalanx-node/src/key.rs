@@ -41,7 +41,10 @@ impl ClusterKey {
     /// Load a key file (hex, surrounding whitespace ignored).
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: p.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+            path: p.clone(),
+            source,
+        })?;
         let bytes = hex::decode(text.trim()).map_err(|_| KeyError::Malformed { path: p.clone() })?;
         if bytes.len() < 32 {
             return Err(KeyError::Malformed { path: p });
@@ -66,7 +69,10 @@ impl ClusterKey {
                 if source.kind() == std::io::ErrorKind::AlreadyExists {
                     KeyError::Exists { path: p.clone() }
                 } else {
-                    KeyError::Write { path: p.clone(), source }
+                    KeyError::Write {
+                        path: p.clone(),
+                        source,
+                    }
                 }
             })?;
         writeln!(f, "{}", hex::encode(bytes)).map_err(|source| KeyError::Write { path: p, source })?;
@@ -84,7 +90,10 @@ impl ClusterKey {
 
     /// The API bearer token: HMAC(key, "phalanx api token v1"), hex.
     pub fn api_token(&self) -> String {
-        hex::encode(hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &self.bytes), b"phalanx api token v1"))
+        hex::encode(hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, &self.bytes),
+            b"phalanx api token v1",
+        ))
     }
 }
 
@@ -108,7 +117,10 @@ mod tests {
         assert_eq!(k.api_token(), l.api_token());
         assert!(matches!(ClusterKey::generate(&p), Err(KeyError::Exists { .. })));
         std::fs::write(dir.path().join("bad"), "zz").unwrap();
-        assert!(matches!(ClusterKey::load(&dir.path().join("bad")), Err(KeyError::Malformed { .. })));
+        assert!(matches!(
+            ClusterKey::load(&dir.path().join("bad")),
+            Err(KeyError::Malformed { .. })
+        ));
         assert!(token_eq("abc", "abc") && !token_eq("abc", "abd") && !token_eq("abc", "ab"));
     }
 }

@@ -8,7 +8,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{Gauge, ConstGauge};
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,7 +37,11 @@ pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
     let st = node.status();
     let mut reg = Registry::with_prefix("phalanx");
     reg.register("heartbeats_sent", "Heartbeat datagrams sent", counter(st.mesh.sent));
-    reg.register("heartbeats_received", "Heartbeat datagrams accepted", counter(st.mesh.received));
+    reg.register(
+        "heartbeats_received",
+        "Heartbeat datagrams accepted",
+        counter(st.mesh.received),
+    );
     let dropped = Family::<Reason, Counter>::default();
     for (reason, v) in [
         ("malformed", st.mesh.dropped_malformed),
@@ -55,7 +59,9 @@ pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
     let link_up = Family::<PeerLink, Gauge>::default();
     let age = Family::<PeerLink, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     for n in st.nodes.iter().filter(|n| !n.is_self) {
-        alive.get_or_create(&Peer { peer: n.name.clone() }).set(i64::from(n.state == "online" || n.state == "standby"));
+        alive
+            .get_or_create(&Peer { peer: n.name.clone() })
+            .set(i64::from(n.state == "online" || n.state == "standby"));
         for l in &n.links {
             let key = PeerLink {
                 peer: n.name.clone(),
@@ -67,9 +73,17 @@ pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
             }
         }
     }
-    reg.register("peer_alive", "1 if this node sees the peer alive on at least one link", alive);
+    reg.register(
+        "peer_alive",
+        "1 if this node sees the peer alive on at least one link",
+        alive,
+    );
     reg.register("link_up", "1 if the link to the peer carries heartbeats", link_up);
-    reg.register("heartbeat_age_seconds", "Seconds since the last heartbeat on the link", age);
+    reg.register(
+        "heartbeat_age_seconds",
+        "Seconds since the last heartbeat on the link",
+        age,
+    );
     reg.register("raft_term", "Current Raft term", ConstGauge::new(st.term as i64));
     reg.register(
         "raft_leader",
@@ -86,8 +100,16 @@ pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
         "Index of the last applied Raft log entry",
         ConstGauge::new(st.last_applied_index.unwrap_or(0) as i64),
     );
-    reg.register("quorum", "1 if this node's partition holds a majority of voters", ConstGauge::new(i64::from(st.quorum)));
-    reg.register("voters", "Number of Raft voters", ConstGauge::new(st.voters.len() as i64));
+    reg.register(
+        "quorum",
+        "1 if this node's partition holds a majority of voters",
+        ConstGauge::new(i64::from(st.quorum)),
+    );
+    reg.register(
+        "voters",
+        "Number of Raft voters",
+        ConstGauge::new(st.voters.len() as i64),
+    );
     let mut out = String::new();
     encode(&mut out, &reg)?;
     Ok(out)

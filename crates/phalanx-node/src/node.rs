@@ -13,7 +13,7 @@ use openraft::network::RaftNetworkFactory;
 use openraft::{ChangeMembers, ServerState};
 use phalanx_core::config::Config;
 use phalanx_core::quorum::{self, MAX_VOTERS};
-use phalanx_core::{ClusterState, Command, Liveness, NewNode, Outcome};
+use phalanx_core::{ClusterState, Command, Liveness, NewNode, NodeRecord, Outcome};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -161,7 +161,13 @@ impl Node {
         node.refresh_peers();
         tokio::spawn(mesh.run(out, inbound));
 
-        if opts.bootstrap && !node.raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))? {
+        if opts.bootstrap
+            && !node
+                .raft
+                .is_initialized()
+                .await
+                .map_err(|e| NodeError::Raft(e.to_string()))?
+        {
             // Every listed node initializes with the same membership: openraft allows this and
             // it means the cluster forms whichever nodes come up first.
             let members: BTreeMap<NodeId, BasicNode> = node
@@ -194,7 +200,11 @@ impl Node {
     fn refresh_peers(&self) {
         let st = self.cluster_state();
         let peers: BTreeMap<String, Vec<SocketAddr>> = if st.cluster.max_node_id == 0 {
-            self.config.nodes.iter().map(|n| (n.name.clone(), n.links.clone())).collect()
+            self.config
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.links.clone()))
+                .collect()
         } else {
             st.cluster
                 .nodes
@@ -208,10 +218,12 @@ impl Node {
     /// The name of node `id`: from the replicated state, else from the config file (ids of
     /// listed nodes are their position + 1), so it is known before the state is applied.
     fn name_of(&self, sm: &SmData, id: NodeId) -> Option<String> {
-        sm.cluster
-            .node_by_id(id)
-            .map(|(n, _)| n.clone())
-            .or_else(|| self.config.nodes.get((id as usize).checked_sub(1)?).map(|n| n.name.clone()))
+        sm.cluster.node_by_id(id).map(|(n, _)| n.clone()).or_else(|| {
+            self.config
+                .nodes
+                .get((id as usize).checked_sub(1)?)
+                .map(|n| n.name.clone())
+        })
     }
 
     fn is_leader(&self) -> bool {
@@ -237,9 +249,12 @@ impl Node {
     }
 
     async fn controller(self: Arc<Self>) {
-        let period = self.config.cluster.heartbeat_interval / 2;
+        let interval = self.config.cluster.heartbeat_interval;
         let changed = self.mesh.changed();
         loop {
+            // Every interval; every half interval while a campaign window is open (retries).
+            let campaigning = self.campaign.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+            let period = if campaigning { interval / 2 } else { interval };
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
                 _ = changed.notified() => {}
@@ -296,7 +311,8 @@ impl Node {
                         .unwrap_or(false);
                     if seen_alive && window.map(|(dead, _)| dead != l).unwrap_or(true) {
                         let rc = raft_config(&self.config.cluster);
-                        let len = Duration::from_millis(rc.election_timeout_max) + self.config.cluster.heartbeat_interval * 2;
+                        let len =
+                            Duration::from_millis(rc.election_timeout_max) + self.config.cluster.heartbeat_interval * 2;
                         *window = Some((l, now + len));
                     }
                 }
@@ -344,7 +360,8 @@ impl Node {
         }
         // 2. Liveness as this leader sees it. Right after start the detector has not heard
         //    anyone yet: give it one detection time before declaring anyone offline.
-        let settled = self.started.elapsed() > self.config.cluster.detection_time() + self.config.cluster.heartbeat_interval;
+        let settled =
+            self.started.elapsed() > self.config.cluster.detection_time() + self.config.cluster.heartbeat_interval;
         let reachable = self.reachable();
         for (name, rec) in &sm.cluster.nodes {
             let seen = if reachable.contains(name) {
@@ -367,7 +384,8 @@ impl Node {
         let membership = sm.membership.membership().clone();
         let in_raft: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let wanted: BTreeMap<NodeId, &phalanx_core::NodeRecord> = sm.cluster.nodes.values().map(|r| (r.id, r)).collect();
+        let wanted: BTreeMap<NodeId, &phalanx_core::NodeRecord> =
+            sm.cluster.nodes.values().map(|r| (r.id, r)).collect();
         for (id, rec) in &wanted {
             if !in_raft.contains(id) {
                 tracing::info!(node = id, "adding learner");
@@ -502,21 +520,37 @@ impl Node {
         let leader_id = m.current_leader.filter(|_| q.quorate && leader_valid);
         let peers: BTreeMap<String, PeerStatus> = self.mesh.peers();
         let mut nodes = Vec::new();
-        let members: Vec<(String, u64, bool, Liveness, String, BTreeMap<String, String>)> = if sm.cluster.max_node_id == 0 {
+        let members: BTreeMap<String, NodeRecord> = if sm.cluster.max_node_id == 0 {
+            // Not bootstrapped yet: show the configured members.
             self.config
                 .nodes
                 .iter()
                 .enumerate()
-                .map(|(i, n)| (n.name.clone(), i as u64 + 1, false, Liveness::Unknown, n.api.to_string(), BTreeMap::new()))
+                .map(|(i, n)| {
+                    let rec = NodeRecord {
+                        id: i as u64 + 1,
+                        links: n.links.iter().map(|l| l.to_string()).collect(),
+                        api: n.api.to_string(),
+                        standby: false,
+                        liveness: Liveness::Unknown,
+                        liveness_since_ms: 0,
+                        attrs: BTreeMap::new(),
+                    };
+                    (n.name.clone(), rec)
+                })
                 .collect()
         } else {
-            sm.cluster
-                .nodes
-                .iter()
-                .map(|(n, r)| (n.clone(), r.id, r.standby, r.liveness, r.api.clone(), r.attrs.clone()))
-                .collect()
+            sm.cluster.nodes.clone()
         };
-        for (name, id, standby, liveness, api, attrs) in members {
+        for (name, rec) in members {
+            let NodeRecord {
+                id,
+                standby,
+                liveness,
+                api,
+                attrs,
+                ..
+            } = rec;
             let is_self = name == self.name;
             let peer = peers.get(&name);
             let online = is_self || peer.map(|p| p.alive).unwrap_or(false);

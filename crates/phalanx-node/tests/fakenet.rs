@@ -54,12 +54,21 @@ async fn start(net: &FakeNet) -> Vec<Arc<Node>> {
 async fn wait_for(nodes: &[Arc<Node>], group: &[&str], what: &str, cond: impl Fn(&[StatusReport]) -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let st: Vec<StatusReport> = nodes.iter().filter(|n| group.contains(&n.name.as_str())).map(|n| n.status()).collect();
+        let st: Vec<StatusReport> = nodes
+            .iter()
+            .filter(|n| group.contains(&n.name.as_str()))
+            .map(|n| n.status())
+            .collect();
         if cond(&st) {
             return;
         }
         if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for {what}: {:#?}", st.iter().map(|s| (&s.node, &s.leader, s.quorum, s.term, &s.raft_state)).collect::<Vec<_>>());
+            panic!(
+                "timed out waiting for {what}: {:#?}",
+                st.iter()
+                    .map(|s| (&s.node, &s.leader, s.quorum, s.term, &s.raft_state))
+                    .collect::<Vec<_>>()
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -99,29 +108,51 @@ async fn five_nodes_split_two_three_then_heal() {
     })
     .await;
     wait_for(&nodes, &minority, "the minority to know it has no quorum", |st| {
-        st.iter().all(|s| !s.quorum && s.leader.is_none() && s.votes == 2 && s.votes_needed == 3)
+        st.iter()
+            .all(|s| !s.quorum && s.leader.is_none() && s.votes == 2 && s.votes_needed == 3)
     })
     .await;
     let st = node(majority[0]).status();
-    let lost: Vec<_> = st.nodes.iter().filter(|n| n.state == "offline").map(|n| n.name.as_str()).collect();
+    let lost: Vec<_> = st
+        .nodes
+        .iter()
+        .filter(|n| n.state == "offline")
+        .map(|n| n.name.as_str())
+        .collect();
     assert_eq!(lost.len(), 2, "the majority sees the minority offline: {lost:?}");
 
     // The majority commits; the minority cannot.
     let new_leader = node(&one_leader(&majority.iter().map(|n| node(n).status()).collect::<Vec<_>>()).unwrap());
-    let cmd = Command::SetAttr { name: "n1".into(), key: "during-split".into(), value: Some("yes".into()) };
+    let cmd = Command::SetAttr {
+        name: "n1".into(),
+        key: "during-split".into(),
+        value: Some("yes".into()),
+    };
     assert_eq!(new_leader.write(cmd.clone()).await.unwrap(), Outcome::Ok);
     let stuck = tokio::time::timeout(Duration::from_secs(3), node(minority[0]).write(cmd.clone())).await;
-    assert!(!matches!(stuck, Ok(Ok(Outcome::Ok))), "the minority must not commit: {stuck:?}");
+    assert!(
+        !matches!(stuck, Ok(Ok(Outcome::Ok))),
+        "the minority must not commit: {stuck:?}"
+    );
 
     net.heal();
-    wait_for(&nodes, &NAMES, "one leader after healing", |st| one_leader(st).is_some()).await;
+    wait_for(&nodes, &NAMES, "one leader after healing", |st| {
+        one_leader(st).is_some()
+    })
+    .await;
     wait_for(&nodes, &NAMES, "the minority to catch up", |st| {
-        st.iter().all(|s| s.last_applied_index.is_some() && s.last_applied_index == st[0].last_applied_index)
+        st.iter()
+            .all(|s| s.last_applied_index.is_some() && s.last_applied_index == st[0].last_applied_index)
     })
     .await;
     for n in &nodes {
         let attrs = &n.members().nodes["n1"].attrs;
-        assert_eq!(attrs.get("during-split").map(String::as_str), Some("yes"), "{} lost the write", n.name);
+        assert_eq!(
+            attrs.get("during-split").map(String::as_str),
+            Some("yes"),
+            "{} lost the write",
+            n.name
+        );
     }
     for n in &nodes {
         n.shutdown().await;

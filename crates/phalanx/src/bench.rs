@@ -52,11 +52,28 @@ pub struct Idle {
 pub struct BenchReport {
     pub kills_per_interval: usize,
     pub intervals: Vec<IntervalResult>,
+    pub peers: Vec<PeerResult>,
+    /// Why no peer was measured, if none was.
+    pub peer_note: Option<String>,
     pub idle: Idle,
+}
+
+/// etcd at the same heartbeat interval, with the tightest election timeout etcd accepts
+/// (it refuses less than 5 × the heartbeat).
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerResult {
+    pub peer: String,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    pub leader_failover_ms: Dist,
+    /// phalanx p50 / etcd p50 leader failover at this heartbeat interval (< 1: phalanx faster).
+    pub ratio_phalanx_over_peer_p50: f64,
 }
 
 pub struct BenchArgs {
     pub kills: usize,
+    /// Also measure etcd (needs /usr/bin/etcd, Debian's etcd-server).
+    pub etcd: bool,
     pub heartbeats: Vec<Duration>,
     pub idle_seconds: u64,
     pub json: bool,
@@ -85,13 +102,24 @@ fn proc_rss_mb(pid: u32) -> Result<f64> {
 
 pub async fn run(args: BenchArgs, exe: PathBuf) -> Result<BenchReport> {
     let timeout = Duration::from_secs(30);
-    let pb = if args.json { ProgressBar::hidden() } else { ProgressBar::new((args.kills * args.heartbeats.len()) as u64) };
+    let pb = if args.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new((args.kills * args.heartbeats.len()) as u64)
+    };
     pb.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} kills {msg} [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{bar:30} {pos}/{len} kills {msg} [{elapsed}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut intervals = Vec::new();
     for hb in &args.heartbeats {
-        let mut cluster = LocalCluster::create(Spec { nodes: 3, heartbeat: *hb, links: 2, exe: exe.clone(), keep: false })?;
+        let mut cluster = LocalCluster::create(Spec {
+            nodes: 3,
+            heartbeat: *hb,
+            links: 2,
+            exe: exe.clone(),
+            keep: false,
+        })?;
         cluster.start_all()?;
         let mut det = Vec::new();
         let mut fo = Vec::new();
@@ -113,15 +141,37 @@ pub async fn run(args: BenchArgs, exe: PathBuf) -> Result<BenchReport> {
         });
     }
     pb.finish_and_clear();
+    let (peers, peer_note) = if args.etcd {
+        measure_etcd(&args, &intervals, timeout).await?
+    } else {
+        (Vec::new(), Some("etcd not requested (--no-etcd)".to_string()))
+    };
 
     // Idle footprint of a 5-node cluster at the default interval.
-    let mut cluster = LocalCluster::create(Spec { nodes: 5, heartbeat: Duration::from_millis(100), links: 2, exe, keep: false })?;
+    let mut cluster = LocalCluster::create(Spec {
+        nodes: 5,
+        heartbeat: Duration::from_millis(100),
+        links: 2,
+        exe,
+        keep: false,
+    })?;
     cluster.start_all()?;
     cluster.wait_stable(timeout).await?;
-    let pids: BTreeMap<String, u32> = cluster.nodes.iter().filter_map(|n| n.pid().map(|p| (n.name.clone(), p))).collect();
-    let before: BTreeMap<String, u64> = pids.iter().map(|(n, p)| (n.clone(), proc_cpu_ticks(*p).unwrap_or(0))).collect();
+    let pids: BTreeMap<String, u32> = cluster
+        .nodes
+        .iter()
+        .filter_map(|n| n.pid().map(|p| (n.name.clone(), p)))
+        .collect();
+    let before: BTreeMap<String, u64> = pids
+        .iter()
+        .map(|(n, p)| (n.clone(), proc_cpu_ticks(*p).unwrap_or(0)))
+        .collect();
     let t0 = std::time::Instant::now();
-    let spin = if args.json { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+    let spin = if args.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
     spin.set_message(format!("measuring an idle 5-node cluster for {} s", args.idle_seconds));
     spin.enable_steady_tick(Duration::from_millis(100));
     tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
@@ -139,24 +189,100 @@ pub async fn run(args: BenchArgs, exe: PathBuf) -> Result<BenchReport> {
     Ok(BenchReport {
         kills_per_interval: args.kills,
         intervals,
-        idle: Idle { nodes: 5, seconds: args.idle_seconds, rss_mb: rss, cpu_percent: cpu },
+        peers,
+        peer_note,
+        idle: Idle {
+            nodes: 5,
+            seconds: args.idle_seconds,
+            rss_mb: rss,
+            cpu_percent: cpu,
+        },
     })
 }
 
 pub fn render(r: &BenchReport) -> String {
-    let mut o = format!("Leader SIGKILL, 3 nodes on loopback, 2 links each, {} kills per interval\n", r.kills_per_interval);
+    let mut o = format!(
+        "Leader SIGKILL, 3 nodes on loopback, 2 links each, {} kills per interval\n",
+        r.kills_per_interval
+    );
     o += "heartbeat | detection ms min/p50/p99/max | leader failover ms min/p50/p99/max | failover/detection p50\n";
     for i in &r.intervals {
         let d = &i.detection_ms;
         let l = &i.leader_failover_ms;
         o += &format!(
             "{:>6}ms  | {:>5} {:>5} {:>5} {:>5}         | {:>5} {:>5} {:>5} {:>5}               | {:.2}\n",
-            i.heartbeat_interval_ms, d.min, d.p50, d.p99, d.max, l.min, l.p50, l.p99, l.max, i.failover_over_detection_p50
+            i.heartbeat_interval_ms,
+            d.min,
+            d.p50,
+            d.p99,
+            d.max,
+            l.min,
+            l.p50,
+            l.p99,
+            l.max,
+            i.failover_over_detection_p50
         );
     }
-    o += &format!("\nIdle {}-node cluster over {} s (100ms heartbeats):\n", r.idle.nodes, r.idle.seconds);
+    for p in &r.peers {
+        let l = &p.leader_failover_ms;
+        o += &format!(
+            "{:>6}ms  | {} (election timeout {}ms): leader failover ms min/p50/p99/max {} {} {} {} | phalanx/etcd p50 = {:.2}\n",
+            p.heartbeat_interval_ms, p.peer, p.election_timeout_ms, l.min, l.p50, l.p99, l.max, p.ratio_phalanx_over_peer_p50
+        );
+    }
+    if let Some(n) = &r.peer_note {
+        o += &format!("peer: {n}\n");
+    }
+    o += &format!(
+        "\nIdle {}-node cluster over {} s (100ms heartbeats):\n",
+        r.idle.nodes, r.idle.seconds
+    );
     for (n, mb) in &r.idle.rss_mb {
         o += &format!("  {n}: RSS {mb:.1} MB, CPU {:.2} % of a core\n", r.idle.cpu_percent[n]);
     }
     o
+}
+
+/// etcd's leader failover at each of our heartbeat intervals (see `peer_etcd`).
+async fn measure_etcd(
+    args: &BenchArgs,
+    ours: &[IntervalResult],
+    timeout: Duration,
+) -> Result<(Vec<PeerResult>, Option<String>)> {
+    let Some(version) = crate::peer_etcd::version() else {
+        let note = format!("{} not found: apt-get install etcd-server", crate::peer_etcd::ETCD);
+        return Ok((Vec::new(), Some(note)));
+    };
+    let pb = if args.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new((args.kills * ours.len()) as u64)
+    };
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} etcd kills {msg} [{elapsed}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut peers = Vec::new();
+    for own in ours {
+        let hb_ms = own.heartbeat_interval_ms;
+        let election_ms = hb_ms * 5;
+        pb.set_message(format!("at {hb_ms}ms/{election_ms}ms"));
+        let mut etcd = crate::peer_etcd::EtcdCluster::create(hb_ms, election_ms)?;
+        etcd.start_all()?;
+        let mut fo = Vec::new();
+        for _ in 0..args.kills {
+            fo.push(etcd.kill_leader(timeout).await?);
+            pb.inc(1);
+        }
+        let d = dist(fo);
+        peers.push(PeerResult {
+            peer: version.clone(),
+            heartbeat_interval_ms: hb_ms,
+            election_timeout_ms: election_ms,
+            ratio_phalanx_over_peer_p50: own.leader_failover_ms.p50 as f64 / d.p50.max(1) as f64,
+            leader_failover_ms: d,
+        });
+    }
+    pb.finish_and_clear();
+    Ok((peers, None))
 }

@@ -72,7 +72,8 @@ impl Client {
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, api: &str, path: &str, body: &B) -> Result<T> {
-        self.send(self.http.post(format!("http://{api}{path}")).json(body)).await
+        self.send(self.http.post(format!("http://{api}{path}")).json(body))
+            .await
     }
 
     pub async fn put<B: Serialize, T: DeserializeOwned>(&self, api: &str, path: &str, body: &B) -> Result<T> {

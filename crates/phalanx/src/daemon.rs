@@ -35,9 +35,11 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
             (rec.id, links, rec.api.parse()?, false)
         }
     };
-    let data_dir = args
-        .data_dir
-        .unwrap_or_else(|| Path::new("/var/lib/phalanx").join(&config.cluster.name).join(&args.node));
+    let data_dir = args.data_dir.unwrap_or_else(|| {
+        Path::new("/var/lib/phalanx")
+            .join(&config.cluster.name)
+            .join(&args.node)
+    });
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let db = raft::store::open(&data_dir.join("raft.redb"))?;
     let (out, inbound) = mesh::bind_udp(&links).await?;
@@ -87,7 +89,9 @@ async fn lookup_joiner(config: &phalanx_core::Config, key: &ClusterKey, name: &s
         }
     }
     match last {
-        Some(e) => Err(e.context(format!("node {name} is not in the config file, and no listed node answered to look it up"))),
+        Some(e) => Err(e.context(format!(
+            "node {name} is not in the config file, and no listed node answered to look it up"
+        ))),
         None => bail!("the config lists no nodes"),
     }
 }

@@ -38,7 +38,10 @@ fn spinner(json: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new_spinner();
-    pb.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
     pb.enable_steady_tick(Duration::from_millis(80));
     pb
 }
@@ -129,15 +132,23 @@ pub async fn run(args: DemoArgs, exe: std::path::PathBuf) -> Result<DemoReport> 
         }
         pb.suspend(|| println!("{msg}"));
     };
-    pb.set_message(format!("starting {} nodes on loopback (2 heartbeat links each)", args.nodes));
+    pb.set_message(format!(
+        "starting {} nodes on loopback (2 heartbeat links each)",
+        args.nodes
+    ));
     cluster.start_all()?;
     pb.set_message("waiting for quorum and a leader");
     let leader = cluster.wait_stable(timeout).await?;
     let st = cluster.status(&leader).await?;
-    say(&pb, format!("Cluster is up (scratch folder {}):\n", cluster.dir().display()));
+    say(
+        &pb,
+        format!("Cluster is up (scratch folder {}):\n", cluster.dir().display()),
+    );
     say(&pb, render::status(&st));
 
-    pb.set_message(format!("killing the leader {leader} with SIGKILL; waiting for the survivors"));
+    pb.set_message(format!(
+        "killing the leader {leader} with SIGKILL; waiting for the survivors"
+    ));
     let figures = kill_leader(&mut cluster, timeout).await?;
     say(
         &pb,
@@ -156,11 +167,17 @@ pub async fn run(args: DemoArgs, exe: std::path::PathBuf) -> Result<DemoReport> 
     pb.set_message(format!("restarting {} and waiting for it to rejoin", figures.killed));
     let rejoin_ms = rejoin(&mut cluster, &figures.killed, timeout).await?;
     let st = cluster.status(&figures.killed).await?;
-    say(&pb, format!("{} rejoined after {rejoin_ms} ms with its log:\n", figures.killed));
+    say(
+        &pb,
+        format!("{} rejoined after {rejoin_ms} ms with its log:\n", figures.killed),
+    );
     say(&pb, render::status(&st));
     pb.finish_and_clear();
     if args.keep {
-        say(&pb, format!("Kept the scratch folder {} (logs: n*.log).", cluster.dir().display()));
+        say(
+            &pb,
+            format!("Kept the scratch folder {} (logs: n*.log).", cluster.dir().display()),
+        );
     }
     Ok(DemoReport {
         nodes: args.nodes,

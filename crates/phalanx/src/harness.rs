@@ -82,7 +82,10 @@ impl LocalCluster {
                 .collect::<Result<_>>()?;
             let api = format!("127.0.0.1:{}", free_tcp_port()?);
             let quoted: Vec<String> = links.iter().map(|l| format!("\"{l}\"")).collect();
-            toml += &format!("\n[[node]]\nname = \"{name}\"\nlinks = [{}]\napi = \"{api}\"\n", quoted.join(", "));
+            toml += &format!(
+                "\n[[node]]\nname = \"{name}\"\nlinks = [{}]\napi = \"{api}\"\n",
+                quoted.join(", ")
+            );
             nodes.push(LocalNode {
                 data_dir: dir.join(&name),
                 name,
@@ -112,7 +115,10 @@ impl LocalCluster {
     /// Allocate addresses for a node that is not in the config file (to be added with
     /// `phalanx node add`, then started). Returns its links and API address.
     pub fn add_unlisted(&mut self, name: &str) -> Result<(Vec<String>, String)> {
-        let links = vec![format!("127.0.0.1:{}", free_udp_port("127.0.0.1")?), format!("127.0.0.2:{}", free_udp_port("127.0.0.2")?)];
+        let links = vec![
+            format!("127.0.0.1:{}", free_udp_port("127.0.0.1")?),
+            format!("127.0.0.2:{}", free_udp_port("127.0.0.2")?),
+        ];
         let api = format!("127.0.0.1:{}", free_tcp_port()?);
         self.nodes.push(LocalNode {
             name: name.to_string(),
@@ -126,7 +132,11 @@ impl LocalCluster {
 
     /// Run the phalanx CLI against this cluster's config; returns (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> Result<(i32, String, String)> {
-        let out = Command::new(&self.exe).arg("--config").arg(&self.config_path).args(args).output()?;
+        let out = Command::new(&self.exe)
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .output()?;
         Ok((
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).to_string(),
@@ -135,11 +145,17 @@ impl LocalCluster {
     }
 
     pub fn node(&self, name: &str) -> Result<&LocalNode> {
-        self.nodes.iter().find(|n| n.name == name).ok_or_else(|| anyhow!("no node {name}"))
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| anyhow!("no node {name}"))
     }
 
     fn node_mut(&mut self, name: &str) -> Result<&mut LocalNode> {
-        self.nodes.iter_mut().find(|n| n.name == name).ok_or_else(|| anyhow!("no node {name}"))
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .ok_or_else(|| anyhow!("no node {name}"))
     }
 
     pub fn log_path(&self, name: &str) -> PathBuf {
@@ -150,7 +166,10 @@ impl LocalCluster {
     pub fn start(&mut self, name: &str) -> Result<()> {
         let exe = self.exe.clone();
         let config = self.config_path.clone();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(name))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(name))?;
         let node = self.node_mut(name)?;
         if node.child.is_some() {
             bail!("{name} is already running");
@@ -163,7 +182,10 @@ impl LocalCluster {
             .arg(&node.name)
             .arg("--data-dir")
             .arg(&node.data_dir)
-            .env("RUST_LOG", std::env::var("PHALANX_DEMO_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("PHALANX_DEMO_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -191,7 +213,11 @@ impl LocalCluster {
     }
 
     pub fn running(&self) -> Vec<String> {
-        self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.name.clone()).collect()
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.name.clone())
+            .collect()
     }
 
     pub async fn status(&self, name: &str) -> Result<StatusReport> {
@@ -254,11 +280,11 @@ impl LocalCluster {
         self.wait_for(timeout, "one agreed leader with every running node online", |st| {
             let leader = self.agreed_leader(st)?;
             let all_online = st.values().all(|s| {
-                s.config_version > 0 &&
-                s.nodes
-                    .iter()
-                    .filter(|n| running.contains(&n.name))
-                    .all(|n| n.state == "online" || n.state == "standby")
+                s.config_version > 0
+                    && s.nodes
+                        .iter()
+                        .filter(|n| running.contains(&n.name))
+                        .all(|n| n.state == "online" || n.state == "standby")
             });
             all_online.then_some(leader)
         })

@@ -6,4 +6,5 @@ pub mod client;
 pub mod daemon;
 pub mod demo;
 pub mod harness;
+pub mod peer_etcd;
 pub mod render;

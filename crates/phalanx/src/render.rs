@@ -44,8 +44,21 @@ pub fn status(s: &StatusReport) -> String {
     for n in &s.nodes {
         let role = if n.voter { "voter" } else { "learner" };
         let mark = if n.is_self { "  (this node)" } else { "" };
-        let lead = if s.leader.as_deref() == Some(n.name.as_str()) { " leader" } else { "" };
-        let _ = writeln!(o, "  * {:<10} {:<8} id {} {}{}{}", n.name, n.state.to_uppercase(), n.id, role, lead, mark);
+        let lead = if s.leader.as_deref() == Some(n.name.as_str()) {
+            " leader"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            o,
+            "  * {:<10} {:<8} id {} {}{}{}",
+            n.name,
+            n.state.to_uppercase(),
+            n.id,
+            role,
+            lead,
+            mark
+        );
         for l in &n.links {
             let _ = writeln!(
                 o,
@@ -62,7 +75,8 @@ pub fn status(s: &StatusReport) -> String {
         }
     }
     let m = &s.mesh;
-    let dropped = m.dropped_malformed + m.dropped_auth + m.dropped_replay + m.dropped_unknown_sender + m.dropped_other_cluster;
+    let dropped =
+        m.dropped_malformed + m.dropped_auth + m.dropped_replay + m.dropped_unknown_sender + m.dropped_other_cluster;
     let _ = writeln!(
         o,
         "\nHeartbeats: {} sent, {} received, {} dropped (malformed {}, bad signature {}, replay {}, unknown sender {}, other cluster {})",

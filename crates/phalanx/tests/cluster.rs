@@ -23,7 +23,11 @@ fn cluster(nodes: usize) -> LocalCluster {
 }
 
 fn attrs_of(st: &StatusReport, node: &str) -> BTreeMap<String, String> {
-    st.nodes.iter().find(|n| n.name == node).map(|n| n.attrs.clone()).unwrap_or_default()
+    st.nodes
+        .iter()
+        .find(|n| n.name == node)
+        .map(|n| n.attrs.clone())
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,7 +74,11 @@ async fn no_acknowledged_write_is_lost_across_kill_9() {
         while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
             let api = &apis[i as usize % apis.len()];
             let r: anyhow::Result<serde_json::Value> = client
-                .put(api, &format!("/v1/nodes/n2/attrs/k{i}"), &serde_json::json!({ "value": i.to_string() }))
+                .put(
+                    api,
+                    &format!("/v1/nodes/n2/attrs/k{i}"),
+                    &serde_json::json!({ "value": i.to_string() }),
+                )
                 .await;
             if r.is_ok() {
                 acked.insert(i);
@@ -82,7 +90,8 @@ async fn no_acknowledged_write_is_lost_across_kill_9() {
     // Kill the leader, then a follower, in the middle of the burst.
     let leader = c.wait_stable(T).await.unwrap();
     c.wait_for(T, "the burst to be under way", |st| {
-        st.get(&leader).and_then(|s| (attrs_of(s, "n2").len() >= 10).then_some(()))
+        st.get(&leader)
+            .and_then(|s| (attrs_of(s, "n2").len() >= 10).then_some(()))
     })
     .await
     .unwrap();
@@ -90,13 +99,21 @@ async fn no_acknowledged_write_is_lost_across_kill_9() {
     let new_leader = c.wait_for(T, "a new leader", |st| c.agreed_leader(st)).await.unwrap();
     c.start(&leader).unwrap();
     c.wait_stable(T).await.unwrap();
-    let victim = c.running().into_iter().find(|n| *n != new_leader && *n != leader).unwrap();
+    let victim = c
+        .running()
+        .into_iter()
+        .find(|n| *n != new_leader && *n != leader)
+        .unwrap();
     c.kill(&victim).unwrap();
     c.start(&victim).unwrap();
     c.wait_stable(T).await.unwrap();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let acked = writer.await.unwrap();
-    assert!(acked.len() > 20, "the burst must have made progress: {} acks", acked.len());
+    assert!(
+        acked.len() > 20,
+        "the burst must have made progress: {} acks",
+        acked.len()
+    );
     // Every node (both restarted ones included) ends with every acknowledged write.
     let names: Vec<String> = c.running();
     c.wait_for(T, "every node to apply every acknowledged write", |st| {
@@ -122,9 +139,12 @@ async fn one_link_down_keeps_nodes_alive_both_down_kills() {
     // Link 1 goes down everywhere (proof the cut took effect) ...
     c.wait_for(T, "link 1 down on every node", |st| {
         (st.len() == 3
-            && st
-                .values()
-                .all(|s| s.nodes.iter().filter(|n| !n.is_self).all(|n| n.links.len() == 2 && !n.links[1].up)))
+            && st.values().all(|s| {
+                s.nodes
+                    .iter()
+                    .filter(|n| !n.is_self)
+                    .all(|n| n.links.len() == 2 && !n.links[1].up)
+            }))
         .then_some(())
     })
     .await
@@ -157,7 +177,8 @@ async fn one_link_down_keeps_nodes_alive_both_down_kills() {
     .await
     .unwrap();
     c.wait_for(T, "n3, alone, to know it has no quorum", |st| {
-        st.get("n3").and_then(|s| (!s.quorum && s.leader.is_none()).then_some(()))
+        st.get("n3")
+            .and_then(|s| (!s.quorum && s.leader.is_none()).then_some(()))
     })
     .await
     .unwrap();
@@ -180,7 +201,9 @@ async fn node_add_and_remove_change_raft_membership() {
     c.start("n4").unwrap();
     c.wait_for(T, "n4 to become a voter seen online by all", |st| {
         (st.len() == 4
-            && st.values().all(|s| s.voters.len() == 4 && s.voters.contains(&"n4".to_string()))
+            && st
+                .values()
+                .all(|s| s.voters.len() == 4 && s.voters.contains(&"n4".to_string()))
             && st.values().all(|s| s.nodes.iter().all(|n| n.state == "online")))
         .then_some(())
     })
@@ -195,8 +218,11 @@ async fn node_add_and_remove_change_raft_membership() {
     assert_eq!(code, 0, "{out}{err}");
     c.kill("n4").unwrap();
     c.wait_for(T, "n4 to leave the membership", |st| {
-        (st.len() == 3 && st.values().all(|s| s.voters.len() == 3 && !s.nodes.iter().any(|n| n.name == "n4")))
-            .then_some(())
+        (st.len() == 3
+            && st
+                .values()
+                .all(|s| s.voters.len() == 3 && !s.nodes.iter().any(|n| n.name == "n4")))
+        .then_some(())
     })
     .await
     .unwrap();
@@ -214,22 +240,55 @@ async fn api_refuses_bad_tokens_and_malformed_json_and_serves_metrics() {
     let http = reqwest::Client::new();
     let r = http.get(format!("http://{api}/v1/status")).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let r = http.get(format!("http://{api}/v1/status")).bearer_auth("wrong").send().await.unwrap();
+    let r = http
+        .get(format!("http://{api}/v1/status"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = http.post(format!("http://{api}/raft/vote")).body("x").send().await.unwrap();
+    let r = http
+        .post(format!("http://{api}/raft/vote"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401, "raft RPCs need the token too");
 
-    let token = phalanx_node::ClusterKey::load(&c.dir.join("phalanx.key")).unwrap().api_token();
+    let token = phalanx_node::ClusterKey::load(&c.dir.join("phalanx.key"))
+        .unwrap()
+        .api_token();
     let post = |path: &str, body: &'static str| {
-        http.post(format!("http://{api}{path}")).bearer_auth(&token).body(body).send()
+        http.post(format!("http://{api}{path}"))
+            .bearer_auth(&token)
+            .body(body)
+            .send()
     };
     let bad = post("/v1/nodes/n1/standby", "{\"standby\": tru").await.unwrap();
     assert_eq!(bad.status(), 400);
     let body: serde_json::Value = bad.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("malformed JSON"), "{body}");
-    assert_eq!(post("/v1/nodes/n1/standby", "{\"stanby\": true}").await.unwrap().status(), 400);
-    assert_eq!(post("/v1/nodes/zz/standby", "{\"standby\": true}").await.unwrap().status(), 404);
-    assert_eq!(post("/v1/nodes", "{\"name\": \"n9\", \"links\": [\"nope\"]}").await.unwrap().status(), 400);
+    assert_eq!(
+        post("/v1/nodes/n1/standby", "{\"stanby\": true}")
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        post("/v1/nodes/zz/standby", "{\"standby\": true}")
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        post("/v1/nodes", "{\"name\": \"n9\", \"links\": [\"nope\"]}")
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
     assert_eq!(post("/raft/append", "\u{7f}\u{7f}\u{7f}").await.unwrap().status(), 400);
 
     // standby through the CLI shows in status
@@ -267,7 +326,13 @@ async fn forged_and_garbage_heartbeats_are_dropped_and_counted() {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let other_key = phalanx_node::ClusterKey::from_bytes(&[1u8; 32]);
     let forged = phalanx_node::mesh::wire::encode(
-        &phalanx_node::mesh::wire::Heartbeat { cluster: "demo".into(), sender: "n2".into(), link: 0, incarnation: u64::MAX, seq: 1 },
+        &phalanx_node::mesh::wire::Heartbeat {
+            cluster: "demo".into(),
+            sender: "n2".into(),
+            link: 0,
+            incarnation: u64::MAX,
+            seq: 1,
+        },
         &other_key,
     );
     for _ in 0..5 {
@@ -296,22 +361,40 @@ fn config_check_prints_file_line_col_and_exits_2() {
         cmd.args(["config", "check"]).arg(&f).output().unwrap()
     };
     let name = f.display().to_string();
-    std::fs::write(&f, "[cluster]\nname = \"x\"\n\n[[node]]\nname = \"a\"\nlinks = [\"127.0.0.1:1\"]\nbogus = 1\n").unwrap();
+    std::fs::write(
+        &f,
+        "[cluster]\nname = \"x\"\n\n[[node]]\nname = \"a\"\nlinks = [\"127.0.0.1:1\"]\nbogus = 1\n",
+    )
+    .unwrap();
     let out = check(false);
     assert_eq!(out.status.code(), Some(2));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&format!("{name}:7:1: error: unknown field `bogus`")), "{text}");
+    assert!(
+        text.contains(&format!("{name}:7:1: error: unknown field `bogus`")),
+        "{text}"
+    );
     let v: serde_json::Value = serde_json::from_slice(&check(true).stdout).unwrap();
     assert_eq!(v["ok"], false);
     assert_eq!(v["diagnostics"][0]["line"], 7);
 
-    std::fs::write(&f, "[cluster]\nname = \"x\"\nheartbeat_interval = \"1ms\"\n\n[[node]]\nname = \"a\"\nlinks = [\"127.0.0.1:1\"]\n").unwrap();
+    std::fs::write(
+        &f,
+        "[cluster]\nname = \"x\"\nheartbeat_interval = \"1ms\"\n\n[[node]]\nname = \"a\"\nlinks = [\"127.0.0.1:1\"]\n",
+    )
+    .unwrap();
     let out = check(false);
     assert_eq!(out.status.code(), Some(2));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&format!("{name}:3:22: error: heartbeat_interval 1ms is outside")), "{text}");
+    assert!(
+        text.contains(&format!("{name}:3:22: error: heartbeat_interval 1ms is outside")),
+        "{text}"
+    );
 
-    std::fs::write(&f, "[cluster]\nname = \"x\"\n\n[[node]]\nname = \"a\"\nlinks = [\"127.0.0.1:1\"]\n").unwrap();
+    std::fs::write(
+        &f,
+        "[cluster]\nname = \"x\"\n\n[[node]]\nname = \"a\"\nlinks = [\"127.0.0.1:1\"]\n",
+    )
+    .unwrap();
     let out = check(false);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
 }

@@ -222,18 +222,22 @@ impl Mesh {
             .collect()
     }
 
-    /// Run the mesh until the inbound channel closes: send heartbeats every interval, tick the
-    /// detector often enough for ~interval/10 precision, and take in datagrams.
+    /// Run the mesh until the inbound channel closes: send heartbeats every interval, take in
+    /// datagrams, and wake the detector exactly when its next link can expire (no polling).
     pub async fn run(self, out: Arc<dyn DatagramOut>, mut inbound: mpsc::Receiver<Inbound>) {
         let mut beat = tokio::time::interval(self.settings.interval);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let tick_every = (self.settings.interval / 10).clamp(Duration::from_millis(1), Duration::from_millis(10));
-        let mut tick = tokio::time::interval(tick_every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Nothing up: nothing can expire before the next heartbeat or datagram.
+            let wake = self
+                .lock()
+                .detector
+                .next_deadline()
+                .map(|d| self.start + d)
+                .unwrap_or_else(|| Instant::now() + self.settings.interval);
             tokio::select! {
                 _ = beat.tick() => self.send_heartbeats(out.as_ref()),
-                _ = tick.tick() => {
+                _ = tokio::time::sleep_until(wake) => {
                     let events = { let now = self.now(); self.lock().detector.tick(now) };
                     self.handle_events(events);
                 }
@@ -376,9 +380,11 @@ pub async fn bind_udp(links: &[SocketAddr]) -> std::io::Result<(Arc<UdpOut>, mps
     let (tx, rx) = mpsc::channel(1024);
     let mut sockets = Vec::new();
     for (i, addr) in links.iter().enumerate() {
-        let sock = Arc::new(tokio::net::UdpSocket::bind(addr).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("binding heartbeat link {i} on {addr}: {e}"))
-        })?);
+        let sock = Arc::new(
+            tokio::net::UdpSocket::bind(addr)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("binding heartbeat link {i} on {addr}: {e}")))?,
+        );
         let rsock = sock.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -434,7 +440,12 @@ mod tests {
     fn peers(names: &[&str]) -> BTreeMap<String, Vec<SocketAddr>> {
         names
             .iter()
-            .map(|n| (n.to_string(), vec!["127.0.0.1:2".parse().unwrap(), "127.0.0.2:2".parse().unwrap()]))
+            .map(|n| {
+                (
+                    n.to_string(),
+                    vec!["127.0.0.1:2".parse().unwrap(), "127.0.0.2:2".parse().unwrap()],
+                )
+            })
             .collect()
     }
 
@@ -456,7 +467,11 @@ mod tests {
         a.receive(deliver(0));
         assert!(a.alive_peers().contains("b"));
         a.receive(deliver(0)); // replayed
-        a.receive(Inbound { link: 0, from: sent[0].1, data: vec![1, 2, 3] });
+        a.receive(Inbound {
+            link: 0,
+            from: sent[0].1,
+            data: vec![1, 2, 3],
+        });
         let mut wrong_link = deliver(1);
         wrong_link.link = 0;
         a.receive(wrong_link);
@@ -466,20 +481,35 @@ mod tests {
         let sink2 = Sink(Mutex::new(Vec::new()));
         c.send_heartbeats(&sink2);
         let forged = sink2.0.lock().unwrap()[0].clone();
-        a.receive(Inbound { link: 0, from: forged.1, data: forged.2 });
+        a.receive(Inbound {
+            link: 0,
+            from: forged.1,
+            data: forged.2,
+        });
         // unknown sender
         let d = Mesh::new(settings("zz", 1));
         d.set_peers(peers(&["a"]));
         let sink3 = Sink(Mutex::new(Vec::new()));
         d.send_heartbeats(&sink3);
         let stranger = sink3.0.lock().unwrap()[0].clone();
-        a.receive(Inbound { link: 0, from: stranger.1, data: stranger.2 });
+        a.receive(Inbound {
+            link: 0,
+            from: stranger.1,
+            data: stranger.2,
+        });
         // disabled link
         a.set_link_enabled(1, false);
         a.receive(deliver(1));
         let s = a.stats();
         assert_eq!(
-            (s.received, s.dropped_replay, s.dropped_malformed, s.dropped_auth, s.dropped_unknown_sender, s.dropped_link_disabled),
+            (
+                s.received,
+                s.dropped_replay,
+                s.dropped_malformed,
+                s.dropped_auth,
+                s.dropped_unknown_sender,
+                s.dropped_link_disabled
+            ),
             (1, 1, 2, 1, 1, 1)
         );
     }

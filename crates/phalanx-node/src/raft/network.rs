@@ -88,7 +88,10 @@ impl HttpConn {
                 }
             })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         if !status.is_success() {
             let msg = String::from_utf8_lossy(&bytes).to_string();
             return Err(RPCError::Network(NetworkError::new(&std::io::Error::other(format!(

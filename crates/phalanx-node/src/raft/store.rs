@@ -4,6 +4,10 @@
 //! loses nothing that was acknowledged. The state machine persists itself in the same way after
 //! each applied batch, so a restart does not replay the log to rebuild it.
 
+// openraft's StorageError (224 bytes) is the error type its storage traits require; our helpers
+// return it too rather than boxing and unboxing at every trait boundary.
+#![allow(clippy::result_large_err)]
+
 use super::{BasicNode, Entry, LogId, Membership, NodeId, Request, Response, StorageError, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageIOError, Vote};
@@ -27,7 +31,10 @@ pub enum StoreError {
     #[error("database: {0}")]
     Db(#[from] redb::Error),
     #[error("decoding {what}: {source}")]
-    Decode { what: &'static str, source: postcard::Error },
+    Decode {
+        what: &'static str,
+        source: postcard::Error,
+    },
 }
 
 fn io(e: impl std::fmt::Display) -> AnyError {
@@ -163,7 +170,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 None => Ok(None),
             }
         };
-        let last_log_id = last().map_err(|e| StorageIOError::read_logs(io(e)))?.or(last_purged_log_id);
+        let last_log_id = last()
+            .map_err(|e| StorageIOError::read_logs(io(e)))?
+            .or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -270,7 +279,10 @@ impl StateMachine {
     }
 
     fn snapshot_of(&self) -> Result<StoredSnapshot, StorageError> {
-        let d = self.data.read().map_err(|_| StorageIOError::read_state_machine(io("poisoned lock")))?;
+        let d = self
+            .data
+            .read()
+            .map_err(|_| StorageIOError::read_state_machine(io("poisoned lock")))?;
         let data = encode(&*d);
         let snapshot_id = match d.last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
@@ -307,7 +319,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageError> {
-        let d = self.data.read().map_err(|_| StorageIOError::read_state_machine(io("poisoned lock")))?;
+        let d = self
+            .data
+            .read()
+            .map_err(|_| StorageIOError::read_state_machine(io("poisoned lock")))?;
         Ok((d.last_applied, d.membership.clone()))
     }
 
@@ -356,8 +371,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let bytes = snapshot.into_inner();
-        let data: SmData = decode("snapshot", &bytes)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), io(e)))?;
+        let data: SmData =
+            decode("snapshot", &bytes).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), io(e)))?;
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data: bytes,
@@ -403,7 +418,10 @@ mod tests {
         let e = entry(3, EntryPayload::Membership(m.clone()));
         let back: Entry = postcard::from_bytes(&encode(&e)).unwrap();
         assert_eq!(back.log_id, e.log_id);
-        let cmd = Command::SetStandby { name: "n1".into(), standby: true };
+        let cmd = Command::SetStandby {
+            name: "n1".into(),
+            standby: true,
+        };
         let e = entry(4, EntryPayload::Normal(Request(cmd.clone())));
         let back: Entry = postcard::from_bytes(&encode(&e)).unwrap();
         assert!(matches!(back.payload, EntryPayload::Normal(Request(c)) if c == cmd));
