@@ -73,6 +73,19 @@ pub fn evaluate(voters: &BTreeSet<String>, reachable: &BTreeSet<String>, witness
     }
 }
 
+/// Which voter should campaign at once after the leader is declared dead: among the reachable
+/// voters `(id, last log index)`, the one with the longest log (Raft elects only an up-to-date
+/// log), ties to the lowest id. None when the reachable voters are no majority of `voters`.
+pub fn campaigner(reachable_voters: &[(u64, u64)], voters: usize) -> Option<u64> {
+    if reachable_voters.len() < majority(voters) {
+        return None;
+    }
+    reachable_voters
+        .iter()
+        .max_by_key(|(id, log)| (*log, std::cmp::Reverse(*id)))
+        .map(|(id, _)| *id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +132,19 @@ mod tests {
         let v = evaluate(&voters, &set(&["a", "x", "y", "z"]), None);
         assert_eq!(v.votes, 1);
         assert!(!v.quorate);
+    }
+
+    #[test]
+    fn the_longest_log_campaigns_ties_to_the_lowest_id() {
+        assert_eq!(campaigner(&[(1, 10), (3, 10)], 3), Some(1));
+        assert_eq!(
+            campaigner(&[(1, 9), (3, 10)], 3),
+            Some(3),
+            "a node one entry behind must not campaign"
+        );
+        assert_eq!(campaigner(&[(2, 7), (4, 7), (5, 6)], 5), Some(2));
+        assert_eq!(campaigner(&[(1, 10)], 3), None, "no majority, no campaign");
+        assert_eq!(campaigner(&[], 0), None);
     }
 
     #[test]

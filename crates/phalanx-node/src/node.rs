@@ -183,7 +183,7 @@ impl Node {
             }
         }
         tokio::spawn(node.clone().controller());
-        tokio::spawn(node.clone().leader_watch());
+        tokio::spawn(node.clone().metrics_watch());
         Ok(node)
     }
 
@@ -231,12 +231,17 @@ impl Node {
         m.state == ServerState::Leader
     }
 
-    /// Record when this node became leader (for status and the demo's failover figure).
-    async fn leader_watch(self: Arc<Self>) {
+    /// Follow Raft's metrics: advertise our last log index in heartbeats, and record when this
+    /// node became leader (for status and the demo's failover figure).
+    async fn metrics_watch(self: Arc<Self>) {
         let mut rx = self.raft.metrics();
         let mut was_leader = false;
         loop {
-            let is_leader = rx.borrow_and_update().state == ServerState::Leader;
+            let (is_leader, last_log) = {
+                let m = rx.borrow_and_update();
+                (m.state == ServerState::Leader, m.last_log_index.unwrap_or(0))
+            };
+            self.mesh.set_log_index(last_log);
             if is_leader && !was_leader {
                 self.leader_since.store(mesh::unix_ms(), Ordering::SeqCst);
                 tracing::info!(term = rx.borrow().current_term, "became leader");
@@ -261,6 +266,9 @@ impl Node {
             }
             self.refresh_peers();
             if self.is_leader() {
+                // A window is about one leader's death; the leader has none (it would otherwise
+                // survive until the same node id dies again, and block that campaign).
+                *self.campaign.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 if let Err(e) = self.reconcile().await {
                     tracing::debug!(error = %e, "reconcile");
                 }
@@ -271,9 +279,10 @@ impl Node {
         }
     }
 
-    /// Mesh-informed election: when every link to the leader has gone silent, the reachable
-    /// voter with the lowest id (one node, so candidates do not split the vote) campaigns at
-    /// once instead of waiting for a random election timeout. Followers still refuse votes
+    /// Mesh-informed election: when every link to the leader has gone silent, one reachable
+    /// voter campaigns at once instead of waiting for a random election timeout: the one with
+    /// the longest log as the heartbeats advertise it (ties: lowest id), since Raft only elects
+    /// an up-to-date log (a just-rejoined node one entry behind would be refused every time). Followers still refuse votes
     /// until their leader lease runs out, so this only removes the second, randomised wait;
     /// Raft's safety does not depend on when elections start.
     ///
@@ -323,12 +332,22 @@ impl Node {
                 _ => return false,
             }
         }
-        let reachable_voters: BTreeSet<NodeId> = voters
+        let peers = self.mesh.peers();
+        let own_log = m.last_log_index.unwrap_or(0);
+        // (id, last log index) of each reachable voter, ourselves included.
+        let reachable_voters: Vec<(NodeId, u64)> = voters
             .iter()
-            .copied()
-            .filter(|id| *id == self.id || name_of(*id).map(|n| reachable.contains(&n)).unwrap_or(false))
+            .filter_map(|id| {
+                if *id == self.id {
+                    return Some((*id, own_log));
+                }
+                let name = name_of(*id)?;
+                reachable
+                    .contains(&name)
+                    .then(|| (*id, peers.get(&name).and_then(|p| p.log_index).unwrap_or(0)))
+            })
             .collect();
-        reachable_voters.len() >= quorum::majority(voters.len()) && reachable_voters.first() == Some(&self.id)
+        quorum::campaigner(&reachable_voters, voters.len()) == Some(self.id)
     }
 
     /// Names of every node this node can reach, itself included.

@@ -118,7 +118,7 @@ pub async fn run(args: BenchArgs, exe: PathBuf) -> Result<BenchReport> {
             heartbeat: *hb,
             links: 2,
             exe: exe.clone(),
-            keep: false,
+            keep: std::env::var_os("PHALANX_KEEP").is_some(),
         })?;
         cluster.start_all()?;
         let mut det = Vec::new();

@@ -332,6 +332,7 @@ async fn forged_and_garbage_heartbeats_are_dropped_and_counted() {
             link: 0,
             incarnation: u64::MAX,
             seq: 1,
+            log_index: 0,
         },
         &other_key,
     );

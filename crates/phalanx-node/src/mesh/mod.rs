@@ -76,6 +76,8 @@ pub struct PeerStatus {
     pub last_heartbeat_ms_ago: Option<u64>,
     /// Wall-clock ms when this node last changed its verdict on the peer.
     pub changed_at_unix_ms: Option<u64>,
+    /// The peer's last Raft log index, as its latest heartbeat said.
+    pub log_index: Option<u64>,
 }
 
 struct MeshState {
@@ -87,6 +89,10 @@ struct MeshState {
     disabled_links: BTreeSet<usize>,
     stats: MeshStats,
     seq: u64,
+    /// Our own last Raft log index, sent in every heartbeat.
+    log_index: u64,
+    /// Each peer's last Raft log index, from its heartbeats.
+    peer_log_index: BTreeMap<String, u64>,
 }
 
 /// A handle on the running mesh; cheap to clone.
@@ -118,6 +124,8 @@ impl Mesh {
                 disabled_links: BTreeSet::new(),
                 stats: MeshStats::default(),
                 seq: 0,
+                log_index: 0,
+                peer_log_index: BTreeMap::new(),
             })),
             start: Instant::now(),
             changed: Arc::new(Notify::new()),
@@ -154,6 +162,7 @@ impl Mesh {
         for n in gone {
             st.detector.remove_peer(&n);
             st.changed_at.remove(&n);
+            st.peer_log_index.remove(&n);
         }
         for (n, links) in &peers {
             st.detector.set_peer(n, links.len());
@@ -173,6 +182,11 @@ impl Mesh {
             st.disabled_links.insert(link);
         }
         true
+    }
+
+    /// Set our last Raft log index, advertised in our heartbeats from now on.
+    pub fn set_log_index(&self, index: u64) {
+        self.lock().log_index = index;
     }
 
     pub fn disabled_links(&self) -> BTreeSet<usize> {
@@ -216,6 +230,7 @@ impl Mesh {
                         links,
                         last_heartbeat_ms_ago: last,
                         changed_at_unix_ms: st.changed_at.get(name).copied(),
+                        log_index: st.peer_log_index.get(name).copied(),
                     },
                 )
             })
@@ -253,6 +268,7 @@ impl Mesh {
         let mut st = self.lock();
         st.seq += 1;
         let seq = st.seq;
+        let log_index = st.log_index;
         let mut sent = 0;
         let mut errors = 0;
         for (i, _) in self.settings.links.iter().enumerate() {
@@ -266,6 +282,7 @@ impl Mesh {
                     link: i as u8,
                     incarnation: self.settings.incarnation,
                     seq,
+                    log_index,
                 },
                 &self.settings.key,
             );
@@ -323,6 +340,7 @@ impl Mesh {
                 }
             }
             st.replay.insert(key, (hb.incarnation, hb.seq));
+            st.peer_log_index.insert(hb.sender.clone(), hb.log_index);
             st.stats.received += 1;
             st.detector.report_heartbeat(&hb.sender, m.link, now)
         };

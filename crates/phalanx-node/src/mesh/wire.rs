@@ -2,10 +2,11 @@
 //! trusting a single length before the MAC is checked (no serde format gives that):
 //!
 //! ```text
-//! "PHXH" | version:u8=1 | link:u8 | incarnation:u64be | seq:u64be |
+//! "PHXH" | version:u8=1 | link:u8 | incarnation:u64be | seq:u64be | log_index:u64be |
 //! cluster_len:u8 | cluster | sender_len:u8 | sender | hmac-sha256(all before):32
 //! ```
-//! Replay protection (incarnation, seq strictly growing per sender and link) is the mesh's job;
+//! `log_index` is the sender's last Raft log index: survivors of a leader crash use it to pick
+//! the most up-to-date of them to campaign (see `node.rs`). Replay protection (incarnation, seq strictly growing per sender and link) is the mesh's job;
 //! this module only encodes, authenticates and decodes.
 
 use crate::key::ClusterKey;
@@ -14,7 +15,7 @@ const MAGIC: &[u8; 4] = b"PHXH";
 const VERSION: u8 = 1;
 const MAC_LEN: usize = 32;
 /// Largest datagram we ever produce or accept.
-pub const MAX_LEN: usize = 4 + 1 + 1 + 8 + 8 + 1 + 255 + 1 + 255 + MAC_LEN;
+pub const MAX_LEN: usize = 4 + 1 + 1 + 8 + 8 + 8 + 1 + 255 + 1 + 255 + MAC_LEN;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Heartbeat {
@@ -23,6 +24,8 @@ pub struct Heartbeat {
     pub link: u8,
     pub incarnation: u64,
     pub seq: u64,
+    /// The sender's last Raft log index when it sent this.
+    pub log_index: u64,
 }
 
 /// Why a datagram was dropped.
@@ -49,6 +52,7 @@ pub fn encode(hb: &Heartbeat, key: &ClusterKey) -> Vec<u8> {
     b.push(hb.link);
     b.extend_from_slice(&hb.incarnation.to_be_bytes());
     b.extend_from_slice(&hb.seq.to_be_bytes());
+    b.extend_from_slice(&hb.log_index.to_be_bytes());
     b.push(cluster.len() as u8);
     b.extend_from_slice(cluster);
     b.push(sender.len() as u8);
@@ -59,7 +63,7 @@ pub fn encode(hb: &Heartbeat, key: &ClusterKey) -> Vec<u8> {
 }
 
 pub fn decode(buf: &[u8], key: &ClusterKey) -> Result<Heartbeat, WireError> {
-    if buf.len() < 4 + 1 + 1 + 8 + 8 + 1 + 1 + MAC_LEN || buf.len() > MAX_LEN {
+    if buf.len() < 4 + 1 + 1 + 8 + 8 + 8 + 1 + 1 + MAC_LEN || buf.len() > MAX_LEN {
         return Err(WireError::Length);
     }
     if &buf[..4] != MAGIC {
@@ -76,6 +80,7 @@ pub fn decode(buf: &[u8], key: &ClusterKey) -> Result<Heartbeat, WireError> {
     let link = r.u8()?;
     let incarnation = r.u64()?;
     let seq = r.u64()?;
+    let log_index = r.u64()?;
     let cluster = r.string()?;
     let sender = r.string()?;
     if r.at != body.len() || sender.is_empty() {
@@ -87,6 +92,7 @@ pub fn decode(buf: &[u8], key: &ClusterKey) -> Result<Heartbeat, WireError> {
         link,
         incarnation,
         seq,
+        log_index,
     })
 }
 
@@ -131,6 +137,7 @@ mod tests {
             link: 1,
             incarnation: 42,
             seq: 9,
+            log_index: 1234,
         }
     }
 
@@ -184,8 +191,8 @@ mod tests {
         }
 
         #[test]
-        fn any_heartbeat_round_trips(cluster in "[a-z]{1,40}", sender in "[a-z0-9]{1,40}", link in any::<u8>(), inc in any::<u64>(), seq in any::<u64>()) {
-            let h = Heartbeat { cluster, sender, link, incarnation: inc, seq };
+        fn any_heartbeat_round_trips(cluster in "[a-z]{1,40}", sender in "[a-z0-9]{1,40}", link in any::<u8>(), inc in any::<u64>(), seq in any::<u64>(), log_index in any::<u64>()) {
+            let h = Heartbeat { cluster, sender, link, incarnation: inc, seq, log_index };
             prop_assert_eq!(decode(&encode(&h, &key()), &key()), Ok(h));
         }
     }
