@@ -157,7 +157,8 @@ async fn add_node(State(node): State<Arc<Node>>, body: Bytes) -> Result<impl Int
 }
 
 async fn forward<T: Serialize>(node: &Node, leader: &str, path: &str, body: &T) -> Result<Response, ApiError> {
-    let resp = reqwest::Client::new()
+    let resp = node
+        .http()
         .post(format!("http://{leader}{path}"))
         .bearer_auth(node.token())
         .json(body)

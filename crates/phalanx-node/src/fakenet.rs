@@ -114,8 +114,9 @@ impl FakeNet {
         self.lock().loss_percent = p.min(100);
     }
 
-    fn blocked(&self, from: &str, to: &str) -> bool {
-        self.lock().cut.contains(&(from.to_string(), to.to_string()))
+    /// Whether `from` can currently send to `to`.
+    pub fn can_reach(&self, from: &str, to: &str) -> bool {
+        !self.lock().cut.contains(&(from.to_string(), to.to_string()))
     }
 
     fn raft_of(&self, from: &str, target: NodeId) -> Result<Raft, Unreachable> {
@@ -222,12 +223,5 @@ impl RaftNetwork<TypeConfig> for FakeConn {
         raft.vote(req)
             .await
             .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-    }
-}
-
-impl FakeNet {
-    /// Whether `from` can currently send to `to` (for assertions in tests).
-    pub fn can_reach(&self, from: &str, to: &str) -> bool {
-        !self.blocked(from, to)
     }
 }

@@ -191,6 +191,11 @@ impl Node {
         &self.token
     }
 
+    /// The node's pooled HTTP client (forwarding to the leader).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// A consistent copy of the replicated state.
     pub fn cluster_state(&self) -> SmData {
         self.state.read().unwrap_or_else(|p| p.into_inner()).clone()

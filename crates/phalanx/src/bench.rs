@@ -182,7 +182,7 @@ pub async fn run(args: BenchArgs, exe: PathBuf) -> Result<BenchReport> {
     let mut cpu = BTreeMap::new();
     let mut rss = BTreeMap::new();
     for (n, p) in &pids {
-        let ticks = proc_cpu_ticks(*p).unwrap_or(0) - before[n];
+        let ticks = proc_cpu_ticks(*p).unwrap_or(0).saturating_sub(before[n]);
         cpu.insert(n.clone(), (ticks as f64 / hz) / secs * 100.0);
         rss.insert(n.clone(), proc_rss_mb(*p).unwrap_or(0.0));
     }

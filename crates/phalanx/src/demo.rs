@@ -165,13 +165,22 @@ pub async fn run(args: DemoArgs, exe: std::path::PathBuf) -> Result<DemoReport> 
     say(&pb, render::status(&st));
 
     pb.set_message(format!("restarting {} and waiting for it to rejoin", figures.killed));
-    let rejoin_ms = rejoin(&mut cluster, &figures.killed, timeout).await?;
-    let st = cluster.status(&figures.killed).await?;
-    say(
-        &pb,
-        format!("{} rejoined after {rejoin_ms} ms with its log:\n", figures.killed),
-    );
-    say(&pb, render::status(&st));
+    // A failed rejoin is a result to report (rejoined: false, exit 1), not a crash of the demo.
+    let (rejoined, rejoin_ms) = match rejoin(&mut cluster, &figures.killed, timeout).await {
+        Ok(ms) => {
+            let st = cluster.status(&figures.killed).await?;
+            say(
+                &pb,
+                format!("{} rejoined after {ms} ms with its log:\n", figures.killed),
+            );
+            say(&pb, render::status(&st));
+            (true, ms)
+        }
+        Err(e) => {
+            say(&pb, format!("{} did NOT rejoin: {e:#}", figures.killed));
+            (false, 0)
+        }
+    };
     pb.finish_and_clear();
     if args.keep {
         say(
@@ -182,13 +191,13 @@ pub async fn run(args: DemoArgs, exe: std::path::PathBuf) -> Result<DemoReport> 
     Ok(DemoReport {
         nodes: args.nodes,
         heartbeat_interval_ms: args.heartbeat.as_millis() as u64,
-        dead_after: 3,
+        dead_after: st.dead_after,
         killed: figures.killed,
         detection_ms: figures.detection_ms,
         leader_failover_ms: figures.leader_failover_ms,
         new_leader: figures.new_leader,
         quorum_after_failure: figures.quorum_after_failure,
-        rejoined: true,
+        rejoined,
         rejoin_ms,
     })
 }

@@ -245,7 +245,11 @@ async fn run(cli: Cli) -> Result<i32> {
                     report.rejoined
                 );
             }
-            Ok(0)
+            Ok(if report.quorum_after_failure && report.rejoined {
+                0
+            } else {
+                1
+            })
         }
         Cmd::Init { key } => {
             let path = match key {

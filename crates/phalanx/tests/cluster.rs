@@ -418,3 +418,22 @@ fn init_writes_a_0600_key_and_never_overwrites() {
     assert!(!run().status.success());
     assert_eq!(std::fs::read(&k).unwrap(), before);
 }
+
+#[test]
+fn demo_json_reports_the_contract_fields() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_phalanx"))
+        .args(["--json", "demo"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["nodes"], 3);
+    assert_eq!(v["heartbeat_interval_ms"], 100);
+    assert_eq!(v["quorum_after_failure"], true);
+    assert_eq!(v["rejoined"], true);
+    let detection = v["detection_ms"].as_u64().unwrap();
+    let failover = v["leader_failover_ms"].as_u64().unwrap();
+    // Not timing goals (those live in the benchmark): only that they are real measurements.
+    assert!(detection > 0 && failover > 0, "{v}");
+    assert_ne!(v["killed"], v["new_leader"]);
+}
