@@ -11,9 +11,9 @@ use std::time::Duration;
 
 const NAMES: [&str; 5] = ["n1", "n2", "n3", "n4", "n5"];
 
-fn config() -> phalanx_core::Config {
+fn config(names: &[&str]) -> phalanx_core::Config {
     let mut src = String::from("[cluster]\nname = \"sim\"\nheartbeat_interval = \"100ms\"\n");
-    for (i, n) in NAMES.iter().enumerate() {
+    for (i, n) in names.iter().enumerate() {
         src += &format!(
             "[[node]]\nname = \"{n}\"\nlinks = [\"127.0.1.{i}:7400\", \"127.0.2.{i}:7400\"]\napi = \"127.0.3.{i}:7480\"\n"
         );
@@ -21,8 +21,8 @@ fn config() -> phalanx_core::Config {
     phalanx_core::config::parse(&src).unwrap()
 }
 
-async fn start(net: &FakeNet) -> Vec<Arc<Node>> {
-    let cfg = config();
+async fn start(net: &FakeNet, names: &[&str]) -> Vec<Arc<Node>> {
+    let cfg = config(names);
     let key = ClusterKey::from_bytes(&[9u8; 32]);
     let mut nodes = Vec::new();
     for (i, n) in cfg.nodes.iter().enumerate() {
@@ -86,7 +86,7 @@ fn one_leader(st: &[StatusReport]) -> Option<String> {
 async fn five_nodes_split_two_three_then_heal() {
     let net = FakeNet::new(7);
     net.set_loss_percent(10);
-    let nodes = start(&net).await;
+    let nodes = start(&net, &NAMES).await;
     let node = |name: &str| nodes.iter().find(|n| n.name == name).unwrap().clone();
 
     wait_for(&nodes, &NAMES, "one leader and quorum everywhere", |st| {
@@ -154,6 +154,46 @@ async fn five_nodes_split_two_three_then_heal() {
             n.name
         );
     }
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+/// More than seven members: the first seven vote, the others are non-voting learners; when a
+/// voter leaves, a caught-up learner is promoted so the cluster keeps seven voters.
+#[tokio::test(start_paused = true)]
+async fn more_than_seven_nodes_join_as_learners_and_fill_a_vacancy() {
+    let names = ["n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8", "n9"];
+    let net = FakeNet::new(11);
+    let nodes = start(&net, &names).await;
+    wait_for(&nodes, &names, "7 voters and 2 learners everywhere", |st| {
+        one_leader(st).is_some() && st.iter().all(|s| s.voters.len() == 7 && s.learners.len() == 2)
+    })
+    .await;
+    let st = nodes[0].status();
+    assert!(
+        st.learners.contains(&"n8".to_string()) && st.learners.contains(&"n9".to_string()),
+        "{:?}",
+        st.learners
+    );
+
+    // n1 leaves: one learner takes its vote.
+    let leader = one_leader(&nodes.iter().map(|n| n.status()).collect::<Vec<_>>()).unwrap();
+    let leader = nodes.iter().find(|n| n.name == leader).unwrap().clone();
+    assert_eq!(
+        leader.write(Command::RemoveNode { name: "n1".into() }).await.unwrap(),
+        Outcome::Ok
+    );
+    let rest = &names[1..];
+    wait_for(&nodes, rest, "7 voters again, n1 gone, one learner left", |st| {
+        st.iter().all(|s| {
+            s.voters.len() == 7
+                && s.learners.len() == 1
+                && !s.voters.contains(&"n1".to_string())
+                && one_leader(st).is_some()
+        })
+    })
+    .await;
     for n in &nodes {
         n.shutdown().await;
     }
