@@ -3,6 +3,7 @@
 //! problems at once, not just the first). Pure: the caller reads the file and passes its text.
 
 use crate::quorum::{NoQuorumPolicy, MAX_VOTERS};
+use crate::resources::{self, Resources};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -64,6 +65,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub nodes: Vec<NodeConfig>,
     pub witness: Option<WitnessConfig>,
+    #[serde(default)]
+    pub resources: Resources,
 }
 
 impl Config {
@@ -151,13 +154,13 @@ struct RawConfig {
     #[serde(default)]
     fence_device: Vec<Spanned<toml::Table>>,
     #[serde(default)]
-    resource: Vec<Spanned<toml::Table>>,
+    resource: Vec<Spanned<resources::RawResource>>,
     #[serde(default)]
-    group: Vec<Spanned<toml::Table>>,
+    group: Vec<Spanned<resources::RawGroup>>,
     #[serde(default)]
-    clone: Vec<Spanned<toml::Table>>,
+    clone: Vec<Spanned<resources::RawClone>>,
     #[serde(default)]
-    constraint: Vec<Spanned<toml::Table>>,
+    constraint: Vec<Spanned<resources::RawConstraint>>,
 }
 
 #[derive(Deserialize)]
@@ -185,7 +188,8 @@ struct RawWitness {
     address: Spanned<String>,
 }
 
-struct Checker<'a> {
+/// Collects diagnostics with their positions while a config is validated.
+pub(crate) struct Checker<'a> {
     source: &'a str,
     diags: Vec<Diagnostic>,
 }
@@ -201,10 +205,13 @@ impl Checker<'_> {
             message,
         });
     }
-    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+    pub(crate) fn source(&self) -> &str {
+        self.source
+    }
+    pub(crate) fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
         self.push(Severity::Error, span, message.into());
     }
-    fn warn(&mut self, span: Range<usize>, message: impl Into<String>) {
+    pub(crate) fn warn(&mut self, span: Range<usize>, message: impl Into<String>) {
         self.push(Severity::Warning, span, message.into());
     }
 }
@@ -500,20 +507,22 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
             ),
         );
     }
-    for (section, items) in [
-        ("fence_device", &raw.fence_device),
-        ("resource", &raw.resource),
-        ("group", &raw.group),
-        ("clone", &raw.clone),
-        ("constraint", &raw.constraint),
-    ] {
-        if let Some(first) = items.first() {
-            c.warn(
-                first.span(),
-                format!("[[{section}]] is accepted but not acted on by this version of phalanx yet"),
-            );
-        }
+    if let Some(first) = raw.fence_device.first() {
+        c.warn(
+            first.span(),
+            "[[fence_device]] is accepted but not acted on by this version of phalanx yet",
+        );
     }
+    let resources = resources::validate(
+        c,
+        resources::RawResources {
+            resource: raw.resource,
+            group: raw.group,
+            clone: raw.clone,
+            constraint: raw.constraint,
+        },
+        &names.keys().cloned().collect(),
+    );
 
     Some(Config {
         cluster: ClusterConfig {
@@ -526,6 +535,7 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
         },
         nodes,
         witness,
+        resources,
     })
 }
 
@@ -586,7 +596,21 @@ impl fmt::Display for Fencing {
     }
 }
 
-mod duration_ms {
+pub(crate) mod opt_duration_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}
+
+pub(crate) mod duration_ms {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -6,6 +6,8 @@
 pub mod config;
 pub mod liveness;
 pub mod quorum;
+pub mod resources;
+pub mod scheduler;
 pub mod state;
 
 pub use config::{Config, Diagnostic, Severity};

@@ -1,0 +1,866 @@
+//! The scheduler: a pure, deterministic function from the desired config and the observed state
+//! to a Plan — the actions that move the cluster to where its resources should run (start,
+//! stop, promote, demote), their ordering edges, a reason for each, and for every resource the
+//! node scores that decided its placement (what `phalanx why` shows). Like Pacemaker's
+//! scheduler, it is tested by golden scenario files (`tests/scenarios/`).
+//!
+//! Placement works on units: a primitive, a group (its members share a node) or a clone (its
+//! instances spread over nodes). Units are placed in colocation-dependency order; each node gets
+//! a score from its eligibility (online, not in standby, agent present, failures under the
+//! migration threshold, no ban), location constraints, operator moves and bans, colocation with
+//! units already placed, and stickiness to where it runs now. The highest score ≥ 0 wins (ties:
+//! the current node, then the least loaded, then the name); failback policy can hold a resource
+//! where it is. Nothing here reads a clock: `now_ms` is part of the input.
+
+use crate::config::Config;
+use crate::resources::{add_scores, score_str, CloneSpec, Constraint, Failback, Meta, OnFail, INFINITY};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What the scheduler knows of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeState {
+    #[serde(default = "yes")]
+    pub online: bool,
+    #[serde(default)]
+    pub standby: bool,
+    /// Resources on it are left alone (unmanaged); nothing new is placed there.
+    #[serde(default)]
+    pub maintenance: bool,
+    /// When it last came online (for delayed failback).
+    #[serde(default)]
+    pub online_since_ms: u64,
+    /// Agents (as written in the config, e.g. "ocf:heartbeat:nginx") absent on this node.
+    #[serde(default)]
+    pub missing_agents: BTreeSet<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for NodeState {
+    fn default() -> Self {
+        NodeState {
+            online: true,
+            standby: false,
+            maintenance: false,
+            online_since_ms: 0,
+            missing_agents: BTreeSet::new(),
+        }
+    }
+}
+
+/// The role of a running resource instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Started,
+    Promoted,
+    /// Its monitor failed; it needs recovery (per its on_fail).
+    Failed,
+}
+
+/// What the scheduler knows of one primitive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceState {
+    /// Where it runs now, and in which role.
+    #[serde(default)]
+    pub running: BTreeMap<String, Role>,
+    /// Failure times (ms) per node.
+    #[serde(default)]
+    pub failures: BTreeMap<String, Vec<u64>>,
+    /// A fatal configuration error (OCF exit 6): it may run nowhere until cleaned up.
+    #[serde(default)]
+    pub fatal: bool,
+    /// Unmanaged: leave it as it is.
+    #[serde(default)]
+    pub maintenance: bool,
+}
+
+/// An operator's move or ban (`phalanx resource move|ban`), expiring by itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorConstraint {
+    pub rsc: String,
+    pub node: String,
+    /// true: move there (+INFINITY); false: ban from it (-INFINITY).
+    pub prefer: bool,
+    #[serde(default)]
+    pub expires_ms: Option<u64>,
+}
+
+/// The observed state the scheduler works from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    pub now_ms: u64,
+    #[serde(default)]
+    pub nodes: BTreeMap<String, NodeState>,
+    #[serde(default)]
+    pub resources: BTreeMap<String, ResourceState>,
+    #[serde(default)]
+    pub operator: Vec<OperatorConstraint>,
+    /// Cluster-wide maintenance: nothing is managed.
+    #[serde(default)]
+    pub maintenance: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionKind {
+    Stop,
+    Demote,
+    Start,
+    Promote,
+}
+
+impl ActionKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Stop => "stop",
+            ActionKind::Demote => "demote",
+            ActionKind::Start => "start",
+            ActionKind::Promote => "promote",
+        }
+    }
+}
+
+/// One thing a node must do.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Action {
+    pub kind: ActionKind,
+    pub rsc: String,
+    pub node: String,
+    pub reason: String,
+}
+
+impl Action {
+    fn key(&self) -> String {
+        format!("{} {} ({})", self.kind.as_str(), self.rsc, self.node)
+    }
+}
+
+/// How one unit's placement was decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Explain {
+    /// Per node: the final score and each contribution to it.
+    pub scores: BTreeMap<String, (i64, Vec<String>)>,
+    pub placed: Vec<String>,
+    /// Why it is where it is (or nowhere).
+    pub verdict: String,
+}
+
+/// The scheduler's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    /// (before, after): indexes into `actions`.
+    pub edges: Vec<(usize, usize)>,
+    /// Human summary, one line per change (Pacemaker-like), then notices.
+    pub summary: Vec<String>,
+    pub explain: BTreeMap<String, Explain>,
+}
+
+impl Plan {
+    /// The summary and the ordering edges as text (what golden scenario files hold).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for l in &self.summary {
+            out += l;
+            out.push('\n');
+        }
+        let mut edges: Vec<String> = self
+            .edges
+            .iter()
+            .map(|(a, b)| format!("Order: {} -> {}", self.actions[*a].key(), self.actions[*b].key()))
+            .collect();
+        edges.sort();
+        edges.dedup();
+        for e in edges {
+            out += &e;
+            out.push('\n');
+        }
+        if out.is_empty() {
+            out = "Nothing to do\n".into();
+        }
+        out
+    }
+}
+
+/// A placement unit.
+#[derive(Debug, Clone)]
+enum Unit {
+    Primitive(String),
+    Group(String),
+    Clone(String),
+}
+
+impl Unit {
+    fn id(&self) -> &str {
+        match self {
+            Unit::Primitive(s) | Unit::Group(s) | Unit::Clone(s) => s,
+        }
+    }
+}
+
+struct Ctx<'a> {
+    cfg: &'a Config,
+    input: &'a Input,
+    nodes: Vec<String>,
+}
+
+impl Ctx<'_> {
+    fn state(&self, rsc: &str) -> ResourceState {
+        self.input.resources.get(rsc).cloned().unwrap_or_default()
+    }
+
+    fn node(&self, n: &str) -> NodeState {
+        self.input.nodes.get(n).cloned().unwrap_or_default()
+    }
+
+    /// The primitives of a unit (a group's members in order; a clone's primitives).
+    fn primitives(&self, id: &str) -> Vec<String> {
+        let r = &self.cfg.resources;
+        if let Some(g) = r.groups.get(id) {
+            g.members.clone()
+        } else if let Some(c) = r.clones.get(id) {
+            self.primitives(&c.resource)
+        } else {
+            vec![id.to_string()]
+        }
+    }
+
+    fn meta(&self, unit: &Unit) -> Meta {
+        let r = &self.cfg.resources;
+        match unit {
+            Unit::Primitive(p) => r.primitives[p].meta.clone(),
+            Unit::Group(g) => r.groups[g].meta.clone(),
+            Unit::Clone(c) => r.clones[c].meta.clone(),
+        }
+    }
+
+    /// Failures of `rsc` on `node` that have not expired.
+    fn live_failures(&self, rsc: &str, node: &str, meta: &Meta) -> usize {
+        let st = self.state(rsc);
+        let now = self.input.now_ms;
+        st.failures
+            .get(node)
+            .map(|f| {
+                f.iter()
+                    .filter(|t| match meta.failure_timeout {
+                        Some(ft) => now < **t + ft.as_millis() as u64,
+                        None => true,
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Which ids a constraint on `target` applies to when placing `unit`.
+    fn names_unit(&self, unit: &Unit, target: &str) -> bool {
+        if unit.id() == target {
+            return true;
+        }
+        match unit {
+            Unit::Group(_) => self.primitives(unit.id()).iter().any(|p| p == target),
+            Unit::Clone(c) => self.cfg.resources.clones[c].resource == target,
+            Unit::Primitive(_) => false,
+        }
+    }
+
+    /// The unit a constraint target belongs to.
+    fn unit_of(&self, id: &str) -> String {
+        let r = &self.cfg.resources;
+        if let Some(c) = r.clone_of(id) {
+            return c.id.clone();
+        }
+        if let Some(g) = r.group_of(id) {
+            if let Some(c) = r.clone_of(&g.id) {
+                return c.id.clone();
+            }
+            return g.id.clone();
+        }
+        id.to_string()
+    }
+}
+
+/// Compute the plan.
+pub fn schedule(cfg: &Config, input: &Input) -> Plan {
+    let ctx = Ctx {
+        cfg,
+        input,
+        nodes: cfg.nodes.iter().map(|n| n.name.clone()).collect(),
+    };
+    let r = &cfg.resources;
+    // Units: clones, then groups not cloned, then primitives in neither.
+    let mut units: Vec<Unit> = Vec::new();
+    for c in r.clones.keys() {
+        units.push(Unit::Clone(c.clone()));
+    }
+    for g in r.groups.keys() {
+        if r.clone_of(g).is_none() {
+            units.push(Unit::Group(g.clone()));
+        }
+    }
+    for p in r.primitives.keys() {
+        if r.group_of(p).is_none() && r.clone_of(p).is_none() {
+            units.push(Unit::Primitive(p.clone()));
+        }
+    }
+    // Place a unit after every unit it is colocated with (validated acyclic).
+    let mut deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for k in &r.constraints {
+        if let Constraint::Colocation { rsc, with, .. } = k {
+            deps.entry(ctx.unit_of(rsc)).or_default().insert(ctx.unit_of(with));
+        }
+    }
+    let mut ordered: Vec<Unit> = Vec::new();
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    while ordered.len() < units.len() {
+        let before = ordered.len();
+        for u in &units {
+            if done.contains(u.id()) {
+                continue;
+            }
+            let ready = deps
+                .get(u.id())
+                .map(|d| d.iter().all(|x| done.contains(x) || x == u.id()))
+                .unwrap_or(true);
+            if ready {
+                done.insert(u.id().to_string());
+                ordered.push(u.clone());
+            }
+        }
+        if ordered.len() == before {
+            // A cycle slipped past validation: place the rest in name order rather than loop.
+            for u in &units {
+                if done.insert(u.id().to_string()) {
+                    ordered.push(u.clone());
+                }
+            }
+        }
+    }
+
+    let mut plan = Plan::default();
+    let mut placed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut load: BTreeMap<String, usize> = ctx.nodes.iter().map(|n| (n.clone(), 0)).collect();
+    let mut targets: BTreeMap<String, BTreeMap<String, Role>> = BTreeMap::new();
+    let mut notes: Vec<String> = Vec::new();
+    for unit in &ordered {
+        let (nodes, explain, note) = place(&ctx, unit, &placed, &load);
+        for n in &nodes {
+            *load.entry(n.0.clone()).or_default() += 1;
+        }
+        placed.insert(unit.id().to_string(), nodes.iter().map(|(n, _)| n.clone()).collect());
+        for p in ctx.primitives(unit.id()) {
+            targets.insert(p, nodes.iter().cloned().collect());
+        }
+        if let Some(n) = note {
+            notes.push(n);
+        }
+        plan.explain.insert(unit.id().to_string(), explain);
+    }
+    diff(&ctx, &ordered, &targets, &mut plan);
+    plan.summary.extend(notes);
+    plan
+}
+
+/// Place one unit: the chosen nodes (with roles), the explanation, and an optional notice.
+fn place(
+    ctx: &Ctx,
+    unit: &Unit,
+    placed: &BTreeMap<String, Vec<String>>,
+    load: &BTreeMap<String, usize>,
+) -> (Vec<(String, Role)>, Explain, Option<String>) {
+    let r = &ctx.cfg.resources;
+    let meta = ctx.meta(unit);
+    let prims = ctx.primitives(unit.id());
+    let now = ctx.input.now_ms;
+    let current: BTreeMap<String, Role> = ctx.state(&prims[0]).running;
+    let managed = !ctx.input.maintenance && prims.iter().all(|p| !ctx.state(p).maintenance);
+    let mut explain = Explain::default();
+
+    if !managed {
+        explain.placed = current.keys().cloned().collect();
+        explain.verdict = "unmanaged (maintenance): left as it is".into();
+        return (current.into_iter().collect(), explain, None);
+    }
+
+    for node in &ctx.nodes {
+        let ns = ctx.node(node);
+        let mut parts: Vec<String> = Vec::new();
+        let mut score = 0i64;
+        let mut add = |s: i64, why: String, parts: &mut Vec<String>| {
+            score = add_scores(score, s);
+            parts.push(format!("{why}: {}", score_str(s)));
+        };
+        if !ns.online {
+            add(-INFINITY, format!("{node} lost"), &mut parts);
+        }
+        if ns.standby {
+            add(-INFINITY, format!("{node} in standby"), &mut parts);
+        }
+        if ns.maintenance && !current.contains_key(node) {
+            add(-INFINITY, format!("{node} in maintenance"), &mut parts);
+        }
+        for p in &prims {
+            let prim = &r.primitives[p];
+            let agent = prim.agent.to_string();
+            if ns.missing_agents.contains(&agent) {
+                add(-INFINITY, format!("agent {agent} missing on {node}"), &mut parts);
+            }
+            if ctx.state(p).fatal {
+                add(
+                    -INFINITY,
+                    format!("{p} had a fatal configuration error (cleanup to retry)"),
+                    &mut parts,
+                );
+            }
+            let fails = ctx.live_failures(p, node, &prim.meta);
+            let threshold = prim.meta.migration_threshold.or(meta.migration_threshold);
+            if let Some(t) = threshold {
+                if fails >= t as usize {
+                    add(
+                        -INFINITY,
+                        format!("migration-threshold {t} reached for {p} on {node}"),
+                        &mut parts,
+                    );
+                }
+            }
+            if prim.on_fail == OnFail::Ban && fails > 0 {
+                add(-INFINITY, format!("{p} failed on {node} (on_fail = ban)"), &mut parts);
+            }
+            if prim.on_fail == OnFail::Stop && ctx.nodes.iter().any(|n| ctx.live_failures(p, n, &prim.meta) > 0) {
+                add(
+                    -INFINITY,
+                    format!("{p} failed (on_fail = stop; cleanup to restart it)"),
+                    &mut parts,
+                );
+            }
+        }
+        for k in &r.constraints {
+            if let Constraint::Location { rsc, node: n, score: s } = k {
+                if n == node && ctx.names_unit(unit, rsc) {
+                    add(*s, format!("location {rsc} on {n}"), &mut parts);
+                }
+            }
+        }
+        for o in &ctx.input.operator {
+            if o.node == *node && ctx.names_unit(unit, &o.rsc) && o.expires_ms.map(|e| now < e).unwrap_or(true) {
+                if o.prefer {
+                    add(INFINITY, format!("moved to {node} by operator"), &mut parts);
+                } else {
+                    add(-INFINITY, format!("banned from {node} by operator"), &mut parts);
+                }
+            }
+        }
+        for k in &r.constraints {
+            if let Constraint::Colocation { rsc, with, score: s } = k {
+                if !ctx.names_unit(unit, rsc) {
+                    continue;
+                }
+                let with_unit = ctx.unit_of(with);
+                let there = placed.get(&with_unit).map(|v| v.contains(node)).unwrap_or(false);
+                if there {
+                    add(*s, format!("colocated with {with}"), &mut parts);
+                } else if *s >= INFINITY {
+                    add(-INFINITY, format!("must be with {with} (not on {node})"), &mut parts);
+                }
+            }
+        }
+        let healthy_here = current.get(node).map(|role| *role != Role::Failed).unwrap_or(false);
+        if healthy_here && meta.stickiness != 0 {
+            add(meta.stickiness, "stickiness".into(), &mut parts);
+        }
+        explain.scores.insert(node.clone(), (score, parts));
+    }
+
+    let scores: BTreeMap<String, i64> = explain.scores.iter().map(|(n, (s, _))| (n.clone(), *s)).collect();
+    let score_of = |n: &String| scores.get(n).copied().unwrap_or(-INFINITY);
+    let allowed = |n: &String| score_of(n) >= 0;
+    // Rank: score desc, current first, least loaded, name.
+    let mut ranked: Vec<String> = ctx.nodes.iter().filter(|n| allowed(n)).cloned().collect();
+    ranked.sort_by(|a, b| {
+        score_of(b)
+            .cmp(&score_of(a))
+            .then_with(|| current.contains_key(b).cmp(&current.contains_key(a)))
+            .then_with(|| load.get(a).cmp(&load.get(b)))
+            .then_with(|| a.cmp(b))
+    });
+
+    if let Unit::Clone(c) = unit {
+        return place_clone(ctx, &r.clones[c], &current, ranked, &score_of, explain);
+    }
+
+    let cur = current.keys().next().cloned();
+    let mut note = None;
+    let target = match (ranked.first().cloned(), &cur) {
+        (None, _) => None,
+        (Some(best), Some(cur)) if best != *cur && allowed(cur) => {
+            let operator_move = ctx
+                .input
+                .operator
+                .iter()
+                .any(|o| o.prefer && ctx.names_unit(unit, &o.rsc));
+            match meta.failback {
+                _ if operator_move => Some(best),
+                Failback::Immediate => Some(best),
+                Failback::Manual => {
+                    explain.verdict = format!("failback = manual: stays on {cur} although {best} scores higher");
+                    Some(cur.clone())
+                }
+                Failback::Delayed(d) => {
+                    let since = ctx.node(&best).online_since_ms;
+                    let due = since + d.as_millis() as u64;
+                    if now >= due {
+                        Some(best)
+                    } else {
+                        let wait = (due - now).div_ceil(1000);
+                        note = Some(format!("Keep {} ({cur}): failback to {best} in {wait}s", unit.id()));
+                        explain.verdict = format!("failback delayed: moves to {best} in {wait}s");
+                        Some(cur.clone())
+                    }
+                }
+            }
+        }
+        (Some(best), _) => Some(best),
+    };
+    if explain.verdict.is_empty() {
+        explain.verdict = match &target {
+            Some(t) => format!("on {t} (score {})", score_str(score_of(t))),
+            None => format!("cannot run anywhere: {}", blockers(&explain)),
+        };
+    }
+    explain.placed = target.iter().cloned().collect();
+    (target.into_iter().map(|n| (n, Role::Started)).collect(), explain, note)
+}
+
+/// The first -INFINITY reason of each node, for "cannot run anywhere" messages.
+fn blockers(explain: &Explain) -> String {
+    let mut out = Vec::new();
+    for (n, (s, parts)) in &explain.scores {
+        let why = parts
+            .iter()
+            .find(|p| p.ends_with("-INFINITY"))
+            .map(|p| p.trim_end_matches(": -INFINITY").to_string())
+            .unwrap_or_else(|| format!("{n} score {}", score_str(*s)));
+        let why = match why.find(" (not on ") {
+            Some(i) => format!("{}, which runs nowhere", &why[..i]),
+            None => why,
+        };
+        if !out.contains(&why) {
+            out.push(why);
+        }
+    }
+    out.join(", ")
+}
+
+fn place_clone(
+    ctx: &Ctx,
+    clone: &CloneSpec,
+    current: &BTreeMap<String, Role>,
+    ranked: Vec<String>,
+    score_of: &dyn Fn(&String) -> i64,
+    mut explain: Explain,
+) -> (Vec<(String, Role)>, Explain, Option<String>) {
+    let max = clone.clone_max.map(|m| m as usize).unwrap_or(ctx.nodes.len());
+    // `ranked` already puts current nodes first among equal scores.
+    let chosen: Vec<String> = ranked.into_iter().take(max).collect();
+    let mut roles: Vec<(String, Role)> = chosen.iter().map(|n| (n.clone(), Role::Started)).collect();
+    if clone.promotable {
+        // Promote: current primaries first (stickiness), then by score, then by name.
+        let mut order: Vec<&String> = chosen.iter().collect();
+        order.sort_by(|a, b| {
+            let pa = current.get(*a) == Some(&Role::Promoted);
+            let pb = current.get(*b) == Some(&Role::Promoted);
+            pb.cmp(&pa)
+                .then_with(|| score_of(b).cmp(&score_of(a)))
+                .then_with(|| a.cmp(b))
+        });
+        let primaries: BTreeSet<String> = order.into_iter().take(clone.promoted_max as usize).cloned().collect();
+        for (n, role) in &mut roles {
+            if primaries.contains(n) {
+                *role = Role::Promoted;
+            }
+        }
+    }
+    explain.placed = chosen.clone();
+    explain.verdict = if chosen.is_empty() {
+        format!("no instance can run: {}", blockers(&explain))
+    } else {
+        format!("{} of {max} instance(s) placed", chosen.len())
+    };
+    let note = (chosen.len() < max && !chosen.is_empty())
+        .then(|| format!("Degraded {}: {} of {max} instance(s) can run", clone.id, chosen.len()));
+    (roles, explain, note)
+}
+
+/// Turn current → target into actions, edges and summary lines.
+fn diff(ctx: &Ctx, units: &[Unit], targets: &BTreeMap<String, BTreeMap<String, Role>>, plan: &mut Plan) {
+    let mut idx: BTreeMap<(ActionKind, String, String), usize> = BTreeMap::new();
+    let mut push = |plan: &mut Plan, kind: ActionKind, rsc: &str, node: &str, reason: &str| -> usize {
+        let key = (kind, rsc.to_string(), node.to_string());
+        if let Some(i) = idx.get(&key) {
+            return *i;
+        }
+        plan.actions.push(Action {
+            kind,
+            rsc: rsc.to_string(),
+            node: node.to_string(),
+            reason: reason.to_string(),
+        });
+        idx.insert(key, plan.actions.len() - 1);
+        plan.actions.len() - 1
+    };
+    let online = |n: &str| ctx.node(n).online;
+    for unit in units {
+        let prims = ctx.primitives(unit.id());
+        let explain = plan.explain.get(unit.id()).cloned().unwrap_or_default();
+        let is_clone = matches!(unit, Unit::Clone(_));
+        let mut starts: Vec<usize> = Vec::new();
+        let mut stops: Vec<usize> = Vec::new();
+        for p in &prims {
+            let cur = ctx.state(p).running;
+            let tgt = targets.get(p).cloned().unwrap_or_default();
+            let on_fail = ctx.cfg.resources.primitives[p].on_fail;
+            let why_not = |n: &str| -> String {
+                explain
+                    .scores
+                    .get(n)
+                    .and_then(|(_, parts)| parts.iter().find(|x| x.ends_with("-INFINITY")))
+                    .map(|x| x.trim_end_matches(": -INFINITY").to_string())
+                    .unwrap_or_else(|| explain.verdict.clone())
+            };
+            let reason_for = |n: &str| -> String {
+                explain
+                    .scores
+                    .get(n)
+                    .map(|(s, parts)| {
+                        let pos: Vec<&String> = parts.iter().filter(|x| !x.ends_with("-INFINITY")).collect();
+                        if pos.is_empty() {
+                            format!("no preference, least loaded allowed node (score {})", score_str(*s))
+                        } else {
+                            pos.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(", ")
+                        }
+                    })
+                    .unwrap_or_default()
+            };
+            if !is_clone {
+                let from = cur.keys().next().cloned();
+                let to = tgt.keys().next().cloned();
+                let failed_here = from.as_ref().map(|f| cur[f] == Role::Failed).unwrap_or(false);
+                match (&from, &to) {
+                    (None, None) => {
+                        if explain.verdict.starts_with("cannot run") {
+                            plan.summary.push(format!(
+                                "Cannot run {p}: {}",
+                                explain.verdict.trim_start_matches("cannot run anywhere: ")
+                            ));
+                        }
+                    }
+                    (None, Some(t)) => {
+                        let reason = reason_for(t);
+                        plan.summary.push(format!("Start {p} ({t}): {reason}"));
+                        starts.push(push(plan, ActionKind::Start, p, t, &reason));
+                    }
+                    (Some(f), None) => {
+                        let reason = why_not(f);
+                        if online(f) {
+                            plan.summary.push(format!("Stop {p} ({f}): {reason}"));
+                            stops.push(push(plan, ActionKind::Stop, p, f, &reason));
+                        } else {
+                            plan.summary.push(format!(
+                                "Lost {p} ({f}): {f} lost and it cannot run elsewhere: {}",
+                                explain.verdict.trim_start_matches("cannot run anywhere: ")
+                            ));
+                        }
+                    }
+                    (Some(f), Some(t)) if f == t => {
+                        if failed_here {
+                            match on_fail {
+                                OnFail::Ignore => {}
+                                _ => {
+                                    let reason = "monitor failed".to_string();
+                                    plan.summary.push(format!("Restart {p} ({f}): {reason}"));
+                                    let s = push(plan, ActionKind::Stop, p, f, &reason);
+                                    let st = push(plan, ActionKind::Start, p, t, &reason);
+                                    plan.edges.push((s, st));
+                                    stops.push(s);
+                                    starts.push(st);
+                                }
+                            }
+                        }
+                    }
+                    (Some(f), Some(t)) => {
+                        let left = why_not(f);
+                        let leaving = explain.scores.get(f).map(|(s, _)| *s < 0).unwrap_or(true);
+                        let reason = if leaving {
+                            left
+                        } else {
+                            let sf = explain.scores.get(f).map(|x| x.0).unwrap_or(0);
+                            let st = explain.scores.get(t).map(|x| x.0).unwrap_or(0);
+                            format!(
+                                "{} on {f} < {} on {t} ({})",
+                                score_str(sf),
+                                score_str(st),
+                                reason_for(t)
+                            )
+                        };
+                        let start = push(plan, ActionKind::Start, p, t, &reason);
+                        starts.push(start);
+                        if online(f) {
+                            plan.summary.push(format!("Move {p} ({f} -> {t}): {reason}"));
+                            let stop = push(plan, ActionKind::Stop, p, f, &reason);
+                            stops.push(stop);
+                            plan.edges.push((stop, start));
+                        } else {
+                            plan.summary.push(format!("Recover {p} ({f} -> {t}): {reason}"));
+                        }
+                    }
+                }
+            } else {
+                clone_diff(
+                    ctx,
+                    p,
+                    &cur,
+                    &tgt,
+                    &why_not,
+                    &reason_for,
+                    plan,
+                    &mut push,
+                    &mut starts,
+                    &mut stops,
+                );
+            }
+        }
+        // Group order: start members in order, stop in reverse.
+        if let Unit::Group(_) = unit {
+            let pos = |i: &usize| prims.iter().position(|p| *p == plan.actions[*i].rsc).unwrap_or(0);
+            let mut s = starts.clone();
+            s.sort_by_key(pos);
+            for w in s.windows(2) {
+                plan.edges.push((w[0], w[1]));
+            }
+            let mut t = stops.clone();
+            t.sort_by_key(|i| std::cmp::Reverse(pos(i)));
+            for w in t.windows(2) {
+                plan.edges.push((w[0], w[1]));
+            }
+            // All stops of a moving group before its first start.
+            if let (Some(first_start), false) = (s.first(), t.is_empty()) {
+                for st in &t {
+                    plan.edges.push((*st, *first_start));
+                }
+            }
+        }
+    }
+    // Ordering constraints: start(first) -> start(then); stop(then) -> stop(first).
+    for k in &ctx.cfg.resources.constraints {
+        if let Constraint::Order { first, then, .. } = k {
+            let a = ctx.primitives(&ctx.unit_of(first));
+            let b = ctx.primitives(&ctx.unit_of(then));
+            let find = |plan: &Plan, kind: ActionKind, set: &[String]| -> Vec<usize> {
+                plan.actions
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, x)| x.kind == kind && set.contains(&x.rsc))
+                    .map(|(i, _)| i)
+                    .collect()
+            };
+            for x in find(plan, ActionKind::Start, &a) {
+                for y in find(plan, ActionKind::Start, &b) {
+                    plan.edges.push((x, y));
+                }
+            }
+            for x in find(plan, ActionKind::Stop, &b) {
+                for y in find(plan, ActionKind::Stop, &a) {
+                    plan.edges.push((x, y));
+                }
+            }
+        }
+    }
+    plan.edges.sort();
+    plan.edges.dedup();
+}
+
+#[allow(clippy::too_many_arguments)]
+fn clone_diff(
+    ctx: &Ctx,
+    p: &str,
+    cur: &BTreeMap<String, Role>,
+    tgt: &BTreeMap<String, Role>,
+    why_not: &dyn Fn(&str) -> String,
+    reason_for: &dyn Fn(&str) -> String,
+    plan: &mut Plan,
+    push: &mut dyn FnMut(&mut Plan, ActionKind, &str, &str, &str) -> usize,
+    starts: &mut Vec<usize>,
+    stops: &mut Vec<usize>,
+) {
+    let promoted_max = ctx.cfg.resources.clone_of(p).map(|c| c.promoted_max).unwrap_or(1);
+    let mut demotes = Vec::new();
+    let mut promotes = Vec::new();
+    for (n, role) in cur {
+        if !tgt.contains_key(n) {
+            if ctx.node(n).online {
+                let reason = why_not(n);
+                if *role == Role::Promoted {
+                    plan.summary.push(format!("Demote {p} on {n}: {reason}"));
+                    demotes.push(push(plan, ActionKind::Demote, p, n, &reason));
+                }
+                plan.summary.push(format!("Stop {p} on {n}: {reason}"));
+                let s = push(plan, ActionKind::Stop, p, n, &reason);
+                if let Some(d) = demotes.last() {
+                    plan.edges.push((*d, s));
+                }
+                stops.push(s);
+            } else {
+                plan.summary.push(format!("Lost {p} on {n}: {n} lost"));
+            }
+        }
+    }
+    for (n, role) in tgt {
+        let now = cur.get(n).copied();
+        let failed = now == Some(Role::Failed);
+        if now.is_none() || failed {
+            let reason = if failed {
+                "monitor failed".to_string()
+            } else {
+                reason_for(n)
+            };
+            let verb = if failed { "Restart" } else { "Start" };
+            plan.summary.push(format!("{verb} {p} on {n}: {reason}"));
+            let st = push(plan, ActionKind::Start, p, n, &reason);
+            if failed {
+                let s = push(plan, ActionKind::Stop, p, n, &reason);
+                plan.edges.push((s, st));
+                stops.push(s);
+            }
+            starts.push(st);
+            if *role == Role::Promoted {
+                plan.summary.push(format!(
+                    "Promote {p} on {n}: chosen as primary (promoted_max {promoted_max})"
+                ));
+                let pr = push(plan, ActionKind::Promote, p, n, &reason);
+                plan.edges.push((st, pr));
+                promotes.push(pr);
+            }
+        } else if now == Some(Role::Started) && *role == Role::Promoted {
+            let reason = format!("chosen as primary (promoted_max {promoted_max})");
+            plan.summary.push(format!("Promote {p} on {n}: {reason}"));
+            promotes.push(push(plan, ActionKind::Promote, p, n, &reason));
+        } else if now == Some(Role::Promoted) && *role == Role::Started {
+            let reason = "another instance is preferred as primary".to_string();
+            plan.summary.push(format!("Demote {p} on {n}: {reason}"));
+            demotes.push(push(plan, ActionKind::Demote, p, n, &reason));
+        }
+    }
+    // Demote before promote: never two primaries at once.
+    for d in &demotes {
+        for pr in &promotes {
+            plan.edges.push((*d, *pr));
+        }
+    }
+}
