@@ -151,6 +151,8 @@ pub struct Explain {
     pub placed: Vec<String>,
     /// Why it is where it is (or nowhere).
     pub verdict: String,
+    /// In maintenance: the scheduler leaves it exactly as it is (no action at all).
+    pub unmanaged: bool,
 }
 
 /// The scheduler's answer.
@@ -380,12 +382,19 @@ fn place(
     let prims = ctx.primitives(unit.id());
     let now = ctx.input.now_ms;
     let current: BTreeMap<String, Role> = ctx.state(&prims[0]).running;
-    let managed = !ctx.input.maintenance && prims.iter().all(|p| !ctx.state(p).maintenance);
+    // Unmanaged: cluster or resource maintenance, or anything of the unit on a node in
+    // maintenance (Pacemaker's meaning: no action at all touches that node's resources, so the
+    // unit may not be started elsewhere either: that could make two copies).
+    let on_maintenance_node = prims
+        .iter()
+        .any(|p| ctx.state(p).running.keys().any(|n| ctx.node(n).maintenance));
+    let managed = !ctx.input.maintenance && !on_maintenance_node && prims.iter().all(|p| !ctx.state(p).maintenance);
     let mut explain = Explain::default();
 
     if !managed {
         explain.placed = current.keys().cloned().collect();
         explain.verdict = "unmanaged (maintenance): left as it is".into();
+        explain.unmanaged = true;
         return (current.into_iter().collect(), explain, None);
     }
 
@@ -403,7 +412,7 @@ fn place(
         if ns.standby {
             add(-INFINITY, format!("{node} in standby"), &mut parts);
         }
-        if ns.maintenance && !current.contains_key(node) {
+        if ns.maintenance {
             add(-INFINITY, format!("{node} in maintenance"), &mut parts);
         }
         for p in &prims {
@@ -619,6 +628,9 @@ fn diff(ctx: &Ctx, units: &[Unit], targets: &BTreeMap<String, BTreeMap<String, R
     for unit in units {
         let prims = ctx.primitives(unit.id());
         let explain = plan.explain.get(unit.id()).cloned().unwrap_or_default();
+        if explain.unmanaged {
+            continue;
+        }
         let is_clone = matches!(unit, Unit::Clone(_));
         let mut starts: Vec<usize> = Vec::new();
         let mut stops: Vec<usize> = Vec::new();
@@ -649,8 +661,23 @@ fn diff(ctx: &Ctx, units: &[Unit], targets: &BTreeMap<String, BTreeMap<String, R
                     .unwrap_or_default()
             };
             if !is_clone {
-                let from = cur.keys().next().cloned();
                 let to = tgt.keys().next().cloned();
+                // Multiple-active (e.g. after a healed partition): keep the copy on the target
+                // if there is one, stop every other copy before anything starts.
+                let from = match &to {
+                    Some(t) if cur.contains_key(t) => Some(t.clone()),
+                    _ => cur.keys().next().cloned(),
+                };
+                for extra in cur.keys().filter(|n| Some(*n) != from.as_ref()) {
+                    if online(extra) {
+                        let reason = format!(
+                            "active on several nodes: only one copy may run (keeping {})",
+                            from.clone().unwrap_or_default()
+                        );
+                        plan.summary.push(format!("Stop {p} ({extra}): {reason}"));
+                        stops.push(push(plan, ActionKind::Stop, p, extra, &reason));
+                    }
+                }
                 let failed_here = from.as_ref().map(|f| cur[f] == Role::Failed).unwrap_or(false);
                 match (&from, &to) {
                     (None, None) => {
@@ -734,6 +761,16 @@ fn diff(ctx: &Ctx, units: &[Unit], targets: &BTreeMap<String, BTreeMap<String, R
                     &mut starts,
                     &mut stops,
                 );
+            }
+        }
+        // Never two copies: every stop of a primitive precedes every start of it.
+        if !is_clone {
+            for st in &stops {
+                for sa in &starts {
+                    if plan.actions[*st].rsc == plan.actions[*sa].rsc {
+                        plan.edges.push((*st, *sa));
+                    }
+                }
             }
         }
         // Group order: start members in order, stop in reverse.

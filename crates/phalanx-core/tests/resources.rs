@@ -1,0 +1,220 @@
+//! Validation of the resource sections: one test per kind of problem, each checking where it is
+//! reported (line:col), plus what a valid model looks like once parsed.
+
+use phalanx_core::config::{check, Severity};
+use phalanx_core::resources::{AgentSpec, Constraint, Failback, OnFail, INFINITY};
+use std::time::Duration;
+
+const HEAD: &str = "[cluster]\nname = \"c\"\n[[node]]\nname = \"n1\"\nlinks = [\"127.0.0.1:1\"]\n[[node]]\nname = \"n2\"\nlinks = [\"127.0.0.2:1\"]\n[[node]]\nname = \"n3\"\nlinks = [\"127.0.0.3:1\"]\n";
+// HEAD is 11 lines; resource text starts on line 12.
+
+fn errors(body: &str) -> Vec<(usize, usize, String)> {
+    let c = check(&format!("{HEAD}{body}"));
+    c.diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| (d.line, d.col, d.message.clone()))
+        .collect()
+}
+
+fn one(body: &str) -> (usize, usize, String) {
+    let e = errors(body);
+    assert_eq!(e.len(), 1, "expected one error, got {e:#?}");
+    e.into_iter().next().unwrap()
+}
+
+#[test]
+fn a_full_model_parses() {
+    let body = r#"[[resource]]
+id = "web-ip"
+agent = "vip"
+params = { address = "10.77.0.100/24" }
+
+[[resource]]
+id = "web"
+agent = "ocf:heartbeat:nginx"
+monitor = { interval = "2s", timeout = "5s" }
+failback = "delayed:30s"
+migration_threshold = 3
+failure_timeout = "10m"
+stickiness = 100
+on_fail = "ban"
+
+[[resource]]
+id = "pg"
+agent = "ocf:heartbeat:pgsql"
+
+[[group]]
+id = "stack"
+members = ["web-ip", "web"]
+
+[[clone]]
+id = "db"
+resource = "pg"
+promotable = true
+promoted_max = 1
+
+[[constraint]]
+location = "stack"
+node = "n1"
+score = 100
+
+[[constraint]]
+colocate = "web-ip"
+with = "web"
+
+[[constraint]]
+order = ["db", "stack"]
+kind = "optional"
+"#;
+    let c = check(&format!("{HEAD}{body}"));
+    assert!(c.diagnostics.is_empty(), "{:#?}", c.diagnostics);
+    let r = c.config.unwrap().resources;
+    let web = &r.primitives["web"];
+    assert_eq!(
+        web.agent,
+        AgentSpec::Ocf {
+            provider: "heartbeat".into(),
+            kind: "nginx".into()
+        }
+    );
+    assert_eq!(web.meta.failback, Failback::Delayed(Duration::from_secs(30)));
+    assert_eq!(web.meta.migration_threshold, Some(3));
+    assert_eq!(web.meta.failure_timeout, Some(Duration::from_secs(600)));
+    assert_eq!(web.meta.stickiness, 100);
+    assert_eq!(web.on_fail, OnFail::Ban);
+    assert_eq!(web.monitor.unwrap().interval, Duration::from_secs(2));
+    assert_eq!(r.primitives["web-ip"].params["address"], "10.77.0.100/24");
+    assert_eq!(r.groups["stack"].members, vec!["web-ip", "web"]);
+    assert!(r.clones["db"].promotable);
+    assert_eq!(r.constraints.len(), 3);
+    assert_eq!(
+        r.constraints[1],
+        Constraint::Colocation {
+            rsc: "web-ip".into(),
+            with: "web".into(),
+            score: INFINITY
+        }
+    );
+    assert_eq!(
+        r.constraints[2],
+        Constraint::Order {
+            first: "db".into(),
+            then: "stack".into(),
+            mandatory: false
+        }
+    );
+}
+
+#[test]
+fn unknown_agent() {
+    let (l, c, m) = one("[[resource]]\nid = \"w\"\nagent = \"lsb:nginx\"\n");
+    assert_eq!((l, c), (14, 9), "{m}");
+    assert!(m.contains("unknown agent \"lsb:nginx\""), "{m}");
+}
+
+#[test]
+fn unknown_key_in_a_resource() {
+    let (l, c, m) = one("[[resource]]\nid = \"w\"\nagent = \"exec\"\nmonitr = { interval = \"1s\" }\n");
+    assert_eq!((l, c), (15, 1), "{m}");
+    assert!(m.contains("monitr"), "{m}");
+}
+
+#[test]
+fn duplicate_ids_across_kinds() {
+    let (l, c, m) = one("[[resource]]\nid = \"w\"\nagent = \"exec\"\n[[group]]\nid = \"w\"\nmembers = [\"w\"]\n");
+    assert_eq!((l, c), (16, 6), "{m}");
+    assert!(m.contains("duplicate id \"w\"") && m.contains("line 13"), "{m}");
+}
+
+#[test]
+fn dangling_references() {
+    let (l, c, m) =
+        one("[[resource]]\nid = \"w\"\nagent = \"exec\"\n[[group]]\nid = \"g\"\nmembers = [\"w\", \"nope\"]\n");
+    assert_eq!((l, c), (17, 17), "{m}");
+    assert!(m.contains("\"nope\" is not a [[resource]]"), "{m}");
+    let (l, c, m) = one("[[clone]]\nid = \"c\"\nresource = \"ghost\"\n");
+    assert_eq!((l, c), (14, 12), "{m}");
+    let (l, c, m) =
+        one("[[resource]]\nid = \"w\"\nagent = \"exec\"\n[[constraint]]\ncolocate = \"w\"\nwith = \"ghost\"\n");
+    assert_eq!((l, c), (17, 8), "{m}");
+    assert!(m.contains("\"ghost\" is not a resource, group or clone"), "{m}");
+    let (l, c, m) =
+        one("[[resource]]\nid = \"w\"\nagent = \"exec\"\n[[constraint]]\nlocation = \"w\"\nnode = \"n9\"\nscore = 1\n");
+    assert_eq!((l, c), (17, 8), "{m}");
+    assert!(m.contains("\"n9\", which is not a [[node]]"), "{m}");
+}
+
+#[test]
+fn ordering_cycle() {
+    let body = "[[resource]]\nid = \"a\"\nagent = \"exec\"\n[[resource]]\nid = \"b\"\nagent = \"exec\"\n[[constraint]]\norder = [\"a\", \"b\"]\n[[constraint]]\norder = [\"b\", \"a\"]\n";
+    let (l, c, m) = one(body);
+    assert_eq!((l, c), (20, 1), "{m}");
+    assert!(m.contains("dependency cycle in ordering constraints: b -> a"), "{m}");
+}
+
+#[test]
+fn colocation_cycle() {
+    let body = "[[resource]]\nid = \"a\"\nagent = \"exec\"\n[[resource]]\nid = \"b\"\nagent = \"exec\"\n[[resource]]\nid = \"x\"\nagent = \"exec\"\n[[constraint]]\ncolocate = \"a\"\nwith = \"b\"\n[[constraint]]\ncolocate = \"b\"\nwith = \"x\"\n[[constraint]]\ncolocate = \"x\"\nwith = \"a\"\n";
+    let (l, _, m) = one(body);
+    assert_eq!(l, 27, "{m}");
+    assert!(m.contains("dependency cycle in colocation"), "{m}");
+}
+
+#[test]
+fn impossible_constraints() {
+    let r = "[[resource]]\nid = \"a\"\nagent = \"exec\"\n";
+    let (l, c, m) = one(&format!("{r}[[constraint]]\ncolocate = \"a\"\nwith = \"a\"\n"));
+    assert_eq!((l, c), (17, 8), "{m}");
+    assert!(m.contains("colocated with itself"), "{m}");
+    let (l, c, m) = one(&format!(
+        "{r}[[constraint]]\nlocation = \"a\"\nnode = \"n1\"\nscore = \"INFINITY\"\n[[constraint]]\nlocation = \"a\"\nnode = \"n1\"\nscore = \"-INFINITY\"\n"
+    ));
+    assert_eq!((l, c), (22, 9), "{m}");
+    assert!(m.contains("both required on and forbidden from n1"), "{m}");
+    let two = "[[resource]]\nid = \"a\"\nagent = \"exec\"\n[[resource]]\nid = \"b\"\nagent = \"exec\"\n";
+    let (l, _, m) = one(&format!(
+        "{two}[[constraint]]\nlocation = \"a\"\nnode = \"n1\"\n[[constraint]]\nlocation = \"b\"\nnode = \"n1\"\nscore = \"-INFINITY\"\n[[constraint]]\ncolocate = \"a\"\nwith = \"b\"\n"
+    ));
+    assert_eq!(l, 25, "{m}");
+    assert!(
+        m.contains("impossible: a must run on n1 and with b, which is forbidden there"),
+        "{m}"
+    );
+}
+
+#[test]
+fn bad_meta_values() {
+    let (l, c, m) = one("[[resource]]\nid = \"w\"\nagent = \"exec\"\nfailback = \"later\"\n");
+    assert_eq!((l, c), (15, 12), "{m}");
+    assert!(m.contains("delayed:DURATION"), "{m}");
+    let (l, c, _) = one("[[resource]]\nid = \"w\"\nagent = \"exec\"\nstickiness = \"lots\"\n");
+    assert_eq!((l, c), (15, 14));
+    let (l, c, _) = one("[[resource]]\nid = \"w\"\nagent = \"exec\"\nmigration_threshold = 0\n");
+    assert_eq!((l, c), (15, 23));
+    let (l, c, m) = one("[[resource]]\nid = \"w\"\nagent = \"exec\"\nmonitor = { interval = \"soon\" }\n");
+    assert_eq!((l, c), (15, 24), "{m}");
+    let (l, c, m) = one("[[resource]]\nid = \"w\"\nagent = \"exec\"\non_fail = \"explode\"\n");
+    assert_eq!((l, c), (15, 11), "{m}");
+}
+
+#[test]
+fn clone_rules() {
+    let r = "[[resource]]\nid = \"a\"\nagent = \"exec\"\n";
+    let (l, c, m) = one(&format!(
+        "{r}[[clone]]\nid = \"c\"\nresource = \"a\"\nclone_max = 2\npromotable = true\npromoted_max = 3\n"
+    ));
+    assert_eq!((l, c), (20, 16), "{m}");
+    assert!(m.contains("promoted_max 3 is more than clone_max 2"), "{m}");
+    let (l, c, m) = one(&format!(
+        "{r}[[group]]\nid = \"g\"\nmembers = [\"a\"]\n[[clone]]\nid = \"c\"\nresource = \"a\"\n"
+    ));
+    assert_eq!((l, c), (20, 12), "{m}");
+    assert!(m.contains("clone the group instead"), "{m}");
+}
+
+#[test]
+fn every_resource_error_at_once() {
+    let body = "[[resource]]\nid = \"w\"\nagent = \"nope\"\n[[resource]]\nid = \"v\"\nagent = \"exec\"\nfailback = \"x\"\n[[constraint]]\norder = [\"v\", \"ghost\"]\n";
+    assert_eq!(errors(body).len(), 3, "{:#?}", errors(body));
+}

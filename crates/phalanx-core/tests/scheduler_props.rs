@@ -1,0 +1,193 @@
+//! The scheduler's safety invariants over random states (DESIGN §3): whatever the input, the
+//! plan is deterministic; applying it never leaves a non-clone resource active on two nodes or
+//! more than `promoted_max` primaries; nothing starts on a lost, standby or maintenance node;
+//! group members end on one node; and every stop of a resource precedes its starts.
+
+use phalanx_core::scheduler::{schedule, ActionKind, Input, NodeState, OperatorConstraint, ResourceState, Role};
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+const NODES: [&str; 4] = ["n1", "n2", "n3", "n4"];
+
+fn config() -> phalanx_core::Config {
+    let mut src = String::from("[cluster]\nname = \"p\"\n");
+    for (i, n) in NODES.iter().enumerate() {
+        src += &format!(
+            "[[node]]\nname = \"{n}\"\nlinks = [\"127.0.0.1:{}\"]\napi = \"127.0.0.1:{}\"\n",
+            1000 + i,
+            2000 + i
+        );
+    }
+    src += r#"
+[[resource]]
+id = "ip"
+agent = "vip"
+[[resource]]
+id = "web"
+agent = "ocf:heartbeat:Dummy"
+migration_threshold = 2
+[[group]]
+id = "stack"
+members = ["ip", "web"]
+[[resource]]
+id = "batch"
+agent = "exec"
+stickiness = 50
+failback = "delayed:10s"
+[[resource]]
+id = "pg"
+agent = "ocf:heartbeat:Stateful"
+[[clone]]
+id = "db"
+resource = "pg"
+clone_max = 3
+promotable = true
+promoted_max = 1
+[[constraint]]
+location = "stack"
+node = "n1"
+score = 100
+[[constraint]]
+colocate = "batch"
+with = "stack"
+score = -50
+[[constraint]]
+order = ["db", "stack"]
+"#;
+    phalanx_core::config::parse(&src).unwrap()
+}
+
+fn node_state() -> impl Strategy<Value = NodeState> {
+    (
+        prop::bool::weighted(0.8),
+        prop::bool::weighted(0.15),
+        prop::bool::weighted(0.1),
+        0u64..20_000,
+    )
+        .prop_map(|(online, standby, maintenance, since)| NodeState {
+            online,
+            standby,
+            maintenance,
+            online_since_ms: since,
+            missing_agents: BTreeSet::new(),
+        })
+}
+
+fn role() -> impl Strategy<Value = Role> {
+    prop_oneof![4 => Just(Role::Started), 1 => Just(Role::Promoted), 1 => Just(Role::Failed)]
+}
+
+fn rsc_state() -> impl Strategy<Value = ResourceState> {
+    (
+        prop::collection::btree_map(
+            prop::sample::select(NODES.to_vec()).prop_map(String::from),
+            role(),
+            0..3,
+        ),
+        prop::collection::btree_map(
+            prop::sample::select(NODES.to_vec()).prop_map(String::from),
+            prop::collection::vec(0u64..20_000, 0..3),
+            0..2,
+        ),
+    )
+        .prop_map(|(running, failures)| ResourceState {
+            running,
+            failures,
+            fatal: false,
+            maintenance: false,
+        })
+}
+
+fn input() -> impl Strategy<Value = Input> {
+    (
+        prop::collection::vec(node_state(), 4),
+        prop::collection::vec(rsc_state(), 4),
+        prop::option::of((prop::sample::select(NODES.to_vec()), any::<bool>())),
+    )
+        .prop_map(|(nodes, rscs, op)| Input {
+            now_ms: 20_000,
+            nodes: NODES.iter().map(|n| n.to_string()).zip(nodes).collect(),
+            resources: ["ip", "web", "batch", "pg"]
+                .iter()
+                .map(|r| r.to_string())
+                .zip(rscs)
+                .collect(),
+            operator: op
+                .map(|(n, prefer)| {
+                    vec![OperatorConstraint {
+                        rsc: "stack".into(),
+                        node: n.into(),
+                        prefer,
+                        expires_ms: None,
+                    }]
+                })
+                .unwrap_or_default(),
+            maintenance: false,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1500))]
+    #[test]
+    fn invariants_hold(input in input()) {
+        let cfg = config();
+        let plan = schedule(&cfg, &input);
+        prop_assert_eq!(&plan, &schedule(&cfg, &input), "not deterministic");
+
+        // Apply the plan to what runs on reachable nodes.
+        let mut after: BTreeMap<String, BTreeMap<String, Role>> = BTreeMap::new();
+        for (r, st) in &input.resources {
+            let live: BTreeMap<String, Role> = st.running.iter()
+                .filter(|(n, _)| input.nodes[*n].online)
+                .map(|(n, role)| (n.clone(), *role)).collect();
+            after.insert(r.clone(), live);
+        }
+        for a in &plan.actions {
+            let node = &input.nodes[&a.node];
+            let m = after.entry(a.rsc.clone()).or_default();
+            match a.kind {
+                ActionKind::Stop => { m.remove(&a.node); }
+                ActionKind::Start => {
+                    prop_assert!(node.online && !node.standby, "start on an unusable node: {:?}", a);
+                    prop_assert!(!node.maintenance || input.resources[&a.rsc].running.contains_key(&a.node), "new start on a maintenance node: {:?}", a);
+                    m.insert(a.node.clone(), Role::Started);
+                }
+                ActionKind::Promote => { m.insert(a.node.clone(), Role::Promoted); }
+                ActionKind::Demote => { m.insert(a.node.clone(), Role::Started); }
+            }
+        }
+        // Hands off anything running on a node in maintenance (unmanaged), whatever it was.
+        // (maintenance is per unit: one group member on such a node leaves the whole group alone)
+        let on_maint = |r: &str| input.resources[r].running.keys().any(|n| input.nodes[n].maintenance);
+        let unmanaged_rsc = |r: &str| match r {
+            "ip" | "web" => on_maint("ip") || on_maint("web"),
+            r => on_maint(r),
+        };
+        for r in ["ip", "web", "batch"] {
+            if !unmanaged_rsc(r) {
+                prop_assert!(after[r].len() <= 1, "{r} active on {:?}\n{}", after[r], plan.render());
+            }
+        }
+        let primaries = after["pg"].values().filter(|r| **r == Role::Promoted).count();
+        if !unmanaged_rsc("pg") {
+            prop_assert!(primaries <= 1, "{primaries} primaries\n{}", plan.render());
+        }
+        prop_assert!(after["pg"].len() <= 3);
+        // Group members end together (unless the group is unmanaged: a member on a node in
+        // maintenance means hands off, whatever the input was).
+        let ip: BTreeSet<_> = after["ip"].keys().collect();
+        let web: BTreeSet<_> = after["web"].keys().collect();
+        let unmanaged = unmanaged_rsc("ip") || unmanaged_rsc("web");
+        if !ip.is_empty() && !web.is_empty() && !unmanaged {
+            prop_assert_eq!(ip, web, "group split\n{}", plan.render());
+        }
+        // Every stop of a resource is ordered before each of its starts.
+        for (i, a) in plan.actions.iter().enumerate() {
+            for (j, b) in plan.actions.iter().enumerate() {
+                if a.rsc == b.rsc && a.kind == ActionKind::Stop && b.kind == ActionKind::Start && a.rsc != "pg" {
+                    prop_assert!(plan.edges.contains(&(i, j)), "stop {:?} not before start {:?}\n{}", a, b, plan.render());
+                }
+            }
+        }
+    }
+}
