@@ -8,3 +8,4 @@ pub mod demo;
 pub mod harness;
 pub mod peer_etcd;
 pub mod render;
+pub mod simulate;

@@ -4,7 +4,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use phalanx::client::{key_path, load_config, Client};
-use phalanx::{bench, daemon, demo, render};
+use phalanx::{bench, daemon, demo, render, simulate};
 use phalanx_core::config::{check, parse_duration, Severity};
 use phalanx_node::ClusterKey;
 use serde_json::json;
@@ -80,6 +80,21 @@ enum Cmd {
     Link {
         #[command(subcommand)]
         cmd: LinkCmd,
+    },
+    /// Show the plan the scheduler would make for a config and a state, with what-ifs.
+    Simulate {
+        /// The observed state (TOML like a scenario's [input], or JSON); default: nothing runs.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Pretend this node is lost (repeatable).
+        #[arg(long = "node-down")]
+        node_down: Vec<String>,
+        /// Pretend RESOURCE failed its monitor on NODE (RESOURCE@NODE; repeatable).
+        #[arg(long)]
+        fail: Vec<String>,
+        /// Also print every node's score for every resource, and why.
+        #[arg(long)]
+        explain: bool,
     },
     /// Benchmarks that print figures (they assert nothing).
     Bench {
@@ -304,6 +319,28 @@ async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Node { cmd } => node_cmd(&cli, cmd).await,
+        Cmd::Simulate {
+            state,
+            node_down,
+            fail,
+            explain,
+        } => {
+            let config = load_config(&cli.config)?;
+            let (_, plan) = simulate::run(
+                &config,
+                &simulate::SimulateArgs {
+                    state: state.as_deref(),
+                    node_down,
+                    fail,
+                },
+            )?;
+            if cli.json {
+                print_json(&plan)?;
+            } else {
+                print!("{}", simulate::render(&plan, *explain));
+            }
+            Ok(0)
+        }
         Cmd::Link { cmd } => {
             let (client, apis) = apis(&cli)?;
             let (index, node, enabled) = match cmd {

@@ -437,3 +437,53 @@ fn demo_json_reports_the_contract_fields() {
     assert!(detection > 0 && failover > 0, "{v}");
     assert_ne!(v["killed"], v["new_leader"]);
 }
+
+#[test]
+fn simulate_prints_the_plan_of_a_what_if() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_phalanx"))
+            .arg("--config")
+            .arg(root.join("shop.toml"))
+            .args(["simulate", "--state"])
+            .arg(root.join("shop-state.toml"))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert!(run(&[]).contains("Nothing to do"));
+    let down = run(&["--node-down", "n1", "--explain"]);
+    assert!(down.contains("Recover web (n1 -> n2): n1 lost"), "{down}");
+    assert!(down.contains("Promote pg on n2"), "{down}");
+    assert!(down.contains("n1 lost: -INFINITY"), "{down}");
+    let fail: serde_json::Value = serde_json::from_str(&run(&["--json", "--fail", "web@n1"])).unwrap();
+    let actions = fail["actions"].as_array().unwrap();
+    assert!(
+        actions
+            .iter()
+            .any(|a| a["kind"] == "stop" && a["rsc"] == "web" && a["node"] == "n1"),
+        "{fail}"
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|a| a["kind"] == "start" && a["rsc"] == "web" && a["node"] == "n1"),
+        "{fail}"
+    );
+    // A bad state file is an error with its position, and nothing is planned.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "now_ms = 1\n[resources.web]\nrunning = { n1 = \"sleeping\" }\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_phalanx"))
+        .arg("--config")
+        .arg(root.join("shop.toml"))
+        .args(["simulate", "--state"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:3:") && err.contains("sleeping"), "{err}");
+}

@@ -480,7 +480,7 @@ fn place(
                 }
             }
         }
-        let healthy_here = current.get(node).map(|role| *role != Role::Failed).unwrap_or(false);
+        let healthy_here = ns.online && current.get(node).map(|role| *role != Role::Failed).unwrap_or(false);
         if healthy_here && meta.stickiness != 0 {
             add(meta.stickiness, "stickiness".into(), &mut parts);
         }
