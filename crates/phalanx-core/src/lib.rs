@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod liveness;
+pub mod ocf;
 pub mod quorum;
 pub mod resources;
 pub mod scheduler;

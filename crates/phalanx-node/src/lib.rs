@@ -3,6 +3,7 @@
 //! in line with what the node observes, and the HTTP API. The pure decisions live in
 //! `phalanx-core`; this crate only moves bytes, keeps time and persists.
 
+pub mod agents;
 pub mod api;
 pub mod fakenet;
 pub mod key;

@@ -1,0 +1,404 @@
+//! Running resource agents. One entry point, [`Runner::call`], for the three kinds:
+//! - `ocf:PROVIDER:TYPE`: `$OCF_ROOT/resource.d/PROVIDER/TYPE ACTION`, with the environment
+//!   Pacemaker gives (`OCF_ROOT`, `OCF_RESOURCE_INSTANCE`, `OCF_RESOURCE_TYPE`,
+//!   `OCF_RESOURCE_PROVIDER`, `OCF_RA_VERSION_MAJOR/MINOR`, `OCF_RESKEY_<param>`,
+//!   `OCF_RESKEY_CRM_meta_timeout`/`_interval` in ms, `OCF_RESKEY_CRM_meta_on_node`), so Debian's
+//!   `resource-agents` run unchanged;
+//! - `exec`: the operator's own `start`/`stop`/`monitor`/`promote`/`demote` commands (params),
+//!   run by `/bin/sh -c` with the same environment and read as OCF exit codes;
+//! - `process`: a supervised long-running `command` (param), with a pid file in the state
+//!   folder, and an optional `check_tcp = "HOST:PORT"` that start waits for and monitor checks.
+//!
+//! Every call runs in its own process group under its timeout; on timeout the whole group is
+//! killed and the call counts as failed. stdout/stderr are drained while the call runs and kept
+//! up to a bound, so a chatty or hung agent never blocks or bloats the node.
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use phalanx_core::ocf::{self, AgentAction, Verdict};
+use phalanx_core::resources::AgentSpec;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Where agents and their state live.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    /// `OCF_ROOT` (Debian: /usr/lib/ocf).
+    pub ocf_root: PathBuf,
+    /// Where `process` agents keep pid files and logs.
+    pub state_dir: PathBuf,
+    /// Bytes of stdout and of stderr kept per call.
+    pub output_limit: usize,
+    /// This node's name (`OCF_RESKEY_CRM_meta_on_node`).
+    pub node: String,
+}
+
+/// One call of an agent.
+#[derive(Debug, Clone)]
+pub struct AgentCall<'a> {
+    pub agent: &'a AgentSpec,
+    /// The resource instance (`OCF_RESOURCE_INSTANCE`).
+    pub instance: &'a str,
+    pub params: &'a BTreeMap<String, String>,
+    pub action: AgentAction,
+    pub timeout: Duration,
+    /// For recurring monitors.
+    pub interval: Option<Duration>,
+}
+
+/// What a call gave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallResult {
+    pub action: AgentAction,
+    pub verdict: Verdict,
+    /// The exit code (None: killed by a signal or timed out).
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    /// The agent's `ocf-exit-reason:`, or ours (not installed, timed out).
+    pub exit_reason: Option<String>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed_ms: u64,
+}
+
+impl CallResult {
+    pub fn succeeded(&self) -> bool {
+        self.verdict.succeeded(self.action)
+    }
+
+    fn ours(action: AgentAction, code: i32, reason: String, started: Instant) -> CallResult {
+        CallResult {
+            action,
+            verdict: Verdict::of(action, Some(code), false),
+            exit_code: Some(code),
+            timed_out: false,
+            exit_reason: Some(reason),
+            stdout: String::new(),
+            stderr: String::new(),
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        }
+    }
+}
+
+impl Runner {
+    pub fn new(node: &str) -> Runner {
+        Runner {
+            ocf_root: PathBuf::from("/usr/lib/ocf"),
+            state_dir: std::env::temp_dir().join("phalanx-agents"),
+            output_limit: 64 * 1024,
+            node: node.to_string(),
+        }
+    }
+
+    /// The environment of a call (OCF's, for every kind of agent).
+    fn env(&self, c: &AgentCall) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("OCF_ROOT".into(), self.ocf_root.display().to_string()),
+            ("OCF_RA_VERSION_MAJOR".into(), "1".into()),
+            ("OCF_RA_VERSION_MINOR".into(), "1".into()),
+            ("OCF_RESOURCE_INSTANCE".into(), c.instance.to_string()),
+            ("OCF_RESKEY_CRM_meta_timeout".into(), c.timeout.as_millis().to_string()),
+            ("OCF_RESKEY_CRM_meta_on_node".into(), self.node.clone()),
+        ];
+        if let AgentSpec::Ocf { provider, kind } = c.agent {
+            env.push(("OCF_RESOURCE_TYPE".into(), kind.clone()));
+            env.push(("OCF_RESOURCE_PROVIDER".into(), provider.clone()));
+        }
+        if let Some(i) = c.interval {
+            env.push(("OCF_RESKEY_CRM_meta_interval".into(), i.as_millis().to_string()));
+        }
+        for (k, v) in c.params {
+            env.push((format!("OCF_RESKEY_{k}"), v.clone()));
+        }
+        env
+    }
+
+    /// Run one agent action to completion (or timeout).
+    pub async fn call(&self, c: &AgentCall<'_>) -> CallResult {
+        let started = Instant::now();
+        match c.agent {
+            AgentSpec::Ocf { provider, kind } => {
+                let path = self.ocf_root.join("resource.d").join(provider).join(kind);
+                if !path.is_file() {
+                    return CallResult::ours(
+                        c.action,
+                        ocf::OCF_ERR_INSTALLED,
+                        format!(
+                            "agent ocf:{provider}:{kind} is not installed ({} not found)",
+                            path.display()
+                        ),
+                        started,
+                    );
+                }
+                let mut cmd = tokio::process::Command::new(path);
+                cmd.arg(c.action.as_str());
+                self.run(cmd, c, started).await
+            }
+            AgentSpec::Exec => match c.params.get(c.action.as_str()) {
+                Some(script) => {
+                    let mut cmd = tokio::process::Command::new("/bin/sh");
+                    cmd.arg("-c").arg(script);
+                    self.run(cmd, c, started).await
+                }
+                None => CallResult::ours(
+                    c.action,
+                    3,
+                    format!("no `{}` command in params", c.action.as_str()),
+                    started,
+                ),
+            },
+            AgentSpec::Process => self.process(c, started).await,
+            AgentSpec::Vip => CallResult::ours(c.action, 3, "the vip agent is not built yet (issue 4)".into(), started),
+        }
+    }
+
+    async fn run(&self, mut cmd: tokio::process::Command, c: &AgentCall<'_>, started: Instant) -> CallResult {
+        cmd.envs(self.env(c))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = match cmd.spawn() {
+            Ok(ch) => ch,
+            Err(e) => {
+                return CallResult::ours(
+                    c.action,
+                    ocf::OCF_ERR_INSTALLED,
+                    format!("cannot run the agent: {e}"),
+                    started,
+                )
+            }
+        };
+        let pgid = child.id().map(|p| Pid::from_raw(p as i32));
+        let limit = self.output_limit;
+        let out = tokio::spawn(read_bounded(child.stdout.take(), limit));
+        let err = tokio::spawn(read_bounded(child.stderr.take(), limit));
+        let (code, timed_out) = match tokio::time::timeout(c.timeout, child.wait()).await {
+            Ok(Ok(status)) => (status.code(), false),
+            Ok(Err(_)) => (None, false),
+            Err(_) => {
+                if let Some(pg) = pgid {
+                    let _ = killpg(pg, Signal::SIGKILL);
+                }
+                let _ = child.wait().await;
+                (None, true)
+            }
+        };
+        // The agent may have left a daemon holding the pipes: do not wait on it for long.
+        let grace = Duration::from_millis(200);
+        let stdout = tokio::time::timeout(grace, out)
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_default();
+        let stderr = tokio::time::timeout(grace, err)
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_default();
+        let mut exit_reason = ocf::exit_reason(&stderr);
+        if timed_out {
+            exit_reason = Some(format!(
+                "{} timed out after {:?} (process group killed)",
+                c.action.as_str(),
+                c.timeout
+            ));
+        }
+        CallResult {
+            action: c.action,
+            verdict: Verdict::of(c.action, code, timed_out),
+            exit_code: code,
+            timed_out,
+            exit_reason,
+            stdout,
+            stderr,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// The `process` agent: supervise a long-running command through a pid file.
+    async fn process(&self, c: &AgentCall<'_>, started: Instant) -> CallResult {
+        let pidfile = self.state_dir.join(format!("{}.pid", c.instance));
+        let Some(command) = c.params.get("command") else {
+            return CallResult::ours(
+                c.action,
+                ocf::OCF_ERR_CONFIGURED,
+                "the process agent needs a `command` param".into(),
+                started,
+            );
+        };
+        let check = c.params.get("check_tcp").cloned();
+        let alive = || read_pid(&pidfile).filter(|p| kill(*p, None).is_ok());
+        let tcp_ok = |addr: &Option<String>| {
+            addr.as_ref()
+                .map(|a| {
+                    a.parse::<std::net::SocketAddr>()
+                        .ok()
+                        .map(|sa| std::net::TcpStream::connect_timeout(&sa, Duration::from_millis(200)).is_ok())
+                        .unwrap_or(false)
+                })
+                .unwrap_or(true)
+        };
+        let deadline = started + c.timeout;
+        match c.action {
+            AgentAction::Monitor => match alive() {
+                None => CallResult::ours(c.action, ocf::OCF_NOT_RUNNING, "not running".into(), started),
+                Some(_) if !tcp_ok(&check) => CallResult::ours(
+                    c.action,
+                    ocf::OCF_ERR_GENERIC,
+                    format!("running, but {} does not accept connections", check.unwrap_or_default()),
+                    started,
+                ),
+                Some(_) => CallResult::ours(c.action, ocf::OCF_SUCCESS, "running".into(), started),
+            },
+            AgentAction::Start => {
+                if alive().is_none() {
+                    if let Err(e) = std::fs::create_dir_all(&self.state_dir) {
+                        return CallResult::ours(c.action, ocf::OCF_ERR_GENERIC, format!("state dir: {e}"), started);
+                    }
+                    let log = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(self.state_dir.join(format!("{}.log", c.instance)));
+                    let (out, err) = match log.and_then(|l| Ok((l.try_clone()?, l))) {
+                        Ok((a, b)) => (Stdio::from(a), Stdio::from(b)),
+                        Err(_) => (Stdio::null(), Stdio::null()),
+                    };
+                    let spawned = std::process::Command::new("/bin/sh")
+                        .arg("-c")
+                        .arg(format!("exec {command}"))
+                        .envs(self.env(c))
+                        .stdin(Stdio::null())
+                        .stdout(out)
+                        .stderr(err)
+                        .process_group(0)
+                        .spawn();
+                    match spawned {
+                        Ok(child) => {
+                            let pid = child.id();
+                            // Reap it when it exits, so it never lingers as a zombie.
+                            std::thread::spawn(move || {
+                                let mut child = child;
+                                let _ = child.wait();
+                            });
+                            if let Err(e) = std::fs::write(&pidfile, pid.to_string()) {
+                                return CallResult::ours(
+                                    c.action,
+                                    ocf::OCF_ERR_GENERIC,
+                                    format!("pid file: {e}"),
+                                    started,
+                                );
+                            }
+                        }
+                        Err(e) => {
+                            return CallResult::ours(
+                                c.action,
+                                ocf::OCF_ERR_INSTALLED,
+                                format!("cannot start: {e}"),
+                                started,
+                            )
+                        }
+                    }
+                }
+                // Started means: alive, and answering its check if it has one.
+                loop {
+                    if alive().is_none() {
+                        return CallResult::ours(
+                            c.action,
+                            ocf::OCF_ERR_GENERIC,
+                            "exited right after start".into(),
+                            started,
+                        );
+                    }
+                    if tcp_ok(&check) {
+                        return CallResult::ours(c.action, ocf::OCF_SUCCESS, "started".into(), started);
+                    }
+                    if Instant::now() > deadline {
+                        let mut r = CallResult::ours(
+                            c.action,
+                            ocf::OCF_ERR_GENERIC,
+                            "timed out waiting for its check".into(),
+                            started,
+                        );
+                        r.timed_out = true;
+                        r.verdict = Verdict::Timeout;
+                        return r;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            AgentAction::Stop => {
+                if let Some(pid) = alive() {
+                    let _ = killpg(pid, Signal::SIGTERM);
+                    let soft = started + c.timeout / 2;
+                    while alive().is_some() && Instant::now() < soft {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    if alive().is_some() {
+                        let _ = killpg(pid, Signal::SIGKILL);
+                        while alive().is_some() && Instant::now() < deadline {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                    if alive().is_some() {
+                        let mut r = CallResult::ours(c.action, ocf::OCF_ERR_GENERIC, "would not die".into(), started);
+                        r.timed_out = true;
+                        r.verdict = Verdict::Timeout;
+                        return r;
+                    }
+                }
+                let _ = std::fs::remove_file(&pidfile);
+                CallResult::ours(c.action, ocf::OCF_SUCCESS, "stopped".into(), started)
+            }
+            AgentAction::MetaData => {
+                CallResult::ours(c.action, ocf::OCF_SUCCESS, "built-in process agent".into(), started)
+            }
+            _ => CallResult::ours(
+                c.action,
+                3,
+                format!("the process agent has no {}", c.action.as_str()),
+                started,
+            ),
+        }
+    }
+}
+
+fn read_pid(path: &Path) -> Option<Pid> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|p| *p > 0)
+        .map(Pid::from_raw)
+}
+
+/// Read a pipe to its end, keeping the first `limit` bytes (the rest is drained and dropped,
+/// so the writer never blocks on a full pipe).
+async fn read_bounded<R: AsyncRead + Unpin>(pipe: Option<R>, limit: usize) -> String {
+    let Some(mut pipe) = pipe else {
+        return String::new();
+    };
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 8192];
+    let mut dropped = 0usize;
+    while let Ok(n) = pipe.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let room = limit.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+        dropped += n.saturating_sub(room);
+    }
+    let mut s = String::from_utf8_lossy(&kept).to_string();
+    if dropped > 0 {
+        s.push_str(&format!("\n[... {dropped} more bytes dropped]"));
+    }
+    s
+}

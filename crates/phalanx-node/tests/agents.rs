@@ -1,0 +1,246 @@
+//! Agents for real: Debian's resource-agents (`ocf:heartbeat:Dummy`, `ocf:heartbeat:anything`)
+//! called as Pacemaker calls them, the `exec` and `process` agents, timeouts that kill the whole
+//! process group, bounded output, missing agents and exit reasons. `.ci/run` installs
+//! resource-agents; without it these tests fail with a message saying so.
+
+use phalanx_core::ocf::{AgentAction, Verdict};
+use phalanx_core::resources::AgentSpec;
+use phalanx_node::agents::{AgentCall, CallResult, Runner};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn runner(dir: &Path) -> Runner {
+    let r = Runner {
+        state_dir: dir.join("state"),
+        ..Runner::new("n1")
+    };
+    assert!(
+        r.ocf_root.join("resource.d/heartbeat/Dummy").is_file(),
+        "Debian's resource-agents is not installed (apt-get install resource-agents; .ci/run does)"
+    );
+    r
+}
+
+async fn call(
+    r: &Runner,
+    agent: &AgentSpec,
+    params: &BTreeMap<String, String>,
+    action: AgentAction,
+    timeout_ms: u64,
+) -> CallResult {
+    r.call(&AgentCall {
+        agent,
+        instance: "rsc1",
+        params,
+        action,
+        timeout: Duration::from_millis(timeout_ms),
+        interval: None,
+    })
+    .await
+}
+
+fn params(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn ocf(kind: &str) -> AgentSpec {
+    AgentSpec::Ocf {
+        provider: "heartbeat".into(),
+        kind: kind.into(),
+    }
+}
+
+#[tokio::test]
+async fn dummy_start_monitor_stop_as_pacemaker_calls_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = runner(dir.path());
+    let state = dir.path().join("dummy.state");
+    let p = params(&[("state", state.to_str().unwrap())]);
+    let dummy = ocf("Dummy");
+    let probe = call(&r, &dummy, &p, AgentAction::Monitor, 20_000).await;
+    assert_eq!(probe.verdict, Verdict::NotRunning, "{probe:?}");
+    let start = call(&r, &dummy, &p, AgentAction::Start, 20_000).await;
+    assert!(start.succeeded(), "{start:?}");
+    assert!(state.exists(), "Dummy keeps its state in OCF_RESKEY_state");
+    let mon = call(&r, &dummy, &p, AgentAction::Monitor, 20_000).await;
+    assert_eq!(mon.verdict, Verdict::Ok, "{mon:?}");
+    let stop = call(&r, &dummy, &p, AgentAction::Stop, 20_000).await;
+    assert!(stop.succeeded(), "{stop:?}");
+    let after = call(&r, &dummy, &p, AgentAction::Monitor, 20_000).await;
+    assert_eq!(after.verdict, Verdict::NotRunning);
+    let meta = call(&r, &dummy, &p, AgentAction::MetaData, 20_000).await;
+    assert!(meta.succeeded() && meta.stdout.contains("<resource-agent"), "{meta:?}");
+}
+
+#[tokio::test]
+async fn anything_wraps_a_real_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = runner(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let pidfile = dir.path().join("anything.pid");
+    let p = params(&[
+        ("binfile", "/usr/bin/python3"),
+        (
+            "cmdline_options",
+            &format!(
+                "-m http.server {port} --bind 127.0.0.1 --directory {}",
+                dir.path().display()
+            ),
+        ),
+        ("pidfile", pidfile.to_str().unwrap()),
+        ("logfile", dir.path().join("anything.log").to_str().unwrap()),
+    ]);
+    let anything = ocf("anything");
+    let start = call(&r, &anything, &p, AgentAction::Start, 20_000).await;
+    assert!(start.succeeded(), "{start:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the wrapped server never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        call(&r, &anything, &p, AgentAction::Monitor, 20_000).await.verdict,
+        Verdict::Ok
+    );
+    assert!(call(&r, &anything, &p, AgentAction::Stop, 20_000).await.succeeded());
+    assert_eq!(
+        call(&r, &anything, &p, AgentAction::Monitor, 20_000).await.verdict,
+        Verdict::NotRunning
+    );
+}
+
+#[tokio::test]
+async fn a_missing_agent_is_a_hard_error_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = runner(dir.path());
+    let res = call(&r, &ocf("NoSuchAgent"), &BTreeMap::new(), AgentAction::Start, 1_000).await;
+    assert_eq!(res.verdict, Verdict::HardError);
+    assert!(res.exit_reason.unwrap().contains("not installed"));
+    // and stopping it is "not running", so a missing agent never blocks recovery elsewhere
+    let stop = call(&r, &ocf("NoSuchAgent"), &BTreeMap::new(), AgentAction::Stop, 1_000).await;
+    assert!(stop.succeeded(), "{stop:?}");
+}
+
+#[tokio::test]
+async fn a_hanging_agent_is_killed_with_its_whole_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = runner(dir.path());
+    let child_pid = dir.path().join("child.pid");
+    let p = params(&[(
+        "start",
+        &format!("sleep 60 & echo $! > {}; sleep 60", child_pid.display()),
+    )]);
+    let t0 = Instant::now();
+    let res = call(&r, &AgentSpec::Exec, &p, AgentAction::Start, 300).await;
+    assert_eq!(res.verdict, Verdict::Timeout, "{res:?}");
+    assert!(res.timed_out && !res.succeeded());
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "the call must end at its timeout, not when the agent does"
+    );
+    let pid: i32 = std::fs::read_to_string(&child_pid).unwrap().trim().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        // Gone, or a zombie of its dead parent awaiting init.
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        let dead = state
+            .map(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().starts_with('Z'))
+                    .unwrap_or(true)
+            })
+            .unwrap_or(true);
+        if dead {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent's background child {pid} survived the timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn output_is_bounded_and_exit_reasons_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Runner {
+        output_limit: 1000,
+        ..runner(dir.path())
+    };
+    let flood = params(&[("start", "head -c 5000000 /dev/zero | tr '\\0' x; exit 0")]);
+    let res = call(&r, &AgentSpec::Exec, &flood, AgentAction::Start, 20_000).await;
+    assert!(res.succeeded(), "{:?}", res.exit_reason);
+    assert!(
+        res.stdout.len() < 2000 && res.stdout.contains("more bytes dropped"),
+        "{}",
+        res.stdout.len()
+    );
+    let fatal = params(&[(
+        "start",
+        "echo 'ocf-exit-reason:config file /etc/x is missing' >&2; exit 6",
+    )]);
+    let res = call(&r, &AgentSpec::Exec, &fatal, AgentAction::Start, 20_000).await;
+    assert_eq!(res.verdict, Verdict::Fatal);
+    assert_eq!(res.exit_reason.as_deref(), Some("config file /etc/x is missing"));
+}
+
+#[tokio::test]
+async fn exec_agents_see_the_ocf_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = runner(dir.path());
+    let p = params(&[("start", "echo \"$OCF_RESOURCE_INSTANCE $OCF_RESKEY_color $OCF_RESKEY_CRM_meta_timeout $OCF_RESKEY_CRM_meta_on_node\""), ("color", "blue")]);
+    let res = call(&r, &AgentSpec::Exec, &p, AgentAction::Start, 1234).await;
+    assert_eq!(res.stdout.trim(), "rsc1 blue 1234 n1");
+    let none = call(&r, &AgentSpec::Exec, &p, AgentAction::Promote, 1000).await;
+    assert_eq!(none.verdict, Verdict::HardError, "no promote command: unimplemented");
+}
+
+#[tokio::test]
+async fn the_process_agent_supervises_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = runner(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let p = params(&[
+        ("command", &format!("python3 -m http.server {port} --bind 127.0.0.1")),
+        ("check_tcp", &format!("127.0.0.1:{port}")),
+    ]);
+    let start = call(&r, &AgentSpec::Process, &p, AgentAction::Start, 20_000).await;
+    assert!(start.succeeded(), "{start:?}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "start returns once the check passes"
+    );
+    assert_eq!(
+        call(&r, &AgentSpec::Process, &p, AgentAction::Monitor, 5_000)
+            .await
+            .verdict,
+        Verdict::Ok
+    );
+    // starting twice is a no-op
+    assert!(call(&r, &AgentSpec::Process, &p, AgentAction::Start, 5_000)
+        .await
+        .succeeded());
+    assert!(call(&r, &AgentSpec::Process, &p, AgentAction::Stop, 10_000)
+        .await
+        .succeeded());
+    assert_eq!(
+        call(&r, &AgentSpec::Process, &p, AgentAction::Monitor, 5_000)
+            .await
+            .verdict,
+        Verdict::NotRunning
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "stopped means not listening"
+    );
+}
