@@ -198,7 +198,7 @@ fn every_error_is_reported_not_just_the_first() {
 
 #[test]
 fn later_sections_are_accepted_with_a_warning() {
-    let src = format!("{GOOD}\n[[resource]]\nid = \"web\"\nagent = \"ocf:heartbeat:nginx\"\n");
+    let src = format!("{GOOD}\n[[fence_device]]\nname = \"pdu\"\nagent = \"fence_apc\"\n");
     let c = check(&src);
     assert!(c.config.is_some());
     assert_eq!(c.diagnostics.len(), 1);

@@ -208,19 +208,89 @@ impl Unit {
     }
 }
 
+/// Constraints and memberships indexed once per run, so placing N units costs O(N), not
+/// O(N × constraints).
 struct Ctx<'a> {
     cfg: &'a Config,
     input: &'a Input,
     nodes: Vec<String>,
+    /// target id → (node, score)
+    locations: BTreeMap<&'a str, Vec<(&'a str, i64)>>,
+    /// rsc id → (with, score)
+    colocations: BTreeMap<&'a str, Vec<(&'a str, i64)>>,
+    /// rsc id → operator constraints on it
+    operator: BTreeMap<&'a str, Vec<&'a OperatorConstraint>>,
+    group_of: BTreeMap<&'a str, &'a str>,
+    clone_of: BTreeMap<&'a str, &'a str>,
+    no_state: ResourceState,
+    no_node: NodeState,
 }
 
-impl Ctx<'_> {
-    fn state(&self, rsc: &str) -> ResourceState {
-        self.input.resources.get(rsc).cloned().unwrap_or_default()
+impl<'a> Ctx<'a> {
+    fn new(cfg: &'a Config, input: &'a Input) -> Ctx<'a> {
+        let r = &cfg.resources;
+        let mut locations: BTreeMap<&str, Vec<(&str, i64)>> = BTreeMap::new();
+        let mut colocations: BTreeMap<&str, Vec<(&str, i64)>> = BTreeMap::new();
+        for k in &r.constraints {
+            match k {
+                Constraint::Location { rsc, node, score } => locations.entry(rsc).or_default().push((node, *score)),
+                Constraint::Colocation { rsc, with, score } => colocations.entry(rsc).or_default().push((with, *score)),
+                Constraint::Order { .. } => {}
+            }
+        }
+        let mut operator: BTreeMap<&str, Vec<&OperatorConstraint>> = BTreeMap::new();
+        for o in &input.operator {
+            operator.entry(o.rsc.as_str()).or_default().push(o);
+        }
+        let mut group_of = BTreeMap::new();
+        for g in r.groups.values() {
+            for m in &g.members {
+                group_of.insert(m.as_str(), g.id.as_str());
+            }
+        }
+        let clone_of = r
+            .clones
+            .values()
+            .map(|c| (c.resource.as_str(), c.id.as_str()))
+            .collect();
+        Ctx {
+            cfg,
+            input,
+            nodes: cfg.nodes.iter().map(|n| n.name.clone()).collect(),
+            locations,
+            colocations,
+            operator,
+            group_of,
+            clone_of,
+            no_state: ResourceState::default(),
+            no_node: NodeState::default(),
+        }
     }
 
-    fn node(&self, n: &str) -> NodeState {
-        self.input.nodes.get(n).cloned().unwrap_or_default()
+    fn state(&self, rsc: &str) -> &ResourceState {
+        self.input.resources.get(rsc).unwrap_or(&self.no_state)
+    }
+
+    fn node(&self, n: &str) -> &NodeState {
+        self.input.nodes.get(n).unwrap_or(&self.no_node)
+    }
+
+    /// Every id a constraint may name to mean this unit: the unit, its members, its clone's
+    /// resource.
+    fn names(&self, unit: &Unit) -> Vec<String> {
+        let mut v = vec![unit.id().to_string()];
+        match unit {
+            Unit::Group(_) => v.extend(self.primitives(unit.id())),
+            Unit::Clone(c) => {
+                let inner = &self.cfg.resources.clones[c].resource;
+                v.push(inner.clone());
+                if self.cfg.resources.groups.contains_key(inner) {
+                    v.extend(self.primitives(inner));
+                }
+            }
+            Unit::Primitive(_) => {}
+        }
+        v
     }
 
     /// The primitives of a unit (a group's members in order; a clone's primitives).
@@ -261,29 +331,16 @@ impl Ctx<'_> {
             .unwrap_or(0)
     }
 
-    /// Which ids a constraint on `target` applies to when placing `unit`.
-    fn names_unit(&self, unit: &Unit, target: &str) -> bool {
-        if unit.id() == target {
-            return true;
-        }
-        match unit {
-            Unit::Group(_) => self.primitives(unit.id()).iter().any(|p| p == target),
-            Unit::Clone(c) => self.cfg.resources.clones[c].resource == target,
-            Unit::Primitive(_) => false,
-        }
-    }
-
     /// The unit a constraint target belongs to.
     fn unit_of(&self, id: &str) -> String {
-        let r = &self.cfg.resources;
-        if let Some(c) = r.clone_of(id) {
-            return c.id.clone();
+        if let Some(c) = self.clone_of.get(id) {
+            return c.to_string();
         }
-        if let Some(g) = r.group_of(id) {
-            if let Some(c) = r.clone_of(&g.id) {
-                return c.id.clone();
+        if let Some(g) = self.group_of.get(id) {
+            if let Some(c) = self.clone_of.get(g) {
+                return c.to_string();
             }
-            return g.id.clone();
+            return g.to_string();
         }
         id.to_string()
     }
@@ -291,11 +348,7 @@ impl Ctx<'_> {
 
 /// Compute the plan.
 pub fn schedule(cfg: &Config, input: &Input) -> Plan {
-    let ctx = Ctx {
-        cfg,
-        input,
-        nodes: cfg.nodes.iter().map(|n| n.name.clone()).collect(),
-    };
+    let ctx = Ctx::new(cfg, input);
     let r = &cfg.resources;
     // Units: clones, then groups not cloned, then primitives in neither.
     let mut units: Vec<Unit> = Vec::new();
@@ -308,7 +361,7 @@ pub fn schedule(cfg: &Config, input: &Input) -> Plan {
         }
     }
     for p in r.primitives.keys() {
-        if r.group_of(p).is_none() && r.clone_of(p).is_none() {
+        if !ctx.group_of.contains_key(p.as_str()) && !ctx.clone_of.contains_key(p.as_str()) {
             units.push(Unit::Primitive(p.clone()));
         }
     }
@@ -319,29 +372,39 @@ pub fn schedule(cfg: &Config, input: &Input) -> Plan {
             deps.entry(ctx.unit_of(rsc)).or_default().insert(ctx.unit_of(with));
         }
     }
-    let mut ordered: Vec<Unit> = Vec::new();
-    let mut done: BTreeSet<String> = BTreeSet::new();
-    while ordered.len() < units.len() {
-        let before = ordered.len();
-        for u in &units {
-            if done.contains(u.id()) {
-                continue;
-            }
-            let ready = deps
-                .get(u.id())
-                .map(|d| d.iter().all(|x| done.contains(x) || x == u.id()))
-                .unwrap_or(true);
-            if ready {
-                done.insert(u.id().to_string());
-                ordered.push(u.clone());
+    // Kahn's algorithm, always taking the ready unit that comes first in `units` (deterministic).
+    let position: BTreeMap<&str, usize> = units.iter().enumerate().map(|(i, u)| (u.id(), i)).collect();
+    let mut indegree: Vec<usize> = vec![0; units.len()];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); units.len()];
+    for (u, ds) in &deps {
+        let Some(&ui) = position.get(u.as_str()) else { continue };
+        for d in ds {
+            if let Some(&di) = position.get(d.as_str()) {
+                if di != ui {
+                    indegree[ui] += 1;
+                    dependents[di].push(ui);
+                }
             }
         }
-        if ordered.len() == before {
-            // A cycle slipped past validation: place the rest in name order rather than loop.
-            for u in &units {
-                if done.insert(u.id().to_string()) {
-                    ordered.push(u.clone());
-                }
+    }
+    let mut ready: BTreeSet<usize> = (0..units.len()).filter(|i| indegree[*i] == 0).collect();
+    let mut ordered: Vec<Unit> = Vec::with_capacity(units.len());
+    let mut taken = vec![false; units.len()];
+    while ordered.len() < units.len() {
+        let next = match ready.pop_first() {
+            Some(n) => n,
+            // A cycle slipped past validation: take the first unplaced unit rather than loop.
+            None => (0..units.len()).find(|i| !taken[*i]).unwrap_or(0),
+        };
+        if taken[next] {
+            continue;
+        }
+        taken[next] = true;
+        ordered.push(units[next].clone());
+        for d in &dependents[next] {
+            indegree[*d] = indegree[*d].saturating_sub(1);
+            if indegree[*d] == 0 && !taken[*d] {
+                ready.insert(*d);
             }
         }
     }
@@ -381,7 +444,26 @@ fn place(
     let meta = ctx.meta(unit);
     let prims = ctx.primitives(unit.id());
     let now = ctx.input.now_ms;
-    let current: BTreeMap<String, Role> = ctx.state(&prims[0]).running;
+    let current: BTreeMap<String, Role> = ctx.state(&prims[0]).running.clone();
+    let names = ctx.names(unit);
+    let locs: Vec<(&str, &str, i64)> = names
+        .iter()
+        .flat_map(|n| {
+            ctx.locations
+                .get(n.as_str())
+                .into_iter()
+                .flatten()
+                .map(move |(node, s)| (n.as_str(), *node, *s))
+        })
+        .collect();
+    let colos: Vec<(&str, i64)> = names
+        .iter()
+        .flat_map(|n| ctx.colocations.get(n.as_str()).into_iter().flatten().copied())
+        .collect();
+    let ops: Vec<&OperatorConstraint> = names
+        .iter()
+        .flat_map(|n| ctx.operator.get(n.as_str()).into_iter().flatten().copied())
+        .collect();
     // Unmanaged: cluster or resource maintenance, or anything of the unit on a node in
     // maintenance (Pacemaker's meaning: no action at all touches that node's resources, so the
     // unit may not be started elsewhere either: that could make two copies).
@@ -450,15 +532,13 @@ fn place(
                 );
             }
         }
-        for k in &r.constraints {
-            if let Constraint::Location { rsc, node: n, score: s } = k {
-                if n == node && ctx.names_unit(unit, rsc) {
-                    add(*s, format!("location {rsc} on {n}"), &mut parts);
-                }
+        for (rsc, n, s) in &locs {
+            if n == node {
+                add(*s, format!("location {rsc} on {n}"), &mut parts);
             }
         }
-        for o in &ctx.input.operator {
-            if o.node == *node && ctx.names_unit(unit, &o.rsc) && o.expires_ms.map(|e| now < e).unwrap_or(true) {
+        for o in &ops {
+            if o.node == *node && o.expires_ms.map(|e| now < e).unwrap_or(true) {
                 if o.prefer {
                     add(INFINITY, format!("moved to {node} by operator"), &mut parts);
                 } else {
@@ -466,11 +546,8 @@ fn place(
                 }
             }
         }
-        for k in &r.constraints {
-            if let Constraint::Colocation { rsc, with, score: s } = k {
-                if !ctx.names_unit(unit, rsc) {
-                    continue;
-                }
+        for (with, s) in &colos {
+            {
                 let with_unit = ctx.unit_of(with);
                 let there = placed.get(&with_unit).map(|v| v.contains(node)).unwrap_or(false);
                 if there {
@@ -509,11 +586,9 @@ fn place(
     let target = match (ranked.first().cloned(), &cur) {
         (None, _) => None,
         (Some(best), Some(cur)) if best != *cur && allowed(cur) => {
-            let operator_move = ctx
-                .input
-                .operator
+            let operator_move = ops
                 .iter()
-                .any(|o| o.prefer && ctx.names_unit(unit, &o.rsc));
+                .any(|o| o.prefer && o.expires_ms.map(|e| now < e).unwrap_or(true));
             match meta.failback {
                 _ if operator_move => Some(best),
                 Failback::Immediate => Some(best),
@@ -635,7 +710,7 @@ fn diff(ctx: &Ctx, units: &[Unit], targets: &BTreeMap<String, BTreeMap<String, R
         let mut starts: Vec<usize> = Vec::new();
         let mut stops: Vec<usize> = Vec::new();
         for p in &prims {
-            let cur = ctx.state(p).running;
+            let cur = ctx.state(p).running.clone();
             let tgt = targets.get(p).cloned().unwrap_or_default();
             let on_fail = ctx.cfg.resources.primitives[p].on_fail;
             let why_not = |n: &str| -> String {
