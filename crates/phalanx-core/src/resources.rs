@@ -765,10 +765,18 @@ pub(crate) fn validate(c: &mut Checker, raw: RawResources, nodes: &BTreeSet<Stri
     }
 
     // Mandatory colocation with a resource forbidden where the other is required.
+    // Index the location constraints by resource once (checking every colocation against every
+    // location was quadratic: seconds at 10,000 resources).
+    let mut required: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for ((r, node), (s, _)) in &locations {
+        if *s >= INFINITY {
+            required.entry(r.as_str()).or_default().push(node.as_str());
+        }
+    }
     for (rsc, with, span) in &colo_edges {
-        for ((r, node), (s, _)) in &locations {
-            if r == rsc && *s >= INFINITY {
-                if let Some((w, _)) = locations.get(&(with.clone(), node.clone())) {
+        for node in required.get(rsc.as_str()).into_iter().flatten() {
+            {
+                if let Some((w, _)) = locations.get(&(with.clone(), node.to_string())) {
                     if *w <= -INFINITY {
                         c.error(
                             span.clone(),

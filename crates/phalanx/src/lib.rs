@@ -2,6 +2,7 @@
 //! demo, the benchmark and the process tests, and the commands that are more than a call.
 
 pub mod bench;
+pub mod bench_sched;
 pub mod client;
 pub mod daemon;
 pub mod demo;

@@ -171,6 +171,20 @@ enum BenchCmd {
         #[arg(long)]
         no_etcd: bool,
     },
+    /// The scheduler on generated clusters, beside Pacemaker's crm_simulate.
+    Scheduler {
+        /// Numbers of primitives, comma-separated.
+        #[arg(long, default_value = "100,1000,10000", value_delimiter = ',')]
+        sizes: Vec<usize>,
+        #[arg(long, default_value_t = 32)]
+        nodes: usize,
+        /// Timed runs of phalanx's scheduler per size (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Give up on crm_simulate after this long per size.
+        #[arg(long, default_value = "60s", value_parser = duration)]
+        crm_bound: Duration,
+    },
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -319,6 +333,40 @@ async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Node { cmd } => node_cmd(&cli, cmd).await,
+        Cmd::Bench {
+            cmd:
+                BenchCmd::Scheduler {
+                    sizes,
+                    nodes,
+                    runs,
+                    crm_bound,
+                },
+        } => {
+            if sizes.is_empty() || *nodes == 0 || *nodes > 1000 {
+                bail!("--sizes needs at least one size and --nodes 1..1000");
+            }
+            let pb = if cli.json {
+                indicatif::ProgressBar::hidden()
+            } else {
+                indicatif::ProgressBar::new_spinner()
+            };
+            pb.enable_steady_tick(Duration::from_millis(100));
+            let args = phalanx::bench_sched::Args {
+                sizes: sizes.clone(),
+                nodes: *nodes,
+                runs: *runs,
+                crm_bound: *crm_bound,
+            };
+            let r =
+                tokio::task::block_in_place(|| phalanx::bench_sched::run(&args, &|m| pb.set_message(m.to_string())))?;
+            pb.finish_and_clear();
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                print!("{}", phalanx::bench_sched::render(&r));
+            }
+            Ok(0)
+        }
         Cmd::Simulate {
             state,
             node_down,

@@ -71,16 +71,13 @@ pub fn render(plan: &Plan, explain: bool) -> String {
         for (unit, e) in &plan.explain {
             o += &format!("  {unit}: {}\n", e.verdict);
             for (node, (score, parts)) in &e.scores {
-                let parts = if parts.is_empty() {
-                    "no constraint".to_string()
-                } else {
-                    parts.join("; ")
-                };
                 o += &format!(
-                    "    {node:<8} {:>10}  {parts}\n",
-                    phalanx_core::resources::score_str(*score)
+                    "    {node:<8} {:>10}  {}\n",
+                    phalanx_core::resources::score_str(*score),
+                    parts.join("; ")
                 );
             }
+            o += "    (any other node: 0, no constraint)\n";
         }
     }
     o

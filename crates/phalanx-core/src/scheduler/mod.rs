@@ -146,7 +146,8 @@ impl Action {
 /// How one unit's placement was decided.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Explain {
-    /// Per node: the final score and each contribution to it.
+    /// Per node that anything scored: the final score and each contribution to it (a node not
+    /// listed scores 0: nothing constrains it).
     pub scores: BTreeMap<String, (i64, Vec<String>)>,
     pub placed: Vec<String>,
     /// Why it is where it is (or nowhere).
@@ -277,16 +278,24 @@ impl<'a> Ctx<'a> {
 
     /// Every id a constraint may name to mean this unit: the unit, its members, its clone's
     /// resource.
-    fn names(&self, unit: &Unit) -> Vec<String> {
-        let mut v = vec![unit.id().to_string()];
+    fn names<'u>(&self, unit: &'u Unit) -> Vec<&'u str>
+    where
+        'a: 'u,
+    {
+        let r = &self.cfg.resources;
+        let mut v: Vec<&'u str> = vec![unit.id()];
+        let group_members = |g: &str| {
+            r.groups
+                .get(g)
+                .map(|g| g.members.iter().map(String::as_str).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
         match unit {
-            Unit::Group(_) => v.extend(self.primitives(unit.id())),
+            Unit::Group(g) => v.extend(group_members(g)),
             Unit::Clone(c) => {
-                let inner = &self.cfg.resources.clones[c].resource;
-                v.push(inner.clone());
-                if self.cfg.resources.groups.contains_key(inner) {
-                    v.extend(self.primitives(inner));
-                }
+                let inner = r.clones[c].resource.as_str();
+                v.push(inner);
+                v.extend(group_members(inner));
             }
             Unit::Primitive(_) => {}
         }
@@ -411,13 +420,16 @@ pub fn schedule(cfg: &Config, input: &Input) -> Plan {
 
     let mut plan = Plan::default();
     let mut placed: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut load: BTreeMap<String, usize> = ctx.nodes.iter().map(|n| (n.clone(), 0)).collect();
+    // Units placed per node, by node position.
+    let mut load: Vec<usize> = vec![0; ctx.nodes.len()];
     let mut targets: BTreeMap<String, BTreeMap<String, Role>> = BTreeMap::new();
     let mut notes: Vec<String> = Vec::new();
     for unit in &ordered {
         let (nodes, explain, note) = place(&ctx, unit, &placed, &load);
         for n in &nodes {
-            *load.entry(n.0.clone()).or_default() += 1;
+            if let Some(i) = ctx.nodes.iter().position(|x| *x == n.0) {
+                load[i] += 1;
+            }
         }
         placed.insert(unit.id().to_string(), nodes.iter().map(|(n, _)| n.clone()).collect());
         for p in ctx.primitives(unit.id()) {
@@ -438,7 +450,7 @@ fn place(
     ctx: &Ctx,
     unit: &Unit,
     placed: &BTreeMap<String, Vec<String>>,
-    load: &BTreeMap<String, usize>,
+    load: &[usize],
 ) -> (Vec<(String, Role)>, Explain, Option<String>) {
     let r = &ctx.cfg.resources;
     let meta = ctx.meta(unit);
@@ -450,19 +462,19 @@ fn place(
         .iter()
         .flat_map(|n| {
             ctx.locations
-                .get(n.as_str())
+                .get(n)
                 .into_iter()
                 .flatten()
-                .map(move |(node, s)| (n.as_str(), *node, *s))
+                .map(move |(node, s)| (*n, *node, *s))
         })
         .collect();
     let colos: Vec<(&str, i64)> = names
         .iter()
-        .flat_map(|n| ctx.colocations.get(n.as_str()).into_iter().flatten().copied())
+        .flat_map(|n| ctx.colocations.get(n).into_iter().flatten().copied())
         .collect();
     let ops: Vec<&OperatorConstraint> = names
         .iter()
-        .flat_map(|n| ctx.operator.get(n.as_str()).into_iter().flatten().copied())
+        .flat_map(|n| ctx.operator.get(n).into_iter().flatten().copied())
         .collect();
     // Unmanaged: cluster or resource maintenance, or anything of the unit on a node in
     // maintenance (Pacemaker's meaning: no action at all touches that node's resources, so the
@@ -480,6 +492,18 @@ fn place(
         return (current.into_iter().collect(), explain, None);
     }
 
+    // Scores by node position; the explanation keeps only nodes something scored (an absent
+    // node scores 0 with no constraint), which keeps a 10,000-resource plan small.
+    // Where each unit this one is colocated with was placed (looked up once, not per node).
+    let colo_targets: Vec<(&str, i64, Option<&Vec<String>>)> = colos
+        .iter()
+        .map(|(with, s)| (*with, *s, placed.get(&ctx.unit_of(with))))
+        .collect();
+    let mut node_scores: Vec<i64> = Vec::with_capacity(ctx.nodes.len());
+    let prim_refs: Vec<(&String, &crate::resources::Primitive)> = prims
+        .iter()
+        .filter_map(|p| r.primitives.get(p).map(|x| (p, x)))
+        .collect();
     for node in &ctx.nodes {
         let ns = ctx.node(node);
         let mut parts: Vec<String> = Vec::new();
@@ -497,11 +521,12 @@ fn place(
         if ns.maintenance {
             add(-INFINITY, format!("{node} in maintenance"), &mut parts);
         }
-        for p in &prims {
-            let prim = &r.primitives[p];
-            let agent = prim.agent.to_string();
-            if ns.missing_agents.contains(&agent) {
-                add(-INFINITY, format!("agent {agent} missing on {node}"), &mut parts);
+        for (p, prim) in &prim_refs {
+            if !ns.missing_agents.is_empty() {
+                let agent = prim.agent.to_string();
+                if ns.missing_agents.contains(&agent) {
+                    add(-INFINITY, format!("agent {agent} missing on {node}"), &mut parts);
+                }
             }
             if ctx.state(p).fatal {
                 add(
@@ -510,7 +535,11 @@ fn place(
                     &mut parts,
                 );
             }
-            let fails = ctx.live_failures(p, node, &prim.meta);
+            let fails = if ctx.state(p).failures.is_empty() {
+                0
+            } else {
+                ctx.live_failures(p, node, &prim.meta)
+            };
             let threshold = prim.meta.migration_threshold.or(meta.migration_threshold);
             if let Some(t) = threshold {
                 if fails >= t as usize {
@@ -546,10 +575,9 @@ fn place(
                 }
             }
         }
-        for (with, s) in &colos {
+        for (with, s, with_nodes) in &colo_targets {
             {
-                let with_unit = ctx.unit_of(with);
-                let there = placed.get(&with_unit).map(|v| v.contains(node)).unwrap_or(false);
+                let there = with_nodes.map(|v| v.contains(node)).unwrap_or(false);
                 if there {
                     add(*s, format!("colocated with {with}"), &mut parts);
                 } else if *s >= INFINITY {
@@ -561,21 +589,37 @@ fn place(
         if healthy_here && meta.stickiness != 0 {
             add(meta.stickiness, "stickiness".into(), &mut parts);
         }
-        explain.scores.insert(node.clone(), (score, parts));
+        node_scores.push(score);
+        if !parts.is_empty() {
+            explain.scores.insert(node.clone(), (score, parts));
+        }
     }
 
-    let scores: BTreeMap<String, i64> = explain.scores.iter().map(|(n, (s, _))| (n.clone(), *s)).collect();
-    let score_of = |n: &String| scores.get(n).copied().unwrap_or(-INFINITY);
+    let index_of = |n: &String| ctx.nodes.iter().position(|x| x == n);
+    let score_of = |n: &String| index_of(n).map(|i| node_scores[i]).unwrap_or(-INFINITY);
     let allowed = |n: &String| score_of(n) >= 0;
     // Rank: score desc, current first, least loaded, name.
-    let mut ranked: Vec<String> = ctx.nodes.iter().filter(|n| allowed(n)).cloned().collect();
-    ranked.sort_by(|a, b| {
-        score_of(b)
-            .cmp(&score_of(a))
-            .then_with(|| current.contains_key(b).cmp(&current.contains_key(a)))
-            .then_with(|| load.get(a).cmp(&load.get(b)))
-            .then_with(|| a.cmp(b))
-    });
+    // One precomputed key per node (the comparator must not do map lookups: it was half of
+    // the scheduler's time at 1,000 primitives). Node names are unique, so the order is total.
+    let keyed: Vec<(std::cmp::Reverse<i64>, bool, usize, &String)> = ctx
+        .nodes
+        .iter()
+        .zip(&node_scores)
+        .enumerate()
+        .filter(|(_, (_, s))| **s >= 0)
+        .map(|(i, (n, s))| {
+            let here = !current.is_empty() && current.contains_key(n);
+            (std::cmp::Reverse(*s), !here, load[i], n)
+        })
+        .collect();
+    // A clone needs its best `clone_max` nodes in order; anything else only the best one.
+    let ranked: Vec<&String> = if matches!(unit, Unit::Clone(_)) {
+        let mut keyed = keyed;
+        keyed.sort_unstable();
+        keyed.into_iter().map(|(_, _, _, n)| n).collect()
+    } else {
+        keyed.into_iter().min().map(|(_, _, _, n)| n).into_iter().collect()
+    };
 
     if let Unit::Clone(c) = unit {
         return place_clone(ctx, &r.clones[c], &current, ranked, &score_of, explain);
@@ -583,7 +627,7 @@ fn place(
 
     let cur = current.keys().next().cloned();
     let mut note = None;
-    let target = match (ranked.first().cloned(), &cur) {
+    let target = match (ranked.first().map(|n| (*n).clone()), &cur) {
         (None, _) => None,
         (Some(best), Some(cur)) if best != *cur && allowed(cur) => {
             let operator_move = ops
@@ -646,13 +690,13 @@ fn place_clone(
     ctx: &Ctx,
     clone: &CloneSpec,
     current: &BTreeMap<String, Role>,
-    ranked: Vec<String>,
+    ranked: Vec<&String>,
     score_of: &dyn Fn(&String) -> i64,
     mut explain: Explain,
 ) -> (Vec<(String, Role)>, Explain, Option<String>) {
     let max = clone.clone_max.map(|m| m as usize).unwrap_or(ctx.nodes.len());
     // `ranked` already puts current nodes first among equal scores.
-    let chosen: Vec<String> = ranked.into_iter().take(max).collect();
+    let chosen: Vec<String> = ranked.into_iter().take(max).cloned().collect();
     let mut roles: Vec<(String, Role)> = chosen.iter().map(|n| (n.clone(), Role::Started)).collect();
     if clone.promotable {
         // Promote: current primaries first (stickiness), then by score, then by name.
@@ -684,6 +728,9 @@ fn place_clone(
 
 /// Turn current → target into actions, edges and summary lines.
 fn diff(ctx: &Ctx, units: &[Unit], targets: &BTreeMap<String, BTreeMap<String, Role>>, plan: &mut Plan) {
+    // Read the explanations while actions are pushed (taken out, put back at the end).
+    let explains = std::mem::take(&mut plan.explain);
+    let empty = Explain::default();
     let mut idx: BTreeMap<(ActionKind, String, String), usize> = BTreeMap::new();
     let mut push = |plan: &mut Plan, kind: ActionKind, rsc: &str, node: &str, reason: &str| -> usize {
         let key = (kind, rsc.to_string(), node.to_string());
@@ -702,7 +749,7 @@ fn diff(ctx: &Ctx, units: &[Unit], targets: &BTreeMap<String, BTreeMap<String, R
     let online = |n: &str| ctx.node(n).online;
     for unit in units {
         let prims = ctx.primitives(unit.id());
-        let explain = plan.explain.get(unit.id()).cloned().unwrap_or_default();
+        let explain = explains.get(unit.id()).unwrap_or(&empty);
         if explain.unmanaged {
             continue;
         }
@@ -721,6 +768,7 @@ fn diff(ctx: &Ctx, units: &[Unit], targets: &BTreeMap<String, BTreeMap<String, R
                     .map(|x| x.trim_end_matches(": -INFINITY").to_string())
                     .unwrap_or_else(|| explain.verdict.clone())
             };
+            let unscored = "no preference, least loaded allowed node (score 0)".to_string();
             let reason_for = |n: &str| -> String {
                 explain
                     .scores
@@ -733,7 +781,7 @@ fn diff(ctx: &Ctx, units: &[Unit], targets: &BTreeMap<String, BTreeMap<String, R
                             pos.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(", ")
                         }
                     })
-                    .unwrap_or_default()
+                    .unwrap_or_else(|| unscored.clone())
             };
             if !is_clone {
                 let to = tgt.keys().next().cloned();
@@ -798,7 +846,7 @@ fn diff(ctx: &Ctx, units: &[Unit], targets: &BTreeMap<String, BTreeMap<String, R
                     }
                     (Some(f), Some(t)) => {
                         let left = why_not(f);
-                        let leaving = explain.scores.get(f).map(|(s, _)| *s < 0).unwrap_or(true);
+                        let leaving = explain.scores.get(f).map(|(s, _)| *s < 0).unwrap_or(false);
                         let reason = if leaving {
                             left
                         } else {
@@ -894,6 +942,7 @@ fn diff(ctx: &Ctx, units: &[Unit], targets: &BTreeMap<String, BTreeMap<String, R
             }
         }
     }
+    plan.explain = explains;
     plan.edges.sort();
     plan.edges.dedup();
 }
