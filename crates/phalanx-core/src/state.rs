@@ -3,8 +3,9 @@
 //! change it through a pure `apply`; the same sequence of commands gives the same state on every
 //! node. Invalid commands are rejected with a reason and change nothing.
 
+use crate::scheduler::{self, Action, ActionKind, OperatorConstraint, Role};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Liveness of a node as recorded in the replicated state (set by the leader from its detector).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -32,6 +33,72 @@ pub struct NodeRecord {
     pub liveness_since_ms: u64,
     /// Free-form node attributes (Pacemaker's node attributes).
     pub attrs: BTreeMap<String, String>,
+    /// Resources on it are left alone; nothing new is placed there.
+    #[serde(default)]
+    pub maintenance: bool,
+}
+
+/// What the cluster knows of one primitive resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ResourceRecord {
+    /// Where it runs, and in which role (Failed: its monitor failed, recovery pending).
+    pub running: BTreeMap<String, Role>,
+    /// Failure times (unix ms) per node.
+    pub failures: BTreeMap<String, Vec<u64>>,
+    /// Nodes where an agent answered a hard error (OCF 1-5): banned there until cleanup.
+    pub banned: BTreeSet<String>,
+    /// A fatal configuration error (OCF 6): it runs nowhere until cleanup.
+    pub fatal: bool,
+    /// The last failure's reason (the agent's ocf-exit-reason, a timeout...).
+    pub last_error: Option<String>,
+}
+
+/// The plan being executed: the scheduler's actions, their ordering and their progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PlanRecord {
+    pub id: u64,
+    pub actions: Vec<Action>,
+    pub edges: Vec<(usize, usize)>,
+    pub done: BTreeSet<usize>,
+    pub failed: BTreeSet<usize>,
+}
+
+impl PlanRecord {
+    /// Actions not yet finished, as (kind, rsc, node) keys.
+    pub fn pending_keys(&self) -> BTreeSet<(ActionKind, String, String)> {
+        self.actions
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.done.contains(i) && !self.failed.contains(i))
+            .map(|(_, a)| (a.kind, a.rsc.clone(), a.node.clone()))
+            .collect()
+    }
+
+    /// Actions of `node` that may run now: not finished, and every predecessor done.
+    pub fn runnable(&self, node: &str) -> Vec<usize> {
+        (0..self.actions.len())
+            .filter(|i| self.actions[*i].node == node && !self.done.contains(i) && !self.failed.contains(i))
+            .filter(|i| {
+                self.edges
+                    .iter()
+                    .filter(|(_, b)| b == i)
+                    .all(|(a, _)| self.done.contains(a))
+            })
+            .collect()
+    }
+}
+
+/// How an agent call ended, as the state machine records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CallOutcome {
+    Ok,
+    /// Hard error on this node (OCF 1-5): ban it here.
+    Hard,
+    /// Fatal configuration error (OCF 6): ban it everywhere.
+    Fatal,
+    /// Any other failure (timeout, unknown exit, not running when it should be).
+    Soft,
 }
 
 /// The whole replicated state.
@@ -42,6 +109,16 @@ pub struct ClusterState {
     pub config_version: u64,
     /// The highest node id ever assigned (ids are never reused).
     pub max_node_id: u64,
+    #[serde(default)]
+    pub resources: BTreeMap<String, ResourceRecord>,
+    /// Operator moves and bans (expiring by themselves).
+    #[serde(default)]
+    pub operator: Vec<OperatorConstraint>,
+    #[serde(default)]
+    pub plan: PlanRecord,
+    /// Cluster-wide maintenance: nothing is managed.
+    #[serde(default)]
+    pub maintenance: bool,
 }
 
 /// A change to the cluster state, proposed by the leader or an operator.
@@ -75,6 +152,50 @@ pub enum Command {
         name: String,
         key: String,
         value: Option<String>,
+    },
+    /// Replace the plan (the leader, when the scheduler's answer changed).
+    SetPlan {
+        actions: Vec<Action>,
+        edges: Vec<(usize, usize)>,
+    },
+    /// A node reports an action of plan `plan_id`.
+    ActionResult {
+        plan_id: u64,
+        index: usize,
+        action: Action,
+        outcome: CallOutcome,
+        at_ms: u64,
+        reason: Option<String>,
+    },
+    /// A recurring monitor found the resource failed on `node`.
+    MonitorFailed {
+        rsc: String,
+        node: String,
+        outcome: CallOutcome,
+        at_ms: u64,
+        reason: Option<String>,
+    },
+    /// What a probe (a monitor at start-up) found on `node`: None = not running.
+    Probe {
+        rsc: String,
+        node: String,
+        role: Option<Role>,
+    },
+    /// Forget failures, bans and fatal errors of a resource.
+    Cleanup {
+        rsc: String,
+    },
+    /// Operator move (prefer) or ban of a resource on a node, until `expires_ms`.
+    Operator {
+        constraint: OperatorConstraint,
+    },
+    /// Remove the operator's moves and bans of a resource.
+    ClearOperator {
+        rsc: String,
+    },
+    SetMaintenance {
+        node: Option<String>,
+        on: bool,
     },
 }
 
@@ -163,6 +284,7 @@ impl ClusterState {
                         liveness: Liveness::Unknown,
                         liveness_since_ms: 0,
                         attrs: BTreeMap::new(),
+                        maintenance: false,
                     },
                 );
                 self.config_version += 1;
@@ -192,6 +314,122 @@ impl ClusterState {
                 n.liveness_since_ms = *at_ms;
                 Ok(Outcome::Ok)
             }
+            Command::SetPlan { actions, edges } => {
+                if edges.iter().any(|(a, b)| *a >= actions.len() || *b >= actions.len()) {
+                    return Err(Outcome::Rejected("plan edge out of range".into()));
+                }
+                self.plan = PlanRecord {
+                    id: self.plan.id + 1,
+                    actions: actions.clone(),
+                    edges: edges.clone(),
+                    done: BTreeSet::new(),
+                    failed: BTreeSet::new(),
+                };
+                Ok(Outcome::Ok)
+            }
+            Command::ActionResult {
+                plan_id,
+                index,
+                action,
+                outcome,
+                at_ms,
+                reason,
+            } => {
+                let r = self.resources.entry(action.rsc.clone()).or_default();
+                let ok = *outcome == CallOutcome::Ok;
+                if ok {
+                    match action.kind {
+                        ActionKind::Start | ActionKind::Demote => {
+                            r.running.insert(action.node.clone(), Role::Started);
+                        }
+                        ActionKind::Promote => {
+                            r.running.insert(action.node.clone(), Role::Promoted);
+                        }
+                        ActionKind::Stop => {
+                            r.running.remove(&action.node);
+                        }
+                    }
+                } else {
+                    record_failure(r, &action.node, *outcome, *at_ms, reason.clone());
+                    if action.kind != ActionKind::Stop {
+                        // A failed start/promote leaves it in an unknown state there: recover.
+                        r.running.insert(action.node.clone(), Role::Failed);
+                    }
+                }
+                if *plan_id == self.plan.id && *index < self.plan.actions.len() && self.plan.actions[*index] == *action
+                {
+                    if ok {
+                        self.plan.done.insert(*index);
+                    } else {
+                        self.plan.failed.insert(*index);
+                    }
+                }
+                Ok(Outcome::Ok)
+            }
+            Command::MonitorFailed {
+                rsc,
+                node,
+                outcome,
+                at_ms,
+                reason,
+            } => {
+                let r = self.resources.entry(rsc.clone()).or_default();
+                if !r.running.contains_key(node) {
+                    return Ok(Outcome::Unchanged);
+                }
+                record_failure(r, node, *outcome, *at_ms, reason.clone());
+                r.running.insert(node.clone(), Role::Failed);
+                Ok(Outcome::Ok)
+            }
+            Command::Probe { rsc, node, role } => {
+                let r = self.resources.entry(rsc.clone()).or_default();
+                let before = r.running.get(node).copied();
+                match role {
+                    Some(role) => r.running.insert(node.clone(), *role),
+                    None => r.running.remove(node),
+                };
+                Ok(if before == *role {
+                    Outcome::Unchanged
+                } else {
+                    Outcome::Ok
+                })
+            }
+            Command::Cleanup { rsc } => {
+                let r = self.resources.entry(rsc.clone()).or_default();
+                r.failures.clear();
+                r.banned.clear();
+                r.fatal = false;
+                r.last_error = None;
+                Ok(Outcome::Ok)
+            }
+            Command::Operator { constraint } => {
+                self.operator
+                    .retain(|o| !(o.rsc == constraint.rsc && o.node == constraint.node));
+                if constraint.prefer {
+                    // One move target at a time.
+                    self.operator.retain(|o| !(o.rsc == constraint.rsc && o.prefer));
+                }
+                self.operator.push(constraint.clone());
+                self.config_version += 1;
+                Ok(Outcome::Ok)
+            }
+            Command::ClearOperator { rsc } => {
+                let before = self.operator.len();
+                self.operator.retain(|o| o.rsc != *rsc);
+                Ok(if before == self.operator.len() {
+                    Outcome::Unchanged
+                } else {
+                    Outcome::Ok
+                })
+            }
+            Command::SetMaintenance { node, on } => {
+                match node {
+                    None => self.maintenance = *on,
+                    Some(n) => self.node_mut(n)?.maintenance = *on,
+                }
+                self.config_version += 1;
+                Ok(Outcome::Ok)
+            }
             Command::SetAttr { name, key, value } => {
                 if key.is_empty() {
                     return Err(Outcome::Rejected("attribute key is empty".into()));
@@ -207,6 +445,68 @@ impl ClusterState {
                     Ok(Outcome::Ok)
                 }
             }
+        }
+    }
+}
+
+fn record_failure(r: &mut ResourceRecord, node: &str, outcome: CallOutcome, at_ms: u64, reason: Option<String>) {
+    r.failures.entry(node.to_string()).or_default().push(at_ms);
+    match outcome {
+        CallOutcome::Hard => {
+            r.banned.insert(node.to_string());
+        }
+        CallOutcome::Fatal => r.fatal = true,
+        _ => {}
+    }
+    r.last_error = reason.or(Some(format!("{outcome:?} failure on {node}")));
+}
+
+impl ClusterState {
+    /// The scheduler's input: who is online (liveness as recorded), standby and maintenance
+    /// flags, what runs where, failures, bans and operator constraints, at `now_ms`.
+    pub fn scheduler_input(&self, now_ms: u64) -> scheduler::Input {
+        let mut operator = self.operator.clone();
+        let mut resources = BTreeMap::new();
+        for (rsc, r) in &self.resources {
+            for node in &r.banned {
+                operator.push(OperatorConstraint {
+                    rsc: rsc.clone(),
+                    node: node.clone(),
+                    prefer: false,
+                    expires_ms: None,
+                });
+            }
+            resources.insert(
+                rsc.clone(),
+                scheduler::ResourceState {
+                    running: r.running.clone(),
+                    failures: r.failures.clone(),
+                    fatal: r.fatal,
+                    maintenance: false,
+                },
+            );
+        }
+        scheduler::Input {
+            now_ms,
+            nodes: self
+                .nodes
+                .iter()
+                .map(|(n, rec)| {
+                    (
+                        n.clone(),
+                        scheduler::NodeState {
+                            online: rec.liveness == Liveness::Online,
+                            standby: rec.standby,
+                            maintenance: rec.maintenance,
+                            online_since_ms: rec.liveness_since_ms,
+                            missing_agents: BTreeSet::new(),
+                        },
+                    )
+                })
+                .collect(),
+            resources,
+            operator,
+            maintenance: self.maintenance,
         }
     }
 }
@@ -347,5 +647,138 @@ mod tests {
         assert_eq!(s.apply(&attr), Outcome::Unchanged);
         assert_eq!(s.nodes["n1"].attrs["k"], "v");
         assert_eq!(s.node_by_id(1).map(|(n, _)| n.as_str()), Some("n1"));
+    }
+}
+
+#[cfg(test)]
+mod resource_tests {
+    use super::*;
+
+    fn act(kind: ActionKind, rsc: &str, node: &str) -> Action {
+        Action {
+            kind,
+            rsc: rsc.into(),
+            node: node.into(),
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_plan_runs_in_edge_order_and_results_update_where_things_run() {
+        let mut s = ClusterState::default();
+        let a = act(ActionKind::Stop, "web", "n1");
+        let b = act(ActionKind::Start, "web", "n2");
+        s.apply(&Command::SetPlan {
+            actions: vec![a.clone(), b.clone()],
+            edges: vec![(0, 1)],
+        });
+        assert_eq!(s.plan.runnable("n2"), Vec::<usize>::new(), "start waits for the stop");
+        assert_eq!(s.plan.runnable("n1"), vec![0]);
+        s.resources
+            .entry("web".into())
+            .or_default()
+            .running
+            .insert("n1".into(), Role::Started);
+        let id = s.plan.id;
+        s.apply(&Command::ActionResult {
+            plan_id: id,
+            index: 0,
+            action: a,
+            outcome: CallOutcome::Ok,
+            at_ms: 1,
+            reason: None,
+        });
+        assert_eq!(s.plan.runnable("n2"), vec![1]);
+        s.apply(&Command::ActionResult {
+            plan_id: id,
+            index: 1,
+            action: b.clone(),
+            outcome: CallOutcome::Ok,
+            at_ms: 2,
+            reason: None,
+        });
+        assert_eq!(s.resources["web"].running.keys().collect::<Vec<_>>(), vec!["n2"]);
+        assert!(s.plan.pending_keys().is_empty());
+        // a result for an old plan still updates the resource, not the new plan's progress
+        s.apply(&Command::SetPlan {
+            actions: vec![b.clone()],
+            edges: vec![],
+        });
+        s.apply(&Command::ActionResult {
+            plan_id: id,
+            index: 1,
+            action: b,
+            outcome: CallOutcome::Ok,
+            at_ms: 3,
+            reason: None,
+        });
+        assert!(s.plan.done.is_empty());
+    }
+
+    #[test]
+    fn failures_bans_and_cleanup() {
+        let mut s = ClusterState::default();
+        s.resources
+            .entry("web".into())
+            .or_default()
+            .running
+            .insert("n1".into(), Role::Started);
+        let fail = Command::MonitorFailed {
+            rsc: "web".into(),
+            node: "n1".into(),
+            outcome: CallOutcome::Hard,
+            at_ms: 5,
+            reason: Some("disk".into()),
+        };
+        assert_eq!(s.apply(&fail), Outcome::Ok);
+        let r = &s.resources["web"];
+        assert_eq!(r.running["n1"], Role::Failed);
+        assert!(r.banned.contains("n1"));
+        assert_eq!(r.last_error.as_deref(), Some("disk"));
+        let input = s.scheduler_input(10);
+        assert!(
+            input
+                .operator
+                .iter()
+                .any(|o| o.rsc == "web" && o.node == "n1" && !o.prefer),
+            "a hard error bans the node"
+        );
+        s.apply(&Command::Cleanup { rsc: "web".into() });
+        let r = &s.resources["web"];
+        assert!(r.failures.is_empty() && r.banned.is_empty() && !r.fatal && r.last_error.is_none());
+        let stray = Command::MonitorFailed {
+            rsc: "web".into(),
+            node: "n9".into(),
+            outcome: CallOutcome::Soft,
+            at_ms: 5,
+            reason: None,
+        };
+        assert_eq!(s.apply(&stray), Outcome::Unchanged);
+    }
+
+    #[test]
+    fn operator_constraints_replace_and_clear() {
+        let mut s = ClusterState::default();
+        let mv = |node: &str| Command::Operator {
+            constraint: OperatorConstraint {
+                rsc: "web".into(),
+                node: node.into(),
+                prefer: true,
+                expires_ms: None,
+            },
+        };
+        s.apply(&mv("n2"));
+        s.apply(&mv("n3"));
+        assert_eq!(s.operator.len(), 1, "one move target at a time");
+        assert_eq!(s.operator[0].node, "n3");
+        assert_eq!(s.apply(&Command::ClearOperator { rsc: "web".into() }), Outcome::Ok);
+        assert!(s.operator.is_empty());
+        assert!(matches!(
+            s.apply(&Command::SetPlan {
+                actions: vec![],
+                edges: vec![(0, 1)]
+            }),
+            Outcome::Rejected(_)
+        ));
     }
 }

@@ -559,6 +559,7 @@ impl Node {
                         liveness: Liveness::Unknown,
                         liveness_since_ms: 0,
                         attrs: BTreeMap::new(),
+                        maintenance: false,
                     };
                     (n.name.clone(), rec)
                 })
