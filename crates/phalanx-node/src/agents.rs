@@ -104,6 +104,9 @@ impl Runner {
             ("OCF_RESOURCE_INSTANCE".into(), c.instance.to_string()),
             ("OCF_RESKEY_CRM_meta_timeout".into(), c.timeout.as_millis().to_string()),
             ("OCF_RESKEY_CRM_meta_on_node".into(), self.node.clone()),
+            // Per-node runtime folder (agents such as Dummy keep their state there), so that
+            // several nodes on one machine never share an agent's state.
+            ("HA_RSCTMP".into(), self.state_dir.join("rsctmp").display().to_string()),
         ];
         if let AgentSpec::Ocf { provider, kind } = c.agent {
             env.push(("OCF_RESOURCE_TYPE".into(), kind.clone()));
@@ -121,6 +124,7 @@ impl Runner {
     /// Run one agent action to completion (or timeout).
     pub async fn call(&self, c: &AgentCall<'_>) -> CallResult {
         let started = Instant::now();
+        let _ = std::fs::create_dir_all(self.state_dir.join("rsctmp"));
         match c.agent {
             AgentSpec::Ocf { provider, kind } => {
                 let path = self.ocf_root.join("resource.d").join(provider).join(kind);

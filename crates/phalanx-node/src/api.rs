@@ -73,6 +73,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/nodes/{name}/standby", post(set_standby))
         .route("/v1/nodes/{name}/attrs/{key}", put(set_attr).delete(delete_attr))
         .route("/v1/links/{index}", post(set_link))
+        .route("/v1/resources/{rsc}/{op}", post(resource_op))
+        .route("/v1/maintenance", post(maintenance))
+        .route("/v1/why/{rsc}", get(why))
         .route("/v1/write", post(write))
         .route("/metrics", get(metrics))
         .route("/raft/{rpc}", post(raft_rpc))
@@ -270,4 +273,143 @@ async fn raft_rpc(State(node): State<Arc<Node>>, Path(rpc): Path<String>, body: 
 /// Serve the API on `addr` until the process ends.
 pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     axum::serve(listener, router(node)).await
+}
+
+/// Body of `POST /v1/resources/{rsc}/{move|ban|clear|cleanup}`.
+#[derive(Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceOp {
+    /// move: the target node (none: away from where it runs); ban: the node.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// How long a move or ban lasts (ms); none: until cleared.
+    #[serde(default)]
+    pub lifetime_ms: Option<u64>,
+}
+
+async fn resource_op(
+    State(node): State<Arc<Node>>,
+    Path((rsc, op)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<Outcome>, ApiError> {
+    let req: ResourceOp = if body.is_empty() {
+        ResourceOp::default()
+    } else {
+        parse_json(&body)?
+    };
+    let r = &node.config.resources;
+    let known = r.primitives.contains_key(&rsc) || r.groups.contains_key(&rsc) || r.clones.contains_key(&rsc);
+    if !known {
+        return Err(ApiError::NotFound(format!("no resource, group or clone named {rsc:?}")));
+    }
+    let members = node.members();
+    if let Some(n) = &req.node {
+        if !members.nodes.contains_key(n) {
+            return Err(ApiError::NotFound(format!("no node named {n:?}")));
+        }
+    }
+    let expires_ms = req.lifetime_ms.map(|l| crate::mesh::unix_ms() + l);
+    let constraint = |node: String, prefer: bool| Command::Operator {
+        constraint: phalanx_core::scheduler::OperatorConstraint {
+            rsc: rsc.clone(),
+            node,
+            prefer,
+            expires_ms,
+        },
+    };
+    let cmd = match op.as_str() {
+        "move" => match req.node {
+            Some(n) => constraint(n, true),
+            None => {
+                // Pacemaker's move without a target: ban it from where it runs now.
+                let prims = r
+                    .groups
+                    .get(&rsc)
+                    .map(|g| g.members.clone())
+                    .unwrap_or_else(|| vec![rsc.clone()]);
+                let here = prims
+                    .iter()
+                    .find_map(|p| members.resources.get(p).and_then(|x| x.running.keys().next().cloned()))
+                    .ok_or_else(|| ApiError::Conflict(format!("{rsc} runs nowhere: say --to NODE")))?;
+                constraint(here, false)
+            }
+        },
+        "ban" => constraint(
+            req.node
+                .ok_or_else(|| ApiError::BadRequest("ban needs a node".into()))?,
+            false,
+        ),
+        "clear" => Command::ClearOperator { rsc },
+        "cleanup" => {
+            // A group or clone: clean every primitive in it.
+            let prims: Vec<String> = if let Some(g) = r.groups.get(&rsc) {
+                g.members.clone()
+            } else if let Some(c) = r.clones.get(&rsc) {
+                r.groups
+                    .get(&c.resource)
+                    .map(|g| g.members.clone())
+                    .unwrap_or_else(|| vec![c.resource.clone()])
+            } else {
+                vec![rsc]
+            };
+            for p in &prims {
+                let _ = outcome(node.write(Command::Cleanup { rsc: p.clone() }).await?)?;
+            }
+            return Ok(Json(Outcome::Ok));
+        }
+        other => {
+            return Err(ApiError::NotFound(format!(
+                "unknown resource operation {other:?} (move, ban, clear, cleanup)"
+            )))
+        }
+    };
+    outcome(node.write(cmd).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Maintenance {
+    #[serde(default)]
+    node: Option<String>,
+    on: bool,
+}
+
+async fn maintenance(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<Outcome>, ApiError> {
+    let req: Maintenance = parse_json(&body)?;
+    outcome(
+        node.write(Command::SetMaintenance {
+            node: req.node,
+            on: req.on,
+        })
+        .await?,
+    )
+}
+
+/// Why a resource is where it is: the scheduler run on the current replicated state.
+async fn why(State(node): State<Arc<Node>>, Path(rsc): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let r = &node.config.resources;
+    let unit = if let Some(c) = r.clone_of(&rsc) {
+        c.id.clone()
+    } else if let Some(g) = r.group_of(&rsc) {
+        r.clone_of(&g.id).map(|c| c.id.clone()).unwrap_or_else(|| g.id.clone())
+    } else {
+        rsc.clone()
+    };
+    let state = node.members();
+    let plan = phalanx_core::scheduler::schedule(&node.config, &state.scheduler_input(crate::mesh::unix_ms()));
+    let explain = plan
+        .explain
+        .get(&unit)
+        .cloned()
+        .ok_or_else(|| ApiError::NotFound(format!("no resource, group or clone named {rsc:?}")))?;
+    let pending: Vec<String> = plan
+        .summary
+        .iter()
+        .filter(|l| l.contains(&format!(" {rsc} ")) || l.contains(&format!(" {unit} ")))
+        .cloned()
+        .collect();
+    let record = state.resources.get(&rsc).cloned();
+    Ok(Json(
+        serde_json::json!({ "resource": rsc, "unit": unit, "explain": explain, "record": record, "next": pending }),
+    ))
 }

@@ -5,6 +5,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod executor;
 pub mod fakenet;
 pub mod key;
 pub mod mesh;

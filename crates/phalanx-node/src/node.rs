@@ -44,6 +44,8 @@ pub struct NodeOptions {
     pub key: ClusterKey,
     /// Listed in the config file: may bootstrap the cluster with the other listed nodes.
     pub bootstrap: bool,
+    /// Runs this node's resource agents (None: the node runs none, e.g. in network tests).
+    pub runner: Option<crate::agents::Runner>,
 }
 
 /// One member as status shows it.
@@ -92,6 +94,32 @@ pub struct StatusReport {
     pub disabled_links: Vec<usize>,
     pub nodes: Vec<NodeStatus>,
     pub mesh: MeshStats,
+    /// Every configured primitive and where it runs.
+    #[serde(default)]
+    pub resources: Vec<ResourceStatus>,
+    /// Actions of the current plan not finished yet.
+    #[serde(default)]
+    pub plan_pending: usize,
+}
+
+/// One primitive as status shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResourceStatus {
+    pub id: String,
+    pub agent: String,
+    /// Its group or clone, if any.
+    pub parent: Option<String>,
+    /// Where it runs, on nodes the cluster sees online.
+    pub running: BTreeMap<String, phalanx_core::scheduler::Role>,
+    /// Nodes that were running it when they were lost: its state there is unknown until the
+    /// node is fenced or comes back and probes.
+    #[serde(default)]
+    pub lost: Vec<String>,
+    /// Failures per node (unexpired or not: cleanup resets them).
+    pub failures: BTreeMap<String, usize>,
+    pub banned: Vec<String>,
+    pub fatal: bool,
+    pub last_error: Option<String>,
 }
 
 /// A running node.
@@ -183,6 +211,9 @@ impl Node {
             }
         }
         tokio::spawn(node.clone().controller());
+        if let Some(runner) = opts.runner {
+            tokio::spawn(crate::executor::run(node.clone(), runner));
+        }
         tokio::spawn(node.clone().metrics_watch());
         Ok(node)
     }
@@ -404,7 +435,29 @@ impl Node {
                 .await?;
             }
         }
-        // 3. Raft membership follows the member list.
+        // 3. Resources: run the scheduler on the replicated state; commit a new plan when its
+        //    actions differ from what the current plan still has to do (an action in flight is
+        //    still pending, so it is never planned twice).
+        if !self.config.resources.is_empty() {
+            let plan = phalanx_core::scheduler::schedule(&self.config, &sm.cluster.scheduler_input(mesh::unix_ms()));
+            let wanted: BTreeSet<_> = plan
+                .actions
+                .iter()
+                .map(|a| (a.kind, a.rsc.clone(), a.node.clone()))
+                .collect();
+            if wanted != sm.cluster.plan.pending_keys() {
+                for line in &plan.summary {
+                    tracing::info!(plan = %line, "new plan");
+                }
+                self.write(Command::SetPlan {
+                    actions: plan.actions,
+                    edges: plan.edges,
+                })
+                .await?;
+                return Ok(());
+            }
+        }
+        // 4. Raft membership follows the member list.
         let membership = sm.membership.membership().clone();
         let in_raft: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -600,6 +653,39 @@ impl Node {
                 id,
             });
         }
+        let r = &self.config.resources;
+        let resources: Vec<ResourceStatus> = r
+            .primitives
+            .values()
+            .map(|p| {
+                let rec = sm.cluster.resources.get(&p.id).cloned().unwrap_or_default();
+                let parent = r
+                    .group_of(&p.id)
+                    .map(|g| g.id.clone())
+                    .or_else(|| r.clone_of(&p.id).map(|c| c.id.clone()));
+                let online = |n: &String| {
+                    sm.cluster
+                        .nodes
+                        .get(n)
+                        .map(|r| r.liveness != Liveness::Offline)
+                        .unwrap_or(false)
+                };
+                let (running, lost): (BTreeMap<_, _>, BTreeMap<_, _>) =
+                    rec.running.into_iter().partition(|(n, _)| online(n));
+                ResourceStatus {
+                    id: p.id.clone(),
+                    agent: p.agent.to_string(),
+                    parent,
+                    running,
+                    lost: lost.into_keys().collect(),
+                    failures: rec.failures.iter().map(|(n, f)| (n.clone(), f.len())).collect(),
+                    banned: rec.banned.into_iter().collect(),
+                    fatal: rec.fatal,
+                    last_error: rec.last_error,
+                }
+            })
+            .collect();
+        let plan_pending = sm.cluster.plan.pending_keys().len();
         let since = self.leader_since.load(Ordering::SeqCst);
         StatusReport {
             cluster: self.config.cluster.name.clone(),
@@ -624,6 +710,8 @@ impl Node {
             disabled_links: self.mesh.disabled_links().into_iter().collect(),
             nodes,
             mesh: self.mesh.stats(),
+            resources,
+            plan_pending,
         }
     }
 

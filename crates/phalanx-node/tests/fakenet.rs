@@ -36,6 +36,7 @@ async fn start(net: &FakeNet, names: &[&str]) -> Vec<Arc<Node>> {
                 api: n.api,
                 key: key.clone(),
                 bootstrap: true,
+                runner: None,
             },
             store::open_in_memory().unwrap(),
             net.raft_network(&n.name),

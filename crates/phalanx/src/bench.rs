@@ -119,6 +119,7 @@ pub async fn run(args: BenchArgs, exe: PathBuf) -> Result<BenchReport> {
             links: 2,
             exe: exe.clone(),
             keep: std::env::var_os("PHALANX_KEEP").is_some(),
+            extra_config: String::new(),
         })?;
         cluster.start_all()?;
         let mut det = Vec::new();
@@ -154,6 +155,7 @@ pub async fn run(args: BenchArgs, exe: PathBuf) -> Result<BenchReport> {
         links: 2,
         exe,
         keep: false,
+        extra_config: String::new(),
     })?;
     cluster.start_all()?;
     cluster.wait_stable(timeout).await?;

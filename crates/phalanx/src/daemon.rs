@@ -56,6 +56,10 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
             api,
             key,
             bootstrap,
+            runner: Some(phalanx_node::agents::Runner {
+                state_dir: data_dir.join("agents"),
+                ..phalanx_node::agents::Runner::new(&args.node)
+            }),
         },
         db,
         network,

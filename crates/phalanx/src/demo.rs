@@ -121,6 +121,7 @@ pub async fn run(args: DemoArgs, exe: std::path::PathBuf) -> Result<DemoReport> 
         links: 2,
         exe,
         keep: args.keep,
+        extra_config: String::new(),
     })?;
     if args.nodes < 3 {
         return Err(anyhow!("the demo needs at least 3 nodes to keep quorum after a kill"));

@@ -54,6 +54,8 @@ pub struct Spec {
     pub exe: PathBuf,
     /// Keep the scratch folder (logs, data) after the cluster is dropped.
     pub keep: bool,
+    /// Appended to the generated config (resources, groups, constraints...).
+    pub extra_config: String,
 }
 
 impl LocalCluster {
@@ -98,6 +100,7 @@ impl LocalCluster {
             // Not used by issue-2 nodes; silences the two-node warning in the demo's config.
             toml += &format!("\n[witness]\naddress = \"127.0.0.1:{}\"\n", free_tcp_port()?);
         }
+        toml += &spec.extra_config;
         let config_path = dir.join("cluster.toml");
         std::fs::write(&config_path, toml)?;
         let key = ClusterKey::generate(&dir.join("phalanx.key"))?;

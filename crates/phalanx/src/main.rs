@@ -76,6 +76,20 @@ enum Cmd {
         #[command(subcommand)]
         cmd: NodeCmd,
     },
+    /// Move, ban, clear or clean up a resource.
+    Resource {
+        #[command(subcommand)]
+        cmd: ResourceCmd,
+    },
+    /// Stop managing resources (they keep running), cluster-wide or on one node.
+    Maintenance {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Why a resource runs where it runs: every node's score and what made it.
+    Why { resource: String },
     /// Administratively disable or enable one heartbeat link of a node.
     Link {
         #[command(subcommand)]
@@ -137,6 +151,30 @@ enum NodeCmd {
     },
     /// List members as replicated.
     List,
+}
+
+#[derive(Subcommand)]
+enum ResourceCmd {
+    /// Move it to --to NODE (or away from where it runs); expires after --lifetime.
+    Move {
+        resource: String,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, value_parser = duration)]
+        lifetime: Option<Duration>,
+    },
+    /// Keep it off --node NODE; expires after --lifetime.
+    Ban {
+        resource: String,
+        #[arg(long)]
+        node: String,
+        #[arg(long, value_parser = duration)]
+        lifetime: Option<Duration>,
+    },
+    /// Remove the operator's moves and bans of it.
+    Clear { resource: String },
+    /// Forget its failures, bans and fatal errors (it may run where it failed again).
+    Cleanup { resource: String },
 }
 
 #[derive(Subcommand)]
@@ -333,6 +371,100 @@ async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Node { cmd } => node_cmd(&cli, cmd).await,
+        Cmd::Resource { cmd } => {
+            let (client, apis) = apis(&cli)?;
+            let (api, _) = client.first_answering(&apis).await?;
+            let (rsc, op, body, human) = match cmd {
+                ResourceCmd::Move { resource, to, lifetime } => (
+                    resource,
+                    "move",
+                    json!({ "node": to, "lifetime_ms": lifetime.map(|l| l.as_millis() as u64) }),
+                    match to {
+                        Some(n) => format!("{resource} will move to {n}"),
+                        None => format!("{resource} will move away from where it runs"),
+                    },
+                ),
+                ResourceCmd::Ban {
+                    resource,
+                    node,
+                    lifetime,
+                } => (
+                    resource,
+                    "ban",
+                    json!({ "node": node, "lifetime_ms": lifetime.map(|l| l.as_millis() as u64) }),
+                    format!("{resource} is banned from {node}"),
+                ),
+                ResourceCmd::Clear { resource } => (
+                    resource,
+                    "clear",
+                    json!({}),
+                    format!("{resource}: moves and bans cleared"),
+                ),
+                ResourceCmd::Cleanup { resource } => (
+                    resource,
+                    "cleanup",
+                    json!({}),
+                    format!("{resource}: failures cleaned up"),
+                ),
+            };
+            let v: serde_json::Value = client.post(&api, &format!("/v1/resources/{rsc}/{op}"), &body).await?;
+            if cli.json {
+                print_json(&v)?;
+            } else {
+                println!("{human}.");
+            }
+            Ok(0)
+        }
+        Cmd::Maintenance { state, node } => {
+            let (client, apis) = apis(&cli)?;
+            let (api, _) = client.first_answering(&apis).await?;
+            let on = state == "on";
+            let v: serde_json::Value = client
+                .post(&api, "/v1/maintenance", &json!({ "node": node, "on": on }))
+                .await?;
+            if cli.json {
+                print_json(&v)?;
+            } else {
+                println!(
+                    "Maintenance {state}{}.",
+                    node.as_ref().map(|n| format!(" on {n}")).unwrap_or_default()
+                );
+            }
+            Ok(0)
+        }
+        Cmd::Why { resource } => {
+            let (client, apis) = apis(&cli)?;
+            let (api, _) = client.first_answering(&apis).await?;
+            let v: serde_json::Value = client.get(&api, &format!("/v1/why/{resource}")).await?;
+            if cli.json {
+                print_json(&v)?;
+            } else {
+                println!(
+                    "{resource} (placed as {}): {}",
+                    v["unit"].as_str().unwrap_or(""),
+                    v["explain"]["verdict"].as_str().unwrap_or("")
+                );
+                if let Some(scores) = v["explain"]["scores"].as_object() {
+                    for (n, sc) in scores {
+                        let parts: Vec<&str> = sc[1]
+                            .as_array()
+                            .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+                            .unwrap_or_default();
+                        println!("  {n:<8} {:>10}  {}", sc[0], parts.join("; "));
+                    }
+                    println!("  (any other node: 0, no constraint)");
+                }
+                if let Some(rec) = v["record"].as_object() {
+                    if let Some(e) = rec.get("last_error").and_then(|e| e.as_str()) {
+                        println!("  last error: {e}");
+                    }
+                }
+                for l in v["next"].as_array().into_iter().flatten() {
+                    println!("  next: {}", l.as_str().unwrap_or(""));
+                }
+            }
+            Ok(0)
+        }
         Cmd::Bench {
             cmd:
                 BenchCmd::Scheduler {

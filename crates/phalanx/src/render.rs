@@ -74,6 +74,54 @@ pub fn status(s: &StatusReport) -> String {
             let _ = writeln!(o, "      attributes: {}", attrs.join(" "));
         }
     }
+    if !s.resources.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nResources:{}",
+            if s.plan_pending > 0 {
+                format!(" ({} action(s) in progress)", s.plan_pending)
+            } else {
+                String::new()
+            }
+        );
+        for r in &s.resources {
+            let where_ = if r.running.is_empty() {
+                "Stopped".to_string()
+            } else {
+                r.running
+                    .iter()
+                    .map(|(n, role)| format!("{role:?} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let parent = r.parent.as_ref().map(|p| format!(" [{p}]")).unwrap_or_default();
+            let lost = if r.lost.is_empty() {
+                String::new()
+            } else {
+                format!("  (lost with {})", r.lost.join(", "))
+            };
+            let _ = writeln!(o, "  * {:<14} ({}){parent}: {where_}{lost}", r.id, r.agent);
+            if !r.failures.is_empty() {
+                let f: Vec<String> = r.failures.iter().map(|(n, c)| format!("{n}={c}")).collect();
+                let _ = writeln!(o, "      fail counts: {}", f.join(" "));
+            }
+            if !r.banned.is_empty() || r.fatal {
+                let _ = writeln!(
+                    o,
+                    "      banned from: {}{}",
+                    r.banned.join(" "),
+                    if r.fatal {
+                        " (fatal: everywhere until cleanup)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            if let Some(e) = &r.last_error {
+                let _ = writeln!(o, "      last error: {e}");
+            }
+        }
+    }
     let m = &s.mesh;
     let dropped =
         m.dropped_malformed + m.dropped_auth + m.dropped_replay + m.dropped_unknown_sender + m.dropped_other_cluster;

@@ -1,0 +1,218 @@
+//! The executor: what every node does for the resources. It runs the actions of the committed
+//! plan that are addressed to it once their predecessors are done, runs the recurring monitors of
+//! what it hosts, probes every resource once at start-up, and reports each result through the
+//! Raft log, where it updates the replicated state that the leader's scheduler reads.
+
+use crate::agents::{AgentCall, CallResult, Runner};
+use crate::mesh::unix_ms;
+use crate::node::Node;
+use phalanx_core::ocf::{AgentAction, Verdict};
+use phalanx_core::scheduler::{Action, ActionKind, Role};
+use phalanx_core::state::CallOutcome;
+use phalanx_core::Command;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How a result is recorded.
+pub fn outcome_of(r: &CallResult) -> CallOutcome {
+    if r.succeeded() {
+        return CallOutcome::Ok;
+    }
+    match r.verdict {
+        Verdict::HardError => CallOutcome::Hard,
+        Verdict::Fatal => CallOutcome::Fatal,
+        _ => CallOutcome::Soft,
+    }
+}
+
+fn agent_action(kind: ActionKind) -> AgentAction {
+    match kind {
+        ActionKind::Start => AgentAction::Start,
+        ActionKind::Stop => AgentAction::Stop,
+        ActionKind::Promote => AgentAction::Promote,
+        ActionKind::Demote => AgentAction::Demote,
+    }
+}
+
+/// Run one agent action for primitive `rsc` with the configured timeouts.
+async fn call(
+    node: &Node,
+    runner: &Runner,
+    rsc: &str,
+    action: AgentAction,
+    interval: Option<Duration>,
+) -> Option<CallResult> {
+    let prim = node.config.resources.primitives.get(rsc)?;
+    let timeout = match action {
+        AgentAction::Stop => prim.stop_timeout,
+        AgentAction::Monitor => prim.monitor.map(|m| m.timeout).unwrap_or(Duration::from_secs(20)),
+        _ => prim.start_timeout,
+    };
+    Some(
+        runner
+            .call(&AgentCall {
+                agent: &prim.agent,
+                instance: rsc,
+                params: &prim.params,
+                action,
+                timeout,
+                interval,
+            })
+            .await,
+    )
+}
+
+/// The role a monitor result means (None: not running).
+fn role_of(r: &CallResult) -> Option<Role> {
+    match r.verdict {
+        Verdict::Ok | Verdict::Degraded => Some(Role::Started),
+        Verdict::Promoted { .. } => Some(Role::Promoted),
+        _ => None,
+    }
+}
+
+/// Run the executor of `node` until the process ends.
+pub async fn run(node: Arc<Node>, runner: Runner) {
+    if node.config.resources.is_empty() {
+        return;
+    }
+    let runner = Arc::new(runner);
+    let inflight: Arc<Mutex<BTreeSet<(u64, usize)>>> = Arc::default();
+    let monitoring: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let mut last_monitor: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut probed = false;
+    let tick = node.config.cluster.heartbeat_interval;
+    loop {
+        tokio::time::sleep(tick).await;
+        let sm = node.cluster_state();
+        if sm.cluster.max_node_id == 0 || node.leader_api().is_none() {
+            continue;
+        }
+        // Probe once: what runs here already (after a restart, say)?
+        if !probed {
+            probed = true;
+            for rsc in node.config.resources.primitives.keys() {
+                if let Some(r) = call(&node, &runner, rsc, AgentAction::Monitor, None).await {
+                    let role = role_of(&r);
+                    let known = sm
+                        .cluster
+                        .resources
+                        .get(rsc)
+                        .and_then(|x| x.running.get(&node.name).copied());
+                    if role != known {
+                        let _ = node
+                            .write(Command::Probe {
+                                rsc: rsc.clone(),
+                                node: node.name.clone(),
+                                role,
+                            })
+                            .await;
+                    }
+                }
+            }
+            continue;
+        }
+        // Plan actions for this node whose predecessors are done.
+        let plan = &sm.cluster.plan;
+        for i in plan.runnable(&node.name) {
+            let key = (plan.id, i);
+            if !inflight.lock().unwrap_or_else(|p| p.into_inner()).insert(key) {
+                continue;
+            }
+            let action: Action = plan.actions[i].clone();
+            let (node2, runner2, inflight2, plan_id) = (node.clone(), runner.clone(), inflight.clone(), plan.id);
+            tokio::spawn(async move {
+                tracing::info!(rsc = %action.rsc, kind = ?action.kind, reason = %action.reason, "running plan action");
+                let res = call(&node2, &runner2, &action.rsc, agent_action(action.kind), None).await;
+                let (outcome, reason) = match &res {
+                    Some(r) => (outcome_of(r), r.exit_reason.clone()),
+                    None => (
+                        CallOutcome::Fatal,
+                        Some(format!("{} is not in this node's config", action.rsc)),
+                    ),
+                };
+                if outcome != CallOutcome::Ok {
+                    tracing::warn!(rsc = %action.rsc, kind = ?action.kind, ?reason, "plan action failed");
+                }
+                let cmd = Command::ActionResult {
+                    plan_id,
+                    index: i,
+                    action,
+                    outcome,
+                    at_ms: unix_ms(),
+                    reason,
+                };
+                // Keep trying to report: the result is a fact the cluster must learn.
+                for _ in 0..50 {
+                    if node2.write(cmd.clone()).await.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                inflight2
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&(plan_id, i));
+            });
+        }
+        // Recurring monitors of what runs here.
+        for (rsc, rec) in &sm.cluster.resources {
+            let Some(role) = rec.running.get(&node.name).copied() else {
+                continue;
+            };
+            if role == Role::Failed {
+                continue;
+            }
+            let Some(op) = node.config.resources.primitives.get(rsc).and_then(|p| p.monitor) else {
+                continue;
+            };
+            let due = last_monitor
+                .get(rsc)
+                .map(|t| t.elapsed() >= op.interval)
+                .unwrap_or(true);
+            if !due || !monitoring.lock().unwrap_or_else(|p| p.into_inner()).insert(rsc.clone()) {
+                continue;
+            }
+            last_monitor.insert(rsc.clone(), Instant::now());
+            let (node2, runner2, monitoring2, rsc2) = (node.clone(), runner.clone(), monitoring.clone(), rsc.clone());
+            tokio::spawn(async move {
+                if let Some(r) = call(&node2, &runner2, &rsc2, AgentAction::Monitor, Some(op.interval)).await {
+                    let healthy = match role {
+                        Role::Promoted => matches!(r.verdict, Verdict::Promoted { .. }),
+                        _ => r.succeeded(),
+                    };
+                    // Only report a failure of what the state still says runs here.
+                    let still = node2
+                        .cluster_state()
+                        .cluster
+                        .resources
+                        .get(&rsc2)
+                        .map(|x| x.running.get(&node2.name) == Some(&role))
+                        .unwrap_or(false);
+                    if !healthy && still {
+                        let reason = r
+                            .exit_reason
+                            .clone()
+                            .or_else(|| Some(format!("monitor: {:?}", r.verdict)));
+                        tracing::warn!(rsc = %rsc2, ?reason, "monitor failed");
+                        let outcome = match outcome_of(&r) {
+                            CallOutcome::Ok => CallOutcome::Soft,
+                            o => o,
+                        };
+                        let _ = node2
+                            .write(Command::MonitorFailed {
+                                rsc: rsc2.clone(),
+                                node: node2.name.clone(),
+                                outcome,
+                                at_ms: unix_ms(),
+                                reason,
+                            })
+                            .await;
+                    }
+                }
+                monitoring2.lock().unwrap_or_else(|p| p.into_inner()).remove(&rsc2);
+            });
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Resources for real: a 3-node cluster of daemon processes runs a group of two Debian
+//! `ocf:heartbeat:Dummy` resources (each node keeps its agents' state in its own folder). Kill
+//! the node holding them: they start on another node, in group order. Break the monitor three
+//! times: migration-threshold moves the group; cleanup lifts the failures.
+
+use phalanx::harness::{LocalCluster, Spec};
+use phalanx_core::scheduler::Role;
+use phalanx_node::StatusReport;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+const STACK: &str = r#"
+[[resource]]
+id = "web-ip"
+agent = "ocf:heartbeat:Dummy"
+monitor = { interval = "1s", timeout = "10s" }
+
+[[resource]]
+id = "web"
+agent = "ocf:heartbeat:Dummy"
+monitor = { interval = "500ms", timeout = "10s" }
+migration_threshold = 3
+
+[[group]]
+id = "stack"
+members = ["web-ip", "web"]
+"#;
+
+fn cluster() -> LocalCluster {
+    assert!(
+        std::path::Path::new("/usr/lib/ocf/resource.d/heartbeat/Dummy").is_file(),
+        "Debian's resource-agents is not installed (.ci/run installs it)"
+    );
+    let mut c = LocalCluster::create(Spec {
+        nodes: 3,
+        heartbeat: Duration::from_millis(100),
+        links: 1,
+        exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
+        keep: std::env::var_os("PHALANX_KEEP").is_some(),
+        extra_config: STACK.into(),
+    })
+    .unwrap();
+    c.start_all().unwrap();
+    c
+}
+
+/// Where every member of the stack runs, if all run Started on one node and nothing is pending.
+fn stack_node(st: &StatusReport) -> Option<String> {
+    if st.plan_pending > 0 {
+        return None;
+    }
+    let nodes: Vec<&BTreeMap<String, Role>> = st.resources.iter().map(|r| &r.running).collect();
+    let first = nodes.first()?.iter().next()?;
+    let all_there = nodes
+        .iter()
+        .all(|m| m.len() == 1 && m.get(first.0) == Some(&Role::Started));
+    all_there.then(|| first.0.clone())
+}
+
+fn state_file(c: &LocalCluster, node: &str, rsc: &str) -> PathBuf {
+    c.node(node)
+        .unwrap()
+        .data_dir
+        .join(format!("agents/rsctmp/Dummy-{rsc}.state"))
+}
+
+async fn wait_stack(c: &LocalCluster, what: &str, pred: impl Fn(&str, &StatusReport) -> bool) -> String {
+    c.wait_for(T, what, |st| {
+        let s = st.values().next()?;
+        let n = stack_node(s)?;
+        (st.values().all(|x| stack_node(x).as_deref() == Some(n.as_str())) && pred(&n, s)).then_some(n)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_real_ocf_agents_fails_over_in_order() {
+    let mut c = cluster();
+    c.wait_stable(T).await.unwrap();
+    let first = wait_stack(&c, "the stack to start on one node", |_, _| true).await;
+    for rsc in ["web-ip", "web"] {
+        assert!(state_file(&c, &first, rsc).exists(), "Dummy {rsc} runs on {first}");
+    }
+    c.kill(&first).unwrap();
+    let second = wait_stack(&c, "the stack to recover elsewhere", |n, _| n != first).await;
+    let ip = std::fs::metadata(state_file(&c, &second, "web-ip"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let web = std::fs::metadata(state_file(&c, &second, "web"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert!(ip <= web, "group order: web-ip starts before web");
+    // why explains the placement
+    let (code, out, err) = c.cli(&["why", "web"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("placed as stack") && out.contains(&format!("{first} lost")),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_threshold_moves_the_group_and_cleanup_lifts_it() {
+    let c = cluster();
+    c.wait_stable(T).await.unwrap();
+    let home = wait_stack(&c, "the stack to start", |_, _| true).await;
+    // Make web's monitor fail (Dummy's state file vanishes) until it is moved away.
+    for n in 1..=3usize {
+        let f = state_file(&c, &home, "web");
+        c.wait_for(T, "the state file to be back", |_| f.exists().then_some(()))
+            .await
+            .unwrap();
+        std::fs::remove_file(&f).unwrap();
+        let home2 = home.clone();
+        c.wait_for(T, &format!("failure {n} to be counted"), |st| {
+            let s = st.values().next()?;
+            let web = s.resources.iter().find(|r| r.id == "web")?;
+            (web.failures.get(&home2).copied().unwrap_or(0) >= n).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    let moved = wait_stack(&c, "migration-threshold to move the stack", |n, _| n != home).await;
+    assert_ne!(moved, home);
+    let st = c.status(&moved).await.unwrap();
+    let web = st.resources.iter().find(|r| r.id == "web").unwrap();
+    assert_eq!(web.failures.get(&home), Some(&3), "{web:?}");
+    let (_, human, _) = c.cli(&["status"]).unwrap();
+    assert!(
+        human.contains("fail counts:") && human.contains(&format!("{home}=3")),
+        "{human}"
+    );
+    let (_, why, _) = c.cli(&["why", "web"]).unwrap();
+    assert!(why.contains("migration-threshold 3 reached"), "{why}");
+    // cleanup lifts it
+    let (code, _, err) = c.cli(&["resource", "cleanup", "web"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    c.wait_for(T, "the failures to be forgotten", |st| {
+        st.values()
+            .all(|s| s.resources.iter().all(|r| r.failures.is_empty()))
+            .then_some(())
+    })
+    .await
+    .unwrap();
+}
