@@ -310,8 +310,16 @@ impl ClusterState {
                 if n.liveness == *liveness {
                     return Ok(Outcome::Unchanged);
                 }
+                let back_from_lost = n.liveness == Liveness::Offline && *liveness == Liveness::Online;
                 n.liveness = *liveness;
                 n.liveness_since_ms = *at_ms;
+                if back_from_lost {
+                    // What ran there when it was lost is unknown now: forget it; the node
+                    // probes every resource when it sees itself back, and reports what runs.
+                    for r in self.resources.values_mut() {
+                        r.running.remove(name);
+                    }
+                }
                 Ok(Outcome::Ok)
             }
             Command::SetPlan { actions, edges } => {
@@ -713,6 +721,44 @@ mod resource_tests {
             reason: None,
         });
         assert!(s.plan.done.is_empty());
+    }
+
+    #[test]
+    fn a_node_back_from_lost_forgets_what_it_ran() {
+        let mut s = ClusterState::default();
+        s.apply(&Command::Bootstrap {
+            nodes: vec![NewNode {
+                name: "n1".into(),
+                id: 1,
+                links: vec!["127.0.0.1:1".into()],
+                api: "127.0.0.1:2".into(),
+            }],
+        });
+        s.resources
+            .entry("web".into())
+            .or_default()
+            .running
+            .insert("n1".into(), Role::Started);
+        let set = |l: Liveness| Command::SetLiveness {
+            name: "n1".into(),
+            liveness: l,
+            at_ms: 1,
+        };
+        s.apply(&set(Liveness::Online));
+        assert!(
+            s.resources["web"].running.contains_key("n1"),
+            "Unknown -> Online keeps what a probe found"
+        );
+        s.apply(&set(Liveness::Offline));
+        assert!(
+            s.resources["web"].running.contains_key("n1"),
+            "lost: kept (the scheduler recovers it elsewhere)"
+        );
+        s.apply(&set(Liveness::Online));
+        assert!(
+            !s.resources["web"].running.contains_key("n1"),
+            "back from lost: unknown until probed"
+        );
     }
 
     #[test]

@@ -82,6 +82,7 @@ pub async fn run(node: Arc<Node>, runner: Runner) {
     let monitoring: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let mut last_monitor: BTreeMap<String, Instant> = BTreeMap::new();
     let mut probed = false;
+    let mut was_offline = false;
     let tick = node.config.cluster.heartbeat_interval;
     loop {
         tokio::time::sleep(tick).await;
@@ -89,8 +90,19 @@ pub async fn run(node: Arc<Node>, runner: Runner) {
         if sm.cluster.max_node_id == 0 || node.leader_api().is_none() {
             continue;
         }
-        // Probe once: what runs here already (after a restart, say)?
-        if !probed {
+        // Probe at start-up, and again whenever the cluster takes this node back after losing it
+        // (a healed partition): what runs here already?
+        let me_offline = sm
+            .cluster
+            .nodes
+            .get(&node.name)
+            .map(|r| r.liveness == phalanx_core::Liveness::Offline)
+            .unwrap_or(false);
+        if was_offline && !me_offline {
+            probed = false;
+        }
+        was_offline = me_offline;
+        if !probed && !me_offline {
             probed = true;
             for rsc in node.config.resources.primitives.keys() {
                 if let Some(r) = call(&node, &runner, rsc, AgentAction::Monitor, None).await {

@@ -212,6 +212,9 @@ impl LocalCluster {
         let mut child = node.child.take().ok_or_else(|| anyhow!("{name} is not running"))?;
         kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL)?;
         child.wait()?;
+        // A crashed machine comes back with an empty /run: its agents' volatile state (where
+        // agents such as Dummy keep theirs) is gone with it.
+        let _ = std::fs::remove_dir_all(node.data_dir.join("agents/rsctmp"));
         Ok(())
     }
 

@@ -149,3 +149,146 @@ async fn migration_threshold_moves_the_group_and_cleanup_lifts_it() {
     .await
     .unwrap();
 }
+
+fn where_runs(st: &StatusReport, rsc: &str) -> Option<String> {
+    st.resources
+        .iter()
+        .find(|r| r.id == rsc)?
+        .running
+        .keys()
+        .next()
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failback_immediate_delayed_and_manual() {
+    let policies = [
+        ("fb-now", "immediate"),
+        ("fb-later", "delayed:2s"),
+        ("fb-never", "manual"),
+    ];
+    let mut extra = String::new();
+    for (id, policy) in policies {
+        extra += &format!(
+            "[[resource]]\nid = \"{id}\"\nagent = \"ocf:heartbeat:Dummy\"\nfailback = \"{policy}\"\n[[constraint]]\nlocation = \"{id}\"\nnode = \"n1\"\nscore = 100\n"
+        );
+    }
+    let mut c = LocalCluster::create(Spec {
+        nodes: 3,
+        heartbeat: Duration::from_millis(100),
+        links: 1,
+        exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
+        keep: std::env::var_os("PHALANX_KEEP").is_some(),
+        extra_config: extra,
+    })
+    .unwrap();
+    c.start_all().unwrap();
+    c.wait_stable(T).await.unwrap();
+    // Read a survivor's view (n2): a restarted node answers from its own stale copy at first.
+    let all_on = |st: &std::collections::BTreeMap<String, StatusReport>, node: &str, ids: &[&str]| {
+        st.get("n2")
+            .map(|s| ids.iter().all(|id| where_runs(s, id).as_deref() == Some(node)))
+            .unwrap_or(false)
+    };
+    let ids = ["fb-now", "fb-later", "fb-never"];
+    c.wait_for(T, "everything on n1", |st| all_on(st, "n1", &ids).then_some(()))
+        .await
+        .unwrap();
+    c.kill("n1").unwrap();
+    c.wait_for(T, "everything moved off n1", |st| {
+        let s = st.get("n2")?;
+        ids.iter()
+            .all(|id| where_runs(s, id).map(|n| n != "n1").unwrap_or(false))
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    c.start("n1").unwrap();
+    let back = std::time::Instant::now();
+    c.wait_for(T, "immediate failback", |st| {
+        all_on(st, "n1", &["fb-now"]).then_some(())
+    })
+    .await
+    .unwrap();
+    let immediate = back.elapsed();
+    c.wait_for(T, "delayed failback", |st| {
+        all_on(st, "n1", &["fb-later"]).then_some(())
+    })
+    .await
+    .unwrap();
+    let delayed = back.elapsed();
+    assert!(
+        delayed >= immediate + Duration::from_millis(1500),
+        "delayed:2s came back {delayed:?} after n1, immediate {immediate:?}"
+    );
+    // manual: never by itself (watch for twice the delay)
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        let st = c.status("n2").await.unwrap();
+        assert_ne!(
+            where_runs(&st, "fb-never").as_deref(),
+            Some("n1"),
+            "manual failback must wait for an operator"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ... and an operator move brings it home.
+    let (code, _, err) = c.cli(&["resource", "move", "fb-never", "--to", "n1"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    c.wait_for(T, "the operator's move", |st| {
+        all_on(st, "n1", &["fb-never"]).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_and_missing_agents_show_in_status_and_why() {
+    let extra = r#"
+[[resource]]
+id = "hang"
+agent = "exec"
+params = { start = "sleep 30", stop = "true", monitor = "exit 7" }
+start_timeout = "500ms"
+migration_threshold = 1
+
+[[resource]]
+id = "ghost"
+agent = "ocf:heartbeat:NoSuchAgent"
+"#;
+    let c = LocalCluster::create(Spec {
+        nodes: 3,
+        heartbeat: Duration::from_millis(100),
+        links: 1,
+        exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
+        keep: std::env::var_os("PHALANX_KEEP").is_some(),
+        extra_config: extra.into(),
+    })
+    .unwrap();
+    let mut c = c;
+    c.start_all().unwrap();
+    c.wait_stable(T).await.unwrap();
+    // The missing agent is a hard error on every node in turn: banned everywhere, cannot run.
+    c.wait_for(T, "ghost banned from every node", |st| {
+        let s = st.values().next()?;
+        let g = s.resources.iter().find(|r| r.id == "ghost")?;
+        (g.banned.len() == 3 && g.running.is_empty()).then_some(())
+    })
+    .await
+    .unwrap();
+    // The hanging start times out (its process group killed) and is recorded with its reason.
+    c.wait_for(T, "the hanging start to time out", |st| {
+        let s = st.values().next()?;
+        let h = s.resources.iter().find(|r| r.id == "hang")?;
+        h.last_error.as_ref().filter(|e| e.contains("timed out")).map(|_| ())
+    })
+    .await
+    .unwrap();
+    let (_, status, _) = c.cli(&["status"]).unwrap();
+    assert!(
+        status.contains("not installed") && status.contains("timed out"),
+        "{status}"
+    );
+    let (_, why, _) = c.cli(&["why", "ghost"]).unwrap();
+    assert!(why.contains("cannot run anywhere") && why.contains("banned"), "{why}");
+}
