@@ -24,6 +24,97 @@ pub struct DemoReport {
     pub quorum_after_failure: bool,
     pub rejoined: bool,
     pub rejoin_ms: u64,
+    /// The demo HTTP service (a `process` resource): where it ran, where it went, and the
+    /// client-observed outage (first failed probe to first answer, probing every 20 ms).
+    pub service_node_before: String,
+    pub service_node_after: String,
+    pub service_outage_ms: u64,
+}
+
+/// The service resource of the demo: `phalanx demo-service` supervised by the process agent,
+/// each node serving on its own loopback address 127.0.10.<node number>.
+fn service_config(exe: &std::path::Path, port: u16) -> String {
+    let cmd = format!(
+        "{} demo-service --listen 127.0.10.${{OCF_RESKEY_CRM_meta_on_node#n}}:{port} --name ${{OCF_RESKEY_CRM_meta_on_node}}",
+        exe.display()
+    );
+    format!(
+        "\n[[resource]]\nid = \"web\"\nagent = \"process\"\nparams = {{ command = {} }}\nmonitor = {{ interval = \"500ms\", timeout = \"5s\" }}\n",
+        toml::Value::String(cmd)
+    )
+}
+
+fn service_addr(node: &str, port: u16) -> String {
+    format!("127.0.10.{}:{port}", node.trim_start_matches('n'))
+}
+
+/// A port free on 127.0.10.1..=N.
+fn service_port(nodes: usize) -> Result<u16> {
+    for _ in 0..50 {
+        let port = std::net::TcpListener::bind("127.0.10.1:0")?.local_addr()?.port();
+        if (1..=nodes).all(|i| std::net::TcpListener::bind(format!("127.0.10.{i}:{port}")).is_ok()) {
+            return Ok(port);
+        }
+    }
+    Err(anyhow!("no free port for the demo service"))
+}
+
+/// Kill the node serving `web` and measure the outage seen by a client probing every 20 ms.
+pub async fn service_failover(
+    cluster: &mut LocalCluster,
+    port: u16,
+    timeout: Duration,
+) -> Result<(String, String, u64)> {
+    let serving = |st: &std::collections::BTreeMap<String, phalanx_node::StatusReport>| -> Option<String> {
+        let s = st.values().next()?;
+        let web = s.resources.iter().find(|r| r.id == "web")?;
+        (s.plan_pending == 0 && web.running.len() == 1)
+            .then(|| web.running.keys().next().cloned())
+            .flatten()
+    };
+    let before = cluster.wait_for(timeout, "the service to run", serving).await?;
+    let addr = service_addr(&before, port);
+    let deadline = std::time::Instant::now() + timeout;
+    while crate::service::probe(&addr, Duration::from_millis(100)).await.is_none() {
+        if std::time::Instant::now() > deadline {
+            return Err(anyhow!("the service never answered on {addr}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| service_addr(&n.name, port)).collect();
+    cluster.kill(&before)?;
+    let t_kill = std::time::Instant::now();
+    let mut first_fail = None;
+    let after = loop {
+        let t = std::time::Instant::now();
+        let mut answered = None;
+        for a in &addrs {
+            if let Some(who) = crate::service::probe(a, Duration::from_millis(100)).await {
+                answered = Some(who);
+                break;
+            }
+        }
+        match answered {
+            Some(who) if who != before => {
+                break (
+                    who,
+                    first_fail
+                        .map(|f: std::time::Instant| t.duration_since(f))
+                        .unwrap_or_default(),
+                )
+            }
+            _ => {
+                first_fail.get_or_insert(t);
+            }
+        }
+        if t_kill.elapsed() > timeout {
+            return Err(anyhow!("the service did not come back within {timeout:?}"));
+        }
+        let next = t + Duration::from_millis(20);
+        tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
+    };
+    cluster.start(&before)?;
+    Ok((before, after.0, after.1.as_millis() as u64))
 }
 
 pub struct DemoArgs {
@@ -115,13 +206,15 @@ pub async fn rejoin(cluster: &mut LocalCluster, name: &str, timeout: Duration) -
 
 pub async fn run(args: DemoArgs, exe: std::path::PathBuf) -> Result<DemoReport> {
     let timeout = Duration::from_secs(30);
+    let port = service_port(args.nodes)?;
+    let extra_config = service_config(&exe, port);
     let mut cluster = LocalCluster::create(Spec {
         nodes: args.nodes,
         heartbeat: args.heartbeat,
         links: 2,
         exe,
         keep: args.keep,
-        extra_config: String::new(),
+        extra_config,
     })?;
     if args.nodes < 3 {
         return Err(anyhow!("the demo needs at least 3 nodes to keep quorum after a kill"));
@@ -182,6 +275,15 @@ pub async fn run(args: DemoArgs, exe: std::path::PathBuf) -> Result<DemoReport> 
             (false, 0)
         }
     };
+    pb.set_message("killing the node that serves the demo HTTP service; a client probes it every 20 ms");
+    let (service_node_before, service_node_after, service_outage_ms) =
+        service_failover(&mut cluster, port, timeout).await?;
+    say(
+        &pb,
+        format!(
+            "Killed {service_node_before}, which served the demo HTTP service: {service_node_after} answered after a client-observed outage of {service_outage_ms} ms.\n"
+        ),
+    );
     pb.finish_and_clear();
     if args.keep {
         say(
@@ -200,5 +302,8 @@ pub async fn run(args: DemoArgs, exe: std::path::PathBuf) -> Result<DemoReport> 
         quorum_after_failure: figures.quorum_after_failure,
         rejoined,
         rejoin_ms,
+        service_node_before,
+        service_node_after,
+        service_outage_ms,
     })
 }

@@ -212,6 +212,21 @@ impl LocalCluster {
         let mut child = node.child.take().ok_or_else(|| anyhow!("{name} is not running"))?;
         kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL)?;
         child.wait()?;
+        // A dead machine answers nothing: the services its `process` agents started (each in its
+        // own process group, so they outlive the daemon) die with it.
+        if let Ok(entries) = std::fs::read_dir(node.data_dir.join("agents")) {
+            for e in entries.flatten() {
+                if e.path().extension().map(|x| x == "pid").unwrap_or(false) {
+                    if let Some(pid) = std::fs::read_to_string(e.path())
+                        .ok()
+                        .and_then(|t| t.trim().parse::<i32>().ok())
+                    {
+                        let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         // A crashed machine comes back with an empty /run: its agents' volatile state (where
         // agents such as Dummy keep theirs) is gone with it.
         let _ = std::fs::remove_dir_all(node.data_dir.join("agents/rsctmp"));
@@ -302,11 +317,9 @@ impl LocalCluster {
     }
 
     pub fn stop_all(&mut self) {
-        for n in &mut self.nodes {
-            if let Some(mut c) = n.child.take() {
-                let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
-                let _ = c.wait();
-            }
+        let names: Vec<String> = self.running();
+        for n in names {
+            let _ = self.kill(&n);
         }
     }
 }

@@ -9,4 +9,5 @@ pub mod demo;
 pub mod harness;
 pub mod peer_etcd;
 pub mod render;
+pub mod service;
 pub mod simulate;

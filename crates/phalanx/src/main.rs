@@ -110,6 +110,14 @@ enum Cmd {
         #[arg(long)]
         explain: bool,
     },
+    /// The demo's HTTP service (answers with its node name).
+    #[command(hide = true)]
+    DemoService {
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        name: String,
+    },
     /// Benchmarks that print figures (they assert nothing).
     Bench {
         #[command(subcommand)]
@@ -303,13 +311,16 @@ async fn run(cli: Cli) -> Result<i32> {
                 print_json(&report)?;
             } else {
                 println!(
-                    "Summary: {} nodes, heartbeat {} ms: detection {} ms, leader failover {} ms, quorum after failure: {}, rejoined: {}",
+                    "Summary: {} nodes, heartbeat {} ms: detection {} ms, leader failover {} ms, quorum after failure: {}, rejoined: {}, service outage {} ms ({} -> {})",
                     report.nodes,
                     report.heartbeat_interval_ms,
                     report.detection_ms,
                     report.leader_failover_ms,
                     report.quorum_after_failure,
-                    report.rejoined
+                    report.rejoined,
+                    report.service_outage_ms,
+                    report.service_node_before,
+                    report.service_node_after
                 );
             }
             Ok(if report.quorum_after_failure && report.rejoined {
@@ -371,6 +382,10 @@ async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Node { cmd } => node_cmd(&cli, cmd).await,
+        Cmd::DemoService { listen, name } => {
+            phalanx::service::serve(listen, name).await?;
+            Ok(0)
+        }
         Cmd::Resource { cmd } => {
             let (client, apis) = apis(&cli)?;
             let (api, _) = client.first_answering(&apis).await?;

@@ -437,6 +437,9 @@ fn demo_json_reports_the_contract_fields() {
     // Not timing goals (those live in the benchmark): only that they are real measurements.
     assert!(detection > 0 && failover > 0, "{v}");
     assert_ne!(v["killed"], v["new_leader"]);
+    // The demo HTTP service moved off the node killed under it, and the outage was measured.
+    assert_ne!(v["service_node_before"], v["service_node_after"], "{v}");
+    assert!(v["service_outage_ms"].as_u64().unwrap() > 0, "{v}");
 }
 
 #[test]
