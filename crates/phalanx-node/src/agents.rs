@@ -107,6 +107,7 @@ impl Runner {
             // Per-node runtime folder (agents such as Dummy keep their state there), so that
             // several nodes on one machine never share an agent's state.
             ("HA_RSCTMP".into(), self.state_dir.join("rsctmp").display().to_string()),
+            ("HA_VARRUN".into(), self.state_dir.join("rsctmp").display().to_string()),
         ];
         if let AgentSpec::Ocf { provider, kind } = c.agent {
             env.push(("OCF_RESOURCE_TYPE".into(), kind.clone()));

@@ -228,8 +228,22 @@ impl LocalCluster {
             }
         }
         // A crashed machine comes back with an empty /run: its agents' volatile state (where
-        // agents such as Dummy keep theirs) is gone with it.
-        let _ = std::fs::remove_dir_all(node.data_dir.join("agents/rsctmp"));
+        // agents such as Dummy keep theirs) is gone with it, and so are the daemons whose pid
+        // files live there (ocf:heartbeat:anything's, say).
+        let rsctmp = node.data_dir.join("agents/rsctmp");
+        if let Ok(entries) = std::fs::read_dir(&rsctmp) {
+            for e in entries.flatten() {
+                if e.path().extension().map(|x| x == "pid").unwrap_or(false) {
+                    if let Some(pid) = std::fs::read_to_string(e.path())
+                        .ok()
+                        .and_then(|t| t.trim().parse::<i32>().ok())
+                    {
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&rsctmp);
         Ok(())
     }
 

@@ -78,6 +78,73 @@ async fn wait_stack(c: &LocalCluster, what: &str, pred: impl Fn(&str, &StatusRep
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ocf_anything_wraps_a_server_that_fails_over() {
+    // Debian's ocf:heartbeat:anything runs a real server (phalanx's demo service, answering
+    // with its node name on 127.0.11.<node number>), in a group after a Dummy.
+    let port = std::net::TcpListener::bind("127.0.11.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let exe = env!("CARGO_BIN_EXE_phalanx");
+    let extra = format!(
+        r#"
+[[resource]]
+id = "state"
+agent = "ocf:heartbeat:Dummy"
+
+[[resource]]
+id = "server"
+agent = "ocf:heartbeat:anything"
+params = {{ binfile = "{exe}", cmdline_options = "demo-service --listen 127.0.11.${{OCF_RESKEY_CRM_meta_on_node#n}}:{port} --name ${{OCF_RESKEY_CRM_meta_on_node}}" }}
+monitor = {{ interval = "1s", timeout = "10s" }}
+
+[[group]]
+id = "svc"
+members = ["state", "server"]
+"#
+    );
+    let mut c = LocalCluster::create(Spec {
+        nodes: 3,
+        heartbeat: Duration::from_millis(100),
+        links: 1,
+        exe: PathBuf::from(exe),
+        keep: std::env::var_os("PHALANX_KEEP").is_some(),
+        extra_config: extra,
+    })
+    .unwrap();
+    c.start_all().unwrap();
+    c.wait_stable(T).await.unwrap();
+    let answer = |node: String| async move {
+        let addr = format!("127.0.11.{}:{port}", node.trim_start_matches('n'));
+        let deadline = std::time::Instant::now() + T;
+        loop {
+            if let Some(who) = phalanx::service::probe(&addr, Duration::from_millis(200)).await {
+                return who;
+            }
+            assert!(std::time::Instant::now() < deadline, "nothing answers on {addr}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let first = wait_stack(&c, "the service group to start", |_, _| true).await;
+    assert_eq!(
+        answer(first.clone()).await,
+        first,
+        "the wrapped server answers with its node"
+    );
+    c.kill(&first).unwrap();
+    let second = wait_stack(&c, "the service group to recover", |n, _| n != first).await;
+    assert_eq!(answer(second.clone()).await, second);
+    let dead = format!("127.0.11.{}:{port}", first.trim_start_matches('n'));
+    assert!(
+        phalanx::service::probe(&dead, Duration::from_millis(200))
+            .await
+            .is_none(),
+        "the dead node answers nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_of_real_ocf_agents_fails_over_in_order() {
     let mut c = cluster();
     c.wait_stable(T).await.unwrap();
