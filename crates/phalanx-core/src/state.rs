@@ -61,6 +61,9 @@ pub struct PlanRecord {
     pub edges: Vec<(usize, usize)>,
     pub done: BTreeSet<usize>,
     pub failed: BTreeSet<usize>,
+    /// Actions a node claimed (through the log) before running them.
+    #[serde(default)]
+    pub claimed: BTreeSet<usize>,
 }
 
 impl PlanRecord {
@@ -157,6 +160,14 @@ pub enum Command {
     SetPlan {
         actions: Vec<Action>,
         edges: Vec<(usize, usize)>,
+    },
+    /// A node claims an action before running it. Accepted only if `plan_id` is still the
+    /// current plan and the action is this node's and unfinished: a node whose replica lags
+    /// (just restarted, say) can never act on a plan that was already replaced or finished.
+    ClaimAction {
+        plan_id: u64,
+        index: usize,
+        node: String,
     },
     /// A node reports an action of plan `plan_id`.
     ActionResult {
@@ -332,8 +343,28 @@ impl ClusterState {
                     edges: edges.clone(),
                     done: BTreeSet::new(),
                     failed: BTreeSet::new(),
+                    claimed: BTreeSet::new(),
                 };
                 Ok(Outcome::Ok)
+            }
+            Command::ClaimAction { plan_id, index, node } => {
+                if *plan_id != self.plan.id {
+                    return Err(Outcome::Rejected(format!(
+                        "plan {plan_id} is not the current plan ({})",
+                        self.plan.id
+                    )));
+                }
+                match self.plan.actions.get(*index) {
+                    Some(a)
+                        if a.node == *node && !self.plan.done.contains(index) && !self.plan.failed.contains(index) =>
+                    {
+                        self.plan.claimed.insert(*index);
+                        Ok(Outcome::Ok)
+                    }
+                    _ => Err(Outcome::Rejected(format!(
+                        "action {index} of plan {plan_id} is not {node}'s to run now"
+                    ))),
+                }
             }
             Command::ActionResult {
                 plan_id,
@@ -721,6 +752,48 @@ mod resource_tests {
             reason: None,
         });
         assert!(s.plan.done.is_empty());
+    }
+
+    #[test]
+    fn only_the_current_plan_can_be_claimed() {
+        let mut s = ClusterState::default();
+        let a = act(ActionKind::Start, "web", "n1");
+        s.apply(&Command::SetPlan {
+            actions: vec![a.clone()],
+            edges: vec![],
+        });
+        let old = s.plan.id;
+        let claim = |id: u64, node: &str| Command::ClaimAction {
+            plan_id: id,
+            index: 0,
+            node: node.into(),
+        };
+        assert!(
+            matches!(s.apply(&claim(old, "n2")), Outcome::Rejected(_)),
+            "not n2's action"
+        );
+        assert_eq!(s.apply(&claim(old, "n1")), Outcome::Ok);
+        s.apply(&Command::SetPlan {
+            actions: vec![a.clone()],
+            edges: vec![],
+        });
+        assert!(
+            matches!(s.apply(&claim(old, "n1")), Outcome::Rejected(_)),
+            "a replaced plan cannot be claimed"
+        );
+        let new = s.plan.id;
+        s.apply(&Command::ActionResult {
+            plan_id: new,
+            index: 0,
+            action: a,
+            outcome: CallOutcome::Ok,
+            at_ms: 1,
+            reason: None,
+        });
+        assert!(
+            matches!(s.apply(&claim(new, "n1")), Outcome::Rejected(_)),
+            "a finished action cannot be claimed"
+        );
     }
 
     #[test]

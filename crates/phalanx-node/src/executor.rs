@@ -135,6 +135,20 @@ pub async fn run(node: Arc<Node>, runner: Runner) {
             let action: Action = plan.actions[i].clone();
             let (node2, runner2, inflight2, plan_id) = (node.clone(), runner.clone(), inflight.clone(), plan.id);
             tokio::spawn(async move {
+                // Claim it through the log first: this replica may lag (a restart, say), and an
+                // action of a replaced or finished plan must never run.
+                let claim = Command::ClaimAction {
+                    plan_id,
+                    index: i,
+                    node: node2.name.clone(),
+                };
+                if !matches!(node2.write(claim).await, Ok(phalanx_core::Outcome::Ok)) {
+                    inflight2
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&(plan_id, i));
+                    return;
+                }
                 tracing::info!(rsc = %action.rsc, kind = ?action.kind, reason = %action.reason, "running plan action");
                 let res = call(&node2, &runner2, &action.rsc, agent_action(action.kind), None).await;
                 let (outcome, reason) = match &res {
