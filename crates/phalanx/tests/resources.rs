@@ -29,7 +29,8 @@ id = "stack"
 members = ["web-ip", "web"]
 "#;
 
-fn cluster() -> LocalCluster {
+/// A started 3-node cluster (one link each) with `extra` resources in its config.
+fn cluster_with(extra: &str) -> LocalCluster {
     assert!(
         std::path::Path::new("/usr/lib/ocf/resource.d/heartbeat/Dummy").is_file(),
         "Debian's resource-agents is not installed (.ci/run installs it)"
@@ -40,11 +41,15 @@ fn cluster() -> LocalCluster {
         links: 1,
         exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
         keep: std::env::var_os("PHALANX_KEEP").is_some(),
-        extra_config: STACK.into(),
+        extra_config: extra.into(),
     })
     .unwrap();
     c.start_all().unwrap();
     c
+}
+
+fn cluster() -> LocalCluster {
+    cluster_with(STACK)
 }
 
 /// Where every member of the stack runs, if all run Started on one node and nothing is pending.
@@ -104,16 +109,7 @@ id = "svc"
 members = ["state", "server"]
 "#
     );
-    let mut c = LocalCluster::create(Spec {
-        nodes: 3,
-        heartbeat: Duration::from_millis(100),
-        links: 1,
-        exe: PathBuf::from(exe),
-        keep: std::env::var_os("PHALANX_KEEP").is_some(),
-        extra_config: extra,
-    })
-    .unwrap();
-    c.start_all().unwrap();
+    let mut c = cluster_with(&extra);
     c.wait_stable(T).await.unwrap();
     let answer = |node: String| async move {
         let addr = format!("127.0.11.{}:{port}", node.trim_start_matches('n'));
@@ -240,16 +236,7 @@ async fn failback_immediate_delayed_and_manual() {
             "[[resource]]\nid = \"{id}\"\nagent = \"ocf:heartbeat:Dummy\"\nfailback = \"{policy}\"\n[[constraint]]\nlocation = \"{id}\"\nnode = \"n1\"\nscore = 100\n"
         );
     }
-    let mut c = LocalCluster::create(Spec {
-        nodes: 3,
-        heartbeat: Duration::from_millis(100),
-        links: 1,
-        exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
-        keep: std::env::var_os("PHALANX_KEEP").is_some(),
-        extra_config: extra,
-    })
-    .unwrap();
-    c.start_all().unwrap();
+    let mut c = cluster_with(&extra);
     c.wait_stable(T).await.unwrap();
     // Read a survivor's view (n2): a restarted node answers from its own stale copy at first.
     let all_on = |st: &std::collections::BTreeMap<String, StatusReport>, node: &str, ids: &[&str]| {
@@ -323,17 +310,7 @@ migration_threshold = 1
 id = "ghost"
 agent = "ocf:heartbeat:NoSuchAgent"
 "#;
-    let c = LocalCluster::create(Spec {
-        nodes: 3,
-        heartbeat: Duration::from_millis(100),
-        links: 1,
-        exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
-        keep: std::env::var_os("PHALANX_KEEP").is_some(),
-        extra_config: extra.into(),
-    })
-    .unwrap();
-    let mut c = c;
-    c.start_all().unwrap();
+    let c = cluster_with(extra);
     c.wait_stable(T).await.unwrap();
     // The missing agent is a hard error on every node in turn: banned everywhere, cannot run.
     c.wait_for(T, "ghost banned from every node", |st| {
