@@ -135,7 +135,9 @@ pub enum Command {
     /// Add a member. `id` must be above every id ever assigned.
     AddNode {
         name: String,
-        id: u64,
+        /// None: the next free id, assigned here when the command is applied (in log order,
+        /// so whichever node proposed it, the id is never stale).
+        id: Option<u64>,
         links: Vec<String>,
         api: String,
     },
@@ -258,7 +260,7 @@ impl ClusterState {
                 for n in nodes {
                     next.try_apply(&Command::AddNode {
                         name: n.name.clone(),
-                        id: n.id,
+                        id: Some(n.id),
                         links: n.links.clone(),
                         api: n.api.clone(),
                     })?;
@@ -267,6 +269,7 @@ impl ClusterState {
                 Ok(Outcome::Ok)
             }
             Command::AddNode { name, id, links, api } => {
+                let id = &id.unwrap_or(self.max_node_id + 1);
                 if name.is_empty() || links.is_empty() {
                     return Err(Outcome::Rejected("a node needs a name and at least one link".into()));
                 }
@@ -557,7 +560,7 @@ mod tests {
     fn add(name: &str, id: u64) -> Command {
         Command::AddNode {
             name: name.into(),
-            id,
+            id: Some(id),
             links: vec![format!("127.0.0.1:{}", 7400 + id)],
             api: format!("127.0.0.1:{}", 8400 + id),
         }
@@ -608,13 +611,13 @@ mod tests {
             },
             Command::AddNode {
                 name: "n3".into(),
-                id: 3,
+                id: Some(3),
                 links: vec![],
                 api: "x".into(),
             },
             Command::AddNode {
                 name: "n3".into(),
-                id: 3,
+                id: Some(3),
                 links: vec!["127.0.0.1:7401".into()],
                 api: "y".into(),
             },
@@ -653,6 +656,26 @@ mod tests {
         };
         assert_eq!(s.apply(&again), Outcome::Unchanged);
         assert_eq!(s.nodes.len(), 3);
+    }
+
+    #[test]
+    fn ids_are_assigned_in_log_order_when_not_given() {
+        let mut s = ClusterState::default();
+        s.apply(&add("n1", 1));
+        let auto = |name: &str, port: u16| Command::AddNode {
+            name: name.into(),
+            id: None,
+            links: vec![format!("127.0.0.9:{port}")],
+            api: format!("127.0.0.9:{}", port + 1000),
+        };
+        assert_eq!(s.apply(&auto("n2", 1)), Outcome::Ok);
+        s.apply(&Command::RemoveNode { name: "n2".into() });
+        assert_eq!(s.apply(&auto("n3", 2)), Outcome::Ok);
+        assert_eq!(
+            (s.nodes["n1"].id, s.nodes["n3"].id, s.max_node_id),
+            (1, 3, 3),
+            "ids are never reused"
+        );
     }
 
     #[test]

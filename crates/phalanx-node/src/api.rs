@@ -140,37 +140,16 @@ async fn add_node(State(node): State<Arc<Node>>, body: Bytes) -> Result<impl Int
             .map_err(|_| ApiError::BadRequest(format!("api {a:?} is not an IP:PORT address")))?,
         None => SocketAddr::new(links[0].ip(), DEFAULT_API_PORT),
     };
-    // The id must be assigned by whoever commits; try locally, and if this node is not the
-    // leader, hand the whole request to the leader.
-    let max_id = node.members().max_node_id;
+    // The state machine assigns the id when the command is applied (node.write forwards it
+    // to the leader if need be), so a lagging replica or a leader change cannot make it stale.
     let cmd = Command::AddNode {
         name: req.name.clone(),
-        id: max_id + 1,
+        id: None,
         links: links.iter().map(|l| l.to_string()).collect(),
         api: api.to_string(),
     };
-    if node.raft.metrics().borrow().state != openraft::ServerState::Leader {
-        let leader = node
-            .leader_api()
-            .ok_or(ApiError::Unavailable("no leader is known right now".into()))?;
-        return forward(&node, &leader, "/v1/nodes", &req).await;
-    }
     let o = node.write(cmd).await?;
     Ok((StatusCode::CREATED, outcome(o)?).into_response())
-}
-
-async fn forward<T: Serialize>(node: &Node, leader: &str, path: &str, body: &T) -> Result<Response, ApiError> {
-    let resp = node
-        .http()
-        .post(format!("http://{leader}{path}"))
-        .bearer_auth(node.token())
-        .json(body)
-        .send()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("forwarding to the leader {leader}: {e}")))?;
-    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let bytes = resp.bytes().await.unwrap_or_default();
-    Ok((status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }
 
 async fn remove_node(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Result<Json<Outcome>, ApiError> {
