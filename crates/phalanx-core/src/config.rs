@@ -2,8 +2,9 @@
 //! problem is reported as `FILE:LINE:COL: severity: message`, and validated as a whole (all
 //! problems at once, not just the first). Pure: the caller reads the file and passes its text.
 
+use crate::ocf::AgentMeta;
 use crate::quorum::{NoQuorumPolicy, MAX_VOTERS};
-use crate::resources::{self, Resources};
+use crate::resources::{self, AgentSpec, ParamProblem, Resources};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -107,6 +108,8 @@ impl Diagnostic {
 pub struct Checked {
     pub config: Option<Config>,
     pub diagnostics: Vec<Diagnostic>,
+    /// Primitive id → where its `agent` value is in the source.
+    pub agent_spans: BTreeMap<String, Range<usize>>,
 }
 
 impl Checked {
@@ -192,6 +195,8 @@ struct RawWitness {
 pub(crate) struct Checker<'a> {
     source: &'a str,
     diags: Vec<Diagnostic>,
+    /// Primitive id → where its `agent` value is (for diagnostics found after parsing).
+    pub(crate) agent_spans: BTreeMap<String, Range<usize>>,
 }
 
 impl Checker<'_> {
@@ -234,6 +239,7 @@ pub fn check(source: &str) -> Checked {
     let mut c = Checker {
         source,
         diags: Vec::new(),
+        agent_spans: BTreeMap::new(),
     };
     let raw: RawConfig = match toml::from_str(source) {
         Ok(r) => r,
@@ -244,6 +250,7 @@ pub fn check(source: &str) -> Checked {
             return Checked {
                 config: None,
                 diagnostics: c.diags,
+                agent_spans: c.agent_spans,
             };
         }
     };
@@ -253,6 +260,73 @@ pub fn check(source: &str) -> Checked {
     Checked {
         config: if has_errors { None } else { config },
         diagnostics: c.diags,
+        agent_spans: c.agent_spans,
+    }
+}
+
+/// Check every OCF primitive against its agent's meta-data, as read on this machine by
+/// `meta_data` (None: the agent is not installed here). Adopts the agents' default timeouts
+/// into the config where it gives none; a missing required parameter is an error, an unknown
+/// one a warning, an unreadable meta-data a warning. Diagnostics point at the `agent` value.
+pub fn check_agents(
+    checked: &mut Checked,
+    source: &str,
+    meta_data: &mut dyn FnMut(&AgentSpec) -> Option<Result<AgentMeta, String>>,
+) {
+    let Some(config) = checked.config.as_mut() else { return };
+    let mut diags = Vec::new();
+    for (id, prim) in config.resources.primitives.iter_mut() {
+        if !matches!(prim.agent, AgentSpec::Ocf { .. }) {
+            continue;
+        }
+        let span = checked.agent_spans.get(id).cloned().unwrap_or(0..0);
+        let at = |severity: Severity, message: String| {
+            let (line, col) = line_col(source, span.start);
+            Diagnostic {
+                severity,
+                line,
+                col,
+                span: span.clone(),
+                message,
+            }
+        };
+        match meta_data(&prim.agent) {
+            None => diags.push(at(
+                Severity::Warning,
+                format!(
+                    "resource {id}: agent {} is not installed on this machine (its params are not checked)",
+                    prim.agent
+                ),
+            )),
+            Some(Err(e)) => diags.push(at(
+                Severity::Warning,
+                format!("resource {id}: could not read the meta-data of {}: {e}", prim.agent),
+            )),
+            Some(Ok(m)) => {
+                for p in prim.adopt_agent_meta(&m) {
+                    diags.push(match p {
+                        ParamProblem::Missing(name) => at(
+                            Severity::Error,
+                            format!(
+                                "resource {id}: agent {} requires the parameter {name:?} (add it to `params`)",
+                                prim.agent
+                            ),
+                        ),
+                        ParamProblem::Unknown(name) => at(
+                            Severity::Warning,
+                            format!("resource {id}: agent {} has no parameter {name:?}", prim.agent),
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    checked.diagnostics.extend(diags);
+    checked
+        .diagnostics
+        .sort_by_key(|d| (d.span.start, std::cmp::Reverse(d.severity)));
+    if checked.has_errors() {
+        checked.config = None;
     }
 }
 

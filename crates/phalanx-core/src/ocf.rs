@@ -1,8 +1,11 @@
 //! What an agent's exit code means (OCF 1.1, as Pacemaker reads it, with this project's
 //! contract for hard errors): a pure mapping from (action, exit code, timed out) to an outcome
-//! the controller acts on. The runner that produces the exit code lives in phalanx-node.
+//! the controller acts on, and the reading of an agent's `meta-data` (parameters, default
+//! timeouts). The runner that produces exit codes and meta-data lives in phalanx-node.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// An agent action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -114,10 +117,125 @@ pub fn exit_reason(stderr: &str) -> Option<String> {
         .rfind(|r| !r.is_empty())
 }
 
+/// What an agent's `meta-data` says that phalanx uses: its parameters (to check a resource's
+/// `params`) and its default timeout per action (used where the config gives none).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AgentMeta {
+    pub parameters: Vec<ParamMeta>,
+    /// Action name (`start`, `stop`, `monitor`, ...) → its advertised timeout.
+    pub timeouts: BTreeMap<String, Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamMeta {
+    pub name: String,
+    pub required: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetaDataError {
+    #[error("meta-data is not XML: {0}")]
+    Xml(String),
+    #[error("meta-data has no <resource-agent> root element")]
+    NoRoot,
+}
+
+/// Parse an OCF `meta-data` document (OCF 1.1 `ra-api-1.dtd`). Unknown elements are ignored;
+/// a timeout phalanx cannot read is skipped rather than fatal (the config default stands).
+pub fn parse_meta_data(xml: &str) -> Result<AgentMeta, MetaDataError> {
+    // Agents start with `<!DOCTYPE resource-agent SYSTEM "ra-api-1.dtd">` (an external DTD,
+    // never fetched).
+    let opts = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(xml, opts).map_err(|e| MetaDataError::Xml(e.to_string()))?;
+    let root = doc.root_element();
+    if !root.has_tag_name("resource-agent") {
+        return Err(MetaDataError::NoRoot);
+    }
+    let mut meta = AgentMeta::default();
+    for section in root.children().filter(|n| n.is_element()) {
+        match section.tag_name().name() {
+            "parameters" => {
+                for p in section.children().filter(|n| n.has_tag_name("parameter")) {
+                    if let Some(name) = p.attribute("name") {
+                        meta.parameters.push(ParamMeta {
+                            name: name.to_string(),
+                            required: p.attribute("required") == Some("1"),
+                        });
+                    }
+                }
+            }
+            "actions" => {
+                for a in section.children().filter(|n| n.has_tag_name("action")) {
+                    let (Some(name), Some(t)) = (a.attribute("name"), a.attribute("timeout")) else {
+                        continue;
+                    };
+                    if let Some(d) = ocf_duration(t) {
+                        // The first entry for an action wins (agents list `monitor` once per role).
+                        meta.timeouts.entry(name.to_string()).or_insert(d);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(meta)
+}
+
+/// An OCF duration: a bare number is seconds (as Pacemaker reads it), else "20s", "2m", "500ms".
+fn ocf_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    match s.parse::<u64>() {
+        Ok(secs) => Some(Duration::from_secs(secs)),
+        Err(_) => crate::config::parse_duration(s).ok(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use AgentAction::*;
+
+    #[test]
+    fn meta_data_gives_parameters_and_timeouts() {
+        let xml = r#"<?xml version="1.0"?>
+<!DOCTYPE resource-agent SYSTEM "ra-api-1.dtd">
+<resource-agent name="Dummy" version="1.0">
+<version>1.1</version>
+<parameters>
+<parameter name="state" unique-group="state"><content type="string" default="x"/></parameter>
+<parameter name="fake" required="1"><content type="string"/></parameter>
+</parameters>
+<actions>
+<action name="start" timeout="20s" />
+<action name="stop" timeout="30" />
+<action name="monitor" timeout="15s" interval="10s" depth="0"/>
+<action name="monitor" timeout="99s" role="Promoted"/>
+<action name="meta-data" timeout="5s" />
+</actions>
+</resource-agent>"#;
+        let m = parse_meta_data(xml).unwrap();
+        assert_eq!(
+            m.parameters,
+            vec![
+                ParamMeta {
+                    name: "state".into(),
+                    required: false
+                },
+                ParamMeta {
+                    name: "fake".into(),
+                    required: true
+                }
+            ]
+        );
+        assert_eq!(m.timeouts["start"], Duration::from_secs(20));
+        assert_eq!(m.timeouts["stop"], Duration::from_secs(30));
+        assert_eq!(m.timeouts["monitor"], Duration::from_secs(15));
+        assert!(matches!(parse_meta_data("<nope"), Err(MetaDataError::Xml(_))));
+        assert_eq!(parse_meta_data("<other/>"), Err(MetaDataError::NoRoot));
+    }
 
     #[test]
     fn exit_codes_map_as_ocf_says() {

@@ -141,6 +141,59 @@ pub struct Primitive {
     pub stop_timeout: Duration,
     pub on_fail: OnFail,
     pub meta: Meta,
+    /// The timeouts the config did not write (the agent's meta-data may supply them).
+    #[serde(default)]
+    pub defaulted: DefaultedTimeouts,
+}
+
+/// Which of a primitive's timeouts are phalanx's 20 s default rather than written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DefaultedTimeouts {
+    pub start: bool,
+    pub stop: bool,
+    pub monitor: bool,
+}
+
+/// A resource's `params` measured against its agent's meta-data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamProblem {
+    /// The agent requires it and the config does not give it (an error).
+    Missing(String),
+    /// The agent does not know it (a warning: a typo, or an agent of another version).
+    Unknown(String),
+}
+
+impl Primitive {
+    /// Take the agent's default timeouts where the config gave none, and say what is wrong with
+    /// the params (as Pacemaker's `crm_resource --validate` would).
+    pub fn adopt_agent_meta(&mut self, m: &crate::ocf::AgentMeta) -> Vec<ParamProblem> {
+        if self.defaulted.start {
+            if let Some(t) = m.timeouts.get("start") {
+                self.start_timeout = *t;
+            }
+        }
+        if self.defaulted.stop {
+            if let Some(t) = m.timeouts.get("stop") {
+                self.stop_timeout = *t;
+            }
+        }
+        if let (true, Some(op), Some(t)) = (self.defaulted.monitor, self.monitor.as_mut(), m.timeouts.get("monitor")) {
+            op.timeout = *t;
+        }
+        let mut problems: Vec<ParamProblem> = m
+            .parameters
+            .iter()
+            .filter(|p| p.required && !self.params.contains_key(&p.name))
+            .map(|p| ParamProblem::Missing(p.name.clone()))
+            .collect();
+        problems.extend(
+            self.params
+                .keys()
+                .filter(|k| !m.parameters.iter().any(|p| &p.name == *k))
+                .map(|k| ParamProblem::Unknown(k.clone())),
+        );
+        problems
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -439,6 +492,19 @@ pub(crate) fn validate(c: &mut Checker, raw: RawResources, nodes: &BTreeSet<Stri
             };
             params.insert(k, v);
         }
+        let defaulted = DefaultedTimeouts {
+            start: r.start_timeout.is_none(),
+            stop: r.stop_timeout.is_none(),
+            monitor: r
+                .monitor
+                .as_ref()
+                .map(|m| m.get_ref().timeout.is_none())
+                .unwrap_or(false),
+        };
+        c.agent_spans.insert(
+            id.get_ref().clone(),
+            r.agent.as_ref().map(|a| a.span()).unwrap_or(span.clone()),
+        );
         let monitor = r.monitor.as_ref().and_then(|m| {
             let m = m.get_ref();
             let interval = duration(c, &m.interval, "monitor interval")?;
@@ -497,6 +563,7 @@ pub(crate) fn validate(c: &mut Checker, raw: RawResources, nodes: &BTreeSet<Stri
                 stop_timeout,
                 on_fail,
                 meta,
+                defaulted,
             },
         );
     }

@@ -218,3 +218,77 @@ fn every_resource_error_at_once() {
     let body = "[[resource]]\nid = \"w\"\nagent = \"nope\"\n[[resource]]\nid = \"v\"\nagent = \"exec\"\nfailback = \"x\"\n[[constraint]]\norder = [\"v\", \"ghost\"]\n";
     assert_eq!(errors(body).len(), 3, "{:#?}", errors(body));
 }
+
+#[test]
+fn agent_meta_data_fills_timeouts_and_checks_params() {
+    use phalanx_core::config::check_agents;
+    use phalanx_core::ocf::{AgentMeta, ParamMeta};
+    let body = r#"[[resource]]
+id = "a"
+agent = "ocf:x:A"
+params = { needed = "1", typo = "2" }
+start_timeout = "7s"
+monitor = { interval = "10s" }
+[[resource]]
+id = "b"
+agent = "ocf:x:A"
+"#;
+    let src = format!("{HEAD}{body}");
+    let mut checked = check(&src);
+    let meta = AgentMeta {
+        parameters: vec![
+            ParamMeta {
+                name: "needed".into(),
+                required: true,
+            },
+            ParamMeta {
+                name: "other".into(),
+                required: false,
+            },
+        ],
+        timeouts: [("start", 90), ("stop", 120), ("monitor", 30)]
+            .into_iter()
+            .map(|(a, s)| (a.to_string(), Duration::from_secs(s)))
+            .collect(),
+    };
+    // Without errors, the adopted config is kept: check `a` alone first.
+    let mut only_a = check(&format!(
+        "{HEAD}{}",
+        &body[..body.find("[[resource]]\nid = \"b\"").unwrap()]
+    ));
+    check_agents(&mut only_a, &src, &mut |_| Some(Ok(meta.clone())));
+    let a = &only_a.config.as_ref().expect("no errors for a").resources.primitives["a"];
+    assert_eq!(a.start_timeout, Duration::from_secs(7), "written: kept");
+    assert_eq!(a.stop_timeout, Duration::from_secs(120), "not written: the agent's");
+    assert_eq!(a.monitor.unwrap().timeout, Duration::from_secs(30));
+    let warn = &only_a.diagnostics[0];
+    assert_eq!((warn.severity, warn.line, warn.col), (Severity::Warning, 14, 9));
+    assert!(warn.message.contains("has no parameter \"typo\""), "{}", warn.message);
+
+    check_agents(&mut checked, &src, &mut |_| Some(Ok(meta.clone())));
+    let errs: Vec<_> = checked
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| (d.line, d.col, d.message.as_str()))
+        .collect();
+    assert_eq!(
+        errs,
+        vec![(
+            20,
+            9,
+            "resource b: agent ocf:x:A requires the parameter \"needed\" (add it to `params`)"
+        )]
+    );
+    assert!(checked.config.is_none(), "an error leaves no config");
+
+    // An agent not installed here, or with unreadable meta-data: warnings, timeouts unchanged.
+    let text = src.replace("needed = \"1\", ", "");
+    let mut c = check(&text);
+    check_agents(&mut c, &text, &mut |_| None);
+    assert!(c.diagnostics.iter().all(|d| d.severity == Severity::Warning));
+    assert_eq!(
+        c.config.unwrap().resources.primitives["b"].stop_timeout,
+        Duration::from_secs(20)
+    );
+}

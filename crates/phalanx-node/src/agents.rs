@@ -162,6 +162,51 @@ impl Runner {
         }
     }
 
+    /// An OCF agent's meta-data as installed here (None: not an OCF agent, or not installed).
+    pub async fn agent_meta(&self, agent: &AgentSpec) -> Option<Result<ocf::AgentMeta, String>> {
+        let AgentSpec::Ocf { provider, kind } = agent else {
+            return None;
+        };
+        if !self.ocf_root.join("resource.d").join(provider).join(kind).is_file() {
+            return None;
+        }
+        let params = BTreeMap::new();
+        let r = self
+            .call(&AgentCall {
+                agent,
+                instance: "meta-data",
+                params: &params,
+                action: AgentAction::MetaData,
+                timeout: Duration::from_secs(10),
+                interval: None,
+            })
+            .await;
+        Some(if r.succeeded() {
+            ocf::parse_meta_data(&r.stdout).map_err(|e| e.to_string())
+        } else {
+            Err(format!(
+                "meta-data failed: {}",
+                r.exit_reason.unwrap_or_else(|| format!("{:?}", r.verdict))
+            ))
+        })
+    }
+
+    /// Check `checked`'s OCF primitives against the meta-data of the agents installed here and
+    /// adopt their default timeouts (see `phalanx_core::config::check_agents`). One meta-data
+    /// call per distinct agent.
+    pub async fn check_agents(&self, checked: &mut phalanx_core::config::Checked, source: &str) {
+        let mut cache: BTreeMap<String, Option<Result<ocf::AgentMeta, String>>> = BTreeMap::new();
+        if let Some(cfg) = &checked.config {
+            for prim in cfg.resources.primitives.values() {
+                let key = prim.agent.to_string();
+                if let std::collections::btree_map::Entry::Vacant(e) = cache.entry(key) {
+                    e.insert(self.agent_meta(&prim.agent).await);
+                }
+            }
+        }
+        phalanx_core::config::check_agents(checked, source, &mut |a| cache.get(&a.to_string()).cloned().flatten());
+    }
+
     async fn run(&self, mut cmd: tokio::process::Command, c: &AgentCall<'_>, started: Instant) -> CallResult {
         cmd.envs(self.env(c))
             .stdin(Stdio::null())

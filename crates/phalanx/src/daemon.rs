@@ -17,7 +17,7 @@ pub struct DaemonArgs {
 }
 
 pub async fn run(args: DaemonArgs) -> Result<()> {
-    let config = load_config(&args.config)?;
+    let mut config = load_config(&args.config)?;
     let key = ClusterKey::load(&key_path(&args.config, &config))?;
     let (id, links, api, bootstrap) = match config.nodes.iter().position(|n| n.name == args.node) {
         Some(i) => {
@@ -41,6 +41,11 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
             .join(&args.node)
     });
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let runner = phalanx_node::agents::Runner {
+        state_dir: data_dir.join("agents"),
+        ..phalanx_node::agents::Runner::new(&args.node)
+    };
+    adopt_agent_meta(&mut config, &args.config, &runner).await;
     let db = raft::store::open(&data_dir.join("raft.redb"))?;
     let (out, inbound) = mesh::bind_udp(&links).await?;
     let listener = tokio::net::TcpListener::bind(api)
@@ -56,10 +61,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
             api,
             key,
             bootstrap,
-            runner: Some(phalanx_node::agents::Runner {
-                state_dir: data_dir.join("agents"),
-                ..phalanx_node::agents::Runner::new(&args.node)
-            }),
+            runner: Some(runner),
         },
         db,
         network,
@@ -77,6 +79,23 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     }
     node.shutdown().await;
     Ok(())
+}
+
+/// Read the meta-data of the OCF agents installed on this node: their default timeouts apply
+/// where the config gives none. Parameter problems are logged (`phalanx config check` reports
+/// them with their position); they do not stop the node, which may run none of those resources.
+async fn adopt_agent_meta(config: &mut phalanx_core::Config, path: &Path, runner: &phalanx_node::agents::Runner) {
+    let Ok(src) = std::fs::read_to_string(path) else { return };
+    let mut checked = phalanx_core::config::check(&src);
+    runner.check_agents(&mut checked, &src).await;
+    let file = path.display().to_string();
+    for d in &checked.diagnostics {
+        tracing::warn!(diagnostic = %d.render(&file), "config against the agents installed here");
+    }
+    // With a missing required parameter `checked.config` is None: keep the timeouts as written.
+    if let Some(c) = checked.config {
+        config.resources = c.resources;
+    }
 }
 
 async fn lookup_joiner(config: &phalanx_core::Config, key: &ClusterKey, name: &str) -> Result<NodeRecord> {

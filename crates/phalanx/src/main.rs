@@ -12,6 +12,12 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// mimalloc instead of glibc's malloc: the scheduler allocates many small strings (reasons,
+/// explanations), and glibc's free-list consolidation was a third of its time at 10,000
+/// primitives (`tests/bench/scheduler`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "phalanx", version, about = "A high-availability cluster manager for Linux")]
 struct Cli {
@@ -370,7 +376,7 @@ async fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Config {
             cmd: ConfigCmd::Check { file },
-        } => config_check(file, cli.json),
+        } => config_check(file, cli.json).await,
         Cmd::Status => {
             let (client, apis) = apis(&cli)?;
             let (_, st) = client.first_answering(&apis).await?;
@@ -598,10 +604,14 @@ async fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-fn config_check(file: &Path, as_json: bool) -> Result<i32> {
+async fn config_check(file: &Path, as_json: bool) -> Result<i32> {
     let name = file.display().to_string();
     let src = std::fs::read_to_string(file).with_context(|| format!("reading {name}"))?;
-    let checked = check(&src);
+    let mut checked = check(&src);
+    // OCF agents installed here are asked for their meta-data (params, default timeouts).
+    phalanx_node::agents::Runner::new("config-check")
+        .check_agents(&mut checked, &src)
+        .await;
     let errors = checked
         .diagnostics
         .iter()

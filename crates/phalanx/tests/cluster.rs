@@ -491,3 +491,42 @@ fn simulate_prints_the_plan_of_a_what_if() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:3:") && err.contains("sleeping"), "{err}");
 }
+
+/// `config check` asks the OCF agents installed here (Debian's resource-agents) for their
+/// meta-data: a missing required parameter is an error at the resource's `agent`, an unknown one
+/// a warning.
+#[test]
+fn config_check_validates_params_against_agent_meta_data() {
+    if !std::path::Path::new("/usr/lib/ocf/resource.d/heartbeat/IPaddr2").is_file() {
+        panic!("Debian's resource-agents are not installed (.ci/run installs them)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("agents.toml");
+    std::fs::write(
+        &f,
+        "[cluster]\nname = \"x\"\nfencing = \"off\"\n[[node]]\nname = \"a\"\nlinks = [\"127.0.0.1:1\"]\n\
+         [[resource]]\nid = \"d\"\nagent = \"ocf:heartbeat:Dummy\"\nparams = { stat = \"/tmp/x\" }\n\
+         [[resource]]\nid = \"ip\"\nagent = \"ocf:heartbeat:IPaddr2\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_phalanx"))
+        .args(["config", "check"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let name = f.display().to_string();
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{name}:9:9: warning: resource d: agent ocf:heartbeat:Dummy has no parameter \"stat\""
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{name}:13:9: error: resource ip: agent ocf:heartbeat:IPaddr2 requires the parameter \"ip\""
+        )),
+        "{text}"
+    );
+}

@@ -15,7 +15,7 @@
 use crate::config::Config;
 use crate::resources::{add_scores, score_str, CloneSpec, Constraint, Failback, Meta, OnFail, INFINITY};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// What the scheduler knows of a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,35 +194,42 @@ impl Plan {
 }
 
 /// A placement unit.
-#[derive(Debug, Clone)]
-enum Unit {
-    Primitive(String),
-    Group(String),
-    Clone(String),
+#[derive(Debug, Clone, Copy)]
+enum Unit<'a> {
+    Primitive(&'a str),
+    Group(&'a str),
+    Clone(&'a str),
 }
 
-impl Unit {
-    fn id(&self) -> &str {
+impl<'a> Unit<'a> {
+    fn id(&self) -> &'a str {
         match self {
             Unit::Primitive(s) | Unit::Group(s) | Unit::Clone(s) => s,
         }
     }
 }
 
+/// A location constraint's node, its position in the node list, and its score.
+type Located<'a> = (&'a str, Option<usize>, i64);
+
 /// Constraints and memberships indexed once per run, so placing N units costs O(N), not
-/// O(N × constraints).
+/// O(N × constraints). Hash maps, not BTreeMaps: they are only looked up, never iterated, so
+/// the result stays deterministic, and string-keyed tree lookups were a fifth of the time at
+/// 10,000 primitives.
 struct Ctx<'a> {
     cfg: &'a Config,
     input: &'a Input,
     nodes: Vec<String>,
-    /// target id → (node, score)
-    locations: BTreeMap<&'a str, Vec<(&'a str, i64)>>,
+    /// node name → position in `nodes`
+    node_pos: HashMap<&'a str, usize>,
+    /// target id → (node, its position, score)
+    locations: HashMap<&'a str, Vec<Located<'a>>>,
     /// rsc id → (with, score)
-    colocations: BTreeMap<&'a str, Vec<(&'a str, i64)>>,
+    colocations: HashMap<&'a str, Vec<(&'a str, i64)>>,
     /// rsc id → operator constraints on it
-    operator: BTreeMap<&'a str, Vec<&'a OperatorConstraint>>,
-    group_of: BTreeMap<&'a str, &'a str>,
-    clone_of: BTreeMap<&'a str, &'a str>,
+    operator: HashMap<&'a str, Vec<&'a OperatorConstraint>>,
+    group_of: HashMap<&'a str, &'a str>,
+    clone_of: HashMap<&'a str, &'a str>,
     no_state: ResourceState,
     no_node: NodeState,
 }
@@ -230,20 +237,31 @@ struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     fn new(cfg: &'a Config, input: &'a Input) -> Ctx<'a> {
         let r = &cfg.resources;
-        let mut locations: BTreeMap<&str, Vec<(&str, i64)>> = BTreeMap::new();
-        let mut colocations: BTreeMap<&str, Vec<(&str, i64)>> = BTreeMap::new();
+        let node_pos: HashMap<&str, usize> = cfg
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.as_str(), i))
+            .collect();
+        let mut locations: HashMap<&str, Vec<Located>> = HashMap::new();
+        let mut colocations: HashMap<&str, Vec<(&str, i64)>> = HashMap::new();
         for k in &r.constraints {
             match k {
-                Constraint::Location { rsc, node, score } => locations.entry(rsc).or_default().push((node, *score)),
+                Constraint::Location { rsc, node, score } => {
+                    locations
+                        .entry(rsc)
+                        .or_default()
+                        .push((node, node_pos.get(node.as_str()).copied(), *score))
+                }
                 Constraint::Colocation { rsc, with, score } => colocations.entry(rsc).or_default().push((with, *score)),
                 Constraint::Order { .. } => {}
             }
         }
-        let mut operator: BTreeMap<&str, Vec<&OperatorConstraint>> = BTreeMap::new();
+        let mut operator: HashMap<&str, Vec<&OperatorConstraint>> = HashMap::new();
         for o in &input.operator {
             operator.entry(o.rsc.as_str()).or_default().push(o);
         }
-        let mut group_of = BTreeMap::new();
+        let mut group_of = HashMap::new();
         for g in r.groups.values() {
             for m in &g.members {
                 group_of.insert(m.as_str(), g.id.as_str());
@@ -258,6 +276,7 @@ impl<'a> Ctx<'a> {
             cfg,
             input,
             nodes: cfg.nodes.iter().map(|n| n.name.clone()).collect(),
+            node_pos,
             locations,
             colocations,
             operator,
@@ -278,12 +297,9 @@ impl<'a> Ctx<'a> {
 
     /// Every id a constraint may name to mean this unit: the unit, its members, its clone's
     /// resource.
-    fn names<'u>(&self, unit: &'u Unit) -> Vec<&'u str>
-    where
-        'a: 'u,
-    {
+    fn names(&self, unit: &Unit<'a>) -> Vec<&'a str> {
         let r = &self.cfg.resources;
-        let mut v: Vec<&'u str> = vec![unit.id()];
+        let mut v: Vec<&'a str> = vec![unit.id()];
         let group_members = |g: &str| {
             r.groups
                 .get(g)
@@ -293,7 +309,7 @@ impl<'a> Ctx<'a> {
         match unit {
             Unit::Group(g) => v.extend(group_members(g)),
             Unit::Clone(c) => {
-                let inner = r.clones[c].resource.as_str();
+                let inner = r.clones[*c].resource.as_str();
                 v.push(inner);
                 v.extend(group_members(inner));
             }
@@ -303,23 +319,25 @@ impl<'a> Ctx<'a> {
     }
 
     /// The primitives of a unit (a group's members in order; a clone's primitives).
-    fn primitives(&self, id: &str) -> Vec<String> {
+    fn primitives(&self, id: &str) -> &'a [String] {
         let r = &self.cfg.resources;
         if let Some(g) = r.groups.get(id) {
-            g.members.clone()
+            &g.members
         } else if let Some(c) = r.clones.get(id) {
             self.primitives(&c.resource)
+        } else if let Some(p) = r.primitives.get(id) {
+            std::slice::from_ref(&p.id)
         } else {
-            vec![id.to_string()]
+            &[]
         }
     }
 
-    fn meta(&self, unit: &Unit) -> Meta {
+    fn meta(&self, unit: &Unit) -> &'a Meta {
         let r = &self.cfg.resources;
         match unit {
-            Unit::Primitive(p) => r.primitives[p].meta.clone(),
-            Unit::Group(g) => r.groups[g].meta.clone(),
-            Unit::Clone(c) => r.clones[c].meta.clone(),
+            Unit::Primitive(p) => &r.primitives[*p].meta,
+            Unit::Group(g) => &r.groups[*g].meta,
+            Unit::Clone(c) => &r.clones[*c].meta,
         }
     }
 
@@ -341,17 +359,20 @@ impl<'a> Ctx<'a> {
     }
 
     /// The unit a constraint target belongs to.
-    fn unit_of(&self, id: &str) -> String {
+    fn unit_of<'s>(&self, id: &'s str) -> &'s str
+    where
+        'a: 's,
+    {
         if let Some(c) = self.clone_of.get(id) {
-            return c.to_string();
+            return c;
         }
         if let Some(g) = self.group_of.get(id) {
             if let Some(c) = self.clone_of.get(g) {
-                return c.to_string();
+                return c;
             }
-            return g.to_string();
+            return g;
         }
-        id.to_string()
+        id
     }
 }
 
@@ -362,20 +383,20 @@ pub fn schedule(cfg: &Config, input: &Input) -> Plan {
     // Units: clones, then groups not cloned, then primitives in neither.
     let mut units: Vec<Unit> = Vec::new();
     for c in r.clones.keys() {
-        units.push(Unit::Clone(c.clone()));
+        units.push(Unit::Clone(c));
     }
     for g in r.groups.keys() {
         if r.clone_of(g).is_none() {
-            units.push(Unit::Group(g.clone()));
+            units.push(Unit::Group(g));
         }
     }
     for p in r.primitives.keys() {
         if !ctx.group_of.contains_key(p.as_str()) && !ctx.clone_of.contains_key(p.as_str()) {
-            units.push(Unit::Primitive(p.clone()));
+            units.push(Unit::Primitive(p));
         }
     }
     // Place a unit after every unit it is colocated with (validated acyclic).
-    let mut deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut deps: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for k in &r.constraints {
         if let Constraint::Colocation { rsc, with, .. } = k {
             deps.entry(ctx.unit_of(rsc)).or_default().insert(ctx.unit_of(with));
@@ -386,9 +407,9 @@ pub fn schedule(cfg: &Config, input: &Input) -> Plan {
     let mut indegree: Vec<usize> = vec![0; units.len()];
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); units.len()];
     for (u, ds) in &deps {
-        let Some(&ui) = position.get(u.as_str()) else { continue };
+        let Some(&ui) = position.get(u) else { continue };
         for d in ds {
-            if let Some(&di) = position.get(d.as_str()) {
+            if let Some(&di) = position.get(d) {
                 if di != ui {
                     indegree[ui] += 1;
                     dependents[di].push(ui);
@@ -409,7 +430,7 @@ pub fn schedule(cfg: &Config, input: &Input) -> Plan {
             continue;
         }
         taken[next] = true;
-        ordered.push(units[next].clone());
+        ordered.push(units[next]);
         for d in &dependents[next] {
             indegree[*d] = indegree[*d].saturating_sub(1);
             if indegree[*d] == 0 && !taken[*d] {
@@ -419,28 +440,36 @@ pub fn schedule(cfg: &Config, input: &Input) -> Plan {
     }
 
     let mut plan = Plan::default();
-    let mut placed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // Unit id → the positions of the nodes it was placed on.
+    let mut placed: HashMap<&str, Vec<usize>> = HashMap::with_capacity(ordered.len());
     // Units placed per node, by node position.
     let mut load: Vec<usize> = vec![0; ctx.nodes.len()];
-    let mut targets: BTreeMap<String, BTreeMap<String, Role>> = BTreeMap::new();
+    // By position in `ordered`: each unit's target nodes and roles (every primitive of a unit
+    // shares them), and its explanation.
+    let mut targets: Vec<BTreeMap<String, Role>> = Vec::with_capacity(ordered.len());
+    let mut explains: Vec<Explain> = Vec::with_capacity(ordered.len());
     let mut notes: Vec<String> = Vec::new();
     for unit in &ordered {
         let (nodes, explain, note) = place(&ctx, unit, &placed, &load);
-        for n in &nodes {
-            if let Some(i) = ctx.nodes.iter().position(|x| *x == n.0) {
-                load[i] += 1;
-            }
+        let positions: Vec<usize> = nodes
+            .iter()
+            .filter_map(|(n, _)| ctx.node_pos.get(n.as_str()).copied())
+            .collect();
+        for i in &positions {
+            load[*i] += 1;
         }
-        placed.insert(unit.id().to_string(), nodes.iter().map(|(n, _)| n.clone()).collect());
-        for p in ctx.primitives(unit.id()) {
-            targets.insert(p, nodes.iter().cloned().collect());
-        }
+        placed.insert(unit.id(), positions);
+        targets.push(nodes.into_iter().collect());
         if let Some(n) = note {
             notes.push(n);
         }
-        plan.explain.insert(unit.id().to_string(), explain);
+        explains.push(explain);
     }
-    diff(&ctx, &ordered, &targets, &mut plan);
+    // Most units change at most once: size the plan for that up front.
+    plan.actions.reserve(ordered.len());
+    plan.summary.reserve(ordered.len() + notes.len());
+    diff(&ctx, &ordered, &targets, &explains, &mut plan);
+    plan.explain = ordered.iter().map(|u| u.id().to_string()).zip(explains).collect();
     plan.summary.extend(notes);
     plan
 }
@@ -449,23 +478,26 @@ pub fn schedule(cfg: &Config, input: &Input) -> Plan {
 fn place(
     ctx: &Ctx,
     unit: &Unit,
-    placed: &BTreeMap<String, Vec<String>>,
+    placed: &HashMap<&str, Vec<usize>>,
     load: &[usize],
 ) -> (Vec<(String, Role)>, Explain, Option<String>) {
     let r = &ctx.cfg.resources;
     let meta = ctx.meta(unit);
     let prims = ctx.primitives(unit.id());
     let now = ctx.input.now_ms;
-    let current: BTreeMap<String, Role> = ctx.state(&prims[0]).running.clone();
+    let current: &BTreeMap<String, Role> = prims
+        .first()
+        .map(|p| &ctx.state(p).running)
+        .unwrap_or(&ctx.no_state.running);
     let names = ctx.names(unit);
-    let locs: Vec<(&str, &str, i64)> = names
+    let locs: Vec<(&str, &str, Option<usize>, i64)> = names
         .iter()
         .flat_map(|n| {
             ctx.locations
                 .get(n)
                 .into_iter()
                 .flatten()
-                .map(move |(node, s)| (*n, *node, *s))
+                .map(move |(node, pos, s)| (*n, *node, *pos, *s))
         })
         .collect();
     let colos: Vec<(&str, i64)> = names
@@ -489,22 +521,22 @@ fn place(
         explain.placed = current.keys().cloned().collect();
         explain.verdict = "unmanaged (maintenance): left as it is".into();
         explain.unmanaged = true;
-        return (current.into_iter().collect(), explain, None);
+        return (current.clone().into_iter().collect(), explain, None);
     }
 
     // Scores by node position; the explanation keeps only nodes something scored (an absent
     // node scores 0 with no constraint), which keeps a 10,000-resource plan small.
     // Where each unit this one is colocated with was placed (looked up once, not per node).
-    let colo_targets: Vec<(&str, i64, Option<&Vec<String>>)> = colos
+    let colo_targets: Vec<(&str, i64, Option<&Vec<usize>>)> = colos
         .iter()
-        .map(|(with, s)| (*with, *s, placed.get(&ctx.unit_of(with))))
+        .map(|(with, s)| (*with, *s, placed.get(ctx.unit_of(with))))
         .collect();
     let mut node_scores: Vec<i64> = Vec::with_capacity(ctx.nodes.len());
     let prim_refs: Vec<(&String, &crate::resources::Primitive)> = prims
         .iter()
         .filter_map(|p| r.primitives.get(p).map(|x| (p, x)))
         .collect();
-    for node in &ctx.nodes {
+    for (i, node) in ctx.nodes.iter().enumerate() {
         let ns = ctx.node(node);
         let mut parts: Vec<String> = Vec::new();
         let mut score = 0i64;
@@ -561,8 +593,8 @@ fn place(
                 );
             }
         }
-        for (rsc, n, s) in &locs {
-            if n == node {
+        for (rsc, n, pos, s) in &locs {
+            if *pos == Some(i) {
                 add(*s, format!("location {rsc} on {n}"), &mut parts);
             }
         }
@@ -577,7 +609,7 @@ fn place(
         }
         for (with, s, with_nodes) in &colo_targets {
             {
-                let there = with_nodes.map(|v| v.contains(node)).unwrap_or(false);
+                let there = with_nodes.map(|v| v.contains(&i)).unwrap_or(false);
                 if there {
                     add(*s, format!("colocated with {with}"), &mut parts);
                 } else if *s >= INFINITY {
@@ -595,8 +627,12 @@ fn place(
         }
     }
 
-    let index_of = |n: &String| ctx.nodes.iter().position(|x| x == n);
-    let score_of = |n: &String| index_of(n).map(|i| node_scores[i]).unwrap_or(-INFINITY);
+    let score_of = |n: &String| {
+        ctx.node_pos
+            .get(n.as_str())
+            .map(|i| node_scores[*i])
+            .unwrap_or(-INFINITY)
+    };
     let allowed = |n: &String| score_of(n) >= 0;
     // Rank: score desc, current first, least loaded, name.
     // One precomputed key per node (the comparator must not do map lookups: it was half of
@@ -622,7 +658,7 @@ fn place(
     };
 
     if let Unit::Clone(c) = unit {
-        return place_clone(ctx, &r.clones[c], &current, ranked, &score_of, explain);
+        return place_clone(ctx, &r.clones[*c], current, ranked, &score_of, explain);
     }
 
     let cur = current.keys().next().cloned();
@@ -727,15 +763,18 @@ fn place_clone(
 }
 
 /// Turn current → target into actions, edges and summary lines.
-fn diff(ctx: &Ctx, units: &[Unit], targets: &BTreeMap<String, BTreeMap<String, Role>>, plan: &mut Plan) {
-    // Read the explanations while actions are pushed (taken out, put back at the end).
-    let explains = std::mem::take(&mut plan.explain);
-    let empty = Explain::default();
-    let mut idx: BTreeMap<(ActionKind, String, String), usize> = BTreeMap::new();
+/// `targets` and `explains` are aligned with `units`.
+fn diff(ctx: &Ctx, units: &[Unit], targets: &[BTreeMap<String, Role>], explains: &[Explain], plan: &mut Plan) {
+    // Actions pushed for the current unit start here: a primitive belongs to exactly one unit,
+    // so an action can only repeat within its unit's actions.
+    let unit_start = std::cell::Cell::new(0);
     let mut push = |plan: &mut Plan, kind: ActionKind, rsc: &str, node: &str, reason: &str| -> usize {
-        let key = (kind, rsc.to_string(), node.to_string());
-        if let Some(i) = idx.get(&key) {
-            return *i;
+        let from = unit_start.get();
+        if let Some(i) = plan.actions[from..]
+            .iter()
+            .position(|a| a.kind == kind && a.rsc == rsc && a.node == node)
+        {
+            return from + i;
         }
         plan.actions.push(Action {
             kind,
@@ -743,22 +782,20 @@ fn diff(ctx: &Ctx, units: &[Unit], targets: &BTreeMap<String, BTreeMap<String, R
             node: node.to_string(),
             reason: reason.to_string(),
         });
-        idx.insert(key, plan.actions.len() - 1);
         plan.actions.len() - 1
     };
     let online = |n: &str| ctx.node(n).online;
-    for unit in units {
+    for ((unit, tgt), explain) in units.iter().zip(targets).zip(explains) {
         let prims = ctx.primitives(unit.id());
-        let explain = explains.get(unit.id()).unwrap_or(&empty);
         if explain.unmanaged {
             continue;
         }
+        unit_start.set(plan.actions.len());
         let is_clone = matches!(unit, Unit::Clone(_));
         let mut starts: Vec<usize> = Vec::new();
         let mut stops: Vec<usize> = Vec::new();
-        for p in &prims {
-            let cur = ctx.state(p).running.clone();
-            let tgt = targets.get(p).cloned().unwrap_or_default();
+        for p in prims {
+            let cur = &ctx.state(p).running;
             let on_fail = ctx.cfg.resources.primitives[p].on_fail;
             let why_not = |n: &str| -> String {
                 explain
@@ -875,8 +912,8 @@ fn diff(ctx: &Ctx, units: &[Unit], targets: &BTreeMap<String, BTreeMap<String, R
                 clone_diff(
                     ctx,
                     p,
-                    &cur,
-                    &tgt,
+                    cur,
+                    tgt,
                     &why_not,
                     &reason_for,
                     plan,
@@ -917,32 +954,37 @@ fn diff(ctx: &Ctx, units: &[Unit], targets: &BTreeMap<String, BTreeMap<String, R
             }
         }
     }
-    // Ordering constraints: start(first) -> start(then); stop(then) -> stop(first).
+    // Ordering constraints: start(first) -> start(then); stop(then) -> stop(first). Actions
+    // are indexed by resource once, so C constraints cost O(C + actions), not O(C × actions).
+    let mut by_rsc: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, a) in plan.actions.iter().enumerate() {
+        by_rsc.entry(a.rsc.as_str()).or_default().push(i);
+    }
+    let find = |kind: ActionKind, set: &[String]| -> Vec<usize> {
+        set.iter()
+            .flat_map(|r| by_rsc.get(r.as_str()).into_iter().flatten())
+            .copied()
+            .filter(|i| plan.actions[*i].kind == kind)
+            .collect()
+    };
+    let mut edges = Vec::new();
     for k in &ctx.cfg.resources.constraints {
         if let Constraint::Order { first, then, .. } = k {
-            let a = ctx.primitives(&ctx.unit_of(first));
-            let b = ctx.primitives(&ctx.unit_of(then));
-            let find = |plan: &Plan, kind: ActionKind, set: &[String]| -> Vec<usize> {
-                plan.actions
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, x)| x.kind == kind && set.contains(&x.rsc))
-                    .map(|(i, _)| i)
-                    .collect()
-            };
-            for x in find(plan, ActionKind::Start, &a) {
-                for y in find(plan, ActionKind::Start, &b) {
-                    plan.edges.push((x, y));
+            let a = ctx.primitives(ctx.unit_of(first));
+            let b = ctx.primitives(ctx.unit_of(then));
+            for x in find(ActionKind::Start, a) {
+                for y in find(ActionKind::Start, b) {
+                    edges.push((x, y));
                 }
             }
-            for x in find(plan, ActionKind::Stop, &b) {
-                for y in find(plan, ActionKind::Stop, &a) {
-                    plan.edges.push((x, y));
+            for x in find(ActionKind::Stop, b) {
+                for y in find(ActionKind::Stop, a) {
+                    edges.push((x, y));
                 }
             }
         }
     }
-    plan.explain = explains;
+    plan.edges.extend(edges);
     plan.edges.sort();
     plan.edges.dedup();
 }
