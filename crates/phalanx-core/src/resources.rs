@@ -254,6 +254,38 @@ impl Resources {
     pub fn clone_of(&self, id: &str) -> Option<&CloneSpec> {
         self.clones.values().find(|c| c.resource == id)
     }
+
+    /// The ids the cluster state tracks, with the primitive each one runs: a primitive's own id,
+    /// except for a clone with `clone_node_max > 1`, whose instances are tracked one by one
+    /// ("web:0" .. "web:N-1", as Pacemaker names them), since two may run on one node.
+    pub fn instances(&self) -> Vec<(String, &Primitive)> {
+        let mut out = Vec::with_capacity(self.primitives.len());
+        for (id, p) in &self.primitives {
+            match self.instance_count(id) {
+                Some(n) => out.extend((0..n).map(|i| (format!("{id}:{i}"), p))),
+                None => out.push((id.clone(), p)),
+            }
+        }
+        out
+    }
+
+    /// For a primitive cloned with `clone_node_max > 1`: its number of instances.
+    pub fn instance_count(&self, primitive: &str) -> Option<u32> {
+        self.clone_of(primitive)
+            .filter(|c| c.clone_node_max > 1)
+            .and_then(|c| c.clone_max)
+    }
+
+    /// The primitive a tracked id runs ("web:1" → web, for an instanced clone; else itself).
+    pub fn primitive_of(&self, rsc: &str) -> Option<&Primitive> {
+        if let Some(p) = self.primitives.get(rsc) {
+            return Some(p);
+        }
+        let (base, i) = rsc.rsplit_once(':')?;
+        let n = self.instance_count(base)?;
+        let i: u32 = i.parse().ok()?;
+        self.primitives.get(base).filter(|_| i < n)
+    }
 }
 
 // ---- raw input ----------------------------------------------------------------------------
@@ -672,6 +704,22 @@ pub(crate) fn validate(c: &mut Checker, raw: RawResources, nodes: &BTreeSet<Stri
                     pm.span(),
                     format!("promoted_max {promoted_max} is more than clone_max {cm}"),
                 );
+            }
+        }
+        if let Some(cnm) = cl.clone_node_max.as_ref().filter(|_| clone_node_max > 1) {
+            // Several instances per node need instance identities ("web:0", "web:1", ...): the
+            // state then tracks each instance, which is done for clones of one primitive.
+            let why = if clone_max.is_none() {
+                Some("needs clone_max (the number of instances to run)".to_string())
+            } else if cl.promotable {
+                Some("is not supported for promotable clones".to_string())
+            } else if out.groups.contains_key(t) {
+                Some("is supported for clones of one [[resource]], not of a group".to_string())
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                c.error(cnm.span(), format!("clone {}: clone_node_max > 1 {why}", id.get_ref()));
             }
         }
         if cl.promoted_max.is_some() && !cl.promotable {

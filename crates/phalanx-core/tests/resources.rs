@@ -292,3 +292,30 @@ agent = "ocf:x:A"
         Duration::from_secs(20)
     );
 }
+
+#[test]
+fn clone_node_max_above_one_needs_clone_max_and_a_primitive() {
+    let base = "[[resource]]\nid = \"w\"\nagent = \"exec\"\n[[clone]]\nid = \"ws\"\nresource = \"w\"\n";
+    assert_eq!(
+        one(&format!("{base}clone_node_max = 2\n")),
+        (
+            18,
+            18,
+            "clone ws: clone_node_max > 1 needs clone_max (the number of instances to run)".into()
+        )
+    );
+    assert_eq!(
+        one(&format!("{base}clone_max = 4\nclone_node_max = 2\npromotable = true\n")),
+        (
+            19,
+            18,
+            "clone ws: clone_node_max > 1 is not supported for promotable clones".into()
+        )
+    );
+    let c = check(&format!("{HEAD}{base}clone_max = 4\nclone_node_max = 2\n"));
+    let r = c.config.expect("valid").resources;
+    let ids: Vec<String> = r.instances().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, vec!["w:0", "w:1", "w:2", "w:3"]);
+    assert_eq!(r.primitive_of("w:3").map(|p| p.id.as_str()), Some("w"));
+    assert!(r.primitive_of("w:4").is_none() && r.primitive_of("w:x").is_none());
+}

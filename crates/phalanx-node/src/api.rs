@@ -278,8 +278,15 @@ async fn resource_op(
     };
     let r = &node.config.resources;
     let known = r.primitives.contains_key(&rsc) || r.groups.contains_key(&rsc) || r.clones.contains_key(&rsc);
-    if !known {
+    // One instance of a clone with clone_node_max > 1 ("web:1") can be cleaned up on its own.
+    let instance = !known && r.primitive_of(&rsc).is_some();
+    if !known && !instance {
         return Err(ApiError::NotFound(format!("no resource, group or clone named {rsc:?}")));
+    }
+    if instance && op != "cleanup" {
+        return Err(ApiError::BadRequest(format!(
+            "{rsc} is one instance of a clone: {op} the clone or its resource instead"
+        )));
     }
     let members = node.members();
     if let Some(n) = &req.node {
@@ -331,6 +338,14 @@ async fn resource_op(
             } else {
                 vec![rsc]
             };
+            // A clone with clone_node_max > 1 tracks each instance.
+            let prims: Vec<String> = prims
+                .into_iter()
+                .flat_map(|p| match r.instance_count(&p) {
+                    Some(n) => (0..n).map(|i| format!("{p}:{i}")).collect(),
+                    None => vec![p],
+                })
+                .collect();
             for p in &prims {
                 let _ = outcome(node.write(Command::Cleanup { rsc: p.clone() }).await?)?;
             }

@@ -43,7 +43,9 @@ async fn call(
     action: AgentAction,
     interval: Option<Duration>,
 ) -> Option<CallResult> {
-    let prim = node.config.resources.primitives.get(rsc)?;
+    // `rsc` may be one instance of a clone with clone_node_max > 1 ("web:1"): the agent then sees
+    // that instance name (OCF_RESOURCE_INSTANCE), as under Pacemaker.
+    let prim = node.config.resources.primitive_of(rsc)?;
     let timeout = match action {
         AgentAction::Stop => prim.stop_timeout,
         AgentAction::Monitor => prim.monitor.map(|m| m.timeout).unwrap_or(Duration::from_secs(20)),
@@ -104,7 +106,8 @@ pub async fn run(node: Arc<Node>, runner: Runner) {
         was_offline = me_offline;
         if !probed && !me_offline {
             probed = true;
-            for rsc in node.config.resources.primitives.keys() {
+            for (rsc, _) in node.config.resources.instances() {
+                let rsc = &rsc;
                 if let Some(r) = call(&node, &runner, rsc, AgentAction::Monitor, None).await {
                     let role = role_of(&r);
                     let known = sm
@@ -190,7 +193,7 @@ pub async fn run(node: Arc<Node>, runner: Runner) {
             if role == Role::Failed {
                 continue;
             }
-            let Some(op) = node.config.resources.primitives.get(rsc).and_then(|p| p.monitor) else {
+            let Some(op) = node.config.resources.primitive_of(rsc).and_then(|p| p.monitor) else {
                 continue;
             };
             let due = last_monitor

@@ -655,10 +655,10 @@ impl Node {
         }
         let r = &self.config.resources;
         let resources: Vec<ResourceStatus> = r
-            .primitives
-            .values()
-            .map(|p| {
-                let rec = sm.cluster.resources.get(&p.id).cloned().unwrap_or_default();
+            .instances()
+            .into_iter()
+            .map(|(id, p)| {
+                let rec = sm.cluster.resources.get(&id).cloned().unwrap_or_default();
                 let parent = r
                     .group_of(&p.id)
                     .map(|g| g.id.clone())
@@ -673,7 +673,7 @@ impl Node {
                 let (running, lost): (BTreeMap<_, _>, BTreeMap<_, _>) =
                     rec.running.into_iter().partition(|(n, _)| online(n));
                 ResourceStatus {
-                    id: p.id.clone(),
+                    id,
                     agent: p.agent.to_string(),
                     parent,
                     running,

@@ -46,8 +46,8 @@ pub fn run(config: &Config, args: &SimulateArgs) -> Result<(Input, Plan)> {
         let (r, n) = f
             .split_once('@')
             .ok_or_else(|| anyhow!("--fail {f:?}: write RESOURCE@NODE"))?;
-        if !config.resources.primitives.contains_key(r) {
-            bail!("--fail {f}: {r} is not a [[resource]] in the config");
+        if config.resources.primitive_of(r).is_none() {
+            bail!("--fail {f}: {r} is not a [[resource]] (or an instance such as web:0) in the config");
         }
         if !known(n) {
             bail!("--fail {f}: no such node {n}");

@@ -336,3 +336,88 @@ agent = "ocf:heartbeat:NoSuchAgent"
     let (_, why, _) = c.cli(&["why", "ghost"]).unwrap();
     assert!(why.contains("cannot run anywhere") && why.contains("banned"), "{why}");
 }
+
+/// A clone with clone_node_max = 2 runs its instances one by one (worker:0..3), at most two per
+/// node, each with its own Dummy state file (OCF_RESOURCE_INSTANCE is the instance name); when a
+/// node holding instances dies they restart on the survivors within that limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clone_node_max_runs_two_instances_per_node() {
+    let mut c = cluster_with(
+        r#"
+[[resource]]
+id = "worker"
+agent = "ocf:heartbeat:Dummy"
+monitor = { interval = "1s", timeout = "10s" }
+
+[[clone]]
+id = "workers"
+resource = "worker"
+clone_max = 5
+clone_node_max = 2
+"#,
+    );
+    // Instance → node, once all five run, nothing is pending and every view agrees.
+    let placement = |st: &StatusReport| -> Option<BTreeMap<String, String>> {
+        if st.plan_pending > 0 || st.resources.len() != 5 {
+            return None;
+        }
+        st.resources
+            .iter()
+            .map(|r| match r.running.iter().next() {
+                Some((n, Role::Started)) if r.running.len() == 1 => Some((r.id.clone(), n.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    let per_node = |p: &BTreeMap<String, String>| {
+        let mut count: BTreeMap<String, usize> = BTreeMap::new();
+        for n in p.values() {
+            *count.entry(n.clone()).or_default() += 1;
+        }
+        count
+    };
+    let before = c
+        .wait_for(T, "five instances placed", |st| {
+            let views: Vec<_> = st.values().map(placement).collect();
+            let first = views.first()?.clone()?;
+            let ok = views.iter().all(|v| v.as_ref() == Some(&first)) && per_node(&first).values().all(|n| *n <= 2);
+            ok.then_some(first)
+        })
+        .await
+        .unwrap();
+    assert_eq!(per_node(&before).len(), 3, "spread over all three nodes: {before:?}");
+    for (id, n) in &before {
+        assert!(state_file(&c, n, id).is_file(), "{id} has its own state file on {n}");
+    }
+    // Kill a node holding two instances: the two survivors have room for 2 × 2 = 4 of the five,
+    // so four run, two per node, and those that ran on survivors stay where they were.
+    let busy = per_node(&before)
+        .into_iter()
+        .find(|(_, k)| *k == 2)
+        .map(|(n, _)| n)
+        .unwrap();
+    c.kill(&busy).unwrap();
+    let after = c
+        .wait_for(T, "instances back within the limit", |st| {
+            let s = st.values().next()?;
+            if s.plan_pending > 0 {
+                return None;
+            }
+            let running: BTreeMap<String, String> = s
+                .resources
+                .iter()
+                .filter_map(|r| r.running.iter().next().map(|(n, _)| (r.id.clone(), n.clone())))
+                .collect();
+            (running.len() == 4
+                && !running.values().any(|n| *n == busy)
+                && per_node(&running).values().all(|k| *k == 2))
+            .then_some(running)
+        })
+        .await
+        .unwrap();
+    for (id, n) in &before {
+        if *n != busy {
+            assert_eq!(after.get(id), Some(n), "{id} stayed where it ran");
+        }
+    }
+}

@@ -231,6 +231,9 @@ struct Ctx<'a> {
     group_of: HashMap<&'a str, &'a str>,
     clone_of: HashMap<&'a str, &'a str>,
     no_state: ResourceState,
+    /// For a primitive cloned with clone_node_max > 1: its instances' states merged (where they
+    /// run, with the role of any one of them there; every failure), which is what scoring needs.
+    merged: HashMap<&'a str, ResourceState>,
     no_node: NodeState,
 }
 
@@ -283,11 +286,25 @@ impl<'a> Ctx<'a> {
             group_of,
             clone_of,
             no_state: ResourceState::default(),
+            merged: merged_instances(cfg, input),
             no_node: NodeState::default(),
         }
     }
 
+    /// The states of an instanced clone's instances ("web:0", ...), in instance order.
+    fn resources_instances(&self, primitive: &str) -> Vec<&'a ResourceState> {
+        let n = self.cfg.resources.instance_count(primitive).unwrap_or(0);
+        (0..n)
+            .filter_map(|i| self.input.resources.get(&format!("{primitive}:{i}")))
+            .collect()
+    }
+
     fn state(&self, rsc: &str) -> &ResourceState {
+        if !self.merged.is_empty() {
+            if let Some(m) = self.merged.get(rsc) {
+                return m;
+            }
+        }
         self.input.resources.get(rsc).unwrap_or(&self.no_state)
     }
 
@@ -376,6 +393,36 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// See `Ctx::merged`.
+fn merged_instances<'a>(cfg: &'a Config, input: &Input) -> HashMap<&'a str, ResourceState> {
+    let r = &cfg.resources;
+    let mut merged = HashMap::new();
+    for c in r.clones.values().filter(|c| c.clone_node_max > 1) {
+        let Some(((p, _), n)) = r
+            .primitives
+            .get_key_value(&c.resource)
+            .zip(r.instance_count(&c.resource))
+        else {
+            continue;
+        };
+        let mut m = ResourceState::default();
+        for i in 0..n {
+            if let Some(st) = input.resources.get(&format!("{p}:{i}")) {
+                for (node, role) in &st.running {
+                    m.running.insert(node.clone(), *role);
+                }
+                for (node, f) in &st.failures {
+                    m.failures.entry(node.clone()).or_default().extend(f);
+                }
+                m.fatal |= st.fatal;
+                m.maintenance |= st.maintenance;
+            }
+        }
+        merged.insert(p.as_str(), m);
+    }
+    merged
+}
+
 /// Compute the plan.
 pub fn schedule(cfg: &Config, input: &Input) -> Plan {
     let ctx = Ctx::new(cfg, input);
@@ -446,7 +493,7 @@ pub fn schedule(cfg: &Config, input: &Input) -> Plan {
     let mut load: Vec<usize> = vec![0; ctx.nodes.len()];
     // By position in `ordered`: each unit's target nodes and roles (every primitive of a unit
     // shares them), and its explanation.
-    let mut targets: Vec<BTreeMap<String, Role>> = Vec::with_capacity(ordered.len());
+    let mut targets: Vec<Vec<(String, Role)>> = Vec::with_capacity(ordered.len());
     let mut explains: Vec<Explain> = Vec::with_capacity(ordered.len());
     let mut notes: Vec<String> = Vec::new();
     for unit in &ordered {
@@ -459,7 +506,7 @@ pub fn schedule(cfg: &Config, input: &Input) -> Plan {
             load[*i] += 1;
         }
         placed.insert(unit.id(), positions);
-        targets.push(nodes.into_iter().collect());
+        targets.push(nodes);
         if let Some(n) = note {
             notes.push(n);
         }
@@ -732,7 +779,26 @@ fn place_clone(
 ) -> (Vec<(String, Role)>, Explain, Option<String>) {
     let max = clone.clone_max.map(|m| m as usize).unwrap_or(ctx.nodes.len());
     // `ranked` already puts current nodes first among equal scores.
-    let chosen: Vec<String> = ranked.into_iter().take(max).cloned().collect();
+    let chosen: Vec<String> = if clone.clone_node_max > 1 {
+        // Several instances per node: slot j of a node is its (j+1)-th instance. Every node's
+        // first slot comes before any second one (spread), then slots that an instance already
+        // fills (no needless moves), then the node's rank. A node may appear several times.
+        let running_here = |n: &String| {
+            let count = ctx.resources_instances(&clone.resource);
+            count.iter().filter(|st| st.running.contains_key(n)).count()
+        };
+        let mut slots: Vec<(u32, bool, usize, &String)> = Vec::new();
+        for (rank, n) in ranked.into_iter().enumerate() {
+            let here = running_here(n);
+            for j in 0..clone.clone_node_max {
+                slots.push((j, here <= j as usize, rank, n));
+            }
+        }
+        slots.sort_unstable();
+        slots.into_iter().take(max).map(|(_, _, _, n)| n.clone()).collect()
+    } else {
+        ranked.into_iter().take(max).cloned().collect()
+    };
     let mut roles: Vec<(String, Role)> = chosen.iter().map(|n| (n.clone(), Role::Started)).collect();
     if clone.promotable {
         // Promote: current primaries first (stickiness), then by score, then by name.
@@ -764,7 +830,7 @@ fn place_clone(
 
 /// Turn current → target into actions, edges and summary lines.
 /// `targets` and `explains` are aligned with `units`.
-fn diff(ctx: &Ctx, units: &[Unit], targets: &[BTreeMap<String, Role>], explains: &[Explain], plan: &mut Plan) {
+fn diff(ctx: &Ctx, units: &[Unit], targets: &[Vec<(String, Role)>], explains: &[Explain], plan: &mut Plan) {
     // Actions pushed for the current unit start here: a primitive belongs to exactly one unit,
     // so an action can only repeat within its unit's actions.
     let unit_start = std::cell::Cell::new(0);
@@ -785,8 +851,9 @@ fn diff(ctx: &Ctx, units: &[Unit], targets: &[BTreeMap<String, Role>], explains:
         plan.actions.len() - 1
     };
     let online = |n: &str| ctx.node(n).online;
-    for ((unit, tgt), explain) in units.iter().zip(targets).zip(explains) {
+    for ((unit, slots), explain) in units.iter().zip(targets).zip(explains) {
         let prims = ctx.primitives(unit.id());
+        let tgt: &BTreeMap<String, Role> = &slots.iter().cloned().collect();
         if explain.unmanaged {
             continue;
         }
@@ -908,6 +975,15 @@ fn diff(ctx: &Ctx, units: &[Unit], targets: &[BTreeMap<String, Role>], explains:
                         }
                     }
                 }
+            } else if let Some(count) = ctx.cfg.resources.instance_count(p) {
+                let on_fail = ctx.cfg.resources.primitives[p.as_str()].on_fail;
+                let mut out = Acc {
+                    plan,
+                    push: &mut push,
+                    starts: &mut starts,
+                    stops: &mut stops,
+                };
+                instance_diff(ctx, p, count, on_fail, slots, &why_not, &reason_for, &mut out);
             } else {
                 clone_diff(
                     ctx,
@@ -958,7 +1034,14 @@ fn diff(ctx: &Ctx, units: &[Unit], targets: &[BTreeMap<String, Role>], explains:
     // are indexed by resource once, so C constraints cost O(C + actions), not O(C × actions).
     let mut by_rsc: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, a) in plan.actions.iter().enumerate() {
-        by_rsc.entry(a.rsc.as_str()).or_default().push(i);
+        // An instance ("web:0") counts as its primitive.
+        let rsc = ctx
+            .cfg
+            .resources
+            .primitive_of(&a.rsc)
+            .map(|p| p.id.as_str())
+            .unwrap_or(&a.rsc);
+        by_rsc.entry(rsc).or_default().push(i);
     }
     let find = |kind: ActionKind, set: &[String]| -> Vec<usize> {
         set.iter()
@@ -987,6 +1070,78 @@ fn diff(ctx: &Ctx, units: &[Unit], targets: &[BTreeMap<String, Role>], explains:
     plan.edges.extend(edges);
     plan.edges.sort();
     plan.edges.dedup();
+}
+
+/// Where `diff` collects actions.
+struct Acc<'p, 'f> {
+    plan: &'p mut Plan,
+    push: &'f mut dyn FnMut(&mut Plan, ActionKind, &str, &str, &str) -> usize,
+    starts: &'p mut Vec<usize>,
+    stops: &'p mut Vec<usize>,
+}
+
+/// A clone with clone_node_max > 1: match its instances ("web:0", ...) to the target slots (a
+/// node once per instance it should hold). An instance whose node still has a slot stays; the
+/// others stop; instances not running start in the free slots, in slot order.
+#[allow(clippy::too_many_arguments)]
+fn instance_diff(
+    ctx: &Ctx,
+    p: &str,
+    count: u32,
+    on_fail: OnFail,
+    slots: &[(String, Role)],
+    why_not: &dyn Fn(&str) -> String,
+    reason_for: &dyn Fn(&str) -> String,
+    out: &mut Acc,
+) {
+    let mut free: BTreeMap<&str, usize> = BTreeMap::new();
+    for (n, _) in slots {
+        *free.entry(n.as_str()).or_default() += 1;
+    }
+    let mut idle: Vec<String> = Vec::new();
+    for i in 0..count {
+        let id = format!("{p}:{i}");
+        let mut kept = false;
+        for (n, role) in &ctx.state(&id).running {
+            match free.get_mut(n.as_str()).filter(|c| **c > 0 && !kept) {
+                Some(c) => {
+                    *c -= 1;
+                    kept = true;
+                    if *role == Role::Failed && on_fail != OnFail::Ignore {
+                        let reason = "monitor failed";
+                        out.plan.summary.push(format!("Restart {id} on {n}: {reason}"));
+                        let s = (out.push)(out.plan, ActionKind::Stop, &id, n, reason);
+                        let st = (out.push)(out.plan, ActionKind::Start, &id, n, reason);
+                        out.plan.edges.push((s, st));
+                        out.stops.push(s);
+                        out.starts.push(st);
+                    }
+                }
+                None if ctx.node(n).online => {
+                    let reason = why_not(n);
+                    out.plan.summary.push(format!("Stop {id} on {n}: {reason}"));
+                    let s = (out.push)(out.plan, ActionKind::Stop, &id, n, &reason);
+                    out.stops.push(s);
+                }
+                None => out.plan.summary.push(format!("Lost {id} on {n}: {n} lost")),
+            }
+        }
+        if !kept {
+            idle.push(id);
+        }
+    }
+    let mut idle = idle.into_iter();
+    for (n, _) in slots {
+        let Some(c) = free.get_mut(n.as_str()).filter(|c| **c > 0) else {
+            continue;
+        };
+        let Some(id) = idle.next() else { break };
+        *c -= 1;
+        let reason = reason_for(n);
+        out.plan.summary.push(format!("Start {id} on {n}: {reason}"));
+        let st = (out.push)(out.plan, ActionKind::Start, &id, n, &reason);
+        out.starts.push(st);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
