@@ -158,7 +158,18 @@ impl Runner {
                 ),
             },
             AgentSpec::Process => self.process(c, started).await,
-            AgentSpec::Vip => CallResult::ours(c.action, 3, "the vip agent is not built yet (issue 4)".into(), started),
+            AgentSpec::Vip => match tokio::time::timeout(c.timeout, vip_call(c)).await {
+                Ok((code, reason)) => CallResult {
+                    exit_reason: reason,
+                    ..CallResult::ours(c.action, code, String::new(), started)
+                },
+                Err(_) => CallResult {
+                    timed_out: true,
+                    verdict: Verdict::Timeout,
+                    exit_code: None,
+                    ..CallResult::ours(c.action, 1, format!("vip {} timed out", c.action.as_str()), started)
+                },
+            },
         }
     }
 
@@ -451,4 +462,30 @@ async fn read_bounded<R: AsyncRead + Unpin>(pipe: Option<R>, limit: usize) -> St
         s.push_str(&format!("\n[... {dropped} more bytes dropped]"));
     }
     s
+}
+
+/// The built-in `vip` agent (in-process, see `crate::vip`): an OCF exit code and exit reason.
+async fn vip_call(c: &AgentCall<'_>) -> (i32, Option<String>) {
+    use crate::vip::{self, Vip, VipError};
+    let v = match Vip::from_params(c.params) {
+        Ok(v) => v,
+        Err(e) => return (ocf::OCF_ERR_CONFIGURED, Some(e.to_string())),
+    };
+    let res = match c.action {
+        AgentAction::Start => vip::start(&v).await.map(|()| ocf::OCF_SUCCESS),
+        AgentAction::Stop => vip::stop(&v).await.map(|()| ocf::OCF_SUCCESS),
+        AgentAction::Monitor => vip::monitor(&v).await.map(|here| match here {
+            None => ocf::OCF_NOT_RUNNING,
+            Some(true) => ocf::OCF_SUCCESS,
+            Some(false) => ocf::OCF_ERR_GENERIC,
+        }),
+        AgentAction::MetaData | AgentAction::ValidateAll | AgentAction::Reload => Ok(ocf::OCF_SUCCESS),
+        AgentAction::Promote | AgentAction::Demote => Ok(3), // OCF_ERR_UNIMPLEMENTED
+    };
+    match res {
+        Ok(ocf::OCF_ERR_GENERIC) => (ocf::OCF_ERR_GENERIC, Some(format!("{}: its link is down", v.address))),
+        Ok(code) => (code, None),
+        Err(e @ VipError::Config(_)) => (ocf::OCF_ERR_CONFIGURED, Some(e.to_string())),
+        Err(e @ VipError::Io(_)) => (ocf::OCF_ERR_GENERIC, Some(e.to_string())),
+    }
 }

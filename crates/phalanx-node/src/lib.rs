@@ -12,6 +12,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod node;
 pub mod raft;
+pub mod vip;
 
 pub use key::ClusterKey;
 pub use node::{Node, NodeError, NodeOptions, StatusReport};

@@ -35,6 +35,8 @@ pub struct LocalCluster {
     pub heartbeat: Duration,
     exe: PathBuf,
     keep: bool,
+    /// In the lab: each node's namespace, and the client namespace the harness talks from.
+    netns: Option<(Vec<String>, String)>,
 }
 
 fn free_tcp_port() -> Result<u16> {
@@ -61,6 +63,36 @@ pub struct Spec {
 impl LocalCluster {
     /// Write a config and key for `spec` into a new scratch folder.
     pub fn create(spec: Spec) -> Result<Self> {
+        LocalCluster::create_with(
+            spec,
+            |_, l| {
+                let ip = format!("127.0.0.{}", l + 1);
+                free_udp_port(&ip).map(|p| format!("{ip}:{p}"))
+            },
+            |_| Ok(format!("127.0.0.1:{}", free_tcp_port()?)),
+        )
+    }
+
+    /// The same cluster inside `lab`: node i runs in its namespace, links on 10.77.LINK.i, the API
+    /// on 10.77.0.i; the harness reaches the APIs from the lab's client namespace.
+    pub fn create_in_lab(spec: Spec, lab: &crate::lab::Lab) -> Result<Self> {
+        if spec.nodes != lab.nodes || spec.links != lab.links {
+            bail!("the spec must match the lab ({} nodes, {} links)", lab.nodes, lab.links);
+        }
+        let mut c = LocalCluster::create_with(
+            spec,
+            |i, l| Ok(format!("{}:7400", lab.node_ip(i, l))),
+            |i| Ok(format!("{}:7480", lab.node_ip(i, 0))),
+        )?;
+        c.netns = Some(((1..=lab.nodes).map(|i| lab.node_ns(i)).collect(), lab.client_ns()));
+        Ok(c)
+    }
+
+    fn create_with(
+        spec: Spec,
+        link: impl Fn(usize, usize) -> Result<String>,
+        api: impl Fn(usize) -> Result<String>,
+    ) -> Result<Self> {
         if !(1..=32).contains(&spec.nodes) {
             bail!("--nodes must be 1 to 32");
         }
@@ -76,13 +108,8 @@ impl LocalCluster {
         let mut nodes = Vec::new();
         for i in 1..=spec.nodes {
             let name = format!("n{i}");
-            let links: Vec<String> = (0..spec.links)
-                .map(|l| {
-                    let ip = format!("127.0.0.{}", l + 1);
-                    free_udp_port(&ip).map(|p| format!("{ip}:{p}"))
-                })
-                .collect::<Result<_>>()?;
-            let api = format!("127.0.0.1:{}", free_tcp_port()?);
+            let links: Vec<String> = (0..spec.links).map(|l| link(i, l)).collect::<Result<_>>()?;
+            let api = api(i)?;
             let quoted: Vec<String> = links.iter().map(|l| format!("\"{l}\"")).collect();
             toml += &format!(
                 "\n[[node]]\nname = \"{name}\"\nlinks = [{}]\napi = \"{api}\"\n",
@@ -112,6 +139,7 @@ impl LocalCluster {
             heartbeat: spec.heartbeat,
             exe: spec.exe,
             keep: spec.keep,
+            netns: None,
         })
     }
 
@@ -173,11 +201,16 @@ impl LocalCluster {
             .create(true)
             .append(true)
             .open(self.log_path(name))?;
+        let ns = self.netns_of(name);
         let node = self.node_mut(name)?;
         if node.child.is_some() {
             bail!("{name} is already running");
         }
-        let child = Command::new(exe)
+        let mut cmd = match ns {
+            Some(ns) => crate::lab::Lab::command_in(&ns, exe),
+            None => Command::new(exe),
+        };
+        let child = cmd
             .arg("daemon")
             .arg("--config")
             .arg(&config)
@@ -256,7 +289,43 @@ impl LocalCluster {
     }
 
     pub async fn status(&self, name: &str) -> Result<StatusReport> {
-        self.client.status(&self.node(name)?.api).await
+        let api = &self.node(name)?.api;
+        let Some((_, client_ns)) = &self.netns else {
+            return self.client.status(api).await;
+        };
+        // In the lab the APIs live in the namespaces: ask from the client namespace.
+        let mut cmd = tokio::process::Command::new("ip");
+        cmd.args(["netns", "exec", client_ns])
+            .arg(&self.exe)
+            .args(["--json", "--config"])
+            .arg(&self.config_path)
+            .args(["--api", api, "status"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(Duration::from_secs(3), cmd.output())
+            .await
+            .map_err(|_| anyhow!("status of {name}: timed out"))??;
+        if !out.status.success() {
+            bail!("status of {name}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// The namespace node `name` runs in (lab clusters only).
+    pub fn netns_of(&self, name: &str) -> Option<String> {
+        let (nodes, _) = self.netns.as_ref()?;
+        let i = self.nodes.iter().position(|n| n.name == name)?;
+        nodes.get(i).cloned()
+    }
+
+    /// Forget a node whose processes were killed from outside (a lab crash): reap its daemon.
+    pub fn reap(&mut self, name: &str) -> Result<()> {
+        let node = self.node_mut(name)?;
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            child.wait()?;
+        }
+        Ok(())
     }
 
     /// Status of every running node that answers.

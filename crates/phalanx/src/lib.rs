@@ -7,6 +7,7 @@ pub mod client;
 pub mod daemon;
 pub mod demo;
 pub mod harness;
+pub mod lab;
 pub mod peer_etcd;
 pub mod render;
 pub mod service;
