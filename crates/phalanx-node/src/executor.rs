@@ -85,6 +85,8 @@ pub async fn run(node: Arc<Node>, runner: Runner) {
     let mut last_monitor: BTreeMap<String, Instant> = BTreeMap::new();
     let mut probed = false;
     let mut was_offline = false;
+    // Online members last seen: a change re-announces the VIPs held here.
+    let mut members_seen: Option<BTreeSet<String>> = None;
     let tick = node.config.cluster.heartbeat_interval;
     loop {
         tokio::time::sleep(tick).await;
@@ -185,6 +187,32 @@ pub async fn run(node: Arc<Node>, runner: Runner) {
                     .remove(&(plan_id, i));
             });
         }
+        // A membership change (a node lost or back, a healed partition) re-announces every VIP
+        // held here, so no client or switch stays on a stale MAC (a known keepalived failure).
+        let online: BTreeSet<String> = sm
+            .cluster
+            .nodes
+            .iter()
+            .filter(|(_, r)| r.liveness != phalanx_core::Liveness::Offline)
+            .map(|(n, _)| n.clone())
+            .collect();
+        if members_seen.as_ref().is_some_and(|m| *m != online) {
+            for (rsc, rec) in &sm.cluster.resources {
+                let Some(p) = node.config.resources.primitive_of(rsc) else {
+                    continue;
+                };
+                if p.agent == phalanx_core::resources::AgentSpec::Vip && rec.running.contains_key(&node.name) {
+                    if let Ok(v) = crate::vip::Vip::from_params(&p.params) {
+                        tokio::spawn(async move {
+                            if let Err(e) = crate::vip::reannounce(&v).await {
+                                tracing::warn!(address = %v.address, error = %e, "vip re-announcement failed");
+                            }
+                        });
+                    }
+                }
+            }
+        }
+        members_seen = Some(online);
         // Recurring monitors of what runs here.
         for (rsc, rec) in &sm.cluster.resources {
             let Some(role) = rec.running.get(&node.name).copied() else {
