@@ -507,22 +507,15 @@ impl ClusterState {
     /// The scheduler's input: who is online (liveness as recorded), standby and maintenance
     /// flags, what runs where, failures, bans and operator constraints, at `now_ms`.
     pub fn scheduler_input(&self, now_ms: u64) -> scheduler::Input {
-        let mut operator = self.operator.clone();
+        let operator = self.operator.clone();
         let mut resources = BTreeMap::new();
         for (rsc, r) in &self.resources {
-            for node in &r.banned {
-                operator.push(OperatorConstraint {
-                    rsc: rsc.clone(),
-                    node: node.clone(),
-                    prefer: false,
-                    expires_ms: None,
-                });
-            }
             resources.insert(
                 rsc.clone(),
                 scheduler::ResourceState {
                     running: r.running.clone(),
                     failures: r.failures.clone(),
+                    banned: r.banned.clone(),
                     fatal: r.fatal,
                     maintenance: false,
                 },
@@ -879,10 +872,7 @@ mod resource_tests {
         assert_eq!(r.last_error.as_deref(), Some("disk"));
         let input = s.scheduler_input(10);
         assert!(
-            input
-                .operator
-                .iter()
-                .any(|o| o.rsc == "web" && o.node == "n1" && !o.prefer),
+            input.resources["web"].banned.contains("n1"),
             "a hard error bans the node"
         );
         s.apply(&Command::Cleanup { rsc: "web".into() });

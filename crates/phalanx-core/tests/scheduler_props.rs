@@ -93,6 +93,7 @@ fn rsc_state() -> impl Strategy<Value = ResourceState> {
         .prop_map(|(running, failures)| ResourceState {
             running,
             failures,
+            banned: Default::default(),
             fatal: false,
             maintenance: false,
         })

@@ -295,7 +295,7 @@ impl Runner {
             );
         };
         let check = c.params.get("check_tcp").cloned();
-        let alive = || read_pid(&pidfile).filter(|p| kill(*p, None).is_ok());
+        let alive = || read_pid(&pidfile).filter(|p| running(*p));
         let tcp_ok = |addr: &Option<String>| {
             addr.as_ref()
                 .map(|a| {
@@ -427,6 +427,23 @@ impl Runner {
                 started,
             ),
         }
+    }
+}
+
+/// Whether a process exists and is not a zombie: an orphan killed while its reaper was gone (a
+/// crashed daemon, say) stays a zombie until init reaps it, and answers `kill(pid, 0)`.
+fn running(pid: Pid) -> bool {
+    if kill(pid, None).is_err() {
+        return false;
+    }
+    // /proc/PID/stat: "pid (comm) S ...": the state follows the last ')'.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .map(|state| state != 'Z' && state != 'X')
+            .unwrap_or(true),
+        Err(_) => false,
     }
 }
 

@@ -100,21 +100,36 @@ async fn adopt_agent_meta(config: &mut phalanx_core::Config, path: &Path, runner
 
 async fn lookup_joiner(config: &phalanx_core::Config, key: &ClusterKey, name: &str) -> Result<NodeRecord> {
     let client = Client::new(key);
-    let mut last = None;
-    for n in &config.nodes {
-        match client.get::<BTreeMap<String, NodeRecord>>(&n.api.to_string(), "/v1/nodes").await {
-            Ok(nodes) => {
-                return nodes.get(name).cloned().ok_or_else(|| {
-                    anyhow!("node {name} is neither in the config file nor a member of the cluster: run `phalanx node add {name} --link ADDR` first")
-                })
+    // Ask every listed node: a follower may not have applied the `node add` yet (its replica
+    // lags the leader), so one that does not know the name is not the last word. Keep asking
+    // for a while before giving up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut last = None;
+        let mut answered = false;
+        for n in &config.nodes {
+            match client
+                .get::<BTreeMap<String, NodeRecord>>(&n.api.to_string(), "/v1/nodes")
+                .await
+            {
+                Ok(nodes) => match nodes.get(name) {
+                    Some(rec) => return Ok(rec.clone()),
+                    None => answered = true,
+                },
+                Err(e) => last = Some(e),
             }
-            Err(e) => last = Some(e),
         }
-    }
-    match last {
-        Some(e) => Err(e.context(format!(
-            "node {name} is not in the config file, and no listed node answered to look it up"
-        ))),
-        None => bail!("the config lists no nodes"),
+        if std::time::Instant::now() > deadline {
+            if answered {
+                bail!("node {name} is neither in the config file nor a member of the cluster: run `phalanx node add {name} --link ADDR` first");
+            }
+            return match last {
+                Some(e) => Err(e.context(format!(
+                    "node {name} is not in the config file, and no listed node answered to look it up"
+                ))),
+                None => bail!("the config lists no nodes"),
+            };
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }

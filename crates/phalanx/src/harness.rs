@@ -162,12 +162,13 @@ impl LocalCluster {
     }
 
     /// Run the phalanx CLI against this cluster's config; returns (exit code, stdout, stderr).
+    /// Run the CLI against this cluster (in the lab: from the client namespace).
     pub fn cli(&self, args: &[&str]) -> Result<(i32, String, String)> {
-        let out = Command::new(&self.exe)
-            .arg("--config")
-            .arg(&self.config_path)
-            .args(args)
-            .output()?;
+        let mut cmd = match &self.netns {
+            Some((_, client)) => crate::lab::Lab::command_in(client, &self.exe),
+            None => Command::new(&self.exe),
+        };
+        let out = cmd.arg("--config").arg(&self.config_path).args(args).output()?;
         Ok((
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).to_string(),
@@ -245,6 +246,27 @@ impl LocalCluster {
         let mut child = node.child.take().ok_or_else(|| anyhow!("{name} is not running"))?;
         kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL)?;
         child.wait()?;
+        node.lose_volatile_state();
+        Ok(())
+    }
+
+    /// Forget a node whose processes were killed from outside (a lab crash): reap its daemon and
+    /// lose what a reboot loses.
+    pub fn reap(&mut self, name: &str) -> Result<()> {
+        let node = self.node_mut(name)?;
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            child.wait()?;
+        }
+        node.lose_volatile_state();
+        Ok(())
+    }
+}
+
+impl LocalNode {
+    /// What a crash takes with it: the services its agents started and its volatile state.
+    fn lose_volatile_state(&self) {
+        let node = self;
         // A dead machine answers nothing: the services its `process` agents started (each in its
         // own process group, so they outlive the daemon) die with it.
         if let Ok(entries) = std::fs::read_dir(node.data_dir.join("agents")) {
@@ -277,9 +299,10 @@ impl LocalCluster {
             }
         }
         let _ = std::fs::remove_dir_all(&rsctmp);
-        Ok(())
     }
+}
 
+impl LocalCluster {
     pub fn running(&self) -> Vec<String> {
         self.nodes
             .iter()
@@ -316,16 +339,6 @@ impl LocalCluster {
         let (nodes, _) = self.netns.as_ref()?;
         let i = self.nodes.iter().position(|n| n.name == name)?;
         nodes.get(i).cloned()
-    }
-
-    /// Forget a node whose processes were killed from outside (a lab crash): reap its daemon.
-    pub fn reap(&mut self, name: &str) -> Result<()> {
-        let node = self.node_mut(name)?;
-        if let Some(mut child) = node.child.take() {
-            let _ = child.kill();
-            child.wait()?;
-        }
-        Ok(())
     }
 
     /// Status of every running node that answers.

@@ -147,16 +147,34 @@ impl Lab {
         }
     }
 
-    /// A dead machine answers nothing: freeze every process of node `i` (so none gets a last
-    /// word out, as a dying keepalived's priority-0 advert would), kill them, take its links down.
+    /// A dead machine answers nothing and holds nothing: freeze every process of node `i` (so
+    /// none gets a last word out, as a dying keepalived's priority-0 advert would), kill them,
+    /// unplug its links, and drop every address but its own (a VIP dies with the machine; it
+    /// boots without it). `revive` plugs it back in.
     pub fn crash(&self, i: usize) -> Result<()> {
         let ns = self.node_ns(i);
         Lab::signal_all(&ns, Signal::SIGSTOP);
         Lab::signal_all(&ns, Signal::SIGKILL);
         for l in 0..self.links {
             self.cut_link(i, l)?;
+            let dev = format!("eth{l}");
+            ip(&["-n", &ns, "addr", "flush", "dev", &dev])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", self.node_ip(i, l)),
+                "dev",
+                &dev,
+            ])?;
         }
         Ok(())
+    }
+
+    /// Plug a crashed node's links back in (then start its processes again).
+    pub fn revive(&self, i: usize) -> Result<()> {
+        (0..self.links).try_for_each(|l| self.heal_link(i, l))
     }
 
     /// Unplug node `i`'s link `l` at the switch (its side stays up, as with a broken cable).
@@ -245,13 +263,8 @@ pub fn sample_address(
 
 /// Moments when two namespaces held the address at once: B held it at t while A's samples just
 /// before and just after t both show A holding it. (Comparing single samples would report the
-/// lag between two samplers as an overlap.) `dead_after` excludes a crashed node's samples
-/// from its crash on: a dead machine holds nothing, whatever its frozen namespace still shows.
-pub fn double_holders(
-    samples: &[(String, Samples)],
-    dead_after: &std::collections::BTreeMap<String, std::time::Instant>,
-) -> Vec<String> {
-    let alive = |name: &str, t: std::time::Instant| dead_after.get(name).map(|d| t < *d).unwrap_or(true);
+/// lag between two samplers as an overlap.)
+pub fn double_holders(samples: &[(String, Samples)]) -> Vec<String> {
     let mut out = Vec::new();
     for (b, bs) in samples {
         for (a, as_) in samples {
@@ -259,21 +272,143 @@ pub fn double_holders(
                 continue;
             }
             for (tb, held) in bs {
-                if !*held || !alive(b, *tb) || !alive(a, *tb) {
+                if !*held {
                     continue;
                 }
                 let before = as_.iter().rev().find(|(t, _)| t <= tb);
                 let after = as_.iter().find(|(t, _)| t >= tb);
-                if let (Some((_, true)), Some((ta, true))) = (before, after) {
-                    if alive(a, *ta) {
-                        out.push(format!("{a} and {b} both held it at {tb:?}"));
-                        break;
-                    }
+                if let (Some((_, true)), Some((_, true))) = (before, after) {
+                    out.push(format!("{a} and {b} both held it at {tb:?}"));
+                    break;
                 }
             }
         }
     }
     out
+}
+
+/// When each client probe was sent, and who answered (None: no answer within its timeout).
+pub type ClientLog = Vec<(std::time::Instant, Option<String>)>;
+
+/// The lab client, in the client namespace: a new TCP connection to `addr` every 20 ms, an HTTP
+/// GET, 100 ms to answer; records who answered, until `stop` is set.
+pub fn client(
+    lab: &Lab,
+    addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Result<ClientLog>> {
+    in_netns(&lab.client_ns(), move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let mut out = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let t = std::time::Instant::now();
+            let who = rt.block_on(crate::service::probe(&addr, std::time::Duration::from_millis(100)));
+            out.push((t, who));
+            std::thread::sleep(std::time::Duration::from_millis(20).saturating_sub(t.elapsed()));
+        }
+        Ok(out)
+    })
+}
+
+/// Client-observed outage after `from`: from the first failed probe at or after it to the first
+/// answered probe after that (zero when no probe failed).
+pub fn outage(log: &ClientLog, from: std::time::Instant) -> Option<std::time::Duration> {
+    let Some(first_fail) = log.iter().find(|(t, w)| *t >= from && w.is_none()).map(|x| x.0) else {
+        return log
+            .iter()
+            .any(|(t, w)| *t >= from && w.is_some())
+            .then_some(std::time::Duration::ZERO);
+    };
+    let back = log.iter().find(|(t, w)| *t > first_fail && w.is_some())?.0;
+    Some(back - first_fail)
+}
+
+/// Poll `addr` from the client namespace until `node` answers (bounded by `within`).
+pub fn wait_answer(lab: &Lab, addr: &str, node: &str, within: std::time::Duration) -> Result<()> {
+    let (addr, node) = (addr.to_string(), node.to_string());
+    in_netns(&lab.client_ns(), move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let who = rt.block_on(crate::service::probe(&addr, std::time::Duration::from_millis(100)));
+            if who.as_deref() == Some(node.as_str()) {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("{node} never answered on {addr} (last answer: {who:?})");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the client thread panicked"))?
+}
+
+/// Everything watched during a lab run: a sampler of the VIP in every node namespace and the
+/// client.
+pub struct Watch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    samplers: Vec<(String, std::thread::JoinHandle<Result<Samples>>)>,
+    client: std::thread::JoinHandle<Result<ClientLog>>,
+}
+
+/// What a watch saw.
+pub struct Seen {
+    pub client: ClientLog,
+    /// Moments two nodes held the VIP at once (must be empty).
+    pub violations: Vec<String>,
+    /// Per node: samples taken and the widest gap between two.
+    pub sampling: Vec<(String, usize, std::time::Duration)>,
+}
+
+impl Watch {
+    /// Start watching `vip` (and the client on `vip:port`) in `nodes` (lab node numbers).
+    pub fn start(lab: &Lab, nodes: &[usize], vip: std::net::IpAddr, port: u16) -> Watch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let every = std::time::Duration::from_millis(5);
+        let samplers = nodes
+            .iter()
+            .map(|i| {
+                (
+                    format!("n{i}"),
+                    sample_address(&lab.node_ns(*i), vip, every, stop.clone()),
+                )
+            })
+            .collect();
+        Watch {
+            client: client(lab, format!("{vip}:{port}"), stop.clone()),
+            stop,
+            samplers,
+        }
+    }
+
+    pub fn finish(self) -> Result<Seen> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let join = |h: std::thread::JoinHandle<Result<Samples>>| {
+            h.join().map_err(|_| anyhow::anyhow!("a sampler panicked"))?
+        };
+        let samples: Vec<(String, Samples)> = self
+            .samplers
+            .into_iter()
+            .map(|(n, h)| join(h).map(|s| (n, s)))
+            .collect::<Result<_>>()?;
+        let sampling = samples
+            .iter()
+            .map(|(n, s)| {
+                let widest = s.windows(2).map(|w| w[1].0 - w[0].0).max().unwrap_or_default();
+                (n.clone(), s.len(), widest)
+            })
+            .collect();
+        let client = self
+            .client
+            .join()
+            .map_err(|_| anyhow::anyhow!("the client panicked"))??;
+        Ok(Seen {
+            client,
+            violations: double_holders(&samples),
+            sampling,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -296,13 +431,10 @@ mod tests {
                 vec![(at(2), false), (at(7), false), (at(12), true), (at(17), true)],
             ),
         ];
-        assert!(double_holders(&handover, &Default::default()).is_empty());
+        assert!(double_holders(&handover).is_empty());
         // n1 still holds it at 15 ms while n2 does at 12: a violation.
         let mut overlap = handover.clone();
         overlap[0].1[3].1 = true;
-        assert!(!double_holders(&overlap, &Default::default()).is_empty());
-        // ...unless n1 was crashed at 11 ms (a dead machine holds nothing).
-        let dead = std::collections::BTreeMap::from([("n1".to_string(), at(11))]);
-        assert!(double_holders(&overlap, &dead).is_empty());
+        assert!(!double_holders(&overlap).is_empty());
     }
 }

@@ -72,6 +72,9 @@ pub struct ResourceState {
     /// Failure times (ms) per node.
     #[serde(default)]
     pub failures: BTreeMap<String, Vec<u64>>,
+    /// Nodes where its agent answered a hard error (OCF 1–5): banned there until cleaned up.
+    #[serde(default)]
+    pub banned: BTreeSet<String>,
     /// A fatal configuration error (OCF exit 6): it may run nowhere until cleaned up.
     #[serde(default)]
     pub fatal: bool,
@@ -415,6 +418,7 @@ fn merged_instances<'a>(cfg: &'a Config, input: &Input) -> HashMap<&'a str, Reso
                     m.failures.entry(node.clone()).or_default().extend(f);
                 }
                 m.fatal |= st.fatal;
+                m.banned.extend(st.banned.iter().cloned());
                 m.maintenance |= st.maintenance;
             }
         }
@@ -606,6 +610,13 @@ fn place(
                 if ns.missing_agents.contains(&agent) {
                     add(-INFINITY, format!("agent {agent} missing on {node}"), &mut parts);
                 }
+            }
+            if ctx.state(p).banned.contains(node) {
+                add(
+                    -INFINITY,
+                    format!("{p} had a hard error on {node} (cleanup to retry)"),
+                    &mut parts,
+                );
             }
             if ctx.state(p).fatal {
                 add(
