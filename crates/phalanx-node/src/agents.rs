@@ -25,6 +25,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+/// How often the `process` agent looks whether its service is up (start) or gone (stop): every
+/// millisecond of that lag is client-visible outage in a planned move.
+const PROCESS_POLL: Duration = Duration::from_millis(5);
+
 /// Where agents and their state live.
 #[derive(Debug, Clone)]
 pub struct Runner {
@@ -391,7 +395,7 @@ impl Runner {
                         r.verdict = Verdict::Timeout;
                         return r;
                     }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tokio::time::sleep(PROCESS_POLL).await;
                 }
             }
             AgentAction::Stop => {
@@ -399,12 +403,12 @@ impl Runner {
                     let _ = killpg(pid, Signal::SIGTERM);
                     let soft = started + c.timeout / 2;
                     while alive().is_some() && Instant::now() < soft {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        tokio::time::sleep(PROCESS_POLL).await;
                     }
                     if alive().is_some() {
                         let _ = killpg(pid, Signal::SIGKILL);
                         while alive().is_some() && Instant::now() < deadline {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            tokio::time::sleep(PROCESS_POLL).await;
                         }
                     }
                     if alive().is_some() {

@@ -88,8 +88,17 @@ pub async fn run(node: Arc<Node>, runner: Runner) {
     // Online members last seen: a change re-announces the VIPs held here.
     let mut members_seen: Option<BTreeSet<String>> = None;
     let tick = node.config.cluster.heartbeat_interval;
+    let mut applied = node.applied();
     loop {
-        tokio::time::sleep(tick).await;
+        // Every tick, and at once when the state changes (a new plan, a finished predecessor).
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            r = applied.changed() => {
+                if r.is_err() {
+                    tokio::time::sleep(tick).await;
+                }
+            }
+        }
         let sm = node.cluster_state();
         if sm.cluster.max_node_id == 0 || node.leader_api().is_none() {
             continue;

@@ -131,6 +131,8 @@ pub struct Node {
     pub raft: Raft,
     pub mesh: Mesh,
     state: Arc<RwLock<SmData>>,
+    /// Changes after every applied entry (see `StateMachine::applied`).
+    applied: tokio::sync::watch::Receiver<u64>,
     token: String,
     http: reqwest::Client,
     leader_since: AtomicU64,
@@ -157,6 +159,7 @@ impl Node {
         );
         let sm = StateMachine::load(db.clone())?;
         let state = sm.shared();
+        let applied = sm.applied();
         let raft = Raft::new(opts.id, cfg, net, LogStore::new(db), sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -176,6 +179,7 @@ impl Node {
             raft,
             mesh: mesh.clone(),
             state,
+            applied,
             token: opts.key.api_token(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -228,6 +232,11 @@ impl Node {
     }
 
     /// A consistent copy of the replicated state.
+    /// A receiver that changes after every applied log entry.
+    pub fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.clone()
+    }
+
     pub fn cluster_state(&self) -> SmData {
         self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -292,13 +301,21 @@ impl Node {
     async fn controller(self: Arc<Self>) {
         let interval = self.config.cluster.heartbeat_interval;
         let changed = self.mesh.changed();
+        let mut applied = self.applied();
         loop {
             // Every interval; every half interval while a campaign window is open (retries).
             let campaigning = self.campaign.lock().unwrap_or_else(|p| p.into_inner()).is_some();
             let period = if campaigning { interval / 2 } else { interval };
+            // Also after every applied entry: an action's result is the next plan step's cue.
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
                 _ = changed.notified() => {}
+                r = applied.changed() => {
+                    // The state machine is gone (shutting down): back to plain ticks.
+                    if r.is_err() {
+                        tokio::time::sleep(period).await;
+                    }
+                }
             }
             self.refresh_peers();
             if self.is_leader() {

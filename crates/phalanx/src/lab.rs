@@ -299,8 +299,18 @@ pub fn client(
 ) -> std::thread::JoinHandle<Result<ClientLog>> {
     in_netns(&lab.client_ns(), move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let mut out = Vec::new();
-        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let mut out: ClientLog = Vec::new();
+        // Once stopped, keep probing until an answer closes the log (bounded), so an outage
+        // always has its end in the log.
+        let mut stopped_at = None;
+        loop {
+            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let since = *stopped_at.get_or_insert_with(std::time::Instant::now);
+                let answered = out.last().map(|(_, w)| w.is_some()).unwrap_or(false);
+                if answered || since.elapsed() > std::time::Duration::from_secs(5) {
+                    break;
+                }
+            }
             let t = std::time::Instant::now();
             let who = rt.block_on(crate::service::probe(&addr, std::time::Duration::from_millis(100)));
             out.push((t, who));
@@ -409,6 +419,86 @@ impl Watch {
             sampling,
         })
     }
+}
+
+/// The lab's service: group `web` = `web-ip` (the vip agent, [`VIP`]/24 on link 0) + `web-svc`
+/// (`phalanx demo-service` on port [`PORT`], answering with its node name), with a failback
+/// policy and optionally a preferred node.
+pub fn web_config(exe: &std::path::Path, failback: &str, prefer: Option<&str>) -> String {
+    let exe = exe.display();
+    let mut s = format!(
+        r#"
+[[resource]]
+id = "web-ip"
+agent = "vip"
+params = {{ address = "{VIP}/24" }}
+monitor = {{ interval = "1s", timeout = "5s" }}
+
+[[resource]]
+id = "web-svc"
+agent = "process"
+params = {{ command = "{exe} demo-service --listen 0.0.0.0:{PORT} --name ${{OCF_RESKEY_CRM_meta_on_node}}", check_tcp = "127.0.0.1:{PORT}" }}
+monitor = {{ interval = "500ms", timeout = "5s" }}
+
+[[group]]
+id = "web"
+members = ["web-ip", "web-svc"]
+failback = "{failback}"
+"#
+    );
+    if let Some(n) = prefer {
+        s += &format!("\n[[constraint]]\nlocation = \"web\"\nnode = \"{n}\"\nscore = 100\n");
+    }
+    s
+}
+
+/// The lab's virtual IP and service port.
+pub const VIP: &str = "10.77.0.100";
+pub const PORT: u16 = 8080;
+
+/// Where the whole `web` group runs, if every view agrees and nothing is pending.
+pub fn web_node(st: &std::collections::BTreeMap<String, phalanx_node::StatusReport>) -> Option<String> {
+    let mut found: Option<String> = None;
+    for s in st.values() {
+        if s.plan_pending > 0 {
+            return None;
+        }
+        let nodes: Vec<String> = s
+            .resources
+            .iter()
+            .map(|r| {
+                (r.running.len() == 1)
+                    .then(|| r.running.keys().next().cloned())
+                    .flatten()
+            })
+            .collect::<Option<_>>()?;
+        let n = nodes.first()?.clone();
+        if nodes.iter().any(|x| *x != n) || found.as_ref().is_some_and(|f| *f != n) {
+            return None;
+        }
+        found = Some(n);
+    }
+    found
+}
+
+/// Poll `addr` from the client namespace until anyone answers; returns who (bounded).
+pub fn wait_any_answer(lab: &Lab, addr: &str, within: std::time::Duration) -> Result<String> {
+    let addr = addr.to_string();
+    in_netns(&lab.client_ns(), move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(who) = rt.block_on(crate::service::probe(&addr, std::time::Duration::from_millis(100))) {
+                return Ok(who);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("nobody answered on {addr}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the client thread panicked"))?
 }
 
 #[cfg(test)]

@@ -223,6 +223,15 @@ enum BenchCmd {
         #[arg(long)]
         no_etcd: bool,
     },
+    /// Client-observed outage when the VIP holder crashes, in the namespace lab, beside
+    /// keepalived (needs root; `tests/lab/failover-bench`).
+    LabFailover {
+        #[arg(long, default_value_t = 10)]
+        trials: usize,
+        /// Skip the keepalived configurations.
+        #[arg(long)]
+        no_keepalived: bool,
+    },
     /// The scheduler on generated clusters, beside Pacemaker's crm_simulate.
     Scheduler {
         /// Numbers of primitives, comma-separated.
@@ -568,6 +577,26 @@ async fn run(cli: Cli) -> Result<i32> {
                     "Link {index} of {node} is now {}.",
                     if enabled { "enabled" } else { "disabled" }
                 );
+            }
+            Ok(0)
+        }
+        Cmd::Bench {
+            cmd: BenchCmd::LabFailover { trials, no_keepalived },
+        } => {
+            if *trials == 0 {
+                bail!("--trials must be at least 1");
+            }
+            let r = phalanx::lab_bench::run(phalanx::lab_bench::Args {
+                trials: *trials,
+                exe,
+                json: cli.json,
+                keepalived: !*no_keepalived,
+            })
+            .await?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                print!("{}", phalanx::lab_bench::render(&r));
             }
             Ok(0)
         }
