@@ -13,14 +13,14 @@ const T: Duration = Duration::from_secs(60);
 
 /// One lab at a time: three daemons with 100 ms heartbeats per lab, several labs at once on a
 /// 2-core machine starve each other into spurious node losses.
-static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static ONE_LAB: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn lab_or_skip() -> Option<(std::sync::MutexGuard<'static, ()>, Lab)> {
+async fn lab_or_skip() -> Option<(tokio::sync::MutexGuard<'static, ()>, Lab)> {
     if std::env::var_os("PHALANX_NO_LAB").is_some() {
         eprintln!("lab test skipped: PHALANX_NO_LAB is set");
         return None;
     }
-    let guard = ONE_LAB.lock().unwrap_or_else(|p| p.into_inner());
+    let guard = ONE_LAB.lock().await;
     let lab = Lab::create(3, 2).expect("the lab needs root and iproute2 (CI runs as root; PHALANX_NO_LAB=1 skips)");
     Some((guard, lab))
 }
@@ -77,7 +77,7 @@ async fn running_on(c: &LocalCluster, what: &str, pred: impl Fn(&str) -> bool) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_the_active_node_and_the_vip_moves_with_one_holder_at_a_time() {
-    let Some((_one, lab)) = lab_or_skip() else { return };
+    let Some((_one, lab)) = lab_or_skip().await else { return };
     let mut c = cluster(&lab, "manual", None);
     let first = c
         .wait_for(T, "web running", |st| (st.len() == 3).then(|| web_node(st)).flatten())
@@ -99,7 +99,7 @@ async fn crash_the_active_node_and_the_vip_moves_with_one_holder_at_a_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cutting_one_of_two_links_moves_nothing() {
-    let Some((_one, lab)) = lab_or_skip() else { return };
+    let Some((_one, lab)) = lab_or_skip().await else { return };
     let c = cluster(&lab, "manual", None);
     let active = c
         .wait_for(T, "web running", |st| (st.len() == 3).then(|| web_node(st)).flatten())
@@ -132,7 +132,7 @@ async fn cutting_one_of_two_links_moves_nothing() {
 /// `manual` never (within a window past the delay); then a planned move brings it to n3, and the
 /// client outage of that move is printed.
 async fn failback_case(policy: &str) {
-    let Some((_one, lab)) = lab_or_skip() else { return };
+    let Some((_one, lab)) = lab_or_skip().await else { return };
     let mut c = cluster(&lab, policy, Some("n1"));
     // web prefers n1, but if n1 came up late (or stalled at start-up), web may have started
     // elsewhere, where `manual` keeps it: bring it to n1 by hand first.
