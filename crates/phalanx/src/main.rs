@@ -51,6 +51,9 @@ enum Cmd {
         /// Keep the scratch folder (config, key, logs, data) afterwards.
         #[arg(long)]
         keep: bool,
+        /// Run it in network namespaces with a real virtual IP (needs root).
+        #[arg(long)]
+        lab: bool,
     },
     /// Write a new cluster key (0600); never overwrites one.
     Init {
@@ -311,7 +314,30 @@ fn apis(cli: &Cli) -> Result<(Client, Vec<String>)> {
 async fn run(cli: Cli) -> Result<i32> {
     let exe = std::env::current_exe().context("locating the phalanx binary")?;
     match &cli.cmd {
-        Cmd::Demo { nodes, heartbeat, keep } => {
+        Cmd::Demo {
+            nodes,
+            heartbeat,
+            keep,
+            lab: true,
+        } => {
+            let args = demo::DemoArgs {
+                nodes: *nodes,
+                heartbeat: *heartbeat,
+                json: cli.json,
+                keep: *keep,
+            };
+            let r = demo::run_lab(args, exe).await?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "Summary: {} nodes in namespaces, heartbeat {} ms: crashed {} holding VIP {}; {} answered after a client-observed outage of {} ms; two holders at once: {}; quorum after failure: {}; rejoined: {}",
+                    r.nodes, r.heartbeat_interval_ms, r.killed, r.vip, r.service_node_after, r.service_outage_ms, r.two_holders, r.quorum_after_failure, r.rejoined
+                );
+            }
+            Ok(if r.two_holders == 0 && r.rejoined && r.quorum_after_failure { 0 } else { 1 })
+        }
+        Cmd::Demo { nodes, heartbeat, keep, .. } => {
             let report = demo::run(
                 demo::DemoArgs {
                     nodes: *nodes,
