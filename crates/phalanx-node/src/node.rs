@@ -554,7 +554,13 @@ impl Node {
     /// Commit a command through Raft, forwarding to the leader when this node is not it.
     pub async fn write(&self, cmd: Command) -> Result<Outcome, NodeError> {
         match self.raft.client_write(Request(cmd.clone())).await {
-            Ok(resp) => Ok(resp.data.0),
+            Ok(resp) => {
+                // Followers learn the new commit index with the leader's next append; without
+                // one it would ride on the next heartbeat, up to an interval later, and every
+                // plan step handed from one node to another would wait for it.
+                let _ = self.raft.trigger().heartbeat().await;
+                Ok(resp.data.0)
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 let Some(leader) = f.leader_node else {
                     return Err(NodeError::NoLeader);

@@ -340,7 +340,10 @@ pub async fn run_lab(args: DemoArgs, exe: std::path::PathBuf) -> Result<LabDemoR
             pb.suspend(|| println!("{msg}"));
         }
     };
-    pb.set_message(format!("building a lab: {} node namespaces, 2 links each, a client", args.nodes));
+    pb.set_message(format!(
+        "building a lab: {} node namespaces, 2 links each, a client",
+        args.nodes
+    ));
     let lab = Lab::create(args.nodes, 2)?;
     let mut cluster = LocalCluster::create_in_lab(
         Spec {
@@ -380,7 +383,9 @@ pub async fn run_lab(args: DemoArgs, exe: std::path::PathBuf) -> Result<LabDemoR
     lab.crash(holder.trim_start_matches('n').parse()?)?;
     cluster.reap(&holder)?;
     let after = cluster
-        .wait_for(timeout, "web on another node", |st| web_node(st).filter(|n| *n != holder))
+        .wait_for(timeout, "web on another node", |st| {
+            web_node(st).filter(|n| *n != holder)
+        })
         .await?;
     wait_answer(&lab, &vip_addr, &after, timeout)?;
     let seen = watch.finish()?;

@@ -99,7 +99,7 @@ async fn phalanx_trial(exe: &Path, heartbeat: Duration, planned: bool) -> Result
             heartbeat,
             links: 2,
             exe: exe.to_path_buf(),
-            keep: false,
+            keep: std::env::var_os("PHALANX_KEEP").is_some(),
             extra_config: web_config(exe, "manual", None),
         },
         &lab,
@@ -127,6 +127,11 @@ async fn phalanx_trial(exe: &Path, heartbeat: Duration, planned: bool) -> Result
     wait_answer(&lab, &vip_addr(), &target, T)?;
     let seen = w.finish()?;
     let o = outage(&seen.client, at).context("the client never saw the service back")?;
+    if std::env::var_os("PHALANX_BENCH_TRACE").is_some() {
+        for (t, w) in seen.client.iter().filter(|(t, _)| *t >= at) {
+            eprintln!("probe +{:?}: {w:?}", t.duration_since(at));
+        }
+    }
     Ok((o, seen.violations.len()))
 }
 

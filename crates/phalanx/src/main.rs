@@ -335,9 +335,15 @@ async fn run(cli: Cli) -> Result<i32> {
                     r.nodes, r.heartbeat_interval_ms, r.killed, r.vip, r.service_node_after, r.service_outage_ms, r.two_holders, r.quorum_after_failure, r.rejoined
                 );
             }
-            Ok(if r.two_holders == 0 && r.rejoined && r.quorum_after_failure { 0 } else { 1 })
+            Ok(if r.two_holders == 0 && r.rejoined && r.quorum_after_failure {
+                0
+            } else {
+                1
+            })
         }
-        Cmd::Demo { nodes, heartbeat, keep, .. } => {
+        Cmd::Demo {
+            nodes, heartbeat, keep, ..
+        } => {
             let report = demo::run(
                 demo::DemoArgs {
                     nodes: *nodes,
