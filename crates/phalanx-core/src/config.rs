@@ -46,6 +46,18 @@ impl ClusterConfig {
     pub fn detection_time(&self) -> Duration {
         self.heartbeat_interval * self.dead_after
     }
+
+    /// How long after a node is declared lost what it held stays held (not recovered
+    /// elsewhere): with `fencing = "watchdog"`, until its quorum lease must have run out: it
+    /// stops its resources itself when it loses quorum, at most one interval after the majority
+    /// saw it go (heartbeats are an interval apart), plus an interval of margin for the stop.
+    /// None: recover at once (`off`, and `required` until fence devices exist).
+    pub fn lost_node_hold(&self) -> Option<Duration> {
+        match self.fencing {
+            Fencing::Watchdog => Some(self.heartbeat_interval * 2),
+            Fencing::Required | Fencing::Off => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

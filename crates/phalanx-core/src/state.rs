@@ -506,7 +506,8 @@ fn record_failure(r: &mut ResourceRecord, node: &str, outcome: CallOutcome, at_m
 impl ClusterState {
     /// The scheduler's input: who is online (liveness as recorded), standby and maintenance
     /// flags, what runs where, failures, bans and operator constraints, at `now_ms`.
-    pub fn scheduler_input(&self, now_ms: u64) -> scheduler::Input {
+    /// A node lost less than `hold_ms` ago is unclean: what it held is not recovered yet.
+    pub fn scheduler_input(&self, now_ms: u64, hold_ms: Option<u64>) -> scheduler::Input {
         let operator = self.operator.clone();
         let mut resources = BTreeMap::new();
         for (rsc, r) in &self.resources {
@@ -535,6 +536,8 @@ impl ClusterState {
                             maintenance: rec.maintenance,
                             online_since_ms: rec.liveness_since_ms,
                             missing_agents: BTreeSet::new(),
+                            unclean: rec.liveness == Liveness::Offline
+                                && hold_ms.is_some_and(|h| now_ms < rec.liveness_since_ms.saturating_add(h)),
                         },
                     )
                 })
@@ -870,7 +873,7 @@ mod resource_tests {
         assert_eq!(r.running["n1"], Role::Failed);
         assert!(r.banned.contains("n1"));
         assert_eq!(r.last_error.as_deref(), Some("disk"));
-        let input = s.scheduler_input(10);
+        let input = s.scheduler_input(10, None);
         assert!(
             input.resources["web"].banned.contains("n1"),
             "a hard error bans the node"

@@ -63,13 +63,16 @@ fn node_state() -> impl Strategy<Value = NodeState> {
         prop::bool::weighted(0.15),
         prop::bool::weighted(0.1),
         0u64..20_000,
+        prop::bool::weighted(0.5),
     )
-        .prop_map(|(online, standby, maintenance, since)| NodeState {
+        .prop_map(|(online, standby, maintenance, since, unclean)| NodeState {
             online,
             standby,
             maintenance,
             online_since_ms: since,
             missing_agents: BTreeSet::new(),
+            // Only a lost node can be unclean (lost, not yet confirmed down).
+            unclean: unclean && !online,
         })
 }
 
@@ -150,6 +153,14 @@ proptest! {
                 ActionKind::Stop => { m.remove(&a.node); }
                 ActionKind::Start => {
                     prop_assert!(node.online && !node.standby, "start on an unusable node: {:?}", a);
+                    // DESIGN.md invariant 3: nothing held by a lost node not yet confirmed down
+                    // starts elsewhere (a group or clone is held whole).
+                    let held = |r: &str| input.resources.get(r).is_some_and(|st| st.running.keys().any(|n| input.nodes[n].unclean));
+                    let unit: Vec<&str> = match a.rsc.as_str() {
+                        "ip" | "web" => vec!["ip", "web"],
+                        other => vec![other],
+                    };
+                    prop_assert!(!unit.iter().any(|r| held(r)), "start of {:?} while held by an unclean node\n{}", a, plan.render());
                     prop_assert!(!node.maintenance || input.resources[&a.rsc].running.contains_key(&a.node), "new start on a maintenance node: {:?}", a);
                     m.insert(a.node.clone(), Role::Started);
                 }
@@ -159,7 +170,13 @@ proptest! {
         }
         // Hands off anything running on a node in maintenance (unmanaged), whatever it was.
         // (maintenance is per unit: one group member on such a node leaves the whole group alone)
-        let on_maint = |r: &str| input.resources[r].running.keys().any(|n| input.nodes[n].maintenance);
+        // Likewise a unit held by a lost node not yet confirmed down: no action touches it.
+        let on_maint = |r: &str| {
+            input.resources[r]
+                .running
+                .keys()
+                .any(|n| input.nodes[n].maintenance || input.nodes[n].unclean)
+        };
         let unmanaged_rsc = |r: &str| match r {
             "ip" | "web" => on_maint("ip") || on_maint("web"),
             r => on_maint(r),

@@ -390,7 +390,10 @@ async fn why(State(node): State<Arc<Node>>, Path(rsc): Path<String>) -> Result<i
         rsc.clone()
     };
     let state = node.members();
-    let plan = phalanx_core::scheduler::schedule(&node.config, &state.scheduler_input(crate::mesh::unix_ms()));
+    let plan = phalanx_core::scheduler::schedule(
+        &node.config,
+        &state.scheduler_input(crate::mesh::unix_ms(), node.lost_node_hold_ms()),
+    );
     let explain = plan
         .explain
         .get(&unit)

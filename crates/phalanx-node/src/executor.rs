@@ -74,6 +74,60 @@ fn role_of(r: &CallResult) -> Option<Role> {
     }
 }
 
+/// This node lost quorum: `stop` stops everything it holds (virtual IPs first: they must be
+/// gone before the majority may start them elsewhere; then the rest, each group in reverse
+/// order), `demote` demotes its primaries, `freeze` and `ignore` leave everything running.
+/// The calls go straight to the agents: without quorum nothing can be written to the log.
+async fn apply_no_quorum_policy(node: &Node, runner: &Runner, sm: &crate::raft::store::SmData) {
+    use phalanx_core::quorum::NoQuorumPolicy;
+    let policy = node.config.cluster.no_quorum_policy;
+    let here: Vec<(String, Role)> = node
+        .config
+        .resources
+        .instances()
+        .into_iter()
+        .filter_map(|(id, _)| {
+            let role = sm.cluster.resources.get(&id)?.running.get(&node.name).copied()?;
+            Some((id, role))
+        })
+        .collect();
+    tracing::warn!(?policy, holding = ?here, "quorum lost: applying the no-quorum policy");
+    match policy {
+        NoQuorumPolicy::Stop => {
+            let r = &node.config.resources;
+            // Virtual IPs first, then the rest, a group's members in reverse order.
+            let key = |id: &String| {
+                let p = r.primitive_of(id);
+                let vip = p.is_some_and(|p| p.agent == phalanx_core::resources::AgentSpec::Vip);
+                let group = p.and_then(|p| r.group_of(&p.id));
+                let pos = group
+                    .zip(p)
+                    .and_then(|(g, p)| g.members.iter().position(|m| *m == p.id))
+                    .unwrap_or(0);
+                (!vip, group.map(|g| g.id.clone()), std::cmp::Reverse(pos))
+            };
+            let mut order: Vec<&String> = here.iter().map(|(id, _)| id).collect();
+            order.sort_by_key(|id| key(id));
+            for id in order {
+                match call(node, runner, id, AgentAction::Stop, None).await {
+                    Some(res) if res.succeeded() => tracing::warn!(rsc = %id, "stopped: no quorum"),
+                    other => {
+                        tracing::error!(rsc = %id, result = ?other.map(|r| r.exit_reason), "stop failed without quorum")
+                    }
+                }
+            }
+        }
+        NoQuorumPolicy::Demote => {
+            for (id, role) in &here {
+                if *role == Role::Promoted {
+                    let _ = call(node, runner, id, AgentAction::Demote, None).await;
+                }
+            }
+        }
+        NoQuorumPolicy::Freeze | NoQuorumPolicy::Ignore => {}
+    }
+}
+
 /// Run the executor of `node` until the process ends.
 pub async fn run(node: Arc<Node>, runner: Runner) {
     if node.config.resources.is_empty() {
@@ -85,6 +139,7 @@ pub async fn run(node: Arc<Node>, runner: Runner) {
     let mut last_monitor: BTreeMap<String, Instant> = BTreeMap::new();
     let mut probed = false;
     let mut was_offline = false;
+    let (mut had_quorum, mut applied_policy) = (false, false);
     // Online members last seen: a change re-announces the VIPs held here.
     let mut members_seen: Option<BTreeSet<String>> = None;
     let tick = node.config.cluster.heartbeat_interval;
@@ -100,6 +155,22 @@ pub async fn run(node: Arc<Node>, runner: Runner) {
             }
         }
         let sm = node.cluster_state();
+        // Quorum lost (after having had it): apply the no-quorum policy at once, and do nothing
+        // else until quorum is back (this replica is stale; the majority decides).
+        let quorate = node.quorate();
+        if !quorate {
+            if had_quorum && !applied_policy {
+                applied_policy = true;
+                apply_no_quorum_policy(&node, &runner, &sm).await;
+            }
+            continue;
+        }
+        had_quorum = true;
+        if applied_policy {
+            // Back: report what actually runs here now.
+            applied_policy = false;
+            probed = false;
+        }
         if sm.cluster.max_node_id == 0 || node.leader_api().is_none() {
             continue;
         }

@@ -232,6 +232,24 @@ impl Node {
     }
 
     /// A consistent copy of the replicated state.
+    /// See `ClusterConfig::lost_node_hold`.
+    pub fn lost_node_hold_ms(&self) -> Option<u64> {
+        self.config.cluster.lost_node_hold().map(|d| d.as_millis() as u64)
+    }
+
+    /// Whether this node reaches a majority of the voters (through the mesh, itself included).
+    pub fn quorate(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        let sm = self.cluster_state();
+        let voters: BTreeSet<String> = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .map(|id| self.name_of(&sm, id).unwrap_or_else(|| format!("#{id}")))
+            .collect();
+        quorum::evaluate(&voters, &self.reachable(), None).quorate
+    }
+
     /// A receiver that changes after every applied log entry.
     pub fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
         self.applied.clone()
@@ -456,7 +474,10 @@ impl Node {
         //    actions differ from what the current plan still has to do (an action in flight is
         //    still pending, so it is never planned twice).
         if !self.config.resources.is_empty() {
-            let plan = phalanx_core::scheduler::schedule(&self.config, &sm.cluster.scheduler_input(mesh::unix_ms()));
+            let plan = phalanx_core::scheduler::schedule(
+                &self.config,
+                &sm.cluster.scheduler_input(mesh::unix_ms(), self.lost_node_hold_ms()),
+            );
             let wanted: BTreeSet<_> = plan
                 .actions
                 .iter()

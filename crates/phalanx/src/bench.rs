@@ -120,6 +120,7 @@ pub async fn run(args: BenchArgs, exe: PathBuf) -> Result<BenchReport> {
             exe: exe.clone(),
             keep: std::env::var_os("PHALANX_KEEP").is_some(),
             extra_config: String::new(),
+            cluster_extra: String::new(),
         })?;
         cluster.start_all()?;
         let mut det = Vec::new();
@@ -156,6 +157,7 @@ pub async fn run(args: BenchArgs, exe: PathBuf) -> Result<BenchReport> {
         exe,
         keep: false,
         extra_config: String::new(),
+        cluster_extra: String::new(),
     })?;
     cluster.start_all()?;
     cluster.wait_stable(timeout).await?;

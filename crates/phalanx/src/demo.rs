@@ -215,6 +215,7 @@ pub async fn run(args: DemoArgs, exe: std::path::PathBuf) -> Result<DemoReport> 
         exe,
         keep: args.keep,
         extra_config,
+        cluster_extra: String::new(),
     })?;
     if args.nodes < 3 {
         return Err(anyhow!("the demo needs at least 3 nodes to keep quorum after a kill"));
@@ -353,6 +354,7 @@ pub async fn run_lab(args: DemoArgs, exe: std::path::PathBuf) -> Result<LabDemoR
             exe: exe.clone(),
             keep: args.keep,
             extra_config: web_config(&exe, "manual", None),
+            cluster_extra: String::new(),
         },
         &lab,
     )?;

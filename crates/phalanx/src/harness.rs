@@ -58,6 +58,8 @@ pub struct Spec {
     pub keep: bool,
     /// Appended to the generated config (resources, groups, constraints...).
     pub extra_config: String,
+    /// Extra `[cluster]` keys, one per line (e.g. `fencing = "watchdog"`).
+    pub cluster_extra: String,
 }
 
 impl LocalCluster {
@@ -103,7 +105,8 @@ impl LocalCluster {
         std::fs::create_dir_all(&dir)?;
         let hb = phalanx_core::config::format_duration(spec.heartbeat);
         let mut toml = format!(
-            "[cluster]\nname = \"demo\"\nheartbeat_interval = \"{hb}\"\ndead_after = 3\nno_quorum_policy = \"stop\"\nkey_file = \"phalanx.key\"\n"
+            "[cluster]\nname = \"demo\"\nheartbeat_interval = \"{hb}\"\ndead_after = 3\nno_quorum_policy = \"stop\"\nkey_file = \"phalanx.key\"\n{}",
+            spec.cluster_extra
         );
         let mut nodes = Vec::new();
         for i in 1..=spec.nodes {

@@ -101,6 +101,7 @@ async fn phalanx_trial(exe: &Path, heartbeat: Duration, planned: bool) -> Result
             exe: exe.to_path_buf(),
             keep: std::env::var_os("PHALANX_KEEP").is_some(),
             extra_config: web_config(exe, "manual", None),
+            cluster_extra: String::new(),
         },
         &lab,
     )?;

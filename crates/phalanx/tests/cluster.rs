@@ -17,6 +17,7 @@ fn cluster(nodes: usize) -> LocalCluster {
         exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
         keep: std::env::var_os("PHALANX_KEEP").is_some(),
         extra_config: String::new(),
+        cluster_extra: String::new(),
     })
     .unwrap();
     c.start_all().unwrap();

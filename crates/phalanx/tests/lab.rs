@@ -26,6 +26,10 @@ async fn lab_or_skip() -> Option<(tokio::sync::MutexGuard<'static, ()>, Lab)> {
 }
 
 fn cluster(lab: &Lab, failback: &str, prefer: Option<&str>) -> LocalCluster {
+    cluster_with(lab, failback, prefer, "")
+}
+
+fn cluster_with(lab: &Lab, failback: &str, prefer: Option<&str>, cluster_extra: &str) -> LocalCluster {
     let mut c = LocalCluster::create_in_lab(
         Spec {
             nodes: 3,
@@ -34,6 +38,7 @@ fn cluster(lab: &Lab, failback: &str, prefer: Option<&str>) -> LocalCluster {
             exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
             keep: std::env::var_os("PHALANX_KEEP").is_some(),
             extra_config: web_config(std::path::Path::new(env!("CARGO_BIN_EXE_phalanx")), failback, prefer),
+            cluster_extra: cluster_extra.into(),
         },
         lab,
     )
@@ -125,6 +130,54 @@ async fn cutting_one_of_two_links_moves_nothing() {
     }
     lab.heal_link(num(&active), 0).unwrap();
     finish(w);
+}
+
+/// Cut both links of the active node: it is alone, loses quorum and stops its resources itself
+/// (no_quorum_policy = "stop", VIP first); the majority recovers them once the lost node's quorum
+/// lease must have run out (fencing = "watchdog", software lease). The sampler in every node
+/// namespace, the isolated one included, must never see two holders. Healed, the node rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cutting_both_links_fails_over_after_the_lease_with_one_holder() {
+    let Some((_one, lab)) = lab_or_skip().await else { return };
+    let c = cluster_with(&lab, "manual", None, "fencing = \"watchdog\"\n");
+    let active = c
+        .wait_for(T, "web running", |st| (st.len() == 3).then(|| web_node(st)).flatten())
+        .await
+        .unwrap();
+    wait_answer(&lab, &vip_addr(), &active, T).unwrap();
+    let w = watch(&lab);
+    let i = num(&active);
+    let cut_at = Instant::now();
+    lab.cut_link(i, 0).unwrap();
+    lab.cut_link(i, 1).unwrap();
+    // The survivors: every view but the isolated node's must agree.
+    let other = c
+        .wait_for(T, "web recovered by the majority", |st| {
+            let majority: std::collections::BTreeMap<_, _> = st
+                .iter()
+                .filter(|(n, _)| **n != active)
+                .map(|(n, s)| (n.clone(), s.clone()))
+                .collect();
+            (majority.len() == 2)
+                .then(|| web_node(&majority))
+                .flatten()
+                .filter(|n| *n != active)
+        })
+        .await
+        .unwrap();
+    wait_answer(&lab, &vip_addr(), &other, T).unwrap();
+    let log = finish(w);
+    eprintln!(
+        "both links of {active} cut: {other} answered after a client outage of {:?}",
+        outage(&log, cut_at)
+    );
+    lab.heal_link(i, 0).unwrap();
+    lab.heal_link(i, 1).unwrap();
+    c.wait_for(T, "the isolated node back, web still on the survivor", |st| {
+        (st.len() == 3 && web_node(st).as_deref() == Some(other.as_str())).then_some(())
+    })
+    .await
+    .unwrap();
 }
 
 /// Failback through the VIP: web prefers n1; crash n1, web goes elsewhere; bring n1 back. With

@@ -42,6 +42,7 @@ fn cluster_with(extra: &str) -> LocalCluster {
         exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
         keep: std::env::var_os("PHALANX_KEEP").is_some(),
         extra_config: extra.into(),
+        cluster_extra: String::new(),
     })
     .unwrap();
     c.start_all().unwrap();

@@ -34,6 +34,10 @@ pub struct NodeState {
     /// Agents (as written in the config, e.g. "ocf:heartbeat:nginx") absent on this node.
     #[serde(default)]
     pub missing_agents: BTreeSet<String>,
+    /// Lost, and not yet confirmed down (fenced, or its quorum lease run out): it may still run
+    /// what it held, so none of that starts elsewhere yet.
+    #[serde(default)]
+    pub unclean: bool,
 }
 
 fn yes() -> bool {
@@ -48,6 +52,7 @@ impl Default for NodeState {
             maintenance: false,
             online_since_ms: 0,
             missing_agents: BTreeSet::new(),
+            unclean: false,
         }
     }
 }
@@ -155,7 +160,8 @@ pub struct Explain {
     pub placed: Vec<String>,
     /// Why it is where it is (or nowhere).
     pub verdict: String,
-    /// In maintenance: the scheduler leaves it exactly as it is (no action at all).
+    /// No action at all touches it: in maintenance, or held because something of it may still
+    /// run on a lost node not yet confirmed down.
     pub unmanaged: bool,
 }
 
@@ -567,6 +573,20 @@ fn place(
         .any(|p| ctx.state(p).running.keys().any(|n| ctx.node(n).maintenance));
     let managed = !ctx.input.maintenance && !on_maintenance_node && prims.iter().all(|p| !ctx.state(p).maintenance);
     let mut explain = Explain::default();
+
+    // Held: something of the unit may still run on a lost node not yet confirmed down. Starting
+    // it elsewhere could make two copies (DESIGN.md invariant 3): leave it, and say why.
+    if let Some(n) = prims
+        .iter()
+        .find_map(|p| ctx.state(p).running.keys().find(|n| ctx.node(n).unclean))
+    {
+        explain.placed = current.keys().cloned().collect();
+        explain.verdict =
+            format!("held: {n} is lost and not yet confirmed down; nothing it ran starts elsewhere before");
+        explain.unmanaged = true;
+        let note = format!("Wait {}: {n} lost, not yet confirmed down (fence or lease)", unit.id());
+        return (current.clone().into_iter().collect(), explain, Some(note));
+    }
 
     if !managed {
         explain.placed = current.keys().cloned().collect();
