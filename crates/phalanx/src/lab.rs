@@ -4,8 +4,9 @@
 //! sits on link 0 (10.77.0.250). Addresses exist only inside these namespaces; interfaces are
 //! created directly in them, so the root namespace's are never touched. Names carry a per-run
 //! prefix, and dropping the lab kills what runs inside and deletes it all, also when a test
-//! fails or panics. Fault primitives: crash (freeze, kill, links down), cut one link, pause and
-//! resume. Setup shells out to `ip` (test tooling; the product's `vip` agent uses netlink).
+//! fails or panics. Fault primitives: crash (freeze, kill, links down), cut one link,
+//! partitions (also one-way) and random loss (nftables bridge rules in the switch namespace),
+//! pause and resume. Setup shells out to `ip` (test tooling; the product's `vip` agent uses netlink).
 
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
@@ -198,6 +199,77 @@ impl Lab {
             &format!("{}n{i}l{l}s", self.prefix),
             "up",
         ])
+    }
+
+    /// Switch port of node `i`'s link `l` (its veth end in the switch namespace).
+    fn port(&self, i: usize, l: usize) -> String {
+        format!("{}n{i}l{l}s", self.prefix)
+    }
+
+    /// Run an nft script in the switch namespace (bridge family: it filters bridged frames).
+    fn nft(&self, script: &str) -> Result<()> {
+        use std::io::Write as _;
+        let mut child = Lab::command_in(&self.switch_ns(), "nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running nft (nftables)")?;
+        child
+            .stdin
+            .take()
+            .context("nft's stdin")?
+            .write_all(script.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("nft: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    }
+
+    /// The switch's filter table (created on first use).
+    fn filter(&self, rules: &[String]) -> Result<()> {
+        let mut script = String::from(
+            "table bridge lab {\n  chain forward { type filter hook forward priority 0; policy accept; }\n}\n",
+        );
+        for r in rules {
+            script += &format!("add rule bridge lab forward {r}\n");
+        }
+        self.nft(&script)
+    }
+
+    /// Partition: frames from nodes `from` to nodes `to` are dropped at the switch, on every link;
+    /// both ways unless `one_way` (then `to` still reaches `from`: an asymmetric link).
+    pub fn partition(&self, from: &[usize], to: &[usize], one_way: bool) -> Result<()> {
+        let set = |nodes: &[usize], l: usize| {
+            let ports: Vec<String> = nodes.iter().map(|i| format!("\"{}\"", self.port(*i, l))).collect();
+            format!("{{ {} }}", ports.join(", "))
+        };
+        let mut rules = Vec::new();
+        for l in 0..self.links {
+            rules.push(format!("iifname {} oifname {} drop", set(from, l), set(to, l)));
+            if !one_way {
+                rules.push(format!("iifname {} oifname {} drop", set(to, l), set(from, l)));
+            }
+        }
+        self.filter(&rules)
+    }
+
+    /// Random loss of `percent` % of the frames to and from node `i` on link `l` (nft `numgen`:
+    /// this kernel has no netem).
+    pub fn loss(&self, i: usize, l: usize, percent: u8) -> Result<()> {
+        let port = self.port(i, l);
+        let p = percent.min(100);
+        self.filter(&[
+            format!("iifname \"{port}\" numgen random mod 100 < {p} drop"),
+            format!("oifname \"{port}\" numgen random mod 100 < {p} drop"),
+        ])
+    }
+
+    /// Remove every partition and loss rule.
+    pub fn heal_network(&self) -> Result<()> {
+        self.nft("table bridge lab {\n  chain forward { type filter hook forward priority 0; policy accept; }\n}\nflush chain bridge lab forward\n")
     }
 
     /// SIGSTOP every process of node `i` (a long GC pause, a stuck VM).

@@ -264,3 +264,63 @@ async fn failback_delayed_through_the_vip() {
 async fn failback_manual_through_the_vip() {
     failback_case("manual").await;
 }
+
+/// Network faults at the switch (nftables): 30 % loss on link 0 of every node moves nothing
+/// (link 1 is clean); then a partition {active} | {the others} on every link: the majority
+/// recovers web after the lost node's lease, the isolated node (still reachable from the client)
+/// has stopped its VIP itself, never two holders; healed, one cluster again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss_moves_nothing_and_a_partition_leaves_the_majority_in_charge() {
+    let Some((_one, lab)) = lab_or_skip().await else { return };
+    let c = cluster_with(&lab, "manual", None, "fencing = \"watchdog\"\n");
+    let active = c
+        .wait_for(T, "web running", |st| (st.len() == 3).then(|| web_node(st)).flatten())
+        .await
+        .unwrap();
+    let w = watch(&lab);
+    for i in 1..=3 {
+        lab.loss(i, 0, 30).unwrap();
+    }
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let st = c.statuses().await;
+        for (n, s) in &st {
+            assert!(
+                s.nodes.iter().all(|x| x.liveness != phalanx_core::Liveness::Offline),
+                "{n} lost a node under loss on one link: {:?}",
+                s.nodes
+            );
+        }
+        if let Some(n) = web_node(&st) {
+            assert_eq!(n, active, "web moved under loss on one link");
+        }
+    }
+    lab.heal_network().unwrap();
+    let i = num(&active);
+    let others: Vec<usize> = (1..=3).filter(|x| *x != i).collect();
+    lab.partition(&[i], &others, false).unwrap();
+    let other = c
+        .wait_for(T, "web recovered by the majority", |st| {
+            let majority: std::collections::BTreeMap<_, _> = st
+                .iter()
+                .filter(|(n, _)| **n != active)
+                .map(|(n, s)| (n.clone(), s.clone()))
+                .collect();
+            (majority.len() == 2)
+                .then(|| web_node(&majority))
+                .flatten()
+                .filter(|n| *n != active)
+        })
+        .await
+        .unwrap();
+    wait_answer(&lab, &vip_addr(), &other, T).unwrap();
+    let isolated = c.status(&active).await.unwrap();
+    assert!(!isolated.quorum, "{active} alone must know it has no quorum");
+    lab.heal_network().unwrap();
+    c.wait_for(T, "one cluster again, web still on the survivor", |st| {
+        (st.len() == 3 && web_node(st).as_deref() == Some(other.as_str())).then_some(())
+    })
+    .await
+    .unwrap();
+    finish(w);
+}
