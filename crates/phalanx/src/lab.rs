@@ -66,15 +66,17 @@ impl Lab {
         ip(&["-n", ns, "link", "set", "lo", "up"])
     }
 
-    /// A veth from `ns` (named `dev` there, with `addr`) to link `l`'s bridge.
-    fn plug(&self, ns: &str, tag: &str, dev: &str, addr: &str, l: usize) -> Result<()> {
+    /// A veth from `ns` (named `dev` there, with `addrs`, IPv6 ones without DAD) to link `l`'s
+    /// bridge.
+    fn plug(&self, ns: &str, tag: &str, dev: &str, addrs: [String; 2], l: usize) -> Result<()> {
         let sw = self.switch_ns();
         let (a, b) = (format!("{}{tag}", self.prefix), format!("{}{tag}s", self.prefix));
         ip(&[
             "link", "add", &a, "netns", ns, "type", "veth", "peer", "name", &b, "netns", &sw,
         ])?;
         ip(&["-n", ns, "link", "set", &a, "name", dev])?;
-        ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
+        ip(&["-n", ns, "addr", "add", &addrs[0], "dev", dev])?;
+        ip(&["-n", ns, "addr", "add", &addrs[1], "dev", dev, "nodad"])?;
         ip(&["-n", ns, "link", "set", dev, "up"])?;
         ip(&["-n", &sw, "link", "set", &b, "master", &format!("br{l}")])?;
         ip(&["-n", &sw, "link", "set", &b, "up"])
@@ -92,13 +94,13 @@ impl Lab {
             let ns = self.node_ns(i);
             self.add_ns(&ns)?;
             for l in 0..self.links {
-                let addr = format!("{}/24", self.node_ip(i, l));
-                self.plug(&ns, &format!("n{i}l{l}"), &format!("eth{l}"), &addr, l)?;
+                self.plug(&ns, &format!("n{i}l{l}"), &format!("eth{l}"), self.own_addrs(i, l), l)?;
             }
         }
         let c = self.client_ns();
         self.add_ns(&c)?;
-        self.plug(&c, "c", "eth0", &format!("{}/24", Lab::client_ip()), 0)
+        let addrs = [format!("{}/24", Lab::client_ip()), format!("{}/64", Lab::client_ip6())];
+        self.plug(&c, "c", "eth0", addrs, 0)
     }
 
     pub fn switch_ns(&self) -> String {
@@ -119,6 +121,23 @@ impl Lab {
 
     pub fn client_ip() -> Ipv4Addr {
         Ipv4Addr::new(10, 77, 0, 250)
+    }
+
+    /// IPv6: fd00:77:LINK::NODE/64 beside every IPv4 address (the client: fd00:77::250).
+    pub fn node_ip6(&self, i: usize, link: usize) -> std::net::Ipv6Addr {
+        std::net::Ipv6Addr::new(0xfd00, 0x77, link as u16, 0, 0, 0, 0, i as u16)
+    }
+
+    pub fn client_ip6() -> std::net::Ipv6Addr {
+        std::net::Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 0x250)
+    }
+
+    /// Node `i`'s own addresses on link `l` (IPv4 /24, IPv6 /64).
+    fn own_addrs(&self, i: usize, l: usize) -> [String; 2] {
+        [
+            format!("{}/24", self.node_ip(i, l)),
+            format!("{}/64", self.node_ip6(i, l)),
+        ]
     }
 
     /// A command run inside namespace `ns`.
@@ -160,15 +179,9 @@ impl Lab {
             self.cut_link(i, l)?;
             let dev = format!("eth{l}");
             ip(&["-n", &ns, "addr", "flush", "dev", &dev])?;
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{}/24", self.node_ip(i, l)),
-                "dev",
-                &dev,
-            ])?;
+            let [v4, v6] = self.own_addrs(i, l);
+            ip(&["-n", &ns, "addr", "add", &v4, "dev", &dev])?;
+            ip(&["-n", &ns, "addr", "add", &v6, "dev", &dev, "nodad"])?;
         }
         Ok(())
     }

@@ -324,3 +324,60 @@ async fn loss_moves_nothing_and_a_partition_leaves_the_majority_in_charge() {
     .unwrap();
     finish(w);
 }
+
+/// IPv6: a VIP fd00:77::100/64 (added without DAD, announced with unsolicited neighbour
+/// advertisements) in front of a server on [::]:8081. Crash its holder: the client, over IPv6,
+/// gets answers from the new holder (its neighbour cache follows the override flag), and never
+/// two holders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_vip_moves_on_a_crash_with_one_holder() {
+    let Some((_one, lab)) = lab_or_skip().await else { return };
+    let exe = env!("CARGO_BIN_EXE_phalanx");
+    let vip6 = "fd00:77::100";
+    let mut c = LocalCluster::create_in_lab(
+        Spec {
+            nodes: 3,
+            heartbeat: Duration::from_millis(100),
+            links: 2,
+            exe: PathBuf::from(exe),
+            keep: std::env::var_os("PHALANX_KEEP").is_some(),
+            extra_config: format!(
+                r#"
+[[resource]]
+id = "web6-ip"
+agent = "vip"
+params = {{ address = "{vip6}/64", interface = "eth0" }}
+monitor = {{ interval = "1s", timeout = "5s" }}
+
+[[resource]]
+id = "web6-svc"
+agent = "process"
+params = {{ command = "{exe} demo-service --listen [::]:8081 --name ${{OCF_RESKEY_CRM_meta_on_node}}", check_tcp = "[::1]:8081" }}
+
+[[group]]
+id = "web6"
+members = ["web6-ip", "web6-svc"]
+failback = "manual"
+"#
+            ),
+            cluster_extra: String::new(),
+        },
+        &lab,
+    )
+    .unwrap();
+    c.start_all().unwrap();
+    let addr = format!("[{vip6}]:8081");
+    let first = c
+        .wait_for(T, "web6 running", |st| (st.len() == 3).then(|| web_node(st)).flatten())
+        .await
+        .unwrap();
+    wait_answer(&lab, &addr, &first, T).unwrap();
+    let w = Watch::start(&lab, &[1, 2, 3], vip6.parse().unwrap(), 8081);
+    let at = Instant::now();
+    lab.crash(num(&first)).unwrap();
+    c.reap(&first).unwrap();
+    let second = running_on(&c, "web6 moved", |n| n != first).await;
+    wait_answer(&lab, &addr, &second, T).unwrap();
+    let log = finish(w);
+    eprintln!("IPv6 VIP: client outage {:?} ({first} -> {second})", outage(&log, at));
+}
