@@ -634,7 +634,7 @@ fn place(
             if ctx.state(p).banned.contains(node) {
                 add(
                     -INFINITY,
-                    format!("{p} had a hard error on {node} (cleanup to retry)"),
+                    format!("{p} banned from {node} after a hard error (cleanup to retry)"),
                     &mut parts,
                 );
             }
