@@ -246,9 +246,30 @@ async fn failback_immediate_delayed_and_manual() {
             .unwrap_or(false)
     };
     let ids = ["fb-now", "fb-later", "fb-never"];
+    // Everything prefers n1, but if n1 came up late (a loaded machine), the first plan put some
+    // of it elsewhere, where `manual` (and a not yet due `delayed`) keeps it: bring those to n1
+    // by hand, then drop the moves.
+    let placed = c
+        .wait_for(T, "everything placed", |st| {
+            let s = st.get("n2")?;
+            (s.plan_pending == 0)
+                .then(|| ids.iter().map(|id| where_runs(s, id)).collect::<Option<Vec<String>>>())
+                .flatten()
+        })
+        .await
+        .unwrap();
+    for (id, node) in ids.iter().zip(&placed) {
+        if node != "n1" {
+            let (code, out, err) = c.cli(&["resource", "move", id, "--to", "n1"]).unwrap();
+            assert_eq!(code, 0, "{out}{err}");
+        }
+    }
     c.wait_for(T, "everything on n1", |st| all_on(st, "n1", &ids).then_some(()))
         .await
         .unwrap();
+    for id in ids {
+        c.cli(&["resource", "clear", id]).unwrap();
+    }
     c.kill("n1").unwrap();
     c.wait_for(T, "everything moved off n1", |st| {
         let s = st.get("n2")?;
