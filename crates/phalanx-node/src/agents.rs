@@ -435,18 +435,29 @@ impl Runner {
 }
 
 /// Whether a process exists and is not a zombie: an orphan killed while its reaper was gone (a
-/// crashed daemon, say) stays a zombie until init reaps it, and answers `kill(pid, 0)`.
+/// crashed daemon, say) stays a zombie until init reaps it, and answers `kill(pid, 0)`. A
+/// thread-group leader shows as a zombie while its other threads still exit (and hold its
+/// sockets), so it is dead only once every thread is.
 fn running(pid: Pid) -> bool {
     if kill(pid, None).is_err() {
         return false;
     }
     // /proc/PID/stat: "pid (comm) S ...": the state follows the last ')'.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
+    let dead = |stat: &str| {
+        stat.rsplit_once(')')
             .and_then(|(_, rest)| rest.trim_start().chars().next())
-            .map(|state| state != 'Z' && state != 'X')
-            .unwrap_or(true),
+            .is_some_and(|state| state == 'Z' || state == 'X')
+    };
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) if dead(&stat) => match std::fs::read_dir(format!("/proc/{pid}/task")) {
+            Ok(tasks) => tasks.flatten().any(|t| {
+                std::fs::read_to_string(t.path().join("stat"))
+                    .map(|s| !dead(&s))
+                    .unwrap_or(false)
+            }),
+            Err(_) => false,
+        },
+        Ok(_) => true,
         Err(_) => false,
     }
 }
