@@ -258,17 +258,23 @@ async fn failback_immediate_delayed_and_manual() {
         })
         .await
         .unwrap();
-    for (id, node) in ids.iter().zip(&placed) {
-        if node != "n1" {
-            let (code, out, err) = c.cli(&["resource", "move", id, "--to", "n1"]).unwrap();
-            assert_eq!(code, 0, "{out}{err}");
-        }
+    let moved: Vec<&str> = ids
+        .iter()
+        .zip(&placed)
+        .filter(|(_, node)| *node != "n1")
+        .map(|(id, _)| *id)
+        .collect();
+    for id in &moved {
+        let (code, out, err) = c.cli(&["resource", "move", id, "--to", "n1"]).unwrap();
+        assert_eq!(code, 0, "{out}{err}");
     }
     c.wait_for(T, "everything on n1", |st| all_on(st, "n1", &ids).then_some(()))
         .await
         .unwrap();
-    for id in ids {
-        c.cli(&["resource", "clear", id]).unwrap();
+    // The moves must be gone, or they would bring everything back at once whatever the policy.
+    for id in &moved {
+        let (code, out, err) = c.cli(&["resource", "clear", id]).unwrap();
+        assert_eq!(code, 0, "{out}{err}");
     }
     c.kill("n1").unwrap();
     c.wait_for(T, "everything moved off n1", |st| {
