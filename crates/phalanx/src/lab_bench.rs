@@ -129,6 +129,9 @@ async fn phalanx_trial(exe: &Path, heartbeat: Duration, planned: bool) -> Result
     let seen = w.finish()?;
     let o = outage(&seen.client, at).context("the client never saw the service back")?;
     if std::env::var_os("PHALANX_BENCH_TRACE").is_some() {
+        // Wall clock of the fault, to line the probes up with the daemons' logs.
+        let wall = phalanx_node::mesh::unix_ms() - at.elapsed().as_millis() as u64;
+        eprintln!("fault at unix ms {wall}");
         for (t, w) in seen.client.iter().filter(|(t, _)| *t >= at) {
             eprintln!("probe +{:?}: {w:?}", t.duration_since(at));
         }
