@@ -47,6 +47,43 @@ fn cluster_with(lab: &Lab, failback: &str, prefer: Option<&str>, cluster_extra: 
     c
 }
 
+/// For 2 s (the dead-after window several times over): no node declares another lost and web
+/// stays on `active`, failing on any change.
+async fn nothing_moves(c: &LocalCluster, active: &str, why: &str) {
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let st = c.statuses().await;
+        for (n, s) in &st {
+            assert!(
+                s.nodes.iter().all(|x| x.liveness != phalanx_core::Liveness::Offline),
+                "{n} lost a node although {why}: {:?}",
+                s.nodes
+            );
+        }
+        if let Some(n) = web_node(&st) {
+            assert_eq!(n, active, "web moved although {why}");
+        }
+    }
+}
+
+/// Where the two survivors (every view but the isolated `active` node's) agree web now runs,
+/// once it runs elsewhere.
+async fn recovered_by_majority(c: &LocalCluster, active: &str) -> String {
+    c.wait_for(T, "web recovered by the majority", |st| {
+        let majority: std::collections::BTreeMap<_, _> = st
+            .iter()
+            .filter(|(n, _)| *n != active)
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        (majority.len() == 2)
+            .then(|| web_node(&majority))
+            .flatten()
+            .filter(|n| n != active)
+    })
+    .await
+    .unwrap()
+}
+
 fn vip_addr() -> String {
     format!("{VIP}:{PORT}")
 }
@@ -112,22 +149,8 @@ async fn cutting_one_of_two_links_moves_nothing() {
         .unwrap();
     let w = watch(&lab);
     lab.cut_link(num(&active), 0).unwrap();
-    // Past the dead-after window (3 × 100 ms) several times over, every node still sees every
-    // other on link 1, and web stays put: poll for the window, failing on any change.
-    let until = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < until {
-        let st = c.statuses().await;
-        for (n, s) in &st {
-            assert!(
-                s.nodes.iter().all(|x| x.liveness != phalanx_core::Liveness::Offline),
-                "{n} lost a node although a link remained: {:?}",
-                s.nodes
-            );
-        }
-        if let Some(n) = web_node(&st) {
-            assert_eq!(n, active, "web moved although {active} kept one link");
-        }
-    }
+    // Every node still sees every other on link 1.
+    nothing_moves(&c, &active, "a link remained").await;
     lab.heal_link(num(&active), 0).unwrap();
     finish(w);
 }
@@ -150,21 +173,7 @@ async fn cutting_both_links_fails_over_after_the_lease_with_one_holder() {
     let cut_at = Instant::now();
     lab.cut_link(i, 0).unwrap();
     lab.cut_link(i, 1).unwrap();
-    // The survivors: every view but the isolated node's must agree.
-    let other = c
-        .wait_for(T, "web recovered by the majority", |st| {
-            let majority: std::collections::BTreeMap<_, _> = st
-                .iter()
-                .filter(|(n, _)| **n != active)
-                .map(|(n, s)| (n.clone(), s.clone()))
-                .collect();
-            (majority.len() == 2)
-                .then(|| web_node(&majority))
-                .flatten()
-                .filter(|n| *n != active)
-        })
-        .await
-        .unwrap();
+    let other = recovered_by_majority(&c, &active).await;
     wait_answer(&lab, &vip_addr(), &other, T).unwrap();
     let log = finish(w);
     eprintln!(
@@ -281,38 +290,12 @@ async fn loss_moves_nothing_and_a_partition_leaves_the_majority_in_charge() {
     for i in 1..=3 {
         lab.loss(i, 0, 30).unwrap();
     }
-    let until = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < until {
-        let st = c.statuses().await;
-        for (n, s) in &st {
-            assert!(
-                s.nodes.iter().all(|x| x.liveness != phalanx_core::Liveness::Offline),
-                "{n} lost a node under loss on one link: {:?}",
-                s.nodes
-            );
-        }
-        if let Some(n) = web_node(&st) {
-            assert_eq!(n, active, "web moved under loss on one link");
-        }
-    }
+    nothing_moves(&c, &active, "only link 0 lost frames").await;
     lab.heal_network().unwrap();
     let i = num(&active);
     let others: Vec<usize> = (1..=3).filter(|x| *x != i).collect();
     lab.partition(&[i], &others, false).unwrap();
-    let other = c
-        .wait_for(T, "web recovered by the majority", |st| {
-            let majority: std::collections::BTreeMap<_, _> = st
-                .iter()
-                .filter(|(n, _)| **n != active)
-                .map(|(n, s)| (n.clone(), s.clone()))
-                .collect();
-            (majority.len() == 2)
-                .then(|| web_node(&majority))
-                .flatten()
-                .filter(|n| *n != active)
-        })
-        .await
-        .unwrap();
+    let other = recovered_by_majority(&c, &active).await;
     wait_answer(&lab, &vip_addr(), &other, T).unwrap();
     let isolated = c.status(&active).await.unwrap();
     assert!(!isolated.quorum, "{active} alone must know it has no quorum");
