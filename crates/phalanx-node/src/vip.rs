@@ -333,8 +333,7 @@ pub fn garp_frame(mac: [u8; 6], ip: [u8; 4]) -> [u8; 42] {
     f[20..22].copy_from_slice(&1u16.to_be_bytes()); // request
     f[22..28].copy_from_slice(&mac); // sender MAC
     f[28..32].copy_from_slice(&ip); // sender IP
-                                    // target MAC stays zero
-    f[38..42].copy_from_slice(&ip); // target IP: our own
+    f[38..42].copy_from_slice(&ip); // target IP: our own (the target MAC, 32..38, stays zero)
     f
 }
 
