@@ -61,9 +61,10 @@ pub struct PlanRecord {
     pub edges: Vec<(usize, usize)>,
     pub done: BTreeSet<usize>,
     pub failed: BTreeSet<usize>,
-    /// Actions a node claimed (through the log) before running them.
+    /// Actions a node claimed (through the log) before running them, with the incarnation of
+    /// the claiming process: only that process runs them (a restarted one claims anew).
     #[serde(default)]
-    pub claimed: BTreeSet<usize>,
+    pub claimed: BTreeMap<usize, u64>,
 }
 
 impl PlanRecord {
@@ -163,13 +164,17 @@ pub enum Command {
         actions: Vec<Action>,
         edges: Vec<(usize, usize)>,
     },
-    /// A node claims an action before running it. Accepted only if `plan_id` is still the
-    /// current plan and the action is this node's and unfinished: a node whose replica lags
+    /// A node claims its actions of a plan, all at once when the plan appears, and runs each
+    /// when its predecessors are done. Accepted (all or none) only if `plan_id` is still the
+    /// current plan and every action is this node's and unfinished: a node whose replica lags
     /// (just restarted, say) can never act on a plan that was already replaced or finished.
+    /// `incarnation` names the claiming process: a restarted one sees its old claims as not
+    /// its own and must claim again, through the log.
     ClaimAction {
         plan_id: u64,
-        index: usize,
+        indices: Vec<usize>,
         node: String,
+        incarnation: u64,
     },
     /// A node reports an action of plan `plan_id`.
     ActionResult {
@@ -346,28 +351,36 @@ impl ClusterState {
                     edges: edges.clone(),
                     done: BTreeSet::new(),
                     failed: BTreeSet::new(),
-                    claimed: BTreeSet::new(),
+                    claimed: BTreeMap::new(),
                 };
                 Ok(Outcome::Ok)
             }
-            Command::ClaimAction { plan_id, index, node } => {
+            Command::ClaimAction {
+                plan_id,
+                indices,
+                node,
+                incarnation,
+            } => {
                 if *plan_id != self.plan.id {
                     return Err(Outcome::Rejected(format!(
                         "plan {plan_id} is not the current plan ({})",
                         self.plan.id
                     )));
                 }
-                match self.plan.actions.get(*index) {
-                    Some(a)
-                        if a.node == *node && !self.plan.done.contains(index) && !self.plan.failed.contains(index) =>
-                    {
-                        self.plan.claimed.insert(*index);
-                        Ok(Outcome::Ok)
-                    }
-                    _ => Err(Outcome::Rejected(format!(
-                        "action {index} of plan {plan_id} is not {node}'s to run now"
-                    ))),
+                let open = |i: &usize| {
+                    self.plan.actions.get(*i).is_some_and(|a| a.node == *node)
+                        && !self.plan.done.contains(i)
+                        && !self.plan.failed.contains(i)
+                };
+                if let Some(i) = indices.iter().find(|i| !open(i)) {
+                    return Err(Outcome::Rejected(format!(
+                        "action {i} of plan {plan_id} is not {node}'s to run now"
+                    )));
                 }
+                for i in indices {
+                    self.plan.claimed.insert(*i, *incarnation);
+                }
+                Ok(Outcome::Ok)
             }
             Command::ActionResult {
                 plan_id,
@@ -784,14 +797,16 @@ mod resource_tests {
         let old = s.plan.id;
         let claim = |id: u64, node: &str| Command::ClaimAction {
             plan_id: id,
-            index: 0,
+            indices: vec![0],
             node: node.into(),
+            incarnation: 7,
         };
         assert!(
             matches!(s.apply(&claim(old, "n2")), Outcome::Rejected(_)),
             "not n2's action"
         );
         assert_eq!(s.apply(&claim(old, "n1")), Outcome::Ok);
+        assert_eq!(s.plan.claimed.get(&0), Some(&7), "the claim names the claiming process");
         s.apply(&Command::SetPlan {
             actions: vec![a.clone()],
             edges: vec![],

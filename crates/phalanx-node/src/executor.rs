@@ -128,13 +128,121 @@ async fn apply_no_quorum_policy(node: &Node, runner: &Runner, sm: &crate::raft::
     }
 }
 
+/// What this node's executor knows of the plan beyond its replica.
+#[derive(Default)]
+struct PlanProgress {
+    /// Actions whose claim was sent (in flight or accepted), as (plan id, index).
+    claiming: Mutex<BTreeSet<(u64, usize)>>,
+    /// Actions running here.
+    running: Mutex<BTreeSet<(u64, usize)>>,
+    /// Actions whose result this node has committed, and whether they succeeded (the replica
+    /// may not have applied it yet).
+    reported: Mutex<BTreeMap<(u64, usize), bool>>,
+    /// Wakes the executor when an action of this node finishes.
+    wake: tokio::sync::Notify,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Claim this node's open actions of the current plan (one write for all of them, as soon as
+/// the plan appears), and run each claimed action whose predecessors are done. A result this
+/// node committed counts as done at once, so its next action starts without waiting for the
+/// replica to apply it: only hand-overs between nodes wait for the log.
+fn run_plan(
+    node: &Arc<Node>,
+    runner: &Arc<Runner>,
+    plan: &phalanx_core::state::PlanRecord,
+    progress: &Arc<PlanProgress>,
+) {
+    let id = plan.id;
+    locked(&progress.claiming).retain(|(p, _)| *p == id);
+    let mut view = plan.clone();
+    {
+        let mut reported = locked(&progress.reported);
+        reported.retain(|(p, _), _| *p == id);
+        for ((_, i), ok) in reported.iter() {
+            if *ok {
+                view.done.insert(*i)
+            } else {
+                view.failed.insert(*i)
+            };
+        }
+    }
+    // Claim what is open and not claimed by this process yet.
+    let open: Vec<usize> = (0..view.actions.len())
+        .filter(|i| view.actions[*i].node == node.name && !view.done.contains(i) && !view.failed.contains(i))
+        .filter(|i| view.claimed.get(i) != Some(&node.incarnation))
+        .filter(|i| !locked(&progress.claiming).contains(&(id, *i)))
+        .collect();
+    if !open.is_empty() {
+        locked(&progress.claiming).extend(open.iter().map(|i| (id, *i)));
+        let (node2, progress2) = (node.clone(), progress.clone());
+        tokio::spawn(async move {
+            let claim = Command::ClaimAction {
+                plan_id: id,
+                indices: open.clone(),
+                node: node2.name.clone(),
+                incarnation: node2.incarnation,
+            };
+            if !matches!(node2.write(claim).await, Ok(phalanx_core::Outcome::Ok)) {
+                // Replaced, finished or unreachable: look again at the next state.
+                let mut c = locked(&progress2.claiming);
+                for i in &open {
+                    c.remove(&(id, *i));
+                }
+            }
+        });
+    }
+    for i in view.runnable(&node.name) {
+        if view.claimed.get(&i) != Some(&node.incarnation) || !locked(&progress.running).insert((id, i)) {
+            continue;
+        }
+        let action: Action = view.actions[i].clone();
+        let (node2, runner2, progress2) = (node.clone(), runner.clone(), progress.clone());
+        tokio::spawn(async move {
+            tracing::info!(rsc = %action.rsc, kind = ?action.kind, reason = %action.reason, "running plan action");
+            let res = call(&node2, &runner2, &action.rsc, agent_action(action.kind), None).await;
+            let (outcome, reason) = match &res {
+                Some(r) => (outcome_of(r), r.exit_reason.clone()),
+                None => (
+                    CallOutcome::Fatal,
+                    Some(format!("{} is not in this node's config", action.rsc)),
+                ),
+            };
+            if outcome != CallOutcome::Ok {
+                tracing::warn!(rsc = %action.rsc, kind = ?action.kind, ?reason, "plan action failed");
+            }
+            let cmd = Command::ActionResult {
+                plan_id: id,
+                index: i,
+                action,
+                outcome,
+                at_ms: unix_ms(),
+                reason,
+            };
+            // Keep trying to report: the result is a fact the cluster must learn.
+            for _ in 0..50 {
+                if node2.write(cmd.clone()).await.is_ok() {
+                    locked(&progress2.reported).insert((id, i), outcome == CallOutcome::Ok);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            locked(&progress2.running).remove(&(id, i));
+            progress2.wake.notify_one();
+        });
+    }
+}
+
 /// Run the executor of `node` until the process ends.
 pub async fn run(node: Arc<Node>, runner: Runner) {
     if node.config.resources.is_empty() {
         return;
     }
     let runner = Arc::new(runner);
-    let inflight: Arc<Mutex<BTreeSet<(u64, usize)>>> = Arc::default();
+    let plans = Arc::new(PlanProgress::default());
     let monitoring: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let mut last_monitor: BTreeMap<String, Instant> = BTreeMap::new();
     let mut probed = false;
@@ -153,6 +261,7 @@ pub async fn run(node: Arc<Node>, runner: Runner) {
                     tokio::time::sleep(tick).await;
                 }
             }
+            _ = plans.wake.notified() => {}
         }
         let sm = node.cluster_state();
         // Quorum lost (after having had it): apply the no-quorum policy at once, and do nothing
@@ -210,63 +319,7 @@ pub async fn run(node: Arc<Node>, runner: Runner) {
             }
             continue;
         }
-        // Plan actions for this node whose predecessors are done.
-        let plan = &sm.cluster.plan;
-        for i in plan.runnable(&node.name) {
-            let key = (plan.id, i);
-            if !inflight.lock().unwrap_or_else(|p| p.into_inner()).insert(key) {
-                continue;
-            }
-            let action: Action = plan.actions[i].clone();
-            let (node2, runner2, inflight2, plan_id) = (node.clone(), runner.clone(), inflight.clone(), plan.id);
-            tokio::spawn(async move {
-                // Claim it through the log first: this replica may lag (a restart, say), and an
-                // action of a replaced or finished plan must never run.
-                let claim = Command::ClaimAction {
-                    plan_id,
-                    index: i,
-                    node: node2.name.clone(),
-                };
-                if !matches!(node2.write(claim).await, Ok(phalanx_core::Outcome::Ok)) {
-                    inflight2
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&(plan_id, i));
-                    return;
-                }
-                tracing::info!(rsc = %action.rsc, kind = ?action.kind, reason = %action.reason, "running plan action");
-                let res = call(&node2, &runner2, &action.rsc, agent_action(action.kind), None).await;
-                let (outcome, reason) = match &res {
-                    Some(r) => (outcome_of(r), r.exit_reason.clone()),
-                    None => (
-                        CallOutcome::Fatal,
-                        Some(format!("{} is not in this node's config", action.rsc)),
-                    ),
-                };
-                if outcome != CallOutcome::Ok {
-                    tracing::warn!(rsc = %action.rsc, kind = ?action.kind, ?reason, "plan action failed");
-                }
-                let cmd = Command::ActionResult {
-                    plan_id,
-                    index: i,
-                    action,
-                    outcome,
-                    at_ms: unix_ms(),
-                    reason,
-                };
-                // Keep trying to report: the result is a fact the cluster must learn.
-                for _ in 0..50 {
-                    if node2.write(cmd.clone()).await.is_ok() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                inflight2
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&(plan_id, i));
-            });
-        }
+        run_plan(&node, &runner, &sm.cluster.plan, &plans);
         // A membership change (a node lost or back, a healed partition) re-announces every VIP
         // held here, so no client or switch stays on a stale MAC (a known keepalived failure).
         let online: BTreeSet<String> = sm

@@ -130,6 +130,8 @@ pub struct Node {
     pub api: SocketAddr,
     pub raft: Raft,
     pub mesh: Mesh,
+    /// This process's incarnation (grows with every start): names its claims of plan actions.
+    pub incarnation: u64,
     state: Arc<RwLock<SmData>>,
     /// Changes after every applied entry (see `StateMachine::applied`).
     applied: tokio::sync::watch::Receiver<u64>,
@@ -178,6 +180,7 @@ impl Node {
             api: opts.api,
             raft,
             mesh: mesh.clone(),
+            incarnation,
             state,
             applied,
             token: opts.key.api_token(),

@@ -243,8 +243,14 @@ pub async fn start(vip: &Vip) -> Result<(), VipError> {
     announce_on(vip.address, &link).await
 }
 
-/// Remove the address wherever it is (absent: nothing to do).
+/// Remove the address wherever it is (absent: nothing to do). Announcements still due from its
+/// start are cancelled first: one sent after the removal would pull clients back to this MAC
+/// while the new holder already announced its own (seen in the lab when a move followed a start
+/// within 180 ms).
 pub async fn stop(vip: &Vip) -> Result<(), VipError> {
+    if let Some(task) = announcers().remove(&vip.address) {
+        task.abort();
+    }
     let nl = Netlink::open()?;
     for a in nl.addresses().await? {
         if a.ip == vip.address {
@@ -298,11 +304,22 @@ pub async fn reannounce(vip: &Vip) -> Result<(), VipError> {
     Ok(())
 }
 
+/// The background announcements of each address held by this process (the `vip` agent runs in
+/// the daemon), so that `stop` can cancel them.
+fn announcers() -> std::sync::MutexGuard<'static, BTreeMap<IpAddr, tokio::task::AbortHandle>> {
+    static ANNOUNCERS: std::sync::OnceLock<std::sync::Mutex<BTreeMap<IpAddr, tokio::task::AbortHandle>>> =
+        std::sync::OnceLock::new();
+    ANNOUNCERS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
 /// Send the first announcement now and the rest, `ANNOUNCE_GAP` apart, in the background.
 async fn announce_on(ip: IpAddr, link: &Link) -> Result<(), VipError> {
     send_announcement(ip, link)?;
     let link = link.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         for _ in 1..ANNOUNCEMENTS {
             tokio::time::sleep(ANNOUNCE_GAP).await;
             if let Err(e) = send_announcement(ip, &link) {
@@ -310,6 +327,9 @@ async fn announce_on(ip: IpAddr, link: &Link) -> Result<(), VipError> {
             }
         }
     });
+    if let Some(old) = announcers().insert(ip, task.abort_handle()) {
+        old.abort();
+    }
     Ok(())
 }
 

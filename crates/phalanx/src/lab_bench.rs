@@ -63,6 +63,8 @@ pub struct Args {
     pub exe: PathBuf,
     pub json: bool,
     pub keepalived: bool,
+    /// Only these configurations (empty: all).
+    pub only: Vec<String>,
 }
 
 /// One configuration's trials.
@@ -245,6 +247,16 @@ pub async fn run(args: Args) -> Result<Report> {
     plans.push(("phalanx_100ms", Peer::Phalanx(ms(100), false)));
     plans.push(("phalanx_20ms", Peer::Phalanx(ms(20), false)));
     plans.push(("phalanx_move", Peer::Phalanx(ms(100), true)));
+    if let Some(unknown) = args.only.iter().find(|o| !plans.iter().any(|(n, _)| n == *o)) {
+        let names: Vec<&str> = plans.iter().map(|(n, _)| *n).collect();
+        bail!(
+            "--only {unknown}: no such configuration (there are: {})",
+            names.join(", ")
+        );
+    }
+    if !args.only.is_empty() {
+        plans.retain(|(n, _)| args.only.iter().any(|o| o == n));
+    }
     let pb = if args.json {
         ProgressBar::hidden()
     } else {

@@ -234,6 +234,9 @@ enum BenchCmd {
         /// Skip the keepalived configurations.
         #[arg(long)]
         no_keepalived: bool,
+        /// Run only these configurations (comma-separated names, as printed).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// The scheduler on generated clusters, beside Pacemaker's crm_simulate.
     Scheduler {
@@ -613,7 +616,12 @@ async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Bench {
-            cmd: BenchCmd::LabFailover { trials, no_keepalived },
+            cmd:
+                BenchCmd::LabFailover {
+                    trials,
+                    no_keepalived,
+                    only,
+                },
         } => {
             if *trials == 0 {
                 bail!("--trials must be at least 1");
@@ -623,6 +631,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 exe,
                 json: cli.json,
                 keepalived: !*no_keepalived,
+                only: only.clone(),
             })
             .await?;
             if cli.json {
