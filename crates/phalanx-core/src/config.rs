@@ -2,6 +2,7 @@
 //! problem is reported as `FILE:LINE:COL: severity: message`, and validated as a whole (all
 //! problems at once, not just the first). Pure: the caller reads the file and passes its text.
 
+use crate::fencing::{self, FenceAction, FenceConfig};
 use crate::ocf::AgentMeta;
 use crate::quorum::{NoQuorumPolicy, MAX_VOTERS};
 use crate::resources::{self, AgentSpec, ParamProblem, Resources};
@@ -80,6 +81,8 @@ pub struct Config {
     pub witness: Option<WitnessConfig>,
     #[serde(default)]
     pub resources: Resources,
+    #[serde(default)]
+    pub fence: FenceConfig,
 }
 
 impl Config {
@@ -165,9 +168,10 @@ struct RawConfig {
     #[serde(default)]
     node: Vec<Spanned<RawNode>>,
     witness: Option<Spanned<RawWitness>>,
-    // Sections of later features: accepted so a full config checks today, warned about.
     #[serde(default)]
-    fence_device: Vec<Spanned<toml::Table>>,
+    fence_device: Vec<Spanned<fencing::RawDevice>>,
+    #[serde(default)]
+    fence_level: Vec<Spanned<fencing::RawLevel>>,
     #[serde(default)]
     resource: Vec<Spanned<resources::RawResource>>,
     #[serde(default)]
@@ -187,6 +191,7 @@ struct RawCluster {
     no_quorum_policy: Option<Spanned<String>>,
     key_file: Option<Spanned<String>>,
     fencing: Option<Spanned<String>>,
+    fence_action: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -593,12 +598,19 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
             ),
         );
     }
-    if let Some(first) = raw.fence_device.first() {
-        c.warn(
-            first.span(),
-            "[[fence_device]] is accepted but not acted on by this version of phalanx yet",
-        );
-    }
+    let fence_action = match &cl.fence_action {
+        None => FenceAction::default(),
+        Some(s) => match s.get_ref().as_str() {
+            "reboot" => FenceAction::Reboot,
+            "off" => FenceAction::Off,
+            other => {
+                c.error(s.span(), format!("fence_action {other:?} is not one of reboot, off"));
+                FenceAction::default()
+            }
+        },
+    };
+    let node_names: std::collections::BTreeSet<String> = names.keys().cloned().collect();
+    let fence = fencing::validate(c, raw.fence_device, raw.fence_level, fence_action, &node_names);
     let resources = resources::validate(
         c,
         resources::RawResources {
@@ -607,8 +619,27 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
             clone: raw.clone,
             constraint: raw.constraint,
         },
-        &names.keys().cloned().collect(),
+        &node_names,
     );
+    // Fencing is on by default: with resources, every node must be fenceable (a device, or the
+    // watchdog lease), unless the operator turned fencing off and was warned.
+    if fencing == Fencing::Required && !resources.is_empty() {
+        let bare: Vec<&str> = node_names
+            .iter()
+            .filter(|n| !fence.can_fence(n))
+            .map(|n| n.as_str())
+            .collect();
+        if !bare.is_empty() {
+            let at = cl.fencing.as_ref().map(|f| f.span()).unwrap_or(cluster_span.clone());
+            c.error(
+                at,
+                format!(
+                    "fencing is required (the default) but nothing can fence {}: add a [[fence_device]] for it, or set fencing = \"watchdog\" (lost nodes stop their resources when their quorum lease runs out), or fencing = \"off\" (unsafe: split-brain)",
+                    bare.join(", ")
+                ),
+            );
+        }
+    }
 
     Some(Config {
         cluster: ClusterConfig {
@@ -622,6 +653,7 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
         nodes,
         witness,
         resources,
+        fence,
     })
 }
 

@@ -36,6 +36,25 @@ pub struct NodeRecord {
     /// Resources on it are left alone; nothing new is placed there.
     #[serde(default)]
     pub maintenance: bool,
+    /// Fencing: what the cluster knows of it (see `FenceRecord`).
+    #[serde(default)]
+    pub fence: FenceRecord,
+}
+
+/// A node's fencing record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct FenceRecord {
+    /// Fenced since it was last lost: confirmed down, nothing runs there.
+    pub fenced: bool,
+    /// Unix ms of the last successful fence (by the fencer's clock), and the device level.
+    pub fenced_at_ms: Option<u64>,
+    pub fenced_by: Option<String>,
+    /// Why it must be fenced although online (a stop failed there).
+    pub reason: Option<String>,
+    /// Attempts that failed at every level since the last success (or its return).
+    pub failures: u32,
+    pub last_attempt_ms: u64,
+    pub last_error: Option<String>,
 }
 
 /// What the cluster knows of one primitive resource.
@@ -304,6 +323,7 @@ impl ClusterState {
                         liveness_since_ms: 0,
                         attrs: BTreeMap::new(),
                         maintenance: false,
+                        fence: FenceRecord::default(),
                     },
                 );
                 self.config_version += 1;
@@ -332,6 +352,16 @@ impl ClusterState {
                 let back_from_lost = n.liveness == Liveness::Offline && *liveness == Liveness::Online;
                 n.liveness = *liveness;
                 n.liveness_since_ms = *at_ms;
+                if *liveness == Liveness::Offline {
+                    // Lost: unconfirmed until fenced again.
+                    n.fence.fenced = false;
+                } else if back_from_lost {
+                    // Back (rebooted by its fence, or a healed partition): it probes everything
+                    // it runs, so it starts with a clean slate.
+                    n.fence.failures = 0;
+                    n.fence.last_error = None;
+                    n.fence.reason = None;
+                }
                 if back_from_lost {
                     // What ran there when it was lost is unknown now: forget it; the node
                     // probes every resource when it sees itself back, and reports what runs.
@@ -390,26 +420,11 @@ impl ClusterState {
                 at_ms,
                 reason,
             } => {
-                let r = self.resources.entry(action.rsc.clone()).or_default();
                 let ok = *outcome == CallOutcome::Ok;
-                if ok {
-                    match action.kind {
-                        ActionKind::Start | ActionKind::Demote => {
-                            r.running.insert(action.node.clone(), Role::Started);
-                        }
-                        ActionKind::Promote => {
-                            r.running.insert(action.node.clone(), Role::Promoted);
-                        }
-                        ActionKind::Stop => {
-                            r.running.remove(&action.node);
-                        }
-                    }
+                if action.kind == ActionKind::Fence {
+                    self.record_fence(action, ok, *at_ms, reason.clone());
                 } else {
-                    record_failure(r, &action.node, *outcome, *at_ms, reason.clone());
-                    if action.kind != ActionKind::Stop {
-                        // A failed start/promote leaves it in an unknown state there: recover.
-                        r.running.insert(action.node.clone(), Role::Failed);
-                    }
+                    self.record_result(action, ok, *outcome, *at_ms, reason.clone());
                 }
                 if *plan_id == self.plan.id && *index < self.plan.actions.len() && self.plan.actions[*index] == *action
                 {
@@ -517,10 +532,76 @@ fn record_failure(r: &mut ResourceRecord, node: &str, outcome: CallOutcome, at_m
 }
 
 impl ClusterState {
+    /// A resource action's result.
+    fn record_result(&mut self, action: &Action, ok: bool, outcome: CallOutcome, at_ms: u64, reason: Option<String>) {
+        let r = self.resources.entry(action.rsc.clone()).or_default();
+        if ok {
+            match action.kind {
+                ActionKind::Start | ActionKind::Demote => {
+                    r.running.insert(action.node.clone(), Role::Started);
+                }
+                ActionKind::Promote => {
+                    r.running.insert(action.node.clone(), Role::Promoted);
+                }
+                ActionKind::Stop => {
+                    r.running.remove(&action.node);
+                }
+                ActionKind::Fence => {}
+            }
+            return;
+        }
+        record_failure(r, &action.node, outcome, at_ms, reason.clone());
+        if action.kind == ActionKind::Stop {
+            // What runs there is unknown now: with fencing required, the node is fenced
+            // (Pacemaker's on-fail for stop); the copy stays recorded until then.
+            if let Some(n) = self.nodes.get_mut(&action.node) {
+                n.fence.reason = Some(format!(
+                    "stop of {} failed on {}{}",
+                    action.rsc,
+                    action.node,
+                    reason.map(|r| format!(": {r}")).unwrap_or_default()
+                ));
+            }
+        } else {
+            // A failed start/promote leaves it in an unknown state there: recover.
+            r.running.insert(action.node.clone(), Role::Failed);
+        }
+    }
+
+    /// A fence action's result: on success the target is confirmed down and nothing runs there.
+    fn record_fence(&mut self, action: &Action, ok: bool, at_ms: u64, reason: Option<String>) {
+        let target = &action.rsc;
+        let Some(n) = self.nodes.get_mut(target) else { return };
+        n.fence.last_attempt_ms = at_ms;
+        if ok {
+            n.fence.fenced = true;
+            n.fence.fenced_at_ms = Some(at_ms);
+            n.fence.fenced_by = reason;
+            n.fence.reason = None;
+            n.fence.failures = 0;
+            n.fence.last_error = None;
+            for r in self.resources.values_mut() {
+                r.running.remove(target);
+            }
+        } else {
+            n.fence.failures += 1;
+            n.fence.last_error = reason;
+        }
+    }
+
     /// The scheduler's input: who is online (liveness as recorded), standby and maintenance
     /// flags, what runs where, failures, bans and operator constraints, at `now_ms`.
-    /// A node lost less than `hold_ms` ago is unclean: what it held is not recovered yet.
-    pub fn scheduler_input(&self, now_ms: u64, hold_ms: Option<u64>) -> scheduler::Input {
+    /// Unclean (what it held is not recovered yet): with `fencing = "watchdog"`, a node lost less
+    /// than the lease hold ago; with `required`, a lost node not fenced since, or one where a
+    /// stop failed. `fencer` runs fence actions (the coordinator).
+    pub fn scheduler_input(
+        &self,
+        now_ms: u64,
+        cluster: &crate::config::ClusterConfig,
+        fencer: Option<&str>,
+    ) -> scheduler::Input {
+        let hold_ms = cluster.lost_node_hold().map(|d| d.as_millis() as u64);
+        let required = cluster.fencing == crate::config::Fencing::Required;
         let operator = self.operator.clone();
         let mut resources = BTreeMap::new();
         for (rsc, r) in &self.resources {
@@ -549,8 +630,17 @@ impl ClusterState {
                             maintenance: rec.maintenance,
                             online_since_ms: rec.liveness_since_ms,
                             missing_agents: BTreeSet::new(),
-                            unclean: rec.liveness == Liveness::Offline
-                                && hold_ms.is_some_and(|h| now_ms < rec.liveness_since_ms.saturating_add(h)),
+                            unclean: if required {
+                                (rec.liveness == Liveness::Offline && !rec.fence.fenced) || rec.fence.reason.is_some()
+                            } else {
+                                rec.liveness == Liveness::Offline
+                                    && hold_ms.is_some_and(|h| now_ms < rec.liveness_since_ms.saturating_add(h))
+                            },
+                            fence_failures: rec.fence.failures,
+                            fence_retry_at_ms: rec.fence.last_attempt_ms
+                                + crate::fencing::backoff(rec.fence.failures).as_millis() as u64,
+                            fence_error: rec.fence.last_error.clone(),
+                            fence_reason: rec.fence.reason.clone(),
                         },
                     )
                 })
@@ -558,6 +648,7 @@ impl ClusterState {
             resources,
             operator,
             maintenance: self.maintenance,
+            fencer: fencer.map(str::to_string),
         }
     }
 }
@@ -725,6 +816,111 @@ mod tests {
 mod resource_tests {
     use super::*;
 
+    fn cluster(fencing: crate::config::Fencing) -> crate::config::ClusterConfig {
+        crate::config::ClusterConfig {
+            name: "t".into(),
+            heartbeat_interval: std::time::Duration::from_millis(100),
+            dead_after: 3,
+            no_quorum_policy: crate::NoQuorumPolicy::Stop,
+            key_file: "k".into(),
+            fencing,
+        }
+    }
+
+    #[test]
+    fn a_lost_node_is_unclean_until_a_recorded_fence_and_failures_back_off() {
+        use crate::config::Fencing;
+        let mut s = ClusterState::default();
+        s.apply(&Command::Bootstrap {
+            nodes: ["n1", "n2"]
+                .iter()
+                .enumerate()
+                .map(|(i, n)| NewNode {
+                    name: n.to_string(),
+                    id: i as u64 + 1,
+                    links: vec![format!("127.0.0.1:{}", 10 + i)],
+                    api: format!("127.0.0.1:{}", 20 + i),
+                })
+                .collect(),
+        });
+        s.resources.entry("web".into()).or_default().running.insert("n1".into(), Role::Started);
+        let lose = |s: &mut ClusterState, l: Liveness, at: u64| {
+            s.apply(&Command::SetLiveness {
+                name: "n1".into(),
+                liveness: l,
+                at_ms: at,
+            })
+        };
+        lose(&mut s, Liveness::Online, 1);
+        lose(&mut s, Liveness::Offline, 100);
+        let req = cluster(Fencing::Required);
+        assert!(s.scheduler_input(200, &req, Some("n2")).nodes["n1"].unclean);
+        assert!(
+            !s.scheduler_input(200, &cluster(Fencing::Off), None).nodes["n1"].unclean,
+            "fencing off: never held"
+        );
+        let fence = Action {
+            kind: ActionKind::Fence,
+            rsc: "n1".into(),
+            node: "n2".into(),
+            reason: "lost".into(),
+        };
+        let result = |ok: bool, at: u64| Command::ActionResult {
+            plan_id: 0,
+            index: 0,
+            action: fence.clone(),
+            outcome: if ok { CallOutcome::Ok } else { CallOutcome::Soft },
+            at_ms: at,
+            reason: Some(if ok { "level 1: pdu" } else { "pdu: timed out" }.into()),
+        };
+        s.apply(&result(false, 300));
+        s.apply(&result(false, 1300));
+        let n1 = &s.scheduler_input(1400, &req, Some("n2")).nodes["n1"];
+        assert!(n1.unclean);
+        assert_eq!((n1.fence_failures, n1.fence_retry_at_ms), (2, 1300 + 2000), "1 s, then 2 s");
+        assert_eq!(n1.fence_error.as_deref(), Some("pdu: timed out"));
+        assert!(s.resources["web"].running.contains_key("n1"), "still held");
+        s.apply(&result(true, 3400));
+        assert!(!s.scheduler_input(3500, &req, Some("n2")).nodes["n1"].unclean);
+        assert!(s.resources["web"].running.is_empty(), "a fenced node runs nothing");
+        assert_eq!(s.nodes["n1"].fence.fenced_by.as_deref(), Some("level 1: pdu"));
+        // Lost again: unclean again.
+        lose(&mut s, Liveness::Online, 4000);
+        lose(&mut s, Liveness::Offline, 5000);
+        assert!(s.scheduler_input(5100, &req, Some("n2")).nodes["n1"].unclean);
+    }
+
+    #[test]
+    fn a_failed_stop_makes_an_online_node_unclean() {
+        let mut s = ClusterState::default();
+        s.apply(&Command::Bootstrap {
+            nodes: vec![NewNode {
+                name: "n1".into(),
+                id: 1,
+                links: vec!["127.0.0.1:1".into()],
+                api: "127.0.0.1:2".into(),
+            }],
+        });
+        s.apply(&Command::SetLiveness {
+            name: "n1".into(),
+            liveness: Liveness::Online,
+            at_ms: 1,
+        });
+        s.resources.entry("db".into()).or_default().running.insert("n1".into(), Role::Started);
+        s.apply(&Command::ActionResult {
+            plan_id: 0,
+            index: 0,
+            action: act(ActionKind::Stop, "db", "n1"),
+            outcome: CallOutcome::Soft,
+            at_ms: 2,
+            reason: Some("timed out".into()),
+        });
+        let n1 = &s.scheduler_input(3, &cluster(crate::config::Fencing::Required), None).nodes["n1"];
+        assert!(n1.unclean && n1.online);
+        assert_eq!(n1.fence_reason.as_deref(), Some("stop of db failed on n1: timed out"));
+    }
+
+
     fn act(kind: ActionKind, rsc: &str, node: &str) -> Action {
         Action {
             kind,
@@ -888,7 +1084,7 @@ mod resource_tests {
         assert_eq!(r.running["n1"], Role::Failed);
         assert!(r.banned.contains("n1"));
         assert_eq!(r.last_error.as_deref(), Some("disk"));
-        let input = s.scheduler_input(10, None);
+        let input = s.scheduler_input(10, &cluster(crate::config::Fencing::Off), None);
         assert!(
             input.resources["web"].banned.contains("n1"),
             "a hard error bans the node"

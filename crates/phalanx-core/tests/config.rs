@@ -197,12 +197,53 @@ fn every_error_is_reported_not_just_the_first() {
 }
 
 #[test]
-fn later_sections_are_accepted_with_a_warning() {
-    let src = format!("{GOOD}\n[[fence_device]]\nname = \"pdu\"\nagent = \"fence_apc\"\n");
+fn fence_devices_and_levels_are_validated() {
+    let src = format!(
+        "{GOOD}\n[[fence_device]]\nname = \"pdu\"\nagent = \"fence_apc\"\nparams = {{ ip = \"10.0.0.9\" }}\nsecret_files = {{ password = \"/etc/phalanx/pdu.pass\" }}\nhost_map = {{ n1 = \"1\", n2 = 2 }}\n\n[[fence_level]]\ntarget = \"n1\"\nlevel = 1\ndevices = [\"pdu\"]\n"
+    );
     let c = check(&src);
+    assert!(c.diagnostics.is_empty(), "{:#?}", c.diagnostics);
+    let cfg = c.config.expect("valid");
+    let pdu = cfg.fence.device("pdu").expect("device");
+    assert_eq!(pdu.plug("n2"), "2");
+    assert_eq!(pdu.secret_files["password"], "/etc/phalanx/pdu.pass");
+    assert!(cfg.fence.can_fence("n1") && !cfg.fence.can_fence("n3"));
+
+    let bad = format!(
+        "{GOOD}\n[[fence_device]]\nname = \"pdu\"\nagent = \"rm -rf\"\n\n[[fence_device]]\nname = \"sw\"\nagent = \"http-switch\"\nparams = {{ action = \"off\" }}\nhost_map = {{ n9 = \"1\" }}\n\n[[fence_level]]\ntarget = \"n1\"\nlevel = 1\ndevices = [\"nope\"]\n"
+    );
+    let c = check(&bad);
+    let msgs: Vec<String> = c.diagnostics.iter().map(|d| d.render("f")).collect();
+    for want in [
+        "is not a fence-agents program",
+        "is set by phalanx for each call",
+        "needs params.url",
+        "host_map names \"n9\", which is not a [[node]]",
+        "no [[fence_device]] is named \"nope\"",
+    ] {
+        assert!(msgs.iter().any(|m| m.contains(want)), "{want} not in {msgs:#?}");
+    }
+}
+
+#[test]
+fn fencing_is_required_for_resources_unless_turned_off() {
+    let rsc = "\n[[resource]]\nid = \"web\"\nagent = \"exec\"\nparams = { start = \"true\", stop = \"true\", monitor = \"true\" }\n";
+    let c = check(&format!("{GOOD}{rsc}"));
+    assert!(c.config.is_none());
+    let msg = c.diagnostics.iter().find(|d| d.severity == Severity::Error).map(|d| d.message.clone());
+    assert!(
+        msg.as_deref().is_some_and(|m| m.contains("nothing can fence n1, n2, n3")),
+        "{msg:?}"
+    );
+    // A device for every node, the watchdog lease, or fencing off (warned) each make it valid.
+    let device = "\n[[fence_device]]\nname = \"sw\"\nagent = \"http-switch\"\nparams = { url = \"http://127.0.0.1:7500\" }\n";
+    assert!(check(&format!("{GOOD}{rsc}{device}")).config.is_some());
+    let watchdog = GOOD.replace("[cluster]\n", "[cluster]\nfencing = \"watchdog\"\n");
+    assert!(check(&format!("{watchdog}{rsc}")).config.is_some());
+    let off = GOOD.replace("[cluster]\n", "[cluster]\nfencing = \"off\"\n");
+    let c = check(&format!("{off}{rsc}"));
     assert!(c.config.is_some());
-    assert_eq!(c.diagnostics.len(), 1);
-    assert_eq!(c.diagnostics[0].line, 21);
+    assert!(c.diagnostics.iter().any(|d| d.severity == Severity::Warning && d.message.contains("split-brain")));
 }
 
 #[test]

@@ -5,7 +5,8 @@ use phalanx_core::config::{check, Severity};
 use phalanx_core::resources::{AgentSpec, Constraint, Failback, OnFail, INFINITY};
 use std::time::Duration;
 
-const HEAD: &str = "[cluster]\nname = \"c\"\n[[node]]\nname = \"n1\"\nlinks = [\"127.0.0.1:1\"]\n[[node]]\nname = \"n2\"\nlinks = [\"127.0.0.2:1\"]\n[[node]]\nname = \"n3\"\nlinks = [\"127.0.0.3:1\"]\n";
+// (The watchdog lease stands in for fence devices, which these tests are not about.)
+const HEAD: &str = "cluster = { name = \"c\", fencing = \"watchdog\" }\n# resources\n[[node]]\nname = \"n1\"\nlinks = [\"127.0.0.1:1\"]\n[[node]]\nname = \"n2\"\nlinks = [\"127.0.0.2:1\"]\n[[node]]\nname = \"n3\"\nlinks = [\"127.0.0.3:1\"]\n";
 // HEAD is 11 lines; resource text starts on line 12.
 
 fn errors(body: &str) -> Vec<(usize, usize, String)> {

@@ -1,7 +1,8 @@
 //! The scheduler's golden scenarios: every `tests/scenarios/**/NAME.toml` holds node names, a
 //! resource config and the observed state; `NAME.out` holds the expected plan summary and
 //! ordering. `PHALANX_REWRITE=1 cargo test -p phalanx-core --test scenarios` rewrites the `.out`
-//! files (review the diff). Every scenario is also scheduled twice to check determinism.
+//! files (review the diff). Scenarios run with fencing required and a fence device for every
+//! node unless they set `cluster` keys of their own. Every scenario is also scheduled twice to check determinism.
 
 use phalanx_core::scheduler::{schedule, Input};
 use serde::Deserialize;
@@ -12,6 +13,10 @@ use std::path::{Path, PathBuf};
 struct Scenario {
     nodes: Vec<String>,
     config: String,
+    /// Extra `[cluster]` keys. Without them the cluster has fencing required and one fence
+    /// device (`pdu`) for every node, as a production config would.
+    #[serde(default)]
+    cluster: Option<String>,
     #[serde(default)]
     input: Input,
 }
@@ -32,7 +37,10 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn run(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let sc: Scenario = toml::from_str(&text).map_err(|e| format!("scenario file: {e}"))?;
-    let mut src = String::from("[cluster]\nname = \"scenario\"\n");
+    let mut src = format!("[cluster]\nname = \"scenario\"\n{}\n", sc.cluster.clone().unwrap_or_default());
+    if sc.cluster.is_none() {
+        src += "[[fence_device]]\nname = \"pdu\"\nagent = \"fence_dummy\"\n";
+    }
     for (i, n) in sc.nodes.iter().enumerate() {
         src += &format!(
             "[[node]]\nname = \"{n}\"\nlinks = [\"127.0.0.1:{}\"]\napi = \"127.0.0.1:{}\"\n",

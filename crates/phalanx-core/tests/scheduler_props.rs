@@ -11,6 +11,8 @@ const NODES: [&str; 4] = ["n1", "n2", "n3", "n4"];
 
 fn config() -> phalanx_core::Config {
     let mut src = String::from("[cluster]\nname = \"p\"\n");
+    // One fence device for every node (no host_map).
+    src += "[[fence_device]]\nname = \"pdu\"\nagent = \"fence_dummy\"\n";
     for (i, n) in NODES.iter().enumerate() {
         src += &format!(
             "[[node]]\nname = \"{n}\"\nlinks = [\"127.0.0.1:{}\"]\napi = \"127.0.0.1:{}\"\n",
@@ -64,15 +66,22 @@ fn node_state() -> impl Strategy<Value = NodeState> {
         prop::bool::weighted(0.1),
         0u64..20_000,
         prop::bool::weighted(0.5),
+        prop::bool::weighted(0.1),
+        prop::bool::weighted(0.3),
     )
-        .prop_map(|(online, standby, maintenance, since, unclean)| NodeState {
+        .prop_map(|(online, standby, maintenance, since, unclean, stop_failed, backoff)| NodeState {
             online,
             standby,
             maintenance,
             online_since_ms: since,
             missing_agents: BTreeSet::new(),
-            // Only a lost node can be unclean (lost, not yet confirmed down).
-            unclean: unclean && !online,
+            // A lost node not yet confirmed down, or an online one where a stop failed.
+            unclean: (unclean && !online) || (stop_failed && online),
+            fence_failures: backoff as u32,
+            // Some nodes wait out a retry backoff (now is 20,000).
+            fence_retry_at_ms: if backoff { 30_000 } else { 0 },
+            fence_error: backoff.then(|| "pdu: timed out".into()),
+            fence_reason: (stop_failed && online).then(|| "stop of web failed".into()),
         })
 }
 
@@ -107,8 +116,9 @@ fn input() -> impl Strategy<Value = Input> {
         prop::collection::vec(node_state(), 4),
         prop::collection::vec(rsc_state(), 4),
         prop::option::of((prop::sample::select(NODES.to_vec()), any::<bool>())),
+        prop::option::of(prop::sample::select(NODES.to_vec())),
     )
-        .prop_map(|(nodes, rscs, op)| Input {
+        .prop_map(|(nodes, rscs, op, fencer)| Input {
             now_ms: 20_000,
             nodes: NODES.iter().map(|n| n.to_string()).zip(nodes).collect(),
             resources: ["ip", "web", "batch", "pg"]
@@ -127,6 +137,7 @@ fn input() -> impl Strategy<Value = Input> {
                 })
                 .unwrap_or_default(),
             maintenance: false,
+            fencer: fencer.map(String::from),
         })
 }
 
@@ -146,16 +157,32 @@ proptest! {
                 .map(|(n, role)| (n.clone(), *role)).collect();
             after.insert(r.clone(), live);
         }
-        for a in &plan.actions {
+        // Fenced in this plan, before action `i` (an edge from its Fence action to `i`).
+        let fenced_before = |n: &str, i: usize| {
+            plan.actions.iter().enumerate().any(|(f, a)| a.kind == ActionKind::Fence && a.rsc == n && plan.edges.contains(&(f, i)))
+        };
+        let fenced = |n: &str| plan.actions.iter().any(|a| a.kind == ActionKind::Fence && a.rsc == n);
+        for (i, a) in plan.actions.iter().enumerate() {
             let node = &input.nodes[&a.node];
+            if a.kind == ActionKind::Fence {
+                prop_assert!(input.nodes[&a.rsc].unclean, "fence of a clean node: {:?}", a);
+                prop_assert!(a.node != a.rsc && node.online && !node.unclean, "fence run by the wrong node: {:?}", a);
+                prop_assert!(input.nodes[&a.rsc].fence_retry_at_ms <= input.now_ms, "fence during its backoff: {:?}", a);
+                for m in after.values_mut() {
+                    m.remove(&a.rsc);
+                }
+                continue;
+            }
             let m = after.entry(a.rsc.clone()).or_default();
+            prop_assert!(!fenced(&a.node), "an action on a node being fenced: {:?}", a);
             match a.kind {
+                ActionKind::Fence => {}
                 ActionKind::Stop => { m.remove(&a.node); }
                 ActionKind::Start => {
                     prop_assert!(node.online && !node.standby, "start on an unusable node: {:?}", a);
                     // DESIGN.md invariant 3: nothing held by a lost node not yet confirmed down
-                    // starts elsewhere (a group or clone is held whole).
-                    let held = |r: &str| input.resources.get(r).is_some_and(|st| st.running.keys().any(|n| input.nodes[n].unclean));
+                    // starts elsewhere (a group or clone is held whole) before its recorded fence.
+                    let held = |r: &str| input.resources.get(r).is_some_and(|st| st.running.keys().any(|n| input.nodes[n].unclean && !fenced_before(n, i)));
                     let unit: Vec<&str> = match a.rsc.as_str() {
                         "ip" | "web" => vec!["ip", "web"],
                         other => vec![other],
@@ -175,7 +202,7 @@ proptest! {
             input.resources[r]
                 .running
                 .keys()
-                .any(|n| input.nodes[n].maintenance || input.nodes[n].unclean)
+                .any(|n| input.nodes[n].maintenance || (input.nodes[n].unclean && !fenced(n)))
         };
         let unmanaged_rsc = |r: &str| match r {
             "ip" | "web" => on_maint("ip") || on_maint("web"),

@@ -28,6 +28,8 @@ pub fn outcome_of(r: &CallResult) -> CallOutcome {
 
 fn agent_action(kind: ActionKind) -> AgentAction {
     match kind {
+        // Never reaches an agent (see `run_action`); a stop is the closest meaning.
+        ActionKind::Fence => AgentAction::Stop,
         ActionKind::Start => AgentAction::Start,
         ActionKind::Stop => AgentAction::Stop,
         ActionKind::Promote => AgentAction::Promote,
@@ -203,14 +205,7 @@ fn run_plan(
         let (node2, runner2, progress2) = (node.clone(), runner.clone(), progress.clone());
         tokio::spawn(async move {
             tracing::info!(rsc = %action.rsc, kind = ?action.kind, reason = %action.reason, "running plan action");
-            let res = call(&node2, &runner2, &action.rsc, agent_action(action.kind), None).await;
-            let (outcome, reason) = match &res {
-                Some(r) => (outcome_of(r), r.exit_reason.clone()),
-                None => (
-                    CallOutcome::Fatal,
-                    Some(format!("{} is not in this node's config", action.rsc)),
-                ),
-            };
+            let (outcome, reason) = run_action(&node2, &runner2, &action).await;
             if outcome != CallOutcome::Ok {
                 tracing::warn!(rsc = %action.rsc, kind = ?action.kind, ?reason, "plan action failed");
             }
@@ -233,6 +228,25 @@ fn run_plan(
             locked(&progress2.running).remove(&(id, i));
             progress2.wake.notify_one();
         });
+    }
+}
+
+/// Run one plan action: a fence through the fencing levels, anything else through its agent.
+/// For a fence, the reason of a success names the level and devices that did it.
+async fn run_action(node: &Node, runner: &Runner, action: &Action) -> (CallOutcome, Option<String>) {
+    if action.kind == ActionKind::Fence {
+        let seed = node.incarnation ^ unix_ms();
+        return match node.fencer.fence(&action.rsc, seed).await {
+            Ok(by) => (CallOutcome::Ok, Some(by)),
+            Err(e) => (CallOutcome::Soft, Some(e.to_string())),
+        };
+    }
+    match call(node, runner, &action.rsc, agent_action(action.kind), None).await {
+        Some(r) => (outcome_of(&r), r.exit_reason.clone()),
+        None => (
+            CallOutcome::Fatal,
+            Some(format!("{} is not in this node's config", action.rsc)),
+        ),
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod agents;
 pub mod api;
 pub mod executor;
+pub mod fence;
 pub mod fakenet;
 pub mod key;
 pub mod mesh;

@@ -132,6 +132,8 @@ pub struct Node {
     pub mesh: Mesh,
     /// This process's incarnation (grows with every start): names its claims of plan actions.
     pub incarnation: u64,
+    /// Runs the fence devices of the config.
+    pub fencer: crate::fence::Fencer,
     state: Arc<RwLock<SmData>>,
     /// Changes after every applied entry (see `StateMachine::applied`).
     applied: tokio::sync::watch::Receiver<u64>,
@@ -181,6 +183,7 @@ impl Node {
             raft,
             mesh: mesh.clone(),
             incarnation,
+            fencer: crate::fence::Fencer::new(opts.config.fence.clone()),
             state,
             applied,
             token: opts.key.api_token(),
@@ -290,6 +293,12 @@ impl Node {
                 .get((id as usize).checked_sub(1)?)
                 .map(|n| n.name.clone())
         })
+    }
+
+    /// The current leader's name, if known.
+    pub fn leader_name(&self) -> Option<String> {
+        let leader = self.raft.metrics().borrow().current_leader?;
+        self.name_of(&self.cluster_state(), leader)
     }
 
     fn is_leader(&self) -> bool {
@@ -479,7 +488,8 @@ impl Node {
         if !self.config.resources.is_empty() {
             let plan = phalanx_core::scheduler::schedule(
                 &self.config,
-                &sm.cluster.scheduler_input(mesh::unix_ms(), self.lost_node_hold_ms()),
+                &sm.cluster
+                    .scheduler_input(mesh::unix_ms(), &self.config.cluster, Some(&self.name)),
             );
             let wanted: BTreeSet<_> = plan
                 .actions
@@ -660,6 +670,7 @@ impl Node {
                         liveness_since_ms: 0,
                         attrs: BTreeMap::new(),
                         maintenance: false,
+                        fence: Default::default(),
                     };
                     (n.name.clone(), rec)
                 })

@@ -38,6 +38,18 @@ pub struct NodeState {
     /// what it held, so none of that starts elsewhere yet.
     #[serde(default)]
     pub unclean: bool,
+    /// Fence attempts on it that failed (every level), since it was last fenced or back.
+    #[serde(default)]
+    pub fence_failures: u32,
+    /// Not before this (unix ms) is it fenced again (the retry backoff).
+    #[serde(default)]
+    pub fence_retry_at_ms: u64,
+    /// Why the last fence attempt failed.
+    #[serde(default)]
+    pub fence_error: Option<String>,
+    /// Why it must be fenced although online (a stop failed there: what runs is unknown).
+    #[serde(default)]
+    pub fence_reason: Option<String>,
 }
 
 fn yes() -> bool {
@@ -53,6 +65,10 @@ impl Default for NodeState {
             online_since_ms: 0,
             missing_agents: BTreeSet::new(),
             unclean: false,
+            fence_failures: 0,
+            fence_retry_at_ms: 0,
+            fence_error: None,
+            fence_reason: None,
         }
     }
 }
@@ -114,11 +130,16 @@ pub struct Input {
     /// Cluster-wide maintenance: nothing is managed.
     #[serde(default)]
     pub maintenance: bool,
+    /// The node that runs fence actions (the coordinator); None: nobody can fence now.
+    #[serde(default)]
+    pub fencer: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ActionKind {
+    /// Fence the node named by the action's `rsc`, through its fence levels; `node` runs it.
+    Fence,
     Stop,
     Demote,
     Start,
@@ -128,6 +149,7 @@ pub enum ActionKind {
 impl ActionKind {
     fn as_str(self) -> &'static str {
         match self {
+            ActionKind::Fence => "fence",
             ActionKind::Stop => "stop",
             ActionKind::Demote => "demote",
             ActionKind::Start => "start",
@@ -435,6 +457,35 @@ fn merged_instances<'a>(cfg: &'a Config, input: &Input) -> HashMap<&'a str, Reso
 
 /// Compute the plan.
 pub fn schedule(cfg: &Config, input: &Input) -> Plan {
+    // Fence first (DESIGN.md invariant 3): every unclean node that can be fenced now is, and the
+    // rest of the plan treats it as down, its resources recovered elsewhere once the fence is
+    // recorded (every start and promote waits for it). An unclean node that cannot be fenced
+    // now (backoff after failed attempts, nobody to run the fence) keeps what it held held.
+    let (fences, fence_notes) = fences_due(cfg, input);
+    let fenced_view;
+    let input = if fences.is_empty() {
+        input
+    } else {
+        let mut v = input.clone();
+        for target in fences.keys() {
+            if let Some(n) = v.nodes.get_mut(target) {
+                n.online = false;
+                n.unclean = false;
+            }
+        }
+        fenced_view = v;
+        &fenced_view
+    };
+    let mut plan = Plan::default();
+    for (target, (by, reason)) in &fences {
+        plan.summary.push(format!("Fence {target} (by {by}): {reason}"));
+        plan.actions.push(Action {
+            kind: ActionKind::Fence,
+            rsc: target.clone(),
+            node: by.clone(),
+            reason: reason.clone(),
+        });
+    }
     let ctx = Ctx::new(cfg, input);
     let r = &cfg.resources;
     // Units: clones, then groups not cloned, then primitives in neither.
@@ -496,7 +547,6 @@ pub fn schedule(cfg: &Config, input: &Input) -> Plan {
         }
     }
 
-    let mut plan = Plan::default();
     // Unit id → the positions of the nodes it was placed on.
     let mut placed: HashMap<&str, Vec<usize>> = HashMap::with_capacity(ordered.len());
     // Units placed per node, by node position.
@@ -526,9 +576,64 @@ pub fn schedule(cfg: &Config, input: &Input) -> Plan {
     plan.actions.reserve(ordered.len());
     plan.summary.reserve(ordered.len() + notes.len());
     diff(&ctx, &ordered, &targets, &explains, &mut plan);
+    let fence_count = fences.len();
+    for f in 0..fence_count {
+        for i in fence_count..plan.actions.len() {
+            if matches!(plan.actions[i].kind, ActionKind::Start | ActionKind::Promote) {
+                plan.edges.push((f, i));
+            }
+        }
+    }
     plan.explain = ordered.iter().map(|u| u.id().to_string()).zip(explains).collect();
     plan.summary.extend(notes);
+    plan.summary.extend(fence_notes);
     plan
+}
+
+/// Which unclean nodes are fenced in this plan — target → (the node that runs it, why) — and
+/// notices for those that must wait. Only with `fencing = "required"` and a device for the
+/// target; a fencer never fences itself (the coordinator's failed stop is fenced by the first
+/// other online node).
+fn fences_due(cfg: &Config, input: &Input) -> (BTreeMap<String, (String, String)>, Vec<String>) {
+    let mut due = BTreeMap::new();
+    let mut notes = Vec::new();
+    if cfg.cluster.fencing != crate::config::Fencing::Required {
+        return (due, notes);
+    }
+    for (target, ns) in &input.nodes {
+        if !ns.unclean || !cfg.fence.can_fence(target) {
+            continue;
+        }
+        // The coordinator, unless it is the target or unusable; else the first usable node.
+        let usable = |n: &str| n != target && input.nodes.get(n).map(|s| s.online && !s.unclean).unwrap_or(true);
+        let by = input
+            .fencer
+            .clone()
+            .filter(|f| usable(f))
+            .or_else(|| cfg.nodes.iter().map(|n| &n.name).find(|n| usable(n)).cloned());
+        let failed = match (&ns.fence_error, ns.fence_failures) {
+            (_, 0) => String::new(),
+            (Some(e), n) => format!(" (after {n} failed attempt(s), the last: {e})"),
+            (None, n) => format!(" (after {n} failed attempt(s))"),
+        };
+        if input.now_ms < ns.fence_retry_at_ms {
+            notes.push(format!(
+                "Wait: fencing {target} failed{failed}; next attempt in {} ms; what it held stays stopped",
+                ns.fence_retry_at_ms - input.now_ms
+            ));
+            continue;
+        }
+        let Some(by) = by else {
+            notes.push(format!("Wait: {target} must be fenced but no node can run the fence now"));
+            continue;
+        };
+        let why = match &ns.fence_reason {
+            Some(r) => r.clone(),
+            None => format!("{target} lost while it may hold resources"),
+        };
+        due.insert(target.clone(), (by, format!("{why}{failed}")));
+    }
+    (due, notes)
 }
 
 /// Place one unit: the chosen nodes (with roles), the explanation, and an optional notice.
@@ -584,7 +689,11 @@ fn place(
         explain.verdict =
             format!("held: {n} is lost and not yet confirmed down; nothing it ran starts elsewhere before");
         explain.unmanaged = true;
-        let note = format!("Wait {}: {n} lost, not yet confirmed down (fence or lease)", unit.id());
+        let note = if ctx.node(n).online {
+            format!("Wait {}: a stop failed on {n}, not yet fenced", unit.id())
+        } else {
+            format!("Wait {}: {n} lost, not yet confirmed down (fence or lease)", unit.id())
+        };
         return (current.clone().into_iter().collect(), explain, Some(note));
     }
 
