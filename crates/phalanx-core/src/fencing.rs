@@ -246,7 +246,9 @@ pub(crate) fn validate(
                 if !base.starts_with("fence_") || base.contains(char::is_whitespace) {
                     c.error(
                         a.span(),
-                        format!("fence device agent {prog:?} is not a fence-agents program (fence_*) nor \"{HTTP_SWITCH}\""),
+                        format!(
+                            "fence device agent {prog:?} is not a fence-agents program (fence_*) nor \"{HTTP_SWITCH}\""
+                        ),
                     );
                     continue;
                 }
@@ -257,11 +259,17 @@ pub(crate) fn validate(
         for (k, v) in &d.params {
             let s = value_string(v.get_ref());
             if s.contains('\n') || k.contains('=') || k.contains('\n') {
-                c.error(v.span(), format!("fence device param {k:?}: a key or value may not hold '=' in the key or a newline"));
+                c.error(
+                    v.span(),
+                    format!("fence device param {k:?}: a key or value may not hold '=' in the key or a newline"),
+                );
                 continue;
             }
             if ["action", "plug", "port", "nodename"].contains(&k.as_str()) {
-                c.error(v.span(), format!("fence device param {k:?} is set by phalanx for each call; remove it"));
+                c.error(
+                    v.span(),
+                    format!("fence device param {k:?} is set by phalanx for each call; remove it"),
+                );
                 continue;
             }
             if ["password", "passwd"].contains(&k.as_str()) {
@@ -270,12 +278,24 @@ pub(crate) fn validate(
             params.insert(k.clone(), s);
         }
         if agent == FenceAgent::HttpSwitch && !params.contains_key("url") {
-            c.error(span.clone(), format!("fence device {}: \"{HTTP_SWITCH}\" needs params.url (e.g. \"http://10.77.0.50:7500\")", name.get_ref()));
+            c.error(
+                span.clone(),
+                format!(
+                    "fence device {}: \"{HTTP_SWITCH}\" needs params.url (e.g. \"http://10.77.0.50:7500\")",
+                    name.get_ref()
+                ),
+            );
         }
         let mut host_map = BTreeMap::new();
         for (node, plug) in &d.host_map {
             if !nodes.contains(node) {
-                c.error(plug.span(), format!("fence device {}: host_map names {node:?}, which is not a [[node]]", name.get_ref()));
+                c.error(
+                    plug.span(),
+                    format!(
+                        "fence device {}: host_map names {node:?}, which is not a [[node]]",
+                        name.get_ref()
+                    ),
+                );
                 continue;
             }
             host_map.insert(node.clone(), value_string(plug.get_ref()));
@@ -298,7 +318,11 @@ pub(crate) fn validate(
             name: name.get_ref().clone(),
             agent,
             params,
-            secret_files: d.secret_files.iter().map(|(k, v)| (k.clone(), v.get_ref().clone())).collect(),
+            secret_files: d
+                .secret_files
+                .iter()
+                .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+                .collect(),
             host_map,
             timeout,
             retries,
@@ -312,7 +336,10 @@ pub(crate) fn validate(
         let l = l.into_inner();
         let target = l.target.get_ref();
         if !nodes.contains(target) {
-            c.error(l.target.span(), format!("fence_level target {target:?} is not a [[node]]"));
+            c.error(
+                l.target.span(),
+                format!("fence_level target {target:?} is not a [[node]]"),
+            );
             continue;
         }
         if !(1..=9).contains(l.level.get_ref()) {
@@ -320,7 +347,10 @@ pub(crate) fn validate(
             continue;
         }
         if !seen.insert((target.clone(), *l.level.get_ref())) {
-            c.error(l.level.span(), format!("{target} already has a fence level {}", l.level.get_ref()));
+            c.error(
+                l.level.span(),
+                format!("{target} already has a fence level {}", l.level.get_ref()),
+            );
             continue;
         }
         if l.devices.get_ref().is_empty() {
@@ -333,7 +363,10 @@ pub(crate) fn validate(
                 None => c.error(d.span(), format!("no [[fence_device]] is named {:?}", d.get_ref())),
                 Some(dev) if !dev.can_fence(target) => c.error(
                     d.span(),
-                    format!("fence device {} cannot fence {target}: its host_map does not name it", d.get_ref()),
+                    format!(
+                        "fence device {} cannot fence {target}: its host_map does not name it",
+                        d.get_ref()
+                    ),
                 ),
                 Some(_) => devices.push(d.get_ref().clone()),
             }
@@ -397,7 +430,11 @@ mod tests {
     #[test]
     fn levels_default_to_every_capable_device_in_order() {
         let cfg = FenceConfig {
-            devices: vec![dev("ipmi", &[("n1", "1")]), dev("pdu", &[]), dev("other", &[("n2", "7")])],
+            devices: vec![
+                dev("ipmi", &[("n1", "1")]),
+                dev("pdu", &[]),
+                dev("other", &[("n2", "7")]),
+            ],
             levels: vec![],
             action: FenceAction::Reboot,
         };
@@ -447,7 +484,10 @@ mod tests {
             agent_stdin(&d, "off", Some("n1"), &secrets),
             "action=off\nplug=3\nip=10.0.0.9\npassword=s3cret\n"
         );
-        assert_eq!(agent_stdin(&d, "monitor", None, &BTreeMap::new()), "action=monitor\nip=10.0.0.9\n");
+        assert_eq!(
+            agent_stdin(&d, "monitor", None, &BTreeMap::new()),
+            "action=monitor\nip=10.0.0.9\n"
+        );
     }
 
     #[test]

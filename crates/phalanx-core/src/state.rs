@@ -350,11 +350,13 @@ impl ClusterState {
                     return Ok(Outcome::Unchanged);
                 }
                 let back_from_lost = n.liveness == Liveness::Offline && *liveness == Liveness::Online;
+                let was = n.liveness;
                 n.liveness = *liveness;
                 n.liveness_since_ms = *at_ms;
                 if *liveness == Liveness::Offline {
-                    // Lost: unconfirmed until fenced again.
-                    n.fence.fenced = false;
+                    // Lost: unconfirmed until fenced again; except a member never seen online,
+                    // where nothing was ever placed (it has not joined yet).
+                    n.fence.fenced = was == Liveness::Unknown;
                 } else if back_from_lost {
                     // Back (rebooted by its fence, or a healed partition): it probes everything
                     // it runs, so it starts with a clean slate.
@@ -843,7 +845,11 @@ mod resource_tests {
                 })
                 .collect(),
         });
-        s.resources.entry("web".into()).or_default().running.insert("n1".into(), Role::Started);
+        s.resources
+            .entry("web".into())
+            .or_default()
+            .running
+            .insert("n1".into(), Role::Started);
         let lose = |s: &mut ClusterState, l: Liveness, at: u64| {
             s.apply(&Command::SetLiveness {
                 name: "n1".into(),
@@ -877,7 +883,11 @@ mod resource_tests {
         s.apply(&result(false, 1300));
         let n1 = &s.scheduler_input(1400, &req, Some("n2")).nodes["n1"];
         assert!(n1.unclean);
-        assert_eq!((n1.fence_failures, n1.fence_retry_at_ms), (2, 1300 + 2000), "1 s, then 2 s");
+        assert_eq!(
+            (n1.fence_failures, n1.fence_retry_at_ms),
+            (2, 1300 + 2000),
+            "1 s, then 2 s"
+        );
         assert_eq!(n1.fence_error.as_deref(), Some("pdu: timed out"));
         assert!(s.resources["web"].running.contains_key("n1"), "still held");
         s.apply(&result(true, 3400));
@@ -906,7 +916,11 @@ mod resource_tests {
             liveness: Liveness::Online,
             at_ms: 1,
         });
-        s.resources.entry("db".into()).or_default().running.insert("n1".into(), Role::Started);
+        s.resources
+            .entry("db".into())
+            .or_default()
+            .running
+            .insert("n1".into(), Role::Started);
         s.apply(&Command::ActionResult {
             plan_id: 0,
             index: 0,
@@ -915,11 +929,12 @@ mod resource_tests {
             at_ms: 2,
             reason: Some("timed out".into()),
         });
-        let n1 = &s.scheduler_input(3, &cluster(crate::config::Fencing::Required), None).nodes["n1"];
+        let n1 = &s
+            .scheduler_input(3, &cluster(crate::config::Fencing::Required), None)
+            .nodes["n1"];
         assert!(n1.unclean && n1.online);
         assert_eq!(n1.fence_reason.as_deref(), Some("stop of db failed on n1: timed out"));
     }
-
 
     fn act(kind: ActionKind, rsc: &str, node: &str) -> Action {
         Action {

@@ -230,20 +230,29 @@ fn fencing_is_required_for_resources_unless_turned_off() {
     let rsc = "\n[[resource]]\nid = \"web\"\nagent = \"exec\"\nparams = { start = \"true\", stop = \"true\", monitor = \"true\" }\n";
     let c = check(&format!("{GOOD}{rsc}"));
     assert!(c.config.is_none());
-    let msg = c.diagnostics.iter().find(|d| d.severity == Severity::Error).map(|d| d.message.clone());
+    let msg = c
+        .diagnostics
+        .iter()
+        .find(|d| d.severity == Severity::Error)
+        .map(|d| d.message.clone());
     assert!(
-        msg.as_deref().is_some_and(|m| m.contains("nothing can fence n1, n2, n3")),
+        msg.as_deref()
+            .is_some_and(|m| m.contains("nothing can fence n1, n2, n3")),
         "{msg:?}"
     );
     // A device for every node, the watchdog lease, or fencing off (warned) each make it valid.
-    let device = "\n[[fence_device]]\nname = \"sw\"\nagent = \"http-switch\"\nparams = { url = \"http://127.0.0.1:7500\" }\n";
+    let device =
+        "\n[[fence_device]]\nname = \"sw\"\nagent = \"http-switch\"\nparams = { url = \"http://127.0.0.1:7500\" }\n";
     assert!(check(&format!("{GOOD}{rsc}{device}")).config.is_some());
     let watchdog = GOOD.replace("[cluster]\n", "[cluster]\nfencing = \"watchdog\"\n");
     assert!(check(&format!("{watchdog}{rsc}")).config.is_some());
     let off = GOOD.replace("[cluster]\n", "[cluster]\nfencing = \"off\"\n");
     let c = check(&format!("{off}{rsc}"));
     assert!(c.config.is_some());
-    assert!(c.diagnostics.iter().any(|d| d.severity == Severity::Warning && d.message.contains("split-brain")));
+    assert!(c
+        .diagnostics
+        .iter()
+        .any(|d| d.severity == Severity::Warning && d.message.contains("split-brain")));
 }
 
 #[test]

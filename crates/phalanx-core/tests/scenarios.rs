@@ -37,7 +37,10 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn run(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let sc: Scenario = toml::from_str(&text).map_err(|e| format!("scenario file: {e}"))?;
-    let mut src = format!("[cluster]\nname = \"scenario\"\n{}\n", sc.cluster.clone().unwrap_or_default());
+    let mut src = format!(
+        "[cluster]\nname = \"scenario\"\n{}\n",
+        sc.cluster.clone().unwrap_or_default()
+    );
     if sc.cluster.is_none() {
         src += "[[fence_device]]\nname = \"pdu\"\nagent = \"fence_dummy\"\n";
     }

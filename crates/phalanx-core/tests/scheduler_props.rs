@@ -69,20 +69,22 @@ fn node_state() -> impl Strategy<Value = NodeState> {
         prop::bool::weighted(0.1),
         prop::bool::weighted(0.3),
     )
-        .prop_map(|(online, standby, maintenance, since, unclean, stop_failed, backoff)| NodeState {
-            online,
-            standby,
-            maintenance,
-            online_since_ms: since,
-            missing_agents: BTreeSet::new(),
-            // A lost node not yet confirmed down, or an online one where a stop failed.
-            unclean: (unclean && !online) || (stop_failed && online),
-            fence_failures: backoff as u32,
-            // Some nodes wait out a retry backoff (now is 20,000).
-            fence_retry_at_ms: if backoff { 30_000 } else { 0 },
-            fence_error: backoff.then(|| "pdu: timed out".into()),
-            fence_reason: (stop_failed && online).then(|| "stop of web failed".into()),
-        })
+        .prop_map(
+            |(online, standby, maintenance, since, unclean, stop_failed, backoff)| NodeState {
+                online,
+                standby,
+                maintenance,
+                online_since_ms: since,
+                missing_agents: BTreeSet::new(),
+                // A lost node not yet confirmed down, or an online one where a stop failed.
+                unclean: (unclean && !online) || (stop_failed && online),
+                fence_failures: backoff as u32,
+                // Some nodes wait out a retry backoff (now is 20,000).
+                fence_retry_at_ms: if backoff { 30_000 } else { 0 },
+                fence_error: backoff.then(|| "pdu: timed out".into()),
+                fence_reason: (stop_failed && online).then(|| "stop of web failed".into()),
+            },
+        )
 }
 
 fn role() -> impl Strategy<Value = Role> {

@@ -392,7 +392,11 @@ async fn why(State(node): State<Arc<Node>>, Path(rsc): Path<String>) -> Result<i
     let state = node.members();
     let plan = phalanx_core::scheduler::schedule(
         &node.config,
-        &state.scheduler_input(crate::mesh::unix_ms(), &node.config.cluster, node.leader_name().as_deref()),
+        &state.scheduler_input(
+            crate::mesh::unix_ms(),
+            &node.config.cluster,
+            node.leader_name().as_deref(),
+        ),
     );
     let explain = plan
         .explain

@@ -134,8 +134,8 @@ impl Fencer {
     ) -> Result<PowerStatus, FenceError> {
         let mut secrets = BTreeMap::new();
         for (k, path) in &d.secret_files {
-            let v = std::fs::read_to_string(path)
-                .map_err(|e| dev_err(d, format!("secret file for {k} ({path}): {e}")))?;
+            let v =
+                std::fs::read_to_string(path).map_err(|e| dev_err(d, format!("secret file for {k} ({path}): {e}")))?;
             secrets.insert(k.clone(), v.trim_end_matches(['\n', '\r']).to_string());
         }
         let input = fencing::agent_stdin(d, action, target, &secrets);
@@ -157,21 +157,30 @@ impl Fencer {
             Err(_) => {
                 return Err(dev_err(
                     d,
-                    format!("{program} {action} timed out after {}", phalanx_core::config::format_duration(d.timeout)),
+                    format!(
+                        "{program} {action} timed out after {}",
+                        phalanx_core::config::format_duration(d.timeout)
+                    ),
                 ))
             }
         };
         let code = out.status.code().unwrap_or(-1);
         if action == "status" {
             return match fencing::status_of(code) {
-                PowerStatus::Error => Err(dev_err(d, format!("{program} status: exit {code}: {}", last_line(&out)))),
+                PowerStatus::Error => Err(dev_err(
+                    d,
+                    format!("{program} status: exit {code}: {}", last_line(&out)),
+                )),
                 s => Ok(s),
             };
         }
         if code == 0 {
             Ok(PowerStatus::On)
         } else {
-            Err(dev_err(d, format!("{program} {action}: exit {code}: {}", last_line(&out))))
+            Err(dev_err(
+                d,
+                format!("{program} {action}: exit {code}: {}", last_line(&out)),
+            ))
         }
     }
 

@@ -6,8 +6,8 @@
 pub mod agents;
 pub mod api;
 pub mod executor;
-pub mod fence;
 pub mod fakenet;
+pub mod fence;
 pub mod key;
 pub mod mesh;
 pub mod metrics;

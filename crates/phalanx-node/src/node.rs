@@ -66,6 +66,9 @@ pub struct NodeStatus {
     pub links: Vec<mesh::LinkStatus>,
     pub last_heartbeat_ms_ago: Option<u64>,
     pub changed_at_unix_ms: Option<u64>,
+    /// Its fencing record (fenced since lost? failed attempts?), as replicated.
+    #[serde(default)]
+    pub fence: phalanx_core::state::FenceRecord,
 }
 
 /// The answer of `/v1/status`.
@@ -465,6 +468,7 @@ impl Node {
         let settled =
             self.started.elapsed() > self.config.cluster.detection_time() + self.config.cluster.heartbeat_interval;
         let reachable = self.reachable();
+        let mut changed = false;
         for (name, rec) in &sm.cluster.nodes {
             let seen = if reachable.contains(name) {
                 Liveness::Online
@@ -480,7 +484,13 @@ impl Node {
                     at_ms: mesh::unix_ms(),
                 })
                 .await?;
+                changed = true;
             }
+        }
+        if changed {
+            // Schedule on the new liveness, not on this round's copy (which could still fence
+            // a node that is back).
+            return Ok(());
         }
         // 3. Resources: run the scheduler on the replicated state; commit a new plan when its
         //    actions differ from what the current plan still has to do (an action in flight is
@@ -685,6 +695,7 @@ impl Node {
                 liveness,
                 api,
                 attrs,
+                fence,
                 ..
             } = rec;
             let is_self = name == self.name;
@@ -707,6 +718,7 @@ impl Node {
                 links: peer.map(|p| p.links.clone()).unwrap_or_default(),
                 last_heartbeat_ms_ago: peer.and_then(|p| p.last_heartbeat_ms_ago),
                 changed_at_unix_ms: peer.and_then(|p| p.changed_at_unix_ms),
+                fence,
                 name,
                 id,
             });

@@ -113,7 +113,7 @@ pub async fn service_failover(
         let next = t + Duration::from_millis(20);
         tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
     };
-    cluster.start(&before)?;
+    cluster.restart(&before, Duration::from_secs(15)).await?;
     Ok((before, after.0, after.1.as_millis() as u64))
 }
 
@@ -187,8 +187,8 @@ pub async fn kill_leader(cluster: &mut LocalCluster, timeout: Duration) -> Resul
 
 /// Restart `name` and wait until it is back in the cluster with the leader's log applied.
 pub async fn rejoin(cluster: &mut LocalCluster, name: &str, timeout: Duration) -> Result<u64> {
+    cluster.restart(name, timeout).await?;
     let t0 = unix_ms();
-    cluster.start(name)?;
     cluster
         .wait_for(timeout, "the restarted node to rejoin", |st| {
             let me = st.get(name)?;

@@ -37,6 +37,12 @@ pub struct LocalCluster {
     keep: bool,
     /// In the lab: each node's namespace, and the client namespace the harness talks from.
     netns: Option<(Vec<String>, String)>,
+    /// The power switch (`phalanx power-switch`) every node's outlet hangs on: the cluster's
+    /// fence device. Its address, and its process once started.
+    pub power_switch: String,
+    switch: Option<Child>,
+    /// The config has resources (so a lost node is fenced).
+    has_resources: bool,
 }
 
 fn free_tcp_port() -> Result<u16> {
@@ -72,6 +78,7 @@ impl LocalCluster {
                 free_udp_port(&ip).map(|p| format!("{ip}:{p}"))
             },
             |_| Ok(format!("127.0.0.1:{}", free_tcp_port()?)),
+            format!("127.0.0.1:{}", free_tcp_port()?),
         )
     }
 
@@ -85,6 +92,7 @@ impl LocalCluster {
             spec,
             |i, l| Ok(format!("{}:7400", lab.node_ip(i, l))),
             |i| Ok(format!("{}:7480", lab.node_ip(i, 0))),
+            format!("{}:7500", crate::lab::Lab::client_ip()),
         )?;
         c.netns = Some(((1..=lab.nodes).map(|i| lab.node_ns(i)).collect(), lab.client_ns()));
         Ok(c)
@@ -94,6 +102,7 @@ impl LocalCluster {
         spec: Spec,
         link: impl Fn(usize, usize) -> Result<String>,
         api: impl Fn(usize) -> Result<String>,
+        power_switch: String,
     ) -> Result<Self> {
         if !(1..=32).contains(&spec.nodes) {
             bail!("--nodes must be 1 to 32");
@@ -130,6 +139,10 @@ impl LocalCluster {
             // Not used by issue-2 nodes; silences the two-node warning in the demo's config.
             toml += &format!("\n[witness]\naddress = \"127.0.0.1:{}\"\n", free_tcp_port()?);
         }
+        // Fencing: every node's outlet on one power switch (see `start`).
+        toml += &format!(
+            "\n[[fence_device]]\nname = \"power\"\nagent = \"http-switch\"\nparams = {{ url = \"http://{power_switch}\" }}\ntimeout = \"5s\"\n"
+        );
         toml += &spec.extra_config;
         let config_path = dir.join("cluster.toml");
         std::fs::write(&config_path, toml)?;
@@ -143,6 +156,9 @@ impl LocalCluster {
             exe: spec.exe,
             keep: spec.keep,
             netns: None,
+            power_switch,
+            switch: None,
+            has_resources: spec.extra_config.contains("[[resource]]"),
         })
     }
 
@@ -197,8 +213,45 @@ impl LocalCluster {
         self.dir.join(format!("{name}.log"))
     }
 
+    /// Where node `name`'s daemon pid is written (its outlet, outside the lab).
+    fn pid_file(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.daemon.pid"))
+    }
+
+    /// Start the power switch, once: in the lab, in the client namespace with one netns outlet
+    /// per node; on loopback, one pid outlet per node.
+    fn ensure_switch(&mut self) -> Result<()> {
+        if self.switch.is_some() {
+            return Ok(());
+        }
+        let mut cmd = match &self.netns {
+            Some((_, client)) => crate::lab::Lab::command_in(client, &self.exe),
+            None => Command::new(&self.exe),
+        };
+        cmd.arg("power-switch").arg("--listen").arg(&self.power_switch);
+        for (i, n) in self.nodes.iter().enumerate() {
+            let outlet = match &self.netns {
+                Some((nss, _)) => format!("{}=netns:{}", n.name, nss[i]),
+                None => format!("{}=pid:{}", n.name, self.pid_file(&n.name).display()),
+            };
+            cmd.arg("--outlet").arg(outlet);
+        }
+        let log = std::fs::File::create(self.dir.join("power-switch.log"))?;
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting the power switch")?;
+        self.switch = Some(child);
+        Ok(())
+    }
+
     /// Start (or restart) one node's daemon process.
     pub fn start(&mut self, name: &str) -> Result<()> {
+        self.ensure_switch()?;
+        let pid_file = self.pid_file(name);
         let exe = self.exe.clone();
         let config = self.config_path.clone();
         let log = std::fs::OpenOptions::new()
@@ -231,8 +284,25 @@ impl LocalCluster {
             .stderr(log)
             .spawn()
             .context("starting a phalanx daemon")?;
+        std::fs::write(&pid_file, child.id().to_string())?;
         node.child = Some(child);
         Ok(())
+    }
+
+    /// Restart a killed node the way a machine comes back: after the cluster fenced it (with
+    /// resources, a lost node is fenced; a daemon started before that would be shot by the
+    /// fence's reboot). Waits at most `within` for the fence.
+    pub async fn restart(&mut self, name: &str, within: Duration) -> Result<()> {
+        if self.has_resources {
+            self.wait_for(within, &format!("{name} fenced before its restart"), |st| {
+                st.values()
+                    .flat_map(|s| s.nodes.iter())
+                    .any(|n| n.name == name && n.fence.fenced)
+                    .then_some(())
+            })
+            .await?;
+        }
+        self.start(name)
     }
 
     pub fn start_all(&mut self) -> Result<()> {
@@ -245,6 +315,8 @@ impl LocalCluster {
 
     /// SIGKILL one node (a crash: no goodbye, no flush beyond what was committed).
     pub fn kill(&mut self, name: &str) -> Result<()> {
+        // Its outlet powers nothing now (a stale pid could name another process later).
+        let _ = std::fs::remove_file(self.pid_file(name));
         let node = self.node_mut(name)?;
         let mut child = node.child.take().ok_or_else(|| anyhow!("{name} is not running"))?;
         kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL)?;
@@ -256,6 +328,7 @@ impl LocalCluster {
     /// Forget a node whose processes were killed from outside (a lab crash): reap its daemon and
     /// lose what a reboot loses.
     pub fn reap(&mut self, name: &str) -> Result<()> {
+        let _ = std::fs::remove_file(self.pid_file(name));
         let node = self.node_mut(name)?;
         if let Some(mut child) = node.child.take() {
             let _ = child.kill();
@@ -426,6 +499,10 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.stop_all();
+        if let Some(mut s) = self.switch.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
         if !self.keep {
             let _ = std::fs::remove_dir_all(&self.dir);
         }

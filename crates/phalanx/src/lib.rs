@@ -10,6 +10,7 @@ pub mod harness;
 pub mod lab;
 pub mod lab_bench;
 pub mod peer_etcd;
+pub mod power_switch;
 pub mod render;
 pub mod service;
 pub mod simulate;

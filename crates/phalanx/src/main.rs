@@ -119,6 +119,19 @@ enum Cmd {
         #[arg(long)]
         explain: bool,
     },
+    /// An HTTP power switch for test machines (the built-in `http-switch` fence device's API):
+    /// cutting an outlet freezes and kills everything that machine runs.
+    PowerSwitch {
+        #[arg(long)]
+        listen: String,
+        /// NAME=pid:FILE (that process and its descendants) or NAME=netns:NS (every process
+        /// in that network namespace). Repeatable.
+        #[arg(long, required = true)]
+        outlet: Vec<String>,
+        /// NAME=COMMAND run (in the namespace, for netns outlets) when the outlet is turned on.
+        #[arg(long)]
+        boot: Vec<String>,
+    },
     /// The demo's HTTP service (answers with its node name).
     #[command(hide = true)]
     DemoService {
@@ -432,6 +445,21 @@ async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Node { cmd } => node_cmd(&cli, cmd).await,
+        Cmd::PowerSwitch { listen, outlet, boot } => {
+            let outlets = outlet
+                .iter()
+                .map(|o| phalanx::power_switch::parse_outlet(o))
+                .collect::<Result<Vec<_>>>()?;
+            let mut boots = std::collections::BTreeMap::new();
+            for b in boot {
+                let Some((n, cmd)) = b.split_once('=') else {
+                    bail!("--boot {b:?}: write NAME=COMMAND");
+                };
+                boots.insert(n.to_string(), cmd.to_string());
+            }
+            phalanx::power_switch::serve(listen, outlets, boots).await?;
+            Ok(0)
+        }
         Cmd::DemoService { listen, name } => {
             phalanx::service::serve(listen, name).await?;
             Ok(0)

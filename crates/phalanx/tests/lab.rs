@@ -213,7 +213,7 @@ async fn failback_case(policy: &str) {
     let away = running_on(&c, "web moved off n1", |n| n != "n1").await;
     wait_answer(&lab, &vip_addr(), &away, T).unwrap();
     lab.revive(1).unwrap();
-    c.start("n1").unwrap();
+    c.restart("n1", T).await.unwrap();
     // n1 counts as back once every view sees it online.
     c.wait_for(T, "n1 back", |st| {
         (st.len() == 3

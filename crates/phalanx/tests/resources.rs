@@ -285,7 +285,7 @@ async fn failback_immediate_delayed_and_manual() {
     })
     .await
     .unwrap();
-    c.start("n1").unwrap();
+    c.restart("n1", T).await.unwrap();
     let back = std::time::Instant::now();
     c.wait_for(T, "immediate failback", |st| {
         all_on(st, "n1", &["fb-now"]).then_some(())

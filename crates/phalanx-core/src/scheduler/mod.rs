@@ -624,7 +624,9 @@ fn fences_due(cfg: &Config, input: &Input) -> (BTreeMap<String, (String, String)
             continue;
         }
         let Some(by) = by else {
-            notes.push(format!("Wait: {target} must be fenced but no node can run the fence now"));
+            notes.push(format!(
+                "Wait: {target} must be fenced but no node can run the fence now"
+            ));
             continue;
         };
         let why = match &ns.fence_reason {

@@ -1,0 +1,279 @@
+//! `phalanx power-switch`: an HTTP power switch for the lab and the local clusters, like a smart
+//! PDU: each outlet powers one test machine, and cutting it leaves that machine dead at once
+//! (every process frozen, then killed: none gets a last word out). The built-in `http-switch`
+//! fence device speaks its API:
+//!
+//! - `GET /outlets` → `{"outlets": {"n1": "on", ...}}` (the device monitor);
+//! - `GET /outlets/{plug}` → `{"plug": "n1", "state": "on" | "off"}`;
+//! - `POST /outlets/{plug}/off | on | reboot` → the same, after acting; 404 for an unknown plug.
+//!
+//! An outlet is `NAME=pid:FILE` (the process whose pid FILE holds, with every descendant) or
+//! `NAME=netns:NS` (every process in network namespace NS; its links keep only the addresses
+//! they had when the switch started: a virtual IP dies with the machine, which boots without
+//! it). `on` runs the outlet's `--boot NAME=COMMAND`, if given (the machine booting); without
+//! one, power returns and nothing starts.
+
+use anyhow::{bail, Context, Result};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// What an outlet powers.
+#[derive(Debug, Clone)]
+pub enum Machine {
+    Pid(std::path::PathBuf),
+    Netns(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Outlet {
+    pub machine: Machine,
+    pub boot: Option<String>,
+    /// netns outlets: (link, address/prefix) as at start (what the machine boots with).
+    addresses: Vec<(String, String)>,
+}
+
+/// Parse `NAME=pid:FILE` or `NAME=netns:NS`.
+pub fn parse_outlet(s: &str) -> Result<(String, Machine)> {
+    let Some((name, spec)) = s.split_once('=') else {
+        bail!("outlet {s:?}: write NAME=pid:FILE or NAME=netns:NS");
+    };
+    let machine = match spec.split_once(':') {
+        Some(("pid", f)) if !f.is_empty() => Machine::Pid(f.into()),
+        Some(("netns", ns)) if !ns.is_empty() => Machine::Netns(ns.into()),
+        _ => bail!("outlet {s:?}: write NAME=pid:FILE or NAME=netns:NS"),
+    };
+    Ok((name.to_string(), machine))
+}
+
+type Outlets = Arc<Mutex<BTreeMap<String, Outlet>>>;
+
+/// Serve the switch on `listen` until the process ends.
+pub async fn serve(listen: &str, outlets: Vec<(String, Machine)>, boot: BTreeMap<String, String>) -> Result<()> {
+    let mut map = BTreeMap::new();
+    for (name, machine) in outlets {
+        let addresses = match &machine {
+            Machine::Netns(ns) => own_addresses(ns)?,
+            Machine::Pid(_) => Vec::new(),
+        };
+        let boot = boot.get(&name).cloned();
+        map.insert(
+            name,
+            Outlet {
+                machine,
+                boot,
+                addresses,
+            },
+        );
+    }
+    let state: Outlets = Arc::new(Mutex::new(map));
+    let app = Router::new()
+        .route("/outlets", get(list))
+        .route("/outlets/{plug}", get(one))
+        .route("/outlets/{plug}/{action}", post(act))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    tracing::info!(%listen, "power switch listening");
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+fn outlets(s: &Outlets) -> std::sync::MutexGuard<'_, BTreeMap<String, Outlet>> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn list(State(s): State<Outlets>) -> Response {
+    let all: BTreeMap<String, &str> = outlets(&s)
+        .iter()
+        .map(|(n, o)| (n.clone(), power_word(powered(&o.machine))))
+        .collect();
+    Json(json!({ "outlets": all })).into_response()
+}
+
+async fn one(State(s): State<Outlets>, Path(plug): Path<String>) -> Response {
+    let Some(o) = outlets(&s).get(&plug).cloned() else {
+        return (StatusCode::NOT_FOUND, format!("no outlet {plug:?}")).into_response();
+    };
+    Json(json!({ "plug": plug, "state": power_word(powered(&o.machine)) })).into_response()
+}
+
+async fn act(State(s): State<Outlets>, Path((plug, action)): Path<(String, String)>) -> Response {
+    let Some(o) = outlets(&s).get(&plug).cloned() else {
+        return (StatusCode::NOT_FOUND, format!("no outlet {plug:?}")).into_response();
+    };
+    let result = match action.as_str() {
+        "off" => power_off(&o),
+        "on" => power_on(&o),
+        "reboot" => power_off(&o).and_then(|_| power_on(&o)),
+        other => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("unknown action {other:?}: off, on or reboot"),
+            )
+                .into_response()
+        }
+    };
+    match result {
+        Ok(()) => {
+            tracing::warn!(%plug, %action, "outlet switched");
+            Json(json!({ "plug": plug, "state": power_word(powered(&o.machine)) })).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{action} {plug}: {e:#}")).into_response(),
+    }
+}
+
+fn power_word(on: bool) -> &'static str {
+    if on {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+/// The processes an outlet powers.
+fn processes(m: &Machine) -> Vec<i32> {
+    match m {
+        Machine::Netns(ns) => crate::lab::Lab::pids(ns),
+        Machine::Pid(f) => {
+            let Some(root) = std::fs::read_to_string(f)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+            else {
+                return Vec::new();
+            };
+            if kill(Pid::from_raw(root), None).is_err() {
+                return Vec::new();
+            }
+            let mut all = vec![root];
+            all.extend(descendants(root));
+            all
+        }
+    }
+}
+
+/// Every descendant of `root`, from /proc (parents before children).
+fn descendants(root: i32) -> Vec<i32> {
+    let mut parent: BTreeMap<i32, i32> = BTreeMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            // /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces and parens.
+            if let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) {
+                if let Some(ppid) = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                    .and_then(|p| p.parse().ok())
+                {
+                    parent.insert(pid, ppid);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for (child, pp) in &parent {
+            if *pp == p {
+                out.push(*child);
+                frontier.push(*child);
+            }
+        }
+    }
+    out
+}
+
+fn powered(m: &Machine) -> bool {
+    !processes(m).is_empty()
+}
+
+/// Freeze everything first (so nothing reacts to its siblings dying), then kill it.
+fn power_off(o: &Outlet) -> Result<()> {
+    let pids = processes(&o.machine);
+    for p in &pids {
+        let _ = kill(Pid::from_raw(*p), Signal::SIGSTOP);
+    }
+    for p in &pids {
+        let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
+    }
+    if let Machine::Netns(ns) = &o.machine {
+        let devs: std::collections::BTreeSet<&String> = o.addresses.iter().map(|(d, _)| d).collect();
+        for dev in devs {
+            ip(&["-n", ns, "addr", "flush", "dev", dev])?;
+        }
+        for (dev, addr) in &o.addresses {
+            let mut args = vec!["-n", ns, "addr", "add", addr, "dev", dev];
+            if addr.contains(':') {
+                args.push("nodad");
+            }
+            ip(&args)?;
+        }
+    }
+    Ok(())
+}
+
+fn power_on(o: &Outlet) -> Result<()> {
+    if let Some(cmd) = &o.boot {
+        let mut c = match &o.machine {
+            Machine::Netns(ns) => crate::lab::Lab::command_in(ns, "sh"),
+            Machine::Pid(_) => std::process::Command::new("sh"),
+        };
+        c.arg("-c")
+            .arg(cmd)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("booting: {cmd}"))?;
+    }
+    Ok(())
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("ip").args(args).output()?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// (link, address/prefix) of every global address on the namespace's eth* links.
+fn own_addresses(ns: &str) -> Result<Vec<(String, String)>> {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns, "-o", "addr", "show", "scope", "global"])
+        .output()?;
+    if !out.status.success() {
+        bail!("namespace {ns}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let dev = f.get(1)?.split('@').next()?.to_string();
+            let addr = f.get(3)?.to_string();
+            dev.starts_with("eth").then_some((dev, addr))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outlets_parse() {
+        assert!(matches!(parse_outlet("n1=pid:/tmp/n1.pid"), Ok((n, Machine::Pid(_))) if n == "n1"));
+        assert!(matches!(parse_outlet("n2=netns:px1n2"), Ok((n, Machine::Netns(ns))) if n == "n2" && ns == "px1n2"));
+        for bad in ["n1", "n1=pid:", "n1=disk:/x"] {
+            assert!(parse_outlet(bad).is_err(), "{bad}");
+        }
+    }
+}
