@@ -94,6 +94,9 @@ pub struct StatusReport {
     pub heartbeat_interval_ms: u64,
     pub dead_after: u32,
     pub no_quorum_policy: String,
+    /// required | watchdog | off.
+    #[serde(default)]
+    pub fencing: String,
     pub disabled_links: Vec<usize>,
     pub nodes: Vec<NodeStatus>,
     pub mesh: MeshStats,
@@ -777,6 +780,7 @@ impl Node {
             heartbeat_interval_ms: self.config.cluster.heartbeat_interval.as_millis() as u64,
             dead_after: self.config.cluster.dead_after,
             no_quorum_policy: self.config.cluster.no_quorum_policy.as_str().to_string(),
+            fencing: self.config.cluster.fencing.to_string(),
             disabled_links: self.mesh.disabled_links().into_iter().collect(),
             nodes,
             mesh: self.mesh.stats(),

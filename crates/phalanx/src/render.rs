@@ -37,6 +37,12 @@ pub fn status(s: &StatusReport) -> String {
         s.last_applied_index.map(|i| i.to_string()).unwrap_or("-".into()),
         s.config_version
     );
+    if s.fencing == "off" {
+        let _ = writeln!(
+            o,
+            "WARNING: fencing is off: a lost node's services may be started elsewhere while it still runs them (split-brain)"
+        );
+    }
     if !s.disabled_links.is_empty() {
         let _ = writeln!(o, "Links disabled on {}: {:?}", s.node, s.disabled_links);
     }
@@ -68,6 +74,19 @@ pub fn status(s: &StatusReport) -> String {
                 if l.up { "up" } else { "DOWN" },
                 age(l.last_heartbeat_ms_ago)
             );
+        }
+        let f = &n.fence;
+        if n.liveness == phalanx_core::Liveness::Offline && !f.fenced && s.fencing == "required" {
+            let why = match (&f.last_error, f.failures) {
+                (Some(e), k) if k > 0 => format!(": {k} attempt(s) failed, last: {e}"),
+                _ => String::new(),
+            };
+            let _ = writeln!(o, "      NOT FENCED yet: what it held stays stopped{why}");
+        } else if let (true, Some(by)) = (f.fenced && n.liveness == phalanx_core::Liveness::Offline, &f.fenced_by) {
+            let _ = writeln!(o, "      fenced ({by})");
+        }
+        if let Some(r) = &f.reason {
+            let _ = writeln!(o, "      must be fenced: {r}");
         }
         if !n.attrs.is_empty() {
             let attrs: Vec<String> = n.attrs.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -1,0 +1,154 @@
+//! Fencing for real, on 3 daemon processes: Debian's `fence_dummy` (fence-agents) is every
+//! node's level-1 device, called exactly as Pacemaker calls it. Kill the node running `web`: it
+//! is fenced through fence_dummy, and `web` starts elsewhere only after that fence is recorded
+//! (checked on every status poll). With a device that always fails, `web` stays stopped and the
+//! cluster keeps retrying, with backoff, saying why.
+
+use phalanx::harness::{LocalCluster, Spec};
+use phalanx_node::StatusReport;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(60);
+
+const WEB: &str = r#"
+[[resource]]
+id = "web"
+agent = "ocf:heartbeat:Dummy"
+monitor = { interval = "1s", timeout = "10s" }
+"#;
+
+/// `device` is level 1 of every node (the harness's power switch is not used).
+fn levels(device: &str) -> String {
+    (1..=3)
+        .map(|i| format!("\n[[fence_level]]\ntarget = \"n{i}\"\nlevel = 1\ndevices = [\"{device}\"]\n"))
+        .collect()
+}
+
+fn cluster(extra: &str) -> LocalCluster {
+    assert!(
+        std::path::Path::new("/usr/sbin/fence_dummy").is_file(),
+        "Debian's fence-agents is not installed (.ci/run installs it)"
+    );
+    let mut c = LocalCluster::create(Spec {
+        nodes: 3,
+        heartbeat: Duration::from_millis(100),
+        links: 1,
+        exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
+        keep: std::env::var_os("PHALANX_KEEP").is_some(),
+        extra_config: format!("{WEB}{extra}"),
+        cluster_extra: String::new(),
+    })
+    .unwrap();
+    c.start_all().unwrap();
+    c
+}
+
+fn web_on(s: &StatusReport) -> Option<String> {
+    s.resources
+        .iter()
+        .find(|r| r.id == "web")
+        .and_then(|r| r.running.keys().next().cloned())
+}
+
+fn fence_of<'a>(s: &'a StatusReport, node: &str) -> Option<&'a phalanx_core::state::FenceRecord> {
+    s.nodes.iter().find(|n| n.name == node).map(|n| &n.fence)
+}
+
+async fn web_placed(c: &LocalCluster) -> String {
+    c.wait_for(T, "web running", |st| {
+        let s = st.values().next()?;
+        (s.plan_pending == 0).then(|| web_on(s)).flatten()
+    })
+    .await
+    .unwrap()
+}
+
+/// Every view that shows `web` off `victim` must also show `victim` fenced (DESIGN.md §3.3).
+fn check_fenced_first(st: &BTreeMap<String, StatusReport>, victim: &str) {
+    for (who, s) in st {
+        if let Some(n) = web_on(s).filter(|n| n != victim) {
+            assert!(
+                fence_of(s, victim).is_some_and(|f| f.fenced),
+                "{who} shows web on {n} while {victim} is not fenced: {:?}",
+                fence_of(s, victim)
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fence_dummy_fences_a_lost_node_before_its_resources_move() {
+    let status_file = std::env::temp_dir().join(format!("phalanx-fence-dummy-{}.status", std::process::id()));
+    let mut c = cluster(&format!(
+        "\n[[fence_device]]\nname = \"dummy\"\nagent = \"fence_dummy\"\nparams = {{ status_file = \"{}\" }}\n{}",
+        status_file.display(),
+        levels("dummy")
+    ));
+    let victim = web_placed(&c).await;
+    c.kill(&victim).unwrap();
+    let deadline = Instant::now() + T;
+    let (by, moved_to) = loop {
+        let st = c.statuses().await;
+        check_fenced_first(&st, &victim);
+        let done = st.values().find_map(|s| {
+            let f = fence_of(s, &victim)?;
+            let to = web_on(s).filter(|n| *n != victim && s.plan_pending == 0)?;
+            f.fenced.then(|| (f.fenced_by.clone(), to))
+        });
+        if let Some(d) = done {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "web never moved off {victim} after a fence: {st:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(by.as_deref(), Some("level 1: dummy"), "fenced through fence_dummy");
+    assert_ne!(moved_to, victim);
+    // fence_dummy's own record: it switched the (dummy) power off and on (reboot).
+    let recorded = std::fs::read_to_string(&status_file).unwrap_or_default();
+    assert!(!recorded.trim().is_empty(), "fence_dummy wrote no status");
+    let _ = std::fs::remove_file(status_file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_level_fails_the_resources_stay_stopped_and_fencing_retries() {
+    // fence_dummy's `fail` type never succeeds; the 1 s timeout ends each attempt.
+    let mut c = cluster(&format!(
+        "\n[[fence_device]]\nname = \"broken\"\nagent = \"fence_dummy\"\nparams = {{ type = \"fail\" }}\ntimeout = \"1s\"\nretries = 0\n{}",
+        levels("broken")
+    ));
+    let victim = web_placed(&c).await;
+    c.kill(&victim).unwrap();
+    let deadline = Instant::now() + T;
+    let record = loop {
+        let st = c.statuses().await;
+        for (who, s) in &st {
+            assert!(
+                web_on(s).is_none_or(|n| n == victim),
+                "{who}: web started elsewhere although {victim} was never fenced"
+            );
+        }
+        if let Some(f) = st
+            .values()
+            .find_map(|s| fence_of(s, &victim).filter(|f| f.failures >= 2))
+        {
+            break f.clone();
+        }
+        assert!(Instant::now() < deadline, "fencing was not retried: {st:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!record.fenced);
+    let err = record.last_error.unwrap_or_default();
+    assert!(
+        err.contains("failed at every level") && err.contains("timed out"),
+        "{err}"
+    );
+    // Status says so, for the operator.
+    let (code, out, _) = c.cli(&["status"]).unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains("NOT FENCED"), "{out}");
+}
