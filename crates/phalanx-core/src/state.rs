@@ -142,6 +142,19 @@ pub struct ClusterState {
     /// Cluster-wide maintenance: nothing is managed.
     #[serde(default)]
     pub maintenance: bool,
+    /// The last result of each fence device's monitor (changes only).
+    #[serde(default)]
+    pub fence_devices: BTreeMap<String, DeviceHealth>,
+}
+
+/// What the last monitor of a fence device found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DeviceHealth {
+    pub ok: bool,
+    pub error: Option<String>,
+    /// Unix ms of the check that changed it, and the node that ran it.
+    pub since_ms: u64,
+    pub by: String,
 }
 
 /// A change to the cluster state, proposed by the leader or an operator.
@@ -217,6 +230,11 @@ pub enum Command {
         rsc: String,
         node: String,
         role: Option<Role>,
+    },
+    /// A fence device's monitor changed its answer.
+    DeviceHealth {
+        device: String,
+        health: DeviceHealth,
     },
     /// Forget failures, bans and fatal errors of a resource.
     Cleanup {
@@ -464,6 +482,13 @@ impl ClusterState {
                     Outcome::Unchanged
                 } else {
                     Outcome::Ok
+                })
+            }
+            Command::DeviceHealth { device, health } => {
+                let old = self.fence_devices.insert(device.clone(), health.clone());
+                Ok(match old {
+                    Some(o) if o.ok == health.ok && o.error == health.error => Outcome::Unchanged,
+                    _ => Outcome::Ok,
                 })
             }
             Command::Cleanup { rsc } => {

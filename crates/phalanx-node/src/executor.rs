@@ -334,6 +334,49 @@ pub async fn run(node: Arc<Node>, runner: Runner) {
             continue;
         }
         run_plan(&node, &runner, &sm.cluster.plan, &plans);
+        // Fence devices: the leader checks each at its monitor interval; a change of answer
+        // goes to the log (status shows it on every node), a failure is logged as an event.
+        if node.leader_name().as_deref() == Some(node.name.as_str()) {
+            for d in &node.config.fence.devices {
+                let key = format!("fence device {}", d.name);
+                let due = last_monitor
+                    .get(&key)
+                    .map(|t| t.elapsed() >= d.monitor_interval)
+                    .unwrap_or(true);
+                if d.monitor_interval.is_zero()
+                    || !due
+                    || !monitoring.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone())
+                {
+                    continue;
+                }
+                last_monitor.insert(key.clone(), Instant::now());
+                let (node2, monitoring2, d) = (node.clone(), monitoring.clone(), d.clone());
+                tokio::spawn(async move {
+                    let r = node2.fencer.monitor(&d).await;
+                    let error = r.err().map(|e| e.to_string());
+                    let known = node2.cluster_state().cluster.fence_devices.get(&d.name).cloned();
+                    if known.is_none_or(|k| k.ok != error.is_none() || k.error != error) {
+                        match &error {
+                            Some(e) => tracing::error!(device = %d.name, error = %e, "fence device unreachable"),
+                            None => tracing::info!(device = %d.name, "fence device ok"),
+                        }
+                        let health = phalanx_core::state::DeviceHealth {
+                            ok: error.is_none(),
+                            error,
+                            since_ms: unix_ms(),
+                            by: node2.name.clone(),
+                        };
+                        let _ = node2
+                            .write(Command::DeviceHealth {
+                                device: d.name.clone(),
+                                health,
+                            })
+                            .await;
+                    }
+                    monitoring2.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                });
+            }
+        }
         // A membership change (a node lost or back, a healed partition) re-announces every VIP
         // held here, so no client or switch stays on a stale MAC (a known keepalived failure).
         let online: BTreeSet<String> = sm

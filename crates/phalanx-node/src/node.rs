@@ -106,6 +106,9 @@ pub struct StatusReport {
     /// Actions of the current plan not finished yet.
     #[serde(default)]
     pub plan_pending: usize,
+    /// Every fence device and what its last monitor found (None: not checked yet).
+    #[serde(default)]
+    pub fence_devices: Vec<(String, Option<phalanx_core::state::DeviceHealth>)>,
 }
 
 /// One primitive as status shows it.
@@ -781,6 +784,13 @@ impl Node {
             dead_after: self.config.cluster.dead_after,
             no_quorum_policy: self.config.cluster.no_quorum_policy.as_str().to_string(),
             fencing: self.config.cluster.fencing.to_string(),
+            fence_devices: self
+                .config
+                .fence
+                .devices
+                .iter()
+                .map(|d| (d.name.clone(), sm.cluster.fence_devices.get(&d.name).cloned()))
+                .collect(),
             disabled_links: self.mesh.disabled_links().into_iter().collect(),
             nodes,
             mesh: self.mesh.stats(),

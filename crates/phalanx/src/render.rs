@@ -93,6 +93,21 @@ pub fn status(s: &StatusReport) -> String {
             let _ = writeln!(o, "      attributes: {}", attrs.join(" "));
         }
     }
+    if !s.fence_devices.is_empty() {
+        let _ = writeln!(o, "\nFence devices:");
+        for (name, h) in &s.fence_devices {
+            let state = match h {
+                None => "not checked yet".to_string(),
+                Some(h) if h.ok => format!("ok (checked by {})", h.by),
+                Some(h) => format!(
+                    "UNREACHABLE: {} (checked by {})",
+                    h.error.as_deref().unwrap_or("?"),
+                    h.by
+                ),
+            };
+            let _ = writeln!(o, "  * {name:<14} {state}");
+        }
+    }
     if !s.resources.is_empty() {
         let _ = writeln!(
             o,

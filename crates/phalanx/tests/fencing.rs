@@ -2,7 +2,8 @@
 //! node's level-1 device, called exactly as Pacemaker calls it. Kill the node running `web`: it
 //! is fenced through fence_dummy, and `web` starts elsewhere only after that fence is recorded
 //! (checked on every status poll). With a device that always fails, `web` stays stopped and the
-//! cluster keeps retrying, with backoff, saying why.
+//! cluster keeps retrying, with backoff, saying why. A device that cannot be reached is
+//! reported by its monitor in every node's status.
 
 use phalanx::harness::{LocalCluster, Spec};
 use phalanx_node::StatusReport;
@@ -81,8 +82,9 @@ fn check_fenced_first(st: &BTreeMap<String, StatusReport>, victim: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fence_dummy_fences_a_lost_node_before_its_resources_move() {
     let status_file = std::env::temp_dir().join(format!("phalanx-fence-dummy-{}.status", std::process::id()));
+    // `ghost` is in no level: only its monitor runs, and fails (no such program).
     let mut c = cluster(&format!(
-        "\n[[fence_device]]\nname = \"dummy\"\nagent = \"fence_dummy\"\nparams = {{ status_file = \"{}\" }}\n{}",
+        "\n[[fence_device]]\nname = \"dummy\"\nagent = \"fence_dummy\"\nparams = {{ status_file = \"{}\" }}\n\n[[fence_device]]\nname = \"ghost\"\nagent = \"/nonexistent/fence_ghost\"\nmonitor_interval = \"1s\"\n{}",
         status_file.display(),
         levels("dummy")
     ));
@@ -112,6 +114,16 @@ async fn fence_dummy_fences_a_lost_node_before_its_resources_move() {
     let recorded = std::fs::read_to_string(&status_file).unwrap_or_default();
     assert!(!recorded.trim().is_empty(), "fence_dummy wrote no status");
     let _ = std::fs::remove_file(status_file);
+    // The monitors: fence_dummy answers, the ghost device does not.
+    c.wait_for(T, "device monitors reported", |st| {
+        let s = st.values().next()?;
+        let health = |n: &str| s.fence_devices.iter().find(|(d, _)| d == n)?.1.clone();
+        (health("dummy")?.ok && !health("ghost")?.ok).then_some(())
+    })
+    .await
+    .unwrap();
+    let (_, out, _) = c.cli(&["status"]).unwrap();
+    assert!(out.contains("ghost") && out.contains("UNREACHABLE"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
