@@ -621,6 +621,22 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
         },
         &node_names,
     );
+    if fencing != Fencing::Required {
+        if let Some(p) = resources
+            .primitives
+            .values()
+            .find(|p| p.on_fail == resources::OnFail::Fence)
+        {
+            let at = c.agent_spans.get(&p.id).cloned().unwrap_or(cluster_span.clone());
+            c.error(
+                at,
+                format!(
+                    "resource {}: on_fail = \"fence\" needs fencing = \"required\" (it is {fencing})",
+                    p.id
+                ),
+            );
+        }
+    }
     // Fencing is on by default: with resources, every node must be fenceable (a device, or the
     // watchdog lease), unless the operator turned fencing off and was warned.
     if fencing == Fencing::Required && !resources.is_empty() {

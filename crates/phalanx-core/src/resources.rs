@@ -106,6 +106,8 @@ pub enum OnFail {
     Stop,
     /// Record the failure, do nothing.
     Ignore,
+    /// Fence the node it failed on (needs `fencing = "required"`), then recover it elsewhere.
+    Fence,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -567,13 +569,7 @@ pub(crate) fn validate(c: &mut Checker, raw: RawResources, nodes: &BTreeSet<Stri
                 "ban" => OnFail::Ban,
                 "stop" => OnFail::Stop,
                 "ignore" => OnFail::Ignore,
-                "fence" => {
-                    c.error(
-                        o.span(),
-                        "on_fail = \"fence\" needs fencing, which this version does not have yet",
-                    );
-                    OnFail::Restart
-                }
+                "fence" => OnFail::Fence,
                 other => {
                     c.error(
                         o.span(),

@@ -372,17 +372,20 @@ impl ClusterState {
                 n.liveness = *liveness;
                 n.liveness_since_ms = *at_ms;
                 if *liveness == Liveness::Offline {
-                    // Lost: unconfirmed until fenced again; except a member never seen online,
-                    // where nothing was ever placed (it has not joined yet).
-                    n.fence.fenced = was == Liveness::Unknown;
-                } else if back_from_lost {
-                    // Back (rebooted by its fence, or a healed partition): it probes everything
-                    // it runs, so it starts with a clean slate.
+                    // Lost: unconfirmed until fenced, unless it was fenced while still online
+                    // (a failed stop: going down is that fence's doing) or never seen online
+                    // (nothing was ever placed there).
+                    n.fence.fenced |= was == Liveness::Unknown;
+                } else {
+                    // Online (again): a later loss needs a fence of its own. Back from lost
+                    // (rebooted by its fence, or a healed partition), it probes everything it
+                    // runs, so it starts with a clean slate.
+                    n.fence.fenced = false;
+                }
+                if back_from_lost {
                     n.fence.failures = 0;
                     n.fence.last_error = None;
                     n.fence.reason = None;
-                }
-                if back_from_lost {
                     // What ran there when it was lost is unknown now: forget it; the node
                     // probes every resource when it sees itself back, and reports what runs.
                     for r in self.resources.values_mut() {
@@ -959,6 +962,31 @@ mod resource_tests {
             .nodes["n1"];
         assert!(n1.unclean && n1.online);
         assert_eq!(n1.fence_reason.as_deref(), Some("stop of db failed on n1: timed out"));
+        // Fenced while online: going down afterwards is that fence's doing, not a new loss.
+        s.apply(&Command::ActionResult {
+            plan_id: 0,
+            index: 0,
+            action: Action {
+                kind: ActionKind::Fence,
+                rsc: "n1".into(),
+                node: "n2".into(),
+                reason: "stop failed".into(),
+            },
+            outcome: CallOutcome::Ok,
+            at_ms: 4,
+            reason: Some("level 1: power".into()),
+        });
+        s.apply(&Command::SetLiveness {
+            name: "n1".into(),
+            liveness: Liveness::Offline,
+            at_ms: 5,
+        });
+        let req = cluster(crate::config::Fencing::Required);
+        assert!(
+            !s.scheduler_input(6, &req, None).nodes["n1"].unclean,
+            "fenced once is enough"
+        );
+        assert!(s.resources["db"].running.is_empty());
     }
 
     fn act(kind: ActionKind, rsc: &str, node: &str) -> Action {

@@ -3,7 +3,8 @@
 //! is fenced through fence_dummy, and `web` starts elsewhere only after that fence is recorded
 //! (checked on every status poll). With a device that always fails, `web` stays stopped and the
 //! cluster keeps retrying, with backoff, saying why. A device that cannot be reached is
-//! reported by its monitor in every node's status.
+//! reported by its monitor in every node's status. A stop that fails gets its node fenced (the
+//! harness's power switch kills it) before the resource starts elsewhere.
 
 use phalanx::harness::{LocalCluster, Spec};
 use phalanx_node::StatusReport;
@@ -38,7 +39,7 @@ fn cluster(extra: &str) -> LocalCluster {
         links: 1,
         exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
         keep: std::env::var_os("PHALANX_KEEP").is_some(),
-        extra_config: format!("{WEB}{extra}"),
+        extra_config: extra.to_string(),
         cluster_extra: String::new(),
     })
     .unwrap();
@@ -84,7 +85,7 @@ async fn fence_dummy_fences_a_lost_node_before_its_resources_move() {
     let status_file = std::env::temp_dir().join(format!("phalanx-fence-dummy-{}.status", std::process::id()));
     // `ghost` is in no level: only its monitor runs, and fails (no such program).
     let mut c = cluster(&format!(
-        "\n[[fence_device]]\nname = \"dummy\"\nagent = \"fence_dummy\"\nparams = {{ status_file = \"{}\" }}\n\n[[fence_device]]\nname = \"ghost\"\nagent = \"/nonexistent/fence_ghost\"\nmonitor_interval = \"1s\"\n{}",
+        "{WEB}\n[[fence_device]]\nname = \"dummy\"\nagent = \"fence_dummy\"\nparams = {{ status_file = \"{}\" }}\n\n[[fence_device]]\nname = \"ghost\"\nagent = \"/nonexistent/fence_ghost\"\nmonitor_interval = \"1s\"\n{}",
         status_file.display(),
         levels("dummy")
     ));
@@ -130,7 +131,7 @@ async fn fence_dummy_fences_a_lost_node_before_its_resources_move() {
 async fn when_every_level_fails_the_resources_stay_stopped_and_fencing_retries() {
     // fence_dummy's `fail` type never succeeds; the 1 s timeout ends each attempt.
     let mut c = cluster(&format!(
-        "\n[[fence_device]]\nname = \"broken\"\nagent = \"fence_dummy\"\nparams = {{ type = \"fail\" }}\ntimeout = \"1s\"\nretries = 0\n{}",
+        "{WEB}\n[[fence_device]]\nname = \"broken\"\nagent = \"fence_dummy\"\nparams = {{ type = \"fail\" }}\ntimeout = \"1s\"\nretries = 0\n{}",
         levels("broken")
     ));
     let victim = web_placed(&c).await;
@@ -163,4 +164,60 @@ async fn when_every_level_fails_the_resources_stay_stopped_and_fencing_retries()
     let (code, out, _) = c.cli(&["status"]).unwrap();
     assert_eq!(code, 0);
     assert!(out.contains("NOT FENCED"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_stop_fences_the_node_before_the_resource_starts_elsewhere() {
+    // `db` can start and be monitored, but its stop always fails. Fenced by the harness's power
+    // switch (the default levels: its only device), which kills the node's processes.
+    let dir = std::env::temp_dir().join(format!("phalanx-failed-stop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = format!("{}/db-${{OCF_RESKEY_CRM_meta_on_node}}", dir.display());
+    let c = cluster(&format!(
+        "\n[[resource]]\nid = \"db\"\nagent = \"exec\"\nparams = {{ start = \"touch {file}\", stop = \"echo cannot stop >&2; exit 1\", monitor = \"test -f {file} || exit 7\" }}\nmonitor = {{ interval = \"1s\", timeout = \"5s\" }}\n"
+    ));
+    let db_on = |s: &StatusReport| {
+        s.resources
+            .iter()
+            .find(|r| r.id == "db")
+            .and_then(|r| r.running.keys().next().cloned())
+    };
+    let from = c
+        .wait_for(T, "db running", |st| {
+            let s = st.values().next()?;
+            (s.plan_pending == 0).then(|| db_on(s)).flatten()
+        })
+        .await
+        .unwrap();
+    let to = if from == "n1" { "n2" } else { "n1" };
+    let (code, out, err) = c.cli(&["resource", "move", "db", "--to", to]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let deadline = Instant::now() + T;
+    let fence = loop {
+        let st = c.statuses().await;
+        for (who, s) in &st {
+            if let Some(n) = db_on(s).filter(|n| n != &from) {
+                assert!(
+                    fence_of(s, &from).is_some_and(|f| f.fenced || f.fenced_at_ms.is_some()),
+                    "{who} shows db on {n} before {from} was fenced"
+                );
+            }
+        }
+        let done = st.values().find_map(|s| {
+            let f = fence_of(s, &from)?.clone();
+            (db_on(s).as_deref() == Some(to) && f.fenced_at_ms.is_some()).then_some(f)
+        });
+        if let Some(f) = done {
+            break f;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "db never moved to {to} after a fence: {st:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(fence.fenced_by.as_deref(), Some("level 1: power"));
+    // The power switch took the node down: its daemon no longer answers.
+    assert!(c.status(&from).await.is_err(), "{from} still answers after its fence");
+    let _ = std::fs::remove_dir_all(dir);
 }

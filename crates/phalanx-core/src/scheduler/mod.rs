@@ -468,10 +468,9 @@ pub fn schedule(cfg: &Config, input: &Input) -> Plan {
     } else {
         let mut v = input.clone();
         for target in fences.keys() {
-            if let Some(n) = v.nodes.get_mut(target) {
-                n.online = false;
-                n.unclean = false;
-            }
+            let n = v.nodes.entry(target.clone()).or_default();
+            n.online = false;
+            n.unclean = false;
         }
         fenced_view = v;
         &fenced_view
@@ -600,12 +599,42 @@ fn fences_due(cfg: &Config, input: &Input) -> (BTreeMap<String, (String, String)
     if cfg.cluster.fencing != crate::config::Fencing::Required {
         return (due, notes);
     }
-    for (target, ns) in &input.nodes {
-        if !ns.unclean || !cfg.fence.can_fence(target) {
+    // A monitor failure of a resource with on_fail = "fence" makes its node unclean too.
+    let mut monitor_fence: BTreeMap<&str, String> = BTreeMap::new();
+    for (rsc, st) in &input.resources {
+        let Some(p) = cfg.resources.primitive_of(rsc) else {
+            continue;
+        };
+        if p.on_fail != OnFail::Fence {
+            continue;
+        }
+        for (n, role) in &st.running {
+            if *role == Role::Failed && input.nodes.get(n).is_none_or(|s| s.online) {
+                monitor_fence
+                    .entry(n.as_str())
+                    .or_insert_with(|| format!("{rsc} failed on {n} (on_fail = fence)"));
+            }
+        }
+    }
+    let default_state = NodeState::default();
+    let candidates: BTreeSet<&str> = input
+        .nodes
+        .iter()
+        .filter(|(_, s)| s.unclean)
+        .map(|(n, _)| n.as_str())
+        .chain(monitor_fence.keys().copied())
+        .collect();
+    for target in candidates {
+        let ns = input.nodes.get(target).unwrap_or(&default_state);
+        if !cfg.fence.can_fence(target) {
             continue;
         }
         // The coordinator, unless it is the target or unusable; else the first usable node.
-        let usable = |n: &str| n != target && input.nodes.get(n).map(|s| s.online && !s.unclean).unwrap_or(true);
+        let usable = |n: &str| {
+            n != target
+                && !monitor_fence.contains_key(n)
+                && input.nodes.get(n).map(|s| s.online && !s.unclean).unwrap_or(true)
+        };
         let by = input
             .fencer
             .clone()
@@ -629,11 +658,11 @@ fn fences_due(cfg: &Config, input: &Input) -> (BTreeMap<String, (String, String)
             ));
             continue;
         };
-        let why = match &ns.fence_reason {
-            Some(r) => r.clone(),
-            None => format!("{target} lost while it may hold resources"),
+        let why = match (&ns.fence_reason, monitor_fence.get(target)) {
+            (Some(r), _) | (None, Some(r)) => r.clone(),
+            (None, None) => format!("{target} lost while it may hold resources"),
         };
-        due.insert(target.clone(), (by, format!("{why}{failed}")));
+        due.insert(target.to_string(), (by, format!("{why}{failed}")));
     }
     (due, notes)
 }
