@@ -28,6 +28,10 @@ fn levels(device: &str) -> String {
         .collect()
 }
 
+/// One cluster at a time: four 3-node clusters starting at once on a 2-core machine miss
+/// heartbeats, and with fencing a missed-heartbeat suspicion gets a node shot.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn cluster(extra: &str) -> LocalCluster {
     assert!(
         std::path::Path::new("/usr/sbin/fence_dummy").is_file(),
@@ -58,13 +62,34 @@ fn fence_of<'a>(s: &'a StatusReport, node: &str) -> Option<&'a phalanx_core::sta
     s.nodes.iter().find(|n| n.name == node).map(|n| &n.fence)
 }
 
+/// Where `rsc` runs once every view agrees, nothing is pending, and it stayed so for a
+/// heartbeat round (start-up placement can still shift while late nodes join).
+async fn placed(c: &LocalCluster, rsc: &str) -> String {
+    let on = |s: &StatusReport| {
+        s.resources
+            .iter()
+            .find(|r| r.id == rsc)
+            .and_then(|r| r.running.keys().next().cloned())
+    };
+    let agreed = |st: &BTreeMap<String, StatusReport>| {
+        let first = on(st.values().next()?)?;
+        (st.len() == 3
+            && st
+                .values()
+                .all(|s| s.plan_pending == 0 && on(s).as_deref() == Some(first.as_str())))
+        .then_some(first)
+    };
+    loop {
+        let n = c.wait_for(T, &format!("{rsc} placed"), agreed).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if agreed(&c.statuses().await).as_deref() == Some(n.as_str()) {
+            return n;
+        }
+    }
+}
+
 async fn web_placed(c: &LocalCluster) -> String {
-    c.wait_for(T, "web running", |st| {
-        let s = st.values().next()?;
-        (s.plan_pending == 0).then(|| web_on(s)).flatten()
-    })
-    .await
-    .unwrap()
+    placed(c, "web").await
 }
 
 /// Every view that shows `web` off `victim` must also show `victim` fenced (DESIGN.md §3.3).
@@ -82,6 +107,7 @@ fn check_fenced_first(st: &BTreeMap<String, StatusReport>, victim: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fence_dummy_fences_a_lost_node_before_its_resources_move() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let status_file = std::env::temp_dir().join(format!("phalanx-fence-dummy-{}.status", std::process::id()));
     // `ghost` is in no level: only its monitor runs, and fails (no such program).
     let mut c = cluster(&format!(
@@ -129,6 +155,7 @@ async fn fence_dummy_fences_a_lost_node_before_its_resources_move() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_every_level_fails_the_resources_stay_stopped_and_fencing_retries() {
+    let _one = ONE_AT_A_TIME.lock().await;
     // fence_dummy's `fail` type never succeeds; the 1 s timeout ends each attempt.
     let mut c = cluster(&format!(
         "{WEB}\n[[fence_device]]\nname = \"broken\"\nagent = \"fence_dummy\"\nparams = {{ type = \"fail\" }}\ntimeout = \"1s\"\nretries = 0\n{}",
@@ -168,6 +195,7 @@ async fn when_every_level_fails_the_resources_stay_stopped_and_fencing_retries()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_stop_fences_the_node_before_the_resource_starts_elsewhere() {
+    let _one = ONE_AT_A_TIME.lock().await;
     // `db` can start and be monitored, but its stop always fails. Fenced by the harness's power
     // switch (the default levels: its only device), which kills the node's processes.
     let dir = std::env::temp_dir().join(format!("phalanx-failed-stop-{}", std::process::id()));
@@ -182,13 +210,7 @@ async fn a_failed_stop_fences_the_node_before_the_resource_starts_elsewhere() {
             .find(|r| r.id == "db")
             .and_then(|r| r.running.keys().next().cloned())
     };
-    let from = c
-        .wait_for(T, "db running", |st| {
-            let s = st.values().next()?;
-            (s.plan_pending == 0).then(|| db_on(s)).flatten()
-        })
-        .await
-        .unwrap();
+    let from = placed(&c, "db").await;
     let to = if from == "n1" { "n2" } else { "n1" };
     let (code, out, err) = c.cli(&["resource", "move", "db", "--to", to]).unwrap();
     assert_eq!(code, 0, "{out}{err}");
@@ -220,4 +242,63 @@ async fn a_failed_stop_fences_the_node_before_the_resource_starts_elsewhere() {
     // The power switch took the node down: its daemon no longer answers.
     assert!(c.status(&from).await.is_err(), "{from} still answers after its fence");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Storage failure (the seeds' "testing failover" list): the resource's state directory on its
+/// node turns read-only under it (a bind mount remounted read-only: root ignores permissions).
+/// Its monitor writes there and fails; its stop cannot remove its file either, so the node is
+/// fenced, and the resource is recovered on a node whose storage works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_failure_moves_the_resource_after_fencing_its_node() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if std::env::var_os("PHALANX_NO_LAB").is_some() {
+        eprintln!("SKIPPED: PHALANX_NO_LAB is set (this test mounts, as root)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("phalanx-storage-{}", std::process::id()));
+    let d = format!("{}/${{OCF_RESKEY_CRM_meta_on_node}}", dir.display());
+    let c = cluster(&format!(
+        "\n[[resource]]\nid = \"store\"\nagent = \"exec\"\nparams = {{ start = \"mkdir -p {d} && date > {d}/alive\", stop = \"rm -f {d}/alive\", monitor = \"test -f {d}/alive || exit 7; date > {d}/alive\" }}\nmonitor = {{ interval = \"500ms\", timeout = \"5s\" }}\nmigration_threshold = 1\n"
+    ));
+    let store_on = |s: &StatusReport| {
+        s.resources
+            .iter()
+            .find(|r| r.id == "store")
+            .and_then(|r| r.running.keys().next().cloned())
+    };
+    let from = placed(&c, "store").await;
+    let node_dir = dir.join(&from);
+    let mount = |args: &[&str]| {
+        let ok = std::process::Command::new("mount")
+            .args(args)
+            .status()
+            .map(|s| s.success());
+        assert!(matches!(ok, Ok(true)), "mount {args:?} failed (this test needs root)");
+    };
+    let p = node_dir.display().to_string();
+    mount(&["--bind", &p, &p]);
+    mount(&["-o", "remount,bind,ro", &p]);
+    let deadline = Instant::now() + T;
+    let result = loop {
+        let st = c.statuses().await;
+        let moved = st.values().find_map(|s| {
+            let to = store_on(s).filter(|n| *n != from && s.plan_pending == 0)?;
+            Some((to, fence_of(s, &from)?.clone()))
+        });
+        if let Some(m) = moved {
+            break Ok(m);
+        }
+        if Instant::now() > deadline {
+            break Err(format!("store never left {from}: {st:#?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = std::process::Command::new("umount").arg(&p).status();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (to, fence) = result.unwrap();
+    assert_ne!(to, from);
+    assert!(
+        fence.fenced_at_ms.is_some(),
+        "the failed stop on {from} was not fenced: {fence:?}"
+    );
 }
