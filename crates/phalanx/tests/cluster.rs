@@ -70,6 +70,8 @@ async fn no_acknowledged_write_is_lost_across_kill_9() {
     let client = c.client.clone();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count2 = count.clone();
     let writer = tokio::spawn(async move {
         let mut acked = BTreeSet::new();
         let mut i = 0u32;
@@ -84,6 +86,7 @@ async fn no_acknowledged_write_is_lost_across_kill_9() {
                 .await;
             if r.is_ok() {
                 acked.insert(i);
+                count2.store(acked.len(), std::sync::atomic::Ordering::SeqCst);
             }
             i += 1;
         }
@@ -109,6 +112,11 @@ async fn no_acknowledged_write_is_lost_across_kill_9() {
     c.kill(&victim).unwrap();
     c.start(&victim).unwrap();
     c.wait_stable(T).await.unwrap();
+    // Let the burst run on until it has made real progress (bounded), however slow the machine.
+    let deadline = std::time::Instant::now() + T;
+    while count.load(std::sync::atomic::Ordering::SeqCst) <= 20 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let acked = writer.await.unwrap();
     assert!(
