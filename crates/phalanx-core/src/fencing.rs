@@ -4,7 +4,7 @@
 //! writes it), what its exit code means, and the retry backoff after every level failed.
 //! Running the devices is the node's job (`phalanx_node::fence`).
 
-use crate::config::{format_duration, parse_duration, Checker};
+use crate::config::{parse_duration, Checker};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -261,7 +261,9 @@ pub(crate) fn validate(
             if s.contains('\n') || k.contains('=') || k.contains('\n') {
                 c.error(
                     v.span(),
-                    format!("fence device param {k:?}: a key or value may not hold '=' in the key or a newline"),
+                    format!(
+                        "fence device param {k:?}: a key may not contain '=' and neither a key nor a value a newline"
+                    ),
                 );
                 continue;
             }
@@ -380,7 +382,7 @@ pub(crate) fn validate(
     out
 }
 
-/// A line for `config check` and status: how each node is fenced.
+/// A line for `config check`: how a node is fenced.
 pub fn describe(cfg: &FenceConfig, node: &str) -> String {
     let levels = cfg.levels_for(node);
     if levels.is_empty() {
@@ -395,17 +397,6 @@ pub fn describe(cfg: &FenceConfig, node: &str) -> String {
         })
         .collect();
     format!("{node}: {}", parts.join(", then "))
-}
-
-/// Formats a device's timing for humans.
-pub fn timing(d: &FenceDevice) -> String {
-    format!(
-        "timeout {}, {} retries, delay {}+rand({})",
-        format_duration(d.timeout),
-        d.retries,
-        format_duration(d.delay_base),
-        format_duration(d.delay_max)
-    )
 }
 
 #[cfg(test)]

@@ -246,12 +246,6 @@ impl Node {
         &self.http
     }
 
-    /// A consistent copy of the replicated state.
-    /// See `ClusterConfig::lost_node_hold`.
-    pub fn lost_node_hold_ms(&self) -> Option<u64> {
-        self.config.cluster.lost_node_hold().map(|d| d.as_millis() as u64)
-    }
-
     /// Whether this node reaches a majority of the voters (through the mesh, itself included).
     pub fn quorate(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
@@ -270,6 +264,7 @@ impl Node {
         self.applied.clone()
     }
 
+    /// A consistent copy of the replicated state.
     pub fn cluster_state(&self) -> SmData {
         self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -751,6 +751,12 @@ async fn config_check(file: &Path, as_json: bool) -> Result<i32> {
         }
         if errors == 0 {
             println!("{name}: OK ({warnings} warning(s))");
+            if let Some(cfg) = checked.config.as_ref().filter(|c| !c.fence.devices.is_empty()) {
+                println!("Fencing ({}), how each node is fenced:", cfg.cluster.fencing);
+                for n in &cfg.nodes {
+                    println!("  {}", phalanx_core::fencing::describe(&cfg.fence, &n.name));
+                }
+            }
         } else {
             println!("{name}: {errors} error(s), {warnings} warning(s)");
         }
