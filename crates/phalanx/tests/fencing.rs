@@ -51,11 +51,16 @@ fn cluster(extra: &str) -> LocalCluster {
     c
 }
 
-fn web_on(s: &StatusReport) -> Option<String> {
+/// Where `rsc` runs in one node's view.
+fn runs_on(s: &StatusReport, rsc: &str) -> Option<String> {
     s.resources
         .iter()
-        .find(|r| r.id == "web")
+        .find(|r| r.id == rsc)
         .and_then(|r| r.running.keys().next().cloned())
+}
+
+fn web_on(s: &StatusReport) -> Option<String> {
+    runs_on(s, "web")
 }
 
 fn fence_of<'a>(s: &'a StatusReport, node: &str) -> Option<&'a phalanx_core::state::FenceRecord> {
@@ -65,12 +70,7 @@ fn fence_of<'a>(s: &'a StatusReport, node: &str) -> Option<&'a phalanx_core::sta
 /// Where `rsc` runs once every view agrees, nothing is pending, and it stayed so for a
 /// heartbeat round (start-up placement can still shift while late nodes join).
 async fn placed(c: &LocalCluster, rsc: &str) -> String {
-    let on = |s: &StatusReport| {
-        s.resources
-            .iter()
-            .find(|r| r.id == rsc)
-            .and_then(|r| r.running.keys().next().cloned())
-    };
+    let on = |s: &StatusReport| runs_on(s, rsc);
     let agreed = |st: &BTreeMap<String, StatusReport>| {
         let first = on(st.values().next()?)?;
         (st.len() == 3
@@ -204,12 +204,7 @@ async fn a_failed_stop_fences_the_node_before_the_resource_starts_elsewhere() {
     let c = cluster(&format!(
         "\n[[resource]]\nid = \"db\"\nagent = \"exec\"\nparams = {{ start = \"touch {file}\", stop = \"echo cannot stop >&2; exit 1\", monitor = \"test -f {file} || exit 7\" }}\nmonitor = {{ interval = \"1s\", timeout = \"5s\" }}\n"
     ));
-    let db_on = |s: &StatusReport| {
-        s.resources
-            .iter()
-            .find(|r| r.id == "db")
-            .and_then(|r| r.running.keys().next().cloned())
-    };
+    let db_on = |s: &StatusReport| runs_on(s, "db");
     let from = placed(&c, "db").await;
     let to = if from == "n1" { "n2" } else { "n1" };
     let (code, out, err) = c.cli(&["resource", "move", "db", "--to", to]).unwrap();
@@ -260,12 +255,7 @@ async fn storage_failure_moves_the_resource_after_fencing_its_node() {
     let c = cluster(&format!(
         "\n[[resource]]\nid = \"store\"\nagent = \"exec\"\nparams = {{ start = \"mkdir -p {d} && date > {d}/alive\", stop = \"rm -f {d}/alive\", monitor = \"test -f {d}/alive || exit 7; date > {d}/alive\" }}\nmonitor = {{ interval = \"500ms\", timeout = \"5s\" }}\nmigration_threshold = 1\n"
     ));
-    let store_on = |s: &StatusReport| {
-        s.resources
-            .iter()
-            .find(|r| r.id == "store")
-            .and_then(|r| r.running.keys().next().cloned())
-    };
+    let store_on = |s: &StatusReport| runs_on(s, "store");
     let from = placed(&c, "store").await;
     let node_dir = dir.join(&from);
     let mount = |args: &[&str]| {
