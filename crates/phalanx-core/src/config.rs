@@ -40,6 +40,23 @@ pub struct ClusterConfig {
     /// Path of the cluster key, relative to the config file's folder unless absolute.
     pub key_file: String,
     pub fencing: Fencing,
+    /// Pacemaker's priority-fencing-delay: a fence of a node that runs resources waits this long
+    /// first, so if two sides ever race to fence each other, the one running the services shoots
+    /// first and survives. 0: no delay.
+    #[serde(default, with = "duration_ms")]
+    pub priority_fence_delay: Duration,
+    /// A hardware watchdog device (`/dev/watchdog`), kept alive only while the node has quorum;
+    /// `{node}` in the path is replaced by the node's name (for test rigs sharing a disk).
+    #[serde(default)]
+    pub watchdog: Option<String>,
+    /// The watchdog's timeout: a node that stops feeding it (no quorum, frozen) is reset this
+    /// long after the last feed.
+    #[serde(default = "default_watchdog_timeout", with = "duration_ms")]
+    pub watchdog_timeout: Duration,
+}
+
+fn default_watchdog_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 impl ClusterConfig {
@@ -53,8 +70,11 @@ impl ClusterConfig {
     /// stops its resources itself when it loses quorum, at most one interval after the majority
     /// saw it go (heartbeats are an interval apart), plus an interval of margin for the stop.
     /// None: recover at once (`off`, and `required` until fence devices exist).
+    /// With a hardware watchdog, SBD's msgwait: twice its timeout (the lost node is reset by then,
+    /// whatever state its software is in).
     pub fn lost_node_hold(&self) -> Option<Duration> {
         match self.fencing {
+            Fencing::Watchdog if self.watchdog.is_some() => Some(self.watchdog_timeout * 2),
             Fencing::Watchdog => Some(self.heartbeat_interval * 2),
             Fencing::Required | Fencing::Off => None,
         }
@@ -192,6 +212,9 @@ struct RawCluster {
     key_file: Option<Spanned<String>>,
     fencing: Option<Spanned<String>>,
     fence_action: Option<Spanned<String>>,
+    priority_fence_delay: Option<Spanned<String>>,
+    watchdog: Option<Spanned<String>>,
+    watchdog_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -452,6 +475,38 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
         },
     };
 
+    let duration_key = |c: &mut Checker, key: &str, v: &Option<Spanned<String>>, default: Duration| match v {
+        None => default,
+        Some(s) => match parse_duration(s.get_ref()) {
+            Ok(d) => d,
+            Err(e) => {
+                c.error(s.span(), format!("{key}: {e}"));
+                default
+            }
+        },
+    };
+    let priority_fence_delay = duration_key(c, "priority_fence_delay", &cl.priority_fence_delay, Duration::ZERO);
+    let watchdog_timeout = duration_key(c, "watchdog_timeout", &cl.watchdog_timeout, default_watchdog_timeout());
+    if watchdog_timeout < Duration::from_secs(1) {
+        if let Some(s) = &cl.watchdog_timeout {
+            c.error(
+                s.span(),
+                "watchdog_timeout must be at least 1s (watchdog devices count whole seconds)",
+            );
+        }
+    }
+    let watchdog = match &cl.watchdog {
+        Some(w) if w.get_ref().is_empty() => {
+            c.error(
+                w.span(),
+                "watchdog is empty: write a device path such as \"/dev/watchdog\"",
+            );
+            None
+        }
+        Some(w) => Some(w.get_ref().clone()),
+        None => None,
+    };
+
     let key_file = match cl.key_file {
         Some(k) if k.get_ref().is_empty() => {
             c.error(k.span(), "key_file is empty");
@@ -487,6 +542,10 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
                         n.get_ref()
                     ),
                 );
+                continue;
+            }
+            Some(n) if n.get_ref() == "witness" => {
+                c.error(n.span(), "node name \"witness\" is reserved for the [witness]");
                 continue;
             }
             Some(n) => {
@@ -665,6 +724,9 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
             no_quorum_policy,
             key_file,
             fencing,
+            priority_fence_delay,
+            watchdog,
+            watchdog_timeout,
         },
         nodes,
         witness,

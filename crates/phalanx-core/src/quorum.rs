@@ -35,6 +35,47 @@ impl NoQuorumPolicy {
     }
 }
 
+/// What a node without quorum does to one resource instance it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoQuorumAction {
+    Stop,
+    Demote,
+}
+
+/// The no-quorum policy applied to what runs on this node (`here`: instance id and role), in
+/// the order to run it: `stop` stops everything, virtual IPs first (a VIP must be gone before
+/// the majority may start it elsewhere), then the rest, a group's members in reverse order;
+/// `demote` demotes promoted instances and leaves the rest; `freeze` and `ignore` do nothing.
+pub fn no_quorum_actions(
+    policy: NoQuorumPolicy,
+    resources: &crate::resources::Resources,
+    here: &[(String, crate::scheduler::Role)],
+) -> Vec<(String, NoQuorumAction)> {
+    match policy {
+        NoQuorumPolicy::Stop => {
+            let key = |id: &String| {
+                let p = resources.primitive_of(id);
+                let vip = p.is_some_and(|p| p.agent == crate::resources::AgentSpec::Vip);
+                let group = p.and_then(|p| resources.group_of(&p.id));
+                let pos = group
+                    .zip(p)
+                    .and_then(|(g, p)| g.members.iter().position(|m| *m == p.id))
+                    .unwrap_or(0);
+                (!vip, group.map(|g| g.id.clone()), std::cmp::Reverse(pos), id.clone())
+            };
+            let mut order: Vec<&String> = here.iter().map(|(id, _)| id).collect();
+            order.sort_by_key(|id| key(id));
+            order.into_iter().map(|id| (id.clone(), NoQuorumAction::Stop)).collect()
+        }
+        NoQuorumPolicy::Demote => here
+            .iter()
+            .filter(|(_, role)| *role == crate::scheduler::Role::Promoted)
+            .map(|(id, _)| (id.clone(), NoQuorumAction::Demote))
+            .collect(),
+        NoQuorumPolicy::Freeze | NoQuorumPolicy::Ignore => Vec::new(),
+    }
+}
+
 /// Votes needed for a majority of `total` votes: ⌊total/2⌋+1.
 pub fn majority(total: usize) -> usize {
     total / 2 + 1
@@ -73,15 +114,42 @@ pub fn evaluate(voters: &BTreeSet<String>, reachable: &BTreeSet<String>, witness
     }
 }
 
+/// The witness' vote (qnetd's ffsplit, made sticky): it backs the Raft leader while it sees the
+/// leader alive, so its vote and the log agree; else it keeps the node it backed while that one
+/// is alive (a vote that hops would hand quorum to both sides of a split in turn); else the
+/// lowest alive id. `alive` holds the node ids the witness hears. None: it backs nobody.
+pub fn witness_vote(current: Option<u64>, leader: Option<u64>, alive: &BTreeSet<u64>) -> Option<u64> {
+    leader
+        .filter(|l| alive.contains(l))
+        .or(current.filter(|c| alive.contains(c)))
+        .or_else(|| alive.iter().next().copied())
+}
+
+/// Whether the witness' vote counts for this node's partition: the witness is reachable and
+/// backs a node of the partition (`reachable`, this node included). A vote for a node this node
+/// lost less than a grace ago (`recently_lost`) also counts: the witness hears of that death a
+/// moment later than we do, and the survivors of a crash must not drop their resources in
+/// between. The grace is shorter than the lease the quorate side waits before recovering.
+pub fn witness_grants(
+    witness_reachable: bool,
+    vote: Option<&str>,
+    reachable: &BTreeSet<String>,
+    recently_lost: &BTreeSet<String>,
+) -> bool {
+    witness_reachable && vote.is_some_and(|v| reachable.contains(v) || recently_lost.contains(v))
+}
+
 /// Which voter should campaign at once after the leader is declared dead: among the reachable
 /// voters `(id, last log index)`, the one with the longest log (Raft elects only an up-to-date
 /// log), ties to the lowest id. None when the reachable voters are no majority of `voters`.
-pub fn campaigner(reachable_voters: &[(u64, u64)], voters: usize) -> Option<u64> {
+/// `witness` (its id) counts towards the majority but never campaigns.
+pub fn campaigner(reachable_voters: &[(u64, u64)], voters: usize, witness: Option<u64>) -> Option<u64> {
     if reachable_voters.len() < majority(voters) {
         return None;
     }
     reachable_voters
         .iter()
+        .filter(|(id, _)| Some(*id) != witness)
         .max_by_key(|(id, log)| (*log, std::cmp::Reverse(*id)))
         .map(|(id, _)| *id)
 }
@@ -136,15 +204,121 @@ mod tests {
 
     #[test]
     fn the_longest_log_campaigns_ties_to_the_lowest_id() {
-        assert_eq!(campaigner(&[(1, 10), (3, 10)], 3), Some(1));
+        assert_eq!(campaigner(&[(1, 10), (3, 10)], 3, None), Some(1));
         assert_eq!(
-            campaigner(&[(1, 9), (3, 10)], 3),
+            campaigner(&[(1, 9), (3, 10)], 3, None),
             Some(3),
             "a node one entry behind must not campaign"
         );
-        assert_eq!(campaigner(&[(2, 7), (4, 7), (5, 6)], 5), Some(2));
-        assert_eq!(campaigner(&[(1, 10)], 3), None, "no majority, no campaign");
-        assert_eq!(campaigner(&[], 0), None);
+        assert_eq!(campaigner(&[(2, 7), (4, 7), (5, 6)], 5, None), Some(2));
+        assert_eq!(campaigner(&[(1, 10)], 3, None), None, "no majority, no campaign");
+        assert_eq!(campaigner(&[], 0, None), None);
+        assert_eq!(
+            campaigner(&[(2, 9), (99, 10)], 3, Some(99)),
+            Some(2),
+            "the witness counts, never runs"
+        );
+    }
+
+    #[test]
+    fn the_witness_backs_the_leader_then_sticks_then_the_lowest() {
+        let alive = |ids: &[u64]| ids.iter().copied().collect::<BTreeSet<u64>>();
+        assert_eq!(
+            witness_vote(None, Some(2), &alive(&[1, 2])),
+            Some(2),
+            "the leader first"
+        );
+        assert_eq!(witness_vote(Some(1), Some(2), &alive(&[1, 2])), Some(2));
+        assert_eq!(
+            witness_vote(Some(2), Some(1), &alive(&[2])),
+            Some(2),
+            "a dead leader: stay"
+        );
+        assert_eq!(witness_vote(Some(2), None, &alive(&[1, 2])), Some(2), "sticky");
+        assert_eq!(witness_vote(Some(2), None, &alive(&[1, 3])), Some(1), "lowest alive");
+        assert_eq!(witness_vote(Some(2), Some(2), &alive(&[])), None);
+    }
+
+    #[test]
+    fn in_a_split_both_sides_reach_the_witness_and_exactly_one_is_quorate() {
+        let voters = set(&["a", "b"]);
+        let none = BTreeSet::new();
+        for vote in ["a", "b"] {
+            let quorate: Vec<bool> = [set(&["a"]), set(&["b"])]
+                .iter()
+                .map(|side| evaluate(&voters, side, Some(witness_grants(true, Some(vote), side, &none))).quorate)
+                .collect();
+            assert_eq!(
+                quorate.iter().filter(|q| **q).count(),
+                1,
+                "vote for {vote}: {quorate:?}"
+            );
+        }
+        assert!(
+            !witness_grants(false, Some("a"), &set(&["a"]), &none),
+            "unreachable witness"
+        );
+        assert!(
+            !witness_grants(true, None, &set(&["a"]), &none),
+            "a witness backing nobody"
+        );
+        assert!(
+            witness_grants(true, Some("a"), &set(&["b"]), &set(&["a"])),
+            "grace after a death"
+        );
+    }
+
+    #[test]
+    fn each_no_quorum_policy_does_what_it_says() {
+        use crate::scheduler::Role;
+        let cfg = crate::config::parse(
+            r#"[cluster]
+name = "c"
+fencing = "watchdog"
+[[node]]
+name = "a"
+links = ["127.0.0.1:1"]
+[[resource]]
+id = "ip"
+agent = "vip"
+params = { address = "10.0.0.1/24" }
+[[resource]]
+id = "app"
+agent = "ocf:heartbeat:Dummy"
+[[resource]]
+id = "db"
+agent = "ocf:heartbeat:Dummy"
+[[group]]
+id = "stack"
+members = ["app", "ip"]
+[[clone]]
+id = "dbs"
+resource = "db"
+promotable = true
+"#,
+        )
+        .unwrap();
+        let here = vec![
+            ("app".to_string(), Role::Started),
+            ("db:0".to_string(), Role::Promoted),
+            ("ip".to_string(), Role::Started),
+        ];
+        let r = &cfg.resources;
+        let stop: Vec<String> = no_quorum_actions(NoQuorumPolicy::Stop, r, &here)
+            .into_iter()
+            .map(|(id, a)| {
+                assert_eq!(a, NoQuorumAction::Stop);
+                id
+            })
+            .collect();
+        assert_eq!(stop[0], "ip", "the VIP goes first: {stop:?}");
+        assert_eq!(stop.len(), 3);
+        assert_eq!(
+            no_quorum_actions(NoQuorumPolicy::Demote, r, &here),
+            vec![("db:0".to_string(), NoQuorumAction::Demote)]
+        );
+        assert!(no_quorum_actions(NoQuorumPolicy::Freeze, r, &here).is_empty());
+        assert!(no_quorum_actions(NoQuorumPolicy::Ignore, r, &here).is_empty());
     }
 
     #[test]

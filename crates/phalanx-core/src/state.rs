@@ -619,6 +619,18 @@ impl ClusterState {
         }
     }
 
+    /// How long to wait before fencing `target`: the priority fence delay when the target runs
+    /// resources (as recorded), so that in a fencing race the node running the services
+    /// survives; nothing otherwise.
+    pub fn fence_delay(&self, cluster: &crate::config::ClusterConfig, target: &str) -> std::time::Duration {
+        let runs = self.resources.values().any(|r| r.running.contains_key(target));
+        if runs {
+            cluster.priority_fence_delay
+        } else {
+            std::time::Duration::ZERO
+        }
+    }
+
     /// The scheduler's input: who is online (liveness as recorded), standby and maintenance
     /// flags, what runs where, failures, bans and operator constraints, at `now_ms`.
     /// Unclean (what it held is not recovered yet): with `fencing = "watchdog"`, a node lost less
@@ -854,6 +866,9 @@ mod resource_tests {
             no_quorum_policy: crate::NoQuorumPolicy::Stop,
             key_file: "k".into(),
             fencing,
+            priority_fence_delay: std::time::Duration::ZERO,
+            watchdog: None,
+            watchdog_timeout: std::time::Duration::from_secs(5),
         }
     }
 
@@ -1168,6 +1183,20 @@ mod resource_tests {
             reason: None,
         };
         assert_eq!(s.apply(&stray), Outcome::Unchanged);
+    }
+
+    #[test]
+    fn the_priority_fence_delay_holds_back_only_fences_of_nodes_running_something() {
+        let mut cfg = cluster(crate::config::Fencing::Required);
+        cfg.priority_fence_delay = std::time::Duration::from_secs(5);
+        let mut s = ClusterState::default();
+        let mut rec = ResourceRecord::default();
+        rec.running.insert("n1".into(), crate::scheduler::Role::Started);
+        s.resources.insert("web".into(), rec);
+        assert_eq!(s.fence_delay(&cfg, "n1"), std::time::Duration::from_secs(5));
+        assert_eq!(s.fence_delay(&cfg, "n2"), std::time::Duration::ZERO);
+        cfg.priority_fence_delay = std::time::Duration::ZERO;
+        assert_eq!(s.fence_delay(&cfg, "n1"), std::time::Duration::ZERO);
     }
 
     #[test]

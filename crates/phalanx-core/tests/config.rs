@@ -76,6 +76,14 @@ fn unknown_key_in_a_node_is_located() {
 }
 
 #[test]
+fn a_node_may_not_be_called_witness() {
+    let src = GOOD.replace("name = \"n3\"", "name = \"witness\"");
+    let (line, col, msg) = one_error(&src);
+    assert_eq!((line, col), (17, 8), "{msg}");
+    assert!(msg.contains("reserved for the [witness]"), "{msg}");
+}
+
+#[test]
 fn duplicate_node_name() {
     let src = GOOD.replace("name = \"n3\"", "name = \"n1\"");
     let (line, col, msg) = one_error(&src);
@@ -304,4 +312,30 @@ mod fuzz {
             let _ = phalanx_core::config::check(&src);
         }
     }
+}
+
+#[test]
+fn priority_fence_delay_and_watchdog_keys() {
+    let src = GOOD.replace(
+        "no_quorum_policy = \"stop\"",
+        "no_quorum_policy = \"stop\"\nfencing = \"watchdog\"\npriority_fence_delay = \"5s\"\nwatchdog = \"/dev/watchdog\"\nwatchdog_timeout = \"10s\"",
+    );
+    let c = parse(&src).unwrap();
+    assert_eq!(c.cluster.priority_fence_delay, Duration::from_secs(5));
+    assert_eq!(c.cluster.watchdog.as_deref(), Some("/dev/watchdog"));
+    assert_eq!(
+        c.cluster.lost_node_hold(),
+        Some(Duration::from_secs(20)),
+        "SBD's msgwait: twice the timeout"
+    );
+    let c = parse(GOOD).unwrap();
+    assert_eq!(
+        (c.cluster.priority_fence_delay, c.cluster.watchdog.clone()),
+        (Duration::ZERO, None)
+    );
+    let (line, col, msg) = one_error(&GOOD.replace("dead_after = 3", "dead_after = 3\nwatchdog_timeout = \"500ms\""));
+    assert_eq!((line, col), (5, 20), "{msg}");
+    assert!(msg.contains("at least 1s"), "{msg}");
+    let (line, _, msg) = one_error(&GOOD.replace("dead_after = 3", "dead_after = 3\npriority_fence_delay = \"soon\""));
+    assert_eq!(line, 5, "{msg}");
 }

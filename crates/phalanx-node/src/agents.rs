@@ -515,7 +515,19 @@ async fn vip_call(c: &AgentCall<'_>) -> (i32, Option<String>) {
         AgentAction::Promote | AgentAction::Demote => Ok(3), // OCF_ERR_UNIMPLEMENTED
     };
     match res {
-        Ok(ocf::OCF_ERR_GENERIC) => (ocf::OCF_ERR_GENERIC, Some(format!("{}: its link is down", v.address))),
+        // Held on a link that is down: it serves nobody. Drop it and say it is not running (a
+        // soft failure: recovered elsewhere, or here once the link is back), not exit 1, which
+        // would ban this node until an operator cleans up.
+        Ok(ocf::OCF_ERR_GENERIC) => match vip::stop(&v).await {
+            Ok(()) => (
+                ocf::OCF_NOT_RUNNING,
+                Some(format!("{}: its link is down (address removed)", v.address)),
+            ),
+            Err(e) => (
+                ocf::OCF_ERR_GENERIC,
+                Some(format!("{}: its link is down, and removing it failed: {e}", v.address)),
+            ),
+        },
         Ok(code) => (code, None),
         Err(e @ VipError::Config(_)) => (ocf::OCF_ERR_CONFIGURED, Some(e.to_string())),
         Err(e @ VipError::Io(_)) => (ocf::OCF_ERR_GENERIC, Some(e.to_string())),

@@ -76,12 +76,10 @@ fn role_of(r: &CallResult) -> Option<Role> {
     }
 }
 
-/// This node lost quorum: `stop` stops everything it holds (virtual IPs first: they must be
-/// gone before the majority may start them elsewhere; then the rest, each group in reverse
-/// order), `demote` demotes its primaries, `freeze` and `ignore` leave everything running.
-/// The calls go straight to the agents: without quorum nothing can be written to the log.
+/// This node lost quorum: run the policy's actions (`quorum::no_quorum_actions`) on what it
+/// holds. The calls go straight to the agents: without quorum nothing can be written to the log.
 async fn apply_no_quorum_policy(node: &Node, runner: &Runner, sm: &crate::raft::store::SmData) {
-    use phalanx_core::quorum::NoQuorumPolicy;
+    use phalanx_core::quorum::NoQuorumAction;
     let policy = node.config.cluster.no_quorum_policy;
     let here: Vec<(String, Role)> = node
         .config
@@ -94,39 +92,15 @@ async fn apply_no_quorum_policy(node: &Node, runner: &Runner, sm: &crate::raft::
         })
         .collect();
     tracing::warn!(?policy, holding = ?here, "quorum lost: applying the no-quorum policy");
-    match policy {
-        NoQuorumPolicy::Stop => {
-            let r = &node.config.resources;
-            // Virtual IPs first, then the rest, a group's members in reverse order.
-            let key = |id: &String| {
-                let p = r.primitive_of(id);
-                let vip = p.is_some_and(|p| p.agent == phalanx_core::resources::AgentSpec::Vip);
-                let group = p.and_then(|p| r.group_of(&p.id));
-                let pos = group
-                    .zip(p)
-                    .and_then(|(g, p)| g.members.iter().position(|m| *m == p.id))
-                    .unwrap_or(0);
-                (!vip, group.map(|g| g.id.clone()), std::cmp::Reverse(pos))
-            };
-            let mut order: Vec<&String> = here.iter().map(|(id, _)| id).collect();
-            order.sort_by_key(|id| key(id));
-            for id in order {
-                match call(node, runner, id, AgentAction::Stop, None).await {
-                    Some(res) if res.succeeded() => tracing::warn!(rsc = %id, "stopped: no quorum"),
-                    other => {
-                        tracing::error!(rsc = %id, result = ?other.map(|r| r.exit_reason), "stop failed without quorum")
-                    }
-                }
-            }
+    for (id, what) in phalanx_core::quorum::no_quorum_actions(policy, &node.config.resources, &here) {
+        let action = match what {
+            NoQuorumAction::Stop => AgentAction::Stop,
+            NoQuorumAction::Demote => AgentAction::Demote,
+        };
+        match call(node, runner, &id, action, None).await {
+            Some(res) if res.succeeded() => tracing::warn!(rsc = %id, ?what, "done: no quorum"),
+            other => tracing::error!(rsc = %id, ?what, result = ?other.map(|r| r.exit_reason), "failed without quorum"),
         }
-        NoQuorumPolicy::Demote => {
-            for (id, role) in &here {
-                if *role == Role::Promoted {
-                    let _ = call(node, runner, id, AgentAction::Demote, None).await;
-                }
-            }
-        }
-        NoQuorumPolicy::Freeze | NoQuorumPolicy::Ignore => {}
     }
 }
 
@@ -235,6 +209,14 @@ fn run_plan(
 /// For a fence, the reason of a success names the level and devices that did it.
 async fn run_action(node: &Node, runner: &Runner, action: &Action) -> (CallOutcome, Option<String>) {
     if action.kind == ActionKind::Fence {
+        let delay = node
+            .cluster_state()
+            .cluster
+            .fence_delay(&node.config.cluster, &action.rsc);
+        if !delay.is_zero() {
+            tracing::info!(target = %action.rsc, ?delay, "priority fence delay: the target runs resources");
+            tokio::time::sleep(delay).await;
+        }
         let seed = node.incarnation ^ unix_ms();
         return match node.fencer.fence(&action.rsc, seed).await {
             Ok(by) => (CallOutcome::Ok, Some(by)),

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod vip;
+pub mod watchdog;
 
 pub use key::ClusterKey;
 pub use node::{Node, NodeError, NodeOptions, StatusReport};

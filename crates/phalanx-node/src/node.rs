@@ -7,7 +7,7 @@
 use crate::key::ClusterKey;
 use crate::mesh::{self, DatagramOut, Inbound, Mesh, MeshSettings, MeshStats, PeerStatus};
 use crate::raft::store::{LogStore, SmData, StateMachine};
-use crate::raft::{raft_config, BasicNode, NodeId, Raft, Request, TypeConfig};
+use crate::raft::{raft_config, BasicNode, NodeId, Raft, Request, TypeConfig, WITNESS_ID, WITNESS_NAME};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::network::RaftNetworkFactory;
 use openraft::{ChangeMembers, ServerState};
@@ -109,6 +109,21 @@ pub struct StatusReport {
     /// Every fence device and what its last monitor found (None: not checked yet).
     #[serde(default)]
     pub fence_devices: Vec<(String, Option<phalanx_core::state::DeviceHealth>)>,
+    /// The witness, when the config has one, as this node sees it.
+    #[serde(default)]
+    pub witness: Option<WitnessStatus>,
+}
+
+/// The witness as one node sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WitnessStatus {
+    pub address: String,
+    /// Its heartbeats reach this node.
+    pub reachable: bool,
+    /// The node whose partition it backs, as its last heartbeat said.
+    pub vote: Option<String>,
+    /// Its vote counts for this node's partition.
+    pub granted: bool,
 }
 
 /// One primitive as status shows it.
@@ -152,6 +167,8 @@ pub struct Node {
     started: tokio::time::Instant,
     /// The mesh-informed campaign window: (dead leader, until when).
     campaign: std::sync::Mutex<Option<(NodeId, tokio::time::Instant)>>,
+    /// On the witness: the node id it backs (0: nobody).
+    vote: AtomicU64,
 }
 
 impl Node {
@@ -165,11 +182,10 @@ impl Node {
         inbound: mpsc::Receiver<Inbound>,
     ) -> Result<Arc<Node>, NodeError> {
         let incarnation = crate::raft::store::next_incarnation(&db, mesh::unix_ms())?;
-        let cfg = Arc::new(
-            raft_config(&opts.config.cluster)
-                .validate()
-                .map_err(|e| NodeError::Raft(e.to_string()))?,
-        );
+        let mut rc = raft_config(&opts.config.cluster);
+        // The witness campaigns only when it alone holds the newest entries (`witness_round`).
+        rc.enable_elect = opts.id != WITNESS_ID;
+        let cfg = Arc::new(rc.validate().map_err(|e| NodeError::Raft(e.to_string()))?);
         let sm = StateMachine::load(db.clone())?;
         let state = sm.shared();
         let applied = sm.applied();
@@ -203,6 +219,7 @@ impl Node {
             leader_since: AtomicU64::new(0),
             started: tokio::time::Instant::now(),
             campaign: std::sync::Mutex::new(None),
+            vote: AtomicU64::new(0),
             config: opts.config,
         });
         node.refresh_peers();
@@ -217,14 +234,18 @@ impl Node {
         {
             // Every listed node initializes with the same membership: openraft allows this and
             // it means the cluster forms whichever nodes come up first.
-            let members: BTreeMap<NodeId, BasicNode> = node
+            let witness = node.config.witness.as_ref();
+            let mut members: BTreeMap<NodeId, BasicNode> = node
                 .config
                 .nodes
                 .iter()
                 .enumerate()
-                .take(MAX_VOTERS)
+                .take(MAX_VOTERS - usize::from(witness.is_some()))
                 .map(|(i, n)| (i as u64 + 1, BasicNode::new(n.api.to_string())))
                 .collect();
+            if let Some(w) = witness {
+                members.insert(WITNESS_ID, BasicNode::new(w.address.to_string()));
+            }
             if let Err(e) = node.raft.initialize(members).await {
                 tracing::info!(error = %e, "not initializing the cluster");
             }
@@ -246,17 +267,54 @@ impl Node {
         &self.http
     }
 
-    /// Whether this node reaches a majority of the voters (through the mesh, itself included).
+    /// Whether this node reaches a majority of the votes (through the mesh, itself included).
     pub fn quorate(&self) -> bool {
+        self.quorum_view().0.quorate
+    }
+
+    /// This is the witness process, not a node.
+    pub fn is_witness(&self) -> bool {
+        self.id == WITNESS_ID
+    }
+
+    /// Quorum as this node sees it: the node voters it reaches, plus the witness' vote when the
+    /// witness backs this partition. Also what status shows of the witness.
+    fn quorum_view(&self) -> (quorum::QuorumView, Option<WitnessStatus>) {
         let m = self.raft.metrics().borrow().clone();
         let sm = self.cluster_state();
         let voters: BTreeSet<String> = m
             .membership_config
             .membership()
             .voter_ids()
+            .filter(|id| *id != WITNESS_ID)
             .map(|id| self.name_of(&sm, id).unwrap_or_else(|| format!("#{id}")))
             .collect();
-        quorum::evaluate(&voters, &self.reachable(), None).quorate
+        let reachable = self.reachable();
+        let witness = self.config.witness.as_ref().map(|w| {
+            let peers = self.mesh.peers();
+            let (reachable_w, vote) = if self.is_witness() {
+                (true, Some(self.vote.load(Ordering::SeqCst)))
+            } else {
+                let p = peers.get(WITNESS_NAME);
+                (p.is_some_and(|p| p.alive), p.and_then(|p| p.vote))
+            };
+            let vote = vote.filter(|v| *v != 0).and_then(|id| self.name_of(&sm, id));
+            let grace = self.config.cluster.heartbeat_interval.as_millis() as u64;
+            let now = mesh::unix_ms();
+            let recently_lost: BTreeSet<String> = peers
+                .iter()
+                .filter(|(_, p)| !p.alive && p.changed_at_unix_ms.is_some_and(|t| now.saturating_sub(t) <= grace))
+                .map(|(n, _)| n.clone())
+                .collect();
+            WitnessStatus {
+                address: w.address.to_string(),
+                reachable: reachable_w,
+                granted: quorum::witness_grants(reachable_w, vote.as_deref(), &reachable, &recently_lost),
+                vote,
+            }
+        });
+        let q = quorum::evaluate(&voters, &reachable, witness.as_ref().map(|w| w.granted));
+        (q, witness)
     }
 
     /// A receiver that changes after every applied log entry.
@@ -269,10 +327,11 @@ impl Node {
         self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The peers to heartbeat: the replicated members once there are any, else the config.
+    /// The peers to heartbeat: the replicated members once there are any, else the config; and
+    /// the witness when there is one. The witness has one link, and hears the nodes' first.
     fn refresh_peers(&self) {
         let st = self.cluster_state();
-        let peers: BTreeMap<String, Vec<SocketAddr>> = if st.cluster.max_node_id == 0 {
+        let mut peers: BTreeMap<String, Vec<SocketAddr>> = if st.cluster.max_node_id == 0 {
             self.config
                 .nodes
                 .iter()
@@ -285,12 +344,20 @@ impl Node {
                 .map(|(n, r)| (n.clone(), r.links.iter().filter_map(|l| l.parse().ok()).collect()))
                 .collect()
         };
+        if self.is_witness() {
+            peers.values_mut().for_each(|links| links.truncate(1));
+        } else if let Some(w) = &self.config.witness {
+            peers.insert(WITNESS_NAME.to_string(), vec![w.address]);
+        }
         self.mesh.set_peers(peers);
     }
 
     /// The name of node `id`: from the replicated state, else from the config file (ids of
     /// listed nodes are their position + 1), so it is known before the state is applied.
     fn name_of(&self, sm: &SmData, id: NodeId) -> Option<String> {
+        if id == WITNESS_ID {
+            return Some(WITNESS_NAME.to_string());
+        }
         sm.cluster.node_by_id(id).map(|(n, _)| n.clone()).or_else(|| {
             self.config
                 .nodes
@@ -336,6 +403,9 @@ impl Node {
         let interval = self.config.cluster.heartbeat_interval;
         let changed = self.mesh.changed();
         let mut applied = self.applied();
+        let mut last_take_over: Option<tokio::time::Instant> = None;
+        let mut watchdog = self.open_watchdog();
+        let mut had_quorum = false;
         loop {
             // Every interval; every half interval while a campaign window is open (retries).
             let campaigning = self.campaign.lock().unwrap_or_else(|p| p.into_inner()).is_some();
@@ -352,7 +422,20 @@ impl Node {
                 }
             }
             self.refresh_peers();
-            if self.is_leader() {
+            // The watchdog is fed while this node has quorum, and before it first had it (a node
+            // starting up runs nothing yet); a node that lost quorum stops feeding it.
+            if let Some(w) = watchdog.as_mut() {
+                let quorate = self.quorate();
+                had_quorum |= quorate;
+                if quorate || !had_quorum {
+                    w.feed();
+                } else {
+                    tracing::warn!("no quorum: not feeding the watchdog");
+                }
+            }
+            if self.is_witness() {
+                self.witness_round();
+            } else if self.is_leader() {
                 // A window is about one leader's death; the leader has none (it would otherwise
                 // survive until the same node id dies again, and block that campaign).
                 *self.campaign.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -361,6 +444,9 @@ impl Node {
                 }
             } else if self.should_campaign() {
                 tracing::info!("the mesh declared the leader dead: starting an election");
+                let _ = self.raft.trigger().elect().await;
+            } else if self.should_take_over(&mut last_take_over) {
+                tracing::info!("the witness leads and this node has caught up: taking over");
                 let _ = self.raft.trigger().elect().await;
             }
         }
@@ -434,12 +520,86 @@ impl Node {
                     .then(|| (*id, peers.get(&name).and_then(|p| p.log_index).unwrap_or(0)))
             })
             .collect();
-        quorum::campaigner(&reachable_voters, voters.len()) == Some(self.id)
+        quorum::campaigner(&reachable_voters, voters.len(), Some(WITNESS_ID)) == Some(self.id)
     }
 
-    /// Names of every node this node can reach, itself included.
+    /// The configured hardware watchdog, opened and armed; None without one (or when it cannot
+    /// be opened: then the software lease is all there is, and the log says so).
+    fn open_watchdog(&self) -> Option<crate::watchdog::Watchdog> {
+        let path = self.config.cluster.watchdog.as_ref().filter(|_| !self.is_witness())?;
+        match crate::watchdog::Watchdog::open(path, &self.name, self.config.cluster.watchdog_timeout) {
+            Ok(mut w) => {
+                w.feed();
+                tracing::info!(path, "hardware watchdog armed");
+                Some(w)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "no hardware watchdog: falling back to the software lease");
+                None
+            }
+        }
+    }
+
+    /// A leading witness only replicates: the first node whose log has caught up with the
+    /// witness' campaigns (its lease has run out by then, so it grants the vote and steps down).
+    /// At most once per election timeout.
+    fn should_take_over(&self, last: &mut Option<tokio::time::Instant>) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        if self.is_witness() || m.current_leader != Some(WITNESS_ID) {
+            return false;
+        }
+        let witness_log = self.mesh.peers().get(WITNESS_NAME).and_then(|p| p.log_index);
+        if witness_log.is_none_or(|w| m.last_log_index.unwrap_or(0) < w) {
+            return false;
+        }
+        let every = Duration::from_millis(raft_config(&self.config.cluster).election_timeout_max);
+        let now = tokio::time::Instant::now();
+        if last.is_some_and(|t| now < t + every) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
+    /// The witness' round: back one partition (see `quorum::witness_vote`). It never schedules
+    /// or writes anything itself, and campaigns only when it alone holds the newest entries;
+    /// once elected, a node takes leadership back as soon as it has caught up
+    /// (`should_take_over`).
+    fn witness_round(&self) {
+        let sm = self.cluster_state();
+        let m = self.raft.metrics().borrow().clone();
+        let id_of = |name: &String| {
+            sm.cluster.nodes.get(name).map(|r| r.id).or_else(|| {
+                let i = self.config.nodes.iter().position(|n| n.name == *name)?;
+                Some(i as u64 + 1)
+            })
+        };
+        let alive: BTreeSet<NodeId> = self.mesh.two_way_peers().iter().filter_map(id_of).collect();
+        let current = Some(self.vote.load(Ordering::SeqCst)).filter(|v| *v != 0);
+        let leader = m.current_leader.filter(|l| *l != self.id);
+        let vote = quorum::witness_vote(current, leader, &alive);
+        if vote != current {
+            tracing::info!(vote = ?vote.and_then(|v| self.name_of(&sm, v)), "witness vote");
+        }
+        self.vote.store(vote.unwrap_or(0), Ordering::SeqCst);
+        self.mesh.set_vote(vote.unwrap_or(0));
+        // No live leader, and every node it hears is behind it: only the witness can be
+        // elected (Raft elects the newest log), so let it, until a node has caught up.
+        let peers = self.mesh.peers();
+        let own = m.last_log_index.unwrap_or(0);
+        let leaderless = m.current_leader.is_none_or(|l| l != self.id && !alive.contains(&l));
+        let all_behind = peers
+            .values()
+            .filter(|p| p.alive)
+            .all(|p| p.log_index.unwrap_or(0) < own);
+        self.raft
+            .runtime_config()
+            .elect(leaderless && !alive.is_empty() && all_behind);
+    }
+
+    /// Names of every node this node can reach both ways, itself included.
     fn reachable(&self) -> BTreeSet<String> {
-        let mut r = self.mesh.alive_peers();
+        let mut r = self.mesh.two_way_peers();
         r.insert(self.name.clone());
         r
     }
@@ -652,8 +812,7 @@ impl Node {
         let name_of = |id: NodeId| -> String { self.name_of(&sm, id).unwrap_or_else(|| format!("#{id}")) };
         let voters: BTreeSet<String> = voter_ids.iter().map(|id| name_of(*id)).collect();
         let learners: Vec<String> = membership.learner_ids().map(name_of).collect();
-        let reachable = self.reachable();
-        let q = quorum::evaluate(&voters, &reachable, None);
+        let (q, witness) = self.quorum_view();
         // A leader cut off from the majority does not step down by itself in openraft 0.9: it
         // only counts as leader while a majority acked it within an election timeout, and no
         // node names a leader while its own partition has no quorum.
@@ -791,6 +950,7 @@ impl Node {
             mesh: self.mesh.stats(),
             resources,
             plan_pending,
+            witness,
         }
     }
 

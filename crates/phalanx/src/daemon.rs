@@ -1,6 +1,8 @@
 //! `phalanx daemon`: run one node. A node listed in the config file bootstraps with the other
 //! listed nodes; a node added later with `phalanx node add` is not in the file, so it asks the
 //! listed nodes for its replicated record (id, links, API address) and joins as a learner.
+//! `phalanx witness` runs the same node machinery as the cluster's tie-breaking vote: a Raft
+//! voter with one link, no agents and no scheduler (see `Node::witness_round`).
 
 use crate::client::{key_path, load_config, Client};
 use anyhow::{anyhow, bail, Context, Result};
@@ -70,6 +72,11 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     )
     .await?;
     tracing::info!(node = %args.node, id, api = %api, links = ?links, data_dir = %data_dir.display(), "phalanx node started");
+    serve_until_signal(node, listener).await
+}
+
+/// Serve the API until the server fails or a signal arrives, then shut the node down.
+async fn serve_until_signal(node: std::sync::Arc<Node>, listener: tokio::net::TcpListener) -> Result<()> {
     let server = tokio::spawn(phalanx_node::api::serve(node.clone(), listener));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -79,6 +86,49 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     }
     node.shutdown().await;
     Ok(())
+}
+
+/// `phalanx witness`: listen on `listen` (default: the config's `[witness] address`).
+pub async fn run_witness(config_path: &Path, listen: Option<&str>, data_dir: Option<PathBuf>) -> Result<()> {
+    let config = load_config(config_path)?;
+    let key = ClusterKey::load(&key_path(config_path, &config))?;
+    let Some(w) = &config.witness else {
+        bail!(
+            "{} has no [witness] section: the nodes would not know where to find it",
+            config_path.display()
+        );
+    };
+    let listen: SocketAddr = match listen {
+        Some(l) => l.parse().map_err(|e| anyhow!("--listen {l:?}: {e}"))?,
+        None => w.address,
+    };
+    let data_dir = data_dir.unwrap_or_else(|| Path::new("/var/lib/phalanx").join(&config.cluster.name).join("witness"));
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let db = raft::store::open(&data_dir.join("raft.redb"))?;
+    let (out, inbound) = mesh::bind_udp(&[listen]).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the witness on {listen}"))?;
+    let network = raft::network::HttpNetwork::new(key.api_token());
+    let node = Node::start(
+        NodeOptions {
+            config,
+            name: raft::WITNESS_NAME.to_string(),
+            id: raft::WITNESS_ID,
+            links: vec![listen],
+            api: listen,
+            key,
+            bootstrap: false,
+            runner: None,
+        },
+        db,
+        network,
+        out,
+        inbound,
+    )
+    .await?;
+    tracing::info!(listen = %listen, data_dir = %data_dir.display(), "phalanx witness started");
+    serve_until_signal(node, listener).await
 }
 
 /// Read the meta-data of the OCF agents installed on this node: their default timeouts apply

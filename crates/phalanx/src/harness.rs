@@ -43,6 +43,9 @@ pub struct LocalCluster {
     switch: Option<Child>,
     /// The config has resources (so a lost node is fenced).
     has_resources: bool,
+    /// The witness (`phalanx witness`), in two-node clusters: its address, and its process.
+    pub witness: Option<String>,
+    witness_child: Option<Child>,
 }
 
 fn free_tcp_port() -> Result<u16> {
@@ -51,6 +54,17 @@ fn free_tcp_port() -> Result<u16> {
 
 fn free_udp_port(ip: &str) -> Result<u16> {
     Ok(std::net::UdpSocket::bind(format!("{ip}:0"))?.local_addr()?.port())
+}
+
+/// A loopback port free for both TCP and UDP (the witness listens on both).
+fn free_tcp_and_udp_port() -> Result<u16> {
+    for _ in 0..100 {
+        let p = free_tcp_port()?;
+        if std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok() {
+            return Ok(p);
+        }
+    }
+    bail!("no port free for both TCP and UDP on 127.0.0.1")
 }
 
 /// Options of a local cluster.
@@ -71,6 +85,11 @@ pub struct Spec {
 impl LocalCluster {
     /// Write a config and key for `spec` into a new scratch folder.
     pub fn create(spec: Spec) -> Result<Self> {
+        // Two nodes need a third vote to survive either's loss.
+        let witness = (spec.nodes == 2)
+            .then(free_tcp_and_udp_port)
+            .transpose()?
+            .map(|p| format!("127.0.0.1:{p}"));
         LocalCluster::create_with(
             spec,
             |_, l| {
@@ -79,20 +98,25 @@ impl LocalCluster {
             },
             |_| Ok(format!("127.0.0.1:{}", free_tcp_port()?)),
             format!("127.0.0.1:{}", free_tcp_port()?),
+            witness,
         )
     }
 
     /// The same cluster inside `lab`: node i runs in its namespace, links on 10.77.LINK.i, the API
-    /// on 10.77.0.i; the harness reaches the APIs from the lab's client namespace.
+    /// on 10.77.0.i; the harness reaches the APIs from the lab's client namespace. A lab with one
+    /// host more than the spec has nodes runs the witness on that last host (10.77.0.N:7600).
     pub fn create_in_lab(spec: Spec, lab: &crate::lab::Lab) -> Result<Self> {
-        if spec.nodes != lab.nodes || spec.links != lab.links {
+        let with_witness = lab.nodes == spec.nodes + 1;
+        if (spec.nodes != lab.nodes && !with_witness) || spec.links != lab.links {
             bail!("the spec must match the lab ({} nodes, {} links)", lab.nodes, lab.links);
         }
+        let witness = with_witness.then(|| format!("{}:7600", lab.node_ip(lab.nodes, 0)));
         let mut c = LocalCluster::create_with(
             spec,
             |i, l| Ok(format!("{}:7400", lab.node_ip(i, l))),
             |i| Ok(format!("{}:7480", lab.node_ip(i, 0))),
             format!("{}:7500", crate::lab::Lab::client_ip()),
+            witness,
         )?;
         c.netns = Some(((1..=lab.nodes).map(|i| lab.node_ns(i)).collect(), lab.client_ns()));
         Ok(c)
@@ -103,6 +127,7 @@ impl LocalCluster {
         link: impl Fn(usize, usize) -> Result<String>,
         api: impl Fn(usize) -> Result<String>,
         power_switch: String,
+        witness: Option<String>,
     ) -> Result<Self> {
         if !(1..=32).contains(&spec.nodes) {
             bail!("--nodes must be 1 to 32");
@@ -135,9 +160,8 @@ impl LocalCluster {
                 child: None,
             });
         }
-        if spec.nodes == 2 {
-            // Not used by issue-2 nodes; silences the two-node warning in the demo's config.
-            toml += &format!("\n[witness]\naddress = \"127.0.0.1:{}\"\n", free_tcp_port()?);
+        if let Some(w) = &witness {
+            toml += &format!("\n[witness]\naddress = \"{w}\"\n");
         }
         // Fencing: every node's outlet on one power switch (see `start`).
         toml += &format!(
@@ -159,6 +183,8 @@ impl LocalCluster {
             power_switch,
             switch: None,
             has_resources: spec.extra_config.contains("[[resource]]"),
+            witness,
+            witness_child: None,
         })
     }
 
@@ -228,7 +254,11 @@ impl LocalCluster {
             Some((_, client)) => crate::lab::Lab::command_in(client, &self.exe),
             None => Command::new(&self.exe),
         };
-        cmd.arg("power-switch").arg("--listen").arg(&self.power_switch);
+        cmd.arg("power-switch")
+            .arg("--listen")
+            .arg(&self.power_switch)
+            .arg("--events")
+            .arg(self.fence_events_path());
         for (i, n) in self.nodes.iter().enumerate() {
             let outlet = match &self.netns {
                 Some((nss, _)) => format!("{}=netns:{}", n.name, nss[i]),
@@ -248,9 +278,78 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Where the power switch logs each action (`UNIX_MS PLUG ACTION` lines).
+    pub fn fence_events_path(&self) -> PathBuf {
+        self.dir.join("power-switch.events")
+    }
+
+    /// The power switch's actions so far: (unix ms, plug, action).
+    pub fn fence_events(&self) -> Vec<(u64, String, String)> {
+        std::fs::read_to_string(self.fence_events_path())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                Some((w.next()?.parse().ok()?, w.next()?.to_string(), w.next()?.to_string()))
+            })
+            .collect()
+    }
+
+    /// The power switch's pid (the nemesis freezes it: a fence device that stops answering).
+    pub fn power_switch_pid(&self) -> Option<u32> {
+        self.switch.as_ref().map(|c| c.id())
+    }
+
+    /// Nodes whose daemon has exited (fenced: the power switch killed it), reaped and ready for
+    /// `restart`.
+    pub fn exited(&mut self) -> Vec<String> {
+        let gone: Vec<String> = self
+            .nodes
+            .iter_mut()
+            .filter_map(|n| {
+                let exited = matches!(n.child.as_mut()?.try_wait(), Ok(Some(_)));
+                exited.then(|| n.name.clone())
+            })
+            .collect();
+        for n in &gone {
+            let _ = self.reap(n);
+        }
+        gone
+    }
+
+    /// Start the witness, once, if the cluster has one (in the lab: on the last host).
+    fn ensure_witness(&mut self) -> Result<()> {
+        let Some(addr) = &self.witness else { return Ok(()) };
+        if self.witness_child.is_some() {
+            return Ok(());
+        }
+        let mut cmd = match &self.netns {
+            Some((nss, _)) => crate::lab::Lab::command_in(nss.last().context("the lab has no hosts")?, &self.exe),
+            None => Command::new(&self.exe),
+        };
+        let log = std::fs::File::create(self.dir.join("witness.log"))?;
+        let child = cmd
+            .arg("witness")
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--listen")
+            .arg(addr)
+            .arg("--data-dir")
+            .arg(self.dir.join("witness"))
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting the witness")?;
+        self.witness_child = Some(child);
+        Ok(())
+    }
+
     /// Start (or restart) one node's daemon process.
     pub fn start(&mut self, name: &str) -> Result<()> {
         self.ensure_switch()?;
+        self.ensure_witness()?;
         let pid_file = self.pid_file(name);
         let exe = self.exe.clone();
         let config = self.config_path.clone();
@@ -499,9 +598,9 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.stop_all();
-        if let Some(mut s) = self.switch.take() {
-            let _ = s.kill();
-            let _ = s.wait();
+        for mut child in [self.switch.take(), self.witness_child.take()].into_iter().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         if !self.keep {
             let _ = std::fs::remove_dir_all(&self.dir);

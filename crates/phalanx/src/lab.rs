@@ -305,6 +305,100 @@ impl Drop for Lab {
     }
 }
 
+/// The chassis-control hook of a lab BMC (`ipmi_sim` calls it for power get/set): powering off
+/// crashes the lab node like `Lab::crash` (every process frozen, then killed, the VIP gone);
+/// powering on does nothing (the harness restarts the node). It must return quickly: ipmi_sim
+/// answers nothing while it runs. Power state lives in `$DIR/power`; every action is logged to
+/// `$DIR/hook.log`.
+const CHASSIS_HOOK: &str = r#"#!/bin/sh
+DIR=$(dirname "$0"); NS=$(cat "$DIR/netns"); VIP=$(cat "$DIR/vip")
+mc=$1; op=$2; shift 2
+case $op in
+get) for p in "$@"; do case $p in power) echo "power:$(cat "$DIR/power" 2>/dev/null || echo 1)";; boot) echo "boot:default";; *) exit 1;; esac; done;;
+set) while [ $# -ge 2 ]; do p=$1; v=$2; shift 2
+       case $p in
+       power) [ "$v" = 0 ] || v=1
+              [ "$(cat "$DIR/power" 2>/dev/null || echo 1)" = "$v" ] && continue
+              echo "$(date +%s%3N) power $v" >>"$DIR/hook.log"
+              if [ "$v" = 0 ]; then
+                for p in $(ip netns pids "$NS"); do kill -STOP "$p"; done
+                for p in $(ip netns pids "$NS"); do kill -KILL "$p"; done
+                ip -n "$NS" addr del "$VIP/24" dev eth0 2>/dev/null
+              fi
+              echo "$v" >"$DIR/power";;
+       reset|boot|shutdown|identify) ;;
+       *) exit 1;;
+       esac
+     done;;
+*) exit 1;;
+esac
+exit 0
+"#;
+
+/// Start an emulated BMC for lab node `i` (Debian's `ipmi_sim`, IPMI over LAN on the client's
+/// address, UDP port `9600 + i`, user admin, password in `DIR/password`) whose power-off
+/// crashes that node. Real fencing over a real protocol: `fence_ipmilan` talks to it.
+pub fn start_bmc(lab: &Lab, i: usize, dir: &std::path::Path) -> Result<std::process::Child> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir.join("state"))?;
+    let hook = dir.join("chassis.sh");
+    std::fs::write(&hook, CHASSIS_HOOK)?;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::write(dir.join("netns"), lab.node_ns(i))?;
+    std::fs::write(dir.join("vip"), VIP)?;
+    std::fs::write(dir.join("power"), "1")?;
+    std::fs::write(dir.join("password"), "lab-bmc-secret")?;
+    let auths = "none md2 md5 straight";
+    std::fs::write(
+        dir.join("lan.conf"),
+        format!(
+            "name \"bmc-n{i}\"\nset_working_mc 0x20\n  startlan 1\n    addr {} {}\n    priv_limit admin\n    \
+             allowed_auths_callback {auths}\n    allowed_auths_user {auths}\n    allowed_auths_operator {auths}\n    \
+             allowed_auths_admin {auths}\n    guid a123456789abcdefa123456789abcde{i}\n  endlan\n  \
+             chassis_control \"{} 0x20\"\n  user 2 true \"admin\" \"lab-bmc-secret\" admin 10 {auths}\n",
+            Lab::client_ip(),
+            9600 + i,
+            hook.display()
+        ),
+    )?;
+    std::fs::write(
+        dir.join("bmc.emu"),
+        "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02\nmc_enable 0x20\n",
+    )?;
+    let log = std::fs::File::create(dir.join("ipmi_sim.log"))?;
+    // -n: no console on stdio (it is detached); -p: no persistence; -s: its state folder.
+    Lab::command_in(&lab.client_ns(), "ipmi_sim")
+        .args(["-n", "-p", "-c"])
+        .arg(dir.join("lan.conf"))
+        .arg("-f")
+        .arg(dir.join("bmc.emu"))
+        .arg("-s")
+        .arg(dir.join("state"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting ipmi_sim (Debian package openipmi)")
+}
+
+/// The `[[fence_device]]` and `[[fence_level]]` entries fencing lab nodes 1..=n through their
+/// BMCs with `fence_ipmilan` (lanplus, cipher suite 3; the password read from a file).
+pub fn bmc_fencing_config(nodes: usize, dirs: &[std::path::PathBuf]) -> String {
+    let mut s = String::new();
+    for (i, dir) in (1..=nodes).zip(dirs) {
+        s += &format!(
+            "\n[[fence_device]]\nname = \"ipmi-n{i}\"\nagent = \"fence_ipmilan\"\n\
+             params = {{ ip = \"{}\", ipport = \"{}\", username = \"admin\", lanplus = \"1\", cipher = \"3\" }}\n\
+             secret_files = {{ password = \"{}\" }}\nhost_map = {{ n{i} = \"n{i}\" }}\ntimeout = \"20s\"\n\
+             \n[[fence_level]]\ntarget = \"n{i}\"\nlevel = 1\ndevices = [\"ipmi-n{i}\"]\n",
+            Lab::client_ip(),
+            9600 + i,
+            dir.join("password").display()
+        );
+    }
+    s
+}
+
 /// Run `f` on a new thread inside namespace `ns` (a thread's network namespace is its own:
 /// sockets it opens live there).
 pub fn in_netns<T: Send + 'static>(
@@ -348,8 +442,21 @@ pub fn sample_address(
 
 /// Moments when two namespaces held the address at once: B held it at t while A's samples just
 /// before and just after t both show A holding it. (Comparing single samples would report the
-/// lag between two samplers as an overlap.)
+/// lag between two samplers as an overlap.) At most one per ordered pair: see `overlaps` for all.
 pub fn double_holders(samples: &[(String, Samples)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (a, b, t) in overlaps(samples) {
+        let line = format!("{a} and {b} both held it at {t:?}");
+        if !out.iter().any(|l: &String| l.starts_with(&format!("{a} and {b} "))) {
+            out.push(line);
+        }
+    }
+    out
+}
+
+/// Every overlap (A, B, when), by the rule of `double_holders`; samples are in time order, so
+/// the neighbours are found by binary search (long nemesis runs hold millions of samples).
+pub fn overlaps(samples: &[(String, Samples)]) -> Vec<(String, String, std::time::Instant)> {
     let mut out = Vec::new();
     for (b, bs) in samples {
         for (a, as_) in samples {
@@ -360,16 +467,84 @@ pub fn double_holders(samples: &[(String, Samples)]) -> Vec<String> {
                 if !*held {
                     continue;
                 }
-                let before = as_.iter().rev().find(|(t, _)| t <= tb);
-                let after = as_.iter().find(|(t, _)| t >= tb);
+                let i = as_.partition_point(|(t, _)| t <= tb);
+                let before = i.checked_sub(1).and_then(|j| as_.get(j));
+                let j = as_.partition_point(|(t, _)| t < tb);
+                let after = as_.get(j);
                 if let (Some((_, true)), Some((_, true))) = (before, after) {
-                    out.push(format!("{a} and {b} both held it at {tb:?}"));
-                    break;
+                    out.push((a.clone(), b.clone(), *tb));
                 }
             }
         }
     }
     out
+}
+
+/// SIGKILL every process of lab node `i` whose command line contains all of `patterns` (a
+/// service dying under its agent); returns how many.
+pub fn kill_processes(lab: &Lab, i: usize, patterns: &[&str]) -> usize {
+    let mut killed = 0;
+    for pid in Lab::pids(&lab.node_ns(i)) {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        if patterns.iter().all(|p| cmd.contains(p)) && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+            killed += 1;
+        }
+    }
+    killed
+}
+
+/// Which hosts ran a process, from when (unix ms): one entry per change.
+pub type ProcessLog = Vec<(u64, std::collections::BTreeSet<String>)>;
+
+/// The lab hosts running a process whose command line contains every one of `patterns`, as
+/// changes over time: (unix ms, hosts). One thread scans /proc every `every` and maps each
+/// match to its host by its network namespace. A host counts while its process exists, even
+/// frozen: a paused machine still holds what it ran.
+pub fn sample_processes(
+    hosts: Vec<(String, String)>,
+    patterns: Vec<String>,
+    every: std::time::Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Result<ProcessLog>> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::thread::spawn(move || {
+        // Host by namespace inode (`/run/netns/NS` is a bind mount of the namespace).
+        let by_inode: std::collections::BTreeMap<u64, String> = hosts
+            .iter()
+            .filter_map(|(name, ns)| Some((std::fs::metadata(format!("/run/netns/{ns}")).ok()?.ino(), name.clone())))
+            .collect();
+        let mut out: ProcessLog = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let t = std::time::Instant::now();
+            let mut found = std::collections::BTreeSet::new();
+            for e in std::fs::read_dir("/proc")?.flatten() {
+                let pid = e.file_name();
+                if !pid.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+                    continue;
+                }
+                let dir = e.path();
+                let Ok(cmd) = std::fs::read(dir.join("cmdline")) else {
+                    continue;
+                };
+                let cmd = String::from_utf8_lossy(&cmd);
+                if !patterns.iter().all(|p| cmd.contains(p.as_str())) {
+                    continue;
+                }
+                let Ok(ns) = std::fs::metadata(dir.join("ns/net")) else {
+                    continue;
+                };
+                if let Some(h) = by_inode.get(&ns.ino()) {
+                    found.insert(h.clone());
+                }
+            }
+            if out.last().map(|(_, h)| *h != found).unwrap_or(true) {
+                out.push((phalanx_node::mesh::unix_ms(), found));
+            }
+            std::thread::sleep(every.saturating_sub(t.elapsed()));
+        }
+        Ok(out)
+    })
 }
 
 /// When each client probe was sent, and who answered (None: no answer within its timeout).
@@ -454,6 +629,8 @@ pub struct Seen {
     pub violations: Vec<String>,
     /// Per node: samples taken and the widest gap between two.
     pub sampling: Vec<(String, usize, std::time::Duration)>,
+    /// Every sample, per node (for checks over windows: see `overlaps`).
+    pub samples: Vec<(String, Samples)>,
 }
 
 impl Watch {
@@ -502,6 +679,7 @@ impl Watch {
             client,
             violations: double_holders(&samples),
             sampling,
+            samples,
         })
     }
 }
@@ -518,6 +696,8 @@ id = "web-ip"
 agent = "vip"
 params = {{ address = "{VIP}/24" }}
 monitor = {{ interval = "1s", timeout = "5s" }}
+migration_threshold = 1
+failure_timeout = "5s"
 
 [[resource]]
 id = "web-svc"
@@ -541,7 +721,8 @@ failback = "{failback}"
 pub const VIP: &str = "10.77.0.100";
 pub const PORT: u16 = 8080;
 
-/// Where the whole `web` group runs, if every view agrees and nothing is pending.
+/// Where the whole `web` group (or `web6`) runs, if every view agrees and nothing is pending
+/// (other resources are not looked at).
 pub fn web_node(st: &std::collections::BTreeMap<String, phalanx_node::StatusReport>) -> Option<String> {
     let mut found: Option<String> = None;
     for s in st.values() {
@@ -551,6 +732,7 @@ pub fn web_node(st: &std::collections::BTreeMap<String, phalanx_node::StatusRepo
         let nodes: Vec<String> = s
             .resources
             .iter()
+            .filter(|r| r.parent.as_deref().is_some_and(|p| p.starts_with("web")))
             .map(|r| {
                 (r.running.len() == 1)
                     .then(|| r.running.keys().next().cloned())

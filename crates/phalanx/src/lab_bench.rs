@@ -142,7 +142,7 @@ async fn phalanx_trial(exe: &Path, heartbeat: Duration, planned: bool) -> Result
 }
 
 /// A keepalived node: its config, then the daemon and the HTTP service in its namespace.
-fn keepalived_node(lab: &Lab, dir: &Path, i: usize, advert: &str, exe: &Path) -> Result<Vec<Child>> {
+pub(crate) fn keepalived_node(lab: &Lab, dir: &Path, i: usize, advert: &str, exe: &Path) -> Result<Vec<Child>> {
     let peer = if i == 1 { 2 } else { 1 };
     let conf = dir.join(format!("n{i}.conf"));
     std::fs::write(

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod harness;
 pub mod lab;
 pub mod lab_bench;
+pub mod nemesis;
 pub mod peer_etcd;
 pub mod power_switch;
 pub mod render;

@@ -73,6 +73,20 @@ enum Cmd {
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         log_format: String,
     },
+    /// Run the cluster's witness: a tie-breaking vote for two-node clusters (`[witness] address`
+    /// in the config). It stores the Raft log and votes, runs no resources, and backs exactly
+    /// one side of a split.
+    Witness {
+        /// Where to listen (TCP for Raft, UDP for heartbeats); default: `[witness] address`.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Where the witness keeps its Raft log (default /var/lib/phalanx/CLUSTER/witness).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Log format.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
+    },
     /// Config file tools.
     Config {
         #[command(subcommand)]
@@ -131,6 +145,9 @@ enum Cmd {
         /// NAME=COMMAND run (in the namespace, for netns outlets) when the outlet is turned on.
         #[arg(long)]
         boot: Vec<String>,
+        /// Append every action to this file as `UNIX_MS PLUG ACTION`.
+        #[arg(long)]
+        events: Option<PathBuf>,
     },
     /// The demo's HTTP service (answers with its node name).
     #[command(hide = true)]
@@ -139,6 +156,21 @@ enum Cmd {
         listen: String,
         #[arg(long)]
         name: String,
+    },
+    /// A seeded random schedule of faults over a lab cluster (network namespaces, root), with
+    /// the safety checkers running throughout; exits 1 on any violation (`tests/lab/nemesis`).
+    Nemesis {
+        #[arg(long, default_value_t = 40)]
+        steps: usize,
+        /// The schedule's seed (default: random, printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// phalanx, or keepalived (the partition steps against a keepalived pair).
+        #[arg(long, default_value = "phalanx", value_parser = ["phalanx", "keepalived"])]
+        target: String,
+        /// Cluster size: 3 or 5.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
     },
     /// Benchmarks that print figures (they assert nothing).
     Bench {
@@ -293,7 +325,7 @@ fn main() {
     let cli = Cli::parse();
     // A node's work is small and latency-bound: one thread avoids the idle wake-ups of a
     // work-stealing pool (idle CPU per node ~1.1% -> ~0.8%, README). Other commands use two.
-    let mut builder = if matches!(cli.cmd, Cmd::Daemon { .. }) {
+    let mut builder = if matches!(cli.cmd, Cmd::Daemon { .. } | Cmd::Witness { .. }) {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
@@ -431,6 +463,46 @@ async fn run(cli: Cli) -> Result<i32> {
             .await?;
             Ok(0)
         }
+        Cmd::Nemesis {
+            steps,
+            seed,
+            target,
+            nodes,
+        } => {
+            let exe = std::env::current_exe().context("locating the phalanx binary")?;
+            let r = phalanx::nemesis::run(phalanx::nemesis::Args {
+                steps: *steps,
+                seed: seed.unwrap_or_else(rand::random),
+                target: if target == "keepalived" {
+                    phalanx::nemesis::Target::Keepalived
+                } else {
+                    phalanx::nemesis::Target::Phalanx
+                },
+                nodes: *nodes,
+                exe,
+                json: cli.json,
+            })
+            .await?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                print!("{}", phalanx::nemesis::render(&r));
+            }
+            Ok(if r.target == "phalanx" && r.violations > 0 {
+                1
+            } else {
+                0
+            })
+        }
+        Cmd::Witness {
+            listen,
+            data_dir,
+            log_format,
+        } => {
+            init_tracing(log_format == "json");
+            daemon::run_witness(&cli.config, listen.as_deref(), data_dir.clone()).await?;
+            Ok(0)
+        }
         Cmd::Config {
             cmd: ConfigCmd::Check { file },
         } => config_check(file, cli.json).await,
@@ -445,7 +517,12 @@ async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Node { cmd } => node_cmd(&cli, cmd).await,
-        Cmd::PowerSwitch { listen, outlet, boot } => {
+        Cmd::PowerSwitch {
+            listen,
+            outlet,
+            boot,
+            events,
+        } => {
             let outlets = outlet
                 .iter()
                 .map(|o| phalanx::power_switch::parse_outlet(o))
@@ -457,7 +534,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 };
                 boots.insert(n.to_string(), cmd.to_string());
             }
-            phalanx::power_switch::serve(listen, outlets, boots).await?;
+            phalanx::power_switch::serve(listen, outlets, boots, events.clone()).await?;
             Ok(0)
         }
         Cmd::DemoService { listen, name } => {

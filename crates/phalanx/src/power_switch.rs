@@ -11,7 +11,8 @@
 //! `NAME=netns:NS` (every process in network namespace NS; its links keep only the addresses
 //! they had when the switch started: a virtual IP dies with the machine, which boots without
 //! it). `on` runs the outlet's `--boot NAME=COMMAND`, if given (the machine booting); without
-//! one, power returns and nothing starts.
+//! one, power returns and nothing starts. With `--events FILE` every action is appended there
+//! as `UNIX_MS PLUG ACTION`, after it took effect: the nemesis checks fence order against it.
 
 use anyhow::{bail, Context, Result};
 use axum::extract::{Path, State};
@@ -53,10 +54,20 @@ pub fn parse_outlet(s: &str) -> Result<(String, Machine)> {
     Ok((name.to_string(), machine))
 }
 
-type Outlets = Arc<Mutex<BTreeMap<String, Outlet>>>;
+struct Switch {
+    outlets: Mutex<BTreeMap<String, Outlet>>,
+    events: Option<std::path::PathBuf>,
+}
+
+type Outlets = Arc<Switch>;
 
 /// Serve the switch on `listen` until the process ends.
-pub async fn serve(listen: &str, outlets: Vec<(String, Machine)>, boot: BTreeMap<String, String>) -> Result<()> {
+pub async fn serve(
+    listen: &str,
+    outlets: Vec<(String, Machine)>,
+    boot: BTreeMap<String, String>,
+    events: Option<std::path::PathBuf>,
+) -> Result<()> {
     let mut map = BTreeMap::new();
     for (name, machine) in outlets {
         let addresses = match &machine {
@@ -73,7 +84,10 @@ pub async fn serve(listen: &str, outlets: Vec<(String, Machine)>, boot: BTreeMap
             },
         );
     }
-    let state: Outlets = Arc::new(Mutex::new(map));
+    let state: Outlets = Arc::new(Switch {
+        outlets: Mutex::new(map),
+        events,
+    });
     let app = Router::new()
         .route("/outlets", get(list))
         .route("/outlets/{plug}", get(one))
@@ -88,7 +102,7 @@ pub async fn serve(listen: &str, outlets: Vec<(String, Machine)>, boot: BTreeMap
 }
 
 fn outlets(s: &Outlets) -> std::sync::MutexGuard<'_, BTreeMap<String, Outlet>> {
-    s.lock().unwrap_or_else(|p| p.into_inner())
+    s.outlets.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn list(State(s): State<Outlets>) -> Response {
@@ -125,6 +139,18 @@ async fn act(State(s): State<Outlets>, Path((plug, action)): Path<(String, Strin
     match result {
         Ok(()) => {
             tracing::warn!(%plug, %action, "outlet switched");
+            if let Some(path) = &s.events {
+                use std::io::Write as _;
+                let line = format!("{} {plug} {action}\n", phalanx_node::mesh::unix_ms());
+                let written = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .and_then(|mut f| f.write_all(line.as_bytes()));
+                if let Err(e) = written {
+                    tracing::error!(path = %path.display(), error = %e, "writing the event log");
+                }
+            }
             Json(json!({ "plug": plug, "state": power_word(powered(&o.machine)) })).into_response()
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{action} {plug}: {e:#}")).into_response(),

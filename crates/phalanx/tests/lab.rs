@@ -6,6 +6,8 @@
 
 use phalanx::harness::{LocalCluster, Spec};
 use phalanx::lab::{outage, wait_answer, web_config, web_node, Lab, Watch, PORT, VIP};
+use phalanx_node::StatusReport;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -30,14 +32,23 @@ fn cluster(lab: &Lab, failback: &str, prefer: Option<&str>) -> LocalCluster {
 }
 
 fn cluster_with(lab: &Lab, failback: &str, prefer: Option<&str>, cluster_extra: &str) -> LocalCluster {
+    started(lab, 3, web_config(exe(), failback, prefer), cluster_extra)
+}
+
+fn exe() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_phalanx"))
+}
+
+/// A started lab cluster of `nodes` nodes (100 ms heartbeats, 2 links) with `extra_config`.
+fn started(lab: &Lab, nodes: usize, extra_config: String, cluster_extra: &str) -> LocalCluster {
     let mut c = LocalCluster::create_in_lab(
         Spec {
-            nodes: 3,
+            nodes,
             heartbeat: Duration::from_millis(100),
             links: 2,
-            exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
+            exe: exe().to_path_buf(),
             keep: std::env::var_os("PHALANX_KEEP").is_some(),
-            extra_config: web_config(std::path::Path::new(env!("CARGO_BIN_EXE_phalanx")), failback, prefer),
+            extra_config,
             cluster_extra: cluster_extra.into(),
         },
         lab,
@@ -45,6 +56,32 @@ fn cluster_with(lab: &Lab, failback: &str, prefer: Option<&str>, cluster_extra: 
     .unwrap();
     c.start_all().unwrap();
     c
+}
+
+/// Where web runs once all `nodes` views agree.
+async fn web_running(c: &LocalCluster, nodes: usize) -> String {
+    c.wait_for(T, "web running", |st| {
+        (st.len() == nodes).then(|| web_node(st)).flatten()
+    })
+    .await
+    .unwrap()
+}
+
+/// The views of every answering node but `node`.
+fn without(st: &BTreeMap<String, StatusReport>, node: &str) -> BTreeMap<String, StatusReport> {
+    st.iter()
+        .filter(|(n, _)| *n != node)
+        .map(|(n, s)| (n.clone(), s.clone()))
+        .collect()
+}
+
+/// `node`'s fence record as the first of `views` that shows it fenced sees it.
+fn fenced_in(views: &BTreeMap<String, StatusReport>, node: &str) -> Option<phalanx_core::state::FenceRecord> {
+    views
+        .values()
+        .flat_map(|s| s.nodes.iter())
+        .find(|n| n.name == node && n.fence.fenced_at_ms.is_some())
+        .map(|n| n.fence.clone())
 }
 
 /// For 2 s (the dead-after window several times over): no node declares another lost and web
@@ -121,10 +158,7 @@ async fn running_on(c: &LocalCluster, what: &str, pred: impl Fn(&str) -> bool) -
 async fn crash_the_active_node_and_the_vip_moves_with_one_holder_at_a_time() {
     let Some((_one, lab)) = lab_or_skip().await else { return };
     let mut c = cluster(&lab, "manual", None);
-    let first = c
-        .wait_for(T, "web running", |st| (st.len() == 3).then(|| web_node(st)).flatten())
-        .await
-        .unwrap();
+    let first = web_running(&c, 3).await;
     wait_answer(&lab, &vip_addr(), &first, T).unwrap();
     let w = watch(&lab);
     let crash_at = Instant::now();
@@ -143,10 +177,7 @@ async fn crash_the_active_node_and_the_vip_moves_with_one_holder_at_a_time() {
 async fn cutting_one_of_two_links_moves_nothing() {
     let Some((_one, lab)) = lab_or_skip().await else { return };
     let c = cluster(&lab, "manual", None);
-    let active = c
-        .wait_for(T, "web running", |st| (st.len() == 3).then(|| web_node(st)).flatten())
-        .await
-        .unwrap();
+    let active = web_running(&c, 3).await;
     let w = watch(&lab);
     lab.cut_link(num(&active), 0).unwrap();
     // Every node still sees every other on link 1.
@@ -163,10 +194,7 @@ async fn cutting_one_of_two_links_moves_nothing() {
 async fn cutting_both_links_fails_over_after_the_lease_with_one_holder() {
     let Some((_one, lab)) = lab_or_skip().await else { return };
     let c = cluster_with(&lab, "manual", None, "fencing = \"watchdog\"\n");
-    let active = c
-        .wait_for(T, "web running", |st| (st.len() == 3).then(|| web_node(st)).flatten())
-        .await
-        .unwrap();
+    let active = web_running(&c, 3).await;
     wait_answer(&lab, &vip_addr(), &active, T).unwrap();
     let w = watch(&lab);
     let i = num(&active);
@@ -283,10 +311,7 @@ async fn failback_manual_through_the_vip() {
 async fn loss_moves_nothing_and_a_partition_leaves_the_majority_in_charge() {
     let Some((_one, lab)) = lab_or_skip().await else { return };
     let c = cluster_with(&lab, "manual", None, "fencing = \"watchdog\"\n");
-    let active = c
-        .wait_for(T, "web running", |st| (st.len() == 3).then(|| web_node(st)).flatten())
-        .await
-        .unwrap();
+    let active = web_running(&c, 3).await;
     let w = watch(&lab);
     for i in 1..=3 {
         lab.loss(i, 0, 30).unwrap();
@@ -371,4 +396,276 @@ failback = "manual"
     wait_answer(&lab, &addr, &second, T).unwrap();
     let log = finish(w);
     eprintln!("IPv6 VIP: client outage {:?} ({first} -> {second})", outage(&log, at));
+}
+
+/// Two nodes and `phalanx witness` (on the lab's third host). Split the nodes from each other
+/// while both still reach the witness: exactly one side keeps quorum, the one the witness backs
+/// (the leader's); it fences the other and keeps or takes over web, one VIP holder throughout.
+/// Healed and restarted, the fenced node rejoins; then crashing web's holder moves web to the
+/// other node, which is quorate with the witness' vote alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_and_a_witness_a_split_leaves_exactly_one_side_quorate() {
+    let Some((_one, lab)) = lab_or_skip().await else { return };
+    let mut c = started(&lab, 2, web_config(exe(), "manual", None), "");
+    web_running(&c, 2).await;
+    let leader = c.wait_stable(T).await.unwrap();
+    let loser = if leader == "n1" { "n2" } else { "n1" };
+    let before = c.status(&leader).await.unwrap();
+    let w = before.witness.clone().expect("the config has a witness");
+    assert_eq!(
+        w.vote.as_deref(),
+        Some(leader.as_str()),
+        "the witness backs the leader: {w:?}"
+    );
+    let watch = Watch::start(&lab, &[1, 2], VIP.parse().unwrap(), PORT);
+    lab.partition(&[1], &[2], false).unwrap();
+    c.wait_for(T, "the witness' side to fence the other and run web", |st| {
+        let s = st.get(&leader)?;
+        let fenced = s.nodes.iter().any(|n| n.name == loser && n.fence.fenced);
+        let one: std::collections::BTreeMap<_, _> = [(leader.clone(), s.clone())].into();
+        (s.quorum && s.witness.as_ref()?.granted && fenced && web_node(&one)? == leader).then_some(())
+    })
+    .await
+    .unwrap();
+    wait_answer(&lab, &vip_addr(), &leader, T).unwrap();
+    if let Ok(s) = c.status(loser).await {
+        assert!(!s.quorum, "{loser} answers after the fence and believes it has quorum");
+    }
+    lab.heal_network().unwrap();
+    c.reap(loser).unwrap();
+    c.restart(loser, T).await.unwrap();
+    c.wait_stable(T).await.unwrap();
+    let holder = c
+        .wait_for(T, "one cluster again", |st| {
+            (st.len() == 2).then(|| web_node(st)).flatten()
+        })
+        .await
+        .unwrap();
+    let survivor = if holder == "n1" { "n2" } else { "n1" };
+    lab.crash(num(&holder)).unwrap();
+    c.reap(&holder).unwrap();
+    c.wait_for(T, "the survivor to run web with the witness' vote", |st| {
+        let s = st.get(survivor)?;
+        (s.quorum && s.witness.as_ref()?.granted && web_node(st)? == survivor).then_some(())
+    })
+    .await
+    .unwrap();
+    wait_answer(&lab, &vip_addr(), survivor, T).unwrap();
+    finish(watch);
+}
+
+/// The nemesis, short (`tests/lab/nemesis --steps 50 --seed 2026`, about 3 minutes): every
+/// kind of fault over a 3-node lab cluster, with the checkers running throughout. Any safety
+/// violation fails it; so does a cluster that stops settling after its faults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nemesis_short_run_finds_no_violation() {
+    let Some((_one, lab)) = lab_or_skip().await else { return };
+    drop(lab); // the nemesis builds its own lab; the guard keeps other lab tests out meanwhile
+    let seed = std::env::var("PHALANX_NEMESIS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2026);
+    let r = phalanx::nemesis::run(phalanx::nemesis::Args {
+        steps: 50,
+        seed,
+        target: phalanx::nemesis::Target::Phalanx,
+        nodes: 3,
+        exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
+        json: true,
+    })
+    .await
+    .unwrap();
+    eprint!("{}", phalanx::nemesis::render(&r));
+    assert_eq!(r.violations, 0, "seed {seed}: {:?}", r.violation_details);
+    assert_eq!(r.faults, 50, "seed {seed}: {:?}", r.notes);
+    assert!(r.fault_kinds.len() >= 7, "every kind of fault ran: {:?}", r.fault_kinds);
+    assert!(r.fences > 0 && r.failovers > 0, "the faults did something: {r:?}");
+    assert!(
+        r.unsettled <= 2,
+        "seed {seed}: steps that did not settle: {:?}",
+        r.notes
+    );
+}
+
+/// Real fencing over a real protocol: each node's power is an emulated BMC (Debian's `ipmi_sim`)
+/// whose chassis-control hook crashes that lab node, and the cluster's fence devices are Debian's
+/// `fence_ipmilan`. Freeze web's node: the others fence it through its BMC (not the lab's power
+/// switch, which is not in its fencing levels), then web moves, one VIP holder throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fence_ipmilan_against_ipmi_sim_fences_a_frozen_node() {
+    let Some((_one, lab)) = lab_or_skip().await else { return };
+    for tool in ["/usr/bin/ipmi_sim", "/usr/bin/ipmitool", "/usr/sbin/fence_ipmilan"] {
+        assert!(
+            std::path::Path::new(tool).exists(),
+            "{tool} is missing: .ci/run installs openipmi, ipmitool and fence-agents"
+        );
+    }
+    let scratch = std::env::temp_dir().join(format!("phalanx-bmc-{}", std::process::id()));
+    let dirs: Vec<PathBuf> = (1..=3).map(|i| scratch.join(format!("n{i}"))).collect();
+    let mut bmcs: Vec<std::process::Child> = (1..=3)
+        .map(|i| phalanx::lab::start_bmc(&lab, i, &dirs[i - 1]).unwrap())
+        .collect();
+    let mut c = started(
+        &lab,
+        3,
+        web_config(exe(), "manual", None) + &phalanx::lab::bmc_fencing_config(3, &dirs),
+        "",
+    );
+    let first = web_running(&c, 3).await;
+    wait_answer(&lab, &vip_addr(), &first, T).unwrap();
+    let w = watch(&lab);
+    lab.pause(num(&first));
+    let second = c
+        .wait_for(T, "web moved after the fence", |st| {
+            let others = without(st, &first);
+            let fenced_by = fenced_in(&others, &first)?.fenced_by?;
+            (others.len() == 2)
+                .then(|| web_node(&others))
+                .flatten()
+                .map(|n| (n, fenced_by))
+        })
+        .await
+        .unwrap();
+    let (second, fenced_by) = second;
+    assert!(fenced_by.contains(&format!("ipmi-{first}")), "fenced by {fenced_by}");
+    wait_answer(&lab, &vip_addr(), &second, T).unwrap();
+    let hook = std::fs::read_to_string(dirs[num(&first) - 1].join("hook.log")).unwrap_or_default();
+    assert!(
+        hook.contains("power 0"),
+        "the BMC's chassis hook powered {first} off: {hook:?}"
+    );
+    assert!(
+        c.fence_events().iter().all(|(_, plug, _)| *plug != first),
+        "the power switch was not used: {:?}",
+        c.fence_events()
+    );
+    finish(w);
+    c.reap(&first).unwrap();
+    for b in &mut bmcs {
+        let _ = b.kill();
+        let _ = b.wait();
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// Service failure in the lab: web's service is killed on its node. Its monitor fails, the
+/// cluster recovers web (restart in place: the node is healthy, nothing is fenced), the failure
+/// is counted, and the client gets answers through the VIP again; one holder throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_failure_is_recovered_without_fencing() {
+    let Some((_one, lab)) = lab_or_skip().await else { return };
+    let c = cluster(&lab, "manual", None);
+    let active = web_running(&c, 3).await;
+    wait_answer(&lab, &vip_addr(), &active, T).unwrap();
+    let w = watch(&lab);
+    let killed_at = Instant::now();
+    let killed = phalanx::lab::kill_processes(&lab, num(&active), &["demo-service"]);
+    assert_eq!(killed, 1, "web's service was running on {active}");
+    let now = c
+        .wait_for(T, "the failure counted and web running again", |st| {
+            let s = st.get(&active)?;
+            let svc = s.resources.iter().find(|r| r.id == "web-svc")?;
+            (svc.failures.values().sum::<usize>() >= 1)
+                .then(|| web_node(st))
+                .flatten()
+        })
+        .await
+        .unwrap();
+    wait_answer(&lab, &vip_addr(), &now, T).unwrap();
+    for s in c.statuses().await.values() {
+        assert!(
+            s.nodes.iter().all(|n| n.fence.fenced_at_ms.is_none()),
+            "a service failure fenced a node: {:?}",
+            s.nodes
+        );
+    }
+    let log = finish(w);
+    eprintln!(
+        "service killed on {active}: back on {now} after {:?}",
+        outage(&log, killed_at)
+    );
+}
+
+/// Storage failure in the lab: the state directory of a resource becomes read-only on its node
+/// (a read-only bind mount inside that node's mount namespace, as a failing disk remounted
+/// read-only). Its monitor fails, its stop fails too, so the node is fenced (the lab's power
+/// switch) and the resource is recovered on a node whose storage works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_failure_fences_the_node_and_moves_the_resource() {
+    let Some((_one, lab)) = lab_or_skip().await else { return };
+    let dir = std::env::temp_dir().join(format!("phalanx-lab-storage-{}", std::process::id()));
+    let d = format!("{}/${{OCF_RESKEY_CRM_meta_on_node}}", dir.display());
+    let store = format!(
+        "\n[[resource]]\nid = \"store\"\nagent = \"exec\"\nparams = {{ start = \"mkdir -p {d} && date > {d}/alive\", stop = \"rm -f {d}/alive\", monitor = \"test -f {d}/alive || exit 7; date > {d}/alive\" }}\nmonitor = {{ interval = \"500ms\", timeout = \"5s\" }}\nmigration_threshold = 1\n"
+    );
+    let mut c = started(&lab, 3, web_config(exe(), "manual", None) + &store, "");
+    let store_on = |st: &std::collections::BTreeMap<String, phalanx_node::StatusReport>| {
+        let mut on = st.values().map(|s| {
+            let r = s.resources.iter().find(|r| r.id == "store")?;
+            (r.running.len() == 1 && s.plan_pending == 0)
+                .then(|| r.running.keys().next().cloned())
+                .flatten()
+        });
+        let first = on.next()??;
+        on.all(|o| o.as_deref() == Some(first.as_str())).then_some(first)
+    };
+    let from = c
+        .wait_for(T, "store running", |st| (st.len() == 3).then(|| store_on(st)).flatten())
+        .await
+        .unwrap();
+    let w = watch(&lab);
+    // Inside the node's mount namespace (its daemon's): what its agents see.
+    let pid = c.node(&from).unwrap().pid().unwrap().to_string();
+    let p = dir.join(&from).display().to_string();
+    for args in [vec!["--bind", &p, &p], vec!["-o", "remount,bind,ro", &p]] {
+        let ok = std::process::Command::new("nsenter")
+            .args(["-t", &pid, "-m", "mount"])
+            .args(&args)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount {args:?} in {from}'s mount namespace");
+    }
+    let to = c
+        .wait_for(T, "store recovered elsewhere after the fence", |st| {
+            let others = without(st, &from);
+            let fenced = fenced_in(&others, &from).is_some();
+            (fenced && others.len() == 2).then(|| store_on(&others)).flatten()
+        })
+        .await
+        .unwrap();
+    assert_ne!(to, from);
+    finish(w);
+    c.reap(&from).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An asymmetric link, with `fencing = "watchdog"` (no fence device to shoot anyone): frames
+/// from web's node to the others are dropped, frames to it still arrive. It hears everyone, but
+/// the others' heartbeats say they do not hear it, so it knows it has no quorum (reachability
+/// counts both ways) and drops the VIP itself, while the majority recovers web after the lease.
+/// One VIP holder throughout; healed, it rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_way_link_leaves_the_node_without_quorum_and_one_vip_holder() {
+    let Some((_one, lab)) = lab_or_skip().await else { return };
+    let c = cluster_with(&lab, "manual", None, "fencing = \"watchdog\"\n");
+    let active = web_running(&c, 3).await;
+    wait_answer(&lab, &vip_addr(), &active, T).unwrap();
+    let w = watch(&lab);
+    let i = num(&active);
+    let others: Vec<usize> = (1..=3).filter(|x| *x != i).collect();
+    lab.partition(&[i], &others, true).unwrap();
+    c.wait_for(T, "the one-way node to know it has no quorum", |st| {
+        st.get(&active).and_then(|s| (!s.quorum).then_some(()))
+    })
+    .await
+    .unwrap();
+    let other = recovered_by_majority(&c, &active).await;
+    wait_answer(&lab, &vip_addr(), &other, T).unwrap();
+    lab.heal_network().unwrap();
+    c.wait_for(T, "one cluster again", |st| {
+        (st.len() == 3).then(|| web_node(st)).flatten()
+    })
+    .await
+    .unwrap();
+    finish(w);
 }

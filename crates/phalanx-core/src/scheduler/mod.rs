@@ -771,7 +771,11 @@ fn place(
                     add(-INFINITY, format!("agent {agent} missing on {node}"), &mut parts);
                 }
             }
-            if ctx.state(p).banned.contains(node) {
+            // A hard error bans the node until cleanup, or, with a failure_timeout, until its
+            // failures there have expired (Pacemaker: a hard error sets the fail count to
+            // INFINITY, which failure-timeout clears).
+            let expired = prim.meta.failure_timeout.is_some() && ctx.live_failures(p, node, &prim.meta) == 0;
+            if ctx.state(p).banned.contains(node) && !expired {
                 add(
                     -INFINITY,
                     format!("{p} banned from {node} after a hard error (cleanup to retry)"),

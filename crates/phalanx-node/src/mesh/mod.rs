@@ -78,6 +78,10 @@ pub struct PeerStatus {
     pub changed_at_unix_ms: Option<u64>,
     /// The peer's last Raft log index, as its latest heartbeat said.
     pub log_index: Option<u64>,
+    /// Whose partition the peer backs, as its latest heartbeat said (a witness' vote; 0: none).
+    pub vote: Option<u64>,
+    /// The peer hears this node, as its latest heartbeat said (false: the link works one way).
+    pub hears_me: bool,
 }
 
 struct MeshState {
@@ -93,6 +97,11 @@ struct MeshState {
     log_index: u64,
     /// Each peer's last Raft log index, from its heartbeats.
     peer_log_index: BTreeMap<String, u64>,
+    /// Our own vote (a witness'), sent in every heartbeat, and each peer's.
+    vote: u64,
+    peer_vote: BTreeMap<String, u64>,
+    /// Each peer's word on whether it hears us.
+    peer_hears_me: BTreeMap<String, bool>,
 }
 
 /// A handle on the running mesh; cheap to clone.
@@ -102,6 +111,8 @@ pub struct Mesh {
     state: Arc<Mutex<MeshState>>,
     start: Instant,
     changed: Arc<Notify>,
+    /// Send a round of heartbeats now (our vote changed).
+    send_now: Arc<Notify>,
 }
 
 pub fn unix_ms() -> u64 {
@@ -126,9 +137,13 @@ impl Mesh {
                 seq: 0,
                 log_index: 0,
                 peer_log_index: BTreeMap::new(),
+                vote: 0,
+                peer_vote: BTreeMap::new(),
+                peer_hears_me: BTreeMap::new(),
             })),
             start: Instant::now(),
             changed: Arc::new(Notify::new()),
+            send_now: Arc::new(Notify::new()),
         }
     }
 
@@ -163,6 +178,8 @@ impl Mesh {
             st.detector.remove_peer(&n);
             st.changed_at.remove(&n);
             st.peer_log_index.remove(&n);
+            st.peer_vote.remove(&n);
+            st.peer_hears_me.remove(&n);
         }
         for (n, links) in &peers {
             st.detector.set_peer(n, links.len());
@@ -189,6 +206,18 @@ impl Mesh {
         self.lock().log_index = index;
     }
 
+    /// Set the vote advertised in our heartbeats (a witness backs one partition); a change is
+    /// sent at once, not at the next interval, so the partitions learn it within a round trip.
+    pub fn set_vote(&self, vote: u64) {
+        let changed = {
+            let mut st = self.lock();
+            std::mem::replace(&mut st.vote, vote) != vote
+        };
+        if changed {
+            self.send_now.notify_one();
+        }
+    }
+
     pub fn disabled_links(&self) -> BTreeSet<usize> {
         self.lock().disabled_links.clone()
     }
@@ -197,8 +226,21 @@ impl Mesh {
         self.lock().stats.clone()
     }
 
+    /// Peers we hear (on at least one link).
     pub fn alive_peers(&self) -> BTreeSet<String> {
         self.lock().detector.alive_peers().map(str::to_string).collect()
+    }
+
+    /// Peers we hear that also hear us: reachability both ways. A node whose frames are lost
+    /// one way (an asymmetric link) must not count the peers it merely hears towards its
+    /// quorum: they have declared it dead and may recover its resources.
+    pub fn two_way_peers(&self) -> BTreeSet<String> {
+        let st = self.lock();
+        st.detector
+            .alive_peers()
+            .filter(|p| st.peer_hears_me.get(*p).copied().unwrap_or(false))
+            .map(str::to_string)
+            .collect()
     }
 
     /// Each peer's view, with ages relative to now.
@@ -231,6 +273,8 @@ impl Mesh {
                         last_heartbeat_ms_ago: last,
                         changed_at_unix_ms: st.changed_at.get(name).copied(),
                         log_index: st.peer_log_index.get(name).copied(),
+                        vote: st.peer_vote.get(name).copied(),
+                        hears_me: st.peer_hears_me.get(name).copied().unwrap_or(false),
                     },
                 )
             })
@@ -252,6 +296,7 @@ impl Mesh {
                 .unwrap_or_else(|| Instant::now() + self.settings.interval);
             tokio::select! {
                 _ = beat.tick() => self.send_heartbeats(out.as_ref()),
+                _ = self.send_now.notified() => self.send_heartbeats(out.as_ref()),
                 _ = tokio::time::sleep_until(wake) => {
                     let events = { let now = self.now(); self.lock().detector.tick(now) };
                     self.handle_events(events);
@@ -269,30 +314,34 @@ impl Mesh {
         st.seq += 1;
         let seq = st.seq;
         let log_index = st.log_index;
+        let vote = st.vote;
         let mut sent = 0;
         let mut errors = 0;
+        let alive: BTreeSet<String> = st.detector.alive_peers().map(str::to_string).collect();
         for (i, _) in self.settings.links.iter().enumerate() {
             if st.disabled_links.contains(&i) {
                 continue;
             }
-            let data = wire::encode(
-                &wire::Heartbeat {
-                    cluster: self.settings.cluster.clone(),
-                    sender: self.settings.me.clone(),
-                    link: i as u8,
-                    incarnation: self.settings.incarnation,
-                    seq,
-                    log_index,
-                },
-                &self.settings.key,
-            );
-            for addrs in st.peers.values() {
-                if let Some(to) = addrs.get(i) {
-                    if out.send(i, *to, &data) {
-                        sent += 1;
-                    } else {
-                        errors += 1;
-                    }
+            for (peer, addrs) in &st.peers {
+                let Some(to) = addrs.get(i) else { continue };
+                let data = wire::encode(
+                    &wire::Heartbeat {
+                        cluster: self.settings.cluster.clone(),
+                        sender: self.settings.me.clone(),
+                        link: i as u8,
+                        incarnation: self.settings.incarnation,
+                        seq,
+                        log_index,
+                        vote,
+                        hears: alive.contains(peer),
+                        to: peer.clone(),
+                    },
+                    &self.settings.key,
+                );
+                if out.send(i, *to, &data) {
+                    sent += 1;
+                } else {
+                    errors += 1;
                 }
             }
         }
@@ -303,6 +352,7 @@ impl Mesh {
     /// Take in one datagram. Never panics on any input; every drop is counted by reason.
     pub fn receive(&self, m: Inbound) {
         let now = self.now();
+        let hears_changed;
         let events = {
             let mut st = self.lock();
             if st.disabled_links.contains(&m.link) {
@@ -324,6 +374,10 @@ impl Mesh {
                 st.stats.dropped_other_cluster += 1;
                 return;
             }
+            if hb.to != self.settings.me {
+                st.stats.dropped_malformed += 1;
+                return;
+            }
             if usize::from(hb.link) != m.link {
                 st.stats.dropped_malformed += 1;
                 return;
@@ -341,9 +395,16 @@ impl Mesh {
             }
             st.replay.insert(key, (hb.incarnation, hb.seq));
             st.peer_log_index.insert(hb.sender.clone(), hb.log_index);
+            st.peer_vote.insert(hb.sender.clone(), hb.vote);
+            let was = st.peer_hears_me.insert(hb.sender.clone(), hb.hears);
+            hears_changed = was != Some(hb.hears);
             st.stats.received += 1;
             st.detector.report_heartbeat(&hb.sender, m.link, now)
         };
+        if hears_changed {
+            // Two-way reachability changed: quorum may have.
+            self.changed.notify_waiters();
+        }
         self.handle_events(events);
     }
 
@@ -465,6 +526,37 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// Deliver everything `from` sends now to `to`.
+    fn exchange(from: &Mesh, to: &Mesh) {
+        let sink = Sink(Mutex::new(Vec::new()));
+        from.send_heartbeats(&sink);
+        for (link, addr, data) in sink.0.into_inner().unwrap() {
+            to.receive(Inbound { link, from: addr, data });
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_heard_one_way_only_is_not_reachable_both_ways() {
+        let a = Mesh::new(settings("a", 1));
+        let b = Mesh::new(settings("b", 1));
+        a.set_peers(peers(&["b"]));
+        b.set_peers(peers(&["a"]));
+        // b's frames reach a, a's never reach b: a hears b, and b says it does not hear a.
+        exchange(&b, &a);
+        assert!(a.alive_peers().contains("b"));
+        assert!(a.two_way_peers().is_empty(), "b does not hear a");
+        assert!(!a.peers()["b"].hears_me);
+        // Now a's frames get through too, and b says so in its next heartbeat.
+        exchange(&a, &b);
+        exchange(&b, &a);
+        assert!(a.two_way_peers().contains("b"));
+        // A datagram addressed to someone else is dropped.
+        let c = Mesh::new(settings("c", 1));
+        c.set_peers(peers(&["b"]));
+        exchange(&b, &c);
+        assert_eq!(c.stats().dropped_malformed, 2, "one per link");
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,20 +2,25 @@
 //! trusting a single length before the MAC is checked (no serde format gives that):
 //!
 //! ```text
-//! "PHXH" | version:u8=1 | link:u8 | incarnation:u64be | seq:u64be | log_index:u64be |
-//! cluster_len:u8 | cluster | sender_len:u8 | sender | hmac-sha256(all before):32
+//! "PHXH" | version:u8=2 | link:u8 | incarnation:u64be | seq:u64be | log_index:u64be |
+//! vote:u64be | hears:u8 | cluster_len:u8 | cluster | sender_len:u8 | sender | to_len:u8 | to |
+//! hmac-sha256(all before):32
 //! ```
+//! Each datagram is addressed (`to`): `hears` says whether the sender hears the recipient, so
+//! a link that works one way only is seen from both ends (see `Mesh::two_way_peers`).
 //! `log_index` is the sender's last Raft log index: survivors of a leader crash use it to pick
-//! the most up-to-date of them to campaign (see `node.rs`). Replay protection (incarnation, seq strictly growing per sender and link) is the mesh's job;
+//! the most up-to-date of them to campaign (see `node.rs`). `vote` is the node id whose
+//! partition the sender backs: a witness' tie-breaking vote (0 from nodes, and for nobody).
+//! Replay protection (incarnation, seq strictly growing per sender and link) is the mesh's job;
 //! this module only encodes, authenticates and decodes.
 
 use crate::key::ClusterKey;
 
 const MAGIC: &[u8; 4] = b"PHXH";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const MAC_LEN: usize = 32;
 /// Largest datagram we ever produce or accept.
-pub const MAX_LEN: usize = 4 + 1 + 1 + 8 + 8 + 8 + 1 + 255 + 1 + 255 + MAC_LEN;
+pub const MAX_LEN: usize = 4 + 1 + 1 + 8 + 8 + 8 + 8 + 1 + 1 + 255 + 1 + 255 + 1 + 255 + MAC_LEN;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Heartbeat {
@@ -26,6 +31,12 @@ pub struct Heartbeat {
     pub seq: u64,
     /// The sender's last Raft log index when it sent this.
     pub log_index: u64,
+    /// The node id whose partition the sender backs (a witness' vote; 0: none).
+    pub vote: u64,
+    /// The sender hears the recipient (on some link).
+    pub hears: bool,
+    /// The recipient.
+    pub to: String,
 }
 
 /// Why a datagram was dropped.
@@ -46,6 +57,7 @@ pub enum WireError {
 pub fn encode(hb: &Heartbeat, key: &ClusterKey) -> Vec<u8> {
     let cluster = &hb.cluster.as_bytes()[..hb.cluster.len().min(255)];
     let sender = &hb.sender.as_bytes()[..hb.sender.len().min(255)];
+    let to = &hb.to.as_bytes()[..hb.to.len().min(255)];
     let mut b = Vec::with_capacity(32 + cluster.len() + sender.len() + MAC_LEN);
     b.extend_from_slice(MAGIC);
     b.push(VERSION);
@@ -53,17 +65,21 @@ pub fn encode(hb: &Heartbeat, key: &ClusterKey) -> Vec<u8> {
     b.extend_from_slice(&hb.incarnation.to_be_bytes());
     b.extend_from_slice(&hb.seq.to_be_bytes());
     b.extend_from_slice(&hb.log_index.to_be_bytes());
+    b.extend_from_slice(&hb.vote.to_be_bytes());
+    b.push(u8::from(hb.hears));
     b.push(cluster.len() as u8);
     b.extend_from_slice(cluster);
     b.push(sender.len() as u8);
     b.extend_from_slice(sender);
+    b.push(to.len() as u8);
+    b.extend_from_slice(to);
     let tag = key.sign(&b);
     b.extend_from_slice(tag.as_ref());
     b
 }
 
 pub fn decode(buf: &[u8], key: &ClusterKey) -> Result<Heartbeat, WireError> {
-    if buf.len() < 4 + 1 + 1 + 8 + 8 + 8 + 1 + 1 + MAC_LEN || buf.len() > MAX_LEN {
+    if buf.len() < 4 + 1 + 1 + 8 + 8 + 8 + 8 + 1 + 1 + 1 + 1 + MAC_LEN || buf.len() > MAX_LEN {
         return Err(WireError::Length);
     }
     if &buf[..4] != MAGIC {
@@ -81,9 +97,16 @@ pub fn decode(buf: &[u8], key: &ClusterKey) -> Result<Heartbeat, WireError> {
     let incarnation = r.u64()?;
     let seq = r.u64()?;
     let log_index = r.u64()?;
+    let vote = r.u64()?;
+    let hears = match r.u8()? {
+        0 => false,
+        1 => true,
+        _ => return Err(WireError::Malformed),
+    };
     let cluster = r.string()?;
     let sender = r.string()?;
-    if r.at != body.len() || sender.is_empty() {
+    let to = r.string()?;
+    if r.at != body.len() || sender.is_empty() || to.is_empty() {
         return Err(WireError::Malformed);
     }
     Ok(Heartbeat {
@@ -93,6 +116,9 @@ pub fn decode(buf: &[u8], key: &ClusterKey) -> Result<Heartbeat, WireError> {
         incarnation,
         seq,
         log_index,
+        vote,
+        hears,
+        to,
     })
 }
 
@@ -138,6 +164,9 @@ mod tests {
             incarnation: 42,
             seq: 9,
             log_index: 1234,
+            vote: 2,
+            hears: true,
+            to: "n2".into(),
         }
     }
 
@@ -183,7 +212,7 @@ mod tests {
         #[test]
         fn arbitrary_signed_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..300)) {
             // Validly signed garbage after a correct header: exercises the field parser.
-            let mut b = b"PHXH\x01".to_vec();
+            let mut b = b"PHXH\x02".to_vec();
             b.extend_from_slice(&body);
             let tag = key().sign(&b);
             b.extend_from_slice(tag.as_ref());
@@ -191,8 +220,8 @@ mod tests {
         }
 
         #[test]
-        fn any_heartbeat_round_trips(cluster in "[a-z]{1,40}", sender in "[a-z0-9]{1,40}", link in any::<u8>(), inc in any::<u64>(), seq in any::<u64>(), log_index in any::<u64>()) {
-            let h = Heartbeat { cluster, sender, link, incarnation: inc, seq, log_index };
+        fn any_heartbeat_round_trips(cluster in "[a-z]{1,40}", sender in "[a-z0-9]{1,40}", link in any::<u8>(), inc in any::<u64>(), seq in any::<u64>(), log_index in any::<u64>(), vote in any::<u64>(), hears in any::<bool>(), to in "[a-z0-9]{1,40}") {
+            let h = Heartbeat { cluster, sender, link, incarnation: inc, seq, log_index, vote, hears, to };
             prop_assert_eq!(decode(&encode(&h, &key()), &key()), Ok(h));
         }
     }

@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 
 pub type NodeId = u64;
+
+/// The witness' Raft id: far above any id `node add` hands out (they count up from 1).
+pub const WITNESS_ID: NodeId = 1 << 48;
+/// The witness' name in the mesh and in status (no node may take it: `config check`).
+pub const WITNESS_NAME: &str = "witness";
 pub type BasicNode = openraft::BasicNode;
 
 /// What the leader proposes: a cluster-state command.
