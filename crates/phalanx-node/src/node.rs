@@ -66,6 +66,10 @@ pub struct NodeStatus {
     pub links: Vec<mesh::LinkStatus>,
     pub last_heartbeat_ms_ago: Option<u64>,
     pub changed_at_unix_ms: Option<u64>,
+    /// The peer says it hears the answering node (None for itself; false while alive: the link
+    /// works one way only, and the peer does not count toward quorum).
+    #[serde(default)]
+    pub hears_me: Option<bool>,
     /// Its fencing record (fenced since lost? failed attempts?), as replicated.
     #[serde(default)]
     pub fence: phalanx_core::state::FenceRecord,
@@ -878,6 +882,7 @@ impl Node {
                 links: peer.map(|p| p.links.clone()).unwrap_or_default(),
                 last_heartbeat_ms_ago: peer.and_then(|p| p.last_heartbeat_ms_ago),
                 changed_at_unix_ms: peer.and_then(|p| p.changed_at_unix_ms),
+                hears_me: peer.map(|p| p.hears_me),
                 fence,
                 name,
                 id,

@@ -75,6 +75,13 @@ pub fn status(s: &StatusReport) -> String {
                 age(l.last_heartbeat_ms_ago)
             );
         }
+        if n.state == "online" && n.hears_me == Some(false) {
+            let _ = writeln!(
+                o,
+                "      ONE-WAY: its heartbeats arrive but it does not hear {} (not counted for quorum)",
+                s.node
+            );
+        }
         let f = &n.fence;
         if n.liveness == phalanx_core::Liveness::Offline && !f.fenced && s.fencing == "required" {
             let why = match (&f.last_error, f.failures) {

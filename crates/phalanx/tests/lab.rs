@@ -654,8 +654,15 @@ async fn a_one_way_link_leaves_the_node_without_quorum_and_one_vip_holder() {
     let i = num(&active);
     let others: Vec<usize> = (1..=3).filter(|x| *x != i).collect();
     lab.partition(&[i], &others, true).unwrap();
-    c.wait_for(T, "the one-way node to know it has no quorum", |st| {
-        st.get(&active).and_then(|s| (!s.quorum).then_some(()))
+    c.wait_for(T, "the one-way node to know it has no quorum and why", |st| {
+        let s = st.get(&active)?;
+        // It still hears the others, and its status says they do not hear it.
+        let one_way = s
+            .nodes
+            .iter()
+            .filter(|n| !n.is_self)
+            .all(|n| n.state == "online" && n.hears_me == Some(false));
+        (!s.quorum && one_way).then_some(())
     })
     .await
     .unwrap();
