@@ -97,6 +97,22 @@ impl PlanRecord {
             .collect()
     }
 
+    /// Starts and promotes claimed by their node and not reported yet: they may be running
+    /// already, and a plan that replaced them would not know it.
+    pub fn in_flight_starts(&self) -> Vec<&Action> {
+        self.actions
+            .iter()
+            .enumerate()
+            .filter(|(i, a)| {
+                matches!(a.kind, ActionKind::Start | ActionKind::Promote)
+                    && self.claimed.contains_key(i)
+                    && !self.done.contains(i)
+                    && !self.failed.contains(i)
+            })
+            .map(|(_, a)| a)
+            .collect()
+    }
+
     /// Actions of `node` that may run now: not finished, and every predecessor done.
     pub fn runnable(&self, node: &str) -> Vec<usize> {
         (0..self.actions.len())
@@ -1011,6 +1027,43 @@ mod resource_tests {
             node: node.into(),
             reason: String::new(),
         }
+    }
+
+    #[test]
+    fn a_claimed_start_is_in_flight_until_its_result() {
+        let mut s = ClusterState::default();
+        let start = act(ActionKind::Start, "web", "n2");
+        s.apply(&Command::SetPlan {
+            actions: vec![
+                start.clone(),
+                act(ActionKind::Stop, "db", "n1"),
+                act(ActionKind::Start, "db", "n3"),
+            ],
+            edges: vec![],
+        });
+        assert!(
+            s.plan.in_flight_starts().is_empty(),
+            "nothing claimed: nothing runs yet"
+        );
+        let id = s.plan.id;
+        let claim = |i: usize, node: &str| Command::ClaimAction {
+            plan_id: id,
+            indices: vec![i],
+            node: node.into(),
+            incarnation: 1,
+        };
+        s.apply(&claim(0, "n2"));
+        s.apply(&claim(1, "n1"));
+        assert_eq!(s.plan.in_flight_starts(), vec![&start], "a claimed stop is not a start");
+        s.apply(&Command::ActionResult {
+            plan_id: id,
+            index: 0,
+            action: start,
+            outcome: CallOutcome::Ok,
+            at_ms: 1,
+            reason: None,
+        });
+        assert!(s.plan.in_flight_starts().is_empty(), "reported: no longer in flight");
     }
 
     #[test]

@@ -253,3 +253,22 @@ fn random_upto(max: Duration, seed: u64) -> Duration {
     z ^= z >> 31;
     Duration::from_millis(z % (max.as_millis() as u64 + 1))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_random_fence_delay_stays_within_its_bound_and_differs_between_seeds() {
+        assert_eq!(random_upto(Duration::ZERO, 7), Duration::ZERO);
+        let max = Duration::from_secs(5);
+        let draws: Vec<Duration> = (0..200u64).map(|s| random_upto(max, s)).collect();
+        assert!(draws.iter().all(|d| *d <= max));
+        // Deterministic per seed, so a test can replay it ...
+        assert_eq!(random_upto(max, 42), random_upto(max, 42));
+        // ... and spread out, so two racing nodes rarely wait the same time.
+        let distinct: std::collections::BTreeSet<_> = draws.iter().collect();
+        assert!(distinct.len() > 150, "only {} distinct delays in 200", distinct.len());
+        assert!(draws.iter().any(|d| *d < max / 4) && draws.iter().any(|d| *d > max * 3 / 4));
+    }
+}

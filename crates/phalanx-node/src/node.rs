@@ -30,6 +30,8 @@ pub enum NodeError {
     NoLeader,
     #[error("forwarding to the leader at {leader}: {error}")]
     Forward { leader: String, error: String },
+    #[error("this node is not the leader (a leader's decision is never forwarded)")]
+    NotLeader,
     #[error("storage: {0}")]
     Store(#[from] crate::raft::store::StoreError),
 }
@@ -173,6 +175,9 @@ pub struct Node {
     campaign: std::sync::Mutex<Option<(NodeId, tokio::time::Instant)>>,
     /// On the witness: the node id it backs (0: nobody).
     vote: AtomicU64,
+    /// On the leader: since when a new plan waits for the current plan's in-flight starts
+    /// (plan id, since).
+    plan_wait: std::sync::Mutex<Option<(u64, tokio::time::Instant)>>,
 }
 
 impl Node {
@@ -224,6 +229,7 @@ impl Node {
             started: tokio::time::Instant::now(),
             campaign: std::sync::Mutex::new(None),
             vote: AtomicU64::new(0),
+            plan_wait: std::sync::Mutex::new(None),
             config: opts.config,
         });
         node.refresh_peers();
@@ -601,6 +607,44 @@ impl Node {
             .elect(leaderless && !alive.is_empty() && all_behind);
     }
 
+    /// Whether a new plan must wait: a start or promote of the current plan is claimed and
+    /// not reported yet, on a node still online. It may be running already; a plan made now
+    /// would not know it and could start a second copy elsewhere (found by the nemesis: two
+    /// VIP holders when a node joined while web was starting). Pacemaker likewise lets
+    /// in-flight actions finish before the next transition. The wait is bounded by the
+    /// action's timeout (the executor reports a timeout as a failure) plus one detection time,
+    /// for a report that never comes (its node restarted).
+    fn wait_for_in_flight_starts(&self, cluster: &ClusterState) -> bool {
+        let online = |n: &str| cluster.nodes.get(n).is_some_and(|r| r.liveness == Liveness::Online);
+        let bound = cluster
+            .plan
+            .in_flight_starts()
+            .into_iter()
+            .filter(|a| online(&a.node))
+            .map(|a| {
+                self.config
+                    .resources
+                    .primitive_of(&a.rsc)
+                    .map(|p| p.start_timeout)
+                    .unwrap_or_default()
+            })
+            .max();
+        let mut wait = self.plan_wait.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(bound) = bound else {
+            *wait = None;
+            return false;
+        };
+        let now = tokio::time::Instant::now();
+        let since = match *wait {
+            Some((id, t)) if id == cluster.plan.id => t,
+            _ => {
+                *wait = Some((cluster.plan.id, now));
+                now
+            }
+        };
+        now < since + bound + self.config.cluster.detection_time()
+    }
+
     /// Names of every node this node can reach both ways, itself included.
     fn reachable(&self) -> BTreeSet<String> {
         let mut r = self.mesh.two_way_peers();
@@ -625,7 +669,7 @@ impl Node {
                     api: n.api.to_string(),
                 })
                 .collect();
-            self.write(Command::Bootstrap { nodes }).await?;
+            self.write_as_leader(Command::Bootstrap { nodes }).await?;
             return Ok(());
         }
         // 2. Liveness as this leader sees it. Right after start the detector has not heard
@@ -643,7 +687,7 @@ impl Node {
                 continue;
             };
             if rec.liveness != seen {
-                self.write(Command::SetLiveness {
+                self.write_as_leader(Command::SetLiveness {
                     name: name.clone(),
                     liveness: seen,
                     at_ms: mesh::unix_ms(),
@@ -672,10 +716,13 @@ impl Node {
                 .map(|a| (a.kind, a.rsc.clone(), a.node.clone()))
                 .collect();
             if wanted != sm.cluster.plan.pending_keys() {
+                if self.wait_for_in_flight_starts(&sm.cluster) {
+                    return Ok(());
+                }
                 for line in &plan.summary {
                     tracing::info!(plan = %line, "new plan");
                 }
-                self.write(Command::SetPlan {
+                self.write_as_leader(Command::SetPlan {
                     actions: plan.actions,
                     edges: plan.edges,
                 })
@@ -763,13 +810,7 @@ impl Node {
     /// Commit a command through Raft, forwarding to the leader when this node is not it.
     pub async fn write(&self, cmd: Command) -> Result<Outcome, NodeError> {
         match self.raft.client_write(Request(cmd.clone())).await {
-            Ok(resp) => {
-                // Followers learn the new commit index with the leader's next append; without
-                // one it would ride on the next heartbeat, up to an interval later, and every
-                // plan step handed from one node to another would wait for it.
-                let _ = self.raft.trigger().heartbeat().await;
-                Ok(resp.data.0)
-            }
+            Ok(resp) => Ok(self.committed(resp.data.0).await),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 let Some(leader) = f.leader_node else {
                     return Err(NodeError::NoLeader);
@@ -795,6 +836,28 @@ impl Node {
             }
             Err(e) => Err(NodeError::Raft(e.to_string())),
         }
+    }
+
+    /// Commit a decision this node took as leader (liveness, plan, bootstrap), only while it
+    /// is the leader: never forwarded. A node that believes it leads may have been deposed
+    /// without knowing yet (say, restarted with its old vote into a healed partition); it
+    /// decided on a stale view (peers it cannot reach both ways yet look offline), and the real
+    /// leader must not commit that. Found by the nemesis: such a forwarded "n2 offline" made
+    /// n2, the real leader, forget what it ran and start web's VIP a second time elsewhere.
+    async fn write_as_leader(&self, cmd: Command) -> Result<Outcome, NodeError> {
+        match self.raft.client_write(Request(cmd)).await {
+            Ok(resp) => Ok(self.committed(resp.data.0).await),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(NodeError::NotLeader),
+            Err(e) => Err(NodeError::Raft(e.to_string())),
+        }
+    }
+
+    async fn committed(&self, outcome: Outcome) -> Outcome {
+        // Followers learn the new commit index with the leader's next append; without one it
+        // would ride on the next heartbeat, up to an interval later, and every plan step handed
+        // from one node to another would wait for it.
+        let _ = self.raft.trigger().heartbeat().await;
+        outcome
     }
 
     /// The API address of the current leader, if known.

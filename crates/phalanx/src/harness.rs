@@ -34,7 +34,8 @@ pub struct LocalCluster {
     pub client: Client,
     pub heartbeat: Duration,
     exe: PathBuf,
-    keep: bool,
+    /// Keep the scratch folder when dropped (set it after a failure to keep the logs).
+    pub keep: bool,
     /// In the lab: each node's namespace, and the client namespace the harness talks from.
     netns: Option<(Vec<String>, String)>,
     /// The power switch (`phalanx power-switch`) every node's outlet hangs on: the cluster's

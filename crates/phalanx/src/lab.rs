@@ -413,8 +413,19 @@ pub fn in_netns<T: Send + 'static>(
     })
 }
 
-/// One observation of whether a namespace held an address.
-pub type Samples = Vec<(std::time::Instant, bool)>;
+/// One observation of whether a namespace held an address: the kernel answered `held` at some
+/// instant between `asked` and `answered`. Both bounds are kept because a sampler thread can be
+/// descheduled between the kernel's answer and reading the clock; stamping one instant would
+/// then date an old answer late, and a quick handover could look like an overlap.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub asked: std::time::Instant,
+    pub answered: std::time::Instant,
+    pub held: bool,
+}
+
+/// A namespace's observations, in time order.
+pub type Samples = Vec<Sample>;
 
 /// Sample, every `every`, whether namespace `ns` holds `address`, until `stop` is set.
 pub fn sample_address(
@@ -431,18 +442,24 @@ pub fn sample_address(
             .map_err(err)?;
         let mut out = Vec::new();
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-            let t = std::time::Instant::now();
-            let here = rt.block_on(probe.holds(address)).map_err(err)?;
-            out.push((std::time::Instant::now(), here));
-            std::thread::sleep(every.saturating_sub(t.elapsed()));
+            let asked = std::time::Instant::now();
+            let held = rt.block_on(probe.holds(address)).map_err(err)?;
+            out.push(Sample {
+                asked,
+                answered: std::time::Instant::now(),
+                held,
+            });
+            std::thread::sleep(every.saturating_sub(asked.elapsed()));
         }
         Ok(out)
     })
 }
 
-/// Moments when two namespaces held the address at once: B held it at t while A's samples just
-/// before and just after t both show A holding it. (Comparing single samples would report the
-/// lag between two samplers as an overlap.) At most one per ordered pair: see `overlaps` for all.
+/// Moments when two namespaces held the address at once: B held it at some instant of one
+/// sample while A's samples from the last one answered before that sample was asked to the
+/// first one asked after it was answered all show A holding it. (Comparing single samples would
+/// report the lag between two samplers as an overlap.) At most one per ordered pair: see
+/// `overlaps` for all.
 pub fn double_holders(samples: &[(String, Samples)]) -> Vec<String> {
     let mut out = Vec::new();
     for (a, b, t) in overlaps(samples) {
@@ -454,8 +471,9 @@ pub fn double_holders(samples: &[(String, Samples)]) -> Vec<String> {
     out
 }
 
-/// Every overlap (A, B, when), by the rule of `double_holders`; samples are in time order, so
-/// the neighbours are found by binary search (long nemesis runs hold millions of samples).
+/// Every overlap (A, B, when B's sample was asked), by the rule of `double_holders`; samples
+/// are in time order, so A's neighbours are found by binary search (long nemesis runs hold
+/// millions of samples).
 pub fn overlaps(samples: &[(String, Samples)]) -> Vec<(String, String, std::time::Instant)> {
     let mut out = Vec::new();
     for (b, bs) in samples {
@@ -463,16 +481,13 @@ pub fn overlaps(samples: &[(String, Samples)]) -> Vec<(String, String, std::time
             if a == b {
                 continue;
             }
-            for (tb, held) in bs {
-                if !*held {
+            for sb in bs.iter().filter(|s| s.held) {
+                let Some(first) = as_.partition_point(|s| s.answered <= sb.asked).checked_sub(1) else {
                     continue;
-                }
-                let i = as_.partition_point(|(t, _)| t <= tb);
-                let before = i.checked_sub(1).and_then(|j| as_.get(j));
-                let j = as_.partition_point(|(t, _)| t < tb);
-                let after = as_.get(j);
-                if let (Some((_, true)), Some((_, true))) = (before, after) {
-                    out.push((a.clone(), b.clone(), *tb));
+                };
+                let last = as_.partition_point(|s| s.asked < sb.answered);
+                if last < as_.len() && as_[first..=last].iter().all(|s| s.held) {
+                    out.push((a.clone(), b.clone(), sb.asked));
                 }
             }
         }
@@ -667,7 +682,7 @@ impl Watch {
         let sampling = samples
             .iter()
             .map(|(n, s)| {
-                let widest = s.windows(2).map(|w| w[1].0 - w[0].0).max().unwrap_or_default();
+                let widest = s.windows(2).map(|w| w[1].asked - w[0].asked).max().unwrap_or_default();
                 (n.clone(), s.len(), widest)
             })
             .collect();
@@ -777,21 +792,36 @@ mod tests {
     fn the_double_holder_check_fires_only_on_a_real_overlap() {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Samples taken every 5 ms, each answered 1 ms after it was asked.
+        let run = |from: u64, held: &[bool]| -> Samples {
+            held.iter()
+                .enumerate()
+                .map(|(k, h)| Sample {
+                    asked: at(from + 5 * k as u64),
+                    answered: at(from + 5 * k as u64 + 1),
+                    held: *h,
+                })
+                .collect()
+        };
         // n1 holds it until 10 ms, n2 from 12 ms: samplers lag each other, no overlap.
         let handover = vec![
-            (
-                "n1".to_string(),
-                vec![(at(0), true), (at(5), true), (at(10), true), (at(15), false)],
-            ),
-            (
-                "n2".to_string(),
-                vec![(at(2), false), (at(7), false), (at(12), true), (at(17), true)],
-            ),
+            ("n1".to_string(), run(0, &[true, true, true, false])),
+            ("n2".to_string(), run(2, &[false, false, true, true])),
         ];
         assert!(double_holders(&handover).is_empty());
         // n1 still holds it at 15 ms while n2 does at 12: a violation.
         let mut overlap = handover.clone();
-        overlap[0].1[3].1 = true;
+        overlap[0].1[3].held = true;
         assert!(!double_holders(&overlap).is_empty());
+        // A sampler descheduled after the kernel answered: n1's third answer ("held", asked at
+        // 10 ms) is only read at 40 ms, while n2 took over at 12 ms. Not an overlap.
+        let mut late = handover.clone();
+        late[0].1[2].answered = at(40);
+        late[0].1[3] = Sample {
+            asked: at(41),
+            answered: at(42),
+            held: false,
+        };
+        assert!(double_holders(&late).is_empty());
     }
 }

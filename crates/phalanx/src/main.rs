@@ -171,6 +171,9 @@ enum Cmd {
         /// Cluster size: 3 or 5.
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+        /// Only this kind of fault (e.g. one_way_partition): the seed's schedule, filtered.
+        #[arg(long, value_parser = phalanx::nemesis::FAULT_KINDS)]
+        only: Option<String>,
     },
     /// Benchmarks that print figures (they assert nothing).
     Bench {
@@ -468,6 +471,7 @@ async fn run(cli: Cli) -> Result<i32> {
             seed,
             target,
             nodes,
+            only,
         } => {
             let exe = std::env::current_exe().context("locating the phalanx binary")?;
             let r = phalanx::nemesis::run(phalanx::nemesis::Args {
@@ -479,6 +483,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     phalanx::nemesis::Target::Phalanx
                 },
                 nodes: *nodes,
+                only: only.clone(),
                 exe,
                 json: cli.json,
             })

@@ -162,6 +162,35 @@ pub fn schedule(seed: u64, steps: usize, nodes: usize) -> Vec<Step> {
         .collect()
 }
 
+/// Every kind of fault, as `Fault::kind` names it.
+pub const FAULT_KINDS: [&str; 8] = [
+    "partition",
+    "one_way_partition",
+    "crash",
+    "pause",
+    "loss",
+    "cut_link",
+    "fence_device_down",
+    "monitor_failure",
+];
+
+/// The first `steps` faults of `kind` in the seed's schedule (to hammer one kind of fault).
+pub fn only(seed: u64, steps: usize, nodes: usize, kind: &str) -> Result<Vec<Step>> {
+    if !FAULT_KINDS.contains(&kind) {
+        bail!("unknown fault kind {kind:?} (one of: {})", FAULT_KINDS.join(", "));
+    }
+    // Every kind has a probability of at least 1/10 per step: 40× the steps is plenty.
+    let plan: Vec<Step> = schedule(seed, steps.saturating_mul(40), nodes)
+        .into_iter()
+        .filter(|s| s.fault.kind() == kind)
+        .take(steps)
+        .collect();
+    if plan.len() < steps {
+        bail!("the seed's schedule holds only {} faults of kind {kind}", plan.len());
+    }
+    Ok(plan)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     Phalanx,
@@ -173,6 +202,8 @@ pub struct Args {
     pub seed: u64,
     pub target: Target,
     pub nodes: usize,
+    /// Only this kind of fault (see [`FAULT_KINDS`]).
+    pub only: Option<String>,
     pub exe: PathBuf,
     pub json: bool,
 }
@@ -274,7 +305,10 @@ pub async fn run(args: Args) -> Result<Report> {
     if ![3, 5].contains(&args.nodes) {
         bail!("--nodes must be 3 or 5");
     }
-    let plan = schedule(args.seed, args.steps, args.nodes);
+    let plan = match &args.only {
+        None => schedule(args.seed, args.steps, args.nodes),
+        Some(kind) => only(args.seed, args.steps, args.nodes, kind)?,
+    };
     match args.target {
         Target::Phalanx => run_phalanx(&args, plan).await,
         Target::Keepalived => run_keepalived(&args, plan).await,
@@ -510,13 +544,13 @@ async fn run_phalanx(args: &Args, plan: Vec<Step>) -> Result<Report> {
         .join()
         .map_err(|_| anyhow::anyhow!("the process checker panicked"))??;
     let fences = c.fence_events();
-    let mut violations = Vec::new();
-    for (a, b, t) in crate::lab::overlaps(&seen.samples) {
-        let step = records.iter().rev().find(|r| r.started <= t).map(|r| r.index);
-        violations.push(format!("VIP held by {a} and {b} at once (step {step:?})"));
-    }
-    violations.dedup();
+    let mut violations = vip_overlaps(&seen.samples, &records);
     violations.extend(check_processes(&procs, &records, &fences));
+    if !violations.is_empty() {
+        // Keep the daemons' logs and the power switch's event log for the post-mortem.
+        c.keep = true;
+        notes.push(format!("violations: logs kept in {}", c.dir.display()));
+    }
     let fault_kinds = records.iter().fold(BTreeMap::new(), |mut m, r| {
         *m.entry(r.fault.kind().to_string()).or_insert(0) += 1;
         m
@@ -540,6 +574,42 @@ async fn run_phalanx(args: &Args, plan: Vec<Step>) -> Result<Report> {
         duration_s: began.elapsed().as_secs(),
         notes,
     })
+}
+
+/// VIP overlaps, one line per step and pair of nodes: the fault, web's node before it, and when
+/// (ms after injection) and for how long the two held the VIP at once.
+fn vip_overlaps(samples: &[(String, crate::lab::Samples)], records: &[StepRecord]) -> Vec<String> {
+    let mut spans: BTreeMap<(Option<usize>, String), (Instant, Instant)> = BTreeMap::new();
+    for (a, b, t) in crate::lab::overlaps(samples) {
+        let step = records.iter().rev().find(|r| r.started <= t).map(|r| r.index);
+        let pair = if a < b {
+            format!("{a} and {b}")
+        } else {
+            format!("{b} and {a}")
+        };
+        let span = spans.entry((step, pair)).or_insert((t, t));
+        span.0 = span.0.min(t);
+        span.1 = span.1.max(t);
+    }
+    spans
+        .into_iter()
+        .map(|((step, pair), (from, to))| {
+            let what = match step.and_then(|i| records.get(i)) {
+                Some(r) => format!(
+                    "step {} ({:?}, web on {:?}): +{} ms after injection",
+                    r.index,
+                    r.fault,
+                    r.holder.map(|h| format!("n{h}")),
+                    from.saturating_duration_since(r.started).as_millis()
+                ),
+                None => "before the first step".to_string(),
+            };
+            format!(
+                "{what}: VIP held by {pair} at once for {} ms or more",
+                to.saturating_duration_since(from).as_millis().max(1)
+            )
+        })
+        .collect()
 }
 
 /// The checks on web's service processes: never on two hosts at once (for longer than one

@@ -470,6 +470,7 @@ async fn nemesis_short_run_finds_no_violation() {
         seed,
         target: phalanx::nemesis::Target::Phalanx,
         nodes: 3,
+        only: None,
         exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
         json: true,
     })

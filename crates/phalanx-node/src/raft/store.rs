@@ -350,7 +350,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             next.last_applied = Some(e.log_id);
             let outcome = match e.payload {
                 EntryPayload::Blank => Outcome::Unchanged,
-                EntryPayload::Normal(Request(cmd)) => next.cluster.apply(&cmd),
+                EntryPayload::Normal(Request(cmd)) => {
+                    let outcome = next.cluster.apply(&cmd);
+                    // The whole history of the state, for a post-mortem (RUST_LOG=phalanx_node::raft=debug).
+                    tracing::debug!(
+                        index = e.log_id.index,
+                        term = e.log_id.leader_id.term,
+                        ?cmd,
+                        ?outcome,
+                        "applied"
+                    );
+                    outcome
+                }
                 EntryPayload::Membership(m) => {
                     next.membership = Membership::new(Some(e.log_id), m);
                     Outcome::Ok
