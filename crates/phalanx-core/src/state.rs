@@ -97,33 +97,33 @@ impl PlanRecord {
             .collect()
     }
 
-    /// Starts and promotes claimed by their node and not reported yet: they may be running
-    /// already, and a plan that replaced them would not know it.
+    /// Starts and promotes that may be running already: claimed by their node, every
+    /// predecessor done, and not reported yet. A plan that replaced them would not know it.
+    /// (A claimed start still waiting for a predecessor, say a fence, has not begun.)
     pub fn in_flight_starts(&self) -> Vec<&Action> {
-        self.actions
-            .iter()
-            .enumerate()
-            .filter(|(i, a)| {
-                matches!(a.kind, ActionKind::Start | ActionKind::Promote)
-                    && self.claimed.contains_key(i)
-                    && !self.done.contains(i)
-                    && !self.failed.contains(i)
-            })
-            .map(|(_, a)| a)
+        (0..self.actions.len())
+            .filter(|i| self.ready(*i) && self.claimed.contains_key(i))
+            .map(|i| &self.actions[i])
+            .filter(|a| matches!(a.kind, ActionKind::Start | ActionKind::Promote))
             .collect()
     }
 
     /// Actions of `node` that may run now: not finished, and every predecessor done.
     pub fn runnable(&self, node: &str) -> Vec<usize> {
         (0..self.actions.len())
-            .filter(|i| self.actions[*i].node == node && !self.done.contains(i) && !self.failed.contains(i))
-            .filter(|i| {
-                self.edges
-                    .iter()
-                    .filter(|(_, b)| b == i)
-                    .all(|(a, _)| self.done.contains(a))
-            })
+            .filter(|i| self.actions[*i].node == node && self.ready(*i))
             .collect()
+    }
+
+    /// Action `i` is not finished and every predecessor is done.
+    fn ready(&self, i: usize) -> bool {
+        !self.done.contains(&i)
+            && !self.failed.contains(&i)
+            && self
+                .edges
+                .iter()
+                .filter(|(_, b)| *b == i)
+                .all(|(a, _)| self.done.contains(a))
     }
 }
 
@@ -1039,7 +1039,7 @@ mod resource_tests {
                 act(ActionKind::Stop, "db", "n1"),
                 act(ActionKind::Start, "db", "n3"),
             ],
-            edges: vec![],
+            edges: vec![(1, 2)],
         });
         assert!(
             s.plan.in_flight_starts().is_empty(),
@@ -1054,7 +1054,12 @@ mod resource_tests {
         };
         s.apply(&claim(0, "n2"));
         s.apply(&claim(1, "n1"));
-        assert_eq!(s.plan.in_flight_starts(), vec![&start], "a claimed stop is not a start");
+        s.apply(&claim(2, "n3"));
+        assert_eq!(
+            s.plan.in_flight_starts(),
+            vec![&start],
+            "a claimed stop is not a start, and db's start waits for the stop"
+        );
         s.apply(&Command::ActionResult {
             plan_id: id,
             index: 0,
