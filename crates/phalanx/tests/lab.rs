@@ -186,6 +186,16 @@ async fn cutting_one_of_two_links_moves_nothing() {
     finish(w);
 }
 
+/// A 3-node cluster with `fencing = "watchdog"` (no fence device), web answering on its VIP,
+/// and a watch started: (cluster, web's node, watch).
+async fn watchdog_cluster_serving(lab: &Lab) -> (LocalCluster, String, Watch) {
+    let c = cluster_with(lab, "manual", None, "fencing = \"watchdog\"\n");
+    let active = web_running(&c, 3).await;
+    wait_answer(lab, &vip_addr(), &active, T).unwrap();
+    let w = watch(lab);
+    (c, active, w)
+}
+
 /// Cut both links of the active node: it is alone, loses quorum and stops its resources itself
 /// (no_quorum_policy = "stop", VIP first); the majority recovers them once the lost node's quorum
 /// lease must have run out (fencing = "watchdog", software lease). The sampler in every node
@@ -193,10 +203,7 @@ async fn cutting_one_of_two_links_moves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cutting_both_links_fails_over_after_the_lease_with_one_holder() {
     let Some((_one, lab)) = lab_or_skip().await else { return };
-    let c = cluster_with(&lab, "manual", None, "fencing = \"watchdog\"\n");
-    let active = web_running(&c, 3).await;
-    wait_answer(&lab, &vip_addr(), &active, T).unwrap();
-    let w = watch(&lab);
+    let (c, active, w) = watchdog_cluster_serving(&lab).await;
     let i = num(&active);
     let cut_at = Instant::now();
     lab.cut_link(i, 0).unwrap();
@@ -648,10 +655,7 @@ async fn storage_failure_fences_the_node_and_moves_the_resource() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_way_link_leaves_the_node_without_quorum_and_one_vip_holder() {
     let Some((_one, lab)) = lab_or_skip().await else { return };
-    let c = cluster_with(&lab, "manual", None, "fencing = \"watchdog\"\n");
-    let active = web_running(&c, 3).await;
-    wait_answer(&lab, &vip_addr(), &active, T).unwrap();
-    let w = watch(&lab);
+    let (c, active, w) = watchdog_cluster_serving(&lab).await;
     let i = num(&active);
     let others: Vec<usize> = (1..=3).filter(|x| *x != i).collect();
     lab.partition(&[i], &others, true).unwrap();
