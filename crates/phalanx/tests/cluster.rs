@@ -594,14 +594,15 @@ async fn the_watchdog_is_fed_only_with_quorum() {
     .unwrap();
     c.start_all().unwrap();
     c.wait_stable(T).await.unwrap();
-    let fed = |n: &str| std::fs::metadata(dir.join(format!("wd-{n}"))).unwrap().len();
+    // Bytes written to node n's stand-in watchdog: one per feed.
+    let feeds = |dir: &std::path::Path, n: &str| std::fs::metadata(dir.join(format!("wd-{n}"))).unwrap().len();
+    let fed = |n: &str| feeds(&dir, n);
     let grows = |n: &'static str| {
         let dir = dir.clone();
         async move {
-            let size = |n: &str| std::fs::metadata(dir.join(format!("wd-{n}"))).unwrap().len();
-            let before = size(n);
+            let before = feeds(&dir, n);
             let deadline = Instant::now() + T;
-            while size(n) < before + 3 {
+            while feeds(&dir, n) < before + 3 {
                 assert!(Instant::now() < deadline, "{n} stopped feeding its watchdog");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
