@@ -103,27 +103,10 @@ impl LocalCluster {
         )
     }
 
-    /// The same cluster inside `lab`: node i runs in its namespace, links on 10.77.LINK.i, the API
-    /// on 10.77.0.i; the harness reaches the APIs from the lab's client namespace. A lab with one
-    /// host more than the spec has nodes runs the witness on that last host (10.77.0.N:7600).
-    pub fn create_in_lab(spec: Spec, lab: &crate::lab::Lab) -> Result<Self> {
-        let with_witness = lab.nodes == spec.nodes + 1;
-        if (spec.nodes != lab.nodes && !with_witness) || spec.links != lab.links {
-            bail!("the spec must match the lab ({} nodes, {} links)", lab.nodes, lab.links);
-        }
-        let witness = with_witness.then(|| format!("{}:7600", lab.node_ip(lab.nodes, 0)));
-        let mut c = LocalCluster::create_with(
-            spec,
-            |i, l| Ok(format!("{}:7400", lab.node_ip(i, l))),
-            |i| Ok(format!("{}:7480", lab.node_ip(i, 0))),
-            format!("{}:7500", crate::lab::Lab::client_ip()),
-            witness,
-        )?;
-        c.netns = Some(((1..=lab.nodes).map(|i| lab.node_ns(i)).collect(), lab.client_ns()));
-        Ok(c)
-    }
-
-    fn create_with(
+    /// A cluster whose addresses the caller chooses: node i's link l at `link(i, l)`, its API at
+    /// `api(i)`, the power switch at `power_switch`, and an optional witness. Used with
+    /// [`LocalCluster::place_in_namespaces`] by the lab.
+    pub fn create_with(
         spec: Spec,
         link: impl Fn(usize, usize) -> Result<String>,
         api: impl Fn(usize) -> Result<String>,
@@ -189,6 +172,12 @@ impl LocalCluster {
         })
     }
 
+    /// Run node i's processes in namespace `nodes[i]` (the witness, if any, in the last one) and
+    /// talk to the APIs, and run the power switch, from namespace `client`.
+    pub fn place_in_namespaces(&mut self, nodes: Vec<String>, client: String) {
+        self.netns = Some((nodes, client));
+    }
+
     /// Allocate addresses for a node that is not in the config file (to be added with
     /// `phalanx node add`, then started). Returns its links and API address.
     pub fn add_unlisted(&mut self, name: &str) -> Result<(Vec<String>, String)> {
@@ -211,7 +200,7 @@ impl LocalCluster {
     /// Run the CLI against this cluster (in the lab: from the client namespace).
     pub fn cli(&self, args: &[&str]) -> Result<(i32, String, String)> {
         let mut cmd = match &self.netns {
-            Some((_, client)) => crate::lab::Lab::command_in(client, &self.exe),
+            Some((_, client)) => crate::netns::command_in(client, &self.exe),
             None => Command::new(&self.exe),
         };
         let out = cmd.arg("--config").arg(&self.config_path).args(args).output()?;
@@ -252,7 +241,7 @@ impl LocalCluster {
             return Ok(());
         }
         let mut cmd = match &self.netns {
-            Some((_, client)) => crate::lab::Lab::command_in(client, &self.exe),
+            Some((_, client)) => crate::netns::command_in(client, &self.exe),
             None => Command::new(&self.exe),
         };
         cmd.arg("power-switch")
@@ -325,7 +314,7 @@ impl LocalCluster {
             return Ok(());
         }
         let mut cmd = match &self.netns {
-            Some((nss, _)) => crate::lab::Lab::command_in(nss.last().context("the lab has no hosts")?, &self.exe),
+            Some((nss, _)) => crate::netns::command_in(nss.last().context("the lab has no hosts")?, &self.exe),
             None => Command::new(&self.exe),
         };
         let log = std::fs::File::create(self.dir.join("witness.log"))?;
@@ -364,7 +353,7 @@ impl LocalCluster {
             bail!("{name} is already running");
         }
         let mut cmd = match ns {
-            Some(ns) => crate::lab::Lab::command_in(&ns, exe),
+            Some(ns) => crate::netns::command_in(&ns, exe),
             None => Command::new(exe),
         };
         let child = cmd

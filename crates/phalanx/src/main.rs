@@ -4,7 +4,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use phalanx::client::{key_path, load_config, Client};
-use phalanx::{bench, daemon, demo, render, simulate};
+use phalanx::{daemon, demo, render, simulate};
 use phalanx_core::config::{check, parse_duration, Severity};
 use phalanx_node::ClusterKey;
 use serde_json::json;
@@ -51,8 +51,8 @@ enum Cmd {
         /// Keep the scratch folder (config, key, logs, data) afterwards.
         #[arg(long)]
         keep: bool,
-        /// Run it in network namespaces with a real virtual IP (needs root).
-        #[arg(long)]
+        /// Moved: the lab demo is `phalanx-lab demo` (the test rig), not part of the product.
+        #[arg(long, hide = true)]
         lab: bool,
     },
     /// Write a new cluster key (0600); never overwrites one.
@@ -157,29 +157,6 @@ enum Cmd {
         #[arg(long)]
         name: String,
     },
-    /// A seeded random schedule of faults over a lab cluster (network namespaces, root), with
-    /// the safety checkers running throughout; exits 1 on any violation (`tests/lab/nemesis`).
-    Nemesis {
-        #[arg(long, default_value_t = 40)]
-        steps: usize,
-        /// The schedule's seed (default: random, printed).
-        #[arg(long)]
-        seed: Option<u64>,
-        /// phalanx, or keepalived (the partition steps against a keepalived pair).
-        #[arg(long, default_value = "phalanx", value_parser = ["phalanx", "keepalived"])]
-        target: String,
-        /// Cluster size: 3 or 5.
-        #[arg(long, default_value_t = 3)]
-        nodes: usize,
-        /// Only this kind of fault (e.g. one_way_partition): the seed's schedule, filtered.
-        #[arg(long, value_parser = phalanx::nemesis::FAULT_KINDS)]
-        only: Option<String>,
-    },
-    /// Benchmarks that print figures (they assert nothing).
-    Bench {
-        #[command(subcommand)]
-        cmd: BenchCmd,
-    },
 }
 
 #[derive(Subcommand)]
@@ -258,50 +235,6 @@ enum LinkCmd {
     },
 }
 
-#[derive(Subcommand)]
-enum BenchCmd {
-    /// Leader kill: detection and failover percentiles, and idle footprint.
-    Failover {
-        #[arg(long, default_value_t = 20)]
-        kills: usize,
-        /// Heartbeat intervals to measure, comma-separated.
-        #[arg(long, default_value = "100ms,20ms", value_delimiter = ',', value_parser = duration)]
-        heartbeats: Vec<Duration>,
-        /// Seconds to measure the idle 5-node cluster.
-        #[arg(long, default_value_t = 10)]
-        idle_seconds: u64,
-        /// Skip the side-by-side etcd measurement.
-        #[arg(long)]
-        no_etcd: bool,
-    },
-    /// Client-observed outage when the VIP holder crashes, in the namespace lab, beside
-    /// keepalived (needs root; `tests/lab/failover-bench`).
-    LabFailover {
-        #[arg(long, default_value_t = 10)]
-        trials: usize,
-        /// Skip the keepalived configurations.
-        #[arg(long)]
-        no_keepalived: bool,
-        /// Run only these configurations (comma-separated names, as printed).
-        #[arg(long, value_delimiter = ',')]
-        only: Vec<String>,
-    },
-    /// The scheduler on generated clusters, beside Pacemaker's crm_simulate.
-    Scheduler {
-        /// Numbers of primitives, comma-separated.
-        #[arg(long, default_value = "100,1000,10000", value_delimiter = ',')]
-        sizes: Vec<usize>,
-        #[arg(long, default_value_t = 32)]
-        nodes: usize,
-        /// Timed runs of phalanx's scheduler per size (the median is reported).
-        #[arg(long, default_value_t = 5)]
-        runs: usize,
-        /// Give up on crm_simulate after this long per size.
-        #[arg(long, default_value = "60s", value_parser = duration)]
-        crm_bound: Duration,
-    },
-}
-
 fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s).map_err(|e| e.to_string())
 }
@@ -365,32 +298,8 @@ fn apis(cli: &Cli) -> Result<(Client, Vec<String>)> {
 async fn run(cli: Cli) -> Result<i32> {
     let exe = std::env::current_exe().context("locating the phalanx binary")?;
     match &cli.cmd {
-        Cmd::Demo {
-            nodes,
-            heartbeat,
-            keep,
-            lab: true,
-        } => {
-            let args = demo::DemoArgs {
-                nodes: *nodes,
-                heartbeat: *heartbeat,
-                json: cli.json,
-                keep: *keep,
-            };
-            let r = demo::run_lab(args, exe).await?;
-            if cli.json {
-                print_json(&r)?;
-            } else {
-                println!(
-                    "Summary: {} nodes in namespaces, heartbeat {} ms: crashed {} holding VIP {}; {} answered after a client-observed outage of {} ms; two holders at once: {}; quorum after failure: {}; rejoined: {}",
-                    r.nodes, r.heartbeat_interval_ms, r.killed, r.vip, r.service_node_after, r.service_outage_ms, r.two_holders, r.quorum_after_failure, r.rejoined
-                );
-            }
-            Ok(if r.two_holders == 0 && r.rejoined && r.quorum_after_failure {
-                0
-            } else {
-                1
-            })
+        Cmd::Demo { lab: true, .. } => {
+            bail!("the lab demo moved to the test rig: run `cargo build --release && target/release/phalanx-lab demo` (root)")
         }
         Cmd::Demo {
             nodes, heartbeat, keep, ..
@@ -465,39 +374,6 @@ async fn run(cli: Cli) -> Result<i32> {
             })
             .await?;
             Ok(0)
-        }
-        Cmd::Nemesis {
-            steps,
-            seed,
-            target,
-            nodes,
-            only,
-        } => {
-            let exe = std::env::current_exe().context("locating the phalanx binary")?;
-            let r = phalanx::nemesis::run(phalanx::nemesis::Args {
-                steps: *steps,
-                seed: seed.unwrap_or_else(rand::random),
-                target: if target == "keepalived" {
-                    phalanx::nemesis::Target::Keepalived
-                } else {
-                    phalanx::nemesis::Target::Phalanx
-                },
-                nodes: *nodes,
-                only: only.clone(),
-                exe,
-                json: cli.json,
-            })
-            .await?;
-            if cli.json {
-                print_json(&r)?;
-            } else {
-                print!("{}", phalanx::nemesis::render(&r));
-            }
-            Ok(if r.target == "phalanx" && r.violations > 0 {
-                1
-            } else {
-                0
-            })
         }
         Cmd::Witness {
             listen,
@@ -640,40 +516,6 @@ async fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Cmd::Bench {
-            cmd:
-                BenchCmd::Scheduler {
-                    sizes,
-                    nodes,
-                    runs,
-                    crm_bound,
-                },
-        } => {
-            if sizes.is_empty() || *nodes == 0 || *nodes > 1000 {
-                bail!("--sizes needs at least one size and --nodes 1..1000");
-            }
-            let pb = if cli.json {
-                indicatif::ProgressBar::hidden()
-            } else {
-                indicatif::ProgressBar::new_spinner()
-            };
-            pb.enable_steady_tick(Duration::from_millis(100));
-            let args = phalanx::bench_sched::Args {
-                sizes: sizes.clone(),
-                nodes: *nodes,
-                runs: *runs,
-                crm_bound: *crm_bound,
-            };
-            let r =
-                tokio::task::block_in_place(|| phalanx::bench_sched::run(&args, &|m| pb.set_message(m.to_string())))?;
-            pb.finish_and_clear();
-            if cli.json {
-                print_json(&r)?;
-            } else {
-                print!("{}", phalanx::bench_sched::render(&r));
-            }
-            Ok(0)
-        }
         Cmd::Simulate {
             state,
             node_down,
@@ -722,62 +564,6 @@ async fn run(cli: Cli) -> Result<i32> {
                     "Link {index} of {node} is now {}.",
                     if enabled { "enabled" } else { "disabled" }
                 );
-            }
-            Ok(0)
-        }
-        Cmd::Bench {
-            cmd:
-                BenchCmd::LabFailover {
-                    trials,
-                    no_keepalived,
-                    only,
-                },
-        } => {
-            if *trials == 0 {
-                bail!("--trials must be at least 1");
-            }
-            let r = phalanx::lab_bench::run(phalanx::lab_bench::Args {
-                trials: *trials,
-                exe,
-                json: cli.json,
-                keepalived: !*no_keepalived,
-                only: only.clone(),
-            })
-            .await?;
-            if cli.json {
-                print_json(&r)?;
-            } else {
-                print!("{}", phalanx::lab_bench::render(&r));
-            }
-            Ok(0)
-        }
-        Cmd::Bench {
-            cmd:
-                BenchCmd::Failover {
-                    kills,
-                    heartbeats,
-                    idle_seconds,
-                    no_etcd,
-                },
-        } => {
-            if *kills == 0 || heartbeats.is_empty() {
-                bail!("--kills must be at least 1 and --heartbeats must name at least one interval");
-            }
-            let r = bench::run(
-                bench::BenchArgs {
-                    kills: *kills,
-                    etcd: !*no_etcd,
-                    heartbeats: heartbeats.clone(),
-                    idle_seconds: *idle_seconds,
-                    json: cli.json,
-                },
-                exe,
-            )
-            .await?;
-            if cli.json {
-                print_json(&r)?;
-            } else {
-                print!("{}", bench::render(&r));
             }
             Ok(0)
         }

@@ -168,7 +168,7 @@ fn power_word(on: bool) -> &'static str {
 /// The processes an outlet powers.
 fn processes(m: &Machine) -> Vec<i32> {
     match m {
-        Machine::Netns(ns) => crate::lab::Lab::pids(ns),
+        Machine::Netns(ns) => crate::netns::pids(ns),
         Machine::Pid(f) => {
             let Some(root) = std::fs::read_to_string(f)
                 .ok()
@@ -251,7 +251,7 @@ fn power_off(o: &Outlet) -> Result<()> {
 fn power_on(o: &Outlet) -> Result<()> {
     if let Some(cmd) = &o.boot {
         let mut c = match &o.machine {
-            Machine::Netns(ns) => crate::lab::Lab::command_in(ns, "sh"),
+            Machine::Netns(ns) => crate::netns::command_in(ns, "sh"),
             Machine::Pid(_) => std::process::Command::new("sh"),
         };
         c.arg("-c")

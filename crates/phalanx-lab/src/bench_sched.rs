@@ -1,4 +1,4 @@
-//! `phalanx bench scheduler`: the scheduler on generated clusters (N primitives × M nodes, each
+//! `phalanx-lab bench scheduler`: the scheduler on generated clusters (N primitives × M nodes, each
 //! primitive with a monitor and a location preference, every 10th colocated with the one before,
 //! nothing running yet, so everything must be placed), timed beside Pacemaker's
 //! `crm_simulate -x CIB -R -Q` on an equivalent generated CIB, in the same run. A benchmark, not a

@@ -11,6 +11,7 @@
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use phalanx::harness::{LocalCluster, Spec};
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
@@ -142,23 +143,12 @@ impl Lab {
 
     /// A command run inside namespace `ns`.
     pub fn command_in(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns]).arg(program);
-        c
+        phalanx::netns::command_in(ns, program)
     }
 
     /// Every process inside namespace `ns`.
     pub fn pids(ns: &str) -> Vec<i32> {
-        Command::new("ip")
-            .args(["netns", "pids", ns])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .filter_map(|p| p.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
+        phalanx::netns::pids(ns)
     }
 
     fn signal_all(ns: &str, sig: Signal) {
@@ -587,7 +577,7 @@ pub fn client(
                 }
             }
             let t = std::time::Instant::now();
-            let who = rt.block_on(crate::service::probe(&addr, std::time::Duration::from_millis(100)));
+            let who = rt.block_on(phalanx::service::probe(&addr, std::time::Duration::from_millis(100)));
             out.push((t, who));
             std::thread::sleep(std::time::Duration::from_millis(20).saturating_sub(t.elapsed()));
         }
@@ -615,7 +605,7 @@ pub fn wait_answer(lab: &Lab, addr: &str, node: &str, within: std::time::Duratio
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let deadline = std::time::Instant::now() + within;
         loop {
-            let who = rt.block_on(crate::service::probe(&addr, std::time::Duration::from_millis(100)));
+            let who = rt.block_on(phalanx::service::probe(&addr, std::time::Duration::from_millis(100)));
             if who.as_deref() == Some(node.as_str()) {
                 return Ok(());
             }
@@ -770,7 +760,7 @@ pub fn wait_any_answer(lab: &Lab, addr: &str, within: std::time::Duration) -> Re
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let deadline = std::time::Instant::now() + within;
         loop {
-            if let Some(who) = rt.block_on(crate::service::probe(&addr, std::time::Duration::from_millis(100))) {
+            if let Some(who) = rt.block_on(phalanx::service::probe(&addr, std::time::Duration::from_millis(100))) {
                 return Ok(who);
             }
             if std::time::Instant::now() > deadline {
@@ -781,6 +771,51 @@ pub fn wait_any_answer(lab: &Lab, addr: &str, within: std::time::Duration) -> Re
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the client thread panicked"))?
+}
+
+/// A local cluster inside `lab`: node i runs in its namespace, links on 10.77.LINK.i, the API on
+/// 10.77.0.i; the harness reaches the APIs from the lab's client namespace. A lab with one host
+/// more than the spec has nodes runs the witness on that last host (10.77.0.N:7600).
+pub fn cluster_in(spec: Spec, lab: &Lab) -> Result<LocalCluster> {
+    let with_witness = lab.nodes == spec.nodes + 1;
+    if (spec.nodes != lab.nodes && !with_witness) || spec.links != lab.links {
+        bail!("the spec must match the lab ({} nodes, {} links)", lab.nodes, lab.links);
+    }
+    let witness = with_witness.then(|| format!("{}:7600", lab.node_ip(lab.nodes, 0)));
+    let mut c = LocalCluster::create_with(
+        spec,
+        |i, l| Ok(format!("{}:7400", lab.node_ip(i, l))),
+        |i| Ok(format!("{}:7480", lab.node_ip(i, 0))),
+        format!("{}:7500", Lab::client_ip()),
+        witness,
+    )?;
+    c.place_in_namespaces((1..=lab.nodes).map(|i| lab.node_ns(i)).collect(), lab.client_ns());
+    Ok(c)
+}
+
+/// The `phalanx` binary the lab runs (daemons, power switch, witness, demo service): `PHALANX_BIN`
+/// if set, else the one beside this executable (`target/*/phalanx` next to `phalanx-lab`, or
+/// next to the `deps/` folder a test runs from). `cargo build` and `cargo test --workspace` build it.
+pub fn phalanx_exe() -> Result<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("PHALANX_BIN") {
+        return Ok(p.into());
+    }
+    let me = std::env::current_exe().context("locating this executable")?;
+    let mut dir = me.parent();
+    while let Some(d) = dir {
+        let candidate = d.join("phalanx");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        if d.file_name().is_some_and(|n| n == "target") {
+            break;
+        }
+        dir = d.parent();
+    }
+    bail!(
+        "no phalanx binary beside {} (build it: cargo build -p phalanx; or set PHALANX_BIN)",
+        me.display()
+    )
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! addresses every ~5 ms for the whole test and fails it if two nodes ever held the VIP at once.
 
 use phalanx::harness::{LocalCluster, Spec};
-use phalanx::lab::{outage, wait_answer, web_config, web_node, Lab, Watch, PORT, VIP};
+use phalanx_lab::lab::{outage, wait_answer, web_config, web_node, Lab, Watch, PORT, VIP};
 use phalanx_node::StatusReport;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -35,13 +35,15 @@ fn cluster_with(lab: &Lab, failback: &str, prefer: Option<&str>, cluster_extra: 
     started(lab, 3, web_config(exe(), failback, prefer), cluster_extra)
 }
 
+/// The `phalanx` binary (built by `cargo test --workspace`, beside this test's `deps/`).
 fn exe() -> &'static std::path::Path {
-    std::path::Path::new(env!("CARGO_BIN_EXE_phalanx"))
+    static EXE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| phalanx_lab::lab::phalanx_exe().expect("the phalanx binary"))
 }
 
 /// A started lab cluster of `nodes` nodes (100 ms heartbeats, 2 links) with `extra_config`.
 fn started(lab: &Lab, nodes: usize, extra_config: String, cluster_extra: &str) -> LocalCluster {
-    let mut c = LocalCluster::create_in_lab(
+    let mut c = phalanx_lab::lab::cluster_in(
         Spec {
             nodes,
             heartbeat: Duration::from_millis(100),
@@ -130,7 +132,7 @@ fn watch(lab: &Lab) -> Watch {
 }
 
 /// Stop watching, fail on any double holder, return the client's log.
-fn finish(w: Watch) -> phalanx::lab::ClientLog {
+fn finish(w: Watch) -> phalanx_lab::lab::ClientLog {
     let seen = w.finish().unwrap();
     for (n, count, widest) in &seen.sampling {
         assert!(*count > 20, "{n}: the sampler ran ({count} samples)");
@@ -355,14 +357,14 @@ async fn loss_moves_nothing_and_a_partition_leaves_the_majority_in_charge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ipv6_vip_moves_on_a_crash_with_one_holder() {
     let Some((_one, lab)) = lab_or_skip().await else { return };
-    let exe = env!("CARGO_BIN_EXE_phalanx");
+    let exe = exe().display();
     let vip6 = "fd00:77::100";
-    let mut c = LocalCluster::create_in_lab(
+    let mut c = phalanx_lab::lab::cluster_in(
         Spec {
             nodes: 3,
             heartbeat: Duration::from_millis(100),
             links: 2,
-            exe: PathBuf::from(exe),
+            exe: phalanx_lab::lab::phalanx_exe().expect("the phalanx binary"),
             keep: std::env::var_os("PHALANX_KEEP").is_some(),
             extra_config: format!(
                 r#"
@@ -472,18 +474,18 @@ async fn nemesis_short_run_finds_no_violation() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2026);
-    let r = phalanx::nemesis::run(phalanx::nemesis::Args {
+    let r = phalanx_lab::nemesis::run(phalanx_lab::nemesis::Args {
         steps: 50,
         seed,
-        target: phalanx::nemesis::Target::Phalanx,
+        target: phalanx_lab::nemesis::Target::Phalanx,
         nodes: 3,
         only: None,
-        exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
+        exe: exe().to_path_buf(),
         json: true,
     })
     .await
     .unwrap();
-    eprint!("{}", phalanx::nemesis::render(&r));
+    eprint!("{}", phalanx_lab::nemesis::render(&r));
     assert_eq!(r.violations, 0, "seed {seed}: {:?}", r.violation_details);
     assert_eq!(r.faults, 50, "seed {seed}: {:?}", r.notes);
     assert!(r.fault_kinds.len() >= 7, "every kind of fault ran: {:?}", r.fault_kinds);
@@ -511,12 +513,12 @@ async fn fence_ipmilan_against_ipmi_sim_fences_a_frozen_node() {
     let scratch = std::env::temp_dir().join(format!("phalanx-bmc-{}", std::process::id()));
     let dirs: Vec<PathBuf> = (1..=3).map(|i| scratch.join(format!("n{i}"))).collect();
     let mut bmcs: Vec<std::process::Child> = (1..=3)
-        .map(|i| phalanx::lab::start_bmc(&lab, i, &dirs[i - 1]).unwrap())
+        .map(|i| phalanx_lab::lab::start_bmc(&lab, i, &dirs[i - 1]).unwrap())
         .collect();
     let mut c = started(
         &lab,
         3,
-        web_config(exe(), "manual", None) + &phalanx::lab::bmc_fencing_config(3, &dirs),
+        web_config(exe(), "manual", None) + &phalanx_lab::lab::bmc_fencing_config(3, &dirs),
         "",
     );
     let first = web_running(&c, 3).await;
@@ -567,7 +569,7 @@ async fn service_failure_is_recovered_without_fencing() {
     wait_answer(&lab, &vip_addr(), &active, T).unwrap();
     let w = watch(&lab);
     let killed_at = Instant::now();
-    let killed = phalanx::lab::kill_processes(&lab, num(&active), &["demo-service"]);
+    let killed = phalanx_lab::lab::kill_processes(&lab, num(&active), &["demo-service"]);
     assert_eq!(killed, 1, "web's service was running on {active}");
     let now = c
         .wait_for(T, "the failure counted and web running again", |st| {

@@ -1,4 +1,4 @@
-//! `phalanx nemesis` (`tests/lab/nemesis`): a seeded random schedule of faults over a lab
+//! `phalanx-lab nemesis` (`tests/lab/nemesis`): a seeded random schedule of faults over a lab
 //! cluster, with checkers that run the whole time. The cluster: 3 or 5 nodes with two links
 //! each, the lab's `web` group (a virtual IP + an HTTP service), a clone on every node, fencing
 //! through the lab's power switch. The faults: symmetric and one-way partitions, crash and
@@ -23,10 +23,10 @@
 //! injects the same sequence of fault kinds, targets and durations.
 
 use crate::bench::dist;
-use crate::harness::{LocalCluster, Spec};
 use crate::lab::{outage, sample_processes, web_config, web_node, ClientLog, Lab, Watch, PORT, VIP};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use phalanx::harness::{LocalCluster, Spec};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -371,7 +371,7 @@ async fn probe_vip(lab: &Lab) -> Option<String> {
     let addr = format!("{VIP}:{PORT}");
     let h = crate::lab::in_netns(&lab.client_ns(), move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        Ok(rt.block_on(crate::service::probe(&addr, Duration::from_millis(200))))
+        Ok(rt.block_on(phalanx::service::probe(&addr, Duration::from_millis(200))))
     });
     tokio::task::spawn_blocking(move || h.join().ok().and_then(|r| r.ok()).flatten())
         .await
@@ -383,7 +383,7 @@ async fn run_phalanx(args: &Args, plan: Vec<Step>) -> Result<Report> {
     let began = Instant::now();
     let n = args.nodes;
     let lab = Lab::create(n, 2)?;
-    let mut c = LocalCluster::create_in_lab(
+    let mut c = crate::lab::cluster_in(
         Spec {
             nodes: n,
             heartbeat: Duration::from_millis(100),

@@ -1,4 +1,4 @@
-//! `phalanx bench lab-failover` (`tests/lab/failover-bench`): client-observed outage when the
+//! `phalanx-lab bench lab-failover` (`tests/lab/failover-bench`): client-observed outage when the
 //! node holding a virtual IP crashes, in the network-namespace lab, for keepalived (Debian's,
 //! VRRPv3, two nodes, unicast peers, both BACKUP with nopreempt and different priorities) at
 //! `advert_int` 1 s and 0.1 s, and for phalanx (3 nodes, 2 links, group vip + HTTP server) at
@@ -9,10 +9,10 @@
 //! counts moments with two VIP holders. A benchmark: it prints figures and asserts nothing.
 
 use crate::bench::{dist, Dist};
-use crate::harness::{LocalCluster, Spec};
 use crate::lab::{outage, wait_answer, wait_any_answer, web_config, web_node, Lab, Watch, PORT, VIP};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use phalanx::harness::Spec;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -95,7 +95,7 @@ fn vip_addr() -> String {
 /// to another node) and measure the client's outage.
 async fn phalanx_trial(exe: &Path, heartbeat: Duration, planned: bool) -> Result<(Duration, usize)> {
     let lab = Lab::create(3, 2)?;
-    let mut c = LocalCluster::create_in_lab(
+    let mut c = crate::lab::cluster_in(
         Spec {
             nodes: 3,
             heartbeat,

@@ -1,11 +1,11 @@
-//! `phalanx bench failover`: detection and leader-failover distributions over repeated SIGKILLs
+//! `phalanx-lab bench failover`: detection and leader-failover distributions over repeated SIGKILLs
 //! of the leader, at each requested heartbeat interval, plus the RSS and idle CPU of each node
 //! of an idle 5-node cluster. A benchmark, not a test: it prints figures, it asserts nothing.
 
-use crate::demo::{kill_leader, rejoin};
-use crate::harness::{LocalCluster, Spec};
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
+use phalanx::demo::{kill_leader, rejoin};
+use phalanx::harness::{LocalCluster, Spec};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,0 +1,280 @@
+//! `phalanx-lab`: the test rig's command line (clap): the lab demo, the nemesis and the
+//! benchmarks. The scripts under `tests/lab` and `tests/bench` run it; every command prints
+//! human output, or JSON with `--json`.
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+use phalanx_core::config::parse_duration;
+use phalanx_lab::{bench, bench_sched, demo_lab, lab, lab_bench, nemesis};
+use std::time::Duration;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "phalanx-lab",
+    version,
+    about = "phalanx's test rig: lab, nemesis, benchmarks"
+)]
+struct Cli {
+    /// Print JSON instead of human output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The demo in network namespaces (root): a real virtual IP in front of the service; crash
+    /// its holder and print the client-observed outage (was `phalanx demo --lab`).
+    Demo {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Heartbeat interval of the demo cluster.
+        #[arg(long, default_value = "100ms", value_parser = duration)]
+        heartbeat: Duration,
+        /// Keep the scratch folder (config, key, logs, data) afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// A seeded random schedule of faults over a lab cluster (network namespaces, root), with
+    /// the safety checkers running throughout; exits 1 on any violation (`tests/lab/nemesis`).
+    Nemesis {
+        #[arg(long, default_value_t = 40)]
+        steps: usize,
+        /// The schedule's seed (default: random, printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// phalanx, or keepalived (the partition steps against a keepalived pair).
+        #[arg(long, default_value = "phalanx", value_parser = ["phalanx", "keepalived"])]
+        target: String,
+        /// Cluster size: 3 or 5.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Only this kind of fault (e.g. one_way_partition): the seed's schedule, filtered.
+        #[arg(long, value_parser = nemesis::FAULT_KINDS)]
+        only: Option<String>,
+    },
+    /// Benchmarks that print figures (they assert nothing).
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Leader kill: detection and failover percentiles, and idle footprint.
+    Failover {
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+        /// Heartbeat intervals to measure, comma-separated.
+        #[arg(long, default_value = "100ms,20ms", value_delimiter = ',', value_parser = duration)]
+        heartbeats: Vec<Duration>,
+        /// Seconds to measure the idle 5-node cluster.
+        #[arg(long, default_value_t = 10)]
+        idle_seconds: u64,
+        /// Skip the side-by-side etcd measurement.
+        #[arg(long)]
+        no_etcd: bool,
+    },
+    /// Client-observed outage when the VIP holder crashes, in the namespace lab, beside
+    /// keepalived (needs root; `tests/lab/failover-bench`).
+    LabFailover {
+        #[arg(long, default_value_t = 10)]
+        trials: usize,
+        /// Skip the keepalived configurations.
+        #[arg(long)]
+        no_keepalived: bool,
+        /// Run only these configurations (comma-separated names, as printed).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
+    /// The scheduler on generated clusters, beside Pacemaker's crm_simulate.
+    Scheduler {
+        /// Numbers of primitives, comma-separated.
+        #[arg(long, default_value = "100,1000,10000", value_delimiter = ',')]
+        sizes: Vec<usize>,
+        #[arg(long, default_value_t = 32)]
+        nodes: usize,
+        /// Timed runs of phalanx's scheduler per size (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Give up on crm_simulate after this long per size.
+        #[arg(long, default_value = "60s", value_parser = duration)]
+        crm_bound: Duration,
+    },
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    let code = match rt.map_err(anyhow::Error::from).and_then(|rt| rt.block_on(run(cli))) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn output<T: serde::Serialize>(json: bool, r: &T, human: impl FnOnce(&T) -> String) -> Result<()> {
+    if json {
+        print_json(r)
+    } else {
+        print!("{}", human(r));
+        Ok(())
+    }
+}
+
+async fn run(cli: Cli) -> Result<i32> {
+    let exe = lab::phalanx_exe()?;
+    match cli.cmd {
+        Cmd::Demo { nodes, heartbeat, keep } => {
+            let args = phalanx::demo::DemoArgs {
+                nodes,
+                heartbeat,
+                json: cli.json,
+                keep,
+            };
+            let r = demo_lab::run_lab(args, exe).await?;
+            output(cli.json, &r, |r| {
+                format!(
+                    "Summary: {} nodes in namespaces, heartbeat {} ms: crashed {} holding VIP {}; {} answered after a client-observed outage of {} ms; two holders at once: {}; quorum after failure: {}; rejoined: {}\n",
+                    r.nodes, r.heartbeat_interval_ms, r.killed, r.vip, r.service_node_after, r.service_outage_ms, r.two_holders, r.quorum_after_failure, r.rejoined
+                )
+            })?;
+            Ok(if r.two_holders == 0 && r.rejoined && r.quorum_after_failure {
+                0
+            } else {
+                1
+            })
+        }
+        Cmd::Nemesis {
+            steps,
+            seed,
+            target,
+            nodes,
+            only,
+        } => {
+            let r = nemesis::run(nemesis::Args {
+                steps,
+                seed: seed.unwrap_or_else(rand::random),
+                target: if target == "keepalived" {
+                    nemesis::Target::Keepalived
+                } else {
+                    nemesis::Target::Phalanx
+                },
+                nodes,
+                only,
+                exe,
+                json: cli.json,
+            })
+            .await?;
+            output(cli.json, &r, nemesis::render)?;
+            Ok(if r.target == "phalanx" && r.violations > 0 {
+                1
+            } else {
+                0
+            })
+        }
+        Cmd::Bench {
+            cmd:
+                BenchCmd::Scheduler {
+                    sizes,
+                    nodes,
+                    runs,
+                    crm_bound,
+                },
+        } => {
+            if sizes.is_empty() || nodes == 0 || nodes > 1000 {
+                bail!("--sizes needs at least one size and --nodes 1..1000");
+            }
+            let pb = if cli.json {
+                indicatif::ProgressBar::hidden()
+            } else {
+                indicatif::ProgressBar::new_spinner()
+            };
+            pb.enable_steady_tick(Duration::from_millis(100));
+            let args = bench_sched::Args {
+                sizes,
+                nodes,
+                runs,
+                crm_bound,
+            };
+            let r = tokio::task::block_in_place(|| bench_sched::run(&args, &|m| pb.set_message(m.to_string())))?;
+            pb.finish_and_clear();
+            output(cli.json, &r, |r| bench_sched::render(r))?;
+            Ok(0)
+        }
+        Cmd::Bench {
+            cmd:
+                BenchCmd::LabFailover {
+                    trials,
+                    no_keepalived,
+                    only,
+                },
+        } => {
+            if trials == 0 {
+                bail!("--trials must be at least 1");
+            }
+            let r = lab_bench::run(lab_bench::Args {
+                trials,
+                exe,
+                json: cli.json,
+                keepalived: !no_keepalived,
+                only,
+            })
+            .await?;
+            output(cli.json, &r, lab_bench::render)?;
+            Ok(0)
+        }
+        Cmd::Bench {
+            cmd:
+                BenchCmd::Failover {
+                    kills,
+                    heartbeats,
+                    idle_seconds,
+                    no_etcd,
+                },
+        } => {
+            if kills == 0 || heartbeats.is_empty() {
+                bail!("--kills must be at least 1 and --heartbeats must name at least one interval");
+            }
+            let r = bench::run(
+                bench::BenchArgs {
+                    kills,
+                    etcd: !no_etcd,
+                    heartbeats,
+                    idle_seconds,
+                    json: cli.json,
+                },
+                exe,
+            )
+            .await?;
+            output(cli.json, &r, bench::render)?;
+            Ok(0)
+        }
+    }
+}
