@@ -3,6 +3,7 @@
 //! the leader runs, so what you see is what the cluster would do.
 
 use anyhow::{anyhow, bail, Context, Result};
+use phalanx_core::config::Fencing;
 use phalanx_core::scheduler::{schedule, Input, Plan, Role};
 use phalanx_core::Config;
 use std::path::Path;
@@ -40,7 +41,14 @@ pub fn run(config: &Config, args: &SimulateArgs) -> Result<(Input, Plan)> {
         if !known(n) {
             bail!("--node-down {n}: no such node in the config");
         }
-        input.nodes.entry(n.clone()).or_default().online = false;
+        // Lost just now, as the leader records it: unclean (what it held may still run there)
+        // until a fence is recorded with `fencing = "required"`, or for the lease hold with
+        // "watchdog" — so the plan starts with `Fence N`, as the live cluster's does.
+        // (`ClusterState::scheduler_input` applies the same rule to recorded liveness.)
+        let node = input.nodes.entry(n.clone()).or_default();
+        node.online = false;
+        node.online_since_ms = input.now_ms;
+        node.unclean = config.cluster.fencing != Fencing::Off;
     }
     for f in args.fail {
         let (r, n) = f

@@ -471,6 +471,12 @@ fn simulate_prints_the_plan_of_a_what_if() {
     };
     assert!(run(&[]).contains("Nothing to do"));
     let down = run(&["--node-down", "n1", "--explain"]);
+    // As the live cluster does: a lost node is fenced before anything it held starts elsewhere.
+    assert!(
+        down.starts_with("Plan:\n  Fence n1 (by n2): n1 lost while it may hold resources\n"),
+        "{down}"
+    );
+    assert!(down.contains("Order: fence n1 (n2) -> start web (n2)"), "{down}");
     assert!(down.contains("Recover web (n1 -> n2): n1 lost"), "{down}");
     assert!(down.contains("Promote pg on n2"), "{down}");
     assert!(down.contains("n1 lost: -INFINITY"), "{down}");
