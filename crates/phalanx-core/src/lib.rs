@@ -11,8 +11,10 @@ pub mod quorum;
 pub mod resources;
 pub mod scheduler;
 pub mod state;
+pub mod timings;
 
 pub use config::{Config, Diagnostic, Severity};
 pub use liveness::{Detector, LivenessEvent};
 pub use quorum::{NoQuorumPolicy, QuorumView};
 pub use state::{ClusterState, Command, Liveness, NewNode, NodeRecord, Outcome};
+pub use timings::Timings;

@@ -658,7 +658,7 @@ impl ClusterState {
         cluster: &crate::config::ClusterConfig,
         fencer: Option<&str>,
     ) -> scheduler::Input {
-        let hold_ms = cluster.lost_node_hold().map(|d| d.as_millis() as u64);
+        let hold_ms = crate::Timings::from(cluster).lost_node_hold.map(crate::timings::ms);
         let required = cluster.fencing == crate::config::Fencing::Required;
         let operator = self.operator.clone();
         let mut resources = BTreeMap::new();

@@ -246,7 +246,7 @@ pub async fn run(node: Arc<Node>, runner: Runner) {
     let (mut had_quorum, mut applied_policy) = (false, false);
     // Online members last seen: a change re-announces the VIPs held here.
     let mut members_seen: Option<BTreeSet<String>> = None;
-    let tick = node.config.cluster.heartbeat_interval;
+    let tick = node.timings.executor_tick;
     let mut applied = node.applied();
     loop {
         // Every tick, and at once when the state changes (a new plan, a finished predecessor).

@@ -13,7 +13,8 @@ use openraft::network::RaftNetworkFactory;
 use openraft::{ChangeMembers, ServerState};
 use phalanx_core::config::Config;
 use phalanx_core::quorum::{self, MAX_VOTERS};
-use phalanx_core::{ClusterState, Command, Liveness, NewNode, NodeRecord, Outcome};
+use phalanx_core::timings::ms;
+use phalanx_core::{ClusterState, Command, Liveness, NewNode, NodeRecord, Outcome, Timings};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -157,6 +158,8 @@ pub struct Node {
     pub name: String,
     pub id: NodeId,
     pub config: Config,
+    /// Every timing derived from `[cluster]` (the one owner: `phalanx_core::timings`).
+    pub timings: Timings,
     pub api: SocketAddr,
     pub raft: Raft,
     pub mesh: Mesh,
@@ -191,6 +194,7 @@ impl Node {
         inbound: mpsc::Receiver<Inbound>,
     ) -> Result<Arc<Node>, NodeError> {
         let incarnation = crate::raft::store::next_incarnation(&db, mesh::unix_ms())?;
+        let timings = Timings::from(&opts.config.cluster);
         let mut rc = raft_config(&opts.config.cluster);
         // The witness campaigns only when it alone holds the newest entries (`witness_round`).
         rc.enable_elect = opts.id != WITNESS_ID;
@@ -205,8 +209,8 @@ impl Node {
             cluster: opts.config.cluster.name.clone(),
             me: opts.name.clone(),
             links: opts.links.clone(),
-            interval: opts.config.cluster.heartbeat_interval,
-            dead_after: opts.config.cluster.dead_after,
+            interval: timings.heartbeat,
+            dead_after: timings.dead_after,
             incarnation,
             key: opts.key.clone(),
         });
@@ -230,6 +234,7 @@ impl Node {
             campaign: std::sync::Mutex::new(None),
             vote: AtomicU64::new(0),
             plan_wait: std::sync::Mutex::new(None),
+            timings,
             config: opts.config,
         });
         node.refresh_peers();
@@ -309,7 +314,7 @@ impl Node {
                 (p.is_some_and(|p| p.alive), p.and_then(|p| p.vote))
             };
             let vote = vote.filter(|v| *v != 0).and_then(|id| self.name_of(&sm, id));
-            let grace = self.config.cluster.heartbeat_interval.as_millis() as u64;
+            let grace = ms(self.timings.witness_grace);
             let now = mesh::unix_ms();
             let recently_lost: BTreeSet<String> = peers
                 .iter()
@@ -410,7 +415,6 @@ impl Node {
     }
 
     async fn controller(self: Arc<Self>) {
-        let interval = self.config.cluster.heartbeat_interval;
         let changed = self.mesh.changed();
         let mut applied = self.applied();
         let mut last_take_over: Option<tokio::time::Instant> = None;
@@ -419,7 +423,11 @@ impl Node {
         loop {
             // Every interval; every half interval while a campaign window is open (retries).
             let campaigning = self.campaign.lock().unwrap_or_else(|p| p.into_inner()).is_some();
-            let period = if campaigning { interval / 2 } else { interval };
+            let period = if campaigning {
+                self.timings.campaign_tick
+            } else {
+                self.timings.controller_tick
+            };
             // Also after every applied entry: an action's result is the next plan step's cue.
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
@@ -502,10 +510,7 @@ impl Node {
                         .and_then(|n| self.mesh.peers().get(&n).map(|p| p.changed_at_unix_ms.is_some()))
                         .unwrap_or(false);
                     if seen_alive && window.map(|(dead, _)| dead != l).unwrap_or(true) {
-                        let rc = raft_config(&self.config.cluster);
-                        let len =
-                            Duration::from_millis(rc.election_timeout_max) + self.config.cluster.heartbeat_interval * 2;
-                        *window = Some((l, now + len));
+                        *window = Some((l, now + self.timings.campaign_window));
                     }
                 }
                 None => {}
@@ -562,7 +567,7 @@ impl Node {
         if witness_log.is_none_or(|w| m.last_log_index.unwrap_or(0) < w) {
             return false;
         }
-        let every = Duration::from_millis(raft_config(&self.config.cluster).election_timeout_max);
+        let every = self.timings.election_max;
         let now = tokio::time::Instant::now();
         if last.is_some_and(|t| now < t + every) {
             return false;
@@ -642,7 +647,7 @@ impl Node {
                 now
             }
         };
-        now < since + bound + self.config.cluster.detection_time()
+        now < since + bound + self.timings.detection
     }
 
     /// Names of every node this node can reach both ways, itself included.
@@ -674,8 +679,7 @@ impl Node {
         }
         // 2. Liveness as this leader sees it. Right after start the detector has not heard
         //    anyone yet: give it one detection time before declaring anyone offline.
-        let settled =
-            self.started.elapsed() > self.config.cluster.detection_time() + self.config.cluster.heartbeat_interval;
+        let settled = self.started.elapsed() > self.timings.startup_settle;
         let reachable = self.reachable();
         let mut changed = false;
         for (name, rec) in &sm.cluster.nodes {
@@ -883,7 +887,7 @@ impl Node {
         // A leader cut off from the majority does not step down by itself in openraft 0.9: it
         // only counts as leader while a majority acked it within an election timeout, and no
         // node names a leader while its own partition has no quorum.
-        let election_max = raft_config(&self.config.cluster).election_timeout_max;
+        let election_max = ms(self.timings.election_max);
         let leader_valid = match m.state {
             ServerState::Leader => m.millis_since_quorum_ack.map(|ms| ms <= election_max).unwrap_or(false),
             _ => true,

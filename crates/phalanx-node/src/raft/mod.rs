@@ -6,7 +6,8 @@ pub mod network;
 pub mod store;
 
 use phalanx_core::config::ClusterConfig;
-use phalanx_core::{Command, Outcome};
+use phalanx_core::timings::ms;
+use phalanx_core::{Command, Outcome, Timings};
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 
@@ -42,21 +43,15 @@ pub type LogId = openraft::LogId<NodeId>;
 pub type StorageError = openraft::StorageError<NodeId>;
 pub type Membership = openraft::StoredMembership<NodeId, BasicNode>;
 
-/// Raft timings derived from the heartbeat settings: the leader heartbeats at the mesh interval,
-/// and followers time out after one to 1.25 detection times (`heartbeat_interval × dead_after`).
-/// openraft refuses votes until `election_timeout_max` after the last leader contact (the leader
-/// lease), and a lost leader is typically replaced ~1.6 × election_timeout_max after its last
-/// heartbeat: ≈ 2 × the detection time, as the design asks.
+/// openraft's config: its timeouts are [`Timings`]' (the one owner of derived timings).
 pub fn raft_config(cluster: &ClusterConfig) -> openraft::Config {
-    let hb = cluster.heartbeat_interval.as_millis().max(1) as u64;
-    let detect = hb * u64::from(cluster.dead_after.max(2));
+    let t = Timings::from(cluster);
     openraft::Config {
         cluster_name: cluster.name.clone(),
-        heartbeat_interval: hb,
-        election_timeout_min: detect,
-        election_timeout_max: detect + detect / 4 + 1,
-        // Replication RPCs to a dead peer must not stall the leader for long.
-        install_snapshot_timeout: (detect * 4).max(200),
+        heartbeat_interval: ms(t.raft_heartbeat),
+        election_timeout_min: ms(t.election_min),
+        election_timeout_max: ms(t.election_max),
+        install_snapshot_timeout: ms(t.install_snapshot_timeout),
         max_in_snapshot_log_to_keep: 500,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2000),
         ..Default::default()
