@@ -449,3 +449,65 @@ clone_node_max = 2
         }
     }
 }
+
+/// Recurring monitors run from their own deadlines, start to start: the period a real `exec`
+/// agent measures (it appends the time of every call to a file) is the configured 300 ms, at a
+/// slow (1 s) and a fast (20 ms) heartbeat alike. (They used to fire on the executor's
+/// heartbeat ticks: a 1 s heartbeat made it ≈ 1 s.) The median of the periods is checked, so
+/// one late wake-up on this shared machine does not decide it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitors_run_at_their_interval_whatever_the_heartbeat() {
+    for hb in [1000, 20] {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, calls) = (dir.path().join("state"), dir.path().join("calls"));
+        let extra = format!(
+            r#"
+[[resource]]
+id = "ticker"
+agent = "exec"
+params = {{ start = "touch {s}", stop = "rm -f {s}", monitor = "date +%s%N >> {c}; test -f {s} || exit 7" }}
+monitor = {{ interval = "300ms", timeout = "5s" }}
+"#,
+            s = state.display(),
+            c = calls.display()
+        );
+        let mut c = LocalCluster::create(Spec {
+            nodes: 1,
+            heartbeat: Duration::from_millis(hb),
+            links: 1,
+            exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
+            keep: std::env::var_os("PHALANX_KEEP").is_some(),
+            extra_config: extra,
+            cluster_extra: String::new(),
+        })
+        .unwrap();
+        c.start_all().unwrap();
+        // The probe and the first monitor come at once; then 12 periods.
+        let deadline = std::time::Instant::now() + T;
+        let times: Vec<u64> = loop {
+            let t: Vec<u64> = std::fs::read_to_string(&calls)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse::<u64>().ok())
+                .map(|ns| ns / 1_000_000)
+                .collect();
+            if t.len() >= 16 {
+                break t;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "heartbeat {hb} ms: only {} monitor calls",
+                t.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // Skip the probe and the first monitor; the rest are recurring.
+        let mut periods: Vec<u64> = times[2..].windows(2).map(|w| w[1].saturating_sub(w[0])).collect();
+        periods.sort_unstable();
+        let median = periods[periods.len() / 2];
+        assert!(
+            (290..=310).contains(&median),
+            "heartbeat {hb} ms: median monitor period {median} ms, not 300 ± 10 (periods {periods:?})"
+        );
+    }
+}

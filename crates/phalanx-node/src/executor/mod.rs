@@ -1,0 +1,215 @@
+//! The executor: what every node does for the resources. It runs the actions of the committed
+//! plan that are addressed to it once their predecessors are done, runs the recurring monitors of
+//! what it hosts, probes every resource once at start-up, and reports each result through the
+//! Raft log, where it updates the replicated state that the leader's scheduler reads. The plan
+//! is `plan.rs`, the recurring monitors and fence device checks (each from its own deadline)
+//! `monitors.rs`, the no-quorum policy `no_quorum.rs`.
+
+mod monitors;
+mod no_quorum;
+mod plan;
+
+use crate::agents::{AgentCall, CallResult, Runner};
+use crate::node::Node;
+use phalanx_core::ocf::{AgentAction, Verdict};
+use phalanx_core::scheduler::{ActionKind, Role};
+use phalanx_core::state::CallOutcome;
+use phalanx_core::Command;
+use plan::{run_plan, PlanProgress};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How a result is recorded.
+pub fn outcome_of(r: &CallResult) -> CallOutcome {
+    if r.succeeded() {
+        return CallOutcome::Ok;
+    }
+    match r.verdict {
+        Verdict::HardError => CallOutcome::Hard,
+        Verdict::Fatal => CallOutcome::Fatal,
+        _ => CallOutcome::Soft,
+    }
+}
+
+fn agent_action(kind: ActionKind) -> AgentAction {
+    match kind {
+        // Never reaches an agent (see `run_action`); a stop is the closest meaning.
+        ActionKind::Fence => AgentAction::Stop,
+        ActionKind::Start => AgentAction::Start,
+        ActionKind::Stop => AgentAction::Stop,
+        ActionKind::Promote => AgentAction::Promote,
+        ActionKind::Demote => AgentAction::Demote,
+    }
+}
+
+/// Run one agent action for primitive `rsc` with the configured timeouts.
+async fn call(
+    node: &Node,
+    runner: &Runner,
+    rsc: &str,
+    action: AgentAction,
+    interval: Option<Duration>,
+) -> Option<CallResult> {
+    // `rsc` may be one instance of a clone with clone_node_max > 1 ("web:1"): the agent then sees
+    // that instance name (OCF_RESOURCE_INSTANCE), as under Pacemaker.
+    let prim = node.config.resources.primitive_of(rsc)?;
+    let timeout = match action {
+        AgentAction::Stop => prim.stop_timeout,
+        AgentAction::Monitor => prim.monitor.map(|m| m.timeout).unwrap_or(Duration::from_secs(20)),
+        _ => prim.start_timeout,
+    };
+    Some(
+        runner
+            .call(&AgentCall {
+                agent: &prim.agent,
+                instance: rsc,
+                params: &prim.params,
+                action,
+                timeout,
+                interval,
+            })
+            .await,
+    )
+}
+
+/// The role a monitor result means (None: not running).
+fn role_of(r: &CallResult) -> Option<Role> {
+    match r.verdict {
+        Verdict::Ok | Verdict::Degraded => Some(Role::Started),
+        Verdict::Promoted { .. } => Some(Role::Promoted),
+        _ => None,
+    }
+}
+
+/// Run the executor of `node` until the process ends.
+pub async fn run(node: Arc<Node>, runner: Runner) {
+    if node.config.resources.is_empty() {
+        return;
+    }
+    let runner = Arc::new(runner);
+    let plans = Arc::new(PlanProgress::default());
+    let in_flight = monitors::InFlight::default();
+    let mut clock = monitors::MonitorClock::default();
+    let mut probed = false;
+    let mut was_offline = false;
+    let (mut had_quorum, mut applied_policy) = (false, false);
+    // Online members last seen: a change re-announces the VIPs held here.
+    let mut members_seen: Option<BTreeSet<String>> = None;
+    let tick = node.timings.executor_tick;
+    let mut applied = node.applied();
+    loop {
+        // Every tick, at once when the state changes (a new plan, a finished predecessor), and
+        // when a recurring check is due.
+        let wake = clock
+            .next_deadline()
+            .map(|d| d.min(tokio::time::Instant::now() + tick))
+            .unwrap_or_else(|| tokio::time::Instant::now() + tick);
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            r = applied.changed() => {
+                if r.is_err() {
+                    tokio::time::sleep(tick).await;
+                }
+            }
+            _ = plans.wake.notified() => {}
+        }
+        let sm = node.cluster_state();
+        // Quorum lost (after having had it): apply the no-quorum policy at once, and do nothing
+        // else until quorum is back (this replica is stale; the majority decides).
+        let quorate = node.quorate();
+        if !quorate {
+            if had_quorum && !applied_policy {
+                applied_policy = true;
+                no_quorum::apply_no_quorum_policy(&node, &runner, &sm).await;
+            }
+            continue;
+        }
+        had_quorum = true;
+        if applied_policy {
+            // Back: report what actually runs here now.
+            applied_policy = false;
+            probed = false;
+        }
+        if sm.cluster.max_node_id == 0 || node.leader_api().is_none() {
+            continue;
+        }
+        // Probe at start-up, and again whenever the cluster takes this node back after losing it
+        // (a healed partition): what runs here already?
+        let me_offline = sm
+            .cluster
+            .nodes
+            .get(&node.name)
+            .map(|r| r.liveness == phalanx_core::Liveness::Offline)
+            .unwrap_or(false);
+        if was_offline && !me_offline {
+            probed = false;
+        }
+        was_offline = me_offline;
+        if !probed && !me_offline {
+            probed = true;
+            probe(&node, &runner, &sm).await;
+            continue;
+        }
+        run_plan(&node, &runner, &sm.cluster.plan, &plans);
+        reannounce_on_membership_change(&node, &sm, &mut members_seen);
+        monitors::run_due(&node, &runner, &sm, &mut clock, &in_flight);
+    }
+}
+
+/// Ask every resource's agent what runs here, and report what the state does not know.
+async fn probe(node: &Arc<Node>, runner: &Runner, sm: &crate::raft::store::SmData) {
+    for (rsc, _) in node.config.resources.instances() {
+        let Some(r) = call(node, runner, &rsc, AgentAction::Monitor, None).await else {
+            continue;
+        };
+        let role = role_of(&r);
+        let known = sm
+            .cluster
+            .resources
+            .get(&rsc)
+            .and_then(|x| x.running.get(&node.name).copied());
+        if role != known {
+            let _ = node
+                .write(Command::Probe {
+                    rsc: rsc.clone(),
+                    node: node.name.clone(),
+                    role,
+                })
+                .await;
+        }
+    }
+}
+
+/// A membership change (a node lost or back, a healed partition) re-announces every VIP held
+/// here, so no client or switch stays on a stale MAC (a known keepalived failure).
+fn reannounce_on_membership_change(
+    node: &Node,
+    sm: &crate::raft::store::SmData,
+    members_seen: &mut Option<BTreeSet<String>>,
+) {
+    let online: BTreeSet<String> = sm
+        .cluster
+        .nodes
+        .iter()
+        .filter(|(_, r)| r.liveness != phalanx_core::Liveness::Offline)
+        .map(|(n, _)| n.clone())
+        .collect();
+    if members_seen.as_ref().is_some_and(|m| *m != online) {
+        for (rsc, rec) in &sm.cluster.resources {
+            let Some(p) = node.config.resources.primitive_of(rsc) else {
+                continue;
+            };
+            if p.agent == phalanx_core::resources::AgentSpec::Vip && rec.running.contains_key(&node.name) {
+                if let Ok(v) = crate::vip::Vip::from_params(&p.params) {
+                    tokio::spawn(async move {
+                        if let Err(e) = crate::vip::reannounce(&v).await {
+                            tracing::warn!(address = %v.address, error = %e, "vip re-announcement failed");
+                        }
+                    });
+                }
+            }
+        }
+    }
+    *members_seen = Some(online);
+}
