@@ -4,6 +4,7 @@
 //! behaviour here is a deterministic function tested without a network.
 
 pub mod config;
+pub mod controller;
 pub mod fencing;
 pub mod liveness;
 pub mod ocf;
