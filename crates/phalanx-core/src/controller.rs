@@ -244,12 +244,10 @@ impl Controller {
                 self.campaign = None;
                 return false;
             }
-            Some(l) => {
-                if v.leader_seen_alive && self.campaign.is_none_or(|(dead, _)| dead != l) {
-                    self.campaign = Some((l, now + t.campaign_window));
-                }
+            Some(l) if v.leader_seen_alive && self.campaign.is_none_or(|(dead, _)| dead != l) => {
+                self.campaign = Some((l, now + t.campaign_window));
             }
-            None => {}
+            _ => {}
         }
         match self.campaign {
             Some((_, until)) if now < until => {}

@@ -415,7 +415,7 @@ impl Node {
     }
 
     async fn controller(self: Arc<Self>) {
-        let changed = self.mesh.changed();
+        let mut verdicts = self.mesh.verdicts();
         let mut applied = self.applied();
         let mut last_take_over: Option<tokio::time::Instant> = None;
         let mut watchdog = self.open_watchdog();
@@ -431,7 +431,11 @@ impl Node {
             // Also after every applied entry: an action's result is the next plan step's cue.
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
-                _ = changed.notified() => {}
+                r = verdicts.changed() => {
+                    if r.is_err() {
+                        tokio::time::sleep(period).await;
+                    }
+                }
                 r = applied.changed() => {
                     // The state machine is gone (shutting down): back to plain ticks.
                     if r.is_err() {

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
 /// A datagram that arrived on one of our links.
@@ -110,7 +110,9 @@ pub struct Mesh {
     settings: Arc<MeshSettings>,
     state: Arc<Mutex<MeshState>>,
     start: Instant,
-    changed: Arc<Notify>,
+    /// The verdicts: the peers reachable both ways, published on every change (a watch: a
+    /// controller busy when it changed still sees it on its next wait, with the new set).
+    reach: Arc<watch::Sender<BTreeSet<String>>>,
     /// Send a round of heartbeats now (our vote changed).
     send_now: Arc<Notify>,
 }
@@ -142,7 +144,7 @@ impl Mesh {
                 peer_hears_me: BTreeMap::new(),
             })),
             start: Instant::now(),
-            changed: Arc::new(Notify::new()),
+            reach: Arc::new(watch::Sender::new(BTreeSet::new())),
             send_now: Arc::new(Notify::new()),
         }
     }
@@ -161,9 +163,30 @@ impl Mesh {
         &self.settings
     }
 
-    /// Notified whenever a peer's verdict changes.
-    pub fn changed(&self) -> Arc<Notify> {
-        self.changed.clone()
+    /// The verdicts as they change: the set of peers reachable both ways (alive, and hearing
+    /// us). The controller waits on it; nothing else derives it.
+    pub fn verdicts(&self) -> watch::Receiver<BTreeSet<String>> {
+        self.reach.subscribe()
+    }
+
+    /// Recompute two-way reachability from the detector and the peers' word, and publish it
+    /// when it changed.
+    fn publish(&self) {
+        let two_way: BTreeSet<String> = {
+            let st = self.lock();
+            st.detector
+                .alive_peers()
+                .filter(|p| st.peer_hears_me.get(*p).copied().unwrap_or(false))
+                .map(str::to_string)
+                .collect()
+        };
+        self.reach.send_if_modified(|cur| {
+            if *cur == two_way {
+                return false;
+            }
+            *cur = two_way;
+            true
+        });
     }
 
     /// Replace the peer set (names → link addresses); `me` is ignored if present.
@@ -185,6 +208,8 @@ impl Mesh {
             st.detector.set_peer(n, links.len());
         }
         st.peers = peers;
+        drop(st);
+        self.publish();
     }
 
     /// Administratively enable or disable one of our links (stop sending, ignore receiving).
@@ -235,12 +260,7 @@ impl Mesh {
     /// one way (an asymmetric link) must not count the peers it merely hears towards its
     /// quorum: they have declared it dead and may recover its resources.
     pub fn two_way_peers(&self) -> BTreeSet<String> {
-        let st = self.lock();
-        st.detector
-            .alive_peers()
-            .filter(|p| st.peer_hears_me.get(*p).copied().unwrap_or(false))
-            .map(str::to_string)
-            .collect()
+        self.reach.borrow().clone()
     }
 
     /// Each peer's view, with ages relative to now.
@@ -401,11 +421,11 @@ impl Mesh {
             st.stats.received += 1;
             st.detector.report_heartbeat(&hb.sender, m.link, now)
         };
-        if hears_changed {
-            // Two-way reachability changed: quorum may have.
-            self.changed.notify_waiters();
-        }
         self.handle_events(events);
+        if hears_changed {
+            // Two-way reachability may have changed: quorum may have.
+            self.publish();
+        }
     }
 
     fn handle_events(&self, events: Vec<LivenessEvent>) {
@@ -435,7 +455,7 @@ impl Mesh {
             }
         }
         if verdict_changed {
-            self.changed.notify_waiters();
+            self.publish();
         }
     }
 }
