@@ -2,17 +2,25 @@
 //! problem is reported as `FILE:LINE:COL: severity: message`, and validated as a whole (all
 //! problems at once, not just the first). Pure: the caller reads the file and passes its text.
 
+use crate::diag::{self, Checker};
+use crate::duration;
 use crate::fencing::{self, FenceAction, FenceConfig};
+use crate::model::valid_name;
 use crate::ocf::AgentMeta;
 use crate::quorum::{NoQuorumPolicy, MAX_VOTERS};
 use crate::resources::{self, AgentSpec, ParamProblem, Resources};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Duration;
 use toml::Spanned;
+
+// Diagnostics, durations and the fencing mode live in their own modules; these paths stay for
+// the code in other crates that names them here.
+pub use crate::diag::{line_col, Diagnostic, Severity};
+pub use crate::duration::{format_duration, parse_duration, DurationError};
+pub use crate::model::Fencing;
 
 /// The port a node's API listens on when its `api` is not given (on its first link's address).
 pub const DEFAULT_API_PORT: u16 = 7480;
@@ -20,20 +28,10 @@ pub const DEFAULT_API_PORT: u16 = 7480;
 pub const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
 pub const MAX_HEARTBEAT: Duration = Duration::from_secs(10);
 
-/// Whether lost nodes must be fenced before recovery (acted on once fencing exists).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Fencing {
-    #[default]
-    Required,
-    Watchdog,
-    Off,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterConfig {
     pub name: String,
-    #[serde(with = "duration_ms")]
+    #[serde(with = "crate::duration::duration_ms")]
     pub heartbeat_interval: Duration,
     pub dead_after: u32,
     pub no_quorum_policy: NoQuorumPolicy,
@@ -43,7 +41,7 @@ pub struct ClusterConfig {
     /// Pacemaker's priority-fencing-delay: a fence of a node that runs resources waits this long
     /// first, so if two sides ever race to fence each other, the one running the services shoots
     /// first and survives. 0: no delay.
-    #[serde(default, with = "duration_ms")]
+    #[serde(default, with = "crate::duration::duration_ms")]
     pub priority_fence_delay: Duration,
     /// A hardware watchdog device (`/dev/watchdog`), kept alive only while the node has quorum;
     /// `{node}` in the path is replaced by the node's name (for test rigs sharing a disk).
@@ -51,7 +49,7 @@ pub struct ClusterConfig {
     pub watchdog: Option<String>,
     /// The watchdog's timeout: a node that stops feeding it (no quorum, frozen) is reset this
     /// long after the last feed.
-    #[serde(default = "default_watchdog_timeout", with = "duration_ms")]
+    #[serde(default = "default_watchdog_timeout", with = "crate::duration::duration_ms")]
     pub watchdog_timeout: Duration,
 }
 
@@ -108,33 +106,6 @@ pub struct Config {
 impl Config {
     pub fn node(&self, name: &str) -> Option<&NodeConfig> {
         self.nodes.iter().find(|n| n.name == name)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Severity {
-    Warning,
-    Error,
-}
-
-/// One problem found in a config file, located by 1-based line and column (in characters).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnostic {
-    pub severity: Severity,
-    pub line: usize,
-    pub col: usize,
-    pub span: Range<usize>,
-    pub message: String,
-}
-
-impl Diagnostic {
-    /// `FILE:LINE:COL: error: message`, the form editors and CI annotate.
-    pub fn render(&self, file: &str) -> String {
-        let sev = match self.severity {
-            Severity::Error => "error",
-            Severity::Warning => "warning",
-        };
-        format!("{file}:{}:{}: {sev}: {}", self.line, self.col, self.message)
     }
 }
 
@@ -231,76 +202,23 @@ struct RawWitness {
     address: Spanned<String>,
 }
 
-/// Collects diagnostics with their positions while a config is validated.
-pub(crate) struct Checker<'a> {
-    source: &'a str,
-    diags: Vec<Diagnostic>,
-    /// Primitive id → where its `agent` value is (for diagnostics found after parsing).
-    pub(crate) agent_spans: BTreeMap<String, Range<usize>>,
-}
-
-impl Checker<'_> {
-    fn push(&mut self, severity: Severity, span: Range<usize>, message: String) {
-        let (line, col) = line_col(self.source, span.start);
-        self.diags.push(Diagnostic {
-            severity,
-            line,
-            col,
-            span,
-            message,
-        });
-    }
-    pub(crate) fn source(&self) -> &str {
-        self.source
-    }
-    pub(crate) fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
-        self.push(Severity::Error, span, message.into());
-    }
-    pub(crate) fn warn(&mut self, span: Range<usize>, message: impl Into<String>) {
-        self.push(Severity::Warning, span, message.into());
-    }
-}
-
-/// 1-based (line, column in characters) of byte offset `at` in `source`.
-pub fn line_col(source: &str, at: usize) -> (usize, usize) {
-    let at = at.min(source.len());
-    let mut at = at;
-    while !source.is_char_boundary(at) {
-        at -= 1;
-    }
-    let before = &source[..at];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-    (line, source[line_start..at].chars().count() + 1)
-}
-
 /// Parse and validate `source`, collecting every problem.
 pub fn check(source: &str) -> Checked {
-    let mut c = Checker {
-        source,
-        diags: Vec::new(),
-        agent_spans: BTreeMap::new(),
-    };
-    let raw: RawConfig = match toml::from_str(source) {
-        Ok(r) => r,
+    let mut c = Checker::new(source);
+    let mut agent_spans = BTreeMap::new();
+    let config = match toml::from_str::<RawConfig>(source) {
+        Ok(raw) => validate(&mut c, raw, &mut agent_spans),
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
-            let msg = e.message().trim().to_string();
-            c.error(span, msg);
-            return Checked {
-                config: None,
-                diagnostics: c.diags,
-                agent_spans: c.agent_spans,
-            };
+            c.error(span, e.message().trim().to_string());
+            None
         }
     };
-    let config = validate(&mut c, raw);
-    c.diags.sort_by_key(|d| (d.span.start, std::cmp::Reverse(d.severity)));
-    let has_errors = c.diags.iter().any(|d| d.severity == Severity::Error);
+    let has_errors = c.has_errors();
     Checked {
         config: if has_errors { None } else { config },
-        diagnostics: c.diags,
-        agent_spans: c.agent_spans,
+        diagnostics: c.finish(),
+        agent_spans,
     }
 }
 
@@ -320,16 +238,7 @@ pub fn check_agents(
             continue;
         }
         let span = checked.agent_spans.get(id).cloned().unwrap_or(0..0);
-        let at = |severity: Severity, message: String| {
-            let (line, col) = line_col(source, span.start);
-            Diagnostic {
-                severity,
-                line,
-                col,
-                span: span.clone(),
-                message,
-            }
-        };
+        let at = |severity: Severity, message: String| Diagnostic::at(source, span.clone(), severity, message);
         match meta_data(&prim.agent) {
             None => diags.push(at(
                 Severity::Warning,
@@ -362,22 +271,13 @@ pub fn check_agents(
         }
     }
     checked.diagnostics.extend(diags);
-    checked
-        .diagnostics
-        .sort_by_key(|d| (d.span.start, std::cmp::Reverse(d.severity)));
+    diag::sort(&mut checked.diagnostics);
     if checked.has_errors() {
         checked.config = None;
     }
 }
 
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.')
-}
-
-fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
+fn validate(c: &mut Checker, raw: RawConfig, agent_spans: &mut BTreeMap<String, Range<usize>>) -> Option<Config> {
     let Some(cluster) = raw.cluster else {
         c.error(0..0, "missing [cluster] section (it needs at least `name`)");
         return None;
@@ -475,18 +375,10 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
         },
     };
 
-    let duration_key = |c: &mut Checker, key: &str, v: &Option<Spanned<String>>, default: Duration| match v {
-        None => default,
-        Some(s) => match parse_duration(s.get_ref()) {
-            Ok(d) => d,
-            Err(e) => {
-                c.error(s.span(), format!("{key}: {e}"));
-                default
-            }
-        },
-    };
-    let priority_fence_delay = duration_key(c, "priority_fence_delay", &cl.priority_fence_delay, Duration::ZERO);
-    let watchdog_timeout = duration_key(c, "watchdog_timeout", &cl.watchdog_timeout, default_watchdog_timeout());
+    let priority_fence_delay =
+        duration::checked_or(c, "priority_fence_delay", &cl.priority_fence_delay, Duration::ZERO);
+    let watchdog_timeout =
+        duration::checked_or(c, "watchdog_timeout", &cl.watchdog_timeout, default_watchdog_timeout());
     if watchdog_timeout < Duration::from_secs(1) {
         if let Some(s) = &cl.watchdog_timeout {
             c.error(
@@ -550,7 +442,7 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
             }
             Some(n) => {
                 if let Some(first) = names.get(n.get_ref()) {
-                    let (line, _) = line_col(c.source, *first);
+                    let line = c.line_of(*first);
                     c.error(
                         n.span(),
                         format!("duplicate node name {:?} (first defined on line {line})", n.get_ref()),
@@ -563,7 +455,7 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
         };
         let mut claim = |c: &mut Checker, addr: SocketAddr, span: Range<usize>, what: &str| {
             if let Some((owner, at)) = addrs.get(&addr) {
-                let (line, _) = line_col(c.source, *at);
+                let line = c.line_of(*at);
                 c.error(
                     span,
                     format!("{what} address {addr} is already used by node {owner} (line {line})"),
@@ -679,6 +571,7 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
             constraint: raw.constraint,
         },
         &node_names,
+        agent_spans,
     );
     if fencing != Fencing::Required {
         if let Some(p) = resources
@@ -686,7 +579,7 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
             .values()
             .find(|p| p.on_fail == resources::OnFail::Fence)
         {
-            let at = c.agent_spans.get(&p.id).cloned().unwrap_or(cluster_span.clone());
+            let at = agent_spans.get(&p.id).cloned().unwrap_or(cluster_span.clone());
             c.error(
                 at,
                 format!(
@@ -733,86 +626,4 @@ fn validate(c: &mut Checker, raw: RawConfig) -> Option<Config> {
         resources,
         fence,
     })
-}
-
-// ---- durations -----------------------------------------------------------------------------
-
-/// Why a duration string was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a duration: write a number and a unit, e.g. \"100ms\", \"2s\", \"1.5s\", \"5m\", \"1h\"")]
-pub struct DurationError(pub String);
-
-/// Parse "100ms", "2s", "1.5s", "5m", "1h" (also "us"). A bare number is refused: the unit
-/// is what makes a config readable.
-pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
-    let err = || DurationError(s.to_string());
-    let t = s.trim();
-    let split = t.find(|ch: char| !(ch.is_ascii_digit() || ch == '.')).ok_or_else(err)?;
-    let (num, unit) = t.split_at(split);
-    if num.is_empty() || num.starts_with('.') || num.ends_with('.') || num.matches('.').count() > 1 {
-        return Err(err());
-    }
-    let factor_ns: f64 = match unit.trim() {
-        "us" | "µs" => 1e3,
-        "ms" => 1e6,
-        "s" => 1e9,
-        "m" | "min" => 60e9,
-        "h" => 3600e9,
-        _ => return Err(err()),
-    };
-    let v: f64 = num.parse().map_err(|_| err())?;
-    let ns = v * factor_ns;
-    if !ns.is_finite() || ns > 1e18 {
-        return Err(err());
-    }
-    Ok(Duration::from_nanos(ns.round() as u64))
-}
-
-/// Format a duration the way configs write them ("100ms", "2s", "1.5s").
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if !d.subsec_nanos().is_multiple_of(1_000_000) {
-        format!("{}us", d.as_micros())
-    } else if ms.is_multiple_of(1000) && ms > 0 {
-        format!("{}s", ms / 1000)
-    } else if ms >= 1000 {
-        format!("{}s", d.as_secs_f64())
-    } else {
-        format!("{ms}ms")
-    }
-}
-
-impl fmt::Display for Fencing {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Fencing::Required => "required",
-            Fencing::Watchdog => "watchdog",
-            Fencing::Off => "off",
-        })
-    }
-}
-
-pub(crate) mod opt_duration_ms {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
-            None => s.serialize_none(),
-        }
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
-    }
-}
-
-pub(crate) mod duration_ms {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
-    }
 }

@@ -4,7 +4,8 @@
 //! writes it), what its exit code means, and the retry backoff after every level failed.
 //! Running the devices is the node's job (`phalanx_node::fence`).
 
-use crate::config::{parse_duration, Checker};
+use crate::diag::Checker;
+use crate::duration::checked_or;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -35,19 +36,19 @@ pub struct FenceDevice {
     pub secret_files: BTreeMap<String, String>,
     /// Node → plug (port) on this device. Empty: the device fences any node, plug = node name.
     pub host_map: BTreeMap<String, String>,
-    #[serde(with = "crate::config::duration_ms")]
+    #[serde(with = "crate::duration::duration_ms")]
     pub timeout: Duration,
     /// Further attempts after a failed one, within one level.
     pub retries: u32,
     /// A fixed delay before this device fences (Pacemaker's pcmk_delay_base).
-    #[serde(with = "crate::config::duration_ms")]
+    #[serde(with = "crate::duration::duration_ms")]
     pub delay_base: Duration,
     /// Plus a random delay up to this (pcmk_delay_max): two nodes racing to fence each other
     /// then almost never shoot at the same instant.
-    #[serde(with = "crate::config::duration_ms")]
+    #[serde(with = "crate::duration::duration_ms")]
     pub delay_max: Duration,
     /// How often the device is checked (`monitor`); zero: never.
-    #[serde(with = "crate::config::duration_ms")]
+    #[serde(with = "crate::duration::duration_ms")]
     pub monitor_interval: Duration,
 }
 
@@ -198,19 +199,6 @@ fn value_string(v: &toml::Value) -> String {
     }
 }
 
-fn duration_or(c: &mut Checker, what: &str, v: &Option<Spanned<String>>, default: Duration) -> Duration {
-    match v {
-        None => default,
-        Some(s) => match parse_duration(s.get_ref()) {
-            Ok(d) => d,
-            Err(e) => {
-                c.error(s.span(), format!("{what}: {e}"));
-                default
-            }
-        },
-    }
-}
-
 /// Validate the fencing sections against the node names.
 pub(crate) fn validate(
     c: &mut Checker,
@@ -310,7 +298,7 @@ pub(crate) fn validate(
                 2
             }
         };
-        let timeout = duration_or(c, "timeout", &d.timeout, Duration::from_secs(20));
+        let timeout = checked_or(c, "timeout", &d.timeout, Duration::from_secs(20));
         if let Some(t) = &d.timeout {
             if timeout.is_zero() {
                 c.error(t.span(), "timeout must be above 0");
@@ -328,9 +316,9 @@ pub(crate) fn validate(
             host_map,
             timeout,
             retries,
-            delay_base: duration_or(c, "delay_base", &d.delay_base, Duration::ZERO),
-            delay_max: duration_or(c, "delay_max", &d.delay_max, Duration::ZERO),
-            monitor_interval: duration_or(c, "monitor_interval", &d.monitor_interval, Duration::from_secs(60)),
+            delay_base: checked_or(c, "delay_base", &d.delay_base, Duration::ZERO),
+            delay_max: checked_or(c, "delay_max", &d.delay_max, Duration::ZERO),
+            monitor_interval: checked_or(c, "monitor_interval", &d.monitor_interval, Duration::from_secs(60)),
         });
     }
     let mut seen: BTreeSet<(String, i64)> = BTreeSet::new();

@@ -4,15 +4,19 @@
 //! behaviour here is a deterministic function tested without a network.
 
 pub mod config;
+pub mod diag;
+pub mod duration;
 pub mod fencing;
 pub mod liveness;
+pub mod model;
 pub mod ocf;
 pub mod quorum;
 pub mod resources;
 pub mod scheduler;
 pub mod state;
 
-pub use config::{Config, Diagnostic, Severity};
+pub use config::Config;
+pub use diag::{Diagnostic, Severity};
 pub use liveness::{Detector, LivenessEvent};
 pub use quorum::{NoQuorumPolicy, QuorumView};
 pub use state::{ClusterState, Command, Liveness, NewNode, NodeRecord, Outcome};

@@ -4,34 +4,16 @@
 //! holds the validated types, their raw (spanned) input forms and the validation that turns one
 //! into the other, reporting every problem at its FILE:LINE:COL through the config checker.
 
-use crate::config::{parse_duration, Checker};
+use crate::diag::Checker;
+use crate::duration::{self, parse_duration};
+use crate::model::valid_name;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use toml::Spanned;
 
-/// Pacemaker's INFINITY: scores saturate at ±this value.
-pub const INFINITY: i64 = 1_000_000;
-
-/// Add scores the way Pacemaker does: saturating at ±INFINITY, and -INFINITY wins over +INFINITY.
-pub fn add_scores(a: i64, b: i64) -> i64 {
-    if a <= -INFINITY || b <= -INFINITY {
-        -INFINITY
-    } else if a >= INFINITY || b >= INFINITY {
-        INFINITY
-    } else {
-        (a + b).clamp(-INFINITY, INFINITY)
-    }
-}
-
-/// Render a score ("INFINITY", "-INFINITY" or the number).
-pub fn score_str(s: i64) -> String {
-    match s {
-        s if s >= INFINITY => "INFINITY".into(),
-        s if s <= -INFINITY => "-INFINITY".into(),
-        s => s.to_string(),
-    }
-}
+// Scores are shared with the scheduler; these paths stay for the code that names them here.
+pub use crate::model::{add_scores, score_str, INFINITY};
 
 /// What runs a resource.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -88,7 +70,7 @@ pub enum Failback {
     #[default]
     Immediate,
     /// Once the preferred node has been back for this long.
-    Delayed(#[serde(with = "crate::config::duration_ms")] Duration),
+    Delayed(#[serde(with = "crate::duration::duration_ms")] Duration),
     /// Never by itself: an operator moves it.
     Manual,
 }
@@ -112,9 +94,9 @@ pub enum OnFail {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Op {
-    #[serde(with = "crate::config::duration_ms")]
+    #[serde(with = "crate::duration::duration_ms")]
     pub interval: Duration,
-    #[serde(with = "crate::config::duration_ms")]
+    #[serde(with = "crate::duration::duration_ms")]
     pub timeout: Duration,
 }
 
@@ -126,7 +108,7 @@ pub struct Meta {
     /// Failures on a node before the resource is banned there (None: never).
     pub migration_threshold: Option<u32>,
     /// Failures older than this are forgotten (None: never).
-    #[serde(default, with = "crate::config::opt_duration_ms")]
+    #[serde(default, with = "crate::duration::opt_duration_ms")]
     pub failure_timeout: Option<Duration>,
 }
 
@@ -137,9 +119,9 @@ pub struct Primitive {
     pub agent: AgentSpec,
     pub params: BTreeMap<String, String>,
     pub monitor: Option<Op>,
-    #[serde(with = "crate::config::duration_ms")]
+    #[serde(with = "crate::duration::duration_ms")]
     pub start_timeout: Duration,
-    #[serde(with = "crate::config::duration_ms")]
+    #[serde(with = "crate::duration::duration_ms")]
     pub stop_timeout: Duration,
     pub on_fail: OnFail,
     pub meta: Meta,
@@ -391,10 +373,6 @@ pub(crate) struct RawResources {
     pub constraint: Vec<Spanned<RawConstraint>>,
 }
 
-fn valid_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 63 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-}
-
 fn score(c: &mut Checker, s: &Spanned<RawScore>) -> Option<i64> {
     match s.get_ref() {
         RawScore::Int(i) => Some((*i).clamp(-INFINITY, INFINITY)),
@@ -409,16 +387,6 @@ fn score(c: &mut Checker, s: &Spanned<RawScore>) -> Option<i64> {
                 None
             }
         },
-    }
-}
-
-fn duration(c: &mut Checker, s: &Spanned<String>, what: &str) -> Option<Duration> {
-    match parse_duration(s.get_ref()) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            c.error(s.span(), format!("{what}: {e}"));
-            None
-        }
     }
 }
 
@@ -452,7 +420,7 @@ fn meta(c: &mut Checker, m: RawMeta) -> Meta {
     let failure_timeout = m
         .failure_timeout
         .as_ref()
-        .and_then(|f| duration(c, f, "failure_timeout"));
+        .and_then(|f| duration::checked(c, "failure_timeout", f));
     Meta {
         stickiness,
         failback,
@@ -462,12 +430,17 @@ fn meta(c: &mut Checker, m: RawMeta) -> Meta {
 }
 
 /// Validate the resource sections against the node names; every problem goes to `c`.
-pub(crate) fn validate(c: &mut Checker, raw: RawResources, nodes: &BTreeSet<String>) -> Resources {
+pub(crate) fn validate(
+    c: &mut Checker,
+    raw: RawResources,
+    nodes: &BTreeSet<String>,
+    agent_spans: &mut BTreeMap<String, std::ops::Range<usize>>,
+) -> Resources {
     let mut out = Resources::default();
     // id → (kind, span start) for duplicate and reference checks
     let mut ids: BTreeMap<String, (&'static str, usize)> = BTreeMap::new();
     let mut claim = |c: &mut Checker, id: &Spanned<String>, kind: &'static str| -> bool {
-        if !valid_id(id.get_ref()) {
+        if !valid_name(id.get_ref()) {
             c.error(
                 id.span(),
                 format!(
@@ -478,7 +451,7 @@ pub(crate) fn validate(c: &mut Checker, raw: RawResources, nodes: &BTreeSet<Stri
             return false;
         }
         if let Some((other, at)) = ids.get(id.get_ref()) {
-            let (line, _) = crate::config::line_col(c.source(), *at);
+            let line = c.line_of(*at);
             c.error(
                 id.span(),
                 format!("duplicate id {:?} (already a {other} on line {line})", id.get_ref()),
@@ -535,15 +508,15 @@ pub(crate) fn validate(c: &mut Checker, raw: RawResources, nodes: &BTreeSet<Stri
                 .map(|m| m.get_ref().timeout.is_none())
                 .unwrap_or(false),
         };
-        c.agent_spans.insert(
+        agent_spans.insert(
             id.get_ref().clone(),
             r.agent.as_ref().map(|a| a.span()).unwrap_or(span.clone()),
         );
         let monitor = r.monitor.as_ref().and_then(|m| {
             let m = m.get_ref();
-            let interval = duration(c, &m.interval, "monitor interval")?;
+            let interval = duration::checked(c, "monitor interval", &m.interval)?;
             let timeout = match &m.timeout {
-                Some(t) => duration(c, t, "monitor timeout")?,
+                Some(t) => duration::checked(c, "monitor timeout", t)?,
                 None => Duration::from_secs(20),
             };
             if interval.is_zero() {
@@ -555,12 +528,12 @@ pub(crate) fn validate(c: &mut Checker, raw: RawResources, nodes: &BTreeSet<Stri
         let start_timeout = r
             .start_timeout
             .as_ref()
-            .and_then(|t| duration(c, t, "start_timeout"))
+            .and_then(|t| duration::checked(c, "start_timeout", t))
             .unwrap_or(Duration::from_secs(20));
         let stop_timeout = r
             .stop_timeout
             .as_ref()
-            .and_then(|t| duration(c, t, "stop_timeout"))
+            .and_then(|t| duration::checked(c, "stop_timeout", t))
             .unwrap_or(Duration::from_secs(20));
         let on_fail = match &r.on_fail {
             None => OnFail::Restart,

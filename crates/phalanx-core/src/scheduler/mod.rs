@@ -13,7 +13,10 @@
 //! where it is. Nothing here reads a clock: `now_ms` is part of the input.
 
 use crate::config::Config;
-use crate::resources::{add_scores, score_str, CloneSpec, Constraint, Failback, Meta, OnFail, INFINITY};
+use crate::model::{add_scores, score_str, Fencing, INFINITY};
+use crate::resources::{CloneSpec, Constraint, Failback, Meta, OnFail};
+
+pub use crate::model::Role;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -71,16 +74,6 @@ impl Default for NodeState {
             fence_reason: None,
         }
     }
-}
-
-/// The role of a running resource instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Started,
-    Promoted,
-    /// Its monitor failed; it needs recovery (per its on_fail).
-    Failed,
 }
 
 /// What the scheduler knows of one primitive.
@@ -596,7 +589,7 @@ pub fn schedule(cfg: &Config, input: &Input) -> Plan {
 fn fences_due(cfg: &Config, input: &Input) -> (BTreeMap<String, (String, String)>, Vec<String>) {
     let mut due = BTreeMap::new();
     let mut notes = Vec::new();
-    if cfg.cluster.fencing != crate::config::Fencing::Required {
+    if cfg.cluster.fencing != Fencing::Required {
         return (due, notes);
     }
     // A monitor failure of a resource with on_fail = "fence" makes its node unclean too.
