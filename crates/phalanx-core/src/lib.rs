@@ -2,6 +2,10 @@
 //! with spans), the failure detector, quorum arithmetic and the replicated cluster state. It does
 //! no IO, reads no clock and draws no random numbers: time and inputs are passed in, so every
 //! behaviour here is a deterministic function tested without a network.
+//!
+//! Modules depend downwards only: `model`, `diag` and `duration` hold what everything shares;
+//! `config` (with `resources` and `fencing`, each section validating itself) builds on them;
+//! `scheduler` and `state` build on the config.
 
 pub mod config;
 pub mod diag;
