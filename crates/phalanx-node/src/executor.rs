@@ -6,9 +6,8 @@
 use crate::agents::{AgentCall, CallResult, Runner};
 use crate::mesh::unix_ms;
 use crate::node::Node;
-use phalanx_core::model::Role;
 use phalanx_core::ocf::{AgentAction, Verdict};
-use phalanx_core::scheduler::{Action, ActionKind};
+use phalanx_core::scheduler::{Action, ActionKind, Role};
 use phalanx_core::state::CallOutcome;
 use phalanx_core::Command;
 use std::collections::{BTreeMap, BTreeSet};

@@ -3,8 +3,7 @@
 //! the leader runs, so what you see is what the cluster would do.
 
 use anyhow::{anyhow, bail, Context, Result};
-use phalanx_core::model::Role;
-use phalanx_core::scheduler::{schedule, Input, Plan};
+use phalanx_core::scheduler::{schedule, Input, Plan, Role};
 use phalanx_core::Config;
 use std::path::Path;
 

@@ -4,7 +4,7 @@
 //! times: migration-threshold moves the group; cleanup lifts the failures.
 
 use phalanx::harness::{LocalCluster, Spec};
-use phalanx_core::model::Role;
+use phalanx_core::scheduler::Role;
 use phalanx_node::StatusReport;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
