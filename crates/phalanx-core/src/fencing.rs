@@ -4,9 +4,11 @@
 //! writes it), what its exit code means, and the retry backoff after every level failed.
 //! Running the devices is the node's job (`phalanx_node::fence`).
 
-use crate::config::{parse_duration, Checker};
+use crate::diag::Checker;
+use crate::duration::checked_or;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -35,19 +37,19 @@ pub struct FenceDevice {
     pub secret_files: BTreeMap<String, String>,
     /// Node → plug (port) on this device. Empty: the device fences any node, plug = node name.
     pub host_map: BTreeMap<String, String>,
-    #[serde(with = "crate::config::duration_ms")]
+    #[serde(with = "crate::duration::duration_ms")]
     pub timeout: Duration,
     /// Further attempts after a failed one, within one level.
     pub retries: u32,
     /// A fixed delay before this device fences (Pacemaker's pcmk_delay_base).
-    #[serde(with = "crate::config::duration_ms")]
+    #[serde(with = "crate::duration::duration_ms")]
     pub delay_base: Duration,
     /// Plus a random delay up to this (pcmk_delay_max): two nodes racing to fence each other
     /// then almost never shoot at the same instant.
-    #[serde(with = "crate::config::duration_ms")]
+    #[serde(with = "crate::duration::duration_ms")]
     pub delay_max: Duration,
     /// How often the device is checked (`monitor`); zero: never.
-    #[serde(with = "crate::config::duration_ms")]
+    #[serde(with = "crate::duration::duration_ms")]
     pub monitor_interval: Duration,
 }
 
@@ -198,19 +200,6 @@ fn value_string(v: &toml::Value) -> String {
     }
 }
 
-fn duration_or(c: &mut Checker, what: &str, v: &Option<Spanned<String>>, default: Duration) -> Duration {
-    match v {
-        None => default,
-        Some(s) => match parse_duration(s.get_ref()) {
-            Ok(d) => d,
-            Err(e) => {
-                c.error(s.span(), format!("{what}: {e}"));
-                default
-            }
-        },
-    }
-}
-
 /// Validate the fencing sections against the node names.
 pub(crate) fn validate(
     c: &mut Checker,
@@ -224,162 +213,192 @@ pub(crate) fn validate(
         ..FenceConfig::default()
     };
     for d in devices {
-        let span = d.span();
-        let d = d.into_inner();
-        let Some(name) = d.name else {
-            c.error(span, "[[fence_device]] needs a `name`");
-            continue;
-        };
-        if out.device(name.get_ref()).is_some() {
-            c.error(name.span(), format!("duplicate fence device {:?}", name.get_ref()));
-            continue;
+        if let Some(device) = device(c, d, &out, nodes) {
+            out.devices.push(device);
         }
-        let agent = match &d.agent {
-            None => {
-                c.error(span.clone(), format!("fence device {} needs an `agent` (a fence-agents program such as \"fence_ipmilan\", or \"{HTTP_SWITCH}\")", name.get_ref()));
-                continue;
-            }
-            Some(a) if a.get_ref() == HTTP_SWITCH => FenceAgent::HttpSwitch,
-            Some(a) => {
-                let prog = a.get_ref();
-                let base = prog.rsplit('/').next().unwrap_or("");
-                if !base.starts_with("fence_") || base.contains(char::is_whitespace) {
-                    c.error(
-                        a.span(),
-                        format!(
-                            "fence device agent {prog:?} is not a fence-agents program (fence_*) nor \"{HTTP_SWITCH}\""
-                        ),
-                    );
-                    continue;
-                }
-                FenceAgent::Program(prog.clone())
-            }
-        };
-        let mut params = BTreeMap::new();
-        for (k, v) in &d.params {
-            let s = value_string(v.get_ref());
-            if s.contains('\n') || k.contains('=') || k.contains('\n') {
-                c.error(
-                    v.span(),
-                    format!(
-                        "fence device param {k:?}: a key may not contain '=' and neither a key nor a value a newline"
-                    ),
-                );
-                continue;
-            }
-            if ["action", "plug", "port", "nodename"].contains(&k.as_str()) {
-                c.error(
-                    v.span(),
-                    format!("fence device param {k:?} is set by phalanx for each call; remove it"),
-                );
-                continue;
-            }
-            if ["password", "passwd"].contains(&k.as_str()) {
-                c.warn(v.span(), format!("fence device {}: a password in the config is replicated and shown to every reader; put it in a file and name it in `secret_files = {{ {k} = \"/etc/phalanx/...\" }}`", name.get_ref()));
-            }
-            params.insert(k.clone(), s);
+    }
+    // (target, level) already defined
+    let mut seen: BTreeSet<(String, i64)> = BTreeSet::new();
+    for l in levels {
+        if let Some(level) = level(c, l, &out, nodes, &mut seen) {
+            out.levels.push(level);
         }
-        if agent == FenceAgent::HttpSwitch && !params.contains_key("url") {
+    }
+    out
+}
+
+/// One `[[fence_device]]`, checked against the devices before it and the node names.
+fn device(c: &mut Checker, d: Spanned<RawDevice>, out: &FenceConfig, nodes: &BTreeSet<String>) -> Option<FenceDevice> {
+    let span = d.span();
+    let d = d.into_inner();
+    let Some(name) = d.name else {
+        c.error(span, "[[fence_device]] needs a `name`");
+        return None;
+    };
+    if out.device(name.get_ref()).is_some() {
+        c.error(name.span(), format!("duplicate fence device {:?}", name.get_ref()));
+        return None;
+    }
+    let agent = agent(c, &d.agent, name.get_ref(), &span)?;
+    let params = params(c, &d.params, name.get_ref());
+    if agent == FenceAgent::HttpSwitch && !params.contains_key("url") {
+        c.error(
+            span.clone(),
+            format!(
+                "fence device {}: \"{HTTP_SWITCH}\" needs params.url (e.g. \"http://10.77.0.50:7500\")",
+                name.get_ref()
+            ),
+        );
+    }
+    let mut host_map = BTreeMap::new();
+    for (node, plug) in &d.host_map {
+        if !nodes.contains(node) {
             c.error(
-                span.clone(),
+                plug.span(),
                 format!(
-                    "fence device {}: \"{HTTP_SWITCH}\" needs params.url (e.g. \"http://10.77.0.50:7500\")",
+                    "fence device {}: host_map names {node:?}, which is not a [[node]]",
                     name.get_ref()
                 ),
             );
+            continue;
         }
-        let mut host_map = BTreeMap::new();
-        for (node, plug) in &d.host_map {
-            if !nodes.contains(node) {
+        host_map.insert(node.clone(), value_string(plug.get_ref()));
+    }
+    let retries = match &d.retries {
+        None => 2,
+        Some(r) if (0..=10).contains(r.get_ref()) => *r.get_ref() as u32,
+        Some(r) => {
+            c.error(r.span(), "retries must be from 0 to 10");
+            2
+        }
+    };
+    let timeout = checked_or(c, "timeout", &d.timeout, Duration::from_secs(20));
+    if let Some(t) = &d.timeout {
+        if timeout.is_zero() {
+            c.error(t.span(), "timeout must be above 0");
+        }
+    }
+    Some(FenceDevice {
+        name: name.get_ref().clone(),
+        agent,
+        params,
+        secret_files: d
+            .secret_files
+            .iter()
+            .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+            .collect(),
+        host_map,
+        timeout,
+        retries,
+        delay_base: checked_or(c, "delay_base", &d.delay_base, Duration::ZERO),
+        delay_max: checked_or(c, "delay_max", &d.delay_max, Duration::ZERO),
+        monitor_interval: checked_or(c, "monitor_interval", &d.monitor_interval, Duration::from_secs(60)),
+    })
+}
+
+/// What drives a device: a fence-agents program, or the built-in HTTP switch.
+fn agent(c: &mut Checker, v: &Option<Spanned<String>>, name: &str, span: &Range<usize>) -> Option<FenceAgent> {
+    match v {
+        None => {
+            c.error(span.clone(), format!("fence device {name} needs an `agent` (a fence-agents program such as \"fence_ipmilan\", or \"{HTTP_SWITCH}\")"));
+            None
+        }
+        Some(a) if a.get_ref() == HTTP_SWITCH => Some(FenceAgent::HttpSwitch),
+        Some(a) => {
+            let prog = a.get_ref();
+            let base = prog.rsplit('/').next().unwrap_or("");
+            if !base.starts_with("fence_") || base.contains(char::is_whitespace) {
                 c.error(
-                    plug.span(),
+                    a.span(),
                     format!(
-                        "fence device {}: host_map names {node:?}, which is not a [[node]]",
-                        name.get_ref()
+                        "fence device agent {prog:?} is not a fence-agents program (fence_*) nor \"{HTTP_SWITCH}\""
                     ),
                 );
-                continue;
+                return None;
             }
-            host_map.insert(node.clone(), value_string(plug.get_ref()));
+            Some(FenceAgent::Program(prog.clone()))
         }
-        let retries = match &d.retries {
-            None => 2,
-            Some(r) if (0..=10).contains(r.get_ref()) => *r.get_ref() as u32,
-            Some(r) => {
-                c.error(r.span(), "retries must be from 0 to 10");
-                2
-            }
-        };
-        let timeout = duration_or(c, "timeout", &d.timeout, Duration::from_secs(20));
-        if let Some(t) = &d.timeout {
-            if timeout.is_zero() {
-                c.error(t.span(), "timeout must be above 0");
-            }
-        }
-        out.devices.push(FenceDevice {
-            name: name.get_ref().clone(),
-            agent,
-            params,
-            secret_files: d
-                .secret_files
-                .iter()
-                .map(|(k, v)| (k.clone(), v.get_ref().clone()))
-                .collect(),
-            host_map,
-            timeout,
-            retries,
-            delay_base: duration_or(c, "delay_base", &d.delay_base, Duration::ZERO),
-            delay_max: duration_or(c, "delay_max", &d.delay_max, Duration::ZERO),
-            monitor_interval: duration_or(c, "monitor_interval", &d.monitor_interval, Duration::from_secs(60)),
-        });
     }
-    let mut seen: BTreeSet<(String, i64)> = BTreeSet::new();
-    for l in levels {
-        let l = l.into_inner();
-        let target = l.target.get_ref();
-        if !nodes.contains(target) {
+}
+
+/// A device's params (those that may be passed to its agent; the others are reported).
+fn params(c: &mut Checker, raw: &BTreeMap<String, Spanned<toml::Value>>, name: &str) -> BTreeMap<String, String> {
+    let mut params = BTreeMap::new();
+    for (k, v) in raw {
+        let s = value_string(v.get_ref());
+        if s.contains('\n') || k.contains('=') || k.contains('\n') {
             c.error(
-                l.target.span(),
-                format!("fence_level target {target:?} is not a [[node]]"),
+                v.span(),
+                format!("fence device param {k:?}: a key may not contain '=' and neither a key nor a value a newline"),
             );
             continue;
         }
-        if !(1..=9).contains(l.level.get_ref()) {
-            c.error(l.level.span(), "a fence level is a number from 1 to 9");
-            continue;
-        }
-        if !seen.insert((target.clone(), *l.level.get_ref())) {
+        if ["action", "plug", "port", "nodename"].contains(&k.as_str()) {
             c.error(
-                l.level.span(),
-                format!("{target} already has a fence level {}", l.level.get_ref()),
+                v.span(),
+                format!("fence device param {k:?} is set by phalanx for each call; remove it"),
             );
             continue;
         }
-        if l.devices.get_ref().is_empty() {
-            c.error(l.devices.span(), "a fence level needs at least one device");
-            continue;
+        if ["password", "passwd"].contains(&k.as_str()) {
+            c.warn(v.span(), format!("fence device {name}: a password in the config is replicated and shown to every reader; put it in a file and name it in `secret_files = {{ {k} = \"/etc/phalanx/...\" }}`"));
         }
-        let mut devices = Vec::new();
-        for d in l.devices.get_ref() {
-            match out.device(d.get_ref()) {
-                None => c.error(d.span(), format!("no [[fence_device]] is named {:?}", d.get_ref())),
-                Some(dev) if !dev.can_fence(target) => c.error(
-                    d.span(),
-                    format!(
-                        "fence device {} cannot fence {target}: its host_map does not name it",
-                        d.get_ref()
-                    ),
+        params.insert(k.clone(), s);
+    }
+    params
+}
+
+/// One `[[fence_level]]`, checked against the devices and the levels before it.
+fn level(
+    c: &mut Checker,
+    l: Spanned<RawLevel>,
+    out: &FenceConfig,
+    nodes: &BTreeSet<String>,
+    seen: &mut BTreeSet<(String, i64)>,
+) -> Option<FenceLevel> {
+    let l = l.into_inner();
+    let target = l.target.get_ref();
+    if !nodes.contains(target) {
+        c.error(
+            l.target.span(),
+            format!("fence_level target {target:?} is not a [[node]]"),
+        );
+        return None;
+    }
+    if !(1..=9).contains(l.level.get_ref()) {
+        c.error(l.level.span(), "a fence level is a number from 1 to 9");
+        return None;
+    }
+    if !seen.insert((target.clone(), *l.level.get_ref())) {
+        c.error(
+            l.level.span(),
+            format!("{target} already has a fence level {}", l.level.get_ref()),
+        );
+        return None;
+    }
+    if l.devices.get_ref().is_empty() {
+        c.error(l.devices.span(), "a fence level needs at least one device");
+        return None;
+    }
+    let mut devices = Vec::new();
+    for d in l.devices.get_ref() {
+        match out.device(d.get_ref()) {
+            None => c.error(d.span(), format!("no [[fence_device]] is named {:?}", d.get_ref())),
+            Some(dev) if !dev.can_fence(target) => c.error(
+                d.span(),
+                format!(
+                    "fence device {} cannot fence {target}: its host_map does not name it",
+                    d.get_ref()
                 ),
-                Some(_) => devices.push(d.get_ref().clone()),
-            }
+            ),
+            Some(_) => devices.push(d.get_ref().clone()),
         }
-        out.levels.push(FenceLevel {
-            target: target.clone(),
-            level: *l.level.get_ref() as u32,
-            devices,
-        });
     }
-    out
+    Some(FenceLevel {
+        target: target.clone(),
+        level: *l.level.get_ref() as u32,
+        devices,
+    })
 }
 
 /// A line for `config check`: how a node is fenced.

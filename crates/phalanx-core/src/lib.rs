@@ -2,11 +2,19 @@
 //! with spans), the failure detector, quorum arithmetic and the replicated cluster state. It does
 //! no IO, reads no clock and draws no random numbers: time and inputs are passed in, so every
 //! behaviour here is a deterministic function tested without a network.
+//!
+//! Modules depend downwards only: `model`, `diag` and `duration` hold what everything shares;
+//! `config` (with `resources` and `fencing`, each section validating itself) builds on them;
+//! `scheduler` and `state` build on the config; `timings` derives every timing from `[cluster]`;
+//! `controller` (the leader's decisions) builds on the state and the scheduler.
 
 pub mod config;
 pub mod controller;
+pub mod diag;
+pub mod duration;
 pub mod fencing;
 pub mod liveness;
+pub mod model;
 pub mod ocf;
 pub mod quorum;
 pub mod resources;
@@ -14,7 +22,8 @@ pub mod scheduler;
 pub mod state;
 pub mod timings;
 
-pub use config::{Config, Diagnostic, Severity};
+pub use config::Config;
+pub use diag::{Diagnostic, Severity};
 pub use liveness::{Detector, LivenessEvent};
 pub use quorum::{NoQuorumPolicy, QuorumView};
 pub use state::{ClusterState, Command, Liveness, NewNode, NodeRecord, Outcome};

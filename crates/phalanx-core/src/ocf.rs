@@ -189,7 +189,7 @@ fn ocf_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     match s.parse::<u64>() {
         Ok(secs) => Some(Duration::from_secs(secs)),
-        Err(_) => crate::config::parse_duration(s).ok(),
+        Err(_) => crate::duration::parse_duration(s).ok(),
     }
 }
 

@@ -49,7 +49,7 @@ pub enum NoQuorumAction {
 pub fn no_quorum_actions(
     policy: NoQuorumPolicy,
     resources: &crate::resources::Resources,
-    here: &[(String, crate::scheduler::Role)],
+    here: &[(String, crate::model::Role)],
 ) -> Vec<(String, NoQuorumAction)> {
     match policy {
         NoQuorumPolicy::Stop => {
@@ -69,7 +69,7 @@ pub fn no_quorum_actions(
         }
         NoQuorumPolicy::Demote => here
             .iter()
-            .filter(|(_, role)| *role == crate::scheduler::Role::Promoted)
+            .filter(|(_, role)| *role == crate::model::Role::Promoted)
             .map(|(id, _)| (id.clone(), NoQuorumAction::Demote))
             .collect(),
         NoQuorumPolicy::Freeze | NoQuorumPolicy::Ignore => Vec::new(),
@@ -270,7 +270,7 @@ mod tests {
 
     #[test]
     fn each_no_quorum_policy_does_what_it_says() {
-        use crate::scheduler::Role;
+        use crate::model::Role;
         let cfg = crate::config::parse(
             r#"[cluster]
 name = "c"

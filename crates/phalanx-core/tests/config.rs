@@ -1,6 +1,8 @@
 //! Config validation: one test per kind of problem, each checking the reported line and column.
 
-use phalanx_core::config::{check, format_duration, parse, parse_duration, Severity};
+use phalanx_core::config::{check, parse};
+use phalanx_core::diag::Severity;
+use phalanx_core::duration::{format_duration, parse_duration};
 use std::time::Duration;
 
 const GOOD: &str = r#"[cluster]

@@ -1,8 +1,10 @@
 //! Validation of the resource sections: one test per kind of problem, each checking where it is
 //! reported (line:col), plus what a valid model looks like once parsed.
 
-use phalanx_core::config::{check, Severity};
-use phalanx_core::resources::{AgentSpec, Constraint, Failback, OnFail, INFINITY};
+use phalanx_core::config::check;
+use phalanx_core::diag::Severity;
+use phalanx_core::model::INFINITY;
+use phalanx_core::resources::{AgentSpec, Constraint, Failback, OnFail};
 use std::time::Duration;
 
 // (The watchdog lease stands in for fence devices, which these tests are not about.)

@@ -3,7 +3,8 @@
 //! more than `promoted_max` primaries; nothing starts on a lost, standby or maintenance node;
 //! group members end on one node; and every stop of a resource precedes its starts.
 
-use phalanx_core::scheduler::{schedule, ActionKind, Input, NodeState, OperatorConstraint, ResourceState, Role};
+use phalanx_core::model::Role;
+use phalanx_core::scheduler::{schedule, ActionKind, Input, NodeState, OperatorConstraint, ResourceState};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 
