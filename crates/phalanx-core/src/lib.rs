@@ -5,8 +5,10 @@
 
 pub mod config;
 pub mod fencing;
+pub mod forwarding;
 pub mod liveness;
 pub mod ocf;
+pub mod outcome;
 pub mod quorum;
 pub mod resources;
 pub mod scheduler;
@@ -14,5 +16,6 @@ pub mod state;
 
 pub use config::{Config, Diagnostic, Severity};
 pub use liveness::{Detector, LivenessEvent};
+pub use outcome::RejectReason;
 pub use quorum::{NoQuorumPolicy, QuorumView};
 pub use state::{ClusterState, Command, Liveness, NewNode, NodeRecord, Outcome};
