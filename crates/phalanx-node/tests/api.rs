@@ -176,6 +176,9 @@ async fn unknown_things_are_404_and_bad_json_400() {
     let r = call(&peer, "POST", "/raft/nosuch", Some(&t), "").await;
     error(&r, StatusCode::NOT_FOUND, "not_found");
 
+    let r = call(&peer, "GET", "/peer/write", Some(&t), "").await;
+    error(&r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+
     // Each router serves its own routes only.
     error(
         &call(&peer, "GET", "/v1/status", Some(&t), "").await,

@@ -6,7 +6,8 @@
 //! hand so that malformed JSON is a 400 with serde's reason. One `ApiError` maps every failure
 //! to a status and a JSON body `{"error": KIND, "reason": TEXT}`: retryable (no leader,
 //! forwarding failed, Raft busy) 503 with `Retry-After`, refused 409, forbidden 403, unknown
-//! 404, bad input 400; the reason is one human line, never a debug dump of internals.
+//! 404 (405 for a known route with the wrong method), bad input 400; the reason is one human
+//! line, never a debug dump of internals (faults inside the node are logged, not returned).
 
 pub mod operator;
 pub mod peer;
@@ -39,6 +40,9 @@ pub enum ApiError {
     /// It names something that does not exist (a node, a resource, a route).
     #[error("{0}")]
     NotFound(String),
+    /// The route exists, not with this method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// Never allowed on this route (a leader's decision sent to be forwarded).
     #[error("{0}")]
     Forbidden(String),
@@ -60,6 +64,7 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::BadInput(_) => "bad_input",
             ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Refused(_) => "refused",
             ApiError::Unavailable(_) => "unavailable",
@@ -72,6 +77,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::BadInput(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Refused(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -148,10 +154,16 @@ async fn unknown_route(req: Request) -> ApiError {
     ApiError::NotFound(format!("no route {} {}", req.method(), req.uri().path()))
 }
 
-/// Routes → a servable router: unknown paths are a JSON 404, everything behind the token.
+async fn wrong_method(req: Request) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{} does not take {}", req.uri().path(), req.method()))
+}
+
+/// Routes → a servable router: unknown paths are a JSON 404 and wrong methods a JSON 405,
+/// everything behind the token.
 pub(crate) fn finish(routes: Router<Arc<Node>>, node: Arc<Node>) -> Router {
     routes
         .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(middleware::from_fn_with_state(node.clone(), auth))
         .with_state(node)
 }
@@ -168,4 +180,74 @@ pub async fn serve(
     listener: crate::transport::Listener,
 ) -> Result<(), crate::transport::TransportError> {
     crate::transport::serve(listener, app(node)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::ForwardError;
+
+    async fn answer(e: ApiError) -> (StatusCode, Option<String>, serde_json::Value) {
+        let resp = e.into_response();
+        let status = resp.status();
+        let retry = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        (status, retry, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn node_errors_map_to_status_kind_and_reason() {
+        let (status, retry, body) = answer(NodeError::NoLeader.into()).await;
+        assert_eq!((status, retry.as_deref()), (StatusCode::SERVICE_UNAVAILABLE, Some("1")));
+        assert_eq!(body["error"], "unavailable");
+        assert!(body["reason"].as_str().unwrap().starts_with("no leader"), "{body}");
+
+        let (status, retry, body) = answer(NodeError::NotLeader { leader: Some(2) }.into()).await;
+        assert_eq!((status, retry.as_deref()), (StatusCode::SERVICE_UNAVAILABLE, Some("1")));
+        assert_eq!(body["error"], "unavailable");
+
+        let failed = ForwardError::Failed {
+            leader: "10.0.0.1:7480".into(),
+            status: 503,
+            reason: "no leader".into(),
+        };
+        let (status, _, _) = answer(NodeError::Forward(failed).into()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+        let refused = ForwardError::Refused {
+            leader: "10.0.0.1:7480".into(),
+            status: 403,
+            reason: "SetPlan is a leader's decision".into(),
+        };
+        let (status, retry, body) = answer(NodeError::Forward(refused).into()).await;
+        assert_eq!((status, retry), (StatusCode::CONFLICT, None));
+        assert_eq!(body["error"], "refused");
+
+        let (status, _, body) = answer(NodeError::NotForwardable { command: "SetPlan" }.into()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(body["error"], "forbidden");
+
+        let stopped: ApiError = NodeError::RaftStopped(openraft::error::Fatal::Panicked).into();
+        let (status, _, body) = answer(stopped).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            !body["reason"].as_str().unwrap().contains("panicked"),
+            "no internals: {body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn outcomes_map_to_200_409_and_404() {
+        assert!(outcome(Outcome::Ok).is_ok());
+        assert!(outcome(Outcome::Unchanged).is_ok());
+        let refused = outcome(Outcome::Rejected(phalanx_core::RejectReason::EmptyAttrKey)).unwrap_err();
+        let (status, _, body) = answer(refused).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(body["reason"], "attribute key is empty");
+        let unknown = outcome(Outcome::NoSuchNode("no node named \"zz\"".into())).unwrap_err();
+        assert_eq!(answer(unknown).await.0, StatusCode::NOT_FOUND);
+    }
 }
