@@ -7,6 +7,8 @@ use crate::scheduler::{self, Action, ActionKind, OperatorConstraint, Role};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
+pub use crate::outcome::{Outcome, RejectReason};
+
 /// Liveness of a node as recorded in the replicated state (set by the leader from its detector).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -279,17 +281,6 @@ pub struct NewNode {
     pub api: String,
 }
 
-/// The outcome of applying one command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Outcome {
-    Ok,
-    /// Applied but nothing changed.
-    Unchanged,
-    /// The command names a node that is not a member.
-    NoSuchNode(String),
-    Rejected(String),
-}
-
 impl ClusterState {
     pub fn node_by_id(&self, id: u64) -> Option<(&String, &NodeRecord)> {
         self.nodes.iter().find(|(_, n)| n.id == id)
@@ -329,20 +320,26 @@ impl ClusterState {
             Command::AddNode { name, id, links, api } => {
                 let id = &id.unwrap_or(self.max_node_id + 1);
                 if name.is_empty() || links.is_empty() {
-                    return Err(Outcome::Rejected("a node needs a name and at least one link".into()));
+                    return Err(Outcome::Rejected(RejectReason::NodeIncomplete));
                 }
                 if self.nodes.contains_key(name) {
-                    return Err(Outcome::Rejected(format!("node {name:?} already exists")));
+                    return Err(Outcome::Rejected(RejectReason::NodeExists { name: name.clone() }));
                 }
                 if *id <= self.max_node_id {
-                    return Err(Outcome::Rejected(format!("node id {id} was already assigned")));
+                    return Err(Outcome::Rejected(RejectReason::NodeIdAssigned { id: *id }));
                 }
                 for (other, n) in &self.nodes {
                     if let Some(l) = links.iter().find(|l| n.links.contains(l)) {
-                        return Err(Outcome::Rejected(format!("link {l} is already used by {other}")));
+                        return Err(Outcome::Rejected(RejectReason::LinkInUse {
+                            link: l.clone(),
+                            by: other.clone(),
+                        }));
                     }
                     if n.api == *api {
-                        return Err(Outcome::Rejected(format!("api {api} is already used by {other}")));
+                        return Err(Outcome::Rejected(RejectReason::ApiInUse {
+                            api: api.clone(),
+                            by: other.clone(),
+                        }));
                     }
                 }
                 self.max_node_id = *id;
@@ -411,8 +408,12 @@ impl ClusterState {
                 Ok(Outcome::Ok)
             }
             Command::SetPlan { actions, edges } => {
-                if edges.iter().any(|(a, b)| *a >= actions.len() || *b >= actions.len()) {
-                    return Err(Outcome::Rejected("plan edge out of range".into()));
+                if let Some((from, to)) = edges.iter().find(|(a, b)| *a >= actions.len() || *b >= actions.len()) {
+                    return Err(Outcome::Rejected(RejectReason::PlanEdgeOutOfRange {
+                        from: *from,
+                        to: *to,
+                        actions: actions.len(),
+                    }));
                 }
                 self.plan = PlanRecord {
                     id: self.plan.id + 1,
@@ -431,10 +432,10 @@ impl ClusterState {
                 incarnation,
             } => {
                 if *plan_id != self.plan.id {
-                    return Err(Outcome::Rejected(format!(
-                        "plan {plan_id} is not the current plan ({})",
-                        self.plan.id
-                    )));
+                    return Err(Outcome::Rejected(RejectReason::StalePlan {
+                        plan_id: *plan_id,
+                        current: self.plan.id,
+                    }));
                 }
                 let open = |i: &usize| {
                     self.plan.actions.get(*i).is_some_and(|a| a.node == *node)
@@ -442,9 +443,11 @@ impl ClusterState {
                         && !self.plan.failed.contains(i)
                 };
                 if let Some(i) = indices.iter().find(|i| !open(i)) {
-                    return Err(Outcome::Rejected(format!(
-                        "action {i} of plan {plan_id} is not {node}'s to run now"
-                    )));
+                    return Err(Outcome::Rejected(RejectReason::ActionNotOpen {
+                        index: *i,
+                        plan_id: *plan_id,
+                        node: node.clone(),
+                    }));
                 }
                 for i in indices {
                     self.plan.claimed.insert(*i, *incarnation);
@@ -548,7 +551,7 @@ impl ClusterState {
             }
             Command::SetAttr { name, key, value } => {
                 if key.is_empty() {
-                    return Err(Outcome::Rejected("attribute key is empty".into()));
+                    return Err(Outcome::Rejected(RejectReason::EmptyAttrKey));
                 }
                 let n = self.node_mut(name)?;
                 let old = match value {
@@ -842,7 +845,10 @@ mod tests {
         s.apply(&add("n1", 1));
         s.apply(&add("n2", 2));
         s.apply(&Command::RemoveNode { name: "n2".into() });
-        assert!(matches!(s.apply(&add("n2", 2)), Outcome::Rejected(_)));
+        assert_eq!(
+            s.apply(&add("n2", 2)),
+            Outcome::Rejected(RejectReason::NodeIdAssigned { id: 2 })
+        );
         assert_eq!(s.apply(&add("n2", 3)), Outcome::Ok);
     }
 
@@ -1139,7 +1145,10 @@ mod resource_tests {
             incarnation: 7,
         };
         assert!(
-            matches!(s.apply(&claim(old, "n2")), Outcome::Rejected(_)),
+            matches!(
+                s.apply(&claim(old, "n2")),
+                Outcome::Rejected(RejectReason::ActionNotOpen { index: 0, .. })
+            ),
             "not n2's action"
         );
         assert_eq!(s.apply(&claim(old, "n1")), Outcome::Ok);
@@ -1149,7 +1158,10 @@ mod resource_tests {
             edges: vec![],
         });
         assert!(
-            matches!(s.apply(&claim(old, "n1")), Outcome::Rejected(_)),
+            matches!(
+                s.apply(&claim(old, "n1")),
+                Outcome::Rejected(RejectReason::StalePlan { .. })
+            ),
             "a replaced plan cannot be claimed"
         );
         let new = s.plan.id;
@@ -1279,7 +1291,11 @@ mod resource_tests {
                 actions: vec![],
                 edges: vec![(0, 1)]
             }),
-            Outcome::Rejected(_)
+            Outcome::Rejected(RejectReason::PlanEdgeOutOfRange {
+                from: 0,
+                to: 1,
+                actions: 0
+            })
         ));
     }
 }

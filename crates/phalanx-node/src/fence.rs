@@ -37,11 +37,9 @@ pub struct Fencer {
 }
 
 impl Fencer {
-    pub fn new(cfg: FenceConfig) -> Fencer {
-        Fencer {
-            cfg,
-            http: reqwest::Client::new(),
-        }
+    /// `http` is the client of HTTP devices (see `transport::device_client`).
+    pub fn new(cfg: FenceConfig, http: reqwest::Client) -> Fencer {
+        Fencer { cfg, http }
     }
 
     pub fn config(&self) -> &FenceConfig {

@@ -1,6 +1,7 @@
 //! phalanx-node: all the IO of a phalanx node. The heartbeat mesh (UDP, HMAC-signed), the
-//! openraft glue (redb storage, HTTP transport), the controller that keeps the replicated state
-//! in line with what the node observes, and the HTTP API. The pure decisions live in
+//! openraft glue (redb storage, Raft RPC), the controller that keeps the replicated state
+//! in line with what the node observes, the HTTP API (operator and peer routers), and
+//! `transport`, the one place that builds HTTP clients and listeners. The pure decisions live in
 //! `phalanx-core`; this crate only moves bytes, keeps time and persists.
 
 pub mod agents;
@@ -8,11 +9,13 @@ pub mod api;
 pub mod executor;
 pub mod fakenet;
 pub mod fence;
+pub mod forward;
 pub mod key;
 pub mod mesh;
 pub mod metrics;
 pub mod node;
 pub mod raft;
+pub mod transport;
 pub mod vip;
 pub mod watchdog;
 

@@ -8,7 +8,7 @@ use crate::key::ClusterKey;
 use crate::mesh::{self, DatagramOut, Inbound, Mesh, MeshSettings, MeshStats, PeerStatus};
 use crate::raft::store::{LogStore, SmData, StateMachine};
 use crate::raft::{raft_config, BasicNode, NodeId, Raft, Request, TypeConfig, WITNESS_ID, WITNESS_NAME};
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, Fatal, RaftError};
 use openraft::network::RaftNetworkFactory;
 use openraft::{ChangeMembers, ServerState};
 use phalanx_core::config::Config;
@@ -23,18 +23,42 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// What can go wrong starting a node or committing through it. openraft's error kinds are kept
+/// (the API tells a retryable one from a refusal by the variant).
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("raft: {0}")]
-    Raft(String),
+    #[error("the Raft settings derived from [cluster] are invalid: {0}")]
+    RaftConfig(#[from] openraft::ConfigError),
+    /// Raft stopped on this node (storage failure, panic or shutdown).
+    #[error("raft has stopped on this node: {0}")]
+    RaftStopped(#[from] Fatal<NodeId>),
     #[error("no leader is known right now (the cluster may have no quorum)")]
     NoLeader,
-    #[error("forwarding to the leader at {leader}: {error}")]
-    Forward { leader: String, error: String },
+    /// openraft's ForwardToLeader where forwarding is not wanted: a leader's decision or a
+    /// membership change, attempted by a node that is not (or no longer) the leader.
     #[error("this node is not the leader (a leader's decision is never forwarded)")]
-    NotLeader,
+    NotLeader { leader: Option<NodeId> },
+    #[error("forwarding to the leader: {0}")]
+    Forward(#[from] crate::forward::ForwardError),
+    #[error("changing the Raft membership: {0}")]
+    Membership(#[from] ChangeMembershipError<NodeId>),
+    /// Only the leader's own controller writes this command (see `Command::forwardable`).
+    #[error("{command} is a leader's decision: only the leader's own controller writes it")]
+    NotForwardable { command: &'static str },
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
     #[error("storage: {0}")]
     Store(#[from] crate::raft::store::StoreError),
+}
+
+impl From<RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>> for NodeError {
+    fn from(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Self {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => NodeError::NotLeader { leader: f.leader_id },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => NodeError::Membership(c),
+            RaftError::Fatal(f) => NodeError::RaftStopped(f),
+        }
+    }
 }
 
 /// Everything a node needs to start.
@@ -185,7 +209,7 @@ pub struct Node {
 
 impl Node {
     /// Start Raft, the mesh and the controller. `net` carries Raft RPCs, `out`/`inbound` carry
-    /// heartbeats; the caller serves the API (see `crate::api::router`).
+    /// heartbeats; the caller serves the API (see `crate::api::app`).
     pub async fn start<N: RaftNetworkFactory<TypeConfig>>(
         opts: NodeOptions,
         db: Arc<redb::Database>,
@@ -198,13 +222,11 @@ impl Node {
         let mut rc = raft_config(&opts.config.cluster);
         // The witness campaigns only when it alone holds the newest entries (`witness_round`).
         rc.enable_elect = opts.id != WITNESS_ID;
-        let cfg = Arc::new(rc.validate().map_err(|e| NodeError::Raft(e.to_string()))?);
+        let cfg = Arc::new(rc.validate()?);
         let sm = StateMachine::load(db.clone())?;
         let state = sm.shared();
         let applied = sm.applied();
-        let raft = Raft::new(opts.id, cfg, net, LogStore::new(db), sm)
-            .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let raft = Raft::new(opts.id, cfg, net, LogStore::new(db), sm).await?;
         let mesh = Mesh::new(MeshSettings {
             cluster: opts.config.cluster.name.clone(),
             me: opts.name.clone(),
@@ -221,14 +243,11 @@ impl Node {
             raft,
             mesh: mesh.clone(),
             incarnation,
-            fencer: crate::fence::Fencer::new(opts.config.fence.clone()),
+            fencer: crate::fence::Fencer::new(opts.config.fence.clone(), crate::transport::device_client()?),
             state,
             applied,
             token: opts.key.api_token(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .map_err(|e| NodeError::Raft(e.to_string()))?,
+            http: crate::transport::forward_client()?,
             leader_since: AtomicU64::new(0),
             started: tokio::time::Instant::now(),
             campaign: std::sync::Mutex::new(None),
@@ -240,13 +259,7 @@ impl Node {
         node.refresh_peers();
         tokio::spawn(mesh.run(out, inbound));
 
-        if opts.bootstrap
-            && !node
-                .raft
-                .is_initialized()
-                .await
-                .map_err(|e| NodeError::Raft(e.to_string()))?
-        {
+        if opts.bootstrap && !node.raft.is_initialized().await? {
             // Every listed node initializes with the same membership: openraft allows this and
             // it means the cluster forms whichever nodes come up first.
             let witness = node.config.witness.as_ref();
@@ -277,7 +290,7 @@ impl Node {
         &self.token
     }
 
-    /// The node's pooled HTTP client (forwarding to the leader).
+    /// The node's pooled HTTP client (forwarding to the leader; built by `transport`).
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }
@@ -749,8 +762,7 @@ impl Node {
                 tracing::info!(node = id, "adding learner");
                 self.raft
                     .add_learner(*id, BasicNode::new(rec.api.clone()), false)
-                    .await
-                    .map_err(|e| NodeError::Raft(e.to_string()))?;
+                    .await?;
                 return Ok(());
             }
         }
@@ -767,15 +779,13 @@ impl Node {
                 tracing::info!(nodes = ?departed_voters, "removing voters");
                 self.raft
                     .change_membership(ChangeMembers::RemoveVoters(departed_voters), false)
-                    .await
-                    .map_err(|e| NodeError::Raft(e.to_string()))?;
+                    .await?;
                 return Ok(());
             }
             tracing::info!(nodes = ?departed, "removing learners");
             self.raft
                 .change_membership(ChangeMembers::RemoveNodes(departed), false)
-                .await
-                .map_err(|e| NodeError::Raft(e.to_string()))?;
+                .await?;
             return Ok(());
         }
         // 4. Promote caught-up, reachable learners while there are fewer than 7 voters.
@@ -808,41 +818,28 @@ impl Node {
                 tracing::info!(nodes = ?candidates, "promoting learners to voters");
                 self.raft
                     .change_membership(ChangeMembers::AddVoterIds(candidates), false)
-                    .await
-                    .map_err(|e| NodeError::Raft(e.to_string()))?;
+                    .await?;
             }
         }
         Ok(())
     }
 
-    /// Commit a command through Raft, forwarding to the leader when this node is not it.
+    /// Commit an operator request, an agent's result or a claim through Raft, forwarding it
+    /// to the leader when this node is not it. A leader's decision (`Command::forwardable` is
+    /// false) is refused here, whoever asks: it goes through `write_as_leader` only.
     pub async fn write(&self, cmd: Command) -> Result<Outcome, NodeError> {
+        if !cmd.forwardable() {
+            return Err(NodeError::NotForwardable { command: cmd.name() });
+        }
         match self.raft.client_write(Request(cmd.clone())).await {
             Ok(resp) => Ok(self.committed(resp.data.0).await),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 let Some(leader) = f.leader_node else {
                     return Err(NodeError::NoLeader);
                 };
-                let url = format!("http://{}/v1/write", leader.addr);
-                let fwd = |error: String| NodeError::Forward {
-                    leader: leader.addr.clone(),
-                    error,
-                };
-                let resp = self
-                    .http
-                    .post(url)
-                    .bearer_auth(&self.token)
-                    .json(&cmd)
-                    .send()
-                    .await
-                    .map_err(|e| fwd(e.to_string()))?;
-                if !resp.status().is_success() {
-                    let status = resp.status();
-                    return Err(fwd(format!("{status}: {}", resp.text().await.unwrap_or_default())));
-                }
-                resp.json::<Outcome>().await.map_err(|e| fwd(e.to_string()))
+                Ok(crate::forward::to_leader(&self.http, &self.token, &leader.addr, &cmd).await?)
             }
-            Err(e) => Err(NodeError::Raft(e.to_string())),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -855,8 +852,7 @@ impl Node {
     async fn write_as_leader(&self, cmd: Command) -> Result<Outcome, NodeError> {
         match self.raft.client_write(Request(cmd)).await {
             Ok(resp) => Ok(self.committed(resp.data.0).await),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(NodeError::NotLeader),
-            Err(e) => Err(NodeError::Raft(e.to_string())),
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -1,13 +1,57 @@
 //! The API client used by the CLI, the demo and the process tests: bearer-token requests to a
-//! node's `/v1/` API, with answers decoded or turned into errors that carry the server's reason.
+//! node's `/v1/` API over the client `phalanx_node::transport` builds, with answers decoded or
+//! turned into an [`ApiFailure`] that carries the server's `{error, reason}`.
 
 use anyhow::{anyhow, Context, Result};
 use phalanx_core::config::Config;
-use phalanx_node::{ClusterKey, StatusReport};
+use phalanx_node::{transport, ClusterKey, StatusReport};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// An error answer of the API: its HTTP status, its kind (`unavailable`, `refused`...) and the
+/// server's reason; `retry_after` when the server asked to retry (503).
+#[derive(Debug, Clone)]
+pub struct ApiFailure {
+    pub status: u16,
+    pub kind: Option<String>,
+    pub reason: String,
+    pub retry_after: Option<Duration>,
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (HTTP {}", self.reason, self.status)?;
+        if let Some(r) = self.retry_after {
+            write!(f, ", retry in {} s", r.as_secs())?;
+        }
+        f.write_str(")")
+    }
+}
+
+impl std::error::Error for ApiFailure {}
+
+impl ApiFailure {
+    fn from_answer(status: reqwest::StatusCode, retry_after: Option<&str>, text: &str) -> Self {
+        let v = serde_json::from_str::<serde_json::Value>(text).ok();
+        let field = |k: &str| v.as_ref().and_then(|v| v.get(k)?.as_str().map(str::to_string));
+        let reason = field("reason")
+            .or_else(|| field("error"))
+            .unwrap_or_else(|| match text.trim() {
+                "" => status.canonical_reason().unwrap_or("no reason given").to_string(),
+                t => t.to_string(),
+            });
+        ApiFailure {
+            status: status.as_u16(),
+            kind: field("reason").and(field("error")),
+            reason,
+            retry_after: retry_after
+                .and_then(|r| r.trim().parse::<u64>().ok())
+                .map(Duration::from_secs),
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct Client {
@@ -32,56 +76,49 @@ pub fn load_config(path: &Path) -> Result<Config> {
 }
 
 impl Client {
-    pub fn new(key: &ClusterKey) -> Self {
-        Client {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .connect_timeout(Duration::from_millis(500))
-                .build()
-                // Invariant: a plain HTTP client without TLS always builds.
-                .expect("building the HTTP client"),
+    /// A client with the API token of `key`; requests end within 5 s.
+    pub fn new(key: &ClusterKey) -> Result<Self> {
+        Ok(Client {
+            http: transport::api_client(Duration::from_secs(5))?,
             token: key.api_token(),
-        }
+        })
     }
 
-    pub fn with_timeout(mut self, t: Duration) -> Self {
-        self.http = reqwest::Client::builder()
-            .timeout(t)
-            .connect_timeout(t.min(Duration::from_millis(500)))
-            .build()
-            .expect("building the HTTP client");
-        self
+    /// The same client with requests bounded by `t` instead.
+    pub fn with_timeout(mut self, t: Duration) -> Result<Self> {
+        self.http = transport::api_client(t)?;
+        Ok(self)
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T> {
         let resp = req.bearer_auth(&self.token).send().await?;
         let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let text = resp.text().await?;
         if !status.is_success() {
-            let reason = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-                .unwrap_or(text);
-            return Err(anyhow!("{status}: {reason}"));
+            return Err(ApiFailure::from_answer(status, retry_after.as_deref(), &text).into());
         }
         serde_json::from_str(&text).with_context(|| format!("decoding the answer: {text}"))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, api: &str, path: &str) -> Result<T> {
-        self.send(self.http.get(format!("http://{api}{path}"))).await
+        self.send(self.http.get(transport::url(api, path))).await
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, api: &str, path: &str, body: &B) -> Result<T> {
-        self.send(self.http.post(format!("http://{api}{path}")).json(body))
-            .await
+        self.send(self.http.post(transport::url(api, path)).json(body)).await
     }
 
     pub async fn put<B: Serialize, T: DeserializeOwned>(&self, api: &str, path: &str, body: &B) -> Result<T> {
-        self.send(self.http.put(format!("http://{api}{path}")).json(body)).await
+        self.send(self.http.put(transport::url(api, path)).json(body)).await
     }
 
     pub async fn delete<T: DeserializeOwned>(&self, api: &str, path: &str) -> Result<T> {
-        self.send(self.http.delete(format!("http://{api}{path}"))).await
+        self.send(self.http.delete(transport::url(api, path))).await
     }
 
     pub async fn status(&self, api: &str) -> Result<StatusReport> {
@@ -91,7 +128,7 @@ impl Client {
     pub async fn metrics(&self, api: &str) -> Result<String> {
         let resp = self
             .http
-            .get(format!("http://{api}/metrics"))
+            .get(transport::url(api, "/metrics"))
             .bearer_auth(&self.token)
             .send()
             .await?;
@@ -108,5 +145,30 @@ impl Client {
             }
         }
         Err(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiFailure;
+    use reqwest::StatusCode;
+
+    #[test]
+    fn the_failure_carries_the_servers_reason() {
+        let f = ApiFailure::from_answer(
+            StatusCode::CONFLICT,
+            None,
+            r#"{"error":"refused","reason":"node \"n2\" already exists"}"#,
+        );
+        assert_eq!(f.kind.as_deref(), Some("refused"));
+        assert_eq!(f.to_string(), "node \"n2\" already exists (HTTP 409)");
+        let f = ApiFailure::from_answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("1"),
+            r#"{"error":"unavailable","reason":"no leader is known right now"}"#,
+        );
+        assert_eq!(f.to_string(), "no leader is known right now (HTTP 503, retry in 1 s)");
+        let f = ApiFailure::from_answer(StatusCode::BAD_GATEWAY, None, "");
+        assert_eq!(f.to_string(), "Bad Gateway (HTTP 502)");
     }
 }

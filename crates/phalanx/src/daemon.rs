@@ -7,7 +7,7 @@
 use crate::client::{key_path, load_config, Client};
 use anyhow::{anyhow, bail, Context, Result};
 use phalanx_core::NodeRecord;
-use phalanx_node::{mesh, raft, ClusterKey, Node, NodeOptions};
+use phalanx_node::{mesh, raft, transport, ClusterKey, Node, NodeOptions};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -50,10 +50,10 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     adopt_agent_meta(&mut config, &args.config, &runner).await;
     let db = raft::store::open(&data_dir.join("raft.redb"))?;
     let (out, inbound) = mesh::bind_udp(&links).await?;
-    let listener = tokio::net::TcpListener::bind(api)
+    let listener = transport::bind(api)
         .await
         .with_context(|| format!("binding the API on {api}"))?;
-    let network = raft::network::HttpNetwork::new(key.api_token());
+    let network = raft::network::HttpNetwork::new(key.api_token())?;
     let node = Node::start(
         NodeOptions {
             config: config.clone(),
@@ -76,7 +76,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
 }
 
 /// Serve the API until the server fails or a signal arrives, then shut the node down.
-async fn serve_until_signal(node: std::sync::Arc<Node>, listener: tokio::net::TcpListener) -> Result<()> {
+async fn serve_until_signal(node: std::sync::Arc<Node>, listener: transport::Listener) -> Result<()> {
     let server = tokio::spawn(phalanx_node::api::serve(node.clone(), listener));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -106,10 +106,10 @@ pub async fn run_witness(config_path: &Path, listen: Option<&str>, data_dir: Opt
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let db = raft::store::open(&data_dir.join("raft.redb"))?;
     let (out, inbound) = mesh::bind_udp(&[listen]).await?;
-    let listener = tokio::net::TcpListener::bind(listen)
+    let listener = transport::bind(listen)
         .await
         .with_context(|| format!("binding the witness on {listen}"))?;
-    let network = raft::network::HttpNetwork::new(key.api_token());
+    let network = raft::network::HttpNetwork::new(key.api_token())?;
     let node = Node::start(
         NodeOptions {
             config,
@@ -149,7 +149,7 @@ async fn adopt_agent_meta(config: &mut phalanx_core::Config, path: &Path, runner
 }
 
 async fn lookup_joiner(config: &phalanx_core::Config, key: &ClusterKey, name: &str) -> Result<NodeRecord> {
-    let client = Client::new(key);
+    let client = Client::new(key)?;
     // Ask every listed node: a follower may not have applied the `node add` yet (its replica
     // lags the leader), so one that does not know the name is not the last word. Keep asking
     // for a while before giving up.

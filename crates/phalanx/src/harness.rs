@@ -156,7 +156,7 @@ impl LocalCluster {
         std::fs::write(&config_path, toml)?;
         let key = ClusterKey::generate(&dir.join("phalanx.key"))?;
         Ok(LocalCluster {
-            client: Client::new(&key).with_timeout(Duration::from_millis(1500)),
+            client: Client::new(&key)?.with_timeout(Duration::from_millis(1500))?,
             dir,
             config_path,
             nodes,

@@ -292,7 +292,7 @@ fn apis(cli: &Cli) -> Result<(Client, Vec<String>)> {
         Some(a) => vec![a.clone()],
         None => config.nodes.iter().map(|n| n.api.to_string()).collect(),
     };
-    Ok((Client::new(&key), apis))
+    Ok((Client::new(&key)?, apis))
 }
 
 async fn run(cli: Cli) -> Result<i32> {

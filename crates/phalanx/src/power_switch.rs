@@ -93,11 +93,11 @@ pub async fn serve(
         .route("/outlets/{plug}", get(one))
         .route("/outlets/{plug}/{action}", post(act))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(listen)
+    let listener = phalanx_node::transport::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     tracing::info!(%listen, "power switch listening");
-    axum::serve(listener, app).await?;
+    phalanx_node::transport::serve(listener, app).await?;
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! Real `phalanx daemon` processes on loopback: leader crash and rejoin, no acknowledged write
-//! lost across kill -9, redundant links, membership changes, the API's 400/401, and the CLI.
+//! lost across kill -9, redundant links, membership changes, the API's 400/401, a leader's
+//! decision sent over the API refused (the `/v1/write` replay), and the CLI.
 
 use phalanx::harness::{LocalCluster, Spec};
 use phalanx_node::StatusReport;
@@ -10,13 +11,18 @@ use std::time::{Duration, Instant};
 const T: Duration = Duration::from_secs(40);
 
 fn cluster(nodes: usize) -> LocalCluster {
+    cluster_with(nodes, "")
+}
+
+/// A started cluster with `extra` (resources...) appended to its config.
+fn cluster_with(nodes: usize, extra: &str) -> LocalCluster {
     let mut c = LocalCluster::create(Spec {
         nodes,
         heartbeat: Duration::from_millis(100),
         links: 2,
         exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
         keep: std::env::var_os("PHALANX_KEEP").is_some(),
-        extra_config: String::new(),
+        extra_config: extra.to_string(),
         cluster_extra: String::new(),
     })
     .unwrap();
@@ -277,7 +283,8 @@ async fn api_refuses_bad_tokens_and_malformed_json_and_serves_metrics() {
     let bad = post("/v1/nodes/n1/standby", "{\"standby\": tru").await.unwrap();
     assert_eq!(bad.status(), 400);
     let body: serde_json::Value = bad.json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().contains("malformed JSON"), "{body}");
+    assert_eq!(body["error"], "bad_input", "{body}");
+    assert!(body["reason"].as_str().unwrap().contains("malformed JSON"), "{body}");
     assert_eq!(
         post("/v1/nodes/n1/standby", "{\"stanby\": true}")
             .await
@@ -326,6 +333,125 @@ async fn api_refuses_bad_tokens_and_malformed_json_and_serves_metrics() {
     }
     // The node survived all of it.
     assert!(c.status("n1").await.unwrap().quorum);
+}
+
+/// Issue 11's repro: `POST /v1/write` with `{"SetLiveness": {"name": HOLDER, "liveness":
+/// "offline"}}` and the API token made the leader start a second copy of a running resource
+/// with no fence. Replayed at the leader's old `/v1/write` (gone: 404) and at the peer
+/// forwarding route of the leader and of a follower (a leader's decision: 403); the resource
+/// keeps running on one node, no node is recorded offline, and an allowed forwarded write
+/// still commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaders_decision_sent_over_the_api_is_refused() {
+    let dir = std::env::temp_dir().join(format!(
+        "phalanx-replay-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = format!("{}/web-${{OCF_RESKEY_CRM_meta_on_node}}", dir.display());
+    let c = cluster_with(
+        3,
+        &format!(
+            "\n[[resource]]\nid = \"web\"\nagent = \"exec\"\nparams = {{ start = \"touch {file}\", stop = \"rm -f {file}\", monitor = \"test -f {file} || exit 7\" }}\nmonitor = {{ interval = \"500ms\", timeout = \"5s\" }}\n"
+        ),
+    );
+    let leader = c.wait_stable(T).await.unwrap();
+    let web_on = |s: &StatusReport| -> Option<Vec<String>> {
+        let r = s.resources.iter().find(|r| r.id == "web")?;
+        Some(r.running.keys().cloned().collect())
+    };
+    let holder = c
+        .wait_for(T, "web running on one node in every view", |st| {
+            let first = web_on(st.values().next()?)?;
+            (st.len() == 3
+                && first.len() == 1
+                && st
+                    .values()
+                    .all(|s| s.plan_pending == 0 && web_on(s).as_ref() == Some(&first)))
+            .then(|| first[0].clone())
+        })
+        .await
+        .unwrap();
+    let markers = || -> Vec<String> {
+        let mut m: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        m.sort();
+        m
+    };
+    // A node fenced during start-up (a missed heartbeat on a loaded machine) keeps its marker:
+    // the power switch kills the daemon, not the file. What counts is that nothing new starts.
+    let baseline = markers();
+    assert!(baseline.contains(&format!("web-{holder}")), "{baseline:?}");
+
+    let token = phalanx_node::ClusterKey::load(&c.dir.join("phalanx.key"))
+        .unwrap()
+        .api_token();
+    let http = reqwest::Client::new();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let forged = serde_json::json!({ "SetLiveness": { "name": holder, "liveness": "offline", "at_ms": now_ms } });
+    let follower = c.running().into_iter().find(|n| *n != leader).unwrap();
+    let send = |node: &str, path: &str| {
+        let api = c.node(node).unwrap().api.clone();
+        http.post(format!("http://{api}{path}"))
+            .bearer_auth(&token)
+            .json(&forged)
+            .send()
+    };
+    let r = send(&leader, "/v1/write").await.unwrap();
+    assert_eq!(r.status(), 404, "/v1/write is gone from the operator router");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "not_found", "{body}");
+    for node in [&leader, &follower] {
+        let r = send(node, "/peer/write").await.unwrap();
+        assert_eq!(r.status(), 403, "{node} must refuse to forward a leader's decision");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "forbidden", "{body}");
+        assert!(
+            body["reason"]
+                .as_str()
+                .unwrap()
+                .contains("SetLiveness is a leader's decision"),
+            "{body}"
+        );
+    }
+
+    // For 20 heartbeats and more, every view shows web once, on its holder, and every node online.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        for (name, s) in c.statuses().await {
+            assert_eq!(web_on(&s), Some(vec![holder.clone()]), "{name}'s view of web");
+            for n in &s.nodes {
+                assert_ne!(
+                    n.liveness,
+                    phalanx_core::Liveness::Offline,
+                    "{name} sees {} offline",
+                    n.name
+                );
+            }
+        }
+        assert_eq!(markers(), baseline, "no second copy of web started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // What a follower may forward still goes through the peer route.
+    let api = c.node(&follower).unwrap().api.clone();
+    let r = http
+        .post(format!("http://{api}/peer/write"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "SetAttr": { "name": "n1", "key": "replayed", "value": "no" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap(), serde_json::json!("Ok"));
+    drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
-//! Raft RPC over HTTP: a pooled reqwest client posts postcard bodies to `/raft/{append,vote,
-//! snapshot}` on the peer's API address, with the cluster's bearer token; `serve_rpc` is the
-//! other end, mounted by the API router. Unreachable peers map to openraft's `Unreachable` so
-//! replication backs off instead of spinning.
+//! Raft RPC over HTTP: a pooled client (built by `transport`) posts postcard bodies to
+//! `/raft/{append,vote,snapshot}` on the peer's API address, with the cluster's bearer token;
+//! `serve_rpc` is the other end, mounted by the peer router (`api::peer`). Unreachable peers map
+//! to openraft's `Unreachable` so replication backs off instead of spinning.
 
 use super::{BasicNode, NodeId, Raft, TypeConfig};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
@@ -11,7 +11,6 @@ use openraft::raft::{
     VoteResponse,
 };
 use serde::{de::DeserializeOwned, Serialize};
-use std::time::Duration;
 
 /// Errors of the server side of an RPC (decoding the request).
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +19,8 @@ pub enum RpcError {
     UnknownRpc(String),
     #[error("malformed {rpc} request: {source}")]
     Malformed { rpc: &'static str, source: postcard::Error },
+    #[error("encoding the {rpc} answer: {source}")]
+    Encode { rpc: &'static str, source: postcard::Error },
 }
 
 /// Creates one connection handle per peer; all share one pooled HTTP client.
@@ -30,15 +31,11 @@ pub struct HttpNetwork {
 }
 
 impl HttpNetwork {
-    pub fn new(token: String) -> Self {
-        let client = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(30))
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_millis(500))
-            .build()
-            // Invariant: building a client without TLS or proxies from env cannot fail.
-            .expect("building the HTTP client");
-        HttpNetwork { client, token }
+    pub fn new(token: String) -> Result<Self, crate::transport::TransportError> {
+        Ok(HttpNetwork {
+            client: crate::transport::raft_client()?,
+            token,
+        })
     }
 }
 
@@ -46,7 +43,7 @@ pub struct HttpConn {
     client: reqwest::Client,
     token: String,
     target: NodeId,
-    base: String,
+    addr: String,
 }
 
 impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
@@ -57,7 +54,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
             client: self.client.clone(),
             token: self.token.clone(),
             target,
-            base: format!("http://{}", node.addr),
+            addr: node.addr.clone(),
         }
     }
 }
@@ -74,7 +71,7 @@ impl HttpConn {
         let body = postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let resp = self
             .client
-            .post(format!("{}/raft/{rpc}", self.base))
+            .post(crate::transport::url(&self.addr, &format!("/raft/{rpc}")))
             .bearer_auth(&self.token)
             .timeout(option.hard_ttl())
             .body(body)
@@ -134,17 +131,16 @@ fn decode<T: DeserializeOwned>(rpc: &'static str, body: &[u8]) -> Result<T, RpcE
     postcard::from_bytes(body).map_err(|source| RpcError::Malformed { rpc, source })
 }
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    // Invariant: openraft's messages serialize with postcard (checked by the store tests).
-    postcard::to_allocvec(v).expect("postcard encoding of a raft message")
+fn encode<T: Serialize>(rpc: &'static str, v: &T) -> Result<Vec<u8>, RpcError> {
+    postcard::to_allocvec(v).map_err(|source| RpcError::Encode { rpc, source })
 }
 
 /// Serve one incoming RPC: decode, hand to the local Raft, encode its answer.
 pub async fn serve_rpc(raft: &Raft, rpc: &str, body: &[u8]) -> Result<Vec<u8>, RpcError> {
-    Ok(match rpc {
-        "append" => encode(&raft.append_entries(decode("append", body)?).await),
-        "vote" => encode(&raft.vote(decode("vote", body)?).await),
-        "snapshot" => encode(&raft.install_snapshot(decode("snapshot", body)?).await),
-        other => return Err(RpcError::UnknownRpc(other.to_string())),
-    })
+    match rpc {
+        "append" => encode("append", &raft.append_entries(decode("append", body)?).await),
+        "vote" => encode("vote", &raft.vote(decode("vote", body)?).await),
+        "snapshot" => encode("snapshot", &raft.install_snapshot(decode("snapshot", body)?).await),
+        other => Err(RpcError::UnknownRpc(other.to_string())),
+    }
 }

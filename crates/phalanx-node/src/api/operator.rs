@@ -1,101 +1,41 @@
-//! The node's HTTP API (axum): JSON under `/v1/`, Prometheus text at `/metrics`, and Raft RPC
-//! under `/raft/`. Every route needs the cluster's bearer token (401 otherwise); bodies are
-//! parsed by hand so that malformed JSON gets a 400 with serde's reason; one `ApiError` maps to
-//! status codes and never leaks internals beyond a one-line reason.
+//! The operator router: the cluster's JSON API under `/v1/` (status, members, attributes,
+//! links, resource moves/bans/cleanups, maintenance, why) and Prometheus text at `/metrics`.
+//! Handlers validate their input and build the state command themselves; there is no route
+//! that takes a raw state command (the old `/v1/write` is gone: a follower's forwarding goes
+//! to the peer router, and refuses the leader's decisions).
 
-use crate::key::token_eq;
-use crate::node::{Node, NodeError};
+use super::{outcome, parse_json, ApiError};
+use crate::node::Node;
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use phalanx_core::config::DEFAULT_API_PORT;
 use phalanx_core::{Command, Outcome};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("missing or wrong bearer token")]
-    Unauthorized,
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = match self {
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response()
-    }
-}
-
-impl From<NodeError> for ApiError {
-    fn from(e: NodeError) -> Self {
-        ApiError::Unavailable(e.to_string())
-    }
-}
-
-fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
-}
-
-fn outcome(o: Outcome) -> Result<Json<Outcome>, ApiError> {
-    match o {
-        Outcome::Rejected(reason) => Err(ApiError::Conflict(reason)),
-        Outcome::NoSuchNode(reason) => Err(ApiError::NotFound(reason)),
-        o => Ok(Json(o)),
-    }
-}
-
-/// The router for one node.
+/// The operator router alone (`/v1/*` and `/metrics`), authenticated, for node `node`.
 pub fn router(node: Arc<Node>) -> Router {
+    super::finish(routes(), node)
+}
+
+/// The operator routes, without authentication or state (`api::app` merges them with the others).
+pub(super) fn routes() -> Router<Arc<Node>> {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/nodes", get(list_nodes).post(add_node))
-        .route("/v1/nodes/{name}", axum::routing::delete(remove_node))
+        .route("/v1/nodes/{name}", delete(remove_node))
         .route("/v1/nodes/{name}/standby", post(set_standby))
         .route("/v1/nodes/{name}/attrs/{key}", put(set_attr).delete(delete_attr))
         .route("/v1/links/{index}", post(set_link))
         .route("/v1/resources/{rsc}/{op}", post(resource_op))
         .route("/v1/maintenance", post(maintenance))
         .route("/v1/why/{rsc}", get(why))
-        .route("/v1/write", post(write))
         .route("/metrics", get(metrics))
-        .route("/raft/{rpc}", post(raft_rpc))
-        .layer(middleware::from_fn_with_state(node.clone(), auth))
-        .with_state(node)
-}
-
-async fn auth(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
-    let ok = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| token_eq(t, node.token()))
-        .unwrap_or(false);
-    if ok {
-        next.run(req).await
-    } else {
-        ApiError::Unauthorized.into_response()
-    }
 }
 
 async fn status(State(node): State<Arc<Node>>) -> impl IntoResponse {
@@ -119,25 +59,25 @@ pub struct AddNode {
 async fn add_node(State(node): State<Arc<Node>>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
     let req: AddNode = parse_json(&body)?;
     if req.name.is_empty() || !req.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(ApiError::BadRequest(format!(
+        return Err(ApiError::BadInput(format!(
             "node name {:?} must be A-Z a-z 0-9 - _ .",
             req.name
         )));
     }
     if req.links.is_empty() {
-        return Err(ApiError::BadRequest("a node needs at least one link".into()));
+        return Err(ApiError::BadInput("a node needs at least one link".into()));
     }
     let mut links = Vec::new();
     for l in &req.links {
         let a: SocketAddr = l
             .parse()
-            .map_err(|_| ApiError::BadRequest(format!("link {l:?} is not an IP:PORT address")))?;
+            .map_err(|_| ApiError::BadInput(format!("link {l:?} is not an IP:PORT address")))?;
         links.push(a);
     }
     let api = match &req.api {
         Some(a) => a
             .parse::<SocketAddr>()
-            .map_err(|_| ApiError::BadRequest(format!("api {a:?} is not an IP:PORT address")))?,
+            .map_err(|_| ApiError::BadInput(format!("api {a:?} is not an IP:PORT address")))?,
         None => SocketAddr::new(links[0].ip(), DEFAULT_API_PORT),
     };
     // The state machine assigns the id when the command is applied (node.write forwards it
@@ -220,7 +160,7 @@ async fn set_link(
     let req: LinkAdmin = parse_json(&body)?;
     let i: usize = index
         .parse()
-        .map_err(|_| ApiError::BadRequest(format!("link index {index:?} is not a number")))?;
+        .map_err(|_| ApiError::BadInput(format!("link index {index:?} is not a number")))?;
     if !node.mesh.set_link_enabled(i, req.enabled) {
         return Err(ApiError::NotFound(format!("this node has no link {i}")));
     }
@@ -228,30 +168,13 @@ async fn set_link(
     Ok(Json(serde_json::json!({ "link": i, "enabled": req.enabled })))
 }
 
-async fn write(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<Outcome>, ApiError> {
-    // Internal (forwarded writes): the outcome travels as data, the forwarder maps it.
-    let cmd: Command = parse_json(&body)?;
-    Ok(Json(node.write(cmd).await?))
-}
-
 async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
-    let text = crate::metrics::render(&node).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let text = crate::metrics::render(&node).map_err(|_| ApiError::Internal("rendering the metrics failed"))?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,
     )
         .into_response())
-}
-
-async fn raft_rpc(State(node): State<Arc<Node>>, Path(rpc): Path<String>, body: Bytes) -> Result<Vec<u8>, ApiError> {
-    crate::raft::network::serve_rpc(&node.raft, &rpc, &body)
-        .await
-        .map_err(|e| ApiError::BadRequest(e.to_string()))
-}
-
-/// Serve the API on `addr` until the process ends.
-pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-    axum::serve(listener, router(node)).await
 }
 
 /// Body of `POST /v1/resources/{rsc}/{move|ban|clear|cleanup}`.
@@ -284,7 +207,7 @@ async fn resource_op(
         return Err(ApiError::NotFound(format!("no resource, group or clone named {rsc:?}")));
     }
     if instance && op != "cleanup" {
-        return Err(ApiError::BadRequest(format!(
+        return Err(ApiError::BadInput(format!(
             "{rsc} is one instance of a clone: {op} the clone or its resource instead"
         )));
     }
@@ -316,13 +239,12 @@ async fn resource_op(
                 let here = prims
                     .iter()
                     .find_map(|p| members.resources.get(p).and_then(|x| x.running.keys().next().cloned()))
-                    .ok_or_else(|| ApiError::Conflict(format!("{rsc} runs nowhere: say --to NODE")))?;
+                    .ok_or_else(|| ApiError::Refused(format!("{rsc} runs nowhere: say --to NODE")))?;
                 constraint(here, false)
             }
         },
         "ban" => constraint(
-            req.node
-                .ok_or_else(|| ApiError::BadRequest("ban needs a node".into()))?,
+            req.node.ok_or_else(|| ApiError::BadInput("ban needs a node".into()))?,
             false,
         ),
         "clear" => Command::ClearOperator { rsc },

@@ -1,0 +1,63 @@
+//! What applying one state command gave: `Outcome`, and for a refused command the typed
+//! `RejectReason` (why it changed nothing). Reasons are data, not text: the API maps them to a
+//! 409 with their message, a forwarding node receives them as JSON
+//! (`{"Rejected":{"kind":"node_exists","name":"n2"}}`) and tests match on the variant.
+
+use serde::{Deserialize, Serialize};
+
+/// The outcome of applying one command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Ok,
+    /// Applied but nothing changed.
+    Unchanged,
+    /// The command names a node that is not a member.
+    NoSuchNode(String),
+    /// Refused: the state is unchanged.
+    Rejected(RejectReason),
+}
+
+/// Why a command was refused (see [`Outcome::Rejected`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RejectReason {
+    #[error("a node needs a name and at least one link")]
+    NodeIncomplete,
+    #[error("node {name:?} already exists")]
+    NodeExists { name: String },
+    #[error("node id {id} was already assigned")]
+    NodeIdAssigned { id: u64 },
+    #[error("link {link} is already used by {by}")]
+    LinkInUse { link: String, by: String },
+    #[error("api {api} is already used by {by}")]
+    ApiInUse { api: String, by: String },
+    #[error("plan edge {from} -> {to} is out of range ({actions} actions)")]
+    PlanEdgeOutOfRange { from: usize, to: usize, actions: usize },
+    #[error("plan {plan_id} is not the current plan ({current})")]
+    StalePlan { plan_id: u64, current: u64 },
+    #[error("action {index} of plan {plan_id} is not {node}'s to run now")]
+    ActionNotOpen { index: usize, plan_id: u64, node: String },
+    #[error("attribute key is empty")]
+    EmptyAttrKey,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_read_well_as_json_and_text() {
+        let o = Outcome::Rejected(RejectReason::NodeExists { name: "n2".into() });
+        let json = serde_json::to_string(&o).unwrap();
+        assert_eq!(json, r#"{"Rejected":{"kind":"node_exists","name":"n2"}}"#);
+        assert_eq!(serde_json::from_str::<Outcome>(&json).unwrap(), o);
+        let unit = Outcome::Rejected(RejectReason::EmptyAttrKey);
+        let json = serde_json::to_string(&unit).unwrap();
+        assert_eq!(json, r#"{"Rejected":{"kind":"empty_attr_key"}}"#);
+        assert_eq!(serde_json::from_str::<Outcome>(&json).unwrap(), unit);
+        assert_eq!(
+            RejectReason::StalePlan { plan_id: 3, current: 5 }.to_string(),
+            "plan 3 is not the current plan (5)"
+        );
+    }
+}

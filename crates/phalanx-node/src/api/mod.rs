@@ -1,0 +1,253 @@
+//! The node's HTTP endpoint (axum), as two routers on one port: the operator router
+//! (`operator`: `/v1/*` JSON and `/metrics`) and the peer router (`peer`: Raft RPCs under
+//! `/raft/` and writes forwarded between nodes). Each is built by a function taking the node
+//! handle, so tests drive it in-process with `tower::ServiceExt::oneshot`; `app` is both, as
+//! served. Every route needs the cluster's bearer token (401 otherwise). Bodies are parsed by
+//! hand so that malformed JSON is a 400 with serde's reason. One `ApiError` maps every failure
+//! to a status and a JSON body `{"error": KIND, "reason": TEXT}`: retryable (no leader,
+//! forwarding failed, Raft busy) 503 with `Retry-After`, refused 409, forbidden 403, unknown
+//! 404 (405 for a known route with the wrong method), bad input 400; the reason is one human
+//! line, never a debug dump of internals (faults inside the node are logged, not returned).
+
+pub mod operator;
+pub mod peer;
+
+pub use operator::{AddNode, ResourceOp};
+
+use crate::key::token_eq;
+use crate::node::{Node, NodeError};
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use phalanx_core::Outcome;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+
+/// Seconds a client is asked to wait before retrying a 503.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+/// Every way an API request fails, by what the caller should do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    /// The request itself is wrong (malformed JSON, a bad address...): do not repeat it.
+    #[error("{0}")]
+    BadInput(String),
+    /// It names something that does not exist (a node, a resource, a route).
+    #[error("{0}")]
+    NotFound(String),
+    /// The route exists, not with this method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// Never allowed on this route (a leader's decision sent to be forwarded).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Refused by the cluster state (the command was valid, the state says no).
+    #[error("{0}")]
+    Refused(String),
+    /// Cannot be done right now (no leader, forwarding failed): retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A fault inside this node; the details are in its log.
+    #[error("{0}")]
+    Internal(&'static str),
+}
+
+impl ApiError {
+    /// The `error` field of the body: a stable, machine-readable kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::BadInput(_) => "bad_input",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::Refused(_) => "refused",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::BadInput(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Refused(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(serde_json::json!({ "error": self.kind(), "reason": self.to_string() }));
+        let mut resp = (self.status(), body).into_response();
+        if matches!(self, ApiError::Unavailable(_)) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        resp
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        use openraft::error::ChangeMembershipError;
+        match e {
+            NodeError::NoLeader => ApiError::Unavailable(e.to_string()),
+            NodeError::NotLeader { .. } => {
+                ApiError::Unavailable("the leadership moved while committing: try again".into())
+            }
+            NodeError::Forward(f) if f.retryable() => ApiError::Unavailable(f.to_string()),
+            NodeError::Forward(f) => ApiError::Refused(f.to_string()),
+            NodeError::Membership(ChangeMembershipError::InProgress(_)) => {
+                ApiError::Unavailable("a membership change is in progress: try again".into())
+            }
+            NodeError::Membership(m) => ApiError::Refused(m.to_string()),
+            NodeError::NotForwardable { .. } => ApiError::Forbidden(e.to_string()),
+            NodeError::RaftStopped(_) | NodeError::RaftConfig(_) | NodeError::Transport(_) | NodeError::Store(_) => {
+                tracing::error!(error = %e, "an API request failed inside the node");
+                ApiError::Unavailable("this node cannot commit right now (its log says why)".into())
+            }
+        }
+    }
+}
+
+/// Parse a JSON body; malformed JSON or unknown fields are bad input, with serde's reason.
+pub(crate) fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadInput(format!("malformed JSON body: {e}")))
+}
+
+/// An outcome as an answer: refused → 409, an unknown node → 404, else 200 with the outcome.
+pub(crate) fn outcome(o: Outcome) -> Result<Json<Outcome>, ApiError> {
+    match o {
+        Outcome::Rejected(reason) => Err(ApiError::Refused(reason.to_string())),
+        Outcome::NoSuchNode(reason) => Err(ApiError::NotFound(reason)),
+        o => Ok(Json(o)),
+    }
+}
+
+async fn auth(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| token_eq(t, node.token()))
+        .unwrap_or(false);
+    if ok {
+        next.run(req).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+async fn unknown_route(req: Request) -> ApiError {
+    ApiError::NotFound(format!("no route {} {}", req.method(), req.uri().path()))
+}
+
+async fn wrong_method(req: Request) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{} does not take {}", req.uri().path(), req.method()))
+}
+
+/// Routes → a servable router: unknown paths are a JSON 404 and wrong methods a JSON 405,
+/// everything behind the token.
+pub(crate) fn finish(routes: Router<Arc<Node>>, node: Arc<Node>) -> Router {
+    routes
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(middleware::from_fn_with_state(node.clone(), auth))
+        .with_state(node)
+}
+
+/// Everything a node serves on its API port: the operator and the peer routers (each alone:
+/// `operator::router`, `peer::router`).
+pub fn app(node: Arc<Node>) -> Router {
+    finish(operator::routes().merge(peer::routes()), node)
+}
+
+/// Serve [`app`] on `listener` (from `transport::bind`) until the process ends.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: crate::transport::Listener,
+) -> Result<(), crate::transport::TransportError> {
+    crate::transport::serve(listener, app(node)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::ForwardError;
+
+    async fn answer(e: ApiError) -> (StatusCode, Option<String>, serde_json::Value) {
+        let resp = e.into_response();
+        let status = resp.status();
+        let retry = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        (status, retry, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn node_errors_map_to_status_kind_and_reason() {
+        let (status, retry, body) = answer(NodeError::NoLeader.into()).await;
+        assert_eq!((status, retry.as_deref()), (StatusCode::SERVICE_UNAVAILABLE, Some("1")));
+        assert_eq!(body["error"], "unavailable");
+        assert!(body["reason"].as_str().unwrap().starts_with("no leader"), "{body}");
+
+        let (status, retry, body) = answer(NodeError::NotLeader { leader: Some(2) }.into()).await;
+        assert_eq!((status, retry.as_deref()), (StatusCode::SERVICE_UNAVAILABLE, Some("1")));
+        assert_eq!(body["error"], "unavailable");
+
+        let failed = ForwardError::Failed {
+            leader: "10.0.0.1:7480".into(),
+            status: 503,
+            reason: "no leader".into(),
+        };
+        let (status, _, _) = answer(NodeError::Forward(failed).into()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+        let refused = ForwardError::Refused {
+            leader: "10.0.0.1:7480".into(),
+            status: 403,
+            reason: "SetPlan is a leader's decision".into(),
+        };
+        let (status, retry, body) = answer(NodeError::Forward(refused).into()).await;
+        assert_eq!((status, retry), (StatusCode::CONFLICT, None));
+        assert_eq!(body["error"], "refused");
+
+        let (status, _, body) = answer(NodeError::NotForwardable { command: "SetPlan" }.into()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(body["error"], "forbidden");
+
+        let stopped: ApiError = NodeError::RaftStopped(openraft::error::Fatal::Panicked).into();
+        let (status, _, body) = answer(stopped).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            !body["reason"].as_str().unwrap().contains("panicked"),
+            "no internals: {body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn outcomes_map_to_200_409_and_404() {
+        assert!(outcome(Outcome::Ok).is_ok());
+        assert!(outcome(Outcome::Unchanged).is_ok());
+        let refused = outcome(Outcome::Rejected(phalanx_core::RejectReason::EmptyAttrKey)).unwrap_err();
+        let (status, _, body) = answer(refused).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(body["reason"], "attribute key is empty");
+        let unknown = outcome(Outcome::NoSuchNode("no node named \"zz\"".into())).unwrap_err();
+        assert_eq!(answer(unknown).await.0, StatusCode::NOT_FOUND);
+    }
+}

@@ -1,0 +1,57 @@
+//! The peer router: what nodes send each other over HTTP. Raft RPCs (`/raft/{append,vote,
+//! snapshot}`, postcard bodies, see `raft::network`) and writes forwarded by a follower to the
+//! leader (`/peer/write`, JSON, see `forward`). A forwarded write is accepted only when a node
+//! may forward it (`Command::forwardable`: operator requests, agent results, claims); a
+//! leader's decision (bootstrap, liveness, plan) is refused with 403 and a reason, whoever
+//! sends it, because only the leader's own controller may write those, on its own view.
+
+use super::{parse_json, ApiError};
+use crate::forward::FORWARD_PATH;
+use crate::node::Node;
+use crate::raft::network::RpcError;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use phalanx_core::{Command, Outcome};
+use std::sync::Arc;
+
+/// The peer router alone (`/raft/*` and forwarding), authenticated, for node `node`.
+pub fn router(node: Arc<Node>) -> Router {
+    super::finish(routes(), node)
+}
+
+/// The peer routes, without authentication or state (`api::app` merges them with the others).
+pub(super) fn routes() -> Router<Arc<Node>> {
+    Router::new()
+        .route("/raft/{rpc}", post(raft_rpc))
+        .route(FORWARD_PATH, post(forwarded_write))
+}
+
+async fn raft_rpc(State(node): State<Arc<Node>>, Path(rpc): Path<String>, body: Bytes) -> Result<Vec<u8>, ApiError> {
+    crate::raft::network::serve_rpc(&node.raft, &rpc, &body)
+        .await
+        .map_err(|e| match e {
+            RpcError::UnknownRpc(_) => ApiError::NotFound(e.to_string()),
+            RpcError::Malformed { .. } => ApiError::BadInput(e.to_string()),
+            RpcError::Encode { .. } => {
+                tracing::error!(error = %e, "raft rpc");
+                ApiError::Internal("encoding the raft answer failed")
+            }
+        })
+}
+
+/// A write a follower forwards: committed here (or forwarded on, if leadership moved), and
+/// its outcome returned as data (a rejected command is a 200 carrying `Rejected`: the
+/// forwarding node maps it for its own caller).
+async fn forwarded_write(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<Outcome>, ApiError> {
+    let cmd: Command = parse_json(&body)?;
+    if !cmd.forwardable() {
+        tracing::warn!(command = cmd.name(), "refused a forwarded leader's decision");
+        return Err(ApiError::Forbidden(format!(
+            "{} is a leader's decision: only the leader's own controller writes it, it is never forwarded",
+            cmd.name()
+        )));
+    }
+    Ok(Json(node.write(cmd).await?))
+}

@@ -1,0 +1,270 @@
+//! The operator and peer routers in-process, without sockets (`tower::ServiceExt::oneshot` on a
+//! node running on the fake network, on paused time): every route needs the token (401), an
+//! unknown resource, node or route is a 404, malformed JSON a 400, a refused command a 409, no
+//! leader a 503 with `Retry-After`, each with a JSON `{error, reason}`; `/v1/write` is gone,
+//! and the peer route refuses to forward a leader's decision (403) but commits an operator's
+//! request.
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use phalanx_core::Liveness;
+use phalanx_node::fakenet::FakeNet;
+use phalanx_node::{api, raft::store, ClusterKey, Node, NodeOptions};
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceExt;
+
+fn config(nodes: usize) -> phalanx_core::Config {
+    let mut src = String::from("[cluster]\nname = \"api\"\nheartbeat_interval = \"100ms\"\n");
+    for i in 1..=nodes {
+        src += &format!("[[node]]\nname = \"n{i}\"\nlinks = [\"127.0.1.{i}:7400\"]\napi = \"127.0.3.{i}:7480\"\n");
+    }
+    phalanx_core::config::parse(&src).unwrap()
+}
+
+fn key() -> ClusterKey {
+    ClusterKey::from_bytes(&[9u8; 32])
+}
+
+/// Node n1 of a cluster of `nodes` (only n1 runs: with more than one, it never has a leader).
+async fn start(nodes: usize) -> Arc<Node> {
+    let net = FakeNet::new(1);
+    let cfg = config(nodes);
+    let n = &cfg.nodes[0];
+    let (out, rx) = net.attach(&n.name, &n.links);
+    let node = Node::start(
+        NodeOptions {
+            config: cfg.clone(),
+            name: n.name.clone(),
+            id: 1,
+            links: n.links.clone(),
+            api: n.api,
+            key: key(),
+            bootstrap: true,
+            runner: None,
+        },
+        store::open_in_memory().unwrap(),
+        net.raft_network(&n.name),
+        out,
+        rx,
+    )
+    .await
+    .unwrap();
+    net.register_raft(node.id, &node.name, node.raft.clone());
+    node
+}
+
+/// A one-node cluster, led by its node, bootstrapped, its node recorded online.
+async fn leader() -> Arc<Node> {
+    let node = start(1).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let online = |n: &Node| {
+        n.members()
+            .nodes
+            .get("n1")
+            .is_some_and(|r| r.liveness == Liveness::Online)
+    };
+    while node.status().leader.is_none() || !online(&node) {
+        assert!(tokio::time::Instant::now() < deadline, "no leader: {:?}", node.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node
+}
+
+struct Answer {
+    status: StatusCode,
+    retry_after: Option<String>,
+    json: serde_json::Value,
+}
+
+async fn call(app: &Router, method: &str, path: &str, token: Option<&str>, body: &str) -> Answer {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let resp = app
+        .clone()
+        .oneshot(req.body(Body::from(body.to_string())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(header::RETRY_AFTER)
+        .map(|v| v.to_str().unwrap().to_string());
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    Answer {
+        status,
+        retry_after,
+        json,
+    }
+}
+
+/// An error answer: `status`, with body `{"error": kind, "reason": ...}`; returns the reason.
+fn error(a: &Answer, status: StatusCode, kind: &str) -> String {
+    assert_eq!(a.status, status, "{}", a.json);
+    assert_eq!(a.json["error"], kind, "{}", a.json);
+    let reason = a.json["reason"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no reason: {}", a.json));
+    assert!(!reason.is_empty() && !reason.contains('{'), "one human line: {reason}");
+    reason.to_string()
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_route_needs_the_token() {
+    let node = leader().await;
+    let app = api::app(node.clone());
+    for (method, path) in [
+        ("GET", "/v1/status"),
+        ("GET", "/metrics"),
+        ("POST", "/raft/vote"),
+        ("POST", "/peer/write"),
+        ("GET", "/no/such/route"),
+    ] {
+        error(
+            &call(&app, method, path, None, "").await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        );
+        let wrong = call(&app, method, path, Some("wrong"), "").await;
+        error(&wrong, StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    let t = key().api_token();
+    assert_eq!(
+        call(&app, "GET", "/v1/status", Some(&t), "").await.status,
+        StatusCode::OK
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_things_are_404_and_bad_json_400() {
+    let node = leader().await;
+    let t = key().api_token();
+    let app = api::operator::router(node.clone());
+    let r = call(&app, "POST", "/v1/resources/nosuch/move", Some(&t), "{}").await;
+    assert!(error(&r, StatusCode::NOT_FOUND, "not_found").contains("nosuch"));
+    let r = call(&app, "GET", "/v1/why/nosuch", Some(&t), "").await;
+    error(&r, StatusCode::NOT_FOUND, "not_found");
+    let r = call(&app, "POST", "/v1/nodes/zz/standby", Some(&t), r#"{"standby": true}"#).await;
+    assert!(error(&r, StatusCode::NOT_FOUND, "not_found").contains("zz"));
+    let r = call(&app, "GET", "/v1/nope", Some(&t), "").await;
+    error(&r, StatusCode::NOT_FOUND, "not_found");
+
+    let r = call(&app, "POST", "/v1/nodes/n1/standby", Some(&t), r#"{"standby": tru"#).await;
+    assert!(error(&r, StatusCode::BAD_REQUEST, "bad_input").contains("malformed JSON"));
+    let r = call(&app, "POST", "/v1/nodes/n1/standby", Some(&t), r#"{"stanby": true}"#).await;
+    error(&r, StatusCode::BAD_REQUEST, "bad_input");
+    let r = call(
+        &app,
+        "POST",
+        "/v1/nodes",
+        Some(&t),
+        r#"{"name": "n9", "links": ["nope"]}"#,
+    )
+    .await;
+    assert!(error(&r, StatusCode::BAD_REQUEST, "bad_input").contains("IP:PORT"));
+
+    let peer = api::peer::router(node.clone());
+    let r = call(&peer, "POST", "/peer/write", Some(&t), "{\"SetAttr\": ").await;
+    error(&r, StatusCode::BAD_REQUEST, "bad_input");
+    let r = call(&peer, "POST", "/raft/append", Some(&t), "\u{7f}\u{7f}\u{7f}").await;
+    error(&r, StatusCode::BAD_REQUEST, "bad_input");
+    let r = call(&peer, "POST", "/raft/nosuch", Some(&t), "").await;
+    error(&r, StatusCode::NOT_FOUND, "not_found");
+
+    let r = call(&peer, "GET", "/peer/write", Some(&t), "").await;
+    error(&r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+
+    // Each router serves its own routes only.
+    error(
+        &call(&peer, "GET", "/v1/status", Some(&t), "").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    error(
+        &call(&app, "POST", "/raft/vote", Some(&t), "").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_command_is_409_with_the_state_machines_reason() {
+    let node = leader().await;
+    let t = key().api_token();
+    let app = api::app(node.clone());
+    let r = call(
+        &app,
+        "POST",
+        "/v1/nodes",
+        Some(&t),
+        r#"{"name": "n1", "links": ["127.0.9.9:7400"]}"#,
+    )
+    .await;
+    assert_eq!(error(&r, StatusCode::CONFLICT, "refused"), "node \"n1\" already exists");
+    node.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_leader_is_503_with_retry_after() {
+    // n1 of three, alone: it never elects a leader.
+    let node = start(3).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t = key().api_token();
+    let app = api::app(node.clone());
+    let r = call(&app, "POST", "/v1/nodes/n1/standby", Some(&t), r#"{"standby": true}"#).await;
+    assert!(error(&r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").contains("no leader"));
+    assert_eq!(r.retry_after.as_deref(), Some("1"));
+    node.shutdown().await;
+}
+
+/// Issue 11's repro, in-process: the raw `SetLiveness` is refused at the old `/v1/write` (gone)
+/// and at the peer route (a leader's decision), and changes nothing; so are the other
+/// decisions. What a follower may forward is committed.
+#[tokio::test(start_paused = true)]
+async fn the_peer_route_refuses_a_leaders_decision() {
+    let node = leader().await;
+    let t = key().api_token();
+    let app = api::app(node.clone());
+    let before = node.members();
+    assert_eq!(before.nodes["n1"].liveness, Liveness::Online);
+    let forged = r#"{"SetLiveness": {"name": "n1", "liveness": "offline", "at_ms": 1}}"#;
+    error(
+        &call(&app, "POST", "/v1/write", Some(&t), forged).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    for router in [app.clone(), api::peer::router(node.clone())] {
+        let r = call(&router, "POST", "/peer/write", Some(&t), forged).await;
+        let reason = error(&r, StatusCode::FORBIDDEN, "forbidden");
+        assert!(reason.contains("SetLiveness is a leader's decision"), "{reason}");
+    }
+    for decision in [
+        r#"{"SetPlan": {"actions": [], "edges": []}}"#,
+        r#"{"Bootstrap": {"nodes": []}}"#,
+    ] {
+        let r = call(&app, "POST", "/peer/write", Some(&t), decision).await;
+        error(&r, StatusCode::FORBIDDEN, "forbidden");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = node.members();
+    assert_eq!(after.nodes["n1"].liveness, Liveness::Online, "n1 stays online");
+    assert_eq!(after.plan, before.plan, "the plan is untouched");
+
+    let allowed = r#"{"SetAttr": {"name": "n1", "key": "k", "value": "v"}}"#;
+    let r = call(&app, "POST", "/peer/write", Some(&t), allowed).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert_eq!(r.json, serde_json::json!("Ok"));
+    assert_eq!(node.members().nodes["n1"].attrs.get("k").map(String::as_str), Some("v"));
+    // A forwarded command the state refuses comes back as data, for the forwarder to map.
+    let dup = r#"{"AddNode": {"name": "n1", "id": null, "links": ["127.0.9.9:1"], "api": "127.0.9.9:2"}}"#;
+    let r = call(&app, "POST", "/peer/write", Some(&t), dup).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert_eq!(r.json["Rejected"]["kind"], "node_exists", "{}", r.json);
+    node.shutdown().await;
+}
