@@ -17,9 +17,9 @@ use std::time::Duration;
 /// A Raft node id.
 pub type NodeId = u64;
 
-/// The witness' Raft id (never a node's: node ids count up from 1).
+/// The witness' Raft id: far above any id `node add` hands out (they count up from 1).
 pub const WITNESS_ID: NodeId = 1 << 48;
-/// The witness' name in the mesh and in status.
+/// The witness' name in the mesh and in status (no node may take it: `config check`).
 pub const WITNESS_NAME: &str = "witness";
 
 /// What the leader observed for one round of [`Controller::reconcile`].

@@ -6,6 +6,7 @@
 
 pub mod agents;
 pub mod api;
+mod controller;
 pub mod executor;
 pub mod fakenet;
 pub mod fence;

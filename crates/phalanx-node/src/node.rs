@@ -1,8 +1,7 @@
 //! One running phalanx node: it wires the heartbeat mesh, Raft and the replicated state
-//! together and runs the controller. The controller is level-triggered: every heartbeat interval
-//! (and at once when the mesh changes a verdict) the leader compares what it observes with the
-//! replicated state and writes the difference — liveness of each node, Raft membership (learners
-//! for new members, promotion up to seven voters, removal of departed ones).
+//! together, starts the controller loop (`controller.rs`) and the executor, and answers status.
+//! It commits writes: operator requests, results and claims (forwarded to the leader), and the
+//! leader's own decisions (never forwarded).
 
 use crate::key::ClusterKey;
 use crate::mesh::{self, DatagramOut, Inbound, Mesh, MeshSettings, MeshStats, PeerStatus};
@@ -10,11 +9,11 @@ use crate::raft::store::{LogStore, SmData, StateMachine};
 use crate::raft::{raft_config, BasicNode, NodeId, Raft, Request, TypeConfig, WITNESS_ID, WITNESS_NAME};
 use openraft::error::{ChangeMembershipError, ClientWriteError, Fatal, RaftError};
 use openraft::network::RaftNetworkFactory;
-use openraft::{ChangeMembers, ServerState};
+use openraft::ServerState;
 use phalanx_core::config::Config;
 use phalanx_core::quorum::{self, MAX_VOTERS};
 use phalanx_core::timings::ms;
-use phalanx_core::{ClusterState, Command, Liveness, NewNode, NodeRecord, Outcome, Timings};
+use phalanx_core::{ClusterState, Command, Liveness, NodeRecord, Outcome, Timings};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -196,14 +195,12 @@ pub struct Node {
     token: String,
     http: reqwest::Client,
     leader_since: AtomicU64,
-    started: tokio::time::Instant,
-    /// The mesh-informed campaign window: (dead leader, until when).
-    campaign: std::sync::Mutex<Option<(NodeId, tokio::time::Instant)>>,
+    pub(crate) started: tokio::time::Instant,
+    /// The controller's memory between rounds (campaign window, plan wait): see
+    /// `phalanx_core::controller`.
+    pub(crate) control: std::sync::Mutex<phalanx_core::controller::Controller>,
     /// On the witness: the node id it backs (0: nobody).
-    vote: AtomicU64,
-    /// On the leader: since when a new plan waits for the current plan's in-flight starts
-    /// (plan id, since).
-    plan_wait: std::sync::Mutex<Option<(u64, tokio::time::Instant)>>,
+    pub(crate) vote: AtomicU64,
 }
 
 impl Node {
@@ -249,9 +246,8 @@ impl Node {
             http: crate::transport::forward_client()?,
             leader_since: AtomicU64::new(0),
             started: tokio::time::Instant::now(),
-            campaign: std::sync::Mutex::new(None),
+            control: std::sync::Mutex::default(),
             vote: AtomicU64::new(0),
-            plan_wait: std::sync::Mutex::new(None),
             timings,
             config: opts.config,
         });
@@ -356,7 +352,7 @@ impl Node {
 
     /// The peers to heartbeat: the replicated members once there are any, else the config; and
     /// the witness when there is one. The witness has one link, and hears the nodes' first.
-    fn refresh_peers(&self) {
+    pub(crate) fn refresh_peers(&self) {
         let st = self.cluster_state();
         let mut peers: BTreeMap<String, Vec<SocketAddr>> = if st.cluster.max_node_id == 0 {
             self.config
@@ -381,7 +377,7 @@ impl Node {
 
     /// The name of node `id`: from the replicated state, else from the config file (ids of
     /// listed nodes are their position + 1), so it is known before the state is applied.
-    fn name_of(&self, sm: &SmData, id: NodeId) -> Option<String> {
+    pub(crate) fn name_of(&self, sm: &SmData, id: NodeId) -> Option<String> {
         if id == WITNESS_ID {
             return Some(WITNESS_NAME.to_string());
         }
@@ -399,7 +395,7 @@ impl Node {
         self.name_of(&self.cluster_state(), leader)
     }
 
-    fn is_leader(&self) -> bool {
+    pub(crate) fn is_leader(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
         m.state == ServerState::Leader
     }
@@ -426,401 +422,11 @@ impl Node {
         }
     }
 
-    async fn controller(self: Arc<Self>) {
-        let mut verdicts = self.mesh.verdicts();
-        let mut applied = self.applied();
-        let mut last_take_over: Option<tokio::time::Instant> = None;
-        let mut watchdog = self.open_watchdog();
-        let mut had_quorum = false;
-        loop {
-            // Every interval; every half interval while a campaign window is open (retries).
-            let campaigning = self.campaign.lock().unwrap_or_else(|p| p.into_inner()).is_some();
-            let period = if campaigning {
-                self.timings.campaign_tick
-            } else {
-                self.timings.controller_tick
-            };
-            // Also after every applied entry: an action's result is the next plan step's cue.
-            tokio::select! {
-                _ = tokio::time::sleep(period) => {}
-                r = verdicts.changed() => {
-                    if r.is_err() {
-                        tokio::time::sleep(period).await;
-                    }
-                }
-                r = applied.changed() => {
-                    // The state machine is gone (shutting down): back to plain ticks.
-                    if r.is_err() {
-                        tokio::time::sleep(period).await;
-                    }
-                }
-            }
-            self.refresh_peers();
-            // The watchdog is fed while this node has quorum, and before it first had it (a node
-            // starting up runs nothing yet); a node that lost quorum stops feeding it.
-            if let Some(w) = watchdog.as_mut() {
-                let quorate = self.quorate();
-                had_quorum |= quorate;
-                if quorate || !had_quorum {
-                    w.feed();
-                } else {
-                    tracing::warn!("no quorum: not feeding the watchdog");
-                }
-            }
-            if self.is_witness() {
-                self.witness_round();
-            } else if self.is_leader() {
-                // A window is about one leader's death; the leader has none (it would otherwise
-                // survive until the same node id dies again, and block that campaign).
-                *self.campaign.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                if let Err(e) = self.reconcile().await {
-                    tracing::debug!(error = %e, "reconcile");
-                }
-            } else if self.should_campaign() {
-                tracing::info!("the mesh declared the leader dead: starting an election");
-                let _ = self.raft.trigger().elect().await;
-            } else if self.should_take_over(&mut last_take_over) {
-                tracing::info!("the witness leads and this node has caught up: taking over");
-                let _ = self.raft.trigger().elect().await;
-            }
-        }
-    }
-
-    /// Mesh-informed election: when every link to the leader has gone silent, one reachable
-    /// voter campaigns at once instead of waiting for a random election timeout: the one with
-    /// the longest log as the heartbeats advertise it (ties: lowest id), since Raft only elects
-    /// an up-to-date log (a just-rejoined node one entry behind would be refused every time). Followers still refuse votes
-    /// until their leader lease runs out, so this only removes the second, randomised wait;
-    /// Raft's safety does not depend on when elections start.
-    ///
-    /// It campaigns only inside a window that opens when a leader the mesh had seen alive is
-    /// declared dead, and lasts until the followers' leases must have expired (election_timeout_max
-    /// plus two intervals); outside it, Raft's own randomised timers rule. Campaigning without
-    /// such a window livelocks when the campaigner's log is behind: its refused vote requests
-    /// keep resetting the others' election timers.
-    fn should_campaign(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership().clone();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        if !voters.contains(&self.id) {
-            return false;
-        }
-        let sm = self.cluster_state();
-        let name_of = |id: NodeId| self.name_of(&sm, id);
-        let reachable = self.reachable();
-        let now = tokio::time::Instant::now();
-        {
-            let mut window = self.campaign.lock().unwrap_or_else(|p| p.into_inner());
-            match m.current_leader {
-                Some(l) if l == self.id => {
-                    *window = None;
-                    return false;
-                }
-                Some(l) => {
-                    let name = name_of(l);
-                    if name.as_ref().map(|n| reachable.contains(n)).unwrap_or(true) {
-                        *window = None;
-                        return false;
-                    }
-                    let seen_alive = name
-                        .and_then(|n| self.mesh.peers().get(&n).map(|p| p.changed_at_unix_ms.is_some()))
-                        .unwrap_or(false);
-                    if seen_alive && window.map(|(dead, _)| dead != l).unwrap_or(true) {
-                        *window = Some((l, now + self.timings.campaign_window));
-                    }
-                }
-                None => {}
-            }
-            match *window {
-                Some((_, until)) if now < until => {}
-                _ => return false,
-            }
-        }
-        let peers = self.mesh.peers();
-        let own_log = m.last_log_index.unwrap_or(0);
-        // (id, last log index) of each reachable voter, ourselves included.
-        let reachable_voters: Vec<(NodeId, u64)> = voters
-            .iter()
-            .filter_map(|id| {
-                if *id == self.id {
-                    return Some((*id, own_log));
-                }
-                let name = name_of(*id)?;
-                reachable
-                    .contains(&name)
-                    .then(|| (*id, peers.get(&name).and_then(|p| p.log_index).unwrap_or(0)))
-            })
-            .collect();
-        quorum::campaigner(&reachable_voters, voters.len(), Some(WITNESS_ID)) == Some(self.id)
-    }
-
-    /// The configured hardware watchdog, opened and armed; None without one (or when it cannot
-    /// be opened: then the software lease is all there is, and the log says so).
-    fn open_watchdog(&self) -> Option<crate::watchdog::Watchdog> {
-        let path = self.config.cluster.watchdog.as_ref().filter(|_| !self.is_witness())?;
-        match crate::watchdog::Watchdog::open(path, &self.name, self.config.cluster.watchdog_timeout) {
-            Ok(mut w) => {
-                w.feed();
-                tracing::info!(path, "hardware watchdog armed");
-                Some(w)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "no hardware watchdog: falling back to the software lease");
-                None
-            }
-        }
-    }
-
-    /// A leading witness only replicates: the first node whose log has caught up with the
-    /// witness' campaigns (its lease has run out by then, so it grants the vote and steps down).
-    /// At most once per election timeout.
-    fn should_take_over(&self, last: &mut Option<tokio::time::Instant>) -> bool {
-        let m = self.raft.metrics().borrow().clone();
-        if self.is_witness() || m.current_leader != Some(WITNESS_ID) {
-            return false;
-        }
-        let witness_log = self.mesh.peers().get(WITNESS_NAME).and_then(|p| p.log_index);
-        if witness_log.is_none_or(|w| m.last_log_index.unwrap_or(0) < w) {
-            return false;
-        }
-        let every = self.timings.election_max;
-        let now = tokio::time::Instant::now();
-        if last.is_some_and(|t| now < t + every) {
-            return false;
-        }
-        *last = Some(now);
-        true
-    }
-
-    /// The witness' round: back one partition (see `quorum::witness_vote`). It never schedules
-    /// or writes anything itself, and campaigns only when it alone holds the newest entries;
-    /// once elected, a node takes leadership back as soon as it has caught up
-    /// (`should_take_over`).
-    fn witness_round(&self) {
-        let sm = self.cluster_state();
-        let m = self.raft.metrics().borrow().clone();
-        let id_of = |name: &String| {
-            sm.cluster.nodes.get(name).map(|r| r.id).or_else(|| {
-                let i = self.config.nodes.iter().position(|n| n.name == *name)?;
-                Some(i as u64 + 1)
-            })
-        };
-        let alive: BTreeSet<NodeId> = self.mesh.two_way_peers().iter().filter_map(id_of).collect();
-        let current = Some(self.vote.load(Ordering::SeqCst)).filter(|v| *v != 0);
-        let leader = m.current_leader.filter(|l| *l != self.id);
-        let vote = quorum::witness_vote(current, leader, &alive);
-        if vote != current {
-            tracing::info!(vote = ?vote.and_then(|v| self.name_of(&sm, v)), "witness vote");
-        }
-        self.vote.store(vote.unwrap_or(0), Ordering::SeqCst);
-        self.mesh.set_vote(vote.unwrap_or(0));
-        // No live leader, and every node it hears is behind it: only the witness can be
-        // elected (Raft elects the newest log), so let it, until a node has caught up.
-        let peers = self.mesh.peers();
-        let own = m.last_log_index.unwrap_or(0);
-        let leaderless = m.current_leader.is_none_or(|l| l != self.id && !alive.contains(&l));
-        let all_behind = peers
-            .values()
-            .filter(|p| p.alive)
-            .all(|p| p.log_index.unwrap_or(0) < own);
-        self.raft
-            .runtime_config()
-            .elect(leaderless && !alive.is_empty() && all_behind);
-    }
-
-    /// Whether a new plan must wait: a start or promote of the current plan is claimed and
-    /// not reported yet, on a node still online. It may be running already; a plan made now
-    /// would not know it and could start a second copy elsewhere (found by the nemesis: two
-    /// VIP holders when a node joined while web was starting). Pacemaker likewise lets
-    /// in-flight actions finish before the next transition. The wait is bounded by the
-    /// action's timeout (the executor reports a timeout as a failure) plus one detection time,
-    /// for a report that never comes (its node restarted).
-    fn wait_for_in_flight_starts(&self, cluster: &ClusterState) -> bool {
-        let online = |n: &str| cluster.nodes.get(n).is_some_and(|r| r.liveness == Liveness::Online);
-        let bound = cluster
-            .plan
-            .in_flight_starts()
-            .into_iter()
-            .filter(|a| online(&a.node))
-            .map(|a| {
-                self.config
-                    .resources
-                    .primitive_of(&a.rsc)
-                    .map(|p| p.start_timeout)
-                    .unwrap_or_default()
-            })
-            .max();
-        let mut wait = self.plan_wait.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(bound) = bound else {
-            *wait = None;
-            return false;
-        };
-        let now = tokio::time::Instant::now();
-        let since = match *wait {
-            Some((id, t)) if id == cluster.plan.id => t,
-            _ => {
-                *wait = Some((cluster.plan.id, now));
-                now
-            }
-        };
-        now < since + bound + self.timings.detection
-    }
-
     /// Names of every node this node can reach both ways, itself included.
-    fn reachable(&self) -> BTreeSet<String> {
+    pub(crate) fn reachable(&self) -> BTreeSet<String> {
         let mut r = self.mesh.two_way_peers();
         r.insert(self.name.clone());
         r
-    }
-
-    /// The leader's reconciliation of observation with replicated state.
-    async fn reconcile(&self) -> Result<(), NodeError> {
-        let sm = self.cluster_state();
-        // 1. First leader of a new cluster: record the configured members, in one command.
-        if sm.cluster.max_node_id == 0 {
-            let nodes = self
-                .config
-                .nodes
-                .iter()
-                .enumerate()
-                .map(|(i, n)| NewNode {
-                    name: n.name.clone(),
-                    id: i as u64 + 1,
-                    links: n.links.iter().map(|l| l.to_string()).collect(),
-                    api: n.api.to_string(),
-                })
-                .collect();
-            self.write_as_leader(Command::Bootstrap { nodes }).await?;
-            return Ok(());
-        }
-        // 2. Liveness as this leader sees it. Right after start the detector has not heard
-        //    anyone yet: give it one detection time before declaring anyone offline.
-        let settled = self.started.elapsed() > self.timings.startup_settle;
-        let reachable = self.reachable();
-        let mut changed = false;
-        for (name, rec) in &sm.cluster.nodes {
-            let seen = if reachable.contains(name) {
-                Liveness::Online
-            } else if settled {
-                Liveness::Offline
-            } else {
-                continue;
-            };
-            if rec.liveness != seen {
-                self.write_as_leader(Command::SetLiveness {
-                    name: name.clone(),
-                    liveness: seen,
-                    at_ms: mesh::unix_ms(),
-                })
-                .await?;
-                changed = true;
-            }
-        }
-        if changed {
-            // Schedule on the new liveness, not on this round's copy (which could still fence
-            // a node that is back).
-            return Ok(());
-        }
-        // 3. Resources: run the scheduler on the replicated state; commit a new plan when its
-        //    actions differ from what the current plan still has to do (an action in flight is
-        //    still pending, so it is never planned twice).
-        if !self.config.resources.is_empty() {
-            let plan = phalanx_core::scheduler::schedule(
-                &self.config,
-                &sm.cluster
-                    .scheduler_input(mesh::unix_ms(), &self.config.cluster, Some(&self.name)),
-            );
-            let wanted: BTreeSet<_> = plan
-                .actions
-                .iter()
-                .map(|a| (a.kind, a.rsc.clone(), a.node.clone()))
-                .collect();
-            if wanted != sm.cluster.plan.pending_keys() {
-                if self.wait_for_in_flight_starts(&sm.cluster) {
-                    return Ok(());
-                }
-                for line in &plan.summary {
-                    tracing::info!(plan = %line, "new plan");
-                }
-                self.write_as_leader(Command::SetPlan {
-                    actions: plan.actions,
-                    edges: plan.edges,
-                })
-                .await?;
-                return Ok(());
-            }
-        }
-        // 4. Raft membership follows the member list.
-        let membership = sm.membership.membership().clone();
-        let in_raft: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let wanted: BTreeMap<NodeId, &phalanx_core::NodeRecord> =
-            sm.cluster.nodes.values().map(|r| (r.id, r)).collect();
-        for (id, rec) in &wanted {
-            if !in_raft.contains(id) {
-                tracing::info!(node = id, "adding learner");
-                self.raft
-                    .add_learner(*id, BasicNode::new(rec.api.clone()), false)
-                    .await?;
-                return Ok(());
-            }
-        }
-        // Departed: recorded once (id within the assigned range) and removed since. An id the
-        // state has never recorded is not departed, whatever the membership says.
-        let departed: BTreeSet<NodeId> = in_raft
-            .iter()
-            .filter(|id| **id <= sm.cluster.max_node_id && !wanted.contains_key(id))
-            .copied()
-            .collect();
-        if !departed.is_empty() {
-            let departed_voters: BTreeSet<NodeId> = departed.intersection(&voters).copied().collect();
-            if !departed_voters.is_empty() {
-                tracing::info!(nodes = ?departed_voters, "removing voters");
-                self.raft
-                    .change_membership(ChangeMembers::RemoveVoters(departed_voters), false)
-                    .await?;
-                return Ok(());
-            }
-            tracing::info!(nodes = ?departed, "removing learners");
-            self.raft
-                .change_membership(ChangeMembers::RemoveNodes(departed), false)
-                .await?;
-            return Ok(());
-        }
-        // 4. Promote caught-up, reachable learners while there are fewer than 7 voters.
-        if voters.len() < MAX_VOTERS {
-            let metrics = self.raft.metrics().borrow().clone();
-            let last = metrics.last_log_index.unwrap_or(0);
-            let caught_up = |id: &NodeId| {
-                metrics
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(id).cloned().flatten())
-                    .map(|m| m.index + 1 >= last)
-                    .unwrap_or(false)
-            };
-            let candidates: BTreeSet<NodeId> = in_raft
-                .iter()
-                .filter(|id| !voters.contains(id))
-                .filter(|id| {
-                    wanted
-                        .get(id)
-                        .and_then(|r| sm.cluster.node_by_id(r.id))
-                        .map(|(name, _)| reachable.contains(name))
-                        .unwrap_or(false)
-                })
-                .filter(|id| caught_up(id))
-                .take(MAX_VOTERS - voters.len())
-                .copied()
-                .collect();
-            if !candidates.is_empty() {
-                tracing::info!(nodes = ?candidates, "promoting learners to voters");
-                self.raft
-                    .change_membership(ChangeMembers::AddVoterIds(candidates), false)
-                    .await?;
-            }
-        }
-        Ok(())
     }
 
     /// Commit an operator request, an agent's result or a claim through Raft, forwarding it
@@ -848,7 +454,7 @@ impl Node {
     /// decided on a stale view (peers it cannot reach both ways yet look offline), and the real
     /// leader must not commit that. Found by the nemesis: such a forwarded "n2 offline" made
     /// n2, the real leader, forget what it ran and start web's VIP a second time elsewhere.
-    async fn write_as_leader(&self, cmd: Command) -> Result<Outcome, NodeError> {
+    pub(crate) async fn write_as_leader(&self, cmd: Command) -> Result<Outcome, NodeError> {
         match self.raft.client_write(Request(cmd)).await {
             Ok(resp) => Ok(self.committed(resp.data.0).await),
             Err(e) => Err(e.into()),

@@ -11,12 +11,7 @@ use phalanx_core::{Command, Outcome, Timings};
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 
-pub type NodeId = u64;
-
-/// The witness' Raft id: far above any id `node add` hands out (they count up from 1).
-pub const WITNESS_ID: NodeId = 1 << 48;
-/// The witness' name in the mesh and in status (no node may take it: `config check`).
-pub const WITNESS_NAME: &str = "witness";
+pub use phalanx_core::controller::{NodeId, WITNESS_ID, WITNESS_NAME};
 pub type BasicNode = openraft::BasicNode;
 
 /// What the leader proposes: a cluster-state command.
