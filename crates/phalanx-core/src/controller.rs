@@ -165,8 +165,7 @@ impl Controller {
         if config.resources.is_empty() {
             return None;
         }
-        let input = state.scheduler_input(obs.now_ms, &config.cluster, Some(&obs.me));
-        let plan = crate::scheduler::schedule(config, &input);
+        let plan = schedule(obs, state, config);
         let wanted: BTreeSet<_> = plan
             .actions
             .iter()
@@ -307,6 +306,13 @@ pub fn witness_round(
         .filter(|(alive, _)| *alive)
         .all(|(_, log)| log.unwrap_or(0) < own_log);
     (vote, leaderless && !alive.is_empty() && all_behind)
+}
+
+/// The plan the leader's scheduler makes this round: the replicated state as the scheduler's
+/// input at `now_ms`, with this node (the leader) as the fencer. `simulate --live` shows it.
+pub fn schedule(obs: &Observed, state: &ClusterState, config: &Config) -> crate::scheduler::Plan {
+    let input = state.scheduler_input(obs.now_ms, &config.cluster, Some(&obs.me));
+    crate::scheduler::schedule(config, &input)
 }
 
 /// Raft membership follows the member list: add missing members as learners (one per round),

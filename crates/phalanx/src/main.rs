@@ -132,6 +132,10 @@ enum Cmd {
         /// Also print every node's score for every resource, and why.
         #[arg(long)]
         explain: bool,
+        /// Take the state from the running cluster (`GET /v1/state`) and run the leader's own
+        /// controller on it, what-ifs applied (like `crm_simulate -L`).
+        #[arg(long, conflicts_with = "state")]
+        live: bool,
     },
     /// An HTTP power switch for test machines (the built-in `http-switch` fence device's API):
     /// cutting an outlet freezes and kills everything that machine runs.
@@ -521,16 +525,41 @@ async fn run(cli: Cli) -> Result<i32> {
             node_down,
             fail,
             explain,
+            live,
         } => {
             let config = load_config(&cli.config)?;
-            let (_, plan) = simulate::run(
-                &config,
-                &simulate::SimulateArgs {
-                    state: state.as_deref(),
-                    node_down,
-                    fail,
-                },
-            )?;
+            let args = simulate::SimulateArgs {
+                state: state.as_deref(),
+                node_down,
+                fail,
+            };
+            if *live {
+                let (client, apis) = apis(&cli)?;
+                let (api, st) = client.first_answering(&apis).await?;
+                let leader = st
+                    .leader
+                    .clone()
+                    .ok_or_else(|| anyhow!("the cluster has no leader now"))?;
+                let cluster: phalanx_core::ClusterState = client.get(&api, "/v1/state").await?;
+                let live = simulate::run_live(&config, cluster, &leader, &args)?;
+                if cli.json {
+                    print_json(
+                        &json!({ "waits_for_plan": live.waits_for, "unchanged": live.unchanged, "plan": live.plan }),
+                    )?;
+                } else {
+                    if let Some(id) = live.waits_for {
+                        println!(
+                            "Wait: the leader holds this plan back until the starts in flight of plan {id} report."
+                        );
+                    }
+                    if live.unchanged {
+                        println!("The current plan already does this: the leader commits nothing new.");
+                    }
+                    print!("{}", simulate::render(&live.plan, *explain));
+                }
+                return Ok(0);
+            }
+            let (_, plan) = simulate::run(&config, &args)?;
             if cli.json {
                 print_json(&plan)?;
             } else {

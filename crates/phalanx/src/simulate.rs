@@ -1,12 +1,18 @@
 //! `phalanx simulate`: run the scheduler offline on a config and a state file, with what-ifs
 //! (`--node-down N`, `--fail R@N`), and print the plan it would produce — the same pure function
-//! the leader runs, so what you see is what the cluster would do.
+//! the leader runs, so what you see is what the cluster would do. With `--live` it takes the
+//! replicated state from the running cluster (like `crm_simulate -L`), applies the what-ifs
+//! through the real state machine, and runs the leader's own controller on it.
 
 use anyhow::{anyhow, bail, Context, Result};
 use phalanx_core::config::Fencing;
+use phalanx_core::controller::{self, ControlAction, Controller, Observed};
 use phalanx_core::scheduler::{schedule, Input, Plan, Role};
-use phalanx_core::Config;
+use phalanx_core::state::CallOutcome;
+use phalanx_core::{ClusterState, Command, Config, Liveness, Timings};
+use std::collections::BTreeSet;
 use std::path::Path;
+use std::time::Duration;
 
 pub struct SimulateArgs<'a> {
     pub state: Option<&'a Path>,
@@ -89,4 +95,89 @@ pub fn render(plan: &Plan, explain: bool) -> String {
         }
     }
     o
+}
+
+/// What `simulate --live` found: the controller's decision and the scheduler's full plan.
+pub struct Live {
+    /// The controller holds a new plan back for starts still in flight (their plan id).
+    pub waits_for: Option<u64>,
+    /// The plan matches what the current plan still has to do: nothing new is committed.
+    pub unchanged: bool,
+    pub plan: Plan,
+}
+
+/// `simulate --live`: the what-ifs applied to the live `state` as the leader would record them
+/// (`--node-down`: lost now; `--fail`: a failed monitor now), then one round of the leader's
+/// controller (`leader` decides; if it is itself down, the first other online node).
+pub fn run_live(config: &Config, mut state: ClusterState, leader: &str, args: &SimulateArgs) -> Result<Live> {
+    let now_ms = phalanx_node::mesh::unix_ms();
+    for n in args.node_down {
+        if !state.nodes.contains_key(n) {
+            bail!("--node-down {n}: no such node in the cluster");
+        }
+        state.apply(&Command::SetLiveness {
+            name: n.clone(),
+            liveness: Liveness::Offline,
+            at_ms: now_ms,
+        });
+    }
+    for f in args.fail {
+        let (r, n) = f
+            .split_once('@')
+            .ok_or_else(|| anyhow!("--fail {f:?}: write RESOURCE@NODE"))?;
+        if config.resources.primitive_of(r).is_none() {
+            bail!("--fail {f}: {r} is not a [[resource]] (or an instance such as web:0) in the config");
+        }
+        if !state.nodes.contains_key(n) {
+            bail!("--fail {f}: no such node {n}");
+        }
+        state.apply(&Command::MonitorFailed {
+            rsc: r.to_string(),
+            node: n.to_string(),
+            outcome: CallOutcome::Soft,
+            at_ms: now_ms,
+            reason: Some("simulated monitor failure".into()),
+        });
+    }
+    let online: BTreeSet<String> = state
+        .nodes
+        .iter()
+        .filter(|(_, r)| r.liveness == Liveness::Online)
+        .map(|(n, _)| n.clone())
+        .collect();
+    let me = if online.contains(leader) {
+        leader.to_string()
+    } else {
+        online
+            .iter()
+            .next()
+            .cloned()
+            .ok_or_else(|| anyhow!("no node would be online to lead"))?
+    };
+    let ids: BTreeSet<u64> = state.nodes.values().map(|r| r.id).collect();
+    let observed = Observed {
+        me,
+        now_ms,
+        // Long settled: the leader has heard everyone it will hear.
+        uptime: Duration::from_secs(3600),
+        reachable: online,
+        raft_members: ids.clone(),
+        voters: ids,
+        last_log: 0,
+        matched: Default::default(),
+    };
+    let actions = Controller::default().reconcile(&observed, &state, config, &Timings::from(&config.cluster));
+    let waits_for = actions.iter().find_map(|a| match a {
+        ControlAction::WaitForInFlight { plan_id } => Some(*plan_id),
+        _ => None,
+    });
+    let unchanged = !actions
+        .iter()
+        .any(|a| matches!(a, ControlAction::Write(Command::SetPlan { .. })))
+        && waits_for.is_none();
+    Ok(Live {
+        waits_for,
+        unchanged,
+        plan: controller::schedule(&observed, &state, config),
+    })
 }

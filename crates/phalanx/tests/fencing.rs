@@ -292,3 +292,28 @@ async fn storage_failure_moves_the_resource_after_fencing_its_node() {
         "the failed stop on {from} was not fenced: {fence:?}"
     );
 }
+
+/// `simulate --live` runs the leader's own controller on the live cluster's state (`GET
+/// /v1/state`): with nothing pretended, nothing new is planned; with the holder of web pretended
+/// down, the plan starts with its fence, as the live cluster's would. The live cluster itself
+/// is left alone (web stays where it is).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_live_plans_on_the_live_state_and_fences_first() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = cluster(WEB);
+    let holder = web_placed(&c).await;
+    let (code, out, err) = c.cli(&["simulate", "--live"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("the leader commits nothing new"), "{out}");
+    let (code, out, err) = c.cli(&["simulate", "--live", "--node-down", &holder]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("Plan:\n  Fence {holder} (by ")),
+        "the plan must start with the fence: {out}"
+    );
+    assert!(out.contains(&format!("Recover web ({holder} -> ")), "{out}");
+    let (code, _, err) = c.cli(&["simulate", "--live", "--node-down", "nosuch"]).unwrap();
+    assert_ne!(code, 0);
+    assert!(err.contains("no such node"), "{err}");
+    assert_eq!(web_placed(&c).await, holder, "a simulation changes nothing");
+}

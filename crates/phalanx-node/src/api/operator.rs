@@ -27,6 +27,7 @@ pub fn router(node: Arc<Node>) -> Router {
 pub(super) fn routes() -> Router<Arc<Node>> {
     Router::new()
         .route("/v1/status", get(status))
+        .route("/v1/state", get(cluster_state))
         .route("/v1/nodes", get(list_nodes).post(add_node))
         .route("/v1/nodes/{name}", delete(remove_node))
         .route("/v1/nodes/{name}/standby", post(set_standby))
@@ -40,6 +41,11 @@ pub(super) fn routes() -> Router<Arc<Node>> {
 
 async fn status(State(node): State<Arc<Node>>) -> impl IntoResponse {
     Json(node.status())
+}
+
+/// The replicated cluster state as this node applied it (what `simulate --live` plans on).
+async fn cluster_state(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    Json(node.members())
 }
 
 async fn list_nodes(State(node): State<Arc<Node>>) -> impl IntoResponse {
