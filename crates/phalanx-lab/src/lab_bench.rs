@@ -31,6 +31,16 @@ pub struct ConfigResult {
     pub max_ms: u64,
     /// Moments two nodes held the VIP at once, over all trials.
     pub violations: usize,
+    /// phalanx crash trials: p50 of the time from the crash until the cluster's (new) leader
+    /// declared the node dead, from its own record (`changed_at_unix_ms`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detection_ms: Option<u64>,
+    /// p50 and p99 of the post-detection overhead per trial: client outage − detection (the
+    /// controller, fence, plan, start and the VIP's announcement).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overhead_p50_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overhead_p99_ms: Option<u64>,
 }
 
 impl From<(&Dist, usize)> for ConfigResult {
@@ -42,6 +52,9 @@ impl From<(&Dist, usize)> for ConfigResult {
             p99_ms: d.p99,
             max_ms: d.max,
             violations,
+            detection_ms: None,
+            overhead_p50_ms: None,
+            overhead_p99_ms: None,
         }
     }
 }
@@ -71,6 +84,9 @@ pub struct Args {
 struct Runs {
     outages: Vec<u64>,
     violations: usize,
+    /// Crash trials of phalanx: detection, and outage − detection, per trial.
+    detections: Vec<u64>,
+    overheads: Vec<u64>,
 }
 
 impl Runs {
@@ -78,12 +94,37 @@ impl Runs {
         Runs {
             outages: Vec::new(),
             violations: 0,
+            detections: Vec::new(),
+            overheads: Vec::new(),
         }
     }
 
-    fn add(&mut self, outage: Duration, violations: usize) {
-        self.outages.push(outage.as_millis() as u64);
-        self.violations += violations;
+    fn add(&mut self, t: Trial) {
+        let outage = t.outage.as_millis() as u64;
+        self.outages.push(outage);
+        self.violations += t.violations;
+        if let Some(d) = t.detection_ms {
+            self.detections.push(d);
+            self.overheads.push(outage.saturating_sub(d));
+        }
+    }
+}
+
+/// What one trial measured.
+struct Trial {
+    outage: Duration,
+    violations: usize,
+    /// phalanx crash trials: crash → the (new) leader's verdict, from its own record.
+    detection_ms: Option<u64>,
+}
+
+impl From<(Duration, usize)> for Trial {
+    fn from((outage, violations): (Duration, usize)) -> Self {
+        Trial {
+            outage,
+            violations,
+            detection_ms: None,
+        }
     }
 }
 
@@ -93,7 +134,7 @@ fn vip_addr() -> String {
 
 /// One phalanx trial: a fresh 3-node lab; crash the node holding web (or, `planned`, move web
 /// to another node) and measure the client's outage.
-async fn phalanx_trial(exe: &Path, heartbeat: Duration, planned: bool) -> Result<(Duration, usize)> {
+async fn phalanx_trial(exe: &Path, heartbeat: Duration, planned: bool) -> Result<Trial> {
     let lab = Lab::create(3, 2)?;
     let mut c = crate::lab::cluster_in(
         Spec {
@@ -114,6 +155,8 @@ async fn phalanx_trial(exe: &Path, heartbeat: Duration, planned: bool) -> Result
     wait_answer(&lab, &vip_addr(), &first, T)?;
     let w = Watch::start(&lab, &[1, 2, 3], VIP.parse()?, PORT);
     let at = Instant::now();
+    let crash_wall_ms = phalanx_node::mesh::unix_ms();
+    let mut detection_ms = None;
     let target = if planned {
         let to = if first == "n3" { "n1" } else { "n3" };
         let (code, out, err) = c.cli(&["resource", "move", "web", "--to", to])?;
@@ -124,8 +167,17 @@ async fn phalanx_trial(exe: &Path, heartbeat: Duration, planned: bool) -> Result
     } else {
         lab.crash(first.trim_start_matches('n').parse()?)?;
         c.reap(&first)?;
-        c.wait_for(T, "web moved", |st| web_node(st).filter(|n| *n != first))
-            .await?
+        let (to, detected) = c
+            .wait_for(T, "web moved", |st| {
+                let to = web_node(st).filter(|n| *n != first)?;
+                // The deciding leader's own record of when it declared the crashed node dead.
+                let leader = st.values().find_map(|s| s.leader.clone())?;
+                let at = st.get(&leader)?.nodes.iter().find(|n| n.name == first)?.changed_at_unix_ms;
+                Some((to, at))
+            })
+            .await?;
+        detection_ms = detected.map(|t| t.saturating_sub(crash_wall_ms));
+        to
     };
     wait_answer(&lab, &vip_addr(), &target, T)?;
     let seen = w.finish()?;
@@ -138,7 +190,11 @@ async fn phalanx_trial(exe: &Path, heartbeat: Duration, planned: bool) -> Result
             eprintln!("probe +{:?}: {w:?}", t.duration_since(at));
         }
     }
-    Ok((o, seen.violations.len()))
+    Ok(Trial {
+        outage: o,
+        violations: seen.violations.len(),
+        detection_ms,
+    })
 }
 
 /// A keepalived node: its config, then the daemon and the HTTP service in its namespace.
@@ -272,18 +328,24 @@ pub async fn run(args: Args) -> Result<Report> {
         let mut runs = Runs::new();
         for _ in 0..args.trials {
             let r = match peer {
-                Peer::Keepalived(advert) => keepalived_trial(&args.exe, advert).await,
+                Peer::Keepalived(advert) => keepalived_trial(&args.exe, advert).await.map(Trial::from),
                 Peer::Phalanx(hb, planned) => phalanx_trial(&args.exe, hb, planned).await,
             };
             match r {
-                Ok((o, v)) => runs.add(o, v),
+                Ok(t) => runs.add(t),
                 Err(e) => notes.push(format!("{name}: a trial failed: {e:#}")),
             }
             pb.inc(1);
         }
         if !runs.outages.is_empty() {
             let d = dist(runs.outages);
-            configs.insert(name.to_string(), ConfigResult::from((&d, runs.violations)));
+            let mut c = ConfigResult::from((&d, runs.violations));
+            if !runs.detections.is_empty() {
+                let o = dist(runs.overheads);
+                c.detection_ms = Some(dist(runs.detections).p50);
+                (c.overhead_p50_ms, c.overhead_p99_ms) = (Some(o.p50), Some(o.p99));
+            }
+            configs.insert(name.to_string(), c);
         }
     }
     pb.finish_and_clear();
@@ -301,11 +363,20 @@ pub async fn run(args: Args) -> Result<Report> {
 
 pub fn render(r: &Report) -> String {
     let mut s = String::from("client outage after a crash of the VIP holder (ms)\n");
-    s += "configuration      | trials |  min |  p50 |  p99 |  max | two holders\n";
+    s += "configuration      | trials |  min |  p50 |  p99 |  max | two holders | detection p50 | outage − detection p50 / p99\n";
+    let ms = |x: Option<u64>| x.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
     for (name, c) in &r.configs {
         s += &format!(
-            "{name:<18} | {:>6} | {:>4} | {:>4} | {:>4} | {:>4} | {}\n",
-            c.trials, c.min_ms, c.p50_ms, c.p99_ms, c.max_ms, c.violations
+            "{name:<18} | {:>6} | {:>4} | {:>4} | {:>4} | {:>4} | {:>11} | {:>13} | {} / {}\n",
+            c.trials,
+            c.min_ms,
+            c.p50_ms,
+            c.p99_ms,
+            c.max_ms,
+            c.violations,
+            ms(c.detection_ms),
+            ms(c.overhead_p50_ms),
+            ms(c.overhead_p99_ms)
         );
     }
     let f = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
