@@ -578,9 +578,8 @@ pub fn client(
             let mut stopped_at: Option<(Instant, usize)> = None;
             loop {
                 if stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let (since, from) = *stopped_at.get_or_insert_with(|| {
-                        (Instant::now(), log.lock().unwrap_or_else(|p| p.into_inner()).len())
-                    });
+                    let (since, from) = *stopped_at
+                        .get_or_insert_with(|| (Instant::now(), log.lock().unwrap_or_else(|p| p.into_inner()).len()));
                     let answered = log.lock().unwrap_or_else(|p| p.into_inner())[from..]
                         .iter()
                         .any(|(_, w)| matches!(w, Some(Some(_))));

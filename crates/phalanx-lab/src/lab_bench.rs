@@ -172,7 +172,12 @@ async fn phalanx_trial(exe: &Path, heartbeat: Duration, planned: bool) -> Result
                 let to = web_node(st).filter(|n| *n != first)?;
                 // The deciding leader's own record of when it declared the crashed node dead.
                 let leader = st.values().find_map(|s| s.leader.clone())?;
-                let at = st.get(&leader)?.nodes.iter().find(|n| n.name == first)?.changed_at_unix_ms;
+                let at = st
+                    .get(&leader)?
+                    .nodes
+                    .iter()
+                    .find(|n| n.name == first)?
+                    .changed_at_unix_ms;
                 Some((to, at))
             })
             .await?;

@@ -7,6 +7,7 @@
 //! `reqwest::Client::builder`, binds an HTTP listener or calls `axum::serve` (the demo service,
 //! a stand-in for the user's own service, is plain TCP and stays out of it).
 
+use axum::serve::ListenerExt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -116,7 +117,14 @@ pub async fn serve(listener: Listener, app: axum::Router) -> Result<(), Transpor
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| "?".into());
-    axum::serve(listener.inner, app)
+    // TCP_NODELAY on every accepted connection: Raft RPCs and forwarded writes are small
+    // request/response exchanges on the failover path, which Nagle's algorithm would hold back.
+    let listener = listener.inner.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set on an accepted connection");
+        }
+    });
+    axum::serve(listener, app)
         .await
         .map_err(|source| TransportError::Serve { addr, source })
 }
