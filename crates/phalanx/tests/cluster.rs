@@ -1,6 +1,7 @@
 //! Real `phalanx daemon` processes on loopback: leader crash and rejoin, no acknowledged write
 //! lost across kill -9, redundant links, membership changes, the API's 400/401, a leader's
-//! decision sent over the API refused (the `/v1/write` replay), and the CLI.
+//! decision sent over the API refused (the `/v1/write` replay), a state over 20 MB installed
+//! by snapshot on a node that joins late, and the CLI.
 
 use phalanx::harness::{LocalCluster, Spec};
 use phalanx_node::StatusReport;
@@ -201,6 +202,72 @@ async fn one_link_down_keeps_nodes_alive_both_down_kills() {
     // Re-enable: it comes back.
     c.cli(&["link", "enable", "0", "--node", "n3"]).unwrap();
     c.wait_stable(T).await.unwrap();
+}
+
+/// A cluster state of 21 MiB (node attributes of 1 MiB, each under the API's 2 MB body limit),
+/// then enough small writes that the log is compacted: a node added afterwards can only get the
+/// state as a snapshot, larger than any one request may be, and must install it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_over_20_mb_installs_on_a_node_that_joins_late() {
+    const BIG: usize = 21;
+    let mut c = cluster(3);
+    let leader = c.wait_stable(T).await.unwrap();
+    let api = c.node(&leader).unwrap().api.clone();
+    let client = c.client.clone().with_timeout(Duration::from_secs(20)).unwrap();
+    let value = "x".repeat(1024 * 1024);
+    for i in 0..BIG {
+        let body = serde_json::json!({ "value": value });
+        let o: serde_json::Value = client
+            .put(&api, &format!("/v1/nodes/n1/attrs/big-{i}"), &body)
+            .await
+            .unwrap();
+        assert_eq!(o, serde_json::json!("Ok"));
+    }
+    // Past the snapshot policy (a snapshot every 2,000 entries; 500 kept behind it).
+    let mut writes = tokio::task::JoinSet::new();
+    for w in 0..8 {
+        let (client, api) = (client.clone(), api.clone());
+        writes.spawn(async move {
+            for i in 0..300 {
+                let body = serde_json::json!({ "value": i.to_string() });
+                let _: serde_json::Value = client.put(&api, &format!("/v1/nodes/n2/attrs/w{w}"), &body).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = writes.join_next().await {
+        r.unwrap().unwrap();
+    }
+    let (links, n4_api) = c.add_unlisted("n4").unwrap();
+    let mut args = vec!["node", "add", "n4", "--node-api", n4_api.as_str()];
+    for l in &links {
+        args.extend(["--link", l.as_str()]);
+    }
+    let (code, out, err) = c.cli(&args).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let started = Instant::now();
+    c.start("n4").unwrap();
+    let deadline = started + Duration::from_secs(90);
+    loop {
+        if let Ok(st) = client.status(&n4_api).await {
+            let attrs = attrs_of(&st, "n1");
+            let big = attrs
+                .iter()
+                .filter(|(k, v)| k.starts_with("big-") && v.len() == value.len())
+                .count();
+            if big == BIG && attrs_of(&st, "n2").len() == 8 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "n4 never got the 21 MiB state");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let log = std::fs::read_to_string(c.log_path("n4")).unwrap_or_default();
+    eprintln!(
+        "n4 has the {BIG} MiB state {} ms after its start",
+        started.elapsed().as_millis()
+    );
+    assert!(!log.contains("panicked"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,8 @@
 //! One concern per file: `nodes` (membership, liveness, standby, attributes, maintenance),
 //! `resources` (results, monitors, probes, failures, cleanup), `plan` (the plan, claims and
 //! reported actions), `fencing` (fence records, device health), `operator` (moves and bans) and
-//! `input` (the scheduler's input). This file holds the nouns every family shares and the
+//! `input` (the scheduler's input), and `touched` (which entries a command changed, so that a
+//! persisted state machine writes only those). This file holds the nouns every family shares and the
 //! dispatch of a [`Command`] to its family.
 
 mod fencing;
@@ -16,12 +17,14 @@ mod nodes;
 mod operator;
 mod plan;
 mod resources;
+mod touched;
 
 pub use crate::outcome::{Outcome, RejectReason};
 pub use fencing::{DeviceHealth, FenceRecord};
 pub use nodes::{Liveness, NewNode, NodeRecord};
 pub use plan::PlanRecord;
 pub use resources::{CallOutcome, ResourceRecord};
+pub use touched::Touched;
 
 use crate::scheduler::{Action, OperatorConstraint, Role};
 use serde::{Deserialize, Serialize};
@@ -154,19 +157,26 @@ type Applied = Result<Outcome, Outcome>;
 impl ClusterState {
     /// Apply one command. Rejected commands change nothing.
     pub fn apply(&mut self, cmd: &Command) -> Outcome {
-        match self.try_apply(cmd) {
+        self.apply_touching(cmd, &mut Touched::default())
+    }
+
+    /// [`apply`](Self::apply), adding to `touched` every entry the command may have changed.
+    pub fn apply_touching(&mut self, cmd: &Command, touched: &mut Touched) -> Outcome {
+        touched.named_by(cmd);
+        match self.try_apply(cmd, touched) {
             Ok(o) | Err(o) => o,
         }
     }
 
-    /// Hand a command to its family (see the module's files).
-    fn try_apply(&mut self, cmd: &Command) -> Applied {
+    /// Hand a command to its family (see the module's files); the families mark in `touched`
+    /// what they change beyond what the command names.
+    fn try_apply(&mut self, cmd: &Command, touched: &mut Touched) -> Applied {
         match cmd {
             Command::Bootstrap { nodes } => self.bootstrap(nodes),
             Command::AddNode { name, id, links, api } => self.add_node(name, *id, links, api),
             Command::RemoveNode { name } => self.remove_node(name),
             Command::SetStandby { name, standby } => self.set_standby(name, *standby),
-            Command::SetLiveness { name, liveness, at_ms } => self.set_liveness(name, *liveness, *at_ms),
+            Command::SetLiveness { name, liveness, at_ms } => self.set_liveness(name, *liveness, *at_ms, touched),
             Command::SetAttr { name, key, value } => self.set_attr(name, key, value.as_ref()),
             Command::SetMaintenance { node, on } => self.set_maintenance(node.as_deref(), *on),
             Command::SetPlan { actions, edges } => self.set_plan(actions, edges),
@@ -183,7 +193,7 @@ impl ClusterState {
                 outcome,
                 at_ms,
                 reason,
-            } => Ok(self.action_result(*plan_id, *index, action, *outcome, *at_ms, reason.clone())),
+            } => Ok(self.action_result((*plan_id, *index), action, (*outcome, *at_ms, reason.clone()), touched)),
             Command::MonitorFailed {
                 rsc,
                 node,

@@ -2,7 +2,7 @@
 //! nodes (ids are never reused), standby, liveness as recorded by the leader (with what a loss
 //! and a return mean for fencing and for what the node ran), attributes and maintenance.
 
-use super::{Applied, ClusterState, FenceRecord, Outcome, RejectReason};
+use super::{Applied, ClusterState, FenceRecord, Outcome, RejectReason, Touched};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -135,13 +135,22 @@ impl ClusterState {
         Ok(Outcome::Ok)
     }
 
-    pub(super) fn set_liveness(&mut self, name: &str, liveness: Liveness, at_ms: u64) -> Applied {
+    pub(super) fn set_liveness(
+        &mut self,
+        name: &str,
+        liveness: Liveness,
+        at_ms: u64,
+        touched: &mut Touched,
+    ) -> Applied {
+        let was = self.node_mut(name)?.liveness;
+        if was == Liveness::Offline && liveness == Liveness::Online {
+            touched.resources_on(self, name);
+        }
         let n = self.node_mut(name)?;
         if n.liveness == liveness {
             return Ok(Outcome::Unchanged);
         }
         let back_from_lost = n.liveness == Liveness::Offline && liveness == Liveness::Online;
-        let was = n.liveness;
         n.liveness = liveness;
         n.liveness_since_ms = at_ms;
         if liveness == Liveness::Offline {

@@ -2,7 +2,7 @@
 //! plan replacing the old one, nodes claiming their actions through the log, and reported
 //! results (which also update what runs where, or the fencing records).
 
-use super::{Applied, CallOutcome, ClusterState, Outcome, RejectReason};
+use super::{Applied, CallOutcome, ClusterState, Outcome, RejectReason, Touched};
 use crate::scheduler::{Action, ActionKind};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -111,19 +111,25 @@ impl ClusterState {
 
     /// An action of plan `plan_id` reported: the resource (or fencing) record always learns
     /// it; the plan's progress only if it is still the current plan's action `index`.
+    /// (`at` is the plan id and the action's index; `how` its outcome, time and reason.)
     pub(super) fn action_result(
         &mut self,
-        plan_id: u64,
-        index: usize,
+        at: (u64, usize),
         action: &Action,
-        outcome: CallOutcome,
-        at_ms: u64,
-        reason: Option<String>,
+        how: (CallOutcome, u64, Option<String>),
+        touched: &mut Touched,
     ) -> Outcome {
+        let ((plan_id, index), (outcome, at_ms, reason)) = (at, how);
         let ok = outcome == CallOutcome::Ok;
         if action.kind == ActionKind::Fence {
+            touched.nodes.insert(action.rsc.clone());
+            if ok {
+                touched.resources_on(self, &action.rsc);
+            }
             self.record_fence(action, ok, at_ms, reason);
         } else {
+            touched.resources.insert(action.rsc.clone());
+            touched.nodes.insert(action.node.clone());
             self.record_result(action, ok, outcome, at_ms, reason);
         }
         if plan_id == self.plan.id && index < self.plan.actions.len() && self.plan.actions[index] == *action {
