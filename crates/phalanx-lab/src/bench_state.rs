@@ -74,11 +74,11 @@ fn small_write(i: usize) -> Command {
         1 => Command::Probe {
             rsc: format!("r{}", i % 32),
             node: format!("n{}", 1 + i % 3),
-            role: (i % 2 == 0).then_some(Role::Started),
+            role: i.is_multiple_of(2).then_some(Role::Started),
         },
         _ => Command::SetStandby {
             name: "n3".into(),
-            standby: i % 2 == 0,
+            standby: i.is_multiple_of(2),
         },
     }
 }
@@ -119,7 +119,7 @@ async fn one_size(mb: usize, writes: usize, progress: &dyn Fn(&str)) -> Result<S
         postcard::to_allocvec(&b.sm.shared().read().map_err(|_| anyhow::anyhow!("poisoned"))?.cluster)?.len();
     let mut us = Vec::with_capacity(writes);
     for i in 0..writes {
-        if i % 500 == 0 {
+        if i.is_multiple_of(500) {
             progress(&format!("{mb} MB: write {i}/{writes}"));
         }
         let t = Instant::now();

@@ -88,7 +88,7 @@ mod tests {
         assert_eq!(rc.election_timeout_max, 76);
         assert!((rc.snapshot_max_chunk_size as usize) < RAFT_BODY_LIMIT / 4);
         rc.validate().unwrap();
-        assert!(APPEND_BUDGET < RAFT_BODY_LIMIT / 4);
+        const { assert!(APPEND_BUDGET < RAFT_BODY_LIMIT / 4) };
         assert_eq!(cfg.cluster.detection_time(), Duration::from_millis(60));
     }
 }

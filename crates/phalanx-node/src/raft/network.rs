@@ -63,10 +63,6 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
-fn encoded<Req: Serialize, E: std::error::Error>(req: &Req) -> Result<Vec<u8>, RPCError<NodeId, BasicNode, E>> {
-    postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))
-}
-
 /// An append request cut to its longest prefix of entries (at least one) that fits in `budget`
 /// bytes, and the last log id of that prefix; None when the whole request fits.
 fn fit_append(
@@ -110,7 +106,7 @@ impl HttpConn {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let body = encoded(req)?;
+        let body = postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let resp = self
             .client
             .post(crate::transport::url(&self.addr, &format!("/raft/{rpc}")))
