@@ -5,7 +5,7 @@
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use phalanx_core::config::parse_duration;
-use phalanx_lab::{bench, bench_sched, demo_lab, lab, lab_bench, nemesis};
+use phalanx_lab::{bench, bench_sched, bench_state, demo_lab, lab, lab_bench, nemesis};
 use std::time::Duration;
 
 #[global_allocator]
@@ -91,6 +91,15 @@ enum BenchCmd {
         /// Run only these configurations (comma-separated names, as printed).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+    },
+    /// Per-write cost of small state writes (apply + persist) as the state grows.
+    StateWrites {
+        /// State sizes in MB, comma-separated.
+        #[arg(long, default_value = "1,20", value_delimiter = ',')]
+        sizes: Vec<usize>,
+        /// Small writes per size, each applied as its own batch.
+        #[arg(long, default_value_t = 10_000)]
+        writes: usize,
     },
     /// The scheduler on generated clusters, beside Pacemaker's crm_simulate.
     Scheduler {
@@ -198,6 +207,23 @@ async fn run(cli: Cli) -> Result<i32> {
             } else {
                 0
             })
+        }
+        Cmd::Bench {
+            cmd: BenchCmd::StateWrites { sizes, writes },
+        } => {
+            let args = bench_state::Args {
+                sizes_mb: sizes,
+                writes,
+            };
+            let quiet = cli.json;
+            let r = bench_state::run(&args, &|m| {
+                if !quiet {
+                    eprintln!("{m}");
+                }
+            })
+            .await?;
+            output(cli.json, &r, bench_state::render)?;
+            Ok(0)
         }
         Cmd::Bench {
             cmd:

@@ -1,6 +1,7 @@
 //! Real `phalanx daemon` processes on loopback: leader crash and rejoin, no acknowledged write
 //! lost across kill -9, redundant links, membership changes, the API's 400/401, a leader's
-//! decision sent over the API refused (the `/v1/write` replay), and the CLI.
+//! decision sent over the API refused (the `/v1/write` replay), a state over 20 MB installed
+//! by snapshot on a node that joins late, and the CLI.
 
 use phalanx::harness::{LocalCluster, Spec};
 use phalanx_node::StatusReport;
@@ -201,6 +202,81 @@ async fn one_link_down_keeps_nodes_alive_both_down_kills() {
     // Re-enable: it comes back.
     c.cli(&["link", "enable", "0", "--node", "n3"]).unwrap();
     c.wait_stable(T).await.unwrap();
+}
+
+/// A cluster state of 21 MiB (node attributes of 1 MiB, each under the API's 2 MB body limit),
+/// then enough small writes that the log is compacted: a node added afterwards can only get the
+/// state as a snapshot, larger than any one request may be, and must install it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_over_20_mb_installs_on_a_node_that_joins_late() {
+    const BIG: usize = 21;
+    let mut c = cluster(3);
+    let leader = c.wait_stable(T).await.unwrap();
+    let api = c.node(&leader).unwrap().api.clone();
+    let client = c.client.clone().with_timeout(Duration::from_secs(20)).unwrap();
+    let value = "x".repeat(1024 * 1024);
+    // A write may meet a busy 2-core machine (a timeout, a 503): it is retried a few times.
+    async fn put(client: &phalanx::client::Client, api: &str, path: &str, value: &str) -> anyhow::Result<()> {
+        let body = serde_json::json!({ "value": value });
+        let mut last = None;
+        for _ in 0..5 {
+            match client.put::<_, serde_json::Value>(api, path, &body).await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt")))
+    }
+    for i in 0..BIG {
+        put(&client, &api, &format!("/v1/nodes/n1/attrs/big-{i}"), &value)
+            .await
+            .unwrap();
+    }
+    // Past the snapshot policy (a snapshot every 2,000 entries; 500 kept behind it).
+    let mut writes = tokio::task::JoinSet::new();
+    for w in 0..8 {
+        let (client, api) = (client.clone(), api.clone());
+        writes.spawn(async move {
+            for i in 0..300 {
+                put(&client, &api, &format!("/v1/nodes/n2/attrs/w{w}"), &i.to_string()).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = writes.join_next().await {
+        r.unwrap().unwrap();
+    }
+    let (links, n4_api) = c.add_unlisted("n4").unwrap();
+    let mut args = vec!["node", "add", "n4", "--node-api", n4_api.as_str()];
+    for l in &links {
+        args.extend(["--link", l.as_str()]);
+    }
+    let (code, out, err) = c.cli(&args).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let started = Instant::now();
+    c.start("n4").unwrap();
+    let deadline = started + Duration::from_secs(90);
+    loop {
+        if let Ok(st) = client.status(&n4_api).await {
+            let attrs = attrs_of(&st, "n1");
+            let big = attrs
+                .iter()
+                .filter(|(k, v)| k.starts_with("big-") && v.len() == value.len())
+                .count();
+            if big == BIG && attrs_of(&st, "n2").len() == 8 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "n4 never got the 21 MiB state");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let log = std::fs::read_to_string(c.log_path("n4")).unwrap_or_default();
+    eprintln!(
+        "n4 has the {BIG} MiB state {} ms after its start",
+        started.elapsed().as_millis()
+    );
+    assert!(!log.contains("panicked"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
 //! The peer router: what nodes send each other over HTTP. Raft RPCs (`/raft/{append,vote,
-//! snapshot}`, postcard bodies, see `raft::network`) and writes forwarded by a follower to the
+//! snapshot}`, postcard bodies up to `raft::RAFT_BODY_LIMIT`, see `raft::network`) and writes forwarded by a follower to the
 //! leader (`/peer/write`, JSON, see `forward`). A forwarded write is accepted only when a node
 //! may forward it (`Command::forwardable`: operator requests, agent results, claims); a
 //! leader's decision (bootstrap, liveness, plan) is refused with 403 and a reason, whoever
@@ -10,7 +10,7 @@ use crate::forward::FORWARD_PATH;
 use crate::node::Node;
 use crate::raft::network::RpcError;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::routing::post;
 use axum::{Json, Router};
 use phalanx_core::{Command, Outcome};
@@ -24,7 +24,10 @@ pub fn router(node: Arc<Node>) -> Router {
 /// The peer routes, without authentication or state (`api::app` merges them with the others).
 pub(super) fn routes() -> Router<Arc<Node>> {
     Router::new()
-        .route("/raft/{rpc}", post(raft_rpc))
+        .route(
+            "/raft/{rpc}",
+            post(raft_rpc).layer(DefaultBodyLimit::max(crate::raft::RAFT_BODY_LIMIT)),
+        )
         .route(FORWARD_PATH, post(forwarded_write))
 }
 

@@ -3,6 +3,8 @@
 //! code lives in this module so the openraft version can move in one place.
 
 pub mod network;
+mod sm_tables;
+pub mod state_machine;
 pub mod store;
 
 use phalanx_core::config::ClusterConfig;
@@ -38,6 +40,21 @@ pub type LogId = openraft::LogId<NodeId>;
 pub type StorageError = openraft::StorageError<NodeId>;
 pub type Membership = openraft::StoredMembership<NodeId, BasicNode>;
 
+/// The largest snapshot chunk openraft sends in one `/raft/snapshot` request (its default is
+/// 3 MiB; a state of any size is sent as many of these).
+pub const SNAPSHOT_CHUNK: u64 = 1024 * 1024;
+
+/// The network sends at most this many bytes of log entries in one `/raft/append` request: a
+/// longer batch (a lagging follower catching up on large entries) goes as a prefix, reported
+/// to openraft as a partial success, and the rest follows (see `network`). One entry larger
+/// than this still goes, alone.
+pub const APPEND_BUDGET: usize = 4 * 1024 * 1024;
+
+/// What the peer router accepts on `/raft/*`: a snapshot chunk or an append batch with room to
+/// spare, and one log entry up to this size (the operator API's own limit, 2 MB, bounds the
+/// commands it accepts far below it). Other routes keep axum's default of 2 MB.
+pub const RAFT_BODY_LIMIT: usize = 32 * 1024 * 1024;
+
 /// openraft's config: its timeouts are [`Timings`]' (the one owner of derived timings).
 pub fn raft_config(cluster: &ClusterConfig) -> openraft::Config {
     let t = Timings::from(cluster);
@@ -49,6 +66,7 @@ pub fn raft_config(cluster: &ClusterConfig) -> openraft::Config {
         install_snapshot_timeout: ms(t.install_snapshot_timeout),
         max_in_snapshot_log_to_keep: 500,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2000),
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK,
         ..Default::default()
     }
 }
@@ -68,7 +86,9 @@ mod tests {
         assert_eq!(rc.heartbeat_interval, 20);
         assert_eq!(rc.election_timeout_min, 60);
         assert_eq!(rc.election_timeout_max, 76);
+        assert!((rc.snapshot_max_chunk_size as usize) < RAFT_BODY_LIMIT / 4);
         rc.validate().unwrap();
+        const { assert!(APPEND_BUDGET < RAFT_BODY_LIMIT / 4) };
         assert_eq!(cfg.cluster.detection_time(), Duration::from_millis(60));
     }
 }

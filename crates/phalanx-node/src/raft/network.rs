@@ -1,9 +1,11 @@
 //! Raft RPC over HTTP: a pooled client (built by `transport`) posts postcard bodies to
-//! `/raft/{append,vote,snapshot}` on the peer's API address, with the cluster's bearer token;
+//! `/raft/{append,vote,snapshot}` on the peer's API address, with the cluster's bearer token
+//! (snapshots in chunks of `SNAPSHOT_CHUNK`, appends cut to `APPEND_BUDGET`, both far below the
+//! peer router's `RAFT_BODY_LIMIT`);
 //! `serve_rpc` is the other end, mounted by the peer router (`api::peer`). Unreachable peers map
 //! to openraft's `Unreachable` so replication backs off instead of spinning.
 
-use super::{BasicNode, NodeId, Raft, TypeConfig};
+use super::{BasicNode, LogId, NodeId, Raft, TypeConfig};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -61,6 +63,42 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
+/// An append request cut to its longest prefix of entries (at least one) that fits in `budget`
+/// bytes, and the last log id of that prefix; None when the whole request fits.
+fn fit_append(
+    req: &AppendEntriesRequest<TypeConfig>,
+    budget: usize,
+) -> Option<(AppendEntriesRequest<TypeConfig>, LogId)> {
+    let sizes: Vec<usize> = req
+        .entries
+        .iter()
+        .map(|e| postcard::to_allocvec(e).map_or(usize::MAX, |b| b.len()))
+        .collect();
+    if sizes.iter().fold(0usize, |a, b| a.saturating_add(*b)) <= budget {
+        return None;
+    }
+    let mut total = 0usize;
+    let n = sizes
+        .iter()
+        .take_while(|s| {
+            total = total.saturating_add(**s);
+            total <= budget
+        })
+        .count()
+        .max(1);
+    let entries = req.entries[..n].to_vec();
+    let last = entries.last()?.log_id;
+    Some((
+        AppendEntriesRequest {
+            vote: req.vote,
+            prev_log_id: req.prev_log_id,
+            leader_commit: req.leader_commit,
+            entries,
+        },
+        last,
+    ))
+}
+
 impl HttpConn {
     async fn call<Req, Resp, E>(&self, rpc: &str, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
     where
@@ -107,7 +145,15 @@ impl RaftNetwork<TypeConfig> for HttpConn {
         req: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.call("append", &req, &option).await
+        // Most requests fit; a long batch of large entries goes as a prefix, and openraft
+        // sends the rest next (a partial success names the last entry the follower took).
+        let Some((prefix, last)) = fit_append(&req, super::APPEND_BUDGET) else {
+            return self.call("append", &req, &option).await;
+        };
+        match self.call("append", &prefix, &option).await? {
+            AppendEntriesResponse::Success => Ok(AppendEntriesResponse::PartialSuccess(Some(last))),
+            other => Ok(other),
+        }
     }
 
     async fn install_snapshot(
@@ -142,5 +188,45 @@ pub async fn serve_rpc(raft: &Raft, rpc: &str, body: &[u8]) -> Result<Vec<u8>, R
         "vote" => encode("vote", &raft.vote(decode("vote", body)?).await),
         "snapshot" => encode("snapshot", &raft.install_snapshot(decode("snapshot", body)?).await),
         other => Err(RpcError::UnknownRpc(other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::{Entry, Request};
+    use openraft::{CommittedLeaderId, EntryPayload, Vote};
+    use phalanx_core::Command;
+
+    fn append(sizes: &[usize]) -> AppendEntriesRequest<TypeConfig> {
+        let entries = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), i as u64 + 10),
+                payload: EntryPayload::Normal(Request(Command::SetAttr {
+                    name: "n1".into(),
+                    key: format!("k{i}"),
+                    value: Some("x".repeat(*n)),
+                })),
+            })
+            .collect();
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 9)),
+            leader_commit: None,
+            entries,
+        }
+    }
+
+    #[test]
+    fn a_long_append_goes_as_a_prefix_that_fits() {
+        assert!(fit_append(&append(&[10, 10, 10]), 1000).is_none(), "fits: sent whole");
+        let (prefix, last) = fit_append(&append(&[400, 400, 400, 400]), 1000).unwrap();
+        assert_eq!(prefix.entries.len(), 2);
+        assert_eq!(last.index, 11);
+        assert_eq!(prefix.prev_log_id.map(|l| l.index), Some(9));
+        let (alone, last) = fit_append(&append(&[5000, 10]), 1000).unwrap();
+        assert_eq!((alone.entries.len(), last.index), (1, 10), "one large entry goes alone");
     }
 }

@@ -1,27 +1,27 @@
 //! Durable Raft storage in one redb file: the log (`log` table, index → postcard entry), and
-//! metadata (`meta` table: vote, committed id, last purged id, the state machine and the last
+//! metadata (`meta` table: vote, committed id, last purged id, the incarnation and the last
 //! snapshot). Every write is a redb transaction committed with fsync, so a kill -9 at any moment
-//! loses nothing that was acknowledged. The state machine persists itself in the same way after
-//! each applied batch, so a restart does not replay the log to rebuild it.
+//! loses nothing that was acknowledged. The state machine (`state_machine`) lives in the same
+//! file, one entry per entity (`sm_tables`), and persists what each applied batch changed, so a
+//! restart does not replay the log to rebuild it.
 
 // openraft's StorageError (224 bytes) is the error type its storage traits require; our helpers
 // return it too rather than boxing and unboxing at every trait boundary.
 #![allow(clippy::result_large_err)]
 
-use super::{BasicNode, Entry, LogId, Membership, NodeId, Request, Response, StorageError, TypeConfig};
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
-use openraft::{AnyError, EntryPayload, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageIOError, Vote};
-use phalanx_core::{ClusterState, Outcome};
+pub use super::state_machine::{SmData, StateMachine};
+use super::{Entry, LogId, NodeId, StorageError, TypeConfig};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AnyError, RaftLogReader, StorageIOError, Vote};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Serialize};
 use std::fmt::Debug;
-use std::io::Cursor;
 use std::ops::RangeBounds;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// Errors opening the store (everything after opening is reported as openraft's StorageError).
 #[derive(Debug, thiserror::Error)]
@@ -35,19 +35,27 @@ pub enum StoreError {
         what: &'static str,
         source: postcard::Error,
     },
+    #[error("stored {0} is not valid UTF-8")]
+    Corrupt(&'static str),
 }
 
-fn io(e: impl std::fmt::Display) -> AnyError {
+impl From<redb::TableError> for StoreError {
+    fn from(e: redb::TableError) -> Self {
+        StoreError::Db(e.into())
+    }
+}
+
+pub(super) fn io(e: impl std::fmt::Display) -> AnyError {
     AnyError::error(e.to_string())
 }
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+pub(super) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     // Invariant: our types serialize infallibly with postcard (no maps with non-string keys
     // issues, no `deserialize_any`); a failure here is a programming error caught by tests.
     postcard::to_allocvec(v).expect("postcard encoding of a phalanx type")
 }
 
-fn decode<T: DeserializeOwned>(what: &'static str, b: &[u8]) -> Result<T, StoreError> {
+pub(super) fn decode<T: DeserializeOwned>(what: &'static str, b: &[u8]) -> Result<T, StoreError> {
     postcard::from_bytes(b).map_err(|source| StoreError::Decode { what, source })
 }
 
@@ -76,7 +84,7 @@ fn init(db: Database) -> Result<Arc<Database>, StoreError> {
     Ok(Arc::new(db))
 }
 
-fn meta_get<T: DeserializeOwned>(db: &Database, key: &'static str) -> Result<Option<T>, StoreError> {
+pub(super) fn meta_get<T: DeserializeOwned>(db: &Database, key: &'static str) -> Result<Option<T>, StoreError> {
     let rx = db.begin_read().map_err(redb::Error::from)?;
     let t = rx.open_table(META).map_err(redb::Error::from)?;
     match t.get(key).map_err(redb::Error::from)? {
@@ -85,7 +93,7 @@ fn meta_get<T: DeserializeOwned>(db: &Database, key: &'static str) -> Result<Opt
     }
 }
 
-fn meta_put<T: Serialize>(db: &Database, key: &str, v: &T) -> Result<(), redb::Error> {
+pub(super) fn meta_put<T: Serialize>(db: &Database, key: &str, v: &T) -> Result<(), redb::Error> {
     let tx = db.begin_write()?;
     {
         let mut t = tx.open_table(META)?;
@@ -240,189 +248,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-// ---- state machine ---------------------------------------------------------------------------
-
-/// What the state machine holds: the cluster state and where in the log it stands.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct SmData {
-    pub last_applied: Option<LogId>,
-    pub membership: Membership,
-    pub cluster: ClusterState,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, BasicNode>,
-    data: Vec<u8>,
-}
-
-/// The applied cluster state, shared read-only with the rest of the node.
-#[derive(Clone)]
-pub struct StateMachine {
-    db: Arc<Database>,
-    data: Arc<RwLock<SmData>>,
-    /// Bumped after every apply: the controller and the executor wake on it instead of waiting
-    /// for their next tick (each plan step would otherwise cost up to a heartbeat interval).
-    applied: Arc<tokio::sync::watch::Sender<u64>>,
-}
-
-impl StateMachine {
-    /// Load the persisted state machine (empty on a fresh node).
-    pub fn load(db: Arc<Database>) -> Result<Self, StoreError> {
-        let data: SmData = meta_get(&db, "sm")?.unwrap_or_default();
-        Ok(StateMachine {
-            db,
-            data: Arc::new(RwLock::new(data)),
-            applied: Arc::new(tokio::sync::watch::channel(0).0),
-        })
-    }
-
-    /// A shared handle on the applied state, for readers (API, controller).
-    pub fn shared(&self) -> Arc<RwLock<SmData>> {
-        self.data.clone()
-    }
-
-    /// Changes after every apply (see `applied`).
-    pub fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.applied.subscribe()
-    }
-
-    fn snapshot_of(&self) -> Result<StoredSnapshot, StorageError> {
-        let d = self
-            .data
-            .read()
-            .map_err(|_| StorageIOError::read_state_machine(io("poisoned lock")))?;
-        let data = encode(&*d);
-        let snapshot_id = match d.last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
-            None => "empty".to_string(),
-        };
-        Ok(StoredSnapshot {
-            meta: SnapshotMeta {
-                last_log_id: d.last_applied,
-                last_membership: d.membership.clone(),
-                snapshot_id,
-            },
-            data,
-        })
-    }
-
-    fn persist(&self, d: &SmData) -> Result<(), StorageError> {
-        meta_put(&self.db, "sm", d).map_err(|e| StorageIOError::write_state_machine(io(e)).into())
-    }
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let snap = self.snapshot_of()?;
-        meta_put(&self.db, "snapshot", &snap)
-            .map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), io(e)))?;
-        Ok(Snapshot {
-            meta: snap.meta,
-            snapshot: Box::new(Cursor::new(snap.data)),
-        })
-    }
-}
-
-impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotBuilder = Self;
-
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageError> {
-        let d = self
-            .data
-            .read()
-            .map_err(|_| StorageIOError::read_state_machine(io("poisoned lock")))?;
-        Ok((d.last_applied, d.membership.clone()))
-    }
-
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
-    where
-        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
-        I::IntoIter: openraft::OptionalSend,
-    {
-        let mut next = self
-            .data
-            .read()
-            .map_err(|_| StorageIOError::read_state_machine(io("poisoned lock")))?
-            .clone();
-        let mut out = Vec::new();
-        for e in entries {
-            next.last_applied = Some(e.log_id);
-            let outcome = match e.payload {
-                EntryPayload::Blank => Outcome::Unchanged,
-                EntryPayload::Normal(Request(cmd)) => {
-                    let outcome = next.cluster.apply(&cmd);
-                    // The whole history of the state, for a post-mortem (RUST_LOG=phalanx_node::raft=debug).
-                    tracing::debug!(
-                        index = e.log_id.index,
-                        term = e.log_id.leader_id.term,
-                        ?cmd,
-                        ?outcome,
-                        "applied"
-                    );
-                    outcome
-                }
-                EntryPayload::Membership(m) => {
-                    next.membership = Membership::new(Some(e.log_id), m);
-                    Outcome::Ok
-                }
-            };
-            out.push(Response(outcome));
-        }
-        self.persist(&next)?;
-        *self
-            .data
-            .write()
-            .map_err(|_| StorageIOError::write_state_machine(io("poisoned lock")))? = next;
-        self.applied.send_modify(|n| *n += 1);
-        Ok(out)
-    }
-
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        self.clone()
-    }
-
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta<NodeId, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
-        let bytes = snapshot.into_inner();
-        let data: SmData =
-            decode("snapshot", &bytes).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), io(e)))?;
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: bytes,
-        };
-        meta_put(&self.db, "snapshot", &stored)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), io(e)))?;
-        self.persist(&data)?;
-        *self
-            .data
-            .write()
-            .map_err(|_| StorageIOError::write_state_machine(io("poisoned lock")))? = data;
-        self.applied.send_modify(|n| *n += 1);
-        Ok(())
-    }
-
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let stored: Option<StoredSnapshot> =
-            meta_get(&self.db, "snapshot").map_err(|e| StorageIOError::read_snapshot(None, io(e)))?;
-        Ok(stored.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data)),
-        }))
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::{Membership, Request};
     use super::*;
-    use openraft::{CommittedLeaderId, Membership as RaftMembership};
+    use openraft::{CommittedLeaderId, EntryPayload, Membership as RaftMembership};
+    use phalanx_core::ClusterState;
     use phalanx_core::Command;
     use std::collections::BTreeSet;
 

@@ -1,0 +1,259 @@
+//! The observed cluster state replicated through Raft: the nodes (ids, links, API address,
+//! standby flag, liveness as seen by the leader, attributes), what runs where, the plan being
+//! executed, the operator's moves and bans, fencing records and the config version. Commands
+//! change it through a pure `apply`; the same sequence of commands gives the same state on every
+//! node. Invalid commands are rejected with a reason and change nothing.
+//!
+//! One concern per file: `nodes` (membership, liveness, standby, attributes, maintenance),
+//! `resources` (results, monitors, probes, failures, cleanup), `plan` (the plan, claims and
+//! reported actions), `fencing` (fence records, device health), `operator` (moves and bans) and
+//! `input` (the scheduler's input), and `touched` (which entries a command changed, so that a
+//! persisted state machine writes only those). This file holds the nouns every family shares and the
+//! dispatch of a [`Command`] to its family.
+
+mod fencing;
+mod input;
+mod nodes;
+mod operator;
+mod plan;
+mod resources;
+mod touched;
+
+pub use crate::outcome::{Outcome, RejectReason};
+pub use fencing::{DeviceHealth, FenceRecord};
+pub use nodes::{Liveness, NewNode, NodeRecord};
+pub use plan::PlanRecord;
+pub use resources::{CallOutcome, ResourceRecord};
+pub use touched::Touched;
+
+use crate::scheduler::{Action, OperatorConstraint, Role};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The whole replicated state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ClusterState {
+    pub nodes: BTreeMap<String, NodeRecord>,
+    /// Incremented by every applied command that changes the configuration of the cluster.
+    pub config_version: u64,
+    /// The highest node id ever assigned (ids are never reused).
+    pub max_node_id: u64,
+    #[serde(default)]
+    pub resources: BTreeMap<String, ResourceRecord>,
+    /// Operator moves and bans (expiring by themselves).
+    #[serde(default)]
+    pub operator: Vec<OperatorConstraint>,
+    #[serde(default)]
+    pub plan: PlanRecord,
+    /// Cluster-wide maintenance: nothing is managed.
+    #[serde(default)]
+    pub maintenance: bool,
+    /// The last result of each fence device's monitor (changes only).
+    #[serde(default)]
+    pub fence_devices: BTreeMap<String, DeviceHealth>,
+}
+
+/// A change to the cluster state, proposed by the leader or an operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Record the configured members of a new cluster, all at once (so that a leader change
+    /// half-way through can never leave a partial member list). Rejected once bootstrapped.
+    Bootstrap {
+        nodes: Vec<NewNode>,
+    },
+    /// Add a member. `id` must be above every id ever assigned.
+    AddNode {
+        name: String,
+        /// None: the next free id, assigned here when the command is applied (in log order,
+        /// so whichever node proposed it, the id is never stale).
+        id: Option<u64>,
+        links: Vec<String>,
+        api: String,
+    },
+    RemoveNode {
+        name: String,
+    },
+    SetStandby {
+        name: String,
+        standby: bool,
+    },
+    SetLiveness {
+        name: String,
+        liveness: Liveness,
+        at_ms: u64,
+    },
+    SetAttr {
+        name: String,
+        key: String,
+        value: Option<String>,
+    },
+    /// Replace the plan (the leader, when the scheduler's answer changed).
+    SetPlan {
+        actions: Vec<Action>,
+        edges: Vec<(usize, usize)>,
+    },
+    /// A node claims its actions of a plan, all at once when the plan appears, and runs each
+    /// when its predecessors are done. Accepted (all or none) only if `plan_id` is still the
+    /// current plan and every action is this node's and unfinished: a node whose replica lags
+    /// (just restarted, say) can never act on a plan that was already replaced or finished.
+    /// `incarnation` names the claiming process: a restarted one sees its old claims as not
+    /// its own and must claim again, through the log.
+    ClaimAction {
+        plan_id: u64,
+        indices: Vec<usize>,
+        node: String,
+        incarnation: u64,
+    },
+    /// A node reports an action of plan `plan_id`.
+    ActionResult {
+        plan_id: u64,
+        index: usize,
+        action: Action,
+        outcome: CallOutcome,
+        at_ms: u64,
+        reason: Option<String>,
+    },
+    /// A recurring monitor found the resource failed on `node`.
+    MonitorFailed {
+        rsc: String,
+        node: String,
+        outcome: CallOutcome,
+        at_ms: u64,
+        reason: Option<String>,
+    },
+    /// What a probe (a monitor at start-up) found on `node`: None = not running.
+    Probe {
+        rsc: String,
+        node: String,
+        role: Option<Role>,
+    },
+    /// A fence device's monitor changed its answer.
+    DeviceHealth {
+        device: String,
+        health: DeviceHealth,
+    },
+    /// Forget failures, bans and fatal errors of a resource.
+    Cleanup {
+        rsc: String,
+    },
+    /// Operator move (prefer) or ban of a resource on a node, until `expires_ms`.
+    Operator {
+        constraint: OperatorConstraint,
+    },
+    /// Remove the operator's moves and bans of a resource.
+    ClearOperator {
+        rsc: String,
+    },
+    SetMaintenance {
+        node: Option<String>,
+        on: bool,
+    },
+}
+
+/// What a command family's handler gives: the outcome, or (as `Err`) a refusal that changed
+/// nothing.
+type Applied = Result<Outcome, Outcome>;
+
+impl ClusterState {
+    /// Apply one command. Rejected commands change nothing.
+    pub fn apply(&mut self, cmd: &Command) -> Outcome {
+        self.apply_touching(cmd, &mut Touched::default())
+    }
+
+    /// [`apply`](Self::apply), adding to `touched` every entry the command may have changed.
+    pub fn apply_touching(&mut self, cmd: &Command, touched: &mut Touched) -> Outcome {
+        touched.named_by(cmd);
+        match self.try_apply(cmd, touched) {
+            Ok(o) | Err(o) => o,
+        }
+    }
+
+    /// Hand a command to its family (see the module's files); the families mark in `touched`
+    /// what they change beyond what the command names.
+    fn try_apply(&mut self, cmd: &Command, touched: &mut Touched) -> Applied {
+        match cmd {
+            Command::Bootstrap { nodes } => self.bootstrap(nodes),
+            Command::AddNode { name, id, links, api } => self.add_node(name, *id, links, api),
+            Command::RemoveNode { name } => self.remove_node(name),
+            Command::SetStandby { name, standby } => self.set_standby(name, *standby),
+            Command::SetLiveness { name, liveness, at_ms } => self.set_liveness(name, *liveness, *at_ms, touched),
+            Command::SetAttr { name, key, value } => self.set_attr(name, key, value.as_ref()),
+            Command::SetMaintenance { node, on } => self.set_maintenance(node.as_deref(), *on),
+            Command::SetPlan { actions, edges } => self.set_plan(actions, edges),
+            Command::ClaimAction {
+                plan_id,
+                indices,
+                node,
+                incarnation,
+            } => self.claim(*plan_id, indices, node, *incarnation),
+            Command::ActionResult {
+                plan_id,
+                index,
+                action,
+                outcome,
+                at_ms,
+                reason,
+            } => Ok(self.action_result((*plan_id, *index), action, (*outcome, *at_ms, reason.clone()), touched)),
+            Command::MonitorFailed {
+                rsc,
+                node,
+                outcome,
+                at_ms,
+                reason,
+            } => Ok(self.monitor_failed(rsc, node, *outcome, *at_ms, reason.clone())),
+            Command::Probe { rsc, node, role } => Ok(self.probe(rsc, node, *role)),
+            Command::DeviceHealth { device, health } => Ok(self.device_health(device, health)),
+            Command::Cleanup { rsc } => Ok(self.cleanup(rsc)),
+            Command::Operator { constraint } => Ok(self.add_operator(constraint)),
+            Command::ClearOperator { rsc } => Ok(self.clear_operator(rsc)),
+        }
+    }
+}
+
+/// Helpers shared by the families' tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+    use crate::scheduler::ActionKind;
+
+    pub fn cluster(fencing: crate::config::Fencing) -> crate::config::ClusterConfig {
+        crate::config::ClusterConfig {
+            name: "t".into(),
+            heartbeat_interval: std::time::Duration::from_millis(100),
+            dead_after: 3,
+            no_quorum_policy: crate::NoQuorumPolicy::Stop,
+            key_file: "k".into(),
+            fencing,
+            priority_fence_delay: std::time::Duration::ZERO,
+            watchdog: None,
+            watchdog_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+
+    pub fn act(kind: ActionKind, rsc: &str, node: &str) -> Action {
+        Action {
+            kind,
+            rsc: rsc.into(),
+            node: node.into(),
+            reason: String::new(),
+        }
+    }
+
+    /// A bootstrapped cluster of `names` (ids from 1).
+    pub fn bootstrapped(names: &[&str]) -> ClusterState {
+        let mut s = ClusterState::default();
+        s.apply(&Command::Bootstrap {
+            nodes: names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| NewNode {
+                    name: n.to_string(),
+                    id: i as u64 + 1,
+                    links: vec![format!("127.0.0.1:{}", 10 + i)],
+                    api: format!("127.0.0.1:{}", 20 + i),
+                })
+                .collect(),
+        });
+        s
+    }
+}

@@ -1,0 +1,406 @@
+//! Membership and what the cluster records of each member: bootstrap, adding and removing
+//! nodes (ids are never reused), standby, liveness as recorded by the leader (with what a loss
+//! and a return mean for fencing and for what the node ran), attributes and maintenance.
+
+use super::{Applied, ClusterState, FenceRecord, Outcome, RejectReason, Touched};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Liveness of a node as recorded in the replicated state (set by the leader from its detector).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Liveness {
+    /// Not yet observed by any leader.
+    #[default]
+    Unknown,
+    Online,
+    Offline,
+}
+
+/// One member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The Raft node id (stable for the life of the member; never reused).
+    pub id: u64,
+    /// Heartbeat link addresses, one per link.
+    pub links: Vec<String>,
+    /// The node's API (and Raft RPC) address.
+    pub api: String,
+    pub standby: bool,
+    pub liveness: Liveness,
+    /// Unix ms when the liveness last changed, as stamped by the leader that recorded it.
+    pub liveness_since_ms: u64,
+    /// Free-form node attributes (Pacemaker's node attributes).
+    pub attrs: BTreeMap<String, String>,
+    /// Resources on it are left alone; nothing new is placed there.
+    #[serde(default)]
+    pub maintenance: bool,
+    /// Fencing: what the cluster knows of it (see `FenceRecord`).
+    #[serde(default)]
+    pub fence: FenceRecord,
+}
+
+/// A member to add (see [`super::Command::Bootstrap`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewNode {
+    pub name: String,
+    pub id: u64,
+    pub links: Vec<String>,
+    pub api: String,
+}
+
+impl ClusterState {
+    pub fn node_by_id(&self, id: u64) -> Option<(&String, &NodeRecord)> {
+        self.nodes.iter().find(|(_, n)| n.id == id)
+    }
+
+    pub(super) fn node_mut(&mut self, name: &str) -> Result<&mut NodeRecord, Outcome> {
+        self.nodes
+            .get_mut(name)
+            .ok_or_else(|| Outcome::NoSuchNode(format!("no node named {name:?}")))
+    }
+
+    /// All members at once, or none; only on an empty cluster.
+    pub(super) fn bootstrap(&mut self, nodes: &[NewNode]) -> Applied {
+        if self.max_node_id != 0 {
+            return Ok(Outcome::Unchanged);
+        }
+        // Cheap: nothing was ever added (max_node_id is 0), so this is an empty state.
+        let mut next = self.clone();
+        for n in nodes {
+            next.add_node(&n.name, Some(n.id), &n.links, &n.api)?;
+        }
+        *self = next;
+        Ok(Outcome::Ok)
+    }
+
+    pub(super) fn add_node(&mut self, name: &str, id: Option<u64>, links: &[String], api: &str) -> Applied {
+        let id = id.unwrap_or(self.max_node_id + 1);
+        if name.is_empty() || links.is_empty() {
+            return Err(Outcome::Rejected(RejectReason::NodeIncomplete));
+        }
+        if self.nodes.contains_key(name) {
+            return Err(Outcome::Rejected(RejectReason::NodeExists { name: name.to_string() }));
+        }
+        if id <= self.max_node_id {
+            return Err(Outcome::Rejected(RejectReason::NodeIdAssigned { id }));
+        }
+        for (other, n) in &self.nodes {
+            if let Some(l) = links.iter().find(|l| n.links.contains(l)) {
+                return Err(Outcome::Rejected(RejectReason::LinkInUse {
+                    link: l.clone(),
+                    by: other.clone(),
+                }));
+            }
+            if n.api == api {
+                return Err(Outcome::Rejected(RejectReason::ApiInUse {
+                    api: api.to_string(),
+                    by: other.clone(),
+                }));
+            }
+        }
+        self.max_node_id = id;
+        self.nodes.insert(
+            name.to_string(),
+            NodeRecord {
+                id,
+                links: links.to_vec(),
+                api: api.to_string(),
+                standby: false,
+                liveness: Liveness::Unknown,
+                liveness_since_ms: 0,
+                attrs: BTreeMap::new(),
+                maintenance: false,
+                fence: FenceRecord::default(),
+            },
+        );
+        self.config_version += 1;
+        Ok(Outcome::Ok)
+    }
+
+    pub(super) fn remove_node(&mut self, name: &str) -> Applied {
+        self.node_mut(name)?;
+        self.nodes.remove(name);
+        self.config_version += 1;
+        Ok(Outcome::Ok)
+    }
+
+    pub(super) fn set_standby(&mut self, name: &str, standby: bool) -> Applied {
+        let n = self.node_mut(name)?;
+        if n.standby == standby {
+            return Ok(Outcome::Unchanged);
+        }
+        n.standby = standby;
+        self.config_version += 1;
+        Ok(Outcome::Ok)
+    }
+
+    pub(super) fn set_liveness(
+        &mut self,
+        name: &str,
+        liveness: Liveness,
+        at_ms: u64,
+        touched: &mut Touched,
+    ) -> Applied {
+        let was = self.node_mut(name)?.liveness;
+        if was == Liveness::Offline && liveness == Liveness::Online {
+            touched.resources_on(self, name);
+        }
+        let n = self.node_mut(name)?;
+        if n.liveness == liveness {
+            return Ok(Outcome::Unchanged);
+        }
+        let back_from_lost = n.liveness == Liveness::Offline && liveness == Liveness::Online;
+        n.liveness = liveness;
+        n.liveness_since_ms = at_ms;
+        if liveness == Liveness::Offline {
+            // Lost: unconfirmed until fenced, unless it was fenced while still online
+            // (a failed stop: going down is that fence's doing) or never seen online
+            // (nothing was ever placed there).
+            n.fence.fenced |= was == Liveness::Unknown;
+        } else {
+            // Online (again): a later loss needs a fence of its own. Back from lost
+            // (rebooted by its fence, or a healed partition), it probes everything it
+            // runs, so it starts with a clean slate.
+            n.fence.fenced = false;
+        }
+        if back_from_lost {
+            n.fence.failures = 0;
+            n.fence.last_error = None;
+            n.fence.reason = None;
+            // What ran there when it was lost is unknown now: forget it; the node
+            // probes every resource when it sees itself back, and reports what runs.
+            for r in self.resources.values_mut() {
+                r.running.remove(name);
+            }
+        }
+        Ok(Outcome::Ok)
+    }
+
+    pub(super) fn set_attr(&mut self, name: &str, key: &str, value: Option<&String>) -> Applied {
+        if key.is_empty() {
+            return Err(Outcome::Rejected(RejectReason::EmptyAttrKey));
+        }
+        let n = self.node_mut(name)?;
+        let old = match value {
+            Some(v) => n.attrs.insert(key.to_string(), v.clone()),
+            None => n.attrs.remove(key),
+        };
+        Ok(if old.as_ref() == value {
+            Outcome::Unchanged
+        } else {
+            Outcome::Ok
+        })
+    }
+
+    pub(super) fn set_maintenance(&mut self, node: Option<&str>, on: bool) -> Applied {
+        match node {
+            None => self.maintenance = on,
+            Some(n) => self.node_mut(n)?.maintenance = on,
+        }
+        self.config_version += 1;
+        Ok(Outcome::Ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Command;
+    use super::*;
+    use crate::scheduler::Role;
+
+    fn add(name: &str, id: u64) -> Command {
+        Command::AddNode {
+            name: name.into(),
+            id: Some(id),
+            links: vec![format!("127.0.0.1:{}", 7400 + id)],
+            api: format!("127.0.0.1:{}", 8400 + id),
+        }
+    }
+
+    #[test]
+    fn add_standby_remove() {
+        let mut s = ClusterState::default();
+        assert_eq!(s.apply(&add("n1", 1)), Outcome::Ok);
+        assert_eq!(s.apply(&add("n2", 2)), Outcome::Ok);
+        assert_eq!(
+            s.apply(&Command::SetStandby {
+                name: "n2".into(),
+                standby: true
+            }),
+            Outcome::Ok
+        );
+        assert_eq!(
+            s.apply(&Command::SetStandby {
+                name: "n2".into(),
+                standby: true
+            }),
+            Outcome::Unchanged
+        );
+        assert!(s.nodes["n2"].standby);
+        assert_eq!(s.apply(&Command::RemoveNode { name: "n1".into() }), Outcome::Ok);
+        assert_eq!(s.nodes.keys().collect::<Vec<_>>(), vec!["n2"]);
+        assert_eq!(s.config_version, 4);
+    }
+
+    #[test]
+    fn rejected_commands_change_nothing() {
+        let mut s = ClusterState::default();
+        s.apply(&add("n1", 1));
+        let before = s.clone();
+        for cmd in [
+            add("n1", 5),
+            add("n9", 1),
+            Command::RemoveNode { name: "zz".into() },
+            Command::SetStandby {
+                name: "zz".into(),
+                standby: true,
+            },
+            Command::SetAttr {
+                name: "n1".into(),
+                key: "".into(),
+                value: None,
+            },
+            Command::AddNode {
+                name: "n3".into(),
+                id: Some(3),
+                links: vec![],
+                api: "x".into(),
+            },
+            Command::AddNode {
+                name: "n3".into(),
+                id: Some(3),
+                links: vec!["127.0.0.1:7401".into()],
+                api: "y".into(),
+            },
+        ] {
+            assert!(
+                matches!(s.apply(&cmd), Outcome::Rejected(_) | Outcome::NoSuchNode(_)),
+                "{cmd:?}"
+            );
+            assert_eq!(s, before, "{cmd:?} changed the state");
+        }
+    }
+
+    #[test]
+    fn bootstrap_is_all_or_nothing_and_only_once() {
+        let n = |name: &str, id: u64| NewNode {
+            name: name.into(),
+            id,
+            links: vec![format!("127.0.0.1:{}", 7400 + id)],
+            api: format!("127.0.0.1:{}", 8400 + id),
+        };
+        let mut s = ClusterState::default();
+        // a bad member (duplicate id) rejects the whole bootstrap
+        let bad = Command::Bootstrap {
+            nodes: vec![n("n1", 1), n("n2", 1)],
+        };
+        assert!(matches!(s.apply(&bad), Outcome::Rejected(_)));
+        assert_eq!(s, ClusterState::default());
+        let good = Command::Bootstrap {
+            nodes: vec![n("n1", 1), n("n2", 2), n("n3", 3)],
+        };
+        assert_eq!(s.apply(&good), Outcome::Ok);
+        assert_eq!(s.nodes.len(), 3);
+        assert_eq!(s.max_node_id, 3);
+        let again = Command::Bootstrap {
+            nodes: vec![n("n9", 9)],
+        };
+        assert_eq!(s.apply(&again), Outcome::Unchanged);
+        assert_eq!(s.nodes.len(), 3);
+    }
+
+    #[test]
+    fn ids_are_assigned_in_log_order_when_not_given() {
+        let mut s = ClusterState::default();
+        s.apply(&add("n1", 1));
+        let auto = |name: &str, port: u16| Command::AddNode {
+            name: name.into(),
+            id: None,
+            links: vec![format!("127.0.0.9:{port}")],
+            api: format!("127.0.0.9:{}", port + 1000),
+        };
+        assert_eq!(s.apply(&auto("n2", 1)), Outcome::Ok);
+        s.apply(&Command::RemoveNode { name: "n2".into() });
+        assert_eq!(s.apply(&auto("n3", 2)), Outcome::Ok);
+        assert_eq!(
+            (s.nodes["n1"].id, s.nodes["n3"].id, s.max_node_id),
+            (1, 3, 3),
+            "ids are never reused"
+        );
+    }
+
+    #[test]
+    fn ids_are_never_reused() {
+        let mut s = ClusterState::default();
+        s.apply(&add("n1", 1));
+        s.apply(&add("n2", 2));
+        s.apply(&Command::RemoveNode { name: "n2".into() });
+        assert_eq!(
+            s.apply(&add("n2", 2)),
+            Outcome::Rejected(RejectReason::NodeIdAssigned { id: 2 })
+        );
+        assert_eq!(s.apply(&add("n2", 3)), Outcome::Ok);
+    }
+
+    #[test]
+    fn liveness_and_attrs() {
+        let mut s = ClusterState::default();
+        s.apply(&add("n1", 1));
+        let set = Command::SetLiveness {
+            name: "n1".into(),
+            liveness: Liveness::Online,
+            at_ms: 42,
+        };
+        assert_eq!(s.apply(&set), Outcome::Ok);
+        assert_eq!(s.apply(&set), Outcome::Unchanged);
+        assert_eq!(s.nodes["n1"].liveness_since_ms, 42);
+        let attr = Command::SetAttr {
+            name: "n1".into(),
+            key: "k".into(),
+            value: Some("v".into()),
+        };
+        assert_eq!(s.apply(&attr), Outcome::Ok);
+        assert_eq!(s.apply(&attr), Outcome::Unchanged);
+        assert_eq!(s.nodes["n1"].attrs["k"], "v");
+        assert_eq!(s.node_by_id(1).map(|(n, _)| n.as_str()), Some("n1"));
+    }
+
+    #[test]
+    fn a_node_back_from_lost_forgets_what_it_ran() {
+        let mut s = ClusterState::default();
+        s.apply(&Command::Bootstrap {
+            nodes: vec![NewNode {
+                name: "n1".into(),
+                id: 1,
+                links: vec!["127.0.0.1:1".into()],
+                api: "127.0.0.1:2".into(),
+            }],
+        });
+        s.resources
+            .entry("web".into())
+            .or_default()
+            .running
+            .insert("n1".into(), Role::Started);
+        let set = |l: Liveness| Command::SetLiveness {
+            name: "n1".into(),
+            liveness: l,
+            at_ms: 1,
+        };
+        s.apply(&set(Liveness::Online));
+        assert!(
+            s.resources["web"].running.contains_key("n1"),
+            "Unknown -> Online keeps what a probe found"
+        );
+        s.apply(&set(Liveness::Offline));
+        assert!(
+            s.resources["web"].running.contains_key("n1"),
+            "lost: kept (the scheduler recovers it elsewhere)"
+        );
+        s.apply(&set(Liveness::Online));
+        assert!(
+            !s.resources["web"].running.contains_key("n1"),
+            "back from lost: unknown until probed"
+        );
+    }
+}

@@ -1,0 +1,395 @@
+//! The state machine on disk, one redb entry per entity, so that a batch writes what it changed
+//! rather than the whole cluster state: `sm_meta` (format marker, last applied log id,
+//! membership, scalars, plan, operator constraints), `sm_nodes` (each node's record, its
+//! attributes aside), `sm_attrs` (one entry per node attribute), `sm_resources` and
+//! `sm_devices` (fence device health). [`Changes::of`] encodes the entries a batch touched
+//! (see `phalanx_core::state::Touched`), [`Changes::all`] a whole state (an installed snapshot,
+//! or the one-time upgrade from the former single `sm` blob); [`write`] commits either in one
+//! transaction; [`load`] reassembles the state.
+
+use super::state_machine::SmData;
+use super::store::{decode, encode, StoreError, META};
+use phalanx_core::state::{FenceRecord, Liveness, NodeRecord, Touched};
+use phalanx_core::ClusterState;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+const SM_NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_nodes");
+const SM_ATTRS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sm_attrs");
+const SM_RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_resources");
+const SM_DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_devices");
+
+/// Present (with this value) once the state machine is stored entry by entry.
+const FORMAT_KEY: &str = "format";
+const FORMAT: u32 = 2;
+
+/// A node's record without its attributes (those are entries of their own).
+#[derive(Serialize, Deserialize)]
+struct NodeEntry {
+    id: u64,
+    links: Vec<String>,
+    api: String,
+    standby: bool,
+    liveness: Liveness,
+    liveness_since_ms: u64,
+    maintenance: bool,
+    fence: FenceRecord,
+}
+
+impl NodeEntry {
+    fn of(r: &NodeRecord) -> Self {
+        NodeEntry {
+            id: r.id,
+            links: r.links.clone(),
+            api: r.api.clone(),
+            standby: r.standby,
+            liveness: r.liveness,
+            liveness_since_ms: r.liveness_since_ms,
+            maintenance: r.maintenance,
+            fence: r.fence.clone(),
+        }
+    }
+
+    fn into_record(self, attrs: BTreeMap<String, String>) -> NodeRecord {
+        NodeRecord {
+            id: self.id,
+            links: self.links,
+            api: self.api,
+            standby: self.standby,
+            liveness: self.liveness,
+            liveness_since_ms: self.liveness_since_ms,
+            attrs,
+            maintenance: self.maintenance,
+            fence: self.fence,
+        }
+    }
+}
+
+/// The state's scalars, one entry.
+#[derive(Serialize, Deserialize)]
+struct Scalars {
+    config_version: u64,
+    max_node_id: u64,
+    maintenance: bool,
+}
+
+/// `sm_attrs`' key: the node name's length (4 bytes, big-endian), the name, the attribute key.
+/// All attributes of a node share the prefix, whatever bytes the names hold.
+fn attr_prefix(node: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + node.len());
+    k.extend_from_slice(&(node.len() as u32).to_be_bytes());
+    k.extend_from_slice(node.as_bytes());
+    k
+}
+
+fn attr_key(node: &str, key: &str) -> Vec<u8> {
+    let mut k = attr_prefix(node);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// Which table an entry lives in.
+#[derive(Clone, Copy)]
+enum Table {
+    Meta,
+    Nodes,
+    Resources,
+    Devices,
+}
+
+/// One change to write: an entry (None: delete it), or every attribute of a node removed.
+enum Op {
+    Put(Table, String, Vec<u8>),
+    Delete(Table, String),
+    PutAttr(Vec<u8>, Vec<u8>),
+    DeleteAttr(Vec<u8>),
+    DeleteAttrsOf(String),
+}
+
+/// The encoded entries of one batch, prepared while the state is locked and written after.
+#[derive(Default)]
+pub(super) struct Changes {
+    /// Empty every state-machine table first (a whole state follows).
+    clear: bool,
+    ops: Vec<Op>,
+    /// Written to the raft `meta` table in the same transaction (an installed snapshot), and
+    /// keys of it removed (the former blob, once upgraded).
+    raft_meta: Vec<(&'static str, Vec<u8>)>,
+    raft_meta_removed: Vec<&'static str>,
+}
+
+impl Changes {
+    /// What a batch changed: `touched` entries of the cluster state, the last applied log id
+    /// and, if `membership` changed, the membership.
+    pub(super) fn of(d: &SmData, touched: &Touched, membership: bool) -> Self {
+        let mut c = Changes::default();
+        c.meta(d, membership, touched.scalars, touched.plan, touched.operator);
+        let s = &d.cluster;
+        for name in &touched.nodes {
+            c.node(s, name);
+        }
+        for name in &touched.node_attrs {
+            c.ops.push(Op::DeleteAttrsOf(name.clone()));
+            for (k, v) in s.nodes.get(name).map(|n| &n.attrs).into_iter().flatten() {
+                c.ops.push(Op::PutAttr(attr_key(name, k), v.as_bytes().to_vec()));
+            }
+        }
+        for (name, key) in &touched.attrs {
+            match s.nodes.get(name).and_then(|n| n.attrs.get(key)) {
+                Some(v) => c.ops.push(Op::PutAttr(attr_key(name, key), v.as_bytes().to_vec())),
+                None => c.ops.push(Op::DeleteAttr(attr_key(name, key))),
+            }
+        }
+        for name in &touched.resources {
+            c.entry(Table::Resources, name, s.resources.get(name).map(encode));
+        }
+        for name in &touched.fence_devices {
+            c.entry(Table::Devices, name, s.fence_devices.get(name).map(encode));
+        }
+        c
+    }
+
+    /// A whole state, replacing whatever was stored.
+    pub(super) fn all(d: &SmData) -> Self {
+        let mut c = Changes {
+            clear: true,
+            ..Changes::default()
+        };
+        c.meta(d, true, true, true, true);
+        let s = &d.cluster;
+        for (name, n) in &s.nodes {
+            c.node(s, name);
+            for (k, v) in &n.attrs {
+                c.ops.push(Op::PutAttr(attr_key(name, k), v.as_bytes().to_vec()));
+            }
+        }
+        for (name, r) in &s.resources {
+            c.entry(Table::Resources, name, Some(encode(r)));
+        }
+        for (name, h) in &s.fence_devices {
+            c.entry(Table::Devices, name, Some(encode(h)));
+        }
+        c
+    }
+
+    /// Also write `key` of the raft `meta` table in the same transaction.
+    pub(super) fn with_raft_meta(mut self, key: &'static str, value: Vec<u8>) -> Self {
+        self.raft_meta.push((key, value));
+        self
+    }
+
+    fn without_raft_meta(mut self, key: &'static str) -> Self {
+        self.raft_meta_removed.push(key);
+        self
+    }
+
+    fn meta(&mut self, d: &SmData, membership: bool, scalars: bool, plan: bool, operator: bool) {
+        let s = &d.cluster;
+        self.put(Table::Meta, FORMAT_KEY, encode(&FORMAT));
+        self.put(Table::Meta, "last_applied", encode(&d.last_applied));
+        if membership {
+            self.put(Table::Meta, "membership", encode(&d.membership));
+        }
+        if scalars {
+            let sc = Scalars {
+                config_version: s.config_version,
+                max_node_id: s.max_node_id,
+                maintenance: s.maintenance,
+            };
+            self.put(Table::Meta, "scalars", encode(&sc));
+        }
+        if plan {
+            self.put(Table::Meta, "plan", encode(&s.plan));
+        }
+        if operator {
+            self.put(Table::Meta, "operator", encode(&s.operator));
+        }
+    }
+
+    fn node(&mut self, s: &ClusterState, name: &str) {
+        self.entry(Table::Nodes, name, s.nodes.get(name).map(|n| encode(&NodeEntry::of(n))));
+        if !s.nodes.contains_key(name) {
+            self.ops.push(Op::DeleteAttrsOf(name.to_string()));
+        }
+    }
+
+    fn put(&mut self, t: Table, key: &str, v: Vec<u8>) {
+        self.ops.push(Op::Put(t, key.to_string(), v));
+    }
+
+    fn entry(&mut self, t: Table, key: &str, v: Option<Vec<u8>>) {
+        self.ops.push(match v {
+            Some(v) => Op::Put(t, key.to_string(), v),
+            None => Op::Delete(t, key.to_string()),
+        });
+    }
+}
+
+/// Commit `c` in one transaction (fsync included).
+pub(super) fn write(db: &Database, c: &Changes) -> Result<(), redb::Error> {
+    let tx = db.begin_write()?;
+    {
+        let mut meta = tx.open_table(SM_META)?;
+        let mut nodes = tx.open_table(SM_NODES)?;
+        let mut attrs = tx.open_table(SM_ATTRS)?;
+        let mut resources = tx.open_table(SM_RESOURCES)?;
+        let mut devices = tx.open_table(SM_DEVICES)?;
+        if c.clear {
+            meta.retain(|_, _| false)?;
+            nodes.retain(|_, _| false)?;
+            attrs.retain(|_, _| false)?;
+            resources.retain(|_, _| false)?;
+            devices.retain(|_, _| false)?;
+        }
+        for op in &c.ops {
+            match op {
+                Op::Put(t, k, v) => {
+                    let t = match t {
+                        Table::Meta => &mut meta,
+                        Table::Nodes => &mut nodes,
+                        Table::Resources => &mut resources,
+                        Table::Devices => &mut devices,
+                    };
+                    t.insert(k.as_str(), v.as_slice())?;
+                }
+                Op::Delete(t, k) => {
+                    let t = match t {
+                        Table::Meta => &mut meta,
+                        Table::Nodes => &mut nodes,
+                        Table::Resources => &mut resources,
+                        Table::Devices => &mut devices,
+                    };
+                    t.remove(k.as_str())?;
+                }
+                Op::PutAttr(k, v) => {
+                    attrs.insert(k.as_slice(), v.as_slice())?;
+                }
+                Op::DeleteAttr(k) => {
+                    attrs.remove(k.as_slice())?;
+                }
+                Op::DeleteAttrsOf(node) => {
+                    let prefix = attr_prefix(node);
+                    let mut keys = Vec::new();
+                    for item in attrs.range(prefix.as_slice()..)? {
+                        let (k, _) = item?;
+                        if !k.value().starts_with(&prefix) {
+                            break;
+                        }
+                        keys.push(k.value().to_vec());
+                    }
+                    for k in keys {
+                        attrs.remove(k.as_slice())?;
+                    }
+                }
+            }
+        }
+        let mut raft_meta = tx.open_table(META)?;
+        for (k, v) in &c.raft_meta {
+            raft_meta.insert(*k, v.as_slice())?;
+        }
+        for k in &c.raft_meta_removed {
+            raft_meta.remove(*k)?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn get<T: serde::de::DeserializeOwned>(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &'static str,
+) -> Result<Option<T>, StoreError> {
+    match t.get(key).map_err(redb::Error::from)? {
+        Some(v) => Ok(Some(decode(key, v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// The stored state machine, reassembled; None when it was never stored entry by entry.
+pub(super) fn load(db: &Database) -> Result<Option<SmData>, StoreError> {
+    let rx = db.begin_read().map_err(redb::Error::from)?;
+    let meta = match rx.open_table(SM_META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(redb::Error::from(e).into()),
+    };
+    if get::<u32>(&meta, FORMAT_KEY)?.is_none() {
+        return Ok(None);
+    }
+    let scalars: Option<Scalars> = get(&meta, "scalars")?;
+    let mut cluster = ClusterState {
+        config_version: scalars.as_ref().map_or(0, |s| s.config_version),
+        max_node_id: scalars.as_ref().map_or(0, |s| s.max_node_id),
+        maintenance: scalars.as_ref().is_some_and(|s| s.maintenance),
+        plan: get(&meta, "plan")?.unwrap_or_default(),
+        operator: get(&meta, "operator")?.unwrap_or_default(),
+        ..ClusterState::default()
+    };
+    let mut attrs: BTreeMap<Vec<u8>, String> = BTreeMap::new();
+    for item in rx
+        .open_table(SM_ATTRS)
+        .map_err(redb::Error::from)?
+        .iter()
+        .map_err(redb::Error::from)?
+    {
+        let (k, v) = item.map_err(redb::Error::from)?;
+        let v = String::from_utf8(v.value().to_vec()).map_err(|_| StoreError::Corrupt("attribute value"))?;
+        attrs.insert(k.value().to_vec(), v);
+    }
+    for item in rx
+        .open_table(SM_NODES)
+        .map_err(redb::Error::from)?
+        .iter()
+        .map_err(redb::Error::from)?
+    {
+        let (k, v) = item.map_err(redb::Error::from)?;
+        let name = k.value().to_string();
+        let prefix = attr_prefix(&name);
+        let mut own = BTreeMap::new();
+        for (ak, av) in attrs
+            .range(prefix.clone()..)
+            .take_while(|(ak, _)| ak.starts_with(&prefix))
+        {
+            let key =
+                String::from_utf8(ak[prefix.len()..].to_vec()).map_err(|_| StoreError::Corrupt("attribute key"))?;
+            own.insert(key, av.clone());
+        }
+        let entry: NodeEntry = decode("node", v.value())?;
+        cluster.nodes.insert(name, entry.into_record(own));
+    }
+    for item in rx
+        .open_table(SM_RESOURCES)
+        .map_err(redb::Error::from)?
+        .iter()
+        .map_err(redb::Error::from)?
+    {
+        let (k, v) = item.map_err(redb::Error::from)?;
+        cluster
+            .resources
+            .insert(k.value().to_string(), decode("resource", v.value())?);
+    }
+    for item in rx
+        .open_table(SM_DEVICES)
+        .map_err(redb::Error::from)?
+        .iter()
+        .map_err(redb::Error::from)?
+    {
+        let (k, v) = item.map_err(redb::Error::from)?;
+        cluster
+            .fence_devices
+            .insert(k.value().to_string(), decode("fence device", v.value())?);
+    }
+    Ok(Some(SmData {
+        last_applied: get(&meta, "last_applied")?.flatten(),
+        membership: get(&meta, "membership")?.unwrap_or_default(),
+        cluster,
+    }))
+}
+
+/// The former format (one `sm` blob in the raft `meta` table), rewritten entry by entry in one
+/// transaction that also drops the blob. Done once, at the first start after an upgrade.
+pub(super) fn upgrade(db: &Database, old: &SmData) -> Result<(), redb::Error> {
+    write(db, &Changes::all(old).without_raft_meta("sm"))
+}

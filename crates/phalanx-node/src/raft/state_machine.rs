@@ -1,0 +1,356 @@
+//! The applied cluster state: [`StateMachine`] applies committed entries to the in-memory
+//! [`SmData`] in place and persists, in one redb transaction per batch, only the entries the
+//! batch touched (`sm_tables`), with the last applied log id and the membership. Snapshots are
+//! the whole state in postcard (the same format as before entries were stored one by one), sent
+//! by openraft in chunks of `raft::SNAPSHOT_CHUNK`; installing one rewrites every entry.
+
+// openraft's StorageError (224 bytes) is the error type its storage traits require.
+#![allow(clippy::result_large_err)]
+
+use super::sm_tables::{self, Changes};
+use super::store::{decode, encode, io, meta_get, meta_put, StoreError};
+use super::{BasicNode, Entry, LogId, Membership, NodeId, Request, Response, StorageError, TypeConfig};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta, StorageIOError};
+use phalanx_core::state::Touched;
+use phalanx_core::{ClusterState, Outcome};
+use redb::Database;
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+use std::sync::{Arc, RwLock};
+
+/// What the state machine holds: the cluster state and where in the log it stands.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SmData {
+    pub last_applied: Option<LogId>,
+    pub membership: Membership,
+    pub cluster: ClusterState,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    data: Vec<u8>,
+}
+
+/// The applied cluster state, shared read-only with the rest of the node.
+#[derive(Clone)]
+pub struct StateMachine {
+    db: Arc<Database>,
+    data: Arc<RwLock<SmData>>,
+    /// Bumped after every apply: the controller and the executor wake on it instead of waiting
+    /// for their next tick (each plan step would otherwise cost up to a heartbeat interval).
+    applied: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+fn poisoned() -> StorageError {
+    StorageIOError::read_state_machine(io("poisoned lock")).into()
+}
+
+impl StateMachine {
+    /// Load the persisted state machine (empty on a fresh node). A state machine stored by an
+    /// older version as one blob is rewritten entry by entry, once.
+    pub fn load(db: Arc<Database>) -> Result<Self, StoreError> {
+        let data = match sm_tables::load(&db)? {
+            Some(d) => d,
+            None => match meta_get::<SmData>(&db, "sm")? {
+                Some(old) => {
+                    sm_tables::upgrade(&db, &old)?;
+                    old
+                }
+                None => SmData::default(),
+            },
+        };
+        Ok(StateMachine {
+            db,
+            data: Arc::new(RwLock::new(data)),
+            applied: Arc::new(tokio::sync::watch::channel(0).0),
+        })
+    }
+
+    /// A shared handle on the applied state, for readers (API, controller).
+    pub fn shared(&self) -> Arc<RwLock<SmData>> {
+        self.data.clone()
+    }
+
+    /// Changes after every apply (see `applied`).
+    pub fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    fn snapshot_of(&self) -> Result<StoredSnapshot, StorageError> {
+        let d = self.data.read().map_err(|_| poisoned())?;
+        let data = encode(&*d);
+        let snapshot_id = match d.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+            None => "empty".to_string(),
+        };
+        Ok(StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: d.last_applied,
+                last_membership: d.membership.clone(),
+                snapshot_id,
+            },
+            data,
+        })
+    }
+
+    fn write(&self, c: &Changes) -> Result<(), StorageError> {
+        sm_tables::write(&self.db, c).map_err(|e| StorageIOError::write_state_machine(io(e)).into())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let snap = self.snapshot_of()?;
+        meta_put(&self.db, "snapshot", &snap)
+            .map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), io(e)))?;
+        Ok(Snapshot {
+            meta: snap.meta,
+            snapshot: Box::new(Cursor::new(snap.data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageError> {
+        let d = self.data.read().map_err(|_| poisoned())?;
+        Ok((d.last_applied, d.membership.clone()))
+    }
+
+    /// Apply a batch in place and persist what it touched. No copy of the state is made: if
+    /// the write fails, openraft stops this node (a storage error is fatal to it), and a
+    /// restart rebuilds the state from the last persisted batch and the log.
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let mut out = Vec::new();
+        let mut touched = Touched::default();
+        let mut membership = false;
+        let changes = {
+            let mut d = self.data.write().map_err(|_| poisoned())?;
+            for e in entries {
+                d.last_applied = Some(e.log_id);
+                let outcome = match e.payload {
+                    EntryPayload::Blank => Outcome::Unchanged,
+                    EntryPayload::Normal(Request(cmd)) => {
+                        let outcome = d.cluster.apply_touching(&cmd, &mut touched);
+                        // The whole history of the state, for a post-mortem (RUST_LOG=phalanx_node::raft=debug).
+                        tracing::debug!(
+                            index = e.log_id.index,
+                            term = e.log_id.leader_id.term,
+                            ?cmd,
+                            ?outcome,
+                            "applied"
+                        );
+                        outcome
+                    }
+                    EntryPayload::Membership(m) => {
+                        d.membership = Membership::new(Some(e.log_id), m);
+                        membership = true;
+                        Outcome::Ok
+                    }
+                };
+                out.push(Response(outcome));
+            }
+            Changes::of(&d, &touched, membership)
+        };
+        self.write(&changes)?;
+        self.applied.send_modify(|n| *n += 1);
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let bytes = snapshot.into_inner();
+        let data: SmData =
+            decode("snapshot", &bytes).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), io(e)))?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: bytes,
+        };
+        self.write(&Changes::all(&data).with_raft_meta("snapshot", encode(&stored)))?;
+        *self
+            .data
+            .write()
+            .map_err(|_| StorageIOError::write_state_machine(io("poisoned lock")))? = data;
+        self.applied.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let stored: Option<StoredSnapshot> =
+            meta_get(&self.db, "snapshot").map_err(|e| StorageIOError::read_snapshot(None, io(e)))?;
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::store::open_in_memory;
+    use super::*;
+    use openraft::CommittedLeaderId;
+    use phalanx_core::scheduler::{ActionKind, Role};
+    use phalanx_core::state::CallOutcome;
+    use phalanx_core::{Command, NewNode};
+    use std::collections::BTreeSet;
+
+    fn entries(from: u64, cmds: Vec<Command>) -> Vec<Entry> {
+        cmds.into_iter()
+            .enumerate()
+            .map(|(i, c)| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), from + i as u64),
+                payload: EntryPayload::Normal(Request(c)),
+            })
+            .collect()
+    }
+
+    fn attr(node: &str, key: &str, value: Option<&str>) -> Command {
+        Command::SetAttr {
+            name: node.into(),
+            key: key.into(),
+            value: value.map(str::to_string),
+        }
+    }
+
+    fn history() -> Vec<Vec<Command>> {
+        let nodes = (1..=3)
+            .map(|i| NewNode {
+                name: format!("n{i}"),
+                id: i,
+                links: vec![format!("127.0.0.{i}:1")],
+                api: format!("127.0.0.{i}:2"),
+            })
+            .collect();
+        let start = phalanx_core::scheduler::Action {
+            kind: ActionKind::Start,
+            rsc: "web".into(),
+            node: "n2".into(),
+            reason: String::new(),
+        };
+        vec![
+            vec![
+                Command::Bootstrap { nodes },
+                attr("n1", "a", Some("1")),
+                attr("n3", "b", Some("2")),
+            ],
+            vec![
+                Command::SetPlan {
+                    actions: vec![start.clone()],
+                    edges: vec![],
+                },
+                Command::ActionResult {
+                    plan_id: 1,
+                    index: 0,
+                    action: start,
+                    outcome: CallOutcome::Ok,
+                    at_ms: 5,
+                    reason: None,
+                },
+                Command::Probe {
+                    rsc: "db".into(),
+                    node: "n1".into(),
+                    role: Some(Role::Promoted),
+                },
+            ],
+            vec![attr("n1", "a", None), Command::RemoveNode { name: "n3".into() }],
+            vec![
+                Command::AddNode {
+                    name: "n3".into(),
+                    id: None,
+                    links: vec!["127.0.0.9:1".into()],
+                    api: "127.0.0.9:2".into(),
+                },
+                Command::SetMaintenance { node: None, on: true },
+            ],
+        ]
+    }
+
+    async fn applied(db: Arc<Database>) -> StateMachine {
+        let mut sm = StateMachine::load(db).unwrap();
+        let mut index = 1;
+        for batch in history() {
+            let n = batch.len() as u64;
+            sm.apply(entries(index, batch)).await.unwrap();
+            index += n;
+        }
+        sm
+    }
+
+    fn now(sm: &StateMachine) -> SmData {
+        sm.shared().read().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn a_reloaded_state_machine_is_the_applied_one() {
+        let db = open_in_memory().unwrap();
+        let sm = applied(db.clone()).await;
+        let want = now(&sm);
+        assert!(want.cluster.nodes["n3"].attrs.is_empty(), "a re-added node starts bare");
+        assert_eq!(want.cluster.resources["web"].running["n2"], Role::Started);
+        let back = now(&StateMachine::load(db).unwrap());
+        assert_eq!(back.cluster, want.cluster);
+        assert_eq!(back.last_applied, want.last_applied);
+        assert_eq!(meta_get::<SmData>(&sm.db, "sm").unwrap().map(|_| ()), None, "no blob");
+    }
+
+    #[tokio::test]
+    async fn the_former_single_blob_is_upgraded_once() {
+        let src = applied(open_in_memory().unwrap()).await;
+        let want = now(&src);
+        let db = open_in_memory().unwrap();
+        meta_put(&db, "sm", &want).unwrap();
+        let sm = StateMachine::load(db.clone()).unwrap();
+        assert_eq!(now(&sm).cluster, want.cluster);
+        assert!(meta_get::<SmData>(&db, "sm").unwrap().is_none(), "the blob is gone");
+        assert_eq!(now(&StateMachine::load(db).unwrap()).cluster, want.cluster);
+    }
+
+    #[tokio::test]
+    async fn an_installed_snapshot_replaces_every_entry() {
+        let mut src = applied(open_in_memory().unwrap()).await;
+        let snap = src.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let db = open_in_memory().unwrap();
+        let mut dst = StateMachine::load(db.clone()).unwrap();
+        let stale = vec![
+            Command::Bootstrap {
+                nodes: vec![NewNode {
+                    name: "zz".into(),
+                    id: 9,
+                    links: vec!["127.0.0.99:1".into()],
+                    api: "127.0.0.99:2".into(),
+                }],
+            },
+            attr("zz", "old", Some("x")),
+        ];
+        dst.apply(entries(1, stale)).await.unwrap();
+        dst.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+        let want = now(&src);
+        assert_eq!(now(&dst).cluster, want.cluster);
+        let back = now(&StateMachine::load(db).unwrap());
+        assert_eq!(back.cluster, want.cluster);
+        assert_eq!(
+            back.cluster.nodes.keys().collect::<BTreeSet<_>>(),
+            BTreeSet::from([&"n1".to_string(), &"n2".to_string(), &"n3".to_string()])
+        );
+        assert_eq!(back.last_applied, want.last_applied);
+    }
+}
