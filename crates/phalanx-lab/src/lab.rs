@@ -571,7 +571,8 @@ pub fn client(
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let out = rt.block_on(async move {
             // Each probe's start, and its answer once it has one (None inside: no answer).
-            let log: Arc<Mutex<Vec<(Instant, Option<Option<String>>)>>> = Arc::default();
+            type Pending = Vec<(Instant, Option<Option<String>>)>;
+            let log: Arc<Mutex<Pending>> = Arc::default();
             let mut tasks = Vec::new();
             // Once stopped, keep probing until an answer closes the log (bounded), so an outage
             // always has its end in the log.
