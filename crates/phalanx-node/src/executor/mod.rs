@@ -100,11 +100,15 @@ pub async fn run(node: Arc<Node>, runner: Runner) {
     let mut applied = node.applied();
     loop {
         // Every tick, at once when the state changes (a new plan, a finished predecessor), and
-        // when a recurring check is due.
+        // when a recurring check is due. A check that is overdue was not run last round (no
+        // quorum, no leader, probing): it waits for the next tick, or this loop would spin
+        // (found by the simulation: a node without quorum burnt a core here).
+        let now = tokio::time::Instant::now();
         let wake = clock
             .next_deadline()
-            .map(|d| d.min(tokio::time::Instant::now() + tick))
-            .unwrap_or_else(|| tokio::time::Instant::now() + tick);
+            .filter(|d| *d > now)
+            .map(|d| d.min(now + tick))
+            .unwrap_or(now + tick);
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {}
             r = applied.changed() => {
