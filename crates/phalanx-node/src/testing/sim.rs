@@ -15,6 +15,8 @@
 //! A run stops at the first violation and reports the seed, the steps as they were resolved, and
 //! the last events of the world: enough to replay it (`tests/sim/run --seed S --steps K`).
 //!
+//! `SIM_DEBUG=1` in the environment prints each step as it runs, and each settle poll.
+//!
 //! The schedule is a function of the seed; the interleaving inside a step is nearly so (one
 //! thread, paused time, seeded loss), but tokio's `select!` draws its branch order from an
 //! unseeded generator, so a replay may take a different path through a race.
@@ -47,10 +49,10 @@ pub enum SimError {
     #[error("opening node {node}'s in-memory database: {source}")]
     Store {
         node: String,
-        source: crate::raft::store::StoreError,
+        source: Box<crate::raft::store::StoreError>,
     },
     #[error("starting node {node}: {source}")]
-    Start { node: String, source: NodeError },
+    Start { node: String, source: Box<NodeError> },
 }
 
 /// One run's settings.
@@ -219,7 +221,7 @@ pub async fn run_seed(opts: &Options) -> Result<SeedReport, SimError> {
     for (index, n) in config.nodes.iter().enumerate() {
         let db = crate::raft::store::open_in_memory().map_err(|source| SimError::Store {
             node: n.name.clone(),
-            source,
+            source: Box::new(source),
         })?;
         slots.insert(
             n.name.clone(),
@@ -336,7 +338,7 @@ impl Sim {
         .await
         .map_err(|source| SimError::Start {
             node: name.to_string(),
-            source,
+            source: Box::new(source),
         })?;
         self.net.register_node(&node);
         self.net.set_down(name, false);
@@ -578,7 +580,10 @@ impl Sim {
                 }
                 return Ok(());
             };
-            if Instant::now() >= deadline || !self.world.violations().is_empty() {
+            if !self.world.violations().is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
                 self.world.report(
                     "liveness",
                     format!("not live {} s after healing everything: {why}", bound.as_secs()),
