@@ -1,11 +1,11 @@
-//! `phalanx-lab`: the test rig's command line (clap): the lab demo, the nemesis and the
-//! benchmarks. The scripts under `tests/lab` and `tests/bench` run it; every command prints
-//! human output, or JSON with `--json`.
+//! `phalanx-lab`: the test rig's command line (clap): the lab demo, the nemesis, the seeded
+//! in-process simulation and the benchmarks. The scripts under `tests/lab`, `tests/sim` and
+//! `tests/bench` run it; every command prints human output, or JSON with `--json`.
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use phalanx_core::config::parse_duration;
-use phalanx_lab::{bench, bench_sched, bench_state, demo_lab, lab, lab_bench, nemesis};
+use phalanx_lab::{bench, bench_sched, bench_state, demo_lab, lab, lab_bench, nemesis, sim};
 use std::time::Duration;
 
 #[global_allocator]
@@ -56,6 +56,29 @@ enum Cmd {
         /// Only this kind of fault (e.g. one_way_partition): the seed's schedule, filtered.
         #[arg(long, value_parser = nemesis::FAULT_KINDS)]
         only: Option<String>,
+    },
+    /// The seeded in-process simulation (no root, no network): real nodes on a fake network
+    /// with fake agents and a fake power switch, on paused time, through seeded crashes, pauses,
+    /// partitions, loss and failing monitors, checking invariants 2-4 and liveness; exits 1 on
+    /// any violation (`tests/sim/run`).
+    Sim {
+        /// Number of seeds (from --first-seed on).
+        #[arg(long, default_value_t = 16)]
+        seeds: usize,
+        #[arg(long, default_value_t = 1)]
+        first_seed: u64,
+        /// Run only this seed (a replay).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Steps per seed.
+        #[arg(long, default_value_t = 500)]
+        steps: usize,
+        /// Cluster size for every seed (default: 3, or 5 for one seed in four).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(3..=7))]
+        nodes: Option<u64>,
+        /// Seeds run at once (default: the number of CPUs).
+        #[arg(long)]
+        jobs: Option<usize>,
     },
     /// Benchmarks that print figures (they assert nothing).
     Bench {
@@ -128,12 +151,50 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
 
 fn main() {
     let cli = Cli::parse();
+    // The simulation's nodes log what real ones would (fences, failed monitors): quiet unless
+    // RUST_LOG asks.
+    let default = if matches!(cli.cmd, Cmd::Sim { .. }) {
+        "off"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if let Cmd::Sim {
+        seeds,
+        first_seed,
+        seed,
+        steps,
+        nodes,
+        jobs,
+    } = cli.cmd
+    {
+        let args = sim::Args {
+            seeds,
+            first_seed,
+            seed,
+            steps,
+            nodes: nodes.map(|n| n as usize),
+            jobs: jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+            progress: !cli.json,
+        };
+        let code = match sim::run(&args).and_then(|r| {
+            output(cli.json, &r, sim::render)?;
+            Ok(r)
+        }) {
+            Ok(r) if r.violations > 0 => 1,
+            Ok(_) => 0,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                2
+            }
+        };
+        std::process::exit(code);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -160,6 +221,7 @@ fn output<T: serde::Serialize>(json: bool, r: &T, human: impl FnOnce(&T) -> Stri
 async fn run(cli: Cli) -> Result<i32> {
     let exe = lab::phalanx_exe()?;
     match cli.cmd {
+        Cmd::Sim { .. } => bail!("sim runs on its own paused runtimes (see main)"),
         Cmd::Demo { nodes, heartbeat, keep } => {
             let args = phalanx::demo::DemoArgs {
                 nodes,

@@ -40,6 +40,27 @@ pub struct Runner {
     pub output_limit: usize,
     /// This node's name (`OCF_RESKEY_CRM_meta_on_node`).
     pub node: String,
+    /// A test seam: when set, every call goes to it instead of an agent (the simulation's fake
+    /// machine, `testing::world`). None in the product.
+    pub fake: Option<FakeAgents>,
+}
+
+/// The future of a faked agent call.
+pub type FakeCall = std::pin::Pin<Box<dyn std::future::Future<Output = CallResult> + Send>>;
+
+/// What stands in for the agents of one node in tests: it answers every [`AgentCall`].
+pub trait AgentSeam: Send + Sync {
+    fn call(&self, c: &AgentCall<'_>) -> FakeCall;
+}
+
+/// A [`Runner`]'s fake agents (see [`Runner::fake`]).
+#[derive(Clone)]
+pub struct FakeAgents(pub std::sync::Arc<dyn AgentSeam>);
+
+impl std::fmt::Debug for FakeAgents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FakeAgents")
+    }
 }
 
 /// One call of an agent.
@@ -96,6 +117,15 @@ impl Runner {
             state_dir: std::env::temp_dir().join("phalanx-agents"),
             output_limit: 64 * 1024,
             node: node.to_string(),
+            fake: None,
+        }
+    }
+
+    /// A runner whose every call goes to `agents` (tests: the simulation's fake machine).
+    pub fn fake(node: &str, agents: std::sync::Arc<dyn AgentSeam>) -> Runner {
+        Runner {
+            fake: Some(FakeAgents(agents)),
+            ..Runner::new(node)
         }
     }
 
@@ -128,6 +158,9 @@ impl Runner {
 
     /// Run one agent action to completion (or timeout).
     pub async fn call(&self, c: &AgentCall<'_>) -> CallResult {
+        if let Some(fake) = &self.fake {
+            return fake.0.call(c).await;
+        }
         let started = Instant::now();
         let _ = std::fs::create_dir_all(self.state_dir.join("rsctmp"));
         match c.agent {

@@ -1,9 +1,13 @@
 //! An in-process network for multi-node tests on paused tokio time: heartbeats and Raft RPCs
 //! between nodes of one process go through here, where a test can partition sets of nodes
 //! (directed cuts) and drop a seeded fraction of datagrams. It is a test seam for the IO shell,
-//! used by tests only; production nodes use UDP and HTTP.
+//! used by tests only; production nodes use UDP and HTTP. A node can be taken off the network
+//! entirely (`set_down`: crashed, powered off or paused), and a follower's forwarded writes
+//! reach the leader's node through here too (`forwarder`), subject to the same cuts.
 
+use crate::forward::{FakeForward, ForwardError, ForwardSeam};
 use crate::mesh::{DatagramOut, Inbound};
+use crate::node::Node;
 use crate::raft::{BasicNode, NodeId, Raft, TypeConfig};
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -11,10 +15,11 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
+use phalanx_core::Command;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use tokio::sync::mpsc;
 
 #[derive(Default)]
@@ -27,6 +32,17 @@ struct NetState {
     /// Percentage of heartbeat datagrams dropped at random (seeded).
     loss_percent: u32,
     rng: Option<rand::rngs::StdRng>,
+    /// Nodes off the network: they send and receive nothing.
+    down: BTreeSet<String>,
+    /// API address → (node, the node itself), for forwarded writes.
+    apis: BTreeMap<String, (String, Weak<Node>)>,
+}
+
+impl NetState {
+    /// Whether a message from `from` gets to `to` (neither is down, no cut between them).
+    fn delivers(&self, from: &str, to: &str) -> bool {
+        !self.down.contains(from) && !self.down.contains(to) && !self.cut.contains(&(from.to_string(), to.to_string()))
+    }
 }
 
 /// The shared fake network.
@@ -76,6 +92,43 @@ impl FakeNet {
         self.lock().rafts.insert(id, (node.to_string(), raft));
     }
 
+    /// Register a started node: its Raft, and its API address for forwarded writes (a
+    /// restarted node replaces its earlier incarnation).
+    pub fn register_node(&self, node: &Arc<Node>) {
+        let mut st = self.lock();
+        st.rafts.insert(node.id, (node.name.clone(), node.raft.clone()));
+        st.apis
+            .insert(node.api.to_string(), (node.name.clone(), Arc::downgrade(node)));
+    }
+
+    /// Take `node` off the network (crashed, powered off, paused) or put it back.
+    pub fn set_down(&self, node: &str, down: bool) {
+        let mut st = self.lock();
+        if down {
+            st.down.insert(node.to_string());
+        } else {
+            st.down.remove(node);
+        }
+    }
+
+    /// Whether `node` is off the network.
+    pub fn is_down(&self, node: &str) -> bool {
+        self.lock().down.contains(node)
+    }
+
+    /// Every directed cut in force, as (from, to).
+    pub fn cuts(&self) -> BTreeSet<(String, String)> {
+        self.lock().cut.clone()
+    }
+
+    /// How `node`'s writes reach the leader (see [`crate::node::Seams`]).
+    pub fn forwarder(&self, node: &str) -> Arc<dyn ForwardSeam> {
+        Arc::new(FakeForwarder {
+            net: self.clone(),
+            from: node.to_string(),
+        })
+    }
+
     /// The Raft transport of `node`.
     pub fn raft_network(&self, node: &str) -> FakeRaftNetwork {
         FakeRaftNetwork {
@@ -116,14 +169,14 @@ impl FakeNet {
 
     /// Whether `from` can currently send to `to`.
     pub fn can_reach(&self, from: &str, to: &str) -> bool {
-        !self.lock().cut.contains(&(from.to_string(), to.to_string()))
+        self.lock().delivers(from, to)
     }
 
     fn raft_of(&self, from: &str, target: NodeId) -> Result<Raft, Unreachable> {
         let st = self.lock();
         let (to, raft) = st.rafts.get(&target).ok_or_else(|| Unreachable::new(&Cut))?;
         // A request must get through and its answer must come back.
-        if st.cut.contains(&(from.to_string(), to.clone())) || st.cut.contains(&(to.clone(), from.to_string())) {
+        if !st.delivers(from, to) || !st.delivers(to, from) {
             return Err(Unreachable::new(&Cut));
         }
         Ok(raft.clone())
@@ -145,7 +198,7 @@ impl DatagramOut for FakeOut {
         let Some((dest, tx, dest_link)) = st.udp.get(&to).cloned() else {
             return true; // sent into the void, as UDP does
         };
-        if st.cut.contains(&(self.node.clone(), dest)) {
+        if !st.delivers(&self.node, &dest) {
             return true;
         }
         let loss = st.loss_percent;
@@ -223,5 +276,51 @@ impl RaftNetwork<TypeConfig> for FakeConn {
         raft.vote(req)
             .await
             .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+/// A follower's forwarded write, handed to the leader's node as its peer route would: refused
+/// when it is a leader's decision, committed there (or forwarded on), its error mapped to the
+/// status the route would answer. The request and the answer each need the path open.
+struct FakeForwarder {
+    net: FakeNet,
+    from: String,
+}
+
+impl ForwardSeam for FakeForwarder {
+    fn forward(&self, leader: &str, cmd: &Command) -> FakeForward {
+        let (net, from, leader, cmd) = (self.net.clone(), self.from.clone(), leader.to_string(), cmd.clone());
+        Box::pin(async move {
+            let target = {
+                let st = net.lock();
+                st.apis
+                    .get(&leader)
+                    .filter(|(to, _)| st.delivers(&from, to))
+                    .and_then(|(to, n)| Some((to.clone(), n.upgrade()?)))
+            };
+            let Some((to, node)) = target else {
+                return Err(ForwardError::NotDelivered { leader });
+            };
+            if !cmd.forwardable() {
+                return Err(ForwardError::Refused {
+                    leader,
+                    status: 403,
+                    reason: format!("{} is a leader's decision", cmd.name()),
+                });
+            }
+            let answer = node.write(cmd).await;
+            if !net.lock().delivers(&to, &from) {
+                return Err(ForwardError::NotDelivered { leader });
+            }
+            answer.map_err(|e| {
+                let e = crate::api::ApiError::from(e);
+                let (status, reason) = (e.status().as_u16(), e.to_string());
+                if (400..500).contains(&status) {
+                    ForwardError::Refused { leader, status, reason }
+                } else {
+                    ForwardError::Failed { leader, status, reason }
+                }
+            })
+        })
     }
 }

@@ -29,17 +29,39 @@ fn dev_err(d: &FenceDevice, message: impl Into<String>) -> FenceError {
     }
 }
 
+/// The future of a faked fence device call.
+pub type FakeDeviceCall<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<PowerStatus, FenceError>> + Send + 'a>>;
+
+/// What stands in for every fence device of one node in tests (the simulation's power
+/// switch, `testing::world`): one device call, `action` being `monitor`, `status`, `off`,
+/// `reboot` or `on`. Levels, delays and retries stay the real ones.
+pub trait FenceSeam: Send + Sync {
+    fn call<'a>(&'a self, device: &'a FenceDevice, action: &'a str, target: Option<&'a str>) -> FakeDeviceCall<'a>;
+}
+
 /// Runs the devices of one cluster's fencing config.
 #[derive(Clone)]
 pub struct Fencer {
     cfg: FenceConfig,
     http: reqwest::Client,
+    /// A test seam: when set, device calls go to it (None in the product).
+    fake: Option<std::sync::Arc<dyn FenceSeam>>,
 }
 
 impl Fencer {
     /// `http` is the client of HTTP devices (see `transport::device_client`).
     pub fn new(cfg: FenceConfig, http: reqwest::Client) -> Fencer {
-        Fencer { cfg, http }
+        Fencer { cfg, http, fake: None }
+    }
+
+    /// This fencer with its device calls going to `devices` (tests: the simulation's power
+    /// switch).
+    pub fn with_fake(self, devices: std::sync::Arc<dyn FenceSeam>) -> Fencer {
+        Fencer {
+            fake: Some(devices),
+            ..self
+        }
     }
 
     pub fn config(&self) -> &FenceConfig {
@@ -117,6 +139,9 @@ impl Fencer {
     /// One call of one device. For `status` the answer is the power state; for every other
     /// action success is `On`.
     async fn call(&self, d: &FenceDevice, action: &str, target: Option<&str>) -> Result<PowerStatus, FenceError> {
+        if let Some(fake) = &self.fake {
+            return fake.call(d, action, target).await;
+        }
         match &d.agent {
             FenceAgent::Program(p) => self.call_program(d, p, action, target).await,
             FenceAgent::HttpSwitch => self.call_http(d, action, target).await,

@@ -36,13 +36,29 @@ pub enum ForwardError {
         #[source]
         source: reqwest::Error,
     },
+    /// The test network did not deliver it (a partition, a crashed leader).
+    #[error("the leader at {leader} did not answer (test network)")]
+    NotDelivered { leader: String },
 }
 
 impl ForwardError {
     /// Whether asking again later may succeed (the leader unreachable, or failing for now).
     pub fn retryable(&self) -> bool {
-        matches!(self, ForwardError::Unreachable { .. } | ForwardError::Failed { .. })
+        matches!(
+            self,
+            ForwardError::Unreachable { .. } | ForwardError::Failed { .. } | ForwardError::NotDelivered { .. }
+        )
     }
+}
+
+/// The future of a faked forward.
+pub type FakeForward = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Outcome, ForwardError>> + Send>>;
+
+/// What carries forwarded writes in tests instead of HTTP (the fake network: it hands the
+/// command to the leader's node in the same process, as its peer route would).
+pub trait ForwardSeam: Send + Sync {
+    /// Forward `cmd` to the leader whose API address is `leader`.
+    fn forward(&self, leader: &str, cmd: &Command) -> FakeForward;
 }
 
 /// The human reason of an error answer: the `reason` of phalanx's `{error, reason}` body, else

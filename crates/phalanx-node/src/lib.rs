@@ -16,6 +16,8 @@ pub mod mesh;
 pub mod metrics;
 pub mod node;
 pub mod raft;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod transport;
 pub mod vip;
 pub mod watchdog;

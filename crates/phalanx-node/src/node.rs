@@ -71,6 +71,16 @@ pub struct NodeOptions {
     pub bootstrap: bool,
     /// Runs this node's resource agents (None: the node runs none, e.g. in network tests).
     pub runner: Option<crate::agents::Runner>,
+    /// What replaces the fence devices and the forwarding client in tests (default: nothing).
+    pub seams: Seams,
+}
+
+/// Test seams (the simulation, `testing`): in-process stand-ins for the fence devices and for
+/// the HTTP hop of a forwarded write. `Seams::default()`, the product's, replaces nothing.
+#[derive(Clone, Default)]
+pub struct Seams {
+    pub fence: Option<Arc<dyn crate::fence::FenceSeam>>,
+    pub forward: Option<Arc<dyn crate::forward::ForwardSeam>>,
 }
 
 /// One member as status shows it.
@@ -201,6 +211,10 @@ pub struct Node {
     pub(crate) control: std::sync::Mutex<phalanx_core::controller::Controller>,
     /// On the witness: the node id it backs (0: nobody).
     pub(crate) vote: AtomicU64,
+    /// Carries forwarded writes instead of HTTP (tests only; see [`Seams`]).
+    forward: Option<Arc<dyn crate::forward::ForwardSeam>>,
+    /// Every task this node spawned and that may still run ([`Node::crash`] aborts them).
+    tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Node {
@@ -239,7 +253,13 @@ impl Node {
             raft,
             mesh: mesh.clone(),
             incarnation,
-            fencer: crate::fence::Fencer::new(opts.config.fence.clone(), crate::transport::device_client()?),
+            fencer: {
+                let f = crate::fence::Fencer::new(opts.config.fence.clone(), crate::transport::device_client()?);
+                match opts.seams.fence {
+                    Some(fake) => f.with_fake(fake),
+                    None => f,
+                }
+            },
             state,
             applied,
             token: opts.key.api_token(),
@@ -248,11 +268,13 @@ impl Node {
             started: tokio::time::Instant::now(),
             control: std::sync::Mutex::default(),
             vote: AtomicU64::new(0),
+            forward: opts.seams.forward,
+            tasks: std::sync::Mutex::default(),
             timings,
             config: opts.config,
         });
         node.refresh_peers();
-        tokio::spawn(mesh.run(out, inbound));
+        node.spawn(mesh.run(out, inbound));
 
         if opts.bootstrap && !node.raft.is_initialized().await? {
             // Every listed node initializes with the same membership: openraft allows this and
@@ -273,12 +295,24 @@ impl Node {
                 tracing::info!(error = %e, "not initializing the cluster");
             }
         }
-        tokio::spawn(node.clone().controller());
+        node.spawn(node.clone().controller());
         if let Some(runner) = opts.runner {
-            tokio::spawn(crate::executor::run(node.clone(), runner));
+            node.spawn(crate::executor::run(node.clone(), runner));
         }
-        tokio::spawn(node.clone().metrics_watch());
+        node.spawn(node.clone().metrics_watch());
         Ok(node)
+    }
+
+    /// Spawn one of this node's tasks (the loops, and the executor's actions and checks), so
+    /// that [`Node::crash`] can stop it.
+    pub(crate) fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let handle = tokio::spawn(task).abort_handle();
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(handle);
     }
 
     pub fn token(&self) -> &str {
@@ -442,6 +476,9 @@ impl Node {
                 let Some(leader) = f.leader_node else {
                     return Err(NodeError::NoLeader);
                 };
+                if let Some(fake) = &self.forward {
+                    return Ok(fake.forward(&leader.addr, &cmd).await?);
+                }
                 Ok(crate::forward::to_leader(&self.http, &self.token, &leader.addr, &cmd).await?)
             }
             Err(e) => Err(e.into()),
@@ -637,6 +674,18 @@ impl Node {
     }
 
     pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+
+    /// Stop this node at once, as a power cut or `kill -9` would: abort every task it spawned
+    /// (its loops, agent calls and reports in flight) and stop Raft. What Raft persisted stays
+    /// in its database, from which a test starts the node again (a restarted machine keeps its
+    /// disk). Tests only: the product stops with [`Node::shutdown`] or by exiting.
+    pub async fn crash(&self) {
+        let tasks: Vec<_> = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        for t in tasks {
+            t.abort();
+        }
         let _ = self.raft.shutdown().await;
     }
 }

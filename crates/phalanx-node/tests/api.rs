@@ -43,6 +43,7 @@ async fn start(nodes: usize) -> Arc<Node> {
             key: key(),
             bootstrap: true,
             runner: None,
+            seams: Default::default(),
         },
         store::open_in_memory().unwrap(),
         net.raft_network(&n.name),

@@ -37,6 +37,7 @@ async fn start(net: &FakeNet, names: &[&str]) -> Vec<Arc<Node>> {
                 key: key.clone(),
                 bootstrap: true,
                 runner: None,
+                seams: Default::default(),
             },
             store::open_in_memory().unwrap(),
             net.raft_network(&n.name),

@@ -74,6 +74,10 @@ pub(super) fn clone_diff(ctx: &Ctx, p: &str, tgt: &BTreeMap<String, Role>, expla
     let promoted_max = ctx.cfg.resources.clone_of(p).map(|c| c.promoted_max).unwrap_or(1);
     let mut demotes = Vec::new();
     let mut promotes = Vec::new();
+    // Stops of failed instances: a failed one may have been the primary (a hung monitor says
+    // nothing of its role), so it is stopped before any promote (found by the simulation: a
+    // hung primary and a new one promoted beside it).
+    let mut failed_stops = Vec::new();
     for (n, role) in cur {
         if !tgt.contains_key(n) {
             if ctx.node(n).online {
@@ -86,6 +90,9 @@ pub(super) fn clone_diff(ctx: &Ctx, p: &str, tgt: &BTreeMap<String, Role>, expla
                 let s = acts.push(ActionKind::Stop, p, n, &reason);
                 if let Some(d) = demotes.last() {
                     acts.plan.edges.push((*d, s));
+                }
+                if *role == Role::Failed {
+                    failed_stops.push(s);
                 }
                 acts.stops.push(s);
             } else {
@@ -109,6 +116,7 @@ pub(super) fn clone_diff(ctx: &Ctx, p: &str, tgt: &BTreeMap<String, Role>, expla
                 let s = acts.push(ActionKind::Stop, p, n, &reason);
                 acts.plan.edges.push((s, st));
                 acts.stops.push(s);
+                failed_stops.push(s);
             }
             acts.starts.push(st);
             if *role == Role::Promoted {
@@ -129,8 +137,8 @@ pub(super) fn clone_diff(ctx: &Ctx, p: &str, tgt: &BTreeMap<String, Role>, expla
             demotes.push(acts.push(ActionKind::Demote, p, n, &reason));
         }
     }
-    // Demote before promote: never two primaries at once.
-    for d in &demotes {
+    // Demote (and stop what failed) before promote: never two primaries at once.
+    for d in demotes.iter().chain(&failed_stops) {
         for pr in &promotes {
             acts.plan.edges.push((*d, *pr));
         }

@@ -88,7 +88,7 @@ pub fn run_due(
             let key = format!("fence device {}", d.name);
             keys.insert(key.clone());
             if clock.take_due(&key, d.monitor_interval, now) && begin(in_flight, &key) {
-                tokio::spawn(check_fence_device(node.clone(), d.clone(), in_flight.clone(), key));
+                node.spawn(check_fence_device(node.clone(), d.clone(), in_flight.clone(), key));
             }
         }
     }
@@ -104,7 +104,7 @@ pub fn run_due(
         };
         keys.insert(rsc.clone());
         if clock.take_due(rsc, op.interval, now) && begin(in_flight, rsc) {
-            tokio::spawn(monitor(
+            node.spawn(monitor(
                 node.clone(),
                 runner.clone(),
                 rsc.clone(),

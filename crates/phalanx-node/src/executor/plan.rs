@@ -64,7 +64,7 @@ pub(super) fn run_plan(
     if !open.is_empty() {
         locked(&progress.claiming).extend(open.iter().map(|i| (id, *i)));
         let (node2, progress2) = (node.clone(), progress.clone());
-        tokio::spawn(async move {
+        node.spawn(async move {
             let claim = Command::ClaimAction {
                 plan_id: id,
                 indices: open.clone(),
@@ -86,7 +86,7 @@ pub(super) fn run_plan(
         }
         let action: Action = view.actions[i].clone();
         let (node2, runner2, progress2) = (node.clone(), runner.clone(), progress.clone());
-        tokio::spawn(async move {
+        node.spawn(async move {
             tracing::info!(rsc = %action.rsc, kind = ?action.kind, reason = %action.reason, "running plan action");
             let (outcome, reason) = run_action(&node2, &runner2, &action).await;
             if outcome != CallOutcome::Ok {

@@ -117,11 +117,33 @@ pub struct Mesh {
     send_now: Arc<Notify>,
 }
 
+/// Wall-clock stamps (liveness changes, results, failures, fence records): unix ms from the
+/// system clock. Under the simulation (`testing::follow_tokio_clock`) it follows tokio's clock
+/// instead, so that on paused time the stamps move with virtual time (failure timeouts, fence
+/// retry backoffs and failback holds then expire in virtual seconds, as they do in real ones).
 pub fn unix_ms() -> u64 {
+    if FOLLOW_TOKIO_CLOCK.load(std::sync::atomic::Ordering::Relaxed) {
+        return tokio_clock_unix_ms();
+    }
+    system_unix_ms()
+}
+
+fn system_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Set once by the simulation (a test process or `phalanx-lab sim`); never by the product.
+pub(crate) static FOLLOW_TOKIO_CLOCK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The system clock when first asked, moved on by tokio's clock since (paused or not).
+fn tokio_clock_unix_ms() -> u64 {
+    static ORIGIN: std::sync::OnceLock<(u64, std::time::Instant)> = std::sync::OnceLock::new();
+    let (wall, at) = *ORIGIN.get_or_init(|| (system_unix_ms(), std::time::Instant::now()));
+    let since = Instant::now().into_std().saturating_duration_since(at);
+    wall + since.as_millis() as u64
 }
 
 impl Mesh {
