@@ -37,6 +37,20 @@ pub fn load_state(path: &Path) -> Result<Input> {
     }
 }
 
+/// A `--fail RESOURCE@NODE` what-if, checked against the config and the nodes `known`.
+fn parse_fail<'a>(config: &Config, f: &'a str, known: impl Fn(&str) -> bool) -> Result<(&'a str, &'a str)> {
+    let (r, n) = f
+        .split_once('@')
+        .ok_or_else(|| anyhow!("--fail {f:?}: write RESOURCE@NODE"))?;
+    if config.resources.primitive_of(r).is_none() {
+        bail!("--fail {f}: {r} is not a [[resource]] (or an instance such as web:0) in the config");
+    }
+    if !known(n) {
+        bail!("--fail {f}: no such node {n}");
+    }
+    Ok((r, n))
+}
+
 pub fn run(config: &Config, args: &SimulateArgs) -> Result<(Input, Plan)> {
     let mut input = match args.state {
         Some(p) => load_state(p)?,
@@ -57,15 +71,7 @@ pub fn run(config: &Config, args: &SimulateArgs) -> Result<(Input, Plan)> {
         node.unclean = config.cluster.fencing != Fencing::Off;
     }
     for f in args.fail {
-        let (r, n) = f
-            .split_once('@')
-            .ok_or_else(|| anyhow!("--fail {f:?}: write RESOURCE@NODE"))?;
-        if config.resources.primitive_of(r).is_none() {
-            bail!("--fail {f}: {r} is not a [[resource]] (or an instance such as web:0) in the config");
-        }
-        if !known(n) {
-            bail!("--fail {f}: no such node {n}");
-        }
+        let (r, n) = parse_fail(config, f, known)?;
         let st = input.resources.entry(r.to_string()).or_default();
         st.running.insert(n.to_string(), Role::Failed);
         st.failures.entry(n.to_string()).or_default().push(input.now_ms);
@@ -122,15 +128,7 @@ pub fn run_live(config: &Config, mut state: ClusterState, leader: &str, args: &S
         });
     }
     for f in args.fail {
-        let (r, n) = f
-            .split_once('@')
-            .ok_or_else(|| anyhow!("--fail {f:?}: write RESOURCE@NODE"))?;
-        if config.resources.primitive_of(r).is_none() {
-            bail!("--fail {f}: {r} is not a [[resource]] (or an instance such as web:0) in the config");
-        }
-        if !state.nodes.contains_key(n) {
-            bail!("--fail {f}: no such node {n}");
-        }
+        let (r, n) = parse_fail(config, f, |n| state.nodes.contains_key(n))?;
         state.apply(&Command::MonitorFailed {
             rsc: r.to_string(),
             node: n.to_string(),
