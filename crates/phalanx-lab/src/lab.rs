@@ -141,18 +141,8 @@ impl Lab {
         ]
     }
 
-    /// A command run inside namespace `ns`.
-    pub fn command_in(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        phalanx::netns::command_in(ns, program)
-    }
-
-    /// Every process inside namespace `ns`.
-    pub fn pids(ns: &str) -> Vec<i32> {
-        phalanx::netns::pids(ns)
-    }
-
     fn signal_all(ns: &str, sig: Signal) {
-        for p in Lab::pids(ns) {
+        for p in phalanx::netns::pids(ns) {
             let _ = kill(Pid::from_raw(p), sig);
         }
     }
@@ -212,7 +202,7 @@ impl Lab {
     /// Run an nft script in the switch namespace (bridge family: it filters bridged frames).
     fn nft(&self, script: &str) -> Result<()> {
         use std::io::Write as _;
-        let mut child = Lab::command_in(&self.switch_ns(), "nft")
+        let mut child = phalanx::netns::command_in(&self.switch_ns(), "nft")
             .args(["-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -357,7 +347,7 @@ pub fn start_bmc(lab: &Lab, i: usize, dir: &std::path::Path) -> Result<std::proc
     )?;
     let log = std::fs::File::create(dir.join("ipmi_sim.log"))?;
     // -n: no console on stdio (it is detached); -p: no persistence; -s: its state folder.
-    Lab::command_in(&lab.client_ns(), "ipmi_sim")
+    phalanx::netns::command_in(&lab.client_ns(), "ipmi_sim")
         .args(["-n", "-p", "-c"])
         .arg(dir.join("lan.conf"))
         .arg("-f")
@@ -489,7 +479,7 @@ pub fn overlaps(samples: &[(String, Samples)]) -> Vec<(String, String, std::time
 /// service dying under its agent); returns how many.
 pub fn kill_processes(lab: &Lab, i: usize, patterns: &[&str]) -> usize {
     let mut killed = 0;
-    for pid in Lab::pids(&lab.node_ns(i)) {
+    for pid in phalanx::netns::pids(&lab.node_ns(i)) {
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let cmd = String::from_utf8_lossy(&cmd);
         if patterns.iter().all(|p| cmd.contains(p)) && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {

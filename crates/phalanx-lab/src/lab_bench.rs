@@ -220,7 +220,7 @@ pub(crate) fn keepalived_node(lab: &Lab, dir: &Path, i: usize, advert: &str, exe
     )?;
     let log = std::fs::File::create(dir.join(format!("n{i}.log")))?;
     let ns = lab.node_ns(i);
-    let keepalived = Lab::command_in(&ns, KEEPALIVED)
+    let keepalived = phalanx::netns::command_in(&ns, KEEPALIVED)
         .args(["--dont-fork", "--log-console", "--vrrp", "-f"])
         .arg(&conf)
         .arg("-p")
@@ -232,7 +232,7 @@ pub(crate) fn keepalived_node(lab: &Lab, dir: &Path, i: usize, advert: &str, exe
         .stderr(log)
         .spawn()
         .context("starting keepalived")?;
-    let service = Lab::command_in(&ns, exe)
+    let service = phalanx::netns::command_in(&ns, exe)
         .args([
             "demo-service",
             "--listen",
