@@ -150,23 +150,6 @@ impl Controller {
                 liveness: seen,
                 at_ms: obs.now_ms,
             }));
-            // Back from lost without a fence (the leader's view flapped, or a partition healed
-            // before the fence ran): it may still run what it ran, but coming back online makes
-            // the state forget that until the node's probe reports. Re-assert it at once, so no
-            // plan starts a second copy meanwhile; its probe (or monitor) corrects it. Found by
-            // the simulation: under heartbeat loss a node went offline and back, and its VIP
-            // was started on another node while it still held it.
-            if seen == Liveness::Online && rec.liveness == Liveness::Offline && !rec.fence.fenced {
-                for (rsc, r) in &state.resources {
-                    if let Some(role) = r.running.get(name) {
-                        out.push(ControlAction::Write(Command::Probe {
-                            rsc: rsc.clone(),
-                            node: name.clone(),
-                            role: Some(*role),
-                        }));
-                    }
-                }
-            }
         }
         out
     }

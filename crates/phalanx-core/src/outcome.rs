@@ -39,6 +39,8 @@ pub enum RejectReason {
     ActionNotOpen { index: usize, plan_id: u64, node: String },
     #[error("attribute key is empty")]
     EmptyAttrKey,
+    #[error("the fence of {target} in plan {plan_id} was decided before {target} came back online")]
+    FenceOfAnEarlierLife { target: String, plan_id: u64 },
 }
 
 #[cfg(test)]

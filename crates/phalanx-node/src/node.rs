@@ -554,6 +554,7 @@ impl Node {
                         attrs: BTreeMap::new(),
                         maintenance: false,
                         fence: Default::default(),
+                        online_since_plan: 0,
                     };
                     (n.name.clone(), rec)
                 })

@@ -114,7 +114,7 @@ mod tests {
             reason: "lost".into(),
         };
         let result = |ok: bool, at: u64| Command::ActionResult {
-            plan_id: 0,
+            plan_id: 1,
             index: 0,
             action: fence.clone(),
             outcome: if ok { CallOutcome::Ok } else { CallOutcome::Soft },

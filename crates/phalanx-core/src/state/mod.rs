@@ -176,10 +176,10 @@ impl ClusterState {
             Command::AddNode { name, id, links, api } => self.add_node(name, *id, links, api),
             Command::RemoveNode { name } => self.remove_node(name),
             Command::SetStandby { name, standby } => self.set_standby(name, *standby),
-            Command::SetLiveness { name, liveness, at_ms } => self.set_liveness(name, *liveness, *at_ms, touched),
+            Command::SetLiveness { name, liveness, at_ms } => self.set_liveness(name, *liveness, *at_ms),
             Command::SetAttr { name, key, value } => self.set_attr(name, key, value.as_ref()),
             Command::SetMaintenance { node, on } => self.set_maintenance(node.as_deref(), *on),
-            Command::SetPlan { actions, edges } => self.set_plan(actions, edges),
+            Command::SetPlan { actions, edges } => self.set_plan(actions, edges, touched),
             Command::ClaimAction {
                 plan_id,
                 indices,
@@ -193,7 +193,7 @@ impl ClusterState {
                 outcome,
                 at_ms,
                 reason,
-            } => Ok(self.action_result((*plan_id, *index), action, (*outcome, *at_ms, reason.clone()), touched)),
+            } => self.action_result((*plan_id, *index), action, (*outcome, *at_ms, reason.clone()), touched),
             Command::MonitorFailed {
                 rsc,
                 node,

@@ -2,7 +2,7 @@
 //! nodes (ids are never reused), standby, liveness as recorded by the leader (with what a loss
 //! and a return mean for fencing and for what the node ran), attributes and maintenance.
 
-use super::{Applied, ClusterState, FenceRecord, Outcome, RejectReason, Touched};
+use super::{Applied, ClusterState, FenceRecord, Outcome, RejectReason};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -38,6 +38,13 @@ pub struct NodeRecord {
     /// Fencing: what the cluster knows of it (see `FenceRecord`).
     #[serde(default)]
     pub fence: FenceRecord,
+    /// The plan that was current when it last came online. An action of that plan or an older
+    /// one was decided before this life of the node began, so its result cannot speak for it:
+    /// a fence reported that late (a deposed leader's entry committed after the node was back,
+    /// or a report retried across the return) neither marks it fenced nor clears what it runs
+    /// (found by the simulation, seeds 128 and 129).
+    #[serde(default)]
+    pub online_since_plan: u64,
 }
 
 /// A member to add (see [`super::Command::Bootstrap`]).
@@ -112,6 +119,7 @@ impl ClusterState {
                 attrs: BTreeMap::new(),
                 maintenance: false,
                 fence: FenceRecord::default(),
+                online_since_plan: 0,
             },
         );
         self.config_version += 1;
@@ -135,22 +143,19 @@ impl ClusterState {
         Ok(Outcome::Ok)
     }
 
-    pub(super) fn set_liveness(
-        &mut self,
-        name: &str,
-        liveness: Liveness,
-        at_ms: u64,
-        touched: &mut Touched,
-    ) -> Applied {
-        let was = self.node_mut(name)?.liveness;
-        if was == Liveness::Offline && liveness == Liveness::Online {
-            touched.resources_on(self, name);
-        }
+    /// The leader's view of `name` changed. Coming (back) online starts a new life of the node
+    /// (see [`NodeRecord::online_since_plan`]). Back from lost, what it ran stays recorded: if
+    /// it was fenced, the fence cleared that already; if not (the leader's view flapped, or a
+    /// partition healed before the fence ran), it may still run it, and forgetting it would let
+    /// a plan start a second copy before its probe reports (found by the simulation, under
+    /// heartbeat loss: a VIP started elsewhere while its node still held it).
+    pub(super) fn set_liveness(&mut self, name: &str, liveness: Liveness, at_ms: u64) -> Applied {
+        let plan_id = self.plan.id;
         let n = self.node_mut(name)?;
-        if n.liveness == liveness {
+        let was = n.liveness;
+        if was == liveness {
             return Ok(Outcome::Unchanged);
         }
-        let back_from_lost = n.liveness == Liveness::Offline && liveness == Liveness::Online;
         n.liveness = liveness;
         n.liveness_since_ms = at_ms;
         if liveness == Liveness::Offline {
@@ -159,20 +164,15 @@ impl ClusterState {
             // (nothing was ever placed there).
             n.fence.fenced |= was == Liveness::Unknown;
         } else {
-            // Online (again): a later loss needs a fence of its own. Back from lost
-            // (rebooted by its fence, or a healed partition), it probes everything it
-            // runs, so it starts with a clean slate.
+            // Online (again): a later loss needs a fence of its own, and a fence decided
+            // before now is not one.
             n.fence.fenced = false;
+            n.online_since_plan = plan_id;
         }
-        if back_from_lost {
+        if was == Liveness::Offline && liveness == Liveness::Online {
             n.fence.failures = 0;
             n.fence.last_error = None;
             n.fence.reason = None;
-            // What ran there when it was lost is unknown now: forget it; the node
-            // probes every resource when it sees itself back, and reports what runs.
-            for r in self.resources.values_mut() {
-                r.running.remove(name);
-            }
         }
         Ok(Outcome::Ok)
     }
@@ -367,7 +367,7 @@ mod tests {
     }
 
     #[test]
-    fn a_node_back_from_lost_forgets_what_it_ran() {
+    fn a_node_back_from_lost_keeps_what_it_ran_unless_fenced() {
         let mut s = ClusterState::default();
         s.apply(&Command::Bootstrap {
             nodes: vec![NewNode {
@@ -395,12 +395,36 @@ mod tests {
         s.apply(&set(Liveness::Offline));
         assert!(
             s.resources["web"].running.contains_key("n1"),
-            "lost: kept (the scheduler recovers it elsewhere)"
+            "lost: kept (the scheduler recovers it elsewhere, after a fence)"
         );
         s.apply(&set(Liveness::Online));
         assert!(
+            s.resources["web"].running.contains_key("n1"),
+            "back without a fence: it may still run it, until its probe says otherwise"
+        );
+        s.apply(&set(Liveness::Offline));
+        s.apply(&Command::SetPlan {
+            actions: vec![crate::scheduler::Action {
+                kind: crate::scheduler::ActionKind::Fence,
+                rsc: "n1".into(),
+                node: "n2".into(),
+                reason: "lost".into(),
+            }],
+            edges: vec![],
+        });
+        let fence = s.plan.actions[0].clone();
+        s.apply(&Command::ActionResult {
+            plan_id: s.plan.id,
+            index: 0,
+            action: fence,
+            outcome: super::super::CallOutcome::Ok,
+            at_ms: 2,
+            reason: None,
+        });
+        s.apply(&set(Liveness::Online));
+        assert!(
             !s.resources["web"].running.contains_key("n1"),
-            "back from lost: unknown until probed"
+            "back after a fence: it runs nothing"
         );
     }
 }

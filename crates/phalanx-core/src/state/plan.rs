@@ -2,8 +2,8 @@
 //! plan replacing the old one, nodes claiming their actions through the log, and reported
 //! results (which also update what runs where, or the fencing records).
 
-use super::{Applied, CallOutcome, ClusterState, Outcome, RejectReason, Touched};
-use crate::scheduler::{Action, ActionKind};
+use super::{Applied, CallOutcome, ClusterState, Liveness, Outcome, RejectReason, Touched};
+use crate::scheduler::{Action, ActionKind, Role};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -63,14 +63,45 @@ impl PlanRecord {
 }
 
 impl ClusterState {
-    /// Replace the plan (its id grows by one).
-    pub(super) fn set_plan(&mut self, actions: &[Action], edges: &[(usize, usize)]) -> Applied {
+    /// Replace the plan (its id grows by one). A start or promote of the replaced plan that may
+    /// have run (claimed, ready, not reported) on a node that is not online now did something
+    /// unknown: its instance is recorded as failed there (unless recorded there in the role it
+    /// was going for), so that no plan starts it elsewhere before that node is fenced, or
+    /// stopped there if the node comes back unfenced, or its result or a probe tells. Found by
+    /// the simulation: a node partitioned right after starting a VIP was lost, its plan
+    /// replaced by a fence plan, and it came back before the fence; its unreported start was
+    /// forgotten and the VIP started on a second node. (On an online node the start is still
+    /// reported: the controller waits for it, see `Controller::reconcile`, and a plan that races
+    /// its claim must not turn it into a restart.)
+    pub(super) fn set_plan(&mut self, actions: &[Action], edges: &[(usize, usize)], touched: &mut Touched) -> Applied {
         if let Some((from, to)) = edges.iter().find(|(a, b)| *a >= actions.len() || *b >= actions.len()) {
             return Err(Outcome::Rejected(RejectReason::PlanEdgeOutOfRange {
                 from: *from,
                 to: *to,
                 actions: actions.len(),
             }));
+        }
+        let online = |n: &str| self.nodes.get(n).is_some_and(|r| r.liveness == Liveness::Online);
+        let unknown: Vec<(String, String, Role)> = self
+            .plan
+            .in_flight_starts()
+            .into_iter()
+            .filter(|a| !online(&a.node))
+            .map(|a| {
+                let goal = if a.kind == ActionKind::Promote {
+                    Role::Promoted
+                } else {
+                    Role::Started
+                };
+                (a.rsc.clone(), a.node.clone(), goal)
+            })
+            .collect();
+        for (rsc, node, goal) in unknown {
+            let r = self.resources.entry(rsc.clone()).or_default();
+            if r.running.get(&node) != Some(&goal) {
+                r.running.insert(node, Role::Failed);
+                touched.resources.insert(rsc);
+            }
         }
         self.plan = PlanRecord {
             id: self.plan.id + 1,
@@ -109,8 +140,12 @@ impl ClusterState {
         Ok(Outcome::Ok)
     }
 
-    /// An action of plan `plan_id` reported: the resource (or fencing) record always learns
-    /// it; the plan's progress only if it is still the current plan's action `index`.
+    /// An action of plan `plan_id` reported: the resource (or fencing) record learns it; the
+    /// plan's progress only if it is still the current plan's action `index`. A result decided
+    /// before its node's current life (see [`super::NodeRecord::online_since_plan`]) cannot
+    /// speak for it: a fence of the node is refused, and a stop or demote there leaves the
+    /// record alone (the node probed what it runs when it came back; a late "stopped" could
+    /// hide a copy it runs now). Starts and promotes still count: they only add what may run.
     /// (`at` is the plan id and the action's index; `how` its outcome, time and reason.)
     pub(super) fn action_result(
         &mut self,
@@ -118,16 +153,23 @@ impl ClusterState {
         action: &Action,
         how: (CallOutcome, u64, Option<String>),
         touched: &mut Touched,
-    ) -> Outcome {
+    ) -> Applied {
         let ((plan_id, index), (outcome, at_ms, reason)) = (at, how);
         let ok = outcome == CallOutcome::Ok;
+        let decided_before = |node: &str| self.nodes.get(node).is_some_and(|n| plan_id <= n.online_since_plan);
         if action.kind == ActionKind::Fence {
+            if decided_before(&action.rsc) {
+                return Err(Outcome::Rejected(RejectReason::FenceOfAnEarlierLife {
+                    target: action.rsc.clone(),
+                    plan_id,
+                }));
+            }
             touched.nodes.insert(action.rsc.clone());
             if ok {
                 touched.resources_on(self, &action.rsc);
             }
             self.record_fence(action, ok, at_ms, reason);
-        } else {
+        } else if !(matches!(action.kind, ActionKind::Stop | ActionKind::Demote) && decided_before(&action.node)) {
             touched.resources.insert(action.rsc.clone());
             touched.nodes.insert(action.node.clone());
             self.record_result(action, ok, outcome, at_ms, reason);
@@ -139,7 +181,7 @@ impl ClusterState {
                 self.plan.failed.insert(index);
             }
         }
-        Outcome::Ok
+        Ok(Outcome::Ok)
     }
 }
 
@@ -292,6 +334,148 @@ mod tests {
             matches!(s.apply(&claim(new, "n1")), Outcome::Rejected(_)),
             "a finished action cannot be claimed"
         );
+    }
+
+    #[test]
+    fn a_result_decided_before_its_node_came_back_cannot_speak_for_it() {
+        use super::super::test_support::bootstrapped;
+        use super::super::Liveness;
+        let mut s = bootstrapped(&["n1", "n2", "n3"]);
+        let live = |l: Liveness| Command::SetLiveness {
+            name: "n1".into(),
+            liveness: l,
+            at_ms: 1,
+        };
+        s.apply(&live(Liveness::Online));
+        s.apply(&live(Liveness::Offline));
+        // A deposed leader's plan fenced n1; n1 rebooted and is back before the result commits.
+        let fence = act(ActionKind::Fence, "n1", "n2");
+        s.apply(&Command::SetPlan {
+            actions: vec![fence.clone()],
+            edges: vec![],
+        });
+        let old = s.plan.id;
+        s.apply(&live(Liveness::Online));
+        s.resources
+            .entry("vip".into())
+            .or_default()
+            .running
+            .insert("n1".into(), Role::Started);
+        let result = |plan_id: u64, action: Action, outcome: CallOutcome| Command::ActionResult {
+            plan_id,
+            index: 0,
+            action,
+            outcome,
+            at_ms: 2,
+            reason: None,
+        };
+        assert!(matches!(
+            s.apply(&result(old, fence.clone(), CallOutcome::Ok)),
+            Outcome::Rejected(RejectReason::FenceOfAnEarlierLife { .. })
+        ));
+        assert!(!s.nodes["n1"].fence.fenced, "its next loss needs a fence of its own");
+        assert!(s.plan.done.is_empty(), "the old plan does not move on");
+        assert!(s.resources["vip"].running.contains_key("n1"));
+        // ... even when it arrives after n1 was lost again.
+        s.apply(&live(Liveness::Offline));
+        s.apply(&result(old, fence.clone(), CallOutcome::Ok));
+        assert!(!s.nodes["n1"].fence.fenced);
+        // A late "stopped" from before its return does not hide what it runs now; a start counts.
+        s.apply(&live(Liveness::Online));
+        s.apply(&result(old, act(ActionKind::Stop, "vip", "n1"), CallOutcome::Ok));
+        assert!(s.resources["vip"].running.contains_key("n1"));
+        s.apply(&result(old, act(ActionKind::Start, "web", "n1"), CallOutcome::Ok));
+        assert!(s.resources["web"].running.contains_key("n1"));
+        // A fence decided in this life counts (a failed stop fences an online node).
+        s.apply(&Command::SetPlan {
+            actions: vec![fence.clone()],
+            edges: vec![],
+        });
+        assert_eq!(s.apply(&result(s.plan.id, fence, CallOutcome::Ok)), Outcome::Ok);
+        assert!(s.nodes["n1"].fence.fenced);
+        assert!(!s.resources["vip"].running.contains_key("n1"));
+    }
+
+    #[test]
+    fn a_replaced_plan_leaves_its_unreported_starts_on_lost_nodes_recorded_as_failed() {
+        let mut s = super::super::test_support::bootstrapped(&["n1", "n2", "n3", "n4"]);
+        let live = |n: &str, l: Liveness| Command::SetLiveness {
+            name: n.into(),
+            liveness: l,
+            at_ms: 1,
+        };
+        for n in ["n1", "n2", "n3", "n4"] {
+            s.apply(&live(n, Liveness::Online));
+        }
+        let (vip, db, web) = (
+            act(ActionKind::Start, "vip", "n2"),
+            act(ActionKind::Promote, "db", "n2"),
+            act(ActionKind::Start, "web", "n3"),
+        );
+        s.apply(&Command::SetPlan {
+            actions: vec![
+                vip.clone(),
+                db,
+                web,
+                act(ActionKind::Start, "cache", "n1"),
+                act(ActionKind::Start, "mail", "n4"),
+            ],
+            edges: vec![],
+        });
+        let id = s.plan.id;
+        s.resources
+            .entry("db".into())
+            .or_default()
+            .running
+            .insert("n2".into(), Role::Started);
+        for (i, node) in [(0, "n2"), (1, "n2"), (2, "n3"), (4, "n4")] {
+            s.apply(&Command::ClaimAction {
+                plan_id: id,
+                indices: vec![i],
+                node: node.into(),
+                incarnation: 1,
+            });
+        }
+        s.apply(&Command::ActionResult {
+            plan_id: id,
+            index: 2,
+            action: act(ActionKind::Start, "web", "n3"),
+            outcome: CallOutcome::Ok,
+            at_ms: 1,
+            reason: None,
+        });
+        s.apply(&live("n2", Liveness::Offline));
+        let mut touched = Touched::default();
+        s.apply_touching(
+            &Command::SetPlan {
+                actions: vec![],
+                edges: vec![],
+            },
+            &mut touched,
+        );
+        assert_eq!(
+            s.resources["vip"].running["n2"],
+            Role::Failed,
+            "may run: stop it there first"
+        );
+        assert_eq!(s.resources["db"].running["n2"], Role::Failed, "may be primary");
+        assert_eq!(s.resources["web"].running["n3"], Role::Started, "reported");
+        assert!(!s.resources.contains_key("cache"), "never claimed: never ran");
+        assert!(
+            !s.resources.contains_key("mail"),
+            "n4 is online: its result still comes"
+        );
+        assert!(touched.resources.contains("vip") && touched.resources.contains("db"));
+        // Its late result still counts.
+        s.apply(&Command::ActionResult {
+            plan_id: id,
+            index: 0,
+            action: vip,
+            outcome: CallOutcome::Ok,
+            at_ms: 2,
+            reason: None,
+        });
+        assert_eq!(s.resources["vip"].running["n2"], Role::Started);
     }
 
     #[test]

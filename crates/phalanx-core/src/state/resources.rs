@@ -163,7 +163,7 @@ mod tests {
             .running
             .insert("n1".into(), Role::Started);
         s.apply(&Command::ActionResult {
-            plan_id: 0,
+            plan_id: 1,
             index: 0,
             action: act(ActionKind::Stop, "db", "n1"),
             outcome: CallOutcome::Soft,
@@ -177,7 +177,7 @@ mod tests {
         assert_eq!(n1.fence_reason.as_deref(), Some("stop of db failed on n1: timed out"));
         // Fenced while online: going down afterwards is that fence's doing, not a new loss.
         s.apply(&Command::ActionResult {
-            plan_id: 0,
+            plan_id: 1,
             index: 0,
             action: Action {
                 kind: ActionKind::Fence,

@@ -2,6 +2,7 @@
 //! the redb-backed log and state machine (`store`) and the HTTP transport (`network`). All Raft
 //! code lives in this module so the openraft version can move in one place.
 
+mod legacy;
 pub mod network;
 mod sm_tables;
 pub mod state_machine;

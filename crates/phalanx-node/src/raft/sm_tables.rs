@@ -21,9 +21,10 @@ const SM_ATTRS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sm_attrs")
 const SM_RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_resources");
 const SM_DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_devices");
 
-/// Present (with this value) once the state machine is stored entry by entry.
+/// Present once the state machine is stored entry by entry: 2 from the start, 3 since node
+/// records carry `online_since_plan` (a format-2 store is read through `legacy` and rewritten).
 const FORMAT_KEY: &str = "format";
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 
 /// A node's record without its attributes (those are entries of their own).
 #[derive(Serialize, Deserialize)]
@@ -36,6 +37,7 @@ struct NodeEntry {
     liveness_since_ms: u64,
     maintenance: bool,
     fence: FenceRecord,
+    online_since_plan: u64,
 }
 
 impl NodeEntry {
@@ -49,6 +51,7 @@ impl NodeEntry {
             liveness_since_ms: r.liveness_since_ms,
             maintenance: r.maintenance,
             fence: r.fence.clone(),
+            online_since_plan: r.online_since_plan,
         }
     }
 
@@ -63,6 +66,7 @@ impl NodeEntry {
             attrs,
             maintenance: self.maintenance,
             fence: self.fence,
+            online_since_plan: self.online_since_plan,
         }
     }
 }
@@ -307,17 +311,18 @@ fn get<T: serde::de::DeserializeOwned>(
     }
 }
 
-/// The stored state machine, reassembled; None when it was never stored entry by entry.
-pub(super) fn load(db: &Database) -> Result<Option<SmData>, StoreError> {
+/// The stored state machine, reassembled, and whether it is in an older format (to rewrite);
+/// None when it was never stored entry by entry.
+pub(super) fn load(db: &Database) -> Result<Option<(SmData, bool)>, StoreError> {
     let rx = db.begin_read().map_err(redb::Error::from)?;
     let meta = match rx.open_table(SM_META) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
         Err(e) => return Err(redb::Error::from(e).into()),
     };
-    if get::<u32>(&meta, FORMAT_KEY)?.is_none() {
+    let Some(format) = get::<u32>(&meta, FORMAT_KEY)? else {
         return Ok(None);
-    }
+    };
     let scalars: Option<Scalars> = get(&meta, "scalars")?;
     let mut cluster = ClusterState {
         config_version: scalars.as_ref().map_or(0, |s| s.config_version),
@@ -356,8 +361,12 @@ pub(super) fn load(db: &Database) -> Result<Option<SmData>, StoreError> {
                 String::from_utf8(ak[prefix.len()..].to_vec()).map_err(|_| StoreError::Corrupt("attribute key"))?;
             own.insert(key, av.clone());
         }
-        let entry: NodeEntry = decode("node", v.value())?;
-        cluster.nodes.insert(name, entry.into_record(own));
+        let record = if format < FORMAT {
+            decode::<super::legacy::NodeEntryV2>("node", v.value())?.into_record(own)
+        } else {
+            decode::<NodeEntry>("node", v.value())?.into_record(own)
+        };
+        cluster.nodes.insert(name, record);
     }
     for item in rx
         .open_table(SM_RESOURCES)
@@ -381,15 +390,38 @@ pub(super) fn load(db: &Database) -> Result<Option<SmData>, StoreError> {
             .fence_devices
             .insert(k.value().to_string(), decode("fence device", v.value())?);
     }
-    Ok(Some(SmData {
+    let data = SmData {
         last_applied: get(&meta, "last_applied")?.flatten(),
         membership: get(&meta, "membership")?.unwrap_or_default(),
         cluster,
-    }))
+    };
+    Ok(Some((data, format < FORMAT)))
 }
 
-/// The former format (one `sm` blob in the raft `meta` table), rewritten entry by entry in one
-/// transaction that also drops the blob. Done once, at the first start after an upgrade.
-pub(super) fn upgrade(db: &Database, old: &SmData) -> Result<(), redb::Error> {
-    write(db, &Changes::all(old).without_raft_meta("sm"))
+/// A state read in a former format (entries of format 2, or the `sm` blob of format 1 in the
+/// raft `meta` table, then dropped), rewritten in today's format in one transaction, with the
+/// stored snapshot (`snapshot`, in the former layout too) replaced by one of this state, if
+/// there was one. Done once, at the first start after an upgrade.
+pub(super) fn upgrade(db: &Database, old: &SmData, snapshot: Option<Vec<u8>>) -> Result<(), redb::Error> {
+    let mut c = Changes::all(old).without_raft_meta("sm");
+    if let Some(s) = snapshot {
+        c = c.with_raft_meta("snapshot", s);
+    }
+    write(db, &c)
+}
+
+/// Store `d` as a version of format 2 did (node entries without `online_since_plan`).
+#[cfg(test)]
+pub(super) fn store_format_2(db: &Database, d: &SmData) -> Result<(), redb::Error> {
+    write(db, &Changes::all(d))?;
+    let tx = db.begin_write()?;
+    {
+        let mut nodes = tx.open_table(SM_NODES)?;
+        for (name, r) in &d.cluster.nodes {
+            nodes.insert(name.as_str(), super::legacy::write::node_entry_v2(r).as_slice())?;
+        }
+        tx.open_table(SM_META)?.insert(FORMAT_KEY, encode(&2u32).as_slice())?;
+    }
+    tx.commit()?;
+    Ok(())
 }

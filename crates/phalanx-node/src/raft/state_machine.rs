@@ -43,24 +43,42 @@ pub struct StateMachine {
     applied: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
+/// A snapshot of `d`: the whole state in postcard, named by its last applied log id.
+fn stored_snapshot(d: &SmData) -> StoredSnapshot {
+    let snapshot_id = match d.last_applied {
+        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+        None => "empty".to_string(),
+    };
+    StoredSnapshot {
+        meta: SnapshotMeta {
+            last_log_id: d.last_applied,
+            last_membership: d.membership.clone(),
+            snapshot_id,
+        },
+        data: encode(d),
+    }
+}
+
 fn poisoned() -> StorageError {
     StorageIOError::read_state_machine(io("poisoned lock")).into()
 }
 
 impl StateMachine {
     /// Load the persisted state machine (empty on a fresh node). A state machine stored by an
-    /// older version as one blob is rewritten entry by entry, once.
+    /// older version (one blob, or entries of an older format) is rewritten, once, with its
+    /// stored snapshot (see `sm_tables::upgrade`).
     pub fn load(db: Arc<Database>) -> Result<Self, StoreError> {
-        let data = match sm_tables::load(&db)? {
-            Some(d) => d,
-            None => match meta_get::<SmData>(&db, "sm")? {
-                Some(old) => {
-                    sm_tables::upgrade(&db, &old)?;
-                    old
-                }
-                None => SmData::default(),
+        let (data, upgrade) = match sm_tables::load(&db)? {
+            Some((d, older)) => (d, older),
+            None => match meta_get::<super::legacy::SmDataV1>(&db, "sm")? {
+                Some(old) => (old.into(), true),
+                None => (SmData::default(), false),
             },
         };
+        if upgrade {
+            let had_snapshot = meta_get::<StoredSnapshot>(&db, "snapshot")?.is_some();
+            sm_tables::upgrade(&db, &data, had_snapshot.then(|| encode(&stored_snapshot(&data))))?;
+        }
         Ok(StateMachine {
             db,
             data: Arc::new(RwLock::new(data)),
@@ -79,20 +97,7 @@ impl StateMachine {
     }
 
     fn snapshot_of(&self) -> Result<StoredSnapshot, StorageError> {
-        let d = self.data.read().map_err(|_| poisoned())?;
-        let data = encode(&*d);
-        let snapshot_id = match d.last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
-            None => "empty".to_string(),
-        };
-        Ok(StoredSnapshot {
-            meta: SnapshotMeta {
-                last_log_id: d.last_applied,
-                last_membership: d.membership.clone(),
-                snapshot_id,
-            },
-            data,
-        })
+        Ok(stored_snapshot(&*self.data.read().map_err(|_| poisoned())?))
     }
 
     fn write(&self, c: &Changes) -> Result<(), StorageError> {
@@ -265,6 +270,11 @@ mod tests {
                     at_ms: 5,
                     reason: None,
                 },
+                Command::SetLiveness {
+                    name: "n2".into(),
+                    liveness: phalanx_core::Liveness::Online,
+                    at_ms: 6,
+                },
                 Command::Probe {
                     rsc: "db".into(),
                     node: "n1".into(),
@@ -306,22 +316,70 @@ mod tests {
         let want = now(&sm);
         assert!(want.cluster.nodes["n3"].attrs.is_empty(), "a re-added node starts bare");
         assert_eq!(want.cluster.resources["web"].running["n2"], Role::Started);
+        assert_eq!(want.cluster.nodes["n2"].online_since_plan, 1);
         let back = now(&StateMachine::load(db).unwrap());
         assert_eq!(back.cluster, want.cluster);
         assert_eq!(back.last_applied, want.last_applied);
         assert_eq!(meta_get::<SmData>(&sm.db, "sm").unwrap().map(|_| ()), None, "no blob");
     }
 
+    /// `d` as an older version knew it: no node record has `online_since_plan`.
+    fn as_before_format_3(mut d: SmData) -> SmData {
+        for r in d.cluster.nodes.values_mut() {
+            r.online_since_plan = 0;
+        }
+        d
+    }
+
+    /// Upgraded once: the state reads back, is rewritten in today's format, and the stored
+    /// snapshot (if any) is one today's nodes can install.
+    async fn assert_upgraded(db: Arc<Database>, want: &SmData, had_snapshot: bool) {
+        let mut sm = StateMachine::load(db.clone()).unwrap();
+        assert_eq!(now(&sm).cluster, want.cluster);
+        assert_eq!(now(&sm).last_applied, want.last_applied);
+        assert!(meta_get::<SmData>(&db, "sm").unwrap().is_none(), "no blob left");
+        assert!(
+            sm_tables::load(&db).unwrap().is_some_and(|(_, older)| !older),
+            "today's format"
+        );
+        let snap = sm.get_current_snapshot().await.unwrap();
+        assert_eq!(snap.is_some(), had_snapshot);
+        if let Some(snap) = snap {
+            let mut dst = StateMachine::load(open_in_memory().unwrap()).unwrap();
+            dst.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+            assert_eq!(now(&dst).cluster, want.cluster);
+        }
+        assert_eq!(now(&StateMachine::load(db).unwrap()).cluster, want.cluster);
+    }
+
     #[tokio::test]
     async fn the_former_single_blob_is_upgraded_once() {
-        let src = applied(open_in_memory().unwrap()).await;
-        let want = now(&src);
+        let want = as_before_format_3(now(&applied(open_in_memory().unwrap()).await));
         let db = open_in_memory().unwrap();
-        meta_put(&db, "sm", &want).unwrap();
-        let sm = StateMachine::load(db.clone()).unwrap();
-        assert_eq!(now(&sm).cluster, want.cluster);
-        assert!(meta_get::<SmData>(&db, "sm").unwrap().is_none(), "the blob is gone");
-        assert_eq!(now(&StateMachine::load(db).unwrap()).cluster, want.cluster);
+        let tx = db.begin_write().unwrap();
+        tx.open_table(super::super::store::META)
+            .unwrap()
+            .insert("sm", super::super::legacy::write::sm_v1(&want).as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+        assert_upgraded(db, &want, false).await;
+    }
+
+    #[tokio::test]
+    async fn format_2_entries_and_their_snapshot_are_upgraded_once() {
+        let want = as_before_format_3(now(&applied(open_in_memory().unwrap()).await));
+        let db = open_in_memory().unwrap();
+        sm_tables::store_format_2(&db, &want).unwrap();
+        let old = StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: want.last_applied,
+                last_membership: want.membership.clone(),
+                snapshot_id: "old".into(),
+            },
+            data: super::super::legacy::write::sm_v1(&want),
+        };
+        meta_put(&db, "snapshot", &old).unwrap();
+        assert_upgraded(db, &want, true).await;
     }
 
     #[tokio::test]

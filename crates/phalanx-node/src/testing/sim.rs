@@ -270,7 +270,7 @@ pub async fn run_seed(opts: &Options) -> Result<SeedReport, SimError> {
         events_tail: if violations.is_empty() {
             Vec::new()
         } else {
-            sim.world.events_tail(40)
+            sim.world.events_tail(events_shown())
         },
         violations,
         trace: std::mem::take(&mut sim.trace),
@@ -655,4 +655,13 @@ impl Sim {
         }
         None
     }
+}
+
+/// How many of the world's last events a violation shows: 40, or `PHALANX_SIM_EVENTS` (a
+/// replay that needs the whole history sets it high).
+fn events_shown() -> usize {
+    std::env::var("PHALANX_SIM_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40)
 }
