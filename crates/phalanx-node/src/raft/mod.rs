@@ -11,6 +11,8 @@ pub mod network;
 mod sm_tables;
 pub mod state_machine;
 pub mod store;
+#[cfg(test)]
+mod toy;
 
 use phalanx_core::config::ClusterConfig;
 use phalanx_core::timings::ms;

@@ -326,4 +326,20 @@ mod tests {
         let c = next_incarnation(&db, 1000).unwrap();
         assert_eq!((a, b, c), (5, 6, 1000));
     }
+
+    /// The cluster group's stores (this log store and the cluster state machine, in memory)
+    /// against openraft's storage suite.
+    struct ClusterStores;
+
+    impl openraft::testing::StoreBuilder<TypeConfig, LogStore<TypeConfig>, StateMachine> for ClusterStores {
+        async fn build(&self) -> Result<((), LogStore<TypeConfig>, StateMachine), StorageError> {
+            let db = open_in_memory().unwrap();
+            Ok(((), LogStore::new(db.clone()), StateMachine::load(db).unwrap()))
+        }
+    }
+
+    #[test]
+    fn the_cluster_groups_stores_pass_openrafts_storage_suite() {
+        openraft::testing::Suite::test_all(ClusterStores).unwrap();
+    }
 }
