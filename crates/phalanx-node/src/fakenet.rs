@@ -1,9 +1,11 @@
 //! An in-process network for multi-node tests on paused tokio time: heartbeats and Raft RPCs
 //! between nodes of one process go through here, where a test can partition sets of nodes
-//! (directed cuts) and drop a seeded fraction of datagrams. It is a test seam for the IO shell,
-//! used by tests only; production nodes use UDP and HTTP. A node can be taken off the network
-//! entirely (`set_down`: crashed, powered off or paused), and a follower's forwarded writes
-//! reach the leader's node through here too (`forwarder`), subject to the same cuts.
+//! (directed cuts) and drop a seeded fraction of datagrams. Raft RPCs (the cluster group's) are
+//! handed to the target's Raft handle directly, not encoded for `/raft/cluster/…`. It is a test
+//! seam for the IO shell, used by tests only; production nodes use UDP and HTTP. A node can be
+//! taken off the network entirely (`set_down`: crashed, powered off or paused), and a
+//! follower's forwarded writes reach the leader's node through here too (`forwarder`), subject
+//! to the same cuts.
 
 use crate::forward::{FakeForward, ForwardError, ForwardSeam};
 use crate::mesh::{DatagramOut, Inbound};

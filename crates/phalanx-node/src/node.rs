@@ -6,7 +6,7 @@
 use crate::key::ClusterKey;
 use crate::mesh::{self, DatagramOut, Inbound, Mesh, MeshSettings, MeshStats, PeerStatus};
 use crate::raft::store::{LogStore, SmData, StateMachine};
-use crate::raft::{raft_config, BasicNode, NodeId, Raft, Request, TypeConfig, WITNESS_ID, WITNESS_NAME};
+use crate::raft::{raft_config, BasicNode, Groups, NodeId, Raft, Request, TypeConfig, WITNESS_ID, WITNESS_NAME};
 use openraft::error::{ChangeMembershipError, ClientWriteError, Fatal, RaftError};
 use openraft::network::RaftNetworkFactory;
 use openraft::ServerState;
@@ -193,7 +193,11 @@ pub struct Node {
     /// Every timing derived from `[cluster]` (the one owner: `phalanx_core::timings`).
     pub timings: Timings,
     pub api: SocketAddr,
+    /// The cluster group's Raft.
     pub raft: Raft,
+    /// Every Raft group this node serves (today the cluster group alone), by name: the peer
+    /// router serves `/raft/{group}/{rpc}` through it.
+    groups: Groups,
     pub mesh: Mesh,
     /// This process's incarnation (grows with every start): names its claims of plan actions.
     pub incarnation: u64,
@@ -218,8 +222,9 @@ pub struct Node {
 }
 
 impl Node {
-    /// Start Raft, the mesh and the controller. `net` carries Raft RPCs, `out`/`inbound` carry
-    /// heartbeats; the caller serves the API (see `crate::api::app`).
+    /// Start Raft, the mesh and the controller. `db` is the cluster group's database
+    /// (`raft::group::db_file`), `net` carries its Raft RPCs, `out`/`inbound` carry heartbeats;
+    /// the caller serves the API (see `crate::api::app`).
     pub async fn start<N: RaftNetworkFactory<TypeConfig>>(
         opts: NodeOptions,
         db: Arc<redb::Database>,
@@ -237,6 +242,7 @@ impl Node {
         let state = sm.shared();
         let applied = sm.applied();
         let raft = Raft::new(opts.id, cfg, net, LogStore::new(db), sm).await?;
+        let groups = Groups::default().with(raft.clone());
         let mesh = Mesh::new(MeshSettings {
             cluster: opts.config.cluster.name.clone(),
             me: opts.name.clone(),
@@ -251,6 +257,7 @@ impl Node {
             id: opts.id,
             api: opts.api,
             raft,
+            groups,
             mesh: mesh.clone(),
             incarnation,
             fencer: {
@@ -317,6 +324,11 @@ impl Node {
 
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// The Raft groups this node serves (see `raft::group`).
+    pub fn raft_groups(&self) -> &Groups {
+        &self.groups
     }
 
     /// The node's pooled HTTP client (forwarding to the leader; built by `transport`).

@@ -3,7 +3,8 @@
 //! unknown resource, node or route is a 404, malformed JSON a 400, a refused command a 409, no
 //! leader a 503 with `Retry-After`, each with a JSON `{error, reason}`; `/v1/write` is gone,
 //! and the peer route refuses to forward a leader's decision (403) but commits an operator's
-//! request.
+//! request. Raft RPCs are routed by group (`/raft/{group}/{rpc}`): the cluster group answers at
+//! `/raft/cluster/…`, an unknown group is a 404.
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
@@ -121,7 +122,7 @@ async fn every_route_needs_the_token() {
     for (method, path) in [
         ("GET", "/v1/status"),
         ("GET", "/metrics"),
-        ("POST", "/raft/vote"),
+        ("POST", "/raft/cluster/vote"),
         ("POST", "/peer/write"),
         ("GET", "/no/such/route"),
     ] {
@@ -172,9 +173,9 @@ async fn unknown_things_are_404_and_bad_json_400() {
     let peer = api::peer::router(node.clone());
     let r = call(&peer, "POST", "/peer/write", Some(&t), "{\"SetAttr\": ").await;
     error(&r, StatusCode::BAD_REQUEST, "bad_input");
-    let r = call(&peer, "POST", "/raft/append", Some(&t), "\u{7f}\u{7f}\u{7f}").await;
+    let r = call(&peer, "POST", "/raft/cluster/append", Some(&t), "\u{7f}\u{7f}\u{7f}").await;
     error(&r, StatusCode::BAD_REQUEST, "bad_input");
-    let r = call(&peer, "POST", "/raft/nosuch", Some(&t), "").await;
+    let r = call(&peer, "POST", "/raft/cluster/nosuch", Some(&t), "").await;
     error(&r, StatusCode::NOT_FOUND, "not_found");
 
     let r = call(&peer, "GET", "/peer/write", Some(&t), "").await;
@@ -187,10 +188,66 @@ async fn unknown_things_are_404_and_bad_json_400() {
         "not_found",
     );
     error(
-        &call(&app, "POST", "/raft/vote", Some(&t), "").await,
+        &call(&app, "POST", "/raft/cluster/vote", Some(&t), "").await,
         StatusCode::NOT_FOUND,
         "not_found",
     );
+    node.shutdown().await;
+}
+
+/// POST raw bytes (the Raft routes' postcard bodies) with the token: the status and the body.
+async fn post_bytes(app: &Router, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+    let req = Request::builder()
+        .method("POST")
+        .uri(path)
+        .header(header::AUTHORIZATION, format!("Bearer {}", key().api_token()))
+        .body(Body::from(body))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    (status, bytes.to_vec())
+}
+
+/// `/raft/{group}/{rpc}`: the cluster group's Raft answers at `/raft/cluster/…`; an unknown
+/// group (or the old path without a group) is a JSON 404; the Raft routes keep their body limit.
+#[tokio::test(start_paused = true)]
+async fn raft_rpcs_are_routed_by_group() {
+    use openraft::error::RaftError;
+    use openraft::raft::{VoteRequest, VoteResponse};
+    let node = leader().await;
+    let t = key().api_token();
+    let peer = api::peer::router(node.clone());
+    assert_eq!(
+        node.raft_groups().names().map(|g| g.as_str()).collect::<Vec<_>>(),
+        ["cluster"]
+    );
+
+    // A stale candidate's vote request reaches the cluster group's Raft, which refuses it with
+    // its own (the leader's) vote.
+    let (term, me) = (node.raft.metrics().borrow().current_term, node.id);
+    assert!(term >= 1);
+    let stale = VoteRequest::new(openraft::Vote::new(0, 7), None);
+    let (status, body) = post_bytes(&peer, "/raft/cluster/vote", postcard::to_allocvec(&stale).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let answer: Result<VoteResponse<u64>, RaftError<u64>> = postcard::from_bytes(&body).unwrap();
+    let answer = answer.unwrap();
+    assert!(!answer.vote_granted);
+    assert_eq!((answer.vote.leader_id.term, answer.vote.leader_id.node_id), (term, me));
+
+    let r = call(&peer, "POST", "/raft/nosuch/vote", Some(&t), "").await;
+    assert!(error(&r, StatusCode::NOT_FOUND, "not_found").contains("nosuch"));
+    let r = call(&peer, "POST", "/raft/vote", Some(&t), "").await;
+    error(&r, StatusCode::NOT_FOUND, "not_found");
+
+    // A 3 MB body is read (and refused as malformed) on a Raft route; elsewhere it is too large.
+    let big = vec![0xffu8; 3 * 1024 * 1024];
+    let (status, body) = post_bytes(&peer, "/raft/cluster/append", big.clone()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(&body));
+    let (status, _) = post_bytes(&peer, "/raft/nosuch/append", big.clone()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = post_bytes(&peer, "/peer/write", big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     node.shutdown().await;
 }
 

@@ -48,12 +48,12 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         ..phalanx_node::agents::Runner::new(&args.node)
     };
     adopt_agent_meta(&mut config, &args.config, &runner).await;
-    let db = raft::store::open(&data_dir.join("raft.redb"))?;
+    let db = raft::store::open(&raft::group::db_file(&data_dir, raft::CLUSTER))?;
     let (out, inbound) = mesh::bind_udp(&links).await?;
     let listener = transport::bind(api)
         .await
         .with_context(|| format!("binding the API on {api}"))?;
-    let network = raft::network::HttpNetwork::new(key.api_token())?;
+    let network = raft::network::HttpNetwork::<raft::TypeConfig>::new(key.api_token())?;
     let node = Node::start(
         NodeOptions {
             config: config.clone(),
@@ -105,12 +105,12 @@ pub async fn run_witness(config_path: &Path, listen: Option<&str>, data_dir: Opt
     };
     let data_dir = data_dir.unwrap_or_else(|| Path::new("/var/lib/phalanx").join(&config.cluster.name).join("witness"));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-    let db = raft::store::open(&data_dir.join("raft.redb"))?;
+    let db = raft::store::open(&raft::group::db_file(&data_dir, raft::CLUSTER))?;
     let (out, inbound) = mesh::bind_udp(&[listen]).await?;
     let listener = transport::bind(listen)
         .await
         .with_context(|| format!("binding the witness on {listen}"))?;
-    let network = raft::network::HttpNetwork::new(key.api_token())?;
+    let network = raft::network::HttpNetwork::<raft::TypeConfig>::new(key.api_token())?;
     let node = Node::start(
         NodeOptions {
             config,

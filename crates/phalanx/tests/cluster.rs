@@ -340,7 +340,7 @@ async fn api_refuses_bad_tokens_and_malformed_json_and_serves_metrics() {
         .unwrap();
     assert_eq!(r.status(), 401);
     let r = http
-        .post(format!("http://{api}/raft/vote"))
+        .post(format!("http://{api}/raft/cluster/vote"))
         .body("x")
         .send()
         .await
@@ -382,7 +382,13 @@ async fn api_refuses_bad_tokens_and_malformed_json_and_serves_metrics() {
             .status(),
         400
     );
-    assert_eq!(post("/raft/append", "\u{7f}\u{7f}\u{7f}").await.unwrap().status(), 400);
+    assert_eq!(
+        post("/raft/cluster/append", "\u{7f}\u{7f}\u{7f}")
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
 
     // standby through the CLI shows in status
     let (code, _, err) = c.cli(&["node", "standby", "n2"]).unwrap();

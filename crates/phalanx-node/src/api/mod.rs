@@ -1,6 +1,6 @@
 //! The node's HTTP endpoint (axum), as two routers on one port: the operator router
 //! (`operator`: `/v1/*` JSON and `/metrics`) and the peer router (`peer`: Raft RPCs under
-//! `/raft/` and writes forwarded between nodes). Each is built by a function taking the node
+//! `/raft/{group}/` and writes forwarded between nodes). Each is built by a function taking the node
 //! handle, so tests drive it in-process with `tower::ServiceExt::oneshot`; `app` is both, as
 //! served. Every route needs the cluster's bearer token (401 otherwise). Bodies are parsed by
 //! hand so that malformed JSON is a 400 with serde's reason. One `ApiError` maps every failure

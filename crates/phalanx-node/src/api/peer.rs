@@ -1,5 +1,7 @@
-//! The peer router: what nodes send each other over HTTP. Raft RPCs (`/raft/{append,vote,
-//! snapshot}`, postcard bodies up to `raft::RAFT_BODY_LIMIT`, see `raft::network`) and writes forwarded by a follower to the
+//! The peer router: what nodes send each other over HTTP. Raft RPCs of each Raft group
+//! (`/raft/{group}/{append,vote,snapshot}`, e.g. `/raft/cluster/vote`; postcard bodies up to
+//! `raft::RAFT_BODY_LIMIT`; dispatched through the node's `raft::Groups`, see `raft::group` and
+//! `raft::network`; an unknown group or RPC is a 404) and writes forwarded by a follower to the
 //! leader (`/peer/write`, JSON, see `forward`). A forwarded write is accepted only when a node
 //! may forward it (`Command::forwardable`: operator requests, agent results, claims); a
 //! leader's decision (bootstrap, liveness, plan) is refused with 403 and a reason, whoever
@@ -16,7 +18,7 @@ use axum::{Json, Router};
 use phalanx_core::{Command, Outcome};
 use std::sync::Arc;
 
-/// The peer router alone (`/raft/*` and forwarding), authenticated, for node `node`.
+/// The peer router alone (`/raft/{group}/{rpc}` and forwarding), authenticated, for node `node`.
 pub fn router(node: Arc<Node>) -> Router {
     super::finish(routes(), node)
 }
@@ -25,17 +27,22 @@ pub fn router(node: Arc<Node>) -> Router {
 pub(super) fn routes() -> Router<Arc<Node>> {
     Router::new()
         .route(
-            "/raft/{rpc}",
+            "/raft/{group}/{rpc}",
             post(raft_rpc).layer(DefaultBodyLimit::max(crate::raft::RAFT_BODY_LIMIT)),
         )
         .route(FORWARD_PATH, post(forwarded_write))
 }
 
-async fn raft_rpc(State(node): State<Arc<Node>>, Path(rpc): Path<String>, body: Bytes) -> Result<Vec<u8>, ApiError> {
-    crate::raft::network::serve_rpc(&node.raft, &rpc, &body)
+async fn raft_rpc(
+    State(node): State<Arc<Node>>,
+    Path((group, rpc)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Vec<u8>, ApiError> {
+    node.raft_groups()
+        .serve(&group, &rpc, &body)
         .await
         .map_err(|e| match e {
-            RpcError::UnknownRpc(_) => ApiError::NotFound(e.to_string()),
+            RpcError::UnknownGroup(_) | RpcError::UnknownRpc(_) => ApiError::NotFound(e.to_string()),
             RpcError::Malformed { .. } => ApiError::BadInput(e.to_string()),
             RpcError::Encode { .. } => {
                 tracing::error!(error = %e, "raft rpc");

@@ -1,12 +1,19 @@
-//! Everything Raft: the openraft type config, the timings derived from the heartbeat settings,
-//! the redb-backed log and state machine (`store`) and the HTTP transport (`network`). All Raft
-//! code lives in this module so the openraft version can move in one place.
+//! Everything Raft: the cluster group's openraft type config ([`TypeConfig`], group
+//! [`CLUSTER`]), the timings derived from the heartbeat settings, the redb-backed log
+//! (`store`, generic over the group) and the cluster state machine (`state_machine`), and the
+//! HTTP transport (`network`, generic over the group). A node can host several Raft groups on
+//! the same voters (`group`: names, routes `/raft/{group}/…`, one redb file each, the registry
+//! the peer router dispatches through); today it runs one, `cluster`. All Raft code lives in
+//! this module so the openraft version can move in one place.
 
+pub mod group;
 mod legacy;
 pub mod network;
 mod sm_tables;
 pub mod state_machine;
 pub mod store;
+#[cfg(test)]
+mod toy;
 
 use phalanx_core::config::ClusterConfig;
 use phalanx_core::timings::ms;
@@ -14,6 +21,7 @@ use phalanx_core::{Command, Outcome, Timings};
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 
+pub use group::{Group, GroupId, Groups, CLUSTER};
 pub use phalanx_core::controller::{NodeId, WITNESS_ID, WITNESS_NAME};
 pub type BasicNode = openraft::BasicNode;
 
@@ -26,7 +34,7 @@ pub struct Request(pub Command);
 pub struct Response(pub Outcome);
 
 openraft::declare_raft_types!(
-    /// phalanx's Raft types: cluster-state commands over u64 node ids.
+    /// The cluster group's Raft types: cluster-state commands over u64 node ids.
     pub TypeConfig:
         D = Request,
         R = Response,
@@ -35,25 +43,29 @@ openraft::declare_raft_types!(
         SnapshotData = Cursor<Vec<u8>>,
 );
 
+impl Group for TypeConfig {
+    const ID: GroupId = CLUSTER;
+}
+
 pub type Raft = openraft::Raft<TypeConfig>;
 pub type Entry = openraft::Entry<TypeConfig>;
 pub type LogId = openraft::LogId<NodeId>;
 pub type StorageError = openraft::StorageError<NodeId>;
 pub type Membership = openraft::StoredMembership<NodeId, BasicNode>;
 
-/// The largest snapshot chunk openraft sends in one `/raft/snapshot` request (its default is
-/// 3 MiB; a state of any size is sent as many of these).
+/// The largest snapshot chunk openraft sends in one `/raft/{group}/snapshot` request (its
+/// default is 3 MiB; a state of any size is sent as many of these).
 pub const SNAPSHOT_CHUNK: u64 = 1024 * 1024;
 
-/// The network sends at most this many bytes of log entries in one `/raft/append` request: a
-/// longer batch (a lagging follower catching up on large entries) goes as a prefix, reported
-/// to openraft as a partial success, and the rest follows (see `network`). One entry larger
-/// than this still goes, alone.
+/// The network sends at most this many bytes of log entries in one `/raft/{group}/append`
+/// request: a longer batch (a lagging follower catching up on large entries) goes as a prefix,
+/// reported to openraft as a partial success, and the rest follows (see `network`). One entry
+/// larger than this still goes, alone.
 pub const APPEND_BUDGET: usize = 4 * 1024 * 1024;
 
-/// What the peer router accepts on `/raft/*`: a snapshot chunk or an append batch with room to
-/// spare, and one log entry up to this size (the operator API's own limit, 2 MB, bounds the
-/// commands it accepts far below it). Other routes keep axum's default of 2 MB.
+/// What the peer router accepts on `/raft/{group}/{rpc}`: a snapshot chunk or an append batch
+/// with room to spare, and one log entry up to this size (the operator API's own limit, 2 MB,
+/// bounds the commands it accepts far below it). Other routes keep axum's default of 2 MB.
 pub const RAFT_BODY_LIMIT: usize = 32 * 1024 * 1024;
 
 /// openraft's config: its timeouts are [`Timings`]' (the one owner of derived timings).

@@ -1,22 +1,29 @@
-//! Raft RPC over HTTP: a pooled client (built by `transport`) posts postcard bodies to
-//! `/raft/{append,vote,snapshot}` on the peer's API address, with the cluster's bearer token
-//! (snapshots in chunks of `SNAPSHOT_CHUNK`, appends cut to `APPEND_BUDGET`, both far below the
-//! peer router's `RAFT_BODY_LIMIT`);
-//! `serve_rpc` is the other end, mounted by the peer router (`api::peer`). Unreachable peers map
-//! to openraft's `Unreachable` so replication backs off instead of spinning.
+//! Raft RPC over HTTP, for any Raft group (`group`): a pooled client (built by `transport`)
+//! posts postcard bodies to `/raft/{group}/{append,vote,snapshot}` on the peer's API address,
+//! with the cluster's bearer token (snapshots in chunks of `SNAPSHOT_CHUNK`, appends cut to
+//! `APPEND_BUDGET`, both far below the peer router's `RAFT_BODY_LIMIT`). The other end is
+//! [`GroupRpc`], implemented here for every group's `openraft::Raft`; the peer router
+//! (`api::peer`) reaches it through the node's `Groups`. Unreachable peers map to openraft's
+//! `Unreachable` so replication backs off instead of spinning.
 
-use super::{BasicNode, LogId, NodeId, Raft, TypeConfig};
+use super::group::{Group, GroupId, GroupRpc};
+use super::{BasicNode, LogId, NodeId};
+use futures_util::future::BoxFuture;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
+use openraft::RaftLogId;
 use serde::{de::DeserializeOwned, Serialize};
+use std::marker::PhantomData;
 
-/// Errors of the server side of an RPC (decoding the request).
+/// Errors of the server side of an RPC (finding the group, decoding the request).
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
+    #[error("unknown raft group {0:?}")]
+    UnknownGroup(String),
     #[error("unknown raft rpc {0:?}")]
     UnknownRpc(String),
     #[error("malformed {rpc} request: {source}")]
@@ -25,57 +32,63 @@ pub enum RpcError {
     Encode { rpc: &'static str, source: postcard::Error },
 }
 
-/// Creates one connection handle per peer; all share one pooled HTTP client.
-#[derive(Clone)]
-pub struct HttpNetwork {
+/// Creates one connection handle per peer for group `C` (its requests go to
+/// `/raft/{C::ID}/…`); all share one pooled HTTP client.
+pub struct HttpNetwork<C> {
     client: reqwest::Client,
     token: String,
+    _group: PhantomData<C>,
 }
 
-impl HttpNetwork {
+impl<C: Group> HttpNetwork<C> {
     pub fn new(token: String) -> Result<Self, crate::transport::TransportError> {
         Ok(HttpNetwork {
             client: crate::transport::raft_client()?,
             token,
+            _group: PhantomData,
         })
     }
 }
 
-pub struct HttpConn {
+pub struct HttpConn<C> {
     client: reqwest::Client,
     token: String,
     target: NodeId,
     addr: String,
+    _group: PhantomData<C>,
 }
 
-impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
-    type Network = HttpConn;
+impl<C: Group> RaftNetworkFactory<C> for HttpNetwork<C> {
+    type Network = HttpConn<C>;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> HttpConn {
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> HttpConn<C> {
         HttpConn {
             client: self.client.clone(),
             token: self.token.clone(),
             target,
             addr: node.addr.clone(),
+            _group: PhantomData,
         }
     }
+}
+
+/// The path of RPC `rpc` of group `group` on a peer: `/raft/{group}/{rpc}`.
+pub fn rpc_path(group: GroupId, rpc: &str) -> String {
+    format!("/raft/{group}/{rpc}")
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
 
 /// An append request cut to its longest prefix of entries (at least one) that fits in `budget`
-/// bytes, and the last log id of that prefix; None when the whole request fits.
-fn fit_append(
-    req: &AppendEntriesRequest<TypeConfig>,
-    budget: usize,
-) -> Option<(AppendEntriesRequest<TypeConfig>, LogId)> {
+/// bytes, and the last log id of that prefix when it was cut (None: the whole request fits).
+fn fit_append<C: Group>(mut req: AppendEntriesRequest<C>, budget: usize) -> (AppendEntriesRequest<C>, Option<LogId>) {
     let sizes: Vec<usize> = req
         .entries
         .iter()
         .map(|e| postcard::to_allocvec(e).map_or(usize::MAX, |b| b.len()))
         .collect();
     if sizes.iter().fold(0usize, |a, b| a.saturating_add(*b)) <= budget {
-        return None;
+        return (req, None);
     }
     let mut total = 0usize;
     let n = sizes
@@ -86,20 +99,12 @@ fn fit_append(
         })
         .count()
         .max(1);
-    let entries = req.entries[..n].to_vec();
-    let last = entries.last()?.log_id;
-    Some((
-        AppendEntriesRequest {
-            vote: req.vote,
-            prev_log_id: req.prev_log_id,
-            leader_commit: req.leader_commit,
-            entries,
-        },
-        last,
-    ))
+    req.entries.truncate(n);
+    let last = req.entries.last().map(|e| *e.get_log_id());
+    (req, last)
 }
 
-impl HttpConn {
+impl<C: Group> HttpConn<C> {
     async fn call<Req, Resp, E>(&self, rpc: &str, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
     where
         Req: Serialize,
@@ -109,7 +114,7 @@ impl HttpConn {
         let body = postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let resp = self
             .client
-            .post(crate::transport::url(&self.addr, &format!("/raft/{rpc}")))
+            .post(crate::transport::url(&self.addr, &rpc_path(C::ID, rpc)))
             .bearer_auth(&self.token)
             .timeout(option.hard_ttl())
             .body(body)
@@ -139,26 +144,24 @@ impl HttpConn {
     }
 }
 
-impl RaftNetwork<TypeConfig> for HttpConn {
+impl<C: Group> RaftNetwork<C> for HttpConn<C> {
     async fn append_entries(
         &mut self,
-        req: AppendEntriesRequest<TypeConfig>,
+        req: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
         // Most requests fit; a long batch of large entries goes as a prefix, and openraft
         // sends the rest next (a partial success names the last entry the follower took).
-        let Some((prefix, last)) = fit_append(&req, super::APPEND_BUDGET) else {
-            return self.call("append", &req, &option).await;
-        };
-        match self.call("append", &prefix, &option).await? {
-            AppendEntriesResponse::Success => Ok(AppendEntriesResponse::PartialSuccess(Some(last))),
-            other => Ok(other),
+        let (req, cut) = fit_append(req, super::APPEND_BUDGET);
+        match (self.call("append", &req, &option).await?, cut) {
+            (AppendEntriesResponse::Success, Some(last)) => Ok(AppendEntriesResponse::PartialSuccess(Some(last))),
+            (other, _) => Ok(other),
         }
     }
 
     async fn install_snapshot(
         &mut self,
-        req: InstallSnapshotRequest<TypeConfig>,
+        req: InstallSnapshotRequest<C>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
         self.call("snapshot", &req, &option).await
@@ -181,8 +184,8 @@ fn encode<T: Serialize>(rpc: &'static str, v: &T) -> Result<Vec<u8>, RpcError> {
     postcard::to_allocvec(v).map_err(|source| RpcError::Encode { rpc, source })
 }
 
-/// Serve one incoming RPC: decode, hand to the local Raft, encode its answer.
-pub async fn serve_rpc(raft: &Raft, rpc: &str, body: &[u8]) -> Result<Vec<u8>, RpcError> {
+/// Serve one incoming RPC of group `C`: decode, hand to the local Raft, encode its answer.
+async fn serve_rpc<C: Group>(raft: &openraft::Raft<C>, rpc: &str, body: &[u8]) -> Result<Vec<u8>, RpcError> {
     match rpc {
         "append" => encode("append", &raft.append_entries(decode("append", body)?).await),
         "vote" => encode("vote", &raft.vote(decode("vote", body)?).await),
@@ -191,10 +194,16 @@ pub async fn serve_rpc(raft: &Raft, rpc: &str, body: &[u8]) -> Result<Vec<u8>, R
     }
 }
 
+impl<C: Group> GroupRpc for openraft::Raft<C> {
+    fn serve<'a>(&'a self, rpc: &'a str, body: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, RpcError>> {
+        Box::pin(serve_rpc(self, rpc, body))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::{Entry, Request};
+    use crate::raft::{Entry, Request, TypeConfig};
     use openraft::{CommittedLeaderId, EntryPayload, Vote};
     use phalanx_core::Command;
 
@@ -220,13 +229,23 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_groups_rpcs_go_to_raft_cluster() {
+        assert_eq!(rpc_path(<TypeConfig as Group>::ID, "vote"), "/raft/cluster/vote");
+    }
+
+    #[test]
     fn a_long_append_goes_as_a_prefix_that_fits() {
-        assert!(fit_append(&append(&[10, 10, 10]), 1000).is_none(), "fits: sent whole");
-        let (prefix, last) = fit_append(&append(&[400, 400, 400, 400]), 1000).unwrap();
+        let (whole, cut) = fit_append(append(&[10, 10, 10]), 1000);
+        assert_eq!((whole.entries.len(), cut), (3, None), "fits: sent whole");
+        let (prefix, last) = fit_append(append(&[400, 400, 400, 400]), 1000);
         assert_eq!(prefix.entries.len(), 2);
-        assert_eq!(last.index, 11);
+        assert_eq!(last.map(|l| l.index), Some(11));
         assert_eq!(prefix.prev_log_id.map(|l| l.index), Some(9));
-        let (alone, last) = fit_append(&append(&[5000, 10]), 1000).unwrap();
-        assert_eq!((alone.entries.len(), last.index), (1, 10), "one large entry goes alone");
+        let (alone, last) = fit_append(append(&[5000, 10]), 1000);
+        assert_eq!(
+            (alone.entries.len(), last.map(|l| l.index)),
+            (1, Some(10)),
+            "one large entry goes alone"
+        );
     }
 }

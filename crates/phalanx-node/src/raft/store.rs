@@ -1,21 +1,25 @@
-//! Durable Raft storage in one redb file: the log (`log` table, index → postcard entry), and
-//! metadata (`meta` table: vote, committed id, last purged id, the incarnation and the last
-//! snapshot). Every write is a redb transaction committed with fsync, so a kill -9 at any moment
-//! loses nothing that was acknowledged. The state machine (`state_machine`) lives in the same
-//! file, one entry per entity (`sm_tables`), and persists what each applied batch changed, so a
-//! restart does not replay the log to rebuild it.
+//! Durable Raft storage, one redb file per group (`group::db_file`): the log (`log` table,
+//! index → postcard entry) and metadata (`meta` table: vote, committed id, last purged id; in
+//! the cluster group's file also its last snapshot and the node's incarnation). [`LogStore`] is
+//! generic over the group's type config: any group whose entries are serde (all are, with
+//! openraft's `serde` feature) reuses it on its own file. Every write is a redb transaction
+//! committed with fsync, so a kill -9 at any moment loses nothing that was acknowledged. The
+//! cluster group's state machine (`state_machine`) lives in the same file, one entry per entity
+//! (`sm_tables`), and persists what each applied batch changed, so a restart does not replay the
+//! log to rebuild it.
 
 // openraft's StorageError (224 bytes) is the error type its storage traits require; our helpers
 // return it too rather than boxing and unboxing at every trait boundary.
 #![allow(clippy::result_large_err)]
 
 pub use super::state_machine::{SmData, StateMachine};
-use super::{Entry, LogId, NodeId, StorageError, TypeConfig};
+use super::{LogId, NodeId, StorageError};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{AnyError, RaftLogReader, StorageIOError, Vote};
+use openraft::{AnyError, RaftLogId, RaftLogReader, RaftTypeConfig, StorageIOError, Vote};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 use std::fmt::Debug;
+use std::marker::PhantomData;
 use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::Arc;
@@ -32,6 +36,11 @@ pub enum StoreError {
     Db(#[from] redb::Error),
     #[error("decoding {what}: {source}")]
     Decode {
+        what: &'static str,
+        source: postcard::Error,
+    },
+    #[error("encoding {what}: {source}")]
+    Encode {
         what: &'static str,
         source: postcard::Error,
     },
@@ -115,15 +124,28 @@ pub fn next_incarnation(db: &Database, wall_ms: u64) -> Result<u64, StoreError> 
 
 // ---- log -----------------------------------------------------------------------------------
 
-/// The Raft log (and vote) on redb.
-#[derive(Clone)]
-pub struct LogStore {
+/// The Raft log (and vote) of group `C` on redb, in the group's own file.
+pub struct LogStore<C> {
     db: Arc<Database>,
+    _group: PhantomData<C>,
 }
 
-impl LogStore {
+impl<C> Clone for LogStore<C> {
+    fn clone(&self) -> Self {
+        LogStore {
+            db: self.db.clone(),
+            _group: PhantomData,
+        }
+    }
+}
+
+impl<C> LogStore<C> {
+    /// The log in `db` (from [`open`]: its tables exist).
     pub fn new(db: Arc<Database>) -> Self {
-        LogStore { db }
+        LogStore {
+            db,
+            _group: PhantomData,
+        }
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &'static str) -> Result<Option<T>, StorageError> {
@@ -145,12 +167,12 @@ impl LogStore {
     }
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
+impl<C: RaftTypeConfig<NodeId = NodeId>> RaftLogReader<C> for LogStore<C> {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + openraft::OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
-        let read = || -> Result<Vec<Entry>, StoreError> {
+    ) -> Result<Vec<C::Entry>, StorageError> {
+        let read = || -> Result<Vec<C::Entry>, StoreError> {
             let rx = self.db.begin_read().map_err(redb::Error::from)?;
             let t = rx.open_table(LOG).map_err(redb::Error::from)?;
             let mut out = Vec::new();
@@ -164,17 +186,17 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
-impl RaftLogStorage<TypeConfig> for LogStore {
+impl<C: RaftTypeConfig<NodeId = NodeId>> RaftLogStorage<C> for LogStore<C> {
     type LogReader = Self;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.get_meta("purged")?;
         let last = || -> Result<Option<LogId>, StoreError> {
             let rx = self.db.begin_read().map_err(redb::Error::from)?;
             let t = rx.open_table(LOG).map_err(redb::Error::from)?;
             let last = t.last().map_err(redb::Error::from)?;
             match last {
-                Some((_, v)) => Ok(Some(decode::<Entry>("log entry", v.value())?.log_id)),
+                Some((_, v)) => Ok(Some(*decode::<C::Entry>("log entry", v.value())?.get_log_id())),
                 None => Ok(None),
             }
         };
@@ -208,20 +230,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.get_meta::<Option<LogId>>("committed")?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> Result<(), StorageError>
     where
-        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
+        I: IntoIterator<Item = C::Entry> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
-        let write = || -> Result<(), redb::Error> {
-            let tx = self.db.begin_write()?;
+        // Another group's entries are its own types: a failure to encode one is an error
+        // (openraft stops the group), not a panic.
+        let write = || -> Result<(), StoreError> {
+            let tx = self.db.begin_write().map_err(redb::Error::from)?;
             {
                 let mut t = tx.open_table(LOG)?;
                 for e in entries {
-                    t.insert(e.log_id.index, encode(&e).as_slice())?;
+                    let bytes = postcard::to_allocvec(&e).map_err(|source| StoreError::Encode {
+                        what: "log entry",
+                        source,
+                    })?;
+                    t.insert(e.get_log_id().index, bytes.as_slice())
+                        .map_err(redb::Error::from)?;
                 }
             }
-            tx.commit()?;
+            tx.commit().map_err(redb::Error::from)?;
             Ok(())
         };
         match write() {
@@ -250,7 +279,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Membership, Request};
+    use super::super::{Entry, Membership, Request, TypeConfig};
     use super::*;
     use openraft::{CommittedLeaderId, EntryPayload, Membership as RaftMembership};
     use phalanx_core::ClusterState;
@@ -296,5 +325,21 @@ mod tests {
         let b = next_incarnation(&db, 5).unwrap();
         let c = next_incarnation(&db, 1000).unwrap();
         assert_eq!((a, b, c), (5, 6, 1000));
+    }
+
+    /// The cluster group's stores (this log store and the cluster state machine, in memory)
+    /// against openraft's storage suite.
+    struct ClusterStores;
+
+    impl openraft::testing::StoreBuilder<TypeConfig, LogStore<TypeConfig>, StateMachine> for ClusterStores {
+        async fn build(&self) -> Result<((), LogStore<TypeConfig>, StateMachine), StorageError> {
+            let db = open_in_memory().unwrap();
+            Ok(((), LogStore::new(db.clone()), StateMachine::load(db).unwrap()))
+        }
+    }
+
+    #[test]
+    fn the_cluster_groups_stores_pass_openrafts_storage_suite() {
+        openraft::testing::Suite::test_all(ClusterStores).unwrap();
     }
 }
