@@ -233,17 +233,15 @@ fn power_off(o: &Outlet) -> Result<()> {
         let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
     }
     if let Machine::Netns(ns) = &o.machine {
+        // Its addresses go with it (a VIP it held is gone), its own come back: one `ip -batch`
+        // (a spawn costs a few ms, and the fence's duration is part of every failover).
         let devs: std::collections::BTreeSet<&String> = o.addresses.iter().map(|(d, _)| d).collect();
-        for dev in devs {
-            ip(&["-n", ns, "addr", "flush", "dev", dev])?;
-        }
+        let mut batch: Vec<String> = devs.iter().map(|dev| format!("addr flush dev {dev}")).collect();
         for (dev, addr) in &o.addresses {
-            let mut args = vec!["-n", ns, "addr", "add", addr, "dev", dev];
-            if addr.contains(':') {
-                args.push("nodad");
-            }
-            ip(&args)?;
+            let nodad = if addr.contains(':') { " nodad" } else { "" };
+            batch.push(format!("addr add {addr} dev {dev}{nodad}"));
         }
+        ip_batch(ns, &batch)?;
     }
     Ok(())
 }
@@ -263,10 +261,22 @@ fn power_on(o: &Outlet) -> Result<()> {
     Ok(())
 }
 
-fn ip(args: &[&str]) -> Result<()> {
-    let out = std::process::Command::new("ip").args(args).output()?;
+/// Run `lines` as one `ip -n NS -batch -`.
+fn ip_batch(ns: &str, lines: &[String]) -> Result<()> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("ip")
+        .args(["-n", ns, "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(lines.join("\n").as_bytes())?;
+        stdin.write_all(b"\n")?;
+    }
+    let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!("ip -n {ns} -batch: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
