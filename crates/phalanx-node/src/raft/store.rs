@@ -103,7 +103,17 @@ pub(super) fn meta_get<T: DeserializeOwned>(db: &Database, key: &'static str) ->
 }
 
 pub(super) fn meta_put<T: Serialize>(db: &Database, key: &str, v: &T) -> Result<(), redb::Error> {
-    let tx = db.begin_write()?;
+    meta_put_with(db, key, v, redb::Durability::Immediate)
+}
+
+fn meta_put_with<T: Serialize>(
+    db: &Database,
+    key: &str,
+    v: &T,
+    durability: redb::Durability,
+) -> Result<(), redb::Error> {
+    let mut tx = db.begin_write()?;
+    tx.set_durability(durability)?;
     {
         let mut t = tx.open_table(META)?;
         t.insert(key, encode(v).as_slice())?;
@@ -222,8 +232,13 @@ impl<C: RaftTypeConfig<NodeId = NodeId>> RaftLogStorage<C> for LogStore<C> {
         self.get_meta("vote")
     }
 
+    /// Not fsynced (openraft does not need it durable, and it would cost an fsync per commit
+    /// on every node): the next log write persists it; after a crash openraft re-applies from
+    /// the state machine's `last_applied` up to the last persisted one, and learns the rest from
+    /// the leader.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.put_meta("committed", &committed)
+        meta_put_with(&self.db, "committed", &committed, redb::Durability::None)
+            .map_err(|e| StorageIOError::write(io(e)).into())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
