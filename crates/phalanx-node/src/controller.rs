@@ -107,11 +107,11 @@ impl Node {
 
     /// The leader's round: the pure controller decides, this performs its actions in order.
     async fn reconcile(&self) -> Result<(), NodeError> {
-        let sm = self.cluster_state();
-        let observed = self.observed(&sm);
-        let actions = self
-            .control()
-            .reconcile(&observed, &sm.cluster, &self.config, &self.timings);
+        let actions = self.with_state(|sm| {
+            let observed = self.observed(sm);
+            self.control()
+                .reconcile(&observed, &sm.cluster, &self.config, &self.timings)
+        });
         for a in actions {
             self.perform(a).await?;
         }

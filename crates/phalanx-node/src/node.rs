@@ -393,7 +393,13 @@ impl Node {
 
     /// A consistent copy of the replicated state.
     pub fn cluster_state(&self) -> SmData {
-        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.with_state(SmData::clone)
+    }
+
+    /// Read the applied state in place (no copy: the state can be tens of MB), under its lock:
+    /// `f` must not block (applying waits for it).
+    pub fn with_state<R>(&self, f: impl FnOnce(&SmData) -> R) -> R {
+        f(&self.state.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The peers to heartbeat: the replicated members once there are any, else the config; and
@@ -438,7 +444,7 @@ impl Node {
     /// The current leader's name, if known.
     pub fn leader_name(&self) -> Option<String> {
         let leader = self.raft.metrics().borrow().current_leader?;
-        self.name_of(&self.cluster_state(), leader)
+        self.with_state(|sm| self.name_of(sm, leader))
     }
 
     pub(crate) fn is_leader(&self) -> bool {

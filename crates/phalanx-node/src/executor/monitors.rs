@@ -133,13 +133,12 @@ async fn monitor(
             Role::Promoted => matches!(r.verdict, Verdict::Promoted { .. }),
             _ => r.succeeded(),
         };
-        let still = node
-            .cluster_state()
-            .cluster
-            .resources
-            .get(&rsc)
-            .map(|x| x.running.get(&node.name) == Some(&role))
-            .unwrap_or(false);
+        let still = node.with_state(|sm| {
+            sm.cluster
+                .resources
+                .get(&rsc)
+                .is_some_and(|x| x.running.get(&node.name) == Some(&role))
+        });
         if !healthy && still {
             let reason = r
                 .exit_reason
@@ -169,7 +168,7 @@ async fn monitor(
 async fn check_fence_device(node: Arc<Node>, d: phalanx_core::fencing::FenceDevice, in_flight: InFlight, key: String) {
     let r = node.fencer.monitor(&d).await;
     let error = r.err().map(|e| e.to_string());
-    let known = node.cluster_state().cluster.fence_devices.get(&d.name).cloned();
+    let known = node.with_state(|sm| sm.cluster.fence_devices.get(&d.name).cloned());
     if known.is_none_or(|k| k.ok != error.is_none() || k.error != error) {
         match &error {
             Some(e) => tracing::error!(device = %d.name, error = %e, "fence device unreachable"),

@@ -118,10 +118,7 @@ pub(super) fn run_plan(
 /// For a fence, the reason of a success names the level and devices that did it.
 async fn run_action(node: &Node, runner: &Runner, action: &Action) -> (CallOutcome, Option<String>) {
     if action.kind == ActionKind::Fence {
-        let delay = node
-            .cluster_state()
-            .cluster
-            .fence_delay(&node.config.cluster, &action.rsc);
+        let delay = node.with_state(|sm| sm.cluster.fence_delay(&node.config.cluster, &action.rsc));
         if !delay.is_zero() {
             tracing::info!(target = %action.rsc, ?delay, "priority fence delay: the target runs resources");
             tokio::time::sleep(delay).await;
