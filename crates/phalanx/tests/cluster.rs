@@ -774,7 +774,15 @@ async fn two_nodes_and_a_witness_survive_the_loss_of_either_node() {
     let mut c = cluster(2);
     assert!(c.witness.is_some(), "a two-node harness cluster runs a witness");
     let first = c.wait_stable(T).await.unwrap();
-    let st = c.status(&first).await.unwrap();
+    // Stable is one leader and both nodes alive; each node counts the other's vote only once the
+    // other's heartbeats say they hear it too, a heartbeat later, and a loaded machine can make
+    // that later still: wait for it (a vote that never comes still fails here).
+    let st = c
+        .wait_for(T, "the leader to count both nodes' votes", |st| {
+            st.get(&first).filter(|s| s.votes == 3).cloned()
+        })
+        .await
+        .unwrap();
     assert!(st.voters.iter().any(|v| v == "witness"), "voters: {:?}", st.voters);
     let w = st.witness.clone().unwrap();
     assert!(w.reachable && w.granted, "{w:?}");
