@@ -402,13 +402,15 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// SIGKILL one node (a crash: no goodbye, no flush beyond what was committed).
+    /// SIGKILL one node (a crash: no goodbye, no flush beyond what was committed), as a power
+    /// cut does: its daemon and every process under it frozen, then killed (see
+    /// [`crate::power_switch::cut_power`]).
     pub fn kill(&mut self, name: &str) -> Result<()> {
         // Its outlet powers nothing now (a stale pid could name another process later).
         let _ = std::fs::remove_file(self.pid_file(name));
         let node = self.node_mut(name)?;
         let mut child = node.child.take().ok_or_else(|| anyhow!("{name} is not running"))?;
-        kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL)?;
+        crate::power_switch::cut_power(child.id() as i32);
         child.wait()?;
         node.lose_volatile_state();
         Ok(())
@@ -433,7 +435,9 @@ impl LocalNode {
     fn lose_volatile_state(&self) {
         let node = self;
         // A dead machine answers nothing: the services its `process` agents started (each in its
-        // own process group, so they outlive the daemon) die with it.
+        // own process group) die with it. Those still under the daemon died with it already;
+        // these are the ones that left it (a service that daemonized, or one a daemon of an
+        // earlier life started).
         if let Ok(entries) = std::fs::read_dir(node.data_dir.join("agents")) {
             for e in entries.flatten() {
                 if e.path().extension().map(|x| x == "pid").unwrap_or(false) {

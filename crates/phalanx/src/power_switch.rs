@@ -170,19 +170,67 @@ fn processes(m: &Machine) -> Vec<i32> {
     match m {
         Machine::Netns(ns) => crate::netns::pids(ns),
         Machine::Pid(f) => {
-            let Some(root) = std::fs::read_to_string(f)
-                .ok()
-                .and_then(|t| t.trim().parse::<i32>().ok())
-            else {
+            let Some(root) = root_of(f) else {
                 return Vec::new();
             };
-            if kill(Pid::from_raw(root), None).is_err() {
-                return Vec::new();
-            }
             let mut all = vec![root];
             all.extend(descendants(root));
             all
         }
+    }
+}
+
+/// The live process whose pid `file` holds.
+fn root_of(file: &std::path::Path) -> Option<i32> {
+    let root = std::fs::read_to_string(file).ok()?.trim().parse::<i32>().ok()?;
+    kill(Pid::from_raw(root), None).is_ok().then_some(root)
+}
+
+/// Cut the power to process `root` and every descendant, as to a machine: all are frozen
+/// first, so none reacts to another's death, then killed. A process is listed again for
+/// children once it is stopped, so a child forked while the tree was being frozen dies with it
+/// too: a daemon's service spawned the moment the daemon was hit must not outlive it as an
+/// orphan (the demo's harness found one: its own kill left a service running that the daemon
+/// had started but not yet written a pid file for). Returns the processes killed.
+pub fn cut_power(root: i32) -> Vec<i32> {
+    let mut frozen: Vec<i32> = Vec::new();
+    let mut next = vec![root];
+    while !next.is_empty() {
+        for p in &next {
+            let _ = kill(Pid::from_raw(*p), Signal::SIGSTOP);
+        }
+        for p in &next {
+            wait_stopped(*p);
+        }
+        frozen.extend(next);
+        next = descendants(root).into_iter().filter(|p| !frozen.contains(p)).collect();
+    }
+    for p in &frozen {
+        let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
+    }
+    frozen
+}
+
+/// Wait until every thread of `pid` is stopped (or gone), for 200 ms at most: a thread that is
+/// running or asleep stops only once the kernel delivers the signal, and may fork until then.
+/// (One in uninterruptible sleep, on a disk write, stops after it; it forks nothing meanwhile.)
+fn wait_stopped(pid: i32) {
+    let stopped = |stat: &str| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_none_or(|state| matches!(state, 'T' | 't' | 'Z' | 'X' | 'D'))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    loop {
+        let all = std::fs::read_dir(format!("/proc/{pid}/task")).map(|tasks| {
+            tasks
+                .flatten()
+                .all(|t| std::fs::read_to_string(t.path().join("stat")).map_or(true, |s| stopped(&s)))
+        });
+        if all.unwrap_or(true) || std::time::Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 
@@ -225,6 +273,15 @@ fn powered(m: &Machine) -> bool {
 
 /// Freeze everything first (so nothing reacts to its siblings dying), then kill it.
 fn power_off(o: &Outlet) -> Result<()> {
+    let ns = match &o.machine {
+        Machine::Pid(f) => {
+            if let Some(root) = root_of(f) {
+                cut_power(root);
+            }
+            return Ok(());
+        }
+        Machine::Netns(ns) => ns,
+    };
     let pids = processes(&o.machine);
     for p in &pids {
         let _ = kill(Pid::from_raw(*p), Signal::SIGSTOP);
@@ -232,17 +289,15 @@ fn power_off(o: &Outlet) -> Result<()> {
     for p in &pids {
         let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
     }
-    if let Machine::Netns(ns) = &o.machine {
-        // Its addresses go with it (a VIP it held is gone), its own come back: one `ip -batch`
-        // (a spawn costs a few ms, and the fence's duration is part of every failover).
-        let devs: std::collections::BTreeSet<&String> = o.addresses.iter().map(|(d, _)| d).collect();
-        let mut batch: Vec<String> = devs.iter().map(|dev| format!("addr flush dev {dev}")).collect();
-        for (dev, addr) in &o.addresses {
-            let nodad = if addr.contains(':') { " nodad" } else { "" };
-            batch.push(format!("addr add {addr} dev {dev}{nodad}"));
-        }
-        ip_batch(ns, &batch)?;
+    // Its addresses go with it (a VIP it held is gone), its own come back: one `ip -batch`
+    // (a spawn costs a few ms, and the fence's duration is part of every failover).
+    let devs: std::collections::BTreeSet<&String> = o.addresses.iter().map(|(d, _)| d).collect();
+    let mut batch: Vec<String> = devs.iter().map(|dev| format!("addr flush dev {dev}")).collect();
+    for (dev, addr) in &o.addresses {
+        let nodad = if addr.contains(':') { " nodad" } else { "" };
+        batch.push(format!("addr add {addr} dev {dev}{nodad}"));
     }
+    ip_batch(ns, &batch)?;
     Ok(())
 }
 
@@ -303,6 +358,44 @@ fn own_addresses(ns: &str) -> Result<Vec<(String, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Gone, or a zombie waiting for a parent to reap it (init, for an orphan).
+    fn dead(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+                .is_some_and(|state| matches!(state, 'Z' | 'X'))
+        })
+    }
+
+    #[test]
+    fn cutting_the_power_kills_every_process_under_the_root() {
+        // A root with a child that has a child of its own, each in its own process group (as
+        // the process agent starts services): none may outlive the root as an orphan.
+        let mut root = std::process::Command::new("sh")
+            .args(["-c", "setsid sh -c 'sleep 60 & wait' & wait"])
+            .spawn()
+            .unwrap();
+        let pid = root.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let comm = |p: &i32| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+        while !descendants(pid).iter().any(|p| comm(p).trim() == "sleep") {
+            assert!(std::time::Instant::now() < deadline, "the tree never formed");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let killed = cut_power(pid);
+        assert!(
+            killed.len() >= 3,
+            "the root, the session's shell and its sleep: {killed:?}"
+        );
+        root.wait().unwrap();
+        for p in &killed {
+            while !dead(*p) {
+                assert!(std::time::Instant::now() < deadline, "{p} outlived the cut");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
 
     #[test]
     fn outlets_parse() {

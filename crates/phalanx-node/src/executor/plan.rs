@@ -8,7 +8,7 @@ use crate::mesh::unix_ms;
 use crate::node::Node;
 use phalanx_core::scheduler::{Action, ActionKind};
 use phalanx_core::state::CallOutcome;
-use phalanx_core::Command;
+use phalanx_core::{Command, Liveness, NodeRecord};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,6 +25,9 @@ pub(super) struct PlanProgress {
     reported: Mutex<BTreeMap<(u64, usize), bool>>,
     /// Wakes the executor when an action of this node finishes.
     pub(super) wake: tokio::sync::Notify,
+    /// The fences this node carried out, by target: the plan, and when and how it succeeded
+    /// (see [`already_fenced`]).
+    fenced: Mutex<BTreeMap<String, (u64, u64, String)>>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -88,7 +91,7 @@ pub(super) fn run_plan(
         let (node2, runner2, progress2) = (node.clone(), runner.clone(), progress.clone());
         node.spawn(async move {
             tracing::info!(rsc = %action.rsc, kind = ?action.kind, reason = %action.reason, "running plan action");
-            let (outcome, reason) = run_action(&node2, &runner2, &action).await;
+            let (outcome, reason, at_ms) = run_action(&node2, &runner2, &progress2, id, &action).await;
             if outcome != CallOutcome::Ok {
                 tracing::warn!(rsc = %action.rsc, kind = ?action.kind, ?reason, "plan action failed");
             }
@@ -97,7 +100,7 @@ pub(super) fn run_plan(
                 index: i,
                 action,
                 outcome,
-                at_ms: unix_ms(),
+                at_ms: at_ms.unwrap_or_else(unix_ms),
                 reason,
             };
             // Keep trying to report: the result is a fact the cluster must learn.
@@ -114,26 +117,183 @@ pub(super) fn run_plan(
     }
 }
 
-/// Run one plan action: a fence through the fencing levels, anything else through its agent.
-/// For a fence, the reason of a success names the level and devices that did it.
-async fn run_action(node: &Node, runner: &Runner, action: &Action) -> (CallOutcome, Option<String>) {
+/// Run one plan action (of plan `plan_id`): a fence through the fencing levels, anything else
+/// through its agent. For a fence, the reason of a success names the level and devices that
+/// did it, and the time it is reported with is when it was done (None: now).
+async fn run_action(
+    node: &Node,
+    runner: &Runner,
+    progress: &PlanProgress,
+    plan_id: u64,
+    action: &Action,
+) -> (CallOutcome, Option<String>, Option<u64>) {
     if action.kind == ActionKind::Fence {
-        let delay = node.with_state(|sm| sm.cluster.fence_delay(&node.config.cluster, &action.rsc));
+        let target = &action.rsc;
+        let delay = node.with_state(|sm| sm.cluster.fence_delay(&node.config.cluster, target));
         if !delay.is_zero() {
-            tracing::info!(target = %action.rsc, ?delay, "priority fence delay: the target runs resources");
+            tracing::info!(%target, ?delay, "priority fence delay: the target runs resources");
             tokio::time::sleep(delay).await;
         }
+        match already_fenced(node, progress, target, plan_id) {
+            Moot::No => {}
+            Moot::Fenced { at_ms, by } => {
+                tracing::info!(%target, %by, "not fencing again: fenced since this fence was planned");
+                return (CallOutcome::Ok, Some(by), Some(at_ms));
+            }
+            Moot::Back => {
+                // The cluster refuses this result anyway (a fence of an earlier life).
+                tracing::warn!(%target, "not fencing: it came back online after this fence was planned");
+                let why = format!("{target} came back online after this fence was planned");
+                return (CallOutcome::Soft, Some(why), None);
+            }
+        }
         let seed = node.incarnation ^ unix_ms();
-        return match node.fencer.fence(&action.rsc, seed).await {
-            Ok(by) => (CallOutcome::Ok, Some(by)),
-            Err(e) => (CallOutcome::Soft, Some(e.to_string())),
+        return match node.fencer.fence(target, seed).await {
+            Ok(by) => {
+                let at_ms = unix_ms();
+                locked(&progress.fenced).insert(target.clone(), (plan_id, at_ms, by.clone()));
+                (CallOutcome::Ok, Some(by), Some(at_ms))
+            }
+            Err(e) => (CallOutcome::Soft, Some(e.to_string()), None),
         };
     }
     match call(node, runner, &action.rsc, agent_action(action.kind), None).await {
-        Some(r) => (outcome_of(&r), r.exit_reason.clone()),
+        Some(r) => (outcome_of(&r), r.exit_reason.clone(), None),
         None => (
             CallOutcome::Fatal,
             Some(format!("{} is not in this node's config", action.rsc)),
+            None,
         ),
+    }
+}
+
+/// Why a planned fence is not to be carried out now.
+#[derive(Debug, PartialEq, Eq)]
+enum Moot {
+    /// It is to be carried out.
+    No,
+    /// A fence done since the plan was made already confirmed the target down: when and how it
+    /// succeeded, reported again (the fencing record stays as it was).
+    Fenced { at_ms: u64, by: String },
+    /// The target came back online after the plan was made: the fence was for its earlier
+    /// life, and the cluster would refuse its result (see `online_since_plan`).
+    Back,
+}
+
+/// Whether fencing `target` for plan `plan_id` is still to be done (see [`moot`]).
+fn already_fenced(node: &Node, progress: &PlanProgress, target: &str, plan_id: u64) -> Moot {
+    let ours = locked(&progress.fenced).get(target).cloned();
+    moot(node.cluster_state().cluster.nodes.get(target), ours, plan_id)
+}
+
+/// Whether a fence of plan `plan_id` is still to be done, given the target's record in the
+/// replica (`rec`) and the last fence of it this node carried out (`ours`: its plan, when and
+/// how). A plan replaced while its fence was claimed or running is followed by one that fences
+/// the same lost node again (the first result was not recorded when it was made); carried out
+/// after the first, the second fence power-cycles a node that may be booting back already
+/// (found under load: `phalanx demo` restarts a node as soon as its fence is recorded, and a
+/// second fence of the same loss killed it). Fenced already: the replica records the target
+/// fenced since its loss (no plan fences a node recorded so: that fence was planned before the
+/// record); or this node fenced it for an earlier plan and the replica, which holds every entry
+/// that led to this plan, has not seen it online since (that result may not be applied here
+/// yet). A node that must be fenced although online (a failed stop) is fenced every time.
+fn moot(rec: Option<&NodeRecord>, ours: Option<(u64, u64, String)>, plan_id: u64) -> Moot {
+    let Some(rec) = rec else {
+        return Moot::No;
+    };
+    if rec.fence.reason.is_some() {
+        return Moot::No;
+    }
+    if plan_id <= rec.online_since_plan {
+        return Moot::Back;
+    }
+    if rec.fence.fenced {
+        return Moot::Fenced {
+            at_ms: rec.fence.fenced_at_ms.unwrap_or_else(unix_ms),
+            by: rec.fence.fenced_by.clone().unwrap_or_else(|| "fenced already".into()),
+        };
+    }
+    match ours {
+        Some((fenced_for, at_ms, by))
+            if fenced_for < plan_id && rec.liveness != Liveness::Online && rec.online_since_plan < fenced_for =>
+        {
+            Moot::Fenced { at_ms, by }
+        }
+        _ => Moot::No,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// n3, online since plan 2 was current, then lost; not fenced yet.
+    fn lost() -> NodeRecord {
+        NodeRecord {
+            id: 3,
+            links: vec![],
+            api: String::new(),
+            standby: false,
+            liveness: Liveness::Offline,
+            liveness_since_ms: 100,
+            attrs: Default::default(),
+            maintenance: false,
+            fence: Default::default(),
+            online_since_plan: 2,
+        }
+    }
+
+    fn fenced(at_ms: u64, by: &str) -> Moot {
+        Moot::Fenced { at_ms, by: by.into() }
+    }
+
+    #[test]
+    fn a_lost_node_not_fenced_yet_is_fenced() {
+        assert_eq!(moot(Some(&lost()), None, 5), Moot::No);
+        assert_eq!(moot(None, None, 5), Moot::No, "unknown to this replica: fence");
+    }
+
+    #[test]
+    fn a_fence_planned_before_the_first_one_was_recorded_is_not_carried_out_again() {
+        // Plan 5 fenced n3 and recorded it; plan 6, made before that record, fences it again.
+        let mut rec = lost();
+        rec.fence.fenced = true;
+        rec.fence.fenced_at_ms = Some(200);
+        rec.fence.fenced_by = Some("level 1: power".into());
+        assert_eq!(moot(Some(&rec), None, 6), fenced(200, "level 1: power"));
+        // This node did it and its replica has not applied the result yet: the same.
+        let ours = Some((5, 200, "level 1: power".to_string()));
+        assert_eq!(moot(Some(&lost()), ours.clone(), 6), fenced(200, "level 1: power"));
+        // ... but not for the plan it was done for, nor an earlier one (a retry there is the
+        // executor's own business), and not once the node came back since.
+        assert_eq!(moot(Some(&lost()), ours.clone(), 5), Moot::No);
+        let mut back_and_lost_again = lost();
+        back_and_lost_again.online_since_plan = 5;
+        assert_eq!(moot(Some(&back_and_lost_again), ours.clone(), 6), Moot::No);
+        let mut online = lost();
+        online.liveness = Liveness::Online;
+        online.online_since_plan = 5;
+        assert_eq!(
+            moot(Some(&online), ours, 7),
+            Moot::No,
+            "online again: a new fence is real"
+        );
+    }
+
+    #[test]
+    fn a_fence_planned_before_its_target_came_back_is_moot() {
+        let mut rec = lost();
+        rec.liveness = Liveness::Online;
+        rec.online_since_plan = 6;
+        assert_eq!(moot(Some(&rec), None, 6), Moot::Back);
+        assert_eq!(moot(Some(&rec), None, 5), Moot::Back);
+    }
+
+    #[test]
+    fn a_node_whose_stop_failed_is_fenced_every_time() {
+        let mut rec = lost();
+        rec.liveness = Liveness::Online;
+        rec.fence.reason = Some("stop of web failed".into());
+        assert_eq!(moot(Some(&rec), Some((5, 200, "x".into())), 6), Moot::No);
     }
 }

@@ -3,18 +3,21 @@
 //! batch touched (`sm_tables`), with the last applied log id and the membership. Snapshots are
 //! the whole state in postcard (the same format as before entries were stored one by one), sent
 //! by openraft in chunks of `raft::SNAPSHOT_CHUNK`; installing one rewrites every entry.
+//! Building, reading and installing a snapshot encode or decode the whole state and write it:
+//! that runs on the blocking pool, never on the node's one runtime thread, where it would stall
+//! the heartbeats (see [`off_runtime`]).
 
 // openraft's StorageError (224 bytes) is the error type its storage traits require.
 #![allow(clippy::result_large_err)]
 
 use super::sm_tables::{self, Changes};
-use super::store::{decode, encode, io, meta_get, meta_put, StoreError};
+use super::store::{decode, encode, io, meta_get, StoreError, META};
 use super::{BasicNode, Entry, LogId, Membership, NodeId, Request, Response, StorageError, TypeConfig};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta, StorageIOError};
 use phalanx_core::state::Touched;
 use phalanx_core::{ClusterState, Outcome};
-use redb::Database;
+use redb::{Database, ReadableTable};
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 use std::sync::{Arc, RwLock};
@@ -63,6 +66,43 @@ fn poisoned() -> StorageError {
     StorageIOError::read_state_machine(io("poisoned lock")).into()
 }
 
+/// Run `work` (the whole state encoded or decoded, a write of all of it) on tokio's blocking
+/// pool. A node runs on a single-threaded runtime, and its heartbeats, Raft RPCs and API share
+/// that thread: a 21 MiB state took most of a second to snapshot, read back or install, longer
+/// on a loaded machine, and every peer declared the busy node dead meanwhile (leaders churned,
+/// and a leader streaming the snapshot to a joining node was deposed each time it read it).
+/// `failed` names the storage error if the blocking task itself dies.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+    failed: fn(openraft::AnyError) -> StorageIOError<NodeId>,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StorageError::from(failed(io(e))))?
+}
+
+/// Store `snap` as the current snapshot, unless the stored one is newer: built off the
+/// runtime, it may finish after a newer one was installed from the leader. It is encoded before
+/// the write transaction begins: redb has one writer at a time, and the log and the applied
+/// entries, written on the runtime thread, wait for it.
+fn store_snapshot(db: &Database, snap: &StoredSnapshot) -> Result<(), redb::Error> {
+    let bytes = encode(snap);
+    let tx = db.begin_write()?;
+    {
+        let mut t = tx.open_table(META)?;
+        // A stored snapshot begins with its meta (postcard writes fields in order).
+        let stored_is_newer = t.get("snapshot")?.is_some_and(|v| {
+            postcard::take_from_bytes::<SnapshotMeta<NodeId, BasicNode>>(v.value())
+                .is_ok_and(|(m, _)| m.last_log_id > snap.meta.last_log_id)
+        });
+        if !stored_is_newer {
+            t.insert("snapshot", bytes.as_slice())?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 impl StateMachine {
     /// Load the persisted state machine (empty on a fresh node). A state machine stored by an
     /// older version (one blob, or entries of an older format) is rewritten, once, with its
@@ -96,10 +136,6 @@ impl StateMachine {
         self.applied.subscribe()
     }
 
-    fn snapshot_of(&self) -> Result<StoredSnapshot, StorageError> {
-        Ok(stored_snapshot(&*self.data.read().map_err(|_| poisoned())?))
-    }
-
     fn write(&self, c: &Changes) -> Result<(), StorageError> {
         sm_tables::write(&self.db, c).map_err(|e| StorageIOError::write_state_machine(io(e)).into())
     }
@@ -107,9 +143,20 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let snap = self.snapshot_of()?;
-        meta_put(&self.db, "snapshot", &snap)
-            .map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), io(e)))?;
+        // A copy taken under the lock (quick), encoded and stored off the runtime (slow): the
+        // lock is not held meanwhile, so entries go on being applied.
+        let data = self.data.read().map_err(|_| poisoned())?.clone();
+        let db = self.db.clone();
+        let snap = off_runtime(
+            move || {
+                let snap = stored_snapshot(&data);
+                store_snapshot(&db, &snap)
+                    .map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), io(e)))?;
+                Ok(snap)
+            },
+            |e| StorageIOError::write_snapshot(None, e),
+        )
+        .await?;
         Ok(Snapshot {
             meta: snap.meta,
             snapshot: Box::new(Cursor::new(snap.data)),
@@ -183,13 +230,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let bytes = snapshot.into_inner();
-        let data: SmData =
-            decode("snapshot", &bytes).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), io(e)))?;
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: bytes,
-        };
-        self.write(&Changes::all(&data).with_raft_meta("snapshot", encode(&stored)))?;
+        let (db, meta) = (self.db.clone(), meta.clone());
+        let data = off_runtime(
+            move || {
+                let data: SmData = decode("snapshot", &bytes)
+                    .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), io(e)))?;
+                let stored = StoredSnapshot { meta, data: bytes };
+                sm_tables::write(&db, &Changes::all(&data).with_raft_meta("snapshot", encode(&stored)))
+                    .map_err(|e| StorageIOError::write_state_machine(io(e)))?;
+                Ok(data)
+            },
+            StorageIOError::write_state_machine,
+        )
+        .await?;
         *self
             .data
             .write()
@@ -199,8 +252,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let stored: Option<StoredSnapshot> =
-            meta_get(&self.db, "snapshot").map_err(|e| StorageIOError::read_snapshot(None, io(e)))?;
+        let db = self.db.clone();
+        let stored: Option<StoredSnapshot> = off_runtime(
+            move || meta_get(&db, "snapshot").map_err(|e| StorageIOError::read_snapshot(None, io(e)).into()),
+            |e| StorageIOError::read_snapshot(None, e),
+        )
+        .await?;
         Ok(stored.map(|s| Snapshot {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),
@@ -210,7 +267,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 #[cfg(test)]
 mod tests {
-    use super::super::store::open_in_memory;
+    use super::super::store::{meta_put, open_in_memory};
     use super::*;
     use openraft::CommittedLeaderId;
     use phalanx_core::scheduler::{ActionKind, Role};
@@ -410,5 +467,28 @@ mod tests {
             BTreeSet::from([&"n1".to_string(), &"n2".to_string(), &"n3".to_string()])
         );
         assert_eq!(back.last_applied, want.last_applied);
+    }
+
+    #[test]
+    fn a_snapshot_built_off_the_runtime_never_replaces_a_newer_one() {
+        let db = open_in_memory().unwrap();
+        let at = |index: u64| {
+            stored_snapshot(&SmData {
+                last_applied: Some(LogId::new(CommittedLeaderId::new(1, 1), index)),
+                ..SmData::default()
+            })
+        };
+        let stored = |db: &Database| {
+            meta_get::<StoredSnapshot>(db, "snapshot")
+                .unwrap()
+                .and_then(|s| s.meta.last_log_id)
+                .map(|l| l.index)
+        };
+        store_snapshot(&db, &at(10)).unwrap();
+        assert_eq!(stored(&db), Some(10));
+        store_snapshot(&db, &at(5)).unwrap();
+        assert_eq!(stored(&db), Some(10), "an older build finishing late is not stored");
+        store_snapshot(&db, &at(12)).unwrap();
+        assert_eq!(stored(&db), Some(12));
     }
 }
