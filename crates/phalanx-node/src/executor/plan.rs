@@ -183,7 +183,7 @@ enum Moot {
 /// Whether fencing `target` for plan `plan_id` is still to be done (see [`moot`]).
 fn already_fenced(node: &Node, progress: &PlanProgress, target: &str, plan_id: u64) -> Moot {
     let ours = locked(&progress.fenced).get(target).cloned();
-    moot(node.cluster_state().cluster.nodes.get(target), ours, plan_id)
+    node.with_state(|sm| moot(sm.cluster.nodes.get(target), ours, plan_id))
 }
 
 /// Whether a fence of plan `plan_id` is still to be done, given the target's record in the
