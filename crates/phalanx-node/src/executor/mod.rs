@@ -125,7 +125,7 @@ pub async fn run(node: Arc<Node>, runner: Runner) {
         if !quorate {
             if had_quorum && !applied_policy {
                 applied_policy = true;
-                no_quorum::apply_no_quorum_policy(&node, &runner, &sm).await;
+                no_quorum::apply_no_quorum_policy(&node, &runner, &sm, &plans.started_here()).await;
             }
             continue;
         }

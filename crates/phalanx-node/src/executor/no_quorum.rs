@@ -7,10 +7,20 @@ use crate::agents::Runner;
 use crate::node::Node;
 use phalanx_core::ocf::AgentAction;
 use phalanx_core::scheduler::Role;
+use std::collections::BTreeMap;
 
 /// This node lost quorum: run the policy's actions (`quorum::no_quorum_actions`) on what it
-/// holds. The calls go straight to the agents: without quorum nothing can be written to the log.
-pub(super) async fn apply_no_quorum_policy(node: &Node, runner: &Runner, sm: &crate::raft::store::SmData) {
+/// holds: what its replica records here, and what its own plan actions left running here
+/// (`started_here`), which the replica may not have learned yet (found by the simulation, seed
+/// 113: a node that lost quorum 0.4 s after starting `web` did not stop it, since its start
+/// result had not reached its replica, and `web` was started elsewhere too). The calls go
+/// straight to the agents: without quorum nothing can be written to the log.
+pub(super) async fn apply_no_quorum_policy(
+    node: &Node,
+    runner: &Runner,
+    sm: &crate::raft::store::SmData,
+    started_here: &BTreeMap<String, Role>,
+) {
     use phalanx_core::quorum::NoQuorumAction;
     let policy = node.config.cluster.no_quorum_policy;
     let here: Vec<(String, Role)> = node
@@ -19,7 +29,8 @@ pub(super) async fn apply_no_quorum_policy(node: &Node, runner: &Runner, sm: &cr
         .instances()
         .into_iter()
         .filter_map(|(id, _)| {
-            let role = sm.cluster.resources.get(&id)?.running.get(&node.name).copied()?;
+            let recorded = sm.cluster.resources.get(&id).and_then(|r| r.running.get(&node.name));
+            let role = recorded.or_else(|| started_here.get(&id)).copied()?;
             Some((id, role))
         })
         .collect();

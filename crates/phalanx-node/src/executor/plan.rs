@@ -6,7 +6,7 @@ use super::{agent_action, call, outcome_of};
 use crate::agents::Runner;
 use crate::mesh::unix_ms;
 use crate::node::Node;
-use phalanx_core::scheduler::{Action, ActionKind};
+use phalanx_core::scheduler::{Action, ActionKind, Role};
 use phalanx_core::state::CallOutcome;
 use phalanx_core::{Command, Liveness, NodeRecord};
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,6 +28,33 @@ pub(super) struct PlanProgress {
     /// The fences this node carried out, by target: the plan, and when and how it succeeded
     /// (see [`already_fenced`]).
     fenced: Mutex<BTreeMap<String, (u64, u64, String)>>,
+    /// What this node's own plan actions left running here (instance → role), whether or not
+    /// the replica has learned it yet: the no-quorum policy stops it too (see `no_quorum`).
+    started_here: Mutex<BTreeMap<String, Role>>,
+}
+
+impl PlanProgress {
+    /// What this node's own plan actions left running here.
+    pub(super) fn started_here(&self) -> BTreeMap<String, Role> {
+        locked(&self.started_here).clone()
+    }
+
+    /// Record what a successful action of this node left running here.
+    fn ran(&self, action: &Action) {
+        let mut here = locked(&self.started_here);
+        match action.kind {
+            ActionKind::Start | ActionKind::Demote => {
+                here.insert(action.rsc.clone(), Role::Started);
+            }
+            ActionKind::Promote => {
+                here.insert(action.rsc.clone(), Role::Promoted);
+            }
+            ActionKind::Stop => {
+                here.remove(&action.rsc);
+            }
+            ActionKind::Fence => {}
+        }
+    }
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -92,7 +119,9 @@ pub(super) fn run_plan(
         node.spawn(async move {
             tracing::info!(rsc = %action.rsc, kind = ?action.kind, reason = %action.reason, "running plan action");
             let (outcome, reason, at_ms) = run_action(&node2, &runner2, &progress2, id, &action).await;
-            if outcome != CallOutcome::Ok {
+            if outcome == CallOutcome::Ok {
+                progress2.ran(&action);
+            } else {
                 tracing::warn!(rsc = %action.rsc, kind = ?action.kind, ?reason, "plan action failed");
             }
             let cmd = Command::ActionResult {
