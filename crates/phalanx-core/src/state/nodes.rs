@@ -47,6 +47,14 @@ pub struct NodeRecord {
     pub online_since_plan: u64,
 }
 
+impl NodeRecord {
+    /// An action of plan `plan_id` was decided before this life of the node began (see
+    /// [`NodeRecord::online_since_plan`]): its result cannot speak for the node now.
+    pub fn predates_this_life(&self, plan_id: u64) -> bool {
+        plan_id <= self.online_since_plan
+    }
+}
+
 /// A member to add (see [`super::Command::Bootstrap`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewNode {

@@ -156,7 +156,7 @@ impl ClusterState {
     ) -> Applied {
         let ((plan_id, index), (outcome, at_ms, reason)) = (at, how);
         let ok = outcome == CallOutcome::Ok;
-        let decided_before = |node: &str| self.nodes.get(node).is_some_and(|n| plan_id <= n.online_since_plan);
+        let decided_before = |node: &str| self.nodes.get(node).is_some_and(|n| n.predates_this_life(plan_id));
         if action.kind == ActionKind::Fence {
             if decided_before(&action.rsc) {
                 return Err(Outcome::Rejected(RejectReason::FenceOfAnEarlierLife {

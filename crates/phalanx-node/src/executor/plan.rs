@@ -233,7 +233,7 @@ fn moot(rec: Option<&NodeRecord>, ours: Option<(u64, u64, String)>, plan_id: u64
     if rec.fence.reason.is_some() {
         return Moot::No;
     }
-    if plan_id <= rec.online_since_plan {
+    if rec.predates_this_life(plan_id) {
         return Moot::Back;
     }
     if rec.fence.fenced {
