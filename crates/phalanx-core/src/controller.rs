@@ -135,12 +135,18 @@ impl Controller {
         let settled = obs.uptime > t.startup_settle;
         let mut out = Vec::new();
         for (name, rec) in &state.nodes {
-            let seen = if obs.reachable.contains(name) {
-                Liveness::Online
-            } else if settled {
-                Liveness::Offline
-            } else {
-                continue;
+            let reachable = obs.reachable.contains(name);
+            let seen = match rec.liveness {
+                // Leaving: up while reachable; gone, it stopped cleanly if it held nothing
+                // (else it is lost, and fenced like any lost node).
+                Liveness::Leaving if reachable => continue,
+                Liveness::Leaving if !settled => continue,
+                Liveness::Leaving if state.holds_nothing(name) => Liveness::Stopped,
+                // Stopped: down, and expected to be; it is back when it is seen again.
+                Liveness::Stopped if !reachable => continue,
+                _ if reachable => Liveness::Online,
+                _ if settled => Liveness::Offline,
+                _ => continue,
             };
             if rec.liveness == seen {
                 continue;
@@ -194,7 +200,7 @@ impl Controller {
     /// (the executor reports a timeout as a failure) plus one detection time, for a report that
     /// never comes (its node restarted).
     fn wait_for_in_flight_starts(&mut self, now: Duration, state: &ClusterState, config: &Config, t: &Timings) -> bool {
-        let online = |n: &str| state.nodes.get(n).is_some_and(|r| r.liveness == Liveness::Online);
+        let online = |n: &str| state.nodes.get(n).is_some_and(|r| r.liveness.up());
         let bound = state
             .plan
             .in_flight_starts()

@@ -27,6 +27,7 @@ impl Command {
             Command::Operator { .. } => "Operator",
             Command::ClearOperator { .. } => "ClearOperator",
             Command::SetMaintenance { .. } => "SetMaintenance",
+            Command::SetLeaving { .. } => "SetLeaving",
         }
     }
 
@@ -45,6 +46,7 @@ impl Command {
                 | Command::Operator { .. }
                 | Command::ClearOperator { .. }
                 | Command::SetMaintenance { .. }
+                | Command::SetLeaving { .. }
                 // What a node's agents and devices found.
                 | Command::ActionResult { .. }
                 | Command::MonitorFailed { .. }

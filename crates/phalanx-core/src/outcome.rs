@@ -41,6 +41,12 @@ pub enum RejectReason {
     EmptyAttrKey,
     #[error("the fence of {target} in plan {plan_id} was decided before {target} came back online")]
     FenceOfAnEarlierLife { target: String, plan_id: u64 },
+    #[error("{name} is not online: only an online node can be asked to stop")]
+    NotOnline { name: String },
+    #[error("{name} was not asked to stop")]
+    NotLeaving { name: String },
+    #[error("{name} still holds resources: it cannot leave without a fence")]
+    StillHolds { name: String },
 }
 
 #[cfg(test)]

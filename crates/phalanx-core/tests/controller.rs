@@ -172,6 +172,94 @@ fn without_fencing_a_lost_nodes_resources_start_elsewhere_at_once() {
         .any(|x| x.kind == ActionKind::Start && x.rsc == "web" && x.node != "n1"));
 }
 
+/// `node stop n1` while n1 runs web: web moves away (a plan stops it on n1 and starts it
+/// elsewhere, no fence); once the stop is reported n1 holds nothing, and when it goes the leader
+/// records it `Stopped` (not lost, not unclean: no fence, ever). Had it gone still holding web, it
+/// would be lost and fenced like any lost node.
+#[test]
+fn a_leaving_node_is_moved_away_from_then_recorded_stopped_without_a_fence() {
+    use phalanx_core::scheduler::Role;
+    let cfg = config("required", WEB);
+    let t = Timings::from(&cfg.cluster);
+    let mut s = bootstrapped(&cfg);
+    s.resources
+        .entry("web".into())
+        .or_default()
+        .running
+        .insert("n1".into(), Role::Started);
+    assert_eq!(
+        s.apply(&Command::SetLeaving {
+            name: "n1".into(),
+            leaving: true
+        }),
+        Outcome::Ok
+    );
+    assert_eq!(s.nodes["n1"].liveness, Liveness::Leaving);
+    let mut c = Controller::default();
+    // Still reachable: nothing changes in its liveness, and the plan moves web away, no fence.
+    let all = observed(&["n1", "n2", "n3"]);
+    let a = c.reconcile(&all, &s, &cfg, &t);
+    let actions = plan_of(&a).expect("a plan").clone();
+    assert!(actions.iter().all(|x| x.kind != ActionKind::Fence), "{actions:?}");
+    assert!(
+        actions.iter().any(|x| x.kind == ActionKind::Stop && x.node == "n1"),
+        "{actions:?}"
+    );
+    assert!(
+        actions.iter().any(|x| x.kind == ActionKind::Start && x.node != "n1"),
+        "{actions:?}"
+    );
+    // Gone while web is still recorded there: lost (a stop to leave cannot be made up).
+    let gone = observed(&["n2", "n3"]);
+    let a = c.reconcile(&gone, &s, &cfg, &t);
+    assert_eq!(
+        a,
+        [ControlAction::Write(Command::SetLiveness {
+            name: "n1".into(),
+            liveness: Liveness::Offline,
+            at_ms: 1_000_000
+        })]
+    );
+    let refused = s.clone().apply(&Command::SetLiveness {
+        name: "n1".into(),
+        liveness: Liveness::Stopped,
+        at_ms: 1,
+    });
+    assert!(matches!(refused, Outcome::Rejected(_)), "{refused:?}");
+    // Its stop done: it holds nothing, and when it goes it is Stopped, clean, and no plan fences it.
+    s.resources.get_mut("web").unwrap().running.remove("n1");
+    let a = c.reconcile(&gone, &s, &cfg, &t);
+    assert_eq!(
+        a,
+        [ControlAction::Write(Command::SetLiveness {
+            name: "n1".into(),
+            liveness: Liveness::Stopped,
+            at_ms: 1_000_000
+        })]
+    );
+    apply(&mut s, &a);
+    let a = c.reconcile(&gone, &s, &cfg, &t);
+    assert!(
+        plan_of(&a).is_none_or(|p| p.iter().all(|x| x.kind != ActionKind::Fence)),
+        "{a:?}"
+    );
+    assert!(
+        !a.iter()
+            .any(|x| matches!(x, ControlAction::Write(Command::SetLiveness { .. }))),
+        "{a:?}"
+    );
+    // Back: online again, a new life.
+    let a = c.reconcile(&all, &s, &cfg, &t);
+    assert_eq!(
+        a,
+        [ControlAction::Write(Command::SetLiveness {
+            name: "n1".into(),
+            liveness: Liveness::Online,
+            at_ms: 1_000_000
+        })]
+    );
+}
+
 /// A plan starting web on n1, claimed by n1 (so it may be running), then n1 is put in standby:
 /// the scheduler now wants web elsewhere.
 fn claimed_start_then_standby() -> (Config, Timings, ClusterState) {

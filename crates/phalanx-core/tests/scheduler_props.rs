@@ -74,6 +74,8 @@ fn node_state() -> impl Strategy<Value = NodeState> {
             |(online, standby, maintenance, since, unclean, stop_failed, backoff)| NodeState {
                 online,
                 standby,
+                // Some online nodes are stopping (the tuple is full: drawn from `since`).
+                leaving: online && since % 10 == 0,
                 maintenance,
                 online_since_ms: since,
                 missing_agents: BTreeSet::new(),

@@ -566,3 +566,36 @@ async fn vip_call(c: &AgentCall<'_>) -> (i32, Option<String>) {
         Err(e @ VipError::Io(_)) => (ocf::OCF_ERR_GENERIC, Some(e.to_string())),
     }
 }
+
+/// Stop every service the `process` agent started from `state_dir` (its pid files): the whole
+/// process group, SIGTERM then SIGKILL after `grace`. The daemon calls it when it exits, so
+/// that nothing it started keeps running with ppid 1 (and, say, answers the port a start on the
+/// next node checks). Returns the instances it had to stop.
+pub fn stop_process_services(state_dir: &Path, grace: Duration) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return Vec::new();
+    };
+    let mut stopped = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().and_then(|x| x.to_str()) != Some("pid") {
+            continue;
+        }
+        let Some(pid) = read_pid(&path).filter(|p| running(*p)) else {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        };
+        let _ = killpg(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while running(pid) && Instant::now() < deadline {
+            std::thread::sleep(PROCESS_POLL);
+        }
+        // Whatever of the group is left (children outliving their leader too).
+        let _ = killpg(pid, Signal::SIGKILL);
+        let _ = std::fs::remove_file(&path);
+        if let Some(name) = path.file_stem().and_then(|s| s.to_str()) {
+            stopped.push(name.to_string());
+        }
+    }
+    stopped
+}

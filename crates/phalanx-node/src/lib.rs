@@ -12,6 +12,7 @@ pub mod fakenet;
 pub mod fence;
 pub mod forward;
 pub mod key;
+pub mod lifecycle;
 pub mod mesh;
 pub mod metrics;
 pub mod node;

@@ -219,6 +219,8 @@ pub struct Node {
     forward: Option<Arc<dyn crate::forward::ForwardSeam>>,
     /// Every task this node spawned and that may still run ([`Node::crash`] aborts them).
     tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Where a stop of this node stands (see `lifecycle`).
+    pub(crate) stop: tokio::sync::watch::Sender<crate::lifecycle::StopState>,
 }
 
 impl Node {
@@ -277,6 +279,7 @@ impl Node {
             vote: AtomicU64::new(0),
             forward: opts.seams.forward,
             tasks: std::sync::Mutex::default(),
+            stop: tokio::sync::watch::Sender::new(Default::default()),
             timings,
             config: opts.config,
         });
@@ -303,6 +306,7 @@ impl Node {
             }
         }
         node.spawn(node.clone().controller());
+        node.spawn(crate::lifecycle::run(node.clone()));
         if let Some(runner) = opts.runner {
             node.spawn(crate::executor::run(node.clone(), runner));
         }
@@ -594,6 +598,8 @@ impl Node {
             let peer = peers.get(&name);
             let online = is_self || peer.map(|p| p.alive).unwrap_or(false);
             let state = match (online, standby) {
+                (_, _) if liveness == Liveness::Stopped && !online => "stopped",
+                (true, _) if liveness == Liveness::Leaving => "leaving",
                 (true, true) => "standby",
                 (true, false) => "online",
                 (false, _) if peer.is_none() && !is_self => "unknown",
@@ -630,7 +636,7 @@ impl Node {
                     sm.cluster
                         .nodes
                         .get(n)
-                        .map(|r| r.liveness != Liveness::Offline)
+                        .map(|r| !matches!(r.liveness, Liveness::Offline | Liveness::Stopped))
                         .unwrap_or(false)
                 };
                 let (running, lost): (BTreeMap<_, _>, BTreeMap<_, _>) =

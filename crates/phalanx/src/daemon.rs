@@ -43,8 +43,9 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
             .join(&args.node)
     });
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let agent_state = data_dir.join("agents");
     let runner = phalanx_node::agents::Runner {
-        state_dir: data_dir.join("agents"),
+        state_dir: agent_state.clone(),
         ..phalanx_node::agents::Runner::new(&args.node)
     };
     adopt_agent_meta(&mut config, &args.config, &runner).await;
@@ -73,19 +74,66 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     )
     .await?;
     tracing::info!(node = %args.node, id, api = %api, links = ?links, data_dir = %data_dir.display(), "phalanx node started");
-    serve_until_signal(node, listener).await
+    serve_until_signal(node, listener, Some(agent_state)).await
 }
 
-/// Serve the API until the server fails or a signal arrives, then shut the node down.
-async fn serve_until_signal(node: std::sync::Arc<Node>, listener: transport::Listener) -> Result<()> {
-    let server = tokio::spawn(phalanx_node::api::serve(node.clone(), listener));
+/// Serve the API until the server fails or the node stops. SIGTERM (what `systemctl stop`
+/// sends), Ctrl-C or `phalanx node stop` make the node leave cleanly: what runs here moves away
+/// first, then it exits, unfenced (see `phalanx_node::lifecycle`). A second signal, or
+/// `node stop --now`, exits at once. Either way, no service this daemon started outlives it.
+async fn serve_until_signal(
+    node: std::sync::Arc<Node>,
+    listener: transport::Listener,
+    agent_state: Option<PathBuf>,
+) -> Result<()> {
+    use phalanx_node::lifecycle::StopState;
+    let mut server = tokio::spawn(phalanx_node::api::serve(node.clone(), listener));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = server => { r??; }
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, shutting down"),
-        _ = term.recv() => tracing::info!("terminated, shutting down"),
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut stop = node.stop_state();
+    let mut signals = 0;
+    loop {
+        tokio::select! {
+            r = &mut server => { r??; break; }
+            _ = term.recv() => signals += 1,
+            _ = int.recv() => signals += 1,
+            _ = stop.changed() => {}
+        }
+        if signals > 0 {
+            if signals == 1 && *stop.borrow() == StopState::Running {
+                tracing::info!("stopping: leaving the cluster cleanly (signal again to stop at once)");
+            }
+            node.request_stop(signals > 1);
+            signals = 0;
+        }
+        match *stop.borrow_and_update() {
+            StopState::Ready => {
+                tracing::info!("left the cluster cleanly: exiting");
+                break;
+            }
+            StopState::Now => {
+                let left = node.recorded_here();
+                if left.is_empty() {
+                    tracing::warn!("stopping at once");
+                } else {
+                    tracing::warn!(resources = ?left, "stopping at once: the cluster sees these still here, and will fence this node to recover them");
+                }
+                break;
+            }
+            _ => {}
+        }
     }
     node.shutdown().await;
+    if let Some(dir) = agent_state {
+        let stopped = tokio::task::spawn_blocking(move || {
+            phalanx_node::agents::stop_process_services(&dir, std::time::Duration::from_secs(5))
+        })
+        .await
+        .unwrap_or_default();
+        if !stopped.is_empty() {
+            tracing::warn!(services = ?stopped, "stopped the services this daemon had started");
+        }
+    }
     Ok(())
 }
 
@@ -130,7 +178,7 @@ pub async fn run_witness(config_path: &Path, listen: Option<&str>, data_dir: Opt
     )
     .await?;
     tracing::info!(listen = %listen, data_dir = %data_dir.display(), "phalanx witness started");
-    serve_until_signal(node, listener).await
+    serve_until_signal(node, listener, None).await
 }
 
 /// Read the meta-data of the OCF agents installed on this node: their default timeouts apply

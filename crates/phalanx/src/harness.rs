@@ -416,6 +416,26 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// SIGTERM one node's daemon (what `systemctl stop` sends) and wait at most `within` for it
+    /// to exit: a clean stop (see `phalanx_node::lifecycle`). Its exit status.
+    pub async fn terminate(&mut self, name: &str, within: Duration) -> Result<std::process::ExitStatus> {
+        let node = self.node_mut(name)?;
+        let child = node.child.as_mut().ok_or_else(|| anyhow!("{name} is not running"))?;
+        nix::sys::signal::kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM)?;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                node.child = None;
+                let _ = std::fs::remove_file(self.pid_file(name));
+                return Ok(status);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{name} did not exit within {within:?} of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Forget a node whose processes were killed from outside (a lab crash): reap its daemon and
     /// lose what a reboot loses.
     pub fn reap(&mut self, name: &str) -> Result<()> {

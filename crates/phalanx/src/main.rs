@@ -197,6 +197,20 @@ enum NodeCmd {
     },
     /// List members as replicated.
     List,
+    /// Stop a node cleanly (default: the node the CLI talks to): it is marked leaving, what it
+    /// runs moves away, then its daemon exits. It is not fenced; status shows it STOPPED.
+    Stop {
+        name: Option<String>,
+        /// Exit at once, whatever still runs there (it will be fenced to recover that).
+        #[arg(long)]
+        now: bool,
+        /// Stop it even if the voters left would be too few for quorum.
+        #[arg(long)]
+        force: bool,
+        /// Return once the stop is asked, without waiting for the node to be stopped.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -661,6 +675,95 @@ async fn config_check(file: &Path, as_json: bool) -> Result<i32> {
     Ok(if errors > 0 { 2 } else { 0 })
 }
 
+/// `phalanx node stop`: ask, then (unless `no_wait`) follow the node until the cluster records
+/// it stopped, through the other nodes.
+async fn node_stop(
+    client: &Client,
+    apis: &[String],
+    api: &str,
+    name: Option<&str>,
+    now: bool,
+    force: bool,
+    no_wait: bool,
+) -> Result<(serde_json::Value, String)> {
+    let status: phalanx_node::StatusReport = client.get(api, "/v1/status").await?;
+    let name = name.unwrap_or(&status.node).to_string();
+    let Some(target) = status.nodes.iter().find(|n| n.name == name) else {
+        bail!(
+            "no node named {name:?} (members: {})",
+            status
+                .nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    // --now acts on the node that receives it.
+    let to = if now { target.api.clone() } else { api.to_string() };
+    let v: serde_json::Value = client
+        .post(
+            &to,
+            &format!("/v1/nodes/{name}/stop"),
+            &json!({ "now": now, "force": force }),
+        )
+        .await?;
+    if no_wait {
+        return Ok((v, format!("{name}: stop requested.")));
+    }
+    let others: Vec<String> = apis.iter().filter(|a| **a != target.api).cloned().collect();
+    let bar = indicatif::ProgressBar::new_spinner().with_message(format!("{name}: leaving"));
+    bar.enable_steady_tick(Duration::from_millis(100));
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        if std::time::Instant::now() > deadline {
+            bar.finish_and_clear();
+            bail!("{name} is not stopped after 5 minutes: see `phalanx status`");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Ok((other, _)) = client.first_answering(&others).await else {
+            continue;
+        };
+        let Ok(s) = client.get::<phalanx_node::StatusReport>(&other, "/v1/status").await else {
+            continue;
+        };
+        let Some(n) = s.nodes.iter().find(|n| n.name == name) else {
+            continue;
+        };
+        let here: Vec<&str> = s
+            .resources
+            .iter()
+            .filter(|r| r.running.contains_key(&name))
+            .map(|r| r.id.as_str())
+            .collect();
+        bar.set_message(format!(
+            "{name}: {}, still running here: {}",
+            n.state,
+            if here.is_empty() {
+                "nothing".to_string()
+            } else {
+                here.join(", ")
+            }
+        ));
+        match n.state.as_str() {
+            "stopped" => {
+                bar.finish_and_clear();
+                let v = json!({ "node": name, "state": "stopped", "fenced": false });
+                return Ok((
+                    v,
+                    format!("{name} stopped cleanly: it held nothing when it left; not fenced."),
+                ));
+            }
+            "offline" => {
+                bar.finish_and_clear();
+                let v = json!({ "node": name, "state": "offline", "fenced": n.fence.fenced });
+                return Ok((v, format!("{name} went down before it was done leaving: the cluster treats it as lost (see `phalanx status`).")));
+            }
+            _ => {}
+        }
+    }
+}
+
 async fn node_cmd(cli: &Cli, cmd: &NodeCmd) -> Result<i32> {
     let (client, apis) = apis(cli)?;
     let (api, _) = client.first_answering(&apis).await?;
@@ -712,6 +815,12 @@ async fn node_cmd(cli: &Cli, cmd: &NodeCmd) -> Result<i32> {
             ),
             _ => bail!("give a VALUE, or --delete without one"),
         },
+        NodeCmd::Stop {
+            name,
+            now,
+            force,
+            no_wait,
+        } => node_stop(&client, &apis, &api, name.as_deref(), *now, *force, *no_wait).await?,
         NodeCmd::List => {
             let v: serde_json::Value = client.get(&api, "/v1/nodes").await?;
             let mut human = String::new();

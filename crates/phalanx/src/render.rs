@@ -92,6 +92,9 @@ pub fn status(s: &StatusReport) -> String {
         } else if let (true, Some(by)) = (f.fenced && n.liveness == phalanx_core::Liveness::Offline, &f.fenced_by) {
             let _ = writeln!(o, "      fenced ({by})");
         }
+        if n.state == "stopped" {
+            let _ = writeln!(o, "      stopped cleanly: it held nothing when it left (not fenced)");
+        }
         if let Some(r) = &f.reason {
             let _ = writeln!(o, "      must be fenced: {r}");
         }

@@ -511,3 +511,55 @@ monitor = {{ interval = "300ms", timeout = "5s" }}
         );
     }
 }
+
+/// SIGTERM of the daemon holding a group (what `systemctl stop` sends): the node leaves
+/// cleanly. The group moves to another node, the node is recorded STOPPED (not lost, never
+/// fenced: no fence event at all), its daemon exits 0, and no process its agents started
+/// survives it (a `process` resource's service used to stay behind with ppid 1). Started again,
+/// it rejoins as an online member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_moves_a_group_away_and_the_node_is_stopped_not_fenced() {
+    let extra = format!(
+        "{STACK}\n[[resource]]\nid = \"svc\"\nagent = \"process\"\nparams = {{ command = \"sleep 1000\" }}\nmonitor = {{ interval = \"1s\", timeout = \"10s\" }}\n"
+    )
+    .replace("members = [\"web-ip\", \"web\"]", "members = [\"web-ip\", \"web\", \"svc\"]");
+    let mut c = cluster_with(&extra);
+    c.wait_stable(T).await.unwrap();
+    let holder = wait_stack(&c, "the stack placed", |_, _| true).await;
+    let pid_file = c.node(&holder).unwrap().data_dir.join("agents/svc.pid");
+    let svc_pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let alive = |pid: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    assert!(alive(svc_pid));
+    let status = c.terminate(&holder, T).await.unwrap();
+    assert!(status.success(), "{holder} exited with {status}");
+    assert!(!alive(svc_pid), "the service {holder} started outlived its daemon");
+    let moved = wait_stack(&c, "the stack moved away", |n, _| n != holder).await;
+    assert_ne!(moved, holder);
+    c.wait_for(T, "the node recorded stopped", |st| {
+        st.values()
+            .all(|s| {
+                s.nodes
+                    .iter()
+                    .any(|n| n.name == holder && n.state == "stopped" && n.liveness == phalanx_core::Liveness::Stopped)
+            })
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(c.fence_events().is_empty(), "fenced: {:?}", c.fence_events());
+    let (_, human, _) = c.cli(&["status"]).unwrap();
+    assert!(human.contains("STOPPED") && human.contains("not fenced"), "{human}");
+    // Back: online again, and hosting (a move there works).
+    c.start(&holder).unwrap();
+    c.wait_for(T, "the node back online", |st| {
+        st.values()
+            .all(|s| s.nodes.iter().any(|n| n.name == holder && n.state == "online"))
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let (code, out, err) = c.cli(&["resource", "move", "stack", "--to", &holder]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    wait_stack(&c, "the stack back on the restarted node", |n, _| n == holder).await;
+    assert!(c.fence_events().is_empty(), "fenced: {:?}", c.fence_events());
+}

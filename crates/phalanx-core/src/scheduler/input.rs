@@ -14,6 +14,9 @@ pub struct NodeState {
     pub online: bool,
     #[serde(default)]
     pub standby: bool,
+    /// Stopping (`phalanx node stop`): like standby, what it runs moves away.
+    #[serde(default)]
+    pub leaving: bool,
     /// Resources on it are left alone (unmanaged); nothing new is placed there.
     #[serde(default)]
     pub maintenance: bool,
@@ -50,6 +53,7 @@ impl Default for NodeState {
         NodeState {
             online: true,
             standby: false,
+            leaving: false,
             maintenance: false,
             online_since_ms: 0,
             missing_agents: BTreeSet::new(),

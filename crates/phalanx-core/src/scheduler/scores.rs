@@ -92,7 +92,9 @@ pub(super) fn score_nodes(
         if !ns.online {
             score.add(-INFINITY, format!("{node} lost"));
         }
-        if ns.standby {
+        if ns.leaving {
+            score.add(-INFINITY, format!("{node} is stopping"));
+        } else if ns.standby {
             score.add(-INFINITY, format!("{node} in standby"));
         }
         if ns.maintenance {

@@ -51,8 +51,9 @@ impl ClusterState {
 /// One node as the scheduler sees it (see [`ClusterState::scheduler_input`]).
 fn node_state(rec: &NodeRecord, now_ms: u64, required: bool, hold_ms: Option<u64>) -> scheduler::NodeState {
     scheduler::NodeState {
-        online: rec.liveness == Liveness::Online,
+        online: rec.liveness.up(),
         standby: rec.standby,
+        leaving: rec.liveness == Liveness::Leaving,
         maintenance: rec.maintenance,
         online_since_ms: rec.liveness_since_ms,
         missing_agents: BTreeSet::new(),

@@ -148,6 +148,13 @@ pub enum Command {
         node: Option<String>,
         on: bool,
     },
+    /// `phalanx node stop` (or SIGTERM of its daemon): the node hosts nothing new and what it
+    /// runs moves away, then it exits and the leader records it `Stopped`, unfenced.
+    /// `leaving = false` takes the request back (a daemon that restarted before it went).
+    SetLeaving {
+        name: String,
+        leaving: bool,
+    },
 }
 
 /// What a command family's handler gives: the outcome, or (as `Err`) a refusal that changed
@@ -206,6 +213,7 @@ impl ClusterState {
             Command::Cleanup { rsc } => Ok(self.cleanup(rsc)),
             Command::Operator { constraint } => Ok(self.add_operator(constraint)),
             Command::ClearOperator { rsc } => Ok(self.clear_operator(rsc)),
+            Command::SetLeaving { name, leaving } => self.set_leaving(name, *leaving),
         }
     }
 }

@@ -15,6 +15,19 @@ pub enum Liveness {
     Unknown,
     Online,
     Offline,
+    /// Asked to stop (`phalanx node stop`, SIGTERM): still up, hosts nothing new; what it runs
+    /// moves away, then it exits (appended: the stored encoding numbers variants).
+    Leaving,
+    /// Left cleanly: it held nothing when it went, so it is neither lost nor unclean, and
+    /// nothing needs fencing.
+    Stopped,
+}
+
+impl Liveness {
+    /// Up as far as the cluster knows: online, or leaving but not gone yet.
+    pub fn up(self) -> bool {
+        matches!(self, Liveness::Online | Liveness::Leaving)
+    }
 }
 
 /// One member of the cluster.
@@ -151,6 +164,32 @@ impl ClusterState {
         Ok(Outcome::Ok)
     }
 
+    /// Nothing is recorded running on `name` (in any role, failed included) and no action of the
+    /// plan is claimed by it and unreported: it can go without a fence.
+    pub fn holds_nothing(&self, name: &str) -> bool {
+        !self.resources.values().any(|r| r.running.contains_key(name)) && !self.plan.has_open_claims_of(name)
+    }
+
+    /// A node asked to stop (`leaving`), or to stay after all. Only an up node can start
+    /// leaving; stopping to leave is for a node that is still leaving (a node back from a stop
+    /// is online again through its liveness).
+    pub(super) fn set_leaving(&mut self, name: &str, leaving: bool) -> Applied {
+        let n = self.node_mut(name)?;
+        match (n.liveness, leaving) {
+            (Liveness::Leaving, true) => Ok(Outcome::Unchanged),
+            (Liveness::Online, true) => {
+                n.liveness = Liveness::Leaving;
+                Ok(Outcome::Ok)
+            }
+            (_, true) => Err(Outcome::Rejected(RejectReason::NotOnline { name: name.to_string() })),
+            (Liveness::Leaving, false) => {
+                n.liveness = Liveness::Online;
+                Ok(Outcome::Ok)
+            }
+            (_, false) => Ok(Outcome::Unchanged),
+        }
+    }
+
     /// The leader's view of `name` changed. Coming (back) online starts a new life of the node
     /// (see [`NodeRecord::online_since_plan`]). Back from lost, what it ran stays recorded: if
     /// it was fenced, the fence cleared that already; if not (the leader's view flapped, or a
@@ -159,10 +198,29 @@ impl ClusterState {
     /// heartbeat loss: a VIP started elsewhere while its node still held it).
     pub(super) fn set_liveness(&mut self, name: &str, liveness: Liveness, at_ms: u64) -> Applied {
         let plan_id = self.plan.id;
+        let holds_nothing = self.holds_nothing(name);
         let n = self.node_mut(name)?;
         let was = n.liveness;
-        if was == liveness {
-            return Ok(Outcome::Unchanged);
+        match (was, liveness) {
+            (a, b) if a == b => return Ok(Outcome::Unchanged),
+            // Leaving starts and ends by `SetLeaving`; a stopped node is down already.
+            (_, Liveness::Leaving) | (Liveness::Leaving, Liveness::Online) | (Liveness::Stopped, Liveness::Offline) => {
+                return Ok(Outcome::Unchanged)
+            }
+            (Liveness::Leaving, Liveness::Stopped) if !holds_nothing => {
+                return Err(Outcome::Rejected(RejectReason::StillHolds { name: name.to_string() }))
+            }
+            (Liveness::Leaving, Liveness::Stopped) => {
+                // Clean: it held nothing when it went, so there is nothing to fence or recover.
+                n.liveness = liveness;
+                n.liveness_since_ms = at_ms;
+                n.fence.fenced = true;
+                return Ok(Outcome::Ok);
+            }
+            (_, Liveness::Stopped) => {
+                return Err(Outcome::Rejected(RejectReason::NotLeaving { name: name.to_string() }))
+            }
+            _ => {}
         }
         n.liveness = liveness;
         n.liveness_since_ms = at_ms;
@@ -177,7 +235,7 @@ impl ClusterState {
             n.fence.fenced = false;
             n.online_since_plan = plan_id;
         }
-        if was == Liveness::Offline && liveness == Liveness::Online {
+        if !was.up() && liveness == Liveness::Online {
             n.fence.failures = 0;
             n.fence.last_error = None;
             n.fence.reason = None;

@@ -2,7 +2,7 @@
 //! plan replacing the old one, nodes claiming their actions through the log, and reported
 //! results (which also update what runs where, or the fencing records).
 
-use super::{Applied, CallOutcome, ClusterState, Liveness, Outcome, RejectReason, Touched};
+use super::{Applied, CallOutcome, ClusterState, Outcome, RejectReason, Touched};
 use crate::scheduler::{Action, ActionKind, Role};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -43,6 +43,13 @@ impl PlanRecord {
             .collect()
     }
 
+    /// An action of `node` is claimed and neither done nor failed: it may be running.
+    pub fn has_open_claims_of(&self, node: &str) -> bool {
+        self.claimed.keys().any(|i| {
+            self.actions.get(*i).is_some_and(|a| a.node == node) && !self.done.contains(i) && !self.failed.contains(i)
+        })
+    }
+
     /// Actions of `node` that may run now: not finished, and every predecessor done.
     pub fn runnable(&self, node: &str) -> Vec<usize> {
         (0..self.actions.len())
@@ -81,7 +88,7 @@ impl ClusterState {
                 actions: actions.len(),
             }));
         }
-        let online = |n: &str| self.nodes.get(n).is_some_and(|r| r.liveness == Liveness::Online);
+        let online = |n: &str| self.nodes.get(n).is_some_and(|r| r.liveness.up());
         let unknown: Vec<(String, String, Role)> = self
             .plan
             .in_flight_starts()
@@ -188,7 +195,7 @@ impl ClusterState {
 #[cfg(test)]
 mod tests {
     use super::super::test_support::act;
-    use super::super::Command;
+    use super::super::{Command, Liveness};
     use super::*;
     use crate::scheduler::Role;
 

@@ -61,7 +61,7 @@ impl Touched {
                 self.scalars = true;
                 self.nodes.insert(name.clone());
             }
-            Command::SetLiveness { name, .. } => {
+            Command::SetLiveness { name, .. } | Command::SetLeaving { name, .. } => {
                 self.nodes.insert(name.clone());
             }
             Command::SetAttr { name, key, .. } => {
@@ -197,6 +197,13 @@ mod tests {
             live("n1", Liveness::Online),
             live("n1", Liveness::Offline),
             live("n1", Liveness::Online),
+            live("n2", Liveness::Online),
+            Command::SetLeaving {
+                name: "n2".into(),
+                leaving: true,
+            },
+            live("n2", Liveness::Stopped),
+            live("n2", Liveness::Online),
             Command::Probe {
                 rsc: "web".into(),
                 node: "n1".into(),

@@ -31,6 +31,7 @@ pub(super) fn routes() -> Router<Arc<Node>> {
         .route("/v1/nodes", get(list_nodes).post(add_node))
         .route("/v1/nodes/{name}", delete(remove_node))
         .route("/v1/nodes/{name}/standby", post(set_standby))
+        .route("/v1/nodes/{name}/stop", post(stop_node))
         .route("/v1/nodes/{name}/attrs/{key}", put(set_attr).delete(delete_attr))
         .route("/v1/links/{index}", post(set_link))
         .route("/v1/resources/{rsc}/{op}", post(resource_op))
@@ -121,6 +122,78 @@ async fn set_standby(
         })
         .await?,
     )
+}
+
+/// Body of `POST /v1/nodes/{name}/stop`.
+#[derive(Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StopNode {
+    /// Exit at once, whatever still runs there (only on the node itself: send it to its API).
+    #[serde(default)]
+    pub now: bool,
+    /// Stop it even though the voters left up would be too few for quorum.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `phalanx node stop`: the node leaves cleanly (what it runs moves away, then it exits,
+/// unfenced). Refused when the voters still up without it would be too few for quorum (the whole
+/// cluster would stop its resources), unless `force`.
+async fn stop_node(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let req: StopNode = if body.is_empty() {
+        StopNode::default()
+    } else {
+        parse_json(&body)?
+    };
+    let (liveness, up_after, needed) = node.with_state(|sm| {
+        let c = &sm.cluster;
+        let liveness = c.nodes.get(&name).map(|r| r.liveness);
+        let membership = sm.membership.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let up_after = voters
+            .iter()
+            .filter(|id| match c.node_by_id(**id) {
+                Some((n, r)) => *n != name && r.liveness == phalanx_core::Liveness::Online,
+                // The witness: a vote while it is there.
+                None => **id == crate::raft::WITNESS_ID,
+            })
+            .count();
+        (liveness, up_after, voters.len() / 2 + 1)
+    });
+    let Some(liveness) = liveness else {
+        return Err(ApiError::NotFound(format!("no node named {name:?}")));
+    };
+    if !req.force && liveness == phalanx_core::Liveness::Online && up_after < needed {
+        return Err(ApiError::Refused(format!(
+            "stopping {name} would leave {up_after} voter(s) up where quorum needs {needed}: the cluster would stop \
+             every resource (--force to stop it anyway)"
+        )));
+    }
+    if name == node.name {
+        node.request_stop(req.now);
+    } else if req.now {
+        return Err(ApiError::BadInput(format!(
+            "--now acts on the node that receives it: send it to {name}'s own API"
+        )));
+    } else {
+        // Refused (not online, say): the reason, as a 409.
+        let _ = outcome(
+            node.write(Command::SetLeaving {
+                name: name.clone(),
+                leaving: true,
+            })
+            .await?,
+        )?;
+    }
+    tracing::warn!(node = %name, now = req.now, "node stop requested");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "node": name, "stopping": true, "now": req.now })),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -144,7 +144,12 @@ pub async fn run(node: Arc<Node>, runner: Runner) {
             .cluster
             .nodes
             .get(&node.name)
-            .map(|r| r.liveness == phalanx_core::Liveness::Offline)
+            .map(|r| {
+                matches!(
+                    r.liveness,
+                    phalanx_core::Liveness::Offline | phalanx_core::Liveness::Stopped
+                )
+            })
             .unwrap_or(false);
         if was_offline && !me_offline {
             probed = false;
@@ -196,7 +201,12 @@ fn reannounce_on_membership_change(
         .cluster
         .nodes
         .iter()
-        .filter(|(_, r)| r.liveness != phalanx_core::Liveness::Offline)
+        .filter(|(_, r)| {
+            !matches!(
+                r.liveness,
+                phalanx_core::Liveness::Offline | phalanx_core::Liveness::Stopped
+            )
+        })
         .map(|(n, _)| n.clone())
         .collect();
     if members_seen.as_ref().is_some_and(|m| *m != online) {

@@ -8,7 +8,7 @@ use crate::mesh::unix_ms;
 use crate::node::Node;
 use phalanx_core::scheduler::{Action, ActionKind, Role};
 use phalanx_core::state::CallOutcome;
-use phalanx_core::{Command, Liveness, NodeRecord};
+use phalanx_core::{Command, NodeRecord};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -244,7 +244,7 @@ fn moot(rec: Option<&NodeRecord>, ours: Option<(u64, u64, String)>, plan_id: u64
     }
     match ours {
         Some((fenced_for, at_ms, by))
-            if fenced_for < plan_id && rec.liveness != Liveness::Online && rec.online_since_plan < fenced_for =>
+            if fenced_for < plan_id && !rec.liveness.up() && rec.online_since_plan < fenced_for =>
         {
             Moot::Fenced { at_ms, by }
         }
@@ -255,6 +255,7 @@ fn moot(rec: Option<&NodeRecord>, ours: Option<(u64, u64, String)>, plan_id: u64
 #[cfg(test)]
 mod tests {
     use super::*;
+    use phalanx_core::Liveness;
 
     /// n3, online since plan 2 was current, then lost; not fenced yet.
     fn lost() -> NodeRecord {
