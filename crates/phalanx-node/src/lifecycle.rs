@@ -34,6 +34,9 @@ pub enum StopState {
     /// Exit at once, whatever still runs here (a second request, `--now`, or no quorum to leave
     /// through).
     Now,
+    /// `phalanx node remove` removed this node from the cluster: exit (what it ran is stopped
+    /// with the process), and do not come back as a candidate.
+    Removed,
 }
 
 impl Node {
@@ -44,6 +47,7 @@ impl Node {
             *s = match (*s, now) {
                 (StopState::Running, false) => StopState::Leaving,
                 (StopState::Ready, _) => StopState::Ready,
+                (StopState::Removed, _) => StopState::Removed,
                 _ => StopState::Now,
             }
         });
@@ -74,6 +78,8 @@ pub(crate) async fn run(node: Arc<Node>) {
     let mut stop = node.stop_state();
     // Seen up (not leaving) in this life: a leave recorded later is this life's.
     let mut seen_up = false;
+    // A member in this life: its record disappearing means it was removed.
+    let mut was_member = false;
     let mut took_back = false;
     let mut wrote_leave = false;
     let mut waiting_for: Vec<String> = Vec::new();
@@ -87,19 +93,25 @@ pub(crate) async fn run(node: Arc<Node>) {
             _ = stop.changed() => {}
         }
         let asked = *node.stop.borrow();
-        if matches!(asked, StopState::Ready | StopState::Now) {
+        if matches!(asked, StopState::Ready | StopState::Now | StopState::Removed) {
             return;
         }
         let Some((liveness, holds_nothing)) = node.with_state(|sm| {
             let rec = sm.cluster.nodes.get(&node.name)?;
             Some((rec.liveness, sm.cluster.holds_nothing(&node.name)))
         }) else {
-            // Not a member (the witness, a node not joined yet or removed): nothing to leave.
+            if was_member {
+                tracing::error!("this node was removed from the cluster (`phalanx node remove`): exiting");
+                node.stop.send_replace(StopState::Removed);
+                return;
+            }
+            // Not a member (the witness, a node not joined yet): nothing to leave.
             if asked == StopState::Leaving {
                 node.stop.send_replace(StopState::Ready);
             }
             continue;
         };
+        was_member = true;
         match liveness {
             Liveness::Online => seen_up = true,
             Liveness::Leaving if asked == StopState::Running && !seen_up && !took_back => {

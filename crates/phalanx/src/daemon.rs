@@ -92,6 +92,7 @@ async fn serve_until_signal(
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut stop = node.stop_state();
     let mut signals = 0;
+    let mut removed = false;
     loop {
         tokio::select! {
             r = &mut server => { r??; break; }
@@ -109,6 +110,10 @@ async fn serve_until_signal(
         match *stop.borrow_and_update() {
             StopState::Ready => {
                 tracing::info!("left the cluster cleanly: exiting");
+                break;
+            }
+            StopState::Removed => {
+                removed = true;
                 break;
             }
             StopState::Now => {
@@ -133,6 +138,9 @@ async fn serve_until_signal(
         if !stopped.is_empty() {
             tracing::warn!(services = ?stopped, "stopped the services this daemon had started");
         }
+    }
+    if removed {
+        bail!("this node was removed from the cluster (`phalanx node remove`): not restarting it as a member; add it again with `phalanx node add` to bring it back");
     }
     Ok(())
 }

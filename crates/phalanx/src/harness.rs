@@ -419,18 +419,29 @@ impl LocalCluster {
     /// SIGTERM one node's daemon (what `systemctl stop` sends) and wait at most `within` for it
     /// to exit: a clean stop (see `phalanx_node::lifecycle`). Its exit status.
     pub async fn terminate(&mut self, name: &str, within: Duration) -> Result<std::process::ExitStatus> {
+        let child = self
+            .node_mut(name)?
+            .child
+            .as_mut()
+            .ok_or_else(|| anyhow!("{name} is not running"))?;
+        nix::sys::signal::kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM)?;
+        self.wait_exit(name, within).await
+    }
+
+    /// Wait at most `within` for one node's daemon to exit by itself. Its exit status.
+    pub async fn wait_exit(&mut self, name: &str, within: Duration) -> Result<std::process::ExitStatus> {
+        let pid_file = self.pid_file(name);
         let node = self.node_mut(name)?;
         let child = node.child.as_mut().ok_or_else(|| anyhow!("{name} is not running"))?;
-        nix::sys::signal::kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM)?;
         let deadline = tokio::time::Instant::now() + within;
         loop {
             if let Some(status) = child.try_wait()? {
                 node.child = None;
-                let _ = std::fs::remove_file(self.pid_file(name));
+                let _ = std::fs::remove_file(pid_file);
                 return Ok(status);
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("{name} did not exit within {within:?} of SIGTERM");
+                bail!("{name} did not exit within {within:?}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -318,7 +318,12 @@ async fn node_add_and_remove_change_raft_membership() {
 
     let (code, out, err) = c.cli(&["node", "remove", "n4"]).unwrap();
     assert_eq!(code, 0, "{out}{err}");
-    c.kill("n4").unwrap();
+    // The removed node learns it and exits, saying why (it used to stay up as a candidate with a
+    // rising term).
+    let status = c.wait_exit("n4", T).await.unwrap();
+    assert!(!status.success());
+    let log = std::fs::read_to_string(c.log_path("n4")).unwrap();
+    assert!(log.contains("removed from the cluster"), "{log}");
     c.wait_for(T, "n4 to leave the membership", |st| {
         (st.len() == 3
             && st

@@ -563,3 +563,36 @@ async fn sigterm_moves_a_group_away_and_the_node_is_stopped_not_fenced() {
     wait_stack(&c, "the stack back on the restarted node", |n, _| n == holder).await;
     assert!(c.fence_events().is_empty(), "fenced: {:?}", c.fence_events());
 }
+
+/// `phalanx node stop` through another node's API: the named node leaves cleanly and its daemon
+/// exits by itself, STOPPED and not fenced. Stopping a second one would leave 1 of 3 voters:
+/// refused (409) with the reason, and nothing changes; `--json` says what happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_stop_leaves_cleanly_and_refuses_to_break_quorum() {
+    let mut c = cluster();
+    c.wait_stable(T).await.unwrap();
+    let holder = wait_stack(&c, "the stack placed", |_, _| true).await;
+    let (code, out, err) = c.cli(&["--json", "node", "stop", &holder]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["state"].as_str(), v["fenced"].as_bool()),
+        (Some("stopped"), Some(false)),
+        "{v}"
+    );
+    let status = c.wait_exit(&holder, T).await.unwrap();
+    assert!(status.success(), "{status}");
+    wait_stack(&c, "the stack moved away", |n, _| n != holder).await;
+    let other = c.running().into_iter().find(|n| *n != holder).unwrap();
+    let (code, out, err) = c.cli(&["node", "stop", &other]).unwrap();
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("quorum needs 2") && err.contains("--force"), "{err}");
+    assert_eq!(c.running().len(), 2);
+    let st = c.status(&other).await.unwrap();
+    assert!(
+        st.nodes.iter().any(|n| n.name == other && n.state == "online"),
+        "{:?}",
+        st.nodes
+    );
+    assert!(c.fence_events().is_empty(), "fenced: {:?}", c.fence_events());
+}
