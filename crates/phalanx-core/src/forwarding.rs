@@ -28,6 +28,7 @@ impl Command {
             Command::ClearOperator { .. } => "ClearOperator",
             Command::SetMaintenance { .. } => "SetMaintenance",
             Command::SetLeaving { .. } => "SetLeaving",
+            Command::ApplyConfig { .. } => "ApplyConfig",
         }
     }
 
@@ -47,6 +48,7 @@ impl Command {
                 | Command::ClearOperator { .. }
                 | Command::SetMaintenance { .. }
                 | Command::SetLeaving { .. }
+                | Command::ApplyConfig { .. }
                 // What a node's agents and devices found.
                 | Command::ActionResult { .. }
                 | Command::MonitorFailed { .. }

@@ -74,6 +74,20 @@ impl Detector {
         );
     }
 
+    /// Heartbeats come every `interval` from now on, and `dead_after` missed ones kill a link (a
+    /// committed config changed them). Every link that is up gets a fresh window from `now`
+    /// under the new timing: peers switch when they apply the same entry, a moment apart, and
+    /// none must die of that moment.
+    pub fn set_timing(&mut self, interval: Duration, dead_after: u32, now: Duration) {
+        self.interval = interval;
+        self.dead_after = dead_after.max(1);
+        for peer in self.peers.values_mut() {
+            for link in peer.links.iter_mut().filter(|l| l.up) {
+                link.last_heard = Some(link.last_heard.map_or(now, |t| t.max(now)));
+            }
+        }
+    }
+
     /// Stop monitoring `node` (it left the cluster).
     pub fn remove_peer(&mut self, node: &str) {
         self.peers.remove(node);
@@ -290,5 +304,18 @@ mod tests {
         assert_eq!(d.peer("n2").unwrap().links.len(), 3);
         d.remove_peer("n2");
         assert!(d.peer("n2").is_none());
+    }
+
+    #[test]
+    fn a_new_timing_gives_every_live_link_a_fresh_window() {
+        let mut d = Detector::new(100 * MS, 3);
+        d.set_peer("n2", 1);
+        d.report_heartbeat("n2", 0, Duration::ZERO);
+        // Slower heartbeats from 250 ms: n2's next one may come 1 s later; it is not dead at 301.
+        d.set_timing(1000 * MS, 3, 250 * MS);
+        assert_eq!(d.detection_time(), 3000 * MS);
+        assert!(d.tick(301 * MS).is_empty());
+        assert!(d.tick(3249 * MS).is_empty());
+        assert_eq!(d.tick(3250 * MS).len(), 2, "link down, node dead");
     }
 }

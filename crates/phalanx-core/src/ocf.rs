@@ -19,6 +19,8 @@ pub enum AgentAction {
     Reload,
     MetaData,
     ValidateAll,
+    /// OCF 1.1: reload the agent's reloadable parameters in place.
+    ReloadAgent,
 }
 
 impl AgentAction {
@@ -33,6 +35,7 @@ impl AgentAction {
             AgentAction::Reload => "reload",
             AgentAction::MetaData => "meta-data",
             AgentAction::ValidateAll => "validate-all",
+            AgentAction::ReloadAgent => "reload-agent",
         }
     }
 }
@@ -126,10 +129,32 @@ pub struct AgentMeta {
     pub timeouts: BTreeMap<String, Duration>,
 }
 
+impl AgentMeta {
+    /// How a change of the parameters `changed` can be applied to a running instance, as
+    /// Pacemaker decides it: `reload-agent` (OCF 1.1) when the agent has it and every changed
+    /// parameter is reloadable; else the OCF 1.0 `reload` when the agent has it and none of them
+    /// is unique; else None: a restart. A parameter the meta-data does not list needs a restart.
+    pub fn reload_for<'a>(&self, mut changed: impl Iterator<Item = &'a str> + Clone) -> Option<AgentAction> {
+        let param = |n: &str| self.parameters.iter().find(|p| p.name == n);
+        if self.timeouts.contains_key("reload-agent") && changed.clone().all(|n| param(n).is_some_and(|p| p.reloadable))
+        {
+            return Some(AgentAction::ReloadAgent);
+        }
+        if self.timeouts.contains_key("reload") && changed.all(|n| param(n).is_some_and(|p| !p.unique)) {
+            return Some(AgentAction::Reload);
+        }
+        None
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParamMeta {
     pub name: String,
     pub required: bool,
+    /// `unique="1"`: an OCF 1.0 `reload` cannot change it.
+    pub unique: bool,
+    /// OCF 1.1 `reloadable="1"`: `reload-agent` can change it in place.
+    pub reloadable: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -163,6 +188,8 @@ pub fn parse_meta_data(xml: &str) -> Result<AgentMeta, MetaDataError> {
                         meta.parameters.push(ParamMeta {
                             name: name.to_string(),
                             required: p.attribute("required") == Some("1"),
+                            unique: p.attribute("unique") == Some("1"),
+                            reloadable: p.attribute("reloadable") == Some("1"),
                         });
                     }
                 }
@@ -205,10 +232,11 @@ mod tests {
 <resource-agent name="Dummy" version="1.0">
 <version>1.1</version>
 <parameters>
-<parameter name="state" unique-group="state"><content type="string" default="x"/></parameter>
-<parameter name="fake" required="1"><content type="string"/></parameter>
+<parameter name="state" unique="1"><content type="string" default="x"/></parameter>
+<parameter name="fake" required="1" reloadable="1"><content type="string"/></parameter>
 </parameters>
 <actions>
+<action name="reload" timeout="20s" />
 <action name="start" timeout="20s" />
 <action name="stop" timeout="30" />
 <action name="monitor" timeout="15s" interval="10s" depth="0"/>
@@ -222,14 +250,25 @@ mod tests {
             vec![
                 ParamMeta {
                     name: "state".into(),
-                    required: false
+                    required: false,
+                    unique: true,
+                    reloadable: false,
                 },
                 ParamMeta {
                     name: "fake".into(),
-                    required: true
+                    required: true,
+                    unique: false,
+                    reloadable: true,
                 }
             ]
         );
+        // OCF 1.0 `reload` for non-unique parameters; nothing reloads a unique or unknown one.
+        assert_eq!(m.reload_for(["fake"].into_iter()), Some(Reload));
+        assert_eq!(m.reload_for(["fake", "state"].into_iter()), None);
+        assert_eq!(m.reload_for(["nosuch"].into_iter()), None);
+        let mut m11 = m.clone();
+        m11.timeouts.insert("reload-agent".into(), Duration::from_secs(5));
+        assert_eq!(m11.reload_for(["fake"].into_iter()), Some(ReloadAgent));
         assert_eq!(m.timeouts["start"], Duration::from_secs(20));
         assert_eq!(m.timeouts["stop"], Duration::from_secs(30));
         assert_eq!(m.timeouts["monitor"], Duration::from_secs(15));

@@ -47,6 +47,12 @@ pub enum RejectReason {
     NotLeaving { name: String },
     #[error("{name} still holds resources: it cannot leave without a fence")]
     StillHolds { name: String },
+    #[error("the config was changed since version {expected} was read: the current version is {current} (see `phalanx config diff {expected} {current}`)")]
+    StaleConfig { expected: u64, current: u64 },
+    #[error("the config is not valid: {reason}")]
+    InvalidConfig { reason: String },
+    #[error("the cluster cannot be renamed (from {from:?} to {to:?}): its heartbeats carry the name")]
+    ClusterRenamed { from: String, to: String },
 }
 
 #[cfg(test)]

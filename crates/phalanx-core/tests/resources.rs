@@ -243,10 +243,14 @@ agent = "ocf:x:A"
             ParamMeta {
                 name: "needed".into(),
                 required: true,
+                unique: false,
+                reloadable: false,
             },
             ParamMeta {
                 name: "other".into(),
                 required: false,
+                unique: false,
+                reloadable: false,
             },
         ],
         timeouts: [("start", 90), ("stop", 120), ("monitor", 30)]

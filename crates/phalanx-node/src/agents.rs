@@ -96,6 +96,15 @@ impl CallResult {
         self.verdict.succeeded(self.action)
     }
 
+    /// One line: its exit reason, else its exit code.
+    pub fn summary(&self) -> String {
+        match (&self.exit_reason, self.exit_code) {
+            (Some(r), _) => r.clone(),
+            (None, Some(c)) => format!("exit code {c}"),
+            (None, None) => "killed".into(),
+        }
+    }
+
     fn ours(action: AgentAction, code: i32, reason: String, started: Instant) -> CallResult {
         CallResult {
             action,
@@ -544,7 +553,9 @@ async fn vip_call(c: &AgentCall<'_>) -> (i32, Option<String>) {
             Some(true) => ocf::OCF_SUCCESS,
             Some(false) => ocf::OCF_ERR_GENERIC,
         }),
-        AgentAction::MetaData | AgentAction::ValidateAll | AgentAction::Reload => Ok(ocf::OCF_SUCCESS),
+        AgentAction::MetaData | AgentAction::ValidateAll | AgentAction::Reload | AgentAction::ReloadAgent => {
+            Ok(ocf::OCF_SUCCESS)
+        }
         AgentAction::Promote | AgentAction::Demote => Ok(3), // OCF_ERR_UNIMPLEMENTED
     };
     match res {

@@ -110,7 +110,7 @@ impl Node {
         let actions = self.with_state(|sm| {
             let observed = self.observed(sm);
             self.control()
-                .reconcile(&observed, &sm.cluster, &self.config, &self.timings)
+                .reconcile(&observed, &sm.cluster, &self.config(), &self.timings)
         });
         for a in actions {
             self.perform(a).await?;
@@ -216,7 +216,7 @@ impl Node {
         let m = self.raft.metrics().borrow().clone();
         let id_of = |name: &String| {
             sm.cluster.nodes.get(name).map(|r| r.id).or_else(|| {
-                let i = self.config.nodes.iter().position(|n| n.name == *name)?;
+                let i = self.config().nodes.iter().position(|n| n.name == *name)?;
                 Some(i as u64 + 1)
             })
         };
@@ -236,8 +236,9 @@ impl Node {
     /// The configured hardware watchdog, opened and armed; None without one (or when it cannot
     /// be opened: then the software lease is all there is, and the log says so).
     fn open_watchdog(&self) -> Option<crate::watchdog::Watchdog> {
-        let path = self.config.cluster.watchdog.as_ref().filter(|_| !self.is_witness())?;
-        match crate::watchdog::Watchdog::open(path, &self.name, self.config.cluster.watchdog_timeout) {
+        let config = self.config();
+        let path = config.cluster.watchdog.as_ref().filter(|_| !self.is_witness())?;
+        match crate::watchdog::Watchdog::open(path, &self.name, config.cluster.watchdog_timeout) {
             Ok(mut w) => {
                 w.feed();
                 tracing::info!(path, "hardware watchdog armed");

@@ -41,9 +41,9 @@ pub trait FenceSeam: Send + Sync {
 }
 
 /// Runs the devices of one cluster's fencing config.
-#[derive(Clone)]
 pub struct Fencer {
-    cfg: FenceConfig,
+    /// The devices and levels of the config the node runs (a committed config replaces them).
+    cfg: std::sync::RwLock<std::sync::Arc<FenceConfig>>,
     http: reqwest::Client,
     /// A test seam: when set, device calls go to it (None in the product).
     fake: Option<std::sync::Arc<dyn FenceSeam>>,
@@ -52,7 +52,11 @@ pub struct Fencer {
 impl Fencer {
     /// `http` is the client of HTTP devices (see `transport::device_client`).
     pub fn new(cfg: FenceConfig, http: reqwest::Client) -> Fencer {
-        Fencer { cfg, http, fake: None }
+        Fencer {
+            cfg: std::sync::RwLock::new(std::sync::Arc::new(cfg)),
+            http,
+            fake: None,
+        }
     }
 
     /// This fencer with its device calls going to `devices` (tests: the simulation's power
@@ -64,18 +68,24 @@ impl Fencer {
         }
     }
 
-    pub fn config(&self) -> &FenceConfig {
-        &self.cfg
+    pub fn config(&self) -> std::sync::Arc<FenceConfig> {
+        self.cfg.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Fence with these devices and levels from now on (a fence in progress keeps its own).
+    pub fn set_config(&self, cfg: FenceConfig) {
+        *self.cfg.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(cfg);
     }
 
     /// Fence `target`: try its levels in order until one fully succeeds. Returns which level
     /// and devices did it. `seed` draws the random part of each device's delay.
     pub async fn fence(&self, target: &str, seed: u64) -> Result<String, FenceError> {
-        let levels = self.cfg.levels_for(target);
+        let cfg = self.config();
+        let levels = cfg.levels_for(target);
         if levels.is_empty() {
             return Err(FenceError::NoDevice(target.to_string()));
         }
-        let action = match self.cfg.action {
+        let action = match cfg.action {
             fencing::FenceAction::Reboot => "reboot",
             fencing::FenceAction::Off => "off",
         };

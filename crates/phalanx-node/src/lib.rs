@@ -6,6 +6,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod config_watch;
 mod controller;
 pub mod executor;
 pub mod fakenet;

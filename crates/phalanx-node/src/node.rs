@@ -62,6 +62,9 @@ impl From<RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>> for NodeError 
 /// Everything a node needs to start.
 pub struct NodeOptions {
     pub config: Config,
+    /// The text `config` was read from (the daemon's local file); None in tests that build a
+    /// config in code: then nothing is committed and the node runs `config` as given.
+    pub config_text: Option<String>,
     pub name: String,
     pub id: NodeId,
     pub links: Vec<SocketAddr>,
@@ -151,6 +154,15 @@ pub struct StatusReport {
     /// The witness, when the config has one, as this node sees it.
     #[serde(default)]
     pub witness: Option<WitnessStatus>,
+    /// The cluster's committed config (its text aside: `GET /v1/config`), if any.
+    #[serde(default)]
+    pub config: Option<crate::api::config::ConfigView>,
+    /// The committed version this node runs (0: its local file, nothing committed yet).
+    #[serde(default)]
+    pub running_config_version: u64,
+    /// This node's local config file differs from the committed version (that version).
+    #[serde(default)]
+    pub local_config_differs: Option<u64>,
 }
 
 /// The witness as one node sees it.
@@ -189,7 +201,16 @@ pub struct ResourceStatus {
 pub struct Node {
     pub name: String,
     pub id: NodeId,
-    pub config: Config,
+    /// The configuration this node runs: the committed version once there is one (see
+    /// `config_watch`), before that the local file. Read it with [`Node::config`].
+    config: std::sync::RwLock<Arc<Config>>,
+    /// The committed version `config` is (0: the local file, nothing committed yet).
+    pub(crate) config_version: AtomicU64,
+    /// The local file's text: what the first leader commits as version 1, and what status
+    /// compares with the committed version.
+    pub(crate) local_config: Option<String>,
+    /// This node's agents (None: it runs none): what `config apply` checks a text against.
+    pub(crate) runner: Option<crate::agents::Runner>,
     /// Every timing derived from `[cluster]` (the one owner: `phalanx_core::timings`).
     pub timings: Timings,
     pub api: SocketAddr,
@@ -234,13 +255,35 @@ impl Node {
         out: Arc<dyn DatagramOut>,
         inbound: mpsc::Receiver<Inbound>,
     ) -> Result<Arc<Node>, NodeError> {
+        let mut opts = opts;
         let incarnation = crate::raft::store::next_incarnation(&db, mesh::unix_ms())?;
+        let sm = StateMachine::load(db.clone())?;
+        // The committed config, if the cluster has one: the node runs it from the start (its
+        // local file only bootstraps a new cluster; see `config_watch`).
+        let committed = sm
+            .shared()
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .cluster
+            .current_config()
+            .cloned();
+        let mut config_version = 0;
+        if let Some(rec) = committed {
+            match crate::config_watch::derive(&rec.text, opts.runner.as_ref()).await {
+                Ok(c) => {
+                    opts.config = c;
+                    config_version = rec.version;
+                }
+                Err(e) => {
+                    tracing::error!(version = rec.version, error = %e, "cannot run the committed config: running the local file")
+                }
+            }
+        }
         let timings = Timings::from(&opts.config.cluster);
         let mut rc = raft_config(&opts.config.cluster);
         // The witness campaigns only when it alone holds the newest entries (`witness_round`).
         rc.enable_elect = opts.id != WITNESS_ID;
         let cfg = Arc::new(rc.validate()?);
-        let sm = StateMachine::load(db.clone())?;
         let state = sm.shared();
         let applied = sm.applied();
         let raft = Raft::new(opts.id, cfg, net, LogStore::new(db), sm).await?;
@@ -281,7 +324,10 @@ impl Node {
             tasks: std::sync::Mutex::default(),
             stop: tokio::sync::watch::Sender::new(Default::default()),
             timings,
-            config: opts.config,
+            config: std::sync::RwLock::new(Arc::new(opts.config)),
+            config_version: AtomicU64::new(config_version),
+            local_config: opts.config_text,
+            runner: opts.runner.clone(),
         });
         node.refresh_peers();
         node.spawn(mesh.run(out, inbound));
@@ -289,9 +335,9 @@ impl Node {
         if opts.bootstrap && !node.raft.is_initialized().await? {
             // Every listed node initializes with the same membership: openraft allows this and
             // it means the cluster forms whichever nodes come up first.
-            let witness = node.config.witness.as_ref();
-            let mut members: BTreeMap<NodeId, BasicNode> = node
-                .config
+            let config = node.config();
+            let witness = config.witness.as_ref();
+            let mut members: BTreeMap<NodeId, BasicNode> = config
                 .nodes
                 .iter()
                 .enumerate()
@@ -307,6 +353,7 @@ impl Node {
         }
         node.spawn(node.clone().controller());
         node.spawn(crate::lifecycle::run(node.clone()));
+        node.spawn(crate::config_watch::run(node.clone(), opts.runner.clone()));
         if let Some(runner) = opts.runner {
             node.spawn(crate::executor::run(node.clone(), runner));
         }
@@ -324,6 +371,17 @@ impl Node {
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         tasks.retain(|t| !t.is_finished());
         tasks.push(handle);
+    }
+
+    /// The configuration this node runs now (it changes when a new version is committed).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Run `config` from now on (the committed version `version`).
+    pub(crate) fn set_config(&self, config: Config, version: u64) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+        self.config_version.store(version, Ordering::SeqCst);
     }
 
     pub fn token(&self) -> &str {
@@ -363,7 +421,7 @@ impl Node {
             .map(|id| self.name_of(&sm, id).unwrap_or_else(|| format!("#{id}")))
             .collect();
         let reachable = self.reachable();
-        let witness = self.config.witness.as_ref().map(|w| {
+        let witness = self.config().witness.as_ref().map(|w| {
             let peers = self.mesh.peers();
             let (reachable_w, vote) = if self.is_witness() {
                 (true, Some(self.vote.load(Ordering::SeqCst)))
@@ -411,7 +469,7 @@ impl Node {
     pub(crate) fn refresh_peers(&self) {
         let st = self.cluster_state();
         let mut peers: BTreeMap<String, Vec<SocketAddr>> = if st.cluster.max_node_id == 0 {
-            self.config
+            self.config()
                 .nodes
                 .iter()
                 .map(|n| (n.name.clone(), n.links.clone()))
@@ -425,7 +483,7 @@ impl Node {
         };
         if self.is_witness() {
             peers.values_mut().for_each(|links| links.truncate(1));
-        } else if let Some(w) = &self.config.witness {
+        } else if let Some(w) = &self.config().witness {
             peers.insert(WITNESS_NAME.to_string(), vec![w.address]);
         }
         self.mesh.set_peers(peers);
@@ -438,7 +496,7 @@ impl Node {
             return Some(WITNESS_NAME.to_string());
         }
         sm.cluster.node_by_id(id).map(|(n, _)| n.clone()).or_else(|| {
-            self.config
+            self.config()
                 .nodes
                 .get((id as usize).checked_sub(1)?)
                 .map(|n| n.name.clone())
@@ -561,7 +619,7 @@ impl Node {
         let mut nodes = Vec::new();
         let members: BTreeMap<String, NodeRecord> = if sm.cluster.max_node_id == 0 {
             // Not bootstrapped yet: show the configured members.
-            self.config
+            self.config()
                 .nodes
                 .iter()
                 .enumerate()
@@ -622,7 +680,7 @@ impl Node {
                 id,
             });
         }
-        let r = &self.config.resources;
+        let r = &self.config().resources;
         let resources: Vec<ResourceStatus> = r
             .instances()
             .into_iter()
@@ -657,7 +715,7 @@ impl Node {
         let plan_pending = sm.cluster.plan.pending_keys().len();
         let since = self.leader_since.load(Ordering::SeqCst);
         StatusReport {
-            cluster: self.config.cluster.name.clone(),
+            cluster: self.config().cluster.name.clone(),
             node: self.name.clone(),
             node_id: self.id,
             leader: leader_id.map(name_of),
@@ -673,12 +731,12 @@ impl Node {
             last_log_index: m.last_log_index,
             last_applied_index: m.last_applied.map(|l| l.index),
             config_version: sm.cluster.config_version,
-            heartbeat_interval_ms: self.config.cluster.heartbeat_interval.as_millis() as u64,
-            dead_after: self.config.cluster.dead_after,
-            no_quorum_policy: self.config.cluster.no_quorum_policy.as_str().to_string(),
-            fencing: self.config.cluster.fencing.to_string(),
+            heartbeat_interval_ms: self.config().cluster.heartbeat_interval.as_millis() as u64,
+            dead_after: self.config().cluster.dead_after,
+            no_quorum_policy: self.config().cluster.no_quorum_policy.as_str().to_string(),
+            fencing: self.config().cluster.fencing.to_string(),
             fence_devices: self
-                .config
+                .config()
                 .fence
                 .devices
                 .iter()
@@ -690,6 +748,12 @@ impl Node {
             resources,
             plan_pending,
             witness,
+            config: sm
+                .cluster
+                .current_config()
+                .map(|r| crate::api::config::ConfigView::of(r, false)),
+            running_config_version: self.running_config_version(),
+            local_config_differs: self.local_config_differs(),
         }
     }
 

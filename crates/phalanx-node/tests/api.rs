@@ -37,6 +37,7 @@ async fn start(nodes: usize) -> Arc<Node> {
     let node = Node::start(
         NodeOptions {
             config: cfg.clone(),
+            config_text: None,
             name: n.name.clone(),
             id: 1,
             links: n.links.clone(),

@@ -30,6 +30,7 @@ async fn start(net: &FakeNet, names: &[&str]) -> Vec<Arc<Node>> {
         let node = Node::start(
             NodeOptions {
                 config: cfg.clone(),
+                config_text: None,
                 name: n.name.clone(),
                 id: i as u64 + 1,
                 links: n.links.clone(),

@@ -113,6 +113,30 @@ impl Client {
         self.send(self.http.post(transport::url(api, path)).json(body)).await
     }
 
+    /// [`post`](Self::post), retried while the cluster answers "retry later" (503: no leader
+    /// right now, say just after the leader stopped), for at most `within`. A write the cluster
+    /// refused or rejected is not retried.
+    pub async fn post_retrying<B: Serialize, T: DeserializeOwned>(
+        &self,
+        api: &str,
+        path: &str,
+        body: &B,
+        within: Duration,
+    ) -> Result<T> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            match self.post(api, path, body).await {
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let Some(wait) = e.downcast_ref::<ApiFailure>().and_then(|f| f.retry_after) else {
+                        return Err(e);
+                    };
+                    tokio::time::sleep(wait.min(Duration::from_millis(200))).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
     pub async fn put<B: Serialize, T: DeserializeOwned>(&self, api: &str, path: &str, body: &B) -> Result<T> {
         self.send(self.http.put(transport::url(api, path)).json(body)).await
     }

@@ -19,7 +19,8 @@ pub struct DaemonArgs {
 }
 
 pub async fn run(args: DaemonArgs) -> Result<()> {
-    let mut config = load_config(&args.config)?;
+    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
+    let config = load_config(&args.config)?;
     let key = ClusterKey::load(&key_path(&args.config, &config))?;
     let (id, links, api, bootstrap) = match config.nodes.iter().position(|n| n.name == args.node) {
         Some(i) => {
@@ -48,7 +49,10 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         state_dir: agent_state.clone(),
         ..phalanx_node::agents::Runner::new(&args.node)
     };
-    adopt_agent_meta(&mut config, &args.config, &runner).await;
+    // With the default timeouts of the agents installed here (as every committed version).
+    let config = phalanx_node::config_watch::derive(&text, Some(&runner))
+        .await
+        .unwrap_or(config);
     let db = raft::store::open(&raft::group::db_file(&data_dir, raft::CLUSTER))?;
     let (out, inbound) = mesh::bind_udp(&links).await?;
     let listener = transport::bind(api)
@@ -58,6 +62,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     let node = Node::start(
         NodeOptions {
             config: config.clone(),
+            config_text: Some(text),
             name: args.node.clone(),
             id,
             links: links.clone(),
@@ -170,6 +175,7 @@ pub async fn run_witness(config_path: &Path, listen: Option<&str>, data_dir: Opt
     let node = Node::start(
         NodeOptions {
             config,
+            config_text: None,
             name: raft::WITNESS_NAME.to_string(),
             id: raft::WITNESS_ID,
             links: vec![listen],
@@ -187,23 +193,6 @@ pub async fn run_witness(config_path: &Path, listen: Option<&str>, data_dir: Opt
     .await?;
     tracing::info!(listen = %listen, data_dir = %data_dir.display(), "phalanx witness started");
     serve_until_signal(node, listener, None).await
-}
-
-/// Read the meta-data of the OCF agents installed on this node: their default timeouts apply
-/// where the config gives none. Parameter problems are logged (`phalanx config check` reports
-/// them with their position); they do not stop the node, which may run none of those resources.
-async fn adopt_agent_meta(config: &mut phalanx_core::Config, path: &Path, runner: &phalanx_node::agents::Runner) {
-    let Ok(src) = std::fs::read_to_string(path) else { return };
-    let mut checked = phalanx_core::config::check(&src);
-    runner.check_agents(&mut checked, &src).await;
-    let file = path.display().to_string();
-    for d in &checked.diagnostics {
-        tracing::warn!(diagnostic = %d.render(&file), "config against the agents installed here");
-    }
-    // With a missing required parameter `checked.config` is None: keep the timeouts as written.
-    if let Some(c) = checked.config {
-        config.resources = c.resources;
-    }
 }
 
 async fn lookup_joiner(config: &phalanx_core::Config, key: &ClusterKey, name: &str) -> Result<NodeRecord> {

@@ -19,6 +19,8 @@ pub struct LocalNode {
     pub links: Vec<String>,
     pub data_dir: PathBuf,
     child: Option<Child>,
+    /// Its own local config file, when it is not the cluster's (see `set_local_config`).
+    config_override: Option<PathBuf>,
 }
 
 impl LocalNode {
@@ -142,6 +144,7 @@ impl LocalCluster {
                 api,
                 links,
                 child: None,
+                config_override: None,
             });
         }
         if let Some(w) = &witness {
@@ -192,6 +195,7 @@ impl LocalCluster {
             links: links.clone(),
             data_dir: self.dir.join(name),
             child: None,
+            config_override: None,
         });
         Ok((links, api))
     }
@@ -336,13 +340,25 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Give one node a local config file of its own (`text`, beside the cluster's, so the key
+    /// path is the same): it takes effect at its next start. An operator's drift, for tests.
+    pub fn set_local_config(&mut self, name: &str, text: &str) -> Result<PathBuf> {
+        let path = self.dir.join(format!("{name}.toml"));
+        std::fs::write(&path, text)?;
+        self.node_mut(name)?.config_override = Some(path.clone());
+        Ok(path)
+    }
+
     /// Start (or restart) one node's daemon process.
     pub fn start(&mut self, name: &str) -> Result<()> {
         self.ensure_switch()?;
         self.ensure_witness()?;
         let pid_file = self.pid_file(name);
         let exe = self.exe.clone();
-        let config = self.config_path.clone();
+        let config = match &self.node(name)?.config_override {
+            Some(p) => p.clone(),
+            None => self.config_path.clone(),
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -167,6 +167,37 @@ enum Cmd {
 enum ConfigCmd {
     /// Check a config file: every problem as FILE:LINE:COL; exit 2 on errors.
     Check { file: PathBuf },
+    /// Make FILE the cluster's config: validate it, show what it changes (and the plan), then
+    /// commit it as the next version; every node switches to it without a restart.
+    Apply {
+        file: PathBuf,
+        /// Apply only if the cluster still runs this version (else refused: someone changed it).
+        #[arg(long)]
+        expect_version: Option<u64>,
+        /// Show what it would change; apply nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Apply without asking.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Print the committed config (the running version, or --version V).
+    Show {
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Every kept version: when, by whom, its digest.
+    History,
+    /// What version V2 changes against V1.
+    Diff { v1: u64, v2: u64 },
+    /// Apply version V's text again, as a new version.
+    Rollback {
+        version: u64,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -303,6 +334,60 @@ fn main() {
 }
 
 /// The API addresses to try: --api, else every node of the config.
+/// `config apply|show|history|diff|rollback` (`check` needs no cluster).
+async fn config_cmd(cli: &Cli, cmd: &ConfigCmd) -> Result<i32> {
+    use phalanx::config_cmd as cc;
+    let (client, apis) = apis(cli)?;
+    let (api, _) = client.first_answering(&apis).await?;
+    let (json, human, code) = match cmd {
+        ConfigCmd::Check { .. } => unreachable!("handled without a cluster"),
+        ConfigCmd::Apply {
+            file,
+            expect_version,
+            dry_run,
+            yes,
+        } => {
+            let o = cc::apply_file(&client, &api, file, *expect_version, *dry_run, *yes || cli.json).await?;
+            (o.json, o.human, o.code)
+        }
+        ConfigCmd::Rollback { version, dry_run, yes } => {
+            let o = cc::rollback(&client, &api, *version, *dry_run, *yes || cli.json).await?;
+            (o.json, o.human, o.code)
+        }
+        ConfigCmd::Show { version } => {
+            let v = cc::show(&client, &api, *version).await?;
+            let human = format!(
+                "# version {} by {} at {} (sha256 {})\n{}",
+                v.version,
+                v.author,
+                v.time,
+                v.sha256,
+                v.text.as_deref().unwrap_or_default().trim_end()
+            );
+            (serde_json::to_value(&v)?, human, 0)
+        }
+        ConfigCmd::History => {
+            let h = cc::history(&client, &api).await?;
+            (serde_json::to_value(&h)?, cc::render_history(&h), 0)
+        }
+        ConfigCmd::Diff { v1, v2 } => {
+            let d = cc::diff(&client, &api, *v1, *v2).await?;
+            let human = if d.is_empty() {
+                format!("No change from version {v1} to {v2}.")
+            } else {
+                d.join("\n")
+            };
+            (json!({ "from": v1, "to": v2, "diff": d }), human, 0)
+        }
+    };
+    if cli.json {
+        print_json(&json)?;
+    } else {
+        println!("{human}");
+    }
+    Ok(code)
+}
+
 fn apis(cli: &Cli) -> Result<(Client, Vec<String>)> {
     let config = load_config(&cli.config)?;
     let key = ClusterKey::load(&key_path(&cli.config, &config))?;
@@ -405,6 +490,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Cmd::Config {
             cmd: ConfigCmd::Check { file },
         } => config_check(file, cli.json).await,
+        Cmd::Config { cmd } => config_cmd(&cli, cmd).await,
         Cmd::Status => {
             let (client, apis) = apis(&cli)?;
             let (_, st) = client.first_answering(&apis).await?;

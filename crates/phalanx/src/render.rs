@@ -30,13 +30,40 @@ pub fn status(s: &StatusReport) -> String {
     );
     let _ = writeln!(
         o,
-        "Answered by: {} ({}, log {} applied {}, config version {})",
+        "Answered by: {} ({}, log {} applied {}, membership version {})",
         s.node,
         s.raft_state,
         s.last_log_index.map(|i| i.to_string()).unwrap_or("-".into()),
         s.last_applied_index.map(|i| i.to_string()).unwrap_or("-".into()),
         s.config_version
     );
+    match &s.config {
+        Some(c) => {
+            let _ = writeln!(
+                o,
+                "Config: version {} (applied by {} at {}, sha256 {}){}",
+                c.version,
+                c.author,
+                c.time,
+                &c.sha256[..c.sha256.len().min(12)],
+                if s.running_config_version == c.version {
+                    String::new()
+                } else {
+                    format!(", {} still runs version {}", s.node, s.running_config_version)
+                }
+            );
+        }
+        None => {
+            let _ = writeln!(o, "Config: none committed yet ({} runs its local file)", s.node);
+        }
+    }
+    if let Some(v) = s.local_config_differs {
+        let _ = writeln!(
+            o,
+            "NOTE: {}'s local config differs from cluster v{v} (it runs v{v}; `phalanx config apply FILE` changes the cluster's)",
+            s.node
+        );
+    }
     if s.fencing == "off" {
         let _ = writeln!(
             o,

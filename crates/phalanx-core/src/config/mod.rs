@@ -10,6 +10,7 @@
 
 mod agents;
 mod cluster;
+mod diff;
 mod nodes;
 
 use crate::diag::Checker;
@@ -22,6 +23,7 @@ use toml::Spanned;
 
 pub use agents::check_agents;
 pub use cluster::{ClusterConfig, MAX_HEARTBEAT, MIN_HEARTBEAT};
+pub use diff::diff;
 pub use nodes::{NodeConfig, WitnessConfig, DEFAULT_API_PORT};
 
 // Diagnostics, durations and the fencing mode live in their own modules; these paths stay for

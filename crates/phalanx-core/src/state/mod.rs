@@ -8,9 +8,11 @@
 //! `resources` (results, monitors, probes, failures, cleanup), `plan` (the plan, claims and
 //! reported actions), `fencing` (fence records, device health), `operator` (moves and bans) and
 //! `input` (the scheduler's input), and `touched` (which entries a command changed, so that a
-//! persisted state machine writes only those). This file holds the nouns every family shares and the
+//! persisted state machine writes only those), and `config` (the committed configuration's
+//! versions). This file holds the nouns every family shares and the
 //! dispatch of a [`Command`] to its family.
 
+mod config;
 mod fencing;
 mod input;
 mod nodes;
@@ -20,6 +22,7 @@ mod resources;
 mod touched;
 
 pub use crate::outcome::{Outcome, RejectReason};
+pub use config::{ConfigRecord, CONFIG_HISTORY};
 pub use fencing::{DeviceHealth, FenceRecord};
 pub use nodes::{Liveness, NewNode, NodeRecord};
 pub use plan::PlanRecord;
@@ -51,6 +54,9 @@ pub struct ClusterState {
     /// The last result of each fence device's monitor (changes only).
     #[serde(default)]
     pub fence_devices: BTreeMap<String, DeviceHealth>,
+    /// The committed configuration, every kept version, the current one last (see `config`).
+    #[serde(default)]
+    pub configs: Vec<ConfigRecord>,
 }
 
 /// A change to the cluster state, proposed by the leader or an operator.
@@ -155,6 +161,13 @@ pub enum Command {
         name: String,
         leaving: bool,
     },
+    /// `phalanx config apply` (or the first leader, with its local file): the next version of
+    /// the cluster's configuration. Refused when `expect_version` is not the current version,
+    /// when the text does not parse, or when it renames the cluster.
+    ApplyConfig {
+        record: ConfigRecord,
+        expect_version: Option<u64>,
+    },
 }
 
 /// What a command family's handler gives: the outcome, or (as `Err`) a refusal that changed
@@ -214,6 +227,7 @@ impl ClusterState {
             Command::Operator { constraint } => Ok(self.add_operator(constraint)),
             Command::ClearOperator { rsc } => Ok(self.clear_operator(rsc)),
             Command::SetLeaving { name, leaving } => self.set_leaving(name, *leaving),
+            Command::ApplyConfig { record, expect_version } => self.apply_config(record, *expect_version),
         }
     }
 }

@@ -23,6 +23,8 @@ pub struct Touched {
     pub fence_devices: BTreeSet<String>,
     pub plan: bool,
     pub operator: bool,
+    /// The committed configuration's versions.
+    pub configs: bool,
     /// `config_version`, `max_node_id` and the cluster-wide `maintenance` flag.
     pub scalars: bool,
 }
@@ -87,6 +89,9 @@ impl Touched {
             Command::ClearOperator { .. } => {
                 self.operator = true;
             }
+            Command::ApplyConfig { .. } => {
+                self.configs = true;
+            }
         }
     }
 }
@@ -103,6 +108,7 @@ mod tests {
         let mut t = Touched {
             plan: a.plan != b.plan,
             operator: a.operator != b.operator,
+            configs: a.configs != b.configs,
             scalars: (a.config_version, a.max_node_id, a.maintenance)
                 != (b.config_version, b.max_node_id, b.maintenance),
             ..Touched::default()

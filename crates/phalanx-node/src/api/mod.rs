@@ -9,6 +9,7 @@
 //! 404 (405 for a known route with the wrong method), bad input 400; the reason is one human
 //! line, never a debug dump of internals (faults inside the node are logged, not returned).
 
+pub mod config;
 pub mod operator;
 pub mod peer;
 
@@ -171,7 +172,7 @@ pub(crate) fn finish(routes: Router<Arc<Node>>, node: Arc<Node>) -> Router {
 /// Everything a node serves on its API port: the operator and the peer routers (each alone:
 /// `operator::router`, `peer::router`).
 pub fn app(node: Arc<Node>) -> Router {
-    finish(operator::routes().merge(peer::routes()), node)
+    finish(operator::routes().merge(config::routes()).merge(peer::routes()), node)
 }
 
 /// Serve [`app`] on `listener` (from `transport::bind`) until the process ends.

@@ -278,7 +278,7 @@ async fn resource_op(
     } else {
         parse_json(&body)?
     };
-    let r = &node.config.resources;
+    let r = &node.config().resources;
     let known = r.primitives.contains_key(&rsc) || r.groups.contains_key(&rsc) || r.clones.contains_key(&rsc);
     // One instance of a clone with clone_node_max > 1 ("web:1") can be cleaned up on its own.
     let instance = !known && r.primitive_of(&rsc).is_some();
@@ -382,7 +382,7 @@ async fn maintenance(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<
 
 /// Why a resource is where it is: the scheduler run on the current replicated state.
 async fn why(State(node): State<Arc<Node>>, Path(rsc): Path<String>) -> Result<impl IntoResponse, ApiError> {
-    let r = &node.config.resources;
+    let r = &node.config().resources;
     let unit = if let Some(c) = r.clone_of(&rsc) {
         c.id.clone()
     } else if let Some(g) = r.group_of(&rsc) {
@@ -392,10 +392,10 @@ async fn why(State(node): State<Arc<Node>>, Path(rsc): Path<String>) -> Result<i
     };
     let state = node.members();
     let plan = phalanx_core::scheduler::schedule(
-        &node.config,
+        &node.config(),
         &state.scheduler_input(
             crate::mesh::unix_ms(),
-            &node.config.cluster,
+            &node.config().cluster,
             node.leader_name().as_deref(),
         ),
     );

@@ -8,6 +8,7 @@
 mod monitors;
 mod no_quorum;
 mod plan;
+mod reconfigure;
 
 use crate::agents::{AgentCall, CallResult, Runner};
 use crate::node::Node;
@@ -53,7 +54,8 @@ async fn call(
 ) -> Option<CallResult> {
     // `rsc` may be one instance of a clone with clone_node_max > 1 ("web:1"): the agent then sees
     // that instance name (OCF_RESOURCE_INSTANCE), as under Pacemaker.
-    let prim = node.config.resources.primitive_of(rsc)?;
+    let config = node.config();
+    let prim = config.resources.primitive_of(rsc)?;
     let timeout = match action {
         AgentAction::Stop => prim.stop_timeout,
         AgentAction::Monitor => prim.monitor.map(|m| m.timeout).unwrap_or(Duration::from_secs(20)),
@@ -84,9 +86,6 @@ fn role_of(r: &CallResult) -> Option<Role> {
 
 /// Run the executor of `node` until the process ends.
 pub async fn run(node: Arc<Node>, runner: Runner) {
-    if node.config.resources.is_empty() {
-        return;
-    }
     let runner = Arc::new(runner);
     let plans = Arc::new(PlanProgress::default());
     let in_flight = monitors::InFlight::default();
@@ -98,6 +97,9 @@ pub async fn run(node: Arc<Node>, runner: Runner) {
     let mut members_seen: Option<BTreeSet<String>> = None;
     let tick = node.timings.executor_tick;
     let mut applied = node.applied();
+    // The config this loop last acted on: a new committed version reloads or restarts what it
+    // changed here.
+    let mut ran = node.config();
     loop {
         // Every tick, at once when the state changes (a new plan, a finished predecessor), and
         // when a recurring check is due. A check that is overdue was not run last round (no
@@ -117,6 +119,14 @@ pub async fn run(node: Arc<Node>, runner: Runner) {
                 }
             }
             _ = plans.wake.notified() => {}
+        }
+        let config = node.config();
+        if !Arc::ptr_eq(&config, &ran) {
+            reconfigure::apply(&node, &runner, &ran, &config).await;
+            ran = config.clone();
+        }
+        if config.resources.is_empty() {
+            continue;
         }
         let sm = node.cluster_state();
         // Quorum lost (after having had it): apply the no-quorum policy at once, and do nothing
@@ -168,7 +178,7 @@ pub async fn run(node: Arc<Node>, runner: Runner) {
 
 /// Ask every resource's agent what runs here, and report what the state does not know.
 async fn probe(node: &Arc<Node>, runner: &Runner, sm: &crate::raft::store::SmData) {
-    for (rsc, _) in node.config.resources.instances() {
+    for (rsc, _) in node.config().resources.instances() {
         let Some(r) = call(node, runner, &rsc, AgentAction::Monitor, None).await else {
             continue;
         };
@@ -210,8 +220,9 @@ fn reannounce_on_membership_change(
         .map(|(n, _)| n.clone())
         .collect();
     if members_seen.as_ref().is_some_and(|m| *m != online) {
+        let config = node.config();
         for (rsc, rec) in &sm.cluster.resources {
-            let Some(p) = node.config.resources.primitive_of(rsc) else {
+            let Some(p) = config.resources.primitive_of(rsc) else {
                 continue;
             };
             if p.agent == phalanx_core::resources::AgentSpec::Vip && rec.running.contains_key(&node.name) {

@@ -81,7 +81,7 @@ pub fn run_due(
     let now = Instant::now();
     let mut keys = BTreeSet::new();
     if node.leader_name().as_deref() == Some(node.name.as_str()) {
-        for d in &node.config.fence.devices {
+        for d in &node.config().fence.devices {
             if d.monitor_interval.is_zero() {
                 continue;
             }
@@ -99,7 +99,7 @@ pub fn run_due(
         if role == Role::Failed {
             continue;
         }
-        let Some(op) = node.config.resources.primitive_of(rsc).and_then(|p| p.monitor) else {
+        let Some(op) = node.config().resources.primitive_of(rsc).and_then(|p| p.monitor) else {
             continue;
         };
         keys.insert(rsc.clone());

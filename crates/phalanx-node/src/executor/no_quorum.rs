@@ -22,9 +22,9 @@ pub(super) async fn apply_no_quorum_policy(
     started_here: &BTreeMap<String, Role>,
 ) {
     use phalanx_core::quorum::NoQuorumAction;
-    let policy = node.config.cluster.no_quorum_policy;
-    let here: Vec<(String, Role)> = node
-        .config
+    let config = node.config();
+    let policy = config.cluster.no_quorum_policy;
+    let here: Vec<(String, Role)> = config
         .resources
         .instances()
         .into_iter()
@@ -35,7 +35,7 @@ pub(super) async fn apply_no_quorum_policy(
         })
         .collect();
     tracing::warn!(?policy, holding = ?here, "quorum lost: applying the no-quorum policy");
-    for (id, what) in phalanx_core::quorum::no_quorum_actions(policy, &node.config.resources, &here) {
+    for (id, what) in phalanx_core::quorum::no_quorum_actions(policy, &config.resources, &here) {
         let action = match what {
             NoQuorumAction::Stop => AgentAction::Stop,
             NoQuorumAction::Demote => AgentAction::Demote,

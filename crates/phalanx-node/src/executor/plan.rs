@@ -158,7 +158,7 @@ async fn run_action(
 ) -> (CallOutcome, Option<String>, Option<u64>) {
     if action.kind == ActionKind::Fence {
         let target = &action.rsc;
-        let delay = node.with_state(|sm| sm.cluster.fence_delay(&node.config.cluster, target));
+        let delay = node.with_state(|sm| sm.cluster.fence_delay(&node.config().cluster, target));
         if !delay.is_zero() {
             tracing::info!(%target, ?delay, "priority fence delay: the target runs resources");
             tokio::time::sleep(delay).await;

@@ -102,6 +102,8 @@ struct MeshState {
     peer_vote: BTreeMap<String, u64>,
     /// Each peer's word on whether it hears us.
     peer_hears_me: BTreeMap<String, bool>,
+    /// The heartbeat interval now (the settings' until a committed config changes it).
+    interval: Duration,
 }
 
 /// A handle on the running mesh; cheap to clone.
@@ -149,6 +151,7 @@ fn tokio_clock_unix_ms() -> u64 {
 impl Mesh {
     pub fn new(settings: MeshSettings) -> Self {
         let detector = Detector::new(settings.interval, settings.dead_after);
+        let interval = settings.interval;
         Mesh {
             settings: Arc::new(settings),
             state: Arc::new(Mutex::new(MeshState {
@@ -164,6 +167,7 @@ impl Mesh {
                 vote: 0,
                 peer_vote: BTreeMap::new(),
                 peer_hears_me: BTreeMap::new(),
+                interval,
             })),
             start: Instant::now(),
             reach: Arc::new(watch::Sender::new(BTreeSet::new())),
@@ -235,6 +239,21 @@ impl Mesh {
     }
 
     /// Administratively enable or disable one of our links (stop sending, ignore receiving).
+    /// Send every `interval`, and declare a link down after `dead_after` missed heartbeats, from
+    /// now on (a committed config changed them; see `Detector::set_timing`).
+    pub fn set_timing(&self, interval: Duration, dead_after: u32) {
+        let now = self.now();
+        let mut st = self.lock();
+        if st.interval == interval && st.detector.detection_time() == interval * dead_after.max(1) {
+            return;
+        }
+        st.interval = interval;
+        st.detector.set_timing(interval, dead_after, now);
+        drop(st);
+        // The run loop picks the new interval up at its next wake.
+        self.send_now.notify_one();
+    }
+
     pub fn set_link_enabled(&self, link: usize, enabled: bool) -> bool {
         if link >= self.settings.links.len() {
             return false;
@@ -326,16 +345,23 @@ impl Mesh {
     /// Run the mesh until the inbound channel closes: send heartbeats every interval, take in
     /// datagrams, and wake the detector exactly when its next link can expire (no polling).
     pub async fn run(self, out: Arc<dyn DatagramOut>, mut inbound: mpsc::Receiver<Inbound>) {
-        let mut beat = tokio::time::interval(self.settings.interval);
+        let mut interval = self.settings.interval;
+        let mut beat = tokio::time::interval(interval);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let now_interval = self.lock().interval;
+            if now_interval != interval {
+                interval = now_interval;
+                beat = tokio::time::interval(interval);
+                beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            }
             // Nothing up: nothing can expire before the next heartbeat or datagram.
             let wake = self
                 .lock()
                 .detector
                 .next_deadline()
                 .map(|d| self.start + d)
-                .unwrap_or_else(|| Instant::now() + self.settings.interval);
+                .unwrap_or_else(|| Instant::now() + interval);
             tokio::select! {
                 _ = beat.tick() => self.send_heartbeats(out.as_ref()),
                 _ = self.send_now.notified() => self.send_heartbeats(out.as_ref()),

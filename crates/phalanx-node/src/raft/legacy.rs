@@ -108,6 +108,7 @@ impl From<SmDataV1> for SmData {
                 plan: c.plan,
                 maintenance: c.maintenance,
                 fence_devices: c.fence_devices,
+                configs: Vec::new(),
             },
         }
     }

@@ -22,9 +22,13 @@ const SM_RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_reso
 const SM_DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_devices");
 
 /// Present once the state machine is stored entry by entry: 2 from the start, 3 since node
-/// records carry `online_since_plan` (a format-2 store is read through `legacy` and rewritten).
+/// records carry `online_since_plan` (a format-2 store is read through `legacy` and rewritten),
+/// 4 since the state holds the committed config (`configs`: the entries read as in 3, but the
+/// stored snapshot, the whole state in postcard, is rebuilt in the new layout).
 const FORMAT_KEY: &str = "format";
-const FORMAT: u32 = 3;
+const FORMAT: u32 = 4;
+/// The first format whose node entries are today's `NodeEntry`.
+const NODE_ENTRY_SINCE: u32 = 3;
 
 /// A node's record without its attributes (those are entries of their own).
 #[derive(Serialize, Deserialize)]
@@ -137,6 +141,9 @@ impl Changes {
     pub(super) fn of(d: &SmData, touched: &Touched, membership: bool) -> Self {
         let mut c = Changes::default();
         c.meta(d, membership, touched.scalars, touched.plan, touched.operator);
+        if touched.configs {
+            c.put(Table::Meta, "configs", encode(&d.cluster.configs));
+        }
         let s = &d.cluster;
         for name in &touched.nodes {
             c.node(s, name);
@@ -170,6 +177,7 @@ impl Changes {
             ..Changes::default()
         };
         c.meta(d, true, true, true, true);
+        c.put(Table::Meta, "configs", encode(&d.cluster.configs));
         let s = &d.cluster;
         for (name, n) in &s.nodes {
             c.node(s, name);
@@ -341,6 +349,7 @@ pub(super) fn load(db: &Database) -> Result<Option<(SmData, bool)>, StoreError> 
         maintenance: scalars.as_ref().is_some_and(|s| s.maintenance),
         plan: get(&meta, "plan")?.unwrap_or_default(),
         operator: get(&meta, "operator")?.unwrap_or_default(),
+        configs: get(&meta, "configs")?.unwrap_or_default(),
         ..ClusterState::default()
     };
     let mut attrs: BTreeMap<Vec<u8>, String> = BTreeMap::new();
@@ -372,7 +381,7 @@ pub(super) fn load(db: &Database) -> Result<Option<(SmData, bool)>, StoreError> 
                 String::from_utf8(ak[prefix.len()..].to_vec()).map_err(|_| StoreError::Corrupt("attribute key"))?;
             own.insert(key, av.clone());
         }
-        let record = if format < FORMAT {
+        let record = if format < NODE_ENTRY_SINCE {
             decode::<super::legacy::NodeEntryV2>("node", v.value())?.into_record(own)
         } else {
             decode::<NodeEntry>("node", v.value())?.into_record(own)

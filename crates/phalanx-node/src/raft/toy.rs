@@ -172,7 +172,19 @@ async fn toy_node(id: NodeId, dir: &Path, listener: crate::transport::Listener) 
         election_timeout_max: 400,
         ..Default::default()
     };
-    let db = store::open(&db_file(dir, TOY)).unwrap();
+    // A node shut down a moment ago may still hold its file in a task openraft is winding down
+    // (redb refuses a second open while it does): wait for it, with a deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let db = loop {
+        match store::open(&db_file(dir, TOY)) {
+            Ok(db) => break db,
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "the toy node's file is still open");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
     let sm = ToySm::default();
     let net = HttpNetwork::<Toy>::new("token".into()).unwrap();
     let raft = openraft::Raft::new(

@@ -318,6 +318,7 @@ impl Sim {
         let node = Node::start(
             NodeOptions {
                 config: self.config.clone(),
+                config_text: None,
                 name: name.to_string(),
                 id: slot.index as u64 + 1,
                 links: spec.links.clone(),
