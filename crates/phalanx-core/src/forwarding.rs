@@ -27,6 +27,8 @@ impl Command {
             Command::Operator { .. } => "Operator",
             Command::ClearOperator { .. } => "ClearOperator",
             Command::SetMaintenance { .. } => "SetMaintenance",
+            Command::OperatorBy { .. } => "OperatorBy",
+            Command::ClearOperators { .. } => "ClearOperators",
         }
     }
 
@@ -44,6 +46,8 @@ impl Command {
                 | Command::Cleanup { .. }
                 | Command::Operator { .. }
                 | Command::ClearOperator { .. }
+                | Command::OperatorBy { .. }
+                | Command::ClearOperators { .. }
                 | Command::SetMaintenance { .. }
                 // What a node's agents and devices found.
                 | Command::ActionResult { .. }

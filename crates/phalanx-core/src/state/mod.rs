@@ -22,6 +22,7 @@ mod touched;
 pub use crate::outcome::{Outcome, RejectReason};
 pub use fencing::{DeviceHealth, FenceRecord};
 pub use nodes::{Liveness, NewNode, NodeRecord};
+pub use operator::{OperatorEntry, OperatorOrigin};
 pub use plan::PlanRecord;
 pub use resources::{CallOutcome, ResourceRecord};
 pub use touched::Touched;
@@ -51,6 +52,11 @@ pub struct ClusterState {
     /// The last result of each fence device's monitor (changes only).
     #[serde(default)]
     pub fence_devices: BTreeMap<String, DeviceHealth>,
+    /// Who made each of `operator`'s constraints, and when (one per (rsc, node) that has one;
+    /// constraints recorded by `Command::Operator`, before this existed, have none). Kept apart
+    /// from `OperatorConstraint`, whose stored layout must not change.
+    #[serde(default)]
+    pub operator_origin: Vec<OperatorOrigin>,
 }
 
 /// A change to the cluster state, proposed by the leader or an operator.
@@ -148,6 +154,21 @@ pub enum Command {
         node: Option<String>,
         on: bool,
     },
+    /// An operator move or ban, as `Operator`, recording who made it (as the API caller named
+    /// itself) and when (unix ms, stamped by the API node). A move also replaces any move
+    /// recorded on the other ids of the same placement unit (`unit`: a member's group, a
+    /// group's members, a clone's resource...), since they all move the same thing.
+    OperatorBy {
+        constraint: OperatorConstraint,
+        by: String,
+        at_ms: u64,
+        unit: Vec<String>,
+    },
+    /// Remove the operator's moves and bans of every one of `rscs` at once (`resource clear`
+    /// of a group or clone, or of a member: every id of the placement unit).
+    ClearOperators {
+        rscs: Vec<String>,
+    },
 }
 
 /// What a command family's handler gives: the outcome, or (as `Err`) a refusal that changed
@@ -205,7 +226,14 @@ impl ClusterState {
             Command::DeviceHealth { device, health } => Ok(self.device_health(device, health)),
             Command::Cleanup { rsc } => Ok(self.cleanup(rsc)),
             Command::Operator { constraint } => Ok(self.add_operator(constraint)),
-            Command::ClearOperator { rsc } => Ok(self.clear_operator(rsc)),
+            Command::ClearOperator { rsc } => Ok(self.clear_operators(std::slice::from_ref(rsc))),
+            Command::OperatorBy {
+                constraint,
+                by,
+                at_ms,
+                unit,
+            } => Ok(self.add_operator_by(constraint, by, *at_ms, unit)),
+            Command::ClearOperators { rscs } => Ok(self.clear_operators(rscs)),
         }
     }
 }
