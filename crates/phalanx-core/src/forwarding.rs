@@ -29,6 +29,8 @@ impl Command {
             Command::SetMaintenance { .. } => "SetMaintenance",
             Command::SetLeaving { .. } => "SetLeaving",
             Command::ApplyConfig { .. } => "ApplyConfig",
+            Command::OperatorBy { .. } => "OperatorBy",
+            Command::ClearOperators { .. } => "ClearOperators",
         }
     }
 
@@ -46,6 +48,8 @@ impl Command {
                 | Command::Cleanup { .. }
                 | Command::Operator { .. }
                 | Command::ClearOperator { .. }
+                | Command::OperatorBy { .. }
+                | Command::ClearOperators { .. }
                 | Command::SetMaintenance { .. }
                 | Command::SetLeaving { .. }
                 | Command::ApplyConfig { .. }

@@ -89,7 +89,12 @@ pub(crate) async fn run(node: Arc<Node>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
-            _ = applied.changed() => {}
+            r = applied.changed() => {
+                // The state machine is gone: so is the node.
+                if r.is_err() {
+                    return;
+                }
+            }
             _ = stop.changed() => {}
         }
         let asked = *node.stop.borrow();

@@ -30,8 +30,12 @@ fn key() -> ClusterKey {
 
 /// Node n1 of a cluster of `nodes` (only n1 runs: with more than one, it never has a leader).
 async fn start(nodes: usize) -> Arc<Node> {
+    start_with(config(nodes)).await
+}
+
+/// Node n1 of the cluster `cfg` describes (only n1 runs).
+async fn start_with(cfg: phalanx_core::Config) -> Arc<Node> {
     let net = FakeNet::new(1);
-    let cfg = config(nodes);
     let n = &cfg.nodes[0];
     let (out, rx) = net.attach(&n.name, &n.links);
     let node = Node::start(
@@ -60,7 +64,16 @@ async fn start(nodes: usize) -> Arc<Node> {
 
 /// A one-node cluster, led by its node, bootstrapped, its node recorded online.
 async fn leader() -> Arc<Node> {
-    let node = start(1).await;
+    leader_of("", "").await
+}
+
+/// [`leader`], with `extra` (resources, fence devices...) appended to its config and `cluster`
+/// keys added to its `[cluster]` section.
+async fn leader_of(cluster: &str, extra: &str) -> Arc<Node> {
+    let src = format!(
+        "[cluster]\nname = \"api\"\nheartbeat_interval = \"100ms\"\n{cluster}\n[[node]]\nname = \"n1\"\nlinks = [\"127.0.1.1:7400\"]\napi = \"127.0.3.1:7480\"\n{extra}"
+    );
+    let node = start_with(phalanx_core::config::parse(&src).unwrap()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let online = |n: &Node| {
         n.members()
@@ -82,9 +95,17 @@ struct Answer {
 }
 
 async fn call(app: &Router, method: &str, path: &str, token: Option<&str>, body: &str) -> Answer {
+    call_as(app, method, path, token, None, body).await
+}
+
+/// [`call`], the caller naming itself in `x-phalanx-operator` (as the CLI does: user@host).
+async fn call_as(app: &Router, method: &str, path: &str, token: Option<&str>, who: Option<&str>, body: &str) -> Answer {
     let mut req = Request::builder().method(method).uri(path);
     if let Some(t) = token {
         req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    if let Some(w) = who {
+        req = req.header("x-phalanx-operator", w);
     }
     let resp = app
         .clone()
@@ -326,4 +347,210 @@ async fn the_peer_route_refuses_a_leaders_decision() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.json);
     assert_eq!(r.json["Rejected"]["kind"], "node_exists", "{}", r.json);
     node.shutdown().await;
+}
+
+const RESOURCES: &str = r#"
+[[resource]]
+id = "web"
+agent = "ocf:heartbeat:Dummy"
+
+[[resource]]
+id = "ip"
+agent = "ocf:heartbeat:Dummy"
+
+[[group]]
+id = "svc"
+members = ["ip", "web"]
+
+[[resource]]
+id = "db"
+agent = "ocf:heartbeat:Dummy"
+
+[[constraint]]
+location = "db"
+node = "n1"
+score = "-INFINITY"
+
+[[resource]]
+id = "cache"
+agent = "ocf:heartbeat:Dummy"
+"#;
+
+/// Issue 12: a move to a node that cannot host the resource answered "Ok" and nothing
+/// happened. Now it is a 409 that says why (or a 404 for an unknown node or resource); a move
+/// the scheduler can honour is a 200.
+#[tokio::test(start_paused = true)]
+async fn a_move_to_a_node_that_cannot_host_it_is_refused_with_the_reason() {
+    let node = leader_of("fencing = \"off\"", RESOURCES).await;
+    let t = key().api_token();
+    let app = api::app(node.clone());
+    let post = |path: &'static str, body: &'static str| {
+        let app = app.clone();
+        let t = t.clone();
+        async move { call(&app, "POST", path, Some(&t), body).await }
+    };
+    // A location constraint forbids it.
+    let r = post("/v1/resources/db/move", r#"{"node": "n1"}"#).await;
+    let reason = error(&r, StatusCode::CONFLICT, "refused");
+    assert!(
+        reason.contains("db cannot run on n1") && reason.contains("location"),
+        "{reason}"
+    );
+    // A member: its group is what moves, and what is checked.
+    let r = post("/v1/resources/web/move", r#"{"node": "n1"}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    // Unknown node, unknown resource: 404.
+    let r = post("/v1/resources/web/move", r#"{"node": "zz"}"#).await;
+    assert!(error(&r, StatusCode::NOT_FOUND, "not_found").contains("zz"));
+    let r = post("/v1/resources/nosuch/ban", r#"{"node": "n1"}"#).await;
+    assert!(error(&r, StatusCode::NOT_FOUND, "not_found").contains("nosuch"));
+    let r = post("/v1/resources/cache/ban", r#"{"node": "zz"}"#).await;
+    assert!(error(&r, StatusCode::NOT_FOUND, "not_found").contains("zz"));
+    // A member that never came online (added, not started) cannot host anything yet.
+    let r = post("/v1/nodes", r#"{"name": "n2", "links": ["127.0.1.2:7400"]}"#).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
+    let r = post("/v1/resources/cache/move", r#"{"node": "n2"}"#).await;
+    let reason = error(&r, StatusCode::CONFLICT, "refused");
+    assert!(
+        reason.contains("cache cannot run on n2") && reason.contains("n2"),
+        "{reason}"
+    );
+    // An operator's ban on the node.
+    let r = post("/v1/resources/cache/ban", r#"{"node": "n1"}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let r = post("/v1/resources/cache/move", r#"{"node": "n1"}"#).await;
+    let reason = error(&r, StatusCode::CONFLICT, "refused");
+    assert!(reason.contains("banned from n1 by operator"), "{reason}");
+    // Standby.
+    let r = post("/v1/nodes/n1/standby", r#"{"standby": true}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let r = post("/v1/resources/svc/move", r#"{"node": "n1"}"#).await;
+    let reason = error(&r, StatusCode::CONFLICT, "refused");
+    assert!(reason.contains("standby"), "{reason}");
+    // Nothing refused was recorded.
+    let recorded: Vec<(String, String, bool)> = node
+        .members()
+        .operator
+        .iter()
+        .map(|o| (o.rsc.clone(), o.node.clone(), o.prefer))
+        .collect();
+    assert_eq!(
+        recorded,
+        [("web".into(), "n1".into(), true), ("cache".into(), "n1".into(), false)]
+    );
+    node.shutdown().await;
+}
+
+/// `GET /v1/constraints`: every move and ban, who made it (the caller's `x-phalanx-operator`)
+/// and when, and when it expires; `clear` of a group clears what was made through its members,
+/// and answers with what it cleared.
+#[tokio::test(start_paused = true)]
+async fn constraints_list_who_and_when_and_clear_of_a_group_clears_its_members() {
+    let node = leader_of("fencing = \"off\"", RESOURCES).await;
+    let t = key().api_token();
+    let app = api::app(node.clone());
+    let before = phalanx_node::mesh::unix_ms();
+    let r = call_as(
+        &app,
+        "POST",
+        "/v1/resources/web/move",
+        Some(&t),
+        Some("alice@ops1"),
+        r#"{"node": "n1", "lifetime_ms": 60000}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let r = call(&app, "POST", "/v1/resources/cache/ban", Some(&t), r#"{"node": "n1"}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let r = call(&app, "GET", "/v1/constraints", Some(&t), "").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let list = r.json.as_array().unwrap().clone();
+    assert_eq!(list.len(), 2, "{}", r.json);
+    let web = &list[0];
+    assert_eq!(web["resource"], "web");
+    assert_eq!(web["kind"], "move");
+    assert_eq!(web["node"], "n1");
+    assert_eq!(web["by"], "alice@ops1");
+    let made = web["made_ms"].as_u64().unwrap();
+    assert!(made >= before, "{web}");
+    assert_eq!(web["expires_ms"].as_u64(), Some(made + 60_000), "{web}");
+    let cache = &list[1];
+    assert_eq!(
+        (cache["resource"].as_str(), cache["kind"].as_str()),
+        (Some("cache"), Some("ban"))
+    );
+    assert!(cache["expires_ms"].is_null(), "{cache}");
+    assert!(cache["by"].as_str().unwrap().contains("unidentified"), "{cache}");
+
+    // Clearing the group clears its member's move, and says so.
+    let r = call(&app, "POST", "/v1/resources/svc/clear", Some(&t), "").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let cleared = r.json["cleared"].as_array().unwrap();
+    assert_eq!(cleared.len(), 1, "{}", r.json);
+    assert_eq!(
+        (cleared[0]["resource"].as_str(), cleared[0]["kind"].as_str()),
+        (Some("web"), Some("move"))
+    );
+    assert_eq!(node.members().operator.len(), 1, "the ban of cache stays");
+    // A move through the group, cleared through a member.
+    let r = call(&app, "POST", "/v1/resources/svc/move", Some(&t), r#"{"node": "n1"}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let r = call(&app, "POST", "/v1/resources/ip/clear", Some(&t), "").await;
+    assert_eq!(r.json["cleared"].as_array().map(Vec::len), Some(1), "{}", r.json);
+    let r = call(&app, "POST", "/v1/resources/ip/clear", Some(&t), "").await;
+    assert_eq!(r.json["cleared"].as_array().map(Vec::len), Some(0), "{}", r.json);
+    node.shutdown().await;
+}
+
+const FENCED_N1_ONLY: &str = r#"
+[[fence_device]]
+name = "ipmi-n1"
+agent = "fence_dummy"
+host_map = { n1 = "1" }
+"#;
+
+/// Issue 12: nothing checked that an added node can be fenced. `node add` refuses a node no
+/// fence device covers (unless fencing is off, or the caller says `no_fence_check`).
+#[tokio::test(start_paused = true)]
+async fn node_add_refuses_a_node_no_fence_device_covers() {
+    let node = leader_of("", FENCED_N1_ONLY).await;
+    let t = key().api_token();
+    let app = api::app(node.clone());
+    let r = call(
+        &app,
+        "POST",
+        "/v1/nodes",
+        Some(&t),
+        r#"{"name": "n2", "links": ["127.0.1.2:7400"]}"#,
+    )
+    .await;
+    let reason = error(&r, StatusCode::CONFLICT, "refused");
+    assert!(
+        reason.contains("no fence device") && reason.contains("n2") && reason.contains("--no-fence-check"),
+        "{reason}"
+    );
+    assert!(!node.members().nodes.contains_key("n2"), "refused: not added");
+    let r = call(
+        &app,
+        "POST",
+        "/v1/nodes",
+        Some(&t),
+        r#"{"name": "n2", "links": ["127.0.1.2:7400"], "no_fence_check": true}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
+    node.shutdown().await;
+
+    let off = leader_of("fencing = \"off\"", FENCED_N1_ONLY).await;
+    let app = api::app(off.clone());
+    let r = call(
+        &app,
+        "POST",
+        "/v1/nodes",
+        Some(&t),
+        r#"{"name": "n2", "links": ["127.0.1.2:7400"]}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "fencing off: {}", r.json);
+    off.shutdown().await;
 }

@@ -1,6 +1,8 @@
 //! The API client used by the CLI, the demo and the process tests: bearer-token requests to a
 //! node's `/v1/` API over the client `phalanx_node::transport` builds, with answers decoded or
-//! turned into an [`ApiFailure`] that carries the server's `{error, reason}`.
+//! turned into an [`ApiFailure`] that carries the server's `{error, reason}`. Every request
+//! names its caller (`user@host`, [`caller`]) in the `x-phalanx-operator` header, which the
+//! cluster records with the moves and bans it makes.
 
 use anyhow::{anyhow, Context, Result};
 use phalanx_core::config::Config;
@@ -57,6 +59,27 @@ impl ApiFailure {
 pub struct Client {
     http: reqwest::Client,
     token: String,
+    /// Sent as `x-phalanx-operator` (see [`caller`]).
+    who: String,
+}
+
+/// Who runs this client, as `user@host`: `$USER` (else the name of the uid), at the host name.
+pub fn caller() -> String {
+    let user = std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+        .unwrap_or_else(|| format!("uid{}", nix::unistd::getuid()));
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown-host".into());
+    format!("{user}@{host}")
 }
 
 /// Where a config's key file is: relative paths are relative to the config file's folder.
@@ -81,6 +104,7 @@ impl Client {
         Ok(Client {
             http: transport::api_client(Duration::from_secs(5))?,
             token: key.api_token(),
+            who: caller(),
         })
     }
 
@@ -91,7 +115,11 @@ impl Client {
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T> {
-        let resp = req.bearer_auth(&self.token).send().await?;
+        let resp = req
+            .bearer_auth(&self.token)
+            .header(phalanx_node::api::operator::OPERATOR_HEADER, &self.who)
+            .send()
+            .await?;
         let status = resp.status();
         let retry_after = resp
             .headers()

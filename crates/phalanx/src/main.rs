@@ -211,9 +211,18 @@ enum NodeCmd {
         /// Its API address (default: the first link's IP, port 7480).
         #[arg(long = "node-api")]
         node_api: Option<String>,
+        /// Add it although no fence device covers it (with fencing required, what it holds could
+        /// then never be recovered if it is lost).
+        #[arg(long)]
+        no_fence_check: bool,
     },
     /// Remove a member.
-    Remove { name: String },
+    Remove {
+        name: String,
+        /// It is down and not fenced: confirm that it is really off (it may still run resources).
+        #[arg(long)]
+        confirm_down: bool,
+    },
     /// Put a node in standby (it stays a member but should host nothing).
     Standby { name: String },
     /// Take a node out of standby.
@@ -262,8 +271,10 @@ enum ResourceCmd {
         #[arg(long, value_parser = duration)]
         lifetime: Option<Duration>,
     },
-    /// Remove the operator's moves and bans of it.
+    /// Remove the operator's moves and bans of it, of its group or clone and of their members.
     Clear { resource: String },
+    /// List every operator move and ban: who made it, when, and when it expires.
+    Constraints,
     /// Forget its failures, bans and fatal errors (it may run where it failed again).
     Cleanup { resource: String },
 }
@@ -526,6 +537,19 @@ async fn run(cli: Cli) -> Result<i32> {
             phalanx::service::serve(listen, name).await?;
             Ok(0)
         }
+        Cmd::Resource {
+            cmd: ResourceCmd::Constraints,
+        } => {
+            let (client, apis) = apis(&cli)?;
+            let (api, _) = client.first_answering(&apis).await?;
+            let list: Vec<phalanx_core::state::OperatorEntry> = client.get(&api, "/v1/constraints").await?;
+            if cli.json {
+                print_json(&list)?;
+            } else {
+                print!("{}", render::constraints(&list, phalanx_node::mesh::unix_ms()));
+            }
+            Ok(0)
+        }
         Cmd::Resource { cmd } => {
             let (client, apis) = apis(&cli)?;
             let (api, _) = client.first_answering(&apis).await?;
@@ -549,22 +573,22 @@ async fn run(cli: Cli) -> Result<i32> {
                     json!({ "node": node, "lifetime_ms": lifetime.map(|l| l.as_millis() as u64) }),
                     format!("{resource} is banned from {node}"),
                 ),
-                ResourceCmd::Clear { resource } => (
-                    resource,
-                    "clear",
-                    json!({}),
-                    format!("{resource}: moves and bans cleared"),
-                ),
+                ResourceCmd::Clear { resource } => (resource, "clear", json!({}), String::new()),
                 ResourceCmd::Cleanup { resource } => (
                     resource,
                     "cleanup",
                     json!({}),
                     format!("{resource}: failures cleaned up"),
                 ),
+                ResourceCmd::Constraints => bail!("resource constraints is handled above"),
             };
             let v: serde_json::Value = client.post(&api, &format!("/v1/resources/{rsc}/{op}"), &body).await?;
             if cli.json {
                 print_json(&v)?;
+            } else if op == "clear" {
+                let cleared: Vec<phalanx_core::state::OperatorEntry> =
+                    serde_json::from_value(v["cleared"].clone()).context("decoding what clear cleared")?;
+                println!("{}", render::cleared(rsc, &cleared));
             } else {
                 println!("{human}.");
             }
@@ -854,12 +878,17 @@ async fn node_cmd(cli: &Cli, cmd: &NodeCmd) -> Result<i32> {
     let (client, apis) = apis(cli)?;
     let (api, _) = client.first_answering(&apis).await?;
     let (v, human): (serde_json::Value, String) = match cmd {
-        NodeCmd::Add { name, links, node_api } => {
+        NodeCmd::Add {
+            name,
+            links,
+            node_api,
+            no_fence_check,
+        } => {
             let v = client
                 .post(
                     &api,
                     "/v1/nodes",
-                    &json!({ "name": name, "links": links, "api": node_api }),
+                    &json!({ "name": name, "links": links, "api": node_api, "no_fence_check": no_fence_check }),
                 )
                 .await?;
             (
@@ -867,10 +896,13 @@ async fn node_cmd(cli: &Cli, cmd: &NodeCmd) -> Result<i32> {
                 format!("Added {name}. Start it with: phalanx daemon --config FILE --node {name}"),
             )
         }
-        NodeCmd::Remove { name } => (
-            client.delete(&api, &format!("/v1/nodes/{name}")).await?,
-            format!("Removed {name}."),
-        ),
+        NodeCmd::Remove { name, confirm_down } => {
+            let path = match confirm_down {
+                true => format!("/v1/nodes/{name}?confirm_down=true"),
+                false => format!("/v1/nodes/{name}"),
+            };
+            (client.delete(&api, &path).await?, format!("Removed {name}."))
+        }
         NodeCmd::Standby { name } => (
             client
                 .post(&api, &format!("/v1/nodes/{name}/standby"), &json!({ "standby": true }))

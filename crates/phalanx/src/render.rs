@@ -203,3 +203,125 @@ pub fn status(s: &StatusReport) -> String {
     );
     o
 }
+
+/// A span of milliseconds the way an operator reads it: "45s", "9m59s", "2h5m", "3d4h".
+fn span(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// `resource constraints`: one line per operator move or ban, as of `now_ms`.
+pub fn constraints(entries: &[phalanx_core::state::OperatorEntry], now_ms: u64) -> String {
+    if entries.is_empty() {
+        return "No operator moves or bans.\n".into();
+    }
+    let rows: Vec<[String; 6]> = entries
+        .iter()
+        .map(|e| {
+            let made = match e.made_ms {
+                Some(t) => format!("{} ago", span(now_ms.saturating_sub(t))),
+                None => "unknown".into(),
+            };
+            let expires = match e.expires_ms {
+                None => "never".into(),
+                Some(t) if t > now_ms => format!("in {}", span(t - now_ms)),
+                Some(t) => format!("expired {} ago", span(now_ms - t)),
+            };
+            [
+                e.resource.clone(),
+                e.kind.clone(),
+                e.node.clone(),
+                e.by.clone().unwrap_or_else(|| "unknown".into()),
+                made,
+                expires,
+            ]
+        })
+        .collect();
+    let head = ["RESOURCE", "KIND", "NODE", "BY", "MADE", "EXPIRES"].map(String::from);
+    let mut width = head.clone().map(|h| h.len());
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut o = String::new();
+    for r in std::iter::once(&head).chain(&rows) {
+        let cells: Vec<String> = r.iter().zip(width).map(|(c, w)| format!("{c:<w$}")).collect();
+        let _ = writeln!(o, "{}", cells.join("  ").trim_end());
+    }
+    o
+}
+
+/// What `resource clear` cleared (the API's `cleared` list), in one line.
+pub fn cleared(rsc: &str, cleared: &[phalanx_core::state::OperatorEntry]) -> String {
+    if cleared.is_empty() {
+        return format!("{rsc}: nothing to clear (no move or ban on it, its group, clone or members).");
+    }
+    let what: Vec<String> = cleared
+        .iter()
+        .map(|e| match e.kind.as_str() {
+            "move" => format!("move of {} to {}", e.resource, e.node),
+            _ => format!("ban of {} from {}", e.resource, e.node),
+        })
+        .collect();
+    format!("{rsc}: cleared {} ({}).", what.len(), what.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use phalanx_core::state::OperatorEntry;
+
+    fn entry(rsc: &str, kind: &str, made: Option<u64>, expires: Option<u64>) -> OperatorEntry {
+        OperatorEntry {
+            resource: rsc.into(),
+            kind: kind.into(),
+            node: "n2".into(),
+            by: made.map(|_| "alice@ops1".into()),
+            made_ms: made,
+            expires_ms: expires,
+            expired: false,
+        }
+    }
+
+    #[test]
+    fn constraints_read_as_a_table() {
+        let now = 10_000_000;
+        let out = constraints(
+            &[
+                entry("web", "move", Some(now - 12_000), Some(now + 599_000)),
+                entry("db", "ban", None, None),
+                entry("ip", "ban", Some(now - 7_200_000), Some(now - 3_000)),
+            ],
+            now,
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>(),
+            ["RESOURCE", "KIND", "NODE", "BY", "MADE", "EXPIRES"]
+        );
+        assert!(
+            lines[1].starts_with("web ")
+                && lines[1].contains("alice@ops1")
+                && lines[1].contains(" 12s ago ")
+                && lines[1].ends_with(" in 9m59s"),
+            "{out}"
+        );
+        assert!(lines[2].contains("unknown") && lines[2].ends_with("never"), "{out}");
+        assert!(
+            lines[3].contains("2h0m ago") && lines[3].ends_with("expired 3s ago"),
+            "{out}"
+        );
+        assert_eq!(constraints(&[], now), "No operator moves or bans.\n");
+        assert_eq!(
+            cleared("svc", &[entry("web", "move", None, None)]),
+            "svc: cleared 1 (move of web to n2)."
+        );
+        assert!(cleared("svc", &[]).contains("nothing to clear"));
+    }
+}

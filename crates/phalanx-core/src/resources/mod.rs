@@ -60,6 +60,25 @@ impl Resources {
         self.clones.values().find(|c| c.resource == id)
     }
 
+    /// The placement unit `id` belongs to, then every other id that names it: the unit (its
+    /// clone, else its group, else itself), a clone's resource, a group's members. A move or
+    /// ban on any of them acts on the whole unit (as the scheduler reads them), so `clear` of
+    /// any of them clears all of them. Empty for an unknown id.
+    pub fn unit_ids(&self, id: &str) -> Vec<String> {
+        if !self.primitives.contains_key(id) && !self.groups.contains_key(id) && !self.clones.contains_key(id) {
+            return Vec::new();
+        }
+        let group = self.group_of(id).map(|g| g.id.as_str()).unwrap_or(id);
+        let top = self.clone_of(group).map(|c| c.id.as_str()).unwrap_or(group);
+        let mut ids = vec![top.to_string()];
+        let inner = self.clones.get(top).map(|c| c.resource.as_str());
+        ids.extend(inner.map(str::to_string));
+        if let Some(g) = self.groups.get(inner.unwrap_or(top)) {
+            ids.extend(g.members.iter().cloned());
+        }
+        ids
+    }
+
     /// The ids the cluster state tracks, with the primitive each one runs: a primitive's own id,
     /// except for a clone with `clone_node_max > 1`, whose instances are tracked one by one
     /// ("web:0" .. "web:N-1", as Pacemaker names them), since two may run on one node.

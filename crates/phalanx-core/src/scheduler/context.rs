@@ -33,6 +33,7 @@ pub(super) type Located<'a> = (&'a str, Option<usize>, i64);
 pub(super) struct Ctx<'a> {
     pub(super) cfg: &'a Config,
     pub(super) input: &'a Input,
+    /// Every member, in placement order (see [`members`]).
     pub(super) nodes: Vec<String>,
     /// node name → position in `nodes`
     pub(super) node_pos: HashMap<&'a str, usize>,
@@ -54,12 +55,8 @@ pub(super) struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     pub(super) fn new(cfg: &'a Config, input: &'a Input) -> Ctx<'a> {
         let r = &cfg.resources;
-        let node_pos: HashMap<&str, usize> = cfg
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.name.as_str(), i))
-            .collect();
+        let nodes = members(cfg, input);
+        let node_pos: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (*n, i)).collect();
         let mut locations: HashMap<&str, Vec<Located>> = HashMap::new();
         let mut colocations: HashMap<&str, Vec<(&str, i64)>> = HashMap::new();
         for k in &r.constraints {
@@ -92,7 +89,7 @@ impl<'a> Ctx<'a> {
         Ctx {
             cfg,
             input,
-            nodes: cfg.nodes.iter().map(|n| n.name.clone()).collect(),
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
             node_pos,
             locations,
             colocations,
@@ -205,6 +202,17 @@ impl<'a> Ctx<'a> {
         }
         id
     }
+}
+
+/// The nodes a run places on, in a fixed order: the config file's `[[node]]`s in file order,
+/// then the members the input has beyond them (added with `phalanx node add`: the replicated
+/// state is what the input is built from), by name. A config node the input does not list
+/// stays (a scenario lists only the nodes it says something of; they default to online).
+pub(super) fn members<'a>(cfg: &'a Config, input: &'a Input) -> Vec<&'a str> {
+    let mut nodes: Vec<&str> = cfg.nodes.iter().map(|n| n.name.as_str()).collect();
+    let listed: std::collections::HashSet<&str> = nodes.iter().copied().collect();
+    nodes.extend(input.nodes.keys().map(String::as_str).filter(|n| !listed.contains(n)));
+    nodes
 }
 
 /// See `Ctx::merged`.

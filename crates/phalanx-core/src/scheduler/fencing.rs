@@ -110,11 +110,12 @@ fn fences_due(cfg: &Config, input: &Input) -> (BTreeMap<String, (String, String)
                 && !monitor_fence.contains_key(n)
                 && input.nodes.get(n).map(|s| s.online && !s.unclean).unwrap_or(true)
         };
-        let by = input
-            .fencer
-            .clone()
-            .filter(|f| usable(f))
-            .or_else(|| cfg.nodes.iter().map(|n| &n.name).find(|n| usable(n)).cloned());
+        let by = input.fencer.clone().filter(|f| usable(f)).or_else(|| {
+            super::context::members(cfg, input)
+                .into_iter()
+                .find(|n| usable(n))
+                .map(str::to_string)
+        });
         let failed = match (&ns.fence_error, ns.fence_failures) {
             (_, 0) => String::new(),
             (Some(e), n) => format!(" (after {n} failed attempt(s), the last: {e})"),

@@ -15,13 +15,15 @@
 //! One concern per file: `input` (what it works from), `context` (the run's indexed view and
 //! its units), `units` (placement order), `fencing` (fence first), `scores` and `placement`
 //! (where each unit goes), `actions` and `clone_actions` (from placement to actions),
-//! `ordering` (the edges between actions), `explain` and `plan` (the answer).
+//! `ordering` (the edges between actions), `explain` and `plan` (the answer), and `hosting`
+//! (whether an operator's move can be honoured, asked of the scheduler itself).
 
 mod actions;
 mod clone_actions;
 mod context;
 mod explain;
 mod fencing;
+mod hosting;
 mod input;
 mod ordering;
 mod placement;
@@ -36,6 +38,7 @@ use std::collections::HashMap;
 
 pub use crate::model::Role;
 pub use explain::Explain;
+pub use hosting::move_refusal;
 pub use input::{Input, NodeState, OperatorConstraint, ResourceState};
 pub use plan::{Action, ActionKind, Plan};
 

@@ -25,6 +25,7 @@ pub use crate::outcome::{Outcome, RejectReason};
 pub use config::{ConfigRecord, CONFIG_HISTORY};
 pub use fencing::{DeviceHealth, FenceRecord};
 pub use nodes::{Liveness, NewNode, NodeRecord};
+pub use operator::{OperatorEntry, OperatorOrigin};
 pub use plan::PlanRecord;
 pub use resources::{CallOutcome, ResourceRecord};
 pub use touched::Touched;
@@ -57,6 +58,11 @@ pub struct ClusterState {
     /// The committed configuration, every kept version, the current one last (see `config`).
     #[serde(default)]
     pub configs: Vec<ConfigRecord>,
+    /// Who made each of `operator`'s constraints, and when (one per (rsc, node) that has one;
+    /// constraints recorded by `Command::Operator`, before this existed, have none). Kept apart
+    /// from `OperatorConstraint`, whose stored layout must not change.
+    #[serde(default)]
+    pub operator_origin: Vec<OperatorOrigin>,
 }
 
 /// A change to the cluster state, proposed by the leader or an operator.
@@ -168,6 +174,21 @@ pub enum Command {
         record: ConfigRecord,
         expect_version: Option<u64>,
     },
+    /// An operator move or ban, as `Operator`, recording who made it (as the API caller named
+    /// itself) and when (unix ms, stamped by the API node). A move also replaces any move
+    /// recorded on the other ids of the same placement unit (`unit`: a member's group, a
+    /// group's members, a clone's resource...), since they all move the same thing.
+    OperatorBy {
+        constraint: OperatorConstraint,
+        by: String,
+        at_ms: u64,
+        unit: Vec<String>,
+    },
+    /// Remove the operator's moves and bans of every one of `rscs` at once (`resource clear`
+    /// of a group or clone, or of a member: every id of the placement unit).
+    ClearOperators {
+        rscs: Vec<String>,
+    },
 }
 
 /// What a command family's handler gives: the outcome, or (as `Err`) a refusal that changed
@@ -225,9 +246,16 @@ impl ClusterState {
             Command::DeviceHealth { device, health } => Ok(self.device_health(device, health)),
             Command::Cleanup { rsc } => Ok(self.cleanup(rsc)),
             Command::Operator { constraint } => Ok(self.add_operator(constraint)),
-            Command::ClearOperator { rsc } => Ok(self.clear_operator(rsc)),
+            Command::ClearOperator { rsc } => Ok(self.clear_operators(std::slice::from_ref(rsc))),
             Command::SetLeaving { name, leaving } => self.set_leaving(name, *leaving),
             Command::ApplyConfig { record, expect_version } => self.apply_config(record, *expect_version),
+            Command::OperatorBy {
+                constraint,
+                by,
+                at_ms,
+                unit,
+            } => Ok(self.add_operator_by(constraint, by, *at_ms, unit)),
+            Command::ClearOperators { rscs } => Ok(self.clear_operators(rscs)),
         }
     }
 }

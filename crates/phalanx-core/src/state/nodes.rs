@@ -147,6 +147,38 @@ impl ClusterState {
         Ok(Outcome::Ok)
     }
 
+    /// Why removing `name` needs the operator to confirm that it is down (`node remove
+    /// --confirm-down`), or None. A member recorded lost that nothing confirmed down since may
+    /// still run what it held: not fenced since it was lost (`fencing = "required"`, or `off`,
+    /// where nothing ever confirms it), or within its self-fence hold (`watchdog`). An online
+    /// member, or one never seen online, needs no confirmation.
+    pub fn removal_needs_confirmation(
+        &self,
+        name: &str,
+        now_ms: u64,
+        cluster: &crate::config::ClusterConfig,
+    ) -> Option<String> {
+        let n = self.nodes.get(name)?;
+        if n.liveness != Liveness::Offline || n.fence.fenced {
+            return None;
+        }
+        let why = match cluster.fencing {
+            crate::config::Fencing::Watchdog => {
+                let hold = crate::Timings::from(cluster).lost_node_hold.map(crate::timings::ms);
+                if hold.is_none_or(|h| now_ms >= n.liveness_since_ms.saturating_add(h)) {
+                    return None;
+                }
+                "its watchdog hold has not run out"
+            }
+            crate::config::Fencing::Off => "fencing is off (nothing confirms it is down)",
+            crate::config::Fencing::Required => "not fenced since it was lost",
+        };
+        Some(format!(
+            "{name} is down and {why}: it may still run resources. Make sure it is powered off, \
+             then remove it with --confirm-down"
+        ))
+    }
+
     pub(super) fn remove_node(&mut self, name: &str) -> Applied {
         self.node_mut(name)?;
         self.nodes.remove(name);
@@ -282,6 +314,42 @@ mod tests {
             links: vec![format!("127.0.0.1:{}", 7400 + id)],
             api: format!("127.0.0.1:{}", 8400 + id),
         }
+    }
+
+    #[test]
+    fn removing_a_lost_node_nothing_confirmed_down_needs_confirmation() {
+        use super::super::test_support::{bootstrapped, cluster};
+        use crate::config::Fencing;
+        let mut s = bootstrapped(&["n1", "n2", "n3"]);
+        let live = |n: &str, l: Liveness, at_ms: u64| Command::SetLiveness {
+            name: n.into(),
+            liveness: l,
+            at_ms,
+        };
+        let req = cluster(Fencing::Required);
+        // Never seen online: nothing ever ran there.
+        assert_eq!(s.removal_needs_confirmation("n3", 10, &req), None);
+        s.apply(&live("n3", Liveness::Offline, 10));
+        assert_eq!(s.removal_needs_confirmation("n3", 10, &req), None);
+        for n in ["n1", "n2"] {
+            s.apply(&live(n, Liveness::Online, 20));
+        }
+        assert_eq!(s.removal_needs_confirmation("n2", 30, &req), None, "online");
+        s.apply(&live("n2", Liveness::Offline, 40));
+        let why = s.removal_needs_confirmation("n2", 50, &req).unwrap();
+        assert!(why.contains("not fenced") && why.contains("--confirm-down"), "{why}");
+        assert!(s
+            .removal_needs_confirmation("n2", 50, &cluster(Fencing::Off))
+            .unwrap()
+            .contains("fencing is off"));
+        // Watchdog: confirmed down once its hold (two heartbeat intervals) has run out.
+        let wd = cluster(Fencing::Watchdog);
+        assert!(s.removal_needs_confirmation("n2", 50, &wd).is_some());
+        assert_eq!(s.removal_needs_confirmation("n2", 40 + 10_000, &wd), None);
+        // Fenced since: confirmed down.
+        s.nodes.get_mut("n2").unwrap().fence.fenced = true;
+        assert_eq!(s.removal_needs_confirmation("n2", 50, &req), None);
+        assert_eq!(s.removal_needs_confirmation("zz", 50, &req), None, "not a member");
     }
 
     #[test]

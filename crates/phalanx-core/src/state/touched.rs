@@ -22,6 +22,7 @@ pub struct Touched {
     /// Fence device health, by device.
     pub fence_devices: BTreeSet<String>,
     pub plan: bool,
+    /// The operator's constraints and who made them (`operator`, `operator_origin`).
     pub operator: bool,
     /// The committed configuration's versions.
     pub configs: bool,
@@ -82,11 +83,11 @@ impl Touched {
             Command::DeviceHealth { device, .. } => {
                 self.fence_devices.insert(device.clone());
             }
-            Command::Operator { .. } => {
+            Command::Operator { .. } | Command::OperatorBy { .. } => {
                 self.scalars = true;
                 self.operator = true;
             }
-            Command::ClearOperator { .. } => {
+            Command::ClearOperator { .. } | Command::ClearOperators { .. } => {
                 self.operator = true;
             }
             Command::ApplyConfig { .. } => {
@@ -107,7 +108,7 @@ mod tests {
     fn diff(a: &ClusterState, b: &ClusterState) -> Touched {
         let mut t = Touched {
             plan: a.plan != b.plan,
-            operator: a.operator != b.operator,
+            operator: (&a.operator, &a.operator_origin) != (&b.operator, &b.operator_origin),
             configs: a.configs != b.configs,
             scalars: (a.config_version, a.max_node_id, a.maintenance)
                 != (b.config_version, b.max_node_id, b.maintenance),
@@ -251,6 +252,20 @@ mod tests {
                 },
             },
             Command::ClearOperator { rsc: "web".into() },
+            Command::OperatorBy {
+                constraint: OperatorConstraint {
+                    rsc: "web".into(),
+                    node: "n2".into(),
+                    prefer: true,
+                    expires_ms: Some(99),
+                },
+                by: "alice@ops1".into(),
+                at_ms: 9,
+                unit: vec!["svc".into()],
+            },
+            Command::ClearOperators {
+                rscs: vec!["svc".into(), "web".into()],
+            },
             Command::SetMaintenance {
                 node: Some("n3".into()),
                 on: true,

@@ -1,14 +1,19 @@
 //! The operator router: the cluster's JSON API under `/v1/` (status, members, attributes,
-//! links, resource moves/bans/cleanups, maintenance, why) and Prometheus text at `/metrics`.
-//! Handlers validate their input and build the state command themselves; there is no route
-//! that takes a raw state command (the old `/v1/write` is gone: a follower's forwarding goes
-//! to the peer router, and refuses the leader's decisions).
+//! links, resource moves/bans/cleanups and the list of moves and bans, maintenance, why) and
+//! Prometheus text at `/metrics`. Handlers validate their input and build the state command
+//! themselves; there is no route that takes a raw state command (the old `/v1/write` is gone:
+//! a follower's forwarding goes to the peer router, and refuses the leader's decisions). What
+//! the cluster cannot do is refused before anything is written, with the reason: a move to a
+//! node the scheduler would not place the resource on, adding a node no fence device covers,
+//! removing a lost node nothing confirmed down. A move or ban records who made it: the caller
+//! names itself in the `x-phalanx-operator` header (the CLI sends `user@host`); the API token
+//! is the cluster's, so that name is the caller's word, not an authenticated identity.
 
 use super::{outcome, parse_json, ApiError};
 use crate::node::Node;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
@@ -35,6 +40,7 @@ pub(super) fn routes() -> Router<Arc<Node>> {
         .route("/v1/nodes/{name}/attrs/{key}", put(set_attr).delete(delete_attr))
         .route("/v1/links/{index}", post(set_link))
         .route("/v1/resources/{rsc}/{op}", post(resource_op))
+        .route("/v1/constraints", get(constraints))
         .route("/v1/maintenance", post(maintenance))
         .route("/v1/why/{rsc}", get(why))
         .route("/metrics", get(metrics))
@@ -61,6 +67,9 @@ pub struct AddNode {
     pub links: Vec<String>,
     #[serde(default)]
     pub api: Option<String>,
+    /// Add it even though no fence device covers it (`--no-fence-check`).
+    #[serde(default)]
+    pub no_fence_check: bool,
 }
 
 async fn add_node(State(node): State<Arc<Node>>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
@@ -87,6 +96,22 @@ async fn add_node(State(node): State<Arc<Node>>, body: Bytes) -> Result<impl Int
             .map_err(|_| ApiError::BadInput(format!("api {a:?} is not an IP:PORT address")))?,
         None => SocketAddr::new(links[0].ip(), DEFAULT_API_PORT),
     };
+    // A node nothing can fence cannot be recovered from safely: with fencing required, what it
+    // held would wait for a fence that never comes. (A name already taken is left to the state
+    // machine, which says so.)
+    let cfg = node.config();
+    if cfg.cluster.fencing == phalanx_core::config::Fencing::Required
+        && !req.no_fence_check
+        && !cfg.fence.can_fence(&req.name)
+        && !node.members().nodes.contains_key(&req.name)
+    {
+        return Err(ApiError::Refused(format!(
+            "no fence device covers {name} (fencing = \"required\"): add a [[fence_device]] whose \
+             host_map names {name} (or a [[fence_level]] for it) to the config first, or add it \
+             with --no-fence-check",
+            name = req.name
+        )));
+    }
     // The state machine assigns the id when the command is applied (node.write forwards it
     // to the leader if need be), so a lagging replica or a leader change cannot make it stale.
     let cmd = Command::AddNode {
@@ -99,7 +124,30 @@ async fn add_node(State(node): State<Arc<Node>>, body: Bytes) -> Result<impl Int
     Ok((StatusCode::CREATED, outcome(o)?).into_response())
 }
 
-async fn remove_node(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Result<Json<Outcome>, ApiError> {
+/// Query of `DELETE /v1/nodes/{name}`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RemoveQuery {
+    /// The operator confirms the node is down (powered off): needed to remove a lost node that
+    /// was not fenced since.
+    #[serde(default)]
+    confirm_down: bool,
+}
+
+async fn remove_node(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    query: Result<Query<RemoveQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Outcome>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadInput(e.body_text()))?;
+    if !q.confirm_down {
+        let why = node
+            .members()
+            .removal_needs_confirmation(&name, crate::mesh::unix_ms(), &node.config().cluster);
+        if let Some(why) = why {
+            return Err(ApiError::Refused(why));
+        }
+    }
     outcome(node.write(Command::RemoveNode { name }).await?)
 }
 
@@ -268,11 +316,30 @@ pub struct ResourceOp {
     pub lifetime_ms: Option<u64>,
 }
 
+/// The header a caller names itself in (the CLI sends `user@host`).
+pub const OPERATOR_HEADER: &str = "x-phalanx-operator";
+
+/// Who the caller says it is (see [`OPERATOR_HEADER`]), bounded and printable.
+fn caller(headers: &HeaderMap) -> String {
+    let named = headers
+        .get(OPERATOR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().filter(|c| !c.is_control()).take(128).collect::<String>())
+        .filter(|v| !v.trim().is_empty());
+    named.unwrap_or_else(|| "unidentified API client".into())
+}
+
+/// Every operator move and ban, with who made it, when, and when it expires.
+async fn constraints(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    Json(node.members().operator_entries(crate::mesh::unix_ms()))
+}
+
 async fn resource_op(
     State(node): State<Arc<Node>>,
     Path((rsc, op)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Outcome>, ApiError> {
+) -> Result<Response, ApiError> {
     let req: ResourceOp = if body.is_empty() {
         ResourceOp::default()
     } else {
@@ -296,18 +363,34 @@ async fn resource_op(
             return Err(ApiError::NotFound(format!("no node named {n:?}")));
         }
     }
-    let expires_ms = req.lifetime_ms.map(|l| crate::mesh::unix_ms() + l);
-    let constraint = |node: String, prefer: bool| Command::Operator {
+    let now = crate::mesh::unix_ms();
+    let expires_ms = req.lifetime_ms.map(|l| now + l);
+    // Every id that names the same placement unit: a move through any of them replaces a move
+    // through another, and clearing any of them clears them all.
+    let unit = r.unit_ids(&rsc);
+    let by = caller(&headers);
+    let constraint = |node: String, prefer: bool| Command::OperatorBy {
         constraint: phalanx_core::scheduler::OperatorConstraint {
             rsc: rsc.clone(),
             node,
             prefer,
             expires_ms,
         },
+        by: by.clone(),
+        at_ms: now,
+        unit: unit.clone(),
     };
     let cmd = match op.as_str() {
         "move" => match req.node {
-            Some(n) => constraint(n, true),
+            Some(n) => {
+                // Asked of the scheduler, on the state as this node has it: a move it would not
+                // honour is refused, with its reasons, instead of being recorded to do nothing.
+                let input = members.scheduler_input(now, &node.config().cluster, node.leader_name().as_deref());
+                if let Some(why) = phalanx_core::scheduler::move_refusal(&node.config(), &input, &rsc, &n) {
+                    return Err(ApiError::Refused(why));
+                }
+                constraint(n, true)
+            }
             None => {
                 // Pacemaker's move without a target: ban it from where it runs now.
                 let prims = r
@@ -326,7 +409,16 @@ async fn resource_op(
             req.node.ok_or_else(|| ApiError::BadInput("ban needs a node".into()))?,
             false,
         ),
-        "clear" => Command::ClearOperator { rsc },
+        "clear" => {
+            // What it clears, as this node saw it just before.
+            let cleared: Vec<_> = members
+                .operator_entries(now)
+                .into_iter()
+                .filter(|e| unit.contains(&e.resource))
+                .collect();
+            let o = outcome(node.write(Command::ClearOperators { rscs: unit.clone() }).await?)?;
+            return Ok(Json(serde_json::json!({ "outcome": o.0, "unit": unit, "cleared": cleared })).into_response());
+        }
         "cleanup" => {
             // A group or clone: clean every primitive in it.
             let prims: Vec<String> = if let Some(g) = r.groups.get(&rsc) {
@@ -350,7 +442,7 @@ async fn resource_op(
             for p in &prims {
                 let _ = outcome(node.write(Command::Cleanup { rsc: p.clone() }).await?)?;
             }
-            return Ok(Json(Outcome::Ok));
+            return Ok(Json(Outcome::Ok).into_response());
         }
         other => {
             return Err(ApiError::NotFound(format!(
@@ -358,7 +450,7 @@ async fn resource_op(
             )))
         }
     };
-    outcome(node.write(cmd).await?)
+    Ok(outcome(node.write(cmd).await?)?.into_response())
 }
 
 #[derive(Deserialize)]

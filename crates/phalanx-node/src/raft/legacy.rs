@@ -1,6 +1,8 @@
 //! What older phalanx versions stored, frozen here so that a node upgraded in place reads it
 //! once and rewrites it in today's format: node records from before `online_since_plan`
-//! (state-machine format 2 entries, and inside the whole-state `sm` blob of format 1). postcard
+//! (state-machine format 2 entries, and inside the whole-state `sm` blob of format 1). A
+//! format-3 store differs from today's only by lacking the `operator_origin` entry (read as
+//! empty) and by its stored snapshot's layout (rebuilt at the upgrade). postcard
 //! is not self-describing, so a record that gains a field needs its former layout kept.
 
 use super::state_machine::SmData;
@@ -109,6 +111,7 @@ impl From<SmDataV1> for SmData {
                 maintenance: c.maintenance,
                 fence_devices: c.fence_devices,
                 configs: Vec::new(),
+                operator_origin: Vec::new(),
             },
         }
     }
@@ -160,6 +163,22 @@ pub(super) mod write {
             .collect();
         let cluster = (
             nodes,
+            c.config_version,
+            c.max_node_id,
+            &c.resources,
+            &c.operator,
+            &c.plan,
+            c.maintenance,
+            &c.fence_devices,
+        );
+        encode(&(&d.last_applied, &d.membership, cluster))
+    }
+
+    /// A snapshot of format 3: today's whole state without `operator_origin`.
+    pub fn sm_v3(d: &SmData) -> Vec<u8> {
+        let c = &d.cluster;
+        let cluster = (
+            &c.nodes,
             c.config_version,
             c.max_node_id,
             &c.resources,

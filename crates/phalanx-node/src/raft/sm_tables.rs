@@ -1,6 +1,6 @@
 //! The state machine on disk, one redb entry per entity, so that a batch writes what it changed
 //! rather than the whole cluster state: `sm_meta` (format marker, last applied log id,
-//! membership, scalars, plan, operator constraints), `sm_nodes` (each node's record, its
+//! membership, scalars, plan, operator constraints and who made them), `sm_nodes` (each node's record, its
 //! attributes aside), `sm_attrs` (one entry per node attribute), `sm_resources` and
 //! `sm_devices` (fence device health). [`Changes::of`] encodes the entries a batch touched
 //! (see `phalanx_core::state::Touched`), [`Changes::all`] a whole state (an installed snapshot,
@@ -23,12 +23,13 @@ const SM_DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_device
 
 /// Present once the state machine is stored entry by entry: 2 from the start, 3 since node
 /// records carry `online_since_plan` (a format-2 store is read through `legacy` and rewritten),
-/// 4 since the state holds the committed config (`configs`: the entries read as in 3, but the
-/// stored snapshot, the whole state in postcard, is rebuilt in the new layout).
+/// 4 since the state holds the committed config (`configs`) and who made each operator
+/// constraint (`operator_origin`): each its own entry, absent from a format-3 store, read as
+/// empty; the bump rewrites the stored snapshot, whose whole-state layout gained both fields.
 const FORMAT_KEY: &str = "format";
 const FORMAT: u32 = 4;
-/// The first format whose node entries are today's `NodeEntry`.
-const NODE_ENTRY_SINCE: u32 = 3;
+/// The first format whose node entries carry `online_since_plan`.
+const NODE_ENTRY_FORMAT: u32 = 3;
 
 /// A node's record without its attributes (those are entries of their own).
 #[derive(Serialize, Deserialize)]
@@ -225,6 +226,7 @@ impl Changes {
         }
         if operator {
             self.put(Table::Meta, "operator", encode(&s.operator));
+            self.put(Table::Meta, "operator_origin", encode(&s.operator_origin));
         }
     }
 
@@ -350,6 +352,7 @@ pub(super) fn load(db: &Database) -> Result<Option<(SmData, bool)>, StoreError> 
         plan: get(&meta, "plan")?.unwrap_or_default(),
         operator: get(&meta, "operator")?.unwrap_or_default(),
         configs: get(&meta, "configs")?.unwrap_or_default(),
+        operator_origin: get(&meta, "operator_origin")?.unwrap_or_default(),
         ..ClusterState::default()
     };
     let mut attrs: BTreeMap<Vec<u8>, String> = BTreeMap::new();
@@ -381,7 +384,7 @@ pub(super) fn load(db: &Database) -> Result<Option<(SmData, bool)>, StoreError> 
                 String::from_utf8(ak[prefix.len()..].to_vec()).map_err(|_| StoreError::Corrupt("attribute key"))?;
             own.insert(key, av.clone());
         }
-        let record = if format < NODE_ENTRY_SINCE {
+        let record = if format < NODE_ENTRY_FORMAT {
             decode::<super::legacy::NodeEntryV2>("node", v.value())?.into_record(own)
         } else {
             decode::<NodeEntry>("node", v.value())?.into_record(own)
@@ -441,6 +444,20 @@ pub(super) fn store_format_2(db: &Database, d: &SmData) -> Result<(), redb::Erro
             nodes.insert(name.as_str(), super::legacy::write::node_entry_v2(r).as_slice())?;
         }
         tx.open_table(SM_META)?.insert(FORMAT_KEY, encode(&2u32).as_slice())?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Store `d` as format 3 did (no `operator_origin` entry).
+#[cfg(test)]
+pub(super) fn store_format_3(db: &Database, d: &SmData) -> Result<(), redb::Error> {
+    write(db, &Changes::all(d))?;
+    let tx = db.begin_write()?;
+    {
+        let mut meta = tx.open_table(SM_META)?;
+        meta.remove("operator_origin")?;
+        meta.insert(FORMAT_KEY, encode(&3u32).as_slice())?;
     }
     tx.commit()?;
     Ok(())

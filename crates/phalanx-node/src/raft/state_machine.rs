@@ -338,7 +338,21 @@ mod tests {
                     role: Some(Role::Promoted),
                 },
             ],
-            vec![attr("n1", "a", None), Command::RemoveNode { name: "n3".into() }],
+            vec![
+                attr("n1", "a", None),
+                Command::RemoveNode { name: "n3".into() },
+                Command::OperatorBy {
+                    constraint: phalanx_core::scheduler::OperatorConstraint {
+                        rsc: "web".into(),
+                        node: "n1".into(),
+                        prefer: true,
+                        expires_ms: Some(99),
+                    },
+                    by: "alice@ops1".into(),
+                    at_ms: 7,
+                    unit: vec![],
+                },
+            ],
             vec![
                 Command::AddNode {
                     name: "n3".into(),
@@ -374,17 +388,26 @@ mod tests {
         assert!(want.cluster.nodes["n3"].attrs.is_empty(), "a re-added node starts bare");
         assert_eq!(want.cluster.resources["web"].running["n2"], Role::Started);
         assert_eq!(want.cluster.nodes["n2"].online_since_plan, 1);
+        assert_eq!(want.cluster.operator_origin.len(), 1);
         let back = now(&StateMachine::load(db).unwrap());
         assert_eq!(back.cluster, want.cluster);
         assert_eq!(back.last_applied, want.last_applied);
         assert_eq!(meta_get::<SmData>(&sm.db, "sm").unwrap().map(|_| ()), None, "no blob");
     }
 
-    /// `d` as an older version knew it: no node record has `online_since_plan`.
-    fn as_before_format_3(mut d: SmData) -> SmData {
+    /// `d` as an older version knew it: no node record has `online_since_plan`, and nobody
+    /// is recorded as the maker of an operator constraint.
+    fn as_before_format_3(d: SmData) -> SmData {
+        let mut d = as_before_format_4(d);
         for r in d.cluster.nodes.values_mut() {
             r.online_since_plan = 0;
         }
+        d
+    }
+
+    /// `d` as format 3 knew it: no `operator_origin`.
+    fn as_before_format_4(mut d: SmData) -> SmData {
+        d.cluster.operator_origin.clear();
         d
     }
 
@@ -434,6 +457,25 @@ mod tests {
                 snapshot_id: "old".into(),
             },
             data: super::super::legacy::write::sm_v1(&want),
+        };
+        meta_put(&db, "snapshot", &old).unwrap();
+        assert_upgraded(db, &want, true).await;
+    }
+
+    /// Format 3 had no `operator_origin` entry, and its snapshots the whole state without it.
+    #[tokio::test]
+    async fn format_3_entries_and_their_snapshot_are_upgraded_once() {
+        let want = as_before_format_4(now(&applied(open_in_memory().unwrap()).await));
+        assert!(!want.cluster.operator.is_empty());
+        let db = open_in_memory().unwrap();
+        sm_tables::store_format_3(&db, &want).unwrap();
+        let old = StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: want.last_applied,
+                last_membership: want.membership.clone(),
+                snapshot_id: "old".into(),
+            },
+            data: super::super::legacy::write::sm_v3(&want),
         };
         meta_put(&db, "snapshot", &old).unwrap();
         assert_upgraded(db, &want, true).await;
