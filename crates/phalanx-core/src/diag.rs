@@ -66,6 +66,8 @@ pub fn sort(diagnostics: &mut [Diagnostic]) {
 pub(crate) struct Checker<'a> {
     source: &'a str,
     diags: Vec<Diagnostic>,
+    /// Key-values set aside after a schema error (already reported), with their keys.
+    set_aside: Vec<(Range<usize>, String)>,
 }
 
 impl<'a> Checker<'a> {
@@ -73,11 +75,26 @@ impl<'a> Checker<'a> {
         Checker {
             source,
             diags: Vec::new(),
+            set_aside: Vec::new(),
         }
     }
+    /// An error, unless it is about a key set aside within `span` (a missing `name` after
+    /// `name = 5` was reported as a schema error says nothing new).
     pub(crate) fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
-        self.diags
-            .push(Diagnostic::at(self.source, span, Severity::Error, message.into()));
+        let message = message.into();
+        let about_set_aside = self
+            .set_aside
+            .iter()
+            .any(|(r, key)| span.start <= r.start && r.end <= span.end && message.contains(&format!("`{key}`")));
+        if !about_set_aside {
+            self.diags
+                .push(Diagnostic::at(self.source, span, Severity::Error, message));
+        }
+    }
+    /// The key-value `key` at `region` was set aside after a schema error: the later stages see
+    /// it as missing, which is not a further error.
+    pub(crate) fn set_aside(&mut self, region: Range<usize>, key: String) {
+        self.set_aside.push((region, key));
     }
     pub(crate) fn warn(&mut self, span: Range<usize>, message: impl Into<String>) {
         self.diags

@@ -200,20 +200,24 @@ fn value_string(v: &toml::Value) -> String {
     }
 }
 
-/// Validate the fencing sections against the node names.
+/// Validate the fencing sections against the node names; `agent_spans` learns where each
+/// device's agent is written.
 pub(crate) fn validate(
     c: &mut Checker,
     devices: Vec<Spanned<RawDevice>>,
     levels: Vec<Spanned<RawLevel>>,
     action: FenceAction,
     nodes: &BTreeSet<String>,
+    agent_spans: &mut BTreeMap<String, Range<usize>>,
 ) -> FenceConfig {
     let mut out = FenceConfig {
         action,
         ..FenceConfig::default()
     };
     for d in devices {
+        let span = d.get_ref().agent.as_ref().map(|a| a.span());
         if let Some(device) = device(c, d, &out, nodes) {
+            agent_spans.insert(device.name.clone(), span.unwrap_or(0..0));
             out.devices.push(device);
         }
     }

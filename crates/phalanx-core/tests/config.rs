@@ -71,7 +71,8 @@ fn unknown_key_is_located() {
 
 #[test]
 fn unknown_key_in_a_node_is_located() {
-    let src = GOOD.replace("api = \"127.0.0.1:8403\"", "adress = \"x\"");
+    // (api kept: with it gone, n3's default api would collide with n2's, a second error.)
+    let src = GOOD.replace("api = \"127.0.0.1:8403\"", "adress = \"x\"\napi = \"127.0.0.1:8403\"");
     let (line, col, msg) = one_error(&src);
     assert_eq!((line, col), (19, 1), "{msg}");
     assert!(msg.contains("adress"), "{msg}");
@@ -340,4 +341,100 @@ fn priority_fence_delay_and_watchdog_keys() {
     assert!(msg.contains("at least 1s"), "{msg}");
     let (line, _, msg) = one_error(&GOOD.replace("dead_after = 3", "dead_after = 3\npriority_fence_delay = \"soon\""));
     assert_eq!(line, 5, "{msg}");
+}
+
+/// Schema errors (an unknown key, a value of the wrong type) and semantic errors of every section
+/// come out of one check, each at its own line and column: fixing one never reveals the next.
+#[test]
+fn schema_and_semantic_errors_come_together() {
+    let src = GOOD
+        .replace("dead_after = 3", "dead_after = \"three\"\nheartbeat = \"1s\"")
+        .replace("\"stop\"", "\"nope\"")
+        .replace("name = \"n3\"", "name = \"n1\"")
+        .replace("api = \"127.0.0.1:8401\"", "api = \"127.0.0.1:8401\"\nport = 7")
+        + "\n[[resource]]\nid = \"web\"\nagent = \"exec\"\ncolour = \"red\"\nmonitor = 5\n\n[widget]\nx = 1\n";
+    let c = check(&src);
+    assert!(c.config.is_none());
+    let errors: Vec<(usize, usize, &str)> = c
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| (d.line, d.col, d.message.as_str()))
+        .collect();
+    let at = |line: usize, col: usize, text: &str| {
+        assert!(
+            errors
+                .iter()
+                .any(|(l, c, m)| (*l, *c) == (line, col) && m.contains(text)),
+            "no error at {line}:{col} containing {text:?} in {errors:#?}"
+        );
+    };
+    at(4, 14, "invalid type");
+    at(5, 1, "unknown field `heartbeat`");
+    at(6, 20, "no_quorum_policy \"nope\"");
+    at(12, 1, "unknown field `port`");
+    at(19, 8, "duplicate node name \"n1\"");
+    at(26, 1, "unknown field `colour`");
+    at(27, 11, "invalid type");
+    at(29, 2, "unknown field `widget`");
+}
+
+#[test]
+fn on_fail_lists_every_allowed_value() {
+    let rsc = "\n[[resource]]\nid = \"web\"\nagent = \"exec\"\non_fail = \"reboot\"\n";
+    let src = GOOD.replace("[cluster]\n", "[cluster]\nfencing = \"watchdog\"\n") + rsc;
+    let (_, _, msg) = one_error(&src);
+    for v in ["restart", "ban", "stop", "ignore", "fence"] {
+        assert!(msg.contains(v), "{v} missing from: {msg}");
+    }
+}
+
+/// The checks of this machine (fence programs, OCF agents, the key file) run on a config with
+/// other errors too, so that their errors come in the same run; `allow_missing_agents` turns
+/// the agent checks (not the key file's) into warnings.
+#[test]
+fn machine_checks_come_with_the_other_errors() {
+    use phalanx_core::config::{check_machine, Machine};
+    use phalanx_core::ocf::AgentMeta;
+    use phalanx_core::resources::AgentSpec;
+    struct Bare;
+    impl Machine for Bare {
+        fn ocf_meta(&mut self, _: &AgentSpec) -> Option<Result<AgentMeta, String>> {
+            None
+        }
+        fn fence_program(&mut self, program: &str) -> Option<String> {
+            Some(format!("{program} is not installed on this machine"))
+        }
+        fn key_file(&mut self, key_file: &str) -> Vec<(Severity, String)> {
+            vec![(Severity::Error, format!("key file {key_file} does not exist"))]
+        }
+    }
+    let src = GOOD.replace("\"stop\"", "\"nope\"")
+        + "\n[[fence_device]]\nname = \"pdu\"\nagent = \"fence_nosuch\"\n\n[[resource]]\nid = \"d\"\nagent = \"ocf:heartbeat:Dumy\"\n";
+    for allow in [false, true] {
+        let mut c = check(&src);
+        check_machine(&mut c, &src, &mut Bare, allow);
+        assert!(c.config.is_none());
+        let found: Vec<(Severity, usize, usize)> = c.diagnostics.iter().map(|d| (d.severity, d.line, d.col)).collect();
+        let agents = if allow { Severity::Warning } else { Severity::Error };
+        assert_eq!(
+            found,
+            vec![
+                (Severity::Error, 1, 1), // the key file, not written: at [cluster]
+                (Severity::Error, 5, 20),
+                (agents, 23, 9),
+                (agents, 27, 9)
+            ],
+            "{:#?}",
+            c.diagnostics
+        );
+    }
+}
+
+/// A key set aside for its schema error is not reported again as missing.
+#[test]
+fn a_key_of_the_wrong_type_is_one_error_not_two() {
+    let (line, col, msg) = one_error(&GOOD.replace("name = \"n2\"", "name = 2"));
+    assert_eq!((line, col), (13, 8), "{msg}");
+    assert!(msg.contains("invalid type"), "{msg}");
 }

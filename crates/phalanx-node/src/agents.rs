@@ -7,7 +7,11 @@
 //! - `exec`: the operator's own `start`/`stop`/`monitor`/`promote`/`demote` commands (params),
 //!   run by `/bin/sh -c` with the same environment and read as OCF exit codes;
 //! - `process`: a supervised long-running `command` (param), with a pid file in the state
-//!   folder, and an optional `check_tcp = "HOST:PORT"` that start waits for and monitor checks.
+//!   folder that names the process it started (pid, start time, boot), and an optional
+//!   `check_tcp = "HOST:PORT"` that start waits for and monitor checks. Both check the
+//!   process it started, not whoever answers the port: the port must be held by that process
+//!   (or its process group), so an orphan of an earlier run holding the port never makes a
+//!   failed start look started.
 //!
 //! Every call runs in its own process group under its timeout; on timeout the whole group is
 //! killed and the call counts as failed. stdout/stderr are drained while the call runs and kept
@@ -264,6 +268,32 @@ impl Runner {
         phalanx_core::config::check_agents(checked, source, &mut |a| cache.get(&a.to_string()).cloned().flatten());
     }
 
+    /// `phalanx config check`'s checks of this machine (see `phalanx_core::config::check_machine`)
+    /// for the config at `config_path`: its OCF agents (one meta-data call per distinct agent),
+    /// its fence-agents programs and its key file. The draft config is checked, so these errors
+    /// come with the others.
+    pub async fn check_machine(
+        &self,
+        checked: &mut phalanx_core::config::Checked,
+        source: &str,
+        config_path: &Path,
+        allow_missing_agents: bool,
+    ) {
+        let mut machine = ThisMachine {
+            metas: BTreeMap::new(),
+            config_path,
+        };
+        if let Some(cfg) = &checked.draft {
+            for prim in cfg.resources.primitives.values() {
+                let key = prim.agent.to_string();
+                if let std::collections::btree_map::Entry::Vacant(e) = machine.metas.entry(key) {
+                    e.insert(self.agent_meta(&prim.agent).await);
+                }
+            }
+        }
+        phalanx_core::config::check_machine(checked, source, &mut machine, allow_missing_agents);
+    }
+
     async fn run(&self, mut cmd: tokio::process::Command, c: &AgentCall<'_>, started: Instant) -> CallResult {
         cmd.envs(self.env(c))
             .stdin(Stdio::null())
@@ -340,29 +370,45 @@ impl Runner {
                 started,
             );
         };
-        let check = c.params.get("check_tcp").cloned();
-        let alive = || read_pid(&pidfile).filter(|p| running(*p));
-        let tcp_ok = |addr: &Option<String>| {
-            addr.as_ref()
-                .map(|a| {
-                    a.parse::<std::net::SocketAddr>()
-                        .ok()
-                        .map(|sa| std::net::TcpStream::connect_timeout(&sa, Duration::from_millis(200)).is_ok())
-                        .unwrap_or(false)
-                })
-                .unwrap_or(true)
+        let check = match c.params.get("check_tcp") {
+            None => None,
+            Some(a) => match a.parse::<std::net::SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    return CallResult::ours(
+                        c.action,
+                        ocf::OCF_ERR_CONFIGURED,
+                        format!("check_tcp {a:?} is not an IP:PORT address"),
+                        started,
+                    )
+                }
+            },
+        };
+        // The process this agent started (None: gone, or the pid now names another process).
+        let alive = || own_process(&pidfile);
+        let answers = |addr: &std::net::SocketAddr| {
+            std::net::TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_ok()
+        };
+        // Its check: the port held by the process it started (or its process group), answering.
+        let serves = |pid: Pid| check.as_ref().is_none_or(|a| group_listens(pid, a) && answers(a));
+        let by_another = |a: &std::net::SocketAddr| {
+            format!("{a} is answered by a process this resource did not start (an orphan of an earlier run?)")
         };
         let deadline = started + c.timeout;
         match c.action {
-            AgentAction::Monitor => match alive() {
-                None => CallResult::ours(c.action, ocf::OCF_NOT_RUNNING, "not running".into(), started),
-                Some(_) if !tcp_ok(&check) => CallResult::ours(
+            AgentAction::Monitor => match (alive(), &check) {
+                (None, _) => CallResult::ours(c.action, ocf::OCF_NOT_RUNNING, "not running".into(), started),
+                (Some(pid), Some(a)) if !serves(pid) => CallResult::ours(
                     c.action,
                     ocf::OCF_ERR_GENERIC,
-                    format!("running, but {} does not accept connections", check.unwrap_or_default()),
+                    if answers(a) {
+                        format!("running, but {}", by_another(a))
+                    } else {
+                        format!("running, but {a} does not accept connections")
+                    },
                     started,
                 ),
-                Some(_) => CallResult::ours(c.action, ocf::OCF_SUCCESS, "running".into(), started),
+                (Some(_), _) => CallResult::ours(c.action, ocf::OCF_SUCCESS, "running".into(), started),
             },
             AgentAction::Start => {
                 if alive().is_none() {
@@ -394,7 +440,7 @@ impl Runner {
                                 let mut child = child;
                                 let _ = child.wait();
                             });
-                            if let Err(e) = std::fs::write(&pidfile, pid.to_string()) {
+                            if let Err(e) = std::fs::write(&pidfile, pid_record(Pid::from_raw(pid as i32))) {
                                 return CallResult::ours(
                                     c.action,
                                     ocf::OCF_ERR_GENERIC,
@@ -413,26 +459,29 @@ impl Runner {
                         }
                     }
                 }
-                // Started means: alive, and answering its check if it has one.
+                // Started means: its process alive, and holding and answering its check's port
+                // if it has one (whoever else answers that port does not count).
                 loop {
-                    if alive().is_none() {
-                        return CallResult::ours(
-                            c.action,
-                            ocf::OCF_ERR_GENERIC,
-                            "exited right after start".into(),
-                            started,
+                    let Some(pid) = alive() else {
+                        let mut why = "exited right after start".to_string();
+                        if let Some(a) = check.as_ref().filter(|a| answers(a)) {
+                            why += &format!(" ({})", by_another(a));
+                        }
+                        why += &format!(
+                            "; its output is in {}",
+                            self.state_dir.join(format!("{}.log", c.instance)).display()
                         );
-                    }
-                    if tcp_ok(&check) {
+                        return CallResult::ours(c.action, ocf::OCF_ERR_GENERIC, why, started);
+                    };
+                    if serves(pid) {
                         return CallResult::ours(c.action, ocf::OCF_SUCCESS, "started".into(), started);
                     }
                     if Instant::now() > deadline {
-                        let mut r = CallResult::ours(
-                            c.action,
-                            ocf::OCF_ERR_GENERIC,
-                            "timed out waiting for its check".into(),
-                            started,
-                        );
+                        let why = match check.as_ref().filter(|a| answers(a)) {
+                            Some(a) => format!("timed out waiting for its check: {}", by_another(a)),
+                            None => "timed out waiting for its check".to_string(),
+                        };
+                        let mut r = CallResult::ours(c.action, ocf::OCF_ERR_GENERIC, why, started);
                         r.timed_out = true;
                         r.verdict = Verdict::Timeout;
                         return r;
@@ -476,6 +525,25 @@ impl Runner {
     }
 }
 
+/// This machine as `config check` sees it: the OCF meta-data read beforehand (the calls are
+/// async), the fence programs and the key file looked at when asked.
+struct ThisMachine<'a> {
+    metas: BTreeMap<String, Option<Result<ocf::AgentMeta, String>>>,
+    config_path: &'a Path,
+}
+
+impl phalanx_core::config::Machine for ThisMachine<'_> {
+    fn ocf_meta(&mut self, agent: &AgentSpec) -> Option<Result<ocf::AgentMeta, String>> {
+        self.metas.get(&agent.to_string()).cloned().flatten()
+    }
+    fn fence_program(&mut self, program: &str) -> Option<String> {
+        crate::fence::program_problem(program)
+    }
+    fn key_file(&mut self, key_file: &str) -> Vec<(phalanx_core::diag::Severity, String)> {
+        crate::key::check_key_file(&crate::key::key_path(self.config_path, key_file))
+    }
+}
+
 /// Whether a process exists and is not a zombie: an orphan killed while its reaper was gone (a
 /// crashed daemon, say) stays a zombie until init reaps it, and answers `kill(pid, 0)`. A
 /// thread-group leader shows as a zombie while its other threads still exit (and hold its
@@ -504,14 +572,152 @@ fn running(pid: Pid) -> bool {
     }
 }
 
-fn read_pid(path: &Path) -> Option<Pid> {
-    std::fs::read_to_string(path)
-        .ok()?
+/// The `process` agent's pid file: the pid on the first line (what `kill $(head -1 FILE)`
+/// wants), then the process's start time (clock ticks after boot) and the boot id, which tell
+/// the process it started from a later one given the same pid (after a reboot, or once pids
+/// wrap).
+fn pid_record(pid: Pid) -> String {
+    match (start_time(pid), boot_id()) {
+        (Some(t), Some(b)) => format!("{pid}\n{t} {b}\n"),
+        _ => format!("{pid}\n"),
+    }
+}
+
+/// The process a pid file names, if it still runs (not a zombie) and is the one that was
+/// started: same start time, same boot. A pid file of one line (written before the start time
+/// was recorded) is taken at its word.
+fn own_process(pidfile: &Path) -> Option<Pid> {
+    let record = std::fs::read_to_string(pidfile).ok()?;
+    let mut lines = record.lines();
+    let pid = lines
+        .next()?
         .trim()
         .parse::<i32>()
         .ok()
         .filter(|p| *p > 0)
-        .map(Pid::from_raw)
+        .map(Pid::from_raw)?;
+    if let Some(identity) = lines.next().filter(|l| !l.trim().is_empty()) {
+        let mut it = identity.split_whitespace();
+        let (t, b) = (it.next()?, it.next()?);
+        if start_time(pid)?.to_string() != t || boot_id()? != b {
+            return None;
+        }
+    }
+    running(pid).then_some(pid)
+}
+
+/// The fields of /proc/PID/stat after the command name: state, ppid, pgrp, ... (field 3 on).
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// When a process started, in clock ticks after boot (/proc/PID/stat field 22).
+fn start_time(pid: Pid) -> Option<u64> {
+    stat_fields(pid.as_raw())?.get(19)?.parse().ok()
+}
+
+fn boot_id() -> Option<String> {
+    Some(
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()?
+            .trim()
+            .to_string(),
+    )
+}
+
+/// Whether `pid`, or a process of its process group (the `process` agent starts each service
+/// as a group leader), holds a listening TCP socket that takes connections to `addr`: the
+/// service itself serves the port, not some other process.
+fn group_listens(pid: Pid, addr: &std::net::SocketAddr) -> bool {
+    let inodes = listening_inodes(pid, addr);
+    if inodes.is_empty() {
+        return false;
+    }
+    let holds = |p: i32| {
+        std::fs::read_dir(format!("/proc/{p}/fd")).is_ok_and(|fds| {
+            fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|l| {
+                    l.to_str()
+                        .and_then(|l| l.strip_prefix("socket:["))
+                        .and_then(|l| l.strip_suffix(']'))
+                        .and_then(|i| i.parse::<u64>().ok())
+                        .is_some_and(|i| inodes.contains(&i))
+                })
+            })
+        })
+    };
+    if holds(pid.as_raw()) {
+        return true;
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| *p != pid.as_raw())
+        .filter(|p| {
+            stat_fields(*p)
+                .and_then(|f| f.get(2)?.parse::<i32>().ok())
+                .is_some_and(|pgrp| pgrp == pid.as_raw())
+        })
+        .any(holds)
+}
+
+/// The inodes of the listening TCP sockets, in `pid`'s network namespace, that take
+/// connections to `addr`: its port, on its address or on a wildcard one.
+fn listening_inodes(pid: Pid, addr: &std::net::SocketAddr) -> Vec<u64> {
+    let want = canonical(addr.ip());
+    let mut found = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "0A" {
+                continue; // not LISTEN
+            }
+            let Some((ip, port)) = f[1].split_once(':') else {
+                continue;
+            };
+            let (Some(ip), Ok(port)) = (proc_net_ip(ip), u16::from_str_radix(port, 16)) else {
+                continue;
+            };
+            let ip = canonical(ip);
+            let takes = ip == want || (ip.is_unspecified() && (ip.is_ipv6() || want.is_ipv4()));
+            if port == addr.port() && takes {
+                if let Ok(inode) = f[9].parse::<u64>() {
+                    found.push(inode);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// An address as /proc/net/tcp{,6} prints it: 32-bit words in hex, each in host byte order.
+fn proc_net_ip(hex: &str) -> Option<std::net::IpAddr> {
+    let mut bytes = Vec::with_capacity(16);
+    for i in (0..hex.len()).step_by(8) {
+        let word = u32::from_str_radix(hex.get(i..i + 8)?, 16).ok()?;
+        bytes.extend_from_slice(&word.to_ne_bytes());
+    }
+    match bytes.len() {
+        4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
+        16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        _ => None,
+    }
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
 }
 
 /// Read a pipe to its end, keeping the first `limit` bytes (the rest is drained and dropped,
@@ -592,7 +798,7 @@ pub fn stop_process_services(state_dir: &Path, grace: Duration) -> Vec<String> {
         if path.extension().and_then(|x| x.to_str()) != Some("pid") {
             continue;
         }
-        let Some(pid) = read_pid(&path).filter(|p| running(*p)) else {
+        let Some(pid) = own_process(&path) else {
             let _ = std::fs::remove_file(&path);
             continue;
         };
@@ -609,4 +815,50 @@ pub fn stop_process_services(state_dir: &Path, grace: Duration) -> Vec<String> {
         }
     }
     stopped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sockets of this process are found on their address, on a wildcard one, in IPv4 and
+    /// IPv6 (as /proc/net/tcp6 prints them), and not on another port or address.
+    #[test]
+    fn a_process_is_found_listening_on_its_port() {
+        let me = Pid::from_raw(std::process::id() as i32);
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a4 = v4.local_addr().unwrap();
+        assert!(group_listens(me, &a4));
+        assert!(!group_listens(me, &"127.0.0.2:1".parse().unwrap()));
+        let any = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = any.local_addr().unwrap().port();
+        assert!(group_listens(me, &format!("127.0.0.3:{port}").parse().unwrap()));
+        if let Ok(v6) = std::net::TcpListener::bind("[::1]:0") {
+            let a6 = v6.local_addr().unwrap();
+            assert!(group_listens(me, &a6));
+            assert!(!group_listens(me, &format!("127.0.0.1:{}", a6.port()).parse().unwrap()));
+        }
+        drop(v4);
+        assert!(!group_listens(me, &a4), "closed: no longer listening");
+    }
+
+    #[test]
+    fn a_pid_file_names_the_process_that_was_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("x.pid");
+        let me = Pid::from_raw(std::process::id() as i32);
+        std::fs::write(&f, pid_record(me)).unwrap();
+        assert_eq!(own_process(&f), Some(me));
+        let record = pid_record(me);
+        let (pid, identity) = record.split_once('\n').unwrap();
+        let other_start = identity.replacen(' ', "1 ", 1);
+        std::fs::write(&f, format!("{pid}\n{other_start}")).unwrap();
+        assert_eq!(own_process(&f), None, "same pid, another start time: not ours");
+        std::fs::write(&f, format!("{pid}\n")).unwrap();
+        assert_eq!(
+            own_process(&f),
+            Some(me),
+            "an older one-line pid file is taken at its word"
+        );
+    }
 }

@@ -247,6 +247,42 @@ impl Fencer {
     }
 }
 
+/// Why the fence-agents program `p` (as written in the config) cannot be run on this machine,
+/// looked up as [`program_path`] runs it: a path as given, a bare name in /usr/sbin, then on
+/// PATH. None: it can.
+pub fn program_problem(p: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.permissions().mode() & 0o111 != 0)
+    };
+    let found = if p.contains('/') {
+        Some(PathBuf::from(p))
+    } else {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::iter::once(PathBuf::from("/usr/sbin"))
+            .chain(std::env::split_paths(&path))
+            .map(|d| d.join(p))
+            .find(|c| runnable(c).is_some())
+    };
+    match found.as_deref().map(|f| (f, runnable(f))) {
+        Some((_, Some(true))) => None,
+        Some((f, Some(false))) => Some(format!(
+            "{p} is not executable ({}: chmod +x, or install fence-agents)",
+            f.display()
+        )),
+        Some((f, None)) => Some(format!(
+            "{p} is not installed on this machine ({} does not exist)",
+            f.display()
+        )),
+        None => Some(format!(
+            "{p} is not installed on this machine (not in /usr/sbin nor on PATH; Debian's fence-agents installs them: apt-get install fence-agents)"
+        )),
+    }
+}
+
 /// fence-agents install to /usr/sbin; a bare name is looked up there, then on PATH.
 fn program_path(p: &str) -> PathBuf {
     if p.contains('/') {

@@ -2,8 +2,9 @@
 //! heartbeats (HMAC-SHA256) and derives the API bearer token, so one secret file is all a node
 //! needs to join the cluster's traffic.
 
+use phalanx_core::diag::Severity;
 use ring::hmac;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -95,6 +96,58 @@ impl ClusterKey {
             b"phalanx api token v1",
         ))
     }
+}
+
+/// Where a config's key file is: `key_file` as written in the config, relative to the config
+/// file's folder unless absolute.
+pub fn key_path(config: &Path, key_file: &str) -> PathBuf {
+    let k = Path::new(key_file);
+    if k.is_absolute() {
+        k.to_path_buf()
+    } else {
+        config.parent().unwrap_or(Path::new(".")).join(k)
+    }
+}
+
+/// What stops the daemon, run by this user, from using the key file at `path` (errors), and a
+/// mode that lets other users read it (a warning): for `config check`.
+pub fn check_key_file(path: &Path) -> Vec<(Severity, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    let p = path.display();
+    const NEEDS: &str = "it must be readable by the user that runs the daemon (owned by it, mode 0600 or 0400)";
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return vec![(
+                Severity::Error,
+                format!(
+                    "key file {p} does not exist: create it with `phalanx --config FILE init` (mode 0600), or copy the cluster's key here; {NEEDS}"
+                ),
+            )]
+        }
+        Err(e) => return vec![(Severity::Error, format!("key file {p} cannot be read ({e}): {NEEDS}"))],
+    };
+    if !meta.is_file() {
+        return vec![(Severity::Error, format!("key file {p} is not a regular file: {NEEDS}"))];
+    }
+    match ClusterKey::load(path) {
+        Err(KeyError::Read { source, .. }) => {
+            return vec![(
+                Severity::Error,
+                format!("key file {p} cannot be read ({source}): {NEEDS}"),
+            )]
+        }
+        Err(e) => return vec![(Severity::Error, e.to_string())],
+        Ok(_) => {}
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return vec![(
+            Severity::Warning,
+            format!("key file {p} has mode {mode:04o}: other users can read the cluster key (chmod 0600 {p})"),
+        )];
+    }
+    Vec::new()
 }
 
 /// Constant-time comparison of two tokens.

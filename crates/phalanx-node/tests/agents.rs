@@ -244,3 +244,80 @@ async fn the_process_agent_supervises_a_server() {
         "stopped means not listening"
     );
 }
+
+/// A free port on 127.0.0.1 (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An orphan of an earlier run (here: this test) holds the port: the service the agent starts
+/// cannot bind it and dies. That is a failed start, even though the port answers.
+#[tokio::test]
+async fn a_start_whose_process_died_fails_although_another_answers_the_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = runner(dir.path());
+    let orphan = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = orphan.local_addr().unwrap().port();
+    let p = params(&[
+        (
+            "command",
+            &format!("python3 -c \"import socket; socket.socket().bind(('127.0.0.1', {port})); import time; time.sleep(60)\""),
+        ),
+        ("check_tcp", &format!("127.0.0.1:{port}")),
+    ]);
+    let start = call(&r, &AgentSpec::Process, &p, AgentAction::Start, 20_000).await;
+    assert!(!start.succeeded(), "the service died, yet start said: {start:?}");
+    assert!(
+        !start.timed_out,
+        "its death is seen at once, not at the timeout: {start:?}"
+    );
+    assert_eq!(
+        call(&r, &AgentSpec::Process, &p, AgentAction::Monitor, 5_000)
+            .await
+            .verdict,
+        Verdict::NotRunning
+    );
+    drop(orphan);
+}
+
+/// The monitor checks the process it started, not whoever has its pid or its port: once that
+/// process is gone, the monitor says "not running" (7) while another process answers the port,
+/// also when that other process now has the pid written in the pid file (pid reuse, e.g. after
+/// a reboot with the pid file kept on disk).
+#[tokio::test]
+async fn the_monitor_checks_its_own_process_not_the_port_or_a_reused_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = runner(dir.path());
+    let port = free_port();
+    let p = params(&[
+        ("command", &format!("python3 -m http.server {port} --bind 127.0.0.1")),
+        ("check_tcp", &format!("127.0.0.1:{port}")),
+    ]);
+    let start = call(&r, &AgentSpec::Process, &p, AgentAction::Start, 20_000).await;
+    assert!(start.succeeded(), "{start:?}");
+    let pidfile = dir.path().join("state/rsc1.pid");
+    let record = std::fs::read_to_string(&pidfile).unwrap();
+    let pid: i32 = record.lines().next().unwrap().trim().parse().unwrap();
+    // Its process dies; another process takes the port.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let other = loop {
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "the port was never released");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mon = call(&r, &AgentSpec::Process, &p, AgentAction::Monitor, 5_000).await;
+    assert_eq!(mon.verdict, Verdict::NotRunning, "{mon:?}");
+    // The pid in the pid file now belongs to the process that answers the port.
+    let reused = record.replacen(&pid.to_string(), &std::process::id().to_string(), 1);
+    std::fs::write(&pidfile, reused).unwrap();
+    let mon = call(&r, &AgentSpec::Process, &p, AgentAction::Monitor, 5_000).await;
+    assert_eq!(mon.verdict, Verdict::NotRunning, "{mon:?}");
+    drop(other);
+}

@@ -82,14 +82,10 @@ pub fn caller() -> String {
     format!("{user}@{host}")
 }
 
-/// Where a config's key file is: relative paths are relative to the config file's folder.
+/// Where a config's key file is: relative paths are relative to the config file's folder (the
+/// rule is `phalanx_node::key::key_path`'s, which `config check` and `init` use too).
 pub fn key_path(config_path: &Path, config: &Config) -> PathBuf {
-    let k = Path::new(&config.cluster.key_file);
-    if k.is_absolute() {
-        k.to_path_buf()
-    } else {
-        config_path.parent().unwrap_or(Path::new(".")).join(k)
-    }
+    phalanx_node::key::key_path(config_path, &config.cluster.key_file)
 }
 
 /// Read and parse a config file, rendering every error as FILE:LINE:COL.

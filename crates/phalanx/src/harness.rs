@@ -488,9 +488,10 @@ impl LocalNode {
         if let Ok(entries) = std::fs::read_dir(node.data_dir.join("agents")) {
             for e in entries.flatten() {
                 if e.path().extension().map(|x| x == "pid").unwrap_or(false) {
+                    // The pid is the first line (the process agent adds its identity after).
                     if let Some(pid) = std::fs::read_to_string(e.path())
                         .ok()
-                        .and_then(|t| t.trim().parse::<i32>().ok())
+                        .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok())
                     {
                         let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
                     }

@@ -55,9 +55,10 @@ enum Cmd {
         #[arg(long, hide = true)]
         lab: bool,
     },
-    /// Write a new cluster key (0600); never overwrites one.
+    /// Write a new cluster key (0600) beside the config; never overwrites one.
     Init {
-        /// Where to write it (default: the key_file of --config, else ./phalanx.key).
+        /// Where to write it (default: the key_file of --config, relative to the config's
+        /// folder; phalanx.key there when the config does not exist yet or names none).
         #[arg(long)]
         key: Option<PathBuf>,
     },
@@ -165,8 +166,16 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum ConfigCmd {
-    /// Check a config file: every problem as FILE:LINE:COL; exit 2 on errors.
-    Check { file: PathBuf },
+    /// Check a config file: every problem (syntax, schema, semantics, and on this machine: OCF
+    /// agents and their params, fence-agents programs, the key file) as FILE:LINE:COL, all in
+    /// one run; exit 2 on errors.
+    Check {
+        file: PathBuf,
+        /// OCF agents, their params and fence-agents programs missing here are warnings, not
+        /// errors (to check a config on a machine without them).
+        #[arg(long)]
+        allow_missing_agents: bool,
+    },
     /// Make FILE the cluster's config: validate it, show what it changes (and the plan), then
     /// commit it as the next version; every node switches to it without a restart.
     Apply {
@@ -453,11 +462,11 @@ async fn run(cli: Cli) -> Result<i32> {
         Cmd::Init { key } => {
             let path = match key {
                 Some(k) => k.clone(),
-                None => match load_config(&cli.config) {
-                    Ok(c) => key_path(&cli.config, &c),
-                    Err(_) => PathBuf::from("phalanx.key"),
-                },
+                None => init_key_path(&cli.config),
             };
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
             ClusterKey::generate(&path)?;
             if cli.json {
                 print_json(&json!({ "key_file": path, "mode": "0600" }))?;
@@ -499,8 +508,11 @@ async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Config {
-            cmd: ConfigCmd::Check { file },
-        } => config_check(file, cli.json).await,
+            cmd: ConfigCmd::Check {
+                file,
+                allow_missing_agents,
+            },
+        } => config_check(file, *allow_missing_agents, cli.json).await,
         Cmd::Config { cmd } => config_cmd(&cli, cmd).await,
         Cmd::Status => {
             let (client, apis) = apis(&cli)?;
@@ -723,13 +735,27 @@ async fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-async fn config_check(file: &Path, as_json: bool) -> Result<i32> {
+/// Where `init` writes the key: the config's `key_file` (even from a config with errors, as
+/// far as it can be read), else `phalanx.key`, relative to the config's folder, whether the
+/// config exists yet or not.
+fn init_key_path(config: &Path) -> PathBuf {
+    let key_file = std::fs::read_to_string(config)
+        .ok()
+        .and_then(|src| check(&src).draft)
+        .map(|c| c.cluster.key_file)
+        .filter(|k| !k.is_empty())
+        .unwrap_or_else(|| "phalanx.key".to_string());
+    phalanx_node::key::key_path(config, &key_file)
+}
+
+async fn config_check(file: &Path, allow_missing_agents: bool, as_json: bool) -> Result<i32> {
     let name = file.display().to_string();
     let src = std::fs::read_to_string(file).with_context(|| format!("reading {name}"))?;
     let mut checked = check(&src);
-    // OCF agents installed here are asked for their meta-data (params, default timeouts).
+    // This machine: OCF agents installed here are asked for their meta-data (params, default
+    // timeouts), fence-agents programs looked up, the key file read.
     phalanx_node::agents::Runner::new("config-check")
-        .check_agents(&mut checked, &src)
+        .check_machine(&mut checked, &src, file, allow_missing_agents)
         .await;
     let errors = checked
         .diagnostics

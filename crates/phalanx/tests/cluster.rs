@@ -590,6 +590,10 @@ async fn forged_and_garbage_heartbeats_are_dropped_and_counted() {
 fn config_check_prints_file_line_col_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("bad.toml");
+    // (the key file is checked too: a valid one beside the config)
+    let key = dir.path().join("phalanx.key");
+    std::fs::write(&key, format!("{}\n", "ab".repeat(32))).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let check = |json: bool| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_phalanx"));
         if json {
@@ -760,7 +764,7 @@ fn config_check_validates_params_against_agent_meta_data() {
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(
         text.contains(&format!(
-            "{name}:9:9: warning: resource d: agent ocf:heartbeat:Dummy has no parameter \"stat\""
+            "{name}:9:9: error: resource d: agent ocf:heartbeat:Dummy has no parameter \"stat\""
         )),
         "{text}"
     );

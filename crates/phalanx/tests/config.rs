@@ -69,7 +69,7 @@ fn placement(st: &BTreeMap<String, StatusReport>) -> Option<BTreeMap<String, Str
 /// The pid of process resource `rsc` on `node` (its pid file).
 fn pid_of(c: &LocalCluster, node: &str, rsc: &str) -> Option<u32> {
     let f = c.node(node).ok()?.data_dir.join(format!("agents/{rsc}.pid"));
-    std::fs::read_to_string(f).ok()?.trim().parse().ok()
+    std::fs::read_to_string(f).ok()?.lines().next()?.trim().parse().ok()
 }
 
 /// A log without its colour codes.

@@ -527,7 +527,14 @@ async fn sigterm_moves_a_group_away_and_the_node_is_stopped_not_fenced() {
     c.wait_stable(T).await.unwrap();
     let holder = wait_stack(&c, "the stack placed", |_, _| true).await;
     let pid_file = c.node(&holder).unwrap().data_dir.join("agents/svc.pid");
-    let svc_pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let svc_pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let alive = |pid: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
     assert!(alive(svc_pid));
     let status = c.terminate(&holder, T).await.unwrap();

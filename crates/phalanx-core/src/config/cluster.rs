@@ -93,6 +93,8 @@ pub(super) struct Cluster {
     pub span: Range<usize>,
     /// The `fencing` value, or the section when it is not written.
     pub fencing_span: Range<usize>,
+    /// The `key_file` value, or the section when it is not written.
+    pub key_file_span: Range<usize>,
 }
 
 /// Validate the `[cluster]` section (None, reported at the top of the file, when it is missing).
@@ -112,6 +114,7 @@ pub(super) fn validate(c: &mut Checker, section: Option<Spanned<RawCluster>>) ->
         duration::checked_or(c, "priority_fence_delay", &cl.priority_fence_delay, Duration::ZERO);
     let watchdog_timeout = watchdog_timeout(c, &cl.watchdog_timeout);
     let watchdog = watchdog(c, &cl.watchdog);
+    let key_file_span = cl.key_file.as_ref().map(|k| k.span()).unwrap_or(span.clone());
     let key_file = key_file(c, cl.key_file);
     let fence_action = fence_action(c, &cl.fence_action);
     Some(Cluster {
@@ -128,6 +131,7 @@ pub(super) fn validate(c: &mut Checker, section: Option<Spanned<RawCluster>>) ->
         },
         fence_action,
         fencing_span: cl.fencing.as_ref().map(|f| f.span()).unwrap_or(span.clone()),
+        key_file_span,
         span,
     })
 }

@@ -6,12 +6,14 @@
 //! `[witness]` in [`nodes`], the fence devices and levels in [`crate::fencing`], the resources
 //! and constraints in [`crate::resources`]. This module holds the validated [`Config`], the
 //! top-level [`check`] and [`parse`], and the checks that span sections (fencing against the
-//! resources). [`check_agents`] adds what only the node can know: the installed OCF agents.
+//! resources). [`check_machine`] adds what only the machine can know: the installed OCF agents and
+//! fence-agents programs, and the key file.
 
 mod agents;
 mod cluster;
 mod diff;
 mod nodes;
+mod schema;
 
 use crate::diag::Checker;
 use crate::fencing::{self, FenceConfig};
@@ -21,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use toml::Spanned;
 
-pub use agents::check_agents;
+pub use agents::{check_agents, check_machine, Machine};
 pub use cluster::{ClusterConfig, MAX_HEARTBEAT, MIN_HEARTBEAT};
 pub use diff::diff;
 pub use nodes::{NodeConfig, WitnessConfig, DEFAULT_API_PORT};
@@ -55,13 +57,29 @@ impl Config {
 pub struct Checked {
     pub config: Option<Config>,
     pub diagnostics: Vec<Diagnostic>,
+    /// The config as far as it validated, also with errors (None only when the file did not
+    /// parse or has no `[cluster]`): what the checks of this machine ([`check_machine`]) look
+    /// at, so that their errors come with the others. Never run with errors.
+    pub draft: Option<Config>,
     /// Primitive id → where its `agent` value is in the source.
     pub agent_spans: BTreeMap<String, Range<usize>>,
+    /// Fence device name → where its `agent` value is in the source.
+    pub fence_agent_spans: BTreeMap<String, Range<usize>>,
+    /// Where `key_file` is written, else the `[cluster]` section (0..0 without one).
+    pub key_file_span: Range<usize>,
 }
 
 impl Checked {
     pub fn has_errors(&self) -> bool {
         self.diagnostics.iter().any(|d| d.severity == Severity::Error)
+    }
+
+    /// Add diagnostics found after the check (those of this machine): kept in file order, and
+    /// the config dropped once there is an error.
+    pub(crate) fn add(&mut self, diags: Vec<Diagnostic>) {
+        self.diagnostics.extend(diags);
+        crate::diag::sort(&mut self.diagnostics);
+        self.config = if self.has_errors() { None } else { self.draft.clone() };
     }
 }
 
@@ -116,31 +134,44 @@ struct RawConfig {
 /// Parse and validate `source`, collecting every problem.
 pub fn check(source: &str) -> Checked {
     let mut c = Checker::new(source);
-    let mut agent_spans = BTreeMap::new();
-    let config = match toml::from_str::<RawConfig>(source) {
-        Ok(raw) => validate(&mut c, raw, &mut agent_spans),
-        Err(e) => {
-            let span = e.span().unwrap_or(0..0);
-            c.error(span, e.message().trim().to_string());
-            None
-        }
-    };
+    let mut spans = Spans::default();
+    let draft = schema::deserialize::<RawConfig>(&mut c, source).and_then(|raw| validate(&mut c, raw, &mut spans));
     let has_errors = c.has_errors();
     Checked {
-        config: if has_errors { None } else { config },
+        config: if has_errors { None } else { draft.clone() },
         diagnostics: c.finish(),
-        agent_spans,
+        draft,
+        agent_spans: spans.agents,
+        fence_agent_spans: spans.fence_agents,
+        key_file_span: spans.key_file,
     }
+}
+
+/// Where the values the checks of this machine report on are written.
+#[derive(Default)]
+struct Spans {
+    agents: BTreeMap<String, Range<usize>>,
+    fence_agents: BTreeMap<String, Range<usize>>,
+    key_file: Range<usize>,
 }
 
 /// Validate every section, then what spans sections. None only without a `[cluster]`; with
 /// errors, the config returned is incomplete (the caller drops it).
-fn validate(c: &mut Checker, raw: RawConfig, agent_spans: &mut BTreeMap<String, Range<usize>>) -> Option<Config> {
+fn validate(c: &mut Checker, raw: RawConfig, spans: &mut Spans) -> Option<Config> {
     let cluster = cluster::validate(c, raw.cluster)?;
+    spans.key_file = cluster.key_file_span.clone();
+    let agent_spans = &mut spans.agents;
     let nodes = nodes::validate(c, raw.node, &cluster.span);
     let witness = nodes::witness(c, raw.witness);
     nodes::quorum_warnings(c, nodes.names.len(), witness.is_some(), &cluster.span);
-    let fence = fencing::validate(c, raw.fence_device, raw.fence_level, cluster.fence_action, &nodes.names);
+    let fence = fencing::validate(
+        c,
+        raw.fence_device,
+        raw.fence_level,
+        cluster.fence_action,
+        &nodes.names,
+        &mut spans.fence_agents,
+    );
     let resources = resources::validate(
         c,
         resources::RawResources {

@@ -292,7 +292,7 @@ fn on_fail(c: &mut Checker, v: &Option<Spanned<String>>) -> OnFail {
         other => {
             c.error(
                 o.span(),
-                format!("on_fail {other:?} is not one of restart, ban, stop, ignore"),
+                format!("on_fail {other:?} is not one of restart, ban, stop, ignore, fence"),
             );
             OnFail::Restart
         }
