@@ -98,6 +98,7 @@ mod tests {
             priority_fence_delay: Duration::ZERO,
             watchdog: None,
             watchdog_timeout: Duration::from_secs(5),
+            shutdown: Default::default(),
         }
     }
 

@@ -190,7 +190,8 @@ fn a_leaving_node_is_moved_away_from_then_recorded_stopped_without_a_fence() {
     assert_eq!(
         s.apply(&Command::SetLeaving {
             name: "n1".into(),
-            leaving: true
+            leaving: true,
+            lock: false
         }),
         Outcome::Ok
     );
@@ -451,5 +452,31 @@ fn the_witness_backs_exactly_one_side_of_a_split_and_stands_only_when_alone_up_t
     assert!(
         !Controller::default().take_over(Some(2), 12, Some(12), now, &t),
         "a node leads"
+    );
+}
+
+/// A config may name a node the membership does not have (applied with a `[[node]]` nobody
+/// added, or one removed since): it is not a member and hosts nothing, even where a location
+/// prefers it (the scheduler's default for an unlisted node, online, is for scenario files).
+#[test]
+fn a_node_the_config_names_but_the_membership_lacks_hosts_nothing() {
+    let cfg = config("off", WEB);
+    let t = Timings::from(&cfg.cluster);
+    let s = bootstrapped(&cfg);
+    let extra = "[[node]]\nname = \"n9\"\nlinks = [\"127.0.0.1:7409\"]\napi = \"127.0.0.1:7489\"\n[[constraint]]\nlocation = \"web\"\nnode = \"n9\"\nscore = \"INFINITY\"\n";
+    let mut src = String::from("[cluster]\nname = \"t\"\nfencing = \"off\"\n");
+    for i in 1..=3 {
+        src += &format!(
+            "[[node]]\nname = \"n{i}\"\nlinks = [\"127.0.0.1:{}\"]\napi = \"127.0.0.1:{}\"\n",
+            7400 + i,
+            7480 + i
+        );
+    }
+    let with_n9 = phalanx_core::config::parse(&(src + extra + WEB)).expect("a valid config");
+    let a = Controller::default().reconcile(&observed(&["n1", "n2", "n3"]), &s, &with_n9, &t);
+    let actions = plan_of(&a).expect("a plan");
+    assert!(
+        actions.iter().all(|x| x.node != "n9") && actions.iter().any(|x| x.kind == ActionKind::Start),
+        "{actions:?}"
     );
 }

@@ -76,6 +76,7 @@ fn node_state() -> impl Strategy<Value = NodeState> {
                 standby,
                 // Some online nodes are stopping (the tuple is full: drawn from `since`).
                 leaving: online && since % 10 == 0,
+                locked: BTreeSet::new(),
                 maintenance,
                 online_since_ms: since,
                 missing_agents: BTreeSet::new(),
@@ -143,6 +144,7 @@ fn input() -> impl Strategy<Value = Input> {
                 .unwrap_or_default(),
             maintenance: false,
             fencer: fencer.map(String::from),
+            members_only: true,
         })
 }
 

@@ -683,3 +683,65 @@ async fn a_one_way_link_leaves_the_node_without_quorum_and_one_vip_holder() {
     .unwrap();
     finish(w);
 }
+
+/// The longest run of unanswered probes in a client log: from the first failed probe of the
+/// run to the next answered one.
+fn longest_outage(log: &phalanx_lab::lab::ClientLog) -> Duration {
+    let mut longest = Duration::ZERO;
+    let mut failing_since: Option<Instant> = None;
+    for (t, who) in log {
+        match (who, failing_since) {
+            (None, None) => failing_since = Some(*t),
+            (Some(_), Some(since)) => {
+                longest = longest.max(*t - since);
+                failing_since = None;
+            }
+            _ => {}
+        }
+    }
+    longest
+}
+
+/// A rolling restart of all three nodes, one at a time with `phalanx node stop` (then the daemon
+/// started again), under the lab client probing the VIP every 20 ms: nothing is fenced (no
+/// fence event, no fenced record), one holder of the VIP throughout, and the client's longest
+/// outage is a planned move's (web stops on its node and starts on the next: ≤ 150 ms), not a
+/// failover's (detection + fence + start: ≈ 300 ms and more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_with_node_stop_fences_nothing_and_moves_web_as_planned() {
+    let Some((_one, lab)) = lab_or_skip().await else { return };
+    let mut c = cluster(&lab, "manual", None);
+    let first = web_running(&c, 3).await;
+    wait_answer(&lab, &vip_addr(), &first, T).unwrap();
+    let w = watch(&lab);
+    for n in ["n1", "n2", "n3"] {
+        let (code, out, err) = c.cli(&["node", "stop", n]).unwrap();
+        assert_eq!(code, 0, "node stop {n}: {out}{err}");
+        let status = c.wait_exit(n, T).await.unwrap();
+        assert!(status.success(), "{n} exited with {status}");
+        c.start(n).unwrap();
+        c.wait_for(T, &format!("{n} back online, web running"), |st| {
+            let all_online = st.len() == 3 && st.values().all(|s| s.nodes.iter().all(|x| x.state == "online"));
+            all_online.then(|| web_node(st)).flatten()
+        })
+        .await
+        .unwrap();
+    }
+    let last = web_running(&c, 3).await;
+    wait_answer(&lab, &vip_addr(), &last, T).unwrap();
+    let log = finish(w);
+    let longest = longest_outage(&log);
+    eprintln!("rolling restart: web {first} -> {last}, longest client outage {longest:?}");
+    assert!(c.fence_events().is_empty(), "fenced: {:?}", c.fence_events());
+    for s in c.statuses().await.values() {
+        assert!(
+            s.nodes.iter().all(|n| n.fence.fenced_at_ms.is_none()),
+            "a node stop fenced a node: {:?}",
+            s.nodes
+        );
+    }
+    assert!(
+        longest <= Duration::from_millis(150),
+        "the longest outage ({longest:?}) is a failover's, not a planned move's"
+    );
+}

@@ -125,6 +125,7 @@ pub(crate) async fn run(node: Arc<Node>) {
                     .write(Command::SetLeaving {
                         name: node.name.clone(),
                         leaving: false,
+                        lock: false,
                     })
                     .await
                 {
@@ -152,6 +153,7 @@ pub(crate) async fn run(node: Arc<Node>) {
                     .write(Command::SetLeaving {
                         name: node.name.clone(),
                         leaving: true,
+                        lock: node.config().cluster.shutdown == phalanx_core::config::ShutdownMode::Stop,
                     })
                     .await
                 {

@@ -41,6 +41,21 @@ pub struct ClusterConfig {
     /// long after the last feed.
     #[serde(default = "default_watchdog_timeout", with = "crate::duration::duration_ms")]
     pub watchdog_timeout: Duration,
+    /// What a clean stop of a node (`phalanx node stop`, SIGTERM) does with what it runs.
+    #[serde(default)]
+    pub shutdown: ShutdownMode,
+}
+
+/// `[cluster] shutdown`: what a node that stops cleanly does with its resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ShutdownMode {
+    /// Move them to other nodes first (the default).
+    #[default]
+    Move,
+    /// Stop them and keep them stopped, locked to the node, until it is back and starts them
+    /// again (Pacemaker's `shutdown-lock`): for a maintenance reboot not worth a move.
+    Stop,
 }
 
 fn default_watchdog_timeout() -> Duration {
@@ -82,6 +97,7 @@ pub(super) struct RawCluster {
     priority_fence_delay: Option<Spanned<String>>,
     watchdog: Option<Spanned<String>>,
     watchdog_timeout: Option<Spanned<String>>,
+    shutdown: Option<Spanned<String>>,
 }
 
 /// The `[cluster]` section, validated.
@@ -117,6 +133,14 @@ pub(super) fn validate(c: &mut Checker, section: Option<Spanned<RawCluster>>) ->
     let key_file_span = cl.key_file.as_ref().map(|k| k.span()).unwrap_or(span.clone());
     let key_file = key_file(c, cl.key_file);
     let fence_action = fence_action(c, &cl.fence_action);
+    let shutdown = match cl.shutdown.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+        None | Some(("move", _)) => ShutdownMode::Move,
+        Some(("stop", _)) => ShutdownMode::Stop,
+        Some((other, span)) => {
+            c.error(span, format!("shutdown {other:?} is not one of move, stop"));
+            ShutdownMode::Move
+        }
+    };
     Some(Cluster {
         config: ClusterConfig {
             name,
@@ -128,6 +152,7 @@ pub(super) fn validate(c: &mut Checker, section: Option<Spanned<RawCluster>>) ->
             priority_fence_delay,
             watchdog,
             watchdog_timeout,
+            shutdown,
         },
         fence_action,
         fencing_span: cl.fencing.as_ref().map(|f| f.span()).unwrap_or(span.clone()),

@@ -24,7 +24,7 @@ use std::ops::Range;
 use toml::Spanned;
 
 pub use agents::{check_agents, check_machine, Machine};
-pub use cluster::{ClusterConfig, MAX_HEARTBEAT, MIN_HEARTBEAT};
+pub use cluster::{ClusterConfig, ShutdownMode, MAX_HEARTBEAT, MIN_HEARTBEAT};
 pub use diff::diff;
 pub use nodes::{NodeConfig, WitnessConfig, DEFAULT_API_PORT};
 

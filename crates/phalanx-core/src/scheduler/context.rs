@@ -98,7 +98,14 @@ impl<'a> Ctx<'a> {
             clone_of,
             no_state: ResourceState::default(),
             merged: merged_instances(cfg, input),
-            no_node: NodeState::default(),
+            no_node: if input.members_only {
+                NodeState {
+                    online: false,
+                    ..NodeState::default()
+                }
+            } else {
+                NodeState::default()
+            },
         }
     }
 

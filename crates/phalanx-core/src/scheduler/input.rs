@@ -17,6 +17,10 @@ pub struct NodeState {
     /// Stopping (`phalanx node stop`): like standby, what it runs moves away.
     #[serde(default)]
     pub leaving: bool,
+    /// Resources locked to it by its clean stop with `shutdown = "stop"`: they run nowhere else
+    /// until they started here again.
+    #[serde(default)]
+    pub locked: BTreeSet<String>,
     /// Resources on it are left alone (unmanaged); nothing new is placed there.
     #[serde(default)]
     pub maintenance: bool,
@@ -54,6 +58,7 @@ impl Default for NodeState {
             online: true,
             standby: false,
             leaving: false,
+            locked: BTreeSet::new(),
             maintenance: false,
             online_since_ms: 0,
             missing_agents: BTreeSet::new(),
@@ -116,4 +121,9 @@ pub struct Input {
     /// The node that runs fence actions (the coordinator); None: nobody can fence now.
     #[serde(default)]
     pub fencer: Option<String>,
+    /// `nodes` is the whole membership (an input made from the replicated state): a node the
+    /// config names but the membership does not (removed, or never added) is not a member and
+    /// hosts nothing. False in scenario files, where an unlisted node is an online one.
+    #[serde(default)]
+    pub members_only: bool,
 }

@@ -86,9 +86,24 @@ pub(super) fn score_nodes(
         .iter()
         .filter_map(|p| ctx.cfg.resources.primitives.get(p).map(|x| (p, x)))
         .collect();
+    // A clean stop with `shutdown = "stop"` locked this unit to the node it ran on (not a
+    // clone's: its instances run on several nodes by design).
+    let locked_to: Option<&String> = (!matches!(unit, Unit::Clone(_)))
+        .then(|| {
+            ctx.nodes
+                .iter()
+                .find(|n| prim_refs.iter().any(|(p, _)| ctx.node(n).locked.contains(p.as_str())))
+        })
+        .flatten();
     for (i, node) in ctx.nodes.iter().enumerate() {
         let ns = ctx.node(node);
         let mut score = NodeScore::default();
+        if let Some(holder) = locked_to.filter(|h| *h != node) {
+            score.add(
+                -INFINITY,
+                format!("locked to {holder} by its clean stop (shutdown = \"stop\")"),
+            );
+        }
         if !ns.online {
             score.add(-INFINITY, format!("{node} lost"));
         }

@@ -44,6 +44,7 @@ impl ClusterState {
             operator: self.operator.clone(),
             maintenance: self.maintenance,
             fencer: fencer.map(str::to_string),
+            members_only: true,
         }
     }
 }
@@ -54,6 +55,11 @@ fn node_state(rec: &NodeRecord, now_ms: u64, required: bool, hold_ms: Option<u64
         online: rec.liveness.up(),
         standby: rec.standby,
         leaving: rec.liveness == Liveness::Leaving,
+        locked: rec
+            .attrs
+            .get(super::SHUTDOWN_LOCK_ATTR)
+            .map(|l| l.split(' ').filter(|r| !r.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default(),
         maintenance: rec.maintenance,
         online_since_ms: rec.liveness_since_ms,
         missing_agents: BTreeSet::new(),

@@ -24,7 +24,7 @@ mod touched;
 pub use crate::outcome::{Outcome, RejectReason};
 pub use config::{ConfigRecord, CONFIG_HISTORY};
 pub use fencing::{DeviceHealth, FenceRecord};
-pub use nodes::{Liveness, NewNode, NodeRecord};
+pub use nodes::{Liveness, NewNode, NodeRecord, SHUTDOWN_LOCK_ATTR};
 pub use operator::{OperatorEntry, OperatorOrigin};
 pub use plan::PlanRecord;
 pub use resources::{CallOutcome, ResourceRecord};
@@ -166,6 +166,8 @@ pub enum Command {
     SetLeaving {
         name: String,
         leaving: bool,
+        /// `shutdown = "stop"`: what it runs stays stopped, locked to it, until it is back.
+        lock: bool,
     },
     /// `phalanx config apply` (or the first leader, with its local file): the next version of
     /// the cluster's configuration. Refused when `expect_version` is not the current version,
@@ -247,7 +249,7 @@ impl ClusterState {
             Command::Cleanup { rsc } => Ok(self.cleanup(rsc)),
             Command::Operator { constraint } => Ok(self.add_operator(constraint)),
             Command::ClearOperator { rsc } => Ok(self.clear_operators(std::slice::from_ref(rsc))),
-            Command::SetLeaving { name, leaving } => self.set_leaving(name, *leaving),
+            Command::SetLeaving { name, leaving, lock } => self.set_leaving(name, *leaving, *lock),
             Command::ApplyConfig { record, expect_version } => self.apply_config(record, *expect_version),
             Command::OperatorBy {
                 constraint,
@@ -277,6 +279,7 @@ pub(crate) mod test_support {
             priority_fence_delay: std::time::Duration::ZERO,
             watchdog: None,
             watchdog_timeout: std::time::Duration::from_secs(5),
+            shutdown: Default::default(),
         }
     }
 

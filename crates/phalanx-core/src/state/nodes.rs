@@ -6,6 +6,11 @@ use super::{Applied, ClusterState, FenceRecord, Outcome, RejectReason};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// The node attribute that holds what a node stopped with `shutdown = "stop"` ran when it left
+/// (space-separated resource ids): those stay stopped, locked to it, until they start there
+/// again (each one leaves the lock when it does). Deleting the attribute lifts the lock.
+pub const SHUTDOWN_LOCK_ATTR: &str = "#shutdown-lock";
+
 /// Liveness of a node as recorded in the replicated state (set by the leader from its detector).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -205,12 +210,26 @@ impl ClusterState {
     /// A node asked to stop (`leaving`), or to stay after all. Only an up node can start
     /// leaving; stopping to leave is for a node that is still leaving (a node back from a stop
     /// is online again through its liveness).
-    pub(super) fn set_leaving(&mut self, name: &str, leaving: bool) -> Applied {
+    /// `lock` (`shutdown = "stop"`): what runs there stays with it (see [`SHUTDOWN_LOCK_ATTR`]).
+    pub(super) fn set_leaving(&mut self, name: &str, leaving: bool, lock: bool) -> Applied {
+        let held: Vec<String> = self
+            .resources
+            .iter()
+            .filter(|(_, r)| {
+                r.running
+                    .get(name)
+                    .is_some_and(|role| *role != crate::scheduler::Role::Failed)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
         let n = self.node_mut(name)?;
         match (n.liveness, leaving) {
             (Liveness::Leaving, true) => Ok(Outcome::Unchanged),
             (Liveness::Online, true) => {
                 n.liveness = Liveness::Leaving;
+                if lock && !held.is_empty() {
+                    n.attrs.insert(SHUTDOWN_LOCK_ATTR.to_string(), held.join(" "));
+                }
                 Ok(Outcome::Ok)
             }
             (_, true) => Err(Outcome::Rejected(RejectReason::NotOnline { name: name.to_string() })),
@@ -220,6 +239,27 @@ impl ClusterState {
             }
             (_, false) => Ok(Outcome::Unchanged),
         }
+    }
+
+    /// `rsc` started on `name`: it leaves `name`'s shutdown lock, if it was in it.
+    pub(super) fn unlock(&mut self, name: &str, rsc: &str) -> bool {
+        let Some(n) = self.nodes.get_mut(name) else {
+            return false;
+        };
+        let Some(lock) = n.attrs.get(SHUTDOWN_LOCK_ATTR) else {
+            return false;
+        };
+        if !lock.split(' ').any(|r| r == rsc) {
+            return false;
+        }
+        let rest: Vec<&str> = lock.split(' ').filter(|r| *r != rsc).collect();
+        if rest.is_empty() {
+            n.attrs.remove(SHUTDOWN_LOCK_ATTR);
+        } else {
+            let rest = rest.join(" ");
+            n.attrs.insert(SHUTDOWN_LOCK_ATTR.to_string(), rest);
+        }
+        true
     }
 
     /// The leader's view of `name` changed. Coming (back) online starts a new life of the node
@@ -375,6 +415,61 @@ mod tests {
         assert_eq!(s.apply(&Command::RemoveNode { name: "n1".into() }), Outcome::Ok);
         assert_eq!(s.nodes.keys().collect::<Vec<_>>(), vec!["n2"]);
         assert_eq!(s.config_version, 4);
+    }
+
+    /// `shutdown = "stop"`: leaving records what the node ran as its lock; each start there
+    /// later takes its resource out; the last one lifts it.
+    #[test]
+    fn a_locking_leave_records_what_ran_and_starts_there_lift_it() {
+        use crate::scheduler::ActionKind;
+        use crate::state::test_support::{act, bootstrapped};
+        let mut s = bootstrapped(&["n1", "n2"]);
+        for n in ["n1", "n2"] {
+            s.apply(&Command::SetLiveness {
+                name: n.into(),
+                liveness: Liveness::Online,
+                at_ms: 1,
+            });
+        }
+        for r in ["web", "db"] {
+            s.resources
+                .entry(r.into())
+                .or_default()
+                .running
+                .insert("n1".into(), Role::Started);
+        }
+        s.resources
+            .entry("gone".into())
+            .or_default()
+            .running
+            .insert("n1".into(), Role::Failed);
+        let leave = Command::SetLeaving {
+            name: "n1".into(),
+            leaving: true,
+            lock: true,
+        };
+        assert_eq!(s.apply(&leave), Outcome::Ok);
+        assert_eq!(
+            s.nodes["n1"].attrs.get(SHUTDOWN_LOCK_ATTR).map(String::as_str),
+            Some("db web")
+        );
+        for (i, r) in ["web", "db"].iter().enumerate() {
+            s.apply(&Command::SetPlan {
+                actions: vec![act(ActionKind::Start, r, "n1")],
+                edges: vec![],
+            });
+            let plan_id = s.plan.id;
+            s.apply(&Command::ActionResult {
+                plan_id,
+                index: 0,
+                action: act(ActionKind::Start, r, "n1"),
+                outcome: crate::state::CallOutcome::Ok,
+                at_ms: 2,
+                reason: None,
+            });
+            let left = s.nodes["n1"].attrs.get(SHUTDOWN_LOCK_ATTR).cloned();
+            assert_eq!(left, (i == 0).then(|| "db".to_string()), "after {r}");
+        }
     }
 
     #[test]

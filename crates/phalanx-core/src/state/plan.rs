@@ -180,6 +180,14 @@ impl ClusterState {
             touched.resources.insert(action.rsc.clone());
             touched.nodes.insert(action.node.clone());
             self.record_result(action, ok, outcome, at_ms, reason);
+            if ok
+                && matches!(action.kind, ActionKind::Start | ActionKind::Promote)
+                && self.unlock(&action.node, &action.rsc)
+            {
+                touched
+                    .attrs
+                    .insert((action.node.clone(), super::SHUTDOWN_LOCK_ATTR.to_string()));
+            }
         }
         if plan_id == self.plan.id && index < self.plan.actions.len() && self.plan.actions[index] == *action {
             if ok {

@@ -64,7 +64,11 @@ impl Touched {
                 self.scalars = true;
                 self.nodes.insert(name.clone());
             }
-            Command::SetLiveness { name, .. } | Command::SetLeaving { name, .. } => {
+            Command::SetLiveness { name, .. } => {
+                self.nodes.insert(name.clone());
+            }
+            Command::SetLeaving { name, .. } => {
+                self.node_attrs.insert(name.clone());
                 self.nodes.insert(name.clone());
             }
             Command::SetAttr { name, key, .. } => {
@@ -208,6 +212,7 @@ mod tests {
             Command::SetLeaving {
                 name: "n2".into(),
                 leaving: true,
+                lock: false,
             },
             live("n2", Liveness::Stopped),
             live("n2", Liveness::Online),

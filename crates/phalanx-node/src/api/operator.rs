@@ -233,6 +233,7 @@ async fn stop_node(
             node.write(Command::SetLeaving {
                 name: name.clone(),
                 leaving: true,
+                lock: node.config().cluster.shutdown == phalanx_core::config::ShutdownMode::Stop,
             })
             .await?,
         )?;
