@@ -129,8 +129,11 @@ pub(crate) async fn run(node: Arc<Node>) {
                     })
                     .await
                 {
-                    Ok(_) => {
-                        tracing::info!("a stop of this node's previous run was still recorded: taken back");
+                    Ok(o) => {
+                        // Unchanged: this replica was behind, the leave is gone already.
+                        if o == phalanx_core::Outcome::Ok {
+                            tracing::info!("a stop of this node's previous run was still recorded: taken back");
+                        }
                         took_back = true;
                     }
                     Err(e) => tracing::debug!(error = %e, "taking back the previous run's stop"),
