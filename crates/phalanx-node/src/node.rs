@@ -76,6 +76,9 @@ pub struct NodeOptions {
     pub runner: Option<crate::agents::Runner>,
     /// What replaces the fence devices and the forwarding client in tests (default: nothing).
     pub seams: Seams,
+    /// Where the heartbeat mesh runs (`mesh::dedicated_runtime`, the daemon's); None: on the
+    /// caller's runtime (tests, the simulation on paused time).
+    pub mesh_runtime: Option<tokio::runtime::Handle>,
 }
 
 /// Test seams (the simulation, `testing`): in-process stand-ins for the fence devices and for
@@ -330,7 +333,10 @@ impl Node {
             runner: opts.runner.clone(),
         });
         node.refresh_peers();
-        node.spawn(mesh.run(out, inbound));
+        match &opts.mesh_runtime {
+            Some(rt) => node.track(rt.spawn(mesh.run(out, inbound)).abort_handle()),
+            None => node.spawn(mesh.run(out, inbound)),
+        }
 
         if opts.bootstrap && !node.raft.is_initialized().await? {
             // Every listed node initializes with the same membership: openraft allows this and
@@ -367,7 +373,11 @@ impl Node {
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        let handle = tokio::spawn(task).abort_handle();
+        self.track(tokio::spawn(task).abort_handle());
+    }
+
+    /// Remember a task this node started (see [`Node::spawn`]).
+    fn track(&self, handle: tokio::task::AbortHandle) {
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         tasks.retain(|t| !t.is_finished());
         tasks.push(handle);

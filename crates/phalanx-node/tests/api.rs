@@ -50,6 +50,7 @@ async fn start_with(cfg: phalanx_core::Config) -> Arc<Node> {
             bootstrap: true,
             runner: None,
             seams: Default::default(),
+            mesh_runtime: None,
         },
         store::open_in_memory().unwrap(),
         net.raft_network(&n.name),

@@ -39,6 +39,7 @@ async fn start(net: &FakeNet, names: &[&str]) -> Vec<Arc<Node>> {
                 bootstrap: true,
                 runner: None,
                 seams: Default::default(),
+                mesh_runtime: None,
             },
             store::open_in_memory().unwrap(),
             net.raft_network(&n.name),

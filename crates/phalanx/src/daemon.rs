@@ -54,7 +54,8 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         .await
         .unwrap_or(config);
     let db = raft::store::open(&raft::group::db_file(&data_dir, raft::CLUSTER))?;
-    let (out, inbound) = mesh::bind_udp(&links).await?;
+    let mesh_rt = mesh::dedicated_runtime()?;
+    let (out, inbound) = mesh::bind_udp_on(&mesh_rt, &links).await?;
     let listener = transport::bind(api)
         .await
         .with_context(|| format!("binding the API on {api}"))?;
@@ -71,6 +72,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
             bootstrap,
             runner: Some(runner),
             seams: Default::default(),
+            mesh_runtime: Some(mesh_rt),
         },
         db,
         network,
@@ -167,7 +169,8 @@ pub async fn run_witness(config_path: &Path, listen: Option<&str>, data_dir: Opt
     let data_dir = data_dir.unwrap_or_else(|| Path::new("/var/lib/phalanx").join(&config.cluster.name).join("witness"));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let db = raft::store::open(&raft::group::db_file(&data_dir, raft::CLUSTER))?;
-    let (out, inbound) = mesh::bind_udp(&[listen]).await?;
+    let mesh_rt = mesh::dedicated_runtime()?;
+    let (out, inbound) = mesh::bind_udp_on(&mesh_rt, &[listen]).await?;
     let listener = transport::bind(listen)
         .await
         .with_context(|| format!("binding the witness on {listen}"))?;
@@ -184,6 +187,7 @@ pub async fn run_witness(config_path: &Path, listen: Option<&str>, data_dir: Opt
             bootstrap: false,
             runner: None,
             seams: Default::default(),
+            mesh_runtime: Some(mesh_rt),
         },
         db,
         network,

@@ -207,9 +207,8 @@ impl ClusterState {
         !self.resources.values().any(|r| r.running.contains_key(name)) && !self.plan.has_open_claims_of(name)
     }
 
-    /// A node asked to stop (`leaving`), or to stay after all. Only an up node can start
-    /// leaving; stopping to leave is for a node that is still leaving (a node back from a stop
-    /// is online again through its liveness).
+    /// A node asked to stop (`leaving`), or its next process taking a leave back. Only an up
+    /// node can start leaving.
     /// `lock` (`shutdown = "stop"`): what runs there stays with it (see [`SHUTDOWN_LOCK_ATTR`]).
     pub(super) fn set_leaving(&mut self, name: &str, leaving: bool, lock: bool) -> Applied {
         let held: Vec<String> = self
@@ -222,6 +221,7 @@ impl ClusterState {
             })
             .map(|(id, _)| id.clone())
             .collect();
+        let holds_nothing = self.holds_nothing(name);
         let n = self.node_mut(name)?;
         match (n.liveness, leaving) {
             (Liveness::Leaving, true) => Ok(Outcome::Unchanged),
@@ -233,8 +233,20 @@ impl ClusterState {
                 Ok(Outcome::Ok)
             }
             (_, true) => Err(Outcome::Rejected(RejectReason::NotOnline { name: name.to_string() })),
+            // Taken back by the node's next process (it restarted before the leader saw it go):
+            // its previous life ended there. Clean if it held nothing (Stopped: the leader
+            // makes it Online once it sees it both ways), else lost, like a crash (fenced before
+            // what it held runs elsewhere). Never straight to Online: a leader that does not hear
+            // it both ways yet would call it lost at once, and fence a healthy node (seen in the
+            // lab's rolling restart: a leader left, came back before the next leader decided,
+            // took its leave back, and the new leader fenced it).
             (Liveness::Leaving, false) => {
-                n.liveness = Liveness::Online;
+                n.liveness = if holds_nothing {
+                    n.fence.fenced = true;
+                    Liveness::Stopped
+                } else {
+                    Liveness::Offline
+                };
                 Ok(Outcome::Ok)
             }
             (_, false) => Ok(Outcome::Unchanged),
@@ -469,6 +481,47 @@ mod tests {
             });
             let left = s.nodes["n1"].attrs.get(SHUTDOWN_LOCK_ATTR).cloned();
             assert_eq!(left, (i == 0).then(|| "db".to_string()), "after {r}");
+        }
+    }
+
+    /// A leave taken back by the node's next process ends its previous life: Stopped if it held
+    /// nothing (the leader brings it Online once it hears it both ways), lost if it held
+    /// something; never straight to Online (a new leader not hearing it yet would fence it).
+    #[test]
+    fn a_leave_taken_back_ends_the_previous_life_never_straight_to_online() {
+        use crate::state::test_support::bootstrapped;
+        let take_back = Command::SetLeaving {
+            name: "n1".into(),
+            leaving: false,
+            lock: false,
+        };
+        for holds in [false, true] {
+            let mut s = bootstrapped(&["n1", "n2"]);
+            s.apply(&Command::SetLiveness {
+                name: "n1".into(),
+                liveness: Liveness::Online,
+                at_ms: 1,
+            });
+            if holds {
+                s.resources
+                    .entry("web".into())
+                    .or_default()
+                    .running
+                    .insert("n1".into(), Role::Started);
+            }
+            s.apply(&Command::SetLeaving {
+                name: "n1".into(),
+                leaving: true,
+                lock: false,
+            });
+            assert_eq!(s.apply(&take_back), Outcome::Ok);
+            let n1 = &s.nodes["n1"];
+            if holds {
+                assert_eq!((n1.liveness, n1.fence.fenced), (Liveness::Offline, false));
+            } else {
+                assert_eq!((n1.liveness, n1.fence.fenced), (Liveness::Stopped, true));
+            }
+            assert_eq!(s.apply(&take_back), Outcome::Unchanged, "once");
         }
     }
 

@@ -174,7 +174,19 @@ impl<C: Group> RaftNetwork<C> for HttpConn<C> {
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
         self.call("vote", &req, &option).await
     }
+
+    /// How long replication to an unreachable peer waits before it tries again: openraft's
+    /// default is 500 ms, so a node back from a restart got nothing for up to half a second, and
+    /// a move planned onto it in that time (a rolling restart's next step) waited for it: a
+    /// 170-210 ms planned move instead of 20-60 ms (seen in the lab's rolling restart, 2 runs
+    /// in 30). A refused connection costs next to nothing to retry.
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(REPLICATION_BACKOFF))
+    }
 }
+
+/// See `HttpConn::backoff`.
+const REPLICATION_BACKOFF: std::time::Duration = std::time::Duration::from_millis(25);
 
 fn decode<T: DeserializeOwned>(rpc: &'static str, body: &[u8]) -> Result<T, RpcError> {
     postcard::from_bytes(body).map_err(|source| RpcError::Malformed { rpc, source })

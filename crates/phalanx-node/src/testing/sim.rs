@@ -330,6 +330,7 @@ impl Sim {
                     fence: Some(handle),
                     forward: Some(self.net.forwarder(name)),
                 },
+                mesh_runtime: None,
             },
             slot.db.clone(),
             self.net.raft_network(name),
