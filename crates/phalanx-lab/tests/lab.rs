@@ -705,9 +705,9 @@ fn longest_outage(log: &phalanx_lab::lab::ClientLog) -> Duration {
 /// A rolling restart of all three nodes, one at a time with `phalanx node stop` (then the daemon
 /// started again), under the lab client probing the VIP every 20 ms: nothing is fenced (no
 /// fence event, no fenced record), one holder of the VIP throughout, and the client's longest
-/// outage is a planned move's (web stops on its node and starts on the next), not a failover's:
-/// shorter than the detection time alone (3 × 100 ms), which any failover waits out before it
-/// even fences. Measured: 21-65 ms in 31 of 32 runs, once 168 ms (README).
+/// outage is a planned move's (web stops on its node and starts on the next: ≤ 150 ms), not a
+/// failover's (the detection time alone is 3 × 100 ms, then the fence). Measured: 41-107 ms in
+/// 40 runs (README).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_with_node_stop_fences_nothing_and_moves_web_as_planned() {
     let Some((_one, lab)) = lab_or_skip().await else { return };
@@ -749,7 +749,7 @@ async fn a_rolling_restart_with_node_stop_fences_nothing_and_moves_web_as_planne
         );
     }
     assert!(
-        longest < Duration::from_millis(250),
+        longest <= Duration::from_millis(150),
         "the longest outage ({longest:?}) is a failover's, not a planned move's"
     );
 }
