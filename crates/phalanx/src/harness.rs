@@ -584,10 +584,27 @@ impl LocalCluster {
                 return Ok(v);
             }
             if Instant::now() > deadline {
-                let brief: Vec<String> = st
+                let mut brief: Vec<String> = st
                     .values()
                     .map(|s| format!("{}: leader={:?} quorum={} term={}", s.node, s.leader, s.quorum, s.term))
                     .collect();
+                // A node that does not answer: the end of its log says why (a daemon that
+                // failed to start, or exited).
+                for n in self.nodes.iter().filter(|n| !st.contains_key(&n.name)) {
+                    let log = std::fs::read_to_string(self.log_path(&n.name)).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(3).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    brief.push(format!(
+                        "{}: no answer ({}), log ends: {}",
+                        n.name,
+                        if n.child.is_some() {
+                            "daemon started"
+                        } else {
+                            "daemon not running"
+                        },
+                        tail.join(" | ")
+                    ));
+                }
                 bail!("timed out after {timeout:?} waiting for {what} ({})", brief.join("; "));
             }
             tokio::time::sleep(poll).await;
