@@ -893,7 +893,15 @@ async fn node_stop(
             "offline" => {
                 bar.finish_and_clear();
                 let v = json!({ "node": name, "state": "offline", "fenced": n.fence.fenced });
-                return Ok((v, format!("{name} went down before it was done leaving: the cluster treats it as lost (see `phalanx status`).")));
+                let why = if now {
+                    "stopped at once (--now)"
+                } else {
+                    "went down before it was done leaving"
+                };
+                return Ok((
+                    v,
+                    format!("{name} {why}: the cluster treats it as lost and fences it before what it held runs elsewhere (see `phalanx status`)."),
+                ));
             }
             _ => {}
         }

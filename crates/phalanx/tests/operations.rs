@@ -180,9 +180,15 @@ async fn add_and_start(c: &mut LocalCluster, name: &str) {
     c.start(name).unwrap();
     c.wait_for(T, &format!("{name} online everywhere"), |st| {
         (st.len() == 4
-            && st
-                .values()
-                .all(|s| s.nodes.len() == 4 && s.nodes.iter().all(|n| n.state == "online") && s.plan_pending == 0))
+            && st.values().all(|s| {
+                // Online as the mesh sees it and as the replicated state records it (what the
+                // scheduler and the fence rules go by).
+                s.nodes.len() == 4
+                    && s.nodes
+                        .iter()
+                        .all(|n| n.state == "online" && n.liveness == phalanx_core::Liveness::Online)
+                    && s.plan_pending == 0
+            }))
         .then_some(())
     })
     .await

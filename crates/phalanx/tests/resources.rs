@@ -560,7 +560,11 @@ async fn sigterm_moves_a_group_away_and_the_node_is_stopped_not_fenced() {
     c.start(&holder).unwrap();
     c.wait_for(T, "the node back online", |st| {
         st.values()
-            .all(|s| s.nodes.iter().any(|n| n.name == holder && n.state == "online"))
+            .all(|s| {
+                s.nodes
+                    .iter()
+                    .any(|n| n.name == holder && n.state == "online" && n.liveness == phalanx_core::Liveness::Online)
+            })
             .then_some(())
     })
     .await
@@ -602,4 +606,30 @@ async fn node_stop_leaves_cleanly_and_refuses_to_break_quorum() {
         st.nodes
     );
     assert!(c.fence_events().is_empty(), "fenced: {:?}", c.fence_events());
+}
+
+/// `node stop --now` stops a node at once, whatever it runs: its daemon exits, says in its log
+/// what it left running, and stops the services it started; the cluster treats the node as lost
+/// (it held the group) and fences it before the group starts elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_stop_now_exits_at_once_and_the_node_is_fenced_for_what_it_held() {
+    let mut c = cluster();
+    c.wait_stable(T).await.unwrap();
+    let holder = wait_stack(&c, "the stack placed", |_, _| true).await;
+    let (code, out, err) = c.cli(&["--json", "node", "stop", &holder, "--now"]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["state"].as_str(), Some("offline"), "{v}");
+    c.wait_exit(&holder, T).await.unwrap();
+    let log = std::fs::read_to_string(c.log_path(&holder)).unwrap();
+    assert!(log.contains("stopping at once") && log.contains("web"), "{log}");
+    wait_stack(&c, "the stack recovered elsewhere", |n, _| n != holder).await;
+    c.wait_for(T, "the node fenced", |st| {
+        st.values()
+            .flat_map(|s| s.nodes.iter())
+            .any(|n| n.name == holder && n.fence.fenced_at_ms.is_some())
+            .then_some(())
+    })
+    .await
+    .unwrap();
 }
