@@ -130,6 +130,13 @@ async fn an_apply_restarts_or_reloads_only_what_it_changed_and_history_diff_roll
             .any(|l| l.contains("resource p1") && l.contains("sleep 1003")),
         "{diff:?}"
     );
+    // The preview says what the switch does to what runs, before it is applied.
+    let plan: Vec<String> = serde_json::from_value(dry["plan"].clone()).unwrap();
+    assert!(
+        plan.contains(&format!("Restart p1 on {p1_node} (params changed: command)"))
+            && plan.iter().any(|l| l.starts_with(&format!("Reload dummy on {}", before["dummy"]))),
+        "{plan:?}"
+    );
     let applied = cli_json(&c, &["config", "apply", file.to_str().unwrap(), "--yes"]);
     assert_eq!(
         (applied["committed"].as_bool(), applied["version"].as_u64()),

@@ -140,17 +140,31 @@ async fn apply(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<Applie
         _ => return Err(ApiError::BadInput(errors.join("\n"))),
     };
     let leader = node.leader_name();
-    let (current, old_text, plan) = node.with_state(|sm| {
+    let (current, old_text, mut plan, running) = node.with_state(|sm| {
         let c = &sm.cluster;
         let now = crate::mesh::unix_ms();
         let input = c.scheduler_input(now, &config.cluster, leader.as_deref());
         let plan = phalanx_core::scheduler::schedule(&config, &input);
+        let running: Vec<(String, String)> = c
+            .resources
+            .iter()
+            .flat_map(|(id, r)| r.running.keys().map(move |n| (id.clone(), n.clone())))
+            .collect();
         (
             c.current_config().map_or(0, |r| r.version),
             c.current_config().map(|r| r.text.clone()),
             plan.summary,
+            running,
         )
     });
+    // What the switch itself does to what runs (reload or restart in place, stop of a dropped
+    // resource), before the scheduler's moves.
+    let old_config = old_text.as_deref().and_then(|t| phalanx_core::config::parse(t).ok());
+    if let Some(old) = &old_config {
+        let mut effects = crate::executor::reconfigure::preview(node.runner.as_ref(), old, &config, &running).await;
+        effects.append(&mut plan);
+        plan = effects;
+    }
     if let Some(expected) = req.expect_version.filter(|e| *e != current) {
         return Err(ApiError::Refused(
             phalanx_core::RejectReason::StaleConfig { expected, current }.to_string(),

@@ -8,7 +8,7 @@
 mod monitors;
 mod no_quorum;
 mod plan;
-mod reconfigure;
+pub(crate) mod reconfigure;
 
 use crate::agents::{AgentCall, CallResult, Runner};
 use crate::node::Node;

@@ -43,19 +43,67 @@ async fn run(runner: &Runner, prim: &Primitive, instance: &str, action: AgentAct
         .await
 }
 
+/// What a switch from `old` to `new` will do to what runs, one line per instance and node, as
+/// `config apply` previews it (`running`: (instance, node) as the state records them; with no
+/// runner here, an OCF agent's reload is not known: a restart is shown).
+pub(crate) async fn preview(
+    runner: Option<&Runner>,
+    old: &Config,
+    new: &Config,
+    running: &[(String, String)],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (instance, node) in running {
+        let Some(old_prim) = old.resources.primitive_of(instance) else {
+            continue;
+        };
+        let new_prim = new.resources.primitive_of(instance);
+        let what = match runner {
+            Some(r) => change(r, old_prim, new_prim).await,
+            None => match new_prim {
+                None => Some(Change::Remove),
+                Some(p) if p.agent != old_prim.agent || p.params != old_prim.params => Some(Change::Restart),
+                Some(_) => None,
+            },
+        };
+        let changed = || -> String {
+            let keys: Vec<&str> = new_prim.map(|p| changed_params(old_prim, p)).unwrap_or_default();
+            if new_prim.is_some_and(|p| p.agent != old_prim.agent) {
+                "its agent changed".to_string()
+            } else {
+                format!("params changed: {}", keys.join(", "))
+            }
+        };
+        out.push(match what {
+            None => continue,
+            Some(Change::Reload(a)) => format!(
+                "Reload {instance} on {node} ({}; `{}` applies them in place)",
+                changed(),
+                a.as_str()
+            ),
+            Some(Change::Restart) => format!("Restart {instance} on {node} ({})", changed()),
+            Some(Change::Remove) => format!("Stop {instance} on {node} (no longer in the config)"),
+        });
+    }
+    out
+}
+
+/// The params whose value differs between `old` and `new` (added, removed or changed), once each.
+fn changed_params<'a>(old: &'a Primitive, new: &'a Primitive) -> Vec<&'a str> {
+    let keys: std::collections::BTreeSet<&str> =
+        old.params.keys().chain(new.params.keys()).map(String::as_str).collect();
+    keys.into_iter()
+        .filter(|k| old.params.get(*k) != new.params.get(*k))
+        .collect()
+}
+
 /// How `old` → `new` applies to a running instance (None: untouched).
 async fn change(runner: &Runner, old: &Primitive, new: Option<&Primitive>) -> Option<Change> {
     let Some(new) = new else { return Some(Change::Remove) };
     if old.agent != new.agent {
         return Some(Change::Restart);
     }
-    let changed: Vec<&str> = old
-        .params
-        .keys()
-        .chain(new.params.keys())
-        .filter(|k| old.params.get(*k) != new.params.get(*k))
-        .map(String::as_str)
-        .collect();
+    let changed = changed_params(old, new);
     if changed.is_empty() {
         return None;
     }
