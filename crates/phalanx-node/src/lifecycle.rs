@@ -3,7 +3,8 @@
 //! and once the replicated state shows it holds nothing — no resource recorded there, no claimed
 //! action unreported — the node is ready to exit. The leader then sees it go and records it
 //! `Stopped`: never lost, never fenced. A second request (or `--now`) exits at once. A daemon
-//! that restarts before its previous life went takes the request back.
+//! that restarts before the cluster saw its previous life go ends that leave (the state
+//! machine records the previous life stopped, or lost if it still held something).
 //!
 //! The daemon owns the process: it asks with [`Node::request_stop`] and waits on
 //! [`Node::stop_state`] for [`StopState::Ready`] or [`StopState::Now`].
@@ -56,6 +57,37 @@ impl Node {
     /// Where this node's stop stands (changes as it goes).
     pub fn stop_state(&self) -> tokio::sync::watch::Receiver<StopState> {
         self.stop.subscribe()
+    }
+
+    /// Stop, with their agents, the resources the replicated state records on this node (a node
+    /// removed from the cluster does so before it exits: nobody will place or fence anything
+    /// for it any more). Returns what failed to stop.
+    pub async fn stop_what_runs_here(&self) -> Vec<String> {
+        let Some(runner) = &self.runner else { return Vec::new() };
+        let config = self.config();
+        let mut failed = Vec::new();
+        for rsc in self.recorded_here() {
+            let Some(p) = config.resources.primitive_of(&rsc) else {
+                continue;
+            };
+            let r = runner
+                .call(&crate::agents::AgentCall {
+                    agent: &p.agent,
+                    instance: &rsc,
+                    params: &p.params,
+                    action: phalanx_core::ocf::AgentAction::Stop,
+                    timeout: p.stop_timeout,
+                    interval: None,
+                })
+                .await;
+            if r.succeeded() {
+                tracing::warn!(rsc = %rsc, "stopped: this node left the cluster");
+            } else {
+                tracing::error!(rsc = %rsc, reason = %r.summary(), "could not stop it");
+                failed.push(rsc);
+            }
+        }
+        failed
     }
 
     /// What the replicated state records running on this node, for the log when it exits.
@@ -132,7 +164,7 @@ pub(crate) async fn run(node: Arc<Node>) {
                     Ok(o) => {
                         // Unchanged: this replica was behind, the leave is gone already.
                         if o == phalanx_core::Outcome::Ok {
-                            tracing::info!("a stop of this node's previous run was still recorded: taken back");
+                            tracing::info!("the stop of this node's previous run was still open: recorded as ended");
                         }
                         took_back = true;
                     }

@@ -121,6 +121,10 @@ async fn serve_until_signal(
             }
             StopState::Removed => {
                 removed = true;
+                let failed = node.stop_what_runs_here().await;
+                if !failed.is_empty() {
+                    tracing::error!(resources = ?failed, "removed from the cluster, and these would not stop");
+                }
                 break;
             }
             StopState::Now => {

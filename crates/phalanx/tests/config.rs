@@ -134,7 +134,9 @@ async fn an_apply_restarts_or_reloads_only_what_it_changed_and_history_diff_roll
     let plan: Vec<String> = serde_json::from_value(dry["plan"].clone()).unwrap();
     assert!(
         plan.contains(&format!("Restart p1 on {p1_node} (params changed: command)"))
-            && plan.iter().any(|l| l.starts_with(&format!("Reload dummy on {}", before["dummy"]))),
+            && plan
+                .iter()
+                .any(|l| l.starts_with(&format!("Reload dummy on {}", before["dummy"]))),
         "{plan:?}"
     );
     let applied = cli_json(&c, &["config", "apply", file.to_str().unwrap(), "--yes"]);

@@ -633,3 +633,33 @@ async fn node_stop_now_exits_at_once_and_the_node_is_fenced_for_what_it_held() {
     .await
     .unwrap();
 }
+
+/// `node remove` of a running node that holds the stack: the removed node learns it, stops what
+/// it ran with its agents (the Dummy state files are gone) and exits saying why; the stack
+/// starts on a remaining member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_stops_what_it_ran_and_exits() {
+    let mut c = cluster();
+    c.wait_stable(T).await.unwrap();
+    let holder = wait_stack(&c, "the stack placed", |_, _| true).await;
+    assert!(state_file(&c, &holder, "web").is_file());
+    let (code, out, err) = c.cli(&["node", "remove", &holder]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let status = c.wait_exit(&holder, T).await.unwrap();
+    assert!(!status.success());
+    let log = std::fs::read_to_string(c.log_path(&holder)).unwrap();
+    assert!(log.contains("removed from the cluster"), "{log}");
+    for rsc in ["web-ip", "web"] {
+        assert!(
+            !state_file(&c, &holder, rsc).exists(),
+            "{rsc} still runs on the removed {holder}"
+        );
+    }
+    c.wait_for(T, "the stack on a remaining member", |st| {
+        let s = st.values().next()?;
+        let n = stack_node(s)?;
+        (n != holder).then_some(())
+    })
+    .await
+    .unwrap();
+}

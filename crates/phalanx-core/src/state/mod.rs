@@ -162,7 +162,8 @@ pub enum Command {
     },
     /// `phalanx node stop` (or SIGTERM of its daemon): the node hosts nothing new and what it
     /// runs moves away, then it exits and the leader records it `Stopped`, unfenced.
-    /// `leaving = false` takes the request back (a daemon that restarted before it went).
+    /// `leaving = false`: the node's next process ends a leave the cluster did not see through
+    /// (see `set_leaving`).
     SetLeaving {
         name: String,
         leaving: bool,
