@@ -185,9 +185,11 @@ impl Controller {
         }
         Some(vec![
             ControlAction::NewPlan(plan.summary),
-            ControlAction::Write(Command::SetPlan {
+            ControlAction::Write(Command::SetPlanAfter {
                 actions: plan.actions,
                 edges: plan.edges,
+                after_plan: state.plan.id,
+                after_claims: state.plan.claimed.len(),
             }),
         ])
     }

@@ -18,6 +18,7 @@ impl Command {
             Command::SetLiveness { .. } => "SetLiveness",
             Command::SetAttr { .. } => "SetAttr",
             Command::SetPlan { .. } => "SetPlan",
+            Command::SetPlanAfter { .. } => "SetPlanAfter",
             Command::ClaimAction { .. } => "ClaimAction",
             Command::ActionResult { .. } => "ActionResult",
             Command::MonitorFailed { .. } => "MonitorFailed",

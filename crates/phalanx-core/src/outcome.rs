@@ -53,6 +53,8 @@ pub enum RejectReason {
     InvalidConfig { reason: String },
     #[error("the cluster cannot be renamed (from {from:?} to {to:?}): its heartbeats carry the name")]
     ClusterRenamed { from: String, to: String },
+    #[error("a plan made on plan {plan_id} came too late: plan {current} or its claims moved on")]
+    PlanMovedOn { plan_id: u64, current: u64 },
 }
 
 #[cfg(test)]

@@ -70,7 +70,7 @@ fn bootstrapped(cfg: &Config) -> ClusterState {
 
 fn plan_of(actions: &[ControlAction]) -> Option<&Vec<phalanx_core::scheduler::Action>> {
     actions.iter().find_map(|a| match a {
-        ControlAction::Write(Command::SetPlan { actions, .. }) => Some(actions),
+        ControlAction::Write(Command::SetPlan { actions, .. } | Command::SetPlanAfter { actions, .. }) => Some(actions),
         _ => None,
     })
 }

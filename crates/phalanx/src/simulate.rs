@@ -169,10 +169,12 @@ pub fn run_live(config: &Config, mut state: ClusterState, leader: &str, args: &S
         ControlAction::WaitForInFlight { plan_id } => Some(*plan_id),
         _ => None,
     });
-    let unchanged = !actions
-        .iter()
-        .any(|a| matches!(a, ControlAction::Write(Command::SetPlan { .. })))
-        && waits_for.is_none();
+    let unchanged = !actions.iter().any(|a| {
+        matches!(
+            a,
+            ControlAction::Write(Command::SetPlan { .. } | Command::SetPlanAfter { .. })
+        )
+    }) && waits_for.is_none();
     Ok(Live {
         waits_for,
         unchanged,

@@ -192,6 +192,19 @@ pub enum Command {
     ClearOperators {
         rscs: Vec<String>,
     },
+    /// `SetPlan`, made on a state where plan `after_plan` was current with `after_claims`
+    /// actions claimed: refused (changing nothing) if the plan or its claims moved on since. A
+    /// claim that commits between the leader's read and its new plan is a start that may be
+    /// running already; a plan made without it could start the same resource elsewhere (found
+    /// by the simulation, seed 17: vip started on n2 by one plan and on n1 by the next, 1 ms
+    /// apart). The leader plans again on the state that has the claim (and waits for the start,
+    /// `Controller::wait_for_in_flight_starts`).
+    SetPlanAfter {
+        actions: Vec<Action>,
+        edges: Vec<(usize, usize)>,
+        after_plan: u64,
+        after_claims: usize,
+    },
 }
 
 /// What a command family's handler gives: the outcome, or (as `Err`) a refusal that changed
@@ -224,6 +237,20 @@ impl ClusterState {
             Command::SetAttr { name, key, value } => self.set_attr(name, key, value.as_ref()),
             Command::SetMaintenance { node, on } => self.set_maintenance(node.as_deref(), *on),
             Command::SetPlan { actions, edges } => self.set_plan(actions, edges, touched),
+            Command::SetPlanAfter {
+                actions,
+                edges,
+                after_plan,
+                after_claims,
+            } => {
+                if self.plan.id != *after_plan || self.plan.claimed.len() != *after_claims {
+                    return Err(Outcome::Rejected(RejectReason::PlanMovedOn {
+                        plan_id: *after_plan,
+                        current: self.plan.id,
+                    }));
+                }
+                self.set_plan(actions, edges, touched)
+            }
             Command::ClaimAction {
                 plan_id,
                 indices,

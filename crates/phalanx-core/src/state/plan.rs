@@ -207,6 +207,46 @@ mod tests {
     use super::*;
     use crate::scheduler::Role;
 
+    /// Seed 17: the leader read the state, a claim of its plan committed, then its next plan
+    /// (made without that claim) arrived. `SetPlanAfter` refuses it: the leader plans again on
+    /// the state with the claim (and waits for that start).
+    #[test]
+    fn a_plan_made_before_a_claim_committed_is_refused() {
+        let mut s = ClusterState::default();
+        let vip_n2 = act(ActionKind::Start, "vip", "n2");
+        s.apply(&Command::SetPlan {
+            actions: vec![vip_n2],
+            edges: vec![],
+        });
+        let (plan_id, seen) = (s.plan.id, s.plan.claimed.len());
+        s.apply(&Command::ClaimAction {
+            plan_id,
+            indices: vec![0],
+            node: "n2".into(),
+            incarnation: 1,
+        });
+        let late = Command::SetPlanAfter {
+            actions: vec![act(ActionKind::Start, "vip", "n1")],
+            edges: vec![],
+            after_plan: plan_id,
+            after_claims: seen,
+        };
+        let before = s.clone();
+        assert!(matches!(
+            s.apply(&late),
+            Outcome::Rejected(RejectReason::PlanMovedOn { .. })
+        ));
+        assert_eq!(s, before);
+        let fresh = Command::SetPlanAfter {
+            actions: vec![act(ActionKind::Start, "vip", "n1")],
+            edges: vec![],
+            after_plan: plan_id,
+            after_claims: s.plan.claimed.len(),
+        };
+        assert_eq!(s.apply(&fresh), Outcome::Ok);
+        assert!(!fresh.forwardable(), "a leader's decision");
+    }
+
     #[test]
     fn a_claimed_start_is_in_flight_until_its_result() {
         let mut s = ClusterState::default();

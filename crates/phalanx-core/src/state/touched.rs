@@ -78,7 +78,10 @@ impl Touched {
                 self.scalars = true;
                 self.nodes.extend(node.clone());
             }
-            Command::SetPlan { .. } | Command::ClaimAction { .. } | Command::ActionResult { .. } => {
+            Command::SetPlan { .. }
+            | Command::SetPlanAfter { .. }
+            | Command::ClaimAction { .. }
+            | Command::ActionResult { .. } => {
                 self.plan = true;
             }
             Command::MonitorFailed { rsc, .. } | Command::Probe { rsc, .. } | Command::Cleanup { rsc } => {
