@@ -70,16 +70,7 @@ impl Node {
             let Some(p) = config.resources.primitive_of(&rsc) else {
                 continue;
             };
-            let r = runner
-                .call(&crate::agents::AgentCall {
-                    agent: &p.agent,
-                    instance: &rsc,
-                    params: &p.params,
-                    action: phalanx_core::ocf::AgentAction::Stop,
-                    timeout: p.stop_timeout,
-                    interval: None,
-                })
-                .await;
+            let r = crate::executor::call_primitive(runner, p, &rsc, phalanx_core::ocf::AgentAction::Stop, None).await;
             if r.succeeded() {
                 tracing::warn!(rsc = %rsc, "stopped: this node left the cluster");
             } else {

@@ -56,23 +56,33 @@ async fn call(
     // that instance name (OCF_RESOURCE_INSTANCE), as under Pacemaker.
     let config = node.config();
     let prim = config.resources.primitive_of(rsc)?;
+    Some(call_primitive(runner, prim, rsc, action, interval).await)
+}
+
+/// Run one agent action of instance `rsc` of `prim` (a definition of the config this node runs,
+/// or of the one it ran before a switch) under the timeout configured for that action.
+pub(crate) async fn call_primitive(
+    runner: &Runner,
+    prim: &phalanx_core::resources::Primitive,
+    rsc: &str,
+    action: AgentAction,
+    interval: Option<Duration>,
+) -> CallResult {
     let timeout = match action {
         AgentAction::Stop => prim.stop_timeout,
         AgentAction::Monitor => prim.monitor.map(|m| m.timeout).unwrap_or(Duration::from_secs(20)),
         _ => prim.start_timeout,
     };
-    Some(
-        runner
-            .call(&AgentCall {
-                agent: &prim.agent,
-                instance: rsc,
-                params: &prim.params,
-                action,
-                timeout,
-                interval,
-            })
-            .await,
-    )
+    runner
+        .call(&AgentCall {
+            agent: &prim.agent,
+            instance: rsc,
+            params: &prim.params,
+            action,
+            timeout,
+            interval,
+        })
+        .await
 }
 
 /// The role a monitor result means (None: not running).

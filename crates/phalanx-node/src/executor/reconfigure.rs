@@ -7,8 +7,9 @@
 //! primitives are not touched. Results go up like any other: a failed restart or reload is a
 //! monitor failure, a stopped orphan a probe.
 
+use super::call_primitive;
 use super::outcome_of;
-use crate::agents::{AgentCall, CallResult, Runner};
+use crate::agents::Runner;
 use crate::node::Node;
 use phalanx_core::config::Config;
 use phalanx_core::ocf::AgentAction;
@@ -24,23 +25,6 @@ enum Change {
     Reload(AgentAction),
     Restart,
     Remove,
-}
-
-async fn run(runner: &Runner, prim: &Primitive, instance: &str, action: AgentAction) -> CallResult {
-    let timeout = match action {
-        AgentAction::Stop => prim.stop_timeout,
-        _ => prim.start_timeout,
-    };
-    runner
-        .call(&AgentCall {
-            agent: &prim.agent,
-            instance,
-            params: &prim.params,
-            action,
-            timeout,
-            interval: None,
-        })
-        .await
 }
 
 /// What a switch from `old` to `new` will do to what runs, one line per instance and node, as
@@ -147,18 +131,18 @@ pub(super) async fn apply(node: &Node, runner: &Runner, old: &Config, new: &Conf
         };
         let failure = match (what, new_prim) {
             (Change::Reload(action), Some(p)) => {
-                let r = run(runner, p, &instance, action).await;
+                let r = call_primitive(runner, p, &instance, action, None).await;
                 (!r.succeeded()).then(|| report(outcome_of(&r), format!("{}: {}", action.as_str(), r.summary())))
             }
             (Change::Restart, Some(p)) => {
-                let stop = run(runner, old_prim, &instance, AgentAction::Stop).await;
+                let stop = call_primitive(runner, old_prim, &instance, AgentAction::Stop, None).await;
                 if !stop.succeeded() {
                     Some(report(
                         CallOutcome::Hard,
                         format!("stop to restart with the new config: {}", stop.summary()),
                     ))
                 } else {
-                    let start = run(runner, p, &instance, AgentAction::Start).await;
+                    let start = call_primitive(runner, p, &instance, AgentAction::Start, None).await;
                     if !start.succeeded() {
                         Some(report(
                             outcome_of(&start),
@@ -177,7 +161,7 @@ pub(super) async fn apply(node: &Node, runner: &Runner, old: &Config, new: &Conf
                 }
             }
             _ => {
-                let stop = run(runner, old_prim, &instance, AgentAction::Stop).await;
+                let stop = call_primitive(runner, old_prim, &instance, AgentAction::Stop, None).await;
                 Some(if stop.succeeded() {
                     Command::Probe {
                         rsc: instance.clone(),
