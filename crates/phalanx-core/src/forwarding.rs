@@ -32,6 +32,9 @@ impl Command {
             Command::ApplyConfig { .. } => "ApplyConfig",
             Command::OperatorBy { .. } => "OperatorBy",
             Command::ClearOperators { .. } => "ClearOperators",
+            Command::Stamped { cmd, .. } => cmd.name(),
+            Command::Note(_) => "Note",
+            Command::AlertsDelivered { .. } => "AlertsDelivered",
         }
     }
 
@@ -39,6 +42,9 @@ impl Command {
     /// requests, agent results and claims. `Bootstrap`, `SetLiveness` and `SetPlan` are the
     /// leader's decisions and are not forwardable.
     pub fn forwardable(&self) -> bool {
+        if let Command::Stamped { cmd, .. } = self {
+            return !matches!(cmd.as_ref(), Command::Stamped { .. }) && cmd.forwardable();
+        }
         matches!(
             self,
             // Operator requests (the API builds them from validated input).
@@ -61,6 +67,8 @@ impl Command {
                 | Command::DeviceHealth { .. }
                 // A node taking its actions of the current plan.
                 | Command::ClaimAction { .. }
+                // What a node observed for the event history.
+                | Command::Note(_)
         )
     }
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod controller;
 pub mod diag;
 pub mod duration;
+pub mod events;
 pub mod fencing;
 pub mod forwarding;
 pub mod liveness;

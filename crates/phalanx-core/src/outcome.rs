@@ -55,6 +55,8 @@ pub enum RejectReason {
     ClusterRenamed { from: String, to: String },
     #[error("a plan made on plan {plan_id} came too late: plan {current} or its claims moved on")]
     PlanMovedOn { plan_id: u64, current: u64 },
+    #[error("a stamped command cannot hold another stamped command")]
+    NestedStamp,
 }
 
 #[cfg(test)]

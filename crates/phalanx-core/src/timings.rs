@@ -99,6 +99,7 @@ mod tests {
             watchdog: None,
             watchdog_timeout: Duration::from_secs(5),
             shutdown: Default::default(),
+            event_history: crate::events::DEFAULT_HISTORY,
         }
     }
 

@@ -8,6 +8,7 @@ pub mod agents;
 pub mod api;
 pub mod config_watch;
 mod controller;
+pub mod events;
 pub mod executor;
 pub mod fakenet;
 pub mod fence;

@@ -11,6 +11,7 @@ use openraft::error::{ChangeMembershipError, ClientWriteError, Fatal, RaftError}
 use openraft::network::RaftNetworkFactory;
 use openraft::ServerState;
 use phalanx_core::config::Config;
+use phalanx_core::events::{CallReport, Stamp};
 use phalanx_core::quorum::{self, MAX_VOTERS};
 use phalanx_core::timings::ms;
 use phalanx_core::{ClusterState, Command, Liveness, NodeRecord, Outcome, Timings};
@@ -233,6 +234,8 @@ pub struct Node {
     token: String,
     http: reqwest::Client,
     leader_since: AtomicU64,
+    /// The event notes only this node makes (authentication failures).
+    pub(crate) notes: crate::events::Notes,
     pub(crate) started: tokio::time::Instant,
     /// The controller's memory between rounds (campaign window, plan wait): see
     /// `phalanx_core::controller`.
@@ -320,6 +323,7 @@ impl Node {
             token: opts.key.api_token(),
             http: crate::transport::forward_client()?,
             leader_since: AtomicU64::new(0),
+            notes: Default::default(),
             started: tokio::time::Instant::now(),
             control: std::sync::Mutex::default(),
             vote: AtomicU64::new(0),
@@ -364,6 +368,7 @@ impl Node {
             node.spawn(crate::executor::run(node.clone(), runner));
         }
         node.spawn(node.clone().metrics_watch());
+        node.spawn(crate::events::watch_quorum(node.clone()));
         Ok(node)
     }
 
@@ -463,9 +468,10 @@ impl Node {
         self.applied.clone()
     }
 
-    /// A consistent copy of the replicated state.
+    /// A consistent copy of the replicated state, without the event history (see
+    /// `SmData::without_events`).
     pub fn cluster_state(&self) -> SmData {
-        self.with_state(SmData::clone)
+        self.with_state(SmData::without_events)
     }
 
     /// Read the applied state in place (no copy: the state can be tens of MB), under its lock:
@@ -557,6 +563,45 @@ impl Node {
     /// to the leader when this node is not it. A leader's decision (`Command::forwardable` is
     /// false) is refused here, whoever asks: it goes through `write_as_leader` only.
     pub async fn write(&self, cmd: Command) -> Result<Outcome, NodeError> {
+        self.write_stamped(self.stamp(cmd, None, None)).await
+    }
+
+    /// [`write`](Self::write) an operator's command: the event history names who asked and from
+    /// where, and the command is logged here.
+    pub async fn write_by(&self, cmd: Command, by: &str, from: &str) -> Result<Outcome, NodeError> {
+        tracing::info!(operator = %by, from = %from, command = cmd.name(), ?cmd, "operator command");
+        self.write_stamped(self.stamp(cmd, Some((by, from)), None)).await
+    }
+
+    /// [`write`](Self::write) what an agent call found, with its exit code, duration and stderr
+    /// for the event history.
+    pub async fn write_reported(&self, cmd: Command, call: Option<CallReport>) -> Result<Outcome, NodeError> {
+        self.write_stamped(self.stamp(cmd, None, call)).await
+    }
+
+    /// An API request without the right token, from `from` (see `events::Notes`).
+    pub(crate) fn auth_failed(self: &Arc<Self>, from: &str, path: &str) {
+        self.notes.auth_failed(self, from, path, mesh::unix_ms());
+    }
+
+    /// `cmd` stamped with this node's name and clock (a forwarded command keeps its origin's).
+    fn stamp(&self, cmd: Command, by: Option<(&str, &str)>, call: Option<CallReport>) -> Command {
+        if matches!(cmd, Command::Stamped { .. }) {
+            return cmd;
+        }
+        Command::Stamped {
+            stamp: Stamp {
+                at_ms: mesh::unix_ms(),
+                node: self.name.clone(),
+                by: by.map(|b| b.0.to_string()),
+                from: by.map(|b| b.1.to_string()),
+                call,
+            },
+            cmd: Box::new(cmd),
+        }
+    }
+
+    async fn write_stamped(&self, cmd: Command) -> Result<Outcome, NodeError> {
         if !cmd.forwardable() {
             return Err(NodeError::NotForwardable { command: cmd.name() });
         }
@@ -582,7 +627,7 @@ impl Node {
     /// leader must not commit that. Found by the nemesis: such a forwarded "n2 offline" made
     /// n2, the real leader, forget what it ran and start web's VIP a second time elsewhere.
     pub(crate) async fn write_as_leader(&self, cmd: Command) -> Result<Outcome, NodeError> {
-        match self.raft.client_write(Request(cmd)).await {
+        match self.raft.client_write(Request(self.stamp(cmd, None, None))).await {
             Ok(resp) => Ok(self.committed(resp.data.0).await),
             Err(e) => Err(e.into()),
         }

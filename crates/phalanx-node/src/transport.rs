@@ -83,6 +83,15 @@ pub fn api_client(timeout: Duration) -> Result<reqwest::Client, TransportError> 
     )
 }
 
+/// The operator's client of a long-lived stream (`phalanx events --follow`): no bound on the
+/// whole exchange, connecting within 500 ms (a dead node is left for the next one at once).
+pub fn stream_client() -> Result<reqwest::Client, TransportError> {
+    build(
+        "api stream",
+        reqwest::Client::builder().connect_timeout(PEER_CONNECT_TIMEOUT),
+    )
+}
+
 /// The client of HTTP fence devices (power switches); each call sets its device's timeout.
 pub fn device_client() -> Result<reqwest::Client, TransportError> {
     build("fence device", reqwest::Client::builder())
@@ -124,9 +133,12 @@ pub async fn serve(listener: Listener, app: axum::Router) -> Result<(), Transpor
             tracing::debug!(error = %e, "TCP_NODELAY not set on an accepted connection");
         }
     });
-    axum::serve(listener, app)
-        .await
-        .map_err(|source| TransportError::Serve { addr, source })
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .await
+    .map_err(|source| TransportError::Serve { addr, source })
 }
 
 #[cfg(test)]

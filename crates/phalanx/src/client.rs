@@ -173,6 +173,23 @@ impl Client {
         self.get(api, "/v1/status").await
     }
 
+    /// Open a stream (Server-Sent Events) at `path`: the response, its body still to read.
+    pub async fn stream(&self, api: &str, path: &str) -> Result<reqwest::Response> {
+        let resp = transport::stream_client()?
+            .get(transport::url(api, path))
+            .bearer_auth(&self.token)
+            .header(phalanx_node::api::operator::OPERATOR_HEADER, &self.who)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .send()
+            .await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            return Err(ApiFailure::from_answer(status, None, &text).into());
+        }
+        Ok(resp)
+    }
+
     pub async fn metrics(&self, api: &str) -> Result<String> {
         let resp = self
             .http

@@ -5,6 +5,7 @@ pub mod client;
 pub mod config_cmd;
 pub mod daemon;
 pub mod demo;
+pub mod events_cmd;
 pub mod harness;
 pub mod netns;
 pub mod power_switch;

@@ -29,7 +29,8 @@ struct Cli {
         default_value = "/etc/phalanx/phalanx.toml"
     )]
     config: PathBuf,
-    /// Talk to this node's API (IP:PORT) instead of the nodes listed in the config.
+    /// Talk to this node's API (IP:PORT; several, comma-separated, are tried in order) instead
+    /// of the nodes listed in the config.
     #[arg(long, global = true, env = "PHALANX_API")]
     api: Option<String>,
     /// Print JSON instead of human output.
@@ -95,6 +96,27 @@ enum Cmd {
     },
     /// Show the cluster: leader, quorum, nodes, links.
     Status,
+    /// The cluster's event history (the same on every node), oldest first.
+    Events {
+        /// From this sequence number, time (2026-12-01T10:00:00Z) or duration ago (10m).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events of this resource (or clone instance of it).
+        #[arg(long)]
+        resource: Option<String>,
+        /// Only events about (or reported by) this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only these kinds, comma-separated (node_lost,fence_failed…).
+        #[arg(long)]
+        kind: Option<String>,
+        /// At most this many, the newest.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Keep streaming new events (from another node when this one goes away).
+        #[arg(long)]
+        follow: bool,
+    },
     /// Change cluster membership and node flags.
     Node {
         #[command(subcommand)]
@@ -412,7 +434,11 @@ fn apis(cli: &Cli) -> Result<(Client, Vec<String>)> {
     let config = load_config(&cli.config)?;
     let key = ClusterKey::load(&key_path(&cli.config, &config))?;
     let apis = match &cli.api {
-        Some(a) => vec![a.clone()],
+        Some(a) => a
+            .split(',')
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect(),
         None => config.nodes.iter().map(|n| n.api.to_string()).collect(),
     };
     Ok((Client::new(&key)?, apis))
@@ -523,6 +549,25 @@ async fn run(cli: Cli) -> Result<i32> {
                 print!("{}", render::status(&st));
             }
             Ok(0)
+        }
+        Cmd::Events {
+            since,
+            resource,
+            node,
+            kind,
+            limit,
+            follow,
+        } => {
+            let (client, apis) = apis(&cli)?;
+            let q = phalanx::events_cmd::Query {
+                since: since.clone(),
+                resource: resource.clone(),
+                node: node.clone(),
+                kind: kind.clone(),
+                limit: *limit,
+                follow: *follow,
+            };
+            phalanx::events_cmd::run(&client, &apis, &q, cli.json).await
         }
         Cmd::Node { cmd } => node_cmd(&cli, cmd).await,
         Cmd::PowerSwitch {

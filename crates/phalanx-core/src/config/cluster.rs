@@ -44,7 +44,17 @@ pub struct ClusterConfig {
     /// What a clean stop of a node (`phalanx node stop`, SIGTERM) does with what it runs.
     #[serde(default)]
     pub shutdown: ShutdownMode,
+    /// How many events the replicated history keeps (`phalanx events`), the oldest dropped first.
+    #[serde(default = "default_event_history")]
+    pub event_history: u64,
 }
+
+fn default_event_history() -> u64 {
+    crate::events::DEFAULT_HISTORY
+}
+
+/// The bounds of `event_history`.
+pub const EVENT_HISTORY_RANGE: std::ops::RangeInclusive<i64> = 100..=1_000_000;
 
 /// `[cluster] shutdown`: what a node that stops cleanly does with its resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -98,6 +108,7 @@ pub(super) struct RawCluster {
     watchdog: Option<Spanned<String>>,
     watchdog_timeout: Option<Spanned<String>>,
     shutdown: Option<Spanned<String>>,
+    event_history: Option<Spanned<i64>>,
 }
 
 /// The `[cluster]` section, validated.
@@ -141,6 +152,22 @@ pub(super) fn validate(c: &mut Checker, section: Option<Spanned<RawCluster>>) ->
             ShutdownMode::Move
         }
     };
+    let event_history = match &cl.event_history {
+        None => default_event_history(),
+        Some(v) if EVENT_HISTORY_RANGE.contains(v.get_ref()) => *v.get_ref() as u64,
+        Some(v) => {
+            c.error(
+                v.span(),
+                format!(
+                    "event_history {} is outside the allowed {}..{}",
+                    v.get_ref(),
+                    EVENT_HISTORY_RANGE.start(),
+                    EVENT_HISTORY_RANGE.end()
+                ),
+            );
+            default_event_history()
+        }
+    };
     Some(Cluster {
         config: ClusterConfig {
             name,
@@ -153,6 +180,7 @@ pub(super) fn validate(c: &mut Checker, section: Option<Spanned<RawCluster>>) ->
             watchdog,
             watchdog_timeout,
             shutdown,
+            event_history,
         },
         fence_action,
         fencing_span: cl.fencing.as_ref().map(|f| f.span()).unwrap_or(span.clone()),

@@ -205,6 +205,22 @@ pub enum Command {
         after_plan: u64,
         after_claims: usize,
     },
+    /// `cmd` as a node proposed it: when, which node, for which operator, with what agent call
+    /// behind it. Every node wraps what it commits (see `crate::events`): the stamp is what
+    /// gives the command's events their time, reporter and author. Not nested.
+    Stamped {
+        stamp: crate::events::Stamp,
+        cmd: Box<Command>,
+    },
+    /// An event a node observed that no other command records (a quorum lost and regained, an
+    /// authentication failure, an undeliverable alert): it changes nothing but the history.
+    Note(crate::events::Note),
+    /// The leader sent (or skipped) every event up to `seq` to alert `recipient`: where a new
+    /// leader resumes. Changes nothing but the history's cursors.
+    AlertsDelivered {
+        recipient: String,
+        seq: u64,
+    },
 }
 
 /// What a command family's handler gives: the outcome, or (as `Err`) a refusal that changed
@@ -286,6 +302,13 @@ impl ClusterState {
                 unit,
             } => Ok(self.add_operator_by(constraint, by, *at_ms, unit)),
             Command::ClearOperators { rscs } => Ok(self.clear_operators(rscs)),
+            Command::Stamped { cmd, .. } => match cmd.as_ref() {
+                Command::Stamped { .. } => Err(Outcome::Rejected(RejectReason::NestedStamp)),
+                inner => self.try_apply(inner, touched),
+            },
+            Command::Note(_) => Ok(Outcome::Ok),
+            // The history's, not the state's (see `crate::events::apply_logged`).
+            Command::AlertsDelivered { .. } => Ok(Outcome::Unchanged),
         }
     }
 }
@@ -308,6 +331,7 @@ pub(crate) mod test_support {
             watchdog: None,
             watchdog_timeout: std::time::Duration::from_secs(5),
             shutdown: Default::default(),
+            event_history: crate::events::DEFAULT_HISTORY,
         }
     }
 

@@ -28,6 +28,8 @@ pub struct Touched {
     pub configs: bool,
     /// `config_version`, `max_node_id` and the cluster-wide `maintenance` flag.
     pub scalars: bool,
+    /// The event history (kept beside the state: `crate::events`).
+    pub events: bool,
 }
 
 impl Touched {
@@ -99,6 +101,10 @@ impl Touched {
             }
             Command::ApplyConfig { .. } => {
                 self.configs = true;
+            }
+            Command::Stamped { cmd, .. } => self.named_by(cmd),
+            Command::Note(_) | Command::AlertsDelivered { .. } => {
+                self.events = true;
             }
         }
     }

@@ -5,12 +5,12 @@
 //! commit it through Raft). A text with errors answers 400 with every diagnostic as
 //! `FILE:LINE:COL: error: message` and commits nothing; a stale `expect_version` answers 409.
 
-use super::{outcome, parse_json, ApiError};
+use super::{outcome, parse_json, ApiError, Origin};
 use crate::node::Node;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use phalanx_core::config::Severity;
 use phalanx_core::state::ConfigRecord;
 use phalanx_core::Command;
@@ -118,7 +118,11 @@ pub struct Applied {
     pub warnings: Vec<String>,
 }
 
-async fn apply(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<Applied>, ApiError> {
+async fn apply(
+    State(node): State<Arc<Node>>,
+    Extension(origin): Extension<Origin>,
+    body: Bytes,
+) -> Result<Json<Applied>, ApiError> {
     let req: ApplyConfig = parse_json(&body)?;
     let file = req.file.clone().unwrap_or_else(|| "config".into());
     let mut checked = phalanx_core::config::check(&req.text);
@@ -193,11 +197,15 @@ async fn apply(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<Applie
         time_ms: crate::mesh::unix_ms(),
     };
     let o = outcome(
-        node.write(Command::ApplyConfig {
-            record,
-            expect_version: Some(req.expect_version.unwrap_or(current)),
-        })
-        .await?,
+        origin
+            .write(
+                &node,
+                Command::ApplyConfig {
+                    record,
+                    expect_version: Some(req.expect_version.unwrap_or(current)),
+                },
+            )
+            .await?,
     )?;
     if o.0 == phalanx_core::Outcome::Ok {
         answer.committed = true;

@@ -10,6 +10,7 @@
 //! line, never a debug dump of internals (faults inside the node are logged, not returned).
 
 pub mod config;
+pub mod events;
 pub mod operator;
 pub mod peer;
 
@@ -136,7 +137,59 @@ pub(crate) fn outcome(o: Outcome) -> Result<Json<Outcome>, ApiError> {
     }
 }
 
-async fn auth(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+/// The header a caller names itself in (the CLI sends `user@host`).
+pub const OPERATOR_HEADER: &str = "x-phalanx-operator";
+
+/// Who is calling, as it named itself (see [`OPERATOR_HEADER`]), and from which address: put
+/// on every authenticated request, so that each operator command is logged and recorded in the
+/// event history with both.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub by: String,
+    pub from: String,
+}
+
+impl Origin {
+    fn of(req: &Request) -> Origin {
+        let by = req
+            .headers()
+            .get(OPERATOR_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().filter(|c| !c.is_control()).take(128).collect::<String>())
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| "unidentified API client".into());
+        Origin { by, from: peer_of(req) }
+    }
+
+    /// Commit `cmd` as this caller's.
+    pub(crate) async fn write(&self, node: &Node, cmd: phalanx_core::Command) -> Result<Outcome, NodeError> {
+        node.write_by(cmd, &self.by, &self.from).await
+    }
+
+    /// Record an operator command that changes no replicated state (a link taken down here).
+    pub(crate) fn note(&self, node: &Arc<Node>, what: String) {
+        let note = phalanx_core::events::Note {
+            kind: phalanx_core::events::EventKind::OperatorCommand,
+            node: node.name.clone(),
+            summary: format!("{}: {what}", self.by),
+            at_ms: crate::mesh::unix_ms(),
+        };
+        let (node2, by, from) = (node.clone(), self.by.clone(), self.from.clone());
+        node.spawn(async move {
+            let _ = node2.write_by(phalanx_core::Command::Note(note), &by, &from).await;
+        });
+    }
+}
+
+/// The caller's address (`local` where there is no socket: in-process tests).
+fn peer_of(req: &Request) -> String {
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "local".into())
+}
+
+async fn auth(State(node): State<Arc<Node>>, mut req: Request, next: Next) -> Response {
     let ok = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -145,8 +198,11 @@ async fn auth(State(node): State<Arc<Node>>, req: Request, next: Next) -> Respon
         .map(|t| token_eq(t, node.token()))
         .unwrap_or(false);
     if ok {
+        let origin = Origin::of(&req);
+        req.extensions_mut().insert(origin);
         next.run(req).await
     } else {
+        node.auth_failed(&peer_of(&req), req.uri().path());
         ApiError::Unauthorized.into_response()
     }
 }
@@ -172,7 +228,13 @@ pub(crate) fn finish(routes: Router<Arc<Node>>, node: Arc<Node>) -> Router {
 /// Everything a node serves on its API port: the operator and the peer routers (each alone:
 /// `operator::router`, `peer::router`).
 pub fn app(node: Arc<Node>) -> Router {
-    finish(operator::routes().merge(config::routes()).merge(peer::routes()), node)
+    finish(
+        operator::routes()
+            .merge(config::routes())
+            .merge(events::routes())
+            .merge(peer::routes()),
+        node,
+    )
 }
 
 /// Serve [`app`] on `listener` (from `transport::bind`) until the process ends.

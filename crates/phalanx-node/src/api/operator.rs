@@ -9,14 +9,15 @@
 //! names itself in the `x-phalanx-operator` header (the CLI sends `user@host`); the API token
 //! is the cluster's, so that name is the caller's word, not an authenticated identity.
 
-use super::{outcome, parse_json, ApiError};
+pub use super::OPERATOR_HEADER;
+use super::{outcome, parse_json, ApiError, Origin};
 use crate::node::Node;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use phalanx_core::config::DEFAULT_API_PORT;
 use phalanx_core::{Command, Outcome};
 use serde::{Deserialize, Serialize};
@@ -72,7 +73,11 @@ pub struct AddNode {
     pub no_fence_check: bool,
 }
 
-async fn add_node(State(node): State<Arc<Node>>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+async fn add_node(
+    State(node): State<Arc<Node>>,
+    Extension(origin): Extension<Origin>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
     let req: AddNode = parse_json(&body)?;
     if req.name.is_empty() || !req.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         return Err(ApiError::BadInput(format!(
@@ -120,7 +125,7 @@ async fn add_node(State(node): State<Arc<Node>>, body: Bytes) -> Result<impl Int
         links: links.iter().map(|l| l.to_string()).collect(),
         api: api.to_string(),
     };
-    let o = node.write(cmd).await?;
+    let o = origin.write(&node, cmd).await?;
     Ok((StatusCode::CREATED, outcome(o)?).into_response())
 }
 
@@ -136,6 +141,7 @@ struct RemoveQuery {
 
 async fn remove_node(
     State(node): State<Arc<Node>>,
+    Extension(origin): Extension<Origin>,
     Path(name): Path<String>,
     query: Result<Query<RemoveQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Outcome>, ApiError> {
@@ -148,7 +154,7 @@ async fn remove_node(
             return Err(ApiError::Refused(why));
         }
     }
-    outcome(node.write(Command::RemoveNode { name }).await?)
+    outcome(origin.write(&node, Command::RemoveNode { name }).await?)
 }
 
 #[derive(Deserialize)]
@@ -159,16 +165,21 @@ struct Standby {
 
 async fn set_standby(
     State(node): State<Arc<Node>>,
+    Extension(origin): Extension<Origin>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<Outcome>, ApiError> {
     let req: Standby = parse_json(&body)?;
     outcome(
-        node.write(Command::SetStandby {
-            name,
-            standby: req.standby,
-        })
-        .await?,
+        origin
+            .write(
+                &node,
+                Command::SetStandby {
+                    name,
+                    standby: req.standby,
+                },
+            )
+            .await?,
     )
 }
 
@@ -189,6 +200,7 @@ pub struct StopNode {
 /// cluster would stop its resources), unless `force`.
 async fn stop_node(
     State(node): State<Arc<Node>>,
+    Extension(origin): Extension<Origin>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -230,12 +242,16 @@ async fn stop_node(
     } else {
         // Refused (not online, say): the reason, as a 409.
         let _ = outcome(
-            node.write(Command::SetLeaving {
-                name: name.clone(),
-                leaving: true,
-                lock: node.config().cluster.shutdown == phalanx_core::config::ShutdownMode::Stop,
-            })
-            .await?,
+            origin
+                .write(
+                    &node,
+                    Command::SetLeaving {
+                        name: name.clone(),
+                        leaving: true,
+                        lock: node.config().cluster.shutdown == phalanx_core::config::ShutdownMode::Stop,
+                    },
+                )
+                .await?,
         )?;
     }
     tracing::warn!(node = %name, now = req.now, "node stop requested");
@@ -253,25 +269,31 @@ struct AttrValue {
 
 async fn set_attr(
     State(node): State<Arc<Node>>,
+    Extension(origin): Extension<Origin>,
     Path((name, key)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Json<Outcome>, ApiError> {
     let req: AttrValue = parse_json(&body)?;
     outcome(
-        node.write(Command::SetAttr {
-            name,
-            key,
-            value: Some(req.value),
-        })
-        .await?,
+        origin
+            .write(
+                &node,
+                Command::SetAttr {
+                    name,
+                    key,
+                    value: Some(req.value),
+                },
+            )
+            .await?,
     )
 }
 
 async fn delete_attr(
     State(node): State<Arc<Node>>,
+    Extension(origin): Extension<Origin>,
     Path((name, key)): Path<(String, String)>,
 ) -> Result<Json<Outcome>, ApiError> {
-    outcome(node.write(Command::SetAttr { name, key, value: None }).await?)
+    outcome(origin.write(&node, Command::SetAttr { name, key, value: None }).await?)
 }
 
 #[derive(Deserialize)]
@@ -282,6 +304,7 @@ struct LinkAdmin {
 
 async fn set_link(
     State(node): State<Arc<Node>>,
+    Extension(origin): Extension<Origin>,
     Path(index): Path<String>,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -292,7 +315,15 @@ async fn set_link(
     if !node.mesh.set_link_enabled(i, req.enabled) {
         return Err(ApiError::NotFound(format!("this node has no link {i}")));
     }
-    tracing::warn!(link = i, enabled = req.enabled, "link administratively changed");
+    tracing::warn!(link = i, enabled = req.enabled, operator = %origin.by, from = %origin.from, "link administratively changed");
+    origin.note(
+        &node,
+        format!(
+            "link {i} of {} {}",
+            node.name,
+            if req.enabled { "enabled" } else { "disabled" }
+        ),
+    );
     Ok(Json(serde_json::json!({ "link": i, "enabled": req.enabled })))
 }
 
@@ -317,19 +348,6 @@ pub struct ResourceOp {
     pub lifetime_ms: Option<u64>,
 }
 
-/// The header a caller names itself in (the CLI sends `user@host`).
-pub const OPERATOR_HEADER: &str = "x-phalanx-operator";
-
-/// Who the caller says it is (see [`OPERATOR_HEADER`]), bounded and printable.
-fn caller(headers: &HeaderMap) -> String {
-    let named = headers
-        .get(OPERATOR_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.chars().filter(|c| !c.is_control()).take(128).collect::<String>())
-        .filter(|v| !v.trim().is_empty());
-    named.unwrap_or_else(|| "unidentified API client".into())
-}
-
 /// Every operator move and ban, with who made it, when, and when it expires.
 async fn constraints(State(node): State<Arc<Node>>) -> impl IntoResponse {
     Json(node.members().operator_entries(crate::mesh::unix_ms()))
@@ -337,8 +355,8 @@ async fn constraints(State(node): State<Arc<Node>>) -> impl IntoResponse {
 
 async fn resource_op(
     State(node): State<Arc<Node>>,
+    Extension(origin): Extension<Origin>,
     Path((rsc, op)): Path<(String, String)>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: ResourceOp = if body.is_empty() {
@@ -369,7 +387,7 @@ async fn resource_op(
     // Every id that names the same placement unit: a move through any of them replaces a move
     // through another, and clearing any of them clears them all.
     let unit = r.unit_ids(&rsc);
-    let by = caller(&headers);
+    let by = origin.by.clone();
     let constraint = |node: String, prefer: bool| Command::OperatorBy {
         constraint: phalanx_core::scheduler::OperatorConstraint {
             rsc: rsc.clone(),
@@ -417,7 +435,11 @@ async fn resource_op(
                 .into_iter()
                 .filter(|e| unit.contains(&e.resource))
                 .collect();
-            let o = outcome(node.write(Command::ClearOperators { rscs: unit.clone() }).await?)?;
+            let o = outcome(
+                origin
+                    .write(&node, Command::ClearOperators { rscs: unit.clone() })
+                    .await?,
+            )?;
             return Ok(Json(serde_json::json!({ "outcome": o.0, "unit": unit, "cleared": cleared })).into_response());
         }
         "cleanup" => {
@@ -441,7 +463,7 @@ async fn resource_op(
                 })
                 .collect();
             for p in &prims {
-                let _ = outcome(node.write(Command::Cleanup { rsc: p.clone() }).await?)?;
+                let _ = outcome(origin.write(&node, Command::Cleanup { rsc: p.clone() }).await?)?;
             }
             return Ok(Json(Outcome::Ok).into_response());
         }
@@ -451,7 +473,7 @@ async fn resource_op(
             )))
         }
     };
-    Ok(outcome(node.write(cmd).await?)?.into_response())
+    Ok(outcome(origin.write(&node, cmd).await?)?.into_response())
 }
 
 #[derive(Deserialize)]
@@ -462,14 +484,22 @@ struct Maintenance {
     on: bool,
 }
 
-async fn maintenance(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<Outcome>, ApiError> {
+async fn maintenance(
+    State(node): State<Arc<Node>>,
+    Extension(origin): Extension<Origin>,
+    body: Bytes,
+) -> Result<Json<Outcome>, ApiError> {
     let req: Maintenance = parse_json(&body)?;
     outcome(
-        node.write(Command::SetMaintenance {
-            node: req.node,
-            on: req.on,
-        })
-        .await?,
+        origin
+            .write(
+                &node,
+                Command::SetMaintenance {
+                    node: req.node,
+                    on: req.on,
+                },
+            )
+            .await?,
     )
 }
 

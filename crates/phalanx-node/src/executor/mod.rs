@@ -12,6 +12,7 @@ pub(crate) mod reconfigure;
 
 use crate::agents::{AgentCall, CallResult, Runner};
 use crate::node::Node;
+use phalanx_core::events::CallReport;
 use phalanx_core::ocf::{AgentAction, Verdict};
 use phalanx_core::scheduler::{ActionKind, Role};
 use phalanx_core::state::CallOutcome;
@@ -83,6 +84,11 @@ pub(crate) async fn call_primitive(
             interval,
         })
         .await
+}
+
+/// What the event history keeps of an agent call: exit code, duration, the end of its stderr.
+fn report(r: &CallResult) -> CallReport {
+    CallReport::new(r.exit_code, r.elapsed_ms, &r.stderr)
 }
 
 /// The role a monitor result means (None: not running).

@@ -149,15 +149,14 @@ async fn monitor(
                 CallOutcome::Ok => CallOutcome::Soft,
                 o => o,
             };
-            let _ = node
-                .write(Command::MonitorFailed {
-                    rsc: rsc.clone(),
-                    node: node.name.clone(),
-                    outcome,
-                    at_ms: unix_ms(),
-                    reason,
-                })
-                .await;
+            let failed = Command::MonitorFailed {
+                rsc: rsc.clone(),
+                node: node.name.clone(),
+                outcome,
+                at_ms: unix_ms(),
+                reason,
+            };
+            let _ = node.write_reported(failed, Some(super::report(&r))).await;
         }
     }
     end(&in_flight, &rsc);

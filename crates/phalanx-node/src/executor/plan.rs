@@ -2,10 +2,11 @@
 //! run each once its predecessors are done (a fence through the fencing levels, anything else
 //! through its agent), and report every result through the Raft log.
 
-use super::{agent_action, call, outcome_of};
+use super::{agent_action, call, outcome_of, report};
 use crate::agents::Runner;
 use crate::mesh::unix_ms;
 use crate::node::Node;
+use phalanx_core::events::CallReport;
 use phalanx_core::scheduler::{Action, ActionKind, Role};
 use phalanx_core::state::CallOutcome;
 use phalanx_core::{Command, NodeRecord};
@@ -118,7 +119,7 @@ pub(super) fn run_plan(
         let (node2, runner2, progress2) = (node.clone(), runner.clone(), progress.clone());
         node.spawn(async move {
             tracing::info!(rsc = %action.rsc, kind = ?action.kind, reason = %action.reason, "running plan action");
-            let (outcome, reason, at_ms) = run_action(&node2, &runner2, &progress2, id, &action).await;
+            let (outcome, reason, at_ms, call) = run_action(&node2, &runner2, &progress2, id, &action).await;
             if outcome == CallOutcome::Ok {
                 progress2.ran(&action);
             } else {
@@ -134,7 +135,7 @@ pub(super) fn run_plan(
             };
             // Keep trying to report: the result is a fact the cluster must learn.
             for _ in 0..50 {
-                if node2.write(cmd.clone()).await.is_ok() {
+                if node2.write_reported(cmd.clone(), call.clone()).await.is_ok() {
                     locked(&progress2.reported).insert((id, i), outcome == CallOutcome::Ok);
                     break;
                 }
@@ -148,14 +149,15 @@ pub(super) fn run_plan(
 
 /// Run one plan action (of plan `plan_id`): a fence through the fencing levels, anything else
 /// through its agent. For a fence, the reason of a success names the level and devices that
-/// did it, and the time it is reported with is when it was done (None: now).
+/// did it, and the time it is reported with is when it was done (None: now). The call's report
+/// (exit code, duration, stderr) goes to the event history.
 async fn run_action(
     node: &Node,
     runner: &Runner,
     progress: &PlanProgress,
     plan_id: u64,
     action: &Action,
-) -> (CallOutcome, Option<String>, Option<u64>) {
+) -> (CallOutcome, Option<String>, Option<u64>, Option<CallReport>) {
     if action.kind == ActionKind::Fence {
         let target = &action.rsc;
         let delay = node.with_state(|sm| sm.cluster.fence_delay(&node.config().cluster, target));
@@ -167,30 +169,34 @@ async fn run_action(
             Moot::No => {}
             Moot::Fenced { at_ms, by } => {
                 tracing::info!(%target, %by, "not fencing again: fenced since this fence was planned");
-                return (CallOutcome::Ok, Some(by), Some(at_ms));
+                return (CallOutcome::Ok, Some(by), Some(at_ms), None);
             }
             Moot::Back => {
                 // The cluster refuses this result anyway (a fence of an earlier life).
                 tracing::warn!(%target, "not fencing: it came back online after this fence was planned");
                 let why = format!("{target} came back online after this fence was planned");
-                return (CallOutcome::Soft, Some(why), None);
+                return (CallOutcome::Soft, Some(why), None, None);
             }
         }
         let seed = node.incarnation ^ unix_ms();
-        return match node.fencer.fence(target, seed).await {
+        let began = std::time::Instant::now();
+        let result = node.fencer.fence(target, seed).await;
+        let took = Some(CallReport::new(None, began.elapsed().as_millis() as u64, ""));
+        return match result {
             Ok(by) => {
                 let at_ms = unix_ms();
                 locked(&progress.fenced).insert(target.clone(), (plan_id, at_ms, by.clone()));
-                (CallOutcome::Ok, Some(by), Some(at_ms))
+                (CallOutcome::Ok, Some(by), Some(at_ms), took)
             }
-            Err(e) => (CallOutcome::Soft, Some(e.to_string()), None),
+            Err(e) => (CallOutcome::Soft, Some(e.to_string()), None, took),
         };
     }
     match call(node, runner, &action.rsc, agent_action(action.kind), None).await {
-        Some(r) => (outcome_of(&r), r.exit_reason.clone(), None),
+        Some(r) => (outcome_of(&r), r.exit_reason.clone(), None, Some(report(&r))),
         None => (
             CallOutcome::Fatal,
             Some(format!("{} is not in this node's config", action.rsc)),
+            None,
             None,
         ),
     }

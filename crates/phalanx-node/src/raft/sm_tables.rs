@@ -2,13 +2,15 @@
 //! rather than the whole cluster state: `sm_meta` (format marker, last applied log id,
 //! membership, scalars, plan, operator constraints and who made them), `sm_nodes` (each node's record, its
 //! attributes aside), `sm_attrs` (one entry per node attribute), `sm_resources` and
-//! `sm_devices` (fence device health). [`Changes::of`] encodes the entries a batch touched
+//! `sm_devices` (fence device health), `sm_events` (the event history, one entry per event by
+//! sequence number; its counters and alert cursors in `sm_meta`). [`Changes::of`] encodes the entries a batch touched
 //! (see `phalanx_core::state::Touched`), [`Changes::all`] a whole state (an installed snapshot,
 //! or the one-time upgrade from the former single `sm` blob); [`write`] commits either in one
 //! transaction; [`load`] reassembles the state.
 
 use super::state_machine::SmData;
 use super::store::{decode, encode, StoreError, META};
+use phalanx_core::events::{Event, EventLog, Mark};
 use phalanx_core::state::{FenceRecord, Liveness, NodeRecord, Touched};
 use phalanx_core::ClusterState;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -20,14 +22,17 @@ const SM_NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_nodes");
 const SM_ATTRS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sm_attrs");
 const SM_RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_resources");
 const SM_DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_devices");
+const SM_EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("sm_events");
 
 /// Present once the state machine is stored entry by entry: 2 from the start, 3 since node
 /// records carry `online_since_plan` (a format-2 store is read through `legacy` and rewritten),
 /// 4 since the state holds the committed config (`configs`) and who made each operator
 /// constraint (`operator_origin`): each its own entry, absent from a format-3 store, read as
-/// empty; the bump rewrites the stored snapshot, whose whole-state layout gained both fields.
+/// empty; the bump rewrites the stored snapshot, whose whole-state layout gained both fields;
+/// 5 since the state machine holds the event history (`sm_events`, absent from a format-4 store:
+/// read as an empty history; the snapshot's layout gained it).
 const FORMAT_KEY: &str = "format";
-const FORMAT: u32 = 4;
+const FORMAT: u32 = 5;
 /// The first format whose node entries carry `online_since_plan`.
 const NODE_ENTRY_FORMAT: u32 = 3;
 
@@ -76,6 +81,16 @@ impl NodeEntry {
     }
 }
 
+/// The event history's counters and alert cursors, one entry (the events are entries of their
+/// own).
+#[derive(Serialize, Deserialize)]
+struct EventsMeta {
+    next_seq: u64,
+    limit: u64,
+    last_ms: u64,
+    delivered: BTreeMap<String, u64>,
+}
+
 /// The state's scalars, one entry.
 #[derive(Serialize, Deserialize)]
 struct Scalars {
@@ -115,6 +130,8 @@ enum Op {
     PutAttr(Vec<u8>, Vec<u8>),
     DeleteAttr(Vec<u8>),
     DeleteAttrsOf(String),
+    PutEvent(u64, Vec<u8>),
+    DeleteEvents(std::ops::Range<u64>),
 }
 
 /// The encoded entries of one batch, prepared while the state is locked and written after.
@@ -139,8 +156,21 @@ pub(super) struct Changes {
 impl Changes {
     /// What a batch changed: `touched` entries of the cluster state, the last applied log id
     /// and, if `membership` changed, the membership.
-    pub(super) fn of(d: &SmData, touched: &Touched, membership: bool) -> Self {
+    /// `mark` is where the event history stood before the batch.
+    pub(super) fn of(d: &SmData, touched: &Touched, membership: bool, mark: Mark) -> Self {
         let mut c = Changes::default();
+        if touched.events {
+            c.events_meta(&d.events);
+            let changed = d.events.changed_since(mark);
+            if !changed.removed.is_empty() {
+                c.ops.push(Op::DeleteEvents(changed.removed));
+            }
+            for seq in changed.added {
+                if let Some(e) = d.events.get(seq) {
+                    c.ops.push(Op::PutEvent(seq, encode(e)));
+                }
+            }
+        }
         c.meta(d, membership, touched.scalars, touched.plan, touched.operator);
         if touched.configs {
             c.put(Table::Meta, "configs", encode(&d.cluster.configs));
@@ -192,7 +222,21 @@ impl Changes {
         for (name, h) in &s.fence_devices {
             c.entry(Table::Devices, name, Some(encode(h)));
         }
+        c.events_meta(&d.events);
+        for e in d.events.since(0) {
+            c.ops.push(Op::PutEvent(e.seq, encode(e)));
+        }
         c
+    }
+
+    fn events_meta(&mut self, log: &EventLog) {
+        let m = EventsMeta {
+            next_seq: log.next_seq(),
+            limit: log.limit(),
+            last_ms: log.last_ms(),
+            delivered: log.delivered.clone(),
+        };
+        self.put(Table::Meta, "events", encode(&m));
     }
 
     /// Also write `key` of the raft `meta` table in the same transaction.
@@ -261,7 +305,9 @@ pub(super) fn write(db: &Database, c: &Changes) -> Result<(), redb::Error> {
         let mut attrs = tx.open_table(SM_ATTRS)?;
         let mut resources = tx.open_table(SM_RESOURCES)?;
         let mut devices = tx.open_table(SM_DEVICES)?;
+        let mut events = tx.open_table(SM_EVENTS)?;
         if c.clear {
+            events.retain(|_, _| false)?;
             meta.retain(|_, _| false)?;
             nodes.retain(|_, _| false)?;
             attrs.retain(|_, _| false)?;
@@ -293,6 +339,12 @@ pub(super) fn write(db: &Database, c: &Changes) -> Result<(), redb::Error> {
                 }
                 Op::DeleteAttr(k) => {
                     attrs.remove(k.as_slice())?;
+                }
+                Op::PutEvent(seq, v) => {
+                    events.insert(*seq, v.as_slice())?;
+                }
+                Op::DeleteEvents(range) => {
+                    events.retain_in(range.clone(), |_, _| false)?;
                 }
                 Op::DeleteAttrsOf(node) => {
                     let prefix = attr_prefix(node);
@@ -413,10 +465,27 @@ pub(super) fn load(db: &Database) -> Result<Option<(SmData, bool)>, StoreError> 
             .fence_devices
             .insert(k.value().to_string(), decode("fence device", v.value())?);
     }
+    let events = match get::<EventsMeta>(&meta, "events")? {
+        None => EventLog::default(),
+        Some(m) => {
+            let mut kept: Vec<Event> = Vec::new();
+            for item in rx
+                .open_table(SM_EVENTS)
+                .map_err(redb::Error::from)?
+                .iter()
+                .map_err(redb::Error::from)?
+            {
+                let (_, v) = item.map_err(redb::Error::from)?;
+                kept.push(decode("event", v.value())?);
+            }
+            EventLog::restore(kept, m.next_seq, m.limit, m.last_ms, m.delivered)
+        }
+    };
     let data = SmData {
         last_applied: get(&meta, "last_applied")?.flatten(),
         membership: get(&meta, "membership")?.unwrap_or_default(),
         cluster,
+        events,
     };
     Ok(Some((data, format < FORMAT)))
 }
@@ -458,6 +527,21 @@ pub(super) fn store_format_3(db: &Database, d: &SmData) -> Result<(), redb::Erro
         let mut meta = tx.open_table(SM_META)?;
         meta.remove("operator_origin")?;
         meta.insert(FORMAT_KEY, encode(&3u32).as_slice())?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Store `d` as format 4 did (no event history).
+#[cfg(test)]
+pub(super) fn store_format_4(db: &Database, d: &SmData) -> Result<(), redb::Error> {
+    write(db, &Changes::all(d))?;
+    let tx = db.begin_write()?;
+    {
+        let mut meta = tx.open_table(SM_META)?;
+        meta.remove("events")?;
+        meta.insert(FORMAT_KEY, encode(&4u32).as_slice())?;
+        tx.open_table(SM_EVENTS)?.retain(|_, _| false)?;
     }
     tx.commit()?;
     Ok(())

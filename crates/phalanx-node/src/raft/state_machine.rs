@@ -15,6 +15,7 @@ use super::store::{decode, encode, io, meta_get, StoreError, META};
 use super::{BasicNode, Entry, LogId, Membership, NodeId, Request, Response, StorageError, TypeConfig};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta, StorageIOError};
+use phalanx_core::events::{apply_logged, EventLog};
 use phalanx_core::state::Touched;
 use phalanx_core::{ClusterState, Outcome};
 use redb::{Database, ReadableTable};
@@ -22,12 +23,27 @@ use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 use std::sync::{Arc, RwLock};
 
-/// What the state machine holds: the cluster state and where in the log it stands.
+/// What the state machine holds: the cluster state, the event history derived from it, and
+/// where in the log it stands.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SmData {
     pub last_applied: Option<LogId>,
     pub membership: Membership,
     pub cluster: ClusterState,
+    pub events: EventLog,
+}
+
+impl SmData {
+    /// A copy without the event history (up to `[cluster] event_history` events): what the
+    /// loops that copy the state on every wake need. Read events in place (`Node::with_state`).
+    pub fn without_events(&self) -> SmData {
+        SmData {
+            last_applied: self.last_applied,
+            membership: self.membership.clone(),
+            cluster: self.cluster.clone(),
+            events: EventLog::default(),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -184,13 +200,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut touched = Touched::default();
         let mut membership = false;
         let changes = {
-            let mut d = self.data.write().map_err(|_| poisoned())?;
+            let mut guard = self.data.write().map_err(|_| poisoned())?;
+            let d = &mut *guard;
+            let mark = d.events.mark();
             for e in entries {
                 d.last_applied = Some(e.log_id);
                 let outcome = match e.payload {
                     EntryPayload::Blank => Outcome::Unchanged,
                     EntryPayload::Normal(Request(cmd)) => {
-                        let outcome = d.cluster.apply_touching(&cmd, &mut touched);
+                        let outcome = apply_logged(&mut d.cluster, &mut d.events, &cmd, &mut touched);
                         // The whole history of the state, for a post-mortem (RUST_LOG=phalanx_node::raft=debug).
                         tracing::debug!(
                             index = e.log_id.index,
@@ -209,7 +227,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 };
                 out.push(Response(outcome));
             }
-            Changes::of(&d, &touched, membership)
+            Changes::of(d, &touched, membership, mark)
         };
         self.write(&changes)?;
         self.applied.send_modify(|n| *n += 1);
@@ -389,8 +407,10 @@ mod tests {
         assert_eq!(want.cluster.resources["web"].running["n2"], Role::Started);
         assert_eq!(want.cluster.nodes["n2"].online_since_plan, 1);
         assert_eq!(want.cluster.operator_origin.len(), 1);
+        assert!(want.events.len() > 5, "{:?}", want.events);
         let back = now(&StateMachine::load(db).unwrap());
         assert_eq!(back.cluster, want.cluster);
+        assert_eq!(back.events, want.events);
         assert_eq!(back.last_applied, want.last_applied);
         assert_eq!(meta_get::<SmData>(&sm.db, "sm").unwrap().map(|_| ()), None, "no blob");
     }
@@ -406,8 +426,15 @@ mod tests {
     }
 
     /// `d` as format 3 knew it: no `operator_origin`.
-    fn as_before_format_4(mut d: SmData) -> SmData {
+    fn as_before_format_4(d: SmData) -> SmData {
+        let mut d = as_before_format_5(d);
         d.cluster.operator_origin.clear();
+        d
+    }
+
+    /// `d` as format 4 knew it: no event history.
+    fn as_before_format_5(mut d: SmData) -> SmData {
+        d.events = Default::default();
         d
     }
 
@@ -416,6 +443,7 @@ mod tests {
     async fn assert_upgraded(db: Arc<Database>, want: &SmData, had_snapshot: bool) {
         let mut sm = StateMachine::load(db.clone()).unwrap();
         assert_eq!(now(&sm).cluster, want.cluster);
+        assert_eq!(now(&sm).events, want.events);
         assert_eq!(now(&sm).last_applied, want.last_applied);
         assert!(meta_get::<SmData>(&db, "sm").unwrap().is_none(), "no blob left");
         assert!(
@@ -481,6 +509,24 @@ mod tests {
         assert_upgraded(db, &want, true).await;
     }
 
+    /// Format 4 had no event history, and its snapshots the whole state without it.
+    #[tokio::test]
+    async fn format_4_entries_and_their_snapshot_are_upgraded_once() {
+        let want = as_before_format_5(now(&applied(open_in_memory().unwrap()).await));
+        let db = open_in_memory().unwrap();
+        sm_tables::store_format_4(&db, &want).unwrap();
+        let old = StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: want.last_applied,
+                last_membership: want.membership.clone(),
+                snapshot_id: "old".into(),
+            },
+            data: super::super::legacy::write::sm_v4(&want),
+        };
+        meta_put(&db, "snapshot", &old).unwrap();
+        assert_upgraded(db, &want, true).await;
+    }
+
     #[tokio::test]
     async fn an_installed_snapshot_replaces_every_entry() {
         let mut src = applied(open_in_memory().unwrap()).await;
@@ -502,8 +548,10 @@ mod tests {
         dst.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
         let want = now(&src);
         assert_eq!(now(&dst).cluster, want.cluster);
+        assert_eq!(now(&dst).events, want.events);
         let back = now(&StateMachine::load(db).unwrap());
         assert_eq!(back.cluster, want.cluster);
+        assert_eq!(back.events, want.events);
         assert_eq!(
             back.cluster.nodes.keys().collect::<BTreeSet<_>>(),
             BTreeSet::from([&"n1".to_string(), &"n2".to_string(), &"n3".to_string()])

@@ -328,6 +328,7 @@ mod tests {
             last_applied: Some(e.log_id),
             membership: Membership::new(Some(e.log_id), m),
             cluster: ClusterState::default(),
+            events: Default::default(),
         };
         let back: SmData = postcard::from_bytes(&encode(&sm)).unwrap();
         assert_eq!(back.membership, sm.membership);

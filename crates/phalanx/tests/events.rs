@@ -1,0 +1,253 @@
+//! The event history on 3 real daemons: the leader runs a group and is killed (kill -9); the
+//! survivors record, in order, the node lost, the fence requested and done (through the
+//! harness's power switch), the group's starts and the plan, and both give the same history,
+//! number for number. A `phalanx events --follow --json` reading from the leader when it dies
+//! carries on from another node with no gap and no repeat. The operator's move appears with its
+//! author, and a request with a wrong token is recorded.
+
+use phalanx::harness::{LocalCluster, Spec};
+use phalanx_node::StatusReport;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(60);
+
+const GROUP: &str = r#"
+[[resource]]
+id = "a"
+agent = "ocf:heartbeat:Dummy"
+monitor = { interval = "1s", timeout = "10s" }
+
+[[resource]]
+id = "b"
+agent = "ocf:heartbeat:Dummy"
+monitor = { interval = "1s", timeout = "10s" }
+
+[[group]]
+id = "g"
+members = ["a", "b"]
+"#;
+
+fn cluster() -> LocalCluster {
+    let mut c = LocalCluster::create(Spec {
+        nodes: 3,
+        heartbeat: Duration::from_millis(100),
+        links: 1,
+        exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
+        keep: std::env::var_os("PHALANX_KEEP").is_some(),
+        extra_config: GROUP.to_string(),
+        cluster_extra: String::new(),
+    })
+    .unwrap();
+    c.start_all().unwrap();
+    c
+}
+
+fn runs_on(s: &StatusReport, rsc: &str) -> Option<String> {
+    s.resources
+        .iter()
+        .find(|r| r.id == rsc)
+        .and_then(|r| r.running.keys().next().cloned())
+}
+
+/// The events one node serves, as JSON values.
+fn events_of(c: &LocalCluster, api: &str) -> Vec<serde_json::Value> {
+    let (code, out, err) = c.cli(&["--api", api, "events", "--json"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn field<'a>(e: &'a serde_json::Value, k: &str) -> &'a str {
+    e[k].as_str().unwrap_or("")
+}
+
+/// The position of the first event matching `f` after position `from`.
+fn find_after(events: &[serde_json::Value], from: usize, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> usize {
+    events
+        .iter()
+        .enumerate()
+        .skip(from)
+        .find(|(_, e)| f(e))
+        .map(|(i, _)| i)
+        .unwrap_or_else(|| panic!("no {what} after #{from} in {:#?}", &events[from.min(events.len())..]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_kill_reads_the_same_in_order_everywhere_and_follow_loses_nothing() {
+    let mut c = cluster();
+    c.wait_stable(T).await.unwrap();
+    // Every node online as the replicated state records it, in every view, and g placed.
+    let leader = c
+        .wait_for(T, "all online, g placed", |st| {
+            let leader = c.agreed_leader(st)?;
+            (st.len() == 3
+                && st.values().all(|s| {
+                    s.plan_pending == 0
+                        && runs_on(s, "b").is_some()
+                        && s.nodes.iter().all(|n| n.liveness == phalanx_core::Liveness::Online)
+                }))
+            .then_some(leader)
+        })
+        .await
+        .unwrap();
+    let api_of = |c: &LocalCluster, n: &str| c.node(n).unwrap().api.clone();
+    // The follower reads from the leader first, then the others.
+    let others: Vec<String> = ["n1", "n2", "n3"]
+        .iter()
+        .filter(|n| **n != leader)
+        .map(|n| n.to_string())
+        .collect();
+    let apis = std::iter::once(api_of(&c, &leader))
+        .chain(others.iter().map(|n| api_of(&c, n)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_phalanx"))
+        .arg("--config")
+        .arg(c.dir().join("cluster.toml"))
+        .args(["--api", &apis, "events", "--follow", "--json", "--since", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let reader = {
+        let seen = seen.clone();
+        let out = follower.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    seen.lock().unwrap().push(v);
+                }
+            }
+        })
+    };
+    // The operator moves the group onto the leader (an event with its author), and it runs there.
+    let (code, _, err) = c.cli(&["resource", "move", "g", "--to", &leader]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    c.wait_for(T, "g on the leader", |st| {
+        (st.len() == 3
+            && st
+                .values()
+                .all(|s| s.plan_pending == 0 && runs_on(s, "b").as_deref() == Some(leader.as_str())))
+        .then_some(())
+    })
+    .await
+    .unwrap();
+    // A wrong token, recorded (as an event of the node it was sent to).
+    let bad = reqwest::Client::new()
+        .get(format!("http://{}/v1/status", api_of(&c, &others[0])))
+        .bearer_auth("not-the-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    let deadline = Instant::now() + T;
+    while !events_of(&c, &api_of(&c, &others[0]))
+        .iter()
+        .any(|e| field(e, "kind") == "auth_failed")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the authentication failure was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    c.kill(&leader).unwrap();
+    let survivor = others[0].clone();
+    let moved = c
+        .wait_for(T, "g restarted off the dead leader", |st| {
+            let s = st.get(&survivor)?;
+            let to = runs_on(s, "b").filter(|n| *n != leader && s.plan_pending == 0)?;
+            let fenced = s.nodes.iter().find(|n| n.name == leader)?.fence.fenced;
+            fenced.then_some(to)
+        })
+        .await
+        .unwrap();
+
+    // Both survivors serve the same history (wait until both applied the same last event).
+    let deadline = Instant::now() + T;
+    let (a, b) = loop {
+        let a = events_of(&c, &api_of(&c, &others[0]));
+        let b = events_of(&c, &api_of(&c, &others[1]));
+        if a == b {
+            break (a, b);
+        }
+        assert!(Instant::now() < deadline, "the survivors disagree:\n{a:#?}\n{b:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(a, b);
+    let seqs: Vec<u64> = a.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "gap-free from 1");
+
+    // The operator's move, with its author.
+    let mv = find_after(&a, 0, "operator move", |e| {
+        field(e, "kind") == "operator_command" && field(e, "task") == "move"
+    });
+    assert!(field(&a[mv], "by").contains('@'), "{:#?}", a[mv]);
+    assert!(
+        field(&a[mv], "summary").contains(&format!("move g to {leader}")),
+        "{:#?}",
+        a[mv]
+    );
+    let auth = find_after(&a, 0, "auth failure", |e| field(e, "kind") == "auth_failed");
+    assert!(field(&a[auth], "summary").contains("127.0.0.1"), "{:#?}", a[auth]);
+    // The failover, in order.
+    let lost = find_after(&a, mv, "node_lost", |e| {
+        field(e, "kind") == "node_lost" && field(e, "node") == leader
+    });
+    let requested = find_after(&a, lost, "fence_requested", |e| {
+        field(e, "kind") == "fence_requested" && field(e, "node") == leader
+    });
+    let plan = find_after(&a, lost, "plan_committed", |e| field(e, "kind") == "plan_committed");
+    assert!(
+        a[plan]["details"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("fence")),
+        "{:#?}",
+        a[plan]
+    );
+    let fenced = find_after(&a, requested, "fence_succeeded", |e| {
+        field(e, "kind") == "fence_succeeded" && field(e, "node") == leader
+    });
+    let started_a = find_after(&a, fenced, "start of a", |e| {
+        field(e, "kind") == "resource_started" && field(e, "resource") == "a" && field(e, "node") == moved
+    });
+    let started_b = find_after(&a, started_a, "start of b", |e| {
+        field(e, "kind") == "resource_started" && field(e, "resource") == "b"
+    });
+    assert!(a[started_b]["exec_ms"].as_u64().is_some(), "{:#?}", a[started_b]);
+    assert!(a[started_b]["rc"].as_i64() == Some(0), "{:#?}", a[started_b]);
+
+    // The follower printed every one of them exactly once, in order, across the leader's death.
+    let last = *seqs.last().unwrap();
+    let deadline = Instant::now() + T;
+    loop {
+        let got: Vec<u64> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect();
+        if got.last().is_some_and(|l| *l >= last) {
+            assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>(), "no gap, no repeat");
+            let printed = seen.lock().unwrap()[..a.len()].to_vec();
+            assert_eq!(printed, a, "the follower printed what the nodes hold");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower stopped at {:?} of {last}",
+            got.last()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let _ = reader.join();
+}
