@@ -104,6 +104,10 @@ impl<'a> Checker<'a> {
     pub(crate) fn line_of(&self, at: usize) -> usize {
         line_col(self.source, at).0
     }
+    /// How many errors so far (a section compares before and after itself).
+    pub(crate) fn error_count(&self) -> usize {
+        self.diags.iter().filter(|d| d.severity == Severity::Error).count()
+    }
     pub(crate) fn has_errors(&self) -> bool {
         self.diags.iter().any(|d| d.severity == Severity::Error)
     }

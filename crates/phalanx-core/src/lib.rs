@@ -8,6 +8,7 @@
 //! `scheduler` and `state` build on the config; `timings` derives every timing from `[cluster]`;
 //! `controller` (the leader's decisions) builds on the state and the scheduler.
 
+pub mod alerts;
 pub mod config;
 pub mod controller;
 pub mod diag;

@@ -438,3 +438,38 @@ fn a_key_of_the_wrong_type_is_one_error_not_two() {
     assert_eq!((line, col), (13, 8), "{msg}");
     assert!(msg.contains("invalid type"), "{msg}");
 }
+
+#[test]
+fn alerts_parse_with_defaults_and_pacemakers_selects() {
+    let src = format!(
+        "{GOOD}\n[[alert]]\npath = \"/usr/share/pacemaker/alerts/alert_file.sh\"\nrecipient = \"/var/log/alerts.log\"\nselect_nodes = true\nselect_fencing = true\n\n[[alert]]\nid = \"pager\"\nwebhook = \"https://pager.example/hook\"\ntimeout = \"5s\"\nretries = 0\nkinds = [\"quorum\"]\n"
+    );
+    let c = parse(&src).unwrap();
+    assert_eq!(c.alerts.len(), 2);
+    assert_eq!(c.alerts[0].id, "alert-1");
+    assert_eq!(c.alerts[0].timeout, Duration::from_secs(30));
+    assert_eq!(c.alerts[0].retries, 2);
+    assert_eq!(
+        c.alerts[0].kinds.iter().map(String::as_str).collect::<Vec<_>>(),
+        ["fencing", "node"]
+    );
+    assert_eq!(c.alerts[1].id, "pager");
+    assert_eq!(c.alerts[1].timeout, Duration::from_secs(5));
+    assert_eq!(c.cluster.event_history, 10_000);
+}
+
+#[test]
+fn alert_mistakes_are_located() {
+    let base = GOOD.lines().count();
+    let (line, _, msg) = one_error(&format!("{GOOD}\n[[alert]]\npath = \"alert.sh\"\n"));
+    assert_eq!((line, msg.contains("absolute")), (base + 3, true), "{msg}");
+    let (line, _, msg) = one_error(&format!("{GOOD}\n[[alert]]\npath = \"/a\"\nkinds = [\"nodes\"]\n"));
+    assert_eq!(line, base + 4);
+    assert!(msg.contains("\"nodes\" is not one of node, fencing"), "{msg}");
+    let (_, _, msg) = one_error(&format!("{GOOD}\n[[alert]]\nrecipient = \"x\"\n"));
+    assert!(msg.contains("needs a `path`"), "{msg}");
+    let (line, _, msg) = one_error(&format!("{GOOD}\n[[alert]]\npath = \"/a\"\nwebhook = \"http://x\"\n"));
+    assert_eq!((line, msg.contains("not both")), (base + 4, true), "{msg}");
+    let (_, _, msg) = one_error(&GOOD.replace("dead_after = 3", "dead_after = 3\nevent_history = 5"));
+    assert!(msg.contains("event_history 5 is outside"), "{msg}");
+}

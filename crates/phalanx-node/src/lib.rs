@@ -5,6 +5,7 @@
 //! `phalanx-core`; this crate only moves bytes, keeps time and persists.
 
 pub mod agents;
+pub mod alerts;
 pub mod api;
 pub mod config_watch;
 mod controller;

@@ -369,6 +369,7 @@ impl Node {
         }
         node.spawn(node.clone().metrics_watch());
         node.spawn(crate::events::watch_quorum(node.clone()));
+        node.spawn(crate::alerts::run(node.clone()));
         Ok(node)
     }
 
@@ -382,7 +383,7 @@ impl Node {
     }
 
     /// Remember a task this node started (see [`Node::spawn`]).
-    fn track(&self, handle: tokio::task::AbortHandle) {
+    pub(crate) fn track(&self, handle: tokio::task::AbortHandle) {
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         tasks.retain(|t| !t.is_finished());
         tasks.push(handle);

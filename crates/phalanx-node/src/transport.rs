@@ -92,6 +92,11 @@ pub fn stream_client() -> Result<reqwest::Client, TransportError> {
     )
 }
 
+/// The client of alert webhooks; each delivery sets its recipient's timeout.
+pub fn alert_client() -> Result<reqwest::Client, TransportError> {
+    build("alert webhook", reqwest::Client::builder())
+}
+
 /// The client of HTTP fence devices (power switches); each call sets its device's timeout.
 pub fn device_client() -> Result<reqwest::Client, TransportError> {
     build("fence device", reqwest::Client::builder())

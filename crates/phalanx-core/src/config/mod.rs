@@ -10,6 +10,7 @@
 //! fence-agents programs, and the key file.
 
 mod agents;
+mod alerts;
 mod cluster;
 mod diff;
 mod nodes;
@@ -24,6 +25,7 @@ use std::ops::Range;
 use toml::Spanned;
 
 pub use agents::{check_agents, check_machine, Machine};
+pub use alerts::{AlertConfig, AlertTarget, ALERT_KINDS};
 pub use cluster::{ClusterConfig, ShutdownMode, MAX_HEARTBEAT, MIN_HEARTBEAT};
 pub use diff::diff;
 pub use nodes::{NodeConfig, WitnessConfig, DEFAULT_API_PORT};
@@ -44,6 +46,9 @@ pub struct Config {
     pub resources: Resources,
     #[serde(default)]
     pub fence: FenceConfig,
+    /// Who is told about events (`[[alert]]`).
+    #[serde(default)]
+    pub alerts: Vec<AlertConfig>,
 }
 
 impl Config {
@@ -129,6 +134,8 @@ struct RawConfig {
     clone: Vec<Spanned<resources::RawClone>>,
     #[serde(default)]
     constraint: Vec<Spanned<resources::RawConstraint>>,
+    #[serde(default)]
+    alert: Vec<Spanned<alerts::RawAlert>>,
 }
 
 /// Parse and validate `source`, collecting every problem.
@@ -184,12 +191,14 @@ fn validate(c: &mut Checker, raw: RawConfig, spans: &mut Spans) -> Option<Config
         agent_spans,
     );
     check_fencing(c, &cluster, &fence, &resources, &nodes.names, agent_spans);
+    let alerts = alerts::validate(c, raw.alert);
     Some(Config {
         cluster: cluster.config,
         nodes: nodes.nodes,
         witness,
         resources,
         fence,
+        alerts,
     })
 }
 
