@@ -451,7 +451,9 @@ pub async fn apply_state(client: &Client, apis: &[String], file: &Path, json: bo
             error: r.err().map(|e| format!("{e:#}")),
         });
     };
-    // Members added after the bootstrap (the config file's nodes are there already).
+    // Members added after the bootstrap (the config file's nodes are there already), as the
+    // old cluster had them: it accepted them, so the fence check is not made again (the config
+    // is the same; a node added there with --no-fence-check would be refused here otherwise).
     for (name, m) in &b.members {
         if state.nodes.contains_key(name) {
             continue;

@@ -397,9 +397,10 @@ async fn wait_settled(cluster: &LocalCluster) -> Result<String> {
 
 fn up_text(state: &State, st: &StatusReport) -> String {
     let mut out = format!(
-        "Playground up in {}: {} nodes on loopback, leader {}.\n",
+        "Playground up in {}: {} node{} on loopback, leader {}.\n",
         state.dir.display(),
         state.nodes.len(),
+        if state.nodes.len() == 1 { "" } else { "s" },
         st.leader.as_deref().unwrap_or("?")
     );
     for n in &state.nodes {
@@ -552,12 +553,22 @@ pub async fn status(dir: &Path) -> Result<(StatusView, String, i32)> {
     Ok((view, human, if healthy { 0 } else { 1 }))
 }
 
+/// One process `down` stopped.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stopped {
+    /// The node's name, "power switch", "witness", or "stray" (not in `playground.json`).
+    pub name: String,
+    pub pid: u32,
+    /// "exited" (on SIGTERM) or "killed" (SIGKILL after the grace time).
+    pub how: &'static str,
+}
+
 /// What `down` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct DownReport {
     pub dir: PathBuf,
-    /// The processes it stopped: (what, pid, how: "exited" after SIGTERM or "killed").
-    pub stopped: Vec<(String, u32, String)>,
+    /// The processes it stopped.
+    pub stopped: Vec<Stopped>,
     /// The services the daemons had started that it stopped.
     pub services: Vec<String>,
     /// The folder was removed (false with --keep, or when nothing was there).
@@ -629,8 +640,8 @@ pub async fn down(dir: &Path, keep: bool, json: bool) -> Result<(DownReport, Str
         remove(&st)?
     };
     let mut human = String::new();
-    for (what, pid, how) in &stopped {
-        human += &format!("Stopped {what} (pid {pid}): {how}.\n");
+    for p in &stopped {
+        human += &format!("Stopped {} (pid {}): {}.\n", p.name, p.pid, p.how);
     }
     for s in &services {
         human += &format!("Stopped the service {s}.\n");
@@ -658,24 +669,29 @@ pub async fn down(dir: &Path, keep: bool, json: bool) -> Result<(DownReport, Str
 
 /// SIGTERM each of `procs` that is still ours, again every 300 ms, and SIGKILL (with every
 /// descendant, as the power switch cuts a machine) whatever is left after `grace`.
-async fn terminate(procs: &[(String, u32)], dir: &Path, grace: Duration) -> Vec<(String, u32, String)> {
+async fn terminate(procs: &[(String, u32)], dir: &Path, grace: Duration) -> Vec<Stopped> {
     let live: Vec<(String, u32)> = procs.iter().filter(|(_, p)| ours(*p, dir)).cloned().collect();
     let deadline = Instant::now() + grace;
-    let mut done = Vec::new();
+    let mut done: Vec<Stopped> = Vec::new();
     loop {
-        let left: Vec<&(String, u32)> = live
-            .iter()
-            .filter(|(_, p)| !done.iter().any(|(_, d, _): &(String, u32, String)| d == p))
-            .collect();
+        let left: Vec<&(String, u32)> = live.iter().filter(|(_, p)| !done.iter().any(|d| d.pid == *p)).collect();
         let (gone, running): (Vec<_>, Vec<_>) = left.into_iter().partition(|(_, p)| !ours(*p, dir));
-        done.extend(gone.into_iter().map(|(w, p)| (w.clone(), *p, "exited".to_string())));
+        done.extend(gone.into_iter().map(|(name, pid)| Stopped {
+            name: name.clone(),
+            pid: *pid,
+            how: "exited",
+        }));
         if running.is_empty() {
             break;
         }
         if Instant::now() > deadline {
-            for (w, p) in running {
-                crate::power_switch::cut_power(*p as i32);
-                done.push((w.clone(), *p, "killed".to_string()));
+            for (name, pid) in running {
+                crate::power_switch::cut_power(*pid as i32);
+                done.push(Stopped {
+                    name: name.clone(),
+                    pid: *pid,
+                    how: "killed",
+                });
             }
             break;
         }

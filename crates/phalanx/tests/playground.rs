@@ -1,8 +1,8 @@
 //! The playground and backup/restore as an operator runs them (issue 13), through the real
 //! binary: `playground up --json`, CLI commands against it with `PHALANX_CONFIG` set, `down`
 //! leaving no process behind; and a backup of a playground whose config was changed and a
-//! resource moved, restored onto a fresh playground in another folder, which then has the same
-//! config text, membership, move, standby and attribute. Bad backup files are refused and
+//! resource moved, a node added, restored onto a fresh playground in another folder, which then
+//! has the same config text, membership, move, standby and attribute. Bad backup files are refused and
 //! change nothing.
 
 use phalanx::playground::UpReport;
@@ -279,7 +279,29 @@ fn a_backup_restored_onto_a_fresh_playground_has_the_same_config_and_membership(
     wait_status(config, "shop on n2", |s| shop_on(s, "n2"));
     ok(Some(config), &["node", "standby", "n3"]);
     ok(Some(config), &["node", "attr", "n1", "rack", "r1"]);
+    // A member that is not in the config file (never started: only its record matters here).
+    let link = format!(
+        "127.0.0.1:{}",
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    let api = format!(
+        "127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    ok(
+        Some(config),
+        &["node", "add", "n4", "--link", &link, "--node-api", &api],
+    );
     let members_before = membership(config);
+    assert_eq!(members_before.len(), 4);
 
     let backed = json(Some(config), &["backup", file.to_str().unwrap()]);
     assert_eq!(backed["config_version"], 2, "{backed}");
@@ -326,6 +348,7 @@ fn a_backup_restored_onto_a_fresh_playground_has_the_same_config_and_membership(
     assert_eq!(config_b, b.canonicalize().unwrap().join("cluster.toml"));
     let applied = json(Some(config_b), &["restore", file.to_str().unwrap(), "--apply-state"]);
     assert_eq!(applied["failed"], 0, "{applied}");
+    assert!(applied.to_string().contains("add node n4"), "{applied}");
     let shown = json(Some(config_b), &["config", "show"]);
     assert_eq!(shown["text"].as_str().unwrap(), changed, "the restored config text");
     assert_eq!(shown["version"], 1, "a new cluster starts at version 1 of that text");
