@@ -101,12 +101,20 @@ pub struct Spec {
 impl LocalCluster {
     /// Write a config and key for `spec` into a new scratch folder.
     pub fn create(spec: Spec) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("phalanx-demo-{}-{}", std::process::id(), rand::random::<u32>()));
+        LocalCluster::create_at(spec, &dir)
+    }
+
+    /// [`LocalCluster::create`], in folder `dir` (created if missing) instead of a new scratch
+    /// folder under the temporary directory.
+    pub fn create_at(spec: Spec, dir: &Path) -> Result<Self> {
         // Two nodes need a third vote to survive either's loss.
         let witness = (spec.nodes == 2)
             .then(free_tcp_and_udp_port)
             .transpose()?
             .map(|p| format!("127.0.0.1:{p}"));
-        LocalCluster::create_with(
+        LocalCluster::create_in(
+            dir.to_path_buf(),
             spec,
             |_, l| {
                 let ip = format!("127.0.0.{}", l + 1);
@@ -128,37 +136,8 @@ impl LocalCluster {
         power_switch: String,
         witness: Option<String>,
     ) -> Result<Self> {
-        if !(1..=32).contains(&spec.nodes) {
-            bail!("--nodes must be 1 to 32");
-        }
-        if !(1..=4).contains(&spec.links) {
-            bail!("links per node must be 1 to 4");
-        }
         let dir = std::env::temp_dir().join(format!("phalanx-demo-{}-{}", std::process::id(), rand::random::<u32>()));
         LocalCluster::create_in(dir, spec, link, api, power_switch, witness)
-    }
-
-    /// [`LocalCluster::create`], in folder `dir` (created if missing) instead of a new scratch
-    /// folder under the temporary directory.
-    pub fn create_at(spec: Spec, dir: &Path) -> Result<Self> {
-        if !(1..=32).contains(&spec.nodes) {
-            bail!("--nodes must be 1 to 32");
-        }
-        let witness = (spec.nodes == 2)
-            .then(free_tcp_and_udp_port)
-            .transpose()?
-            .map(|p| format!("127.0.0.1:{p}"));
-        LocalCluster::create_in(
-            dir.to_path_buf(),
-            spec,
-            |_, l| {
-                let ip = format!("127.0.0.{}", l + 1);
-                free_udp_port(&ip).map(|p| format!("{ip}:{p}"))
-            },
-            |_| Ok(format!("127.0.0.1:{}", free_tcp_port()?)),
-            format!("127.0.0.1:{}", free_tcp_port()?),
-            witness,
-        )
     }
 
     fn create_in(
@@ -169,6 +148,12 @@ impl LocalCluster {
         power_switch: String,
         witness: Option<String>,
     ) -> Result<Self> {
+        if !(1..=32).contains(&spec.nodes) {
+            bail!("--nodes must be 1 to 32");
+        }
+        if !(1..=4).contains(&spec.links) {
+            bail!("links per node must be 1 to 4");
+        }
         std::fs::create_dir_all(&dir)?;
         let hb = phalanx_core::config::format_duration(spec.heartbeat);
         let mut toml = format!(
