@@ -76,24 +76,31 @@ fn mentioning(dir: &Path) -> Vec<(u32, String)> {
 
 /// The services the daemons started (the process agent's pid files: the pid is the first line).
 fn service_pids(dir: &Path) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for n in std::fs::read_dir(dir).unwrap().flatten() {
-        let Ok(files) = std::fs::read_dir(n.path().join("agents")) else {
-            continue;
-        };
-        for f in files
-            .flatten()
-            .filter(|f| f.path().extension().is_some_and(|x| x == "pid"))
-        {
-            if let Some(p) = std::fs::read_to_string(f.path())
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .flat_map(|n| services_of(&n.path()))
+        .collect()
+}
+
+/// The services the daemon with data dir `data_dir` started.
+fn services_of(data_dir: &Path) -> Vec<u32> {
+    let Ok(files) = std::fs::read_dir(data_dir.join("agents")) else {
+        return Vec::new();
+    };
+    files
+        .flatten()
+        .filter(|f| f.path().extension().is_some_and(|x| x == "pid"))
+        .filter_map(|f| {
+            std::fs::read_to_string(f.path())
+                .ok()?
+                .lines()
+                .next()?
+                .trim()
+                .parse()
                 .ok()
-                .and_then(|t| t.lines().next()?.trim().parse().ok())
-            {
-                pids.push(p);
-            }
-        }
-    }
-    pids
+        })
+        .collect()
 }
 
 /// Poll `phalanx status --json` until `cond` holds (or fail after `T`).
@@ -230,7 +237,52 @@ fn playground_up_commands_and_down_leave_nothing_behind() {
     let human = ok(None, &["playground", "status", "--dir", dir.to_str().unwrap()]);
     assert!(human.contains("running") && human.contains("PHALANX_CONFIG"), "{human}");
 
+    // SIGKILL the daemon that runs shop (not a power cut: its services outlive it, orphans):
+    // status says so (exit 1), the cluster recovers shop elsewhere, and `down` must still stop
+    // the orphans, by their pid files.
+    let st = wait_status(config, "shop running", |s| {
+        ["n1", "n2", "n3"].iter().any(|n| shop_on(s, n))
+    });
+    let holder = ["n1", "n2", "n3"].into_iter().find(|n| shop_on(&st, n)).unwrap();
+    let victim = report.nodes.iter().find(|n| n.name == holder).unwrap();
+    let orphans = services_of(&dir.join(holder));
+    assert_eq!(orphans.len(), 2, "db and web on {holder}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + T;
+    let degraded = loop {
+        let out = cli(
+            None,
+            &["--json", "playground", "status", "--dir", dir.to_str().unwrap()],
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let dead = v["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == holder && p["alive"] == false);
+        if dead {
+            break (out.status.code(), v);
+        }
+        assert!(Instant::now() < deadline, "status never showed {holder} down: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(degraded.0, Some(1), "{}", degraded.1);
+    wait_status(config, "shop recovered on a survivor", |s| {
+        ["n1", "n2", "n3"].iter().any(|n| *n != holder && shop_on(s, n))
+    });
+    assert!(
+        orphans.iter().all(|p| alive(*p)),
+        "the orphaned services run until down"
+    );
+
     down_and_check_nothing_left(&dir, &report, true);
+    for p in orphans {
+        assert!(!alive(p), "an orphaned service (pid {p}) survived down");
+    }
     // Safe to run twice.
     let twice = ok(None, &["playground", "down", "--dir", dir.to_str().unwrap()]);
     assert!(twice.contains("nothing to stop"), "{twice}");
