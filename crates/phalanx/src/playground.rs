@@ -178,6 +178,7 @@ pub enum PlaygroundCmd {
     /// Start a local cluster (real daemons on loopback, a sample config) that keeps running, and
     /// print how to point the CLI at it.
     Up {
+        /// How many nodes (2: with a witness).
         #[arg(long, default_value_t = 3)]
         nodes: usize,
         /// Its folder (config, key, logs, data); default $TMPDIR/phalanx-playground-$USER.

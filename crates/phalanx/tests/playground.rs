@@ -330,6 +330,11 @@ fn a_backup_restored_onto_a_fresh_playground_has_the_same_config_and_membership(
     ok(Some(config), &["resource", "move", "shop", "--to", "n2"]);
     wait_status(config, "shop on n2", |s| shop_on(s, "n2"));
     ok(Some(config), &["node", "standby", "n3"]);
+    ok(Some(config), &["maintenance", "on", "--node", "n3"]);
+    ok(
+        Some(config),
+        &["resource", "ban", "shop", "--node", "n1", "--lifetime", "1h"],
+    );
     ok(Some(config), &["node", "attr", "n1", "rack", "r1"]);
     // A member that is not in the config file (never started: only its record matters here).
     let link = format!(
@@ -416,8 +421,20 @@ fn a_backup_restored_onto_a_fresh_playground_has_the_same_config_and_membership(
             .any(|c| c["resource"] == "shop" && c["kind"] == "move" && c["node"] == "n2"),
         "{constraints}"
     );
+    let ban = constraints
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["resource"] == "shop" && c["kind"] == "ban" && c["node"] == "n1")
+        .unwrap_or_else(|| panic!("the ban is not restored: {constraints}"));
+    let left = ban["expires_ms"].as_u64().unwrap() - ban["made_ms"].as_u64().unwrap();
+    assert!(
+        left <= 3_600_000 && left > 3_000_000,
+        "the ban keeps the lifetime it had left: {ban}"
+    );
     let nodes = json(Some(config_b), &["node", "list"]);
     assert_eq!(nodes["n1"]["attrs"]["rack"], "r1");
+    assert_eq!(nodes["n3"]["maintenance"], true, "{nodes}");
     // A second --apply-state finds everything there already.
     let twice = json(Some(config_b), &["restore", file.to_str().unwrap(), "--apply-state"]);
     assert_eq!(twice["steps"], serde_json::json!([]), "{twice}");
