@@ -5,10 +5,10 @@
 //! The backup is read from the leader's replicated state (`GET /v1/state`), so config and
 //! membership come from one consistent read. The file is one JSON object: `format` (1),
 //! `phalanx` (the version that wrote it), `cluster`, `created`, the committed `config` (text,
-//! version, author), `members`, `maintenance`, the `operator` moves and bans, the rest of the
-//! replicated state for the record (`state`: what ran where, fence records, the plan; never
-//! restored), and `sha256`: the SHA-256 of the object without that key, as compact JSON with
-//! sorted keys. The cluster key is not in the replicated state, so it is never in a backup.
+//! version, author), `members`, `maintenance`, the `operator` moves and bans, the whole
+//! replicated state for the record (`state`, without the config texts: what ran where, fence
+//! records, the plan; never restored), and `sha256`: the SHA-256 of the object without that
+//! key, as compact JSON with sorted keys. The cluster key is not in the replicated state, so it is never in a backup.
 //!
 //! Restoring is two steps, because a new cluster is bootstrapped from a local config file:
 //! `--new-cluster` writes the backup's config text as the new cluster's config file (and a new
@@ -102,8 +102,8 @@ pub struct Backup {
     /// Cluster-wide maintenance.
     pub maintenance: bool,
     pub operator: Vec<OperatorItem>,
-    /// The rest of the replicated state when the backup was taken (liveness, what ran where,
-    /// fail counts, fence records, the plan), for the record: never restored.
+    /// The replicated state when the backup was taken, without the config texts, for the
+    /// record (liveness, what ran where, fail counts, fence records, the plan): never restored.
     pub state: Value,
     pub sha256: String,
 }
