@@ -34,22 +34,29 @@ pub struct DemoReport {
 /// The service resource of the demo: `phalanx demo-service` supervised by the process agent,
 /// each node serving on its own loopback address 127.0.10.<node number>.
 fn service_config(exe: &std::path::Path, port: u16) -> String {
+    service_resource(exe, "web", port)
+}
+
+/// A `[[resource]]` `id` running `phalanx demo-service` on `port` (the demo's, the
+/// playground's), on the loopback address of the node it runs on ([`service_addr`]).
+pub fn service_resource(exe: &std::path::Path, id: &str, port: u16) -> String {
     let cmd = format!(
         "{} demo-service --listen 127.0.10.${{OCF_RESKEY_CRM_meta_on_node#n}}:{port} --name ${{OCF_RESKEY_CRM_meta_on_node}}",
         exe.display()
     );
     format!(
-        "\n[[resource]]\nid = \"web\"\nagent = \"process\"\nparams = {{ command = {} }}\nmonitor = {{ interval = \"500ms\", timeout = \"5s\" }}\n",
+        "\n[[resource]]\nid = \"{id}\"\nagent = \"process\"\nparams = {{ command = {} }}\nmonitor = {{ interval = \"500ms\", timeout = \"5s\" }}\n",
         toml::Value::String(cmd)
     )
 }
 
-fn service_addr(node: &str, port: u16) -> String {
+/// Where the demo service answers on node `node` (`nK` serves on 127.0.10.K).
+pub fn service_addr(node: &str, port: u16) -> String {
     format!("127.0.10.{}:{port}", node.trim_start_matches('n'))
 }
 
 /// A port free on 127.0.10.1..=N.
-fn service_port(nodes: usize) -> Result<u16> {
+pub fn service_port(nodes: usize) -> Result<u16> {
     for _ in 0..50 {
         let port = std::net::TcpListener::bind("127.0.10.1:0")?.local_addr()?.port();
         if (1..=nodes).all(|i| std::net::TcpListener::bind(format!("127.0.10.{i}:{port}")).is_ok()) {

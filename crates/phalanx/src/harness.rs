@@ -49,6 +49,19 @@ pub struct LocalCluster {
     /// The witness (`phalanx witness`), in two-node clusters: its address, and its process.
     pub witness: Option<String>,
     witness_child: Option<Child>,
+    /// Start every process in a process group of its own, so that it outlives the program that
+    /// started it (the playground: see [`LocalCluster::detach`]).
+    detached: bool,
+}
+
+/// The processes of a cluster handed over by [`LocalCluster::release`]: nothing stops them any
+/// more when the harness is dropped.
+#[derive(Debug, Clone)]
+pub struct Released {
+    /// (name, API address, daemon pid), in config order (nodes not running are left out).
+    pub nodes: Vec<(String, String, u32)>,
+    pub power_switch: Option<u32>,
+    pub witness: Option<u32>,
 }
 
 fn free_tcp_port() -> Result<u16> {
@@ -88,12 +101,20 @@ pub struct Spec {
 impl LocalCluster {
     /// Write a config and key for `spec` into a new scratch folder.
     pub fn create(spec: Spec) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("phalanx-demo-{}-{}", std::process::id(), rand::random::<u32>()));
+        LocalCluster::create_at(spec, &dir)
+    }
+
+    /// [`LocalCluster::create`], in folder `dir` (created if missing) instead of a new scratch
+    /// folder under the temporary directory.
+    pub fn create_at(spec: Spec, dir: &Path) -> Result<Self> {
         // Two nodes need a third vote to survive either's loss.
         let witness = (spec.nodes == 2)
             .then(free_tcp_and_udp_port)
             .transpose()?
             .map(|p| format!("127.0.0.1:{p}"));
-        LocalCluster::create_with(
+        LocalCluster::create_in(
+            dir.to_path_buf(),
             spec,
             |_, l| {
                 let ip = format!("127.0.0.{}", l + 1);
@@ -115,13 +136,24 @@ impl LocalCluster {
         power_switch: String,
         witness: Option<String>,
     ) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("phalanx-demo-{}-{}", std::process::id(), rand::random::<u32>()));
+        LocalCluster::create_in(dir, spec, link, api, power_switch, witness)
+    }
+
+    fn create_in(
+        dir: PathBuf,
+        spec: Spec,
+        link: impl Fn(usize, usize) -> Result<String>,
+        api: impl Fn(usize) -> Result<String>,
+        power_switch: String,
+        witness: Option<String>,
+    ) -> Result<Self> {
         if !(1..=32).contains(&spec.nodes) {
             bail!("--nodes must be 1 to 32");
         }
         if !(1..=4).contains(&spec.links) {
             bail!("links per node must be 1 to 4");
         }
-        let dir = std::env::temp_dir().join(format!("phalanx-demo-{}-{}", std::process::id(), rand::random::<u32>()));
         std::fs::create_dir_all(&dir)?;
         let hb = phalanx_core::config::format_duration(spec.heartbeat);
         let mut toml = format!(
@@ -172,7 +204,109 @@ impl LocalCluster {
             has_resources: spec.extra_config.contains("[[resource]]"),
             witness,
             witness_child: None,
+            detached: false,
         })
+    }
+
+    /// A cluster from a config file that exists already (`dir/cluster.toml`, written by
+    /// `phalanx restore`, say), with its key where its `key_file` says: the nodes, their links
+    /// and APIs, the witness and the power switch (the address of its `http-switch` fence
+    /// device's `url`) are the config's. Data and logs go into `dir`.
+    pub fn adopt(dir: &Path, exe: PathBuf, keep: bool) -> Result<Self> {
+        let config_path = dir.join("cluster.toml");
+        let config = crate::client::load_config(&config_path)?;
+        let key = ClusterKey::load(&crate::client::key_path(&config_path, &config))?;
+        let power_switch = config
+            .fence
+            .devices
+            .iter()
+            .filter(|d| d.agent == phalanx_core::fencing::FenceAgent::HttpSwitch)
+            .find_map(|d| {
+                let url = d.params.get("url")?;
+                let host = url.strip_prefix("http://")?.trim_end_matches('/');
+                host.starts_with("127.").then(|| host.to_string())
+            })
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: no http-switch fence device with a url on loopback (http://127.x.y.z:PORT): a local cluster fences through its own power switch",
+                    config_path.display()
+                )
+            })?;
+        let nodes = config
+            .nodes
+            .iter()
+            .map(|n| LocalNode {
+                name: n.name.clone(),
+                api: n.api.to_string(),
+                links: n.links.iter().map(|l| l.to_string()).collect(),
+                data_dir: dir.join(&n.name),
+                child: None,
+                config_override: None,
+            })
+            .collect();
+        Ok(LocalCluster {
+            client: Client::new(&key)?.with_timeout(Duration::from_millis(1500))?,
+            dir: dir.to_path_buf(),
+            config_path,
+            nodes,
+            heartbeat: config.cluster.heartbeat_interval,
+            exe,
+            keep,
+            netns: None,
+            power_switch,
+            switch: None,
+            has_resources: !config.resources.primitives.is_empty(),
+            witness: config.witness.map(|w| w.address.to_string()),
+            witness_child: None,
+            detached: false,
+        })
+    }
+
+    /// Start every process from now on in a process group of its own (not the caller's), so
+    /// that a Ctrl-C or a hang-up of the caller's terminal does not reach it; with
+    /// [`LocalCluster::release`], the cluster outlives the program that started it.
+    pub fn detach(&mut self) {
+        self.detached = true;
+    }
+
+    /// Hand the running processes over to the caller: they keep running when the harness is
+    /// dropped, and the folder is kept. Their pids, for whoever stops them later.
+    pub fn release(mut self) -> Released {
+        let released = self.processes();
+        for n in &mut self.nodes {
+            n.child = None;
+        }
+        self.switch = None;
+        self.witness_child = None;
+        self.keep = true;
+        released
+    }
+
+    /// The pids of the processes running now.
+    pub fn processes(&self) -> Released {
+        Released {
+            nodes: self
+                .nodes
+                .iter()
+                .filter_map(|n| Some((n.name.clone(), n.api.clone(), n.pid()?)))
+                .collect(),
+            power_switch: self.switch.as_ref().map(|c| c.id()),
+            witness: self.witness_child.as_ref().map(|c| c.id()),
+        }
+    }
+
+    /// A command for one of the cluster's processes (in the lab: in namespace `ns`), in a
+    /// process group of its own when the cluster is detached.
+    fn command(&self, ns: Option<&str>) -> Command {
+        let mut cmd = match ns {
+            Some(ns) => crate::netns::command_in(ns, &self.exe),
+            None => Command::new(&self.exe),
+        };
+        if self.detached {
+            use std::os::unix::process::CommandExt as _;
+            cmd.process_group(0);
+        }
+        cmd
     }
 
     /// Run node i's processes in namespace `nodes[i]` (the witness, if any, in the last one) and
@@ -244,10 +378,8 @@ impl LocalCluster {
         if self.switch.is_some() {
             return Ok(());
         }
-        let mut cmd = match &self.netns {
-            Some((_, client)) => crate::netns::command_in(client, &self.exe),
-            None => Command::new(&self.exe),
-        };
+        let ns = self.netns.as_ref().map(|(_, client)| client.clone());
+        let mut cmd = self.command(ns.as_deref());
         cmd.arg("power-switch")
             .arg("--listen")
             .arg(&self.power_switch)
@@ -317,10 +449,11 @@ impl LocalCluster {
         if self.witness_child.is_some() {
             return Ok(());
         }
-        let mut cmd = match &self.netns {
-            Some((nss, _)) => crate::netns::command_in(nss.last().context("the lab has no hosts")?, &self.exe),
-            None => Command::new(&self.exe),
+        let ns = match &self.netns {
+            Some((nss, _)) => Some(nss.last().context("the lab has no hosts")?.clone()),
+            None => None,
         };
+        let mut cmd = self.command(ns.as_deref());
         let log = std::fs::File::create(self.dir.join("witness.log"))?;
         let child = cmd
             .arg("witness")
@@ -354,7 +487,6 @@ impl LocalCluster {
         self.ensure_switch()?;
         self.ensure_witness()?;
         let pid_file = self.pid_file(name);
-        let exe = self.exe.clone();
         let config = match &self.node(name)?.config_override {
             Some(p) => p.clone(),
             None => self.config_path.clone(),
@@ -364,14 +496,11 @@ impl LocalCluster {
             .append(true)
             .open(self.log_path(name))?;
         let ns = self.netns_of(name);
+        let mut cmd = self.command(ns.as_deref());
         let node = self.node_mut(name)?;
         if node.child.is_some() {
             bail!("{name} is already running");
         }
-        let mut cmd = match ns {
-            Some(ns) => crate::netns::command_in(&ns, exe),
-            None => Command::new(exe),
-        };
         let child = cmd
             .arg("daemon")
             .arg("--config")

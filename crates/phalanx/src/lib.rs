@@ -1,6 +1,7 @@
 //! The phalanx binary's library half: the API client, the local-cluster harness shared by the
 //! demo, the process tests and the test rig (`phalanx-lab`), and the commands that are more than a call.
 
+pub mod backup;
 pub mod client;
 pub mod config_cmd;
 pub mod daemon;
@@ -8,6 +9,7 @@ pub mod demo;
 pub mod events_cmd;
 pub mod harness;
 pub mod netns;
+pub mod playground;
 pub mod power_switch;
 pub mod render;
 pub mod service;

@@ -176,6 +176,18 @@ enum Cmd {
         #[arg(long)]
         events: Option<PathBuf>,
     },
+    /// A local cluster that keeps running (real daemons on loopback, a sample config), to try
+    /// every command on: `up`, `status`, `down`.
+    Playground {
+        #[command(subcommand)]
+        cmd: phalanx::playground::PlaygroundCmd,
+    },
+    /// Write the committed config, the membership and the operator's state (no secrets) to
+    /// FILE: one versioned, checksummed JSON file.
+    Backup { file: PathBuf },
+    /// Bootstrap a new cluster from a backup (--new-cluster), then bring back its operator
+    /// state once it runs (--apply-state).
+    Restore(phalanx::backup::RestoreArgs),
     /// The demo's HTTP service (answers with its node name).
     #[command(hide = true)]
     DemoService {
@@ -346,6 +358,16 @@ fn init_tracing(json: bool) {
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
+}
+
+/// `v` as JSON with `--json`, else `human`.
+fn print_either(json: bool, v: &serde_json::Value, human: &str) -> Result<()> {
+    if json {
+        print_json(v)
+    } else {
+        println!("{}", human.trim_end());
+        Ok(())
+    }
 }
 
 fn main() {
@@ -667,6 +689,24 @@ async fn run(cli: Cli) -> Result<i32> {
                 );
             }
             Ok(0)
+        }
+        Cmd::Playground { cmd } => phalanx::playground::run(cmd, cli.json, exe).await,
+        Cmd::Backup { file } => {
+            let (client, apis) = apis(&cli)?;
+            let (v, human, code) = phalanx::backup::backup(&client, &apis, file).await?;
+            print_either(cli.json, &v, &human)?;
+            Ok(code)
+        }
+        Cmd::Restore(args) => {
+            let (v, human, code) = if args.apply_state {
+                let (client, apis) = apis(&cli)?;
+                phalanx::backup::apply_state(&client, &apis, &args.file, cli.json).await?
+            } else {
+                let target = phalanx::backup::target_config(args.dir.as_deref(), &cli.config);
+                phalanx::backup::new_cluster(&args.file, &target, args.dir.as_deref())?
+            };
+            print_either(cli.json, &v, &human)?;
+            Ok(code)
         }
         Cmd::Why { resource } => {
             let (client, apis) = apis(&cli)?;
