@@ -723,7 +723,6 @@ fn result_event(
     e.task = Some(task_of(action.kind).into());
     e.exit_reason = reason.map(str::to_string);
     if action.kind == ActionKind::Fence {
-        e.details = reason.map(|r| vec![r.to_string()]).unwrap_or_default();
         e.exec_ms = stamp.and_then(|s| s.call.as_ref()).map(|c| c.exec_ms);
     } else {
         add_call(&mut e, stamp);
