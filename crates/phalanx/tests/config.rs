@@ -169,6 +169,17 @@ async fn an_apply_restarts_or_reloads_only_what_it_changed_and_history_diff_roll
     })
     .await
     .unwrap();
+    // Both are in the event history: p1 restarted, dummy reloaded, and nothing about p2.
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let (_, out, _) = c.cli(&["events", "--kind", "resource_reloaded"]).unwrap();
+        if out.contains("p1 restarted on") && out.contains("dummy reloaded on") {
+            assert!(!out.contains("p2"), "{out}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no reload events: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let after = c.wait_for(T, "the same placement", placement).await.unwrap();
     assert_eq!(after, before);
     c.wait_for(T, "every node runs version 2", |st| {

@@ -129,6 +129,11 @@ pub(super) async fn apply(node: &Node, runner: &Runner, old: &Config, new: &Conf
             at_ms: crate::mesh::unix_ms(),
             reason: Some(reason),
         };
+        let done = match (&what, new_prim) {
+            (Change::Reload(action), Some(_)) => format!("{instance} reloaded on {} ({})", node.name, action.as_str()),
+            (Change::Restart, Some(_)) => format!("{instance} restarted on {} with the new config", node.name),
+            _ => format!("{instance} stopped on {}: the config no longer has it", node.name),
+        };
         let failure = match (what, new_prim) {
             (Change::Reload(action), Some(p)) => {
                 let r = call_primitive(runner, p, &instance, action, None).await;
@@ -176,14 +181,21 @@ pub(super) async fn apply(node: &Node, runner: &Runner, old: &Config, new: &Conf
                 })
             }
         };
-        if let Some(cmd) = failure {
-            // Reported until it lands (a leader change may drop one attempt).
-            for _ in 0..20 {
-                if node.write(cmd.clone()).await.is_ok() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+        // A failure or a probe to report, else the event of what was done.
+        let cmd = failure.unwrap_or_else(|| {
+            Command::Note(phalanx_core::events::Note {
+                kind: phalanx_core::events::EventKind::ResourceReloaded,
+                node: node.name.clone(),
+                summary: done,
+                at_ms: crate::mesh::unix_ms(),
+            })
+        });
+        // Reported until it lands (a leader change may drop one attempt).
+        for _ in 0..20 {
+            if node.write(cmd.clone()).await.is_ok() {
+                break;
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }

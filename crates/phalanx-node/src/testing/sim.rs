@@ -260,6 +260,9 @@ pub async fn run_seed(opts: &Options) -> Result<SeedReport, SimError> {
             break;
         }
     }
+    if sim.world.violations().is_empty() {
+        sim.check_event_histories();
+    }
     let violations = sim.world.violations();
     let report = SeedReport {
         seed: opts.seed,
@@ -289,6 +292,34 @@ pub async fn run_seed(opts: &Options) -> Result<SeedReport, SimError> {
 }
 
 impl Sim {
+    /// Every node holds the same event history: where two nodes' kept histories overlap, the
+    /// same events under the same numbers (it is derived from the log as it is applied).
+    fn check_event_histories(&self) {
+        let histories: Vec<(String, Vec<phalanx_core::events::Event>)> = self
+            .slots
+            .iter()
+            .filter_map(|(name, s)| {
+                let n = s.node.as_ref()?;
+                Some((name.clone(), n.with_state(|sm| sm.events.since(0).cloned().collect())))
+            })
+            .collect();
+        for (i, (a, ea)) in histories.iter().enumerate() {
+            for (b, eb) in &histories[i + 1..] {
+                let by_seq: BTreeMap<u64, &phalanx_core::events::Event> = eb.iter().map(|e| (e.seq, e)).collect();
+                if let Some(e) = ea.iter().find(|e| by_seq.get(&e.seq).is_some_and(|o| *o != *e)) {
+                    self.world.report(
+                        "events",
+                        format!(
+                            "{a} and {b} hold different events #{}: {e:?} / {:?}",
+                            e.seq, by_seq[&e.seq]
+                        ),
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
     fn name(&self, i: usize) -> String {
         self.config.nodes[i % self.config.nodes.len()].name.clone()
     }

@@ -40,7 +40,8 @@ const FENCE: Duration = Duration::from_millis(50);
 /// One broken invariant, found at the moment it broke.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Violation {
-    /// "2", "3", "4" (DESIGN.md §3) or "liveness".
+    /// "2", "3", "4" (DESIGN.md §3), "liveness", or "events" (two nodes hold different
+    /// histories).
     pub invariant: String,
     /// Virtual ms since the simulation started.
     pub at_ms: u64,
