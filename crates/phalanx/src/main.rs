@@ -267,7 +267,13 @@ enum NodeCmd {
         confirm_down: bool,
     },
     /// Put a node in standby (it stays a member but should host nothing).
-    Standby { name: String },
+    Standby {
+        name: String,
+        /// Then wait (up to this long, default 120s) until nothing runs there any more and the
+        /// plan is done.
+        #[arg(long, num_args = 0..=1, default_missing_value = "120s", value_parser = duration)]
+        wait: Option<Duration>,
+    },
     /// Take a node out of standby.
     Unstandby { name: String },
     /// Set (or with --delete, remove) a node attribute.
@@ -450,6 +456,41 @@ async fn config_cmd(cli: &Cli, cmd: &ConfigCmd) -> Result<i32> {
         println!("{human}");
     }
     Ok(code)
+}
+
+/// Wait until nothing runs on `node` and no plan is pending, as the first answering node sees
+/// it; how long that took, or an error naming what still runs there after `within`.
+async fn wait_emptied(client: &Client, apis: &[String], node: &str, within: Duration) -> Result<Duration> {
+    let began = std::time::Instant::now();
+    loop {
+        let still: Vec<String> = match client.first_answering(apis).await {
+            Ok((_, st)) => {
+                let here: Vec<String> = st
+                    .resources
+                    .iter()
+                    .filter(|r| r.running.contains_key(node))
+                    .map(|r| r.id.clone())
+                    .collect();
+                if here.is_empty() && st.plan_pending == 0 {
+                    return Ok(began.elapsed());
+                }
+                here
+            }
+            Err(_) => vec!["(no node answers)".into()],
+        };
+        if began.elapsed() > within {
+            bail!(
+                "{node} still runs {} after {} s (see `phalanx status` and `phalanx events --node {node}`)",
+                if still.is_empty() {
+                    "a pending plan".to_string()
+                } else {
+                    still.join(", ")
+                },
+                within.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn apis(cli: &Cli) -> Result<(Client, Vec<String>)> {
@@ -1022,12 +1063,22 @@ async fn node_cmd(cli: &Cli, cmd: &NodeCmd) -> Result<i32> {
             };
             (client.delete(&api, &path).await?, format!("Removed {name}."))
         }
-        NodeCmd::Standby { name } => (
-            client
+        NodeCmd::Standby { name, wait } => {
+            let answer = client
                 .post(&api, &format!("/v1/nodes/{name}/standby"), &json!({ "standby": true }))
-                .await?,
-            format!("{name} is in standby."),
-        ),
+                .await?;
+            let human = match wait {
+                None => format!("{name} is in standby."),
+                Some(within) => {
+                    let waited = wait_emptied(&client, &apis, name, *within).await?;
+                    format!(
+                        "{name} is in standby; nothing runs there any more ({:.1} s).",
+                        waited.as_secs_f64()
+                    )
+                }
+            };
+            (answer, human)
+        }
         NodeCmd::Unstandby { name } => (
             client
                 .post(&api, &format!("/v1/nodes/{name}/standby"), &json!({ "standby": false }))
