@@ -158,12 +158,14 @@ fn main() {
     } else {
         "warn"
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    // Colour only on a terminal; repeated warnings rate-limited (`phalanx_node::logging`).
+    if let Err(e) = phalanx_node::logging::init(phalanx_node::logging::LogOptions {
+        format: Some(phalanx_node::logging::LogFormat::Text),
+        default_filter: default.to_string(),
+        interval: phalanx_node::logging::DEFAULT_INTERVAL,
+    }) {
+        eprintln!("phalanx-lab: {e}");
+    }
     if let Cmd::Sim {
         seeds,
         first_seed,

@@ -14,6 +14,7 @@ pub mod fence;
 pub mod forward;
 pub mod key;
 pub mod lifecycle;
+pub mod logging;
 pub mod mesh;
 pub mod metrics;
 pub mod node;
