@@ -19,6 +19,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod node;
 pub mod raft;
+pub mod systemd;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod transport;
