@@ -158,11 +158,12 @@ fn main() {
     } else {
         "warn"
     };
-    // Colour only on a terminal; repeated warnings rate-limited (`phalanx_node::logging`).
+    // Colour only on a terminal (`phalanx_node::logging`). No rate limit: the rig's own lines
+    // are few, and a simulated node's (RUST_LOG, on paused time) are what a seed is debugged by.
     if let Err(e) = phalanx_node::logging::init(phalanx_node::logging::LogOptions {
         format: Some(phalanx_node::logging::LogFormat::Text),
         default_filter: default.to_string(),
-        interval: phalanx_node::logging::DEFAULT_INTERVAL,
+        interval: None,
     }) {
         eprintln!("phalanx-lab: {e}");
     }

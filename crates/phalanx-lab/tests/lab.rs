@@ -852,9 +852,11 @@ async fn a_ten_second_partition_logs_a_few_lines_per_peer_and_no_escape_codes() 
         let bytes = std::fs::read(c.log_path(n)).unwrap();
         assert!(!bytes.contains(&0x1b), "{n}'s log holds an escape character");
     }
-    // Before the rate limit: 210-228 lines about one peer in these 10 s (README, Logs).
+    // Before the rate limit: 210-228 lines about one peer in these 10 s; with it, 7 (3 of them
+    // the mesh's link down x2 and node dead), and a margin for an interval that rolls over just
+    // before the 10 s are read (README, Logs).
     assert!(
-        worst <= 8,
+        worst <= 10,
         "a 10 s partition wrote {worst} lines about one peer in one log"
     );
     assert!(

@@ -496,8 +496,9 @@ pub struct LogOptions {
     pub format: Option<LogFormat>,
     /// The filter when `RUST_LOG` is unset (EnvFilter syntax).
     pub default_filter: String,
-    /// The rate limit's interval.
-    pub interval: Duration,
+    /// The rate limit's interval (None: no rate limit, e.g. the test rig, whose simulated
+    /// nodes run on paused time).
+    pub interval: Option<Duration>,
 }
 
 /// Install the global tracing subscriber: `RUST_LOG` (else the default filter), the rate limit,
@@ -534,10 +535,13 @@ pub fn init(opts: LogOptions) -> Result<Logging, LoggingError> {
             .with_writer(std::io::stderr)
             .with_ansi(false)
     });
-    let limiter = Arc::new(Mutex::new(Limiter::new(opts.interval)));
+    let limiter = Arc::new(Mutex::new(Limiter::new(opts.interval.unwrap_or_default())));
+    let rate_limit = opts
+        .interval
+        .map(|_| RateLimit::new(limiter.clone(), Arc::new(Instant::now)));
     tracing_subscriber::registry()
         .with(filter)
-        .with(RateLimit::new(limiter.clone(), Arc::new(Instant::now)))
+        .with(rate_limit)
         .with(journal)
         .with(text)
         .with(json)

@@ -318,7 +318,7 @@ fn init_logging(cli: &Cli) -> Option<logging::Logging> {
     logging::init(logging::LogOptions {
         format,
         default_filter: if daemon { "info,openraft=warn" } else { "warn" }.to_string(),
-        interval: logging::DEFAULT_INTERVAL,
+        interval: Some(logging::DEFAULT_INTERVAL),
     })
     .map_err(|e| eprintln!("phalanx: {e}"))
     .ok()
