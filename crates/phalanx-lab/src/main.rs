@@ -158,12 +158,15 @@ fn main() {
     } else {
         "warn"
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    // Colour only on a terminal (`phalanx_node::logging`). No rate limit: the rig's own lines
+    // are few, and a simulated node's (RUST_LOG, on paused time) are what a seed is debugged by.
+    if let Err(e) = phalanx_node::logging::init(phalanx_node::logging::LogOptions {
+        format: Some(phalanx_node::logging::LogFormat::Text),
+        default_filter: default.to_string(),
+        interval: None,
+    }) {
+        eprintln!("phalanx-lab: {e}");
+    }
     if let Cmd::Sim {
         seeds,
         first_seed,

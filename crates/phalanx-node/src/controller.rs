@@ -51,6 +51,7 @@ impl Node {
                     }
                 }
             }
+            self.rounds.fetch_add(1, Ordering::Relaxed);
             let at = *applied.borrow();
             if peers_at != Some(at) {
                 self.refresh_peers();

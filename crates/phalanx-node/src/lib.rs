@@ -16,10 +16,12 @@ pub mod fence;
 pub mod forward;
 pub mod key;
 pub mod lifecycle;
+pub mod logging;
 pub mod mesh;
 pub mod metrics;
 pub mod node;
 pub mod raft;
+pub mod systemd;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod transport;

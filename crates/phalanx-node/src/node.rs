@@ -248,6 +248,8 @@ pub struct Node {
     tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
     /// Where a stop of this node stands (see `lifecycle`).
     pub(crate) stop: tokio::sync::watch::Sender<crate::lifecycle::StopState>,
+    /// Rounds the controller loop has run (systemd's watchdog is fed while it grows).
+    pub(crate) rounds: AtomicU64,
 }
 
 impl Node {
@@ -330,6 +332,7 @@ impl Node {
             forward: opts.seams.forward,
             tasks: std::sync::Mutex::default(),
             stop: tokio::sync::watch::Sender::new(Default::default()),
+            rounds: AtomicU64::new(0),
             timings,
             config: std::sync::RwLock::new(Arc::new(opts.config)),
             config_version: AtomicU64::new(config_version),
@@ -417,6 +420,11 @@ impl Node {
     /// Whether this node reaches a majority of the votes (through the mesh, itself included).
     pub fn quorate(&self) -> bool {
         self.quorum_view().0.quorate
+    }
+
+    /// Rounds the controller loop has run so far (see `systemd`: the watchdog).
+    pub fn controller_rounds(&self) -> u64 {
+        self.rounds.load(Ordering::Relaxed)
     }
 
     /// This is the witness process, not a node.

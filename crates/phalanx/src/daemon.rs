@@ -95,6 +95,11 @@ async fn serve_until_signal(
 ) -> Result<()> {
     use phalanx_node::lifecycle::StopState;
     let mut server = tokio::spawn(phalanx_node::api::serve(node.clone(), listener));
+    // Under systemd (`dist/phalanx.service`): READY once joined, the watchdog, STOPPING.
+    let notifier = phalanx_node::systemd::Notifier::from_env();
+    if let Some(n) = &notifier {
+        tokio::spawn(n.clone().run(node.clone()));
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut stop = node.stop_state();
@@ -110,6 +115,9 @@ async fn serve_until_signal(
         if signals > 0 {
             if signals == 1 && *stop.borrow() == StopState::Running {
                 tracing::info!("stopping: leaving the cluster cleanly (signal again to stop at once)");
+            }
+            if let Some(n) = &notifier {
+                n.stopping("leaving the cluster: waiting for what runs here to move away");
             }
             node.request_stop(signals > 1);
             signals = 0;

@@ -21,6 +21,8 @@ pub struct LocalNode {
     child: Option<Child>,
     /// Its own local config file, when it is not the cluster's (see `set_local_config`).
     config_override: Option<PathBuf>,
+    /// Extra environment of its daemon (see `set_env`).
+    env: Vec<(String, String)>,
 }
 
 impl LocalNode {
@@ -177,6 +179,7 @@ impl LocalCluster {
                 links,
                 child: None,
                 config_override: None,
+                env: Vec::new(),
             });
         }
         if let Some(w) = &witness {
@@ -330,6 +333,7 @@ impl LocalCluster {
             data_dir: self.dir.join(name),
             child: None,
             config_override: None,
+            env: Vec::new(),
         });
         Ok((links, api))
     }
@@ -482,6 +486,13 @@ impl LocalCluster {
         Ok(path)
     }
 
+    /// Set an environment variable for one node's daemon, from its next start on (e.g. systemd's
+    /// `NOTIFY_SOCKET`).
+    pub fn set_env(&mut self, name: &str, key: &str, value: &str) -> Result<()> {
+        self.node_mut(name)?.env.push((key.to_string(), value.to_string()));
+        Ok(())
+    }
+
     /// Start (or restart) one node's daemon process.
     pub fn start(&mut self, name: &str) -> Result<()> {
         self.ensure_switch()?;
@@ -513,6 +524,7 @@ impl LocalCluster {
                 "RUST_LOG",
                 std::env::var("PHALANX_DEMO_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
             )
+            .envs(node.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

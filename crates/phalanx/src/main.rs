@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use phalanx::client::{key_path, load_config, Client};
 use phalanx::{daemon, demo, render, simulate};
 use phalanx_core::config::{check, parse_duration, Severity};
-use phalanx_node::ClusterKey;
+use phalanx_node::{logging, ClusterKey};
 use serde_json::json;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -36,6 +36,10 @@ struct Cli {
     /// Print JSON instead of human output.
     #[arg(long, global = true)]
     json: bool,
+    /// How to log on stderr: text, or json (one object per line). Default: text, or straight to
+    /// the journal with structured fields when systemd connected stderr to it.
+    #[arg(long, global = true, value_parser = ["text", "json"])]
+    log_format: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -71,9 +75,6 @@ enum Cmd {
         /// Where the node keeps its Raft log and state (default /var/lib/phalanx/CLUSTER/NODE).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Log format.
-        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-        log_format: String,
     },
     /// Run the cluster's witness: a tie-breaking vote for two-node clusters (`[witness] address`
     /// in the config). It stores the Raft log and votes, runs no resources, and backs exactly
@@ -85,9 +86,6 @@ enum Cmd {
         /// Where the witness keeps its Raft log (default /var/lib/phalanx/CLUSTER/witness).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Log format.
-        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
-        log_format: String,
     },
     /// Config file tools.
     Config {
@@ -348,17 +346,22 @@ fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s).map_err(|e| e.to_string())
 }
 
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        b.json().init();
-    } else {
-        b.init();
-    }
+/// Set up logging (`phalanx_node::logging`): the daemon and the witness log at info (openraft
+/// at warn), other commands only warnings; `RUST_LOG` overrides either.
+fn init_logging(cli: &Cli) -> Option<logging::Logging> {
+    let daemon = matches!(cli.cmd, Cmd::Daemon { .. } | Cmd::Witness { .. });
+    let format = match cli.log_format.as_deref() {
+        Some("json") => Some(logging::LogFormat::Json),
+        Some(_) => Some(logging::LogFormat::Text),
+        None => None,
+    };
+    logging::init(logging::LogOptions {
+        format,
+        default_filter: if daemon { "info,openraft=warn" } else { "warn" }.to_string(),
+        interval: Some(logging::DEFAULT_INTERVAL),
+    })
+    .map_err(|e| eprintln!("phalanx: {e}"))
+    .ok()
 }
 
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
@@ -378,6 +381,7 @@ fn print_either(json: bool, v: &serde_json::Value, human: &str) -> Result<()> {
 
 fn main() {
     let cli = Cli::parse();
+    let logging = init_logging(&cli);
     // A node's work is small and latency-bound: one thread avoids the idle wake-ups of a
     // work-stealing pool (idle CPU per node ~1.1% -> ~0.8%, README). Other commands use two.
     let mut builder = if matches!(cli.cmd, Cmd::Daemon { .. } | Cmd::Witness { .. }) {
@@ -394,6 +398,10 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if let Some(l) = logging.filter(|_| matches!(cli.cmd, Cmd::Daemon { .. } | Cmd::Witness { .. })) {
+        // Says how many repeated lines the rate limit held back, once their interval is over.
+        rt.spawn(l.report_forever());
+    }
     match rt.block_on(run(cli)) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
@@ -567,12 +575,7 @@ async fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Cmd::Daemon {
-            node,
-            data_dir,
-            log_format,
-        } => {
-            init_tracing(log_format == "json");
+        Cmd::Daemon { node, data_dir } => {
             let node = match node {
                 Some(n) => n.clone(),
                 None => nix::unistd::gethostname()?
@@ -587,12 +590,7 @@ async fn run(cli: Cli) -> Result<i32> {
             .await?;
             Ok(0)
         }
-        Cmd::Witness {
-            listen,
-            data_dir,
-            log_format,
-        } => {
-            init_tracing(log_format == "json");
+        Cmd::Witness { listen, data_dir } => {
             daemon::run_witness(&cli.config, listen.as_deref(), data_dir.clone()).await?;
             Ok(0)
         }

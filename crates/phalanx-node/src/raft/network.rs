@@ -104,6 +104,34 @@ fn fit_append<C: Group>(mut req: AppendEntriesRequest<C>, budget: usize) -> (App
     (req, last)
 }
 
+/// A call to a peer that failed before it answered, naming the peer. openraft logs these (four
+/// lines a second per unreachable peer); the log's rate limit groups them by the `target=ID`
+/// they carry (`crate::logging::peer_of`).
+#[derive(Debug, thiserror::Error)]
+#[error("target={target} ({addr}): {detail}")]
+pub struct PeerCallError {
+    pub target: NodeId,
+    pub addr: String,
+    /// The error and its sources, joined.
+    pub detail: String,
+}
+
+impl PeerCallError {
+    fn new(target: NodeId, addr: &str, e: &dyn std::error::Error) -> Self {
+        let mut detail = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            detail.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        PeerCallError {
+            target,
+            addr: addr.to_string(),
+            detail,
+        }
+    }
+}
+
 impl<C: Group> HttpConn<C> {
     async fn call<Req, Resp, E>(&self, rpc: &str, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
     where
@@ -121,10 +149,11 @@ impl<C: Group> HttpConn<C> {
             .send()
             .await
             .map_err(|e| {
+                let failed = PeerCallError::new(self.target, &self.addr, &e);
                 if e.is_connect() || e.is_timeout() {
-                    RPCError::Unreachable(Unreachable::new(&e))
+                    RPCError::Unreachable(Unreachable::new(&failed))
                 } else {
-                    RPCError::Network(NetworkError::new(&e))
+                    RPCError::Network(NetworkError::new(&failed))
                 }
             })?;
         let status = resp.status();
