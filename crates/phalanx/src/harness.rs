@@ -245,6 +245,7 @@ impl LocalCluster {
                 data_dir: dir.join(&n.name),
                 child: None,
                 config_override: None,
+                env: Vec::new(),
             })
             .collect();
         Ok(LocalCluster {

@@ -223,10 +223,10 @@ async fn the_readmes_fencing_failure_runbook_recovers_the_resources() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let st = c.status("n1").await.unwrap();
-    assert_eq!(
-        runs_on(&st, "web").as_deref(),
-        Some("n3"),
-        "nothing moved before a fence"
+    let on = runs_on(&st, "web");
+    assert!(
+        on.is_none() || on.as_deref() == Some("n3"),
+        "web started on {on:?} before a fence"
     );
     let out = run(&c, "When fencing fails");
     assert!(out.contains("fence_failed"), "the runbook shows the failures: {out}");
