@@ -198,10 +198,14 @@ async fn the_readmes_maintenance_runbooks_do_what_they_say() {
         events(&c, &["--kind", "fence_requested,fence_succeeded"]).is_empty(),
         "nothing was fenced"
     );
-    let st = c.status("n1").await.unwrap();
-    assert_ne!(runs_on(&st, "web").as_deref(), Some("n2"));
-    let n2 = st.nodes.iter().find(|n| n.name == "n2").unwrap();
-    assert_eq!(n2.liveness, phalanx_core::Liveness::Stopped);
+    c.wait_for(T, "n2 recorded stopped, shop elsewhere", |st| {
+        let s = st.get("n1")?;
+        let n2 = s.nodes.iter().find(|n| n.name == "n2")?;
+        let on = runs_on(s, "web")?;
+        (n2.liveness == phalanx_core::Liveness::Stopped && on != "n2").then_some(())
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
