@@ -18,6 +18,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod node;
 pub mod raft;
+pub mod status;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod transport;
