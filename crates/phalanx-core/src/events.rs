@@ -305,6 +305,11 @@ impl EventLog {
         self.events.iter().skip(skip)
     }
 
+    /// Every kept event, the newest first.
+    pub fn newest_first(&self) -> impl Iterator<Item = &Event> {
+        self.events.iter().rev()
+    }
+
     pub fn mark(&self) -> Mark {
         Mark {
             first: self.first_seq(),

@@ -473,3 +473,27 @@ fn alert_mistakes_are_located() {
     let (_, _, msg) = one_error(&GOOD.replace("dead_after = 3", "dead_after = 3\nevent_history = 5"));
     assert!(msg.contains("event_history 5 is outside"), "{msg}");
 }
+
+#[test]
+fn metrics_listen_is_an_address_of_its_own() {
+    let with = |v: &str| {
+        GOOD.replace(
+            "api = \"127.0.0.1:8401\"\n",
+            &format!("api = \"127.0.0.1:8401\"\nmetrics_listen = \"{v}\"\n"),
+        )
+    };
+    let cfg = parse(&with("127.0.0.1:9664")).unwrap();
+    assert_eq!(
+        cfg.nodes[0].metrics_listen.map(|a| a.to_string()).as_deref(),
+        Some("127.0.0.1:9664")
+    );
+    assert_eq!(cfg.nodes[1].metrics_listen, None);
+    let (line, _, msg) = one_error(&with("nowhere"));
+    assert_eq!(line, 11, "{msg}");
+    assert!(
+        msg.contains("metrics_listen \"nowhere\" is not an IP:PORT address"),
+        "{msg}"
+    );
+    let (_, _, msg) = one_error(&with("127.0.0.1:8403"));
+    assert!(msg.contains("127.0.0.1:8403 is already used by node n1"), "{msg}");
+}

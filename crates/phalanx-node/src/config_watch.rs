@@ -7,7 +7,10 @@
 //! devices and the no-quorum policy at once, heartbeat timing in the mesh (`Mesh::set_timing`).
 //! Raft's own timeouts are fixed when the process starts: they follow at its next start (they
 //! only pace Raft's elections; failure detection is the mesh's). The executor reloads or
-//! restarts what a new version changed (`executor::reconfigure`).
+//! restarts what a new version changed (`executor::reconfigure`). Each node records the version
+//! it runs in its own node attribute `#config-version` ([`crate::status::CONFIG_VERSION_ATTR`]),
+//! one log entry per switch, so that every node's status and metrics show which version each
+//! member runs (a node that cannot write it, having no quorum, records it once it can).
 
 use crate::agents::Runner;
 use crate::node::Node;
@@ -124,8 +127,50 @@ pub(crate) async fn run(node: Arc<Node>, runner: Option<Runner>) {
             );
         }
         warned_differs = differs;
-        if applied.changed().await.is_err() {
+        let retry = match record_running_version(&node).await {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "recording the config version this node runs");
+                Some(node.timings.controller_tick)
+            }
+        };
+        let changed = match retry {
+            None => applied.changed().await,
+            Some(wait) => tokio::select! {
+                r = applied.changed() => r,
+                _ = tokio::time::sleep(wait) => Ok(()),
+            },
+        };
+        if changed.is_err() {
             return;
         }
+    }
+}
+
+/// Record in this node's attribute `#config-version` the committed version it runs, when the
+/// state says otherwise (nothing to do on the witness, before a version is committed, or when
+/// this node has no record).
+async fn record_running_version(node: &Node) -> Result<(), crate::node::NodeError> {
+    let running = node.running_config_version();
+    if node.is_witness() || running == 0 {
+        return Ok(());
+    }
+    let recorded = node.with_state(|sm| {
+        sm.cluster
+            .nodes
+            .get(&node.name)
+            .map(|n| crate::status::config_version_of(&n.attrs))
+    });
+    match recorded {
+        Some(v) if v != Some(running) => {
+            node.write(Command::SetAttr {
+                name: node.name.clone(),
+                key: crate::status::CONFIG_VERSION_ATTR.to_string(),
+                value: Some(running.to_string()),
+            })
+            .await?;
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }

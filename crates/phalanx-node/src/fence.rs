@@ -40,8 +40,15 @@ pub trait FenceSeam: Send + Sync {
     fn call<'a>(&'a self, device: &'a FenceDevice, action: &'a str, target: Option<&'a str>) -> FakeDeviceCall<'a>;
 }
 
+/// Fence attempts this node ran since it started, by (device, level, result: success |
+/// failure): one per device call of a level (retries inside a call count once). Kept here, not
+/// in the replicated state (whose fence records keep the last outcome per target), so that a
+/// fence costs no extra log entry; `/metrics` serves them as counters, per node.
+pub type FenceAttempts = BTreeMap<(String, u32, &'static str), u64>;
+
 /// Runs the devices of one cluster's fencing config.
 pub struct Fencer {
+    attempts: std::sync::Mutex<FenceAttempts>,
     /// The devices and levels of the config the node runs (a committed config replaces them).
     cfg: std::sync::RwLock<std::sync::Arc<FenceConfig>>,
     http: reqwest::Client,
@@ -56,7 +63,23 @@ impl Fencer {
             cfg: std::sync::RwLock::new(std::sync::Arc::new(cfg)),
             http,
             fake: None,
+            attempts: std::sync::Mutex::default(),
         }
+    }
+
+    /// The fence attempts this node ran since it started (see [`FenceAttempts`]).
+    pub fn attempts(&self) -> FenceAttempts {
+        self.attempts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn count_attempt(&self, device: &str, level: usize, ok: bool) {
+        let key = (device.to_string(), level as u32, if ok { "success" } else { "failure" });
+        *self
+            .attempts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default() += 1;
     }
 
     /// This fencer with its device calls going to `devices` (tests: the simulation's power
@@ -98,7 +121,9 @@ impl Fencer {
                     tracing::info!(device = %d.name, %target, ?delay, "fence delay");
                     tokio::time::sleep(delay).await;
                 }
-                if let Err(e) = self.with_retries(d, action, target).await {
+                let r = self.with_retries(d, action, target).await;
+                self.count_attempt(&d.name, i + 1, r.is_ok());
+                if let Err(e) = r {
                     failed = Some(e.to_string());
                     break;
                 }

@@ -21,6 +21,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod node;
 pub mod raft;
+pub mod status;
 pub mod systemd;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -1,15 +1,26 @@
-//! Prometheus metrics at `/metrics`: heartbeat counters and drops by reason, per-peer link state
-//! and heartbeat age, Raft term, leadership, log and apply positions, and quorum. The registry is
-//! built from a snapshot at each scrape: scrapes are rare, and it keeps the hot paths free of
-//! metric bookkeeping beyond the mesh's own counters.
+//! Prometheus metrics at `/metrics` (and, without a token, at a node's `metrics_listen`):
+//! heartbeat counters and drops by reason, per-peer link state and heartbeat age, Raft term,
+//! leadership, log and apply positions, quorum and votes; and, at the level of ClusterLabs'
+//! ha_cluster_exporter, nodes by status and type, resources by role, node and state, fail counts
+//! with their expiry and migration thresholds, operator moves and bans with their expiry, fence
+//! records, device health and attempts, the config version each node runs, and the event
+//! sequence. The registry is built from a status snapshot at each scrape (scrapes are rare, and
+//! it keeps the hot paths free of metric bookkeeping beyond the mesh's and fencer's own
+//! counters). Every label set the config allows is emitted, with 0 where nothing holds, so that a
+//! series never vanishes (a resource stopping sets its role series to 0); the answering node
+//! serves them without quorum too, with every placement marked `unknown` then.
 
-use crate::node::Node;
+use crate::fence::FenceAttempts;
+use crate::node::{Node, StatusReport};
+use phalanx_core::config::Config;
+use phalanx_core::scheduler::Role;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
+use std::collections::BTreeSet;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {
@@ -27,15 +38,88 @@ struct PeerLink {
     link: String,
 }
 
+/// Labels as (name, value) pairs, in the order given.
+type Labels = Vec<(&'static str, String)>;
+
 fn counter(v: u64) -> Counter {
     let c = Counter::default();
     c.inc_by(v);
     c
 }
 
+/// A gauge family with every label set in `sets`, each set to its value.
+fn family(sets: impl IntoIterator<Item = (Labels, i64)>) -> Family<Labels, Gauge> {
+    let f = Family::<Labels, Gauge>::default();
+    for (labels, v) in sets {
+        f.get_or_create(&labels).set(v);
+    }
+    f
+}
+
+fn secs(ms: Option<u64>) -> i64 {
+    ms.map(|m| (m / 1000) as i64).unwrap_or(0)
+}
+
+/// Node statuses a `phalanx_nodes` series exists for, per node.
+pub const NODE_STATUSES: [&str; 9] = [
+    "online",
+    "standby",
+    "maintenance",
+    "offline",
+    "unclean",
+    "leaving",
+    "stopped",
+    "unknown",
+    "leader",
+];
+
+/// States a `phalanx_resource_state` series exists for, per resource.
+pub const RESOURCE_STATES: [&str; 4] = ["started", "stopped", "failed", "unknown"];
+
+/// The metrics of `node`, as Prometheus text.
 pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
-    let st = node.status();
+    render_report(&node.status(), &node.config(), &node.fencer.attempts())
+}
+
+/// The metrics of a status report made with `config`, and this node's fence attempts.
+pub fn render_report(st: &StatusReport, config: &Config, attempts: &FenceAttempts) -> Result<String, std::fmt::Error> {
     let mut reg = Registry::with_prefix("phalanx");
+    heartbeats(&mut reg, st);
+    raft(&mut reg, st);
+    nodes(&mut reg, st);
+    resources(&mut reg, st, config);
+    fencing(&mut reg, st, config, attempts);
+    let mut out = String::new();
+    encode(&mut out, &reg)?;
+    Ok(prometheus_text(&out))
+}
+
+/// prometheus-client writes OpenMetrics, where a counter's family is named without the
+/// `_total` its sample carries; the Prometheus text format we serve (0.0.4, what `promtool
+/// check metrics` checks) names HELP and TYPE after the sample. Rename those lines, and drop
+/// OpenMetrics' `# EOF`.
+fn prometheus_text(openmetrics: &str) -> String {
+    let counters: BTreeSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+fn heartbeats(reg: &mut Registry, st: &StatusReport) {
     reg.register("heartbeats_sent", "Heartbeat datagrams sent", counter(st.mesh.sent));
     reg.register(
         "heartbeats_received",
@@ -84,11 +168,14 @@ pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
         "Seconds since the last heartbeat on the link",
         age,
     );
+}
+
+fn raft(reg: &mut Registry, st: &StatusReport) {
     reg.register("raft_term", "Current Raft term", ConstGauge::new(st.term as i64));
     reg.register(
         "raft_leader",
         "1 if this node is the Raft leader",
-        ConstGauge::new(i64::from(st.leader_id == Some(node.id))),
+        ConstGauge::new(i64::from(st.leader_id == Some(st.node_id))),
     );
     reg.register(
         "raft_last_log_index",
@@ -110,7 +197,292 @@ pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
         "Number of Raft voters",
         ConstGauge::new(st.voters.len() as i64),
     );
-    let mut out = String::new();
-    encode(&mut out, &reg)?;
-    Ok(out)
+    reg.register(
+        "quorum_votes",
+        "Votes this node's partition counts (reachable voters, and the witness when it counts)",
+        ConstGauge::new(st.votes as i64),
+    );
+    reg.register(
+        "quorum_votes_needed",
+        "Votes needed for quorum",
+        ConstGauge::new(st.votes_needed as i64),
+    );
+    reg.register(
+        "placement_known",
+        "1 if this node has quorum, so its record of what runs where is current",
+        ConstGauge::new(i64::from(st.placement_known)),
+    );
+    reg.register(
+        "events_last_seq",
+        "Sequence number of the last event in the cluster's event history (0: none yet)",
+        ConstGauge::new(st.last_event_seq as i64),
+    );
+}
+
+fn nodes(reg: &mut Registry, st: &StatusReport) {
+    let mut sets = Vec::new();
+    let mut versions = Vec::new();
+    for n in &st.nodes {
+        let kind = if n.voter { "voter" } else { "learner" };
+        let unclean = n.liveness == phalanx_core::Liveness::Offline && !n.fence.fenced && st.fencing == "required";
+        for status in NODE_STATUSES {
+            let on = match status {
+                "maintenance" => n.maintenance,
+                "unclean" => unclean,
+                "leader" => st.leader.as_deref() == Some(n.name.as_str()),
+                s => n.state == s,
+            };
+            sets.push((
+                vec![
+                    ("node", n.name.clone()),
+                    ("type", kind.into()),
+                    ("status", status.into()),
+                ],
+                i64::from(on),
+            ));
+        }
+        versions.push((vec![("node", n.name.clone())], n.config_version.unwrap_or(0) as i64));
+    }
+    reg.register(
+        "nodes",
+        "1 if the node has the status (as the answering node sees it), for every member and status",
+        family(sets),
+    );
+    reg.register(
+        "nodes_configured",
+        "Number of members",
+        ConstGauge::new(st.nodes.len() as i64),
+    );
+    reg.register(
+        "maintenance",
+        "1 if the whole cluster is in maintenance",
+        ConstGauge::new(i64::from(st.maintenance)),
+    );
+    reg.register(
+        "config_version",
+        "The committed config version each node runs, as it recorded it (0: not recorded)",
+        family(versions),
+    );
+    reg.register(
+        "config_committed_version",
+        "The cluster's committed config version (0: none)",
+        ConstGauge::new(st.config.as_ref().map(|c| c.version).unwrap_or(0) as i64),
+    );
+}
+
+fn resources(reg: &mut Registry, st: &StatusReport, config: &Config) {
+    let names: Vec<&String> = st.nodes.iter().map(|n| &n.name).collect();
+    let (mut roles, mut states, mut fails, mut expiry, mut thresholds) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in &st.resources {
+        let base = r.id.split(':').next().unwrap_or(&r.id);
+        let promotable = config
+            .resources
+            .clone_of(base)
+            .or_else(|| {
+                config
+                    .resources
+                    .group_of(base)
+                    .and_then(|g| config.resources.clone_of(&g.id))
+            })
+            .is_some_and(|c| c.promotable);
+        let mut kinds = vec!["started", "failed", "unknown"];
+        if promotable {
+            kinds.push("promoted");
+        }
+        for n in &names {
+            let here = r.running.get(*n);
+            for kind in &kinds {
+                let on = match (*kind, here) {
+                    ("unknown", h) => !st.placement_known && (h.is_some() || r.lost.contains(n)),
+                    (_, _) if !st.placement_known => false,
+                    ("started", Some(Role::Started)) => true,
+                    ("promoted", Some(Role::Promoted)) => true,
+                    ("failed", Some(Role::Failed)) => true,
+                    _ => false,
+                };
+                roles.push((
+                    vec![
+                        ("resource", r.id.clone()),
+                        ("node", (*n).clone()),
+                        ("role", (*kind).into()),
+                        ("agent", r.agent.clone()),
+                    ],
+                    i64::from(on),
+                ));
+            }
+            let fc = r.fail_counts.iter().find(|f| &f.node == *n);
+            let labels = vec![("resource", r.id.clone()), ("node", (*n).clone())];
+            fails.push((labels.clone(), fc.map(|f| f.live as i64).unwrap_or(0)));
+            expiry.push((labels, secs(fc.and_then(|f| f.expires_ms))));
+        }
+        for s in RESOURCE_STATES {
+            states.push((
+                vec![("resource", r.id.clone()), ("state", s.into())],
+                i64::from(r.state == s),
+            ));
+        }
+        thresholds.push((
+            vec![("resource", r.id.clone())],
+            i64::from(r.migration_threshold.unwrap_or(0)),
+        ));
+    }
+    reg.register(
+        "resources",
+        "1 if the resource runs on the node in the role (unknown: recorded there, but this node has no quorum)",
+        family(roles),
+    );
+    reg.register(
+        "resource_state",
+        "1 if the resource is in the state (started, stopped, failed, unknown without quorum)",
+        family(states),
+    );
+    reg.register(
+        "resources_configured",
+        "Number of resource instances the config defines",
+        ConstGauge::new(st.resources.len() as i64),
+    );
+    reg.register(
+        "resource_failures",
+        "Failures of the resource on the node not expired by its failure_timeout (its fail count)",
+        family(fails),
+    );
+    reg.register(
+        "resource_failures_expiry_timestamp_seconds",
+        "When the resource's last live failure on the node expires (unix seconds; 0: never or none)",
+        family(expiry),
+    );
+    reg.register(
+        "migration_threshold",
+        "Failures on a node before the resource is banned there (0: never)",
+        family(thresholds),
+    );
+    // Operator constraints: every id a move or ban may name, on every node, both kinds.
+    let r = &config.resources;
+    let ids: BTreeSet<&String> = r
+        .primitives
+        .keys()
+        .chain(r.groups.keys())
+        .chain(r.clones.keys())
+        .collect();
+    let (mut active, mut expires) = (Vec::new(), Vec::new());
+    for id in ids {
+        for n in &names {
+            for kind in ["move", "ban"] {
+                let c = st
+                    .constraints
+                    .iter()
+                    .find(|c| &c.resource == id && &c.node == *n && c.kind == kind);
+                let labels = vec![("resource", id.clone()), ("node", (*n).clone()), ("kind", kind.into())];
+                active.push((labels.clone(), i64::from(c.is_some_and(|c| !c.expired))));
+                expires.push((labels, secs(c.and_then(|c| c.expires_ms))));
+            }
+        }
+    }
+    reg.register(
+        "operator_constraint",
+        "1 if an operator move or ban of the resource on the node is in force",
+        family(active),
+    );
+    reg.register(
+        "operator_constraint_expiry_timestamp_seconds",
+        "When the operator move or ban expires (unix seconds; 0: none, or never)",
+        family(expires),
+    );
+}
+
+fn fencing(reg: &mut Registry, st: &StatusReport, config: &Config, attempts: &FenceAttempts) {
+    let (mut fenced, mut failures, mut last) = (Vec::new(), Vec::new(), Vec::new());
+    for n in &st.nodes {
+        let f = &n.fence;
+        let labels = vec![("node", n.name.clone())];
+        fenced.push((labels.clone(), i64::from(f.fenced)));
+        failures.push((labels.clone(), i64::from(f.failures)));
+        last.push((labels, secs(f.fenced_at_ms)));
+    }
+    reg.register(
+        "node_fenced",
+        "1 if the node was fenced since it was last lost",
+        family(fenced),
+    );
+    reg.register(
+        "node_fence_failures",
+        "Fence attempts of the node that failed at every level since its last fence or return",
+        family(failures),
+    );
+    reg.register(
+        "node_last_fenced_timestamp_seconds",
+        "When the node was last fenced (unix seconds; 0: never)",
+        family(last),
+    );
+    // Every (device, level) some node's levels use, both results: counters start at 0.
+    let attempt = Family::<Labels, Counter>::default();
+    let mut pairs: BTreeSet<(String, u32)> = BTreeSet::new();
+    for n in &st.nodes {
+        for (i, level) in config.fence.levels_for(&n.name).iter().enumerate() {
+            pairs.extend(level.iter().map(|d| (d.name.clone(), i as u32 + 1)));
+        }
+    }
+    pairs.extend(attempts.keys().map(|(d, l, _)| (d.clone(), *l)));
+    for (device, level) in pairs {
+        for result in ["success", "failure"] {
+            let v = attempts.get(&(device.clone(), level, result)).copied().unwrap_or(0);
+            attempt
+                .get_or_create(&vec![
+                    ("device", device.clone()),
+                    ("level", level.to_string()),
+                    ("result", result.into()),
+                ])
+                .inc_by(v);
+        }
+    }
+    reg.register(
+        "fence_attempts",
+        "Fence device calls this node ran since it started, by device, level and result",
+        attempt,
+    );
+    let (mut health, mut checked) = (Vec::new(), Vec::new());
+    for d in &st.devices {
+        for s in ["ok", "unreachable", "unchecked"] {
+            health.push((
+                vec![("device", d.name.clone()), ("state", s.into())],
+                i64::from(d.state == s),
+            ));
+        }
+        checked.push((vec![("device", d.name.clone())], secs(d.last_checked_ms)));
+    }
+    reg.register(
+        "fence_device",
+        "1 if the fence device's last check found it in the state (ok, unreachable, unchecked)",
+        family(health),
+    );
+    reg.register(
+        "fence_device_last_check_timestamp_seconds",
+        "When this node last checked the device (unix seconds; 0: another node checks it)",
+        family(checked),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_named_after_their_samples_in_the_prometheus_text_format() {
+        let mut reg = Registry::with_prefix("phalanx");
+        reg.register("heartbeats_sent", "Heartbeat datagrams sent", counter(3));
+        reg.register("quorum", "Quorum", ConstGauge::new(1));
+        let mut om = String::new();
+        encode(&mut om, &reg).unwrap();
+        assert!(om.contains("# TYPE phalanx_heartbeats_sent counter") && om.ends_with("# EOF\n"));
+        assert_eq!(
+            prometheus_text(&om),
+            "# HELP phalanx_heartbeats_sent_total Heartbeat datagrams sent.\n\
+             # TYPE phalanx_heartbeats_sent_total counter\n\
+             phalanx_heartbeats_sent_total 3\n\
+             # HELP phalanx_quorum Quorum.\n\
+             # TYPE phalanx_quorum gauge\n\
+             phalanx_quorum 1\n"
+        );
+    }
 }

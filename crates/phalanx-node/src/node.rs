@@ -115,11 +115,26 @@ pub struct NodeStatus {
     /// Its fencing record (fenced since lost? failed attempts?), as replicated.
     #[serde(default)]
     pub fence: phalanx_core::state::FenceRecord,
+    /// In maintenance: nothing on it is managed (its resources keep running, unmonitored).
+    #[serde(default)]
+    pub maintenance: bool,
+    /// The committed config version it runs, as it recorded it (None: not recorded yet).
+    #[serde(default)]
+    pub config_version: Option<u64>,
 }
 
-/// The answer of `/v1/status`.
+/// The answer of `/v1/status` (`phalanx status --json`), schema version `schema`
+/// (`docs/status.schema.json`; see `crate::status`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusReport {
+    /// The version of this JSON's layout ([`crate::status::STATUS_SCHEMA`]; 0: a node older
+    /// than the versioned schema).
+    #[serde(default)]
+    pub schema: u32,
+    /// When the answering node made this report (unix ms, its clock): expiries and ages are
+    /// relative to it.
+    #[serde(default)]
+    pub generated_ms: u64,
     pub cluster: String,
     pub node: String,
     pub node_id: u64,
@@ -167,6 +182,32 @@ pub struct StatusReport {
     /// This node's local config file differs from the committed version (that version).
     #[serde(default)]
     pub local_config_differs: Option<u64>,
+    /// Cluster-wide maintenance: nothing is managed (resources keep running, unmonitored).
+    #[serde(default)]
+    pub maintenance: bool,
+    /// The answering node has quorum, so its record of what runs where is current; false:
+    /// every resource's placement is unknown here (`resources[].state` = "unknown").
+    #[serde(default)]
+    pub placement_known: bool,
+    /// Operator moves and bans, with who made them and when they expire.
+    #[serde(default)]
+    pub constraints: Vec<phalanx_core::state::OperatorEntry>,
+    /// Failures cleanup has not cleared, most recent first.
+    #[serde(default)]
+    pub failed_actions: Vec<crate::status::FailedAction>,
+    /// Every node's fencing record that has anything in it.
+    #[serde(default)]
+    pub fence_history: Vec<crate::status::FenceHistory>,
+    /// Every fence device's health, who checks it and when this node last did.
+    #[serde(default)]
+    pub devices: Vec<crate::status::DeviceStatus>,
+    /// The newest events of the history (`status::RECENT_EVENTS`), oldest first, each as
+    /// `phalanx events --json` prints it.
+    #[serde(default)]
+    pub recent_events: Vec<serde_json::Value>,
+    /// The sequence number of the newest event (0: none yet).
+    #[serde(default)]
+    pub last_event_seq: u64,
 }
 
 /// The witness as one node sees it.
@@ -199,6 +240,21 @@ pub struct ResourceStatus {
     pub banned: Vec<String>,
     pub fatal: bool,
     pub last_error: Option<String>,
+    /// started | stopped | failed | unknown (the answering node has no quorum: `running` is
+    /// its last record, possibly stale).
+    #[serde(default)]
+    pub state: String,
+    /// Failures per node with their expiry (`failure_timeout`).
+    #[serde(default)]
+    pub fail_counts: Vec<crate::status::FailCount>,
+    /// Failures on a node before it is banned there (None: never).
+    #[serde(default)]
+    pub migration_threshold: Option<u32>,
+    #[serde(default)]
+    pub failure_timeout_ms: Option<u64>,
+    /// Its last operation, as far as the state records it.
+    #[serde(default)]
+    pub last_op: Option<crate::status::LastOp>,
 }
 
 /// A running node.
@@ -250,6 +306,9 @@ pub struct Node {
     pub(crate) stop: tokio::sync::watch::Sender<crate::lifecycle::StopState>,
     /// Rounds the controller loop has run (systemd's watchdog is fed while it grows).
     pub(crate) rounds: AtomicU64,
+    /// When this node last checked each fence device (unix ms; it checks them while it leads):
+    /// not replicated, so that a check costs no log entry (see `state::DeviceHealth`).
+    device_checks: std::sync::Mutex<BTreeMap<String, u64>>,
 }
 
 impl Node {
@@ -333,6 +392,7 @@ impl Node {
             tasks: std::sync::Mutex::default(),
             stop: tokio::sync::watch::Sender::new(Default::default()),
             rounds: AtomicU64::new(0),
+            device_checks: std::sync::Mutex::default(),
             timings,
             config: std::sync::RwLock::new(Arc::new(opts.config)),
             config_version: AtomicU64::new(config_version),
@@ -660,6 +720,14 @@ impl Node {
             .map(|n| n.addr.clone())
     }
 
+    /// This node checked fence device `device` at `at_ms` (see `executor::monitors`).
+    pub(crate) fn device_checked(&self, device: &str, at_ms: u64) {
+        self.device_checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(device.to_string(), at_ms);
+    }
+
     /// This node's view of the cluster.
     pub fn status(&self) -> StatusReport {
         let m = self.raft.metrics().borrow().clone();
@@ -712,11 +780,19 @@ impl Node {
                 standby,
                 liveness,
                 api,
-                attrs,
+                mut attrs,
                 fence,
+                maintenance,
                 ..
             } = rec;
             let is_self = name == self.name;
+            // Shown as `config_version`, not among the operator's attributes.
+            let recorded = crate::status::config_version_of(&attrs);
+            attrs.remove(crate::status::CONFIG_VERSION_ATTR);
+            let config_version = match is_self {
+                true if !self.is_witness() => Some(self.running_config_version()).filter(|v| *v > 0),
+                _ => recorded,
+            };
             let peer = peers.get(&name);
             let online = is_self || peer.map(|p| p.alive).unwrap_or(false);
             let state = match (online, standby) {
@@ -740,11 +816,29 @@ impl Node {
                 changed_at_unix_ms: peer.and_then(|p| p.changed_at_unix_ms),
                 hears_me: peer.map(|p| p.hears_me),
                 fence,
+                maintenance,
+                config_version,
                 name,
                 id,
             });
         }
-        let r = &self.config().resources;
+        let now_ms = mesh::unix_ms();
+        let config = self.config();
+        let (last_ops, recent_events, last_event_seq) = self.with_state(|sm| {
+            let mut recent: Vec<serde_json::Value> = sm
+                .events
+                .newest_first()
+                .take(crate::status::RECENT_EVENTS)
+                .filter_map(|e| serde_json::to_value(crate::events::EventView::of(e)).ok())
+                .collect();
+            recent.reverse();
+            (
+                crate::status::last_ops_from_events(&sm.events),
+                recent,
+                sm.events.next_seq() - 1,
+            )
+        });
+        let r = &config.resources;
         let resources: Vec<ResourceStatus> = r
             .instances()
             .into_iter()
@@ -762,8 +856,17 @@ impl Node {
                         .unwrap_or(false)
                 };
                 let (running, lost): (BTreeMap<_, _>, BTreeMap<_, _>) =
-                    rec.running.into_iter().partition(|(n, _)| online(n));
+                    rec.running.clone().into_iter().partition(|(n, _)| online(n));
+                let meta = crate::status::unit_meta(&config, &id);
                 ResourceStatus {
+                    state: crate::status::resource_state(q.quorate, &running, rec.fatal).into(),
+                    fail_counts: crate::status::fail_counts(&rec, meta, now_ms),
+                    migration_threshold: meta.and_then(|m| m.migration_threshold),
+                    failure_timeout_ms: meta.and_then(|m| m.failure_timeout).map(|d| d.as_millis() as u64),
+                    last_op: last_ops
+                        .get(&id)
+                        .cloned()
+                        .or_else(|| crate::status::last_op(&sm.cluster, &id)),
                     id,
                     agent: p.agent.to_string(),
                     parent,
@@ -778,7 +881,18 @@ impl Node {
             .collect();
         let plan_pending = sm.cluster.plan.pending_keys().len();
         let since = self.leader_since.load(Ordering::SeqCst);
+        let checked = self.device_checks.lock().unwrap_or_else(|p| p.into_inner()).clone();
         StatusReport {
+            schema: crate::status::STATUS_SCHEMA,
+            generated_ms: now_ms,
+            maintenance: sm.cluster.maintenance,
+            placement_known: q.quorate,
+            constraints: sm.cluster.operator_entries(now_ms),
+            failed_actions: crate::status::failed_actions(&sm.cluster),
+            fence_history: crate::status::fence_history(&sm.cluster),
+            devices: crate::status::devices(&config, &sm.cluster, &self.name, &checked),
+            recent_events,
+            last_event_seq,
             cluster: self.config().cluster.name.clone(),
             node: self.name.clone(),
             node_id: self.id,

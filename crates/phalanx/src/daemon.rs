@@ -59,6 +59,20 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     let listener = transport::bind(api)
         .await
         .with_context(|| format!("binding the API on {api}"))?;
+    // `metrics_listen` of this node in the local file (fixed for the process's life).
+    let metrics_listen = config
+        .nodes
+        .iter()
+        .find(|n| n.name == args.node)
+        .and_then(|n| n.metrics_listen);
+    let metrics_listener = match metrics_listen {
+        Some(addr) => Some(
+            transport::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics_listen on {addr}"))?,
+        ),
+        None => None,
+    };
     let network = raft::network::HttpNetwork::<raft::TypeConfig>::new(key.api_token())?;
     let node = Node::start(
         NodeOptions {
@@ -81,6 +95,15 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     )
     .await?;
     tracing::info!(node = %args.node, id, api = %api, links = ?links, data_dir = %data_dir.display(), "phalanx node started");
+    if let (Some(l), Some(addr)) = (metrics_listener, metrics_listen) {
+        let n = node.clone();
+        tokio::spawn(async move {
+            if let Err(e) = phalanx_node::api::serve_metrics(n, l).await {
+                tracing::error!(error = %e, %addr, "the metrics listener stopped");
+            }
+        });
+        tracing::info!(%addr, "serving /metrics without a token");
+    }
     serve_until_signal(node, listener, Some(agent_state)).await
 }
 

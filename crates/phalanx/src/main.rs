@@ -92,8 +92,23 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
-    /// Show the cluster: leader, quorum, nodes, links.
-    Status,
+    /// Show the cluster like crm_mon: quorum, maintenance, nodes, fence devices, resources, fail
+    /// counts, operator constraints, failed actions, fence history.
+    Status {
+        /// Redraw in place every --interval, like crm_mon (Ctrl-C to stop); with --json, one
+        /// report per line.
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch redraws.
+        #[arg(long, default_value = "2s", value_parser = duration, requires = "watch")]
+        interval: Duration,
+        /// Nagios-style check: one line `PHALANX OK|WARNING|CRITICAL - ...`, exit 0 healthy,
+        /// 1 degraded (a node offline or lost and not fenced, a resource failed or stopped, a
+        /// fence device unreachable), 2 critical (no quorum, cluster unreachable), 3 unknown
+        /// (the check cannot run: no config or key here).
+        #[arg(long, conflicts_with = "watch")]
+        check: bool,
+    },
     /// The cluster's event history (the same on every node), oldest first.
     Events {
         /// From this sequence number, time (2026-12-01T10:00:00Z) or duration ago (10m).
@@ -601,8 +616,14 @@ async fn run(cli: Cli) -> Result<i32> {
             },
         } => config_check(file, *allow_missing_agents, cli.json).await,
         Cmd::Config { cmd } => config_cmd(&cli, cmd).await,
-        Cmd::Status => {
+        Cmd::Status { watch, interval, check } => {
+            if *check {
+                return status_check(&cli).await;
+            }
             let (client, apis) = apis(&cli)?;
+            if *watch {
+                return status_watch(&client, &apis, *interval, cli.json).await;
+            }
             let (_, st) = client.first_answering(&apis).await?;
             if cli.json {
                 print_json(&st)?;
@@ -933,6 +954,55 @@ async fn config_check(file: &Path, allow_missing_agents: bool, as_json: bool) ->
         }
     }
     Ok(if errors > 0 { 2 } else { 0 })
+}
+
+/// `phalanx status --check`: one Nagios line and its exit code (see `render::check`); a cluster
+/// no node of which answers is CRITICAL; a check that cannot even ask (no config or key here)
+/// is UNKNOWN (3), as Nagios plugins say.
+async fn status_check(cli: &Cli) -> Result<i32> {
+    let (code, line) = match apis(cli) {
+        Err(e) => (3, format!("PHALANX UNKNOWN - cannot ask the cluster: {e:#}")),
+        Ok((client, apis)) => match client.first_answering(&apis).await {
+            Ok((_, st)) => render::check(&st),
+            Err(e) => (2, format!("PHALANX CRITICAL - cluster unreachable: {e:#}")),
+        },
+    };
+    if cli.json {
+        let state = ["ok", "warning", "critical", "unknown"][code as usize];
+        print_json(&json!({ "state": state, "code": code, "summary": line }))?;
+    } else {
+        println!("{line}");
+    }
+    Ok(code)
+}
+
+/// `phalanx status --watch`: clear the screen and redraw every `interval`, like crm_mon (JSON:
+/// one report per line, no clearing). A node that stops answering is reported in place and
+/// asked again at the next round.
+async fn status_watch(client: &Client, apis: &[String], interval: Duration, json: bool) -> Result<i32> {
+    use std::io::Write;
+    loop {
+        let answer = client.first_answering(apis).await;
+        let mut out = std::io::stdout().lock();
+        match (answer, json) {
+            (Ok((_, st)), true) => writeln!(out, "{}", serde_json::to_string(&st)?)?,
+            (Ok((api, st)), false) => write!(
+                out,
+                "\x1b[H\x1b[2J{}\nEvery {}: asked {api}. Ctrl-C to stop.\n",
+                render::status(&st),
+                phalanx_core::duration::format_duration(interval)
+            )?,
+            (Err(e), true) => writeln!(out, "{}", json!({ "error": format!("{e:#}") }))?,
+            (Err(e), false) => write!(
+                out,
+                "\x1b[H\x1b[2JNo node answers: {e:#}\nRetrying every {}. Ctrl-C to stop.\n",
+                phalanx_core::duration::format_duration(interval)
+            )?,
+        }
+        out.flush()?;
+        drop(out);
+        tokio::time::sleep(interval).await;
+    }
 }
 
 /// `phalanx node stop`: ask, then (unless `no_wait`) follow the node until the cluster records

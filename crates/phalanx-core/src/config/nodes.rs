@@ -1,4 +1,5 @@
-//! The members of a cluster: the `[[node]]` sections (name, heartbeat links, API address) and
+//! The members of a cluster: the `[[node]]` sections (name, heartbeat links, API address, an
+//! optional token-free metrics address) and
 //! the `[witness]`, validated together because their addresses must not collide, and the
 //! warnings about the membership as a whole (a two-node cluster without a witness, more nodes
 //! than Raft voters).
@@ -20,6 +21,10 @@ pub struct NodeConfig {
     pub name: String,
     pub links: Vec<SocketAddr>,
     pub api: SocketAddr,
+    /// Where the node's daemon also serves `/metrics`, read-only and without the token (for a
+    /// Prometheus scraper that holds no cluster key); None: only on `api`, behind the token.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +38,7 @@ pub(super) struct RawNode {
     name: Option<Spanned<String>>,
     links: Option<Spanned<Vec<Spanned<String>>>>,
     api: Option<Spanned<String>>,
+    metrics_listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -89,9 +95,30 @@ pub(super) fn validate(c: &mut Checker, raw: Vec<Spanned<RawNode>>, cluster: &Ra
         };
         let links = links(c, &rn.links, &name, &span, &mut addrs);
         let api = api(c, &rn.api, &links, &name, &span, &mut addrs);
+        let metrics_listen = rn
+            .metrics_listen
+            .as_ref()
+            .and_then(|m| match m.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => {
+                    addrs.claim(c, &name, addr, m.span(), "metrics_listen");
+                    Some(addr)
+                }
+                Err(_) => {
+                    c.error(
+                        m.span(),
+                        format!("metrics_listen {:?} is not an IP:PORT address", m.get_ref()),
+                    );
+                    None
+                }
+            });
         if let Some(api) = api {
             if !links.is_empty() {
-                nodes.push(NodeConfig { name, links, api });
+                nodes.push(NodeConfig {
+                    name,
+                    links,
+                    api,
+                    metrics_listen,
+                });
             }
         }
     }

@@ -22,13 +22,18 @@ pub struct FenceRecord {
     pub last_error: Option<String>,
 }
 
-/// What the last monitor of a fence device found.
+/// What the monitor of a fence device found, as replicated: its verdict, since when it holds,
+/// and which node checks the device now. Only the leader checks devices, and it writes only
+/// when the verdict changes or when it is not the node recorded as the checker (its first
+/// check after it became leader): one entry per change or leader change, never one per check.
+/// When it last checked is that node's own memory (status shows it when it answers).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct DeviceHealth {
     pub ok: bool,
     pub error: Option<String>,
-    /// Unix ms of the check that changed it, and the node that ran it.
+    /// Unix ms of the check that found this verdict (kept when only the checker changes).
     pub since_ms: u64,
+    /// The node that checks the device now (the leader that last recorded it).
     pub by: String,
 }
 
@@ -54,12 +59,23 @@ impl ClusterState {
         }
     }
 
-    /// A fence device's monitor answered (Unchanged when its verdict is the same).
+    /// A fence device's monitor answered: a new verdict replaces the record; the same verdict
+    /// from another checker (a new leader) records that checker and keeps `since_ms`; the same
+    /// verdict from the same checker is Unchanged (and changes nothing, in memory either).
     pub(super) fn device_health(&mut self, device: &str, health: &DeviceHealth) -> Outcome {
-        let old = self.fence_devices.insert(device.to_string(), health.clone());
-        match old {
-            Some(o) if o.ok == health.ok && o.error == health.error => Outcome::Unchanged,
-            _ => Outcome::Ok,
+        match self.fence_devices.get_mut(device) {
+            Some(o) if o.ok == health.ok && o.error == health.error => {
+                if o.by == health.by {
+                    Outcome::Unchanged
+                } else {
+                    o.by = health.by.clone();
+                    Outcome::Ok
+                }
+            }
+            _ => {
+                self.fence_devices.insert(device.to_string(), health.clone());
+                Outcome::Ok
+            }
         }
     }
 
@@ -167,6 +183,21 @@ mod tests {
         };
         assert_eq!(s.device_health("pdu", &h(true, 1)), Outcome::Ok);
         assert_eq!(s.device_health("pdu", &h(true, 2)), Outcome::Unchanged);
+        assert_eq!(
+            s.fence_devices["pdu"].since_ms, 1,
+            "an unchanged verdict changes nothing"
+        );
         assert_eq!(s.device_health("pdu", &h(false, 3)), Outcome::Ok);
+        // A new leader checks it: the checker is recorded, the verdict's time is kept.
+        let by_n2 = DeviceHealth {
+            by: "n2".into(),
+            ..h(false, 9)
+        };
+        assert_eq!(s.device_health("pdu", &by_n2), Outcome::Ok);
+        assert_eq!(
+            (s.fence_devices["pdu"].since_ms, s.fence_devices["pdu"].by.as_str()),
+            (3, "n2")
+        );
+        assert_eq!(s.device_health("pdu", &by_n2), Outcome::Unchanged);
     }
 }

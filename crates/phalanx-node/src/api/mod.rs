@@ -237,6 +237,23 @@ pub fn app(node: Arc<Node>) -> Router {
     )
 }
 
+/// The read-only metrics router of a node's `metrics_listen` address: `GET /metrics` alone,
+/// without the token (it reveals the cluster's shape, never a secret, and changes nothing).
+pub fn metrics_app(node: Arc<Node>) -> Router {
+    operator::metrics_routes()
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
+        .with_state(node)
+}
+
+/// Serve [`metrics_app`] on `listener` until the process ends.
+pub async fn serve_metrics(
+    node: Arc<Node>,
+    listener: crate::transport::Listener,
+) -> Result<(), crate::transport::TransportError> {
+    crate::transport::serve(listener, metrics_app(node)).await
+}
+
 /// Serve [`app`] on `listener` (from `transport::bind`) until the process ends.
 pub async fn serve(
     node: Arc<Node>,

@@ -327,6 +327,11 @@ async fn set_link(
     Ok(Json(serde_json::json!({ "link": i, "enabled": req.enabled })))
 }
 
+/// `GET /metrics` alone (the token-free `metrics_listen` router, `api::metrics_app`).
+pub(crate) fn metrics_routes() -> Router<Arc<Node>> {
+    Router::new().route("/metrics", get(metrics))
+}
+
 async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
     let text = crate::metrics::render(&node).map_err(|_| ApiError::Internal("rendering the metrics failed"))?;
     Ok((

@@ -3,7 +3,7 @@
 //! every check's next due time, start to start, so the measured period is the configured
 //! interval whatever the heartbeat; the executor sleeps until the earliest one (as the mesh does
 //! with its `next_deadline`). Results go to the log: a failed monitor of what the state says runs
-//! here, or a fence device whose health changed.
+//! here, or a fence device whose health changed (or that a new leader checks).
 
 use super::{call, outcome_of};
 use crate::agents::Runner;
@@ -87,7 +87,10 @@ pub fn run_due(
             }
             let key = format!("fence device {}", d.name);
             keys.insert(key.clone());
-            if clock.take_due(&key, d.monitor_interval, now) && begin(in_flight, &key) {
+            // Not recorded as checked by this leader (it just took over, or its last record was
+            // lost with a leader change): check at once, whatever the clock says, until it is.
+            let stale = sm.cluster.fence_devices.get(&d.name).is_none_or(|h| h.by != node.name);
+            if (clock.take_due(&key, d.monitor_interval, now) || stale) && begin(in_flight, &key) {
                 node.spawn(check_fence_device(node.clone(), d.clone(), in_flight.clone(), key));
             }
         }
@@ -162,16 +165,25 @@ async fn monitor(
     end(&in_flight, &rsc);
 }
 
-/// One check of a fence device (leader only); a change of answer goes to the log (status shows
-/// it on every node), a failure is logged as an error.
+/// One check of a fence device (leader only). A change of answer goes to the log (status shows
+/// it on every node), and so does the first check by a node not recorded as the checker (a new
+/// leader), so that "checked by" names the node checking it now; an unchanged answer does not
+/// (no entry per check): when this node last checked is kept here (`Node::device_checked`). A
+/// failure is logged as an error.
 async fn check_fence_device(node: Arc<Node>, d: phalanx_core::fencing::FenceDevice, in_flight: InFlight, key: String) {
     let r = node.fencer.monitor(&d).await;
     let error = r.err().map(|e| e.to_string());
+    node.device_checked(&d.name, unix_ms());
     let known = node.with_state(|sm| sm.cluster.fence_devices.get(&d.name).cloned());
-    if known.is_none_or(|k| k.ok != error.is_none() || k.error != error) {
-        match &error {
-            Some(e) => tracing::error!(device = %d.name, error = %e, "fence device unreachable"),
-            None => tracing::info!(device = %d.name, "fence device ok"),
+    let changed = known
+        .as_ref()
+        .is_none_or(|k| k.ok != error.is_none() || k.error != error);
+    if changed || known.is_some_and(|k| k.by != node.name) {
+        if changed {
+            match &error {
+                Some(e) => tracing::error!(device = %d.name, error = %e, "fence device unreachable"),
+                None => tracing::info!(device = %d.name, "fence device ok"),
+            }
         }
         let health = phalanx_core::state::DeviceHealth {
             ok: error.is_none(),
