@@ -1075,7 +1075,16 @@ async fn node_stop(
                 here.join(", ")
             }
         ));
-        match n.state.as_str() {
+        // Decided by what the leader recorded (the replicated liveness), not by this node's
+        // heartbeat view: a node that just exited looks offline here before the leader records
+        // it Stopped, and reading that as "went down before it was done" was wrong (a flaky
+        // `node_stop_leaves_cleanly_and_refuses_to_break_quorum`).
+        let recorded = match n.liveness {
+            phalanx_core::Liveness::Stopped => "stopped",
+            phalanx_core::Liveness::Offline => "offline",
+            _ => "",
+        };
+        match recorded {
             "stopped" => {
                 bar.finish_and_clear();
                 let v = json!({ "node": name, "state": "stopped", "fenced": false });
