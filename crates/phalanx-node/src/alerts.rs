@@ -59,16 +59,21 @@ async fn queue(node: Arc<Node>, alert: AlertConfig) {
             wait(&mut applied).await;
             continue;
         }
-        let (recorded, first, next) = node.with_state(|sm| {
+        let (recorded, first, next, configured) = node.with_state(|sm| {
             (
                 sm.events.delivered.get(&alert.id).copied(),
                 sm.events.first_seq(),
                 sm.events.next_seq(),
+                sm.events
+                    .newest_first()
+                    .find(|e| e.kind == EventKind::ConfigApplied)
+                    .map(|e| e.seq),
             )
         });
         let Some(recorded) = recorded else {
-            // A new recipient starts with the events to come.
-            record(&node, &alert.id, next.saturating_sub(1)).await;
+            // A new recipient starts after the config version that added it (the newest: this
+            // node runs it), else with the events to come.
+            record(&node, &alert.id, configured.unwrap_or(next.saturating_sub(1))).await;
             wait(&mut applied).await;
             continue;
         };

@@ -121,7 +121,15 @@ pub async fn run(client: &Client, apis: &[String], q: &Query, json: bool) -> Res
     if !q.follow {
         let (_, page) = first_page(client, apis, &query_string(q, since, false)).await?;
         if page.events.is_empty() && !json {
-            println!("No events (the history holds {}..{}).", page.first_seq, page.next_seq);
+            if page.first_seq == page.next_seq {
+                println!("No events yet.");
+            } else {
+                println!(
+                    "No matching events (the history holds #{} to #{}).",
+                    page.first_seq,
+                    page.next_seq - 1
+                );
+            }
         }
         for e in &page.events {
             print(e, json)?;
