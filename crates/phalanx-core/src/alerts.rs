@@ -183,6 +183,8 @@ mod tests {
             by: None,
             from: None,
             reporter: "n2".into(),
+            device: None,
+            level: None,
         }
     }
 

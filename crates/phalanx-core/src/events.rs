@@ -140,6 +140,9 @@ pub struct Event {
     pub from: Option<String>,
     /// The node whose command this is.
     pub reporter: String,
+    /// A fence's device(s) and level (`fence_succeeded`).
+    pub device: Option<String>,
+    pub level: Option<u32>,
 }
 
 /// Who proposed a command, when, and for whom: every command a node commits is wrapped in one
@@ -415,6 +418,8 @@ fn derive(state: &ClusterState, cmd: &Command, stamp: Option<&Stamp>, last_ms: u
         by: stamp.and_then(|s| s.by.clone()),
         from: stamp.and_then(|s| s.from.clone()),
         reporter: reporter.clone(),
+        device: None,
+        level: None,
     };
     let operator = |node: &str, task: &str, what: String| {
         let who = match stamp.and_then(|s| s.by.as_deref()) {
@@ -728,6 +733,15 @@ fn result_event(
     e.task = Some(task_of(action.kind).into());
     e.exit_reason = reason.map(str::to_string);
     if action.kind == ActionKind::Fence {
+        // A success names what did it: `level 1: pdu + ipmi`.
+        if let Some((level, devices)) = reason
+            .filter(|_| ok)
+            .and_then(|r| r.strip_prefix("level "))
+            .and_then(|r| r.split_once(": "))
+        {
+            e.level = level.parse().ok();
+            e.device = Some(devices.to_string());
+        }
         e.exec_ms = stamp.and_then(|s| s.call.as_ref()).map(|c| c.exec_ms);
     } else {
         add_call(&mut e, stamp);

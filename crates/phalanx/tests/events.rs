@@ -215,6 +215,13 @@ async fn a_leader_kill_reads_the_same_in_order_everywhere_and_follow_loses_nothi
     let fenced = find_after(&a, requested, "fence_succeeded", |e| {
         field(e, "kind") == "fence_succeeded" && field(e, "node") == leader
     });
+    assert_eq!(
+        (a[fenced]["device"].as_str(), a[fenced]["level"].as_u64()),
+        (Some("power"), Some(1)),
+        "{:#?}",
+        a[fenced]
+    );
+    assert!(a[fenced]["exec_ms"].as_u64().is_some(), "{:#?}", a[fenced]);
     let started_a = find_after(&a, fenced, "start of a", |e| {
         field(e, "kind") == "resource_started" && field(e, "resource") == "a" && field(e, "node") == moved
     });

@@ -84,7 +84,7 @@ fn failover() -> Vec<Command> {
                 action: fence,
                 outcome: CallOutcome::Ok,
                 at_ms: 1_490,
-                reason: Some("level 1 (pdu)".into()),
+                reason: Some("level 1: pdu".into()),
             },
         ),
         with_call(
@@ -151,7 +151,8 @@ fn a_failover_reads_in_order_with_times_nodes_and_details() {
         (fenced.node.as_str(), fenced.exec_ms, fenced.time_ms),
         ("n1", Some(480), 1_490)
     );
-    assert!(fenced.summary.contains("level 1 (pdu)"), "{}", fenced.summary);
+    assert!(fenced.summary.contains("level 1: pdu"), "{}", fenced.summary);
+    assert_eq!((fenced.level, fenced.device.as_deref()), (Some(1), Some("pdu")));
     let started = log.get(5).unwrap();
     assert_eq!(started.resource.as_deref(), Some("web"));
     assert_eq!(
