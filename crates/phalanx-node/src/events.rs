@@ -201,7 +201,8 @@ pub async fn watch_quorum(node: Arc<Node>) {
                         ),
                     ];
                     let node2 = node.clone();
-                    // In order, one after the other.
+                    // In order, one after the other, each retried until it commits: quorum is
+                    // back, but a leader may not be elected yet.
                     node.spawn(async move {
                         for (kind, summary, at_ms) in notes {
                             let n = Note {
@@ -210,8 +211,12 @@ pub async fn watch_quorum(node: Arc<Node>) {
                                 summary,
                                 at_ms,
                             };
-                            if let Err(e) = node2.write(Command::Note(n)).await {
-                                tracing::debug!(error = %e, "a quorum note was not committed");
+                            for _ in 0..150 {
+                                match node2.write(Command::Note(n.clone())).await {
+                                    Ok(_) => break,
+                                    Err(e) => tracing::debug!(error = %e, "a quorum note is not committed yet"),
+                                }
+                                tokio::time::sleep(Duration::from_millis(200)).await;
                             }
                         }
                     });

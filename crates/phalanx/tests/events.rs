@@ -258,3 +258,61 @@ async fn a_leader_kill_reads_the_same_in_order_everywhere_and_follow_loses_nothi
     let _ = follower.wait();
     let _ = reader.join();
 }
+
+/// A node that loses quorum cannot commit anything; once quorum is back it records both, the
+/// loss with the time it happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_loss_is_recorded_once_quorum_is_back() {
+    let mut c = LocalCluster::create(Spec {
+        nodes: 3,
+        heartbeat: Duration::from_millis(100),
+        links: 1,
+        exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
+        keep: std::env::var_os("PHALANX_KEEP").is_some(),
+        extra_config: String::new(),
+        cluster_extra: String::new(),
+    })
+    .unwrap();
+    c.start_all().unwrap();
+    c.wait_stable(T).await.unwrap();
+    let signal = |c: &LocalCluster, n: &str, s: nix::sys::signal::Signal| {
+        let pid = c.node(n).unwrap().pid().unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), s).unwrap();
+    };
+    // n2 and n3 freeze: n1 is alone, without quorum.
+    let frozen_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    for n in ["n2", "n3"] {
+        signal(&c, n, nix::sys::signal::Signal::SIGSTOP);
+    }
+    let deadline = Instant::now() + T;
+    while c.status("n1").await.map(|s| s.quorum).unwrap_or(true) {
+        assert!(Instant::now() < deadline, "n1 kept quorum");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in ["n2", "n3"] {
+        signal(&c, n, nix::sys::signal::Signal::SIGCONT);
+    }
+    let deadline = Instant::now() + T;
+    let (lost, back) = loop {
+        let ev = events_of(&c, &c.node("n1").unwrap().api);
+        let find = |k: &str| {
+            ev.iter()
+                .find(|e| field(e, "kind") == k && field(e, "node") == "n1")
+                .cloned()
+        };
+        if let (Some(l), Some(b)) = (find("quorum_lost"), find("quorum_regained")) {
+            break (l, b);
+        }
+        assert!(Instant::now() < deadline, "no quorum events for n1: {ev:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (lost_ms, back_ms) = (lost["time_ms"].as_u64().unwrap(), back["time_ms"].as_u64().unwrap());
+    assert!(
+        lost_ms >= frozen_at && lost_ms < back_ms,
+        "lost at {lost_ms}, back at {back_ms}"
+    );
+    assert!(lost["seq"].as_u64() < back["seq"].as_u64());
+}
