@@ -184,7 +184,7 @@ pub async fn watch_quorum(node: Arc<Node>) {
         let now = crate::mesh::unix_ms();
         match (had, has) {
             (true, false) => {
-                tracing::warn!("quorum lost");
+                tracing::warn!("quorum lost (recorded as an event once it is back)");
                 lost_at = Some(now);
             }
             (false, true) => {
