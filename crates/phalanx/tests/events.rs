@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(60);
 
+/// One cluster at a time: two 3-node clusters, one of them frozen and thawed, on a 2-core
+/// machine miss heartbeats.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const GROUP: &str = r#"
 [[resource]]
 id = "a"
@@ -77,6 +81,7 @@ fn find_after(events: &[serde_json::Value], from: usize, what: &str, f: impl Fn(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_kill_reads_the_same_in_order_everywhere_and_follow_loses_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut c = cluster();
     c.wait_stable(T).await.unwrap();
     // Every node online as the replicated state records it, in every view, and g placed.
@@ -263,6 +268,7 @@ async fn a_leader_kill_reads_the_same_in_order_everywhere_and_follow_loses_nothi
 /// loss with the time it happened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quorum_loss_is_recorded_once_quorum_is_back() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut c = LocalCluster::create(Spec {
         nodes: 3,
         heartbeat: Duration::from_millis(100),
