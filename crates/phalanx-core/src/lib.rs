@@ -6,7 +6,8 @@
 //! Modules depend downwards only: `model`, `diag` and `duration` hold what everything shares;
 //! `config` (with `resources` and `fencing`, each section validating itself) builds on them;
 //! `scheduler` and `state` build on the config; `timings` derives every timing from `[cluster]`;
-//! `controller` (the leader's decisions) builds on the state and the scheduler.
+//! `controller` (the leader's decisions) builds on the state and the scheduler. `lb` (the load
+//! balancer's selection, health and stickiness) stands apart and depends on nothing else here.
 
 pub mod alerts;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod duration;
 pub mod events;
 pub mod fencing;
 pub mod forwarding;
+pub mod lb;
 pub mod liveness;
 pub mod model;
 pub mod ocf;
