@@ -659,16 +659,6 @@ pub fn action_line(a: &Action) -> String {
     }
 }
 
-fn task_of(kind: ActionKind) -> &'static str {
-    match kind {
-        ActionKind::Fence => "fence",
-        ActionKind::Stop => "stop",
-        ActionKind::Demote => "demote",
-        ActionKind::Start => "start",
-        ActionKind::Promote => "promote",
-    }
-}
-
 fn result_event(
     action: &Action,
     outcome: CallOutcome,
@@ -721,7 +711,7 @@ fn result_event(
             &action.node,
             format!(
                 "{} of {} failed on {}{took}{}: {}",
-                task_of(k),
+                k.as_str(),
                 action.rsc,
                 action.node,
                 rc_text(stamp),
@@ -730,7 +720,7 @@ fn result_event(
         ),
     };
     let mut e = event(kind, node, Some(at_ms), summary);
-    e.task = Some(task_of(action.kind).into());
+    e.task = Some(action.kind.as_str().into());
     e.exit_reason = reason.map(str::to_string);
     if action.kind == ActionKind::Fence {
         // A success names what did it: `level 1: pdu + ipmi`.

@@ -12,7 +12,7 @@
 
 use phalanx_core::config::Config;
 use phalanx_core::resources::Meta;
-use phalanx_core::scheduler::{ActionKind, Role};
+use phalanx_core::scheduler::Role;
 use phalanx_core::state::{ClusterState, DeviceHealth, ResourceRecord};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -141,16 +141,6 @@ pub fn fail_counts(rec: &ResourceRecord, meta: Option<&Meta>, now_ms: u64) -> Ve
         .collect()
 }
 
-fn op_name(k: ActionKind) -> &'static str {
-    match k {
-        ActionKind::Fence => "fence",
-        ActionKind::Stop => "stop",
-        ActionKind::Demote => "demote",
-        ActionKind::Start => "start",
-        ActionKind::Promote => "promote",
-    }
-}
-
 /// How many of the newest events `phalanx status` shows.
 pub const RECENT_EVENTS: usize = 10;
 
@@ -199,7 +189,7 @@ pub fn last_op(state: &ClusterState, rsc: &str) -> Option<LastOp> {
     if let Some((i, a)) = finished {
         let failed = plan.failed.contains(&i);
         return Some(LastOp {
-            op: Some(op_name(a.kind).into()),
+            op: Some(a.kind.as_str().into()),
             node: a.node.clone(),
             outcome: if failed { "failed" } else { "ok" }.into(),
             at_ms: if failed { last_failure_on(&a.node) } else { None },
@@ -224,7 +214,7 @@ pub fn last_op(state: &ClusterState, rsc: &str) -> Option<LastOp> {
     }
     let pending = plan.actions.iter().rfind(|a| a.rsc == rsc)?;
     Some(LastOp {
-        op: Some(op_name(pending.kind).into()),
+        op: Some(pending.kind.as_str().into()),
         node: pending.node.clone(),
         outcome: "pending".into(),
         at_ms: None,
@@ -345,6 +335,7 @@ pub fn resource_state(quorum: bool, running: &BTreeMap<String, Role>, fatal: boo
 mod tests {
     use super::*;
     use phalanx_core::scheduler::Action;
+    use phalanx_core::scheduler::ActionKind;
     use phalanx_core::state::FenceRecord;
     use std::time::Duration;
 

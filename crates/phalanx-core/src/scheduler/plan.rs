@@ -18,7 +18,8 @@ pub enum ActionKind {
 }
 
 impl ActionKind {
-    pub(super) fn as_str(self) -> &'static str {
+    /// The action's name (`start`), as plans, events and status write it.
+    pub fn as_str(self) -> &'static str {
         match self {
             ActionKind::Fence => "fence",
             ActionKind::Stop => "stop",
