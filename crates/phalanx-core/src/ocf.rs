@@ -43,6 +43,7 @@ impl AgentAction {
 
 pub const OCF_SUCCESS: i32 = 0;
 pub const OCF_ERR_GENERIC: i32 = 1;
+pub const OCF_ERR_ARGS: i32 = 2;
 pub const OCF_ERR_INSTALLED: i32 = 5;
 pub const OCF_ERR_CONFIGURED: i32 = 6;
 pub const OCF_NOT_RUNNING: i32 = 7;
@@ -117,10 +118,11 @@ impl Verdict {
 /// primary), not running (`None`), or `Failed`. A probe is a one-off `monitor` asking what runs
 /// on a node, at its start-up and whenever it is back on a quorate side.
 ///
-/// Only a clean answer means "not running": 7, or 5 (the agent is not installed there, so
-/// nothing of it runs there; Pacemaker reads a probe's 5 the same way). Any other answer (a
-/// timeout, an error, a failed primary, an unknown code) leaves its state there unknown: it may
-/// still run, even as a primary whose monitor hangs. It is recorded `Failed`, so the scheduler
+/// Only a clean answer means "not running": 7, or, as Pacemaker masks those probe failures
+/// (`pcmk_xe_mask_probe_failure`), 5 (the agent is not installed there, so nothing of it runs
+/// there) and 2 (its parameters are invalid there, so it cannot have started). Any other
+/// answer (a timeout, an error, a failed primary, an unknown code) leaves its state there
+/// unknown: it may still run, even as a primary whose monitor hangs. It is recorded `Failed`, so the scheduler
 /// stops it there (every stop of a failed instance before any promote; a stop that fails has
 /// the node fenced) before it is started or promoted elsewhere, as Pacemaker recovers a failed
 /// probe. Read as "not running", a timed-out probe made the cluster forget a hung primary and
@@ -130,7 +132,7 @@ pub fn probed_role(verdict: Verdict, exit_code: Option<i32>) -> Option<Role> {
         Verdict::Ok | Verdict::Degraded => Some(Role::Started),
         Verdict::Promoted { .. } => Some(Role::Promoted),
         Verdict::NotRunning => None,
-        Verdict::HardError if exit_code == Some(OCF_ERR_INSTALLED) => None,
+        Verdict::HardError if matches!(exit_code, Some(OCF_ERR_INSTALLED | OCF_ERR_ARGS)) => None,
         Verdict::FailedPromoted | Verdict::HardError | Verdict::Fatal | Verdict::Timeout | Verdict::Unknown => {
             Some(Role::Failed)
         }
@@ -349,6 +351,11 @@ mod tests {
         assert_eq!(probe(Some(OCF_RUNNING_PROMOTED), false), Some(Role::Promoted));
         assert_eq!(probe(Some(OCF_DEGRADED_PROMOTED), false), Some(Role::Promoted));
         assert_eq!(probe(Some(OCF_NOT_RUNNING), false), None);
+        assert_eq!(
+            probe(Some(OCF_ERR_ARGS), false),
+            None,
+            "invalid parameters here: never started"
+        );
         assert_eq!(
             probe(Some(OCF_ERR_INSTALLED), false),
             None,
