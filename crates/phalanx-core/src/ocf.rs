@@ -3,6 +3,7 @@
 //! the controller acts on, and the reading of an agent's `meta-data` (parameters, default
 //! timeouts). The runner that produces exit codes and meta-data lives in phalanx-node.
 
+use crate::model::Role;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -42,6 +43,7 @@ impl AgentAction {
 
 pub const OCF_SUCCESS: i32 = 0;
 pub const OCF_ERR_GENERIC: i32 = 1;
+pub const OCF_ERR_ARGS: i32 = 2;
 pub const OCF_ERR_INSTALLED: i32 = 5;
 pub const OCF_ERR_CONFIGURED: i32 = 6;
 pub const OCF_NOT_RUNNING: i32 = 7;
@@ -108,6 +110,31 @@ impl Verdict {
             AgentAction::Monitor => matches!(self, Verdict::Ok | Verdict::Degraded | Verdict::Promoted { .. }),
             AgentAction::Promote => matches!(self, Verdict::Ok | Verdict::Promoted { .. }),
             _ => matches!(self, Verdict::Ok | Verdict::Degraded),
+        }
+    }
+}
+
+/// What a probe found, as the cluster records it: running (`Started`, or `Promoted` for a
+/// primary), not running (`None`), or `Failed`. A probe is a one-off `monitor` asking what runs
+/// on a node, at its start-up and whenever it is back on a quorate side.
+///
+/// Only a clean answer means "not running": 7, or, as Pacemaker masks those probe failures
+/// (`pcmk_xe_mask_probe_failure`), 5 (the agent is not installed there, so nothing of it runs
+/// there) and 2 (its parameters are invalid there, so it cannot have started). Any other
+/// answer (a timeout, an error, a failed primary, an unknown code) leaves its state there
+/// unknown: it may still run, even as a primary whose monitor hangs. It is recorded `Failed`, so the scheduler
+/// stops it there (every stop of a failed instance before any promote; a stop that fails has
+/// the node fenced) before it is started or promoted elsewhere, as Pacemaker recovers a failed
+/// probe. Read as "not running", a timed-out probe made the cluster forget a hung primary and
+/// promote another beside it (the simulation's seed 193).
+pub fn probed_role(verdict: Verdict, exit_code: Option<i32>) -> Option<Role> {
+    match verdict {
+        Verdict::Ok | Verdict::Degraded => Some(Role::Started),
+        Verdict::Promoted { .. } => Some(Role::Promoted),
+        Verdict::NotRunning => None,
+        Verdict::HardError if matches!(exit_code, Some(OCF_ERR_INSTALLED | OCF_ERR_ARGS)) => None,
+        Verdict::FailedPromoted | Verdict::HardError | Verdict::Fatal | Verdict::Timeout | Verdict::Unknown => {
+            Some(Role::Failed)
         }
     }
 }
@@ -314,6 +341,39 @@ mod tests {
         assert!(!Verdict::HardError.succeeded(Start));
         assert!(!Verdict::Timeout.succeeded(Stop));
         assert!(Verdict::Promoted { degraded: false }.succeeded(Monitor));
+    }
+
+    #[test]
+    fn only_a_clean_answer_means_a_probe_found_nothing() {
+        let probe = |code: Option<i32>, timed_out: bool| probed_role(Verdict::of(Monitor, code, timed_out), code);
+        assert_eq!(probe(Some(OCF_SUCCESS), false), Some(Role::Started));
+        assert_eq!(probe(Some(OCF_DEGRADED), false), Some(Role::Started));
+        assert_eq!(probe(Some(OCF_RUNNING_PROMOTED), false), Some(Role::Promoted));
+        assert_eq!(probe(Some(OCF_DEGRADED_PROMOTED), false), Some(Role::Promoted));
+        assert_eq!(probe(Some(OCF_NOT_RUNNING), false), None);
+        assert_eq!(
+            probe(Some(OCF_ERR_ARGS), false),
+            None,
+            "invalid parameters here: never started"
+        );
+        assert_eq!(
+            probe(Some(OCF_ERR_INSTALLED), false),
+            None,
+            "not installed here: runs nothing here"
+        );
+        // Unknown: it may still run (a hung primary), so it must be stopped there first.
+        assert_eq!(probe(None, true), Some(Role::Failed), "a timeout is not 'not running'");
+        assert_eq!(
+            probe(Some(OCF_SUCCESS), true),
+            Some(Role::Failed),
+            "a timeout wins over any code"
+        );
+        assert_eq!(probe(Some(OCF_NOT_RUNNING), true), Some(Role::Failed));
+        assert_eq!(probe(Some(OCF_FAILED_PROMOTED), false), Some(Role::Failed));
+        assert_eq!(probe(Some(OCF_ERR_GENERIC), false), Some(Role::Failed));
+        assert_eq!(probe(Some(OCF_ERR_CONFIGURED), false), Some(Role::Failed));
+        assert_eq!(probe(Some(42), false), Some(Role::Failed));
+        assert_eq!(probe(None, false), Some(Role::Failed), "killed by a signal");
     }
 
     #[test]

@@ -239,4 +239,88 @@ mod tests {
         };
         assert_eq!(s.apply(&stray), Outcome::Unchanged);
     }
+
+    /// The simulation's seed 193: n2's primary hangs. Its recurring monitor times out (db failed
+    /// on n2: the plan stops it there before promoting n1), then n2's probe, run when n2 came
+    /// back on the quorate side, times out too. Read as "not running", that probe erased n2's
+    /// entry, the stop went with it, and n1 was promoted beside the hung primary. A probe that
+    /// timed out must keep the instance recorded (failed), to be stopped before any promote.
+    #[test]
+    fn a_probe_that_timed_out_keeps_a_hung_primary_to_be_stopped_before_the_next_promote() {
+        use crate::ocf::{probed_role, AgentAction, Verdict};
+        let src = "[cluster]\nname = \"t\"\nfencing = \"off\"\n\
+                   [[node]]\nname = \"n1\"\nlinks = [\"127.0.0.1:10\"]\napi = \"127.0.0.1:20\"\n\
+                   [[node]]\nname = \"n2\"\nlinks = [\"127.0.0.1:11\"]\napi = \"127.0.0.1:21\"\n\
+                   [[node]]\nname = \"n3\"\nlinks = [\"127.0.0.1:12\"]\napi = \"127.0.0.1:22\"\n\
+                   [[resource]]\nid = \"db\"\nagent = \"ocf:sim:Stateful\"\n\
+                   monitor = { interval = \"1s\", timeout = \"5s\" }\n\
+                   [[clone]]\nid = \"dbs\"\nresource = \"db\"\npromotable = true\npromoted_max = 1\n";
+        let cfg = match crate::config::parse(src) {
+            Ok(c) => c,
+            Err(e) => panic!("{}", e.render("test")),
+        };
+        let mut s = super::super::test_support::bootstrapped(&["n1", "n2", "n3"]);
+        for n in ["n1", "n2", "n3"] {
+            s.apply(&Command::SetLiveness {
+                name: n.into(),
+                liveness: Liveness::Online,
+                at_ms: 1,
+            });
+        }
+        let db = s.resources.entry("db".into()).or_default();
+        db.running.insert("n1".into(), Role::Started);
+        db.running.insert("n2".into(), Role::Promoted);
+        db.running.insert("n3".into(), Role::Started);
+        s.apply(&Command::MonitorFailed {
+            rsc: "db".into(),
+            node: "n2".into(),
+            outcome: CallOutcome::Soft,
+            at_ms: 2,
+            reason: Some("monitor timed out".into()),
+        });
+        let stop_then_promote = |s: &ClusterState| {
+            let plan = crate::scheduler::schedule(&cfg, &s.scheduler_input(3, &cfg.cluster, Some("n1")));
+            let find = |kind: ActionKind, on: Option<&str>| {
+                plan.actions
+                    .iter()
+                    .position(|a| a.kind == kind && a.rsc == "db" && on.is_none_or(|n| a.node == n))
+            };
+            let stop = find(ActionKind::Stop, Some("n2"));
+            let promote = find(ActionKind::Promote, None);
+            assert!(promote.is_some(), "another primary is chosen: {:?}", plan.summary);
+            (stop, promote, plan.summary)
+        };
+        let (stop, promote, summary) = stop_then_promote(&s);
+        assert!(
+            stop.zip(promote).is_some(),
+            "the failed primary is stopped: {summary:?}"
+        );
+        // n2's probe of db times out as well.
+        let role = probed_role(Verdict::of(AgentAction::Monitor, None, true), None);
+        s.apply(&Command::Probe {
+            rsc: "db".into(),
+            node: "n2".into(),
+            role,
+        });
+        assert_eq!(s.resources["db"].running.get("n2"), Some(&Role::Failed));
+        let (stop, promote, summary) = stop_then_promote(&s);
+        let (Some(stop), Some(promote)) = (stop, promote) else {
+            panic!("the hung primary on n2 must still be stopped: {summary:?}");
+        };
+        let plan = crate::scheduler::schedule(&cfg, &s.scheduler_input(3, &cfg.cluster, Some("n1")));
+        assert!(
+            plan.edges.contains(&(stop, promote)),
+            "stop on n2 before the promote: {summary:?}"
+        );
+        // A clean "not running" is believed: nothing is left to stop there.
+        s.apply(&Command::Probe {
+            rsc: "db".into(),
+            node: "n2".into(),
+            role: probed_role(
+                Verdict::of(AgentAction::Monitor, Some(crate::ocf::OCF_NOT_RUNNING), false),
+                Some(7),
+            ),
+        });
+        assert_eq!(s.resources["db"].running.get("n2"), None);
+    }
 }

@@ -14,7 +14,7 @@ use crate::agents::{AgentCall, CallResult, Runner};
 use crate::node::Node;
 use phalanx_core::events::CallReport;
 use phalanx_core::ocf::{AgentAction, Verdict};
-use phalanx_core::scheduler::{ActionKind, Role};
+use phalanx_core::scheduler::ActionKind;
 use phalanx_core::state::CallOutcome;
 use phalanx_core::Command;
 use plan::{run_plan, PlanProgress};
@@ -89,15 +89,6 @@ pub(crate) async fn call_primitive(
 /// What the event history keeps of an agent call: exit code, duration, the end of its stderr.
 fn report(r: &CallResult) -> CallReport {
     CallReport::new(r.exit_code, r.elapsed_ms, &r.stderr)
-}
-
-/// The role a monitor result means (None: not running).
-fn role_of(r: &CallResult) -> Option<Role> {
-    match r.verdict {
-        Verdict::Ok | Verdict::Degraded => Some(Role::Started),
-        Verdict::Promoted { .. } => Some(Role::Promoted),
-        _ => None,
-    }
 }
 
 /// Run the executor of `node` until the process ends.
@@ -198,13 +189,16 @@ async fn probe(node: &Arc<Node>, runner: &Runner, sm: &crate::raft::store::SmDat
         let Some(r) = call(node, runner, &rsc, AgentAction::Monitor, None).await else {
             continue;
         };
-        let role = role_of(&r);
+        // A timeout or an error is not "not running": it is recorded failed, and stopped here
+        // before it runs anywhere else (`probed_role`).
+        let role = phalanx_core::ocf::probed_role(r.verdict, r.exit_code);
         let known = sm
             .cluster
             .resources
             .get(&rsc)
             .and_then(|x| x.running.get(&node.name).copied());
         if role != known {
+            tracing::info!(rsc = %rsc, node = %node.name, ?role, ?known, verdict = ?r.verdict, "probe: reporting what runs here");
             let _ = node
                 .write(Command::Probe {
                     rsc: rsc.clone(),
