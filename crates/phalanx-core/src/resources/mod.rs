@@ -119,6 +119,9 @@ pub(crate) struct RawResources {
     pub group: Vec<Spanned<RawGroup>>,
     pub clone: Vec<Spanned<RawClone>>,
     pub constraint: Vec<Spanned<RawConstraint>>,
+    /// The `[[balancer]]` sections' ids and spans, and the primitive each one runs as: their
+    /// ids are claimed with the primitives' (groups and constraints may name them).
+    pub builtin: Vec<(Option<Spanned<String>>, Range<usize>, &'static str, Primitive)>,
 }
 
 /// Every top-level id (primitive, group, clone) with its kind and where it was written: ids are
@@ -179,6 +182,12 @@ pub(crate) fn validate(
     for r in raw.resource {
         if let Some(p) = primitive::validate(c, r, &mut ids, agent_spans) {
             out.primitives.insert(p.id.clone(), p);
+        }
+    }
+    for (id, span, kind, p) in raw.builtin {
+        if let Some(id) = ids.claim_section(c, &id, &span, kind) {
+            agent_spans.insert(id.clone(), span);
+            out.primitives.insert(id.clone(), Primitive { id, ..p });
         }
     }
     // member → its group
