@@ -93,7 +93,11 @@ members = [\"ip\", \"lb\"]
     assert_eq!(b.check.kind, "tcp");
     assert_eq!(b.check.health.rise, 2);
     assert_eq!(b.check.health.fall, 3);
-    assert_eq!(b.check.timeout, Duration::from_secs(2), "the timeout defaults to the interval");
+    assert_eq!(
+        b.check.timeout,
+        Duration::from_secs(2),
+        "the timeout defaults to the interval"
+    );
     let p = &cfg.resources.primitives["lb"];
     assert_eq!(p.agent, AgentSpec::Balancer);
     assert_eq!(p.params["listen"], "127.0.0.1:9000");
@@ -210,11 +214,7 @@ addresses = { n9 = \"10.0.0.1\", n1 = \"ten\" }
 ",
     );
     let at: Vec<(usize, usize)> = errs.iter().map(|e| (e.0, e.1)).collect();
-    assert_eq!(
-        at,
-        [(4, 11), (4, 24), (5, 63), (5, 120), (8, 20), (8, 37)],
-        "{errs:#?}"
-    );
+    assert_eq!(at, [(4, 11), (4, 24), (5, 63), (5, 120), (8, 20), (8, 37)], "{errs:#?}");
     assert!(errs[0].2.contains("not IP:PORT"));
     assert!(errs[2].2.contains("used twice"));
     assert!(errs[3].2.contains("not IP:PORT"));

@@ -134,7 +134,11 @@ async fn wait_backend(c: &LocalCluster, backend: &str, state: &str) -> Duration 
         if lb_status(c).is_some_and(|(_, b)| b.get(backend).map(String::as_str) == Some(state)) {
             return began.elapsed();
         }
-        assert!(began.elapsed() < T, "{backend} never became {state}: {:?}", lb_status(c));
+        assert!(
+            began.elapsed() < T,
+            "{backend} never became {state}: {:?}",
+            lb_status(c)
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -229,7 +233,10 @@ connect_timeout = "500ms"
     assert!(!counts.contains_key("b2"), "{counts:?}");
     let out_after = wait_backend(&c, "b2", "down").await;
     let bound = INTERVAL * (FALL + 1) + Duration::from_millis(800);
-    assert!(out_after <= bound, "b2 left rotation after {out_after:?} (bound {bound:?})");
+    assert!(
+        out_after <= bound,
+        "b2 left rotation after {out_after:?} (bound {bound:?})"
+    );
     eprintln!("b2 out of rotation {out_after:?} after it died (bound {bound:?})");
     let (counts, failed) = spread(listen, 30).await;
     assert!(failed.is_empty(), "{failed:?}");
@@ -277,7 +284,10 @@ connect_timeout = "500ms"
     }
     let (code, human, err) = c.cli(&["balancer", "status"]).unwrap();
     assert_eq!(code, 0, "{err}");
-    assert!(human.contains(&format!("lb on {second}: tcp listening on {listen}, roundrobin")), "{human}");
+    assert!(
+        human.contains(&format!("lb on {second}: tcp listening on {listen}, roundrobin")),
+        "{human}"
+    );
     for b in ["b1", "b2", "b3"] {
         assert!(human.contains(b), "{human}");
     }

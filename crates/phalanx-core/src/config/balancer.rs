@@ -216,7 +216,9 @@ pub(crate) fn validate(
             Some(("http", at)) => {
                 c.warn(
                     at,
-                    format!("balancer {id}: mode = \"http\" is not implemented yet: it will fail to start (use \"tcp\")"),
+                    format!(
+                        "balancer {id}: mode = \"http\" is not implemented yet: it will fail to start (use \"tcp\")"
+                    ),
                 );
                 BalancerMode::Http
             }
@@ -304,7 +306,12 @@ pub(crate) fn validate(
     out
 }
 
-fn listen(c: &mut Checker, v: &Option<Spanned<Vec<Spanned<String>>>>, id: &str, section: &Range<usize>) -> Vec<SocketAddr> {
+fn listen(
+    c: &mut Checker,
+    v: &Option<Spanned<Vec<Spanned<String>>>>,
+    id: &str,
+    section: &Range<usize>,
+) -> Vec<SocketAddr> {
     let Some(addrs) = v else {
         c.error(
             section.clone(),
@@ -340,7 +347,10 @@ fn servers(c: &mut Checker, raw: &[Spanned<RawServer>]) -> Vec<ServerConfig> {
             Some(n) if !valid_name(n.get_ref()) => {
                 c.error(
                     n.span(),
-                    format!("server name {:?} must be 1-63 characters of A-Z a-z 0-9 - _ .", n.get_ref()),
+                    format!(
+                        "server name {:?} must be 1-63 characters of A-Z a-z 0-9 - _ .",
+                        n.get_ref()
+                    ),
                 );
                 continue;
             }
@@ -398,7 +408,13 @@ fn check(c: &mut Checker, raw: Option<&RawCheck>) -> CheckConfig {
     h.down_interval_ms = ms(c, "check down_interval", &r.down_interval, h.interval_ms);
     h.rise = int_in(c, "check rise", &r.rise, 1..1001, i64::from(h.rise)) as u32;
     h.fall = int_in(c, "check fall", &r.fall, 1..1001, i64::from(h.fall)) as u32;
-    h.error_limit = int_in(c, "check error_limit", &r.error_limit, 0..1001, i64::from(h.error_limit)) as u32;
+    h.error_limit = int_in(
+        c,
+        "check error_limit",
+        &r.error_limit,
+        0..1001,
+        i64::from(h.error_limit),
+    ) as u32;
     out.timeout = Duration::from_millis(ms(c, "check timeout", &r.timeout, h.interval_ms));
     out
 }

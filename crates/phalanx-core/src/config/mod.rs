@@ -198,7 +198,12 @@ fn validate(c: &mut Checker, raw: RawConfig, spans: &mut Spans) -> Option<Config
         .iter()
         .map(|b| {
             let placeholder = Primitive::builtin("", AgentSpec::Balancer, BTreeMap::new(), balancer::monitor());
-            (b.get_ref().id.clone(), b.span(), "balancer", placeholder)
+            resources::Builtin {
+                id: b.get_ref().id.clone(),
+                span: b.span(),
+                kind: "balancer",
+                primitive: placeholder,
+            }
         })
         .collect();
     let mut resources = resources::validate(

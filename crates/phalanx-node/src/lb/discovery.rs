@@ -136,6 +136,10 @@ servers = [{ name = "static", address = "127.0.0.9:80", weight = 2 }]
             ],
             "a failed instance is no backend; n3 has its own address"
         );
-        assert_eq!(targets(b, &config, &BTreeMap::new()).len(), 1, "nothing runs: static only");
+        assert_eq!(
+            targets(b, &config, &BTreeMap::new()).len(),
+            1,
+            "nothing runs: static only"
+        );
     }
 }

@@ -59,11 +59,12 @@ pub async fn run_checks(pool: Arc<Pool>, view: Arc<dyn HealthView>, timeout: imp
             let view = view.clone();
             let limit = timeout();
             tokio::spawn(async move {
-                let (result, detail) = match tokio::time::timeout(limit, tokio::net::TcpStream::connect(c.address)).await {
-                    Ok(Ok(_)) => (CheckResult::Pass, "pass".to_string()),
-                    Ok(Err(e)) => (CheckResult::Fail, format!("connect: {e}")),
-                    Err(_) => (CheckResult::Fail, format!("no answer within {} ms", limit.as_millis())),
-                };
+                let (result, detail) =
+                    match tokio::time::timeout(limit, tokio::net::TcpStream::connect(c.address)).await {
+                        Ok(Ok(_)) => (CheckResult::Pass, "pass".to_string()),
+                        Ok(Err(e)) => (CheckResult::Fail, format!("connect: {e}")),
+                        Err(_) => (CheckResult::Fail, format!("no answer within {} ms", limit.as_millis())),
+                    };
                 view.checked(c.id, result, detail);
             });
         }

@@ -181,7 +181,10 @@ impl Balancers {
         }
         let node = self.node().ok_or(LbError::NoNode)?;
         let config = node.config();
-        let b = config.balancer(id).cloned().ok_or_else(|| LbError::Unknown(id.into()))?;
+        let b = config
+            .balancer(id)
+            .cloned()
+            .ok_or_else(|| LbError::Unknown(id.into()))?;
         if b.mode == BalancerMode::Http {
             return Err(LbError::HttpMode(id.into()));
         }

@@ -82,3 +82,105 @@ async fn serve(mut client: TcpStream, shared: Arc<Shared>) {
         avoid = Some(lease.id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lb::health::LocalHealth;
+    use crate::lb::pool::Target;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn config() -> phalanx_core::config::BalancerConfig {
+        let text = "[cluster]\nname = \"t\"\nfencing = \"off\"\n[[node]]\nname = \"n1\"\nlinks = [\"127.0.0.1:7401\"]\n[[balancer]]\nid = \"lb\"\nlisten = [\"127.0.0.1:9000\"]\nalgorithm = \"roundrobin\"\nservers = [{ name = \"a\", address = \"127.0.0.1:1\" }]\n";
+        phalanx_core::config::parse(text).unwrap().balancers.remove(0)
+    }
+
+    /// An echo server; its address.
+    async fn echo() -> std::net::SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// A port nothing listens on.
+    fn dead() -> std::net::SocketAddr {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    async fn round_trip(addr: std::net::SocketAddr) -> std::io::Result<Vec<u8>> {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(b"ping").await?;
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).await?;
+        Ok(buf.to_vec())
+    }
+
+    #[tokio::test]
+    async fn connect_failures_are_redispatched_and_a_stop_closes_the_listener() {
+        let cfg = config();
+        let pool = Arc::new(Pool::new(cfg.algorithm(), cfg.check.health.clone(), None));
+        let live = echo().await;
+        let targets = vec![
+            Target {
+                name: "dead".into(),
+                address: dead(),
+                weight: 1,
+            },
+            Target {
+                name: "live".into(),
+                address: live,
+                weight: 1,
+            },
+        ];
+        pool.update(&cfg, targets);
+        let (stop, stopping) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            balancer: "lb".into(),
+            pool: pool.clone(),
+            health: Arc::new(LocalHealth {
+                balancer: "lb".into(),
+                pool: pool.clone(),
+            }),
+            connect_timeout: Box::new(|| Duration::from_secs(1)),
+            stopping,
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = tokio::spawn(accept_loop(listener, shared));
+        for _ in 0..6 {
+            assert_eq!(round_trip(addr).await.unwrap(), b"ping", "every connection is served");
+        }
+        let st = pool.status();
+        // Round robin picks the dead one first each time (the redispatch moved the cursor past
+        // the live one), until checks or the passive error limit take it out.
+        assert_eq!(st[0].errors_total, 6);
+        assert_eq!(st[0].state, "up", "6 errors are below the passive limit (10)");
+        assert_eq!(st[1].connections_total, 6);
+
+        // An open connection outlives the stop (for the grace); new ones are refused.
+        let mut open = TcpStream::connect(addr).await.unwrap();
+        open.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        open.read_exact(&mut buf).await.unwrap();
+        accept.abort();
+        let _ = accept.await;
+        stop.send(true).unwrap();
+        assert!(TcpStream::connect(addr).await.is_err(), "the listener is closed");
+        open.write_all(b"pong").await.unwrap();
+        open.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong", "the open connection goes on within the grace");
+        assert_eq!(pool.status()[1].in_flight, 1);
+    }
+}
