@@ -291,4 +291,5 @@ connect_timeout = "500ms"
     for b in ["b1", "b2", "b3"] {
         assert!(human.contains(b), "{human}");
     }
+    eprintln!("{human}");
 }
