@@ -293,3 +293,109 @@ connect_timeout = "500ms"
     }
     eprintln!("{human}");
 }
+
+/// `n` HTTP requests through the balancer to the demo services behind it: answers per node.
+async fn spread_http(addr: SocketAddr, n: usize) -> (BTreeMap<String, usize>, usize) {
+    let mut counts = BTreeMap::new();
+    let mut failed = 0;
+    for _ in 0..n {
+        match phalanx::service::probe(&addr.to_string(), Duration::from_secs(5)).await {
+            Some(who) => *counts.entry(who).or_insert(0) += 1,
+            None => failed += 1,
+        }
+    }
+    (counts, failed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_running_instances_of_a_clone_are_the_backends() {
+    // A clone of phalanx's demo service (answering with its node's name on 127.0.11.<node
+    // number>), balanced by discovery: `backends` + `port` + `addresses`.
+    let port = free_port([127, 0, 11, 1]);
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port([127, 0, 0, 1])));
+    let exe = env!("CARGO_BIN_EXE_phalanx");
+    let extra = format!(
+        r#"
+[[resource]]
+id = "web"
+agent = "process"
+params = {{ command = "{exe} demo-service --listen 127.0.11.${{OCF_RESKEY_CRM_meta_on_node#n}}:{port} --name ${{OCF_RESKEY_CRM_meta_on_node}}" }}
+monitor = {{ interval = "1s", timeout = "10s" }}
+
+[[clone]]
+id = "webs"
+resource = "web"
+
+[[balancer]]
+id = "lb"
+listen = ["{listen}"]
+algorithm = "roundrobin"
+backends = "webs"
+port = {port}
+addresses = {{ n1 = "127.0.11.1", n2 = "127.0.11.2", n3 = "127.0.11.3" }}
+check = {{ interval = "200ms", rise = 2, fall = 3, timeout = "100ms" }}
+"#
+    );
+    let mut c = LocalCluster::create(Spec {
+        nodes: 3,
+        heartbeat: Duration::from_millis(100),
+        links: 1,
+        exe: PathBuf::from(exe),
+        keep: std::env::var_os("PHALANX_KEEP").is_some(),
+        extra_config: extra,
+        cluster_extra: String::new(),
+    })
+    .unwrap();
+    c.start_all().unwrap();
+    c.wait_for(T, "the clone on 3 nodes and the balancer", |st| {
+        let s = st.values().next()?;
+        let web = s.resources.iter().find(|r| r.id == "web")?;
+        let lb = s.resources.iter().find(|r| r.id == "lb")?;
+        (s.plan_pending == 0 && web.running.len() == 3 && lb.running.len() == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    let backends_up = |c: &LocalCluster, n: usize| {
+        lb_status(c).filter(|(_, b)| b.len() == n && b.values().all(|s| s == "up"))
+    };
+    let deadline = Instant::now() + T;
+    let (lb_node, backends) = loop {
+        if let Some(found) = backends_up(&c, 3) {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "3 discovered backends: {:?}", lb_status(&c));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        backends.keys().collect::<Vec<_>>(),
+        ["web@n1", "web@n2", "web@n3"],
+        "named RESOURCE@NODE"
+    );
+    let (counts, failed) = spread_http(listen, 30).await;
+    assert_eq!(failed, 0);
+    assert_eq!(
+        counts,
+        BTreeMap::from([("n1".into(), 10), ("n2".into(), 10), ("n3".into(), 10)])
+    );
+
+    // A node running an instance (not the balancer) dies: no request fails, and its instance
+    // leaves the backends once the cluster records it gone.
+    let victim = ["n1", "n2", "n3"].into_iter().find(|n| *n != lb_node).unwrap();
+    c.kill(victim).unwrap();
+    let traffic = tokio::spawn(async move { spread_http(listen, 30).await });
+    let deadline = Instant::now() + T;
+    let (_, backends) = loop {
+        if let Some(found) = backends_up(&c, 2) {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "the lost instance leaves: {:?}", lb_status(&c));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!backends.contains_key(&format!("web@{victim}")), "{backends:?}");
+    let (counts, failed) = traffic.await.unwrap();
+    assert_eq!(failed, 0, "requests failed while {victim} was dying");
+    assert!(!counts.contains_key(victim), "{counts:?}");
+    let (counts, failed) = spread_http(listen, 20).await;
+    assert_eq!(failed, 0);
+    assert_eq!(counts.values().copied().collect::<Vec<_>>(), [10, 10], "{counts:?}");
+}
