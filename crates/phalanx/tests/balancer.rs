@@ -355,9 +355,8 @@ check = {{ interval = "200ms", rise = 2, fall = 3, timeout = "100ms" }}
     })
     .await
     .unwrap();
-    let backends_up = |c: &LocalCluster, n: usize| {
-        lb_status(c).filter(|(_, b)| b.len() == n && b.values().all(|s| s == "up"))
-    };
+    let backends_up =
+        |c: &LocalCluster, n: usize| lb_status(c).filter(|(_, b)| b.len() == n && b.values().all(|s| s == "up"));
     let deadline = Instant::now() + T;
     let (lb_node, backends) = loop {
         if let Some(found) = backends_up(&c, 3) {
@@ -388,7 +387,11 @@ check = {{ interval = "200ms", rise = 2, fall = 3, timeout = "100ms" }}
         if let Some(found) = backends_up(&c, 2) {
             break found;
         }
-        assert!(Instant::now() < deadline, "the lost instance leaves: {:?}", lb_status(&c));
+        assert!(
+            Instant::now() < deadline,
+            "the lost instance leaves: {:?}",
+            lb_status(&c)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(!backends.contains_key(&format!("web@{victim}")), "{backends:?}");
