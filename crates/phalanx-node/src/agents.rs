@@ -47,6 +47,9 @@ pub struct Runner {
     /// A test seam: when set, every call goes to it instead of an agent (the simulation's fake
     /// machine, `testing::world`). None in the product.
     pub fake: Option<FakeAgents>,
+    /// The balancers this node runs (the built-in agent `balancer`); the node sets it when it
+    /// starts (None: a runner of no node, e.g. `config check`).
+    pub balancers: Option<std::sync::Arc<crate::lb::Balancers>>,
 }
 
 /// The future of a faked agent call.
@@ -131,6 +134,7 @@ impl Runner {
             output_limit: 64 * 1024,
             node: node.to_string(),
             fake: None,
+            balancers: None,
         }
     }
 
@@ -220,6 +224,21 @@ impl Runner {
                     ..CallResult::ours(c.action, 1, format!("vip {} timed out", c.action.as_str()), started)
                 },
             },
+            AgentSpec::Balancer => {
+                let (code, reason) = match &self.balancers {
+                    Some(b) => b.call(c).await,
+                    // A runner of no node runs no balancer: nothing runs here.
+                    None if c.action == AgentAction::Monitor => (ocf::OCF_NOT_RUNNING, None),
+                    None => (
+                        ocf::OCF_ERR_INSTALLED,
+                        Some("this runner belongs to no node: it runs no balancer".into()),
+                    ),
+                };
+                CallResult {
+                    exit_reason: reason,
+                    ..CallResult::ours(c.action, code, String::new(), started)
+                }
+            }
         }
     }
 

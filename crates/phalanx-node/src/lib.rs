@@ -15,6 +15,7 @@ pub mod fakenet;
 pub mod fence;
 pub mod forward;
 pub mod key;
+pub mod lb;
 pub mod lifecycle;
 pub mod logging;
 pub mod mesh;

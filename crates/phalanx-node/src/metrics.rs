@@ -11,6 +11,7 @@
 //! serves them without quorum too, with every placement marked `unknown` then.
 
 use crate::fence::FenceAttempts;
+use crate::lb::BalancerStatus;
 use crate::node::{Node, StatusReport};
 use phalanx_core::config::Config;
 use phalanx_core::scheduler::Role;
@@ -78,17 +79,29 @@ pub const RESOURCE_STATES: [&str; 4] = ["started", "stopped", "failed", "unknown
 
 /// The metrics of `node`, as Prometheus text.
 pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
-    render_report(&node.status(), &node.config(), &node.fencer.attempts())
+    let lb = node.balancers.statuses(&node.name);
+    render_with(&node.status(), &node.config(), &node.fencer.attempts(), &lb)
 }
 
 /// The metrics of a status report made with `config`, and this node's fence attempts.
 pub fn render_report(st: &StatusReport, config: &Config, attempts: &FenceAttempts) -> Result<String, std::fmt::Error> {
+    render_with(st, config, attempts, &[])
+}
+
+/// [`render_report`] and the balancers running on the node.
+fn render_with(
+    st: &StatusReport,
+    config: &Config,
+    attempts: &FenceAttempts,
+    lb: &[BalancerStatus],
+) -> Result<String, std::fmt::Error> {
     let mut reg = Registry::with_prefix("phalanx");
     heartbeats(&mut reg, st);
     raft(&mut reg, st);
     nodes(&mut reg, st);
     resources(&mut reg, st, config);
     fencing(&mut reg, st, config, attempts);
+    balancers(&mut reg, lb);
     let mut out = String::new();
     encode(&mut out, &reg)?;
     Ok(prometheus_text(&out))
@@ -460,6 +473,41 @@ fn fencing(reg: &mut Registry, st: &StatusReport, config: &Config, attempts: &Fe
         "fence_device_last_check_timestamp_seconds",
         "When this node last checked the device (unix seconds; 0: another node checks it)",
         family(checked),
+    );
+}
+
+/// Per backend of each balancer running on this node (series exist while it runs here):
+/// `phalanx_balancer_backend_up`, `_connections_total`, `_in_flight`, `_errors_total`.
+fn balancers(reg: &mut Registry, lb: &[BalancerStatus]) {
+    let labels = |b: &BalancerStatus, be: &crate::lb::BackendStatus| -> Labels {
+        vec![("balancer", b.id.clone()), ("backend", be.name.clone())]
+    };
+    let each = || lb.iter().flat_map(|b| b.backends.iter().map(move |be| (b, be)));
+    reg.register(
+        "balancer_backend_up",
+        "1 while the backend takes new connections (state up), else 0",
+        family(each().map(|(b, be)| (labels(b, be), i64::from(be.state == "up")))),
+    );
+    reg.register(
+        "balancer_in_flight",
+        "Connections open to the backend through the balancer",
+        family(each().map(|(b, be)| (labels(b, be), i64::from(be.in_flight)))),
+    );
+    let total = Family::<Labels, Counter>::default();
+    let errors = Family::<Labels, Counter>::default();
+    for (b, be) in each() {
+        total.get_or_create(&labels(b, be)).inc_by(be.connections_total);
+        errors.get_or_create(&labels(b, be)).inc_by(be.errors_total);
+    }
+    reg.register(
+        "balancer_connections",
+        "Connections the balancer sent to the backend",
+        total,
+    );
+    reg.register(
+        "balancer_errors",
+        "Connections to the backend that failed (refused, reset, timed out)",
+        errors,
     );
 }
 

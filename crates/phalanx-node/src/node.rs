@@ -309,6 +309,8 @@ pub struct Node {
     /// When this node last checked each fence device (unix ms; it checks them while it leads):
     /// not replicated, so that a check costs no log entry (see `state::DeviceHealth`).
     device_checks: std::sync::Mutex<BTreeMap<String, u64>>,
+    /// The load balancers running here (the agent `balancer`'s; see `lb`).
+    pub balancers: Arc<crate::lb::Balancers>,
 }
 
 impl Node {
@@ -323,6 +325,10 @@ impl Node {
         inbound: mpsc::Receiver<Inbound>,
     ) -> Result<Arc<Node>, NodeError> {
         let mut opts = opts;
+        let balancers = Arc::new(crate::lb::Balancers::default());
+        if let Some(r) = opts.runner.as_mut() {
+            r.balancers = Some(balancers.clone());
+        }
         let incarnation = crate::raft::store::next_incarnation(&db, mesh::unix_ms())?;
         let sm = StateMachine::load(db.clone())?;
         // The committed config, if the cluster has one: the node runs it from the start (its
@@ -398,7 +404,9 @@ impl Node {
             config_version: AtomicU64::new(config_version),
             local_config: opts.config_text,
             runner: opts.runner.clone(),
+            balancers,
         });
+        node.balancers.attach(&node);
         node.refresh_peers();
         match &opts.mesh_runtime {
             Some(rt) => node.track(rt.spawn(mesh.run(out, inbound)).abort_handle()),
@@ -953,6 +961,7 @@ impl Node {
         for t in tasks {
             t.abort();
         }
+        self.balancers.stop_all();
         let _ = self.raft.shutdown().await;
     }
 }

@@ -2,6 +2,7 @@
 //! demo, the process tests and the test rig (`phalanx-lab`), and the commands that are more than a call.
 
 pub mod backup;
+pub mod balancer_cmd;
 pub mod client;
 pub mod config_cmd;
 pub mod daemon;

@@ -45,6 +45,13 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum BalancerCmd {
+    /// Each balancer's backends: address, state, effective weight, connections in flight and in
+    /// all, errors, last check (asked of the node running it).
+    Status { id: Option<String> },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Run a local cluster on loopback, kill its leader and show the failover (no root needed).
     Demo {
@@ -149,6 +156,11 @@ enum Cmd {
     },
     /// Why a resource runs where it runs: every node's score and what made it.
     Why { resource: String },
+    /// The load balancers: where each runs, its backends and their health.
+    Balancer {
+        #[command(subcommand)]
+        cmd: BalancerCmd,
+    },
     /// Administratively disable or enable one heartbeat link of a node.
     Link {
         #[command(subcommand)]
@@ -767,6 +779,19 @@ async fn run(cli: Cli) -> Result<i32> {
             };
             print_either(cli.json, &v, &human)?;
             Ok(code)
+        }
+        Cmd::Balancer {
+            cmd: BalancerCmd::Status { id },
+        } => {
+            let (client, apis) = apis(&cli)?;
+            let (_, st) = client.first_answering(&apis).await?;
+            let found = phalanx::balancer_cmd::status(&client, &st, id.as_deref()).await?;
+            if cli.json {
+                print_json(&found)?;
+            } else {
+                print!("{}", phalanx::balancer_cmd::render(&found));
+            }
+            Ok(0)
         }
         Cmd::Why { resource } => {
             let (client, apis) = apis(&cli)?;

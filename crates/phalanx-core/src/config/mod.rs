@@ -11,6 +11,7 @@
 
 mod agents;
 mod alerts;
+mod balancer;
 mod cluster;
 mod diff;
 mod nodes;
@@ -18,7 +19,7 @@ mod schema;
 
 use crate::diag::Checker;
 use crate::fencing::{self, FenceConfig};
-use crate::resources::{self, OnFail, Resources};
+use crate::resources::{self, AgentSpec, OnFail, Primitive, Resources};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -26,6 +27,10 @@ use toml::Spanned;
 
 pub use agents::{check_agents, check_machine, Machine};
 pub use alerts::{AlertConfig, AlertTarget, ALERT_KINDS};
+pub use balancer::{
+    primitive as balancer_primitive, BalancerConfig, BalancerMode, CheckConfig, ServerConfig, BALANCER_MONITOR,
+    DEFAULT_CONNECT_TIMEOUT,
+};
 pub use cluster::{ClusterConfig, ShutdownMode, MAX_HEARTBEAT, MIN_HEARTBEAT};
 pub use diff::diff;
 pub use nodes::{NodeConfig, WitnessConfig, DEFAULT_API_PORT};
@@ -49,11 +54,18 @@ pub struct Config {
     /// Who is told about events (`[[alert]]`).
     #[serde(default)]
     pub alerts: Vec<AlertConfig>,
+    /// The load balancers (`[[balancer]]`); each is also a primitive in `resources`.
+    #[serde(default)]
+    pub balancers: Vec<BalancerConfig>,
 }
 
 impl Config {
     pub fn node(&self, name: &str) -> Option<&NodeConfig> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    pub fn balancer(&self, id: &str) -> Option<&BalancerConfig> {
+        self.balancers.iter().find(|b| b.id == id)
     }
 }
 
@@ -136,6 +148,8 @@ struct RawConfig {
     constraint: Vec<Spanned<resources::RawConstraint>>,
     #[serde(default)]
     alert: Vec<Spanned<alerts::RawAlert>>,
+    #[serde(default)]
+    balancer: Vec<Spanned<balancer::RawBalancer>>,
 }
 
 /// Parse and validate `source`, collecting every problem.
@@ -179,17 +193,35 @@ fn validate(c: &mut Checker, raw: RawConfig, spans: &mut Spans) -> Option<Config
         &nodes.names,
         &mut spans.fence_agents,
     );
-    let resources = resources::validate(
+    let builtin = raw
+        .balancer
+        .iter()
+        .map(|b| {
+            let placeholder = Primitive::builtin("", AgentSpec::Balancer, BTreeMap::new(), balancer::monitor());
+            resources::Builtin {
+                id: b.get_ref().id.clone(),
+                span: b.span(),
+                kind: "balancer",
+                primitive: placeholder,
+            }
+        })
+        .collect();
+    let mut resources = resources::validate(
         c,
         resources::RawResources {
             resource: raw.resource,
             group: raw.group,
             clone: raw.clone,
             constraint: raw.constraint,
+            builtin,
         },
         &nodes.names,
         agent_spans,
     );
+    let balancers = balancer::validate(c, raw.balancer, &resources, &nodes.names);
+    for b in &balancers {
+        resources.primitives.insert(b.id.clone(), balancer::primitive(b));
+    }
     check_fencing(c, &cluster, &fence, &resources, &nodes.names, agent_spans);
     let alerts = alerts::validate(c, raw.alert);
     Some(Config {
@@ -199,6 +231,7 @@ fn validate(c: &mut Checker, raw: RawConfig, spans: &mut Spans) -> Option<Config
         resources,
         fence,
         alerts,
+        balancers,
     })
 }
 

@@ -119,6 +119,20 @@ pub(crate) struct RawResources {
     pub group: Vec<Spanned<RawGroup>>,
     pub clone: Vec<Spanned<RawClone>>,
     pub constraint: Vec<Spanned<RawConstraint>>,
+    /// The `[[balancer]]` sections: their ids are claimed with the primitives' (groups and
+    /// constraints may name them).
+    pub builtin: Vec<Builtin>,
+}
+
+/// A section that runs as a primitive of a built-in agent (a `[[balancer]]`).
+pub(crate) struct Builtin {
+    pub id: Option<Spanned<String>>,
+    /// The whole section (where a missing id is reported).
+    pub span: Range<usize>,
+    /// The section's name, for messages ("balancer").
+    pub kind: &'static str,
+    /// The primitive it runs as (its id is set when the id is claimed).
+    pub primitive: Primitive,
 }
 
 /// Every top-level id (primitive, group, clone) with its kind and where it was written: ids are
@@ -179,6 +193,12 @@ pub(crate) fn validate(
     for r in raw.resource {
         if let Some(p) = primitive::validate(c, r, &mut ids, agent_spans) {
             out.primitives.insert(p.id.clone(), p);
+        }
+    }
+    for b in raw.builtin {
+        if let Some(id) = ids.claim_section(c, &b.id, &b.span, b.kind) {
+            agent_spans.insert(id.clone(), b.span);
+            out.primitives.insert(id.clone(), Primitive { id, ..b.primitive });
         }
     }
     // member → its group

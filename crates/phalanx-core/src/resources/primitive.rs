@@ -27,6 +27,8 @@ pub enum AgentSpec {
     Process,
     /// The built-in virtual IP agent.
     Vip,
+    /// The built-in load balancer (a `[[balancer]]` section; never written as an `agent`).
+    Balancer,
 }
 
 impl AgentSpec {
@@ -60,6 +62,7 @@ impl std::fmt::Display for AgentSpec {
             AgentSpec::Exec => f.write_str("exec"),
             AgentSpec::Process => f.write_str("process"),
             AgentSpec::Vip => f.write_str("vip"),
+            AgentSpec::Balancer => f.write_str("balancer"),
         }
     }
 }
@@ -125,6 +128,22 @@ pub enum ParamProblem {
 }
 
 impl Primitive {
+    /// A primitive of a built-in agent that another section defines (a `[[balancer]]`): no
+    /// meta attributes, restarted on failure, the default start and stop timeouts.
+    pub fn builtin(id: &str, agent: AgentSpec, params: BTreeMap<String, String>, monitor: Op) -> Primitive {
+        Primitive {
+            id: id.to_string(),
+            agent,
+            params,
+            monitor: Some(monitor),
+            start_timeout: DEFAULT_TIMEOUT,
+            stop_timeout: DEFAULT_TIMEOUT,
+            on_fail: OnFail::Restart,
+            meta: Meta::default(),
+            defaulted: DefaultedTimeouts::default(),
+        }
+    }
+
     /// Take the agent's default timeouts where the config gave none, and say what is wrong with
     /// the params (as Pacemaker's `crm_resource --validate` would).
     pub fn adopt_agent_meta(&mut self, m: &AgentMeta) -> Vec<ParamProblem> {

@@ -44,6 +44,7 @@ pub(super) fn routes() -> Router<Arc<Node>> {
         .route("/v1/constraints", get(constraints))
         .route("/v1/maintenance", post(maintenance))
         .route("/v1/why/{rsc}", get(why))
+        .route("/v1/balancers", get(balancers))
         .route("/metrics", get(metrics))
 }
 
@@ -325,6 +326,12 @@ async fn set_link(
         ),
     );
     Ok(Json(serde_json::json!({ "link": i, "enabled": req.enabled })))
+}
+
+/// The balancers this node runs, with their backends (the node running a balancer is found
+/// from the state: see `phalanx balancer status`).
+async fn balancers(State(node): State<Arc<Node>>) -> Json<Vec<crate::lb::BalancerStatus>> {
+    Json(node.balancers.statuses(&node.name))
 }
 
 /// `GET /metrics` alone (the token-free `metrics_listen` router, `api::metrics_app`).

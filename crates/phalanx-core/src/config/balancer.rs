@@ -1,0 +1,420 @@
+//! The `[[balancer]]` sections (issue 14): a load balancer the cluster runs as a resource. Each
+//! one names where it listens, its mode (`tcp`; `http` is accepted but not implemented yet), its
+//! algorithm (`crate::lb::Algorithm`), its backends — the instances of a clone or primitive
+//! found in the cluster state (`backends` + `port`, and an optional per-node `addresses` map)
+//! and/or static `servers` — its health `check` and a per-backend `max_conn`.
+//!
+//! A balancer is also a primitive: its id is claimed with the resources' (so a `[[group]]` may
+//! name it with a `vip`, constraints may name it, and it may not clash with any other id), and
+//! [`primitive`] builds the primitive the scheduler places, with the built-in agent `balancer`.
+
+use crate::diag::Checker;
+use crate::duration;
+use crate::lb::{Algorithm, HealthConfig, MAX_WEIGHT};
+use crate::model::valid_name;
+use crate::resources::{AgentSpec, Op, Primitive, Resources};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::time::Duration;
+use toml::Spanned;
+
+/// How long a connection to a backend may take to open, unless `connect_timeout` says.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the cluster checks that a balancer's listeners are alive.
+pub const BALANCER_MONITOR: Duration = Duration::from_secs(2);
+
+/// A validated `[[balancer]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalancerConfig {
+    pub id: String,
+    pub listen: Vec<SocketAddr>,
+    pub mode: BalancerMode,
+    /// The algorithm's name as written (see [`BalancerConfig::algorithm`]).
+    pub algorithm: String,
+    pub consistent: bool,
+    /// A clone or primitive whose running instances are backends.
+    pub backends: Option<String>,
+    /// The port of the discovered instances.
+    pub port: Option<u16>,
+    /// Node → the address its instance serves on (default: the node's API host IP).
+    pub addresses: BTreeMap<String, IpAddr>,
+    /// Static servers, in config order (before the discovered instances).
+    pub servers: Vec<ServerConfig>,
+    pub check: CheckConfig,
+    /// Connections in flight per backend above which it takes no new one; None: no limit.
+    pub max_conn: Option<u32>,
+    #[serde(with = "crate::duration::duration_ms")]
+    pub connect_timeout: Duration,
+}
+
+impl BalancerConfig {
+    /// The algorithm (validated when the config was: a bad name never gets here, and the
+    /// default is only a fallback for a hand-built value).
+    pub fn algorithm(&self) -> Algorithm {
+        Algorithm::parse(&self.algorithm, self.consistent).unwrap_or_default()
+    }
+
+    /// The params of its primitive: what restarts it when changed (a listener must be bound
+    /// again); the rest (backends, check, algorithm) is read live by the running proxy.
+    pub fn params(&self) -> BTreeMap<String, String> {
+        let listen: Vec<String> = self.listen.iter().map(|a| a.to_string()).collect();
+        BTreeMap::from([
+            ("listen".to_string(), listen.join(",")),
+            ("mode".to_string(), self.mode.as_str().to_string()),
+        ])
+    }
+}
+
+/// A balancer's mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BalancerMode {
+    /// A plain L4 proxy.
+    Tcp,
+    /// HTTP/1.1 (not implemented yet: the balancer fails to start, saying so).
+    Http,
+}
+
+impl BalancerMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BalancerMode::Tcp => "tcp",
+            BalancerMode::Http => "http",
+        }
+    }
+}
+
+/// A static backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    /// 0..=256 (0: never picked for new traffic).
+    pub weight: u16,
+}
+
+/// A balancer's active health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckConfig {
+    /// Only `tcp` (connect) today.
+    pub kind: String,
+    pub health: HealthConfig,
+    #[serde(with = "crate::duration::duration_ms")]
+    pub timeout: Duration,
+}
+
+impl Default for CheckConfig {
+    fn default() -> Self {
+        let health = HealthConfig::default();
+        CheckConfig {
+            kind: "tcp".into(),
+            timeout: Duration::from_millis(health.interval_ms),
+            health,
+        }
+    }
+}
+
+/// The primitive a balancer runs as (agent `balancer`, params from [`BalancerConfig::params`]).
+pub fn primitive(b: &BalancerConfig) -> Primitive {
+    Primitive::builtin(&b.id, AgentSpec::Balancer, b.params(), monitor())
+}
+
+/// A balancer's monitor: cheap (it looks at its listeners in memory).
+pub(crate) fn monitor() -> Op {
+    Op {
+        interval: BALANCER_MONITOR,
+        timeout: Duration::from_secs(10),
+    }
+}
+
+// ---- as written ------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBalancer {
+    pub(crate) id: Option<Spanned<String>>,
+    listen: Option<Spanned<Vec<Spanned<String>>>>,
+    mode: Option<Spanned<String>>,
+    algorithm: Option<Spanned<String>>,
+    consistent: Option<bool>,
+    backends: Option<Spanned<String>>,
+    port: Option<Spanned<i64>>,
+    addresses: Option<BTreeMap<String, Spanned<String>>>,
+    servers: Option<Vec<Spanned<RawServer>>>,
+    check: Option<Spanned<RawCheck>>,
+    max_conn: Option<Spanned<i64>>,
+    connect_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    name: Option<Spanned<String>>,
+    address: Option<Spanned<String>>,
+    weight: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    kind: Option<Spanned<String>>,
+    interval: Option<Spanned<String>>,
+    fast_interval: Option<Spanned<String>>,
+    down_interval: Option<Spanned<String>>,
+    rise: Option<Spanned<i64>>,
+    fall: Option<Spanned<i64>>,
+    timeout: Option<Spanned<String>>,
+    error_limit: Option<Spanned<i64>>,
+}
+
+/// A whole number in `range`, or `default` after reporting `what` at its span.
+fn int_in(c: &mut Checker, what: &str, v: &Option<Spanned<i64>>, range: Range<i64>, default: i64) -> i64 {
+    match v {
+        None => default,
+        Some(n) if range.contains(n.get_ref()) => *n.get_ref(),
+        Some(n) => {
+            c.error(
+                n.span(),
+                format!("{what} {} is outside {}..{}", n.get_ref(), range.start, range.end - 1),
+            );
+            default
+        }
+    }
+}
+
+/// Validate the `[[balancer]]` sections against the resources (their ids were claimed, and
+/// their primitives built, with the resources': see `resources::validate`) and the node names.
+/// Sections with errors are dropped.
+pub(crate) fn validate(
+    c: &mut Checker,
+    raw: Vec<Spanned<RawBalancer>>,
+    resources: &Resources,
+    nodes: &BTreeSet<String>,
+) -> Vec<BalancerConfig> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for section in raw {
+        let span = section.span();
+        let b = section.into_inner();
+        // The id was checked (and any clash reported) when it was claimed.
+        let Some(id) = b.id.as_ref().map(|i| i.get_ref().clone()) else {
+            continue;
+        };
+        let claimed = resources
+            .primitives
+            .get(&id)
+            .is_some_and(|p| p.agent == AgentSpec::Balancer);
+        if !claimed || !seen.insert(id.clone()) {
+            continue;
+        }
+        let errors = c.error_count();
+        let listen = listen(c, &b.listen, &id, &span);
+        let mode = match b.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+            None | Some(("tcp", _)) => BalancerMode::Tcp,
+            Some(("http", at)) => {
+                c.warn(
+                    at,
+                    format!(
+                        "balancer {id}: mode = \"http\" is not implemented yet: it will fail to start (use \"tcp\")"
+                    ),
+                );
+                BalancerMode::Http
+            }
+            Some((other, at)) => {
+                c.error(at, format!("balancer mode {other:?} is not one of tcp, http"));
+                BalancerMode::Tcp
+            }
+        };
+        let consistent = b.consistent.unwrap_or(false);
+        let algorithm = match &b.algorithm {
+            None => Algorithm::default().to_string(),
+            Some(a) => {
+                if let Err(e) = Algorithm::parse(a.get_ref(), consistent) {
+                    c.error(a.span(), e.to_string());
+                }
+                a.get_ref().clone()
+            }
+        };
+        if let Some(target) = &b.backends {
+            let name = target.get_ref();
+            if name == &id {
+                c.error(target.span(), format!("balancer {id} cannot balance over itself"));
+            } else if !resources.primitives.contains_key(name) && !resources.clones.contains_key(name) {
+                c.error(
+                    target.span(),
+                    format!("backends {name:?} is not a [[resource]] or a [[clone]]"),
+                );
+            }
+            if b.port.is_none() {
+                c.error(target.span(), format!("balancer {id}: `backends` needs a `port`"));
+            }
+        } else if let Some(p) = &b.port {
+            c.error(p.span(), "`port` applies to the instances of `backends`: name them");
+        }
+        let port = b
+            .port
+            .as_ref()
+            .map(|_| int_in(c, "balancer port", &b.port, 1..65536, 1) as u16);
+        let mut addresses = BTreeMap::new();
+        for (node, ip) in b.addresses.iter().flatten() {
+            if !nodes.contains(node) {
+                c.error(ip.span(), format!("addresses: {node:?} is not a [[node]]"));
+            }
+            match ip.get_ref().parse::<IpAddr>() {
+                Ok(a) => {
+                    addresses.insert(node.clone(), a);
+                }
+                Err(_) => c.error(ip.span(), format!("addresses: {:?} is not an IP address", ip.get_ref())),
+            }
+        }
+        let servers = servers(c, b.servers.as_deref().unwrap_or_default());
+        if b.backends.is_none() && servers.is_empty() && b.servers.as_ref().is_none_or(|s| s.is_empty()) {
+            c.error(
+                span.clone(),
+                format!("balancer {id} has no backends: give `backends` (a clone or resource id) and/or `servers`"),
+            );
+        }
+        let check = check(c, b.check.as_ref().map(|ch| ch.get_ref()));
+        let max_conn = b
+            .max_conn
+            .as_ref()
+            .map(|_| int_in(c, "max_conn", &b.max_conn, 1..1_000_001, 1) as u32);
+        let connect_timeout = duration::checked_or(c, "connect_timeout", &b.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        if connect_timeout.is_zero() {
+            let at = b.connect_timeout.as_ref().map(|t| t.span()).unwrap_or(span.clone());
+            c.error(at, "connect_timeout must be above 0");
+        }
+        if c.error_count() == errors {
+            out.push(BalancerConfig {
+                id,
+                listen,
+                mode,
+                algorithm,
+                consistent,
+                backends: b.backends.map(|t| t.into_inner()),
+                port,
+                addresses,
+                servers,
+                check,
+                max_conn,
+                connect_timeout,
+            });
+        }
+    }
+    out
+}
+
+fn listen(
+    c: &mut Checker,
+    v: &Option<Spanned<Vec<Spanned<String>>>>,
+    id: &str,
+    section: &Range<usize>,
+) -> Vec<SocketAddr> {
+    let Some(addrs) = v else {
+        c.error(
+            section.clone(),
+            format!("balancer {id} needs `listen` (one or more \"IP:PORT\")"),
+        );
+        return Vec::new();
+    };
+    if addrs.get_ref().is_empty() {
+        c.error(addrs.span(), format!("balancer {id}: `listen` is empty"));
+    }
+    let mut out = Vec::new();
+    for a in addrs.get_ref() {
+        match a.get_ref().parse::<SocketAddr>() {
+            Ok(s) if s.port() == 0 => c.error(a.span(), "a listen address needs a port above 0"),
+            Ok(s) if out.contains(&s) => c.error(a.span(), format!("listen address {s} is given twice")),
+            Ok(s) => out.push(s),
+            Err(_) => c.error(a.span(), format!("listen address {:?} is not IP:PORT", a.get_ref())),
+        }
+    }
+    out
+}
+
+fn servers(c: &mut Checker, raw: &[Spanned<RawServer>]) -> Vec<ServerConfig> {
+    let mut out: Vec<ServerConfig> = Vec::new();
+    for s in raw {
+        let span = s.span();
+        let s = s.get_ref();
+        let name = match &s.name {
+            None => {
+                c.error(span.clone(), "a server needs a `name`");
+                continue;
+            }
+            Some(n) if !valid_name(n.get_ref()) => {
+                c.error(
+                    n.span(),
+                    format!(
+                        "server name {:?} must be 1-63 characters of A-Z a-z 0-9 - _ .",
+                        n.get_ref()
+                    ),
+                );
+                continue;
+            }
+            Some(n) if out.iter().any(|o| &o.name == n.get_ref()) => {
+                c.error(n.span(), format!("server name {:?} is used twice", n.get_ref()));
+                continue;
+            }
+            Some(n) => n.get_ref().clone(),
+        };
+        let address = match &s.address {
+            None => {
+                c.error(span.clone(), format!("server {name} needs an `address` (\"IP:PORT\")"));
+                continue;
+            }
+            Some(a) => match a.get_ref().parse::<SocketAddr>() {
+                Ok(s) if s.port() != 0 => s,
+                _ => {
+                    c.error(a.span(), format!("server address {:?} is not IP:PORT", a.get_ref()));
+                    continue;
+                }
+            },
+        };
+        let weight = int_in(c, "server weight", &s.weight, 0..i64::from(MAX_WEIGHT) + 1, 1) as u16;
+        out.push(ServerConfig { name, address, weight });
+    }
+    out
+}
+
+fn check(c: &mut Checker, raw: Option<&RawCheck>) -> CheckConfig {
+    let mut out = CheckConfig::default();
+    let Some(r) = raw else { return out };
+    if let Some(k) = &r.kind {
+        match k.get_ref().as_str() {
+            "tcp" => {}
+            "http" | "agent" => c.error(
+                k.span(),
+                format!("check kind {:?} is not implemented yet: use \"tcp\"", k.get_ref()),
+            ),
+            other => c.error(k.span(), format!("check kind {other:?} is not one of tcp")),
+        }
+    }
+    let ms = |c: &mut Checker, what: &str, v: &Option<Spanned<String>>, default: u64| -> u64 {
+        let d = duration::checked_or(c, what, v, Duration::from_millis(default));
+        if d.is_zero() {
+            if let Some(v) = v {
+                c.error(v.span(), format!("{what} must be above 0"));
+            }
+        }
+        d.as_millis() as u64
+    };
+    let h = &mut out.health;
+    h.interval_ms = ms(c, "check interval", &r.interval, h.interval_ms);
+    // As HAProxy: fastinter and downinter default to inter.
+    h.fast_interval_ms = ms(c, "check fast_interval", &r.fast_interval, h.interval_ms);
+    h.down_interval_ms = ms(c, "check down_interval", &r.down_interval, h.interval_ms);
+    h.rise = int_in(c, "check rise", &r.rise, 1..1001, i64::from(h.rise)) as u32;
+    h.fall = int_in(c, "check fall", &r.fall, 1..1001, i64::from(h.fall)) as u32;
+    h.error_limit = int_in(
+        c,
+        "check error_limit",
+        &r.error_limit,
+        0..1001,
+        i64::from(h.error_limit),
+    ) as u32;
+    out.timeout = Duration::from_millis(ms(c, "check timeout", &r.timeout, h.interval_ms));
+    out
+}

@@ -1,0 +1,298 @@
+//! The load balancer's proxy (issue 14) over `phalanx_core::lb`: the built-in agent
+//! `balancer` starts, stops and monitors the `[[balancer]]`s this node runs. A running balancer
+//! has its listeners (`tcp`), its backend table (`pool`), filled by `discovery` from the config
+//! and the replicated state and refreshed on every applied entry, and its active checks
+//! (`health`, behind the `HealthView` seam that replicated health will fill).
+//!
+//! Everything a balancer does runs on its own multi-threaded runtime ([`runtime`], threads
+//! `phalanx-lb`), never on the daemon's (Raft, the API, the controller) nor on the heartbeat
+//! mesh's: a saturated proxy cannot delay a heartbeat or a Raft deadline through the scheduler
+//! (issue 14, item 8; the CPU itself is shared: pinning or priorities are for later).
+
+pub mod discovery;
+pub mod health;
+pub mod pool;
+pub mod tcp;
+
+use crate::agents::AgentCall;
+use crate::node::Node;
+use phalanx_core::config::{BalancerConfig, BalancerMode};
+use phalanx_core::ocf::{self, AgentAction};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+pub use pool::BackendStatus;
+
+/// Why a balancer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LbError {
+    #[error("the node is not running")]
+    NoNode,
+    #[error("no [[balancer]] {0} in the config this node runs")]
+    Unknown(String),
+    #[error("balancer {0}: http mode is not implemented yet (use mode = \"tcp\")")]
+    HttpMode(String),
+    #[error("binding {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("starting the balancer runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+impl LbError {
+    /// The OCF exit code a start reports: a config that cannot run anywhere is fatal (6), a
+    /// bind failure is this node's (1).
+    fn ocf(&self) -> i32 {
+        match self {
+            LbError::HttpMode(_) | LbError::Unknown(_) => ocf::OCF_ERR_CONFIGURED,
+            _ => ocf::OCF_ERR_GENERIC,
+        }
+    }
+}
+
+/// One balancer as `GET /v1/balancers` and `phalanx balancer status` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalancerStatus {
+    pub id: String,
+    /// The node running it (the one answering).
+    pub node: String,
+    pub listen: Vec<String>,
+    pub mode: String,
+    pub algorithm: String,
+    pub backends: Vec<BackendStatus>,
+}
+
+/// The proxy runtime's threads: the cores, up to 4 (a knob comes with the benchmark).
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
+/// The runtime every balancer runs on, made at the first start and kept for the process.
+pub fn runtime() -> Result<tokio::runtime::Handle, LbError> {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    if let Some(rt) = RT.get() {
+        return Ok(rt.handle().clone());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads())
+        .thread_name("phalanx-lb")
+        .enable_all()
+        .build()
+        .map_err(LbError::Runtime)?;
+    // Two first starts at once: one runtime wins; the other must not be dropped in async code
+    // (a runtime may not be dropped inside another's context): a plain thread drops it.
+    if let Err(lost) = RT.set(rt) {
+        std::thread::spawn(move || drop(lost));
+    }
+    RT.get()
+        .map(|rt| rt.handle().clone())
+        .ok_or_else(|| LbError::Runtime(std::io::Error::other("the balancer runtime vanished")))
+}
+
+/// A balancer running here.
+struct Running {
+    config: BalancerConfig,
+    pool: Arc<pool::Pool>,
+    /// The accept loops: the balancer is healthy while they all run.
+    listeners: Vec<JoinHandle<()>>,
+    /// The checker and the discovery refresh.
+    helpers: Vec<JoinHandle<()>>,
+    /// Tells open connections to finish within the grace (see `tcp`).
+    stopping: tokio::sync::watch::Sender<bool>,
+}
+
+impl Running {
+    fn alive(&self) -> bool {
+        self.listeners.iter().all(|l| !l.is_finished()) && self.helpers.iter().all(|h| !h.is_finished())
+    }
+
+    fn stop(self) {
+        for t in self.listeners.iter().chain(&self.helpers) {
+            t.abort();
+        }
+        let _ = self.stopping.send(true);
+    }
+}
+
+/// The balancers this node runs (the agent `balancer`'s state).
+#[derive(Default)]
+pub struct Balancers {
+    node: OnceLock<Weak<Node>>,
+    running: Mutex<BTreeMap<String, Running>>,
+}
+
+impl std::fmt::Debug for Balancers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Balancers")
+    }
+}
+
+impl Balancers {
+    /// Give the registry its node (once, right after the node is made).
+    pub fn attach(&self, node: &Arc<Node>) {
+        let _ = self.node.set(Arc::downgrade(node));
+    }
+
+    fn node(&self) -> Option<Arc<Node>> {
+        self.node.get()?.upgrade()
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<String, Running>) -> R) -> R {
+        f(&mut self.running.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The agent `balancer`: (OCF exit code, reason).
+    pub async fn call(&self, c: &AgentCall<'_>) -> (i32, Option<String>) {
+        let id = c.instance.to_string();
+        match c.action {
+            AgentAction::Start => match self.start(&id).await {
+                Ok(()) => (ocf::OCF_SUCCESS, None),
+                Err(e) => (e.ocf(), Some(e.to_string())),
+            },
+            AgentAction::Stop => {
+                if let Some(r) = self.with(|m| m.remove(&id)) {
+                    r.stop();
+                    tracing::info!(balancer = %id, "balancer stopped");
+                }
+                (ocf::OCF_SUCCESS, None)
+            }
+            AgentAction::Monitor => self.with(|m| match m.get(&id) {
+                None => (ocf::OCF_NOT_RUNNING, None),
+                Some(r) if r.alive() => (ocf::OCF_SUCCESS, None),
+                Some(_) => (ocf::OCF_ERR_GENERIC, Some(format!("balancer {id}: a listener stopped"))),
+            }),
+            AgentAction::MetaData | AgentAction::ValidateAll => (ocf::OCF_SUCCESS, None),
+            other => (
+                ocf::OCF_ERR_GENERIC,
+                Some(format!("the balancer agent has no {} action", other.as_str())),
+            ),
+        }
+    }
+
+    async fn start(&self, id: &str) -> Result<(), LbError> {
+        if self.with(|m| m.get(id).is_some_and(Running::alive)) {
+            return Ok(());
+        }
+        if let Some(dead) = self.with(|m| m.remove(id)) {
+            dead.stop();
+        }
+        let node = self.node().ok_or(LbError::NoNode)?;
+        let config = node.config();
+        let b = config
+            .balancer(id)
+            .cloned()
+            .ok_or_else(|| LbError::Unknown(id.into()))?;
+        if b.mode == BalancerMode::Http {
+            return Err(LbError::HttpMode(id.into()));
+        }
+        let rt = runtime()?;
+        // Bound on the balancer runtime, so that their IO is driven there.
+        let addrs = b.listen.clone();
+        let bound = rt
+            .spawn(async move {
+                let mut out = Vec::new();
+                for addr in addrs {
+                    let l = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| LbError::Bind { addr, source })?;
+                    out.push(l);
+                }
+                Ok::<_, LbError>(out)
+            })
+            .await
+            .map_err(|e| LbError::Runtime(std::io::Error::other(e.to_string())))??;
+        let pool = Arc::new(pool::Pool::new(b.algorithm(), b.check.health.clone(), b.max_conn));
+        let targets = node.with_state(|sm| discovery::targets(&b, &config, &sm.cluster.resources));
+        pool.update(&b, targets);
+        let view: Arc<dyn health::HealthView> = Arc::new(health::LocalHealth {
+            balancer: id.to_string(),
+            pool: pool.clone(),
+        });
+        let (stopping, stop_rx) = tokio::sync::watch::channel(false);
+        let settings = Arc::new(Mutex::new(b.clone()));
+        let read = {
+            let s = settings.clone();
+            move || s.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        };
+        let shared = Arc::new(tcp::Shared {
+            balancer: id.to_string(),
+            pool: pool.clone(),
+            health: view.clone(),
+            connect_timeout: Box::new({
+                let read = read.clone();
+                move || read().connect_timeout
+            }),
+            stopping: stop_rx,
+        });
+        let listeners = bound
+            .into_iter()
+            .map(|l| rt.spawn(tcp::accept_loop(l, shared.clone())))
+            .collect();
+        let checks = rt.spawn(health::run_checks(pool.clone(), view, move || read().check.timeout));
+        let refresh = rt.spawn(refresh(Arc::downgrade(&node), id.to_string(), pool.clone(), settings));
+        tracing::info!(balancer = %id, listen = ?b.listen, algorithm = %b.algorithm(), "balancer started");
+        self.with(|m| {
+            m.insert(
+                id.to_string(),
+                Running {
+                    config: b,
+                    pool,
+                    listeners,
+                    helpers: vec![checks, refresh],
+                    stopping,
+                },
+            )
+        });
+        Ok(())
+    }
+
+    /// Every balancer running here.
+    pub fn statuses(&self, node: &str) -> Vec<BalancerStatus> {
+        self.with(|m| {
+            m.values()
+                .map(|r| BalancerStatus {
+                    id: r.config.id.clone(),
+                    node: node.to_string(),
+                    listen: r.config.listen.iter().map(|a| a.to_string()).collect(),
+                    mode: r.config.mode.as_str().to_string(),
+                    algorithm: r.config.algorithm().to_string(),
+                    backends: r.pool.status(),
+                })
+                .collect()
+        })
+    }
+
+    /// Stop every balancer (the node is going away).
+    pub fn stop_all(&self) {
+        for (_, r) in self.with(std::mem::take) {
+            r.stop();
+        }
+    }
+}
+
+/// How often the backends are derived again even when nothing was applied (a committed config
+/// switches after its entry was applied).
+const REFRESH: Duration = Duration::from_secs(1);
+
+/// Keep `pool` in line with the config and the replicated state: at every applied entry, and
+/// every [`REFRESH`]; `settings` follows the config (timeouts, checks).
+async fn refresh(node: Weak<Node>, id: String, pool: Arc<pool::Pool>, settings: Arc<Mutex<BalancerConfig>>) {
+    let Some(mut applied) = node.upgrade().map(|n| n.applied()) else {
+        return;
+    };
+    loop {
+        if let Ok(Err(_)) = tokio::time::timeout(REFRESH, applied.changed()).await {
+            // The state machine is gone (the node is stopping): poll until the node is too.
+            tokio::time::sleep(REFRESH).await;
+        }
+        let Some(node) = node.upgrade() else { return };
+        let config = node.config();
+        let Some(b) = config.balancer(&id) else { continue };
+        let targets = node.with_state(|sm| discovery::targets(b, &config, &sm.cluster.resources));
+        pool.update(b, targets);
+        *settings.lock().unwrap_or_else(|p| p.into_inner()) = b.clone();
+    }
+}
