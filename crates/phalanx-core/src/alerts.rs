@@ -34,6 +34,7 @@ pub fn alert_kind(k: EventKind) -> Option<&'static str> {
         EventKind::OperatorCommand => "operator",
         EventKind::PlanCommitted => "plan",
         EventKind::AuthFailed => "security",
+        EventKind::BackendChanged => "balancer",
         EventKind::FenceRequested | EventKind::AlertFailed => return None,
     })
 }

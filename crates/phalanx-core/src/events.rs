@@ -46,10 +46,12 @@ pub enum EventKind {
     OperatorCommand,
     AuthFailed,
     AlertFailed,
+    /// A balancer's backend changed state (`details`: from, to, why).
+    BackendChanged,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 25] = [
+    pub const ALL: [EventKind; 26] = [
         EventKind::NodeAdded,
         EventKind::NodeRemoved,
         EventKind::NodeJoined,
@@ -75,6 +77,7 @@ impl EventKind {
         EventKind::OperatorCommand,
         EventKind::AuthFailed,
         EventKind::AlertFailed,
+        EventKind::BackendChanged,
     ];
 
     /// The JSON name (`node_lost`).
@@ -105,6 +108,7 @@ impl EventKind {
             EventKind::OperatorCommand => "operator_command",
             EventKind::AuthFailed => "auth_failed",
             EventKind::AlertFailed => "alert_failed",
+            EventKind::BackendChanged => "backend_changed",
         }
     }
 

@@ -254,6 +254,16 @@ connect_timeout = "500ms"
         counts,
         BTreeMap::from([("b1".into(), 10), ("b2".into(), 10), ("b3".into(), 10)])
     );
+    // Both changes are in the event history.
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let (_, out, _) = c.cli(&["events", "--kind", "backend_changed"]).unwrap();
+        if out.contains("backend b2 up -> down") && out.contains("backend b2 down -> up") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "backend events: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // The node running the balancer dies: it starts on another node, on the same address.
     c.kill(&first).unwrap();

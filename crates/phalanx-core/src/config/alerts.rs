@@ -37,7 +37,7 @@ pub enum AlertTarget {
 }
 
 /// Every alert kind a recipient can select (see `crate::alerts::alert_kind`).
-pub const ALERT_KINDS: [&str; 9] = [
+pub const ALERT_KINDS: [&str; 10] = [
     "node",
     "fencing",
     "resource",
@@ -47,6 +47,7 @@ pub const ALERT_KINDS: [&str; 9] = [
     "operator",
     "plan",
     "security",
+    "balancer",
 ];
 
 pub const DEFAULT_ALERT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -19,17 +19,25 @@ pub trait HealthView: Send + Sync {
     fn observed(&self, backend: BackendId, outcome: Observation);
 }
 
+/// What is told of a backend's change of state (balancer, backend, the change, why): the node
+/// records it in the event history.
+pub type OnChange = Arc<dyn Fn(&str, &str, Transition, &str) + Send + Sync>;
+
 /// Health kept by this node alone, in the balancer's pool.
 pub struct LocalHealth {
     pub balancer: String,
     pub pool: Arc<Pool>,
+    /// None in tests without a node.
+    pub on_change: Option<OnChange>,
 }
 
 impl LocalHealth {
     fn log(&self, t: Option<(String, Transition)>, why: &str) {
         if let Some((backend, t)) = t {
-            // Events for these transitions come with replicated health (next increment).
             tracing::info!(balancer = %self.balancer, %backend, from = %t.from, to = %t.to, why, "backend state changed");
+            if let Some(f) = &self.on_change {
+                f(&self.balancer, &backend, t, why);
+            }
         }
     }
 }

@@ -207,9 +207,20 @@ impl Balancers {
         let pool = Arc::new(pool::Pool::new(b.algorithm(), b.check.health.clone(), b.max_conn));
         let targets = node.with_state(|sm| discovery::targets(&b, &config, &sm.cluster.resources));
         pool.update(&b, targets);
+        let recorder = node.clone();
+        let on_change: health::OnChange = Arc::new(move |balancer, backend, t, why| {
+            crate::events::note(
+                &recorder,
+                phalanx_core::events::EventKind::BackendChanged,
+                recorder.name.clone(),
+                format!("balancer {balancer}: backend {backend} {} -> {} ({why})", t.from, t.to),
+                crate::mesh::unix_ms(),
+            );
+        });
         let view: Arc<dyn health::HealthView> = Arc::new(health::LocalHealth {
             balancer: id.to_string(),
             pool: pool.clone(),
+            on_change: Some(on_change),
         });
         let (stopping, stop_rx) = tokio::sync::watch::channel(false);
         let settings = Arc::new(Mutex::new(b.clone()));

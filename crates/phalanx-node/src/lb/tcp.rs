@@ -150,6 +150,7 @@ mod tests {
             balancer: "lb".into(),
             pool: pool.clone(),
             health: Arc::new(LocalHealth {
+                on_change: None,
                 balancer: "lb".into(),
                 pool: pool.clone(),
             }),
