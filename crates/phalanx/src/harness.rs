@@ -100,6 +100,30 @@ pub struct Spec {
     pub cluster_extra: String,
 }
 
+impl Spec {
+    /// The usual test cluster: `nodes` nodes of `exe` on loopback, one link each, 100 ms
+    /// heartbeats, `extra_config` appended; the scratch folder kept when `PHALANX_KEEP` is set.
+    pub fn loopback(nodes: usize, exe: PathBuf, extra_config: impl Into<String>) -> Spec {
+        Spec {
+            nodes,
+            heartbeat: Duration::from_millis(100),
+            links: 1,
+            exe,
+            keep: std::env::var_os("PHALANX_KEEP").is_some(),
+            extra_config: extra_config.into(),
+            cluster_extra: String::new(),
+        }
+    }
+}
+
+/// Where `rsc` runs in one node's view (the first node it runs on).
+pub fn runs_on(s: &StatusReport, rsc: &str) -> Option<String> {
+    s.resources
+        .iter()
+        .find(|r| r.id == rsc)
+        .and_then(|r| r.running.keys().next().cloned())
+}
+
 impl LocalCluster {
     /// Write a config and key for `spec` into a new scratch folder.
     pub fn create(spec: Spec) -> Result<Self> {

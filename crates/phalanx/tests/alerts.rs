@@ -4,8 +4,7 @@
 //! hangs is killed at its timeout, recorded as `alert_failed`, and the next event still reaches
 //! it.
 
-use phalanx::harness::{LocalCluster, Spec};
-use phalanx_node::StatusReport;
+use phalanx::harness::{runs_on, LocalCluster, Spec};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -15,13 +14,6 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(60);
 const SAMPLE: &str = "/usr/share/pacemaker/alerts/alert_file.sh.sample";
-
-fn runs_on(s: &StatusReport, rsc: &str) -> Option<String> {
-    s.resources
-        .iter()
-        .find(|r| r.id == rsc)
-        .and_then(|r| r.running.keys().next().cloned())
-}
 
 /// A webhook receiver on loopback: every JSON body POSTed to it, in arrival order.
 fn webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
@@ -132,16 +124,7 @@ kinds = ["node", "resource"]
         log = log.display(),
         hang = hang.display()
     );
-    let mut c = LocalCluster::create(Spec {
-        nodes: 3,
-        heartbeat: Duration::from_millis(100),
-        links: 1,
-        exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
-        keep: std::env::var_os("PHALANX_KEEP").is_some(),
-        extra_config: extra,
-        cluster_extra: String::new(),
-    })
-    .unwrap();
+    let mut c = LocalCluster::create(Spec::loopback(3, PathBuf::from(env!("CARGO_BIN_EXE_phalanx")), extra)).unwrap();
     c.start_all().unwrap();
     let leader = c
         .wait_for(T, "all online, g placed", |st| {

@@ -189,16 +189,7 @@ connect_timeout = "500ms"
         servers.join(", "),
         INTERVAL.as_millis()
     );
-    let mut c = LocalCluster::create(Spec {
-        nodes: 3,
-        heartbeat: Duration::from_millis(100),
-        links: 1,
-        exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
-        keep: std::env::var_os("PHALANX_KEEP").is_some(),
-        extra_config: extra,
-        cluster_extra: String::new(),
-    })
-    .unwrap();
+    let mut c = LocalCluster::create(Spec::loopback(3, PathBuf::from(env!("CARGO_BIN_EXE_phalanx")), extra)).unwrap();
     c.start_all().unwrap();
     let first = c
         .wait_for(T, "the balancer to start", |st| {
@@ -425,16 +416,7 @@ mode = "http"
 servers = [{{ name = "a", address = "127.0.0.1:9" }}]
 "#
     );
-    let mut c = LocalCluster::create(Spec {
-        nodes: 3,
-        heartbeat: Duration::from_millis(100),
-        links: 1,
-        exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
-        keep: std::env::var_os("PHALANX_KEEP").is_some(),
-        extra_config: extra,
-        cluster_extra: String::new(),
-    })
-    .unwrap();
+    let mut c = LocalCluster::create(Spec::loopback(3, PathBuf::from(env!("CARGO_BIN_EXE_phalanx")), extra)).unwrap();
     c.start_all().unwrap();
     let error = c
         .wait_for(T, "the http balancer's start to fail", |st| {

@@ -5,8 +5,7 @@
 //! carries on from another node with no gap and no repeat. The operator's move appears with its
 //! author, and a request with a wrong token is recorded.
 
-use phalanx::harness::{LocalCluster, Spec};
-use phalanx_node::StatusReport;
+use phalanx::harness::{runs_on, LocalCluster, Spec};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -36,25 +35,14 @@ members = ["a", "b"]
 "#;
 
 fn cluster() -> LocalCluster {
-    let mut c = LocalCluster::create(Spec {
-        nodes: 3,
-        heartbeat: Duration::from_millis(100),
-        links: 1,
-        exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
-        keep: std::env::var_os("PHALANX_KEEP").is_some(),
-        extra_config: GROUP.to_string(),
-        cluster_extra: String::new(),
-    })
+    let mut c = LocalCluster::create(Spec::loopback(
+        3,
+        PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
+        GROUP.to_string(),
+    ))
     .unwrap();
     c.start_all().unwrap();
     c
-}
-
-fn runs_on(s: &StatusReport, rsc: &str) -> Option<String> {
-    s.resources
-        .iter()
-        .find(|r| r.id == rsc)
-        .and_then(|r| r.running.keys().next().cloned())
 }
 
 /// The events one node serves, as JSON values.
@@ -269,15 +257,11 @@ async fn a_leader_kill_reads_the_same_in_order_everywhere_and_follow_loses_nothi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quorum_loss_is_recorded_once_quorum_is_back() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut c = LocalCluster::create(Spec {
-        nodes: 3,
-        heartbeat: Duration::from_millis(100),
-        links: 1,
-        exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
-        keep: std::env::var_os("PHALANX_KEEP").is_some(),
-        extra_config: String::new(),
-        cluster_extra: String::new(),
-    })
+    let mut c = LocalCluster::create(Spec::loopback(
+        3,
+        PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
+        String::new(),
+    ))
     .unwrap();
     c.start_all().unwrap();
     c.wait_stable(T).await.unwrap();

@@ -3,8 +3,7 @@
 //! `PHALANX_CONFIG` pointing at a 3-node loopback cluster of real daemons), then the test checks
 //! that it did what the runbook says, from the cluster's own event history and status.
 
-use phalanx::harness::{LocalCluster, Spec};
-use phalanx_node::StatusReport;
+use phalanx::harness::{runs_on, LocalCluster, Spec};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -75,25 +74,14 @@ fn run(c: &LocalCluster, title: &str) -> String {
 }
 
 fn cluster() -> LocalCluster {
-    let mut c = LocalCluster::create(Spec {
-        nodes: 3,
-        heartbeat: Duration::from_millis(100),
-        links: 1,
-        exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
-        keep: std::env::var_os("PHALANX_KEEP").is_some(),
-        extra_config: SHOP.to_string(),
-        cluster_extra: String::new(),
-    })
+    let mut c = LocalCluster::create(Spec::loopback(
+        3,
+        PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
+        SHOP.to_string(),
+    ))
     .unwrap();
     c.start_all().unwrap();
     c
-}
-
-fn runs_on(s: &StatusReport, rsc: &str) -> Option<String> {
-    s.resources
-        .iter()
-        .find(|r| r.id == rsc)
-        .and_then(|r| r.running.keys().next().cloned())
 }
 
 /// Every node up in every view, nothing pending, shop placed: where.

@@ -120,16 +120,7 @@ async fn check_codes_schema_and_metrics_follow_moves_failures_fences_and_quorum_
         std::path::Path::new("/usr/lib/ocf/resource.d/heartbeat/Dummy").is_file(),
         "Debian's resource-agents is not installed (tests/run installs it)"
     );
-    let mut c = LocalCluster::create(Spec {
-        nodes: 3,
-        heartbeat: Duration::from_millis(100),
-        links: 1,
-        exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
-        keep: std::env::var_os("PHALANX_KEEP").is_some(),
-        extra_config: WEB.into(),
-        cluster_extra: String::new(),
-    })
-    .unwrap();
+    let mut c = LocalCluster::create(Spec::loopback(3, PathBuf::from(env!("CARGO_BIN_EXE_phalanx")), WEB)).unwrap();
     // Every node serves /metrics without a token on its metrics_listen.
     let mut text = std::fs::read_to_string(&c.config_path).unwrap();
     let mut metrics = std::collections::BTreeMap::new();

@@ -101,15 +101,11 @@ async fn ready_once_joined_then_the_watchdog_then_stopping_on_sigterm() {
 /// with a `NOTIFY_SOCKET` nobody listens on, it logs the failure and keeps running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_notify_socket_does_not_stop_the_daemon() {
-    let mut c = LocalCluster::create(Spec {
-        nodes: 1,
-        heartbeat: Duration::from_millis(100),
-        links: 1,
-        exe: PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
-        keep: std::env::var_os("PHALANX_KEEP").is_some(),
-        extra_config: String::new(),
-        cluster_extra: String::new(),
-    })
+    let mut c = LocalCluster::create(Spec::loopback(
+        1,
+        PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
+        String::new(),
+    ))
     .unwrap();
     let path = c.dir().join("nobody.sock");
     c.set_env("n1", "NOTIFY_SOCKET", path.to_str().unwrap()).unwrap();
