@@ -8,7 +8,8 @@
 //! Everything a balancer does runs on its own multi-threaded runtime ([`runtime`], threads
 //! `phalanx-lb`), never on the daemon's (Raft, the API, the controller) nor on the heartbeat
 //! mesh's: a saturated proxy cannot delay a heartbeat or a Raft deadline through the scheduler
-//! (issue 14, item 8; the CPU itself is shared: pinning or priorities are for later).
+//! (issue 14, item 8); and its threads run at nice 5 while the heartbeat thread runs real-time
+//! (see `priority`), so a proxy saturating the CPU yields it to the control plane.
 
 pub mod checker;
 pub mod discovery;
@@ -81,6 +82,7 @@ pub fn runtime() -> Result<tokio::runtime::Handle, LbError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads())
         .thread_name("phalanx-lb")
+        .on_thread_start(crate::priority::lower_lb_thread)
         .enable_all()
         .build()
         .map_err(LbError::Runtime)?;
@@ -92,6 +94,24 @@ pub fn runtime() -> Result<tokio::runtime::Handle, LbError> {
     RT.get()
         .map(|rt| rt.handle().clone())
         .ok_or_else(|| LbError::Runtime(std::io::Error::other("the balancer runtime vanished")))
+}
+
+/// A listener on `addr`, with `IP_FREEBIND` (`IPV6_FREEBIND`): it binds even before the
+/// address is up on this node (a VIP the balancer is not grouped with, or one that comes up a
+/// moment later), as HAProxy's `transparent`/`freebind` bind option; and `SO_REUSEADDR`, so a
+/// balancer restarting here is not refused by its former connections in TIME_WAIT.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    if addr.is_ipv4() {
+        sock.set_freebind_v4(true)?;
+    } else {
+        sock.set_freebind_v6(true)?;
+    }
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    tokio::net::TcpListener::from_std(sock.into())
 }
 
 /// A balancer running here.
@@ -197,10 +217,7 @@ impl Balancers {
             .spawn(async move {
                 let mut out = Vec::new();
                 for addr in addrs {
-                    let l = tokio::net::TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| LbError::Bind { addr, source })?;
-                    out.push(l);
+                    out.push(listen(addr).map_err(|source| LbError::Bind { addr, source })?);
                 }
                 Ok::<_, LbError>(out)
             })
@@ -338,5 +355,27 @@ async fn refresh(node: Weak<Node>, id: String, pool: Arc<pool::Pool>, settings: 
         });
         pool.update(b, targets, records.as_ref());
         *settings.lock().unwrap_or_else(|p| p.into_inner()) = b.clone();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_listener_binds_an_address_not_up_here_yet() {
+        // TEST-NET-1: never configured on a machine; bound only, nothing is sent.
+        let addr: SocketAddr = "192.0.2.1:0".parse().unwrap();
+        assert!(
+            std::net::TcpListener::bind(addr).is_err(),
+            "the address is not local here (else the test says nothing)"
+        );
+        let l = listen(addr).expect("freebind binds it");
+        assert_eq!(l.local_addr().unwrap().ip(), addr.ip());
+        let taken = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert!(
+            listen(taken.local_addr().unwrap()).is_err(),
+            "a port in use is still refused"
+        );
     }
 }
