@@ -910,7 +910,7 @@ fn lb_load(
     lab: &Lab,
     addr: String,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<anyhow::Result<Vec<(Instant, Option<String>)>>> {
+) -> std::thread::JoinHandle<anyhow::Result<phalanx_lab::lab::ClientLog>> {
     phalanx_lab::lab::in_netns(&lab.client_ns(), move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         Ok(rt.block_on(async move {
