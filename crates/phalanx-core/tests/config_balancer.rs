@@ -256,3 +256,40 @@ max_conn = 0
     assert!(msgs[5].contains("check interval"));
     assert!(msgs[6].contains("max_conn 0"));
 }
+
+#[test]
+fn source_stickiness_is_read_and_its_mistakes_are_located() {
+    let src = format!(
+        "{BASE}
+[[balancer]]
+id = \"lb\"
+listen = [\"127.0.0.1:9000\"]
+servers = [{{ name = \"a\", address = \"127.0.0.1:1\" }}]
+sticky = {{ source = true, max_idle = \"30m\", capacity = 500 }}
+"
+    );
+    let c = check(&src).config.expect("valid");
+    let st = c.balancers[0].sticky.as_ref().expect("sticky");
+    assert!(st.source);
+    assert_eq!(st.table.max_idle_ms, Some(30 * 60 * 1000));
+    assert_eq!((st.table.max_life_ms, st.table.capacity), (None, 500));
+
+    let bad = "
+[[balancer]]
+id = \"lb\"
+listen = [\"127.0.0.1:9000\"]
+servers = [{ name = \"a\", address = \"127.0.0.1:1\" }]
+sticky = { max_idle = \"30m\" }
+";
+    let (line, col, msg) = one_error(bad);
+    assert_eq!((line, col), (6, 10), "{msg}");
+    assert!(msg.contains("source = true"), "{msg}");
+    let bad = bad.replace(
+        "{ max_idle = \"30m\" }",
+        "{ source = true, capacity = 0, max_life = \"soon\" }",
+    );
+    let errs = errors(&bad);
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(errs.iter().any(|e| e.2.contains("sticky capacity 0")), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.2.contains("sticky max_life")), "{errs:#?}");
+}

@@ -81,8 +81,12 @@ pub fn render(found: &[Found]) -> String {
                 f.error.as_deref().unwrap_or("no status")
             )),
             (Some(n), Some(b)) => {
+                let sticky = match b.sticky_entries {
+                    Some(n) => format!(", source affinity ({n} clients)"),
+                    None => String::new(),
+                };
                 s.push_str(&format!(
-                    "{} on {n}: {} listening on {}, {}\n",
+                    "{} on {n}: {} listening on {}, {}{sticky}\n",
                     b.id,
                     b.mode,
                     b.listen.join(", "),

@@ -660,3 +660,115 @@ connect_timeout = "500ms"
         assert!(out.contains(want), "{want:?} not in the events:\n{out}");
     }
 }
+
+/// One connection through the balancer from source address `from`: who answered.
+async fn ask_from(from: std::net::IpAddr, addr: SocketAddr) -> Result<String, String> {
+    let sock = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    sock.bind(SocketAddr::new(from, 0))
+        .map_err(|e| format!("bind {from}: {e}"))?;
+    let mut s = tokio::time::timeout(Duration::from_secs(5), sock.connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    s.write_all(b"hello\n").await.map_err(|e| format!("write: {e}"))?;
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(5), BufReader::new(s).read_line(&mut line))
+        .await
+        .map_err(|_| "no answer".to_string())?
+        .map_err(|e| format!("read: {e}"))?;
+    Ok(line.trim().to_string())
+}
+
+/// Source affinity is cluster state (issue 14, item 6): twelve clients (source addresses) are
+/// spread and stuck; their table is committed; the node running the balancer is killed, and
+/// through the balancer that starts elsewhere every client lands on the backend it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_clients_keep_their_backends_across_a_balancer_failover() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut backends = Vec::new();
+    for i in 1..=3u8 {
+        backends.push(Backend::start(&format!("b{i}"), SocketAddr::from(([127, 0, 14, i], 0))).await);
+    }
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port([127, 0, 0, 1])));
+    let servers: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{{ name = \"{}\", address = \"{}\" }}", b.name, b.addr))
+        .collect();
+    let extra = format!(
+        r#"
+[[balancer]]
+id = "lb"
+listen = ["{listen}"]
+mode = "tcp"
+algorithm = "roundrobin"
+servers = [{}]
+check = {{ kind = "tcp", interval = "200ms", timeout = "100ms" }}
+sticky = {{ source = true, max_idle = "10m" }}
+"#,
+        servers.join(", ")
+    );
+    let mut c = LocalCluster::create(Spec::loopback(3, PathBuf::from(env!("CARGO_BIN_EXE_phalanx")), extra)).unwrap();
+    c.start_all().unwrap();
+    let first = c
+        .wait_for(T, "every node online and the balancer started", |st| {
+            let s = st.values().next()?;
+            let r = s.resources.iter().find(|r| r.id == "lb")?;
+            let online = s
+                .nodes
+                .iter()
+                .filter(|n| n.liveness == phalanx_core::Liveness::Online)
+                .count();
+            (online == 3 && s.plan_pending == 0 && r.running.len() == 1).then(|| r.running.keys().next().cloned())?
+        })
+        .await
+        .unwrap();
+    wait_serving(listen).await;
+    let clients: Vec<std::net::IpAddr> = (1..=12u8).map(|i| std::net::IpAddr::from([127, 0, 21, i])).collect();
+    let mut stuck = BTreeMap::new();
+    for from in &clients {
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(ask_from(*from, listen).await.unwrap());
+        }
+        assert!(
+            seen.iter().all(|s| *s == seen[0]),
+            "{from} moved between backends: {seen:?}"
+        );
+        stuck.insert(*from, seen[0].clone());
+    }
+    let used: std::collections::BTreeSet<&String> = stuck.values().collect();
+    assert_eq!(used.len(), 3, "new clients are balanced: {stuck:?}");
+
+    // The table reaches the cluster state (committed in batches).
+    let api = c.node(&first).unwrap().api.clone();
+    let deadline = Instant::now() + T;
+    loop {
+        let st: serde_json::Value = c.client.get(&api, "/v1/state").await.unwrap();
+        let table = &st["sticks"]["lb"];
+        let missing: Vec<_> = clients.iter().filter(|a| table[a.to_string()].is_null()).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not in the replicated table: {missing:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    c.kill(&first).unwrap();
+    c.wait_for(T, "the balancer to start elsewhere", |st| {
+        let s = st.values().next()?;
+        let r = s.resources.iter().find(|r| r.id == "lb")?;
+        let (n, role) = r.running.iter().next()?;
+        (n != &first && *role == Role::Started && st.len() == 2).then_some(())
+    })
+    .await
+    .unwrap();
+    wait_serving(listen).await;
+    // In reverse order: a balancer without the table would give them other backends.
+    for from in clients.iter().rev() {
+        let now = ask_from(*from, listen).await.unwrap();
+        assert_eq!(now, stuck[from], "{from} changed backends across the balancer failover");
+    }
+    let (_, human, _) = c.cli(&["balancer", "status"]).unwrap();
+    // The twelve, and the address the test's own probes come from.
+    assert!(human.contains("source affinity (13 clients)"), "{human}");
+}

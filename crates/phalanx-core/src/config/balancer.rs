@@ -47,7 +47,22 @@ pub struct BalancerConfig {
     pub max_conn: Option<u32>,
     #[serde(with = "crate::duration::duration_ms")]
     pub connect_timeout: Duration,
+    /// Stickiness; None: none.
+    pub sticky: Option<StickyConfig>,
 }
+
+/// `sticky = { source = true, max_idle, max_life, capacity }`: source-address affinity, its
+/// table held in the cluster state (see `crate::state` `sticks`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StickyConfig {
+    /// Stick clients by their source address.
+    pub source: bool,
+    /// The table's expiry and size.
+    pub table: crate::lb::StickConfig,
+}
+
+/// The default `sticky` table size, and its largest.
+pub const DEFAULT_STICK_CAPACITY: usize = 100_000;
 
 impl BalancerConfig {
     /// The algorithm (validated when the config was: a bad name never gets here, and the
@@ -146,6 +161,16 @@ pub(crate) struct RawBalancer {
     check: Option<Spanned<RawCheck>>,
     max_conn: Option<Spanned<i64>>,
     connect_timeout: Option<Spanned<String>>,
+    sticky: Option<Spanned<RawSticky>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSticky {
+    source: Option<bool>,
+    max_idle: Option<Spanned<String>>,
+    max_life: Option<Spanned<String>>,
+    capacity: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -286,6 +311,7 @@ pub(crate) fn validate(
             let at = b.connect_timeout.as_ref().map(|t| t.span()).unwrap_or(span.clone());
             c.error(at, "connect_timeout must be above 0");
         }
+        let sticky = b.sticky.as_ref().and_then(|st| sticky(c, st));
         if c.error_count() == errors {
             out.push(BalancerConfig {
                 id,
@@ -300,6 +326,7 @@ pub(crate) fn validate(
                 check,
                 max_conn,
                 connect_timeout,
+                sticky,
             });
         }
     }
@@ -377,6 +404,46 @@ fn servers(c: &mut Checker, raw: &[Spanned<RawServer>]) -> Vec<ServerConfig> {
         out.push(ServerConfig { name, address, weight });
     }
     out
+}
+
+/// `sticky = {...}`: it must say what to stick by; the durations are optional (none: never
+/// expires), the capacity bounded (the table is replicated).
+fn sticky(c: &mut Checker, raw: &Spanned<RawSticky>) -> Option<StickyConfig> {
+    let r = raw.get_ref();
+    if r.source != Some(true) {
+        c.error(
+            raw.span(),
+            "sticky needs `source = true` (stick clients by their source address)",
+        );
+        return None;
+    }
+    let dur = |c: &mut Checker, what: &str, v: &Option<Spanned<String>>| -> Option<u64> {
+        let d = duration::checked(c, what, v.as_ref()?)?;
+        if d.is_zero() {
+            c.error(
+                v.as_ref()?.span(),
+                format!("{what} must be above 0 (leave it out: never)"),
+            );
+        }
+        Some(d.as_millis() as u64)
+    };
+    let max_idle_ms = dur(c, "sticky max_idle", &r.max_idle);
+    let max_life_ms = dur(c, "sticky max_life", &r.max_life);
+    let capacity = int_in(
+        c,
+        "sticky capacity",
+        &r.capacity,
+        1..crate::state::MAX_STICK_CAPACITY as i64 + 1,
+        DEFAULT_STICK_CAPACITY as i64,
+    ) as usize;
+    Some(StickyConfig {
+        source: true,
+        table: crate::lb::StickConfig {
+            max_idle_ms,
+            max_life_ms,
+            capacity,
+        },
+    })
 }
 
 fn check(c: &mut Checker, raw: Option<&RawCheck>) -> CheckConfig {

@@ -29,4 +29,4 @@ pub use backend::{position, AdminState, Backend, BackendId, BackendState, MAX_WE
 pub use hash::stable_hash;
 pub use health::{CheckResult, Health, HealthConfig, HealthError, Observation, Transition, Verdict};
 pub use select::Balancer;
-pub use sticky::{Lookup, StickConfig, StickEntry, StickError, StickTable};
+pub use sticky::{Lookup, Merged, StickConfig, StickEntry, StickError, StickTable};

@@ -65,6 +65,8 @@ pub struct BalancerStatus {
     pub listen: Vec<String>,
     pub mode: String,
     pub algorithm: String,
+    /// Clients in the stick table (None: no stickiness).
+    pub sticky_entries: Option<usize>,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -231,6 +233,8 @@ impl Balancers {
             )
         });
         pool.update(&b, targets, records.as_ref());
+        let table = node.with_state(|sm| sm.cluster.sticks.get(id).cloned());
+        pool.set_sticky(b.sticky.as_ref().map(|s| s.table.clone()), table);
         let weak = Arc::downgrade(&node);
         let on_change: health::OnChange = Arc::new(move |balancer, backend, t, why| {
             let Some(node) = weak.upgrade() else { return };
@@ -274,6 +278,7 @@ impl Balancers {
             .map(|l| rt.spawn(tcp::accept_loop(l, shared.clone())))
             .collect();
         let refresh = rt.spawn(refresh(Arc::downgrade(&node), id.to_string(), pool.clone(), settings));
+        let sticks = rt.spawn(commit_sticks(Arc::downgrade(&node), id.to_string(), pool.clone()));
         tracing::info!(balancer = %id, listen = ?b.listen, algorithm = %b.algorithm(), "balancer started");
         self.with(|m| {
             m.insert(
@@ -282,7 +287,7 @@ impl Balancers {
                     config: b,
                     pool,
                     listeners,
-                    helpers: vec![refresh],
+                    helpers: vec![refresh, sticks],
                     stopping,
                 },
             )
@@ -312,6 +317,7 @@ impl Balancers {
                         listen: r.config.listen.iter().map(|a| a.to_string()).collect(),
                         mode: r.config.mode.as_str().to_string(),
                         algorithm: r.config.algorithm().to_string(),
+                        sticky_entries: r.pool.sticky_entries(),
                         backends: r
                             .pool
                             .status(|be| phalanx_core::lb::checker(id, be, &online).map(str::to_string)),
@@ -354,7 +360,34 @@ async fn refresh(node: Weak<Node>, id: String, pool: Arc<pool::Pool>, settings: 
             )
         });
         pool.update(b, targets, records.as_ref());
+        pool.set_sticky(b.sticky.as_ref().map(|s| s.table.clone()), None);
         *settings.lock().unwrap_or_else(|p| p.into_inner()) = b.clone();
+    }
+}
+
+/// How often a balancer commits its stick-table changes.
+const STICK_COMMIT: Duration = Duration::from_millis(500);
+
+/// Commit `pool`'s stick-table changes every [`STICK_COMMIT`], in batches the state accepts. A
+/// batch that fails (no quorum) is not retried: its entries are sent again at their next use.
+async fn commit_sticks(node: Weak<Node>, id: String, pool: Arc<pool::Pool>) {
+    loop {
+        tokio::time::sleep(STICK_COMMIT).await;
+        let Some((config, entries)) = pool.take_sticky_changes() else {
+            continue;
+        };
+        let Some(node) = node.upgrade() else { return };
+        for chunk in entries.chunks(phalanx_core::state::MAX_STICK_BATCH) {
+            let cmd = phalanx_core::Command::Stick {
+                balancer: id.clone(),
+                at_ms: crate::mesh::unix_ms(),
+                config: config.clone(),
+                entries: chunk.to_vec(),
+            };
+            if let Err(e) = node.write(cmd).await {
+                tracing::warn!(balancer = %id, error = %e, entries = chunk.len(), "stick table changes not committed");
+            }
+        }
     }
 }
 
