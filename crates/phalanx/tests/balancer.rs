@@ -175,13 +175,13 @@ fn free_port(ip: [u8; 4]) -> u16 {
         .port()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tcp_balancer_spreads_survives_backend_failures_and_fails_over() {
-    let _one = ONE_AT_A_TIME.lock().await;
+/// Three backends of this test on 127.0.`net`.1-3 behind balancer `lb` (TCP, round robin, the
+/// check settings above) with `more` config lines, in a started 3-node cluster: the backends,
+/// the listen address, the cluster and the node running `lb` once every node is online.
+async fn balanced(net: u8, more: &str) -> (Vec<Backend>, SocketAddr, LocalCluster, String) {
     let mut backends = Vec::new();
     for i in 1..=3u8 {
-        let addr = SocketAddr::from(([127, 0, 12, i], 0));
-        backends.push(Backend::start(&format!("b{i}"), addr).await);
+        backends.push(Backend::start(&format!("b{i}"), SocketAddr::from(([127, 0, net, i], 0))).await);
     }
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port([127, 0, 0, 1])));
     let servers: Vec<String> = backends
@@ -198,6 +198,7 @@ algorithm = "roundrobin"
 servers = [{}]
 check = {{ kind = "tcp", interval = "{}ms", rise = {RISE}, fall = {FALL}, timeout = "100ms" }}
 connect_timeout = "500ms"
+{more}
 "#,
         servers.join(", "),
         INTERVAL.as_millis()
@@ -205,15 +206,27 @@ connect_timeout = "500ms"
     let mut c = LocalCluster::create(Spec::loopback(3, PathBuf::from(env!("CARGO_BIN_EXE_phalanx")), extra)).unwrap();
     c.start_all().unwrap();
     let first = c
-        .wait_for(T, "the balancer to start", |st| {
+        .wait_for(T, "every node online and the balancer started", |st| {
             let s = st.values().next()?;
             let r = s.resources.iter().find(|r| r.id == "lb")?;
             let (n, role) = r.running.iter().next()?;
-            (s.plan_pending == 0 && r.running.len() == 1 && *role == Role::Started).then(|| n.clone())
+            let online = s
+                .nodes
+                .iter()
+                .filter(|n| n.liveness == phalanx_core::Liveness::Online)
+                .count();
+            (online == 3 && s.plan_pending == 0 && r.running.len() == 1 && *role == Role::Started).then(|| n.clone())
         })
         .await
         .unwrap();
     wait_serving(listen).await;
+    (backends, listen, c, first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_balancer_spreads_survives_backend_failures_and_fails_over() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (mut backends, listen, mut c, first) = balanced(12, "").await;
     let (node, states) = lb_status(&c).expect("balancer status");
     assert_eq!(node, first);
     assert!(states.values().all(|s| s == "up"), "{states:?}");
@@ -468,45 +481,7 @@ fn lb_backends(c: &LocalCluster) -> Option<(String, BTreeMap<String, serde_json:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_drains_are_cluster_state_and_a_new_balancer_is_not_blind() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut backends = Vec::new();
-    for i in 1..=3u8 {
-        let addr = SocketAddr::from(([127, 0, 13, i], 0));
-        backends.push(Backend::start(&format!("b{i}"), addr).await);
-    }
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port([127, 0, 0, 1])));
-    let servers: Vec<String> = backends
-        .iter()
-        .map(|b| format!("{{ name = \"{}\", address = \"{}\" }}", b.name, b.addr))
-        .collect();
-    let extra = format!(
-        r#"
-[[balancer]]
-id = "lb"
-listen = ["{listen}"]
-mode = "tcp"
-algorithm = "roundrobin"
-servers = [{}]
-check = {{ kind = "tcp", interval = "{}ms", rise = {RISE}, fall = {FALL}, timeout = "100ms" }}
-connect_timeout = "500ms"
-"#,
-        servers.join(", "),
-        INTERVAL.as_millis()
-    );
-    let mut c = LocalCluster::create(Spec::loopback(3, PathBuf::from(env!("CARGO_BIN_EXE_phalanx")), extra)).unwrap();
-    c.start_all().unwrap();
-    c.wait_for(T, "every node online and the balancer started", |st| {
-        let s = st.values().next()?;
-        let r = s.resources.iter().find(|r| r.id == "lb")?;
-        let online = s
-            .nodes
-            .iter()
-            .filter(|n| n.liveness == phalanx_core::Liveness::Online)
-            .count();
-        (online == 3 && s.plan_pending == 0 && r.running.len() == 1).then_some(())
-    })
-    .await
-    .unwrap();
-    wait_serving(listen).await;
+    let (mut backends, listen, mut c, _) = balanced(13, "").await;
     // Every backend gets a committed verdict, by the node that checks it.
     let deadline = Instant::now() + T;
     let (first, view) = loop {
@@ -685,44 +660,7 @@ async fn ask_from(from: std::net::IpAddr, addr: SocketAddr) -> Result<String, St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_clients_keep_their_backends_across_a_balancer_failover() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut backends = Vec::new();
-    for i in 1..=3u8 {
-        backends.push(Backend::start(&format!("b{i}"), SocketAddr::from(([127, 0, 14, i], 0))).await);
-    }
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port([127, 0, 0, 1])));
-    let servers: Vec<String> = backends
-        .iter()
-        .map(|b| format!("{{ name = \"{}\", address = \"{}\" }}", b.name, b.addr))
-        .collect();
-    let extra = format!(
-        r#"
-[[balancer]]
-id = "lb"
-listen = ["{listen}"]
-mode = "tcp"
-algorithm = "roundrobin"
-servers = [{}]
-check = {{ kind = "tcp", interval = "200ms", timeout = "100ms" }}
-sticky = {{ source = true, max_idle = "10m" }}
-"#,
-        servers.join(", ")
-    );
-    let mut c = LocalCluster::create(Spec::loopback(3, PathBuf::from(env!("CARGO_BIN_EXE_phalanx")), extra)).unwrap();
-    c.start_all().unwrap();
-    let first = c
-        .wait_for(T, "every node online and the balancer started", |st| {
-            let s = st.values().next()?;
-            let r = s.resources.iter().find(|r| r.id == "lb")?;
-            let online = s
-                .nodes
-                .iter()
-                .filter(|n| n.liveness == phalanx_core::Liveness::Online)
-                .count();
-            (online == 3 && s.plan_pending == 0 && r.running.len() == 1).then(|| r.running.keys().next().cloned())?
-        })
-        .await
-        .unwrap();
-    wait_serving(listen).await;
+    let (_backends, listen, mut c, first) = balanced(14, "sticky = { source = true, max_idle = \"10m\" }").await;
     let clients: Vec<std::net::IpAddr> = (1..=12u8).map(|i| std::net::IpAddr::from([127, 0, 21, i])).collect();
     let mut stuck = BTreeMap::new();
     for from in &clients {
