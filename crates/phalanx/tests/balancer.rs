@@ -119,24 +119,12 @@ async fn spread(addr: SocketAddr, n: usize) -> (BTreeMap<String, usize>, Vec<Str
 
 /// `phalanx balancer status --json` of the cluster: (node running it, backend → state).
 fn lb_status(c: &LocalCluster) -> Option<(String, BTreeMap<String, String>)> {
-    let (code, out, _) = c.cli(&["balancer", "status", "lb", "--json"]).ok()?;
-    if code != 0 {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-    let b = v.get(0)?;
-    let node = b["node"].as_str()?.to_string();
-    let backends = b["status"]["backends"]
-        .as_array()?
-        .iter()
-        .map(|be| {
-            (
-                be["name"].as_str().unwrap_or("").to_string(),
-                be["state"].as_str().unwrap_or("").to_string(),
-            )
-        })
+    let (node, backends) = lb_backends(c)?;
+    let states = backends
+        .into_iter()
+        .map(|(name, b)| (name, b["state"].as_str().unwrap_or("").to_string()))
         .collect();
-    Some((node, backends))
+    Some((node, states))
 }
 
 /// Poll `phalanx balancer status` until `backend` is in `state`; how long that took.
