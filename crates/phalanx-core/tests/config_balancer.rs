@@ -293,3 +293,28 @@ sticky = { max_idle = \"30m\" }
     assert!(errs.iter().any(|e| e.2.contains("sticky capacity 0")), "{errs:#?}");
     assert!(errs.iter().any(|e| e.2.contains("sticky max_life")), "{errs:#?}");
 }
+
+#[test]
+fn request_hashing_needs_http_mode() {
+    let (line, col, msg) = one_error(
+        "
+[[balancer]]
+id = \"lb\"
+listen = [\"127.0.0.1:9000\"]
+algorithm = \"uri\"
+servers = [{ name = \"a\", address = \"127.0.0.1:1\" }]
+",
+    );
+    assert_eq!((line, col), (5, 13), "{msg}");
+    assert!(msg.contains("needs mode = \"http\""), "{msg}");
+    assert!(errors(
+        "
+[[balancer]]
+id = \"lb\"
+listen = [\"127.0.0.1:9000\"]
+algorithm = \"source\"
+servers = [{ name = \"a\", address = \"127.0.0.1:1\" }]
+"
+    )
+    .is_empty());
+}

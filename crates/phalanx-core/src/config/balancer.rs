@@ -256,8 +256,17 @@ pub(crate) fn validate(
         let algorithm = match &b.algorithm {
             None => Algorithm::default().to_string(),
             Some(a) => {
-                if let Err(e) = Algorithm::parse(a.get_ref(), consistent) {
-                    c.error(a.span(), e.to_string());
+                match Algorithm::parse(a.get_ref(), consistent) {
+                    Err(e) => c.error(a.span(), e.to_string()),
+                    Ok(Algorithm::Hash(h)) if mode == BalancerMode::Tcp && h.key != crate::lb::HashKey::Source => c
+                        .error(
+                            a.span(),
+                            format!(
+                                "algorithm {:?} hashes a request: it needs mode = \"http\" (a TCP balancer sees only the client's address: use \"source\")",
+                                a.get_ref()
+                            ),
+                        ),
+                    Ok(_) => {}
                 }
                 a.get_ref().clone()
             }

@@ -7,8 +7,8 @@
 
 use phalanx_core::config::BalancerConfig;
 use phalanx_core::lb::{
-    Algorithm, Backend, BackendId, Balancer, Health, HealthConfig, Lookup, Observation, StickConfig, StickEntry,
-    StickTable, Transition,
+    Algorithm, Backend, BackendId, Balancer, HashKey, Health, HealthConfig, Lookup, Observation, StickConfig,
+    StickEntry, StickTable, Transition,
 };
 use phalanx_core::state::{BackendRecord, BalancerRecord};
 use serde::{Deserialize, Serialize};
@@ -270,6 +270,17 @@ impl Pool {
             }));
             *rng = rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
             let word = *rng;
+            // `source` hashing hashes the client's address octets.
+            let source_key = match balancer.algorithm() {
+                Algorithm::Hash(h) if h.key == HashKey::Source => client
+                    .and_then(|c| c.parse::<std::net::IpAddr>().ok())
+                    .map(|ip| match ip {
+                        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+                        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+                    }),
+                _ => None,
+            };
+            let key = source_key.as_deref();
             let sticky = sticky.as_mut().zip(client);
             let hit = match (&sticky, avoid) {
                 (Some((st, key)), None) => match st.table.lookup(&st.cfg, key, unix, views) {
@@ -281,8 +292,8 @@ impl Pool {
             let at = match hit {
                 Some(at) => at,
                 None => match avoid.and_then(|a| phalanx_core::lb::position(views, a)) {
-                    Some(skip) => balancer.redispatch(views, None, word, skip),
-                    None => balancer.pick(views, None, word),
+                    Some(skip) => balancer.redispatch(views, key, word, skip),
+                    None => balancer.pick(views, key, word),
                 }?,
             };
             if let Some((st, key)) = sticky {
@@ -522,5 +533,22 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(fresh.lease_for(Some("10.0.0.7"), None).unwrap().name, "b");
         }
+    }
+
+    #[test]
+    fn source_hashing_hashes_the_client_address() {
+        let c = cfg("source");
+        let pool = Arc::new(Pool::new(c.algorithm(), c.check.health.clone(), None));
+        pool.update(&c, vec![target("a", 1), target("b", 2), target("c", 3)], None);
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 1..=30u8 {
+            let from = format!("10.0.0.{i}");
+            let first = pool.lease_for(Some(&from), None).unwrap().name.clone();
+            for _ in 0..3 {
+                assert_eq!(pool.lease_for(Some(&from), None).unwrap().name, first, "{from} moved");
+            }
+            seen.insert(first);
+        }
+        assert_eq!(seen.len(), 3, "clients spread over every backend");
     }
 }
