@@ -891,7 +891,7 @@ monitor = {{ interval = "1s", timeout = "5s" }}
 id = "front"
 listen = ["{VIP}:80"]
 mode = "{mode}"
-algorithm = "roundrobin"
+algorithm = "weighted"
 backends = "webs"
 port = {PORT}
 check = {{ kind = "tcp", interval = "200ms", rise = 2, fall = 3, timeout = "100ms" }}
@@ -998,8 +998,36 @@ async fn a_balancer_behind_the_vip_spreads_survives_a_backend_crash_and_fails_ov
     assert_eq!(
         counts,
         BTreeMap::from([("n1".into(), 10), ("n2".into(), 10), ("n3".into(), 10)]),
-        "round robin through the VIP"
+        "equal weights through the VIP"
     );
+    // An operator's weight: smooth weighted round robin gives exactly 3:1:1 over 50 requests.
+    let (code, out, err) = c.cli(&["balancer", "weight", "web-svc@n1", "3"]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let deadline = Instant::now() + T;
+    loop {
+        let (_, out, _) = c.cli(&["balancer", "status", "--json"]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let weight = v[0]["status"]["backends"]
+            .as_array()
+            .and_then(|bs| bs.iter().find(|b| b["name"] == "web-svc@n1"))
+            .map(|b| b["weight"].clone());
+        if weight == Some(serde_json::json!(3)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the weight never reached the balancer: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let counts = lb_spread(&lab, &addr, 50);
+    assert_eq!(
+        counts,
+        BTreeMap::from([("n1".into(), 30), ("n2".into(), 10), ("n3".into(), 10)]),
+        "weights 3:1:1"
+    );
+    let (code, out, err) = c.cli(&["balancer", "weight", "web-svc@n1", "config"]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
 
     // A backend host (not the balancer's) crashes under load: no request fails.
     let victim = ["n1", "n2", "n3"]
@@ -1013,6 +1041,30 @@ async fn a_balancer_behind_the_vip_spreads_survives_a_backend_crash_and_fails_ov
     lab.crash(num(&victim)).unwrap();
     let crash_at = Instant::now();
     c.reap(&victim).unwrap();
+    // Out of rotation: marked down (checks or live traffic) or gone from the backends (its
+    // host fenced), as the balancer's status says.
+    let gone = format!("web-svc@{victim}");
+    let out_after = loop {
+        let (_, out, _) = c.cli(&["balancer", "status", "--json"]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let state = v[0]["status"]["backends"].as_array().map(|bs| {
+            bs.iter()
+                .find(|b| b["name"] == gone.as_str())
+                .map(|b| b["state"].clone())
+        });
+        if matches!(&state, Some(None)) || matches!(&state, Some(Some(s)) if s != "up") {
+            break crash_at.elapsed();
+        }
+        assert!(crash_at.elapsed() < T, "{gone} stayed in rotation: {out}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // fall × interval = 600 ms, plus the failure detector (300 ms) when the crashed host was
+    // the backend's checker, plus the status poll.
+    eprintln!("{gone} out of rotation {out_after:?} after the crash");
+    assert!(
+        out_after < Duration::from_millis(2500),
+        "{gone} left rotation after {out_after:?}"
+    );
     c.wait_for(T, "the crashed host's instance gone", |st| {
         (st.len() == 2)
             .then(|| front_and_instances(st))
