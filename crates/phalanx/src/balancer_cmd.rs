@@ -81,9 +81,10 @@ pub fn render(found: &[Found]) -> String {
                 f.error.as_deref().unwrap_or("no status")
             )),
             (Some(n), Some(b)) => {
-                let sticky = match b.sticky_entries {
-                    Some(n) => format!(", source affinity ({n} clients)"),
-                    None => String::new(),
+                let sticky = match (b.sticky_entries, b.sticky_committed) {
+                    (Some(n), Some(c)) => format!(", source affinity ({n} clients, {c} committed)"),
+                    (Some(n), None) => format!(", source affinity ({n} clients)"),
+                    _ => String::new(),
                 };
                 s.push_str(&format!(
                     "{} on {n}: {} listening on {}, {}{sticky}\n",

@@ -696,5 +696,5 @@ async fn sticky_clients_keep_their_backends_across_a_balancer_failover() {
     }
     let (_, human, _) = c.cli(&["balancer", "status"]).unwrap();
     // The twelve, and the address the test's own probes come from.
-    assert!(human.contains("source affinity (13 clients)"), "{human}");
+    assert!(human.contains("source affinity (13 clients, "), "{human}");
 }

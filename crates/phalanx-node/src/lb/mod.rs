@@ -65,8 +65,10 @@ pub struct BalancerStatus {
     pub listen: Vec<String>,
     pub mode: String,
     pub algorithm: String,
-    /// Clients in the stick table (None: no stickiness).
+    /// Clients in the stick table (None: no stickiness), and how many of them the cluster's
+    /// replicated table holds (committed: a balancer taking over knows them).
     pub sticky_entries: Option<usize>,
+    pub sticky_committed: Option<usize>,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -318,6 +320,11 @@ impl Balancers {
                         mode: r.config.mode.as_str().to_string(),
                         algorithm: r.config.algorithm().to_string(),
                         sticky_entries: r.pool.sticky_entries(),
+                        sticky_committed: r
+                            .config
+                            .sticky
+                            .as_ref()
+                            .map(|_| node.with_state(|sm| sm.cluster.sticks.get(id).map_or(0, |t| t.len()))),
                         backends: r
                             .pool
                             .status(|be| phalanx_core::lb::checker(id, be, &online).map(str::to_string)),
