@@ -8,11 +8,13 @@
 //! (the stable hash placement agrees on), `algorithm` (names and parsing), `select` (the
 //! balancer: round robin, leastconn, p2c, modulo hashing), `weighted` (smooth weighted round
 //! robin), `rendezvous` (consistent hashing), `agent` (the agent-check line), `health` (rise/
-//! fall, intervals, passive checks, operator states, slowstart), `sticky` (the stick table).
+//! fall, intervals, passive checks, operator states, slowstart), `sticky` (the stick table), `cookie` (HTTP mode's
+//! self-contained sticky cookie).
 
 pub mod agent;
 pub mod algorithm;
 pub mod backend;
+pub mod cookie;
 pub mod hash;
 pub mod health;
 mod rendezvous;
@@ -23,6 +25,7 @@ mod weighted;
 pub use agent::{AgentError, AgentReply, Operational};
 pub use algorithm::{Algorithm, AlgorithmError, HashKey, HashSpec};
 pub use backend::{position, AdminState, Backend, BackendId, BackendState, MAX_WEIGHT, WEIGHT_SCALE};
+pub use cookie::{CookieConfig, StickyCookie};
 pub use hash::stable_hash;
 pub use health::{CheckResult, Health, HealthConfig, HealthError, Observation, Transition};
 pub use select::Balancer;
