@@ -1,13 +1,16 @@
-//! Backend health as the proxy sees it. Active checks (a TCP connect under the check's
-//! `timeout`) run when `Health::next_check_at` says, from a loop on the node that runs the
-//! balancer; passive observations (connect errors of live traffic) come from the proxy. Both go
+//! Backend health as the proxy sees it. Active checks (`probe`: a TCP connect or an HTTP GET,
+//! and an optional agent, under the check's `timeout`) run when `Health::next_check_at` says,
+//! from a loop on the node that runs the balancer; passive observations (connect errors of live
+//! traffic; in HTTP mode also 5xx answers) come from the proxy. Both go
 //! through a [`HealthView`]: today [`LocalHealth`], which keeps the results in this node's
 //! pool. The seam is for the next increment, health as cluster state: a view that writes
 //! results through Raft (one checker per backend across the cluster) and fills the pool from the
 //! applied state, so that a balancer starting after a failover knows every backend at once.
 
 use super::pool::Pool;
-use phalanx_core::lb::{BackendId, CheckResult, Observation, Transition};
+use super::probe;
+use phalanx_core::config::CheckConfig;
+use phalanx_core::lb::{AgentReply, BackendId, CheckResult, Observation, Transition};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +20,8 @@ pub trait HealthView: Send + Sync {
     fn checked(&self, backend: BackendId, result: CheckResult, detail: String);
     /// A live connection's outcome.
     fn observed(&self, backend: BackendId, outcome: Observation);
+    /// An agent's reply (HTTP mode's `agent_port`; see `probe`).
+    fn agent(&self, backend: BackendId, reply: &AgentReply);
 }
 
 /// What is told of a backend's change of state (balancer, backend, the change, why): the node
@@ -53,26 +58,29 @@ impl HealthView for LocalHealth {
         let t = self.pool.observe(backend, outcome);
         self.log(t, "live traffic");
     }
+
+    fn agent(&self, backend: BackendId, reply: &AgentReply) {
+        let t = self.pool.record_agent(backend, reply);
+        self.log(t, "agent");
+    }
 }
 
 /// How long the checker sleeps at most: backends added by discovery are noticed this fast.
 const IDLE: Duration = Duration::from_millis(100);
 
-/// Run the active checks of `pool` forever (the caller aborts it), `timeout` each, reporting to
-/// `view`.
-pub async fn run_checks(pool: Arc<Pool>, view: Arc<dyn HealthView>, timeout: impl Fn() -> Duration + Send) {
+/// Run the active checks of `pool` forever (the caller aborts it), as `check` says (read for
+/// each round: TCP or HTTP, the agent, the timeout; see `probe`), reporting to `view`.
+pub async fn run_checks(pool: Arc<Pool>, view: Arc<dyn HealthView>, check: impl Fn() -> CheckConfig + Send) {
     loop {
         let (due, next) = pool.due_checks();
         for c in due {
             let view = view.clone();
-            let limit = timeout();
+            let check = check();
             tokio::spawn(async move {
-                let (result, detail) =
-                    match tokio::time::timeout(limit, tokio::net::TcpStream::connect(c.address)).await {
-                        Ok(Ok(_)) => (CheckResult::Pass, "pass".to_string()),
-                        Ok(Err(e)) => (CheckResult::Fail, format!("connect: {e}")),
-                        Err(_) => (CheckResult::Fail, format!("no answer within {} ms", limit.as_millis())),
-                    };
+                let (result, detail, agent) = probe::probe(&check, c.address).await;
+                if let Some(reply) = agent {
+                    view.agent(c.id, &reply);
+                }
                 view.checked(c.id, result, detail);
             });
         }

@@ -1,8 +1,8 @@
 //! The load balancer's proxy (issue 14) over `phalanx_core::lb`: the built-in agent
 //! `balancer` starts, stops and monitors the `[[balancer]]`s this node runs. A running balancer
-//! has its listeners (`tcp`), its backend table (`pool`), filled by `discovery` from the config
+//! has its listeners (`tcp`, or `http` with `headers` and `stats`), its backend table (`pool`), filled by `discovery` from the config
 //! and the replicated state and refreshed on every applied entry, and its active checks
-//! (`health`, behind the `HealthView` seam that replicated health will fill).
+//! (`health` and `probe`, behind the `HealthView` seam that replicated health will fill).
 //!
 //! Everything a balancer does runs on its own multi-threaded runtime ([`runtime`], threads
 //! `phalanx-lb`), never on the daemon's (Raft, the API, the controller) nor on the heartbeat
@@ -10,8 +10,12 @@
 //! (issue 14, item 8; the CPU itself is shared: pinning or priorities are for later).
 
 pub mod discovery;
+pub mod headers;
 pub mod health;
+pub mod http;
 pub mod pool;
+pub mod probe;
+pub mod stats;
 pub mod tcp;
 
 use crate::agents::AgentCall;
@@ -34,8 +38,6 @@ pub enum LbError {
     NoNode,
     #[error("no [[balancer]] {0} in the config this node runs")]
     Unknown(String),
-    #[error("balancer {0}: http mode is not implemented yet (use mode = \"tcp\")")]
-    HttpMode(String),
     #[error("binding {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("starting the balancer runtime: {0}")]
@@ -47,7 +49,7 @@ impl LbError {
     /// bind failure is this node's (1).
     fn ocf(&self) -> i32 {
         match self {
-            LbError::HttpMode(_) | LbError::Unknown(_) => ocf::OCF_ERR_CONFIGURED,
+            LbError::Unknown(_) => ocf::OCF_ERR_CONFIGURED,
             _ => ocf::OCF_ERR_GENERIC,
         }
     }
@@ -63,6 +65,9 @@ pub struct BalancerStatus {
     pub mode: String,
     pub algorithm: String,
     pub backends: Vec<BackendStatus>,
+    /// HTTP mode's request counters (None in TCP mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<stats::HttpStatus>,
 }
 
 /// The proxy runtime's threads: the cores, up to 4 (a knob comes with the benchmark).
@@ -102,6 +107,8 @@ struct Running {
     helpers: Vec<JoinHandle<()>>,
     /// Tells open connections to finish within the grace (see `tcp`).
     stopping: tokio::sync::watch::Sender<bool>,
+    /// HTTP mode's counters.
+    stats: Option<Arc<stats::Stats>>,
 }
 
 impl Running {
@@ -185,9 +192,6 @@ impl Balancers {
             .balancer(id)
             .cloned()
             .ok_or_else(|| LbError::Unknown(id.into()))?;
-        if b.mode == BalancerMode::Http {
-            return Err(LbError::HttpMode(id.into()));
-        }
         let rt = runtime()?;
         // Bound on the balancer runtime, so that their IO is driven there.
         let addrs = b.listen.clone();
@@ -228,21 +232,39 @@ impl Balancers {
             let s = settings.clone();
             move || s.lock().unwrap_or_else(|p| p.into_inner()).clone()
         };
-        let shared = Arc::new(tcp::Shared {
-            balancer: id.to_string(),
-            pool: pool.clone(),
-            health: view.clone(),
-            connect_timeout: Box::new({
-                let read = read.clone();
-                move || read().connect_timeout
-            }),
-            stopping: stop_rx,
-        });
-        let listeners = bound
-            .into_iter()
-            .map(|l| rt.spawn(tcp::accept_loop(l, shared.clone())))
-            .collect();
-        let checks = rt.spawn(health::run_checks(pool.clone(), view, move || read().check.timeout));
+        let (listeners, stats) = if b.mode == BalancerMode::Http {
+            let stats = Arc::new(stats::Stats::default());
+            let shared = Arc::new(http::Shared::new(
+                id.to_string(),
+                pool.clone(),
+                view.clone(),
+                Box::new(read.clone()),
+                stop_rx,
+                stats.clone(),
+            ));
+            let listeners = bound
+                .into_iter()
+                .map(|l| rt.spawn(http::accept_loop(l, shared.clone())))
+                .collect();
+            (listeners, Some(stats))
+        } else {
+            let shared = Arc::new(tcp::Shared {
+                balancer: id.to_string(),
+                pool: pool.clone(),
+                health: view.clone(),
+                connect_timeout: Box::new({
+                    let read = read.clone();
+                    move || read().connect_timeout
+                }),
+                stopping: stop_rx,
+            });
+            let listeners = bound
+                .into_iter()
+                .map(|l| rt.spawn(tcp::accept_loop(l, shared.clone())))
+                .collect();
+            (listeners, None)
+        };
+        let checks = rt.spawn(health::run_checks(pool.clone(), view, move || read().check));
         let refresh = rt.spawn(refresh(Arc::downgrade(&node), id.to_string(), pool.clone(), settings));
         tracing::info!(balancer = %id, listen = ?b.listen, algorithm = %b.algorithm(), "balancer started");
         self.with(|m| {
@@ -254,6 +276,7 @@ impl Balancers {
                     listeners,
                     helpers: vec![checks, refresh],
                     stopping,
+                    stats,
                 },
             )
         });
@@ -271,6 +294,7 @@ impl Balancers {
                     mode: r.config.mode.as_str().to_string(),
                     algorithm: r.config.algorithm().to_string(),
                     backends: r.pool.status(),
+                    http: r.stats.as_ref().map(|s| s.status()),
                 })
                 .collect()
         })

@@ -270,6 +270,49 @@ impl Pool {
     }
 }
 
+// ---- HTTP mode's additions (sticky leases, agent replies) -------------------------------------
+
+impl Pool {
+    /// Lease the backend `choose` names among the selection views (an index into them; the
+    /// views are in selection order, each with its state), if it takes sticky traffic and is
+    /// under `max_conn`. For the sticky cookie: `choose` reads the cookie against the views.
+    pub fn lease_chosen(self: &Arc<Self>, choose: impl FnOnce(&[Backend]) -> Option<usize>) -> Option<Lease> {
+        let now = self.now_ms();
+        let (id, name, address) = self.with(|i| {
+            let views: Vec<Backend> = i
+                .entries
+                .iter()
+                .map(|e| e.health.view(&i.health, e.id, e.target.weight, e.in_flight, now))
+                .collect();
+            let at = choose(&views)?;
+            let e = i.entries.get_mut(at)?;
+            if !views[at].takes_sticky() || i.max_conn.is_some_and(|m| e.in_flight >= m) {
+                return None;
+            }
+            e.in_flight += 1;
+            e.total += 1;
+            Some((e.id, e.target.name.clone(), e.target.address))
+        })?;
+        Some(Lease {
+            pool: self.clone(),
+            id,
+            name,
+            address,
+        })
+    }
+
+    /// An agent's reply (HAProxy's agent-check line): its operational and administrative
+    /// states and weight.
+    pub fn record_agent(&self, id: BackendId, reply: &phalanx_core::lb::AgentReply) -> Option<(String, Transition)> {
+        let now = self.now_ms();
+        self.with(|i| {
+            let e = i.entries.iter_mut().find(|e| e.id == id)?;
+            let t = e.health.record_agent(reply, now)?;
+            Some((e.target.name.clone(), t))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
