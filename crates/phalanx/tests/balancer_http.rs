@@ -549,6 +549,15 @@ check = {{ kind = "http", http_path = "/health", expect = "200-399", interval = 
     let st = &v[0]["status"]["http"];
     assert!(st["requests_total"].as_u64().unwrap() > 600, "{st}");
     assert_eq!(st["proxy_answers"]["408"].as_u64(), Some(1), "{st}");
+    let (code, human, err) = c.cli(&["balancer", "status", "rr"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(human.contains("rr on n1: http listening on"), "{human}");
+    assert!(
+        human.contains("answered by the proxy: 400 x1, 408 x1, 431 x1"),
+        "{human}"
+    );
+    assert!(human.contains("FAILED TRIES"), "{human}");
+    eprintln!("{human}");
     let api = &c.node("n1").unwrap().api;
     let m = c.client.metrics(api).await.unwrap();
     for series in [

@@ -679,3 +679,133 @@ async fn tunnel(
     }
     drop(lease);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lb::health::LocalHealth;
+    use crate::lb::pool::Target;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn config(retry_on: &str) -> BalancerConfig {
+        let text = format!(
+            "[cluster]\nname = \"t\"\nfencing = \"off\"\n[[node]]\nname = \"n1\"\nlinks = [\"127.0.0.1:7401\"]\n[[balancer]]\nid = \"lb\"\nlisten = [\"127.0.0.1:9000\"]\nmode = \"http\"\nalgorithm = \"roundrobin\"\nretry_on = \"{retry_on}\"\nservers = [{{ name = \"a\", address = \"127.0.0.1:1\" }}]\n"
+        );
+        phalanx_core::config::parse(&text).unwrap().balancers.remove(0)
+    }
+
+    /// A backend that reads a request and closes without a word (a reset before any answer).
+    async fn closer() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+            }
+        });
+        addr
+    }
+
+    /// A backend answering 200 "ok" to everything, one request per connection.
+    async fn fine() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// A proxy over `targets` (in this order): its address, its pool, and its stop switch.
+    async fn proxy(cfg: BalancerConfig, targets: Vec<Target>) -> (SocketAddr, Arc<Pool>, watch::Sender<bool>) {
+        let pool = Arc::new(Pool::new(cfg.algorithm(), cfg.check.health.clone(), None));
+        pool.update(&cfg, targets);
+        let (stop, stopping) = watch::channel(false);
+        let health = Arc::new(LocalHealth {
+            balancer: "lb".into(),
+            pool: pool.clone(),
+            on_change: None,
+        });
+        let shared = Arc::new(Shared::new(
+            "lb".into(),
+            pool.clone(),
+            health,
+            Box::new(move || cfg.clone()),
+            stopping,
+            Arc::new(Stats::default()),
+        ));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(accept_loop(l, shared));
+        (addr, pool, stop)
+    }
+
+    /// One request on a new connection: the status line.
+    async fn status_line(addr: SocketAddr, req: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !out.windows(2).any(|w| w == b"\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed without a status line: {out:?}");
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).lines().next().unwrap_or("").to_string()
+    }
+
+    fn targets(first: SocketAddr, second: SocketAddr) -> Vec<Target> {
+        vec![
+            Target {
+                name: "first".into(),
+                address: first,
+                weight: 1,
+            },
+            Target {
+                name: "second".into(),
+                address: second,
+                weight: 1,
+            },
+        ]
+    }
+
+    #[tokio::test]
+    async fn a_reset_is_retried_for_idempotent_requests_only() {
+        let (addr, pool, _stop) = proxy(config("idempotent"), targets(closer().await, fine().await)).await;
+        // Round robin starts at `first`, which resets: the GET goes on to `second`.
+        let get = "GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+        assert_eq!(status_line(addr, get).await, "HTTP/1.1 200 OK");
+        // The cursor is back at `first`: a POST reset there is not sent again (it may have
+        // acted), even with its body kept.
+        let post = "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\n\r\nx";
+        assert_eq!(status_line(addr, post).await, "HTTP/1.1 502 Bad Gateway");
+        assert_eq!(pool.status()[0].errors_total, 2);
+
+        // retry_on = "connect": the GET is not retried either.
+        let (addr, _, _stop) = proxy(config("connect"), targets(closer().await, fine().await)).await;
+        assert_eq!(status_line(addr, get).await, "HTTP/1.1 502 Bad Gateway");
+    }
+
+    #[tokio::test]
+    async fn a_connect_failure_is_retried_for_any_method_with_a_kept_body() {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (addr, _, _stop) = proxy(config("connect"), targets(dead, fine().await)).await;
+        let post = "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello";
+        assert_eq!(status_line(addr, post).await, "HTTP/1.1 200 OK");
+    }
+}
