@@ -31,6 +31,8 @@ const T: Duration = Duration::from_secs(60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// `server_timeout` of the balancer over the silent backend.
 const SERVER_TIMEOUT: Duration = Duration::from_millis(500);
+/// `queue_timeout` of the balancer with `max_conn = 1`.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A test backend (see the file's doc).
 struct Backend {
@@ -227,6 +229,23 @@ async fn wait_state(c: &LocalCluster, id: &str, backend: &str, state: &str) {
     }
 }
 
+/// Poll `phalanx balancer status ID --json` until `pred` holds of its `status`.
+async fn wait_http(c: &LocalCluster, id: &str, what: &str, pred: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + T;
+    loop {
+        let st = c
+            .cli(&["balancer", "status", id, "--json"])
+            .ok()
+            .and_then(|(_, out, _)| serde_json::from_str::<serde_json::Value>(&out).ok())
+            .map(|v| v[0]["status"].clone());
+        if st.as_ref().is_some_and(&pred) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{id}: never {what}: {st:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -288,7 +307,7 @@ mode = "http"
 servers = {}
 max_conn = 1
 queue = 1
-queue_timeout = "400ms"
+queue_timeout = "{}ms"
 
 [[balancer]]
 id = "sticky"
@@ -308,6 +327,7 @@ check = {{ kind = "http", http_path = "/health", expect = "200-399", interval = 
 "#,
         SERVER_TIMEOUT.as_millis(),
         servers(&[&q]),
+        QUEUE_TIMEOUT.as_millis(),
         servers(&[&well, &sick]),
     );
     let mut c = LocalCluster::create(Spec::loopback(1, PathBuf::from(env!("CARGO_BIN_EXE_phalanx")), extra)).unwrap();
@@ -426,34 +446,28 @@ check = {{ kind = "http", http_path = "/health", expect = "200-399", interval = 
     eprintln!("silent backend: 504 after {took:?} (server_timeout {SERVER_TIMEOUT:?})");
 
     // max_conn = 1, queue = 1: a second request waits and is served; with a long request in
-    // flight, one more waits 400 ms then gets 503, and one beyond the queue gets 503 at once.
-    let first = tokio::spawn({
+    // flight, one more waits queue_timeout then gets 503, and one beyond the queue gets 503 at
+    // once. (Each step waits, polling the status, for the previous one to be in place.)
+    let spawn_get = |path: &'static str| {
         let http = http.clone();
-        async move { get(&http, queue, "/sleep/200", &[]).await }
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let began = Instant::now();
-    let (status, _, _) = get(&http, queue, "/", &[]).await.unwrap();
-    assert_eq!(status, StatusCode::OK, "the queued request is served");
-    assert!(
-        began.elapsed() >= Duration::from_millis(100),
-        "it waited: {:?}",
-        began.elapsed()
-    );
-    assert_eq!(first.await.unwrap().unwrap().0, StatusCode::OK);
-    let long = tokio::spawn({
-        let http = http.clone();
-        async move { get(&http, queue, "/sleep/1500", &[]).await }
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let waiting = tokio::spawn({
-        let http = http.clone();
-        async move {
+        tokio::spawn(async move {
             let began = Instant::now();
-            (get(&http, queue, "/", &[]).await, began.elapsed())
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+            (get(&http, queue, path, &[]).await, began.elapsed())
+        })
+    };
+    let first = spawn_get("/sleep/1500");
+    wait_http(&c, "queue", "in flight", |v| v["backends"][0]["in_flight"] == 1).await;
+    let second = spawn_get("/");
+    wait_http(&c, "queue", "queued", |v| v["http"]["queued"] == 1).await;
+    let (first, _) = first.await.unwrap();
+    assert_eq!(first.unwrap().0, StatusCode::OK);
+    let (second, waited) = second.await.unwrap();
+    assert_eq!(second.unwrap().0, StatusCode::OK, "the queued request is served");
+    eprintln!("max_conn queue: the queued request was served after {waited:?}");
+    let long = spawn_get("/sleep/3000");
+    wait_http(&c, "queue", "in flight", |v| v["backends"][0]["in_flight"] == 1).await;
+    let waiting = spawn_get("/");
+    wait_http(&c, "queue", "queued", |v| v["http"]["queued"] == 1).await;
     let (status, h, _) = get(&http, queue, "/", &[]).await.unwrap();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "the queue is full");
     assert_eq!(h.get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
@@ -462,10 +476,11 @@ check = {{ kind = "http", http_path = "/health", expect = "200-399", interval = 
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "the queue timed out");
     assert_eq!(h.get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
     assert!(
-        waited >= Duration::from_millis(400) && waited < Duration::from_millis(1200),
-        "{waited:?}"
+        waited >= QUEUE_TIMEOUT && waited < QUEUE_TIMEOUT + Duration::from_millis(900),
+        "503 after {waited:?} in the queue"
     );
-    assert_eq!(long.await.unwrap().unwrap().0, StatusCode::OK);
+    eprintln!("max_conn queue: 503 after {waited:?} (queue_timeout {QUEUE_TIMEOUT:?})");
+    assert_eq!(long.await.unwrap().0.unwrap().0, StatusCode::OK);
 
     // The sticky cookie: the first answer sets it; 20 requests with it land on one backend.
     let (status, h, body) = get(&http, sticky, "/", &[]).await.unwrap();
@@ -512,14 +527,18 @@ check = {{ kind = "http", http_path = "/health", expect = "200-399", interval = 
     // A backend dies under load (4 clients of keep-alive GETs): no GET fails (a connect failure
     // or a reset before the answer is retried, the last try on another backend).
     let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut load = Vec::new();
     for _ in 0..4 {
-        let (http, stop) = (http.clone(), stop.clone());
+        let (http, stop, served) = (http.clone(), stop.clone(), served.clone());
         load.push(tokio::spawn(async move {
             let (mut ok, mut failed) = (0usize, Vec::new());
             while !stop.load(Ordering::Relaxed) {
                 match get(&http, rr, "/sleep/5", &[]).await {
-                    Ok((StatusCode::OK, _, _)) => ok += 1,
+                    Ok((StatusCode::OK, _, _)) => {
+                        ok += 1;
+                        served.fetch_add(1, Ordering::Relaxed);
+                    }
                     Ok((status, _, body)) => failed.push(format!("{status}: {body}")),
                     Err(e) => failed.push(e),
                 }
@@ -527,10 +546,22 @@ check = {{ kind = "http", http_path = "/health", expect = "200-399", interval = 
             (ok, failed)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Kill b2 once the load runs, and stop it once 100 more GETs were served after b2 left.
+    let served_after = |n: usize| {
+        let served = served.clone();
+        async move {
+            let from = served.load(Ordering::Relaxed);
+            let deadline = Instant::now() + T;
+            while served.load(Ordering::Relaxed) < from + n {
+                assert!(Instant::now() < deadline, "the load stalled");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    served_after(100).await;
     b[1].kill();
     wait_state(&c, "rr", "b2", "down").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    served_after(100).await;
     stop.store(true, Ordering::Relaxed);
     let (mut ok, mut failed) = (0, Vec::new());
     for l in load {

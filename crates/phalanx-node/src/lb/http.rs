@@ -31,7 +31,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use phalanx_core::config::{BalancerConfig, HttpConfig, RetryOn};
+use phalanx_core::config::{HttpConfig, RetryOn};
 use phalanx_core::lb::cookie::{self, StickyCookie, Verdict};
 use phalanx_core::lb::{BackendId, Observation};
 use std::convert::Infallible;
@@ -93,15 +93,13 @@ pub struct Shared {
     pub balancer: String,
     pub pool: Arc<Pool>,
     pub health: Arc<dyn HealthView>,
-    /// The config, read per request (a change applies to the next one; the client's
-    /// connect and idle timeouts are fixed when the balancer starts).
-    pub settings: Box<dyn Fn() -> BalancerConfig + Send + Sync>,
+    /// HTTP mode's settings, read per request (a change applies to the next one; the
+    /// client's connect and idle timeouts are fixed when the balancer starts).
+    pub settings: Box<dyn Fn() -> HttpConfig + Send + Sync>,
     /// Becomes true when the balancer stops.
     pub stopping: watch::Receiver<bool>,
     pub stats: Arc<Stats>,
     client: Client<HttpConnector, ProxyBody>,
-    /// Requests waiting for a backend under `max_conn`.
-    waiting: AtomicUsize,
     /// Told when a lease ends (a queued request may go).
     freed: Arc<Notify>,
 }
@@ -111,16 +109,17 @@ impl Shared {
         balancer: String,
         pool: Arc<Pool>,
         health: Arc<dyn HealthView>,
-        settings: Box<dyn Fn() -> BalancerConfig + Send + Sync>,
+        connect_timeout: Duration,
+        settings: Box<dyn Fn() -> HttpConfig + Send + Sync>,
         stopping: watch::Receiver<bool>,
         stats: Arc<Stats>,
     ) -> Shared {
-        let b = settings();
+        let http = settings();
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(b.connect_timeout));
+        connector.set_connect_timeout(Some(connect_timeout));
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(b.http.idle_timeout)
+            .pool_idle_timeout(http.idle_timeout)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
@@ -132,7 +131,6 @@ impl Shared {
             stopping,
             stats,
             client,
-            waiting: AtomicUsize::new(0),
             freed: Arc::new(Notify::new()),
         }
     }
@@ -171,7 +169,7 @@ async fn serve(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         inner: client,
         partial: partial.clone(),
     });
-    let http = shared.settings().http;
+    let http = shared.settings();
     let service = {
         let shared = shared.clone();
         hyper::service::service_fn(move |req| {
@@ -267,7 +265,7 @@ impl AsyncWrite for Watched {
 }
 
 impl Shared {
-    fn settings(&self) -> BalancerConfig {
+    fn settings(&self) -> HttpConfig {
         (self.settings)()
     }
 }
@@ -325,8 +323,7 @@ fn unix_s() -> u64 {
 
 /// One request, to its response (the proxy's own on failure).
 async fn handle(mut req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -> Response<ProxyBody> {
-    let cfg = shared.settings();
-    let http = &cfg.http;
+    let http = &shared.settings();
     let upgrade = headers::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -538,11 +535,12 @@ async fn acquire(
             return Err(Failure::NoBackend);
         }
         if queued.is_none() {
-            if shared.waiting.fetch_add(1, Ordering::AcqRel) >= http.queue as usize {
-                shared.waiting.fetch_sub(1, Ordering::AcqRel);
+            let waiting = &shared.stats.queued;
+            if waiting.fetch_add(1, Ordering::AcqRel) >= http.queue as usize {
+                waiting.fetch_sub(1, Ordering::AcqRel);
                 return Err(Failure::QueueFull);
             }
-            queued = Some(QueueSlot(&shared.waiting));
+            queued = Some(QueueSlot(waiting));
         }
         if tokio::time::timeout_at(deadline, freed).await.is_err() {
             return Err(Failure::QueueTimeout);
@@ -685,6 +683,7 @@ mod tests {
     use super::*;
     use crate::lb::health::LocalHealth;
     use crate::lb::pool::Target;
+    use phalanx_core::config::BalancerConfig;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn config(retry_on: &str) -> BalancerConfig {
@@ -739,7 +738,8 @@ mod tests {
             "lb".into(),
             pool.clone(),
             health,
-            Box::new(move || cfg.clone()),
+            cfg.connect_timeout,
+            Box::new(move || cfg.http.clone()),
             stopping,
             Arc::new(Stats::default()),
         ));

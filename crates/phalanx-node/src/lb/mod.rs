@@ -238,7 +238,11 @@ impl Balancers {
                 id.to_string(),
                 pool.clone(),
                 view.clone(),
-                Box::new(read.clone()),
+                b.connect_timeout,
+                Box::new({
+                    let read = read.clone();
+                    move || read().http
+                }),
                 stop_rx,
                 stats.clone(),
             ));

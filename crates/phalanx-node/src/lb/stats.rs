@@ -1,11 +1,12 @@
 //! HTTP mode's request counters: per balancer the requests and the proxy's own answers (by
 //! status), per backend its responses, 5xx, failed tries, a latency histogram (time to the
 //! response head) and the requests of the last whole second. Behind one mutex held for
-//! microseconds; read by `phalanx balancer status` and `/metrics`.
+//! microseconds (the queue's length is an atomic the proxy keeps); read by `phalanx balancer status` and `/metrics`.
 
 use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,9 @@ pub struct HttpStatus {
     pub requests_total: u64,
     /// The proxy's own answers by status (400, 408, 431, 502, 503, 504).
     pub proxy_answers: BTreeMap<u16, u64>,
+    /// Requests waiting now for a backend under `max_conn`.
+    #[serde(default)]
+    pub queued: u64,
     pub backends: BTreeMap<String, HttpBackendStatus>,
 }
 
@@ -48,6 +52,8 @@ struct Backend {
 
 /// The counters of one balancer.
 pub struct Stats {
+    /// Requests waiting now in the max_conn queue (the proxy counts them here).
+    pub queued: AtomicUsize,
     epoch: Instant,
     inner: Mutex<(HttpStatus, BTreeMap<String, Backend>)>,
 }
@@ -55,6 +61,7 @@ pub struct Stats {
 impl Default for Stats {
     fn default() -> Self {
         Stats {
+            queued: AtomicUsize::new(0),
             epoch: Instant::now(),
             inner: Mutex::new(Default::default()),
         }
@@ -111,6 +118,7 @@ impl Stats {
         let now = self.second();
         self.with(|s, bs| {
             let mut out = s.clone();
+            out.queued = self.queued.load(Ordering::Relaxed) as u64;
             for (name, b) in bs.iter_mut() {
                 roll(&mut b.window, now);
                 let mut st = b.status.clone();
