@@ -15,6 +15,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use phalanx::harness::{LocalCluster, Spec};
+use phalanx_core::lb::{BackendId, StickyCookie};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -572,6 +573,27 @@ check = {{ kind = "http", http_path = "/health", expect = "200-399", interval = 
     eprintln!("backend killed under load: {ok} GETs served, {} failed", failed.len());
     assert!(ok > 100, "too little load to mean anything: {ok}");
     assert!(failed.is_empty(), "GETs failed while b2 died: {failed:?}");
+
+    // A cookie naming the dead backend: the request is balanced to a live one and re-stuck
+    // there (the connect failure is retried without the cookie; no shared table involved).
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let to_b2 = StickyCookie::new(BackendId::of("b2"), now_s).encode();
+    let (status, h, body) = get(&http, sticky, "/", &[("cookie", &format!("PHALANXID={to_b2}"))])
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let moved = who(&body);
+    assert_ne!(moved, "b2");
+    let set = h.get("set-cookie").expect("re-stuck").to_str().unwrap().to_string();
+    assert!(!set.contains(&to_b2), "{set}");
+    let jar = set.split(';').next().unwrap().to_string();
+    for _ in 0..5 {
+        let (_, _, body) = get(&http, sticky, "/", &[("cookie", &jar)]).await.unwrap();
+        assert_eq!(who(&body), moved, "the new cookie sticks");
+    }
 
     // Status and metrics.
     let (code, out, err) = c.cli(&["balancer", "status", "rr", "--json"]).unwrap();

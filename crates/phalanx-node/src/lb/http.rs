@@ -708,6 +708,11 @@ mod tests {
 
     /// A backend answering 200 "ok" to everything, one request per connection.
     async fn fine() -> SocketAddr {
+        answering(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await
+    }
+
+    /// A backend answering `response` to everything, one request per connection.
+    async fn answering(response: &'static [u8]) -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
@@ -715,9 +720,7 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buf = [0u8; 4096];
                     let _ = s.read(&mut buf).await;
-                    let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
-                        .await;
+                    let _ = s.write_all(response).await;
                 });
             }
         });
@@ -807,5 +810,25 @@ mod tests {
         let (addr, _, _stop) = proxy(config("connect"), targets(dead, fine().await)).await;
         let post = "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello";
         assert_eq!(status_line(addr, post).await, "HTTP/1.1 200 OK");
+    }
+
+    #[tokio::test]
+    async fn five_hundreds_are_passed_on_and_mark_the_backend_down_passively() {
+        let failing = answering(b"HTTP/1.1 500 Oops\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+        let (addr, pool, _stop) = proxy(config("idempotent"), targets(failing, fine().await)).await;
+        let limit = config("idempotent").check.health.error_limit as usize;
+        let get = "GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+        let mut five = 0;
+        for _ in 0..2 * limit {
+            if status_line(addr, get).await == "HTTP/1.1 500 Oops" {
+                five += 1;
+            }
+        }
+        assert_eq!(
+            five, limit,
+            "a 500 is the backend's answer, not retried, until it is down"
+        );
+        assert_eq!(pool.status()[0].state, "down");
+        assert_eq!(pool.status()[0].errors_total, limit as u64);
     }
 }

@@ -18,33 +18,38 @@ const MAX_HTTP_HEAD: usize = 4096;
 /// reply if one was asked and answered sensibly.
 pub async fn probe(check: &CheckConfig, address: SocketAddr) -> (CheckResult, String, Option<AgentReply>) {
     let limit = check.timeout;
+    // Each under its own timeout: a slow agent does not fail the check, nor the reverse.
     let main = async {
-        match check.kind.as_str() {
-            "http" => http(check, address).await,
-            _ => TcpStream::connect(address)
-                .await
-                .map(|_| "pass".to_string())
-                .map_err(|e| format!("connect: {e}")),
+        let run = async {
+            match check.kind.as_str() {
+                "http" => http(check, address).await,
+                _ => TcpStream::connect(address)
+                    .await
+                    .map(|_| "pass".to_string())
+                    .map_err(|e| format!("connect: {e}")),
+            }
+        };
+        match tokio::time::timeout(limit, run).await {
+            Ok(Ok(detail)) => (CheckResult::Pass, detail),
+            Ok(Err(why)) => (CheckResult::Fail, why),
+            Err(_) => (CheckResult::Fail, format!("no answer within {} ms", limit.as_millis())),
         }
     };
     let agent = async {
         let port = check.agent_port?;
-        match agent(SocketAddr::new(address.ip(), port)).await {
-            Ok(reply) => Some(reply),
-            Err(e) => {
+        match tokio::time::timeout(limit, agent(SocketAddr::new(address.ip(), port))).await {
+            Ok(Ok(reply)) => Some(reply),
+            Ok(Err(e)) => {
                 tracing::debug!(%address, port, error = %e, "agent check gave nothing");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%address, port, "agent check: no answer in time");
                 None
             }
         }
     };
-    let ((result, detail), reply) = match tokio::time::timeout(limit, async { tokio::join!(main, agent) }).await {
-        Ok((Ok(detail), reply)) => ((CheckResult::Pass, detail), reply),
-        Ok((Err(why), reply)) => ((CheckResult::Fail, why), reply),
-        Err(_) => (
-            (CheckResult::Fail, format!("no answer within {} ms", limit.as_millis())),
-            None,
-        ),
-    };
+    let ((result, detail), reply) = tokio::join!(main, agent);
     (result, detail, reply)
 }
 
@@ -180,5 +185,46 @@ mod tests {
         assert_eq!(status_of("HTTP/2 200\r\n"), None);
         assert_eq!(status_of("HTTP/1.1 20 OK"), None);
         assert_eq!(status_of(""), None);
+    }
+
+    #[tokio::test]
+    async fn an_agent_saying_down_takes_the_backend_down_through_the_check_loop() {
+        use crate::lb::health::{run_checks, LocalHealth};
+        use crate::lb::pool::{Pool, Target};
+        use std::sync::Arc;
+        let main = answering("").await;
+        let agent = answering("down # maintenance window\n").await;
+        let text = format!(
+            "[cluster]\nname = \"t\"\nfencing = \"off\"\n[[node]]\nname = \"n1\"\nlinks = [\"127.0.0.1:7401\"]\n[[balancer]]\nid = \"lb\"\nlisten = [\"127.0.0.1:9000\"]\nservers = [{{ name = \"a\", address = \"{main}\" }}]\ncheck = {{ interval = \"50ms\", timeout = \"1s\", agent_port = {} }}\n",
+            agent.port()
+        );
+        let cfg = phalanx_core::config::parse(&text).unwrap().balancers.remove(0);
+        let pool = Arc::new(Pool::new(cfg.algorithm(), cfg.check.health.clone(), None));
+        pool.update(
+            &cfg,
+            vec![Target {
+                name: "a".into(),
+                address: main,
+                weight: 1,
+            }],
+        );
+        let view = Arc::new(LocalHealth {
+            balancer: "lb".into(),
+            pool: pool.clone(),
+            on_change: None,
+        });
+        let check = cfg.check.clone();
+        let checker = tokio::spawn(run_checks(pool.clone(), view, move || check.clone()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while pool.status()[0].state != "down" {
+            assert!(std::time::Instant::now() < deadline, "{:?}", pool.status());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            pool.status()[0].last_check.as_deref(),
+            Some("pass"),
+            "the TCP check itself passes"
+        );
+        checker.abort();
     }
 }
