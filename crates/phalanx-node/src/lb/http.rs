@@ -70,6 +70,8 @@ enum Failure {
         backend: String,
         source: hyper_util::client::legacy::Error,
     },
+    #[error("backend {0} switched protocols unasked")]
+    Unasked(String),
     #[error("reading the request body: {0}")]
     Body(String),
     #[error("the request body did not arrive within the request timeout")]
@@ -81,7 +83,7 @@ impl Failure {
         match self {
             Failure::NoBackend | Failure::QueueFull | Failure::QueueTimeout => StatusCode::SERVICE_UNAVAILABLE,
             Failure::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Failure::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            Failure::Upstream { .. } | Failure::Unasked(_) => StatusCode::BAD_GATEWAY,
             Failure::Body(_) => StatusCode::BAD_REQUEST,
             Failure::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
@@ -329,31 +331,10 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::add_forwarded(&mut parts.headers, peer.ip(), "http");
-    // The sticky cookie: read, and kept from the backend.
-    let sticky = http.sticky.as_ref().map(|c| {
-        let value = parts
-            .headers
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(|h| cookie::find(h, &c.name).map(str::to_string));
-        (c, value)
-    });
-    if let Some((c, Some(_))) = &sticky {
-        let rest: Vec<String> = parts
-            .headers
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .filter_map(|h| cookie::strip(h, &c.name))
-            .collect();
-        parts.headers.remove(COOKIE);
-        if let Ok(v) = HeaderValue::from_str(&rest.join("; ")) {
-            if !rest.is_empty() {
-                parts.headers.insert(COOKIE, v);
-            }
-        }
-    }
+    let sticky = http
+        .sticky
+        .as_ref()
+        .map(|c| (c, take_cookie(&mut parts.headers, &c.name)));
     let mut body = match keep(body, http).await {
         Ok(b) => b,
         Err(f) => return fail(&shared, f, None),
@@ -424,50 +405,9 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared
                 }
                 avoid = Some(id);
             }
-            Ok(Ok(mut resp)) => {
-                let status = resp.status();
-                shared.health.observed(
-                    id,
-                    if status.is_server_error() {
-                        Observation::ServerError
-                    } else {
-                        Observation::Success
-                    },
-                );
-                shared.stats.response(&name, status, began.elapsed());
-                let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-                headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
-                if let Some(set) = picked.set_cookie {
-                    if let Ok(v) = HeaderValue::from_str(&set) {
-                        resp.headers_mut().append(SET_COOKIE, v);
-                    }
-                }
-                if switching {
-                    let Some(client_upgrade) = client_upgrade else {
-                        return fail(
-                            &shared,
-                            Failure::Body("101 to a request that asked no upgrade".into()),
-                            Some(&picked.lease.name),
-                        );
-                    };
-                    let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                    let held = Held {
-                        inner: None,
-                        lease: Some(picked.lease),
-                        freed: shared.freed.clone(),
-                    };
-                    let stopping = shared.stopping.clone();
-                    tokio::spawn(tunnel(client_upgrade, upstream_upgrade, held, stopping));
-                    let (parts, _) = resp.into_parts();
-                    return Response::from_parts(parts, Empty::new().map_err(|e: Infallible| match e {}).boxed());
-                }
-                let (parts, body) = resp.into_parts();
-                let held = Held {
-                    inner: Some(body),
-                    lease: Some(picked.lease),
-                    freed: shared.freed.clone(),
-                };
-                return Response::from_parts(parts, held.boxed());
+            Ok(Ok(resp)) => {
+                shared.stats.response(&name, resp.status(), began.elapsed());
+                return respond(&shared, resp, picked, client_upgrade);
             }
         }
     }
@@ -476,6 +416,21 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared
         _ => None,
     };
     fail(&shared, last_failure, name.as_deref())
+}
+
+/// The value of the balancer's cookie `name` in the request, removed from its `Cookie` fields
+/// (the backend never sees it).
+fn take_cookie(h: &mut hyper::HeaderMap, name: &str) -> Option<String> {
+    let fields = || h.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok());
+    let value = fields().find_map(|f| cookie::find(f, name).map(str::to_string))?;
+    let rest: Vec<String> = fields().filter_map(|f| cookie::strip(f, name)).collect();
+    h.remove(COOKIE);
+    if !rest.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&rest.join("; ")) {
+            h.insert(COOKIE, v);
+        }
+    }
+    Some(value)
 }
 
 /// Whether an upstream failure came from the request body the client was streaming (hyper
@@ -489,6 +444,49 @@ fn client_fault(e: &hyper_util::client::legacy::Error) -> bool {
         source = s.source();
     }
     false
+}
+
+/// Pass a backend's response on: passive health, hop-by-hop fields out, the sticky cookie in;
+/// the lease is held until the body ends, or by the tunnel of an upgrade.
+fn respond(
+    shared: &Shared,
+    mut resp: Response<Incoming>,
+    picked: Picked,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ProxyBody> {
+    let status = resp.status();
+    let outcome = if status.is_server_error() {
+        Observation::ServerError
+    } else {
+        Observation::Success
+    };
+    shared.health.observed(picked.lease.id, outcome);
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    headers::strip_hop_by_hop(resp.headers_mut(), switching && client_upgrade.is_some());
+    if let Some(set) = &picked.set_cookie {
+        if let Ok(v) = HeaderValue::from_str(set) {
+            resp.headers_mut().append(SET_COOKIE, v);
+        }
+    }
+    let held = Held {
+        inner: None,
+        lease: Some(picked.lease),
+        freed: shared.freed.clone(),
+    };
+    if switching {
+        let Some(client_upgrade) = client_upgrade else {
+            let backend = held.lease.as_ref().map(|l| l.name.clone()).unwrap_or_default();
+            return fail(shared, Failure::Unasked(backend.clone()), Some(&backend));
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(tunnel(client_upgrade, upstream_upgrade, held, shared.stopping.clone()));
+        let (parts, _) = resp.into_parts();
+        return Response::from_parts(parts, Empty::new().map_err(|e: Infallible| match e {}).boxed());
+    }
+    let (parts, body) = resp.into_parts();
+    let mut held = held;
+    held.inner = Some(body);
+    Response::from_parts(parts, held.boxed())
 }
 
 /// Count, log and answer a failure.
