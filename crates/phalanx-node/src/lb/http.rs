@@ -186,32 +186,37 @@ async fn serve(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         .keep_alive(true)
         .serve_connection(io, service)
         .with_upgrades();
+    tokio::pin!(conn);
     let mut stopping = shared.stopping.clone();
-    let stopped = async move {
-        let _ = stopping.wait_for(|s| *s).await;
-        tokio::time::sleep(STOP_GRACE).await;
-    };
-    tokio::select! {
-        r = conn => if let Err(e) = r {
-            if e.is_timeout() && partial.load(Ordering::Relaxed) {
-                // Part of a request head came, not all of it: 408. (An idle keep-alive
-                // connection that sent nothing is closed silently.)
-                shared.stats.proxy_error(StatusCode::REQUEST_TIMEOUT);
-                let mut spare = spare;
-                let _ = spare.write(TIMEOUT_408);
-                let _ = spare.shutdown(std::net::Shutdown::Write);
-            } else {
-                // hyper answered a bad head itself (431 too large, 400 malformed): count it.
-                if e.is_parse_too_large() {
-                    shared.stats.proxy_error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-                } else if e.is_parse() {
-                    shared.stats.proxy_error(StatusCode::BAD_REQUEST);
-                }
-                tracing::debug!(balancer = %shared.balancer, %peer, error = %e, "client connection ended");
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = async { drop(stopping.wait_for(|s| *s).await) } => {
+            // The balancer stops: an idle connection closes now, a request under way gets the
+            // grace to finish (and its connection closes after it).
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(STOP_GRACE, conn.as_mut()).await {
+                Ok(r) => r,
+                Err(_) => return,
             }
-        },
-        _ = stopped => {}
+        }
+    };
+    let Err(e) = result else { return };
+    if e.is_timeout() && partial.load(Ordering::Relaxed) {
+        // Part of a request head came, not all of it: 408. (An idle keep-alive connection
+        // that sent nothing is closed silently.)
+        shared.stats.proxy_error(StatusCode::REQUEST_TIMEOUT);
+        let mut spare = spare;
+        let _ = spare.write(TIMEOUT_408);
+        let _ = spare.shutdown(std::net::Shutdown::Write);
+        return;
     }
+    // hyper answered a bad head itself (431 too large, 400 malformed): count it.
+    if e.is_parse_too_large() {
+        shared.stats.proxy_error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    } else if e.is_parse() {
+        shared.stats.proxy_error(StatusCode::BAD_REQUEST);
+    }
+    tracing::debug!(balancer = %shared.balancer, %peer, error = %e, "client connection ended");
 }
 
 /// `stream` and a std handle on the same socket (non-blocking, like it).
@@ -926,5 +931,53 @@ mod tests {
             "HTTP/1.1 200 OK",
             "still serving after {statuses:?}"
         );
+    }
+
+    /// A keep-alive backend answering 200 "ok" after `delay`.
+    async fn slow(delay: Duration) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let svc = hyper::service::service_fn(move |_req| async move {
+                    tokio::time::sleep(delay).await;
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc));
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_stop_closes_idle_connections_at_once_and_lets_requests_under_way_finish() {
+        let backend = slow(Duration::from_millis(400)).await;
+        let (addr, pool, stop) = proxy(config("idempotent"), targets(backend, backend)).await;
+        let get = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+        // An idle keep-alive connection (one request answered), and one with a request under way.
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        idle.write_all(get).await.unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = idle.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        let mut busy = TcpStream::connect(addr).await.unwrap();
+        busy.write_all(get).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.status().iter().map(|b| b.in_flight).sum::<u32>() == 0 {
+            assert!(Instant::now() < deadline, "the request never left");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop.send(true).unwrap();
+        let began = Instant::now();
+        let closed = tokio::time::timeout(Duration::from_secs(1), idle.read(&mut buf)).await;
+        assert!(matches!(closed, Ok(Ok(0))), "the idle connection closes: {closed:?}");
+        assert!(began.elapsed() < Duration::from_millis(300), "{:?}", began.elapsed());
+        let out = read_all(busy, Duration::from_secs(3)).await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with("HTTP/1.1 200"),
+            "the request under way finishes: {text:?}"
+        );
+        assert!(text.ends_with("ok"), "{text:?}");
     }
 }
