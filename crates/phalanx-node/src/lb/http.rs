@@ -15,7 +15,8 @@
 //! body was kept. No response head within `server_timeout` → 504; other upstream failures →
 //! 502. A connect error, a timeout or a 5xx is a failed `Observation` for passive health.
 //! A 101 answer to an upgrade (WebSocket) is passed on and both upgraded connections are then
-//! copied into each other.
+//! copied into each other. When the balancer stops, idle client connections close at once and
+//! requests (and tunnels) under way get `tcp::STOP_GRACE`.
 
 use super::headers;
 use super::health::HealthView;
