@@ -104,7 +104,7 @@ pub struct Shared {
     pub stats: Arc<Stats>,
     client: Client<HttpConnector, ProxyBody>,
     /// Told when a lease ends (a queued request may go).
-    freed: Arc<Notify>,
+    freed: Arc<Freed>,
 }
 
 impl Shared {
@@ -134,7 +134,7 @@ impl Shared {
             stopping,
             stats,
             client,
-            freed: Arc::new(Notify::new()),
+            freed: Arc::new(Freed::default()),
         }
     }
 }
@@ -376,7 +376,7 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         *out.uri_mut() = match Uri::builder()
             .scheme("http")
-            .authority(picked.lease.address.to_string())
+            .authority(picked.address.to_string())
             .path_and_query(path)
             .build()
         {
@@ -384,8 +384,8 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared
             Err(_) => return fail(&shared, Failure::Body("bad request target".into()), None),
         };
         let began = Instant::now();
-        let name = picked.lease.name.clone();
-        let id = picked.lease.id;
+        let name = picked.name.clone();
+        let id = picked.id;
         match tokio::time::timeout(http.server_timeout, shared.client.request(out)).await {
             Err(_) => {
                 shared.health.observed(id, Observation::ServerError);
@@ -466,7 +466,7 @@ fn respond(
     } else {
         Observation::Success
     };
-    shared.health.observed(picked.lease.id, outcome);
+    shared.health.observed(picked.id, outcome);
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     headers::strip_hop_by_hop(resp.headers_mut(), switching && client_upgrade.is_some());
     if let Some(set) = &picked.set_cookie {
@@ -474,15 +474,10 @@ fn respond(
             resp.headers_mut().append(SET_COOKIE, v);
         }
     }
-    let held = Held {
-        inner: None,
-        lease: Some(picked.lease),
-        freed: shared.freed.clone(),
-    };
+    let mut held = picked.held;
     if switching {
         let Some(client_upgrade) = client_upgrade else {
-            let backend = held.lease.as_ref().map(|l| l.name.clone()).unwrap_or_default();
-            return fail(shared, Failure::Unasked(backend.clone()), Some(&backend));
+            return fail(shared, Failure::Unasked(picked.name.clone()), Some(&picked.name));
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         tokio::spawn(tunnel(client_upgrade, upstream_upgrade, held, shared.stopping.clone()));
@@ -490,7 +485,6 @@ fn respond(
         return Response::from_parts(parts, Empty::new().map_err(|e: Infallible| match e {}).boxed());
     }
     let (parts, body) = resp.into_parts();
-    let mut held = held;
     held.inner = Some(body);
     Response::from_parts(parts, held.boxed())
 }
@@ -521,10 +515,57 @@ async fn keep(body: Incoming, http: &HttpConfig) -> Result<Kept, Failure> {
     }
 }
 
-/// A backend leased for one request, and the cookie its response sets.
+/// A backend leased for one request (the lease, held until the response ends), and the
+/// cookie its response sets.
 struct Picked {
-    lease: Lease,
+    held: Held,
+    id: BackendId,
+    name: String,
+    address: SocketAddr,
     set_cookie: Option<String>,
+}
+
+impl Picked {
+    fn new(lease: Lease, set_cookie: Option<String>, freed: &Arc<Freed>) -> Picked {
+        Picked {
+            id: lease.id,
+            name: lease.name.clone(),
+            address: lease.address,
+            held: Held {
+                inner: None,
+                lease: Some(lease),
+                freed: freed.clone(),
+            },
+            set_cookie,
+        }
+    }
+}
+
+/// Wakes queued requests when a lease ends: one (any of them can use the slot), or all while a
+/// sticky request waits (only it can use a slot on its backend, and it may not be first).
+#[derive(Default)]
+struct Freed {
+    notify: Notify,
+    sticky_waiting: AtomicUsize,
+}
+
+impl Freed {
+    fn released(&self) {
+        if self.sticky_waiting.load(Ordering::Acquire) > 0 {
+            self.notify.notify_waiters();
+        } else {
+            self.notify.notify_one();
+        }
+    }
+}
+
+/// Why no lease could be taken now.
+#[derive(PartialEq)]
+enum Blocked {
+    /// No backend takes a new request now (all down, or all at max_conn).
+    Any,
+    /// The cookie's backend is valid but at max_conn.
+    Sticky,
 }
 
 /// Lease a backend: the cookie's if it is valid and its backend takes sticky traffic, else a
@@ -540,12 +581,18 @@ async fn acquire(
 ) -> Result<Picked, Failure> {
     let deadline = tokio::time::Instant::now() + http.queue_timeout;
     let mut queued: Option<QueueSlot<'_>> = None;
+    let mut sticky_slot: Option<QueueSlot<'_>> = None;
     loop {
-        let freed = shared.freed.notified();
+        let freed = shared.freed.notify.notified();
         tokio::pin!(freed);
         freed.as_mut().enable();
-        if let Some(p) = try_lease(shared, sticky, value, now_s, avoid) {
-            return Ok(p);
+        match try_lease(shared, sticky, value, now_s, avoid) {
+            Ok(p) => return Ok(p),
+            Err(Blocked::Sticky) if sticky_slot.is_none() => {
+                shared.freed.sticky_waiting.fetch_add(1, Ordering::AcqRel);
+                sticky_slot = Some(QueueSlot(&shared.freed.sticky_waiting));
+            }
+            Err(_) => {}
         }
         // Nothing up at all: no use waiting.
         if !shared
@@ -579,18 +626,17 @@ impl Drop for QueueSlot<'_> {
     }
 }
 
+/// One try at a lease (see [`acquire`]).
 fn try_lease(
     shared: &Shared,
     sticky: Option<&cookie::CookieConfig>,
     value: Option<&str>,
     now_s: u64,
     avoid: Option<BackendId>,
-) -> Option<Picked> {
+) -> Result<Picked, Blocked> {
     let Some(c) = sticky else {
-        return shared.pool.lease(avoid).map(|lease| Picked {
-            lease,
-            set_cookie: None,
-        });
+        let lease = shared.pool.lease(avoid).ok_or(Blocked::Any)?;
+        return Ok(Picked::new(lease, None, &shared.freed));
     };
     let mut verdict = Verdict::Repick(cookie::Why::NoCookie);
     let stuck = shared.pool.lease_chosen(|views| {
@@ -611,14 +657,14 @@ fn try_lease(
                     },
                 )
             });
-            Some(Picked { lease, set_cookie })
+            Ok(Picked::new(lease, set_cookie, &shared.freed))
         }
         // Stuck to a backend at max_conn: wait for it (the queue), not another.
-        (None, Verdict::Stick { .. }) => None,
+        (None, Verdict::Stick { .. }) => Err(Blocked::Sticky),
         _ => {
-            let lease = shared.pool.lease(avoid)?;
+            let lease = shared.pool.lease(avoid).ok_or(Blocked::Any)?;
             let set_cookie = Some(cookie::set_cookie(c, &StickyCookie::new(lease.id, now_s)));
-            Some(Picked { lease, set_cookie })
+            Ok(Picked::new(lease, set_cookie, &shared.freed))
         }
     }
 }
@@ -629,13 +675,14 @@ struct Held {
     /// None: held by a tunnel, not a body.
     inner: Option<Incoming>,
     lease: Option<Lease>,
-    freed: Arc<Notify>,
+    freed: Arc<Freed>,
 }
 
 impl Held {
     fn release(&mut self) {
-        if self.lease.take().is_some() {
-            self.freed.notify_one();
+        if let Some(lease) = self.lease.take() {
+            drop(lease);
+            self.freed.released();
         }
     }
 }
@@ -936,13 +983,18 @@ mod tests {
 
     /// A keep-alive backend answering 200 "ok" after `delay`.
     async fn slow(delay: Duration) -> SocketAddr {
+        named_slow("ok", delay).await
+    }
+
+    /// A keep-alive backend answering 200 `name` after `delay`.
+    async fn named_slow(name: &'static str, delay: Duration) -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
                 let svc = hyper::service::service_fn(move |_req| async move {
                     tokio::time::sleep(delay).await;
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(name.as_bytes()))))
                 });
                 tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc));
             }
@@ -980,5 +1032,75 @@ mod tests {
             "the request under way finishes: {text:?}"
         );
         assert!(text.ends_with("ok"), "{text:?}");
+    }
+
+    /// Poll `ok` until it holds (5 s at most).
+    async fn wait_until(what: &str, ok: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !ok() {
+            assert!(Instant::now() < deadline, "never {what}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sticky_request_queued_first_does_not_hold_up_the_others() {
+        let a = named_slow("first", Duration::from_millis(600)).await;
+        let b = named_slow("second", Duration::from_millis(300)).await;
+        let text = "[cluster]\nname = \"t\"\nfencing = \"off\"\n[[node]]\nname = \"n1\"\nlinks = [\"127.0.0.1:7401\"]\n[[balancer]]\nid = \"lb\"\nlisten = [\"127.0.0.1:9000\"]\nmode = \"http\"\nalgorithm = \"roundrobin\"\nmax_conn = 1\nqueue_timeout = \"3s\"\nsticky = { cookie = \"S\" }\nservers = [{ name = \"a\", address = \"127.0.0.1:1\" }]\n";
+        let cfg = phalanx_core::config::parse(text).unwrap().balancers.remove(0);
+        let pool = Arc::new(Pool::new(cfg.algorithm(), cfg.check.health.clone(), cfg.max_conn));
+        pool.update(&cfg, targets(a, b));
+        let (_stop, stopping) = watch::channel(false);
+        let stats = Arc::new(Stats::default());
+        let health = Arc::new(LocalHealth {
+            balancer: "lb".into(),
+            pool: pool.clone(),
+            on_change: None,
+        });
+        let shared = Arc::new(Shared::new(
+            "lb".into(),
+            pool.clone(),
+            health,
+            cfg.connect_timeout,
+            Box::new(move || cfg.http.clone()),
+            stopping,
+            stats.clone(),
+        ));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(accept_loop(l, shared));
+        let now = unix_s();
+        let to = |name: &str| format!("S={}", StickyCookie::new(BackendId::of(name), now).encode());
+        let send = |cookie: Option<String>| {
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                let cookie = cookie.map(|c| format!("cookie: {c}\r\n")).unwrap_or_default();
+                let req = format!("GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{cookie}\r\n");
+                s.write_all(req.as_bytes()).await.unwrap();
+                let out = read_all(s, Duration::from_secs(5)).await;
+                String::from_utf8_lossy(&out).into_owned()
+            })
+        };
+        // Both backends busy; then a request stuck to `first` queues, then one free to go
+        // anywhere.
+        let busy_a = send(Some(to("first")));
+        let busy_b = send(Some(to("second")));
+        wait_until("both busy", || pool.status().iter().all(|b| b.in_flight == 1)).await;
+        let sticky = send(Some(to("first")));
+        wait_until("one queued", || stats.queued.load(Ordering::Relaxed) == 1).await;
+        let free = send(None);
+        wait_until("two queued", || stats.queued.load(Ordering::Relaxed) == 2).await;
+        // `second` frees first: the free request takes it (not left asleep behind the sticky
+        // one, which cannot use it); then `first` frees and the sticky one gets it.
+        let free = free.await.unwrap();
+        assert!(free.starts_with("HTTP/1.1 200") && free.ends_with("second"), "{free}");
+        let sticky = sticky.await.unwrap();
+        assert!(
+            sticky.starts_with("HTTP/1.1 200") && sticky.ends_with("first"),
+            "{sticky}"
+        );
+        assert!(busy_a.await.unwrap().ends_with("first"));
+        assert!(busy_b.await.unwrap().ends_with("second"));
     }
 }
