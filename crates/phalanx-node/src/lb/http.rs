@@ -402,7 +402,7 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared
             Ok(Err(e)) => {
                 let connect = e.is_connect();
                 shared.health.observed(id, Observation::ConnError);
-                shared.stats.backend_error(&name);
+                shared.stats.backend_error(id, &name);
                 tracing::debug!(balancer = %shared.balancer, backend = %name, error = %e, connect, "upstream failed");
                 let again = body.retryable() && (connect || may_retry_reset);
                 last_failure = Failure::Upstream {
@@ -415,7 +415,7 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared
                 avoid = Some(id);
             }
             Ok(Ok(resp)) => {
-                shared.stats.response(&name, resp.status(), began.elapsed());
+                shared.stats.response(id, &name, resp.status(), began.elapsed());
                 return respond(&shared, resp, picked, client_upgrade);
             }
         }

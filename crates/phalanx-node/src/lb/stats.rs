@@ -4,6 +4,7 @@
 //! microseconds (the queue's length is an atomic the proxy keeps); read by `phalanx balancer status` and `/metrics`.
 
 use hyper::StatusCode;
+use phalanx_core::lb::BackendId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,6 +46,7 @@ pub struct HttpStatus {
 
 #[derive(Default)]
 struct Backend {
+    name: String,
     status: HttpBackendStatus,
     /// (the second, its count, the count of the second before).
     window: (u64, u64, u64),
@@ -55,7 +57,7 @@ pub struct Stats {
     /// Requests waiting now in the max_conn queue (the proxy counts them here).
     pub queued: AtomicUsize,
     epoch: Instant,
-    inner: Mutex<(HttpStatus, BTreeMap<String, Backend>)>,
+    inner: Mutex<(HttpStatus, BTreeMap<BackendId, Backend>)>,
 }
 
 impl Default for Stats {
@@ -69,7 +71,7 @@ impl Default for Stats {
 }
 
 impl Stats {
-    fn with<R>(&self, f: impl FnOnce(&mut HttpStatus, &mut BTreeMap<String, Backend>) -> R) -> R {
+    fn with<R>(&self, f: impl FnOnce(&mut HttpStatus, &mut BTreeMap<BackendId, Backend>) -> R) -> R {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let (s, b) = &mut *g;
         f(s, b)
@@ -80,11 +82,11 @@ impl Stats {
     }
 
     /// A backend answered with `status` after `latency`.
-    pub fn response(&self, backend: &str, status: StatusCode, latency: Duration) {
+    pub fn response(&self, id: BackendId, backend: &str, status: StatusCode, latency: Duration) {
         let now = self.second();
         self.with(|s, bs| {
             s.requests_total += 1;
-            let b = bs.entry(backend.to_string()).or_default();
+            let b = entry(bs, id, backend);
             b.status.responses_total += 1;
             if status.is_server_error() {
                 b.status.responses_5xx_total += 1;
@@ -102,8 +104,8 @@ impl Stats {
     }
 
     /// A try at `backend` got no response.
-    pub fn backend_error(&self, backend: &str) {
-        self.with(|_, bs| bs.entry(backend.to_string()).or_default().status.failed_tries_total += 1)
+    pub fn backend_error(&self, id: BackendId, backend: &str) {
+        self.with(|_, bs| entry(bs, id, backend).status.failed_tries_total += 1)
     }
 
     /// The proxy answered by itself.
@@ -119,15 +121,23 @@ impl Stats {
         self.with(|s, bs| {
             let mut out = s.clone();
             out.queued = self.queued.load(Ordering::Relaxed) as u64;
-            for (name, b) in bs.iter_mut() {
+            for b in bs.values_mut() {
                 roll(&mut b.window, now);
                 let mut st = b.status.clone();
                 st.req_per_s = b.window.2;
-                out.backends.insert(name.clone(), st);
+                out.backends.insert(b.name.clone(), st);
             }
             out
         })
     }
+}
+
+/// The counters of backend `id` (its name copied only the first time).
+fn entry<'a>(bs: &'a mut BTreeMap<BackendId, Backend>, id: BackendId, name: &str) -> &'a mut Backend {
+    bs.entry(id).or_insert_with(|| Backend {
+        name: name.to_string(),
+        ..Backend::default()
+    })
 }
 
 /// Move the one-second window to `now`.
@@ -145,10 +155,10 @@ mod tests {
     #[test]
     fn responses_fill_the_histogram_and_errors_are_counted_apart() {
         let s = Stats::default();
-        s.response("a", StatusCode::OK, Duration::from_micros(500));
-        s.response("a", StatusCode::BAD_GATEWAY, Duration::from_millis(30));
-        s.response("a", StatusCode::OK, Duration::from_secs(60));
-        s.backend_error("a");
+        s.response(BackendId(1), "a", StatusCode::OK, Duration::from_micros(500));
+        s.response(BackendId(1), "a", StatusCode::BAD_GATEWAY, Duration::from_millis(30));
+        s.response(BackendId(1), "a", StatusCode::OK, Duration::from_secs(60));
+        s.backend_error(BackendId(1), "a");
         s.proxy_error(StatusCode::SERVICE_UNAVAILABLE);
         let st = s.status();
         assert_eq!(st.requests_total, 4);
