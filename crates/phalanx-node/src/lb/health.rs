@@ -20,7 +20,7 @@ pub trait HealthView: Send + Sync {
     fn checked(&self, backend: BackendId, result: CheckResult, detail: String);
     /// A live connection's outcome.
     fn observed(&self, backend: BackendId, outcome: Observation);
-    /// An agent's reply (HTTP mode's `agent_port`; see `probe`).
+    /// An agent's reply (the check's `agent_port`, in either mode; see `probe`).
     fn agent(&self, backend: BackendId, reply: &AgentReply);
 }
 
