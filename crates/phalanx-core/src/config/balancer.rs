@@ -61,7 +61,8 @@ pub struct HttpConfig {
     /// an idle client keep-alive connection is kept.
     #[serde(with = "crate::duration::duration_ms")]
     pub request_timeout: Duration,
-    /// A backend must start its response within this (→ 504).
+    /// A backend must start its response within this (→ 504), and may not go quieter than
+    /// this in its response body (the client's connection is then closed).
     #[serde(with = "crate::duration::duration_ms")]
     pub server_timeout: Duration,
     /// The largest request head accepted (→ 431), bytes.

@@ -12,8 +12,9 @@
 //! are rewritten by `headers` (hop-by-hop out, X-Forwarded-For/-Proto and Forwarded in). A
 //! connect failure is retried (`retries`, the last try redispatched to another backend); an
 //! idempotent request whose backend closed or reset before any response byte is too, if its
-//! body was kept. No response head within `server_timeout` → 504; other upstream failures →
-//! 502. A connect error, a timeout or a 5xx is a failed `Observation` for passive health.
+//! body was kept. No response head within `server_timeout` → 504 (and a response body with
+//! no data for `server_timeout` is cut, the client's connection closed); other upstream
+//! failures → 502. A connect error, a timeout or a 5xx is a failed `Observation` for passive health.
 //! A 101 answer to an upgrade (WebSocket) is passed on and both upgraded connections are then
 //! copied into each other. When the balancer stops, idle client connections close at once and
 //! requests (and tunnels) under way get `tcp::STOP_GRACE`.
@@ -55,8 +56,11 @@ use tokio::sync::watch;
 /// only tried once.
 pub const KEEP_BODY: usize = 64 * 1024;
 
+/// A body's error: hyper's, or a backend's body that stalled (`queue::Stalled`).
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The body of what the proxy sends and answers.
-type ProxyBody = BoxBody<Bytes, hyper::Error>;
+type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// Why a request got no backend's answer (logged; each maps to a status).
 #[derive(Debug, thiserror::Error)]
@@ -298,7 +302,7 @@ impl Kept {
         match self {
             Kept::Empty => Some(Empty::new().map_err(|e: Infallible| match e {}).boxed()),
             Kept::Whole(b) => Some(Full::new(b.clone()).map_err(|e: Infallible| match e {}).boxed()),
-            Kept::Stream(s) => s.take().map(BodyExt::boxed),
+            Kept::Stream(s) => s.take().map(|b| b.map_err(BoxError::from).boxed()),
         }
     }
 }
@@ -416,7 +420,7 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared
             }
             Ok(Ok(resp)) => {
                 shared.stats.response(id, &name, resp.status(), began.elapsed());
-                return respond(&shared, resp, picked, client_upgrade);
+                return respond(&shared, resp, picked, client_upgrade, http.server_timeout);
             }
         }
     }
@@ -462,6 +466,7 @@ fn respond(
     mut resp: Response<Incoming>,
     picked: Picked,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    stall: Duration,
 ) -> Response<ProxyBody> {
     let status = resp.status();
     let outcome = if status.is_server_error() {
@@ -488,7 +493,7 @@ fn respond(
         return Response::from_parts(parts, Empty::new().map_err(|e: Infallible| match e {}).boxed());
     }
     let (parts, body) = resp.into_parts();
-    held.inner = Some(body);
+    held.stream(body, stall);
     Response::from_parts(parts, held.boxed())
 }
 

@@ -10,11 +10,13 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use phalanx_core::config::HttpConfig;
 use phalanx_core::lb::cookie::{self, StickyCookie, Verdict};
 use phalanx_core::lb::BackendId;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::sync::Notify;
 
 /// A backend leased for one request (the lease, held until the response ends), and the
@@ -33,11 +35,7 @@ impl Picked {
             id: lease.id,
             name: lease.name.clone(),
             address: lease.address,
-            held: Held {
-                inner: None,
-                lease: Some(lease),
-                freed: freed.clone(),
-            },
+            held: Held::new(lease, freed.clone()),
             set_cookie,
         }
     }
@@ -175,12 +173,40 @@ fn try_lease(
 /// go).
 pub(super) struct Held {
     /// None: held by a tunnel, not a body.
-    pub(super) inner: Option<Incoming>,
+    inner: Option<Incoming>,
     lease: Option<Lease>,
     freed: Arc<Freed>,
+    /// How long the body may go without data, and the timer of that.
+    stall: Duration,
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
+/// A backend's response body that went quiet (the client's connection is then closed: its
+/// response cannot be completed).
+#[derive(Debug, thiserror::Error)]
+#[error("the backend sent no body data for {} ms", .0.as_millis())]
+pub(super) struct Stalled(Duration);
+
 impl Held {
+    /// Hold `lease` until the body given to [`Held::stream`] ends (or, given
+    /// none, until dropped: a tunnel's).
+    pub(super) fn new(lease: Lease, freed: Arc<Freed>) -> Held {
+        Held {
+            inner: None,
+            lease: Some(lease),
+            freed,
+            stall: Duration::ZERO,
+            idle: None,
+        }
+    }
+
+    /// Pass `body` on, cut if it sends nothing for `stall`.
+    pub(super) fn stream(&mut self, body: Incoming, stall: Duration) {
+        self.inner = Some(body);
+        self.stall = stall;
+        self.idle = Some(Box::pin(tokio::time::sleep(stall)));
+    }
+
     fn release(&mut self) {
         if let Some(lease) = self.lease.take() {
             drop(lease);
@@ -197,17 +223,38 @@ impl Drop for Held {
 
 impl Body for Held {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = super::BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let Some(inner) = self.inner.as_mut() else {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let r = Pin::new(inner).poll_frame(cx);
-        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            self.release();
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(idle) = this.idle.as_mut() {
+                    idle.as_mut().reset(tokio::time::Instant::now() + this.stall);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.release();
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.release();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let stalled = this.idle.as_mut().is_some_and(|idle| idle.as_mut().poll(cx).is_ready());
+                if !stalled {
+                    return Poll::Pending;
+                }
+                this.inner = None;
+                this.release();
+                Poll::Ready(Some(Err(Stalled(this.stall).into())))
+            }
         }
-        r
     }
 
     fn is_end_stream(&self) -> bool {

@@ -356,3 +356,38 @@ async fn a_sticky_request_queued_first_does_not_hold_up_the_others() {
     assert!(busy_a.await.unwrap().ends_with("first"));
     assert!(busy_b.await.unwrap().ends_with("second"));
 }
+
+#[tokio::test]
+async fn a_body_that_stalls_is_cut_after_the_server_timeout() {
+    // Half of a 10-byte body, then nothing.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello").await;
+            held.push(s);
+        }
+    });
+    let mut cfg = config("idempotent");
+    cfg.http.server_timeout = Duration::from_millis(300);
+    let (addr, pool, _stop) = proxy(cfg, targets(backend, backend)).await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let began = Instant::now();
+    let out = read_all(s, Duration::from_secs(5)).await;
+    let took = began.elapsed();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("hello"), "{text:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+        "the client's connection closed after {took:?}"
+    );
+    assert_eq!(
+        pool.status().iter().map(|b| b.in_flight).sum::<u32>(),
+        0,
+        "the lease ended"
+    );
+}
