@@ -419,32 +419,6 @@ check = {{ interval = "200ms", rise = 2, fall = 3, timeout = "100ms" }}
     assert_eq!(counts.values().copied().collect::<Vec<_>>(), [10, 10], "{counts:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_mode_fails_to_start_saying_it_is_not_implemented() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port([127, 0, 0, 1])));
-    let extra = format!(
-        r#"
-[[balancer]]
-id = "lb"
-listen = ["{listen}"]
-mode = "http"
-servers = [{{ name = "a", address = "127.0.0.1:9" }}]
-"#
-    );
-    let mut c = LocalCluster::create(Spec::loopback(3, PathBuf::from(env!("CARGO_BIN_EXE_phalanx")), extra)).unwrap();
-    c.start_all().unwrap();
-    let error = c
-        .wait_for(T, "the http balancer's start to fail", |st| {
-            let r = st.values().next()?.resources.iter().find(|r| r.id == "lb")?;
-            (r.fatal && r.running.is_empty()).then(|| r.last_error.clone())
-        })
-        .await
-        .unwrap();
-    let error = error.unwrap_or_default();
-    assert!(error.contains("http mode is not implemented yet"), "{error}");
-}
-
 /// `phalanx balancer status lb --json`'s backends, by name (the whole JSON of each).
 fn lb_backends(c: &LocalCluster) -> Option<(String, BTreeMap<String, serde_json::Value>)> {
     let (code, out, _) = c.cli(&["balancer", "status", "lb", "--json"]).ok()?;

@@ -1,9 +1,10 @@
 //! The load balancer's proxy (issue 14) over `phalanx_core::lb`: the built-in agent
 //! `balancer` starts, stops and monitors the `[[balancer]]`s this node runs. A running balancer
-//! has its listeners (`tcp`), its backend table (`pool`), filled by `discovery` from the config
-//! and the replicated state and refreshed on every applied entry, and its passive observations
-//! (`health`). Active checks are cluster state: every node runs `checker`, which checks the
-//! backends assigned to it and commits their verdicts, which every balancer adopts.
+//! has its listeners (`tcp`, or `http` with `headers` and `stats`), its backend table (`pool`),
+//! filled by `discovery` from the config and the replicated state and refreshed on every
+//! applied entry, and its passive observations (`health`). Active checks (`probe`) are cluster
+//! state: every node runs `checker`, which checks the backends assigned to it and commits their
+//! verdicts, which every balancer adopts.
 //!
 //! Everything a balancer does runs on its own multi-threaded runtime ([`runtime`], threads
 //! `phalanx-lb`), never on the daemon's (Raft, the API, the controller) nor on the heartbeat
@@ -13,8 +14,12 @@
 
 pub mod checker;
 pub mod discovery;
+pub mod headers;
 pub mod health;
+pub mod http;
 pub mod pool;
+pub mod probe;
+pub mod stats;
 pub mod tcp;
 
 use crate::agents::AgentCall;
@@ -37,8 +42,6 @@ pub enum LbError {
     NoNode,
     #[error("no [[balancer]] {0} in the config this node runs")]
     Unknown(String),
-    #[error("balancer {0}: http mode is not implemented yet (use mode = \"tcp\")")]
-    HttpMode(String),
     #[error("binding {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("starting the balancer runtime: {0}")]
@@ -50,7 +53,7 @@ impl LbError {
     /// bind failure is this node's (1).
     fn ocf(&self) -> i32 {
         match self {
-            LbError::HttpMode(_) | LbError::Unknown(_) => ocf::OCF_ERR_CONFIGURED,
+            LbError::Unknown(_) => ocf::OCF_ERR_CONFIGURED,
             _ => ocf::OCF_ERR_GENERIC,
         }
     }
@@ -70,6 +73,9 @@ pub struct BalancerStatus {
     pub sticky_entries: Option<usize>,
     pub sticky_committed: Option<usize>,
     pub backends: Vec<BackendStatus>,
+    /// HTTP mode's request counters (None in TCP mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<stats::HttpStatus>,
 }
 
 /// The proxy runtime's threads: the cores, up to 4 (a knob comes with the benchmark).
@@ -128,6 +134,8 @@ struct Running {
     helpers: Vec<JoinHandle<()>>,
     /// Tells open connections to finish within the grace (see `tcp`).
     stopping: tokio::sync::watch::Sender<bool>,
+    /// HTTP mode's counters.
+    stats: Option<Arc<stats::Stats>>,
 }
 
 impl Running {
@@ -211,9 +219,6 @@ impl Balancers {
             .balancer(id)
             .cloned()
             .ok_or_else(|| LbError::Unknown(id.into()))?;
-        if b.mode == BalancerMode::Http {
-            return Err(LbError::HttpMode(id.into()));
-        }
         let rt = runtime()?;
         // Bound on the balancer runtime, so that their IO is driven there.
         let addrs = b.listen.clone();
@@ -265,20 +270,42 @@ impl Balancers {
             let s = settings.clone();
             move || s.lock().unwrap_or_else(|p| p.into_inner()).clone()
         };
-        let shared = Arc::new(tcp::Shared {
-            balancer: id.to_string(),
-            pool: pool.clone(),
-            health: view.clone(),
-            connect_timeout: Box::new({
-                let read = read.clone();
-                move || read().connect_timeout
-            }),
-            stopping: stop_rx,
-        });
-        let listeners = bound
-            .into_iter()
-            .map(|l| rt.spawn(tcp::accept_loop(l, shared.clone())))
-            .collect();
+        let (listeners, stats) = if b.mode == BalancerMode::Http {
+            let stats = Arc::new(stats::Stats::default());
+            let shared = Arc::new(http::Shared::new(
+                id.to_string(),
+                pool.clone(),
+                view.clone(),
+                b.connect_timeout,
+                Box::new({
+                    let read = read.clone();
+                    move || read().http
+                }),
+                stop_rx,
+                stats.clone(),
+            ));
+            let listeners = bound
+                .into_iter()
+                .map(|l| rt.spawn(http::accept_loop(l, shared.clone())))
+                .collect();
+            (listeners, Some(stats))
+        } else {
+            let shared = Arc::new(tcp::Shared {
+                balancer: id.to_string(),
+                pool: pool.clone(),
+                health: view.clone(),
+                connect_timeout: Box::new({
+                    let read = read.clone();
+                    move || read().connect_timeout
+                }),
+                stopping: stop_rx,
+            });
+            let listeners = bound
+                .into_iter()
+                .map(|l| rt.spawn(tcp::accept_loop(l, shared.clone())))
+                .collect();
+            (listeners, None)
+        };
         let refresh = rt.spawn(refresh(Arc::downgrade(&node), id.to_string(), pool.clone(), settings));
         let sticks = rt.spawn(commit_sticks(Arc::downgrade(&node), id.to_string(), pool.clone()));
         tracing::info!(balancer = %id, listen = ?b.listen, algorithm = %b.algorithm(), "balancer started");
@@ -291,6 +318,7 @@ impl Balancers {
                     listeners,
                     helpers: vec![refresh, sticks],
                     stopping,
+                    stats,
                 },
             )
         });
@@ -328,6 +356,7 @@ impl Balancers {
                         backends: r
                             .pool
                             .status(|be| phalanx_core::lb::checker(id, be, &online).map(str::to_string)),
+                        http: r.stats.as_ref().map(|s| s.status()),
                     }
                 })
                 .collect()

@@ -248,6 +248,17 @@ impl Pool {
     /// source affinity, a client stuck to a backend that takes sticky traffic (up or draining,
     /// below `max_conn`) goes there; otherwise the pick is stuck to it.
     pub fn lease_for(self: &Arc<Self>, client: Option<&str>, avoid: Option<BackendId>) -> Option<Lease> {
+        self.lease_keyed(client, None, avoid)
+    }
+
+    /// [`lease_for`](Self::lease_for) with the request's hash key for the hashing algorithms
+    /// (`uri`, `header:NAME`, `cookie:NAME`: the caller extracts it; `source` hashes `client`).
+    pub fn lease_keyed(
+        self: &Arc<Self>,
+        client: Option<&str>,
+        hash: Option<&[u8]>,
+        avoid: Option<BackendId>,
+    ) -> Option<Lease> {
         let now = self.now_ms();
         let unix = crate::mesh::unix_ms();
         let (id, name, address) = self.with(|i| {
@@ -280,7 +291,7 @@ impl Pool {
                     }),
                 _ => None,
             };
-            let key = source_key.as_deref();
+            let key = hash.or(source_key.as_deref());
             let sticky = sticky.as_mut().zip(client);
             let hit = match (&sticky, avoid) {
                 (Some((st, key)), None) => match st.table.lookup(&st.cfg, key, unix, views) {
@@ -371,6 +382,55 @@ impl Pool {
                     }
                 })
                 .collect()
+        })
+    }
+}
+
+// ---- HTTP mode's additions (sticky leases, agent replies) -------------------------------------
+
+impl Pool {
+    /// The algorithm it balances by (what a request's hash key is taken from).
+    pub fn algorithm(&self) -> Algorithm {
+        self.with(|i| i.balancer.algorithm().clone())
+    }
+
+    /// Whether any backend takes traffic (up or draining): else queueing is useless.
+    pub fn any_serving(&self) -> bool {
+        let now = self.now_ms();
+        self.with(|i| {
+            i.entries.iter().any(|e| {
+                e.health
+                    .view(&i.health, e.id, e.target.weight, e.in_flight, now)
+                    .takes_sticky()
+            })
+        })
+    }
+
+    /// Lease the backend `choose` names among the selection views (an index into them; the
+    /// views are in selection order, each with its state), if it takes sticky traffic and is
+    /// under `max_conn`. For the sticky cookie: `choose` reads the cookie against the views.
+    pub fn lease_chosen(self: &Arc<Self>, choose: impl FnOnce(&[Backend]) -> Option<usize>) -> Option<Lease> {
+        let now = self.now_ms();
+        let (id, name, address) = self.with(|i| {
+            let views: Vec<Backend> = i
+                .entries
+                .iter()
+                .map(|e| e.health.view(&i.health, e.id, e.target.weight, e.in_flight, now))
+                .collect();
+            let at = choose(&views)?;
+            let e = i.entries.get_mut(at)?;
+            if !views[at].takes_sticky() || i.max_conn.is_some_and(|m| e.in_flight >= m) {
+                return None;
+            }
+            e.in_flight += 1;
+            e.total += 1;
+            Some((e.id, e.target.name.clone(), e.target.address))
+        })?;
+        Some(Lease {
+            pool: self.clone(),
+            id,
+            name,
+            address,
         })
     }
 }
