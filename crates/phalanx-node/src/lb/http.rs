@@ -381,6 +381,8 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared
     let attempts = 1 + http.retries as usize;
     let now_s = unix_s();
     let mut avoid: Option<BackendId> = None;
+    // The next try must go elsewhere (after a response timeout: not the same silent backend).
+    let mut redispatch = false;
     let mut last_failure = Failure::NoBackend;
     for attempt in 0..attempts {
         let last = attempt + 1 == attempts && attempt > 0;
@@ -396,7 +398,7 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared
             sticky.as_ref().map(|(c, _)| *c),
             cookie_value,
             now_s,
-            if last { avoid } else { None },
+            if last || redispatch { avoid } else { None },
             &keys,
         )
         .await
@@ -422,7 +424,16 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared
         match tokio::time::timeout(http.server_timeout, shared.client.request(out)).await {
             Err(_) => {
                 shared.health.observed(id, Observation::ServerError);
-                return fail(&shared, Failure::Timeout(name.clone()), Some(&name));
+                // An idempotent request may be tried again elsewhere (HAProxy's `retry-on
+                // response-timeout`): a backend that died under it (power cut, no reset) costs
+                // the client `server_timeout`, not an error. Anything else may have acted: 504.
+                let elsewhere = shared.pool.any_serving(Some(id));
+                if !(may_retry_reset && body.retryable() && attempt + 1 < attempts && elsewhere) {
+                    return fail(&shared, Failure::Timeout(name.clone()), Some(&name));
+                }
+                last_failure = Failure::Timeout(name.clone());
+                avoid = Some(id);
+                redispatch = true;
             }
             Ok(Err(e)) if client_fault(&e) => {
                 // The client's streamed body broke (bad chunking, a reset): its fault, not the
@@ -451,7 +462,7 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared
         }
     }
     let name = match &last_failure {
-        Failure::Upstream { backend, .. } => Some(backend.clone()),
+        Failure::Upstream { backend, .. } | Failure::Timeout(backend) => Some(backend.clone()),
         _ => None,
     };
     fail(&shared, last_failure, name.as_deref())

@@ -394,14 +394,16 @@ impl Pool {
         self.with(|i| i.balancer.algorithm().clone())
     }
 
-    /// Whether any backend takes traffic (up or draining): else queueing is useless.
-    pub fn any_serving(&self) -> bool {
+    /// Whether any backend but `except` takes traffic (up or draining): else queueing, or a
+    /// retry elsewhere, is useless.
+    pub fn any_serving(&self, except: Option<BackendId>) -> bool {
         let now = self.now_ms();
         self.with(|i| {
             i.entries.iter().any(|e| {
-                e.health
-                    .view(&i.health, e.id, e.target.weight, e.in_flight, now)
-                    .takes_sticky()
+                Some(e.id) != except
+                    && e.health
+                        .view(&i.health, e.id, e.target.weight, e.in_flight, now)
+                        .takes_sticky()
             })
         })
     }

@@ -96,7 +96,7 @@ pub(super) async fn acquire(
             Err(_) => {}
         }
         // Nothing up at all: no use waiting.
-        if !shared.pool.any_serving() {
+        if !shared.pool.any_serving(None) {
             return Err(Failure::NoBackend);
         }
         if queued.is_none() {
