@@ -869,6 +869,16 @@ async fn a_ten_second_partition_logs_a_few_lines_per_peer_and_no_escape_codes() 
 /// `[[balancer]]` listening on the VIP (port 80), grouped with it.
 fn balancer_config(exe: &std::path::Path, mode: &str) -> String {
     let exe = exe.display();
+    // HTTP mode: HTTP checks of /health, a short server_timeout (a request in flight to a host
+    // that dies is tried again elsewhere after it), and the sticky balancer's cookie.
+    let (check, more, sticky) = match mode {
+        "http" => (
+            r#"kind = "http", http_path = "/health""#,
+            "server_timeout = \"1s\"",
+            r#"cookie = "PHALANXID", max_idle = "10m""#,
+        ),
+        _ => (r#"kind = "tcp""#, "", r#"source = true, max_idle = "10m""#),
+    };
     format!(
         r#"
 [[resource]]
@@ -894,8 +904,9 @@ mode = "{mode}"
 algorithm = "weighted"
 backends = "webs"
 port = {PORT}
-check = {{ kind = "tcp", interval = "200ms", rise = 2, fall = 3, timeout = "100ms" }}
+check = {{ {check}, interval = "200ms", rise = 2, fall = 3, timeout = "100ms" }}
 connect_timeout = "300ms"
+{more}
 
 [[balancer]]
 id = "front-sticky"
@@ -904,9 +915,10 @@ mode = "{mode}"
 algorithm = "roundrobin"
 backends = "webs"
 port = {PORT}
-check = {{ kind = "tcp", interval = "200ms", rise = 2, fall = 3, timeout = "100ms" }}
+check = {{ {check}, interval = "200ms", rise = 2, fall = 3, timeout = "100ms" }}
 connect_timeout = "300ms"
-sticky = {{ source = true, max_idle = "10m" }}
+{more}
+sticky = {{ {sticky} }}
 
 [[group]]
 id = "front-stack"
@@ -953,7 +965,7 @@ fn ask_from(lab: &Lab, from: std::net::Ipv4Addr, addr: &str) -> Option<String> {
                 let mut out = Vec::new();
                 s.read_to_end(&mut out).await.ok()?;
                 let text = String::from_utf8_lossy(&out).to_string();
-                text.starts_with("HTTP/1.1 200")
+                (text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200"))
                     .then(|| text.rsplit("\r\n\r\n").next().unwrap_or("").trim().to_string())
             };
             tokio::time::timeout(Duration::from_secs(3), go).await.ok().flatten()
@@ -1274,6 +1286,314 @@ async fn a_balancer_behind_the_vip_spreads_survives_a_backend_crash_and_fails_ov
                 now.as_ref(),
                 Some(was),
                 "{from} changed backends across the balancer failover"
+            );
+        }
+    }
+}
+
+/// A WebSocket through the balancer, held open by a thread in the client namespace.
+struct Ws {
+    ask: tokio::sync::mpsc::UnboundedSender<String>,
+    answers: std::sync::mpsc::Receiver<Option<String>>,
+}
+
+impl Ws {
+    /// Open `url` (None: the handshake failed).
+    fn open(lab: &Lab, url: String) -> Option<Ws> {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let (ask, mut asked) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (answer, answers) = std::sync::mpsc::channel::<Option<String>>();
+        let _detached = phalanx_lab::lab::in_netns(&lab.client_ns(), move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async move {
+                let Ok(Ok((mut ws, _))) =
+                    tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(url.as_str())).await
+                else {
+                    let _ = answer.send(None);
+                    return;
+                };
+                let _ = answer.send(Some("open".into()));
+                while let Some(line) = asked.recv().await {
+                    let got = async {
+                        ws.send(Message::text(line)).await.ok()?;
+                        match ws.next().await? {
+                            Ok(Message::Text(t)) => Some(t.to_string()),
+                            _ => None,
+                        }
+                    };
+                    let _ = answer.send(tokio::time::timeout(Duration::from_secs(5), got).await.ok().flatten());
+                }
+                let _ = ws.close(None).await;
+            });
+            Ok(())
+        });
+        (answers.recv_timeout(Duration::from_secs(10)).ok()?.is_some()).then_some(Ws { ask, answers })
+    }
+
+    /// Send `line`; the answer (None: none within 5 s).
+    fn ask(&self, line: &str) -> Option<String> {
+        self.ask.send(line.to_string()).ok()?;
+        self.answers.recv_timeout(Duration::from_secs(10)).ok().flatten()
+    }
+}
+
+/// One HTTP/1.0 GET from the client host with `cookie`: who answered and the sticky cookie it
+/// set (`NAME=VALUE`), if any.
+fn get_with_cookie(lab: &Lab, addr: &str, cookie: Option<&str>) -> Option<(String, Option<String>)> {
+    let addr: std::net::SocketAddr = addr.parse().ok()?;
+    let request = match cookie {
+        Some(c) => format!("GET / HTTP/1.0\r\nCookie: {c}\r\n\r\n"),
+        None => "GET / HTTP/1.0\r\n\r\n".to_string(),
+    };
+    phalanx_lab::lab::in_netns(&lab.client_ns(), move || {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        Ok(rt.block_on(async move {
+            let go = async {
+                let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+                s.write_all(request.as_bytes()).await.ok()?;
+                let mut out = Vec::new();
+                s.read_to_end(&mut out).await.ok()?;
+                let text = String::from_utf8_lossy(&out).to_string();
+                let (head, body) = text.split_once("\r\n\r\n")?;
+                if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+                    return None;
+                }
+                let set = head
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("set-cookie: ")
+                            .or_else(|| l.strip_prefix("Set-Cookie: "))
+                    })
+                    .and_then(|v| v.split(';').next())
+                    .map(str::to_string);
+                Some((body.trim().to_string(), set))
+            };
+            tokio::time::timeout(Duration::from_secs(5), go).await.ok().flatten()
+        }))
+    })
+    .join()
+    .ok()?
+    .ok()?
+}
+
+/// The balancer `id`'s backends as its status shows them: name → state.
+fn lb_states(c: &LocalCluster, id: &str) -> BTreeMap<String, String> {
+    let (_, out, _) = c.cli(&["balancer", "status", id, "--json"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    v[0]["status"]["backends"]
+        .as_array()
+        .map(|bs| {
+            bs.iter()
+                .map(|b| {
+                    (
+                        b["name"].as_str().unwrap_or("").to_string(),
+                        b["state"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// HTTP mode in the lab (issue 14): a WebSocket through the VIP survives a config apply that
+/// does not touch the balancer, and holds its backend busy so that `drain --wait` waits for it
+/// while no new request reaches that backend; a backend host crashed under load fails no
+/// request (retries, redispatch); and after the balancer's host crashes, clients holding the
+/// sticky cookie land on the backends they had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_balancer_keeps_websockets_drains_retries_and_sticks_across_failover() {
+    let Some((_one, lab)) = lab_or_skip().await else { return };
+    let mut c = started(&lab, 3, balancer_config(exe(), "http"), "");
+    let addr = format!("{VIP}:80");
+    let (front, _) = c
+        .wait_for(T, "the balancers and three instances", |st| {
+            (st.len() == 3)
+                .then(|| front_and_instances(st))
+                .flatten()
+                .filter(|(_, n)| *n == 3)
+        })
+        .await
+        .unwrap();
+    phalanx_lab::lab::wait_any_answer(&lab, &addr, T).unwrap();
+    let deadline = Instant::now() + T;
+    while lb_states(&c, "front").values().filter(|s| *s == "up").count() < 3 {
+        assert!(Instant::now() < deadline, "{:?}", lb_states(&c, "front"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let counts = lb_spread(&lab, &addr, 30);
+    assert_eq!(counts.values().copied().collect::<Vec<_>>(), [10, 10, 10], "{counts:?}");
+
+    // A WebSocket through the balancer, then a config apply that adds an unrelated resource.
+    let ws = Ws::open(&lab, format!("ws://{addr}/ws")).expect("the WebSocket opens through the balancer");
+    let first = ws.ask("hello").expect("an answer");
+    let (held_on, _) = first.split_once(": ").expect("NAME: hello");
+    let held_on = held_on.to_string();
+    let text = std::fs::read_to_string(&c.config_path).unwrap();
+    let newer = c.config_path.with_extension("newer.toml");
+    std::fs::write(
+        &newer,
+        format!("{text}\n[[resource]]\nid = \"unrelated\"\nagent = \"ocf:heartbeat:Dummy\"\n"),
+    )
+    .unwrap();
+    let (code, out, err) = c.cli(&["config", "apply", newer.to_str().unwrap(), "--yes"]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    c.wait_for(T, "the unrelated resource started", |st| {
+        st.values()
+            .all(|s| s.plan_pending == 0 && s.resources.iter().any(|r| r.id == "unrelated" && !r.running.is_empty()))
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        ws.ask("after the apply").as_deref(),
+        Some(format!("{held_on}: after the apply").as_str()),
+        "the WebSocket survives a config apply that does not touch the balancer"
+    );
+
+    // Drain the WebSocket's backend: --wait waits for it, and no new request goes there.
+    let backend = format!("web-svc@{held_on}");
+    let mut drain = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.client_ns()])
+        .arg(exe())
+        .arg("--config")
+        .arg(&c.config_path)
+        .args([
+            "balancer",
+            "drain",
+            &backend,
+            "--balancer",
+            "front",
+            "--wait",
+            "--timeout",
+            "60s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + T;
+    while lb_states(&c, "front").get(&backend).map(String::as_str) != Some("drain") {
+        assert!(Instant::now() < deadline, "{:?}", lb_states(&c, "front"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let counts = lb_spread(&lab, &addr, 20);
+    assert!(
+        !counts.contains_key(&held_on) && counts.values().sum::<usize>() == 20,
+        "{counts:?}"
+    );
+    assert!(
+        drain.try_wait().unwrap().is_none(),
+        "--wait returned with the WebSocket open"
+    );
+    assert_eq!(
+        ws.ask("draining").as_deref(),
+        Some(format!("{held_on}: draining").as_str()),
+        "an open connection to a draining backend goes on"
+    );
+    drop(ws);
+    let deadline = Instant::now() + T;
+    let status = loop {
+        if let Some(s) = drain.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "--wait never returned after the WebSocket closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "drain --wait failed");
+    let (code, out, err) = c
+        .cli(&[
+            "balancer",
+            "ready",
+            &backend,
+            "--balancer",
+            "front",
+            "--wait",
+            "--timeout",
+            "30s",
+        ])
+        .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+
+    // A backend host (not the balancer's) crashes under load: no request fails.
+    let victim = ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|n| *n != front)
+        .unwrap()
+        .to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = lb_load(&lab, addr.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await; // load before the crash (not a sync)
+    lab.crash(num(&victim)).unwrap();
+    c.reap(&victim).unwrap();
+    c.wait_for(T, "the crashed host's instance gone", |st| {
+        (st.len() == 2)
+            .then(|| front_and_instances(st))
+            .flatten()
+            .filter(|(_, n)| *n == 2)
+    })
+    .await
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let log = load.join().unwrap().unwrap();
+    let failed = log.iter().filter(|(_, w)| w.is_none()).count();
+    eprintln!("HTTP: {} requests while {victim} crashed, {failed} failed", log.len());
+    assert!(log.len() > 20, "the load ran");
+    assert_eq!(
+        failed, 0,
+        "requests failed while {victim} crashed (HTTP mode retries them)"
+    );
+
+    // The crashed host comes back; cookie clients stick; then the balancer's host crashes.
+    lab.revive(num(&victim)).unwrap();
+    c.restart(&victim, T).await.unwrap();
+    c.wait_for(T, "three instances again", |st| {
+        (st.len() == 3)
+            .then(|| front_and_instances(st))
+            .flatten()
+            .filter(|(_, n)| *n == 3)
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + T;
+    while lb_states(&c, "front-sticky").values().filter(|s| *s == "up").count() < 3 {
+        assert!(Instant::now() < deadline, "{:?}", lb_states(&c, "front-sticky"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sticky_addr = format!("{VIP}:81");
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let (who, cookie) = get_with_cookie(&lab, &sticky_addr, None).expect("an answer");
+        let cookie = cookie.expect("a sticky cookie is set");
+        for _ in 0..2 {
+            let (again, _) = get_with_cookie(&lab, &sticky_addr, Some(&cookie)).expect("an answer");
+            assert_eq!(again, who, "the cookie sticks");
+        }
+        clients.push((who, cookie));
+    }
+    lab.crash(num(&front)).unwrap();
+    c.reap(&front).unwrap();
+    c.wait_for(T, "the balancers moved with their VIP", |st| {
+        (st.len() == 2)
+            .then(|| front_and_instances(st))
+            .flatten()
+            .filter(|(n, k)| *n != front && *k == 2)
+    })
+    .await
+    .unwrap();
+    phalanx_lab::lab::wait_any_answer(&lab, &sticky_addr, T).unwrap();
+    for (was, cookie) in &clients {
+        let (now, _) = get_with_cookie(&lab, &sticky_addr, Some(cookie)).expect("an answer after the failover");
+        if *was == front {
+            assert_ne!(now, front, "a client of the crashed host goes elsewhere");
+        } else {
+            assert_eq!(
+                &now, was,
+                "a cookie client changed backends across the balancer failover"
             );
         }
     }
