@@ -391,3 +391,52 @@ async fn a_body_that_stalls_is_cut_after_the_server_timeout() {
         "the lease ended"
     );
 }
+
+/// Close `s` with a reset (SO_LINGER 0), as a client that vanishes abruptly.
+fn reset(s: TcpStream) {
+    let s = s.into_std().unwrap();
+    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+    drop(s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_reset_mid_request_or_mid_response_leak_nothing() {
+    // A backend answering a 1 MiB body: a client reading 10 bytes then resetting leaves the
+    // proxy with a response under way to drop.
+    let mut big = b"HTTP/1.1 200 OK\r\ncontent-length: 1048576\r\nconnection: close\r\n\r\n".to_vec();
+    big.resize(big.len() + 1_048_576, b'x');
+    let backend = answering(Box::leak(big.into_boxed_slice())).await;
+    let (addr, pool, _stop) = proxy(
+        config("idempotent"),
+        vec![Target {
+            name: "big".into(),
+            address: backend,
+            weight: 1,
+        }],
+    )
+    .await;
+    for i in 0..100 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        if i % 2 == 0 {
+            s.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\nX-Half: ").await.unwrap();
+        } else {
+            s.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\n\r\n").await.unwrap();
+            let mut buf = [0u8; 10];
+            s.read_exact(&mut buf).await.unwrap();
+        }
+        reset(s);
+    }
+    wait_until("every lease released", || {
+        pool.status(|_| None).iter().map(|b| b.in_flight).sum::<u32>() == 0
+    })
+    .await;
+    // Still serving, and no request was held against the backend's health.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    assert_eq!(pool.status(|_| None)[0].state, "up");
+}
