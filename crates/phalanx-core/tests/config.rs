@@ -497,3 +497,20 @@ fn metrics_listen_is_an_address_of_its_own() {
     let (_, _, msg) = one_error(&with("127.0.0.1:8403"));
     assert!(msg.contains("127.0.0.1:8403 is already used by node n1"), "{msg}");
 }
+
+#[test]
+fn a_process_resource_needs_a_command_and_a_literal_check_tcp() {
+    let src = format!(
+        "{}\n[[resource]]\nid = \"api\"\nagent = \"process\"\nparams = {{ command = \"srv\", check_tcp = \"127.0.10.${{NODE}}:47000\" }}\n",
+        GOOD.replace("[cluster]", "[cluster]\nfencing = \"off\"")
+    );
+    let (line, col, msg) = one_error(&src);
+    assert_eq!((line, col), (22, 1), "{msg}");
+    assert!(msg.contains("check_tcp") && msg.contains("no variables"), "{msg}");
+    let src = format!(
+        "{}\n[[resource]]\nid = \"api\"\nagent = \"process\"\n",
+        GOOD.replace("[cluster]", "[cluster]\nfencing = \"off\"")
+    );
+    let (_, _, msg) = one_error(&src);
+    assert!(msg.contains("needs a `command`"), "{msg}");
+}

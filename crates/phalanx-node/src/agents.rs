@@ -381,30 +381,40 @@ impl Runner {
     /// The `process` agent: supervise a long-running command through a pid file.
     async fn process(&self, c: &AgentCall<'_>, started: Instant) -> CallResult {
         let pidfile = self.state_dir.join(format!("{}.pid", c.instance));
-        let Some(command) = c.params.get("command") else {
-            return CallResult::ours(
-                c.action,
-                ocf::OCF_ERR_CONFIGURED,
-                "the process agent needs a `command` param".into(),
-                started,
-            );
+        // The process this agent started (None: gone, or the pid now names another process).
+        let alive = || own_process(&pidfile);
+        // Bad params are a configuration error for what needs them, never for a stop or for a
+        // monitor of nothing running: the pid file alone says what to stop (OCF: stopping what
+        // does not run succeeds). Else a typo in a new resource's params would fail its stop
+        // after its failed start, and a failed stop gets a healthy node fenced.
+        let needs_params = match c.action {
+            AgentAction::Stop | AgentAction::MetaData => false,
+            AgentAction::Monitor => alive().is_some(),
+            _ => true,
         };
+        let mut bad = None;
+        let command = c.params.get("command");
+        if command.is_none() {
+            bad = Some("the process agent needs a `command` param".to_string());
+        }
         let check = match c.params.get("check_tcp") {
             None => None,
             Some(a) => match a.parse::<std::net::SocketAddr>() {
                 Ok(addr) => Some(addr),
                 Err(_) => {
-                    return CallResult::ours(
-                        c.action,
-                        ocf::OCF_ERR_CONFIGURED,
-                        format!("check_tcp {a:?} is not an IP:PORT address"),
-                        started,
-                    )
+                    bad = Some(format!("check_tcp {a:?} is not an IP:PORT address"));
+                    None
                 }
             },
         };
-        // The process this agent started (None: gone, or the pid now names another process).
-        let alive = || own_process(&pidfile);
+        match (bad, needs_params) {
+            (Some(why), true) => return CallResult::ours(c.action, ocf::OCF_ERR_CONFIGURED, why, started),
+            (Some(_), false) if c.action == AgentAction::Monitor => {
+                return CallResult::ours(c.action, ocf::OCF_NOT_RUNNING, "not running".into(), started)
+            }
+            _ => {}
+        }
+        let command = command.map(String::as_str).unwrap_or_default();
         let answers = |addr: &std::net::SocketAddr| {
             std::net::TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_ok()
         };

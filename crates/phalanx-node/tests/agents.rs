@@ -321,3 +321,23 @@ async fn the_monitor_checks_its_own_process_not_the_port_or_a_reused_pid() {
     assert_eq!(mon.verdict, Verdict::NotRunning, "{mon:?}");
     drop(other);
 }
+
+/// A typo in a process resource's params is a configuration error for its start, never a stop
+/// failure (a failed stop gets a node fenced): stopping what does not run succeeds, and a probe
+/// of it says not running.
+#[tokio::test]
+async fn bad_process_params_fail_the_start_but_never_the_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = runner(dir.path());
+    for p in [
+        params(&[("command", "sleep 100"), ("check_tcp", "127.0.10.${NODE}:47000")]),
+        params(&[("check_tcp", "127.0.0.1:1")]),
+    ] {
+        let start = call(&r, &AgentSpec::Process, &p, AgentAction::Start, 2000).await;
+        assert_eq!(start.exit_code, Some(6), "{start:?}");
+        let stop = call(&r, &AgentSpec::Process, &p, AgentAction::Stop, 2000).await;
+        assert!(stop.succeeded(), "a stop of nothing running failed: {stop:?}");
+        let probe = call(&r, &AgentSpec::Process, &p, AgentAction::Monitor, 2000).await;
+        assert_eq!(probe.exit_code, Some(7), "{probe:?}");
+    }
+}

@@ -233,6 +233,9 @@ pub(super) fn validate(
         };
         params.insert(k.clone(), v);
     }
+    if agent == AgentSpec::Process {
+        process_params(c, &id, &params, &span);
+    }
     let defaulted = DefaultedTimeouts {
         start: r.start_timeout.is_none(),
         stop: r.stop_timeout.is_none(),
@@ -267,6 +270,27 @@ pub(super) fn validate(
         meta,
         defaulted,
     })
+}
+
+/// The built-in `process` agent's params, as its start reads them: a `command`, and a
+/// `check_tcp` that is an IP:PORT as written (only `command` goes through a shell).
+fn process_params(c: &mut Checker, id: &str, params: &BTreeMap<String, String>, section: &Range<usize>) {
+    if !params.contains_key("command") {
+        c.error(
+            section.clone(),
+            format!("resource {id}: the process agent needs a `command` param"),
+        );
+    }
+    if let Some(a) = params.get("check_tcp") {
+        if a.parse::<std::net::SocketAddr>().is_err() {
+            c.error(
+                section.clone(),
+                format!(
+                    "resource {id}: check_tcp {a:?} is not an IP:PORT address (it is read as written: no variables)"
+                ),
+            );
+        }
+    }
 }
 
 fn agent(c: &mut Checker, v: &Option<Spanned<String>>, id: &str, section: &Range<usize>) -> Option<AgentSpec> {
