@@ -189,7 +189,10 @@ fn record(node: &Arc<Node>, slots: &mut BTreeMap<Key, Slot>, d: Done, now: u64) 
             .and_then(|r| r.health.as_ref().map(|h| h.verdict))
     });
     let pending = slot.proposed.is_some_and(|(v, at)| v == verdict && now < at + RETRY_MS);
-    if committed == Some(verdict) || pending {
+    // The first verdict of a backend is committed by a passing check (or a change): a failing
+    // check that has not reached `fall` yet would record "up" with the failure as its reason.
+    let unchecked_failure = committed.is_none() && verdict == Verdict::default() && d.result == CheckResult::Fail;
+    if committed == Some(verdict) || pending || unchecked_failure {
         return;
     }
     slot.proposed = Some((verdict, now));
