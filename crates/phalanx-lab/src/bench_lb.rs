@@ -76,6 +76,8 @@ pub struct Args {
     pub client_cpus: String,
     /// The phalanx binary (daemons, CLI).
     pub exe: PathBuf,
+    /// The phalanx-lab binary (backends, the generator).
+    pub lab_exe: PathBuf,
     pub json: bool,
 }
 
@@ -93,6 +95,9 @@ pub struct Run {
     pub errors: u64,
     /// The proxy's CPU over the run, % of one core.
     pub cpu_pct: f64,
+    /// The proxy's CPU time per answered request, µs (what a proxy costs when the client,
+    /// not the proxy, is the bottleneck).
+    pub cpu_us_per_req: f64,
     /// VmRSS at the end of the run and VmHWM (peak), kB.
     pub rss_kb: u64,
     pub hwm_kb: u64,
@@ -356,6 +361,10 @@ where
     let mut r = go.await?;
     let after = proc_sample(pid)?;
     r.cpu_pct = cpu_pct(&before, &after);
+    let secs = after.at.duration_since(before.at).as_secs_f64();
+    if r.rps > 0.0 && secs > 0.0 {
+        r.cpu_us_per_req = r.cpu_pct / 100.0 * 1e6 / r.rps;
+    }
     (r.rss_kb, r.hwm_kb) = proc_mem(pid);
     Ok(r)
 }
@@ -375,16 +384,19 @@ fn open_run(l: LoadResult) -> Run {
 /// The closed-loop maximum, then open loop at 50 % and 90 % of `reference` (HAProxy's maximum;
 /// None: this run's own).
 async fn measure(
-    lab: &Lab,
-    a: &Args,
-    lab_exe: &Path,
-    script: &Path,
+    cx: &Ctx<'_>,
     proxy: &Proxy<'_>,
     target: SocketAddr,
     reference: Option<f64>,
-    pb: &ProgressBar,
     name: &str,
 ) -> Result<ProxyResult> {
+    let Ctx {
+        lab,
+        a,
+        lab_exe,
+        script,
+        pb,
+    } = *cx;
     let pid = proxy.pid();
     pb.set_message(format!("{name}: warm-up"));
     wrk(lab, a, script, target, Duration::from_secs(1)).await?;
@@ -475,14 +487,13 @@ impl Drop for Backends {
 /// Steady open-loop GETs; kill -9 backend b1 a third of the way in: (failed requests, ms from
 /// the kill until the proxy reports b1 down).
 async fn crash_phase(
-    lab: &Lab,
-    a: &Args,
-    lab_exe: &Path,
+    cx: &Ctx<'_>,
     backends: &mut Backends,
     proxy: &Proxy<'_>,
     target: SocketAddr,
     rate: f64,
 ) -> Result<(u64, Option<u64>)> {
+    let Ctx { lab, a, lab_exe, .. } = *cx;
     let total = a.phase * 2;
     let load = tokio::spawn({
         let cmd = {
@@ -605,7 +616,7 @@ pub async fn run(a: Args) -> Result<Report> {
             bail!("{p} is not installed (apt-get install {what})");
         }
     }
-    let lab_exe = std::env::current_exe().context("locating phalanx-lab")?;
+    let lab_exe = a.lab_exe.clone();
     let lab = Lab::create(6, 1)?;
     let dir = std::env::temp_dir().join(format!("phalanx-lb-bench-{}", rand::random::<u32>()));
     std::fs::create_dir_all(&dir)?;
@@ -629,7 +640,24 @@ pub async fn run(a: Args) -> Result<Report> {
     r
 }
 
+/// What every phase of one run shares.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    lab: &'a Lab,
+    a: &'a Args,
+    lab_exe: &'a Path,
+    script: &'a Path,
+    pb: &'a ProgressBar,
+}
+
 async fn run_in(lab: &Lab, a: &Args, lab_exe: &Path, dir: &Path, script: &Path, pb: &ProgressBar) -> Result<Report> {
+    let cx = Ctx {
+        lab,
+        a,
+        lab_exe,
+        script,
+        pb,
+    };
     let mut backends = Backends {
         children: BACKENDS.iter().map(|_| None).collect(),
         lab_exe: lab_exe.to_path_buf(),
@@ -665,12 +693,10 @@ async fn run_in(lab: &Lab, a: &Args, lab_exe: &Path, dir: &Path, script: &Path, 
             pid: haproxy.id(),
             socket: socket.clone(),
         };
-        let r = measure(lab, a, lab_exe, script, &proxy, ha_target, None, pb, "haproxy").await?;
+        let r = measure(&cx, &proxy, ha_target, None, "haproxy").await?;
         pb.set_message("haproxy: backend crash");
         let crash = crash_phase(
-            lab,
-            a,
-            lab_exe,
+            &cx,
             &mut backends,
             &proxy,
             ha_target,
@@ -730,14 +756,14 @@ async fn run_in(lab: &Lab, a: &Args, lab_exe: &Path, dir: &Path, script: &Path, 
     wait_http(lab, target, lab_exe, &a.client_cpus).await?;
     let proxy = Proxy::Phalanx { pid, cluster: &c };
     let lost_before = node_lost(&c)?;
-    let ph = measure(lab, a, lab_exe, script, &proxy, target, Some(reference), pb, "phalanx").await?;
+    let ph = measure(&cx, &proxy, target, Some(reference), "phalanx").await?;
     report.false_suspicions = node_lost(&c)?.saturating_sub(lost_before);
     pb.set_message("phalanx: backend crash");
     let rate = report.haproxy.load_50.target_rps.unwrap_or(1000.0);
     (
         report.backend_crash.phalanx_failed,
         report.backend_crash.phalanx_out_of_rotation_ms,
-    ) = crash_phase(lab, a, lab_exe, &mut backends, &proxy, target, rate).await?;
+    ) = crash_phase(&cx, &mut backends, &proxy, target, rate).await?;
     pb.inc(1);
     report.phalanx = ph;
     let h = &report.haproxy;
@@ -756,7 +782,7 @@ pub fn render(r: &Report) -> String {
         "load balancer, {} mode, {} proxy thread(s) pinned to CPU {}; roundrobin over 3 backends\n",
         h.mode, h.threads, h.cpus
     );
-    s += "proxy   | run            |   req/s | target/s |  p50 µs |  p99 µs | p99.9 µs | errors |  CPU % | RSS kB | HWM kB\n";
+    s += "proxy   | run            |   req/s | target/s |  p50 µs |  p99 µs | p99.9 µs | errors |  CPU % | CPU µs/req | RSS kB | HWM kB\n";
     for (name, p) in [("haproxy", &r.haproxy), ("phalanx", &r.phalanx)] {
         for (run, x) in [
             ("max (wrk)", &p.max),
@@ -764,7 +790,7 @@ pub fn render(r: &Report) -> String {
             ("open loop 90 %", &p.load_90),
         ] {
             s += &format!(
-                "{name:<7} | {run:<14} | {:>7.0} | {:>8} | {:>7} | {:>7} | {:>8} | {:>6} | {:>6.1} | {:>6} | {:>6}\n",
+                "{name:<7} | {run:<14} | {:>7.0} | {:>8} | {:>7} | {:>7} | {:>8} | {:>6} | {:>6.1} | {:>10.1} | {:>6} | {:>6}\n",
                 x.rps,
                 x.target_rps.map(|t| format!("{t:.0}")).unwrap_or_else(|| "-".into()),
                 x.p50_us,
@@ -772,6 +798,7 @@ pub fn render(r: &Report) -> String {
                 x.p999_us,
                 x.errors,
                 x.cpu_pct,
+                x.cpu_us_per_req,
                 x.rss_kb,
                 x.hwm_kb
             );

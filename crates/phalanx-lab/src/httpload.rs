@@ -135,7 +135,7 @@ impl Tally {
 
 /// Run the open-loop generator (see the module doc).
 pub fn run_load(a: &LoadArgs) -> Result<LoadResult> {
-    if !(a.rate > 0.0) || a.connections == 0 {
+    if a.rate.is_nan() || a.rate <= 0.0 || a.connections == 0 {
         bail!("the rate and the connections must be positive");
     }
     let rt = tokio::runtime::Builder::new_multi_thread()

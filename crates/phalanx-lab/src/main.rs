@@ -125,7 +125,7 @@ enum BenchCmd {
         /// Length of each measured phase (the crash phase runs twice as long).
         #[arg(long, default_value = "10s", value_parser = duration)]
         phase: Duration,
-        /// Short phases (3 s): a smoke run, not figures.
+        /// Short phases (2 s): a smoke run, not figures.
         #[arg(long)]
         quick: bool,
         /// Client connections (wrk and the open-loop generator).
@@ -346,12 +346,13 @@ async fn run(cli: Cli) -> Result<i32> {
                 } else {
                     bench_lb::Mode::Tcp
                 },
-                phase: if quick { Duration::from_secs(3) } else { phase },
+                phase: if quick { Duration::from_secs(2) } else { phase },
                 connections,
                 threads,
                 proxy_cpus,
                 client_cpus,
                 exe,
+                lab_exe: std::env::current_exe()?,
                 json: cli.json,
             })
             .await?;
