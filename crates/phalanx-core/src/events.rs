@@ -605,8 +605,82 @@ fn derive(state: &ClusterState, cmd: &Command, stamp: Option<&Stamp>, last_ms: u
             vec![e]
         }
         Command::Note(n) => vec![event(n.kind, &n.node, Some(n.at_ms), n.summary.clone())],
+        Command::BackendHealth {
+            balancer,
+            backend,
+            health,
+        } => {
+            let old = backend_record(state, balancer, backend);
+            let mut new = old.clone();
+            new.health = Some(health.clone());
+            let (from, to) = (old.state(), new.state());
+            if from == to && old.verdict().up == health.verdict.up {
+                return Vec::new();
+            }
+            let checks = if health.verdict.up { "up" } else { "down" };
+            let what = if from == to {
+                format!("checks say {checks}, stays {to}")
+            } else {
+                format!("{from} -> {to}")
+            };
+            vec![event(
+                EventKind::BackendChanged,
+                &health.by,
+                Some(health.at_ms),
+                format!(
+                    "balancer {balancer}: backend {backend} {what} ({}; by {})",
+                    health.detail, health.by
+                ),
+            )]
+        }
+        Command::BackendAdmin {
+            balancer,
+            backend,
+            change,
+            ..
+        } => {
+            let old = backend_record(state, balancer, backend);
+            let mut new = old.clone();
+            let mut parts = Vec::new();
+            if let Some(a) = change.admin {
+                new.admin = a;
+                parts.push(a.as_str().to_string());
+            }
+            if let Some(w) = change.weight {
+                new.weight = w;
+                parts.push(match w {
+                    Some(w) => format!("weight {w}"),
+                    None => "weight from the config".into(),
+                });
+            }
+            let mut out = vec![operator(
+                "",
+                "balancer",
+                format!("{} {balancer}/{backend}", parts.join(", ")),
+            )];
+            let (from, to) = (old.state(), new.state());
+            if from != to {
+                out.push(event(
+                    EventKind::BackendChanged,
+                    "",
+                    None,
+                    format!("balancer {balancer}: backend {backend} {from} -> {to} (operator)"),
+                ));
+            }
+            out
+        }
         _ => Vec::new(),
     }
+}
+
+/// A backend's record as the state holds it (the default when it has none).
+fn backend_record(state: &ClusterState, balancer: &str, backend: &str) -> crate::state::BackendRecord {
+    state
+        .balancers
+        .get(balancer)
+        .and_then(|b| b.backends.get(backend))
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Builds an event of a kind, about a node, at a time (None: the stamp's), with a summary.

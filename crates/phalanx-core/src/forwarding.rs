@@ -35,6 +35,8 @@ impl Command {
             Command::Stamped { cmd, .. } => cmd.name(),
             Command::Note(_) => "Note",
             Command::AlertsDelivered { .. } => "AlertsDelivered",
+            Command::BackendHealth { .. } => "BackendHealth",
+            Command::BackendAdmin { .. } => "BackendAdmin",
         }
     }
 
@@ -60,7 +62,9 @@ impl Command {
                 | Command::SetMaintenance { .. }
                 | Command::SetLeaving { .. }
                 | Command::ApplyConfig { .. }
-                // What a node's agents and devices found.
+                | Command::BackendAdmin { .. }
+                // What a node's agents, devices and balancer checks found.
+                | Command::BackendHealth { .. }
                 | Command::ActionResult { .. }
                 | Command::MonitorFailed { .. }
                 | Command::Probe { .. }

@@ -57,6 +57,12 @@ pub enum RejectReason {
     PlanMovedOn { plan_id: u64, current: u64 },
     #[error("a stamped command cannot hold another stamped command")]
     NestedStamp,
+    #[error("a {what} name must be 1 to {max} bytes")]
+    BadName { what: String, max: usize },
+    #[error("balancer {balancer} already records {max} backends")]
+    TooManyBackends { balancer: String, max: usize },
+    #[error("weight {weight} is out of range (0..={max})")]
+    BadWeight { weight: u16, max: u16 },
 }
 
 #[cfg(test)]

@@ -864,3 +864,229 @@ async fn a_ten_second_partition_logs_a_few_lines_per_peer_and_no_escape_codes() 
         "the partition and its heal wrote {worst_episode} lines about one peer"
     );
 }
+
+/// The lab's balancer: a clone of the demo service on every node (port [`PORT`]) behind a
+/// `[[balancer]]` listening on the VIP (port 80), grouped with it.
+fn balancer_config(exe: &std::path::Path, mode: &str) -> String {
+    let exe = exe.display();
+    format!(
+        r#"
+[[resource]]
+id = "web-svc"
+agent = "process"
+params = {{ command = "{exe} demo-service --listen 0.0.0.0:{PORT} --name ${{OCF_RESKEY_CRM_meta_on_node}}", check_tcp = "127.0.0.1:{PORT}" }}
+monitor = {{ interval = "500ms", timeout = "5s" }}
+
+[[clone]]
+id = "webs"
+resource = "web-svc"
+
+[[resource]]
+id = "front-ip"
+agent = "vip"
+params = {{ address = "{VIP}/24" }}
+monitor = {{ interval = "1s", timeout = "5s" }}
+
+[[balancer]]
+id = "front"
+listen = ["{VIP}:80"]
+mode = "{mode}"
+algorithm = "roundrobin"
+backends = "webs"
+port = {PORT}
+check = {{ kind = "tcp", interval = "200ms", rise = 2, fall = 3, timeout = "100ms" }}
+connect_timeout = "300ms"
+
+[[group]]
+id = "front-stack"
+members = ["front-ip", "front"]
+"#
+    )
+}
+
+/// Requests one after another from the client host until `stop`: each one's start and who
+/// answered (or why not), with a generous timeout (a request may wait for a redispatch).
+fn lb_load(
+    lab: &Lab,
+    addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<anyhow::Result<phalanx_lab::lab::ClientLog>> {
+    phalanx_lab::lab::in_netns(&lab.client_ns(), move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        Ok(rt.block_on(async move {
+            let mut log = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let t = Instant::now();
+                log.push((t, phalanx::service::probe(&addr, Duration::from_secs(3)).await));
+                tokio::time::sleep_until((t + Duration::from_millis(10)).into()).await;
+            }
+            log
+        }))
+    })
+}
+
+/// `n` requests from the client host: answers per node.
+fn lb_spread(lab: &Lab, addr: &str, n: usize) -> BTreeMap<String, usize> {
+    let addr = addr.to_string();
+    phalanx_lab::lab::in_netns(&lab.client_ns(), move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let mut counts = BTreeMap::new();
+        for _ in 0..n {
+            let who = rt.block_on(phalanx::service::probe(&addr, Duration::from_secs(3)));
+            *counts.entry(who.unwrap_or_else(|| "(failed)".into())).or_insert(0) += 1;
+        }
+        Ok(counts)
+    })
+    .join()
+    .unwrap()
+    .unwrap()
+}
+
+/// Where `front-stack` runs and how many instances of `webs` run, once every view agrees.
+fn front_and_instances(st: &BTreeMap<String, StatusReport>) -> Option<(String, usize)> {
+    let mut out = None;
+    for s in st.values() {
+        if s.plan_pending > 0 {
+            return None;
+        }
+        let on = |id: &str| {
+            s.resources
+                .iter()
+                .find(|r| r.id == id)
+                .map(|r| r.running.keys().cloned().collect::<Vec<_>>())
+        };
+        let (ip, lb) = (on("front-ip")?, on("front")?);
+        if ip.len() != 1 || ip != lb {
+            return None;
+        }
+        let instances = s
+            .resources
+            .iter()
+            .filter(|r| r.id.starts_with("web-svc"))
+            .map(|r| r.running.len())
+            .sum();
+        let here = (ip[0].clone(), instances);
+        if out.as_ref().is_some_and(|o| *o != here) {
+            return None;
+        }
+        out = Some(here);
+    }
+    out
+}
+
+/// The balancer in the lab (issue 14): round robin over a clone's instances on three hosts, as
+/// a client host sees it through the VIP; a backend host crashed under load: no request fails
+/// (connect failures are redispatched) and it leaves rotation; a drained instance takes no new
+/// request; and when the balancer's host crashes, the VIP and the balancer move together and
+/// the new balancer serves every live instance, knowing the drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balancer_behind_the_vip_spreads_survives_a_backend_crash_and_fails_over() {
+    let Some((_one, lab)) = lab_or_skip().await else { return };
+    let mut c = started(&lab, 3, balancer_config(exe(), "tcp"), "");
+    let addr = format!("{VIP}:80");
+    let (front, _) = c
+        .wait_for(T, "the balancer and three instances", |st| {
+            (st.len() == 3)
+                .then(|| front_and_instances(st))
+                .flatten()
+                .filter(|(_, n)| *n == 3)
+        })
+        .await
+        .unwrap();
+    phalanx_lab::lab::wait_any_answer(&lab, &addr, T).unwrap();
+    let counts = lb_spread(&lab, &addr, 30);
+    assert_eq!(
+        counts,
+        BTreeMap::from([("n1".into(), 10), ("n2".into(), 10), ("n3".into(), 10)]),
+        "round robin through the VIP"
+    );
+
+    // A backend host (not the balancer's) crashes under load: no request fails.
+    let victim = ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|n| *n != front)
+        .unwrap()
+        .to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = lb_load(&lab, addr.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await; // load before the crash (not a sync)
+    lab.crash(num(&victim)).unwrap();
+    let crash_at = Instant::now();
+    c.reap(&victim).unwrap();
+    c.wait_for(T, "the crashed host's instance gone", |st| {
+        (st.len() == 2)
+            .then(|| front_and_instances(st))
+            .flatten()
+            .filter(|(_, n)| *n == 2)
+    })
+    .await
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let log = load.join().unwrap().unwrap();
+    let failed = log.iter().filter(|(_, w)| w.is_none()).count();
+    // In TCP mode a request already sent to the crashing host when it died cannot be replayed
+    // (the proxy does not know the protocol): only requests started after the crash must all
+    // succeed (their connects to the dead host are redispatched).
+    let failed_after = log.iter().filter(|(t, w)| *t >= crash_at && w.is_none()).count();
+    eprintln!(
+        "{} requests while {victim} crashed: {failed} failed, {failed_after} of those started after the crash",
+        log.len()
+    );
+    assert!(log.len() > 20, "the load ran");
+    assert_eq!(failed_after, 0, "requests started after {victim} crashed failed");
+    let counts = lb_spread(&lab, &addr, 20);
+    assert!(
+        !counts.contains_key(&victim) && counts.values().sum::<usize>() == 20,
+        "{counts:?}"
+    );
+
+    // Drain the other live instance: every new request goes to the balancer's own host.
+    let other = ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|n| *n != front && *n != victim)
+        .unwrap()
+        .to_string();
+    let backend = format!("web-svc@{other}");
+    let (code, out, err) = c
+        .cli(&["balancer", "drain", &backend, "--wait", "--timeout", "30s"])
+        .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let counts = lb_spread(&lab, &addr, 10);
+    assert_eq!(
+        counts,
+        BTreeMap::from([(front.clone(), 10)]),
+        "a drained instance takes no request"
+    );
+    let (code, out, err) = c
+        .cli(&["balancer", "ready", &backend, "--wait", "--timeout", "30s"])
+        .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+
+    // The crashed host comes back; then the balancer's host crashes: VIP and balancer move
+    // together, and the new balancer serves both live instances.
+    lab.revive(num(&victim)).unwrap();
+    c.restart(&victim, T).await.unwrap();
+    c.wait_for(T, "three instances again", |st| {
+        (st.len() == 3)
+            .then(|| front_and_instances(st))
+            .flatten()
+            .filter(|(_, n)| *n == 3)
+    })
+    .await
+    .unwrap();
+    lab.crash(num(&front)).unwrap();
+    c.reap(&front).unwrap();
+    let (second, _) = c
+        .wait_for(T, "the balancer moved with its VIP", |st| {
+            (st.len() == 2)
+                .then(|| front_and_instances(st))
+                .flatten()
+                .filter(|(n, k)| *n != front && *k == 2)
+        })
+        .await
+        .unwrap();
+    phalanx_lab::lab::wait_any_answer(&lab, &addr, T).unwrap();
+    let counts = lb_spread(&lab, &addr, 20);
+    assert_eq!(counts.len(), 2, "both live instances serve behind {second}: {counts:?}");
+    assert!(!counts.contains_key("(failed)"), "{counts:?}");
+}

@@ -21,6 +21,7 @@ pub mod logging;
 pub mod mesh;
 pub mod metrics;
 pub mod node;
+pub mod priority;
 pub mod raft;
 pub mod status;
 pub mod systemd;

@@ -79,7 +79,7 @@ pub const RESOURCE_STATES: [&str; 4] = ["started", "stopped", "failed", "unknown
 
 /// The metrics of `node`, as Prometheus text.
 pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
-    let lb = node.balancers.statuses(&node.name);
+    let lb = node.balancers.statuses(node);
     render_with(&node.status(), &node.config(), &node.fencer.attempts(), &lb)
 }
 
@@ -487,6 +487,22 @@ fn balancers(reg: &mut Registry, lb: &[BalancerStatus]) {
         "balancer_backend_up",
         "1 while the backend takes new connections (state up), else 0",
         family(each().map(|(b, be)| (labels(b, be), i64::from(be.state == "up")))),
+    );
+    reg.register(
+        "balancer_backend_state",
+        "1 for the backend's state (up, drain, maint, down: the cluster's verdict and the operator's state), 0 for the others",
+        family(each().flat_map(|(b, be)| {
+            ["up", "drain", "maint", "down"].into_iter().map(move |s| {
+                let mut l = labels(b, be);
+                l.push(("state", s.to_string()));
+                (l, i64::from(be.state == s))
+            })
+        })),
+    );
+    reg.register(
+        "balancer_backend_weight",
+        "The backend's weight in force (the operator's, else the config's)",
+        family(each().map(|(b, be)| (labels(b, be), i64::from(be.weight)))),
     );
     reg.register(
         "balancer_in_flight",

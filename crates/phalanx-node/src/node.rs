@@ -407,6 +407,7 @@ impl Node {
             balancers,
         });
         node.balancers.attach(&node);
+        node.spawn(crate::lb::checker::run(Arc::downgrade(&node)));
         node.refresh_peers();
         match &opts.mesh_runtime {
             Some(rt) => node.track(rt.spawn(mesh.run(out, inbound)).abort_handle()),

@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 use phalanx::client::{key_path, load_config, Client};
 use phalanx::{daemon, demo, render, simulate};
 use phalanx_core::config::{check, parse_duration, Severity};
+use phalanx_core::lb::AdminState;
+use phalanx_node::api::operator::WeightReq;
 use phalanx_node::{logging, ClusterKey};
 use serde_json::json;
 use std::io::IsTerminal;
@@ -46,9 +48,41 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum BalancerCmd {
-    /// Each balancer's backends: address, state, effective weight, connections in flight and in
-    /// all, errors, last check (asked of the node running it).
+    /// Each balancer's backends: address, state, operator state, effective weight, connections
+    /// in flight and in all, errors, the cluster's check verdict and which node checks it.
     Status { id: Option<String> },
+    /// Take no new clients on a backend; open and sticky ones finish (held in the cluster
+    /// state until `ready`: it survives leader changes, config applies and restarts).
+    Drain(BackendArgs),
+    /// Put a drained or maintained backend back in rotation.
+    Ready(BackendArgs),
+    /// Take a backend out of service: no traffic at all.
+    Maint(BackendArgs),
+    /// Set a backend's weight (0..=256), or `config` for the config's again.
+    Weight {
+        backend: String,
+        /// A number 0..=256, or `config`.
+        weight: String,
+        /// The balancer (needed only when several have a backend of this name).
+        #[arg(long)]
+        balancer: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct BackendArgs {
+    /// A static server's name, or RESOURCE@NODE for a discovered instance.
+    backend: String,
+    /// The balancer (needed only when several have a backend of this name).
+    #[arg(long)]
+    balancer: Option<String>,
+    /// Then wait until the balancer holds no connection to it (`ready`: until it is back in
+    /// rotation).
+    #[arg(long)]
+    wait: bool,
+    /// How long `--wait` waits.
+    #[arg(long, default_value = "5m", value_parser = duration)]
+    timeout: Duration,
 }
 
 #[derive(Subcommand)]
@@ -779,6 +813,74 @@ async fn run(cli: Cli) -> Result<i32> {
             };
             print_either(cli.json, &v, &human)?;
             Ok(code)
+        }
+        Cmd::Balancer {
+            cmd: BalancerCmd::Drain(a) | BalancerCmd::Ready(a) | BalancerCmd::Maint(a),
+        } => {
+            let want = match &cli.cmd {
+                Cmd::Balancer {
+                    cmd: BalancerCmd::Drain(_),
+                } => AdminState::Drain,
+                Cmd::Balancer {
+                    cmd: BalancerCmd::Maint(_),
+                } => AdminState::Maint,
+                _ => AdminState::Ready,
+            };
+            let (client, apis) = apis(&cli)?;
+            let (api, st) = client.first_answering(&apis).await?;
+            let id = phalanx::balancer_cmd::resolve(&client, &api, &st, &a.backend, a.balancer.as_deref()).await?;
+            let answer = phalanx::balancer_cmd::set(
+                &client,
+                &api,
+                &id,
+                &a.backend,
+                phalanx::balancer_cmd::Change::Admin(want),
+            )
+            .await?;
+            let mut human = format!("{id}/{}: {}.", a.backend, want.as_str());
+            let mut waited = None;
+            if a.wait {
+                let took =
+                    phalanx::balancer_cmd::wait(&client, &apis, &id, &a.backend, want, a.timeout, cli.json).await?;
+                waited = Some(took.as_secs_f64());
+                human = match want {
+                    AdminState::Ready => format!("{id}/{}: back in rotation ({:.1} s).", a.backend, took.as_secs_f64()),
+                    _ => format!(
+                        "{id}/{}: {}, no connection left ({:.1} s).",
+                        a.backend,
+                        want.as_str(),
+                        took.as_secs_f64()
+                    ),
+                };
+            }
+            let v = json!({ "balancer": id, "backend": a.backend, "admin": want.as_str(), "outcome": answer, "waited_s": waited });
+            print_either(cli.json, &v, &human)?;
+            Ok(0)
+        }
+        Cmd::Balancer {
+            cmd:
+                BalancerCmd::Weight {
+                    backend,
+                    weight,
+                    balancer,
+                },
+        } => {
+            let w = match weight.as_str() {
+                "config" => WeightReq::Config("config".into()),
+                n => match n.parse::<u16>() {
+                    Ok(w) if w <= phalanx_core::lb::MAX_WEIGHT => WeightReq::Set(w),
+                    _ => bail!("weight {n:?}: give a number 0..=256, or `config`"),
+                },
+            };
+            let (client, apis) = apis(&cli)?;
+            let (api, st) = client.first_answering(&apis).await?;
+            let id = phalanx::balancer_cmd::resolve(&client, &api, &st, backend, balancer.as_deref()).await?;
+            let answer =
+                phalanx::balancer_cmd::set(&client, &api, &id, backend, phalanx::balancer_cmd::Change::Weight(w))
+                    .await?;
+            let v = json!({ "balancer": id, "backend": backend, "weight": weight, "outcome": answer });
+            print_either(cli.json, &v, &format!("{id}/{backend}: weight {weight}."))?;
+            Ok(0)
         }
         Cmd::Balancer {
             cmd: BalancerCmd::Status { id },

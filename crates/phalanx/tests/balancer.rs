@@ -10,11 +10,15 @@ use phalanx_core::scheduler::Role;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 const T: Duration = Duration::from_secs(60);
+/// The cluster tests of this file run one at a time (three daemons each, on 2 cores).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// The check settings of the config below.
 const INTERVAL: Duration = Duration::from_millis(200);
 const RISE: u32 = 2;
@@ -26,6 +30,8 @@ struct Backend {
     name: String,
     addr: SocketAddr,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// Connections accepted (checks included).
+    accepted: Arc<AtomicUsize>,
 }
 
 impl Backend {
@@ -36,6 +42,7 @@ impl Backend {
             name: name.into(),
             addr,
             task: None,
+            accepted: Arc::default(),
         };
         b.serve(listener);
         b
@@ -43,15 +50,20 @@ impl Backend {
 
     fn serve(&mut self, listener: TcpListener) {
         let name = self.name.clone();
+        let accepted = self.accepted.clone();
         self.task = Some(tokio::spawn(async move {
             loop {
                 let Ok((s, _)) = listener.accept().await else { continue };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let name = name.clone();
                 tokio::spawn(async move {
                     let mut s = BufReader::new(s);
                     let mut line = String::new();
-                    if s.read_line(&mut line).await.unwrap_or(0) > 0 {
-                        let _ = s.get_mut().write_all(format!("{name}\n").as_bytes()).await;
+                    while s.read_line(&mut line).await.unwrap_or(0) > 0 {
+                        line.clear();
+                        if s.get_mut().write_all(format!("{name}\n").as_bytes()).await.is_err() {
+                            return;
+                        }
                     }
                 });
             }
@@ -165,6 +177,7 @@ fn free_port(ip: [u8; 4]) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_balancer_spreads_survives_backend_failures_and_fails_over() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut backends = Vec::new();
     for i in 1..=3u8 {
         let addr = SocketAddr::from(([127, 0, 12, i], 0));
@@ -310,6 +323,7 @@ async fn spread_http(addr: SocketAddr, n: usize) -> (BTreeMap<String, usize>, us
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_running_instances_of_a_clone_are_the_backends() {
+    let _one = ONE_AT_A_TIME.lock().await;
     // A clone of phalanx's demo service (answering with its node's name on 127.0.11.<node
     // number>), balanced by discovery: `backends` + `port` + `addresses`.
     let port = free_port([127, 0, 11, 1]);
@@ -406,6 +420,7 @@ check = {{ interval = "200ms", rise = 2, fall = 3, timeout = "100ms" }}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_mode_fails_to_start_saying_it_is_not_implemented() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port([127, 0, 0, 1])));
     let extra = format!(
         r#"
@@ -427,4 +442,221 @@ servers = [{{ name = "a", address = "127.0.0.1:9" }}]
         .unwrap();
     let error = error.unwrap_or_default();
     assert!(error.contains("http mode is not implemented yet"), "{error}");
+}
+
+/// `phalanx balancer status lb --json`'s backends, by name (the whole JSON of each).
+fn lb_backends(c: &LocalCluster) -> Option<(String, BTreeMap<String, serde_json::Value>)> {
+    let (code, out, _) = c.cli(&["balancer", "status", "lb", "--json"]).ok()?;
+    if code != 0 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    let b = v.get(0)?;
+    let node = b["node"].as_str()?.to_string();
+    let backends = b["status"]["backends"]
+        .as_array()?
+        .iter()
+        .map(|be| (be["name"].as_str().unwrap_or("").to_string(), be.clone()))
+        .collect();
+    Some((node, backends))
+}
+
+/// Health is cluster state (issue 14, item 3) and drains are held in it (item 4): one node
+/// checks each backend (not three), a balancer that starts after a failover knows a dead backend
+/// at once and never tries it, and an operator's drain holds across the failover, `--wait`
+/// returning when the last connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_drains_are_cluster_state_and_a_new_balancer_is_not_blind() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut backends = Vec::new();
+    for i in 1..=3u8 {
+        let addr = SocketAddr::from(([127, 0, 13, i], 0));
+        backends.push(Backend::start(&format!("b{i}"), addr).await);
+    }
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port([127, 0, 0, 1])));
+    let servers: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{{ name = \"{}\", address = \"{}\" }}", b.name, b.addr))
+        .collect();
+    let extra = format!(
+        r#"
+[[balancer]]
+id = "lb"
+listen = ["{listen}"]
+mode = "tcp"
+algorithm = "roundrobin"
+servers = [{}]
+check = {{ kind = "tcp", interval = "{}ms", rise = {RISE}, fall = {FALL}, timeout = "100ms" }}
+connect_timeout = "500ms"
+"#,
+        servers.join(", "),
+        INTERVAL.as_millis()
+    );
+    let mut c = LocalCluster::create(Spec::loopback(3, PathBuf::from(env!("CARGO_BIN_EXE_phalanx")), extra)).unwrap();
+    c.start_all().unwrap();
+    c.wait_for(T, "every node online and the balancer started", |st| {
+        let s = st.values().next()?;
+        let r = s.resources.iter().find(|r| r.id == "lb")?;
+        let online = s
+            .nodes
+            .iter()
+            .filter(|n| n.liveness == phalanx_core::Liveness::Online)
+            .count();
+        (online == 3 && s.plan_pending == 0 && r.running.len() == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    wait_serving(listen).await;
+    // Every backend gets a committed verdict, by the node that checks it.
+    let deadline = Instant::now() + T;
+    let (first, view) = loop {
+        if let Some((n, v)) = lb_backends(&c) {
+            if v.len() == 3
+                && v.values()
+                    .all(|b| b["last_check_by"].is_string() && b["checker"].is_string())
+            {
+                break (n, v);
+            }
+        }
+        assert!(Instant::now() < deadline, "no verdicts: {:?}", lb_backends(&c));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "checkers: {:?}",
+        view.iter().map(|(n, b)| (n, b["checker"].clone())).collect::<Vec<_>>()
+    );
+
+    // One node checks each backend: over a quiet window the backends see about window /
+    // interval connections each, not three times that (three nodes each checking everything).
+    let counts: Vec<usize> = backends.iter().map(|b| b.accepted.load(Ordering::SeqCst)).collect();
+    let window = Duration::from_secs(3);
+    let began = Instant::now();
+    while began.elapsed() < window {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let per_node = window.as_millis() as usize / INTERVAL.as_millis() as usize;
+    for (b, before) in backends.iter().zip(counts) {
+        let checks = b.accepted.load(Ordering::SeqCst) - before;
+        eprintln!(
+            "{}: {checks} check connections in {window:?} (one checker: ≈ {per_node})",
+            b.name
+        );
+        assert!(
+            (per_node / 3..=per_node * 3 / 2).contains(&checks),
+            "{}: {checks} check connections in {window:?}: one checker makes ≈ {per_node}",
+            b.name
+        );
+    }
+
+    // b2 dies: the cluster's verdict says down, with who checked it.
+    backends[1].kill().await;
+    wait_backend(&c, "b2", "down").await;
+    let (_, v) = lb_backends(&c).unwrap();
+    assert!(
+        v["b2"]["last_check"].as_str().unwrap_or("").contains("connect"),
+        "{:?}",
+        v["b2"]
+    );
+
+    // An operator drains b1; a connection held on b1 keeps it busy; --wait waits for it.
+    let mut held = Vec::new();
+    while held.len() < 2 {
+        let mut s = TcpStream::connect(listen).await.unwrap();
+        s.write_all(b"hello\n").await.unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).await.unwrap();
+        if line.trim() == "b1" {
+            held.push(r);
+        }
+    }
+    let (code, out, err) = c.cli(&["balancer", "drain", "b9"]).unwrap();
+    assert_ne!(code, 0, "a typo'd backend is refused: {out}");
+    assert!(err.contains("no backend \"b9\"") && err.contains("lb/b1"), "{err}");
+    let drain = {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_phalanx"));
+        cmd.arg("--config").arg(&c.config_path).args([
+            "balancer",
+            "drain",
+            "b1",
+            "--wait",
+            "--timeout",
+            "60s",
+            "--json",
+        ]);
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    wait_backend(&c, "b1", "drain").await;
+    let (counts, failed) = spread(listen, 10).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(
+        counts,
+        BTreeMap::from([("b3".into(), 10)]),
+        "a draining backend takes no new client"
+    );
+    assert!(!drain.is_finished(), "--wait returned with connections still open");
+    drop(held);
+    let out = tokio::time::timeout(T, drain).await.unwrap().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["admin"], "drain");
+    assert!(v["waited_s"].as_f64().is_some(), "{v}");
+
+    // The node running the balancer dies. The balancer that starts elsewhere knows at once that
+    // b2 is down (it never tries it) and that b1 is drained.
+    c.kill(&first).unwrap();
+    let deadline = Instant::now() + T;
+    let view = loop {
+        match lb_backends(&c) {
+            Some((n, v)) if n != first && v.len() == 3 => break v,
+            _ => assert!(Instant::now() < deadline, "the balancer never ran elsewhere"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(view["b2"]["state"], "down", "no blind period: {:?}", view["b2"]);
+    assert_eq!(
+        view["b1"]["state"], "drain",
+        "the drain survives the failover: {:?}",
+        view["b1"]
+    );
+    wait_serving(listen).await;
+    let (counts, failed) = spread(listen, 10).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(counts, BTreeMap::from([("b3".into(), 10)]));
+    let (_, view) = lb_backends(&c).unwrap();
+    assert_eq!(
+        view["b2"]["errors_total"], 0,
+        "the new balancer never tried the dead backend"
+    );
+
+    // Ready and a weight: both committed, both in the event history with who asked.
+    let (code, _, err) = c
+        .cli(&["balancer", "ready", "b1", "--wait", "--timeout", "30s"])
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = c.cli(&["balancer", "weight", "b1", "300"]).unwrap();
+    assert_ne!(code, 0, "weight 300 is refused");
+    assert!(err.contains("0..=256"), "{err}");
+    let (code, _, err) = c.cli(&["balancer", "weight", "b1", "3"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    let deadline = Instant::now() + T;
+    loop {
+        if lb_backends(&c).is_some_and(|(_, v)| v["b1"]["weight"] == 3 && v["b1"]["state"] == "up") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", lb_backends(&c));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, out, _) = c
+        .cli(&["events", "--kind", "operator_command,backend_changed"])
+        .unwrap();
+    for want in [
+        "drain lb/b1",
+        "ready lb/b1",
+        "weight 3 lb/b1",
+        "backend b1 up -> drain",
+        "backend b2 up -> down",
+    ] {
+        assert!(out.contains(want), "{want:?} not in the events:\n{out}");
+    }
 }

@@ -79,6 +79,17 @@ pub enum AdminState {
     Maint,
 }
 
+impl AdminState {
+    /// The state's name as the CLI, status and events write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+}
+
 /// One backend as selection sees it. The order of a `&[Backend]` slice matters to round robin
 /// and modulo hashing: give every node the same order (e.g. sorted by name).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

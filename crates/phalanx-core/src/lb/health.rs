@@ -97,7 +97,36 @@ pub struct Transition {
     pub to: BackendState,
 }
 
-/// The dynamic health of one backend: what is replicated.
+/// What the checks and the agent concluded of a backend (operator state aside): what a checker
+/// commits through Raft and every balancer adopts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// The active checks (or, for down, live traffic) say up.
+    pub up: bool,
+    /// The agent said down (holds until it says up).
+    pub agent_down: bool,
+    /// The agent's drain/maint (holds until it says ready).
+    pub agent_admin: AdminState,
+    /// The agent's weight percentage (0..=100).
+    pub agent_pct: u8,
+}
+
+impl Default for Verdict {
+    /// Up, nothing from an agent: how a backend nobody has checked yet is taken (HAProxy starts
+    /// servers up; passive observation and redispatch cover a dead one until its first check).
+    fn default() -> Self {
+        Verdict {
+            up: true,
+            agent_down: false,
+            agent_admin: AdminState::Ready,
+            agent_pct: 100,
+        }
+    }
+}
+
+/// The dynamic health of one backend: its [`Verdict`] is what is
+/// replicated; the streaks, timings and the operator's state are kept where it is checked or
+/// served.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
     /// What the active checks (and passive observation) conclude.
@@ -133,6 +162,17 @@ impl Health {
         }
     }
 
+    /// A backend as the cluster's verdict has it (a balancer starting after a failover knows
+    /// every backend at once); ready, full weight, first check due at once.
+    pub fn from_verdict(v: &Verdict) -> Self {
+        Health {
+            agent_down: v.agent_down,
+            agent_admin: v.agent_admin,
+            agent_pct: v.agent_pct.min(100),
+            ..Health::new(v.up)
+        }
+    }
+
     /// The combined state: maint (operator or agent) > down (checks or agent) > drain
     /// (operator or agent) > up.
     pub fn state(&self) -> BackendState {
@@ -146,6 +186,32 @@ impl Health {
         } else {
             BackendState::Up
         }
+    }
+
+    /// What the checks and the agent conclude (see [`Verdict`]).
+    pub fn verdict(&self) -> Verdict {
+        Verdict {
+            up: self.checks_up,
+            agent_down: self.agent_down,
+            agent_admin: self.agent_admin,
+            agent_pct: self.agent_pct,
+        }
+    }
+
+    /// Take the cluster's verdict (a checker taking a backend over, a balancer following the
+    /// replicated state): the streaks start again from it; the operator's state, the check
+    /// timing and slowstart's origin are kept (a backend that starts serving by it ramps up).
+    pub fn adopt(&mut self, v: &Verdict, now_ms: u64) -> Option<Transition> {
+        self.change(now_ms, |h| {
+            if h.checks_up != v.up {
+                h.streak = 0;
+                h.passive_errors = 0;
+            }
+            h.checks_up = v.up;
+            h.agent_down = v.agent_down;
+            h.agent_admin = v.agent_admin;
+            h.agent_pct = v.agent_pct.min(100);
+        })
     }
 
     /// The operator's own state (what `phalanx balancer drain|ready|maint` set).

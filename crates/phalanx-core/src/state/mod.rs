@@ -7,11 +7,13 @@
 //! One concern per file: `nodes` (membership, liveness, standby, attributes, maintenance),
 //! `resources` (results, monitors, probes, failures, cleanup), `plan` (the plan, claims and
 //! reported actions), `fencing` (fence records, device health), `operator` (moves and bans) and
-//! `input` (the scheduler's input), and `touched` (which entries a command changed, so that a
+//! `input` (the scheduler's input), `balancers` (backend health verdicts and the operator's
+//! drains and weights), and `touched` (which entries a command changed, so that a
 //! persisted state machine writes only those), and `config` (the committed configuration's
 //! versions). This file holds the nouns every family shares and the
 //! dispatch of a [`Command`] to its family.
 
+mod balancers;
 mod config;
 mod fencing;
 mod input;
@@ -22,6 +24,7 @@ mod resources;
 mod touched;
 
 pub use crate::outcome::{Outcome, RejectReason};
+pub use balancers::{BackendAdminChange, BackendRecord, BalancerRecord, HealthRecord, MAX_BACKENDS};
 pub use config::{ConfigRecord, CONFIG_HISTORY};
 pub use fencing::{DeviceHealth, FenceRecord};
 pub use nodes::{Liveness, NewNode, NodeRecord, SHUTDOWN_LOCK_ATTR};
@@ -63,6 +66,10 @@ pub struct ClusterState {
     /// from `OperatorConstraint`, whose stored layout must not change.
     #[serde(default)]
     pub operator_origin: Vec<OperatorOrigin>,
+    /// The load balancers' backends: health verdicts, operator states and weights (see
+    /// `balancers`).
+    #[serde(default)]
+    pub balancers: BTreeMap<String, BalancerRecord>,
 }
 
 /// A change to the cluster state, proposed by the leader or an operator.
@@ -221,11 +228,28 @@ pub enum Command {
         recipient: String,
         seq: u64,
     },
+    /// A backend's health verdict, from the node that checks it (or a balancer that saw its
+    /// live traffic fail): recorded when it differs from the one in force.
+    BackendHealth {
+        balancer: String,
+        backend: String,
+        health: HealthRecord,
+    },
+    /// `phalanx balancer drain|ready|maint|weight`: the operator's state and weight of a
+    /// backend, held until changed again; `by` as the API caller named itself, `at_ms` stamped
+    /// by the API node.
+    BackendAdmin {
+        balancer: String,
+        backend: String,
+        change: BackendAdminChange,
+        by: Option<String>,
+        at_ms: u64,
+    },
 }
 
 /// What a command family's handler gives: the outcome, or (as `Err`) a refusal that changed
 /// nothing.
-type Applied = Result<Outcome, Outcome>;
+pub(crate) type Applied = Result<Outcome, Outcome>;
 
 impl ClusterState {
     /// Apply one command. Rejected commands change nothing.
@@ -309,6 +333,18 @@ impl ClusterState {
             Command::Note(_) => Ok(Outcome::Ok),
             // The history's, not the state's (see `crate::events::apply_logged`).
             Command::AlertsDelivered { .. } => Ok(Outcome::Unchanged),
+            Command::BackendHealth {
+                balancer,
+                backend,
+                health,
+            } => self.backend_health(balancer, backend, health),
+            Command::BackendAdmin {
+                balancer,
+                backend,
+                change,
+                by,
+                at_ms,
+            } => self.backend_admin(balancer, backend, change, by.as_deref(), *at_ms),
         }
     }
 }

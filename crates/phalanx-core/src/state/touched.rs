@@ -30,6 +30,8 @@ pub struct Touched {
     pub scalars: bool,
     /// The event history (kept beside the state: `crate::events`).
     pub events: bool,
+    /// The load balancers' records (`balancers`, one entry).
+    pub balancers: bool,
 }
 
 impl Touched {
@@ -106,6 +108,9 @@ impl Touched {
             Command::Note(_) | Command::AlertsDelivered { .. } => {
                 self.events = true;
             }
+            Command::BackendHealth { .. } | Command::BackendAdmin { .. } => {
+                self.balancers = true;
+            }
         }
     }
 }
@@ -123,6 +128,7 @@ mod tests {
             plan: a.plan != b.plan,
             operator: (&a.operator, &a.operator_origin) != (&b.operator, &b.operator_origin),
             configs: a.configs != b.configs,
+            balancers: a.balancers != b.balancers,
             scalars: (a.config_version, a.max_node_id, a.maintenance)
                 != (b.config_version, b.max_node_id, b.maintenance),
             ..Touched::default()
@@ -183,6 +189,7 @@ mod tests {
         assert!(!real.plan || marked.plan, "{cmd:?}: plan");
         assert!(!real.operator || marked.operator, "{cmd:?}: operator");
         assert!(!real.scalars || marked.scalars, "{cmd:?}: scalars");
+        assert!(!real.balancers || marked.balancers, "{cmd:?}: balancers");
     }
 
     #[test]
@@ -285,6 +292,26 @@ mod tests {
                 on: true,
             },
             Command::SetMaintenance { node: None, on: true },
+            Command::BackendHealth {
+                balancer: "lb".into(),
+                backend: "web@n1".into(),
+                health: super::super::HealthRecord {
+                    verdict: crate::lb::Verdict::default(),
+                    by: "n2".into(),
+                    at_ms: 3,
+                    detail: "pass".into(),
+                },
+            },
+            Command::BackendAdmin {
+                balancer: "lb".into(),
+                backend: "web@n1".into(),
+                change: super::super::BackendAdminChange {
+                    admin: Some(crate::lb::AdminState::Drain),
+                    weight: None,
+                },
+                by: None,
+                at_ms: 4,
+            },
             Command::SetStandby {
                 name: "n2".into(),
                 standby: true,

@@ -45,6 +45,7 @@ pub(super) fn routes() -> Router<Arc<Node>> {
         .route("/v1/maintenance", post(maintenance))
         .route("/v1/why/{rsc}", get(why))
         .route("/v1/balancers", get(balancers))
+        .route("/v1/balancers/{id}/backends/{backend}", post(backend_admin))
         .route("/metrics", get(metrics))
 }
 
@@ -331,7 +332,89 @@ async fn set_link(
 /// The balancers this node runs, with their backends (the node running a balancer is found
 /// from the state: see `phalanx balancer status`).
 async fn balancers(State(node): State<Arc<Node>>) -> Json<Vec<crate::lb::BalancerStatus>> {
-    Json(node.balancers.statuses(&node.name))
+    Json(node.balancers.statuses(&node))
+}
+
+/// A weight in `POST /v1/balancers/{id}/backends/{backend}`: a number, or `"config"` (the
+/// config's again).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum WeightReq {
+    Set(u16),
+    Config(String),
+}
+
+/// Body of `POST /v1/balancers/{id}/backends/{backend}`: the operator's state and/or weight.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BackendAdminReq {
+    #[serde(default)]
+    pub admin: Option<phalanx_core::lb::AdminState>,
+    #[serde(default)]
+    pub weight: Option<WeightReq>,
+}
+
+/// `phalanx balancer drain|ready|maint|weight`: the operator's state or weight of a backend, in
+/// the replicated state (it survives leader changes, config applies and restarts). The
+/// balancer must be in the committed config and the backend one it may have (a static server,
+/// or its resource on a member: it may be drained before it first runs).
+async fn backend_admin(
+    State(node): State<Arc<Node>>,
+    Extension(origin): Extension<Origin>,
+    Path((id, backend)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<Outcome>, ApiError> {
+    let req: BackendAdminReq = parse_json(&body)?;
+    let weight = match req.weight {
+        None => None,
+        Some(WeightReq::Set(w)) if w <= phalanx_core::lb::MAX_WEIGHT => Some(Some(w)),
+        Some(WeightReq::Set(w)) => {
+            return Err(ApiError::BadInput(format!(
+                "weight {w} is out of range (0..={})",
+                phalanx_core::lb::MAX_WEIGHT
+            )))
+        }
+        Some(WeightReq::Config(s)) if s == "config" => Some(None),
+        Some(WeightReq::Config(s)) => {
+            return Err(ApiError::BadInput(format!(
+                "weight {s:?}: give a number 0..=256, or \"config\""
+            )))
+        }
+    };
+    if req.admin.is_none() && weight.is_none() {
+        return Err(ApiError::BadInput("nothing to change: give admin and/or weight".into()));
+    }
+    let config = node.config();
+    let Some(b) = config.balancer(&id) else {
+        let ids: Vec<&str> = config.balancers.iter().map(|b| b.id.as_str()).collect();
+        return Err(ApiError::NotFound(format!(
+            "no balancer {id:?} in the cluster's config (balancers: {})",
+            if ids.is_empty() {
+                "none".to_string()
+            } else {
+                ids.join(", ")
+            }
+        )));
+    };
+    let members: Vec<String> = node.with_state(|sm| sm.cluster.nodes.keys().cloned().collect());
+    let names = crate::lb::discovery::possible(b, &config, &members);
+    if !names.contains(&backend) {
+        return Err(ApiError::NotFound(format!(
+            "balancer {id} has no backend {backend:?} (its backends: {})",
+            names.join(", ")
+        )));
+    }
+    let cmd = Command::BackendAdmin {
+        balancer: id,
+        backend,
+        change: phalanx_core::state::BackendAdminChange {
+            admin: req.admin,
+            weight,
+        },
+        by: Some(origin.by.clone()),
+        at_ms: crate::mesh::unix_ms(),
+    };
+    outcome(origin.write(&node, cmd).await?)
 }
 
 /// `GET /metrics` alone (the token-free `metrics_listen` router, `api::metrics_app`).

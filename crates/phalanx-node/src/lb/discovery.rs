@@ -71,6 +71,16 @@ pub fn targets(b: &BalancerConfig, config: &Config, running: &BTreeMap<String, R
     out
 }
 
+/// Every backend name `b` may ever have with these `members`: its static servers, and its
+/// serving primitive on each member (what an operator may drain before it first runs).
+pub fn possible(b: &BalancerConfig, config: &Config, members: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = b.servers.iter().map(|s| s.name.clone()).collect();
+    if let Some(prim) = b.backends.as_deref().and_then(|r| serving_primitive(config, r)) {
+        out.extend(members.iter().map(|m| format!("{prim}@{m}")));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

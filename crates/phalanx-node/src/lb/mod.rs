@@ -1,14 +1,17 @@
 //! The load balancer's proxy (issue 14) over `phalanx_core::lb`: the built-in agent
 //! `balancer` starts, stops and monitors the `[[balancer]]`s this node runs. A running balancer
 //! has its listeners (`tcp`), its backend table (`pool`), filled by `discovery` from the config
-//! and the replicated state and refreshed on every applied entry, and its active checks
-//! (`health`, behind the `HealthView` seam that replicated health will fill).
+//! and the replicated state and refreshed on every applied entry, and its passive observations
+//! (`health`). Active checks are cluster state: every node runs `checker`, which checks the
+//! backends assigned to it and commits their verdicts, which every balancer adopts.
 //!
 //! Everything a balancer does runs on its own multi-threaded runtime ([`runtime`], threads
 //! `phalanx-lb`), never on the daemon's (Raft, the API, the controller) nor on the heartbeat
 //! mesh's: a saturated proxy cannot delay a heartbeat or a Raft deadline through the scheduler
-//! (issue 14, item 8; the CPU itself is shared: pinning or priorities are for later).
+//! (issue 14, item 8); and its threads run at nice 5 while the heartbeat thread runs real-time
+//! (see `priority`), so a proxy saturating the CPU yields it to the control plane.
 
+pub mod checker;
 pub mod discovery;
 pub mod health;
 pub mod pool;
@@ -93,6 +96,7 @@ pub fn runtime() -> Result<tokio::runtime::Handle, LbError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads())
         .thread_name("phalanx-lb")
+        .on_thread_start(crate::priority::lower_lb_thread)
         .enable_all()
         .build()
         .map_err(LbError::Runtime)?;
@@ -106,13 +110,31 @@ pub fn runtime() -> Result<tokio::runtime::Handle, LbError> {
         .ok_or_else(|| LbError::Runtime(std::io::Error::other("the balancer runtime vanished")))
 }
 
+/// A listener on `addr`, with `IP_FREEBIND` (`IPV6_FREEBIND`): it binds even before the
+/// address is up on this node (a VIP the balancer is not grouped with, or one that comes up a
+/// moment later), as HAProxy's `transparent`/`freebind` bind option; and `SO_REUSEADDR`, so a
+/// balancer restarting here is not refused by its former connections in TIME_WAIT.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    if addr.is_ipv4() {
+        sock.set_freebind_v4(true)?;
+    } else {
+        sock.set_freebind_v6(true)?;
+    }
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    tokio::net::TcpListener::from_std(sock.into())
+}
+
 /// A balancer running here.
 struct Running {
     config: BalancerConfig,
     pool: Arc<pool::Pool>,
     /// The accept loops: the balancer is healthy while they all run.
     listeners: Vec<JoinHandle<()>>,
-    /// The checker and the discovery refresh.
+    /// The refresh from the config and the replicated state.
     helpers: Vec<JoinHandle<()>>,
     /// Tells open connections to finish within the grace (see `tcp`).
     stopping: tokio::sync::watch::Sender<bool>,
@@ -209,27 +231,36 @@ impl Balancers {
             .spawn(async move {
                 let mut out = Vec::new();
                 for addr in addrs {
-                    let l = tokio::net::TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| LbError::Bind { addr, source })?;
-                    out.push(l);
+                    out.push(listen(addr).map_err(|source| LbError::Bind { addr, source })?);
                 }
                 Ok::<_, LbError>(out)
             })
             .await
             .map_err(|e| LbError::Runtime(std::io::Error::other(e.to_string())))??;
         let pool = Arc::new(pool::Pool::new(b.algorithm(), b.check.health.clone(), b.max_conn));
-        let targets = node.with_state(|sm| discovery::targets(&b, &config, &sm.cluster.resources));
-        pool.update(&b, targets);
-        let recorder = node.clone();
+        let (targets, records) = node.with_state(|sm| {
+            (
+                discovery::targets(&b, &config, &sm.cluster.resources),
+                sm.cluster.balancers.get(id).cloned(),
+            )
+        });
+        pool.update(&b, targets, records.as_ref());
+        let weak = Arc::downgrade(&node);
         let on_change: health::OnChange = Arc::new(move |balancer, backend, t, why| {
-            crate::events::note(
-                &recorder,
-                phalanx_core::events::EventKind::BackendChanged,
-                recorder.name.clone(),
-                format!("balancer {balancer}: backend {backend} {} -> {} ({why})", t.from, t.to),
-                crate::mesh::unix_ms(),
-            );
+            let Some(node) = weak.upgrade() else { return };
+            if t.to != phalanx_core::lb::BackendState::Down {
+                return;
+            }
+            let mut verdict = node.with_state(|sm| {
+                sm.cluster
+                    .balancers
+                    .get(balancer)
+                    .and_then(|r| r.backends.get(backend))
+                    .map(|r| r.verdict())
+                    .unwrap_or_default()
+            });
+            verdict.up = false;
+            checker::propose(&node, balancer, backend, verdict, format!("{why} on {}", node.name));
         });
         let view: Arc<dyn health::HealthView> = Arc::new(health::LocalHealth {
             balancer: id.to_string(),
@@ -256,7 +287,6 @@ impl Balancers {
             .into_iter()
             .map(|l| rt.spawn(tcp::accept_loop(l, shared.clone())))
             .collect();
-        let checks = rt.spawn(health::run_checks(pool.clone(), view, move || read().check.timeout));
         let refresh = rt.spawn(refresh(Arc::downgrade(&node), id.to_string(), pool.clone(), settings));
         tracing::info!(balancer = %id, listen = ?b.listen, algorithm = %b.algorithm(), "balancer started");
         self.with(|m| {
@@ -266,7 +296,7 @@ impl Balancers {
                     config: b,
                     pool,
                     listeners,
-                    helpers: vec![checks, refresh],
+                    helpers: vec![refresh],
                     stopping,
                 },
             )
@@ -274,17 +304,32 @@ impl Balancers {
         Ok(())
     }
 
-    /// Every balancer running here.
-    pub fn statuses(&self, node: &str) -> Vec<BalancerStatus> {
+    /// Every balancer running here, with the node that checks each backend (from `node`'s
+    /// replica).
+    pub fn statuses(&self, node: &Node) -> Vec<BalancerStatus> {
+        let online: Vec<String> = node.with_state(|sm| {
+            sm.cluster
+                .nodes
+                .iter()
+                .filter(|(_, r)| r.liveness == phalanx_core::Liveness::Online)
+                .map(|(n, _)| n.clone())
+                .collect()
+        });
+        let online: Vec<&str> = online.iter().map(String::as_str).collect();
         self.with(|m| {
             m.values()
-                .map(|r| BalancerStatus {
-                    id: r.config.id.clone(),
-                    node: node.to_string(),
-                    listen: r.config.listen.iter().map(|a| a.to_string()).collect(),
-                    mode: r.config.mode.as_str().to_string(),
-                    algorithm: r.config.algorithm().to_string(),
-                    backends: r.pool.status(),
+                .map(|r| {
+                    let id = r.config.id.as_str();
+                    BalancerStatus {
+                        id: id.to_string(),
+                        node: node.name.clone(),
+                        listen: r.config.listen.iter().map(|a| a.to_string()).collect(),
+                        mode: r.config.mode.as_str().to_string(),
+                        algorithm: r.config.algorithm().to_string(),
+                        backends: r
+                            .pool
+                            .status(|be| phalanx_core::lb::checker(id, be, &online).map(str::to_string)),
+                    }
                 })
                 .collect()
         })
@@ -302,8 +347,8 @@ impl Balancers {
 /// switches after its entry was applied).
 const REFRESH: Duration = Duration::from_secs(1);
 
-/// Keep `pool` in line with the config and the replicated state: at every applied entry, and
-/// every [`REFRESH`]; `settings` follows the config (timeouts, checks).
+/// Keep `pool` in line with the config and the replicated state (backends, verdicts, operator
+/// states): at every applied entry, and every [`REFRESH`]; `settings` follows the config.
 async fn refresh(node: Weak<Node>, id: String, pool: Arc<pool::Pool>, settings: Arc<Mutex<BalancerConfig>>) {
     let Some(mut applied) = node.upgrade().map(|n| n.applied()) else {
         return;
@@ -316,8 +361,35 @@ async fn refresh(node: Weak<Node>, id: String, pool: Arc<pool::Pool>, settings: 
         let Some(node) = node.upgrade() else { return };
         let config = node.config();
         let Some(b) = config.balancer(&id) else { continue };
-        let targets = node.with_state(|sm| discovery::targets(b, &config, &sm.cluster.resources));
-        pool.update(b, targets);
+        let (targets, records) = node.with_state(|sm| {
+            (
+                discovery::targets(b, &config, &sm.cluster.resources),
+                sm.cluster.balancers.get(&id).cloned(),
+            )
+        });
+        pool.update(b, targets, records.as_ref());
         *settings.lock().unwrap_or_else(|p| p.into_inner()) = b.clone();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_listener_binds_an_address_not_up_here_yet() {
+        // TEST-NET-1: never configured on a machine; bound only, nothing is sent.
+        let addr: SocketAddr = "192.0.2.1:0".parse().unwrap();
+        assert!(
+            std::net::TcpListener::bind(addr).is_err(),
+            "the address is not local here (else the test says nothing)"
+        );
+        let l = listen(addr).expect("freebind binds it");
+        assert_eq!(l.local_addr().unwrap().ip(), addr.ip());
+        let taken = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert!(
+            listen(taken.local_addr().unwrap()).is_err(),
+            "a port in use is still refused"
+        );
     }
 }

@@ -1,13 +1,13 @@
-//! One balancer's backend table: the targets discovery found, each with its [`Health`], its
-//! connections in flight, its counters and its last check; and the [`Balancer`] that picks among
-//! them. The proxy takes a [`Lease`] on a backend per connection (in flight while held), the
-//! health checker asks what is due and records results. Everything is behind one mutex held
-//! for microseconds (a pick builds no allocation beyond its first on a changed set).
+//! One balancer's backend table: the targets discovery found, each with its [`Health`] (the
+//! cluster's committed verdict and the operator's state and weight, adopted at every update,
+//! overlaid by what this node's live traffic saw since), its connections in flight and its
+//! counters; and the [`Balancer`] that picks among them. The proxy takes a [`Lease`] on a
+//! backend per connection (in flight while held). Everything is behind one mutex held for
+//! microseconds (a pick builds no allocation beyond its first on a changed set).
 
 use phalanx_core::config::BalancerConfig;
-use phalanx_core::lb::{
-    Algorithm, Backend, BackendId, Balancer, CheckResult, Health, HealthConfig, Observation, Transition,
-};
+use phalanx_core::lb::{Algorithm, Backend, BackendId, Balancer, Health, HealthConfig, Observation, Transition};
+use phalanx_core::state::{BackendRecord, BalancerRecord};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -27,9 +27,9 @@ pub struct Target {
 pub struct BackendStatus {
     pub name: String,
     pub address: String,
-    /// up | drain | maint | down.
+    /// up | drain | maint | down: what this balancer sends it.
     pub state: String,
-    /// The configured weight (0..=256).
+    /// The weight in force (0..=256): the operator's, else the config's.
     pub weight: u16,
     /// In 1/16 units of the configured weight (slowstart, agent percentage).
     pub effective_weight: u32,
@@ -37,9 +37,18 @@ pub struct BackendStatus {
     pub connections_total: u64,
     /// Connections to it that failed (connect refused, reset, timed out).
     pub errors_total: u64,
-    /// The last active check: "pass", or why it failed; None: none ran yet.
+    /// The operator's state: ready | drain | maint, and who set it (or the weight) last.
+    pub admin: String,
+    pub admin_by: Option<String>,
+    /// The node that checks it now (None: no node is online to).
+    pub checker: Option<String>,
+    /// The committed verdict's detail ("pass" or why the checks failed), the node that
+    /// committed it and how long ago; None: never checked yet.
     pub last_check: Option<String>,
+    pub last_check_by: Option<String>,
     pub last_check_ms_ago: Option<u64>,
+    /// This node's live traffic disagrees with the cluster's verdict (why), if it does.
+    pub disagreement: Option<String>,
 }
 
 struct Entry {
@@ -49,9 +58,11 @@ struct Entry {
     in_flight: u32,
     total: u64,
     errors: u64,
-    last_check: Option<(String, u64)>,
-    /// A check of it is running now.
-    checking: bool,
+    /// The committed record last adopted (None: none yet).
+    record: Option<BackendRecord>,
+    /// Live traffic marked it down here, why and when (unix ms); cleared by a success or by a
+    /// newer committed verdict.
+    passive_down: Option<(String, u64)>,
 }
 
 struct Inner {
@@ -89,13 +100,6 @@ impl Drop for Lease {
     }
 }
 
-/// A check that is due: whom to connect to.
-pub struct DueCheck {
-    pub id: BackendId,
-    pub name: String,
-    pub address: SocketAddr,
-}
-
 impl Pool {
     pub fn new(algorithm: Algorithm, health: HealthConfig, max_conn: Option<u32>) -> Pool {
         Pool {
@@ -120,12 +124,13 @@ impl Pool {
         f(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Take the config's settings (algorithm, checks, max_conn) and this set of targets, in
-    /// this order: a backend kept (same name and address) keeps its health and counters, a new
-    /// one starts up (the passive redispatch covers it until its first check) and is checked
-    /// at once.
-    pub fn update(&self, cfg: &BalancerConfig, targets: Vec<Target>) {
+    /// Take the config's settings (algorithm, checks, max_conn), this set of targets, in this
+    /// order, and the cluster's records of them: a backend kept (same name and address) keeps
+    /// its counters; every backend takes the committed verdict when it changed (a new one starts
+    /// from it: no blind period after a failover), and the operator's state and weight.
+    pub fn update(&self, cfg: &BalancerConfig, targets: Vec<Target>, records: Option<&BalancerRecord>) {
         let algorithm = cfg.algorithm();
+        let now = self.now_ms();
         self.with(|i| {
             if i.balancer.algorithm() != &algorithm {
                 i.balancer = Balancer::new(algorithm);
@@ -134,26 +139,38 @@ impl Pool {
             i.max_conn = cfg.max_conn;
             let mut old = std::mem::take(&mut i.entries);
             for t in targets {
+                let rec = records
+                    .and_then(|r| r.backends.get(&t.name))
+                    .cloned()
+                    .unwrap_or_default();
                 let kept = old
                     .iter()
                     .position(|e| e.target.name == t.name && e.target.address == t.address)
                     .map(|at| old.swap_remove(at));
-                i.entries.push(match kept {
-                    Some(mut e) => {
-                        e.target.weight = t.weight;
-                        e
-                    }
+                let mut e = match kept {
+                    Some(e) => e,
                     None => Entry {
                         id: BackendId::of(&t.name),
-                        target: t,
-                        health: Health::new(true),
+                        target: t.clone(),
+                        health: Health::from_verdict(&rec.verdict()),
                         in_flight: 0,
                         total: 0,
                         errors: 0,
-                        last_check: None,
-                        checking: false,
+                        record: None,
+                        passive_down: None,
                     },
-                });
+                };
+                e.target.weight = rec.weight.unwrap_or(t.weight);
+                let stamp = |r: &BackendRecord| r.health.as_ref().map(|h| (h.by.clone(), h.at_ms));
+                if e.record.as_ref().map(stamp) != Some(stamp(&rec)) {
+                    e.health.adopt(&rec.verdict(), now);
+                    if rec.health.is_some() {
+                        e.passive_down = None;
+                    }
+                }
+                e.health.set_operator(rec.admin, now);
+                e.record = Some(rec);
+                i.entries.push(e);
             }
         });
     }
@@ -198,72 +215,59 @@ impl Pool {
         })
     }
 
-    /// A live connection's outcome (counted, and passive health).
+    /// A live connection's outcome (counted, and passive health): the transition it caused
+    /// here, if any (the caller commits a down for the cluster).
     pub fn observe(&self, id: BackendId, outcome: Observation) -> Option<(String, Transition)> {
         let now = self.now_ms();
         self.with(|i| {
             let e = i.entries.iter_mut().find(|e| e.id == id)?;
-            if outcome != Observation::Success {
+            if outcome == Observation::Success {
+                e.passive_down = None;
+            } else {
                 e.errors += 1;
             }
             let t = e.health.observe(&i.health, outcome, now)?;
-            Some((e.target.name.clone(), t))
-        })
-    }
-
-    /// The checks due now (each marked running until its result is recorded), and when the
-    /// next one not yet due is (ms on the pool's clock; None: no backend).
-    pub fn due_checks(&self) -> (Vec<DueCheck>, Option<u64>) {
-        let now = self.now_ms();
-        self.with(|i| {
-            let mut due = Vec::new();
-            let mut next: Option<u64> = None;
-            for e in i.entries.iter_mut().filter(|e| !e.checking) {
-                let at = e.health.next_check_at(&i.health, now);
-                if at <= now {
-                    e.checking = true;
-                    due.push(DueCheck {
-                        id: e.id,
-                        name: e.target.name.clone(),
-                        address: e.target.address,
-                    });
-                } else {
-                    next = Some(next.map_or(at, |n| n.min(at)));
-                }
+            if !e.health.checks_up() {
+                let why = format!("{} consecutive failed connections", i.health.error_limit);
+                e.passive_down = Some((why, crate::mesh::unix_ms()));
             }
-            (due, next)
-        })
-    }
-
-    /// An active check's result (`detail`: "pass" or why it failed).
-    pub fn record_check(&self, id: BackendId, result: CheckResult, detail: String) -> Option<(String, Transition)> {
-        let now = self.now_ms();
-        self.with(|i| {
-            let e = i.entries.iter_mut().find(|e| e.id == id)?;
-            e.checking = false;
-            e.last_check = Some((detail, now));
-            let t = e.health.record_check(&i.health, result, now)?;
             Some((e.target.name.clone(), t))
         })
     }
 
-    /// Every backend, in selection order.
-    pub fn status(&self) -> Vec<BackendStatus> {
+    /// Every backend, in selection order; `checker` names the node that checks a backend.
+    pub fn status(&self, checker: impl Fn(&str) -> Option<String>) -> Vec<BackendStatus> {
         let now = self.now_ms();
+        let unix = crate::mesh::unix_ms();
         self.with(|i| {
             i.entries
                 .iter()
-                .map(|e| BackendStatus {
-                    name: e.target.name.clone(),
-                    address: e.target.address.to_string(),
-                    state: e.health.state().to_string(),
-                    weight: e.target.weight,
-                    effective_weight: e.health.effective_weight(&i.health, e.target.weight, now),
-                    in_flight: e.in_flight,
-                    connections_total: e.total,
-                    errors_total: e.errors,
-                    last_check: e.last_check.as_ref().map(|(d, _)| d.clone()),
-                    last_check_ms_ago: e.last_check.as_ref().map(|(_, at)| now.saturating_sub(*at)),
+                .map(|e| {
+                    let rec = e.record.clone().unwrap_or_default();
+                    let committed = rec.health.as_ref();
+                    let disagreement = match (&e.passive_down, rec.verdict().up) {
+                        (Some((why, _)), true) => {
+                            Some(format!("live traffic here: {why}, while the cluster's checks say up"))
+                        }
+                        _ => None,
+                    };
+                    BackendStatus {
+                        name: e.target.name.clone(),
+                        address: e.target.address.to_string(),
+                        state: e.health.state().to_string(),
+                        weight: e.target.weight,
+                        effective_weight: e.health.effective_weight(&i.health, e.target.weight, now),
+                        in_flight: e.in_flight,
+                        connections_total: e.total,
+                        errors_total: e.errors,
+                        admin: rec.admin.as_str().to_string(),
+                        admin_by: rec.admin_by.clone(),
+                        checker: checker(&e.target.name),
+                        last_check: committed.map(|h| h.detail.clone()),
+                        last_check_by: committed.map(|h| h.by.clone()),
+                        last_check_ms_ago: committed.map(|h| unix.saturating_sub(h.at_ms)),
+                        disagreement,
+                    }
                 })
                 .collect()
         })
@@ -293,7 +297,7 @@ mod tests {
     fn leases_rotate_count_in_flight_and_respect_max_conn() {
         let c = cfg("roundrobin");
         let pool = Arc::new(Pool::new(c.algorithm(), c.check.health.clone(), c.max_conn));
-        pool.update(&c, vec![target("a", 1), target("b", 2)]);
+        pool.update(&c, vec![target("a", 1), target("b", 2)], None);
         let l1 = pool.lease(None).unwrap();
         let l2 = pool.lease(None).unwrap();
         assert_ne!(l1.name, l2.name, "round robin alternates");
@@ -303,31 +307,85 @@ mod tests {
         assert_eq!(l4.name, l1.name, "b is at max_conn = 2");
         assert!(pool.lease(None).is_none(), "both at max_conn");
         drop(l2);
-        let st = pool.status();
+        let st = pool.status(|_| None);
         assert_eq!(st.iter().map(|s| s.in_flight).collect::<Vec<_>>(), [2, 1]);
         assert_eq!(st.iter().map(|s| s.connections_total).collect::<Vec<_>>(), [2, 2]);
     }
 
+    fn verdict(up: bool, at_ms: u64) -> BackendRecord {
+        BackendRecord {
+            health: Some(phalanx_core::state::HealthRecord {
+                verdict: phalanx_core::lb::Verdict {
+                    up,
+                    ..Default::default()
+                },
+                by: "n2".into(),
+                at_ms,
+                detail: if up { "pass" } else { "connect: refused" }.into(),
+            }),
+            ..Default::default()
+        }
+    }
+
     #[test]
-    fn checks_take_a_backend_out_and_back_and_updates_keep_health() {
+    fn committed_verdicts_and_operator_states_are_adopted_at_once() {
         let c = cfg("roundrobin");
         let pool = Arc::new(Pool::new(c.algorithm(), c.check.health.clone(), None));
-        pool.update(&c, vec![target("a", 1), target("b", 2)]);
-        let (due, _) = pool.due_checks();
-        assert_eq!(due.len(), 2, "new backends are checked at once");
-        assert!(pool.due_checks().0.is_empty(), "not twice while running");
-        let a = due[0].id;
-        let mut last = None;
-        for _ in 0..c.check.health.fall {
-            last = pool.record_check(a, CheckResult::Fail, "refused".into());
-            pool.with(|i| i.entries[0].checking = true);
-        }
-        assert_eq!(last.unwrap().1.to.to_string(), "down");
-        pool.update(&c, vec![target("b", 2), target("a", 1)]);
+        let mut rec = BalancerRecord::default();
+        rec.backends.insert("a".into(), verdict(false, 1));
+        pool.update(&c, vec![target("a", 1), target("b", 2)], Some(&rec));
         assert!(
             (0..4).all(|_| pool.lease(None).unwrap().name == "b"),
-            "a stays down across an update"
+            "a new pool knows a is down at once"
         );
-        assert_eq!(pool.status()[1].last_check.as_deref(), Some("refused"));
+        let st = pool.status(|_| Some("n3".into()));
+        assert_eq!(st[0].state, "down");
+        assert_eq!(st[0].last_check.as_deref(), Some("connect: refused"));
+        assert_eq!(st[0].checker.as_deref(), Some("n3"));
+        rec.backends.insert("a".into(), verdict(true, 2));
+        rec.backends.insert(
+            "b".into(),
+            BackendRecord {
+                admin: phalanx_core::lb::AdminState::Drain,
+                weight: Some(9),
+                ..Default::default()
+            },
+        );
+        pool.update(&c, vec![target("b", 2), target("a", 1)], Some(&rec));
+        assert!(
+            (0..4).all(|_| pool.lease(None).unwrap().name == "a"),
+            "a is back, b drains"
+        );
+        let st = pool.status(|_| None);
+        assert_eq!(
+            (st[0].state.as_str(), st[0].weight, st[0].admin.as_str()),
+            ("drain", 9, "drain")
+        );
+    }
+
+    #[test]
+    fn live_traffic_marks_down_here_and_status_says_the_cluster_disagrees() {
+        let c = cfg("roundrobin");
+        let pool = Arc::new(Pool::new(c.algorithm(), c.check.health.clone(), None));
+        let mut rec = BalancerRecord::default();
+        rec.backends.insert("a".into(), verdict(true, 1));
+        pool.update(&c, vec![target("a", 1), target("b", 2)], Some(&rec));
+        let a = BackendId::of("a");
+        let mut t = None;
+        for _ in 0..c.check.health.error_limit {
+            t = pool.observe(a, Observation::ConnError).or(t);
+        }
+        assert_eq!(t.unwrap().1.to.to_string(), "down");
+        assert!(pool.status(|_| None)[0].disagreement.is_some());
+        pool.update(&c, vec![target("a", 1), target("b", 2)], Some(&rec));
+        assert_eq!(
+            pool.status(|_| None)[0].state,
+            "down",
+            "the same committed verdict does not undo what traffic saw"
+        );
+        rec.backends.insert("a".into(), verdict(true, 2));
+        pool.update(&c, vec![target("a", 1), target("b", 2)], Some(&rec));
+        let st = pool.status(|_| None);
+        assert_eq!((st[0].state.as_str(), st[0].disagreement.as_ref()), ("up", None));
     }
 }

@@ -144,7 +144,7 @@ mod tests {
                 weight: 1,
             },
         ];
-        pool.update(&cfg, targets);
+        pool.update(&cfg, targets, None);
         let (stop, stopping) = watch::channel(false);
         let shared = Arc::new(Shared {
             balancer: "lb".into(),
@@ -163,9 +163,9 @@ mod tests {
         for _ in 0..6 {
             assert_eq!(round_trip(addr).await.unwrap(), b"ping", "every connection is served");
         }
-        let st = pool.status();
+        let st = pool.status(|_| None);
         // Round robin picks the dead one first each time (the redispatch moved the cursor past
-        // the live one), until checks or the passive error limit take it out.
+        // the live one), until the checks or the passive error limit take it out.
         assert_eq!(st[0].errors_total, 6);
         assert_eq!(st[0].state, "up", "6 errors are below the passive limit (10)");
         assert_eq!(st[1].connections_total, 6);
@@ -182,6 +182,6 @@ mod tests {
         open.write_all(b"pong").await.unwrap();
         open.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"pong", "the open connection goes on within the grace");
-        assert_eq!(pool.status()[1].in_flight, 1);
+        assert_eq!(pool.status(|_| None)[1].in_flight, 1);
     }
 }

@@ -530,10 +530,12 @@ impl DatagramOut for UdpOut {
 /// rolling restart: the leader stalled 250 ms, declared n1 dead and alive again within a
 /// millisecond, and the one heartbeat it sent between said it did not hear n1, so n1 counted no
 /// quorum and stopped its resources. Corosync runs its totem protocol apart for the same
-/// reason. Bind the links with [`bind_udp_on`] and pass the handle in `NodeOptions`.
+/// reason, and real-time: so does this thread when it may (see `priority`). Bind the links with [`bind_udp_on`] and pass the handle in `NodeOptions`.
 pub fn dedicated_runtime() -> std::io::Result<tokio::runtime::Handle> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new().name("phalanx-mesh".into()).spawn(move || {
+        let got = crate::priority::raise_mesh_thread();
+        tracing::info!(scheduling = %got, "heartbeat thread started");
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {

@@ -112,6 +112,7 @@ impl From<SmDataV1> for SmData {
                 fence_devices: c.fence_devices,
                 configs: Vec::new(),
                 operator_origin: Vec::new(),
+                balancers: Default::default(),
             },
             events: Default::default(),
         }
@@ -191,8 +192,29 @@ pub(super) mod write {
         encode(&(&d.last_applied, &d.membership, cluster))
     }
 
-    /// A snapshot of format 4: today's state without the event history.
+    /// The whole state as formats 4 and 5 laid it out: today's without `balancers`.
+    fn cluster_v5(c: &phalanx_core::ClusterState) -> impl serde::Serialize + '_ {
+        (
+            &c.nodes,
+            c.config_version,
+            c.max_node_id,
+            &c.resources,
+            &c.operator,
+            &c.plan,
+            c.maintenance,
+            &c.fence_devices,
+            &c.configs,
+            &c.operator_origin,
+        )
+    }
+
+    /// A snapshot of format 4: today's state without the event history and balancers.
     pub fn sm_v4(d: &SmData) -> Vec<u8> {
-        encode(&(&d.last_applied, &d.membership, &d.cluster))
+        encode(&(&d.last_applied, &d.membership, cluster_v5(&d.cluster)))
+    }
+
+    /// A snapshot of format 5: today's without the balancers.
+    pub fn sm_v5(d: &SmData) -> Vec<u8> {
+        encode(&(&d.last_applied, &d.membership, cluster_v5(&d.cluster), &d.events))
     }
 }

@@ -1,6 +1,6 @@
 //! The state machine on disk, one redb entry per entity, so that a batch writes what it changed
 //! rather than the whole cluster state: `sm_meta` (format marker, last applied log id,
-//! membership, scalars, plan, operator constraints and who made them), `sm_nodes` (each node's record, its
+//! membership, scalars, plan, operator constraints and who made them, the load balancers' records), `sm_nodes` (each node's record, its
 //! attributes aside), `sm_attrs` (one entry per node attribute), `sm_resources` and
 //! `sm_devices` (fence device health), `sm_events` (the event history, one entry per event by
 //! sequence number; its counters and alert cursors in `sm_meta`). [`Changes::of`] encodes the entries a batch touched
@@ -30,9 +30,11 @@ const SM_EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("sm_events")
 /// constraint (`operator_origin`): each its own entry, absent from a format-3 store, read as
 /// empty; the bump rewrites the stored snapshot, whose whole-state layout gained both fields;
 /// 5 since the state machine holds the event history (`sm_events`, absent from a format-4 store:
-/// read as an empty history; the snapshot's layout gained it).
+/// read as an empty history; the snapshot's layout gained it); 6 since the state holds the
+/// load balancers' records (`balancers` in `sm_meta`, absent from a format-5 store: read as
+/// none; the snapshot's layout gained it).
 const FORMAT_KEY: &str = "format";
-const FORMAT: u32 = 5;
+const FORMAT: u32 = 6;
 /// The first format whose node entries carry `online_since_plan`.
 const NODE_ENTRY_FORMAT: u32 = 3;
 
@@ -175,6 +177,9 @@ impl Changes {
         if touched.configs {
             c.put(Table::Meta, "configs", encode(&d.cluster.configs));
         }
+        if touched.balancers {
+            c.put(Table::Meta, "balancers", encode(&d.cluster.balancers));
+        }
         let s = &d.cluster;
         for name in &touched.nodes {
             c.node(s, name);
@@ -209,6 +214,7 @@ impl Changes {
         };
         c.meta(d, true, true, true, true);
         c.put(Table::Meta, "configs", encode(&d.cluster.configs));
+        c.put(Table::Meta, "balancers", encode(&d.cluster.balancers));
         let s = &d.cluster;
         for (name, n) in &s.nodes {
             c.node(s, name);
@@ -405,6 +411,7 @@ pub(super) fn load(db: &Database) -> Result<Option<(SmData, bool)>, StoreError> 
         operator: get(&meta, "operator")?.unwrap_or_default(),
         configs: get(&meta, "configs")?.unwrap_or_default(),
         operator_origin: get(&meta, "operator_origin")?.unwrap_or_default(),
+        balancers: get(&meta, "balancers")?.unwrap_or_default(),
         ..ClusterState::default()
     };
     let mut attrs: BTreeMap<Vec<u8>, String> = BTreeMap::new();
@@ -532,6 +539,20 @@ pub(super) fn store_format_3(db: &Database, d: &SmData) -> Result<(), redb::Erro
     Ok(())
 }
 
+/// Store `d` as format 5 did (no balancer records).
+#[cfg(test)]
+pub(super) fn store_format_5(db: &Database, d: &SmData) -> Result<(), redb::Error> {
+    write(db, &Changes::all(d))?;
+    let tx = db.begin_write()?;
+    {
+        let mut meta = tx.open_table(SM_META)?;
+        meta.remove("balancers")?;
+        meta.insert(FORMAT_KEY, encode(&5u32).as_slice())?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 /// Store `d` as format 4 did (no event history).
 #[cfg(test)]
 pub(super) fn store_format_4(db: &Database, d: &SmData) -> Result<(), redb::Error> {
@@ -540,6 +561,7 @@ pub(super) fn store_format_4(db: &Database, d: &SmData) -> Result<(), redb::Erro
     {
         let mut meta = tx.open_table(SM_META)?;
         meta.remove("events")?;
+        meta.remove("balancers")?;
         meta.insert(FORMAT_KEY, encode(&4u32).as_slice())?;
         tx.open_table(SM_EVENTS)?.retain(|_, _| false)?;
     }

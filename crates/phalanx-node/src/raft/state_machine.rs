@@ -379,6 +379,16 @@ mod tests {
                     api: "127.0.0.9:2".into(),
                 },
                 Command::SetMaintenance { node: None, on: true },
+                Command::BackendAdmin {
+                    balancer: "lb".into(),
+                    backend: "web@n2".into(),
+                    change: phalanx_core::state::BackendAdminChange {
+                        admin: Some(phalanx_core::lb::AdminState::Drain),
+                        weight: Some(Some(3)),
+                    },
+                    by: Some("alice".into()),
+                    at_ms: 8,
+                },
             ],
         ]
     }
@@ -407,6 +417,7 @@ mod tests {
         assert_eq!(want.cluster.resources["web"].running["n2"], Role::Started);
         assert_eq!(want.cluster.nodes["n2"].online_since_plan, 1);
         assert_eq!(want.cluster.operator_origin.len(), 1);
+        assert_eq!(want.cluster.balancers["lb"].backends["web@n2"].weight, Some(3));
         assert!(want.events.len() > 5, "{:?}", want.events);
         let back = now(&StateMachine::load(db).unwrap());
         assert_eq!(back.cluster, want.cluster);
@@ -433,8 +444,15 @@ mod tests {
     }
 
     /// `d` as format 4 knew it: no event history.
-    fn as_before_format_5(mut d: SmData) -> SmData {
+    fn as_before_format_5(d: SmData) -> SmData {
+        let mut d = as_before_format_6(d);
         d.events = Default::default();
+        d
+    }
+
+    /// `d` as format 5 knew it: no balancer records.
+    fn as_before_format_6(mut d: SmData) -> SmData {
+        d.cluster.balancers.clear();
         d
     }
 
@@ -522,6 +540,26 @@ mod tests {
                 snapshot_id: "old".into(),
             },
             data: super::super::legacy::write::sm_v4(&want),
+        };
+        meta_put(&db, "snapshot", &old).unwrap();
+        assert_upgraded(db, &want, true).await;
+    }
+
+    /// Format 5 had no balancer records, and its snapshots the whole state without them.
+    #[tokio::test]
+    async fn format_5_entries_and_their_snapshot_are_upgraded_once() {
+        let before = now(&applied(open_in_memory().unwrap()).await);
+        assert!(!before.cluster.balancers.is_empty());
+        let want = as_before_format_6(before);
+        let db = open_in_memory().unwrap();
+        sm_tables::store_format_5(&db, &want).unwrap();
+        let old = StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: want.last_applied,
+                last_membership: want.membership.clone(),
+                snapshot_id: "old".into(),
+            },
+            data: super::super::legacy::write::sm_v5(&want),
         };
         meta_put(&db, "snapshot", &old).unwrap();
         assert_upgraded(db, &want, true).await;
