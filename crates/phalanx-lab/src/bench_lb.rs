@@ -2,21 +2,24 @@
 //! 2.6), in one run, on one lab: the same three backends (`phalanx-lab backend`, a fast HTTP/1.1
 //! keep-alive server, one process per backend host), the same algorithm (roundrobin, set on
 //! both), the same health-check settings, and each proxy pinned to the same core(s) with the same
-//! thread count (HAProxy's `nbthread`, phalanx's `PHALANX_LB_THREADS`). The client and the
-//! backends are pinned to the other cores.
+//! thread count (HAProxy's `nbthread`, phalanx's `PHALANX_LB_THREADS`) and the same niceness
+//! (phalanx runs its balancer threads at nice 5; HAProxy is started at nice 5). The client and
+//! the backends are pinned to the other cores.
 //!
 //! The lab: hosts n1..n3 run a 3-node phalanx cluster whose group `lbg` (a `vip` and the
 //! `[[balancer]]` listening on it) prefers n1; HAProxy runs on n1 too (its own address); n4..n6
 //! are the backends; the client host runs wrk and the open-loop generator (`phalanx-lab
-//! loadgen`). HAProxy is measured first, before the cluster starts; then phalanx. Per proxy:
-//! closed-loop maximum throughput (wrk, keep-alive, fixed connections and duration), open-loop
-//! runs at 50 % and 90 % of HAProxy's maximum (latency from intended send times), each with the
-//! proxy's CPU (utime + stime over the run; for phalanx the whole daemon, control plane
-//! included) and memory (VmRSS, VmHWM); then a backend crash: under steady open-loop GETs, kill
-//! -9 one backend and count failed requests and the time until the proxy reports it down (its
-//! stats socket, `phalanx balancer status`: from then on no request goes to it). The phalanx
-//! daemons' `node_lost` events over the saturating runs are the false suspicions. A benchmark:
-//! it prints figures and asserts nothing (the quick lab test asserts the non-timing facts).
+//! loadgen`). Both proxies run throughout and are measured in turns, alternating which goes first
+//! each round, so that a noisy neighbour's burst hits both alike; each figure is the median of
+//! its rounds. Per proxy: closed-loop maximum throughput (wrk, keep-alive, fixed connections and
+//! duration), open-loop runs at 50 % and 90 % of HAProxy's maximum (latency from intended send
+//! times), each with the proxy's CPU (utime + stime over the run; for phalanx the whole daemon,
+//! control plane included) and memory (VmRSS, VmHWM); then a backend crash: under steady
+//! open-loop GETs, kill -9 one backend and count failed requests and the time until the proxy
+//! reports it down (its stats socket, `phalanx balancer status`: from then on no request goes to
+//! it). The phalanx daemons' `node_lost` events over all the load runs are the false
+//! suspicions. A benchmark: it prints figures and asserts nothing (the quick lab test asserts
+//! the non-timing facts).
 
 use crate::httpload::LoadResult;
 use crate::lab::Lab;
@@ -45,6 +48,9 @@ const CHECK_FALL: u32 = 3;
 const CHECK_RISE: u32 = 2;
 const CHECK_TIMEOUT_MS: u64 = 100;
 const CONNECT_TIMEOUT_MS: u64 = 500;
+/// Consecutive failed connections of live traffic that mark a backend down (phalanx's default
+/// `error_limit`; HAProxy's `observe layer4 error-limit N on-error mark-down`).
+const ERROR_LIMIT: u32 = 10;
 
 /// Which protocol both proxies speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -65,8 +71,10 @@ impl Mode {
 
 pub struct Args {
     pub mode: Mode,
-    /// Seconds per measured phase (the crash phase runs twice that).
+    /// Length of each measured run (the crash runs twice that).
     pub phase: Duration,
+    /// Runs of each kind per proxy, alternating between the proxies (medians are reported).
+    pub rounds: usize,
     /// Client connections (wrk and the generator).
     pub connections: usize,
     /// Proxy threads (HAProxy `nbthread`, `PHALANX_LB_THREADS`).
@@ -109,6 +117,11 @@ pub struct ProxyResult {
     pub mode: String,
     pub threads: usize,
     pub cpus: String,
+    /// The proxy threads' nice value (phalanx lowers its balancer threads'; HAProxy is started
+    /// at the same).
+    pub nice: i32,
+    /// Runs per figure (each figure is the median of its runs).
+    pub rounds: usize,
     /// Closed loop (wrk): the maximum.
     pub max: Run,
     /// Open loop at 50 % and 90 % of HAProxy's maximum.
@@ -381,28 +394,10 @@ fn open_run(l: LoadResult) -> Run {
     }
 }
 
-/// The closed-loop maximum, then open loop at 50 % and 90 % of `reference` (HAProxy's maximum;
-/// None: this run's own).
-async fn measure(
-    cx: &Ctx<'_>,
-    proxy: &Proxy<'_>,
-    target: SocketAddr,
-    reference: Option<f64>,
-    name: &str,
-) -> Result<ProxyResult> {
-    let Ctx {
-        lab,
-        a,
-        lab_exe,
-        script,
-        pb,
-    } = *cx;
-    let pid = proxy.pid();
-    pb.set_message(format!("{name}: warm-up"));
-    wrk(lab, a, script, target, Duration::from_secs(1)).await?;
-    pb.set_message(format!("{name}: closed-loop maximum (wrk)"));
-    let max = measured(pid, async {
-        let w = wrk(lab, a, script, target, a.phase).await?;
+/// One closed-loop run (wrk) through a proxy.
+async fn closed(cx: &Ctx<'_>, p: &Target<'_>) -> Result<Run> {
+    measured(p.proxy.pid(), async {
+        let w = wrk(cx.lab, cx.a, cx.script, p.addr, cx.a.phase).await?;
         Ok(Run {
             rps: w.requests as f64 / (w.duration_us as f64 / 1e6).max(1e-3),
             target_rps: None,
@@ -413,34 +408,87 @@ async fn measure(
             ..Run::default()
         })
     })
-    .await?;
-    pb.inc(1);
-    let reference = reference.unwrap_or(max.rps);
-    let mut at = Vec::new();
-    for share in [0.5, 0.9] {
-        pb.set_message(format!(
-            "{name}: open loop at {:.0} % of HAProxy's maximum",
-            share * 100.0
-        ));
-        let rate = (reference * share).max(1.0);
-        let r = measured(pid, async {
-            let l = loadgen(lab, lab_exe, &a.client_cpus, target, rate, a.phase, a.connections).await?;
-            Ok(open_run(l))
-        })
+    .await
+}
+
+/// One open-loop run at `rate` through a proxy.
+async fn open(cx: &Ctx<'_>, p: &Target<'_>, rate: f64) -> Result<Run> {
+    measured(p.proxy.pid(), async {
+        let l = loadgen(
+            cx.lab,
+            cx.lab_exe,
+            &cx.a.client_cpus,
+            p.addr,
+            rate,
+            cx.a.phase,
+            cx.a.connections,
+        )
         .await?;
-        at.push(r);
-        pb.inc(1);
-    }
-    let load_90 = at.pop().unwrap_or_default();
-    let load_50 = at.pop().unwrap_or_default();
-    Ok(ProxyResult {
-        mode: a.mode.as_str().into(),
-        threads: a.threads,
-        cpus: a.proxy_cpus.clone(),
-        max,
-        load_50,
-        load_90,
+        Ok(open_run(l))
     })
+    .await
+}
+
+/// The median of each figure over the rounds (each figure on its own).
+fn median(runs: &[Run]) -> Run {
+    fn mid<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        v[v.len() / 2]
+    }
+    if runs.is_empty() {
+        return Run::default();
+    }
+    let f = |g: fn(&Run) -> f64| mid(runs.iter().map(g).collect());
+    let u = |g: fn(&Run) -> u64| mid(runs.iter().map(g).collect());
+    Run {
+        rps: f(|r| r.rps),
+        target_rps: runs[0].target_rps,
+        p50_us: u(|r| r.p50_us),
+        p99_us: u(|r| r.p99_us),
+        p999_us: u(|r| r.p999_us),
+        errors: u(|r| r.errors),
+        cpu_pct: f(|r| r.cpu_pct),
+        cpu_us_per_req: f(|r| r.cpu_us_per_req),
+        rss_kb: u(|r| r.rss_kb),
+        hwm_kb: u(|r| r.hwm_kb),
+    }
+}
+
+/// A proxy under test and where it listens.
+struct Target<'a> {
+    name: &'static str,
+    proxy: Proxy<'a>,
+    addr: SocketAddr,
+}
+
+/// Which runs a phase does.
+#[derive(Clone, Copy)]
+enum Phase {
+    Closed,
+    Open(f64),
+}
+
+/// `rounds` runs of `phase` through each proxy, alternating which goes first (HAProxy, phalanx;
+/// then phalanx, HAProxy; ...), so that a noisy neighbour's burst hits both alike: the runs of
+/// HAProxy and of phalanx, in that order.
+async fn rounds(cx: &Ctx<'_>, both: [&Target<'_>; 2], phase: Phase, what: &str) -> Result<[Vec<Run>; 2]> {
+    let mut out = [Vec::new(), Vec::new()];
+    for round in 0..cx.a.rounds {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for k in order {
+            let t = both[k];
+            cx.pb
+                .set_message(format!("{what}: {} (round {} of {})", t.name, round + 1, cx.a.rounds));
+            let r = match phase {
+                Phase::Closed => closed(cx, t).await,
+                Phase::Open(rate) => open(cx, t, rate).await,
+            }
+            .with_context(|| format!("{what} through {}", t.name))?;
+            out[k].push(r);
+            cx.pb.inc(1);
+        }
+    }
+    Ok(out)
 }
 
 /// The backends: one process per host, pinned to the client's cores.
@@ -557,7 +605,8 @@ fn haproxy_config(lab: &Lab, a: &Args, socket: &Path) -> String {
     );
     for i in 0..BACKENDS.len() {
         s += &format!(
-            "  server b{} {} check inter {CHECK_INTER_MS}ms fall {CHECK_FALL} rise {CHECK_RISE}\n",
+            "  server b{} {} check inter {CHECK_INTER_MS}ms fall {CHECK_FALL} rise {CHECK_RISE} \
+             observe layer4 error-limit {ERROR_LIMIT} on-error mark-down\n",
             i + 1,
             Backends::addr(lab, i)
         );
@@ -583,7 +632,7 @@ listen = ["{VIP}:{LB_PORT}"]
 mode = "{}"
 algorithm = "roundrobin"
 servers = [{}]
-check = {{ kind = "tcp", interval = "{CHECK_INTER_MS}ms", rise = {CHECK_RISE}, fall = {CHECK_FALL}, timeout = "{CHECK_TIMEOUT_MS}ms" }}
+check = {{ kind = "tcp", interval = "{CHECK_INTER_MS}ms", rise = {CHECK_RISE}, fall = {CHECK_FALL}, timeout = "{CHECK_TIMEOUT_MS}ms", error_limit = {ERROR_LIMIT} }}
 connect_timeout = "{CONNECT_TIMEOUT_MS}ms"
 
 [[group]]
@@ -625,7 +674,7 @@ pub async fn run(a: Args) -> Result<Report> {
     let pb = if a.json {
         ProgressBar::hidden()
     } else {
-        ProgressBar::new(8)
+        ProgressBar::new((a.rounds * 6 + 2) as u64)
     };
     pb.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]")
@@ -650,6 +699,16 @@ struct Ctx<'a> {
     pb: &'a ProgressBar,
 }
 
+/// A child process killed when dropped (HAProxy).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 async fn run_in(lab: &Lab, a: &Args, lab_exe: &Path, dir: &Path, script: &Path, pb: &ProgressBar) -> Result<Report> {
     let cx = Ctx {
         lab,
@@ -669,61 +728,36 @@ async fn run_in(lab: &Lab, a: &Args, lab_exe: &Path, dir: &Path, script: &Path, 
     for i in 0..BACKENDS.len() {
         wait_http(lab, Backends::addr(lab, i), lab_exe, &a.client_cpus).await?;
     }
-    let mut report = Report::default();
 
-    // HAProxy, before the cluster exists.
-    pb.set_message("haproxy: starting");
+    // HAProxy on n1's own address, at the niceness of phalanx's balancer threads: on a shared
+    // machine both proxies then yield alike to other work (on a dedicated one it changes nothing).
+    pb.set_message("starting haproxy");
     let socket = dir.join("haproxy.sock");
     let cfg = dir.join("haproxy.cfg");
     std::fs::write(&cfg, haproxy_config(lab, a, &socket))?;
     let log = std::fs::File::create(dir.join("haproxy.log"))?;
-    let mut haproxy = pinned(&lab.node_ns(1), &a.proxy_cpus, HAPROXY)
-        .arg("-db")
-        .arg("-f")
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting haproxy")?;
-    let ha_target = SocketAddr::from((lab.node_ip(1, 0), LB_PORT));
-    let ha = async {
-        wait_http(lab, ha_target, lab_exe, &a.client_cpus).await?;
-        let proxy = Proxy::Haproxy {
-            pid: haproxy.id(),
-            socket: socket.clone(),
-        };
-        let r = measure(&cx, &proxy, ha_target, None, "haproxy").await?;
-        pb.set_message("haproxy: backend crash");
-        let crash = crash_phase(
-            &cx,
-            &mut backends,
-            &proxy,
-            ha_target,
-            r.load_50.target_rps.unwrap_or(1000.0),
-        )
-        .await?;
-        pb.inc(1);
-        anyhow::Ok((r, crash))
-    }
-    .await;
-    let _ = haproxy.kill();
-    let _ = haproxy.wait();
-    let (ha, ha_crash) = ha.with_context(|| {
-        let log = std::fs::read_to_string(dir.join("haproxy.log")).unwrap_or_default();
-        format!("measuring haproxy (its log: {})", log.trim())
-    })?;
-    let reference = ha.max.rps;
-    report.haproxy = ha;
-    (
-        report.backend_crash.haproxy_failed,
-        report.backend_crash.haproxy_out_of_rotation_ms,
-    ) = ha_crash;
-    // The crashed backend is back: wait until it answers before phalanx's turn.
-    wait_http(lab, Backends::addr(lab, 0), lab_exe, &a.client_cpus).await?;
+    let haproxy = Killed(
+        pinned(&lab.node_ns(1), &a.proxy_cpus, "nice")
+            .args(["-n", &phalanx_node::priority::LB_NICE.to_string(), HAPROXY])
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting haproxy")?,
+    );
+    let ha_addr = SocketAddr::from((lab.node_ip(1, 0), LB_PORT));
+    wait_http(lab, ha_addr, lab_exe, &a.client_cpus)
+        .await
+        .with_context(|| {
+            let log = std::fs::read_to_string(dir.join("haproxy.log")).unwrap_or_default();
+            format!("haproxy never served (its log: {})", log.trim())
+        })?;
 
     // phalanx: a 3-node cluster on n1..n3, the balancer on n1.
-    pb.set_message("phalanx: starting the cluster");
+    pb.set_message("starting the phalanx cluster");
     let mut c = LocalCluster::create_with(
         Spec {
             nodes: 3,
@@ -752,35 +786,86 @@ async fn run_in(lab: &Lab, a: &Args, lab_exe: &Path, dir: &Path, script: &Path, 
     .await?;
     let pid = c.node("n1")?.pid().context("n1's daemon has no pid")?;
     pin(pid, &a.proxy_cpus)?;
-    let target: SocketAddr = format!("{VIP}:{LB_PORT}").parse()?;
-    wait_http(lab, target, lab_exe, &a.client_cpus).await?;
-    let proxy = Proxy::Phalanx { pid, cluster: &c };
+    let ph_addr: SocketAddr = format!("{VIP}:{LB_PORT}").parse()?;
+    wait_http(lab, ph_addr, lab_exe, &a.client_cpus).await?;
+
+    let ha = Target {
+        name: "haproxy",
+        proxy: Proxy::Haproxy {
+            pid: haproxy.0.id(),
+            socket: socket.clone(),
+        },
+        addr: ha_addr,
+    };
+    let ph = Target {
+        name: "phalanx",
+        proxy: Proxy::Phalanx { pid, cluster: &c },
+        addr: ph_addr,
+    };
     let lost_before = node_lost(&c)?;
-    let ph = measure(&cx, &proxy, target, Some(reference), "phalanx").await?;
-    report.false_suspicions = node_lost(&c)?.saturating_sub(lost_before);
-    pb.set_message("phalanx: backend crash");
-    let rate = report.haproxy.load_50.target_rps.unwrap_or(1000.0);
-    (
-        report.backend_crash.phalanx_failed,
-        report.backend_crash.phalanx_out_of_rotation_ms,
-    ) = crash_phase(&cx, &mut backends, &proxy, target, rate).await?;
-    pb.inc(1);
-    report.phalanx = ph;
-    let h = &report.haproxy;
-    let p = &report.phalanx;
-    let ratio = |x: f64, y: f64| (y > 0.0).then(|| x / y);
-    report.ratio_rps = ratio(p.max.rps, h.max.rps);
-    report.ratio_p99_50 = ratio(p.load_50.p99_us as f64, h.load_50.p99_us as f64);
-    report.ratio_p99_90 = ratio(p.load_90.p99_us as f64, h.load_90.p99_us as f64);
+    for t in [&ha, &ph] {
+        pb.set_message(format!("warm-up: {}", t.name));
+        wrk(lab, a, script, t.addr, Duration::from_secs(1)).await?;
+    }
+    let [hmax, pmax] = rounds(&cx, [&ha, &ph], Phase::Closed, "closed-loop maximum").await?;
+    let reference = median(&hmax).rps.max(1.0);
+    let [h50, p50] = rounds(&cx, [&ha, &ph], Phase::Open(reference * 0.5), "open loop at 50 %").await?;
+    let [h90, p90] = rounds(&cx, [&ha, &ph], Phase::Open(reference * 0.9), "open loop at 90 %").await?;
+    let false_suspicions = node_lost(&c)?.saturating_sub(lost_before);
+
+    let mut crash = Crash::default();
+    for t in [&ha, &ph] {
+        pb.set_message(format!("backend crash: {}", t.name));
+        // Both proxies have the (restarted) backend back in rotation first.
+        let deadline = Instant::now() + T;
+        for u in [&ha, &ph] {
+            while tokio::task::block_in_place(|| u.proxy.is_down("b1")) != Some(false) {
+                if Instant::now() > deadline {
+                    bail!("{} never took b1 back", u.name);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let r = crash_phase(&cx, &mut backends, &t.proxy, t.addr, reference * 0.5).await?;
+        if t.name == "haproxy" {
+            (crash.haproxy_failed, crash.haproxy_out_of_rotation_ms) = r;
+        } else {
+            (crash.phalanx_failed, crash.phalanx_out_of_rotation_ms) = r;
+        }
+        pb.inc(1);
+    }
+    drop(ph);
     c.stop_all();
-    Ok(report)
+    drop(haproxy);
+
+    let result = |runs: [&[Run]; 3]| ProxyResult {
+        mode: a.mode.as_str().into(),
+        threads: a.threads,
+        cpus: a.proxy_cpus.clone(),
+        nice: phalanx_node::priority::LB_NICE,
+        rounds: a.rounds,
+        max: median(runs[0]),
+        load_50: median(runs[1]),
+        load_90: median(runs[2]),
+    };
+    let (h, p) = (result([&hmax, &h50, &h90]), result([&pmax, &p50, &p90]));
+    let ratio = |x: f64, y: f64| (y > 0.0).then(|| x / y);
+    Ok(Report {
+        ratio_rps: ratio(p.max.rps, h.max.rps),
+        ratio_p99_50: ratio(p.load_50.p99_us as f64, h.load_50.p99_us as f64),
+        ratio_p99_90: ratio(p.load_90.p99_us as f64, h.load_90.p99_us as f64),
+        haproxy: h,
+        phalanx: p,
+        backend_crash: crash,
+        false_suspicions,
+    })
 }
 
 pub fn render(r: &Report) -> String {
     let h = &r.haproxy;
     let mut s = format!(
-        "load balancer, {} mode, {} proxy thread(s) pinned to CPU {}; roundrobin over 3 backends\n",
-        h.mode, h.threads, h.cpus
+        "load balancer, {} mode, {} proxy thread(s) at nice {} pinned to CPU {}; roundrobin over 3 backends; medians of {} round(s)\n",
+        h.mode, h.threads, h.nice, h.cpus, h.rounds
     );
     s += "proxy   | run            |   req/s | target/s |  p50 µs |  p99 µs | p99.9 µs | errors |  CPU % | CPU µs/req | RSS kB | HWM kB\n";
     for (name, p) in [("haproxy", &r.haproxy), ("phalanx", &r.phalanx)] {
@@ -810,7 +895,7 @@ pub fn render(r: &Report) -> String {
     s += &format!(
         "phalanx ÷ haproxy: req/s {} (goal ≥ 1.00), p99 at 50 % {} and at 90 % {} (goal ≤ 1.00)\n\
          backend crash (kill -9 under steady GETs): failed requests haproxy {} / phalanx {}; out of rotation after haproxy {} / phalanx {}\n\
-         false suspicions (node_lost during phalanx's runs): {}\n",
+         false suspicions (node_lost during the load runs): {}\n",
         f(r.ratio_rps),
         f(r.ratio_p99_50),
         f(r.ratio_p99_90),

@@ -125,7 +125,10 @@ enum BenchCmd {
         /// Length of each measured phase (the crash phase runs twice as long).
         #[arg(long, default_value = "10s", value_parser = duration)]
         phase: Duration,
-        /// Short phases (2 s): a smoke run, not figures.
+        /// Runs of each kind per proxy, in alternation (the medians are reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Short runs (2 s, one round): a smoke run, not figures.
         #[arg(long)]
         quick: bool,
         /// Client connections (wrk and the open-loop generator).
@@ -319,6 +322,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 BenchCmd::Lb {
                     mode,
                     phase,
+                    rounds,
                     quick,
                     connections,
                     threads,
@@ -337,8 +341,8 @@ async fn run(cli: Cli) -> Result<i32> {
                 }
             });
             let threads = threads.unwrap_or_else(|| bench_lb::cpu_count(&proxy_cpus).max(1));
-            if connections == 0 || threads == 0 {
-                bail!("--connections and --threads must be at least 1");
+            if connections == 0 || threads == 0 || rounds == 0 {
+                bail!("--connections, --threads and --rounds must be at least 1");
             }
             let r = bench_lb::run(bench_lb::Args {
                 mode: if mode == "http" {
@@ -347,6 +351,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     bench_lb::Mode::Tcp
                 },
                 phase: if quick { Duration::from_secs(2) } else { phase },
+                rounds: if quick { 1 } else { rounds },
                 connections,
                 threads,
                 proxy_cpus,

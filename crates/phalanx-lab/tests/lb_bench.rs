@@ -31,6 +31,7 @@ async fn the_lb_bench_quick_run_serves_survives_a_backend_crash_and_suspects_no_
     let r = bench_lb::run(Args {
         mode: Mode::Tcp,
         phase: Duration::from_secs(2),
+        rounds: 1,
         connections,
         threads: 1,
         proxy_cpus: proxy,
