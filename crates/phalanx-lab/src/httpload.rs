@@ -21,12 +21,22 @@ use tokio::sync::{mpsc, Mutex};
 /// The backend's answer body.
 const BODY: &[u8] = b"hello from the phalanx lab backend\n";
 
+/// A runtime on `threads` threads: one is a current-thread runtime (no work-stealing overhead;
+/// the processes are pinned to the client's cores anyway).
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+}
+
 /// Serve HTTP/1.1 keep-alive on `listen` for ever, on `threads` threads.
 pub fn serve_backend(listen: SocketAddr, threads: usize) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .enable_all()
-        .build()?;
+    let rt = runtime(threads)?;
     rt.block_on(async {
         let l = TcpListener::bind(listen)
             .await
@@ -138,10 +148,7 @@ pub fn run_load(a: &LoadArgs) -> Result<LoadResult> {
     if a.rate.is_nan() || a.rate <= 0.0 || a.connections == 0 {
         bail!("the rate and the connections must be positive");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(a.threads.max(1))
-        .enable_all()
-        .build()?;
+    let rt = runtime(a.threads)?;
     let scheduled = (a.rate * a.duration.as_secs_f64()).round() as u64;
     let (tx, rx) = mpsc::unbounded_channel::<Instant>();
     let rx = Arc::new(Mutex::new(rx));
@@ -172,7 +179,8 @@ pub fn run_load(a: &LoadArgs) -> Result<LoadResult> {
             }
         }
     });
-    let _ = pacer.join();
+    // The connections finish once the pacer has sent its last slot and they have drained the
+    // queue (on one thread, they run only inside this block_on).
     let tallies = rt.block_on(async {
         let mut out = Vec::new();
         for t in tasks {
@@ -182,6 +190,7 @@ pub fn run_load(a: &LoadArgs) -> Result<LoadResult> {
         }
         out
     });
+    let _ = pacer.join();
     let elapsed = start.elapsed();
     let mut hist = new_hist();
     let mut r = LoadResult {
