@@ -37,6 +37,7 @@ impl Command {
             Command::AlertsDelivered { .. } => "AlertsDelivered",
             Command::BackendHealth { .. } => "BackendHealth",
             Command::BackendAdmin { .. } => "BackendAdmin",
+            Command::Stick { .. } => "Stick",
         }
     }
 
@@ -65,6 +66,7 @@ impl Command {
                 | Command::BackendAdmin { .. }
                 // What a node's agents, devices and balancer checks found.
                 | Command::BackendHealth { .. }
+                | Command::Stick { .. }
                 | Command::ActionResult { .. }
                 | Command::MonitorFailed { .. }
                 | Command::Probe { .. }

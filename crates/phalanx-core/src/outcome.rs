@@ -63,6 +63,8 @@ pub enum RejectReason {
     TooManyBackends { balancer: String, max: usize },
     #[error("weight {weight} is out of range (0..={max})")]
     BadWeight { weight: u16, max: u16 },
+    #[error("a stick batch of {entries} entries for a table of {capacity} is out of bounds")]
+    BadStickBatch { entries: usize, capacity: usize },
 }
 
 #[cfg(test)]

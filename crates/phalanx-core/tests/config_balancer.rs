@@ -1,7 +1,7 @@
 //! The `[[balancer]]` section: defaults, the primitive it runs as, and every kind of problem
 //! with its line and column.
 
-use phalanx_core::config::{check, BalancerMode};
+use phalanx_core::config::{check, BalancerMode, RetryOn};
 use phalanx_core::diag::Severity;
 use phalanx_core::lb::Algorithm;
 use phalanx_core::resources::AgentSpec;
@@ -131,7 +131,7 @@ check = {{ kind = \"tcp\", interval = \"200ms\", fast_interval = \"100ms\", rise
 }
 
 #[test]
-fn http_mode_is_accepted_with_a_warning() {
+fn http_mode_takes_its_timeouts_limits_retries_queue_checks_and_sticky_cookie() {
     let src = format!(
         "{BASE}
 [[balancer]]
@@ -139,17 +139,91 @@ id = \"lb\"
 listen = [\"127.0.0.1:9000\"]
 mode = \"http\"
 servers = [{{ name = \"a\", address = \"127.0.0.9:80\" }}]
+request_timeout = \"3s\"
+server_timeout = \"1s\"
+max_header_size = 8192
+retries = 1
+retry_on = \"connect\"
+queue = 10
+queue_timeout = \"200ms\"
+sticky = {{ cookie = \"SRV\", max_idle = \"30m\", max_life = \"8h\", secure = true }}
+check = {{ kind = \"http\", http_path = \"/health\", expect = \"200-299\", host = \"web\", agent_port = 9999 }}
 "
     );
     let c = check(&src);
-    let cfg = c.config.expect("http is accepted");
-    assert_eq!(cfg.balancers[0].mode, BalancerMode::Http);
-    let warn = c
-        .diagnostics
-        .iter()
-        .find(|d| d.severity == Severity::Warning && d.message.contains("http"))
-        .unwrap();
-    assert!(warn.message.contains("not implemented yet"), "{}", warn.message);
+    let cfg = c.config.expect("valid");
+    let b = &cfg.balancers[0];
+    assert_eq!(b.mode, BalancerMode::Http);
+    assert!(
+        !c.diagnostics.iter().any(|d| d.message.contains("http")),
+        "{:#?}",
+        c.diagnostics
+    );
+    let h = &b.http;
+    assert_eq!(h.request_timeout, Duration::from_secs(3));
+    assert_eq!(h.server_timeout, Duration::from_secs(1));
+    assert_eq!(h.idle_timeout, Duration::from_secs(4), "default");
+    assert_eq!((h.max_header_size, h.retries, h.queue), (8192, 1, 10));
+    assert_eq!(h.retry_on, RetryOn::Connect);
+    assert_eq!(h.queue_timeout, Duration::from_millis(200));
+    let s = h.sticky.as_ref().unwrap();
+    assert_eq!(
+        (s.name.as_str(), s.max_idle_s, s.max_life_s),
+        ("SRV", Some(1800), Some(8 * 3600))
+    );
+    assert!(s.secure && s.httponly);
+    assert_eq!(b.check.kind, "http");
+    assert_eq!((b.check.http_path.as_str(), b.check.expect), ("/health", (200, 299)));
+    assert_eq!((b.check.host.as_deref(), b.check.agent_port), (Some("web"), Some(9999)));
+
+    let errs = errors(
+        "
+[[balancer]]
+id = \"lb\"
+listen = [\"127.0.0.1:9000\"]
+servers = [{ name = \"a\", address = \"127.0.0.9:80\" }]
+queue = 3
+",
+    );
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!((errs[0].0, errs[0].1), (6, 9), "at the value");
+    assert!(errs[0].2.contains("belong to mode = \"http\""), "{}", errs[0].2);
+
+    let errs = errors(
+        "
+[[balancer]]
+id = \"lb\"
+listen = [\"127.0.0.1:9000\"]
+mode = \"http\"
+servers = [{ name = \"a\", address = \"127.0.0.9:80\" }]
+request_timeout = \"0s\"
+retry_on = \"always\"
+max_header_size = 10
+sticky = { cookie = \"a b\", max_idle = \"10ms\" }
+check = { expect = \"200-99\", http_path = \"health\" }
+",
+    );
+    let msgs: Vec<&str> = errs.iter().map(|e| e.2.as_str()).collect();
+    assert_eq!(errs.len(), 8, "{msgs:#?}");
+    assert!(msgs[7].contains("belong to kind = \"http\""), "{msgs:#?}");
+    let at: Vec<(usize, usize)> = errs.iter().map(|e| (e.0, e.1)).collect();
+    assert!(
+        msgs.iter().any(|m| m.contains("request_timeout must be above 0")),
+        "{msgs:#?}"
+    );
+    assert!(msgs.iter().any(|m| m.contains("retry_on \"always\"")), "{msgs:#?}");
+    assert!(
+        msgs.iter().any(|m| m.contains("max_header_size 10 is outside")),
+        "{msgs:#?}"
+    );
+    assert!(msgs.iter().any(|m| m.contains("sticky cookie \"a b\"")), "{msgs:#?}");
+    assert!(
+        msgs.iter().any(|m| m.contains("max_idle must be at least 1s")),
+        "{msgs:#?}"
+    );
+    assert!(msgs.iter().any(|m| m.contains("expect \"200-99\"")), "{msgs:#?}");
+    assert!(msgs.iter().any(|m| m.contains("http_path \"health\"")), "{msgs:#?}");
+    assert!(at.contains(&(7, 19)) && at.contains(&(10, 21)), "{at:?}");
 }
 
 #[test]
@@ -247,12 +321,99 @@ max_conn = 0
 ",
     );
     let msgs: Vec<&str> = errs.iter().map(|e| e.2.as_str()).collect();
-    assert_eq!(errs.len(), 7, "{msgs:#?}");
+    assert_eq!(errs.len(), 6, "{msgs:#?}");
     assert!(msgs[0].contains("mode \"udp\""));
     assert!(msgs[1].contains("unknown balancing algorithm"));
     assert!(msgs[2].contains("needs a `port`"));
-    assert!(msgs[3].contains("not implemented yet"));
-    assert!(msgs[4].contains("rise 0 is outside"));
-    assert!(msgs[5].contains("check interval"));
-    assert!(msgs[6].contains("max_conn 0"));
+    assert!(msgs[3].contains("rise 0 is outside"));
+    assert!(msgs[4].contains("check interval"));
+    assert!(msgs[5].contains("max_conn 0"));
+}
+
+#[test]
+fn source_stickiness_is_read_and_its_mistakes_are_located() {
+    let src = format!(
+        "{BASE}
+[[balancer]]
+id = \"lb\"
+listen = [\"127.0.0.1:9000\"]
+servers = [{{ name = \"a\", address = \"127.0.0.1:1\" }}]
+sticky = {{ source = true, max_idle = \"30m\", capacity = 500 }}
+"
+    );
+    let c = check(&src).config.expect("valid");
+    let st = c.balancers[0].sticky.as_ref().expect("sticky");
+    assert!(st.source);
+    assert_eq!(st.table.max_idle_ms, Some(30 * 60 * 1000));
+    assert_eq!((st.table.max_life_ms, st.table.capacity), (None, 500));
+
+    let bad = "
+[[balancer]]
+id = \"lb\"
+listen = [\"127.0.0.1:9000\"]
+servers = [{ name = \"a\", address = \"127.0.0.1:1\" }]
+sticky = { max_idle = \"30m\" }
+";
+    let (line, col, msg) = one_error(bad);
+    assert_eq!((line, col), (6, 10), "{msg}");
+    assert!(msg.contains("source = true"), "{msg}");
+    let bad = bad.replace(
+        "{ max_idle = \"30m\" }",
+        "{ source = true, capacity = 0, max_life = \"soon\" }",
+    );
+    let errs = errors(&bad);
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(errs.iter().any(|e| e.2.contains("sticky capacity 0")), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.2.contains("sticky max_life")), "{errs:#?}");
+}
+
+#[test]
+fn request_hashing_needs_http_mode() {
+    let (line, col, msg) = one_error(
+        "
+[[balancer]]
+id = \"lb\"
+listen = [\"127.0.0.1:9000\"]
+algorithm = \"uri\"
+servers = [{ name = \"a\", address = \"127.0.0.1:1\" }]
+",
+    );
+    assert_eq!((line, col), (5, 13), "{msg}");
+    assert!(msg.contains("needs mode = \"http\""), "{msg}");
+    assert!(errors(
+        "
+[[balancer]]
+id = \"lb\"
+listen = [\"127.0.0.1:9000\"]
+algorithm = \"source\"
+servers = [{ name = \"a\", address = \"127.0.0.1:1\" }]
+"
+    )
+    .is_empty());
+}
+
+#[test]
+fn a_sticky_table_is_either_by_source_or_a_cookie() {
+    let section = |mode: &str, sticky: &str| {
+        format!(
+            "
+[[balancer]]
+id = \"lb\"
+listen = [\"127.0.0.1:9000\"]
+mode = \"{mode}\"
+servers = [{{ name = \"a\", address = \"127.0.0.1:1\" }}]
+sticky = {sticky}
+"
+        )
+    };
+    let (_, _, msg) = one_error(&section("http", "{ source = true, cookie = \"X\" }"));
+    assert!(msg.contains("not both"), "{msg}");
+    let (_, _, msg) = one_error(&section("tcp", "{ cookie = \"X\" }"));
+    assert!(msg.contains("sticky = { source = true }"), "{msg}");
+    let (_, _, msg) = one_error(&section("http", "{ cookie = \"X\", capacity = 5 }"));
+    assert!(msg.contains("capacity"), "{msg}");
+    let c = check(&format!("{BASE}{}", section("http", "{ source = true }")))
+        .config
+        .expect("source affinity in http mode");
+    assert!(c.balancers[0].sticky.is_some() && c.balancers[0].http.sticky.is_none());
 }

@@ -891,17 +891,77 @@ monitor = {{ interval = "1s", timeout = "5s" }}
 id = "front"
 listen = ["{VIP}:80"]
 mode = "{mode}"
-algorithm = "roundrobin"
+algorithm = "weighted"
 backends = "webs"
 port = {PORT}
 check = {{ kind = "tcp", interval = "200ms", rise = 2, fall = 3, timeout = "100ms" }}
 connect_timeout = "300ms"
 
+[[balancer]]
+id = "front-sticky"
+listen = ["{VIP}:81"]
+mode = "{mode}"
+algorithm = "roundrobin"
+backends = "webs"
+port = {PORT}
+check = {{ kind = "tcp", interval = "200ms", rise = 2, fall = 3, timeout = "100ms" }}
+connect_timeout = "300ms"
+sticky = {{ source = true, max_idle = "10m" }}
+
 [[group]]
 id = "front-stack"
-members = ["front-ip", "front"]
+members = ["front-ip", "front", "front-sticky"]
 "#
     )
+}
+
+/// The client host's extra addresses, for clients with their own source address.
+fn client_sources(lab: &Lab, n: u8) -> Vec<std::net::Ipv4Addr> {
+    (1..=n)
+        .map(|i| {
+            let ip = std::net::Ipv4Addr::new(10, 77, 0, 200 + i);
+            let ok = std::process::Command::new("ip")
+                .args([
+                    "-n",
+                    &lab.client_ns(),
+                    "addr",
+                    "add",
+                    &format!("{ip}/24"),
+                    "dev",
+                    "eth0",
+                ])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "adding {ip} to the client host");
+            ip
+        })
+        .collect()
+}
+
+/// One request from the client host with source address `from`: who answered.
+fn ask_from(lab: &Lab, from: std::net::Ipv4Addr, addr: &str) -> Option<String> {
+    let addr: std::net::SocketAddr = addr.parse().ok()?;
+    phalanx_lab::lab::in_netns(&lab.client_ns(), move || {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        Ok(rt.block_on(async move {
+            let go = async {
+                let sock = tokio::net::TcpSocket::new_v4().ok()?;
+                sock.bind(std::net::SocketAddr::new(from.into(), 0)).ok()?;
+                let mut s = sock.connect(addr).await.ok()?;
+                s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.ok()?;
+                let mut out = Vec::new();
+                s.read_to_end(&mut out).await.ok()?;
+                let text = String::from_utf8_lossy(&out).to_string();
+                text.starts_with("HTTP/1.1 200")
+                    .then(|| text.rsplit("\r\n\r\n").next().unwrap_or("").trim().to_string())
+            };
+            tokio::time::timeout(Duration::from_secs(3), go).await.ok().flatten()
+        }))
+    })
+    .join()
+    .ok()?
+    .ok()?
 }
 
 /// Requests one after another from the client host until `stop`: each one's start and who
@@ -955,8 +1015,8 @@ fn front_and_instances(st: &BTreeMap<String, StatusReport>) -> Option<(String, u
                 .find(|r| r.id == id)
                 .map(|r| r.running.keys().cloned().collect::<Vec<_>>())
         };
-        let (ip, lb) = (on("front-ip")?, on("front")?);
-        if ip.len() != 1 || ip != lb {
+        let (ip, lb, sticky) = (on("front-ip")?, on("front")?, on("front-sticky")?);
+        if ip.len() != 1 || ip != lb || ip != sticky {
             return None;
         }
         let instances = s
@@ -998,8 +1058,40 @@ async fn a_balancer_behind_the_vip_spreads_survives_a_backend_crash_and_fails_ov
     assert_eq!(
         counts,
         BTreeMap::from([("n1".into(), 10), ("n2".into(), 10), ("n3".into(), 10)]),
-        "round robin through the VIP"
+        "equal weights through the VIP"
     );
+    // An operator's weight: smooth weighted round robin gives exactly 3:1:1 over 50 requests.
+    let (code, out, err) = c
+        .cli(&["balancer", "weight", "web-svc@n1", "3", "--balancer", "front"])
+        .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let deadline = Instant::now() + T;
+    loop {
+        let (_, out, _) = c.cli(&["balancer", "status", "front", "--json"]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let weight = v[0]["status"]["backends"]
+            .as_array()
+            .and_then(|bs| bs.iter().find(|b| b["name"] == "web-svc@n1"))
+            .map(|b| b["weight"].clone());
+        if weight == Some(serde_json::json!(3)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the weight never reached the balancer: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let counts = lb_spread(&lab, &addr, 50);
+    assert_eq!(
+        counts,
+        BTreeMap::from([("n1".into(), 30), ("n2".into(), 10), ("n3".into(), 10)]),
+        "weights 3:1:1"
+    );
+    let (code, out, err) = c
+        .cli(&["balancer", "weight", "web-svc@n1", "config", "--balancer", "front"])
+        .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
 
     // A backend host (not the balancer's) crashes under load: no request fails.
     let victim = ["n1", "n2", "n3"]
@@ -1013,6 +1105,30 @@ async fn a_balancer_behind_the_vip_spreads_survives_a_backend_crash_and_fails_ov
     lab.crash(num(&victim)).unwrap();
     let crash_at = Instant::now();
     c.reap(&victim).unwrap();
+    // Out of rotation: marked down (checks or live traffic) or gone from the backends (its
+    // host fenced), as the balancer's status says.
+    let gone = format!("web-svc@{victim}");
+    let out_after = loop {
+        let (_, out, _) = c.cli(&["balancer", "status", "front", "--json"]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let state = v[0]["status"]["backends"].as_array().map(|bs| {
+            bs.iter()
+                .find(|b| b["name"] == gone.as_str())
+                .map(|b| b["state"].clone())
+        });
+        if matches!(&state, Some(None)) || matches!(&state, Some(Some(s)) if s != "up") {
+            break crash_at.elapsed();
+        }
+        assert!(crash_at.elapsed() < T, "{gone} stayed in rotation: {out}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // fall × interval = 600 ms, plus the failure detector (300 ms) when the crashed host was
+    // the backend's checker, plus the status poll.
+    eprintln!("{gone} out of rotation {out_after:?} after the crash");
+    assert!(
+        out_after < Duration::from_millis(2500),
+        "{gone} left rotation after {out_after:?}"
+    );
     c.wait_for(T, "the crashed host's instance gone", |st| {
         (st.len() == 2)
             .then(|| front_and_instances(st))
@@ -1048,7 +1164,16 @@ async fn a_balancer_behind_the_vip_spreads_survives_a_backend_crash_and_fails_ov
         .to_string();
     let backend = format!("web-svc@{other}");
     let (code, out, err) = c
-        .cli(&["balancer", "drain", &backend, "--wait", "--timeout", "30s"])
+        .cli(&[
+            "balancer",
+            "drain",
+            &backend,
+            "--balancer",
+            "front",
+            "--wait",
+            "--timeout",
+            "30s",
+        ])
         .unwrap();
     assert_eq!(code, 0, "{out}{err}");
     let counts = lb_spread(&lab, &addr, 10);
@@ -1058,7 +1183,16 @@ async fn a_balancer_behind_the_vip_spreads_survives_a_backend_crash_and_fails_ov
         "a drained instance takes no request"
     );
     let (code, out, err) = c
-        .cli(&["balancer", "ready", &backend, "--wait", "--timeout", "30s"])
+        .cli(&[
+            "balancer",
+            "ready",
+            &backend,
+            "--balancer",
+            "front",
+            "--wait",
+            "--timeout",
+            "30s",
+        ])
         .unwrap();
     assert_eq!(code, 0, "{out}{err}");
 
@@ -1074,6 +1208,47 @@ async fn a_balancer_behind_the_vip_spreads_survives_a_backend_crash_and_fails_ov
     })
     .await
     .unwrap();
+    // Sticky clients (their own source addresses) through the second balancer.
+    let sticky_addr = format!("{VIP}:81");
+    let deadline = Instant::now() + T;
+    loop {
+        let (_, out, _) = c.cli(&["balancer", "status", "front-sticky", "--json"]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let up = v[0]["status"]["backends"]
+            .as_array()
+            .map_or(0, |bs| bs.iter().filter(|b| b["state"] == "up").count());
+        if up == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the revived instance never came back up: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sources = client_sources(&lab, 9);
+    let mut stuck = BTreeMap::new();
+    for from in &sources {
+        let who: Vec<Option<String>> = (0..3).map(|_| ask_from(&lab, *from, &sticky_addr)).collect();
+        assert!(who[0].is_some() && who.iter().all(|w| *w == who[0]), "{from}: {who:?}");
+        stuck.insert(*from, who[0].clone().unwrap_or_default());
+    }
+    let used: std::collections::BTreeSet<&String> = stuck.values().collect();
+    assert!(used.len() >= 2, "sticky clients are spread: {stuck:?}");
+    // Committed every 0.5 s: wait until the cluster's table holds them all.
+    let deadline = Instant::now() + T;
+    loop {
+        let (_, out, _) = c.cli(&["balancer", "status", "front-sticky", "--json"]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        if v[0]["status"]["sticky_committed"]
+            .as_u64()
+            .is_some_and(|n| n >= sources.len() as u64)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stick table was never committed: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     lab.crash(num(&front)).unwrap();
     c.reap(&front).unwrap();
     let (second, _) = c
@@ -1089,4 +1264,17 @@ async fn a_balancer_behind_the_vip_spreads_survives_a_backend_crash_and_fails_ov
     let counts = lb_spread(&lab, &addr, 20);
     assert_eq!(counts.len(), 2, "both live instances serve behind {second}: {counts:?}");
     assert!(!counts.contains_key("(failed)"), "{counts:?}");
+    // Sticky clients land where they were (those on the crashed host, elsewhere).
+    for (from, was) in stuck.iter().rev() {
+        let now = ask_from(&lab, *from, &sticky_addr);
+        if *was == front {
+            assert!(now.is_some_and(|n| n != front), "{from} was on the crashed host");
+        } else {
+            assert_eq!(
+                now.as_ref(),
+                Some(was),
+                "{from} changed backends across the balancer failover"
+            );
+        }
+    }
 }

@@ -525,6 +525,99 @@ fn balancers(reg: &mut Registry, lb: &[BalancerStatus]) {
         "Connections to the backend that failed (refused, reset, timed out)",
         errors,
     );
+    balancers_http(reg, lb);
+}
+
+/// HTTP mode's series: `phalanx_balancer_requests_total` and `_proxy_responses_total{code}` per
+/// balancer; per backend `phalanx_balancer_backend_responses_total`, `_backend_5xx_total`,
+/// `_backend_req_per_second` and the `phalanx_balancer_backend_response_seconds` histogram
+/// (time to the response head).
+fn balancers_http(reg: &mut Registry, lb: &[BalancerStatus]) {
+    let http = || lb.iter().filter_map(|b| b.http.as_ref().map(|h| (b, h)));
+    let requests = Family::<Labels, Counter>::default();
+    let answers = Family::<Labels, Counter>::default();
+    let responses = Family::<Labels, Counter>::default();
+    let fives = Family::<Labels, Counter>::default();
+    let mut histograms = ConstHistograms::default();
+    let mut rates = Vec::new();
+    for (b, h) in http() {
+        requests
+            .get_or_create(&vec![("balancer", b.id.clone())])
+            .inc_by(h.requests_total);
+        for (code, n) in &h.proxy_answers {
+            answers
+                .get_or_create(&vec![("balancer", b.id.clone()), ("code", code.to_string())])
+                .inc_by(*n);
+        }
+        for (name, be) in &h.backends {
+            let labels: Labels = vec![("balancer", b.id.clone()), ("backend", name.clone())];
+            responses.get_or_create(&labels).inc_by(be.responses_total);
+            fives.get_or_create(&labels).inc_by(be.responses_5xx_total);
+            rates.push((labels.clone(), be.req_per_s as i64));
+            histograms.0.push((labels, be.clone()));
+        }
+    }
+    reg.register(
+        "balancer_requests",
+        "HTTP requests the balancer answered (from a backend or by itself)",
+        requests,
+    );
+    reg.register(
+        "balancer_proxy_responses",
+        "Answers the HTTP balancer made itself, by status (400, 408, 431, 502, 503, 504)",
+        answers,
+    );
+    reg.register(
+        "balancer_backend_responses",
+        "HTTP responses from the backend",
+        responses,
+    );
+    reg.register("balancer_backend_5xx", "HTTP 5xx responses from the backend", fives);
+    reg.register(
+        "balancer_backend_req_per_second",
+        "HTTP responses from the backend in the last whole second",
+        family(rates),
+    );
+    reg.register(
+        "balancer_backend_response_seconds",
+        "Time from sending a request to the backend to its response head",
+        histograms,
+    );
+}
+
+/// Histograms already counted (by `lb::stats`), encoded as a family.
+#[derive(Debug, Default)]
+struct ConstHistograms(Vec<(Labels, crate::lb::stats::HttpBackendStatus)>);
+
+impl prometheus_client::metrics::TypedMetric for ConstHistograms {
+    const TYPE: prometheus_client::metrics::MetricType = prometheus_client::metrics::MetricType::Histogram;
+}
+
+impl prometheus_client::encoding::EncodeMetric for ConstHistograms {
+    fn encode(&self, mut encoder: prometheus_client::encoding::MetricEncoder) -> Result<(), std::fmt::Error> {
+        use crate::lb::stats::BUCKETS;
+        for (labels, be) in &self.0 {
+            let mut buckets: Vec<(f64, u64)> = BUCKETS
+                .iter()
+                .copied()
+                .chain([f64::MAX])
+                .zip(be.latency_buckets.iter().copied())
+                .collect();
+            if buckets.is_empty() {
+                buckets = BUCKETS.iter().copied().chain([f64::MAX]).map(|le| (le, 0)).collect();
+            }
+            let count = buckets.iter().map(|(_, n)| n).sum();
+            let sum = be.latency_sum_us as f64 / 1e6;
+            encoder
+                .encode_family(labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
 }
 
 #[cfg(test)]

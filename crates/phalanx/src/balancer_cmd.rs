@@ -66,6 +66,31 @@ pub async fn status(client: &Client, st: &StatusReport, only: Option<&str>) -> R
     Ok(out)
 }
 
+/// HTTP mode's counters: the requests and the proxy's own answers, then per backend.
+fn render_http(h: &phalanx_node::lb::stats::HttpStatus) -> String {
+    let answers: Vec<String> = h.proxy_answers.iter().map(|(code, n)| format!("{code} x{n}")).collect();
+    let answers = if answers.is_empty() {
+        "none".to_string()
+    } else {
+        answers.join(", ")
+    };
+    let mut s = format!(
+        "  http: {} requests; answered by the proxy: {answers}\n",
+        h.requests_total
+    );
+    s.push_str(&format!(
+        "  {:<20} {:>7} {:>10} {:>7} {:>13}\n",
+        "BACKEND", "REQ/S", "RESPONSES", "5XX", "FAILED TRIES"
+    ));
+    for (name, be) in &h.backends {
+        s.push_str(&format!(
+            "  {:<20} {:>7} {:>10} {:>7} {:>13}\n",
+            name, be.req_per_s, be.responses_total, be.responses_5xx_total, be.failed_tries_total
+        ));
+    }
+    s
+}
+
 /// For a person: one block per balancer, one row per backend.
 pub fn render(found: &[Found]) -> String {
     if found.is_empty() {
@@ -81,8 +106,13 @@ pub fn render(found: &[Found]) -> String {
                 f.error.as_deref().unwrap_or("no status")
             )),
             (Some(n), Some(b)) => {
+                let sticky = match (b.sticky_entries, b.sticky_committed) {
+                    (Some(n), Some(c)) => format!(", source affinity ({n} clients, {c} committed)"),
+                    (Some(n), None) => format!(", source affinity ({n} clients)"),
+                    _ => String::new(),
+                };
                 s.push_str(&format!(
-                    "{} on {n}: {} listening on {}, {}\n",
+                    "{} on {n}: {} listening on {}, {}{sticky}\n",
                     b.id,
                     b.mode,
                     b.listen.join(", "),
@@ -119,6 +149,9 @@ pub fn render(found: &[Found]) -> String {
                     if let Some(by) = &be.admin_by {
                         s.push_str(&format!("    admin state set by {by}\n"));
                     }
+                }
+                if let Some(h) = &b.http {
+                    s.push_str(&render_http(h));
                 }
             }
         }

@@ -119,24 +119,12 @@ async fn spread(addr: SocketAddr, n: usize) -> (BTreeMap<String, usize>, Vec<Str
 
 /// `phalanx balancer status --json` of the cluster: (node running it, backend → state).
 fn lb_status(c: &LocalCluster) -> Option<(String, BTreeMap<String, String>)> {
-    let (code, out, _) = c.cli(&["balancer", "status", "lb", "--json"]).ok()?;
-    if code != 0 {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-    let b = v.get(0)?;
-    let node = b["node"].as_str()?.to_string();
-    let backends = b["status"]["backends"]
-        .as_array()?
-        .iter()
-        .map(|be| {
-            (
-                be["name"].as_str().unwrap_or("").to_string(),
-                be["state"].as_str().unwrap_or("").to_string(),
-            )
-        })
+    let (node, backends) = lb_backends(c)?;
+    let states = backends
+        .into_iter()
+        .map(|(name, b)| (name, b["state"].as_str().unwrap_or("").to_string()))
         .collect();
-    Some((node, backends))
+    Some((node, states))
 }
 
 /// Poll `phalanx balancer status` until `backend` is in `state`; how long that took.
@@ -175,13 +163,13 @@ fn free_port(ip: [u8; 4]) -> u16 {
         .port()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tcp_balancer_spreads_survives_backend_failures_and_fails_over() {
-    let _one = ONE_AT_A_TIME.lock().await;
+/// Three backends of this test on 127.0.`net`.1-3 behind balancer `lb` (TCP, round robin, the
+/// check settings above) with `more` config lines, in a started 3-node cluster: the backends,
+/// the listen address, the cluster and the node running `lb` once every node is online.
+async fn balanced(net: u8, more: &str) -> (Vec<Backend>, SocketAddr, LocalCluster, String) {
     let mut backends = Vec::new();
     for i in 1..=3u8 {
-        let addr = SocketAddr::from(([127, 0, 12, i], 0));
-        backends.push(Backend::start(&format!("b{i}"), addr).await);
+        backends.push(Backend::start(&format!("b{i}"), SocketAddr::from(([127, 0, net, i], 0))).await);
     }
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port([127, 0, 0, 1])));
     let servers: Vec<String> = backends
@@ -198,6 +186,7 @@ algorithm = "roundrobin"
 servers = [{}]
 check = {{ kind = "tcp", interval = "{}ms", rise = {RISE}, fall = {FALL}, timeout = "100ms" }}
 connect_timeout = "500ms"
+{more}
 "#,
         servers.join(", "),
         INTERVAL.as_millis()
@@ -205,15 +194,27 @@ connect_timeout = "500ms"
     let mut c = LocalCluster::create(Spec::loopback(3, PathBuf::from(env!("CARGO_BIN_EXE_phalanx")), extra)).unwrap();
     c.start_all().unwrap();
     let first = c
-        .wait_for(T, "the balancer to start", |st| {
+        .wait_for(T, "every node online and the balancer started", |st| {
             let s = st.values().next()?;
             let r = s.resources.iter().find(|r| r.id == "lb")?;
             let (n, role) = r.running.iter().next()?;
-            (s.plan_pending == 0 && r.running.len() == 1 && *role == Role::Started).then(|| n.clone())
+            let online = s
+                .nodes
+                .iter()
+                .filter(|n| n.liveness == phalanx_core::Liveness::Online)
+                .count();
+            (online == 3 && s.plan_pending == 0 && r.running.len() == 1 && *role == Role::Started).then(|| n.clone())
         })
         .await
         .unwrap();
     wait_serving(listen).await;
+    (backends, listen, c, first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_balancer_spreads_survives_backend_failures_and_fails_over() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (mut backends, listen, mut c, first) = balanced(12, "").await;
     let (node, states) = lb_status(&c).expect("balancer status");
     assert_eq!(node, first);
     assert!(states.values().all(|s| s == "up"), "{states:?}");
@@ -418,32 +419,6 @@ check = {{ interval = "200ms", rise = 2, fall = 3, timeout = "100ms" }}
     assert_eq!(counts.values().copied().collect::<Vec<_>>(), [10, 10], "{counts:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_mode_fails_to_start_saying_it_is_not_implemented() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port([127, 0, 0, 1])));
-    let extra = format!(
-        r#"
-[[balancer]]
-id = "lb"
-listen = ["{listen}"]
-mode = "http"
-servers = [{{ name = "a", address = "127.0.0.1:9" }}]
-"#
-    );
-    let mut c = LocalCluster::create(Spec::loopback(3, PathBuf::from(env!("CARGO_BIN_EXE_phalanx")), extra)).unwrap();
-    c.start_all().unwrap();
-    let error = c
-        .wait_for(T, "the http balancer's start to fail", |st| {
-            let r = st.values().next()?.resources.iter().find(|r| r.id == "lb")?;
-            (r.fatal && r.running.is_empty()).then(|| r.last_error.clone())
-        })
-        .await
-        .unwrap();
-    let error = error.unwrap_or_default();
-    assert!(error.contains("http mode is not implemented yet"), "{error}");
-}
-
 /// `phalanx balancer status lb --json`'s backends, by name (the whole JSON of each).
 fn lb_backends(c: &LocalCluster) -> Option<(String, BTreeMap<String, serde_json::Value>)> {
     let (code, out, _) = c.cli(&["balancer", "status", "lb", "--json"]).ok()?;
@@ -468,45 +443,7 @@ fn lb_backends(c: &LocalCluster) -> Option<(String, BTreeMap<String, serde_json:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_drains_are_cluster_state_and_a_new_balancer_is_not_blind() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut backends = Vec::new();
-    for i in 1..=3u8 {
-        let addr = SocketAddr::from(([127, 0, 13, i], 0));
-        backends.push(Backend::start(&format!("b{i}"), addr).await);
-    }
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port([127, 0, 0, 1])));
-    let servers: Vec<String> = backends
-        .iter()
-        .map(|b| format!("{{ name = \"{}\", address = \"{}\" }}", b.name, b.addr))
-        .collect();
-    let extra = format!(
-        r#"
-[[balancer]]
-id = "lb"
-listen = ["{listen}"]
-mode = "tcp"
-algorithm = "roundrobin"
-servers = [{}]
-check = {{ kind = "tcp", interval = "{}ms", rise = {RISE}, fall = {FALL}, timeout = "100ms" }}
-connect_timeout = "500ms"
-"#,
-        servers.join(", "),
-        INTERVAL.as_millis()
-    );
-    let mut c = LocalCluster::create(Spec::loopback(3, PathBuf::from(env!("CARGO_BIN_EXE_phalanx")), extra)).unwrap();
-    c.start_all().unwrap();
-    c.wait_for(T, "every node online and the balancer started", |st| {
-        let s = st.values().next()?;
-        let r = s.resources.iter().find(|r| r.id == "lb")?;
-        let online = s
-            .nodes
-            .iter()
-            .filter(|n| n.liveness == phalanx_core::Liveness::Online)
-            .count();
-        (online == 3 && s.plan_pending == 0 && r.running.len() == 1).then_some(())
-    })
-    .await
-    .unwrap();
-    wait_serving(listen).await;
+    let (mut backends, listen, mut c, _) = balanced(13, "").await;
     // Every backend gets a committed verdict, by the node that checks it.
     let deadline = Instant::now() + T;
     let (first, view) = loop {
@@ -659,4 +596,79 @@ connect_timeout = "500ms"
     ] {
         assert!(out.contains(want), "{want:?} not in the events:\n{out}");
     }
+}
+
+/// One connection through the balancer from source address `from`: who answered.
+async fn ask_from(from: std::net::IpAddr, addr: SocketAddr) -> Result<String, String> {
+    let sock = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    sock.bind(SocketAddr::new(from, 0))
+        .map_err(|e| format!("bind {from}: {e}"))?;
+    let mut s = tokio::time::timeout(Duration::from_secs(5), sock.connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    s.write_all(b"hello\n").await.map_err(|e| format!("write: {e}"))?;
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(5), BufReader::new(s).read_line(&mut line))
+        .await
+        .map_err(|_| "no answer".to_string())?
+        .map_err(|e| format!("read: {e}"))?;
+    Ok(line.trim().to_string())
+}
+
+/// Source affinity is cluster state (issue 14, item 6): twelve clients (source addresses) are
+/// spread and stuck; their table is committed; the node running the balancer is killed, and
+/// through the balancer that starts elsewhere every client lands on the backend it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_clients_keep_their_backends_across_a_balancer_failover() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (_backends, listen, mut c, first) = balanced(14, "sticky = { source = true, max_idle = \"10m\" }").await;
+    let clients: Vec<std::net::IpAddr> = (1..=12u8).map(|i| std::net::IpAddr::from([127, 0, 21, i])).collect();
+    let mut stuck = BTreeMap::new();
+    for from in &clients {
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(ask_from(*from, listen).await.unwrap());
+        }
+        assert!(
+            seen.iter().all(|s| *s == seen[0]),
+            "{from} moved between backends: {seen:?}"
+        );
+        stuck.insert(*from, seen[0].clone());
+    }
+    let used: std::collections::BTreeSet<&String> = stuck.values().collect();
+    assert_eq!(used.len(), 3, "new clients are balanced: {stuck:?}");
+
+    // The table reaches the cluster state (committed in batches).
+    let api = c.node(&first).unwrap().api.clone();
+    let deadline = Instant::now() + T;
+    loop {
+        let st: serde_json::Value = c.client.get(&api, "/v1/state").await.unwrap();
+        let table = &st["sticks"]["lb"];
+        let missing: Vec<_> = clients.iter().filter(|a| table[a.to_string()].is_null()).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not in the replicated table: {missing:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    c.kill(&first).unwrap();
+    c.wait_for(T, "the balancer to start elsewhere", |st| {
+        let s = st.values().next()?;
+        let r = s.resources.iter().find(|r| r.id == "lb")?;
+        let (n, role) = r.running.iter().next()?;
+        (n != &first && *role == Role::Started && st.len() == 2).then_some(())
+    })
+    .await
+    .unwrap();
+    wait_serving(listen).await;
+    // In reverse order: a balancer without the table would give them other backends.
+    for from in clients.iter().rev() {
+        let now = ask_from(*from, listen).await.unwrap();
+        assert_eq!(now, stuck[from], "{from} changed backends across the balancer failover");
+    }
+    let (_, human, _) = c.cli(&["balancer", "status"]).unwrap();
+    // The twelve, and the address the test's own probes come from.
+    assert!(human.contains("source affinity (13 clients, "), "{human}");
 }

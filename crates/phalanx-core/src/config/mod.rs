@@ -28,8 +28,8 @@ use toml::Spanned;
 pub use agents::{check_agents, check_machine, Machine};
 pub use alerts::{AlertConfig, AlertTarget, ALERT_KINDS};
 pub use balancer::{
-    primitive as balancer_primitive, BalancerConfig, BalancerMode, CheckConfig, ServerConfig, BALANCER_MONITOR,
-    DEFAULT_CONNECT_TIMEOUT,
+    primitive as balancer_primitive, BalancerConfig, BalancerMode, CheckConfig, HttpConfig, RetryOn, ServerConfig,
+    BALANCER_MONITOR, DEFAULT_CONNECT_TIMEOUT,
 };
 pub use cluster::{ClusterConfig, ShutdownMode, MAX_HEARTBEAT, MIN_HEARTBEAT};
 pub use diff::diff;

@@ -9,12 +9,14 @@
 //! balancer: round robin, leastconn, p2c, modulo hashing), `weighted` (smooth weighted round
 //! robin), `rendezvous` (consistent hashing), `agent` (the agent-check line), `health` (rise/
 //! fall, intervals, passive checks, operator states, slowstart), `sticky` (the stick table),
-//! `assign` (which node checks which backend).
+//! `cookie` (HTTP mode's self-contained sticky cookie), `assign` (which node checks which
+//! backend).
 
 pub mod agent;
 pub mod algorithm;
 pub mod assign;
 pub mod backend;
+pub mod cookie;
 pub mod hash;
 pub mod health;
 mod rendezvous;
@@ -26,7 +28,8 @@ pub use agent::{AgentError, AgentReply, Operational};
 pub use algorithm::{Algorithm, AlgorithmError, HashKey, HashSpec};
 pub use assign::checker;
 pub use backend::{position, AdminState, Backend, BackendId, BackendState, MAX_WEIGHT, WEIGHT_SCALE};
+pub use cookie::{CookieConfig, StickyCookie};
 pub use hash::stable_hash;
 pub use health::{CheckResult, Health, HealthConfig, HealthError, Observation, Transition, Verdict};
 pub use select::Balancer;
-pub use sticky::{Lookup, StickConfig, StickEntry, StickError, StickTable};
+pub use sticky::{Lookup, Merged, StickConfig, StickEntry, StickError, StickTable};

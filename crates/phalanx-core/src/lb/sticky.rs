@@ -65,6 +65,13 @@ pub enum Lookup {
     Unavailable { index: usize, state: BackendState },
 }
 
+/// What [`StickTable::merge`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Merged {
+    pub changed: bool,
+    pub evicted: Option<String>,
+}
+
 /// Why a key could not be stuck.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StickError {
@@ -98,6 +105,13 @@ impl StickTable {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Put `entry` as it is (a table read back from storage: no capacity, no expiry).
+    pub fn insert_raw(&mut self, key: String, entry: StickEntry) {
+        self.remove(&key);
+        self.idle.insert((entry.last_seen_ms, key.clone()));
+        self.entries.insert(key, entry);
     }
 
     pub fn get(&self, key: &str) -> Option<&StickEntry> {
@@ -205,6 +219,11 @@ impl StickTable {
     /// Drop every entry expired at `now_ms`; how many. Linear in the table (run it on a timer,
     /// not per request).
     pub fn expire(&mut self, cfg: &StickConfig, now_ms: u64) -> usize {
+        self.expire_keys(cfg, now_ms).len()
+    }
+
+    /// [`expire`](Self::expire), returning the keys dropped.
+    pub fn expire_keys(&mut self, cfg: &StickConfig, now_ms: u64) -> Vec<String> {
         let keys: Vec<String> = self
             .entries
             .iter()
@@ -214,7 +233,41 @@ impl StickTable {
         keys.iter().for_each(|k| {
             self.remove(k);
         });
-        keys.len()
+        keys
+    }
+
+    /// Take `entry` for `key` as another replica made it (a balancer's batch, applied through
+    /// the log): the same stickiness (backend and creation) only moves `last_seen` forward;
+    /// anything else replaces it, evicting the entry idle longest when full. Whether the table
+    /// changed, and the key evicted.
+    pub fn merge(&mut self, cfg: &StickConfig, key: &str, entry: StickEntry) -> Result<Merged, StickError> {
+        if key.len() > MAX_KEY_LEN {
+            return Err(StickError::KeyTooLong { len: key.len() });
+        }
+        if cfg.capacity == 0 {
+            return Err(StickError::ZeroCapacity);
+        }
+        if let Some(e) = self.entries.get(key) {
+            if (e.backend, e.created_ms) == (entry.backend, entry.created_ms) {
+                let before = e.last_seen_ms;
+                self.touch(key, entry.last_seen_ms);
+                return Ok(Merged {
+                    changed: entry.last_seen_ms > before,
+                    evicted: None,
+                });
+            }
+            self.remove(key);
+        }
+        let mut evicted = None;
+        if self.entries.len() >= cfg.capacity {
+            if let Some((_, oldest)) = self.idle.first().cloned() {
+                self.remove(&oldest);
+                evicted = Some(oldest);
+            }
+        }
+        self.idle.insert((entry.last_seen_ms, key.to_string()));
+        self.entries.insert(key.to_string(), entry);
+        Ok(Merged { changed: true, evicted })
     }
 }
 

@@ -156,3 +156,49 @@ fn serializes_sorted_and_compact_and_round_trips() {
     );
     assert_eq!(t1, t2);
 }
+
+#[test]
+fn merging_a_replicas_entries_moves_last_seen_forward_replaces_and_evicts() {
+    let c = StickConfig { capacity: 2, ..cfg() };
+    let e = |backend: u64, created_ms: u64, last_seen_ms: u64| StickEntry {
+        backend: BackendId(backend),
+        created_ms,
+        last_seen_ms,
+    };
+    let mut t = StickTable::new();
+    assert_eq!(
+        t.merge(&c, "a", e(1, 5, 5)).unwrap(),
+        Merged {
+            changed: true,
+            evicted: None
+        }
+    );
+    assert_eq!(
+        t.merge(&c, "a", e(1, 5, 4)).unwrap(),
+        Merged {
+            changed: false,
+            evicted: None
+        },
+        "an older use changes nothing"
+    );
+    assert!(t.merge(&c, "a", e(1, 5, 9)).unwrap().changed);
+    assert_eq!(t.get("a").unwrap().last_seen_ms, 9);
+    assert!(
+        t.merge(&c, "a", e(2, 10, 10)).unwrap().changed,
+        "re-stuck elsewhere: replaced"
+    );
+    assert_eq!(t.get("a").unwrap().backend, BackendId(2));
+    t.merge(&c, "b", e(1, 11, 11)).unwrap();
+    assert_eq!(
+        t.merge(&c, "c", e(1, 12, 12)).unwrap().evicted.as_deref(),
+        Some("a"),
+        "full: the entry idle longest goes"
+    );
+    assert!(t.merge(&c, &"k".repeat(MAX_KEY_LEN + 1), e(1, 1, 1)).is_err());
+    let mut exp = t.clone();
+    let idle = StickConfig {
+        max_idle_ms: Some(5),
+        ..c.clone()
+    };
+    assert_eq!(exp.expire_keys(&idle, 16), vec!["b".to_string()]);
+}

@@ -8,7 +8,7 @@
 //! `resources` (results, monitors, probes, failures, cleanup), `plan` (the plan, claims and
 //! reported actions), `fencing` (fence records, device health), `operator` (moves and bans) and
 //! `input` (the scheduler's input), `balancers` (backend health verdicts and the operator's
-//! drains and weights), and `touched` (which entries a command changed, so that a
+//! drains and weights), `sticks` (their stick tables), and `touched` (which entries a command changed, so that a
 //! persisted state machine writes only those), and `config` (the committed configuration's
 //! versions). This file holds the nouns every family shares and the
 //! dispatch of a [`Command`] to its family.
@@ -21,6 +21,7 @@ mod nodes;
 mod operator;
 mod plan;
 mod resources;
+mod sticks;
 mod touched;
 
 pub use crate::outcome::{Outcome, RejectReason};
@@ -31,6 +32,7 @@ pub use nodes::{Liveness, NewNode, NodeRecord, SHUTDOWN_LOCK_ATTR};
 pub use operator::{OperatorEntry, OperatorOrigin};
 pub use plan::PlanRecord;
 pub use resources::{CallOutcome, ResourceRecord};
+pub use sticks::{MAX_BATCH as MAX_STICK_BATCH, MAX_CAPACITY as MAX_STICK_CAPACITY};
 pub use touched::Touched;
 
 use crate::scheduler::{Action, OperatorConstraint, Role};
@@ -70,6 +72,9 @@ pub struct ClusterState {
     /// `balancers`).
     #[serde(default)]
     pub balancers: BTreeMap<String, BalancerRecord>,
+    /// The balancers' stick tables (source affinity), by balancer (see `sticks`).
+    #[serde(default)]
+    pub sticks: BTreeMap<String, crate::lb::StickTable>,
 }
 
 /// A change to the cluster state, proposed by the leader or an operator.
@@ -245,6 +250,14 @@ pub enum Command {
         by: Option<String>,
         at_ms: u64,
     },
+    /// A balancer's batch of stick-table changes, with the table's settings and the
+    /// proposer's time, on which expiry runs (see `sticks`).
+    Stick {
+        balancer: String,
+        at_ms: u64,
+        config: crate::lb::StickConfig,
+        entries: Vec<(String, crate::lb::StickEntry)>,
+    },
 }
 
 /// What a command family's handler gives: the outcome, or (as `Err`) a refusal that changed
@@ -345,6 +358,12 @@ impl ClusterState {
                 by,
                 at_ms,
             } => self.backend_admin(balancer, backend, change, by.as_deref(), *at_ms),
+            Command::Stick {
+                balancer,
+                at_ms,
+                config,
+                entries,
+            } => self.stick(balancer, *at_ms, config, entries, touched),
         }
     }
 }

@@ -32,6 +32,8 @@ pub struct Touched {
     pub events: bool,
     /// The load balancers' records (`balancers`, one entry).
     pub balancers: bool,
+    /// Stick-table entries, as (balancer, key).
+    pub sticks: BTreeSet<(String, String)>,
 }
 
 impl Touched {
@@ -111,6 +113,8 @@ impl Touched {
             Command::BackendHealth { .. } | Command::BackendAdmin { .. } => {
                 self.balancers = true;
             }
+            // The family marks the entries it merged and the ones it expired.
+            Command::Stick { .. } => {}
         }
     }
 }
@@ -159,6 +163,17 @@ mod tests {
                 t.resources.insert(r.clone());
             }
         }
+        let bs: BTreeSet<&String> = a.sticks.keys().chain(b.sticks.keys()).collect();
+        for bal in bs {
+            let empty = crate::lb::StickTable::new();
+            let (x, y) = (a.sticks.get(bal).unwrap_or(&empty), b.sticks.get(bal).unwrap_or(&empty));
+            let keys: BTreeSet<&str> = x.iter().chain(y.iter()).map(|(k, _)| k).collect();
+            for k in keys {
+                if x.get(k) != y.get(k) {
+                    t.sticks.insert((bal.clone(), k.to_string()));
+                }
+            }
+        }
         let ds: BTreeSet<&String> = a.fence_devices.keys().chain(b.fence_devices.keys()).collect();
         for d in ds {
             if a.fence_devices.get(d) != b.fence_devices.get(d) {
@@ -190,6 +205,7 @@ mod tests {
         assert!(!real.operator || marked.operator, "{cmd:?}: operator");
         assert!(!real.scalars || marked.scalars, "{cmd:?}: scalars");
         assert!(!real.balancers || marked.balancers, "{cmd:?}: balancers");
+        assert!(real.sticks.is_subset(&marked.sticks), "{cmd:?}: sticks");
     }
 
     #[test]
@@ -311,6 +327,40 @@ mod tests {
                 },
                 by: None,
                 at_ms: 4,
+            },
+            Command::Stick {
+                balancer: "lb".into(),
+                at_ms: 10,
+                config: crate::lb::StickConfig {
+                    max_idle_ms: Some(5),
+                    max_life_ms: None,
+                    capacity: 1,
+                },
+                entries: vec![(
+                    "10.0.0.1".into(),
+                    crate::lb::StickEntry {
+                        backend: crate::lb::BackendId(1),
+                        created_ms: 9,
+                        last_seen_ms: 9,
+                    },
+                )],
+            },
+            Command::Stick {
+                balancer: "lb".into(),
+                at_ms: 11,
+                config: crate::lb::StickConfig {
+                    max_idle_ms: Some(5),
+                    max_life_ms: None,
+                    capacity: 1,
+                },
+                entries: vec![(
+                    "10.0.0.2".into(),
+                    crate::lb::StickEntry {
+                        backend: crate::lb::BackendId(2),
+                        created_ms: 11,
+                        last_seen_ms: 11,
+                    },
+                )],
             },
             Command::SetStandby {
                 name: "n2".into(),

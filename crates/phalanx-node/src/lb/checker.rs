@@ -4,7 +4,9 @@
 //! the online members (spread over the cluster: not N× the check traffic of N balancers), and
 //! only a change of verdict goes through Raft (`Command::BackendHealth`). Every balancer adopts
 //! the committed verdicts (see `pool`), so one that starts after a failover knows every backend
-//! at once, and all nodes read one view.
+//! at once, and all nodes read one view. A check is `probe`'s (TCP or HTTP, and the agent's
+//! line when the check has `agent_port`: its down, drain, maint and weight are part of the
+//! verdict).
 //!
 //! A checker takes a backend over with the verdict in force (a new checker does not flip a
 //! backend by starting from scratch), and adopts any verdict another node commits (a balancer
@@ -14,7 +16,7 @@
 use super::pool::Target;
 use crate::node::Node;
 use phalanx_core::config::CheckConfig;
-use phalanx_core::lb::{CheckResult, Health, Verdict};
+use phalanx_core::lb::{AgentReply, CheckResult, Health, Verdict};
 use phalanx_core::state::{BalancerRecord, Command, HealthRecord, Liveness};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -47,6 +49,8 @@ struct Done {
     address: SocketAddr,
     result: CheckResult,
     detail: String,
+    /// The agent's reply, when the check has `agent_port` and it answered.
+    agent: Option<AgentReply>,
 }
 
 /// How long a proposed verdict not yet committed waits before it is proposed again.
@@ -148,30 +152,19 @@ pub async fn run(node: Weak<Node>) {
                 continue;
             }
             slot.checking = true;
-            let (key, address, timeout, tx) = (key.clone(), slot.address, slot.check.timeout, done_tx.clone());
+            let (key, address, check, tx) = (key.clone(), slot.address, slot.check.clone(), done_tx.clone());
             tokio::spawn(async move {
-                let (result, detail) = probe(address, timeout).await;
+                let (result, detail, agent) = super::probe::probe(&check, address).await;
                 let _ = tx.send(Done {
                     key,
                     address,
                     result,
                     detail,
+                    agent,
                 });
             });
         }
         wait = Duration::from_millis(next.saturating_sub(now_ms()).max(1));
-    }
-}
-
-/// One check of `address` within `timeout`: (result, "pass" or why it failed).
-async fn probe(address: SocketAddr, timeout: Duration) -> (CheckResult, String) {
-    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await {
-        Ok(Ok(_)) => (CheckResult::Pass, "pass".to_string()),
-        Ok(Err(e)) => (CheckResult::Fail, format!("connect: {e}")),
-        Err(_) => (
-            CheckResult::Fail,
-            format!("no answer within {} ms", timeout.as_millis()),
-        ),
     }
 }
 
@@ -182,6 +175,9 @@ fn record(node: &Arc<Node>, slots: &mut BTreeMap<Key, Slot>, d: Done, now: u64) 
         return;
     };
     slot.checking = false;
+    if let Some(reply) = &d.agent {
+        slot.health.record_agent(reply, now);
+    }
     slot.health.record_check(&slot.check.health, d.result, now);
     slot.last = d.detail;
     let verdict = slot.health.verdict();

@@ -2,8 +2,9 @@
 //! observations of its live traffic (connect errors; 5xx in HTTP mode) go through a
 //! [`HealthView`] into the pool. When they take a backend down here ([`LocalHealth`]), the
 //! balancer commits that verdict for the cluster (`on_change`), and the backend's checker
-//! (`checker`) adopts it: `rise` passing checks bring it back. Active checks are not here:
-//! they are cluster state, run by one node per backend (see `checker`).
+//! (`checker`) adopts it: `rise` passing checks bring it back. Active checks (`probe`: TCP or
+//! HTTP, and the agent) are not here: they are cluster state, run by one node per backend (see
+//! `checker`).
 
 use super::pool::Pool;
 use phalanx_core::lb::{BackendId, Observation, Transition};

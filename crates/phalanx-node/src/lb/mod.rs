@@ -1,9 +1,10 @@
 //! The load balancer's proxy (issue 14) over `phalanx_core::lb`: the built-in agent
 //! `balancer` starts, stops and monitors the `[[balancer]]`s this node runs. A running balancer
-//! has its listeners (`tcp`), its backend table (`pool`), filled by `discovery` from the config
-//! and the replicated state and refreshed on every applied entry, and its passive observations
-//! (`health`). Active checks are cluster state: every node runs `checker`, which checks the
-//! backends assigned to it and commits their verdicts, which every balancer adopts.
+//! has its listeners (`tcp`, or `http` with `headers` and `stats`), its backend table (`pool`),
+//! filled by `discovery` from the config and the replicated state and refreshed on every
+//! applied entry, and its passive observations (`health`). Active checks (`probe`) are cluster
+//! state: every node runs `checker`, which checks the backends assigned to it and commits their
+//! verdicts, which every balancer adopts.
 //!
 //! Everything a balancer does runs on its own multi-threaded runtime ([`runtime`], threads
 //! `phalanx-lb`), never on the daemon's (Raft, the API, the controller) nor on the heartbeat
@@ -13,8 +14,12 @@
 
 pub mod checker;
 pub mod discovery;
+pub mod headers;
 pub mod health;
+pub mod http;
 pub mod pool;
+pub mod probe;
+pub mod stats;
 pub mod tcp;
 
 use crate::agents::AgentCall;
@@ -37,8 +42,6 @@ pub enum LbError {
     NoNode,
     #[error("no [[balancer]] {0} in the config this node runs")]
     Unknown(String),
-    #[error("balancer {0}: http mode is not implemented yet (use mode = \"tcp\")")]
-    HttpMode(String),
     #[error("binding {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("starting the balancer runtime: {0}")]
@@ -50,7 +53,7 @@ impl LbError {
     /// bind failure is this node's (1).
     fn ocf(&self) -> i32 {
         match self {
-            LbError::HttpMode(_) | LbError::Unknown(_) => ocf::OCF_ERR_CONFIGURED,
+            LbError::Unknown(_) => ocf::OCF_ERR_CONFIGURED,
             _ => ocf::OCF_ERR_GENERIC,
         }
     }
@@ -65,7 +68,14 @@ pub struct BalancerStatus {
     pub listen: Vec<String>,
     pub mode: String,
     pub algorithm: String,
+    /// Clients in the stick table (None: no stickiness), and how many of them the cluster's
+    /// replicated table holds (committed: a balancer taking over knows them).
+    pub sticky_entries: Option<usize>,
+    pub sticky_committed: Option<usize>,
     pub backends: Vec<BackendStatus>,
+    /// HTTP mode's request counters (None in TCP mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<stats::HttpStatus>,
 }
 
 /// The environment variable that sets the proxy runtime's thread count (read once, at the first
@@ -138,6 +148,8 @@ struct Running {
     helpers: Vec<JoinHandle<()>>,
     /// Tells open connections to finish within the grace (see `tcp`).
     stopping: tokio::sync::watch::Sender<bool>,
+    /// HTTP mode's counters.
+    stats: Option<Arc<stats::Stats>>,
 }
 
 impl Running {
@@ -221,9 +233,6 @@ impl Balancers {
             .balancer(id)
             .cloned()
             .ok_or_else(|| LbError::Unknown(id.into()))?;
-        if b.mode == BalancerMode::Http {
-            return Err(LbError::HttpMode(id.into()));
-        }
         let rt = runtime()?;
         // Bound on the balancer runtime, so that their IO is driven there.
         let addrs = b.listen.clone();
@@ -245,6 +254,8 @@ impl Balancers {
             )
         });
         pool.update(&b, targets, records.as_ref());
+        let table = node.with_state(|sm| sm.cluster.sticks.get(id).cloned());
+        pool.set_sticky(b.sticky.as_ref().map(|s| s.table.clone()), table);
         let weak = Arc::downgrade(&node);
         let on_change: health::OnChange = Arc::new(move |balancer, backend, t, why| {
             let Some(node) = weak.upgrade() else { return };
@@ -273,21 +284,44 @@ impl Balancers {
             let s = settings.clone();
             move || s.lock().unwrap_or_else(|p| p.into_inner()).clone()
         };
-        let shared = Arc::new(tcp::Shared {
-            balancer: id.to_string(),
-            pool: pool.clone(),
-            health: view.clone(),
-            connect_timeout: Box::new({
-                let read = read.clone();
-                move || read().connect_timeout
-            }),
-            stopping: stop_rx,
-        });
-        let listeners = bound
-            .into_iter()
-            .map(|l| rt.spawn(tcp::accept_loop(l, shared.clone())))
-            .collect();
+        let (listeners, stats) = if b.mode == BalancerMode::Http {
+            let stats = Arc::new(stats::Stats::default());
+            let shared = Arc::new(http::Shared::new(
+                id.to_string(),
+                pool.clone(),
+                view.clone(),
+                b.connect_timeout,
+                Box::new({
+                    let read = read.clone();
+                    move || read().http
+                }),
+                stop_rx,
+                stats.clone(),
+            ));
+            let listeners = bound
+                .into_iter()
+                .map(|l| rt.spawn(http::accept_loop(l, shared.clone())))
+                .collect();
+            (listeners, Some(stats))
+        } else {
+            let shared = Arc::new(tcp::Shared {
+                balancer: id.to_string(),
+                pool: pool.clone(),
+                health: view.clone(),
+                connect_timeout: Box::new({
+                    let read = read.clone();
+                    move || read().connect_timeout
+                }),
+                stopping: stop_rx,
+            });
+            let listeners = bound
+                .into_iter()
+                .map(|l| rt.spawn(tcp::accept_loop(l, shared.clone())))
+                .collect();
+            (listeners, None)
+        };
         let refresh = rt.spawn(refresh(Arc::downgrade(&node), id.to_string(), pool.clone(), settings));
+        let sticks = rt.spawn(commit_sticks(Arc::downgrade(&node), id.to_string(), pool.clone()));
         tracing::info!(balancer = %id, listen = ?b.listen, algorithm = %b.algorithm(), "balancer started");
         self.with(|m| {
             m.insert(
@@ -296,8 +330,9 @@ impl Balancers {
                     config: b,
                     pool,
                     listeners,
-                    helpers: vec![refresh],
+                    helpers: vec![refresh, sticks],
                     stopping,
+                    stats,
                 },
             )
         });
@@ -326,9 +361,16 @@ impl Balancers {
                         listen: r.config.listen.iter().map(|a| a.to_string()).collect(),
                         mode: r.config.mode.as_str().to_string(),
                         algorithm: r.config.algorithm().to_string(),
+                        sticky_entries: r.pool.sticky_entries(),
+                        sticky_committed: r
+                            .config
+                            .sticky
+                            .as_ref()
+                            .map(|_| node.with_state(|sm| sm.cluster.sticks.get(id).map_or(0, |t| t.len()))),
                         backends: r
                             .pool
                             .status(|be| phalanx_core::lb::checker(id, be, &online).map(str::to_string)),
+                        http: r.stats.as_ref().map(|s| s.status()),
                     }
                 })
                 .collect()
@@ -368,7 +410,34 @@ async fn refresh(node: Weak<Node>, id: String, pool: Arc<pool::Pool>, settings: 
             )
         });
         pool.update(b, targets, records.as_ref());
+        pool.set_sticky(b.sticky.as_ref().map(|s| s.table.clone()), None);
         *settings.lock().unwrap_or_else(|p| p.into_inner()) = b.clone();
+    }
+}
+
+/// How often a balancer commits its stick-table changes.
+const STICK_COMMIT: Duration = Duration::from_millis(500);
+
+/// Commit `pool`'s stick-table changes every [`STICK_COMMIT`], in batches the state accepts. A
+/// batch that fails (no quorum) is not retried: its entries are sent again at their next use.
+async fn commit_sticks(node: Weak<Node>, id: String, pool: Arc<pool::Pool>) {
+    loop {
+        tokio::time::sleep(STICK_COMMIT).await;
+        let Some((config, entries)) = pool.take_sticky_changes() else {
+            continue;
+        };
+        let Some(node) = node.upgrade() else { return };
+        for chunk in entries.chunks(phalanx_core::state::MAX_STICK_BATCH) {
+            let cmd = phalanx_core::Command::Stick {
+                balancer: id.clone(),
+                at_ms: crate::mesh::unix_ms(),
+                config: config.clone(),
+                entries: chunk.to_vec(),
+            };
+            if let Err(e) = node.write(cmd).await {
+                tracing::warn!(balancer = %id, error = %e, entries = chunk.len(), "stick table changes not committed");
+            }
+        }
     }
 }
 

@@ -6,9 +6,13 @@
 //! microseconds (a pick builds no allocation beyond its first on a changed set).
 
 use phalanx_core::config::BalancerConfig;
-use phalanx_core::lb::{Algorithm, Backend, BackendId, Balancer, Health, HealthConfig, Observation, Transition};
+use phalanx_core::lb::{
+    Algorithm, Backend, BackendId, Balancer, HashKey, Health, HealthConfig, Lookup, Observation, StickConfig,
+    StickEntry, StickTable, Transition,
+};
 use phalanx_core::state::{BackendRecord, BalancerRecord};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -74,6 +78,25 @@ struct Inner {
     max_conn: Option<u32>,
     /// splitmix64 state (seeded from the OS): p2c's random word.
     rng: u64,
+    /// Source affinity, when the balancer has it.
+    sticky: Option<Sticky>,
+}
+
+/// A balancer's stick table: looked up here, its changes committed in batches (see
+/// [`Pool::take_sticky_changes`]). Times are unix ms: the table is compared across nodes.
+struct Sticky {
+    cfg: StickConfig,
+    table: StickTable,
+    /// Keys stuck or used since the last batch.
+    dirty: BTreeSet<String>,
+}
+
+impl Sticky {
+    /// How far a use must advance `last_seen` before it is recorded (and replicated): an
+    /// eighth of `max_idle`, between 1 s and 1 min (a minute without one).
+    fn refresh_ms(&self) -> u64 {
+        self.cfg.max_idle_ms.map_or(60_000, |i| (i / 8).clamp(1_000, 60_000))
+    }
 }
 
 /// A balancer's backends (shared by its listeners, its checker and status).
@@ -110,6 +133,7 @@ impl Pool {
                 health,
                 max_conn,
                 rng: rand::random(),
+                sticky: None,
             }),
             epoch: Instant::now(),
         }
@@ -175,10 +199,68 @@ impl Pool {
         });
     }
 
+    /// Source affinity from now on with `cfg` (None: none), starting from `table` (the
+    /// cluster's, when the balancer starts: its clients land where they were); a table already
+    /// here is kept when only the settings change.
+    pub fn set_sticky(&self, cfg: Option<StickConfig>, table: Option<StickTable>) {
+        self.with(|i| match (cfg, i.sticky.as_mut()) {
+            (None, _) => i.sticky = None,
+            (Some(cfg), Some(st)) => st.cfg = cfg,
+            (Some(cfg), None) => {
+                i.sticky = Some(Sticky {
+                    cfg,
+                    table: table.unwrap_or_default(),
+                    dirty: BTreeSet::new(),
+                })
+            }
+        });
+    }
+
+    /// The stick-table changes to commit (entries stuck, or used a while after their last
+    /// recorded use) with the table's settings; expired entries are dropped here meanwhile.
+    /// None: nothing to commit.
+    pub fn take_sticky_changes(&self) -> Option<(StickConfig, Vec<(String, StickEntry)>)> {
+        let now = crate::mesh::unix_ms();
+        self.with(|i| {
+            let st = i.sticky.as_mut()?;
+            st.table.expire(&st.cfg, now);
+            let dirty = std::mem::take(&mut st.dirty);
+            let entries: Vec<(String, StickEntry)> = dirty
+                .into_iter()
+                .filter_map(|k| st.table.get(&k).map(|e| (k, *e)))
+                .collect();
+            (!entries.is_empty()).then(|| (st.cfg.clone(), entries))
+        })
+    }
+
+    /// How many clients the stick table holds (None: no source affinity).
+    pub fn sticky_entries(&self) -> Option<usize> {
+        self.with(|i| i.sticky.as_ref().map(|s| s.table.len()))
+    }
+
     /// Pick a backend for a new connection (never `avoid`, the one that just failed), count
     /// it in flight and connected. None: no backend takes new connections.
     pub fn lease(self: &Arc<Self>, avoid: Option<BackendId>) -> Option<Lease> {
+        self.lease_for(None, avoid)
+    }
+
+    /// [`lease`](Self::lease) for a client with stick key `client` (its source address): with
+    /// source affinity, a client stuck to a backend that takes sticky traffic (up or draining,
+    /// below `max_conn`) goes there; otherwise the pick is stuck to it.
+    pub fn lease_for(self: &Arc<Self>, client: Option<&str>, avoid: Option<BackendId>) -> Option<Lease> {
+        self.lease_keyed(client, None, avoid)
+    }
+
+    /// [`lease_for`](Self::lease_for) with the request's hash key for the hashing algorithms
+    /// (`uri`, `header:NAME`, `cookie:NAME`: the caller extracts it; `source` hashes `client`).
+    pub fn lease_keyed(
+        self: &Arc<Self>,
+        client: Option<&str>,
+        hash: Option<&[u8]>,
+        avoid: Option<BackendId>,
+    ) -> Option<Lease> {
         let now = self.now_ms();
+        let unix = crate::mesh::unix_ms();
         let (id, name, address) = self.with(|i| {
             let Inner {
                 entries,
@@ -187,6 +269,7 @@ impl Pool {
                 health,
                 max_conn,
                 rng,
+                sticky,
             } = i;
             views.clear();
             views.extend(entries.iter().map(|e| {
@@ -198,10 +281,39 @@ impl Pool {
             }));
             *rng = rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
             let word = *rng;
-            let at = match avoid.and_then(|a| phalanx_core::lb::position(views, a)) {
-                Some(skip) => balancer.redispatch(views, None, word, skip),
-                None => balancer.pick(views, None, word),
-            }?;
+            // `source` hashing hashes the client's address octets.
+            let source_key = match balancer.algorithm() {
+                Algorithm::Hash(h) if h.key == HashKey::Source => client
+                    .and_then(|c| c.parse::<std::net::IpAddr>().ok())
+                    .map(|ip| match ip {
+                        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+                        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+                    }),
+                _ => None,
+            };
+            let key = hash.or(source_key.as_deref());
+            let sticky = sticky.as_mut().zip(client);
+            let hit = match (&sticky, avoid) {
+                (Some((st, key)), None) => match st.table.lookup(&st.cfg, key, unix, views) {
+                    Lookup::Hit(at) if max_conn.is_none_or(|m| entries[at].in_flight < m) => Some(at),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let at = match hit {
+                Some(at) => at,
+                None => match avoid.and_then(|a| phalanx_core::lb::position(views, a)) {
+                    Some(skip) => balancer.redispatch(views, key, word, skip),
+                    None => balancer.pick(views, key, word),
+                }?,
+            };
+            if let Some((st, key)) = sticky {
+                let known = st.table.get(key).copied();
+                let fresh = known.is_some_and(|e| e.backend == views[at].id && unix < e.last_seen_ms + st.refresh_ms());
+                if !fresh && st.table.stick(&st.cfg, key, views[at].id, unix).is_ok() {
+                    st.dirty.insert(key.to_string());
+                }
+            }
             let e = &mut entries[at];
             e.in_flight += 1;
             e.total += 1;
@@ -270,6 +382,55 @@ impl Pool {
                     }
                 })
                 .collect()
+        })
+    }
+}
+
+// ---- HTTP mode's additions (sticky leases, agent replies) -------------------------------------
+
+impl Pool {
+    /// The algorithm it balances by (what a request's hash key is taken from).
+    pub fn algorithm(&self) -> Algorithm {
+        self.with(|i| i.balancer.algorithm().clone())
+    }
+
+    /// Whether any backend takes traffic (up or draining): else queueing is useless.
+    pub fn any_serving(&self) -> bool {
+        let now = self.now_ms();
+        self.with(|i| {
+            i.entries.iter().any(|e| {
+                e.health
+                    .view(&i.health, e.id, e.target.weight, e.in_flight, now)
+                    .takes_sticky()
+            })
+        })
+    }
+
+    /// Lease the backend `choose` names among the selection views (an index into them; the
+    /// views are in selection order, each with its state), if it takes sticky traffic and is
+    /// under `max_conn`. For the sticky cookie: `choose` reads the cookie against the views.
+    pub fn lease_chosen(self: &Arc<Self>, choose: impl FnOnce(&[Backend]) -> Option<usize>) -> Option<Lease> {
+        let now = self.now_ms();
+        let (id, name, address) = self.with(|i| {
+            let views: Vec<Backend> = i
+                .entries
+                .iter()
+                .map(|e| e.health.view(&i.health, e.id, e.target.weight, e.in_flight, now))
+                .collect();
+            let at = choose(&views)?;
+            let e = i.entries.get_mut(at)?;
+            if !views[at].takes_sticky() || i.max_conn.is_some_and(|m| e.in_flight >= m) {
+                return None;
+            }
+            e.in_flight += 1;
+            e.total += 1;
+            Some((e.id, e.target.name.clone(), e.target.address))
+        })?;
+        Some(Lease {
+            pool: self.clone(),
+            id,
+            name,
+            address,
         })
     }
 }
@@ -387,5 +548,67 @@ mod tests {
         pool.update(&c, vec![target("a", 1), target("b", 2)], Some(&rec));
         let st = pool.status(|_| None);
         assert_eq!((st[0].state.as_str(), st[0].disagreement.as_ref()), ("up", None));
+    }
+
+    #[test]
+    fn source_affinity_sticks_restickes_when_down_and_starts_from_the_cluster_table() {
+        let c = cfg("roundrobin");
+        let pool = Arc::new(Pool::new(c.algorithm(), c.check.health.clone(), None));
+        pool.update(&c, vec![target("a", 1), target("b", 2)], None);
+        let stick = StickConfig {
+            max_idle_ms: Some(60_000),
+            max_life_ms: None,
+            capacity: 10,
+        };
+        pool.set_sticky(Some(stick.clone()), None);
+        let first = pool.lease_for(Some("10.0.0.9"), None).unwrap().name.clone();
+        for _ in 0..5 {
+            assert_eq!(pool.lease_for(Some("10.0.0.9"), None).unwrap().name, first, "stuck");
+        }
+        let other = pool.lease_for(Some("10.0.0.8"), None).unwrap().name.clone();
+        assert_ne!(other, first, "a new client is balanced");
+        let (cfg_sent, sent) = pool.take_sticky_changes().expect("two new entries to commit");
+        assert_eq!((cfg_sent, sent.len()), (stick.clone(), 2));
+        assert!(
+            pool.take_sticky_changes().is_none(),
+            "uses within the refresh are not sent"
+        );
+
+        // The backend goes down: the client is re-stuck elsewhere.
+        let mut rec = BalancerRecord::default();
+        rec.backends.insert(first.clone(), verdict(false, 1));
+        pool.update(&c, vec![target("a", 1), target("b", 2)], Some(&rec));
+        let now = pool.lease_for(Some("10.0.0.9"), None).unwrap().name.clone();
+        assert_ne!(now, first);
+        assert_eq!(pool.take_sticky_changes().unwrap().1[0].0, "10.0.0.9");
+
+        // A balancer starting with the cluster's table sends the client where it was.
+        let fresh = Arc::new(Pool::new(c.algorithm(), c.check.health.clone(), None));
+        fresh.update(&c, vec![target("a", 1), target("b", 2)], None);
+        let mut table = StickTable::new();
+        table
+            .stick(&stick, "10.0.0.7", BackendId::of("b"), crate::mesh::unix_ms())
+            .unwrap();
+        fresh.set_sticky(Some(stick), Some(table));
+        for _ in 0..3 {
+            assert_eq!(fresh.lease_for(Some("10.0.0.7"), None).unwrap().name, "b");
+        }
+    }
+
+    #[test]
+    fn source_hashing_hashes_the_client_address() {
+        let c = cfg("source");
+        let pool = Arc::new(Pool::new(c.algorithm(), c.check.health.clone(), None));
+        pool.update(&c, vec![target("a", 1), target("b", 2), target("c", 3)], None);
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 1..=30u8 {
+            let from = format!("10.0.0.{i}");
+            let first = pool.lease_for(Some(&from), None).unwrap().name.clone();
+            for _ in 0..3 {
+                assert_eq!(pool.lease_for(Some(&from), None).unwrap().name, first, "{from} moved");
+            }
+            seen.insert(first);
+        }
+        assert_eq!(seen.len(), 3, "clients spread over every backend");
     }
 }

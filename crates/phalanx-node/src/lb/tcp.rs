@@ -48,9 +48,11 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 /// One client connection, to its end.
 async fn serve(mut client: TcpStream, shared: Arc<Shared>) {
     let _ = client.set_nodelay(true);
+    // The stick key of source affinity (used only when the balancer has it).
+    let source = client.peer_addr().ok().map(|a| a.ip().to_canonical().to_string());
     let mut avoid = None;
     for _ in 0..MAX_ATTEMPTS {
-        let Some(lease) = shared.pool.lease(avoid) else {
+        let Some(lease) = shared.pool.lease_for(source.as_deref(), avoid) else {
             tracing::debug!(balancer = %shared.balancer, "no backend takes new connections: closing the client's");
             return;
         };

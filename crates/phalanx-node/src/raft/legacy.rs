@@ -113,6 +113,7 @@ impl From<SmDataV1> for SmData {
                 configs: Vec::new(),
                 operator_origin: Vec::new(),
                 balancers: Default::default(),
+                sticks: Default::default(),
             },
             events: Default::default(),
         }

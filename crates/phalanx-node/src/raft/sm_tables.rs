@@ -3,7 +3,8 @@
 //! membership, scalars, plan, operator constraints and who made them, the load balancers' records), `sm_nodes` (each node's record, its
 //! attributes aside), `sm_attrs` (one entry per node attribute), `sm_resources` and
 //! `sm_devices` (fence device health), `sm_events` (the event history, one entry per event by
-//! sequence number; its counters and alert cursors in `sm_meta`). [`Changes::of`] encodes the entries a batch touched
+//! sequence number; its counters and alert cursors in `sm_meta`), `sm_sticks` (the balancers'
+//! stick tables, one entry per client key). [`Changes::of`] encodes the entries a batch touched
 //! (see `phalanx_core::state::Touched`), [`Changes::all`] a whole state (an installed snapshot,
 //! or the one-time upgrade from the former single `sm` blob); [`write`] commits either in one
 //! transaction; [`load`] reassembles the state.
@@ -23,6 +24,7 @@ const SM_ATTRS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sm_attrs")
 const SM_RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_resources");
 const SM_DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_devices");
 const SM_EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("sm_events");
+const SM_STICKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sm_sticks");
 
 /// Present once the state machine is stored entry by entry: 2 from the start, 3 since node
 /// records carry `online_since_plan` (a format-2 store is read through `legacy` and rewritten),
@@ -31,8 +33,9 @@ const SM_EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("sm_events")
 /// empty; the bump rewrites the stored snapshot, whose whole-state layout gained both fields;
 /// 5 since the state machine holds the event history (`sm_events`, absent from a format-4 store:
 /// read as an empty history; the snapshot's layout gained it); 6 since the state holds the
-/// load balancers' records (`balancers` in `sm_meta`, absent from a format-5 store: read as
-/// none; the snapshot's layout gained it).
+/// load balancers' records (`balancers` in `sm_meta`) and stick tables (`sm_sticks`, one entry
+/// per client key), absent from a format-5 store: read as none; the snapshot's layout gained
+/// both.
 const FORMAT_KEY: &str = "format";
 const FORMAT: u32 = 6;
 /// The first format whose node entries carry `online_since_plan`.
@@ -102,7 +105,8 @@ struct Scalars {
 }
 
 /// `sm_attrs`' key: the node name's length (4 bytes, big-endian), the name, the attribute key.
-/// All attributes of a node share the prefix, whatever bytes the names hold.
+/// All attributes of a node share the prefix, whatever bytes the names hold. `sm_sticks` keys
+/// are made the same way, of the balancer's id and the client key.
 fn attr_prefix(node: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(4 + node.len());
     k.extend_from_slice(&(node.len() as u32).to_be_bytes());
@@ -114,6 +118,14 @@ fn attr_key(node: &str, key: &str) -> Vec<u8> {
     let mut k = attr_prefix(node);
     k.extend_from_slice(key.as_bytes());
     k
+}
+
+/// The (name, key) an [`attr_key`]-made key holds; None when it is not one.
+fn split_key(k: &[u8]) -> Option<(String, String)> {
+    let len = u32::from_be_bytes(k.get(..4)?.try_into().ok()?) as usize;
+    let name = std::str::from_utf8(k.get(4..4 + len)?).ok()?;
+    let key = std::str::from_utf8(k.get(4 + len..)?).ok()?;
+    Some((name.to_string(), key.to_string()))
 }
 
 /// Which table an entry lives in.
@@ -134,6 +146,8 @@ enum Op {
     DeleteAttrsOf(String),
     PutEvent(u64, Vec<u8>),
     DeleteEvents(std::ops::Range<u64>),
+    PutStick(Vec<u8>, Vec<u8>),
+    DeleteStick(Vec<u8>),
 }
 
 /// The encoded entries of one batch, prepared while the state is locked and written after.
@@ -202,6 +216,13 @@ impl Changes {
         for name in &touched.fence_devices {
             c.entry(Table::Devices, name, s.fence_devices.get(name).map(encode));
         }
+        for (balancer, key) in &touched.sticks {
+            let k = attr_key(balancer, key);
+            c.ops.push(match s.sticks.get(balancer).and_then(|t| t.get(key)) {
+                Some(e) => Op::PutStick(k, encode(e)),
+                None => Op::DeleteStick(k),
+            });
+        }
         c
     }
 
@@ -227,6 +248,11 @@ impl Changes {
         }
         for (name, h) in &s.fence_devices {
             c.entry(Table::Devices, name, Some(encode(h)));
+        }
+        for (balancer, t) in &s.sticks {
+            for (key, e) in t.iter() {
+                c.ops.push(Op::PutStick(attr_key(balancer, key), encode(e)));
+            }
         }
         c.events_meta(&d.events);
         for e in d.events.since(0) {
@@ -312,8 +338,10 @@ pub(super) fn write(db: &Database, c: &Changes) -> Result<(), redb::Error> {
         let mut resources = tx.open_table(SM_RESOURCES)?;
         let mut devices = tx.open_table(SM_DEVICES)?;
         let mut events = tx.open_table(SM_EVENTS)?;
+        let mut sticks = tx.open_table(SM_STICKS)?;
         if c.clear {
             events.retain(|_, _| false)?;
+            sticks.retain(|_, _| false)?;
             meta.retain(|_, _| false)?;
             nodes.retain(|_, _| false)?;
             attrs.retain(|_, _| false)?;
@@ -351,6 +379,12 @@ pub(super) fn write(db: &Database, c: &Changes) -> Result<(), redb::Error> {
                 }
                 Op::DeleteEvents(range) => {
                     events.retain_in(range.clone(), |_, _| false)?;
+                }
+                Op::PutStick(k, v) => {
+                    sticks.insert(k.as_slice(), v.as_slice())?;
+                }
+                Op::DeleteStick(k) => {
+                    sticks.remove(k.as_slice())?;
                 }
                 Op::DeleteAttrsOf(node) => {
                     let prefix = attr_prefix(node);
@@ -472,6 +506,19 @@ pub(super) fn load(db: &Database) -> Result<Option<(SmData, bool)>, StoreError> 
             .fence_devices
             .insert(k.value().to_string(), decode("fence device", v.value())?);
     }
+    match rx.open_table(SM_STICKS) {
+        Ok(t) => {
+            for item in t.iter().map_err(redb::Error::from)? {
+                let (k, v) = item.map_err(redb::Error::from)?;
+                let (balancer, key) = split_key(k.value()).ok_or(StoreError::Corrupt("stick key"))?;
+                let entry = decode("stick entry", v.value())?;
+                cluster.sticks.entry(balancer).or_default().insert_raw(key, entry);
+            }
+        }
+        // A store from before stick tables.
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(redb::Error::from(e).into()),
+    }
     let events = match get::<EventsMeta>(&meta, "events")? {
         None => EventLog::default(),
         Some(m) => {
@@ -539,7 +586,7 @@ pub(super) fn store_format_3(db: &Database, d: &SmData) -> Result<(), redb::Erro
     Ok(())
 }
 
-/// Store `d` as format 5 did (no balancer records).
+/// Store `d` as format 5 did (no balancer records, no stick tables).
 #[cfg(test)]
 pub(super) fn store_format_5(db: &Database, d: &SmData) -> Result<(), redb::Error> {
     write(db, &Changes::all(d))?;
@@ -549,6 +596,7 @@ pub(super) fn store_format_5(db: &Database, d: &SmData) -> Result<(), redb::Erro
         meta.remove("balancers")?;
         meta.insert(FORMAT_KEY, encode(&5u32).as_slice())?;
     }
+    tx.delete_table(SM_STICKS)?;
     tx.commit()?;
     Ok(())
 }

@@ -389,6 +389,23 @@ mod tests {
                     by: Some("alice".into()),
                     at_ms: 8,
                 },
+                Command::Stick {
+                    balancer: "lb".into(),
+                    at_ms: 9,
+                    config: phalanx_core::lb::StickConfig {
+                        max_idle_ms: None,
+                        max_life_ms: None,
+                        capacity: 10,
+                    },
+                    entries: vec![(
+                        "10.0.0.1".into(),
+                        phalanx_core::lb::StickEntry {
+                            backend: phalanx_core::lb::BackendId(7),
+                            created_ms: 9,
+                            last_seen_ms: 9,
+                        },
+                    )],
+                },
             ],
         ]
     }
@@ -418,6 +435,7 @@ mod tests {
         assert_eq!(want.cluster.nodes["n2"].online_since_plan, 1);
         assert_eq!(want.cluster.operator_origin.len(), 1);
         assert_eq!(want.cluster.balancers["lb"].backends["web@n2"].weight, Some(3));
+        assert_eq!(want.cluster.sticks["lb"].len(), 1);
         assert!(want.events.len() > 5, "{:?}", want.events);
         let back = now(&StateMachine::load(db).unwrap());
         assert_eq!(back.cluster, want.cluster);
@@ -450,9 +468,10 @@ mod tests {
         d
     }
 
-    /// `d` as format 5 knew it: no balancer records.
+    /// `d` as format 5 knew it: no balancer records, no stick tables.
     fn as_before_format_6(mut d: SmData) -> SmData {
         d.cluster.balancers.clear();
+        d.cluster.sticks.clear();
         d
     }
 
