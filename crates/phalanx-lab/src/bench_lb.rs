@@ -591,13 +591,18 @@ fn haproxy_config(lab: &Lab, a: &Args, socket: &Path) -> String {
     let mut s = format!(
         "global\n  nbthread {}\n  maxconn 8000\n  stats socket {} mode 600 level admin\n\n\
          defaults\n  mode {}\n  timeout connect {CONNECT_TIMEOUT_MS}ms\n  timeout client 30s\n  timeout server 30s\n  \
-         timeout check {CHECK_TIMEOUT_MS}ms\n  retries 2\n  option redispatch 1\n",
+         timeout check {CHECK_TIMEOUT_MS}ms\n  retries 2\n",
         a.threads,
         socket.display(),
         a.mode.as_str(),
     );
     if http {
-        s += "  option http-keep-alive\n  retry-on conn-failure empty-response response-timeout\n";
+        // phalanx's HTTP mode: 2 retries, the last one to another backend (HAProxy's default
+        // redispatch), idempotent requests also on an empty answer or a reset.
+        s += "  option redispatch\n  option http-keep-alive\n  retry-on conn-failure empty-response response-timeout\n";
+    } else {
+        // phalanx's TCP mode redispatches every connect retry.
+        s += "  option redispatch 1\n";
     }
     s += &format!(
         "\nlisten lb\n  bind {}:{LB_PORT}\n  balance roundrobin\n",
@@ -634,7 +639,7 @@ algorithm = "roundrobin"
 servers = [{}]
 check = {{ kind = "tcp", interval = "{CHECK_INTER_MS}ms", rise = {CHECK_RISE}, fall = {CHECK_FALL}, timeout = "{CHECK_TIMEOUT_MS}ms", error_limit = {ERROR_LIMIT} }}
 connect_timeout = "{CONNECT_TIMEOUT_MS}ms"
-
+{}
 [[group]]
 id = "lbg"
 members = ["lb-ip", "lb"]
@@ -645,7 +650,12 @@ node = "n1"
 score = 100
 "#,
         a.mode.as_str(),
-        servers.join(", ")
+        servers.join(", "),
+        if a.mode == Mode::Http {
+            "server_timeout = \"30s\"\nretries = 2\nretry_on = \"idempotent\"\n"
+        } else {
+            ""
+        }
     )
 }
 

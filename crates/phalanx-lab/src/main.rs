@@ -120,7 +120,7 @@ enum BenchCmd {
     /// suspicions.
     Lb {
         /// The protocol both proxies speak.
-        #[arg(long, default_value = "tcp", value_parser = ["tcp", "http"])]
+        #[arg(long, default_value = "http", value_parser = ["tcp", "http"])]
         mode: String,
         /// Length of each measured phase (the crash phase runs twice as long).
         #[arg(long, default_value = "10s", value_parser = duration)]
