@@ -106,6 +106,11 @@ pub struct Run {
     /// The proxy's CPU time per answered request, µs (what a proxy costs when the client,
     /// not the proxy, is the bottleneck).
     pub cpu_us_per_req: f64,
+    /// IP packets in and out of the proxies' host per answered request (both sides of the
+    /// proxy, health checks included).
+    pub packets_per_req: f64,
+    /// Connections the backends accepted per 1,000 answered requests (upstream reuse).
+    pub backend_conns_per_1k_req: f64,
     /// VmRSS at the end of the run and VmHWM (peak), kB.
     pub rss_kb: u64,
     pub hwm_kb: u64,
@@ -366,17 +371,54 @@ impl Proxy<'_> {
 }
 
 /// One measured run: (the run's figures with the proxy's CPU and memory).
-async fn measured<F>(pid: u32, go: F) -> Result<Run>
+/// A namespace's kernel counters (`/proc/net/snmp` inside it): (IP packets received + sent,
+/// TCP passive opens).
+fn snmp(ns: &str) -> Result<(u64, u64)> {
+    let out = phalanx::netns::command_in(ns, "cat")
+        .arg("/proc/net/snmp")
+        .output()
+        .context("reading /proc/net/snmp")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Pairs of lines: "Ip: Name Name ..." then "Ip: value value ...".
+    let field = |proto: &str, name: &str| -> Option<u64> {
+        let mut lines = text.lines().filter(|l| l.starts_with(proto));
+        let names = lines.next()?;
+        let values = lines.next()?;
+        let i = names.split_whitespace().position(|n| n == name)?;
+        values.split_whitespace().nth(i)?.parse().ok()
+    };
+    let packets = field("Ip:", "InReceives").unwrap_or(0) + field("Ip:", "OutRequests").unwrap_or(0);
+    Ok((packets, field("Tcp:", "PassiveOpens").unwrap_or(0)))
+}
+
+/// (packets at the proxies' host n1, connections the backends accepted) so far.
+fn counters(lab: &Lab) -> Result<(u64, u64)> {
+    let (packets, _) = snmp(&lab.node_ns(1))?;
+    let mut accepted = 0;
+    for i in BACKENDS {
+        accepted += snmp(&lab.node_ns(i))?.1;
+    }
+    Ok((packets, accepted))
+}
+
+/// One measured run: the run's figures with the proxy's CPU and memory, and the packets and
+/// backend connections per request.
+async fn measured<F>(lab: &Lab, pid: u32, go: F) -> Result<Run>
 where
     F: std::future::Future<Output = Result<Run>>,
 {
+    let (packets0, accepted0) = counters(lab)?;
     let before = proc_sample(pid)?;
     let mut r = go.await?;
     let after = proc_sample(pid)?;
+    let (packets1, accepted1) = counters(lab)?;
     r.cpu_pct = cpu_pct(&before, &after);
     let secs = after.at.duration_since(before.at).as_secs_f64();
     if r.rps > 0.0 && secs > 0.0 {
         r.cpu_us_per_req = r.cpu_pct / 100.0 * 1e6 / r.rps;
+        let requests = r.rps * secs;
+        r.packets_per_req = packets1.saturating_sub(packets0) as f64 / requests;
+        r.backend_conns_per_1k_req = accepted1.saturating_sub(accepted0) as f64 * 1000.0 / requests;
     }
     (r.rss_kb, r.hwm_kb) = proc_mem(pid);
     Ok(r)
@@ -396,7 +438,7 @@ fn open_run(l: LoadResult) -> Run {
 
 /// One closed-loop run (wrk) through a proxy.
 async fn closed(cx: &Ctx<'_>, p: &Target<'_>) -> Result<Run> {
-    measured(p.proxy.pid(), async {
+    measured(cx.lab, p.proxy.pid(), async {
         let w = wrk(cx.lab, cx.a, cx.script, p.addr, cx.a.phase).await?;
         Ok(Run {
             rps: w.requests as f64 / (w.duration_us as f64 / 1e6).max(1e-3),
@@ -413,7 +455,7 @@ async fn closed(cx: &Ctx<'_>, p: &Target<'_>) -> Result<Run> {
 
 /// One open-loop run at `rate` through a proxy.
 async fn open(cx: &Ctx<'_>, p: &Target<'_>, rate: f64) -> Result<Run> {
-    measured(p.proxy.pid(), async {
+    measured(cx.lab, p.proxy.pid(), async {
         let l = loadgen(
             cx.lab,
             cx.lab_exe,
@@ -449,6 +491,8 @@ fn median(runs: &[Run]) -> Run {
         errors: u(|r| r.errors),
         cpu_pct: f(|r| r.cpu_pct),
         cpu_us_per_req: f(|r| r.cpu_us_per_req),
+        packets_per_req: f(|r| r.packets_per_req),
+        backend_conns_per_1k_req: f(|r| r.backend_conns_per_1k_req),
         rss_kb: u(|r| r.rss_kb),
         hwm_kb: u(|r| r.hwm_kb),
     }
@@ -877,7 +921,7 @@ pub fn render(r: &Report) -> String {
         "load balancer, {} mode, {} proxy thread(s) at nice {} pinned to CPU {}; roundrobin over 3 backends; medians of {} round(s)\n",
         h.mode, h.threads, h.nice, h.cpus, h.rounds
     );
-    s += "proxy   | run            |   req/s | target/s |  p50 µs |  p99 µs | p99.9 µs | errors |  CPU % | CPU µs/req | RSS kB | HWM kB\n";
+    s += "proxy   | run            |   req/s | target/s |  p50 µs |  p99 µs | p99.9 µs | errors |  CPU % | CPU µs/req | pkts/req | upstream conns/1k req | RSS kB | HWM kB\n";
     for (name, p) in [("haproxy", &r.haproxy), ("phalanx", &r.phalanx)] {
         for (run, x) in [
             ("max (wrk)", &p.max),
@@ -885,7 +929,7 @@ pub fn render(r: &Report) -> String {
             ("open loop 90 %", &p.load_90),
         ] {
             s += &format!(
-                "{name:<7} | {run:<14} | {:>7.0} | {:>8} | {:>7} | {:>7} | {:>8} | {:>6} | {:>6.1} | {:>10.1} | {:>6} | {:>6}\n",
+                "{name:<7} | {run:<14} | {:>7.0} | {:>8} | {:>7} | {:>7} | {:>8} | {:>6} | {:>6.1} | {:>10.1} | {:>8.1} | {:>21.2} | {:>6} | {:>6}\n",
                 x.rps,
                 x.target_rps.map(|t| format!("{t:.0}")).unwrap_or_else(|| "-".into()),
                 x.p50_us,
@@ -894,6 +938,8 @@ pub fn render(r: &Report) -> String {
                 x.errors,
                 x.cpu_pct,
                 x.cpu_us_per_req,
+                x.packets_per_req,
+                x.backend_conns_per_1k_req,
                 x.rss_kb,
                 x.hwm_kb
             );
