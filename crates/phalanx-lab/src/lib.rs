@@ -1,14 +1,17 @@
 //! phalanx's test rig, never shipped in the product (`publish = false`; the `phalanx` binary
 //! does not depend on it): the network-namespace lab and its fault primitives, the nemesis and
 //! its safety checkers, the seeded in-process simulation's runner (`sim`), the benchmarks (leader
-//! failover beside etcd, VIP failover beside keepalived, the scheduler beside crm_simulate, the
+//! failover beside etcd, VIP failover beside keepalived, the load balancer beside HAProxy with its
+//! HTTP backend and open-loop generator (`httpload`), the scheduler beside crm_simulate, the
 //! cost of a state write as the state grows), the peers' drivers, and the lab demo. It runs
 //! the real `phalanx` binary (see [`lab::phalanx_exe`]) through the product's loopback harness.
 
 pub mod bench;
+pub mod bench_lb;
 pub mod bench_sched;
 pub mod bench_state;
 pub mod demo_lab;
+pub mod httpload;
 pub mod lab;
 pub mod lab_bench;
 pub mod nemesis;

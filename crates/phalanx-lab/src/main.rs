@@ -5,7 +5,7 @@
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use phalanx_core::config::parse_duration;
-use phalanx_lab::{bench, bench_sched, bench_state, demo_lab, lab, lab_bench, nemesis, sim};
+use phalanx_lab::{bench, bench_lb, bench_sched, bench_state, demo_lab, httpload, lab, lab_bench, nemesis, sim};
 use std::time::Duration;
 
 #[global_allocator]
@@ -80,6 +80,32 @@ enum Cmd {
         #[arg(long)]
         jobs: Option<usize>,
     },
+    /// The load balancer benchmark's HTTP backend: HTTP/1.1 keep-alive, `200` with a small fixed
+    /// body to every request, until killed.
+    Backend {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+    /// An open-loop HTTP GET generator: a fixed rate over keep-alive connections, latency from
+    /// each request's intended send time (no coordinated omission); prints JSON.
+    Loadgen {
+        #[arg(long)]
+        target: std::net::SocketAddr,
+        /// Requests per second.
+        #[arg(long)]
+        rate: f64,
+        #[arg(long, default_value = "10s", value_parser = duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// A request with no answer by then counts as failed.
+        #[arg(long, default_value = "2s", value_parser = duration)]
+        timeout: Duration,
+    },
     /// Benchmarks that print figures (they assert nothing).
     Bench {
         #[command(subcommand)]
@@ -89,6 +115,35 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// The load balancer beside HAProxy (needs root, haproxy, wrk; `tests/lab/lb-bench`):
+    /// closed-loop maximum, open loop at 50 % and 90 % of HAProxy's, a backend crash, false
+    /// suspicions.
+    Lb {
+        /// The protocol both proxies speak.
+        #[arg(long, default_value = "http", value_parser = ["tcp", "http"])]
+        mode: String,
+        /// Length of each measured phase (the crash phase runs twice as long).
+        #[arg(long, default_value = "10s", value_parser = duration)]
+        phase: Duration,
+        /// Runs of each kind per proxy, in alternation (the medians are reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Short runs (2 s, one round): a smoke run, not figures.
+        #[arg(long)]
+        quick: bool,
+        /// Client connections (wrk and the open-loop generator).
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Proxy threads (HAProxy nbthread, PHALANX_LB_THREADS); default: one per proxy CPU.
+        #[arg(long)]
+        threads: Option<usize>,
+        /// The proxies' CPUs (taskset -c list); default: the last CPU.
+        #[arg(long)]
+        proxy_cpus: Option<String>,
+        /// The client's and backends' CPUs; default: every other CPU (all of them on one CPU).
+        #[arg(long)]
+        client_cpus: Option<String>,
+    },
     /// Leader kill: detection and failover percentiles, and idle footprint.
     Failover {
         #[arg(long, default_value_t = 20)]
@@ -198,6 +253,42 @@ fn main() {
         };
         std::process::exit(code);
     }
+    // The benchmark's backend and load generator: their own runtimes, nothing else in the process.
+    match cli.cmd {
+        Cmd::Backend { listen, threads } => {
+            if let Err(e) = httpload::serve_backend(listen, threads) {
+                eprintln!("error: {e:#}");
+                std::process::exit(2);
+            }
+            std::process::exit(0);
+        }
+        Cmd::Loadgen {
+            target,
+            rate,
+            duration,
+            connections,
+            threads,
+            timeout,
+        } => {
+            let args = httpload::LoadArgs {
+                target,
+                rate,
+                duration,
+                connections,
+                threads,
+                timeout,
+            };
+            let code = match httpload::run_load(&args).and_then(|r| print_json(&r)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    2
+                }
+            };
+            std::process::exit(code);
+        }
+        _ => {}
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -225,6 +316,54 @@ async fn run(cli: Cli) -> Result<i32> {
     let exe = lab::phalanx_exe()?;
     match cli.cmd {
         Cmd::Sim { .. } => bail!("sim runs on its own paused runtimes (see main)"),
+        Cmd::Backend { .. } | Cmd::Loadgen { .. } => bail!("backend and loadgen run on their own runtimes (see main)"),
+        Cmd::Bench {
+            cmd:
+                BenchCmd::Lb {
+                    mode,
+                    phase,
+                    rounds,
+                    quick,
+                    connections,
+                    threads,
+                    proxy_cpus,
+                    client_cpus,
+                },
+        } => {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let last = cpus - 1;
+            let proxy_cpus = proxy_cpus.unwrap_or_else(|| last.to_string());
+            let client_cpus = client_cpus.unwrap_or_else(|| {
+                if cpus == 1 {
+                    "0".into()
+                } else {
+                    format!("0-{}", last - 1)
+                }
+            });
+            let threads = threads.unwrap_or_else(|| bench_lb::cpu_count(&proxy_cpus).max(1));
+            if connections == 0 || threads == 0 || rounds == 0 {
+                bail!("--connections, --threads and --rounds must be at least 1");
+            }
+            let r = bench_lb::run(bench_lb::Args {
+                mode: if mode == "http" {
+                    bench_lb::Mode::Http
+                } else {
+                    bench_lb::Mode::Tcp
+                },
+                phase: if quick { Duration::from_secs(2) } else { phase },
+                rounds: if quick { 1 } else { rounds },
+                connections,
+                threads,
+                proxy_cpus,
+                client_cpus,
+                exe,
+                lab_exe: std::env::current_exe()?,
+                json: cli.json,
+            })
+            .await?;
+            output(cli.json, &r, bench_lb::render)?;
+            Ok(0)
+        }
         Cmd::Demo { nodes, heartbeat, keep } => {
             let args = phalanx::demo::DemoArgs {
                 nodes,
