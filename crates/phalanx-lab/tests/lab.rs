@@ -1056,15 +1056,7 @@ async fn a_balancer_behind_the_vip_spreads_survives_a_backend_crash_and_fails_ov
     let Some((_one, lab)) = lab_or_skip().await else { return };
     let mut c = started(&lab, 3, balancer_config(exe(), "tcp"), "");
     let addr = format!("{VIP}:80");
-    let (front, _) = c
-        .wait_for(T, "the balancer and three instances", |st| {
-            (st.len() == 3)
-                .then(|| front_and_instances(st))
-                .flatten()
-                .filter(|(_, n)| *n == 3)
-        })
-        .await
-        .unwrap();
+    let front = front_on(&c, "the balancer and three instances", 3, 3, |_| true).await;
     phalanx_lab::lab::wait_any_answer(&lab, &addr, T).unwrap();
     let counts = lb_spread(&lab, &addr, 30);
     assert_eq!(
@@ -1077,23 +1069,13 @@ async fn a_balancer_behind_the_vip_spreads_survives_a_backend_crash_and_fails_ov
         .cli(&["balancer", "weight", "web-svc@n1", "3", "--balancer", "front"])
         .unwrap();
     assert_eq!(code, 0, "{out}{err}");
-    let deadline = Instant::now() + T;
-    loop {
-        let (_, out, _) = c.cli(&["balancer", "status", "front", "--json"]).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-        let weight = v[0]["status"]["backends"]
+    wait_lb(&c, "front", "weight 3 on web-svc@n1", |v| {
+        v["backends"]
             .as_array()
             .and_then(|bs| bs.iter().find(|b| b["name"] == "web-svc@n1"))
-            .map(|b| b["weight"].clone());
-        if weight == Some(serde_json::json!(3)) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the weight never reached the balancer: {out}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .is_some_and(|b| b["weight"] == 3)
+    })
+    .await;
     let counts = lb_spread(&lab, &addr, 50);
     assert_eq!(
         counts,
@@ -1120,20 +1102,11 @@ async fn a_balancer_behind_the_vip_spreads_survives_a_backend_crash_and_fails_ov
     // Out of rotation: marked down (checks or live traffic) or gone from the backends (its
     // host fenced), as the balancer's status says.
     let gone = format!("web-svc@{victim}");
-    let out_after = loop {
-        let (_, out, _) = c.cli(&["balancer", "status", "front", "--json"]).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-        let state = v[0]["status"]["backends"].as_array().map(|bs| {
-            bs.iter()
-                .find(|b| b["name"] == gone.as_str())
-                .map(|b| b["state"].clone())
-        });
-        if matches!(&state, Some(None)) || matches!(&state, Some(Some(s)) if s != "up") {
-            break crash_at.elapsed();
-        }
-        assert!(crash_at.elapsed() < T, "{gone} stayed in rotation: {out}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    wait_lb(&c, "front", "out of rotation", |v| {
+        v["backends"].is_array() && lb_state(v, &gone).is_none_or(|s| s != "up")
+    })
+    .await;
+    let out_after = crash_at.elapsed();
     // fall × interval = 600 ms, plus the failure detector (300 ms) when the crashed host was
     // the backend's checker, plus the status poll.
     eprintln!("{gone} out of rotation {out_after:?} after the crash");
@@ -1141,14 +1114,7 @@ async fn a_balancer_behind_the_vip_spreads_survives_a_backend_crash_and_fails_ov
         out_after < Duration::from_millis(2500),
         "{gone} left rotation after {out_after:?}"
     );
-    c.wait_for(T, "the crashed host's instance gone", |st| {
-        (st.len() == 2)
-            .then(|| front_and_instances(st))
-            .flatten()
-            .filter(|(_, n)| *n == 2)
-    })
-    .await
-    .unwrap();
+    front_on(&c, "the crashed host's instance gone", 2, 2, |_| true).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let log = load.join().unwrap().unwrap();
     let failed = log.iter().filter(|(_, w)| w.is_none()).count();
@@ -1212,32 +1178,10 @@ async fn a_balancer_behind_the_vip_spreads_survives_a_backend_crash_and_fails_ov
     // together, and the new balancer serves both live instances.
     lab.revive(num(&victim)).unwrap();
     c.restart(&victim, T).await.unwrap();
-    c.wait_for(T, "three instances again", |st| {
-        (st.len() == 3)
-            .then(|| front_and_instances(st))
-            .flatten()
-            .filter(|(_, n)| *n == 3)
-    })
-    .await
-    .unwrap();
+    front_on(&c, "three instances again", 3, 3, |_| true).await;
     // Sticky clients (their own source addresses) through the second balancer.
     let sticky_addr = format!("{VIP}:81");
-    let deadline = Instant::now() + T;
-    loop {
-        let (_, out, _) = c.cli(&["balancer", "status", "front-sticky", "--json"]).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-        let up = v[0]["status"]["backends"]
-            .as_array()
-            .map_or(0, |bs| bs.iter().filter(|b| b["state"] == "up").count());
-        if up == 3 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the revived instance never came back up: {out}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_lb(&c, "front-sticky", "three backends up", |v| up_count(v) == 3).await;
     let sources = client_sources(&lab, 9);
     let mut stuck = BTreeMap::new();
     for from in &sources {
@@ -1248,30 +1192,15 @@ async fn a_balancer_behind_the_vip_spreads_survives_a_backend_crash_and_fails_ov
     let used: std::collections::BTreeSet<&String> = stuck.values().collect();
     assert!(used.len() >= 2, "sticky clients are spread: {stuck:?}");
     // Committed every 0.5 s: wait until the cluster's table holds them all.
-    let deadline = Instant::now() + T;
-    loop {
-        let (_, out, _) = c.cli(&["balancer", "status", "front-sticky", "--json"]).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-        if v[0]["status"]["sticky_committed"]
+    wait_lb(&c, "front-sticky", "the stick table committed", |v| {
+        v["sticky_committed"]
             .as_u64()
             .is_some_and(|n| n >= sources.len() as u64)
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the stick table was never committed: {out}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     lab.crash(num(&front)).unwrap();
     c.reap(&front).unwrap();
-    let (second, _) = c
-        .wait_for(T, "the balancer moved with its VIP", |st| {
-            (st.len() == 2)
-                .then(|| front_and_instances(st))
-                .flatten()
-                .filter(|(n, k)| *n != front && *k == 2)
-        })
-        .await
-        .unwrap();
+    let second = front_on(&c, "the balancer moved with its VIP", 2, 2, |n| n != front).await;
     phalanx_lab::lab::wait_any_answer(&lab, &addr, T).unwrap();
     let counts = lb_spread(&lab, &addr, 20);
     assert_eq!(counts.len(), 2, "both live instances serve behind {second}: {counts:?}");
@@ -1378,23 +1307,55 @@ fn get_with_cookie(lab: &Lab, addr: &str, cookie: Option<&str>) -> Option<(Strin
     .ok()?
 }
 
-/// The balancer `id`'s backends as its status shows them: name → state.
-fn lb_states(c: &LocalCluster, id: &str) -> BTreeMap<String, String> {
+/// `phalanx balancer status ID --json` (Null when it does not answer).
+fn lb_json(c: &LocalCluster, id: &str) -> serde_json::Value {
     let (_, out, _) = c.cli(&["balancer", "status", id, "--json"]).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-    v[0]["status"]["backends"]
+    serde_json::from_str::<serde_json::Value>(&out).unwrap_or_default()[0]["status"].take()
+}
+
+/// Poll balancer `id`'s status until `ok` holds of it (its `status` JSON), within [`T`].
+async fn wait_lb(c: &LocalCluster, id: &str, what: &str, ok: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + T;
+    loop {
+        let v = lb_json(c, id);
+        if ok(&v) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{id}: never {what}: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A backend's state in a balancer's status (None: not among its backends).
+fn lb_state<'a>(v: &'a serde_json::Value, backend: &str) -> Option<&'a str> {
+    v["backends"].as_array()?.iter().find(|b| b["name"] == backend)?["state"].as_str()
+}
+
+/// How many of a status's backends are up.
+fn up_count(v: &serde_json::Value) -> usize {
+    v["backends"]
         .as_array()
-        .map(|bs| {
-            bs.iter()
-                .map(|b| {
-                    (
-                        b["name"].as_str().unwrap_or("").to_string(),
-                        b["state"].as_str().unwrap_or("").to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+        .map_or(0, |bs| bs.iter().filter(|b| b["state"] == "up").count())
+}
+
+/// Wait until every one of `nodes` views agrees that the front stack runs on a node `where_`
+/// accepts, with `instances` instances of the service; that node.
+async fn front_on(
+    c: &LocalCluster,
+    what: &str,
+    nodes: usize,
+    instances: usize,
+    where_: impl Fn(&str) -> bool,
+) -> String {
+    c.wait_for(T, what, |st| {
+        (st.len() == nodes)
+            .then(|| front_and_instances(st))
+            .flatten()
+            .filter(|(n, k)| *k == instances && where_(n))
+            .map(|(n, _)| n)
+    })
+    .await
+    .unwrap()
 }
 
 /// HTTP mode in the lab (issue 14): a WebSocket through the VIP survives a config apply that
@@ -1407,21 +1368,9 @@ async fn an_http_balancer_keeps_websockets_drains_retries_and_sticks_across_fail
     let Some((_one, lab)) = lab_or_skip().await else { return };
     let mut c = started(&lab, 3, balancer_config(exe(), "http"), "");
     let addr = format!("{VIP}:80");
-    let (front, _) = c
-        .wait_for(T, "the balancers and three instances", |st| {
-            (st.len() == 3)
-                .then(|| front_and_instances(st))
-                .flatten()
-                .filter(|(_, n)| *n == 3)
-        })
-        .await
-        .unwrap();
+    let front = front_on(&c, "the balancers and three instances", 3, 3, |_| true).await;
     phalanx_lab::lab::wait_any_answer(&lab, &addr, T).unwrap();
-    let deadline = Instant::now() + T;
-    while lb_states(&c, "front").values().filter(|s| *s == "up").count() < 3 {
-        assert!(Instant::now() < deadline, "{:?}", lb_states(&c, "front"));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_lb(&c, "front", "three backends up", |v| up_count(v) == 3).await;
     let counts = lb_spread(&lab, &addr, 30);
     assert_eq!(counts.values().copied().collect::<Vec<_>>(), [10, 10, 10], "{counts:?}");
 
@@ -1473,11 +1422,7 @@ async fn an_http_balancer_keeps_websockets_drains_retries_and_sticks_across_fail
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + T;
-    while lb_states(&c, "front").get(&backend).map(String::as_str) != Some("drain") {
-        assert!(Instant::now() < deadline, "{:?}", lb_states(&c, "front"));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_lb(&c, "front", "draining", |v| lb_state(v, &backend) == Some("drain")).await;
     let counts = lb_spread(&lab, &addr, 20);
     assert!(
         !counts.contains_key(&held_on) && counts.values().sum::<usize>() == 20,
@@ -1530,14 +1475,7 @@ async fn an_http_balancer_keeps_websockets_drains_retries_and_sticks_across_fail
     tokio::time::sleep(Duration::from_millis(500)).await; // load before the crash (not a sync)
     lab.crash(num(&victim)).unwrap();
     c.reap(&victim).unwrap();
-    c.wait_for(T, "the crashed host's instance gone", |st| {
-        (st.len() == 2)
-            .then(|| front_and_instances(st))
-            .flatten()
-            .filter(|(_, n)| *n == 2)
-    })
-    .await
-    .unwrap();
+    front_on(&c, "the crashed host's instance gone", 2, 2, |_| true).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let log = load.join().unwrap().unwrap();
     let failed = log.iter().filter(|(_, w)| w.is_none()).count();
@@ -1551,19 +1489,8 @@ async fn an_http_balancer_keeps_websockets_drains_retries_and_sticks_across_fail
     // The crashed host comes back; cookie clients stick; then the balancer's host crashes.
     lab.revive(num(&victim)).unwrap();
     c.restart(&victim, T).await.unwrap();
-    c.wait_for(T, "three instances again", |st| {
-        (st.len() == 3)
-            .then(|| front_and_instances(st))
-            .flatten()
-            .filter(|(_, n)| *n == 3)
-    })
-    .await
-    .unwrap();
-    let deadline = Instant::now() + T;
-    while lb_states(&c, "front-sticky").values().filter(|s| *s == "up").count() < 3 {
-        assert!(Instant::now() < deadline, "{:?}", lb_states(&c, "front-sticky"));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    front_on(&c, "three instances again", 3, 3, |_| true).await;
+    wait_lb(&c, "front-sticky", "three backends up", |v| up_count(v) == 3).await;
     let sticky_addr = format!("{VIP}:81");
     let mut clients = Vec::new();
     for _ in 0..6 {
