@@ -1088,16 +1088,7 @@ async fn a_balancer_behind_the_vip_spreads_survives_a_backend_crash_and_fails_ov
     assert_eq!(code, 0, "{out}{err}");
 
     // A backend host (not the balancer's) crashes under load: no request fails.
-    let victim = ["n1", "n2", "n3"]
-        .into_iter()
-        .find(|n| *n != front)
-        .unwrap()
-        .to_string();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = lb_load(&lab, addr.clone(), stop.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await; // load before the crash (not a sync)
-    lab.crash(num(&victim)).unwrap();
-    let crash_at = Instant::now();
+    let (victim, stop, load, crash_at) = crash_under_load(&lab, &addr, &front).await;
     c.reap(&victim).unwrap();
     // Out of rotation: marked down (checks or live traffic) or gone from the backends (its
     // host fenced), as the balancer's status says.
@@ -1218,6 +1209,30 @@ async fn a_balancer_behind_the_vip_spreads_survives_a_backend_crash_and_fails_ov
             );
         }
     }
+}
+
+/// Requests through `addr` from the client host, then a crash of a backend host that is not
+/// `front`: (the victim, the load's stop switch, the load, when the crash was done).
+async fn crash_under_load(
+    lab: &Lab,
+    addr: &str,
+    front: &str,
+) -> (
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<anyhow::Result<phalanx_lab::lab::ClientLog>>,
+    Instant,
+) {
+    let victim = ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|n| *n != front)
+        .unwrap()
+        .to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = lb_load(lab, addr.to_string(), stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await; // load before the crash (not a sync)
+    lab.crash(num(&victim)).unwrap();
+    (victim, stop, load, Instant::now())
 }
 
 /// A WebSocket through the balancer, held open by a thread in the client namespace.
@@ -1465,15 +1480,7 @@ async fn an_http_balancer_keeps_websockets_drains_retries_and_sticks_across_fail
     assert_eq!(code, 0, "{out}{err}");
 
     // A backend host (not the balancer's) crashes under load: no request fails.
-    let victim = ["n1", "n2", "n3"]
-        .into_iter()
-        .find(|n| *n != front)
-        .unwrap()
-        .to_string();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = lb_load(&lab, addr.clone(), stop.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await; // load before the crash (not a sync)
-    lab.crash(num(&victim)).unwrap();
+    let (victim, stop, load, _) = crash_under_load(&lab, &addr, &front).await;
     c.reap(&victim).unwrap();
     front_on(&c, "the crashed host's instance gone", 2, 2, |_| true).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -69,6 +69,15 @@ struct Entry {
     passive_down: Option<(String, u64)>,
 }
 
+impl Entry {
+    /// Count a new lease on it: (id, name, address).
+    fn take(&mut self) -> (BackendId, String, SocketAddr) {
+        self.in_flight += 1;
+        self.total += 1;
+        (self.id, self.target.name.clone(), self.target.address)
+    }
+}
+
 struct Inner {
     entries: Vec<Entry>,
     /// The selection views, rebuilt in place before each pick.
@@ -314,10 +323,7 @@ impl Pool {
                     st.dirty.insert(key.to_string());
                 }
             }
-            let e = &mut entries[at];
-            e.in_flight += 1;
-            e.total += 1;
-            Some((e.id, e.target.name.clone(), e.target.address))
+            Some(entries[at].take())
         })?;
         Some(Lease {
             pool: self.clone(),
@@ -424,9 +430,7 @@ impl Pool {
             if !views[at].takes_sticky() || i.max_conn.is_some_and(|m| e.in_flight >= m) {
                 return None;
             }
-            e.in_flight += 1;
-            e.total += 1;
-            Some((e.id, e.target.name.clone(), e.target.address))
+            Some(e.take())
         })?;
         Some(Lease {
             pool: self.clone(),
