@@ -371,7 +371,7 @@ async fn handle(mut req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::add_forwarded(&mut parts.headers, peer.ip(), "http");
     let keys = queue::Keys {
-        client: peer.ip().to_canonical().to_string(),
+        client: peer.ip(),
         hash: hash_key(&shared.pool.algorithm(), &parts),
     };
     let sticky = http

@@ -13,7 +13,7 @@ use phalanx_core::lb::{
 use phalanx_core::state::{BackendRecord, BalancerRecord};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -256,7 +256,7 @@ impl Pool {
     /// [`lease`](Self::lease) for a client with stick key `client` (its source address): with
     /// source affinity, a client stuck to a backend that takes sticky traffic (up or draining,
     /// below `max_conn`) goes there; otherwise the pick is stuck to it.
-    pub fn lease_for(self: &Arc<Self>, client: Option<&str>, avoid: Option<BackendId>) -> Option<Lease> {
+    pub fn lease_for(self: &Arc<Self>, client: Option<IpAddr>, avoid: Option<BackendId>) -> Option<Lease> {
         self.lease_keyed(client, None, avoid)
     }
 
@@ -264,7 +264,7 @@ impl Pool {
     /// (`uri`, `header:NAME`, `cookie:NAME`: the caller extracts it; `source` hashes `client`).
     pub fn lease_keyed(
         self: &Arc<Self>,
-        client: Option<&str>,
+        client: Option<IpAddr>,
         hash: Option<&[u8]>,
         avoid: Option<BackendId>,
     ) -> Option<Lease> {
@@ -290,18 +290,18 @@ impl Pool {
             }));
             *rng = rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
             let word = *rng;
-            // `source` hashing hashes the client's address octets.
-            let source_key = match balancer.algorithm() {
-                Algorithm::Hash(h) if h.key == HashKey::Source => client
-                    .and_then(|c| c.parse::<std::net::IpAddr>().ok())
-                    .map(|ip| match ip {
-                        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
-                        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
-                    }),
+            // `source` hashing hashes the client's address octets (IPv4-mapped as IPv4).
+            let client = client.map(|ip| ip.to_canonical());
+            let octets = match (balancer.algorithm(), client) {
+                (Algorithm::Hash(h), Some(ip)) if h.key == HashKey::Source => Some(match ip {
+                    IpAddr::V4(v4) => v4.octets().to_vec(),
+                    IpAddr::V6(v6) => v6.octets().to_vec(),
+                }),
                 _ => None,
             };
-            let key = hash.or(source_key.as_deref());
-            let sticky = sticky.as_mut().zip(client);
+            let key = hash.or(octets.as_deref());
+            // Source affinity's key: the address in text (only made when the table is on).
+            let sticky = sticky.as_mut().zip(client.map(|ip| ip.to_string()));
             let hit = match (&sticky, avoid) {
                 (Some((st, key)), None) => match st.table.lookup(&st.cfg, key, unix, views) {
                     Lookup::Hit(at) if max_conn.is_none_or(|m| entries[at].in_flight < m) => Some(at),
@@ -317,10 +317,10 @@ impl Pool {
                 }?,
             };
             if let Some((st, key)) = sticky {
-                let known = st.table.get(key).copied();
+                let known = st.table.get(&key).copied();
                 let fresh = known.is_some_and(|e| e.backend == views[at].id && unix < e.last_seen_ms + st.refresh_ms());
-                if !fresh && st.table.stick(&st.cfg, key, views[at].id, unix).is_ok() {
-                    st.dirty.insert(key.to_string());
+                if !fresh && st.table.stick(&st.cfg, &key, views[at].id, unix).is_ok() {
+                    st.dirty.insert(key);
                 }
             }
             Some(entries[at].take())
@@ -452,6 +452,10 @@ mod tests {
         phalanx_core::config::parse(&text).unwrap().balancers.remove(0)
     }
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     fn target(name: &str, port: u16) -> Target {
         Target {
             name: name.into(),
@@ -567,11 +571,11 @@ mod tests {
             capacity: 10,
         };
         pool.set_sticky(Some(stick.clone()), None);
-        let first = pool.lease_for(Some("10.0.0.9"), None).unwrap().name.clone();
+        let first = pool.lease_for(Some(ip("10.0.0.9")), None).unwrap().name.clone();
         for _ in 0..5 {
-            assert_eq!(pool.lease_for(Some("10.0.0.9"), None).unwrap().name, first, "stuck");
+            assert_eq!(pool.lease_for(Some(ip("10.0.0.9")), None).unwrap().name, first, "stuck");
         }
-        let other = pool.lease_for(Some("10.0.0.8"), None).unwrap().name.clone();
+        let other = pool.lease_for(Some(ip("10.0.0.8")), None).unwrap().name.clone();
         assert_ne!(other, first, "a new client is balanced");
         let (cfg_sent, sent) = pool.take_sticky_changes().expect("two new entries to commit");
         assert_eq!((cfg_sent, sent.len()), (stick.clone(), 2));
@@ -584,7 +588,7 @@ mod tests {
         let mut rec = BalancerRecord::default();
         rec.backends.insert(first.clone(), verdict(false, 1));
         pool.update(&c, vec![target("a", 1), target("b", 2)], Some(&rec));
-        let now = pool.lease_for(Some("10.0.0.9"), None).unwrap().name.clone();
+        let now = pool.lease_for(Some(ip("10.0.0.9")), None).unwrap().name.clone();
         assert_ne!(now, first);
         assert_eq!(pool.take_sticky_changes().unwrap().1[0].0, "10.0.0.9");
 
@@ -597,7 +601,7 @@ mod tests {
             .unwrap();
         fresh.set_sticky(Some(stick), Some(table));
         for _ in 0..3 {
-            assert_eq!(fresh.lease_for(Some("10.0.0.7"), None).unwrap().name, "b");
+            assert_eq!(fresh.lease_for(Some(ip("10.0.0.7")), None).unwrap().name, "b");
         }
     }
 
@@ -609,9 +613,13 @@ mod tests {
         let mut seen = std::collections::BTreeSet::new();
         for i in 1..=30u8 {
             let from = format!("10.0.0.{i}");
-            let first = pool.lease_for(Some(&from), None).unwrap().name.clone();
+            let first = pool.lease_for(Some(ip(&from)), None).unwrap().name.clone();
             for _ in 0..3 {
-                assert_eq!(pool.lease_for(Some(&from), None).unwrap().name, first, "{from} moved");
+                assert_eq!(
+                    pool.lease_for(Some(ip(&from)), None).unwrap().name,
+                    first,
+                    "{from} moved"
+                );
             }
             seen.insert(first);
         }

@@ -49,10 +49,10 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 async fn serve(mut client: TcpStream, shared: Arc<Shared>) {
     let _ = client.set_nodelay(true);
     // The stick key of source affinity (used only when the balancer has it).
-    let source = client.peer_addr().ok().map(|a| a.ip().to_canonical().to_string());
+    let source = client.peer_addr().ok().map(|a| a.ip());
     let mut avoid = None;
     for _ in 0..MAX_ATTEMPTS {
-        let Some(lease) = shared.pool.lease_for(source.as_deref(), avoid) else {
+        let Some(lease) = shared.pool.lease_for(source, avoid) else {
             tracing::debug!(balancer = %shared.balancer, "no backend takes new connections: closing the client's");
             return;
         };

@@ -126,13 +126,13 @@ impl Drop for QueueSlot<'_> {
 /// What a pick may be keyed on: the client's address (source hashing and affinity) and the
 /// request's hash key (`uri`, `header:NAME`, `cookie:NAME`).
 pub(super) struct Keys {
-    pub client: String,
+    pub client: std::net::IpAddr,
     pub hash: Option<Vec<u8>>,
 }
 
 impl Keys {
     fn lease(&self, shared: &Shared, avoid: Option<BackendId>) -> Option<crate::lb::pool::Lease> {
-        shared.pool.lease_keyed(Some(&self.client), self.hash.as_deref(), avoid)
+        shared.pool.lease_keyed(Some(self.client), self.hash.as_deref(), avoid)
     }
 }
 
