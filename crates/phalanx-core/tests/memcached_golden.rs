@@ -170,6 +170,7 @@ fn trace() -> Vec<(&'static str, Vec<u8>)> {
             "gets many",
             b("gets a b c d e f g h i j k l m n o p q r s t u v w x y z a b c d e f\r\n"),
         ),
+        ("get line over 2048 bytes", b(&format!("get{}\r\n", " kk".repeat(1000)))),
         ("gat no keys", b("gat 10\r\n")),
         ("gat bad exptime", b("gat abc k\r\n")),
         ("gat no args", b("gat\r\n")),
