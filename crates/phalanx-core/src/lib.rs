@@ -7,7 +7,8 @@
 //! `config` (with `resources` and `fencing`, each section validating itself) builds on them;
 //! `scheduler` and `state` build on the config; `timings` derives every timing from `[cluster]`;
 //! `controller` (the leader's decisions) builds on the state and the scheduler. `lb` (the load
-//! balancer's selection, health and stickiness) stands apart and depends on nothing else here.
+//! balancer's selection, health and stickiness) stands apart and depends on nothing else here, as
+//! does `sessions` (the memcached-speaking session store of issue 15; so far its protocol parser).
 
 pub mod alerts;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod outcome;
 pub mod quorum;
 pub mod resources;
 pub mod scheduler;
+pub mod sessions;
 pub mod state;
 pub mod timings;
 
