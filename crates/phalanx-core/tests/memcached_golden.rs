@@ -2,9 +2,10 @@
 //! malformed and edge-case requests is sent to Debian's memcached, started here on a free
 //! loopback port, and for each case its reply bytes must equal what phalanx's parser classifies
 //! (error replies, what `noreply` silences, what a refused data block swallows, where the
-//! connection closes). Storage semantics are not in scope yet: valid requests in the trace only
-//! ever miss, and a small stand-in below gives memcached's reply for a miss. Skips, saying so,
-//! when /usr/bin/memcached is absent (tests/run installs it).
+//! connection closes; valid requests there only miss, answered by a small stand-in). A second
+//! trace checks storage semantics on one connection against phalanx's store and text engine
+//! (`sessions::store`, `sessions::engine`), CAS uniques included. Skips, saying so, when
+//! /usr/bin/memcached is absent (tests/run installs it).
 
 use phalanx_core::sessions::protocol::{parse, Limits, MetaRequest, Parsed, Request, TextRequest};
 use std::io::{Read, Write};
@@ -337,5 +338,57 @@ fn parser_errors_match_memcached_byte_for_byte() {
         "{} of the trace differ:\n{}",
         failures.len(),
         failures.join("\n")
+    );
+}
+
+/// What phalanx's store answers for a stream of valid text requests (and a final `mn`), at one
+/// fixed time: the engine the listener will use.
+fn phalanx_stored(input: &[u8]) -> Vec<u8> {
+    use phalanx_core::sessions::{engine, store::Store};
+    let mut store = Store::new(64 << 20);
+    let limits = Limits::default();
+    let now_ms = 1_800_000_000_000;
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < input.len() {
+        match parse(&input[at..], &limits) {
+            Ok(Parsed::Complete { request, consumed }) => {
+                at += consumed;
+                match request {
+                    Request::Text(t) => out.extend(engine::answer(&mut store, &t, now_ms).bytes),
+                    Request::Meta(MetaRequest::Noop) => out.extend_from_slice(b"MN\r\n"),
+                    Request::Meta(m) => panic!("the storage trace has no {m:?}"),
+                }
+            }
+            other => panic!("the storage trace is valid, got {other:?} at byte {at}"),
+        }
+    }
+    out
+}
+
+/// Storage semantics against memcached, on one connection: stores, appends, cas, incr/decr (the
+/// wrap, the floor, the space-padded shorter value), touch, gat, delete, noreply, flush_all, a
+/// negative exptime; the CAS uniques of `gets` included.
+#[test]
+fn storage_replies_match_memcached_byte_for_byte() {
+    if !std::path::Path::new(MEMCACHED).exists() {
+        eprintln!("SKIPPED: {MEMCACHED} is absent (apt-get install memcached; tests/run installs it)");
+        return;
+    }
+    let (_server, port) = start();
+    let input = b"set a 5 0 3\r\nabc\r\nget a\r\ngets a\r\nadd a 0 0 1\r\nx\r\nreplace zz 0 0 1\r\nx\r\n\
+append a 0 0 2\r\nde\r\nprepend a 0 0 2\r\n<<\r\nget a zz a\r\ngets a\r\ncas a 1 0 1 999\r\nq\r\n\
+cas zz 1 0 1 1\r\nq\r\nset n 0 0 2\r\n10\r\ndecr n 1\r\nget n\r\nincr n 5\r\n\
+incr n 18446744073709551615\r\ndecr n 100\r\nincr a 1\r\nincr zz 1\r\ntouch a 100\r\ntouch zz 100\r\n\
+gat 0 a zz\r\ngats 0 a\r\ngets n a\r\ndelete a\r\ndelete a\r\nset q 0 0 1 noreply\r\nq\r\nget q\r\n\
+flush_all\r\nget q n\r\nset r 0 -1 1\r\nr\r\nget r\r\nverbosity 1\r\nmn\r\n"
+        .to_vec();
+    let want = phalanx_stored(&input);
+    let (got, closed) = exchange(port, &input, want.len());
+    assert!(!closed, "memcached closed the connection");
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&want),
+        "memcached (left) and phalanx (right) differ"
     );
 }

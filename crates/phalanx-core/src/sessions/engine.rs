@@ -1,0 +1,168 @@
+//! A text-protocol request answered against a [`Store`], purely: reads (`get gets`) straight
+//! from it, writes applied as the log would apply them (the caller passes the time the leader
+//! logged), in memcached's reply format (`VALUE key flags bytes [cas]`, `END`, `noreply`
+//! silencing). The node's listener will route writes through the sessions Raft group and reads
+//! through a read index, and answer with these same bytes; tests use it whole.
+
+use super::protocol::TextRequest;
+use super::store::{Item, Op, Reply, Store};
+
+/// What a request gets back, and whether the connection ends (`quit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub bytes: Vec<u8>,
+    pub close: bool,
+}
+
+/// The version line phalanx answers (`VERSION`): memcached clients read the version after it.
+pub const VERSION: &str = concat!("phalanx-", env!("CARGO_PKG_VERSION"));
+
+/// The write a request makes, if any (what the listener logs).
+pub fn write_of(req: &TextRequest) -> Option<Op> {
+    Some(match req {
+        TextRequest::Store {
+            mode,
+            key,
+            flags,
+            exptime,
+            cas,
+            data,
+            ..
+        } => Op::Store {
+            mode: *mode,
+            key: key.clone(),
+            flags: *flags,
+            exptime: *exptime,
+            cas: *cas,
+            data: data.clone(),
+        },
+        TextRequest::Delete { key, .. } => Op::Delete { key: key.clone() },
+        TextRequest::Arith { incr, key, delta, .. } => Op::Arith {
+            incr: *incr,
+            key: key.clone(),
+            delta: *delta,
+        },
+        TextRequest::Touch { key, exptime, .. } => Op::Touch {
+            key: key.clone(),
+            exptime: *exptime,
+        },
+        TextRequest::FlushAll { delay, .. } => Op::FlushAll { delay: *delay },
+        _ => return None,
+    })
+}
+
+fn value_line(out: &mut Vec<u8>, key: &[u8], item: &Item, cas: bool) {
+    out.extend_from_slice(b"VALUE ");
+    out.extend_from_slice(key);
+    out.extend_from_slice(format!(" {} {}", item.flags, item.value.len()).as_bytes());
+    if cas {
+        out.extend_from_slice(format!(" {}", item.cas).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&item.value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Answer `req` against `store` at `now_ms`.
+pub fn answer(store: &mut Store, req: &TextRequest, now_ms: u64) -> Answer {
+    let bytes = match req {
+        TextRequest::Get { keys, cas } => {
+            let mut out = Vec::new();
+            for k in keys {
+                if let Some(item) = store.get(k, now_ms) {
+                    value_line(&mut out, k, item, *cas);
+                }
+            }
+            out.extend_from_slice(b"END\r\n");
+            out
+        }
+        TextRequest::Gat { exptime, keys, cas } => {
+            let mut out = Vec::new();
+            for k in keys {
+                let touch = Op::Touch {
+                    key: k.clone(),
+                    exptime: *exptime,
+                };
+                if store.apply(&touch, now_ms) == Reply::Touched {
+                    if let Some(item) = store.get(k, now_ms) {
+                        value_line(&mut out, k, item, *cas);
+                    }
+                }
+            }
+            out.extend_from_slice(b"END\r\n");
+            out
+        }
+        TextRequest::Version => format!("VERSION {VERSION}\r\n").into_bytes(),
+        TextRequest::Verbosity { noreply, .. } => quiet(*noreply, b"OK\r\n".to_vec()),
+        TextRequest::Stats { .. } => format!(
+            "STAT curr_items {}\r\nSTAT bytes {}\r\nEND\r\n",
+            store.len(),
+            store.bytes()
+        )
+        .into_bytes(),
+        TextRequest::Quit => {
+            return Answer {
+                bytes: Vec::new(),
+                close: true,
+            }
+        }
+        write => {
+            let noreply = matches!(
+                write,
+                TextRequest::Store { noreply: true, .. }
+                    | TextRequest::Delete { noreply: true, .. }
+                    | TextRequest::Arith { noreply: true, .. }
+                    | TextRequest::Touch { noreply: true, .. }
+                    | TextRequest::FlushAll { noreply: true, .. }
+            );
+            let reply = write_of(write).map_or(Reply::Ok, |op| store.apply(&op, now_ms));
+            quiet(noreply, reply.bytes())
+        }
+    };
+    Answer { bytes, close: false }
+}
+
+fn quiet(noreply: bool, bytes: Vec<u8>) -> Vec<u8> {
+    if noreply {
+        Vec::new()
+    } else {
+        bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sessions::protocol::StoreMode;
+
+    fn store(key: &str, value: &str, noreply: bool) -> TextRequest {
+        TextRequest::Store {
+            mode: StoreMode::Set,
+            key: key.into(),
+            flags: 3,
+            exptime: 0,
+            cas: None,
+            data: value.into(),
+            noreply,
+        }
+    }
+
+    #[test]
+    fn reads_and_writes_answer_in_memcached_format() {
+        let mut s = Store::new(1 << 20);
+        let now = 1_800_000_000_000;
+        assert_eq!(answer(&mut s, &store("k", "v", false), now).bytes, b"STORED\r\n");
+        assert!(answer(&mut s, &store("j", "w", true), now).bytes.is_empty(), "noreply");
+        let get = TextRequest::Get {
+            keys: vec!["k".into(), "none".into(), "j".into()],
+            cas: true,
+        };
+        assert_eq!(
+            answer(&mut s, &get, now).bytes,
+            b"VALUE k 3 1 1\r\nv\r\nVALUE j 3 1 2\r\nw\r\nEND\r\n"
+        );
+        let quit = answer(&mut s, &TextRequest::Quit, now);
+        assert!(quit.close && quit.bytes.is_empty());
+        assert!(write_of(&get).is_none(), "a read logs nothing");
+    }
+}
