@@ -514,3 +514,38 @@ fn a_process_resource_needs_a_command_and_a_literal_check_tcp() {
     let (_, _, msg) = one_error(&src);
     assert!(msg.contains("needs a `command`"), "{msg}");
 }
+
+#[test]
+fn the_sessions_section_has_defaults_and_located_mistakes() {
+    let base = GOOD.replace("[cluster]", "[cluster]\nfencing = \"off\"");
+    let c = check(&format!("{base}\n[sessions]\n")).config.expect("valid");
+    let s = c.sessions.expect("on");
+    assert_eq!((s.port, s.memory_limit, s.max_item_size), (11211, 64 << 20, 1 << 20));
+    assert!(s.voters.is_empty() && s.listen.is_empty() && s.vip.is_none());
+    let c = check(&format!(
+        "{base}\n[sessions]\nport = 11300\nmemory_limit = \"1GiB\"\nmax_item_size = 2097152\nvoters = [\"n1\", \"n2\", \"n3\"]\nlisten = {{ n2 = \"127.0.0.9:11211\" }}\n"
+    ))
+    .config
+    .expect("valid");
+    let s = c.sessions.unwrap();
+    assert_eq!((s.port, s.memory_limit, s.max_item_size), (11300, 1 << 30, 2 << 20));
+    assert_eq!(s.voters, ["n1", "n2", "n3"]);
+    assert_eq!(s.listen["n2"].to_string(), "127.0.0.9:11211");
+    assert!(check(&base).config.unwrap().sessions.is_none(), "off unless written");
+
+    let (line, col, msg) = one_error(&format!("{base}\n[sessions]\nmemory_limit = \"64 MB\"\n"));
+    assert_eq!((line, col), (23, 16), "{msg}");
+    assert!(msg.contains("not one of B, KiB, MiB, GiB"), "{msg}");
+    let (_, _, msg) = one_error(&format!("{base}\n[sessions]\nvoters = [\"n1\", \"n9\"]\n"));
+    assert!(msg.contains("\"n9\" is not a [[node]]"), "{msg}");
+    let (_, _, msg) = one_error(&format!("{base}\n[sessions]\nvip = \"nope\"\n"));
+    assert!(msg.contains("not a [[resource]] with agent = \"vip\""), "{msg}");
+    let (_, _, msg) = one_error(&format!(
+        "{base}\n[sessions]\nmemory_limit = \"1MiB\"\nmax_item_size = \"2MiB\"\n"
+    ));
+    assert!(msg.contains("above memory_limit"), "{msg}");
+    let (_, _, msg) = one_error(&format!("{base}\n[sessions]\nport = 0\n"));
+    assert!(msg.contains("outside 1..65535"), "{msg}");
+    let (_, _, msg) = one_error(&format!("{base}\n[sessions]\nlisten = {{ n1 = \"localhost\" }}\n"));
+    assert!(msg.contains("not an IP:PORT"), "{msg}");
+}

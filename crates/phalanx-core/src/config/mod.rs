@@ -4,8 +4,9 @@
 //!
 //! Each section parses and validates itself: `[cluster]` in [`cluster`], `[[node]]` and
 //! `[witness]` in [`nodes`], the fence devices and levels in [`crate::fencing`], the resources
-//! and constraints in [`crate::resources`]. This module holds the validated [`Config`], the
-//! top-level [`check`] and [`parse`], and the checks that span sections (fencing against the
+//! and constraints in [`crate::resources`], `[[balancer]]` in `balancer`, `[sessions]` in
+//! `sessions`. This module holds the validated [`Config`], the top-level [`check`] and
+//! [`parse`], and the checks that span sections (fencing against the
 //! resources). [`check_machine`] adds what only the machine can know: the installed OCF agents and
 //! fence-agents programs, and the key file.
 
@@ -16,6 +17,7 @@ mod cluster;
 mod diff;
 mod nodes;
 mod schema;
+mod sessions;
 
 use crate::diag::Checker;
 use crate::fencing::{self, FenceConfig};
@@ -34,6 +36,7 @@ pub use balancer::{
 pub use cluster::{ClusterConfig, ShutdownMode, MAX_HEARTBEAT, MIN_HEARTBEAT};
 pub use diff::diff;
 pub use nodes::{NodeConfig, WitnessConfig, DEFAULT_API_PORT};
+pub use sessions::{parse_size, SessionsConfig, DEFAULT_MAX_ITEM_SIZE, DEFAULT_MEMORY_LIMIT, DEFAULT_SESSIONS_PORT};
 
 // Diagnostics, durations and the fencing mode live in their own modules; these paths stay for
 // the code in other crates that names them here.
@@ -57,6 +60,9 @@ pub struct Config {
     /// The load balancers (`[[balancer]]`); each is also a primitive in `resources`.
     #[serde(default)]
     pub balancers: Vec<BalancerConfig>,
+    /// The session store (`[sessions]`); None: off.
+    #[serde(default)]
+    pub sessions: Option<SessionsConfig>,
 }
 
 impl Config {
@@ -150,6 +156,7 @@ struct RawConfig {
     alert: Vec<Spanned<alerts::RawAlert>>,
     #[serde(default)]
     balancer: Vec<Spanned<balancer::RawBalancer>>,
+    sessions: Option<Spanned<sessions::RawSessions>>,
 }
 
 /// Parse and validate `source`, collecting every problem.
@@ -224,6 +231,7 @@ fn validate(c: &mut Checker, raw: RawConfig, spans: &mut Spans) -> Option<Config
     }
     check_fencing(c, &cluster, &fence, &resources, &nodes.names, agent_spans);
     let alerts = alerts::validate(c, raw.alert);
+    let sessions = sessions::validate(c, raw.sessions, &nodes.names, &resources);
     Some(Config {
         cluster: cluster.config,
         nodes: nodes.nodes,
@@ -232,6 +240,7 @@ fn validate(c: &mut Checker, raw: RawConfig, spans: &mut Spans) -> Option<Config
         fence,
         alerts,
         balancers,
+        sessions,
     })
 }
 
