@@ -233,18 +233,21 @@ fn data_block(buf: &[u8], consumed: usize, bytes: usize) -> Block<'_> {
     }
 }
 
-/// `strtoull`-style parsing as memcached's `safe_strto*` do it: an optional sign, decimal digits,
-/// nothing after. A '-' negates modulo 2^64. `None` when there are no digits, junk follows or the
-/// magnitude overflows 64 bits.
-fn strtou64(tok: &[u8]) -> Option<(u64, bool)> {
+/// An optional sign and the decimal digits after it (None: no digits, or anything else).
+fn signed_digits(tok: &[u8]) -> Option<(bool, &[u8])> {
     let (neg, digits) = match tok.first() {
         Some(b'-') => (true, &tok[1..]),
         Some(b'+') => (false, &tok[1..]),
         _ => (false, tok),
     };
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
+    (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit)).then_some((neg, digits))
+}
+
+/// `strtoull`-style parsing as memcached's `safe_strto*` do it: an optional sign, decimal digits,
+/// nothing after. A '-' negates modulo 2^64. `None` when there are no digits, junk follows or the
+/// magnitude overflows 64 bits.
+fn strtou64(tok: &[u8]) -> Option<(u64, bool)> {
+    let (neg, digits) = signed_digits(tok)?;
     let mut v: u64 = 0;
     for d in digits {
         v = v.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
@@ -270,14 +273,7 @@ fn safe_strtoul(tok: &[u8]) -> Option<u32> {
 /// memcached's `safe_strtol`: `strtol` into a `long`, then truncated to 32 bits (so 4294967299
 /// reads as 3, as memcached 1.6.18 does).
 fn safe_strtol(tok: &[u8]) -> Option<i32> {
-    let (neg, digits) = match tok.first() {
-        Some(b'-') => (true, &tok[1..]),
-        Some(b'+') => (false, &tok[1..]),
-        _ => (false, tok),
-    };
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
+    let (neg, digits) = signed_digits(tok)?;
     let mut v: i64 = 0;
     for d in digits {
         let d = i64::from(d - b'0');
