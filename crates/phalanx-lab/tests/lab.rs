@@ -867,6 +867,12 @@ async fn a_ten_second_partition_logs_a_few_lines_per_peer_and_no_escape_codes() 
 
 /// The lab's balancer: a clone of the demo service on every node (port [`PORT`]) behind a
 /// `[[balancer]]` listening on the VIP (port 80), grouped with it.
+/// Run the CLI against the lab cluster; it must succeed.
+fn cli_ok(c: &LocalCluster, args: &[&str]) {
+    let (code, out, err) = c.cli(args).unwrap();
+    assert_eq!(code, 0, "phalanx {}: {out}{err}", args.join(" "));
+}
+
 fn balancer_config(exe: &std::path::Path, mode: &str) -> String {
     let exe = exe.display();
     // HTTP mode: HTTP checks of /health, a short server_timeout (a request in flight to a host
@@ -1065,10 +1071,7 @@ async fn a_balancer_behind_the_vip_spreads_survives_a_backend_crash_and_fails_ov
         "equal weights through the VIP"
     );
     // An operator's weight: smooth weighted round robin gives exactly 3:1:1 over 50 requests.
-    let (code, out, err) = c
-        .cli(&["balancer", "weight", "web-svc@n1", "3", "--balancer", "front"])
-        .unwrap();
-    assert_eq!(code, 0, "{out}{err}");
+    cli_ok(&c, &["balancer", "weight", "web-svc@n1", "3", "--balancer", "front"]);
     wait_lb(&c, "front", "weight 3 on web-svc@n1", |v| {
         v["backends"]
             .as_array()
@@ -1082,10 +1085,10 @@ async fn a_balancer_behind_the_vip_spreads_survives_a_backend_crash_and_fails_ov
         BTreeMap::from([("n1".into(), 30), ("n2".into(), 10), ("n3".into(), 10)]),
         "weights 3:1:1"
     );
-    let (code, out, err) = c
-        .cli(&["balancer", "weight", "web-svc@n1", "config", "--balancer", "front"])
-        .unwrap();
-    assert_eq!(code, 0, "{out}{err}");
+    cli_ok(
+        &c,
+        &["balancer", "weight", "web-svc@n1", "config", "--balancer", "front"],
+    );
 
     // A backend host (not the balancer's) crashes under load: no request fails.
     let (victim, stop, load, crash_at) = crash_under_load(&lab, &addr, &front).await;
@@ -1132,8 +1135,9 @@ async fn a_balancer_behind_the_vip_spreads_survives_a_backend_crash_and_fails_ov
         .unwrap()
         .to_string();
     let backend = format!("web-svc@{other}");
-    let (code, out, err) = c
-        .cli(&[
+    cli_ok(
+        &c,
+        &[
             "balancer",
             "drain",
             &backend,
@@ -1142,17 +1146,17 @@ async fn a_balancer_behind_the_vip_spreads_survives_a_backend_crash_and_fails_ov
             "--wait",
             "--timeout",
             "30s",
-        ])
-        .unwrap();
-    assert_eq!(code, 0, "{out}{err}");
+        ],
+    );
     let counts = lb_spread(&lab, &addr, 10);
     assert_eq!(
         counts,
         BTreeMap::from([(front.clone(), 10)]),
         "a drained instance takes no request"
     );
-    let (code, out, err) = c
-        .cli(&[
+    cli_ok(
+        &c,
+        &[
             "balancer",
             "ready",
             &backend,
@@ -1161,9 +1165,8 @@ async fn a_balancer_behind_the_vip_spreads_survives_a_backend_crash_and_fails_ov
             "--wait",
             "--timeout",
             "30s",
-        ])
-        .unwrap();
-    assert_eq!(code, 0, "{out}{err}");
+        ],
+    );
 
     // The crashed host comes back; then the balancer's host crashes: VIP and balancer move
     // together, and the new balancer serves both live instances.
@@ -1401,8 +1404,7 @@ async fn an_http_balancer_keeps_websockets_drains_retries_and_sticks_across_fail
         format!("{text}\n[[resource]]\nid = \"unrelated\"\nagent = \"ocf:heartbeat:Dummy\"\n"),
     )
     .unwrap();
-    let (code, out, err) = c.cli(&["config", "apply", newer.to_str().unwrap(), "--yes"]).unwrap();
-    assert_eq!(code, 0, "{out}{err}");
+    cli_ok(&c, &["config", "apply", newer.to_str().unwrap(), "--yes"]);
     c.wait_for(T, "the unrelated resource started", |st| {
         st.values()
             .all(|s| s.plan_pending == 0 && s.resources.iter().any(|r| r.id == "unrelated" && !r.running.is_empty()))
@@ -1465,8 +1467,9 @@ async fn an_http_balancer_keeps_websockets_drains_retries_and_sticks_across_fail
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "drain --wait failed");
-    let (code, out, err) = c
-        .cli(&[
+    cli_ok(
+        &c,
+        &[
             "balancer",
             "ready",
             &backend,
@@ -1475,9 +1478,8 @@ async fn an_http_balancer_keeps_websockets_drains_retries_and_sticks_across_fail
             "--wait",
             "--timeout",
             "30s",
-        ])
-        .unwrap();
-    assert_eq!(code, 0, "{out}{err}");
+        ],
+    );
 
     // A backend host (not the balancer's) crashes under load: no request fails.
     let (victim, stop, load, _) = crash_under_load(&lab, &addr, &front).await;

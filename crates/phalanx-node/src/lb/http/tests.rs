@@ -51,8 +51,18 @@ async fn answering(response: &'static [u8]) -> SocketAddr {
 
 /// A proxy over `targets` (in this order): its address, its pool, and its stop switch.
 async fn proxy(cfg: BalancerConfig, targets: Vec<Target>) -> (SocketAddr, Arc<Pool>, watch::Sender<bool>) {
-    let pool = Arc::new(Pool::new(cfg.algorithm(), cfg.check.health.clone(), None));
+    let (addr, pool, stop, _) = proxy_with_stats(cfg, targets).await;
+    (addr, pool, stop)
+}
+
+/// [`proxy`], and its counters.
+async fn proxy_with_stats(
+    cfg: BalancerConfig,
+    targets: Vec<Target>,
+) -> (SocketAddr, Arc<Pool>, watch::Sender<bool>, Arc<Stats>) {
+    let pool = Arc::new(Pool::new(cfg.algorithm(), cfg.check.health.clone(), cfg.max_conn));
     pool.update(&cfg, targets, None);
+    let stats = Arc::new(Stats::default());
     let (stop, stopping) = watch::channel(false);
     let health = Arc::new(LocalHealth {
         balancer: "lb".into(),
@@ -66,12 +76,12 @@ async fn proxy(cfg: BalancerConfig, targets: Vec<Target>) -> (SocketAddr, Arc<Po
         cfg.connect_timeout,
         Box::new(move || cfg.http.clone()),
         stopping,
-        Arc::new(Stats::default()),
+        stats.clone(),
     ));
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(accept_loop(l, shared));
-    (addr, pool, stop)
+    (addr, pool, stop, stats)
 }
 
 /// One request on a new connection: the status line.
@@ -302,27 +312,7 @@ async fn a_sticky_request_queued_first_does_not_hold_up_the_others() {
     let b = named_slow("second", Duration::from_millis(300)).await;
     let text = "[cluster]\nname = \"t\"\nfencing = \"off\"\n[[node]]\nname = \"n1\"\nlinks = [\"127.0.0.1:7401\"]\n[[balancer]]\nid = \"lb\"\nlisten = [\"127.0.0.1:9000\"]\nmode = \"http\"\nalgorithm = \"roundrobin\"\nmax_conn = 1\nqueue_timeout = \"3s\"\nsticky = { cookie = \"S\" }\nservers = [{ name = \"a\", address = \"127.0.0.1:1\" }]\n";
     let cfg = phalanx_core::config::parse(text).unwrap().balancers.remove(0);
-    let pool = Arc::new(Pool::new(cfg.algorithm(), cfg.check.health.clone(), cfg.max_conn));
-    pool.update(&cfg, targets(a, b), None);
-    let (_stop, stopping) = watch::channel(false);
-    let stats = Arc::new(Stats::default());
-    let health = Arc::new(LocalHealth {
-        balancer: "lb".into(),
-        pool: pool.clone(),
-        on_change: None,
-    });
-    let shared = Arc::new(Shared::new(
-        "lb".into(),
-        pool.clone(),
-        health,
-        cfg.connect_timeout,
-        Box::new(move || cfg.http.clone()),
-        stopping,
-        stats.clone(),
-    ));
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(accept_loop(l, shared));
+    let (addr, pool, _stop, stats) = proxy_with_stats(cfg, targets(a, b)).await;
     let now = unix_s();
     let to = |name: &str| format!("S={}", StickyCookie::new(BackendId::of(name), now).encode());
     let send = |cookie: Option<String>| {
