@@ -4,7 +4,7 @@
 //! silencing). The node's listener will route writes through the sessions Raft group and reads
 //! through a read index, and answer with these same bytes; tests use it whole.
 
-use super::protocol::TextRequest;
+use super::protocol::{MetaRequest, Request, TextRequest};
 use super::store::{Item, Op, Reply, Store};
 
 /// What a request gets back, and whether the connection ends (`quit`).
@@ -49,6 +49,29 @@ pub fn write_of(req: &TextRequest) -> Option<Op> {
         TextRequest::FlushAll { delay, .. } => Op::FlushAll { delay: *delay },
         _ => return None,
     })
+}
+
+/// Whether `req` changes the store (the node logs it through the sessions group and answers
+/// with what applying it gave), or only reads it (answered at a read index) or nothing.
+pub fn is_write(req: &Request) -> bool {
+    match req {
+        Request::Text(t) => write_of(t).is_some() || matches!(t, TextRequest::Gat { .. }),
+        Request::Meta(MetaRequest::Get { flags, .. }) => flags.ttl.is_some() || flags.vivify.is_some(),
+        Request::Meta(MetaRequest::Noop) => false,
+        Request::Meta(_) => true,
+    }
+}
+
+/// Answer any request against `store` at `now_ms` (what the sessions state machine runs for a
+/// logged write, and the listener for a read).
+pub fn answer_request(store: &mut Store, req: &Request, now_ms: u64) -> Answer {
+    match req {
+        Request::Text(t) => answer(store, t, now_ms),
+        Request::Meta(_) => Answer {
+            bytes: b"SERVER_ERROR meta commands are not supported yet\r\n".to_vec(),
+            close: false,
+        },
+    }
 }
 
 fn value_line(out: &mut Vec<u8>, key: &[u8], item: &Item, cas: bool) {

@@ -11,7 +11,8 @@
 //! length, padded with spaces (memcached updates in place); CAS uniques grow with every store.
 
 use super::protocol::StoreMode;
-use std::collections::{BTreeMap, HashMap};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// memcached's limit between relative and absolute exptimes (`REALTIME_MAXDELTA`): 30 days.
 pub const RELATIVE_MAX_S: i64 = 60 * 60 * 24 * 30;
@@ -82,8 +83,8 @@ impl Reply {
     }
 }
 
-/// One item.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One item (serde: a node persists each item as its own record, see [`Store::take_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Item {
     pub flags: u32,
     pub value: Vec<u8>,
@@ -114,6 +115,25 @@ pub fn expiry(exptime: i32, now_ms: u64) -> Option<u64> {
     }
 }
 
+/// What a store keeps beside its items: the counters every replica must agree on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreMeta {
+    pub next_seq: u64,
+    pub last_cas: u64,
+    pub flushed_at_ms: Option<u64>,
+    /// Items evicted to make room, ever.
+    pub evictions: u64,
+}
+
+/// What changed since the last [`Store::take_changes`]: whether everything was dropped first
+/// (`flush_all` now), then the keys whose item was written or removed (their current item,
+/// if any, is [`Store::raw`]'s). What a node persists after applying a batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub cleared: bool,
+    pub keys: BTreeSet<Vec<u8>>,
+}
+
 /// The store.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Store {
@@ -126,6 +146,8 @@ pub struct Store {
     limit: usize,
     /// `flush_all`'s time (unix ms): items stored at or before it are gone once it has come.
     flushed_at_ms: Option<u64>,
+    evictions: u64,
+    changes: Changes,
 }
 
 impl Store {
@@ -161,8 +183,59 @@ impl Store {
         self.live(self.items.get(key)?, now_ms)
     }
 
+    /// The item stored under `key`, live or not (what a node persists).
+    pub fn raw(&self, key: &[u8]) -> Option<&Item> {
+        self.items.get(key)
+    }
+
+    /// What changed since the last call (and forget it).
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// The counters beside the items.
+    pub fn meta(&self) -> StoreMeta {
+        StoreMeta {
+            next_seq: self.next_seq,
+            last_cas: self.last_cas,
+            flushed_at_ms: self.flushed_at_ms,
+            evictions: self.evictions,
+        }
+    }
+
+    /// Every item, by key (a snapshot's content).
+    pub fn items(&self) -> impl Iterator<Item = (&Vec<u8>, &Item)> {
+        self.items.iter()
+    }
+
+    /// A store made again from what [`Store::meta`] and [`Store::items`] gave (after a restart
+    /// or a snapshot), holding at most `limit` bytes from its next write on.
+    pub fn from_parts(limit: usize, meta: StoreMeta, items: impl IntoIterator<Item = (Vec<u8>, Item)>) -> Store {
+        let mut s = Store {
+            limit,
+            next_seq: meta.next_seq,
+            last_cas: meta.last_cas,
+            flushed_at_ms: meta.flushed_at_ms,
+            evictions: meta.evictions,
+            ..Store::default()
+        };
+        for (key, item) in items {
+            s.bytes += item.cost(&key);
+            s.order.insert(item.seq, key.clone());
+            s.items.insert(key, item);
+        }
+        s
+    }
+
+    /// Hold at most `limit` bytes from the next write on (the leader logs the limit with every
+    /// batch, so that every replica evicts alike even while the config changes).
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+
     fn remove(&mut self, key: &[u8]) -> Option<Item> {
         let item = self.items.remove(key)?;
+        self.changes.keys.insert(key.to_vec());
         self.order.remove(&item.seq);
         self.bytes -= item.cost(key);
         Some(item)
@@ -183,12 +256,15 @@ impl Store {
             if let Some(old) = self.items.remove(&oldest) {
                 self.bytes -= old.cost(&oldest);
             }
+            self.changes.keys.insert(oldest);
+            self.evictions += 1;
         }
         self.next_seq += 1;
         item.seq = self.next_seq;
         self.order.insert(item.seq, key.to_vec());
         self.bytes += cost;
         self.items.insert(key.to_vec(), item);
+        self.changes.keys.insert(key.to_vec());
         true
     }
 
@@ -210,6 +286,10 @@ impl Store {
                         self.order.clear();
                         self.bytes = 0;
                         self.flushed_at_ms = None;
+                        self.changes = Changes {
+                            cleared: true,
+                            keys: BTreeSet::new(),
+                        };
                     }
                     // Later: what was stored until then is gone from then on (memcached's
                     // `oldest_live`, a second's granularity there, a millisecond's here).
@@ -311,6 +391,7 @@ impl Store {
                 // A touch keeps the item's place: it is not a write of its value.
                 if let Some(i) = self.items.get_mut(key.as_slice()) {
                     *i = Item { seq: i.seq, ..item };
+                    self.changes.keys.insert(key.clone());
                 }
                 Reply::Touched
             }

@@ -12,7 +12,7 @@ const MAX_OPAQUE_TOKEN: usize = 32;
 /// A meta command's flags. Return flags are booleans; flags with a token hold it parsed.
 /// memcached 1.6.18 knows no `E` (explicit cas) and no `x`: both are refused as unknown there,
 /// and here.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MetaFlags {
     /// `b`: the key was sent base64-encoded (the request's key is decoded).
     pub base64: bool,
@@ -61,7 +61,7 @@ pub struct MetaFlags {
 }
 
 /// One meta-protocol request; keys are decoded when `b` was given.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MetaRequest {
     Get {
         key: Vec<u8>,

@@ -49,8 +49,8 @@ impl Limits {
     }
 }
 
-/// One parsed request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One parsed request (serde: the session store logs its writes as they were asked).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Request {
     Text(TextRequest),
     Meta(MetaRequest),
