@@ -14,4 +14,5 @@ pub mod playground;
 pub mod power_switch;
 pub mod render;
 pub mod service;
+pub mod sessions_cmd;
 pub mod simulate;

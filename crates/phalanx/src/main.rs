@@ -47,6 +47,13 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum SessionsCmd {
+    /// The leader, items, bytes, evictions, hit ratio, ops/s, commit latency, and each node's
+    /// lag behind the leader's log.
+    Status,
+}
+
+#[derive(Subcommand)]
 enum BalancerCmd {
     /// Each balancer's backends: address, state, operator state, effective weight, connections
     /// in flight and in all, errors, the cluster's check verdict and which node checks it.
@@ -194,6 +201,11 @@ enum Cmd {
     Balancer {
         #[command(subcommand)]
         cmd: BalancerCmd,
+    },
+    /// The replicated session store (memcached protocol): `phalanx sessions status`.
+    Sessions {
+        #[command(subcommand)]
+        cmd: SessionsCmd,
     },
     /// Administratively disable or enable one heartbeat link of a node.
     Link {
@@ -894,6 +906,22 @@ async fn run(cli: Cli) -> Result<i32> {
                 print!("{}", phalanx::balancer_cmd::render(&found));
             }
             Ok(0)
+        }
+        Cmd::Sessions {
+            cmd: SessionsCmd::Status,
+        } => {
+            let (client, apis) = apis(&cli)?;
+            let report = phalanx::sessions_cmd::status(&client, &apis).await;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                print!("{}", phalanx::sessions_cmd::render(&report));
+            }
+            Ok(if report.nodes.iter().any(|n| n.status.is_some()) {
+                0
+            } else {
+                1
+            })
         }
         Cmd::Why { resource } => {
             let (client, apis) = apis(&cli)?;

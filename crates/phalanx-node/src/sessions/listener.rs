@@ -1,0 +1,304 @@
+//! The memcached listener of a node's session store: it binds where `[sessions]` says (this
+//! node's `listen` address, else its API host IP and `port`; and, with `vip`, that resource's
+//! address, bound with `IP_FREEBIND` on every node so that it answers wherever the VIP is up),
+//! follows config changes, and serves each connection: the parser (`phalanx_core::sessions::
+//! protocol`) turns bytes into requests; a write goes through the group (`Sessions::submit`)
+//! and is answered with what applying it gave; a read waits for a read point and is answered
+//! from the local copy (`engine::answer_request`); `version`, `verbosity`, `stats` and `mn` are
+//! answered here. Requests of a connection are answered in order; `noreply` writes are queued
+//! without waiting, and the next request that answers waits for them first, so a read after
+//! them sees them. A write that cannot be committed answers `SERVER_ERROR` with the reason
+//! (never a false STORED); a `noreply` one closes the connection, since its client cannot be
+//! told otherwise.
+
+use super::{ReadPoint, Sessions, SessionsError};
+use phalanx_core::sessions::engine::{answer_request, is_write};
+use phalanx_core::sessions::protocol::{self, Limits, MetaRequest, Parsed, Request, TextRequest};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+/// Bound on `noreply` writes queued by one connection before it waits for them.
+const MAX_QUEUED: usize = 1024;
+
+/// Where this node's store listens under `[sessions]`.
+fn addresses(node: &crate::node::Node) -> Vec<SocketAddr> {
+    let config = node.config();
+    let Some(s) = config.sessions.as_ref() else {
+        return Vec::new();
+    };
+    let mut out = vec![s
+        .listen
+        .get(&node.name)
+        .copied()
+        .unwrap_or_else(|| SocketAddr::new(node.api.ip(), s.port))];
+    if let Some(ip) = s.vip.as_ref().and_then(|v| vip_address(&config, v)) {
+        out.push(SocketAddr::new(ip, s.port));
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The address of `vip` resource `name` (its `address` parameter, without the prefix length).
+fn vip_address(config: &phalanx_core::Config, name: &str) -> Option<std::net::IpAddr> {
+    let address = config.resources.primitives.get(name)?.params.get("address")?;
+    address.split('/').next()?.parse().ok()
+}
+
+/// Keep a listener on each address of [`addresses`] while the node runs.
+pub async fn run(s: Arc<Sessions>, node: Weak<crate::node::Node>) {
+    let mut running: BTreeMap<SocketAddr, tokio::task::AbortHandle> = BTreeMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let Some(n) = node.upgrade() else { break };
+        let want = addresses(&n);
+        drop(n);
+        running.retain(|addr, task| {
+            let keep = want.contains(addr) && !task.is_finished();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        *s.listening.lock().unwrap_or_else(|p| p.into_inner()) = running.keys().copied().collect();
+        for addr in want {
+            if running.contains_key(&addr) {
+                continue;
+            }
+            match crate::lb::listen_freebind(addr) {
+                Ok(l) => {
+                    tracing::info!(%addr, "session store listening (memcached protocol)");
+                    running.insert(addr, tokio::spawn(accept(s.clone(), l)).abort_handle());
+                    s.listening.lock().unwrap_or_else(|p| p.into_inner()).insert(addr);
+                }
+                Err(e) => tracing::warn!(%addr, error = %e, "session store: cannot listen (will retry)"),
+            }
+        }
+    }
+    for (_, t) in running {
+        t.abort();
+    }
+}
+
+async fn accept(s: Arc<Sessions>, l: tokio::net::TcpListener) {
+    loop {
+        match l.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                let s = s.clone();
+                tokio::spawn(async move {
+                    s.counters.connections.fetch_add(1, Ordering::Relaxed);
+                    connection(&s, stream).await;
+                    s.counters.connections.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "session store: accept");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+fn server_error(e: &SessionsError) -> Vec<u8> {
+    format!("SERVER_ERROR {e}\r\n").into_bytes()
+}
+
+type Queued = oneshot::Receiver<Result<Vec<u8>, SessionsError>>;
+
+/// One connection's state between requests.
+struct Conn {
+    /// `noreply` writes not yet known to be committed.
+    queued: Vec<Queued>,
+    /// The read point of reads parsed together (reused until a write intervenes).
+    point: Option<ReadPoint>,
+}
+
+impl Conn {
+    /// Wait for the queued `noreply` writes; the first failure, if any.
+    async fn settle(&mut self) -> Result<(), SessionsError> {
+        let mut first = Ok(());
+        for rx in self.queued.drain(..) {
+            let r = rx.await.unwrap_or(Err(SessionsError::Stopped));
+            if let (Err(e), Ok(())) = (r, &first) {
+                first = Err(e);
+            }
+        }
+        first
+    }
+}
+
+fn noreply(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::Text(
+            TextRequest::Store { noreply: true, .. }
+                | TextRequest::Delete { noreply: true, .. }
+                | TextRequest::Arith { noreply: true, .. }
+                | TextRequest::Touch { noreply: true, .. }
+                | TextRequest::FlushAll { noreply: true, .. }
+        )
+    )
+}
+
+/// Answer one request into `out`; false: close the connection after writing `out`.
+async fn handle(s: &Sessions, c: &mut Conn, req: Request, out: &mut Vec<u8>) -> bool {
+    if is_write(&req) {
+        c.point = None;
+        if noreply(&req) {
+            match s.submit(req).await {
+                Ok(rx) => c.queued.push(rx),
+                Err(e) => {
+                    out.extend(server_error(&e));
+                    return false;
+                }
+            }
+            if c.queued.len() >= MAX_QUEUED {
+                if let Err(e) = c.settle().await {
+                    out.extend(server_error(&e));
+                    return false;
+                }
+            }
+            return true;
+        }
+        if let Err(e) = c.settle().await {
+            out.extend(server_error(&e));
+            return false;
+        }
+        match s.write(req).await {
+            Ok(bytes) => out.extend(bytes),
+            Err(e) => out.extend(server_error(&e)),
+        }
+        return true;
+    }
+    if let Err(e) = c.settle().await {
+        out.extend(server_error(&e));
+        return false;
+    }
+    let local = matches!(
+        req,
+        Request::Text(
+            TextRequest::Version | TextRequest::Verbosity { .. } | TextRequest::Stats { .. } | TextRequest::Quit
+        ) | Request::Meta(MetaRequest::Noop)
+    );
+    let now = if local {
+        crate::mesh::unix_ms()
+    } else {
+        let point = match c.point {
+            Some(p) => p,
+            None => match s.read_point().await {
+                Ok(p) => *c.point.insert(p),
+                Err(e) => {
+                    out.extend(server_error(&e));
+                    return true;
+                }
+            },
+        };
+        point.now_ms
+    };
+    let answer = {
+        let mut sm = s.sm.lock();
+        if let Request::Text(TextRequest::Get { keys, .. }) = &req {
+            let hits = keys.iter().filter(|k| sm.store.get(k, now).is_some()).count();
+            s.counters.gets.fetch_add(keys.len() as u64, Ordering::Relaxed);
+            s.counters.get_hits.fetch_add(hits as u64, Ordering::Relaxed);
+        }
+        answer_request(&mut sm.store, &req, now)
+    };
+    out.extend(answer.bytes);
+    !answer.close
+}
+
+/// Serve one client connection until it closes, sends `quit`, or breaks the protocol where
+/// memcached closes.
+async fn connection(s: &Sessions, mut stream: tokio::net::TcpStream) {
+    let limits = Limits {
+        max_item_size: s
+            .config()
+            .map_or(phalanx_core::config::DEFAULT_MAX_ITEM_SIZE, |c| c.max_item_size) as usize,
+        ..Limits::default()
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut skip = 0usize;
+    let mut c = Conn {
+        queued: Vec::new(),
+        point: None,
+    };
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut open = true;
+        let mut at = 0usize;
+        while open {
+            if skip > 0 {
+                let k = skip.min(buf.len() - at);
+                at += k;
+                skip -= k;
+                if skip > 0 {
+                    break;
+                }
+            }
+            match protocol::parse(&buf[at..], &limits) {
+                Ok(Parsed::Incomplete) => break,
+                Ok(Parsed::Complete { request, consumed }) => {
+                    at += consumed;
+                    open = Box::pin(handle(s, &mut c, request, &mut out)).await;
+                }
+                Ok(Parsed::Rejected {
+                    error,
+                    silent,
+                    consumed,
+                }) => {
+                    at += consumed;
+                    if !silent {
+                        out.extend_from_slice(error.reply());
+                    }
+                    open = !error.closes();
+                }
+                Ok(Parsed::Skip {
+                    error,
+                    silent,
+                    consumed,
+                    bytes,
+                }) => {
+                    at += consumed;
+                    if !silent {
+                        out.extend_from_slice(error.reply());
+                    }
+                    skip = bytes;
+                }
+                Err(e) => {
+                    out.extend_from_slice(e.reply());
+                    open = false;
+                }
+            }
+        }
+        buf.drain(..at);
+        // Reads parsed in a later read of the socket may follow a write acknowledged since.
+        c.point = None;
+        if !open {
+            let _ = c.settle().await;
+        }
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                break;
+            }
+            out.clear();
+        }
+        if !open {
+            break;
+        }
+    }
+    let _ = stream.shutdown().await;
+}
