@@ -66,6 +66,13 @@ pub enum SessionsError {
     Timeout,
     #[error("the leader did not answer: {0}")]
     Unreachable(String),
+    /// Not sent: the leader known here refused the connection (it may be gone); safe to send
+    /// again once another leads.
+    #[error("the leader could not be reached: {0}")]
+    NotDelivered(String),
+    /// The node asked no longer leads: nothing was logged; safe to send again.
+    #[error("the node asked no longer leads the session store")]
+    NotLeader,
     #[error("the session store is stopping")]
     Stopped,
 }
@@ -388,7 +395,29 @@ impl Sessions {
         }
     }
 
+    /// Send `body` to the leader's `path`; sent again (until [`WAIT`]) while it surely was not
+    /// acted on: the connection refused, or the node asked no longer leading.
     async fn post<T: serde::de::DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> Result<T, SessionsError> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut metrics = self.raft.metrics();
+        loop {
+            if self.is_leader() {
+                // The caller does it here.
+                return Err(SessionsError::NotLeader);
+            }
+            match self.post_once(path, body.clone()).await {
+                Err(SessionsError::NotDelivered(_) | SessionsError::NotLeader | SessionsError::NoLeader)
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    // Until the group's view changes (a new leader), or a moment.
+                    let _ = tokio::time::timeout(Duration::from_millis(50), metrics.changed()).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn post_once<T: serde::de::DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> Result<T, SessionsError> {
         let addr = self.leader_addr().ok_or(SessionsError::NoLeader)?;
         let resp = self
             .http
@@ -398,7 +427,13 @@ impl Sessions {
             .body(body)
             .send()
             .await
-            .map_err(|e| SessionsError::Unreachable(e.to_string()))?;
+            .map_err(|e| {
+                if e.is_connect() {
+                    SessionsError::NotDelivered(e.to_string())
+                } else {
+                    SessionsError::Unreachable(e.to_string())
+                }
+            })?;
         if !resp.status().is_success() {
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
@@ -415,7 +450,11 @@ impl Sessions {
 
     async fn forward_write(&self, requests: Vec<Request>) -> Result<Answers, SessionsError> {
         let body = postcard::to_allocvec(&requests).map_err(|e| SessionsError::NotCommitted(e.to_string()))?;
-        self.post(WRITE_PATH, body).await
+        match self.post(WRITE_PATH, body).await {
+            // This node was elected meanwhile: nothing was logged elsewhere, log it here.
+            Err(SessionsError::NotLeader) if self.is_leader() => self.leader_write(requests).await,
+            r => r,
+        }
     }
 
     /// Wait until a read may be answered here (see [`ReadPoint`]).
@@ -447,17 +486,19 @@ impl Sessions {
 
     async fn read_round(&self) -> Result<ReadPoint, SessionsError> {
         self.await_leader().await?;
-        let point = if self.is_leader() {
-            let (read, _) = tokio::time::timeout(WAIT, self.raft.get_read_log_id())
-                .await
-                .map_err(|_| SessionsError::Timeout)?
-                .map_err(|e| SessionsError::NotCommitted(e.to_string()))?;
-            ReadPoint {
-                index: read.map_or(0, |l| l.index),
-                now_ms: now_ms(),
+        let point = match self.post::<ReadPoint>(READ_PATH, Vec::new()).await {
+            // Asked of itself (`post` sends only to another node), or elected meanwhile.
+            Err(SessionsError::NoLeader | SessionsError::NotLeader) if self.is_leader() => {
+                let (read, _) = tokio::time::timeout(WAIT, self.raft.get_read_log_id())
+                    .await
+                    .map_err(|_| SessionsError::Timeout)?
+                    .map_err(|e| SessionsError::NotCommitted(e.to_string()))?;
+                ReadPoint {
+                    index: read.map_or(0, |l| l.index),
+                    now_ms: now_ms(),
+                }
             }
-        } else {
-            self.post::<ReadPoint>(READ_PATH, Vec::new()).await?
+            r => r?,
         };
         self.raft
             .wait(Some(WAIT))
