@@ -94,17 +94,10 @@ async fn sessions_status(c: &LocalCluster, node: &str) -> Option<serde_json::Val
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_any_node_are_read_everywhere_and_survive_the_leader() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let ports: BTreeMap<String, SocketAddr> = (1..=3)
-        .map(|i| (format!("n{i}"), SocketAddr::from(([127, 0, 0, 1], free_port()))))
-        .collect();
-    let listen: Vec<String> = ports.iter().map(|(n, a)| format!("{n} = \"{a}\"")).collect();
-    let extra = format!("\n[sessions]\nlisten = {{ {} }}\n", listen.join(", "));
-    let mut c = LocalCluster::create(Spec::loopback(3, exe(), extra)).unwrap();
-    c.start_all().unwrap();
-    c.wait_stable(T).await.unwrap();
+    let (mut c, ports) = cluster().await;
     let mut clients: BTreeMap<String, Mc> = BTreeMap::new();
     for (n, a) in &ports {
-        clients.insert(n.clone(), eventually("the store's listener", || Mc::connect(*a).ok()));
+        clients.insert(n.clone(), Mc::connect(*a).unwrap());
     }
     // A write through each node, read back through every node.
     for (i, n) in ["n1", "n2", "n3"].iter().enumerate() {
@@ -193,4 +186,64 @@ async fn writes_through_any_node_are_read_everywhere_and_survive_the_leader() {
 
 fn futures_block<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+/// A 3-node cluster with `[sessions]` on per-node loopback ports.
+async fn cluster() -> (LocalCluster, BTreeMap<String, SocketAddr>) {
+    let ports: BTreeMap<String, SocketAddr> = (1..=3)
+        .map(|i| (format!("n{i}"), SocketAddr::from(([127, 0, 0, 1], free_port()))))
+        .collect();
+    let listen: Vec<String> = ports.iter().map(|(n, a)| format!("{n} = \"{a}\"")).collect();
+    let extra = format!("\n[sessions]\nlisten = {{ {} }}\n", listen.join(", "));
+    let mut c = LocalCluster::create(Spec::loopback(3, exe(), extra)).unwrap();
+    c.start_all().unwrap();
+    c.wait_stable(T).await.unwrap();
+    for a in ports.values() {
+        eventually("the store's listener", || {
+            Mc::connect(*a)
+                .ok()
+                .and_then(|mut m| m.set("hello", "1").ok())
+                .filter(|r| r == "STORED")
+        });
+    }
+    (c, ports)
+}
+
+/// pymemcache, the client Python web apps use, and PHP's session-lock sequence: two clients on
+/// two nodes race for `add lock.<sid>` round after round while the store's leader is killed;
+/// never do both win, and every acknowledged session is read back through every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pymemcache_and_php_session_locks_across_a_leader_kill() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (mut c, ports) = cluster().await;
+    let leader = eventually("the store's leader", || {
+        futures_block(sessions_status(&c, "n1")).and_then(|s| s["leader"].as_str().map(String::from))
+    });
+    let others: Vec<String> = ports
+        .iter()
+        .filter(|(n, _)| **n != leader)
+        .map(|(_, a)| a.to_string())
+        .collect();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/sessions/pymemcache_check.py");
+    let child = std::process::Command::new("/usr/bin/python3")
+        .arg(script)
+        .args(&others)
+        .args(["--seconds", "6"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with pymemcache (tests/run installs python3-pymemcache)");
+    std::thread::sleep(Duration::from_secs(2));
+    c.kill(&leader).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("pymemcache: {stdout}");
+    assert!(
+        out.status.success(),
+        "pymemcache check failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["both_won"], 0);
+    assert!(v["won"].as_u64().unwrap() > 10, "{v}");
 }
