@@ -611,7 +611,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 print_json(&report)?;
             } else {
                 println!(
-                    "Summary: {} nodes, heartbeat {} ms: detection {} ms, leader failover {} ms, quorum after failure: {}, rejoined: {}, service outage {} ms ({} -> {})",
+                    "Summary: {} nodes, heartbeat {} ms: detection {} ms, leader failover {} ms, quorum after failure: {}, rejoined: {}, service outage {} ms ({} -> {}); sessions: {} writes acknowledged, {} lost, longest without an acknowledged write {} ms",
                     report.nodes,
                     report.heartbeat_interval_ms,
                     report.detection_ms,
@@ -620,14 +620,19 @@ async fn run(cli: Cli) -> Result<i32> {
                     report.rejoined,
                     report.service_outage_ms,
                     report.service_node_before,
-                    report.service_node_after
+                    report.service_node_after,
+                    report.session_writes_acked,
+                    report.session_writes_lost,
+                    report.session_outage_ms
                 );
             }
-            Ok(if report.quorum_after_failure && report.rejoined {
-                0
-            } else {
-                1
-            })
+            Ok(
+                if report.quorum_after_failure && report.rejoined && report.session_writes_lost == 0 {
+                    0
+                } else {
+                    1
+                },
+            )
         }
         Cmd::Init { key } => {
             let path = match key {
