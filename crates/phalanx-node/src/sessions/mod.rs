@@ -18,6 +18,7 @@ use crate::raft::sessions::{Answers, Batch, SessionsGroup, SessionsRaft, Session
 use crate::raft::{BasicNode, NodeId};
 use openraft::ChangeMembers;
 use phalanx_core::config::SessionsConfig;
+use phalanx_core::events::{EventKind, Note};
 use phalanx_core::sessions::protocol::Request;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -527,6 +528,10 @@ impl Sessions {
     /// `[sessions] voters`), one change at a time.
     async fn upkeep(self: Arc<Self>, node: Weak<crate::node::Node>) {
         let mut on = false;
+        let mut led = false;
+        // Evictions already reported, and when the last report was made.
+        let mut evictions_noted = self.sm.lock().store.meta().evictions;
+        let mut evictions_at: Option<tokio::time::Instant> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tick.tick().await;
@@ -544,7 +549,31 @@ impl Sessions {
                 tracing::info!(on, "session store");
             }
             if !on || !self.is_leader() {
+                led = false;
                 continue;
+            }
+            if !led {
+                led = true;
+                let term = self.raft.metrics().borrow().current_term;
+                self.note(
+                    &node,
+                    EventKind::SessionsLeaderChanged,
+                    format!("{} leads the session store (term {term})", node.name),
+                );
+            }
+            let evictions = self.sm.lock().store.meta().evictions;
+            if evictions > evictions_noted && evictions_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                let limit = self.limit();
+                self.note(
+                    &node,
+                    EventKind::SessionsEvicted,
+                    format!(
+                        "the session store evicted {} items (the least recently written) to stay under memory_limit {limit} bytes",
+                        evictions - evictions_noted
+                    ),
+                );
+                evictions_noted = evictions;
+                evictions_at = Some(tokio::time::Instant::now());
             }
             let cluster = node.raft.metrics().borrow().membership_config.clone();
             let want_nodes: BTreeMap<NodeId, BasicNode> = cluster.nodes().map(|(id, n)| (*id, n.clone())).collect();
@@ -595,6 +624,26 @@ impl Sessions {
                 tracing::info!(error = %e, "session store: membership change not made (will retry)");
             }
         }
+    }
+}
+
+impl Sessions {
+    /// Record an event the group's leader observed (committed in the cluster group, in the
+    /// background: a note must not hold up upkeep).
+    fn note(&self, node: &Arc<crate::node::Node>, kind: EventKind, summary: String) {
+        tracing::info!(kind = kind.as_str(), %summary, "session store");
+        let n = Note {
+            kind,
+            node: node.name.clone(),
+            summary,
+            at_ms: now_ms(),
+        };
+        let node = node.clone();
+        self.rt.spawn(async move {
+            if let Err(e) = node.write(phalanx_core::Command::Note(n)).await {
+                tracing::debug!(error = %e, "a session store note is not committed");
+            }
+        });
     }
 }
 
