@@ -469,6 +469,7 @@ fn meta_get_flags() {
         return_last_access: true,
         no_update: true,
         recache: Some(5),
+        order: b"OqkcCTNIvtsfhluR".to_vec(),
         ..MetaFlags::default()
     };
     assert_eq!(flags, want);
@@ -479,6 +480,7 @@ fn meta_get_flags() {
             flags: MetaFlags {
                 base64: true,
                 return_value: true,
+                order: b"bv".to_vec(),
                 ..MetaFlags::default()
             }
         }
@@ -513,6 +515,8 @@ fn meta_errors_are_memcacheds() {
     assert_eq!(err(b"md k q q\r\n"), b"CLIENT_ERROR invalid or duplicate flag\r\n");
     assert_eq!(err(b"ma k Dabc\r\n"), b"CLIENT_ERROR invalid or duplicate flag\r\n");
     assert_eq!(err(b"ma k MX\r\n"), b"CLIENT_ERROR invalid mode for ma M token\r\n");
+    // 1.6.18 knows upper-case modes only.
+    assert_eq!(err(b"ma k Mi\r\n"), b"CLIENT_ERROR invalid mode for ma M token\r\n");
     assert_eq!(err(b"ma k Mx1\r\n"), b"CLIENT_ERROR invalid or duplicate flag\r\n");
 }
 
@@ -529,6 +533,7 @@ fn meta_set_delete_arith() {
                 mode: Some(b'S'),
                 compare_cas: Some(9),
                 quiet: true,
+                order: b"TFIMCq".to_vec(),
                 ..MetaFlags::default()
             },
             data: k("abc")
@@ -541,6 +546,7 @@ fn meta_set_delete_arith() {
             flags: MetaFlags {
                 quiet: true,
                 compare_cas: Some(3),
+                order: b"qC".to_vec(),
                 ..MetaFlags::default()
             }
         }
@@ -554,6 +560,7 @@ fn meta_set_delete_arith() {
                 initial: Some(7),
                 delta: Some(3),
                 mode: Some(b'D'),
+                order: b"NJDM".to_vec(),
                 ..MetaFlags::default()
             }
         }
