@@ -331,3 +331,7 @@ pub(crate) fn base64_encode(data: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+#[cfg(test)]
+#[path = "meta_tests.rs"]
+mod tests;
