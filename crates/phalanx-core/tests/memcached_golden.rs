@@ -91,6 +91,10 @@ fn miss_reply(r: &Request) -> Vec<u8> {
             other => panic!("the golden trace has no {other:?}"),
         },
         Request::Meta(m) => match m {
+            // mg and ma answer a too long opaque after their work (here: none).
+            MetaRequest::Get { flags, .. } | MetaRequest::Arith { flags, .. } if flags.opaque_too_long() => {
+                b"CLIENT_ERROR opaque token too long\r\n".to_vec()
+            }
             MetaRequest::Get { flags, .. } => quiet(flags.quiet, b"EN\r\n"),
             MetaRequest::Set { flags, .. } => quiet(flags.quiet, b"HD\r\n"),
             // `q` hides HD on md and ma, not NF (memcached 1.6.18).
@@ -292,6 +296,29 @@ fn trace() -> Vec<(&'static str, Vec<u8>)> {
         ("ma alone", b("ma\r\n")),
         ("ma miss", b("ma k MI q\r\nma k D5 MD\r\n")),
         ("ma opaque long", b(&format!("ma k O{}\r\n", "o".repeat(40)))),
+        ("ma opaque long quiet", b(&format!("ma k q O{}\r\n", "o".repeat(40)))),
+        ("mg opaque long quiet", b(&format!("mg k q O{}\r\n", "o".repeat(40)))),
+        (
+            "ma opaque long bad mode",
+            b(&format!("ma k MX O{}\r\n", "o".repeat(40))),
+        ),
+        ("mg 18 flags", b("mg k a b c d e f g h i j k l m n o p q r\r\n")),
+        ("mg 17 flags", b("mg k a b c d e f g h i j k l m n o p q\r\n")),
+        (
+            "mg 26 flags",
+            b(&format!(
+                "mg k {}\r\n",
+                ('a'..='z').map(String::from).collect::<Vec<_>>().join(" ")
+            )),
+        ),
+        ("ms 17 flags", b("ms k 1 a b c d e f g h i j k l m n o p q\r\nx\r\n")),
+        ("ms 16 flags", b("ms k 1 a b c d e f g h i j k l m n o p\r\nx\r\n")),
+        ("md 18 flags", b("md k a b c d e f g h i j k l m n o p q r\r\n")),
+        ("ma 18 flags", b("ma k a b c d e f g h i j k l m n o p q r\r\n")),
+        ("mg lower mode", b("mg k Ms\r\n")),
+        ("ms lower mode", b("ms k 1 Ms\r\nx\r\n")),
+        ("ma lower mode", b("ma k Mi\r\n")),
+        ("ms E flag", b("ms k 1 E5\r\nx\r\n")),
     ]
 }
 
@@ -562,6 +589,28 @@ ms a 1 Tx
 x
 ms a 1 Cx
 x
+mn
+ms ol 1
+5
+ma ol T30 Ooooooooooooooooooooooooooooooooooooo q
+mn
+mg ol v t
+mg olv N30 Ooooooooooooooooooooooooooooooooooooo
+mn
+mg olv t v
+mg zz q Ooooooooooooooooooooooooooooooooooooo
+ma zz q Ooooooooooooooooooooooooooooooooooooo
+ms olw 1 T100
+x
+mn
+mg olw Ooooooooooooooooooooooooooooooooooooo T30
+mg olw t
+mg olw T20 Ooooooooooooooooooooooooooooooooooooo
+mn
+mg olw t
+md olw I
+mg olw Ooooooooooooooooooooooooooooooooooooo
+mg olw t
 mn
 "#;
 

@@ -12,7 +12,10 @@
 //! `ms` answers `c0` when it stored nothing; an `ma T` whose result outgrows the old value
 //! changes nothing in 1.6.18 (it sets the expiry of the item the new one replaced), nor here;
 //! `md I` and an `ms I C<older>` mark the item stale (`X`) and the first `mg` after wins the
-//! token (`W`), later ones see `Z`; `mg N` on a miss creates an empty item and wins.
+//! token (`W`), later ones see `Z`; `mg N` on a miss creates an empty item and wins. An opaque
+//! token too long is answered `CLIENT_ERROR opaque token too long` by `mg` and `ma` when the
+//! reply reaches it, after what they changed: an `ma` counts, an `mg N` creates its item, a
+//! `T` before the `O` applies (one after it does not), no token is won.
 //!
 //! What differs, and why:
 //! - `E` (explicit CAS, newer memcached) is refused as 1.6.18 refuses it (`CLIENT_ERROR invalid
@@ -26,9 +29,6 @@
 //!   answers a number that wraps around its uptime).
 //! - A reply of memcached that depends on its process (`SERVER_ERROR` on an allocation failure)
 //!   is answered as the store's memory limit decides.
-//! - memcached reports an opaque token too long only when its reply walk reaches it, after an
-//!   `mg`'s `N`/`T` or an `ma` changed the item; phalanx's parser refuses the request before
-//!   anything is done.
 //!
 //! Reads: an `mg` without `T`, `N` or `R` is a read ([`super::is_write`]), but meeting a stale
 //! item whose token no client holds it wins the token, which changes the item: such a read must
@@ -63,6 +63,9 @@ pub(super) fn get(store: &Store, key: &[u8], f: &MetaFlags, now_ms: u64) -> (Vec
             (0, &[][..], cas, None, now_ms, false, false, false)
         }
         None => {
+            if f.opaque_too_long() {
+                return (TOO_LONG.to_vec(), ops);
+            }
             if f.quiet {
                 return (Vec::new(), ops);
             }
@@ -77,6 +80,7 @@ pub(super) fn get(store: &Store, key: &[u8], f: &MetaFlags, now_ms: u64) -> (Vec
         false => b"HD".to_vec(),
     };
     let (mut exp, mut set_expiry, mut won) = (expires_ms, false, false);
+    let mut too_long = false;
     for o in &f.order {
         match o {
             b'T' => {
@@ -104,10 +108,21 @@ pub(super) fn get(store: &Store, key: &[u8], f: &MetaFlags, now_ms: u64) -> (Vec
             b'f' => out.extend_from_slice(format!(" f{flags}").as_bytes()),
             b'l' => out.extend_from_slice(format!(" l{}", now_ms.saturating_sub(stored_ms) / 1000).as_bytes()),
             b'h' => out.extend_from_slice(b" h0"),
+            b'O' if f.opaque_too_long() => {
+                too_long = true;
+                break;
+            }
             b'O' => opaque(&mut out, f),
             b'k' => key_flag(&mut out, key, key_binary),
             _ => {}
         }
+    }
+    if too_long {
+        // What the walk did before the `O` stays done; no token is won.
+        if set_expiry {
+            ops.push(amend(key, exp, false));
+        }
+        return (TOO_LONG.to_vec(), ops);
     }
     // Z before W: a client never sees both.
     if token_sent {
@@ -134,6 +149,17 @@ pub(super) fn get(store: &Store, key: &[u8], f: &MetaFlags, now_ms: u64) -> (Vec
         });
     }
     (out, ops)
+}
+
+const TOO_LONG: &[u8] = b"CLIENT_ERROR opaque token too long\r\n";
+
+fn amend(key: &[u8], expires_ms: Option<u64>, token_sent: bool) -> Op {
+    Op::Amend {
+        key: key.to_vec(),
+        set_expiry: true,
+        expires_ms,
+        token_sent,
+    }
 }
 
 /// `ms`: the mode from `M` (none: set), `C` making a set or replace a cas.
@@ -212,6 +238,7 @@ pub(super) fn arith(store: &mut Store, key: &[u8], f: &MetaFlags, now_ms: u64) -
             in_place,
             created,
         } => (value, in_place, created),
+        Reply::NotFound | Reply::Exists if f.opaque_too_long() => return TOO_LONG.to_vec(),
         reply @ (Reply::NotFound | Reply::Exists) => {
             let mut out = match reply {
                 Reply::NotFound => b"NF".to_vec(),
@@ -230,7 +257,7 @@ pub(super) fn arith(store: &mut Store, key: &[u8], f: &MetaFlags, now_ms: u64) -
         true => format!("VA {}", digits.len()).into_bytes(),
         false => b"HD".to_vec(),
     };
-    let (mut exp, mut set_expiry) = (expires_ms, false);
+    let (mut exp, mut set_expiry, mut too_long) = (expires_ms, false, false);
     for o in &f.order {
         match o {
             b'c' => out.extend_from_slice(format!(" c{cas}").as_bytes()),
@@ -247,6 +274,10 @@ pub(super) fn arith(store: &mut Store, key: &[u8], f: &MetaFlags, now_ms: u64) -
                     set_expiry = true;
                 }
             }
+            b'O' if f.opaque_too_long() => {
+                too_long = true;
+                break;
+            }
             b'O' => opaque(&mut out, f),
             b'k' => key_flag(&mut out, key, f.base64),
             _ => {}
@@ -260,19 +291,12 @@ pub(super) fn arith(store: &mut Store, key: &[u8], f: &MetaFlags, now_ms: u64) -
     // 1.6.18 sets the expiry on the item it holds: the counter's own when it changed in place
     // or was created, the replaced one's otherwise (so lost).
     if set_expiry && (in_place || created) {
-        store.apply(
-            &Op::Amend {
-                key: key.to_vec(),
-                set_expiry: true,
-                expires_ms: exp,
-                token_sent: false,
-            },
-            now_ms,
-        );
+        store.apply(&amend(key, exp, false), now_ms);
     }
-    match f.quiet && !created {
-        true => Vec::new(),
-        false => out,
+    match (too_long, f.quiet && !created) {
+        (true, _) => TOO_LONG.to_vec(),
+        (false, true) => Vec::new(),
+        (false, false) => out,
     }
 }
 

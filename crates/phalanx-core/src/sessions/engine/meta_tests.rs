@@ -203,3 +203,35 @@ fn base64_keys_round_trip() {
     assert_eq!(node(&mut s, "ms fo 1 k|y", T0), "HD kfo\r\n");
     assert_eq!(node(&mut s, "mg Zm8= b k", T0), "HD kfo\r\n", "a text key now");
 }
+
+#[test]
+fn a_too_long_opaque_is_answered_after_the_work_as_1_6_18_does() {
+    let long = format!("O{}", "o".repeat(40));
+    let error = "CLIENT_ERROR opaque token too long\r\n";
+    let mut s = Store::new(1 << 20);
+    node(&mut s, "ms n 1|5", T0);
+    assert_eq!(node(&mut s, &format!("ma n T30 {long} q"), T0), error);
+    assert_eq!(
+        node(&mut s, "mg n v t", T0),
+        "VA 1 t30\r\n6\r\n",
+        "counted, T before O applied"
+    );
+    assert_eq!(node(&mut s, &format!("mg v N30 {long}"), T0), error);
+    assert_eq!(node(&mut s, "mg v t", T0), "HD t30\r\n", "created, no token won");
+    assert_eq!(node(&mut s, &format!("mg v {long} T5"), T0), error);
+    assert_eq!(
+        node(&mut s, "mg v t", T0),
+        "HD t30\r\n",
+        "a T after the O is not reached"
+    );
+    node(&mut s, "md v I", T0);
+    let stale = req(&format!("mg v {long}"));
+    assert!(!needs_log(&s, &stale, T0), "an error wins nothing: a read");
+    assert_eq!(node(&mut s, &format!("mg v {long}"), T0), error);
+    assert_eq!(node(&mut s, "mg v", T0), "HD X W\r\n");
+    let md = format!("md v {long}\r\n");
+    assert!(
+        matches!(parse(md.as_bytes(), &Limits::default()), Ok(Parsed::Rejected { error: e, .. }) if e.reply() == error.as_bytes()),
+        "md refuses it before anything"
+    );
+}

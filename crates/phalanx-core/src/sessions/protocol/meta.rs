@@ -6,8 +6,14 @@ use super::{
     data_block, safe_strtol, safe_strtoul, safe_strtoull, Block, Limits, Parsed, ProtoError, Request, MAX_KEY_LEN,
 };
 
-/// The longest `O` token memcached echoes, the `O` included (`MFLAG_MAX_OPAQUE_LENGTH`).
-const MAX_OPAQUE_TOKEN: usize = 32;
+/// The longest `O` token memcached echoes, the `O` included (`MFLAG_MAX_OPAQUE_LENGTH`). `ms`
+/// and `md` refuse a longer one before doing anything; `mg` and `ma` only when their reply
+/// reaches it, after what they changed (1.6.18): the parser passes those on, the engine answers
+/// the error ([`MetaFlags::opaque_too_long`]).
+pub const MAX_OPAQUE_TOKEN: usize = 32;
+/// The fewest tokens (command, key, arguments) memcached refuses as too many flags: its
+/// `ntokens > MFLAG_MAX_OPT_LENGTH` (20), counting the terminal empty token.
+const TOO_MANY_TOKENS: usize = 20;
 
 /// A meta command's flags. Return flags are booleans; flags with a token hold it parsed.
 /// memcached 1.6.18 knows no `E` (explicit cas) and no `x`: both are refused as unknown there,
@@ -66,6 +72,13 @@ pub struct MetaFlags {
     pub order: Vec<u8>,
 }
 
+impl MetaFlags {
+    /// Whether the `O` token is longer than memcached echoes (only an `mg` or `ma` holds one).
+    pub fn opaque_too_long(&self) -> bool {
+        self.opaque.as_ref().is_some_and(|o| o.len() >= MAX_OPAQUE_TOKEN)
+    }
+}
+
 /// One meta-protocol request; keys are decoded when `b` was given.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MetaRequest {
@@ -116,6 +129,15 @@ pub(super) fn parse(t: &[&[u8]], buf: &[u8], consumed: usize, limits: &Limits) -
     if t[1].len() > MAX_KEY_LEN {
         return Ok(reject(ProtoError::BadFormat, consumed));
     }
+    // Checked before anything else of the flags (for ms, before the data length: nothing is
+    // swallowed).
+    if t.len() >= TOO_MANY_TOKENS {
+        let error = match cmd {
+            b"mg" => ProtoError::GetFlagsTooLong,
+            _ => ProtoError::FlagsTooLong,
+        };
+        return Ok(reject(error, consumed));
+    }
     if cmd == b"ms" {
         return Ok(set(t, buf, consumed, limits));
     }
@@ -125,7 +147,11 @@ pub(super) fn parse(t: &[&[u8]], buf: &[u8], consumed: usize, limits: &Limits) -
         (b"md" | b"ma", Err(_)) => Err(ProtoError::InvalidOrDuplicateFlag),
         (_, p) => p,
     };
-    let (key, flags) = match parsed.and_then(|p| opaque_ok(&t[2..]).map(|()| p)) {
+    let parsed = match cmd {
+        b"md" => parsed.and_then(|p| opaque_ok(&t[2..]).map(|()| p)),
+        _ => parsed,
+    };
+    let (key, flags) = match parsed {
         Ok(p) => p,
         Err(e) => return Ok(reject(e, consumed)),
     };

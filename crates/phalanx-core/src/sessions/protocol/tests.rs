@@ -503,8 +503,13 @@ fn meta_errors_are_memcacheds() {
     );
     assert_eq!(err(b"mg k Jx\r\n"), b"CLIENT_ERROR invalid numeric initial value\r\n");
     assert_eq!(err(b"mg k Dx\r\n"), b"CLIENT_ERROR invalid numeric delta value\r\n");
+    // mg and ma answer a too long opaque after what they do (the engine); md refuses it.
     let opaque = format!("mg k O{}\r\n", "o".repeat(32));
+    assert!(matches!(meta(opaque.as_bytes()), MetaRequest::Get { flags, .. } if flags.opaque_too_long()));
+    let opaque = format!("md k O{}\r\n", "o".repeat(32));
     assert_eq!(err(opaque.as_bytes()), b"CLIENT_ERROR opaque token too long\r\n");
+    let opaque = format!("ma k MX O{}\r\n", "o".repeat(32));
+    assert_eq!(err(opaque.as_bytes()), b"CLIENT_ERROR invalid mode for ma M token\r\n");
     let opaque = format!("mg k O{}\r\n", "o".repeat(31));
     assert!(matches!(meta(opaque.as_bytes()), MetaRequest::Get { .. }));
     assert_eq!(err(b"mg !!! b v\r\n"), b"CLIENT_ERROR error decoding key\r\n");
@@ -515,6 +520,20 @@ fn meta_errors_are_memcacheds() {
     assert_eq!(err(b"md k q q\r\n"), b"CLIENT_ERROR invalid or duplicate flag\r\n");
     assert_eq!(err(b"ma k Dabc\r\n"), b"CLIENT_ERROR invalid or duplicate flag\r\n");
     assert_eq!(err(b"ma k MX\r\n"), b"CLIENT_ERROR invalid mode for ma M token\r\n");
+    let many = |cmd: &str, n: usize| format!("{cmd} {}\r\n", vec!["a"; n].join(" "));
+    assert_eq!(
+        err(many("mg k", 18).as_bytes()),
+        b"CLIENT_ERROR options flags are too long\r\n"
+    );
+    assert_eq!(err(many("mg k", 17).as_bytes()), b"CLIENT_ERROR invalid flag\r\n");
+    assert_eq!(
+        err(many("md k", 18).as_bytes()),
+        b"CLIENT_ERROR options flags too long\r\n"
+    );
+    assert_eq!(
+        err(many("ms k 1", 17).as_bytes()),
+        b"CLIENT_ERROR options flags too long\r\n"
+    );
     // 1.6.18 knows upper-case modes only.
     assert_eq!(err(b"ma k Mi\r\n"), b"CLIENT_ERROR invalid mode for ma M token\r\n");
     assert_eq!(err(b"ma k Mx1\r\n"), b"CLIENT_ERROR invalid or duplicate flag\r\n");
