@@ -1,6 +1,6 @@
-//! A text-protocol request answered against a [`Store`], purely: reads (`get gets`) straight
-//! from it, writes applied as the log would apply them (the caller passes the time the leader
-//! logged), in memcached's reply format (`VALUE key flags bytes [cas]`, `END`, `noreply`
+//! A request answered against a [`Store`], purely. For the text protocol: reads (`get gets`)
+//! straight from it, writes applied as the log would apply them (the caller passes the time the
+//! leader logged), in memcached's reply format (`VALUE key flags bytes [cas]`, `END`, `noreply`
 //! silencing). The node's listener will route writes through the sessions Raft group and reads
 //! through a read index, and answer with these same bytes; tests use it whole. The meta
 //! protocol's answers live in `meta` (see its notes on what differs from memcached 1.6.18).

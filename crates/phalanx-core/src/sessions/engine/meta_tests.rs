@@ -231,7 +231,10 @@ fn a_too_long_opaque_is_answered_after_the_work_as_1_6_18_does() {
     assert_eq!(node(&mut s, "mg v", T0), "HD X W\r\n");
     let md = format!("md v {long}\r\n");
     assert!(
-        matches!(parse(md.as_bytes(), &Limits::default()), Ok(Parsed::Rejected { error: e, .. }) if e.reply() == error.as_bytes()),
+        matches!(
+            parse(md.as_bytes(), &Limits::default()),
+            Ok(Parsed::Rejected { error: e, .. }) if e.reply() == error.as_bytes()
+        ),
         "md refuses it before anything"
     );
 }
