@@ -29,6 +29,11 @@
 //!   answers a number that wraps around its uptime).
 //! - A reply of memcached that depends on its process (`SERVER_ERROR` on an allocation failure)
 //!   is answered as the store's memory limit decides.
+//! - memcached changes a counter in place (keeping an `ma T`) only if no reply it has still to
+//!   send holds the item (an `mg` of the same key earlier in the same pipelined batch makes it
+//!   replace the item, and drop the `T`); here the lengths alone decide, as memcached does for a
+//!   client that waits for its replies.
+//! - `C`, `P`, `L` on `mg` and `N` on `ms` are accepted and ignored, as in 1.6.18.
 //!
 //! Reads: an `mg` without `T`, `N` or `R` is a read ([`super::is_write`]), but meeting a stale
 //! item whose token no client holds it wins the token, which changes the item: such a read must
