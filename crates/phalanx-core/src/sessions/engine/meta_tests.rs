@@ -238,3 +238,60 @@ fn a_too_long_opaque_is_answered_after_the_work_as_1_6_18_does() {
         "md refuses it before anything"
     );
 }
+
+/// Request shapes for the model test (`K` is a key, `|` ends the line before a data block).
+const SHAPES: &[&str] = &[
+    "ms K 1|x",
+    "ms K 2 T3 c|12",
+    "ms K 1 I C2|s",
+    "ms K 1 I C9 MR|s",
+    "ms K 1 MA|y",
+    "ms K 1 ME T1|z",
+    "mg K v c t",
+    "mg K s f k h l",
+    "mg K N2 v c",
+    "mg K R2 c",
+    "mg K T1 t",
+    "md K I T2",
+    "md K q",
+    "md K C3",
+    "ma K N2 J5 v",
+    "ma K MD D3 t",
+    "ma K v T4 c",
+    "set K 0 1 1|7",
+    "incr K 9",
+    "touch K 3",
+    "gets K",
+    "flush_all",
+];
+
+proptest::proptest! {
+    /// A follower that applies only what the leader logged holds what the leader holds, and
+    /// answers the same: reads change nothing, logged requests do the same everywhere.
+    #[test]
+    fn a_follower_applying_only_the_log_holds_what_the_leader_holds(
+        steps in proptest::collection::vec((0..SHAPES.len(), 0..3usize, 0u64..2_500), 1..60)
+    ) {
+        let (mut leader, mut follower) = (Store::new(130), Store::new(130));
+        let mut now = T0;
+        for (shape, key, dt) in steps {
+            now += dt;
+            let line = SHAPES[shape].replace('K', ["a", "b", "c"][key]);
+            let r = req(&line);
+            if needs_log(&leader, &r, now) {
+                let a = answer_request(&mut leader, &r, now);
+                let b = answer_request(&mut follower, &r, now);
+                proptest::prop_assert_eq!(a, b, "{}", line);
+            } else {
+                // A read, answered either way: the same bytes, and nothing the follower lacks.
+                let read = answer_read(&leader, &r, now);
+                proptest::prop_assert!(read.is_some(), "{}", line);
+                let a = answer_request(&mut leader, &r, now);
+                proptest::prop_assert_eq!(read, Some(a), "{}", line);
+            }
+            proptest::prop_assert_eq!(&leader, &follower, "{}", line);
+            let last = leader.meta().last_cas;
+            proptest::prop_assert!(leader.items().all(|(_, i)| i.cas <= last));
+        }
+    }
+}
