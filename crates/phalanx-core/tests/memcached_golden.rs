@@ -614,8 +614,8 @@ mg olw t
 mn
 "#;
 
-/// What phalanx answers for `input` as the node will: a request [`engine::needs_log`] names is
-/// logged and answered by `answer_request`, any other by `answer_read`; refusals as the parser
+/// What phalanx answers for `input` as the node will: a request `engine::needs_log` names is
+/// logged and answered by `answer_logged`, any other by `answer_read`; refusals as the parser
 /// says. One store, one fixed time.
 fn phalanx_meta(store: &mut phalanx_core::sessions::store::Store, input: &[u8], now_ms: u64) -> Vec<u8> {
     use phalanx_core::sessions::engine;
@@ -627,7 +627,7 @@ fn phalanx_meta(store: &mut phalanx_core::sessions::store::Store, input: &[u8], 
             Ok(Parsed::Complete { request, consumed }) => {
                 at += consumed;
                 if engine::needs_log(store, &request, now_ms) {
-                    out.extend(engine::answer_request(store, &request, now_ms).bytes);
+                    out.extend(engine::answer_logged(store, &request, now_ms).bytes);
                 } else {
                     let read = engine::answer_read(store, &request, now_ms).expect("a read");
                     out.extend(read.bytes);

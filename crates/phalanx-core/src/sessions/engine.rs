@@ -5,12 +5,19 @@
 //! through a read index, and answer with these same bytes; tests use it whole. The meta
 //! protocol's answers live in `meta` (see its notes on what differs from memcached 1.6.18).
 //!
-//! The contract with the node: every request for which [`needs_log`] is true is logged and
-//! answered by [`answer_request`] on every replica at the leader's logged time (so answers and
-//! changes are the same everywhere); every other request is answered by [`answer_read`] (or by
-//! `answer_request`, which then changes nothing) at a read index. [`is_write`] is the part of
-//! `needs_log` that the request alone decides; `needs_log` adds the one read that changes the
-//! store: an `mg` that meets a stale item whose recache token no client holds (it wins it).
+//! The contract with the node, exact: every request for which [`needs_log`] is true is logged
+//! and answered by [`answer_logged`] on every replica at the leader's logged time (so answers
+//! and changes are the same everywhere); every other request is answered by [`answer_read`] at
+//! a read index (the listener may call `answer_read` first and log the request when it gives
+//! None). [`is_write`] is the part of `needs_log` the request alone decides; `needs_log` adds
+//! the one read that changes the store: an `mg` without `T`, `N` or `R` that meets a stale item
+//! whose recache token no client holds (memcached gives it the token: `X W`, later clients `Z`).
+//!
+//! The simpler contract, safe but not exact: log what [`is_write`] names and answer everything
+//! with [`answer_request`], which is `answer_logged` for those and never changes the store for
+//! the rest. The one difference: such an `mg` on a stale item answers `X W` but cannot take the
+//! token, so every such reader wins until a logged request (an `mg` with `N`, `R` or `T`) takes
+//! it.
 
 mod meta;
 
@@ -101,10 +108,22 @@ pub fn answer_read(store: &Store, req: &Request, now_ms: u64) -> Option<Answer> 
     }
 }
 
-/// Answer any request against `store` at `now_ms` (what the sessions state machine runs for a
-/// logged request, on every replica alike). Called for a request [`needs_log`] calls a read, it
-/// changes nothing.
+/// Answer any request against `store` at `now_ms`: [`answer_logged`] for what [`is_write`]
+/// names, and for the rest an answer that never changes the store (the one read `needs_log`
+/// adds is answered as memcached would, without taking the token it wins).
 pub fn answer_request(store: &mut Store, req: &Request, now_ms: u64) -> Answer {
+    match (is_write(req), req) {
+        (false, Request::Meta(MetaRequest::Get { key, flags })) => Answer {
+            bytes: meta::get(store, key, flags, now_ms).0,
+            close: false,
+        },
+        _ => answer_logged(store, req, now_ms),
+    }
+}
+
+/// Answer a logged request against `store` at the leader's `now_ms`, changing it as memcached
+/// would (what the sessions state machine runs, on every replica alike).
+pub fn answer_logged(store: &mut Store, req: &Request, now_ms: u64) -> Answer {
     let bytes = match req {
         Request::Text(t) => return answer(store, t, now_ms),
         Request::Meta(MetaRequest::Get { key, flags }) => {

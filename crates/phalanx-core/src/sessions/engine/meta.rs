@@ -37,7 +37,8 @@
 //!
 //! Reads: an `mg` without `T`, `N` or `R` is a read ([`super::is_write`]), but meeting a stale
 //! item whose token no client holds it wins the token, which changes the item: such a read must
-//! be logged too ([`super::needs_log`]); [`super::answer_read`] refuses it.
+//! be logged too ([`super::needs_log`]); [`super::answer_read`] refuses it, and
+//! [`super::answer_request`] answers it without taking the token (see the engine's contracts).
 
 use crate::sessions::protocol::{MetaFlags, StoreMode};
 use crate::sessions::store::{expiry, Op, Reply, Store};

@@ -1,7 +1,7 @@
 //! What the golden trace cannot show: replicas agree, reads change nothing, the stale and
 //! vivify rules over time, and the changes a node persists.
 
-use super::super::{answer_read, answer_request, is_write, needs_log};
+use super::super::{answer_logged, answer_read, answer_request, is_write, needs_log};
 use crate::sessions::protocol::{parse, Limits, Parsed, Request};
 use crate::sessions::store::{Changes, Item, Store};
 
@@ -15,11 +15,11 @@ fn req(line: &str) -> Request {
     }
 }
 
-/// What the node does with one request: logged ones through `answer_request`, the rest read.
+/// What the node does with one request: logged ones through `answer_logged`, the rest read.
 fn node(s: &mut Store, line: &str, now: u64) -> String {
     let r = req(line);
     let bytes = if needs_log(s, &r, now) {
-        answer_request(s, &r, now).bytes
+        answer_logged(s, &r, now).bytes
     } else {
         let before = s.clone();
         let a = answer_read(s, &r, now).expect("a read answers");
@@ -52,7 +52,7 @@ fn replicas_applying_the_same_logged_requests_agree() {
         let now = T0 + i as u64 * 700;
         let r = req(line);
         assert_eq!(needs_log(&x, &r, now), needs_log(&y, &r, now));
-        let (ax, ay) = (answer_request(&mut x, &r, now), answer_request(&mut y, &r, now));
+        let (ax, ay) = (answer_logged(&mut x, &r, now), answer_logged(&mut y, &r, now));
         assert_eq!(ax, ay, "{line}: the same answer on every replica");
         assert_eq!(x, y, "{line}: the same store on every replica");
     }
@@ -63,8 +63,8 @@ fn replicas_applying_the_same_logged_requests_agree() {
     for line in ["mg a c v t", "md v I", "mg v c", "ma n v c"] {
         let r = req(line);
         assert_eq!(
-            answer_request(&mut x, &r, now).bytes,
-            answer_request(&mut z, &r, now).bytes
+            answer_logged(&mut x, &r, now).bytes,
+            answer_logged(&mut z, &r, now).bytes
         );
     }
 }
@@ -78,6 +78,11 @@ fn a_stale_item_makes_the_first_read_a_write_and_only_it_wins() {
     assert!(!is_write(&plain), "mg without T/N/R is a read by itself");
     assert!(needs_log(&s, &plain, T0), "but it wins the token here: logged");
     assert!(answer_read(&s, &plain, T0).is_none());
+    // Answered as a read all the same (the simpler contract), it wins but takes nothing.
+    let before = s.clone();
+    let read = answer_request(&mut s, &plain, T0);
+    assert_eq!(read.bytes, b"VA 1 c2 t30 X W\r\nv\r\n");
+    assert_eq!(s, before, "answer_request never changes the store for a read");
     assert_eq!(node(&mut s, "mg k c t v", T0), "VA 1 c2 t30 X W\r\nv\r\n");
     assert!(s.raw(b"k").is_some_and(|i| i.stale && i.token_sent));
     assert!(!needs_log(&s, &plain, T0), "the token is taken: a read again");
@@ -279,8 +284,8 @@ proptest::proptest! {
             let line = SHAPES[shape].replace('K', ["a", "b", "c"][key]);
             let r = req(&line);
             if needs_log(&leader, &r, now) {
-                let a = answer_request(&mut leader, &r, now);
-                let b = answer_request(&mut follower, &r, now);
+                let a = answer_logged(&mut leader, &r, now);
+                let b = answer_logged(&mut follower, &r, now);
                 proptest::prop_assert_eq!(a, b, "{}", line);
             } else {
                 // A read, answered either way: the same bytes, and nothing the follower lacks.
