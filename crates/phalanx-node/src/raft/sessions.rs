@@ -14,7 +14,7 @@ use super::store::{decode, encode, io, meta_get, StoreError, META};
 use super::{BasicNode, LogId, Membership, NodeId, StorageError};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta, StorageIOError};
-use phalanx_core::sessions::engine::answer_request;
+use phalanx_core::sessions::engine::answer_logged;
 use phalanx_core::sessions::protocol::Request;
 use phalanx_core::sessions::store::{Item, Store, StoreMeta};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -31,7 +31,7 @@ const ITEMS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions_item
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions_meta");
 
 /// What the leader logs: write requests as the clients sent them, answered by every replica
-/// with `engine::answer_request` at `now_ms` (the leader's clock when it proposed; a replica
+/// with `engine::answer_logged` at `now_ms` (the leader's clock when it proposed; a replica
 /// never uses its own), holding at most `limit` bytes (the leader's `[sessions]
 /// memory_limit`, logged so that every replica evicts alike while a config change spreads).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,7 +293,7 @@ impl RaftStateMachine<SessionsGroup> for SessionsSm {
                             batch
                                 .requests
                                 .iter()
-                                .map(|r| answer_request(&mut s.store, r, now).bytes)
+                                .map(|r| answer_logged(&mut s.store, r, now).bytes)
                                 .collect(),
                         )
                     }

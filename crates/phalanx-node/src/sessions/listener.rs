@@ -4,7 +4,8 @@
 //! follows config changes, and serves each connection: the parser (`phalanx_core::sessions::
 //! protocol`) turns bytes into requests; a write goes through the group (`Sessions::submit`)
 //! and is answered with what applying it gave; a read waits for a read point and is answered
-//! from the local copy (`engine::answer_request`); `version`, `verbosity`, `stats` and `mn` are
+//! from the local copy (`engine::answer_read`; one that would change the store, an `mg` taking
+//! a stale item's recache token, is logged like a write); `version`, `verbosity`, `stats` and `mn` are
 //! answered here. Requests of a connection are answered in order; `noreply` writes are queued
 //! without waiting, and the next request that answers waits for them first, so a read after
 //! them sees them. A write that cannot be committed answers `SERVER_ERROR` with the reason
@@ -12,7 +13,7 @@
 //! told otherwise.
 
 use super::{ReadPoint, Sessions, SessionsError};
-use phalanx_core::sessions::engine::{answer_request, is_write};
+use phalanx_core::sessions::engine::{answer_read, is_write};
 use phalanx_core::sessions::protocol::{self, Limits, MetaRequest, Parsed, Request, TextRequest};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -149,31 +150,65 @@ fn noreply(req: &Request) -> bool {
 
 /// Answer one request into `out`; false: close the connection after writing `out`.
 async fn handle(s: &Sessions, c: &mut Conn, req: Request, out: &mut Vec<u8>) -> bool {
-    if is_write(&req) {
-        c.point = None;
-        if noreply(&req) {
-            match s.submit(req).await {
-                Ok(rx) => c.queued.push(rx),
-                Err(e) => {
-                    out.extend(server_error(&e));
-                    return false;
-                }
-            }
-            if c.queued.len() >= MAX_QUEUED {
-                if let Err(e) = c.settle().await {
-                    out.extend(server_error(&e));
-                    return false;
-                }
-            }
-            return true;
-        }
+    if !is_write(&req) {
         if let Err(e) = c.settle().await {
             out.extend(server_error(&e));
             return false;
         }
-        match s.write(req).await {
-            Ok(bytes) => out.extend(bytes),
-            Err(e) => out.extend(server_error(&e)),
+        let local = matches!(
+            req,
+            Request::Text(
+                TextRequest::Version | TextRequest::Verbosity { .. } | TextRequest::Stats { .. } | TextRequest::Quit
+            ) | Request::Meta(MetaRequest::Noop)
+        );
+        let now = if local {
+            crate::mesh::unix_ms()
+        } else {
+            let point = match c.point {
+                Some(p) => p,
+                None => match s.read_point().await {
+                    Ok(p) => *c.point.insert(p),
+                    Err(e) => {
+                        out.extend(server_error(&e));
+                        return true;
+                    }
+                },
+            };
+            point.now_ms
+        };
+        let answer = {
+            let sm = s.sm.lock();
+            if let Request::Text(TextRequest::Get { keys, .. }) = &req {
+                let hits = keys.iter().filter(|k| sm.store.get(k, now).is_some()).count();
+                s.counters.gets.fetch_add(keys.len() as u64, Ordering::Relaxed);
+                s.counters.get_hits.fetch_add(hits as u64, Ordering::Relaxed);
+            }
+            answer_read(&sm.store, &req, now)
+        };
+        match answer {
+            Some(a) => {
+                out.extend(a.bytes);
+                return !a.close;
+            }
+            // A read that changes the store (an `mg` winning a stale item's recache token):
+            // logged like a write, so that one reader wins it cluster-wide.
+            None => {}
+        }
+    }
+    c.point = None;
+    if noreply(&req) {
+        match s.submit(req).await {
+            Ok(rx) => c.queued.push(rx),
+            Err(e) => {
+                out.extend(server_error(&e));
+                return false;
+            }
+        }
+        if c.queued.len() >= MAX_QUEUED {
+            if let Err(e) = c.settle().await {
+                out.extend(server_error(&e));
+                return false;
+            }
         }
         return true;
     }
@@ -181,38 +216,11 @@ async fn handle(s: &Sessions, c: &mut Conn, req: Request, out: &mut Vec<u8>) -> 
         out.extend(server_error(&e));
         return false;
     }
-    let local = matches!(
-        req,
-        Request::Text(
-            TextRequest::Version | TextRequest::Verbosity { .. } | TextRequest::Stats { .. } | TextRequest::Quit
-        ) | Request::Meta(MetaRequest::Noop)
-    );
-    let now = if local {
-        crate::mesh::unix_ms()
-    } else {
-        let point = match c.point {
-            Some(p) => p,
-            None => match s.read_point().await {
-                Ok(p) => *c.point.insert(p),
-                Err(e) => {
-                    out.extend(server_error(&e));
-                    return true;
-                }
-            },
-        };
-        point.now_ms
-    };
-    let answer = {
-        let mut sm = s.sm.lock();
-        if let Request::Text(TextRequest::Get { keys, .. }) = &req {
-            let hits = keys.iter().filter(|k| sm.store.get(k, now).is_some()).count();
-            s.counters.gets.fetch_add(keys.len() as u64, Ordering::Relaxed);
-            s.counters.get_hits.fetch_add(hits as u64, Ordering::Relaxed);
-        }
-        answer_request(&mut sm.store, &req, now)
-    };
-    out.extend(answer.bytes);
-    !answer.close
+    match s.write(req).await {
+        Ok(bytes) => out.extend(bytes),
+        Err(e) => out.extend(server_error(&e)),
+    }
+    true
 }
 
 /// Serve one client connection until it closes, sends `quit`, or breaks the protocol where
