@@ -247,3 +247,123 @@ async fn pymemcache_and_php_session_locks_across_a_leader_kill() {
     assert_eq!(v["both_won"], 0);
     assert!(v["won"].as_u64().unwrap() > 10, "{v}");
 }
+
+/// kill -9 of every node in turn while three clients (one per node, moving on to the next node
+/// when theirs is dead) write without pause; each killed node restarts and catches up before
+/// the next kill. Afterwards every acknowledged write reads back through every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_every_node_in_turn_during_a_write_burst_loses_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (mut c, ports) = cluster().await;
+    let addrs: Vec<SocketAddr> = ports.values().copied().collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let (addrs, stop) = (addrs.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                let mut at = w;
+                let mut mc: Option<Mc> = None;
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let Some(m) = mc.as_mut() else {
+                        mc = Mc::connect(addrs[at % addrs.len()]).ok();
+                        if mc.is_none() {
+                            at += 1;
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        continue;
+                    };
+                    i += 1;
+                    let (k, v) = (format!("b{w}.{i}"), format!("v{w}.{i}"));
+                    match m.set(&k, &v) {
+                        Ok(r) if r == "STORED" => acked.push((k, v)),
+                        Ok(r) => assert!(r.starts_with("SERVER_ERROR"), "{r}"),
+                        Err(_) => {
+                            mc = None;
+                            at += 1;
+                        }
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    for victim in ["n1", "n2", "n3"] {
+        std::thread::sleep(Duration::from_millis(1500));
+        c.kill(victim).unwrap();
+        std::thread::sleep(Duration::from_millis(1000));
+        c.start(victim).unwrap();
+        let addr = ports[victim];
+        eventually("the restarted node to serve reads", || {
+            Mc::connect(addr).ok().and_then(|mut m| m.get("hello").ok().flatten())
+        });
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let acked: Vec<(String, String)> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    eprintln!("{} writes acknowledged across three kills", acked.len());
+    assert!(acked.len() > 100, "{}", acked.len());
+    for (n, a) in &ports {
+        let mut m = Mc::connect(*a).unwrap();
+        let lost: Vec<&String> = acked
+            .iter()
+            .filter(|(k, v)| m.get(k).unwrap().as_deref() != Some(v.as_str()))
+            .map(|(k, _)| k)
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "read through {n}: acknowledged writes missing: {lost:?}"
+        );
+    }
+}
+
+/// Bad input on a live node: memcached's replies, the connection closed where memcached closes
+/// it, and a client that never finishes its value holds up nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_memcacheds_errors_and_harms_nobody() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (_c, ports) = cluster().await;
+    let addr = ports["n1"];
+    // A client that sends half a value and waits.
+    let mut stuck = TcpStream::connect(addr).unwrap();
+    stuck.write_all(b"set stuck 0 0 100000\r\nabc").unwrap();
+    let mut mc = Mc::connect(addr).unwrap();
+    let long_key = "k".repeat(251);
+    assert_eq!(mc.call("bogus\r\n").unwrap(), "ERROR");
+    assert_eq!(
+        mc.call(&format!("get {long_key}\r\n")).unwrap(),
+        "CLIENT_ERROR bad command line format"
+    );
+    assert_eq!(mc.call("incr\r\n").unwrap(), "ERROR");
+    assert_eq!(
+        mc.set("fine", "yes").unwrap(),
+        "STORED",
+        "the connection goes on after errors"
+    );
+    // Over the item size limit: memcached swallows the value and answers SERVER_ERROR.
+    let big = "x".repeat(2 << 20);
+    assert_eq!(
+        mc.call(&format!("set big 0 0 {}\r\n{big}\r\n", big.len())).unwrap(),
+        "SERVER_ERROR object too large for cache"
+    );
+    assert_eq!(mc.get("fine").unwrap().as_deref(), Some("yes"));
+    // A value longer than announced (what follows is read as commands, as memcached does).
+    let mut m3 = Mc::connect(addr).unwrap();
+    assert_eq!(
+        m3.call("set k 0 0 3\r\nabcdef\r\n").unwrap(),
+        "CLIENT_ERROR bad data chunk"
+    );
+    // A command line over 2048 bytes: the connection is closed, as memcached does.
+    let mut m2 = Mc::connect(addr).unwrap();
+    m2.r.get_mut()
+        .write_all(format!("set {} 0 0 1\r\n", "y".repeat(3000)).as_bytes())
+        .unwrap();
+    assert!(m2.line().is_err(), "closed");
+    // The half-sent value held up nobody; finished, it is stored.
+    stuck.write_all(&vec![b'z'; 100000 - 3]).unwrap();
+    stuck.write_all(b"\r\n").unwrap();
+    let mut r = BufReader::new(stuck);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "STORED\r\n");
+}
