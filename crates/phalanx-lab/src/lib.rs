@@ -16,4 +16,5 @@ pub mod lab;
 pub mod lab_bench;
 pub mod nemesis;
 pub mod peer_etcd;
+pub mod saturate;
 pub mod sim;
