@@ -185,15 +185,12 @@ async fn handle(s: &Sessions, c: &mut Conn, req: Request, out: &mut Vec<u8>) -> 
             }
             answer_read(&sm.store, &req, now)
         };
-        match answer {
-            Some(a) => {
-                out.extend(a.bytes);
-                return !a.close;
-            }
-            // A read that changes the store (an `mg` winning a stale item's recache token):
-            // logged like a write, so that one reader wins it cluster-wide.
-            None => {}
+        if let Some(a) = answer {
+            out.extend(a.bytes);
+            return !a.close;
         }
+        // A read that changes the store (an `mg` winning a stale item's recache token): logged
+        // like a write, so that one reader wins it cluster-wide.
     }
     c.point = None;
     if noreply(&req) {
