@@ -6,13 +6,14 @@
 //! and is answered with what applying it gave; a read waits for a read point and is answered
 //! from the local copy (`engine::answer_read`; one that would change the store, an `mg` taking
 //! a stale item's recache token, is logged like a write); `version`, `verbosity`, `stats` and `mn` are
-//! answered here. Requests of a connection are answered in order; `noreply` writes are queued
-//! without waiting, and the next request that answers waits for them first, so a read after
-//! them sees them. A write that cannot be committed answers `SERVER_ERROR` with the reason
+//! answered here. Requests of a connection are answered in order, and a connection has one
+//! submission of writes in flight at a time: `noreply` writes parsed together are submitted
+//! together (one batch keeps their order) without waiting, and the next request that answers
+//! waits for them first, so a read after them sees them. A write that cannot be committed answers `SERVER_ERROR` with the reason
 //! (never a false STORED); a `noreply` one closes the connection, since its client cannot be
 //! told otherwise.
 
-use super::{ReadPoint, Sessions, SessionsError};
+use super::{ReadPoint, Sessions, SessionsError, Submitted};
 use phalanx_core::sessions::engine::{answer_read, is_write};
 use phalanx_core::sessions::protocol::{self, Limits, MetaRequest, Parsed, Request, TextRequest};
 use std::collections::BTreeMap;
@@ -21,9 +22,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
 
-/// Bound on `noreply` writes queued by one connection before it waits for them.
+/// Bound on `noreply` writes gathered by one connection before they are submitted.
 const MAX_QUEUED: usize = 1024;
 
 /// Where this node's store listens under `[sessions]`.
@@ -111,27 +111,40 @@ fn server_error(e: &SessionsError) -> Vec<u8> {
     format!("SERVER_ERROR {e}\r\n").into_bytes()
 }
 
-type Queued = oneshot::Receiver<Result<Vec<u8>, SessionsError>>;
-
 /// One connection's state between requests.
 struct Conn {
-    /// `noreply` writes not yet known to be committed.
-    queued: Vec<Queued>,
+    /// `noreply` writes parsed and not yet submitted.
+    unsent: Vec<Request>,
+    /// The submission of `noreply` writes in flight, if any.
+    inflight: Option<Submitted>,
     /// The read point of reads parsed together (reused until a write intervenes).
     point: Option<ReadPoint>,
 }
 
 impl Conn {
-    /// Wait for the queued `noreply` writes; the first failure, if any.
-    async fn settle(&mut self) -> Result<(), SessionsError> {
-        let mut first = Ok(());
-        for rx in self.queued.drain(..) {
-            let r = rx.await.unwrap_or(Err(SessionsError::Stopped));
-            if let (Err(e), Ok(())) = (r, &first) {
-                first = Err(e);
-            }
+    /// Submit the unsent `noreply` writes (after the submission in flight is committed: one
+    /// at a time keeps their order).
+    async fn flush(&mut self, s: &Sessions) -> Result<(), SessionsError> {
+        if self.unsent.is_empty() {
+            return Ok(());
         }
-        first
+        self.wait().await?;
+        self.inflight = Some(s.submit(std::mem::take(&mut self.unsent)).await?);
+        Ok(())
+    }
+
+    /// Wait for the submission in flight.
+    async fn wait(&mut self) -> Result<(), SessionsError> {
+        match self.inflight.take() {
+            Some(rx) => rx.await.unwrap_or(Err(SessionsError::Stopped)).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// Submit and wait for every `noreply` write: what a request that answers does first.
+    async fn settle(&mut self, s: &Sessions) -> Result<(), SessionsError> {
+        self.flush(s).await?;
+        self.wait().await
     }
 }
 
@@ -151,7 +164,7 @@ fn noreply(req: &Request) -> bool {
 /// Answer one request into `out`; false: close the connection after writing `out`.
 async fn handle(s: &Sessions, c: &mut Conn, req: Request, out: &mut Vec<u8>) -> bool {
     if !is_write(&req) {
-        if let Err(e) = c.settle().await {
+        if let Err(e) = c.settle(s).await {
             out.extend(server_error(&e));
             return false;
         }
@@ -194,22 +207,16 @@ async fn handle(s: &Sessions, c: &mut Conn, req: Request, out: &mut Vec<u8>) -> 
     }
     c.point = None;
     if noreply(&req) {
-        match s.submit(req).await {
-            Ok(rx) => c.queued.push(rx),
-            Err(e) => {
-                out.extend(server_error(&e));
-                return false;
-            }
-        }
-        if c.queued.len() >= MAX_QUEUED {
-            if let Err(e) = c.settle().await {
+        c.unsent.push(req);
+        if c.unsent.len() >= MAX_QUEUED {
+            if let Err(e) = c.flush(s).await {
                 out.extend(server_error(&e));
                 return false;
             }
         }
         return true;
     }
-    if let Err(e) = c.settle().await {
+    if let Err(e) = c.settle(s).await {
         out.extend(server_error(&e));
         return false;
     }
@@ -233,7 +240,8 @@ async fn connection(s: &Sessions, mut stream: tokio::net::TcpStream) {
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut skip = 0usize;
     let mut c = Conn {
-        queued: Vec::new(),
+        unsent: Vec::new(),
+        inflight: None,
         point: None,
     };
     let mut chunk = vec![0u8; 64 * 1024];
@@ -292,8 +300,11 @@ async fn connection(s: &Sessions, mut stream: tokio::net::TcpStream) {
         buf.drain(..at);
         // Reads parsed in a later read of the socket may follow a write acknowledged since.
         c.point = None;
-        if !open {
-            let _ = c.settle().await;
+        let flushed = if open { c.flush(s).await } else { c.settle(s).await };
+        if let Err(e) = flushed {
+            // A `noreply` write was not committed: its client cannot be told but by closing.
+            out.extend(server_error(&e));
+            open = false;
         }
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {

@@ -3,7 +3,8 @@
 //! a storm of session writes never delays the cluster group, heartbeats or plans; the write
 //! path (every write request is queued to one batcher per node, which proposes what has
 //! gathered as one entry — one fsynced append for many writes — on the leader, or forwards it
-//! to the leader, one batch at a time so that a connection's writes keep their order); the
+//! to the leader, several batches at once, since a connection has one submission in flight at
+//! a time and so its writes keep their order); the
 //! read path (a read waits for a read index: the leader confirms its leadership with a quorum,
 //! once for every read that arrived before the round began, and a follower asks the leader for
 //! that index and waits until it has applied it, then answers from its own copy at the
@@ -33,7 +34,7 @@ pub const WAIT: Duration = Duration::from_secs(3);
 /// The most requests, and bytes of them, one logged batch carries.
 const MAX_BATCH: usize = 512;
 const MAX_BATCH_BYTES: usize = 4 << 20;
-/// Batches proposed and not yet committed, on the leader (beyond this, the batcher waits).
+/// Batches proposed (or forwarded) and not yet committed (beyond this, the batcher waits).
 const IN_FLIGHT: usize = 16;
 /// The peer routes a follower sends writes and read-index requests to (postcard bodies).
 pub const WRITE_PATH: &str = "/sessions/write";
@@ -111,10 +112,17 @@ pub struct ReadPoint {
     pub now_ms: u64,
 }
 
+/// Writes of one connection submitted together (they go into one batch, in order), and where
+/// their answers go.
 struct Pending {
-    request: Request,
-    tx: oneshot::Sender<Result<Vec<u8>, SessionsError>>,
+    requests: Vec<Request>,
+    tx: Reply,
 }
+
+type Reply = oneshot::Sender<Result<Vec<Vec<u8>>, SessionsError>>;
+
+/// The answers of a submission, once committed.
+pub type Submitted = oneshot::Receiver<Result<Vec<Vec<u8>>, SessionsError>>;
 
 type ReadWaiter = oneshot::Sender<Result<ReadPoint, SessionsError>>;
 
@@ -270,19 +278,18 @@ impl Sessions {
 
     /// Log `request` (a write) and give its answer: committed on a majority and applied.
     pub async fn write(&self, request: Request) -> Result<Vec<u8>, SessionsError> {
-        let rx = self.submit(request).await?;
-        rx.await.map_err(|_| SessionsError::Stopped)?
+        let rx = self.submit(vec![request]).await?;
+        let mut answers = rx.await.map_err(|_| SessionsError::Stopped)??;
+        answers.pop().ok_or(SessionsError::NotCommitted("no answer".into()))
     }
 
-    /// Queue `request` (a write); the receiver gives its answer. Queued writes are logged in
-    /// the order they were queued.
-    pub async fn submit(
-        &self,
-        request: Request,
-    ) -> Result<oneshot::Receiver<Result<Vec<u8>, SessionsError>>, SessionsError> {
+    /// Queue `requests` (writes of one connection): they are logged together, in order, in one
+    /// batch; the receiver gives their answers. Two submissions may be logged in either order
+    /// (batches are forwarded concurrently): a connection waits for one before the next.
+    pub async fn submit(&self, requests: Vec<Request>) -> Result<Submitted, SessionsError> {
         let (tx, rx) = oneshot::channel();
         self.writes
-            .send(Pending { request, tx })
+            .send(Pending { requests, tx })
             .await
             .map_err(|_| SessionsError::Stopped)?;
         Ok(rx)
@@ -291,34 +298,41 @@ impl Sessions {
     async fn batcher(self: Arc<Self>, mut rx: mpsc::Receiver<Pending>) {
         let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
         while let Some(first) = rx.recv().await {
-            let mut bytes = request_size(&first.request);
+            let mut bytes: usize = first.requests.iter().map(request_size).sum();
+            let mut count = first.requests.len();
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            while count < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                 match rx.try_recv() {
                     Ok(p) => {
-                        bytes += request_size(&p.request);
+                        bytes += p.requests.iter().map(request_size).sum::<usize>();
+                        count += p.requests.len();
                         batch.push(p);
                     }
                     Err(_) => break,
                 }
             }
-            let (requests, txs): (Vec<Request>, Vec<_>) = batch.into_iter().map(|p| (p.request, p.tx)).unzip();
-            let n = requests.len() as u64;
-            self.counters.writes.fetch_add(n, Ordering::Relaxed);
+            let mut requests = Vec::with_capacity(count);
+            let mut txs = Vec::with_capacity(batch.len());
+            for p in batch {
+                txs.push((p.requests.len(), p.tx));
+                requests.extend(p.requests);
+            }
+            self.counters.writes.fetch_add(count as u64, Ordering::Relaxed);
             if let Err(e) = self.await_leader().await {
                 self.fail(txs, e);
                 continue;
             }
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let started = std::time::Instant::now();
             if self.is_leader() {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let started = std::time::Instant::now();
                 let batch = Batch {
                     now_ms: now_ms(),
                     limit: self.limit(),
                     requests,
                 };
+                // Proposed here, in queue order; the commit is awaited beside.
                 match self.raft.client_write_ff(batch).await {
                     Ok(answer) => {
                         let me = self.clone();
@@ -337,11 +351,15 @@ impl Sessions {
                     Err(e) => self.fail(txs, SessionsError::NotCommitted(e.to_string())),
                 }
             } else {
-                // One forwarded batch at a time: a connection's writes stay in order.
-                let started = std::time::Instant::now();
-                let r = self.forward_write(requests).await;
-                self.note_commit(started);
-                self.deliver(txs, r);
+                // Forwarded, several batches at once (a connection has one submission at a
+                // time, so no connection's writes can pass each other).
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let r = me.forward_write(requests).await;
+                    me.note_commit(started);
+                    drop(permit);
+                    me.deliver(txs, r);
+                });
             }
         }
     }
@@ -353,25 +371,27 @@ impl Sessions {
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn fail(&self, txs: Vec<oneshot::Sender<Result<Vec<u8>, SessionsError>>>, e: SessionsError) {
-        self.counters
-            .write_errors
-            .fetch_add(txs.len() as u64, Ordering::Relaxed);
-        for tx in txs {
+    fn fail(&self, txs: Vec<(usize, Reply)>, e: SessionsError) {
+        let n: usize = txs.iter().map(|(n, _)| n).sum();
+        self.counters.write_errors.fetch_add(n as u64, Ordering::Relaxed);
+        for (_, tx) in txs {
             let _ = tx.send(Err(e.clone()));
         }
     }
 
-    fn deliver(&self, txs: Vec<oneshot::Sender<Result<Vec<u8>, SessionsError>>>, r: Result<Answers, SessionsError>) {
+    /// Hand each submission its answers (a batch's answers are its requests', in order).
+    fn deliver(&self, txs: Vec<(usize, Reply)>, r: Result<Answers, SessionsError>) {
+        let expected: usize = txs.iter().map(|(n, _)| n).sum();
         match r {
-            Ok(Answers(answers)) if answers.len() == txs.len() => {
-                for (tx, a) in txs.into_iter().zip(answers) {
-                    let _ = tx.send(Ok(a));
+            Ok(Answers(answers)) if answers.len() == expected => {
+                let mut answers = answers.into_iter();
+                for (n, tx) in txs {
+                    let _ = tx.send(Ok(answers.by_ref().take(n).collect()));
                 }
             }
             Ok(other) => self.fail(
                 txs,
-                SessionsError::NotCommitted(format!("{} answers for a batch", other.0.len())),
+                SessionsError::NotCommitted(format!("{} answers for {expected} requests", other.0.len())),
             ),
             Err(e) => self.fail(txs, e),
         }
