@@ -67,6 +67,21 @@ pub fn service_port(nodes: usize) -> Result<u16> {
     free_port_on("127.0.10", nodes)
 }
 
+/// A `[sessions]` section for nodes n1..=nN on loopback: node nK's store listens on
+/// 127.0.11.K, on a port free there on every node; and those addresses.
+pub fn sessions_section(nodes: usize) -> Result<(String, Vec<SocketAddr>)> {
+    let port = free_port_on("127.0.11", nodes)?;
+    let addrs: Vec<SocketAddr> = (1..=nodes)
+        .map(|i| SocketAddr::from(([127, 0, 11, i as u8], port)))
+        .collect();
+    let listen: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("n{} = \"{a}\"", i + 1))
+        .collect();
+    Ok((format!("\n[sessions]\nlisten = {{ {} }}\n", listen.join(", ")), addrs))
+}
+
 /// A port free on `<prefix>.1..=N`.
 fn free_port_on(prefix: &str, nodes: usize) -> Result<u16> {
     for _ in 0..50 {
@@ -229,21 +244,8 @@ pub async fn rejoin(cluster: &mut LocalCluster, name: &str, timeout: Duration) -
 pub async fn run(args: DemoArgs, exe: std::path::PathBuf) -> Result<DemoReport> {
     let timeout = Duration::from_secs(30);
     let port = service_port(args.nodes)?;
-    // The session store on 127.0.11.<node number>, a port free there on every node.
-    let sessions_port = free_port_on("127.0.11", args.nodes)?;
-    let sessions: Vec<SocketAddr> = (1..=args.nodes)
-        .map(|i| SocketAddr::from(([127, 0, 11, i as u8], sessions_port)))
-        .collect();
-    let listen: Vec<String> = sessions
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("n{} = \"{a}\"", i + 1))
-        .collect();
-    let extra_config = format!(
-        "{}\n[sessions]\nlisten = {{ {} }}\n",
-        service_config(&exe, port),
-        listen.join(", ")
-    );
+    let (sessions_config, sessions) = sessions_section(args.nodes)?;
+    let extra_config = format!("{}{sessions_config}", service_config(&exe, port));
     let mut cluster = LocalCluster::create(Spec {
         nodes: args.nodes,
         heartbeat: args.heartbeat,
