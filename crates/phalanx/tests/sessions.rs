@@ -367,3 +367,43 @@ async fn bad_input_gets_memcacheds_errors_and_harms_nobody() {
     r.read_line(&mut line).unwrap();
     assert_eq!(line, "STORED\r\n");
 }
+
+/// Two nodes and the witness: the witness votes in the session store's group too, so either
+/// node may die and the other goes on acknowledging writes, and none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_and_the_witness_survive_either_node() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let ports: BTreeMap<String, SocketAddr> = (1..=2)
+        .map(|i| (format!("n{i}"), SocketAddr::from(([127, 0, 0, 1], free_port()))))
+        .collect();
+    let listen: Vec<String> = ports.iter().map(|(n, a)| format!("{n} = \"{a}\"")).collect();
+    let extra = format!("\n[sessions]\nlisten = {{ {} }}\n", listen.join(", "));
+    let mut c = LocalCluster::create(Spec::loopback(2, exe(), extra)).unwrap();
+    c.start_all().unwrap();
+    c.wait_stable(T).await.unwrap();
+    for a in ports.values() {
+        eventually("the store's listeners", || {
+            Mc::connect(*a)
+                .ok()
+                .and_then(|mut m| m.set("a", "1").ok())
+                .filter(|r| r == "STORED")
+        });
+    }
+    let leader = eventually("the store's leader", || {
+        futures_block(sessions_status(&c, "n1")).and_then(|s| s["leader"].as_str().map(String::from))
+    });
+    // Kill the node that leads the store (n2 if the witness leads it).
+    let victim = if leader == "n1" { "n1" } else { "n2" };
+    let survivor = if victim == "n1" { "n2" } else { "n1" };
+    eprintln!("the store's leader: {leader}; killing {victim}");
+    c.kill(victim).unwrap();
+    let mut m = Mc::connect(ports[survivor]).unwrap();
+    let r = eventually("a write acknowledged by the survivor and the witness", || {
+        m.set("b", "2").ok().filter(|r| r == "STORED")
+    });
+    assert_eq!(r, "STORED");
+    assert_eq!(m.get("a").unwrap().as_deref(), Some("1"), "the write before the kill");
+    assert_eq!(m.get("b").unwrap().as_deref(), Some("2"));
+    let st = futures_block(sessions_status(&c, survivor)).unwrap();
+    assert_ne!(st["leader"].as_str(), Some(victim), "{st}");
+}
