@@ -178,6 +178,10 @@ enum BenchCmd {
         /// Pin the servers (taskset -c list); default: unpinned.
         #[arg(long)]
         server_cpus: Option<String>,
+        /// etcd: serializable ranges (served by the member asked) instead of its default,
+        /// linearizable ones.
+        #[arg(long)]
+        etcd_serializable: bool,
     },
     /// Leader kill: detection and failover percentiles, and idle footprint.
     Failover {
@@ -415,6 +419,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     phalanx_1_addrs,
                     client_cpus,
                     server_cpus,
+                    etcd_serializable,
                 },
         } => {
             let r = bench_sessions::run(bench_sessions::Args {
@@ -430,6 +435,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 phalanx_1_addrs,
                 client_cpus,
                 server_cpus,
+                etcd_serializable,
                 exe,
                 json: cli.json,
             })

@@ -61,6 +61,9 @@ pub struct Workload {
     /// A request with no complete answer by then is an error ("timeout"); its connection is
     /// closed and reopened.
     pub timeout: Duration,
+    /// etcd only: serializable ranges (answered by the member asked, from its own state)
+    /// instead of etcd's default, linearizable ones (a ReadIndex round through the leader).
+    pub etcd_serializable: bool,
 }
 
 impl Workload {
@@ -76,6 +79,7 @@ impl Workload {
             value_max: 1000,
             seed: 15,
             timeout: Duration::from_secs(2),
+            etcd_serializable: false,
         }
     }
 
@@ -125,6 +129,11 @@ pub struct RunReport {
     /// Any non-success reply, malformed reply, connection error or timeout.
     pub errors: u64,
     pub error_kinds: BTreeMap<String, u64>,
+    /// Open loop only: how late requests were sent (from their intended send time to when a
+    /// connection took them): the generator's own lag, or queueing behind busy connections —
+    /// the part of the latency the server did not spend answering.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_delay: Option<Latency>,
     /// Open loop only: slots never sent, because the run's drain bound (one more phase after
     /// the last slot was due) passed with them still queued.
     pub unsent: u64,
@@ -170,6 +179,8 @@ pub struct Conn {
     body: Vec<u8>,
     /// etcd: the Host header's value.
     host: String,
+    /// etcd: ask for serializable ranges.
+    serializable: bool,
 }
 
 type Failure = &'static str;
@@ -188,7 +199,14 @@ impl Conn {
             out: Vec::with_capacity(2048),
             body: Vec::with_capacity(2048),
             host: addr.to_string(),
+            serializable: false,
         }
+    }
+
+    /// etcd: serializable ranges instead of linearizable ones (see [`Workload`]).
+    pub fn with_serializable_reads(mut self, on: bool) -> Conn {
+        self.serializable = on;
+        self
     }
 
     /// Open the connection now (preload does, so that a dead server fails loudly, once).
@@ -225,7 +243,11 @@ impl Conn {
                 self.body.clear();
                 self.body.extend_from_slice(b"{\"key\":\"");
                 base64(key, &mut self.body);
-                self.body.extend_from_slice(b"\"}");
+                self.body.extend_from_slice(if self.serializable {
+                    b"\",\"serializable\":true}"
+                } else {
+                    b"\"}"
+                });
                 let body = self.http("/v3/kv/range").await;
                 body.map(|b| find(&self.buf[b], b"\"kvs\"").is_some())
             }
@@ -522,6 +544,8 @@ fn base64(input: &[u8], out: &mut Vec<u8>) {
 struct Tally {
     get: Histogram<u64>,
     set: Histogram<u64>,
+    /// Open loop: from each slot's due time to its taking.
+    delay: Histogram<u64>,
     hits: u64,
     misses: u64,
     errors: u64,
@@ -533,6 +557,7 @@ impl Tally {
         Tally {
             get: new_hist(),
             set: new_hist(),
+            delay: new_hist(),
             hits: 0,
             misses: 0,
             errors: 0,
@@ -587,7 +612,7 @@ async fn one_request(conn: &mut Conn, w: &Workload, m: &Material, rng: &mut StdR
 async fn open_all(w: &Workload) -> Result<Vec<Conn>> {
     let mut conns = Vec::with_capacity(w.connections);
     for i in 0..w.connections {
-        let mut c = Conn::new(w.protocol, w.addrs[i % w.addrs.len()]);
+        let mut c = Conn::new(w.protocol, w.addrs[i % w.addrs.len()]).with_serializable_reads(w.etcd_serializable);
         c.open(w.timeout).await?;
         conns.push(c);
     }
@@ -686,6 +711,7 @@ pub async fn open_loop(w: &Workload, rate: f64, phase: Duration) -> Result<RunRe
                     return t;
                 }
                 taken.fetch_add(1, Ordering::Relaxed);
+                t.delay.saturating_record(due.elapsed().as_micros().max(1) as u64);
                 one_request(&mut c, &w, &m, &mut rng, &mut t, due).await;
             }
         }));
@@ -733,7 +759,7 @@ fn latency(h: &Histogram<u64>) -> Latency {
 }
 
 fn report(mode: &str, rate: Option<f64>, tallies: Vec<Tally>, elapsed: Duration, unsent: u64) -> RunReport {
-    let (mut get, mut set, mut all) = (new_hist(), new_hist(), new_hist());
+    let (mut get, mut set, mut all, mut delay) = (new_hist(), new_hist(), new_hist(), new_hist());
     let mut r = RunReport {
         mode: mode.into(),
         target_ops_per_s: rate,
@@ -745,6 +771,7 @@ fn report(mode: &str, rate: Option<f64>, tallies: Vec<Tally>, elapsed: Duration,
         // Same bounds on every histogram: adding cannot fail.
         get.add(&t.get).ok();
         set.add(&t.set).ok();
+        delay.add(&t.delay).ok();
         hits += t.hits;
         misses += t.misses;
         r.errors += t.errors;
@@ -768,6 +795,9 @@ fn report(mode: &str, rate: Option<f64>, tallies: Vec<Tally>, elapsed: Duration,
     r.get = latency(&get);
     r.set = latency(&set);
     r.all = latency(&all);
+    if rate.is_some() {
+        r.send_delay = Some(latency(&delay));
+    }
     r
 }
 

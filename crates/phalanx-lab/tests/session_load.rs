@@ -72,6 +72,8 @@ async fn the_etcd_gateway_backend_round_trips_puts_and_ranges() {
     c.set(b"sess:probe", b"hello session").await.expect("a put");
     assert_eq!(c.get(b"sess:probe").await, Ok(true), "the key just put");
     assert_eq!(c.get(b"sess:absent").await, Ok(false), "a key never put");
+    let mut s = Conn::new(Protocol::EtcdGateway, addrs[0]).with_serializable_reads(true);
+    assert_eq!(s.get(b"sess:probe").await, Ok(true), "a serializable range");
 
     let mut w = Workload::new(Protocol::EtcdGateway, addrs);
     w.connections = 4;
