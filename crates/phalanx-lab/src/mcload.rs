@@ -718,6 +718,8 @@ pub async fn open_loop(w: &Workload, rate: f64, phase: Duration) -> Result<RunRe
     }
     drop(rx);
     let pacer = std::thread::spawn(move || {
+        // Sleep to the microsecond: the default 50 µs timer slack would make every slot late.
+        let _ = nix::sys::prctl::set_timerslack(1_000);
         for k in 0..scheduled {
             let due = start + Duration::from_secs_f64(k as f64 / rate);
             let now = Instant::now();
