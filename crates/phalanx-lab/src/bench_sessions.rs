@@ -492,7 +492,16 @@ pub async fn run(a: Args) -> Result<Report> {
     pb.enable_steady_tick(Duration::from_millis(200));
     let mut r = Report::default();
     for sys in systems {
-        match measure(sys, &a, &pb).await {
+        // Ctrl-C drops the system's run, and with it the servers it started (killed, their
+        // folders removed), instead of leaving them behind.
+        let result = tokio::select! {
+            r = measure(sys, &a, &pb) => r,
+            _ = tokio::signal::ctrl_c() => {
+                pb.finish_and_clear();
+                bail!("interrupted while measuring {}", sys.name());
+            }
+        };
+        match result {
             Ok(x) => {
                 let slot = match sys {
                     System::Memcached => &mut r.memcached,
