@@ -3,24 +3,27 @@
 //! ([`crate::mcload`]: 90/10 get/set, 100–1000-byte values, a preloaded key space, 50
 //! connections). The systems, one after another, never at once:
 //! - `memcached`: Debian's `memcached -t 2`, unreplicated, in memory (the ceiling for gets);
-//! - `phalanx`: the session store on 3 voters (memcached protocol; connections spread over the
-//!   nodes);
+//! - `phalanx`: the session store of a 3-node loopback cluster (memcached protocol; connections
+//!   spread over the nodes; a write is acknowledged once a majority has appended it to its
+//!   fsynced log, gets at a read index: linearizable);
 //! - `etcd`: Debian's etcd 3.4, 3 members ([`crate::peer_etcd`]), put/range through its gRPC
 //!   gateway (JSON over HTTP/1.1); replicated and fsynced (etcd syncs its WAL before it
 //!   acknowledges, by default), range reads linearizable (its default);
-//! - `phalanx_1`: the session store with 1 voter (against `phalanx`: the cost of replication).
+//! - `phalanx_1`: the session store of a 1-node cluster, its one voter (against `phalanx`: the
+//!   cost of replication, and of two more processes on the same CPUs).
 //!
 //! For each: start it, preload every key, a closed loop for one phase (its maximum), then an
 //! open loop at 50 % of that maximum for one phase (latency from intended send times), with the
-//! generator's and the servers' CPU over each run; stop it. The phalanx cluster is started by
-//! [`start_phalanx`], a hook for the node side of issue 15 (until then: `--phalanx-addrs` names
-//! a running one). This module owns the systems' start-up, the phases and the report (table and
+//! generator's and the servers' CPU over each run; stop it. The phalanx clusters are started by
+//! [`start_phalanx`] through the product's harness (or `--phalanx-addrs` names a running
+//! store). This module owns the systems' start-up, the phases and the report (table and
 //! JSON); it asserts nothing (the test of the generator is `tests/session_load.rs`).
 
 use crate::mcload::{self, Protocol, RunReport, Workload};
 use crate::peer_etcd::{self, EtcdCluster};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use phalanx::harness::{LocalCluster, Spec};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -141,57 +144,66 @@ pub struct Report {
     pub not_measured: BTreeMap<String, String>,
 }
 
-/// The error of the [`start_phalanx`] stub: not a failure of the run.
-#[derive(Debug)]
-pub struct NotYetAvailable;
-
-impl std::fmt::Display for NotYetAvailable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(
-            "not yet available: the phalanx session store cluster is not wired into the benchmark \
-             (bench_sessions::start_phalanx); pass --phalanx-addrs to measure a running one",
-        )
-    }
-}
-
-impl std::error::Error for NotYetAvailable {}
-
 impl Report {
-    /// Whether a system failed for another reason than the phalanx hook not being there yet.
+    /// Whether a system asked for was not measured.
     pub fn failed(&self) -> bool {
-        self.not_measured
-            .values()
-            .any(|why| !why.starts_with("not yet available"))
+        !self.not_measured.is_empty()
     }
 }
 
 /// What keeps a phalanx cluster running; dropped at the end of its runs.
 pub struct PhalanxGuard {
-    pub cluster: Option<phalanx::harness::LocalCluster>,
+    pub cluster: Option<LocalCluster>,
     /// The daemons' pids (for the server CPU figures).
     pub pids: Vec<u32>,
 }
 
-/// HOOK for issue 15's node side: start a local phalanx cluster whose session store has
-/// `voters` voters, wait until every node's memcached listener answers, and return the
-/// listeners' addresses (the load is spread over all of them) and what keeps it running.
-///
-/// NOT YET AVAILABLE: a stub that fails with [`NotYetAvailable`] (the run reports the system as
-/// `null`). To plug it in, roughly:
-/// ```text
-/// let ports = free loopback ports, one per node;
-/// let extra = format!("[sessions]\nlisten = {{ n1 = \"127.0.0.1:{p1}\", ... }}\n");   // all on 127.0.0.1
-/// let mut c = phalanx::harness::LocalCluster::create(Spec::loopback(3, exe.into(), extra))?;
-/// // voters == 1: Spec::loopback(1, …), or 3 nodes with `voters = ["n1"]` in [sessions]
-/// c.start_all()?;
-/// c.wait_stable(START).await?;
-/// // poll (with a deadline) until a `mcload::Conn::set` + `get` succeeds on every address
-/// let pids = ["n1", "n2", "n3"].map(|n| c.node(n)?.pid());
-/// Ok((addrs, PhalanxGuard { cluster: Some(c), pids }))
-/// ```
+/// Start a local phalanx cluster on loopback whose session store has `voters` voters (3: a
+/// 3-node cluster; 1: a 1-node cluster, so that `phalanx_1` is the same store without
+/// replication), each node's memcached listener on its own free loopback port (`[sessions]
+/// listen`), through the product's harness (`phalanx::harness`); wait until every listener
+/// stores and reads a key; return the listeners (the load is spread over all of them) and what
+/// keeps the cluster running (dropped: stopped, its folder removed unless `PHALANX_KEEP`).
 pub async fn start_phalanx(exe: &Path, voters: usize) -> Result<(Vec<SocketAddr>, PhalanxGuard)> {
-    let _ = (exe, voters);
-    Err(NotYetAvailable.into())
+    if voters == 0 {
+        bail!("a session store needs at least one voter");
+    }
+    let addrs = (0..voters)
+        .map(|_| -> Result<SocketAddr> {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let listen: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("n{} = \"{a}\"", i + 1))
+        .collect();
+    let extra = format!("\n[sessions]\nlisten = {{ {} }}\n", listen.join(", "));
+    let mut c = LocalCluster::create(Spec::loopback(voters, exe.to_path_buf(), extra))?;
+    c.start_all()?;
+    c.wait_stable(START).await?;
+    let deadline = Instant::now() + START;
+    for a in &addrs {
+        let mut conn = mcload::Conn::new(Protocol::Memcached, *a);
+        loop {
+            let ok = conn.set(b"bench:ready", b"1").await.is_ok() && conn.get(b"bench:ready").await == Ok(true);
+            if ok {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the session store on {a} did not answer within {START:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let pids = (1..=voters)
+        .map(|i| c.node(&format!("n{i}")).map(|n| n.pid()))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    Ok((addrs, PhalanxGuard { cluster: Some(c), pids }))
 }
 
 /// memcached on a free loopback port, killed when dropped.
@@ -333,15 +345,16 @@ struct Started {
 async fn start(sys: System, a: &Args) -> Result<Started> {
     let phalanx = |addrs: Vec<SocketAddr>, guard: PhalanxGuard, voters: usize, named: bool| Started {
         nodes: addrs.len(),
-        what: format!(
-            "phalanx session store, {voters} voter(s){}",
-            if named { " (--phalanx-addrs)" } else { "" }
-        ),
+        what: if named {
+            format!("phalanx session store at the addresses given, {voters} voter(s) as told")
+        } else {
+            format!("phalanx session store, {voters}-node loopback cluster")
+        },
         replicated: voters > 1,
         durability: if voters > 1 {
-            "acknowledged once committed by a majority of the session group's voters".into()
+            "acknowledged once a majority of the session group's voters has appended it to its fsynced Raft log (batched); gets linearizable (read index)".into()
         } else {
-            "acknowledged once committed by its one voter".into()
+            "acknowledged once its one voter has appended it to its fsynced Raft log (batched); gets linearizable (read index)".into()
         },
         protocol: Protocol::Memcached,
         pids: guard.pids.clone(),
@@ -386,8 +399,14 @@ async fn start(sys: System, a: &Args) -> Result<Started> {
                 ),
                 nodes: 3,
                 replicated: true,
-                durability: "acknowledged once committed by a majority, each having fsynced its WAL (etcd's default)"
-                    .into(),
+                durability: format!(
+                    "acknowledged once committed by a majority, each having fsynced its WAL (etcd's default); ranges {}",
+                    if a.etcd_serializable {
+                        "serializable (the member asked)"
+                    } else {
+                        "linearizable (read index)"
+                    }
+                ),
                 _guard: Box::new(e),
             }
         }
@@ -512,11 +531,7 @@ pub async fn run(a: Args) -> Result<Report> {
                 *slot = Some(x);
             }
             Err(e) => {
-                let why = if e.chain().any(|c| c.is::<NotYetAvailable>()) {
-                    NotYetAvailable.to_string()
-                } else {
-                    format!("{e:#}")
-                };
+                let why = format!("{e:#}");
                 // The human output lists it at the end; the JSON has only `null`.
                 if a.json {
                     eprintln!("{}: not measured: {why}", sys.name());
