@@ -3,8 +3,10 @@
 //! port) a preload, ~1 s of closed loop and ~1 s of open loop at a low rate must answer every
 //! request, find every key, keep the 90/10 mix, and hit the open loop's rate within 20 %; and
 //! the etcd gateway backend must round-trip a put and a range (hit and miss) against a 1-member
-//! etcd, then run a short closed loop without errors. Each part skips, saying so, when its
-//! server is not installed (`tests/run` installs memcached and etcd-server).
+//! etcd, then run a short closed loop without errors; and the bench's own 1-node phalanx session
+//! store (`bench_sessions::start_phalanx`) must come up and take a short closed loop without
+//! errors. Each part skips, saying so, when its server is not installed (`tests/run` installs
+//! memcached and etcd-server; `cargo test --workspace` builds the phalanx binary).
 
 use phalanx_lab::bench_sessions::{Memcached, MEMCACHED};
 use phalanx_lab::mcload::{self, Conn, Protocol, Workload};
@@ -79,6 +81,30 @@ async fn the_etcd_gateway_backend_round_trips_puts_and_ranges() {
     w.connections = 4;
     w.keys = 100;
     mcload::preload(&w).await.expect("the preload puts every key");
+    let r = mcload::closed_loop(&w, Duration::from_millis(500))
+        .await
+        .expect("a closed loop");
+    assert!(r.ops > 10, "{r:#?}");
+    assert_eq!(r.errors, 0, "{r:#?}");
+    assert!(r.get_hit_ratio > 0.999, "{r:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_starts_a_one_voter_phalanx_store_and_drives_it_without_errors() {
+    let exe = match phalanx_lab::lab::phalanx_exe() {
+        Ok(exe) if exe.is_file() => exe,
+        _ => {
+            eprintln!("skipped: no phalanx binary beside this test (cargo test --workspace builds it)");
+            return;
+        }
+    };
+    let (addrs, _cluster) = phalanx_lab::bench_sessions::start_phalanx(&exe, 1)
+        .await
+        .expect("a 1-node session store answering");
+    let mut w = Workload::new(Protocol::Memcached, addrs);
+    w.connections = 4;
+    w.keys = 100;
+    mcload::preload(&w).await.expect("the preload stores every key");
     let r = mcload::closed_loop(&w, Duration::from_millis(500))
         .await
         .expect("a closed loop");
