@@ -601,7 +601,15 @@ pub fn render(r: &Report) -> String {
     }
     for (name, x) in systems {
         if let Some(x) = x {
-            s += &format!("{name}: {}; {} node(s); sets: {}\n", x.what, x.nodes, x.durability);
+            s += &format!(
+                "{name}: {}; {} node(s); preload {} sets in {:.1} s ({:.0}/s); sets: {}\n",
+                x.what,
+                x.nodes,
+                x.keys,
+                x.preload_s,
+                x.keys as f64 / x.preload_s.max(1e-9),
+                x.durability
+            );
         }
     }
     let f = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
