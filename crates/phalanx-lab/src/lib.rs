@@ -3,17 +3,20 @@
 //! its safety checkers, the seeded in-process simulation's runner (`sim`), the benchmarks (leader
 //! failover beside etcd, VIP failover beside keepalived, the load balancer beside HAProxy with its
 //! HTTP backend and open-loop generator (`httpload`), the scheduler beside crm_simulate, the
-//! cost of a state write as the state grows), the peers' drivers, and the lab demo. It runs
+//! cost of a state write as the state grows, the session store beside memcached and etcd with its
+//! memcached/etcd load generator (`mcload`)), the peers' drivers, and the lab demo. It runs
 //! the real `phalanx` binary (see [`lab::phalanx_exe`]) through the product's loopback harness.
 
 pub mod bench;
 pub mod bench_lb;
 pub mod bench_sched;
+pub mod bench_sessions;
 pub mod bench_state;
 pub mod demo_lab;
 pub mod httpload;
 pub mod lab;
 pub mod lab_bench;
+pub mod mcload;
 pub mod nemesis;
 pub mod peer_etcd;
 pub mod saturate;

@@ -5,7 +5,9 @@
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use phalanx_core::config::parse_duration;
-use phalanx_lab::{bench, bench_lb, bench_sched, bench_state, demo_lab, httpload, lab, lab_bench, nemesis, sim};
+use phalanx_lab::{
+    bench, bench_lb, bench_sched, bench_sessions, bench_state, demo_lab, httpload, lab, lab_bench, nemesis, sim,
+};
 use std::time::Duration;
 
 #[global_allocator]
@@ -143,6 +145,43 @@ enum BenchCmd {
         /// The client's and backends' CPUs; default: every other CPU (all of them on one CPU).
         #[arg(long)]
         client_cpus: Option<String>,
+    },
+    /// The session store beside memcached and etcd (`tests/lab/session-bench`): per system,
+    /// preload, closed-loop maximum, open loop at 50 % of it; 90/10 get/set, 100-1000 B values.
+    Sessions {
+        /// Length of each measured run.
+        #[arg(long, default_value = "5s", value_parser = duration)]
+        phase: Duration,
+        /// Short runs (2 s): a smoke run, not figures.
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        /// Keys preloaded and then read and written.
+        #[arg(long, default_value_t = 10_000)]
+        keys: usize,
+        /// The seed of the request mix and the values.
+        #[arg(long, default_value_t = 15)]
+        seed: u64,
+        /// Only these systems (comma-separated): memcached, phalanx, etcd, phalanx_1.
+        #[arg(long, value_delimiter = ',', default_value = "memcached,phalanx,etcd,phalanx_1")]
+        only: Vec<String>,
+        /// Measure a running phalanx session store (3 voters) at these memcached addresses.
+        #[arg(long, value_delimiter = ',')]
+        phalanx_addrs: Option<Vec<std::net::SocketAddr>>,
+        /// The same for the 1-voter run (phalanx_1).
+        #[arg(long, value_delimiter = ',')]
+        phalanx_1_addrs: Option<Vec<std::net::SocketAddr>>,
+        /// Pin the load generator (taskset -c list); default: unpinned.
+        #[arg(long)]
+        client_cpus: Option<String>,
+        /// Pin the servers (taskset -c list); default: unpinned.
+        #[arg(long)]
+        server_cpus: Option<String>,
+        /// etcd: serializable ranges (served by the member asked) instead of its default,
+        /// linearizable ones.
+        #[arg(long)]
+        etcd_serializable: bool,
     },
     /// Leader kill: detection and failover percentiles, and idle footprint.
     Failover {
@@ -366,6 +405,43 @@ async fn run(cli: Cli) -> Result<i32> {
             .await?;
             output(cli.json, &r, bench_lb::render)?;
             Ok(0)
+        }
+        Cmd::Bench {
+            cmd:
+                BenchCmd::Sessions {
+                    phase,
+                    quick,
+                    connections,
+                    keys,
+                    seed,
+                    only,
+                    phalanx_addrs,
+                    phalanx_1_addrs,
+                    client_cpus,
+                    server_cpus,
+                    etcd_serializable,
+                },
+        } => {
+            let r = bench_sessions::run(bench_sessions::Args {
+                phase: if quick { Duration::from_secs(2) } else { phase },
+                connections,
+                keys,
+                seed,
+                only: only
+                    .iter()
+                    .map(|s| bench_sessions::System::parse(s))
+                    .collect::<Result<_>>()?,
+                phalanx_addrs,
+                phalanx_1_addrs,
+                client_cpus,
+                server_cpus,
+                etcd_serializable,
+                exe,
+                json: cli.json,
+            })
+            .await?;
+            output(cli.json, &r, bench_sessions::render)?;
+            Ok(i32::from(r.failed()))
         }
         Cmd::Demo { nodes, heartbeat, keep } => {
             let args = phalanx::demo::DemoArgs {

@@ -3,6 +3,12 @@
 //! failure detector separate from its election, so only leader failover is compared. etcd's
 //! failover is observed by polling `/v3/maintenance/status` on the survivors every 5 ms, a bias
 //! of at most ~6 ms against etcd.
+//!
+//! The session store benchmark (`bench_sessions`) uses the same cluster as its replicated peer
+//! (any member count, [`EtcdCluster::with_members`]; its client addresses and pids for the load
+//! generator and the CPU figures). etcd fsyncs its WAL before acknowledging a write by default
+//! (and nothing here turns that off): its data directories are under the system's temp dir,
+//! on the same disk as phalanx's.
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
@@ -43,10 +49,15 @@ pub fn version() -> Option<String> {
 
 impl EtcdCluster {
     pub fn create(heartbeat_ms: u64, election_ms: u64) -> Result<Self> {
+        Self::with_members(3, heartbeat_ms, election_ms)
+    }
+
+    /// A cluster of `n` members (not started: [`EtcdCluster::start_all`]).
+    pub fn with_members(n: usize, heartbeat_ms: u64, election_ms: u64) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("phalanx-etcd-{}-{}", std::process::id(), rand::random::<u32>()));
         std::fs::create_dir_all(&dir)?;
         let mut members = Vec::new();
-        for i in 1..=3 {
+        for i in 1..=n {
             members.push(Member {
                 name: format!("e{i}"),
                 client: format!("127.0.0.1:{}", port()?),
@@ -124,7 +135,7 @@ impl EtcdCluster {
         loop {
             let mut ids = Vec::new();
             let mut leaders = Vec::new();
-            for i in 0..3 {
+            for i in 0..self.members.len() {
                 if self.members[i].child.is_some() {
                     if let Ok((me, l)) = self.status(i).await {
                         ids.push((i, me));
@@ -153,7 +164,7 @@ impl EtcdCluster {
         self.kill(leader)?;
         let ms = loop {
             let mut found = false;
-            for i in (0..3).filter(|i| *i != leader) {
+            for i in (0..self.members.len()).filter(|i| *i != leader) {
                 if let Ok((_, l)) = self.status(i).await {
                     if l != "0" && l != old_id {
                         found = true;
@@ -174,13 +185,38 @@ impl EtcdCluster {
     }
 
     pub fn start_all(&mut self) -> Result<()> {
-        (0..3).try_for_each(|i| self.start(i))
+        (0..self.members.len()).try_for_each(|i| self.start(i))
+    }
+
+    /// Wait until every running member reports the same leader (bounded).
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        self.stable_leader(timeout).await.map(|_| ())
+    }
+
+    /// The members' client addresses (HTTP: the v3 gRPC gateway).
+    pub fn client_addrs(&self) -> Result<Vec<std::net::SocketAddr>> {
+        self.members
+            .iter()
+            .map(|m| {
+                m.client
+                    .parse()
+                    .with_context(|| format!("etcd client address {}", m.client))
+            })
+            .collect()
+    }
+
+    /// The running members' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members
+            .iter()
+            .filter_map(|m| m.child.as_ref().map(|c| c.id()))
+            .collect()
     }
 }
 
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
-        for i in 0..3 {
+        for i in 0..self.members.len() {
             let _ = self.kill(i);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
