@@ -34,8 +34,13 @@ pub const WAIT: Duration = Duration::from_secs(3);
 /// The most requests, and bytes of them, one logged batch carries.
 const MAX_BATCH: usize = 512;
 const MAX_BATCH_BYTES: usize = 4 << 20;
-/// Batches proposed (or forwarded) and not yet committed (beyond this, the batcher waits).
-const IN_FLIGHT: usize = 16;
+/// Entries the leader has proposed and not yet committed (beyond this, its batcher waits and
+/// the queue grows into the next entry). openraft 0.9 appends, and so fsyncs, each proposal on
+/// its own: many small entries in flight cost an fsync each, while two let one entry be
+/// fsynced and replicated while the next gathers everything queued meanwhile (group commit).
+const IN_FLIGHT: usize = 2;
+/// Batches a follower has forwarded and not yet had answered (the leader merges them).
+const FORWARDS_IN_FLIGHT: usize = 8;
 /// The peer routes a follower sends writes and read-index requests to (postcard bodies).
 pub const WRITE_PATH: &str = "/sessions/write";
 pub const READ_PATH: &str = "/sessions/read";
@@ -297,6 +302,7 @@ impl Sessions {
 
     async fn batcher(self: Arc<Self>, mut rx: mpsc::Receiver<Pending>) {
         let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        let forward_slots = Arc::new(tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT));
         while let Some(first) = rx.recv().await {
             let mut bytes: usize = first.requests.iter().map(request_size).sum();
             let mut count = first.requests.len();
@@ -322,11 +328,13 @@ impl Sessions {
                 self.fail(txs, e);
                 continue;
             }
-            let Ok(permit) = slots.clone().acquire_owned().await else {
+            let leading = self.is_leader();
+            let pool = if leading { &slots } else { &forward_slots };
+            let Ok(permit) = pool.clone().acquire_owned().await else {
                 return;
             };
             let started = std::time::Instant::now();
-            if self.is_leader() {
+            if leading {
                 let batch = Batch {
                     now_ms: now_ms(),
                     limit: self.limit(),
@@ -397,22 +405,18 @@ impl Sessions {
         }
     }
 
-    /// A follower's batch, on the leader: logged at this node's time.
+    /// A follower's batch, on the leader: queued to this node's batcher like its own clients'
+    /// writes (kept together, in order), so that one entry — one fsync — carries the writes of
+    /// every node, at this node's time.
     pub async fn leader_write(&self, requests: Vec<Request>) -> Result<Answers, SessionsError> {
         if !self.is_leader() {
-            return Err(SessionsError::NotCommitted(
-                "this node no longer leads the session store".into(),
-            ));
+            return Err(SessionsError::NotLeader);
         }
-        let batch = Batch {
-            now_ms: now_ms(),
-            limit: self.limit(),
-            requests,
-        };
-        match tokio::time::timeout(WAIT, self.raft.client_write(batch)).await {
+        let rx = self.submit(requests).await?;
+        match tokio::time::timeout(WAIT, rx).await {
             Err(_) => Err(SessionsError::Timeout),
-            Ok(Err(e)) => Err(SessionsError::NotCommitted(e.to_string())),
-            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(_)) => Err(SessionsError::Stopped),
+            Ok(Ok(r)) => r.map(Answers),
         }
     }
 
