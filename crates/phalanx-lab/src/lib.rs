@@ -3,8 +3,9 @@
 //! its safety checkers, the seeded in-process simulation's runner (`sim`), the benchmarks (leader
 //! failover beside etcd, VIP failover beside keepalived, the load balancer beside HAProxy with its
 //! HTTP backend and open-loop generator (`httpload`), the scheduler beside crm_simulate, the
-//! cost of a state write as the state grows), the peers' drivers, and the lab demo. It runs
-//! the real `phalanx` binary (see [`lab::phalanx_exe`]) through the product's loopback harness.
+//! cost of a state write as the state grows), the peers' drivers, the lab demo, and the session
+//! store's linearizability check (`mcclient`, `session_check`, `linearizability`). It runs the
+//! real `phalanx` binary (see [`lab::phalanx_exe`]) through the product's loopback harness.
 
 pub mod bench;
 pub mod bench_lb;
@@ -14,6 +15,9 @@ pub mod demo_lab;
 pub mod httpload;
 pub mod lab;
 pub mod lab_bench;
+pub mod linearizability;
+pub mod mcclient;
 pub mod nemesis;
 pub mod peer_etcd;
+pub mod session_check;
 pub mod sim;
