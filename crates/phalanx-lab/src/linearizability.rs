@@ -27,7 +27,13 @@
 //! take effect at any instant after their call, or never: they have no return to precede, any
 //! output is acceptable, and the search succeeds as soon as every determinate operation is
 //! linearized (the rest "take effect at the end", which nobody observes, i.e. never).
-//! Indeterminate reads change nothing and are dropped.
+//! Indeterminate reads change nothing and are dropped. Pending indeterminate ops are what
+//! makes the search expensive (each may or may not have happened, anywhere), so: an
+//! indeterminate write whose value no determinate op could have observed is modelled by a
+//! token (it can matter only through presence: add NOT_STORED, delete DELETED, cas EXISTS),
+//! indeterminate ops with the same effect are interchangeable (only the first pending one is
+//! tried), one that changes nothing is skipped, and a blind one (set, delete) is never
+//! stacked on another indeterminate one.
 //!
 //! **CAS uniques.** memcached gives every successful write (set, add, cas, incr) a new unique
 //! that the model cannot predict. The model relies on the workload's promise that every write
@@ -247,7 +253,16 @@ struct Partition<'a> {
     output_val: Vec<Option<Val>>,
     unique_of: HashMap<Val, u64>,
     value_of_unique: HashMap<u64, Val>,
+    /// Stand-ins for values never observed (numeric or not; see `tokenize`).
+    token_num: Val,
+    token_text: Val,
+    /// Per indeterminate op (index − det): the previous indeterminate op with exactly the
+    /// same effect, if any. Of such twins only the first not yet linearized is ever tried.
+    twin_prev: Vec<Option<usize>>,
 }
+
+const TOKEN_NUM: &[u8] = b"\0(a number never read)";
+const TOKEN_TEXT: &[u8] = b"\0(a value never read)";
 
 #[derive(Default)]
 struct Interner {
@@ -310,7 +325,9 @@ impl<'a> Partition<'a> {
                 _ => None,
             });
         }
-        Ok(Partition {
+        let token_num = vals.id(TOKEN_NUM);
+        let token_text = vals.id(TOKEN_TEXT);
+        let mut p = Partition {
             key,
             ops,
             det: ndet,
@@ -319,7 +336,72 @@ impl<'a> Partition<'a> {
             output_val,
             unique_of: HashMap::new(),
             value_of_unique: HashMap::new(),
-        })
+            token_num,
+            token_text,
+            twin_prev: Vec::new(),
+        };
+        p.tokenize();
+        Ok(p)
+    }
+
+    /// Replaces the value of every indeterminate write whose value no determinate op could
+    /// have observed (no read returned it, no number read or returned by incr lies within
+    /// 2^32 above it) by a token: such writes differ only in presence, so they become
+    /// interchangeable (`twin_prev`) instead of multiplying the search's states.
+    fn tokenize(&mut self) {
+        let num = |b: &[u8]| {
+            std::str::from_utf8(b)
+                .ok()
+                .and_then(|t| t.trim_end_matches(' ').parse::<u64>().ok())
+        };
+        let mut observed: HashSet<Val> = self.output_val[..self.det].iter().flatten().copied().collect();
+        let mut written: Vec<(u64, Val)> = self
+            .input_val
+            .iter()
+            .flatten()
+            .filter_map(|&v| num(&self.vals.bytes[v as usize]).map(|n| (n, v)))
+            .collect();
+        written.sort_unstable();
+        let mut seen_nums: Vec<u64> = observed
+            .iter()
+            .filter_map(|&v| num(&self.vals.bytes[v as usize]))
+            .collect();
+        seen_nums.extend(self.ops[..self.det].iter().filter_map(|o| match o.output {
+            Output::Number(n) => Some(n),
+            _ => None,
+        }));
+        for r in seen_nums {
+            let lo = written.partition_point(|&(n, _)| n <= r.saturating_sub(1 << 32));
+            for &(n, v) in &written[lo..] {
+                if n > r {
+                    break;
+                }
+                observed.insert(v);
+            }
+        }
+        let mut last: HashMap<(u8, u64, u64), usize> = HashMap::new();
+        for i in self.det..self.ops.len() {
+            if let Some(v) = self.input_val[i] {
+                if !observed.contains(&v) {
+                    let t = if num(&self.vals.bytes[v as usize]).is_some() {
+                        self.token_num
+                    } else {
+                        self.token_text
+                    };
+                    self.input_val[i] = Some(t);
+                }
+            }
+            let tok = |v: Option<Val>| v.filter(|&v| v == self.token_num || v == self.token_text);
+            let class = match &self.ops[i].input {
+                Input::Set(_) => tok(self.input_val[i]).map(|t| (0, u64::from(t), 0)),
+                Input::Add(_) => tok(self.input_val[i]).map(|t| (1, u64::from(t), 0)),
+                Input::Cas { unique, .. } => tok(self.input_val[i]).map(|t| (2, u64::from(t), *unique)),
+                Input::Incr(d) => Some((3, *d, 0)),
+                Input::Delete => Some((4, 0, 0)),
+                Input::Get | Input::Gets => None,
+            };
+            self.twin_prev.push(class.and_then(|c| last.insert(c, i)));
+        }
     }
 
     /// Learns value ↔ unique from the `gets` outputs; a conflict is a violation on its own.
@@ -427,6 +509,11 @@ impl<'a> Partition<'a> {
                 let Some(cur) = s else {
                     return want(&Output::NotFound).then_some(None);
                 };
+                if cur == self.token_num {
+                    // What incr makes of an unobserved number is unobserved too (and a
+                    // determinate answer would have observed it).
+                    return indet.then_some(s);
+                }
                 let n = std::str::from_utf8(&self.vals.bytes[cur as usize])
                     .ok()
                     .and_then(|t| t.trim_end_matches(' ').parse::<u64>().ok());
@@ -450,7 +537,14 @@ impl<'a> Partition<'a> {
     }
 
     fn show(&self, s: State) -> Option<String> {
-        s.map(|v| String::from_utf8_lossy(&self.vals.bytes[v as usize]).into_owned())
+        s.map(|v| {
+            String::from_utf8_lossy(
+                self.vals.bytes[v as usize]
+                    .strip_prefix(b"\0")
+                    .unwrap_or(&self.vals.bytes[v as usize]),
+            )
+            .into_owned()
+        })
     }
 }
 
@@ -655,7 +749,7 @@ impl<'a> Search<'a> {
                 self.backtrack();
                 return None;
             }
-            if self.lin[i] {
+            if self.lin[i] || (i >= p.det && p.twin_prev[i - p.det].is_some_and(|t| !self.lin[t])) {
                 f.cursor += 1;
                 continue;
             }

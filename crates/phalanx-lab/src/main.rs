@@ -338,6 +338,9 @@ async fn session_check(
         seconds,
         seed: seed.unwrap_or_else(rand::random),
     };
+    if json && seed.is_none() {
+        eprintln!("session-check: seed {}", args.seed);
+    }
     let r = session_check::run_all(&args, |i, run| {
         if !json {
             print!(

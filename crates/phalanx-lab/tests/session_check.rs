@@ -125,7 +125,7 @@ async fn memcached_on_one_server_passes_the_check() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_cut_off_before_their_answer_are_indeterminate_and_still_pass() {
     let Some(m) = memcached().await else { return };
-    let proxy = Proxy::start(m.addr, Mode::CutEvery(1000)).await;
+    let proxy = Proxy::start(m.addr, Mode::CutEvery(200)).await;
     let w = Workload::new(&[proxy], Duration::from_secs(2), 11);
     let (rec, ()) = session_check::run_beside(&w, |_| async {}).await.unwrap();
     let r = session_check::check_timed(rec).await.unwrap();
