@@ -421,10 +421,29 @@ pub struct Args {
 }
 
 /// Runs `args.runs` runs (run `i` with seed `seed + i`), calling `each` after every run.
-pub async fn run_all(args: &Args, mut each: impl FnMut(usize, &RunResult)) -> Result<Report> {
+pub async fn run_all(args: &Args, each: impl FnMut(usize, &RunResult)) -> Result<Report> {
+    run_all_beside(args, |_, _| async {}, each).await
+}
+
+/// [`run_all`] with `beside(i, window)` running beside each run `i` (the nemesis: its faults
+/// must be healed by the time its future completes; the final reads come after it).
+pub async fn run_all_beside<N, Fut>(
+    args: &Args,
+    mut beside: N,
+    mut each: impl FnMut(usize, &RunResult),
+) -> Result<Report>
+where
+    N: FnMut(usize, Window) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let mut report = Report::default();
     for i in 0..args.runs {
-        let rec = run(&args.addrs, args.seconds, args.seed.wrapping_add(i as u64)).await?;
+        let w = Workload::new(
+            &args.addrs,
+            Duration::from_secs_f64(args.seconds),
+            args.seed.wrapping_add(i as u64),
+        );
+        let (rec, ()) = run_beside(&w, |window| beside(i, window)).await?;
         let r = check_timed(rec).await?;
         report.runs += 1;
         report.ops += r.ops;

@@ -254,3 +254,35 @@ async fn read_response(up: &mut BufReader<TcpStream>, retrieval: bool) -> std::i
         resp.extend(data);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_add_up_and_a_nemesis_runs_beside_each() {
+    let Some(m) = memcached().await else { return };
+    let args = session_check::Args {
+        addrs: vec![m.addr],
+        runs: 2,
+        seconds: 0.5,
+        seed: 3,
+    };
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let seen = calls.clone();
+    let mut per_run = Vec::new();
+    let report = session_check::run_all_beside(
+        &args,
+        move |i, window| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push((i, window.end > window.start));
+            }
+        },
+        |_, r| per_run.push(r.ops),
+    )
+    .await
+    .unwrap();
+    assert_eq!(*calls.lock().unwrap(), [(0, true), (1, true)]);
+    assert_eq!(report.runs, 2);
+    assert_eq!(report.ops, per_run.iter().sum::<usize>());
+    assert_eq!(report.linearizability_violations, 0);
+    assert_eq!(report.lost_acked_writes, 0);
+    eprint!("{}", session_check::render(&report));
+}
