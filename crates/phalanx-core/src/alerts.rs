@@ -35,6 +35,7 @@ pub fn alert_kind(k: EventKind) -> Option<&'static str> {
         EventKind::PlanCommitted => "plan",
         EventKind::AuthFailed => "security",
         EventKind::BackendChanged => "balancer",
+        EventKind::SessionsLeaderChanged | EventKind::SessionsEvicted => "sessions",
         EventKind::FenceRequested | EventKind::AlertFailed => return None,
     })
 }

@@ -48,10 +48,15 @@ pub enum EventKind {
     AlertFailed,
     /// A balancer's backend changed state (`details`: from, to, why).
     BackendChanged,
+    /// The session store's Raft group has a new leader (a note of the new leader).
+    SessionsLeaderChanged,
+    /// The session store evicted items to stay under `memory_limit` (a note of its leader, at
+    /// most one a minute, with the count).
+    SessionsEvicted,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 26] = [
+    pub const ALL: [EventKind; 28] = [
         EventKind::NodeAdded,
         EventKind::NodeRemoved,
         EventKind::NodeJoined,
@@ -78,6 +83,8 @@ impl EventKind {
         EventKind::AuthFailed,
         EventKind::AlertFailed,
         EventKind::BackendChanged,
+        EventKind::SessionsLeaderChanged,
+        EventKind::SessionsEvicted,
     ];
 
     /// The JSON name (`node_lost`).
@@ -109,6 +116,8 @@ impl EventKind {
             EventKind::AuthFailed => "auth_failed",
             EventKind::AlertFailed => "alert_failed",
             EventKind::BackendChanged => "backend_changed",
+            EventKind::SessionsLeaderChanged => "sessions_leader_changed",
+            EventKind::SessionsEvicted => "sessions_evicted",
         }
     }
 

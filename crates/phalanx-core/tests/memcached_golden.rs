@@ -4,8 +4,10 @@
 //! (error replies, what `noreply` silences, what a refused data block swallows, where the
 //! connection closes; valid requests there only miss, answered by a small stand-in). A second
 //! trace checks storage semantics on one connection against phalanx's store and text engine
-//! (`sessions::store`, `sessions::engine`), CAS uniques included. Skips, saying so, when
-//! /usr/bin/memcached is absent (tests/run installs it).
+//! (`sessions::store`, `sessions::engine`), CAS uniques included. A third trace does the same
+//! for the meta protocol (`mg ms md ma mn`, every flag phalanx answers, each reply kind, `q` in a
+//! pipeline, errors). Skips, saying so, when /usr/bin/memcached is absent (tests/run installs
+//! it).
 
 use phalanx_core::sessions::protocol::{parse, Limits, MetaRequest, Parsed, Request, TextRequest};
 use std::io::{Read, Write};
@@ -89,6 +91,10 @@ fn miss_reply(r: &Request) -> Vec<u8> {
             other => panic!("the golden trace has no {other:?}"),
         },
         Request::Meta(m) => match m {
+            // mg and ma answer a too long opaque after their work (here: none).
+            MetaRequest::Get { flags, .. } | MetaRequest::Arith { flags, .. } if flags.opaque_too_long() => {
+                b"CLIENT_ERROR opaque token too long\r\n".to_vec()
+            }
             MetaRequest::Get { flags, .. } => quiet(flags.quiet, b"EN\r\n"),
             MetaRequest::Set { flags, .. } => quiet(flags.quiet, b"HD\r\n"),
             // `q` hides HD on md and ma, not NF (memcached 1.6.18).
@@ -290,6 +296,29 @@ fn trace() -> Vec<(&'static str, Vec<u8>)> {
         ("ma alone", b("ma\r\n")),
         ("ma miss", b("ma k MI q\r\nma k D5 MD\r\n")),
         ("ma opaque long", b(&format!("ma k O{}\r\n", "o".repeat(40)))),
+        ("ma opaque long quiet", b(&format!("ma k q O{}\r\n", "o".repeat(40)))),
+        ("mg opaque long quiet", b(&format!("mg k q O{}\r\n", "o".repeat(40)))),
+        (
+            "ma opaque long bad mode",
+            b(&format!("ma k MX O{}\r\n", "o".repeat(40))),
+        ),
+        ("mg 18 flags", b("mg k a b c d e f g h i j k l m n o p q r\r\n")),
+        ("mg 17 flags", b("mg k a b c d e f g h i j k l m n o p q\r\n")),
+        (
+            "mg 26 flags",
+            b(&format!(
+                "mg k {}\r\n",
+                ('a'..='z').map(String::from).collect::<Vec<_>>().join(" ")
+            )),
+        ),
+        ("ms 17 flags", b("ms k 1 a b c d e f g h i j k l m n o p q\r\nx\r\n")),
+        ("ms 16 flags", b("ms k 1 a b c d e f g h i j k l m n o p\r\nx\r\n")),
+        ("md 18 flags", b("md k a b c d e f g h i j k l m n o p q r\r\n")),
+        ("ma 18 flags", b("ma k a b c d e f g h i j k l m n o p q r\r\n")),
+        ("mg lower mode", b("mg k Ms\r\n")),
+        ("ms lower mode", b("ms k 1 Ms\r\nx\r\n")),
+        ("ma lower mode", b("ma k Mi\r\n")),
+        ("ms E flag", b("ms k 1 E5\r\nx\r\n")),
     ]
 }
 
@@ -391,4 +420,301 @@ flush_all\r\nget q n\r\nset r 0 -1 1\r\nr\r\nget r\r\nverbosity 1\r\nmn\r\n"
         String::from_utf8_lossy(&want),
         "memcached (left) and phalanx (right) differ"
     );
+}
+
+/// The meta trace, one command or data line a line, sent in segments that each end with `mn`
+/// (the next is sent once memcached answered the last: memcached changes a counter in place only
+/// when no reply it has yet to send still holds the item, which a segment's wait guarantees).
+const META_TRACE: &str = r#"mn
+ms a 3 T100 F5 c k O1
+abc
+mg a s v t f c k O2 q
+mg a
+mg a k q
+mg zz
+mg zz q
+mg zz O3 k
+mg a t T50
+mg a T30 t
+mg a t c
+mg a T0 t
+mg a t
+ms h 1
+x
+mg h h l u v
+ms Zm9v 2 b k c
+hi
+mg foo k v
+mg Zm9v b k s
+mg YmFy b k q
+mg YmFy b k
+md YmFy b k
+ma YmFy b k N0 J3 v
+mg bar k v
+ms e 1 ME c
+x
+ms e 1 ME c O7 k
+y
+ms e 1 MA F9 T9 c
+z
+mg e v f t
+ms e 1 MP c
+<
+mg e v
+ms e 1 MR c
+r
+ms nr 1 MR c
+r
+ms nr 1 MA c
+r
+ms nr 1 MP c
+r
+ms e 1 C8 c
+s
+ms e 1 C8 c
+t
+ms e 1 MR C999 c
+t
+ms nc 1 C1 c
+t
+ms nc 1 C1 ME c
+t
+ms e 1 MA C1 c
+u
+ms e 1 MA C0 c
+u
+mg e v c
+ms st 1 c T60
+v
+md st I T30 q
+mg st c t v
+mg st c
+mg st v c k
+ms st 1 I C1 c
+w
+mg st c v t
+ms st 1 I C999 c
+w
+ms st 1 I MS c
+n
+mg st c v t
+md a q
+md a q
+md a O5 k
+ms d 1
+x
+md d C1 O1
+md d I q
+mg d c v
+md d C17 q k
+mg d
+mg nv N30 c v t s k O9
+mg nv N30 c v t s k O9
+mg nv R60 c
+mg nv k
+ms r 1 T10
+x
+mg r R5 c
+mg r R30 c t
+mg r R30
+ma n
+ma n N0 J7 t v c MD D3 O5 k
+ma n MD D100 v
+ma n MD v q
+ma n C1 q
+ma n C0 v
+ma n v M+
+ma n v M-
+ma n v MI D10
+mg n v
+ms s 2
+ab
+ma s
+ms em 0
+
+ma em
+ma zz q O1 k
+ma w v N0 J18446744073709551615
+ma w v
+mg w v
+ms c 1 T100
+9
+ma c T10 t v c
+mg c t v
+mn
+ma c T10 v
+mn
+mg c t
+ma tv N100 T5 t
+ma tv t
+ma tv2 T5 N100 t
+ma tv2 t
+ms neg 1 T-1
+x
+mg neg v
+mg a v q
+mg zz v q
+ms q1 1 q
+x
+md zz q
+md q1 q
+ma zz q
+ma q2 q N0
+mn
+mg a E5
+ms a 1 E5
+x
+mg a Ms
+ms a 1 Ms
+x
+ma a Mi
+ma a Md
+mg a v v
+ms a 1 c c
+x
+md a k k
+ma a q q
+mg !!! b
+ms !!! 1 b
+x
+md !!! b
+ma !!! b
+mg a Oooooooooooooooooooooooooooooooooo
+ms a 1 Oooooooooooooooooooooooooooooooooo
+x
+md a Oooooooooooooooooooooooooooooooooo
+ma a Oooooooooooooooooooooooooooooooooo
+mg a Tx
+ms a 1 Tx
+x
+ms a 1 Cx
+x
+mn
+ms ol 1
+5
+ma ol T30 Ooooooooooooooooooooooooooooooooooooo q
+mn
+mg ol v t
+mg olv N30 Ooooooooooooooooooooooooooooooooooooo
+mn
+mg olv t v
+mg zz q Ooooooooooooooooooooooooooooooooooooo
+ma zz q Ooooooooooooooooooooooooooooooooooooo
+ms olw 1 T100
+x
+mn
+mg olw Ooooooooooooooooooooooooooooooooooooo T30
+mg olw t
+mg olw T20 Ooooooooooooooooooooooooooooooooooooo
+mn
+mg olw t
+md olw I
+mg olw Ooooooooooooooooooooooooooooooooooooo
+mg olw t
+mn
+"#;
+
+/// What phalanx answers for `input` as the node will: a request `engine::needs_log` names is
+/// logged and answered by `answer_logged`, any other by `answer_read`; refusals as the parser
+/// says. One store, one fixed time.
+fn phalanx_meta(store: &mut phalanx_core::sessions::store::Store, input: &[u8], now_ms: u64) -> Vec<u8> {
+    use phalanx_core::sessions::engine;
+    let limits = Limits::default();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < input.len() {
+        match parse(&input[at..], &limits) {
+            Ok(Parsed::Complete { request, consumed }) => {
+                at += consumed;
+                if engine::needs_log(store, &request, now_ms) {
+                    out.extend(engine::answer_logged(store, &request, now_ms).bytes);
+                } else {
+                    let read = engine::answer_read(store, &request, now_ms).expect("a read");
+                    out.extend(read.bytes);
+                }
+            }
+            Ok(Parsed::Rejected { error, consumed, .. }) => {
+                out.extend_from_slice(error.reply());
+                at += consumed;
+            }
+            Ok(Parsed::Skip {
+                error, consumed, bytes, ..
+            }) => {
+                out.extend_from_slice(error.reply());
+                at += consumed + bytes;
+            }
+            other => panic!("the meta trace has no {other:?} (at byte {at})"),
+        }
+    }
+    out
+}
+
+/// The meta trace's segments, `\r\n`-terminated.
+fn meta_segments() -> Vec<Vec<u8>> {
+    let mut segments = vec![Vec::new()];
+    for line in META_TRACE.lines() {
+        let seg = segments.last_mut().expect("a segment");
+        seg.extend_from_slice(line.as_bytes());
+        seg.extend_from_slice(b"\r\n");
+        if line == "mn" {
+            segments.push(Vec::new());
+        }
+    }
+    segments.retain(|s| !s.is_empty());
+    segments
+}
+
+/// One run of the meta trace on a fresh memcached: the segments that differ.
+fn meta_run() -> Vec<String> {
+    use phalanx_core::sessions::store::Store;
+    let (_server, port) = start();
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect to memcached");
+    let mut store = Store::new(64 << 20);
+    let now_ms = 1_800_000_000_000;
+    let mut failures = Vec::new();
+    for (i, seg) in meta_segments().into_iter().enumerate() {
+        let want = phalanx_meta(&mut store, &seg, now_ms);
+        conn.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        conn.write_all(&seg).expect("send");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"MN\r\n") || got.len() < want.len() {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        if got != want {
+            failures.push(format!(
+                "segment {i} ({:?}):\n  memcached {:?}\n  phalanx   {:?}",
+                String::from_utf8_lossy(&seg),
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(&want)
+            ));
+        }
+    }
+    failures
+}
+
+/// Meta-protocol semantics against memcached: every flag phalanx answers (`O q k c C T N I v t
+/// s f b M`, `h l u` on a fresh item, `R`, `J`, `D`, `F`), every reply (`HD VA EN NF NS EX MN`,
+/// `W Z X`), `ms` modes, stale items, vivify, `q` in a pipeline ended by `mn`, and the errors
+/// (bad and duplicate flags, `E`, lower-case modes, bad base64 keys, opaque too long). memcached
+/// counts TTLs in whole seconds of its own clock: a run that straddles its tick may differ by a
+/// second, so a differing run is repeated on a fresh memcached, up to three times.
+#[test]
+fn meta_replies_match_memcached_byte_for_byte() {
+    if !std::path::Path::new(MEMCACHED).exists() {
+        eprintln!("SKIPPED: {MEMCACHED} is absent (apt-get install memcached; tests/run installs it)");
+        return;
+    }
+    let mut failures = Vec::new();
+    for attempt in 1..=3 {
+        failures = meta_run();
+        if failures.is_empty() {
+            return;
+        }
+        eprintln!("attempt {attempt}: {} segments differ", failures.len());
+    }
+    panic!("memcached and phalanx differ:\n{}", failures.join("\n"));
 }

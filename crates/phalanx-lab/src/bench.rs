@@ -1,6 +1,9 @@
 //! `phalanx-lab bench failover`: detection and leader-failover distributions over repeated SIGKILLs
 //! of the leader, at each requested heartbeat interval, plus the RSS and idle CPU of each node
-//! of an idle 5-node cluster. A benchmark, not a test: it prints figures, it asserts nothing.
+//! of an idle 5-node cluster. Each interval is measured twice (issue 15's isolation check): with
+//! the session store idle, and with it saturated by writers (`saturate`), the clusters otherwise
+//! alike (`[sessions]` on in both); false suspicions (a `node_lost` of a node nobody killed) are
+//! counted in both. A benchmark, not a test: it prints figures, it asserts nothing.
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -35,6 +38,12 @@ pub fn dist(mut v: Vec<u64>) -> Dist {
 #[derive(Debug, Clone, Serialize)]
 pub struct IntervalResult {
     pub heartbeat_interval_ms: u64,
+    /// `idle`, or `sessions_saturated` (writers saturating the session store throughout).
+    pub load: String,
+    /// Session writes acknowledged per second during the pass (the load's throughput).
+    pub session_writes_per_s: f64,
+    /// `node_lost` events beyond the kills: nodes declared dead that nobody killed.
+    pub false_suspicions: u64,
     pub detection_ms: Dist,
     pub leader_failover_ms: Dist,
     pub failover_over_detection_p50: f64,
@@ -48,10 +57,22 @@ pub struct Idle {
     pub cpu_percent: BTreeMap<String, f64>,
 }
 
+/// Leader failover with the session store saturated, against idle, at one interval.
+#[derive(Debug, Clone, Serialize)]
+pub struct Isolation {
+    pub heartbeat_interval_ms: u64,
+    pub failover_p50_idle_ms: u64,
+    pub failover_p50_loaded_ms: u64,
+    /// loaded p50 / idle p50 (the goal: at most 1.2).
+    pub ratio_loaded_over_idle_p50: f64,
+    pub false_suspicions: u64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub kills_per_interval: usize,
     pub intervals: Vec<IntervalResult>,
+    pub isolation: Vec<Isolation>,
     pub peers: Vec<PeerResult>,
     /// Why no peer was measured, if none was.
     pub peer_note: Option<String>,
@@ -77,6 +98,30 @@ pub struct BenchArgs {
     pub heartbeats: Vec<Duration>,
     pub idle_seconds: u64,
     pub json: bool,
+    /// Also measure each interval with the session store saturated.
+    pub sessions_load: bool,
+}
+
+/// `[sessions]` on `nodes` loopback ports, and those ports.
+fn sessions_config(nodes: usize) -> Result<(String, Vec<std::net::SocketAddr>)> {
+    let mut addrs = Vec::new();
+    for _ in 0..nodes {
+        addrs.push(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?);
+    }
+    let listen: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("n{} = \"{a}\"", i + 1))
+        .collect();
+    Ok((format!("\n[sessions]\nlisten = {{ {} }}\n", listen.join(", ")), addrs))
+}
+
+/// `node_lost` events in the cluster's history.
+fn nodes_lost(cluster: &LocalCluster) -> u64 {
+    match cluster.cli(&["events", "--kind", "node_lost", "--json"]) {
+        Ok((0, out, _)) => serde_json::from_str::<Vec<serde_json::Value>>(&out).map_or(0, |v| v.len() as u64),
+        _ => 0,
+    }
 }
 
 fn proc_cpu_ticks(pid: u32) -> Result<u64> {
@@ -105,46 +150,79 @@ pub async fn run(args: BenchArgs, exe: PathBuf) -> Result<BenchReport> {
     let pb = if args.json {
         ProgressBar::hidden()
     } else {
-        ProgressBar::new((args.kills * args.heartbeats.len()) as u64)
+        ProgressBar::new((args.kills * args.heartbeats.len() * if args.sessions_load { 2 } else { 1 }) as u64)
     };
     pb.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} kills {msg} [{elapsed}]")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut intervals = Vec::new();
+    let mut isolation = Vec::new();
+    let loads: &[bool] = if args.sessions_load { &[false, true] } else { &[false] };
     for hb in &args.heartbeats {
-        let mut cluster = LocalCluster::create(Spec {
-            nodes: 3,
-            heartbeat: *hb,
-            links: 2,
-            exe: exe.clone(),
-            keep: std::env::var_os("PHALANX_KEEP").is_some(),
-            extra_config: String::new(),
-            cluster_extra: String::new(),
-        })?;
-        cluster.start_all()?;
-        let mut det = Vec::new();
-        let mut fo = Vec::new();
-        for _ in 0..args.kills {
-            pb.set_message(format!("at {}ms heartbeats", hb.as_millis()));
-            let f = kill_leader(&mut cluster, timeout).await?;
-            det.push(f.detection_ms);
-            fo.push(f.leader_failover_ms);
-            rejoin(&mut cluster, &f.killed, timeout).await?;
-            pb.inc(1);
+        for &loaded in loads {
+            let (sessions, addrs) = sessions_config(3)?;
+            let mut cluster = LocalCluster::create(Spec {
+                nodes: 3,
+                heartbeat: *hb,
+                links: 2,
+                exe: exe.clone(),
+                keep: std::env::var_os("PHALANX_KEEP").is_some(),
+                extra_config: sessions,
+                cluster_extra: String::new(),
+            })?;
+            cluster.start_all()?;
+            cluster.wait_stable(timeout).await?;
+            let load = loaded.then(|| crate::saturate::start(addrs.clone(), 50));
+            let t0 = std::time::Instant::now();
+            let mut det = Vec::new();
+            let mut fo = Vec::new();
+            for _ in 0..args.kills {
+                pb.set_message(format!(
+                    "at {}ms heartbeats, session store {}",
+                    hb.as_millis(),
+                    if loaded { "saturated" } else { "idle" }
+                ));
+                let f = kill_leader(&mut cluster, timeout).await?;
+                det.push(f.detection_ms);
+                fo.push(f.leader_failover_ms);
+                rejoin(&mut cluster, &f.killed, timeout).await?;
+                pb.inc(1);
+            }
+            let session_writes_per_s = load.as_ref().map_or(0.0, |l| {
+                l.acked.load(std::sync::atomic::Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64()
+            });
+            drop(load);
+            let false_suspicions = nodes_lost(&cluster).saturating_sub(args.kills as u64);
+            let d = dist(det);
+            let l = dist(fo);
+            intervals.push(IntervalResult {
+                heartbeat_interval_ms: hb.as_millis() as u64,
+                load: if loaded { "sessions_saturated" } else { "idle" }.to_string(),
+                session_writes_per_s,
+                false_suspicions,
+                failover_over_detection_p50: l.p50 as f64 / d.p50.max(1) as f64,
+                detection_ms: d,
+                leader_failover_ms: l,
+            });
         }
-        let d = dist(det);
-        let l = dist(fo);
-        intervals.push(IntervalResult {
-            heartbeat_interval_ms: hb.as_millis() as u64,
-            failover_over_detection_p50: l.p50 as f64 / d.p50.max(1) as f64,
-            detection_ms: d,
-            leader_failover_ms: l,
-        });
+        if let [.., idle, loaded] = intervals.as_slice() {
+            if args.sessions_load {
+                isolation.push(Isolation {
+                    heartbeat_interval_ms: hb.as_millis() as u64,
+                    failover_p50_idle_ms: idle.leader_failover_ms.p50,
+                    failover_p50_loaded_ms: loaded.leader_failover_ms.p50,
+                    ratio_loaded_over_idle_p50: loaded.leader_failover_ms.p50 as f64
+                        / idle.leader_failover_ms.p50.max(1) as f64,
+                    false_suspicions: idle.false_suspicions + loaded.false_suspicions,
+                });
+            }
+        }
     }
     pb.finish_and_clear();
     let (peers, peer_note) = if args.etcd {
-        measure_etcd(&args, &intervals, timeout).await?
+        let idle: Vec<IntervalResult> = intervals.iter().filter(|i| i.load == "idle").cloned().collect();
+        measure_etcd(&args, &idle, timeout).await?
     } else {
         (Vec::new(), Some("etcd not requested (--no-etcd)".to_string()))
     };
@@ -193,6 +271,7 @@ pub async fn run(args: BenchArgs, exe: PathBuf) -> Result<BenchReport> {
     Ok(BenchReport {
         kills_per_interval: args.kills,
         intervals,
+        isolation,
         peers,
         peer_note,
         idle: Idle {
@@ -209,12 +288,17 @@ pub fn render(r: &BenchReport) -> String {
         "Leader SIGKILL, 3 nodes on loopback, 2 links each, {} kills per interval\n",
         r.kills_per_interval
     );
-    o += "heartbeat | detection ms min/p50/p99/max | leader failover ms min/p50/p99/max | failover/detection p50\n";
+    o += "heartbeat | session store       | detection ms min/p50/p99/max | leader failover ms min/p50/p99/max | failover/detection p50 | false suspicions\n";
     for i in &r.intervals {
         let d = &i.detection_ms;
         let l = &i.leader_failover_ms;
+        let load = if i.load == "idle" {
+            "idle".to_string()
+        } else {
+            format!("{:.0} writes/s", i.session_writes_per_s)
+        };
         o += &format!(
-            "{:>6}ms  | {:>5} {:>5} {:>5} {:>5}         | {:>5} {:>5} {:>5} {:>5}               | {:.2}\n",
+            "{:>6}ms  | {load:<17} | {:>5} {:>5} {:>5} {:>5}         | {:>5} {:>5} {:>5} {:>5}               | {:.2}                   | {}\n",
             i.heartbeat_interval_ms,
             d.min,
             d.p50,
@@ -224,7 +308,18 @@ pub fn render(r: &BenchReport) -> String {
             l.p50,
             l.p99,
             l.max,
-            i.failover_over_detection_p50
+            i.failover_over_detection_p50,
+            i.false_suspicions
+        );
+    }
+    for i in &r.isolation {
+        o += &format!(
+            "{:>6}ms  | isolation: leader failover p50 {} ms with the session store saturated, {} ms idle: ratio {:.2} (goal <= 1.2); false suspicions {}\n",
+            i.heartbeat_interval_ms,
+            i.failover_p50_loaded_ms,
+            i.failover_p50_idle_ms,
+            i.ratio_loaded_over_idle_p50,
+            i.false_suspicions
         );
     }
     for p in &r.peers {

@@ -19,5 +19,6 @@ pub mod linearizability;
 pub mod mcclient;
 pub mod nemesis;
 pub mod peer_etcd;
+pub mod saturate;
 pub mod session_check;
 pub mod sim;

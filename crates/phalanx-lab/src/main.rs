@@ -176,6 +176,9 @@ enum BenchCmd {
         /// Skip the side-by-side etcd measurement.
         #[arg(long)]
         no_etcd: bool,
+        /// Skip the second pass of each interval with the session store saturated.
+        #[arg(long)]
+        no_sessions_load: bool,
     },
     /// Client-observed outage when the VIP holder crashes, in the namespace lab, beside
     /// keepalived (needs root; `tests/lab/failover-bench`).
@@ -560,6 +563,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     heartbeats,
                     idle_seconds,
                     no_etcd,
+                    no_sessions_load,
                 },
         } => {
             if kills == 0 || heartbeats.is_empty() {
@@ -572,6 +576,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     heartbeats,
                     idle_seconds,
                     json: cli.json,
+                    sessions_load: !no_sessions_load,
                 },
                 exe,
             )

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod node;
 pub mod priority;
 pub mod raft;
+pub mod sessions;
 pub mod status;
 pub mod systemd;
 #[cfg(feature = "testing")]

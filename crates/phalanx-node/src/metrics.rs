@@ -80,7 +80,15 @@ pub const RESOURCE_STATES: [&str; 4] = ["started", "stopped", "failed", "unknown
 /// The metrics of `node`, as Prometheus text.
 pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
     let lb = node.balancers.statuses(node);
-    render_with(&node.status(), &node.config(), &node.fencer.attempts(), &lb)
+    let mut reg = Registry::with_prefix("phalanx");
+    register(&mut reg, &node.status(), &node.config(), &node.fencer.attempts(), &lb);
+    if let Some(s) = &node.sessions {
+        let st = node.with_state(|sm| s.status(&node.name, |id| node.name_of(sm, id).unwrap_or_default()));
+        sessions(&mut reg, &st);
+    }
+    let mut out = String::new();
+    encode(&mut out, &reg)?;
+    Ok(prometheus_text(&out))
 }
 
 /// The metrics of a status report made with `config`, and this node's fence attempts.
@@ -96,15 +104,85 @@ fn render_with(
     lb: &[BalancerStatus],
 ) -> Result<String, std::fmt::Error> {
     let mut reg = Registry::with_prefix("phalanx");
-    heartbeats(&mut reg, st);
-    raft(&mut reg, st);
-    nodes(&mut reg, st);
-    resources(&mut reg, st, config);
-    fencing(&mut reg, st, config, attempts);
-    balancers(&mut reg, lb);
+    register(&mut reg, st, config, attempts, lb);
     let mut out = String::new();
     encode(&mut out, &reg)?;
     Ok(prometheus_text(&out))
+}
+
+fn register(reg: &mut Registry, st: &StatusReport, config: &Config, attempts: &FenceAttempts, lb: &[BalancerStatus]) {
+    heartbeats(reg, st);
+    raft(reg, st);
+    nodes(reg, st);
+    resources(reg, st, config);
+    fencing(reg, st, config, attempts);
+    balancers(reg, lb);
+}
+
+/// The session store on this node (series exist while `[sessions]` is configured):
+/// `phalanx_sessions_leader`, `_items`, `_bytes`, `_connections`, `_applied_index`, and the
+/// counters `_evictions_total`, `_gets_total`, `_get_hits_total`, `_writes_total`,
+/// `_write_errors_total`.
+fn sessions(reg: &mut Registry, s: &crate::sessions::SessionsStatus) {
+    if !s.enabled {
+        return;
+    }
+    let one = |v: i64| family([(Labels::new(), v)]);
+    let gauges: [(&str, &str, i64); 6] = [
+        (
+            "sessions_leader",
+            "1 while this node leads the session store's Raft group",
+            i64::from(s.leader.as_deref() == Some(s.node.as_str())),
+        ),
+        ("sessions_items", "Items in the session store", s.items as i64),
+        (
+            "sessions_bytes",
+            "Bytes the session store holds (keys, values, per-item overhead)",
+            s.bytes as i64,
+        ),
+        (
+            "sessions_memory_limit_bytes",
+            "The session store's memory_limit",
+            s.memory_limit as i64,
+        ),
+        (
+            "sessions_connections",
+            "Client connections open to this node's memcached port",
+            s.connections as i64,
+        ),
+        (
+            "sessions_applied_index",
+            "The last entry of the session store's log this node applied",
+            s.applied_index.unwrap_or(0) as i64,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        reg.register(name, help, one(v));
+    }
+    let counters: [(&str, &str, u64); 5] = [
+        (
+            "sessions_evictions",
+            "Items evicted to stay under memory_limit (the same on every replica)",
+            s.evictions,
+        ),
+        ("sessions_gets", "Keys asked by gets on this node", s.gets),
+        (
+            "sessions_get_hits",
+            "Keys asked by gets on this node and found",
+            s.get_hits,
+        ),
+        ("sessions_writes", "Write requests received on this node", s.writes),
+        (
+            "sessions_write_errors",
+            "Write requests received on this node and answered SERVER_ERROR",
+            s.write_errors,
+        ),
+    ];
+    for (name, help, v) in counters {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        reg.register(name, help, c);
+    }
 }
 
 /// prometheus-client writes OpenMetrics, where a counter's family is named without the

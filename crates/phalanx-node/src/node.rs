@@ -48,6 +48,8 @@ pub enum NodeError {
     Transport(#[from] crate::transport::TransportError),
     #[error("storage: {0}")]
     Store(#[from] crate::raft::store::StoreError),
+    #[error("the session store: {0}")]
+    Sessions(#[from] crate::sessions::StartError),
 }
 
 impl From<RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>> for NodeError {
@@ -80,6 +82,9 @@ pub struct NodeOptions {
     /// Where the heartbeat mesh runs (`mesh::dedicated_runtime`, the daemon's); None: on the
     /// caller's runtime (tests, the simulation on paused time).
     pub mesh_runtime: Option<tokio::runtime::Handle>,
+    /// The session store's database (`raft-sessions.redb`, see `raft::group::db_file`); None:
+    /// the node hosts no session store (tests on a fake network).
+    pub sessions_db: Option<Arc<redb::Database>>,
 }
 
 /// Test seams (the simulation, `testing`): in-process stand-ins for the fence devices and for
@@ -311,6 +316,8 @@ pub struct Node {
     device_checks: std::sync::Mutex<BTreeMap<String, u64>>,
     /// The load balancers running here (the agent `balancer`'s; see `lb`).
     pub balancers: Arc<crate::lb::Balancers>,
+    /// The session store (the `sessions` Raft group and its memcached listener), if hosted.
+    pub sessions: Option<Arc<crate::sessions::Sessions>>,
 }
 
 impl Node {
@@ -360,7 +367,22 @@ impl Node {
         let state = sm.shared();
         let applied = sm.applied();
         let raft = Raft::new(opts.id, cfg, net, LogStore::new(db), sm).await?;
-        let groups = Groups::default().with(raft.clone());
+        let mut groups = Groups::default().with(raft.clone());
+        let sessions = match opts.sessions_db.clone() {
+            Some(db) => {
+                let (s, rx) = crate::sessions::Sessions::start(crate::sessions::Options {
+                    id: opts.id,
+                    db,
+                    raft_config: raft_config(&opts.config.cluster),
+                    token: opts.key.api_token(),
+                    config: opts.config.sessions.clone(),
+                })
+                .await?;
+                groups = groups.with_on(s.raft.clone(), s.rt.clone());
+                Some((s, rx))
+            }
+            None => None,
+        };
         let mesh = Mesh::new(MeshSettings {
             cluster: opts.config.cluster.name.clone(),
             me: opts.name.clone(),
@@ -405,7 +427,13 @@ impl Node {
             local_config: opts.config_text,
             runner: opts.runner.clone(),
             balancers,
+            sessions: sessions.as_ref().map(|(s, _)| s.clone()),
         });
+        if let Some((s, rx)) = sessions {
+            for t in s.run(rx, Arc::downgrade(&node)) {
+                node.track(t);
+            }
+        }
         node.balancers.attach(&node);
         node.spawn(crate::lb::checker::run(Arc::downgrade(&node)));
         node.refresh_peers();
@@ -428,6 +456,15 @@ impl Node {
                 .collect();
             if let Some(w) = witness {
                 members.insert(WITNESS_ID, BasicNode::new(w.address.to_string()));
+            }
+            if let Some(s) = &node.sessions {
+                // The session store's group forms with the cluster, on the same members, so
+                // that it is founded once (its upkeep then follows the cluster's members).
+                if !s.raft.is_initialized().await? {
+                    if let Err(e) = s.raft.initialize(members.clone()).await {
+                        tracing::info!(error = %e, "not initializing the session store");
+                    }
+                }
             }
             if let Err(e) = node.raft.initialize(members).await {
                 tracing::info!(error = %e, "not initializing the cluster");
@@ -950,6 +987,9 @@ impl Node {
     }
 
     pub async fn shutdown(&self) {
+        if let Some(s) = &self.sessions {
+            let _ = s.raft.shutdown().await;
+        }
         let _ = self.raft.shutdown().await;
     }
 

@@ -51,6 +51,7 @@ async fn start_with(cfg: phalanx_core::Config) -> Arc<Node> {
             runner: None,
             seams: Default::default(),
             mesh_runtime: None,
+            sessions_db: None,
         },
         store::open_in_memory().unwrap(),
         net.raft_network(&n.name),

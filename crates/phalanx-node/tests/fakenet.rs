@@ -40,6 +40,7 @@ async fn start(net: &FakeNet, names: &[&str]) -> Vec<Arc<Node>> {
                 runner: None,
                 seams: Default::default(),
                 mesh_runtime: None,
+                sessions_db: None,
             },
             store::open_in_memory().unwrap(),
             net.raft_network(&n.name),

@@ -10,6 +10,7 @@ use anyhow::{anyhow, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use phalanx_node::mesh::unix_ms;
 use serde::Serialize;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Serialize)]
@@ -29,6 +30,12 @@ pub struct DemoReport {
     pub service_node_before: String,
     pub service_node_after: String,
     pub service_outage_ms: u64,
+    /// The session store (`[sessions]`): a client writing session keys through it all along,
+    /// across both kills. Acknowledged writes, those missing afterwards (RPO: must be 0), and
+    /// the longest time no write was acknowledged.
+    pub session_writes_acked: u64,
+    pub session_writes_lost: u64,
+    pub session_outage_ms: u64,
 }
 
 /// The service resource of the demo: `phalanx demo-service` supervised by the process agent,
@@ -57,13 +64,35 @@ pub fn service_addr(node: &str, port: u16) -> String {
 
 /// A port free on 127.0.10.1..=N.
 pub fn service_port(nodes: usize) -> Result<u16> {
+    free_port_on("127.0.10", nodes)
+}
+
+/// A `[sessions]` section for nodes n1..=nN on loopback: node nK's store listens on
+/// 127.0.11.K, on a port free there on every node; and those addresses.
+pub fn sessions_section(nodes: usize) -> Result<(String, Vec<SocketAddr>)> {
+    let port = free_port_on("127.0.11", nodes)?;
+    let addrs: Vec<SocketAddr> = (1..=nodes)
+        .map(|i| SocketAddr::from(([127, 0, 11, i as u8], port)))
+        .collect();
+    let listen: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("n{} = \"{a}\"", i + 1))
+        .collect();
+    Ok((format!("\n[sessions]\nlisten = {{ {} }}\n", listen.join(", ")), addrs))
+}
+
+/// A port free on `<prefix>.1..=N`.
+fn free_port_on(prefix: &str, nodes: usize) -> Result<u16> {
     for _ in 0..50 {
-        let port = std::net::TcpListener::bind("127.0.10.1:0")?.local_addr()?.port();
-        if (1..=nodes).all(|i| std::net::TcpListener::bind(format!("127.0.10.{i}:{port}")).is_ok()) {
+        let port = std::net::TcpListener::bind(format!("{prefix}.1:0"))?
+            .local_addr()?
+            .port();
+        if (1..=nodes).all(|i| std::net::TcpListener::bind(format!("{prefix}.{i}:{port}")).is_ok()) {
             return Ok(port);
         }
     }
-    Err(anyhow!("no free port for the demo service"))
+    Err(anyhow!("no port free on {prefix}.1..={nodes}"))
 }
 
 /// Kill the node serving `web` and measure the outage seen by a client probing every 20 ms.
@@ -215,7 +244,8 @@ pub async fn rejoin(cluster: &mut LocalCluster, name: &str, timeout: Duration) -
 pub async fn run(args: DemoArgs, exe: std::path::PathBuf) -> Result<DemoReport> {
     let timeout = Duration::from_secs(30);
     let port = service_port(args.nodes)?;
-    let extra_config = service_config(&exe, port);
+    let (sessions_config, sessions) = sessions_section(args.nodes)?;
+    let extra_config = format!("{}{sessions_config}", service_config(&exe, port));
     let mut cluster = LocalCluster::create(Spec {
         nodes: args.nodes,
         heartbeat: args.heartbeat,
@@ -248,6 +278,16 @@ pub async fn run(args: DemoArgs, exe: std::path::PathBuf) -> Result<DemoReport> 
         format!("Cluster is up (scratch folder {}):\n", cluster.dir().display()),
     );
     say(&pb, render::status(&st));
+    pb.set_message("starting a session writer (a memcached client writing session keys through the store)");
+    let writer = crate::session_writer::Writer::start(sessions.clone(), "demo.session.");
+    writer.ready(timeout).await?;
+    say(
+        &pb,
+        format!(
+            "A client writes session keys through the session store ({}) from now on.\n",
+            sessions.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+        ),
+    );
 
     pb.set_message(format!(
         "killing the leader {leader} with SIGKILL; waiting for the survivors"
@@ -293,6 +333,15 @@ pub async fn run(args: DemoArgs, exe: std::path::PathBuf) -> Result<DemoReport> 
             "Killed {service_node_before}, which served the demo HTTP service: {service_node_after} answered after a client-observed outage of {service_outage_ms} ms.\n"
         ),
     );
+    pb.set_message("reading back every acknowledged session write");
+    let sessions_figures = writer.stop(timeout).await?;
+    say(
+        &pb,
+        format!(
+            "Sessions: {} writes acknowledged across both kills, {} lost (read back through the store), longest time without an acknowledged write {} ms.\n",
+            sessions_figures.acked, sessions_figures.lost, sessions_figures.outage_ms
+        ),
+    );
     pb.finish_and_clear();
     if args.keep {
         say(
@@ -314,5 +363,8 @@ pub async fn run(args: DemoArgs, exe: std::path::PathBuf) -> Result<DemoReport> 
         service_node_before,
         service_node_after,
         service_outage_ms,
+        session_writes_acked: sessions_figures.acked,
+        session_writes_lost: sessions_figures.lost,
+        session_outage_ms: sessions_figures.outage_ms,
     })
 }

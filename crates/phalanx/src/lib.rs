@@ -14,4 +14,6 @@ pub mod playground;
 pub mod power_switch;
 pub mod render;
 pub mod service;
+pub mod session_writer;
+pub mod sessions_cmd;
 pub mod simulate;

@@ -47,6 +47,13 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum SessionsCmd {
+    /// The leader, items, bytes, evictions, hit ratio, ops/s, commit latency, and each node's
+    /// lag behind the leader's log.
+    Status,
+}
+
+#[derive(Subcommand)]
 enum BalancerCmd {
     /// Each balancer's backends: address, state, operator state, effective weight, connections
     /// in flight and in all, errors, the cluster's check verdict and which node checks it.
@@ -194,6 +201,11 @@ enum Cmd {
     Balancer {
         #[command(subcommand)]
         cmd: BalancerCmd,
+    },
+    /// The replicated session store (memcached protocol): `phalanx sessions status`.
+    Sessions {
+        #[command(subcommand)]
+        cmd: SessionsCmd,
     },
     /// Administratively disable or enable one heartbeat link of a node.
     Link {
@@ -599,7 +611,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 print_json(&report)?;
             } else {
                 println!(
-                    "Summary: {} nodes, heartbeat {} ms: detection {} ms, leader failover {} ms, quorum after failure: {}, rejoined: {}, service outage {} ms ({} -> {})",
+                    "Summary: {} nodes, heartbeat {} ms: detection {} ms, leader failover {} ms, quorum after failure: {}, rejoined: {}, service outage {} ms ({} -> {}); sessions: {} writes acknowledged, {} lost, longest without an acknowledged write {} ms",
                     report.nodes,
                     report.heartbeat_interval_ms,
                     report.detection_ms,
@@ -608,14 +620,19 @@ async fn run(cli: Cli) -> Result<i32> {
                     report.rejoined,
                     report.service_outage_ms,
                     report.service_node_before,
-                    report.service_node_after
+                    report.service_node_after,
+                    report.session_writes_acked,
+                    report.session_writes_lost,
+                    report.session_outage_ms
                 );
             }
-            Ok(if report.quorum_after_failure && report.rejoined {
-                0
-            } else {
-                1
-            })
+            Ok(
+                if report.quorum_after_failure && report.rejoined && report.session_writes_lost == 0 {
+                    0
+                } else {
+                    1
+                },
+            )
         }
         Cmd::Init { key } => {
             let path = match key {
@@ -894,6 +911,22 @@ async fn run(cli: Cli) -> Result<i32> {
                 print!("{}", phalanx::balancer_cmd::render(&found));
             }
             Ok(0)
+        }
+        Cmd::Sessions {
+            cmd: SessionsCmd::Status,
+        } => {
+            let (client, apis) = apis(&cli)?;
+            let report = phalanx::sessions_cmd::status(&client, &apis).await;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                print!("{}", phalanx::sessions_cmd::render(&report));
+            }
+            Ok(if report.nodes.iter().any(|n| n.status.is_some()) {
+                0
+            } else {
+                1
+            })
         }
         Cmd::Why { resource } => {
             let (client, apis) = apis(&cli)?;

@@ -312,7 +312,7 @@ pub async fn up(args: UpArgs, exe: PathBuf) -> Result<(UpReport, String)> {
                 links: 2,
                 exe: exe.clone(),
                 keep: true,
-                extra_config: sample_resources(&exe, db_port, web_port),
+                extra_config: sample_resources(&exe, db_port, web_port) + &demo::sessions_section(args.nodes)?.0,
                 cluster_extra: String::new(),
             },
             &dir,
@@ -421,6 +421,13 @@ fn up_text(state: &State, st: &StatusReport) -> String {
     }
     if let Some(p) = state.witness {
         out += &format!("  witness  pid {p}\n");
+    }
+    if let Some(s) = crate::client::load_config(&state.config).ok().and_then(|c| c.sessions) {
+        let addrs: Vec<String> = s.listen.values().map(|a| a.to_string()).collect();
+        out += &format!(
+            "  session store (memcached protocol) on every node: {} (phalanx sessions status)\n",
+            addrs.join(", ")
+        );
     }
     for r in &st.resources {
         let on: Vec<&str> = r.running.keys().map(String::as_str).collect();

@@ -37,7 +37,7 @@ pub enum AlertTarget {
 }
 
 /// Every alert kind a recipient can select (see `crate::alerts::alert_kind`).
-pub const ALERT_KINDS: [&str; 10] = [
+pub const ALERT_KINDS: [&str; 11] = [
     "node",
     "fencing",
     "resource",
@@ -48,6 +48,7 @@ pub const ALERT_KINDS: [&str; 10] = [
     "plan",
     "security",
     "balancer",
+    "sessions",
 ];
 
 pub const DEFAULT_ALERT_TIMEOUT: Duration = Duration::from_secs(30);

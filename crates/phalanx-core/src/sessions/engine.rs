@@ -1,10 +1,27 @@
-//! A text-protocol request answered against a [`Store`], purely: reads (`get gets`) straight
-//! from it, writes applied as the log would apply them (the caller passes the time the leader
-//! logged), in memcached's reply format (`VALUE key flags bytes [cas]`, `END`, `noreply`
+//! A request answered against a [`Store`], purely. For the text protocol: reads (`get gets`)
+//! straight from it, writes applied as the log would apply them (the caller passes the time the
+//! leader logged), in memcached's reply format (`VALUE key flags bytes [cas]`, `END`, `noreply`
 //! silencing). The node's listener will route writes through the sessions Raft group and reads
-//! through a read index, and answer with these same bytes; tests use it whole.
+//! through a read index, and answer with these same bytes; tests use it whole. The meta
+//! protocol's answers live in `meta` (see its notes on what differs from memcached 1.6.18).
+//!
+//! The contract with the node, exact: every request for which [`needs_log`] is true is logged
+//! and answered by [`answer_logged`] on every replica at the leader's logged time (so answers
+//! and changes are the same everywhere); every other request is answered by [`answer_read`] at
+//! a read index (the listener may call `answer_read` first and log the request when it gives
+//! None). [`is_write`] is the part of `needs_log` the request alone decides; `needs_log` adds
+//! the one read that changes the store: an `mg` without `T`, `N` or `R` that meets a stale item
+//! whose recache token no client holds (memcached gives it the token: `X W`, later clients `Z`).
+//!
+//! The simpler contract, safe but not exact: log what [`is_write`] names and answer everything
+//! with [`answer_request`], which is `answer_logged` for those and never changes the store for
+//! the rest. The one difference: such an `mg` on a stale item answers `X W` but cannot take the
+//! token, so every such reader wins until a logged request (an `mg` with `N`, `R` or `T`) takes
+//! it.
 
-use super::protocol::TextRequest;
+mod meta;
+
+use super::protocol::{MetaRequest, Request, TextRequest};
 use super::store::{Item, Op, Reply, Store};
 
 /// What a request gets back, and whether the connection ends (`quit`).
@@ -51,6 +68,79 @@ pub fn write_of(req: &TextRequest) -> Option<Op> {
     })
 }
 
+/// Whether `req` changes the store whatever it holds (the node logs it through the sessions
+/// group and answers with what applying it gave), or only reads it or nothing. An `mg` with
+/// `T` (touch), `N` (vivify) or `R` (recache: it may win the token) is a write. See
+/// [`needs_log`] for the one read that the store decides.
+pub fn is_write(req: &Request) -> bool {
+    match req {
+        Request::Text(t) => write_of(t).is_some() || matches!(t, TextRequest::Gat { .. }),
+        Request::Meta(MetaRequest::Get { flags, .. }) => {
+            flags.ttl.is_some() || flags.vivify.is_some() || flags.recache.is_some()
+        }
+        Request::Meta(MetaRequest::Noop) => false,
+        Request::Meta(_) => true,
+    }
+}
+
+/// Whether `req` must be logged on this store at `now_ms`: [`is_write`], or an `mg` that would
+/// win a stale item's recache token (`X W`, which marks the item `Z` for every later client).
+pub fn needs_log(store: &Store, req: &Request, now_ms: u64) -> bool {
+    answer_read(store, req, now_ms).is_none()
+}
+
+/// Answer a request that changes nothing, purely; None when it must be logged ([`needs_log`]).
+pub fn answer_read(store: &Store, req: &Request, now_ms: u64) -> Option<Answer> {
+    if is_write(req) {
+        return None;
+    }
+    match req {
+        Request::Text(t) => Some(read(store, t, now_ms)),
+        Request::Meta(MetaRequest::Get { key, flags }) => {
+            let (bytes, ops) = meta::get(store, key, flags, now_ms);
+            ops.is_empty().then_some(Answer { bytes, close: false })
+        }
+        Request::Meta(MetaRequest::Noop) => Some(Answer {
+            bytes: b"MN\r\n".to_vec(),
+            close: false,
+        }),
+        Request::Meta(_) => None,
+    }
+}
+
+/// Answer any request against `store` at `now_ms`: [`answer_logged`] for what [`is_write`]
+/// names, and for the rest an answer that never changes the store (the one read `needs_log`
+/// adds is answered as memcached would, without taking the token it wins).
+pub fn answer_request(store: &mut Store, req: &Request, now_ms: u64) -> Answer {
+    match (is_write(req), req) {
+        (false, Request::Meta(MetaRequest::Get { key, flags })) => Answer {
+            bytes: meta::get(store, key, flags, now_ms).0,
+            close: false,
+        },
+        _ => answer_logged(store, req, now_ms),
+    }
+}
+
+/// Answer a logged request against `store` at the leader's `now_ms`, changing it as memcached
+/// would (what the sessions state machine runs, on every replica alike).
+pub fn answer_logged(store: &mut Store, req: &Request, now_ms: u64) -> Answer {
+    let bytes = match req {
+        Request::Text(t) => return answer(store, t, now_ms),
+        Request::Meta(MetaRequest::Get { key, flags }) => {
+            let (bytes, ops) = meta::get(store, key, flags, now_ms);
+            for op in &ops {
+                store.apply(op, now_ms);
+            }
+            bytes
+        }
+        Request::Meta(MetaRequest::Set { key, flags, data }) => meta::set(store, key, flags, data, now_ms),
+        Request::Meta(MetaRequest::Delete { key, flags }) => meta::delete(store, key, flags, now_ms),
+        Request::Meta(MetaRequest::Arith { key, flags }) => meta::arith(store, key, flags, now_ms),
+        Request::Meta(MetaRequest::Noop) => b"MN\r\n".to_vec(),
+    };
+    Answer { bytes, close: false }
+}
+
 fn value_line(out: &mut Vec<u8>, key: &[u8], item: &Item, cas: bool) {
     out.extend_from_slice(b"VALUE ");
     out.extend_from_slice(key);
@@ -63,30 +153,15 @@ fn value_line(out: &mut Vec<u8>, key: &[u8], item: &Item, cas: bool) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Answer `req` against `store` at `now_ms`.
-pub fn answer(store: &mut Store, req: &TextRequest, now_ms: u64) -> Answer {
+/// A text request that writes nothing, answered against `store` (a write answers
+/// `SERVER_ERROR`: call [`answer`] for those).
+fn read(store: &Store, req: &TextRequest, now_ms: u64) -> Answer {
     let bytes = match req {
         TextRequest::Get { keys, cas } => {
             let mut out = Vec::new();
             for k in keys {
                 if let Some(item) = store.get(k, now_ms) {
                     value_line(&mut out, k, item, *cas);
-                }
-            }
-            out.extend_from_slice(b"END\r\n");
-            out
-        }
-        TextRequest::Gat { exptime, keys, cas } => {
-            let mut out = Vec::new();
-            for k in keys {
-                let touch = Op::Touch {
-                    key: k.clone(),
-                    exptime: *exptime,
-                };
-                if store.apply(&touch, now_ms) == Reply::Touched {
-                    if let Some(item) = store.get(k, now_ms) {
-                        value_line(&mut out, k, item, *cas);
-                    }
                 }
             }
             out.extend_from_slice(b"END\r\n");
@@ -105,6 +180,35 @@ pub fn answer(store: &mut Store, req: &TextRequest, now_ms: u64) -> Answer {
                 bytes: Vec::new(),
                 close: true,
             }
+        }
+        _ => b"SERVER_ERROR a write answered as a read\r\n".to_vec(),
+    };
+    Answer { bytes, close: false }
+}
+
+/// Answer `req` against `store` at `now_ms`.
+pub fn answer(store: &mut Store, req: &TextRequest, now_ms: u64) -> Answer {
+    let bytes = match req {
+        TextRequest::Get { .. }
+        | TextRequest::Version
+        | TextRequest::Verbosity { .. }
+        | TextRequest::Stats { .. }
+        | TextRequest::Quit => return read(store, req, now_ms),
+        TextRequest::Gat { exptime, keys, cas } => {
+            let mut out = Vec::new();
+            for k in keys {
+                let touch = Op::Touch {
+                    key: k.clone(),
+                    exptime: *exptime,
+                };
+                if store.apply(&touch, now_ms) == Reply::Touched {
+                    if let Some(item) = store.get(k, now_ms) {
+                        value_line(&mut out, k, item, *cas);
+                    }
+                }
+            }
+            out.extend_from_slice(b"END\r\n");
+            out
         }
         write => {
             let noreply = matches!(

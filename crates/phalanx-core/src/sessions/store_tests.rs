@@ -191,3 +191,211 @@ fn memory_is_bounded_by_evicting_the_oldest_write_alike_on_every_replica() {
         b"SERVER_ERROR out of memory storing object\r\n"
     );
 }
+
+#[test]
+fn changes_name_what_a_node_must_persist_and_parts_rebuild_the_same_store() {
+    let limit = 3 * (1 + 10 + ITEM_OVERHEAD);
+    let mut s = Store::new(limit);
+    let now = 1_800_000_000_000;
+    for k in ["a", "b", "c", "d"] {
+        s.apply(&set(StoreMode::Set, k, "0123456789", 0), now);
+    }
+    s.apply(&Op::Delete { key: b"b".to_vec() }, now);
+    let ch = s.take_changes();
+    assert!(!ch.cleared);
+    let keys: Vec<&[u8]> = ch.keys.iter().map(Vec::as_slice).collect();
+    assert_eq!(
+        keys,
+        [&b"a"[..], b"b", b"c", b"d"],
+        "written, evicted (a) and deleted (b)"
+    );
+    assert!(s.raw(b"a").is_none() && s.raw(b"b").is_none() && s.raw(b"c").is_some());
+    assert_eq!(s.meta().evictions, 1);
+    assert_eq!(s.take_changes(), Changes::default(), "taken once");
+
+    // Rebuilt from its parts, it is the same store and goes on alike.
+    let items: Vec<(Vec<u8>, Item)> = s.items().map(|(k, i)| (k.clone(), i.clone())).collect();
+    let mut t = Store::from_parts(limit, s.meta(), items);
+    assert_eq!(t, s);
+    for st in [&mut s, &mut t] {
+        st.apply(&set(StoreMode::Set, "e", "0123456789", 0), now);
+        st.apply(&set(StoreMode::Set, "f", "0123456789", 0), now);
+    }
+    assert_eq!(t, s, "the same evictions and CAS uniques after a rebuild");
+    s.apply(&Op::FlushAll { delay: None }, now);
+    assert!(s.take_changes().cleared);
+}
+
+/// A model item: value, flags, expiry (unix ms), CAS unique.
+type ModelItem = (Vec<u8>, u32, Option<u64>, u64);
+
+/// The model of the model-based test: what memcached promises, in the plainest form.
+#[derive(Debug, Clone, PartialEq)]
+struct Model {
+    items: BTreeMap<Vec<u8>, ModelItem>,
+    cas: u64,
+}
+
+impl Model {
+    fn live(&self, k: &[u8], now: u64) -> Option<&ModelItem> {
+        self.items.get(k).filter(|i| i.2.is_none_or(|e| now < e))
+    }
+
+    fn apply(&mut self, op: &Op, now: u64) -> Reply {
+        let live = |m: &Model, k: &Vec<u8>| m.live(k, now).cloned();
+        match op {
+            Op::Store {
+                mode,
+                key,
+                flags,
+                exptime,
+                cas,
+                data,
+            } => {
+                let cur = live(self, key);
+                let (value, flags, exp) = match (mode, &cur) {
+                    (StoreMode::Add, Some(_)) | (StoreMode::Replace | StoreMode::Append | StoreMode::Prepend, None) => {
+                        return Reply::NotStored
+                    }
+                    (StoreMode::Cas, None) => return Reply::NotFound,
+                    (StoreMode::Cas, Some(c)) if Some(c.3) != *cas => return Reply::Exists,
+                    (StoreMode::Append, Some(c)) => ([c.0.clone(), data.clone()].concat(), c.1, c.2),
+                    (StoreMode::Prepend, Some(c)) => ([data.clone(), c.0.clone()].concat(), c.1, c.2),
+                    _ => (data.clone(), *flags, expiry(*exptime, now)),
+                };
+                self.cas += 1;
+                self.items.insert(key.clone(), (value, flags, exp, self.cas));
+                Reply::Stored
+            }
+            Op::Delete { key } => match live(self, key) {
+                Some(_) => {
+                    self.items.remove(key);
+                    Reply::Deleted
+                }
+                None => Reply::NotFound,
+            },
+            Op::Arith { incr, key, delta } => {
+                let Some(c) = live(self, key) else {
+                    return Reply::NotFound;
+                };
+                let Some(n) = std::str::from_utf8(&c.0)
+                    .ok()
+                    .and_then(|s| s.trim_end().parse::<u64>().ok())
+                    .filter(|_| c.0.first().is_some_and(u8::is_ascii_digit))
+                else {
+                    return Reply::NonNumeric;
+                };
+                let n = if *incr {
+                    n.wrapping_add(*delta)
+                } else {
+                    n.saturating_sub(*delta)
+                };
+                let mut v = n.to_string().into_bytes();
+                if v.len() < c.0.len() {
+                    v.resize(c.0.len(), b' ');
+                }
+                self.cas += 1;
+                self.items.insert(key.clone(), (v, c.1, c.2, self.cas));
+                Reply::Number(n)
+            }
+            Op::Touch { key, exptime } => match live(self, key) {
+                Some(c) => {
+                    self.items.insert(key.clone(), (c.0, c.1, expiry(*exptime, now), c.3));
+                    Reply::Touched
+                }
+                None => Reply::NotFound,
+            },
+            Op::FlushAll { .. } => {
+                self.items.clear();
+                Reply::Ok
+            }
+            // The meta protocol's writes have their own tests (engine/meta_tests.rs).
+            _ => unreachable!("the model covers the text protocol's writes"),
+        }
+    }
+}
+
+/// One step of the model-based test: an operation on one of three keys, time moving on, or a
+/// restart (the store rebuilt from what a node persists: its meta and its items).
+#[derive(Debug, Clone)]
+enum Step {
+    Op(Op),
+    /// A `cas` with the unique the key's item has now (a client that just read it).
+    CasCurrent(usize, String),
+    Wait(u64),
+    Restart,
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    let key = (0usize..3).prop_map(|k| format!("k{k}").into_bytes());
+    let value = prop_oneof![
+        (0u64..1000).prop_map(|n| n.to_string()),
+        "[a-z ]{0,6}".prop_map(String::from),
+    ];
+    // Never, at once, a few seconds, or an absolute time a few seconds after T0.
+    let exptime = prop_oneof![
+        Just(0i32),
+        Just(-1),
+        1i32..4,
+        (2i32..5).prop_map(|s| (T0 / 1000) as i32 + s)
+    ];
+    let mode = prop_oneof![
+        Just(StoreMode::Set),
+        Just(StoreMode::Add),
+        Just(StoreMode::Replace),
+        Just(StoreMode::Append),
+        Just(StoreMode::Prepend),
+        Just(StoreMode::Cas),
+    ];
+    prop_oneof![
+        4 => (mode, key.clone(), value.clone(), exptime.clone(), 0u64..50).prop_map(|(mode, key, v, exptime, cas)| {
+            // As the text protocol sends them: a unique with `cas` alone.
+            let cas = (mode == StoreMode::Cas).then_some(cas);
+            Step::Op(Op::Store { mode, key, flags: 3, exptime, cas, data: v.into_bytes() })
+        }),
+        1 => key.clone().prop_map(|key| Step::Op(Op::Delete { key })),
+        2 => (any::<bool>(), key.clone(), prop_oneof![0u64..20, Just(u64::MAX)]).prop_map(|(incr, key, delta)| Step::Op(Op::Arith { incr, key, delta })),
+        1 => (key.clone(), exptime).prop_map(|(key, exptime)| Step::Op(Op::Touch { key, exptime })),
+        1 => (0usize..3, value).prop_map(|(k, v)| Step::CasCurrent(k, v)),
+        2 => (0u64..2500).prop_map(Step::Wait),
+        1 => Just(Step::Restart),
+        1 => Just(Step::Op(Op::FlushAll { delay: None })),
+    ]
+}
+
+proptest::proptest! {
+    /// The store against the model over random steps: the same answers, and after every step
+    /// every key reads the same (value, flags, CAS unique) at the same time; restarts (a
+    /// rebuild from the persisted parts) change nothing.
+    #[test]
+    fn the_store_behaves_as_its_model_across_time_and_restarts(steps in proptest::collection::vec(step(), 1..80)) {
+        let limit = 1 << 20;
+        let mut s = Store::new(limit);
+        let mut m = Model { items: BTreeMap::new(), cas: 0 };
+        let mut now = T0;
+        for st in &steps {
+            match st {
+                Step::Op(op) => proptest::prop_assert_eq!(s.apply(op, now), m.apply(op, now), "{:?}", op),
+                Step::CasCurrent(k, v) => {
+                    let key = format!("k{k}").into_bytes();
+                    let cas = s.get(&key, now).map(|i| i.cas);
+                    proptest::prop_assert_eq!(cas, m.live(&key, now).map(|i| i.3));
+                    let op = Op::Store { mode: StoreMode::Cas, key, flags: 1, exptime: 0, cas, data: v.clone().into_bytes() };
+                    proptest::prop_assert_eq!(s.apply(&op, now), m.apply(&op, now), "{:?}", op);
+                }
+                Step::Wait(ms) => now += ms,
+                Step::Restart => {
+                    let items: Vec<(Vec<u8>, Item)> = s.items().map(|(k, i)| (k.clone(), i.clone())).collect();
+                    s = Store::from_parts(limit, s.meta(), items);
+                }
+            }
+            for k in 0..3 {
+                let key = format!("k{k}").into_bytes();
+                let got = s.get(&key, now).map(|i| (i.value.clone(), i.flags, i.cas));
+                let want = m.live(&key, now).map(|i| (i.0.clone(), i.1, i.3));
+                proptest::prop_assert_eq!(got, want, "k{} after {:?}", k, st);
+            }
+        }
+    }
+}

@@ -115,7 +115,11 @@ impl From<NodeError> for ApiError {
             }
             NodeError::Membership(m) => ApiError::Refused(m.to_string()),
             NodeError::NotForwardable { .. } => ApiError::Forbidden(e.to_string()),
-            NodeError::RaftStopped(_) | NodeError::RaftConfig(_) | NodeError::Transport(_) | NodeError::Store(_) => {
+            NodeError::RaftStopped(_)
+            | NodeError::RaftConfig(_)
+            | NodeError::Transport(_)
+            | NodeError::Store(_)
+            | NodeError::Sessions(_) => {
                 tracing::error!(error = %e, "an API request failed inside the node");
                 ApiError::Unavailable("this node cannot commit right now (its log says why)".into())
             }

@@ -45,6 +45,7 @@ pub(super) fn routes() -> Router<Arc<Node>> {
         .route("/v1/maintenance", post(maintenance))
         .route("/v1/why/{rsc}", get(why))
         .route("/v1/balancers", get(balancers))
+        .route("/v1/sessions", get(sessions))
         .route("/v1/balancers/{id}/backends/{backend}", post(backend_admin))
         .route("/metrics", get(metrics))
 }
@@ -333,6 +334,19 @@ async fn set_link(
 /// from the state: see `phalanx balancer status`).
 async fn balancers(State(node): State<Arc<Node>>) -> Json<Vec<crate::lb::BalancerStatus>> {
     Json(node.balancers.statuses(&node))
+}
+
+/// This node's view of the session store (404 where it hosts none: the witness in tests).
+async fn sessions(State(node): State<Arc<Node>>) -> Result<Json<crate::sessions::SessionsStatus>, ApiError> {
+    let s = node
+        .sessions
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound("this node hosts no session store".into()))?;
+    Ok(Json(node.with_state(|sm| {
+        s.status(&node.name, |id| {
+            node.name_of(sm, id).unwrap_or_else(|| format!("node {id}"))
+        })
+    })))
 }
 
 /// A weight in `POST /v1/balancers/{id}/backends/{backend}`: a number, or `"config"` (the

@@ -31,6 +31,42 @@ pub(super) fn routes() -> Router<Arc<Node>> {
             post(raft_rpc).layer(DefaultBodyLimit::max(crate::raft::RAFT_BODY_LIMIT)),
         )
         .route(FORWARD_PATH, post(forwarded_write))
+        .route(
+            crate::sessions::WRITE_PATH,
+            post(sessions_write).layer(DefaultBodyLimit::max(crate::raft::RAFT_BODY_LIMIT)),
+        )
+        .route(crate::sessions::READ_PATH, post(sessions_read))
+}
+
+fn sessions_of(node: &Node) -> Result<Arc<crate::sessions::Sessions>, ApiError> {
+    node.sessions
+        .clone()
+        .ok_or_else(|| ApiError::NotFound("this node hosts no session store".into()))
+}
+
+/// A follower's batch of session writes (postcard `Vec<Request>`), on the leader: logged and
+/// answered (postcard `Result<Answers, SessionsError>`), on the sessions runtime.
+async fn sessions_write(State(node): State<Arc<Node>>, body: Bytes) -> Result<Vec<u8>, ApiError> {
+    let s = sessions_of(&node)?;
+    let requests: Vec<phalanx_core::sessions::protocol::Request> =
+        postcard::from_bytes(&body).map_err(|e| ApiError::BadInput(format!("session writes: {e}")))?;
+    let rt = s.rt.clone();
+    let r = rt
+        .spawn(async move { s.leader_write(requests).await })
+        .await
+        .map_err(|_| ApiError::Internal("the sessions runtime stopped"))?;
+    postcard::to_allocvec(&r).map_err(|_| ApiError::Internal("encoding the session answers failed"))
+}
+
+/// A follower's read-index request, on the leader (postcard `Result<ReadPoint, SessionsError>`).
+async fn sessions_read(State(node): State<Arc<Node>>) -> Result<Vec<u8>, ApiError> {
+    let s = sessions_of(&node)?;
+    let rt = s.rt.clone();
+    let r = rt
+        .spawn(async move { s.leader_read().await })
+        .await
+        .map_err(|_| ApiError::Internal("the sessions runtime stopped"))?;
+    postcard::to_allocvec(&r).map_err(|_| ApiError::Internal("encoding the read point failed"))
 }
 
 async fn raft_rpc(
@@ -44,7 +80,7 @@ async fn raft_rpc(
         .map_err(|e| match e {
             RpcError::UnknownGroup(_) | RpcError::UnknownRpc(_) => ApiError::NotFound(e.to_string()),
             RpcError::Malformed { .. } => ApiError::BadInput(e.to_string()),
-            RpcError::Encode { .. } => {
+            RpcError::Encode { .. } | RpcError::Stopped(_) => {
                 tracing::error!(error = %e, "raft rpc");
                 ApiError::Internal("encoding the raft answer failed")
             }

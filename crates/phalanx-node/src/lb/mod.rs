@@ -123,8 +123,9 @@ pub fn runtime() -> Result<tokio::runtime::Handle, LbError> {
 /// A listener on `addr`, with `IP_FREEBIND` (`IPV6_FREEBIND`): it binds even before the
 /// address is up on this node (a VIP the balancer is not grouped with, or one that comes up a
 /// moment later), as HAProxy's `transparent`/`freebind` bind option; and `SO_REUSEADDR`, so a
-/// balancer restarting here is not refused by its former connections in TIME_WAIT.
-fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+/// balancer restarting here is not refused by its former connections in TIME_WAIT. (The session
+/// store's memcached listener binds the same way.)
+pub(crate) fn listen_freebind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     if addr.is_ipv4() {
         sock.set_freebind_v4(true)?;
@@ -240,7 +241,7 @@ impl Balancers {
             .spawn(async move {
                 let mut out = Vec::new();
                 for addr in addrs {
-                    out.push(listen(addr).map_err(|source| LbError::Bind { addr, source })?);
+                    out.push(listen_freebind(addr).map_err(|source| LbError::Bind { addr, source })?);
                 }
                 Ok::<_, LbError>(out)
             })
@@ -453,11 +454,11 @@ mod tests {
             std::net::TcpListener::bind(addr).is_err(),
             "the address is not local here (else the test says nothing)"
         );
-        let l = listen(addr).expect("freebind binds it");
+        let l = listen_freebind(addr).expect("freebind binds it");
         assert_eq!(l.local_addr().unwrap().ip(), addr.ip());
-        let taken = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let taken = listen_freebind("127.0.0.1:0".parse().unwrap()).unwrap();
         assert!(
-            listen(taken.local_addr().unwrap()).is_err(),
+            listen_freebind(taken.local_addr().unwrap()).is_err(),
             "a port in use is still refused"
         );
     }

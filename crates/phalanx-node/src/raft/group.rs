@@ -1,7 +1,7 @@
 //! Raft groups: separate openraft instances on the same nodes, each with its own log,
 //! snapshots, redb file and routes, so that a storm of writes in one never delays another.
-//! Today there is one, `cluster` (membership, liveness, resources, plans); the session store
-//! will be the second. A group is named by a [`GroupId`] and typed by a [`Group`] (its openraft
+//! There are two: `cluster` (membership, liveness, resources, plans) and `sessions` (the
+//! session store, `raft::sessions`, whose RPCs are served on its own runtime). A group is named by a [`GroupId`] and typed by a [`Group`] (its openraft
 //! type config, which knows its name); its peers reach it at `/raft/{group}/{append,vote,
 //! snapshot}` (the client: `network::HttpNetwork<C>`), and the peer router hands each request
 //! to the group's Raft through the node's [`Groups`] registry. Each group keeps its log in its
@@ -90,14 +90,23 @@ pub trait GroupRpc: Send + Sync {
 /// through.
 #[derive(Clone, Default)]
 pub struct Groups {
-    by_name: BTreeMap<GroupId, Arc<dyn GroupRpc>>,
+    /// Each group's Raft, and the runtime its RPCs are served on (None: the caller's).
+    by_name: BTreeMap<GroupId, (Arc<dyn GroupRpc>, Option<tokio::runtime::Handle>)>,
 }
 
 impl Groups {
     /// These groups and `raft`'s, under its name (`C::ID`). Each group is added once: a second
     /// Raft of the same group replaces the first.
     pub fn with<C: Group>(mut self, raft: openraft::Raft<C>) -> Groups {
-        self.by_name.insert(C::ID, Arc::new(raft));
+        self.by_name.insert(C::ID, (Arc::new(raft), None));
+        self
+    }
+
+    /// As [`Groups::with`], its RPCs decoded and served on runtime `rt` (the caller's thread
+    /// only carries the bytes): the session store's, whose writes must not load the thread
+    /// that serves the cluster group.
+    pub fn with_on<C: Group>(mut self, raft: openraft::Raft<C>, rt: tokio::runtime::Handle) -> Groups {
+        self.by_name.insert(C::ID, (Arc::new(raft), Some(rt)));
         self
     }
 
@@ -108,11 +117,19 @@ impl Groups {
 
     /// Serve one RPC for the group named `group` (as found in the request path).
     pub async fn serve(&self, group: &str, rpc: &str, body: &[u8]) -> Result<Vec<u8>, RpcError> {
-        let g = self
+        let (g, rt) = self
             .by_name
             .get(group)
             .ok_or_else(|| RpcError::UnknownGroup(group.to_string()))?;
-        g.serve(rpc, body).await
+        match rt {
+            None => g.serve(rpc, body).await,
+            Some(rt) => {
+                let (g, rpc, body) = (g.clone(), rpc.to_string(), body.to_vec());
+                rt.spawn(async move { g.serve(&rpc, &body).await })
+                    .await
+                    .unwrap_or_else(|e| Err(RpcError::Stopped(e.to_string())))
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod group;
 mod legacy;
 pub mod network;
+pub mod sessions;
 mod sm_tables;
 pub mod state_machine;
 pub mod store;

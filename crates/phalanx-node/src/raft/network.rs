@@ -30,6 +30,8 @@ pub enum RpcError {
     Malformed { rpc: &'static str, source: postcard::Error },
     #[error("encoding the {rpc} answer: {source}")]
     Encode { rpc: &'static str, source: postcard::Error },
+    #[error("the group's runtime did not serve it: {0}")]
+    Stopped(String),
 }
 
 /// Creates one connection handle per peer for group `C` (its requests go to

@@ -362,6 +362,7 @@ impl Sim {
                     forward: Some(self.net.forwarder(name)),
                 },
                 mesh_runtime: None,
+                sessions_db: None,
             },
             slot.db.clone(),
             self.net.raft_network(name),

@@ -6,13 +6,22 @@ use super::{
     data_block, safe_strtol, safe_strtoul, safe_strtoull, Block, Limits, Parsed, ProtoError, Request, MAX_KEY_LEN,
 };
 
-/// The longest `O` token memcached echoes, the `O` included (`MFLAG_MAX_OPAQUE_LENGTH`).
-const MAX_OPAQUE_TOKEN: usize = 32;
+/// The longest `O` token memcached echoes, the `O` included (`MFLAG_MAX_OPAQUE_LENGTH`). `ms`
+/// and `md` refuse a longer one before doing anything; `mg` and `ma` only when their reply
+/// reaches it, after what they changed (1.6.18): the parser passes those on, the engine answers
+/// the error ([`MetaFlags::opaque_too_long`]).
+pub const MAX_OPAQUE_TOKEN: usize = 32;
+/// The fewest tokens (command, key, arguments) memcached refuses as too many flags: its
+/// `ntokens > MFLAG_MAX_OPT_LENGTH` (20), counting the terminal empty token.
+const TOO_MANY_TOKENS: usize = 20;
 
 /// A meta command's flags. Return flags are booleans; flags with a token hold it parsed.
 /// memcached 1.6.18 knows no `E` (explicit cas) and no `x`: both are refused as unknown there,
-/// and here.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// and here (phalanx keeps 1.6.18's refusal: an explicit CAS value would let a client move an
+/// item's unique backwards, and the store's uniques only grow). `order` keeps the flags'
+/// letters as sent: memcached walks them in that order to build its reply (return flags come
+/// back in request order, and `T`, `N`, `R`, `t` act on the item as the walk reaches them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MetaFlags {
     /// `b`: the key was sent base64-encoded (the request's key is decoded).
     pub base64: bool,
@@ -52,16 +61,26 @@ pub struct MetaFlags {
     pub recache: Option<i32>,
     /// `F`: client flags to store.
     pub client_flags: Option<u32>,
-    /// `M`: the mode byte (`ms`: E A P R S; `ma`: I + D -; either case), as sent.
+    /// `M`: the mode byte (`ms`: E A P R S; `ma`: I + D -; upper case only, as in 1.6.18), as sent.
     pub mode: Option<u8>,
     /// `J`: `ma`'s initial value on autovivify.
     pub initial: Option<u64>,
     /// `D`: `ma`'s delta.
     pub delta: Option<u64>,
+    /// Every flag's letter, in the order sent (each at most once).
+    #[serde(default)]
+    pub order: Vec<u8>,
+}
+
+impl MetaFlags {
+    /// Whether the `O` token is longer than memcached echoes (only an `mg` or `ma` holds one).
+    pub fn opaque_too_long(&self) -> bool {
+        self.opaque.as_ref().is_some_and(|o| o.len() >= MAX_OPAQUE_TOKEN)
+    }
 }
 
 /// One meta-protocol request; keys are decoded when `b` was given.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MetaRequest {
     Get {
         key: Vec<u8>,
@@ -110,6 +129,15 @@ pub(super) fn parse(t: &[&[u8]], buf: &[u8], consumed: usize, limits: &Limits) -
     if t[1].len() > MAX_KEY_LEN {
         return Ok(reject(ProtoError::BadFormat, consumed));
     }
+    // Checked before anything else of the flags (for ms, before the data length: nothing is
+    // swallowed).
+    if t.len() >= TOO_MANY_TOKENS {
+        let error = match cmd {
+            b"mg" => ProtoError::GetFlagsTooLong,
+            _ => ProtoError::FlagsTooLong,
+        };
+        return Ok(reject(error, consumed));
+    }
     if cmd == b"ms" {
         return Ok(set(t, buf, consumed, limits));
     }
@@ -119,7 +147,11 @@ pub(super) fn parse(t: &[&[u8]], buf: &[u8], consumed: usize, limits: &Limits) -
         (b"md" | b"ma", Err(_)) => Err(ProtoError::InvalidOrDuplicateFlag),
         (_, p) => p,
     };
-    let (key, flags) = match parsed.and_then(|p| opaque_ok(&t[2..]).map(|()| p)) {
+    let parsed = match cmd {
+        b"md" => parsed.and_then(|p| opaque_ok(&t[2..]).map(|()| p)),
+        _ => parsed,
+    };
+    let (key, flags) = match parsed {
         Ok(p) => p,
         Err(e) => return Ok(reject(e, consumed)),
     };
@@ -127,7 +159,7 @@ pub(super) fn parse(t: &[&[u8]], buf: &[u8], consumed: usize, limits: &Limits) -
         b"mg" => done(MetaRequest::Get { key, flags }, consumed),
         b"md" => done(MetaRequest::Delete { key, flags }, consumed),
         _ => match flags.mode {
-            None | Some(b'I' | b'i' | b'+' | b'D' | b'd' | b'-') => done(MetaRequest::Arith { key, flags }, consumed),
+            None | Some(b'I' | b'+' | b'D' | b'-') => done(MetaRequest::Arith { key, flags }, consumed),
             Some(_) => reject(ProtoError::InvalidArithMode, consumed),
         },
     })
@@ -152,10 +184,7 @@ fn set(t: &[&[u8]], buf: &[u8], consumed: usize, limits: &Limits) -> Parsed {
         Ok(p) => p,
         Err(e) => return skip(e),
     };
-    if !matches!(
-        flags.mode,
-        None | Some(b'E' | b'e' | b'A' | b'a' | b'P' | b'p' | b'R' | b'r' | b'S' | b's')
-    ) {
+    if !matches!(flags.mode, None | Some(b'E' | b'A' | b'P' | b'R' | b'S')) {
         return skip(ProtoError::InvalidSetMode);
     }
     if bytes > limits.max_item_size {
@@ -203,6 +232,7 @@ fn preparse(raw_key: &[u8], tokens: &[&[u8]]) -> Result<(Vec<u8>, MetaFlags), Pr
             return Err(ProtoError::DuplicateFlag);
         }
         seen[usize::from(o)] = true;
+        f.order.push(o);
         match o {
             b'b' => match base64_decode(raw_key) {
                 Some(k) => {

@@ -12,7 +12,7 @@
 mod meta;
 mod text;
 
-pub use meta::{MetaFlags, MetaRequest};
+pub use meta::{MetaFlags, MetaRequest, MAX_OPAQUE_TOKEN};
 pub use text::{StoreMode, TextRequest};
 
 /// The longest key memcached accepts (`KEY_MAX_LENGTH`).
@@ -49,8 +49,8 @@ impl Limits {
     }
 }
 
-/// One parsed request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One parsed request (serde: the session store logs its writes as they were asked).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Request {
     Text(TextRequest),
     Meta(MetaRequest),
@@ -110,6 +110,10 @@ pub enum ProtoError {
     BadToken,
     #[error("opaque token too long")]
     OpaqueTooLong,
+    #[error("more than 17 flags on an mg")]
+    GetFlagsTooLong,
+    #[error("more than 16 flags on an ms, 17 on an md or ma")]
+    FlagsTooLong,
     #[error("base64 key does not decode")]
     DecodeKey,
     #[error("invalid numeric initial value (J)")]
@@ -146,6 +150,8 @@ impl ProtoError {
             ProtoError::InvalidOrDuplicateFlag => b"CLIENT_ERROR invalid or duplicate flag\r\n",
             ProtoError::BadToken => b"CLIENT_ERROR bad token in command line format\r\n",
             ProtoError::OpaqueTooLong => b"CLIENT_ERROR opaque token too long\r\n",
+            ProtoError::GetFlagsTooLong => b"CLIENT_ERROR options flags are too long\r\n",
+            ProtoError::FlagsTooLong => b"CLIENT_ERROR options flags too long\r\n",
             ProtoError::DecodeKey => b"CLIENT_ERROR error decoding key\r\n",
             ProtoError::InvalidInitial => b"CLIENT_ERROR invalid numeric initial value\r\n",
             ProtoError::InvalidDeltaValue => b"CLIENT_ERROR invalid numeric delta value\r\n",

@@ -469,6 +469,7 @@ fn meta_get_flags() {
         return_last_access: true,
         no_update: true,
         recache: Some(5),
+        order: b"OqkcCTNIvtsfhluR".to_vec(),
         ..MetaFlags::default()
     };
     assert_eq!(flags, want);
@@ -479,6 +480,7 @@ fn meta_get_flags() {
             flags: MetaFlags {
                 base64: true,
                 return_value: true,
+                order: b"bv".to_vec(),
                 ..MetaFlags::default()
             }
         }
@@ -501,8 +503,13 @@ fn meta_errors_are_memcacheds() {
     );
     assert_eq!(err(b"mg k Jx\r\n"), b"CLIENT_ERROR invalid numeric initial value\r\n");
     assert_eq!(err(b"mg k Dx\r\n"), b"CLIENT_ERROR invalid numeric delta value\r\n");
+    // mg and ma answer a too long opaque after what they do (the engine); md refuses it.
     let opaque = format!("mg k O{}\r\n", "o".repeat(32));
+    assert!(matches!(meta(opaque.as_bytes()), MetaRequest::Get { flags, .. } if flags.opaque_too_long()));
+    let opaque = format!("md k O{}\r\n", "o".repeat(32));
     assert_eq!(err(opaque.as_bytes()), b"CLIENT_ERROR opaque token too long\r\n");
+    let opaque = format!("ma k MX O{}\r\n", "o".repeat(32));
+    assert_eq!(err(opaque.as_bytes()), b"CLIENT_ERROR invalid mode for ma M token\r\n");
     let opaque = format!("mg k O{}\r\n", "o".repeat(31));
     assert!(matches!(meta(opaque.as_bytes()), MetaRequest::Get { .. }));
     assert_eq!(err(b"mg !!! b v\r\n"), b"CLIENT_ERROR error decoding key\r\n");
@@ -513,6 +520,22 @@ fn meta_errors_are_memcacheds() {
     assert_eq!(err(b"md k q q\r\n"), b"CLIENT_ERROR invalid or duplicate flag\r\n");
     assert_eq!(err(b"ma k Dabc\r\n"), b"CLIENT_ERROR invalid or duplicate flag\r\n");
     assert_eq!(err(b"ma k MX\r\n"), b"CLIENT_ERROR invalid mode for ma M token\r\n");
+    let many = |cmd: &str, n: usize| format!("{cmd} {}\r\n", vec!["a"; n].join(" "));
+    assert_eq!(
+        err(many("mg k", 18).as_bytes()),
+        b"CLIENT_ERROR options flags are too long\r\n"
+    );
+    assert_eq!(err(many("mg k", 17).as_bytes()), b"CLIENT_ERROR invalid flag\r\n");
+    assert_eq!(
+        err(many("md k", 18).as_bytes()),
+        b"CLIENT_ERROR options flags too long\r\n"
+    );
+    assert_eq!(
+        err(many("ms k 1", 17).as_bytes()),
+        b"CLIENT_ERROR options flags too long\r\n"
+    );
+    // 1.6.18 knows upper-case modes only.
+    assert_eq!(err(b"ma k Mi\r\n"), b"CLIENT_ERROR invalid mode for ma M token\r\n");
     assert_eq!(err(b"ma k Mx1\r\n"), b"CLIENT_ERROR invalid or duplicate flag\r\n");
 }
 
@@ -529,6 +552,7 @@ fn meta_set_delete_arith() {
                 mode: Some(b'S'),
                 compare_cas: Some(9),
                 quiet: true,
+                order: b"TFIMCq".to_vec(),
                 ..MetaFlags::default()
             },
             data: k("abc")
@@ -541,6 +565,7 @@ fn meta_set_delete_arith() {
             flags: MetaFlags {
                 quiet: true,
                 compare_cas: Some(3),
+                order: b"qC".to_vec(),
                 ..MetaFlags::default()
             }
         }
@@ -554,6 +579,7 @@ fn meta_set_delete_arith() {
                 initial: Some(7),
                 delta: Some(3),
                 mode: Some(b'D'),
+                order: b"NJDM".to_vec(),
                 ..MetaFlags::default()
             }
         }

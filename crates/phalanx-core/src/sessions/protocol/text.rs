@@ -7,7 +7,7 @@ use super::{
 };
 
 /// The five storage commands and `cas`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StoreMode {
     Set,
     Add,
@@ -20,7 +20,7 @@ pub enum StoreMode {
 /// One text-protocol request. Keys are raw bytes (memcached accepts any byte but space and
 /// newline in a key, control characters included); exptimes are as sent (the store interprets
 /// them).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TextRequest {
     Get {
         keys: Vec<Vec<u8>>,

@@ -1,0 +1,804 @@
+//! The session store on a node (issue 15): the `sessions` Raft group (`raft::sessions`), run
+//! on its own runtime ([`runtime`], threads at a lowered priority like the balancer's) so that
+//! a storm of session writes never delays the cluster group, heartbeats or plans; the write
+//! path (every write request is queued to one batcher per node, which proposes what has
+//! gathered as one entry — one fsynced append for many writes — on the leader, or forwards it
+//! to the leader, several batches at once, since a connection has one submission in flight at
+//! a time and so its writes keep their order); the
+//! read path (a read waits for a read index: the leader confirms its leadership with a quorum,
+//! once for every read that arrived before the round began, and a follower asks the leader for
+//! that index and waits until it has applied it, then answers from its own copy at the
+//! leader's time); and the group's upkeep ([`Sessions::upkeep`]: heartbeats and elections on
+//! only while `[sessions]` is configured, and the group's members following the cluster's).
+//! The memcached listener is `listener`.
+
+pub mod listener;
+
+use crate::raft::network::HttpNetwork;
+use crate::raft::sessions::{Answers, Batch, SessionsGroup, SessionsRaft, SessionsSm};
+use crate::raft::{BasicNode, NodeId};
+use openraft::ChangeMembers;
+use phalanx_core::config::SessionsConfig;
+use phalanx_core::events::{EventKind, Note};
+use phalanx_core::sessions::protocol::Request;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// How long a write or a read waits for a leader, a commit or a read index before the client
+/// gets `SERVER_ERROR` (a leader election takes a few hundred ms).
+pub const WAIT: Duration = Duration::from_secs(3);
+/// The most requests, and bytes of them, one logged batch carries.
+const MAX_BATCH: usize = 512;
+const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Batches proposed (or forwarded) and not yet committed (beyond this, the batcher waits).
+const IN_FLIGHT: usize = 16;
+/// The peer routes a follower sends writes and read-index requests to (postcard bodies).
+pub const WRITE_PATH: &str = "/sessions/write";
+pub const READ_PATH: &str = "/sessions/read";
+
+/// Why the session store could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("starting the sessions runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+    #[error("reading the session store: {0}")]
+    Store(#[from] crate::raft::store::StoreError),
+    #[error("the sessions group's raft config: {0}")]
+    Config(#[from] openraft::ConfigError),
+    #[error("starting the sessions group: {0}")]
+    Raft(#[from] openraft::error::Fatal<NodeId>),
+    #[error("{0}")]
+    Transport(#[from] crate::transport::TransportError),
+    #[error("the sessions runtime: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Why a write or a read got no answer (the client gets `SERVER_ERROR` and the reason).
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
+pub enum SessionsError {
+    #[error("no leader")]
+    NoLeader,
+    #[error("not committed: {0}")]
+    NotCommitted(String),
+    #[error("no answer in time: the write may or may not have been committed")]
+    Timeout,
+    #[error("the leader did not answer: {0}")]
+    Unreachable(String),
+    /// Not sent: the leader known here refused the connection (it may be gone); safe to send
+    /// again once another leads.
+    #[error("the leader could not be reached: {0}")]
+    NotDelivered(String),
+    /// The node asked no longer leads: nothing was logged; safe to send again.
+    #[error("the node asked no longer leads the session store")]
+    NotLeader,
+    #[error("the session store is stopping")]
+    Stopped,
+}
+
+/// The threads the session store runs on (two, lowered like the balancer's), made at the first
+/// start and kept for the process.
+pub fn runtime() -> std::io::Result<tokio::runtime::Handle> {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    if let Some(rt) = RT.get() {
+        return Ok(rt.handle().clone());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("phalanx-sessions")
+        .on_thread_start(crate::priority::lower_lb_thread)
+        .enable_all()
+        .build()?;
+    if let Err(lost) = RT.set(rt) {
+        std::thread::spawn(move || drop(lost));
+    }
+    RT.get()
+        .map(|rt| rt.handle().clone())
+        .ok_or_else(|| std::io::Error::other("the sessions runtime vanished"))
+}
+
+fn now_ms() -> u64 {
+    crate::mesh::unix_ms()
+}
+
+/// Where a read may be answered: once the local copy has applied `index`, at the leader's
+/// time `now_ms`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ReadPoint {
+    pub index: u64,
+    pub now_ms: u64,
+}
+
+/// Writes of one connection submitted together (they go into one batch, in order), and where
+/// their answers go.
+struct Pending {
+    requests: Vec<Request>,
+    tx: Reply,
+}
+
+type Reply = oneshot::Sender<Result<Vec<Vec<u8>>, SessionsError>>;
+
+/// The answers of a submission, once committed.
+pub type Submitted = oneshot::Receiver<Result<Vec<Vec<u8>>, SessionsError>>;
+
+type ReadWaiter = oneshot::Sender<Result<ReadPoint, SessionsError>>;
+
+/// Counters for status and metrics.
+#[derive(Default)]
+pub struct Counters {
+    pub gets: AtomicU64,
+    pub get_hits: AtomicU64,
+    pub writes: AtomicU64,
+    pub write_errors: AtomicU64,
+    pub read_errors: AtomicU64,
+    /// Sum of commit latencies (µs) of batches proposed here, and their count.
+    pub commit_us: AtomicU64,
+    pub commits: AtomicU64,
+    pub connections: AtomicU64,
+}
+
+/// The session store of one node.
+pub struct Sessions {
+    pub id: NodeId,
+    pub raft: SessionsRaft,
+    pub sm: SessionsSm,
+    pub rt: tokio::runtime::Handle,
+    writes: mpsc::Sender<Pending>,
+    reads: mpsc::Sender<ReadWaiter>,
+    http: reqwest::Client,
+    token: String,
+    /// The `[sessions]` in force (None: off): what the listener, the limit and upkeep follow.
+    config: std::sync::RwLock<Option<SessionsConfig>>,
+    pub counters: Counters,
+    rate: std::sync::Mutex<Rate>,
+    /// The addresses the listener holds now.
+    pub(crate) listening: std::sync::Mutex<BTreeSet<std::net::SocketAddr>>,
+}
+
+/// What `start` needs.
+pub struct Options {
+    pub id: NodeId,
+    pub db: Arc<redb::Database>,
+    pub raft_config: openraft::Config,
+    pub token: String,
+    pub config: Option<SessionsConfig>,
+}
+
+impl Sessions {
+    /// Start the group (on [`runtime`]); its tasks start with [`Sessions::run`].
+    ///
+    /// Every member may lead it, the witness too: with two nodes and the witness, the survivor
+    /// and the witness must be able to elect one of them.
+    pub async fn start(o: Options) -> Result<(Arc<Sessions>, Receivers), StartError> {
+        let rt = runtime()?;
+        let limit = o
+            .config
+            .as_ref()
+            .map_or(phalanx_core::config::DEFAULT_MEMORY_LIMIT, |c| c.memory_limit);
+        let sm = SessionsSm::load(o.db.clone(), limit)?;
+        let mut rc = o.raft_config;
+        rc.cluster_name = format!("{}-sessions", rc.cluster_name);
+        rc.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(5000);
+        rc.max_in_snapshot_log_to_keep = 1000;
+        // Off until `[sessions]` is configured (see `upkeep`): an unused group costs nothing.
+        rc.enable_heartbeat = false;
+        rc.enable_elect = false;
+        let rc = Arc::new(rc.validate()?);
+        let (db, sm2, token) = (o.db.clone(), sm.clone(), o.token.clone());
+        let raft = rt
+            .spawn(async move {
+                let net = HttpNetwork::<SessionsGroup>::new(token)?;
+                let raft = openraft::Raft::new(o.id, rc, net, crate::raft::store::LogStore::new(db), sm2).await?;
+                Ok::<_, StartError>(raft)
+            })
+            .await??;
+        let http = rt.spawn(async { crate::transport::raft_client() }).await??;
+        let (wtx, wrx) = mpsc::channel(4096);
+        let (rtx, rrx) = mpsc::channel(4096);
+        let s = Arc::new(Sessions {
+            id: o.id,
+            raft,
+            sm,
+            rt,
+            writes: wtx,
+            reads: rtx,
+            http,
+            token: o.token,
+            config: std::sync::RwLock::new(o.config),
+            counters: Counters::default(),
+            rate: Default::default(),
+            listening: Default::default(),
+        });
+        Ok((
+            s,
+            Receivers {
+                writes: wrx,
+                reads: rrx,
+            },
+        ))
+    }
+
+    /// Run the batcher, the read gate, upkeep and the listener (on the sessions runtime).
+    pub fn run(self: &Arc<Self>, rx: Receivers, node: Weak<crate::node::Node>) -> Vec<tokio::task::AbortHandle> {
+        vec![
+            self.rt.spawn(self.clone().batcher(rx.writes)).abort_handle(),
+            self.rt.spawn(self.clone().read_gate(rx.reads)).abort_handle(),
+            self.rt.spawn(self.clone().upkeep(node.clone())).abort_handle(),
+            self.rt.spawn(listener::run(self.clone(), node)).abort_handle(),
+        ]
+    }
+
+    pub fn config(&self) -> Option<SessionsConfig> {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn limit(&self) -> u64 {
+        self.config()
+            .map_or(phalanx_core::config::DEFAULT_MEMORY_LIMIT, |c| c.memory_limit)
+    }
+
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    fn is_leader(&self) -> bool {
+        self.leader() == Some(self.id)
+    }
+
+    /// The API address of the group's leader (None: none known, or it is this node).
+    fn leader_addr(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader.filter(|l| *l != self.id)?;
+        let addr = m
+            .membership_config
+            .nodes()
+            .find(|(id, _)| **id == leader)
+            .map(|(_, n)| n.addr.clone());
+        addr
+    }
+
+    /// Wait (up to [`WAIT`]) until some node leads the group.
+    async fn await_leader(&self) -> Result<NodeId, SessionsError> {
+        let mut m = self.raft.metrics();
+        let wait = tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(l) = m.borrow_and_update().current_leader {
+                    return Ok(l);
+                }
+                if m.changed().await.is_err() {
+                    return Err(SessionsError::Stopped);
+                }
+            }
+        });
+        wait.await.map_err(|_| SessionsError::NoLeader)?
+    }
+
+    /// Log `request` (a write) and give its answer: committed on a majority and applied.
+    pub async fn write(&self, request: Request) -> Result<Vec<u8>, SessionsError> {
+        let rx = self.submit(vec![request]).await?;
+        let mut answers = rx.await.map_err(|_| SessionsError::Stopped)??;
+        answers.pop().ok_or(SessionsError::NotCommitted("no answer".into()))
+    }
+
+    /// Queue `requests` (writes of one connection): they are logged together, in order, in one
+    /// batch; the receiver gives their answers. Two submissions may be logged in either order
+    /// (batches are forwarded concurrently): a connection waits for one before the next.
+    pub async fn submit(&self, requests: Vec<Request>) -> Result<Submitted, SessionsError> {
+        let (tx, rx) = oneshot::channel();
+        self.writes
+            .send(Pending { requests, tx })
+            .await
+            .map_err(|_| SessionsError::Stopped)?;
+        Ok(rx)
+    }
+
+    async fn batcher(self: Arc<Self>, mut rx: mpsc::Receiver<Pending>) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        while let Some(first) = rx.recv().await {
+            let mut bytes: usize = first.requests.iter().map(request_size).sum();
+            let mut count = first.requests.len();
+            let mut batch = vec![first];
+            while count < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(p) => {
+                        bytes += p.requests.iter().map(request_size).sum::<usize>();
+                        count += p.requests.len();
+                        batch.push(p);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut requests = Vec::with_capacity(count);
+            let mut txs = Vec::with_capacity(batch.len());
+            for p in batch {
+                txs.push((p.requests.len(), p.tx));
+                requests.extend(p.requests);
+            }
+            self.counters.writes.fetch_add(count as u64, Ordering::Relaxed);
+            if let Err(e) = self.await_leader().await {
+                self.fail(txs, e);
+                continue;
+            }
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let started = std::time::Instant::now();
+            if self.is_leader() {
+                let batch = Batch {
+                    now_ms: now_ms(),
+                    limit: self.limit(),
+                    requests,
+                };
+                // Proposed here, in queue order; the commit is awaited beside.
+                match self.raft.client_write_ff(batch).await {
+                    Ok(answer) => {
+                        let me = self.clone();
+                        tokio::spawn(async move {
+                            let r = match tokio::time::timeout(WAIT, answer).await {
+                                Err(_) => Err(SessionsError::Timeout),
+                                Ok(Err(_)) => Err(SessionsError::Stopped),
+                                Ok(Ok(Err(e))) => Err(SessionsError::NotCommitted(e.to_string())),
+                                Ok(Ok(Ok(resp))) => Ok(resp.data),
+                            };
+                            me.note_commit(started);
+                            drop(permit);
+                            me.deliver(txs, r);
+                        });
+                    }
+                    Err(e) => self.fail(txs, SessionsError::NotCommitted(e.to_string())),
+                }
+            } else {
+                // Forwarded, several batches at once (a connection has one submission at a
+                // time, so no connection's writes can pass each other).
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let r = me.forward_write(requests).await;
+                    me.note_commit(started);
+                    drop(permit);
+                    me.deliver(txs, r);
+                });
+            }
+        }
+    }
+
+    fn note_commit(&self, started: std::time::Instant) {
+        self.counters
+            .commit_us
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn fail(&self, txs: Vec<(usize, Reply)>, e: SessionsError) {
+        let n: usize = txs.iter().map(|(n, _)| n).sum();
+        self.counters.write_errors.fetch_add(n as u64, Ordering::Relaxed);
+        for (_, tx) in txs {
+            let _ = tx.send(Err(e.clone()));
+        }
+    }
+
+    /// Hand each submission its answers (a batch's answers are its requests', in order).
+    fn deliver(&self, txs: Vec<(usize, Reply)>, r: Result<Answers, SessionsError>) {
+        let expected: usize = txs.iter().map(|(n, _)| n).sum();
+        match r {
+            Ok(Answers(answers)) if answers.len() == expected => {
+                let mut answers = answers.into_iter();
+                for (n, tx) in txs {
+                    let _ = tx.send(Ok(answers.by_ref().take(n).collect()));
+                }
+            }
+            Ok(other) => self.fail(
+                txs,
+                SessionsError::NotCommitted(format!("{} answers for {expected} requests", other.0.len())),
+            ),
+            Err(e) => self.fail(txs, e),
+        }
+    }
+
+    /// A follower's batch, on the leader: logged at this node's time.
+    pub async fn leader_write(&self, requests: Vec<Request>) -> Result<Answers, SessionsError> {
+        if !self.is_leader() {
+            return Err(SessionsError::NotCommitted(
+                "this node no longer leads the session store".into(),
+            ));
+        }
+        let batch = Batch {
+            now_ms: now_ms(),
+            limit: self.limit(),
+            requests,
+        };
+        match tokio::time::timeout(WAIT, self.raft.client_write(batch)).await {
+            Err(_) => Err(SessionsError::Timeout),
+            Ok(Err(e)) => Err(SessionsError::NotCommitted(e.to_string())),
+            Ok(Ok(resp)) => Ok(resp.data),
+        }
+    }
+
+    /// Send `body` to the leader's `path`; sent again (until [`WAIT`]) while it surely was not
+    /// acted on: the connection refused, or the node asked no longer leading.
+    async fn post<T: serde::de::DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> Result<T, SessionsError> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut metrics = self.raft.metrics();
+        loop {
+            if self.is_leader() {
+                // The caller does it here.
+                return Err(SessionsError::NotLeader);
+            }
+            match self.post_once(path, body.clone()).await {
+                Err(SessionsError::NotDelivered(_) | SessionsError::NotLeader | SessionsError::NoLeader)
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    // Until the group's view changes (a new leader), or a moment.
+                    let _ = tokio::time::timeout(Duration::from_millis(50), metrics.changed()).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn post_once<T: serde::de::DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> Result<T, SessionsError> {
+        let addr = self.leader_addr().ok_or(SessionsError::NoLeader)?;
+        let resp = self
+            .http
+            .post(crate::transport::url(&addr, path))
+            .bearer_auth(&self.token)
+            .timeout(WAIT)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    SessionsError::NotDelivered(e.to_string())
+                } else {
+                    SessionsError::Unreachable(e.to_string())
+                }
+            })?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            return Err(SessionsError::Unreachable(format!("{status}: {text}")));
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| SessionsError::Unreachable(e.to_string()))?;
+        let r: Result<T, SessionsError> =
+            postcard::from_bytes(&bytes).map_err(|e| SessionsError::Unreachable(format!("unreadable answer: {e}")))?;
+        r
+    }
+
+    async fn forward_write(&self, requests: Vec<Request>) -> Result<Answers, SessionsError> {
+        let body = postcard::to_allocvec(&requests).map_err(|e| SessionsError::NotCommitted(e.to_string()))?;
+        match self.post(WRITE_PATH, body).await {
+            // This node was elected meanwhile: nothing was logged elsewhere, log it here.
+            Err(SessionsError::NotLeader) if self.is_leader() => self.leader_write(requests).await,
+            r => r,
+        }
+    }
+
+    /// Wait until a read may be answered here (see [`ReadPoint`]).
+    pub async fn read_point(&self) -> Result<ReadPoint, SessionsError> {
+        let (tx, rx) = oneshot::channel();
+        self.reads.send(tx).await.map_err(|_| SessionsError::Stopped)?;
+        rx.await.map_err(|_| SessionsError::Stopped)?
+    }
+
+    /// Every read that arrived before a round began shares it; those arriving during it wait
+    /// for the next (a round that began earlier may not cover a write acknowledged since).
+    async fn read_gate(self: Arc<Self>, mut rx: mpsc::Receiver<ReadWaiter>) {
+        while let Some(first) = rx.recv().await {
+            let mut waiters = vec![first];
+            while let Ok(w) = rx.try_recv() {
+                waiters.push(w);
+            }
+            let r = self.read_round().await;
+            if r.is_err() {
+                self.counters
+                    .read_errors
+                    .fetch_add(waiters.len() as u64, Ordering::Relaxed);
+            }
+            for w in waiters {
+                let _ = w.send(r.clone());
+            }
+        }
+    }
+
+    async fn read_round(&self) -> Result<ReadPoint, SessionsError> {
+        self.await_leader().await?;
+        let point = match self.post::<ReadPoint>(READ_PATH, Vec::new()).await {
+            // Asked of itself (`post` sends only to another node), or elected meanwhile.
+            Err(SessionsError::NoLeader | SessionsError::NotLeader) if self.is_leader() => {
+                let (read, _) = tokio::time::timeout(WAIT, self.raft.get_read_log_id())
+                    .await
+                    .map_err(|_| SessionsError::Timeout)?
+                    .map_err(|e| SessionsError::NotCommitted(e.to_string()))?;
+                ReadPoint {
+                    index: read.map_or(0, |l| l.index),
+                    now_ms: now_ms(),
+                }
+            }
+            r => r?,
+        };
+        self.raft
+            .wait(Some(WAIT))
+            .applied_index_at_least(Some(point.index), "a session read")
+            .await
+            .map_err(|_| SessionsError::Timeout)?;
+        let logged = self.sm.lock().logged_now_ms();
+        Ok(ReadPoint {
+            now_ms: point.now_ms.max(logged),
+            ..point
+        })
+    }
+
+    /// A follower's read-index request, on the leader.
+    pub async fn leader_read(&self) -> Result<ReadPoint, SessionsError> {
+        if !self.is_leader() {
+            return Err(SessionsError::NotCommitted(
+                "this node no longer leads the session store".into(),
+            ));
+        }
+        self.read_point().await
+    }
+
+    /// Follow the node: `[sessions]` on or off (heartbeats and elections with it), and, on
+    /// the group's leader, the group's members after the cluster's (its voters, or
+    /// `[sessions] voters`), one change at a time.
+    async fn upkeep(self: Arc<Self>, node: Weak<crate::node::Node>) {
+        let mut on = false;
+        let mut led = false;
+        // Evictions already reported, and when the last report was made.
+        let mut evictions_noted = self.sm.lock().store.meta().evictions;
+        let mut evictions_at: Option<tokio::time::Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            self.rate
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .sample(&self.counters);
+            let Some(node) = node.upgrade() else { return };
+            let config = node.config().sessions.clone();
+            *self.config.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
+            if config.is_some() != on {
+                on = config.is_some();
+                self.raft.runtime_config().heartbeat(on);
+                self.raft.runtime_config().elect(on);
+                tracing::info!(on, "session store");
+            }
+            if !on || !self.is_leader() {
+                led = false;
+                continue;
+            }
+            if !led {
+                led = true;
+                let term = self.raft.metrics().borrow().current_term;
+                self.note(
+                    &node,
+                    EventKind::SessionsLeaderChanged,
+                    format!("{} leads the session store (term {term})", node.name),
+                );
+            }
+            let evictions = self.sm.lock().store.meta().evictions;
+            if evictions > evictions_noted && evictions_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                let limit = self.limit();
+                self.note(
+                    &node,
+                    EventKind::SessionsEvicted,
+                    format!(
+                        "the session store evicted {} items (the least recently written) to stay under memory_limit {limit} bytes",
+                        evictions - evictions_noted
+                    ),
+                );
+                evictions_noted = evictions;
+                evictions_at = Some(tokio::time::Instant::now());
+            }
+            let cluster = node.raft.metrics().borrow().membership_config.clone();
+            let want_nodes: BTreeMap<NodeId, BasicNode> = cluster.nodes().map(|(id, n)| (*id, n.clone())).collect();
+            let mut want_voters: BTreeSet<NodeId> = cluster.voter_ids().collect();
+            if let Some(named) = config.as_ref().filter(|c| !c.voters.is_empty()).map(|c| &c.voters) {
+                let ids: BTreeSet<NodeId> = node.with_state(|sm| {
+                    sm.cluster
+                        .nodes
+                        .iter()
+                        .filter(|(name, _)| named.contains(name))
+                        .map(|(_, n)| n.id)
+                        .collect()
+                });
+                if !ids.is_empty() {
+                    want_voters = ids;
+                }
+            }
+            let have = self.raft.metrics().borrow().membership_config.clone();
+            let have_nodes: BTreeSet<NodeId> = have.nodes().map(|(id, _)| *id).collect();
+            let have_voters: BTreeSet<NodeId> = have.voter_ids().collect();
+            let r = if let Some((id, n)) = want_nodes.iter().find(|(id, _)| !have_nodes.contains(id)) {
+                tracing::info!(node = id, "session store: adding a learner");
+                self.raft.add_learner(*id, n.clone(), false).await.map(|_| ())
+            } else if want_voters != have_voters && want_voters.iter().all(|v| have_nodes.contains(v)) {
+                tracing::info!(voters = ?want_voters, "session store: voters follow the cluster's");
+                self.raft
+                    .change_membership(ChangeMembers::ReplaceAllVoters(want_voters), false)
+                    .await
+                    .map(|_| ())
+            } else if let Some(gone) = Some(
+                have_nodes
+                    .iter()
+                    .filter(|id| !want_nodes.contains_key(id) && !have_voters.contains(id))
+                    .copied()
+                    .collect::<BTreeSet<_>>(),
+            )
+            .filter(|g| !g.is_empty())
+            {
+                tracing::info!(nodes = ?gone, "session store: removing nodes the cluster removed");
+                self.raft
+                    .change_membership(ChangeMembers::RemoveNodes(gone), false)
+                    .await
+                    .map(|_| ())
+            } else {
+                Ok(())
+            };
+            if let Err(e) = r {
+                tracing::info!(error = %e, "session store: membership change not made (will retry)");
+            }
+        }
+    }
+}
+
+impl Sessions {
+    /// Record an event the group's leader observed (committed in the cluster group, in the
+    /// background: a note must not hold up upkeep).
+    fn note(&self, node: &Arc<crate::node::Node>, kind: EventKind, summary: String) {
+        tracing::info!(kind = kind.as_str(), %summary, "session store");
+        let n = Note {
+            kind,
+            node: node.name.clone(),
+            summary,
+            at_ms: now_ms(),
+        };
+        let node = node.clone();
+        self.rt.spawn(async move {
+            if let Err(e) = node.write(phalanx_core::Command::Note(n)).await {
+                tracing::debug!(error = %e, "a session store note is not committed");
+            }
+        });
+    }
+}
+
+/// The receiving ends of a node's queues, handed to [`Sessions::run`].
+pub struct Receivers {
+    writes: mpsc::Receiver<Pending>,
+    reads: mpsc::Receiver<ReadWaiter>,
+}
+
+fn request_size(r: &Request) -> usize {
+    use phalanx_core::sessions::protocol::{MetaRequest, TextRequest};
+    match r {
+        Request::Text(TextRequest::Store { data, .. }) | Request::Meta(MetaRequest::Set { data, .. }) => {
+            data.len() + 64
+        }
+        _ => 64,
+    }
+}
+
+/// One node's view of the session store (`GET /v1/sessions`; `phalanx sessions status` asks
+/// every node and shows each one's lag behind the leader's log).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SessionsStatus {
+    /// `[sessions]` is configured (the group runs only then).
+    pub enabled: bool,
+    pub node: String,
+    /// The group's leader (a node name), if known.
+    pub leader: Option<String>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub voters: Vec<String>,
+    pub learners: Vec<String>,
+    pub listen: Vec<String>,
+    pub items: usize,
+    pub bytes: usize,
+    pub memory_limit: u64,
+    pub evictions: u64,
+    /// Keys asked by gets on this node, and those found.
+    pub gets: u64,
+    pub get_hits: u64,
+    pub hit_ratio: Option<f64>,
+    /// Write requests received on this node, and those answered SERVER_ERROR.
+    pub writes: u64,
+    pub write_errors: u64,
+    pub read_errors: u64,
+    /// Requests per second over the last second (gets and writes received here).
+    pub ops_per_s: f64,
+    /// Mean time to commit a batch proposed or forwarded here, over the last second (ms).
+    pub commit_ms: Option<f64>,
+    pub connections: u64,
+}
+
+impl Sessions {
+    /// This node's view; `name_of` names node ids.
+    pub fn status(&self, node: &str, name_of: impl Fn(NodeId) -> String) -> SessionsStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let (items, bytes, evictions) = {
+            let sm = self.sm.lock();
+            (sm.store.len(), sm.store.bytes(), sm.store.meta().evictions)
+        };
+        let c = &self.counters;
+        let (gets, get_hits) = (c.gets.load(Ordering::Relaxed), c.get_hits.load(Ordering::Relaxed));
+        let voters: BTreeSet<NodeId> = m.membership_config.voter_ids().collect();
+        let config = self.config();
+        let rate = self.rate.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        SessionsStatus {
+            enabled: config.is_some(),
+            node: node.to_string(),
+            leader: m.current_leader.map(&name_of),
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            voters: voters.iter().map(|id| name_of(*id)).collect(),
+            learners: m
+                .membership_config
+                .nodes()
+                .filter(|(id, _)| !voters.contains(id))
+                .map(|(id, _)| name_of(*id))
+                .collect(),
+            listen: self
+                .listening
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+            items,
+            bytes,
+            memory_limit: self.limit(),
+            evictions,
+            gets,
+            get_hits,
+            hit_ratio: (gets > 0).then(|| get_hits as f64 / gets as f64),
+            writes: c.writes.load(Ordering::Relaxed),
+            write_errors: c.write_errors.load(Ordering::Relaxed),
+            read_errors: c.read_errors.load(Ordering::Relaxed),
+            ops_per_s: rate.ops_per_s,
+            commit_ms: rate.commit_ms,
+            connections: c.connections.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The rates status shows, sampled once a second by upkeep.
+#[derive(Debug, Clone, Default)]
+struct Rate {
+    at: Option<std::time::Instant>,
+    ops: u64,
+    commit_us: u64,
+    commits: u64,
+    ops_per_s: f64,
+    commit_ms: Option<f64>,
+}
+
+impl Rate {
+    fn sample(&mut self, c: &Counters) {
+        let now = std::time::Instant::now();
+        let ops = c.gets.load(Ordering::Relaxed) + c.writes.load(Ordering::Relaxed);
+        let (us, n) = (c.commit_us.load(Ordering::Relaxed), c.commits.load(Ordering::Relaxed));
+        if let Some(at) = self.at {
+            let dt = now.duration_since(at).as_secs_f64();
+            if dt < 1.0 {
+                return;
+            }
+            self.ops_per_s = (ops - self.ops) as f64 / dt;
+            self.commit_ms =
+                (n > self.commits).then(|| (us - self.commit_us) as f64 / 1000.0 / (n - self.commits) as f64);
+        }
+        *self = Rate {
+            at: Some(now),
+            ops,
+            commit_us: us,
+            commits: n,
+            ..self.clone()
+        };
+    }
+}

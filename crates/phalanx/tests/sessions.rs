@@ -1,0 +1,409 @@
+//! The session store for real (issue 15): three daemon processes with `[sessions]`, clients on
+//! their memcached ports. A write through any node is read back through every other (reads on
+//! a follower go through the leader's read index); after kill -9 of the store's leader, a
+//! client of a survivor goes on writing, and every acknowledged write is there afterwards.
+
+use phalanx::harness::{LocalCluster, Spec};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(60);
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_phalanx"))
+}
+
+/// A blocking memcached text-protocol client, enough for the test.
+struct Mc {
+    r: BufReader<TcpStream>,
+}
+
+impl Mc {
+    fn connect(addr: SocketAddr) -> std::io::Result<Mc> {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(Mc { r: BufReader::new(s) })
+    }
+
+    fn line(&mut self) -> std::io::Result<String> {
+        let mut l = String::new();
+        if self.r.read_line(&mut l)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(l.trim_end().to_string())
+    }
+
+    fn call(&mut self, req: &str) -> std::io::Result<String> {
+        self.r.get_mut().write_all(req.as_bytes())?;
+        self.line()
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> std::io::Result<String> {
+        self.call(&format!("set {key} 0 0 {}\r\n{value}\r\n", value.len()))
+    }
+
+    fn get(&mut self, key: &str) -> std::io::Result<Option<String>> {
+        let first = self.call(&format!("get {key}\r\n"))?;
+        if first == "END" {
+            return Ok(None);
+        }
+        let n: usize = first
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("unexpected {first:?}")))?;
+        let mut v = vec![0; n + 2];
+        self.r.read_exact(&mut v)?;
+        let end = self.line()?;
+        assert_eq!(end, "END");
+        v.truncate(n);
+        Ok(Some(String::from_utf8_lossy(&v).into_owned()))
+    }
+}
+
+/// Poll `f` until it gives Some, with a deadline.
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + T;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn sessions_status(c: &LocalCluster, node: &str) -> Option<serde_json::Value> {
+    let api = c.node(node).ok()?.api.clone();
+    let (code, out, _) = c.cli(&["--api", &api, "sessions", "status", "--json"]).ok()?;
+    (code == 0).then(|| serde_json::from_str(&out).ok())?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_any_node_are_read_everywhere_and_survive_the_leader() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (mut c, ports) = cluster().await;
+    let mut clients: BTreeMap<String, Mc> = BTreeMap::new();
+    for (n, a) in &ports {
+        clients.insert(n.clone(), Mc::connect(*a).unwrap());
+    }
+    // A write through each node, read back through every node.
+    for (i, n) in ["n1", "n2", "n3"].iter().enumerate() {
+        let mc = clients.get_mut(*n).unwrap();
+        let r = eventually("a first write", || {
+            mc.set(&format!("k{i}"), &format!("v{i}"))
+                .ok()
+                .filter(|r| r == "STORED")
+        });
+        assert_eq!(r, "STORED");
+        for m in ["n1", "n2", "n3"] {
+            let got = clients.get_mut(m).unwrap().get(&format!("k{i}")).unwrap();
+            assert_eq!(
+                got.as_deref(),
+                Some(format!("v{i}").as_str()),
+                "k{i} written via {n}, read via {m}"
+            );
+        }
+    }
+    // The store's leader, killed while a client of another node writes.
+    let leader = eventually("the store's leader", || {
+        futures_block(sessions_status(&c, "n1")).and_then(|s| s["leader"].as_str().map(String::from))
+    });
+    let survivor = ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|n| *n != leader)
+        .unwrap()
+        .to_string();
+    let addr = ports[&survivor];
+    let writer = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        let mut errors = 0;
+        let mut mc = Mc::connect(addr).unwrap();
+        let until = Instant::now() + Duration::from_secs(6);
+        let mut i = 0;
+        while Instant::now() < until {
+            i += 1;
+            match mc.set(&format!("w{i}"), &format!("x{i}")) {
+                Ok(r) if r == "STORED" => acked.push(i),
+                Ok(r) => {
+                    assert!(
+                        r.starts_with("SERVER_ERROR"),
+                        "never anything but STORED or SERVER_ERROR: {r}"
+                    );
+                    errors += 1;
+                }
+                Err(_) => {
+                    errors += 1;
+                    mc = eventually("a reconnection", || Mc::connect(addr).ok());
+                }
+            }
+        }
+        (acked, errors)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    c.kill(&leader).unwrap();
+    let (acked, errors) = writer.join().unwrap();
+    eprintln!(
+        "{} writes acknowledged, {errors} errors across the kill of {leader}",
+        acked.len()
+    );
+    assert!(
+        acked.len() > 20,
+        "writes went on: {} acked, {errors} errors",
+        acked.len()
+    );
+    let mut mc = Mc::connect(addr).unwrap();
+    let lost: Vec<u64> = acked
+        .iter()
+        .copied()
+        .filter(|i| mc.get(&format!("w{i}")).unwrap().as_deref() != Some(format!("x{i}").as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes lost after the leader's kill: {lost:?}"
+    );
+    // The killed node comes back with what it had and catches up.
+    c.start(&leader).unwrap();
+    let last = *acked.last().unwrap();
+    let back = ports[&leader];
+    let got = eventually("the restarted node to answer", || {
+        Mc::connect(back).ok().and_then(|mut m| m.get(&format!("w{last}")).ok())
+    });
+    assert_eq!(got, Some(format!("x{last}")));
+}
+
+fn futures_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+/// A 3-node cluster with `[sessions]` on per-node loopback ports.
+async fn cluster() -> (LocalCluster, BTreeMap<String, SocketAddr>) {
+    let ports: BTreeMap<String, SocketAddr> = (1..=3)
+        .map(|i| (format!("n{i}"), SocketAddr::from(([127, 0, 0, 1], free_port()))))
+        .collect();
+    let listen: Vec<String> = ports.iter().map(|(n, a)| format!("{n} = \"{a}\"")).collect();
+    let extra = format!("\n[sessions]\nlisten = {{ {} }}\n", listen.join(", "));
+    let mut c = LocalCluster::create(Spec::loopback(3, exe(), extra)).unwrap();
+    c.start_all().unwrap();
+    c.wait_stable(T).await.unwrap();
+    for a in ports.values() {
+        eventually("the store's listener", || {
+            Mc::connect(*a)
+                .ok()
+                .and_then(|mut m| m.set("hello", "1").ok())
+                .filter(|r| r == "STORED")
+        });
+    }
+    (c, ports)
+}
+
+/// pymemcache, the client Python web apps use, and PHP's session-lock sequence: two clients on
+/// two nodes race for `add lock.<sid>` round after round while the store's leader is killed;
+/// never do both win, and every acknowledged session is read back through every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pymemcache_and_php_session_locks_across_a_leader_kill() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (mut c, ports) = cluster().await;
+    let leader = eventually("the store's leader", || {
+        futures_block(sessions_status(&c, "n1")).and_then(|s| s["leader"].as_str().map(String::from))
+    });
+    let others: Vec<String> = ports
+        .iter()
+        .filter(|(n, _)| **n != leader)
+        .map(|(_, a)| a.to_string())
+        .collect();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/sessions/pymemcache_check.py");
+    let child = std::process::Command::new("/usr/bin/python3")
+        .arg(script)
+        .args(&others)
+        .args(["--seconds", "6"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with pymemcache (tests/run installs python3-pymemcache)");
+    std::thread::sleep(Duration::from_secs(2));
+    c.kill(&leader).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("pymemcache: {stdout}");
+    assert!(
+        out.status.success(),
+        "pymemcache check failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["both_won"], 0);
+    assert!(v["won"].as_u64().unwrap() > 10, "{v}");
+}
+
+/// kill -9 of every node in turn while three clients (one per node, moving on to the next node
+/// when theirs is dead) write without pause; each killed node restarts and catches up before
+/// the next kill. Afterwards every acknowledged write reads back through every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_every_node_in_turn_during_a_write_burst_loses_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (mut c, ports) = cluster().await;
+    let addrs: Vec<SocketAddr> = ports.values().copied().collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let (addrs, stop) = (addrs.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                let mut at = w;
+                let mut mc: Option<Mc> = None;
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let Some(m) = mc.as_mut() else {
+                        mc = Mc::connect(addrs[at % addrs.len()]).ok();
+                        if mc.is_none() {
+                            at += 1;
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        continue;
+                    };
+                    i += 1;
+                    let (k, v) = (format!("b{w}.{i}"), format!("v{w}.{i}"));
+                    match m.set(&k, &v) {
+                        Ok(r) if r == "STORED" => acked.push((k, v)),
+                        Ok(r) => assert!(r.starts_with("SERVER_ERROR"), "{r}"),
+                        Err(_) => {
+                            mc = None;
+                            at += 1;
+                        }
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    for victim in ["n1", "n2", "n3"] {
+        std::thread::sleep(Duration::from_millis(1500));
+        c.kill(victim).unwrap();
+        std::thread::sleep(Duration::from_millis(1000));
+        c.start(victim).unwrap();
+        let addr = ports[victim];
+        eventually("the restarted node to serve reads", || {
+            Mc::connect(addr).ok().and_then(|mut m| m.get("hello").ok().flatten())
+        });
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let acked: Vec<(String, String)> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    eprintln!("{} writes acknowledged across three kills", acked.len());
+    assert!(acked.len() > 100, "{}", acked.len());
+    for (n, a) in &ports {
+        let mut m = Mc::connect(*a).unwrap();
+        let lost: Vec<&String> = acked
+            .iter()
+            .filter(|(k, v)| m.get(k).unwrap().as_deref() != Some(v.as_str()))
+            .map(|(k, _)| k)
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "read through {n}: acknowledged writes missing: {lost:?}"
+        );
+    }
+}
+
+/// Bad input on a live node: memcached's replies, the connection closed where memcached closes
+/// it, and a client that never finishes its value holds up nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_memcacheds_errors_and_harms_nobody() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (_c, ports) = cluster().await;
+    let addr = ports["n1"];
+    // A client that sends half a value and waits.
+    let mut stuck = TcpStream::connect(addr).unwrap();
+    stuck.write_all(b"set stuck 0 0 100000\r\nabc").unwrap();
+    let mut mc = Mc::connect(addr).unwrap();
+    let long_key = "k".repeat(251);
+    assert_eq!(mc.call("bogus\r\n").unwrap(), "ERROR");
+    assert_eq!(
+        mc.call(&format!("get {long_key}\r\n")).unwrap(),
+        "CLIENT_ERROR bad command line format"
+    );
+    assert_eq!(mc.call("incr\r\n").unwrap(), "ERROR");
+    assert_eq!(
+        mc.set("fine", "yes").unwrap(),
+        "STORED",
+        "the connection goes on after errors"
+    );
+    // Over the item size limit: memcached swallows the value and answers SERVER_ERROR.
+    let big = "x".repeat(2 << 20);
+    assert_eq!(
+        mc.call(&format!("set big 0 0 {}\r\n{big}\r\n", big.len())).unwrap(),
+        "SERVER_ERROR object too large for cache"
+    );
+    assert_eq!(mc.get("fine").unwrap().as_deref(), Some("yes"));
+    // A value longer than announced (what follows is read as commands, as memcached does).
+    let mut m3 = Mc::connect(addr).unwrap();
+    assert_eq!(
+        m3.call("set k 0 0 3\r\nabcdef\r\n").unwrap(),
+        "CLIENT_ERROR bad data chunk"
+    );
+    // A command line over 2048 bytes: the connection is closed, as memcached does.
+    let mut m2 = Mc::connect(addr).unwrap();
+    m2.r.get_mut()
+        .write_all(format!("set {} 0 0 1\r\n", "y".repeat(3000)).as_bytes())
+        .unwrap();
+    assert!(m2.line().is_err(), "closed");
+    // The half-sent value held up nobody; finished, it is stored.
+    stuck.write_all(&vec![b'z'; 100000 - 3]).unwrap();
+    stuck.write_all(b"\r\n").unwrap();
+    let mut r = BufReader::new(stuck);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "STORED\r\n");
+}
+
+/// Two nodes and the witness: the witness votes in the session store's group too, so either
+/// node may die and the other goes on acknowledging writes, and none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_and_the_witness_survive_either_node() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let ports: BTreeMap<String, SocketAddr> = (1..=2)
+        .map(|i| (format!("n{i}"), SocketAddr::from(([127, 0, 0, 1], free_port()))))
+        .collect();
+    let listen: Vec<String> = ports.iter().map(|(n, a)| format!("{n} = \"{a}\"")).collect();
+    let extra = format!("\n[sessions]\nlisten = {{ {} }}\n", listen.join(", "));
+    let mut c = LocalCluster::create(Spec::loopback(2, exe(), extra)).unwrap();
+    c.start_all().unwrap();
+    c.wait_stable(T).await.unwrap();
+    for a in ports.values() {
+        eventually("the store's listeners", || {
+            Mc::connect(*a)
+                .ok()
+                .and_then(|mut m| m.set("a", "1").ok())
+                .filter(|r| r == "STORED")
+        });
+    }
+    let leader = eventually("the store's leader", || {
+        futures_block(sessions_status(&c, "n1")).and_then(|s| s["leader"].as_str().map(String::from))
+    });
+    // Kill the node that leads the store (n2 if the witness leads it).
+    let victim = if leader == "n1" { "n1" } else { "n2" };
+    let survivor = if victim == "n1" { "n2" } else { "n1" };
+    eprintln!("the store's leader: {leader}; killing {victim}");
+    c.kill(victim).unwrap();
+    let mut m = Mc::connect(ports[survivor]).unwrap();
+    let r = eventually("a write acknowledged by the survivor and the witness", || {
+        m.set("b", "2").ok().filter(|r| r == "STORED")
+    });
+    assert_eq!(r, "STORED");
+    assert_eq!(m.get("a").unwrap().as_deref(), Some("1"), "the write before the kill");
+    assert_eq!(m.get("b").unwrap().as_deref(), Some("2"));
+    let st = futures_block(sessions_status(&c, survivor)).unwrap();
+    assert_ne!(st["leader"].as_str(), Some(victim), "{st}");
+}
