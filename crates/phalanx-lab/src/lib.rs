@@ -4,8 +4,10 @@
 //! failover beside etcd, VIP failover beside keepalived, the load balancer beside HAProxy with its
 //! HTTP backend and open-loop generator (`httpload`), the scheduler beside crm_simulate, the
 //! cost of a state write as the state grows, the session store beside memcached and etcd with its
-//! memcached/etcd load generator (`mcload`)), the peers' drivers, and the lab demo. It runs
-//! the real `phalanx` binary (see [`lab::phalanx_exe`]) through the product's loopback harness.
+//! memcached/etcd load generator (`mcload`)), the peers' drivers, the lab demo, and the session
+//! store's linearizability check (`mcclient`, `session_check`, `linearizability`, with its
+//! nemesis in the lab: `session_nemesis`). It runs the real `phalanx` binary (see
+//! [`lab::phalanx_exe`]) through the product's loopback harness.
 
 pub mod bench;
 pub mod bench_lb;
@@ -16,8 +18,11 @@ pub mod demo_lab;
 pub mod httpload;
 pub mod lab;
 pub mod lab_bench;
+pub mod linearizability;
+pub mod mcclient;
 pub mod mcload;
 pub mod nemesis;
 pub mod peer_etcd;
 pub mod saturate;
+pub mod session_check;
 pub mod sim;

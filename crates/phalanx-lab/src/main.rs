@@ -6,7 +6,8 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use phalanx_core::config::parse_duration;
 use phalanx_lab::{
-    bench, bench_lb, bench_sched, bench_sessions, bench_state, demo_lab, httpload, lab, lab_bench, nemesis, sim,
+    bench, bench_lb, bench_sched, bench_sessions, bench_state, demo_lab, httpload, lab, lab_bench, nemesis,
+    session_check, sim,
 };
 use std::time::Duration;
 
@@ -107,6 +108,23 @@ enum Cmd {
         /// A request with no answer by then counts as failed.
         #[arg(long, default_value = "2s", value_parser = duration)]
         timeout: Duration,
+    },
+    /// The session store's linearizability check against memcached-protocol addresses: N
+    /// clients run a seeded mix of get/gets/set/add/cas/incr/delete, the history is checked
+    /// key by key, acknowledged writes are counted against final reads. Exits 1 on a violation
+    /// or a lost acknowledged write, 3 when the checker could not decide a key.
+    SessionCheck {
+        /// Comma-separated memcached-protocol addresses (clients reconnect round robin).
+        #[arg(long, value_delimiter = ',', required = true)]
+        addrs: Vec<std::net::SocketAddr>,
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// Length of each run's workload.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// The first run's seed (run i uses seed + i; default: random, printed).
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Benchmarks that print figures (they assert nothing).
     Bench {
@@ -345,6 +363,50 @@ fn main() {
     std::process::exit(code);
 }
 
+async fn session_check(
+    addrs: Vec<std::net::SocketAddr>,
+    runs: usize,
+    seconds: f64,
+    seed: Option<u64>,
+    json: bool,
+) -> Result<i32> {
+    if runs == 0 || !(seconds > 0.0 && seconds.is_finite()) {
+        bail!("--runs must be at least 1 and --seconds positive");
+    }
+    let args = session_check::Args {
+        addrs,
+        runs,
+        seconds,
+        seed: seed.unwrap_or_else(rand::random),
+    };
+    if json && seed.is_none() {
+        eprintln!("session-check: seed {}", args.seed);
+    }
+    let r = session_check::run_all(&args, |i, run| {
+        if !json {
+            print!(
+                "{}",
+                session_check::render_run(i, args.seed.wrapping_add(i as u64), run)
+            );
+        }
+    })
+    .await?;
+    output(json, &r, session_check::render)?;
+    if r.unknown > 0 {
+        eprintln!(
+            "session-check: the checker could not decide {} keys within its budget",
+            r.unknown
+        );
+    }
+    Ok(if r.linearizability_violations > 0 || r.lost_acked_writes > 0 {
+        1
+    } else if r.unknown > 0 {
+        3
+    } else {
+        0
+    })
+}
+
 fn output<T: serde::Serialize>(json: bool, r: &T, human: impl FnOnce(&T) -> String) -> Result<()> {
     if json {
         print_json(r)
@@ -355,9 +417,19 @@ fn output<T: serde::Serialize>(json: bool, r: &T, human: impl FnOnce(&T) -> Stri
 }
 
 async fn run(cli: Cli) -> Result<i32> {
+    if let Cmd::SessionCheck {
+        addrs,
+        runs,
+        seconds,
+        seed,
+    } = cli.cmd
+    {
+        return session_check(addrs, runs, seconds, seed, cli.json).await;
+    }
     let exe = lab::phalanx_exe()?;
     match cli.cmd {
         Cmd::Sim { .. } => bail!("sim runs on its own paused runtimes (see main)"),
+        Cmd::SessionCheck { .. } => bail!("session-check needs no phalanx binary (see run)"),
         Cmd::Backend { .. } | Cmd::Loadgen { .. } => bail!("backend and loadgen run on their own runtimes (see main)"),
         Cmd::Bench {
             cmd:
