@@ -25,4 +25,5 @@ pub mod nemesis;
 pub mod peer_etcd;
 pub mod saturate;
 pub mod session_check;
+pub mod session_nemesis;
 pub mod sim;

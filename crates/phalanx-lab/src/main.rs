@@ -109,13 +109,16 @@ enum Cmd {
         #[arg(long, default_value = "2s", value_parser = duration)]
         timeout: Duration,
     },
-    /// The session store's linearizability check against memcached-protocol addresses: N
-    /// clients run a seeded mix of get/gets/set/add/cas/incr/delete, the history is checked
-    /// key by key, acknowledged writes are counted against final reads. Exits 1 on a violation
-    /// or a lost acknowledged write, 3 when the checker could not decide a key.
+    /// The session store's linearizability check (`tests/lab/session-check`): N clients run a
+    /// seeded mix of get/gets/set/add/cas/incr/delete, the history is checked key by key,
+    /// acknowledged writes are counted against final reads. Without --addrs: a 3-node lab
+    /// cluster in network namespaces (root) with a nemesis beside the clients (kills of the
+    /// store's leader, pauses, partitions). Exits 1 on a violation or a lost acknowledged write,
+    /// 3 when the checker could not decide a key.
     SessionCheck {
-        /// Comma-separated memcached-protocol addresses (clients reconnect round robin).
-        #[arg(long, value_delimiter = ',', required = true)]
+        /// Comma-separated memcached-protocol addresses to check instead (no nemesis; clients
+        /// reconnect round robin).
+        #[arg(long, value_delimiter = ',')]
         addrs: Vec<std::net::SocketAddr>,
         #[arg(long, default_value_t = 1)]
         runs: usize,
@@ -125,6 +128,10 @@ enum Cmd {
         /// The first run's seed (run i uses seed + i; default: random, printed).
         #[arg(long)]
         seed: Option<u64>,
+        /// (Lab only) run the daemons with a planted bug, followers answering reads from their
+        /// own copy: shows that the check catches it.
+        #[arg(long)]
+        plant_stale_reads: bool,
     },
     /// Benchmarks that print figures (they assert nothing).
     Bench {
@@ -368,8 +375,12 @@ async fn session_check(
     runs: usize,
     seconds: f64,
     seed: Option<u64>,
+    plant_stale_reads: bool,
     json: bool,
 ) -> Result<i32> {
+    if plant_stale_reads && !addrs.is_empty() {
+        bail!("--plant-stale-reads runs the lab's own cluster: leave out --addrs");
+    }
     if runs == 0 || !(seconds > 0.0 && seconds.is_finite()) {
         bail!("--runs must be at least 1 and --seconds positive");
     }
@@ -382,15 +393,43 @@ async fn session_check(
     if json && seed.is_none() {
         eprintln!("session-check: seed {}", args.seed);
     }
-    let r = session_check::run_all(&args, |i, run| {
-        if !json {
-            print!(
-                "{}",
-                session_check::render_run(i, args.seed.wrapping_add(i as u64), run)
-            );
-        }
-    })
-    .await?;
+    let r = if args.addrs.is_empty() {
+        let a = phalanx_lab::session_nemesis::Args {
+            runs,
+            seconds,
+            seed: args.seed,
+            plant_stale_reads,
+        };
+        tokio::task::spawn_blocking(move || {
+            phalanx_lab::session_nemesis::run(a, move |i, seed, run, faults| {
+                if !json {
+                    print!(
+                        "{}  nemesis: {} leader kills, {} pauses, {} partitions{}\n",
+                        session_check::render_run(i, seed, run).trim_end(),
+                        faults.kills,
+                        faults.pauses,
+                        faults.partitions,
+                        if faults.notes.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", faults.notes.join("; "))
+                        }
+                    );
+                }
+            })
+        })
+        .await??
+    } else {
+        session_check::run_all(&args, |i, run| {
+            if !json {
+                print!(
+                    "{}",
+                    session_check::render_run(i, args.seed.wrapping_add(i as u64), run)
+                );
+            }
+        })
+        .await?
+    };
     output(json, &r, session_check::render)?;
     if r.unknown > 0 {
         eprintln!(
@@ -422,9 +461,10 @@ async fn run(cli: Cli) -> Result<i32> {
         runs,
         seconds,
         seed,
+        plant_stale_reads,
     } = cli.cmd
     {
-        return session_check(addrs, runs, seconds, seed, cli.json).await;
+        return session_check(addrs, runs, seconds, seed, plant_stale_reads, cli.json).await;
     }
     let exe = lab::phalanx_exe()?;
     match cli.cmd {

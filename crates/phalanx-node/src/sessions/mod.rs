@@ -43,6 +43,10 @@ const IN_FLIGHT: usize = 2;
 const FORWARDS_IN_FLIGHT: usize = 8;
 /// The peer routes a follower sends writes and read-index requests to (postcard bodies).
 pub const WRITE_PATH: &str = "/sessions/write";
+/// A planted bug for the linearizability check to catch (`tests/lab/session-check
+/// --plant-stale-reads`): with this variable set to 1, a follower answers reads from its own
+/// copy without a read index. Never set it on a real cluster.
+pub const PLANT_STALE_READS: &str = "PHALANX_TEST_STALE_READS";
 pub const READ_PATH: &str = "/sessions/read";
 
 /// Why the session store could not start.
@@ -158,6 +162,8 @@ pub struct Sessions {
     /// The `[sessions]` in force (None: off): what the listener, the limit and upkeep follow.
     config: std::sync::RwLock<Option<SessionsConfig>>,
     pub counters: Counters,
+    /// See [`PLANT_STALE_READS`].
+    stale_reads: bool,
     rate: std::sync::Mutex<Rate>,
     /// The addresses the listener holds now.
     pub(crate) listening: std::sync::Mutex<BTreeSet<std::net::SocketAddr>>,
@@ -201,6 +207,9 @@ impl Sessions {
             })
             .await??;
         let http = rt.spawn(async { crate::transport::raft_client() }).await??;
+        if std::env::var(PLANT_STALE_READS).is_ok_and(|v| v == "1") {
+            tracing::error!("{PLANT_STALE_READS}=1: followers answer session reads from their own copy (a planted bug for the linearizability check)");
+        }
         let (wtx, wrx) = mpsc::channel(4096);
         let (rtx, rrx) = mpsc::channel(4096);
         let s = Arc::new(Sessions {
@@ -214,6 +223,7 @@ impl Sessions {
             token: o.token,
             config: std::sync::RwLock::new(o.config),
             counters: Counters::default(),
+            stale_reads: std::env::var(PLANT_STALE_READS).is_ok_and(|v| v == "1"),
             rate: Default::default(),
             listening: Default::default(),
         });
@@ -510,6 +520,13 @@ impl Sessions {
     }
 
     async fn read_round(&self) -> Result<ReadPoint, SessionsError> {
+        if self.stale_reads && !self.is_leader() {
+            // The planted bug: the local copy as it is.
+            return Ok(ReadPoint {
+                index: 0,
+                now_ms: now_ms(),
+            });
+        }
         self.await_leader().await?;
         let point = match self.post::<ReadPoint>(READ_PATH, Vec::new()).await {
             // Asked of itself (`post` sends only to another node), or elected meanwhile.
