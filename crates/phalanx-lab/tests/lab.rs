@@ -1534,3 +1534,45 @@ async fn an_http_balancer_keeps_websockets_drains_retries_and_sticks_across_fail
         }
     }
 }
+
+/// The session store under faults (issue 15): 8 clients in the client namespace run a mix of
+/// get/gets/set/add/cas/incr/delete for 15 s while the nemesis kills the store's leader, pauses
+/// nodes and partitions a node or the leader; the history is linearizable and no acknowledged
+/// write is lost. The same check, run against daemons with a planted bug (followers answering
+/// reads from their own copy), reports violations: the check can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_store_is_linearizable_under_faults_and_a_planted_stale_read_is_caught() {
+    if std::env::var_os("PHALANX_NO_LAB").is_some() {
+        eprintln!("lab test skipped: PHALANX_NO_LAB is set");
+        return;
+    }
+    let _one = ONE_LAB.lock().await;
+    use phalanx_lab::session_nemesis::{run, Args};
+    let check = |seconds: f64, plant_stale_reads: bool| {
+        tokio::task::spawn_blocking(move || {
+            run(
+                Args {
+                    runs: 1,
+                    seconds,
+                    seed: 15,
+                    plant_stale_reads,
+                },
+                |_, seed, r, f| {
+                    eprintln!(
+                        "seed {seed}: {} ops, {} acked writes, {} lost, {} violations, {} undecided; {} kills, {} pauses, {} partitions {:?}",
+                        r.ops, r.acked_writes, r.lost_acked_writes, r.violations.len(), r.unknown, f.kills, f.pauses, f.partitions, f.notes
+                    )
+                },
+            )
+        })
+    };
+    let r = check(15.0, false).await.unwrap().unwrap();
+    assert!(r.acked_writes > 100, "{r:?}");
+    assert_eq!(r.lost_acked_writes, 0, "{r:?}");
+    assert_eq!(r.linearizability_violations, 0, "{r:?}");
+    let planted = check(5.0, true).await.unwrap().unwrap();
+    assert!(
+        planted.linearizability_violations > 0,
+        "the planted stale reads went unseen: {planted:?}"
+    );
+}
