@@ -403,8 +403,8 @@ async fn session_check(
         tokio::task::spawn_blocking(move || {
             phalanx_lab::session_nemesis::run(a, move |i, seed, run, faults| {
                 if !json {
-                    print!(
-                        "{}  nemesis: {} leader kills, {} pauses, {} partitions{}\n",
+                    println!(
+                        "{}  nemesis: {} leader kills, {} pauses, {} partitions{}",
                         session_check::render_run(i, seed, run).trim_end(),
                         faults.kills,
                         faults.pauses,
