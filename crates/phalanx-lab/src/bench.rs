@@ -102,20 +102,6 @@ pub struct BenchArgs {
     pub sessions_load: bool,
 }
 
-/// `[sessions]` on `nodes` loopback ports, and those ports.
-fn sessions_config(nodes: usize) -> Result<(String, Vec<std::net::SocketAddr>)> {
-    let mut addrs = Vec::new();
-    for _ in 0..nodes {
-        addrs.push(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?);
-    }
-    let listen: Vec<String> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("n{} = \"{a}\"", i + 1))
-        .collect();
-    Ok((format!("\n[sessions]\nlisten = {{ {} }}\n", listen.join(", ")), addrs))
-}
-
 /// `node_lost` events in the cluster's history.
 fn nodes_lost(cluster: &LocalCluster) -> u64 {
     match cluster.cli(&["events", "--kind", "node_lost", "--json"]) {
@@ -161,7 +147,7 @@ pub async fn run(args: BenchArgs, exe: PathBuf) -> Result<BenchReport> {
     let loads: &[bool] = if args.sessions_load { &[false, true] } else { &[false] };
     for hb in &args.heartbeats {
         for &loaded in loads {
-            let (sessions, addrs) = sessions_config(3)?;
+            let (sessions, addrs) = phalanx::demo::sessions_section(3)?;
             let mut cluster = LocalCluster::create(Spec {
                 nodes: 3,
                 heartbeat: *hb,

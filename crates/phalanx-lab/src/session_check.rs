@@ -106,6 +106,19 @@ pub struct Report {
     pub unknown: usize,
 }
 
+impl Report {
+    /// Count one more run.
+    pub fn add(&mut self, r: &RunResult) {
+        self.runs += 1;
+        self.ops += r.ops;
+        self.acked_writes += r.acked_writes;
+        self.lost_acked_writes += r.lost_acked_writes;
+        self.linearizability_violations += r.violations.len();
+        self.checker_ms += r.checker_ms;
+        self.unknown += r.unknown;
+    }
+}
+
 /// One run without anything beside it.
 pub async fn run(addrs: &[SocketAddr], seconds: f64, seed: u64) -> Result<Recorded> {
     let w = Workload::new(addrs, Duration::from_secs_f64(seconds), seed);
@@ -445,13 +458,7 @@ where
         );
         let (rec, ()) = run_beside(&w, |window| beside(i, window)).await?;
         let r = check_timed(rec).await?;
-        report.runs += 1;
-        report.ops += r.ops;
-        report.acked_writes += r.acked_writes;
-        report.lost_acked_writes += r.lost_acked_writes;
-        report.linearizability_violations += r.violations.len();
-        report.checker_ms += r.checker_ms;
-        report.unknown += r.unknown;
+        report.add(&r);
         each(i, &r);
     }
     Ok(report)

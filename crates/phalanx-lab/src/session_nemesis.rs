@@ -149,13 +149,7 @@ pub fn run(args: Args, mut each: impl FnMut(usize, u64, &RunResult, &Faults) + S
                 let w = Workload::new(&addrs, Duration::from_secs_f64(args.seconds), seed);
                 let (rec, faults) = session_check::run_beside(&w, |win| nemesis(&lab, &mut c, seed, win)).await?;
                 let r = session_check::check_timed(rec).await?;
-                report.runs += 1;
-                report.ops += r.ops;
-                report.acked_writes += r.acked_writes;
-                report.lost_acked_writes += r.lost_acked_writes;
-                report.linearizability_violations += r.violations.len();
-                report.checker_ms += r.checker_ms;
-                report.unknown += r.unknown;
+                report.add(&r);
                 each(i, seed, &r, &faults);
             }
             c.stop_all();

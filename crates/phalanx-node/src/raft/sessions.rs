@@ -10,6 +10,7 @@
 #![allow(clippy::result_large_err)]
 
 use super::group::{Group, GroupId};
+use super::state_machine::{off_runtime, poisoned};
 use super::store::{decode, encode, io, meta_get, StoreError, META};
 use super::{BasicNode, LogId, Membership, NodeId, StorageError};
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -107,19 +108,6 @@ struct StoredSnapshot {
 pub struct SessionsSm {
     db: Arc<Database>,
     state: Arc<Mutex<SmState>>,
-}
-
-fn poisoned() -> StorageError {
-    StorageIOError::read_state_machine(io("poisoned lock")).into()
-}
-
-async fn off_runtime<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
-    failed: fn(openraft::AnyError) -> StorageIOError<NodeId>,
-) -> Result<T, StorageError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| StorageError::from(failed(io(e))))?
 }
 
 impl SessionsSm {

@@ -78,7 +78,7 @@ fn stored_snapshot(d: &SmData) -> StoredSnapshot {
     }
 }
 
-fn poisoned() -> StorageError {
+pub(super) fn poisoned() -> StorageError {
     StorageIOError::read_state_machine(io("poisoned lock")).into()
 }
 
@@ -88,7 +88,7 @@ fn poisoned() -> StorageError {
 /// on a loaded machine, and every peer declared the busy node dead meanwhile (leaders churned,
 /// and a leader streaming the snapshot to a joining node was deposed each time it read it).
 /// `failed` names the storage error if the blocking task itself dies.
-async fn off_runtime<T: Send + 'static>(
+pub(super) async fn off_runtime<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
     failed: fn(openraft::AnyError) -> StorageIOError<NodeId>,
 ) -> Result<T, StorageError> {
