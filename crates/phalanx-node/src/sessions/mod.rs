@@ -6,7 +6,8 @@
 //! to the leader, several batches at once, since a connection has one submission in flight at
 //! a time and so its writes keep their order); the
 //! read path (a read waits for a read index: the leader confirms its leadership with a quorum,
-//! once for every read that arrived before the round began, and a follower asks the leader for
+//! once for every read that arrived before the round began, or reads on the lease such a round
+//! gave it (`leader_read_index`), and a follower asks the leader for
 //! that index and waits until it has applied it, then answers from its own copy at the
 //! leader's time); and the group's upkeep ([`Sessions::upkeep`]: heartbeats and elections on
 //! only while `[sessions]` is configured, and the group's members following the cluster's).
@@ -164,6 +165,10 @@ pub struct Sessions {
     pub counters: Counters,
     /// See [`PLANT_STALE_READS`].
     stale_reads: bool,
+    /// The leader's read lease: (term, until) from its last quorum round (see
+    /// `leader_read_index`), and how long a round's lease lasts.
+    lease: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
+    lease_for: Duration,
     rate: std::sync::Mutex<Rate>,
     /// The addresses the listener holds now.
     pub(crate) listening: std::sync::Mutex<BTreeSet<std::net::SocketAddr>>,
@@ -198,6 +203,7 @@ impl Sessions {
         rc.enable_heartbeat = false;
         rc.enable_elect = false;
         let rc = Arc::new(rc.validate()?);
+        let lease_for = Duration::from_millis(rc.election_timeout_min / 2);
         let (db, sm2, token) = (o.db.clone(), sm.clone(), o.token.clone());
         let raft = rt
             .spawn(async move {
@@ -224,6 +230,8 @@ impl Sessions {
             config: std::sync::RwLock::new(o.config),
             counters: Counters::default(),
             stale_reads: std::env::var(PLANT_STALE_READS).is_ok_and(|v| v == "1"),
+            lease: Default::default(),
+            lease_for,
             rate: Default::default(),
             listening: Default::default(),
         });
@@ -530,16 +538,10 @@ impl Sessions {
         self.await_leader().await?;
         let point = match self.post::<ReadPoint>(READ_PATH, Vec::new()).await {
             // Asked of itself (`post` sends only to another node), or elected meanwhile.
-            Err(SessionsError::NoLeader | SessionsError::NotLeader) if self.is_leader() => {
-                let (read, _) = tokio::time::timeout(WAIT, self.raft.get_read_log_id())
-                    .await
-                    .map_err(|_| SessionsError::Timeout)?
-                    .map_err(|e| SessionsError::NotCommitted(e.to_string()))?;
-                ReadPoint {
-                    index: read.map_or(0, |l| l.index),
-                    now_ms: now_ms(),
-                }
-            }
+            Err(SessionsError::NoLeader | SessionsError::NotLeader) if self.is_leader() => ReadPoint {
+                index: self.leader_read_index().await?,
+                now_ms: now_ms(),
+            },
             r => r?,
         };
         self.raft
@@ -554,12 +556,34 @@ impl Sessions {
         })
     }
 
+    /// The leader's read index. A quorum round (openraft's `get_read_log_id`: a heartbeat to
+    /// every follower) that began at T0 in term T also gives a lease: every follower that
+    /// acknowledged it refuses to vote until `election_timeout_max` after it heard from this
+    /// leader (openraft's leader lease), so no other leader can exist before T0 + that. Until
+    /// T0 + `lease_for` (half of `election_timeout_min`: margin for the clocks' rates) and
+    /// while still leading in term T, a read needs no round: its index is what this leader has
+    /// applied (a write is acknowledged only once the leader has applied it, and the term's first
+    /// round waited for everything committed before the term).
+    async fn leader_read_index(&self) -> Result<u64, SessionsError> {
+        let term = self.raft.metrics().borrow().current_term;
+        let last = self.sm.lock().last_applied().map_or(0, |l| l.index);
+        let leased = *self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        if leased.is_some_and(|(t, until)| t == term && std::time::Instant::now() < until) && self.is_leader() {
+            return Ok(last);
+        }
+        let t0 = std::time::Instant::now();
+        let (read, _) = tokio::time::timeout(WAIT, self.raft.get_read_log_id())
+            .await
+            .map_err(|_| SessionsError::Timeout)?
+            .map_err(|e| SessionsError::NotCommitted(e.to_string()))?;
+        *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some((term, t0 + self.lease_for));
+        Ok(read.map_or(0, |l| l.index))
+    }
+
     /// A follower's read-index request, on the leader.
     pub async fn leader_read(&self) -> Result<ReadPoint, SessionsError> {
         if !self.is_leader() {
-            return Err(SessionsError::NotCommitted(
-                "this node no longer leads the session store".into(),
-            ));
+            return Err(SessionsError::NotLeader);
         }
         self.read_point().await
     }
