@@ -1,16 +1,18 @@
 //! The session store on a node (issue 15): the `sessions` Raft group (`raft::sessions`), run
 //! on its own runtime ([`runtime`], threads at a lowered priority like the balancer's) so that
-//! a storm of session writes never delays the cluster group, heartbeats or plans; the write
-//! path (every write request is queued to one batcher per node, which proposes what has
-//! gathered as one entry — one fsynced append for many writes — on the leader, or forwards it
-//! to the leader, several batches at once, since a connection has one submission in flight at
-//! a time and so its writes keep their order); the
-//! read path (a read waits for a read index: the leader confirms its leadership with a quorum,
-//! once for every read that arrived before the round began, or reads on the lease such a round
-//! gave it (`leader_read_index`), and a follower asks the leader for
-//! that index and waits until it has applied it, then answers from its own copy at the
-//! leader's time); and the group's upkeep ([`Sessions::upkeep`]: heartbeats and elections on
-//! only while `[sessions]` is configured, and the group's members following the cluster's).
+//! a storm of session writes never delays the cluster group, heartbeats or plans.
+//! - The write path: every write request is queued to one batcher per node; on the leader it
+//!   proposes what has gathered as one entry (one fsynced append for many writes), a follower
+//!   forwards its batches to the leader, several at once, and the leader's batcher merges them
+//!   with its own (a connection has one submission in flight at a time, so its writes keep
+//!   their order).
+//! - The read path: a read waits for a read index. The leader confirms its leadership with a
+//!   quorum once for every read that arrived before the round began, or reads on the lease
+//!   such a round gave it (`leader_read_index`); a follower asks the leader for the index and
+//!   its time, waits until it has applied it, and answers from its own copy.
+//! - Upkeep (`Sessions::upkeep`): heartbeats and elections on only while `[sessions]` is
+//!   configured, the group's members following the cluster's, leader and eviction events.
+//!
 //! The memcached listener is `listener`.
 
 pub mod listener;
@@ -44,11 +46,11 @@ const IN_FLIGHT: usize = 2;
 const FORWARDS_IN_FLIGHT: usize = 8;
 /// The peer routes a follower sends writes and read-index requests to (postcard bodies).
 pub const WRITE_PATH: &str = "/sessions/write";
+pub const READ_PATH: &str = "/sessions/read";
 /// A planted bug for the linearizability check to catch (`tests/lab/session-check
 /// --plant-stale-reads`): with this variable set to 1, a follower answers reads from its own
 /// copy without a read index. Never set it on a real cluster.
 pub const PLANT_STALE_READS: &str = "PHALANX_TEST_STALE_READS";
-pub const READ_PATH: &str = "/sessions/read";
 
 /// Why the session store could not start.
 #[derive(Debug, thiserror::Error)]
