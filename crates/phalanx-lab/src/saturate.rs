@@ -1,15 +1,14 @@
 //! A load that saturates the session store while another measurement runs (`bench failover`'s
-//! loaded pass): C connections spread over the nodes' memcached ports, each writing 512-byte
-//! session values as fast as the store acknowledges them, moving to the next node when its own
-//! is dead or answers `SERVER_ERROR`. It counts acknowledged writes; it measures nothing else.
-//! Written by hand (a few lines of the text protocol) because it must live through node kills.
+//! loaded pass): C connections (`mcclient`) spread over the nodes' memcached ports, each writing
+//! 512-byte session values as fast as the store acknowledges them, moving to the next node when
+//! its own is dead or answers `SERVER_ERROR`. It counts acknowledged writes; it measures nothing
+//! else.
 
+use crate::mcclient::{McClient, Store};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 /// A running load; stops when dropped.
 pub struct Load {
@@ -26,15 +25,6 @@ impl Drop for Load {
     }
 }
 
-async fn set(r: &mut BufReader<TcpStream>, req: &[u8]) -> std::io::Result<bool> {
-    r.get_mut().write_all(req).await?;
-    let mut line = String::new();
-    if r.read_line(&mut line).await? == 0 {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    Ok(line == "STORED\r\n")
-}
-
 /// Start `connections` writers over `addrs`.
 pub fn start(addrs: Vec<SocketAddr>, connections: usize) -> Load {
     let (acked, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -43,23 +33,25 @@ pub fn start(addrs: Vec<SocketAddr>, connections: usize) -> Load {
             let (addrs, acked, errors) = (addrs.clone(), acked.clone(), errors.clone());
             tokio::spawn(async move {
                 let mut at = c;
-                let value = "s".repeat(512);
-                let mut conn: Option<BufReader<TcpStream>> = None;
+                let value = vec![b's'; 512];
+                let mut conn: Option<McClient> = None;
                 for i in 0u64.. {
-                    let r = match conn.as_mut() {
-                        Some(r) => r,
-                        None => match TcpStream::connect(addrs[at % addrs.len()]).await {
-                            Ok(s) => conn.insert(BufReader::new(s)),
-                            Err(_) => {
-                                at += 1;
-                                tokio::time::sleep(Duration::from_millis(20)).await;
-                                continue;
+                    let client = match conn.as_mut() {
+                        Some(client) => client,
+                        None => {
+                            let t = Duration::from_secs(5);
+                            match McClient::connect(addrs[at % addrs.len()], t, t).await {
+                                Ok(client) => conn.insert(client),
+                                Err(_) => {
+                                    at += 1;
+                                    tokio::time::sleep(Duration::from_millis(20)).await;
+                                    continue;
+                                }
                             }
-                        },
+                        }
                     };
-                    let req = format!("set load.{c}.{} 0 0 {}\r\n{value}\r\n", i % 1000, value.len());
-                    match tokio::time::timeout(Duration::from_secs(5), set(r, req.as_bytes())).await {
-                        Ok(Ok(true)) => {
+                    match client.set(&format!("load.{c}.{}", i % 1000), &value).await {
+                        Ok(Store::Stored) => {
                             acked.fetch_add(1, Ordering::Relaxed);
                         }
                         _ => {

@@ -10,8 +10,8 @@
 #![allow(clippy::result_large_err)]
 
 use super::group::{Group, GroupId};
-use super::state_machine::{off_runtime, poisoned};
-use super::store::{decode, encode, io, meta_get, StoreError, META};
+use super::state_machine::{current_snapshot, off_runtime, poisoned, store_snapshot, StoredSnapshot};
+use super::store::{decode, encode, io, StoreError, META};
 use super::{BasicNode, LogId, Membership, NodeId, StorageError};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta, StorageIOError};
@@ -95,12 +95,6 @@ impl SmState {
 struct Whole {
     applied: Applied,
     items: Vec<(Vec<u8>, Item)>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, BasicNode>,
-    data: Vec<u8>,
 }
 
 /// The session store's state machine.
@@ -193,18 +187,11 @@ fn write_whole(db: &Database, whole: &Whole, snapshot: &[u8]) -> Result<(), redb
 }
 
 fn snapshot_of(whole: &Whole) -> StoredSnapshot {
-    let snapshot_id = match whole.applied.last_applied {
-        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
-        None => "empty".to_string(),
-    };
-    StoredSnapshot {
-        meta: SnapshotMeta {
-            last_log_id: whole.applied.last_applied,
-            last_membership: whole.applied.membership.clone(),
-            snapshot_id,
-        },
-        data: encode(whole),
-    }
+    StoredSnapshot::of(
+        whole.applied.last_applied,
+        whole.applied.membership.clone(),
+        encode(whole),
+    )
 }
 
 impl RaftSnapshotBuilder<SessionsGroup> for SessionsSm {
@@ -223,22 +210,8 @@ impl RaftSnapshotBuilder<SessionsGroup> for SessionsSm {
         let snap = off_runtime(
             move || {
                 let snap = snapshot_of(&whole);
-                let write = || -> Result<(), redb::Error> {
-                    let tx = db.begin_write()?;
-                    {
-                        let mut t = tx.open_table(META)?;
-                        let newer = t.get("snapshot")?.is_some_and(|v| {
-                            postcard::take_from_bytes::<SnapshotMeta<NodeId, BasicNode>>(v.value())
-                                .is_ok_and(|(m, _)| m.last_log_id > snap.meta.last_log_id)
-                        });
-                        if !newer {
-                            t.insert("snapshot", encode(&snap).as_slice())?;
-                        }
-                    }
-                    tx.commit()?;
-                    Ok(())
-                };
-                write().map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), io(e)))?;
+                store_snapshot(&db, &snap)
+                    .map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), io(e)))?;
                 Ok(snap)
             },
             |e| StorageIOError::write_snapshot(None, e),
@@ -341,16 +314,7 @@ impl RaftStateMachine<SessionsGroup> for SessionsSm {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<SessionsGroup>>, StorageError> {
-        let db = self.db.clone();
-        let stored: Option<StoredSnapshot> = off_runtime(
-            move || meta_get(&db, "snapshot").map_err(|e| StorageIOError::read_snapshot(None, io(e)).into()),
-            |e| StorageIOError::read_snapshot(None, e),
-        )
-        .await?;
-        Ok(stored.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data)),
-        }))
+        current_snapshot(self.db.clone()).await
     }
 }
 

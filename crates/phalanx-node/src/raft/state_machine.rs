@@ -46,10 +46,48 @@ impl SmData {
     }
 }
 
+/// A snapshot as a group's file keeps it (meta `snapshot`): its meta and its bytes. Shared by
+/// every group whose snapshot is bytes in memory (`raft::sessions` too).
 #[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, BasicNode>,
-    data: Vec<u8>,
+pub(super) struct StoredSnapshot {
+    pub(super) meta: SnapshotMeta<NodeId, BasicNode>,
+    pub(super) data: Vec<u8>,
+}
+
+impl StoredSnapshot {
+    /// A snapshot of `data` (already encoded) at `last_applied` with `membership`, named by
+    /// its last applied log id.
+    pub(super) fn of(last_applied: Option<LogId>, membership: Membership, data: Vec<u8>) -> StoredSnapshot {
+        let snapshot_id = match last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+            None => "empty".to_string(),
+        };
+        StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: last_applied,
+                last_membership: membership,
+                snapshot_id,
+            },
+            data,
+        }
+    }
+}
+
+/// The snapshot stored in `db` (what openraft's `get_current_snapshot` asks), read off the
+/// runtime.
+pub(super) async fn current_snapshot<C>(db: Arc<Database>) -> Result<Option<Snapshot<C>>, StorageError>
+where
+    C: openraft::RaftTypeConfig<NodeId = NodeId, Node = BasicNode, SnapshotData = Cursor<Vec<u8>>>,
+{
+    let stored: Option<StoredSnapshot> = off_runtime(
+        move || meta_get(&db, "snapshot").map_err(|e| StorageIOError::read_snapshot(None, io(e)).into()),
+        |e| StorageIOError::read_snapshot(None, e),
+    )
+    .await?;
+    Ok(stored.map(|s| Snapshot {
+        meta: s.meta,
+        snapshot: Box::new(Cursor::new(s.data)),
+    }))
 }
 
 /// The applied cluster state, shared read-only with the rest of the node.
@@ -62,20 +100,9 @@ pub struct StateMachine {
     applied: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
-/// A snapshot of `d`: the whole state in postcard, named by its last applied log id.
+/// A snapshot of `d`: the whole state in postcard.
 fn stored_snapshot(d: &SmData) -> StoredSnapshot {
-    let snapshot_id = match d.last_applied {
-        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
-        None => "empty".to_string(),
-    };
-    StoredSnapshot {
-        meta: SnapshotMeta {
-            last_log_id: d.last_applied,
-            last_membership: d.membership.clone(),
-            snapshot_id,
-        },
-        data: encode(d),
-    }
+    StoredSnapshot::of(d.last_applied, d.membership.clone(), encode(d))
 }
 
 pub(super) fn poisoned() -> StorageError {
@@ -101,7 +128,7 @@ pub(super) async fn off_runtime<T: Send + 'static>(
 /// runtime, it may finish after a newer one was installed from the leader. It is encoded before
 /// the write transaction begins: redb has one writer at a time, and the log and the applied
 /// entries, written on the runtime thread, wait for it.
-fn store_snapshot(db: &Database, snap: &StoredSnapshot) -> Result<(), redb::Error> {
+pub(super) fn store_snapshot(db: &Database, snap: &StoredSnapshot) -> Result<(), redb::Error> {
     let bytes = encode(snap);
     let tx = db.begin_write()?;
     {
@@ -270,16 +297,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let db = self.db.clone();
-        let stored: Option<StoredSnapshot> = off_runtime(
-            move || meta_get(&db, "snapshot").map_err(|e| StorageIOError::read_snapshot(None, io(e)).into()),
-            |e| StorageIOError::read_snapshot(None, e),
-        )
-        .await?;
-        Ok(stored.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data)),
-        }))
+        current_snapshot(self.db.clone()).await
     }
 }
 

@@ -261,7 +261,10 @@ impl Sessions {
     }
 
     fn limit(&self) -> u64 {
-        self.config()
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
             .map_or(phalanx_core::config::DEFAULT_MEMORY_LIMIT, |c| c.memory_limit)
     }
 
@@ -275,7 +278,8 @@ impl Sessions {
 
     /// The API address of the group's leader (None: none known, or it is this node).
     fn leader_addr(&self) -> Option<String> {
-        let m = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         let leader = m.current_leader.filter(|l| *l != self.id)?;
         let addr = m
             .membership_config
