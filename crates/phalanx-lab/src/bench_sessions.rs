@@ -82,6 +82,8 @@ pub struct Args {
     pub server_cpus: Option<String>,
     /// etcd: serializable ranges (served by the member asked) instead of linearizable ones.
     pub etcd_serializable: bool,
+    /// The share of gets in the mix (0.9: the 90/10).
+    pub gets: f64,
     /// The phalanx binary (for [`start_phalanx`]).
     pub exe: PathBuf,
     pub json: bool,
@@ -442,6 +444,7 @@ async fn measure(sys: System, a: &Args, pb: &ProgressBar) -> Result<SystemResult
     w.keys = a.keys;
     w.seed = a.seed;
     w.etcd_serializable = a.etcd_serializable;
+    w.get_ratio = a.gets;
     pb.set_message(format!("{name}: preloading {} keys", w.keys));
     let preload = mcload::preload(&w).await.with_context(|| format!("{name}: preload"))?;
     pb.inc(1);
@@ -492,6 +495,9 @@ async fn measure(sys: System, a: &Args, pb: &ProgressBar) -> Result<SystemResult
 pub async fn run(a: Args) -> Result<Report> {
     if a.connections == 0 || a.keys == 0 || a.phase.is_zero() {
         bail!("--connections, --keys and --phase must be positive");
+    }
+    if !(0.0..=1.0).contains(&a.gets) {
+        bail!("--gets is a share of requests, between 0 and 1");
     }
     if let Some(cpus) = &a.client_cpus {
         pin(std::process::id(), cpus)?;

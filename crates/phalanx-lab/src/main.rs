@@ -207,6 +207,10 @@ enum BenchCmd {
         /// linearizable ones.
         #[arg(long)]
         etcd_serializable: bool,
+        /// The share of gets in the mix (the rest are sets): 0.9 is the 90/10; 1.0
+        /// measures the read path alone.
+        #[arg(long, default_value_t = 0.9)]
+        gets: f64,
     },
     /// Leader kill: detection and failover percentiles, and idle footprint.
     Failover {
@@ -532,6 +536,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     client_cpus,
                     server_cpus,
                     etcd_serializable,
+                    gets,
                 },
         } => {
             let r = bench_sessions::run(bench_sessions::Args {
@@ -548,6 +553,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 client_cpus,
                 server_cpus,
                 etcd_serializable,
+                gets,
                 exe,
                 json: cli.json,
             })

@@ -72,10 +72,15 @@ pub async fn run(s: Arc<Sessions>, node: Weak<crate::node::Node>) {
             if running.contains_key(&addr) {
                 continue;
             }
-            match crate::lb::listen_freebind(addr) {
-                Ok(l) => {
+            // Registered with, and served on, the clients' runtime.
+            let listened = super::clients_runtime().and_then(|rt| {
+                let _in = rt.enter();
+                crate::lb::listen_freebind(addr).map(|l| (rt.clone(), l))
+            });
+            match listened {
+                Ok((rt, l)) => {
                     tracing::info!(%addr, "session store listening (memcached protocol)");
-                    running.insert(addr, tokio::spawn(accept(s.clone(), l)).abort_handle());
+                    running.insert(addr, rt.spawn(accept(s.clone(), l)).abort_handle());
                     s.listening.lock().unwrap_or_else(|p| p.into_inner()).insert(addr);
                 }
                 Err(e) => tracing::warn!(%addr, error = %e, "session store: cannot listen (will retry)"),
@@ -179,7 +184,10 @@ async fn handle(s: &Sessions, c: &mut Conn, req: Request, out: &mut Vec<u8>) -> 
         } else {
             let point = match c.point {
                 Some(p) => p,
-                None => match s.read_point().await {
+                None => match match s.leased_point() {
+                    Some(p) => Ok(p),
+                    None => s.read_point().await,
+                } {
                     Ok(p) => *c.point.insert(p),
                     Err(e) => {
                         out.extend(server_error(&e));
