@@ -6,11 +6,13 @@
 //! Modules depend downwards only: `model`, `diag` and `duration` hold what everything shares;
 //! `config` (with `resources` and `fencing`, each section validating itself) builds on them;
 //! `scheduler` and `state` build on the config; `timings` derives every timing from `[cluster]`;
-//! `controller` (the leader's decisions) builds on the state and the scheduler. `lb` (the load
+//! `controller` (the leader's decisions) builds on the state and the scheduler; `availability`
+//! (MTBF, MTTR, error budgets) reads the event history. `lb` (the load
 //! balancer's selection, health and stickiness) stands apart and depends on nothing else here, as
 //! does `sessions` (the memcached-speaking session store of issue 15; so far its protocol parser).
 
 pub mod alerts;
+pub mod availability;
 pub mod config;
 pub mod controller;
 pub mod diag;

@@ -169,7 +169,7 @@ pub async fn run(client: &Client, apis: &[String], q: &Query, json: bool) -> Res
     }
 }
 
-async fn first_page(client: &Client, apis: &[String], path: &str) -> Result<(usize, Page)> {
+pub(crate) async fn first_page(client: &Client, apis: &[String], path: &str) -> Result<(usize, Page)> {
     let mut last = anyhow!("no API address to ask");
     for (i, a) in apis.iter().enumerate() {
         match client.get::<Page>(a, path).await {

@@ -1,6 +1,7 @@
 //! The phalanx binary's library half: the API client, the local-cluster harness shared by the
 //! demo, the process tests and the test rig (`phalanx-lab`), and the commands that are more than a call.
 
+pub mod availability_cmd;
 pub mod backup;
 pub mod balancer_cmd;
 pub mod client;

@@ -178,6 +178,27 @@ enum Cmd {
         #[arg(long)]
         follow: bool,
     },
+    /// Per resource, from the event history: time up and down (unplanned, planned), failures,
+    /// MTBF, MTTR, availability and its nines, error budget and burn-rate alerts.
+    Availability {
+        /// From this time (2026-12-01T10:00:00Z) or duration ago (7d); default: the whole
+        /// history the cluster holds.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this resource.
+        #[arg(long)]
+        resource: Option<String>,
+        /// The objective, in percent.
+        #[arg(long, default_value_t = 99.95)]
+        slo: f64,
+        /// Predict the availability from a mean time between failures (`--mtbf`) and the MTTR
+        /// measured in the window.
+        #[arg(long, requires = "mtbf")]
+        predict: bool,
+        /// With --predict: the mean time between failures to assume (2000h).
+        #[arg(long, requires = "predict")]
+        mtbf: Option<String>,
+    },
     /// Change cluster membership and node flags.
     Node {
         #[command(subcommand)]
@@ -713,6 +734,31 @@ async fn run(cli: Cli) -> Result<i32> {
                 follow: *follow,
             };
             phalanx::events_cmd::run(&client, &apis, &q, cli.json).await
+        }
+        Cmd::Availability {
+            since,
+            resource,
+            slo,
+            predict: _,
+            mtbf,
+        } => {
+            let (client, apis) = apis(&cli)?;
+            let q = phalanx::availability_cmd::Query {
+                since: since.clone(),
+                resource: resource.clone(),
+                slo: *slo,
+                predict_mtbf: mtbf.clone(),
+            };
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let a = phalanx::availability_cmd::run(&client, &apis, &q, now_ms).await?;
+            if cli.json {
+                print_json(&a)?;
+            } else {
+                print!("{}", phalanx::availability_cmd::render(&a));
+            }
+            Ok(0)
         }
         Cmd::Node { cmd } => node_cmd(&cli, cmd).await,
         Cmd::PowerSwitch {

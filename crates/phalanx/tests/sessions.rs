@@ -381,13 +381,32 @@ async fn two_nodes_and_the_witness_survive_either_node() {
     let mut c = LocalCluster::create(Spec::loopback(2, exe(), extra)).unwrap();
     c.start_all().unwrap();
     c.wait_stable(T).await.unwrap();
-    for a in ports.values() {
-        eventually("the store's listeners", || {
-            Mc::connect(*a)
-                .ok()
-                .and_then(|mut m| m.set("a", "1").ok())
-                .filter(|r| r == "STORED")
-        });
+    for (name, a) in &ports {
+        // On a timeout, say what the listener answered and what the nodes logged about the
+        // store (this wait once timed out in CI and passed in every run since).
+        let deadline = Instant::now() + T;
+        loop {
+            let last = match Mc::connect(*a).and_then(|mut m| m.set("a", "1")) {
+                Ok(r) if r == "STORED" => break,
+                Ok(r) => r,
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() > deadline {
+                let logs: Vec<String> = ["n1", "n2", "witness"]
+                    .iter()
+                    .map(|n| {
+                        let text = std::fs::read_to_string(c.log_path(n)).unwrap_or_default();
+                        let store: Vec<&str> = text.lines().filter(|l| l.contains("session")).collect();
+                        format!("--- {n}:\n{}", store[store.len().saturating_sub(15)..].join("\n"))
+                    })
+                    .collect();
+                panic!(
+                    "timed out: {name}'s store listener on {a} (last answer: {last})\n{}",
+                    logs.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     let leader = eventually("the store's leader", || {
         futures_block(sessions_status(&c, "n1")).and_then(|s| s["leader"].as_str().map(String::from))
