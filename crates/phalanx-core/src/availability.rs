@@ -65,6 +65,30 @@ pub struct Options {
     pub slo: f64,
     /// Only this resource (None: every resource the history mentions).
     pub resource: Option<String>,
+    /// What contains each resource (its group, its clone, the clone of its group): an
+    /// operator's command on a group moves its members, so it explains their outage.
+    pub parents: BTreeMap<String, Vec<String>>,
+}
+
+/// [`Options::parents`] from a config.
+pub fn parents(config: &crate::Config) -> BTreeMap<String, Vec<String>> {
+    let r = &config.resources;
+    r.primitives
+        .keys()
+        .map(|p| {
+            let mut up = Vec::new();
+            if let Some(c) = r.clone_of(p) {
+                up.push(c.id.clone());
+            }
+            if let Some(g) = r.group_of(p) {
+                up.push(g.id.clone());
+                if let Some(c) = r.clone_of(&g.id) {
+                    up.push(c.id.clone());
+                }
+            }
+            (p.clone(), up)
+        })
+        .collect()
 }
 
 /// Why an [`Options`] cannot be reported on.
@@ -233,9 +257,12 @@ impl Replay {
 
 /// Whether `e` is an operator's or a config's doing (planned), a failure (unplanned), or
 /// neither, for a resource running on `running`.
-fn explains(e: &Event, rsc: &str, running: &BTreeSet<String>) -> Option<bool> {
+fn explains(e: &Event, rsc: &str, parents: &[String], running: &BTreeSet<String>) -> Option<bool> {
     let here = running.contains(&e.node);
-    let mine = e.resource.as_deref() == Some(rsc);
+    let mine = e
+        .resource
+        .as_deref()
+        .is_some_and(|r| base(r) == rsc || parents.iter().any(|p| p == r));
     match e.kind {
         EventKind::MonitorFailed | EventKind::ResourceFailed if mine || here => Some(false),
         EventKind::NodeLost | EventKind::FenceRequested | EventKind::FenceSucceeded if here => Some(false),
@@ -280,7 +307,8 @@ pub fn report(events: &[Event], o: &Options) -> Result<Report, AvailabilityError
             break;
         }
         for (name, r) in replays.iter_mut() {
-            if let Some(planned) = explains(e, name, &r.running) {
+            let parents = o.parents.get(*name).map_or(&[][..], |p| p.as_slice());
+            if let Some(planned) = explains(e, name, parents, &r.running) {
                 r.cause = Some((planned, e.seq, e.summary.clone()));
             }
             let mine = e.resource.as_deref().map(base) == Some(*name);
@@ -411,6 +439,7 @@ mod tests {
             to_ms: to_s * 1000,
             slo: 0.999,
             resource: None,
+            parents: BTreeMap::new(),
         }
     }
 
@@ -505,6 +534,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(one.resources.len(), 1);
+    }
+
+    #[test]
+    fn an_operators_move_of_the_group_is_planned_for_its_members() {
+        let events = vec![
+            ev(1, 0, ResourceStarted, "n1", Some("db"), None),
+            ev(2, 100, OperatorCommand, "n2", Some("g"), Some("move")),
+            ev(3, 101, ResourceStopped, "n1", Some("db"), None),
+            ev(4, 103, ResourceStarted, "n2", Some("db"), None),
+        ];
+        let mut o = opts(0, 200);
+        let r = report(&events, &o).unwrap();
+        assert_eq!(
+            r.resources[0].down_ms, 2_000,
+            "without the config: unexplained, unplanned"
+        );
+        o.parents = BTreeMap::from([("db".to_string(), vec!["g".to_string()])]);
+        let r = report(&events, &o).unwrap();
+        assert_eq!((r.resources[0].down_ms, r.resources[0].planned_down_ms), (0, 2_000));
+        assert_eq!(r.resources[0].failures, 0);
     }
 
     #[test]

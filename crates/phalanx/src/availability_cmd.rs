@@ -44,8 +44,14 @@ pub struct Answer {
     pub predictions: Vec<Prediction>,
 }
 
-/// Compute the answer from `events` at `now_ms` (what `run` does after fetching; tested alone).
-pub fn answer(events: &[Event], q: &Query, now_ms: u64) -> Result<Answer> {
+/// Compute the answer from `events` at `now_ms`, with `parents` from the committed config
+/// (what `run` does after fetching; tested alone).
+pub fn answer(
+    events: &[Event],
+    parents: std::collections::BTreeMap<String, Vec<String>>,
+    q: &Query,
+    now_ms: u64,
+) -> Result<Answer> {
     if !(q.slo > 0.0 && q.slo < 100.0) {
         bail!("--slo {}: give a percentage above 0 and below 100 (99.95)", q.slo);
     }
@@ -87,6 +93,7 @@ pub fn answer(events: &[Event], q: &Query, now_ms: u64) -> Result<Answer> {
             to_ms: now_ms,
             slo: q.slo / 100.0,
             resource: q.resource.clone(),
+            parents,
         },
     )?;
     let mut predictions = Vec::new();
@@ -118,9 +125,21 @@ pub fn answer(events: &[Event], q: &Query, now_ms: u64) -> Result<Answer> {
 
 /// Fetch the history from the first node that answers and compute.
 pub async fn run(client: &Client, apis: &[String], q: &Query, now_ms: u64) -> Result<Answer> {
-    let (_, page) = first_page(client, apis, "/v1/events?since=0").await?;
+    let (at, page) = first_page(client, apis, "/v1/events?since=0").await?;
     let events: Vec<Event> = page.events.into_iter().map(|v| v.event).collect();
-    answer(&events, q, now_ms)
+    // Groups and clones of the committed config (a cluster with none yet has no resources).
+    let parents = match crate::config_cmd::show(client, &apis[at], None).await {
+        Ok(v) => v
+            .text
+            .and_then(|t| phalanx_core::config::parse(&t).ok())
+            .map(|c| availability::parents(&c))
+            .unwrap_or_default(),
+        Err(e) => {
+            tracing::debug!(error = %e, "no committed config: groups are not known");
+            Default::default()
+        }
+    };
+    answer(&events, parents, q, now_ms)
 }
 
 fn dur(ms: u64) -> String {
@@ -275,7 +294,7 @@ mod tests {
     fn bad_flags_get_clear_errors() {
         let events = vec![ev(1, 10, EventKind::ResourceStarted, "n1", Some("web"))];
         let now = 100_000;
-        let e = |q: Query| answer(&events, &q, now).unwrap_err().to_string();
+        let e = |q: Query| answer(&events, Default::default(), &q, now).unwrap_err().to_string();
         assert!(e(Query { slo: 100.0, ..q() }).contains("--slo"));
         assert!(e(Query {
             since: Some("2099-01-01T00:00:00Z".into()),
@@ -309,6 +328,7 @@ mod tests {
         ];
         let a = answer(
             &events,
+            Default::default(),
             &Query {
                 predict_mtbf: Some("2000h".into()),
                 ..q()

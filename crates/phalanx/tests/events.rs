@@ -224,6 +224,58 @@ async fn a_leader_kill_reads_the_same_in_order_everywhere_and_follow_loses_nothi
     assert!(a[started_b]["exec_ms"].as_u64().is_some(), "{:#?}", a[started_b]);
     assert!(a[started_b]["rc"].as_i64() == Some(0), "{:#?}", a[started_b]);
 
+    // `phalanx availability` gives what the events say, computed here by hand: b was down,
+    // unplanned, from its node's loss to its start on the survivor (one failure, explained by
+    // the loss); planned, between each stop of b before that (the operator's move of its group)
+    // and its next start.
+    let ms = |i: usize| a[i]["time_ms"].as_u64().unwrap();
+    let mut planned = 0;
+    let mut stopped_at = None;
+    for (i, e) in a.iter().enumerate().take(lost) {
+        match (field(e, "kind"), field(e, "resource")) {
+            ("resource_stopped", "b") => stopped_at = Some(ms(i)),
+            ("resource_started", "b") => planned += stopped_at.take().map_or(0, |t| ms(i) - t),
+            _ => {}
+        }
+    }
+    let (code, out, err) = c
+        .cli(&[
+            "--api",
+            &api_of(&c, &others[0]),
+            "availability",
+            "--resource",
+            "b",
+            "--json",
+        ])
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let r = &report["resources"][0];
+    assert_eq!(r["resource"], "b", "{report:#}");
+    assert_eq!(r["failures"], 1, "{report:#}");
+    assert_eq!(r["down_ms"].as_u64(), Some(ms(started_b) - ms(lost)), "{report:#}");
+    assert_eq!(r["planned_down_ms"].as_u64(), Some(planned), "{report:#}");
+    let unplanned: Vec<&serde_json::Value> = r["outages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["planned"] == false)
+        .collect();
+    assert_eq!(unplanned.len(), 1, "{report:#}");
+    assert_eq!(unplanned[0]["cause_seq"], a[lost]["seq"], "{report:#}");
+    let up = r["up_ms"].as_u64().unwrap();
+    let down = r["down_ms"].as_u64().unwrap();
+    let want = up as f64 / (up + down) as f64;
+    assert!((r["availability"].as_f64().unwrap() - want).abs() < 1e-9, "{report:#}");
+    let (code, out, _) = c
+        .cli(&["--api", &api_of(&c, &others[0]), "availability", "--resource", "b"])
+        .unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("unplanned") && out.contains(&format!("{leader} lost")),
+        "{out}"
+    );
+
     // The follower printed every one of them exactly once, in order, across the leader's death.
     let last = *seqs.last().unwrap();
     let deadline = Instant::now() + T;
