@@ -367,18 +367,26 @@ fn figures(name: &str, r: &Replay, o: &Options) -> ResourceAvailability {
     let burn = SRE_WINDOWS
         .iter()
         .map(|w| {
+            // The budget burnt over the last `len`, and the time of it the history observed.
             let rate = |len: u64| {
-                let (u, d, _) = tally(&r.changes, o.to_ms.saturating_sub(len), o.to_ms);
-                (u + d > 0).then(|| d as f64 / (u + d) as f64 / (1.0 - o.slo))
+                let (u, d, p) = tally(&r.changes, o.to_ms.saturating_sub(len), o.to_ms);
+                (
+                    (u + d > 0).then(|| d as f64 / (u + d) as f64 / (1.0 - o.slo)),
+                    u + d + p,
+                )
             };
-            let (long_rate, short_rate) = (rate(w.long_ms), rate(w.short_ms));
+            let ((long_rate, seen), (short_rate, _)) = (rate(w.long_ms), rate(w.short_ms));
             BurnRate {
                 long_ms: w.long_ms,
                 short_ms: w.short_ms,
                 factor: w.factor,
                 long_rate,
                 short_rate,
-                firing: long_rate.is_some_and(|l| l >= w.factor) && short_rate.is_some_and(|s| s >= w.factor),
+                // A young history (less than a short window observed) alerts on nothing: a
+                // 30 ms outage in the first 16 s would otherwise page on every row.
+                firing: seen >= w.short_ms
+                    && long_rate.is_some_and(|l| l >= w.factor)
+                    && short_rate.is_some_and(|s| s >= w.factor),
             }
         })
         .collect();
@@ -591,6 +599,20 @@ mod tests {
         let r = report(&events, &opts(0, d3)).unwrap();
         assert!(r.firing().is_empty(), "{:?}", r.resources[0].burn);
         assert_eq!(r.resources[0].burn[3].short_rate, Some(0.0));
+    }
+
+    #[test]
+    fn a_young_history_alerts_on_nothing() {
+        // 16 s observed with a 30 ms outage: every rate is far above its factor, but no row
+        // has a short window's worth of history.
+        let events = vec![
+            ev(1, 0, ResourceStarted, "n1", Some("web"), None),
+            ev(2, 10, MonitorFailed, "n1", Some("web"), None),
+            ev(3, 11, ResourceStarted, "n1", Some("web"), None),
+        ];
+        let r = report(&events, &opts(0, 16)).unwrap();
+        assert!(r.resources[0].burn.iter().all(|b| b.long_rate.unwrap() > b.factor));
+        assert!(r.firing().is_empty());
     }
 
     #[test]

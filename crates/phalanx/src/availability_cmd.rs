@@ -11,7 +11,6 @@ use anyhow::{bail, Result};
 use phalanx_core::availability::{self, Report};
 use phalanx_core::events::Event;
 use serde::Serialize;
-use std::time::Duration;
 
 /// The command's flags.
 #[derive(Debug, Clone)]
@@ -142,12 +141,25 @@ pub async fn run(client: &Client, apis: &[String], q: &Query, now_ms: u64) -> Re
     answer(&events, parents, q, now_ms)
 }
 
+/// A duration for a person, to two units: `30ms`, `16.4s`, `12m 8s`, `3h 5m`, `2d 4h`.
 fn dur(ms: u64) -> String {
-    if ms == 0 {
-        return "0s".into();
+    let (s, m, h, d) = (ms / 1000, ms / 60_000, ms / 3_600_000, ms / 86_400_000);
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{m}m {}s", s % 60),
+        3_600_000..86_400_000 => format!("{h}h {}m", m % 60),
+        _ => format!("{d}d {}h", h % 24),
     }
-    let rounded = if ms >= 60_000 { ms / 1000 * 1000 } else { ms / 10 * 10 };
-    humantime::format_duration(Duration::from_millis(rounded)).to_string()
+}
+
+/// A window's length: `5m`, `1h`, `3d`.
+fn window(ms: u64) -> String {
+    match ms {
+        _ if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
+        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        _ => format!("{}m", ms / 60_000),
+    }
 }
 
 fn pct(a: Option<f64>) -> String {
@@ -209,15 +221,17 @@ pub fn render(a: &Answer) -> String {
     let firing = r.firing();
     out.push('\n');
     if firing.is_empty() {
-        out.push_str("Burn-rate alerts (1h/5m 14.4x, 6h/30m 6x, 1d/2h 3x, 3d/6h 1x): none firing.\n");
+        out.push_str(
+            "Burn-rate alerts (1h/5m 14.4x, 6h/30m 6x, 1d/2h 3x, 3d/6h 1x; each needs a short window's worth of history): none firing.\n",
+        );
     } else {
         for (rsc, b) in firing {
             out.push_str(&format!(
                 "BURNING {rsc}: {:.1}x over {} and {:.1}x over {} (alert at {}x)\n",
                 b.long_rate.unwrap_or(0.0),
-                dur(b.long_ms),
+                window(b.long_ms),
                 b.short_rate.unwrap_or(0.0),
-                dur(b.short_ms),
+                window(b.short_ms),
                 b.factor
             ));
         }
@@ -340,6 +354,11 @@ mod tests {
         assert_eq!(p.mttr_ms, 10_000);
         let want = 7_200_000_000.0 / (7_200_000_000.0 + 10_000.0);
         assert!((p.availability - want).abs() < 1e-12);
+        assert_eq!(
+            [30, 16_400, 728_000, 11_100_000, 190_000_000].map(dur),
+            ["30ms", "16.4s", "12m 8s", "3h 5m", "2d 4h"]
+        );
+        assert_eq!([300_000, 3_600_000, 259_200_000].map(window), ["5m", "1h", "3d"]);
         let text = render(&a);
         assert!(text.contains("web"), "{text}");
         assert!(text.contains("unplanned"), "{text}");
