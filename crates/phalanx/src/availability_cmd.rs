@@ -156,8 +156,8 @@ fn dur(ms: u64) -> String {
 /// A window's length: `5m`, `1h`, `3d`.
 fn window(ms: u64) -> String {
     match ms {
-        _ if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
-        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        _ if ms.is_multiple_of(86_400_000) => format!("{}d", ms / 86_400_000),
+        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
         _ => format!("{}m", ms / 60_000),
     }
 }
