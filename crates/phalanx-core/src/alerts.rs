@@ -36,6 +36,7 @@ pub fn alert_kind(k: EventKind) -> Option<&'static str> {
         EventKind::AuthFailed => "security",
         EventKind::BackendChanged => "balancer",
         EventKind::SessionsLeaderChanged | EventKind::SessionsEvicted => "sessions",
+        EventKind::SloBurn | EventKind::SloBurnEnded => "availability",
         EventKind::FenceRequested | EventKind::AlertFailed => return None,
     })
 }

@@ -179,6 +179,85 @@ impl Report {
     }
 }
 
+/// A row of the burn-rate table for one resource: (resource, the row's long window in ms).
+pub type BurnKey = (String, u64);
+
+/// How far back the leader looks to evaluate burn rates: the table's longest window.
+pub const BURN_LOOKBACK_MS: u64 = 3 * 86_400_000;
+
+/// A window's length for a person: `5m`, `1h`, `3d`.
+pub fn window_name(ms: u64) -> String {
+    match ms {
+        _ if ms.is_multiple_of(86_400_000) => format!("{}d", ms / 86_400_000),
+        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
+        _ => format!("{}m", ms / 60_000),
+    }
+}
+
+/// A note to record: its kind, the row it is about, its summary.
+pub type BurnNote = (EventKind, BurnKey, String);
+
+/// What the leader records as `report`'s firing rows change since `before`: a `slo_burn` for
+/// each row that began firing, a `slo_burn_ended` for each that stopped, and the rows firing
+/// now (the next call's `before`).
+pub fn burn_notes(before: &BTreeSet<BurnKey>, report: &Report) -> (Vec<BurnNote>, BTreeSet<BurnKey>) {
+    let slo = report.slo * 100.0;
+    let mut now = BTreeSet::new();
+    let mut notes = Vec::new();
+    for r in &report.resources {
+        for b in &r.burn {
+            let key = (r.resource.clone(), b.long_ms);
+            let rate = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.1}x"));
+            if b.firing {
+                if !before.contains(&key) {
+                    notes.push((
+                        EventKind::SloBurn,
+                        key.clone(),
+                        format!(
+                            "{} burns its error budget at {} over {} and {} over {} (alert at {}x; SLO {slo} %)",
+                            r.resource,
+                            rate(b.long_rate),
+                            window_name(b.long_ms),
+                            rate(b.short_rate),
+                            window_name(b.short_ms),
+                            b.factor
+                        ),
+                    ));
+                }
+                now.insert(key);
+            } else if before.contains(&key) {
+                notes.push((
+                    EventKind::SloBurnEnded,
+                    key.clone(),
+                    format!(
+                        "{} no longer burns its error budget at {}x over {}/{} (now {} and {}; SLO {slo} %)",
+                        r.resource,
+                        b.factor,
+                        window_name(b.long_ms),
+                        window_name(b.short_ms),
+                        rate(b.long_rate),
+                        rate(b.short_rate)
+                    ),
+                ));
+            }
+        }
+    }
+    // A row of a resource no longer in the report (removed from the config) ends too.
+    for (rsc, long) in before.iter().filter(|k| !now.contains(*k)) {
+        if !report.resources.iter().any(|r| &r.resource == rsc) {
+            notes.push((
+                EventKind::SloBurnEnded,
+                (rsc.clone(), *long),
+                format!(
+                    "{rsc} no longer burns its error budget over {} (no longer reported)",
+                    window_name(*long)
+                ),
+            ));
+        }
+    }
+    (notes, now)
+}
+
 /// A's expectation from a mean time between failures and one to repair (the seeds' formula).
 pub fn predict(mtbf_ms: f64, mttr_ms: f64) -> Option<f64> {
     (mtbf_ms > 0.0 && mttr_ms >= 0.0).then(|| mtbf_ms / (mtbf_ms + mttr_ms))
@@ -599,6 +678,43 @@ mod tests {
         let r = report(&events, &opts(0, d3)).unwrap();
         assert!(r.firing().is_empty(), "{:?}", r.resources[0].burn);
         assert_eq!(r.resources[0].burn[3].short_rate, Some(0.0));
+    }
+
+    #[test]
+    fn burn_notes_are_made_when_a_row_starts_and_stops_firing() {
+        let d3 = 3 * 86_400;
+        let events = vec![
+            ev(1, 0, ResourceStarted, "n1", Some("web"), None),
+            ev(2, d3 - 600, MonitorFailed, "n1", Some("web"), None),
+        ];
+        let r = report(&events, &opts(0, d3)).unwrap();
+        let (notes, firing) = burn_notes(&BTreeSet::new(), &r);
+        assert_eq!(notes.len(), 4, "{notes:?}");
+        assert!(notes.iter().all(|(k, _, _)| *k == SloBurn));
+        assert_eq!(notes[0].1, ("web".to_string(), 3_600_000));
+        assert!(
+            notes[0]
+                .2
+                .starts_with("web burns its error budget at 166.7x over 1h and 1000.0x over 5m (alert at 14.4x"),
+            "{}",
+            notes[0].2
+        );
+        // Still firing: nothing new.
+        let (again, same) = burn_notes(&firing, &r);
+        assert!(again.is_empty());
+        assert_eq!(same, firing);
+        // Repaired and clean for 6 h: every row's short window is clean, all four end.
+        let mut events = events;
+        events.push(ev(3, d3 - 590, ResourceStarted, "n1", Some("web"), None));
+        let r = report(&events, &opts(0, d3 + 6 * 3600)).unwrap();
+        let (ended, now) = burn_notes(&firing, &r);
+        assert_eq!(
+            ended.iter().filter(|(k, _, _)| *k == SloBurnEnded).count(),
+            4,
+            "{ended:?}"
+        );
+        assert!(now.is_empty());
+        assert_eq!(window_name(259_200_000), "3d");
     }
 
     #[test]

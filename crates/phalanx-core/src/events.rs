@@ -53,10 +53,15 @@ pub enum EventKind {
     /// The session store evicted items to stay under `memory_limit` (a note of its leader, at
     /// most one a minute, with the count).
     SessionsEvicted,
+    /// A resource started burning its error budget on a row of the SRE burn-rate table
+    /// (`[cluster] slo`; a note of the leader, see `phalanx_core::availability::burn_notes`).
+    SloBurn,
+    /// It stopped burning on that row.
+    SloBurnEnded,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 28] = [
+    pub const ALL: [EventKind; 30] = [
         EventKind::NodeAdded,
         EventKind::NodeRemoved,
         EventKind::NodeJoined,
@@ -85,6 +90,8 @@ impl EventKind {
         EventKind::BackendChanged,
         EventKind::SessionsLeaderChanged,
         EventKind::SessionsEvicted,
+        EventKind::SloBurn,
+        EventKind::SloBurnEnded,
     ];
 
     /// The JSON name (`node_lost`).
@@ -118,6 +125,8 @@ impl EventKind {
             EventKind::BackendChanged => "backend_changed",
             EventKind::SessionsLeaderChanged => "sessions_leader_changed",
             EventKind::SessionsEvicted => "sessions_evicted",
+            EventKind::SloBurn => "slo_burn",
+            EventKind::SloBurnEnded => "slo_burn_ended",
         }
     }
 

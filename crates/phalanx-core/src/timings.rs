@@ -100,6 +100,7 @@ mod tests {
             watchdog_timeout: Duration::from_secs(5),
             shutdown: Default::default(),
             event_history: crate::events::DEFAULT_HISTORY,
+            slo_ppm: None,
         }
     }
 

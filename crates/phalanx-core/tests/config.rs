@@ -475,6 +475,19 @@ fn alert_mistakes_are_located() {
 }
 
 #[test]
+fn the_slo_is_a_percentage_and_located_when_it_is_not() {
+    let c = phalanx_core::config::parse(&GOOD.replace("dead_after = 3", "dead_after = 3\nslo = 99.95")).unwrap();
+    assert_eq!(c.cluster.slo(), Some(99.95));
+    assert_eq!(phalanx_core::config::parse(GOOD).unwrap().cluster.slo(), None);
+    let at = GOOD.lines().position(|l| l.contains("dead_after = 3")).unwrap() + 2;
+    for bad in ["100", "0", "-1", "150.5"] {
+        let (line, _, msg) = one_error(&GOOD.replace("dead_after = 3", &format!("dead_after = 3\nslo = {bad}")));
+        assert_eq!(line, at, "{msg}");
+        assert!(msg.contains("is not a percentage above 0 and below 100"), "{msg}");
+    }
+}
+
+#[test]
 fn metrics_listen_is_an_address_of_its_own() {
     let with = |v: &str| {
         GOOD.replace(

@@ -170,10 +170,12 @@ pub async fn start_phalanx(exe: &Path, voters: usize) -> Result<(Vec<SocketAddr>
     if voters == 0 {
         bail!("a session store needs at least one voter");
     }
-    let addrs = (0..voters)
-        .map(|_| -> Result<SocketAddr> {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+    // On 127.0.11.K, apart from 127.0.0.1 where the harness picks the nodes' own ports (a port
+    // picked there and released could go to a node's API before the store binds it).
+    let addrs = (1..=voters)
+        .map(|i| -> Result<SocketAddr> {
+            let ip = std::net::Ipv4Addr::new(127, 0, 11, u8::try_from(i)?);
+            Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?)
         })
         .collect::<Result<Vec<_>>>()?;
     let listen: Vec<String> = addrs

@@ -4,13 +4,14 @@
 //! events only this node can observe, committed as notes: authentication failures (at most one
 //! event per source address a minute, counting the others) and quorum lost and regained (a node
 //! without quorum cannot commit: both are recorded once quorum is back, with the times they
-//! happened).
+//! happened), and, on the leader with `[cluster] slo`, error budgets burning too fast
+//! ([`watch_burn`]).
 
 use crate::node::Node;
 use phalanx_core::events::{Event, EventKind, Note};
 use phalanx_core::Command;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -170,6 +171,64 @@ pub(crate) fn note(node: &Arc<Node>, kind: EventKind, about: String, summary: St
             tracing::debug!(error = %e, "an event note was not committed");
         }
     });
+}
+
+/// How often the leader evaluates the burn rates (the table's shortest window is 5 minutes).
+pub const BURN_EVERY: Duration = Duration::from_secs(15);
+
+/// On the leader, with `[cluster] slo`: every [`BURN_EVERY`], the availability report of the
+/// last 3 days from the replicated history (`phalanx_core::availability`), and a `slo_burn` note
+/// when a resource's row of the SRE table starts firing, `slo_burn_ended` when it stops; the
+/// alert hooks deliver them (kind `availability`). What fires is kept in memory: a new leader
+/// notes the rows firing when it takes over once more (at least once, like alerts).
+pub async fn watch_burn(node: Arc<Node>) {
+    use phalanx_core::availability;
+    let mut firing: BTreeSet<availability::BurnKey> = BTreeSet::new();
+    let mut tick = tokio::time::interval(BURN_EVERY);
+    loop {
+        tick.tick().await;
+        let config = node.config();
+        let Some(slo) = config.cluster.slo().filter(|_| node.is_leader()) else {
+            firing.clear();
+            continue;
+        };
+        let now = crate::mesh::unix_ms();
+        let events: Vec<Event> = node.with_state(|sm| sm.events.since(0).cloned().collect());
+        let options = availability::Options {
+            from_ms: now.saturating_sub(availability::BURN_LOOKBACK_MS),
+            to_ms: now,
+            slo: slo / 100.0,
+            resource: None,
+            parents: availability::parents(&config),
+        };
+        let report = match availability::report(&events, &options) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot evaluate the error budgets");
+                continue;
+            }
+        };
+        let (notes, now_firing) = availability::burn_notes(&firing, &report);
+        firing = now_firing;
+        for (kind, key, summary) in notes {
+            tracing::warn!(kind = kind.as_str(), %summary, "error budget");
+            let n = Note {
+                kind,
+                node: node.name.clone(),
+                summary,
+                at_ms: now,
+            };
+            if let Err(e) = node.write(Command::Note(n)).await {
+                // Not recorded: as if the row had not changed, so the next round notes it.
+                tracing::info!(error = %e, "an error-budget note is not committed (tried again next round)");
+                if kind == EventKind::SloBurn {
+                    firing.remove(&key);
+                } else {
+                    firing.insert(key);
+                }
+            }
+        }
+    }
 }
 
 /// Watch this node's quorum: when it is lost, remember when; once it is back, commit both

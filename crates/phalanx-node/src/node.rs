@@ -478,6 +478,7 @@ impl Node {
         }
         node.spawn(node.clone().metrics_watch());
         node.spawn(crate::events::watch_quorum(node.clone()));
+        node.spawn(crate::events::watch_burn(node.clone()));
         node.spawn(crate::alerts::run(node.clone()));
         Ok(node)
     }

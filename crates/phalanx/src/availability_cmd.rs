@@ -8,7 +8,7 @@
 use crate::client::Client;
 use crate::events_cmd::{first_page, parse_since, Since};
 use anyhow::{bail, Result};
-use phalanx_core::availability::{self, Report};
+use phalanx_core::availability::{self, window_name as window, Report};
 use phalanx_core::events::Event;
 use serde::Serialize;
 
@@ -150,15 +150,6 @@ fn dur(ms: u64) -> String {
         60_000..3_600_000 => format!("{m}m {}s", s % 60),
         3_600_000..86_400_000 => format!("{h}h {}m", m % 60),
         _ => format!("{d}d {}h", h % 24),
-    }
-}
-
-/// A window's length: `5m`, `1h`, `3d`.
-fn window(ms: u64) -> String {
-    match ms {
-        _ if ms.is_multiple_of(86_400_000) => format!("{}d", ms / 86_400_000),
-        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
-        _ => format!("{}m", ms / 60_000),
     }
 }
 

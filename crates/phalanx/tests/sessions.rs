@@ -77,12 +77,14 @@ fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+/// Node i's listener: a free port on 127.0.11.i, apart from 127.0.0.1 where the harness picks
+/// the nodes' ports (a port picked here and released could be handed to a node's API before
+/// the store binds it: that happened twice in CI).
+fn listen_addr(i: u8) -> SocketAddr {
+    std::net::TcpListener::bind(("127.0.11.".to_string() + &i.to_string(), 0))
         .unwrap()
         .local_addr()
         .unwrap()
-        .port()
 }
 
 async fn sessions_status(c: &LocalCluster, node: &str) -> Option<serde_json::Value> {
@@ -190,9 +192,7 @@ fn futures_block<F: std::future::Future>(f: F) -> F::Output {
 
 /// A 3-node cluster with `[sessions]` on per-node loopback ports.
 async fn cluster() -> (LocalCluster, BTreeMap<String, SocketAddr>) {
-    let ports: BTreeMap<String, SocketAddr> = (1..=3)
-        .map(|i| (format!("n{i}"), SocketAddr::from(([127, 0, 0, 1], free_port()))))
-        .collect();
+    let ports: BTreeMap<String, SocketAddr> = (1..=3).map(|i| (format!("n{i}"), listen_addr(i))).collect();
     let listen: Vec<String> = ports.iter().map(|(n, a)| format!("{n} = \"{a}\"")).collect();
     let extra = format!("\n[sessions]\nlisten = {{ {} }}\n", listen.join(", "));
     let mut c = LocalCluster::create(Spec::loopback(3, exe(), extra)).unwrap();
@@ -373,9 +373,7 @@ async fn bad_input_gets_memcacheds_errors_and_harms_nobody() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_and_the_witness_survive_either_node() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let ports: BTreeMap<String, SocketAddr> = (1..=2)
-        .map(|i| (format!("n{i}"), SocketAddr::from(([127, 0, 0, 1], free_port()))))
-        .collect();
+    let ports: BTreeMap<String, SocketAddr> = (1..=2).map(|i| (format!("n{i}"), listen_addr(i))).collect();
     let listen: Vec<String> = ports.iter().map(|(n, a)| format!("{n} = \"{a}\"")).collect();
     let extra = format!("\n[sessions]\nlisten = {{ {} }}\n", listen.join(", "));
     let mut c = LocalCluster::create(Spec::loopback(2, exe(), extra)).unwrap();

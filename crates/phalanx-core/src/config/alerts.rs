@@ -37,7 +37,7 @@ pub enum AlertTarget {
 }
 
 /// Every alert kind a recipient can select (see `crate::alerts::alert_kind`).
-pub const ALERT_KINDS: [&str; 11] = [
+pub const ALERT_KINDS: [&str; 12] = [
     "node",
     "fencing",
     "resource",
@@ -49,6 +49,7 @@ pub const ALERT_KINDS: [&str; 11] = [
     "security",
     "balancer",
     "sessions",
+    "availability",
 ];
 
 pub const DEFAULT_ALERT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -47,6 +47,11 @@ pub struct ClusterConfig {
     /// How many events the replicated history keeps (`phalanx events`), the oldest dropped first.
     #[serde(default = "default_event_history")]
     pub event_history: u64,
+    /// `slo`, the availability objective, in millionths (99.95 % is 999,500; an integer so
+    /// that the config stays `Eq`): with it, the leader records `slo_burn` events when a
+    /// resource burns its error budget too fast (`phalanx availability`). See [`Self::slo`].
+    #[serde(default)]
+    pub slo_ppm: Option<u32>,
 }
 
 fn default_event_history() -> u64 {
@@ -73,6 +78,11 @@ fn default_watchdog_timeout() -> Duration {
 }
 
 impl ClusterConfig {
+    /// `[cluster] slo` in percent (99.95), if written.
+    pub fn slo(&self) -> Option<f64> {
+        self.slo_ppm.map(|p| f64::from(p) / 10_000.0)
+    }
+
     /// Silence after which a link (and, when all links are silent, a node) is declared down.
     pub fn detection_time(&self) -> Duration {
         self.heartbeat_interval * self.dead_after
@@ -109,6 +119,7 @@ pub(super) struct RawCluster {
     watchdog_timeout: Option<Spanned<String>>,
     shutdown: Option<Spanned<String>>,
     event_history: Option<Spanned<i64>>,
+    slo: Option<Spanned<f64>>,
 }
 
 /// The `[cluster]` section, validated.
@@ -168,6 +179,17 @@ pub(super) fn validate(c: &mut Checker, section: Option<Spanned<RawCluster>>) ->
             default_event_history()
         }
     };
+    let slo = match &cl.slo {
+        None => None,
+        Some(v) if *v.get_ref() > 0.0 && *v.get_ref() < 100.0 => Some((*v.get_ref() * 10_000.0).round() as u32),
+        Some(v) => {
+            c.error(
+                v.span(),
+                format!("slo {} is not a percentage above 0 and below 100 (99.95)", v.get_ref()),
+            );
+            None
+        }
+    };
     Some(Cluster {
         config: ClusterConfig {
             name,
@@ -181,6 +203,7 @@ pub(super) fn validate(c: &mut Checker, section: Option<Spanned<RawCluster>>) ->
             watchdog_timeout,
             shutdown,
             event_history,
+            slo_ppm: slo,
         },
         fence_action,
         fencing_span: cl.fencing.as_ref().map(|f| f.span()).unwrap_or(span.clone()),

@@ -387,6 +387,7 @@ pub(crate) mod test_support {
             watchdog_timeout: std::time::Duration::from_secs(5),
             shutdown: Default::default(),
             event_history: crate::events::DEFAULT_HISTORY,
+            slo_ppm: None,
         }
     }
 
