@@ -7,7 +7,8 @@
 //! `config` (with `resources` and `fencing`, each section validating itself) builds on them;
 //! `scheduler` and `state` build on the config; `timings` derives every timing from `[cluster]`;
 //! `controller` (the leader's decisions) builds on the state and the scheduler; `availability`
-//! (MTBF, MTTR, error budgets) reads the event history. `lb` (the load
+//! (MTBF, MTTR, error budgets) reads the event history; `drill` measures what a drill's probes
+//! saw. `lb` (the load
 //! balancer's selection, health and stickiness) stands apart and depends on nothing else here, as
 //! does `sessions` (the memcached-speaking session store of issue 15; so far its protocol parser).
 
@@ -16,6 +17,7 @@ pub mod availability;
 pub mod config;
 pub mod controller;
 pub mod diag;
+pub mod drill;
 pub mod duration;
 pub mod events;
 pub mod fencing;

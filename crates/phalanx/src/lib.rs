@@ -8,6 +8,7 @@ pub mod client;
 pub mod config_cmd;
 pub mod daemon;
 pub mod demo;
+pub mod drill_cmd;
 pub mod events_cmd;
 pub mod harness;
 pub mod netns;

@@ -199,6 +199,24 @@ enum Cmd {
         #[arg(long, requires = "predict")]
         mtbf: Option<String>,
     },
+    /// A failover drill against the live cluster, measured from a client's side (RTO, failed
+    /// probes). Built: switchover.
+    Drill {
+        /// switchover (built); kill-node, kill-service, cut-link, pause-node, lb-backend-down,
+        /// fence-fail (to come).
+        scenario: String,
+        #[arg(long)]
+        resource: String,
+        /// What a client reaches: http://…, https://… or tcp://IP:PORT; several, comma-separated,
+        /// for a client that tries each.
+        #[arg(long)]
+        probe: String,
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// How long a run may take to settle before it is aborted (its move cleared).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        settle: std::time::Duration,
+    },
     /// Change cluster membership and node flags.
     Node {
         #[command(subcommand)]
@@ -757,6 +775,33 @@ async fn run(cli: Cli) -> Result<i32> {
                 print_json(&a)?;
             } else {
                 print!("{}", phalanx::availability_cmd::render(&a));
+            }
+            Ok(0)
+        }
+        Cmd::Drill {
+            scenario,
+            resource,
+            probe,
+            runs,
+            settle,
+        } => {
+            let a = phalanx::drill_cmd::Args {
+                scenario: scenario.clone(),
+                resource: resource.clone(),
+                probe: probe.clone(),
+                runs: *runs,
+                settle: *settle,
+            };
+            phalanx::drill_cmd::check(&a)?;
+            let (client, apis) = apis(&cli)?;
+            let pb = phalanx::demo::spinner(cli.json);
+            let r = phalanx::drill_cmd::run(&client, &apis, &a, &pb).await;
+            pb.finish_and_clear();
+            let r = r?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                print!("{}", phalanx::drill_cmd::render(&r));
             }
             Ok(0)
         }

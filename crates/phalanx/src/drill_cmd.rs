@@ -1,0 +1,334 @@
+//! `phalanx drill SCENARIO --resource R --probe URL[,URL...]`: a failover drill against a live
+//! cluster, measured from a client's side. Built so far: `switchover` (a planned move to another
+//! online node, then the move cleared). A run refuses to start without quorum or with the
+//! service unhealthy, probes the service every 10 ms before, during and after the move, waits
+//! (at most `--settle`) until the resource runs on its new node with nothing left to do, and
+//! always clears the move it made, also when the run fails. What the probes saw — RTO (first
+//! failed probe to first success after it), failed probes — is `phalanx_core::drill`'s
+//! arithmetic. The other scenarios of issue 16 are refused by name until they are built.
+
+use crate::client::Client;
+use anyhow::{anyhow, bail, Context, Result};
+use phalanx_core::drill::{self, Measured, Sample};
+use phalanx_node::node::StatusReport;
+use serde::Serialize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The scenarios of issue 16; only the built ones run.
+pub const SCENARIOS: [&str; 7] = [
+    "switchover",
+    "kill-node",
+    "kill-service",
+    "cut-link",
+    "pause-node",
+    "lb-backend-down",
+    "fence-fail",
+];
+const BUILT: [&str; 1] = ["switchover"];
+
+/// How often the service is probed, and how long one probe may take.
+const PROBE_EVERY: Duration = Duration::from_millis(10);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The command's flags.
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub scenario: String,
+    pub resource: String,
+    /// `http://…` or `tcp://IP:PORT`; several, comma-separated: a client that tries each in turn
+    /// (the service answers if one of them does).
+    pub probe: String,
+    pub runs: usize,
+    /// How long a run may take to settle before it is aborted (and the move cleared).
+    pub settle: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    Http(String),
+    Tcp(String),
+}
+
+/// Parse `--probe`.
+fn targets(probe: &str) -> Result<Vec<Target>> {
+    let t: Vec<Target> = probe
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            if p.starts_with("http://") || p.starts_with("https://") {
+                Ok(Target::Http(p.to_string()))
+            } else if let Some(a) = p.strip_prefix("tcp://") {
+                a.parse::<std::net::SocketAddr>()
+                    .map(|_| Target::Tcp(a.to_string()))
+                    .map_err(|_| anyhow!("--probe {p}: tcp:// needs IP:PORT"))
+            } else {
+                bail!("--probe {p}: give http://…, https://… or tcp://IP:PORT")
+            }
+        })
+        .collect::<Result<_>>()?;
+    if t.is_empty() {
+        bail!("--probe: give at least one address to probe");
+    }
+    Ok(t)
+}
+
+/// One probe: true if any target answers (an HTTP status below 500, or a TCP connection).
+async fn probe(http: &reqwest::Client, targets: &[Target]) -> bool {
+    for t in targets {
+        let ok = match t {
+            Target::Http(url) => http
+                .get(url)
+                .timeout(PROBE_TIMEOUT)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().as_u16() < 500),
+            Target::Tcp(addr) => tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr))
+                .await
+                .is_ok_and(|c| c.is_ok()),
+        };
+        if ok {
+            return true;
+        }
+    }
+    false
+}
+
+/// One run of a drill.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub from: String,
+    pub to: String,
+    /// When the fault was caused (ms since the run began) and when the cluster had settled.
+    pub fault_ms: u64,
+    pub settled_ms: u64,
+    #[serde(flatten)]
+    pub measured: Measured,
+}
+
+/// The drill's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub resource: String,
+    pub probe: String,
+    pub runs: Vec<Run>,
+    pub rto_p50_ms: Option<u64>,
+    pub rto_max_ms: Option<u64>,
+    pub failed_probes: usize,
+}
+
+fn runs_on(s: &StatusReport, rsc: &str) -> Option<String> {
+    s.resources
+        .iter()
+        .find(|r| r.id == rsc)
+        .and_then(|r| r.running.keys().next().cloned())
+}
+
+/// Check the flags that need no cluster.
+pub fn check(a: &Args) -> Result<()> {
+    if !SCENARIOS.contains(&a.scenario.as_str()) {
+        bail!("unknown scenario {:?}: one of {}", a.scenario, SCENARIOS.join(", "));
+    }
+    if !BUILT.contains(&a.scenario.as_str()) {
+        bail!(
+            "scenario {} is not built yet (issue 16); built: {}",
+            a.scenario,
+            BUILT.join(", ")
+        );
+    }
+    if a.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    targets(&a.probe)?;
+    Ok(())
+}
+
+/// Run the drill.
+pub async fn run(client: &Client, apis: &[String], a: &Args, progress: &indicatif::ProgressBar) -> Result<Report> {
+    check(a)?;
+    let targets = Arc::new(targets(&a.probe)?);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .context("an HTTP client for the probes")?;
+    let mut runs = Vec::new();
+    for i in 0..a.runs {
+        progress.set_message(format!("run {} of {}: {} of {}", i + 1, a.runs, a.scenario, a.resource));
+        runs.push(switchover(client, apis, a, &http, &targets).await?);
+        progress.inc(1);
+    }
+    let rtos: Vec<u64> = runs.iter().filter_map(|r| r.measured.rto_ms).collect();
+    Ok(Report {
+        scenario: a.scenario.clone(),
+        resource: a.resource.clone(),
+        probe: a.probe.clone(),
+        rto_p50_ms: drill::percentile(&rtos, 50.0),
+        rto_max_ms: rtos.iter().max().copied(),
+        failed_probes: runs.iter().map(|r| r.measured.failed).sum(),
+        runs,
+    })
+}
+
+/// One switchover: move the resource to another online node, measure, clear the move.
+async fn switchover(
+    client: &Client,
+    apis: &[String],
+    a: &Args,
+    http: &reqwest::Client,
+    targets: &Arc<Vec<Target>>,
+) -> Result<Run> {
+    let (api, st) = client.first_answering(apis).await?;
+    if !st.quorum {
+        bail!("the cluster has no quorum: no drill now");
+    }
+    if !st.resources.iter().any(|r| r.id == a.resource) {
+        let names: Vec<&str> = st.resources.iter().map(|r| r.id.as_str()).collect();
+        bail!("no resource {:?} (resources: {})", a.resource, names.join(", "));
+    }
+    let from = runs_on(&st, &a.resource).ok_or_else(|| anyhow!("{} runs nowhere now: no drill", a.resource))?;
+    let to = st
+        .nodes
+        .iter()
+        .find(|n| n.name != from && n.state == "online")
+        .map(|n| n.name.clone())
+        .ok_or_else(|| anyhow!("no other online node to switch {} over to", a.resource))?;
+    if !probe(http, targets).await {
+        bail!("the service is not healthy now (no answer from {}): no drill", a.probe);
+    }
+    // Probe from now on, every 10 ms, until told to stop.
+    let started = Instant::now();
+    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let prober = {
+        let (samples, targets, http) = (samples.clone(), targets.clone(), http.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PROBE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped.changed() => break,
+                }
+                let at_ms = started.elapsed().as_millis() as u64;
+                let ok = probe(&http, &targets).await;
+                samples
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(Sample { at_ms, ok });
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let fault_ms = started.elapsed().as_millis() as u64;
+    let moved: Result<serde_json::Value> = client
+        .post(
+            &api,
+            &format!("/v1/resources/{}/move", a.resource),
+            &serde_json::json!({ "node": to }),
+        )
+        .await;
+    let settled = match moved {
+        Ok(_) => settle(client, apis, &a.resource, &to, a.settle).await,
+        Err(e) => Err(e.context("asking for the move")),
+    };
+    let settled_ms = started.elapsed().as_millis() as u64;
+    // A little more probing after the cluster settled, so that the recovery is seen.
+    if settled.is_ok() {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let _ = stop.send(true);
+    let _ = prober.await;
+    // Always restore: clear the move the drill made (the resource stays where it is).
+    let cleared: Result<serde_json::Value> = client
+        .post(
+            &api,
+            &format!("/v1/resources/{}/clear", a.resource),
+            &serde_json::json!({}),
+        )
+        .await;
+    settled?;
+    cleared.context("clearing the drill's move")?;
+    let samples = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok(Run {
+        from,
+        to,
+        fault_ms,
+        settled_ms,
+        measured: drill::measure(&samples, fault_ms),
+    })
+}
+
+/// Wait until `rsc` runs on `to` in the view of a node that answers, with no plan pending.
+async fn settle(client: &Client, apis: &[String], rsc: &str, to: &str, bound: Duration) -> Result<()> {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Ok((_, st)) = client.first_answering(apis).await {
+            if st.plan_pending == 0 && runs_on(&st, rsc).as_deref() == Some(to) {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{rsc} did not settle on {to} within {bound:?}: the drill is aborted and its move cleared");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// For a person: one line per run, then the summary.
+pub fn render(r: &Report) -> String {
+    let ms = |v: Option<u64>| v.map_or("-".into(), |v| format!("{v} ms"));
+    let mut out = format!(
+        "Drill {} of {} (probe {} every 10 ms)\n\nRUN  FROM     TO       RTO        FAILED/PROBES  SETTLED\n",
+        r.scenario, r.resource, r.probe
+    );
+    for (i, run) in r.runs.iter().enumerate() {
+        out.push_str(&format!(
+            "{:<4} {:<8} {:<8} {:<10} {:>6}/{:<6}  {} ms\n",
+            i + 1,
+            run.from,
+            run.to,
+            ms(run.measured.rto_ms),
+            run.measured.failed,
+            run.measured.probes,
+            run.settled_ms.saturating_sub(run.fault_ms)
+        ));
+    }
+    out.push_str(&format!(
+        "\nRTO p50 {}, max {}; {} failed probes in all.\n",
+        ms(r.rto_p50_ms),
+        ms(r.rto_max_ms),
+        r.failed_probes
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(scenario: &str, probe: &str, runs: usize) -> Args {
+        Args {
+            scenario: scenario.into(),
+            resource: "web".into(),
+            probe: probe.into(),
+            runs,
+            settle: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn bad_flags_get_clear_errors() {
+        let e = |a: Args| check(&a).unwrap_err().to_string();
+        assert!(
+            e(args("kill-nod", "tcp://127.0.0.1:80", 1)).contains("unknown scenario \"kill-nod\": one of switchover")
+        );
+        assert!(e(args("kill-node", "tcp://127.0.0.1:80", 1)).contains("not built yet"));
+        assert!(e(args("switchover", "127.0.0.1:80", 1)).contains("give http://"));
+        assert!(e(args("switchover", "tcp://localhost", 1)).contains("IP:PORT"));
+        assert!(e(args("switchover", " , ", 1)).contains("at least one"));
+        assert!(e(args("switchover", "tcp://127.0.0.1:80", 0)).contains("--runs"));
+        assert!(check(&args("switchover", "http://127.0.10.1:80/,tcp://127.0.0.1:80", 3)).is_ok());
+    }
+}
