@@ -1,10 +1,12 @@
 //! `phalanx drill SCENARIO --resource R --probe URL[,URL...]`: a failover drill against a live
 //! cluster, measured from a client's side. Built so far: `switchover` (a planned move to another
-//! online node, then the move cleared). A run refuses to start without quorum or with the
-//! service unhealthy, probes the service every 10 ms before, during and after the move, waits
-//! (at most `--settle`) until the resource runs on its new node with nothing left to do, and
-//! always clears the move it made, also when the run fails. What the probes saw — RTO (first
-//! failed probe to first success after it), failed probes — is `phalanx_core::drill`'s
+//! online node, then the move cleared) and `kill-node` (the node running the resource powered
+//! off through the cluster's own fence devices, `POST /v1/nodes/{name}/power-off` sent to
+//! another node, as a real failure). A run refuses to start without quorum or with the service
+//! unhealthy, probes the service every 10 ms before, during and after the fault, waits (at most
+//! `--settle`) until the resource runs on another node with nothing left to do, and always
+//! clears a move it made, also when the run fails. What the probes saw — RTO (first failed probe
+//! to first success after it), failed probes — is `phalanx_core::drill`'s
 //! arithmetic. The other scenarios of issue 16 are refused by name until they are built.
 
 use crate::client::Client;
@@ -25,7 +27,7 @@ pub const SCENARIOS: [&str; 7] = [
     "lb-backend-down",
     "fence-fail",
 ];
-const BUILT: [&str; 1] = ["switchover"];
+const BUILT: [&str; 2] = ["switchover", "kill-node"];
 
 /// How often the service is probed, and how long one probe may take.
 const PROBE_EVERY: Duration = Duration::from_millis(10);
@@ -156,7 +158,7 @@ pub async fn run(client: &Client, apis: &[String], a: &Args, progress: &indicati
     let mut runs = Vec::new();
     for i in 0..a.runs {
         progress.set_message(format!("run {} of {}: {} of {}", i + 1, a.runs, a.scenario, a.resource));
-        runs.push(switchover(client, apis, a, &http, &targets).await?);
+        runs.push(one(client, apis, a, &http, &targets).await?);
         progress.inc(1);
     }
     let rtos: Vec<u64> = runs.iter().filter_map(|r| r.measured.rto_ms).collect();
@@ -171,14 +173,16 @@ pub async fn run(client: &Client, apis: &[String], a: &Args, progress: &indicati
     })
 }
 
-/// One switchover: move the resource to another online node, measure, clear the move.
-async fn switchover(
+/// One run: cause the fault (a move to another online node, or the resource's node powered
+/// off), measure, undo a move.
+async fn one(
     client: &Client,
     apis: &[String],
     a: &Args,
     http: &reqwest::Client,
     targets: &Arc<Vec<Target>>,
 ) -> Result<Run> {
+    let kill = a.scenario == "kill-node";
     let (api, st) = client.first_answering(apis).await?;
     if !st.quorum {
         bail!("the cluster has no quorum: no drill now");
@@ -188,12 +192,16 @@ async fn switchover(
         bail!("no resource {:?} (resources: {})", a.resource, names.join(", "));
     }
     let from = runs_on(&st, &a.resource).ok_or_else(|| anyhow!("{} runs nowhere now: no drill", a.resource))?;
-    let to = st
+    let other = st
         .nodes
         .iter()
         .find(|n| n.name != from && n.state == "online")
-        .map(|n| n.name.clone())
-        .ok_or_else(|| anyhow!("no other online node to switch {} over to", a.resource))?;
+        .ok_or_else(|| anyhow!("no other online node to take {} over", a.resource))?;
+    // A move goes to that node; a power-off is asked of it (the victim could not answer).
+    let (to, api) = (other.name.clone(), if kill { other.api.clone() } else { api });
+    if kill && st.fencing == "off" {
+        bail!("fencing is off: kill-node powers the node off through the cluster's fence devices");
+    }
     if !probe(http, targets).await {
         bail!("the service is not healthy now (no answer from {}): no drill", a.probe);
     }
@@ -222,34 +230,37 @@ async fn switchover(
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let fault_ms = started.elapsed().as_millis() as u64;
-    let moved: Result<serde_json::Value> = client
-        .post(
-            &api,
-            &format!("/v1/resources/{}/move", a.resource),
-            &serde_json::json!({ "node": to }),
-        )
-        .await;
-    let settled = match moved {
-        Ok(_) => settle(client, apis, &a.resource, &to, a.settle).await,
-        Err(e) => Err(e.context("asking for the move")),
+    let caused: Result<serde_json::Value> = if kill {
+        let path = format!("/v1/nodes/{from}/power-off");
+        client.post(&api, &path, &serde_json::json!({})).await
+    } else {
+        let path = format!("/v1/resources/{}/move", a.resource);
+        client.post(&api, &path, &serde_json::json!({ "node": to })).await
+    };
+    // Where it went: for a move, `to`; after a node's loss, wherever the cluster put it.
+    let want = if kill { None } else { Some(to.as_str()) };
+    let landed = match caused {
+        Ok(_) => settle(client, apis, &a.resource, &from, want, a.settle).await,
+        Err(e) => Err(e.context(if kill {
+            "asking for the power-off"
+        } else {
+            "asking for the move"
+        })),
     };
     let settled_ms = started.elapsed().as_millis() as u64;
     // A little more probing after the cluster settled, so that the recovery is seen.
-    if settled.is_ok() {
+    if landed.is_ok() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let _ = stop.send(true);
     let _ = prober.await;
     // Always restore: clear the move the drill made (the resource stays where it is).
-    let cleared: Result<serde_json::Value> = client
-        .post(
-            &api,
-            &format!("/v1/resources/{}/clear", a.resource),
-            &serde_json::json!({}),
-        )
-        .await;
-    settled?;
-    cleared.context("clearing the drill's move")?;
+    if !kill {
+        let path = format!("/v1/resources/{}/clear", a.resource);
+        let cleared: Result<serde_json::Value> = client.post(&api, &path, &serde_json::json!({})).await;
+        cleared.context("clearing the drill's move")?;
+    }
+    let to = landed?;
     let samples = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(Run {
         from,
@@ -260,17 +271,26 @@ async fn switchover(
     })
 }
 
-/// Wait until `rsc` runs on `to` in the view of a node that answers, with no plan pending.
-async fn settle(client: &Client, apis: &[String], rsc: &str, to: &str, bound: Duration) -> Result<()> {
+/// Wait until `rsc` runs off `from` (on `to`, if given) in the view of a node that answers,
+/// with no plan pending; where it runs then.
+async fn settle(
+    client: &Client,
+    apis: &[String],
+    rsc: &str,
+    from: &str,
+    to: Option<&str>,
+    bound: Duration,
+) -> Result<String> {
     let deadline = Instant::now() + bound;
     loop {
         if let Ok((_, st)) = client.first_answering(apis).await {
-            if st.plan_pending == 0 && runs_on(&st, rsc).as_deref() == Some(to) {
-                return Ok(());
+            let at = runs_on(&st, rsc).filter(|n| n != from && to.is_none_or(|t| t == n));
+            if let Some(at) = at.filter(|_| st.plan_pending == 0) {
+                return Ok(at);
             }
         }
         if Instant::now() > deadline {
-            bail!("{rsc} did not settle on {to} within {bound:?}: the drill is aborted and its move cleared");
+            bail!("{rsc} did not settle off {from} within {bound:?}: the drill is aborted (a move it made is cleared)");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -324,7 +344,7 @@ mod tests {
         assert!(
             e(args("kill-nod", "tcp://127.0.0.1:80", 1)).contains("unknown scenario \"kill-nod\": one of switchover")
         );
-        assert!(e(args("kill-node", "tcp://127.0.0.1:80", 1)).contains("not built yet"));
+        assert!(e(args("pause-node", "tcp://127.0.0.1:80", 1)).contains("not built yet"));
         assert!(e(args("switchover", "127.0.0.1:80", 1)).contains("give http://"));
         assert!(e(args("switchover", "tcp://localhost", 1)).contains("IP:PORT"));
         assert!(e(args("switchover", " , ", 1)).contains("at least one"));

@@ -37,7 +37,7 @@ async fn a_switchover_drill_measures_what_clients_saw_and_clears_its_move() {
             "unknown scenario",
         ),
         (
-            vec!["drill", "kill-node", "--resource", "web", "--probe", &probe],
+            vec!["drill", "pause-node", "--resource", "web", "--probe", &probe],
             "not built yet",
         ),
         (
@@ -114,4 +114,35 @@ async fn a_switchover_drill_measures_what_clients_saw_and_clears_its_move() {
         .unwrap();
     assert_eq!(code, 0);
     assert!(out.contains("RTO p50"), "{out}");
+
+    // kill-node: the node running web is powered off through the cluster's fence device (the
+    // harness's power switch), as a real failure; web comes back elsewhere.
+    let victim = c
+        .wait_for(T, "web settled", |st| {
+            let s = st.values().next()?;
+            runs_on(s, "web").filter(|_| s.plan_pending == 0)
+        })
+        .await
+        .unwrap();
+    let (code, out, err) = c
+        .cli(&["drill", "kill-node", "--resource", "web", "--probe", &probe, "--json"])
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let run = &r["runs"][0];
+    assert_eq!(run["from"].as_str(), Some(victim.as_str()), "{r:#}");
+    assert_ne!(run["to"], run["from"], "{r:#}");
+    let rto = run["rto_ms"].as_u64().expect("the service came back");
+    assert!(rto > 0 && rto < T.as_millis() as u64, "{r:#}");
+    assert!(
+        c.fence_events().iter().any(|(_, plug, _)| *plug == victim),
+        "the power switch acted on {victim}: {:?}",
+        c.fence_events()
+    );
+    // With one node of three gone, powering another off would cost quorum: refused.
+    let (code, _, err) = c
+        .cli(&["drill", "kill-node", "--resource", "web", "--probe", &probe])
+        .unwrap();
+    assert_ne!(code, 0);
+    assert!(err.contains("quorum needs 2"), "{err}");
 }

@@ -38,6 +38,7 @@ pub(super) fn routes() -> Router<Arc<Node>> {
         .route("/v1/nodes/{name}", delete(remove_node))
         .route("/v1/nodes/{name}/standby", post(set_standby))
         .route("/v1/nodes/{name}/stop", post(stop_node))
+        .route("/v1/nodes/{name}/power-off", post(power_off))
         .route("/v1/nodes/{name}/attrs/{key}", put(set_attr).delete(delete_attr))
         .route("/v1/links/{index}", post(set_link))
         .route("/v1/resources/{rsc}/{op}", post(resource_op))
@@ -184,6 +185,69 @@ async fn set_standby(
             )
             .await?,
     )
+}
+
+/// `POST /v1/nodes/{name}/power-off` (`phalanx drill kill-node`): power a node off through the
+/// cluster's own fence devices, as a real failure would take it (the cluster then detects the
+/// loss, fences and recovers as it always does). Refused for the node that receives it (it
+/// could not answer), for an unknown or offline node, and when the voters left up would be too
+/// few for quorum. The request is recorded as an operator command first.
+async fn power_off(
+    State(node): State<Arc<Node>>,
+    Extension(origin): Extension<Origin>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (liveness, up_after, needed) = node.with_state(|sm| {
+        let c = &sm.cluster;
+        let voters: Vec<u64> = sm.membership.membership().voter_ids().collect();
+        let up_after = voters
+            .iter()
+            .filter(|id| match c.node_by_id(**id) {
+                Some((n, r)) => *n != name && r.liveness == phalanx_core::Liveness::Online,
+                None => **id == crate::raft::WITNESS_ID,
+            })
+            .count();
+        (c.nodes.get(&name).map(|r| r.liveness), up_after, voters.len() / 2 + 1)
+    });
+    let Some(liveness) = liveness else {
+        return Err(ApiError::NotFound(format!("no node named {name:?}")));
+    };
+    if name == node.name {
+        return Err(ApiError::BadInput(format!(
+            "{name} cannot power itself off and answer: send this to another node's API"
+        )));
+    }
+    if liveness != phalanx_core::Liveness::Online {
+        return Err(ApiError::Refused(format!("{name} is not online: nothing to power off")));
+    }
+    if up_after < needed {
+        return Err(ApiError::Refused(format!(
+            "powering {name} off would leave {up_after} voter(s) up where quorum needs {needed}: the cluster would stop \
+             every resource"
+        )));
+    }
+    if node.config().cluster.fencing == phalanx_core::model::Fencing::Off {
+        return Err(ApiError::Refused(
+            "fencing is off: there is no fence device to power a node off with".into(),
+        ));
+    }
+    origin
+        .write(
+            &node,
+            Command::Note(phalanx_core::events::Note {
+                kind: phalanx_core::events::EventKind::OperatorCommand,
+                node: name.clone(),
+                summary: format!("drill: power {name} off through the fence devices"),
+                at_ms: crate::mesh::unix_ms(),
+            }),
+        )
+        .await?;
+    let by = node
+        .fencer
+        .fence(&name, crate::mesh::unix_ms())
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("powering {name} off failed: {e}")))?;
+    Ok(Json(serde_json::json!({ "node": name, "by": by })))
 }
 
 /// Body of `POST /v1/nodes/{name}/stop`.
