@@ -409,6 +409,9 @@ async fn two_nodes_and_the_witness_survive_either_node() {
     let leader = eventually("the store's leader", || {
         futures_block(sessions_status(&c, "n1")).and_then(|s| s["leader"].as_str().map(String::from))
     });
+    // The witness votes in the store's group but opens no client port of its own.
+    let witness_log = std::fs::read_to_string(c.log_path("witness")).unwrap_or_default();
+    assert!(!witness_log.contains("session store listening"), "{witness_log}");
     // Kill the node that leads the store (n2 if the witness leads it).
     let victim = if leader == "n1" { "n1" } else { "n2" };
     let survivor = if victim == "n1" { "n2" } else { "n1" };

@@ -26,12 +26,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Bound on `noreply` writes gathered by one connection before they are submitted.
 const MAX_QUEUED: usize = 1024;
 
-/// Where this node's store listens under `[sessions]`.
+/// Where this node's store listens under `[sessions]`. The witness votes in the store's group
+/// but serves no clients unless `listen` names it: it is a tie-breaker, often on a host that runs
+/// other things (a memcached of its own on 11211, say).
 fn addresses(node: &crate::node::Node) -> Vec<SocketAddr> {
     let config = node.config();
     let Some(s) = config.sessions.as_ref() else {
         return Vec::new();
     };
+    if node.id == crate::raft::WITNESS_ID && !s.listen.contains_key(&node.name) {
+        return Vec::new();
+    }
     let mut out = vec![s
         .listen
         .get(&node.name)
