@@ -187,6 +187,24 @@ async fn set_standby(
     )
 }
 
+/// Node `name`'s liveness (None: no such node), the voters that would be up without it, and
+/// the quorum they need (what stopping or powering a node off must not go below).
+fn without(node: &Node, name: &str) -> (Option<phalanx_core::Liveness>, usize, usize) {
+    node.with_state(|sm| {
+        let c = &sm.cluster;
+        let voters: Vec<u64> = sm.membership.membership().voter_ids().collect();
+        let up_after = voters
+            .iter()
+            .filter(|id| match c.node_by_id(**id) {
+                Some((n, r)) => n != name && r.liveness == phalanx_core::Liveness::Online,
+                // The witness: a vote while it is there.
+                None => **id == crate::raft::WITNESS_ID,
+            })
+            .count();
+        (c.nodes.get(name).map(|r| r.liveness), up_after, voters.len() / 2 + 1)
+    })
+}
+
 /// `POST /v1/nodes/{name}/power-off` (`phalanx drill kill-node`): power a node off through the
 /// cluster's own fence devices, as a real failure would take it (the cluster then detects the
 /// loss, fences and recovers as it always does). Refused for the node that receives it (it
@@ -197,18 +215,7 @@ async fn power_off(
     Extension(origin): Extension<Origin>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let (liveness, up_after, needed) = node.with_state(|sm| {
-        let c = &sm.cluster;
-        let voters: Vec<u64> = sm.membership.membership().voter_ids().collect();
-        let up_after = voters
-            .iter()
-            .filter(|id| match c.node_by_id(**id) {
-                Some((n, r)) => *n != name && r.liveness == phalanx_core::Liveness::Online,
-                None => **id == crate::raft::WITNESS_ID,
-            })
-            .count();
-        (c.nodes.get(&name).map(|r| r.liveness), up_after, voters.len() / 2 + 1)
-    });
+    let (liveness, up_after, needed) = without(&node, &name);
     let Some(liveness) = liveness else {
         return Err(ApiError::NotFound(format!("no node named {name:?}")));
     };
@@ -276,21 +283,7 @@ async fn stop_node(
     } else {
         parse_json(&body)?
     };
-    let (liveness, up_after, needed) = node.with_state(|sm| {
-        let c = &sm.cluster;
-        let liveness = c.nodes.get(&name).map(|r| r.liveness);
-        let membership = sm.membership.membership();
-        let voters: Vec<u64> = membership.voter_ids().collect();
-        let up_after = voters
-            .iter()
-            .filter(|id| match c.node_by_id(**id) {
-                Some((n, r)) => *n != name && r.liveness == phalanx_core::Liveness::Online,
-                // The witness: a vote while it is there.
-                None => **id == crate::raft::WITNESS_ID,
-            })
-            .count();
-        (liveness, up_after, voters.len() / 2 + 1)
-    });
+    let (liveness, up_after, needed) = without(&node, &name);
     let Some(liveness) = liveness else {
         return Err(ApiError::NotFound(format!("no node named {name:?}")));
     };
