@@ -356,7 +356,7 @@ fn explains(e: &Event, rsc: &str, parents: &[String], running: &BTreeSet<String>
 }
 
 /// The base name of a resource as events name it (`web:1`, a clone instance, is `web`).
-fn base(rsc: &str) -> &str {
+pub fn base(rsc: &str) -> &str {
     rsc.split(':').next().unwrap_or(rsc)
 }
 

@@ -71,7 +71,7 @@ pub fn answer(
         let known: std::collections::BTreeSet<&str> = events
             .iter()
             .filter_map(|e| e.resource.as_deref())
-            .map(|n| n.split(':').next().unwrap_or(n))
+            .map(availability::base)
             .collect();
         if !known.contains(r.as_str()) {
             let list: Vec<&str> = known.into_iter().collect();

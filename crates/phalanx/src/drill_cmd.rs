@@ -10,9 +10,9 @@
 //! arithmetic. The other scenarios of issue 16 are refused by name until they are built.
 
 use crate::client::Client;
+use crate::harness::runs_on;
 use anyhow::{anyhow, bail, Context, Result};
 use phalanx_core::drill::{self, Measured, Sample};
-use phalanx_node::node::StatusReport;
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -119,13 +119,6 @@ pub struct Report {
     pub rto_p50_ms: Option<u64>,
     pub rto_max_ms: Option<u64>,
     pub failed_probes: usize,
-}
-
-fn runs_on(s: &StatusReport, rsc: &str) -> Option<String> {
-    s.resources
-        .iter()
-        .find(|r| r.id == rsc)
-        .and_then(|r| r.running.keys().next().cloned())
 }
 
 /// Check the flags that need no cluster.

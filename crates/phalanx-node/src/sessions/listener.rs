@@ -189,10 +189,7 @@ async fn handle(s: &Sessions, c: &mut Conn, req: Request, out: &mut Vec<u8>) -> 
         } else {
             let point = match c.point {
                 Some(p) => p,
-                None => match match s.leased_point() {
-                    Some(p) => Ok(p),
-                    None => s.read_point().await,
-                } {
+                None => match s.read_point().await {
                     Ok(p) => *c.point.insert(p),
                     Err(e) => {
                         out.extend(server_error(&e));

@@ -8,9 +8,9 @@
 //!   their order).
 //! - The read path: a read waits for a read index. The leader confirms its leadership with a
 //!   quorum once for every read that arrived before the round began, or reads on the lease
-//!   such a round gave it (`leader_read_index`; a connection on the leader reads on the lease
-//!   directly, `leased_point`); a follower asks the leader for the index and its time, waits
-//!   until it has applied it, and answers from its own copy.
+//!   such a round gave it (`leader_read_index`; while it holds, `read_point` answers at once,
+//!   without the gate: `leased_point`); a follower asks the leader for the index and its time,
+//!   waits until it has applied it, and answers from its own copy.
 //! - Upkeep (`Sessions::upkeep`): heartbeats and elections on only while `[sessions]` is
 //!   configured, the group's members following the cluster's, leader and eviction events.
 //!
@@ -533,8 +533,12 @@ impl Sessions {
         }
     }
 
-    /// Wait until a read may be answered here (see [`ReadPoint`]).
+    /// Wait until a read may be answered here (see [`ReadPoint`]): at once on the leader while
+    /// its lease holds ([`Sessions::leased_point`]), else through the read gate.
     pub async fn read_point(&self) -> Result<ReadPoint, SessionsError> {
+        if let Some(p) = self.leased_point() {
+            return Ok(p);
+        }
         let (tx, rx) = oneshot::channel();
         self.reads.send(tx).await.map_err(|_| SessionsError::Stopped)?;
         rx.await.map_err(|_| SessionsError::Stopped)?
@@ -626,7 +630,7 @@ impl Sessions {
     /// A read point without a round trip through the read gate: on the leader, while its lease
     /// holds and it has applied what the lease's round asked for (so the point covers every
     /// write acknowledged before now). None: ask [`Sessions::read_point`].
-    pub fn leased_point(&self) -> Option<ReadPoint> {
+    fn leased_point(&self) -> Option<ReadPoint> {
         let term = self.raft.metrics().borrow().current_term;
         let lease = self.valid_lease(term)?;
         let (applied, logged) = {
@@ -644,10 +648,7 @@ impl Sessions {
         if !self.is_leader() {
             return Err(SessionsError::NotLeader);
         }
-        match self.leased_point() {
-            Some(p) => Ok(p),
-            None => self.read_point().await,
-        }
+        self.read_point().await
     }
 
     /// Follow the node: `[sessions]` on or off (heartbeats and elections with it), and, on
