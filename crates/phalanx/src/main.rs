@@ -1372,11 +1372,14 @@ async fn node_cmd(cli: &Cli, cmd: &NodeCmd) -> Result<i32> {
             node_api,
             no_fence_check,
         } => {
+            // Retried while the cluster answers "no leader right now, retry" (503: nothing was
+            // committed), as `config apply` is: an election under load once failed this command.
             let v = client
-                .post(
+                .post_retrying(
                     &api,
                     "/v1/nodes",
                     &json!({ "name": name, "links": links, "api": node_api, "no_fence_check": no_fence_check }),
+                    std::time::Duration::from_secs(10),
                 )
                 .await?;
             (
