@@ -37,6 +37,7 @@ pub fn alert_kind(k: EventKind) -> Option<&'static str> {
         EventKind::BackendChanged => "balancer",
         EventKind::SessionsLeaderChanged | EventKind::SessionsEvicted => "sessions",
         EventKind::SloBurn | EventKind::SloBurnEnded => "availability",
+        EventKind::DrillStarted | EventKind::DrillRun | EventKind::DrillEnded => "drill",
         EventKind::FenceRequested | EventKind::AlertFailed => return None,
     })
 }

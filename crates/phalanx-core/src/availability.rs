@@ -283,6 +283,9 @@ struct Replay {
     observed: bool,
     /// The latest event that could explain an outage: (planned, seq, summary).
     cause: Option<(bool, u64, String)>,
+    /// A drill of this resource in progress: (id, expires at, seq, summary); its outages are
+    /// planned whatever else the history says (the drill caused them).
+    drill: Option<(String, u64, u64, String)>,
     /// State changes: (time, state), in time order.
     changes: Vec<(u64, State)>,
     outages: Vec<Outage>,
@@ -318,9 +321,10 @@ impl Replay {
             None => self.running.clear(),
         }
         if had && self.running.is_empty() && self.observed {
-            let (planned, seq, cause) = match &self.cause {
-                Some((p, s, c)) => (*p, Some(*s), c.clone()),
-                None => (false, None, "no event explains it".to_string()),
+            let (planned, seq, cause) = match (&self.drill, &self.cause) {
+                (Some((_, expires, s, c)), _) if *expires > t => (true, Some(*s), c.clone()),
+                (_, Some((p, s, c))) => (*p, Some(*s), c.clone()),
+                _ => (false, None, "no event explains it".to_string()),
             };
             self.outages.push(Outage {
                 start_ms: t,
@@ -392,6 +396,12 @@ pub fn report(events: &[Event], o: &Options) -> Result<Report, AvailabilityError
             }
             let mine = e.resource.as_deref().map(base) == Some(*name);
             match e.kind {
+                EventKind::DrillStarted if mine => {
+                    let id = crate::drill::detail(e, "id").unwrap_or_default().to_string();
+                    let expires = crate::drill::detail(e, "expires_ms").and_then(|v| v.parse().ok());
+                    r.drill = Some((id, expires.unwrap_or(u64::MAX), e.seq, e.summary.clone()));
+                }
+                EventKind::DrillEnded if mine => r.drill = None,
                 EventKind::ResourceStarted | EventKind::ResourcePromoted if mine => r.start(&e.node, t),
                 EventKind::ResourceStopped | EventKind::MonitorFailed if mine => r.gone(Some(&e.node), t),
                 EventKind::ResourceFailed if mine && e.task.as_deref() == Some("stop") => r.gone(Some(&e.node), t),
@@ -574,6 +584,43 @@ mod tests {
         assert_eq!(web.budget_remaining_ms, 3_900 - 40_000);
         let causes: Vec<(bool, Option<u64>)> = web.outages.iter().map(|o| (o.planned, o.cause_seq)).collect();
         assert_eq!(causes, vec![(false, Some(2)), (false, Some(5)), (true, Some(8))]);
+    }
+
+    #[test]
+    fn a_drills_outages_are_planned_until_it_ends_or_expires() {
+        let drill = |seq, s, kind, id: &str| {
+            let mut e = ev(seq, s, kind, "n1", Some("web"), Some("kill-node"));
+            e.details = vec![format!("id={id}"), "expires_ms=1500000".into()];
+            e
+        };
+        let h = vec![
+            ev(1, 100, ResourceStarted, "n1", Some("web"), Some("start")),
+            drill(2, 1000, DrillStarted, "7"),
+            // The drill powers n1 off: lost and fenced (unplanned kinds), but the drill did it.
+            ev(3, 1001, NodeLost, "n1", None, None),
+            ev(4, 1001, FenceSucceeded, "n1", None, None),
+            ev(5, 1002, ResourceStarted, "n2", Some("web"), Some("start")),
+            drill(6, 1003, DrillEnded, "7"),
+            // A real failure afterwards.
+            ev(7, 1100, NodeLost, "n2", None, None),
+            ev(8, 1110, ResourceStarted, "n3", Some("web"), Some("start")),
+            // A drill whose CLI died (no end): planned only until it expires at 1,500 s.
+            drill(9, 1200, DrillStarted, "8"),
+            ev(10, 1300, MonitorFailed, "n3", Some("web"), Some("monitor")),
+            ev(11, 1301, ResourceStarted, "n3", Some("web"), Some("start")),
+            ev(12, 1600, MonitorFailed, "n3", Some("web"), Some("monitor")),
+            ev(13, 1604, ResourceStarted, "n3", Some("web"), Some("start")),
+        ];
+        let web = &report(&h, &opts(0, 2000)).unwrap().resources[0];
+        let causes: Vec<(bool, Option<u64>)> = web.outages.iter().map(|o| (o.planned, o.cause_seq)).collect();
+        assert_eq!(
+            causes,
+            vec![(true, Some(2)), (false, Some(7)), (true, Some(9)), (false, Some(12))]
+        );
+        assert_eq!(
+            (web.planned_down_ms, web.down_ms, web.failures),
+            (1_000 + 1_000, 10_000 + 4_000, 2)
+        );
     }
 
     #[test]

@@ -2,9 +2,26 @@
 //! drill takes before, during and after the fault it causes, what the clients saw — the first
 //! failed probe after the fault, the first success after that, the recovery time objective's
 //! measure (RTO: first failure to first success), and how many probes failed. Pure: the samples
-//! come with their times (ms since the drill's start).
+//! come with their times (ms since the drill's start). And how a drill is recorded in the
+//! event history ([`DrillNote`], `Command::Drill`): its begin (which also makes it the one
+//! active drill, [`active`]), each run's figures and its end, as `key=value` lines in the
+//! events' `details` ([`detail`]), which is what `phalanx availability` (a drill's outages are
+//! planned), `/metrics` (`phalanx_drill_rto_seconds`) and the dashboard read back.
 
+use crate::events::{Event, EventKind};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// The scenarios of `phalanx drill` (issue 16).
+pub const SCENARIOS: [&str; 7] = [
+    "switchover",
+    "kill-node",
+    "kill-service",
+    "cut-link",
+    "pause-node",
+    "lb-backend-down",
+    "fence-fail",
+];
 
 /// One probe: when it was sent (ms since the drill began) and whether the service answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +78,130 @@ pub fn percentile(values: &[u64], p: f64) -> Option<u64> {
     v.get(rank.min(v.len()) - 1).copied()
 }
 
+/// A step of a drill, as `Command::Drill` records it: `id` names the drill (the CLI picks it at
+/// random), `at_ms` is the proposer's clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillNote {
+    pub id: u64,
+    pub at_ms: u64,
+    pub scenario: String,
+    pub resource: String,
+    pub step: DrillStep,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DrillStep {
+    /// The drill begins, acting on `node`; it is active until it ends or until `expires_ms`
+    /// (a drill whose CLI died does not block the next one for ever).
+    Begin { node: String, expires_ms: u64 },
+    /// One run's figures.
+    Run {
+        run: u32,
+        from: String,
+        to: String,
+        rto_ms: Option<u64>,
+        failed_probes: u64,
+        probes: u64,
+        /// Acknowledged session writes missing afterwards (None: no session writer ran).
+        rpo_writes: Option<u64>,
+    },
+    /// The drill ended; `aborted`: why, if it did not complete.
+    End { aborted: Option<String> },
+}
+
+impl DrillNote {
+    /// The event kind, the node it is about, its summary and its `details` lines.
+    pub fn describe(&self) -> (EventKind, String, String, Vec<String>) {
+        let (id, what) = (self.id, format!("drill {} of {}", self.scenario, self.resource));
+        match &self.step {
+            DrillStep::Begin { node, expires_ms } => (
+                EventKind::DrillStarted,
+                node.clone(),
+                format!("{what} begins on {node}"),
+                vec![format!("id={id}"), format!("expires_ms={expires_ms}")],
+            ),
+            DrillStep::Run {
+                run,
+                from,
+                to,
+                rto_ms,
+                failed_probes,
+                probes,
+                rpo_writes,
+            } => {
+                let rto = rto_ms.map_or("none (the service did not answer again)".into(), |v| format!("{v} ms"));
+                let mut details = vec![
+                    format!("id={id}"),
+                    format!("run={run}"),
+                    format!("from={from}"),
+                    format!("to={to}"),
+                    format!("failed_probes={failed_probes}"),
+                    format!("probes={probes}"),
+                ];
+                details.extend(rto_ms.map(|v| format!("rto_ms={v}")));
+                details.extend(rpo_writes.map(|v| format!("rpo_writes={v}")));
+                let rpo = rpo_writes.map_or(String::new(), |v| format!(", {v} acknowledged write(s) lost"));
+                (
+                    EventKind::DrillRun,
+                    from.clone(),
+                    format!("{what}, run {run}: {from} -> {to}, RTO {rto}, {failed_probes} failed probe(s){rpo}"),
+                    details,
+                )
+            }
+            DrillStep::End { aborted } => {
+                let mut details = vec![format!("id={id}")];
+                details.extend(aborted.as_ref().map(|why| format!("aborted={why}")));
+                let how = aborted
+                    .as_ref()
+                    .map_or("ended".to_string(), |why| format!("aborted: {why}"));
+                (EventKind::DrillEnded, String::new(), format!("{what} {how}"), details)
+            }
+        }
+    }
+}
+
+/// The value of `key=` in a drill event's details.
+pub fn detail<'a>(e: &'a Event, key: &str) -> Option<&'a str> {
+    e.details
+        .iter()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+/// The drill active at `now_ms`: its begin event, if it has not ended nor expired.
+/// `newest_first` is the history, newest event first.
+pub fn active<'a>(newest_first: impl Iterator<Item = &'a Event>, now_ms: u64) -> Option<&'a Event> {
+    let mut ended = BTreeSet::new();
+    for e in newest_first {
+        let id = detail(e, "id");
+        match e.kind {
+            EventKind::DrillEnded => {
+                ended.insert(id);
+            }
+            EventKind::DrillStarted if !ended.contains(&id) => {
+                let expires = detail(e, "expires_ms").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                if expires > now_ms {
+                    return Some(e);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The RTO of each drill run in the history: (scenario, seconds); runs whose service never
+/// answered again have none.
+pub fn rtos<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<(String, f64)> {
+    events
+        .into_iter()
+        .filter(|e| e.kind == EventKind::DrillRun)
+        .filter_map(|e| {
+            let ms = detail(e, "rto_ms")?.parse::<u64>().ok()?;
+            Some((e.task.clone().unwrap_or_default(), ms as f64 / 1000.0))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +246,88 @@ mod tests {
         assert_eq!(percentile(&[30, 10, 20], 50.0), Some(20));
         assert_eq!(percentile(&[30, 10, 20], 99.0), Some(30));
         assert_eq!(percentile(&[5], 0.0), Some(5));
+    }
+
+    fn ev(seq: u64, note: &DrillNote) -> Event {
+        let (kind, node, summary, details) = note.describe();
+        Event {
+            seq,
+            time_ms: note.at_ms,
+            node,
+            kind,
+            summary,
+            resource: Some(note.resource.clone()),
+            task: Some(note.scenario.clone()),
+            rc: None,
+            exit_reason: None,
+            exec_ms: None,
+            details,
+            by: None,
+            from: None,
+            reporter: "n1".into(),
+            device: None,
+            level: None,
+        }
+    }
+
+    fn note(id: u64, at_ms: u64, step: DrillStep) -> DrillNote {
+        DrillNote {
+            id,
+            at_ms,
+            scenario: "switchover".into(),
+            resource: "web".into(),
+            step,
+        }
+    }
+
+    #[test]
+    fn a_drill_is_active_until_it_ends_or_expires_and_its_runs_give_rtos() {
+        let begin = |id, at, exp| {
+            note(
+                id,
+                at,
+                DrillStep::Begin {
+                    node: "n1".into(),
+                    expires_ms: exp,
+                },
+            )
+        };
+        let run = note(
+            7,
+            1_500,
+            DrillStep::Run {
+                run: 1,
+                from: "n1".into(),
+                to: "n2".into(),
+                rto_ms: Some(40),
+                failed_probes: 4,
+                probes: 90,
+                rpo_writes: Some(0),
+            },
+        );
+        let mut h = vec![ev(1, &begin(7, 1_000, 60_000)), ev(2, &run)];
+        let newest = |h: &Vec<Event>| h.iter().rev().cloned().collect::<Vec<_>>();
+        assert_eq!(active(newest(&h).iter(), 2_000).map(|e| e.seq), Some(1));
+        assert_eq!(active(newest(&h).iter(), 60_000), None, "expired");
+        assert!(h[1]
+            .summary
+            .contains("RTO 40 ms, 4 failed probe(s), 0 acknowledged write(s) lost"));
+        h.push(ev(3, &note(7, 2_000, DrillStep::End { aborted: None })));
+        assert_eq!(active(newest(&h).iter(), 2_500), None, "ended");
+        h.push(ev(4, &begin(8, 3_000, 9_000)));
+        assert_eq!(active(newest(&h).iter(), 3_000).map(|e| e.seq), Some(4));
+        assert_eq!(rtos(&h), vec![("switchover".to_string(), 0.04)]);
+        let aborted = ev(
+            5,
+            &note(
+                8,
+                4_000,
+                DrillStep::End {
+                    aborted: Some("no settle".into()),
+                },
+            ),
+        );
+        assert_eq!(detail(&aborted, "aborted"), Some("no settle"));
+        assert_eq!(aborted.summary, "drill switchover of web aborted: no settle");
     }
 }

@@ -58,10 +58,18 @@ pub enum EventKind {
     SloBurn,
     /// It stopped burning on that row.
     SloBurnEnded,
+    /// `phalanx drill` began (`task`: the scenario, `resource`, `node`: the node it acts on;
+    /// `details`: `id=`, `expires_ms=`, see `crate::drill`). Until it ends or expires, another
+    /// drill is refused and the resource's outages are planned.
+    DrillStarted,
+    /// One run of a drill, with what its probes measured (`details`: `rto_ms=`, …).
+    DrillRun,
+    /// The drill ended (`details`: `id=`, and `aborted=` with the reason if it was aborted).
+    DrillEnded,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 30] = [
+    pub const ALL: [EventKind; 33] = [
         EventKind::NodeAdded,
         EventKind::NodeRemoved,
         EventKind::NodeJoined,
@@ -92,6 +100,9 @@ impl EventKind {
         EventKind::SessionsEvicted,
         EventKind::SloBurn,
         EventKind::SloBurnEnded,
+        EventKind::DrillStarted,
+        EventKind::DrillRun,
+        EventKind::DrillEnded,
     ];
 
     /// The JSON name (`node_lost`).
@@ -127,6 +138,9 @@ impl EventKind {
             EventKind::SessionsEvicted => "sessions_evicted",
             EventKind::SloBurn => "slo_burn",
             EventKind::SloBurnEnded => "slo_burn_ended",
+            EventKind::DrillStarted => "drill_started",
+            EventKind::DrillRun => "drill_run",
+            EventKind::DrillEnded => "drill_ended",
         }
     }
 
@@ -395,6 +409,22 @@ pub fn apply_logged(state: &mut ClusterState, log: &mut EventLog, cmd: &Command,
         touched.events = true;
         return o;
     }
+    if let Command::Drill(n) = inner {
+        if let (crate::drill::DrillStep::Begin { .. }, Some(e)) =
+            (&n.step, crate::drill::active(log.newest_first(), n.at_ms))
+        {
+            if crate::drill::detail(e, "id") != Some(n.id.to_string().as_str()) {
+                return Outcome::Rejected(crate::outcome::RejectReason::DrillRunning {
+                    scenario: e.task.clone().unwrap_or_default(),
+                    resource: e.resource.clone().unwrap_or_default(),
+                    by: e.by.clone().unwrap_or_else(|| e.reporter.clone()),
+                    expires_ms: crate::drill::detail(e, "expires_ms")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0),
+                });
+            }
+        }
+    }
     let drafts = derive(state, inner, stamp, log.last_ms);
     let outcome = state.apply_touching(cmd, touched);
     if outcome != Outcome::Ok {
@@ -623,6 +653,13 @@ fn derive(state: &ClusterState, cmd: &Command, stamp: Option<&Stamp>, last_ms: u
             vec![e]
         }
         Command::Note(n) => vec![event(n.kind, &n.node, Some(n.at_ms), n.summary.clone())],
+        Command::Drill(n) => {
+            let (kind, node, summary, details) = n.describe();
+            let mut e = with_rsc(event(kind, &node, Some(n.at_ms), summary), &n.resource);
+            e.task = Some(n.scenario.clone());
+            e.details = details;
+            vec![e]
+        }
         Command::BackendHealth {
             balancer,
             backend,

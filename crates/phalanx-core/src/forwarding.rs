@@ -38,6 +38,7 @@ impl Command {
             Command::BackendHealth { .. } => "BackendHealth",
             Command::BackendAdmin { .. } => "BackendAdmin",
             Command::Stick { .. } => "Stick",
+            Command::Drill(_) => "Drill",
         }
     }
 
@@ -75,6 +76,8 @@ impl Command {
                 | Command::ClaimAction { .. }
                 // What a node observed for the event history.
                 | Command::Note(_)
+                // An operator's drill (the API checks it).
+                | Command::Drill(_)
         )
     }
 }

@@ -65,6 +65,13 @@ pub enum RejectReason {
     BadWeight { weight: u16, max: u16 },
     #[error("a stick batch of {entries} entries for a table of {capacity} is out of bounds")]
     BadStickBatch { entries: usize, capacity: usize },
+    #[error("drill {scenario} of {resource} is running (started by {by}, until it ends or at unix ms {expires_ms})")]
+    DrillRunning {
+        scenario: String,
+        resource: String,
+        by: String,
+        expires_ms: u64,
+    },
 }
 
 #[cfg(test)]

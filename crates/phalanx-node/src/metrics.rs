@@ -20,6 +20,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::collections::BTreeSet;
 
@@ -86,6 +87,10 @@ pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
         let st = node.with_state(|sm| s.status(&node.name, |id| node.name_of(sm, id).unwrap_or_default()));
         sessions(&mut reg, &st);
     }
+    drills(
+        &mut reg,
+        &node.with_state(|sm| phalanx_core::drill::rtos(sm.events.since(0))),
+    );
     let mut out = String::new();
     encode(&mut out, &reg)?;
     Ok(prometheus_text(&out))
@@ -117,6 +122,27 @@ fn register(reg: &mut Registry, st: &StatusReport, config: &Config, attempts: &F
     resources(reg, st, config);
     fencing(reg, st, config, attempts);
     balancers(reg, lb);
+}
+
+/// Upper bounds of `phalanx_drill_rto_seconds`'s buckets: a switchover's tens of ms to a slow
+/// takeover's minute.
+const RTO_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// `phalanx_drill_rto_seconds{scenario}`: the RTO of every drill run in the event history
+/// (series exist once a drill ran).
+fn drills(reg: &mut Registry, rtos: &[(String, f64)]) {
+    if rtos.is_empty() {
+        return;
+    }
+    let family = Family::<Labels, Histogram>::new_with_constructor(|| Histogram::new(RTO_BUCKETS));
+    for (scenario, s) in rtos {
+        family.get_or_create(&vec![("scenario", scenario.clone())]).observe(*s);
+    }
+    reg.register(
+        "drill_rto_seconds",
+        "RTO measured by drills (first failed probe to first success), from the event history",
+        family,
+    );
 }
 
 /// The session store on this node (series exist while `[sessions]` is configured):

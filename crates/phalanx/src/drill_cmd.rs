@@ -17,16 +17,8 @@ use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The scenarios of issue 16; only the built ones run.
-pub const SCENARIOS: [&str; 7] = [
-    "switchover",
-    "kill-node",
-    "kill-service",
-    "cut-link",
-    "pause-node",
-    "lb-backend-down",
-    "fence-fail",
-];
+pub use phalanx_core::drill::SCENARIOS;
+/// The scenarios built so far.
 const BUILT: [&str; 2] = ["switchover", "kill-node"];
 
 /// How often the service is probed, and how long one probe may take.
@@ -140,42 +132,23 @@ pub fn check(a: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Run the drill.
-pub async fn run(client: &Client, apis: &[String], a: &Args, progress: &indicatif::ProgressBar) -> Result<Report> {
-    check(a)?;
-    let targets = Arc::new(targets(&a.probe)?);
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .context("an HTTP client for the probes")?;
-    let mut runs = Vec::new();
-    for i in 0..a.runs {
-        progress.set_message(format!("run {} of {}: {} of {}", i + 1, a.runs, a.scenario, a.resource));
-        runs.push(one(client, apis, a, &http, &targets).await?);
-        progress.inc(1);
-    }
-    let rtos: Vec<u64> = runs.iter().filter_map(|r| r.measured.rto_ms).collect();
-    Ok(Report {
-        scenario: a.scenario.clone(),
-        resource: a.resource.clone(),
-        probe: a.probe.clone(),
-        rto_p50_ms: drill::percentile(&rtos, 50.0),
-        rto_max_ms: rtos.iter().max().copied(),
-        failed_probes: runs.iter().map(|r| r.measured.failed).sum(),
-        runs,
-    })
+/// What must hold before a run: quorum, the resource running somewhere, another online node
+/// to take it, fencing for a kill, the service answering. The API that answered, where the
+/// resource runs, the node to move it to and its API.
+struct Ready {
+    api: String,
+    from: String,
+    to: String,
+    to_api: String,
 }
 
-/// One run: cause the fault (a move to another online node, or the resource's node powered
-/// off), measure, undo a move.
-async fn one(
+async fn ready(
     client: &Client,
     apis: &[String],
     a: &Args,
     http: &reqwest::Client,
-    targets: &Arc<Vec<Target>>,
-) -> Result<Run> {
-    let kill = a.scenario == "kill-node";
+    targets: &[Target],
+) -> Result<Ready> {
     let (api, st) = client.first_answering(apis).await?;
     if !st.quorum {
         bail!("the cluster has no quorum: no drill now");
@@ -190,14 +163,117 @@ async fn one(
         .iter()
         .find(|n| n.name != from && n.state == "online")
         .ok_or_else(|| anyhow!("no other online node to take {} over", a.resource))?;
-    // A move goes to that node; a power-off is asked of it (the victim could not answer).
-    let (to, api) = (other.name.clone(), if kill { other.api.clone() } else { api });
-    if kill && st.fencing == "off" {
+    if a.scenario == "kill-node" && st.fencing == "off" {
         bail!("fencing is off: kill-node powers the node off through the cluster's fence devices");
     }
     if !probe(http, targets).await {
         bail!("the service is not healthy now (no answer from {}): no drill", a.probe);
     }
+    Ok(Ready {
+        api,
+        from,
+        to: other.name.clone(),
+        to_api: other.api.clone(),
+    })
+}
+
+/// A drill's id: the history's key for its steps (unique enough: time and process).
+fn drill_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (nanos ^ (u64::from(std::process::id()) << 40)) & (u64::MAX >> 11)
+}
+
+/// Run the drill: check that it can, take the cluster's one drill slot (refused while another
+/// drill runs), run, record each run's figures and the end (aborted, with why, on an error).
+pub async fn run(client: &Client, apis: &[String], a: &Args, progress: &indicatif::ProgressBar) -> Result<Report> {
+    check(a)?;
+    let targets = Arc::new(targets(&a.probe)?);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .context("an HTTP client for the probes")?;
+    let first = ready(client, apis, a, &http, &targets).await?;
+    let id = drill_id();
+    let bound = (a.settle + Duration::from_secs(30)) * a.runs as u32;
+    let begin = serde_json::json!({
+        "scenario": a.scenario, "resource": a.resource, "node": first.from,
+        "bound_ms": bound.as_millis() as u64,
+    });
+    let _: serde_json::Value = client
+        .post(&first.api, &format!("/v1/drills/{id}"), &begin)
+        .await
+        .context("starting the drill")?;
+    let mut runs = Vec::new();
+    let mut result = Ok(());
+    for i in 0..a.runs {
+        progress.set_message(format!("run {} of {}: {} of {}", i + 1, a.runs, a.scenario, a.resource));
+        let run = match ready(client, apis, a, &http, &targets).await {
+            Ok(r) => one(client, apis, a, &http, &targets, r).await,
+            Err(e) => Err(e.context(format!("before run {}", i + 1))),
+        };
+        match run {
+            Ok(run) => {
+                let step = drill::DrillStep::Run {
+                    run: i as u32 + 1,
+                    from: run.from.clone(),
+                    to: run.to.clone(),
+                    rto_ms: run.measured.rto_ms,
+                    failed_probes: run.measured.failed as u64,
+                    probes: run.measured.probes as u64,
+                    rpo_writes: None,
+                };
+                record(client, apis, a, id, step).await?;
+                runs.push(run);
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+        progress.inc(1);
+    }
+    let aborted = result.as_ref().err().map(|e| format!("{e:#}"));
+    record(client, apis, a, id, drill::DrillStep::End { aborted }).await?;
+    result?;
+    let rtos: Vec<u64> = runs.iter().filter_map(|r| r.measured.rto_ms).collect();
+    Ok(Report {
+        scenario: a.scenario.clone(),
+        resource: a.resource.clone(),
+        probe: a.probe.clone(),
+        rto_p50_ms: drill::percentile(&rtos, 50.0),
+        rto_max_ms: rtos.iter().max().copied(),
+        failed_probes: runs.iter().map(|r| r.measured.failed).sum(),
+        runs,
+    })
+}
+
+/// Record a step of drill `id` through any node that answers (the run's node may be gone).
+async fn record(client: &Client, apis: &[String], a: &Args, id: u64, step: drill::DrillStep) -> Result<()> {
+    let body = serde_json::json!({ "scenario": a.scenario, "resource": a.resource, "step": step });
+    let (api, _) = client.first_answering(apis).await?;
+    let _: serde_json::Value = client
+        .post_retrying(&api, &format!("/v1/drills/{id}/steps"), &body, Duration::from_secs(10))
+        .await
+        .context("recording the drill in the history")?;
+    Ok(())
+}
+
+/// One run: cause the fault (a move to another online node, or the resource's node powered
+/// off), measure, undo a move.
+async fn one(
+    client: &Client,
+    apis: &[String],
+    a: &Args,
+    http: &reqwest::Client,
+    targets: &Arc<Vec<Target>>,
+    ready: Ready,
+) -> Result<Run> {
+    let kill = a.scenario == "kill-node";
+    let Ready { api, from, to, to_api } = ready;
+    // A move goes to that node; a power-off is asked of it (the victim could not answer).
+    let api = if kill { to_api } else { api };
     // Probe from now on, every 10 ms, until told to stop.
     let started = Instant::now();
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();

@@ -115,6 +115,81 @@ async fn a_switchover_drill_measures_what_clients_saw_and_clears_its_move() {
     assert_eq!(code, 0);
     assert!(out.contains("RTO p50"), "{out}");
 
+    // Every run is in the event history, between its drill's begin and end, and in /metrics.
+    let (code, out, err) = c
+        .cli(&["events", "--kind", "drill_started,drill_run,drill_ended", "--json"])
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let kinds: Vec<String> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let want = [
+        "drill_started",
+        "drill_run",
+        "drill_run",
+        "drill_ended",
+        "drill_started",
+        "drill_run",
+        "drill_ended",
+    ];
+    assert_eq!(kinds, want, "{out}");
+    assert!(out.contains("\"rto_ms="), "{out}");
+    let api = c.node("n1").unwrap().api.clone();
+    let token = phalanx_node::ClusterKey::load(&c.dir().join("phalanx.key"))
+        .unwrap()
+        .api_token();
+    let http = reqwest::Client::new();
+    let metrics = http
+        .get(format!("http://{api}/metrics"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("phalanx_drill_rto_seconds_count{scenario=\"switchover\"} 3"),
+        "{metrics}"
+    );
+
+    // One drill at a time: while another operator's drill holds the slot, a drill is refused
+    // and moves nothing; once that drill ends, drills run again.
+    let begin = http
+        .post(format!("http://{api}/v1/drills/42"))
+        .bearer_auth(&token)
+        .header("x-phalanx-operator", "alice@ops")
+        .body(r#"{"scenario":"switchover","resource":"web","node":"n1","bound_ms":600000}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(begin.status(), 200, "{}", begin.text().await.unwrap());
+    let before = c.statuses().await.values().next().and_then(|s| runs_on(s, "web"));
+    let (code, _, err) = c
+        .cli(&["drill", "switchover", "--resource", "web", "--probe", &probe])
+        .unwrap();
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("drill switchover of web is running (started by alice@ops"),
+        "{err}"
+    );
+    let after = c.statuses().await.values().next().and_then(|s| runs_on(s, "web"));
+    assert_eq!(before, after, "a refused drill moved nothing");
+    let end = http
+        .post(format!("http://{api}/v1/drills/42/steps"))
+        .bearer_auth(&token)
+        .body(r#"{"scenario":"switchover","resource":"web","step":{"End":{"aborted":null}}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(end.status(), 200, "{}", end.text().await.unwrap());
+
     // kill-node: the node running web is powered off through the cluster's fence device (the
     // harness's power switch), as a real failure; web comes back elsewhere.
     let victim = c
@@ -145,4 +220,48 @@ async fn a_switchover_drill_measures_what_clients_saw_and_clears_its_move() {
         .unwrap();
     assert_ne!(code, 0);
     assert!(err.contains("quorum needs 2"), "{err}");
+
+    // Availability counts every drill outage as planned: computed here by hand from the events
+    // (web down from its stop, or the loss of its node, to its next start), it is the report's.
+    let (code, out, err) = c.cli(&["events", "--json"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (mut on, mut down_since, mut planned, mut outages) = (None::<String>, None::<u64>, 0u64, 0);
+    for e in &events {
+        let (kind, node, t) = (
+            e["kind"].as_str().unwrap(),
+            e["node"].as_str().unwrap(),
+            e["time_ms"].as_u64().unwrap(),
+        );
+        let web = e["resource"].as_str() == Some("web");
+        match kind {
+            "resource_started" if web => {
+                if let Some(since) = down_since.take() {
+                    planned += t - since;
+                    outages += 1;
+                }
+                on = Some(node.to_string());
+            }
+            "resource_stopped" if web && on.as_deref() == Some(node) => {
+                down_since.get_or_insert(t);
+                on = None;
+            }
+            "node_lost" | "fence_succeeded" if on.as_deref() == Some(node) => {
+                down_since.get_or_insert(t);
+                on = None;
+            }
+            _ => {}
+        }
+    }
+    let (code, out, err) = c.cli(&["availability", "--resource", "web", "--json"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let web = &r["resources"][0];
+    assert_eq!(outages, 4, "3 switchovers and a kill: {out}");
+    assert_eq!(web["planned_down_ms"].as_u64(), Some(planned), "{out}");
+    assert_eq!(
+        (web["down_ms"].as_u64(), web["failures"].as_u64()),
+        (Some(0), Some(0)),
+        "{out}"
+    );
 }

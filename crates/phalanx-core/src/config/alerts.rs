@@ -37,7 +37,7 @@ pub enum AlertTarget {
 }
 
 /// Every alert kind a recipient can select (see `crate::alerts::alert_kind`).
-pub const ALERT_KINDS: [&str; 12] = [
+pub const ALERT_KINDS: [&str; 13] = [
     "node",
     "fencing",
     "resource",
@@ -50,6 +50,7 @@ pub const ALERT_KINDS: [&str; 12] = [
     "balancer",
     "sessions",
     "availability",
+    "drill",
 ];
 
 pub const DEFAULT_ALERT_TIMEOUT: Duration = Duration::from_secs(30);

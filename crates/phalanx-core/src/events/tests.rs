@@ -368,3 +368,71 @@ fn every_kind_has_a_json_name_that_reads_back() {
         assert_eq!(EventKind::parse(k.as_str()), Some(k));
     }
 }
+
+#[test]
+fn a_second_drill_is_refused_while_one_is_active() {
+    use crate::drill::{DrillNote, DrillStep};
+    let note = |id, at_ms, step| {
+        Command::Drill(DrillNote {
+            id,
+            at_ms,
+            scenario: "switchover".into(),
+            resource: "web".into(),
+            step,
+        })
+    };
+    let begin = |id, at_ms| {
+        by(
+            "n1",
+            at_ms,
+            "ops@a",
+            note(
+                id,
+                at_ms,
+                DrillStep::Begin {
+                    node: "n1".into(),
+                    expires_ms: at_ms + 1_000,
+                },
+            ),
+        )
+    };
+    let (mut state, mut log) = (bootstrapped(&["n1", "n2"]), EventLog::default());
+    let out = run(
+        &mut state,
+        &mut log,
+        &[
+            begin(1, 100),
+            begin(2, 200),
+            begin(1, 300),
+            note(1, 400, DrillStep::End { aborted: None }),
+            begin(2, 500),
+            begin(3, 1_600),
+        ],
+    );
+    let refused = Outcome::Rejected(crate::outcome::RejectReason::DrillRunning {
+        scenario: "switchover".into(),
+        resource: "web".into(),
+        by: "ops@a".into(),
+        expires_ms: 1_100,
+    });
+    // The second is refused; the first may repeat its begin; after its end another begins; an
+    // expired drill blocks nothing.
+    assert_eq!(
+        out,
+        vec![Outcome::Ok, refused, Outcome::Ok, Outcome::Ok, Outcome::Ok, Outcome::Ok]
+    );
+    let drills: Vec<&str> = kinds(&log).into_iter().filter(|k| k.starts_with("drill")).collect();
+    assert_eq!(
+        drills,
+        [
+            "drill_started",
+            "drill_started",
+            "drill_ended",
+            "drill_started",
+            "drill_started"
+        ]
+    );
+    assert!(log
+        .since(0)
+        .all(|e| e.kind != EventKind::DrillStarted || e.resource.as_deref() == Some("web")));
+}

@@ -258,6 +258,10 @@ pub enum Command {
         config: crate::lb::StickConfig,
         entries: Vec<(String, crate::lb::StickEntry)>,
     },
+    /// A step of `phalanx drill` (begin, one run's figures, end): it changes nothing but the
+    /// history, and a begin is refused while another drill is active there (see
+    /// `crate::drill::active`).
+    Drill(crate::drill::DrillNote),
 }
 
 /// What a command family's handler gives: the outcome, or (as `Err`) a refusal that changed
@@ -364,6 +368,8 @@ impl ClusterState {
                 config,
                 entries,
             } => self.stick(balancer, *at_ms, config, entries, touched),
+            // The history's, not the state's (see `crate::events::apply_logged`).
+            Command::Drill(_) => Ok(Outcome::Ok),
         }
     }
 }

@@ -107,7 +107,7 @@ impl Touched {
                 self.configs = true;
             }
             Command::Stamped { cmd, .. } => self.named_by(cmd),
-            Command::Note(_) | Command::AlertsDelivered { .. } => {
+            Command::Note(_) | Command::AlertsDelivered { .. } | Command::Drill(_) => {
                 self.events = true;
             }
             Command::BackendHealth { .. } | Command::BackendAdmin { .. } => {

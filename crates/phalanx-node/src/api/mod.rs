@@ -10,6 +10,7 @@
 //! line, never a debug dump of internals (faults inside the node are logged, not returned).
 
 pub mod config;
+pub mod drills;
 pub mod events;
 pub mod operator;
 pub mod peer;
@@ -235,6 +236,7 @@ pub fn app(node: Arc<Node>) -> Router {
     finish(
         operator::routes()
             .merge(config::routes())
+            .merge(drills::routes())
             .merge(events::routes())
             .merge(peer::routes()),
         node,

@@ -1,0 +1,156 @@
+//! The drill routes (`phalanx drill`): `POST /v1/drills/{id}` begins drill `id` (refused, 409,
+//! while another drill is active: one drill at a time in a cluster), `POST
+//! /v1/drills/{id}/steps` records one run's figures or the drill's end, and `GET /v1/drills`
+//! lists the active drill and the runs in the history (the dashboard's). Each step is a
+//! `Command::Drill`, so it lands in the event history, where `phalanx availability` counts a
+//! drill's outages as planned and `/metrics` exports its RTOs. The API node stamps the time;
+//! names are checked against the config and the members before anything is written.
+
+use super::{outcome, parse_json, ApiError, Origin};
+use crate::node::Node;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use phalanx_core::drill::{DrillNote, DrillStep, SCENARIOS};
+use phalanx_core::events::EventKind;
+use phalanx_core::{Command, Outcome};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// The longest a drill may hold the cluster's one drill slot, and the longest reason kept.
+const MAX_BOUND_MS: u64 = 24 * 3600 * 1000;
+const MAX_TEXT: usize = 300;
+
+pub(super) fn routes() -> Router<Arc<Node>> {
+    Router::new()
+        .route("/v1/drills", get(list))
+        .route("/v1/drills/{id}", post(begin))
+        .route("/v1/drills/{id}/steps", post(step))
+}
+
+/// Body of `POST /v1/drills/{id}`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Begin {
+    pub scenario: String,
+    pub resource: String,
+    /// The node the drill acts on.
+    pub node: String,
+    /// How long the drill may hold the slot if it never ends (its CLI died), in ms.
+    pub bound_ms: u64,
+}
+
+/// Body of `POST /v1/drills/{id}/steps`: a `Run` or an `End`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub scenario: String,
+    pub resource: String,
+    pub step: DrillStep,
+}
+
+fn check_names(node: &Node, scenario: &str, resource: &str) -> Result<(), ApiError> {
+    if !SCENARIOS.contains(&scenario) {
+        return Err(ApiError::BadInput(format!(
+            "unknown scenario {scenario:?}: one of {}",
+            SCENARIOS.join(", ")
+        )));
+    }
+    let config = node.config();
+    let r = &config.resources;
+    if !(r.primitives.contains_key(resource) || r.groups.contains_key(resource) || r.clones.contains_key(resource)) {
+        return Err(ApiError::NotFound(format!(
+            "no resource {resource:?} in the cluster's config"
+        )));
+    }
+    Ok(())
+}
+
+async fn begin(
+    State(node): State<Arc<Node>>,
+    Extension(origin): Extension<Origin>,
+    Path(id): Path<u64>,
+    body: Bytes,
+) -> Result<Json<Outcome>, ApiError> {
+    let req: Begin = parse_json(&body)?;
+    check_names(&node, &req.scenario, &req.resource)?;
+    if !node.with_state(|sm| sm.cluster.nodes.contains_key(&req.node)) {
+        return Err(ApiError::NotFound(format!("no node named {:?}", req.node)));
+    }
+    if req.bound_ms == 0 || req.bound_ms > MAX_BOUND_MS {
+        return Err(ApiError::BadInput(format!("bound_ms must be 1..={MAX_BOUND_MS}")));
+    }
+    let at_ms = crate::mesh::unix_ms();
+    let note = DrillNote {
+        id,
+        at_ms,
+        scenario: req.scenario,
+        resource: req.resource,
+        step: DrillStep::Begin {
+            node: req.node,
+            expires_ms: at_ms + req.bound_ms,
+        },
+    };
+    outcome(origin.write(&node, Command::Drill(note)).await?)
+}
+
+async fn step(
+    State(node): State<Arc<Node>>,
+    Extension(origin): Extension<Origin>,
+    Path(id): Path<u64>,
+    body: Bytes,
+) -> Result<Json<Outcome>, ApiError> {
+    let req: Step = parse_json(&body)?;
+    check_names(&node, &req.scenario, &req.resource)?;
+    let long = |s: &str| s.len() > MAX_TEXT;
+    match &req.step {
+        DrillStep::Begin { .. } => {
+            return Err(ApiError::BadInput(format!("a drill begins with POST /v1/drills/{id}")));
+        }
+        DrillStep::Run { from, to, .. } if long(from) || long(to) => {
+            return Err(ApiError::BadInput(format!("node names are at most {MAX_TEXT} bytes")));
+        }
+        DrillStep::End { aborted: Some(why) } if long(why) => {
+            return Err(ApiError::BadInput(format!("a reason is at most {MAX_TEXT} bytes")));
+        }
+        _ => {}
+    }
+    let started = node.with_state(|sm| {
+        sm.events
+            .newest_first()
+            .any(|e| e.kind == EventKind::DrillStarted && phalanx_core::drill::detail(e, "id") == Some(&id.to_string()))
+    });
+    if !started {
+        return Err(ApiError::NotFound(format!("no drill {id} in the history")));
+    }
+    let note = DrillNote {
+        id,
+        at_ms: crate::mesh::unix_ms(),
+        scenario: req.scenario,
+        resource: req.resource,
+        step: req.step,
+    };
+    outcome(origin.write(&node, Command::Drill(note)).await?)
+}
+
+/// `GET /v1/drills`: the active drill's begin event (if any) and every drill event in the
+/// history, oldest first.
+async fn list(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
+    node.with_state(|sm| {
+        let now = crate::mesh::unix_ms();
+        let active = phalanx_core::drill::active(sm.events.newest_first(), now).cloned();
+        let drills: Vec<_> = sm
+            .events
+            .since(0)
+            .filter(|e| {
+                matches!(
+                    e.kind,
+                    EventKind::DrillStarted | EventKind::DrillRun | EventKind::DrillEnded
+                )
+            })
+            .cloned()
+            .collect();
+        Json(serde_json::json!({ "active": active, "events": drills }))
+    })
+}
