@@ -554,6 +554,55 @@ impl Runner {
     }
 }
 
+/// `phalanx drill kill-service`: the process of resource instance `instance` (agent `agent`
+/// with `params`) on this node, which [`kill_service`] SIGKILLs as a crash would take it.
+/// The `process` agent's service is the process group its pid file names; an OCF or exec
+/// agent's is the pid in the file its `pidfile` (or `pid_file`) param names. The pid and
+/// whether it leads a process group to kill whole, or why there is none.
+pub fn service_process(
+    state_dir: &Path,
+    instance: &str,
+    agent: &AgentSpec,
+    params: &BTreeMap<String, String>,
+) -> Result<(i32, bool), String> {
+    match agent {
+        AgentSpec::Process => own_process(&state_dir.join(format!("{instance}.pid")))
+            .map(|pid| (pid.as_raw(), true))
+            .ok_or_else(|| format!("{instance}'s process is not running here")),
+        AgentSpec::Ocf { .. } | AgentSpec::Exec => {
+            let file = params
+                .get("pidfile")
+                .or_else(|| params.get("pid_file"))
+                .ok_or_else(|| {
+                    format!(
+                        "{instance} ({agent}) has no pidfile param: there is no telling which process is its service"
+                    )
+                })?;
+            let text = std::fs::read_to_string(file).map_err(|e| format!("{instance}'s pid file {file}: {e}"))?;
+            text.split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<i32>().ok())
+                .filter(|p| *p > 1 && running(Pid::from_raw(*p)))
+                .map(|p| (p, false))
+                .ok_or_else(|| format!("{instance}'s pid file {file} names no running process"))
+        }
+        AgentSpec::Vip | AgentSpec::Balancer => Err(format!(
+            "{instance} ({agent}) runs inside phalanx, not as a process of its own: nothing to kill"
+        )),
+    }
+}
+
+/// SIGKILL what [`service_process`] found.
+pub fn kill_service((pid, group): (i32, bool)) -> Result<(), String> {
+    let pid = Pid::from_raw(pid);
+    let sent = if group {
+        killpg(pid, Signal::SIGKILL)
+    } else {
+        kill(pid, Signal::SIGKILL)
+    };
+    sent.map_err(|e| format!("SIGKILL to {pid}: {e}"))
+}
+
 /// This machine as `config check` sees it: the OCF meta-data read beforehand (the calls are
 /// async), the fence programs and the key file looked at when asked.
 struct ThisMachine<'a> {

@@ -1,25 +1,30 @@
 //! `phalanx drill SCENARIO --resource R --probe URL[,URL...]`: a failover drill against a live
 //! cluster, measured from a client's side. Built so far: `switchover` (a planned move to another
-//! online node, then the move cleared) and `kill-node` (the node running the resource powered
-//! off through the cluster's own fence devices, `POST /v1/nodes/{name}/power-off` sent to
-//! another node, as a real failure). A run refuses to start without quorum or with the service
-//! unhealthy, probes the service every 10 ms before, during and after the fault, waits (at most
-//! `--settle`) until the resource runs on another node with nothing left to do, and always
-//! clears a move it made, also when the run fails. What the probes saw — RTO (first failed probe
-//! to first success after it), failed probes — is `phalanx_core::drill`'s
-//! arithmetic. The other scenarios of issue 16 are refused by name until they are built.
+//! online node, then the move cleared), `kill-node` (the node running the resource powered off
+//! through the cluster's own fence devices, `POST /v1/nodes/{name}/power-off` sent to another
+//! node, as a real failure) and `kill-service` (its process SIGKILLed on its node, `POST
+//! /v1/resources/{rsc}/kill-service`, for the cluster's monitor to find). A drill refuses to
+//! start without quorum or with the service unhealthy, then takes the cluster's one drill slot
+//! (`POST /v1/drills/{id}`: refused while another drill runs) and records each run's figures and
+//! its end in the event history. Each run probes the service every 10 ms before, during and
+//! after the fault, waits (at most `--settle`) until the cluster has dealt with it and has
+//! nothing left to do, and always clears a move it made, also when the run fails. What the
+//! probes saw — RTO (first failed probe to first success after it), failed probes — is
+//! `phalanx_core::drill`'s arithmetic. The other scenarios of issue 16 are refused by name until
+//! they are built.
 
 use crate::client::Client;
 use crate::harness::runs_on;
 use anyhow::{anyhow, bail, Context, Result};
 use phalanx_core::drill::{self, Measured, Sample};
+use phalanx_node::StatusReport;
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use phalanx_core::drill::SCENARIOS;
 /// The scenarios built so far.
-const BUILT: [&str; 2] = ["switchover", "kill-node"];
+const BUILT: [&str; 3] = ["switchover", "kill-node", "kill-service"];
 
 /// How often the service is probed, and how long one probe may take.
 const PROBE_EVERY: Duration = Duration::from_millis(10);
@@ -138,8 +143,11 @@ pub fn check(a: &Args) -> Result<()> {
 struct Ready {
     api: String,
     from: String,
+    from_api: String,
     to: String,
     to_api: String,
+    /// The resource's failures recorded so far (a kill-service run waits for one more).
+    failures: usize,
 }
 
 async fn ready(
@@ -153,9 +161,30 @@ async fn ready(
     if !st.quorum {
         bail!("the cluster has no quorum: no drill now");
     }
-    if !st.resources.iter().any(|r| r.id == a.resource) {
-        let names: Vec<&str> = st.resources.iter().map(|r| r.id.as_str()).collect();
+    let named =
+        |r: &&phalanx_node::node::ResourceStatus| r.id == a.resource || r.parent.as_deref() == Some(&a.resource);
+    if !st.resources.iter().any(|r| named(&r)) {
+        let mut names: Vec<&str> = st
+            .resources
+            .iter()
+            .flat_map(|r| std::iter::once(r.id.as_str()).chain(r.parent.as_deref()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
         bail!("no resource {:?} (resources: {})", a.resource, names.join(", "));
+    }
+    if a.scenario == "kill-service" && !st.resources.iter().any(|r| r.id == a.resource) {
+        let members: Vec<&str> = st
+            .resources
+            .iter()
+            .filter(|r| named(r))
+            .map(|r| r.id.as_str())
+            .collect();
+        bail!(
+            "{} is a group or clone: kill-service kills one primitive's process (one of {})",
+            a.resource,
+            members.join(", ")
+        );
     }
     let from = runs_on(&st, &a.resource).ok_or_else(|| anyhow!("{} runs nowhere now: no drill", a.resource))?;
     let other = st
@@ -163,6 +192,18 @@ async fn ready(
         .iter()
         .find(|n| n.name != from && n.state == "online")
         .ok_or_else(|| anyhow!("no other online node to take {} over", a.resource))?;
+    let from_api = st
+        .nodes
+        .iter()
+        .find(|n| n.name == from)
+        .map(|n| n.api.clone())
+        .unwrap_or_default();
+    let failures = st
+        .resources
+        .iter()
+        .filter(named)
+        .map(|r| r.failures.values().sum::<usize>())
+        .sum();
     if a.scenario == "kill-node" && st.fencing == "off" {
         bail!("fencing is off: kill-node powers the node off through the cluster's fence devices");
     }
@@ -172,8 +213,10 @@ async fn ready(
     Ok(Ready {
         api,
         from,
+        from_api,
         to: other.name.clone(),
         to_api: other.api.clone(),
+        failures,
     })
 }
 
@@ -270,10 +313,15 @@ async fn one(
     targets: &Arc<Vec<Target>>,
     ready: Ready,
 ) -> Result<Run> {
-    let kill = a.scenario == "kill-node";
-    let Ready { api, from, to, to_api } = ready;
-    // A move goes to that node; a power-off is asked of it (the victim could not answer).
-    let api = if kill { to_api } else { api };
+    let Ready {
+        api,
+        from,
+        from_api,
+        to,
+        to_api,
+        failures,
+    } = ready;
+    let scenario = a.scenario.as_str();
     // Probe from now on, every 10 ms, until told to stop.
     let started = Instant::now();
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
@@ -299,22 +347,56 @@ async fn one(
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let fault_ms = started.elapsed().as_millis() as u64;
-    let caused: Result<serde_json::Value> = if kill {
-        let path = format!("/v1/nodes/{from}/power-off");
-        client.post(&api, &path, &serde_json::json!({})).await
-    } else {
-        let path = format!("/v1/resources/{}/move", a.resource);
-        client.post(&api, &path, &serde_json::json!({ "node": to })).await
+    let empty = serde_json::json!({});
+    // The fault, and when the cluster has dealt with it: the resource where it was moved, off
+    // the lost node, or restarted after its monitor failed (wherever the cluster put it).
+    let rsc = a.resource.as_str();
+    let (caused, done): (Result<serde_json::Value>, Done) = match scenario {
+        // A power-off is asked of another node (the victim could not answer).
+        "kill-node" => (
+            client
+                .post(&to_api, &format!("/v1/nodes/{from}/power-off"), &empty)
+                .await,
+            Box::new({
+                let (rsc, from) = (rsc.to_string(), from.clone());
+                move |st| runs_on(st, &rsc).filter(|n| *n != from)
+            }),
+        ),
+        // The kill is asked of the node running it.
+        "kill-service" => (
+            client
+                .post(&from_api, &format!("/v1/resources/{rsc}/kill-service"), &empty)
+                .await,
+            Box::new({
+                let rsc = rsc.to_string();
+                move |st| {
+                    let failed: usize = st
+                        .resources
+                        .iter()
+                        .filter(|r| r.id == rsc || r.parent.as_deref() == Some(&rsc))
+                        .map(|r| r.failures.values().sum::<usize>())
+                        .sum();
+                    runs_on(st, &rsc).filter(|_| failed > failures)
+                }
+            }),
+        ),
+        _ => (
+            client
+                .post(
+                    &api,
+                    &format!("/v1/resources/{rsc}/move"),
+                    &serde_json::json!({ "node": to }),
+                )
+                .await,
+            Box::new({
+                let (rsc, to) = (rsc.to_string(), to.clone());
+                move |st| runs_on(st, &rsc).filter(|n| *n == to)
+            }),
+        ),
     };
-    // Where it went: for a move, `to`; after a node's loss, wherever the cluster put it.
-    let want = if kill { None } else { Some(to.as_str()) };
     let landed = match caused {
-        Ok(_) => settle(client, apis, &a.resource, &from, want, a.settle).await,
-        Err(e) => Err(e.context(if kill {
-            "asking for the power-off"
-        } else {
-            "asking for the move"
-        })),
+        Ok(_) => settle(client, apis, rsc, a.settle, done).await,
+        Err(e) => Err(e.context(format!("causing the fault of {scenario}"))),
     };
     let settled_ms = started.elapsed().as_millis() as u64;
     // A little more probing after the cluster settled, so that the recovery is seen.
@@ -324,7 +406,7 @@ async fn one(
     let _ = stop.send(true);
     let _ = prober.await;
     // Always restore: clear the move the drill made (the resource stays where it is).
-    if !kill {
+    if scenario == "switchover" {
         let path = format!("/v1/resources/{}/clear", a.resource);
         let cleared: Result<serde_json::Value> = client.post(&api, &path, &serde_json::json!({})).await;
         cleared.context("clearing the drill's move")?;
@@ -340,26 +422,21 @@ async fn one(
     })
 }
 
-/// Wait until `rsc` runs off `from` (on `to`, if given) in the view of a node that answers,
-/// with no plan pending; where it runs then.
-async fn settle(
-    client: &Client,
-    apis: &[String],
-    rsc: &str,
-    from: &str,
-    to: Option<&str>,
-    bound: Duration,
-) -> Result<String> {
+/// Where the resource runs once the cluster has dealt with a fault (None: not yet).
+type Done = Box<dyn Fn(&StatusReport) -> Option<String> + Send>;
+
+/// Wait until `done` says where `rsc` runs in the view of a node that answers, with no plan
+/// pending; where it runs then.
+async fn settle(client: &Client, apis: &[String], rsc: &str, bound: Duration, done: Done) -> Result<String> {
     let deadline = Instant::now() + bound;
     loop {
         if let Ok((_, st)) = client.first_answering(apis).await {
-            let at = runs_on(&st, rsc).filter(|n| n != from && to.is_none_or(|t| t == n));
-            if let Some(at) = at.filter(|_| st.plan_pending == 0) {
+            if let Some(at) = done(&st).filter(|_| st.plan_pending == 0) {
                 return Ok(at);
             }
         }
         if Instant::now() > deadline {
-            bail!("{rsc} did not settle off {from} within {bound:?}: the drill is aborted (a move it made is cleared)");
+            bail!("{rsc} did not settle within {bound:?}: the drill is aborted (a move it made is cleared)");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

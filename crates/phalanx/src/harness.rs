@@ -116,11 +116,12 @@ impl Spec {
     }
 }
 
-/// Where `rsc` runs in one node's view (the first node it runs on).
+/// Where `rsc` runs in one node's view (the first node it runs on); for a group or clone,
+/// where its first member does.
 pub fn runs_on(s: &StatusReport, rsc: &str) -> Option<String> {
     s.resources
         .iter()
-        .find(|r| r.id == rsc)
+        .find(|r| r.id == rsc || r.parent.as_deref() == Some(rsc))
         .and_then(|r| r.running.keys().next().cloned())
 }
 

@@ -1,7 +1,9 @@
 //! `phalanx drill switchover` on 3 real daemons running the demo HTTP service (a `process`
 //! resource answering on 127.0.10.K on node nK; the probe is a client that tries every node's
 //! address): each run moves the service to another node, measures from the client's side, and
-//! clears its move; bad flags and an unhealthy service are refused before anything moves.
+//! clears its move; kill-service SIGKILLs the service and kill-node powers its node off; bad
+//! flags, an unhealthy service and a second drill at once are refused before anything moves;
+//! the runs are in the history and /metrics, and availability counts their outages as planned.
 
 use phalanx::harness::{runs_on, LocalCluster, Spec};
 use std::path::PathBuf;
@@ -190,6 +192,24 @@ async fn a_switchover_drill_measures_what_clients_saw_and_clears_its_move() {
         .unwrap();
     assert_eq!(end.status(), 200, "{}", end.text().await.unwrap());
 
+    // kill-service: web's process is SIGKILLed on its node; its monitor finds it gone and the
+    // cluster restarts it.
+    let (code, out, err) = c
+        .cli(&[
+            "drill",
+            "kill-service",
+            "--resource",
+            "web",
+            "--probe",
+            &probe,
+            "--json",
+        ])
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rto = r["runs"][0]["rto_ms"].as_u64().expect("the service came back");
+    assert!(rto > 0 && r["runs"][0]["failed"].as_u64().unwrap() > 0, "{r:#}");
+
     // kill-node: the node running web is powered off through the cluster's fence device (the
     // harness's power switch), as a real failure; web comes back elsewhere.
     let victim = c
@@ -242,7 +262,7 @@ async fn a_switchover_drill_measures_what_clients_saw_and_clears_its_move() {
                 }
                 on = Some(node.to_string());
             }
-            "resource_stopped" if web && on.as_deref() == Some(node) => {
+            "resource_stopped" | "monitor_failed" if web && on.as_deref() == Some(node) => {
                 down_since.get_or_insert(t);
                 on = None;
             }
@@ -257,7 +277,7 @@ async fn a_switchover_drill_measures_what_clients_saw_and_clears_its_move() {
     assert_eq!(code, 0, "{err}");
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
     let web = &r["resources"][0];
-    assert_eq!(outages, 4, "3 switchovers and a kill: {out}");
+    assert_eq!(outages, 5, "3 switchovers, a killed service and a killed node: {out}");
     assert_eq!(web["planned_down_ms"].as_u64(), Some(planned), "{out}");
     assert_eq!(
         (web["down_ms"].as_u64(), web["failures"].as_u64()),

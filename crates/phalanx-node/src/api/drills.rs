@@ -4,12 +4,15 @@
 //! lists the active drill and the runs in the history (the dashboard's). Each step is a
 //! `Command::Drill`, so it lands in the event history, where `phalanx availability` counts a
 //! drill's outages as planned and `/metrics` exports its RTOs. The API node stamps the time;
-//! names are checked against the config and the members before anything is written.
+//! names are checked against the config and the members before anything is written. And the
+//! fault of `kill-service`: `POST /v1/resources/{rsc}/kill-service`, sent to the node running
+//! the resource, SIGKILLs its process (see `crate::agents::kill_service`).
 
 use super::{outcome, parse_json, ApiError, Origin};
 use crate::node::Node;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use phalanx_core::drill::{DrillNote, DrillStep, SCENARIOS};
@@ -153,4 +156,65 @@ async fn list(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
             .collect();
         Json(serde_json::json!({ "active": active, "events": drills }))
     })
+}
+
+/// `POST /v1/resources/{rsc}/kill-service` (`phalanx drill kill-service`): SIGKILL the
+/// process of primitive `rsc` on this node, recorded first as an operator command. Refused for
+/// a group or clone (name one primitive), for a resource this node does not run (with where it
+/// runs), and for an agent whose process cannot be told (no pid file).
+pub(super) async fn kill_service(node: &Arc<Node>, origin: &Origin, rsc: &str) -> Result<Response, ApiError> {
+    let config = node.config();
+    let r = &config.resources;
+    if let Some(g) = r.groups.get(rsc) {
+        return Err(ApiError::BadInput(format!(
+            "{rsc} is a group: kill-service kills one primitive's process (one of {})",
+            g.members.join(", ")
+        )));
+    }
+    if let Some(c) = r.clones.get(rsc) {
+        return Err(ApiError::BadInput(format!(
+            "{rsc} is a clone: kill-service kills one primitive's process (its resource is {})",
+            c.resource
+        )));
+    }
+    let Some(p) = r.primitives.get(rsc) else {
+        return Err(ApiError::NotFound(format!("no resource named {rsc:?}")));
+    };
+    let on: Vec<String> = node.with_state(|sm| {
+        sm.cluster
+            .resources
+            .get(rsc)
+            .map(|rec| rec.running.keys().cloned().collect())
+            .unwrap_or_default()
+    });
+    if !on.contains(&node.name) {
+        let where_ = if on.is_empty() {
+            "nowhere".to_string()
+        } else {
+            on.join(", ")
+        };
+        return Err(ApiError::Refused(format!(
+            "{rsc} does not run on {} (it runs on {where_}): send this to that node's API",
+            node.name
+        )));
+    }
+    let Some(runner) = node.runner.as_ref() else {
+        return Err(ApiError::Refused(format!("{} runs no agents", node.name)));
+    };
+    let target =
+        crate::agents::service_process(&runner.state_dir, rsc, &p.agent, &p.params).map_err(ApiError::Refused)?;
+    origin
+        .write(
+            node,
+            Command::Note(phalanx_core::events::Note {
+                kind: EventKind::OperatorCommand,
+                node: node.name.clone(),
+                summary: format!("drill: SIGKILL {rsc}'s process ({}) on {}", target.0, node.name),
+                at_ms: crate::mesh::unix_ms(),
+            }),
+        )
+        .await?;
+    crate::agents::kill_service(target).map_err(ApiError::Refused)?;
+    tracing::warn!(rsc, pid = target.0, by = %origin.by, "drill: SIGKILL sent to the resource's process");
+    Ok(Json(serde_json::json!({ "resource": rsc, "node": node.name, "pid": target.0 })).into_response())
 }

@@ -525,6 +525,9 @@ async fn resource_op(
     Path((rsc, op)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    if op == "kill-service" {
+        return super::drills::kill_service(&node, &origin, &rsc).await;
+    }
     let req: ResourceOp = if body.is_empty() {
         ResourceOp::default()
     } else {
