@@ -23,6 +23,7 @@ pub mod events;
 pub mod fencing;
 pub mod forwarding;
 pub mod lb;
+pub mod linkcheck;
 pub mod liveness;
 pub mod model;
 pub mod ocf;

@@ -1576,3 +1576,67 @@ async fn the_session_store_is_linearizable_under_faults_and_a_planted_stale_read
         "the planted stale reads went unseen: {planted:?}"
     );
 }
+
+/// `phalanx link-check` on the lab's switch: 2 % of the frames through n1's link-1 port are
+/// dropped (nftables), so n2's view of n1 on link 1 fails the verdict (loss > 0.1 %) while its
+/// other links pass, with round trips from the heartbeats' echoes. Beside it, over the same
+/// seconds, seed 004's tool: ping from n2 to n1's link-1 address (its loss counts a request
+/// and a reply through the lossy port, about twice the heartbeats' one-way loss).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_check_fails_the_lossy_link_and_passes_the_others() {
+    let Some((_one, lab)) = lab_or_skip().await else { return };
+    let c = started(&lab, 3, String::new(), "");
+    c.wait_stable(T).await.unwrap();
+    lab.loss(1, 1, 2).unwrap();
+    const SECONDS: u64 = 45;
+    let ping = {
+        let (ns, to) = (lab.node_ns(2), lab.node_ip(1, 1).to_string());
+        let count = (SECONDS * 10).to_string();
+        std::thread::spawn(move || {
+            phalanx::netns::command_in(&ns, "ping")
+                .args(["-q", "-n", "-i", "0.1", "-W", "1", "-c", &count, &to])
+                .output()
+        })
+    };
+    let (code, out, err) = c
+        .cli(&[
+            "link-check",
+            "--node",
+            "n2",
+            "--seconds",
+            &SECONDS.to_string(),
+            "--json",
+        ])
+        .unwrap();
+    let ping = ping.join().unwrap().expect("ping runs (iputils-ping)");
+    let ping = String::from_utf8_lossy(&ping.stdout);
+    lab.heal_network().unwrap();
+    assert_eq!(code, 1, "a link fails: exit 1 ({err})");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let peers = r[0]["peers"].as_array().unwrap();
+    let link = |peer: &str, l: usize| {
+        peers
+            .iter()
+            .find(|p| p["peer"] == peer)
+            .and_then(|p| p["links"].as_array()?.iter().find(|x| x["link"] == l).cloned())
+            .unwrap_or_else(|| panic!("no {peer} link {l}: {r:#}"))
+    };
+    let lossy = link("n1", 1);
+    let loss = lossy["loss_pct"].as_f64().unwrap();
+    assert_eq!(lossy["pass"], false, "{r:#}");
+    assert!((0.2..10.0).contains(&loss), "about 2 %: {r:#}");
+    for (peer, l) in [("n1", 0), ("n3", 0), ("n3", 1)] {
+        let x = link(peer, l);
+        assert_eq!(x["pass"], true, "{peer} link {l}: {r:#}");
+        assert!(x["received"].as_u64().unwrap() >= SECONDS * 10 - 20, "{r:#}");
+        assert!(x["rtt_p50_ms"].as_f64().is_some_and(|ms| ms > 0.0), "echoes: {r:#}");
+    }
+    let ping_loss = ping
+        .split(", ")
+        .find(|p| p.ends_with("packet loss"))
+        .unwrap_or_else(|| panic!("ping's summary: {ping}"));
+    eprintln!(
+        "n2's view of n1, link 1, with 2 % dropped at n1's port: link-check loss {loss:.2} % (one way, {} of {}), ping {ping_loss} (round trips)",
+        lossy["lost"], lossy["expected"]
+    );
+}

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod drill_cmd;
 pub mod events_cmd;
 pub mod harness;
+pub mod linkcheck_cmd;
 pub mod netns;
 pub mod playground;
 pub mod power_switch;

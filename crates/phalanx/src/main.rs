@@ -199,10 +199,24 @@ enum Cmd {
         #[arg(long, requires = "predict")]
         mtbf: Option<String>,
     },
+    /// How reliable the heartbeat links are: per node, peer and link, loss, round trip, jitter
+    /// and reorders over S seconds, from the heartbeats themselves; a verdict against the loss
+    /// threshold and how often the timing would declare a link or node dead at that loss.
+    /// Exits 1 if a link fails.
+    LinkCheck {
+        /// Only this node's view of its links (default: every online node's).
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// The highest loss a link may show and pass, in percent (0.1: the seeds' 99.9 %).
+        #[arg(long, default_value_t = phalanx_core::linkcheck::DEFAULT_MAX_LOSS_PCT)]
+        max_loss: f64,
+    },
     /// A failover drill against the live cluster, measured from a client's side (RTO, failed
-    /// probes). Built: switchover.
+    /// probes), recorded in the event history. Built: switchover, kill-node, kill-service.
     Drill {
-        /// switchover (built); kill-node, kill-service, cut-link, pause-node, lb-backend-down,
+        /// switchover, kill-node, kill-service (built); cut-link, pause-node, lb-backend-down,
         /// fence-fail (to come).
         scenario: String,
         #[arg(long)]
@@ -777,6 +791,29 @@ async fn run(cli: Cli) -> Result<i32> {
                 print!("{}", phalanx::availability_cmd::render(&a));
             }
             Ok(0)
+        }
+        Cmd::LinkCheck {
+            node,
+            seconds,
+            max_loss,
+        } => {
+            let (client, apis) = apis(&cli)?;
+            let a = phalanx::linkcheck_cmd::Args {
+                node: node.clone(),
+                seconds: *seconds,
+                max_loss_pct: *max_loss,
+            };
+            let pb = phalanx::demo::spinner(cli.json);
+            pb.set_message(format!("measuring the links for {seconds} s"));
+            let r = phalanx::linkcheck_cmd::run(&client, &apis, &a).await;
+            pb.finish_and_clear();
+            let r = r?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                print!("{}", phalanx::linkcheck_cmd::render(&r));
+            }
+            Ok(if phalanx::linkcheck_cmd::all_pass(&r) { 0 } else { 1 })
         }
         Cmd::Drill {
             scenario,

@@ -569,6 +569,7 @@ async fn forged_and_garbage_heartbeats_are_dropped_and_counted() {
             vote: 0,
             hears: true,
             to: "n1".into(),
+            echo: None,
         },
         &other_key,
     );

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod drills;
 pub mod events;
+pub mod linkcheck;
 pub mod operator;
 pub mod peer;
 
@@ -237,6 +238,7 @@ pub fn app(node: Arc<Node>) -> Router {
         operator::routes()
             .merge(config::routes())
             .merge(drills::routes())
+            .merge(linkcheck::routes())
             .merge(events::routes())
             .merge(peer::routes()),
         node,

@@ -104,6 +104,47 @@ struct MeshState {
     peer_hears_me: BTreeMap<String, bool>,
     /// The heartbeat interval now (the settings' until a committed config changes it).
     interval: Duration,
+    /// When each of our last rounds of heartbeats was sent: (seq, since the mesh started).
+    sent_at: std::collections::VecDeque<(u64, Duration)>,
+    /// What each peer's heartbeats on each link did (`phalanx link-check`).
+    meters: BTreeMap<(String, usize), LinkMeter>,
+}
+
+/// How many of our rounds the echo of a heartbeat can name (at 100 ms: 6.4 s back).
+const SENT_KEPT: usize = 64;
+/// How often (in rounds) a peer that sends no echoes is offered one (see `send_heartbeats`).
+const ECHO_PROBE: u64 = 16;
+/// How many round trips a link keeps (at 100 ms: 10 minutes).
+const RTTS_KEPT: usize = 6000;
+
+/// One peer's heartbeats on one link, since its process started (its incarnation).
+#[derive(Debug, Clone, Default)]
+struct LinkMeter {
+    incarnation: u64,
+    first_seq: u64,
+    highest_seq: u64,
+    received: u64,
+    reorders: u64,
+    /// The last heartbeat received, and when: what our next heartbeat to it echoes.
+    last_rx: Option<(u64, Duration)>,
+    /// The peer sends echoes (version 3): it reads them too.
+    echoes: bool,
+    /// Round trips: (when measured, µs).
+    rtts: std::collections::VecDeque<(Duration, u64)>,
+}
+
+/// A link's counters now, and its round trips since a moment (see [`Mesh::meters`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeterView {
+    pub peer: String,
+    pub link: usize,
+    /// The peer's process (a new one restarts the counts).
+    pub incarnation: u64,
+    pub received: u64,
+    /// Heartbeats the peer numbered on this link since the first one heard.
+    pub expected: u64,
+    pub reorders: u64,
+    pub rtts_us: Vec<u64>,
 }
 
 /// A handle on the running mesh; cheap to clone.
@@ -168,6 +209,8 @@ impl Mesh {
                 peer_vote: BTreeMap::new(),
                 peer_hears_me: BTreeMap::new(),
                 interval,
+                sent_at: std::collections::VecDeque::new(),
+                meters: BTreeMap::new(),
             })),
             start: Instant::now(),
             reach: Arc::new(watch::Sender::new(BTreeSet::new())),
@@ -229,6 +272,7 @@ impl Mesh {
             st.peer_log_index.remove(&n);
             st.peer_vote.remove(&n);
             st.peer_hears_me.remove(&n);
+            st.meters.retain(|(p, _), _| *p != n);
         }
         for (n, links) in &peers {
             st.detector.set_peer(n, links.len());
@@ -290,6 +334,38 @@ impl Mesh {
 
     pub fn stats(&self) -> MeshStats {
         self.lock().stats.clone()
+    }
+
+    /// Time since the mesh started: the clock of [`meters`](Self::meters).
+    pub fn elapsed(&self) -> Duration {
+        self.now()
+    }
+
+    /// Every link meter: counters since the peer's process started, round trips measured
+    /// since `since` (see [`elapsed`](Self::elapsed)).
+    pub fn meters(&self, since: Duration) -> Vec<MeterView> {
+        let st = self.lock();
+        st.meters
+            .iter()
+            .map(|((peer, link), m)| MeterView {
+                peer: peer.clone(),
+                link: *link,
+                incarnation: m.incarnation,
+                received: m.received,
+                expected: if m.received == 0 {
+                    0
+                } else {
+                    m.highest_seq - m.first_seq + 1
+                },
+                reorders: m.reorders,
+                rtts_us: m
+                    .rtts
+                    .iter()
+                    .filter(|(at, _)| *at >= since)
+                    .map(|(_, us)| *us)
+                    .collect(),
+            })
+            .collect()
     }
 
     /// Peers we hear (on at least one link).
@@ -378,9 +454,14 @@ impl Mesh {
     }
 
     fn send_heartbeats(&self, out: &dyn DatagramOut) {
+        let now = self.now();
         let mut st = self.lock();
         st.seq += 1;
         let seq = st.seq;
+        st.sent_at.push_back((seq, now));
+        if st.sent_at.len() > SENT_KEPT {
+            st.sent_at.pop_front();
+        }
         let log_index = st.log_index;
         let vote = st.vote;
         let mut sent = 0;
@@ -392,6 +473,18 @@ impl Mesh {
             }
             for (peer, addrs) in &st.peers {
                 let Some(to) = addrs.get(i) else { continue };
+                // Version 3 (with the echo) to a peer that sends it, and every ECHO_PROBE-th
+                // round to one that does not (yet): an older peer drops those few, a newer one
+                // answers in version 3 from then on.
+                let echo = st
+                    .meters
+                    .get(&(peer.clone(), i))
+                    .filter(|m| m.echoes || seq % ECHO_PROBE == 0)
+                    .and_then(|m| m.last_rx)
+                    .map(|(seq, at)| wire::Echo {
+                        seq,
+                        hold_us: now.saturating_sub(at).as_micros().min(u128::from(u32::MAX)) as u32,
+                    });
                 let data = wire::encode(
                     &wire::Heartbeat {
                         cluster: self.settings.cluster.clone(),
@@ -403,6 +496,7 @@ impl Mesh {
                         vote,
                         hears: alive.contains(peer),
                         to: peer.clone(),
+                        echo,
                     },
                     &self.settings.key,
                 );
@@ -458,7 +552,36 @@ impl Mesh {
             if let Some(&last) = st.replay.get(&key) {
                 if (hb.incarnation, hb.seq) <= last {
                     st.stats.dropped_replay += 1;
+                    if (hb.incarnation, hb.seq) < last && hb.incarnation == last.0 {
+                        if let Some(meter) = st.meters.get_mut(&(hb.sender.clone(), m.link)) {
+                            meter.reorders += 1;
+                        }
+                    }
                     return;
+                }
+            }
+            let sent = hb
+                .echo
+                .and_then(|e| st.sent_at.iter().find(|(s, _)| *s == e.seq).map(|(_, at)| (*at, e)));
+            let meter = st.meters.entry((hb.sender.clone(), m.link)).or_default();
+            if meter.incarnation != hb.incarnation || meter.received == 0 {
+                *meter = LinkMeter {
+                    incarnation: hb.incarnation,
+                    first_seq: hb.seq,
+                    ..LinkMeter::default()
+                };
+            }
+            meter.received += 1;
+            meter.highest_seq = hb.seq;
+            meter.last_rx = Some((hb.seq, now));
+            meter.echoes = hb.echo.is_some();
+            if let Some((at, e)) = sent {
+                let rtt = now
+                    .saturating_sub(at)
+                    .saturating_sub(Duration::from_micros(u64::from(e.hold_us)));
+                meter.rtts.push_back((now, rtt.as_micros() as u64));
+                if meter.rtts.len() > RTTS_KEPT {
+                    meter.rtts.pop_front();
                 }
             }
             st.replay.insert(key, (hb.incarnation, hb.seq));
@@ -664,6 +787,65 @@ mod tests {
         c.set_peers(peers(&["b"]));
         exchange(&b, &c);
         assert_eq!(c.stats().dropped_malformed, 2, "one per link");
+    }
+
+    fn sent(m: &Mesh) -> Vec<(usize, SocketAddr, Vec<u8>)> {
+        let sink = Sink(Mutex::new(Vec::new()));
+        m.send_heartbeats(&sink);
+        sink.0.into_inner().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_echo_each_other_to_measure_round_trips_loss_and_reorders() {
+        let a = Mesh::new(settings("a", 1));
+        let b = Mesh::new(settings("b", 1));
+        a.set_peers(peers(&["b"]));
+        b.set_peers(peers(&["a"]));
+        let mut stale = None;
+        for round in 1..=40u64 {
+            // b -> a takes 2 ms; link 1 loses b's rounds 5, 15, 25 and 35.
+            let from_b = sent(&b);
+            if round == 1 {
+                assert!(
+                    from_b.iter().all(|(_, _, d)| d[4] == 2),
+                    "no echo before a peer offers one"
+                );
+            }
+            if round == 3 {
+                stale = Some(from_b[0].clone());
+            }
+            tokio::time::advance(Duration::from_millis(2)).await;
+            for (link, from, data) in from_b {
+                if !(link == 1 && round % 10 == 5) {
+                    a.receive(Inbound { link, from, data });
+                }
+            }
+            // a -> b takes 3 ms; then 95 ms until the next round.
+            let from_a = sent(&a);
+            tokio::time::advance(Duration::from_millis(3)).await;
+            for (link, from, data) in from_a {
+                b.receive(Inbound { link, from, data });
+            }
+            tokio::time::advance(Duration::from_millis(95)).await;
+        }
+        // A datagram of round 3 again: late, after later ones.
+        let (link, from, data) = stale.unwrap();
+        a.receive(Inbound { link, from, data });
+        let m = a.meters(Duration::ZERO);
+        let (l0, l1) = (&m[0], &m[1]);
+        assert_eq!((l0.peer.as_str(), l0.link, l1.link), ("b", 0, 1));
+        assert_eq!((l0.received, l0.expected, l0.reorders), (40, 40, 1));
+        assert_eq!((l1.received, l1.expected, l1.reorders), (36, 40, 0));
+        // a's round trip to b: 3 ms there, b holds it 95 ms, 2 ms back; the hold is not counted.
+        // Echoes begin with the first offered (round 16, both ways), and stay.
+        assert_eq!(l0.rtts_us.len(), 25, "{:?}", l0.rtts_us);
+        assert!(
+            l0.rtts_us.iter().chain(&l1.rtts_us).all(|us| *us == 5_000),
+            "{l0:?} {l1:?}"
+        );
+        assert_eq!(l1.rtts_us.len(), 25 - 2, "two of b's echoes were lost on link 1");
+        // Only the round trips since a moment.
+        assert_eq!(a.meters(a.elapsed() - Duration::from_millis(350))[0].rtts_us.len(), 3);
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,10 +2,14 @@
 //! trusting a single length before the MAC is checked (no serde format gives that):
 //!
 //! ```text
-//! "PHXH" | version:u8=2 | link:u8 | incarnation:u64be | seq:u64be | log_index:u64be |
+//! "PHXH" | version:u8=2|3 | link:u8 | incarnation:u64be | seq:u64be | log_index:u64be |
 //! vote:u64be | hears:u8 | cluster_len:u8 | cluster | sender_len:u8 | sender | to_len:u8 | to |
-//! hmac-sha256(all before):32
+//! [version 3: echo_seq:u64be | echo_hold_us:u32be] | hmac-sha256(all before):32
 //! ```
+//! Version 3 adds the echo (`phalanx link-check`): the last `seq` this node received from the
+//! recipient on this link and how long ago, so that the recipient measures the round trip with
+//! no extra traffic. A node sends version 3 only to a peer that sent it version 3 (an older
+//! node drops what it cannot read), and reads both.
 //! Each datagram is addressed (`to`): `hears` says whether the sender hears the recipient, so
 //! a link that works one way only is seen from both ends (see `Mesh::two_way_peers`).
 //! `log_index` is the sender's last Raft log index: survivors of a leader crash use it to pick
@@ -18,9 +22,10 @@ use crate::key::ClusterKey;
 
 const MAGIC: &[u8; 4] = b"PHXH";
 const VERSION: u8 = 2;
+const VERSION_ECHO: u8 = 3;
 const MAC_LEN: usize = 32;
 /// Largest datagram we ever produce or accept.
-pub const MAX_LEN: usize = 4 + 1 + 1 + 8 + 8 + 8 + 8 + 1 + 1 + 255 + 1 + 255 + 1 + 255 + MAC_LEN;
+pub const MAX_LEN: usize = 4 + 1 + 1 + 8 + 8 + 8 + 8 + 1 + 1 + 255 + 1 + 255 + 1 + 255 + 8 + 4 + MAC_LEN;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Heartbeat {
@@ -37,6 +42,16 @@ pub struct Heartbeat {
     pub hears: bool,
     /// The recipient.
     pub to: String,
+    /// The echo of the recipient's last heartbeat on this link (version 3; None: version 2).
+    pub echo: Option<Echo>,
+}
+
+/// The last heartbeat a node received from the recipient on the link: its `seq`, and the µs
+/// between receiving it and sending this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Echo {
+    pub seq: u64,
+    pub hold_us: u32,
 }
 
 /// Why a datagram was dropped.
@@ -60,7 +75,7 @@ pub fn encode(hb: &Heartbeat, key: &ClusterKey) -> Vec<u8> {
     let to = &hb.to.as_bytes()[..hb.to.len().min(255)];
     let mut b = Vec::with_capacity(32 + cluster.len() + sender.len() + MAC_LEN);
     b.extend_from_slice(MAGIC);
-    b.push(VERSION);
+    b.push(if hb.echo.is_some() { VERSION_ECHO } else { VERSION });
     b.push(hb.link);
     b.extend_from_slice(&hb.incarnation.to_be_bytes());
     b.extend_from_slice(&hb.seq.to_be_bytes());
@@ -73,6 +88,10 @@ pub fn encode(hb: &Heartbeat, key: &ClusterKey) -> Vec<u8> {
     b.extend_from_slice(sender);
     b.push(to.len() as u8);
     b.extend_from_slice(to);
+    if let Some(e) = hb.echo {
+        b.extend_from_slice(&e.seq.to_be_bytes());
+        b.extend_from_slice(&e.hold_us.to_be_bytes());
+    }
     let tag = key.sign(&b);
     b.extend_from_slice(tag.as_ref());
     b
@@ -85,7 +104,8 @@ pub fn decode(buf: &[u8], key: &ClusterKey) -> Result<Heartbeat, WireError> {
     if &buf[..4] != MAGIC {
         return Err(WireError::Magic);
     }
-    if buf[4] != VERSION {
+    let version = buf[4];
+    if version != VERSION && version != VERSION_ECHO {
         return Err(WireError::Version);
     }
     let (body, mac) = buf.split_at(buf.len() - MAC_LEN);
@@ -106,6 +126,14 @@ pub fn decode(buf: &[u8], key: &ClusterKey) -> Result<Heartbeat, WireError> {
     let cluster = r.string()?;
     let sender = r.string()?;
     let to = r.string()?;
+    let echo = if version == VERSION_ECHO {
+        Some(Echo {
+            seq: r.u64()?,
+            hold_us: r.u32()?,
+        })
+    } else {
+        None
+    };
     if r.at != body.len() || sender.is_empty() || to.is_empty() {
         return Err(WireError::Malformed);
     }
@@ -119,6 +147,7 @@ pub fn decode(buf: &[u8], key: &ClusterKey) -> Result<Heartbeat, WireError> {
         vote,
         hears,
         to,
+        echo,
     })
 }
 
@@ -135,6 +164,11 @@ impl Reader<'_> {
     }
     fn u8(&mut self) -> Result<u8, WireError> {
         Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(u32::from_be_bytes(a))
     }
     fn u64(&mut self) -> Result<u64, WireError> {
         let mut a = [0u8; 8];
@@ -167,12 +201,20 @@ mod tests {
             vote: 2,
             hears: true,
             to: "n2".into(),
+            echo: None,
         }
     }
 
     #[test]
     fn round_trip() {
         assert_eq!(decode(&encode(&hb(), &key()), &key()), Ok(hb()));
+        let echo = Heartbeat {
+            echo: Some(Echo { seq: 8, hold_us: 250 }),
+            ..hb()
+        };
+        let b = encode(&echo, &key());
+        assert_eq!((b[4], b.len()), (3, encode(&hb(), &key()).len() + 12));
+        assert_eq!(decode(&b, &key()), Ok(echo));
     }
 
     #[test]
@@ -212,7 +254,7 @@ mod tests {
         #[test]
         fn arbitrary_signed_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..300)) {
             // Validly signed garbage after a correct header: exercises the field parser.
-            let mut b = b"PHXH\x02".to_vec();
+            let mut b = if body.first().is_some_and(|x| x % 2 == 0) { b"PHXH\x02".to_vec() } else { b"PHXH\x03".to_vec() };
             b.extend_from_slice(&body);
             let tag = key().sign(&b);
             b.extend_from_slice(tag.as_ref());
@@ -220,8 +262,9 @@ mod tests {
         }
 
         #[test]
-        fn any_heartbeat_round_trips(cluster in "[a-z]{1,40}", sender in "[a-z0-9]{1,40}", link in any::<u8>(), inc in any::<u64>(), seq in any::<u64>(), log_index in any::<u64>(), vote in any::<u64>(), hears in any::<bool>(), to in "[a-z0-9]{1,40}") {
-            let h = Heartbeat { cluster, sender, link, incarnation: inc, seq, log_index, vote, hears, to };
+        fn any_heartbeat_round_trips(cluster in "[a-z]{1,40}", sender in "[a-z0-9]{1,40}", link in any::<u8>(), inc in any::<u64>(), seq in any::<u64>(), log_index in any::<u64>(), vote in any::<u64>(), hears in any::<bool>(), to in "[a-z0-9]{1,40}", echo in proptest::option::of((any::<u64>(), any::<u32>()))) {
+            let echo = echo.map(|(seq, hold_us)| Echo { seq, hold_us });
+            let h = Heartbeat { cluster, sender, link, incarnation: inc, seq, log_index, vote, hears, to, echo };
             prop_assert_eq!(decode(&encode(&h, &key()), &key()), Ok(h));
         }
     }
