@@ -479,7 +479,7 @@ impl Mesh {
                 let echo = st
                     .meters
                     .get(&(peer.clone(), i))
-                    .filter(|m| m.echoes || seq % ECHO_PROBE == 0)
+                    .filter(|m| m.echoes || seq.is_multiple_of(ECHO_PROBE))
                     .and_then(|m| m.last_rx)
                     .map(|(seq, at)| wire::Echo {
                         seq,
