@@ -203,6 +203,13 @@ enum Cmd {
     /// and reorders over S seconds, from the heartbeats themselves; a verdict against the loss
     /// threshold and how often the timing would declare a link or node dead at that loss.
     /// Exits 1 if a link fails.
+    /// The web dashboard's address on a node (every node serves it at /ui), with the API token
+    /// in the link's #fragment (which a browser never sends): open it, or paste the token.
+    Ui {
+        /// The node whose dashboard to open (default: the first in the config).
+        #[arg(long)]
+        node: Option<String>,
+    },
     LinkCheck {
         /// Only this node's view of its links (default: every online node's).
         #[arg(long)]
@@ -789,6 +796,28 @@ async fn run(cli: Cli) -> Result<i32> {
                 print_json(&a)?;
             } else {
                 print!("{}", phalanx::availability_cmd::render(&a));
+            }
+            Ok(0)
+        }
+        Cmd::Ui { node } => {
+            let config = load_config(&cli.config)?;
+            let key = ClusterKey::load(&key_path(&cli.config, &config))?;
+            let n = match node {
+                Some(name) => config.nodes.iter().find(|n| &n.name == name).ok_or_else(|| {
+                    let names: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
+                    anyhow!("no node named {name:?} in the config (nodes: {})", names.join(", "))
+                })?,
+                None => config
+                    .nodes
+                    .first()
+                    .ok_or_else(|| anyhow!("the config lists no node"))?,
+            };
+            let url = format!("http://{}/ui", n.api);
+            let link = format!("{url}#token={}", key.api_token());
+            if cli.json {
+                print_json(&json!({ "node": n.name, "url": url, "link": link }))?;
+            } else {
+                println!("{link}");
             }
             Ok(0)
         }

@@ -19,7 +19,48 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 pub fn routes() -> Router<Arc<Node>> {
-    Router::new().route("/v1/events", get(events))
+    Router::new()
+        .route("/v1/events", get(events))
+        .route("/v1/availability", get(availability))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AvailabilityQuery {
+    /// From this unix ms (default: the oldest event the history holds).
+    since_ms: Option<u64>,
+    /// The objective in percent (default: `[cluster] slo`, else 99.95).
+    slo: Option<f64>,
+}
+
+/// `GET /v1/availability[?since_ms=&slo=]`: `phalanx_core::availability`'s report over the
+/// history this node holds, up to now (the dashboard's; the CLI computes the same from
+/// `/v1/events`).
+async fn availability(
+    State(node): State<Arc<Node>>,
+    query: Result<Query<AvailabilityQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    use phalanx_core::availability;
+    let Query(q) = query.map_err(|e| ApiError::BadInput(e.body_text()))?;
+    let config = node.config();
+    let now = crate::mesh::unix_ms();
+    let events: Vec<phalanx_core::events::Event> = node.with_state(|sm| sm.events.since(0).cloned().collect());
+    let from_ms = q
+        .since_ms
+        .unwrap_or_else(|| events.first().map_or(now, |e| e.time_ms.min(now)));
+    let slo = q.slo.or(config.cluster.slo()).unwrap_or(99.95);
+    let report = availability::report(
+        &events,
+        &availability::Options {
+            from_ms,
+            to_ms: now,
+            slo: slo / 100.0,
+            resource: None,
+            parents: availability::parents(&config),
+        },
+    )
+    .map_err(|e| ApiError::BadInput(e.to_string()))?;
+    Ok(Json(report).into_response())
 }
 
 async fn events(

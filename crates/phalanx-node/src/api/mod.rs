@@ -15,6 +15,7 @@ pub mod events;
 pub mod linkcheck;
 pub mod operator;
 pub mod peer;
+pub mod ui;
 
 pub use operator::{AddNode, ResourceOp};
 
@@ -232,9 +233,9 @@ pub(crate) fn finish(routes: Router<Arc<Node>>, node: Arc<Node>) -> Router {
 }
 
 /// Everything a node serves on its API port: the operator and the peer routers (each alone:
-/// `operator::router`, `peer::router`).
+/// `operator::router`, `peer::router`), and the dashboard's static assets (`ui`, no token).
 pub fn app(node: Arc<Node>) -> Router {
-    finish(
+    ui::router().merge(finish(
         operator::routes()
             .merge(config::routes())
             .merge(drills::routes())
@@ -242,7 +243,7 @@ pub fn app(node: Arc<Node>) -> Router {
             .merge(events::routes())
             .merge(peer::routes()),
         node,
-    )
+    ))
 }
 
 /// The read-only metrics router of a node's `metrics_listen` address: `GET /metrics` alone,
