@@ -1,30 +1,42 @@
-//! `phalanx drill SCENARIO --resource R --probe URL[,URL...]`: a failover drill against a live
-//! cluster, measured from a client's side. Built so far: `switchover` (a planned move to another
-//! online node, then the move cleared), `kill-node` (the node running the resource powered off
-//! through the cluster's own fence devices, `POST /v1/nodes/{name}/power-off` sent to another
-//! node, as a real failure) and `kill-service` (its process SIGKILLed on its node, `POST
-//! /v1/resources/{rsc}/kill-service`, for the cluster's monitor to find). A drill refuses to
-//! start without quorum or with the service unhealthy, then takes the cluster's one drill slot
-//! (`POST /v1/drills/{id}`: refused while another drill runs) and records each run's figures and
-//! its end in the event history. Each run probes the service every 10 ms before, during and
-//! after the fault, waits (at most `--settle`) until the cluster has dealt with it and has
-//! nothing left to do, and always clears a move it made, also when the run fails. What the
-//! probes saw — RTO (first failed probe to first success after it), failed probes — is
-//! `phalanx_core::drill`'s arithmetic. The other scenarios of issue 16 are refused by name until
-//! they are built.
+//! `phalanx drill SCENARIO --resource R --probe URL[,URL...] [--node N]`: a failover drill
+//! against a live cluster, measured from a client's side. Built so far:
+//! - `switchover`: a planned move to another online node (`--node`), then the move cleared;
+//! - `kill-node`: a node (`--node`, default the resource's) powered off through the cluster's
+//!   own fence devices, `POST /v1/nodes/{name}/power-off` sent to another node, as a real
+//!   failure;
+//! - `kill-service`: the resource's process SIGKILLed on its node, `POST
+//!   /v1/resources/{rsc}/kill-service`, for the cluster's monitor to find;
+//! - `pause-node`: a node's daemon SIGSTOPped (`POST /v1/nodes/{name}/pause`, to that node),
+//!   which its peers must declare lost and fence;
+//! - `cut-link`: one heartbeat link of a node administratively down (nothing may move), then
+//!   all of them (the node is isolated: the majority fences it and recovers), then restored.
+//!
+//! A drill refuses to start without quorum, for an unknown resource or node, or with the
+//! service unhealthy, then takes the cluster's one drill slot (`POST /v1/drills/{id}`: refused
+//! while another drill runs) and records each run's figures and its end in the event history.
+//! Each run probes the service every 10 ms before, during and after the fault; when the
+//! cluster runs the session store, a session writer writes through it meanwhile and reads every
+//! acknowledged write back afterwards (RPO: acknowledged writes lost). A run waits (at most
+//! `--settle`) until the cluster has dealt with the fault and has nothing left to do, and always
+//! undoes what the drill did that the cluster would not (a move, a disabled link), also when
+//! the run fails. What the probes saw — RTO (first failed probe to first success after it),
+//! failed probes — is `phalanx_core::drill`'s arithmetic; `--plot` draws it.
 
 use crate::client::Client;
 use crate::harness::runs_on;
+use crate::session_writer::Writer;
 use anyhow::{anyhow, bail, Context, Result};
 use phalanx_core::drill::{self, Measured, Sample};
 use phalanx_node::StatusReport;
 use serde::Serialize;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 pub use phalanx_core::drill::SCENARIOS;
 /// The scenarios built so far.
-const BUILT: [&str; 3] = ["switchover", "kill-node", "kill-service"];
+const BUILT: [&str; 5] = ["switchover", "kill-node", "kill-service", "pause-node", "cut-link"];
 
 /// How often the service is probed, and how long one probe may take.
 const PROBE_EVERY: Duration = Duration::from_millis(10);
@@ -35,11 +47,14 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 pub struct Args {
     pub scenario: String,
     pub resource: String,
-    /// `http://…` or `tcp://IP:PORT`; several, comma-separated: a client that tries each in turn
-    /// (the service answers if one of them does).
+    /// The node to act on: the move's target (switchover), the node to kill, pause or cut off
+    /// (default: where the resource runs).
+    pub node: Option<String>,
+    /// `http://…`, `tcp://IP:PORT` or `memcached://IP:PORT`; several, comma-separated: a client
+    /// that tries each in turn (the service answers if one of them does).
     pub probe: String,
     pub runs: usize,
-    /// How long a run may take to settle before it is aborted (and the move cleared).
+    /// How long a run may take to settle before it is aborted (and what the drill did undone).
     pub settle: Duration,
 }
 
@@ -47,6 +62,7 @@ pub struct Args {
 enum Target {
     Http(String),
     Tcp(String),
+    Memcached(String),
 }
 
 /// Parse `--probe`.
@@ -56,14 +72,19 @@ fn targets(probe: &str) -> Result<Vec<Target>> {
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .map(|p| {
+            let addr = |a: &str, scheme: &str| {
+                a.parse::<SocketAddr>()
+                    .map(|_| a.to_string())
+                    .map_err(|_| anyhow!("--probe {p}: {scheme}:// needs IP:PORT"))
+            };
             if p.starts_with("http://") || p.starts_with("https://") {
                 Ok(Target::Http(p.to_string()))
             } else if let Some(a) = p.strip_prefix("tcp://") {
-                a.parse::<std::net::SocketAddr>()
-                    .map(|_| Target::Tcp(a.to_string()))
-                    .map_err(|_| anyhow!("--probe {p}: tcp:// needs IP:PORT"))
+                addr(a, "tcp").map(Target::Tcp)
+            } else if let Some(a) = p.strip_prefix("memcached://") {
+                addr(a, "memcached").map(Target::Memcached)
             } else {
-                bail!("--probe {p}: give http://…, https://… or tcp://IP:PORT")
+                bail!("--probe {p}: give http://…, https://…, tcp://IP:PORT or memcached://IP:PORT")
             }
         })
         .collect::<Result<_>>()?;
@@ -73,7 +94,18 @@ fn targets(probe: &str) -> Result<Vec<Target>> {
     Ok(t)
 }
 
-/// One probe: true if any target answers (an HTTP status below 500, or a TCP connection).
+/// A memcached server answers `version`.
+async fn memcached_answers(addr: &str) -> Result<bool> {
+    let s = tokio::net::TcpStream::connect(addr).await?;
+    let mut r = tokio::io::BufReader::new(s);
+    r.get_mut().write_all(b"version\r\n").await?;
+    let mut line = String::new();
+    r.read_line(&mut line).await?;
+    Ok(line.starts_with("VERSION "))
+}
+
+/// One probe: true if any target answers (an HTTP status below 500, a TCP connection, a
+/// memcached `VERSION`).
 async fn probe(http: &reqwest::Client, targets: &[Target]) -> bool {
     for t in targets {
         let ok = match t {
@@ -86,6 +118,9 @@ async fn probe(http: &reqwest::Client, targets: &[Target]) -> bool {
             Target::Tcp(addr) => tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr))
                 .await
                 .is_ok_and(|c| c.is_ok()),
+            Target::Memcached(addr) => tokio::time::timeout(PROBE_TIMEOUT, memcached_answers(addr))
+                .await
+                .is_ok_and(|r| r.unwrap_or(false)),
         };
         if ok {
             return true;
@@ -97,6 +132,8 @@ async fn probe(http: &reqwest::Client, targets: &[Target]) -> bool {
 /// One run of a drill.
 #[derive(Debug, Clone, Serialize)]
 pub struct Run {
+    /// What the run did (`web moved to n2`, `n1 powered off`, `link 0 of n1 down`…).
+    pub fault: String,
     pub from: String,
     pub to: String,
     /// When the fault was caused (ms since the run began) and when the cluster had settled.
@@ -104,6 +141,52 @@ pub struct Run {
     pub settled_ms: u64,
     #[serde(flatten)]
     pub measured: Measured,
+    /// The session writer's figures (None: the cluster runs no session store).
+    pub session_writes_acked: Option<u64>,
+    /// Acknowledged session writes missing afterwards: the RPO, in writes (0 expected).
+    pub rpo_writes: Option<u64>,
+    /// The longest time no session write was acknowledged (ms).
+    pub session_outage_ms: Option<u64>,
+    /// When the history saw the failure (node lost, monitor failed), the fence succeed and the
+    /// resource start (or promote) again: ms since the run began, like `fault_ms`.
+    pub detected_ms: Option<u64>,
+    pub fenced_ms: Option<u64>,
+    pub started_ms: Option<u64>,
+    /// Every probe, for `--plot` (not printed).
+    #[serde(skip)]
+    pub samples: Vec<Sample>,
+}
+
+/// The fields of an event the drill reads (`GET /v1/events`).
+#[derive(Debug, serde::Deserialize)]
+struct Seen {
+    time_ms: u64,
+    kind: String,
+    node: String,
+    resource: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Page {
+    events: Vec<Seen>,
+}
+
+/// From the history since the run began (unix ms `begun`): when the failure was detected, the
+/// victim fenced and the resource started again, in ms since the run began.
+async fn marks(client: &Client, apis: &[String], rsc: &str, victim: &str, begun: u64, fault_unix: u64) -> [Option<u64>; 3] {
+    let Ok((api, _)) = client.first_answering(apis).await else {
+        return [None; 3];
+    };
+    let Ok(page) = client.get::<Page>(&api, &format!("/v1/events?since_ms={fault_unix}")).await else {
+        return [None; 3];
+    };
+    let mine = |e: &Seen| e.resource.as_deref().is_some_and(|r| r.split(':').next() == Some(rsc));
+    let at = |f: &dyn Fn(&Seen) -> bool| page.events.iter().find(|e| f(e)).map(|e| e.time_ms.saturating_sub(begun));
+    [
+        at(&|e| (e.kind == "node_lost" && e.node == victim) || (e.kind == "monitor_failed" && mine(e))),
+        at(&|e| e.kind == "fence_succeeded" && e.node == victim),
+        at(&|e| matches!(e.kind.as_str(), "resource_started" | "resource_promoted") && mine(e)),
+    ]
 }
 
 /// The drill's result.
@@ -116,6 +199,8 @@ pub struct Report {
     pub rto_p50_ms: Option<u64>,
     pub rto_max_ms: Option<u64>,
     pub failed_probes: usize,
+    /// Acknowledged session writes lost over every run (None: no session store).
+    pub rpo_writes: Option<u64>,
 }
 
 /// Check the flags that need no cluster.
@@ -137,17 +222,21 @@ pub fn check(a: &Args) -> Result<()> {
     Ok(())
 }
 
-/// What must hold before a run: quorum, the resource running somewhere, another online node
-/// to take it, fencing for a kill, the service answering. The API that answered, where the
-/// resource runs, the node to move it to and its API.
+/// What must hold before a run, and who is who: the API that answered, where the resource
+/// runs (`from`), the node the fault acts on (`victim`) or the move goes to (`to`), an API of
+/// a node that stays up (`witness_api`: power-offs are asked of it), the victim's API.
 struct Ready {
     api: String,
     from: String,
-    from_api: String,
+    victim: String,
+    victim_api: String,
     to: String,
-    to_api: String,
+    witness_api: String,
     /// The resource's failures recorded so far (a kill-service run waits for one more).
     failures: usize,
+    /// The victim's heartbeat links, and the detection time (`heartbeat_interval` × `dead_after`).
+    links: usize,
+    detection: Duration,
 }
 
 async fn ready(
@@ -173,7 +262,14 @@ async fn ready(
         names.dedup();
         bail!("no resource {:?} (resources: {})", a.resource, names.join(", "));
     }
-    if a.scenario == "kill-service" && !st.resources.iter().any(|r| r.id == a.resource) {
+    if let Some(n) = &a.node {
+        if !st.nodes.iter().any(|x| &x.name == n) {
+            let names: Vec<&str> = st.nodes.iter().map(|x| x.name.as_str()).collect();
+            bail!("no node named {n:?} (nodes: {})", names.join(", "));
+        }
+    }
+    let scenario = a.scenario.as_str();
+    if scenario == "kill-service" && !st.resources.iter().any(|r| r.id == a.resource) {
         let members: Vec<&str> = st
             .resources
             .iter()
@@ -187,42 +283,84 @@ async fn ready(
         );
     }
     let from = runs_on(&st, &a.resource).ok_or_else(|| anyhow!("{} runs nowhere now: no drill", a.resource))?;
-    let other = st
-        .nodes
-        .iter()
-        .find(|n| n.name != from && n.state == "online")
-        .ok_or_else(|| anyhow!("no other online node to take {} over", a.resource))?;
-    let from_api = st
-        .nodes
-        .iter()
-        .find(|n| n.name == from)
-        .map(|n| n.api.clone())
-        .unwrap_or_default();
+    let online = |n: &str| st.nodes.iter().any(|x| x.name == n && x.state == "online");
+    let api_of = |n: &str| st.nodes.iter().find(|x| x.name == n).map(|x| x.api.clone()).unwrap_or_default();
+    let victim = match (scenario, &a.node) {
+        ("kill-service", Some(n)) if *n != from => bail!("{} runs on {from}, not {n}: kill-service kills it where it runs", a.resource),
+        ("switchover", _) | (_, None) => from.clone(),
+        (_, Some(n)) => n.clone(),
+    };
+    if scenario != "switchover" && !online(&victim) {
+        bail!("{victim} is not online: nothing to {scenario}");
+    }
+    let to = match (scenario, &a.node) {
+        ("switchover", Some(n)) if *n == from => bail!("{} runs on {n} already: give another --node", a.resource),
+        ("switchover", Some(n)) if !online(n) => bail!("{n} is not online: {} cannot move there", a.resource),
+        ("switchover", Some(n)) => n.clone(),
+        _ => st
+            .nodes
+            .iter()
+            .find(|n| n.name != from && n.name != victim && n.state == "online")
+            .map(|n| n.name.clone())
+            .ok_or_else(|| anyhow!("no other online node to take {} over", a.resource))?,
+    };
+    if matches!(scenario, "kill-node" | "pause-node" | "cut-link") && st.fencing == "off" {
+        bail!("fencing is off: {scenario} needs the cluster to fence the node it takes out");
+    }
+    // Isolating or pausing a node must leave a quorum (the API refuses a power-off or pause
+    // that would not; disabling links is the node's own business, so check here).
+    if scenario == "cut-link" {
+        let up = st.voters.iter().filter(|v| **v != victim && online(v)).count();
+        if up < st.votes_needed {
+            bail!("cutting {victim} off would leave {up} voter(s) up where quorum needs {}", st.votes_needed);
+        }
+    }
     let failures = st
         .resources
         .iter()
         .filter(named)
         .map(|r| r.failures.values().sum::<usize>())
         .sum();
-    if a.scenario == "kill-node" && st.fencing == "off" {
-        bail!("fencing is off: kill-node powers the node off through the cluster's fence devices");
-    }
+    // The victim's links, as a node that is not the victim sees them.
+    let links = match st.nodes.iter().find(|x| x.name == victim && !x.is_self) {
+        Some(x) => x.links.len(),
+        None => client.status(&api_of(&to)).await.map_or(0, |s| {
+            s.nodes.iter().find(|x| x.name == victim).map_or(0, |x| x.links.len())
+        }),
+    };
     if !probe(http, targets).await {
         bail!("the service is not healthy now (no answer from {}): no drill", a.probe);
     }
     Ok(Ready {
         api,
+        victim_api: api_of(&victim),
+        witness_api: api_of(&to),
         from,
-        from_api,
-        to: other.name.clone(),
-        to_api: other.api.clone(),
+        victim,
+        to,
         failures,
+        links,
+        detection: Duration::from_millis(st.heartbeat_interval_ms) * st.dead_after,
     })
 }
 
 /// A drill's id: the history's key for its steps (below 2^53, so JSON readers keep it exact).
 fn drill_id() -> u64 {
     rand::random::<u64>() >> 11
+}
+
+/// Where the session store listens, as every online node says (empty: no store).
+async fn session_addrs(client: &Client, apis: &[String]) -> Vec<SocketAddr> {
+    let Ok((_, st)) = client.first_answering(apis).await else {
+        return Vec::new();
+    };
+    let mut addrs = Vec::new();
+    for n in st.nodes.iter().filter(|n| n.state == "online") {
+        if let Ok(s) = client.get::<phalanx_node::sessions::SessionsStatus>(&n.api, "/v1/sessions").await {
+            addrs.extend(s.listen.iter().filter_map(|a| a.parse::<SocketAddr>().ok()));
+        }
+    }
+    addrs
 }
 
 /// Run the drill: check that it can, take the cluster's one drill slot (refused while another
@@ -235,42 +373,54 @@ pub async fn run(client: &Client, apis: &[String], a: &Args, progress: &indicati
         .build()
         .context("an HTTP client for the probes")?;
     let first = ready(client, apis, a, &http, &targets).await?;
+    let sessions = session_addrs(client, apis).await;
     let id = drill_id();
     let bound = (a.settle + Duration::from_secs(30)) * a.runs as u32;
     let begin = serde_json::json!({
-        "scenario": a.scenario, "resource": a.resource, "node": first.from,
+        "scenario": a.scenario, "resource": a.resource, "node": first.victim,
         "bound_ms": bound.as_millis() as u64,
     });
     let _: serde_json::Value = client
         .post(&first.api, &format!("/v1/drills/{id}"), &begin)
         .await
         .context("starting the drill")?;
-    let mut runs = Vec::new();
+    let mut runs: Vec<Run> = Vec::new();
     let mut result = Ok(());
     for i in 0..a.runs {
         progress.set_message(format!("run {} of {}: {} of {}", i + 1, a.runs, a.scenario, a.resource));
-        let run = match ready(client, apis, a, &http, &targets).await {
-            Ok(r) => one(client, apis, a, &http, &targets, r).await,
-            Err(e) => Err(e.context(format!("before run {}", i + 1))),
-        };
-        match run {
-            Ok(run) => {
-                let step = drill::DrillStep::Run {
-                    run: i as u32 + 1,
-                    from: run.from.clone(),
-                    to: run.to.clone(),
-                    rto_ms: run.measured.rto_ms,
-                    failed_probes: run.measured.failed as u64,
-                    probes: run.measured.probes as u64,
-                    rpo_writes: None,
-                };
-                record(client, apis, a, id, step).await?;
-                runs.push(run);
-            }
+        let r = match ready(client, apis, a, &http, &targets).await {
+            Ok(r) => r,
             Err(e) => {
-                result = Err(e);
+                result = Err(e.context(format!("before run {}", i + 1)));
                 break;
             }
+        };
+        for fault in faults(a, &r) {
+            let prefix = format!("drill-{id}-{}-", runs.len() + 1);
+            let writer = (!sessions.is_empty()).then(|| Writer::start(sessions.clone(), &prefix));
+            let run = one(client, apis, a, &http, &targets, &r, fault, writer).await;
+            match run {
+                Ok(run) => {
+                    let step = drill::DrillStep::Run {
+                        run: runs.len() as u32 + 1,
+                        from: run.from.clone(),
+                        to: run.to.clone(),
+                        rto_ms: run.measured.rto_ms,
+                        failed_probes: run.measured.failed as u64,
+                        probes: run.measured.probes as u64,
+                        rpo_writes: run.rpo_writes,
+                    };
+                    record(client, apis, a, id, step).await?;
+                    runs.push(run);
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if result.is_err() {
+            break;
         }
         progress.inc(1);
     }
@@ -285,6 +435,7 @@ pub async fn run(client: &Client, apis: &[String], a: &Args, progress: &indicati
         rto_p50_ms: drill::percentile(&rtos, 50.0),
         rto_max_ms: rtos.iter().max().copied(),
         failed_probes: runs.iter().map(|r| r.measured.failed).sum(),
+        rpo_writes: (!sessions.is_empty()).then(|| runs.iter().filter_map(|r| r.rpo_writes).sum()),
         runs,
     })
 }
@@ -300,27 +451,60 @@ async fn record(client: &Client, apis: &[String], a: &Args, id: u64, step: drill
     Ok(())
 }
 
-/// One run: cause the fault (a move to another online node, or the resource's node powered
-/// off), measure, undo a move.
+/// One fault a run causes.
+#[derive(Debug, Clone)]
+enum Fault {
+    Move,
+    PowerOff,
+    KillService,
+    Pause,
+    /// Links of the victim to take down, and for how long to watch when nothing is to happen.
+    CutLinks { links: Vec<usize>, watch: Option<Duration> },
+}
+
+/// The faults of one run of the scenario: one, except cut-link's two (one link: nothing may
+/// move; then every link: the node is cut off).
+fn faults(a: &Args, r: &Ready) -> Vec<Fault> {
+    match a.scenario.as_str() {
+        "kill-node" => vec![Fault::PowerOff],
+        "kill-service" => vec![Fault::KillService],
+        "pause-node" => vec![Fault::Pause],
+        "cut-link" => {
+            let all: Vec<usize> = (0..r.links.max(1)).collect();
+            let mut f = Vec::new();
+            if all.len() > 1 {
+                f.push(Fault::CutLinks {
+                    links: vec![0],
+                    watch: Some(r.detection * 3 + Duration::from_millis(500)),
+                });
+            }
+            f.push(Fault::CutLinks { links: all, watch: None });
+            f
+        }
+        _ => vec![Fault::Move],
+    }
+}
+
+/// One run: cause the fault, measure, undo what the cluster would not.
+#[allow(clippy::too_many_arguments)]
 async fn one(
     client: &Client,
     apis: &[String],
     a: &Args,
     http: &reqwest::Client,
     targets: &Arc<Vec<Target>>,
-    ready: Ready,
+    ids: &Ready,
+    fault: Fault,
+    writer: Option<Writer>,
 ) -> Result<Run> {
-    let Ready {
-        api,
-        from,
-        from_api,
-        to,
-        to_api,
-        failures,
-    } = ready;
-    let scenario = a.scenario.as_str();
+    if let Some(w) = &writer {
+        w.ready(Duration::from_secs(10))
+            .await
+            .context("the session writer before the fault")?;
+    }
     // Probe from now on, every 10 ms, until told to stop.
     let started = Instant::now();
+    let begun = phalanx_node::mesh::unix_ms();
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let prober = {
@@ -344,28 +528,45 @@ async fn one(
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let fault_ms = started.elapsed().as_millis() as u64;
+    let fault_unix = begun + fault_ms;
+    let (rsc, victim, from) = (a.resource.clone(), ids.victim.clone(), ids.from.clone());
+    // Off the victim if it ran there, else once the victim is out (or not, for a watch).
+    let off_victim: Done = {
+        let (rsc, victim) = (rsc.clone(), victim.clone());
+        Box::new(move |st| {
+            let at = runs_on(st, &rsc)?;
+            let out = st.nodes.iter().any(|n| n.name == victim && n.state == "offline");
+            (at != victim && (out || from != victim)).then_some(at)
+        })
+    };
     let empty = serde_json::json!({});
-    // The fault, and when the cluster has dealt with it: the resource where it was moved, off
-    // the lost node, or restarted after its monitor failed (wherever the cluster put it).
-    let rsc = a.resource.as_str();
-    let (caused, done): (Result<serde_json::Value>, Done) = match scenario {
-        // A power-off is asked of another node (the victim could not answer).
-        "kill-node" => (
+    let (what, caused, done): (String, Result<serde_json::Value>, Done) = match &fault {
+        Fault::PowerOff => (
+            format!("{victim} powered off"),
+            // Asked of a node that stays up (the victim could not answer).
             client
-                .post(&to_api, &format!("/v1/nodes/{from}/power-off"), &empty)
+                .post(&ids.witness_api, &format!("/v1/nodes/{victim}/power-off"), &empty)
                 .await,
-            Box::new({
-                let (rsc, from) = (rsc.to_string(), from.clone());
-                move |st| runs_on(st, &rsc).filter(|n| *n != from)
-            }),
+            off_victim,
         ),
-        // The kill is asked of the node running it.
-        "kill-service" => (
+        Fault::Pause => (
+            format!("{victim}'s daemon paused"),
             client
-                .post(&from_api, &format!("/v1/resources/{rsc}/kill-service"), &empty)
+                .post(
+                    &ids.victim_api,
+                    &format!("/v1/nodes/{victim}/pause"),
+                    &serde_json::json!({ "seconds": a.settle.as_secs().clamp(1, 600) }),
+                )
+                .await,
+            off_victim,
+        ),
+        Fault::KillService => (
+            format!("{rsc}'s process killed on {victim}"),
+            client
+                .post(&ids.victim_api, &format!("/v1/resources/{rsc}/kill-service"), &empty)
                 .await,
             Box::new({
-                let rsc = rsc.to_string();
+                let (rsc, before) = (rsc.clone(), ids.failures);
                 move |st| {
                     let failed: usize = st
                         .resources
@@ -373,27 +574,55 @@ async fn one(
                         .filter(|r| r.id == rsc || r.parent.as_deref() == Some(&rsc))
                         .map(|r| r.failures.values().sum::<usize>())
                         .sum();
-                    runs_on(st, &rsc).filter(|_| failed > failures)
+                    runs_on(st, &rsc).filter(|_| failed > before)
                 }
             }),
         ),
-        _ => (
+        Fault::CutLinks { links, watch } => {
+            let mut caused = Ok(empty.clone());
+            for l in links {
+                let r = client
+                    .post(&ids.victim_api, &format!("/v1/links/{l}"), &serde_json::json!({ "enabled": false }))
+                    .await;
+                if r.is_err() {
+                    caused = r;
+                    break;
+                }
+            }
+            let what = if links.len() == 1 {
+                format!("link {} of {victim} down", links[0])
+            } else {
+                format!("every link of {victim} down")
+            };
+            let done: Done = match watch {
+                // Nothing may happen: watch, then say where it runs.
+                Some(w) => {
+                    let until = Instant::now() + *w;
+                    let rsc = rsc.clone();
+                    Box::new(move |st| (Instant::now() >= until).then(|| runs_on(st, &rsc)).flatten())
+                }
+                None => off_victim,
+            };
+            (what, caused, done)
+        }
+        Fault::Move => (
+            format!("{rsc} moved to {}", ids.to),
             client
                 .post(
-                    &api,
+                    &ids.api,
                     &format!("/v1/resources/{rsc}/move"),
-                    &serde_json::json!({ "node": to }),
+                    &serde_json::json!({ "node": ids.to }),
                 )
                 .await,
             Box::new({
-                let (rsc, to) = (rsc.to_string(), to.clone());
+                let (rsc, to) = (rsc.clone(), ids.to.clone());
                 move |st| runs_on(st, &rsc).filter(|n| *n == to)
             }),
         ),
     };
     let landed = match caused {
-        Ok(_) => settle(client, apis, rsc, a.settle, done).await,
-        Err(e) => Err(e.context(format!("causing the fault of {scenario}"))),
+        Ok(_) => settle(client, apis, &rsc, a.settle, done).await,
+        Err(e) => Err(e.context(format!("causing the fault ({what})"))),
     };
     let settled_ms = started.elapsed().as_millis() as u64;
     // A little more probing after the cluster settled, so that the recovery is seen.
@@ -402,20 +631,46 @@ async fn one(
     }
     let _ = stop.send(true);
     let _ = prober.await;
-    // Always restore: clear the move the drill made (the resource stays where it is).
-    if scenario == "switchover" {
-        let path = format!("/v1/resources/{}/clear", a.resource);
-        let cleared: Result<serde_json::Value> = client.post(&api, &path, &serde_json::json!({})).await;
-        cleared.context("clearing the drill's move")?;
-    }
+    // Always restore what the cluster would not: the drill's move, the links it took down
+    // (a node fenced meanwhile does not answer: it comes back with its links up).
+    let restored = match &fault {
+        Fault::Move => {
+            let path = format!("/v1/resources/{rsc}/clear");
+            let cleared: Result<serde_json::Value> = client.post(&ids.api, &path, &serde_json::json!({})).await;
+            cleared.map(drop).context("clearing the drill's move")
+        }
+        Fault::CutLinks { links, .. } => {
+            for l in links {
+                let _: Result<serde_json::Value> = client
+                    .post(&ids.victim_api, &format!("/v1/links/{l}"), &serde_json::json!({ "enabled": true }))
+                    .await;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    };
+    let session = match writer {
+        Some(w) => Some(w.stop(a.settle).await.context("reading the session writes back")?),
+        None => None,
+    };
+    restored?;
     let to = landed?;
+    let [detected_ms, fenced_ms, started_ms] = marks(client, apis, &rsc, &victim, begun, fault_unix).await;
     let samples = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(Run {
-        from,
+        fault: what,
+        from: ids.from.clone(),
         to,
         fault_ms,
         settled_ms,
         measured: drill::measure(&samples, fault_ms),
+        session_writes_acked: session.map(|s| s.acked),
+        rpo_writes: session.map(|s| s.lost),
+        session_outage_ms: session.map(|s| s.outage_ms),
+        detected_ms,
+        fenced_ms,
+        started_ms,
+        samples,
     })
 }
 
@@ -439,31 +694,105 @@ async fn settle(client: &Client, apis: &[String], rsc: &str, bound: Duration, do
     }
 }
 
+/// `--plot FILE.svg`: every run as a row of its probes over time (green: answered, red: not),
+/// in ms since its fault, with the detection (D), the fence (F) and the start (S) marked.
+pub fn plot(r: &Report, path: &std::path::Path) -> Result<()> {
+    use plotters::prelude::*;
+    let rel = |run: &Run, t: u64| t as i64 - run.fault_ms as i64;
+    let end = r
+        .runs
+        .iter()
+        .filter_map(|run| run.samples.last().map(|s| rel(run, s.at_ms)))
+        .max()
+        .unwrap_or(1000)
+        .max(100) as f64;
+    let rows = r.runs.len().max(1);
+    let root = SVGBackend::new(path, (1000, 140 + 40 * rows as u32)).into_drawing_area();
+    let fail = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
+    root.fill(&WHITE).map_err(|e| fail(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("drill {} of {}: probes every 10 ms", r.scenario, r.resource),
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(50)
+        .build_cartesian_2d(-250f64..end, 0f64..rows as f64)
+        .map_err(|e| fail(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("ms since the fault")
+        .y_desc("run")
+        .y_labels(rows)
+        .y_label_formatter(&|y| format!("{}", (*y as usize) + 1))
+        .disable_y_mesh()
+        .draw()
+        .map_err(|e| fail(&e))?;
+    for (i, run) in r.runs.iter().enumerate() {
+        let y = i as f64;
+        let dots = run.samples.iter().map(|s| {
+            let x = rel(run, s.at_ms) as f64;
+            let color = if s.ok { GREEN.mix(0.8) } else { RED.mix(0.9) };
+            Rectangle::new([(x, y + 0.3), (x + 8.0, y + 0.7)], color.filled())
+        });
+        chart.draw_series(dots).map_err(|e| fail(&e))?;
+        let marks = [("D", run.detected_ms), ("F", run.fenced_ms), ("S", run.started_ms)];
+        for (label, at) in marks.iter().filter_map(|(l, t)| t.map(|t| (*l, rel(run, t) as f64))) {
+            chart
+                .draw_series([PathElement::new(vec![(at, y + 0.1), (at, y + 0.9)], BLACK.stroke_width(2))])
+                .map_err(|e| fail(&e))?;
+            chart
+                .draw_series([Text::new(label.to_string(), (at + 4.0, y + 0.95), ("sans-serif", 12))])
+                .map_err(|e| fail(&e))?;
+        }
+        let rto = run.measured.rto_ms.map_or("no recovery".into(), |v| format!("RTO {v} ms"));
+        chart
+            .draw_series([Text::new(format!("{}: {rto}", run.fault), (end * 0.55, y + 0.25), ("sans-serif", 12))])
+            .map_err(|e| fail(&e))?;
+    }
+    root.present().map_err(|e| fail(&e))?;
+    Ok(())
+}
+
 /// For a person: one line per run, then the summary.
 pub fn render(r: &Report) -> String {
     let ms = |v: Option<u64>| v.map_or("-".into(), |v| format!("{v} ms"));
     let mut out = format!(
-        "Drill {} of {} (probe {} every 10 ms)\n\nRUN  FROM     TO       RTO        FAILED/PROBES  SETTLED\n",
+        "Drill {} of {} (probe {} every 10 ms)\n\nRUN  FAULT                          FROM     TO       RTO        FAILED/PROBES  SETTLED    DETECT/FENCE/START  RPO\n",
         r.scenario, r.resource, r.probe
     );
     for (i, run) in r.runs.iter().enumerate() {
+        let rpo = match (run.rpo_writes, run.session_writes_acked) {
+            (Some(lost), Some(acked)) => format!("{lost} of {acked} writes lost"),
+            _ => "-".into(),
+        };
+        let after = |t: Option<u64>| t.map_or("-".into(), |t| t.saturating_sub(run.fault_ms).to_string());
+        let dfs = format!("{}/{}/{} ms", after(run.detected_ms), after(run.fenced_ms), after(run.started_ms));
         out.push_str(&format!(
-            "{:<4} {:<8} {:<8} {:<10} {:>6}/{:<6}  {} ms\n",
+            "{:<4} {:<30} {:<8} {:<8} {:<10} {:>6}/{:<6}  {:<10} {:<19} {}\n",
             i + 1,
+            run.fault,
             run.from,
             run.to,
             ms(run.measured.rto_ms),
             run.measured.failed,
             run.measured.probes,
-            run.settled_ms.saturating_sub(run.fault_ms)
+            format!("{} ms", run.settled_ms.saturating_sub(run.fault_ms)),
+            dfs,
+            rpo
         ));
     }
     out.push_str(&format!(
-        "\nRTO p50 {}, max {}; {} failed probes in all.\n",
+        "\nRTO p50 {}, max {}; {} failed probes in all",
         ms(r.rto_p50_ms),
         ms(r.rto_max_ms),
         r.failed_probes
     ));
+    match r.rpo_writes {
+        Some(lost) => out.push_str(&format!("; RPO {lost} acknowledged session write(s) lost.\n")),
+        None => out.push_str(".\n"),
+    }
     out
 }
 
@@ -475,6 +804,7 @@ mod tests {
         Args {
             scenario: scenario.into(),
             resource: "web".into(),
+            node: None,
             probe: probe.into(),
             runs,
             settle: Duration::from_secs(60),
@@ -487,11 +817,12 @@ mod tests {
         assert!(
             e(args("kill-nod", "tcp://127.0.0.1:80", 1)).contains("unknown scenario \"kill-nod\": one of switchover")
         );
-        assert!(e(args("pause-node", "tcp://127.0.0.1:80", 1)).contains("not built yet"));
+        assert!(e(args("fence-fail", "tcp://127.0.0.1:80", 1)).contains("not built yet"));
         assert!(e(args("switchover", "127.0.0.1:80", 1)).contains("give http://"));
+        assert!(e(args("switchover", "memcached://localhost:11211", 1)).contains("memcached:// needs IP:PORT"));
         assert!(e(args("switchover", "tcp://localhost", 1)).contains("IP:PORT"));
         assert!(e(args("switchover", " , ", 1)).contains("at least one"));
         assert!(e(args("switchover", "tcp://127.0.0.1:80", 0)).contains("--runs"));
-        assert!(check(&args("switchover", "http://127.0.10.1:80/,tcp://127.0.0.1:80", 3)).is_ok());
+        assert!(check(&args("switchover", "http://127.0.10.1:80/,tcp://127.0.0.1:80,memcached://127.0.0.1:11211", 3)).is_ok());
     }
 }

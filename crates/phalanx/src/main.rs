@@ -221,15 +221,20 @@ enum Cmd {
         max_loss: f64,
     },
     /// A failover drill against the live cluster, measured from a client's side (RTO, failed
-    /// probes), recorded in the event history. Built: switchover, kill-node, kill-service.
+    /// probes, and RPO with a session writer when the session store runs), recorded in the
+    /// event history. Built: switchover, kill-node, kill-service, pause-node, cut-link.
     Drill {
-        /// switchover, kill-node, kill-service (built); cut-link, pause-node, lb-backend-down,
+        /// switchover, kill-node, kill-service, pause-node, cut-link (built); lb-backend-down,
         /// fence-fail (to come).
         scenario: String,
         #[arg(long)]
         resource: String,
-        /// What a client reaches: http://…, https://… or tcp://IP:PORT; several, comma-separated,
-        /// for a client that tries each.
+        /// The node to act on: the move's target (switchover), the node to kill, pause or cut
+        /// off (default: where the resource runs).
+        #[arg(long)]
+        node: Option<String>,
+        /// What a client reaches: http://…, https://…, tcp://IP:PORT or memcached://IP:PORT;
+        /// several, comma-separated, for a client that tries each.
         #[arg(long)]
         probe: String,
         #[arg(long, default_value_t = 1)]
@@ -237,6 +242,9 @@ enum Cmd {
         /// How long a run may take to settle before it is aborted (its move cleared).
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         settle: std::time::Duration,
+        /// Draw every run's probes over time, with detection, fence and start marked, as SVG.
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
     /// Change cluster membership and node flags.
     Node {
@@ -847,13 +855,16 @@ async fn run(cli: Cli) -> Result<i32> {
         Cmd::Drill {
             scenario,
             resource,
+            node,
             probe,
             runs,
             settle,
+            plot,
         } => {
             let a = phalanx::drill_cmd::Args {
                 scenario: scenario.clone(),
                 resource: resource.clone(),
+                node: node.clone(),
                 probe: probe.clone(),
                 runs: *runs,
                 settle: *settle,
@@ -864,10 +875,16 @@ async fn run(cli: Cli) -> Result<i32> {
             let r = phalanx::drill_cmd::run(&client, &apis, &a, &pb).await;
             pb.finish_and_clear();
             let r = r?;
+            if let Some(path) = plot {
+                phalanx::drill_cmd::plot(&r, path)?;
+            }
             if cli.json {
                 print_json(&r)?;
             } else {
                 print!("{}", phalanx::drill_cmd::render(&r));
+                if let Some(path) = plot {
+                    println!("Plot: {}", path.display());
+                }
             }
             Ok(0)
         }

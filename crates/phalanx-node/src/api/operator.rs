@@ -39,6 +39,7 @@ pub(super) fn routes() -> Router<Arc<Node>> {
         .route("/v1/nodes/{name}/standby", post(set_standby))
         .route("/v1/nodes/{name}/stop", post(stop_node))
         .route("/v1/nodes/{name}/power-off", post(power_off))
+        .route("/v1/nodes/{name}/pause", post(pause))
         .route("/v1/nodes/{name}/attrs/{key}", put(set_attr).delete(delete_attr))
         .route("/v1/links/{index}", post(set_link))
         .route("/v1/resources/{rsc}/{op}", post(resource_op))
@@ -255,6 +256,76 @@ async fn power_off(
         .await
         .map_err(|e| ApiError::Unavailable(format!("powering {name} off failed: {e}")))?;
     Ok(Json(serde_json::json!({ "node": name, "by": by })))
+}
+
+/// Body of `POST /v1/nodes/{name}/pause`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pause {
+    /// How long the daemon stays stopped unless the cluster fences it first (1..=600).
+    pub seconds: u64,
+}
+
+/// `POST /v1/nodes/{name}/pause` (`phalanx drill pause-node`): SIGSTOP this node's daemon for
+/// `seconds`, as a stalled machine would (a hung disk, a VM paused): its peers declare it lost
+/// and fence it, and if it comes back unfenced it must find out it was replaced. Only the node
+/// itself can do it (sent to its own API: it answers first, then stops 200 ms later, through a
+/// detached `sh` that also resumes it); refused when the voters left up would be too few for
+/// quorum. Recorded as an operator command first.
+async fn pause(
+    State(node): State<Arc<Node>>,
+    Extension(origin): Extension<Origin>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let req: Pause = parse_json(&body)?;
+    if req.seconds == 0 || req.seconds > 600 {
+        return Err(ApiError::BadInput("seconds must be 1..=600".into()));
+    }
+    let (liveness, up_after, needed) = without(&node, &name);
+    if liveness.is_none() {
+        return Err(ApiError::NotFound(format!("no node named {name:?}")));
+    }
+    if name != node.name {
+        return Err(ApiError::BadInput(format!(
+            "a pause acts on the node that receives it: send it to {name}'s own API"
+        )));
+    }
+    if up_after < needed {
+        return Err(ApiError::Refused(format!(
+            "pausing {name} would leave {up_after} voter(s) up where quorum needs {needed}: the cluster would stop \
+             every resource"
+        )));
+    }
+    origin
+        .write(
+            &node,
+            Command::Note(phalanx_core::events::Note {
+                kind: phalanx_core::events::EventKind::OperatorCommand,
+                node: name.clone(),
+                summary: format!("drill: pause {name}'s daemon for {} s (SIGSTOP)", req.seconds),
+                at_ms: crate::mesh::unix_ms(),
+            }),
+        )
+        .await?;
+    let pid = std::process::id();
+    let script = format!("sleep 0.2; kill -STOP {pid}; sleep {}; kill -CONT {pid}", req.seconds);
+    let mut child = tokio::process::Command::new("/bin/sh")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| ApiError::Unavailable(format!("starting the pause: {e}")))?;
+    // Reaped once it has resumed us (no zombie left behind).
+    node.spawn(async move {
+        let _ = child.wait().await;
+    });
+    tracing::warn!(seconds = req.seconds, by = %origin.by, "drill: this daemon stops (SIGSTOP) in 200 ms");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "node": name, "pid": pid, "seconds": req.seconds })),
+    ))
 }
 
 /// Body of `POST /v1/nodes/{name}/stop`.
