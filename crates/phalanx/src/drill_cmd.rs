@@ -173,15 +173,34 @@ struct Page {
 
 /// From the history since the run began (unix ms `begun`): when the failure was detected, the
 /// victim fenced and the resource started again, in ms since the run began.
-async fn marks(client: &Client, apis: &[String], rsc: &str, victim: &str, begun: u64, fault_unix: u64) -> [Option<u64>; 3] {
+async fn marks(
+    client: &Client,
+    apis: &[String],
+    members: &[String],
+    victim: &str,
+    begun: u64,
+    fault_unix: u64,
+) -> [Option<u64>; 3] {
     let Ok((api, _)) = client.first_answering(apis).await else {
         return [None; 3];
     };
-    let Ok(page) = client.get::<Page>(&api, &format!("/v1/events?since_ms={fault_unix}")).await else {
+    let Ok(page) = client
+        .get::<Page>(&api, &format!("/v1/events?since_ms={fault_unix}"))
+        .await
+    else {
         return [None; 3];
     };
-    let mine = |e: &Seen| e.resource.as_deref().is_some_and(|r| r.split(':').next() == Some(rsc));
-    let at = |f: &dyn Fn(&Seen) -> bool| page.events.iter().find(|e| f(e)).map(|e| e.time_ms.saturating_sub(begun));
+    let mine = |e: &Seen| {
+        e.resource
+            .as_deref()
+            .is_some_and(|r| members.iter().any(|m| r.split(':').next() == Some(m.as_str())))
+    };
+    let at = |f: &dyn Fn(&Seen) -> bool| {
+        page.events
+            .iter()
+            .find(|e| f(e))
+            .map(|e| e.time_ms.saturating_sub(begun))
+    };
     [
         at(&|e| (e.kind == "node_lost" && e.node == victim) || (e.kind == "monitor_failed" && mine(e))),
         at(&|e| e.kind == "fence_succeeded" && e.node == victim),
@@ -234,6 +253,8 @@ struct Ready {
     witness_api: String,
     /// The resource's failures recorded so far (a kill-service run waits for one more).
     failures: usize,
+    /// The primitives `--resource` names (itself, or a group's or clone's members).
+    members: Vec<String>,
     /// The victim's heartbeat links, and the detection time (`heartbeat_interval` × `dead_after`).
     links: usize,
     detection: Duration,
@@ -284,9 +305,18 @@ async fn ready(
     }
     let from = runs_on(&st, &a.resource).ok_or_else(|| anyhow!("{} runs nowhere now: no drill", a.resource))?;
     let online = |n: &str| st.nodes.iter().any(|x| x.name == n && x.state == "online");
-    let api_of = |n: &str| st.nodes.iter().find(|x| x.name == n).map(|x| x.api.clone()).unwrap_or_default();
+    let api_of = |n: &str| {
+        st.nodes
+            .iter()
+            .find(|x| x.name == n)
+            .map(|x| x.api.clone())
+            .unwrap_or_default()
+    };
     let victim = match (scenario, &a.node) {
-        ("kill-service", Some(n)) if *n != from => bail!("{} runs on {from}, not {n}: kill-service kills it where it runs", a.resource),
+        ("kill-service", Some(n)) if *n != from => bail!(
+            "{} runs on {from}, not {n}: kill-service kills it where it runs",
+            a.resource
+        ),
         ("switchover", _) | (_, None) => from.clone(),
         (_, Some(n)) => n.clone(),
     };
@@ -307,12 +337,16 @@ async fn ready(
     if matches!(scenario, "kill-node" | "pause-node" | "cut-link") && st.fencing == "off" {
         bail!("fencing is off: {scenario} needs the cluster to fence the node it takes out");
     }
-    // Isolating or pausing a node must leave a quorum (the API refuses a power-off or pause
-    // that would not; disabling links is the node's own business, so check here).
-    if scenario == "cut-link" {
-        let up = st.voters.iter().filter(|v| **v != victim && online(v)).count();
-        if up < st.votes_needed {
-            bail!("cutting {victim} off would leave {up} voter(s) up where quorum needs {}", st.votes_needed);
+    // Taking a node out must leave a quorum (the API refuses a power-off or a pause that would
+    // not; disabling links is the node's own business): checked before the drill begins.
+    if matches!(scenario, "kill-node" | "pause-node" | "cut-link") {
+        let votes = st.votes - usize::from(st.voters.contains(&victim));
+        if votes < st.votes_needed {
+            bail!(
+                "taking {victim} out would leave {votes} vote(s) where quorum needs {}: the cluster would stop every \
+                 resource",
+                st.votes_needed
+            );
         }
     }
     let failures = st
@@ -332,6 +366,7 @@ async fn ready(
         bail!("the service is not healthy now (no answer from {}): no drill", a.probe);
     }
     Ok(Ready {
+        members: st.resources.iter().filter(named).map(|r| r.id.clone()).collect(),
         api,
         victim_api: api_of(&victim),
         witness_api: api_of(&to),
@@ -356,7 +391,10 @@ async fn session_addrs(client: &Client, apis: &[String]) -> Vec<SocketAddr> {
     };
     let mut addrs = Vec::new();
     for n in st.nodes.iter().filter(|n| n.state == "online") {
-        if let Ok(s) = client.get::<phalanx_node::sessions::SessionsStatus>(&n.api, "/v1/sessions").await {
+        if let Ok(s) = client
+            .get::<phalanx_node::sessions::SessionsStatus>(&n.api, "/v1/sessions")
+            .await
+        {
             addrs.extend(s.listen.iter().filter_map(|a| a.parse::<SocketAddr>().ok()));
         }
     }
@@ -459,7 +497,10 @@ enum Fault {
     KillService,
     Pause,
     /// Links of the victim to take down, and for how long to watch when nothing is to happen.
-    CutLinks { links: Vec<usize>, watch: Option<Duration> },
+    CutLinks {
+        links: Vec<usize>,
+        watch: Option<Duration>,
+    },
 }
 
 /// The faults of one run of the scenario: one, except cut-link's two (one link: nothing may
@@ -478,7 +519,10 @@ fn faults(a: &Args, r: &Ready) -> Vec<Fault> {
                     watch: Some(r.detection * 3 + Duration::from_millis(500)),
                 });
             }
-            f.push(Fault::CutLinks { links: all, watch: None });
+            f.push(Fault::CutLinks {
+                links: all,
+                watch: None,
+            });
             f
         }
         _ => vec![Fault::Move],
@@ -582,7 +626,11 @@ async fn one(
             let mut caused = Ok(empty.clone());
             for l in links {
                 let r = client
-                    .post(&ids.victim_api, &format!("/v1/links/{l}"), &serde_json::json!({ "enabled": false }))
+                    .post(
+                        &ids.victim_api,
+                        &format!("/v1/links/{l}"),
+                        &serde_json::json!({ "enabled": false }),
+                    )
                     .await;
                 if r.is_err() {
                     caused = r;
@@ -642,7 +690,11 @@ async fn one(
         Fault::CutLinks { links, .. } => {
             for l in links {
                 let _: Result<serde_json::Value> = client
-                    .post(&ids.victim_api, &format!("/v1/links/{l}"), &serde_json::json!({ "enabled": true }))
+                    .post(
+                        &ids.victim_api,
+                        &format!("/v1/links/{l}"),
+                        &serde_json::json!({ "enabled": true }),
+                    )
                     .await;
             }
             Ok(())
@@ -655,7 +707,7 @@ async fn one(
     };
     restored?;
     let to = landed?;
-    let [detected_ms, fenced_ms, started_ms] = marks(client, apis, &rsc, &victim, begun, fault_unix).await;
+    let [detected_ms, fenced_ms, started_ms] = marks(client, apis, &ids.members, &victim, begun, fault_unix).await;
     let samples = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(Run {
         fault: what,
@@ -724,8 +776,16 @@ pub fn plot(r: &Report, path: &std::path::Path) -> Result<()> {
         .configure_mesh()
         .x_desc("ms since the fault")
         .y_desc("run")
-        .y_labels(rows)
-        .y_label_formatter(&|y| format!("{}", (*y as usize) + 1))
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_labels(rows + 1)
+        .y_label_formatter(&|y| {
+            let i = y.round() as usize;
+            if (y - y.round()).abs() < 1e-6 && i < rows {
+                format!("{}", i + 1)
+            } else {
+                String::new()
+            }
+        })
         .disable_y_mesh()
         .draw()
         .map_err(|e| fail(&e))?;
@@ -740,15 +800,25 @@ pub fn plot(r: &Report, path: &std::path::Path) -> Result<()> {
         let marks = [("D", run.detected_ms), ("F", run.fenced_ms), ("S", run.started_ms)];
         for (label, at) in marks.iter().filter_map(|(l, t)| t.map(|t| (*l, rel(run, t) as f64))) {
             chart
-                .draw_series([PathElement::new(vec![(at, y + 0.1), (at, y + 0.9)], BLACK.stroke_width(2))])
+                .draw_series([PathElement::new(
+                    vec![(at, y + 0.1), (at, y + 0.9)],
+                    BLACK.stroke_width(2),
+                )])
                 .map_err(|e| fail(&e))?;
             chart
                 .draw_series([Text::new(label.to_string(), (at + 4.0, y + 0.95), ("sans-serif", 12))])
                 .map_err(|e| fail(&e))?;
         }
-        let rto = run.measured.rto_ms.map_or("no recovery".into(), |v| format!("RTO {v} ms"));
+        let rto = run
+            .measured
+            .rto_ms
+            .map_or("no recovery".into(), |v| format!("RTO {v} ms"));
         chart
-            .draw_series([Text::new(format!("{}: {rto}", run.fault), (end * 0.55, y + 0.25), ("sans-serif", 12))])
+            .draw_series([Text::new(
+                format!("{}: {rto}", run.fault),
+                (end * 0.55, y + 0.25),
+                ("sans-serif", 12),
+            )])
             .map_err(|e| fail(&e))?;
     }
     root.present().map_err(|e| fail(&e))?;
@@ -768,7 +838,12 @@ pub fn render(r: &Report) -> String {
             _ => "-".into(),
         };
         let after = |t: Option<u64>| t.map_or("-".into(), |t| t.saturating_sub(run.fault_ms).to_string());
-        let dfs = format!("{}/{}/{} ms", after(run.detected_ms), after(run.fenced_ms), after(run.started_ms));
+        let dfs = format!(
+            "{}/{}/{} ms",
+            after(run.detected_ms),
+            after(run.fenced_ms),
+            after(run.started_ms)
+        );
         out.push_str(&format!(
             "{:<4} {:<30} {:<8} {:<8} {:<10} {:>6}/{:<6}  {:<10} {:<19} {}\n",
             i + 1,
@@ -823,6 +898,11 @@ mod tests {
         assert!(e(args("switchover", "tcp://localhost", 1)).contains("IP:PORT"));
         assert!(e(args("switchover", " , ", 1)).contains("at least one"));
         assert!(e(args("switchover", "tcp://127.0.0.1:80", 0)).contains("--runs"));
-        assert!(check(&args("switchover", "http://127.0.10.1:80/,tcp://127.0.0.1:80,memcached://127.0.0.1:11211", 3)).is_ok());
+        assert!(check(&args(
+            "switchover",
+            "http://127.0.10.1:80/,tcp://127.0.0.1:80,memcached://127.0.0.1:11211",
+            3
+        ))
+        .is_ok());
     }
 }

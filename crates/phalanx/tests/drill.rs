@@ -39,8 +39,21 @@ async fn a_switchover_drill_measures_what_clients_saw_and_clears_its_move() {
             "unknown scenario",
         ),
         (
-            vec!["drill", "pause-node", "--resource", "web", "--probe", &probe],
+            vec!["drill", "fence-fail", "--resource", "web", "--probe", &probe],
             "not built yet",
+        ),
+        (
+            vec![
+                "drill",
+                "kill-node",
+                "--resource",
+                "web",
+                "--node",
+                "n9",
+                "--probe",
+                &probe,
+            ],
+            "no node named \"n9\" (nodes: n1, n2, n3)",
         ),
         (
             vec!["drill", "switchover", "--resource", "wbe", "--probe", &probe],
@@ -284,4 +297,84 @@ async fn a_switchover_drill_measures_what_clients_saw_and_clears_its_move() {
         (Some(0), Some(0)),
         "{out}"
     );
+}
+
+/// cut-link and pause-node on fresh 3-node clusters (two links each) with the session store
+/// on: the drill's session writer writes through every node's memcached port meanwhile. One
+/// link of web's node down moves nothing and fails no probe; every link down isolates it: it
+/// is fenced (the power switch acts on it) and web comes back elsewhere, with no acknowledged
+/// session write lost. A paused daemon likewise. `--plot` writes the SVG timeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_link_and_pause_node_fence_the_node_and_lose_no_session_write() {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_phalanx"));
+    let port = phalanx::demo::service_port(3).unwrap();
+    let (sessions, _) = phalanx::demo::sessions_section(3).unwrap();
+    let extra = phalanx::demo::service_resource(&exe, "web", port) + &sessions;
+    let probe: Vec<String> = (1..=3)
+        .map(|i| format!("http://{}/", phalanx::demo::service_addr(&format!("n{i}"), port)))
+        .collect();
+    let probe = probe.join(",");
+    for scenario in ["cut-link", "pause-node"] {
+        let spec = Spec {
+            links: 2,
+            ..Spec::loopback(3, exe.clone(), extra.clone())
+        };
+        let mut c = LocalCluster::create(spec).unwrap();
+        c.start_all().unwrap();
+        c.wait_stable(T).await.unwrap();
+        let victim = c
+            .wait_for(T, "web runs", |st| {
+                let s = st.values().next()?;
+                runs_on(s, "web").filter(|_| s.plan_pending == 0)
+            })
+            .await
+            .unwrap();
+        let plot = c.dir().join(format!("{scenario}.svg"));
+        let (code, out, err) = c
+            .cli(&[
+                "drill",
+                scenario,
+                "--resource",
+                "web",
+                "--probe",
+                &probe,
+                "--plot",
+                plot.to_str().unwrap(),
+                "--json",
+            ])
+            .unwrap();
+        assert_eq!(code, 0, "{scenario}: {err}");
+        let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let runs = r["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), if scenario == "cut-link" { 2 } else { 1 }, "{r:#}");
+        if scenario == "cut-link" {
+            let one = &runs[0];
+            assert_eq!(one["fault"], format!("link 0 of {victim} down"), "{r:#}");
+            assert_eq!(
+                (&one["from"], one["failed"].as_u64()),
+                (&one["to"], Some(0)),
+                "nothing moves: {r:#}"
+            );
+        }
+        let out_run = runs.last().unwrap();
+        assert_eq!(out_run["from"].as_str(), Some(victim.as_str()), "{r:#}");
+        assert_ne!(out_run["to"], out_run["from"], "{r:#}");
+        assert!(out_run["fenced_ms"].as_u64().is_some(), "the node was fenced: {r:#}");
+        assert!(out_run["rto_ms"].as_u64().is_some(), "the service came back: {r:#}");
+        assert!(out_run["session_writes_acked"].as_u64().unwrap() > 0, "{r:#}");
+        assert_eq!(
+            r["rpo_writes"].as_u64(),
+            Some(0),
+            "no acknowledged session write lost: {r:#}"
+        );
+        assert!(
+            c.fence_events().iter().any(|(_, plug, _)| *plug == victim),
+            "the power switch acted on {victim}"
+        );
+        let svg = std::fs::read_to_string(&plot).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains(&format!("drill {scenario} of web")),
+            "{svg}"
+        );
+    }
 }
