@@ -395,13 +395,15 @@ pub fn report(events: &[Event], o: &Options) -> Result<Report, AvailabilityError
                 r.cause = Some((planned, e.seq, e.summary.clone()));
             }
             let mine = e.resource.as_deref().map(base) == Some(*name);
+            // A drill of its group or clone is a drill of it too.
+            let drilled = mine || e.resource.as_deref().is_some_and(|r| parents.iter().any(|p| p == r));
             match e.kind {
-                EventKind::DrillStarted if mine => {
+                EventKind::DrillStarted if drilled => {
                     let id = crate::drill::detail(e, "id").unwrap_or_default().to_string();
                     let expires = crate::drill::detail(e, "expires_ms").and_then(|v| v.parse().ok());
                     r.drill = Some((id, expires.unwrap_or(u64::MAX), e.seq, e.summary.clone()));
                 }
-                EventKind::DrillEnded if mine => r.drill = None,
+                EventKind::DrillEnded if drilled => r.drill = None,
                 EventKind::ResourceStarted | EventKind::ResourcePromoted if mine => r.start(&e.node, t),
                 EventKind::ResourceStopped | EventKind::MonitorFailed if mine => r.gone(Some(&e.node), t),
                 EventKind::ResourceFailed if mine && e.task.as_deref() == Some("stop") => r.gone(Some(&e.node), t),
