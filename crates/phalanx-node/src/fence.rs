@@ -54,6 +54,9 @@ pub struct Fencer {
     http: reqwest::Client,
     /// A test seam: when set, device calls go to it (None in the product).
     fake: Option<std::sync::Arc<dyn FenceSeam>>,
+    /// `phalanx drill fence-fail`: this many of this node's next fence operations fail as if
+    /// every device failed (see [`Fencer::fail_next`]).
+    drill_failures: std::sync::atomic::AtomicU32,
 }
 
 impl Fencer {
@@ -64,7 +67,17 @@ impl Fencer {
             http,
             fake: None,
             attempts: std::sync::Mutex::default(),
+            drill_failures: std::sync::atomic::AtomicU32::new(0),
         }
+    }
+
+    /// `phalanx drill fence-fail`: make this node's next `operations` fence operations fail, as
+    /// if every device had failed (0: heal). A drill arms it after its own power-off, so that
+    /// the cluster's fence of the lost node fails and is retried as it would against a broken
+    /// device.
+    pub fn fail_next(&self, operations: u32) {
+        self.drill_failures
+            .store(operations, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The fence attempts this node ran since it started (see [`FenceAttempts`]).
@@ -103,6 +116,21 @@ impl Fencer {
     /// Fence `target`: try its levels in order until one fully succeeds. Returns which level
     /// and devices did it. `seed` draws the random part of each device's delay.
     pub async fn fence(&self, target: &str, seed: u64) -> Result<String, FenceError> {
+        let drill = self.drill_failures.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |n| n.checked_sub(1),
+        );
+        if let Ok(left) = drill {
+            tracing::warn!(%target, left = left - 1, "drill fence-fail: this fence fails on purpose");
+            return Err(FenceError::AllLevelsFailed {
+                target: target.to_string(),
+                tried: format!(
+                    "drill fence-fail: the fence devices fail on purpose ({} more)",
+                    left - 1
+                ),
+            });
+        }
         let cfg = self.config();
         let levels = cfg.levels_for(target);
         if levels.is_empty() {

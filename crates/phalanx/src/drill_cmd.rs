@@ -36,7 +36,14 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 pub use phalanx_core::drill::SCENARIOS;
 /// The scenarios built so far.
-const BUILT: [&str; 5] = ["switchover", "kill-node", "kill-service", "pause-node", "cut-link"];
+const BUILT: [&str; 6] = [
+    "switchover",
+    "kill-node",
+    "kill-service",
+    "pause-node",
+    "cut-link",
+    "fence-fail",
+];
 
 /// How often the service is probed, and how long one probe may take.
 const PROBE_EVERY: Duration = Duration::from_millis(10);
@@ -56,6 +63,9 @@ pub struct Args {
     pub runs: usize,
     /// How long a run may take to settle before it is aborted (and what the drill did undone).
     pub settle: Duration,
+    /// fence-fail: how many fence operations fail on each surviving node before the devices
+    /// heal (a number above the cluster's retries within `settle` aborts the drill).
+    pub fence_failures: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +157,8 @@ pub struct Run {
     pub rpo_writes: Option<u64>,
     /// The longest time no session write was acknowledged (ms).
     pub session_outage_ms: Option<u64>,
+    /// Fences of the node that failed during the run (fence-fail: at least one expected).
+    pub fence_failures: u64,
     /// When the history saw the failure (node lost, monitor failed), the fence succeed and the
     /// resource start (or promote) again: ms since the run began, like `fault_ms`.
     pub detected_ms: Option<u64>,
@@ -172,7 +184,8 @@ struct Page {
 }
 
 /// From the history since the run began (unix ms `begun`): when the failure was detected, the
-/// victim fenced and the resource started again, in ms since the run began.
+/// victim fenced and the resource started again (after the fence, if there was one), in ms
+/// since the run began; and how many fences of the victim failed.
 async fn marks(
     client: &Client,
     apis: &[String],
@@ -180,15 +193,15 @@ async fn marks(
     victim: &str,
     begun: u64,
     fault_unix: u64,
-) -> [Option<u64>; 3] {
+) -> ([Option<u64>; 3], u64) {
     let Ok((api, _)) = client.first_answering(apis).await else {
-        return [None; 3];
+        return ([None; 3], 0);
     };
     let Ok(page) = client
         .get::<Page>(&api, &format!("/v1/events?since_ms={fault_unix}"))
         .await
     else {
-        return [None; 3];
+        return ([None; 3], 0);
     };
     let mine = |e: &Seen| {
         e.resource
@@ -201,11 +214,25 @@ async fn marks(
             .find(|e| f(e))
             .map(|e| e.time_ms.saturating_sub(begun))
     };
-    [
-        at(&|e| (e.kind == "node_lost" && e.node == victim) || (e.kind == "monitor_failed" && mine(e))),
-        at(&|e| e.kind == "fence_succeeded" && e.node == victim),
-        at(&|e| matches!(e.kind.as_str(), "resource_started" | "resource_promoted") && mine(e)),
-    ]
+    let fenced = at(&|e| e.kind == "fence_succeeded" && e.node == victim);
+    let failed = page
+        .events
+        .iter()
+        .filter(|e| e.kind == "fence_failed" && e.node == victim)
+        .count() as u64;
+    (
+        [
+            at(&|e| (e.kind == "node_lost" && e.node == victim) || (e.kind == "monitor_failed" && mine(e))),
+            fenced,
+            // The start that recovered it: after the fence, when there was one.
+            page.events
+                .iter()
+                .filter(|e| matches!(e.kind.as_str(), "resource_started" | "resource_promoted") && mine(e))
+                .map(|e| e.time_ms.saturating_sub(begun))
+                .find(|t| fenced.is_none_or(|f| *t >= f)),
+        ],
+        failed,
+    )
 }
 
 /// The drill's result.
@@ -236,6 +263,9 @@ pub fn check(a: &Args) -> Result<()> {
     }
     if a.runs == 0 {
         bail!("--runs must be at least 1");
+    }
+    if a.fence_failures == 0 || a.fence_failures > 100 {
+        bail!("--fence-failures must be 1..=100");
     }
     targets(&a.probe)?;
     Ok(())
@@ -334,12 +364,12 @@ async fn ready(
             .map(|n| n.name.clone())
             .ok_or_else(|| anyhow!("no other online node to take {} over", a.resource))?,
     };
-    if matches!(scenario, "kill-node" | "pause-node" | "cut-link") && st.fencing == "off" {
+    if matches!(scenario, "kill-node" | "pause-node" | "cut-link" | "fence-fail") && st.fencing == "off" {
         bail!("fencing is off: {scenario} needs the cluster to fence the node it takes out");
     }
     // Taking a node out must leave a quorum (the API refuses a power-off or a pause that would
     // not; disabling links is the node's own business): checked before the drill begins.
-    if matches!(scenario, "kill-node" | "pause-node" | "cut-link") {
+    if matches!(scenario, "kill-node" | "pause-node" | "cut-link" | "fence-fail") {
         let votes = st.votes - usize::from(st.voters.contains(&victim));
         if votes < st.votes_needed {
             bail!(
@@ -494,6 +524,8 @@ async fn record(client: &Client, apis: &[String], a: &Args, id: u64, step: drill
 enum Fault {
     Move,
     PowerOff,
+    /// A power-off, then every surviving node's next fence operations fail.
+    FenceFail,
     KillService,
     Pause,
     /// Links of the victim to take down, and for how long to watch when nothing is to happen.
@@ -508,6 +540,7 @@ enum Fault {
 fn faults(a: &Args, r: &Ready) -> Vec<Fault> {
     match a.scenario.as_str() {
         "kill-node" => vec![Fault::PowerOff],
+        "fence-fail" => vec![Fault::FenceFail],
         "kill-service" => vec![Fault::KillService],
         "pause-node" => vec![Fault::Pause],
         "cut-link" => {
@@ -584,7 +617,34 @@ async fn one(
         })
     };
     let empty = serde_json::json!({});
+    let survivors: Vec<String> = match client.first_answering(apis).await {
+        Ok((_, st)) => st
+            .nodes
+            .iter()
+            .filter(|n| n.name != victim && n.state == "online")
+            .map(|n| n.api.clone())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
     let (what, caused, done): (String, Result<serde_json::Value>, Done) = match &fault {
+        Fault::FenceFail => {
+            let mut caused = client
+                .post(&ids.witness_api, &format!("/v1/nodes/{victim}/power-off"), &empty)
+                .await;
+            for api in &survivors {
+                if caused.is_ok() {
+                    caused = client
+                        .post(
+                            api,
+                            "/v1/fence-fail",
+                            &serde_json::json!({ "operations": a.fence_failures }),
+                        )
+                        .await;
+                }
+            }
+            let what = format!("{victim} off, {} fence(s) fail", a.fence_failures);
+            (what, caused, off_victim)
+        }
         Fault::PowerOff => (
             format!("{victim} powered off"),
             // Asked of a node that stays up (the victim could not answer).
@@ -687,6 +747,18 @@ async fn one(
             let cleared: Result<serde_json::Value> = client.post(&ids.api, &path, &serde_json::json!({})).await;
             cleared.map(drop).context("clearing the drill's move")
         }
+        Fault::FenceFail => {
+            let mut healed = Ok(());
+            for api in &survivors {
+                let r: Result<serde_json::Value> = client
+                    .post(api, "/v1/fence-fail", &serde_json::json!({ "operations": 0 }))
+                    .await;
+                if let Err(e) = r {
+                    healed = Err(e).with_context(|| format!("healing the fence devices of {api}"));
+                }
+            }
+            healed
+        }
         Fault::CutLinks { links, .. } => {
             for l in links {
                 let _: Result<serde_json::Value> = client
@@ -706,8 +778,15 @@ async fn one(
         None => None,
     };
     restored?;
-    let to = landed?;
-    let [detected_ms, fenced_ms, started_ms] = marks(client, apis, &ids.members, &victim, begun, fault_unix).await;
+    let undone = match &fault {
+        Fault::Move => "its move cleared",
+        Fault::CutLinks { .. } => "the links re-enabled",
+        Fault::FenceFail => "the fence devices healed",
+        _ => "nothing of the drill's left to undo",
+    };
+    let to = landed.map_err(|e| anyhow!("{e:#} ({undone})"))?;
+    let ([detected_ms, fenced_ms, started_ms], fence_failures) =
+        marks(client, apis, &ids.members, &victim, begun, fault_unix).await;
     let samples = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(Run {
         fault: what,
@@ -719,6 +798,7 @@ async fn one(
         session_writes_acked: session.map(|s| s.acked),
         rpo_writes: session.map(|s| s.lost),
         session_outage_ms: session.map(|s| s.outage_ms),
+        fence_failures,
         detected_ms,
         fenced_ms,
         started_ms,
@@ -740,7 +820,7 @@ async fn settle(client: &Client, apis: &[String], rsc: &str, bound: Duration, do
             }
         }
         if Instant::now() > deadline {
-            bail!("{rsc} did not settle within {bound:?}: the drill is aborted (a move it made is cleared)");
+            bail!("{rsc} did not settle within {bound:?}: the drill is aborted");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -883,6 +963,7 @@ mod tests {
             probe: probe.into(),
             runs,
             settle: Duration::from_secs(60),
+            fence_failures: 1,
         }
     }
 
@@ -892,7 +973,7 @@ mod tests {
         assert!(
             e(args("kill-nod", "tcp://127.0.0.1:80", 1)).contains("unknown scenario \"kill-nod\": one of switchover")
         );
-        assert!(e(args("fence-fail", "tcp://127.0.0.1:80", 1)).contains("not built yet"));
+        assert!(e(args("lb-backend-down", "tcp://127.0.0.1:80", 1)).contains("not built yet"));
         assert!(e(args("switchover", "127.0.0.1:80", 1)).contains("give http://"));
         assert!(e(args("switchover", "memcached://localhost:11211", 1)).contains("memcached:// needs IP:PORT"));
         assert!(e(args("switchover", "tcp://localhost", 1)).contains("IP:PORT"));

@@ -222,10 +222,10 @@ enum Cmd {
     },
     /// A failover drill against the live cluster, measured from a client's side (RTO, failed
     /// probes, and RPO with a session writer when the session store runs), recorded in the
-    /// event history. Built: switchover, kill-node, kill-service, pause-node, cut-link.
+    /// event history. Built: switchover, kill-node, kill-service, pause-node, cut-link, fence-fail.
     Drill {
-        /// switchover, kill-node, kill-service, pause-node, cut-link (built); lb-backend-down,
-        /// fence-fail (to come).
+        /// switchover, kill-node, kill-service, pause-node, cut-link, fence-fail (built);
+        /// lb-backend-down (to come).
         scenario: String,
         #[arg(long)]
         resource: String,
@@ -245,6 +245,10 @@ enum Cmd {
         /// Draw every run's probes over time, with detection, fence and start marked, as SVG.
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// fence-fail: how many fence operations fail on each surviving node before the devices
+        /// heal.
+        #[arg(long, default_value_t = 1)]
+        fence_failures: u32,
     },
     /// Change cluster membership and node flags.
     Node {
@@ -860,6 +864,7 @@ async fn run(cli: Cli) -> Result<i32> {
             runs,
             settle,
             plot,
+            fence_failures,
         } => {
             let a = phalanx::drill_cmd::Args {
                 scenario: scenario.clone(),
@@ -868,6 +873,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 probe: probe.clone(),
                 runs: *runs,
                 settle: *settle,
+                fence_failures: *fence_failures,
             };
             phalanx::drill_cmd::check(&a)?;
             let (client, apis) = apis(&cli)?;

@@ -39,7 +39,7 @@ async fn a_switchover_drill_measures_what_clients_saw_and_clears_its_move() {
             "unknown scenario",
         ),
         (
-            vec!["drill", "fence-fail", "--resource", "web", "--probe", &probe],
+            vec!["drill", "lb-backend-down", "--resource", "web", "--probe", &probe],
             "not built yet",
         ),
         (
@@ -303,7 +303,10 @@ async fn a_switchover_drill_measures_what_clients_saw_and_clears_its_move() {
 /// on: the drill's session writer writes through every node's memcached port meanwhile. One
 /// link of web's node down moves nothing and fails no probe; every link down isolates it: it
 /// is fenced (the power switch acts on it) and web comes back elsewhere, with no acknowledged
-/// session write lost. A paused daemon likewise. `--plot` writes the SVG timeline.
+/// session write lost. A paused daemon likewise, and a killed node whose first fence fails
+/// (fence-fail: recovered by the retry); a fence that keeps failing beyond the settle bound
+/// aborts the drill, which says why and heals the devices, and the cluster then recovers.
+/// `--plot` writes the SVG timeline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_link_and_pause_node_fence_the_node_and_lose_no_session_write() {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_phalanx"));
@@ -314,7 +317,7 @@ async fn cut_link_and_pause_node_fence_the_node_and_lose_no_session_write() {
         .map(|i| format!("http://{}/", phalanx::demo::service_addr(&format!("n{i}"), port)))
         .collect();
     let probe = probe.join(",");
-    for scenario in ["cut-link", "pause-node"] {
+    for scenario in ["cut-link", "pause-node", "fence-fail", "fence-fail-forever"] {
         let spec = Spec {
             links: 2,
             ..Spec::loopback(3, exe.clone(), extra.clone())
@@ -329,6 +332,43 @@ async fn cut_link_and_pause_node_fence_the_node_and_lose_no_session_write() {
             })
             .await
             .unwrap();
+        if scenario == "fence-fail-forever" {
+            // The fence devices fail beyond the settle bound: the drill aborts, says why, heals
+            // them, and the cluster's next fence recovers web.
+            let (code, _, err) = c
+                .cli(&[
+                    "drill",
+                    "fence-fail",
+                    "--resource",
+                    "web",
+                    "--probe",
+                    &probe,
+                    "--fence-failures",
+                    "100",
+                    "--settle",
+                    "3s",
+                ])
+                .unwrap();
+            assert_ne!(code, 0);
+            assert!(
+                err.contains("web did not settle within 3s: the drill is aborted (the fence devices healed)"),
+                "{err}"
+            );
+            c.wait_for(T, "web recovered once the devices healed", |st| {
+                st.values()
+                    .next()
+                    .and_then(|s| runs_on(s, "web"))
+                    .filter(|n| *n != victim)
+            })
+            .await
+            .unwrap();
+            let (_, out, _) = c
+                .cli(&["events", "--kind", "drill_ended,fence_failed", "--json"])
+                .unwrap();
+            assert!(out.contains("aborted=web did not settle"), "{out}");
+            assert!(out.contains("fence_failed"), "{out}");
+            continue;
+        }
         let plot = c.dir().join(format!("{scenario}.svg"));
         let (code, out, err) = c
             .cli(&[
@@ -347,6 +387,12 @@ async fn cut_link_and_pause_node_fence_the_node_and_lose_no_session_write() {
         let r: serde_json::Value = serde_json::from_str(&out).unwrap();
         let runs = r["runs"].as_array().unwrap();
         assert_eq!(runs.len(), if scenario == "cut-link" { 2 } else { 1 }, "{r:#}");
+        if scenario == "fence-fail" {
+            assert!(
+                runs[0]["fence_failures"].as_u64().unwrap() >= 1,
+                "a fence failed first: {r:#}"
+            );
+        }
         if scenario == "cut-link" {
             let one = &runs[0];
             assert_eq!(one["fault"], format!("link 0 of {victim} down"), "{r:#}");

@@ -30,6 +30,7 @@ pub(super) fn routes() -> Router<Arc<Node>> {
         .route("/v1/drills", get(list))
         .route("/v1/drills/{id}", post(begin))
         .route("/v1/drills/{id}/steps", post(step))
+        .route("/v1/fence-fail", post(fence_fail))
 }
 
 /// Body of `POST /v1/drills/{id}`.
@@ -217,4 +218,38 @@ pub(super) async fn kill_service(node: &Arc<Node>, origin: &Origin, rsc: &str) -
     crate::agents::kill_service(target).map_err(ApiError::Refused)?;
     tracing::warn!(rsc, pid = target.0, by = %origin.by, "drill: SIGKILL sent to the resource's process");
     Ok(Json(serde_json::json!({ "resource": rsc, "node": node.name, "pid": target.0 })).into_response())
+}
+
+/// Body of `POST /v1/fence-fail`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FenceFail {
+    /// How many of this node's next fence operations fail (0: heal).
+    pub operations: u32,
+}
+
+/// `POST /v1/fence-fail` `{operations}` (`phalanx drill fence-fail`): this node's next
+/// `operations` fence operations fail as if every device had (0 heals), recorded as an operator
+/// command (in the background: it acts at once, also while there is no leader). The drill arms every surviving node after its own power-off and heals them
+/// all when its run ends, also when it is aborted.
+async fn fence_fail(
+    State(node): State<Arc<Node>>,
+    Extension(origin): Extension<Origin>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req: FenceFail = parse_json(&body)?;
+    if req.operations > 100 {
+        return Err(ApiError::BadInput("operations must be 0..=100".into()));
+    }
+    // Armed at once (the cluster may be fencing within a heartbeat or two, with no leader to
+    // commit to yet); recorded in the background, as a link change is.
+    node.fencer.fail_next(req.operations);
+    let what = match req.operations {
+        0 => format!("drill: {}'s fence devices healed", node.name),
+        n => format!("drill: {}'s next {n} fence operation(s) fail", node.name),
+    };
+    origin.note(&node, what);
+    Ok(Json(
+        serde_json::json!({ "node": node.name, "operations": req.operations }),
+    ))
 }
