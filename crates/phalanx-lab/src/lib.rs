@@ -15,6 +15,7 @@ pub mod bench_sched;
 pub mod bench_sessions;
 pub mod bench_state;
 pub mod demo_lab;
+pub mod drill_compare;
 pub mod httpload;
 pub mod lab;
 pub mod lab_bench;

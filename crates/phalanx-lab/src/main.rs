@@ -134,6 +134,12 @@ enum Cmd {
         plant_stale_reads: bool,
     },
     /// Benchmarks that print figures (they assert nothing).
+    /// kill-node and kill-service drills in the namespace lab, phalanx beside keepalived (needs
+    /// root; `tests/lab/drill-compare`).
+    DrillCompare {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     Bench {
         #[command(subcommand)]
         cmd: BenchCmd,
@@ -653,6 +659,19 @@ async fn run(cli: Cli) -> Result<i32> {
             let r = tokio::task::block_in_place(|| bench_sched::run(&args, &|m| pb.set_message(m.to_string())))?;
             pb.finish_and_clear();
             output(cli.json, &r, |r| bench_sched::render(r))?;
+            Ok(0)
+        }
+        Cmd::DrillCompare { runs } => {
+            if runs == 0 {
+                bail!("--runs must be at least 1");
+            }
+            let r = phalanx_lab::drill_compare::run(phalanx_lab::drill_compare::Args {
+                runs,
+                exe,
+                json: cli.json,
+            })
+            .await?;
+            output(cli.json, &r, phalanx_lab::drill_compare::render)?;
             Ok(0)
         }
         Cmd::Bench {

@@ -1,0 +1,314 @@
+//! `phalanx-lab drill-compare` (`tests/lab/drill-compare`): the same two drills, `kill-node`
+//! and `kill-service`, against phalanx and keepalived in the network-namespace lab, with the
+//! same client (a new TCP connection to the service's virtual IP every 20 ms) and the same
+//! faults: kill-node crashes the machine holding the VIP (every process frozen and killed, its
+//! links unplugged, as `Lab::crash` does), kill-service SIGKILLs the HTTP service on it. RTO
+//! is the client's outage (first failed connection to the first success after it). Every run
+//! uses a fresh lab. phalanx: 3 nodes, 2 links, 100 ms × 3 heartbeats, group `web` (vip +
+//! process, monitored every second); keepalived (Debian's): 2 nodes, VRRPv3 unicast, advert 1 s
+//! (its default) and 0.1 s, the service running on both and a `vrrp_script` checking it every
+//! second (`fall 1`): the VIP moves away from a node whose check fails. Pacemaker is not run
+//! yet (see issue 16's note). A benchmark: it prints figures and asserts nothing.
+
+use crate::bench::{dist, Dist};
+use crate::lab::{kill_processes, outage, wait_answer, wait_any_answer, web_node, Lab, Watch, PORT, VIP};
+use anyhow::{bail, Context, Result};
+use phalanx::harness::Spec;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(60);
+/// How often both systems check the service (phalanx's monitor, keepalived's vrrp_script).
+const CHECK_EVERY: &str = "1";
+
+pub struct Args {
+    pub runs: usize,
+    pub exe: PathBuf,
+    pub json: bool,
+}
+
+/// One system's drills: RTO distributions in ms.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct System {
+    pub kill_node: Option<Dist>,
+    pub kill_service: Option<Dist>,
+    /// Moments with two VIP holders seen by the lab's samplers, over every run.
+    pub violations: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub runs: usize,
+    pub phalanx: System,
+    /// keepalived at its default advert interval (1 s) and at 0.1 s.
+    pub keepalived: System,
+    pub keepalived_fast: System,
+    /// phalanx ÷ keepalived (p50), at keepalived's default and at 0.1 s adverts.
+    pub ratio_kill_node_vs_keepalived: Option<f64>,
+    pub ratio_kill_node_vs_keepalived_fast: Option<f64>,
+    pub ratio_kill_service_vs_keepalived: Option<f64>,
+    pub notes: Vec<String>,
+}
+
+/// The phalanx lab config: `web` = the lab's VIP + the demo HTTP service, monitored every
+/// second like keepalived's check.
+fn phalanx_config(exe: &Path) -> String {
+    crate::lab::web_config(exe, "manual", None).replace(
+        "monitor = { interval = \"500ms\", timeout = \"5s\" }",
+        &format!("monitor = {{ interval = \"{CHECK_EVERY}s\", timeout = \"5s\" }}"),
+    )
+}
+
+/// One phalanx run: a fresh lab; wait for web, then the fault; the client's outage.
+async fn phalanx_run(exe: &Path, kill_service: bool) -> Result<(u64, usize)> {
+    let lab = Lab::create(3, 2)?;
+    let mut c = crate::lab::cluster_in(
+        Spec {
+            nodes: 3,
+            heartbeat: Duration::from_millis(100),
+            links: 2,
+            exe: exe.to_path_buf(),
+            keep: std::env::var_os("PHALANX_KEEP").is_some(),
+            extra_config: phalanx_config(exe),
+            cluster_extra: String::new(),
+        },
+        &lab,
+    )?;
+    c.start_all()?;
+    let first = c
+        .wait_for(T, "web running", |st| (st.len() == 3).then(|| web_node(st)).flatten())
+        .await?;
+    wait_answer(&lab, &vip(), &first, T)?;
+    let i: usize = first.trim_start_matches('n').parse()?;
+    let w = Watch::start(&lab, &[1, 2, 3], VIP.parse()?, PORT);
+    // Let the client see the service up before the fault.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let at = Instant::now();
+    if kill_service {
+        if kill_processes(&lab, i, &["demo-service"]) == 0 {
+            bail!("no demo-service process on {first}");
+        }
+        // Restarted where it was, or anywhere.
+        wait_any_answer(&lab, &vip(), T)?;
+        // The outage ends when the client sees it back; give it a moment to.
+        c.wait_for(T, "web restarted", |st| web_node(st)).await?;
+    } else {
+        lab.crash(i)?;
+        c.reap(&first)?;
+        let to = c
+            .wait_for(T, "web moved", |st| web_node(st).filter(|n| *n != first))
+            .await?;
+        wait_answer(&lab, &vip(), &to, T)?;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let seen = w.finish()?;
+    let o = outage(&seen.client, at).context("the client never saw the service back")?;
+    Ok((o.as_millis() as u64, seen.violations.len()))
+}
+
+fn vip() -> String {
+    format!("{VIP}:{PORT}")
+}
+
+/// A keepalived node checking its HTTP service every second (python3's socket: Debian's
+/// keepalived runs the script as root, there is no curl in the lab).
+fn keepalived_node(lab: &Lab, dir: &Path, i: usize, advert: &str, exe: &Path) -> Result<Vec<Child>> {
+    let peer = if i == 1 { 2 } else { 1 };
+    let conf = dir.join(format!("n{i}.conf"));
+    let check = dir.join("check.sh");
+    std::fs::write(
+        &check,
+        format!(
+            "#!/bin/sh\nexec /usr/bin/python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {PORT}), 0.5)'\n"
+        ),
+    )?;
+    std::fs::set_permissions(&check, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    std::fs::write(
+        &conf,
+        format!(
+            "global_defs {{\n  router_id n{i}\n  vrrp_version 3\n  script_user root\n  enable_script_security\n}}\n\
+             vrrp_script chk_web {{\n  script \"{}\"\n  interval {CHECK_EVERY}\n  timeout 1\n  fall 1\n  rise 1\n}}\n\
+             vrrp_instance web {{\n  state BACKUP\n  nopreempt\n  interface eth0\n  virtual_router_id 77\n  \
+             priority {}\n  advert_int {advert}\n  unicast_src_ip {}\n  unicast_peer {{\n    {}\n  }}\n  \
+             virtual_ipaddress {{\n    {VIP}/24 dev eth0\n  }}\n  track_script {{\n    chk_web\n  }}\n}}\n",
+            check.display(),
+            if i == 1 { 150 } else { 100 },
+            lab.node_ip(i, 0),
+            lab.node_ip(peer, 0),
+        ),
+    )?;
+    let log = std::fs::File::create(dir.join(format!("n{i}.log")))?;
+    let ns = lab.node_ns(i);
+    let keepalived = phalanx::netns::command_in(&ns, crate::lab_bench::KEEPALIVED)
+        .args(["--dont-fork", "--log-console", "--vrrp", "-f"])
+        .arg(&conf)
+        .arg("-p")
+        .arg(dir.join(format!("n{i}.pid")))
+        .arg("-r")
+        .arg(dir.join(format!("n{i}.vrrp.pid")))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting keepalived")?;
+    let service = phalanx::netns::command_in(&ns, exe)
+        .args([
+            "demo-service",
+            "--listen",
+            &format!("0.0.0.0:{PORT}"),
+            "--name",
+            &format!("n{i}"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the HTTP service")?;
+    Ok(vec![keepalived, service])
+}
+
+/// One keepalived run: a fresh 2-node lab; once one node serves the VIP and the other heard it,
+/// the fault on the holder; the client's outage.
+async fn keepalived_run(exe: &Path, advert: Duration, kill_service: bool) -> Result<(u64, usize)> {
+    let lab = Lab::create(2, 1)?;
+    let dir = std::env::temp_dir().join(format!("phalanx-drill-compare-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir)?;
+    let mut children = Vec::new();
+    for i in 1..=2 {
+        children.extend(keepalived_node(
+            &lab,
+            &dir,
+            i,
+            &format!("{}", advert.as_secs_f64()),
+            exe,
+        )?);
+    }
+    let result = async {
+        let holder = wait_any_answer(&lab, &vip(), T)?;
+        // The backup has settled once it heard a few adverts (and both checks passed).
+        tokio::time::sleep(advert * 4 + Duration::from_secs(2)).await;
+        let w = Watch::start(&lab, &[1, 2], VIP.parse()?, PORT);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let i: usize = holder.trim_start_matches('n').parse()?;
+        let other = if holder == "n1" { "n2" } else { "n1" };
+        let at = Instant::now();
+        if kill_service {
+            if kill_processes(&lab, i, &["demo-service"]) == 0 {
+                bail!("no demo-service process on {holder}");
+            }
+        } else {
+            lab.crash(i)?;
+        }
+        wait_answer(&lab, &vip(), other, T)?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let seen = w.finish()?;
+        let o = outage(&seen.client, at).context("the client never saw the service back")?;
+        anyhow::Ok((o.as_millis() as u64, seen.violations.len()))
+    }
+    .await;
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+pub async fn run(args: Args) -> Result<Report> {
+    Lab::available()?;
+    let mut notes = Vec::new();
+    let have_keepalived = Path::new(crate::lab_bench::KEEPALIVED).exists();
+    if !have_keepalived {
+        notes.push(format!(
+            "keepalived not found at {}: apt-get install keepalived",
+            crate::lab_bench::KEEPALIVED
+        ));
+    }
+    let pb = if args.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new((args.runs * if have_keepalived { 6 } else { 2 }) as u64)
+    };
+    let mut out: BTreeMap<&str, (Vec<u64>, Vec<u64>, usize)> = BTreeMap::new();
+    for run in 0..args.runs {
+        for kill_service in [false, true] {
+            let what = if kill_service { "kill-service" } else { "kill-node" };
+            let mut systems: Vec<&str> = vec!["phalanx"];
+            if have_keepalived {
+                systems.extend(["keepalived", "keepalived_fast"]);
+            }
+            for sys in systems {
+                pb.set_message(format!("run {} of {}: {what} of {sys}", run + 1, args.runs));
+                let r = match sys {
+                    "phalanx" => phalanx_run(&args.exe, kill_service).await,
+                    "keepalived" => keepalived_run(&args.exe, Duration::from_secs(1), kill_service).await,
+                    _ => keepalived_run(&args.exe, Duration::from_millis(100), kill_service).await,
+                }
+                .with_context(|| format!("{what} of {sys}, run {}", run + 1))?;
+                let e = out.entry(sys).or_default();
+                if kill_service { &mut e.1 } else { &mut e.0 }.push(r.0);
+                e.2 += r.1;
+                pb.inc(1);
+            }
+        }
+    }
+    pb.finish_and_clear();
+    let system = |name: &str| {
+        out.get(name).map_or_else(System::default, |(n, s, v)| System {
+            kill_node: (!n.is_empty()).then(|| dist(n.clone())),
+            kill_service: (!s.is_empty()).then(|| dist(s.clone())),
+            violations: *v,
+        })
+    };
+    let (phalanx, keepalived, keepalived_fast) = (system("phalanx"), system("keepalived"), system("keepalived_fast"));
+    let ratio = |a: &Option<Dist>, b: &Option<Dist>| match (a, b) {
+        (Some(a), Some(b)) if b.p50 > 0 => Some(a.p50 as f64 / b.p50 as f64),
+        _ => None,
+    };
+    notes.push("pacemaker: not run yet (a Pacemaker + Corosync lab is issue 16's next step)".into());
+    Ok(Report {
+        runs: args.runs,
+        ratio_kill_node_vs_keepalived: ratio(&phalanx.kill_node, &keepalived.kill_node),
+        ratio_kill_node_vs_keepalived_fast: ratio(&phalanx.kill_node, &keepalived_fast.kill_node),
+        ratio_kill_service_vs_keepalived: ratio(&phalanx.kill_service, &keepalived.kill_service),
+        phalanx,
+        keepalived,
+        keepalived_fast,
+        notes,
+    })
+}
+
+pub fn render(r: &Report) -> String {
+    let d = |x: &Option<Dist>| x.as_ref().map_or("-".into(), |d| format!("{} / {} ms", d.p50, d.p99));
+    let mut s = format!(
+        "Drills in the lab, {} runs each (RTO p50 / p99, client-observed; same client, same faults)\n\n\
+         SYSTEM                         KILL-NODE        KILL-SERVICE     TWO HOLDERS\n",
+        r.runs
+    );
+    for (name, sys) in [
+        ("phalanx (100 ms x 3)", &r.phalanx),
+        ("keepalived (advert 1 s)", &r.keepalived),
+        ("keepalived (advert 0.1 s)", &r.keepalived_fast),
+    ] {
+        s += &format!(
+            "{name:<30} {:<16} {:<16} {}\n",
+            d(&sys.kill_node),
+            d(&sys.kill_service),
+            sys.violations
+        );
+    }
+    let f = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.2}"));
+    s += &format!(
+        "\nphalanx / keepalived (p50): kill-node {} (advert 1 s), {} (advert 0.1 s); kill-service {}\n",
+        f(r.ratio_kill_node_vs_keepalived),
+        f(r.ratio_kill_node_vs_keepalived_fast),
+        f(r.ratio_kill_service_vs_keepalived)
+    );
+    for n in &r.notes {
+        s += &format!("note: {n}\n");
+    }
+    s
+}
