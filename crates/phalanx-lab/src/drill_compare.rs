@@ -94,7 +94,7 @@ async fn phalanx_run(exe: &Path, kill_service: bool) -> Result<(u64, usize)> {
         // Restarted where it was, or anywhere.
         wait_any_answer(&lab, &vip(), T)?;
         // The outage ends when the client sees it back; give it a moment to.
-        c.wait_for(T, "web restarted", |st| web_node(st)).await?;
+        c.wait_for(T, "web restarted", web_node).await?;
     } else {
         lab.crash(i)?;
         c.reap(&first)?;
