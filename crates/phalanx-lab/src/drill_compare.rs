@@ -17,7 +17,6 @@ use phalanx::harness::Spec;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(60);
@@ -113,11 +112,9 @@ fn vip() -> String {
     format!("{VIP}:{PORT}")
 }
 
-/// A keepalived node checking its HTTP service every second (python3's socket: Debian's
-/// keepalived runs the script as root, there is no curl in the lab).
-fn keepalived_node(lab: &Lab, dir: &Path, i: usize, advert: &str, exe: &Path) -> Result<Vec<Child>> {
-    let peer = if i == 1 { 2 } else { 1 };
-    let conf = dir.join(format!("n{i}.conf"));
+/// The check keepalived runs (python3's socket: Debian's keepalived runs it as root, and there
+/// is no curl in the lab).
+fn check_script(dir: &Path) -> Result<PathBuf> {
     let check = dir.join("check.sh");
     std::fs::write(
         &check,
@@ -126,48 +123,7 @@ fn keepalived_node(lab: &Lab, dir: &Path, i: usize, advert: &str, exe: &Path) ->
         ),
     )?;
     std::fs::set_permissions(&check, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    std::fs::write(
-        &conf,
-        format!(
-            "global_defs {{\n  router_id n{i}\n  vrrp_version 3\n  script_user root\n  enable_script_security\n}}\n\
-             vrrp_script chk_web {{\n  script \"{}\"\n  interval {CHECK_EVERY}\n  timeout 1\n  fall 1\n  rise 1\n}}\n\
-             vrrp_instance web {{\n  state BACKUP\n  nopreempt\n  interface eth0\n  virtual_router_id 77\n  \
-             priority {}\n  advert_int {advert}\n  unicast_src_ip {}\n  unicast_peer {{\n    {}\n  }}\n  \
-             virtual_ipaddress {{\n    {VIP}/24 dev eth0\n  }}\n  track_script {{\n    chk_web\n  }}\n}}\n",
-            check.display(),
-            if i == 1 { 150 } else { 100 },
-            lab.node_ip(i, 0),
-            lab.node_ip(peer, 0),
-        ),
-    )?;
-    let log = std::fs::File::create(dir.join(format!("n{i}.log")))?;
-    let ns = lab.node_ns(i);
-    let keepalived = phalanx::netns::command_in(&ns, crate::lab_bench::KEEPALIVED)
-        .args(["--dont-fork", "--log-console", "--vrrp", "-f"])
-        .arg(&conf)
-        .arg("-p")
-        .arg(dir.join(format!("n{i}.pid")))
-        .arg("-r")
-        .arg(dir.join(format!("n{i}.vrrp.pid")))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting keepalived")?;
-    let service = phalanx::netns::command_in(&ns, exe)
-        .args([
-            "demo-service",
-            "--listen",
-            &format!("0.0.0.0:{PORT}"),
-            "--name",
-            &format!("n{i}"),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the HTTP service")?;
-    Ok(vec![keepalived, service])
+    Ok(check)
 }
 
 /// One keepalived run: a fresh 2-node lab; once one node serves the VIP and the other heard it,
@@ -176,14 +132,17 @@ async fn keepalived_run(exe: &Path, advert: Duration, kill_service: bool) -> Res
     let lab = Lab::create(2, 1)?;
     let dir = std::env::temp_dir().join(format!("phalanx-drill-compare-{}", rand::random::<u32>()));
     std::fs::create_dir_all(&dir)?;
+    let check = check_script(&dir)?;
     let mut children = Vec::new();
     for i in 1..=2 {
-        children.extend(keepalived_node(
+        let advert = format!("{}", advert.as_secs_f64());
+        children.extend(crate::lab_bench::keepalived_node_checking(
             &lab,
             &dir,
             i,
-            &format!("{}", advert.as_secs_f64()),
+            &advert,
             exe,
+            Some((&check, CHECK_EVERY)),
         )?);
     }
     let result = async {

@@ -204,15 +204,39 @@ async fn phalanx_trial(exe: &Path, heartbeat: Duration, planned: bool) -> Result
 
 /// A keepalived node: its config, then the daemon and the HTTP service in its namespace.
 pub(crate) fn keepalived_node(lab: &Lab, dir: &Path, i: usize, advert: &str, exe: &Path) -> Result<Vec<Child>> {
+    keepalived_node_checking(lab, dir, i, advert, exe, None)
+}
+
+/// [`keepalived_node`], with `check` (a script) run every `interval` seconds as a
+/// `vrrp_script` (`fall 1`): the node leaves MASTER when it fails.
+pub(crate) fn keepalived_node_checking(
+    lab: &Lab,
+    dir: &Path,
+    i: usize,
+    advert: &str,
+    exe: &Path,
+    check: Option<(&Path, &str)>,
+) -> Result<Vec<Child>> {
     let peer = if i == 1 { 2 } else { 1 };
     let conf = dir.join(format!("n{i}.conf"));
+    let (script, track) = match check {
+        Some((script, interval)) => (
+            format!(
+                "vrrp_script chk_web {{\n  script \"{}\"\n  interval {interval}\n  timeout 1\n  fall 1\n  rise 1\n}}\n",
+                script.display()
+            ),
+            "  track_script {\n    chk_web\n  }\n",
+        ),
+        None => (String::new(), ""),
+    };
     std::fs::write(
         &conf,
         format!(
-            "global_defs {{\n  router_id n{i}\n  vrrp_version 3\n}}\n\
+            "global_defs {{\n  router_id n{i}\n  vrrp_version 3\n  script_user root\n  enable_script_security\n}}\n\
+             {script}\
              vrrp_instance web {{\n  state BACKUP\n  nopreempt\n  interface eth0\n  virtual_router_id 77\n  \
              priority {}\n  advert_int {advert}\n  unicast_src_ip {}\n  unicast_peer {{\n    {}\n  }}\n  \
-             virtual_ipaddress {{\n    {VIP}/24 dev eth0\n  }}\n}}\n",
+             virtual_ipaddress {{\n    {VIP}/24 dev eth0\n  }}\n{track}}}\n",
             if i == 1 { 150 } else { 100 },
             lab.node_ip(i, 0),
             lab.node_ip(peer, 0),
