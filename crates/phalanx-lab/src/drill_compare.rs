@@ -7,8 +7,14 @@
 //! uses a fresh lab. phalanx: 3 nodes, 2 links, 100 ms × 3 heartbeats, group `web` (vip +
 //! process, monitored every second); keepalived (Debian's): 2 nodes, VRRPv3 unicast, advert 1 s
 //! (its default) and 0.1 s, the service running on both and a `vrrp_script` checking it every
-//! second (`fall 1`): the VIP moves away from a node whose check fails. Pacemaker is not run
-//! yet (see issue 16's note). A benchmark: it prints figures and asserts nothing.
+//! second (`fall 1`): the VIP moves away from a node whose check fails. Pacemaker 2.1 +
+//! Corosync 3.1 (Debian's): 3 nodes through `tests/lab/pacemaker/pcmk-lab.sh` (its own
+//! namespaces, a mount namespace per node, fencing by `fence_netns`), group `web` = IPaddr2 +
+//! an HTTP server (`ocf:heartbeat:anything`) monitored every second, at Corosync's default token
+//! (3 s + 650 ms per node beyond two) and at a 200 ms token (with knet's pings slowed, which is
+//! what keeps it stable here); its cluster is reused across runs (a killed node is started
+//! again), and the same client measures it from that lab's client namespace. A benchmark: it
+//! prints figures and asserts nothing.
 
 use crate::bench::{dist, Dist};
 use crate::lab::{kill_processes, outage, wait_answer, wait_any_answer, web_node, Lab, Watch, PORT, VIP};
@@ -17,6 +23,7 @@ use phalanx::harness::Spec;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(60);
@@ -45,6 +52,13 @@ pub struct Report {
     /// keepalived at its default advert interval (1 s) and at 0.1 s.
     pub keepalived: System,
     pub keepalived_fast: System,
+    /// Pacemaker at Corosync's default token, and at 200 ms.
+    pub pacemaker: System,
+    pub pacemaker_tuned: System,
+    /// phalanx ÷ Pacemaker (p50), at the default token and at 200 ms.
+    pub ratio_kill_node_vs_pacemaker: Option<f64>,
+    pub ratio_kill_node_vs_pacemaker_tuned: Option<f64>,
+    pub ratio_kill_service_vs_pacemaker: Option<f64>,
     /// phalanx ÷ keepalived (p50), at keepalived's default and at 0.1 s adverts.
     pub ratio_kill_node_vs_keepalived: Option<f64>,
     pub ratio_kill_node_vs_keepalived_fast: Option<f64>,
@@ -176,6 +190,108 @@ async fn keepalived_run(exe: &Path, advert: Duration, kill_service: bool) -> Res
     result
 }
 
+/// The Pacemaker lab's script (beside this crate's sources, as `tests/lab/drill-compare` runs).
+fn pcmk_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/lab/pacemaker/pcmk-lab.sh")
+}
+
+/// Run the Pacemaker lab's script with `env`; its stdout.
+fn pcmk(env: &[(&str, &str)], args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(pcmk_script())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running pcmk-lab.sh {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "pcmk-lab.sh {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Poll the VIP from namespace `ns` until it answers (bounded by `within`).
+fn wait_any_answer_in(ns: &str, addr: &str, within: Duration) -> Result<()> {
+    let addr = addr.to_string();
+    crate::lab::in_netns(ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let deadline = Instant::now() + within;
+        while rt
+            .block_on(phalanx::service::probe(&addr, Duration::from_millis(100)))
+            .is_none()
+        {
+            if Instant::now() > deadline {
+                bail!("nobody answered on {addr} within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the client thread panicked"))?
+}
+
+/// Pacemaker's runs at one token: one cluster, `runs` kill-nodes (the node started again after
+/// each) and `runs` kill-services; RTOs in ms.
+fn pacemaker_runs(token: Option<u32>, runs: usize, pb: &indicatif::ProgressBar) -> Result<(Vec<u64>, Vec<u64>)> {
+    const ADDR: &str = "10.88.0.50:8080";
+    let token_s = token.map(|t| t.to_string());
+    let mut env: Vec<(&str, &str)> = vec![("MON", "1s")];
+    if let Some(t) = &token_s {
+        env.extend([
+            ("TOKEN", t.as_str()),
+            ("TOKEN_COEFF", "0"),
+            ("EXTRA_IFACE", "knet_ping_interval: 250;knet_ping_timeout: 2000"),
+        ]);
+    }
+    let _ = pcmk(&env, &["down"]);
+    pcmk(&env, &["up"])?;
+    let result = (|| {
+        let mut out = (Vec::new(), Vec::new());
+        for kill_service in [false, true] {
+            for run in 0..runs {
+                pb.set_message(format!(
+                    "run {} of {runs}: {} of pacemaker (token {})",
+                    run + 1,
+                    if kill_service { "kill-service" } else { "kill-node" },
+                    token_s.as_deref().unwrap_or("default")
+                ));
+                pcmk(&env, &["idle", "180"])?;
+                let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let client = crate::lab::client_in("pkc", ADDR.into(), stop.clone());
+                std::thread::sleep(Duration::from_millis(300));
+                let at = Instant::now();
+                let killed = pcmk(
+                    &env,
+                    &[if kill_service { "kill-service" } else { "kill-node" }, "active"],
+                )?;
+                std::thread::sleep(Duration::from_millis(100));
+                wait_any_answer_in("pkc", ADDR, T)?;
+                std::thread::sleep(Duration::from_millis(200));
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                let log = client.join().map_err(|_| anyhow::anyhow!("the client panicked"))??;
+                let o = outage(&log, at).context("the client never saw the service back")?;
+                if kill_service { &mut out.1 } else { &mut out.0 }.push(o.as_millis() as u64);
+                if !kill_service {
+                    pcmk(&env, &["start-node", killed.trim()])?;
+                }
+                pb.inc(1);
+            }
+        }
+        anyhow::Ok(out)
+    })();
+    let _ = pcmk(&env, &["down"]);
+    result
+}
+
 pub async fn run(args: Args) -> Result<Report> {
     Lab::available()?;
     let mut notes = Vec::new();
@@ -189,7 +305,7 @@ pub async fn run(args: Args) -> Result<Report> {
     let pb = if args.json {
         indicatif::ProgressBar::hidden()
     } else {
-        indicatif::ProgressBar::new((args.runs * if have_keepalived { 6 } else { 2 }) as u64)
+        indicatif::ProgressBar::new((args.runs * if have_keepalived { 10 } else { 6 }) as u64)
     };
     let mut out: BTreeMap<&str, (Vec<u64>, Vec<u64>, usize)> = BTreeMap::new();
     for run in 0..args.runs {
@@ -214,6 +330,16 @@ pub async fn run(args: Args) -> Result<Report> {
             }
         }
     }
+    let have_pacemaker = Path::new("/usr/sbin/corosync").exists() && Path::new("/usr/sbin/pacemakerd").exists();
+    if have_pacemaker {
+        for (name, token) in [("pacemaker", None), ("pacemaker_tuned", Some(200))] {
+            let (n, s) = tokio::task::block_in_place(|| pacemaker_runs(token, args.runs, &pb))
+                .with_context(|| format!("{name}'s runs"))?;
+            out.insert(name, (n, s, 0));
+        }
+    } else {
+        notes.push("pacemaker not installed: apt-get install pacemaker corosync crmsh".into());
+    }
     pb.finish_and_clear();
     let system = |name: &str| {
         out.get(name).map_or_else(System::default, |(n, s, v)| System {
@@ -223,12 +349,17 @@ pub async fn run(args: Args) -> Result<Report> {
         })
     };
     let (phalanx, keepalived, keepalived_fast) = (system("phalanx"), system("keepalived"), system("keepalived_fast"));
+    let (pacemaker, pacemaker_tuned) = (system("pacemaker"), system("pacemaker_tuned"));
     let ratio = |a: &Option<Dist>, b: &Option<Dist>| match (a, b) {
         (Some(a), Some(b)) if b.p50 > 0 => Some(a.p50 as f64 / b.p50 as f64),
         _ => None,
     };
-    notes.push("pacemaker: not run yet (a Pacemaker + Corosync lab is issue 16's next step)".into());
     Ok(Report {
+        ratio_kill_node_vs_pacemaker: ratio(&phalanx.kill_node, &pacemaker.kill_node),
+        ratio_kill_node_vs_pacemaker_tuned: ratio(&phalanx.kill_node, &pacemaker_tuned.kill_node),
+        ratio_kill_service_vs_pacemaker: ratio(&phalanx.kill_service, &pacemaker.kill_service),
+        pacemaker,
+        pacemaker_tuned,
         runs: args.runs,
         ratio_kill_node_vs_keepalived: ratio(&phalanx.kill_node, &keepalived.kill_node),
         ratio_kill_node_vs_keepalived_fast: ratio(&phalanx.kill_node, &keepalived_fast.kill_node),
@@ -251,6 +382,8 @@ pub fn render(r: &Report) -> String {
         ("phalanx (100 ms x 3)", &r.phalanx),
         ("keepalived (advert 1 s)", &r.keepalived),
         ("keepalived (advert 0.1 s)", &r.keepalived_fast),
+        ("pacemaker (default token)", &r.pacemaker),
+        ("pacemaker (token 200 ms)", &r.pacemaker_tuned),
     ] {
         s += &format!(
             "{name:<30} {:<16} {:<16} {}\n",
@@ -265,6 +398,12 @@ pub fn render(r: &Report) -> String {
         f(r.ratio_kill_node_vs_keepalived),
         f(r.ratio_kill_node_vs_keepalived_fast),
         f(r.ratio_kill_service_vs_keepalived)
+    );
+    s += &format!(
+        "phalanx / pacemaker (p50): kill-node {} (default token), {} (token 200 ms); kill-service {}\n",
+        f(r.ratio_kill_node_vs_pacemaker),
+        f(r.ratio_kill_node_vs_pacemaker_tuned),
+        f(r.ratio_kill_service_vs_pacemaker)
     );
     for n in &r.notes {
         s += &format!("note: {n}\n");

@@ -555,9 +555,18 @@ pub fn client(
     addr: String,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<Result<ClientLog>> {
+    client_in(&lab.client_ns(), addr, stop)
+}
+
+/// [`client`], from network namespace `ns` (another lab's client: `tests/lab/pacemaker`'s).
+pub fn client_in(
+    ns: &str,
+    addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Result<ClientLog>> {
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
-    in_netns(&lab.client_ns(), move || {
+    in_netns(ns, move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let out = rt.block_on(async move {
             // Each probe's start, and its answer once it has one (None inside: no answer).

@@ -395,6 +395,7 @@ case "$cmd" in
     start-node) start_node "$1"; wait_online 3 120 && say "pk$1 online" ;;
     kill-node) kill_node "$1" ;;
     kill-service) kill_service ;;
+    idle) cluster_idle "${1:-180}" ;;
     bench-node) bench_node "${1:-3}" ;;
     bench-service) bench_service "${1:-3}" ;;
     stability) stability "${1:-60}" ;;
