@@ -2,9 +2,10 @@
 //! and `kill-service`, against phalanx and keepalived in the network-namespace lab, with the
 //! same client (a new TCP connection to the service's virtual IP every 20 ms) and the same
 //! faults: kill-node crashes the machine holding the VIP (every process frozen and killed, its
-//! links unplugged, as `Lab::crash` does), kill-service SIGKILLs the HTTP service on it. RTO
-//! is the client's outage (first failed connection to the first success after it). Every run
-//! uses a fresh lab. phalanx: 3 nodes, 2 links, 100 ms × 3 heartbeats, group `web` (vip +
+//! links unplugged, as `Lab::crash` does), kill-service SIGKILLs the HTTP service on it, each
+//! after a random wait of up to one check interval (so that it lands anywhere in the monitor's
+//! cycle). RTO is the client's outage (first failed connection to the first success after it).
+//! phalanx and keepalived get a fresh lab per run. phalanx: 3 nodes, 2 links, 100 ms × 3 heartbeats, group `web` (vip +
 //! process, monitored every second); keepalived (Debian's): 2 nodes, VRRPv3 unicast, advert 1 s
 //! (its default) and 0.1 s, the service running on both and a `vrrp_script` checking it every
 //! second (`fall 1`): the VIP moves away from a node whose check fails. Pacemaker 2.1 +
@@ -98,7 +99,7 @@ async fn phalanx_run(exe: &Path, kill_service: bool) -> Result<(u64, usize)> {
     let i: usize = first.trim_start_matches('n').parse()?;
     let w = Watch::start(&lab, &[1, 2, 3], VIP.parse()?, PORT);
     // Let the client see the service up before the fault.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(200) + random_phase()).await;
     let at = Instant::now();
     if kill_service {
         if kill_processes(&lab, i, &["demo-service"]) == 0 {
@@ -120,6 +121,13 @@ async fn phalanx_run(exe: &Path, kill_service: bool) -> Result<(u64, usize)> {
     let seen = w.finish()?;
     let o = outage(&seen.client, at).context("the client never saw the service back")?;
     Ok((o.as_millis() as u64, seen.violations.len()))
+}
+
+/// A random wait of up to one check interval before a fault, for every system alike: a kill
+/// must land anywhere in the monitor's cycle (a fixed delay after start-up lands at the same
+/// moment of it every run, which measures the phase, not the system).
+fn random_phase() -> Duration {
+    Duration::from_millis(rand::random::<u64>() % 1000)
 }
 
 fn vip() -> String {
@@ -164,7 +172,7 @@ async fn keepalived_run(exe: &Path, advert: Duration, kill_service: bool) -> Res
         // The backup has settled once it heard a few adverts (and both checks passed).
         tokio::time::sleep(advert * 4 + Duration::from_secs(2)).await;
         let w = Watch::start(&lab, &[1, 2], VIP.parse()?, PORT);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(200) + random_phase()).await;
         let i: usize = holder.trim_start_matches('n').parse()?;
         let other = if holder == "n1" { "n2" } else { "n1" };
         let at = Instant::now();
@@ -267,7 +275,7 @@ fn pacemaker_runs(token: Option<u32>, runs: usize, pb: &indicatif::ProgressBar) 
                 pcmk(&env, &["idle", "180"])?;
                 let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
                 let client = crate::lab::client_in("pkc", ADDR.into(), stop.clone());
-                std::thread::sleep(Duration::from_millis(300));
+                std::thread::sleep(Duration::from_millis(300) + random_phase());
                 let at = Instant::now();
                 let killed = pcmk(
                     &env,

@@ -370,7 +370,7 @@ async fn ready(
     // Taking a node out must leave a quorum (the API refuses a power-off or a pause that would
     // not; disabling links is the node's own business): checked before the drill begins.
     if matches!(scenario, "kill-node" | "pause-node" | "cut-link" | "fence-fail") {
-        let votes = st.votes - usize::from(st.voters.contains(&victim));
+        let votes = st.votes.saturating_sub(usize::from(st.voters.contains(&victim)));
         if votes < st.votes_needed {
             bail!(
                 "taking {victim} out would leave {votes} vote(s) where quorum needs {}: the cluster would stop every \
