@@ -40,15 +40,29 @@ fn start() -> (Server, u16) {
         .spawn()
         .expect("memcached starts");
     let server = Server(child);
+    // Ready once it answers `version` (a listening socket alone is not: one CI run's first
+    // exchange got no byte within its 2 s).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    loop {
+        if answers_version(port) {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
-            "memcached did not listen on port {port} within 10 s"
+            "memcached did not answer `version` on port {port} within 10 s"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
     (server, port)
+}
+
+fn answers_version(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 64];
+    s.write_all(b"version\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"VERSION "))
 }
 
 /// Sends `input` on a fresh connection and reads until `want` bytes arrived, the connection
