@@ -1371,11 +1371,14 @@ async fn node_stop(
     };
     // --now acts on the node that receives it.
     let to = if now { target.api.clone() } else { api.to_string() };
+    // Retried while the cluster answers "no leader right now" (503: nothing committed), as `node
+    // add` is: a rolling restart once asked just as the previous node's return moved the leader.
     let v: serde_json::Value = client
-        .post(
+        .post_retrying(
             &to,
             &format!("/v1/nodes/{name}/stop"),
             &json!({ "now": now, "force": force }),
+            Duration::from_secs(10),
         )
         .await?;
     if no_wait {
