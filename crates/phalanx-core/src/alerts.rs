@@ -174,21 +174,8 @@ mod tests {
     fn event(kind: EventKind) -> Event {
         Event {
             seq: 42,
-            time_ms: 1_796_119_200_123,
-            node: "n1".into(),
-            kind,
-            summary: "s".into(),
-            resource: None,
-            task: None,
-            rc: None,
-            exit_reason: None,
-            exec_ms: None,
-            details: vec![],
-            by: None,
-            from: None,
             reporter: "n2".into(),
-            device: None,
-            level: None,
+            ..Event::new(kind, "n1", 1_796_119_200_123, "s")
         }
     }
 

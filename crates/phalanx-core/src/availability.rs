@@ -514,21 +514,10 @@ mod tests {
     fn ev(seq: u64, s: u64, kind: EventKind, node: &str, rsc: Option<&str>, task: Option<&str>) -> Event {
         Event {
             seq,
-            time_ms: s * 1000,
-            node: node.into(),
-            kind,
-            summary: format!("#{seq} {}", kind.as_str()),
             resource: rsc.map(String::from),
             task: task.map(String::from),
-            rc: None,
-            exit_reason: None,
-            exec_ms: None,
-            details: vec![],
-            by: None,
-            from: None,
             reporter: "n1".into(),
-            device: None,
-            level: None,
+            ..Event::new(kind, node, s * 1000, format!("#{seq} {}", kind.as_str()))
         }
     }
 

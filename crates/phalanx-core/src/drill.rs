@@ -252,21 +252,11 @@ mod tests {
         let (kind, node, summary, details) = note.describe();
         Event {
             seq,
-            time_ms: note.at_ms,
-            node,
-            kind,
-            summary,
             resource: Some(note.resource.clone()),
             task: Some(note.scenario.clone()),
-            rc: None,
-            exit_reason: None,
-            exec_ms: None,
             details,
-            by: None,
-            from: None,
             reporter: "n1".into(),
-            device: None,
-            level: None,
+            ..Event::new(kind, &node, note.at_ms, summary)
         }
     }
 

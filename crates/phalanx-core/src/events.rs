@@ -181,6 +181,31 @@ pub struct Event {
     pub level: Option<u32>,
 }
 
+impl Event {
+    /// An event of `kind` about (and reported by) `node` at `time_ms`, with nothing else: the
+    /// fields a kind uses are set on the result (`Event { resource, ..Event::new(…) }`).
+    pub fn new(kind: EventKind, node: &str, time_ms: u64, summary: impl Into<String>) -> Event {
+        Event {
+            seq: 0,
+            time_ms,
+            node: node.to_string(),
+            kind,
+            summary: summary.into(),
+            resource: None,
+            task: None,
+            rc: None,
+            exit_reason: None,
+            exec_ms: None,
+            details: Vec::new(),
+            by: None,
+            from: None,
+            reporter: node.to_string(),
+            device: None,
+            level: None,
+        }
+    }
+}
+
 /// Who proposed a command, when, and for whom: every command a node commits is wrapped in one
 /// ([`Command::Stamped`]), which is what gives its events a time, a reporter and an author.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -452,26 +477,15 @@ fn derive(state: &ClusterState, cmd: &Command, stamp: Option<&Stamp>, last_ms: u
     let reporter = stamp.map(|s| s.node.clone()).unwrap_or_default();
     let time = |own: Option<u64>| own.or(stamp.map(|s| s.at_ms)).unwrap_or(last_ms);
     let event = |kind: EventKind, node: &str, at: Option<u64>, summary: String| Event {
-        seq: 0,
-        time_ms: time(at),
         node: if node.is_empty() {
             reporter.clone()
         } else {
             node.to_string()
         },
-        kind,
-        summary,
-        resource: None,
-        task: None,
-        rc: None,
-        exit_reason: None,
-        exec_ms: None,
-        details: Vec::new(),
         by: stamp.and_then(|s| s.by.clone()),
         from: stamp.and_then(|s| s.from.clone()),
         reporter: reporter.clone(),
-        device: None,
-        level: None,
+        ..Event::new(kind, "", time(at), summary)
     };
     let operator = |node: &str, task: &str, what: String| {
         let who = match stamp.and_then(|s| s.by.as_deref()) {

@@ -20,7 +20,6 @@
 use crate::bench::{dist, Dist};
 use crate::lab::{kill_processes, outage, wait_answer, wait_any_answer, web_node, Lab, Watch, PORT, VIP};
 use anyhow::{bail, Context, Result};
-use phalanx::harness::Spec;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -79,23 +78,7 @@ fn phalanx_config(exe: &Path) -> String {
 /// One phalanx run: a fresh lab; wait for web, then the fault; the client's outage.
 async fn phalanx_run(exe: &Path, kill_service: bool) -> Result<(u64, usize)> {
     let lab = Lab::create(3, 2)?;
-    let mut c = crate::lab::cluster_in(
-        Spec {
-            nodes: 3,
-            heartbeat: Duration::from_millis(100),
-            links: 2,
-            exe: exe.to_path_buf(),
-            keep: std::env::var_os("PHALANX_KEEP").is_some(),
-            extra_config: phalanx_config(exe),
-            cluster_extra: String::new(),
-        },
-        &lab,
-    )?;
-    c.start_all()?;
-    let first = c
-        .wait_for(T, "web running", |st| (st.len() == 3).then(|| web_node(st)).flatten())
-        .await?;
-    wait_answer(&lab, &vip(), &first, T)?;
+    let (mut c, first) = crate::lab::web_cluster(&lab, exe, Duration::from_millis(100), phalanx_config(exe)).await?;
     let i: usize = first.trim_start_matches('n').parse()?;
     let w = Watch::start(&lab, &[1, 2, 3], VIP.parse()?, PORT);
     // Let the client see the service up before the fault.

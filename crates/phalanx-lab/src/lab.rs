@@ -818,6 +818,38 @@ pub fn cluster_in(spec: Spec, lab: &Lab) -> Result<LocalCluster> {
     Ok(c)
 }
 
+/// A started 3-node cluster of `exe` in `lab` (2 links, `heartbeat`, `extra_config`), once
+/// every node agrees where `web` runs and it answers on the VIP: the cluster and that node
+/// (the benchmarks' common start).
+pub async fn web_cluster(
+    lab: &Lab,
+    exe: &std::path::Path,
+    heartbeat: std::time::Duration,
+    extra_config: String,
+) -> Result<(LocalCluster, String)> {
+    let within = std::time::Duration::from_secs(60);
+    let mut c = cluster_in(
+        Spec {
+            nodes: 3,
+            heartbeat,
+            links: 2,
+            exe: exe.to_path_buf(),
+            keep: std::env::var_os("PHALANX_KEEP").is_some(),
+            extra_config,
+            cluster_extra: String::new(),
+        },
+        lab,
+    )?;
+    c.start_all()?;
+    let first = c
+        .wait_for(within, "web running", |st| {
+            (st.len() == 3).then(|| web_node(st)).flatten()
+        })
+        .await?;
+    wait_answer(lab, &format!("{VIP}:{PORT}"), &first, within)?;
+    Ok((c, first))
+}
+
 /// The `phalanx` binary the lab runs (daemons, power switch, witness, demo service): `PHALANX_BIN`
 /// if set, else the one beside this executable (`target/*/phalanx` next to `phalanx-lab`, or
 /// next to the `deps/` folder a test runs from). `cargo build` and `cargo test --workspace` build it.

@@ -12,7 +12,6 @@ use crate::bench::{dist, Dist};
 use crate::lab::{outage, wait_answer, wait_any_answer, web_config, web_node, Lab, Watch, PORT, VIP};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use phalanx::harness::Spec;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -136,23 +135,7 @@ fn vip_addr() -> String {
 /// to another node) and measure the client's outage.
 async fn phalanx_trial(exe: &Path, heartbeat: Duration, planned: bool) -> Result<Trial> {
     let lab = Lab::create(3, 2)?;
-    let mut c = crate::lab::cluster_in(
-        Spec {
-            nodes: 3,
-            heartbeat,
-            links: 2,
-            exe: exe.to_path_buf(),
-            keep: std::env::var_os("PHALANX_KEEP").is_some(),
-            extra_config: web_config(exe, "manual", None),
-            cluster_extra: String::new(),
-        },
-        &lab,
-    )?;
-    c.start_all()?;
-    let first = c
-        .wait_for(T, "web running", |st| (st.len() == 3).then(|| web_node(st)).flatten())
-        .await?;
-    wait_answer(&lab, &vip_addr(), &first, T)?;
+    let (mut c, first) = crate::lab::web_cluster(&lab, exe, heartbeat, web_config(exe, "manual", None)).await?;
     let w = Watch::start(&lab, &[1, 2, 3], VIP.parse()?, PORT);
     let at = Instant::now();
     let crash_wall_ms = phalanx_node::mesh::unix_ms();

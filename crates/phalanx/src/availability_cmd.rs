@@ -268,21 +268,9 @@ mod tests {
     fn ev(seq: u64, s: u64, kind: EventKind, node: &str, rsc: Option<&str>) -> Event {
         Event {
             seq,
-            time_ms: s * 1000,
-            node: node.into(),
-            kind,
-            summary: kind.as_str().into(),
             resource: rsc.map(String::from),
-            task: None,
-            rc: None,
-            exit_reason: None,
-            exec_ms: None,
-            details: vec![],
-            by: None,
-            from: None,
             reporter: "n1".into(),
-            device: None,
-            level: None,
+            ..Event::new(kind, node, s * 1000, kind.as_str())
         }
     }
 

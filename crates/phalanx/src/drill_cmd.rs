@@ -285,6 +285,8 @@ struct Ready {
     failures: usize,
     /// The primitives `--resource` names (itself, or a group's or clone's members).
     members: Vec<String>,
+    /// The APIs of the online nodes other than the victim (fence-fail arms and heals them).
+    survivors: Vec<String>,
     /// The victim's heartbeat links, and the detection time (`heartbeat_interval` × `dead_after`).
     links: usize,
     detection: Duration,
@@ -397,6 +399,12 @@ async fn ready(
     }
     Ok(Ready {
         members: st.resources.iter().filter(named).map(|r| r.id.clone()).collect(),
+        survivors: st
+            .nodes
+            .iter()
+            .filter(|n| n.name != victim && n.state == "online")
+            .map(|n| n.api.clone())
+            .collect(),
         api,
         victim_api: api_of(&victim),
         witness_api: api_of(&to),
@@ -617,21 +625,13 @@ async fn one(
         })
     };
     let empty = serde_json::json!({});
-    let survivors: Vec<String> = match client.first_answering(apis).await {
-        Ok((_, st)) => st
-            .nodes
-            .iter()
-            .filter(|n| n.name != victim && n.state == "online")
-            .map(|n| n.api.clone())
-            .collect(),
-        Err(_) => Vec::new(),
-    };
+    let survivors = ids.survivors.as_slice();
     let (what, caused, done): (String, Result<serde_json::Value>, Done) = match &fault {
         Fault::FenceFail => {
             let mut caused = client
                 .post(&ids.witness_api, &format!("/v1/nodes/{victim}/power-off"), &empty)
                 .await;
-            for api in &survivors {
+            for api in survivors {
                 if caused.is_ok() {
                     caused = client
                         .post(
@@ -749,7 +749,7 @@ async fn one(
         }
         Fault::FenceFail => {
             let mut healed = Ok(());
-            for api in &survivors {
+            for api in survivors {
                 let r: Result<serde_json::Value> = client
                     .post(api, "/v1/fence-fail", &serde_json::json!({ "operations": 0 }))
                     .await;

@@ -50,6 +50,11 @@ impl Resources {
         self.primitives.is_empty()
     }
 
+    /// Whether `id` names a primitive, a group or a clone.
+    pub fn contains(&self, id: &str) -> bool {
+        self.primitives.contains_key(id) || self.groups.contains_key(id) || self.clones.contains_key(id)
+    }
+
     /// The group a primitive belongs to, if any.
     pub fn group_of(&self, primitive: &str) -> Option<&Group> {
         self.groups.values().find(|g| g.members.iter().any(|m| m == primitive))

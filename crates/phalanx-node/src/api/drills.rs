@@ -61,9 +61,7 @@ fn check_names(node: &Node, scenario: &str, resource: &str) -> Result<(), ApiErr
             SCENARIOS.join(", ")
         )));
     }
-    let config = node.config();
-    let r = &config.resources;
-    if !(r.primitives.contains_key(resource) || r.groups.contains_key(resource) || r.clones.contains_key(resource)) {
+    if !node.config().resources.contains(resource) {
         return Err(ApiError::NotFound(format!(
             "no resource {resource:?} in the cluster's config"
         )));

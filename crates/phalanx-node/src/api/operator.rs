@@ -605,7 +605,7 @@ async fn resource_op(
         parse_json(&body)?
     };
     let r = &node.config().resources;
-    let known = r.primitives.contains_key(&rsc) || r.groups.contains_key(&rsc) || r.clones.contains_key(&rsc);
+    let known = r.contains(&rsc);
     // One instance of a clone with clone_node_max > 1 ("web:1") can be cleaned up on its own.
     let instance = !known && r.primitive_of(&rsc).is_some();
     if !known && !instance {

@@ -10,7 +10,6 @@
 
 const $ = (s) => document.querySelector(s);
 let token = null;
-let lastStatus = null;
 
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -275,7 +274,6 @@ async function followEvents() {
 async function tick() {
   try {
     const st = await api('/v1/status');
-    lastStatus = st;
     renderSummary(st);
     renderNodes(st);
     renderResources(st);
