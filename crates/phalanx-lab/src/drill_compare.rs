@@ -34,7 +34,16 @@ pub struct Args {
     pub runs: usize,
     pub exe: PathBuf,
     pub json: bool,
+    /// Which systems (`phalanx`, `keepalived`, `pacemaker`: each with its two settings) and
+    /// which scenarios (`kill-node`, `kill-service`) to run: `phalanx-lab drill --target T
+    /// SCENARIO` runs one of each, `drill-compare` all of them.
+    pub targets: Vec<String>,
+    pub scenarios: Vec<String>,
 }
+
+/// The targets and scenarios `phalanx-lab drill` accepts.
+pub const TARGETS: [&str; 3] = ["phalanx", "keepalived", "pacemaker"];
+pub const SCENARIOS: [&str; 2] = ["kill-node", "kill-service"];
 
 /// One system's drills: RTO distributions in ms.
 #[derive(Debug, Clone, Serialize, Default)]
@@ -232,7 +241,12 @@ fn wait_any_answer_in(ns: &str, addr: &str, within: Duration) -> Result<()> {
 
 /// Pacemaker's runs at one token: one cluster, `runs` kill-nodes (the node started again after
 /// each) and `runs` kill-services; RTOs in ms.
-fn pacemaker_runs(token: Option<u32>, runs: usize, pb: &indicatif::ProgressBar) -> Result<(Vec<u64>, Vec<u64>)> {
+fn pacemaker_runs(
+    token: Option<u32>,
+    runs: usize,
+    kinds: &[bool],
+    pb: &indicatif::ProgressBar,
+) -> Result<(Vec<u64>, Vec<u64>)> {
     const ADDR: &str = "10.88.0.50:8080";
     let token_s = token.map(|t| t.to_string());
     let mut env: Vec<(&str, &str)> = vec![("MON", "1s")];
@@ -247,7 +261,7 @@ fn pacemaker_runs(token: Option<u32>, runs: usize, pb: &indicatif::ProgressBar) 
     pcmk(&env, &["up"])?;
     let result = (|| {
         let mut out = (Vec::new(), Vec::new());
-        for kill_service in [false, true] {
+        for &kill_service in kinds {
             for run in 0..runs {
                 pb.set_message(format!(
                     "run {} of {runs}: {} of pacemaker (token {})",
@@ -285,28 +299,41 @@ fn pacemaker_runs(token: Option<u32>, runs: usize, pb: &indicatif::ProgressBar) 
 
 pub async fn run(args: Args) -> Result<Report> {
     Lab::available()?;
+    let wants = |t: &str| args.targets.iter().any(|x| x == t);
+    let kinds: Vec<bool> = [false, true]
+        .into_iter()
+        .filter(|k| args.scenarios.iter().any(|s| s == SCENARIOS[usize::from(*k)]))
+        .collect();
     let mut notes = Vec::new();
     let have_keepalived = Path::new(crate::lab_bench::KEEPALIVED).exists();
-    if !have_keepalived {
+    if wants("keepalived") && !have_keepalived {
         notes.push(format!(
             "keepalived not found at {}: apt-get install keepalived",
             crate::lab_bench::KEEPALIVED
         ));
     }
+    let have_pacemaker = Path::new("/usr/sbin/corosync").exists() && Path::new("/usr/sbin/pacemakerd").exists();
+    if wants("pacemaker") && !have_pacemaker {
+        notes.push("pacemaker not installed: apt-get install pacemaker corosync pacemaker-cli-utils".into());
+    }
+    let mut systems: Vec<&str> = Vec::new();
+    if wants("phalanx") {
+        systems.push("phalanx");
+    }
+    if wants("keepalived") && have_keepalived {
+        systems.extend(["keepalived", "keepalived_fast"]);
+    }
+    let pacemakers = if wants("pacemaker") && have_pacemaker { 2 } else { 0 };
     let pb = if args.json {
         indicatif::ProgressBar::hidden()
     } else {
-        indicatif::ProgressBar::new((args.runs * if have_keepalived { 10 } else { 6 }) as u64)
+        indicatif::ProgressBar::new((args.runs * kinds.len() * (systems.len() + pacemakers)) as u64)
     };
     let mut out: BTreeMap<&str, (Vec<u64>, Vec<u64>, usize)> = BTreeMap::new();
     for run in 0..args.runs {
-        for kill_service in [false, true] {
-            let what = if kill_service { "kill-service" } else { "kill-node" };
-            let mut systems: Vec<&str> = vec!["phalanx"];
-            if have_keepalived {
-                systems.extend(["keepalived", "keepalived_fast"]);
-            }
-            for sys in systems {
+        for &kill_service in &kinds {
+            let what = SCENARIOS[usize::from(kill_service)];
+            for &sys in &systems {
                 pb.set_message(format!("run {} of {}: {what} of {sys}", run + 1, args.runs));
                 let r = match sys {
                     "phalanx" => phalanx_run(&args.exe, kill_service).await,
@@ -321,15 +348,12 @@ pub async fn run(args: Args) -> Result<Report> {
             }
         }
     }
-    let have_pacemaker = Path::new("/usr/sbin/corosync").exists() && Path::new("/usr/sbin/pacemakerd").exists();
-    if have_pacemaker {
+    if pacemakers > 0 {
         for (name, token) in [("pacemaker", None), ("pacemaker_tuned", Some(200))] {
-            let (n, s) = tokio::task::block_in_place(|| pacemaker_runs(token, args.runs, &pb))
+            let (n, s) = tokio::task::block_in_place(|| pacemaker_runs(token, args.runs, &kinds, &pb))
                 .with_context(|| format!("{name}'s runs"))?;
             out.insert(name, (n, s, 0));
         }
-    } else {
-        notes.push("pacemaker not installed: apt-get install pacemaker corosync crmsh".into());
     }
     pb.finish_and_clear();
     let system = |name: &str| {
@@ -375,7 +399,10 @@ pub fn render(r: &Report) -> String {
         ("keepalived (advert 0.1 s)", &r.keepalived_fast),
         ("pacemaker (default token)", &r.pacemaker),
         ("pacemaker (token 200 ms)", &r.pacemaker_tuned),
-    ] {
+    ]
+    .into_iter()
+    .filter(|(_, sys)| sys.kill_node.is_some() || sys.kill_service.is_some())
+    {
         s += &format!(
             "{name:<30} {:<16} {:<16} {}\n",
             d(&sys.kill_node),
@@ -384,18 +411,36 @@ pub fn render(r: &Report) -> String {
         );
     }
     let f = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.2}"));
-    s += &format!(
-        "\nphalanx / keepalived (p50): kill-node {} (advert 1 s), {} (advert 0.1 s); kill-service {}\n",
-        f(r.ratio_kill_node_vs_keepalived),
-        f(r.ratio_kill_node_vs_keepalived_fast),
-        f(r.ratio_kill_service_vs_keepalived)
-    );
-    s += &format!(
-        "phalanx / pacemaker (p50): kill-node {} (default token), {} (token 200 ms); kill-service {}\n",
-        f(r.ratio_kill_node_vs_pacemaker),
-        f(r.ratio_kill_node_vs_pacemaker_tuned),
-        f(r.ratio_kill_service_vs_pacemaker)
-    );
+    let compared = [
+        r.ratio_kill_node_vs_keepalived,
+        r.ratio_kill_service_vs_keepalived,
+        r.ratio_kill_node_vs_keepalived_fast,
+    ]
+    .iter()
+    .any(Option::is_some);
+    if compared {
+        s += &format!(
+            "\nphalanx / keepalived (p50): kill-node {} (advert 1 s), {} (advert 0.1 s); kill-service {}\n",
+            f(r.ratio_kill_node_vs_keepalived),
+            f(r.ratio_kill_node_vs_keepalived_fast),
+            f(r.ratio_kill_service_vs_keepalived)
+        );
+    }
+    let compared = [
+        r.ratio_kill_node_vs_pacemaker,
+        r.ratio_kill_service_vs_pacemaker,
+        r.ratio_kill_node_vs_pacemaker_tuned,
+    ]
+    .iter()
+    .any(Option::is_some);
+    if compared {
+        s += &format!(
+            "phalanx / pacemaker (p50): kill-node {} (default token), {} (token 200 ms); kill-service {}\n",
+            f(r.ratio_kill_node_vs_pacemaker),
+            f(r.ratio_kill_node_vs_pacemaker_tuned),
+            f(r.ratio_kill_service_vs_pacemaker)
+        );
+    }
     for n in &r.notes {
         s += &format!("note: {n}\n");
     }

@@ -140,6 +140,17 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// One drill against one system in the namespace lab, measured as drill-compare does:
+    /// `--target pacemaker` runs Pacemaker + Corosync at its default token and at 200 ms,
+    /// `keepalived` at 1 s and 0.1 s adverts (needs root).
+    Drill {
+        #[arg(long, default_value = "phalanx", value_parser = phalanx_lab::drill_compare::TARGETS)]
+        target: String,
+        #[arg(value_parser = phalanx_lab::drill_compare::SCENARIOS)]
+        scenario: String,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     Bench {
         #[command(subcommand)]
         cmd: BenchCmd,
@@ -669,6 +680,23 @@ async fn run(cli: Cli) -> Result<i32> {
                 runs,
                 exe,
                 json: cli.json,
+                targets: phalanx_lab::drill_compare::TARGETS.map(String::from).to_vec(),
+                scenarios: phalanx_lab::drill_compare::SCENARIOS.map(String::from).to_vec(),
+            })
+            .await?;
+            output(cli.json, &r, phalanx_lab::drill_compare::render)?;
+            Ok(0)
+        }
+        Cmd::Drill { target, scenario, runs } => {
+            if runs == 0 {
+                bail!("--runs must be at least 1");
+            }
+            let r = phalanx_lab::drill_compare::run(phalanx_lab::drill_compare::Args {
+                runs,
+                exe,
+                json: cli.json,
+                targets: vec![target],
+                scenarios: vec![scenario],
             })
             .await?;
             output(cli.json, &r, phalanx_lab::drill_compare::render)?;
