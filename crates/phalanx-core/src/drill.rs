@@ -67,6 +67,41 @@ pub fn measure(samples: &[Sample], fault_ms: u64) -> Measured {
     }
 }
 
+/// The timings a run's RTO bound is made of: the cluster's detection time (heartbeat interval ×
+/// dead_after), the resource's monitor interval, and the time the cluster took from the
+/// failure it saw to the resource's start (stop and start, as the run's history says).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timings {
+    pub detection_ms: u64,
+    pub monitor_ms: Option<u64>,
+    pub recovery_ms: Option<u64>,
+}
+
+/// What fencing and starting elsewhere may add to a node's detection (a fence by the power
+/// switch, the plan's commit, the start): issue 16's kill-node bound, 600 ms at 100 ms × 3
+/// heartbeats, is detection + this.
+pub const FENCE_AND_START_MS: u64 = 300;
+/// A planned move's bound (issue 16: switchover ≤ 150 ms).
+pub const SWITCHOVER_MS: u64 = 150;
+/// A balancer losing one backend: its clients see no outage (failed connections are tried
+/// on another backend); a probe caught in flight by the kill may fail.
+pub const BACKEND_DOWN_MS: u64 = 100;
+/// What probing adds to a measured RTO (a probe every 10 ms, each up to a few ms).
+pub const PROBE_SLACK_MS: u64 = 50;
+
+/// The RTO a run of `scenario` should stay within (issue 16's bounds); None: the scenario has
+/// none (fence-fail measures how long recovery takes once the devices heal).
+pub fn rto_bound_ms(scenario: &str, t: Timings) -> Option<u64> {
+    match scenario {
+        "switchover" => Some(SWITCHOVER_MS),
+        "kill-node" | "pause-node" | "cut-link" => Some(t.detection_ms + FENCE_AND_START_MS),
+        // The monitor finds it within one interval; then stop and start.
+        "kill-service" => Some(t.monitor_ms? + t.recovery_ms.unwrap_or(0) + PROBE_SLACK_MS),
+        "lb-backend-down" => Some(BACKEND_DOWN_MS),
+        _ => None,
+    }
+}
+
 /// The p-th percentile (0..=100, nearest rank) of `values`; None when empty.
 pub fn percentile(values: &[u64], p: f64) -> Option<u64> {
     if values.is_empty() {
@@ -205,6 +240,27 @@ pub fn rtos<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<(String, f64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bounds_follow_the_clusters_timings() {
+        let t = Timings {
+            detection_ms: 300,
+            monitor_ms: Some(1000),
+            recovery_ms: Some(40),
+        };
+        assert_eq!(
+            rto_bound_ms("kill-node", t),
+            Some(600),
+            "issue 16: 600 ms at 100 ms x 3"
+        );
+        assert_eq!(rto_bound_ms("cut-link", t), Some(600));
+        assert_eq!(rto_bound_ms("switchover", t), Some(150));
+        assert_eq!(rto_bound_ms("kill-service", t), Some(1090));
+        let unmonitored = Timings { monitor_ms: None, ..t };
+        assert_eq!(rto_bound_ms("kill-service", unmonitored), None);
+        assert_eq!(rto_bound_ms("lb-backend-down", t), Some(100));
+        assert_eq!(rto_bound_ms("fence-fail", t), None);
+    }
 
     fn samples(pattern: &str, every_ms: u64) -> Vec<Sample> {
         pattern

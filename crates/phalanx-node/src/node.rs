@@ -260,6 +260,9 @@ pub struct ResourceStatus {
     /// Its last operation, as far as the state records it.
     #[serde(default)]
     pub last_op: Option<crate::status::LastOp>,
+    /// How often its monitor runs (None: not monitored).
+    #[serde(default)]
+    pub monitor_interval_ms: Option<u64>,
 }
 
 /// A running node.
@@ -914,6 +917,7 @@ impl Node {
                         .get(&id)
                         .cloned()
                         .or_else(|| crate::status::last_op(&sm.cluster, &id)),
+                    monitor_interval_ms: p.monitor.as_ref().map(|m| m.interval.as_millis() as u64),
                     id,
                     agent: p.agent.to_string(),
                     parent,

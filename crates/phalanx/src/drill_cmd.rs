@@ -9,7 +9,12 @@
 //! - `pause-node`: a node's daemon SIGSTOPped (`POST /v1/nodes/{name}/pause`, to that node),
 //!   which its peers must declare lost and fence;
 //! - `cut-link`: one heartbeat link of a node administratively down (nothing may move), then
-//!   all of them (the node is isolated: the majority fences it and recovers), then restored.
+//!   all of them (the node is isolated: the majority fences it and recovers), then restored;
+//! - `fence-fail`: a power-off, then every surviving node's next fence operations fail;
+//! - `lb-backend-down`: one backend of a balancer (`--resource` names the balancer; `--node`
+//!   the node whose instance of its backends resource goes down) SIGKILLed, probed through the
+//!   balancer: its clients should see no outage, and the backend is back once the monitor
+//!   restarted it and the balancer's checks passed again.
 //!
 //! A drill refuses to start without quorum, for an unknown resource or node, or with the
 //! service unhealthy, then takes the cluster's one drill slot (`POST /v1/drills/{id}`: refused
@@ -36,13 +41,14 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 pub use phalanx_core::drill::SCENARIOS;
 /// The scenarios built so far.
-const BUILT: [&str; 6] = [
+const BUILT: [&str; 7] = [
     "switchover",
     "kill-node",
     "kill-service",
     "pause-node",
     "cut-link",
     "fence-fail",
+    "lb-backend-down",
 ];
 
 /// How often the service is probed, and how long one probe may take.
@@ -164,6 +170,10 @@ pub struct Run {
     pub detected_ms: Option<u64>,
     pub fenced_ms: Option<u64>,
     pub started_ms: Option<u64>,
+    /// The RTO this run should stay within (issue 16's bound for the scenario, from the
+    /// cluster's timings: `phalanx_core::drill::rto_bound_ms`), and whether it did.
+    pub rto_bound_ms: Option<u64>,
+    pub within_bound: Option<bool>,
     /// Every probe, for `--plot` (not printed).
     #[serde(skip)]
     pub samples: Vec<Sample>,
@@ -176,6 +186,8 @@ struct Seen {
     kind: String,
     node: String,
     resource: Option<String>,
+    #[serde(default)]
+    summary: String,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -183,17 +195,19 @@ struct Page {
     events: Vec<Seen>,
 }
 
-/// From the history since the run began (unix ms `begun`): when the failure was detected, the
-/// victim fenced and the resource started again (after the fence, if there was one), in ms
-/// since the run began; and how many fences of the victim failed.
+/// From the history since the run began (unix ms `begun`): when the failure was detected (the
+/// victim lost, a member's monitor failed, or `backend` taken down by its balancer's checks),
+/// the victim fenced and the resource started again (after the fence, if there was one), in
+/// ms since the run began; and how many fences of the victim failed.
 async fn marks(
     client: &Client,
     apis: &[String],
     members: &[String],
     victim: &str,
-    begun: u64,
-    fault_unix: u64,
+    backend: Option<&str>,
+    times: (u64, u64),
 ) -> ([Option<u64>; 3], u64) {
+    let (begun, fault_unix) = times;
     let Ok((api, _)) = client.first_answering(apis).await else {
         return ([None; 3], 0);
     };
@@ -222,7 +236,15 @@ async fn marks(
         .count() as u64;
     (
         [
-            at(&|e| (e.kind == "node_lost" && e.node == victim) || (e.kind == "monitor_failed" && mine(e))),
+            at(&|e| {
+                (e.kind == "node_lost" && e.node == victim)
+                    || (e.kind == "monitor_failed" && mine(e))
+                    || backend.is_some_and(|b| {
+                        e.kind == "backend_changed"
+                            && e.summary.contains(&format!("backend {b} "))
+                            && e.summary.contains("-> down")
+                    })
+            }),
             fenced,
             // The start that recovered it: after the fence, when there was one.
             page.events
@@ -247,6 +269,8 @@ pub struct Report {
     pub failed_probes: usize,
     /// Acknowledged session writes lost over every run (None: no session store).
     pub rpo_writes: Option<u64>,
+    /// Every run within its RTO bound (None: the scenario has none).
+    pub within_bounds: Option<bool>,
 }
 
 /// Check the flags that need no cluster.
@@ -290,6 +314,108 @@ struct Ready {
     /// The victim's heartbeat links, and the detection time (`heartbeat_interval` × `dead_after`).
     links: usize,
     detection: Duration,
+    /// The killed resource's monitor interval (kill-service, lb-backend-down: its bound).
+    monitor_ms: Option<u64>,
+    /// lb-backend-down: the backend taken down.
+    lb: Option<LbTarget>,
+}
+
+/// The backend an lb-backend-down run takes down: `RESOURCE@NODE`, an instance the cluster runs
+/// (its process is killed on that node), and how many of the balancer's backends were up.
+#[derive(Debug, Clone)]
+struct LbTarget {
+    backend: String,
+    primitive: String,
+    node: String,
+    up_before: usize,
+}
+
+/// The balancer's backends, as the node running it says.
+async fn backends(client: &Client, st: &StatusReport, lb: &str) -> Result<Vec<phalanx_node::lb::BackendStatus>> {
+    let found = crate::balancer_cmd::status(client, st, Some(lb)).await?;
+    let f = found
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("no balancer {lb} in the cluster's config"))?;
+    match f.status {
+        Some(s) => Ok(s.backends),
+        None => bail!(
+            "balancer {lb}: {}",
+            f.error.unwrap_or_else(|| "it runs nowhere now".into())
+        ),
+    }
+}
+
+/// lb-backend-down's backend: the instance on `node` if given, else an up instance on another
+/// node than the balancer's (any up instance if none). Refused when `--resource` is no
+/// balancer, when the backend is not up or is a static server (not the cluster's to kill), and
+/// when it is the only backend up (that would be an outage, not a backend failure).
+async fn lb_target(client: &Client, st: &StatusReport, a: &Args, lb_node: &str) -> Result<LbTarget> {
+    let balancers: Vec<&str> = st
+        .resources
+        .iter()
+        .filter(|r| r.agent == "balancer")
+        .map(|r| r.id.as_str())
+        .collect();
+    if !balancers.contains(&a.resource.as_str()) {
+        bail!(
+            "{} is not a balancer: lb-backend-down takes a backend of a [[balancer]] down (balancers: {})",
+            a.resource,
+            if balancers.is_empty() {
+                "none".to_string()
+            } else {
+                balancers.join(", ")
+            }
+        );
+    }
+    let all = backends(client, st, &a.resource).await?;
+    let up = all.iter().filter(|b| b.state == "up").count();
+    let instance =
+        |b: &phalanx_node::lb::BackendStatus| b.name.split_once('@').map(|(r, n)| (r.to_string(), n.to_string()));
+    let names = || all.iter().map(|b| b.name.as_str()).collect::<Vec<_>>().join(", ");
+    let chosen = match &a.node {
+        Some(n) => all
+            .iter()
+            .find(|b| instance(b).is_some_and(|(_, on)| on == *n))
+            .ok_or_else(|| anyhow!("no backend of {} runs on {n} (backends: {})", a.resource, names()))?,
+        None => {
+            let mut cands = all.iter().filter(|b| b.state == "up" && instance(b).is_some());
+            let first = cands.clone().next();
+            cands
+                .find(|b| instance(b).is_some_and(|(_, on)| on != lb_node))
+                .or(first)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "no backend of {} is an instance the cluster runs and up (backends: {}): lb-backend-down \
+                         kills one (static servers are not the cluster's to kill)",
+                        a.resource,
+                        names()
+                    )
+                })?
+        }
+    };
+    if chosen.state != "up" {
+        bail!(
+            "backend {} of {} is {} now: lb-backend-down takes an up backend down",
+            chosen.name,
+            a.resource,
+            chosen.state
+        );
+    }
+    if up < 2 {
+        bail!(
+            "{} has {up} backend(s) up: taking {} down would be an outage, not a backend failure",
+            a.resource,
+            chosen.name
+        );
+    }
+    let (primitive, node) = instance(chosen).unwrap_or_default();
+    Ok(LbTarget {
+        backend: chosen.name.clone(),
+        primitive,
+        node,
+        up_before: up,
+    })
 }
 
 async fn ready(
@@ -336,6 +462,10 @@ async fn ready(
         );
     }
     let from = runs_on(&st, &a.resource).ok_or_else(|| anyhow!("{} runs nowhere now: no drill", a.resource))?;
+    let lb = match scenario {
+        "lb-backend-down" => Some(lb_target(client, &st, a, &from).await?),
+        _ => None,
+    };
     let online = |n: &str| st.nodes.iter().any(|x| x.name == n && x.state == "online");
     let api_of = |n: &str| {
         st.nodes
@@ -349,6 +479,7 @@ async fn ready(
             "{} runs on {from}, not {n}: kill-service kills it where it runs",
             a.resource
         ),
+        ("lb-backend-down", _) => lb.as_ref().map(|l| l.node.clone()).unwrap_or_default(),
         ("switchover", _) | (_, None) => from.clone(),
         (_, Some(n)) => n.clone(),
     };
@@ -359,6 +490,8 @@ async fn ready(
         ("switchover", Some(n)) if *n == from => bail!("{} runs on {n} already: give another --node", a.resource),
         ("switchover", Some(n)) if !online(n) => bail!("{n} is not online: {} cannot move there", a.resource),
         ("switchover", Some(n)) => n.clone(),
+        // Restarted where it ran.
+        ("lb-backend-down", _) => victim.clone(),
         _ => st
             .nodes
             .iter()
@@ -381,12 +514,18 @@ async fn ready(
             );
         }
     }
+    // The resource whose failures and monitor matter: the killed backend's, or --resource.
+    let killed = |r: &&phalanx_node::node::ResourceStatus| match &lb {
+        Some(l) => r.id == l.primitive,
+        None => named(r),
+    };
     let failures = st
         .resources
         .iter()
-        .filter(named)
+        .filter(killed)
         .map(|r| r.failures.values().sum::<usize>())
         .sum();
+    let monitor_ms = st.resources.iter().filter(killed).find_map(|r| r.monitor_interval_ms);
     // The victim's links, as a node that is not the victim sees them.
     let links = match st.nodes.iter().find(|x| x.name == victim && !x.is_self) {
         Some(x) => x.links.len(),
@@ -398,7 +537,9 @@ async fn ready(
         bail!("the service is not healthy now (no answer from {}): no drill", a.probe);
     }
     Ok(Ready {
-        members: st.resources.iter().filter(named).map(|r| r.id.clone()).collect(),
+        members: st.resources.iter().filter(killed).map(|r| r.id.clone()).collect(),
+        monitor_ms,
+        lb,
         survivors: st
             .nodes
             .iter()
@@ -512,6 +653,11 @@ pub async fn run(client: &Client, apis: &[String], a: &Args, progress: &indicati
         rto_max_ms: rtos.iter().max().copied(),
         failed_probes: runs.iter().map(|r| r.measured.failed).sum(),
         rpo_writes: (!sessions.is_empty()).then(|| runs.iter().filter_map(|r| r.rpo_writes).sum()),
+        within_bounds: runs
+            .iter()
+            .map(|r| r.within_bound)
+            .collect::<Option<Vec<bool>>>()
+            .map(|v| v.iter().all(|w| *w)),
         runs,
     })
 }
@@ -535,6 +681,8 @@ enum Fault {
     /// A power-off, then every surviving node's next fence operations fail.
     FenceFail,
     KillService,
+    /// A balancer's backend's process killed.
+    BackendDown,
     Pause,
     /// Links of the victim to take down, and for how long to watch when nothing is to happen.
     CutLinks {
@@ -550,6 +698,7 @@ fn faults(a: &Args, r: &Ready) -> Vec<Fault> {
         "kill-node" => vec![Fault::PowerOff],
         "fence-fail" => vec![Fault::FenceFail],
         "kill-service" => vec![Fault::KillService],
+        "lb-backend-down" => vec![Fault::BackendDown],
         "pause-node" => vec![Fault::Pause],
         "cut-link" => {
             let all: Vec<usize> = (0..r.links.max(1)).collect();
@@ -682,6 +831,35 @@ async fn one(
                 }
             }),
         ),
+        Fault::BackendDown => {
+            let l = ids
+                .lb
+                .clone()
+                .ok_or_else(|| anyhow!("lb-backend-down without a backend"))?;
+            (
+                format!("backend {} down", l.backend),
+                client
+                    .post(
+                        &ids.victim_api,
+                        &format!("/v1/resources/{}/kill-service", l.primitive),
+                        &empty,
+                    )
+                    .await,
+                // The monitor saw it and the instance runs there again.
+                Box::new({
+                    let before = ids.failures;
+                    move |st| {
+                        let r = st.resources.iter().find(|r| r.id == l.primitive)?;
+                        let failed: usize = r.failures.values().sum();
+                        let back = r
+                            .running
+                            .get(&l.node)
+                            .is_some_and(|role| *role != phalanx_core::scheduler::Role::Failed);
+                        (failed > before && back).then(|| l.backend.clone())
+                    }
+                }),
+            )
+        }
         Fault::CutLinks { links, watch } => {
             let mut caused = Ok(empty.clone());
             for l in links {
@@ -728,10 +906,15 @@ async fn one(
             }),
         ),
     };
-    let landed = match caused {
+    let mut landed = match caused {
         Ok(_) => settle(client, apis, &rsc, a.settle, done).await,
         Err(e) => Err(e.context(format!("causing the fault ({what})"))),
     };
+    if let (Ok(_), Some(l)) = (&landed, &ids.lb) {
+        landed = backends_back(client, apis, &rsc, l, a.settle)
+            .await
+            .map(|_| l.backend.clone());
+    }
     let settled_ms = started.elapsed().as_millis() as u64;
     // A little more probing after the cluster settled, so that the recovery is seen.
     if landed.is_ok() {
@@ -785,16 +968,29 @@ async fn one(
         _ => "nothing of the drill's left to undo",
     };
     let to = landed.map_err(|e| anyhow!("{e:#} ({undone})"))?;
+    let backend = ids.lb.as_ref().map(|l| l.backend.as_str());
     let ([detected_ms, fenced_ms, started_ms], fence_failures) =
-        marks(client, apis, &ids.members, &victim, begun, fault_unix).await;
+        marks(client, apis, &ids.members, &victim, backend, (begun, fault_unix)).await;
     let samples = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let measured = drill::measure(&samples, fault_ms);
+    let rto_bound_ms = drill::rto_bound_ms(
+        &a.scenario,
+        drill::Timings {
+            detection_ms: ids.detection.as_millis() as u64,
+            monitor_ms: ids.monitor_ms,
+            recovery_ms: started_ms.zip(detected_ms).map(|(s, d)| s.saturating_sub(d)),
+        },
+    );
     Ok(Run {
+        rto_bound_ms,
+        within_bound: rto_bound_ms.zip(measured.rto_ms).map(|(b, rto)| rto <= b),
         fault: what,
-        from: ids.from.clone(),
+        // A balancer's run is about its backend.
+        from: ids.lb.as_ref().map_or_else(|| ids.from.clone(), |l| l.backend.clone()),
         to,
         fault_ms,
         settled_ms,
-        measured: drill::measure(&samples, fault_ms),
+        measured,
         session_writes_acked: session.map(|s| s.acked),
         rpo_writes: session.map(|s| s.lost),
         session_outage_ms: session.map(|s| s.outage_ms),
@@ -804,6 +1000,27 @@ async fn one(
         started_ms,
         samples,
     })
+}
+
+/// Wait (at most `bound`) until balancer `lb` has as many backends up as before the run.
+async fn backends_back(client: &Client, apis: &[String], lb: &str, l: &LbTarget, bound: Duration) -> Result<()> {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Ok((_, st)) = client.first_answering(apis).await {
+            if let Ok(all) = backends(client, &st, lb).await {
+                if all.iter().filter(|b| b.state == "up").count() >= l.up_before {
+                    return Ok(());
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "balancer {lb} did not take backend {} back within {bound:?}: the drill is aborted",
+                l.backend
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Where the resource runs once the cluster has dealt with a fault (None: not yet).
@@ -909,7 +1126,7 @@ pub fn plot(r: &Report, path: &std::path::Path) -> Result<()> {
 pub fn render(r: &Report) -> String {
     let ms = |v: Option<u64>| v.map_or("-".into(), |v| format!("{v} ms"));
     let mut out = format!(
-        "Drill {} of {} (probe {} every 10 ms)\n\nRUN  FAULT                          FROM     TO       RTO        FAILED/PROBES  SETTLED    DETECT/FENCE/START  RPO\n",
+        "Drill {} of {} (probe {} every 10 ms)\n\nRUN  FAULT                          FROM     TO       RTO        BOUND        FAILED/PROBES  SETTLED    DETECT/FENCE/START  RPO\n",
         r.scenario, r.resource, r.probe
     );
     for (i, run) in r.runs.iter().enumerate() {
@@ -924,13 +1141,19 @@ pub fn render(r: &Report) -> String {
             after(run.fenced_ms),
             after(run.started_ms)
         );
+        let bound = match (run.rto_bound_ms, run.within_bound) {
+            (Some(b), Some(true)) => format!("<= {b} ok"),
+            (Some(b), _) => format!("{b} OVER"),
+            (None, _) => "-".into(),
+        };
         out.push_str(&format!(
-            "{:<4} {:<30} {:<8} {:<8} {:<10} {:>6}/{:<6}  {:<10} {:<19} {}\n",
+            "{:<4} {:<30} {:<8} {:<8} {:<10} {:<12} {:>6}/{:<6}  {:<10} {:<19} {}\n",
             i + 1,
             run.fault,
             run.from,
             run.to,
             ms(run.measured.rto_ms),
+            bound,
             run.measured.failed,
             run.measured.probes,
             format!("{} ms", run.settled_ms.saturating_sub(run.fault_ms)),
@@ -944,6 +1167,11 @@ pub fn render(r: &Report) -> String {
         ms(r.rto_max_ms),
         r.failed_probes
     ));
+    match r.within_bounds {
+        Some(true) => out.push_str("; every run within its bound"),
+        Some(false) => out.push_str("; OVER THE BOUND in some run"),
+        None => {}
+    }
     match r.rpo_writes {
         Some(lost) => out.push_str(&format!("; RPO {lost} acknowledged session write(s) lost.\n")),
         None => out.push_str(".\n"),
@@ -973,7 +1201,6 @@ mod tests {
         assert!(
             e(args("kill-nod", "tcp://127.0.0.1:80", 1)).contains("unknown scenario \"kill-nod\": one of switchover")
         );
-        assert!(e(args("lb-backend-down", "tcp://127.0.0.1:80", 1)).contains("not built yet"));
         assert!(e(args("switchover", "127.0.0.1:80", 1)).contains("give http://"));
         assert!(e(args("switchover", "memcached://localhost:11211", 1)).contains("memcached:// needs IP:PORT"));
         assert!(e(args("switchover", "tcp://localhost", 1)).contains("IP:PORT"));

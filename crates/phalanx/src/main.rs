@@ -222,15 +222,17 @@ enum Cmd {
     },
     /// A failover drill against the live cluster, measured from a client's side (RTO, failed
     /// probes, and RPO with a session writer when the session store runs), recorded in the
-    /// event history. Built: switchover, kill-node, kill-service, pause-node, cut-link, fence-fail.
+    /// event history, each run against its RTO bound.
     Drill {
-        /// switchover, kill-node, kill-service, pause-node, cut-link, fence-fail (built);
-        /// lb-backend-down (to come).
+        /// switchover, kill-node, kill-service, pause-node, cut-link, fence-fail,
+        /// lb-backend-down.
         scenario: String,
+        /// The resource (lb-backend-down: the balancer).
         #[arg(long)]
         resource: String,
         /// The node to act on: the move's target (switchover), the node to kill, pause or cut
-        /// off (default: where the resource runs).
+        /// off (default: where the resource runs); lb-backend-down: the node whose backend
+        /// instance goes down (default: one on another node than the balancer's).
         #[arg(long)]
         node: Option<String>,
         /// What a client reaches: http://…, https://…, tcp://IP:PORT or memcached://IP:PORT;

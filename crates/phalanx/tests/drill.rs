@@ -40,7 +40,7 @@ async fn a_switchover_drill_measures_what_clients_saw_and_clears_its_move() {
         ),
         (
             vec!["drill", "lb-backend-down", "--resource", "web", "--probe", &probe],
-            "not built yet",
+            "web is not a balancer: lb-backend-down takes a backend of a [[balancer]] down (balancers: none)",
         ),
         (
             vec![
@@ -422,5 +422,164 @@ async fn cut_link_and_pause_node_fence_the_node_and_lose_no_session_write() {
             svg.starts_with("<svg") && svg.contains(&format!("drill {scenario} of web")),
             "{svg}"
         );
+    }
+}
+
+/// A balancer `lb` (TCP, round robin) over a clone of the demo service on the 3 nodes:
+/// `lb-backend-down` kills one instance's process; probed through the balancer, the clients see
+/// no outage (connections the dead backend refuses are tried on another), and the run ends once
+/// the monitor restarted it and the balancer's checks took it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_lb_backend_down_drill_measures_the_clients_of_the_balancer() {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_phalanx"));
+    let port = phalanx::demo::service_port(3).unwrap();
+    let listen = std::net::TcpListener::bind("127.0.12.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let extra = format!(
+        r#"{}
+[[clone]]
+id = "webs"
+resource = "web"
+
+[[balancer]]
+id = "lb"
+listen = ["{listen}"]
+algorithm = "roundrobin"
+backends = "webs"
+port = {port}
+addresses = {{ n1 = "127.0.10.1", n2 = "127.0.10.2", n3 = "127.0.10.3" }}
+check = {{ interval = "200ms", rise = 2, fall = 3, timeout = "100ms" }}
+"#,
+        phalanx::demo::service_resource(&exe, "web", port)
+    );
+    let mut c = LocalCluster::create(Spec::loopback(3, exe, extra)).unwrap();
+    c.start_all().unwrap();
+    c.wait_stable(T).await.unwrap();
+    // Every instance up behind the balancer.
+    wait_backends_up(&c, 3).await;
+    let probe = format!("http://{listen}/");
+    for (args, says) in [
+        (
+            vec![
+                "drill",
+                "lb-backend-down",
+                "--resource",
+                "lb",
+                "--node",
+                "n7",
+                "--probe",
+                &probe,
+            ],
+            "no node named \"n7\"",
+        ),
+        (
+            vec!["drill", "lb-backend-down", "--resource", "web", "--probe", &probe],
+            "web is not a balancer",
+        ),
+    ] {
+        let (code, _, err) = c.cli(&args).unwrap();
+        assert_ne!(code, 0, "{args:?}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let (code, out, err) = c
+        .cli(&[
+            "drill",
+            "lb-backend-down",
+            "--resource",
+            "lb",
+            "--node",
+            "n2",
+            "--probe",
+            &probe,
+            "--runs",
+            "2",
+            "--json",
+        ])
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let runs = r["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{r:#}");
+    for run in runs {
+        assert_eq!(run["from"], "web@n2", "{r:#}");
+        assert_eq!(run["to"], "web@n2", "back in rotation: {r:#}");
+        assert_eq!(run["fault"], "backend web@n2 down", "{r:#}");
+        // Seen by the monitor or the balancer's checks, restarted, never fenced.
+        let (detected, started) = (run["detected_ms"].as_u64(), run["started_ms"].as_u64());
+        assert!(detected.is_some() && started.is_some(), "{r:#}");
+        assert!(started >= detected, "{r:#}");
+        assert!(run["fenced_ms"].is_null(), "{r:#}");
+        assert_eq!(run["rto_bound_ms"], 100, "{r:#}");
+        // The balancer's clients: no outage (a probe caught in flight by the kill may fail).
+        assert!(run["failed"].as_u64().unwrap() <= 2, "{r:#}");
+        assert!(run["probes"].as_u64().unwrap() > 10, "{r:#}");
+    }
+    // The instance was restarted where it ran, and the history holds the runs.
+    let st = c.statuses().await;
+    let web = st
+        .values()
+        .next()
+        .unwrap()
+        .resources
+        .iter()
+        .find(|r| r.id == "web")
+        .unwrap()
+        .clone();
+    assert!(web.running.contains_key("n2"), "{web:?}");
+    assert_eq!(web.failures.get("n2"), Some(&2), "{web:?}");
+    let (code, out, err) = c.cli(&["events", "--kind", "drill_run", "--json"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.contains("drill lb-backend-down of lb"), "{out}");
+    // A backend that is not up, and the last one up, are refused.
+    for n in ["n3", "n1"] {
+        let (code, _, err) = c.cli(&["resource", "ban", "web", "--node", n]).unwrap();
+        assert_eq!(code, 0, "{err}");
+    }
+    wait_backends_up(&c, 1).await;
+    let (code, _, err) = c
+        .cli(&[
+            "drill",
+            "lb-backend-down",
+            "--resource",
+            "lb",
+            "--node",
+            "n3",
+            "--probe",
+            &probe,
+        ])
+        .unwrap();
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("no backend of lb runs on n3") || err.contains("backend web@n3 of lb is down now"),
+        "{err}"
+    );
+    let (code, _, err) = c
+        .cli(&["drill", "lb-backend-down", "--resource", "lb", "--probe", &probe])
+        .unwrap();
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("lb has 1 backend(s) up: taking web@n2 down would be an outage"),
+        "{err}"
+    );
+    c.stop_all();
+}
+
+/// Wait until balancer `lb` has exactly `n` backends up (`phalanx balancer status`).
+async fn wait_backends_up(c: &LocalCluster, n: usize) {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let (_, out, _) = c.cli(&["balancer", "status", "lb", "--json"]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let up = v[0]["status"]["backends"]
+            .as_array()
+            .map_or(0, |b| b.iter().filter(|b| b["state"] == "up").count());
+        if up == n {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{n} backends up: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
