@@ -54,6 +54,8 @@ const BUILT: [&str; 7] = [
 /// How often the service is probed, and how long one probe may take.
 const PROBE_EVERY: Duration = Duration::from_millis(10);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Probes in flight at most (a probe's timeout ÷ the probing interval, with room).
+const MAX_IN_FLIGHT: usize = 100;
 
 /// The command's flags.
 #[derive(Debug, Clone)]
@@ -736,7 +738,9 @@ async fn one(
             .await
             .context("the session writer before the fault")?;
     }
-    // Probe from now on, every 10 ms, until told to stop.
+    // Probe from now on, every 10 ms, until told to stop: each probe in its own task, so that
+    // one hanging on a lost SYN (up to its timeout) does not hold the next ones back and the
+    // RTO keeps its 10 ms resolution (a probe is dated when it is sent).
     let started = Instant::now();
     let begun = phalanx_node::mesh::unix_ms();
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
@@ -746,18 +750,27 @@ async fn one(
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(PROBE_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut in_flight = tokio::task::JoinSet::new();
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = stopped.changed() => break,
                 }
+                while in_flight.try_join_next().is_some() {}
+                if in_flight.len() >= MAX_IN_FLIGHT {
+                    continue;
+                }
                 let at_ms = started.elapsed().as_millis() as u64;
-                let ok = probe(&http, &targets).await;
-                samples
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(Sample { at_ms, ok });
+                let (samples, targets, http) = (samples.clone(), targets.clone(), http.clone());
+                in_flight.spawn(async move {
+                    let ok = probe(&http, &targets).await;
+                    samples
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(Sample { at_ms, ok });
+                });
             }
+            while in_flight.join_next().await.is_some() {}
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -971,7 +984,8 @@ async fn one(
     let backend = ids.lb.as_ref().map(|l| l.backend.as_str());
     let ([detected_ms, fenced_ms, started_ms], fence_failures) =
         marks(client, apis, &ids.members, &victim, backend, (begun, fault_unix)).await;
-    let samples = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut samples = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    samples.sort_by_key(|s| s.at_ms);
     let measured = drill::measure(&samples, fault_ms);
     let rto_bound_ms = drill::rto_bound_ms(
         &a.scenario,
