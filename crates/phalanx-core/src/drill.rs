@@ -67,6 +67,18 @@ pub fn measure(samples: &[Sample], fault_ms: u64) -> Measured {
     }
 }
 
+/// Whether the history (newest first) holds `n`'s run or end already (a begin repeats the
+/// drill's own slot, which [`active`] allows).
+pub fn recorded<'a>(mut newest_first: impl Iterator<Item = &'a Event>, n: &DrillNote) -> bool {
+    let id = n.id.to_string();
+    let (kind, run) = match &n.step {
+        DrillStep::Begin { .. } => return false,
+        DrillStep::Run { run, .. } => (EventKind::DrillRun, Some(run.to_string())),
+        DrillStep::End { .. } => (EventKind::DrillEnded, None),
+    };
+    newest_first.any(|e| e.kind == kind && detail(e, "id") == Some(&id) && detail(e, "run") == run.as_deref())
+}
+
 /// The timings a run's RTO bound is made of: the cluster's detection time (heartbeat interval ×
 /// dead_after), the resource's monitor interval, and the time the cluster took from the
 /// failure it saw to the resource's start (stop and start, as the run's history says).
@@ -358,7 +370,17 @@ mod tests {
         assert!(h[1]
             .summary
             .contains("RTO 40 ms, 4 failed probe(s), 0 acknowledged write(s) lost"));
-        h.push(ev(3, &note(7, 2_000, DrillStep::End { aborted: None })));
+        // A run recorded twice (a retry after a lost answer) is known; another run is not.
+        assert!(recorded(newest(&h).iter(), &run));
+        let mut second = run.clone();
+        if let DrillStep::Run { run, .. } = &mut second.step {
+            *run = 2;
+        }
+        assert!(!recorded(newest(&h).iter(), &second));
+        let end = note(7, 2_000, DrillStep::End { aborted: None });
+        assert!(!recorded(newest(&h).iter(), &end));
+        h.push(ev(3, &end));
+        assert!(recorded(newest(&h).iter(), &end));
         assert_eq!(active(newest(&h).iter(), 2_500), None, "ended");
         h.push(ev(4, &begin(8, 3_000, 9_000)));
         assert_eq!(active(newest(&h).iter(), 3_000).map(|e| e.seq), Some(4));

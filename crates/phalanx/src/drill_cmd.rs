@@ -664,15 +664,23 @@ pub async fn run(client: &Client, apis: &[String], a: &Args, progress: &indicati
     })
 }
 
-/// Record a step of drill `id` through any node that answers (the run's node may be gone).
+/// Record a step of drill `id` through the first node that takes it (the run's node may be
+/// gone, or die between answering and taking it: each is tried in turn; a step that was
+/// committed before its answer was lost is not recorded twice, see `drill::recorded`).
 async fn record(client: &Client, apis: &[String], a: &Args, id: u64, step: drill::DrillStep) -> Result<()> {
     let body = serde_json::json!({ "scenario": a.scenario, "resource": a.resource, "step": step });
-    let (api, _) = client.first_answering(apis).await?;
-    let _: serde_json::Value = client
-        .post_retrying(&api, &format!("/v1/drills/{id}/steps"), &body, Duration::from_secs(10))
-        .await
-        .context("recording the drill in the history")?;
-    Ok(())
+    let path = format!("/v1/drills/{id}/steps");
+    let mut last = anyhow!("no API address to record it through");
+    for api in apis {
+        match client
+            .post_retrying::<_, serde_json::Value>(api, &path, &body, Duration::from_secs(10))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e.context(format!("through {api}")),
+        }
+    }
+    Err(last.context("recording the drill in the history"))
 }
 
 /// One fault a run causes.
