@@ -54,6 +54,9 @@ const BUILT: [&str; 7] = [
 /// How often the service is probed, and how long one probe may take.
 const PROBE_EVERY: Duration = Duration::from_millis(10);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long the request that causes a fault is retried while the cluster answers 503 (no leader
+/// right now: nothing was done), e.g. just after a node a previous run took out came back.
+const FAULT_RETRY: Duration = Duration::from_secs(10);
 /// Probes in flight at most (a probe's timeout ÷ the probing interval, with room).
 const MAX_IN_FLIGHT: usize = 100;
 
@@ -605,7 +608,21 @@ pub async fn run(client: &Client, apis: &[String], a: &Args, progress: &indicati
         .context("starting the drill")?;
     let mut runs: Vec<Run> = Vec::new();
     let mut result = Ok(());
+    let members = online_nodes(client, apis).await;
     for i in 0..a.runs {
+        if i > 0 {
+            // A node a run took out must be back before the next run (a fence's reboot brings
+            // it back; one left off is the operator's to power on).
+            progress.set_message(format!(
+                "run {} of {}: waiting for the cluster to be whole again",
+                i + 1,
+                a.runs
+            ));
+            if let Err(e) = whole_again(client, apis, &members, a.settle).await {
+                result = Err(e.context(format!("before run {}", i + 1)));
+                break;
+            }
+        }
         progress.set_message(format!("run {} of {}: {} of {}", i + 1, a.runs, a.scenario, a.resource));
         let r = match ready(client, apis, a, &http, &targets).await {
             Ok(r) => r,
@@ -662,6 +679,48 @@ pub async fn run(client: &Client, apis: &[String], a: &Args, progress: &indicati
             .map(|v| v.iter().all(|w| *w)),
         runs,
     })
+}
+
+/// The nodes online now, and the votes reachable.
+async fn online_nodes(client: &Client, apis: &[String]) -> (Vec<String>, usize) {
+    match client.first_answering(apis).await {
+        Ok((_, st)) => (
+            st.nodes
+                .iter()
+                .filter(|n| n.state == "online")
+                .map(|n| n.name.clone())
+                .collect(),
+            st.votes,
+        ),
+        Err(_) => (Vec::new(), 0),
+    }
+}
+
+/// Wait (at most `bound`) until every one of `members` is online again, counted among the
+/// reachable votes, with nothing left to do: the cluster as the drill found it, ready for
+/// another run.
+async fn whole_again(client: &Client, apis: &[String], members: &(Vec<String>, usize), bound: Duration) -> Result<()> {
+    let deadline = Instant::now() + bound;
+    loop {
+        let mut missing: Vec<String> = members.0.clone();
+        if let Ok((_, st)) = client.first_answering(apis).await {
+            missing.retain(|m| !st.nodes.iter().any(|n| &n.name == m && n.state == "online"));
+            if missing.is_empty() && st.votes >= members.1 && st.leader.is_some() && st.plan_pending == 0 {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            if missing.is_empty() {
+                bail!("the cluster still has actions pending after {bound:?}");
+            }
+            bail!(
+                "{} not back within {bound:?} (a fence device that powers nodes off leaves them off: power it on, \
+                 start its daemon, and run the drill again)",
+                missing.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Record a step of drill `id` through the first node that takes it (the run's node may be
@@ -790,7 +849,10 @@ async fn one(
         let (rsc, victim) = (rsc.clone(), victim.clone());
         Box::new(move |st| {
             let at = runs_on(st, &rsc)?;
-            let out = st.nodes.iter().any(|n| n.name == victim && n.state == "offline");
+            // Offline, or fenced since the fault (a reboot may have brought it back already).
+            let out = st.nodes.iter().any(|n| {
+                n.name == victim && (n.state == "offline" || n.fence.fenced_at_ms.is_some_and(|t| t >= fault_unix))
+            });
             (at != victim && (out || from != victim)).then_some(at)
         })
     };
@@ -799,15 +861,21 @@ async fn one(
     let (what, caused, done): (String, Result<serde_json::Value>, Done) = match &fault {
         Fault::FenceFail => {
             let mut caused = client
-                .post(&ids.witness_api, &format!("/v1/nodes/{victim}/power-off"), &empty)
+                .post_retrying(
+                    &ids.witness_api,
+                    &format!("/v1/nodes/{victim}/power-off"),
+                    &empty,
+                    FAULT_RETRY,
+                )
                 .await;
             for api in survivors {
                 if caused.is_ok() {
                     caused = client
-                        .post(
+                        .post_retrying(
                             api,
                             "/v1/fence-fail",
                             &serde_json::json!({ "operations": a.fence_failures }),
+                            FAULT_RETRY,
                         )
                         .await;
                 }
@@ -819,17 +887,23 @@ async fn one(
             format!("{victim} powered off"),
             // Asked of a node that stays up (the victim could not answer).
             client
-                .post(&ids.witness_api, &format!("/v1/nodes/{victim}/power-off"), &empty)
+                .post_retrying(
+                    &ids.witness_api,
+                    &format!("/v1/nodes/{victim}/power-off"),
+                    &empty,
+                    FAULT_RETRY,
+                )
                 .await,
             off_victim,
         ),
         Fault::Pause => (
             format!("{victim}'s daemon paused"),
             client
-                .post(
+                .post_retrying(
                     &ids.victim_api,
                     &format!("/v1/nodes/{victim}/pause"),
                     &serde_json::json!({ "seconds": a.settle.as_secs().clamp(1, 600) }),
+                    FAULT_RETRY,
                 )
                 .await,
             off_victim,
@@ -837,7 +911,12 @@ async fn one(
         Fault::KillService => (
             format!("{rsc}'s process killed on {victim}"),
             client
-                .post(&ids.victim_api, &format!("/v1/resources/{rsc}/kill-service"), &empty)
+                .post_retrying(
+                    &ids.victim_api,
+                    &format!("/v1/resources/{rsc}/kill-service"),
+                    &empty,
+                    FAULT_RETRY,
+                )
                 .await,
             Box::new({
                 let (rsc, before) = (rsc.clone(), ids.failures);
@@ -860,10 +939,11 @@ async fn one(
             (
                 format!("backend {} down", l.backend),
                 client
-                    .post(
+                    .post_retrying(
                         &ids.victim_api,
                         &format!("/v1/resources/{}/kill-service", l.primitive),
                         &empty,
+                        FAULT_RETRY,
                     )
                     .await,
                 // The monitor saw it and the instance runs there again.
@@ -885,10 +965,11 @@ async fn one(
             let mut caused = Ok(empty.clone());
             for l in links {
                 let r = client
-                    .post(
+                    .post_retrying(
                         &ids.victim_api,
                         &format!("/v1/links/{l}"),
                         &serde_json::json!({ "enabled": false }),
+                        FAULT_RETRY,
                     )
                     .await;
                 if r.is_err() {
@@ -915,10 +996,11 @@ async fn one(
         Fault::Move => (
             format!("{rsc} moved to {}", ids.to),
             client
-                .post(
+                .post_retrying(
                     &ids.api,
                     &format!("/v1/resources/{rsc}/move"),
                     &serde_json::json!({ "node": ids.to }),
+                    FAULT_RETRY,
                 )
                 .await,
             Box::new({

@@ -148,6 +148,24 @@ impl Spec {
 
 /// Where `rsc` runs in one node's view (the first node it runs on); for a group or clone,
 /// where its first member does.
+/// How long a playground machine takes to boot once its power returns: a real machine takes
+/// far longer, and a node back at once would be seen restarted before its peers noticed it
+/// gone (a kill-node drill would measure a reboot, not a failure).
+pub const BOOT_SECONDS: u64 = 2;
+
+/// Where a local cluster in `dir` keeps node `name`'s daemon pid (its outlet on the power
+/// switch, which writes it again when it boots the node).
+pub fn daemon_pid_file(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.daemon.pid"))
+}
+
+/// Node `name`'s daemon pid now, as its pid file says (None: no file, or not a pid).
+pub fn daemon_pid(dir: &Path, name: &str) -> Option<u32> {
+    std::fs::read_to_string(daemon_pid_file(dir, name))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+}
+
 pub fn runs_on(s: &StatusReport, rsc: &str) -> Option<String> {
     s.resources
         .iter()
@@ -429,7 +447,7 @@ impl LocalCluster {
 
     /// Where node `name`'s daemon pid is written (its outlet, outside the lab).
     fn pid_file(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.daemon.pid"))
+        daemon_pid_file(&self.dir, name)
     }
 
     /// Start the power switch, once: in the lab, in the client namespace with one netns outlet
@@ -451,6 +469,13 @@ impl LocalCluster {
                 None => format!("{}=pid:{}", n.name, self.pid_file(&n.name).display()),
             };
             cmd.arg("--outlet").arg(outlet);
+            // A detached cluster (the playground) is a set of machines left to themselves: power
+            // returning boots the node's daemon again, as systemd would (a fence's reboot brings
+            // it back). Tests start and reap their nodes themselves.
+            if self.detached && self.netns.is_none() {
+                cmd.arg("--boot")
+                    .arg(format!("{}={}", n.name, self.boot_command(&n.name)?));
+            }
         }
         let log = std::fs::File::create(self.dir.join("power-switch.log"))?;
         let child = cmd
@@ -462,6 +487,25 @@ impl LocalCluster {
             .context("starting the power switch")?;
         self.switch = Some(child);
         Ok(())
+    }
+
+    /// The shell line that boots node `name` (the power switch runs it when its outlet powers
+    /// on): after [`BOOT_SECONDS`], the daemon as [`LocalCluster::start`] runs it, its pid in
+    /// the outlet's pid file.
+    fn boot_command(&self, name: &str) -> Result<String> {
+        let n = self.node(name)?;
+        let config = n.config_override.as_ref().unwrap_or(&self.config_path);
+        let q = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
+        let log = std::env::var("PHALANX_DEMO_LOG").unwrap_or_else(|_| "info,openraft=warn".into());
+        Ok(format!(
+            "echo $$ > {}; sleep {BOOT_SECONDS}; RUST_LOG='{log}' exec {} daemon --config {} --node {} --data-dir {} >> {} 2>&1",
+            q(&self.pid_file(name)),
+            q(&self.exe),
+            q(config),
+            n.name,
+            q(&n.data_dir),
+            q(&self.log_path(name))
+        ))
     }
 
     /// Where the power switch logs each action (`UNIX_MS PLUG ACTION` lines).

@@ -480,6 +480,12 @@ pub struct StatusView {
     pub cluster: Option<StatusReport>,
 }
 
+/// A node's daemon pid now: the power switch writes its pid file again when it boots the node
+/// (a fence's reboot); `up` recorded the first.
+fn current_pid(dir: &Path, n: &NodeEntry) -> u32 {
+    crate::harness::daemon_pid(dir, &n.name).unwrap_or(n.pid)
+}
+
 /// `playground status`: each pid alive, each API answering, the cluster's status. Exit code 0
 /// when every process is alive and every API answers, else 1.
 pub async fn status(dir: &Path) -> Result<(StatusView, String, i32)> {
@@ -500,11 +506,12 @@ pub async fn status(dir: &Path) -> Result<(StatusView, String, i32)> {
     let mut processes = Vec::new();
     let mut cluster = None;
     for n in &st.nodes {
-        let alive = ours(n.pid, &dir);
+        let pid = current_pid(&dir, n);
+        let alive = ours(pid, &dir);
         let answer = if alive { client.status(&n.api).await.ok() } else { None };
         processes.push(ProcessView {
             name: n.name.clone(),
-            pid: n.pid,
+            pid,
             alive,
             api: Some(n.api.clone()),
             answering: Some(answer.is_some()),
@@ -619,7 +626,11 @@ pub async fn down(dir: &Path, keep: bool, json: bool) -> Result<(DownReport, Str
     let mut stopped = Vec::new();
     // The daemons first: a SIGTERM makes one leave cleanly, a second one exit at once; either
     // way it stops the services it started. Repeated until they are gone, then SIGKILL.
-    let daemons: Vec<(String, u32)> = st.nodes.iter().map(|n| (n.name.clone(), n.pid)).collect();
+    let daemons: Vec<(String, u32)> = st
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), current_pid(&dir, n)))
+        .collect();
     pb.set_message(format!("stopping {} daemons", daemons.len()));
     stopped.extend(terminate(&daemons, &dir, DOWN_GRACE).await);
     // What the daemons started and did not stop (a daemon that was killed, say).

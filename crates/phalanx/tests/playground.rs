@@ -238,8 +238,9 @@ fn playground_up_commands_and_down_leave_nothing_behind() {
     assert!(human.contains("running") && human.contains("PHALANX_CONFIG"), "{human}");
 
     // SIGKILL the daemon that runs shop (not a power cut: its services outlive it, orphans):
-    // status says so (exit 1), the cluster recovers shop elsewhere, and `down` must still stop
-    // the orphans, by their pid files.
+    // status says so (exit 1), the cluster recovers shop elsewhere, fences the node (a reboot:
+    // the power switch boots its daemon again, which rejoins), and `down` must still stop
+    // whatever of the orphans is left, by their pid files.
     let st = wait_status(config, "shop running", |s| {
         ["n1", "n2", "n3"].iter().any(|n| shop_on(s, n))
     });
@@ -274,9 +275,27 @@ fn playground_up_commands_and_down_leave_nothing_behind() {
     wait_status(config, "shop recovered on a survivor", |s| {
         ["n1", "n2", "n3"].iter().any(|n| *n != holder && shop_on(s, n))
     });
+    let back = wait_status(config, "the fenced node rebooted and back", |s| {
+        s.nodes.iter().all(|n| n.state == "online") && s.votes == 3
+    });
     assert!(
-        orphans.iter().all(|p| alive(*p)),
-        "the orphaned services run until down"
+        back.nodes
+            .iter()
+            .any(|n| n.name == holder && n.fence.fenced_at_ms.is_some()),
+        "{holder} was fenced before it came back: {:?}",
+        back.nodes
+    );
+    let pst = json(None, &["playground", "status", "--dir", dir.to_str().unwrap()]);
+    let rebooted = pst["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == holder)
+        .unwrap()
+        .clone();
+    assert!(
+        rebooted["alive"] == true && rebooted["pid"].as_u64() != Some(u64::from(victim.pid)),
+        "status follows the rebooted daemon: {pst}"
     );
 
     down_and_check_nothing_left(&dir, &report, true);
@@ -476,4 +495,57 @@ fn bad_files_are_refused_and_change_nothing(tmp: &Path, good: &Path) {
     }
     let out = cli(None, &["restore", good.to_str().unwrap()]);
     assert!(!out.status.success(), "restore without --new-cluster or --apply-state");
+}
+
+/// On a playground a fence reboots the node: the power switch boots its daemon again, as a
+/// machine's power returning would. So `phalanx drill kill-node --runs 3` runs three times:
+/// each run powers off where shop runs, the cluster fences it and recovers shop elsewhere, and
+/// the next run waits until the rebooted node is back.
+#[test]
+fn a_kill_node_drill_runs_again_once_the_fenced_node_rebooted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pg");
+    let _down = Down(dir.clone());
+    let report = up(&dir);
+    let config = report.config.as_path();
+    wait_status(config, "shop running", |s| {
+        s.plan_pending == 0 && ["n1", "n2", "n3"].iter().any(|n| shop_on(s, n))
+    });
+    let state: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("playground.json")).unwrap()).unwrap();
+    let port = state["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s[0] == "web")
+        .and_then(|s| s[1].as_u64())
+        .unwrap();
+    let probe: Vec<String> = (1..=3).map(|i| format!("http://127.0.10.{i}:{port}/")).collect();
+    let r = json(
+        Some(config),
+        &[
+            "drill",
+            "kill-node",
+            "--resource",
+            "shop",
+            "--probe",
+            &probe.join(","),
+            "--runs",
+            "3",
+        ],
+    );
+    let runs = r["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3, "{r:#}");
+    for (i, run) in runs.iter().enumerate() {
+        assert_ne!(run["from"], run["to"], "{r:#}");
+        assert!(run["fenced_ms"].is_u64() && run["rto_ms"].is_u64(), "{r:#}");
+        assert_eq!(run["rpo_writes"], 0, "{r:#}");
+        if i > 0 {
+            assert_eq!(run["from"], runs[i - 1]["to"], "each run kills where shop went: {r:#}");
+        }
+    }
+    // And the cluster is whole again afterwards.
+    wait_status(config, "every node back", |s| {
+        s.nodes.iter().all(|n| n.state == "online") && s.votes == 3
+    });
+    down_and_check_nothing_left(&dir, &report, true);
 }
