@@ -29,8 +29,12 @@ pub struct Query {
 pub struct Prediction {
     pub resource: String,
     pub mtbf_ms: u64,
-    /// Measured here: the unplanned downtime per failure in the window.
+    /// Measured here: the mean RTO of the drills of the resource (or of its group or clone) in
+    /// the window that took the service down, else the unplanned downtime per failure.
     pub mttr_ms: u64,
+    /// Where `mttr_ms` comes from: `drills` or `failures`, and how many runs or outages.
+    pub mttr_from: String,
+    pub mttr_samples: usize,
     pub availability: f64,
     pub nines: Option<f64>,
     pub yearly_downtime_s: f64,
@@ -85,16 +89,14 @@ pub fn answer(
             );
         }
     }
-    let report = availability::report(
-        events,
-        &availability::Options {
-            from_ms,
-            to_ms: now_ms,
-            slo: q.slo / 100.0,
-            resource: q.resource.clone(),
-            parents,
-        },
-    )?;
+    let options = availability::Options {
+        from_ms,
+        to_ms: now_ms,
+        slo: q.slo / 100.0,
+        resource: q.resource.clone(),
+        parents,
+    };
+    let report = availability::report(events, &options)?;
     let mut predictions = Vec::new();
     if let Some(mtbf) = &q.predict_mtbf {
         let mtbf_ms = phalanx_core::config::parse_duration(mtbf)
@@ -104,22 +106,53 @@ pub fn answer(
             bail!("--mtbf must be longer than 0");
         }
         for r in &report.resources {
-            let Some(mttr_ms) = r.mttr_ms else { continue };
+            let drilled = drill_mttr(events, &r.resource, &options.parents, from_ms);
+            let (mttr_ms, mttr_from, mttr_samples) = match (drilled, r.mttr_ms) {
+                (Some((mean, n)), _) => (mean, "drills", n),
+                (None, Some(m)) => (m, "failures", r.failures as usize),
+                (None, None) => continue,
+            };
             let a = availability::predict(mtbf_ms as f64, mttr_ms as f64).unwrap_or(0.0);
             predictions.push(Prediction {
                 resource: r.resource.clone(),
                 mtbf_ms,
                 mttr_ms,
+                mttr_from: mttr_from.into(),
+                mttr_samples,
                 availability: a,
                 nines: availability::nines(a),
                 yearly_downtime_s: (1.0 - a) * 365.25 * 86_400.0,
             });
         }
         if predictions.is_empty() {
-            bail!("--predict needs a measured MTTR, and no resource had an unplanned outage in the window");
+            bail!(
+                "--predict needs a measured MTTR: no drill took a resource down and no resource had an unplanned outage \
+                 in the window (run `phalanx drill kill-node …` first)"
+            );
         }
     }
     Ok(Answer { report, predictions })
+}
+
+/// The mean RTO of the drill runs since `from_ms` of `rsc` or of a group or clone holding it
+/// that took the service down (a switchover is a planned move, and a run that failed no probe
+/// caused no outage to recover from), and how many there were; None without one.
+fn drill_mttr(
+    events: &[Event],
+    rsc: &str,
+    parents: &std::collections::BTreeMap<String, Vec<String>>,
+    from_ms: u64,
+) -> Option<(u64, usize)> {
+    use phalanx_core::drill::detail;
+    let mine = |r: &str| r == rsc || parents.get(rsc).is_some_and(|p| p.iter().any(|x| x == r));
+    let rtos: Vec<u64> = events
+        .iter()
+        .filter(|e| e.kind == phalanx_core::events::EventKind::DrillRun && e.time_ms >= from_ms)
+        .filter(|e| e.resource.as_deref().is_some_and(mine) && e.task.as_deref() != Some("switchover"))
+        .filter(|e| detail(e, "failed_probes").is_some_and(|f| f != "0"))
+        .filter_map(|e| detail(e, "rto_ms")?.parse().ok())
+        .collect();
+    (!rtos.is_empty()).then(|| (rtos.iter().sum::<u64>() / rtos.len() as u64, rtos.len()))
 }
 
 /// Fetch the history from the first node that answers and compute.
@@ -248,10 +281,13 @@ pub fn render(a: &Answer) -> String {
     }
     for p in &a.predictions {
         out.push_str(&format!(
-            "\nPredicted for {}: MTBF {} and the measured MTTR {} give A = {:.5} % ({} nines, {} down a year)\n",
+            "\nPredicted for {}: MTBF {} and the measured MTTR {} (mean of {} {}) give A = {:.5} % ({} nines, {} down a \
+             year)\n",
             p.resource,
             dur(p.mtbf_ms),
             dur(p.mttr_ms),
+            p.mttr_samples,
+            if p.mttr_from == "drills" { "drill runs" } else { "unplanned outages" },
             p.availability * 100.0,
             p.nines.map_or("∞".into(), |n| format!("{n:.2}")),
             dur((p.yearly_downtime_s * 1000.0) as u64)
@@ -310,6 +346,41 @@ mod tests {
             ..q()
         })
         .contains("measured MTTR"));
+    }
+
+    #[test]
+    fn predict_takes_the_mttr_from_the_drills_that_took_the_service_down() {
+        let run = |seq, t, scenario: &str, rsc: &str, rto: u64, failed: u64| {
+            let mut e = ev(seq, t, EventKind::DrillRun, "n1", Some(rsc));
+            e.task = Some(scenario.into());
+            e.details = vec![format!("rto_ms={rto}"), format!("failed_probes={failed}")];
+            e
+        };
+        let events = vec![
+            ev(1, 0, EventKind::ResourceStarted, "n1", Some("web")),
+            // A drill of web's group, one of web, a switchover (planned) and a run that took
+            // nothing down (one link cut): the MTTR is the mean of the first two.
+            run(2, 10, "kill-node", "shop", 300, 30),
+            run(3, 20, "kill-service", "web", 500, 50),
+            run(4, 30, "switchover", "web", 40, 4),
+            run(5, 40, "cut-link", "web", 0, 0),
+            run(6, 50, "kill-node", "db", 900, 90),
+        ];
+        let parents = std::collections::BTreeMap::from([("web".to_string(), vec!["shop".to_string()])]);
+        let a = answer(
+            &events,
+            parents,
+            &Query {
+                predict_mtbf: Some("2000h".into()),
+                resource: Some("web".into()),
+                ..q()
+            },
+            100_000,
+        )
+        .unwrap();
+        let p = &a.predictions[0];
+        assert_eq!((p.mttr_ms, p.mttr_from.as_str(), p.mttr_samples), (400, "drills", 2));
+        assert!(render(&a).contains("(mean of 2 drill runs)"), "{}", render(&a));
     }
 
     #[test]
