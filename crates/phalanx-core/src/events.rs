@@ -674,6 +674,17 @@ fn derive(state: &ClusterState, cmd: &Command, stamp: Option<&Stamp>, last_ms: u
             vec![e]
         }
         Command::Note(n) => vec![event(n.kind, &n.node, Some(n.at_ms), n.summary.clone())],
+        Command::CreateToken { name, token } => {
+            let expiry = token
+                .expires_ms
+                .map_or("never expires".to_string(), |e| format!("expires at unix ms {e}"));
+            vec![operator(
+                "",
+                "token",
+                format!("token create {name} ({}, {expiry})", token.role),
+            )]
+        }
+        Command::RevokeToken { name } => vec![operator("", "token", format!("token revoke {name}"))],
         Command::Drill(n) => {
             let (kind, node, summary, details) = n.describe();
             let mut e = with_rsc(event(kind, &node, Some(n.at_ms), summary), &n.resource);

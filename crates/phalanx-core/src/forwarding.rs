@@ -39,6 +39,8 @@ impl Command {
             Command::BackendAdmin { .. } => "BackendAdmin",
             Command::Stick { .. } => "Stick",
             Command::Drill(_) => "Drill",
+            Command::CreateToken { .. } => "CreateToken",
+            Command::RevokeToken { .. } => "RevokeToken",
         }
     }
 
@@ -54,6 +56,8 @@ impl Command {
             // Operator requests (the API builds them from validated input).
             Command::AddNode { .. }
                 | Command::RemoveNode { .. }
+                | Command::CreateToken { .. }
+                | Command::RevokeToken { .. }
                 | Command::SetStandby { .. }
                 | Command::SetAttr { .. }
                 | Command::Cleanup { .. }

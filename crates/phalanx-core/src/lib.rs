@@ -34,6 +34,7 @@ pub mod scheduler;
 pub mod sessions;
 pub mod state;
 pub mod timings;
+pub mod tokens;
 
 pub use config::Config;
 pub use diag::{Diagnostic, Severity};

@@ -72,6 +72,14 @@ pub enum RejectReason {
         by: String,
         expires_ms: u64,
     },
+    #[error("token {name:?} already exists (revoke it first to replace it)")]
+    TokenExists { name: String },
+    #[error("no token named {name:?}")]
+    NoToken { name: String },
+    #[error("a token needs a name of 1 to 64 letters, digits, '.', '_', '-' or '@' and a SHA-256 in hex")]
+    BadToken,
+    #[error("the cluster keeps at most {max} tokens")]
+    TooManyTokens { max: usize },
 }
 
 #[cfg(test)]

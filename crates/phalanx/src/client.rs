@@ -104,6 +104,17 @@ impl Client {
         })
     }
 
+    /// The same client presenting `token` instead (an API token of `phalanx token create`).
+    pub fn with_token(mut self, token: String) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// The token it presents.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     /// The same client with requests bounded by `t` instead.
     pub fn with_timeout(mut self, t: Duration) -> Result<Self> {
         self.http = transport::api_client(t)?;

@@ -419,12 +419,25 @@ impl LocalCluster {
             Some((_, client)) => crate::netns::command_in(client, &self.exe),
             None => Command::new(&self.exe),
         };
-        let out = cmd.arg("--config").arg(&self.config_path).args(args).output()?;
+        // The harness's token (the cluster key's, or one set by `use_token`), never one saved
+        // for this config elsewhere.
+        let out = cmd
+            .env(crate::token_cmd::TOKEN_ENV, self.client.token())
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .output()?;
         Ok((
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).to_string(),
             String::from_utf8_lossy(&out.stderr).to_string(),
         ))
+    }
+
+    /// Present `token` (an API token of `phalanx token create`) from now on, in the harness's
+    /// own requests and in `cli`.
+    pub fn use_token(&mut self, token: String) {
+        self.client = self.client.clone().with_token(token);
     }
 
     pub fn node(&self, name: &str) -> Result<&LocalNode> {

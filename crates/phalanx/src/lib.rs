@@ -20,3 +20,4 @@ pub mod service;
 pub mod session_writer;
 pub mod sessions_cmd;
 pub mod simulate;
+pub mod token_cmd;

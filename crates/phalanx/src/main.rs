@@ -47,6 +47,30 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum TokenCmd {
+    /// A new API token (its secret printed once; the cluster keeps its hash): read sees,
+    /// operate also acts (standby, move, ban, drain, drills), admin also changes the cluster
+    /// (config, nodes, tokens).
+    Create {
+        name: String,
+        #[arg(long, value_parser = ["read", "operate", "admin"])]
+        role: String,
+        /// It expires after this long (default: never).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        /// Keep it for this config (0600): this CLI presents it from now on.
+        #[arg(long)]
+        save: bool,
+    },
+    /// Every token: name, role, who made it, when it expires (never a secret).
+    List,
+    /// Revoke a token: refused on every node once applied there.
+    Revoke { name: String },
+    /// Keep a token you were given (read from stdin, or PHALANX_TOKEN) for this config.
+    Save,
+}
+
+#[derive(Subcommand)]
 enum SessionsCmd {
     /// The leader, items, bytes, evictions, hit ratio, ops/s, commit latency, and each node's
     /// lag behind the leader's log.
@@ -275,6 +299,11 @@ enum Cmd {
     Balancer {
         #[command(subcommand)]
         cmd: BalancerCmd,
+    },
+    /// API tokens for people and scripts, with roles (read, operate, admin).
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
     },
     /// The replicated session store (memcached protocol): `phalanx sessions status`.
     Sessions {
@@ -511,6 +540,16 @@ fn init_logging(cli: &Cli) -> Option<logging::Logging> {
     .ok()
 }
 
+/// Print `v` as JSON, or `human(v)` as text.
+fn output<T: serde::Serialize>(json: bool, v: &T, human: impl Fn(&T) -> String) -> Result<()> {
+    if json {
+        print_json(v)
+    } else {
+        print!("{}", human(v));
+        Ok(())
+    }
+}
+
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -659,7 +698,8 @@ fn apis(cli: &Cli) -> Result<(Client, Vec<String>)> {
             .collect(),
         None => config.nodes.iter().map(|n| n.api.to_string()).collect(),
     };
-    Ok((Client::new(&key)?, apis))
+    let (token, _) = phalanx::token_cmd::resolve(&cli.config, &key);
+    Ok((Client::new(&key)?.with_token(token), apis))
 }
 
 async fn run(cli: Cli) -> Result<i32> {
@@ -827,7 +867,8 @@ async fn run(cli: Cli) -> Result<i32> {
                     .ok_or_else(|| anyhow!("the config lists no node"))?,
             };
             let url = format!("http://{}/ui", n.api);
-            let link = format!("{url}#token={}", key.api_token());
+            let (token, _) = phalanx::token_cmd::resolve(&cli.config, &key);
+            let link = format!("{url}#token={token}");
             if cli.json {
                 print_json(&json!({ "node": n.name, "url": url, "link": link }))?;
             } else {
@@ -1091,6 +1132,47 @@ async fn run(cli: Cli) -> Result<i32> {
                 print_json(&found)?;
             } else {
                 print!("{}", phalanx::balancer_cmd::render(&found));
+            }
+            Ok(0)
+        }
+        Cmd::Token { cmd } => {
+            let (client, apis) = apis(&cli)?;
+            match cmd {
+                TokenCmd::Create { name, role, ttl, save } => {
+                    let config = load_config(&cli.config)?;
+                    let key = ClusterKey::load(&key_path(&cli.config, &config))?;
+                    let (_, source) = phalanx::token_cmd::resolve(&cli.config, &key);
+                    let c = phalanx::token_cmd::create(&client, &apis, &cli.config, source, name, role, *ttl, *save)
+                        .await?;
+                    output(cli.json, &c, phalanx::token_cmd::render_created)?;
+                }
+                TokenCmd::List => {
+                    let l = phalanx::token_cmd::list(&client, &apis).await?;
+                    output(cli.json, &l, |l| phalanx::token_cmd::render_list(l))?;
+                }
+                TokenCmd::Revoke { name } => {
+                    phalanx::token_cmd::revoke(&client, &apis, name).await?;
+                    output(cli.json, &json!({ "revoked": name }), |_| {
+                        format!("Token {name} revoked.\n")
+                    })?;
+                }
+                TokenCmd::Save => {
+                    let secret = match std::env::var(phalanx::token_cmd::TOKEN_ENV) {
+                        Ok(t) if !t.trim().is_empty() => t,
+                        _ => {
+                            let mut line = String::new();
+                            std::io::stdin().read_line(&mut line)?;
+                            line
+                        }
+                    };
+                    let p = phalanx::token_cmd::save_given(&client, &apis, &cli.config, &secret).await?;
+                    output(cli.json, &json!({ "saved": p }), |_| {
+                        format!(
+                            "Saved for this config in {} (0600): this CLI presents it from now on.\n",
+                            p.display()
+                        )
+                    })?;
+                }
             }
             Ok(0)
         }

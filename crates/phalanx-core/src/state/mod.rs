@@ -8,7 +8,7 @@
 //! `resources` (results, monitors, probes, failures, cleanup), `plan` (the plan, claims and
 //! reported actions), `fencing` (fence records, device health), `operator` (moves and bans) and
 //! `input` (the scheduler's input), `balancers` (backend health verdicts and the operator's
-//! drains and weights), `sticks` (their stick tables), and `touched` (which entries a command changed, so that a
+//! drains and weights), `sticks` (their stick tables), `tokens` (the API's tokens), and `touched` (which entries a command changed, so that a
 //! persisted state machine writes only those), and `config` (the committed configuration's
 //! versions). This file holds the nouns every family shares and the
 //! dispatch of a [`Command`] to its family.
@@ -22,6 +22,7 @@ mod operator;
 mod plan;
 mod resources;
 mod sticks;
+mod tokens;
 mod touched;
 
 pub use crate::outcome::{Outcome, RejectReason};
@@ -75,6 +76,9 @@ pub struct ClusterState {
     /// The balancers' stick tables (source affinity), by balancer (see `sticks`).
     #[serde(default)]
     pub sticks: BTreeMap<String, crate::lb::StickTable>,
+    /// The API's tokens, by name (see `crate::tokens`).
+    #[serde(default)]
+    pub tokens: BTreeMap<String, crate::tokens::TokenRecord>,
 }
 
 /// A change to the cluster state, proposed by the leader or an operator.
@@ -262,6 +266,15 @@ pub enum Command {
     /// history, and a begin is refused while another drill is active there (see
     /// `crate::drill::active`).
     Drill(crate::drill::DrillNote),
+    /// A new API token (its secret's hash only; the name must be new).
+    CreateToken {
+        name: String,
+        token: crate::tokens::TokenRecord,
+    },
+    /// Revoke an API token.
+    RevokeToken {
+        name: String,
+    },
 }
 
 /// What a command family's handler gives: the outcome, or (as `Err`) a refusal that changed
@@ -370,6 +383,8 @@ impl ClusterState {
             } => self.stick(balancer, *at_ms, config, entries, touched),
             // The history's, not the state's (see `crate::events::apply_logged`).
             Command::Drill(_) => Ok(Outcome::Ok),
+            Command::CreateToken { name, token } => self.create_token(name, token),
+            Command::RevokeToken { name } => self.revoke_token(name),
         }
     }
 }

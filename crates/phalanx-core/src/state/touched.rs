@@ -34,6 +34,8 @@ pub struct Touched {
     pub balancers: bool,
     /// Stick-table entries, as (balancer, key).
     pub sticks: BTreeSet<(String, String)>,
+    /// The API's tokens (`tokens`, one entry).
+    pub tokens: bool,
 }
 
 impl Touched {
@@ -115,6 +117,9 @@ impl Touched {
             }
             // The family marks the entries it merged and the ones it expired.
             Command::Stick { .. } => {}
+            Command::CreateToken { .. } | Command::RevokeToken { .. } => {
+                self.tokens = true;
+            }
         }
     }
 }
@@ -133,6 +138,7 @@ mod tests {
             operator: (&a.operator, &a.operator_origin) != (&b.operator, &b.operator_origin),
             configs: a.configs != b.configs,
             balancers: a.balancers != b.balancers,
+            tokens: a.tokens != b.tokens,
             scalars: (a.config_version, a.max_node_id, a.maintenance)
                 != (b.config_version, b.max_node_id, b.maintenance),
             ..Touched::default()
@@ -205,6 +211,7 @@ mod tests {
         assert!(!real.operator || marked.operator, "{cmd:?}: operator");
         assert!(!real.scalars || marked.scalars, "{cmd:?}: scalars");
         assert!(!real.balancers || marked.balancers, "{cmd:?}: balancers");
+        assert!(!real.tokens || marked.tokens, "{cmd:?}: tokens");
         assert!(real.sticks.is_subset(&marked.sticks), "{cmd:?}: sticks");
     }
 

@@ -2,7 +2,10 @@
 //! (`operator`: `/v1/*` JSON and `/metrics`) and the peer router (`peer`: Raft RPCs under
 //! `/raft/{group}/` and writes forwarded between nodes). Each is built by a function taking the node
 //! handle, so tests drive it in-process with `tower::ServiceExt::oneshot`; `app` is both, as
-//! served. Every route needs the cluster's bearer token (401 otherwise). Bodies are parsed by
+//! served. The peer routes need the cluster key's token; the operator routes a token whose role
+//! allows the request (`phalanx_core::tokens`: 401 for a missing, unknown, revoked or expired
+//! token, 403 with the role needed), or the cluster key's token until an admin token exists.
+//! Bodies are parsed by
 //! hand so that malformed JSON is a 400 with serde's reason. One `ApiError` maps every failure
 //! to a status and a JSON body `{"error": KIND, "reason": TEXT}`: retryable (no leader,
 //! forwarding failed, Raft busy) 503 with `Retry-After`, refused 409, forbidden 403, unknown
@@ -15,6 +18,7 @@ pub mod events;
 pub mod linkcheck;
 pub mod operator;
 pub mod peer;
+pub mod tokens;
 pub mod ui;
 
 pub use operator::{AddNode, ResourceOp};
@@ -39,6 +43,9 @@ pub const RETRY_AFTER_SECS: u64 = 1;
 pub enum ApiError {
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// A token that is not (or no longer) accepted, with why.
+    #[error("{0}")]
+    Denied(String),
     /// The request itself is wrong (malformed JSON, a bad address...): do not repeat it.
     #[error("{0}")]
     BadInput(String),
@@ -66,7 +73,7 @@ impl ApiError {
     /// The `error` field of the body: a stable, machine-readable kind.
     pub fn kind(&self) -> &'static str {
         match self {
-            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unauthorized | ApiError::Denied(_) => "unauthorized",
             ApiError::BadInput(_) => "bad_input",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
@@ -79,7 +86,7 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::Denied(_) => StatusCode::UNAUTHORIZED,
             ApiError::BadInput(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -157,7 +164,9 @@ pub struct Origin {
 }
 
 impl Origin {
-    fn of(req: &Request) -> Origin {
+    /// The caller, and the token it used (None: the cluster key's), which the audit trail
+    /// names: `alice@ops1 (token ops-alice)`.
+    fn of(req: &Request, token: Option<&str>) -> Origin {
         let by = req
             .headers()
             .get(OPERATOR_HEADER)
@@ -165,6 +174,10 @@ impl Origin {
             .map(|v| v.chars().filter(|c| !c.is_control()).take(128).collect::<String>())
             .filter(|v| !v.trim().is_empty())
             .unwrap_or_else(|| "unidentified API client".into());
+        let by = match token {
+            Some(t) => format!("{by} (token {t})"),
+            None => by,
+        };
         Origin { by, from: peer_of(req) }
     }
 
@@ -196,21 +209,75 @@ fn peer_of(req: &Request) -> String {
         .unwrap_or_else(|| "local".into())
 }
 
-async fn auth(State(node): State<Arc<Node>>, mut req: Request, next: Next) -> Response {
-    let ok = req
+/// The node-to-node routes (Raft RPCs, forwarded writes, the session store's): the cluster
+/// key's token only.
+fn peer_path(path: &str) -> bool {
+    path.starts_with("/raft/")
+        || path == crate::forward::FORWARD_PATH
+        || path == crate::sessions::WRITE_PATH
+        || path == crate::sessions::READ_PATH
+}
+
+/// SHA-256 of a token's secret, in hex: what the state keeps of it.
+pub fn token_hash(secret: &str) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()))
+}
+
+/// Who may do what: the peer routes take the cluster key's token only; the operator routes a
+/// token of the replicated state whose role allows the request, or the cluster key's token
+/// while no admin token exists (an admin, the bootstrap's).
+fn authorize(node: &Node, req: &Request) -> Result<Option<String>, ApiError> {
+    use phalanx_core::tokens;
+    let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| token_eq(t, node.token()))
-        .unwrap_or(false);
-    if ok {
-        let origin = Origin::of(&req);
-        req.extensions_mut().insert(origin);
-        next.run(req).await
+        .ok_or(ApiError::Unauthorized)?;
+    let path = req.uri().path();
+    let key_token = token_eq(presented, node.token());
+    if peer_path(path) {
+        return if key_token {
+            Ok(None)
+        } else {
+            Err(ApiError::Unauthorized)
+        };
+    }
+    let now = crate::mesh::unix_ms();
+    let (who, role) = if key_token {
+        if node.with_state(|sm| tokens::key_token_disabled(&sm.cluster.tokens, now)) {
+            return Err(ApiError::Denied(tokens::Denied::KeyTokenDisabled.to_string()));
+        }
+        (None, tokens::Role::Admin)
     } else {
-        node.auth_failed(&peer_of(&req), req.uri().path());
-        ApiError::Unauthorized.into_response()
+        let hash = token_hash(presented);
+        let (name, role) = node
+            .with_state(|sm| tokens::authorize(&sm.cluster.tokens, &hash, now).map(|(n, r)| (n.to_string(), r)))
+            .map_err(|e| ApiError::Denied(e.to_string()))?;
+        (Some(name), role)
+    };
+    let named = who
+        .as_ref()
+        .map_or("the cluster key's token".to_string(), |n| format!("token {n}"));
+    tokens::allow(req.method().as_str(), path, &named, role).map_err(|e| ApiError::Forbidden(e.to_string()))?;
+    Ok(who)
+}
+
+async fn auth(State(node): State<Arc<Node>>, mut req: Request, next: Next) -> Response {
+    match authorize(&node, &req) {
+        Ok(token) => {
+            let origin = Origin::of(&req, token.as_deref());
+            req.extensions_mut().insert(origin);
+            next.run(req).await
+        }
+        Err(e) => {
+            if matches!(e, ApiError::Forbidden(_)) {
+                tracing::warn!(from = %peer_of(&req), path = %req.uri().path(), reason = %e, "API request refused: role");
+            } else {
+                node.auth_failed(&peer_of(&req), req.uri().path());
+            }
+            e.into_response()
+        }
     }
 }
 
@@ -241,6 +308,7 @@ pub fn app(node: Arc<Node>) -> Router {
             .merge(drills::routes())
             .merge(linkcheck::routes())
             .merge(events::routes())
+            .merge(tokens::routes())
             .merge(peer::routes()),
         node,
     ))

@@ -114,6 +114,7 @@ impl From<SmDataV1> for SmData {
                 operator_origin: Vec::new(),
                 balancers: Default::default(),
                 sticks: Default::default(),
+                tokens: Default::default(),
             },
             events: Default::default(),
         }
@@ -212,6 +213,26 @@ pub(super) mod write {
     /// A snapshot of format 4: today's state without the event history and balancers.
     pub fn sm_v4(d: &SmData) -> Vec<u8> {
         encode(&(&d.last_applied, &d.membership, cluster_v5(&d.cluster)))
+    }
+
+    /// A snapshot of format 6: today's without the tokens.
+    pub fn sm_v6(d: &SmData) -> Vec<u8> {
+        let c = &d.cluster;
+        let cluster = (
+            &c.nodes,
+            c.config_version,
+            c.max_node_id,
+            &c.resources,
+            &c.operator,
+            &c.plan,
+            c.maintenance,
+            &c.fence_devices,
+            &c.configs,
+            &c.operator_origin,
+            &c.balancers,
+            &c.sticks,
+        );
+        encode(&(&d.last_applied, &d.membership, cluster, &d.events))
     }
 
     /// A snapshot of format 5: today's without the balancers.

@@ -35,9 +35,10 @@ const SM_STICKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sm_sticks
 /// read as an empty history; the snapshot's layout gained it); 6 since the state holds the
 /// load balancers' records (`balancers` in `sm_meta`) and stick tables (`sm_sticks`, one entry
 /// per client key), absent from a format-5 store: read as none; the snapshot's layout gained
-/// both.
+/// both; 7 since the state holds the API's tokens (`tokens` in `sm_meta`, absent from a
+/// format-6 store: read as none; the snapshot's layout gained it).
 const FORMAT_KEY: &str = "format";
-const FORMAT: u32 = 6;
+const FORMAT: u32 = 7;
 /// The first format whose node entries carry `online_since_plan`.
 const NODE_ENTRY_FORMAT: u32 = 3;
 
@@ -194,6 +195,9 @@ impl Changes {
         if touched.balancers {
             c.put(Table::Meta, "balancers", encode(&d.cluster.balancers));
         }
+        if touched.tokens {
+            c.put(Table::Meta, "tokens", encode(&d.cluster.tokens));
+        }
         let s = &d.cluster;
         for name in &touched.nodes {
             c.node(s, name);
@@ -236,6 +240,7 @@ impl Changes {
         c.meta(d, true, true, true, true);
         c.put(Table::Meta, "configs", encode(&d.cluster.configs));
         c.put(Table::Meta, "balancers", encode(&d.cluster.balancers));
+        c.put(Table::Meta, "tokens", encode(&d.cluster.tokens));
         let s = &d.cluster;
         for (name, n) in &s.nodes {
             c.node(s, name);
@@ -446,6 +451,7 @@ pub(super) fn load(db: &Database) -> Result<Option<(SmData, bool)>, StoreError> 
         configs: get(&meta, "configs")?.unwrap_or_default(),
         operator_origin: get(&meta, "operator_origin")?.unwrap_or_default(),
         balancers: get(&meta, "balancers")?.unwrap_or_default(),
+        tokens: get(&meta, "tokens")?.unwrap_or_default(),
         ..ClusterState::default()
     };
     let mut attrs: BTreeMap<Vec<u8>, String> = BTreeMap::new();
@@ -580,7 +586,22 @@ pub(super) fn store_format_3(db: &Database, d: &SmData) -> Result<(), redb::Erro
     {
         let mut meta = tx.open_table(SM_META)?;
         meta.remove("operator_origin")?;
+        meta.remove("tokens")?;
         meta.insert(FORMAT_KEY, encode(&3u32).as_slice())?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Store `d` as format 6 did (no tokens).
+#[cfg(test)]
+pub(super) fn store_format_6(db: &Database, d: &SmData) -> Result<(), redb::Error> {
+    write(db, &Changes::all(d))?;
+    let tx = db.begin_write()?;
+    {
+        let mut meta = tx.open_table(SM_META)?;
+        meta.remove("tokens")?;
+        meta.insert(FORMAT_KEY, encode(&6u32).as_slice())?;
     }
     tx.commit()?;
     Ok(())
@@ -594,6 +615,7 @@ pub(super) fn store_format_5(db: &Database, d: &SmData) -> Result<(), redb::Erro
     {
         let mut meta = tx.open_table(SM_META)?;
         meta.remove("balancers")?;
+        meta.remove("tokens")?;
         meta.insert(FORMAT_KEY, encode(&5u32).as_slice())?;
     }
     tx.delete_table(SM_STICKS)?;
@@ -610,6 +632,7 @@ pub(super) fn store_format_4(db: &Database, d: &SmData) -> Result<(), redb::Erro
         let mut meta = tx.open_table(SM_META)?;
         meta.remove("events")?;
         meta.remove("balancers")?;
+        meta.remove("tokens")?;
         meta.insert(FORMAT_KEY, encode(&4u32).as_slice())?;
         tx.open_table(SM_EVENTS)?.retain(|_, _| false)?;
     }

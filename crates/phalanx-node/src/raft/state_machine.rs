@@ -424,6 +424,16 @@ mod tests {
                         },
                     )],
                 },
+                Command::CreateToken {
+                    name: "ci".into(),
+                    token: phalanx_core::tokens::TokenRecord {
+                        role: phalanx_core::tokens::Role::Operate,
+                        hash: "ab".repeat(32),
+                        created_ms: 10,
+                        created_by: "alice".into(),
+                        expires_ms: Some(99),
+                    },
+                },
             ],
         ]
     }
@@ -487,9 +497,16 @@ mod tests {
     }
 
     /// `d` as format 5 knew it: no balancer records, no stick tables.
-    fn as_before_format_6(mut d: SmData) -> SmData {
+    fn as_before_format_6(d: SmData) -> SmData {
+        let mut d = as_before_format_7(d);
         d.cluster.balancers.clear();
         d.cluster.sticks.clear();
+        d
+    }
+
+    /// `d` as format 6 knew it: no tokens.
+    fn as_before_format_7(mut d: SmData) -> SmData {
+        d.cluster.tokens.clear();
         d
     }
 
@@ -577,6 +594,26 @@ mod tests {
                 snapshot_id: "old".into(),
             },
             data: super::super::legacy::write::sm_v4(&want),
+        };
+        meta_put(&db, "snapshot", &old).unwrap();
+        assert_upgraded(db, &want, true).await;
+    }
+
+    /// Format 6 had no tokens, and its snapshots the whole state without them.
+    #[tokio::test]
+    async fn format_6_entries_and_their_snapshot_are_upgraded_once() {
+        let before = now(&applied(open_in_memory().unwrap()).await);
+        assert!(!before.cluster.tokens.is_empty());
+        let want = as_before_format_7(before);
+        let db = open_in_memory().unwrap();
+        sm_tables::store_format_6(&db, &want).unwrap();
+        let old = StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: want.last_applied,
+                last_membership: want.membership.clone(),
+                snapshot_id: "old".into(),
+            },
+            data: super::super::legacy::write::sm_v6(&want),
         };
         meta_put(&db, "snapshot", &old).unwrap();
         assert_upgraded(db, &want, true).await;

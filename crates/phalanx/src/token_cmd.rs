@@ -1,0 +1,231 @@
+//! `phalanx token create NAME --role read|operate|admin [--ttl 30d] [--save]`, `token list`,
+//! `token revoke NAME` (issue 17's tokens for people and scripts), and which token the CLI
+//! presents: `PHALANX_TOKEN` if set, else the token saved for this config (`--save`: a 0600
+//! file under `$PHALANX_TOKEN_DIR`, default `~/.config/phalanx/tokens`, named by a hash of the
+//! config's path), else the cluster key's token (which opens the API only until an admin token
+//! exists). The CLI draws a new token's secret itself (32 random bytes, hex) and sends only its
+//! SHA-256: the secret is printed once and never crosses the network.
+
+use crate::client::Client;
+use anyhow::{bail, Context, Result};
+use phalanx_core::tokens::Role;
+use phalanx_node::api::tokens::{NewToken, TokenView};
+use phalanx_node::ClusterKey;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// The environment variable holding the token to present.
+pub const TOKEN_ENV: &str = "PHALANX_TOKEN";
+/// The environment variable naming the folder of saved tokens.
+pub const TOKEN_DIR_ENV: &str = "PHALANX_TOKEN_DIR";
+
+/// Where the token saved for the config at `config` lives.
+pub fn saved_path(config: &Path) -> Result<PathBuf> {
+    let dir = match std::env::var_os(TOKEN_DIR_ENV) {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let base = std::env::var_os("XDG_CONFIG_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+                .context("no $HOME to keep a saved token under (set PHALANX_TOKEN_DIR)")?;
+            base.join("phalanx").join("tokens")
+        }
+    };
+    let abs = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+    let id = phalanx_node::api::token_hash(&abs.display().to_string());
+    Ok(dir.join(format!("{}.token", &id[..16])))
+}
+
+/// Where the CLI's token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Env,
+    Saved,
+    Key,
+}
+
+/// The token the CLI presents for the config at `config`, and where it came from.
+pub fn resolve(config: &Path, key: &ClusterKey) -> (String, Source) {
+    if let Some(t) = std::env::var(TOKEN_ENV)
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+    {
+        return (t, Source::Env);
+    }
+    if let Some(t) = saved_path(config)
+        .ok()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+    {
+        return (t, Source::Saved);
+    }
+    (key.api_token(), Source::Key)
+}
+
+/// A new secret: 32 random bytes, in hex.
+fn new_secret() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// Write `secret` to `path`, readable by its owner only (the folder too).
+fn save(path: &Path, secret: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(format!("{secret}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// What `token create` made.
+#[derive(Debug, Clone, Serialize)]
+pub struct Created {
+    pub name: String,
+    pub role: Role,
+    pub ttl_ms: Option<u64>,
+    /// The secret: shown this once.
+    pub token: String,
+    /// Where it was saved for this config (None: not saved).
+    pub saved: Option<PathBuf>,
+}
+
+/// `token create`: draw a secret, record its hash, save it when asked (or when this CLI used
+/// the cluster key's token and makes an admin token: that token stops opening the API now).
+#[allow(clippy::too_many_arguments)]
+pub async fn create(
+    client: &Client,
+    apis: &[String],
+    config: &Path,
+    source: Source,
+    name: &str,
+    role: &str,
+    ttl: Option<std::time::Duration>,
+    save_it: bool,
+) -> Result<Created> {
+    let Some(role) = Role::parse(role) else {
+        bail!("--role {role:?}: one of read, operate, admin");
+    };
+    if !phalanx_core::tokens::name_ok(name) {
+        bail!("token name {name:?}: 1 to 64 letters, digits, '.', '_', '-' or '@'");
+    }
+    let ttl_ms = ttl.map(|t| t.as_millis() as u64);
+    if ttl_ms == Some(0) {
+        bail!("--ttl must be longer than 0");
+    }
+    let secret = new_secret();
+    let body = NewToken {
+        name: name.to_string(),
+        role,
+        hash: phalanx_node::api::token_hash(&secret),
+        ttl_ms,
+    };
+    let (api, _) = client.first_answering(apis).await?;
+    let _: serde_json::Value = client.post(&api, "/v1/tokens", &body).await?;
+    let saved = if save_it || (source == Source::Key && role == Role::Admin) {
+        let p = saved_path(config)?;
+        save(&p, &secret)?;
+        Some(p)
+    } else {
+        None
+    };
+    Ok(Created {
+        name: name.to_string(),
+        role,
+        ttl_ms,
+        token: secret,
+        saved,
+    })
+}
+
+pub fn render_created(c: &Created) -> String {
+    let expiry = c.ttl_ms.map_or("never expires".to_string(), |t| {
+        format!(
+            "expires in {}",
+            humantime::format_duration(std::time::Duration::from_millis(t))
+        )
+    });
+    let mut s = format!(
+        "Token {} created (role {}, {expiry}). Its secret, shown only now:\n\n  {}\n\n",
+        c.name, c.role, c.token
+    );
+    match &c.saved {
+        Some(p) => s.push_str(&format!(
+            "Saved for this config in {} (0600): this CLI presents it from now on.\n",
+            p.display()
+        )),
+        None => s.push_str(&format!(
+            "Give it to its user: {TOKEN_ENV}=<secret> phalanx status, or `phalanx token save` it on their machine.\n"
+        )),
+    }
+    s
+}
+
+pub async fn list(client: &Client, apis: &[String]) -> Result<Vec<TokenView>> {
+    let (api, _) = client.first_answering(apis).await?;
+    client.get(&api, "/v1/tokens").await
+}
+
+pub fn render_list(tokens: &[TokenView]) -> String {
+    if tokens.is_empty() {
+        return "No tokens: the cluster key's token opens the API (make an admin token: phalanx token create NAME --role admin).\n".into();
+    }
+    let mut s = format!(
+        "{:<24} {:<8} {:<26} {:<24} {}\n",
+        "NAME", "ROLE", "CREATED", "BY", "EXPIRES"
+    );
+    for t in tokens {
+        let expires = match (t.expires_ms, t.expired) {
+            (None, _) => "never".to_string(),
+            (Some(e), true) => format!("{} (expired)", phalanx_node::events::rfc3339(e)),
+            (Some(e), false) => phalanx_node::events::rfc3339(e),
+        };
+        s.push_str(&format!(
+            "{:<24} {:<8} {:<26} {:<24} {}\n",
+            t.name,
+            t.role,
+            phalanx_node::events::rfc3339(t.created_ms),
+            t.created_by,
+            expires
+        ));
+    }
+    s
+}
+
+pub async fn revoke(client: &Client, apis: &[String], name: &str) -> Result<()> {
+    let (api, _) = client.first_answering(apis).await?;
+    let _: serde_json::Value = client.delete(&api, &format!("/v1/tokens/{name}")).await?;
+    Ok(())
+}
+
+/// `token save`: keep a token given by an admin for this config (read from stdin or
+/// `PHALANX_TOKEN`), checked against the cluster first.
+pub async fn save_given(client: &Client, apis: &[String], config: &Path, secret: &str) -> Result<PathBuf> {
+    let secret = secret.trim();
+    if secret.len() != 64 || !secret.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("a token is 64 hex digits");
+    }
+    let probe = client.clone().with_token(secret.to_string());
+    probe
+        .first_answering(apis)
+        .await
+        .context("the cluster does not accept this token")?;
+    let p = saved_path(config)?;
+    save(&p, secret)?;
+    Ok(p)
+}

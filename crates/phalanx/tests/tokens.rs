@@ -1,0 +1,184 @@
+//! API tokens and roles (issue 17) on 3 real daemons running the demo service: the cluster
+//! key's token opens the API until an admin token exists; `phalanx token create` prints a
+//! secret once and the cluster keeps only its hash; a read token sees and may not act (403 with
+//! the role needed), an operate token acts and may not apply a config or make tokens, an admin
+//! may; missing, unknown, expired and revoked tokens get 401 — a revocation on every node within
+//! one heartbeat interval of its commit —; the peer routes take no user token; every write
+//! names its token in the event history.
+
+use phalanx::harness::{runs_on, LocalCluster, Spec};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(60);
+
+/// A request to `api` with `token` (None: no Authorization header): its status and body.
+async fn call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    api: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    let mut req = http.request(method, format!("http://{api}{path}"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.header("content-type", "application/json").body(b.to_string());
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+fn created(c: &LocalCluster, args: &[&str]) -> String {
+    let mut all = vec!["--json", "token", "create"];
+    all.extend_from_slice(args);
+    let (code, out, err) = c.cli(&all).unwrap();
+    assert_eq!(code, 0, "{args:?}: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let t = v["token"].as_str().unwrap().to_string();
+    assert_eq!(t.len(), 64, "{v}");
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_have_roles_expire_and_are_revoked_everywhere() {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_phalanx"));
+    let port = phalanx::demo::service_port(3).unwrap();
+    let extra = phalanx::demo::service_resource(&exe, "web", port);
+    let mut c = LocalCluster::create(Spec::loopback(3, exe, extra)).unwrap();
+    c.start_all().unwrap();
+    c.wait_stable(T).await.unwrap();
+    let web = c
+        .wait_for(T, "web runs", |st| {
+            let s = st.values().next()?;
+            runs_on(s, "web").filter(|_| s.plan_pending == 0)
+        })
+        .await
+        .unwrap();
+    let other = if web == "n1" { "n2" } else { "n1" };
+    let apis: Vec<String> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| c.node(n).unwrap().api.clone())
+        .collect();
+    let key_token = c.client.token().to_string();
+    let http = reqwest::Client::new();
+    use reqwest::Method;
+
+    // No token, a wrong one: 401.
+    let (code, body) = call(&http, Method::GET, &apis[0], "/v1/status", None, None).await;
+    assert_eq!(code, 401, "{body}");
+    let (code, _) = call(&http, Method::GET, &apis[0], "/v1/status", Some(&"0".repeat(64)), None).await;
+    assert_eq!(code, 401);
+
+    // Tokens made with the key's token (no admin token yet): the secrets are never in the state.
+    let ro = created(&c, &["ro", "--role", "read"]);
+    let ops = created(&c, &["ops", "--role", "operate"]);
+    let brief = created(&c, &["brief", "--role", "operate", "--ttl", "1s"]);
+    let (code, out, err) = c.cli(&["token", "create", "ro", "--role", "read"]).unwrap();
+    assert_ne!(code, 0);
+    assert!(err.contains("token \"ro\" already exists"), "{out}{err}");
+    let (code, state) = call(&http, Method::GET, &apis[0], "/v1/state", Some(&key_token), None).await;
+    assert_eq!(code, 200, "{state}");
+    for secret in [&ro, &ops, &brief] {
+        assert!(!state.contains(secret.as_str()), "a secret in the state");
+    }
+    let (code, list) = call(&http, Method::GET, &apis[1], "/v1/tokens", Some(&key_token), None).await;
+    assert_eq!(code, 200, "{list}");
+    assert!(list.contains("\"ops\"") && !list.contains("hash"), "{list}");
+
+    // read: sees everything, changes nothing (403 with the role needed).
+    for path in ["/v1/status", "/v1/events", "/metrics", "/v1/availability"] {
+        let (code, body) = call(&http, Method::GET, &apis[2], path, Some(&ro), None).await;
+        assert_eq!(code, 200, "{path}: {body}");
+    }
+    let move_it = format!(r#"{{"node":"{other}"}}"#);
+    let (code, body) = call(
+        &http,
+        Method::POST,
+        &apis[0],
+        "/v1/resources/web/move",
+        Some(&ro),
+        Some(&move_it),
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("POST /v1/resources/web/move needs the operate role; token ro has read"),
+        "{body}"
+    );
+    // operate: acts, but may not make tokens or apply a config.
+    let (code, body) = call(
+        &http,
+        Method::POST,
+        &apis[0],
+        "/v1/resources/web/move",
+        Some(&ops),
+        Some(&move_it),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = call(&http, Method::GET, &apis[0], "/v1/tokens", Some(&ops), None).await;
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = call(&http, Method::POST, &apis[0], "/v1/config", Some(&ops), Some("{}")).await;
+    assert!(code == 403 && body.contains("needs the admin role"), "{code} {body}");
+    // A user token is no node: the peer routes refuse it.
+    let (code, _) = call(&http, Method::POST, &apis[0], "/peer/write", Some(&ops), Some("{}")).await;
+    assert_eq!(code, 401);
+    // The audit trail names the token.
+    let (code, out, _) = c.cli(&["events", "--kind", "operator_command", "--json"]).unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("(token ops): move web to {other}")), "{out}");
+
+    // Expired: 401 once its time is up.
+    let deadline = Instant::now() + T;
+    loop {
+        let (code, body) = call(&http, Method::GET, &apis[0], "/v1/status", Some(&brief), None).await;
+        if code == 401 {
+            assert!(body.contains("token brief expired"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "brief never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // An admin token: the key's token no longer opens the operator API (it still carries the
+    // nodes' own traffic: the cluster keeps working).
+    let root = created(&c, &["root", "--role", "admin"]);
+    let (code, body) = call(&http, Method::GET, &apis[1], "/v1/status", Some(&key_token), None).await;
+    assert!(
+        code == 401 && body.contains("disabled since an admin token exists"),
+        "{code} {body}"
+    );
+    c.use_token(root.clone());
+    let (code, _, err) = c.cli(&["token", "list"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+
+    // Revoked: refused on every node within one heartbeat interval of the answer.
+    let (code, _, err) = c.cli(&["token", "revoke", "ops"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    let revoked = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for api in &apis {
+        loop {
+            let (code, _) = call(&http, Method::GET, api, "/v1/status", Some(&ops), None).await;
+            if code == 401 {
+                slowest = slowest.max(revoked.elapsed());
+                break;
+            }
+            assert!(revoked.elapsed() < T, "{api} still takes the revoked token");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    eprintln!("revocation refused on every node {slowest:?} after the revoke returned");
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    let (code, _, err) = c.cli(&["token", "revoke", "ops"]).unwrap();
+    assert!(code != 0 && err.contains("no token named \"ops\""), "{err}");
+    // The cluster is fine throughout: web runs where the operate token moved it.
+    let st = c.statuses().await;
+    assert_eq!(st.len(), 3);
+    assert!(st.values().all(|s| runs_on(s, "web").as_deref() == Some(other)));
+    c.stop_all();
+}
