@@ -328,6 +328,11 @@ pub fn start_bmc(lab: &Lab, i: usize, dir: &std::path::Path) -> Result<std::proc
     std::fs::write(dir.join("vip"), VIP)?;
     std::fs::write(dir.join("power"), "1")?;
     std::fs::write(dir.join("password"), "lab-bmc-secret")?;
+    // A secret file the daemons refuse unless only its owner may read it.
+    std::fs::set_permissions(
+        dir.join("password"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
     let auths = "none md2 md5 straight";
     std::fs::write(
         dir.join("lan.conf"),

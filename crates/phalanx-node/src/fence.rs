@@ -220,6 +220,12 @@ impl Fencer {
     ) -> Result<PowerStatus, FenceError> {
         let mut secrets = BTreeMap::new();
         for (k, path) in &d.secret_files {
+            if let Err(mode) = crate::key::private_mode(std::path::Path::new(path)) {
+                return Err(dev_err(
+                    d,
+                    format!("secret file for {k} ({path}) is readable by group or others (mode {mode:04o}): chmod 600 {path}"),
+                ));
+            }
             let v =
                 std::fs::read_to_string(path).map_err(|e| dev_err(d, format!("secret file for {k} ({path}): {e}")))?;
             secrets.insert(k.clone(), v.trim_end_matches(['\n', '\r']).to_string());

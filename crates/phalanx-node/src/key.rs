@@ -16,6 +16,17 @@ pub enum KeyError {
     Write { path: String, source: std::io::Error },
     #[error("{path} already exists; refusing to overwrite a cluster key (remove it first)")]
     Exists { path: String },
+    #[error("the cluster key {path} is readable by group or others (mode {mode:04o}): chmod 600 {path}")]
+    Exposed { path: String, mode: u32 },
+}
+
+/// Refuse a file holding a secret that its group or others may read (mode & 0o077).
+pub fn private_mode(path: &Path) -> Result<(), u32> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => Err(m.permissions().mode() & 0o7777),
+        _ => Ok(()),
+    }
 }
 
 /// The shared secret of a cluster.
@@ -51,6 +62,16 @@ impl ClusterKey {
             return Err(KeyError::Malformed { path: p });
         }
         Ok(Self::from_bytes(&bytes))
+    }
+
+    /// [`ClusterKey::load`], refusing a key file that its group or others may read (what a
+    /// daemon loads at start).
+    pub fn load_private(path: &Path) -> Result<Self, KeyError> {
+        private_mode(path).map_err(|mode| KeyError::Exposed {
+            path: path.display().to_string(),
+            mode,
+        })?;
+        Self::load(path)
     }
 
     /// Write a new random key to `path` with mode 0600; never overwrites.

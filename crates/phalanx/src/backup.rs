@@ -120,10 +120,17 @@ fn checksum(v: &Value) -> Result<String> {
 
 /// Build a backup from the replicated state read on `leader`.
 pub fn build(state: &ClusterState, leader: &str, now_ms: u64) -> Result<Backup> {
-    let config = state
+    let mut config = state
         .current_config()
         .cloned()
         .ok_or_else(|| anyhow!("the cluster has no committed config yet: nothing to back up"))?;
+    // No secret leaves the cluster in a backup: inline ones as "***" (the digest is then the
+    // redacted text's; `restore --new-cluster` says what to fill in).
+    let redacted = phalanx_core::config::secrets::redact(&config.text);
+    if redacted != config.text {
+        config.sha256 = phalanx_node::config_watch::sha256(&redacted);
+        config.text = redacted;
+    }
     let cluster = phalanx_core::config::parse(&config.text)
         .map(|c| c.cluster.name)
         .map_err(|e| anyhow!("the committed config does not parse here: {}", e.render("config")))?;
@@ -170,6 +177,7 @@ pub fn build(state: &ClusterState, leader: &str, now_ms: u64) -> Result<Backup> 
     let mut rest = serde_json::to_value(state)?;
     if let Some(o) = rest.as_object_mut() {
         o.remove("configs");
+        o.remove("tokens");
     }
     let created = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(now_ms)).to_string();
     let mut b = Backup {
@@ -347,6 +355,7 @@ pub fn new_cluster(file: &Path, config_path: &Path, playground: Option<&Path>) -
     if !key_existed {
         ClusterKey::generate(&key)?;
     }
+    let redacted = b.config.text.matches(phalanx_core::config::secrets::REDACTED).count();
     let added: Vec<&String> = b.members.keys().filter(|n| config.node(n).is_none()).collect();
     let cfg_arg = config_path.display();
     let mut human = format!(
@@ -373,11 +382,18 @@ pub fn new_cluster(file: &Path, config_path: &Path, playground: Option<&Path>) -
             added.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
         );
     }
+    if redacted > 0 {
+        human += &format!(
+            "The backup holds no secret: {redacted} value(s) of {cfg_arg} are \"***\" (inline passwords and tokens): \
+             write them in before step 2, or move them to secret_files.\n"
+        );
+    }
     let v = json!({
         "config": config_path, "key_file": key, "key": if key_existed { "existing" } else { "generated" },
         "cluster": b.cluster, "config_version": b.config.version, "config_sha256": b.config.sha256,
         "nodes": config.nodes.iter().map(|n| &n.name).collect::<Vec<_>>(),
         "added_by_apply_state": added,
+        "redacted_secrets": redacted,
     });
     Ok((v, human, 0))
 }

@@ -70,6 +70,7 @@ fn confirm(question: &str) -> Result<bool> {
 }
 
 /// `config apply` of `text` (named `file` in diagnostics).
+#[allow(clippy::too_many_arguments)]
 pub async fn apply(
     client: &Client,
     api: &str,
@@ -78,6 +79,7 @@ pub async fn apply(
     expect_version: Option<u64>,
     dry_run: bool,
     yes: bool,
+    secrets_from: Option<u64>,
 ) -> Result<Outcome> {
     let mut req = ApplyConfig {
         text,
@@ -85,6 +87,7 @@ pub async fn apply(
         expect_version,
         dry_run: true,
         author: Some(operator()),
+        secrets_from,
     };
     let preview: Applied = client.post_retrying(api, "/v1/config", &req, RETRY_FOR).await?;
     let mut human = render_changes(&preview);
@@ -149,6 +152,7 @@ pub async fn apply_file(
         expect_version,
         dry_run,
         yes,
+        None,
     )
     .await
 }
@@ -195,5 +199,16 @@ pub async fn diff(client: &Client, api: &str, v1: u64, v2: u64) -> Result<Vec<St
 pub async fn rollback(client: &Client, api: &str, version: u64, dry_run: bool, yes: bool) -> Result<Outcome> {
     let old = show(client, api, Some(version)).await?;
     let text = old.text.context("the API returned no text")?;
-    apply(client, api, &format!("version {version}"), text, None, dry_run, yes).await
+    // Its text is shown redacted: its secrets are that version's.
+    apply(
+        client,
+        api,
+        &format!("version {version}"),
+        text,
+        None,
+        dry_run,
+        yes,
+        Some(version),
+    )
+    .await
 }

@@ -21,7 +21,7 @@ pub struct DaemonArgs {
 pub async fn run(args: DaemonArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
     let config = load_config(&args.config)?;
-    let key = ClusterKey::load(&key_path(&args.config, &config))?;
+    let key = ClusterKey::load_private(&key_path(&args.config, &config))?;
     let (id, links, api, bootstrap) = match config.nodes.iter().position(|n| n.name == args.node) {
         Some(i) => {
             let n = &config.nodes[i];
@@ -192,7 +192,7 @@ async fn serve_until_signal(
 /// `phalanx witness`: listen on `listen` (default: the config's `[witness] address`).
 pub async fn run_witness(config_path: &Path, listen: Option<&str>, data_dir: Option<PathBuf>) -> Result<()> {
     let config = load_config(config_path)?;
-    let key = ClusterKey::load(&key_path(config_path, &config))?;
+    let key = ClusterKey::load_private(&key_path(config_path, &config))?;
     let Some(w) = &config.witness else {
         bail!(
             "{} has no [witness] section: the nodes would not know where to find it",

@@ -17,6 +17,7 @@ mod cluster;
 mod diff;
 mod nodes;
 mod schema;
+pub mod secrets;
 mod sessions;
 
 use crate::diag::Checker;

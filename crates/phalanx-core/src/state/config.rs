@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 pub const CONFIG_HISTORY: usize = 20;
 
 /// One committed version of the cluster's configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigRecord {
     /// 1 for the bootstrap version, then one more per apply.
     pub version: u64,
@@ -23,6 +23,19 @@ pub struct ConfigRecord {
     pub author: String,
     /// When it was applied (unix ms, the applying node's clock).
     pub time_ms: u64,
+}
+
+/// Debug (logs of applied commands) shows the text with its secrets redacted.
+impl std::fmt::Debug for ConfigRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigRecord")
+            .field("version", &self.version)
+            .field("text", &crate::config::secrets::redact(&self.text))
+            .field("sha256", &self.sha256)
+            .field("author", &self.author)
+            .field("time_ms", &self.time_ms)
+            .finish()
+    }
 }
 
 impl ClusterState {

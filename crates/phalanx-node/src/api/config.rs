@@ -46,7 +46,8 @@ impl ConfigView {
             author: r.author.clone(),
             time: humantime::format_rfc3339_seconds(at).to_string(),
             time_ms: r.time_ms,
-            text: with_text.then(|| r.text.clone()),
+            // Secrets written inline are shown as "***" (an apply puts them back).
+            text: with_text.then(|| phalanx_core::config::secrets::redact(&r.text)),
         }
     }
 }
@@ -100,6 +101,10 @@ pub struct ApplyConfig {
     /// Who applies it (the CLI sends `user@host`).
     #[serde(default)]
     pub author: Option<String>,
+    /// Where the text's redacted secrets ("***") take their values from: this kept version
+    /// (a rollback to it), else the current one.
+    #[serde(default)]
+    pub secrets_from: Option<u64>,
 }
 
 /// The answer of `POST /v1/config`.
@@ -123,8 +128,18 @@ async fn apply(
     Extension(origin): Extension<Origin>,
     body: Bytes,
 ) -> Result<Json<Applied>, ApiError> {
-    let req: ApplyConfig = parse_json(&body)?;
+    let mut req: ApplyConfig = parse_json(&body)?;
     let file = req.file.clone().unwrap_or_else(|| "config".into());
+    // A text shown by `config show` has its secrets as "***": they keep the committed values.
+    let committed = node.with_state(|sm| {
+        let c = &sm.cluster;
+        match req.secrets_from {
+            Some(v) => c.config_version_record(v).map(|r| r.text.clone()),
+            None => c.current_config().map(|r| r.text.clone()),
+        }
+    });
+    req.text = phalanx_core::config::secrets::unredact(&req.text, committed.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::BadInput(format!("{file}: {e}")))?;
     let mut checked = phalanx_core::config::check(&req.text);
     if let Some(runner) = &node.runner {
         runner.check_agents(&mut checked, &req.text).await;
@@ -175,7 +190,16 @@ async fn apply(
         ));
     }
     let diff = match &old_text {
-        Some(old) => phalanx_core::config::diff(old, &req.text),
+        Some(old) => {
+            let mut d = phalanx_core::config::diff(
+                &phalanx_core::config::secrets::redact(old),
+                &phalanx_core::config::secrets::redact(&req.text),
+            );
+            if d.is_empty() && old != &req.text {
+                d.push("~ a secret changed (shown as \"***\")".into());
+            }
+            d
+        }
         None => vec!["(no committed version yet: all of it)".into()],
     };
     let mut answer = Applied {
