@@ -14,6 +14,7 @@ pub mod executor;
 pub mod fakenet;
 pub mod fence;
 pub mod forward;
+pub mod fuzzing;
 pub mod key;
 pub mod lb;
 pub mod lifecycle;

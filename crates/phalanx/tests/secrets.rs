@@ -92,7 +92,10 @@ async fn inline_secrets_are_redacted_everywhere_and_kept_across_applies() {
     let now = cli(&c, &["config", "show"]);
     std::fs::write(&edited, now.replace("\"***\"", "\"s3cret-v3\"")).unwrap();
     let applied = cli(&c, &["config", "apply", edited.to_str().unwrap(), "--yes"]);
-    assert!(applied.contains("a secret changed") && !applied.contains("s3cret"), "{applied}");
+    assert!(
+        applied.contains("a secret changed") && !applied.contains("s3cret"),
+        "{applied}"
+    );
     let v: serde_json::Value = serde_json::from_str(&cli(&c, &["--json", "config", "show"])).unwrap();
     assert_eq!(v["version"], 5, "{v}");
 
