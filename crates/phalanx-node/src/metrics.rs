@@ -148,7 +148,7 @@ fn drills(reg: &mut Registry, rtos: &[(String, f64)]) {
 /// The session store on this node (series exist while `[sessions]` is configured):
 /// `phalanx_sessions_leader`, `_items`, `_bytes`, `_connections`, `_applied_index`, and the
 /// counters `_evictions_total`, `_gets_total`, `_get_hits_total`, `_writes_total`,
-/// `_write_errors_total`.
+/// `_write_errors_total`, `_refused_connections_total`.
 fn sessions(reg: &mut Registry, s: &crate::sessions::SessionsStatus) {
     if !s.enabled {
         return;
@@ -185,7 +185,12 @@ fn sessions(reg: &mut Registry, s: &crate::sessions::SessionsStatus) {
     for (name, help, v) in gauges {
         reg.register(name, help, one(v));
     }
-    let counters: [(&str, &str, u64); 5] = [
+    let counters: [(&str, &str, u64); 6] = [
+        (
+            "sessions_refused_connections",
+            "Client connections closed because [sessions] allow does not name their address",
+            s.refused_connections,
+        ),
         (
             "sessions_evictions",
             "Items evicted to stay under memory_limit (the same on every replica)",

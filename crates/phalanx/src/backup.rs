@@ -247,27 +247,7 @@ pub fn read(path: &Path) -> Result<Backup> {
 /// Write `b` to `path` (mode 0600: the config may name fence credentials), through a temporary
 /// file renamed over it, so a crash never leaves half a backup under that name.
 fn write(path: &Path, b: &Backup) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|f| f.to_str()).unwrap_or("backup")
-    ));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(serde_json::to_string_pretty(b)?.as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    crate::client::write_private(path, format!("{}\n", serde_json::to_string_pretty(b)?).as_bytes())
 }
 
 /// `phalanx backup FILE`: read the state on the leader, write the file. (JSON, human, code)

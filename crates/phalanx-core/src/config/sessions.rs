@@ -3,7 +3,8 @@
 //! or at a per-node `listen` address, and also on the address of a `vip` resource if one is
 //! named — how much it holds (`memory_limit`, the least recently written items evicted beyond
 //! it), the largest item (`max_item_size`), and which nodes vote in its Raft group (`voters`,
-//! default: the cluster's). Sizes are bytes, or a number with `KiB`, `MiB` or `GiB`.
+//! default: the cluster's), and which clients it serves (`allow`: addresses and networks;
+//! default: any). Sizes are bytes, or a number with `KiB`, `MiB` or `GiB`.
 
 use crate::diag::Checker;
 use crate::resources::{AgentSpec, Resources};
@@ -31,6 +32,26 @@ pub struct SessionsConfig {
     pub max_item_size: u64,
     /// Its Raft group's voters; empty: the cluster's.
     pub voters: Vec<String>,
+    /// The clients it serves, by source address (empty: any); others are disconnected at once.
+    #[serde(default)]
+    pub allow: Vec<ipnet::IpNet>,
+}
+
+impl SessionsConfig {
+    /// Whether a client from `ip` is served.
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        Self::allows_in(&self.allow, ip)
+    }
+
+    /// Whether a client from `ip` is served by allowlist `allow` (empty: anyone; an IPv4
+    /// client on an IPv6 socket is matched as IPv4).
+    pub fn allows_in(allow: &[ipnet::IpNet], ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        allow.is_empty() || allow.iter().any(|n| n.contains(&ip))
+    }
 }
 
 #[derive(Deserialize)]
@@ -42,6 +63,7 @@ pub(super) struct RawSessions {
     memory_limit: Option<Spanned<toml::Value>>,
     max_item_size: Option<Spanned<toml::Value>>,
     voters: Option<Spanned<Vec<String>>>,
+    allow: Option<Spanned<Vec<String>>>,
 }
 
 /// `"64MiB"`, `"512KiB"`, `"1GiB"`, or a whole number of bytes (a string or an integer).
@@ -162,6 +184,27 @@ pub(super) fn validate(
             );
         }
     }
+    let mut allow = Vec::new();
+    if let Some(a) = &r.allow {
+        for s in a.get_ref() {
+            let net = s
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match net {
+                Ok(n) => allow.push(n),
+                Err(_) => c.error(
+                    a.span(),
+                    format!("sessions allow: {s:?} is not an address or a network (10.0.0.0/24, 127.0.0.1, ::1)"),
+                ),
+            }
+        }
+        if a.get_ref().is_empty() {
+            c.error(
+                a.span(),
+                "sessions allow is empty: no client could connect (leave it out for any)",
+            );
+        }
+    }
     (c.error_count() == errors).then_some(SessionsConfig {
         port,
         listen,
@@ -169,5 +212,36 @@ pub(super) fn validate(
         memory_limit,
         max_item_size,
         voters,
+        allow,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_allowlist_matches_addresses_and_networks() {
+        let allow: Vec<ipnet::IpNet> = ["10.0.2.0/24", "10.0.0.5/32", "fd00::/8"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let ok = |ip: &str| SessionsConfig::allows_in(&allow, ip.parse().unwrap());
+        assert!(ok("10.0.2.77") && ok("10.0.0.5") && ok("fd00::1"));
+        assert!(ok("::ffff:10.0.2.9"), "an IPv4 client on an IPv6 socket");
+        assert!(!ok("10.0.3.1") && !ok("10.0.0.6") && !ok("::1"));
+        assert!(
+            SessionsConfig::allows_in(&[], "192.0.2.1".parse().unwrap()),
+            "empty: anyone"
+        );
+        let parsed = crate::config::parse(
+            "[cluster]\nname = \"c\"\n\n[[node]]\nname = \"n1\"\nlinks = [\"127.0.0.1:7400\"]\n\n[sessions]\nallow = [\"10.0.2.0/33\"]\n",
+        )
+        .unwrap_err()
+        .render("c.toml");
+        assert!(
+            parsed.contains("c.toml:9:9: error: sessions allow: \"10.0.2.0/33\" is not an address or a network"),
+            "{parsed}"
+        );
+    }
 }

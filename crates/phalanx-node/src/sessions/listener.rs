@@ -64,6 +64,12 @@ pub async fn run(s: Arc<Sessions>, node: Weak<crate::node::Node>) {
         tick.tick().await;
         let Some(n) = node.upgrade() else { break };
         let want = addresses(&n);
+        *s.allow.lock().unwrap_or_else(|p| p.into_inner()) = n
+            .config()
+            .sessions
+            .as_ref()
+            .map(|c| c.allow.clone())
+            .unwrap_or_default();
         drop(n);
         running.retain(|addr, task| {
             let keep = want.contains(addr) && !task.is_finished();
@@ -100,7 +106,17 @@ pub async fn run(s: Arc<Sessions>, node: Weak<crate::node::Node>) {
 async fn accept(s: Arc<Sessions>, l: tokio::net::TcpListener) {
     loop {
         match l.accept().await {
-            Ok((stream, _)) => {
+            Ok((stream, peer)) => {
+                // `[sessions] allow`: anyone else is disconnected before a byte is read.
+                let allowed = {
+                    let allow = s.allow.lock().unwrap_or_else(|p| p.into_inner());
+                    phalanx_core::config::SessionsConfig::allows_in(&allow, peer.ip())
+                };
+                if !allowed {
+                    s.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%peer, "session store: a client not in [sessions] allow, disconnected");
+                    continue;
+                }
                 let _ = stream.set_nodelay(true);
                 let s = s.clone();
                 tokio::spawn(async move {

@@ -177,6 +177,8 @@ pub struct Counters {
     pub commit_us: AtomicU64,
     pub commits: AtomicU64,
     pub connections: AtomicU64,
+    /// Connections from clients `[sessions] allow` does not name, closed at once.
+    pub refused: AtomicU64,
 }
 
 /// The session store of one node.
@@ -201,6 +203,8 @@ pub struct Sessions {
     rate: std::sync::Mutex<Rate>,
     /// The addresses the listener holds now.
     pub(crate) listening: std::sync::Mutex<BTreeSet<std::net::SocketAddr>>,
+    /// `[sessions] allow`: the clients served (empty: any), as the listener last read it.
+    pub(crate) allow: std::sync::Mutex<Vec<ipnet::IpNet>>,
 }
 
 /// What `start` needs.
@@ -263,6 +267,7 @@ impl Sessions {
             lease_for,
             rate: Default::default(),
             listening: Default::default(),
+            allow: Default::default(),
         });
         Ok((
             s,
@@ -823,6 +828,9 @@ pub struct SessionsStatus {
     /// Mean time to commit a batch proposed or forwarded here, over the last second (ms).
     pub commit_ms: Option<f64>,
     pub connections: u64,
+    /// Connections refused by `[sessions] allow`.
+    #[serde(default)]
+    pub refused_connections: u64,
 }
 
 impl Sessions {
@@ -872,6 +880,7 @@ impl Sessions {
             ops_per_s: rate.ops_per_s,
             commit_ms: rate.commit_ms,
             connections: c.connections.load(Ordering::Relaxed),
+            refused_connections: c.refused.load(Ordering::Relaxed),
         }
     }
 }
