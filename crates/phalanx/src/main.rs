@@ -61,13 +61,20 @@ enum TokenCmd {
         /// Keep it for this config (0600): this CLI presents it from now on.
         #[arg(long)]
         save: bool,
+        /// Replace the token saved for this config.
+        #[arg(long)]
+        force: bool,
     },
     /// Every token: name, role, who made it, when it expires (never a secret).
     List,
     /// Revoke a token: refused on every node once applied there.
     Revoke { name: String },
     /// Keep a token you were given (read from stdin, or PHALANX_TOKEN) for this config.
-    Save,
+    Save {
+        /// Replace the token saved for this config.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1138,12 +1145,28 @@ async fn run(cli: Cli) -> Result<i32> {
         Cmd::Token { cmd } => {
             let (client, apis) = apis(&cli)?;
             match cmd {
-                TokenCmd::Create { name, role, ttl, save } => {
+                TokenCmd::Create {
+                    name,
+                    role,
+                    ttl,
+                    save,
+                    force,
+                } => {
                     let config = load_config(&cli.config)?;
                     let key = ClusterKey::load(&key_path(&cli.config, &config))?;
                     let (_, source) = phalanx::token_cmd::resolve(&cli.config, &key);
-                    let c = phalanx::token_cmd::create(&client, &apis, &cli.config, source, name, role, *ttl, *save)
-                        .await?;
+                    let c = phalanx::token_cmd::create(
+                        &client,
+                        &apis,
+                        &cli.config,
+                        source,
+                        name,
+                        role,
+                        *ttl,
+                        *save,
+                        *force,
+                    )
+                    .await?;
                     output(cli.json, &c, phalanx::token_cmd::render_created)?;
                 }
                 TokenCmd::List => {
@@ -1156,7 +1179,7 @@ async fn run(cli: Cli) -> Result<i32> {
                         format!("Token {name} revoked.\n")
                     })?;
                 }
-                TokenCmd::Save => {
+                TokenCmd::Save { force } => {
                     let secret = match std::env::var(phalanx::token_cmd::TOKEN_ENV) {
                         Ok(t) if !t.trim().is_empty() => t,
                         _ => {
@@ -1165,7 +1188,7 @@ async fn run(cli: Cli) -> Result<i32> {
                             line
                         }
                     };
-                    let p = phalanx::token_cmd::save_given(&client, &apis, &cli.config, &secret).await?;
+                    let p = phalanx::token_cmd::save_given(&client, &apis, &cli.config, &secret, *force).await?;
                     output(cli.json, &json!({ "saved": p }), |_| {
                         format!(
                             "Saved for this config in {} (0600): this CLI presents it from now on.\n",

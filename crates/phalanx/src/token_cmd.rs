@@ -64,6 +64,18 @@ pub fn resolve(config: &Path, key: &ClusterKey) -> (String, Source) {
     (key.api_token(), Source::Key)
 }
 
+/// A saved token is never replaced unasked: it may be the only copy of an admin's secret.
+fn refuse_overwrite(config: &Path) -> Result<()> {
+    let p = saved_path(config)?;
+    if p.exists() {
+        bail!(
+            "a token is saved for this config already ({}): it may be the only copy of its secret; --force replaces it",
+            p.display()
+        );
+    }
+    Ok(())
+}
+
 /// A new secret: 32 random bytes, in hex.
 fn new_secret() -> String {
     hex::encode(rand::random::<[u8; 32]>())
@@ -88,6 +100,8 @@ pub struct Created {
     pub name: String,
     pub role: Role,
     pub ttl_ms: Option<u64>,
+    /// When it expires (unix ms, this machine's clock).
+    pub expires_ms: Option<u64>,
     /// The secret: shown this once.
     pub token: String,
     /// Where it was saved for this config (None: not saved).
@@ -106,6 +120,7 @@ pub async fn create(
     role: &str,
     ttl: Option<std::time::Duration>,
     save_it: bool,
+    force: bool,
 ) -> Result<Created> {
     let Some(role) = Role::parse(role) else {
         bail!("--role {role:?}: one of read, operate, admin");
@@ -117,6 +132,10 @@ pub async fn create(
     if ttl_ms == Some(0) {
         bail!("--ttl must be longer than 0");
     }
+    let save_it = save_it || (source == Source::Key && role == Role::Admin);
+    if save_it && !force {
+        refuse_overwrite(config)?;
+    }
     let secret = new_secret();
     let body = NewToken {
         name: name.to_string(),
@@ -126,7 +145,7 @@ pub async fn create(
     };
     let (api, _) = client.first_answering(apis).await?;
     let _: serde_json::Value = client.post(&api, "/v1/tokens", &body).await?;
-    let saved = if save_it || (source == Source::Key && role == Role::Admin) {
+    let saved = if save_it {
         let p = saved_path(config)?;
         save(&p, &secret)?;
         Some(p)
@@ -137,17 +156,15 @@ pub async fn create(
         name: name.to_string(),
         role,
         ttl_ms,
+        expires_ms: ttl_ms.map(|t| phalanx_node::mesh::unix_ms() + t),
         token: secret,
         saved,
     })
 }
 
 pub fn render_created(c: &Created) -> String {
-    let expiry = c.ttl_ms.map_or("never expires".to_string(), |t| {
-        format!(
-            "expires in {}",
-            humantime::format_duration(std::time::Duration::from_millis(t))
-        )
+    let expiry = c.expires_ms.map_or("never expires".to_string(), |e| {
+        format!("expires at {}", phalanx_node::events::rfc3339(e))
     });
     let mut s = format!(
         "Token {} created (role {}, {expiry}). Its secret, shown only now:\n\n  {}\n\n",
@@ -204,7 +221,10 @@ pub async fn revoke(client: &Client, apis: &[String], name: &str) -> Result<()> 
 
 /// `token save`: keep a token given by an admin for this config (read from stdin or
 /// `PHALANX_TOKEN`), checked against the cluster first.
-pub async fn save_given(client: &Client, apis: &[String], config: &Path, secret: &str) -> Result<PathBuf> {
+pub async fn save_given(client: &Client, apis: &[String], config: &Path, secret: &str, force: bool) -> Result<PathBuf> {
+    if !force {
+        refuse_overwrite(config)?;
+    }
     let secret = secret.trim();
     if secret.len() != 64 || !secret.chars().all(|c| c.is_ascii_hexdigit()) {
         bail!("a token is 64 hex digits");
