@@ -238,3 +238,32 @@ pub async fn save_given(client: &Client, apis: &[String], config: &Path, secret:
     save(&p, secret)?;
     Ok(p)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_token_is_not_replaced_unasked() {
+        let dir = tempfile::tempdir().unwrap();
+        // The one test of this binary that reads the variable.
+        std::env::set_var(TOKEN_DIR_ENV, dir.path().join("tokens"));
+        let config = dir.path().join("cluster.toml");
+        assert!(refuse_overwrite(&config).is_ok(), "nothing saved yet");
+        let p = saved_path(&config).unwrap();
+        save(&p, &"ab".repeat(32)).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(p.parent().unwrap()).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let e = refuse_overwrite(&config).unwrap_err().to_string();
+        assert!(
+            e.contains("a token is saved for this config already") && e.contains("--force"),
+            "{e}"
+        );
+        // Another config has its own file.
+        assert!(refuse_overwrite(&dir.path().join("other.toml")).is_ok());
+    }
+}
