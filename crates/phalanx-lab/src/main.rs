@@ -672,34 +672,30 @@ async fn run(cli: Cli) -> Result<i32> {
             output(cli.json, &r, |r| bench_sched::render(r))?;
             Ok(0)
         }
-        Cmd::DrillCompare { runs } => {
+        // drill-compare is every target and scenario; drill one of each.
+        cmd @ (Cmd::DrillCompare { .. } | Cmd::Drill { .. }) => {
+            use phalanx_lab::drill_compare::{self as dc, SCENARIOS, TARGETS};
+            let (runs, targets, scenarios) = match cmd {
+                Cmd::Drill { target, scenario, runs } => (runs, vec![target], vec![scenario]),
+                Cmd::DrillCompare { runs } => (
+                    runs,
+                    TARGETS.map(String::from).to_vec(),
+                    SCENARIOS.map(String::from).to_vec(),
+                ),
+                _ => unreachable!("matched above"),
+            };
             if runs == 0 {
                 bail!("--runs must be at least 1");
             }
-            let r = phalanx_lab::drill_compare::run(phalanx_lab::drill_compare::Args {
+            let r = dc::run(dc::Args {
                 runs,
                 exe,
                 json: cli.json,
-                targets: phalanx_lab::drill_compare::TARGETS.map(String::from).to_vec(),
-                scenarios: phalanx_lab::drill_compare::SCENARIOS.map(String::from).to_vec(),
+                targets,
+                scenarios,
             })
             .await?;
-            output(cli.json, &r, phalanx_lab::drill_compare::render)?;
-            Ok(0)
-        }
-        Cmd::Drill { target, scenario, runs } => {
-            if runs == 0 {
-                bail!("--runs must be at least 1");
-            }
-            let r = phalanx_lab::drill_compare::run(phalanx_lab::drill_compare::Args {
-                runs,
-                exe,
-                json: cli.json,
-                targets: vec![target],
-                scenarios: vec![scenario],
-            })
-            .await?;
-            output(cli.json, &r, phalanx_lab::drill_compare::render)?;
+            output(cli.json, &r, dc::render)?;
             Ok(0)
         }
         Cmd::Bench {
