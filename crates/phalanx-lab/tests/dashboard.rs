@@ -44,6 +44,9 @@ impl Browser {
                 "--no-first-run",
                 "--remote-debugging-port=0",
                 "--window-size=1300,1400",
+                // The nodes' certificates are the cluster CA's, which this fresh profile does
+                // not trust (an operator imports ca.crt into the browser once).
+                "--ignore-certificate-errors",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
@@ -172,7 +175,8 @@ async fn the_dashboard_shows_a_node_lost_and_its_service_moved_without_a_reload(
     let link = link.trim().to_string();
     let base = link.split('#').next().unwrap().to_string();
     // The assets need no token; the API does; the favicon is no failed authentication.
-    let http = reqwest::Client::new();
+    assert!(base.starts_with("https://"), "{base}");
+    let http = c.operator_http().unwrap();
     let page = http.get(&base).send().await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.headers()["content-security-policy"]

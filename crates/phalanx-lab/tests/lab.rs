@@ -1873,3 +1873,163 @@ async fn drill_in_lab(
     web_running(c, 3).await;
     r
 }
+
+/// A memcached exchange from the client host: send `req`, read until `until` ends the reply.
+fn memcached_from_client(lab: &Lab, addr: std::net::SocketAddr, req: Vec<u8>, until: &'static [u8]) -> Vec<u8> {
+    phalanx_lab::lab::in_netns(&lab.client_ns(), move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(&req)?;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !out.ends_with(until) {
+            let n = s.read(&mut buf)?;
+            anyhow::ensure!(n > 0, "closed after {:?}", String::from_utf8_lossy(&out));
+            out.extend_from_slice(&buf[..n]);
+        }
+        Ok(out)
+    })
+    .join()
+    .unwrap()
+    .unwrap()
+}
+
+/// A capture of what crosses the lab's switch (tcpdump on every port of the switch namespace:
+/// frames a bridge forwards between its ports never reach the bridge device itself), until
+/// stopped.
+struct Capture {
+    child: std::process::Child,
+    file: PathBuf,
+    said: std::thread::JoinHandle<String>,
+}
+
+impl Capture {
+    fn start(lab: &Lab, file: PathBuf, filter: &str) -> Capture {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.switch_ns(),
+                "tcpdump",
+                "-Z",
+                "root",
+                "--immediate-mode",
+                "-i",
+                "any",
+                "-U",
+                "-s",
+                "0",
+                "-w",
+            ])
+            .arg(&file)
+            .args(filter.split_whitespace())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("tcpdump (tests/run installs it)");
+        // Ready once it says it listens (after a line about the link type).
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut said = String::new();
+        while !said.contains("listening on any") {
+            let mut line = String::new();
+            assert!(err.read_line(&mut line).unwrap() > 0, "tcpdump: {said}");
+            said += &line;
+        }
+        let said = std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = std::io::Read::read_to_string(&mut err, &mut rest);
+            said + &rest
+        });
+        Capture { child, file, said }
+    }
+
+    /// Stop it; the bytes it captured.
+    fn stop(mut self) -> Vec<u8> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let _ = self.child.wait();
+        eprintln!("{}", self.said.join().unwrap_or_default().trim());
+        std::fs::read(&self.file).unwrap()
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Nothing the cluster holds crosses its network in the clear (issue 17): tcpdump on the lab's
+/// switch while a client stores a session value through n1's memcached port, an operator sets a
+/// node attribute, and both replicate to n2 and n3 (read back there). Node-to-node traffic (the
+/// capture without the client host) never shows either value, though it holds the Raft traffic
+/// that carried them; the capture of everything does show the session value, on the client's
+/// own plain memcached hop, so the search would find a value sent in the clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_of_the_cluster_network_shows_no_session_value_and_no_state() {
+    let Some((_one, lab)) = lab_or_skip().await else { return };
+    let c = started(&lab, 3, web_config(exe(), "manual", None) + "\n[sessions]\n", "");
+    web_running(&c, 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes_only = Capture::start(
+        &lab,
+        dir.path().join("nodes.pcap"),
+        &format!("not host {}", Lab::client_ip()),
+    );
+    let everything = Capture::start(&lab, dir.path().join("all.pcap"), "");
+
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let value = format!("cart-of-alice-{stamp}");
+    let attr = format!("rack-secret-{stamp}");
+    let port = phalanx_core::config::DEFAULT_SESSIONS_PORT;
+    let at = |i: usize| std::net::SocketAddr::new(lab.node_ip(i, 0).into(), port);
+    let set = format!("set alice 0 0 {}\r\n{value}\r\n", value.len()).into_bytes();
+    assert_eq!(memcached_from_client(&lab, at(1), set, b"\r\n"), b"STORED\r\n");
+    cli_ok(&c, &["node", "attr", "n1", "rack", &attr]);
+    for i in [2, 3] {
+        let got = memcached_from_client(&lab, at(i), b"get alice\r\n".to_vec(), b"END\r\n");
+        assert!(
+            contains(&got, value.as_bytes()),
+            "n{i}: {}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    c.wait_for(T, "the attribute on every node", |st| {
+        st.values()
+            .all(|s| {
+                s.nodes
+                    .iter()
+                    .any(|n| n.name == "n1" && n.attrs.get("rack") == Some(&attr))
+            })
+            .then_some(())
+    })
+    .await
+    .unwrap();
+
+    let (nodes, all) = (nodes_only.stop(), everything.stop());
+    eprintln!("captured {} bytes between nodes, {} in all", nodes.len(), all.len());
+    assert!(
+        nodes.len() > 20_000,
+        "the capture holds the cluster's traffic: {} bytes",
+        nodes.len()
+    );
+    assert!(
+        contains(&all, value.as_bytes()),
+        "the client's plain hop was not captured: the search proves nothing"
+    );
+    assert!(
+        !contains(&nodes, value.as_bytes()),
+        "a session value crossed the cluster network in the clear"
+    );
+    assert!(
+        !contains(&nodes, attr.as_bytes()),
+        "the replicated state crossed the cluster network in the clear"
+    );
+    assert!(
+        !contains(&all, attr.as_bytes()),
+        "the operator's command crossed the network in the clear"
+    );
+}

@@ -91,6 +91,18 @@ pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
         &mut reg,
         &node.with_state(|sm| phalanx_core::drill::rtos(sm.events.since(0))),
     );
+    let refused = Family::<Reason, Counter>::default();
+    let counts = node.tls_refusals();
+    for reason in crate::transport::REFUSAL_REASONS {
+        refused
+            .get_or_create(&Reason { reason: reason.into() })
+            .inc_by(counts.get(reason).copied().unwrap_or(0));
+    }
+    reg.register(
+        "tls_refused",
+        "Connections refused at the TLS handshake, by reason",
+        refused,
+    );
     let mut out = String::new();
     encode(&mut out, &reg)?;
     Ok(prometheus_text(&out))

@@ -85,6 +85,9 @@ pub struct NodeOptions {
     /// The session store's database (`raft-sessions.redb`, see `raft::group::db_file`); None:
     /// the node hosts no session store (tests on a fake network).
     pub sessions_db: Option<Arc<redb::Database>>,
+    /// Whom the node trusts and what it presents on every node-to-node connection (its
+    /// certificate from `pki`; `Tls::ephemeral` in tests).
+    pub tls: crate::transport::Tls,
 }
 
 /// Test seams (the simulation, `testing`): in-process stand-ins for the fence devices and for
@@ -297,6 +300,10 @@ pub struct Node {
     applied: tokio::sync::watch::Receiver<u64>,
     token: String,
     http: reqwest::Client,
+    /// The node's TLS (its certificate and the cluster CA; see `transport`).
+    pub tls: crate::transport::Tls,
+    /// Connections refused at the TLS handshake since start, by reason.
+    tls_refused: std::sync::Mutex<BTreeMap<&'static str, u64>>,
     leader_since: AtomicU64,
     /// The event notes only this node makes (authentication failures).
     pub(crate) notes: crate::events::Notes,
@@ -378,6 +385,7 @@ impl Node {
                     db,
                     raft_config: raft_config(&opts.config.cluster),
                     token: opts.key.api_token(),
+                    tls: opts.tls.clone(),
                     config: opts.config.sessions.clone(),
                 })
                 .await?;
@@ -413,9 +421,11 @@ impl Node {
             state,
             applied,
             token: opts.key.api_token(),
-            http: crate::transport::forward_client()?,
+            http: crate::transport::forward_client(&opts.tls)?,
             leader_since: AtomicU64::new(0),
             notes: Default::default(),
+            tls: opts.tls.clone(),
+            tls_refused: Default::default(),
             started: tokio::time::Instant::now(),
             control: std::sync::Mutex::default(),
             vote: AtomicU64::new(0),
@@ -480,6 +490,7 @@ impl Node {
             node.spawn(crate::executor::run(node.clone(), runner));
         }
         node.spawn(node.clone().metrics_watch());
+        node.spawn(node.clone().members_watch());
         node.spawn(crate::events::watch_quorum(node.clone()));
         node.spawn(crate::events::watch_burn(node.clone()));
         node.spawn(crate::alerts::run(node.clone()));
@@ -520,6 +531,29 @@ impl Node {
     /// The Raft groups this node serves (see `raft::group`).
     pub fn raft_groups(&self) -> &Groups {
         &self.groups
+    }
+
+    /// A connection refused at the TLS handshake: counted (`phalanx_tls_refused_total`) and
+    /// recorded as an authentication failure (one event per source a minute).
+    pub fn tls_refused(self: &Arc<Self>, r: crate::transport::Refused) {
+        *self
+            .tls_refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(r.reason)
+            .or_default() += 1;
+        tracing::warn!(from = %r.from, reason = r.reason, detail = %r.detail, "connection refused at the TLS handshake");
+        self.notes.auth_failed(
+            self,
+            &r.from.ip().to_string(),
+            &format!("TLS handshake: {}", r.reason),
+            mesh::unix_ms(),
+        );
+    }
+
+    /// Connections refused at the TLS handshake, by reason.
+    pub fn tls_refusals(&self) -> BTreeMap<&'static str, u64> {
+        self.tls_refused.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The node's pooled HTTP client (forwarding to the leader; built by `transport`).
@@ -666,6 +700,31 @@ impl Node {
             }
             was_leader = is_leader;
             if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Keep the TLS's admitted names equal to the replicated members (and the witness), from
+    /// each applied entry on: a removed node's certificate is refused from the entry that
+    /// removed it (`Tls::set_members`). Nothing is enforced before the cluster bootstrapped.
+    async fn members_watch(self: Arc<Self>) {
+        let mut applied = self.applied.clone();
+        let mut current: Option<BTreeSet<String>> = None;
+        loop {
+            let members: Option<BTreeSet<String>> = self.with_state(|sm| {
+                (!sm.cluster.nodes.is_empty()).then(|| {
+                    let mut m: BTreeSet<String> = sm.cluster.nodes.keys().cloned().collect();
+                    m.insert(crate::raft::WITNESS_NAME.to_string());
+                    m
+                })
+            });
+            if members != current {
+                tracing::debug!(?members, "node certificates admitted");
+                self.tls.set_members(members.clone());
+                current = members;
+            }
+            if applied.changed().await.is_err() {
                 return;
             }
         }

@@ -41,6 +41,7 @@ async fn start(net: &FakeNet, names: &[&str]) -> Vec<Arc<Node>> {
                 seams: Default::default(),
                 mesh_runtime: None,
                 sessions_db: None,
+                tls: phalanx_node::transport::Tls::ephemeral(&n.name),
             },
             store::open_in_memory().unwrap(),
             net.raft_network(&n.name),

@@ -335,6 +335,7 @@ pub fn new_cluster(file: &Path, config_path: &Path, playground: Option<&Path>) -
     if !key_existed {
         ClusterKey::generate(&key)?;
     }
+    crate::client::ensure_ca(&key, &b.cluster)?;
     let redacted = b.config.text.matches(phalanx_core::config::secrets::REDACTED).count();
     let added: Vec<&String> = b.members.keys().filter(|n| config.node(n).is_none()).collect();
     let cfg_arg = config_path.display();

@@ -58,6 +58,7 @@ impl ApiFailure {
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
+    tls: transport::Tls,
     token: String,
     /// Sent as `x-phalanx-operator` (see [`caller`]).
     who: String,
@@ -119,11 +120,30 @@ pub fn load_config(path: &Path) -> Result<Config> {
     phalanx_core::config::parse(&text).map_err(|e| anyhow!("{}", e.render(&path.display().to_string())))
 }
 
+/// Make the cluster CA beside `key_file` unless it is there (`ca.crt`, `ca.key`; see
+/// `phalanx_node::pki`); true when it made one.
+pub fn ensure_ca(key_file: &Path, cluster: &str) -> Result<bool> {
+    let paths = phalanx_node::pki::Paths::beside(key_file);
+    if paths.ca_cert().exists() {
+        return Ok(false);
+    }
+    phalanx_node::pki::create_ca(&paths, cluster, std::time::SystemTime::now())?;
+    Ok(true)
+}
+
+/// The operator's TLS for the cluster whose key file is `key_file`: trusting the cluster CA's
+/// certificate beside it (`ca.crt`, made by `phalanx init`).
+pub fn operator_tls(key_file: &Path) -> Result<transport::Tls> {
+    let ca = phalanx_node::pki::load_ca_cert(&phalanx_node::pki::Paths::beside(key_file))?;
+    Ok(transport::Tls::client(&ca)?)
+}
+
 impl Client {
-    /// A client with the API token of `key`; requests end within 5 s.
-    pub fn new(key: &ClusterKey) -> Result<Self> {
+    /// A client with the API token of `key`, over `tls`; requests end within 5 s.
+    pub fn new(key: &ClusterKey, tls: transport::Tls) -> Result<Self> {
         Ok(Client {
-            http: transport::api_client(Duration::from_secs(5))?,
+            http: transport::api_client(&tls, Duration::from_secs(5))?,
+            tls,
             token: key.api_token(),
             who: caller(),
         })
@@ -142,7 +162,7 @@ impl Client {
 
     /// The same client with requests bounded by `t` instead.
     pub fn with_timeout(mut self, t: Duration) -> Result<Self> {
-        self.http = transport::api_client(t)?;
+        self.http = transport::api_client(&self.tls, t)?;
         Ok(self)
     }
 
@@ -211,7 +231,7 @@ impl Client {
 
     /// Open a stream (Server-Sent Events) at `path`: the response, its body still to read.
     pub async fn stream(&self, api: &str, path: &str) -> Result<reqwest::Response> {
-        let resp = transport::stream_client()?
+        let resp = transport::stream_client(&self.tls)?
             .get(transport::url(api, path))
             .bearer_auth(&self.token)
             .header(phalanx_node::api::operator::OPERATOR_HEADER, &self.who)

@@ -21,14 +21,15 @@ pub struct DaemonArgs {
 pub async fn run(args: DaemonArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
     let config = load_config(&args.config)?;
-    let key = ClusterKey::load_private(&key_path(&args.config, &config))?;
+    let key_file = key_path(&args.config, &config);
+    let key = ClusterKey::load_private(&key_file)?;
     let (id, links, api, bootstrap) = match config.nodes.iter().position(|n| n.name == args.node) {
         Some(i) => {
             let n = &config.nodes[i];
             (i as u64 + 1, n.links.clone(), n.api, true)
         }
         None => {
-            let rec = lookup_joiner(&config, &key, &args.node).await?;
+            let rec = lookup_joiner(&config, &key, &key_file, &args.node).await?;
             let links = rec
                 .links
                 .iter()
@@ -74,7 +75,15 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         ),
         None => None,
     };
-    let network = raft::network::HttpNetwork::<raft::TypeConfig>::new(key.api_token())?;
+    let mut ips: Vec<std::net::IpAddr> = links
+        .iter()
+        .chain([&api])
+        .chain(metrics_listen.as_ref())
+        .map(|a| a.ip())
+        .collect();
+    ips.dedup();
+    let tls = node_tls(&key_file, &args.node, &ips)?;
+    let network = raft::network::HttpNetwork::<raft::TypeConfig>::new(key.api_token(), &tls)?;
     let node = Node::start(
         NodeOptions {
             config: config.clone(),
@@ -89,6 +98,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
             seams: Default::default(),
             mesh_runtime: Some(mesh_rt),
             sessions_db: Some(sessions_db),
+            tls,
         },
         db,
         network,
@@ -192,7 +202,8 @@ async fn serve_until_signal(
 /// `phalanx witness`: listen on `listen` (default: the config's `[witness] address`).
 pub async fn run_witness(config_path: &Path, listen: Option<&str>, data_dir: Option<PathBuf>) -> Result<()> {
     let config = load_config(config_path)?;
-    let key = ClusterKey::load_private(&key_path(config_path, &config))?;
+    let key_file = key_path(config_path, &config);
+    let key = ClusterKey::load_private(&key_file)?;
     let Some(w) = &config.witness else {
         bail!(
             "{} has no [witness] section: the nodes would not know where to find it",
@@ -212,7 +223,8 @@ pub async fn run_witness(config_path: &Path, listen: Option<&str>, data_dir: Opt
     let listener = transport::bind(listen)
         .await
         .with_context(|| format!("binding the witness on {listen}"))?;
-    let network = raft::network::HttpNetwork::<raft::TypeConfig>::new(key.api_token())?;
+    let tls = node_tls(&key_file, raft::WITNESS_NAME, &[listen.ip()])?;
+    let network = raft::network::HttpNetwork::<raft::TypeConfig>::new(key.api_token(), &tls)?;
     let node = Node::start(
         NodeOptions {
             config,
@@ -227,6 +239,7 @@ pub async fn run_witness(config_path: &Path, listen: Option<&str>, data_dir: Opt
             seams: Default::default(),
             mesh_runtime: Some(mesh_rt),
             sessions_db: Some(sessions_db),
+            tls,
         },
         db,
         network,
@@ -238,8 +251,23 @@ pub async fn run_witness(config_path: &Path, listen: Option<&str>, data_dir: Opt
     serve_until_signal(node, listener, None).await
 }
 
-async fn lookup_joiner(config: &phalanx_core::Config, key: &ClusterKey, name: &str) -> Result<NodeRecord> {
-    let client = Client::new(key)?;
+/// The TLS of the node (or witness) `name` at `ips`: the cluster CA beside the key file, and the
+/// node's certificate from `certs/` there, issued here when this machine holds the CA key and
+/// the certificate is missing, old or names other addresses (`pki::node_identity`).
+fn node_tls(key_file: &Path, name: &str, ips: &[std::net::IpAddr]) -> Result<transport::Tls> {
+    let paths = phalanx_node::pki::Paths::beside(key_file);
+    let ca = phalanx_node::pki::load_ca_cert(&paths)?;
+    let me = phalanx_node::pki::node_identity(&paths, name, ips, std::time::SystemTime::now())?;
+    Ok(transport::Tls::node(&ca, &me.cert_pem, &me.key_pem)?)
+}
+
+async fn lookup_joiner(
+    config: &phalanx_core::Config,
+    key: &ClusterKey,
+    key_file: &Path,
+    name: &str,
+) -> Result<NodeRecord> {
+    let client = Client::new(key, crate::client::operator_tls(key_file)?)?;
     // Ask every listed node: a follower may not have applied the `node add` yet (its replica
     // lags the leader), so one that does not know the name is not the last word. Keep asking
     // for a while before giving up.

@@ -7,7 +7,7 @@ use crate::client::Client;
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use phalanx_node::{ClusterKey, StatusReport};
+use phalanx_node::{transport, ClusterKey, StatusReport};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -265,9 +265,12 @@ impl LocalCluster {
         toml += &spec.extra_config;
         let config_path = dir.join("cluster.toml");
         std::fs::write(&config_path, toml)?;
-        let key = ClusterKey::generate(&dir.join("phalanx.key"))?;
+        let key_file = dir.join("phalanx.key");
+        let key = ClusterKey::generate(&key_file)?;
+        crate::client::ensure_ca(&key_file, "demo")?;
         Ok(LocalCluster {
-            client: Client::new(&key)?.with_timeout(Duration::from_millis(1500))?,
+            client: Client::new(&key, crate::client::operator_tls(&key_file)?)?
+                .with_timeout(Duration::from_millis(1500))?,
             dir,
             config_path,
             nodes,
@@ -291,7 +294,9 @@ impl LocalCluster {
     pub fn adopt(dir: &Path, exe: PathBuf, keep: bool) -> Result<Self> {
         let config_path = dir.join("cluster.toml");
         let config = crate::client::load_config(&config_path)?;
-        let key = ClusterKey::load(&crate::client::key_path(&config_path, &config))?;
+        let key_file = crate::client::key_path(&config_path, &config);
+        let key = ClusterKey::load(&key_file)?;
+        let tls = crate::client::operator_tls(&key_file)?;
         let power_switch = config
             .fence
             .devices
@@ -322,7 +327,7 @@ impl LocalCluster {
             })
             .collect();
         Ok(LocalCluster {
-            client: Client::new(&key)?.with_timeout(Duration::from_millis(1500))?,
+            client: Client::new(&key, tls)?.with_timeout(Duration::from_millis(1500))?,
             dir: dir.to_path_buf(),
             config_path,
             nodes,
@@ -898,6 +903,36 @@ impl LocalCluster {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    fn pki_paths(&self) -> Result<phalanx_node::pki::Paths> {
+        let config = crate::client::load_config(&self.config_path)?;
+        Ok(phalanx_node::pki::Paths::beside(&crate::client::key_path(
+            &self.config_path,
+            &config,
+        )))
+    }
+
+    /// An HTTPS client of the cluster's nodes as an operator has it: trusting the cluster CA,
+    /// presenting no certificate (for tests that build requests by hand; see [`Self::url`]).
+    pub fn operator_http(&self) -> Result<reqwest::Client> {
+        let ca = phalanx_node::pki::load_ca_cert(&self.pki_paths()?)?;
+        Ok(transport::Tls::client(&ca)?.http_client(Duration::from_secs(10))?)
+    }
+
+    /// An HTTPS client presenting node `name`'s certificate (as the node's own peers do; the
+    /// node issued it at its first start).
+    pub fn node_http(&self, name: &str) -> Result<reqwest::Client> {
+        let paths = self.pki_paths()?;
+        let ca = phalanx_node::pki::load_ca_cert(&paths)?;
+        let cert = std::fs::read_to_string(paths.node_cert(name))?;
+        let key = std::fs::read_to_string(paths.node_key(name))?;
+        Ok(transport::Tls::node(&ca, &cert, &key)?.http_client(Duration::from_secs(10))?)
+    }
+
+    /// The URL of `path` on the node endpoint `api` (HTTPS).
+    pub fn url(api: &str, path: &str) -> String {
+        transport::url(api, path)
     }
 
     pub fn stop_all(&mut self) {

@@ -4,6 +4,7 @@
 pub mod availability_cmd;
 pub mod backup;
 pub mod balancer_cmd;
+pub mod cert_cmd;
 pub mod client;
 pub mod config_cmd;
 pub mod daemon;

@@ -47,6 +47,22 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum CertCmd {
+    /// Issue a node's certificate (90 days) with the cluster CA, into `certs/` beside the key:
+    /// for a node whose machine does not hold the CA key (nodes that do issue their own).
+    /// Its addresses default to the node's links, API and metrics address in the config.
+    Issue {
+        /// The node's name (`witness` for the witness).
+        node: String,
+        /// An address the certificate names, instead of the config's (repeatable).
+        #[arg(long = "ip")]
+        ips: Vec<std::net::IpAddr>,
+    },
+    /// The cluster CA and every certificate in `certs/`: names, addresses, expiry, renewal.
+    List,
+}
+
+#[derive(Subcommand)]
 enum TokenCmd {
     /// A new API token (its secret printed once; the cluster keeps its hash): read sees,
     /// operate also acts (standby, move, ban, drain, drills), admin also changes the cluster
@@ -139,7 +155,8 @@ enum Cmd {
         #[arg(long, hide = true)]
         lab: bool,
     },
-    /// Write a new cluster key (0600) beside the config; never overwrites one.
+    /// Write a new cluster key (0600) and the cluster CA (`ca.crt`, `ca.key` 0600) beside the
+    /// config; never overwrites either (on an existing cluster it adds the missing CA).
     Init {
         /// Where to write it (default: the key_file of --config, relative to the config's
         /// folder; phalanx.key there when the config does not exist yet or names none).
@@ -306,6 +323,11 @@ enum Cmd {
     Balancer {
         #[command(subcommand)]
         cmd: BalancerCmd,
+    },
+    /// The cluster CA's certificates: `cert issue NODE`, `cert list`.
+    Cert {
+        #[command(subcommand)]
+        cmd: CertCmd,
     },
     /// API tokens for people and scripts, with roles (read, operate, admin).
     Token {
@@ -706,7 +728,8 @@ fn apis(cli: &Cli) -> Result<(Client, Vec<String>)> {
         None => config.nodes.iter().map(|n| n.api.to_string()).collect(),
     };
     let (token, _) = phalanx::token_cmd::resolve(&cli.config, &key);
-    Ok((Client::new(&key)?.with_token(token), apis))
+    let tls = phalanx::client::operator_tls(&key_path(&cli.config, &config))?;
+    Ok((Client::new(&key, tls)?.with_token(token), apis))
 }
 
 async fn run(cli: Cli) -> Result<i32> {
@@ -763,13 +786,32 @@ async fn run(cli: Cli) -> Result<i32> {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
-            ClusterKey::generate(&path)?;
+            let paths = phalanx_node::pki::Paths::beside(&path);
+            let key_made = match ClusterKey::generate(&path) {
+                Ok(_) => true,
+                Err(phalanx_node::key::KeyError::Exists { .. }) if !paths.ca_cert().exists() => false,
+                Err(e) => return Err(e.into()),
+            };
+            let cluster = init_cluster_name(&cli.config);
+            phalanx::client::ensure_ca(&path, &cluster)?;
             if cli.json {
-                print_json(&json!({ "key_file": path, "mode": "0600" }))?;
+                print_json(&json!({
+                    "key_file": path, "mode": "0600", "key": if key_made { "generated" } else { "existing" },
+                    "ca_cert": paths.ca_cert(), "ca_key": paths.ca_key(), "ca_domain": phalanx_node::pki::domain(&cluster),
+                }))?;
             } else {
+                if key_made {
+                    println!("Wrote a new cluster key to {} (mode 0600).", path.display());
+                } else {
+                    println!("Kept the cluster key {}.", path.display());
+                }
                 println!(
-                    "Wrote a new cluster key to {} (mode 0600). Copy it to every node.",
-                    path.display()
+                    "Wrote the cluster CA: {} and {} (mode 0600; ECDSA P-256, 10 years, for {}).\n\
+                     Copy the key and ca.crt to every node, and ca.key to the nodes that may issue their own certificates\n\
+                     (a node without it needs `phalanx cert issue NODE` run where it is, and the two files it writes).",
+                    paths.ca_cert().display(),
+                    paths.ca_key().display(),
+                    phalanx_node::pki::domain(&cluster)
                 );
             }
             Ok(0)
@@ -873,7 +915,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     .first()
                     .ok_or_else(|| anyhow!("the config lists no node"))?,
             };
-            let url = format!("http://{}/ui", n.api);
+            let url = format!("https://{}/ui", n.api);
             let (token, _) = phalanx::token_cmd::resolve(&cli.config, &key);
             let link = format!("{url}#token={token}");
             if cli.json {
@@ -1142,6 +1184,67 @@ async fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Cmd::Cert { cmd } => {
+            let config = load_config(&cli.config)?;
+            let key_file = key_path(&cli.config, &config);
+            let paths = phalanx_node::pki::Paths::beside(&key_file);
+            match cmd {
+                CertCmd::Issue { node, ips } => {
+                    let ips = if !ips.is_empty() {
+                        ips.clone()
+                    } else if node == phalanx_node::raft::WITNESS_NAME {
+                        config.witness.iter().map(|w| w.address.ip()).collect()
+                    } else {
+                        let n = config.node(node).ok_or_else(|| {
+                            let names: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
+                            anyhow!(
+                                "no node named {node:?} in the config (nodes: {}; a node added with `node add`: give its addresses with --ip)",
+                                names.join(", ")
+                            )
+                        })?;
+                        let mut v: Vec<std::net::IpAddr> = n
+                            .links
+                            .iter()
+                            .chain([&n.api])
+                            .chain(n.metrics_listen.as_ref())
+                            .map(|a| a.ip())
+                            .collect();
+                        v.dedup();
+                        v
+                    };
+                    let issued = phalanx_node::pki::issue_to_files(&paths, node, &ips, std::time::SystemTime::now())?;
+                    let info = phalanx_node::pki::inspect_pem(&issued.cert_pem).map_err(|e| anyhow!(e))?;
+                    let (cert, keyp) = (paths.node_cert(node), paths.node_key(node));
+                    if cli.json {
+                        print_json(&json!({
+                            "node": node, "cert": cert, "key": keyp, "dns": info.dns, "ips": info.ips,
+                            "not_after": humantime::format_rfc3339_seconds(info.not_after).to_string(),
+                        }))?;
+                    } else {
+                        println!(
+                            "Issued {node}'s certificate: {} and {} (mode 0600), for {} and {}, valid until {}.\n\
+                             Copy both to {} on {node}; it renews itself at 2/3 of its life where the CA key is.",
+                            cert.display(),
+                            keyp.display(),
+                            info.dns.join(", "),
+                            info.ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", "),
+                            humantime::format_rfc3339_seconds(info.not_after),
+                            paths.cert_dir().display()
+                        );
+                    }
+                    Ok(0)
+                }
+                CertCmd::List => {
+                    let rows = phalanx::cert_cmd::rows(&paths, std::time::SystemTime::now())?;
+                    if cli.json {
+                        print_json(&rows)?;
+                    } else {
+                        print!("{}", phalanx::cert_cmd::render(&rows));
+                    }
+                    Ok(0)
+                }
+            }
+        }
         Cmd::Token { cmd } => {
             let (client, apis) = apis(&cli)?;
             match cmd {
@@ -1325,6 +1428,16 @@ async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// The cluster's name for `init`'s CA: the config's, as far as it can be read, else `cluster`.
+fn init_cluster_name(config: &Path) -> String {
+    std::fs::read_to_string(config)
+        .ok()
+        .and_then(|src| check(&src).draft)
+        .map(|c| c.cluster.name)
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "cluster".to_string())
 }
 
 /// Where `init` writes the key: the config's `key_file` (even from a config with errors, as

@@ -502,7 +502,8 @@ pub async fn status(dir: &Path) -> Result<(StatusView, String, i32)> {
         )
     })?;
     let key = ClusterKey::load(&st.token_file)?;
-    let client = Client::new(&key)?.with_timeout(Duration::from_millis(1500))?;
+    let client =
+        Client::new(&key, crate::client::operator_tls(&st.token_file)?)?.with_timeout(Duration::from_millis(1500))?;
     let mut processes = Vec::new();
     let mut cluster = None;
     for n in &st.nodes {
@@ -739,8 +740,10 @@ fn remove(st: &State) -> Result<bool> {
         dirs.push(dir.join(&n.name));
     }
     if st.config_owned {
-        files.push(st.config.clone());
-        files.push(st.token_file.clone());
+        // The config, the key, and the cluster CA with the certificates it issued.
+        let pki = phalanx_node::pki::Paths::beside(&st.token_file);
+        files.extend([st.config.clone(), st.token_file.clone(), pki.ca_cert(), pki.ca_key()]);
+        dirs.push(pki.cert_dir());
     }
     for d in dirs {
         match std::fs::remove_dir_all(&d) {

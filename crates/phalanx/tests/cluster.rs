@@ -344,29 +344,51 @@ async fn api_refuses_bad_tokens_and_malformed_json_and_serves_metrics() {
     let c = cluster(3);
     c.wait_stable(T).await.unwrap();
     let api = &c.node("n1").unwrap().api;
-    let http = reqwest::Client::new();
-    let r = http.get(format!("http://{api}/v1/status")).send().await.unwrap();
+    let http = c.operator_http().unwrap();
+    let r = http.get(LocalCluster::url(api, "/v1/status")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let r = http
-        .get(format!("http://{api}/v1/status"))
+        .get(LocalCluster::url(api, "/v1/status"))
         .bearer_auth("wrong")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    let token = phalanx_node::ClusterKey::load(&c.dir.join("phalanx.key"))
+        .unwrap()
+        .api_token();
+    // Raft RPCs: a node's certificate and the key's token, both.
     let r = http
-        .post(format!("http://{api}/raft/cluster/vote"))
+        .post(LocalCluster::url(api, "/raft/cluster/vote"))
+        .bearer_auth(&token)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "raft RPCs need a node certificate");
+    let as_n2 = c.node_http("n2").unwrap();
+    let r = as_n2
+        .post(LocalCluster::url(api, "/raft/cluster/vote"))
         .body("x")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401, "raft RPCs need the token too");
+    let r = as_n2
+        .post(LocalCluster::url(api, "/raft/cluster/vote"))
+        .bearer_auth(&token)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "with both, a malformed vote is bad input");
+    // Plain HTTP gets a clear answer, not a hang.
+    let r = reqwest::get(format!("http://{api}/v1/status")).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("HTTPS only"));
 
-    let token = phalanx_node::ClusterKey::load(&c.dir.join("phalanx.key"))
-        .unwrap()
-        .api_token();
     let post = |path: &str, body: &'static str| {
-        http.post(format!("http://{api}{path}"))
+        http.post(LocalCluster::url(api, path))
             .bearer_auth(&token)
             .body(body)
             .send()
@@ -398,7 +420,11 @@ async fn api_refuses_bad_tokens_and_malformed_json_and_serves_metrics() {
         400
     );
     assert_eq!(
-        post("/raft/cluster/append", "\u{7f}\u{7f}\u{7f}")
+        as_n2
+            .post(LocalCluster::url(api, "/raft/cluster/append"))
+            .bearer_auth(&token)
+            .body("\u{7f}\u{7f}\u{7f}")
+            .send()
             .await
             .unwrap()
             .status(),
@@ -486,16 +512,17 @@ async fn a_leaders_decision_sent_over_the_api_is_refused() {
     let token = phalanx_node::ClusterKey::load(&c.dir.join("phalanx.key"))
         .unwrap()
         .api_token();
-    let http = reqwest::Client::new();
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
     let forged = serde_json::json!({ "SetLiveness": { "name": holder, "liveness": "offline", "at_ms": now_ms } });
     let follower = c.running().into_iter().find(|n| *n != leader).unwrap();
+    // As a node would send it (its certificate), with the key's token.
+    let http = c.node_http(&follower).unwrap();
     let send = |node: &str, path: &str| {
         let api = c.node(node).unwrap().api.clone();
-        http.post(format!("http://{api}{path}"))
+        http.post(LocalCluster::url(&api, path))
             .bearer_auth(&token)
             .json(&forged)
             .send()
@@ -539,7 +566,7 @@ async fn a_leaders_decision_sent_over_the_api_is_refused() {
     // What a follower may forward still goes through the peer route.
     let api = c.node(&follower).unwrap().api.clone();
     let r = http
-        .post(format!("http://{api}/peer/write"))
+        .post(LocalCluster::url(&api, "/peer/write"))
         .bearer_auth(&token)
         .json(&serde_json::json!({ "SetAttr": { "name": "n1", "key": "replayed", "value": "no" } }))
         .send()
@@ -642,7 +669,7 @@ fn config_check_prints_file_line_col_and_exits_2() {
 }
 
 #[test]
-fn init_writes_a_0600_key_and_never_overwrites() {
+fn init_writes_a_0600_key_and_a_ca_and_never_overwrites() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let k = dir.path().join("k");
@@ -653,11 +680,25 @@ fn init_writes_a_0600_key_and_never_overwrites() {
             .output()
             .unwrap()
     };
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert!(run().status.success());
-    assert_eq!(std::fs::metadata(&k).unwrap().permissions().mode() & 0o777, 0o600);
-    let before = std::fs::read(&k).unwrap();
+    assert_eq!(mode(&k), 0o600);
+    let (ca_crt, ca_key) = (dir.path().join("ca.crt"), dir.path().join("ca.key"));
+    assert_eq!(mode(&ca_key), 0o600);
+    let ca = phalanx_node::pki::inspect_pem(&std::fs::read_to_string(&ca_crt).unwrap()).unwrap();
+    assert!(ca.is_ca);
+    assert_eq!(ca.permitted_dns, vec!["cluster.phalanx".to_string()]);
+    let before = (std::fs::read(&k).unwrap(), std::fs::read(&ca_key).unwrap());
     assert!(!run().status.success());
-    assert_eq!(std::fs::read(&k).unwrap(), before);
+    assert_eq!((std::fs::read(&k).unwrap(), std::fs::read(&ca_key).unwrap()), before);
+    // A cluster from before the CA: init keeps its key and adds the CA.
+    std::fs::remove_file(&ca_crt).unwrap();
+    std::fs::remove_file(&ca_key).unwrap();
+    let out = run();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Kept the cluster key"));
+    assert_eq!(std::fs::read(&k).unwrap(), before.0);
+    assert!(ca_crt.exists() && ca_key.exists());
 }
 
 #[test]

@@ -159,9 +159,9 @@ async fn a_switchover_drill_measures_what_clients_saw_and_clears_its_move() {
     let token = phalanx_node::ClusterKey::load(&c.dir().join("phalanx.key"))
         .unwrap()
         .api_token();
-    let http = reqwest::Client::new();
+    let http = c.operator_http().unwrap();
     let metrics = http
-        .get(format!("http://{api}/metrics"))
+        .get(LocalCluster::url(&api, "/metrics"))
         .bearer_auth(&token)
         .send()
         .await
@@ -177,7 +177,7 @@ async fn a_switchover_drill_measures_what_clients_saw_and_clears_its_move() {
     // One drill at a time: while another operator's drill holds the slot, a drill is refused
     // and moves nothing; once that drill ends, drills run again.
     let begin = http
-        .post(format!("http://{api}/v1/drills/42"))
+        .post(LocalCluster::url(&api, "/v1/drills/42"))
         .bearer_auth(&token)
         .header("x-phalanx-operator", "alice@ops")
         .body(r#"{"scenario":"switchover","resource":"web","node":"n1","bound_ms":600000}"#)
@@ -197,7 +197,7 @@ async fn a_switchover_drill_measures_what_clients_saw_and_clears_its_move() {
     let after = c.statuses().await.values().next().and_then(|s| runs_on(s, "web"));
     assert_eq!(before, after, "a refused drill moved nothing");
     let end = http
-        .post(format!("http://{api}/v1/drills/42/steps"))
+        .post(LocalCluster::url(&api, "/v1/drills/42/steps"))
         .bearer_auth(&token)
         .body(r#"{"scenario":"switchover","resource":"web","step":{"End":{"aborted":null}}}"#)
         .send()

@@ -130,8 +130,10 @@ async fn a_leader_kill_reads_the_same_in_order_everywhere_and_follow_loses_nothi
     .await
     .unwrap();
     // A wrong token, recorded (as an event of the node it was sent to).
-    let bad = reqwest::Client::new()
-        .get(format!("http://{}/v1/status", api_of(&c, &others[0])))
+    let bad = c
+        .operator_http()
+        .unwrap()
+        .get(LocalCluster::url(&api_of(&c, &others[0]), "/v1/status"))
         .bearer_auth("not-the-token")
         .send()
         .await

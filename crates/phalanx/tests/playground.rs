@@ -158,7 +158,7 @@ fn up(dir: &Path) -> UpReport {
 
 /// `down`, then nothing of the playground is left: no pid of it, no service, no process whose
 /// command line mentions the folder, and no folder (or, for a config `up` did not write, only
-/// that config and its key).
+/// that config, its key, its CA and the certificates it issued).
 fn down_and_check_nothing_left(dir: &Path, report: &UpReport, config_owned: bool) {
     let services = service_pids(dir);
     let switch: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("playground.json")).unwrap()).unwrap();
@@ -181,7 +181,8 @@ fn down_and_check_nothing_left(dir: &Path, report: &UpReport, config_owned: bool
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left, ["cluster.toml", "phalanx.key"]);
+        // The user's: the config, the key, the CA, and the node certificates it issued.
+        assert_eq!(left, ["ca.crt", "ca.key", "certs", "cluster.toml", "phalanx.key"]);
     }
 }
 

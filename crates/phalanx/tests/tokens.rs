@@ -21,7 +21,7 @@ async fn call(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (u16, String) {
-    let mut req = http.request(method, format!("http://{api}{path}"));
+    let mut req = http.request(method, LocalCluster::url(api, path));
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
@@ -64,7 +64,7 @@ async fn tokens_have_roles_expire_and_are_revoked_everywhere() {
         .map(|n| c.node(n).unwrap().api.clone())
         .collect();
     let key_token = c.client.token().to_string();
-    let http = reqwest::Client::new();
+    let http = c.operator_http().unwrap();
     use reqwest::Method;
 
     // No token, a wrong one: 401.
@@ -124,8 +124,12 @@ async fn tokens_have_roles_expire_and_are_revoked_everywhere() {
     assert_eq!(code, 403, "{body}");
     let (code, body) = call(&http, Method::POST, &apis[0], "/v1/config", Some(&ops), Some("{}")).await;
     assert!(code == 403 && body.contains("needs the admin role"), "{code} {body}");
-    // A user token is no node: the peer routes refuse it.
+    // A user token is no node: the peer routes refuse it, without a node certificate (403)
+    // and even on a node's connection (401).
     let (code, _) = call(&http, Method::POST, &apis[0], "/peer/write", Some(&ops), Some("{}")).await;
+    assert_eq!(code, 403);
+    let as_node = c.node_http("n2").unwrap();
+    let (code, _) = call(&as_node, Method::POST, &apis[0], "/peer/write", Some(&ops), Some("{}")).await;
     assert_eq!(code, 401);
     // The audit trail names the token.
     let (code, out, _) = c.cli(&["events", "--kind", "operator_command", "--json"]).unwrap();

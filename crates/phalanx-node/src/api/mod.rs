@@ -203,9 +203,13 @@ impl Origin {
 
 /// The caller's address (`local` where there is no socket: in-process tests).
 fn peer_of(req: &Request) -> String {
-    req.extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
+    let ext = req.extensions();
+    ext.get::<axum::extract::ConnectInfo<crate::transport::Peer>>()
+        .map(|c| c.0.addr.ip().to_string())
+        .or_else(|| {
+            ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip().to_string())
+        })
         .unwrap_or_else(|| "local".into())
 }
 
@@ -237,6 +241,26 @@ fn authorize(node: &Node, req: &Request) -> Result<Option<String>, ApiError> {
     let path = req.uri().path();
     let key_token = token_eq(presented, node.token());
     if peer_path(path) {
+        // Over TLS, a node presents its certificate of this cluster (verified at the
+        // handshake); an operator's client presents none and has no business here. (No
+        // connection at all: an in-process test.)
+        let tls_peer = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<crate::transport::Peer>>();
+        match tls_peer.map(|p| &p.0.cert) {
+            Some(None) => {
+                return Err(ApiError::Forbidden(
+                    "the node-to-node routes need a node certificate of this cluster".into(),
+                ))
+            }
+            // On a connection opened before its node was removed.
+            Some(Some(name)) if !node.tls.admits(name) => {
+                return Err(ApiError::Forbidden(format!(
+                    "the certificate of {name} is revoked: {name} is no member of the cluster"
+                )))
+            }
+            _ => {}
+        }
         return if key_token {
             Ok(None)
         } else {
@@ -336,7 +360,8 @@ pub async fn serve(
     node: Arc<Node>,
     listener: crate::transport::Listener,
 ) -> Result<(), crate::transport::TransportError> {
-    crate::transport::serve(listener, app(node)).await
+    let n = node.clone();
+    crate::transport::serve_tls(listener, app(node.clone()), &node.tls, move |r| n.tls_refused(r)).await
 }
 
 #[cfg(test)]

@@ -43,9 +43,9 @@ pub struct HttpNetwork<C> {
 }
 
 impl<C: Group> HttpNetwork<C> {
-    pub fn new(token: String) -> Result<Self, crate::transport::TransportError> {
+    pub fn new(token: String, tls: &crate::transport::Tls) -> Result<Self, crate::transport::TransportError> {
         Ok(HttpNetwork {
-            client: crate::transport::raft_client()?,
+            client: crate::transport::raft_client(tls)?,
             token,
             _group: PhantomData,
         })

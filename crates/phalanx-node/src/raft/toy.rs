@@ -186,7 +186,8 @@ async fn toy_node(id: NodeId, dir: &Path, listener: crate::transport::Listener) 
         }
     };
     let sm = ToySm::default();
-    let net = HttpNetwork::<Toy>::new("token".into()).unwrap();
+    let tls = crate::transport::Tls::ephemeral(&format!("toy{id}"));
+    let net = HttpNetwork::<Toy>::new("token".into(), &tls).unwrap();
     let raft = openraft::Raft::new(
         id,
         Arc::new(config.validate().unwrap()),
@@ -212,7 +213,7 @@ async fn toy_node(id: NodeId, dir: &Path, listener: crate::transport::Listener) 
         )
         .with_state(groups);
     let server = tokio::spawn(async move {
-        let _ = crate::transport::serve(listener, app).await;
+        let _ = crate::transport::serve_tls(listener, app, &tls, |_| {}).await;
     });
     ToyNode { raft, sm, server }
 }

@@ -213,6 +213,7 @@ pub struct Options {
     pub db: Arc<redb::Database>,
     pub raft_config: openraft::Config,
     pub token: String,
+    pub tls: crate::transport::Tls,
     pub config: Option<SessionsConfig>,
 }
 
@@ -237,15 +238,16 @@ impl Sessions {
         rc.enable_elect = false;
         let rc = Arc::new(rc.validate()?);
         let lease_for = Duration::from_millis(rc.election_timeout_min / 2);
-        let (db, sm2, token) = (o.db.clone(), sm.clone(), o.token.clone());
+        let (db, sm2, token, tls) = (o.db.clone(), sm.clone(), o.token.clone(), o.tls.clone());
         let raft = rt
             .spawn(async move {
-                let net = HttpNetwork::<SessionsGroup>::new(token)?;
+                let net = HttpNetwork::<SessionsGroup>::new(token, &tls)?;
                 let raft = openraft::Raft::new(o.id, rc, net, crate::raft::store::LogStore::new(db), sm2).await?;
                 Ok::<_, StartError>(raft)
             })
             .await??;
-        let http = rt.spawn(async { crate::transport::raft_client() }).await??;
+        let tls = o.tls.clone();
+        let http = rt.spawn(async move { crate::transport::raft_client(&tls) }).await??;
         if std::env::var(PLANT_STALE_READS).is_ok_and(|v| v == "1") {
             tracing::error!("{PLANT_STALE_READS}=1: followers answer session reads from their own copy (a planted bug for the linearizability check)");
         }

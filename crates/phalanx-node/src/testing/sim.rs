@@ -363,6 +363,7 @@ impl Sim {
                 },
                 mesh_runtime: None,
                 sessions_db: None,
+                tls: crate::transport::Tls::ephemeral(name),
             },
             slot.db.clone(),
             self.net.raft_network(name),
