@@ -1,7 +1,10 @@
 #!/usr/bin/python3
 """pymemcache (Debian's python3-pymemcache) against phalanx's session store.
 
-Usage: pymemcache_check.py ADDR [ADDR...] --seconds S
+Usage: pymemcache_check.py ADDR [ADDR...] --seconds S [--cafile CA]
+
+With --cafile, every client speaks TLS and checks the node's certificate (and the address it
+dialled) against the cluster CA CA ([sessions] tls = true), and a plain client must be refused.
 
 1. Every command a web app uses, through the first address, with the answers a memcached gives.
 2. PHP's session-lock sequence (add lock.<sid> -> get -> set -> delete), two clients on two
@@ -10,6 +13,7 @@ Usage: pymemcache_check.py ADDR [ADDR...] --seconds S
 Prints one JSON line: {"rounds", "both_won", "won", "errors", "lost"}; exits 1 on a failure.
 """
 import json
+import ssl
 import sys
 import threading
 import time
@@ -23,8 +27,11 @@ def addr(a):
     return (host, int(port))
 
 
+TLS = None  # an ssl.SSLContext with --cafile
+
+
 def client(a):
-    return Client(addr(a), connect_timeout=2, timeout=10)
+    return Client(addr(a), connect_timeout=2, timeout=10, tls_context=TLS)
 
 
 def commands(a):
@@ -118,9 +125,19 @@ def race(addrs, seconds):
 
 
 def main():
+    global TLS
     args = sys.argv[1:]
     seconds = float(args[args.index("--seconds") + 1]) if "--seconds" in args else 5
     addrs = [a for a in args if ":" in a]
+    if "--cafile" in args:
+        TLS = ssl.create_default_context(cafile=args[args.index("--cafile") + 1])
+        TLS.minimum_version = ssl.TLSVersion.TLSv1_3
+        plain = Client(addr(addrs[0]), connect_timeout=2, timeout=2)
+        try:
+            plain.set("py.plain", b"x", noreply=False)
+            sys.exit("a plain client was served by a TLS port")
+        except (MemcacheError, OSError):
+            pass
     commands(addrs[0])
     stats = race(addrs, seconds)
     print(json.dumps(stats))

@@ -110,6 +110,21 @@ impl ClusterKey {
         hmac::verify(&self.hmac, data, tag).is_ok()
     }
 
+    fn break_glass_message(name: &str, hash: &str, at_ms: u64) -> String {
+        format!("phalanx break-glass v1\n{name}\n{hash}\n{at_ms}")
+    }
+
+    /// The proof that whoever asks for admin token `name` (secret hashing to `hash`) at unix ms
+    /// `at_ms` holds the cluster key: HMAC(key, those three), hex (`token create --break-glass`).
+    pub fn break_glass_proof(&self, name: &str, hash: &str, at_ms: u64) -> String {
+        hex::encode(self.sign(Self::break_glass_message(name, hash, at_ms).as_bytes()))
+    }
+
+    /// Whether `proof` is [`ClusterKey::break_glass_proof`]'s for these (constant time).
+    pub fn verify_break_glass(&self, name: &str, hash: &str, at_ms: u64, proof: &str) -> bool {
+        hex::decode(proof).is_ok_and(|tag| self.verify(Self::break_glass_message(name, hash, at_ms).as_bytes(), &tag))
+    }
+
     /// The API bearer token: HMAC(key, "phalanx api token v1"), hex.
     pub fn api_token(&self) -> String {
         hex::encode(hmac::sign(

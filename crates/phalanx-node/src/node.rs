@@ -302,6 +302,8 @@ pub struct Node {
     http: reqwest::Client,
     /// The node's TLS (its certificate and the cluster CA; see `transport`).
     pub tls: crate::transport::Tls,
+    /// The cluster key (a break-glass request proves it holds it; see `api::tokens`).
+    pub(crate) key: ClusterKey,
     /// Connections refused at the TLS handshake since start, by reason.
     tls_refused: std::sync::Mutex<BTreeMap<&'static str, u64>>,
     leader_since: AtomicU64,
@@ -426,6 +428,7 @@ impl Node {
             notes: Default::default(),
             tls: opts.tls.clone(),
             tls_refused: Default::default(),
+            key: opts.key.clone(),
             started: tokio::time::Instant::now(),
             control: std::sync::Mutex::default(),
             vote: AtomicU64::new(0),

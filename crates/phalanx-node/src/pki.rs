@@ -24,8 +24,35 @@ pub const CERT_DIR: &str = "certs";
 pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
 /// Lifetime of a node certificate: 90 days.
 pub const NODE_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
-/// How far back a new certificate's validity starts (clocks of the cluster differ a little).
-const BACKDATE: Duration = Duration::from_secs(3600);
+/// How far back a new certificate's validity starts (clocks of the cluster differ a little): an
+/// hour, or an eighth of a (test's) short lifetime.
+fn backdate(lifetime: Duration) -> Duration {
+    Duration::from_secs(3600).min(lifetime / 8)
+}
+
+/// The environment variable that shortens node certificates' lifetime (a duration, `8s`), so
+/// that tests see them renewed while the cluster runs. Unset: [`NODE_LIFETIME`].
+pub const LIFETIME_ENV: &str = "PHALANX_CERT_LIFETIME";
+
+/// The lifetime of the node certificates issued here ([`LIFETIME_ENV`], else 90 days).
+pub fn node_lifetime() -> Duration {
+    std::env::var(LIFETIME_ENV)
+        .ok()
+        .and_then(|v| humantime::parse_duration(v.trim()).ok())
+        .filter(|d| *d >= Duration::from_secs(2))
+        .unwrap_or(NODE_LIFETIME)
+}
+
+/// How long a node waits before it looks at its certificate `cert_pem` again: until 2/3 of its
+/// life, within 1 s .. 1 h.
+pub fn next_check(cert_pem: &str, now: SystemTime) -> Duration {
+    let due = inspect_pem(cert_pem).ok().map(|i| {
+        let life = i.not_after.duration_since(i.not_before).unwrap_or_default();
+        (i.not_before + life * 2 / 3).duration_since(now).unwrap_or_default()
+    });
+    due.unwrap_or_default()
+        .clamp(Duration::from_secs(1), Duration::from_secs(3600))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -180,7 +207,7 @@ pub fn generate_ca(cluster: &str, now: SystemTime) -> Result<Issued, PkiError> {
         permitted_subtrees: vec![GeneralSubtree::DnsName(domain(cluster))],
         excluded_subtrees: vec![],
     });
-    p.not_before = at(now - BACKDATE);
+    p.not_before = at(now - backdate(CA_LIFETIME));
     p.not_after = at(now + CA_LIFETIME);
     p.serial_number = Some(serial());
     let cert = p.self_signed(&key)?;
@@ -220,7 +247,7 @@ pub fn issue(ca: &Issued, name: &str, ips: &[IpAddr], now: SystemTime, lifetime:
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     p.use_authority_key_identifier_extension = true;
-    p.not_before = at(now - BACKDATE);
+    p.not_before = at(now - backdate(lifetime));
     p.not_after = at(now + lifetime);
     p.serial_number = Some(serial());
     let cert = p.signed_by(&key, &issuer)?;
@@ -384,7 +411,7 @@ pub fn issue_to_files(paths: &Paths, name: &str, ips: &[IpAddr], now: SystemTime
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "the CA key is not on this machine"),
         });
     };
-    let issued = issue(&ca, name, ips, now, NODE_LIFETIME)?;
+    let issued = issue(&ca, name, ips, now, node_lifetime())?;
     write(&paths.node_key(name), &issued.key_pem, 0o600)?;
     write(&paths.node_cert(name), &issued.cert_pem, 0o644)?;
     Ok(issued)

@@ -375,6 +375,12 @@ impl Tls {
         Tls::node(&ca.cert_pem, &me.cert_pem, &me.key_pem).expect("a test TLS context")
     }
 
+    /// An acceptor of TLS 1.3 connections presenting this node's certificate (client
+    /// certificates verified when presented): the session store's `[sessions] tls` port.
+    pub fn acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        self.server.clone().map(tokio_rustls::TlsAcceptor::from)
+    }
+
     fn builder(&self) -> reqwest::ClientBuilder {
         reqwest::Client::builder()
             .use_preconfigured_tls((*self.client).clone())

@@ -75,14 +75,16 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         ),
         None => None,
     };
+    // Every address it serves on: links, API, metrics, and the session store's for its clients.
     let mut ips: Vec<std::net::IpAddr> = links
         .iter()
         .chain([&api])
         .chain(metrics_listen.as_ref())
         .map(|a| a.ip())
         .collect();
-    ips.dedup();
+    ips.extend(phalanx_node::sessions::listener::cert_ips(&config, &args.node));
     let tls = node_tls(&key_file, &args.node, &ips)?;
+    tokio::spawn(renew_certificate(tls.clone(), key_file.clone(), args.node.clone(), ips));
     let network = raft::network::HttpNetwork::<raft::TypeConfig>::new(key.api_token(), &tls)?;
     let node = Node::start(
         NodeOptions {
@@ -223,7 +225,15 @@ pub async fn run_witness(config_path: &Path, listen: Option<&str>, data_dir: Opt
     let listener = transport::bind(listen)
         .await
         .with_context(|| format!("binding the witness on {listen}"))?;
-    let tls = node_tls(&key_file, raft::WITNESS_NAME, &[listen.ip()])?;
+    let mut ips = vec![listen.ip()];
+    ips.extend(phalanx_node::sessions::listener::cert_ips(&config, raft::WITNESS_NAME));
+    let tls = node_tls(&key_file, raft::WITNESS_NAME, &ips)?;
+    tokio::spawn(renew_certificate(
+        tls.clone(),
+        key_file.clone(),
+        raft::WITNESS_NAME.into(),
+        ips,
+    ));
     let network = raft::network::HttpNetwork::<raft::TypeConfig>::new(key.api_token(), &tls)?;
     let node = Node::start(
         NodeOptions {
@@ -259,6 +269,47 @@ fn node_tls(key_file: &Path, name: &str, ips: &[std::net::IpAddr]) -> Result<tra
     let ca = phalanx_node::pki::load_ca_cert(&paths)?;
     let me = phalanx_node::pki::node_identity(&paths, name, ips, std::time::SystemTime::now())?;
     Ok(transport::Tls::node(&ca, &me.cert_pem, &me.key_pem)?)
+}
+
+/// Renew the node's certificate while it runs: at 2/3 of its life, `pki::node_identity` issues
+/// a new one where this machine holds the CA key, and the TLS presents it to new connections
+/// at once (open ones go on; nothing restarts). Without the CA key the old one serves until it
+/// expires, with a warning each time it is looked at (`phalanx cert issue` renews it).
+async fn renew_certificate(tls: transport::Tls, key_file: PathBuf, name: String, ips: Vec<std::net::IpAddr>) {
+    let paths = phalanx_node::pki::Paths::beside(&key_file);
+    let mut current = std::fs::read_to_string(paths.node_cert(&name)).unwrap_or_default();
+    loop {
+        let wait = phalanx_node::pki::next_check(&current, std::time::SystemTime::now());
+        tokio::time::sleep(wait).await;
+        let (p, n, i) = (paths.clone(), name.clone(), ips.clone());
+        let me = tokio::task::spawn_blocking(move || {
+            phalanx_node::pki::node_identity(&p, &n, &i, std::time::SystemTime::now())
+        })
+        .await;
+        match me {
+            Ok(Ok(me)) if me.cert_pem != current => match tls.swap_identity(&me.cert_pem, &me.key_pem) {
+                Ok(()) => {
+                    tracing::info!(node = %name, "renewed this node's certificate: new connections present it");
+                    current = me.cert_pem;
+                }
+                Err(e) => tracing::error!(error = %e, "the renewed certificate could not be loaded"),
+            },
+            // Nothing new (no CA key here): look again in a while.
+            Ok(Ok(_)) => {
+                tokio::time::sleep(
+                    wait.max(std::time::Duration::from_secs(60))
+                        .min(phalanx_node::pki::node_lifetime() / 30),
+                )
+                .await
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "renewing this node's certificate");
+                tokio::time::sleep(std::time::Duration::from_secs(60).min(phalanx_node::pki::node_lifetime() / 30))
+                    .await;
+            }
+            Err(e) => tracing::error!(error = %e, "renewing this node's certificate"),
+        }
+    }
 }
 
 async fn lookup_joiner(

@@ -80,6 +80,11 @@ enum TokenCmd {
         /// Replace the token saved for this config.
         #[arg(long)]
         force: bool,
+        /// When every admin token is lost: make an admin token with a proof of the cluster key
+        /// (this machine's key file) instead of a token; recorded in the event history. It is
+        /// saved for this config.
+        #[arg(long)]
+        break_glass: bool,
     },
     /// Every token: name, role, who made it, when it expires (never a secret).
     List,
@@ -1209,7 +1214,7 @@ async fn run(cli: Cli) -> Result<i32> {
                             .chain(n.metrics_listen.as_ref())
                             .map(|a| a.ip())
                             .collect();
-                        v.dedup();
+                        v.extend(phalanx_node::sessions::listener::cert_ips(&config, node));
                         v
                     };
                     let issued = phalanx_node::pki::issue_to_files(&paths, node, &ips, std::time::SystemTime::now())?;
@@ -1254,6 +1259,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     ttl,
                     save,
                     force,
+                    break_glass,
                 } => {
                     let config = load_config(&cli.config)?;
                     let key = ClusterKey::load(&key_path(&cli.config, &config))?;
@@ -1268,6 +1274,7 @@ async fn run(cli: Cli) -> Result<i32> {
                         *ttl,
                         *save,
                         *force,
+                        break_glass.then_some(&key),
                     )
                     .await?;
                     output(cli.json, &c, phalanx::token_cmd::render_created)?;

@@ -4,12 +4,14 @@
 //! file under `$PHALANX_TOKEN_DIR`, default `~/.config/phalanx/tokens`, named by a hash of the
 //! config's path), else the cluster key's token (which opens the API only until an admin token
 //! exists). The CLI draws a new token's secret itself (32 random bytes, hex) and sends only its
-//! SHA-256: the secret is printed once and never crosses the network.
+//! SHA-256: the secret is printed once and never crosses the network. `token create NAME --role
+//! admin --break-glass` makes an admin token with a proof of the cluster key instead of a token
+//! (when every admin token is lost).
 
 use crate::client::Client;
 use anyhow::{bail, Context, Result};
 use phalanx_core::tokens::Role;
-use phalanx_node::api::tokens::{NewToken, TokenView};
+use phalanx_node::api::tokens::{BreakGlass, NewToken, TokenView, BREAK_GLASS_PATH};
 use phalanx_node::ClusterKey;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -110,6 +112,8 @@ pub struct Created {
 
 /// `token create`: draw a secret, record its hash, save it when asked (or when this CLI used
 /// the cluster key's token and makes an admin token: that token stops opening the API now).
+/// With `break_glass` (the cluster key): an admin token made with a proof of the key instead of
+/// a token, for when every admin token is lost; it is saved for this config.
 #[allow(clippy::too_many_arguments)]
 pub async fn create(
     client: &Client,
@@ -121,10 +125,14 @@ pub async fn create(
     ttl: Option<std::time::Duration>,
     save_it: bool,
     force: bool,
+    break_glass: Option<&ClusterKey>,
 ) -> Result<Created> {
     let Some(role) = Role::parse(role) else {
         bail!("--role {role:?}: one of read, operate, admin");
     };
+    if break_glass.is_some() && (role != Role::Admin || ttl.is_some()) {
+        bail!("--break-glass makes an admin token that never expires: give --role admin and no --ttl (revoke it once you made a proper one)");
+    }
     if !phalanx_core::tokens::name_ok(name) {
         bail!("token name {name:?}: 1 to 64 letters, digits, '.', '_', '-' or '@'");
     }
@@ -132,19 +140,34 @@ pub async fn create(
     if ttl_ms == Some(0) {
         bail!("--ttl must be longer than 0");
     }
-    let save_it = save_it || (source == Source::Key && role == Role::Admin);
+    let save_it = save_it || (source == Source::Key && role == Role::Admin) || break_glass.is_some();
     if save_it && !force {
         refuse_overwrite(config)?;
     }
     let secret = new_secret();
-    let body = NewToken {
-        name: name.to_string(),
-        role,
-        hash: phalanx_node::api::token_hash(&secret),
-        ttl_ms,
-    };
+    let hash = phalanx_node::api::token_hash(&secret);
     let (api, _) = client.first_answering(apis).await?;
-    let _: serde_json::Value = client.post(&api, "/v1/tokens", &body).await?;
+    let _: serde_json::Value = match break_glass {
+        Some(key) => {
+            let at_ms = phalanx_node::mesh::unix_ms();
+            let body = BreakGlass {
+                name: name.to_string(),
+                proof: key.break_glass_proof(name, &hash, at_ms),
+                hash,
+                at_ms,
+            };
+            client.post(&api, BREAK_GLASS_PATH, &body).await?
+        }
+        None => {
+            let body = NewToken {
+                name: name.to_string(),
+                role,
+                hash,
+                ttl_ms,
+            };
+            client.post(&api, "/v1/tokens", &body).await?
+        }
+    };
     let saved = if save_it {
         let p = saved_path(config)?;
         save(&p, &secret)?;

@@ -186,6 +186,51 @@ async fn writes_through_any_node_are_read_everywhere_and_survive_the_leader() {
     assert_eq!(got, Some(format!("x{last}")));
 }
 
+/// `[sessions] tls = true`: pymemcache with a TLS context that trusts only the cluster CA (and
+/// checks the address it dialled against the node's certificate) runs every command a web app
+/// uses and the session-lock race through two nodes; a plain client is refused (by the script,
+/// and here: no answer to a `set`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pymemcache_over_tls_with_the_cluster_ca() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let ports: BTreeMap<String, SocketAddr> = (1..=3).map(|i| (format!("n{i}"), listen_addr(i))).collect();
+    let listen: Vec<String> = ports.iter().map(|(n, a)| format!("{n} = \"{a}\"")).collect();
+    let extra = format!("\n[sessions]\ntls = true\nlisten = {{ {} }}\n", listen.join(", "));
+    let mut c = LocalCluster::create(Spec::loopback(3, exe(), extra)).unwrap();
+    c.start_all().unwrap();
+    c.wait_stable(T).await.unwrap();
+    let ca = c.dir().join("ca.crt");
+    let addrs: Vec<String> = ports.values().map(|a| a.to_string()).collect();
+    // Once the listeners are up, a plain client gets no STORED from them.
+    for a in ports.values() {
+        eventually("the store's listener", || TcpStream::connect(a).ok());
+        // No memcached answer: a TLS alert, or the connection closed.
+        let plain = Mc::connect(*a).and_then(|mut m| m.set("plain", "1"));
+        assert!(
+            !matches!(&plain, Ok(l) if !l.is_empty() && l.chars().all(|c| c.is_ascii_graphic() || c == ' ')),
+            "a plain client was answered: {plain:?}"
+        );
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/sessions/pymemcache_check.py");
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg(script)
+        .args(&addrs[..2])
+        .args(["--seconds", "2", "--cafile"])
+        .arg(&ca)
+        .output()
+        .expect("python3 with pymemcache (tests/run installs python3-pymemcache)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pymemcache over TLS failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["both_won"], 0);
+    assert!(v["won"].as_u64().unwrap() > 5, "{v}");
+    c.stop_all();
+}
+
 fn futures_block<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }

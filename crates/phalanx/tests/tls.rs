@@ -191,3 +191,73 @@ async fn a_removed_nodes_certificate_is_refused_by_every_node_and_it_cannot_rejo
     let log = std::fs::read_to_string(c.log_path("n4")).unwrap();
     assert!(log.contains("neither in the config file nor a member"), "{log}");
 }
+
+/// Node certificates renew themselves at 2/3 of their life while the cluster serves (a test
+/// lifetime of 6 s through `PHALANX_CERT_LIFETIME`): in 15 s every node presents at least two
+/// new certificates, and requests over new connections every 100 ms — an operator's to each
+/// node, and one presenting a node's certificate (as read from its file at that moment) — never
+/// fail: each handshake meets a certificate within its validity. No node is seen offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_certificates_renew_while_the_cluster_runs_and_no_request_fails() {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_phalanx"));
+    let mut c = LocalCluster::create(Spec::loopback(3, exe, String::new())).unwrap();
+    for n in ["n1", "n2", "n3"] {
+        c.set_env(n, pki::LIFETIME_ENV, "6s").unwrap();
+    }
+    c.start_all().unwrap();
+    c.wait_stable(T).await.unwrap();
+    let paths = pki::Paths::beside(&c.dir().join("phalanx.key"));
+    let ca_pem = std::fs::read_to_string(paths.ca_cert()).unwrap();
+    let token = phalanx_node::ClusterKey::load(&c.dir().join("phalanx.key"))
+        .unwrap()
+        .api_token();
+    let names = ["n1", "n2", "n3"];
+    let apis: Vec<String> = names.iter().map(|n| c.node(n).unwrap().api.clone()).collect();
+    let mut serials: std::collections::BTreeMap<&str, std::collections::BTreeSet<String>> = Default::default();
+    let (mut requests, mut failed) = (0, Vec::new());
+    let until = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < until {
+        for (name, api) in names.iter().zip(&apis) {
+            if let Ok(pem) = std::fs::read_to_string(paths.node_cert(name)) {
+                if let Ok(info) = pki::inspect_pem(&pem) {
+                    serials.entry(name).or_default().insert(info.serial);
+                }
+            }
+            let operator = phalanx_node::transport::Tls::client(&ca_pem).unwrap();
+            let as_node = c.node_http(name);
+            for client in [operator.http_client(Duration::from_secs(5)).ok(), as_node.ok()] {
+                requests += 1;
+                let r = match client {
+                    Some(h) => {
+                        h.get(LocalCluster::url(api, "/v1/status"))
+                            .bearer_auth(&token)
+                            .send()
+                            .await
+                    }
+                    None => continue,
+                };
+                match r {
+                    Ok(r) if r.status() == 200 => {}
+                    other => failed.push(format!("{api}: {other:?}")),
+                }
+            }
+        }
+        let st = c.statuses().await;
+        for (who, s) in &st {
+            for n in &s.nodes {
+                assert_eq!(n.state, "online", "{who} sees {} {}", n.name, n.state);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "{requests} requests over new connections, {} failed; certificates seen: {serials:?}",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    for name in names {
+        assert!(serials[name].len() >= 3, "{name} renewed fewer than twice: {serials:?}");
+        let log = std::fs::read_to_string(c.log_path(name)).unwrap();
+        assert!(log.contains("renewed this node's certificate"), "{log}");
+    }
+}

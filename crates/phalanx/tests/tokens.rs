@@ -4,7 +4,8 @@
 //! the role needed), an operate token acts and may not apply a config or make tokens, an admin
 //! may; missing, unknown, expired and revoked tokens get 401 — a revocation on every node within
 //! one heartbeat interval of its commit —; the peer routes take no user token; every write
-//! names its token in the event history.
+//! names its token in the event history; with every admin token lost, a break-glass proof of
+//! the cluster key makes a new one (a forged or stale proof gets 401).
 
 use phalanx::harness::{runs_on, LocalCluster, Spec};
 use std::path::PathBuf;
@@ -180,6 +181,74 @@ async fn tokens_have_roles_expire_and_are_revoked_everywhere() {
     assert!(slowest < Duration::from_secs(1), "{slowest:?}");
     let (code, _, err) = c.cli(&["token", "revoke", "ops"]).unwrap();
     assert!(code != 0 && err.contains("no token named \"ops\""), "{err}");
+
+    // Every admin token lost (root revoked by itself): the holder of the cluster key gets back
+    // in with a break-glass admin token, which the history records; a forged or stale proof
+    // gets 401.
+    let (code, _, err) = c.cli(&["token", "revoke", "root"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    let (code, _) = call(&http, Method::GET, &apis[0], "/v1/status", Some(&root), None).await;
+    assert_eq!(code, 401);
+    let forged = serde_json::json!({
+        "name": "mallory", "hash": "a".repeat(64), "at_ms": phalanx_node::mesh::unix_ms(), "proof": "b".repeat(64),
+    })
+    .to_string();
+    let (code, body) = call(
+        &http,
+        Method::POST,
+        &apis[0],
+        "/v1/tokens/break-glass",
+        None,
+        Some(&forged),
+    )
+    .await;
+    assert!(
+        code == 401 && body.contains("does not match the cluster key"),
+        "{code} {body}"
+    );
+    let key = phalanx_node::ClusterKey::load(&c.dir().join("phalanx.key")).unwrap();
+    let (hash, stale_at) = ("c".repeat(64), phalanx_node::mesh::unix_ms() - 120_000);
+    let stale = serde_json::json!({
+        "name": "late", "hash": hash, "at_ms": stale_at, "proof": key.break_glass_proof("late", &hash, stale_at),
+    })
+    .to_string();
+    let (code, body) = call(
+        &http,
+        Method::POST,
+        &apis[0],
+        "/v1/tokens/break-glass",
+        None,
+        Some(&stale),
+    )
+    .await;
+    assert!(code == 401 && body.contains("make a new one"), "{code} {body}");
+    let tokens_dir = tempfile::tempdir().unwrap();
+    let rescue = std::process::Command::new(env!("CARGO_BIN_EXE_phalanx"))
+        .args(["--config"])
+        .arg(c.dir().join("cluster.toml"))
+        .args([
+            "--json",
+            "token",
+            "create",
+            "rescue",
+            "--role",
+            "admin",
+            "--break-glass",
+        ])
+        .env(phalanx::token_cmd::TOKEN_DIR_ENV, tokens_dir.path())
+        .env_remove(phalanx::token_cmd::TOKEN_ENV)
+        .output()
+        .unwrap();
+    assert!(rescue.status.success(), "{}", String::from_utf8_lossy(&rescue.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&rescue.stdout).unwrap();
+    let rescue = v["token"].as_str().unwrap().to_string();
+    assert!(v["saved"].as_str().is_some(), "{v}");
+    let (code, _) = call(&http, Method::GET, &apis[2], "/v1/tokens", Some(&rescue), None).await;
+    assert_eq!(code, 200, "the break-glass token is an admin's");
+    c.use_token(rescue);
+    let (code, out, _) = c.cli(&["events", "--kind", "operator_command", "--json"]).unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains("break-glass with the cluster key"), "{out}");
     // The cluster is fine throughout: web runs where the operate token moved it.
     let st = c.statuses().await;
     assert_eq!(st.len(), 3);

@@ -3,8 +3,8 @@
 //! or at a per-node `listen` address, and also on the address of a `vip` resource if one is
 //! named — how much it holds (`memory_limit`, the least recently written items evicted beyond
 //! it), the largest item (`max_item_size`), and which nodes vote in its Raft group (`voters`,
-//! default: the cluster's), and which clients it serves (`allow`: addresses and networks;
-//! default: any). Sizes are bytes, or a number with `KiB`, `MiB` or `GiB`.
+//! default: the cluster's), which clients it serves (`allow`: addresses and networks;
+//! default: any), and whether they speak TLS (`tls`, default false). Sizes are bytes, or a number with `KiB`, `MiB` or `GiB`.
 
 use crate::diag::Checker;
 use crate::resources::{AgentSpec, Resources};
@@ -35,6 +35,10 @@ pub struct SessionsConfig {
     /// The clients it serves, by source address (empty: any); others are disconnected at once.
     #[serde(default)]
     pub allow: Vec<ipnet::IpNet>,
+    /// Clients speak TLS 1.3 to it (the node's certificate of the cluster CA), as memcached's
+    /// own TLS does; plain clients are refused.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 impl SessionsConfig {
@@ -64,6 +68,7 @@ pub(super) struct RawSessions {
     max_item_size: Option<Spanned<toml::Value>>,
     voters: Option<Spanned<Vec<String>>>,
     allow: Option<Spanned<Vec<String>>>,
+    tls: Option<bool>,
 }
 
 /// `"64MiB"`, `"512KiB"`, `"1GiB"`, or a whole number of bytes (a string or an integer).
@@ -213,6 +218,7 @@ pub(super) fn validate(
         max_item_size,
         voters,
         allow,
+        tls: r.tls.unwrap_or(false),
     })
 }
 

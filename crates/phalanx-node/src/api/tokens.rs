@@ -3,7 +3,10 @@
 //! sends only its SHA-256, so the secret never crosses the network nor reaches the state);
 //! `GET /v1/tokens` lists them (never a hash); `DELETE /v1/tokens/{name}` revokes one. Each is
 //! an operator command in the history with who asked. Checking presented tokens is
-//! `api::authorize`'s.
+//! `api::authorize`'s. `POST /v1/tokens/break-glass` `{name, hash, at_ms, proof}` makes an
+//! admin token without any token, for whoever proves to hold the cluster key (an HMAC of the
+//! three under it, made within a minute of the node's clock): the way back in when every admin
+//! token is lost, recorded loudly.
 
 use super::{outcome, parse_json, ApiError, Origin};
 use crate::node::Node;
@@ -22,7 +25,68 @@ pub const MAX_TTL_MS: u64 = 10 * 366 * 86_400_000;
 pub(super) fn routes() -> Router<Arc<Node>> {
     Router::new()
         .route("/v1/tokens", get(list).post(create))
+        .route(BREAK_GLASS_PATH, axum::routing::post(break_glass))
         .route("/v1/tokens/{name}", delete(revoke))
+}
+
+/// The route of a break-glass request (it needs no token: see [`BreakGlass`]).
+pub const BREAK_GLASS_PATH: &str = "/v1/tokens/break-glass";
+/// How far a break-glass request's time may be from the node's (a replay later is refused; one
+/// within it makes nothing new: the name exists by then).
+pub const BREAK_GLASS_WINDOW_MS: u64 = 60_000;
+
+/// Body of `POST /v1/tokens/break-glass`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlass {
+    pub name: String,
+    /// SHA-256 of the new admin token's secret, lowercase hex.
+    pub hash: String,
+    /// When it was asked (unix ms, the asker's clock).
+    pub at_ms: u64,
+    /// `ClusterKey::break_glass_proof(name, hash, at_ms)`.
+    pub proof: String,
+}
+
+async fn break_glass(
+    State(node): State<Arc<Node>>,
+    Extension(origin): Extension<Origin>,
+    body: Bytes,
+) -> Result<Json<Outcome>, ApiError> {
+    let req: BreakGlass = parse_json(&body)?;
+    if !name_ok(&req.name) || !hash_ok(&req.hash) {
+        return Err(ApiError::BadInput(
+            "a valid token name and its secret's SHA-256 (lowercase hex)".into(),
+        ));
+    }
+    let now = crate::mesh::unix_ms();
+    if now.abs_diff(req.at_ms) > BREAK_GLASS_WINDOW_MS {
+        node.auth_failed(&origin.from, BREAK_GLASS_PATH);
+        return Err(ApiError::Denied(format!(
+            "break-glass request made at unix ms {} is more than {} s from this node's clock ({now}): make a new one",
+            req.at_ms,
+            BREAK_GLASS_WINDOW_MS / 1000
+        )));
+    }
+    if !node.key.verify_break_glass(&req.name, &req.hash, req.at_ms, &req.proof) {
+        node.auth_failed(&origin.from, BREAK_GLASS_PATH);
+        return Err(ApiError::Denied(
+            "break-glass proof does not match the cluster key".into(),
+        ));
+    }
+    tracing::warn!(token = %req.name, by = %origin.by, from = %origin.from, "break-glass: an admin token made with the cluster key");
+    let token = TokenRecord {
+        role: Role::Admin,
+        hash: req.hash,
+        created_ms: now,
+        created_by: origin.by.clone(),
+        expires_ms: None,
+    };
+    outcome(
+        origin
+            .write(&node, Command::CreateToken { name: req.name, token })
+            .await?,
+    )
 }
 
 /// Body of `POST /v1/tokens`.

@@ -1,7 +1,8 @@
 //! The memcached listener of a node's session store: it binds where `[sessions]` says (this
 //! node's `listen` address, else its API host IP and `port`; and, with `vip`, that resource's
 //! address, bound with `IP_FREEBIND` on every node so that it answers wherever the VIP is up),
-//! follows config changes, and serves each connection: the parser (`phalanx_core::sessions::
+//! follows config changes, and serves each connection (over TLS 1.3 with `[sessions] tls`, the
+//! node's certificate of the cluster CA): the parser (`phalanx_core::sessions::
 //! protocol`) turns bytes into requests; a write goes through the group (`Sessions::submit`)
 //! and is answered with what applying it gave; a read waits for a read point and is answered
 //! from the local copy (`engine::answer_read`; one that would change the store, an `mg` taking
@@ -25,6 +26,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Bound on `noreply` writes gathered by one connection before they are submitted.
 const MAX_QUEUED: usize = 1024;
+/// How long a `[sessions] tls` client may take over its handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// Where this node's store listens under `[sessions]`. The witness votes in the store's group
 /// but serves no clients unless `listen` names it: it is a tie-breaker, often on a host that runs
@@ -48,6 +51,21 @@ fn addresses(node: &crate::node::Node) -> Vec<SocketAddr> {
     out.sort();
     out.dedup();
     out
+}
+
+/// The addresses a node's certificate names for its session store's clients under `config`
+/// (with `[sessions] tls` they check the certificate against the address they dialled): its
+/// `listen` address and the `vip` resource's, if any.
+pub fn cert_ips(config: &phalanx_core::Config, node: &str) -> Vec<std::net::IpAddr> {
+    let Some(s) = config.sessions.as_ref() else {
+        return Vec::new();
+    };
+    s.listen
+        .get(node)
+        .map(|a| a.ip())
+        .into_iter()
+        .chain(s.vip.as_ref().and_then(|v| vip_address(config, v)))
+        .collect()
 }
 
 /// The address of `vip` resource `name` (its `address` parameter, without the prefix length).
@@ -119,9 +137,24 @@ async fn accept(s: Arc<Sessions>, l: tokio::net::TcpListener) {
                 }
                 let _ = stream.set_nodelay(true);
                 let s = s.clone();
+                let tls = s.config().is_some_and(|c| c.tls).then(|| s.tls.acceptor()).flatten();
                 tokio::spawn(async move {
                     s.counters.connections.fetch_add(1, Ordering::Relaxed);
-                    connection(&s, stream).await;
+                    match tls {
+                        None => connection(&s, stream).await,
+                        // `[sessions] tls`: the handshake in this connection's task, bounded.
+                        Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => connection(&s, stream).await,
+                            Ok(Err(e)) => {
+                                s.counters.refused.fetch_add(1, Ordering::Relaxed);
+                                tracing::debug!(%peer, error = %e, "session store: TLS handshake failed");
+                            }
+                            Err(_) => {
+                                s.counters.refused.fetch_add(1, Ordering::Relaxed);
+                                tracing::debug!(%peer, "session store: no TLS handshake in time");
+                            }
+                        },
+                    }
                     s.counters.connections.fetch_sub(1, Ordering::Relaxed);
                 });
             }
@@ -255,7 +288,7 @@ async fn handle(s: &Sessions, c: &mut Conn, req: Request, out: &mut Vec<u8>) -> 
 
 /// Serve one client connection until it closes, sends `quit`, or breaks the protocol where
 /// memcached closes.
-async fn connection(s: &Sessions, mut stream: tokio::net::TcpStream) {
+async fn connection<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &Sessions, mut stream: S) {
     let limits = Limits {
         max_item_size: s
             .config()

@@ -177,7 +177,8 @@ pub struct Counters {
     pub commit_us: AtomicU64,
     pub commits: AtomicU64,
     pub connections: AtomicU64,
-    /// Connections from clients `[sessions] allow` does not name, closed at once.
+    /// Connections from clients `[sessions] allow` does not name, closed at once, and, with
+    /// `[sessions] tls`, connections whose TLS handshake failed (a plain client, say).
     pub refused: AtomicU64,
 }
 
@@ -205,6 +206,8 @@ pub struct Sessions {
     pub(crate) listening: std::sync::Mutex<BTreeSet<std::net::SocketAddr>>,
     /// `[sessions] allow`: the clients served (empty: any), as the listener last read it.
     pub(crate) allow: std::sync::Mutex<Vec<ipnet::IpNet>>,
+    /// The node's TLS: its certificate serves `[sessions] tls` clients.
+    pub(crate) tls: crate::transport::Tls,
 }
 
 /// What `start` needs.
@@ -270,6 +273,7 @@ impl Sessions {
             rate: Default::default(),
             listening: Default::default(),
             allow: Default::default(),
+            tls: o.tls.clone(),
         });
         Ok((
             s,
