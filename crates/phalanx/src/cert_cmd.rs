@@ -67,25 +67,37 @@ pub fn rows(paths: &Paths, now: SystemTime) -> Result<Vec<Row>> {
     Ok(out)
 }
 
+/// The rows as a table, each column as wide as its widest cell.
 pub fn render(rows: &[Row]) -> String {
-    let mut out = format!(
-        "{:<22} {:<8} {:<34} {:<26} {:>9}  {}\n",
-        "NAME", "STATE", "NAMES", "ADDRESSES", "DAYS LEFT", "NOT AFTER"
-    );
-    for r in rows {
-        out += &format!(
-            "{:<22} {:<8} {:<34} {:<26} {:>9}  {}\n",
-            if r.ca {
-                format!("{} (CA)", r.name)
-            } else {
-                r.name.clone()
-            },
-            r.state,
-            r.dns.join(","),
-            if r.ips.is_empty() { "-".into() } else { r.ips.join(",") },
-            r.days_left,
-            r.not_after
-        );
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                if r.ca {
+                    format!("{} (CA)", r.name)
+                } else {
+                    r.name.clone()
+                },
+                r.state.to_string(),
+                r.dns.join(","),
+                if r.ips.is_empty() { "-".into() } else { r.ips.join(",") },
+                r.days_left.to_string(),
+                r.not_after.clone(),
+            ]
+        })
+        .collect();
+    let head = ["NAME", "STATE", "NAMES", "ADDRESSES", "DAYS LEFT", "NOT AFTER"].map(String::from);
+    let mut width = head.clone().map(|h| h.len());
+    for row in &cells {
+        for (w, c) in width.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
     }
-    out
+    std::iter::once(head)
+        .chain(cells)
+        .map(|row| {
+            let line: Vec<String> = row.iter().zip(width).map(|(c, w)| format!("{c:<w$}")).collect();
+            line.join("  ").trim_end().to_string() + "\n"
+        })
+        .collect()
 }

@@ -57,6 +57,9 @@ enum CertCmd {
         /// An address the certificate names, instead of the config's (repeatable).
         #[arg(long = "ip")]
         ips: Vec<std::net::IpAddr>,
+        /// Replace a certificate of the node that has not expired.
+        #[arg(long)]
+        force: bool,
     },
     /// The cluster CA and every certificate in `certs/`: names, addresses, expiry, renewal.
     List,
@@ -1194,7 +1197,18 @@ async fn run(cli: Cli) -> Result<i32> {
             let key_file = key_path(&cli.config, &config);
             let paths = phalanx_node::pki::Paths::beside(&key_file);
             match cmd {
-                CertCmd::Issue { node, ips } => {
+                CertCmd::Issue { node, ips, force } => {
+                    if let Ok(pem) = std::fs::read_to_string(paths.node_cert(node)) {
+                        let now = std::time::SystemTime::now();
+                        match phalanx_node::pki::inspect_pem(&pem) {
+                            Ok(old) if old.not_after > now && !force => bail!(
+                                "{} holds {node}'s certificate, valid until {} (its node may be using it): --force replaces it",
+                                paths.node_cert(node).display(),
+                                humantime::format_rfc3339_seconds(old.not_after)
+                            ),
+                            _ => {}
+                        }
+                    }
                     let ips = if !ips.is_empty() {
                         ips.clone()
                     } else if node == phalanx_node::raft::WITNESS_NAME {

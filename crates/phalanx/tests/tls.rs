@@ -44,6 +44,11 @@ async fn every_connection_is_tls_with_the_cluster_ca_and_strangers_are_refused_c
     c.start_all().unwrap();
     c.wait_stable(T).await.unwrap();
     assert_eq!(std::fs::read_to_string(paths.node_cert("n3")).unwrap(), by_hand);
+    // A certificate in use is not replaced by mistake.
+    let (code, _, err) = c.cli(&["cert", "issue", "n3", "--ip", "10.9.9.9"]).unwrap();
+    assert_ne!(code, 0);
+    assert!(err.contains("--force replaces it"), "{err}");
+    assert_eq!(std::fs::read_to_string(paths.node_cert("n3")).unwrap(), by_hand);
     let (code, out, err) = c.cli(&["--json", "cert", "list"]).unwrap();
     assert_eq!(code, 0, "{err}");
     let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
