@@ -88,6 +88,9 @@ pub struct NodeOptions {
     /// Whom the node trusts and what it presents on every node-to-node connection (its
     /// certificate from `pki`; `Tls::ephemeral` in tests).
     pub tls: crate::transport::Tls,
+    /// Where the cluster CA is on this machine (None: tests): a node holding its key signs the
+    /// renewals of peers that do not (`api::peer`'s certificate route).
+    pub pki: Option<crate::pki::Paths>,
 }
 
 /// Test seams (the simulation, `testing`): in-process stand-ins for the fence devices and for
@@ -304,6 +307,8 @@ pub struct Node {
     pub tls: crate::transport::Tls,
     /// The cluster key (a break-glass request proves it holds it; see `api::tokens`).
     pub(crate) key: ClusterKey,
+    /// See [`NodeOptions::pki`].
+    pub(crate) pki: Option<crate::pki::Paths>,
     /// Connections refused at the TLS handshake since start, by reason.
     tls_refused: std::sync::Mutex<BTreeMap<&'static str, u64>>,
     leader_since: AtomicU64,
@@ -429,6 +434,7 @@ impl Node {
             tls: opts.tls.clone(),
             tls_refused: Default::default(),
             key: opts.key.clone(),
+            pki: opts.pki.clone(),
             started: tokio::time::Instant::now(),
             control: std::sync::Mutex::default(),
             vote: AtomicU64::new(0),
@@ -552,6 +558,33 @@ impl Node {
             &format!("TLS handshake: {}", r.reason),
             mesh::unix_ms(),
         );
+    }
+
+    /// The addresses member `name`'s certificate names: its links and API as replicated, its
+    /// metrics address in the config, the session store's for its clients (the witness: its
+    /// configured address).
+    pub fn cert_ips(&self, name: &str) -> Vec<std::net::IpAddr> {
+        let config = self.config();
+        let mut ips: Vec<std::net::IpAddr> = self.with_state(|sm| {
+            sm.cluster
+                .nodes
+                .get(name)
+                .map(|r| {
+                    r.links
+                        .iter()
+                        .chain([&r.api])
+                        .filter_map(|a| a.parse::<SocketAddr>().ok())
+                        .map(|a| a.ip())
+                        .collect()
+                })
+                .unwrap_or_default()
+        });
+        if name == crate::raft::WITNESS_NAME {
+            ips.extend(config.witness.iter().map(|w| w.address.ip()));
+        }
+        ips.extend(config.node(name).and_then(|n| n.metrics_listen).map(|a| a.ip()));
+        ips.extend(crate::sessions::listener::cert_ips(&config, name));
+        ips
     }
 
     /// Connections refused at the TLS handshake, by reason.

@@ -220,6 +220,48 @@ pub fn generate_ca(cluster: &str, now: SystemTime) -> Result<Issued, PkiError> {
 /// A certificate for the node (or witness) `name` at `ips`, issued by `ca`, valid from `now`
 /// for `lifetime`. Its DNS name sits in the CA's permitted domain.
 pub fn issue(ca: &Issued, name: &str, ips: &[IpAddr], now: SystemTime, lifetime: Duration) -> Result<Issued, PkiError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let cert_pem = sign(ca, &key, name, ips, now, lifetime)?;
+    Ok(Issued {
+        cert_pem,
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// A new key of a node that holds no CA key, and its certificate signing request (PEM), for a
+/// peer that holds one to sign (see [`issue_for_request`]).
+pub fn request(name: &str) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    p.distinguished_name = dn;
+    Ok((p.serialize_request(&key)?.pem()?, key.serialize_pem()))
+}
+
+/// A certificate for `name` at `ips` for the key of the signing request `csr_pem` (its
+/// signature checked; the names and addresses it asks for are ignored: the issuer decides).
+pub fn issue_for_request(
+    ca: &Issued,
+    csr_pem: &str,
+    name: &str,
+    ips: &[IpAddr],
+    now: SystemTime,
+    lifetime: Duration,
+) -> Result<String, PkiError> {
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+    sign(ca, &csr.public_key, name, ips, now, lifetime)
+}
+
+/// The node certificate of `name` at `ips` for `key`, signed by `ca` (PEM).
+fn sign(
+    ca: &Issued,
+    key: &impl rcgen::PublicKeyData,
+    name: &str,
+    ips: &[IpAddr],
+    now: SystemTime,
+    lifetime: Duration,
+) -> Result<String, PkiError> {
     let ca_info = inspect_pem(&ca.cert_pem).map_err(|reason| PkiError::Invalid {
         path: CA_CERT.into(),
         reason,
@@ -231,7 +273,6 @@ pub fn issue(ca: &Issued, name: &str, ips: &[IpAddr], now: SystemTime, lifetime:
         .unwrap_or_else(|| "phalanx".into());
     let ca_key = KeyPair::from_pem(&ca.key_pem)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
@@ -250,11 +291,7 @@ pub fn issue(ca: &Issued, name: &str, ips: &[IpAddr], now: SystemTime, lifetime:
     p.not_before = at(now - backdate(lifetime));
     p.not_after = at(now + lifetime);
     p.serial_number = Some(serial());
-    let cert = p.signed_by(&key, &issuer)?;
-    Ok(Issued {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(p.signed_by(key, &issuer)?.pem())
 }
 
 fn hex_id(b: &[u8]) -> String {
@@ -412,9 +449,14 @@ pub fn issue_to_files(paths: &Paths, name: &str, ips: &[IpAddr], now: SystemTime
         });
     };
     let issued = issue(&ca, name, ips, now, node_lifetime())?;
-    write(&paths.node_key(name), &issued.key_pem, 0o600)?;
-    write(&paths.node_cert(name), &issued.cert_pem, 0o644)?;
+    store_node(paths, name, &issued)?;
     Ok(issued)
+}
+
+/// Write node `name`'s certificate and key to `certs/` (the key 0600).
+pub fn store_node(paths: &Paths, name: &str, issued: &Issued) -> Result<(), PkiError> {
+    write(&paths.node_key(name), &issued.key_pem, 0o600)?;
+    write(&paths.node_cert(name), &issued.cert_pem, 0o644)
 }
 
 /// Why the certificate in `cert_pem` will not do for `name` at `ips` under the CA `ca_pem` at
@@ -536,6 +578,20 @@ mod tests {
         assert!(unfit(&n.cert_pem, &other.cert_pem, "n1", &[ip], t0())
             .unwrap()
             .contains("another CA"));
+    }
+
+    #[test]
+    fn a_signing_request_gets_the_issuers_names_not_its_own() {
+        let ca = generate_ca("c", t0()).unwrap();
+        let (csr, key) = request("n3").unwrap();
+        let ip: IpAddr = "10.0.0.3".parse().unwrap();
+        let cert = issue_for_request(&ca, &csr, "n3", &[ip], t0(), NODE_LIFETIME).unwrap();
+        let info = inspect_pem(&cert).unwrap();
+        assert_eq!((info.name.as_str(), info.ips.as_slice()), ("n3", [ip].as_slice()));
+        assert!(unfit(&cert, &ca.cert_pem, "n3", &[ip], t0()).is_none());
+        // The certificate goes with the requester's key.
+        crate::transport::Tls::node(&ca.cert_pem, &cert, &key).unwrap();
+        assert!(issue_for_request(&ca, "not a request", "n3", &[ip], t0(), NODE_LIFETIME).is_err());
     }
 
     #[test]

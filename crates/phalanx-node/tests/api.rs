@@ -53,6 +53,7 @@ async fn start_with(cfg: phalanx_core::Config) -> Arc<Node> {
             mesh_runtime: None,
             sessions_db: None,
             tls: phalanx_node::transport::Tls::ephemeral(&n.name),
+            pki: None,
         },
         store::open_in_memory().unwrap(),
         net.raft_network(&n.name),

@@ -42,6 +42,7 @@ async fn start(net: &FakeNet, names: &[&str]) -> Vec<Arc<Node>> {
                 mesh_runtime: None,
                 sessions_db: None,
                 tls: phalanx_node::transport::Tls::ephemeral(&n.name),
+                pki: None,
             },
             store::open_in_memory().unwrap(),
             net.raft_network(&n.name),

@@ -84,7 +84,6 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         .collect();
     ips.extend(phalanx_node::sessions::listener::cert_ips(&config, &args.node));
     let tls = node_tls(&key_file, &args.node, &ips)?;
-    tokio::spawn(renew_certificate(tls.clone(), key_file.clone(), args.node.clone(), ips));
     let network = raft::network::HttpNetwork::<raft::TypeConfig>::new(key.api_token(), &tls)?;
     let node = Node::start(
         NodeOptions {
@@ -101,6 +100,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
             mesh_runtime: Some(mesh_rt),
             sessions_db: Some(sessions_db),
             tls,
+            pki: Some(phalanx_node::pki::Paths::beside(&key_file)),
         },
         db,
         network,
@@ -108,6 +108,12 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         inbound,
     )
     .await?;
+    tokio::spawn(renew_certificate(
+        node.clone(),
+        key_file.clone(),
+        args.node.clone(),
+        ips,
+    ));
     tracing::info!(node = %args.node, id, api = %api, links = ?links, data_dir = %data_dir.display(), "phalanx node started");
     if let (Some(l), Some(addr)) = (metrics_listener, metrics_listen) {
         let n = node.clone();
@@ -228,12 +234,6 @@ pub async fn run_witness(config_path: &Path, listen: Option<&str>, data_dir: Opt
     let mut ips = vec![listen.ip()];
     ips.extend(phalanx_node::sessions::listener::cert_ips(&config, raft::WITNESS_NAME));
     let tls = node_tls(&key_file, raft::WITNESS_NAME, &ips)?;
-    tokio::spawn(renew_certificate(
-        tls.clone(),
-        key_file.clone(),
-        raft::WITNESS_NAME.into(),
-        ips,
-    ));
     let network = raft::network::HttpNetwork::<raft::TypeConfig>::new(key.api_token(), &tls)?;
     let node = Node::start(
         NodeOptions {
@@ -250,6 +250,7 @@ pub async fn run_witness(config_path: &Path, listen: Option<&str>, data_dir: Opt
             mesh_runtime: Some(mesh_rt),
             sessions_db: Some(sessions_db),
             tls,
+            pki: Some(phalanx_node::pki::Paths::beside(&key_file)),
         },
         db,
         network,
@@ -257,6 +258,12 @@ pub async fn run_witness(config_path: &Path, listen: Option<&str>, data_dir: Opt
         inbound,
     )
     .await?;
+    tokio::spawn(renew_certificate(
+        node.clone(),
+        key_file.clone(),
+        raft::WITNESS_NAME.into(),
+        ips,
+    ));
     tracing::info!(listen = %listen, data_dir = %data_dir.display(), "phalanx witness started");
     serve_until_signal(node, listener, None).await
 }
@@ -272,44 +279,105 @@ fn node_tls(key_file: &Path, name: &str, ips: &[std::net::IpAddr]) -> Result<tra
 }
 
 /// Renew the node's certificate while it runs: at 2/3 of its life, `pki::node_identity` issues
-/// a new one where this machine holds the CA key, and the TLS presents it to new connections
-/// at once (open ones go on; nothing restarts). Without the CA key the old one serves until it
-/// expires, with a warning each time it is looked at (`phalanx cert issue` renews it).
-async fn renew_certificate(tls: transport::Tls, key_file: PathBuf, name: String, ips: Vec<std::net::IpAddr>) {
-    let paths = phalanx_node::pki::Paths::beside(&key_file);
+/// a new one where this machine holds the CA key; without it, the node sends a signing request
+/// to its peers until one that holds the key signs it ([`renew_through_a_peer`]). The TLS
+/// presents the new certificate to new connections at once (open ones go on; nothing restarts).
+/// A certificate that expired can no longer ask: `phalanx cert issue` renews it then.
+async fn renew_certificate(node: std::sync::Arc<Node>, key_file: PathBuf, name: String, ips: Vec<std::net::IpAddr>) {
+    use phalanx_node::pki;
+    let paths = pki::Paths::beside(&key_file);
     let mut current = std::fs::read_to_string(paths.node_cert(&name)).unwrap_or_default();
+    let retry = std::time::Duration::from_secs(60).min(pki::node_lifetime() / 30);
     loop {
-        let wait = phalanx_node::pki::next_check(&current, std::time::SystemTime::now());
-        tokio::time::sleep(wait).await;
+        tokio::time::sleep(pki::next_check(&current, std::time::SystemTime::now())).await;
         let (p, n, i) = (paths.clone(), name.clone(), ips.clone());
-        let me = tokio::task::spawn_blocking(move || {
-            phalanx_node::pki::node_identity(&p, &n, &i, std::time::SystemTime::now())
-        })
-        .await;
-        match me {
-            Ok(Ok(me)) if me.cert_pem != current => match tls.swap_identity(&me.cert_pem, &me.key_pem) {
-                Ok(()) => {
-                    tracing::info!(node = %name, "renewed this node's certificate: new connections present it");
-                    current = me.cert_pem;
+        let me =
+            tokio::task::spawn_blocking(move || pki::node_identity(&p, &n, &i, std::time::SystemTime::now())).await;
+        let me = match me {
+            Ok(Ok(me)) if me.cert_pem == current => {
+                // Nothing new here (no CA key): ask the peers while it is still valid.
+                match renew_through_a_peer(&node, &paths, &name).await {
+                    Ok(me) => me,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "renewing this node's certificate through a peer");
+                        tokio::time::sleep(retry).await;
+                        continue;
+                    }
                 }
-                Err(e) => tracing::error!(error = %e, "the renewed certificate could not be loaded"),
-            },
-            // Nothing new (no CA key here): look again in a while.
-            Ok(Ok(_)) => {
-                tokio::time::sleep(
-                    wait.max(std::time::Duration::from_secs(60))
-                        .min(phalanx_node::pki::node_lifetime() / 30),
-                )
-                .await
             }
+            Ok(Ok(me)) => me,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "renewing this node's certificate");
-                tokio::time::sleep(std::time::Duration::from_secs(60).min(phalanx_node::pki::node_lifetime() / 30))
-                    .await;
+                tokio::time::sleep(retry).await;
+                continue;
             }
-            Err(e) => tracing::error!(error = %e, "renewing this node's certificate"),
+            Err(e) => {
+                tracing::error!(error = %e, "renewing this node's certificate");
+                continue;
+            }
+        };
+        match node.tls.swap_identity(&me.cert_pem, &me.key_pem) {
+            Ok(()) => {
+                tracing::info!(node = %name, "renewed this node's certificate: new connections present it");
+                current = me.cert_pem;
+            }
+            Err(e) => tracing::error!(error = %e, "the renewed certificate could not be loaded"),
         }
     }
+}
+
+/// A new key and a signing request sent to each peer in turn (over mutual TLS with the current
+/// certificate), until one that holds the CA key signs it; the result written to `certs/`.
+async fn renew_through_a_peer(
+    node: &Node,
+    paths: &phalanx_node::pki::Paths,
+    name: &str,
+) -> Result<phalanx_node::pki::Issued> {
+    use phalanx_node::api::peer::{CertAnswer, CertRequest, CERT_PATH};
+    let (csr, key_pem) = phalanx_node::pki::request(name)?;
+    let ca = phalanx_node::pki::load_ca_cert(paths)?;
+    let http = transport::forward_client(&node.tls)?;
+    let peers: Vec<String> = node.with_state(|sm| {
+        sm.cluster
+            .nodes
+            .iter()
+            .filter(|(n, _)| n.as_str() != name)
+            .map(|(_, r)| r.api.clone())
+            .collect()
+    });
+    let mut last = anyhow!("no peer to ask");
+    for api in peers {
+        let answer = http
+            .post(transport::url(&api, CERT_PATH))
+            .bearer_auth(node.token())
+            .json(&CertRequest { csr: csr.clone() })
+            .send()
+            .await;
+        let answer = match answer {
+            Ok(r) if r.status().is_success() => r.json::<CertAnswer>().await,
+            Ok(r) => {
+                last = anyhow!("{api}: {} {}", r.status(), r.text().await.unwrap_or_default());
+                continue;
+            }
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(a) => {
+                // It must go with our key and chain to our CA before it replaces anything.
+                transport::Tls::node(&ca, &a.cert, &key_pem)
+                    .with_context(|| format!("the certificate {api} signed"))?;
+                let me = phalanx_node::pki::Issued {
+                    cert_pem: a.cert,
+                    key_pem,
+                };
+                phalanx_node::pki::store_node(paths, name, &me)?;
+                tracing::info!(peer = %api, "a peer signed this node's renewed certificate");
+                return Ok(me);
+            }
+            Err(e) => last = anyhow!("{api}: {e}"),
+        }
+    }
+    Err(last)
 }
 
 async fn lookup_joiner(

@@ -220,6 +220,7 @@ fn peer_path(path: &str) -> bool {
         || path == crate::forward::FORWARD_PATH
         || path == crate::sessions::WRITE_PATH
         || path == crate::sessions::READ_PATH
+        || path == peer::CERT_PATH
 }
 
 /// SHA-256 of a token's secret, in hex: what the state keeps of it.

@@ -36,6 +36,58 @@ pub(super) fn routes() -> Router<Arc<Node>> {
             post(sessions_write).layer(DefaultBodyLimit::max(crate::raft::RAFT_BODY_LIMIT)),
         )
         .route(crate::sessions::READ_PATH, post(sessions_read))
+        .route(CERT_PATH, post(certificate))
+}
+
+/// Where a node that holds no CA key asks a peer that does for its renewed certificate.
+pub const CERT_PATH: &str = "/peer/certificate";
+
+/// Body of [`CERT_PATH`]: a signing request (`pki::request`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertRequest {
+    pub csr: String,
+}
+
+/// Answer of [`CERT_PATH`]: the certificate (PEM).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CertAnswer {
+    pub cert: String,
+}
+
+/// A member's renewal, signed here when this node holds the CA key: for the name of the
+/// certificate the caller presented (a node renews its own certificate only), at the addresses
+/// the cluster has for it (whatever the request asks for).
+async fn certificate(State(node): State<Arc<Node>>, req: axum::extract::Request) -> Result<Json<CertAnswer>, ApiError> {
+    let name = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<crate::transport::Peer>>()
+        .and_then(|p| p.0.cert.clone())
+        .ok_or_else(|| ApiError::Forbidden("a renewal needs the node's current certificate".into()))?;
+    let body = axum::body::to_bytes(req.into_body(), 64 * 1024)
+        .await
+        .map_err(|e| ApiError::BadInput(format!("reading the request: {e}")))?;
+    let r: CertRequest = parse_json(&body)?;
+    let paths = node
+        .pki
+        .clone()
+        .ok_or_else(|| ApiError::Unavailable("this node has no cluster CA".into()))?;
+    let ca = crate::pki::load_ca(&paths)
+        .ok()
+        .flatten()
+        .ok_or_else(|| ApiError::Unavailable("this node does not hold the CA key".into()))?;
+    let ips = node.cert_ips(&name);
+    let cert = crate::pki::issue_for_request(
+        &ca,
+        &r.csr,
+        &name,
+        &ips,
+        std::time::SystemTime::now(),
+        crate::pki::node_lifetime(),
+    )
+    .map_err(|e| ApiError::BadInput(e.to_string()))?;
+    tracing::info!(node = %name, ?ips, "signed a peer's renewed certificate");
+    Ok(Json(CertAnswer { cert }))
 }
 
 fn sessions_of(node: &Node) -> Result<Arc<crate::sessions::Sessions>, ApiError> {

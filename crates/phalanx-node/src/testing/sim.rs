@@ -364,6 +364,7 @@ impl Sim {
                 mesh_runtime: None,
                 sessions_db: None,
                 tls: crate::transport::Tls::ephemeral(name),
+                pki: None,
             },
             slot.db.clone(),
             self.net.raft_network(name),
