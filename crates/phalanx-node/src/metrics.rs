@@ -103,6 +103,14 @@ pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
         "Connections refused at the TLS handshake, by reason",
         refused,
     );
+    if let Some(t) = node.tls.not_after() {
+        let secs = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+        reg.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the certificate this node presents expires (unix seconds; it renews itself at 2/3 of its life)",
+            ConstGauge::new(secs),
+        );
+    }
     let mut out = String::new();
     encode(&mut out, &reg)?;
     Ok(prometheus_text(&out))

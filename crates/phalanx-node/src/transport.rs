@@ -337,6 +337,12 @@ impl Tls {
         Ok(())
     }
 
+    /// When the certificate this node presents now expires (None: it presents none).
+    pub fn not_after(&self) -> Option<std::time::SystemTime> {
+        let key = self.identity.as_ref()?.current();
+        crate::pki::inspect(key.cert.first()?).ok().map(|i| i.not_after)
+    }
+
     /// From now on, admit client certificates of these names only (the cluster's members;
     /// None: any name the CA signed). A removed node's certificate is refused at the handshake
     /// as revoked when it connects.

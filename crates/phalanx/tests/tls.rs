@@ -91,6 +91,19 @@ async fn every_connection_is_tls_with_the_cluster_ca_and_strangers_are_refused_c
     assert!(refused(&metrics, "expired") >= 1, "{metrics}");
     assert!(refused(&metrics, "not-tls") >= 1, "{metrics}");
     assert_eq!(refused(&metrics, "revoked"), 0);
+    let expiry: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("phalanx_tls_certificate_expiry_timestamp_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no certificate expiry in the metrics: {metrics}"));
+    let now_s = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        expiry > now_s + 89 * 86_400 && expiry <= now_s + 90 * 86_400,
+        "{expiry}"
+    );
     let deadline = Instant::now() + T;
     loop {
         let (code, out, err) = c.cli(&["--api", &api, "events", "--json"]).unwrap();
