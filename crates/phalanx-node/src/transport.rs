@@ -540,6 +540,9 @@ fn classify(e: &std::io::Error) -> &'static str {
     }
 }
 
+/// A connection closed before its first byte: not reported as a refusal.
+const CLOSED: &str = "closed";
+
 /// How long a client may take over its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -598,6 +601,8 @@ async fn handshake(
             tell_plain_http(tcp).await;
             return Err(refused("not-tls", "a plain HTTP request".into()));
         }
+        // Closed before a byte (a TCP health check, a port probe): nothing to refuse.
+        Ok(Ok(0)) => return Err(refused(CLOSED, String::new())),
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return Err(refused("malformed", e.to_string())),
         Err(_) => return Err(refused("timeout", "no handshake".into())),
@@ -664,6 +669,7 @@ pub async fn serve_tls(
                     Ok(c) => {
                         let _ = to_serve.send(c).await;
                     }
+                    Err(r) if r.reason == CLOSED => {}
                     Err(r) => {
                         tracing::debug!(from = %r.from, reason = r.reason, detail = %r.detail, "TLS handshake refused");
                         refused(r);
@@ -753,6 +759,8 @@ mod tests {
         // A client that trusts another CA refuses this server.
         assert!(get(Tls::client(&other.cert_pem).unwrap()).await.is_err());
         assert_eq!(refused.recv().await.unwrap().reason, "malformed");
+        // A connection closed at once (a TCP health check) is no refusal.
+        drop(tokio::net::TcpStream::connect(addr).await.unwrap());
         // Plain HTTP gets a clear answer.
         let plain = reqwest::get(format!("http://{addr}/who")).await.unwrap();
         assert_eq!(plain.status(), 400);
