@@ -582,9 +582,7 @@ impl Node {
         if name == crate::raft::WITNESS_NAME {
             ips.extend(config.witness.iter().map(|w| w.address.ip()));
         }
-        ips.extend(config.node(name).and_then(|n| n.metrics_listen).map(|a| a.ip()));
-        ips.extend(crate::sessions::listener::cert_ips(&config, name));
-        ips
+        crate::pki::addresses(&config, name, ips)
     }
 
     /// Connections refused at the TLS handshake, by reason.

@@ -378,8 +378,19 @@ fn read_private(path: &Path) -> Result<String, PkiError> {
     read(path)
 }
 
-/// Write `contents` to `path` with `mode`, through a temporary file renamed over it.
-fn write(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
+/// Every address node (or witness) `name` serves on, which its certificate names: `bound` (its
+/// links and API, or the witness's address), its `metrics_listen` in `config`, and its session
+/// store's (`sessions::listener::cert_ips`).
+pub fn addresses(config: &phalanx_core::Config, name: &str, bound: impl IntoIterator<Item = IpAddr>) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = bound.into_iter().collect();
+    ips.extend(config.node(name).and_then(|n| n.metrics_listen).map(|a| a.ip()));
+    ips.extend(crate::sessions::listener::cert_ips(config, name));
+    ips
+}
+
+/// Write `contents` to `path` with `mode` (its folder made if missing), through a temporary
+/// file beside it renamed over it, so that a crash never leaves half a file under that name.
+pub fn write(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let err = |source| PkiError::Write {

@@ -90,28 +90,11 @@ pub fn key_path(config_path: &Path, config: &Config) -> PathBuf {
 }
 
 /// Write `contents` to `path` readable by its owner only (mode 0600), through a temporary file
-/// beside it renamed over it, so that a crash never leaves half a file under that name.
+/// beside it renamed over it, so that a crash never leaves half a file under that name
+/// (`phalanx_node::pki::write`).
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|f| f.to_str()).unwrap_or("phalanx")
-    ));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(contents)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    let text = std::str::from_utf8(contents).context("a private file holds text")?;
+    Ok(phalanx_node::pki::write(path, text, 0o600)?)
 }
 
 /// Read and parse a config file, rendering every error as FILE:LINE:COL.

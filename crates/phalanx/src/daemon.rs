@@ -76,13 +76,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         None => None,
     };
     // Every address it serves on: links, API, metrics, and the session store's for its clients.
-    let mut ips: Vec<std::net::IpAddr> = links
-        .iter()
-        .chain([&api])
-        .chain(metrics_listen.as_ref())
-        .map(|a| a.ip())
-        .collect();
-    ips.extend(phalanx_node::sessions::listener::cert_ips(&config, &args.node));
+    let ips = phalanx_node::pki::addresses(&config, &args.node, links.iter().chain([&api]).map(|a| a.ip()));
     let tls = node_tls(&key_file, &args.node, &ips)?;
     let network = raft::network::HttpNetwork::<raft::TypeConfig>::new(key.api_token(), &tls)?;
     let node = Node::start(
@@ -231,8 +225,7 @@ pub async fn run_witness(config_path: &Path, listen: Option<&str>, data_dir: Opt
     let listener = transport::bind(listen)
         .await
         .with_context(|| format!("binding the witness on {listen}"))?;
-    let mut ips = vec![listen.ip()];
-    ips.extend(phalanx_node::sessions::listener::cert_ips(&config, raft::WITNESS_NAME));
+    let ips = phalanx_node::pki::addresses(&config, raft::WITNESS_NAME, [listen.ip()]);
     let tls = node_tls(&key_file, raft::WITNESS_NAME, &ips)?;
     let network = raft::network::HttpNetwork::<raft::TypeConfig>::new(key.api_token(), &tls)?;
     let node = Node::start(

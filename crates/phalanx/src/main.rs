@@ -1212,7 +1212,8 @@ async fn run(cli: Cli) -> Result<i32> {
                     let ips = if !ips.is_empty() {
                         ips.clone()
                     } else if node == phalanx_node::raft::WITNESS_NAME {
-                        config.witness.iter().map(|w| w.address.ip()).collect()
+                        let witness = config.witness.iter().map(|w| w.address.ip());
+                        phalanx_node::pki::addresses(&config, node, witness)
                     } else {
                         let n = config.node(node).ok_or_else(|| {
                             let names: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
@@ -1221,15 +1222,7 @@ async fn run(cli: Cli) -> Result<i32> {
                                 names.join(", ")
                             )
                         })?;
-                        let mut v: Vec<std::net::IpAddr> = n
-                            .links
-                            .iter()
-                            .chain([&n.api])
-                            .chain(n.metrics_listen.as_ref())
-                            .map(|a| a.ip())
-                            .collect();
-                        v.extend(phalanx_node::sessions::listener::cert_ips(&config, node));
-                        v
+                        phalanx_node::pki::addresses(&config, node, n.links.iter().chain([&n.api]).map(|a| a.ip()))
                     };
                     let issued = phalanx_node::pki::issue_to_files(&paths, node, &ips, std::time::SystemTime::now())?;
                     let info = phalanx_node::pki::inspect_pem(&issued.cert_pem).map_err(|e| anyhow!(e))?;
