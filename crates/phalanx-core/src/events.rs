@@ -685,6 +685,7 @@ fn derive(state: &ClusterState, cmd: &Command, stamp: Option<&Stamp>, last_ms: u
             )]
         }
         Command::RevokeToken { name } => vec![operator("", "token", format!("token revoke {name}"))],
+        Command::SetTrust { trust, .. } => vec![operator("", "trust", format!("trust {}", trust.describe()))],
         Command::Drill(n) => {
             let (kind, node, summary, details) = n.describe();
             let mut e = with_rsc(event(kind, &node, Some(n.at_ms), summary), &n.resource);

@@ -41,6 +41,7 @@ impl Command {
             Command::Drill(_) => "Drill",
             Command::CreateToken { .. } => "CreateToken",
             Command::RevokeToken { .. } => "RevokeToken",
+            Command::SetTrust { .. } => "SetTrust",
         }
     }
 
@@ -58,6 +59,7 @@ impl Command {
                 | Command::RemoveNode { .. }
                 | Command::CreateToken { .. }
                 | Command::RevokeToken { .. }
+                | Command::SetTrust { .. }
                 | Command::SetStandby { .. }
                 | Command::SetAttr { .. }
                 | Command::Cleanup { .. }

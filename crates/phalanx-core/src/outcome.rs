@@ -80,6 +80,10 @@ pub enum RejectReason {
     BadToken,
     #[error("the cluster keeps at most {max} tokens")]
     TooManyTokens { max: usize },
+    #[error("not a trust record the cluster can take: {why}")]
+    BadTrust { why: String },
+    #[error("the trust record changed since it was read (another rotation step went first): read it again")]
+    TrustChanged,
 }
 
 #[cfg(test)]

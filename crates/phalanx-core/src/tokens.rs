@@ -121,12 +121,12 @@ pub fn authorize<'a>(
 }
 
 /// The role an operator-API request needs: admin for config applies, adding and removing
-/// nodes, tokens and the full state; read for every other look; operate for every other
+/// nodes, tokens, trust (CAs and keys) and the full state; read for every other look; operate for every other
 /// change.
 pub fn required(method: &str, path: &str) -> Role {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     let admin = match (method, segments.as_slice()) {
-        (_, ["", "v1", "tokens", ..]) | (_, ["", "v1", "state"]) => true,
+        (_, ["", "v1", "tokens" | "trust", ..]) | (_, ["", "v1", "state"]) => true,
         ("GET" | "HEAD", _) => false,
         (_, ["", "v1", "config"]) | ("POST", ["", "v1", "nodes"]) | ("DELETE", ["", "v1", "nodes", _]) => true,
         _ => false,
@@ -191,6 +191,9 @@ mod tests {
             ("POST", "/v1/tokens", Role::Admin),
             ("DELETE", "/v1/tokens/ci", Role::Admin),
             ("GET", "/v1/state", Role::Admin),
+            ("GET", "/v1/trust", Role::Admin),
+            ("POST", "/v1/trust", Role::Admin),
+            ("PUT", "/v1/trust/ca-next", Role::Admin),
         ] {
             assert_eq!(required(m, p), want, "{m} {p}");
         }

@@ -1,6 +1,8 @@
 //! The cluster key: 32 random bytes kept hex-encoded in a 0600 file beside the config. It signs
 //! heartbeats (HMAC-SHA256) and derives the API bearer token, so one secret file is all a node
-//! needs to join the cluster's traffic.
+//! needs to join the cluster's traffic. [`Keys`] is what a running node holds: the key file's,
+//! and during `phalanx key rotate` the next one (`KEYFILE.next`), of which the replicated trust
+//! record says which are accepted and which signs.
 
 use phalanx_core::diag::Severity;
 use ring::hmac;
@@ -125,12 +127,189 @@ impl ClusterKey {
         hex::decode(proof).is_ok_and(|tag| self.verify(Self::break_glass_message(name, hash, at_ms).as_bytes(), &tag))
     }
 
+    /// The key's public name: HMAC(key, "phalanx key id v1"), the first 8 bytes in hex (what
+    /// the replicated trust record and `phalanx key rotate` call it).
+    pub fn id(&self) -> String {
+        hex::encode(&self.sign(b"phalanx key id v1").as_ref()[..8])
+    }
+
+    /// Write this key to `path` (mode 0600, replacing what is there atomically).
+    pub fn write(&self, path: &Path) -> Result<(), KeyError> {
+        crate::pki::write(path, &format!("{}\n", hex::encode(&self.bytes)), 0o600).map_err(|e| KeyError::Write {
+            path: path.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    }
+
+    /// A new random key (not written anywhere).
+    pub fn random() -> Self {
+        use rand::RngCore;
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        Self::from_bytes(&bytes)
+    }
+
+    /// The key as hex (what a key file holds, and what `key rotate` pushes to the nodes).
+    pub fn to_hex(&self) -> String {
+        hex::encode(&self.bytes)
+    }
+
+    /// A key from the hex of [`ClusterKey::to_hex`].
+    pub fn from_hex(text: &str) -> Option<Self> {
+        hex::decode(text.trim())
+            .ok()
+            .filter(|b| b.len() >= 32)
+            .map(|b| Self::from_bytes(&b))
+    }
+
     /// The API bearer token: HMAC(key, "phalanx api token v1"), hex.
     pub fn api_token(&self) -> String {
         hex::encode(hmac::sign(
             &hmac::Key::new(hmac::HMAC_SHA256, &self.bytes),
             b"phalanx api token v1",
         ))
+    }
+}
+
+/// What signs and checks heartbeats: one key ([`ClusterKey`]) or a node's ring ([`Keys`]).
+pub trait Signer {
+    fn sign(&self, data: &[u8]) -> hmac::Tag;
+    /// Constant-time check of a tag.
+    fn verify(&self, data: &[u8], tag: &[u8]) -> bool;
+}
+
+impl Signer for ClusterKey {
+    fn sign(&self, data: &[u8]) -> hmac::Tag {
+        ClusterKey::sign(self, data)
+    }
+    fn verify(&self, data: &[u8], tag: &[u8]) -> bool {
+        ClusterKey::verify(self, data, tag)
+    }
+}
+
+/// Where the next key of a rotation waits beside the key file `key_file`.
+pub fn next_path(key_file: &Path) -> PathBuf {
+    let mut p = key_file.as_os_str().to_owned();
+    p.push(".next");
+    PathBuf::from(p)
+}
+
+/// A node's heartbeat keys (cheap to clone, shared): every key it holds, those the cluster
+/// accepts now (tags of any verify) and the one it signs with (and whose API token it sends).
+/// Before any rotation: the key file's alone.
+#[derive(Clone, Debug)]
+pub struct Keys(std::sync::Arc<std::sync::RwLock<KeySet>>);
+
+#[derive(Debug)]
+struct KeySet {
+    held: Vec<ClusterKey>,
+    accept: Vec<ClusterKey>,
+    send: ClusterKey,
+    /// The tokens of `accept` (computed once per change, compared per request).
+    tokens: Vec<String>,
+}
+
+impl From<ClusterKey> for Keys {
+    fn from(k: ClusterKey) -> Self {
+        Keys(std::sync::Arc::new(std::sync::RwLock::new(KeySet {
+            held: vec![k.clone()],
+            tokens: vec![k.api_token()],
+            accept: vec![k.clone()],
+            send: k,
+        })))
+    }
+}
+
+impl Keys {
+    /// The key file's key and, when a rotation left one there, the next (both refused when
+    /// group or others may read them).
+    pub fn load(key_file: &Path) -> Result<Keys, KeyError> {
+        let keys = Keys::from(ClusterKey::load_private(key_file)?);
+        let next = next_path(key_file);
+        if next.exists() {
+            keys.hold(ClusterKey::load_private(&next)?);
+        }
+        Ok(keys)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, KeySet> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hold `key` too (pushed by `phalanx key rotate`); accepted once the trust record says.
+    pub fn hold(&self, key: ClusterKey) {
+        let mut s = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if !s.held.iter().any(|k| k.id() == key.id()) {
+            s.held.push(key);
+        }
+    }
+
+    /// Accept the keys of ids `accept` (empty: the first held, the key file's) and sign with
+    /// `send` (None: the first accepted). Ids this node does not hold are returned (it keeps
+    /// what it has of the rest; with none of them, it keeps its current keys).
+    pub fn apply(&self, accept: &[String], send: Option<&str>) -> Vec<String> {
+        let mut s = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let missing: Vec<String> = accept
+            .iter()
+            .filter(|id| !s.held.iter().any(|k| &k.id() == *id))
+            .cloned()
+            .collect();
+        let chosen: Vec<ClusterKey> = if accept.is_empty() {
+            s.held.first().cloned().into_iter().collect()
+        } else {
+            s.held.iter().filter(|k| accept.contains(&k.id())).cloned().collect()
+        };
+        if chosen.is_empty() {
+            return missing;
+        }
+        let send = send
+            .and_then(|id| chosen.iter().find(|k| k.id() == id))
+            .unwrap_or(&chosen[0])
+            .clone();
+        s.tokens = chosen.iter().map(ClusterKey::api_token).collect();
+        s.accept = chosen;
+        s.send = send;
+        missing
+    }
+
+    /// The token this node sends to its peers (the signing key's).
+    pub fn token(&self) -> String {
+        self.read().send.api_token()
+    }
+
+    /// Whether `presented` is the token of an accepted key (constant time per key).
+    pub fn token_ok(&self, presented: &str) -> bool {
+        self.read()
+            .tokens
+            .iter()
+            .fold(false, |ok, t| token_eq(presented, t) | ok)
+    }
+
+    /// [`ClusterKey::verify_break_glass`] with any accepted key.
+    pub fn verify_break_glass(&self, name: &str, hash: &str, at_ms: u64, proof: &str) -> bool {
+        self.read()
+            .accept
+            .iter()
+            .any(|k| k.verify_break_glass(name, hash, at_ms, proof))
+    }
+
+    /// The ids of the keys held, accepted, and the signing key's.
+    pub fn ids(&self) -> (Vec<String>, Vec<String>, String) {
+        let s = self.read();
+        (
+            s.held.iter().map(ClusterKey::id).collect(),
+            s.accept.iter().map(ClusterKey::id).collect(),
+            s.send.id(),
+        )
+    }
+}
+
+impl Signer for Keys {
+    fn sign(&self, data: &[u8]) -> hmac::Tag {
+        self.read().send.sign(data)
+    }
+    fn verify(&self, data: &[u8], tag: &[u8]) -> bool {
+        self.read().accept.iter().any(|k| k.verify(data, tag))
     }
 }
 
@@ -194,6 +373,36 @@ pub fn token_eq(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The three steps of a rotation: a tag of either key is good while both are accepted, the
+    /// new one signs from the second step, the old one is refused after the third.
+    #[test]
+    fn keys_accept_both_then_send_with_the_new_then_drop_the_old() {
+        let (old, new) = (ClusterKey::from_bytes(&[1; 32]), ClusterKey::from_bytes(&[2; 32]));
+        let keys = Keys::from(old.clone());
+        let other = Keys::from(new.clone());
+        let msg = b"heartbeat";
+        assert!(!keys.verify(msg, other.sign(msg).as_ref()));
+        assert_eq!(keys.apply(&[old.id(), new.id()], Some(&old.id())), vec![new.id()]);
+        keys.hold(new.clone());
+        assert!(keys.apply(&[old.id(), new.id()], Some(&old.id())).is_empty());
+        assert!(keys.verify(msg, other.sign(msg).as_ref()));
+        assert!(keys.verify(msg, old.sign(msg).as_ref()));
+        assert_eq!(keys.sign(msg).as_ref(), old.sign(msg).as_ref());
+        assert!(keys.token_ok(&new.api_token()) && keys.token_ok(&old.api_token()));
+        keys.apply(&[old.id(), new.id()], Some(&new.id()));
+        assert_eq!(keys.sign(msg).as_ref(), new.sign(msg).as_ref());
+        assert_eq!(keys.token(), new.api_token());
+        keys.apply(&[new.id()], Some(&new.id()));
+        assert!(!keys.verify(msg, old.sign(msg).as_ref()));
+        assert!(!keys.token_ok(&old.api_token()));
+        assert_eq!(keys.ids().1, vec![new.id()]);
+        // Told to accept only keys it lacks, it keeps what it had.
+        assert_eq!(keys.apply(&["ffff".into()], None), vec!["ffff".to_string()]);
+        assert!(keys.verify(msg, new.sign(msg).as_ref()));
+        assert_eq!(ClusterKey::from_hex(&new.to_hex()).map(|k| k.id()), Some(new.id()));
+        assert!(ClusterKey::from_hex("abcd").is_none());
+    }
 
     #[test]
     fn generate_load_and_refuse_overwrite() {

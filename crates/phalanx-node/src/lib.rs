@@ -25,6 +25,7 @@ pub mod node;
 pub mod pki;
 pub mod priority;
 pub mod raft;
+pub mod rotation;
 pub mod sessions;
 pub mod status;
 pub mod systemd;

@@ -3,7 +3,6 @@
 //! It commits writes: operator requests, results and claims (forwarded to the leader), and the
 //! leader's own decisions (never forwarded).
 
-use crate::key::ClusterKey;
 use crate::mesh::{self, DatagramOut, Inbound, Mesh, MeshSettings, MeshStats, PeerStatus};
 use crate::raft::store::{LogStore, SmData, StateMachine};
 use crate::raft::{raft_config, BasicNode, Groups, NodeId, Raft, Request, TypeConfig, WITNESS_ID, WITNESS_NAME};
@@ -72,7 +71,8 @@ pub struct NodeOptions {
     pub id: NodeId,
     pub links: Vec<SocketAddr>,
     pub api: SocketAddr,
-    pub key: ClusterKey,
+    /// The heartbeat keys (`Keys::load`: the key file's, and a rotation's next one).
+    pub key: crate::key::Keys,
     /// Listed in the config file: may bootstrap the cluster with the other listed nodes.
     pub bootstrap: bool,
     /// Runs this node's resource agents (None: the node runs none, e.g. in network tests).
@@ -301,12 +301,12 @@ pub struct Node {
     state: Arc<RwLock<SmData>>,
     /// Changes after every applied entry (see `StateMachine::applied`).
     applied: tokio::sync::watch::Receiver<u64>,
-    token: String,
     http: reqwest::Client,
     /// The node's TLS (its certificate and the cluster CA; see `transport`).
     pub tls: crate::transport::Tls,
-    /// The cluster key (a break-glass request proves it holds it; see `api::tokens`).
-    pub(crate) key: ClusterKey,
+    /// The cluster's keys this node holds: they sign heartbeats and derive the node routes'
+    /// token (a break-glass request proves it holds one; see `api::tokens`).
+    pub(crate) key: crate::key::Keys,
     /// See [`NodeOptions::pki`].
     pub(crate) pki: Option<crate::pki::Paths>,
     /// Connections refused at the TLS handshake since start, by reason.
@@ -326,6 +326,8 @@ pub struct Node {
     tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
     /// Where a stop of this node stands (see `lifecycle`).
     pub(crate) stop: tokio::sync::watch::Sender<crate::lifecycle::StopState>,
+    /// Counts the trust record's changes this node took in (see `rotation`).
+    pub(crate) trust_changed: tokio::sync::watch::Sender<u64>,
     /// Rounds the controller loop has run (systemd's watchdog is fed while it grows).
     pub(crate) rounds: AtomicU64,
     /// When this node last checked each fence device (unix ms; it checks them while it leads):
@@ -391,7 +393,7 @@ impl Node {
                     id: opts.id,
                     db,
                     raft_config: raft_config(&opts.config.cluster),
-                    token: opts.key.api_token(),
+                    keys: opts.key.clone(),
                     tls: opts.tls.clone(),
                     config: opts.config.sessions.clone(),
                 })
@@ -427,7 +429,6 @@ impl Node {
             },
             state,
             applied,
-            token: opts.key.api_token(),
             http: crate::transport::forward_client(&opts.tls)?,
             leader_since: AtomicU64::new(0),
             notes: Default::default(),
@@ -441,6 +442,7 @@ impl Node {
             forward: opts.seams.forward,
             tasks: std::sync::Mutex::default(),
             stop: tokio::sync::watch::Sender::new(Default::default()),
+            trust_changed: tokio::sync::watch::Sender::new(0),
             rounds: AtomicU64::new(0),
             device_checks: std::sync::Mutex::default(),
             timings,
@@ -500,6 +502,7 @@ impl Node {
         }
         node.spawn(node.clone().metrics_watch());
         node.spawn(node.clone().members_watch());
+        node.spawn(crate::rotation::watch(node.clone()));
         node.spawn(crate::events::watch_quorum(node.clone()));
         node.spawn(crate::events::watch_burn(node.clone()));
         node.spawn(crate::alerts::run(node.clone()));
@@ -533,8 +536,9 @@ impl Node {
         self.config_version.store(version, Ordering::SeqCst);
     }
 
-    pub fn token(&self) -> &str {
-        &self.token
+    /// The token this node's requests to its peers carry (its signing key's).
+    pub fn token(&self) -> String {
+        self.key.token()
     }
 
     /// The Raft groups this node serves (see `raft::group`).
@@ -651,6 +655,11 @@ impl Node {
     }
 
     /// A receiver that changes after every applied log entry.
+    /// Changes whenever this node took in a new trust record (a step of a rotation).
+    pub fn trust_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.trust_changed.subscribe()
+    }
+
     pub fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
         self.applied.clone()
     }
@@ -826,7 +835,7 @@ impl Node {
                 if let Some(fake) = &self.forward {
                     return Ok(fake.forward(&leader.addr, &cmd).await?);
                 }
-                Ok(crate::forward::to_leader(&self.http, &self.token, &leader.addr, &cmd).await?)
+                Ok(crate::forward::to_leader(&self.http, &self.token(), &leader.addr, &cmd).await?)
             }
             Err(e) => Err(e.into()),
         }

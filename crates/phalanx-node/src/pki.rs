@@ -18,6 +18,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// The CA's certificate and key, beside the cluster key.
 pub const CA_CERT: &str = "ca.crt";
 pub const CA_KEY: &str = "ca.key";
+/// The next CA of a rotation (`phalanx ca rotate`), beside the current one until it replaces it.
+pub const NEXT_CA_CERT: &str = "ca-next.crt";
+pub const NEXT_CA_KEY: &str = "ca-next.key";
 /// The folder of node certificates, beside the cluster key.
 pub const CERT_DIR: &str = "certs";
 /// Lifetime of the CA: ten years.
@@ -84,6 +87,7 @@ pub enum PkiError {
 #[derive(Debug, Clone)]
 pub struct Paths {
     dir: PathBuf,
+    key_file: PathBuf,
 }
 
 impl Paths {
@@ -93,7 +97,21 @@ impl Paths {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_path_buf();
-        Paths { dir }
+        Paths {
+            dir,
+            key_file: key_file.to_path_buf(),
+        }
+    }
+    /// The cluster key file these are beside.
+    pub fn key_file(&self) -> &Path {
+        &self.key_file
+    }
+    /// The next CA of a `phalanx ca rotate` (certificate and key), until it is the only one.
+    pub fn next_ca_cert(&self) -> PathBuf {
+        self.dir.join(NEXT_CA_CERT)
+    }
+    pub fn next_ca_key(&self) -> PathBuf {
+        self.dir.join(NEXT_CA_KEY)
     }
     pub fn ca_cert(&self) -> PathBuf {
         self.dir.join(CA_CERT)
@@ -192,10 +210,21 @@ fn serial() -> rcgen::SerialNumber {
 
 /// A new CA for the cluster `cluster`, valid from `now` for [`CA_LIFETIME`].
 pub fn generate_ca(cluster: &str, now: SystemTime) -> Result<Issued, PkiError> {
+    make_ca(cluster, format!("phalanx CA {cluster}"), now)
+}
+
+/// A CA to replace the cluster's (`phalanx ca rotate`): as [`generate_ca`], its name telling
+/// when it was made (so that the two are told apart in `cert list` and by TLS stacks).
+pub fn generate_next_ca(cluster: &str, now: SystemTime) -> Result<Issued, PkiError> {
+    let made = humantime::format_rfc3339_seconds(now);
+    make_ca(cluster, format!("phalanx CA {cluster} {made}"), now)
+}
+
+fn make_ca(cluster: &str, cn: String, now: SystemTime) -> Result<Issued, PkiError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, format!("phalanx CA {cluster}"));
+    dn.push(DnType::CommonName, cn);
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     p.key_usages = vec![
@@ -438,16 +467,15 @@ pub fn load_ca_cert(paths: &Paths) -> Result<String, PkiError> {
     read(&p)
 }
 
-/// The CA with its key, when this machine holds the key.
+/// The CA with its key, when this machine holds the key (`ca.key`'s; see [`issuer`]).
 pub fn load_ca(paths: &Paths) -> Result<Option<Issued>, PkiError> {
-    let cert_pem = load_ca_cert(paths)?;
+    load_ca_cert(paths)?;
     if !paths.ca_key().exists() {
         return Ok(None);
     }
-    Ok(Some(Issued {
-        cert_pem,
-        key_pem: read_private(&paths.ca_key())?,
-    }))
+    // Refuse an exposed key file with its error rather than as "no key here".
+    read_private(&paths.ca_key())?;
+    Ok(issuer(paths, None))
 }
 
 /// Issue a certificate for `name` at `ips` with the CA at `paths` and write it to `certs/`
@@ -489,10 +517,82 @@ pub fn unfit(cert_pem: &str, ca_pem: &str, name: &str, ips: &[IpAddr], now: Syst
     if let Some(ip) = ips.iter().find(|ip| !ip.is_unspecified() && !info.ips.contains(ip)) {
         return Some(format!("it does not name {ip}"));
     }
-    match inspect_pem(ca_pem) {
-        Ok(ca) if ca.key_id.is_some() && ca.key_id != info.issuer_key_id => Some("another CA issued it".into()),
-        Err(e) => Some(format!("the CA certificate: {e}")),
-        _ => None,
+    let cas = split(ca_pem);
+    if cas.is_empty() {
+        return Some("the CA certificate: none in the file".into());
+    }
+    let mut known = false;
+    for ca in &cas {
+        match inspect_pem(ca) {
+            Ok(ca) => known |= ca.key_id.is_none() || ca.key_id == info.issuer_key_id,
+            Err(e) => return Some(format!("the CA certificate: {e}")),
+        }
+    }
+    (!known).then(|| "another CA issued it".into())
+}
+
+/// The certificates of a PEM bundle (`ca.crt` holds two during a rotation), each as PEM.
+pub fn split(bundle: &str) -> Vec<String> {
+    bundle
+        .split_inclusive("-----END CERTIFICATE-----")
+        .filter_map(|p| {
+            p.find("-----BEGIN CERTIFICATE-----")
+                .map(|at| format!("{}\n", &p[at..]))
+        })
+        .collect()
+}
+
+/// The key identifier of a CA certificate (what node certificates name as their issuer).
+pub fn ca_id(pem: &str) -> Option<String> {
+    inspect_pem(pem).ok().and_then(|i| i.key_id)
+}
+
+/// Whether the private key `key_pem` is the one certificate `cert_pem` was made for.
+pub fn key_matches(cert_pem: &str, key_pem: &str) -> bool {
+    use rcgen::PublicKeyData;
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let (Ok(der), Ok(key)) = (
+        CertificateDer::from_pem_slice(cert_pem.as_bytes()),
+        KeyPair::from_pem(key_pem),
+    ) else {
+        return false;
+    };
+    x509_parser::parse_x509_certificate(&der)
+        .is_ok_and(|(_, x)| x.public_key().subject_public_key.data.as_ref() == key.der_bytes())
+}
+
+/// Every CA this machine can issue with: the one of `ca.key` (its certificate found in
+/// `ca.crt` or `ca-next.crt`) and the next one of a rotation (`ca-next.*`).
+pub fn issuers(paths: &Paths) -> Vec<Issued> {
+    let mut certs = std::fs::read_to_string(paths.ca_cert())
+        .map(|b| split(&b))
+        .unwrap_or_default();
+    let next = std::fs::read_to_string(paths.next_ca_cert())
+        .map(|b| split(&b))
+        .unwrap_or_default();
+    certs.extend(next.iter().cloned());
+    let mut out = Vec::new();
+    for (key_path, candidates) in [(paths.ca_key(), &certs), (paths.next_ca_key(), &next)] {
+        let Ok(key_pem) = read_private(&key_path) else { continue };
+        if let Some(cert_pem) = candidates.iter().find(|c| key_matches(c, &key_pem)) {
+            out.push(Issued {
+                cert_pem: cert_pem.clone(),
+                key_pem,
+            });
+        }
+    }
+    out
+}
+
+/// The CA to issue with: the one whose certificate is `issuer` (the replicated trust's), or
+/// without one, `ca.key`'s; None when this machine does not hold that key.
+pub fn issuer(paths: &Paths, issuer: Option<&str>) -> Option<Issued> {
+    let all = issuers(paths);
+    match issuer.and_then(ca_id) {
+        Some(id) => all
+            .into_iter()
+            .find(|ca| ca_id(&ca.cert_pem).as_deref() == Some(id.as_str())),
+        None => all.into_iter().next(),
     }
 }
 
@@ -501,6 +601,21 @@ pub fn unfit(cert_pem: &str, ca_pem: &str, name: &str, ips: &[IpAddr], now: Syst
 /// else an error saying what to do. A certificate that will not do only because it is past 2/3
 /// of its life is still used when no new one can be issued (it works until it expires).
 pub fn node_identity(paths: &Paths, name: &str, ips: &[IpAddr], now: SystemTime) -> Result<Issued, PkiError> {
+    node_identity_from(paths, name, ips, now, None)
+}
+
+/// [`node_identity`] when the cluster issues from the CA `issuer` (the replicated trust's, in
+/// a rotation): a certificate another CA issued is issued again, here if this machine holds
+/// that CA's key; if not, it goes on being used while it is valid (a peer holding the key signs
+/// its successor: see `phalanx daemon`'s renewal).
+pub fn node_identity_from(
+    paths: &Paths,
+    name: &str,
+    ips: &[IpAddr],
+    now: SystemTime,
+    issuer: Option<&str>,
+) -> Result<Issued, PkiError> {
+    const OTHER_ISSUER: &str = "the cluster issues from another CA now";
     let ca_pem = load_ca_cert(paths)?;
     let (cert_p, key_p) = (paths.node_cert(name), paths.node_key(name));
     let existing = if cert_p.exists() && key_p.exists() {
@@ -511,21 +626,31 @@ pub fn node_identity(paths: &Paths, name: &str, ips: &[IpAddr], now: SystemTime)
     } else {
         None
     };
+    let wanted = issuer.and_then(ca_id);
     let why = match &existing {
-        Some(e) => match unfit(&e.cert_pem, &ca_pem, name, ips, now) {
+        Some(e) => match unfit(&e.cert_pem, &ca_pem, name, ips, now).or_else(|| {
+            let by = inspect_pem(&e.cert_pem).ok().and_then(|i| i.issuer_key_id);
+            (wanted.is_some() && by != wanted).then(|| OTHER_ISSUER.to_string())
+        }) {
             None => return Ok(existing.unwrap_or_else(|| unreachable!())),
             Some(why) => why,
         },
         None => "there is none".into(),
     };
+    // The key of the CA wanted (or of `ca.key`): refused with its error when exposed.
     if paths.ca_key().exists() {
+        read_private(&paths.ca_key())?;
+    }
+    if let Some(ca) = self::issuer(paths, issuer) {
         tracing::info!(node = name, reason = %why, "issuing this node's certificate with the cluster CA");
-        return issue_to_files(paths, name, ips, now);
+        let issued = issue(&ca, name, ips, now, node_lifetime())?;
+        store_node(paths, name, &issued)?;
+        return Ok(issued);
     }
     if let Some(e) = existing {
         if let Ok(info) = inspect_pem(&e.cert_pem) {
-            if why.contains("2/3") && now < info.not_after {
-                tracing::warn!(node = name, not_after = ?info.not_after, "this node's certificate is past 2/3 of its lifetime and the CA key is not here to renew it");
+            if (why.contains("2/3") || why == OTHER_ISSUER) && now < info.not_after {
+                tracing::warn!(node = name, not_after = ?info.not_after, reason = %why, "this node's certificate is due and the CA key is not here to issue it");
                 return Ok(e);
             }
         }

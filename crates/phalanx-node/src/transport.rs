@@ -109,6 +109,8 @@ struct Trust {
     /// has them (None: not known yet, before the cluster bootstrapped). A certificate of any
     /// other name — a removed node's — is refused as revoked.
     members: RwLock<Option<Arc<std::collections::BTreeSet<String>>>>,
+    /// The CA certificates (PEM, one each) the verifiers trust.
+    cas: RwLock<Vec<String>>,
 }
 
 fn verifiers(
@@ -291,6 +293,7 @@ impl Tls {
             server: RwLock::new(server_v),
             client: RwLock::new(client_v),
             members: RwLock::new(None),
+            cas: RwLock::new(crate::pki::split(ca_pem)),
         });
         let identity = identity.map(|k| Arc::new(Identity(RwLock::new(k))));
         let versions = &[&rustls::version::TLS13];
@@ -366,7 +369,20 @@ impl Tls {
         let (s, c) = verifiers(cas, crls)?;
         *self.trust.server.write().unwrap_or_else(|p| p.into_inner()) = s;
         *self.trust.client.write().unwrap_or_else(|p| p.into_inner()) = c;
+        *self.trust.cas.write().unwrap_or_else(|p| p.into_inner()) =
+            cas.iter().flat_map(|c| crate::pki::split(c)).collect();
         Ok(())
+    }
+
+    /// The CA certificates trusted now (PEM, one each).
+    pub fn trusted(&self) -> Vec<String> {
+        self.trust.cas.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The key id of the CA that issued the certificate this node presents now.
+    pub fn presented_issuer(&self) -> Option<String> {
+        let key = self.identity.as_ref()?.current();
+        crate::pki::inspect(key.cert.first()?).ok()?.issuer_key_id
     }
 
     /// A node identity `name` at 127.0.0.1 under one CA made for the whole test process (so that

@@ -46,7 +46,7 @@ async fn start_with(cfg: phalanx_core::Config) -> Arc<Node> {
             id: 1,
             links: n.links.clone(),
             api: n.api,
-            key: key(),
+            key: key().into(),
             bootstrap: true,
             runner: None,
             seams: Default::default(),

@@ -35,7 +35,7 @@ async fn start(net: &FakeNet, names: &[&str]) -> Vec<Arc<Node>> {
                 id: i as u64 + 1,
                 links: n.links.clone(),
                 api: n.api,
-                key: key.clone(),
+                key: key.clone().into(),
                 bootstrap: true,
                 runner: None,
                 seams: Default::default(),

@@ -117,7 +117,12 @@ pub fn ensure_ca(key_file: &Path, cluster: &str) -> Result<bool> {
 /// The operator's TLS for the cluster whose key file is `key_file`: trusting the cluster CA's
 /// certificate beside it (`ca.crt`, made by `phalanx init`).
 pub fn operator_tls(key_file: &Path) -> Result<transport::Tls> {
-    let ca = phalanx_node::pki::load_ca_cert(&phalanx_node::pki::Paths::beside(key_file))?;
+    let paths = phalanx_node::pki::Paths::beside(key_file);
+    let mut ca = phalanx_node::pki::load_ca_cert(&paths)?;
+    // Mid-rotation (`phalanx ca rotate`), the next CA too: members may present either.
+    if let Ok(next) = std::fs::read_to_string(paths.next_ca_cert()) {
+        ca.push_str(&next);
+    }
     Ok(transport::Tls::client(&ca)?)
 }
 
@@ -141,6 +146,13 @@ impl Client {
     /// The token it presents.
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// The same client trusting `tls` instead (a CA rotation trusts the old and the new).
+    pub fn with_tls(mut self, tls: transport::Tls) -> Result<Self> {
+        self.http = transport::api_client(&tls, Duration::from_secs(5))?;
+        self.tls = tls;
+        Ok(self)
     }
 
     /// The same client with requests bounded by `t` instead.

@@ -23,6 +23,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     let config = load_config(&args.config)?;
     let key_file = key_path(&args.config, &config);
     let key = ClusterKey::load_private(&key_file)?;
+    let keys = phalanx_node::key::Keys::load(&key_file)?;
     let (id, links, api, bootstrap) = match config.nodes.iter().position(|n| n.name == args.node) {
         Some(i) => {
             let n = &config.nodes[i];
@@ -78,7 +79,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     // Every address it serves on: links, API, metrics, and the session store's for its clients.
     let ips = phalanx_node::pki::addresses(&config, &args.node, links.iter().chain([&api]).map(|a| a.ip()));
     let tls = node_tls(&key_file, &args.node, &ips)?;
-    let network = raft::network::HttpNetwork::<raft::TypeConfig>::new(key.api_token(), &tls)?;
+    let network = raft::network::HttpNetwork::<raft::TypeConfig>::new(keys.clone(), &tls)?;
     let node = Node::start(
         NodeOptions {
             config: config.clone(),
@@ -87,7 +88,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
             id,
             links: links.clone(),
             api,
-            key,
+            key: keys,
             bootstrap,
             runner: Some(runner),
             seams: Default::default(),
@@ -205,7 +206,7 @@ async fn serve_until_signal(
 pub async fn run_witness(config_path: &Path, listen: Option<&str>, data_dir: Option<PathBuf>) -> Result<()> {
     let config = load_config(config_path)?;
     let key_file = key_path(config_path, &config);
-    let key = ClusterKey::load_private(&key_file)?;
+    let keys = phalanx_node::key::Keys::load(&key_file)?;
     let Some(w) = &config.witness else {
         bail!(
             "{} has no [witness] section: the nodes would not know where to find it",
@@ -227,7 +228,7 @@ pub async fn run_witness(config_path: &Path, listen: Option<&str>, data_dir: Opt
         .with_context(|| format!("binding the witness on {listen}"))?;
     let ips = phalanx_node::pki::addresses(&config, raft::WITNESS_NAME, [listen.ip()]);
     let tls = node_tls(&key_file, raft::WITNESS_NAME, &ips)?;
-    let network = raft::network::HttpNetwork::<raft::TypeConfig>::new(key.api_token(), &tls)?;
+    let network = raft::network::HttpNetwork::<raft::TypeConfig>::new(keys.clone(), &tls)?;
     let node = Node::start(
         NodeOptions {
             config,
@@ -236,7 +237,7 @@ pub async fn run_witness(config_path: &Path, listen: Option<&str>, data_dir: Opt
             id: raft::WITNESS_ID,
             links: vec![listen],
             api: listen,
-            key,
+            key: keys,
             bootstrap: false,
             runner: None,
             seams: Default::default(),
@@ -271,29 +272,44 @@ fn node_tls(key_file: &Path, name: &str, ips: &[std::net::IpAddr]) -> Result<tra
     Ok(transport::Tls::node(&ca, &me.cert_pem, &me.key_pem)?)
 }
 
-/// Renew the node's certificate while it runs: at 2/3 of its life, `pki::node_identity` issues
-/// a new one where this machine holds the CA key; without it, the node sends a signing request
-/// to its peers until one that holds the key signs it ([`renew_through_a_peer`]). The TLS
-/// presents the new certificate to new connections at once (open ones go on; nothing restarts).
-/// A certificate that expired can no longer ask: `phalanx cert issue` renews it then.
+/// Renew the node's certificate while it runs: at 2/3 of its life, and when the cluster's
+/// issuing CA changes (the second step of `phalanx ca rotate`), `pki::node_identity_from`
+/// issues a new one where this machine holds that CA's key; without it, the node sends a
+/// signing request to its peers until one that holds the key signs it
+/// ([`renew_through_a_peer`]). The TLS presents the new certificate to new connections at once
+/// (open ones go on; nothing restarts). A certificate that expired can no longer ask: `phalanx
+/// cert issue` renews it then.
 async fn renew_certificate(node: std::sync::Arc<Node>, key_file: PathBuf, name: String, ips: Vec<std::net::IpAddr>) {
     use phalanx_node::pki;
     let paths = pki::Paths::beside(&key_file);
     let mut current = std::fs::read_to_string(paths.node_cert(&name)).unwrap_or_default();
     let retry = std::time::Duration::from_secs(60).min(pki::node_lifetime() / 30);
+    let mut trust = node.trust_changes();
+    let mut wait = pki::next_check(&current, std::time::SystemTime::now());
     loop {
-        tokio::time::sleep(pki::next_check(&current, std::time::SystemTime::now())).await;
-        let (p, n, i) = (paths.clone(), name.clone(), ips.clone());
-        let me =
-            tokio::task::spawn_blocking(move || pki::node_identity(&p, &n, &i, std::time::SystemTime::now())).await;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            changed = trust.changed() => if changed.is_err() { return },
+        }
+        wait = retry;
+        let issuer = node.with_state(|sm| sm.cluster.trust.issuer_pem().map(str::to_string));
+        let due = due(&current, issuer.as_deref());
+        let (p, n, i, want) = (paths.clone(), name.clone(), ips.clone(), issuer.clone());
+        let me = tokio::task::spawn_blocking(move || {
+            pki::node_identity_from(&p, &n, &i, std::time::SystemTime::now(), want.as_deref())
+        })
+        .await;
         let me = match me {
+            Ok(Ok(me)) if me.cert_pem == current && !due => {
+                wait = pki::next_check(&current, std::time::SystemTime::now());
+                continue;
+            }
             Ok(Ok(me)) if me.cert_pem == current => {
-                // Nothing new here (no CA key): ask the peers while it is still valid.
+                // Nothing new here (no key of the issuing CA): ask the peers while it is valid.
                 match renew_through_a_peer(&node, &paths, &name).await {
                     Ok(me) => me,
                     Err(e) => {
                         tracing::warn!(error = %e, "renewing this node's certificate through a peer");
-                        tokio::time::sleep(retry).await;
                         continue;
                     }
                 }
@@ -301,7 +317,6 @@ async fn renew_certificate(node: std::sync::Arc<Node>, key_file: PathBuf, name: 
             Ok(Ok(me)) => me,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "renewing this node's certificate");
-                tokio::time::sleep(retry).await;
                 continue;
             }
             Err(e) => {
@@ -313,10 +328,24 @@ async fn renew_certificate(node: std::sync::Arc<Node>, key_file: PathBuf, name: 
             Ok(()) => {
                 tracing::info!(node = %name, "renewed this node's certificate: new connections present it");
                 current = me.cert_pem;
+                wait = pki::next_check(&current, std::time::SystemTime::now());
             }
             Err(e) => tracing::error!(error = %e, "the renewed certificate could not be loaded"),
         }
     }
+}
+
+/// Whether the certificate `cert_pem` is due: past 2/3 of its life, or issued by another CA
+/// than `issuer` (the cluster's issuing CA, when a rotation named one).
+fn due(cert_pem: &str, issuer: Option<&str>) -> bool {
+    use phalanx_node::pki;
+    let Ok(info) = pki::inspect_pem(cert_pem) else {
+        return true;
+    };
+    info.due_for_renewal(std::time::SystemTime::now())
+        || issuer
+            .and_then(pki::ca_id)
+            .is_some_and(|id| info.issuer_key_id.as_deref() != Some(id.as_str()))
 }
 
 /// A new key and a signing request sent to each peer in turn (over mutual TLS with the current

@@ -445,6 +445,14 @@ impl LocalCluster {
         self.client = self.client.clone().with_token(token);
     }
 
+    /// Trust the CAs the cluster's folder trusts now (after `phalanx ca rotate`), in the
+    /// harness's own requests.
+    pub fn reload_trust(&mut self) -> Result<()> {
+        let tls = crate::client::operator_tls(self.pki_paths()?.key_file())?;
+        self.client = self.client.clone().with_tls(tls)?;
+        Ok(())
+    }
+
     pub fn node(&self, name: &str) -> Result<&LocalNode> {
         self.nodes
             .iter()

@@ -17,6 +17,7 @@ pub mod netns;
 pub mod playground;
 pub mod power_switch;
 pub mod render;
+pub mod rotate_cmd;
 pub mod service;
 pub mod session_writer;
 pub mod sessions_cmd;

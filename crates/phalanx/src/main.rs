@@ -66,6 +66,30 @@ enum CertCmd {
 }
 
 #[derive(Subcommand)]
+enum CaCmd {
+    /// Replace the cluster CA while the cluster runs, in three steps each waited for on every
+    /// member: trust the old and the new → issue every node's certificate from the new → drop
+    /// the old. Run it where `ca.key` is; run it again to resume an interrupted rotation.
+    Rotate {
+        /// How long to wait for every member at each step.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Replace the heartbeat key (the cluster key) while the cluster runs, in three steps each
+    /// waited for on every member: accept the old and the new → sign with the new → drop the
+    /// old. The new key is pushed to every member over TLS; run it again to resume.
+    Rotate {
+        /// How long to wait for every member at each step.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
+
+#[derive(Subcommand)]
 enum TokenCmd {
     /// A new API token (its secret printed once; the cluster keeps its hash): read sees,
     /// operate also acts (standby, move, ban, drain, drills), admin also changes the cluster
@@ -336,6 +360,16 @@ enum Cmd {
     Cert {
         #[command(subcommand)]
         cmd: CertCmd,
+    },
+    /// The cluster CA: `ca rotate` replaces it while the cluster runs.
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
+    },
+    /// The heartbeat key: `key rotate` replaces it while the cluster runs.
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCmd,
     },
     /// API tokens for people and scripts, with roles (read, operate, admin).
     Token {
@@ -1256,6 +1290,30 @@ async fn run(cli: Cli) -> Result<i32> {
                     Ok(0)
                 }
             }
+        }
+        Cmd::Ca {
+            cmd: CaCmd::Rotate { timeout },
+        } => {
+            let (client, apis) = apis(&cli)?;
+            let config = load_config(&cli.config)?;
+            let paths = phalanx_node::pki::Paths::beside(&key_path(&cli.config, &config));
+            let bar = phalanx::demo::spinner(cli.json);
+            let r = phalanx::rotate_cmd::ca(&client, &apis, &config, &paths, *timeout, &bar).await;
+            bar.finish_and_clear();
+            output(cli.json, &r?, phalanx::rotate_cmd::render)?;
+            Ok(0)
+        }
+        Cmd::Key {
+            cmd: KeyCmd::Rotate { timeout },
+        } => {
+            let (client, apis) = apis(&cli)?;
+            let config = load_config(&cli.config)?;
+            let key_file = key_path(&cli.config, &config);
+            let bar = phalanx::demo::spinner(cli.json);
+            let r = phalanx::rotate_cmd::key(&client, &apis, &config, &key_file, *timeout, &bar).await;
+            bar.finish_and_clear();
+            output(cli.json, &r?, phalanx::rotate_cmd::render)?;
+            Ok(0)
         }
         Cmd::Token { cmd } => {
             let (client, apis) = apis(&cli)?;

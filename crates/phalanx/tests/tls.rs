@@ -367,3 +367,213 @@ async fn a_node_without_the_ca_key_renews_its_certificate_through_a_peer() {
         .sum();
     assert!(signers >= 2, "{signers} signatures in n1's and n2's logs");
 }
+
+/// Issue 17's rotation drill: `phalanx ca rotate`, then `phalanx key rotate`, on 3 daemons —
+/// n3 from a folder of its own without the CA key (its certificates come from a peer, its new
+/// key and CA files over TLS) — while a session writer stores carts through the memcached port
+/// and an operator client polls every node over new connections. Not one request or write
+/// fails, every node sees every other online throughout, no heartbeat is dropped for its
+/// signature; afterwards every folder holds the new CA alone, its key where the CA key was and
+/// the new heartbeat key as the key file, and the cluster restarts from those files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_and_the_heartbeat_key_rotate_while_clients_run_and_nothing_fails() {
+    use phalanx_node::ClusterKey;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_phalanx"));
+    let ports: Vec<std::net::SocketAddr> = (1..=3)
+        .map(|i| {
+            std::net::TcpListener::bind(format!("127.0.12.{i}:0"))
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        })
+        .collect();
+    let listen: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("n{} = \"{a}\"", i + 1))
+        .collect();
+    let extra = format!("\n[sessions]\nlisten = {{ {} }}\n", listen.join(", "));
+    let mut c = LocalCluster::create(Spec::loopback(3, exe, extra)).unwrap();
+    let key_file = c.dir().join("phalanx.key");
+    let shared = pki::Paths::beside(&key_file);
+    // n3's machine: the cluster key, ca.crt and its certificate, no CA key.
+    let etc = c.dir().join("n3-etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    for f in ["phalanx.key", "ca.crt"] {
+        std::fs::copy(c.dir().join(f), etc.join(f)).unwrap();
+    }
+    let own = pki::Paths::beside(&etc.join("phalanx.key"));
+    let n3 = c.node("n3").unwrap();
+    let ips: Vec<std::net::IpAddr> = n3
+        .links
+        .iter()
+        .chain([&n3.api])
+        .map(|a| a.parse::<std::net::SocketAddr>().unwrap().ip())
+        .chain([ports[2].ip()])
+        .collect();
+    let ca = pki::load_ca(&shared).unwrap().unwrap();
+    pki::store_node(
+        &own,
+        "n3",
+        &pki::issue(&ca, "n3", &ips, SystemTime::now(), pki::NODE_LIFETIME).unwrap(),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(c.dir().join("cluster.toml"))
+        .unwrap()
+        .replace("key_file = \"phalanx.key\"", "key_file = \"n3-etc/phalanx.key\"");
+    c.set_local_config("n3", &text).unwrap();
+    c.start_all().unwrap();
+    c.wait_stable(T).await.unwrap();
+    let (code, out, err) = c.cli(&["--json", "token", "create", "ops", "--role", "admin"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    let admin = serde_json::from_str::<serde_json::Value>(&out).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.use_token(admin.clone());
+    let old_ca = pki::ca_id(&ca.cert_pem).unwrap();
+    let old_key = ClusterKey::load(&key_file).unwrap().id();
+    // A record that would cut the nodes off (another CA alone; a key nobody holds) is refused
+    // before anything is committed, with why.
+    let http = c.operator_http().unwrap();
+    let stranger = pki::generate_ca("demo", SystemTime::now()).unwrap();
+    for (trust, why) in [
+        (
+            serde_json::json!({"cas": [stranger.cert_pem], "issuer": 0, "keys": [], "send_key": 0}),
+            "drops",
+        ),
+        (
+            serde_json::json!({"cas": [], "issuer": 0, "keys": ["00ff00ff00ff00ff"], "send_key": 0}),
+            "does not hold",
+        ),
+    ] {
+        let empty = serde_json::json!({"cas": [], "issuer": 0, "keys": [], "send_key": 0});
+        let r = http
+            .post(LocalCluster::url(&c.node("n1").unwrap().api, "/v1/trust"))
+            .bearer_auth(&admin)
+            .json(&serde_json::json!({"expected": empty, "trust": trust}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        assert_eq!(status, 409, "{body}");
+        assert!(body.contains(why), "{body}");
+    }
+
+    let writer = phalanx::session_writer::Writer::start(ports.clone(), "rot-");
+    writer.ready(T).await.unwrap();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let apis: Vec<String> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| c.node(n).unwrap().api.clone())
+        .collect();
+    let prober = {
+        let (stop, key_file, admin) = (stop.clone(), key_file.clone(), admin.clone());
+        tokio::spawn(async move {
+            let (mut requests, mut failed, mut dead) = (0u64, Vec::new(), Vec::new());
+            while !stop.load(Ordering::SeqCst) {
+                for api in &apis {
+                    // As an operator's CLI: a new client trusting what the folder trusts now.
+                    let http = phalanx::client::operator_tls(&key_file)
+                        .unwrap()
+                        .http_client(Duration::from_secs(5))
+                        .unwrap();
+                    requests += 1;
+                    let r = http
+                        .get(LocalCluster::url(api, "/v1/status"))
+                        .bearer_auth(&admin)
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status() == 200 => {
+                            let s: phalanx_node::StatusReport = r.json().await.unwrap();
+                            for n in s.nodes.iter().filter(|n| n.state != "online") {
+                                dead.push(format!("{} sees {} {}", s.node, n.name, n.state));
+                            }
+                        }
+                        other => failed.push(format!("{api}: {other:?}")),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (requests, failed, dead)
+        })
+    };
+
+    let rotate = |what: &str| {
+        let (code, out, err) = tokio::task::block_in_place(|| c.cli(&["--json", what, "rotate"])).unwrap();
+        assert_eq!(code, 0, "{what} rotate: {err}");
+        let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(r["steps"].as_array().map(Vec::len), Some(3), "{r}");
+        assert_eq!(r["members"].as_array().map(Vec::len), Some(3), "{r}");
+        eprintln!("{what} rotate: {r}");
+        r
+    };
+    // The clients run a second before, between and after the rotations (load, not a wait).
+    let load = || tokio::time::sleep(Duration::from_secs(1));
+    load().await;
+    let ca_report = rotate("ca");
+    load().await;
+    let key_report = rotate("key");
+    load().await;
+    stop.store(true, Ordering::SeqCst);
+    let (requests, failed, dead) = prober.await.unwrap();
+    let figures = writer.stop(T).await.unwrap();
+    eprintln!(
+        "{requests} operator requests, {} failed; session writes {figures:?}",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(dead.is_empty(), "{dead:?}");
+    assert!(requests > 30, "{requests}");
+    assert_eq!((figures.errors, figures.lost), (0, 0), "{figures:?}");
+    assert!(figures.acked > 100, "{figures:?}");
+
+    let new_ca = ca_report["new"].as_str().unwrap().to_string();
+    let new_key = key_report["new"].as_str().unwrap().to_string();
+    assert_eq!(ca_report["old"], old_ca.as_str());
+    assert_eq!(key_report["old"], old_key.as_str());
+    assert_ne!(new_ca, old_ca);
+    assert_ne!(new_key, old_key);
+    c.reload_trust().unwrap();
+    for (who, s) in c.statuses().await {
+        assert_eq!(s.mesh.dropped_auth, 0, "{who} dropped heartbeats for their signature");
+    }
+    let (code, out, err) = c.cli(&["--json", "events", "--kind", "node_lost"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.trim().is_empty(), "a node was declared lost: {out}");
+    // Every folder: the new CA alone, its key as the CA key (where there was one), the new key.
+    for (paths, holds_ca_key) in [(&shared, true), (&own, false)] {
+        let bundle = std::fs::read_to_string(paths.ca_cert()).unwrap();
+        assert_eq!(pki::split(&bundle).len(), 1, "{}", paths.ca_cert().display());
+        assert_eq!(pki::ca_id(&bundle).as_deref(), Some(new_ca.as_str()));
+        assert_eq!(paths.ca_key().exists(), holds_ca_key);
+        if holds_ca_key {
+            assert!(pki::key_matches(
+                &bundle,
+                &std::fs::read_to_string(paths.ca_key()).unwrap()
+            ));
+        }
+        assert!(!paths.next_ca_key().exists() && !paths.next_ca_cert().exists());
+        assert_eq!(ClusterKey::load(paths.key_file()).unwrap().id(), new_key);
+        assert!(!phalanx_node::key::next_path(paths.key_file()).exists());
+        let n3_cert = std::fs::read_to_string(own.node_cert("n3")).unwrap();
+        assert_eq!(
+            pki::inspect_pem(&n3_cert).unwrap().issuer_key_id.as_deref(),
+            Some(new_ca.as_str())
+        );
+    }
+    // From those files alone, the cluster forms again; a client trusting only the old CA is
+    // refused now.
+    c.stop_all();
+    c.start_all().unwrap();
+    c.wait_stable(T).await.unwrap();
+    let stale = phalanx_node::transport::Tls::client(&ca.cert_pem)
+        .unwrap()
+        .http_client(Duration::from_secs(5))
+        .unwrap();
+    let api = c.node("n1").unwrap().api.clone();
+    assert!(stale.get(LocalCluster::url(&api, "/v1/status")).send().await.is_err());
+}

@@ -8,7 +8,7 @@
 //! `resources` (results, monitors, probes, failures, cleanup), `plan` (the plan, claims and
 //! reported actions), `fencing` (fence records, device health), `operator` (moves and bans) and
 //! `input` (the scheduler's input), `balancers` (backend health verdicts and the operator's
-//! drains and weights), `sticks` (their stick tables), `tokens` (the API's tokens), and `touched` (which entries a command changed, so that a
+//! drains and weights), `sticks` (their stick tables), `tokens` (the API's tokens), `trust` (the CAs and heartbeat keys members trust, for rotations), and `touched` (which entries a command changed, so that a
 //! persisted state machine writes only those), and `config` (the committed configuration's
 //! versions). This file holds the nouns every family shares and the
 //! dispatch of a [`Command`] to its family.
@@ -24,6 +24,7 @@ mod resources;
 mod sticks;
 mod tokens;
 mod touched;
+mod trust;
 
 pub use crate::outcome::{Outcome, RejectReason};
 pub use balancers::{BackendAdminChange, BackendRecord, BalancerRecord, HealthRecord, MAX_BACKENDS};
@@ -35,6 +36,7 @@ pub use plan::PlanRecord;
 pub use resources::{CallOutcome, ResourceRecord};
 pub use sticks::{MAX_BATCH as MAX_STICK_BATCH, MAX_CAPACITY as MAX_STICK_CAPACITY};
 pub use touched::Touched;
+pub use trust::{Trust, MAX_TRUSTED};
 
 use crate::scheduler::{Action, OperatorConstraint, Role};
 use serde::{Deserialize, Serialize};
@@ -79,6 +81,9 @@ pub struct ClusterState {
     /// The API's tokens, by name (see `crate::tokens`).
     #[serde(default)]
     pub tokens: BTreeMap<String, crate::tokens::TokenRecord>,
+    /// The CAs and heartbeat keys members trust (see `trust`; default: their own files).
+    #[serde(default)]
+    pub trust: Trust,
 }
 
 /// A change to the cluster state, proposed by the leader or an operator.
@@ -275,6 +280,13 @@ pub enum Command {
     RevokeToken {
         name: String,
     },
+    /// What the members trust from now on: a step of `phalanx ca rotate` or `key rotate`,
+    /// refused unless the record is still `expected` (two operators rotating at once: one
+    /// wins, the other is told and starts again from what is there).
+    SetTrust {
+        expected: Trust,
+        trust: Trust,
+    },
 }
 
 /// What a command family's handler gives: the outcome, or (as `Err`) a refusal that changed
@@ -385,6 +397,7 @@ impl ClusterState {
             Command::Drill(_) => Ok(Outcome::Ok),
             Command::CreateToken { name, token } => self.create_token(name, token),
             Command::RevokeToken { name } => self.revoke_token(name),
+            Command::SetTrust { expected, trust } => self.set_trust(expected, trust),
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct Touched {
     pub sticks: BTreeSet<(String, String)>,
     /// The API's tokens (`tokens`, one entry).
     pub tokens: bool,
+    /// What the members trust (`trust`, one entry).
+    pub trust: bool,
 }
 
 impl Touched {
@@ -120,6 +122,9 @@ impl Touched {
             Command::CreateToken { .. } | Command::RevokeToken { .. } => {
                 self.tokens = true;
             }
+            Command::SetTrust { .. } => {
+                self.trust = true;
+            }
         }
     }
 }
@@ -139,6 +144,7 @@ mod tests {
             configs: a.configs != b.configs,
             balancers: a.balancers != b.balancers,
             tokens: a.tokens != b.tokens,
+            trust: a.trust != b.trust,
             scalars: (a.config_version, a.max_node_id, a.maintenance)
                 != (b.config_version, b.max_node_id, b.maintenance),
             ..Touched::default()
@@ -212,6 +218,7 @@ mod tests {
         assert!(!real.scalars || marked.scalars, "{cmd:?}: scalars");
         assert!(!real.balancers || marked.balancers, "{cmd:?}: balancers");
         assert!(!real.tokens || marked.tokens, "{cmd:?}: tokens");
+        assert!(!real.trust || marked.trust, "{cmd:?}: trust");
         assert!(real.sticks.is_subset(&marked.sticks), "{cmd:?}: sticks");
     }
 

@@ -19,11 +19,11 @@ pub mod linkcheck;
 pub mod operator;
 pub mod peer;
 pub mod tokens;
+pub mod trust;
 pub mod ui;
 
 pub use operator::{AddNode, ResourceOp};
 
-use crate::key::token_eq;
 use crate::node::{Node, NodeError};
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -244,7 +244,7 @@ fn authorize(node: &Node, req: &Request) -> Result<Option<String>, ApiError> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or(ApiError::Unauthorized)?;
     let path = req.uri().path();
-    let key_token = token_eq(presented, node.token());
+    let key_token = node.key.token_ok(presented);
     if peer_path(path) {
         // Over TLS, a node presents its certificate of this cluster (verified at the
         // handshake); an operator's client presents none and has no business here. (No
@@ -338,6 +338,7 @@ pub fn app(node: Arc<Node>) -> Router {
             .merge(linkcheck::routes())
             .merge(events::routes())
             .merge(tokens::routes())
+            .merge(trust::routes())
             .merge(peer::routes()),
         node,
     ))

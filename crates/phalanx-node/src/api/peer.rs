@@ -72,10 +72,10 @@ async fn certificate(State(node): State<Arc<Node>>, req: axum::extract::Request)
         .pki
         .clone()
         .ok_or_else(|| ApiError::Unavailable("this node has no cluster CA".into()))?;
-    let ca = crate::pki::load_ca(&paths)
-        .ok()
-        .flatten()
-        .ok_or_else(|| ApiError::Unavailable("this node does not hold the CA key".into()))?;
+    // The CA the cluster issues from now (a rotation's new one from its second step).
+    let issuer = node.with_state(|sm| sm.cluster.trust.issuer_pem().map(str::to_string));
+    let ca = crate::pki::issuer(&paths, issuer.as_deref())
+        .ok_or_else(|| ApiError::Unavailable("this node does not hold the issuing CA's key".into()))?;
     let ips = node.cert_ips(&name);
     let cert = crate::pki::issue_for_request(
         &ca,

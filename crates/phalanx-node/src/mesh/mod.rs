@@ -7,7 +7,7 @@
 
 pub mod wire;
 
-use crate::key::ClusterKey;
+use crate::key::Keys;
 use phalanx_core::liveness::{Detector, LivenessEvent, PeerView};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,7 +41,8 @@ pub struct MeshSettings {
     pub interval: Duration,
     pub dead_after: u32,
     pub incarnation: u64,
-    pub key: ClusterKey,
+    /// The heartbeat keys (shared with the node, which changes them on a rotation).
+    pub key: Keys,
 }
 
 /// Counters of the mesh, exported in status and metrics.
@@ -742,7 +743,7 @@ mod tests {
             interval: Duration::from_millis(100),
             dead_after: 3,
             incarnation: 1,
-            key: ClusterKey::from_bytes(&[key; 32]),
+            key: crate::key::ClusterKey::from_bytes(&[key; 32]).into(),
         }
     }
 

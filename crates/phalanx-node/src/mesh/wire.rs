@@ -18,7 +18,7 @@
 //! Replay protection (incarnation, seq strictly growing per sender and link) is the mesh's job;
 //! this module only encodes, authenticates and decodes.
 
-use crate::key::ClusterKey;
+use crate::key::Signer;
 
 const MAGIC: &[u8; 4] = b"PHXH";
 const VERSION: u8 = 2;
@@ -69,7 +69,7 @@ pub enum WireError {
     Malformed,
 }
 
-pub fn encode(hb: &Heartbeat, key: &ClusterKey) -> Vec<u8> {
+pub fn encode(hb: &Heartbeat, key: &impl Signer) -> Vec<u8> {
     let cluster = &hb.cluster.as_bytes()[..hb.cluster.len().min(255)];
     let sender = &hb.sender.as_bytes()[..hb.sender.len().min(255)];
     let to = &hb.to.as_bytes()[..hb.to.len().min(255)];
@@ -97,7 +97,7 @@ pub fn encode(hb: &Heartbeat, key: &ClusterKey) -> Vec<u8> {
     b
 }
 
-pub fn decode(buf: &[u8], key: &ClusterKey) -> Result<Heartbeat, WireError> {
+pub fn decode(buf: &[u8], key: &impl Signer) -> Result<Heartbeat, WireError> {
     if buf.len() < 4 + 1 + 1 + 8 + 8 + 8 + 8 + 1 + 1 + 1 + 1 + MAC_LEN || buf.len() > MAX_LEN {
         return Err(WireError::Length);
     }
@@ -184,6 +184,7 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::ClusterKey;
     use proptest::prelude::*;
 
     fn key() -> ClusterKey {

@@ -38,15 +38,16 @@ pub enum RpcError {
 /// `/raft/{C::ID}/…`); all share one pooled HTTP client.
 pub struct HttpNetwork<C> {
     client: reqwest::Client,
-    token: String,
+    /// The node's keys: requests carry the signing key's token (it changes in a rotation).
+    keys: crate::key::Keys,
     _group: PhantomData<C>,
 }
 
 impl<C: Group> HttpNetwork<C> {
-    pub fn new(token: String, tls: &crate::transport::Tls) -> Result<Self, crate::transport::TransportError> {
+    pub fn new(keys: crate::key::Keys, tls: &crate::transport::Tls) -> Result<Self, crate::transport::TransportError> {
         Ok(HttpNetwork {
             client: crate::transport::raft_client(tls)?,
-            token,
+            keys,
             _group: PhantomData,
         })
     }
@@ -54,7 +55,7 @@ impl<C: Group> HttpNetwork<C> {
 
 pub struct HttpConn<C> {
     client: reqwest::Client,
-    token: String,
+    keys: crate::key::Keys,
     target: NodeId,
     addr: String,
     _group: PhantomData<C>,
@@ -66,7 +67,7 @@ impl<C: Group> RaftNetworkFactory<C> for HttpNetwork<C> {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> HttpConn<C> {
         HttpConn {
             client: self.client.clone(),
-            token: self.token.clone(),
+            keys: self.keys.clone(),
             target,
             addr: node.addr.clone(),
             _group: PhantomData,
@@ -145,7 +146,7 @@ impl<C: Group> HttpConn<C> {
         let resp = self
             .client
             .post(crate::transport::url(&self.addr, &rpc_path(C::ID, rpc)))
-            .bearer_auth(&self.token)
+            .bearer_auth(self.keys.token())
             .timeout(option.hard_ttl())
             .body(body)
             .send()

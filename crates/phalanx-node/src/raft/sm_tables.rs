@@ -36,9 +36,11 @@ const SM_STICKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sm_sticks
 /// load balancers' records (`balancers` in `sm_meta`) and stick tables (`sm_sticks`, one entry
 /// per client key), absent from a format-5 store: read as none; the snapshot's layout gained
 /// both; 7 since the state holds the API's tokens (`tokens` in `sm_meta`, absent from a
-/// format-6 store: read as none; the snapshot's layout gained it).
+/// format-6 store: read as none; the snapshot's layout gained it); 8 since the state holds what
+/// the members trust (`trust` in `sm_meta`, absent from a format-7 store: read as the default,
+/// each node's own files; the snapshot's layout gained it).
 const FORMAT_KEY: &str = "format";
-const FORMAT: u32 = 7;
+const FORMAT: u32 = 8;
 /// The first format whose node entries carry `online_since_plan`.
 const NODE_ENTRY_FORMAT: u32 = 3;
 
@@ -198,6 +200,9 @@ impl Changes {
         if touched.tokens {
             c.put(Table::Meta, "tokens", encode(&d.cluster.tokens));
         }
+        if touched.trust {
+            c.put(Table::Meta, "trust", encode(&d.cluster.trust));
+        }
         let s = &d.cluster;
         for name in &touched.nodes {
             c.node(s, name);
@@ -241,6 +246,7 @@ impl Changes {
         c.put(Table::Meta, "configs", encode(&d.cluster.configs));
         c.put(Table::Meta, "balancers", encode(&d.cluster.balancers));
         c.put(Table::Meta, "tokens", encode(&d.cluster.tokens));
+        c.put(Table::Meta, "trust", encode(&d.cluster.trust));
         let s = &d.cluster;
         for (name, n) in &s.nodes {
             c.node(s, name);
@@ -452,6 +458,7 @@ pub(super) fn load(db: &Database) -> Result<Option<(SmData, bool)>, StoreError> 
         operator_origin: get(&meta, "operator_origin")?.unwrap_or_default(),
         balancers: get(&meta, "balancers")?.unwrap_or_default(),
         tokens: get(&meta, "tokens")?.unwrap_or_default(),
+        trust: get(&meta, "trust")?.unwrap_or_default(),
         ..ClusterState::default()
     };
     let mut attrs: BTreeMap<Vec<u8>, String> = BTreeMap::new();
@@ -587,7 +594,22 @@ pub(super) fn store_format_3(db: &Database, d: &SmData) -> Result<(), redb::Erro
         let mut meta = tx.open_table(SM_META)?;
         meta.remove("operator_origin")?;
         meta.remove("tokens")?;
+        meta.remove("trust")?;
         meta.insert(FORMAT_KEY, encode(&3u32).as_slice())?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Store `d` as format 7 did (no trust record).
+#[cfg(test)]
+pub(super) fn store_format_7(db: &Database, d: &SmData) -> Result<(), redb::Error> {
+    write(db, &Changes::all(d))?;
+    let tx = db.begin_write()?;
+    {
+        let mut meta = tx.open_table(SM_META)?;
+        meta.remove("trust")?;
+        meta.insert(FORMAT_KEY, encode(&7u32).as_slice())?;
     }
     tx.commit()?;
     Ok(())
@@ -601,6 +623,7 @@ pub(super) fn store_format_6(db: &Database, d: &SmData) -> Result<(), redb::Erro
     {
         let mut meta = tx.open_table(SM_META)?;
         meta.remove("tokens")?;
+        meta.remove("trust")?;
         meta.insert(FORMAT_KEY, encode(&6u32).as_slice())?;
     }
     tx.commit()?;
@@ -616,6 +639,7 @@ pub(super) fn store_format_5(db: &Database, d: &SmData) -> Result<(), redb::Erro
         let mut meta = tx.open_table(SM_META)?;
         meta.remove("balancers")?;
         meta.remove("tokens")?;
+        meta.remove("trust")?;
         meta.insert(FORMAT_KEY, encode(&5u32).as_slice())?;
     }
     tx.delete_table(SM_STICKS)?;
@@ -633,6 +657,7 @@ pub(super) fn store_format_4(db: &Database, d: &SmData) -> Result<(), redb::Erro
         meta.remove("events")?;
         meta.remove("balancers")?;
         meta.remove("tokens")?;
+        meta.remove("trust")?;
         meta.insert(FORMAT_KEY, encode(&4u32).as_slice())?;
         tx.open_table(SM_EVENTS)?.retain(|_, _| false)?;
     }

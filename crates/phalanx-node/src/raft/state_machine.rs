@@ -434,6 +434,15 @@ mod tests {
                         expires_ms: Some(99),
                     },
                 },
+                Command::SetTrust {
+                    expected: Default::default(),
+                    trust: phalanx_core::state::Trust {
+                        cas: vec!["-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n".into()],
+                        issuer: 0,
+                        keys: vec!["k1".into(), "k2".into()],
+                        send_key: 1,
+                    },
+                },
             ],
         ]
     }
@@ -505,8 +514,15 @@ mod tests {
     }
 
     /// `d` as format 6 knew it: no tokens.
-    fn as_before_format_7(mut d: SmData) -> SmData {
+    fn as_before_format_7(d: SmData) -> SmData {
+        let mut d = as_before_format_8(d);
         d.cluster.tokens.clear();
+        d
+    }
+
+    /// `d` as format 7 knew it: no trust record.
+    fn as_before_format_8(mut d: SmData) -> SmData {
+        d.cluster.trust = Default::default();
         d
     }
 
@@ -594,6 +610,26 @@ mod tests {
                 snapshot_id: "old".into(),
             },
             data: super::super::legacy::write::sm_v4(&want),
+        };
+        meta_put(&db, "snapshot", &old).unwrap();
+        assert_upgraded(db, &want, true).await;
+    }
+
+    /// Format 7 had no trust record, and its snapshots the whole state without it.
+    #[tokio::test]
+    async fn format_7_entries_and_their_snapshot_are_upgraded_once() {
+        let before = now(&applied(open_in_memory().unwrap()).await);
+        assert!(!before.cluster.trust.keys.is_empty());
+        let want = as_before_format_8(before);
+        let db = open_in_memory().unwrap();
+        sm_tables::store_format_7(&db, &want).unwrap();
+        let old = StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: want.last_applied,
+                last_membership: want.membership.clone(),
+                snapshot_id: "old".into(),
+            },
+            data: super::super::legacy::write::sm_v7(&want),
         };
         meta_put(&db, "snapshot", &old).unwrap();
         assert_upgraded(db, &want, true).await;

@@ -187,7 +187,7 @@ async fn toy_node(id: NodeId, dir: &Path, listener: crate::transport::Listener) 
     };
     let sm = ToySm::default();
     let tls = crate::transport::Tls::ephemeral(&format!("toy{id}"));
-    let net = HttpNetwork::<Toy>::new("token".into(), &tls).unwrap();
+    let net = HttpNetwork::<Toy>::new(crate::ClusterKey::from_bytes(&[1; 32]).into(), &tls).unwrap();
     let raft = openraft::Raft::new(
         id,
         Arc::new(config.validate().unwrap()),

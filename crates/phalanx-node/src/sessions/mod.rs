@@ -191,7 +191,8 @@ pub struct Sessions {
     writes: mpsc::Sender<Pending>,
     reads: mpsc::Sender<ReadWaiter>,
     http: reqwest::Client,
-    token: String,
+    /// The node's keys (requests carry the signing key's token).
+    keys: crate::key::Keys,
     /// The `[sessions]` in force (None: off): what the listener, the limit and upkeep follow.
     config: std::sync::RwLock<Option<SessionsConfig>>,
     pub counters: Counters,
@@ -215,7 +216,7 @@ pub struct Options {
     pub id: NodeId,
     pub db: Arc<redb::Database>,
     pub raft_config: openraft::Config,
-    pub token: String,
+    pub keys: crate::key::Keys,
     pub tls: crate::transport::Tls,
     pub config: Option<SessionsConfig>,
 }
@@ -241,10 +242,10 @@ impl Sessions {
         rc.enable_elect = false;
         let rc = Arc::new(rc.validate()?);
         let lease_for = Duration::from_millis(rc.election_timeout_min / 2);
-        let (db, sm2, token, tls) = (o.db.clone(), sm.clone(), o.token.clone(), o.tls.clone());
+        let (db, sm2, keys, tls) = (o.db.clone(), sm.clone(), o.keys.clone(), o.tls.clone());
         let raft = rt
             .spawn(async move {
-                let net = HttpNetwork::<SessionsGroup>::new(token, &tls)?;
+                let net = HttpNetwork::<SessionsGroup>::new(keys, &tls)?;
                 let raft = openraft::Raft::new(o.id, rc, net, crate::raft::store::LogStore::new(db), sm2).await?;
                 Ok::<_, StartError>(raft)
             })
@@ -264,7 +265,7 @@ impl Sessions {
             writes: wtx,
             reads: rtx,
             http,
-            token: o.token,
+            keys: o.keys,
             config: std::sync::RwLock::new(o.config),
             counters: Counters::default(),
             stale_reads: std::env::var(PLANT_STALE_READS).is_ok_and(|v| v == "1"),
@@ -509,7 +510,7 @@ impl Sessions {
         let resp = self
             .http
             .post(crate::transport::url(&addr, path))
-            .bearer_auth(&self.token)
+            .bearer_auth(self.keys.token())
             .timeout(WAIT)
             .body(body)
             .send()

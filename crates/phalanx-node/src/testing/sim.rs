@@ -354,7 +354,7 @@ impl Sim {
                 id: slot.index as u64 + 1,
                 links: spec.links.clone(),
                 api: spec.api,
-                key: self.key.clone(),
+                key: self.key.clone().into(),
                 bootstrap: true,
                 runner: Some(crate::agents::Runner::fake(name, handle.clone())),
                 seams: Seams {
