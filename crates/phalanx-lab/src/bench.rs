@@ -3,7 +3,9 @@
 //! of an idle 5-node cluster. Each interval is measured twice (issue 15's isolation check): with
 //! the session store idle, and with it saturated by writers (`saturate`), the clusters otherwise
 //! alike (`[sessions]` on in both); false suspicions (a `node_lost` of a node nobody killed) are
-//! counted in both. A benchmark, not a test: it prints figures, it asserts nothing.
+//! counted in both. With `--tls-cost`, each interval is also measured with TLS off (issue 17's
+//! cost of TLS: `transport::NO_TLS_ENV` for the daemons and this process), idle, alternating
+//! with the TLS run. A benchmark, not a test: it prints figures, it asserts nothing.
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -44,6 +46,8 @@ pub struct IntervalResult {
     pub session_writes_per_s: f64,
     /// `node_lost` events beyond the kills: nodes declared dead that nobody killed.
     pub false_suspicions: u64,
+    /// Whether the cluster ran with TLS (off only in `--tls-cost`'s second pass).
+    pub tls: bool,
     pub detection_ms: Dist,
     pub leader_failover_ms: Dist,
     pub failover_over_detection_p50: f64,
@@ -68,11 +72,22 @@ pub struct Isolation {
     pub false_suspicions: u64,
 }
 
+/// Leader failover with TLS against without, at one interval (session store idle).
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsCost {
+    pub heartbeat_interval_ms: u64,
+    pub failover_p50_tls_ms: u64,
+    pub failover_p50_plain_ms: u64,
+    /// TLS p50 / plain p50 (the goal: at most 1.1).
+    pub ratio_tls_over_plain_p50: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub kills_per_interval: usize,
     pub intervals: Vec<IntervalResult>,
     pub isolation: Vec<Isolation>,
+    pub tls_cost: Vec<TlsCost>,
     pub peers: Vec<PeerResult>,
     /// Why no peer was measured, if none was.
     pub peer_note: Option<String>,
@@ -100,12 +115,25 @@ pub struct BenchArgs {
     pub json: bool,
     /// Also measure each interval with the session store saturated.
     pub sessions_load: bool,
+    /// Also measure each interval with TLS off.
+    pub tls_cost: bool,
+}
+
+/// Run the daemons this process starts from now on, and its own requests, with TLS on or off
+/// (`transport::NO_TLS_ENV`; the daemons inherit the environment).
+fn set_tls(on: bool) {
+    if on {
+        std::env::remove_var(phalanx_node::transport::NO_TLS_ENV);
+    } else {
+        std::env::set_var(phalanx_node::transport::NO_TLS_ENV, "1");
+    }
 }
 
 /// `node_lost` events in the cluster's history.
 fn nodes_lost(cluster: &LocalCluster) -> u64 {
+    // One JSON object per line.
     match cluster.cli(&["events", "--kind", "node_lost", "--json"]) {
-        Ok((0, out, _)) => serde_json::from_str::<Vec<serde_json::Value>>(&out).map_or(0, |v| v.len() as u64),
+        Ok((0, out, _)) => out.lines().filter(|l| l.trim_start().starts_with('{')).count() as u64,
         _ => 0,
     }
 }
@@ -136,7 +164,10 @@ pub async fn run(args: BenchArgs, exe: PathBuf) -> Result<BenchReport> {
     let pb = if args.json {
         ProgressBar::hidden()
     } else {
-        ProgressBar::new((args.kills * args.heartbeats.len() * if args.sessions_load { 2 } else { 1 }) as u64)
+        ProgressBar::new(
+            (args.kills * args.heartbeats.len() * (1 + usize::from(args.sessions_load) + usize::from(args.tls_cost)))
+                as u64,
+        )
     };
     pb.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} kills {msg} [{elapsed}]")
@@ -144,9 +175,18 @@ pub async fn run(args: BenchArgs, exe: PathBuf) -> Result<BenchReport> {
     );
     let mut intervals = Vec::new();
     let mut isolation = Vec::new();
-    let loads: &[bool] = if args.sessions_load { &[false, true] } else { &[false] };
+    let mut tls_cost = Vec::new();
+    // (session store saturated, TLS on): idle with TLS first, then the others asked for.
+    let mut passes = vec![(false, true)];
+    if args.sessions_load {
+        passes.push((true, true));
+    }
+    if args.tls_cost {
+        passes.push((false, false));
+    }
     for hb in &args.heartbeats {
-        for &loaded in loads {
+        for &(loaded, tls) in &passes {
+            set_tls(tls);
             let (sessions, addrs) = phalanx::demo::sessions_section(3)?;
             let mut cluster = LocalCluster::create(Spec {
                 nodes: 3,
@@ -165,9 +205,10 @@ pub async fn run(args: BenchArgs, exe: PathBuf) -> Result<BenchReport> {
             let mut fo = Vec::new();
             for _ in 0..args.kills {
                 pb.set_message(format!(
-                    "at {}ms heartbeats, session store {}",
+                    "at {}ms heartbeats, session store {}{}",
                     hb.as_millis(),
-                    if loaded { "saturated" } else { "idle" }
+                    if loaded { "saturated" } else { "idle" },
+                    if tls { "" } else { ", TLS off" }
                 ));
                 let f = kill_leader(&mut cluster, timeout).await?;
                 det.push(f.detection_ms);
@@ -187,27 +228,44 @@ pub async fn run(args: BenchArgs, exe: PathBuf) -> Result<BenchReport> {
                 load: if loaded { "sessions_saturated" } else { "idle" }.to_string(),
                 session_writes_per_s,
                 false_suspicions,
+                tls,
                 failover_over_detection_p50: l.p50 as f64 / d.p50.max(1) as f64,
                 detection_ms: d,
                 leader_failover_ms: l,
             });
         }
-        if let [.., idle, loaded] = intervals.as_slice() {
-            if args.sessions_load {
-                isolation.push(Isolation {
-                    heartbeat_interval_ms: hb.as_millis() as u64,
-                    failover_p50_idle_ms: idle.leader_failover_ms.p50,
-                    failover_p50_loaded_ms: loaded.leader_failover_ms.p50,
-                    ratio_loaded_over_idle_p50: loaded.leader_failover_ms.p50 as f64
-                        / idle.leader_failover_ms.p50.max(1) as f64,
-                    false_suspicions: idle.false_suspicions + loaded.false_suspicions,
-                });
-            }
+        set_tls(true);
+        let this: Vec<&IntervalResult> = intervals
+            .iter()
+            .filter(|i| i.heartbeat_interval_ms == hb.as_millis() as u64)
+            .collect();
+        let idle = this.iter().find(|i| i.tls && i.load == "idle");
+        if let (Some(on), Some(off)) = (idle, this.iter().find(|i| !i.tls)) {
+            tls_cost.push(TlsCost {
+                heartbeat_interval_ms: hb.as_millis() as u64,
+                failover_p50_tls_ms: on.leader_failover_ms.p50,
+                failover_p50_plain_ms: off.leader_failover_ms.p50,
+                ratio_tls_over_plain_p50: on.leader_failover_ms.p50 as f64 / off.leader_failover_ms.p50.max(1) as f64,
+            });
+        }
+        if let (Some(idle), Some(loaded)) = (idle, this.iter().find(|i| i.load != "idle")) {
+            isolation.push(Isolation {
+                heartbeat_interval_ms: hb.as_millis() as u64,
+                failover_p50_idle_ms: idle.leader_failover_ms.p50,
+                failover_p50_loaded_ms: loaded.leader_failover_ms.p50,
+                ratio_loaded_over_idle_p50: loaded.leader_failover_ms.p50 as f64
+                    / idle.leader_failover_ms.p50.max(1) as f64,
+                false_suspicions: idle.false_suspicions + loaded.false_suspicions,
+            });
         }
     }
     pb.finish_and_clear();
     let (peers, peer_note) = if args.etcd {
-        let idle: Vec<IntervalResult> = intervals.iter().filter(|i| i.load == "idle").cloned().collect();
+        let idle: Vec<IntervalResult> = intervals
+            .iter()
+            .filter(|i| i.load == "idle" && i.tls)
+            .cloned()
+            .collect();
         measure_etcd(&args, &idle, timeout).await?
     } else {
         (Vec::new(), Some("etcd not requested (--no-etcd)".to_string()))
@@ -258,6 +316,7 @@ pub async fn run(args: BenchArgs, exe: PathBuf) -> Result<BenchReport> {
         kills_per_interval: args.kills,
         intervals,
         isolation,
+        tls_cost,
         peers,
         peer_note,
         idle: Idle {
@@ -282,7 +341,7 @@ pub fn render(r: &BenchReport) -> String {
             "idle".to_string()
         } else {
             format!("{:.0} writes/s", i.session_writes_per_s)
-        };
+        } + if i.tls { "" } else { ", no TLS" };
         o += &format!(
             "{:>6}ms  | {load:<17} | {:>5} {:>5} {:>5} {:>5}         | {:>5} {:>5} {:>5} {:>5}               | {:.2}                   | {}\n",
             i.heartbeat_interval_ms,
@@ -306,6 +365,12 @@ pub fn render(r: &BenchReport) -> String {
             i.failover_p50_idle_ms,
             i.ratio_loaded_over_idle_p50,
             i.false_suspicions
+        );
+    }
+    for t in &r.tls_cost {
+        o += &format!(
+            "{:>6}ms  | cost of TLS: leader failover p50 {} ms with TLS, {} ms without: ratio {:.2} (goal <= 1.1)\n",
+            t.heartbeat_interval_ms, t.failover_p50_tls_ms, t.failover_p50_plain_ms, t.ratio_tls_over_plain_p50
         );
     }
     for p in &r.peers {

@@ -40,18 +40,27 @@ const START: Duration = Duration::from_secs(60);
 pub enum System {
     Memcached,
     Phalanx,
+    /// phalanx with TLS off between its nodes (`transport::NO_TLS_ENV`): the cost of TLS.
+    PhalanxNoTls,
     Etcd,
     Phalanx1,
 }
 
 impl System {
-    pub const ALL: [System; 4] = [System::Memcached, System::Phalanx, System::Etcd, System::Phalanx1];
+    pub const ALL: [System; 5] = [
+        System::Memcached,
+        System::Phalanx,
+        System::PhalanxNoTls,
+        System::Etcd,
+        System::Phalanx1,
+    ];
 
     /// The name in `--only` and in the JSON.
     pub fn name(self) -> &'static str {
         match self {
             System::Memcached => "memcached",
             System::Phalanx => "phalanx",
+            System::PhalanxNoTls => "phalanx_no_tls",
             System::Etcd => "etcd",
             System::Phalanx1 => "phalanx_1",
         }
@@ -61,7 +70,7 @@ impl System {
         System::ALL
             .into_iter()
             .find(|x| x.name() == s.trim())
-            .with_context(|| format!("{s:?} is not one of memcached, phalanx, etcd, phalanx_1"))
+            .with_context(|| format!("{s:?} is not one of memcached, phalanx, phalanx_no_tls, etcd, phalanx_1"))
     }
 }
 
@@ -133,6 +142,10 @@ pub struct Report {
     pub phalanx: Option<SystemResult>,
     pub etcd: Option<SystemResult>,
     pub phalanx_1: Option<SystemResult>,
+    /// phalanx with TLS off between its nodes (issue 17's cost of TLS).
+    pub phalanx_no_tls: Option<SystemResult>,
+    /// phalanx's sets/s with TLS ÷ without, closed loop (goal ≥ 0.85).
+    pub set_ratio_tls_over_plain: Option<f64>,
     /// phalanx's gets/s ÷ memcached's, closed loop (goal ≥ 0.8).
     pub get_ratio_vs_memcached: Option<f64>,
     /// phalanx's acknowledged sets/s ÷ etcd's puts/s, closed loop, both replicated on 3 and
@@ -421,6 +434,17 @@ async fn start(sys: System, a: &Args) -> Result<Started> {
                 phalanx(addrs, g, 3, false)
             }
         },
+        System::PhalanxNoTls => {
+            // The daemons inherit the setting; this process's own requests (the harness's)
+            // use it while the cluster starts.
+            std::env::set_var(phalanx_node::transport::NO_TLS_ENV, "1");
+            let started = start_phalanx(&a.exe, 3).await;
+            std::env::remove_var(phalanx_node::transport::NO_TLS_ENV);
+            let (addrs, g) = started?;
+            let mut st = phalanx(addrs, g, 3, false);
+            st.what += ", TLS off between nodes (PHALANX_BENCH_NO_TLS=1)";
+            st
+        }
         System::Phalanx1 => match &a.phalanx_1_addrs {
             Some(addrs) => phalanx(addrs.clone(), given(), 1, true),
             None => {
@@ -535,6 +559,7 @@ pub async fn run(a: Args) -> Result<Report> {
                     System::Phalanx => &mut r.phalanx,
                     System::Etcd => &mut r.etcd,
                     System::Phalanx1 => &mut r.phalanx_1,
+                    System::PhalanxNoTls => &mut r.phalanx_no_tls,
                 };
                 *slot = Some(x);
             }
@@ -551,6 +576,9 @@ pub async fn run(a: Args) -> Result<Report> {
     pb.finish_and_clear();
     let ratio = |x: f64, y: f64| (y > 0.0).then(|| x / y);
     if let Some(p) = &r.phalanx {
+        if let Some(n) = &r.phalanx_no_tls {
+            r.set_ratio_tls_over_plain = ratio(p.max.load.sets_per_s, n.max.load.sets_per_s);
+        }
         if let Some(m) = &r.memcached {
             r.get_ratio_vs_memcached = ratio(p.max.load.gets_per_s, m.max.load.gets_per_s);
         }
@@ -568,6 +596,7 @@ pub fn render(r: &Report) -> String {
         ("phalanx", &r.phalanx),
         ("etcd", &r.etcd),
         ("phalanx_1", &r.phalanx_1),
+        ("phalanx_no_tls", &r.phalanx_no_tls),
     ];
     let mut s = String::new();
     if let Some(x) = systems.iter().find_map(|(_, x)| x.as_ref()) {
@@ -629,6 +658,9 @@ pub fn render(r: &Report) -> String {
         f(r.set_ratio_vs_etcd),
         f(r.p99_ratio_vs_etcd)
     );
+    if let Some(x) = r.set_ratio_tls_over_plain {
+        s += &format!("phalanx sets/s with TLS ÷ without (closed loop): {x:.2} (goal ≥ 0.85)\n");
+    }
     for (name, why) in &r.not_measured {
         s += &format!("not measured: {name}: {why}\n");
     }

@@ -205,7 +205,8 @@ enum BenchCmd {
         /// The seed of the request mix and the values.
         #[arg(long, default_value_t = 15)]
         seed: u64,
-        /// Only these systems (comma-separated): memcached, phalanx, etcd, phalanx_1.
+        /// Only these systems (comma-separated): memcached, phalanx, etcd, phalanx_1, and
+        /// phalanx_no_tls (TLS off between the nodes: the cost of TLS, beside phalanx).
         #[arg(long, value_delimiter = ',', default_value = "memcached,phalanx,etcd,phalanx_1")]
         only: Vec<String>,
         /// Measure a running phalanx session store (3 voters) at these memcached addresses.
@@ -245,6 +246,10 @@ enum BenchCmd {
         /// Skip the second pass of each interval with the session store saturated.
         #[arg(long)]
         no_sessions_load: bool,
+        /// Also measure each interval with TLS off (issue 17's cost of TLS: the ratio of the
+        /// leader failover p50 with TLS to without, in this one run).
+        #[arg(long)]
+        tls_cost: bool,
     },
     /// Client-observed outage when the VIP holder crashes, in the namespace lab, beside
     /// keepalived (needs root; `tests/lab/failover-bench`).
@@ -728,6 +733,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     idle_seconds,
                     no_etcd,
                     no_sessions_load,
+                    tls_cost,
                 },
         } => {
             if kills == 0 || heartbeats.is_empty() {
@@ -741,6 +747,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     idle_seconds,
                     json: cli.json,
                     sessions_load: !no_sessions_load,
+                    tls_cost,
                 },
                 exe,
             )

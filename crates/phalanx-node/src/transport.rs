@@ -66,7 +66,21 @@ fn build(purpose: &'static str, b: reqwest::ClientBuilder) -> Result<reqwest::Cl
 
 /// The URL of `path` (starting with `/`) on the phalanx endpoint at `addr` (HOST:PORT).
 pub fn url(addr: &str, path: &str) -> String {
-    format!("https://{addr}{path}")
+    let scheme = if plaintext() { "http" } else { "https" };
+    format!("{scheme}://{addr}{path}")
+}
+
+/// Set to `1` in the environment of every daemon and client of a cluster, this turns TLS off
+/// (plain HTTP between nodes and to the CLI, node routes authenticated by the cluster key's
+/// token alone). For one thing only: measuring what TLS costs (`phalanx-lab bench failover
+/// --tls-cost`, `bench sessions --only phalanx,phalanx_no_tls`). A daemon started with it
+/// logs an error saying so; it cannot talk to nodes without it (TLS on one side, plain HTTP on
+/// the other), so it fails closed, never half open.
+pub const NO_TLS_ENV: &str = "PHALANX_BENCH_NO_TLS";
+
+/// Whether [`NO_TLS_ENV`] is set (read each time, so a benchmark may measure both in one run).
+pub fn plaintext() -> bool {
+    std::env::var_os(NO_TLS_ENV).is_some_and(|v| v == "1")
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -404,6 +418,9 @@ impl Tls {
     }
 
     fn builder(&self) -> reqwest::ClientBuilder {
+        if plaintext() {
+            return reqwest::Client::builder();
+        }
         reqwest::Client::builder()
             .use_preconfigured_tls((*self.client).clone())
             .https_only(true)

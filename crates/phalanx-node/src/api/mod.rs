@@ -366,6 +366,13 @@ pub async fn serve(
     node: Arc<Node>,
     listener: crate::transport::Listener,
 ) -> Result<(), crate::transport::TransportError> {
+    if crate::transport::plaintext() {
+        tracing::error!(
+            "{}=1: serving plain HTTP, without TLS — for benchmarks only, never in production",
+            crate::transport::NO_TLS_ENV
+        );
+        return crate::transport::serve(listener, app(node)).await;
+    }
     let n = node.clone();
     crate::transport::serve_tls(listener, app(node.clone()), &node.tls, move |r| n.tls_refused(r)).await
 }
