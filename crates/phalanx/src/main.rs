@@ -1746,6 +1746,43 @@ async fn node_stop(
     }
 }
 
+/// After `node add`: issue the new node's certificate for its links and API address where this
+/// machine holds the CA key (as `cert issue` would; an unexpired one is kept), else say where
+/// to. What to tell the operator, either way (never a failure: the node is added).
+fn add_node_certificate(cli: &Cli, name: &str, links: &[String], node_api: Option<&str>) -> String {
+    let Ok(config) = load_config(&cli.config) else {
+        return String::new();
+    };
+    let paths = phalanx_node::pki::Paths::beside(&key_path(&cli.config, &config));
+    let mut ips: Vec<std::net::IpAddr> = links
+        .iter()
+        .chain(node_api.map(str::to_string).as_ref())
+        .filter_map(|a| a.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        .collect();
+    ips = phalanx_node::pki::addresses(&config, name, ips);
+    let ip_args: String = ips.iter().map(|i| format!(" --ip {i}")).collect();
+    let now = std::time::SystemTime::now();
+    let current = std::fs::read_to_string(paths.node_cert(name)).ok();
+    if let Some(ca) = phalanx_node::pki::load_ca_cert(&paths)
+        .ok()
+        .filter(|_| paths.ca_key().exists())
+    {
+        if current.is_some_and(|c| phalanx_node::pki::unfit(&c, &ca, name, &ips, now).is_none()) {
+            return format!("Its certificate {} will do as it is.", paths.node_cert(name).display());
+        }
+        return match phalanx_node::pki::issue_to_files(&paths, name, &ips, now) {
+            Ok(_) => format!(
+                "Issued its certificate: {} and {} (copy both to its machine's {} unless it shares this folder).",
+                paths.node_cert(name).display(),
+                paths.node_key(name).display(),
+                paths.cert_dir().display()
+            ),
+            Err(e) => format!("Its certificate could not be issued here ({e}): run `phalanx cert issue {name}{ip_args}` where the CA key is."),
+        };
+    }
+    format!("The CA key is not on this machine: run `phalanx cert issue {name}{ip_args}` where it is, and copy the two files to its machine.")
+}
+
 async fn node_cmd(cli: &Cli, cmd: &NodeCmd) -> Result<i32> {
     let (client, apis) = apis(cli)?;
     let (api, _) = client.first_answering(&apis).await?;
@@ -1766,9 +1803,10 @@ async fn node_cmd(cli: &Cli, cmd: &NodeCmd) -> Result<i32> {
                     std::time::Duration::from_secs(10),
                 )
                 .await?;
+            let cert = add_node_certificate(cli, name, links, node_api.as_deref());
             (
                 v,
-                format!("Added {name}. Start it with: phalanx daemon --config FILE --node {name}"),
+                format!("Added {name}. {cert}\nStart it with: phalanx daemon --config FILE --node {name}"),
             )
         }
         NodeCmd::Remove { name, confirm_down } => {

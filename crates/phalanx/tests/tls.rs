@@ -135,6 +135,12 @@ async fn a_removed_nodes_certificate_is_refused_by_every_node_and_it_cannot_rejo
     }
     let (code, out, err) = c.cli(&args).unwrap();
     assert_eq!(code, 0, "{out}{err}");
+    // `node add` issued n4's certificate here (this folder holds the CA key), for its addresses.
+    assert!(out.contains("Issued its certificate"), "{out}");
+    let issued = pki::inspect_pem(&std::fs::read_to_string(c.dir().join("certs/n4.crt")).unwrap()).unwrap();
+    let api_ip: std::net::SocketAddr = api4.parse().unwrap();
+    assert_eq!(issued.name, "n4");
+    assert!(issued.ips.contains(&api_ip.ip()), "{issued:?}");
     c.start("n4").unwrap();
     c.wait_for(T, "n4 a voter, online everywhere", |st| {
         (st.len() == 4
