@@ -213,7 +213,7 @@ pub async fn ca(
     steps.push(("1/3 trust the old and the new CA".into(), ms));
 
     // The new CA's key, to every member that issues (holds a CA key) and lacks it.
-    let views = views(&client, &members).await?;
+    let views = views_of(&client, &members).await?;
     let holders: Vec<&String> = views
         .iter()
         .filter(|(_, v)| !v.ca_keys.is_empty() && !v.ca_keys.contains(&new_id))
@@ -238,7 +238,7 @@ pub async fn ca(
                 .with_context(|| format!("giving {name} the new CA"))?;
         }
     }
-    let views = self::views(&client, &members).await?;
+    let views = views_of(&client, &members).await?;
     if !views.values().any(|v| v.ca_keys.contains(&new_id)) {
         bail!("no member holds the new CA's key, so none can issue from it: keep the CA key on at least one node (see `phalanx cert`)");
     }
@@ -249,9 +249,7 @@ pub async fn ca(
         issuer: 1,
         ..both.clone()
     };
-    commit(&client, &members, &rec, &issuing)
-        .await
-        .or_else(|e| already(e, &rec, &issuing))?;
+    commit(&client, &members, &rec, &issuing).await?;
     let ms = wait_all(&client, &members, "2/3 issue from the new CA", timeout, bar, |v| {
         v.presenting.as_deref() == Some(new_id.as_str())
     })
@@ -265,9 +263,7 @@ pub async fn ca(
         issuer: 0,
         ..issuing.clone()
     };
-    commit(&client, &members, &rec, &done)
-        .await
-        .or_else(|e| already(e, &rec, &done))?;
+    commit(&client, &members, &rec, &done).await?;
     let ms = wait_all(&client, &members, "3/3 drop the old CA", timeout, bar, |v| {
         v.trusted == [new_id.clone()]
     })
@@ -283,16 +279,7 @@ pub async fn ca(
     })
 }
 
-/// A step the record shows done already (a resumed rotation) is no failure.
-fn already(e: anyhow::Error, rec: &Trust, want: &Trust) -> Result<()> {
-    if rec == want {
-        Ok(())
-    } else {
-        Err(e)
-    }
-}
-
-async fn views(client: &Client, members: &BTreeMap<String, String>) -> Result<BTreeMap<String, TrustView>> {
+async fn views_of(client: &Client, members: &BTreeMap<String, String>) -> Result<BTreeMap<String, TrustView>> {
     let mut out = BTreeMap::new();
     for (name, api) in members {
         let r = client
@@ -381,9 +368,7 @@ pub async fn key(
         send_key: 1,
         ..both.clone()
     };
-    commit(client, &members, &rec, &sending)
-        .await
-        .or_else(|e| already(e, &rec, &sending))?;
+    commit(client, &members, &rec, &sending).await?;
     let ms = wait_all(client, &members, "2/3 sign with the new key", timeout, bar, |v| {
         v.key_sending == new_id
     })
@@ -402,9 +387,7 @@ pub async fn key(
         send_key: 0,
         ..sending.clone()
     };
-    commit(&client, &members, &rec, &done)
-        .await
-        .or_else(|e| already(e, &rec, &done))?;
+    commit(&client, &members, &rec, &done).await?;
     let ms = wait_all(&client, &members, "3/3 drop the old key", timeout, bar, |v| {
         v.keys_accepted == [new_id.clone()]
     })
