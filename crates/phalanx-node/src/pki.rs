@@ -456,6 +456,53 @@ pub fn create_ca(paths: &Paths, cluster: &str, now: SystemTime) -> Result<(), Pk
     write(&paths.ca_cert(), &ca.cert_pem, 0o644)
 }
 
+/// The next CA of a rotation at `paths` (`ca-next.crt`, `ca-next.key`): the one there when both
+/// are there and go together, else a new one. The key file is created exclusively, so two
+/// `ca rotate` started at once in one folder never end up with one CA's certificate and the
+/// other's key: the second finds the first's (or is told to run again in a moment).
+pub fn next_ca(paths: &Paths, cluster: &str, now: SystemTime) -> Result<Issued, PkiError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (cert_p, key_p) = (paths.next_ca_cert(), paths.next_ca_key());
+    let busy = || {
+        PkiError::Invalid {
+        path: key_p.display().to_string(),
+        reason: format!(
+            "another `phalanx ca rotate` is making the next CA here, or one was interrupted: run the command again in a moment; if none runs, remove {} and {}",
+            key_p.display(),
+            cert_p.display()
+        ),
+    }
+    };
+    if key_p.exists() {
+        let key_pem = read_private(&key_p)?;
+        let cert_pem = std::fs::read_to_string(&cert_p).unwrap_or_default();
+        if key_matches(&cert_pem, &key_pem) {
+            return Ok(Issued { cert_pem, key_pem });
+        }
+        return Err(busy());
+    }
+    let ca = generate_next_ca(cluster, now)?;
+    let err = |source| PkiError::Write {
+        path: key_p.display().to_string(),
+        source,
+    };
+    let mut f = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key_p)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(busy()),
+        Err(e) => return Err(err(e)),
+    };
+    f.write_all(ca.key_pem.as_bytes()).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    write(&cert_p, &ca.cert_pem, 0o644)?;
+    Ok(ca)
+}
+
 /// The CA's certificate (PEM), which every node and the CLI need.
 pub fn load_ca_cert(paths: &Paths) -> Result<String, PkiError> {
     let p = paths.ca_cert();
@@ -667,6 +714,21 @@ pub fn node_identity_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two `ca rotate` in one folder share one next CA: the second finds the first's; a key
+    /// without its certificate (one being written) is an error that says what to do.
+    #[test]
+    fn the_next_ca_is_made_once_per_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::beside(&dir.path().join("k"));
+        let a = next_ca(&paths, "c", t0()).unwrap();
+        let b = next_ca(&paths, "c", t0()).unwrap();
+        assert_eq!(a.cert_pem, b.cert_pem);
+        assert!(key_matches(&a.cert_pem, &b.key_pem));
+        std::fs::remove_file(paths.next_ca_cert()).unwrap();
+        let e = next_ca(&paths, "c", t0()).unwrap_err().to_string();
+        assert!(e.contains("run the command again"), "{e}");
+    }
 
     fn t0() -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(1_800_000_000)

@@ -167,20 +167,13 @@ pub async fn ca(
     let (old, new) = match cas.as_slice() {
         [old, new] => (old.clone(), new.clone()),
         [old] => {
-            let old_id = pki::ca_id(old);
-            let next = std::fs::read_to_string(paths.next_ca_cert())
-                .ok()
-                .filter(|c| pki::ca_id(c) != old_id);
-            let new = match next {
-                Some(n) if paths.next_ca_key().exists() => n,
-                _ => {
-                    let ca = pki::generate_next_ca(&config.cluster.name, std::time::SystemTime::now())?;
-                    pki::write(&paths.next_ca_key(), &ca.key_pem, 0o600)?;
-                    pki::write(&paths.next_ca_cert(), &ca.cert_pem, 0o644)?;
-                    ca.cert_pem
-                }
-            };
-            (old.clone(), new)
+            let mut next = pki::next_ca(paths, &config.cluster.name, std::time::SystemTime::now())?;
+            if pki::ca_id(&next.cert_pem) == pki::ca_id(old) {
+                // A finished rotation's files, left behind: a new one.
+                let _ = std::fs::remove_file(paths.next_ca_key());
+                next = pki::next_ca(paths, &config.cluster.name, std::time::SystemTime::now())?;
+            }
+            (old.clone(), next.cert_pem)
         }
         other => bail!(
             "the cluster trusts {} CAs: expected one (or two, mid-rotation)",
@@ -220,13 +213,16 @@ pub async fn ca(
         .map(|(n, _)| n)
         .collect();
     if !holders.is_empty() {
-        let key = std::fs::read_to_string(paths.next_ca_key()).with_context(|| {
-            format!(
-                "{} hold the CA key and need the new one, which is not on this machine ({}): run the command where the rotation began",
-                holders.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
-                paths.next_ca_key().display()
-            )
-        })?;
+        let key = std::fs::read_to_string(paths.next_ca_key())
+            .ok()
+            .filter(|k| pki::key_matches(&new, k))
+            .with_context(|| {
+                format!(
+                    "{} hold the CA key and need the new one's, which is not on this machine ({}): run the command where the rotation began",
+                    holders.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                    paths.next_ca_key().display()
+                )
+            })?;
         for name in &holders {
             let body = NextCa {
                 cert: new.clone(),
@@ -308,13 +304,22 @@ pub async fn key(
     let (old, new) = match rec.keys.as_slice() {
         [] | [_] => {
             let old = rec.keys.first().cloned().unwrap_or_else(|| mine.id());
-            let new = match ClusterKey::load(&next_file) {
-                Ok(k) if k.id() != old => k,
-                _ => {
-                    let k = ClusterKey::random();
-                    k.write(&next_file)?;
-                    k
-                }
+            // Created exclusively: two `key rotate` at once in one folder share one new key.
+            let new = match ClusterKey::generate(&next_file) {
+                Ok(k) => k,
+                Err(phalanx_node::key::KeyError::Exists { .. }) => match ClusterKey::load(&next_file) {
+                    Ok(k) if k.id() != old => k,
+                    Ok(_) => {
+                        // A finished rotation's file, left behind: a new one.
+                        std::fs::remove_file(&next_file)?;
+                        ClusterKey::generate(&next_file)?
+                    }
+                    Err(_) => bail!(
+                        "{} is there but unreadable (another `key rotate` writing it?): run the command again in a moment; if none runs, remove it",
+                        next_file.display()
+                    ),
+                },
+                Err(e) => return Err(e.into()),
             };
             (old, new)
         }
