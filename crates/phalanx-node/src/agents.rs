@@ -33,6 +33,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// millisecond of that lag is client-visible outage in a planned move.
 const PROCESS_POLL: Duration = Duration::from_millis(5);
 
+/// `OCF_RESKEY_crm_feature_set` (see [`Runner`]'s environment).
+pub const CRM_FEATURE_SET: &str = "3.16.1";
+
 /// Where agents and their state live.
 #[derive(Debug, Clone)]
 pub struct Runner {
@@ -77,6 +80,9 @@ pub struct AgentCall<'a> {
     /// The resource instance (`OCF_RESOURCE_INSTANCE`).
     pub instance: &'a str,
     pub params: &'a BTreeMap<String, String>,
+    /// Pacemaker's meta attributes of the instance (`OCF_RESKEY_CRM_meta_<name>`): a clone's
+    /// (see `executor::clone_meta`); empty otherwise.
+    pub meta: &'a BTreeMap<String, String>,
     pub action: AgentAction,
     pub timeout: Duration,
     /// For recurring monitors.
@@ -167,6 +173,12 @@ impl Runner {
         if let Some(i) = c.interval {
             env.push(("OCF_RESKEY_CRM_meta_interval".into(), i.as_millis().to_string()));
         }
+        for (k, v) in c.meta {
+            env.push((format!("OCF_RESKEY_CRM_meta_{k}"), v.clone()));
+        }
+        // The Pacemaker feature set whose behaviour phalanx gives agents (2.1.5, Debian 12's):
+        // agents compare it before relying on newer variables.
+        env.push(("OCF_RESKEY_crm_feature_set".into(), CRM_FEATURE_SET.into()));
         for (k, v) in c.params {
             env.push((format!("OCF_RESKEY_{k}"), v.clone()));
         }
@@ -256,6 +268,7 @@ impl Runner {
                 agent,
                 instance: "meta-data",
                 params: &params,
+                meta: &BTreeMap::new(),
                 action: AgentAction::MetaData,
                 timeout: Duration::from_secs(10),
                 interval: None,

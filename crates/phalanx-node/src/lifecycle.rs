@@ -70,7 +70,9 @@ impl Node {
             let Some(p) = config.resources.primitive_of(&rsc) else {
                 continue;
             };
-            let r = crate::executor::call_primitive(runner, p, &rsc, phalanx_core::ocf::AgentAction::Stop, None).await;
+            let meta = crate::executor::clone_meta(self, &config, &rsc);
+            let r = crate::executor::call_primitive(runner, p, &rsc, phalanx_core::ocf::AgentAction::Stop, None, &meta)
+                .await;
             if r.succeeded() {
                 tracing::warn!(rsc = %rsc, "stopped: this node left the cluster");
             } else {

@@ -33,6 +33,7 @@ async fn call(
         agent,
         instance: "rsc1",
         params,
+        meta: &BTreeMap::new(),
         action,
         timeout: Duration::from_millis(timeout_ms),
         interval: None,
@@ -346,4 +347,39 @@ async fn bad_process_params_fail_the_start_but_never_the_stop() {
         let probe = call(&r, &AgentSpec::Process, &p, AgentAction::Monitor, 2000).await;
         assert_eq!(probe.exit_code, Some(7), "{probe:?}");
     }
+}
+
+/// A clone's instance sees Pacemaker's clone meta attributes and feature set, as agents
+/// written for Pacemaker test them (`ocf_is_clone`, `ocf_is_ms`, `notify`).
+#[tokio::test]
+async fn a_clone_instance_sees_the_clone_meta_attributes() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = runner(dir.path());
+    let out = dir.path().join("env");
+    let p = params(&[(
+        "start",
+        &format!(
+            "echo \"$OCF_RESKEY_CRM_meta_clone $OCF_RESKEY_CRM_meta_clone_max $OCF_RESKEY_CRM_meta_notify $OCF_RESKEY_CRM_meta_master_max $OCF_RESKEY_crm_feature_set\" > {}",
+            out.display()
+        ),
+    )]);
+    let meta = params(&[
+        ("clone", "1"),
+        ("clone_max", "3"),
+        ("notify", "true"),
+        ("master_max", "1"),
+    ]);
+    let res = r
+        .call(&AgentCall {
+            agent: &AgentSpec::Exec,
+            instance: "pg",
+            params: &p,
+            meta: &meta,
+            action: AgentAction::Start,
+            timeout: Duration::from_secs(10),
+            interval: None,
+        })
+        .await;
+    assert!(res.succeeded(), "{res:?}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "1 3 true 1 3.16.1");
 }

@@ -258,12 +258,24 @@ async fn storage_failure_moves_the_resource_after_fencing_its_node() {
     let store_on = |s: &StatusReport| runs_on(s, "store");
     let from = placed(&c, "store").await;
     let node_dir = dir.join(&from);
+    // Retried for a while: remounting read-only fails ("mount point is busy") while a file in it
+    // is open for writing, which the monitor's write every 500 ms sometimes is at that instant.
     let mount = |args: &[&str]| {
-        let ok = std::process::Command::new("mount")
-            .args(args)
-            .status()
-            .map(|s| s.success());
-        assert!(matches!(ok, Ok(true)), "mount {args:?} failed (this test needs root)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ok = std::process::Command::new("mount")
+                .args(args)
+                .status()
+                .map(|s| s.success());
+            if matches!(ok, Ok(true)) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mount {args:?} failed (this test needs root)"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     };
     let p = node_dir.display().to_string();
     mount(&["--bind", &p, &p]);

@@ -663,3 +663,36 @@ async fn a_removed_node_stops_what_it_ran_and_exits() {
     .await
     .unwrap();
 }
+
+/// Every instance of a clone sees Pacemaker's clone meta attributes (issue 18: Debian's `pgsql`
+/// and PAF test them): a clone of an exec agent over the three nodes records, on each node, what
+/// its start saw — its own instance number (the node's rank by id: n1 0, n2 1, n3 2), the
+/// clone's size, `notify` and the feature set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clone_instances_see_the_clone_meta_attributes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let c = cluster_with(&format!(
+        r#"
+[[resource]]
+id = "meta"
+agent = "exec"
+params = {{ start = "echo $OCF_RESOURCE_INSTANCE $OCF_RESKEY_CRM_meta_clone $OCF_RESKEY_CRM_meta_clone_max $OCF_RESKEY_CRM_meta_notify $OCF_RESKEY_crm_feature_set > {d}/$OCF_RESKEY_CRM_meta_on_node", stop = "rm -f {d}/$OCF_RESKEY_CRM_meta_on_node", monitor = "test -f {d}/$OCF_RESKEY_CRM_meta_on_node || exit 7" }}
+
+[[clone]]
+id = "metas"
+resource = "meta"
+notify = true
+"#
+    ));
+    c.wait_for(T, "the clone on every node", |st| {
+        let s = st.values().next()?;
+        (s.plan_pending == 0 && s.resources.iter().any(|r| r.id == "meta" && r.running.len() == 3)).then_some(())
+    })
+    .await
+    .unwrap();
+    for (i, n) in ["n1", "n2", "n3"].iter().enumerate() {
+        let seen = std::fs::read_to_string(dir.path().join(n)).unwrap();
+        assert_eq!(seen.trim(), format!("meta {i} 3 true 3.16.1"), "{n}");
+    }
+}

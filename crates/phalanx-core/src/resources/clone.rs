@@ -19,7 +19,43 @@ pub struct CloneSpec {
     pub clone_node_max: u32,
     pub promotable: bool,
     pub promoted_max: u32,
+    /// `notify = true`: the agents are told of the clone's changes (OCF clone notifications,
+    /// as Pacemaker's `notify` meta attribute); until those are sent, agents see the flag.
+    #[serde(default)]
+    pub notify: bool,
     pub meta: Meta,
+}
+
+/// Pacemaker's meta attributes of a clone instance, as agents read them
+/// (`OCF_RESKEY_CRM_meta_<name>`): `clone` (this instance's number), `clone_max` (the clone's,
+/// or `members` when it runs one per node), `clone_node_max`, `notify`, `globally_unique`, and
+/// for a promotable clone `promotable`, `promoted_max`/`promoted_node_max` and their former
+/// names `master_max`/`master_node_max`. Agents written for Pacemaker (Debian's `pgsql`, PAF,
+/// drbd) check these to know they run as a clone, or a promotable one.
+pub fn clone_meta(spec: &CloneSpec, members: usize, instance: u32) -> BTreeMap<String, String> {
+    let clone_max = spec.clone_max.map_or(members as u64, u64::from);
+    let mut m: BTreeMap<String, String> = [
+        ("clone", instance.to_string()),
+        ("clone_max", clone_max.to_string()),
+        ("clone_node_max", spec.clone_node_max.to_string()),
+        ("notify", spec.notify.to_string()),
+        ("globally_unique", "false".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    if spec.promotable {
+        for (k, v) in [
+            ("promotable", "true".to_string()),
+            ("promoted_max", spec.promoted_max.to_string()),
+            ("promoted_node_max", "1".to_string()),
+            ("master_max", spec.promoted_max.to_string()),
+            ("master_node_max", "1".to_string()),
+        ] {
+            m.insert(k.to_string(), v);
+        }
+    }
+    m
 }
 
 // ---- as written ------------------------------------------------------------------------------
@@ -34,6 +70,8 @@ pub(crate) struct RawClone {
     #[serde(default)]
     promotable: bool,
     promoted_max: Option<Spanned<i64>>,
+    #[serde(default)]
+    notify: bool,
     stickiness: Option<Spanned<RawScore>>,
     failback: Option<Spanned<String>>,
     migration_threshold: Option<Spanned<i64>>,
@@ -131,6 +169,7 @@ pub(super) fn validate(
         clone_node_max,
         promotable: cl.promotable,
         promoted_max,
+        notify: cl.notify,
         meta,
     })
 }
@@ -143,5 +182,42 @@ fn count(c: &mut Checker, v: &Option<Spanned<i64>>, what: &str) -> Option<u32> {
     } else {
         c.error(v.span(), format!("{what} must be 1 or more, not {}", v.get_ref()));
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(promotable: bool, clone_max: Option<u32>) -> CloneSpec {
+        CloneSpec {
+            id: "pg-clone".into(),
+            resource: "pg".into(),
+            clone_max,
+            clone_node_max: 1,
+            promotable,
+            promoted_max: 1,
+            notify: true,
+            meta: Meta::default(),
+        }
+    }
+
+    /// What Debian's agents test: `ocf_is_clone` (clone_max > 0), `ocf_is_ms` (promotable or
+    /// master_max > 0), and `notify`.
+    #[test]
+    fn clone_meta_is_what_pacemaker_gives_an_instance() {
+        let m = clone_meta(&spec(true, None), 3, 2);
+        let get = |k: &str| m.get(k).map(String::as_str);
+        assert_eq!(get("clone"), Some("2"));
+        assert_eq!(get("clone_max"), Some("3"));
+        assert_eq!(get("clone_node_max"), Some("1"));
+        assert_eq!(get("notify"), Some("true"));
+        assert_eq!(get("globally_unique"), Some("false"));
+        assert_eq!(get("promotable"), Some("true"));
+        assert_eq!(get("master_max"), Some("1"));
+        assert_eq!(get("promoted_node_max"), Some("1"));
+        let plain = clone_meta(&spec(false, Some(5)), 3, 0);
+        assert_eq!(plain.get("clone_max").map(String::as_str), Some("5"));
+        assert!(!plain.contains_key("promotable") && !plain.contains_key("master_max"));
     }
 }

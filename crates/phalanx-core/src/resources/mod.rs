@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use toml::Spanned;
 
-pub use clone::CloneSpec;
+pub use clone::{clone_meta, CloneSpec};
 pub use constraints::Constraint;
 pub use group::Group;
 pub use meta::{Failback, Meta};
@@ -63,6 +63,12 @@ impl Resources {
     /// The clone wrapping a primitive or group, if any.
     pub fn clone_of(&self, id: &str) -> Option<&CloneSpec> {
         self.clones.values().find(|c| c.resource == id)
+    }
+
+    /// The clone that runs primitive `primitive`: the one wrapping it, or its group.
+    pub fn clone_running(&self, primitive: &str) -> Option<&CloneSpec> {
+        let unit = self.group_of(primitive).map_or(primitive, |g| g.id.as_str());
+        self.clone_of(unit)
     }
 
     /// The placement unit `id` belongs to, then every other id that names it: the unit (its

@@ -18,7 +18,7 @@ use phalanx_core::scheduler::ActionKind;
 use phalanx_core::state::CallOutcome;
 use phalanx_core::Command;
 use plan::{run_plan, PlanProgress};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,7 +57,28 @@ async fn call(
     // that instance name (OCF_RESOURCE_INSTANCE), as under Pacemaker.
     let config = node.config();
     let prim = config.resources.primitive_of(rsc)?;
-    Some(call_primitive(runner, prim, rsc, action, interval).await)
+    let meta = clone_meta(node, &config, rsc);
+    Some(call_primitive(runner, prim, rsc, action, interval, &meta).await)
+}
+
+/// The clone meta attributes agents of instance `rsc` see on `node` (none for a resource that
+/// is not cloned; see `phalanx_core::resources::clone_meta`). The instance number is the one in
+/// the name of an instanced clone ("web:1"), else the node's rank among the members by id.
+pub(crate) fn clone_meta(node: &Node, config: &phalanx_core::Config, rsc: &str) -> BTreeMap<String, String> {
+    let res = &config.resources;
+    let (primitive, number) = match rsc.rsplit_once(':') {
+        Some((base, i)) if res.instance_count(base).is_some() => (base, i.parse().ok()),
+        _ => (rsc, None),
+    };
+    let Some(spec) = res.clone_running(primitive) else {
+        return BTreeMap::new();
+    };
+    let (members, rank) = node.with_state(|sm| {
+        let mut ids: Vec<(u64, &String)> = sm.cluster.nodes.iter().map(|(n, r)| (r.id, n)).collect();
+        ids.sort();
+        (ids.len(), ids.iter().position(|(_, n)| **n == node.name).unwrap_or(0))
+    });
+    phalanx_core::resources::clone_meta(spec, members, number.unwrap_or(rank as u32))
 }
 
 /// Run one agent action of instance `rsc` of `prim` (a definition of the config this node runs,
@@ -68,6 +89,7 @@ pub(crate) async fn call_primitive(
     rsc: &str,
     action: AgentAction,
     interval: Option<Duration>,
+    meta: &BTreeMap<String, String>,
 ) -> CallResult {
     let timeout = match action {
         AgentAction::Stop => prim.stop_timeout,
@@ -79,6 +101,7 @@ pub(crate) async fn call_primitive(
             agent: &prim.agent,
             instance: rsc,
             params: &prim.params,
+            meta,
             action,
             timeout,
             interval,

@@ -7,8 +7,8 @@
 //! primitives are not touched. Results go up like any other: a failed restart or reload is a
 //! monitor failure, a stopped orphan a probe.
 
-use super::call_primitive;
 use super::outcome_of;
+use super::{call_primitive, clone_meta};
 use crate::agents::Runner;
 use crate::node::Node;
 use phalanx_core::config::Config;
@@ -136,18 +136,34 @@ pub(super) async fn apply(node: &Node, runner: &Runner, old: &Config, new: &Conf
         };
         let failure = match (what, new_prim) {
             (Change::Reload(action), Some(p)) => {
-                let r = call_primitive(runner, p, &instance, action, None).await;
+                let r = call_primitive(runner, p, &instance, action, None, &clone_meta(node, new, &instance)).await;
                 (!r.succeeded()).then(|| report(outcome_of(&r), format!("{}: {}", action.as_str(), r.summary())))
             }
             (Change::Restart, Some(p)) => {
-                let stop = call_primitive(runner, old_prim, &instance, AgentAction::Stop, None).await;
+                let stop = call_primitive(
+                    runner,
+                    old_prim,
+                    &instance,
+                    AgentAction::Stop,
+                    None,
+                    &clone_meta(node, old, &instance),
+                )
+                .await;
                 if !stop.succeeded() {
                     Some(report(
                         CallOutcome::Hard,
                         format!("stop to restart with the new config: {}", stop.summary()),
                     ))
                 } else {
-                    let start = call_primitive(runner, p, &instance, AgentAction::Start, None).await;
+                    let start = call_primitive(
+                        runner,
+                        p,
+                        &instance,
+                        AgentAction::Start,
+                        None,
+                        &clone_meta(node, new, &instance),
+                    )
+                    .await;
                     if !start.succeeded() {
                         Some(report(
                             outcome_of(&start),
@@ -166,7 +182,15 @@ pub(super) async fn apply(node: &Node, runner: &Runner, old: &Config, new: &Conf
                 }
             }
             _ => {
-                let stop = call_primitive(runner, old_prim, &instance, AgentAction::Stop, None).await;
+                let stop = call_primitive(
+                    runner,
+                    old_prim,
+                    &instance,
+                    AgentAction::Stop,
+                    None,
+                    &clone_meta(node, old, &instance),
+                )
+                .await;
                 Some(if stop.succeeded() {
                     Command::Probe {
                         rsc: instance.clone(),
