@@ -23,6 +23,40 @@ fn refused(metrics: &str, reason: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {series} in the metrics"))
 }
 
+/// n3 runs from a folder of its own (`n3-etc`) holding the cluster key, `ca.crt` and a first
+/// certificate of `lifetime` for its links, API and `extra` addresses, and no CA key (its local
+/// config points there). The shared folder's paths, n3's, and the CA.
+fn n3_without_the_ca_key(
+    c: &mut LocalCluster,
+    lifetime: Duration,
+    extra: &[std::net::IpAddr],
+) -> (pki::Paths, pki::Paths, pki::Issued) {
+    let shared = pki::Paths::beside(&c.dir().join("phalanx.key"));
+    let etc = c.dir().join("n3-etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    for f in ["phalanx.key", "ca.crt"] {
+        std::fs::copy(c.dir().join(f), etc.join(f)).unwrap();
+    }
+    let own = pki::Paths::beside(&etc.join("phalanx.key"));
+    assert!(!own.ca_key().exists());
+    let n3 = c.node("n3").unwrap();
+    let ips: Vec<std::net::IpAddr> = n3
+        .links
+        .iter()
+        .chain([&n3.api])
+        .map(|a| a.parse::<std::net::SocketAddr>().unwrap().ip())
+        .chain(extra.iter().copied())
+        .collect();
+    let ca = pki::load_ca(&shared).unwrap().unwrap();
+    let first = pki::issue(&ca, "n3", &ips, SystemTime::now(), lifetime).unwrap();
+    pki::store_node(&own, "n3", &first).unwrap();
+    let text = std::fs::read_to_string(c.dir().join("cluster.toml"))
+        .unwrap()
+        .replace("key_file = \"phalanx.key\"", "key_file = \"n3-etc/phalanx.key\"");
+    c.set_local_config("n3", &text).unwrap();
+    (shared, own, ca)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_connection_is_tls_with_the_cluster_ca_and_strangers_are_refused_counted_and_recorded() {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_phalanx"));
@@ -298,28 +332,7 @@ async fn a_node_without_the_ca_key_renews_its_certificate_through_a_peer() {
     for n in ["n1", "n2", "n3"] {
         c.set_env(n, pki::LIFETIME_ENV, "6s").unwrap();
     }
-    let shared = pki::Paths::beside(&c.dir().join("phalanx.key"));
-    let etc = c.dir().join("n3-etc");
-    std::fs::create_dir_all(&etc).unwrap();
-    for f in ["phalanx.key", "ca.crt"] {
-        std::fs::copy(c.dir().join(f), etc.join(f)).unwrap();
-    }
-    let own = pki::Paths::beside(&etc.join("phalanx.key"));
-    assert!(!own.ca_key().exists());
-    let n3 = c.node("n3").unwrap();
-    let ips: Vec<std::net::IpAddr> = n3
-        .links
-        .iter()
-        .chain([&n3.api])
-        .map(|a| a.parse::<std::net::SocketAddr>().unwrap().ip())
-        .collect();
-    let ca = pki::load_ca(&shared).unwrap().unwrap();
-    let first = pki::issue(&ca, "n3", &ips, SystemTime::now(), Duration::from_secs(6)).unwrap();
-    pki::store_node(&own, "n3", &first).unwrap();
-    let text = std::fs::read_to_string(c.dir().join("cluster.toml"))
-        .unwrap()
-        .replace("key_file = \"phalanx.key\"", "key_file = \"n3-etc/phalanx.key\"");
-    c.set_local_config("n3", &text).unwrap();
+    let (_, own, _) = n3_without_the_ca_key(&mut c, Duration::from_secs(6), &[]);
     c.start_all().unwrap();
     c.wait_stable(T).await.unwrap();
     let api = c.node("n1").unwrap().api.clone();
@@ -402,33 +415,8 @@ async fn the_ca_and_the_heartbeat_key_rotate_while_clients_run_and_nothing_fails
     let extra = format!("\n[sessions]\nlisten = {{ {} }}\n", listen.join(", "));
     let mut c = LocalCluster::create(Spec::loopback(3, exe, extra)).unwrap();
     let key_file = c.dir().join("phalanx.key");
-    let shared = pki::Paths::beside(&key_file);
     // n3's machine: the cluster key, ca.crt and its certificate, no CA key.
-    let etc = c.dir().join("n3-etc");
-    std::fs::create_dir_all(&etc).unwrap();
-    for f in ["phalanx.key", "ca.crt"] {
-        std::fs::copy(c.dir().join(f), etc.join(f)).unwrap();
-    }
-    let own = pki::Paths::beside(&etc.join("phalanx.key"));
-    let n3 = c.node("n3").unwrap();
-    let ips: Vec<std::net::IpAddr> = n3
-        .links
-        .iter()
-        .chain([&n3.api])
-        .map(|a| a.parse::<std::net::SocketAddr>().unwrap().ip())
-        .chain([ports[2].ip()])
-        .collect();
-    let ca = pki::load_ca(&shared).unwrap().unwrap();
-    pki::store_node(
-        &own,
-        "n3",
-        &pki::issue(&ca, "n3", &ips, SystemTime::now(), pki::NODE_LIFETIME).unwrap(),
-    )
-    .unwrap();
-    let text = std::fs::read_to_string(c.dir().join("cluster.toml"))
-        .unwrap()
-        .replace("key_file = \"phalanx.key\"", "key_file = \"n3-etc/phalanx.key\"");
-    c.set_local_config("n3", &text).unwrap();
+    let (shared, own, ca) = n3_without_the_ca_key(&mut c, pki::NODE_LIFETIME, &[ports[2].ip()]);
     c.start_all().unwrap();
     c.wait_stable(T).await.unwrap();
     let (code, out, err) = c.cli(&["--json", "token", "create", "ops", "--role", "admin"]).unwrap();

@@ -134,36 +134,21 @@ pub(super) async fn apply(node: &Node, runner: &Runner, old: &Config, new: &Conf
             (Change::Restart, Some(_)) => format!("{instance} restarted on {} with the new config", node.name),
             _ => format!("{instance} stopped on {}: the config no longer has it", node.name),
         };
+        let (old_meta, new_meta) = (clone_meta(node, old, &instance), clone_meta(node, new, &instance));
         let failure = match (what, new_prim) {
             (Change::Reload(action), Some(p)) => {
-                let r = call_primitive(runner, p, &instance, action, None, &clone_meta(node, new, &instance)).await;
+                let r = call_primitive(runner, p, &instance, action, None, &new_meta).await;
                 (!r.succeeded()).then(|| report(outcome_of(&r), format!("{}: {}", action.as_str(), r.summary())))
             }
             (Change::Restart, Some(p)) => {
-                let stop = call_primitive(
-                    runner,
-                    old_prim,
-                    &instance,
-                    AgentAction::Stop,
-                    None,
-                    &clone_meta(node, old, &instance),
-                )
-                .await;
+                let stop = call_primitive(runner, old_prim, &instance, AgentAction::Stop, None, &old_meta).await;
                 if !stop.succeeded() {
                     Some(report(
                         CallOutcome::Hard,
                         format!("stop to restart with the new config: {}", stop.summary()),
                     ))
                 } else {
-                    let start = call_primitive(
-                        runner,
-                        p,
-                        &instance,
-                        AgentAction::Start,
-                        None,
-                        &clone_meta(node, new, &instance),
-                    )
-                    .await;
+                    let start = call_primitive(runner, p, &instance, AgentAction::Start, None, &new_meta).await;
                     if !start.succeeded() {
                         Some(report(
                             outcome_of(&start),
@@ -182,15 +167,7 @@ pub(super) async fn apply(node: &Node, runner: &Runner, old: &Config, new: &Conf
                 }
             }
             _ => {
-                let stop = call_primitive(
-                    runner,
-                    old_prim,
-                    &instance,
-                    AgentAction::Stop,
-                    None,
-                    &clone_meta(node, old, &instance),
-                )
-                .await;
+                let stop = call_primitive(runner, old_prim, &instance, AgentAction::Stop, None, &old_meta).await;
                 Some(if stop.succeeded() {
                     Command::Probe {
                         rsc: instance.clone(),
