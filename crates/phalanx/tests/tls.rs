@@ -332,7 +332,7 @@ async fn a_node_without_the_ca_key_renews_its_certificate_through_a_peer() {
     for n in ["n1", "n2", "n3"] {
         c.set_env(n, pki::LIFETIME_ENV, "6s").unwrap();
     }
-    let (_, own, _) = n3_without_the_ca_key(&mut c, Duration::from_secs(6), &[]);
+    let (_, own, ca) = n3_without_the_ca_key(&mut c, Duration::from_secs(6), &[]);
     c.start_all().unwrap();
     c.wait_stable(T).await.unwrap();
     let api = c.node("n1").unwrap().api.clone();
