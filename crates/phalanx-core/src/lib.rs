@@ -8,7 +8,7 @@
 //! `scheduler` and `state` build on the config; `timings` derives every timing from `[cluster]`;
 //! `controller` (the leader's decisions) builds on the state and the scheduler; `availability`
 //! (MTBF, MTTR, error budgets) reads the event history; `drill` measures what a drill's probes
-//! saw. `lb` (the load
+//! saw; `notify` (the OCF clone notifications' lists) needs only `model`. `lb` (the load
 //! balancer's selection, health and stickiness) stands apart and depends on nothing else here, as
 //! does `sessions` (the memcached-speaking session store of issue 15; so far its protocol parser).
 
@@ -26,6 +26,7 @@ pub mod lb;
 pub mod linkcheck;
 pub mod liveness;
 pub mod model;
+pub mod notify;
 pub mod ocf;
 pub mod outcome;
 pub mod quorum;
