@@ -332,6 +332,19 @@ async fn cut_link_and_pause_node_fence_the_node_and_lose_no_session_write() {
             })
             .await
             .unwrap();
+        // The `process` agent's start returns once the service runs, not once it listens: the
+        // drill refuses a service that does not answer, so wait until it does (a loaded run
+        // once probed it first).
+        let url = format!("http://{}/", phalanx::demo::service_addr(&victim, port));
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let deadline = std::time::Instant::now() + T;
+        while !http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+            assert!(std::time::Instant::now() < deadline, "web does not answer at {url}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         if scenario == "fence-fail-forever" {
             // The fence devices fail beyond the settle bound: the drill aborts, says why, heals
             // them, and the cluster's next fence recovers web.
