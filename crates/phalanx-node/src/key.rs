@@ -141,14 +141,6 @@ impl ClusterKey {
         })
     }
 
-    /// A new random key (not written anywhere).
-    pub fn random() -> Self {
-        use rand::RngCore;
-        let mut bytes = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut bytes);
-        Self::from_bytes(&bytes)
-    }
-
     /// The key as hex (what a key file holds, and what `key rotate` pushes to the nodes).
     pub fn to_hex(&self) -> String {
         hex::encode(&self.bytes)
@@ -205,8 +197,9 @@ struct KeySet {
     held: Vec<ClusterKey>,
     accept: Vec<ClusterKey>,
     send: ClusterKey,
-    /// The tokens of `accept` (computed once per change, compared per request).
+    /// The tokens of `accept` and of `send` (computed once per change, not per request).
     tokens: Vec<String>,
+    send_token: String,
 }
 
 impl From<ClusterKey> for Keys {
@@ -215,6 +208,7 @@ impl From<ClusterKey> for Keys {
             held: vec![k.clone()],
             tokens: vec![k.api_token()],
             accept: vec![k.clone()],
+            send_token: k.api_token(),
             send: k,
         })))
     }
@@ -268,13 +262,14 @@ impl Keys {
             .clone();
         s.tokens = chosen.iter().map(ClusterKey::api_token).collect();
         s.accept = chosen;
+        s.send_token = send.api_token();
         s.send = send;
         missing
     }
 
     /// The token this node sends to its peers (the signing key's).
     pub fn token(&self) -> String {
-        self.read().send.api_token()
+        self.read().send_token.clone()
     }
 
     /// Whether `presented` is the token of an accepted key (constant time per key).

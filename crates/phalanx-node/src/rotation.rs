@@ -192,7 +192,7 @@ mod tests {
         pki::write(&paths.ca_key(), &old.key_pem, 0o600).unwrap();
         keep_next_ca(&paths, &new.cert_pem, &new.key_pem).unwrap();
         assert!(keep_next_ca(&paths, &new.cert_pem, &old.key_pem).is_err());
-        let (k_old, k_new) = (ClusterKey::random(), ClusterKey::random());
+        let (k_old, k_new) = (ClusterKey::from_bytes(&[1; 32]), ClusterKey::from_bytes(&[2; 32]));
         k_old.write(&key_file).unwrap();
         k_new.write(&next_path(&key_file)).unwrap();
         assert_eq!(pki::issuers(&paths).len(), 2);
