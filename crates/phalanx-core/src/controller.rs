@@ -9,6 +9,7 @@
 
 use crate::config::Config;
 use crate::quorum::{self, MAX_VOTERS};
+use crate::scheduler::ActionKind;
 use crate::state::{ClusterState, Command, Liveness, NewNode};
 use crate::timings::Timings;
 use std::collections::{BTreeMap, BTreeSet};
@@ -171,12 +172,18 @@ impl Controller {
             return None;
         }
         let plan = schedule(obs, state, config);
+        // Notifications do not count: a plan whose pre-notifications ran would otherwise be
+        // replaced by one that sends them again, forever. While the same operations remain,
+        // the current plan (and its notifications) goes on.
+        let real = |k: &(ActionKind, String, String)| !matches!(k.0, ActionKind::Notify { .. });
         let wanted: BTreeSet<_> = plan
             .actions
             .iter()
             .map(|a| (a.kind, a.rsc.clone(), a.node.clone()))
+            .filter(real)
             .collect();
-        if wanted == state.plan.pending_keys() {
+        let pending: BTreeSet<_> = state.plan.pending_keys().into_iter().filter(real).collect();
+        if wanted == pending {
             self.plan_wait = None;
             return None;
         }
@@ -185,11 +192,21 @@ impl Controller {
         }
         Some(vec![
             ControlAction::NewPlan(plan.summary),
-            ControlAction::Write(Command::SetPlanAfter {
-                actions: plan.actions,
-                edges: plan.edges,
-                after_plan: state.plan.id,
-                after_claims: state.plan.claimed.len(),
+            ControlAction::Write(if plan.notify.is_empty() {
+                Command::SetPlanAfter {
+                    actions: plan.actions,
+                    edges: plan.edges,
+                    after_plan: state.plan.id,
+                    after_claims: state.plan.claimed.len(),
+                }
+            } else {
+                Command::SetPlanNotify {
+                    actions: plan.actions,
+                    edges: plan.edges,
+                    notify: plan.notify,
+                    after_plan: state.plan.id,
+                    after_claims: state.plan.claimed.len(),
+                }
             }),
         ])
     }

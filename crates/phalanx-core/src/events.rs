@@ -552,7 +552,9 @@ fn derive(state: &ClusterState, cmd: &Command, stamp: Option<&Stamp>, last_ms: u
             };
             vec![operator(name, "attribute", what)]
         }
-        Command::SetPlan { actions, .. } | Command::SetPlanAfter { actions, .. } => plan_events(state, actions, &event),
+        Command::SetPlan { actions, .. }
+        | Command::SetPlanAfter { actions, .. }
+        | Command::SetPlanNotify { actions, .. } => plan_events(state, actions, &event),
         Command::ActionResult {
             action,
             outcome,
@@ -817,6 +819,9 @@ pub fn action_line(a: &Action) -> String {
         ActionKind::Demote => format!("demote {} on {}", a.rsc, a.node),
         ActionKind::Start => format!("start {} on {}", a.rsc, a.node),
         ActionKind::Promote => format!("promote {} on {}", a.rsc, a.node),
+        ActionKind::Notify { when, op } => {
+            format!("notify {} on {} ({}-{})", a.rsc, a.node, when.as_str(), op.as_str())
+        }
     };
     if a.reason.is_empty() {
         what

@@ -19,6 +19,7 @@ impl Command {
             Command::SetAttr { .. } => "SetAttr",
             Command::SetPlan { .. } => "SetPlan",
             Command::SetPlanAfter { .. } => "SetPlanAfter",
+            Command::SetPlanNotify { .. } => "SetPlanNotify",
             Command::ClaimAction { .. } => "ClaimAction",
             Command::ActionResult { .. } => "ActionResult",
             Command::MonitorFailed { .. } => "MonitorFailed",

@@ -1,4 +1,4 @@
-//! OCF clone notifications (issue 18, next to be sent): the `notify_*` meta attributes
+//! OCF clone notifications (issue 18): the `notify_*` meta attributes
 //! Pacemaker gives the agents of a clone with `notify = true`, before and after its instances
 //! are started, stopped, promoted or demoted (`OCF_RESKEY_CRM_meta_notify_*`; what Debian's
 //! `pgsql`, PAF and drbd read). Pure: the lists are computed once from the state the plan was
@@ -12,17 +12,29 @@
 //! agents derive the state after it themselves.
 
 use crate::model::Role;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Before or after the operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum When {
     Pre,
     Post,
 }
 
+impl When {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            When::Pre => "pre",
+            When::Post => "post",
+        }
+    }
+}
+
 /// The operation a notification is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Op {
     Start,
     Stop,
@@ -49,6 +61,15 @@ impl Op {
             Op::Demote => "demoted",
         }
     }
+}
+
+/// The instance number of each node for a clone with one instance per node (`pg:1` runs on the
+/// node ranked 1): nodes ranked by (id, name), so every node and the scheduler agree, and a
+/// node keeps its number while the membership is unchanged.
+pub fn instance_numbers<'a>(nodes: impl IntoIterator<Item = (u64, &'a str)>) -> BTreeMap<&'a str, u32> {
+    let mut v: Vec<(u64, &str)> = nodes.into_iter().collect();
+    v.sort();
+    v.into_iter().enumerate().map(|(i, (_, n))| (n, i as u32)).collect()
 }
 
 /// One instance of the clone before the transition: its name (`pg:0`) and where it runs, in
@@ -130,9 +151,10 @@ pub fn lists(
 /// The meta attributes of one notification: the transition's `lists` and which one it is.
 pub fn notification(lists: &BTreeMap<String, String>, when: When, op: Op) -> BTreeMap<String, String> {
     let mut m = lists.clone();
-    let (kind, key_op) = match when {
-        When::Pre => ("pre", op.as_str()),
-        When::Post => ("post", op.done()),
+    let kind = when.as_str();
+    let key_op = match when {
+        When::Pre => op.as_str(),
+        When::Post => op.done(),
     };
     m.insert("notify_type".into(), kind.into());
     m.insert("notify_operation".into(), op.as_str().into());

@@ -22,6 +22,8 @@ pub enum AgentAction {
     ValidateAll,
     /// OCF 1.1: reload the agent's reloadable parameters in place.
     ReloadAgent,
+    /// A clone notification (the `notify_*` meta attributes say which, see `crate::notify`).
+    Notify,
 }
 
 impl AgentAction {
@@ -37,6 +39,7 @@ impl AgentAction {
             AgentAction::MetaData => "meta-data",
             AgentAction::ValidateAll => "validate-all",
             AgentAction::ReloadAgent => "reload-agent",
+            AgentAction::Notify => "notify",
         }
     }
 }

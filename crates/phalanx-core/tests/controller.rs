@@ -70,7 +70,11 @@ fn bootstrapped(cfg: &Config) -> ClusterState {
 
 fn plan_of(actions: &[ControlAction]) -> Option<&Vec<phalanx_core::scheduler::Action>> {
     actions.iter().find_map(|a| match a {
-        ControlAction::Write(Command::SetPlan { actions, .. } | Command::SetPlanAfter { actions, .. }) => Some(actions),
+        ControlAction::Write(
+            Command::SetPlan { actions, .. }
+            | Command::SetPlanAfter { actions, .. }
+            | Command::SetPlanNotify { actions, .. },
+        ) => Some(actions),
         _ => None,
     })
 }
@@ -478,5 +482,87 @@ fn a_node_the_config_names_but_the_membership_lacks_hosts_nothing() {
     assert!(
         actions.iter().all(|x| x.node != "n9") && actions.iter().any(|x| x.kind == ActionKind::Start),
         "{actions:?}"
+    );
+}
+
+/// A promotable clone with `notify = true`: one plan carries the starts, the promotion and the
+/// notifications around them (with their lists, in `SetPlanNotify`). Run action by action in
+/// an order its edges allow, it is never replaced (a plan whose pre-notifications ran is not
+/// one to send again), a failed notification holds nothing up and changes no record, and once
+/// it is done nothing more is planned.
+#[test]
+fn a_notify_clones_plan_runs_to_its_end_without_being_replanned() {
+    let cfg = config(
+        "off",
+        "[[resource]]\nid = \"pg\"\nagent = \"ocf:heartbeat:Stateful\"\n\
+         [[clone]]\nid = \"db\"\nresource = \"pg\"\npromotable = true\nnotify = true\n",
+    );
+    let t = Timings::from(&cfg.cluster);
+    let obs = observed(&["n1", "n2", "n3"]);
+    let mut s = bootstrapped(&cfg);
+    let mut c = Controller::default();
+    let a = c.reconcile(&obs, &s, &cfg, &t);
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, ControlAction::Write(Command::SetPlanNotify { .. }))),
+        "{a:?}"
+    );
+    apply(&mut s, &a);
+    let plan_id = s.plan.id;
+    assert_eq!(s.plan_notify["pg"]["notify_all_uname"], "n1 n2 n3");
+    let notifications = s
+        .plan
+        .actions
+        .iter()
+        .filter(|x| matches!(x.kind, ActionKind::Notify { .. }))
+        .count();
+    assert_eq!(notifications, 9, "post-start, pre- and post-promote to all three");
+    let mut ran = 0;
+    loop {
+        let p = &s.plan;
+        let next = (0..p.actions.len()).find(|i| {
+            !p.done.contains(i) && !p.failed.contains(i) && p.edges.iter().all(|(x, y)| y != i || p.done.contains(x))
+        });
+        let Some(i) = next else { break };
+        let action = p.actions[i].clone();
+        // Every other notification fails: the plan goes on.
+        let notify = matches!(action.kind, ActionKind::Notify { .. });
+        let outcome = if notify && ran % 2 == 0 {
+            CallOutcome::Soft
+        } else {
+            CallOutcome::Ok
+        };
+        ran += 1;
+        let before = s.resources.clone();
+        let result = Command::ActionResult {
+            plan_id,
+            index: i,
+            action,
+            outcome,
+            at_ms: 10 + ran,
+            reason: None,
+        };
+        assert_eq!(s.apply(&result), Outcome::Ok);
+        if notify {
+            assert_eq!(s.resources, before, "a notification changed a record");
+        }
+        let a = c.reconcile(&obs, &s, &cfg, &t);
+        assert!(plan_of(&a).is_none(), "replanned after {ran} results: {a:?}");
+        apply(&mut s, &a);
+        assert_eq!(s.plan.id, plan_id);
+    }
+    assert_eq!(s.plan.done.len(), s.plan.actions.len(), "every action ran");
+    let roles: Vec<_> = s.resources["pg"].running.values().copied().collect();
+    assert_eq!(roles.len(), 3);
+    assert_eq!(
+        roles
+            .iter()
+            .filter(|r| **r == phalanx_core::scheduler::Role::Promoted)
+            .count(),
+        1
+    );
+    assert!(
+        plan_of(&c.reconcile(&obs, &s, &cfg, &t)).is_none(),
+        "nothing more to do"
     );
 }

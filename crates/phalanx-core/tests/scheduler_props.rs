@@ -46,6 +46,7 @@ resource = "pg"
 clone_max = 3
 promotable = true
 promoted_max = 1
+notify = true
 [[constraint]]
 location = "stack"
 node = "n1"
@@ -72,6 +73,7 @@ fn node_state() -> impl Strategy<Value = NodeState> {
     )
         .prop_map(
             |(online, standby, maintenance, since, unclean, stop_failed, backoff)| NodeState {
+                id: 0,
                 online,
                 standby,
                 // Some online nodes are stopping (the tuple is full: drawn from `since`).
@@ -155,6 +157,26 @@ proptest! {
         let cfg = config();
         let plan = schedule(&cfg, &input);
         prop_assert_eq!(&plan, &schedule(&cfg, &input), "not deterministic");
+        // The edges leave an order to run the actions in (no cycle: a plan that waits for
+        // itself never finishes).
+        let mut indegree = vec![0usize; plan.actions.len()];
+        for (_, b) in &plan.edges {
+            indegree[*b] += 1;
+        }
+        let mut ready: Vec<usize> = (0..plan.actions.len()).filter(|i| indegree[*i] == 0).collect();
+        let mut ran = 0;
+        while let Some(i) = ready.pop() {
+            ran += 1;
+            for (a, b) in &plan.edges {
+                if *a == i {
+                    indegree[*b] -= 1;
+                    if indegree[*b] == 0 {
+                        ready.push(*b);
+                    }
+                }
+            }
+        }
+        prop_assert_eq!(ran, plan.actions.len(), "the plan's edges have a cycle\n{}", plan.render());
 
         // Apply the plan to what runs on reachable nodes.
         let mut after: BTreeMap<String, BTreeMap<String, Role>> = BTreeMap::new();
@@ -200,6 +222,10 @@ proptest! {
                 }
                 ActionKind::Promote => { m.insert(a.node.clone(), Role::Promoted); }
                 ActionKind::Demote => { m.insert(a.node.clone(), Role::Started); }
+                ActionKind::Notify { .. } => {
+                    prop_assert!(node.online, "a notification to a node that cannot take it: {:?}", a);
+                    prop_assert_eq!(a.rsc.as_str(), "pg", "a notification of a clone without notify");
+                }
             }
         }
         // Hands off anything running on a node in maintenance (unmanaged), whatever it was.

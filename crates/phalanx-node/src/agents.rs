@@ -401,7 +401,7 @@ impl Runner {
         // does not run succeeds). Else a typo in a new resource's params would fail its stop
         // after its failed start, and a failed stop gets a healthy node fenced.
         let needs_params = match c.action {
-            AgentAction::Stop | AgentAction::MetaData => false,
+            AgentAction::Stop | AgentAction::MetaData | AgentAction::Notify => false,
             AgentAction::Monitor => alive().is_some(),
             _ => true,
         };
@@ -557,6 +557,8 @@ impl Runner {
             AgentAction::MetaData => {
                 CallResult::ours(c.action, ocf::OCF_SUCCESS, "built-in process agent".into(), started)
             }
+            // A clone notification: nothing for a process to do.
+            AgentAction::Notify => CallResult::ours(c.action, ocf::OCF_SUCCESS, String::new(), started),
             _ => CallResult::ours(
                 c.action,
                 3,
@@ -850,9 +852,11 @@ async fn vip_call(c: &AgentCall<'_>) -> (i32, Option<String>) {
             Some(true) => ocf::OCF_SUCCESS,
             Some(false) => ocf::OCF_ERR_GENERIC,
         }),
-        AgentAction::MetaData | AgentAction::ValidateAll | AgentAction::Reload | AgentAction::ReloadAgent => {
-            Ok(ocf::OCF_SUCCESS)
-        }
+        AgentAction::MetaData
+        | AgentAction::ValidateAll
+        | AgentAction::Reload
+        | AgentAction::ReloadAgent
+        | AgentAction::Notify => Ok(ocf::OCF_SUCCESS),
         AgentAction::Promote | AgentAction::Demote => Ok(3), // OCF_ERR_UNIMPLEMENTED
     };
     match res {

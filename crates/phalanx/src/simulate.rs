@@ -172,7 +172,9 @@ pub fn run_live(config: &Config, mut state: ClusterState, leader: &str, args: &S
     let unchanged = !actions.iter().any(|a| {
         matches!(
             a,
-            ControlAction::Write(Command::SetPlan { .. } | Command::SetPlanAfter { .. })
+            ControlAction::Write(
+                Command::SetPlan { .. } | Command::SetPlanAfter { .. } | Command::SetPlanNotify { .. }
+            )
         )
     }) && waits_for.is_none();
     Ok(Live {

@@ -696,3 +696,145 @@ notify = true
         assert_eq!(seen.trim(), format!("meta {i} 3 true 3.16.1"), "{n}");
     }
 }
+
+/// Clone notifications (issue 18) reach real agents in Pacemaker's order with its lists: a
+/// promotable clone of an exec agent with `notify = true` logs every notification and its own
+/// promote and demote, with the lists each saw. First start (the transition that promoted):
+/// post-start on all three, then pre-promote on all three, the promote, post-promote on all
+/// three. Then the operator bans the primary's node: demote
+/// notifications around its demote (which sees the lists too), stop notifications (post-stop
+/// not to the stopped one), then the promotion of another node between promote notifications.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_clones_tell_their_agents_before_and_after_each_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let me = "$OCF_RESKEY_CRM_meta_on_node";
+    // What every logged call saw of the transition's lists.
+    let lists = format!(
+        "stop=$OCF_RESKEY_CRM_meta_notify_stop_uname promote=$OCF_RESKEY_CRM_meta_notify_promote_uname \
+         active=$OCF_RESKEY_CRM_meta_notify_active_resource >> {d}/log"
+    );
+    let c = cluster_with(&format!(
+        r#"
+[[resource]]
+id = "pg"
+agent = "exec"
+params = {{ start = "touch {d}/{me}.run", stop = "rm -f {d}/{me}.run {d}/{me}.pri", promote = "touch {d}/{me}.pri; echo {me} promote {lists}", demote = "rm -f {d}/{me}.pri; echo {me} demote {lists}", monitor = "test -f {d}/{me}.run || exit 7; test -f {d}/{me}.pri && exit 8; exit 0", notify = "echo {me} $OCF_RESKEY_CRM_meta_notify_type-$OCF_RESKEY_CRM_meta_notify_operation {lists}" }}
+
+[[clone]]
+id = "db"
+resource = "pg"
+promotable = true
+notify = true
+"#
+    ));
+    let primary = c
+        .wait_for(T, "three instances, one promoted", |st| {
+            let s = st.values().next()?;
+            let pg = s.resources.iter().find(|r| r.id == "pg")?;
+            let primary = pg.running.iter().find(|(_, r)| **r == Role::Promoted)?.0.clone();
+            (s.plan_pending == 0 && pg.running.len() == 3).then_some(primary)
+        })
+        .await
+        .unwrap();
+    let lines = || -> Vec<String> {
+        std::fs::read_to_string(dir.path().join("log"))
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let all = lines();
+    // The nodes join one by one: earlier plans (promoting another node) may have begun before
+    // the last one came. The transition that made the primary is the one whose lists name it.
+    let first: Vec<String> = all
+        .iter()
+        .filter(|l| l.contains(&format!("promote={primary} ")))
+        .cloned()
+        .collect();
+    // Words of each line: node, what, then the lists.
+    let what: Vec<String> = first.iter().map(|l| l.split(' ').nth(1).unwrap().to_string()).collect();
+    let count = |w: &str| what.iter().filter(|x| *x == w).count();
+    assert_eq!(
+        (
+            count("post-start"),
+            count("pre-promote"),
+            count("promote"),
+            count("post-promote")
+        ),
+        (3, 3, 1, 3),
+        "{first:#?}"
+    );
+    let last = |w: &str| what.iter().rposition(|x| x == w).unwrap();
+    let first_of = |w: &str| what.iter().position(|x| x == w).unwrap();
+    assert!(last("post-start") < first_of("pre-promote"), "{first:#?}");
+    assert!(last("pre-promote") < first_of("promote"), "{first:#?}");
+    assert!(last("promote") < first_of("post-promote"), "{first:#?}");
+
+    let (code, out, err) = c.cli(&["resource", "ban", "db", "--node", &primary]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let moved = c
+        .wait_for(T, "the primary moved off the banned node", |st| {
+            let s = st.values().next()?;
+            let pg = s.resources.iter().find(|r| r.id == "pg")?;
+            let p = pg.running.iter().find(|(_, r)| **r == Role::Promoted)?.0.clone();
+            (s.plan_pending == 0 && p != primary && pg.running.len() == 2).then_some(p)
+        })
+        .await
+        .unwrap();
+    let second: Vec<String> = lines()[all.len()..].to_vec();
+    let what: Vec<(String, String)> = second
+        .iter()
+        .map(|l| {
+            let mut w = l.split(' ');
+            (w.next().unwrap().to_string(), w.next().unwrap().to_string())
+        })
+        .collect();
+    let on = |w: &str| -> Vec<&str> {
+        let mut v: Vec<&str> = what.iter().filter(|(_, x)| x == w).map(|(n, _)| n.as_str()).collect();
+        v.sort();
+        v
+    };
+    let others: Vec<&str> = {
+        let mut v: Vec<&str> = ["n1", "n2", "n3"].into_iter().filter(|n| *n != primary).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(on("pre-demote"), ["n1", "n2", "n3"], "{second:#?}");
+    assert_eq!(on("demote"), [primary.as_str()], "{second:#?}");
+    assert_eq!(on("post-demote"), ["n1", "n2", "n3"], "{second:#?}");
+    assert_eq!(on("pre-stop"), ["n1", "n2", "n3"], "{second:#?}");
+    assert_eq!(on("post-stop"), others, "not to the stopped one: {second:#?}");
+    assert_eq!(on("pre-promote"), others, "{second:#?}");
+    assert_eq!(on("promote"), [moved.as_str()], "{second:#?}");
+    assert_eq!(on("post-promote"), others, "{second:#?}");
+    let order = [
+        "pre-demote",
+        "demote",
+        "post-demote",
+        "pre-stop",
+        "post-stop",
+        "pre-promote",
+        "promote",
+        "post-promote",
+    ];
+    let pos: Vec<(usize, usize)> = order
+        .iter()
+        .map(|w| {
+            let idx: Vec<usize> = what
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, x))| x == w)
+                .map(|(i, _)| i)
+                .collect();
+            (idx[0], idx[idx.len() - 1])
+        })
+        .collect();
+    for (a, b) in pos.iter().zip(&pos[1..]) {
+        assert!(a.1 < b.0, "out of order: {second:#?}");
+    }
+    assert!(
+        second.iter().all(|l| l.contains(&format!("stop={primary}"))),
+        "every call names the stopping node: {second:#?}"
+    );
+}

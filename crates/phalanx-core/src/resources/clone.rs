@@ -20,7 +20,8 @@ pub struct CloneSpec {
     pub promotable: bool,
     pub promoted_max: u32,
     /// `notify = true`: the agents are told of the clone's changes (OCF clone notifications,
-    /// as Pacemaker's `notify` meta attribute); until those are sent, agents see the flag.
+    /// as Pacemaker's `notify` meta attribute; see `crate::notify` and the scheduler's
+    /// `notifications`).
     #[serde(default)]
     pub notify: bool,
     pub meta: Meta,

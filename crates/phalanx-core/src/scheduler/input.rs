@@ -10,6 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeState {
+    /// Its member id (what numbers clone instances, see `crate::notify::instance_numbers`; 0 in
+    /// scenario files, where names decide).
+    #[serde(default)]
+    pub id: u64,
     #[serde(default = "yes")]
     pub online: bool,
     #[serde(default)]
@@ -55,6 +59,7 @@ fn yes() -> bool {
 impl Default for NodeState {
     fn default() -> Self {
         NodeState {
+            id: 0,
             online: true,
             standby: false,
             leaving: false,

@@ -15,7 +15,8 @@
 //! One concern per file: `input` (what it works from), `context` (the run's indexed view and
 //! its units), `units` (placement order), `fencing` (fence first), `scores` and `placement`
 //! (where each unit goes), `actions` and `clone_actions` (from placement to actions),
-//! `ordering` (the edges between actions), `explain` and `plan` (the answer), and `hosting`
+//! `ordering` (the edges between actions), `notifications` (clone notifications around a
+//! notify clone's changes), `explain` and `plan` (the answer), and `hosting`
 //! (whether an operator's move can be honoured, asked of the scheduler itself).
 
 mod actions;
@@ -25,6 +26,7 @@ mod explain;
 mod fencing;
 mod hosting;
 mod input;
+mod notifications;
 mod ordering;
 mod placement;
 mod plan;
@@ -84,6 +86,7 @@ pub fn schedule(cfg: &Config, input: &Input) -> Plan {
     plan.actions.reserve(ordered.len());
     plan.summary.reserve(ordered.len() + notes.len());
     actions::diff(&ctx, &ordered, &targets, &explains, &mut plan);
+    notifications::add(&ctx, &ordered, &mut plan);
     fences.push_edges(&mut plan);
     plan.explain = ordered.iter().map(|u| u.id().to_string()).zip(explains).collect();
     plan.summary.extend(notes);

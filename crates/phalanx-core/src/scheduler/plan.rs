@@ -3,6 +3,7 @@
 //! was decided; and the text golden scenario files hold.
 
 use super::Explain;
+use crate::notify::{Op, When};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -15,6 +16,13 @@ pub enum ActionKind {
     Demote,
     Start,
     Promote,
+    /// A clone notification (OCF `notify`, see `crate::notify`): an agent call on an instance
+    /// that changes nothing, before or after the clone's instances start, stop, promote or
+    /// demote. Last, so that plans stored before it decode as they were.
+    Notify {
+        when: When,
+        op: Op,
+    },
 }
 
 impl ActionKind {
@@ -26,6 +34,7 @@ impl ActionKind {
             ActionKind::Demote => "demote",
             ActionKind::Start => "start",
             ActionKind::Promote => "promote",
+            ActionKind::Notify { .. } => "notify",
         }
     }
 }
@@ -41,7 +50,12 @@ pub struct Action {
 
 impl Action {
     pub(super) fn key(&self) -> String {
-        format!("{} {} ({})", self.kind.as_str(), self.rsc, self.node)
+        match self.kind {
+            ActionKind::Notify { when, op } => {
+                format!("notify {}-{} {} ({})", when.as_str(), op.as_str(), self.rsc, self.node)
+            }
+            k => format!("{} {} ({})", k.as_str(), self.rsc, self.node),
+        }
     }
 }
 
@@ -54,6 +68,11 @@ pub struct Plan {
     /// Human summary, one line per change (Pacemaker-like), then notices.
     pub summary: Vec<String>,
     pub explain: BTreeMap<String, Explain>,
+    /// For every clone with `notify = true` that the plan changes, by primitive: the
+    /// `notify_*` lists its notifications and its start, stop, promote and demote calls carry
+    /// (see `crate::notify::lists`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub notify: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Plan {
@@ -74,6 +93,11 @@ impl Plan {
         for e in edges {
             out += &e;
             out.push('\n');
+        }
+        for (p, lists) in &self.notify {
+            for (k, v) in lists.iter().filter(|(_, v)| v.trim() != "") {
+                out += &format!("Notify {p}: {k}=\"{v}\"\n");
+            }
         }
         if out.is_empty() {
             out = "Nothing to do\n".into();

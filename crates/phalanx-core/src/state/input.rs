@@ -52,6 +52,7 @@ impl ClusterState {
 /// One node as the scheduler sees it (see [`ClusterState::scheduler_input`]).
 fn node_state(rec: &NodeRecord, now_ms: u64, required: bool, hold_ms: Option<u64>) -> scheduler::NodeState {
     scheduler::NodeState {
+        id: rec.id,
         online: rec.liveness.up(),
         standby: rec.standby,
         leaving: rec.liveness == Liveness::Leaving,

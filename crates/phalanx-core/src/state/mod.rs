@@ -84,6 +84,11 @@ pub struct ClusterState {
     /// The CAs and heartbeat keys members trust (see `trust`; default: their own files).
     #[serde(default)]
     pub trust: Trust,
+    /// The current plan's clone notification lists, by primitive (see
+    /// `scheduler::Plan::notify`): replaced with the plan. Apart from `plan`, whose stored
+    /// layout must not change.
+    #[serde(default)]
+    pub plan_notify: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// A change to the cluster state, proposed by the leader or an operator.
@@ -287,6 +292,16 @@ pub enum Command {
         expected: Trust,
         trust: Trust,
     },
+    /// `SetPlanAfter` for a plan with clone notifications: the same, with the `notify_*` lists
+    /// its notify clones' calls carry (by primitive). The leader sends it only for such a plan,
+    /// so a cluster without notify clones writes what older versions read.
+    SetPlanNotify {
+        actions: Vec<Action>,
+        edges: Vec<(usize, usize)>,
+        notify: BTreeMap<String, BTreeMap<String, String>>,
+        after_plan: u64,
+        after_claims: usize,
+    },
 }
 
 /// What a command family's handler gives: the outcome, or (as `Err`) a refusal that changed
@@ -318,20 +333,25 @@ impl ClusterState {
             Command::SetLiveness { name, liveness, at_ms } => self.set_liveness(name, *liveness, *at_ms),
             Command::SetAttr { name, key, value } => self.set_attr(name, key, value.as_ref()),
             Command::SetMaintenance { node, on } => self.set_maintenance(node.as_deref(), *on),
-            Command::SetPlan { actions, edges } => self.set_plan(actions, edges, touched),
+            Command::SetPlan { actions, edges } => self.set_plan(actions, edges, &BTreeMap::new(), touched),
             Command::SetPlanAfter {
                 actions,
                 edges,
                 after_plan,
                 after_claims,
             } => {
-                if self.plan.id != *after_plan || self.plan.claimed.len() != *after_claims {
-                    return Err(Outcome::Rejected(RejectReason::PlanMovedOn {
-                        plan_id: *after_plan,
-                        current: self.plan.id,
-                    }));
-                }
-                self.set_plan(actions, edges, touched)
+                self.plan_not_moved_on(*after_plan, *after_claims)?;
+                self.set_plan(actions, edges, &BTreeMap::new(), touched)
+            }
+            Command::SetPlanNotify {
+                actions,
+                edges,
+                notify,
+                after_plan,
+                after_claims,
+            } => {
+                self.plan_not_moved_on(*after_plan, *after_claims)?;
+                self.set_plan(actions, edges, notify, touched)
             }
             Command::ClaimAction {
                 plan_id,

@@ -80,7 +80,13 @@ impl ClusterState {
     /// forgotten and the VIP started on a second node. (On an online node the start is still
     /// reported: the controller waits for it, see `Controller::reconcile`, and a plan that races
     /// its claim must not turn it into a restart.)
-    pub(super) fn set_plan(&mut self, actions: &[Action], edges: &[(usize, usize)], touched: &mut Touched) -> Applied {
+    pub(super) fn set_plan(
+        &mut self,
+        actions: &[Action],
+        edges: &[(usize, usize)],
+        notify: &BTreeMap<String, BTreeMap<String, String>>,
+        touched: &mut Touched,
+    ) -> Applied {
         if let Some((from, to)) = edges.iter().find(|(a, b)| *a >= actions.len() || *b >= actions.len()) {
             return Err(Outcome::Rejected(RejectReason::PlanEdgeOutOfRange {
                 from: *from,
@@ -118,7 +124,21 @@ impl ClusterState {
             failed: BTreeSet::new(),
             claimed: BTreeMap::new(),
         };
+        self.plan_notify = notify.clone();
         Ok(Outcome::Ok)
+    }
+
+    /// Refuse a plan made on a state where plan `after_plan` was current with `after_claims`
+    /// actions claimed, if the plan or its claims moved on since (see
+    /// [`super::Command::SetPlanAfter`]).
+    pub(super) fn plan_not_moved_on(&self, after_plan: u64, after_claims: usize) -> Result<(), Outcome> {
+        if self.plan.id != after_plan || self.plan.claimed.len() != after_claims {
+            return Err(Outcome::Rejected(RejectReason::PlanMovedOn {
+                plan_id: after_plan,
+                current: self.plan.id,
+            }));
+        }
+        Ok(())
     }
 
     /// `node` claims `indices` of plan `plan_id` (see [`super::Command::ClaimAction`]).
@@ -163,6 +183,14 @@ impl ClusterState {
     ) -> Applied {
         let ((plan_id, index), (outcome, at_ms, reason)) = (at, how);
         let ok = outcome == CallOutcome::Ok;
+        if let ActionKind::Notify { .. } = action.kind {
+            // A notification changes nothing, and its failure does not stop the plan (as under
+            // Pacemaker: the agent was told, or could not be; the operations go on).
+            if plan_id == self.plan.id && self.plan.actions.get(index) == Some(action) {
+                self.plan.done.insert(index);
+            }
+            return Ok(Outcome::Ok);
+        }
         let decided_before = |node: &str| self.nodes.get(node).is_some_and(|n| n.predates_this_life(plan_id));
         if action.kind == ActionKind::Fence {
             if decided_before(&action.rsc) {

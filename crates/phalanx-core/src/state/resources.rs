@@ -69,7 +69,7 @@ impl ClusterState {
                 ActionKind::Stop => {
                     r.running.remove(&action.node);
                 }
-                ActionKind::Fence => {}
+                ActionKind::Fence | ActionKind::Notify { .. } => {}
             }
             return;
         }

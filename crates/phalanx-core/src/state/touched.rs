@@ -90,6 +90,7 @@ impl Touched {
             }
             Command::SetPlan { .. }
             | Command::SetPlanAfter { .. }
+            | Command::SetPlanNotify { .. }
             | Command::ClaimAction { .. }
             | Command::ActionResult { .. } => {
                 self.plan = true;

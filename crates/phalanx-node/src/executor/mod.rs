@@ -42,6 +42,7 @@ fn agent_action(kind: ActionKind) -> AgentAction {
         ActionKind::Stop => AgentAction::Stop,
         ActionKind::Promote => AgentAction::Promote,
         ActionKind::Demote => AgentAction::Demote,
+        ActionKind::Notify { .. } => AgentAction::Notify,
     }
 }
 
@@ -53,11 +54,24 @@ async fn call(
     action: AgentAction,
     interval: Option<Duration>,
 ) -> Option<CallResult> {
+    call_with(node, runner, rsc, action, interval, &BTreeMap::new()).await
+}
+
+/// `call`, the agent seeing the meta attributes `extra` too (a notify clone's lists).
+async fn call_with(
+    node: &Node,
+    runner: &Runner,
+    rsc: &str,
+    action: AgentAction,
+    interval: Option<Duration>,
+    extra: &BTreeMap<String, String>,
+) -> Option<CallResult> {
     // `rsc` may be one instance of a clone with clone_node_max > 1 ("web:1"): the agent then sees
     // that instance name (OCF_RESOURCE_INSTANCE), as under Pacemaker.
     let config = node.config();
     let prim = config.resources.primitive_of(rsc)?;
-    let meta = clone_meta(node, &config, rsc);
+    let mut meta = clone_meta(node, &config, rsc);
+    meta.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
     Some(call_primitive(runner, prim, rsc, action, interval, &meta).await)
 }
 
@@ -74,11 +88,10 @@ pub(crate) fn clone_meta(node: &Node, config: &phalanx_core::Config, rsc: &str) 
         return BTreeMap::new();
     };
     let (members, rank) = node.with_state(|sm| {
-        let mut ids: Vec<(u64, &String)> = sm.cluster.nodes.iter().map(|(n, r)| (r.id, n)).collect();
-        ids.sort();
-        (ids.len(), ids.iter().position(|(_, n)| **n == node.name).unwrap_or(0))
+        let numbers = phalanx_core::notify::instance_numbers(sm.cluster.nodes.iter().map(|(n, r)| (r.id, n.as_str())));
+        (numbers.len(), numbers.get(node.name.as_str()).copied().unwrap_or(0))
     });
-    phalanx_core::resources::clone_meta(spec, members, number.unwrap_or(rank as u32))
+    phalanx_core::resources::clone_meta(spec, members, number.unwrap_or(rank))
 }
 
 /// Run one agent action of instance `rsc` of `prim` (a definition of the config this node runs,

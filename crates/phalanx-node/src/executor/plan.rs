@@ -2,7 +2,7 @@
 //! run each once its predecessors are done (a fence through the fencing levels, anything else
 //! through its agent), and report every result through the Raft log.
 
-use super::{agent_action, call, outcome_of, report};
+use super::{agent_action, call_with, outcome_of, report};
 use crate::agents::Runner;
 use crate::mesh::unix_ms;
 use crate::node::Node;
@@ -53,7 +53,7 @@ impl PlanProgress {
             ActionKind::Stop => {
                 here.remove(&action.rsc);
             }
-            ActionKind::Fence => {}
+            ActionKind::Fence | ActionKind::Notify { .. } => {}
         }
     }
 }
@@ -133,10 +133,12 @@ pub(super) fn run_plan(
                 at_ms: at_ms.unwrap_or_else(unix_ms),
                 reason,
             };
+            // A notification's failure does not hold the plan (see `ClusterState::action_result`).
+            let done = outcome == CallOutcome::Ok || matches!(cmd_kind(&cmd), Some(ActionKind::Notify { .. }));
             // Keep trying to report: the result is a fact the cluster must learn.
             for _ in 0..50 {
                 if node2.write_reported(cmd.clone(), call.clone()).await.is_ok() {
-                    locked(&progress2.reported).insert((id, i), outcome == CallOutcome::Ok);
+                    locked(&progress2.reported).insert((id, i), done);
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -144,6 +146,30 @@ pub(super) fn run_plan(
             locked(&progress2.running).remove(&(id, i));
             progress2.wake.notify_one();
         });
+    }
+}
+
+/// The kind of the action an `ActionResult` reports.
+fn cmd_kind(cmd: &Command) -> Option<ActionKind> {
+    match cmd {
+        Command::ActionResult { action, .. } => Some(action.kind),
+        _ => None,
+    }
+}
+
+/// What a plan action of a notify clone carries besides the clone meta: the transition's
+/// `notify_*` lists (replicated with the plan, the same on every node), and for a notification
+/// which one it is. Empty for anything else.
+fn plan_meta(node: &Node, action: &Action) -> BTreeMap<String, String> {
+    let config = node.config();
+    let Some(prim) = config.resources.primitive_of(&action.rsc) else {
+        return BTreeMap::new();
+    };
+    let lists = node.with_state(|sm| sm.cluster.plan_notify.get(&prim.id).cloned());
+    match (lists, action.kind) {
+        (Some(l), ActionKind::Notify { when, op }) => phalanx_core::notify::notification(&l, when, op),
+        (Some(l), _) => l,
+        (None, _) => BTreeMap::new(),
     }
 }
 
@@ -191,7 +217,8 @@ async fn run_action(
             Err(e) => (CallOutcome::Soft, Some(e.to_string()), None, took),
         };
     }
-    match call(node, runner, &action.rsc, agent_action(action.kind), None).await {
+    let meta = plan_meta(node, action);
+    match call_with(node, runner, &action.rsc, agent_action(action.kind), None, &meta).await {
         Some(r) => (outcome_of(&r), r.exit_reason.clone(), None, Some(report(&r))),
         None => (
             CallOutcome::Fatal,

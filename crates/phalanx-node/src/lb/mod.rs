@@ -213,7 +213,7 @@ impl Balancers {
                 Some(r) if r.alive() => (ocf::OCF_SUCCESS, None),
                 Some(_) => (ocf::OCF_ERR_GENERIC, Some(format!("balancer {id}: a listener stopped"))),
             }),
-            AgentAction::MetaData | AgentAction::ValidateAll => (ocf::OCF_SUCCESS, None),
+            AgentAction::MetaData | AgentAction::ValidateAll | AgentAction::Notify => (ocf::OCF_SUCCESS, None),
             other => (
                 ocf::OCF_ERR_GENERIC,
                 Some(format!("the balancer agent has no {} action", other.as_str())),

@@ -116,6 +116,7 @@ impl From<SmDataV1> for SmData {
                 sticks: Default::default(),
                 tokens: Default::default(),
                 trust: Default::default(),
+                plan_notify: Default::default(),
             },
             events: Default::default(),
         }
@@ -214,6 +215,28 @@ pub(super) mod write {
     /// A snapshot of format 4: today's state without the event history and balancers.
     pub fn sm_v4(d: &SmData) -> Vec<u8> {
         encode(&(&d.last_applied, &d.membership, cluster_v5(&d.cluster)))
+    }
+
+    /// A snapshot of format 8: today's without the clone notification lists.
+    pub fn sm_v8(d: &SmData) -> Vec<u8> {
+        let c = &d.cluster;
+        let cluster = (
+            &c.nodes,
+            c.config_version,
+            c.max_node_id,
+            &c.resources,
+            &c.operator,
+            &c.plan,
+            c.maintenance,
+            &c.fence_devices,
+            &c.configs,
+            &c.operator_origin,
+            &c.balancers,
+            &c.sticks,
+            &c.tokens,
+            &c.trust,
+        );
+        encode(&(&d.last_applied, &d.membership, cluster, &d.events))
     }
 
     /// A snapshot of format 7: today's without the trust record.

@@ -38,9 +38,11 @@ const SM_STICKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sm_sticks
 /// both; 7 since the state holds the API's tokens (`tokens` in `sm_meta`, absent from a
 /// format-6 store: read as none; the snapshot's layout gained it); 8 since the state holds what
 /// the members trust (`trust` in `sm_meta`, absent from a format-7 store: read as the default,
-/// each node's own files; the snapshot's layout gained it).
+/// each node's own files; the snapshot's layout gained it); 9 since the state holds the current
+/// plan's clone notification lists (`plan_notify` in `sm_meta`, absent from a format-8 store:
+/// read as none; the snapshot's layout gained it).
 const FORMAT_KEY: &str = "format";
-const FORMAT: u32 = 8;
+const FORMAT: u32 = 9;
 /// The first format whose node entries carry `online_since_plan`.
 const NODE_ENTRY_FORMAT: u32 = 3;
 
@@ -310,6 +312,7 @@ impl Changes {
         }
         if plan {
             self.put(Table::Meta, "plan", encode(&s.plan));
+            self.put(Table::Meta, "plan_notify", encode(&s.plan_notify));
         }
         if operator {
             self.put(Table::Meta, "operator", encode(&s.operator));
@@ -459,6 +462,7 @@ pub(super) fn load(db: &Database) -> Result<Option<(SmData, bool)>, StoreError> 
         balancers: get(&meta, "balancers")?.unwrap_or_default(),
         tokens: get(&meta, "tokens")?.unwrap_or_default(),
         trust: get(&meta, "trust")?.unwrap_or_default(),
+        plan_notify: get(&meta, "plan_notify")?.unwrap_or_default(),
         ..ClusterState::default()
     };
     let mut attrs: BTreeMap<Vec<u8>, String> = BTreeMap::new();
@@ -595,7 +599,22 @@ pub(super) fn store_format_3(db: &Database, d: &SmData) -> Result<(), redb::Erro
         meta.remove("operator_origin")?;
         meta.remove("tokens")?;
         meta.remove("trust")?;
+        meta.remove("plan_notify")?;
         meta.insert(FORMAT_KEY, encode(&3u32).as_slice())?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Store `d` as format 8 did (no clone notification lists).
+#[cfg(test)]
+pub(super) fn store_format_8(db: &Database, d: &SmData) -> Result<(), redb::Error> {
+    write(db, &Changes::all(d))?;
+    let tx = db.begin_write()?;
+    {
+        let mut meta = tx.open_table(SM_META)?;
+        meta.remove("plan_notify")?;
+        meta.insert(FORMAT_KEY, encode(&8u32).as_slice())?;
     }
     tx.commit()?;
     Ok(())
@@ -609,6 +628,7 @@ pub(super) fn store_format_7(db: &Database, d: &SmData) -> Result<(), redb::Erro
     {
         let mut meta = tx.open_table(SM_META)?;
         meta.remove("trust")?;
+        meta.remove("plan_notify")?;
         meta.insert(FORMAT_KEY, encode(&7u32).as_slice())?;
     }
     tx.commit()?;
@@ -624,6 +644,7 @@ pub(super) fn store_format_6(db: &Database, d: &SmData) -> Result<(), redb::Erro
         let mut meta = tx.open_table(SM_META)?;
         meta.remove("tokens")?;
         meta.remove("trust")?;
+        meta.remove("plan_notify")?;
         meta.insert(FORMAT_KEY, encode(&6u32).as_slice())?;
     }
     tx.commit()?;
@@ -640,6 +661,7 @@ pub(super) fn store_format_5(db: &Database, d: &SmData) -> Result<(), redb::Erro
         meta.remove("balancers")?;
         meta.remove("tokens")?;
         meta.remove("trust")?;
+        meta.remove("plan_notify")?;
         meta.insert(FORMAT_KEY, encode(&5u32).as_slice())?;
     }
     tx.delete_table(SM_STICKS)?;
@@ -658,6 +680,7 @@ pub(super) fn store_format_4(db: &Database, d: &SmData) -> Result<(), redb::Erro
         meta.remove("balancers")?;
         meta.remove("tokens")?;
         meta.remove("trust")?;
+        meta.remove("plan_notify")?;
         meta.insert(FORMAT_KEY, encode(&4u32).as_slice())?;
         tx.open_table(SM_EVENTS)?.retain(|_, _| false)?;
     }

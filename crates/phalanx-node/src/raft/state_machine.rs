@@ -443,6 +443,25 @@ mod tests {
                         send_key: 1,
                     },
                 },
+                Command::SetPlanNotify {
+                    actions: vec![phalanx_core::scheduler::Action {
+                        kind: phalanx_core::scheduler::ActionKind::Notify {
+                            when: phalanx_core::notify::When::Post,
+                            op: phalanx_core::notify::Op::Start,
+                        },
+                        rsc: "db".into(),
+                        node: "n1".into(),
+                        reason: "post-start notification to db:0".into(),
+                    }],
+                    edges: vec![],
+                    notify: [(
+                        "db".to_string(),
+                        [("notify_start_uname".to_string(), "n1".to_string())].into(),
+                    )]
+                    .into(),
+                    after_plan: 1,
+                    after_claims: 0,
+                },
             ],
         ]
     }
@@ -473,6 +492,7 @@ mod tests {
         assert_eq!(want.cluster.operator_origin.len(), 1);
         assert_eq!(want.cluster.balancers["lb"].backends["web@n2"].weight, Some(3));
         assert_eq!(want.cluster.sticks["lb"].len(), 1);
+        assert_eq!(want.cluster.plan_notify["db"]["notify_start_uname"], "n1");
         assert!(want.events.len() > 5, "{:?}", want.events);
         let back = now(&StateMachine::load(db).unwrap());
         assert_eq!(back.cluster, want.cluster);
@@ -520,8 +540,15 @@ mod tests {
         d
     }
 
+    /// `d` as format 8 knew it: no clone notification lists.
+    fn as_before_format_9(mut d: SmData) -> SmData {
+        d.cluster.plan_notify = Default::default();
+        d
+    }
+
     /// `d` as format 7 knew it: no trust record.
-    fn as_before_format_8(mut d: SmData) -> SmData {
+    fn as_before_format_8(d: SmData) -> SmData {
+        let mut d = as_before_format_9(d);
         d.cluster.trust = Default::default();
         d
     }
@@ -610,6 +637,27 @@ mod tests {
                 snapshot_id: "old".into(),
             },
             data: super::super::legacy::write::sm_v4(&want),
+        };
+        meta_put(&db, "snapshot", &old).unwrap();
+        assert_upgraded(db, &want, true).await;
+    }
+
+    /// Format 8 had no clone notification lists, and its snapshots the whole state without
+    /// them.
+    #[tokio::test]
+    async fn format_8_entries_and_their_snapshot_are_upgraded_once() {
+        let before = now(&applied(open_in_memory().unwrap()).await);
+        assert!(!before.cluster.plan_notify.is_empty());
+        let want = as_before_format_9(before);
+        let db = open_in_memory().unwrap();
+        sm_tables::store_format_8(&db, &want).unwrap();
+        let old = StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: want.last_applied,
+                last_membership: want.membership.clone(),
+                snapshot_id: "old".into(),
+            },
+            data: super::super::legacy::write::sm_v8(&want),
         };
         meta_put(&db, "snapshot", &old).unwrap();
         assert_upgraded(db, &want, true).await;
