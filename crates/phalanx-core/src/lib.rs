@@ -29,6 +29,7 @@ pub mod model;
 pub mod notify;
 pub mod ocf;
 pub mod outcome;
+pub mod pgsql;
 pub mod quorum;
 pub mod resources;
 pub mod scheduler;

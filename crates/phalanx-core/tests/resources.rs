@@ -96,7 +96,8 @@ kind = "optional"
         Constraint::Colocation {
             rsc: "web-ip".into(),
             with: "web".into(),
-            score: INFINITY
+            score: INFINITY,
+            with_promoted: false,
         }
     );
     assert_eq!(
@@ -325,4 +326,47 @@ fn clone_node_max_above_one_needs_clone_max_and_a_primitive() {
     assert_eq!(ids, vec!["w:0", "w:1", "w:2", "w:3"]);
     assert_eq!(r.primitive_of("w:3").map(|p| p.id.as_str()), Some("w"));
     assert!(r.primitive_of("w:4").is_none() && r.primitive_of("w:x").is_none());
+}
+
+/// The built-in `pgsql` agent's params are checked as each node reads them: a `name@node`
+/// override is that node's value (and its problems are reported once), typos and bad values
+/// are errors at the resource.
+#[test]
+fn pgsql_params_are_checked_per_node() {
+    let ok =
+        "[[resource]]\nid = \"pg\"\nagent = \"pgsql\"\nparams = { pgdata = \"/srv/pg\", \"port@n2\" = \"5433\" }\n";
+    assert_eq!(errors(ok), vec![]);
+    let e = errors(
+        "[[resource]]\nid = \"pg\"\nagent = \"pgsql\"\nparams = { pgdata = \"/srv/pg\", sync = \"sometimes\", \"port@n2\" = \"x\", \"port@n3\" = \"y\", \"port@n9\" = \"1\", pgdta = \"/x\" }\n",
+    );
+    let msgs: Vec<&str> = e.iter().map(|x| x.2.as_str()).collect();
+    assert_eq!(e.len(), 5, "{msgs:#?}");
+    assert!(
+        msgs.iter().any(|m| m.contains("names no configured node (n9)")),
+        "{msgs:#?}"
+    );
+    assert!(msgs.iter().any(|m| m.contains("sync \"sometimes\"")), "{msgs:#?}");
+    assert!(msgs.iter().any(|m| m.contains("port \"x\"")), "{msgs:#?}");
+    assert!(msgs.iter().any(|m| m.contains("port \"y\"")), "{msgs:#?}");
+    assert!(msgs.iter().any(|m| m.contains("unknown param \"pgdta\"")), "{msgs:#?}");
+    assert!(e.iter().all(|x| x.0 == 12), "at the resource: {e:#?}");
+    let e = one("[[resource]]\nid = \"pg\"\nagent = \"pgsql\"\n");
+    assert!(e.2.contains("needs `pgdata`"), "{e:?}");
+    // Given on every node by overrides, none is needed for all.
+    let per_node = "[[resource]]\nid = \"pg\"\nagent = \"pgsql\"\nparams = { \"pgdata@n1\" = \"/a\", \"pgdata@n2\" = \"/b\", \"pgdata@n3\" = \"/c\" }\n";
+    assert_eq!(errors(per_node), vec![]);
+    let e = one("[[resource]]\nid = \"pg\"\nagent = \"pgsql\"\nparams = { \"pgdata@n1\" = \"/a\" }\n");
+    assert!(e.2.contains("needs `pgdata`"), "n2 and n3 have none, said once: {e:?}");
+}
+
+#[test]
+fn a_params_override_is_that_nodes_value() {
+    let p: std::collections::BTreeMap<String, String> = [("port", "5432"), ("port@n2", "5433"), ("pgdata", "/a")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let on = |n: &str| phalanx_core::resources::params_on(&p, n);
+    assert_eq!(on("n1")["port"], "5432");
+    assert_eq!(on("n2")["port"], "5433");
+    assert_eq!(on("n2").len(), 2, "other overrides are dropped: {:?}", on("n2"));
 }

@@ -89,6 +89,7 @@ fn node_state() -> impl Strategy<Value = NodeState> {
                 fence_retry_at_ms: if backoff { 30_000 } else { 0 },
                 fence_error: backoff.then(|| "pdu: timed out".into()),
                 fence_reason: (stop_failed && online).then(|| "stop of web failed".into()),
+                attrs: BTreeMap::new(),
             },
         )
 }

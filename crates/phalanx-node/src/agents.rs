@@ -102,6 +102,10 @@ pub struct CallResult {
     pub stdout: String,
     pub stderr: String,
     pub elapsed_ms: u64,
+    /// Node attributes a built-in agent reports with its result (the `pgsql` monitor's
+    /// position: see `crate::pgsql`); the executor records those that changed.
+    #[serde(default)]
+    pub attrs: BTreeMap<String, String>,
 }
 
 impl CallResult {
@@ -128,6 +132,7 @@ impl CallResult {
             stdout: String::new(),
             stderr: String::new(),
             elapsed_ms: started.elapsed().as_millis() as u64,
+            attrs: BTreeMap::new(),
         }
     }
 }
@@ -224,6 +229,19 @@ impl Runner {
                 ),
             },
             AgentSpec::Process => self.process(c, started).await,
+            AgentSpec::Pgsql => match tokio::time::timeout(c.timeout, crate::pgsql::call(c, &self.node)).await {
+                Ok((code, reason, attrs)) => CallResult {
+                    exit_reason: reason,
+                    attrs,
+                    ..CallResult::ours(c.action, code, String::new(), started)
+                },
+                Err(_) => CallResult {
+                    timed_out: true,
+                    verdict: Verdict::Timeout,
+                    exit_code: None,
+                    ..CallResult::ours(c.action, 1, format!("pgsql {} timed out", c.action.as_str()), started)
+                },
+            },
             AgentSpec::Vip => match tokio::time::timeout(c.timeout, vip_call(c)).await {
                 Ok((code, reason)) => CallResult {
                     exit_reason: reason,
@@ -388,6 +406,7 @@ impl Runner {
             stdout,
             stderr,
             elapsed_ms: started.elapsed().as_millis() as u64,
+            attrs: BTreeMap::new(),
         }
     }
 
@@ -600,6 +619,19 @@ pub fn service_process(
                 .filter(|p| *p > 1 && running(Pid::from_raw(*p)))
                 .map(|p| (p, false))
                 .ok_or_else(|| format!("{instance}'s pid file {file} names no running process"))
+        }
+        AgentSpec::Pgsql => {
+            let data = params
+                .get("pgdata")
+                .ok_or_else(|| format!("{instance} (pgsql) has no pgdata param"))?;
+            let file = std::path::Path::new(data).join("postmaster.pid");
+            let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            text.lines()
+                .next()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+                .filter(|p| *p > 1 && running(Pid::from_raw(*p)))
+                .map(|p| (p, false))
+                .ok_or_else(|| format!("{} names no running postmaster", file.display()))
         }
         AgentSpec::Vip | AgentSpec::Balancer => Err(format!(
             "{instance} ({agent}) runs inside phalanx, not as a process of its own: nothing to kill"

@@ -22,6 +22,7 @@ pub mod logging;
 pub mod mesh;
 pub mod metrics;
 pub mod node;
+pub mod pgsql;
 pub mod pki;
 pub mod priority;
 pub mod raft;

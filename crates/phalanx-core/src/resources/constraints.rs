@@ -17,7 +17,16 @@ pub enum Constraint {
     /// Prefer (score > 0) or avoid (< 0) a node; ±INFINITY require/forbid it.
     Location { rsc: String, node: String, score: i64 },
     /// Place `rsc` where `with` is (score INFINITY: mandatory), or away from it (negative).
-    Colocation { rsc: String, with: String, score: i64 },
+    /// `with_promoted` (`with_role = "promoted"`): where `with`'s promoted instance is (a write
+    /// VIP with a database's primary); then `rsc` also starts after that promotion and stops
+    /// before a demotion.
+    Colocation {
+        rsc: String,
+        with: String,
+        score: i64,
+        #[serde(default)]
+        with_promoted: bool,
+    },
     /// Start `first` before `then` (and stop `then` before `first`).
     Order {
         first: String,
@@ -35,6 +44,7 @@ pub(crate) struct RawConstraint {
     node: Option<Spanned<String>>,
     colocate: Option<Spanned<String>>,
     with: Option<Spanned<String>>,
+    with_role: Option<Spanned<String>>,
     order: Option<Spanned<Vec<Spanned<String>>>>,
     kind: Option<Spanned<String>>,
     score: Option<Spanned<RawScore>>,
@@ -178,10 +188,19 @@ fn colocation(
         return None;
     };
     let s = score_or_infinity(c, k);
+    let with_promoted = match k.with_role.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
+        None | Some(("started", _)) => Some(false),
+        Some(("promoted", _)) => Some(true),
+        Some((other, span)) => {
+            c.error(span, format!("with_role {other:?} is not \"promoted\" or \"started\""));
+            None
+        }
+    };
     // `|`, not `||`: both unknown ids are reported.
     if !refers(c, ids, rsc) | !refers(c, ids, with) {
         return None;
     }
+    let with_promoted = with_promoted?;
     if rsc.get_ref() == with.get_ref() {
         c.error(
             with.span(),
@@ -196,6 +215,7 @@ fn colocation(
         rsc: rsc.get_ref().clone(),
         with: with.get_ref().clone(),
         score: s,
+        with_promoted,
     })
 }
 

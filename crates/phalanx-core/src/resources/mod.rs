@@ -25,7 +25,7 @@ pub use clone::{clone_meta, CloneSpec};
 pub use constraints::Constraint;
 pub use group::Group;
 pub use meta::{Failback, Meta};
-pub use primitive::{AgentSpec, DefaultedTimeouts, OnFail, Op, ParamProblem, Primitive};
+pub use primitive::{params_on, AgentSpec, DefaultedTimeouts, OnFail, Op, ParamProblem, Primitive};
 
 pub(crate) use clone::RawClone;
 pub(crate) use constraints::RawConstraint;
@@ -202,7 +202,7 @@ pub(crate) fn validate(
     let mut out = Resources::default();
     let mut ids = Ids::default();
     for r in raw.resource {
-        if let Some(p) = primitive::validate(c, r, &mut ids, agent_spans) {
+        if let Some(p) = primitive::validate(c, r, &mut ids, agent_spans, nodes) {
             out.primitives.insert(p.id.clone(), p);
         }
     }

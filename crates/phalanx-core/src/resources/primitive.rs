@@ -29,6 +29,8 @@ pub enum AgentSpec {
     Vip,
     /// The built-in load balancer (a `[[balancer]]` section; never written as an `agent`).
     Balancer,
+    /// The built-in PostgreSQL agent (promotable; see `crate::pgsql`).
+    Pgsql,
 }
 
 impl AgentSpec {
@@ -37,6 +39,7 @@ impl AgentSpec {
             "exec" => Some(AgentSpec::Exec),
             "process" => Some(AgentSpec::Process),
             "vip" => Some(AgentSpec::Vip),
+            "pgsql" => Some(AgentSpec::Pgsql),
             _ => {
                 let mut it = s.split(':');
                 match (it.next(), it.next(), it.next(), it.next()) {
@@ -63,6 +66,7 @@ impl std::fmt::Display for AgentSpec {
             AgentSpec::Process => f.write_str("process"),
             AgentSpec::Vip => f.write_str("vip"),
             AgentSpec::Balancer => f.write_str("balancer"),
+            AgentSpec::Pgsql => f.write_str("pgsql"),
         }
     }
 }
@@ -163,13 +167,17 @@ impl Primitive {
         let mut problems: Vec<ParamProblem> = m
             .parameters
             .iter()
-            .filter(|p| p.required && !self.params.contains_key(&p.name))
+            .filter(|p| p.required && !self.params.keys().any(|k| k.split('@').next() == Some(p.name.as_str())))
             .map(|p| ParamProblem::Missing(p.name.clone()))
             .collect();
         problems.extend(
             self.params
                 .keys()
-                .filter(|k| !m.parameters.iter().any(|p| &p.name == *k))
+                .filter(|k| {
+                    !m.parameters
+                        .iter()
+                        .any(|p| Some(p.name.as_str()) == k.split('@').next())
+                })
                 .map(|k| ParamProblem::Unknown(k.clone())),
         );
         problems
@@ -220,6 +228,7 @@ pub(super) fn validate(
     r: Spanned<RawResource>,
     ids: &mut Ids,
     agent_spans: &mut BTreeMap<String, Range<usize>>,
+    nodes: &std::collections::BTreeSet<String>,
 ) -> Option<Primitive> {
     let span = r.span();
     let r = r.into_inner();
@@ -235,6 +244,30 @@ pub(super) fn validate(
     }
     if agent == AgentSpec::Process {
         process_params(c, &id, &params, &span);
+    }
+    if agent == AgentSpec::Pgsql {
+        // Checked as each node will read them (a `name@node` override included).
+        let mut seen = std::collections::BTreeSet::new();
+        for k in params.keys() {
+            if let Some((_, n)) = k.split_once('@').filter(|(_, n)| !nodes.contains(*n)) {
+                c.error(
+                    span.clone(),
+                    format!("resource {id}: param {k:?} names no configured node ({n})"),
+                );
+            }
+        }
+        let on: Vec<&str> = if nodes.is_empty() {
+            vec![""]
+        } else {
+            nodes.iter().map(String::as_str).collect()
+        };
+        for n in on {
+            if let Err(errors) = crate::pgsql::Params::parse(&params_on(&params, n)) {
+                for e in errors.into_iter().filter(|e| seen.insert(e.clone())) {
+                    c.error(span.clone(), format!("resource {id}: {e}"));
+                }
+            }
+        }
     }
     let defaulted = DefaultedTimeouts {
         start: r.start_timeout.is_none(),
@@ -270,6 +303,24 @@ pub(super) fn validate(
         meta,
         defaulted,
     })
+}
+
+/// `params` as node `node` reads them: a `name@node` param overrides `name` there (a data
+/// directory or port that differs per node), and other nodes' overrides are dropped.
+pub fn params_on(params: &BTreeMap<String, String>, node: &str) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = params
+        .iter()
+        .filter(|(k, _)| !k.contains('@'))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (k, v) in params {
+        if let Some((name, n)) = k.split_once('@') {
+            if n == node {
+                out.insert(name.to_string(), v.clone());
+            }
+        }
+    }
+    out
 }
 
 /// The built-in `process` agent's params, as its start reads them: a `command`, and a

@@ -39,8 +39,8 @@ pub(super) struct Ctx<'a> {
     pub(super) node_pos: HashMap<&'a str, usize>,
     /// target id → (node, its position, score)
     pub(super) locations: HashMap<&'a str, Vec<Located<'a>>>,
-    /// rsc id → (with, score)
-    pub(super) colocations: HashMap<&'a str, Vec<(&'a str, i64)>>,
+    /// rsc id → (with, score, with its promoted instance)
+    pub(super) colocations: HashMap<&'a str, Vec<(&'a str, i64, bool)>>,
     /// rsc id → operator constraints on it
     pub(super) operator: HashMap<&'a str, Vec<&'a OperatorConstraint>>,
     pub(super) group_of: HashMap<&'a str, &'a str>,
@@ -58,7 +58,7 @@ impl<'a> Ctx<'a> {
         let nodes = members(cfg, input);
         let node_pos: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (*n, i)).collect();
         let mut locations: HashMap<&str, Vec<Located>> = HashMap::new();
-        let mut colocations: HashMap<&str, Vec<(&str, i64)>> = HashMap::new();
+        let mut colocations: HashMap<&str, Vec<(&str, i64, bool)>> = HashMap::new();
         for k in &r.constraints {
             match k {
                 Constraint::Location { rsc, node, score } => {
@@ -67,7 +67,12 @@ impl<'a> Ctx<'a> {
                         .or_default()
                         .push((node, node_pos.get(node.as_str()).copied(), *score))
                 }
-                Constraint::Colocation { rsc, with, score } => colocations.entry(rsc).or_default().push((with, *score)),
+                Constraint::Colocation {
+                    rsc,
+                    with,
+                    score,
+                    with_promoted,
+                } => colocations.entry(rsc).or_default().push((with, *score, *with_promoted)),
                 Constraint::Order { .. } => {}
             }
         }

@@ -50,6 +50,10 @@ pub struct NodeState {
     /// Why it must be fenced although online (a stop failed there: what runs is unknown).
     #[serde(default)]
     pub fence_reason: Option<String>,
+    /// Its node attributes (promotion scores `master-<rsc>`, `pgsql` positions; see
+    /// `promotion`).
+    #[serde(default)]
+    pub attrs: BTreeMap<String, String>,
 }
 
 fn yes() -> bool {
@@ -72,6 +76,7 @@ impl Default for NodeState {
             fence_retry_at_ms: 0,
             fence_error: None,
             fence_reason: None,
+            attrs: BTreeMap::new(),
         }
     }
 }

@@ -14,7 +14,7 @@
 //!
 //! One concern per file: `input` (what it works from), `context` (the run's indexed view and
 //! its units), `units` (placement order), `fencing` (fence first), `scores` and `placement`
-//! (where each unit goes), `actions` and `clone_actions` (from placement to actions),
+//! (where each unit goes, `promotion` which instance may be promoted), `actions` and `clone_actions` (from placement to actions),
 //! `ordering` (the edges between actions), `notifications` (clone notifications around a
 //! notify clone's changes), `explain` and `plan` (the answer), and `hosting`
 //! (whether an operator's move can be honoured, asked of the scheduler itself).
@@ -30,6 +30,7 @@ mod notifications;
 mod ordering;
 mod placement;
 mod plan;
+mod promotion;
 mod scores;
 mod units;
 
@@ -57,8 +58,8 @@ pub fn schedule(cfg: &Config, input: &Input) -> Plan {
     let ctx = Ctx::new(cfg, &input);
     let ordered = units::placement_order(&ctx);
 
-    // Unit id → the positions of the nodes it was placed on.
-    let mut placed: HashMap<&str, Vec<usize>> = HashMap::with_capacity(ordered.len());
+    // Unit id → the positions of the nodes it was placed on, and of those it is promoted on.
+    let mut placed: scores::Placed = (HashMap::with_capacity(ordered.len()), HashMap::new());
     // Units placed per node, by node position.
     let mut load: Vec<usize> = vec![0; ctx.nodes.len()];
     // By position in `ordered`: each unit's target nodes and roles (every primitive of a unit
@@ -72,13 +73,21 @@ pub fn schedule(cfg: &Config, input: &Input) -> Plan {
             .iter()
             .filter_map(|(n, _)| ctx.node_pos.get(n.as_str()).copied())
             .collect();
+        let promoted: Vec<usize> = nodes
+            .iter()
+            .filter(|(_, r)| *r == Role::Promoted)
+            .filter_map(|(n, _)| ctx.node_pos.get(n.as_str()).copied())
+            .collect();
+        if !promoted.is_empty() {
+            placed.1.insert(unit.id(), promoted);
+        }
         for i in &positions {
             load[*i] += 1;
         }
-        placed.insert(unit.id(), positions);
+        placed.0.insert(unit.id(), positions);
         targets.push(nodes);
         if let Some(n) = note {
-            notes.push(n);
+            notes.extend(n.lines().map(str::to_string));
         }
         explains.push(explain);
     }

@@ -1,6 +1,7 @@
 //! The ordering edges between actions: never two copies of a primitive (its stops before its
-//! starts), a group's members started in order and stopped in reverse, and the ordering
-//! constraints (start(first) → start(then), stop(then) → stop(first)).
+//! starts), a group's members started in order and stopped in reverse, the ordering
+//! constraints (start(first) → start(then), stop(then) → stop(first)), and colocations with a
+//! primary (promote → start there, stop → demote).
 
 use super::context::Ctx;
 use super::{ActionKind, Plan};
@@ -62,6 +63,33 @@ pub(super) fn order_constraints(ctx: &Ctx, plan: &mut Plan) {
     };
     let mut edges = Vec::new();
     for k in &ctx.cfg.resources.constraints {
+        // With a primary: start once it is promoted there, stop before it is demoted (a write
+        // VIP never points at a replica).
+        if let Constraint::Colocation {
+            rsc,
+            with,
+            score,
+            with_promoted: true,
+        } = k
+        {
+            if *score <= 0 {
+                continue;
+            }
+            let a = ctx.primitives(ctx.unit_of(with));
+            let b = ctx.primitives(ctx.unit_of(rsc));
+            for x in find(ActionKind::Promote, a) {
+                for y in find(ActionKind::Start, b) {
+                    if plan.actions[x].node == plan.actions[y].node {
+                        edges.push((x, y));
+                    }
+                }
+            }
+            for x in find(ActionKind::Stop, b) {
+                for y in find(ActionKind::Demote, a) {
+                    edges.push((x, y));
+                }
+            }
+        }
         if let Constraint::Order { first, then, .. } = k {
             let a = ctx.primitives(ctx.unit_of(first));
             let b = ctx.primitives(ctx.unit_of(then));

@@ -6,18 +6,18 @@
 
 use super::context::{Ctx, Unit};
 use super::explain::blockers;
-use super::scores::{score_nodes, UnitConstraints};
+use super::scores::{score_nodes, Placed, UnitConstraints};
 use super::Explain;
 use crate::model::{score_str, Role, INFINITY};
 use crate::resources::{CloneSpec, Failback};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A unit's placement: the chosen nodes (with roles), the explanation, and an optional notice.
 pub(super) type Placement = (Vec<(String, Role)>, Explain, Option<String>);
 
 /// Place one unit. `placed`: unit id → the positions of the nodes it was placed on; `load`:
 /// units placed per node, by position.
-pub(super) fn place(ctx: &Ctx, unit: &Unit, placed: &HashMap<&str, Vec<usize>>, load: &[usize]) -> Placement {
+pub(super) fn place(ctx: &Ctx, unit: &Unit, placed: &Placed, load: &[usize]) -> Placement {
     let prims = ctx.primitives(unit.id());
     let current: &BTreeMap<String, Role> = prims
         .first()
@@ -199,21 +199,18 @@ fn place_clone(
         ranked.into_iter().take(max).cloned().collect()
     };
     let mut roles: Vec<(String, Role)> = chosen.iter().map(|n| (n.clone(), Role::Started)).collect();
+    let mut refusal = None;
     if clone.promotable {
-        // Promote: current primaries first (stickiness), then by score, then by name.
-        let mut order: Vec<&String> = chosen.iter().collect();
-        order.sort_by(|a, b| {
-            let pa = current.get(*a) == Some(&Role::Promoted);
-            let pb = current.get(*b) == Some(&Role::Promoted);
-            pb.cmp(&pa)
-                .then_with(|| score_of(b).cmp(&score_of(a)))
-                .then_with(|| a.cmp(b))
-        });
-        let primaries: BTreeSet<String> = order.into_iter().take(clone.promoted_max as usize).cloned().collect();
+        // Promote the best candidates (see `promotion`).
+        let (order, why_not) = super::promotion::candidates(ctx, clone, current, &chosen, score_of);
+        let primaries: BTreeSet<String> = order.into_iter().take(clone.promoted_max as usize).collect();
         for (n, role) in &mut roles {
             if primaries.contains(n) {
                 *role = Role::Promoted;
             }
+        }
+        if primaries.len() < clone.promoted_max as usize {
+            refusal = why_not.map(|w| format!("Cannot promote {}: {w}", clone.resource));
         }
     }
     explain.placed = chosen.clone();
@@ -222,7 +219,11 @@ fn place_clone(
     } else {
         format!("{} of {max} instance(s) placed", chosen.len())
     };
-    let note = (chosen.len() < max && !chosen.is_empty())
+    let degraded = (chosen.len() < max && !chosen.is_empty())
         .then(|| format!("Degraded {}: {} of {max} instance(s) can run", clone.id, chosen.len()));
+    let note = match (degraded, refusal) {
+        (Some(d), Some(r)) => Some(format!("{d}\n{r}")),
+        (d, r) => d.or(r),
+    };
     (roles, explain, note)
 }

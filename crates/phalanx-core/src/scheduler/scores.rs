@@ -9,12 +9,16 @@ use crate::model::{add_scores, score_str, Role, INFINITY};
 use crate::resources::{Meta, OnFail, Primitive};
 use std::collections::{BTreeMap, HashMap};
 
+/// Where the units placed so far went, by unit id: every node's position, and the positions
+/// where it is promoted.
+pub(super) type Placed<'a> = (HashMap<&'a str, Vec<usize>>, HashMap<&'a str, Vec<usize>>);
+
 /// What constrains one unit, gathered once from every id that may name it.
 pub(super) struct UnitConstraints<'a> {
     /// (the id named, node, the node's position, score)
     pub locations: Vec<(&'a str, &'a str, Option<usize>, i64)>,
-    /// (with, score)
-    pub colocations: Vec<(&'a str, i64)>,
+    /// (with, score, with its promoted instance)
+    pub colocations: Vec<(&'a str, i64, bool)>,
     pub operator: Vec<&'a OperatorConstraint>,
 }
 
@@ -63,22 +67,31 @@ impl NodeScore {
 
 /// Score every node for a unit, by node position. The explanation keeps only nodes something
 /// scored (an absent node scores 0 with no constraint), which keeps a 10,000-resource plan
-/// small. `placed`: unit id → the positions of the nodes it was placed on.
+/// small. `placed`: unit id → the positions of the nodes it was placed on (`.0`), and of those
+/// where it is promoted (`.1`).
 pub(super) fn score_nodes(
     ctx: &Ctx,
     unit: &Unit,
     current: &BTreeMap<String, Role>,
     cons: &UnitConstraints,
-    placed: &HashMap<&str, Vec<usize>>,
+    placed: &Placed,
     explain: &mut Explain,
 ) -> Vec<i64> {
     let meta = ctx.meta(unit);
     let now = ctx.input.now_ms;
     // Where each unit this one is colocated with was placed (looked up once, not per node).
-    let colo_targets: Vec<(&str, i64, Option<&Vec<usize>>)> = cons
+    let colo_targets: Vec<(String, i64, Option<&Vec<usize>>)> = cons
         .colocations
         .iter()
-        .map(|(with, s)| (*with, *s, placed.get(ctx.unit_of(with))))
+        .map(|(with, s, promoted)| {
+            let map = if *promoted { &placed.1 } else { &placed.0 };
+            let name = if *promoted {
+                format!("{with}'s primary")
+            } else {
+                with.to_string()
+            };
+            (name, *s, map.get(ctx.unit_of(with)))
+        })
         .collect();
     let mut node_scores: Vec<i64> = Vec::with_capacity(ctx.nodes.len());
     let prim_refs: Vec<(&String, &Primitive)> = ctx

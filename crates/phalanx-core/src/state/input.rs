@@ -74,5 +74,6 @@ fn node_state(rec: &NodeRecord, now_ms: u64, required: bool, hold_ms: Option<u64
         fence_retry_at_ms: rec.fence.last_attempt_ms + crate::fencing::backoff(rec.fence.failures).as_millis() as u64,
         fence_error: rec.fence.last_error.clone(),
         fence_reason: rec.fence.reason.clone(),
+        attrs: rec.attrs.clone(),
     }
 }

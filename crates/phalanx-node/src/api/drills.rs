@@ -200,8 +200,13 @@ pub(super) async fn kill_service(node: &Arc<Node>, origin: &Origin, rsc: &str) -
     let Some(runner) = node.runner.as_ref() else {
         return Err(ApiError::Refused(format!("{} runs no agents", node.name)));
     };
-    let target =
-        crate::agents::service_process(&runner.state_dir, rsc, &p.agent, &p.params).map_err(ApiError::Refused)?;
+    let target = crate::agents::service_process(
+        &runner.state_dir,
+        rsc,
+        &p.agent,
+        &phalanx_core::resources::params_on(&p.params, &runner.node),
+    )
+    .map_err(ApiError::Refused)?;
     origin
         .write(
             node,

@@ -72,6 +72,9 @@ async fn call_with(
     let prim = config.resources.primitive_of(rsc)?;
     let mut meta = clone_meta(node, &config, rsc);
     meta.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if prim.agent == phalanx_core::resources::AgentSpec::Pgsql {
+        meta.extend(pgsql_meta(node, &config, prim));
+    }
     Some(call_primitive(runner, prim, rsc, action, interval, &meta).await)
 }
 
@@ -94,6 +97,70 @@ pub(crate) fn clone_meta(node: &Node, config: &phalanx_core::Config, rsc: &str) 
     phalanx_core::resources::clone_meta(spec, members, number.unwrap_or(rank))
 }
 
+/// What the `pgsql` agent learns from the cluster (see `crate::pgsql`): the synchronous
+/// standby this node recorded (when it is the primary), and where a replica here streams
+/// from: the node the current plan promotes, else the one running the primary (never this
+/// node); its address is its `host` param, else its API address's IP, and its port its `port`
+/// param.
+fn pgsql_meta(
+    node: &Node,
+    config: &phalanx_core::Config,
+    prim: &phalanx_core::resources::Primitive,
+) -> BTreeMap<String, String> {
+    use phalanx_core::scheduler::{ActionKind, Role};
+    let mut meta = BTreeMap::new();
+    let recorded = node.with_state(|sm| {
+        sm.cluster
+            .nodes
+            .get(&node.name)
+            .and_then(|n| n.attrs.get(&phalanx_core::pgsql::sync_attr(&prim.id)))
+            .cloned()
+    });
+    if let Some(r) = recorded {
+        meta.insert(crate::pgsql::SYNC_RECORDED.to_string(), r);
+    }
+    let up = node.with_state(|sm| {
+        let plan = &sm.cluster.plan;
+        let promoting = plan
+            .actions
+            .iter()
+            .enumerate()
+            .filter(|(i, a)| {
+                a.kind == ActionKind::Promote && a.rsc == prim.id && !plan.done.contains(i) && !plan.failed.contains(i)
+            })
+            .map(|(_, a)| a.node.clone())
+            .next();
+        promoting.or_else(|| {
+            sm.cluster.resources.get(&prim.id).and_then(|r| {
+                r.running
+                    .iter()
+                    .find(|(_, role)| **role == Role::Promoted)
+                    .map(|(n, _)| n.clone())
+            })
+        })
+    });
+    let Some(up) = up.filter(|u| *u != node.name) else {
+        return meta;
+    };
+    let Ok(p) = phalanx_core::pgsql::Params::parse(&phalanx_core::resources::params_on(&prim.params, &up)) else {
+        return meta;
+    };
+    let host = p.host.or_else(|| {
+        config
+            .nodes
+            .iter()
+            .find(|n| n.name == up)
+            .map(|n| n.api.ip().to_string())
+    });
+    let Some(host) = host else {
+        return meta;
+    };
+    meta.insert(crate::pgsql::UPSTREAM_NODE.to_string(), up);
+    meta.insert(crate::pgsql::UPSTREAM_HOST.to_string(), host);
+    meta.insert(crate::pgsql::UPSTREAM_PORT.to_string(), p.port.to_string());
+    meta
+}
+
 /// Run one agent action of instance `rsc` of `prim` (a definition of the config this node runs,
 /// or of the one it ran before a switch) under the timeout configured for that action.
 pub(crate) async fn call_primitive(
@@ -109,11 +176,13 @@ pub(crate) async fn call_primitive(
         AgentAction::Monitor => prim.monitor.map(|m| m.timeout).unwrap_or(Duration::from_secs(20)),
         _ => prim.start_timeout,
     };
+    // A `name@node` param is this node's value of `name`.
+    let params = phalanx_core::resources::params_on(&prim.params, &runner.node);
     runner
         .call(&AgentCall {
             agent: &prim.agent,
             instance: rsc,
-            params: &prim.params,
+            params: &params,
             meta,
             action,
             timeout,

@@ -132,6 +132,7 @@ async fn monitor(
     in_flight: InFlight,
 ) {
     if let Some(r) = call(&node, &runner, &rsc, AgentAction::Monitor, Some(interval)).await {
+        publish(&node, &r.attrs).await;
         let healthy = match role {
             Role::Promoted => matches!(r.verdict, Verdict::Promoted { .. }),
             _ => r.succeeded(),
@@ -163,6 +164,24 @@ async fn monitor(
         }
     }
     end(&in_flight, &rsc);
+}
+
+/// Record the node attributes a monitor reported (a `pgsql` position) that differ from the
+/// replicated ones: one write for each changed value, none when nothing changed.
+async fn publish(node: &Node, attrs: &BTreeMap<String, String>) {
+    for (key, value) in attrs {
+        let known = node.with_state(|sm| sm.cluster.nodes.get(&node.name).and_then(|n| n.attrs.get(key)).cloned());
+        if known.as_ref() != Some(value) {
+            let set = Command::SetAttr {
+                name: node.name.clone(),
+                key: key.clone(),
+                value: Some(value.clone()),
+            };
+            if let Err(e) = node.write(set).await {
+                tracing::debug!(%key, error = ?e, "could not record a monitor's attribute");
+            }
+        }
+    }
 }
 
 /// One check of a fence device (leader only). A change of answer goes to the log (status shows

@@ -128,6 +128,7 @@ fn result(action: AgentAction, code: i32, reason: Option<String>) -> CallResult 
         stdout: String::new(),
         stderr: String::new(),
         elapsed_ms: 0,
+        attrs: Default::default(),
     }
 }
 

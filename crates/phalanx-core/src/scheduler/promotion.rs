@@ -1,0 +1,135 @@
+//! Which instances of a promotable clone may be promoted, best first: the current primary (it
+//! stays), then by data position for the built-in `pgsql` agent (the highest timeline and LSN
+//! its monitor published), then by promotion score (the node attribute `master-<rsc>`, as
+//! Pacemaker's agents set it; negative: never), then placement score, then name.
+//!
+//! Never the wrong replica (issue 18): once any placed `pgsql` instance has published a
+//! position, only those within `max_lag_bytes` of the most advanced position known (every
+//! placed instance's and the old primary's last one), on its timeline, are candidates. A
+//! published position is never ahead of the truth, so a stale one can only hold a promotion
+//! back, never let a lagging replica through. With `sync = "on"|"strict"`, the synchronous
+//! standby the last primary recorded is the only candidate.
+
+use super::context::Ctx;
+use crate::model::Role;
+use crate::pgsql;
+use crate::resources::{params_on, AgentSpec, CloneSpec};
+use std::collections::BTreeMap;
+
+/// A node's promotion score for `rsc` (`master-<rsc>`; 0 when unset or unreadable).
+fn promotion_score(ctx: &Ctx, node: &str, rsc: &str) -> i64 {
+    ctx.node(node)
+        .attrs
+        .get(&format!("master-{rsc}"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The position `node` published for `rsc`.
+fn position(ctx: &Ctx, node: &str, rsc: &str) -> Option<(u32, u64)> {
+    ctx.node(node)
+        .attrs
+        .get(&pgsql::position_attr(rsc))
+        .and_then(|v| pgsql::parse_position(v))
+}
+
+/// The chosen nodes that may be promoted, best first, and why others may not (a notice).
+pub(super) fn candidates(
+    ctx: &Ctx,
+    clone: &CloneSpec,
+    current: &BTreeMap<String, Role>,
+    chosen: &[String],
+    score_of: &dyn Fn(&String) -> i64,
+) -> (Vec<String>, Option<String>) {
+    let rsc = clone.resource.as_str();
+    let prim = ctx.cfg.resources.primitives.get(rsc);
+    let pg = prim.filter(|p| p.agent == AgentSpec::Pgsql);
+    let is_primary = |n: &String| current.get(n) == Some(&Role::Promoted);
+    let mut refused: Vec<String> = Vec::new();
+    let mut ok: Vec<&String> = chosen
+        .iter()
+        .filter(|n| {
+            let s = promotion_score(ctx, n, rsc);
+            if s < 0 && !is_primary(n) {
+                refused.push(format!("{n} (promotion score {s})"));
+            }
+            s >= 0 || is_primary(n)
+        })
+        .collect();
+    // With `sync = "on"|"strict"`, the last primary's recorded synchronous standby holds
+    // every acknowledged commit: it alone may replace it (whatever its published position,
+    // which may be stale), and nobody while it is unreachable.
+    let params = pg.and_then(|p| pgsql::Params::parse(&params_on(&p.params, "")).ok());
+    let recorded = params.as_ref().filter(|x| x.sync != pgsql::Sync::Off).and_then(|_| {
+        let last = current.iter().find(|(_, r)| **r == Role::Promoted)?.0;
+        ctx.node(last)
+            .attrs
+            .get(&pgsql::sync_attr(rsc))
+            .filter(|s| !s.is_empty())
+            .cloned()
+    });
+    if let Some(r) = &recorded {
+        ok.retain(|n| {
+            let keep = is_primary(n) || *n == r;
+            if !keep {
+                refused.push(format!("{n} (not the synchronous standby, {r})"));
+            }
+            keep
+        });
+    } else if pg.is_some() {
+        let max_lag = params
+            .as_ref()
+            .map_or(pgsql::DEFAULT_MAX_LAG_BYTES, |x| x.max_lag_bytes);
+        let known: Vec<(u32, u64)> = chosen
+            .iter()
+            .chain(current.iter().filter(|(_, r)| **r == Role::Promoted).map(|(n, _)| n))
+            .filter_map(|n| position(ctx, n, rsc))
+            .collect();
+        if let Some(best) = known.iter().max().copied() {
+            ok.retain(|n| {
+                if is_primary(n) {
+                    return true;
+                }
+                match position(ctx, n, rsc) {
+                    Some((tl, lsn)) if tl == best.0 && best.1 - lsn <= max_lag => true,
+                    Some((tl, lsn)) if tl == best.0 => {
+                        refused.push(format!("{n} ({} behind)", bytes(best.1 - lsn)));
+                        false
+                    }
+                    Some((tl, _)) => {
+                        refused.push(format!("{n} (timeline {tl}, not {})", best.0));
+                        false
+                    }
+                    None => {
+                        refused.push(format!("{n} (no position known)"));
+                        false
+                    }
+                }
+            });
+        }
+    }
+    ok.sort_by(|a, b| {
+        is_primary(b)
+            .cmp(&is_primary(a))
+            .then_with(|| match pg {
+                Some(_) => position(ctx, b, rsc).cmp(&position(ctx, a, rsc)),
+                None => std::cmp::Ordering::Equal,
+            })
+            .then_with(|| promotion_score(ctx, b, rsc).cmp(&promotion_score(ctx, a, rsc)))
+            .then_with(|| score_of(b).cmp(&score_of(a)))
+            .then_with(|| a.cmp(b))
+    });
+    let note = (!refused.is_empty()).then(|| format!("not promotable: {}", refused.join(", ")));
+    (ok.into_iter().cloned().collect(), note)
+}
+
+/// A byte count as people read it.
+fn bytes(n: u64) -> String {
+    if n >= 1 << 20 {
+        format!("{:.1} MiB", n as f64 / (1 << 20) as f64)
+    } else if n >= 1 << 10 {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    } else {
+        format!("{n} B")
+    }
+}

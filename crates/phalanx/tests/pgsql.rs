@@ -1,0 +1,261 @@
+//! PostgreSQL failed over by three daemons with the built-in `pgsql` agent (issue 18), on
+//! Debian's PostgreSQL 15: instances prepared as the README says (`initdb` on one node,
+//! `pg_basebackup -R` to the others), one promoted, a switchover by the operator, then the
+//! primary's node losing power: a replica is promoted after the fence, and every row committed
+//! and replicated before is there; the old primary's node back, it rejoins as a replica.
+
+use phalanx::harness::{LocalCluster, Spec};
+use phalanx_core::scheduler::Role;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const BINDIR: &str = "/usr/lib/postgresql/15/bin";
+const T: Duration = Duration::from_secs(60);
+
+fn user() -> nix::unistd::User {
+    assert!(
+        Path::new(BINDIR).join("initdb").is_file(),
+        "PostgreSQL 15 is not installed (apt-get install postgresql-15; .ci/run does)"
+    );
+    nix::unistd::User::from_name("postgres")
+        .unwrap()
+        .expect("the postgres user")
+}
+
+/// Run a PostgreSQL program as its user: its exit status and output.
+fn pg(program: &str, args: &[&str]) -> (bool, String) {
+    let u = user();
+    let out = std::process::Command::new(Path::new(BINDIR).join(program))
+        .args(args)
+        .current_dir("/")
+        .env("LANG", "C")
+        .env("PGCONNECT_TIMEOUT", "3")
+        .uid(u.uid.as_raw())
+        .gid(u.gid.as_raw())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text.trim().to_string())
+}
+
+fn must(program: &str, args: &[&str]) -> String {
+    let (ok, out) = pg(program, args);
+    assert!(ok, "{program} {args:?}: {out}");
+    out
+}
+
+struct Db {
+    dir: PathBuf,
+    ports: Vec<u16>,
+}
+
+impl Db {
+    fn node_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("n{}", i + 1))
+    }
+
+    fn data(&self, i: usize) -> String {
+        self.node_dir(i).join("data").display().to_string()
+    }
+
+    /// One SQL statement on node `i`'s instance.
+    fn sql(&self, i: usize, q: &str) -> (bool, String) {
+        let sock = self.node_dir(i).display().to_string();
+        let port = self.ports[i].to_string();
+        pg(
+            "psql",
+            &[
+                "-X", "-A", "-t", "-q", "-h", &sock, "-p", &port, "-d", "postgres", "-c", q,
+            ],
+        )
+    }
+
+    fn wait_sql(&self, i: usize, q: &str, want: &str) {
+        let deadline = Instant::now() + T;
+        loop {
+            let (_, got) = self.sql(i, q);
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "n{}: {q} answered {got:?}, not {want:?}",
+                i + 1
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The resource config: per-node data directory, socket folder and port.
+    fn config(&self) -> String {
+        let mut params = vec![
+            "host = \"127.0.0.1\"".to_string(),
+            "replication_user = \"postgres\"".to_string(),
+        ];
+        for i in 0..3 {
+            let n = format!("n{}", i + 1);
+            params.push(format!("\"pgdata@{n}\" = \"{}\"", self.data(i)));
+            params.push(format!("\"socket_dir@{n}\" = \"{}\"", self.node_dir(i).display()));
+            params.push(format!("\"port@{n}\" = \"{}\"", self.ports[i]));
+        }
+        format!(
+            "[[resource]]\nid = \"pg\"\nagent = \"pgsql\"\nstart_timeout = \"60s\"\nmonitor = {{ interval = \"1s\", timeout = \"10s\" }}\nparams = {{ {} }}\n\n[[clone]]\nid = \"db\"\nresource = \"pg\"\npromotable = true\n",
+            params.join(", ")
+        )
+    }
+}
+
+/// As the README says: `initdb` on n1 (checksums on), started once to copy it with
+/// `pg_basebackup -R` to n2 and n3, then stopped.
+fn prepare(root: &Path) -> Db {
+    let u = user();
+    std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let ports: Vec<u16> = (0..3)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let db = Db {
+        dir: root.to_path_buf(),
+        ports,
+    };
+    for i in 0..3 {
+        std::fs::create_dir_all(db.node_dir(i)).unwrap();
+        std::os::unix::fs::chown(db.node_dir(i), Some(u.uid.as_raw()), Some(u.gid.as_raw())).unwrap();
+    }
+    must(
+        "initdb",
+        &["-D", &db.data(0), "--data-checksums", "-A", "trust", "-U", "postgres"],
+    );
+    let opts = format!(
+        "-p {} -k {} -c listen_addresses=127.0.0.1 -c wal_keep_size=512MB",
+        db.ports[0],
+        db.node_dir(0).display()
+    );
+    must(
+        "pg_ctl",
+        &["start", "-D", &db.data(0), "-w", "-o", &opts, "-l", "/dev/null"],
+    );
+    for i in 1..3 {
+        let port = db.ports[0].to_string();
+        must(
+            "pg_basebackup",
+            &[
+                "-D",
+                &db.data(i),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-X",
+                "stream",
+                "-R",
+            ],
+        );
+    }
+    must("pg_ctl", &["stop", "-D", &db.data(0), "-m", "fast", "-w"]);
+    db
+}
+
+fn primary_of(st: &std::collections::BTreeMap<String, phalanx_node::StatusReport>) -> Option<(String, usize)> {
+    let s = st.values().next()?;
+    let pg = s.resources.iter().find(|r| r.id == "pg")?;
+    let p = pg.running.iter().find(|(_, r)| **r == Role::Promoted)?.0.clone();
+    (s.plan_pending == 0).then_some((p, pg.running.len()))
+}
+
+fn index(node: &str) -> usize {
+    node.trim_start_matches('n').parse::<usize>().unwrap() - 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_is_promoted_switched_over_and_failed_over_with_its_rows() {
+    let root = tempfile::tempdir().unwrap();
+    let db = prepare(root.path());
+    if std::env::var_os("PHALANX_KEEP").is_some() {
+        eprintln!("PostgreSQL instances kept in {}", root.keep().display());
+    }
+    let mut c = LocalCluster::create(Spec::loopback(
+        3,
+        PathBuf::from(env!("CARGO_BIN_EXE_phalanx")),
+        db.config(),
+    ))
+    .unwrap();
+    c.start_all().unwrap();
+    let (p, _) = c
+        .wait_for(T, "a primary and two replicas", |st| {
+            primary_of(st).filter(|(_, n)| *n == 3)
+        })
+        .await
+        .unwrap();
+    let pi = index(&p);
+    assert_eq!(db.sql(pi, "select pg_is_in_recovery()").1, "f");
+    must_ok(&db, pi, "create table cart (id int primary key, item text)");
+    must_ok(&db, pi, "insert into cart values (1, 'book')");
+    for i in (0..3).filter(|i| *i != pi) {
+        db.wait_sql(i, "select item from cart where id = 1", "book");
+        assert_eq!(db.sql(i, "select pg_is_in_recovery()").1, "t");
+    }
+
+    // Switchover: the operator bans the primary's node; another is promoted, takes writes;
+    // cleared, the old primary comes back as a replica and catches up.
+    let (code, out, err) = c.cli(&["resource", "ban", "db", "--node", &p]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let (q, _) = c
+        .wait_for(T, "another primary", |st| {
+            primary_of(st).filter(|(n, k)| *n != p && *k == 2)
+        })
+        .await
+        .unwrap();
+    let qi = index(&q);
+    must_ok(&db, qi, "insert into cart values (2, 'pen')");
+    let (code, out, err) = c.cli(&["resource", "clear", "db"]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    c.wait_for(T, "three again", |st| {
+        primary_of(st).filter(|(n, k)| *n == q && *k == 3)
+    })
+    .await
+    .unwrap();
+    for i in (0..3).filter(|i| *i != qi) {
+        db.wait_sql(i, "select count(*) from cart", "2");
+        assert_eq!(db.sql(i, "select pg_is_in_recovery()").1, "t", "n{}", i + 1);
+    }
+
+    // The primary's node loses power: fenced, then a replica is promoted with every row.
+    c.kill(&q).unwrap();
+    let (r, _) = c
+        .wait_for(T, "a new primary after the fence", |st| {
+            primary_of(st).filter(|(n, _)| *n != q)
+        })
+        .await
+        .unwrap();
+    let ri = index(&r);
+    assert_eq!(db.sql(ri, "select count(*) from cart").1, "2");
+    must_ok(&db, ri, "insert into cart values (3, 'ink')");
+    let other = (0..3).find(|i| *i != qi && *i != ri).unwrap();
+    db.wait_sql(other, "select count(*) from cart", "3");
+
+    // Its node back, the old primary rejoins by itself (pg_rewind) as a replica of the new one.
+    c.start(&q).unwrap();
+    c.wait_for(T, "the old primary back as a replica", |st| {
+        primary_of(st).filter(|(n, k)| *n == r && *k == 3)
+    })
+    .await
+    .unwrap();
+    db.wait_sql(qi, "select count(*) from cart", "3");
+    assert_eq!(db.sql(qi, "select pg_is_in_recovery()").1, "t");
+    must_ok(&db, ri, "insert into cart values (4, 'pad')");
+    db.wait_sql(qi, "select count(*) from cart", "4");
+}
+
+fn must_ok(db: &Db, i: usize, q: &str) {
+    let (ok, out) = db.sql(i, q);
+    assert!(ok, "n{}: {q}: {out}", i + 1);
+}
