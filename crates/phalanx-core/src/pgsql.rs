@@ -147,11 +147,20 @@ pub fn position_attr(instance: &str) -> String {
     format!("pgsql-position-{instance}")
 }
 
-/// The node attribute a `pgsql` primary records its synchronous standby in (a node name; empty:
-/// none), committed before that standby acknowledges anything and cleared only after it no
-/// longer can: with `sync = "on"|"strict"`, the only replica that may replace this primary.
+/// The node attribute a `pgsql` primary records its synchronous standby in, as
+/// `TIMELINE:NODE` (its own timeline; no node: none), committed before that standby
+/// acknowledges anything and cleared only after it no longer can. With `sync = "on"|"strict"`,
+/// the record of the highest timeline (the last primary's: every promotion starts a new
+/// timeline) names the only replica that may replace it. It outlives that primary's node
+/// being fenced, and an older primary's stale record never outranks it.
 pub fn sync_attr(instance: &str) -> String {
     format!("pgsql-sync-{instance}")
+}
+
+/// A synchronous-standby record as published: (timeline, node; empty: none).
+pub fn parse_sync(s: &str) -> Option<(u32, &str)> {
+    let (tl, node) = s.split_once(':')?;
+    Some((tl.parse().ok()?, node))
 }
 
 /// `synchronous_standby_names` naming `names`, `count` of which must confirm a commit.

@@ -53,7 +53,13 @@ pub struct Runner {
     /// The balancers this node runs (the built-in agent `balancer`); the node sets it when it
     /// starts (None: a runner of no node, e.g. `config check`).
     pub balancers: Option<std::sync::Arc<crate::lb::Balancers>>,
+    /// One lock per resource instance (see [`Runner::instance_lock`]), shared by clones.
+    pub instance_locks: InstanceLocks,
 }
+
+/// The locks of a runner's resource instances (see [`Runner::instance_lock`]); public only so
+/// that a runner can be written `Runner { state_dir, ..Runner::new(node) }`.
+pub type InstanceLocks = std::sync::Arc<std::sync::Mutex<BTreeMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>>;
 
 /// The future of a faked agent call.
 pub type FakeCall = std::pin::Pin<Box<dyn std::future::Future<Output = CallResult> + Send>>;
@@ -146,7 +152,23 @@ impl Runner {
             node: node.to_string(),
             fake: None,
             balancers: None,
+            instance_locks: Default::default(),
         }
+    }
+
+    /// The lock of resource instance `rsc` on this node: held by a plan action (start, stop,
+    /// promote, demote) until its result is reported, so that two actions of one instance never
+    /// run at once (a stop during a demote's restart killed it half way, and the demote's
+    /// failure banned the node: found by the PostgreSQL test), and a monitor skips its round
+    /// rather than judge an instance in the middle of a change (as Pacemaker's executor
+    /// serializes the operations of one resource).
+    pub fn instance_lock(&self, rsc: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        self.instance_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(rsc.to_string())
+            .or_default()
+            .clone()
     }
 
     /// A runner whose every call goes to `agents` (tests: the simulation's fake machine).

@@ -62,17 +62,26 @@ async fn monitor_call(c: &AgentCall<'_>, me: &str) -> (i32, Option<String>, BTre
                 me,
                 timeout: c.timeout,
             };
-            match pg.position().await {
+            let position = pg.position().await;
+            match &position {
                 Ok((tl, lsn)) => {
                     attrs.insert(position_attr(c.instance), format!("{tl}:{lsn}"));
                 }
                 Err(e) => tracing::warn!(error = %e, "pgsql: no position"),
             }
-            if code == ocf::OCF_RUNNING_PROMOTED && p.sync != Sync::Off {
-                let recorded = c.meta.get(SYNC_RECORDED).map(String::as_str).unwrap_or("");
+            if let (ocf::OCF_RUNNING_PROMOTED, Sync::On | Sync::Strict, Ok((tl, _))) = (code, p.sync, &position) {
+                // This primary's own record: one of its timeline (an earlier one is from an
+                // earlier time it was primary, and names nobody now).
+                let raw = c.meta.get(SYNC_RECORDED).map(String::as_str).unwrap_or("");
+                let mine = phalanx_core::pgsql::parse_sync(raw).filter(|(t, _)| t == tl);
+                let recorded = mine.map_or("", |(_, n)| n);
                 match pg.manage_sync(recorded).await {
                     Ok(Some(next)) => {
-                        attrs.insert(phalanx_core::pgsql::sync_attr(c.instance), next);
+                        attrs.insert(phalanx_core::pgsql::sync_attr(c.instance), format!("{tl}:{next}"));
+                    }
+                    // Say so at once when it has none yet, superseding an older primary's record.
+                    Ok(None) if mine.is_none() => {
+                        attrs.insert(phalanx_core::pgsql::sync_attr(c.instance), format!("{tl}:"));
                     }
                     Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, "pgsql: could not manage the synchronous standby"),
@@ -505,9 +514,11 @@ impl Pg<'_> {
             }
         }
         if !self.has_data() {
+            // Not running, a soft failure: retried once a primary exists (a hard error would
+            // ban the node until an operator cleans up).
             let Some(u) = up else {
                 return err(
-                    ocf::OCF_ERR_GENERIC,
+                    ocf::OCF_NOT_RUNNING,
                     format!(
                         "no data directory at {} and no primary to copy it from: initialize it (initdb) on one node",
                         self.p.pgdata.display()
@@ -612,8 +623,9 @@ impl Pg<'_> {
                 };
             }
         }
+        // Soft: the primary may be busy or moving; the start is tried again.
         Err(err(
-            ocf::OCF_ERR_GENERIC,
+            ocf::OCF_NOT_RUNNING,
             format!("pg_basebackup from {} failed: {}", up.node, r.err),
         ))
     }

@@ -259,9 +259,10 @@ async fn bad_params_and_a_wrong_bindir_are_clear_errors() {
     p.insert("sync".into(), "sometimes".into());
     let r = n1.call_with(&p, AgentAction::Start, None).await;
     assert_eq!(code(&r), Some(6), "{r:?}");
-    // No data and no primary to copy from: a generic error saying so, the folder left alone.
+    // No data and no primary to copy from: not running (a soft failure, tried again once there
+    // is a primary), saying so, the folder left alone.
     let r = n1.call(AgentAction::Start, None).await;
-    assert_eq!(code(&r), Some(1), "{r:?}");
+    assert_eq!(code(&r), Some(7), "{r:?}");
     assert!(
         r.exit_reason.as_deref().unwrap_or("").contains("initialize it"),
         "{r:?}"

@@ -259,3 +259,125 @@ fn must_ok(db: &Db, i: usize, q: &str) {
     let (ok, out) = db.sql(i, q);
     assert!(ok, "n{}: {q}: {out}", i + 1);
 }
+
+/// `initdb` on n1 only: n2 and n3 copy it from the primary at their first start.
+fn prepare_one(root: &Path) -> Db {
+    let u = user();
+    std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let ports: Vec<u16> = (0..3)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let db = Db {
+        dir: root.to_path_buf(),
+        ports,
+    };
+    for i in 0..3 {
+        std::fs::create_dir_all(db.node_dir(i)).unwrap();
+        std::os::unix::fs::chown(db.node_dir(i), Some(u.uid.as_raw()), Some(u.gid.as_raw())).unwrap();
+    }
+    must(
+        "initdb",
+        &["-D", &db.data(0), "--data-checksums", "-A", "trust", "-U", "postgres"],
+    );
+    db
+}
+
+/// Synchronous replication, RPO = 0: a writer commits rows one by one through whichever node
+/// is primary and records each acknowledged one; the primary's node loses power mid-stream.
+/// The replica promoted is the synchronous standby the primary had recorded, and every
+/// acknowledged row is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_sync_on_no_acknowledged_commit_is_lost_when_the_primary_loses_power() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let root = tempfile::tempdir().unwrap();
+    let db = prepare_one(root.path());
+    let config = db.config().replace(
+        "replication_user = \"postgres\"",
+        "replication_user = \"postgres\", sync = \"on\"",
+    );
+    let mut c = LocalCluster::create(Spec::loopback(3, PathBuf::from(env!("CARGO_BIN_EXE_phalanx")), config)).unwrap();
+    c.start_all().unwrap();
+    // n1 holds the only data: it is the primary; n2 and n3 copy it.
+    let (p, _) = c
+        .wait_for(T, "a primary and two replicas", |st| {
+            primary_of(st).filter(|(_, n)| *n == 3)
+        })
+        .await
+        .unwrap();
+    assert_eq!(p, "n1");
+    must_ok(&db, 0, "create table cart (id int primary key)");
+    // The synchronous standby the primary chose (recorded first, then named).
+    let deadline = Instant::now() + T;
+    let sync = loop {
+        let (_, s) = db.sql(
+            0,
+            "select application_name from pg_stat_replication where sync_state = 'sync'",
+        );
+        if !s.is_empty() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no synchronous standby");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+
+    // The writer: one row per commit, through the node it is told is primary.
+    let target = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::<u32>::new()));
+    let db = Arc::new(db);
+    let writer = {
+        let (target, stop, acked, db) = (target.clone(), stop.clone(), acked.clone(), db.clone());
+        std::thread::spawn(move || {
+            let mut id = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                id += 1;
+                let (ok, _) = db.sql(
+                    target.load(Ordering::SeqCst),
+                    &format!("insert into cart values ({id})"),
+                );
+                if ok {
+                    acked.lock().unwrap().push(id);
+                } else {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        })
+    };
+    let deadline = Instant::now() + T;
+    while acked.lock().unwrap().len() < 50 {
+        assert!(Instant::now() < deadline, "the writer is not acknowledged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.kill("n1").unwrap();
+    let (r, _) = c
+        .wait_for(T, "a new primary after the fence", |st| {
+            primary_of(st).filter(|(n, _)| n != "n1")
+        })
+        .await
+        .unwrap();
+    assert_eq!(r, sync, "the synchronous standby is promoted");
+    let ri = index(&r);
+    target.store(ri, Ordering::SeqCst);
+    let before = acked.lock().unwrap().len();
+    let deadline = Instant::now() + T;
+    while acked.lock().unwrap().len() < before + 20 {
+        assert!(Instant::now() < deadline, "no write acknowledged by the new primary");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    let acked = acked.lock().unwrap().clone();
+    let (ok, rows) = db.sql(ri, "select id from cart order by id");
+    assert!(ok, "{rows}");
+    let present: std::collections::BTreeSet<u32> = rows.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let lost: Vec<u32> = acked.iter().copied().filter(|id| !present.contains(id)).collect();
+    assert!(lost.is_empty(), "{} acknowledged commits lost: {lost:?}", lost.len());
+    eprintln!("{} acknowledged commits, none lost", acked.len());
+}

@@ -8,7 +8,8 @@
 //! placed instance's and the old primary's last one), on its timeline, are candidates. A
 //! published position is never ahead of the truth, so a stale one can only hold a promotion
 //! back, never let a lagging replica through. With `sync = "on"|"strict"`, the synchronous
-//! standby the last primary recorded is the only candidate.
+//! standby the last primary recorded (the record of the highest timeline) is the only
+//! candidate.
 
 use super::context::Ctx;
 use crate::model::Role;
@@ -59,14 +60,21 @@ pub(super) fn candidates(
     // With `sync = "on"|"strict"`, the last primary's recorded synchronous standby holds
     // every acknowledged commit: it alone may replace it (whatever its published position,
     // which may be stale), and nobody while it is unreachable.
-    let params = pg.and_then(|p| pgsql::Params::parse(&params_on(&p.params, "")).ok());
+    // `sync` and `max_lag_bytes` as the nodes read them (a param may be given per node only,
+    // `pgdata@n1`: the first node whose params are whole).
+    let params = pg.and_then(|p| {
+        ctx.nodes
+            .iter()
+            .find_map(|n| pgsql::Params::parse(&params_on(&p.params, n)).ok())
+    });
     let recorded = params.as_ref().filter(|x| x.sync != pgsql::Sync::Off).and_then(|_| {
-        let last = current.iter().find(|(_, r)| **r == Role::Promoted)?.0;
-        ctx.node(last)
-            .attrs
-            .get(&pgsql::sync_attr(rsc))
-            .filter(|s| !s.is_empty())
-            .cloned()
+        let key = pgsql::sync_attr(rsc);
+        ctx.nodes
+            .iter()
+            .filter_map(|n| ctx.node(n).attrs.get(&key).and_then(|v| pgsql::parse_sync(v)))
+            .max_by_key(|(tl, _)| *tl)
+            .map(|(_, n)| n.to_string())
+            .filter(|n| !n.is_empty())
     });
     if let Some(r) = &recorded {
         ok.retain(|n| {

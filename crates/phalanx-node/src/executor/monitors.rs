@@ -131,6 +131,12 @@ async fn monitor(
     interval: Duration,
     in_flight: InFlight,
 ) {
+    // An action of this instance is running (or reporting): this round is skipped.
+    let lock = runner.instance_lock(&rsc);
+    let Ok(_busy) = lock.try_lock() else {
+        end(&in_flight, &rsc);
+        return;
+    };
     if let Some(r) = call(&node, &runner, &rsc, AgentAction::Monitor, Some(interval)).await {
         publish(&node, &r.attrs).await;
         let healthy = match role {

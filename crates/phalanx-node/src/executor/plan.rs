@@ -118,6 +118,13 @@ pub(super) fn run_plan(
         let action: Action = view.actions[i].clone();
         let (node2, runner2, progress2) = (node.clone(), runner.clone(), progress.clone());
         node.spawn(async move {
+            // One action of an instance at a time, its result reported before the next (see
+            // `Runner::instance_lock`); a fence is no agent call.
+            let lock = runner2.instance_lock(&action.rsc);
+            let _busy = match action.kind {
+                ActionKind::Fence => None,
+                _ => Some(lock.lock().await),
+            };
             tracing::info!(rsc = %action.rsc, kind = ?action.kind, reason = %action.reason, "running plan action");
             let (outcome, reason, at_ms, call) = run_action(&node2, &runner2, &progress2, id, &action).await;
             if outcome == CallOutcome::Ok {
