@@ -212,9 +212,10 @@ impl Controller {
     }
 
     /// Whether a new plan must wait: a start or promote of the current plan is claimed and not
-    /// reported yet, on a node still online. It may be running already; a plan made now would
-    /// not know it and could start a second copy elsewhere (found by the nemesis: two VIP
-    /// holders when a node joined while web was starting). Pacemaker likewise lets in-flight
+    /// reported yet, on a node still online (`PlanRecord::pending_starts`: running, or able to
+    /// begin the moment its predecessors finish). A plan made now would not know it and could
+    /// start a second copy elsewhere (found by the nemesis: two VIP holders when a node joined
+    /// while web was starting; and by the PostgreSQL test: two primaries). Pacemaker likewise lets in-flight
     /// actions finish before the next transition. The wait is bounded by the action's timeout
     /// (the executor reports a timeout as a failure) plus one detection time, for a report that
     /// never comes (its node restarted).
@@ -222,7 +223,7 @@ impl Controller {
         let online = |n: &str| state.nodes.get(n).is_some_and(|r| r.liveness.up());
         let bound = state
             .plan
-            .in_flight_starts()
+            .pending_starts()
             .into_iter()
             .filter(|a| online(&a.node))
             .map(|a| {

@@ -562,6 +562,11 @@ fn derive(state: &ClusterState, cmd: &Command, stamp: Option<&Stamp>, last_ms: u
             reason,
             ..
         } => {
+            // A notification that went through changes nothing worth a line of history (a
+            // failed one is kept: the agent was not told).
+            if matches!(action.kind, ActionKind::Notify { .. }) && *outcome == CallOutcome::Ok {
+                return vec![];
+            }
             let mut e = result_event(action, *outcome, reason.as_deref(), stamp, &event, *at_ms);
             if action.kind != ActionKind::Fence {
                 e = with_rsc(e, &action.rsc);
@@ -871,10 +876,16 @@ fn result_event(
                 ActionKind::Promote => (EventKind::ResourcePromoted, "promoted"),
                 _ => (EventKind::ResourceStarted, "started"),
             };
+            // What the agent said it did beyond the action (the pgsql agent's "rejoined as a
+            // replica of n1 (pg_rewind)"); a bare status word ("started") adds nothing.
+            let said = reason
+                .filter(|r| r.contains(' '))
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
             (
                 kind,
                 &action.node,
-                format!("{} {verb} on {}{took}", action.rsc, action.node),
+                format!("{} {verb} on {}{took}{said}", action.rsc, action.node),
             )
         }
         (k, false) => (

@@ -225,6 +225,114 @@ pub fn conf_value(v: &str) -> String {
     format!("'{}'", v.replace('\'', "''"))
 }
 
+/// What a node's health endpoints answer from (the replicated state): its instance's role, the
+/// positions its and the primary's monitors published, and the recorded synchronous standby.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeView {
+    pub node: String,
+    /// Promoted, Started (a replica) or Failed; None: not running here.
+    pub role: Option<crate::model::Role>,
+    pub position: Option<(u32, u64)>,
+    pub primary_position: Option<(u32, u64)>,
+    pub sync_standby: Option<String>,
+}
+
+impl NodeView {
+    /// How far this replica is behind the primary, in bytes (None: unknown).
+    pub fn lag(&self) -> Option<u64> {
+        let ((tl, lsn), (ptl, plsn)) = (self.position?, self.primary_position?);
+        (tl == ptl).then(|| plsn.saturating_sub(lsn))
+    }
+}
+
+/// A size as Patroni's `?lag=` takes it: bytes, or with a unit (`16kB`, `1MB`, `1GB`).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let n: u64 = digits.trim().parse().ok()?;
+    let mult: u64 = match s[digits.len()..].to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1 << 10,
+        "mb" => 1 << 20,
+        "gb" => 1 << 30,
+        "tb" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// Patroni's health endpoints (its REST API's `GET /primary`, `/replica?lag=`, ...), answered
+/// for this node as Patroni answers them: 200 when the node is what the path asks, else 503,
+/// with a JSON body describing it. None: not one of them. HAProxy configurations written for
+/// Patroni (`option httpchk GET /primary`) route through phalanx unchanged.
+pub fn health(path: &str, lag_limit: Option<u64>, v: &NodeView) -> Option<(u16, HealthBody)> {
+    use crate::model::Role;
+    let primary = v.role == Some(Role::Promoted);
+    let replica = v.role == Some(Role::Started);
+    let running = primary || replica;
+    let sync = replica && v.sync_standby.as_deref() == Some(v.node.as_str());
+    let lag_ok = || match (lag_limit, v.lag()) {
+        (None, _) => true,
+        (Some(max), Some(lag)) => lag <= max,
+        (Some(_), None) => false,
+    };
+    let ok = match path.trim_end_matches('/') {
+        "/primary" | "/master" | "/leader" | "/read-write" => primary,
+        "/replica" => replica && lag_ok(),
+        "/read-only" => primary || (replica && lag_ok()),
+        "/sync" | "/synchronous" => sync,
+        "/async" | "/asynchronous" => replica && !sync && lag_ok(),
+        "/health" => running,
+        "/liveness" => true,
+        "/readiness" => primary || replica,
+        _ => return None,
+    };
+    let body = HealthBody {
+        state: if running { "running" } else { "stopped" },
+        role: if primary {
+            "primary"
+        } else if replica {
+            "replica"
+        } else {
+            "none"
+        },
+        node: v.node.clone(),
+        timeline: v.position.map(|p| p.0),
+        xlog: v.position.map(|(_, lsn)| Xlog {
+            location: primary.then_some(lsn),
+            received_location: (!primary).then_some(lsn),
+        }),
+        sync_standby: replica.then_some(sync),
+        lag: if replica { v.lag() } else { None },
+    };
+    Some((if ok { 200 } else { 503 }, body))
+}
+
+/// The body of a health answer (the fields of Patroni's that phalanx knows).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HealthBody {
+    pub state: &'static str,
+    pub role: &'static str,
+    pub node: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xlog: Option<Xlog>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync_standby: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
+}
+
+/// Where the WAL is: written (a primary) or received (a replica).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Xlog {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub received_location: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,5 +379,54 @@ mod tests {
             "host=10.0.0.1 port=5432 user=rep password='it\\'s a pass\\\\word' application_name=n2 connect_timeout=2"
         );
         assert_eq!(conf_value("a'b"), "'a''b'");
+    }
+
+    fn view(role: Option<crate::model::Role>, pos: u64, sync: Option<&str>) -> NodeView {
+        NodeView {
+            node: "n2".into(),
+            role,
+            position: Some((2, pos)),
+            primary_position: Some((2, 3 << 20)),
+            sync_standby: sync.map(str::to_string),
+        }
+    }
+
+    /// Patroni's semantics: 200 when the node is what the path asks, else 503.
+    #[test]
+    fn health_endpoints_answer_as_patronis() {
+        use crate::model::Role;
+        let code = |path: &str, lag: Option<u64>, v: &NodeView| health(path, lag, v).map(|x| x.0);
+        let primary = NodeView {
+            role: Some(Role::Promoted),
+            ..view(None, 3 << 20, None)
+        };
+        let sync_replica = view(Some(Role::Started), 3 << 20, Some("n2"));
+        let lagging = view(Some(Role::Started), 1 << 20, Some("n3"));
+        let stopped = view(None, 0, None);
+        for p in ["/primary", "/master", "/leader", "/read-write"] {
+            assert_eq!(code(p, None, &primary), Some(200), "{p}");
+            assert_eq!(code(p, None, &sync_replica), Some(503), "{p}");
+        }
+        assert_eq!(code("/replica", None, &primary), Some(503));
+        assert_eq!(code("/replica", None, &lagging), Some(200));
+        assert_eq!(code("/replica", Some(1 << 20), &lagging), Some(503), "2 MiB behind");
+        assert_eq!(code("/replica", Some(4 << 20), &lagging), Some(200));
+        assert_eq!(code("/sync", None, &sync_replica), Some(200));
+        assert_eq!(code("/sync", None, &lagging), Some(503));
+        assert_eq!(code("/async", None, &lagging), Some(200));
+        assert_eq!(code("/read-only", None, &primary), Some(200));
+        assert_eq!(code("/health", None, &stopped), Some(503));
+        assert_eq!(code("/liveness", None, &stopped), Some(200));
+        assert_eq!(code("/readiness", None, &stopped), Some(503));
+        assert_eq!(code("/nope", None, &primary), None);
+        let (_, body) = health("/replica", None, &lagging).unwrap();
+        assert_eq!(body.role, "replica");
+        assert_eq!(body.lag, Some(2 << 20));
+        assert_eq!(body.timeline, Some(2));
+        assert_eq!(body.xlog.and_then(|x| x.received_location), Some(1 << 20));
+        assert_eq!(parse_size("1MB"), Some(1 << 20));
+        assert_eq!(parse_size("16kB"), Some(16 << 10));
+        assert_eq!(parse_size("123"), Some(123));
+        assert_eq!(parse_size("1 parsec"), None);
     }
 }

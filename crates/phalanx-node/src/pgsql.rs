@@ -504,12 +504,15 @@ impl Pg<'_> {
         if self.status().await == Status::Running {
             return (ocf::OCF_SUCCESS, None);
         }
+        // What the start did beyond starting, for the event history (the result's reason).
+        let mut did: Vec<String> = Vec::new();
         if self.has_data() && !self.p.pgdata.join("standby.signal").exists() {
             // It last ran as a primary (promotion removes standby.signal): another may have
             // been promoted since, and this one may hold WAL the new primary never had.
             if let Some(u) = up {
-                if let Err(a) = self.rejoin(u).await {
-                    return a;
+                match self.rejoin(u).await {
+                    Ok(how) => did.push(how),
+                    Err(a) => return a,
                 }
             }
         }
@@ -528,18 +531,22 @@ impl Pg<'_> {
             if let Err(a) = self.base_backup(u).await {
                 return a;
             }
+            did.push(format!("copied from {} (pg_basebackup)", u.node));
         }
         if let Err(a) = self.configure_standby(up) {
             return a;
         }
-        self.spawn_postgres().await
+        match self.spawn_postgres().await {
+            (ocf::OCF_SUCCESS, _) if !did.is_empty() => (ocf::OCF_SUCCESS, Some(did.join("; "))),
+            other => other,
+        }
     }
 
     /// A former primary rejoins as a replica of `up`: `pg_rewind` takes back whatever WAL it
     /// wrote that `up` never had (nothing, if they did not diverge; a crashed one is recovered
     /// first). If the rewind fails, the data directory is set aside (`PGDATA.diverged`, the
     /// previous one replaced) and the start copies a fresh one from `up`.
-    async fn rejoin(&self, up: &Upstream) -> Result<(), Answer> {
+    async fn rejoin(&self, up: &Upstream) -> Result<String, Answer> {
         let mut source = vec![
             format!("host={}", up.host),
             format!("port={}", up.port),
@@ -558,7 +565,7 @@ impl Pg<'_> {
         let r = self.run(&self.bin("pg_rewind"), &args, &[], self.timeout).await;
         if r.code == Some(0) {
             tracing::info!(from = %up.node, output = %r.out.lines().last().unwrap_or(""), "pgsql: pg_rewind done");
-            return Ok(());
+            return Ok(format!("rejoined as a replica of {} (pg_rewind)", up.node));
         }
         let aside = self.p.pgdata.with_extension("diverged");
         tracing::warn!(from = %up.node, error = %r.err, aside = %aside.display(),
@@ -568,7 +575,11 @@ impl Pg<'_> {
             std::fs::remove_dir_all(&aside).map_err(io)?;
         }
         std::fs::rename(&self.p.pgdata, &aside).map_err(io)?;
-        Ok(())
+        Ok(format!(
+            "pg_rewind from {} failed: data set aside as {}",
+            up.node,
+            aside.display()
+        ))
     }
 
     /// Copy the data directory from `up` (`pg_basebackup -R`, WAL streamed).

@@ -14,6 +14,7 @@ pub mod events_cmd;
 pub mod harness;
 pub mod linkcheck_cmd;
 pub mod netns;
+pub mod pg_cmd;
 pub mod playground;
 pub mod power_switch;
 pub mod render;

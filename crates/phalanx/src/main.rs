@@ -126,6 +126,13 @@ enum TokenCmd {
 }
 
 #[derive(Subcommand)]
+enum PgCmd {
+    /// Every pgsql resource: its primary, synchronous standby, and per node the role,
+    /// timeline, LSN and lag behind the primary.
+    Status,
+}
+
+#[derive(Subcommand)]
 enum SessionsCmd {
     /// The leader, items, bytes, evictions, hit ratio, ops/s, commit latency, and each node's
     /// lag behind the leader's log.
@@ -376,6 +383,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
+    /// PostgreSQL run by the built-in pgsql agent: `phalanx pg status`.
+    Pg {
+        #[command(subcommand)]
+        cmd: PgCmd,
+    },
     /// The replicated session store (memcached protocol): `phalanx sessions status`.
     Sessions {
         #[command(subcommand)]
@@ -571,6 +583,16 @@ enum ResourceCmd {
     Constraints,
     /// Forget its failures, bans and fatal errors (it may run where it failed again).
     Cleanup { resource: String },
+    /// Hand a pgsql primary over cleanly (demote, then promote the synchronous standby or
+    /// --to NODE), then bring the old primary back as a replica.
+    Switchover {
+        resource: String,
+        #[arg(long)]
+        to: Option<String>,
+        /// How long to wait for the new primary.
+        #[arg(long, value_parser = duration, default_value = "120s")]
+        timeout: Duration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1066,6 +1088,32 @@ async fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Cmd::Resource {
+            cmd: ResourceCmd::Switchover { resource, to, timeout },
+        } => {
+            let (client, apis) = apis(&cli)?;
+            let progress = phalanx::demo::spinner(cli.json);
+            let r = phalanx::pg_cmd::switchover(&client, &apis, resource, to.as_deref(), *timeout, &progress).await;
+            progress.finish_and_clear();
+            let r = r?;
+            if cli.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "{}: switched over from {} to {} in {:.1} s; {}",
+                    r.resource,
+                    r.from,
+                    r.to,
+                    r.seconds,
+                    if r.rejoined {
+                        format!("{} is back as a replica", r.from)
+                    } else {
+                        format!("{} is not back as a replica yet (see `phalanx pg status`)", r.from)
+                    }
+                );
+            }
+            Ok(0)
+        }
         Cmd::Resource { cmd } => {
             let (client, apis) = apis(&cli)?;
             let (api, _) = client.first_answering(&apis).await?;
@@ -1096,7 +1144,9 @@ async fn run(cli: Cli) -> Result<i32> {
                     json!({}),
                     format!("{resource}: failures cleaned up"),
                 ),
-                ResourceCmd::Constraints => bail!("resource constraints is handled above"),
+                ResourceCmd::Constraints | ResourceCmd::Switchover { .. } => {
+                    bail!("resource {} is handled above", "constraints/switchover")
+                }
             };
             let v: serde_json::Value = client.post(&api, &format!("/v1/resources/{rsc}/{op}"), &body).await?;
             if cli.json {
@@ -1371,6 +1421,16 @@ async fn run(cli: Cli) -> Result<i32> {
                         )
                     })?;
                 }
+            }
+            Ok(0)
+        }
+        Cmd::Pg { cmd: PgCmd::Status } => {
+            let (client, apis) = apis(&cli)?;
+            let all = phalanx::pg_cmd::status(&client, &apis).await?;
+            if cli.json {
+                print_json(&all)?;
+            } else {
+                print!("{}", phalanx::pg_cmd::render(&all));
             }
             Ok(0)
         }

@@ -204,25 +204,65 @@ async fn postgres_is_promoted_switched_over_and_failed_over_with_its_rows() {
         assert_eq!(db.sql(i, "select pg_is_in_recovery()").1, "t");
     }
 
-    // Switchover: the operator bans the primary's node; another is promoted, takes writes;
-    // cleared, the old primary comes back as a replica and catches up.
-    let (code, out, err) = c.cli(&["resource", "ban", "db", "--node", &p]).unwrap();
+    // What the cluster says of it: `pg status`, and Patroni's health endpoints on each node.
+    let (code, out, err) = c.cli(&["--json", "pg", "status"]).unwrap();
     assert_eq!(code, 0, "{out}{err}");
-    let (q, _) = c
-        .wait_for(T, "another primary", |st| {
-            primary_of(st).filter(|(n, k)| *n != p && *k == 2)
-        })
-        .await
-        .unwrap();
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status[0]["resource"], "pg");
+    assert_eq!(status[0]["primary"], p.as_str());
+    let http = c.operator_http().unwrap();
+    let token = phalanx_node::ClusterKey::load(&c.dir().join("phalanx.key"))
+        .unwrap()
+        .api_token();
+    for i in 0..3 {
+        let name = format!("n{}", i + 1);
+        let api = c.node(&name).unwrap().api.clone();
+        let want = if i == pi {
+            [200, 503, 200, 400]
+        } else {
+            [503, 200, 200, 400]
+        };
+        // Each node answers from its own replica of the state: polled until it has caught up.
+        let deadline = Instant::now() + T;
+        loop {
+            let mut codes = Vec::new();
+            for path in ["/primary", "/replica", "/health", "/replica?lag=nonsense"] {
+                let r = http
+                    .get(LocalCluster::url(&api, path))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap();
+                codes.push(r.status().as_u16());
+            }
+            if codes == want {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name}: {codes:?}, not {want:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // Switchover: the primary demoted, another promoted (it takes writes), the old one back
+    // as a replica that catches up.
+    let (code, out, err) = c.cli(&["--json", "resource", "switchover", "db"]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let sw: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(sw["from"], p.as_str());
+    assert_eq!(sw["rejoined"], true, "{sw}");
+    let q = sw["to"].as_str().unwrap().to_string();
+    assert_ne!(q, p);
     let qi = index(&q);
-    must_ok(&db, qi, "insert into cart values (2, 'pen')");
-    let (code, out, err) = c.cli(&["resource", "clear", "db"]).unwrap();
-    assert_eq!(code, 0, "{out}{err}");
     c.wait_for(T, "three again", |st| {
         primary_of(st).filter(|(n, k)| *n == q && *k == 3)
     })
     .await
     .unwrap();
+    must_ok(&db, qi, "insert into cart values (2, 'pen')");
+    // A switchover to the primary itself is refused, saying why.
+    let (code, _, err) = c.cli(&["resource", "switchover", "db", "--to", &q]).unwrap();
+    assert_ne!(code, 0);
+    assert!(err.contains("already"), "{err}");
     for i in (0..3).filter(|i| *i != qi) {
         db.wait_sql(i, "select count(*) from cart", "2");
         assert_eq!(db.sql(i, "select pg_is_in_recovery()").1, "t", "n{}", i + 1);
@@ -251,6 +291,13 @@ async fn postgres_is_promoted_switched_over_and_failed_over_with_its_rows() {
     .unwrap();
     db.wait_sql(qi, "select count(*) from cart", "3");
     assert_eq!(db.sql(qi, "select pg_is_in_recovery()").1, "t");
+    // The history says how it came back.
+    let (code, events, err) = c.cli(&["events"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        events.contains(&format!("rejoined as a replica of {r} (pg_rewind)")),
+        "{events}"
+    );
     must_ok(&db, ri, "insert into cart values (4, 'pad')");
     db.wait_sql(qi, "select count(*) from cart", "4");
 }

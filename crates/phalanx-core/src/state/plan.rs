@@ -43,6 +43,21 @@ impl PlanRecord {
             .collect()
     }
 
+    /// Starts and promotes that are running or may begin any moment: claimed by their node,
+    /// not reported, and none of their predecessors failed (those still open may finish at
+    /// any time, and the node then runs them before it learns of a plan that replaced them).
+    /// Found by the PostgreSQL switchover test: a promote waiting for a demote was replaced by
+    /// a plan promoting another replica, the demote finished, the old plan's promote ran, and
+    /// two primaries ran at once.
+    pub fn pending_starts(&self) -> Vec<&Action> {
+        (0..self.actions.len())
+            .filter(|i| self.claimed.contains_key(i) && !self.done.contains(i) && !self.failed.contains(i))
+            .filter(|i| !self.edges.iter().any(|(a, b)| b == i && self.failed.contains(a)))
+            .map(|i| &self.actions[i])
+            .filter(|a| matches!(a.kind, ActionKind::Start | ActionKind::Promote))
+            .collect()
+    }
+
     /// An action of `node` is claimed and neither done nor failed: it may be running.
     pub fn has_open_claims_of(&self, node: &str) -> bool {
         self.claimed.keys().any(|i| {

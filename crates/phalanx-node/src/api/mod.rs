@@ -18,6 +18,7 @@ pub mod events;
 pub mod linkcheck;
 pub mod operator;
 pub mod peer;
+pub mod pg;
 pub mod tokens;
 pub mod trust;
 pub mod ui;
@@ -339,15 +340,18 @@ pub fn app(node: Arc<Node>) -> Router {
             .merge(events::routes())
             .merge(tokens::routes())
             .merge(trust::routes())
+            .merge(pg::routes())
             .merge(peer::routes()),
         node,
     ))
 }
 
-/// The read-only metrics router of a node's `metrics_listen` address: `GET /metrics` alone,
-/// without the token (it reveals the cluster's shape, never a secret, and changes nothing).
+/// The read-only router of a node's `metrics_listen` address: `GET /metrics` and the
+/// Patroni-compatible health endpoints (`pg`), without the token (they reveal the cluster's
+/// shape, never a secret, and change nothing).
 pub fn metrics_app(node: Arc<Node>) -> Router {
     operator::metrics_routes()
+        .merge(pg::health_routes())
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .with_state(node)
