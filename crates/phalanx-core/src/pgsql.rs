@@ -183,6 +183,17 @@ pub fn parse_position(s: &str) -> Option<(u32, u64)> {
     Some((tl.parse().ok()?, lsn.parse().ok()?))
 }
 
+/// A byte count as people read it (`2.0 MiB`, `512 B`).
+pub fn human_bytes(n: u64) -> String {
+    if n >= 1 << 20 {
+        format!("{:.1} MiB", n as f64 / (1 << 20) as f64)
+    } else if n >= 1 << 10 {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    } else {
+        format!("{n} B")
+    }
+}
+
 /// A PostgreSQL LSN (`16/B374D848`) as a byte position.
 pub fn parse_lsn(s: &str) -> Option<u64> {
     let (hi, lo) = s.trim().split_once('/')?;

@@ -53,21 +53,11 @@ pub fn render(all: &[PgResource]) -> String {
                 role,
                 n.timeline.map_or("-".into(), |t| t.to_string()),
                 n.lsn.as_deref().unwrap_or("-"),
-                n.lag_bytes.map_or("-".into(), bytes),
+                n.lag_bytes.map_or("-".into(), phalanx_core::pgsql::human_bytes),
             );
         }
     }
     out
-}
-
-fn bytes(n: u64) -> String {
-    if n >= 1 << 20 {
-        format!("{:.1} MiB", n as f64 / (1 << 20) as f64)
-    } else if n >= 1 << 10 {
-        format!("{:.1} KiB", n as f64 / 1024.0)
-    } else {
-        format!("{n} B")
-    }
 }
 
 /// What a switchover did.

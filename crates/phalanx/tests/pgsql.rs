@@ -109,29 +109,7 @@ impl Db {
 /// As the README says: `initdb` on n1 (checksums on), started once to copy it with
 /// `pg_basebackup -R` to n2 and n3, then stopped.
 fn prepare(root: &Path) -> Db {
-    let u = user();
-    std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let ports: Vec<u16> = (0..3)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
-    let db = Db {
-        dir: root.to_path_buf(),
-        ports,
-    };
-    for i in 0..3 {
-        std::fs::create_dir_all(db.node_dir(i)).unwrap();
-        std::os::unix::fs::chown(db.node_dir(i), Some(u.uid.as_raw()), Some(u.gid.as_raw())).unwrap();
-    }
-    must(
-        "initdb",
-        &["-D", &db.data(0), "--data-checksums", "-A", "trust", "-U", "postgres"],
-    );
+    let db = prepare_one(root);
     let opts = format!(
         "-p {} -k {} -c listen_addresses=127.0.0.1 -c wal_keep_size=512MB",
         db.ports[0],

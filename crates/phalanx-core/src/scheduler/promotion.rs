@@ -101,7 +101,7 @@ pub(super) fn candidates(
                 match position(ctx, n, rsc) {
                     Some((tl, lsn)) if tl == best.0 && best.1 - lsn <= max_lag => true,
                     Some((tl, lsn)) if tl == best.0 => {
-                        refused.push(format!("{n} ({} behind)", bytes(best.1 - lsn)));
+                        refused.push(format!("{n} ({} behind)", pgsql::human_bytes(best.1 - lsn)));
                         false
                     }
                     Some((tl, _)) => {
@@ -129,15 +129,4 @@ pub(super) fn candidates(
     });
     let note = (!refused.is_empty()).then(|| format!("not promotable: {}", refused.join(", ")));
     (ok.into_iter().cloned().collect(), note)
-}
-
-/// A byte count as people read it.
-fn bytes(n: u64) -> String {
-    if n >= 1 << 20 {
-        format!("{:.1} MiB", n as f64 / (1 << 20) as f64)
-    } else if n >= 1 << 10 {
-        format!("{:.1} KiB", n as f64 / 1024.0)
-    } else {
-        format!("{n} B")
-    }
 }
