@@ -37,6 +37,9 @@ pub struct Params {
     pub user: String,
     /// The address replicas reach this node's PostgreSQL at (None: the node's API address).
     pub host: Option<String>,
+    /// The addresses PostgreSQL listens on (`listen_addresses`; None: `host`, else what
+    /// postgresql.conf says). `*` also answers on a write VIP that comes later.
+    pub listen: Option<String>,
     pub replication_user: String,
     pub replication_password_file: Option<PathBuf>,
     pub max_lag_bytes: u64,
@@ -54,6 +57,7 @@ const KNOWN: &[&str] = &[
     "socket_dir",
     "user",
     "host",
+    "listen",
     "replication_user",
     "replication_password_file",
     "max_lag_bytes",
@@ -133,6 +137,7 @@ impl Params {
             socket_dir: path("socket_dir").unwrap_or_else(|| DEFAULT_SOCKET_DIR.into()),
             user: get("user").unwrap_or("postgres").to_string(),
             host: get("host").map(str::to_string),
+            listen: get("listen").map(str::to_string),
             replication_user: get("replication_user").unwrap_or("replicator").to_string(),
             replication_password_file: path("replication_password_file"),
             max_lag_bytes,

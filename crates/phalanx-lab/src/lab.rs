@@ -249,6 +249,19 @@ impl Lab {
         self.filter(&rules)
     }
 
+    /// Drop TCP between node `client`'s side and port `port` on node `server`, both ways, on
+    /// every link (one service's traffic cut while heartbeats flow: a stalled replication
+    /// stream, say).
+    pub fn block_tcp(&self, client: usize, server: usize, port: u16) -> Result<()> {
+        let mut rules = Vec::new();
+        for l in 0..self.links {
+            let (c, s) = (self.port(client, l), self.port(server, l));
+            rules.push(format!("iifname \"{c}\" oifname \"{s}\" tcp dport {port} drop"));
+            rules.push(format!("iifname \"{s}\" oifname \"{c}\" tcp sport {port} drop"));
+        }
+        self.filter(&rules)
+    }
+
     /// Random loss of `percent` % of the frames to and from node `i` on link `l` (nft `numgen`:
     /// this kernel has no netem).
     pub fn loss(&self, i: usize, l: usize, percent: u8) -> Result<()> {

@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod bench_lb;
+pub mod bench_pg;
 pub mod bench_sched;
 pub mod bench_sessions;
 pub mod bench_state;
@@ -24,6 +25,7 @@ pub mod mcclient;
 pub mod mcload;
 pub mod nemesis;
 pub mod peer_etcd;
+pub mod pg_lab;
 pub mod saturate;
 pub mod session_check;
 pub mod session_nemesis;

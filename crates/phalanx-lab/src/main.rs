@@ -253,6 +253,17 @@ enum BenchCmd {
     },
     /// Client-observed outage when the VIP holder crashes, in the namespace lab, beside
     /// keepalived (needs root; `tests/lab/failover-bench`).
+    /// PostgreSQL's write outage and lost commits when the primary's node crashes, phalanx
+    /// beside Patroni at its defaults and at its fastest (needs root, postgresql-15, patroni;
+    /// `tests/lab/pg-failover`).
+    PgFailover {
+        /// Crashes per system.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Only these systems (comma-separated: phalanx, patroni, patroni_fast).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
     LabFailover {
         #[arg(long, default_value_t = 10)]
         trials: usize,
@@ -701,6 +712,22 @@ async fn run(cli: Cli) -> Result<i32> {
             })
             .await?;
             output(cli.json, &r, dc::render)?;
+            Ok(0)
+        }
+        Cmd::Bench {
+            cmd: BenchCmd::PgFailover { runs, only },
+        } => {
+            if runs == 0 {
+                bail!("--runs must be at least 1");
+            }
+            let r = phalanx_lab::bench_pg::run(phalanx_lab::bench_pg::Args {
+                runs,
+                exe,
+                json: cli.json,
+                only,
+            })
+            .await?;
+            output(cli.json, &r, phalanx_lab::bench_pg::render)?;
             Ok(0)
         }
         Cmd::Bench {

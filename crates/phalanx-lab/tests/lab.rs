@@ -705,9 +705,8 @@ fn longest_outage(log: &phalanx_lab::lab::ClientLog) -> Duration {
 /// A rolling restart of all three nodes, one at a time with `phalanx node stop` (then the daemon
 /// started again), under the lab client probing the VIP every 20 ms: nothing is fenced (no
 /// fence event, no fenced record), one holder of the VIP throughout, and the client's longest
-/// outage is a planned move's (web stops on its node and starts on the next: ≤ 150 ms), not a
-/// failover's (the detection time alone is 3 × 100 ms, then the fence). Measured: 41-107 ms in
-/// 40 runs (README).
+/// outage is a planned move's (web stops on its node and starts on the next; no node lost, so
+/// no detection and no fence). Measured: 41-107 ms in 40 runs (README), 180 ms once in CI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_with_node_stop_fences_nothing_and_moves_web_as_planned() {
     let Some((_one, lab)) = lab_or_skip().await else { return };
@@ -748,9 +747,29 @@ async fn a_rolling_restart_with_node_stop_fences_nothing_and_moves_web_as_planne
             s.nodes
         );
     }
+    // Not a failover: nobody was lost (a stop ends as `node_stopped`), so every move was planned.
+    let (code, out, err) = c
+        .cli(&["events", "--kind", "node_lost,node_stopped", "--json"])
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let kinds: Vec<String> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].to_string())
+        .collect();
     assert!(
-        longest <= Duration::from_millis(150),
-        "the longest outage ({longest:?}) is a failover's, not a planned move's"
+        !kinds.iter().any(|k| k.contains("node_lost")),
+        "a node stop was seen as a loss: {out}"
+    );
+    assert!(
+        kinds.iter().filter(|k| k.contains("node_stopped")).count() >= 3,
+        "{out}"
+    );
+    // web moved before its node left, not after the node came back (a daemon restart takes
+    // seconds). The outage's length is a measurement, not a test (README: p50 43 ms, ≈ 1/7 of a
+    // failover's, from the command there); a noisy machine stretched it to 180 ms once.
+    assert!(
+        longest <= Duration::from_secs(1),
+        "the longest outage ({longest:?}) lasted as long as a restart: web waited for its node"
     );
 }
 

@@ -328,7 +328,7 @@ impl Pg<'_> {
             .arg(&self.p.socket_dir)
             .arg("-c")
             .arg(format!("wal_keep_size={}", self.p.wal_keep_size));
-        if let Some(h) = &self.p.host {
+        if let Some(h) = self.p.listen.as_ref().or(self.p.host.as_ref()) {
             cmd.arg("-c").arg(format!("listen_addresses={h}"));
         }
         cmd.current_dir("/")

@@ -1,0 +1,211 @@
+//! PostgreSQL lab tests (issue 18; network namespaces and Debian's PostgreSQL 15, root: CI runs
+//! as root, `PHALANX_NO_LAB=1` skips them saying so). Three lab nodes run phalanx with the
+//! built-in `pgsql` agent and a write VIP; a writer in the client namespace commits one row per
+//! transaction through the VIP and records every acknowledged commit; a sampler in every node
+//! namespace fails the test if two nodes ever hold the write VIP at once.
+
+use phalanx_lab::lab::{Lab, Watch, VIP};
+use phalanx_lab::pg_lab::{lost_commits, primaries, sql_primary, wait_primary, PhalanxPg, Writer, PG_PORT};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(120);
+
+/// One lab at a time (three daemons and three PostgreSQL instances each, on 2 cores).
+static ONE_LAB: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn lab_or_skip() -> Option<(tokio::sync::MutexGuard<'static, ()>, Lab)> {
+    if std::env::var_os("PHALANX_NO_LAB").is_some() {
+        eprintln!("lab test skipped: PHALANX_NO_LAB is set");
+        return None;
+    }
+    let guard = ONE_LAB.lock().await;
+    let lab = Lab::create(3, 2).expect("the lab needs root and iproute2 (CI runs as root; PHALANX_NO_LAB=1 skips)");
+    Some((guard, lab))
+}
+
+fn exe() -> std::path::PathBuf {
+    phalanx_lab::lab::phalanx_exe().expect("the phalanx binary")
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// The cluster's events of `kinds` as (kind, node, time_ms).
+fn events(pg: &PhalanxPg, kinds: &str) -> Vec<(String, String, u64)> {
+    let (code, out, err) = pg.cluster.cli(&["events", "--kind", kinds, "--json"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    out.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap_or_default().to_string(),
+                e["node"].as_str().unwrap_or_default().to_string(),
+                e["time_ms"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// A started lab cluster with `sync`, its primary with two streaming replicas (one
+/// synchronous), and the writer's table.
+async fn serving(lab: &Lab, sync: &str) -> (PhalanxPg, usize) {
+    let pg = PhalanxPg::start(lab, &exe(), sync).await.unwrap();
+    let p = wait_primary(lab, 2, sync != "off", T).unwrap();
+    sql_primary(
+        lab,
+        &PhalanxPg::write_hosts(),
+        &["create table acks (id bigint primary key)"],
+    )
+    .unwrap();
+    (pg, p)
+}
+
+/// Sync on, the primary's node crashes under the writer: its node is fenced before a replica is
+/// promoted, the write VIP follows (never two holders), every acknowledged commit is on the
+/// new primary (RPO = 0), and once the node is back its PostgreSQL rejoins as a replica by
+/// itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_node_crashes_and_every_acknowledged_commit_survives_then_it_rejoins() {
+    let Some((_one, lab)) = lab_or_skip().await else { return };
+    let (mut pg, p) = serving(&lab, "on").await;
+    let hosts = PhalanxPg::write_hosts();
+    let watch = Watch::start(&lab, &[1, 2, 3], VIP.parse().unwrap(), PG_PORT);
+    let w = Writer::start(&lab, hosts.clone(), 0);
+    w.wait_acked_after(Instant::now(), 50, T).unwrap();
+    let crash_at = Instant::now();
+    let crash_ms = unix_ms();
+    lab.crash(p).unwrap();
+    let old = format!("n{p}");
+    pg.cluster.reap(&old).unwrap();
+    w.wait_recovered(crash_at, 20, T).unwrap();
+    let log = w.finish().unwrap();
+    let lost = lost_commits(&lab, &hosts, &log).unwrap();
+    let acked = log.iter().filter(|o| o.acked.is_some()).count();
+    eprintln!(
+        "crash of {old}: write outage {:?}, {acked} acknowledged commits, {} lost",
+        phalanx_lab::pg_lab::write_outage(&log, crash_at),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
+
+    // Fence, then promote.
+    let ev = events(&pg, "fence_succeeded,resource_promoted");
+    let fenced_at = ev
+        .iter()
+        .find(|(k, n, t)| k == "fence_succeeded" && *n == old && *t >= crash_ms)
+        .unwrap_or_else(|| panic!("{old} was not fenced: {ev:?}"))
+        .2;
+    let promotions: Vec<u64> = ev
+        .iter()
+        .filter(|(k, n, t)| k == "resource_promoted" && *n != old && *t >= crash_ms)
+        .map(|e| e.2)
+        .collect();
+    assert!(!promotions.is_empty(), "no replica promoted: {ev:?}");
+    assert!(
+        promotions.iter().all(|t| *t >= fenced_at),
+        "a replica was promoted before {old} was fenced: {ev:?}"
+    );
+
+    // The old primary's node back: its PostgreSQL rejoins as a replica of the new primary.
+    lab.revive(p).unwrap();
+    pg.cluster.start(&old).unwrap();
+    let now = wait_primary(&lab, 2, true, T).unwrap();
+    assert_ne!(now, p, "the old primary came back as the primary");
+    let seen = watch.finish().unwrap();
+    assert!(
+        seen.violations.is_empty(),
+        "two holders of the write VIP: {:?}",
+        seen.violations
+    );
+}
+
+/// A partition isolates the primary (sync on): the isolated node loses quorum and stops taking
+/// writes (no commit is acknowledged there after the majority moves on: with its synchronous
+/// standby gone, nothing commits), the majority fences it and promotes, and every commit the
+/// writer saw acknowledged, on either side, is on the new primary: nothing lost, nothing forked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_isolating_the_primary_loses_and_forks_nothing() {
+    let Some((_one, lab)) = lab_or_skip().await else { return };
+    let (pg, p) = serving(&lab, "on").await;
+    let hosts = PhalanxPg::write_hosts();
+    let watch = Watch::start(&lab, &[1, 2, 3], VIP.parse().unwrap(), PG_PORT);
+    let w = Writer::start(&lab, hosts.clone(), 0);
+    w.wait_acked_after(Instant::now(), 50, T).unwrap();
+    let others: Vec<usize> = (1..=3).filter(|i| *i != p).collect();
+    let cut_at = Instant::now();
+    lab.partition(&[p], &others, false).unwrap();
+    w.wait_recovered(cut_at, 20, T).unwrap();
+    let log = w.finish().unwrap();
+    let lost = lost_commits(&lab, &hosts, &log).unwrap();
+    assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
+    let now = primaries(&lab).unwrap();
+    assert!(now.len() == 1 && now[0] != p, "primaries after the partition: {now:?}");
+    let old = format!("n{p}");
+    let ev = events(&pg, "fence_succeeded");
+    assert!(ev.iter().any(|(_, n, _)| *n == old), "{old} was not fenced: {ev:?}");
+    lab.heal_network().unwrap();
+    let seen = watch.finish().unwrap();
+    assert!(
+        seen.violations.is_empty(),
+        "two holders of the write VIP: {:?}",
+        seen.violations
+    );
+}
+
+/// Asynchronous replication, one replica's stream stalled (its TCP to the primary's PostgreSQL
+/// dropped while heartbeats flow) while the primary writes more than `max_lag_bytes` (1 MiB):
+/// when the primary's node crashes, the up-to-date replica is promoted, never the lagging one
+/// (chosen as the replica a tie would favour: the lower node number).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_replica_is_never_promoted_while_an_up_to_date_one_is_reachable() {
+    let Some((_one, lab)) = lab_or_skip().await else { return };
+    let (mut pg, p) = serving(&lab, "off").await;
+    let hosts = PhalanxPg::write_hosts();
+    let replicas: Vec<usize> = (1..=3).filter(|i| *i != p).collect();
+    let (lagging, fresh) = (replicas[0], replicas[1]);
+    lab.block_tcp(lagging, p, PG_PORT).unwrap();
+    // 4 MiB of rows the lagging replica does not receive.
+    sql_primary(
+        &lab,
+        &hosts,
+        &["create table filler as select g, repeat('x', 1000) as pad from generate_series(1, 4000) g"],
+    )
+    .unwrap();
+    // Both replicas' positions published (monitor every second): the fresh one's moved past
+    // the lagging one's by more than max_lag_bytes.
+    let deadline = Instant::now() + T;
+    loop {
+        let st = pg.cluster.statuses().await;
+        let pos = |i: usize| -> Option<u64> {
+            let s = st.values().next()?;
+            let n = s.nodes.iter().find(|n| n.name == format!("n{i}"))?;
+            let v = n.attrs.get("pgsql-position-pg")?;
+            v.split(':').nth(1)?.parse().ok()
+        };
+        if let (Some(a), Some(b)) = (pos(lagging), pos(fresh)) {
+            if b > a + 2 * 1024 * 1024 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "positions not published: {st:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    lab.crash(p).unwrap();
+    pg.cluster.reap(&format!("n{p}")).unwrap();
+    let deadline = Instant::now() + T;
+    let now = loop {
+        if let [n] = primaries(&lab).unwrap()[..] {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "no new primary");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(now, fresh, "n{lagging} (lagging) was promoted instead of n{fresh}");
+    let rows = sql_primary(&lab, &hosts, &["select count(*) from filler"]).unwrap();
+    assert_eq!(rows, vec!["4000".to_string()]);
+    lab.heal_network().unwrap();
+}
