@@ -23,8 +23,12 @@ pub const BINDIR: &str = "/usr/lib/postgresql/15/bin";
 pub const PATRONI: &str = "/usr/bin/patroni";
 /// Every node's PostgreSQL port (one per namespace, so the same everywhere).
 pub const PG_PORT: u16 = 5432;
-/// How long one commit or one connection attempt may take before the writer counts it failed.
-const OP_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one commit may take before the writer counts it failed (a commit in flight to a
+/// crashed primary never answers: this bounds how late the writer notices), and one connection
+/// attempt (on a LAN a connection takes well under a millisecond; nobody holding the write
+/// VIP yet means no answer at all).
+const OP_TIMEOUT: Duration = Duration::from_millis(500);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
 
 fn postgres_user() -> Result<nix::unistd::User> {
     if !Path::new(BINDIR).join("initdb").is_file() {
@@ -157,8 +161,8 @@ async fn connect(host: &str, primary: bool) -> Option<tokio_postgres::Client> {
         .port(PG_PORT)
         .user("postgres")
         .dbname("postgres")
-        .connect_timeout(OP_TIMEOUT);
-    let (client, conn) = tokio::time::timeout(OP_TIMEOUT, cfg.connect(tokio_postgres::NoTls))
+        .connect_timeout(CONNECT_TIMEOUT);
+    let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, cfg.connect(tokio_postgres::NoTls))
         .await
         .ok()?
         .ok()?;

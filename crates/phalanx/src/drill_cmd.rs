@@ -21,7 +21,10 @@
 //! while another drill runs) and records each run's figures and its end in the event history.
 //! Each run probes the service every 10 ms before, during and after the fault; when the
 //! cluster runs the session store, a session writer writes through it meanwhile and reads every
-//! acknowledged write back afterwards (RPO: acknowledged writes lost). A run waits (at most
+//! acknowledged write back afterwards (RPO: acknowledged writes lost); with a `postgres://`
+//! probe (a new connection to a primary), a PostgreSQL client commits one row per transaction
+//! through it instead and every acknowledged commit is looked up afterwards
+//! (`crate::pg_writer`). A run waits (at most
 //! `--settle`) until the cluster has dealt with the fault and has nothing left to do, and always
 //! undoes what the drill did that the cluster would not (a move, a disabled link), also when
 //! the run fails. What the probes saw — RTO (first failed probe to first success after it),
@@ -84,6 +87,8 @@ enum Target {
     Http(String),
     Tcp(String),
     Memcached(String),
+    /// A `postgres://` URL (checked when parsed): a probe is a new connection to a primary.
+    Postgres(String),
 }
 
 /// Parse `--probe`.
@@ -104,8 +109,10 @@ fn targets(probe: &str) -> Result<Vec<Target>> {
                 addr(a, "tcp").map(Target::Tcp)
             } else if let Some(a) = p.strip_prefix("memcached://") {
                 addr(a, "memcached").map(Target::Memcached)
+            } else if p.starts_with("postgres://") || p.starts_with("postgresql://") {
+                crate::pg_writer::parse(p).map(|_| Target::Postgres(p.to_string()))
             } else {
-                bail!("--probe {p}: give http://…, https://…, tcp://IP:PORT or memcached://IP:PORT")
+                bail!("--probe {p}: give http://…, https://…, tcp://IP:PORT, memcached://IP:PORT or postgres://USER@IP:PORT/DB")
             }
         })
         .collect::<Result<_>>()?;
@@ -142,12 +149,49 @@ async fn probe(http: &reqwest::Client, targets: &[Target]) -> bool {
             Target::Memcached(addr) => tokio::time::timeout(PROBE_TIMEOUT, memcached_answers(addr))
                 .await
                 .is_ok_and(|r| r.unwrap_or(false)),
+            Target::Postgres(url) => match crate::pg_writer::parse(url) {
+                Ok(cfg) => tokio::time::timeout(PROBE_TIMEOUT, crate::pg_writer::writable(&cfg))
+                    .await
+                    .unwrap_or(false),
+                Err(_) => false,
+            },
         };
         if ok {
             return true;
         }
     }
     false
+}
+
+/// What writes through the service during a run, for its RPO: the session writer (the cluster
+/// runs the session store), or with a `postgres://` probe a committing PostgreSQL client.
+enum RunWriter {
+    Sessions(Writer),
+    Pg(Box<crate::pg_writer::PgWriter>),
+}
+
+impl RunWriter {
+    async fn ready(&self, timeout: Duration) -> Result<()> {
+        match self {
+            RunWriter::Sessions(w) => w.ready(timeout).await,
+            RunWriter::Pg(w) => w.ready(timeout).await,
+        }
+    }
+
+    async fn stop(self, timeout: Duration) -> Result<crate::session_writer::Figures> {
+        match self {
+            RunWriter::Sessions(w) => w.stop(timeout).await,
+            RunWriter::Pg(w) => (*w).stop(timeout).await,
+        }
+    }
+}
+
+/// The probe's PostgreSQL URL, if it has one.
+fn pg_target(targets: &[Target]) -> Option<tokio_postgres::Config> {
+    targets.iter().find_map(|t| match t {
+        Target::Postgres(url) => crate::pg_writer::parse(url).ok(),
+        _ => None,
+    })
 }
 
 /// One run of a drill.
@@ -162,9 +206,10 @@ pub struct Run {
     pub settled_ms: u64,
     #[serde(flatten)]
     pub measured: Measured,
-    /// The session writer's figures (None: the cluster runs no session store).
+    /// The writer's figures (None: no session store and no `postgres://` probe): session writes,
+    /// or with a `postgres://` probe PostgreSQL commits.
     pub session_writes_acked: Option<u64>,
-    /// Acknowledged session writes missing afterwards: the RPO, in writes (0 expected).
+    /// Acknowledged writes (or commits) missing afterwards: the RPO (0 expected).
     pub rpo_writes: Option<u64>,
     /// The longest time no session write was acknowledged (ms).
     pub session_outage_ms: Option<u64>,
@@ -596,6 +641,10 @@ pub async fn run(client: &Client, apis: &[String], a: &Args, progress: &indicati
         .context("an HTTP client for the probes")?;
     let first = ready(client, apis, a, &http, &targets).await?;
     let sessions = session_addrs(client, apis).await;
+    let pg = pg_target(&targets);
+    if let Some(cfg) = &pg {
+        crate::pg_writer::PgWriter::prepare(cfg).await?;
+    }
     let id = drill_id();
     let bound = (a.settle + Duration::from_secs(30)) * a.runs as u32;
     let begin = serde_json::json!({
@@ -633,7 +682,13 @@ pub async fn run(client: &Client, apis: &[String], a: &Args, progress: &indicati
         };
         for fault in faults(a, &r) {
             let prefix = format!("drill-{id}-{}-", runs.len() + 1);
-            let writer = (!sessions.is_empty()).then(|| Writer::start(sessions.clone(), &prefix));
+            let writer = match &pg {
+                Some(cfg) => Some(RunWriter::Pg(Box::new(crate::pg_writer::PgWriter::start(
+                    cfg.clone(),
+                    (id as i64 & 0xffff_ffff) * 1_000_000 + runs.len() as i64 * 100_000,
+                )))),
+                None => (!sessions.is_empty()).then(|| RunWriter::Sessions(Writer::start(sessions.clone(), &prefix))),
+            };
             let run = one(client, apis, a, &http, &targets, &r, fault, writer).await;
             match run {
                 Ok(run) => {
@@ -671,7 +726,7 @@ pub async fn run(client: &Client, apis: &[String], a: &Args, progress: &indicati
         rto_p50_ms: drill::percentile(&rtos, 50.0),
         rto_max_ms: rtos.iter().max().copied(),
         failed_probes: runs.iter().map(|r| r.measured.failed).sum(),
-        rpo_writes: (!sessions.is_empty()).then(|| runs.iter().filter_map(|r| r.rpo_writes).sum()),
+        rpo_writes: (!sessions.is_empty() || pg.is_some()).then(|| runs.iter().filter_map(|r| r.rpo_writes).sum()),
         within_bounds: runs
             .iter()
             .map(|r| r.within_bound)
@@ -798,12 +853,12 @@ async fn one(
     targets: &Arc<Vec<Target>>,
     ids: &Ready,
     fault: Fault,
-    writer: Option<Writer>,
+    writer: Option<RunWriter>,
 ) -> Result<Run> {
     if let Some(w) = &writer {
         w.ready(Duration::from_secs(10))
             .await
-            .context("the session writer before the fault")?;
+            .context("the writer before the fault")?;
     }
     // Probe from now on, every 10 ms, until told to stop: each probe in its own task, so that
     // one hanging on a lost SYN (up to its timeout) does not hold the next ones back and the
@@ -1277,7 +1332,14 @@ pub fn render(r: &Report) -> String {
         None => {}
     }
     match r.rpo_writes {
-        Some(lost) => out.push_str(&format!("; RPO {lost} acknowledged session write(s) lost.\n")),
+        Some(lost) => {
+            let what = if r.probe.contains("postgres") {
+                "commit(s)"
+            } else {
+                "session write(s)"
+            };
+            out.push_str(&format!("; RPO {lost} acknowledged {what} lost.\n"))
+        }
         None => out.push_str(".\n"),
     }
     out

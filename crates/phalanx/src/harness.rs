@@ -170,7 +170,14 @@ pub fn runs_on(s: &StatusReport, rsc: &str) -> Option<String> {
     s.resources
         .iter()
         .find(|r| r.id == rsc || r.parent.as_deref() == Some(rsc))
-        .and_then(|r| r.running.keys().next().cloned())
+        .and_then(|r| {
+            // A promotable clone's node is its primary's.
+            let promoted = r
+                .running
+                .iter()
+                .find(|(_, role)| **role == phalanx_core::scheduler::Role::Promoted);
+            promoted.or_else(|| r.running.iter().next()).map(|(n, _)| n.clone())
+        })
 }
 
 impl LocalCluster {

@@ -15,6 +15,7 @@ pub mod harness;
 pub mod linkcheck_cmd;
 pub mod netns;
 pub mod pg_cmd;
+pub mod pg_writer;
 pub mod playground;
 pub mod power_switch;
 pub mod render;
