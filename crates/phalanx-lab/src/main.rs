@@ -263,6 +263,9 @@ enum BenchCmd {
         /// Only these systems (comma-separated: phalanx, patroni, patroni_fast).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Patroni: one cluster for every crash, as phalanx (default: a fresh one per crash).
+        #[arg(long)]
+        patroni_reuse: bool,
     },
     LabFailover {
         #[arg(long, default_value_t = 10)]
@@ -715,7 +718,12 @@ async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Bench {
-            cmd: BenchCmd::PgFailover { runs, only },
+            cmd:
+                BenchCmd::PgFailover {
+                    runs,
+                    only,
+                    patroni_reuse,
+                },
         } => {
             if runs == 0 {
                 bail!("--runs must be at least 1");
@@ -725,6 +733,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 exe,
                 json: cli.json,
                 only,
+                reuse: patroni_reuse,
             })
             .await?;
             output(cli.json, &r, phalanx_lab::bench_pg::render)?;

@@ -261,6 +261,39 @@ pub fn primary_with_replicas(lab: &Lab, replicas: usize, sync: bool) -> Result<O
     })
 }
 
+/// One SQL query on lab node `i`'s PostgreSQL (primary or not): each row's columns joined by
+/// `|` (diagnostics).
+pub fn sql_on(lab: &Lab, i: usize, q: &str) -> Result<Vec<String>> {
+    let (host, q) = (lab.node_ip(i, 0).to_string(), q.to_string());
+    in_client(lab, move || async move {
+        let c = connect(&host, false).await.context("no answer")?;
+        Ok(c.simple_query(&q)
+            .await?
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                    (0..r.len())
+                        .map(|k| r.get(k).unwrap_or(""))
+                        .collect::<Vec<_>>()
+                        .join("|"),
+                ),
+                _ => None,
+            })
+            .collect())
+    })
+}
+
+/// What each node's PostgreSQL says about replication (for a failure's message).
+pub fn replication_report(lab: &Lab) -> String {
+    (1..=lab.nodes)
+        .map(|i| {
+            let q = "select 'sender', application_name, state, sync_state from pg_stat_replication union all select 'receiver', sender_host, status, coalesce(latest_end_lsn::text, '') from pg_stat_wal_receiver union all select 'recovery', pg_is_in_recovery()::text, '', ''";
+            format!("n{i}: {:?}", sql_on(lab, i, q).map_err(|e| format!("{e:#}")))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The lab nodes (1-based) whose PostgreSQL answers as a primary.
 pub fn primaries(lab: &Lab) -> Result<Vec<usize>> {
     let hosts: Vec<String> = (1..=lab.nodes).map(|i| lab.node_ip(i, 0).to_string()).collect();
@@ -487,6 +520,112 @@ impl PhalanxPg {
     /// The write address.
     pub fn write_hosts() -> Vec<String> {
         vec![VIP.to_string()]
+    }
+}
+
+/// PostgreSQL run by PAF (Debian's `resource-agents-paf`: `ocf:heartbeat:pgsqlms`, written for
+/// Pacemaker) under phalanx, unchanged: the data prepared as PAF's documentation says (n1
+/// initialized, copied with `pg_basebackup` to n2 and n3, each with `primary_conninfo` naming
+/// the write VIP and its own `application_name`, `recovery_target_timeline = 'latest'`),
+/// a promotable clone with `notify = true`, and the write VIP on the primary.
+pub struct PafPg {
+    pub cluster: LocalCluster,
+    pub dirs: PgDirs,
+}
+
+pub const PAF: &str = "/usr/lib/ocf/resource.d/heartbeat/pgsqlms";
+
+impl PafPg {
+    pub async fn start(lab: &Lab, exe: &Path) -> Result<PafPg> {
+        if !Path::new(PAF).is_file() {
+            bail!("{PAF} not found (apt-get install resource-agents-paf; tests/run does)");
+        }
+        let dirs = PgDirs::create(lab.nodes)?;
+        dirs.initdb(1)?;
+        // n1 up on its socket only (this is the root namespace), to be copied.
+        let sock = dirs.node_dir(1).display().to_string();
+        let data1 = dirs.data(1).display().to_string();
+        // WAL kept for the copies: a replica must find every segment after its copy's start.
+        let opts = format!("-c listen_addresses='' -c wal_keep_size=512MB -k {sock} -p {PG_PORT}");
+        pg("pg_ctl", &["start", "-D", &data1, "-w", "-o", &opts, "-l", "/dev/null"])?;
+        let copied = (2..=lab.nodes).try_for_each(|i| {
+            let data = dirs.data(i).display().to_string();
+            pg(
+                "pg_basebackup",
+                &[
+                    "-D",
+                    &data,
+                    "-h",
+                    &sock,
+                    "-p",
+                    &PG_PORT.to_string(),
+                    "-U",
+                    "postgres",
+                    "-X",
+                    "stream",
+                ],
+            )
+            .map(|_| ())
+        });
+        pg("pg_ctl", &["stop", "-D", &data1, "-m", "fast", "-w"])?;
+        copied?;
+        for i in 1..=lab.nodes {
+            let conf = dirs.data(i).join("postgresql.conf");
+            let mut text = std::fs::read_to_string(&conf)?;
+            text += &format!(
+                "\n# the PostgreSQL lab (PAF)\nlisten_addresses = '*'\nport = {PG_PORT}\nunix_socket_directories = '{}'\nwal_keep_size = '512MB'\nlogging_collector = on\nrecovery_target_timeline = 'latest'\nprimary_conninfo = 'host={VIP} port={PG_PORT} user=postgres application_name=n{i}'\n",
+                dirs.node_dir(i).display()
+            );
+            std::fs::write(&conf, text)?;
+        }
+        let mut params = vec![format!("bindir = \"{BINDIR}\""), format!("pgport = \"{PG_PORT}\"")];
+        for i in 1..=lab.nodes {
+            params.push(format!("\"pgdata@n{i}\" = \"{}\"", dirs.data(i).display()));
+            params.push(format!("\"pghost@n{i}\" = \"{}\"", dirs.node_dir(i).display()));
+        }
+        let config = format!(
+            r#"
+[[resource]]
+id = "pgsqld"
+agent = "ocf:heartbeat:pgsqlms"
+start_timeout = "60s"
+stop_timeout = "60s"
+monitor = {{ interval = "2s", timeout = "10s" }}
+params = {{ {} }}
+
+[[clone]]
+id = "pgsql-ha"
+resource = "pgsqld"
+promotable = true
+notify = true
+
+[[resource]]
+id = "write-ip"
+agent = "vip"
+params = {{ address = "{VIP}/24" }}
+monitor = {{ interval = "1s", timeout = "5s" }}
+
+[[constraint]]
+colocate = "write-ip"
+with = "pgsql-ha"
+with_role = "promoted"
+"#,
+            params.join(", ")
+        );
+        let mut cluster = cluster_in(
+            Spec {
+                nodes: lab.nodes,
+                heartbeat: Duration::from_millis(100),
+                links: lab.links,
+                exe: exe.to_path_buf(),
+                keep: std::env::var_os("PHALANX_KEEP").is_some(),
+                extra_config: config,
+                cluster_extra: String::new(),
+            },
+            lab,
+        )?;
+        cluster.start_all()?;
+        Ok(PafPg { cluster, dirs })
     }
 }
 

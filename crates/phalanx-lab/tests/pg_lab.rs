@@ -253,3 +253,57 @@ async fn a_kill_node_drill_reports_the_rto_and_no_lost_commit() {
     assert_eq!(code, 0);
     assert!(!human.trim().is_empty(), "the drill's end is in the history");
 }
+
+/// PAF (`ocf:heartbeat:pgsqlms` from Debian's resource-agents-paf, written for Pacemaker) runs
+/// unchanged: it calls Pacemaker's tools (`crm_node`, `crm_master`, `attrd_updater`,
+/// `crm_resource`), which the daemon provides (`phalanx::pcmk_shim`), and needs clone
+/// notifications. The instance that was a primary when shut down sets its promotion score and
+/// is promoted; the others start as its replicas through the write VIP; monitors answer 8 and
+/// 0. Then the primary's node crashes: after the fence PAF's notifications elect the replica
+/// with the highest LSN, it is promoted, and every acknowledged commit is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paf_runs_unchanged_starts_promotes_and_fails_over() {
+    let Some((_one, lab)) = lab_or_skip().await else { return };
+    let mut paf = phalanx_lab::pg_lab::PafPg::start(&lab, &exe()).await.unwrap();
+    let p = wait_primary(&lab, 2, false, T).unwrap_or_else(|e| {
+        let (_, out, _) = paf.cluster.cli(&["status"]).unwrap();
+        panic!("{e:#}\n{}\n{out}", phalanx_lab::pg_lab::replication_report(&lab))
+    });
+    assert_eq!(p, 1, "the instance that was the primary is promoted");
+    let hosts = PhalanxPg::write_hosts();
+    sql_primary(&lab, &hosts, &["create table acks (id bigint primary key)"]).unwrap();
+    // PAF's own promotion scores, written through the shims: the replicas' by the primary's
+    // monitor.
+    let deadline = Instant::now() + T;
+    loop {
+        let st = paf.cluster.statuses().await;
+        let scored = st.values().next().is_some_and(|s| {
+            s.nodes
+                .iter()
+                .filter(|n| n.attrs.get("master-pgsqld").is_some_and(|v| v.parse::<i64>().is_ok()))
+                .count()
+                == 3
+        });
+        if scored {
+            break;
+        }
+        assert!(Instant::now() < deadline, "PAF set no promotion scores: {st:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let w = Writer::start(&lab, hosts.clone(), 0);
+    w.wait_acked_after(Instant::now(), 50, T).unwrap();
+    let crash_at = Instant::now();
+    lab.crash(p).unwrap();
+    paf.cluster.reap(&format!("n{p}")).unwrap();
+    w.wait_recovered(crash_at, 20, T).unwrap();
+    let log = w.finish().unwrap();
+    let lost = lost_commits(&lab, &hosts, &log).unwrap();
+    assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
+    let now = primaries(&lab).unwrap();
+    assert!(now.len() == 1 && now[0] != p, "primaries after the crash: {now:?}");
+    eprintln!(
+        "PAF: n{p} crashed, n{} promoted, write outage {:?}",
+        now[0],
+        phalanx_lab::pg_lab::write_outage(&log, crash_at)
+    );
+}

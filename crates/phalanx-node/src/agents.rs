@@ -55,6 +55,9 @@ pub struct Runner {
     pub balancers: Option<std::sync::Arc<crate::lb::Balancers>>,
     /// One lock per resource instance (see [`Runner::instance_lock`]), shared by clones.
     pub instance_locks: InstanceLocks,
+    /// More environment for every agent call: the daemon's Pacemaker command-line tools
+    /// (`PATH`, `HA_SBIN_DIR` and what they need: `phalanx::pcmk_shim`). Empty by default.
+    pub env: Vec<(String, String)>,
 }
 
 /// The locks of a runner's resource instances (see [`Runner::instance_lock`]); public only so
@@ -153,6 +156,7 @@ impl Runner {
             fake: None,
             balancers: None,
             instance_locks: Default::default(),
+            env: Vec::new(),
         }
     }
 
@@ -209,6 +213,7 @@ impl Runner {
         for (k, v) in c.params {
             env.push((format!("OCF_RESKEY_{k}"), v.clone()));
         }
+        env.extend(self.env.iter().cloned());
         env
     }
 

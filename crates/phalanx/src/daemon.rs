@@ -18,6 +18,29 @@ pub struct DaemonArgs {
     pub data_dir: Option<PathBuf>,
 }
 
+/// The environment that gives agents Pacemaker's command-line tools (`crate::pcmk_shim`):
+/// links to this binary in `DATA_DIR/pcmk-bin`, first on `PATH` and as `HA_SBIN_DIR`. Without
+/// them (the links could not be made) agents run as before, and say so when they call one.
+fn shim_env(data_dir: &Path, config: &Path, node: &str, api: SocketAddr) -> Vec<(String, String)> {
+    let dir = data_dir.join("pcmk-bin");
+    let made = std::env::current_exe()
+        .map_err(anyhow::Error::from)
+        .and_then(|exe| crate::pcmk_shim::install(&dir, &exe));
+    if let Err(e) = made {
+        tracing::warn!(error = %format!("{e:#}"), "no Pacemaker command-line tools for agents");
+        return Vec::new();
+    }
+    let config = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    vec![
+        ("PATH".into(), format!("{}:{path}", dir.display())),
+        ("HA_SBIN_DIR".into(), dir.display().to_string()),
+        (crate::pcmk_shim::CONFIG_ENV.into(), config.display().to_string()),
+        (crate::pcmk_shim::API_ENV.into(), api.to_string()),
+        (crate::pcmk_shim::NODE_ENV.into(), node.to_string()),
+    ]
+}
+
 pub async fn run(args: DaemonArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
     let config = load_config(&args.config)?;
@@ -49,6 +72,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     let agent_state = data_dir.join("agents");
     let runner = phalanx_node::agents::Runner {
         state_dir: agent_state.clone(),
+        env: shim_env(&data_dir, &args.config, &args.node, api),
         ..phalanx_node::agents::Runner::new(&args.node)
     };
     // With the default timeouts of the agents installed here (as every committed version).

@@ -14,6 +14,7 @@ pub mod events_cmd;
 pub mod harness;
 pub mod linkcheck_cmd;
 pub mod netns;
+pub mod pcmk_shim;
 pub mod pg_cmd;
 pub mod pg_writer;
 pub mod playground;

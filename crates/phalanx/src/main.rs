@@ -659,6 +659,10 @@ fn print_either(json: bool, v: &serde_json::Value, human: &str) -> Result<()> {
 }
 
 fn main() {
+    // Started as one of Pacemaker's tools (a link the daemon made for agents).
+    if let Some(tool) = phalanx::pcmk_shim::invoked_as() {
+        std::process::exit(phalanx::pcmk_shim::dispatch(tool));
+    }
     let cli = Cli::parse();
     let logging = init_logging(&cli);
     // A node's work is small and latency-bound: one thread avoids the idle wake-ups of a

@@ -1,0 +1,300 @@
+//! Pacemaker's command-line tools, as much of them as OCF agents call (`crm_attribute`,
+//! `crm_master`, `attrd_updater`, `crm_node`, `crm_resource --meta --get-parameter`,
+//! `pacemakerd -$`), so that agents written for Pacemaker — PAF's `pgsqlms`, say — run
+//! unchanged. The daemon puts links named after them to its own binary in a folder first on
+//! the agents' `PATH` and in `HA_SBIN_DIR` ([`install`]); started under one of those names the
+//! binary runs [`dispatch`] instead of its CLI. Node attributes (every lifetime, private ones
+//! too) are the cluster's replicated node attributes, read and written through the node's own
+//! API (`GET /v1/status`, `PUT`/`DELETE /v1/nodes/{name}/attrs/{key}`), so a value written is
+//! what every node reads once it is committed; meta parameters are the calling agent's own
+//! (`OCF_RESKEY_CRM_meta_*`, which it inherits). Written by hand: these are Pacemaker's
+//! interfaces, no crate provides them. Options follow Pacemaker 2.1's; output and exit codes
+//! are what the agents parse (a missing attribute: exit 105, "No such device or address").
+
+use crate::client::{key_path, load_config, Client};
+use anyhow::{anyhow, bail, Context, Result};
+use phalanx_node::ClusterKey;
+use std::path::Path;
+
+/// The tools provided, by the name an agent calls.
+pub const TOOLS: [&str; 6] = [
+    "crm_attribute",
+    "crm_master",
+    "attrd_updater",
+    "crm_node",
+    "crm_resource",
+    "pacemakerd",
+];
+
+/// The environment the daemon gives agents for the shims: its config and API, and its name.
+pub const CONFIG_ENV: &str = "PHALANX_SHIM_CONFIG";
+pub const API_ENV: &str = "PHALANX_SHIM_API";
+pub const NODE_ENV: &str = "PHALANX_SHIM_NODE";
+
+/// Pacemaker's exit code for "no such attribute" (CRM_EX_NOSUCH).
+const NOSUCH: i32 = 105;
+
+/// The version agents compare against (Debian 12's Pacemaker).
+const PACEMAKER_VERSION: &str = "2.1.5";
+
+/// Put a link per tool to `exe` in `dir` (replacing stale ones): the folder agents get first
+/// on their `PATH` and as `HA_SBIN_DIR`.
+pub fn install(dir: &Path, exe: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for t in TOOLS {
+        let link = dir.join(t);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(exe, &link).with_context(|| format!("linking {}", link.display()))?;
+    }
+    Ok(())
+}
+
+/// The tool this process was started as, if any.
+pub fn invoked_as() -> Option<&'static str> {
+    let arg0 = std::env::args_os().next()?;
+    let name = Path::new(&arg0).file_name()?.to_str()?.to_string();
+    TOOLS.iter().copied().find(|t| *t == name)
+}
+
+/// Run `tool` with this process's arguments: its exit code (output printed).
+pub fn dispatch(tool: &str) -> i32 {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{tool}: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(run(tool, &args)) {
+        Ok((code, out)) => {
+            if !out.is_empty() {
+                println!("{out}");
+            }
+            code
+        }
+        Err(e) => {
+            eprintln!("{tool}: {e:#}");
+            1
+        }
+    }
+}
+
+/// The parsed options of an attribute tool.
+#[derive(Debug, Default, PartialEq)]
+struct AttrArgs {
+    node: Option<String>,
+    name: Option<String>,
+    value: Option<String>,
+    query: bool,
+    delete: bool,
+    quiet: bool,
+}
+
+/// Parse Pacemaker-style options: `-N X`, `--node X`, `--node=X`; flags without values.
+fn parse_attr_args(args: &[String]) -> Result<AttrArgs> {
+    let mut a = AttrArgs::default();
+    let mut it = args.iter().peekable();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |what: &str| -> Result<String> {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| anyhow!("{what} needs a value"))
+        };
+        match flag.as_str() {
+            "-N" | "--node" => a.node = Some(value("--node")?),
+            "-n" | "--name" | "--attr-name" => a.name = Some(value("--name")?),
+            "-v" | "-U" | "--update" | "--value" => a.value = Some(value("--update")?),
+            "-G" | "-Q" | "--query" | "--get-value" => a.query = true,
+            "-D" | "--delete" => a.delete = true,
+            "-q" | "--quiet" => a.quiet = true,
+            // Lifetimes and scopes: every attribute is a replicated node attribute.
+            "-l" | "--lifetime" | "-t" | "--type" | "-z" | "-d" | "--default" => {
+                value(&flag)?;
+            }
+            "-p" | "--private" | "-A" | "--all" => {}
+            other => bail!("unsupported option {other}"),
+        }
+    }
+    Ok(a)
+}
+
+/// The node this runs for.
+fn me() -> Result<String> {
+    std::env::var(NODE_ENV)
+        .or_else(|_| std::env::var("OCF_RESKEY_CRM_meta_on_node"))
+        .map_err(|_| anyhow!("not run by a phalanx agent call ({NODE_ENV} is not set)"))
+}
+
+/// A client of the daemon that runs this agent, and its API first (then every node's).
+fn client() -> Result<(Client, Vec<String>)> {
+    let path = std::env::var_os(CONFIG_ENV).ok_or_else(|| anyhow!("{CONFIG_ENV} is not set"))?;
+    let path = Path::new(&path);
+    let config = load_config(path)?;
+    let key = ClusterKey::load(&key_path(path, &config))?;
+    let (token, _) = crate::token_cmd::resolve(path, &key);
+    let tls = crate::client::operator_tls(&key_path(path, &config))?;
+    let mut apis: Vec<String> = std::env::var(API_ENV).into_iter().collect();
+    apis.extend(config.nodes.iter().map(|n| n.api.to_string()));
+    Ok((Client::new(&key, tls)?.with_token(token), apis))
+}
+
+async fn run(tool: &str, args: &[String]) -> Result<(i32, String)> {
+    match tool {
+        "pacemakerd" => Ok((0, format!("Pacemaker {PACEMAKER_VERSION}\nWritten by phalanx (a shim)"))),
+        "crm_node" => crm_node(args).await,
+        "crm_resource" => crm_resource(args),
+        "crm_master" => {
+            // crm_master: crm_attribute on the promotion score of the calling resource.
+            let rsc =
+                std::env::var("OCF_RESOURCE_INSTANCE").map_err(|_| anyhow!("OCF_RESOURCE_INSTANCE is not set"))?;
+            let mut a = parse_attr_args(args)?;
+            a.name = Some(format!("master-{}", rsc.split(':').next().unwrap_or(&rsc)));
+            attribute(a, false).await
+        }
+        "attrd_updater" => attribute(parse_attr_args(args)?, true).await,
+        _ => attribute(parse_attr_args(args)?, false).await,
+    }
+}
+
+/// `crm_node -n` (this node's name), `-p`/`--partition` (the online members, space-separated),
+/// `-l`/`--list` (`ID NAME STATE` per member), `-q` (1: this partition has quorum).
+async fn crm_node(args: &[String]) -> Result<(i32, String)> {
+    let a = args.first().map(String::as_str).unwrap_or("-n");
+    if matches!(a, "-n" | "--name") {
+        return Ok((0, me()?));
+    }
+    let (c, apis) = client()?;
+    let (_, st) = c.first_answering(&apis).await?;
+    match a {
+        "-p" | "--partition" => {
+            let online: Vec<&str> = st
+                .nodes
+                .iter()
+                .filter(|n| n.state == "online" || n.state == "standby")
+                .map(|n| n.name.as_str())
+                .collect();
+            Ok((0, online.join(" ")))
+        }
+        "-l" | "--list" => Ok((
+            0,
+            st.nodes
+                .iter()
+                .map(|n| {
+                    format!(
+                        "{} {} {}",
+                        n.id,
+                        n.name,
+                        if n.state == "offline" { "lost" } else { "member" }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )),
+        "-q" | "--quorum" => Ok((0, if st.quorum { "1" } else { "0" }.into())),
+        other => bail!("unsupported option {other}"),
+    }
+}
+
+/// `crm_resource --resource R --meta --get-parameter P`: the calling instance's own meta
+/// parameter (what it was called with).
+fn crm_resource(args: &[String]) -> Result<(i32, String)> {
+    let mut param = None;
+    let mut meta = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-g" | "--get-parameter" => param = it.next().cloned(),
+            "-m" | "--meta" => meta = true,
+            "-r" | "--resource" => {
+                it.next();
+            }
+            other => bail!("unsupported option {other} (only --resource R --meta --get-parameter P)"),
+        }
+    }
+    let (Some(p), true) = (param, meta) else {
+        bail!("only --resource R --meta --get-parameter P is provided");
+    };
+    match std::env::var(format!("OCF_RESKEY_CRM_meta_{}", p.replace('-', "_"))) {
+        Ok(v) => Ok((0, v)),
+        Err(_) => {
+            eprintln!("Error performing operation: No such device or address");
+            Ok((NOSUCH, String::new()))
+        }
+    }
+}
+
+/// `crm_attribute`/`attrd_updater`: query, update or delete node attribute `name` of the node
+/// given (default: this one). A query prints the value (`-q`), else Pacemaker's line
+/// (`attrd_updater`: `name="N" host="H" value="V"`).
+async fn attribute(a: AttrArgs, attrd: bool) -> Result<(i32, String)> {
+    let name = a.name.clone().ok_or_else(|| anyhow!("give the attribute's --name"))?;
+    let node = match &a.node {
+        Some(n) => n.clone(),
+        None => me()?,
+    };
+    let (c, apis) = client()?;
+    // This node's own daemon (it runs the agent calling), which forwards writes to the leader.
+    let api = apis.first().cloned().ok_or_else(|| anyhow!("no API to ask"))?;
+    let path = format!("/v1/nodes/{node}/attrs/{name}");
+    if let Some(v) = &a.value {
+        let _: serde_json::Value = c.put(&api, &path, &serde_json::json!({ "value": v })).await?;
+        return Ok((0, String::new()));
+    }
+    if a.delete {
+        // Deleting an attribute that is not there is no error (Pacemaker's behaviour).
+        let _: serde_json::Value = c.delete(&api, &path).await?;
+        return Ok((0, String::new()));
+    }
+    if !a.query && !attrd {
+        bail!("give --query, --update VALUE or --delete");
+    }
+    let (_, st) = c.first_answering(&apis).await?;
+    let n = st
+        .nodes
+        .iter()
+        .find(|n| n.name == node)
+        .ok_or_else(|| anyhow!("no node named {node}"))?;
+    match n.attrs.get(&name) {
+        Some(v) if attrd => Ok((0, format!("name=\"{name}\" host=\"{node}\" value=\"{v}\""))),
+        Some(v) if a.quiet => Ok((0, v.clone())),
+        Some(v) => Ok((0, format!("scope=nodes  name={name} value={v}"))),
+        None if attrd => Ok((0, format!("name=\"{name}\" host=\"{node}\" value=\"\""))),
+        None => {
+            eprintln!("Error performing operation: No such device or address");
+            Ok((NOSUCH, String::new()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn the_options_agents_pass_are_read() {
+        let a = parse_attr_args(&args("--node n2 --quiet --get-value")).unwrap();
+        assert_eq!(a.node.as_deref(), Some("n2"));
+        assert!(a.quiet && a.query && a.value.is_none());
+        let a = parse_attr_args(&args("--private --lifetime reboot --name lsn-pg --update 0/3000")).unwrap();
+        assert_eq!(
+            (a.name.as_deref(), a.value.as_deref()),
+            (Some("lsn-pg"), Some("0/3000"))
+        );
+        let a = parse_attr_args(&args("-N n1 -n master-pg -l forever -v 1001")).unwrap();
+        assert_eq!((a.node.as_deref(), a.value.as_deref()), (Some("n1"), Some("1001")));
+        let a = parse_attr_args(&args("--node=n3 -D -n x")).unwrap();
+        assert!(a.delete && a.node.as_deref() == Some("n3"));
+        assert!(parse_attr_args(&args("--frobnicate")).is_err());
+        assert!(parse_attr_args(&args("--node")).is_err(), "a value is missing");
+    }
+}
