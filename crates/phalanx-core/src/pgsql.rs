@@ -49,6 +49,15 @@ pub struct Params {
     pub wal_keep_size: String,
 }
 
+/// The system identifier in `pg_controldata`'s output ("Database system identifier: N"), the
+/// number every copy of one `initdb` shares.
+pub fn system_identifier(controldata: &str) -> Option<String> {
+    controldata.lines().find_map(|l| {
+        let v = l.strip_prefix("Database system identifier:")?.trim();
+        (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())).then(|| v.to_string())
+    })
+}
+
 /// The params the agent knows (anything else is a typo).
 const KNOWN: &[&str] = &[
     "bindir",
@@ -351,6 +360,17 @@ pub struct Xlog {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_system_identifier_is_read_from_pg_controldata() {
+        let out = "pg_control version number:            1300\nDatabase system identifier:           7300123456789012345\nDatabase cluster state:               shut down\n";
+        assert_eq!(super::system_identifier(out).as_deref(), Some("7300123456789012345"));
+        assert_eq!(
+            super::system_identifier("pg_controldata: error: could not open file"),
+            None
+        );
+        assert_eq!(super::system_identifier("Database system identifier: 12ab"), None);
+    }
+
     use super::*;
 
     fn params(kv: &[(&str, &str)]) -> BTreeMap<String, String> {

@@ -506,6 +506,11 @@ impl Pg<'_> {
         }
         // What the start did beyond starting, for the event history (the result's reason).
         let mut did: Vec<String> = Vec::new();
+        if let (true, Some(u)) = (self.has_data(), up) {
+            if let Err(a) = self.same_cluster(u).await {
+                return a;
+            }
+        }
         if self.has_data() && !self.p.pgdata.join("standby.signal").exists() {
             // It last ran as a primary (promotion removes standby.signal): another may have
             // been promoted since, and this one may hold WAL the new primary never had.
@@ -539,6 +544,51 @@ impl Pg<'_> {
         match self.spawn_postgres().await {
             (ocf::OCF_SUCCESS, _) if !did.is_empty() => (ocf::OCF_SUCCESS, Some(did.join("; "))),
             other => other,
+        }
+    }
+
+    /// The data directory here belongs to the primary's cluster (one `initdb`: the same system
+    /// identifier). Data of another cluster can never stream from it or be rewound: a hard
+    /// error for this node (OCF 5: the node is banned, nothing is touched), saying what to do.
+    /// Unknown either side (the primary does not answer, no `pg_controldata`): the start goes
+    /// on, and streaming would fail later as it would have anyway.
+    async fn same_cluster(&self, up: &Upstream) -> Result<(), Answer> {
+        let mine = self
+            .run(
+                &self.bin("pg_controldata"),
+                &[self.p.pgdata.display().to_string()],
+                &[],
+                Duration::from_secs(10),
+            )
+            .await;
+        let mine = phalanx_core::pgsql::system_identifier(&mine.out);
+        let mut conn = vec![
+            format!("host={}", up.host),
+            format!("port={}", up.port),
+            format!("user={}", self.p.replication_user),
+            "dbname=postgres".to_string(),
+            "connect_timeout=3".to_string(),
+        ];
+        if let Some(pw) = self.password()? {
+            conn.push(format!("password={}", conf_value(&pw)));
+        }
+        let args: Vec<String> = ["-X", "-A", "-t", "-q", "-d", &conn.join(" "), "-c"]
+            .into_iter()
+            .map(String::from)
+            .chain(["select system_identifier from pg_control_system()".to_string()])
+            .collect();
+        let theirs = self.run(&self.bin("psql"), &args, &[], Duration::from_secs(10)).await;
+        let theirs = (theirs.code == Some(0)).then(|| theirs.out.trim().to_string());
+        match (mine, theirs) {
+            (Some(m), Some(t)) if !t.is_empty() && m != t => Err(err(
+                ocf::OCF_ERR_INSTALLED,
+                format!(
+                    "{} belongs to another cluster (system identifier {m}; the primary {}'s is {t}): move it away and this node copies the primary's afresh",
+                    self.p.pgdata.display(),
+                    up.node
+                ),
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -595,14 +645,15 @@ impl Pg<'_> {
                 ),
             ));
         }
-        std::fs::create_dir_all(dir).map_err(io)?;
-        chown_to(dir, &self.p.user);
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        // The password first: a missing file is a clear error that leaves nothing behind.
         let mut env = Vec::new();
         if let Some(pw) = self.password()? {
             env.push(("PGPASSWORD", pw));
         }
+        std::fs::create_dir_all(dir).map_err(io)?;
+        chown_to(dir, &self.p.user);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
         let args: Vec<String> = vec![
             "-D".into(),
             dir.display().to_string(),

@@ -268,4 +268,49 @@ async fn bad_params_and_a_wrong_bindir_are_clear_errors() {
         "{r:?}"
     );
     assert!(!n1.data().exists());
+    // A replication password file that is not there: a configuration error naming it, and
+    // nothing created (n2 stands for a primary; it is never reached).
+    let n2 = Instance::new(root.path(), "n2");
+    let mut p = n1.params();
+    p.insert("replication_password_file".into(), "/etc/phalanx/no-such.pw".into());
+    let r = n1.call_with(&p, AgentAction::Start, Some(&n2)).await;
+    assert_eq!(code(&r), Some(6), "{r:?}");
+    assert!(
+        r.exit_reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("/etc/phalanx/no-such.pw"),
+        "{r:?}"
+    );
+    assert!(!n1.data().exists());
+}
+
+/// A data directory of another cluster (its own `initdb`) never joins the primary's: its start
+/// is a hard error for that node (exit 5, naming both system identifiers and what to do), and
+/// the directory is left as it was (no rewind, nothing set aside, nothing copied over it).
+#[tokio::test]
+async fn a_data_directory_of_another_cluster_is_refused_and_left_alone() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let n1 = Instance::new(root.path(), "n1");
+    let n2 = Instance::new(root.path(), "n2");
+    n1.init();
+    n2.init();
+    assert_eq!(code(&n1.call(AgentAction::Start, None).await), Some(0));
+    assert_eq!(code(&n1.call(AgentAction::Promote, None).await), Some(0));
+    let r = n2.call(AgentAction::Start, Some(&n1)).await;
+    assert_eq!(code(&r), Some(5), "{r:?}");
+    let why = r.exit_reason.clone().unwrap_or_default();
+    assert!(
+        why.contains("belongs to another cluster") && why.contains("move it away"),
+        "{r:?}"
+    );
+    assert!(
+        n2.data().join("PG_VERSION").is_file(),
+        "the data directory is left alone"
+    );
+    assert!(!n2.data().join("standby.signal").exists(), "not made a replica");
+    assert!(!n2.data().with_extension("diverged").exists(), "nothing set aside");
+    assert_eq!(code(&n2.call(AgentAction::Monitor, None).await), Some(7));
+    assert_eq!(code(&n1.call(AgentAction::Stop, None).await), Some(0));
 }
