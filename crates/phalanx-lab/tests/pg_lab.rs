@@ -307,3 +307,34 @@ async fn paf_runs_unchanged_starts_promotes_and_fails_over() {
         phalanx_lab::pg_lab::write_outage(&log, crash_at)
     );
 }
+
+/// `phalanx resource switchover db` under write load (sync on): the primary moves to the
+/// synchronous standby, nothing acknowledged is lost, and the writer sees one pause (a single
+/// run of failed attempts: the write VIP leaves before the demotion and comes back after the
+/// promotion), whose length is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_under_write_load_loses_nothing_and_pauses_once() {
+    let Some((_one, lab)) = lab_or_skip().await else { return };
+    let (pg, p) = serving(&lab, "on").await;
+    let hosts = PhalanxPg::write_hosts();
+    let w = Writer::start(&lab, hosts.clone(), 0);
+    w.wait_acked_after(Instant::now(), 50, T).unwrap();
+    let at = Instant::now();
+    let (code, out, err) = pg.cluster.cli(&["resource", "switchover", "db"]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    w.wait_acked_after(Instant::now(), 20, T).unwrap();
+    let log = w.finish().unwrap();
+    let lost = lost_commits(&lab, &hosts, &log).unwrap();
+    assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
+    let after: Vec<bool> = log.iter().filter(|o| o.sent >= at).map(|o| o.acked.is_some()).collect();
+    let pauses = after.windows(2).filter(|w| w[0] && !w[1]).count() + usize::from(after.first() == Some(&false));
+    assert!(pauses <= 1, "the writer paused {pauses} times: {after:?}");
+    let now = primaries(&lab).unwrap();
+    assert!(now.len() == 1 && now[0] != p, "primaries after the switchover: {now:?}");
+    eprintln!(
+        "switchover n{p} -> n{}: {}; write pause {:?}",
+        now[0],
+        out.trim(),
+        phalanx_lab::pg_lab::write_outage(&log, at)
+    );
+}
