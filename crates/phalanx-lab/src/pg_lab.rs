@@ -424,17 +424,35 @@ async fn write_loop(hosts: Vec<String>, first_id: i64, stop: Arc<AtomicBool>, lo
             l.push(op);
         }
     };
+    // Connection attempts in flight: a new one every 20 ms while none succeeds, so that one
+    // hanging on an address nobody holds yet (up to its timeout) does not hide the moment the
+    // write address answers again.
+    let mut attempts = tokio::task::JoinSet::new();
     while !stop.load(Ordering::SeqCst) {
         let sent = Instant::now();
         let Some(c) = client.as_ref() else {
-            client = connect_primary(&hosts).await;
+            let h = hosts.clone();
+            attempts.spawn(async move { connect_primary(&h).await });
+            let tick = tokio::time::sleep(Duration::from_millis(20));
+            tokio::pin!(tick);
+            loop {
+                tokio::select! {
+                    Some(r) = attempts.join_next() => {
+                        if let Ok(Some(c)) = r {
+                            client = Some(c);
+                            attempts.abort_all();
+                            break;
+                        }
+                    }
+                    _ = &mut tick => break,
+                }
+            }
             if client.is_none() {
                 push(Op {
                     sent,
                     done: Instant::now(),
                     acked: None,
                 });
-                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             continue;
         };

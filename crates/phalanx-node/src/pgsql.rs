@@ -731,6 +731,20 @@ impl Pg<'_> {
         let secs = self.timeout.as_secs().max(5);
         match self.sql(&[&format!("select pg_promote(true, {secs})")]).await {
             Ok(r) if r == "t" => {
+                // A promoted replica carries the synchronous_standby_names its copy or rewind
+                // brought from an earlier primary (postgresql.auto.conf), naming nobody that
+                // streams to it now: commits would wait until its first monitor chose again
+                // (1-11 s in the failover benchmark). Start from the mode's empty choice
+                // (`on`: asynchronous; `strict`: commits wait), as after losing the standby;
+                // the monitor records and names one.
+                let names = match self.p.sync {
+                    Sync::Strict => standby_names(1, &[NO_STANDBY]),
+                    _ => String::new(),
+                };
+                let q = format!("alter system set synchronous_standby_names = {}", conf_value(&names));
+                if let Err(e) = self.sql(&[&q, "select pg_reload_conf()"]).await {
+                    tracing::warn!(error = %e, "pgsql: could not reset synchronous_standby_names after the promotion");
+                }
                 // A checkpoint right away makes the new timeline durable and lets pg_rewind read
                 // it at once (the old primary rejoins from it).
                 let _ = self.sql(&["checkpoint"]).await;
