@@ -137,7 +137,15 @@ params = {{ {} }}
 id = "db"
 resource = "pg"
 promotable = true
+"#,
+        params.join(", ")
+    ) + &write_vip("db")
+}
 
+/// The write VIP ([`VIP`], resource `write-ip`) on the primary of promotable clone `clone`.
+fn write_vip(clone: &str) -> String {
+    format!(
+        r#"
 [[resource]]
 id = "write-ip"
 agent = "vip"
@@ -146,11 +154,28 @@ monitor = {{ interval = "1s", timeout = "5s" }}
 
 [[constraint]]
 colocate = "write-ip"
-with = "db"
+with = "{clone}"
 with_role = "promoted"
-"#,
-        params.join(", ")
+"#
     )
+}
+
+/// A started 3-node phalanx cluster in `lab` (100 ms heartbeats) running `extra_config`.
+fn start_cluster(lab: &Lab, exe: &Path, extra_config: String) -> Result<LocalCluster> {
+    let mut cluster = cluster_in(
+        Spec {
+            nodes: lab.nodes,
+            heartbeat: Duration::from_millis(100),
+            links: lab.links,
+            exe: exe.to_path_buf(),
+            keep: std::env::var_os("PHALANX_KEEP").is_some(),
+            extra_config,
+            cluster_extra: String::new(),
+        },
+        lab,
+    )?;
+    cluster.start_all()?;
+    Ok(cluster)
 }
 
 /// A connection from the client namespace's thread to `host`'s PostgreSQL, if it answers
@@ -519,19 +544,7 @@ impl PhalanxPg {
     pub async fn start(lab: &Lab, exe: &Path, sync: &str) -> Result<PhalanxPg> {
         let dirs = PgDirs::create(lab.nodes)?;
         dirs.initdb(1)?;
-        let mut cluster = cluster_in(
-            Spec {
-                nodes: lab.nodes,
-                heartbeat: Duration::from_millis(100),
-                links: lab.links,
-                exe: exe.to_path_buf(),
-                keep: std::env::var_os("PHALANX_KEEP").is_some(),
-                extra_config: phalanx_config(&dirs, lab.nodes, sync),
-                cluster_extra: String::new(),
-            },
-            lab,
-        )?;
-        cluster.start_all()?;
+        let cluster = start_cluster(lab, exe, phalanx_config(&dirs, lab.nodes, sync))?;
         Ok(PhalanxPg { cluster, dirs })
     }
 
@@ -616,33 +629,10 @@ id = "pgsql-ha"
 resource = "pgsqld"
 promotable = true
 notify = true
-
-[[resource]]
-id = "write-ip"
-agent = "vip"
-params = {{ address = "{VIP}/24" }}
-monitor = {{ interval = "1s", timeout = "5s" }}
-
-[[constraint]]
-colocate = "write-ip"
-with = "pgsql-ha"
-with_role = "promoted"
 "#,
             params.join(", ")
-        );
-        let mut cluster = cluster_in(
-            Spec {
-                nodes: lab.nodes,
-                heartbeat: Duration::from_millis(100),
-                links: lab.links,
-                exe: exe.to_path_buf(),
-                keep: std::env::var_os("PHALANX_KEEP").is_some(),
-                extra_config: config,
-                cluster_extra: String::new(),
-            },
-            lab,
-        )?;
-        cluster.start_all()?;
+        ) + &write_vip("pgsql-ha");
+        let cluster = start_cluster(lab, exe, config)?;
         Ok(PafPg { cluster, dirs })
     }
 }

@@ -547,6 +547,22 @@ impl Pg<'_> {
         }
     }
 
+    /// A connection string to `up`'s `postgres` database as the replication user (what
+    /// `pg_rewind` and the system-identifier check use).
+    fn upstream_db(&self, up: &Upstream) -> Result<String, Answer> {
+        let mut conn = vec![
+            format!("host={}", up.host),
+            format!("port={}", up.port),
+            format!("user={}", self.p.replication_user),
+            "dbname=postgres".to_string(),
+            "connect_timeout=3".to_string(),
+        ];
+        if let Some(pw) = self.password()? {
+            conn.push(format!("password={}", conf_value(&pw)));
+        }
+        Ok(conn.join(" "))
+    }
+
     /// The data directory here belongs to the primary's cluster (one `initdb`: the same system
     /// identifier). Data of another cluster can never stream from it or be rewound: a hard
     /// error for this node (OCF 5: the node is banned, nothing is touched), saying what to do.
@@ -562,17 +578,8 @@ impl Pg<'_> {
             )
             .await;
         let mine = phalanx_core::pgsql::system_identifier(&mine.out);
-        let mut conn = vec![
-            format!("host={}", up.host),
-            format!("port={}", up.port),
-            format!("user={}", self.p.replication_user),
-            "dbname=postgres".to_string(),
-            "connect_timeout=3".to_string(),
-        ];
-        if let Some(pw) = self.password()? {
-            conn.push(format!("password={}", conf_value(&pw)));
-        }
-        let args: Vec<String> = ["-X", "-A", "-t", "-q", "-d", &conn.join(" "), "-c"]
+        let conn = self.upstream_db(up)?;
+        let args: Vec<String> = ["-X", "-A", "-t", "-q", "-d", &conn, "-c"]
             .into_iter()
             .map(String::from)
             .chain(["select system_identifier from pg_control_system()".to_string()])
@@ -597,19 +604,9 @@ impl Pg<'_> {
     /// first). If the rewind fails, the data directory is set aside (`PGDATA.diverged`, the
     /// previous one replaced) and the start copies a fresh one from `up`.
     async fn rejoin(&self, up: &Upstream) -> Result<String, Answer> {
-        let mut source = vec![
-            format!("host={}", up.host),
-            format!("port={}", up.port),
-            format!("user={}", self.p.replication_user),
-            "dbname=postgres".to_string(),
-            "connect_timeout=3".to_string(),
-        ];
-        if let Some(pw) = self.password()? {
-            source.push(format!("password={}", conf_value(&pw)));
-        }
         let args: Vec<String> = vec![
             format!("--target-pgdata={}", self.p.pgdata.display()),
-            format!("--source-server={}", source.join(" ")),
+            format!("--source-server={}", self.upstream_db(up)?),
         ];
         tracing::info!(from = %up.node, "pgsql: rejoining as a replica (pg_rewind)");
         let r = self.run(&self.bin("pg_rewind"), &args, &[], self.timeout).await;
