@@ -1372,6 +1372,9 @@ mod tests {
         assert!(e(args("switchover", "tcp://localhost", 1)).contains("IP:PORT"));
         assert!(e(args("switchover", " , ", 1)).contains("at least one"));
         assert!(e(args("switchover", "tcp://127.0.0.1:80", 0)).contains("--runs"));
+        assert!(e(args("kill-node", "postgres://u@10.0.0.1:5432/db?sslmode=maybe", 1)).contains("not a PostgreSQL URL"));
+        assert!(e(args("kill-node", "postgres://u@10.0.0.1:notaport/db", 1)).contains("not a PostgreSQL URL"));
+        assert!(check(&args("kill-node", "postgresql://postgres@10.0.0.100:5432/postgres", 1)).is_ok());
         assert!(check(&args(
             "switchover",
             "http://127.0.10.1:80/,tcp://127.0.0.1:80,memcached://127.0.0.1:11211",
