@@ -125,6 +125,17 @@ pub(super) fn run_plan(
                 ActionKind::Fence => None,
                 _ => Some(lock.lock().await),
             };
+            // The wait for the instance (a hung monitor holds it until its timeout) may have
+            // outlasted this node's quorum or the plan: act only if it still may, else leave the
+            // action to be run again once it may (the seeded simulation caught a start run
+            // 418 ms after its node had lost quorum).
+            let current = node2.with_state(|sm| sm.cluster.plan.id == id);
+            if !node2.quorate() || !current {
+                tracing::info!(rsc = %action.rsc, kind = ?action.kind, quorate = node2.quorate(), current,
+                    "plan action not run: quorum or the plan changed while it waited for the instance");
+                locked(&progress2.running).remove(&(id, i));
+                return;
+            }
             tracing::info!(rsc = %action.rsc, kind = ?action.kind, reason = %action.reason, "running plan action");
             let (outcome, reason, at_ms, call) = run_action(&node2, &runner2, &progress2, id, &action).await;
             if outcome == CallOutcome::Ok {
