@@ -55,6 +55,10 @@ impl ApiFailure {
     }
 }
 
+/// How long the CLI's writes are retried while the cluster answers "retry later" (503: no leader
+/// right now): an election (a node coming back under load) lasts well under this.
+pub const RETRY_WRITES: Duration = Duration::from_secs(10);
+
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
@@ -251,16 +255,22 @@ impl Client {
         Ok(resp.error_for_status()?.text().await?)
     }
 
-    /// The first of `apis` that answers a status request.
+    /// The first of `apis` that answers a status request and knows a leader (a node just
+    /// restarted answers before it has heard one, and would answer writes with 503); if none
+    /// knows one, the first that answered.
     pub async fn first_answering(&self, apis: &[String]) -> Result<(String, StatusReport)> {
         let mut last = anyhow!("no API address to ask");
+        let mut answered = None;
         for a in apis {
             match self.status(a).await {
-                Ok(s) => return Ok((a.clone(), s)),
+                Ok(s) if s.leader.is_some() => return Ok((a.clone(), s)),
+                Ok(s) => {
+                    answered.get_or_insert((a.clone(), s));
+                }
                 Err(e) => last = e.context(format!("asking {a}")),
             }
         }
-        Err(last)
+        answered.ok_or(last)
     }
 }
 

@@ -10,9 +10,6 @@ use phalanx_node::api::config::{Applied, ApplyConfig, ConfigView};
 use std::io::IsTerminal;
 use std::path::Path;
 
-/// How long a command waits out "no leader right now" (an election after a leader stopped).
-const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// `user@host` of whoever runs the CLI (what the cluster records as a version's author).
 pub fn operator() -> String {
     let user = nix::unistd::User::from_uid(nix::unistd::getuid())
@@ -89,7 +86,9 @@ pub async fn apply(
         author: Some(operator()),
         secrets_from,
     };
-    let preview: Applied = client.post_retrying(api, "/v1/config", &req, RETRY_FOR).await?;
+    let preview: Applied = client
+        .post_retrying(api, "/v1/config", &req, crate::client::RETRY_WRITES)
+        .await?;
     let mut human = render_changes(&preview);
     if dry_run {
         human += "Dry run: nothing applied.";
@@ -122,7 +121,9 @@ pub async fn apply(
     req.dry_run = false;
     // Exactly what was shown: if someone applied meanwhile, this is refused.
     req.expect_version = Some(preview.current_version);
-    let done: Applied = client.post_retrying(api, "/v1/config", &req, RETRY_FOR).await?;
+    let done: Applied = client
+        .post_retrying(api, "/v1/config", &req, crate::client::RETRY_WRITES)
+        .await?;
     human += &match done.version {
         Some(v) if done.committed => format!("Applied as version {v}: every node switches to it now."),
         _ => "Nothing applied (the same text is already running).".to_string(),

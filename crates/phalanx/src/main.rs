@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
-use phalanx::client::{key_path, load_config, Client};
+use phalanx::client::{key_path, load_config, Client, RETRY_WRITES};
 use phalanx::{daemon, demo, render, simulate};
 use phalanx_core::config::{check, parse_duration, Severity};
 use phalanx_core::lb::AdminState;
@@ -1152,7 +1152,11 @@ async fn run(cli: Cli) -> Result<i32> {
                     bail!("resource {} is handled above", "constraints/switchover")
                 }
             };
-            let v: serde_json::Value = client.post(&api, &format!("/v1/resources/{rsc}/{op}"), &body).await?;
+            // Every one of these is idempotent: retried while the cluster answers "no leader right
+            // now" (503), as during an election when a node comes back.
+            let v: serde_json::Value = client
+                .post_retrying(&api, &format!("/v1/resources/{rsc}/{op}"), &body, RETRY_WRITES)
+                .await?;
             if cli.json {
                 print_json(&v)?;
             } else if op == "clear" {
@@ -1169,7 +1173,12 @@ async fn run(cli: Cli) -> Result<i32> {
             let (api, _) = client.first_answering(&apis).await?;
             let on = state == "on";
             let v: serde_json::Value = client
-                .post(&api, "/v1/maintenance", &json!({ "node": node, "on": on }))
+                .post_retrying(
+                    &api,
+                    "/v1/maintenance",
+                    &json!({ "node": node, "on": on }),
+                    RETRY_WRITES,
+                )
                 .await?;
             if cli.json {
                 print_json(&v)?;
@@ -1734,7 +1743,7 @@ async fn node_stop(
             &to,
             &format!("/v1/nodes/{name}/stop"),
             &json!({ "now": now, "force": force }),
-            Duration::from_secs(10),
+            RETRY_WRITES,
         )
         .await?;
     if no_wait {
@@ -1864,7 +1873,7 @@ async fn node_cmd(cli: &Cli, cmd: &NodeCmd) -> Result<i32> {
                     &api,
                     "/v1/nodes",
                     &json!({ "name": name, "links": links, "api": node_api, "no_fence_check": no_fence_check }),
-                    std::time::Duration::from_secs(10),
+                    RETRY_WRITES,
                 )
                 .await?;
             let cert = add_node_certificate(cli, name, links, node_api.as_deref());
@@ -1882,7 +1891,12 @@ async fn node_cmd(cli: &Cli, cmd: &NodeCmd) -> Result<i32> {
         }
         NodeCmd::Standby { name, wait } => {
             let answer = client
-                .post(&api, &format!("/v1/nodes/{name}/standby"), &json!({ "standby": true }))
+                .post_retrying(
+                    &api,
+                    &format!("/v1/nodes/{name}/standby"),
+                    &json!({ "standby": true }),
+                    RETRY_WRITES,
+                )
                 .await?;
             let human = match wait {
                 None => format!("{name} is in standby."),
@@ -1898,7 +1912,12 @@ async fn node_cmd(cli: &Cli, cmd: &NodeCmd) -> Result<i32> {
         }
         NodeCmd::Unstandby { name } => (
             client
-                .post(&api, &format!("/v1/nodes/{name}/standby"), &json!({ "standby": false }))
+                .post_retrying(
+                    &api,
+                    &format!("/v1/nodes/{name}/standby"),
+                    &json!({ "standby": false }),
+                    RETRY_WRITES,
+                )
                 .await?,
             format!("{name} is out of standby."),
         ),

@@ -714,7 +714,20 @@ async fn notify_clones_tell_their_agents_before_and_after_each_change() {
         "stop=$OCF_RESKEY_CRM_meta_notify_stop_uname promote=$OCF_RESKEY_CRM_meta_notify_promote_uname \
          active=$OCF_RESKEY_CRM_meta_notify_active_resource >> {d}/log"
     );
-    let c = cluster_with(&format!(
+    // The clone is applied once all three nodes are online voters: started with the cluster,
+    // its first placement could come while a node is still joining (CI: promoted on n1 and n3,
+    // n2 started by a later transition), and the test is about one transition's notifications.
+    let c = cluster_with("");
+    c.wait_for(T, "three online voters and the config committed", |st| {
+        (st.len() == 3
+            && st.values().all(|s| {
+                s.quorum && s.config_version > 0 && s.voters.len() == 3 && s.nodes.iter().all(|n| n.state == "online")
+            }))
+        .then_some(())
+    })
+    .await
+    .unwrap();
+    let clone = format!(
         r#"
 [[resource]]
 id = "pg"
@@ -727,7 +740,13 @@ resource = "pg"
 promotable = true
 notify = true
 "#
-    ));
+    );
+    let (code, shown, err) = c.cli(&["config", "show"]).unwrap();
+    assert_eq!(code, 0, "{err}");
+    let file = dir.path().join("with-clone.toml");
+    std::fs::write(&file, format!("{shown}\n{clone}")).unwrap();
+    let (code, out, err) = c.cli(&["config", "apply", file.to_str().unwrap(), "--yes"]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
     let primary = c
         .wait_for(T, "three instances, one promoted", |st| {
             let s = st.values().next()?;
@@ -745,8 +764,7 @@ notify = true
             .collect()
     };
     let all = lines();
-    // The nodes join one by one: earlier plans (promoting another node) may have begun before
-    // the last one came. The transition that made the primary is the one whose lists name it.
+    // The transition that made the primary is the one whose lists name it.
     let first: Vec<String> = all
         .iter()
         .filter(|l| l.contains(&format!("promote={primary} ")))
