@@ -59,6 +59,17 @@ pub fn score_str(s: i64) -> String {
     }
 }
 
+/// Read a score the way Pacemaker writes one: a number (saturated at ±INFINITY), or
+/// `INFINITY`, `+INFINITY`, `-INFINITY` (any case); None if it is neither.
+pub fn parse_score(s: &str) -> Option<i64> {
+    let s = s.trim();
+    match s.to_ascii_uppercase().as_str() {
+        "INFINITY" | "+INFINITY" => Some(INFINITY),
+        "-INFINITY" => Some(-INFINITY),
+        _ => s.parse::<i64>().ok().map(|v| v.clamp(-INFINITY, INFINITY)),
+    }
+}
+
 /// A valid cluster, node or resource name: 1-63 characters of A-Z a-z 0-9 - _ .
 pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 63 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))

@@ -99,6 +99,39 @@ impl PgDirs {
         std::fs::write(&hba, text)?;
         Ok(())
     }
+
+    /// n1 initialized ([`initdb`](Self::initdb)) and copied with `pg_basebackup` to the other
+    /// `nodes`, as the agents written for Pacemaker expect their data prepared.
+    pub fn initdb_and_copy(&self, nodes: usize) -> Result<()> {
+        self.initdb(1)?;
+        // n1 up on its socket only (this is the root namespace), to be copied.
+        let sock = self.node_dir(1).display().to_string();
+        let data1 = self.data(1).display().to_string();
+        // WAL kept for the copies: a replica must find every segment after its copy's start.
+        let opts = format!("-c listen_addresses='' -c wal_keep_size=512MB -k {sock} -p {PG_PORT}");
+        pg("pg_ctl", &["start", "-D", &data1, "-w", "-o", &opts, "-l", "/dev/null"])?;
+        let copied = (2..=nodes).try_for_each(|i| {
+            let data = self.data(i).display().to_string();
+            pg(
+                "pg_basebackup",
+                &[
+                    "-D",
+                    &data,
+                    "-h",
+                    &sock,
+                    "-p",
+                    &PG_PORT.to_string(),
+                    "-U",
+                    "postgres",
+                    "-X",
+                    "stream",
+                ],
+            )
+            .map(|_| ())
+        });
+        pg("pg_ctl", &["stop", "-D", &data1, "-m", "fast", "-w"])?;
+        copied
+    }
 }
 
 impl Drop for PgDirs {
@@ -572,34 +605,7 @@ impl PafPg {
             bail!("{PAF} not found (apt-get install resource-agents-paf; tests/run does)");
         }
         let dirs = PgDirs::create(lab.nodes)?;
-        dirs.initdb(1)?;
-        // n1 up on its socket only (this is the root namespace), to be copied.
-        let sock = dirs.node_dir(1).display().to_string();
-        let data1 = dirs.data(1).display().to_string();
-        // WAL kept for the copies: a replica must find every segment after its copy's start.
-        let opts = format!("-c listen_addresses='' -c wal_keep_size=512MB -k {sock} -p {PG_PORT}");
-        pg("pg_ctl", &["start", "-D", &data1, "-w", "-o", &opts, "-l", "/dev/null"])?;
-        let copied = (2..=lab.nodes).try_for_each(|i| {
-            let data = dirs.data(i).display().to_string();
-            pg(
-                "pg_basebackup",
-                &[
-                    "-D",
-                    &data,
-                    "-h",
-                    &sock,
-                    "-p",
-                    &PG_PORT.to_string(),
-                    "-U",
-                    "postgres",
-                    "-X",
-                    "stream",
-                ],
-            )
-            .map(|_| ())
-        });
-        pg("pg_ctl", &["stop", "-D", &data1, "-m", "fast", "-w"])?;
-        copied?;
+        dirs.initdb_and_copy(lab.nodes)?;
         for i in 1..=lab.nodes {
             let conf = dirs.data(i).join("postgresql.conf");
             let mut text = std::fs::read_to_string(&conf)?;
@@ -634,6 +640,78 @@ notify = true
         ) + &write_vip("pgsql-ha");
         let cluster = start_cluster(lab, exe, config)?;
         Ok(PafPg { cluster, dirs })
+    }
+}
+
+/// PostgreSQL run by Debian's `ocf:heartbeat:pgsql` (resource-agents, written for Pacemaker)
+/// under phalanx, unchanged, as its documentation sets it up for replication: the data
+/// prepared as for PAF (n1 initialized and copied), `rep_mode = "sync"`, `node_list` naming the
+/// three nodes, `master_ip` the write VIP (the agent writes `primary_conninfo` itself, in
+/// `tmpdir`, and includes it in `postgresql.conf`), a promotable clone with `notify = true`, and
+/// the write VIP on the primary. The agent reads `crm_mon -1 --output-as=xml` and
+/// `crm_attribute`, which the daemon provides (`phalanx::pcmk_shim`).
+pub struct OcfPgsql {
+    pub cluster: LocalCluster,
+    pub dirs: PgDirs,
+}
+
+pub const OCF_PGSQL: &str = "/usr/lib/ocf/resource.d/heartbeat/pgsql";
+
+impl OcfPgsql {
+    pub async fn start(lab: &Lab, exe: &Path) -> Result<OcfPgsql> {
+        if !Path::new(OCF_PGSQL).is_file() {
+            bail!("{OCF_PGSQL} not found (apt-get install resource-agents; tests/run does)");
+        }
+        let dirs = PgDirs::create(lab.nodes)?;
+        dirs.initdb_and_copy(lab.nodes)?;
+        let mut params = vec![
+            format!("pgctl = \"{BINDIR}/pg_ctl\""),
+            format!("psql = \"{BINDIR}/psql\""),
+            format!("pgport = \"{PG_PORT}\""),
+            "rep_mode = \"sync\"".to_string(),
+            format!(
+                "node_list = \"{}\"",
+                (1..=lab.nodes).map(|i| format!("n{i}")).collect::<Vec<_>>().join(" ")
+            ),
+            format!("master_ip = \"{VIP}\""),
+            "repuser = \"postgres\"".to_string(),
+            "restart_on_promote = \"false\"".to_string(),
+        ];
+        for i in 1..=lab.nodes {
+            let conf = dirs.data(i).join("postgresql.conf");
+            let mut text = std::fs::read_to_string(&conf)?;
+            text += &format!(
+                "\n# the PostgreSQL lab (ocf:heartbeat:pgsql)\nlisten_addresses = '*'\nport = {PG_PORT}\nunix_socket_directories = '{}'\nwal_keep_size = '512MB'\nlogging_collector = on\n",
+                dirs.node_dir(i).display()
+            );
+            std::fs::write(&conf, text)?;
+            params.push(format!("\"pgdata@n{i}\" = \"{}\"", dirs.data(i).display()));
+            params.push(format!("\"socketdir@n{i}\" = \"{}\"", dirs.node_dir(i).display()));
+            params.push(format!(
+                "\"tmpdir@n{i}\" = \"{}\"",
+                dirs.node_dir(i).join("tmp").display()
+            ));
+        }
+        let config = format!(
+            r#"
+[[resource]]
+id = "pgsql"
+agent = "ocf:heartbeat:pgsql"
+start_timeout = "60s"
+stop_timeout = "60s"
+monitor = {{ interval = "2s", timeout = "10s" }}
+params = {{ {} }}
+
+[[clone]]
+id = "pgsql-ha"
+resource = "pgsql"
+promotable = true
+notify = true
+"#,
+            params.join(", ")
+        ) + &write_vip("pgsql-ha");
+        let cluster = start_cluster(lab, exe, config)?;
+        Ok(OcfPgsql { cluster, dirs })
     }
 }
 

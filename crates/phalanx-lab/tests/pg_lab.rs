@@ -308,6 +308,102 @@ async fn paf_runs_unchanged_starts_promotes_and_fails_over() {
     );
 }
 
+/// Debian's `ocf:heartbeat:pgsql` (resource-agents, written for Pacemaker) runs unchanged with
+/// `rep_mode = "sync"`: it reads `crm_mon -1 --output-as=xml` and writes node attributes and
+/// promotion scores with `crm_attribute` (the daemon's shims). Every instance starts as a hot
+/// standby; the agent's monitors compare WAL positions and give the newest the promotion score
+/// 1000; phalanx promotes it and moves the write VIP there; the others stream from it through
+/// the VIP and the agent makes one of them synchronous (score 100, the other -INFINITY).
+/// Monitors answer 8 and 0 (`pgsql-status` PRI and HS:sync). Then the primary's node crashes:
+/// after the fence the synchronous standby is promoted (never the asynchronous one: its
+/// -INFINITY holds) and every acknowledged commit is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debians_pgsql_agent_runs_unchanged_starts_promotes_and_fails_over() {
+    let Some((_one, lab)) = lab_or_skip().await else { return };
+    let mut ra = phalanx_lab::pg_lab::OcfPgsql::start(&lab, &exe()).await.unwrap();
+    let report = |cluster: &phalanx::harness::LocalCluster| {
+        let (_, out, _) = cluster.cli(&["status"]).unwrap();
+        format!("{}\n{out}", phalanx_lab::pg_lab::replication_report(&lab))
+    };
+    let p = wait_primary(&lab, 2, true, T).unwrap_or_else(|e| panic!("{e:#}\n{}", report(&ra.cluster)));
+    let hosts = PhalanxPg::write_hosts();
+    sql_primary(&lab, &hosts, &["create table acks (id bigint primary key)"]).unwrap();
+    // The agent's own view, through the shims: the primary PRI, one replica HS:sync with
+    // score 100, the other HS:async with -INFINITY.
+    let deadline = Instant::now() + T;
+    let sync_standby = loop {
+        let st = ra.cluster.statuses().await;
+        let attr = |n: &str, k: &str| -> String {
+            st.values()
+                .next()
+                .and_then(|s| s.nodes.iter().find(|x| x.name == n)?.attrs.get(k).cloned())
+                .unwrap_or_default()
+        };
+        let others: Vec<String> = (1..=3).filter(|i| *i != p).map(|i| format!("n{i}")).collect();
+        let sync: Vec<&String> = others.iter().filter(|n| attr(n, "pgsql-status") == "HS:sync").collect();
+        let asyn: Vec<&String> = others
+            .iter()
+            .filter(|n| attr(n, "pgsql-status") == "HS:async")
+            .collect();
+        if attr(&format!("n{p}"), "pgsql-status") == "PRI"
+            && sync.len() == 1
+            && asyn.len() == 1
+            && attr(sync[0], "master-pgsql") == "100"
+            && attr(asyn[0], "master-pgsql") == "-INFINITY"
+        {
+            break sync[0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent's attributes never settled: {:?}",
+            st.values()
+                .next()
+                .map(|s| s.nodes.iter().map(|n| (&n.name, &n.attrs)).collect::<Vec<_>>())
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let w = Writer::start(&lab, hosts.clone(), 0);
+    w.wait_acked_after(Instant::now(), 50, T).unwrap();
+    let crash_at = Instant::now();
+    lab.crash(p).unwrap();
+    ra.cluster.reap(&format!("n{p}")).unwrap();
+    w.wait_recovered(crash_at, 20, T)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", report(&ra.cluster)));
+    let log = w.finish().unwrap();
+    let lost = lost_commits(&lab, &hosts, &log).unwrap();
+    assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
+    let now = primaries(&lab).unwrap();
+    assert_eq!(
+        now.iter().map(|i| format!("n{i}")).collect::<Vec<_>>(),
+        std::slice::from_ref(&sync_standby),
+        "the synchronous standby is the new primary"
+    );
+    eprintln!(
+        "ocf:heartbeat:pgsql: n{p} crashed, {sync_standby} promoted, write outage {:?}",
+        phalanx_lab::pg_lab::write_outage(&log, crash_at)
+    );
+    // The crashed primary's `PGSQL.lock` (the agent's, by design: "my data may be
+    // inconsistent") refuses its start when the node is back: the refusal and its reason show
+    // in status, nothing else moves, and no healthy node is fenced for it.
+    let old = format!("n{p}");
+    let fenced_before = ra.cluster.fence_events().len();
+    lab.revive(p).unwrap();
+    ra.cluster.start(&old).unwrap();
+    let reason = ra
+        .cluster
+        .wait_for(T, "the old primary's start refused", |st| {
+            let s = st.get(&sync_standby)?;
+            let r = s.resources.iter().find(|r| r.id == "pgsql")?;
+            let e = r.last_error.clone()?;
+            (r.failures.get(&old).copied().unwrap_or(0) > 0 && e.contains("PGSQL.lock")).then_some(e)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", report(&ra.cluster)));
+    eprintln!("ocf:heartbeat:pgsql on {old} after its crash: {reason}");
+    assert_eq!(primaries(&lab).unwrap(), now, "the primary stays");
+    assert_eq!(ra.cluster.fence_events().len(), fenced_before, "no node fenced for it");
+}
+
 /// `phalanx resource switchover db` under write load (sync on): the primary moves to the
 /// synchronous standby, nothing acknowledged is lost, and the writer sees one pause (a single
 /// run of failed attempts: the write VIP leaves before the demotion and comes back after the

@@ -17,12 +17,13 @@ use crate::pgsql;
 use crate::resources::{params_on, AgentSpec, CloneSpec};
 use std::collections::BTreeMap;
 
-/// A node's promotion score for `rsc` (`master-<rsc>`; 0 when unset or unreadable).
+/// A node's promotion score for `rsc` (`master-<rsc>`, `-INFINITY` and `INFINITY` as Pacemaker
+/// reads them; 0 when unset or unreadable).
 fn promotion_score(ctx: &Ctx, node: &str, rsc: &str) -> i64 {
     ctx.node(node)
         .attrs
         .get(&format!("master-{rsc}"))
-        .and_then(|v| v.trim().parse().ok())
+        .and_then(|v| crate::model::parse_score(v))
         .unwrap_or(0)
 }
 

@@ -1,7 +1,7 @@
 //! Pacemaker's command-line tools, as much of them as OCF agents call (`crm_attribute`,
-//! `crm_master`, `attrd_updater`, `crm_node`, `crm_resource --meta --get-parameter`,
-//! `pacemakerd -$`), so that agents written for Pacemaker — PAF's `pgsqlms`, say — run
-//! unchanged. The daemon puts links named after them to its own binary in a folder first on
+//! `crm_master`, `attrd_updater`, `crm_node`, `crm_resource --meta --get-parameter` and
+//! `--ban`, `crm_mon -1` ([`crm_mon`]), `pacemakerd -$`), so that agents written for Pacemaker —
+//! PAF's `pgsqlms` and Debian's `pgsql`, say — run unchanged. The daemon puts links named after them to its own binary in a folder first on
 //! the agents' `PATH` and in `HA_SBIN_DIR` ([`install`]); started under one of those names the
 //! binary runs [`dispatch`] instead of its CLI. Node attributes (every lifetime, private ones
 //! too) are the cluster's replicated node attributes, read and written through the node's own
@@ -11,14 +11,17 @@
 //! interfaces, no crate provides them. Options follow Pacemaker 2.1's; output and exit codes
 //! are what the agents parse (a missing attribute: exit 105, "No such device or address").
 
+pub mod crm_mon;
+
 use crate::client::{key_path, load_config, Client};
 use anyhow::{anyhow, bail, Context, Result};
 use phalanx_node::ClusterKey;
 use std::path::Path;
 
 /// The tools provided, by the name an agent calls.
-pub const TOOLS: [&str; 6] = [
+pub const TOOLS: [&str; 7] = [
     "crm_attribute",
+    "crm_mon",
     "crm_master",
     "attrd_updater",
     "crm_node",
@@ -148,18 +151,49 @@ async fn run(tool: &str, args: &[String]) -> Result<(i32, String)> {
     match tool {
         "pacemakerd" => Ok((0, format!("Pacemaker {PACEMAKER_VERSION}\nWritten by phalanx (a shim)"))),
         "crm_node" => crm_node(args).await,
-        "crm_resource" => crm_resource(args),
-        "crm_master" => {
-            // crm_master: crm_attribute on the promotion score of the calling resource.
-            let rsc =
-                std::env::var("OCF_RESOURCE_INSTANCE").map_err(|_| anyhow!("OCF_RESOURCE_INSTANCE is not set"))?;
-            let mut a = parse_attr_args(args)?;
-            a.name = Some(format!("master-{}", rsc.split(':').next().unwrap_or(&rsc)));
-            attribute(a, false).await
+        "crm_resource" => crm_resource(args).await,
+        "crm_mon" => crm_mon(args).await,
+        "crm_master" => attribute(promotion_score(None, args)?, false).await,
+        "crm_attribute" if args.iter().any(|a| a == "-p" || a.starts_with("--promotion")) => {
+            // `crm_attribute -p [RSC]` (Pacemaker 2.1, what ocf_promotion_score calls for
+            // feature sets from 3.10): crm_master's promotion score.
+            let (rsc, rest) = split_promotion(args);
+            attribute(promotion_score(rsc, &rest)?, false).await
         }
         "attrd_updater" => attribute(parse_attr_args(args)?, true).await,
         _ => attribute(parse_attr_args(args)?, false).await,
     }
+}
+
+/// `crm_attribute`'s arguments without `-p [RSC]`/`--promotion[=RSC]`, and RSC if given.
+fn split_promotion(args: &[String]) -> (Option<String>, Vec<String>) {
+    let mut rest = Vec::new();
+    let mut rsc = None;
+    let mut it = args.iter().peekable();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-p" | "--promotion" => {
+                if it.peek().is_some_and(|v| !v.starts_with('-')) {
+                    rsc = it.next().cloned();
+                }
+            }
+            a if a.starts_with("--promotion=") => rsc = Some(a["--promotion=".len()..].to_string()),
+            _ => rest.push(a.clone()),
+        }
+    }
+    (rsc, rest)
+}
+
+/// The options of an attribute tool acting on the promotion score (`master-RSC`) of `rsc`, by
+/// default the calling resource.
+fn promotion_score(rsc: Option<String>, args: &[String]) -> Result<AttrArgs> {
+    let rsc = match rsc {
+        Some(r) => r,
+        None => std::env::var("OCF_RESOURCE_INSTANCE").map_err(|_| anyhow!("OCF_RESOURCE_INSTANCE is not set"))?,
+    };
+    let mut a = parse_attr_args(args)?;
+    a.name = Some(format!("master-{}", rsc.split(':').next().unwrap_or(&rsc)));
+    Ok(a)
 }
 
 /// `crm_node -n` (this node's name), `-p`/`--partition` (the online members, space-separated),
@@ -202,23 +236,55 @@ async fn crm_node(args: &[String]) -> Result<(i32, String)> {
 }
 
 /// `crm_resource --resource R --meta --get-parameter P`: the calling instance's own meta
-/// parameter (what it was called with).
-fn crm_resource(args: &[String]) -> Result<(i32, String)> {
+/// parameter (what it was called with). `crm_resource --ban --resource R --node N`: an operator
+/// ban of R (its clone or group, if it is in one) from N, as Debian's `pgsql` agent asks for a
+/// node whose data is newer than the one being promoted.
+async fn crm_resource(args: &[String]) -> Result<(i32, String)> {
     let mut param = None;
     let mut meta = false;
+    let mut ban = false;
+    let mut rsc = None;
+    let mut node = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "-g" | "--get-parameter" => param = it.next().cloned(),
             "-m" | "--meta" => meta = true,
-            "-r" | "--resource" => {
-                it.next();
-            }
-            other => bail!("unsupported option {other} (only --resource R --meta --get-parameter P)"),
+            "-r" | "--resource" => rsc = it.next().cloned(),
+            "-B" | "--ban" => ban = true,
+            "-N" | "--node" => node = it.next().cloned(),
+            "-Q" | "--quiet" => {}
+            other => bail!("unsupported option {other} (only --meta --get-parameter P, and --ban)"),
         }
     }
+    if ban {
+        let rsc = rsc.ok_or_else(|| anyhow!("--ban needs --resource"))?;
+        let rsc = rsc.split(':').next().unwrap_or(&rsc).to_string();
+        let node = match node {
+            Some(n) => n,
+            None => me()?,
+        };
+        let (c, apis) = client()?;
+        let (api, st) = c.first_answering(&apis).await?;
+        // Bans apply to what is placed: the clone or group the primitive is in.
+        let target = st
+            .resources
+            .iter()
+            .find(|r| r.id == rsc)
+            .and_then(|r| r.parent.clone())
+            .unwrap_or(rsc);
+        let _: serde_json::Value = c
+            .post_retrying(
+                &api,
+                &format!("/v1/resources/{target}/ban"),
+                &serde_json::json!({ "node": node, "lifetime_ms": null }),
+                crate::client::RETRY_WRITES,
+            )
+            .await?;
+        return Ok((0, String::new()));
+    }
     let (Some(p), true) = (param, meta) else {
-        bail!("only --resource R --meta --get-parameter P is provided");
+        bail!("only --resource R --meta --get-parameter P and --ban are provided");
     };
     match std::env::var(format!("OCF_RESKEY_CRM_meta_{}", p.replace('-', "_"))) {
         Ok(v) => Ok((0, v)),
@@ -227,6 +293,50 @@ fn crm_resource(args: &[String]) -> Result<(i32, String)> {
             Ok((NOSUCH, String::new()))
         }
     }
+}
+
+/// `crm_mon -1` (any invocation is one-shot): text, or XML with `--output-as=xml`,
+/// `--output-as xml`, `--as-xml` or `-X`. Groups and clones come from the committed config
+/// (the node's file until there is one).
+async fn crm_mon(args: &[String]) -> Result<(i32, String)> {
+    let mut xml = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--output-as=xml" | "--as-xml" | "-X" => xml = true,
+            "--output-as=text" => xml = false,
+            "--output-as" => xml = it.next().map(String::as_str) == Some("xml"),
+            "-1"
+            | "--one-shot"
+            | "-r"
+            | "--inactive"
+            | "-A"
+            | "--show-node-attributes"
+            | "-f"
+            | "--failcounts"
+            | "-n"
+            | "--group-by-node"
+            | "-Q"
+            | "--quiet" => {}
+            other => bail!("unsupported option {other}"),
+        }
+    }
+    let (c, apis) = client()?;
+    let (api, st) = c.first_answering(&apis).await?;
+    let committed: Option<String> = c
+        .get::<phalanx_node::api::config::ConfigView>(&api, "/v1/config")
+        .await
+        .ok()
+        .and_then(|v| v.text);
+    let config = match committed.map(|t| phalanx_core::config::parse(&t)) {
+        Some(Ok(c)) => c,
+        _ => {
+            let path = std::env::var_os(CONFIG_ENV).ok_or_else(|| anyhow!("{CONFIG_ENV} is not set"))?;
+            load_config(Path::new(&path))?
+        }
+    };
+    let mon = crm_mon::Mon::of(&st, &config.resources);
+    Ok((0, if xml { mon.xml() } else { mon.text() }))
 }
 
 /// `crm_attribute`/`attrd_updater`: query, update or delete node attribute `name` of the node
@@ -296,5 +406,22 @@ mod tests {
         assert!(a.delete && a.node.as_deref() == Some("n3"));
         assert!(parse_attr_args(&args("--frobnicate")).is_err());
         assert!(parse_attr_args(&args("--node")).is_err(), "a value is missing");
+    }
+
+    /// `crm_attribute -p -v -INFINITY` (ocf_promotion_score) and `-p RSC`: the promotion
+    /// score of the calling resource, or of RSC.
+    #[test]
+    fn crm_attribute_promotion_is_the_promotion_score() {
+        let (rsc, rest) = split_promotion(&args("-p -v -INFINITY"));
+        let a = promotion_score(Some(rsc.unwrap_or_else(|| "pgsql:1".into())), &rest).unwrap();
+        assert_eq!(
+            (a.name.as_deref(), a.value.as_deref()),
+            (Some("master-pgsql"), Some("-INFINITY"))
+        );
+        let (rsc, rest) = split_promotion(&args("-N n2 --promotion=db -G -q"));
+        assert_eq!(rsc.as_deref(), Some("db"));
+        let a = promotion_score(rsc, &rest).unwrap();
+        assert!(a.query && a.quiet && a.name.as_deref() == Some("master-db") && a.node.as_deref() == Some("n2"));
+        assert_eq!(split_promotion(&args("-p pg -D")).0.as_deref(), Some("pg"));
     }
 }
