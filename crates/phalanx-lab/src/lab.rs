@@ -816,6 +816,32 @@ pub fn wait_any_answer(lab: &Lab, addr: &str, within: std::time::Duration) -> Re
     .map_err(|_| anyhow::anyhow!("the client thread panicked"))?
 }
 
+/// Lab tests of one test process take the lab one at a time: three daemons with 100 ms
+/// heartbeats per lab, several labs at once on a 2-core machine starve each other into
+/// spurious node losses.
+pub static ONE_LAB: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// For a lab test: [`ONE_LAB`] held and a lab of 3 hosts with 2 links; None, said on stderr,
+/// when `PHALANX_NO_LAB` is set.
+pub async fn lab_or_skip() -> Option<(tokio::sync::MutexGuard<'static, ()>, Lab)> {
+    if std::env::var_os("PHALANX_NO_LAB").is_some() {
+        eprintln!("lab test skipped: PHALANX_NO_LAB is set");
+        return None;
+    }
+    let guard = ONE_LAB.lock().await;
+    let lab = Lab::create(3, 2).expect("the lab needs root and iproute2 (CI runs as root; PHALANX_NO_LAB=1 skips)");
+    Some((guard, lab))
+}
+
+/// The usual lab cluster: `nodes` nodes of `exe` with the lab's links, 100 ms heartbeats,
+/// `extra_config` appended (what [`cluster_in`] places in the lab).
+pub fn spec(lab: &Lab, nodes: usize, exe: &std::path::Path, extra_config: String) -> Spec {
+    Spec {
+        links: lab.links,
+        ..Spec::loopback(nodes, exe.to_path_buf(), extra_config)
+    }
+}
+
 /// A local cluster inside `lab`: node i runs in its namespace, links on 10.77.LINK.i, the API on
 /// 10.77.0.i; the harness reaches the APIs from the lab's client namespace. A lab with one host
 /// more than the spec has nodes runs the witness on that last host (10.77.0.N:7600).
@@ -848,13 +874,8 @@ pub async fn web_cluster(
     let within = std::time::Duration::from_secs(60);
     let mut c = cluster_in(
         Spec {
-            nodes: 3,
             heartbeat,
-            links: 2,
-            exe: exe.to_path_buf(),
-            keep: std::env::var_os("PHALANX_KEEP").is_some(),
-            extra_config,
-            cluster_extra: String::new(),
+            ..spec(lab, 3, exe, extra_config)
         },
         lab,
     )?;

@@ -11,7 +11,7 @@
 
 use crate::lab::{cluster_in, in_netns, Lab, VIP};
 use anyhow::{bail, Context, Result};
-use phalanx::harness::{LocalCluster, Spec};
+use phalanx::harness::LocalCluster;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -195,20 +195,98 @@ with_role = "promoted"
 
 /// A started 3-node phalanx cluster in `lab` (100 ms heartbeats) running `extra_config`.
 fn start_cluster(lab: &Lab, exe: &Path, extra_config: String) -> Result<LocalCluster> {
-    let mut cluster = cluster_in(
-        Spec {
-            nodes: lab.nodes,
-            heartbeat: Duration::from_millis(100),
-            links: lab.links,
-            exe: exe.to_path_buf(),
-            keep: std::env::var_os("PHALANX_KEEP").is_some(),
-            extra_config,
-            cluster_extra: String::new(),
-        },
-        lab,
-    )?;
+    let mut cluster = cluster_in(crate::lab::spec(lab, lab.nodes, exe, extra_config), lab)?;
+    // Every node answers Patroni's health endpoints token-free on its health port.
+    let text = std::fs::read_to_string(&cluster.config_path)?;
+    let text = (1..=lab.nodes).fold(text, |t, i| {
+        let ip = lab.node_ip(i, 0);
+        t.replace(
+            &format!("api = \"{ip}:7480\"\n"),
+            &format!("api = \"{ip}:7480\"\nmetrics_listen = \"{ip}:{HEALTH_PORT}\"\n"),
+        )
+    });
+    std::fs::write(&cluster.config_path, text)?;
     cluster.start_all()?;
     Ok(cluster)
+}
+
+/// The port each lab node answers Patroni's health endpoints on without a token: its
+/// `metrics_listen`, where HAProxy's checks reach them as they reach Patroni's 8008.
+pub const HEALTH_PORT: u16 = 9664;
+
+/// Where [`PatroniHaproxy`] takes connections for the primary and for the replicas (port
+/// [`PG_PORT`], in the client namespace).
+pub const HAPROXY_PRIMARY: &str = "127.0.0.1";
+pub const HAPROXY_REPLICAS: &str = "127.0.0.2";
+
+/// HAProxy in the client namespace with the configuration Patroni documents (its
+/// `haproxy.cfg`: `mode tcp`, `option httpchk OPTIONS /primary`, `http-check expect status
+/// 200`, `on-marked-down shutdown-sessions`, each server checked on its node's health port),
+/// pointed at the lab's nodes; only the check interval is shorter (`inter 500ms`, not 3 s) to
+/// keep tests short. `primary` on [`HAPROXY_PRIMARY`], `replicas` (`/replica`) on
+/// [`HAPROXY_REPLICAS`]. Stopped on drop.
+pub struct PatroniHaproxy(Child);
+
+impl PatroniHaproxy {
+    pub fn start(lab: &Lab, dir: &Path) -> Result<PatroniHaproxy> {
+        let haproxy = crate::bench_lb::HAPROXY;
+        if !Path::new(haproxy).is_file() {
+            bail!("{haproxy} not found (apt-get install haproxy; tests/run does)");
+        }
+        let mut cfg = String::from(
+            "global\n    maxconn 100\n\ndefaults\n    mode tcp\n    retries 2\n    timeout client 30m\n    timeout connect 4s\n    timeout server 30m\n    timeout check 5s\n",
+        );
+        for (name, bind, path) in [
+            ("primary", HAPROXY_PRIMARY, "/primary"),
+            ("replicas", HAPROXY_REPLICAS, "/replica"),
+        ] {
+            cfg += &format!(
+                "\nlisten {name}\n    bind {bind}:{PG_PORT}\n    option httpchk OPTIONS {path}\n    http-check expect status 200\n    default-server inter 500ms fall 3 rise 2 on-marked-down shutdown-sessions\n"
+            );
+            for i in 1..=lab.nodes {
+                cfg += &format!(
+                    "    server n{i} {}:{PG_PORT} maxconn 100 check port {HEALTH_PORT}\n",
+                    lab.node_ip(i, 0)
+                );
+            }
+        }
+        let file = dir.join("haproxy.cfg");
+        std::fs::write(&file, cfg)?;
+        let log = std::fs::File::create(dir.join("haproxy.log"))?;
+        let child = phalanx::netns::command_in(&lab.client_ns(), haproxy)
+            .arg("-db")
+            .arg("-f")
+            .arg(&file)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting haproxy")?;
+        Ok(PatroniHaproxy(child))
+    }
+}
+
+impl Drop for PatroniHaproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether the PostgreSQL that answers at `host` (from the client namespace) is in recovery (a
+/// replica); None if none answers.
+pub fn in_recovery_at(lab: &Lab, host: &str) -> Result<Option<bool>> {
+    let host = host.to_string();
+    in_client(lab, move || async move {
+        let Some(c) = connect(&host, false).await else {
+            return Ok(None);
+        };
+        let row = tokio::time::timeout(OP_TIMEOUT, c.query_one("select pg_is_in_recovery()", &[])).await;
+        Ok(match row {
+            Ok(Ok(r)) => Some(r.get::<_, bool>(0)),
+            _ => None,
+        })
+    })
 }
 
 /// A connection from the client namespace's thread to `host`'s PostgreSQL, if it answers

@@ -5,27 +5,13 @@
 //! addresses every ~5 ms for the whole test and fails it if two nodes ever held the VIP at once.
 
 use phalanx::harness::{LocalCluster, Spec};
-use phalanx_lab::lab::{outage, wait_answer, web_config, web_node, Lab, Watch, PORT, VIP};
+use phalanx_lab::lab::{lab_or_skip, outage, wait_answer, web_config, web_node, Lab, Watch, ONE_LAB, PORT, VIP};
 use phalanx_node::StatusReport;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(60);
-
-/// One lab at a time: three daemons with 100 ms heartbeats per lab, several labs at once on a
-/// 2-core machine starve each other into spurious node losses.
-static ONE_LAB: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn lab_or_skip() -> Option<(tokio::sync::MutexGuard<'static, ()>, Lab)> {
-    if std::env::var_os("PHALANX_NO_LAB").is_some() {
-        eprintln!("lab test skipped: PHALANX_NO_LAB is set");
-        return None;
-    }
-    let guard = ONE_LAB.lock().await;
-    let lab = Lab::create(3, 2).expect("the lab needs root and iproute2 (CI runs as root; PHALANX_NO_LAB=1 skips)");
-    Some((guard, lab))
-}
 
 fn cluster(lab: &Lab, failback: &str, prefer: Option<&str>) -> LocalCluster {
     cluster_with(lab, failback, prefer, "")
@@ -45,13 +31,8 @@ fn exe() -> &'static std::path::Path {
 fn started(lab: &Lab, nodes: usize, extra_config: String, cluster_extra: &str) -> LocalCluster {
     let mut c = phalanx_lab::lab::cluster_in(
         Spec {
-            nodes,
-            heartbeat: Duration::from_millis(100),
-            links: 2,
-            exe: exe().to_path_buf(),
-            keep: std::env::var_os("PHALANX_KEEP").is_some(),
-            extra_config,
             cluster_extra: cluster_extra.into(),
+            ..phalanx_lab::lab::spec(lab, nodes, exe(), extra_config)
         },
         lab,
     )

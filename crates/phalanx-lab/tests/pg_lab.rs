@@ -4,24 +4,11 @@
 //! transaction through the VIP and records every acknowledged commit; a sampler in every node
 //! namespace fails the test if two nodes ever hold the write VIP at once.
 
-use phalanx_lab::lab::{Lab, Watch, VIP};
+use phalanx_lab::lab::{lab_or_skip, Lab, Watch, VIP};
 use phalanx_lab::pg_lab::{lost_commits, primaries, sql_primary, wait_primary, PhalanxPg, Writer, PG_PORT};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(120);
-
-/// One lab at a time (three daemons and three PostgreSQL instances each, on 2 cores).
-static ONE_LAB: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn lab_or_skip() -> Option<(tokio::sync::MutexGuard<'static, ()>, Lab)> {
-    if std::env::var_os("PHALANX_NO_LAB").is_some() {
-        eprintln!("lab test skipped: PHALANX_NO_LAB is set");
-        return None;
-    }
-    let guard = ONE_LAB.lock().await;
-    let lab = Lab::create(3, 2).expect("the lab needs root and iproute2 (CI runs as root; PHALANX_NO_LAB=1 skips)");
-    Some((guard, lab))
-}
 
 fn exe() -> std::path::PathBuf {
     phalanx_lab::lab::phalanx_exe().expect("the phalanx binary")
@@ -110,9 +97,20 @@ async fn the_primary_node_crashes_and_every_acknowledged_commit_survives_then_it
         "a replica was promoted before {old} was fenced: {ev:?}"
     );
 
-    // The old primary's node back: its PostgreSQL rejoins as a replica of the new primary.
+    // The old primary's node back: its PostgreSQL rejoins as a replica of the new primary, and
+    // `phalanx status` says so while it does.
     lab.revive(p).unwrap();
     pg.cluster.start(&old).unwrap();
+    let deadline = Instant::now() + T;
+    let rejoining = format!("{old}: rejoining (pg_rewind)");
+    loop {
+        let (_, out, _) = pg.cluster.cli(&["status"]).unwrap();
+        if out.contains(&rejoining) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "status never said {rejoining:?}:\n{out}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let now = wait_primary(&lab, 2, true, T).unwrap();
     assert_ne!(now, p, "the old primary came back as the primary");
     let seen = watch.finish().unwrap();
@@ -402,6 +400,52 @@ async fn debians_pgsql_agent_runs_unchanged_starts_promotes_and_fails_over() {
     eprintln!("ocf:heartbeat:pgsql on {old} after its crash: {reason}");
     assert_eq!(primaries(&lab).unwrap(), now, "the primary stays");
     assert_eq!(ra.cluster.fence_events().len(), fenced_before, "no node fenced for it");
+}
+
+/// HAProxy configured as Patroni documents it (`option httpchk OPTIONS /primary`, `/replica`
+/// for reads, each server checked on its node's health port) routes through phalanx
+/// unchanged: writes reach the primary and reads a replica; the primary's node crashes under
+/// the writer (which connects through HAProxy only), HAProxy's checks follow the promotion,
+/// and every acknowledged commit is on the new primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_configured_for_patroni_routes_writes_and_reads_across_a_failover() {
+    use phalanx_lab::pg_lab::{in_recovery_at, PatroniHaproxy, HAPROXY_PRIMARY, HAPROXY_REPLICAS};
+    let Some((_one, lab)) = lab_or_skip().await else { return };
+    let (mut pg, p) = serving(&lab, "on").await;
+    let _haproxy = PatroniHaproxy::start(&lab, &pg.dirs.root).unwrap();
+    let haproxy_log = pg.dirs.root.join("haproxy.log");
+    let routed = |host: &str, replica: bool| {
+        let deadline = Instant::now() + T;
+        loop {
+            let got = in_recovery_at(&lab, host).unwrap();
+            if got == Some(replica) {
+                return;
+            }
+            let log = std::fs::read_to_string(&haproxy_log).unwrap_or_default();
+            assert!(
+                Instant::now() < deadline,
+                "{host}: {got:?}, not in recovery = {replica}\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    routed(HAPROXY_PRIMARY, false);
+    routed(HAPROXY_REPLICAS, true);
+    let hosts = vec![HAPROXY_PRIMARY.to_string()];
+    let w = Writer::start(&lab, hosts.clone(), 0);
+    w.wait_acked_after(Instant::now(), 50, T).unwrap();
+    let crash_at = Instant::now();
+    lab.crash(p).unwrap();
+    pg.cluster.reap(&format!("n{p}")).unwrap();
+    w.wait_recovered(crash_at, 20, T).unwrap();
+    let log = w.finish().unwrap();
+    let lost = lost_commits(&lab, &PhalanxPg::write_hosts(), &log).unwrap();
+    assert!(lost.is_empty(), "acknowledged commits lost: {lost:?}");
+    routed(HAPROXY_REPLICAS, true);
+    eprintln!(
+        "HAProxy (Patroni's checks, inter 500ms fall 3 rise 2): n{p} crashed, write outage through it {:?}",
+        phalanx_lab::pg_lab::write_outage(&log, crash_at)
+    );
 }
 
 /// `phalanx resource switchover db` under write load (sync on): the primary moves to the

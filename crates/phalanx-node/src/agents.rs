@@ -58,10 +58,17 @@ pub struct Runner {
     /// More environment for every agent call: the daemon's Pacemaker command-line tools
     /// (`PATH`, `HA_SBIN_DIR` and what they need: `phalanx::pcmk_shim`). Empty by default.
     pub env: Vec<(String, String)>,
+    /// What the built-in agents say they are doing (see [`Notes`]).
+    pub notes: Notes,
 }
 
 /// The locks of a runner's resource instances (see [`Runner::instance_lock`]); public only so
 /// that a runner can be written `Runner { state_dir, ..Runner::new(node) }`.
+/// What built-in agents say they are doing while an action runs, per resource instance (the
+/// `pgsql` start: "rejoining (pg_rewind)"); the executor publishes a change as the node
+/// attribute `phalanx_core::resources::progress_attr`, and the note ends with the call.
+pub type Notes = std::sync::Arc<tokio::sync::watch::Sender<BTreeMap<String, String>>>;
+
 pub type InstanceLocks = std::sync::Arc<std::sync::Mutex<BTreeMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>>;
 
 /// The future of a faked agent call.
@@ -157,6 +164,7 @@ impl Runner {
             balancers: None,
             instance_locks: Default::default(),
             env: Vec::new(),
+            notes: std::sync::Arc::new(tokio::sync::watch::channel(BTreeMap::new()).0),
         }
     }
 
@@ -256,19 +264,28 @@ impl Runner {
                 ),
             },
             AgentSpec::Process => self.process(c, started).await,
-            AgentSpec::Pgsql => match tokio::time::timeout(c.timeout, crate::pgsql::call(c, &self.node)).await {
-                Ok((code, reason, attrs)) => CallResult {
-                    exit_reason: reason,
-                    attrs,
-                    ..CallResult::ours(c.action, code, String::new(), started)
-                },
-                Err(_) => CallResult {
-                    timed_out: true,
-                    verdict: Verdict::Timeout,
-                    exit_code: None,
-                    ..CallResult::ours(c.action, 1, format!("pgsql {} timed out", c.action.as_str()), started)
-                },
-            },
+            AgentSpec::Pgsql => {
+                let note = |what: &str| {
+                    self.notes.send_modify(|m| {
+                        m.insert(c.instance.to_string(), what.to_string());
+                    })
+                };
+                let r = tokio::time::timeout(c.timeout, crate::pgsql::call(c, &self.node, &note)).await;
+                self.notes.send_if_modified(|m| m.remove(c.instance).is_some());
+                match r {
+                    Ok((code, reason, attrs)) => CallResult {
+                        exit_reason: reason,
+                        attrs,
+                        ..CallResult::ours(c.action, code, String::new(), started)
+                    },
+                    Err(_) => CallResult {
+                        timed_out: true,
+                        verdict: Verdict::Timeout,
+                        exit_code: None,
+                        ..CallResult::ours(c.action, 1, format!("pgsql {} timed out", c.action.as_str()), started)
+                    },
+                }
+            }
             AgentSpec::Vip => match tokio::time::timeout(c.timeout, vip_call(c)).await {
                 Ok((code, reason)) => CallResult {
                     exit_reason: reason,

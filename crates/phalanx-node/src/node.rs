@@ -266,6 +266,10 @@ pub struct ResourceStatus {
     /// Its last operation, as far as the state records it.
     #[serde(default)]
     pub last_op: Option<crate::status::LastOp>,
+    /// What its agent is doing, per node, while an action runs there ("rejoining
+    /// (pg_rewind)": see `status::in_progress`).
+    #[serde(default)]
+    pub in_progress: BTreeMap<String, String>,
     /// How often its monitor runs (None: not monitored).
     #[serde(default)]
     pub monitor_interval_ms: Option<u64>,
@@ -1020,6 +1024,7 @@ impl Node {
                         .cloned()
                         .or_else(|| crate::status::last_op(&sm.cluster, &id)),
                     monitor_interval_ms: p.monitor.as_ref().map(|m| m.interval.as_millis() as u64),
+                    in_progress: crate::status::in_progress(&sm.cluster, &id),
                     id,
                     agent: p.agent.to_string(),
                     parent,

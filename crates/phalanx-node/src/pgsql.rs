@@ -42,18 +42,22 @@ fn position_attr(instance: &str) -> String {
     phalanx_core::pgsql::position_attr(instance)
 }
 
+/// What the agent says it is doing while an action runs ("rejoining (pg_rewind)": see
+/// `crate::agents::Notes`).
+pub type Note<'a> = &'a (dyn Fn(&str) + std::marker::Sync);
+
 /// Run one action of the agent on node `me`: its OCF code, why, and the node attributes to
-/// record (a monitor's position).
-pub async fn call(c: &AgentCall<'_>, me: &str) -> (i32, Option<String>, BTreeMap<String, String>) {
+/// record (a monitor's position). A long step of a start is told to `note`.
+pub async fn call(c: &AgentCall<'_>, me: &str, note: Note<'_>) -> (i32, Option<String>, BTreeMap<String, String>) {
     if c.action == AgentAction::Monitor {
-        return monitor_call(c, me).await;
+        return monitor_call(c, me, note).await;
     }
-    let (code, why) = action(c, me).await;
+    let (code, why) = action(c, me, note).await;
     (code, why, BTreeMap::new())
 }
 
-async fn monitor_call(c: &AgentCall<'_>, me: &str) -> (i32, Option<String>, BTreeMap<String, String>) {
-    let (code, why) = action(c, me).await;
+async fn monitor_call(c: &AgentCall<'_>, me: &str, note: Note<'_>) -> (i32, Option<String>, BTreeMap<String, String>) {
+    let (code, why) = action(c, me, note).await;
     let mut attrs = BTreeMap::new();
     if code == ocf::OCF_SUCCESS || code == ocf::OCF_RUNNING_PROMOTED {
         if let Ok(p) = Params::parse(c.params) {
@@ -61,6 +65,7 @@ async fn monitor_call(c: &AgentCall<'_>, me: &str) -> (i32, Option<String>, BTre
                 p: &p,
                 me,
                 timeout: c.timeout,
+                note,
             };
             let position = pg.position().await;
             match &position {
@@ -92,7 +97,7 @@ async fn monitor_call(c: &AgentCall<'_>, me: &str) -> (i32, Option<String>, BTre
     (code, why, attrs)
 }
 
-async fn action(c: &AgentCall<'_>, me: &str) -> Answer {
+async fn action(c: &AgentCall<'_>, me: &str, note: Note<'_>) -> Answer {
     let p = match Params::parse(c.params) {
         Ok(p) => p,
         Err(errors) => return err(ocf::OCF_ERR_CONFIGURED, errors.join("; ")),
@@ -101,6 +106,7 @@ async fn action(c: &AgentCall<'_>, me: &str) -> Answer {
         p: &p,
         me,
         timeout: c.timeout,
+        note,
     };
     if matches!(c.action, AgentAction::MetaData | AgentAction::Notify) {
         return (ocf::OCF_SUCCESS, None);
@@ -146,6 +152,7 @@ struct Pg<'a> {
     p: &'a Params,
     me: &'a str,
     timeout: Duration,
+    note: Note<'a>,
 }
 
 impl Pg<'_> {
@@ -609,6 +616,7 @@ impl Pg<'_> {
             format!("--source-server={}", self.upstream_db(up)?),
         ];
         tracing::info!(from = %up.node, "pgsql: rejoining as a replica (pg_rewind)");
+        (self.note)("rejoining (pg_rewind)");
         let r = self.run(&self.bin("pg_rewind"), &args, &[], self.timeout).await;
         if r.code == Some(0) {
             tracing::info!(from = %up.node, output = %r.out.lines().last().unwrap_or(""), "pgsql: pg_rewind done");
@@ -667,6 +675,7 @@ impl Pg<'_> {
             "-w".into(),
         ];
         tracing::info!(from = %up.node, "pgsql: copying the data directory (pg_basebackup)");
+        (self.note)(&format!("copying from {} (pg_basebackup)", up.node));
         let r = self.run(&self.bin("pg_basebackup"), &args, &env, self.timeout).await;
         if r.code == Some(0) {
             return Ok(());

@@ -172,6 +172,26 @@ pub fn last_ops_from_events(log: &phalanx_core::events::EventLog) -> BTreeMap<St
     out
 }
 
+/// What a built-in agent is doing for `rsc`, per node, while an action of the current plan is
+/// pending there (the node attribute `phalanx_core::resources::progress_attr`: "rejoining
+/// (pg_rewind)"). A note left by an action no longer pending (its node died during it) is not
+/// shown.
+pub fn in_progress(state: &ClusterState, rsc: &str) -> BTreeMap<String, String> {
+    let key = phalanx_core::resources::progress_attr(rsc);
+    let pending = state.plan.pending_keys();
+    state
+        .nodes
+        .iter()
+        .filter_map(|(n, rec)| {
+            let note = rec.attrs.get(&key)?;
+            pending
+                .iter()
+                .any(|(_, r, on)| r == rsc && on == n)
+                .then(|| (n.clone(), note.clone()))
+        })
+        .collect()
+}
+
 /// The last operation of `rsc` (see [`LastOp`]), from the state when the event history has
 /// none (see [`last_ops_from_events`]).
 pub fn last_op(state: &ClusterState, rsc: &str) -> Option<LastOp> {

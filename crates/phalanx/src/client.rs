@@ -147,6 +147,12 @@ impl Client {
         self
     }
 
+    /// The same client naming its caller `who` (`x-phalanx-operator`) instead of [`caller`].
+    pub fn with_caller(mut self, who: String) -> Self {
+        self.who = who;
+        self
+    }
+
     /// The token it presents.
     pub fn token(&self) -> &str {
         &self.token

@@ -200,6 +200,9 @@ pub fn status(s: &StatusReport) -> String {
                 let f: Vec<String> = r.failures.iter().map(|(n, c)| format!("{n}={c}")).collect();
                 let _ = writeln!(o, "      fail counts: {}", f.join(" "));
             }
+            for (n, what) in &r.in_progress {
+                let _ = writeln!(o, "      {n}: {what}");
+            }
             if let Some(op) = &r.last_op {
                 let _ = writeln!(o, "      last operation: {}", last_op(op, s.generated_ms));
             }

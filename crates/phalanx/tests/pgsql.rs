@@ -195,18 +195,26 @@ async fn postgres_is_promoted_switched_over_and_failed_over_with_its_rows() {
     for i in 0..3 {
         let name = format!("n{}", i + 1);
         let api = c.node(&name).unwrap().api.clone();
+        // OPTIONS as Patroni's HAProxy template checks (`option httpchk OPTIONS /primary`).
         let want = if i == pi {
-            [200, 503, 200, 400]
+            [200, 503, 200, 400, 200]
         } else {
-            [503, 200, 200, 400]
+            [503, 200, 200, 400, 503]
         };
         // Each node answers from its own replica of the state: polled until it has caught up.
         let deadline = Instant::now() + T;
         loop {
             let mut codes = Vec::new();
-            for path in ["/primary", "/replica", "/health", "/replica?lag=nonsense"] {
+            for (method, path) in [
+                ("GET", "/primary"),
+                ("GET", "/replica"),
+                ("GET", "/health"),
+                ("GET", "/replica?lag=nonsense"),
+                ("OPTIONS", "/primary"),
+            ] {
+                let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
                 let r = http
-                    .get(LocalCluster::url(&api, path))
+                    .request(method, LocalCluster::url(&api, path))
                     .bearer_auth(&token)
                     .send()
                     .await

@@ -35,6 +35,12 @@ pub(crate) use primitive::RawResource;
 // Scores are shared with the scheduler; these paths stay for the code that names them here.
 pub use crate::model::{add_scores, score_str, INFINITY};
 
+/// The node attribute in which a node publishes what a built-in agent is doing for instance
+/// `rsc` while one of its actions runs (`phalanx status`: "rejoining (pg_rewind)").
+pub fn progress_attr(rsc: &str) -> String {
+    format!("phalanx-progress-{rsc}")
+}
+
 /// All resources of a config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Resources {

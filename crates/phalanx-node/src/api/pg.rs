@@ -37,9 +37,13 @@ const HEALTH_PATHS: &[&str] = &[
     "/readiness",
 ];
 
-/// The Patroni-compatible health routes alone (also on the token-free `metrics_listen`).
+/// The Patroni-compatible health routes alone (also on the token-free `metrics_listen`), for
+/// GET, HEAD and OPTIONS as Patroni answers them: Patroni's HAProxy template checks with
+/// `option httpchk OPTIONS /primary`.
 pub(crate) fn health_routes() -> Router<Arc<Node>> {
-    HEALTH_PATHS.iter().fold(Router::new(), |r, p| r.route(p, get(health)))
+    HEALTH_PATHS
+        .iter()
+        .fold(Router::new(), |r, p| r.route(p, get(health).options(health)))
 }
 
 pub(super) fn routes() -> Router<Arc<Node>> {

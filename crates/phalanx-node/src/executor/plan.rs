@@ -236,7 +236,8 @@ async fn run_action(
         };
     }
     let meta = plan_meta(node, action);
-    match call_with(node, runner, &action.rsc, agent_action(action.kind), None, &meta).await {
+    let call = call_with(node, runner, &action.rsc, agent_action(action.kind), None, &meta);
+    match with_notes(node, runner, &action.rsc, call).await {
         Some(r) => (outcome_of(&r), r.exit_reason.clone(), None, Some(report(&r))),
         None => (
             CallOutcome::Fatal,
@@ -245,6 +246,41 @@ async fn run_action(
             None,
         ),
     }
+}
+
+/// Run `call` (an action of instance `rsc`), publishing what the agent says it is doing (see
+/// `agents::Notes`) as the node attribute `progress_attr(rsc)` while it runs, cleared after.
+/// A write is awaited between polls of the call, which runs on (its processes are children).
+async fn with_notes<T>(node: &Node, runner: &Runner, rsc: &str, call: impl std::future::Future<Output = T>) -> T {
+    let key = phalanx_core::resources::progress_attr(rsc);
+    let set = |value: Option<String>| Command::SetAttr {
+        name: node.name.clone(),
+        key: key.clone(),
+        value,
+    };
+    let mut notes = runner.notes.subscribe();
+    let mut shown: Option<String> = None;
+    tokio::pin!(call);
+    let out = loop {
+        tokio::select! {
+            out = &mut call => break out,
+            Ok(()) = notes.changed() => {
+                let note = notes.borrow_and_update().get(rsc).cloned();
+                if note.is_some() && note != shown {
+                    if let Err(e) = node.write(set(note.clone())).await {
+                        tracing::debug!(%rsc, error = ?e, "could not publish an agent's progress");
+                    }
+                    shown = note;
+                }
+            }
+        }
+    };
+    if shown.is_some() {
+        if let Err(e) = node.write(set(None)).await {
+            tracing::debug!(%rsc, error = ?e, "could not clear an agent's progress");
+        }
+    }
+    out
 }
 
 /// Why a planned fence is not to be carried out now.

@@ -144,7 +144,14 @@ fn client() -> Result<(Client, Vec<String>)> {
     let tls = crate::client::operator_tls(&key_path(path, &config))?;
     let mut apis: Vec<String> = std::env::var(API_ENV).into_iter().collect();
     apis.extend(config.nodes.iter().map(|n| n.api.to_string()));
-    Ok((Client::new(&key, tls)?.with_token(token), apis))
+    // Writes are recorded as this agent's (the event history's `by`), not as an operator's.
+    let who = format!(
+        "agent {} ({} on {})",
+        std::env::var("OCF_RESOURCE_TYPE").unwrap_or_else(|_| "?".into()),
+        std::env::var("OCF_RESOURCE_INSTANCE").unwrap_or_else(|_| "?".into()),
+        me().unwrap_or_else(|_| "?".into())
+    );
+    Ok((Client::new(&key, tls)?.with_token(token).with_caller(who), apis))
 }
 
 async fn run(tool: &str, args: &[String]) -> Result<(i32, String)> {
@@ -348,29 +355,48 @@ async fn attribute(a: AttrArgs, attrd: bool) -> Result<(i32, String)> {
         Some(n) => n.clone(),
         None => me()?,
     };
+    if a.value.is_none() && !a.delete && !a.query && !attrd {
+        bail!("give --query, --update VALUE or --delete");
+    }
     let (c, apis) = client()?;
     // This node's own daemon (it runs the agent calling), which forwards writes to the leader.
     let api = apis.first().cloned().ok_or_else(|| anyhow!("no API to ask"))?;
-    let path = format!("/v1/nodes/{node}/attrs/{name}");
-    if let Some(v) = &a.value {
-        let _: serde_json::Value = c.put(&api, &path, &serde_json::json!({ "value": v })).await?;
-        return Ok((0, String::new()));
+    // Read from the leader: it has applied every write acknowledged so far (this agent's last
+    // one too), so the value compared with is not a stale one (just after a change of leader it
+    // may be; then a write is skipped that the agent's next monitor makes again).
+    let (_, mut st) = c.first_answering(&apis).await?;
+    let leader_api = st
+        .leader
+        .as_ref()
+        .filter(|l| **l != st.node)
+        .and_then(|l| st.nodes.iter().find(|n| &n.name == l))
+        .map(|n| n.api.clone());
+    if let Some(l) = leader_api {
+        st = c.status(&l).await?;
     }
-    if a.delete {
-        // Deleting an attribute that is not there is no error (Pacemaker's behaviour).
-        let _: serde_json::Value = c.delete(&api, &path).await?;
-        return Ok((0, String::new()));
-    }
-    if !a.query && !attrd {
-        bail!("give --query, --update VALUE or --delete");
-    }
-    let (_, st) = c.first_answering(&apis).await?;
     let n = st
         .nodes
         .iter()
         .find(|n| n.name == node)
         .ok_or_else(|| anyhow!("no node named {node}"))?;
-    match n.attrs.get(&name) {
+    let current = n.attrs.get(&name);
+    let path = format!("/v1/nodes/{node}/attrs/{name}");
+    // A write that changes nothing is not made (agents set their scores at every monitor, as
+    // Pacemaker's attribute manager does not propagate an unchanged value): no Raft entry, no
+    // event. Deleting an attribute that is not there is no error (Pacemaker's behaviour).
+    if let Some(v) = &a.value {
+        if current != Some(v) {
+            let _: serde_json::Value = c.put(&api, &path, &serde_json::json!({ "value": v })).await?;
+        }
+        return Ok((0, String::new()));
+    }
+    if a.delete {
+        if current.is_some() {
+            let _: serde_json::Value = c.delete(&api, &path).await?;
+        }
+        return Ok((0, String::new()));
+    }
+    match current {
         Some(v) if attrd => Ok((0, format!("name=\"{name}\" host=\"{node}\" value=\"{v}\""))),
         Some(v) if a.quiet => Ok((0, v.clone())),
         Some(v) => Ok((0, format!("scope=nodes  name={name} value={v}"))),
