@@ -28,7 +28,8 @@ pub fn alert_kind(k: EventKind) -> Option<&'static str> {
         | EventKind::ResourceDemoted
         | EventKind::ResourceReloaded
         | EventKind::ResourceFailed
-        | EventKind::MonitorFailed => "resource",
+        | EventKind::MonitorFailed
+        | EventKind::NotifyFailed => "resource",
         EventKind::QuorumLost | EventKind::QuorumRegained => "quorum",
         EventKind::ConfigApplied => "config",
         EventKind::OperatorCommand => "operator",

@@ -41,6 +41,9 @@ pub enum EventKind {
     /// A plan action (start, stop, promote, demote) of a resource failed.
     ResourceFailed,
     MonitorFailed,
+    /// A clone notification the agent failed: recorded, but not a failure of the resource
+    /// (under Pacemaker too, a failed notify changes nothing and the operations go on).
+    NotifyFailed,
     PlanCommitted,
     ConfigApplied,
     OperatorCommand,
@@ -69,7 +72,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 33] = [
+    pub const ALL: [EventKind; 34] = [
         EventKind::NodeAdded,
         EventKind::NodeRemoved,
         EventKind::NodeJoined,
@@ -90,6 +93,7 @@ impl EventKind {
         EventKind::ResourceReloaded,
         EventKind::ResourceFailed,
         EventKind::MonitorFailed,
+        EventKind::NotifyFailed,
         EventKind::PlanCommitted,
         EventKind::ConfigApplied,
         EventKind::OperatorCommand,
@@ -128,6 +132,7 @@ impl EventKind {
             EventKind::ResourceReloaded => "resource_reloaded",
             EventKind::ResourceFailed => "resource_failed",
             EventKind::MonitorFailed => "monitor_failed",
+            EventKind::NotifyFailed => "notify_failed",
             EventKind::PlanCommitted => "plan_committed",
             EventKind::ConfigApplied => "config_applied",
             EventKind::OperatorCommand => "operator_command",
@@ -889,7 +894,10 @@ fn result_event(
             )
         }
         (k, false) => (
-            EventKind::ResourceFailed,
+            match k {
+                ActionKind::Notify { .. } => EventKind::NotifyFailed,
+                _ => EventKind::ResourceFailed,
+            },
             &action.node,
             format!(
                 "{} of {} failed on {}{took}{}: {}",

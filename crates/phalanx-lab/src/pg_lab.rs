@@ -722,8 +722,8 @@ notify = true
 }
 
 /// PostgreSQL run by Debian's `ocf:heartbeat:pgsql` (resource-agents, written for Pacemaker)
-/// under phalanx, unchanged, as its documentation sets it up for replication: the data
-/// prepared as for PAF (n1 initialized and copied), `rep_mode = "sync"`, `node_list` naming the
+/// under phalanx, unchanged, as its documentation sets it up for replication: n1 initialized
+/// and copied to the others, `rep_mode = "sync"`, `node_list` naming the
 /// three nodes, `master_ip` the write VIP (the agent writes `primary_conninfo` itself, in
 /// `tmpdir`, and includes it in `postgresql.conf`), a promotable clone with `notify = true`, and
 /// the write VIP on the primary. The agent reads `crm_mon -1 --output-as=xml` and
@@ -741,7 +741,23 @@ impl OcfPgsql {
             bail!("{OCF_PGSQL} not found (apt-get install resource-agents; tests/run does)");
         }
         let dirs = PgDirs::create(lab.nodes)?;
-        dirs.initdb_and_copy(lab.nodes)?;
+        // Every node starts from the same files (copies of n1's, never started), so that the
+        // agent's own choice of the newest at first start may fall on any of them. With
+        // `pg_basebackup` copies n1's shutdown checkpoint puts it ahead of the others, and a
+        // node whose monitors finished counting before n1 published its position claimed the
+        // master right, was promoted, and n1 could not follow it (1 full run in 3).
+        dirs.initdb(1)?;
+        for i in 2..=lab.nodes {
+            let ok = Command::new("cp")
+                .arg("-a")
+                .arg(dirs.data(1))
+                .arg(dirs.data(i))
+                .status()?
+                .success();
+            if !ok {
+                bail!("copying n1's data to n{i} failed");
+            }
+        }
         let mut params = vec![
             format!("pgctl = \"{BINDIR}/pg_ctl\""),
             format!("psql = \"{BINDIR}/psql\""),

@@ -239,6 +239,68 @@ async fn a_primary_and_a_replica_start_promote_fail_over_and_follow() {
     }
 }
 
+/// A former primary whose timeline cannot be rewound is not left broken: its `pg_rewind` fails
+/// (here from a `bindir` whose `pg_rewind` exits 1 as the real one does when the WAL it needs
+/// is gone; every other program is the real one), so its start sets the data directory aside
+/// as `PGDATA.diverged`, copies the new primary's afresh, streams from it, and says all that
+/// in its result (the event history's text).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_former_primary_that_cannot_be_rewound_is_set_aside_and_copied_afresh() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let n1 = Instance::new(root.path(), "n1");
+    let n2 = Instance::new(root.path(), "n2");
+    n1.init();
+    assert_eq!(code(&n1.call(AgentAction::Start, None).await), Some(0));
+    assert_eq!(code(&n1.call(AgentAction::Promote, None).await), Some(0));
+    n1.sql("create table cart (id int primary key)");
+    n1.sql("insert into cart values (1)");
+    assert_eq!(code(&n2.call(AgentAction::Start, Some(&n1)).await), Some(0));
+    n2.wait_sql("select count(*) from cart", "1");
+    // n1 stops, n2 is promoted and takes a write: n1's data last ran as a primary.
+    assert_eq!(code(&n1.call(AgentAction::Stop, None).await), Some(0));
+    assert_eq!(code(&n2.call(AgentAction::Promote, None).await), Some(0));
+    n2.sql("insert into cart values (2)");
+
+    let bin = root.path().join("bin-no-rewind");
+    std::fs::create_dir(&bin).unwrap();
+    for e in std::fs::read_dir(BINDIR).unwrap().flatten() {
+        std::os::unix::fs::symlink(e.path(), bin.join(e.file_name())).unwrap();
+    }
+    let rewind = bin.join("pg_rewind");
+    std::fs::remove_file(&rewind).unwrap();
+    std::fs::write(
+        &rewind,
+        "#!/bin/sh\necho 'pg_rewind: error: could not find previous WAL record at 0/3000060' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&rewind, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut params = n1.params();
+    params.insert("bindir".into(), bin.display().to_string());
+
+    let r = n1.call_with(&params, AgentAction::Start, Some(&n2)).await;
+    assert_eq!(code(&r), Some(0), "{r:?}");
+    let why = r.exit_reason.clone().unwrap_or_default();
+    assert!(
+        why.contains("pg_rewind from n2 failed")
+            && why.contains(".diverged")
+            && why.contains("copied from n2 (pg_basebackup)"),
+        "{r:?}"
+    );
+    let aside = n1.data().with_extension("diverged");
+    assert!(aside.join("PG_VERSION").is_file(), "the old data is kept aside");
+    assert!(n1.data().join("standby.signal").is_file(), "a replica now");
+    assert_eq!(
+        code(&n1.call_with(&params, AgentAction::Monitor, Some(&n2)).await),
+        Some(0)
+    );
+    n1.wait_sql("select count(*) from cart", "2");
+    assert_eq!(n2.sql("select application_name from pg_stat_replication"), "n1");
+    for n in [&n1, &n2] {
+        assert_eq!(code(&n.call(AgentAction::Stop, None).await), Some(0));
+    }
+}
+
 /// Bad params and a missing installation are clear errors, and nothing is touched.
 #[tokio::test]
 async fn bad_params_and_a_wrong_bindir_are_clear_errors() {

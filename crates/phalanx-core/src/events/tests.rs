@@ -289,6 +289,58 @@ fn a_failed_start_keeps_exit_code_reason_and_the_last_stderr_lines() {
     assert_eq!(e.summary, "start of db failed on n1 in 33 ms, rc=1: error: cannot bind");
 }
 
+/// A failed clone notification is `notify_failed`, not `resource_failed`: the resource did not
+/// fail (it counts no failure, and availability and status do not read it as one).
+#[test]
+fn a_failed_notification_is_not_a_failed_resource() {
+    let (mut s, mut log) = (online(&["n1"]), EventLog::default());
+    let notify = act(
+        ActionKind::Notify {
+            when: crate::notify::When::Pre,
+            op: crate::notify::Op::Start,
+        },
+        "db",
+        "n1",
+    );
+    run(
+        &mut s,
+        &mut log,
+        &[
+            stamped(
+                "n1",
+                1,
+                Command::SetPlan {
+                    actions: vec![notify.clone()],
+                    edges: vec![],
+                },
+            ),
+            with_call(
+                "n1",
+                2,
+                CallReport::new(Some(1), 5, ""),
+                Command::ActionResult {
+                    plan_id: 1,
+                    index: 0,
+                    action: notify,
+                    outcome: CallOutcome::Soft,
+                    at_ms: 2,
+                    reason: Some("no such notification".into()),
+                },
+            ),
+        ],
+    );
+    let e = log.get(2).unwrap();
+    assert_eq!(e.kind, EventKind::NotifyFailed, "{e:?}");
+    assert_eq!(
+        e.summary,
+        "notify of db failed on n1 in 5 ms, rc=1: error: no such notification"
+    );
+    assert!(
+        s.resources.get("db").is_none_or(|r| r.failures.is_empty()),
+        "no failure counted"
+    );
+}
+
 #[test]
 fn the_history_is_bounded_and_says_what_a_batch_changed() {
     let (mut s, mut log) = (online(&["n1"]), EventLog::default());

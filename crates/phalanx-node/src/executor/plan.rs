@@ -250,8 +250,11 @@ async fn run_action(
 
 /// Run `call` (an action of instance `rsc`), publishing what the agent says it is doing (see
 /// `agents::Notes`) as the node attribute `progress_attr(rsc)` while it runs, cleared after.
-/// A write is awaited between polls of the call, which runs on (its processes are children).
+/// The publishing runs beside the call, never in its way: each write is bounded (a node
+/// without a leader cannot commit one), and a write still pending when the call ends is
+/// dropped.
 async fn with_notes<T>(node: &Node, runner: &Runner, rsc: &str, call: impl std::future::Future<Output = T>) -> T {
+    const BOUND: Duration = Duration::from_secs(2);
     let key = phalanx_core::resources::progress_attr(rsc);
     let set = |value: Option<String>| Command::SetAttr {
         name: node.name.clone(),
@@ -259,24 +262,28 @@ async fn with_notes<T>(node: &Node, runner: &Runner, rsc: &str, call: impl std::
         value,
     };
     let mut notes = runner.notes.subscribe();
-    let mut shown: Option<String> = None;
-    tokio::pin!(call);
-    let out = loop {
-        tokio::select! {
-            out = &mut call => break out,
-            Ok(()) = notes.changed() => {
-                let note = notes.borrow_and_update().get(rsc).cloned();
-                if note.is_some() && note != shown {
-                    if let Err(e) = node.write(set(note.clone())).await {
-                        tracing::debug!(%rsc, error = ?e, "could not publish an agent's progress");
-                    }
-                    shown = note;
+    let shown = std::sync::atomic::AtomicBool::new(false);
+    let publish = async {
+        let mut last: Option<String> = None;
+        while notes.changed().await.is_ok() {
+            let note = notes.borrow_and_update().get(rsc).cloned();
+            if note.is_some() && note != last {
+                shown.store(true, std::sync::atomic::Ordering::Relaxed);
+                if let Ok(Err(e)) = tokio::time::timeout(BOUND, node.write(set(note.clone()))).await {
+                    tracing::debug!(%rsc, error = ?e, "could not publish an agent's progress");
                 }
+                last = note;
             }
         }
     };
-    if shown.is_some() {
-        if let Err(e) = node.write(set(None)).await {
+    tokio::pin!(call);
+    let out = tokio::select! {
+        out = &mut call => out,
+        // The notes' sender is gone (the runner dropped): nothing more to publish.
+        () = publish => call.await,
+    };
+    if shown.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Ok(Err(e)) = tokio::time::timeout(BOUND, node.write(set(None))).await {
             tracing::debug!(%rsc, error = ?e, "could not clear an agent's progress");
         }
     }
