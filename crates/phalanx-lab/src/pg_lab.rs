@@ -665,6 +665,29 @@ impl PhalanxPg {
     }
 }
 
+/// An agent written for Pacemaker (`ocf:heartbeat:KIND`) as resource `id` with `params`: a
+/// promotable clone `pgsql-ha` with `notify = true`, and the write VIP on its primary.
+fn pacemaker_agent_config(id: &str, kind: &str, params: &[String]) -> String {
+    format!(
+        r#"
+[[resource]]
+id = "{id}"
+agent = "ocf:heartbeat:{kind}"
+start_timeout = "60s"
+stop_timeout = "60s"
+monitor = {{ interval = "2s", timeout = "10s" }}
+params = {{ {} }}
+
+[[clone]]
+id = "pgsql-ha"
+resource = "{id}"
+promotable = true
+notify = true
+"#,
+        params.join(", ")
+    ) + &write_vip("pgsql-ha")
+}
+
 /// PostgreSQL run by PAF (Debian's `resource-agents-paf`: `ocf:heartbeat:pgsqlms`, written for
 /// Pacemaker) under phalanx, unchanged: the data prepared as PAF's documentation says (n1
 /// initialized, copied with `pg_basebackup` to n2 and n3, each with `primary_conninfo` naming
@@ -698,25 +721,7 @@ impl PafPg {
             params.push(format!("\"pgdata@n{i}\" = \"{}\"", dirs.data(i).display()));
             params.push(format!("\"pghost@n{i}\" = \"{}\"", dirs.node_dir(i).display()));
         }
-        let config = format!(
-            r#"
-[[resource]]
-id = "pgsqld"
-agent = "ocf:heartbeat:pgsqlms"
-start_timeout = "60s"
-stop_timeout = "60s"
-monitor = {{ interval = "2s", timeout = "10s" }}
-params = {{ {} }}
-
-[[clone]]
-id = "pgsql-ha"
-resource = "pgsqld"
-promotable = true
-notify = true
-"#,
-            params.join(", ")
-        ) + &write_vip("pgsql-ha");
-        let cluster = start_cluster(lab, exe, config)?;
+        let cluster = start_cluster(lab, exe, pacemaker_agent_config("pgsqld", "pgsqlms", &params))?;
         Ok(PafPg { cluster, dirs })
     }
 }
@@ -786,25 +791,7 @@ impl OcfPgsql {
                 dirs.node_dir(i).join("tmp").display()
             ));
         }
-        let config = format!(
-            r#"
-[[resource]]
-id = "pgsql"
-agent = "ocf:heartbeat:pgsql"
-start_timeout = "60s"
-stop_timeout = "60s"
-monitor = {{ interval = "2s", timeout = "10s" }}
-params = {{ {} }}
-
-[[clone]]
-id = "pgsql-ha"
-resource = "pgsql"
-promotable = true
-notify = true
-"#,
-            params.join(", ")
-        ) + &write_vip("pgsql-ha");
-        let cluster = start_cluster(lab, exe, config)?;
+        let cluster = start_cluster(lab, exe, pacemaker_agent_config("pgsql", "pgsql", &params))?;
         Ok(OcfPgsql { cluster, dirs })
     }
 }

@@ -247,11 +247,10 @@ fn an_operator_command_names_its_author_and_origin() {
     assert_eq!(e[1].resource.as_deref(), Some("web"));
 }
 
-#[test]
-fn a_failed_start_keeps_exit_code_reason_and_the_last_stderr_lines() {
+/// `action`, planned alone on n1 at 1 ms, fails at 2 ms (soft, `reason`) after `call`: the
+/// state after it and the event of its result.
+fn fails_alone(action: Action, call: CallReport, reason: &str) -> (ClusterState, Event) {
     let (mut s, mut log) = (online(&["n1"]), EventLog::default());
-    let start = act(ActionKind::Start, "db", "n1");
-    let stderr = (1..=8).map(|i| format!("line {i}")).collect::<Vec<_>>().join("\n");
     run(
         &mut s,
         &mut log,
@@ -260,26 +259,37 @@ fn a_failed_start_keeps_exit_code_reason_and_the_last_stderr_lines() {
                 "n1",
                 1,
                 Command::SetPlan {
-                    actions: vec![start.clone()],
+                    actions: vec![action.clone()],
                     edges: vec![],
                 },
             ),
             with_call(
                 "n1",
                 2,
-                CallReport::new(Some(1), 33, &stderr),
+                call,
                 Command::ActionResult {
                     plan_id: 1,
                     index: 0,
-                    action: start,
+                    action,
                     outcome: CallOutcome::Soft,
                     at_ms: 2,
-                    reason: Some("cannot bind".into()),
+                    reason: Some(reason.into()),
                 },
             ),
         ],
     );
-    let e = log.get(2).unwrap();
+    let e = log.get(2).unwrap().clone();
+    (s, e)
+}
+
+#[test]
+fn a_failed_start_keeps_exit_code_reason_and_the_last_stderr_lines() {
+    let stderr = (1..=8).map(|i| format!("line {i}")).collect::<Vec<_>>().join("\n");
+    let (_, e) = fails_alone(
+        act(ActionKind::Start, "db", "n1"),
+        CallReport::new(Some(1), 33, &stderr),
+        "cannot bind",
+    );
     assert_eq!(e.kind, EventKind::ResourceFailed);
     assert_eq!(
         (e.rc, e.exec_ms, e.exit_reason.as_deref()),
@@ -293,43 +303,15 @@ fn a_failed_start_keeps_exit_code_reason_and_the_last_stderr_lines() {
 /// fail (it counts no failure, and availability and status do not read it as one).
 #[test]
 fn a_failed_notification_is_not_a_failed_resource() {
-    let (mut s, mut log) = (online(&["n1"]), EventLog::default());
-    let notify = act(
-        ActionKind::Notify {
-            when: crate::notify::When::Pre,
-            op: crate::notify::Op::Start,
-        },
-        "db",
-        "n1",
+    let notify = ActionKind::Notify {
+        when: crate::notify::When::Pre,
+        op: crate::notify::Op::Start,
+    };
+    let (s, e) = fails_alone(
+        act(notify, "db", "n1"),
+        CallReport::new(Some(1), 5, ""),
+        "no such notification",
     );
-    run(
-        &mut s,
-        &mut log,
-        &[
-            stamped(
-                "n1",
-                1,
-                Command::SetPlan {
-                    actions: vec![notify.clone()],
-                    edges: vec![],
-                },
-            ),
-            with_call(
-                "n1",
-                2,
-                CallReport::new(Some(1), 5, ""),
-                Command::ActionResult {
-                    plan_id: 1,
-                    index: 0,
-                    action: notify,
-                    outcome: CallOutcome::Soft,
-                    at_ms: 2,
-                    reason: Some("no such notification".into()),
-                },
-            ),
-        ],
-    );
-    let e = log.get(2).unwrap();
     assert_eq!(e.kind, EventKind::NotifyFailed, "{e:?}");
     assert_eq!(
         e.summary,
