@@ -267,6 +267,7 @@ async fn runs_add_up_and_a_nemesis_runs_beside_each() {
     let calls = Arc::new(Mutex::new(Vec::new()));
     let seen = calls.clone();
     let mut per_run = Vec::new();
+    let mut runs = String::new();
     let report = session_check::run_all_beside(
         &args,
         move |i, window| {
@@ -275,14 +276,17 @@ async fn runs_add_up_and_a_nemesis_runs_beside_each() {
                 seen.lock().unwrap().push((i, window.end > window.start));
             }
         },
-        |_, r| per_run.push(r.ops),
+        |i, r| {
+            per_run.push(r.ops);
+            runs += &session_check::render_run(i, args.seed + i as u64, r);
+        },
     )
     .await
     .unwrap();
     assert_eq!(*calls.lock().unwrap(), [(0, true), (1, true)]);
     assert_eq!(report.runs, 2);
     assert_eq!(report.ops, per_run.iter().sum::<usize>());
-    assert_eq!(report.linearizability_violations, 0);
-    assert_eq!(report.lost_acked_writes, 0);
+    assert_eq!(report.linearizability_violations, 0, "{runs}");
+    assert_eq!(report.lost_acked_writes, 0, "{runs}");
     eprint!("{}", session_check::render(&report));
 }
