@@ -334,11 +334,7 @@ impl Pg<'_> {
             .arg("-k")
             .arg(&self.p.socket_dir)
             .arg("-c")
-            .arg(format!("wal_keep_size={}", self.p.wal_keep_size))
-            // What pg_rewind needs on data initialized without checksums (with them it costs
-            // nothing more): a former primary can then always be rewound, as Patroni's default.
-            .arg("-c")
-            .arg("wal_log_hints=on");
+            .arg(format!("wal_keep_size={}", self.p.wal_keep_size));
         if let Some(h) = self.p.listen.as_ref().or(self.p.host.as_ref()) {
             cmd.arg("-c").arg(format!("listen_addresses={h}"));
         }
