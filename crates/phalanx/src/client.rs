@@ -261,22 +261,16 @@ impl Client {
         Ok(resp.error_for_status()?.text().await?)
     }
 
-    /// The first of `apis` that answers a status request and knows a leader (a node just
-    /// restarted answers before it has heard one, and would answer writes with 503); if none
-    /// knows one, the first that answered.
+    /// The first of `apis` that answers a status request.
     pub async fn first_answering(&self, apis: &[String]) -> Result<(String, StatusReport)> {
         let mut last = anyhow!("no API address to ask");
-        let mut answered = None;
         for a in apis {
             match self.status(a).await {
-                Ok(s) if s.leader.is_some() => return Ok((a.clone(), s)),
-                Ok(s) => {
-                    answered.get_or_insert((a.clone(), s));
-                }
+                Ok(s) => return Ok((a.clone(), s)),
                 Err(e) => last = e.context(format!("asking {a}")),
             }
         }
-        answered.ok_or(last)
+        Err(last)
     }
 }
 
