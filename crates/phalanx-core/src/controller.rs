@@ -34,6 +34,9 @@ pub struct Observed {
     pub uptime: Duration,
     /// Nodes this node reaches both ways, itself included (the mesh's verdicts).
     pub reachable: BTreeSet<String>,
+    /// What each peer's latest heartbeat said of the peers it lost both ways (None: a peer
+    /// too old to say); see [`quorum::loss_confirmed`].
+    pub lost: BTreeMap<String, Option<BTreeSet<String>>>,
     /// Every node id in the Raft membership, and the voters among them.
     pub raft_members: BTreeSet<NodeId>,
     pub voters: BTreeSet<NodeId>,
@@ -134,6 +137,18 @@ impl Controller {
 
     fn liveness(&self, obs: &Observed, state: &ClusterState, t: &Timings) -> Vec<ControlAction> {
         let settled = obs.uptime > t.startup_settle;
+        let voters: BTreeSet<String> = obs
+            .voters
+            .iter()
+            .filter_map(|id| {
+                if *id == WITNESS_ID {
+                    return Some(WITNESS_NAME.to_string());
+                }
+                state.nodes.iter().find(|(_, r)| r.id == *id).map(|(n, _)| n.clone())
+            })
+            .collect();
+        // Lost (to be fenced, what it held recovered) only when a majority of the voters agree.
+        let confirmed = |name: &str| quorum::loss_confirmed(name, &obs.me, &voters, &obs.reachable, &obs.lost);
         let mut out = Vec::new();
         for (name, rec) in &state.nodes {
             let reachable = obs.reachable.contains(name);
@@ -146,7 +161,7 @@ impl Controller {
                 // Stopped: down, and expected to be; it is back when it is seen again.
                 Liveness::Stopped if !reachable => continue,
                 _ if reachable => Liveness::Online,
-                _ if settled => Liveness::Offline,
+                _ if settled && confirmed(name) => Liveness::Offline,
                 _ => continue,
             };
             if rec.liveness == seen {

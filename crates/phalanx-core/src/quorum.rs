@@ -3,7 +3,7 @@
 //! Pure arithmetic over sets of names; the shell feeds it the detector's view.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Raft voters are capped at this many; further members join as non-voting learners (more
 /// voters only slow commits and elections without making the cluster meaningfully safer).
@@ -79,6 +79,33 @@ pub fn no_quorum_actions(
 /// Votes needed for a majority of `total` votes: ⌊total/2⌋+1.
 pub fn majority(total: usize) -> usize {
     total / 2 + 1
+}
+
+/// Whether the voters agree that `node` is lost, as `me` (the leader, which no longer reaches
+/// it) hears their word: a majority of `voters` must have lost it — `me`, and every voter `me`
+/// reaches (`reachable`) whose latest heartbeat lists `node` among the peers it lost (`lost`;
+/// a voter too old to say, None or absent, agrees, as every voter did before they could say).
+/// A node whose own links fail loses its peers one after the other, milliseconds apart: alone,
+/// its word is never a majority, so in that moment it cannot get a healthy node fenced.
+pub fn loss_confirmed(
+    node: &str,
+    me: &str,
+    voters: &BTreeSet<String>,
+    reachable: &BTreeSet<String>,
+    lost: &BTreeMap<String, Option<BTreeSet<String>>>,
+) -> bool {
+    let agree = voters
+        .iter()
+        .filter(|v| *v != node)
+        .filter(|v| {
+            *v == me
+                || (reachable.contains(*v)
+                    && lost
+                        .get(*v)
+                        .is_none_or(|said| said.as_ref().is_none_or(|l| l.contains(node))))
+        })
+        .count();
+    agree >= majority(voters.len())
 }
 
 /// The quorum verdict of one partition.
@@ -160,6 +187,37 @@ mod tests {
 
     fn set(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_loss_needs_a_majority_of_the_voters_to_agree() {
+        let voters = set(&["n1", "n2", "n3"]);
+        let said = |l: &[&str]| Some(set(l));
+        // n1 leads and lost n2; n3 still reaches n2: not confirmed, until n3 lost it too.
+        let mut lost = BTreeMap::from([("n3".to_string(), said(&[]))]);
+        assert!(!loss_confirmed("n2", "n1", &voters, &set(&["n1", "n3"]), &lost));
+        lost.insert("n3".into(), said(&["n2"]));
+        assert!(loss_confirmed("n2", "n1", &voters, &set(&["n1", "n3"]), &lost));
+        // A voter's word counts only while n1 reaches it: n1 alone is no majority.
+        assert!(!loss_confirmed("n2", "n1", &voters, &set(&["n1"]), &lost));
+        // A voter too old to say agrees (as before it could say).
+        lost.insert("n3".into(), None);
+        assert!(loss_confirmed("n2", "n1", &voters, &set(&["n1", "n3"]), &lost));
+        // Five voters: the leader and two others.
+        let five = set(&["n1", "n2", "n3", "n4", "n5"]);
+        let lost = BTreeMap::from([
+            ("n3".to_string(), said(&["n2"])),
+            ("n4".to_string(), said(&[])),
+            ("n5".to_string(), said(&["n2", "n4"])),
+        ]);
+        let all = set(&["n1", "n3", "n4", "n5"]);
+        assert!(!loss_confirmed("n2", "n1", &five, &set(&["n1", "n4", "n5"]), &lost));
+        assert!(loss_confirmed("n2", "n1", &five, &all, &lost));
+        // The witness is a voter like any other: two nodes and a witness.
+        let two = set(&["n1", "n2", "witness"]);
+        let lost = BTreeMap::from([("witness".to_string(), said(&["n2"]))]);
+        assert!(loss_confirmed("n2", "n1", &two, &set(&["n1", "witness"]), &lost));
+        assert!(!loss_confirmed("n2", "n1", &two, &set(&["n1"]), &lost));
     }
 
     #[test]

@@ -39,6 +39,7 @@ fn observed(reachable: &[&str]) -> Observed {
         now_ms: 1_000_000,
         uptime: Duration::from_secs(60),
         reachable: names(reachable),
+        lost: BTreeMap::new(),
         raft_members: [1, 2, 3].into(),
         voters: [1, 2, 3].into(),
         last_log: 10,
@@ -116,6 +117,44 @@ fn nobody_is_declared_offline_before_the_detector_settled() {
         at_ms: 2,
     });
     let a = Controller::default().reconcile(&obs, &s, &cfg, &t);
+    assert_eq!(
+        a,
+        [ControlAction::Write(Command::SetLiveness {
+            name: "n1".into(),
+            liveness: Liveness::Offline,
+            at_ms: 1_000_000
+        })]
+    );
+}
+
+/// The leader's own links fail: it loses n1, then n3 a moment later. While it still reaches
+/// n3, n3's word that it reaches n1 keeps n1 online; alone, the leader declares nobody lost.
+/// n1 is declared lost once n3 says it lost n1 too.
+#[test]
+fn a_leader_losing_its_own_links_gets_no_healthy_node_fenced() {
+    let cfg = config("required", WEB);
+    let t = Timings::from(&cfg.cluster);
+    let s = bootstrapped(&cfg);
+    let mut c = Controller::default();
+    let offline = |a: &[ControlAction]| {
+        a.iter().any(|a| {
+            matches!(
+                a,
+                ControlAction::Write(Command::SetLiveness {
+                    liveness: Liveness::Offline,
+                    ..
+                })
+            )
+        })
+    };
+    let mut obs = observed(&["n2", "n3"]);
+    obs.lost.insert("n3".into(), Some(names(&[])));
+    assert!(!offline(&c.reconcile(&obs, &s, &cfg, &t)), "n3 still reaches n1");
+    obs.reachable = names(&["n2"]);
+    assert!(!offline(&c.reconcile(&obs, &s, &cfg, &t)), "n2 alone is no majority");
+    obs.reachable = names(&["n2", "n3"]);
+    obs.lost.insert("n3".into(), Some(names(&["n1"])));
+    let a = c.reconcile(&obs, &s, &cfg, &t);
     assert_eq!(
         a,
         [ControlAction::Write(Command::SetLiveness {

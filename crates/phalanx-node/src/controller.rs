@@ -24,7 +24,10 @@ impl Node {
     /// Run the controller until the process ends.
     pub(crate) async fn controller(self: Arc<Self>) {
         let mut verdicts = self.mesh.verdicts();
+        let mut views = self.mesh.views();
         let mut applied = self.applied();
+        // Whether this node calls elections and sends Raft heartbeats (None: not set yet).
+        let mut electing: Option<bool> = None;
         let mut watchdog = self.open_watchdog();
         let mut had_quorum = false;
         // The applied index the mesh's peer set was last taken at: members change only through
@@ -39,6 +42,12 @@ impl Node {
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
                 r = verdicts.changed() => {
+                    if r.is_err() {
+                        tokio::time::sleep(period).await;
+                    }
+                }
+                // A peer's word on the nodes it lost changed: a loss may be confirmed now.
+                r = views.changed() => {
                     if r.is_err() {
                         tokio::time::sleep(period).await;
                     }
@@ -68,8 +77,24 @@ impl Node {
                     tracing::warn!("no quorum: not feeding the watchdog");
                 }
             }
+            // A node whose mesh reaches no majority must not lead: its view of who is alive is
+            // the isolated one's (Raft may still reach its peers over the API addresses, but
+            // liveness is the mesh's). It calls no election, openraft's own timer included,
+            // and, leading, stops its Raft heartbeats so that the majority's leader leases run
+            // out and they elect one of theirs (openraft 0.9 has no leadership transfer).
+            let quorate = self.is_witness() || self.quorate();
+            if electing != Some(quorate) {
+                if !quorate && electing.is_some() {
+                    tracing::warn!("the mesh reaches no majority of the voters: calling no election, not leading");
+                }
+                self.raft.runtime_config().elect(quorate);
+                self.raft.runtime_config().heartbeat(quorate);
+                electing = Some(quorate);
+            }
             if self.is_witness() {
                 self.witness_round();
+            } else if !quorate {
+                // Nothing to decide from a minority's view.
             } else if self.is_leader() {
                 self.control().leading();
                 if let Err(e) = self.reconcile().await {
@@ -94,6 +119,7 @@ impl Node {
             now_ms: mesh::unix_ms(),
             uptime: self.started.elapsed(),
             reachable: self.reachable(),
+            lost: self.mesh.peers().into_iter().map(|(n, p)| (n, p.lost)).collect(),
             raft_members: membership.nodes().map(|(id, _)| *id).collect(),
             voters: membership.voter_ids().collect(),
             last_log: m.last_log_index.unwrap_or(0),

@@ -40,7 +40,7 @@ pub fn heartbeat(data: &[u8]) {
 /// MAC (the target signs what it gets), so the fuzzer starts from well-formed fields.
 pub fn heartbeat_seeds() -> Vec<Vec<u8>> {
     let key = ClusterKey::from_bytes(&[7u8; 32]);
-    let hb = |echo| wire::Heartbeat {
+    let hb = |(echo, lost)| wire::Heartbeat {
         cluster: "demo".into(),
         sender: "n1".into(),
         link: 1,
@@ -51,11 +51,13 @@ pub fn heartbeat_seeds() -> Vec<Vec<u8>> {
         hears: true,
         to: "n2".into(),
         echo,
+        lost,
     };
-    [None, Some(wire::Echo { seq: 41, hold_us: 250 })]
+    let echo = Some(wire::Echo { seq: 41, hold_us: 250 });
+    [(None, None), (echo, None), (echo, Some(vec!["n3".to_string()]))]
         .into_iter()
-        .map(|echo| {
-            let mut b = wire::encode(&hb(echo), &key);
+        .map(|v| {
+            let mut b = wire::encode(&hb(v), &key);
             b.truncate(b.len() - 32);
             b
         })

@@ -153,12 +153,16 @@ pub fn run_live(config: &Config, mut state: ClusterState, leader: &str, args: &S
             .ok_or_else(|| anyhow!("no node would be online to lead"))?
     };
     let ids: BTreeSet<u64> = state.nodes.values().map(|r| r.id).collect();
+    // Every node online has lost every node offline: the losses are confirmed.
+    let offline: BTreeSet<String> = state.nodes.keys().filter(|n| !online.contains(*n)).cloned().collect();
+    let lost = online.iter().map(|n| (n.clone(), Some(offline.clone()))).collect();
     let observed = Observed {
         me,
         now_ms,
         // Long settled: the leader has heard everyone it will hear.
         uptime: Duration::from_secs(3600),
         reachable: online,
+        lost,
         raft_members: ids.clone(),
         voters: ids,
         last_log: 0,

@@ -204,6 +204,76 @@ async fn one_link_down_keeps_nodes_alive_both_down_kills() {
     c.wait_stable(T).await.unwrap();
 }
 
+/// The leader's links fail one peer at a time, while Raft still reaches every node over the API
+/// addresses. First a partial partition: the leader's link 0 and node A's link 1 disabled, so
+/// the leader and A no longer hear each other while B hears both: no node is recorded lost
+/// (before, the leader recorded A lost, to be fenced, on its view alone). Then the leader's
+/// link 1 too: it reaches nobody; it must not lead, and the other two record it lost, and only
+/// it. Throughout, the power switch acts on nobody else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_losing_its_links_peer_by_peer_gets_no_healthy_node_recorded_lost() {
+    use phalanx_core::state::Liveness;
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_phalanx"));
+    let port = phalanx::demo::service_port(3).unwrap();
+    let c = cluster_with(3, &phalanx::demo::service_resource(&exe, "web", port));
+    let old = c.wait_stable(T).await.unwrap();
+    let others: Vec<String> = ["n1", "n2", "n3"].iter().filter(|n| **n != old).map(|n| n.to_string()).collect();
+    let a = &others[0];
+    let disable = |link: &str, node: &str| {
+        let (code, _, err) = c.cli(&["link", "disable", link, "--node", node]).unwrap();
+        assert_eq!(code, 0, "{err}");
+    };
+    // Recorded lost (replicated liveness, as any node's copy has it), other than `but`.
+    let lost_but = |st: &BTreeMap<String, StatusReport>, but: Option<&str>| -> Option<String> {
+        st.iter().find_map(|(who, s)| {
+            s.nodes
+                .iter()
+                .find(|n| Some(n.name.as_str()) != but && n.liveness == Liveness::Offline)
+                .map(|n| format!("{who}'s copy records {} lost; fenced: {:?}", n.name, c.fence_events()))
+        })
+    };
+    disable("0", &old);
+    disable("1", a);
+    c.wait_for(T, "the leader and A to stop hearing each other", |st| {
+        let silent = |me: &str, peer: &str| {
+            st.get(me)
+                .is_some_and(|s| s.nodes.iter().any(|n| n.name == peer && n.state == "offline"))
+        };
+        (silent(&old, a) && silent(a, &old)).then_some(())
+    })
+    .await
+    .unwrap();
+    // Three detection times: nobody recorded lost.
+    let until = Instant::now() + Duration::from_millis(900);
+    while Instant::now() < until {
+        if let Some(bad) = lost_but(&c.statuses().await, None) {
+            panic!("partial partition: {bad}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    disable("1", &old);
+    let deadline = Instant::now() + T;
+    loop {
+        let st = c.statuses().await;
+        if let Some(bad) = lost_but(&st, Some(&old)) {
+            panic!("{old} isolated: {bad}");
+        }
+        let settled = others.iter().all(|o| {
+            st.get(o).is_some_and(|s| {
+                s.leader.as_ref().is_some_and(|l| *l != old)
+                    && s.nodes.iter().any(|n| n.name == old && n.liveness == Liveness::Offline)
+            })
+        });
+        if settled {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the others never recorded {old} lost: {st:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fenced: BTreeSet<String> = c.fence_events().into_iter().map(|(_, plug, _)| plug).collect();
+    assert!(fenced.iter().all(|p| *p == old), "fenced {fenced:?}, only {old} may be");
+}
+
 /// A cluster state of 21 MiB (node attributes of 1 MiB, each under the API's 2 MB body limit),
 /// then enough small writes that the log is compacted: a node added afterwards can only get the
 /// state as a snapshot, larger than any one request may be, and must install it.
@@ -597,6 +667,7 @@ async fn forged_and_garbage_heartbeats_are_dropped_and_counted() {
             hears: true,
             to: "n1".into(),
             echo: None,
+            lost: None,
         },
         &other_key,
     );

@@ -83,6 +83,10 @@ pub struct PeerStatus {
     pub vote: Option<u64>,
     /// The peer hears this node, as its latest heartbeat said (false: the link works one way).
     pub hears_me: bool,
+    /// The peers it no longer reaches both ways, as its latest heartbeat said (None: a peer too
+    /// old to say). Not in status: the leader's confirmation of a loss reads it.
+    #[serde(skip)]
+    pub lost: Option<BTreeSet<String>>,
 }
 
 struct MeshState {
@@ -103,6 +107,8 @@ struct MeshState {
     peer_vote: BTreeMap<String, u64>,
     /// Each peer's word on whether it hears us.
     peer_hears_me: BTreeMap<String, bool>,
+    /// Each peer's word on the peers it lost (None: it is too old to say).
+    peer_lost: BTreeMap<String, Option<BTreeSet<String>>>,
     /// The heartbeat interval now (the settings' until a committed config changes it).
     interval: Duration,
     /// When each of our last rounds of heartbeats was sent: (seq, since the mesh started).
@@ -128,8 +134,8 @@ struct LinkMeter {
     reorders: u64,
     /// The last heartbeat received, and when: what our next heartbeat to it echoes.
     last_rx: Option<(u64, Duration)>,
-    /// The peer sends echoes (version 3): it reads them too.
-    echoes: bool,
+    /// The newest heartbeat version the peer sent (0: none yet): it reads that version too.
+    version: u8,
     /// Round trips: (when measured, µs).
     rtts: std::collections::VecDeque<(Duration, u64)>,
 }
@@ -157,8 +163,11 @@ pub struct Mesh {
     /// The verdicts: the peers reachable both ways, published on every change (a watch: a
     /// controller busy when it changed still sees it on its next wait, with the new set).
     reach: Arc<watch::Sender<BTreeSet<String>>>,
-    /// Send a round of heartbeats now (our vote changed).
+    /// Send a round of heartbeats now (our vote or our verdicts changed).
     send_now: Arc<Notify>,
+    /// Bumped whenever a peer's word on the peers it lost changes (the controller waits on it:
+    /// a loss it could not confirm yet may be confirmed now).
+    views: Arc<watch::Sender<u64>>,
 }
 
 /// Wall-clock stamps (liveness changes, results, failures, fence records): unix ms from the
@@ -209,6 +218,7 @@ impl Mesh {
                 vote: 0,
                 peer_vote: BTreeMap::new(),
                 peer_hears_me: BTreeMap::new(),
+                peer_lost: BTreeMap::new(),
                 interval,
                 sent_at: std::collections::VecDeque::new(),
                 meters: BTreeMap::new(),
@@ -216,6 +226,7 @@ impl Mesh {
             start: Instant::now(),
             reach: Arc::new(watch::Sender::new(BTreeSet::new())),
             send_now: Arc::new(Notify::new()),
+            views: Arc::new(watch::Sender::new(0)),
         }
     }
 
@@ -239,8 +250,14 @@ impl Mesh {
         self.reach.subscribe()
     }
 
+    /// Changes whenever a peer's word on the peers it lost changed (see `PeerStatus::lost`).
+    pub fn views(&self) -> watch::Receiver<u64> {
+        self.views.subscribe()
+    }
+
     /// Recompute two-way reachability from the detector and the peers' word, and publish it
-    /// when it changed.
+    /// when it changed; a change is sent to the peers at once (the peers it lost are in every
+    /// heartbeat, and a leader waits for them to confirm a loss).
     fn publish(&self) {
         let two_way: BTreeSet<String> = {
             let st = self.lock();
@@ -250,13 +267,16 @@ impl Mesh {
                 .map(str::to_string)
                 .collect()
         };
-        self.reach.send_if_modified(|cur| {
+        let changed = self.reach.send_if_modified(|cur| {
             if *cur == two_way {
                 return false;
             }
             *cur = two_way;
             true
         });
+        if changed {
+            self.send_now.notify_one();
+        }
     }
 
     /// Replace the peer set (names → link addresses); `me` is ignored if present.
@@ -273,6 +293,7 @@ impl Mesh {
             st.peer_log_index.remove(&n);
             st.peer_vote.remove(&n);
             st.peer_hears_me.remove(&n);
+            st.peer_lost.remove(&n);
             st.meters.retain(|(p, _), _| *p != n);
         }
         for (n, links) in &peers {
@@ -413,6 +434,7 @@ impl Mesh {
                         log_index: st.peer_log_index.get(name).copied(),
                         vote: st.peer_vote.get(name).copied(),
                         hears_me: st.peer_hears_me.get(name).copied().unwrap_or(false),
+                        lost: st.peer_lost.get(name).cloned().flatten(),
                     },
                 )
             })
@@ -468,19 +490,31 @@ impl Mesh {
         let mut sent = 0;
         let mut errors = 0;
         let alive: BTreeSet<String> = st.detector.alive_peers().map(str::to_string).collect();
+        // The peers we lost: known, not reached both ways, once we have been up long enough to
+        // have heard them (before that, none: a node just started confirms no loss).
+        let settled = now >= st.detector.detection_time() + st.interval;
+        let lost: Vec<String> = if settled {
+            let reach = self.reach.borrow();
+            st.peers.keys().filter(|p| !reach.contains(*p)).cloned().collect()
+        } else {
+            Vec::new()
+        };
         for (i, _) in self.settings.links.iter().enumerate() {
             if st.disabled_links.contains(&i) {
                 continue;
             }
             for (peer, addrs) in &st.peers {
                 let Some(to) = addrs.get(i) else { continue };
-                // Version 3 (with the echo) to a peer that sends it, and every ECHO_PROBE-th
-                // round to one that does not (yet): an older peer drops those few, a newer one
-                // answers in version 3 from then on.
-                let echo = st
-                    .meters
-                    .get(&(peer.clone(), i))
-                    .filter(|m| m.echoes || seq.is_multiple_of(ECHO_PROBE))
+                // The version the peer sends us, the newest until we heard it, and the newest
+                // every ECHO_PROBE-th round to an older one: an older peer drops those few, an
+                // upgraded one answers in the newest from then on.
+                let meter = st.meters.get(&(peer.clone(), i));
+                let version = match meter.map_or(0, |m| m.version) {
+                    v if v == 0 || v >= wire::NEWEST || seq.is_multiple_of(ECHO_PROBE) => wire::NEWEST,
+                    v => v,
+                };
+                let echo = meter
+                    .filter(|_| version >= 3)
                     .and_then(|m| m.last_rx)
                     .map(|(seq, at)| wire::Echo {
                         seq,
@@ -498,6 +532,7 @@ impl Mesh {
                         hears: alive.contains(peer),
                         to: peer.clone(),
                         echo,
+                        lost: (version >= 4).then(|| lost.clone()),
                     },
                     &self.settings.key,
                 );
@@ -575,7 +610,7 @@ impl Mesh {
             meter.received += 1;
             meter.highest_seq = hb.seq;
             meter.last_rx = Some((hb.seq, now));
-            meter.echoes = hb.echo.is_some();
+            meter.version = meter.version.max(hb.version());
             if let Some((at, e)) = sent {
                 let rtt = now
                     .saturating_sub(at)
@@ -590,6 +625,11 @@ impl Mesh {
             st.peer_vote.insert(hb.sender.clone(), hb.vote);
             let was = st.peer_hears_me.insert(hb.sender.clone(), hb.hears);
             hears_changed = was != Some(hb.hears);
+            let lost = hb.lost.map(|l| l.into_iter().collect::<BTreeSet<String>>());
+            if st.peer_lost.get(&hb.sender) != Some(&lost) {
+                st.peer_lost.insert(hb.sender.clone(), lost);
+                self.views.send_modify(|v| *v += 1);
+            }
             st.stats.received += 1;
             st.detector.report_heartbeat(&hb.sender, m.link, now)
         };

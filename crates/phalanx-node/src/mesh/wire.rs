@@ -2,14 +2,18 @@
 //! trusting a single length before the MAC is checked (no serde format gives that):
 //!
 //! ```text
-//! "PHXH" | version:u8=2|3 | link:u8 | incarnation:u64be | seq:u64be | log_index:u64be |
+//! "PHXH" | version:u8=2|3|4 | link:u8 | incarnation:u64be | seq:u64be | log_index:u64be |
 //! vote:u64be | hears:u8 | cluster_len:u8 | cluster | sender_len:u8 | sender | to_len:u8 | to |
-//! [version 3: echo_seq:u64be | echo_hold_us:u32be] | hmac-sha256(all before):32
+//! [version 3: echo_seq:u64be | echo_hold_us:u32be]
+//! [version 4: has_echo:u8 | [echo_seq:u64be | echo_hold_us:u32be] | lost_count:u8 |
+//!             (name_len:u8 | name) * lost_count] | hmac-sha256(all before):32
 //! ```
 //! Version 3 adds the echo (`phalanx link-check`): the last `seq` this node received from the
 //! recipient on this link and how long ago, so that the recipient measures the round trip with
-//! no extra traffic. A node sends version 3 only to a peer that sent it version 3 (an older
-//! node drops what it cannot read), and reads both.
+//! no extra traffic. Version 4 adds `lost`: the peers the sender has stopped reaching both ways
+//! (a leader declares a node lost only when a majority of the voters agree, see
+//! `quorum::loss_confirmed`). A node sends a peer the newest version that peer has sent it
+//! (version 4 until it has heard one; an older node drops what it cannot read), and reads all.
 //! Each datagram is addressed (`to`): `hears` says whether the sender hears the recipient, so
 //! a link that works one way only is seen from both ends (see `Mesh::two_way_peers`).
 //! `log_index` is the sender's last Raft log index: survivors of a leader crash use it to pick
@@ -23,9 +27,16 @@ use crate::key::Signer;
 const MAGIC: &[u8; 4] = b"PHXH";
 const VERSION: u8 = 2;
 const VERSION_ECHO: u8 = 3;
+const VERSION_LOST: u8 = 4;
+/// The newest version this node speaks.
+pub const NEWEST: u8 = VERSION_LOST;
 const MAC_LEN: usize = 32;
+/// The most bytes of names `lost` takes in one datagram: names that do not fit are left out
+/// (the recipient then counts fewer peers as agreeing that a node is lost: the safe side).
+pub const LOST_BUDGET: usize = 1024;
 /// Largest datagram we ever produce or accept.
-pub const MAX_LEN: usize = 4 + 1 + 1 + 8 + 8 + 8 + 8 + 1 + 1 + 255 + 1 + 255 + 1 + 255 + 8 + 4 + MAC_LEN;
+pub const MAX_LEN: usize =
+    4 + 1 + 1 + 8 + 8 + 8 + 8 + 1 + 1 + 255 + 1 + 255 + 1 + 255 + 1 + 8 + 4 + 1 + LOST_BUDGET + 255 + MAC_LEN;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Heartbeat {
@@ -42,8 +53,21 @@ pub struct Heartbeat {
     pub hears: bool,
     /// The recipient.
     pub to: String,
-    /// The echo of the recipient's last heartbeat on this link (version 3; None: version 2).
+    /// The echo of the recipient's last heartbeat on this link (versions 3 and 4).
     pub echo: Option<Echo>,
+    /// The peers the sender no longer reaches both ways (version 4; None: an older sender).
+    pub lost: Option<Vec<String>>,
+}
+
+impl Heartbeat {
+    /// The version this heartbeat is encoded in: 4 with `lost`, else 3 with an echo, else 2.
+    pub fn version(&self) -> u8 {
+        match (&self.lost, &self.echo) {
+            (Some(_), _) => VERSION_LOST,
+            (None, Some(_)) => VERSION_ECHO,
+            (None, None) => VERSION,
+        }
+    }
 }
 
 /// The last heartbeat a node received from the recipient on the link: its `seq`, and the µs
@@ -75,7 +99,8 @@ pub fn encode(hb: &Heartbeat, key: &impl Signer) -> Vec<u8> {
     let to = &hb.to.as_bytes()[..hb.to.len().min(255)];
     let mut b = Vec::with_capacity(32 + cluster.len() + sender.len() + MAC_LEN);
     b.extend_from_slice(MAGIC);
-    b.push(if hb.echo.is_some() { VERSION_ECHO } else { VERSION });
+    let version = hb.version();
+    b.push(version);
     b.push(hb.link);
     b.extend_from_slice(&hb.incarnation.to_be_bytes());
     b.extend_from_slice(&hb.seq.to_be_bytes());
@@ -88,9 +113,33 @@ pub fn encode(hb: &Heartbeat, key: &impl Signer) -> Vec<u8> {
     b.extend_from_slice(sender);
     b.push(to.len() as u8);
     b.extend_from_slice(to);
+    if version == VERSION_LOST {
+        b.push(u8::from(hb.echo.is_some()));
+    }
     if let Some(e) = hb.echo {
         b.extend_from_slice(&e.seq.to_be_bytes());
         b.extend_from_slice(&e.hold_us.to_be_bytes());
+    }
+    if let Some(lost) = &hb.lost {
+        // Names too long for one byte of length, past 255 of them or past the budget are left
+        // out (see LOST_BUDGET).
+        let mut budget = LOST_BUDGET;
+        let fit: Vec<&[u8]> = lost
+            .iter()
+            .map(|n| n.as_bytes())
+            .filter(|n| !n.is_empty() && n.len() <= 255)
+            .take_while(|n| {
+                let ok = n.len() < budget;
+                budget = budget.saturating_sub(n.len() + 1);
+                ok
+            })
+            .take(255)
+            .collect();
+        b.push(fit.len() as u8);
+        for n in fit {
+            b.push(n.len() as u8);
+            b.extend_from_slice(n);
+        }
     }
     let tag = key.sign(&b);
     b.extend_from_slice(tag.as_ref());
@@ -105,7 +154,7 @@ pub fn decode(buf: &[u8], key: &impl Signer) -> Result<Heartbeat, WireError> {
         return Err(WireError::Magic);
     }
     let version = buf[4];
-    if version != VERSION && version != VERSION_ECHO {
+    if !(VERSION..=VERSION_LOST).contains(&version) {
         return Err(WireError::Version);
     }
     let (body, mac) = buf.split_at(buf.len() - MAC_LEN);
@@ -126,11 +175,33 @@ pub fn decode(buf: &[u8], key: &impl Signer) -> Result<Heartbeat, WireError> {
     let cluster = r.string()?;
     let sender = r.string()?;
     let to = r.string()?;
-    let echo = if version == VERSION_ECHO {
+    let has_echo = match version {
+        VERSION_LOST => match r.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(WireError::Malformed),
+        },
+        v => v == VERSION_ECHO,
+    };
+    let echo = if has_echo {
         Some(Echo {
             seq: r.u64()?,
             hold_us: r.u32()?,
         })
+    } else {
+        None
+    };
+    let lost = if version == VERSION_LOST {
+        let n = r.u8()?;
+        let mut names = Vec::with_capacity(usize::from(n));
+        for _ in 0..n {
+            let name = r.string()?;
+            if name.is_empty() {
+                return Err(WireError::Malformed);
+            }
+            names.push(name);
+        }
+        Some(names)
     } else {
         None
     };
@@ -148,6 +219,7 @@ pub fn decode(buf: &[u8], key: &impl Signer) -> Result<Heartbeat, WireError> {
         hears,
         to,
         echo,
+        lost,
     })
 }
 
@@ -203,6 +275,7 @@ mod tests {
             hears: true,
             to: "n2".into(),
             echo: None,
+            lost: None,
         }
     }
 
@@ -216,6 +289,33 @@ mod tests {
         let b = encode(&echo, &key());
         assert_eq!((b[4], b.len()), (3, encode(&hb(), &key()).len() + 12));
         assert_eq!(decode(&b, &key()), Ok(echo));
+        // Version 4: the peers lost, with or without an echo.
+        for echo in [None, Some(Echo { seq: 8, hold_us: 250 })] {
+            let lost = Heartbeat {
+                echo,
+                lost: Some(vec!["n3".into(), "witness".into()]),
+                ..hb()
+            };
+            let b = encode(&lost, &key());
+            assert_eq!(b[4], 4);
+            assert_eq!(decode(&b, &key()), Ok(lost));
+        }
+    }
+
+    #[test]
+    fn lost_names_past_the_budget_are_left_out_not_sent_broken() {
+        let many: Vec<String> = (0..40).map(|i| format!("{i:0>60}")).collect();
+        let b = encode(
+            &Heartbeat {
+                lost: Some(many.clone()),
+                ..hb()
+            },
+            &key(),
+        );
+        assert!(b.len() <= MAX_LEN);
+        let got = decode(&b, &key()).unwrap().lost.unwrap();
+        assert!(!got.is_empty() && got.len() < many.len());
+        assert_eq!(got[..], many[..got.len()]);
     }
 
     #[test]
@@ -255,7 +355,9 @@ mod tests {
         #[test]
         fn arbitrary_signed_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..300)) {
             // Validly signed garbage after a correct header: exercises the field parser.
-            let mut b = if body.first().is_some_and(|x| x % 2 == 0) { b"PHXH\x02".to_vec() } else { b"PHXH\x03".to_vec() };
+            let version = body.first().map_or(2, |x| 2 + x % 3);
+            let mut b = b"PHXH".to_vec();
+            b.push(version);
             b.extend_from_slice(&body);
             let tag = key().sign(&b);
             b.extend_from_slice(tag.as_ref());
@@ -263,9 +365,9 @@ mod tests {
         }
 
         #[test]
-        fn any_heartbeat_round_trips(cluster in "[a-z]{1,40}", sender in "[a-z0-9]{1,40}", link in any::<u8>(), inc in any::<u64>(), seq in any::<u64>(), log_index in any::<u64>(), vote in any::<u64>(), hears in any::<bool>(), to in "[a-z0-9]{1,40}", echo in proptest::option::of((any::<u64>(), any::<u32>()))) {
+        fn any_heartbeat_round_trips(cluster in "[a-z]{1,40}", sender in "[a-z0-9]{1,40}", link in any::<u8>(), inc in any::<u64>(), seq in any::<u64>(), log_index in any::<u64>(), vote in any::<u64>(), hears in any::<bool>(), to in "[a-z0-9]{1,40}", echo in proptest::option::of((any::<u64>(), any::<u32>())), lost in proptest::option::of(proptest::collection::vec("[a-z0-9]{1,20}", 0..8))) {
             let echo = echo.map(|(seq, hold_us)| Echo { seq, hold_us });
-            let h = Heartbeat { cluster, sender, link, incarnation: inc, seq, log_index, vote, hears, to, echo };
+            let h = Heartbeat { cluster, sender, link, incarnation: inc, seq, log_index, vote, hears, to, echo, lost };
             prop_assert_eq!(decode(&encode(&h, &key()), &key()), Ok(h));
         }
     }
