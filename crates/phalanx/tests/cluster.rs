@@ -217,7 +217,11 @@ async fn a_leader_losing_its_links_peer_by_peer_gets_no_healthy_node_recorded_lo
     let port = phalanx::demo::service_port(3).unwrap();
     let c = cluster_with(3, &phalanx::demo::service_resource(&exe, "web", port));
     let old = c.wait_stable(T).await.unwrap();
-    let others: Vec<String> = ["n1", "n2", "n3"].iter().filter(|n| **n != old).map(|n| n.to_string()).collect();
+    let others: Vec<String> = ["n1", "n2", "n3"]
+        .iter()
+        .filter(|n| **n != old)
+        .map(|n| n.to_string())
+        .collect();
     let a = &others[0];
     let disable = |link: &str, node: &str| {
         let (code, _, err) = c.cli(&["link", "disable", link, "--node", node]).unwrap();
@@ -267,7 +271,10 @@ async fn a_leader_losing_its_links_peer_by_peer_gets_no_healthy_node_recorded_lo
         if settled {
             break;
         }
-        assert!(Instant::now() < deadline, "the others never recorded {old} lost: {st:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "the others never recorded {old} lost: {st:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let fenced: BTreeSet<String> = c.fence_events().into_iter().map(|(_, plug, _)| plug).collect();

@@ -847,10 +847,11 @@ mod tests {
             // b -> a takes 2 ms; link 1 loses b's rounds 5, 15, 25 and 35.
             let from_b = sent(&b);
             if round == 1 {
-                assert!(
-                    from_b.iter().all(|(_, _, d)| d[4] == 2),
-                    "no echo before a peer offers one"
-                );
+                // The newest version before the peer has spoken, with no echo: nothing heard yet.
+                assert!(from_b.iter().all(|(_, _, d)| {
+                    let hb = wire::decode(d, &b.settings().key).unwrap();
+                    hb.version() == wire::NEWEST && hb.echo.is_none()
+                }));
             }
             if round == 3 {
                 stale = Some(from_b[0].clone());
@@ -878,15 +879,59 @@ mod tests {
         assert_eq!((l0.received, l0.expected, l0.reorders), (40, 40, 1));
         assert_eq!((l1.received, l1.expected, l1.reorders), (36, 40, 0));
         // a's round trip to b: 3 ms there, b holds it 95 ms, 2 ms back; the hold is not counted.
-        // Echoes begin with the first offered (round 16, both ways), and stay.
-        assert_eq!(l0.rtts_us.len(), 25, "{:?}", l0.rtts_us);
+        // Echoes begin at once (the newest version is spoken to a peer not heard yet): b's
+        // rounds 2 to 40 echo a's.
+        assert_eq!(l0.rtts_us.len(), 39, "{:?}", l0.rtts_us);
         assert!(
             l0.rtts_us.iter().chain(&l1.rtts_us).all(|us| *us == 5_000),
             "{l0:?} {l1:?}"
         );
-        assert_eq!(l1.rtts_us.len(), 25 - 2, "two of b's echoes were lost on link 1");
+        assert_eq!(l1.rtts_us.len(), 39 - 4, "four of b's echoes were lost on link 1");
         // Only the round trips since a moment.
         assert_eq!(a.meters(a.elapsed() - Duration::from_millis(350))[0].rtts_us.len(), 3);
+    }
+
+    /// A peer that speaks version 3 (no `lost`) is answered in version 3, says nothing of the
+    /// peers it lost (None: the leader counts it as agreeing, as before), and a version-4 peer
+    /// says whom it lost once it has been up one detection time plus a heartbeat.
+    #[tokio::test(start_paused = true)]
+    async fn an_older_peer_is_answered_in_its_version_and_a_newer_one_says_whom_it_lost() {
+        let a = Mesh::new(settings("a", 1));
+        let b = Mesh::new(settings("b", 1));
+        a.set_peers(peers(&["b", "c"]));
+        b.set_peers(peers(&["a"]));
+        let key = b.settings().key.clone();
+        for (link, from, data) in sent(&b) {
+            let mut hb = wire::decode(&data, &key).unwrap();
+            hb.lost = None;
+            hb.echo = Some(wire::Echo { seq: 0, hold_us: 0 });
+            a.receive(Inbound {
+                link,
+                from,
+                data: wire::encode(&hb, &key),
+            });
+        }
+        assert_eq!(a.peers()["b"].lost, None);
+        let versions = |to: &str| -> Vec<u8> {
+            sent(&a)
+                .iter()
+                .map(|(_, _, d)| wire::decode(d, &key).unwrap())
+                .filter(|hb| hb.to == to)
+                .map(|hb| hb.version())
+                .collect()
+        };
+        assert_eq!(versions("b"), [3, 3], "b spoke version 3");
+        assert_eq!(versions("c"), [4, 4], "c, never heard, gets the newest");
+        // b, version 4: nobody lost while it starts; then a, never heard, is.
+        for (link, from, data) in sent(&b) {
+            a.receive(Inbound { link, from, data });
+        }
+        assert_eq!(a.peers()["b"].lost, Some(BTreeSet::new()));
+        tokio::time::advance(Duration::from_millis(450)).await;
+        for (link, from, data) in sent(&b) {
+            a.receive(Inbound { link, from, data });
+        }
+        assert_eq!(a.peers()["b"].lost, Some(BTreeSet::from(["a".to_string()])));
     }
 
     #[tokio::test(start_paused = true)]
