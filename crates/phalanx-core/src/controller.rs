@@ -37,6 +37,9 @@ pub struct Observed {
     /// What each peer's latest heartbeat said of the peers it lost both ways (None: a peer
     /// too old to say); see [`quorum::loss_confirmed`].
     pub lost: BTreeMap<String, Option<BTreeSet<String>>>,
+    /// The witness backs this node's partition: its vote is its word that the other side is
+    /// lost (two nodes split from each other while both still reach it).
+    pub witness_backs_me: bool,
     /// Every node id in the Raft membership, and the voters among them.
     pub raft_members: BTreeSet<NodeId>,
     pub voters: BTreeSet<NodeId>,
@@ -148,7 +151,13 @@ impl Controller {
             })
             .collect();
         // Lost (to be fenced, what it held recovered) only when a majority of the voters agree.
-        let confirmed = |name: &str| quorum::loss_confirmed(name, &obs.me, &voters, &obs.reachable, &obs.lost);
+        // The witness agrees by backing this side (two nodes split while both reach it: it
+        // hears both, and its vote decides).
+        let mut lost = obs.lost.clone();
+        if obs.witness_backs_me {
+            lost.insert(WITNESS_NAME.to_string(), None);
+        }
+        let confirmed = |name: &str| quorum::loss_confirmed(name, &obs.me, &voters, &obs.reachable, &lost);
         let mut out = Vec::new();
         for (name, rec) in &state.nodes {
             let reachable = obs.reachable.contains(name);

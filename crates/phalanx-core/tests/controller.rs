@@ -40,6 +40,7 @@ fn observed(reachable: &[&str]) -> Observed {
         uptime: Duration::from_secs(60),
         reachable: names(reachable),
         lost: BTreeMap::new(),
+        witness_backs_me: false,
         raft_members: [1, 2, 3].into(),
         voters: [1, 2, 3].into(),
         last_log: 10,
@@ -163,6 +164,27 @@ fn a_leader_losing_its_own_links_gets_no_healthy_node_fenced() {
             at_ms: 1_000_000
         })]
     );
+}
+
+/// Two voters and the witness, split from each other while both reach it: the witness hears
+/// both (it lists nobody lost), and its vote decides: backing this side, it agrees the other
+/// is lost.
+#[test]
+fn the_witness_agrees_to_a_loss_by_backing_this_side() {
+    let cfg = config("required", "");
+    let t = Timings::from(&cfg.cluster);
+    let s = bootstrapped(&cfg);
+    let n1_offline = |a: &[ControlAction]| {
+        a.iter().any(|a| {
+            matches!(a, ControlAction::Write(Command::SetLiveness { name, liveness: Liveness::Offline, .. }) if name == "n1")
+        })
+    };
+    let mut obs = observed(&["n2", "witness"]);
+    obs.voters = [1, 2, phalanx_core::controller::WITNESS_ID].into();
+    obs.lost.insert("witness".into(), Some(names(&[])));
+    assert!(!n1_offline(&Controller::default().reconcile(&obs, &s, &cfg, &t)));
+    obs.witness_backs_me = true;
+    assert!(n1_offline(&Controller::default().reconcile(&obs, &s, &cfg, &t)));
 }
 
 /// web runs on n1; n1 is lost. First round: only the liveness change. Next round: the plan.

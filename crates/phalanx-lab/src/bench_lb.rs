@@ -753,8 +753,8 @@ struct Ctx<'a> {
     pb: &'a ProgressBar,
 }
 
-/// A child process killed when dropped (HAProxy).
-struct Killed(Child);
+/// A child process killed (and reaped) when dropped (HAProxy).
+pub struct Killed(pub Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {

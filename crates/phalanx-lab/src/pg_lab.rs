@@ -225,7 +225,9 @@ pub const HAPROXY_REPLICAS: &str = "127.0.0.2";
 /// pointed at the lab's nodes; only the check interval is shorter (`inter 500ms`, not 3 s) to
 /// keep tests short. `primary` on [`HAPROXY_PRIMARY`], `replicas` (`/replica`) on
 /// [`HAPROXY_REPLICAS`]. Stopped on drop.
-pub struct PatroniHaproxy(Child);
+pub struct PatroniHaproxy {
+    _haproxy: crate::bench_lb::Killed,
+}
 
 impl PatroniHaproxy {
     pub fn start(lab: &Lab, dir: &Path) -> Result<PatroniHaproxy> {
@@ -262,14 +264,9 @@ impl PatroniHaproxy {
             .stderr(log)
             .spawn()
             .context("starting haproxy")?;
-        Ok(PatroniHaproxy(child))
-    }
-}
-
-impl Drop for PatroniHaproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        Ok(PatroniHaproxy {
+            _haproxy: crate::bench_lb::Killed(child),
+        })
     }
 }
 

@@ -120,6 +120,7 @@ impl Node {
             uptime: self.started.elapsed(),
             reachable: self.reachable(),
             lost: self.mesh.peers().into_iter().map(|(n, p)| (n, p.lost)).collect(),
+            witness_backs_me: self.witness_backs_me(),
             raft_members: membership.nodes().map(|(id, _)| *id).collect(),
             voters: membership.voter_ids().collect(),
             last_log: m.last_log_index.unwrap_or(0),

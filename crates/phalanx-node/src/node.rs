@@ -608,6 +608,11 @@ impl Node {
         self.quorum_view().0.quorate
     }
 
+    /// The witness backs this node's partition (its vote counts with ours).
+    pub(crate) fn witness_backs_me(&self) -> bool {
+        self.quorum_view().1.is_some_and(|w| w.granted)
+    }
+
     /// Rounds the controller loop has run so far (see `systemd`: the watchdog).
     pub fn controller_rounds(&self) -> u64 {
         self.rounds.load(Ordering::Relaxed)

@@ -904,12 +904,15 @@ impl LocalCluster {
         let running = self.running();
         self.wait_for(timeout, "one agreed leader with every running node online", |st| {
             let leader = self.agreed_leader(st)?;
+            // Online (heard), and counted towards quorum (heard both ways: a node just back is
+            // heard a moment before it says it hears us, and a drill's quorum check counts votes).
             let all_online = st.values().all(|s| {
                 s.config_version > 0
                     && s.nodes
                         .iter()
                         .filter(|n| running.contains(&n.name))
                         .all(|n| n.state == "online" || n.state == "standby")
+                    && s.votes >= s.voters.iter().filter(|v| running.contains(*v)).count()
             });
             all_online.then_some(leader)
         })

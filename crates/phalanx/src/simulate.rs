@@ -163,6 +163,7 @@ pub fn run_live(config: &Config, mut state: ClusterState, leader: &str, args: &S
         uptime: Duration::from_secs(3600),
         reachable: online,
         lost,
+        witness_backs_me: false,
         raft_members: ids.clone(),
         voters: ids,
         last_log: 0,

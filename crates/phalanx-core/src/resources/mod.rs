@@ -38,8 +38,11 @@ pub use crate::model::{add_scores, score_str, INFINITY};
 /// The node attribute in which a node publishes what a built-in agent is doing for instance
 /// `rsc` while one of its actions runs (`phalanx status`: "rejoining (pg_rewind)").
 pub fn progress_attr(rsc: &str) -> String {
-    format!("phalanx-progress-{rsc}")
+    format!("{PROGRESS_ATTR_PREFIX}{rsc}")
 }
+
+/// What every [`progress_attr`] begins with.
+pub const PROGRESS_ATTR_PREFIX: &str = "phalanx-progress-";
 
 /// All resources of a config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

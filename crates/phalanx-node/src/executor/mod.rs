@@ -289,7 +289,31 @@ pub async fn run(node: Arc<Node>, runner: Runner) {
 }
 
 /// Ask every resource's agent what runs here, and report what the state does not know.
+/// Progress notes this node left (`progress_attr`: a clearing write lost when it stopped or was
+/// cut off) are cleared first: no action of this node runs before its probe.
 async fn probe(node: &Arc<Node>, runner: &Runner, sm: &crate::raft::store::SmData) {
+    let stale: Vec<String> = sm
+        .cluster
+        .nodes
+        .get(&node.name)
+        .map(|r| {
+            r.attrs
+                .keys()
+                .filter(|k| k.starts_with(phalanx_core::resources::PROGRESS_ATTR_PREFIX))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    for key in stale {
+        tracing::info!(%key, "clearing a progress note left from before");
+        let _ = node
+            .write(Command::SetAttr {
+                name: node.name.clone(),
+                key,
+                value: None,
+            })
+            .await;
+    }
     for (rsc, _) in node.config().resources.instances() {
         let Some(r) = call(node, runner, &rsc, AgentAction::Monitor, None).await else {
             continue;
