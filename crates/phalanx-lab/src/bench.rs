@@ -8,7 +8,7 @@
 //! with the TLS run. A benchmark, not a test: it prints figures, it asserts nothing.
 
 use anyhow::Result;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use phalanx::demo::{kill_leader, rejoin};
 use phalanx::harness::{LocalCluster, Spec};
 use serde::Serialize;
@@ -161,17 +161,11 @@ fn proc_rss_mb(pid: u32) -> Result<f64> {
 
 pub async fn run(args: BenchArgs, exe: PathBuf) -> Result<BenchReport> {
     let timeout = Duration::from_secs(30);
-    let pb = if args.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(
-            (args.kills * args.heartbeats.len() * (1 + usize::from(args.sessions_load) + usize::from(args.tls_cost)))
-                as u64,
-        )
-    };
-    pb.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} kills {msg} [{elapsed}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    let pb = crate::progress(
+        args.json,
+        (args.kills * args.heartbeats.len() * (1 + usize::from(args.sessions_load) + usize::from(args.tls_cost)))
+            as u64,
+        "kills",
     );
     let mut intervals = Vec::new();
     let mut isolation = Vec::new();
@@ -403,15 +397,7 @@ async fn measure_etcd(
         let note = format!("{} not found: apt-get install etcd-server", crate::peer_etcd::ETCD);
         return Ok((Vec::new(), Some(note)));
     };
-    let pb = if args.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new((args.kills * ours.len()) as u64)
-    };
-    pb.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} etcd kills {msg} [{elapsed}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let pb = crate::progress(args.json, (args.kills * ours.len()) as u64, "etcd kills");
     let mut peers = Vec::new();
     for own in ours {
         let hb_ms = own.heartbeat_interval_ms;

@@ -24,7 +24,7 @@
 use crate::httpload::LoadResult;
 use crate::lab::Lab;
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use phalanx::harness::{LocalCluster, Spec};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
@@ -725,15 +725,7 @@ pub async fn run(a: Args) -> Result<Report> {
     std::fs::create_dir_all(&dir)?;
     let script = dir.join("wrk.lua");
     std::fs::write(&script, WRK_LUA)?;
-    let pb = if a.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new((a.rounds * 6 + 2) as u64)
-    };
-    pb.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let pb = crate::progress(a.json, (a.rounds * 6 + 2) as u64, "");
     pb.enable_steady_tick(Duration::from_millis(200));
     let r = run_in(&lab, &a, &lab_exe, &dir, &script, &pb).await;
     pb.finish_and_clear();

@@ -14,7 +14,7 @@ use crate::bench::dist;
 use crate::lab::Lab;
 use crate::pg_lab::{lost_commits, wait_primary, write_outage, PatroniPg, PatroniTiming, PhalanxPg, Writer};
 use anyhow::{bail, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -226,15 +226,7 @@ pub async fn run(args: Args) -> Result<Report> {
     }
     let wanted = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
     let systems: Vec<&str> = SYSTEMS.iter().copied().filter(|s| wanted(s)).collect();
-    let pb = if args.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new((systems.len() * args.runs) as u64)
-    };
-    pb.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} crashes {msg} [{elapsed}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let pb = crate::progress(args.json, (systems.len() * args.runs) as u64, "crashes");
     let mut notes = Vec::new();
     let mut results: BTreeMap<&str, SystemResult> = BTreeMap::new();
     for s in systems {

@@ -22,7 +22,7 @@
 use crate::mcload::{self, Protocol, RunReport, Workload};
 use crate::peer_etcd::{self, EtcdCluster};
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use phalanx::harness::{LocalCluster, Spec};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -531,15 +531,7 @@ pub async fn run(a: Args) -> Result<Report> {
     let mut systems = a.only.clone();
     systems.sort();
     systems.dedup();
-    let pb = if a.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(systems.len() as u64 * 3)
-    };
-    pb.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let pb = crate::progress(a.json, systems.len() as u64 * 3, "");
     pb.enable_steady_tick(Duration::from_millis(200));
     let mut r = Report::default();
     for sys in systems {

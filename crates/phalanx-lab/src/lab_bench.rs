@@ -11,7 +11,6 @@
 use crate::bench::{dist, Dist};
 use crate::lab::{outage, wait_answer, wait_any_answer, web_config, web_node, Lab, Watch, PORT, VIP};
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -325,15 +324,7 @@ pub async fn run(args: Args) -> Result<Report> {
     if !args.only.is_empty() {
         plans.retain(|(n, _)| args.only.iter().any(|o| o == n));
     }
-    let pb = if args.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new((plans.len() * args.trials) as u64)
-    };
-    pb.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} trials {msg} [{elapsed}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let pb = crate::progress(args.json, (plans.len() * args.trials) as u64, "trials");
     let mut configs = BTreeMap::new();
     for (name, peer) in plans {
         pb.set_message(name.to_string());

@@ -30,3 +30,20 @@ pub mod saturate;
 pub mod session_check;
 pub mod session_nemesis;
 pub mod sim;
+
+/// A benchmark's progress bar over `len` steps counting `what` ("kills", or "" for plain
+/// steps); hidden when the output is JSON.
+pub fn progress(hidden: bool, len: u64, what: &str) -> indicatif::ProgressBar {
+    if hidden {
+        return indicatif::ProgressBar::hidden();
+    }
+    let what = if what.is_empty() {
+        String::new()
+    } else {
+        format!("{what} ")
+    };
+    let template = format!("{{bar:30}} {{pos}}/{{len}} {what}{{msg}} [{{elapsed}}]");
+    indicatif::ProgressBar::new(len).with_style(
+        indicatif::ProgressStyle::with_template(&template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    )
+}

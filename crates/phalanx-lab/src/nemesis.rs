@@ -25,7 +25,6 @@
 use crate::bench::dist;
 use crate::lab::{outage, sample_processes, web_config, web_node, ClientLog, Lab, Watch, PORT, VIP};
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use phalanx::harness::{LocalCluster, Spec};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -315,19 +314,6 @@ pub async fn run(args: Args) -> Result<Report> {
     }
 }
 
-fn progress(args: &Args, len: usize) -> ProgressBar {
-    let pb = if args.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(len as u64)
-    };
-    pb.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} [{elapsed}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    pb
-}
-
 /// Wait (bounded) until the cluster has settled: every node running (fenced or crashed ones
 /// restarted once their fence is recorded), one agreed leader, every node online, web placed
 /// and answering on the VIP from its node. Returns web's node.
@@ -413,7 +399,7 @@ async fn run_phalanx(args: &Args, plan: Vec<Step>) -> Result<Report> {
     let stop = Arc::new(AtomicBool::new(false));
     let hosts: Vec<(String, String)> = (1..=n).map(|i| (format!("n{i}"), lab.node_ns(i))).collect();
     let procs = sample_processes(hosts, web_patterns(), SCAN, stop.clone());
-    let pb = progress(args, plan.len());
+    let pb = crate::progress(args.json, plan.len() as u64, "steps");
     let mut records = Vec::new();
     let mut notes = Vec::new();
     for (index, step) in plan.iter().enumerate() {
@@ -757,7 +743,7 @@ async fn run_keepalived(args: &Args, plan: Vec<Step>) -> Result<Report> {
         };
         let mut holder = settle(&lab)?;
         let watch = Watch::start(&lab, &[1, 2], VIP.parse()?, PORT);
-        let pb = progress(args, plan.len());
+        let pb = crate::progress(args.json, plan.len() as u64, "steps");
         let mut windows = Vec::new();
         let mut notes = Vec::new();
         for (index, step) in plan.iter().enumerate() {

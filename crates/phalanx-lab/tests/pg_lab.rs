@@ -51,6 +51,13 @@ async fn serving(lab: &Lab, sync: &str) -> (PhalanxPg, usize) {
     (pg, p)
 }
 
+/// A writer committing one row per transaction through `hosts`, once 50 are acknowledged.
+fn writing(lab: &Lab, hosts: &[String]) -> Writer {
+    let w = Writer::start(lab, hosts.to_vec(), 0);
+    w.wait_acked_after(Instant::now(), 50, T).unwrap();
+    w
+}
+
 /// Sync on, the primary's node crashes under the writer: its node is fenced before a replica is
 /// promoted, the write VIP follows (never two holders), every acknowledged commit is on the
 /// new primary (RPO = 0), and once the node is back its PostgreSQL rejoins as a replica by
@@ -61,8 +68,7 @@ async fn the_primary_node_crashes_and_every_acknowledged_commit_survives_then_it
     let (mut pg, p) = serving(&lab, "on").await;
     let hosts = PhalanxPg::write_hosts();
     let watch = Watch::start(&lab, &[1, 2, 3], VIP.parse().unwrap(), PG_PORT);
-    let w = Writer::start(&lab, hosts.clone(), 0);
-    w.wait_acked_after(Instant::now(), 50, T).unwrap();
+    let w = writing(&lab, &hosts);
     let crash_at = Instant::now();
     let crash_ms = unix_ms();
     lab.crash(p).unwrap();
@@ -131,8 +137,7 @@ async fn a_partition_isolating_the_primary_loses_and_forks_nothing() {
     let (pg, p) = serving(&lab, "on").await;
     let hosts = PhalanxPg::write_hosts();
     let watch = Watch::start(&lab, &[1, 2, 3], VIP.parse().unwrap(), PG_PORT);
-    let w = Writer::start(&lab, hosts.clone(), 0);
-    w.wait_acked_after(Instant::now(), 50, T).unwrap();
+    let w = writing(&lab, &hosts);
     let others: Vec<usize> = (1..=3).filter(|i| *i != p).collect();
     let cut_at = Instant::now();
     lab.partition(&[p], &others, false).unwrap();
@@ -203,7 +208,14 @@ async fn a_lagging_replica_is_never_promoted_while_an_up_to_date_one_is_reachabl
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(now, fresh, "n{lagging} (lagging) was promoted instead of n{fresh}");
-    let rows = sql_primary(&lab, &hosts, &["select count(*) from filler"]).unwrap();
+    // The write VIP follows the promotion (it starts after it).
+    let rows = loop {
+        match sql_primary(&lab, &hosts, &["select count(*) from filler"]) {
+            Ok(rows) => break rows,
+            Err(e) => assert!(Instant::now() < deadline, "the write VIP reaches no primary: {e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(rows, vec!["4000".to_string()]);
     lab.heal_network().unwrap();
 }
@@ -288,8 +300,7 @@ async fn paf_runs_unchanged_starts_promotes_and_fails_over() {
         assert!(Instant::now() < deadline, "PAF set no promotion scores: {st:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let w = Writer::start(&lab, hosts.clone(), 0);
-    w.wait_acked_after(Instant::now(), 50, T).unwrap();
+    let w = writing(&lab, &hosts);
     let crash_at = Instant::now();
     lab.crash(p).unwrap();
     paf.cluster.reap(&format!("n{p}")).unwrap();
@@ -360,8 +371,7 @@ async fn debians_pgsql_agent_runs_unchanged_starts_promotes_and_fails_over() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let w = Writer::start(&lab, hosts.clone(), 0);
-    w.wait_acked_after(Instant::now(), 50, T).unwrap();
+    let w = writing(&lab, &hosts);
     let crash_at = Instant::now();
     lab.crash(p).unwrap();
     ra.cluster.reap(&format!("n{p}")).unwrap();
@@ -432,8 +442,7 @@ async fn haproxy_configured_for_patroni_routes_writes_and_reads_across_a_failove
     routed(HAPROXY_PRIMARY, false);
     routed(HAPROXY_REPLICAS, true);
     let hosts = vec![HAPROXY_PRIMARY.to_string()];
-    let w = Writer::start(&lab, hosts.clone(), 0);
-    w.wait_acked_after(Instant::now(), 50, T).unwrap();
+    let w = writing(&lab, &hosts);
     let crash_at = Instant::now();
     lab.crash(p).unwrap();
     pg.cluster.reap(&format!("n{p}")).unwrap();
@@ -457,8 +466,7 @@ async fn a_switchover_under_write_load_loses_nothing_and_pauses_once() {
     let Some((_one, lab)) = lab_or_skip().await else { return };
     let (pg, p) = serving(&lab, "on").await;
     let hosts = PhalanxPg::write_hosts();
-    let w = Writer::start(&lab, hosts.clone(), 0);
-    w.wait_acked_after(Instant::now(), 50, T).unwrap();
+    let w = writing(&lab, &hosts);
     let at = Instant::now();
     let (code, out, err) = pg.cluster.cli(&["resource", "switchover", "db"]).unwrap();
     assert_eq!(code, 0, "{out}{err}");

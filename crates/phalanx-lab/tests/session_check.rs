@@ -44,7 +44,23 @@ async fn memcached() -> Option<Memcached> {
         .expect("a free port")
         .port();
     let mut cmd = Command::new(MEMCACHED);
-    cmd.args(["-p", &port.to_string(), "-l", "127.0.0.1", "-U", "0", "-t", "2"]);
+    // No slab page moves: memcached before 1.6.24 gives an item it rescues from a page being
+    // moved a new cas unique, value unchanged (its commit 2b97c389f, "slabs: fix CAS changing
+    // during page move rescues"; Debian 12 ships 1.6.18). The checker rightly calls that a
+    // violation (one value, two uniques): seen twice in full runs, once against memcached alone
+    // and once as the first violation of the planted stale-read test.
+    cmd.args([
+        "-p",
+        &port.to_string(),
+        "-l",
+        "127.0.0.1",
+        "-U",
+        "0",
+        "-t",
+        "2",
+        "-o",
+        "no_slab_reassign",
+    ]);
     if nix::unistd::Uid::effective().is_root() {
         cmd.args(["-u", "nobody"]);
     }

@@ -28,7 +28,8 @@ pub struct NodeState {
     /// Resources on it are left alone (unmanaged); nothing new is placed there.
     #[serde(default)]
     pub maintenance: bool,
-    /// When it last came online (for delayed failback).
+    /// When its liveness last changed: when it came online (for delayed failback), or, offline,
+    /// when it was lost (`promotion` waits for positions published after that).
     #[serde(default)]
     pub online_since_ms: u64,
     /// Agents (as written in the config, e.g. "ocf:heartbeat:nginx") absent on this node.

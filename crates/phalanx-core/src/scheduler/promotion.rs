@@ -10,6 +10,13 @@
 //! back, never let a lagging replica through. With `sync = "on"|"strict"`, the synchronous
 //! standby the last primary recorded (the record of the highest timeline) is the only
 //! candidate.
+//!
+//! Without a recorded synchronous standby (`sync = "off"`), the most advanced *known* position
+//! may still be behind the truth: a monitor publishes what its replica received at its last
+//! run. So after the loss of a node, while no instance is promoted on an online node, nobody is
+//! promoted until 1.5 monitor intervals have passed since the loss: by then every replica's
+//! monitor has run since the primary went silent and published the last position it received
+//! (what it receives cannot grow after that). A resource without a monitor is not held.
 
 use super::context::Ctx;
 use crate::model::Role;
@@ -33,6 +40,24 @@ fn position(ctx: &Ctx, node: &str, rsc: &str) -> Option<(u32, u64)> {
         .attrs
         .get(&pgsql::position_attr(rsc))
         .and_then(|v| pgsql::parse_position(v))
+}
+
+/// Until when (unix ms) promotion waits for the replicas' positions, and the node whose loss
+/// it follows (see the module comment); `None`: it need not wait.
+fn positions_due(ctx: &Ctx, rsc: &str, current: &BTreeMap<String, Role>) -> Option<(u64, String)> {
+    let interval = ctx.cfg.resources.primitives.get(rsc)?.monitor?.interval.as_millis() as u64;
+    if current.iter().any(|(n, r)| *r == Role::Promoted && ctx.node(n).online) {
+        return None;
+    }
+    // An offline node's `online_since_ms` is when it was lost.
+    let (lost, at) = ctx
+        .nodes
+        .iter()
+        .filter(|n| !ctx.node(n).online)
+        .map(|n| (n, ctx.node(n).online_since_ms))
+        .max_by_key(|(_, at)| *at)?;
+    let due = at.saturating_add(interval.saturating_mul(3) / 2);
+    (ctx.input.now_ms < due).then(|| (due, lost.clone()))
 }
 
 /// The chosen nodes that may be promoted, best first, and why others may not (a notice).
@@ -85,6 +110,14 @@ pub(super) fn candidates(
             }
             keep
         });
+    } else if let Some((due, lost)) = pg.and(positions_due(ctx, rsc, current)) {
+        let wait = due - ctx.input.now_ms;
+        return (
+            Vec::new(),
+            Some(format!(
+                "waiting {wait} ms for the replicas' positions after {lost}'s loss"
+            )),
+        );
     } else if pg.is_some() {
         let max_lag = params
             .as_ref()
