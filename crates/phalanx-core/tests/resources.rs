@@ -357,6 +357,16 @@ fn pgsql_params_are_checked_per_node() {
     assert_eq!(errors(per_node), vec![]);
     let e = one("[[resource]]\nid = \"pg\"\nagent = \"pgsql\"\nparams = { \"pgdata@n1\" = \"/a\" }\n");
     assert!(e.2.contains("needs `pgdata`"), "n2 and n3 have none, said once: {e:?}");
+    assert!(e.2.contains("on n2, n3: "), "naming the nodes that lack it: {e:?}");
+    assert!(
+        msgs.iter().any(|m| m.contains("on n2: ") && m.contains("port \"x\"")),
+        "{msgs:#?}"
+    );
+    assert!(
+        msgs.iter()
+            .all(|m| !m.contains("sync \"sometimes\"") || !m.contains(" on n")),
+        "an error of every node names none: {msgs:#?}"
+    );
 }
 
 #[test]

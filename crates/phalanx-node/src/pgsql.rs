@@ -615,6 +615,13 @@ impl Pg<'_> {
             format!("--target-pgdata={}", self.p.pgdata.display()),
             format!("--source-server={}", self.upstream_db(up)?),
         ];
+        // A crashed target is recovered first, by pg_rewind itself (single-user `postgres`,
+        // which reads only the data directory's configuration, not our `-c` options): its
+        // end-of-recovery checkpoint would remove the WAL back to the last common checkpoint
+        // that the rewind then reads ("could not find previous WAL record"), unless
+        // wal_keep_size is in that configuration.
+        set_auto_conf(&self.p.pgdata, "wal_keep_size", &self.p.wal_keep_size)
+            .map_err(|e| err(ocf::OCF_ERR_GENERIC, format!("{}: {e}", self.p.pgdata.display())))?;
         tracing::info!(from = %up.node, "pgsql: rejoining as a replica (pg_rewind)");
         (self.note)("rejoining (pg_rewind)");
         let r = self.run(&self.bin("pg_rewind"), &args, &[], self.timeout).await;
@@ -778,10 +785,14 @@ impl Pg<'_> {
                 return stopped;
             }
         }
-        if let Err(a) = self.configure_standby(up) {
-            return a;
-        }
-        self.spawn_postgres().await
+        // Started again as a replica, the way a start does: data that last ran as a primary
+        // rejoins by `pg_rewind` when a primary runs elsewhere. A primary demoted after another
+        // was promoted (its node came back with PostgreSQL still running) holds at least its
+        // shutdown checkpoint on the old timeline; restarted as it was, it would never stream
+        // ("new timeline forked off … before current recovery point"; found in the playground).
+        // In a switchover the candidate has received everything up to that checkpoint, and the
+        // rewind finds nothing to do.
+        self.start(up).await
     }
 }
 

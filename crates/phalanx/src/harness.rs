@@ -398,6 +398,13 @@ impl LocalCluster {
         cmd
     }
 
+    /// Whether nodes run on `phalanx machine`s: a detached cluster on loopback (the
+    /// playground), a set of machines left to themselves. (In the lab a namespace is the
+    /// machine; tests start and reap their daemons themselves.)
+    fn machines(&self) -> bool {
+        self.detached && self.netns.is_none()
+    }
+
     /// Run node i's processes in namespace `nodes[i]` (the witness, if any, in the last one) and
     /// talk to the APIs, and run the power switch, from namespace `client`.
     pub fn place_in_namespaces(&mut self, nodes: Vec<String>, client: String) {
@@ -505,7 +512,7 @@ impl LocalCluster {
             // A detached cluster (the playground) is a set of machines left to themselves: power
             // returning boots the node's daemon again, as systemd would (a fence's reboot brings
             // it back). Tests start and reap their nodes themselves.
-            if self.detached && self.netns.is_none() {
+            if self.machines() {
                 cmd.arg("--boot")
                     .arg(format!("{}={}", n.name, self.boot_command(&n.name)?));
             }
@@ -531,8 +538,9 @@ impl LocalCluster {
         let q = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
         let log = std::env::var("PHALANX_DEMO_LOG").unwrap_or_else(|_| "info,openraft=warn".into());
         Ok(format!(
-            "echo $$ > {}; sleep {BOOT_SECONDS}; RUST_LOG='{log}' exec {} daemon --config {} --node {} --data-dir {} >> {} 2>&1",
+            "echo $$ > {}; sleep {BOOT_SECONDS}; RUST_LOG='{log}' exec {} machine -- {} daemon --config {} --node {} --data-dir {} >> {} 2>&1",
             q(&self.pid_file(name)),
+            q(&self.exe),
             q(&self.exe),
             q(config),
             n.name,
@@ -641,6 +649,11 @@ impl LocalCluster {
             .open(self.log_path(name))?;
         let ns = self.netns_of(name);
         let mut cmd = self.command(ns.as_deref());
+        // The playground's nodes run on machines (`phalanx machine`): a daemon killed alone
+        // leaves what it started on its machine, within its outlet's reach.
+        if self.machines() {
+            cmd.arg("machine").arg("--").arg(&self.exe);
+        }
         let node = self.node_mut(name)?;
         if node.child.is_some() {
             bail!("{name} is already running");

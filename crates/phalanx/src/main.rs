@@ -445,6 +445,13 @@ enum Cmd {
     /// Bootstrap a new cluster from a backup (--new-cluster), then bring back its operator
     /// state once it runs (--apply-state).
     Restore(phalanx::backup::RestoreArgs),
+    /// A playground node's machine: runs COMMAND (its daemon) and adopts what the daemon
+    /// started once the daemon is gone, so that the power switch's outlet takes it all.
+    #[command(hide = true)]
+    Machine {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
     /// The demo's HTTP service (answers with its node name).
     #[command(hide = true)]
     DemoService {
@@ -1075,6 +1082,7 @@ async fn run(cli: Cli) -> Result<i32> {
             phalanx::power_switch::serve(listen, outlets, boots, events.clone()).await?;
             Ok(0)
         }
+        Cmd::Machine { command } => phalanx::power_switch::machine(command).await,
         Cmd::DemoService { listen, name } => {
             phalanx::service::serve(listen, name).await?;
             Ok(0)

@@ -38,7 +38,7 @@ pub fn render(all: &[PgResource]) -> String {
             r.sync_standby.as_deref().unwrap_or("none")
         );
         out += &format!(
-            "  {:<12} {:<8} {:>8} {:>18} {:>12}\n",
+            "  {:<12} {:<14} {:>8} {:>18} {:>12}\n",
             "NODE", "ROLE", "TIMELINE", "LSN", "LAG"
         );
         for n in &r.nodes {
@@ -48,7 +48,7 @@ pub fn render(all: &[PgResource]) -> String {
                 n.role.clone()
             };
             out += &format!(
-                "  {:<12} {:<8} {:>8} {:>18} {:>12}\n",
+                "  {:<12} {:<14} {:>8} {:>18} {:>12}\n",
                 n.node,
                 role,
                 n.timeline.map_or("-".into(), |t| t.to_string()),

@@ -13,6 +13,11 @@
 //! it). `on` runs the outlet's `--boot NAME=COMMAND`, if given (the machine booting); without
 //! one, power returns and nothing starts. With `--events FILE` every action is appended there
 //! as `UNIX_MS PLUG ACTION`, after it took effect: the nemesis checks fence order against it.
+//!
+//! [`machine`] (`phalanx machine -- COMMAND`) is a pid outlet's machine on loopback: it runs
+//! the node's daemon and adopts whatever the daemon started once the daemon is gone, so that a
+//! daemon killed alone (a crash) leaves its services running on the "machine", as on a real
+//! one, and cutting the outlet still takes them all.
 
 use anyhow::{bail, Context, Result};
 use axum::extract::{Path, State};
@@ -314,6 +319,78 @@ fn power_on(o: &Outlet) -> Result<()> {
             .with_context(|| format!("booting: {cmd}"))?;
     }
     Ok(())
+}
+
+/// Run `command` as a machine (see the module comment): a child subreaper (orphans of its
+/// descendants become its children, not init's, so they stay descendants of the outlet's
+/// process), the command its child, SIGTERM/SIGINT/SIGHUP passed on to it. It reaps every
+/// child; once the command has exited, a signal shuts the machine down (what is left is
+/// killed), and it exits when nothing is left, with the command's exit code.
+pub async fn machine(command: &[String]) -> Result<i32> {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use tokio::signal::unix::{signal, SignalKind};
+    let Some((program, args)) = command.split_first() else {
+        bail!("give the command the machine runs: phalanx machine -- COMMAND…");
+    };
+    nix::sys::prctl::set_child_subreaper(true).context("becoming a child subreaper")?;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    // A machine killed outright takes its command along (SIGKILL to it as the machine dies),
+    // as a `kill -9` of the node's pid did before there were machines; what the command
+    // started is left, as then.
+    // SAFETY: the closure runs in the child between fork and exec and calls only prctl(2),
+    // which is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+    let child = cmd.spawn().with_context(|| format!("starting {program}"))?;
+    let main = Pid::from_raw(child.id() as i32);
+    // Reaping is `waitpid(-1)` here, for the command and every adopted orphan alike.
+    drop(child);
+    let (tx, mut exited) = tokio::sync::oneshot::channel::<i32>();
+    let reaper = tokio::task::spawn_blocking(move || {
+        let mut tx = Some(tx);
+        loop {
+            let code = match waitpid(None, None) {
+                Ok(WaitStatus::Exited(p, c)) if p == main => c,
+                Ok(WaitStatus::Signaled(p, sig, _)) if p == main => 128 + sig as i32,
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+            };
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(code);
+            }
+        }
+    });
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut reaper = reaper;
+    let mut code = None;
+    loop {
+        tokio::select! {
+            _ = &mut reaper => return Ok(code.unwrap_or(0)),
+            c = &mut exited, if code.is_none() => code = Some(c.unwrap_or(0)),
+            _ = term.recv() => pass_on(main, code.is_some(), Signal::SIGTERM),
+            _ = int.recv() => pass_on(main, code.is_some(), Signal::SIGINT),
+            _ = hup.recv() => pass_on(main, code.is_some(), Signal::SIGHUP),
+        }
+    }
+}
+
+/// A signal to the machine: to its command while that runs, else the machine shuts down
+/// (everything it still runs is killed).
+fn pass_on(main: Pid, main_gone: bool, sig: Signal) {
+    if !main_gone {
+        let _ = kill(main, sig);
+        return;
+    }
+    let me = std::process::id() as i32;
+    for p in descendants(me) {
+        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+    }
 }
 
 /// Run `lines` as one `ip -n NS -batch -`.

@@ -226,3 +226,21 @@ fn init_writes_the_key_beside_a_config_that_does_not_exist_yet() {
     );
     assert!(stdout(&out).contains(&key.display().to_string()), "{}", stdout(&out));
 }
+
+/// Every `toml` block of the README is TOML an operator can paste: it parses (an inline table
+/// spread over two lines, which TOML 1.0 forbids, stood in the PostgreSQL section's example
+/// until a walk-through of it found that `config check` refused it).
+#[test]
+fn every_toml_block_of_the_readme_parses() {
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+    let mut blocks = 0;
+    for (i, part) in readme.split("```toml\n").enumerate().skip(1) {
+        let block = part.split("\n```").next().unwrap_or_default();
+        if let Err(e) = block.parse::<toml::Table>() {
+            panic!("README toml block {i} does not parse: {e}\n{block}");
+        }
+        blocks += 1;
+    }
+    assert!(blocks >= 5, "only {blocks} toml blocks found in the README");
+}

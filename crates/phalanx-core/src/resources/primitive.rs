@@ -246,8 +246,9 @@ pub(super) fn validate(
         process_params(c, &id, &params, &span);
     }
     if agent == AgentSpec::Pgsql {
-        // Checked as each node will read them (a `name@node` override included).
-        let mut seen = std::collections::BTreeSet::new();
+        // Checked as each node will read them (a `name@node` override included); an error on
+        // some nodes only names them.
+        let mut on_nodes: BTreeMap<String, Vec<&str>> = BTreeMap::new();
         for k in params.keys() {
             if let Some((_, n)) = k.split_once('@').filter(|(_, n)| !nodes.contains(*n)) {
                 c.error(
@@ -261,11 +262,18 @@ pub(super) fn validate(
         } else {
             nodes.iter().map(String::as_str).collect()
         };
-        for n in on {
+        for n in &on {
             if let Err(errors) = crate::pgsql::Params::parse(&params_on(&params, n)) {
-                for e in errors.into_iter().filter(|e| seen.insert(e.clone())) {
-                    c.error(span.clone(), format!("resource {id}: {e}"));
+                for e in errors {
+                    on_nodes.entry(e).or_default().push(n);
                 }
+            }
+        }
+        for (e, ns) in on_nodes {
+            if ns.len() == on.len() {
+                c.error(span.clone(), format!("resource {id}: {e}"));
+            } else {
+                c.error(span.clone(), format!("resource {id}: on {}: {e}", ns.join(", ")));
             }
         }
     }

@@ -106,7 +106,9 @@ fn views(node: &Node, rsc: &str) -> (Vec<NodeView>, Option<String>) {
             .filter_map(|v| pgsql::parse_sync(v).map(|(tl, n)| (tl, n.to_string())))
             .max()
             .map(|(_, n)| n)
-            .filter(|n| !n.is_empty());
+            // Just after a switchover the newest record may still be the old primary's, naming
+            // the new primary itself (its own record follows at its next monitor): no standby.
+            .filter(|n| !n.is_empty() && Some(n) != primary.as_ref());
         let views = c
             .nodes
             .keys()

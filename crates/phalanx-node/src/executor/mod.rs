@@ -97,6 +97,24 @@ pub(crate) fn clone_meta(node: &Node, config: &phalanx_core::Config, rsc: &str) 
     phalanx_core::resources::clone_meta(spec, members, number.unwrap_or(rank))
 }
 
+/// Where a replica on `me` streams from: the node being promoted, else another node running
+/// the primary (this node's own may still be recorded too: a former primary found running by
+/// its probe, about to be demoted, must follow the other); never `me`.
+fn upstream_node(
+    me: &str,
+    promoting: Option<String>,
+    running: &BTreeMap<String, phalanx_core::scheduler::Role>,
+) -> Option<String> {
+    promoting
+        .or_else(|| {
+            running
+                .iter()
+                .find(|(n, role)| **role == phalanx_core::scheduler::Role::Promoted && n.as_str() != me)
+                .map(|(n, _)| n.clone())
+        })
+        .filter(|u| u != me)
+}
+
 /// What the `pgsql` agent learns from the cluster (see `crate::pgsql`): the synchronous
 /// standby this node recorded (when it is the primary), and where a replica here streams
 /// from: the node the current plan promotes, else the one running the primary (never this
@@ -107,7 +125,7 @@ fn pgsql_meta(
     config: &phalanx_core::Config,
     prim: &phalanx_core::resources::Primitive,
 ) -> BTreeMap<String, String> {
-    use phalanx_core::scheduler::{ActionKind, Role};
+    use phalanx_core::scheduler::ActionKind;
     let mut meta = BTreeMap::new();
     let recorded = node.with_state(|sm| {
         sm.cluster
@@ -130,16 +148,15 @@ fn pgsql_meta(
             })
             .map(|(_, a)| a.node.clone())
             .next();
-        promoting.or_else(|| {
-            sm.cluster.resources.get(&prim.id).and_then(|r| {
-                r.running
-                    .iter()
-                    .find(|(_, role)| **role == Role::Promoted)
-                    .map(|(n, _)| n.clone())
-            })
-        })
+        let running = sm
+            .cluster
+            .resources
+            .get(&prim.id)
+            .map(|r| r.running.clone())
+            .unwrap_or_default();
+        upstream_node(&node.name, promoting, &running)
     });
-    let Some(up) = up.filter(|u| *u != node.name) else {
+    let Some(up) = up else {
         return meta;
     };
     let Ok(p) = phalanx_core::pgsql::Params::parse(&phalanx_core::resources::params_on(&prim.params, &up)) else {
@@ -376,4 +393,23 @@ fn reannounce_on_membership_change(
         }
     }
     *members_seen = Some(online);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::upstream_node;
+    use phalanx_core::scheduler::Role;
+
+    #[test]
+    fn a_replica_follows_the_node_promoted_or_another_primary_never_itself() {
+        let running = |v: &[(&str, Role)]| v.iter().map(|(n, r)| (n.to_string(), *r)).collect();
+        let both = running(&[("n1", Role::Promoted), ("n2", Role::Promoted), ("n3", Role::Started)]);
+        // n1, a former primary found running beside n2's: it follows n2 (it got no upstream).
+        assert_eq!(upstream_node("n1", None, &both), Some("n2".into()));
+        assert_eq!(upstream_node("n3", None, &both), Some("n1".into()));
+        assert_eq!(upstream_node("n1", Some("n3".into()), &both), Some("n3".into()));
+        assert_eq!(upstream_node("n3", Some("n3".into()), &both), None);
+        let alone = running(&[("n1", Role::Promoted)]);
+        assert_eq!(upstream_node("n1", None, &alone), None);
+    }
 }
