@@ -688,8 +688,10 @@ notify = true
 /// PostgreSQL run by PAF (Debian's `resource-agents-paf`: `ocf:heartbeat:pgsqlms`, written for
 /// Pacemaker) under phalanx, unchanged: the data prepared as PAF's documentation says (n1
 /// initialized, copied with `pg_basebackup` to n2 and n3, each with `primary_conninfo` naming
-/// the write VIP and its own `application_name`, `recovery_target_timeline = 'latest'`),
-/// a promotable clone with `notify = true`, and the write VIP on the primary.
+/// the write VIP and its own `application_name`, `recovery_target_timeline = 'latest'`,
+/// synchronous replication to any one standby, `synchronous_standby_names = '*'`: PAF does not
+/// manage it, and without it a crash may lose the last acknowledged commits, which the lab
+/// test once saw), a promotable clone with `notify = true`, and the write VIP on the primary.
 pub struct PafPg {
     pub cluster: LocalCluster,
     pub dirs: PgDirs,
@@ -708,7 +710,7 @@ impl PafPg {
             let conf = dirs.data(i).join("postgresql.conf");
             let mut text = std::fs::read_to_string(&conf)?;
             text += &format!(
-                "\n# the PostgreSQL lab (PAF)\nlisten_addresses = '*'\nport = {PG_PORT}\nunix_socket_directories = '{}'\nwal_keep_size = '512MB'\nlogging_collector = on\nrecovery_target_timeline = 'latest'\nprimary_conninfo = 'host={VIP} port={PG_PORT} user=postgres application_name=n{i}'\n",
+                "\n# the PostgreSQL lab (PAF)\nlisten_addresses = '*'\nport = {PG_PORT}\nunix_socket_directories = '{}'\nwal_keep_size = '512MB'\nlogging_collector = on\nrecovery_target_timeline = 'latest'\nprimary_conninfo = 'host={VIP} port={PG_PORT} user=postgres application_name=n{i}'\nsynchronous_standby_names = '*'\n",
                 dirs.node_dir(i).display()
             );
             std::fs::write(&conf, text)?;
