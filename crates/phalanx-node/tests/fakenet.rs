@@ -201,6 +201,36 @@ async fn more_than_seven_nodes_join_as_learners_and_fill_a_vacancy() {
         })
     })
     .await;
+
+    // The learner left is removed: it learns of it (and so exits; the daemon stops on
+    // `Removed`), although openraft stops replicating to a learner as soon as the change that
+    // removes it is appended. It used to run on, never applying its own removal.
+    let st = nodes[1].status();
+    let learner = st.learners.first().cloned().expect("one learner");
+    let leader = one_leader(&nodes[1..].iter().map(|n| n.status()).collect::<Vec<_>>()).unwrap();
+    let leader = nodes.iter().find(|n| n.name == leader).unwrap().clone();
+    assert_eq!(
+        leader
+            .write(Command::RemoveNode { name: learner.clone() })
+            .await
+            .unwrap(),
+        Outcome::Ok
+    );
+    let gone = nodes.iter().find(|n| n.name == learner).unwrap().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while *gone.stop_state().borrow() != phalanx_node::lifecycle::StopState::Removed {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{learner} was removed but does not know it: {:?}",
+            gone.status().learners
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let others: Vec<&str> = rest.iter().copied().filter(|n| *n != learner).collect();
+    wait_for(&nodes, &others, "the learner out of every member's membership", |st| {
+        st.iter().all(|s| s.learners.is_empty() && s.voters.len() == 7)
+    })
+    .await;
     for n in &nodes {
         n.shutdown().await;
     }

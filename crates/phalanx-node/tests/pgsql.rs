@@ -179,6 +179,21 @@ fn code(r: &CallResult) -> Option<i32> {
     r.exit_code
 }
 
+/// n1 a primary with table `cart` holding row 1, n2 its streaming replica (copied from it).
+async fn primary_and_replica(root: &Path) -> (Instance, Instance) {
+    std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let n1 = Instance::new(root, "n1");
+    let n2 = Instance::new(root, "n2");
+    n1.init();
+    assert_eq!(code(&n1.call(AgentAction::Start, None).await), Some(0));
+    assert_eq!(code(&n1.call(AgentAction::Promote, None).await), Some(0));
+    n1.sql("create table cart (id int primary key)");
+    n1.sql("insert into cart values (1)");
+    assert_eq!(code(&n2.call(AgentAction::Start, Some(&n1)).await), Some(0));
+    n2.wait_sql("select count(*) from cart", "1");
+    (n1, n2)
+}
+
 /// Start, monitor, promote, copy a replica, fail over and follow, stop: the agent's whole life
 /// on two real instances.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,16 +263,7 @@ async fn a_primary_and_a_replica_start_promote_fail_over_and_follow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_former_primary_still_running_is_demoted_by_a_rewind_and_streams() {
     let root = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let n1 = Instance::new(root.path(), "n1");
-    let n2 = Instance::new(root.path(), "n2");
-    n1.init();
-    assert_eq!(code(&n1.call(AgentAction::Start, None).await), Some(0));
-    assert_eq!(code(&n1.call(AgentAction::Promote, None).await), Some(0));
-    n1.sql("create table cart (id int primary key)");
-    n1.sql("insert into cart values (1)");
-    assert_eq!(code(&n2.call(AgentAction::Start, Some(&n1)).await), Some(0));
-    n2.wait_sql("select count(*) from cart", "1");
+    let (n1, n2) = primary_and_replica(root.path()).await;
     // n2 is promoted while n1 still runs as a primary; n1 takes one more write n2 never sees.
     assert_eq!(code(&n2.call(AgentAction::Promote, None).await), Some(0));
     n1.sql("insert into cart values (100)");
@@ -288,16 +294,7 @@ async fn a_former_primary_still_running_is_demoted_by_a_rewind_and_streams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_former_primary_is_rewound_not_copied() {
     let root = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let n1 = Instance::new(root.path(), "n1");
-    let n2 = Instance::new(root.path(), "n2");
-    n1.init();
-    assert_eq!(code(&n1.call(AgentAction::Start, None).await), Some(0));
-    assert_eq!(code(&n1.call(AgentAction::Promote, None).await), Some(0));
-    n1.sql("create table cart (id int primary key)");
-    n1.sql("insert into cart values (1)");
-    assert_eq!(code(&n2.call(AgentAction::Start, Some(&n1)).await), Some(0));
-    n2.wait_sql("select count(*) from cart", "1");
+    let (n1, n2) = primary_and_replica(root.path()).await;
     // The last checkpoint, then two segments later the point where n1 and n2 part.
     n1.sql("checkpoint");
     n1.sql("select pg_switch_wal()");
@@ -329,16 +326,7 @@ async fn a_crashed_former_primary_is_rewound_not_copied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_former_primary_that_cannot_be_rewound_is_set_aside_and_copied_afresh() {
     let root = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let n1 = Instance::new(root.path(), "n1");
-    let n2 = Instance::new(root.path(), "n2");
-    n1.init();
-    assert_eq!(code(&n1.call(AgentAction::Start, None).await), Some(0));
-    assert_eq!(code(&n1.call(AgentAction::Promote, None).await), Some(0));
-    n1.sql("create table cart (id int primary key)");
-    n1.sql("insert into cart values (1)");
-    assert_eq!(code(&n2.call(AgentAction::Start, Some(&n1)).await), Some(0));
-    n2.wait_sql("select count(*) from cart", "1");
+    let (n1, n2) = primary_and_replica(root.path()).await;
     // n1 stops, n2 is promoted and takes a write: n1's data last ran as a primary.
     assert_eq!(code(&n1.call(AgentAction::Stop, None).await), Some(0));
     assert_eq!(code(&n2.call(AgentAction::Promote, None).await), Some(0));
