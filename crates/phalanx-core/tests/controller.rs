@@ -70,6 +70,22 @@ fn bootstrapped(cfg: &Config) -> ClusterState {
     s
 }
 
+/// The write that records n1 lost at the observed time (1,000,000 ms).
+fn n1_lost() -> [ControlAction; 1] {
+    [ControlAction::Write(Command::SetLiveness {
+        name: "n1".into(),
+        liveness: Liveness::Offline,
+        at_ms: 1_000_000,
+    })]
+}
+
+/// Whether `a` records `name` lost.
+fn marks_lost(a: &[ControlAction], name: &str) -> bool {
+    a.iter().any(|a| {
+        matches!(a, ControlAction::Write(Command::SetLiveness { name: n, liveness: Liveness::Offline, .. }) if n == name)
+    })
+}
+
 fn plan_of(actions: &[ControlAction]) -> Option<&Vec<phalanx_core::scheduler::Action>> {
     actions.iter().find_map(|a| match a {
         ControlAction::Write(
@@ -118,14 +134,7 @@ fn nobody_is_declared_offline_before_the_detector_settled() {
         at_ms: 2,
     });
     let a = Controller::default().reconcile(&obs, &s, &cfg, &t);
-    assert_eq!(
-        a,
-        [ControlAction::Write(Command::SetLiveness {
-            name: "n1".into(),
-            liveness: Liveness::Offline,
-            at_ms: 1_000_000
-        })]
-    );
+    assert_eq!(a, n1_lost());
 }
 
 /// The leader's own links fail: it loses n1, then n3 a moment later. While it still reaches
@@ -137,17 +146,7 @@ fn a_leader_losing_its_own_links_gets_no_healthy_node_fenced() {
     let t = Timings::from(&cfg.cluster);
     let s = bootstrapped(&cfg);
     let mut c = Controller::default();
-    let offline = |a: &[ControlAction]| {
-        a.iter().any(|a| {
-            matches!(
-                a,
-                ControlAction::Write(Command::SetLiveness {
-                    liveness: Liveness::Offline,
-                    ..
-                })
-            )
-        })
-    };
+    let offline = |a: &[ControlAction]| ["n1", "n2", "n3"].iter().any(|n| marks_lost(a, n));
     let mut obs = observed(&["n2", "n3"]);
     obs.lost.insert("n3".into(), Some(names(&[])));
     assert!(!offline(&c.reconcile(&obs, &s, &cfg, &t)), "n3 still reaches n1");
@@ -156,14 +155,7 @@ fn a_leader_losing_its_own_links_gets_no_healthy_node_fenced() {
     obs.reachable = names(&["n2", "n3"]);
     obs.lost.insert("n3".into(), Some(names(&["n1"])));
     let a = c.reconcile(&obs, &s, &cfg, &t);
-    assert_eq!(
-        a,
-        [ControlAction::Write(Command::SetLiveness {
-            name: "n1".into(),
-            liveness: Liveness::Offline,
-            at_ms: 1_000_000
-        })]
-    );
+    assert_eq!(a, n1_lost());
 }
 
 /// Two voters and the witness, split from each other while both reach it: the witness hears
@@ -174,11 +166,7 @@ fn the_witness_agrees_to_a_loss_by_backing_this_side() {
     let cfg = config("required", "");
     let t = Timings::from(&cfg.cluster);
     let s = bootstrapped(&cfg);
-    let n1_offline = |a: &[ControlAction]| {
-        a.iter().any(|a| {
-            matches!(a, ControlAction::Write(Command::SetLiveness { name, liveness: Liveness::Offline, .. }) if name == "n1")
-        })
-    };
+    let n1_offline = |a: &[ControlAction]| marks_lost(a, "n1");
     let mut obs = observed(&["n2", "witness"]);
     obs.voters = [1, 2, phalanx_core::controller::WITNESS_ID].into();
     obs.lost.insert("witness".into(), Some(names(&[])));
@@ -202,11 +190,7 @@ fn lose_n1_holding_web(fencing: &str) -> Vec<ControlAction> {
     let a = c.reconcile(&obs, &s, &cfg, &t);
     assert_eq!(
         a,
-        [ControlAction::Write(Command::SetLiveness {
-            name: "n1".into(),
-            liveness: Liveness::Offline,
-            at_ms: 1_000_000
-        })],
+        n1_lost(),
         "a liveness change is committed alone: the plan is made on the new liveness"
     );
     apply(&mut s, &a);
@@ -278,14 +262,7 @@ fn a_leaving_node_is_moved_away_from_then_recorded_stopped_without_a_fence() {
     // Gone while web is still recorded there: lost (a stop to leave cannot be made up).
     let gone = observed(&["n2", "n3"]);
     let a = c.reconcile(&gone, &s, &cfg, &t);
-    assert_eq!(
-        a,
-        [ControlAction::Write(Command::SetLiveness {
-            name: "n1".into(),
-            liveness: Liveness::Offline,
-            at_ms: 1_000_000
-        })]
-    );
+    assert_eq!(a, n1_lost());
     let refused = s.clone().apply(&Command::SetLiveness {
         name: "n1".into(),
         liveness: Liveness::Stopped,

@@ -38,11 +38,8 @@ async fn memcached() -> Option<Memcached> {
         eprintln!("session check test skipped: {MEMCACHED} is not installed");
         return None;
     }
-    // A port the kernel just handed out and took back (memcached binds it right after).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    // A port for memcached to bind (`phalanx_node::ports`: below the ephemeral range).
+    let port = phalanx_node::ports::free_tcp_port().expect("a free port");
     let mut cmd = Command::new(MEMCACHED);
     // No slab page moves: memcached before 1.6.24 gives an item it rescues from a page being
     // moved a new cas unique, value unchanged (its commit 2b97c389f, "slabs: fix CAS changing

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod node;
 pub mod pgsql;
 pub mod pki;
+pub mod ports;
 pub mod priority;
 pub mod raft;
 pub mod rotation;

@@ -78,11 +78,7 @@ async fn dummy_start_monitor_stop_as_pacemaker_calls_it() {
 async fn anything_wraps_a_real_server() {
     let dir = tempfile::tempdir().unwrap();
     let r = runner(dir.path());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let pidfile = dir.path().join("anything.pid");
     let p = params(&[
         ("binfile", "/usr/bin/python3"),
@@ -212,11 +208,7 @@ async fn exec_agents_see_the_ocf_environment() {
 async fn the_process_agent_supervises_a_server() {
     let dir = tempfile::tempdir().unwrap();
     let r = runner(dir.path());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let p = params(&[
         ("command", &format!("python3 -m http.server {port} --bind 127.0.0.1")),
         ("check_tcp", &format!("127.0.0.1:{port}")),
@@ -252,13 +244,9 @@ async fn the_process_agent_supervises_a_server() {
     );
 }
 
-/// A free port on 127.0.0.1 (bound, then released).
+/// A free port on 127.0.0.1 for a service to bind (`phalanx_node::ports`).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    phalanx_node::ports::free_tcp_port().unwrap()
 }
 
 /// An orphan of an earlier run (here: this test) holds the port: the service the agent starts

@@ -43,11 +43,7 @@ fn as_postgres(program: &str, args: &[&str]) -> String {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    phalanx_node::ports::free_tcp_port().unwrap()
 }
 
 /// One node's instance: its folder (data directory `data`, socket in the folder) and port.

@@ -66,42 +66,13 @@ pub struct Released {
     pub witness: Option<u32>,
 }
 
-/// A port for a daemon to bind later, below the kernel's ephemeral range: a port the kernel
-/// handed out for `:0` is free now, but until the daemon binds it any outgoing connection may
-/// take it as its local port (one CI run: `binding the API on 127.0.0.1:34745: Address already
-/// in use`). Ports are handed out in turn from a per-process starting point, never twice by one
-/// process, and only if `free` says so now.
-fn pick_port(free: impl Fn(u16) -> bool) -> Result<u16> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const FIRST: u32 = 10_000;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u32>().ok()))
-        .unwrap_or(32_768);
-    let span = ephemeral_low.saturating_sub(FIRST);
-    if span < 1_000 {
-        // No room below the ephemeral range: whatever the kernel gives.
-        let p = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        return Ok(p);
-    }
-    let start = (std::process::id() * 7_919) % span;
-    for _ in 0..span {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = (FIRST + (start + n) % span) as u16;
-        if free(port) {
-            return Ok(port);
-        }
-    }
-    bail!("no free port between {FIRST} and {ephemeral_low}")
-}
-
+/// A port for a daemon to bind later: see `phalanx_node::ports`.
 fn free_tcp_port() -> Result<u16> {
-    pick_port(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+    Ok(phalanx_node::ports::free_tcp_port()?)
 }
 
 fn free_udp_port(ip: &str) -> Result<u16> {
-    pick_port(|p| std::net::UdpSocket::bind(format!("{ip}:{p}")).is_ok())
+    Ok(phalanx_node::ports::free_udp_port(ip)?)
 }
 
 /// A loopback port free for both TCP and UDP (the witness listens on both).

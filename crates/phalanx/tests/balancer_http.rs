@@ -248,10 +248,7 @@ async fn wait_http(c: &LocalCluster, id: &str, what: &str, pred: impl Fn(&serde_
 }
 
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    SocketAddr::from(([127, 0, 0, 1], phalanx_node::ports::free_tcp_port().unwrap()))
 }
 
 fn servers(bs: &[&Backend]) -> String {

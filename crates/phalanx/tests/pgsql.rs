@@ -297,15 +297,9 @@ fn must_ok(db: &Db, i: usize, q: &str) {
 fn prepare_one(root: &Path) -> Db {
     let u = user();
     std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let ports: Vec<u16> = (0..3)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
-        .collect();
+    // Below the ephemeral range: a port the kernel handed out for `:0` was once taken by an
+    // outgoing connection before PostgreSQL bound it (the full suite, cold caches).
+    let ports: Vec<u16> = (0..3).map(|_| phalanx_node::ports::free_tcp_port().unwrap()).collect();
     let db = Db {
         dir: root.to_path_buf(),
         ports,

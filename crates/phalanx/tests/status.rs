@@ -26,10 +26,7 @@ failure_timeout = "10m"
 "#;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    phalanx_node::ports::free_tcp_port().expect("a free port")
 }
 
 /// GET /metrics from `addr` with no token (the `metrics_listen` router).
