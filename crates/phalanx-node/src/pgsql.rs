@@ -617,11 +617,11 @@ impl Pg<'_> {
         ];
         // A crashed target is recovered first, by pg_rewind itself (single-user `postgres`,
         // which reads only the data directory's configuration, not our `-c` options): its
-        // end-of-recovery checkpoint would remove the WAL back to the last common checkpoint
-        // that the rewind then reads ("could not find previous WAL record"), unless
-        // wal_keep_size is in that configuration.
-        set_auto_conf(&self.p.pgdata, "wal_keep_size", &self.p.wal_keep_size)
-            .map_err(|e| err(ocf::OCF_ERR_GENERIC, format!("{}: {e}", self.p.pgdata.display())))?;
+        // end-of-recovery checkpoint may remove the WAL back to the last common checkpoint that
+        // the rewind then reads ("could not find previous WAL record"), and the fallback below
+        // copies the data afresh. Keeping that WAL (wal_keep_size in postgresql.auto.conf)
+        // made the rewind succeed, but the lab's crash test then once saw the rejoined node not
+        // streaming within 120 s (not diagnosed): not kept, see the issue 18 note.
         tracing::info!(from = %up.node, "pgsql: rejoining as a replica (pg_rewind)");
         (self.note)("rejoining (pg_rewind)");
         let r = self.run(&self.bin("pg_rewind"), &args, &[], self.timeout).await;

@@ -281,39 +281,6 @@ async fn a_former_primary_still_running_is_demoted_by_a_rewind_and_streams() {
     }
 }
 
-/// A crashed former primary is rewound, not copied afresh, although its last checkpoint lies
-/// in an older WAL segment than where it diverged: `pg_rewind` first runs the target's crash
-/// recovery (single-user `postgres`, without the agent's `-c` options), whose end-of-recovery
-/// checkpoint removed the segments it then needed ("could not find previous WAL record"),
-/// unless `wal_keep_size` is in the data directory's own configuration (found in the
-/// playground: every crashed primary was set aside and copied whole).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crashed_former_primary_is_rewound_not_copied() {
-    let root = tempfile::tempdir().unwrap();
-    let (n1, n2) = primary_and_replica(root.path()).await;
-    // The last checkpoint, then two segments later the point where n1 and n2 part.
-    n1.sql("checkpoint");
-    n1.sql("select pg_switch_wal()");
-    n1.sql("insert into cart values (2)");
-    n1.sql("select pg_switch_wal()");
-    n1.sql("insert into cart values (3)");
-    n2.wait_sql("select count(*) from cart", "3");
-    // n1 crashes (no shutdown checkpoint), n2 is promoted and takes a write.
-    let data = n1.data().display().to_string();
-    as_postgres("pg_ctl", &["stop", "-D", &data, "-m", "immediate", "-w"]);
-    assert_eq!(code(&n2.call(AgentAction::Promote, None).await), Some(0));
-    n2.sql("insert into cart values (4)");
-
-    let r = n1.call(AgentAction::Start, Some(&n2)).await;
-    assert_eq!(code(&r), Some(0), "{r:?}");
-    let why = r.exit_reason.clone().unwrap_or_default();
-    assert_eq!(why, "rejoined as a replica of n2 (pg_rewind)", "{r:?}");
-    n1.wait_sql("select count(*) from cart", "4");
-    for n in [&n1, &n2] {
-        assert_eq!(code(&n.call(AgentAction::Stop, None).await), Some(0));
-    }
-}
-
 /// A former primary whose timeline cannot be rewound is not left broken: its `pg_rewind` fails
 /// (here from a `bindir` whose `pg_rewind` exits 1 as the real one does when the WAL it needs
 /// is gone; every other program is the real one), so its start sets the data directory aside

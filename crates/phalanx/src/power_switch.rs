@@ -350,7 +350,7 @@ pub async fn machine(command: &[String]) -> Result<i32> {
     // Reaping is `waitpid(-1)` here, for the command and every adopted orphan alike.
     drop(child);
     let (tx, mut exited) = tokio::sync::oneshot::channel::<i32>();
-    let reaper = tokio::task::spawn_blocking(move || {
+    let mut reaper = tokio::task::spawn_blocking(move || {
         let mut tx = Some(tx);
         loop {
             let code = match waitpid(None, None) {
@@ -367,11 +367,11 @@ pub async fn machine(command: &[String]) -> Result<i32> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let mut reaper = reaper;
     let mut code = None;
     loop {
         tokio::select! {
-            _ = &mut reaper => return Ok(code.unwrap_or(0)),
+            // The command's code was sent before the reaper ended: take it if not yet taken.
+            _ = &mut reaper => return Ok(code.or_else(|| exited.try_recv().ok()).unwrap_or(0)),
             c = &mut exited, if code.is_none() => code = Some(c.unwrap_or(0)),
             _ = term.recv() => pass_on(main, code.is_some(), Signal::SIGTERM),
             _ = int.recv() => pass_on(main, code.is_some(), Signal::SIGINT),
