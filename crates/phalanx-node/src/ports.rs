@@ -12,7 +12,7 @@ const FIRST: u32 = 10_000;
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// The next port below the ephemeral range for which `free` holds.
-pub fn pick_port(free: impl Fn(u16) -> bool) -> std::io::Result<u16> {
+fn pick_port(free: impl Fn(u16) -> bool) -> std::io::Result<u16> {
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse::<u32>().ok()))

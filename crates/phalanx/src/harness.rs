@@ -430,6 +430,22 @@ impl LocalCluster {
         self.client = self.client.clone().with_token(token);
     }
 
+    /// Create an admin operator token (`phalanx token create ops --role admin`) and ask with
+    /// it from now on: unlike the token derived from the cluster key, it outlives `phalanx key
+    /// rotate`. Returns it.
+    pub fn use_admin_token(&mut self) -> Result<String> {
+        let (code, out, err) = self.cli(&["--json", "token", "create", "ops", "--role", "admin"])?;
+        if code != 0 {
+            bail!("token create: {err}");
+        }
+        let token = serde_json::from_str::<serde_json::Value>(&out)?["token"]
+            .as_str()
+            .context("token create printed no token")?
+            .to_string();
+        self.use_token(token.clone());
+        Ok(token)
+    }
+
     /// Trust the CAs the cluster's folder trusts now (after `phalanx ca rotate`), in the
     /// harness's own requests.
     pub fn reload_trust(&mut self) -> Result<()> {

@@ -917,17 +917,7 @@ async fn two_nodes_and_a_witness_survive_the_loss_of_either_node() {
     assert!(w.reachable && w.granted, "{w:?}");
     assert_eq!((st.votes, st.votes_needed), (3, 2));
     for _ in 0..2 {
-        let leader = c.wait_stable(T).await.unwrap();
-        let other = if leader == "n1" { "n2" } else { "n1" };
-        c.kill(&leader).unwrap();
-        c.wait_for(T, "the survivor to lead with the witness' vote", |st| {
-            let s = st.get(other)?;
-            let w = s.witness.as_ref()?;
-            (s.quorum && s.leader.as_deref() == Some(other) && w.granted && w.vote.as_deref() == Some(other))
-                .then_some(())
-        })
-        .await
-        .unwrap();
+        let leader = crash_the_leader_and_the_other_leads_with_the_witness(&mut c).await;
         c.start(&leader).unwrap();
     }
     c.wait_stable(T).await.unwrap();
@@ -945,15 +935,8 @@ async fn the_ca_and_the_key_rotate_with_a_witness_and_it_still_votes() {
     })
     .await
     .unwrap();
-    // The harness's token derives from the cluster key, which `key rotate` replaces: ask with an
-    // operator token instead (as the TLS rotation test does).
-    let (code, out, err) = c.cli(&["--json", "token", "create", "ops", "--role", "admin"]).unwrap();
-    assert_eq!(code, 0, "{err}");
-    let admin = serde_json::from_str::<serde_json::Value>(&out).unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    c.use_token(admin);
+    // The harness's token derives from the cluster key, which `key rotate` replaces.
+    c.use_admin_token().unwrap();
     for what in ["ca", "key"] {
         let (code, out, err) = tokio::task::block_in_place(|| c.cli(&["--json", what, "rotate"])).unwrap();
         assert_eq!(code, 0, "{what} rotate: {out}{err}");
@@ -965,6 +948,12 @@ async fn the_ca_and_the_key_rotate_with_a_witness_and_it_still_votes() {
         );
         assert_eq!(r["members"].as_array().map(Vec::len), Some(3), "{r}");
     }
+    crash_the_leader_and_the_other_leads_with_the_witness(&mut c).await;
+}
+
+/// Two nodes and a witness: kill the leader; the other node leads with the witness' vote.
+/// Returns the node killed.
+async fn crash_the_leader_and_the_other_leads_with_the_witness(c: &mut LocalCluster) -> String {
     let leader = c.wait_stable(T).await.unwrap();
     let other = if leader == "n1" { "n2" } else { "n1" };
     c.kill(&leader).unwrap();
@@ -975,6 +964,7 @@ async fn the_ca_and_the_key_rotate_with_a_witness_and_it_still_votes() {
     })
     .await
     .unwrap();
+    leader
 }
 
 /// `watchdog = PATH` (`{node}`: a file per node standing in for /dev/watchdog, which this

@@ -419,13 +419,7 @@ async fn the_ca_and_the_heartbeat_key_rotate_while_clients_run_and_nothing_fails
     let (shared, own, ca) = n3_without_the_ca_key(&mut c, pki::NODE_LIFETIME, &[ports[2].ip()]);
     c.start_all().unwrap();
     c.wait_stable(T).await.unwrap();
-    let (code, out, err) = c.cli(&["--json", "token", "create", "ops", "--role", "admin"]).unwrap();
-    assert_eq!(code, 0, "{err}");
-    let admin = serde_json::from_str::<serde_json::Value>(&out).unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    c.use_token(admin.clone());
+    let admin = c.use_admin_token().unwrap();
     let old_ca = pki::ca_id(&ca.cert_pem).unwrap();
     let old_key = ClusterKey::load(&key_file).unwrap().id();
     // A record that would cut the nodes off (another CA alone; a key nobody holds) is refused
