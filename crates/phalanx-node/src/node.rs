@@ -84,7 +84,7 @@ pub struct NodeOptions {
     pub mesh_runtime: Option<tokio::runtime::Handle>,
     /// The session store's database (`raft-sessions.redb`, see `raft::group::db_file`); None:
     /// the node hosts no session store (tests on a fake network).
-    pub sessions_db: Option<Arc<redb::Database>>,
+    pub sessions_store: Option<crate::raft::sessions::Storage>,
     /// Whom the node trusts and what it presents on every node-to-node connection (its
     /// certificate from `pki`; `Tls::ephemeral` in tests).
     pub tls: crate::transport::Tls,
@@ -391,11 +391,11 @@ impl Node {
         let applied = sm.applied();
         let raft = Raft::new(opts.id, cfg, net, LogStore::new(db), sm).await?;
         let mut groups = Groups::default().with(raft.clone());
-        let sessions = match opts.sessions_db.clone() {
-            Some(db) => {
+        let sessions = match opts.sessions_store.clone() {
+            Some(storage) => {
                 let (s, rx) = crate::sessions::Sessions::start(crate::sessions::Options {
                     id: opts.id,
-                    db,
+                    storage,
                     raft_config: raft_config(&opts.config.cluster),
                     keys: opts.key.clone(),
                     tls: opts.tls.clone(),

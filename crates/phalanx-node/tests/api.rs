@@ -51,7 +51,7 @@ async fn start_with(cfg: phalanx_core::Config) -> Arc<Node> {
             runner: None,
             seams: Default::default(),
             mesh_runtime: None,
-            sessions_db: None,
+            sessions_store: None,
             tls: phalanx_node::transport::Tls::ephemeral(&n.name),
             pki: None,
         },

@@ -40,7 +40,7 @@ async fn start(net: &FakeNet, names: &[&str]) -> Vec<Arc<Node>> {
                 runner: None,
                 seams: Default::default(),
                 mesh_runtime: None,
-                sessions_db: None,
+                sessions_store: None,
                 tls: phalanx_node::transport::Tls::ephemeral(&n.name),
                 pki: None,
             },

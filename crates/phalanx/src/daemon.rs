@@ -80,7 +80,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         .await
         .unwrap_or(config);
     let db = raft::store::open(&raft::group::db_file(&data_dir, raft::CLUSTER))?;
-    let sessions_db = raft::store::open(&raft::group::db_file(&data_dir, raft::sessions::SESSIONS))?;
+    let sessions_store = raft::sessions::Storage::open(&data_dir)?;
     let mesh_rt = mesh::dedicated_runtime()?;
     let (out, inbound) = mesh::bind_udp_on(&mesh_rt, &links).await?;
     let listener = transport::bind(api)
@@ -117,7 +117,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
             runner: Some(runner),
             seams: Default::default(),
             mesh_runtime: Some(mesh_rt),
-            sessions_db: Some(sessions_db),
+            sessions_store: Some(sessions_store),
             tls,
             pki: Some(phalanx_node::pki::Paths::beside(&key_file)),
         },
@@ -244,7 +244,7 @@ pub async fn run_witness(config_path: &Path, listen: Option<&str>, data_dir: Opt
     let data_dir = data_dir.unwrap_or_else(|| Path::new("/var/lib/phalanx").join(&config.cluster.name).join("witness"));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let db = raft::store::open(&raft::group::db_file(&data_dir, raft::CLUSTER))?;
-    let sessions_db = raft::store::open(&raft::group::db_file(&data_dir, raft::sessions::SESSIONS))?;
+    let sessions_store = raft::sessions::Storage::open(&data_dir)?;
     let mesh_rt = mesh::dedicated_runtime()?;
     let (out, inbound) = mesh::bind_udp_on(&mesh_rt, &[listen]).await?;
     let listener = transport::bind(listen)
@@ -266,7 +266,7 @@ pub async fn run_witness(config_path: &Path, listen: Option<&str>, data_dir: Opt
             runner: None,
             seams: Default::default(),
             mesh_runtime: Some(mesh_rt),
-            sessions_db: Some(sessions_db),
+            sessions_store: Some(sessions_store),
             tls,
             pki: Some(phalanx_node::pki::Paths::beside(&key_file)),
         },

@@ -6,6 +6,7 @@
 //! the peer router dispatches through); today it runs one, `cluster`. All Raft code lives in
 //! this module so the openraft version can move in one place.
 
+pub mod filelog;
 pub mod group;
 mod legacy;
 pub mod network;

@@ -2,13 +2,15 @@
 //! logs (a [`Batch`] of memcached write requests with the leader's time and memory limit) and
 //! its state machine ([`SessionsSm`]): the pure `phalanx_core::sessions` store, applied in
 //! memory, each applied batch persisting only the items it changed (one record per item in
-//! `<data_dir>/raft-sessions.redb`, beside the group's own log), so that neither applying nor
-//! restarting costs the whole store. Snapshots are the whole store in postcard, built and
-//! installed off the runtime threads; openraft compacts the group's log behind them.
+//! `<data_dir>/raft-sessions.redb`), so that neither applying nor restarting costs the whole
+//! store. The group's log is append-only segment files (`filelog`, `<data_dir>/raft-sessions.log/`:
+//! [`Storage`]). Snapshots are the whole store in postcard, built and installed off the runtime
+//! threads; openraft compacts the group's log behind them.
 
 // openraft's StorageError (224 bytes) is the error type its storage traits require.
 #![allow(clippy::result_large_err)]
 
+use super::filelog::{FileLog, FileLogError};
 use super::group::{Group, GroupId};
 use super::state_machine::{current_snapshot, off_runtime, poisoned, store_snapshot, StoredSnapshot};
 use super::store::{decode, encode, io, StoreError, META};
@@ -21,10 +23,29 @@ use phalanx_core::sessions::store::{Item, Store, StoreMeta};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// The session store's group.
 pub const SESSIONS: GroupId = GroupId::new("sessions");
+
+/// The group's storage on a node: its redb file (the applied store, the vote, the last
+/// snapshot: `raft-sessions.redb`) and its log's segment files (`raft-sessions.log/`).
+#[derive(Clone)]
+pub struct Storage {
+    pub db: Arc<Database>,
+    pub log: FileLog<SessionsGroup>,
+}
+
+impl Storage {
+    /// Open (or create) the group's storage in a node's data directory.
+    pub fn open(data_dir: &Path) -> Result<Storage, FileLogError> {
+        let db = super::store::open(&super::group::db_file(data_dir, SESSIONS))?;
+        let log = FileLog::open(&data_dir.join("raft-sessions.log"), db.clone())?;
+        Ok(Storage { db, log })
+    }
+}
 
 /// Item key → postcard [`Item`].
 const ITEMS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions_items");
@@ -102,7 +123,15 @@ struct Whole {
 pub struct SessionsSm {
     db: Arc<Database>,
     state: Arc<Mutex<SmState>>,
+    /// When an applied batch was last committed durably (see [`DURABLE_EVERY`]).
+    durable_at: Arc<Mutex<Instant>>,
 }
+
+/// Applied batches are committed to redb without an fsync (the log has them, fsynced), and
+/// durably at most this long apart: redb keeps the pages a non-durable commit freed until a
+/// durable one, so without it the file would grow until the next purge (which is durable, and
+/// makes everything applied before it durable, so the log behind it is never needed again).
+const DURABLE_EVERY: Duration = Duration::from_secs(1);
 
 impl SessionsSm {
     /// Load the persisted store (empty on a fresh node); `limit` until a batch logs one.
@@ -129,6 +158,7 @@ impl SessionsSm {
         Ok(SessionsSm {
             db,
             state: Arc::new(Mutex::new(SmState { store, applied })),
+            durable_at: Arc::new(Mutex::new(Instant::now())),
         })
     }
 
@@ -138,16 +168,19 @@ impl SessionsSm {
     }
 }
 
-/// Write what a batch changed: the changed items (or their removal), the meta; not fsynced
-/// (the log is: see `sm_tables::Changes::durable` for why that is enough).
+/// Write what a batch changed: the changed items (or their removal), the meta; fsynced only when
+/// `durable` (the log is: see `sm_tables::Changes::durable` for why that is enough).
 fn write_changes(
     db: &Database,
     cleared: bool,
     items: &[(Vec<u8>, Option<Vec<u8>>)],
     applied: &[u8],
+    durable: bool,
 ) -> Result<(), redb::Error> {
     let mut tx = db.begin_write()?;
-    tx.set_durability(redb::Durability::None)?;
+    if !durable {
+        tx.set_durability(redb::Durability::None)?;
+    }
     {
         let mut t = tx.open_table(ITEMS)?;
         if cleared {
@@ -276,7 +309,15 @@ impl RaftStateMachine<SessionsGroup> for SessionsSm {
             s.applied.store = s.store.meta();
             (changes.cleared, items, encode(&s.applied))
         };
-        write_changes(&self.db, cleared, &items, &applied)
+        let durable = {
+            let mut at = self.durable_at.lock().map_err(|_| poisoned())?;
+            let due = at.elapsed() >= DURABLE_EVERY;
+            if due {
+                *at = Instant::now();
+            }
+            due
+        };
+        write_changes(&self.db, cleared, &items, &applied, durable)
             .map_err(|e| StorageError::from(StorageIOError::write_state_machine(io(e))))?;
         Ok(out)
     }
@@ -320,7 +361,7 @@ impl RaftStateMachine<SessionsGroup> for SessionsSm {
 
 #[cfg(test)]
 mod tests {
-    use super::super::store::{open, LogStore};
+    use super::super::store::open;
     use super::*;
     use openraft::testing::{StoreBuilder, Suite};
     use openraft::CommittedLeaderId;
@@ -328,11 +369,12 @@ mod tests {
 
     struct Stores(tempfile::TempDir);
 
-    impl StoreBuilder<SessionsGroup, LogStore<SessionsGroup>, SessionsSm> for Stores {
-        async fn build(&self) -> Result<((), LogStore<SessionsGroup>, SessionsSm), StorageError> {
-            let path = self.0.path().join(format!("{}.redb", rand::random::<u64>()));
-            let db = open(&path).unwrap();
-            Ok(((), LogStore::new(db.clone()), SessionsSm::load(db, 1 << 20).unwrap()))
+    impl StoreBuilder<SessionsGroup, FileLog<SessionsGroup>, SessionsSm> for Stores {
+        async fn build(&self) -> Result<((), FileLog<SessionsGroup>, SessionsSm), StorageError> {
+            let dir = self.0.path().join(rand::random::<u64>().to_string());
+            std::fs::create_dir_all(&dir).unwrap();
+            let s = Storage::open(&dir).unwrap();
+            Ok(((), s.log, SessionsSm::load(s.db, 1 << 20).unwrap()))
         }
     }
 

@@ -1,4 +1,5 @@
 //! Durable Raft storage, one redb file per group (`group::db_file`): the log (`log` table,
+//! except the session group's, which is in segment files: `filelog`;
 //! index → postcard entry) and metadata (`meta` table: vote, committed id, last purged id; in
 //! the cluster group's file also its last snapshot and the node's incarnation). [`LogStore`] is
 //! generic over the group's type config: any group whose entries are serde (all are, with
@@ -24,7 +25,7 @@ use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::Arc;
 
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+pub(super) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// Errors opening the store (everything after opening is reported as openraft's StorageError).
@@ -119,6 +120,26 @@ fn meta_put_with<T: Serialize>(
         t.insert(key, encode(v).as_slice())?;
     }
     tx.commit()?;
+    Ok(())
+}
+
+/// The entries of the log table, oldest first, as stored (a group whose log moved to segment
+/// files, `filelog`, reads them once).
+pub(super) fn redb_log(db: &Database) -> Result<Vec<Vec<u8>>, StoreError> {
+    let rx = db.begin_read().map_err(redb::Error::from)?;
+    let t = rx.open_table(LOG)?;
+    let mut out = Vec::new();
+    for row in t.iter().map_err(redb::Error::from)? {
+        out.push(row.map_err(redb::Error::from)?.1.value().to_vec());
+    }
+    Ok(out)
+}
+
+/// Empty the log table (durably).
+pub(super) fn clear_redb_log(db: &Database) -> Result<(), StoreError> {
+    let tx = db.begin_write().map_err(redb::Error::from)?;
+    tx.open_table(LOG)?.retain(|_, _| false).map_err(redb::Error::from)?;
+    tx.commit().map_err(redb::Error::from)?;
     Ok(())
 }
 

@@ -214,7 +214,7 @@ pub struct Sessions {
 /// What `start` needs.
 pub struct Options {
     pub id: NodeId,
-    pub db: Arc<redb::Database>,
+    pub storage: crate::raft::sessions::Storage,
     pub raft_config: openraft::Config,
     pub keys: crate::key::Keys,
     pub tls: crate::transport::Tls,
@@ -232,7 +232,7 @@ impl Sessions {
             .config
             .as_ref()
             .map_or(phalanx_core::config::DEFAULT_MEMORY_LIMIT, |c| c.memory_limit);
-        let sm = SessionsSm::load(o.db.clone(), limit)?;
+        let sm = SessionsSm::load(o.storage.db.clone(), limit)?;
         let mut rc = o.raft_config;
         rc.cluster_name = format!("{}-sessions", rc.cluster_name);
         rc.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(5000);
@@ -242,11 +242,11 @@ impl Sessions {
         rc.enable_elect = false;
         let rc = Arc::new(rc.validate()?);
         let lease_for = Duration::from_millis(rc.election_timeout_min / 2);
-        let (db, sm2, keys, tls) = (o.db.clone(), sm.clone(), o.keys.clone(), o.tls.clone());
+        let (log, sm2, keys, tls) = (o.storage.log.clone(), sm.clone(), o.keys.clone(), o.tls.clone());
         let raft = rt
             .spawn(async move {
                 let net = HttpNetwork::<SessionsGroup>::new(keys, &tls)?;
-                let raft = openraft::Raft::new(o.id, rc, net, crate::raft::store::LogStore::new(db), sm2).await?;
+                let raft = openraft::Raft::new(o.id, rc, net, log, sm2).await?;
                 Ok::<_, StartError>(raft)
             })
             .await??;

@@ -362,7 +362,7 @@ impl Sim {
                     forward: Some(self.net.forwarder(name)),
                 },
                 mesh_runtime: None,
-                sessions_db: None,
+                sessions_store: None,
                 tls: crate::transport::Tls::ephemeral(name),
                 pki: None,
             },

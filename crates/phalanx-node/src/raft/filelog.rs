@@ -1,0 +1,720 @@
+//! An append-only Raft log in segment files, for a group whose log is hot (the session store's:
+//! every memcached write is an entry). Each append is one `pwrite` of the entries' records at
+//! the end of the active segment and one `fdatasync`, where a redb transaction rewrote a dozen
+//! B-tree pages per entry (the append was 18 % of the whole machine's CPU under the session
+//! benchmark). The vote and the last purged id stay in the group's redb file (`store::META`),
+//! whose state machine tables this log does not touch.
+//!
+//! Layout: `<dir>/<first index, 20 digits>.seg`, each a run of records `[len: u32 LE][crc32 of
+//! the payload: u32 LE][payload: postcard entry]` with consecutive indexes; a segment is closed
+//! at [`SEGMENT_BYTES`] and deleted when a purge passes its last entry. Opening reads every
+//! segment back: a torn record at the end of the last one (a crash during an append, which was
+//! therefore never acknowledged) is cut off; anything else that does not read back (a bad record
+//! inside, a gap between segments) refuses to open, naming the file and offset. Written by hand
+//! because no kept crate offers a Raft log with openraft's append/truncate/purge contract.
+
+// openraft's StorageError (224 bytes) is the error type its storage traits require.
+#![allow(clippy::result_large_err)]
+
+use super::store::{clear_redb_log, decode, io, meta_get, meta_put, redb_log, StoreError};
+use super::{LogId, NodeId, StorageError};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{RaftLogId, RaftLogReader, RaftTypeConfig, StorageIOError, Vote};
+use redb::Database;
+use serde::{de::DeserializeOwned, Serialize};
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::marker::PhantomData;
+use std::ops::{Bound, RangeBounds};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A segment is closed once it holds this many bytes (the next append opens a new one).
+pub const SEGMENT_BYTES: u64 = 32 << 20;
+/// A record's header: payload length, payload CRC-32.
+const HEADER: usize = 8;
+/// The largest payload a record may claim (a bigger length is a torn or corrupt header).
+const MAX_RECORD: usize = 64 << 20;
+
+/// Why the log could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum FileLogError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path} at byte {offset}: {what}")]
+    Corrupt { path: String, offset: u64, what: String },
+    #[error("{0}")]
+    Meta(#[from] StoreError),
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> FileLogError + '_ {
+    move |source| FileLogError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// One segment file: its entries' ids and where each one's record ends.
+struct Segment {
+    first: u64,
+    path: PathBuf,
+    file: Arc<File>,
+    /// Per entry, in index order from `first`: its log id and the offset its record ends at.
+    entries: Vec<(LogId, u64)>,
+}
+
+impl Segment {
+    fn len(&self) -> u64 {
+        self.entries.last().map_or(0, |e| e.1)
+    }
+
+    fn start_of(&self, k: usize) -> u64 {
+        if k == 0 {
+            0
+        } else {
+            self.entries[k - 1].1
+        }
+    }
+
+    fn next_index(&self) -> u64 {
+        self.first + self.entries.len() as u64
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
+    segments: Vec<Segment>,
+    purged: Option<LogId>,
+    segment_bytes: u64,
+}
+
+impl Inner {
+    fn last(&self) -> Option<LogId> {
+        self.segments
+            .iter()
+            .rev()
+            .find_map(|s| s.entries.last().map(|e| e.0))
+            .or(self.purged)
+    }
+}
+
+/// The append-only log (and, in the redb file beside, the vote) of group `C`.
+pub struct FileLog<C> {
+    db: Arc<Database>,
+    inner: Arc<Mutex<Inner>>,
+    _group: PhantomData<C>,
+}
+
+impl<C> Clone for FileLog<C> {
+    fn clone(&self) -> Self {
+        FileLog {
+            db: self.db.clone(),
+            inner: self.inner.clone(),
+            _group: PhantomData,
+        }
+    }
+}
+
+fn segment_name(first: u64) -> String {
+    format!("{first:020}.seg")
+}
+
+/// Sync the directory, so that a segment created or removed stays so after a crash.
+fn sync_dir(dir: &Path) -> Result<(), std::io::Error> {
+    File::open(dir)?.sync_all()
+}
+
+/// The records of `bytes` (a segment's content from its start): each payload's range, until the
+/// end or the first record that does not read back (returned as its offset and why).
+/// Where a segment stops reading back: the offset of the record and why.
+type Bad = Option<(usize, &'static str)>;
+
+fn records(bytes: &[u8]) -> (Vec<(usize, usize)>, Bad) {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let Some(header) = bytes.get(at..at + HEADER) else {
+            return (out, Some((at, "a torn record header")));
+        };
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if len > MAX_RECORD {
+            return (out, Some((at, "a record longer than any entry")));
+        }
+        let Some(payload) = bytes.get(at + HEADER..at + HEADER + len) else {
+            return (out, Some((at, "a torn record")));
+        };
+        if crc32fast::hash(payload) != crc {
+            return (out, Some((at, "a record whose checksum does not match")));
+        }
+        out.push((at + HEADER, at + HEADER + len));
+        at += HEADER + len;
+    }
+    (out, None)
+}
+
+fn encode_record(entry: &impl Serialize, buf: &mut Vec<u8>) -> Result<(), postcard::Error> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; HEADER]);
+    *buf = postcard::to_extend(entry, std::mem::take(buf))?;
+    let len = (buf.len() - start - HEADER) as u32;
+    let crc = crc32fast::hash(&buf[start + HEADER..]);
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    buf[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+impl<C: RaftTypeConfig<NodeId = NodeId>> FileLog<C>
+where
+    C::Entry: Serialize + DeserializeOwned,
+{
+    /// Open (or create) the log in `dir`; its vote and purge point live in `db`'s meta table.
+    pub fn open(dir: &Path, db: Arc<Database>) -> Result<Self, FileLogError> {
+        Self::open_with(dir, db, SEGMENT_BYTES)
+    }
+
+    fn open_with(dir: &Path, db: Arc<Database>, segment_bytes: u64) -> Result<Self, FileLogError> {
+        std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+        let purged: Option<LogId> = meta_get(&db, "purged")?;
+        let mut names: Vec<(u64, PathBuf)> = Vec::new();
+        for e in std::fs::read_dir(dir).map_err(io_at(dir))? {
+            let path = e.map_err(io_at(dir))?.path();
+            let first = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(first) = first {
+                names.push((first, path));
+            }
+        }
+        names.sort();
+        let count = names.len();
+        let mut segments: Vec<Segment> = Vec::new();
+        for (i, (first, path)) in names.into_iter().enumerate() {
+            let last_segment = i + 1 == count;
+            let seg = Self::read_segment(first, path, last_segment)?;
+            if let Some(prev) = segments.last() {
+                if !prev.entries.is_empty() && prev.next_index() != first {
+                    tracing::warn!(file = %seg.path.display(), expected = prev.next_index(), "a gap in the group's log");
+                }
+            }
+            segments.push(seg);
+        }
+        // Segments a purge had passed (a crash before their removal), and empty ones.
+        let mut removed = false;
+        segments.retain(|s| {
+            let dead =
+                s.entries.is_empty() || purged.is_some_and(|p| s.entries.last().is_some_and(|l| l.0.index <= p.index));
+            if dead {
+                let _ = std::fs::remove_file(&s.path);
+                removed = true;
+            }
+            !dead
+        });
+        if removed {
+            sync_dir(dir).map_err(io_at(dir))?;
+        }
+        let log = FileLog {
+            db,
+            inner: Arc::new(Mutex::new(Inner {
+                dir: dir.to_path_buf(),
+                segments,
+                purged,
+                segment_bytes,
+            })),
+            _group: PhantomData,
+        };
+        log.migrate()?;
+        Ok(log)
+    }
+
+    /// A log kept in the redb file by an earlier version moves here (once: its table is then
+    /// emptied; the vote and purge point were already in the meta table and stay).
+    fn migrate(&self) -> Result<(), FileLogError> {
+        let old = redb_log(&self.db)?;
+        if old.is_empty() {
+            return Ok(());
+        }
+        let empty = self.inner.lock().is_ok_and(|g| g.segments.is_empty());
+        if empty {
+            let mut entries = Vec::with_capacity(old.len());
+            for bytes in &old {
+                entries.push(decode::<C::Entry>("log entry", bytes)?);
+            }
+            let dir = self.inner.lock().map(|g| g.dir.clone()).unwrap_or_default();
+            self.write_entries(entries).map_err(io_at(&dir))?;
+            tracing::info!(entries = old.len(), dir = %dir.display(), "moved the group's log from redb to segment files");
+        }
+        clear_redb_log(&self.db)?;
+        Ok(())
+    }
+
+    /// Read a segment's entries back; a torn tail is cut off in the last segment only.
+    fn read_segment(first: u64, path: PathBuf, last_segment: bool) -> Result<Segment, FileLogError> {
+        let bytes = std::fs::read(&path).map_err(io_at(&path))?;
+        let (ranges, bad) = records(&bytes);
+        let mut entries = Vec::with_capacity(ranges.len());
+        let mut cut: Option<(usize, String)> = bad.map(|(at, why)| (at, why.to_string()));
+        for (k, (a, b)) in ranges.into_iter().enumerate() {
+            let id = match postcard::from_bytes::<C::Entry>(&bytes[a..b]) {
+                Ok(e) => *e.get_log_id(),
+                Err(e) => {
+                    cut = Some((a - HEADER, format!("an entry that does not decode: {e}")));
+                    break;
+                }
+            };
+            if id.index != first + k as u64 {
+                return Err(FileLogError::Corrupt {
+                    path: path.display().to_string(),
+                    offset: (a - HEADER) as u64,
+                    what: format!("entry {} where {} belongs", id.index, first + k as u64),
+                });
+            }
+            entries.push((id, b as u64));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_at(&path))?;
+        if let Some((at, what)) = cut {
+            if !last_segment {
+                return Err(FileLogError::Corrupt {
+                    path: path.display().to_string(),
+                    offset: at as u64,
+                    what,
+                });
+            }
+            tracing::warn!(file = %path.display(), offset = at, dropped = bytes.len() - at, "cutting off the log's torn tail ({what}): an append a crash interrupted, never acknowledged");
+            file.set_len(at as u64).map_err(io_at(&path))?;
+            file.sync_data().map_err(io_at(&path))?;
+        }
+        Ok(Segment {
+            first,
+            path,
+            file: Arc::new(file),
+            entries,
+        })
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>, StorageError> {
+        self.inner
+            .lock()
+            .map_err(|_| StorageIOError::read_logs(io("the log's lock was poisoned")).into())
+    }
+
+    fn write_entries(&self, entries: Vec<C::Entry>) -> Result<(), std::io::Error> {
+        let Some(first) = entries.first().map(|e| *e.get_log_id()) else {
+            return Ok(());
+        };
+        let mut buf = Vec::new();
+        let mut ends = Vec::with_capacity(entries.len());
+        for e in &entries {
+            encode_record(e, &mut buf).map_err(std::io::Error::other)?;
+            ends.push((*e.get_log_id(), buf.len() as u64));
+        }
+        drop(entries);
+        // openraft truncates before it overwrites; should entries ever come again, the later
+        // ones replace them and everything after (a log has no holes).
+        let overlap = self
+            .inner
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?
+            .segments
+            .iter()
+            .any(|s| !s.entries.is_empty() && first.index < s.next_index());
+        if overlap {
+            self.truncate_from(first.index)?;
+        }
+        // Appends are serialized by openraft; the lock only guards the readers' view.
+        let (file, offset) = {
+            let mut g = self.inner.lock().map_err(|_| std::io::Error::other("poisoned"))?;
+            // An empty log (fresh, or purged to its end) starts wherever it is told; openraft
+            // never leaves a hole otherwise, but should it, the entries start a new segment.
+            let empty = g.segments.iter().all(|s| s.entries.is_empty());
+            if empty {
+                for s in std::mem::take(&mut g.segments) {
+                    std::fs::remove_file(&s.path)?;
+                }
+            }
+            let roll = g
+                .segments
+                .last()
+                .is_none_or(|s| s.len() >= g.segment_bytes || s.next_index() != first.index);
+            if roll {
+                let path = g.dir.join(segment_name(first.index));
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path)?;
+                sync_dir(&g.dir)?;
+                g.segments.push(Segment {
+                    first: first.index,
+                    path,
+                    file: Arc::new(file),
+                    entries: Vec::new(),
+                });
+            }
+            let s = g.segments.last().ok_or_else(|| std::io::Error::other("no segment"))?;
+            (s.file.clone(), s.len())
+        };
+        file.write_all_at(&buf, offset)?;
+        file.sync_data()?;
+        let mut g = self.inner.lock().map_err(|_| std::io::Error::other("poisoned"))?;
+        if let Some(s) = g.segments.last_mut() {
+            s.entries.extend(ends.into_iter().map(|(id, end)| (id, end + offset)));
+        }
+        Ok(())
+    }
+
+    /// Remove every entry from `index` on (durably: a conflicting entry must not come back).
+    fn truncate_from(&self, index: u64) -> Result<(), std::io::Error> {
+        let mut g = self.inner.lock().map_err(|_| std::io::Error::other("poisoned"))?;
+        let mut removed = false;
+        while let Some(s) = g.segments.last_mut() {
+            if s.first >= index {
+                std::fs::remove_file(&s.path)?;
+                g.segments.pop();
+                removed = true;
+                continue;
+            }
+            let keep = (index - s.first) as usize;
+            if keep < s.entries.len() {
+                let at = s.start_of(keep);
+                s.file.set_len(at)?;
+                s.file.sync_data()?;
+                s.entries.truncate(keep);
+            }
+            break;
+        }
+        if removed {
+            sync_dir(&g.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Drop the segments whose every entry is at or before `upto` (the purge point is recorded
+    /// first: entries it passed are never read again, whether or not their file is gone yet).
+    fn purge_upto(&self, upto: LogId) -> Result<(), std::io::Error> {
+        // Durable, and so also every state-machine change committed before it in the same file.
+        meta_put(&self.db, "purged", &upto).map_err(std::io::Error::other)?;
+        let mut g = self.inner.lock().map_err(|_| std::io::Error::other("poisoned"))?;
+        g.purged = Some(upto);
+        let mut removed = false;
+        while let Some(s) = g.segments.first() {
+            let whole = s.entries.last().is_none_or(|l| l.0.index <= upto.index);
+            if !whole {
+                break;
+            }
+            std::fs::remove_file(&s.path)?;
+            g.segments.remove(0);
+            removed = true;
+        }
+        if removed {
+            sync_dir(&g.dir)?;
+        }
+        Ok(())
+    }
+}
+
+fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(s) => *s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(e) => e.saturating_add(1),
+        Bound::Excluded(e) => *e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl<C: RaftTypeConfig<NodeId = NodeId>> RaftLogReader<C> for FileLog<C>
+where
+    C::Entry: Serialize + DeserializeOwned,
+{
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + openraft::OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<C::Entry>, StorageError> {
+        let (start, end) = bounds(&range);
+        // What to read, per segment: the file, the byte span, the records' count.
+        let spans: Vec<(Arc<File>, PathBuf, u64, u64)> = {
+            let g = self.lock()?;
+            // Entries a purge passed are gone, whether or not their segment still is.
+            let start = g.purged.map_or(start, |p| start.max(p.index + 1));
+            g.segments
+                .iter()
+                .filter_map(|s| {
+                    let from = start.max(s.first);
+                    let to = end.min(s.next_index());
+                    (from < to).then(|| {
+                        let (a, b) = ((from - s.first) as usize, (to - s.first) as usize);
+                        (s.file.clone(), s.path.clone(), s.start_of(a), s.entries[b - 1].1)
+                    })
+                })
+                .collect()
+        };
+        let mut out = Vec::new();
+        for (file, path, from, to) in spans {
+            let mut read = || -> Result<(), String> {
+                let mut bytes = vec![0u8; (to - from) as usize];
+                file.read_exact_at(&mut bytes, from).map_err(|e| e.to_string())?;
+                let (ranges, bad) = records(&bytes);
+                if let Some((at, why)) = bad {
+                    return Err(format!("{why} at byte {}", from + at as u64));
+                }
+                for (a, b) in ranges {
+                    out.push(postcard::from_bytes(&bytes[a..b]).map_err(|e| e.to_string())?);
+                }
+                Ok(())
+            };
+            read().map_err(|e| StorageIOError::read_logs(io(format!("{}: {e}", path.display()))))?;
+        }
+        Ok(out)
+    }
+}
+
+impl<C: RaftTypeConfig<NodeId = NodeId>> RaftLogStorage<C> for FileLog<C>
+where
+    C::Entry: Serialize + DeserializeOwned,
+{
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError> {
+        let g = self.lock()?;
+        Ok(LogState {
+            last_purged_log_id: g.purged,
+            last_log_id: g.last(),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        meta_put(&self.db, "vote", vote).map_err(|e| StorageIOError::write_vote(io(e)).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        meta_get(&self.db, "vote").map_err(|e| StorageIOError::read_vote(io(e)).into())
+    }
+
+    // No `save_committed`: the state machine persists what it applied, and a restarted node
+    // learns the commit index from the leader (openraft's default: nothing saved).
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = C::Entry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        match self.write_entries(entries.into_iter().collect()) {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                callback.log_io_completed(Err(e));
+                Err(StorageIOError::write_logs(io(msg)).into())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.truncate_from(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(io(e)).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.purge_upto(log_id)
+            .map_err(|e| StorageIOError::write_logs(io(e)).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::store::{encode, open, LOG};
+    use super::super::{Entry, TypeConfig};
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    type Log = FileLog<TypeConfig>;
+
+    fn blank(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn blanks(term: u64, from: u64, to: u64) -> Vec<Entry> {
+        (from..to).map(|i| blank(term, i)).collect()
+    }
+
+    struct Place {
+        _tmp: tempfile::TempDir,
+        dir: PathBuf,
+        db: Arc<Database>,
+    }
+
+    fn place() -> Place {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = open(&tmp.path().join("g.redb")).unwrap();
+        Place {
+            dir: tmp.path().join("g.log"),
+            _tmp: tmp,
+            db,
+        }
+    }
+
+    /// A log of small segments (`bytes` each).
+    fn log_in(p: &Place, bytes: u64) -> Log {
+        Log::open_with(&p.dir, p.db.clone(), bytes).unwrap()
+    }
+
+    async fn indexes(log: &mut Log, range: std::ops::Range<u64>) -> Vec<u64> {
+        log.try_get_log_entries(range)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect()
+    }
+
+    fn segment_files(p: &Place) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&p.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Appends roll over to new segments, survive a reopen with their vote, a truncation stays
+    /// truncated, and a purge removes exactly the segments it passed.
+    #[tokio::test]
+    async fn entries_segments_truncation_and_purge_survive_a_reopen() {
+        let p = place();
+        let mut log = log_in(&p, 100);
+        for i in 0..30 {
+            log.write_entries(vec![blank(1, i)]).unwrap();
+        }
+        log.save_vote(&Vote::new(3, 2)).await.unwrap();
+        assert!(segment_files(&p).len() > 3, "{:?}", segment_files(&p));
+        assert_eq!(indexes(&mut log, 5..9).await, vec![5, 6, 7, 8]);
+        log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 20))
+            .await
+            .unwrap();
+        log.write_entries(blanks(2, 20, 25)).unwrap();
+        drop(log);
+
+        let mut log = log_in(&p, 100);
+        let st = log.get_log_state().await.unwrap();
+        assert_eq!(st.last_log_id, Some(LogId::new(CommittedLeaderId::new(2, 1), 24)));
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 2)));
+        let all = log.try_get_log_entries(0..100).await.unwrap();
+        let ids: Vec<(u64, u64)> = all.iter().map(|e| (e.log_id.leader_id.term, e.log_id.index)).collect();
+        let want: Vec<(u64, u64)> = (0..20).map(|i| (1, i)).chain((20..25).map(|i| (2, i))).collect();
+        assert_eq!(ids, want, "the truncated entries did not come back");
+
+        let before = segment_files(&p);
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 12)).await.unwrap();
+        let after = segment_files(&p);
+        assert!(after.len() < before.len(), "{before:?} → {after:?}");
+        let first: u64 = after[0].trim_end_matches(".seg").parse().unwrap();
+        assert!(first <= 13, "the segment holding 13 is kept: {after:?}");
+        assert_eq!(indexes(&mut log, 0..15).await, vec![13, 14]);
+        drop(log);
+        let mut log = log_in(&p, 100);
+        let st = log.get_log_state().await.unwrap();
+        assert_eq!(st.last_purged_log_id.map(|l| l.index), Some(12));
+        assert_eq!(indexes(&mut log, 0..15).await, vec![13, 14]);
+        // Purged to its end, the log continues after the purge point.
+        log.purge(LogId::new(CommittedLeaderId::new(2, 1), 40)).await.unwrap();
+        assert_eq!(
+            log.get_log_state().await.unwrap().last_log_id.map(|l| l.index),
+            Some(40)
+        );
+        log.write_entries(blanks(2, 41, 43)).unwrap();
+        drop(log);
+        let mut log = log_in(&p, 100);
+        assert_eq!(indexes(&mut log, 0..100).await, vec![41, 42]);
+    }
+
+    /// A crash in the middle of an append leaves a torn record at the end: reopening cuts it off
+    /// (that append was never acknowledged) and the log goes on from there.
+    #[tokio::test]
+    async fn a_torn_tail_is_cut_off_and_the_log_goes_on() {
+        let p = place();
+        let log = log_in(&p, SEGMENT_BYTES);
+        log.write_entries(blanks(1, 0, 5)).unwrap();
+        drop(log);
+        let seg = p.dir.join(segment_name(0));
+        let whole = std::fs::metadata(&seg).unwrap().len();
+        // Half of a sixth record.
+        let mut record = Vec::new();
+        encode_record(&blank(1, 5), &mut record).unwrap();
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        std::io::Write::write_all(&mut f, &record[..record.len() / 2]).unwrap();
+        drop(f);
+
+        let mut log = log_in(&p, SEGMENT_BYTES);
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), whole);
+        assert_eq!(log.get_log_state().await.unwrap().last_log_id.map(|l| l.index), Some(4));
+        log.write_entries(blanks(1, 5, 7)).unwrap();
+        drop(log);
+        let mut log = log_in(&p, SEGMENT_BYTES);
+        assert_eq!(indexes(&mut log, 0..10).await, (0..7).collect::<Vec<_>>());
+    }
+
+    /// A record that does not read back before the last segment's end is not a torn append:
+    /// the log refuses to open and names the file and the offset.
+    #[test]
+    fn a_corrupt_record_inside_the_log_refuses_to_open() {
+        let p = place();
+        let log = log_in(&p, 100);
+        for i in 0..10 {
+            log.write_entries(vec![blank(1, i)]).unwrap();
+        }
+        drop(log);
+        let seg = p.dir.join(&segment_files(&p)[0]);
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&seg, bytes).unwrap();
+        let e = Log::open_with(&p.dir, p.db.clone(), 100).err().expect("refused");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&seg.display().to_string()) && msg.contains("checksum"),
+            "{msg}"
+        );
+    }
+
+    /// A log an earlier version kept in the redb file moves to segments on the first open.
+    #[tokio::test]
+    async fn a_log_in_the_redb_file_moves_to_segments() {
+        let p = place();
+        let tx = p.db.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(LOG).unwrap();
+            for i in 3..8 {
+                t.insert(i, encode(&blank(1, i)).as_slice()).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        let mut log = log_in(&p, SEGMENT_BYTES);
+        assert_eq!(indexes(&mut log, 0..100).await, vec![3, 4, 5, 6, 7]);
+        assert!(redb_log(&p.db).unwrap().is_empty(), "moved, not copied");
+        drop(log);
+        let mut log = log_in(&p, SEGMENT_BYTES);
+        assert_eq!(indexes(&mut log, 0..100).await, vec![3, 4, 5, 6, 7]);
+    }
+}
