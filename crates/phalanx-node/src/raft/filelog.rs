@@ -444,38 +444,33 @@ where
         range: RB,
     ) -> Result<Vec<C::Entry>, StorageError> {
         let (start, end) = bounds(&range);
-        // What to read, per segment: the file, the byte span, the records' count.
-        let spans: Vec<(Arc<File>, PathBuf, u64, u64)> = {
-            let g = self.lock()?;
-            // Entries a purge passed are gone, whether or not their segment still is.
-            let start = g.purged.map_or(start, |p| start.max(p.index + 1));
-            g.segments
-                .iter()
-                .filter_map(|s| {
-                    let from = start.max(s.first);
-                    let to = end.min(s.next_index());
-                    (from < to).then(|| {
-                        let (a, b) = ((from - s.first) as usize, (to - s.first) as usize);
-                        (s.file.clone(), s.path.clone(), s.start_of(a), s.entries[b - 1].1)
-                    })
-                })
-                .collect()
-        };
+        // Read under the lock: a truncation (which holds it) never changes a span being read.
+        // Reads come from the page cache; an append holds the lock only to publish, not while
+        // it syncs.
+        let g = self.lock()?;
+        // Entries a purge passed are gone, whether or not their segment still is.
+        let start = g.purged.map_or(start, |p| start.max(p.index + 1));
         let mut out = Vec::new();
-        for (file, path, from, to) in spans {
+        for s in &g.segments {
+            let (from, to) = (start.max(s.first), end.min(s.next_index()));
+            if from >= to {
+                continue;
+            }
+            let (a, b) = ((from - s.first) as usize, (to - s.first) as usize);
+            let (at, until) = (s.start_of(a), s.entries[b - 1].1);
             let mut read = || -> Result<(), String> {
-                let mut bytes = vec![0u8; (to - from) as usize];
-                file.read_exact_at(&mut bytes, from).map_err(|e| e.to_string())?;
+                let mut bytes = vec![0u8; (until - at) as usize];
+                s.file.read_exact_at(&mut bytes, at).map_err(|e| e.to_string())?;
                 let (ranges, bad) = records(&bytes);
-                if let Some((at, why)) = bad {
-                    return Err(format!("{why} at byte {}", from + at as u64));
+                if let Some((off, why)) = bad {
+                    return Err(format!("{why} at byte {}", at + off as u64));
                 }
                 for (a, b) in ranges {
                     out.push(postcard::from_bytes(&bytes[a..b]).map_err(|e| e.to_string())?);
                 }
                 Ok(())
             };
-            read().map_err(|e| StorageIOError::read_logs(io(format!("{}: {e}", path.display()))))?;
+            read().map_err(|e| StorageIOError::read_logs(io(format!("{}: {e}", s.path.display()))))?;
         }
         Ok(out)
     }
