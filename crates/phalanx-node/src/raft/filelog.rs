@@ -34,6 +34,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub const SEGMENT_BYTES: u64 = 32 << 20;
 /// A record's header: payload length, payload CRC-32.
 const HEADER: usize = 8;
+/// How far from a segment's end a record that does not read back may start and still be the
+/// torn tail of one interrupted append (a batch of at most 4 MiB of requests on a leader, an
+/// append request of at most `APPEND_BUDGET` on a follower, with one entry over it at most).
+const MAX_TORN_TAIL: usize = 3 * super::APPEND_BUDGET;
 /// The largest payload a record may claim (a bigger length is a torn or corrupt header).
 const MAX_RECORD: usize = 64 << 20;
 
@@ -280,7 +284,9 @@ where
             .open(&path)
             .map_err(io_at(&path))?;
         if let Some((at, what)) = cut {
-            if !last_segment {
+            // Only the last append can be torn, and it was at most one batch or one append
+            // request long: a bad record further back is damage, not a crash.
+            if !last_segment || bytes.len() - at > MAX_TORN_TAIL {
                 return Err(FileLogError::Corrupt {
                     path: path.display().to_string(),
                     offset: at as u64,
@@ -691,6 +697,33 @@ mod tests {
             msg.contains(&seg.display().to_string()) && msg.contains("checksum"),
             "{msg}"
         );
+    }
+
+    /// Damage further from the end of the last segment than one append could reach is not a
+    /// torn tail either: refused, nothing cut.
+    #[test]
+    fn damage_far_from_the_end_of_the_last_segment_refuses_to_open() {
+        let p = place();
+        let log = log_in(&p, SEGMENT_BYTES);
+        let big = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+            payload: EntryPayload::Normal(super::super::Request(phalanx_core::Command::SetStandby {
+                name: "n".repeat(MAX_TORN_TAIL + 1),
+                standby: true,
+            })),
+        };
+        log.write_entries(vec![blank(1, 0), big]).unwrap();
+        drop(log);
+        let seg = p.dir.join(segment_name(0));
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let len = bytes.len();
+        bytes[HEADER] ^= 0xff; // inside the first record's payload
+        std::fs::write(&seg, &bytes).unwrap();
+        let e = Log::open_with(&p.dir, p.db.clone(), SEGMENT_BYTES)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("at byte 0"), "{e}");
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), len as u64, "nothing cut");
     }
 
     /// A log an earlier version kept in the redb file moves to segments on the first open.
