@@ -8,9 +8,11 @@
 //! Layout: `<dir>/<first index, 20 digits>.seg`, each a run of records `[len: u32 LE][crc32 of
 //! the payload: u32 LE][payload: postcard entry]` with consecutive indexes; a segment is closed
 //! at [`SEGMENT_BYTES`] and deleted when a purge passes its last entry. Opening reads every
-//! segment back: a torn record at the end of the last one (a crash during an append, which was
-//! therefore never acknowledged) is cut off; anything else that does not read back (a bad record
-//! inside, a gap between segments) refuses to open, naming the file and offset. Written by hand
+//! segment back (each record's checksum, each entry's log id): a torn record at the end of the
+//! last one, within the reach of one append (a crash during that append, which was therefore
+//! never acknowledged), is cut off; a record anywhere else that does not read back refuses to
+//! open, naming the file and offset (a gap between segments, which openraft never makes, is
+//! only logged). Written by hand
 //! because no kept crate offers a Raft log with openraft's append/truncate/purge contract.
 
 // openraft's StorageError (224 bytes) is the error type its storage traits require.
@@ -129,11 +131,11 @@ fn sync_dir(dir: &Path) -> Result<(), std::io::Error> {
     File::open(dir)?.sync_all()
 }
 
-/// The records of `bytes` (a segment's content from its start): each payload's range, until the
-/// end or the first record that does not read back (returned as its offset and why).
 /// Where a segment stops reading back: the offset of the record and why.
 type Bad = Option<(usize, &'static str)>;
 
+/// The records of `bytes` (a segment's content from its start): each payload's range, until the
+/// end or the first record that does not read back.
 fn records(bytes: &[u8]) -> (Vec<(usize, usize)>, Bad) {
     let mut out = Vec::new();
     let mut at = 0usize;
@@ -241,13 +243,15 @@ where
         if old.is_empty() {
             return Ok(());
         }
-        let empty = self.inner.lock().is_ok_and(|g| g.segments.is_empty());
+        let (empty, dir) = {
+            let g = self.guard().map_err(io_at(Path::new("the log")))?;
+            (g.segments.is_empty(), g.dir.clone())
+        };
         if empty {
             let mut entries = Vec::with_capacity(old.len());
             for bytes in &old {
                 entries.push(decode::<C::Entry>("log entry", bytes)?);
             }
-            let dir = self.inner.lock().map(|g| g.dir.clone()).unwrap_or_default();
             self.write_entries(entries).map_err(io_at(&dir))?;
             tracing::info!(entries = old.len(), dir = %dir.display(), "moved the group's log from redb to segment files");
         }
@@ -262,8 +266,11 @@ where
         let mut entries = Vec::with_capacity(ranges.len());
         let mut cut: Option<(usize, String)> = bad.map(|(at, why)| (at, why.to_string()));
         for (k, (a, b)) in ranges.into_iter().enumerate() {
-            let id = match postcard::from_bytes::<C::Entry>(&bytes[a..b]) {
-                Ok(e) => *e.get_log_id(),
+            // The log id only: an entry is `{log_id, payload}` (openraft's serde field order),
+            // so postcard has it first; the payload, covered by the checksum, is decoded when
+            // read (opening does not decode the whole log).
+            let id = match postcard::take_from_bytes::<LogId>(&bytes[a..b]) {
+                Ok((id, _)) => id,
                 Err(e) => {
                     cut = Some((a - HEADER, format!("an entry that does not decode: {e}")));
                     break;
@@ -305,10 +312,14 @@ where
         })
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, Inner>, StorageError> {
+    fn guard(&self) -> Result<MutexGuard<'_, Inner>, std::io::Error> {
         self.inner
             .lock()
-            .map_err(|_| StorageIOError::read_logs(io("the log's lock was poisoned")).into())
+            .map_err(|_| std::io::Error::other("the log's lock was poisoned"))
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>, StorageError> {
+        self.guard().map_err(|e| StorageIOError::read_logs(io(e)).into())
     }
 
     fn write_entries(&self, entries: Vec<C::Entry>) -> Result<(), std::io::Error> {
@@ -323,20 +334,11 @@ where
         }
         drop(entries);
         // openraft truncates before it overwrites; should entries ever come again, the later
-        // ones replace them and everything after (a log has no holes).
-        let overlap = self
-            .inner
-            .lock()
-            .map_err(|_| std::io::Error::other("poisoned"))?
-            .segments
-            .iter()
-            .any(|s| !s.entries.is_empty() && first.index < s.next_index());
-        if overlap {
-            self.truncate_from(first.index)?;
-        }
+        // ones replace them and everything after (a log has no holes); nothing to do otherwise.
+        self.truncate_from(first.index)?;
         // Appends are serialized by openraft; the lock only guards the readers' view.
         let (file, offset) = {
-            let mut g = self.inner.lock().map_err(|_| std::io::Error::other("poisoned"))?;
+            let mut g = self.guard()?;
             // An empty log (fresh, or purged to its end) starts wherever it is told; openraft
             // never leaves a hole otherwise, but should it, the entries start a new segment.
             let empty = g.segments.iter().all(|s| s.entries.is_empty());
@@ -370,7 +372,7 @@ where
         };
         file.write_all_at(&buf, offset)?;
         file.sync_data()?;
-        let mut g = self.inner.lock().map_err(|_| std::io::Error::other("poisoned"))?;
+        let mut g = self.guard()?;
         if let Some(s) = g.segments.last_mut() {
             s.entries.extend(ends.into_iter().map(|(id, end)| (id, end + offset)));
         }
@@ -379,7 +381,7 @@ where
 
     /// Remove every entry from `index` on (durably: a conflicting entry must not come back).
     fn truncate_from(&self, index: u64) -> Result<(), std::io::Error> {
-        let mut g = self.inner.lock().map_err(|_| std::io::Error::other("poisoned"))?;
+        let mut g = self.guard()?;
         let mut removed = false;
         while let Some(s) = g.segments.last_mut() {
             if s.first >= index {
@@ -408,7 +410,7 @@ where
     fn purge_upto(&self, upto: LogId) -> Result<(), std::io::Error> {
         // Durable, and so also every state-machine change committed before it in the same file.
         meta_put(&self.db, "purged", &upto).map_err(std::io::Error::other)?;
-        let mut g = self.inner.lock().map_err(|_| std::io::Error::other("poisoned"))?;
+        let mut g = self.guard()?;
         g.purged = Some(upto);
         let mut removed = false;
         while let Some(s) = g.segments.first() {

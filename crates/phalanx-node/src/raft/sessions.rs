@@ -1,9 +1,9 @@
 //! The `sessions` Raft group's glue (issue 15): its type config ([`SessionsGroup`]), what it
 //! logs (a [`Batch`] of memcached write requests with the leader's time and memory limit) and
 //! its state machine ([`SessionsSm`]): the pure `phalanx_core::sessions` store, applied in
-//! memory, each applied batch persisting only the items it changed (one record per item in
-//! `<data_dir>/raft-sessions.redb`), so that neither applying nor restarting costs the whole
-//! store. The group's log is append-only segment files (`filelog`, `<data_dir>/raft-sessions.log/`:
+//! memory, persisting only the items applied batches changed (one record per item in
+//! `<data_dir>/raft-sessions.redb`, at most every `FLUSH_EVERY`), so that neither applying nor
+//! restarting costs the whole store. The group's log is append-only segment files (`filelog`, `<data_dir>/raft-sessions.log/`:
 //! [`Storage`]). Snapshots are the whole store in postcard, built and installed off the runtime
 //! threads; openraft compacts the group's log behind them.
 
@@ -214,8 +214,8 @@ impl SessionsSm {
     }
 }
 
-/// Write what a batch changed: the changed items (or their removal), the meta; fsynced only when
-/// `durable` (the log is: see `sm_tables::Changes::durable` for why that is enough).
+/// Write what applied batches changed: the changed items (or their removal), the meta; fsynced
+/// only when `durable` (the log is, and see [`FLUSH_EVERY`] for why that is enough).
 fn write_changes(
     db: &Database,
     cleared: bool,
