@@ -216,6 +216,42 @@ pub fn parse_lsn(s: &str) -> Option<u64> {
     (hi <= u32::MAX as u64 && lo <= u32::MAX as u64).then_some((hi << 32) | lo)
 }
 
+/// Whether a replica on timeline `tli` that has replayed up to `replay` has gone past where
+/// its upstream's history left that timeline: the upstream's timeline `upstream_tli` and that
+/// timeline's history file (`TIMELINE_HISTORY`: one `parent-tli<TAB>switch-LSN<TAB>reason` line
+/// per ancestor). `Some(why)` when it has: it replayed WAL the upstream never had (an
+/// asynchronous replica ahead of the promoted one when the old primary crashed) and can never
+/// stream again ("new timeline forked off … before current recovery point") until it is
+/// rewound. A replica on the upstream's timeline or a later one, or one whose timeline the
+/// history does not name although it is older (a branch the upstream never followed: the
+/// same), is judged the same way; a history that cannot be read says nothing.
+pub fn diverged(tli: u32, replay: u64, upstream_tli: u32, history: &str) -> Option<String> {
+    if tli >= upstream_tli {
+        return None;
+    }
+    let entries: Vec<(u32, u64)> = history
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.parse::<u32>().ok()?, parse_lsn(f.next()?)?))
+        })
+        .collect::<Option<_>>()
+        .filter(|e: &Vec<_>| !e.is_empty())?;
+    let lsn = |v: u64| format!("{:X}/{:X}", v >> 32, v & 0xFFFF_FFFF);
+    match entries.iter().find(|(t, _)| *t == tli) {
+        Some((_, switch)) if replay > *switch => Some(format!(
+            "diverged: replayed timeline {tli} up to {}, past {} where the primary's timeline {upstream_tli} left it",
+            lsn(replay),
+            lsn(*switch)
+        )),
+        Some(_) => None,
+        None => Some(format!(
+            "diverged: on timeline {tli}, which the primary's timeline {upstream_tli} does not descend from"
+        )),
+    }
+}
+
 /// One libpq keyword value, quoted when it must be (spaces, quotes, backslashes, empty).
 fn kv(key: &str, value: &str) -> String {
     if !value.is_empty() && !value.chars().any(|c| c.is_whitespace() || c == '\'' || c == '\\') {
@@ -372,6 +408,27 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_replica_past_the_fork_point_of_the_primarys_timeline_has_diverged() {
+        // Timeline 3 left timeline 2 at 0/4024988 (the lab's case: the other replica replayed
+        // 168 bytes more of the crashed primary's WAL).
+        let history = "1\t0/3000000\tno recovery target specified\n2\t0/4024988\tno recovery target specified\n";
+        let why = diverged(2, 0x4024A30, 3, history).unwrap();
+        assert!(why.contains("0/4024A30") && why.contains("0/4024988"), "{why}");
+        assert_eq!(diverged(2, 0x4024988, 3, history), None, "exactly at the switch point");
+        assert_eq!(diverged(2, 0x4000000, 3, history), None);
+        assert_eq!(diverged(1, 0x2FFFFFF, 3, history), None);
+        assert!(diverged(1, 0x3000001, 3, history).is_some());
+        assert_eq!(diverged(3, 0x9000000, 3, history), None, "on the primary's timeline");
+        assert_eq!(diverged(4, 0x9000000, 3, history), None);
+        // A branch timeline 3 does not descend from.
+        let branch = "1\t0/3000000\tno recovery target specified\n";
+        assert!(diverged(2, 0x3000100, 3, branch).unwrap().contains("does not descend"));
+        // Unreadable: no verdict.
+        assert_eq!(diverged(2, 0x9000000, 3, ""), None);
+        assert_eq!(diverged(2, 0x9000000, 3, "garbage"), None);
+    }
 
     fn params(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
         kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

@@ -35,6 +35,10 @@ pub const UPSTREAM_PORT: &str = "phalanx_upstream_port";
 /// `phalanx_core::pgsql::sync_attr`).
 pub const SYNC_RECORDED: &str = "phalanx_sync_standby";
 
+/// A file in the data directory: a monitor found this replica diverged from its primary (its
+/// text says how), and its next start rewinds it as it rewinds a former primary.
+pub const REWIND_MARKER: &str = "phalanx-rewind";
+
 /// The node attribute a monitor publishes its instance's position in: `TIMELINE:LSN` (the LSN
 /// as a byte count: written for a primary, received or replayed for a replica), what the
 /// scheduler chooses a new primary by (`phalanx_core::pgsql::position_attr`).
@@ -483,10 +487,77 @@ impl Pg<'_> {
                     if let Err(e) = self.follow(u).await {
                         tracing::warn!(upstream = %u.node, error = ?e.1, "pgsql: could not follow the primary");
                     }
+                    if let Some(why) = self.diverged_from(u).await {
+                        return self.stop_diverged(u, why).await;
+                    }
                 }
                 (ocf::OCF_SUCCESS, None)
             }
         }
+    }
+
+    /// A replica that can never stream from `up` again (and whose hot-standby reads include
+    /// writes no primary has) is marked for a rewind and stopped; the monitor answers "not
+    /// running", a soft failure, so the recovery starts it again in place, and that start
+    /// rewinds it (see `start`). Not an error code: OCF 1 bans the node here until cleanup.
+    async fn stop_diverged(&self, up: &Upstream, why: String) -> Answer {
+        tracing::warn!(upstream = %up.node, %why, "pgsql: this replica cannot stream from the primary: stopping it for a rewind");
+        let marker = self.p.pgdata.join(REWIND_MARKER);
+        if let Err(e) = std::fs::write(&marker, why.as_bytes()) {
+            return err(ocf::OCF_ERR_GENERIC, format!("{why}; could not write {}: {e}", marker.display()));
+        }
+        let stopped = self.stop().await;
+        if stopped.0 != ocf::OCF_SUCCESS {
+            return stopped;
+        }
+        err(ocf::OCF_NOT_RUNNING, format!("{why}: stopped, its start rewinds it (pg_rewind)"))
+    }
+
+    /// Whether this replica replayed WAL its primary `up` never had (see
+    /// `phalanx_core::pgsql::diverged`): asked only while it does not stream, of the primary
+    /// over a replication connection (its timeline, then that timeline's history). `None` when
+    /// it streams or anything cannot be read: no verdict, the next monitor asks again.
+    async fn diverged_from(&self, up: &Upstream) -> Option<String> {
+        let q = "select coalesce((select status from pg_stat_wal_receiver), ''), \
+                 greatest((select timeline_id from pg_control_checkpoint()), \
+                 (select min_recovery_end_timeline from pg_control_recovery()), \
+                 (select received_tli from pg_stat_wal_receiver)), \
+                 coalesce(pg_last_wal_replay_lsn(), '0/0')";
+        let row = self.sql(&[q]).await.ok()?;
+        let [status, tli, replay] = row.split('|').collect::<Vec<_>>()[..] else {
+            return None;
+        };
+        if status == "streaming" {
+            return None;
+        }
+        let (tli, replay) = (tli.parse::<u32>().ok()?, phalanx_core::pgsql::parse_lsn(replay)?);
+        let identify = self.replication_command(up, "IDENTIFY_SYSTEM").await?;
+        let upstream_tli: u32 = identify.split('|').nth(1)?.parse().ok()?;
+        if upstream_tli <= tli {
+            return None;
+        }
+        let history = self
+            .replication_command(up, &format!("TIMELINE_HISTORY {upstream_tli}"))
+            .await?;
+        let (_file, content) = history.split_once('|')?;
+        phalanx_core::pgsql::diverged(tli, replay, upstream_tli, content)
+    }
+
+    /// One replication-protocol command (`IDENTIFY_SYSTEM`, `TIMELINE_HISTORY n`) on a
+    /// physical replication connection to `up` as the replication user (what its `pg_hba.conf`
+    /// already allows for streaming): the answer's row, `|`-separated.
+    async fn replication_command(&self, up: &Upstream, command: &str) -> Option<String> {
+        let conn = format!("{} replication=true", self.upstream_db(up).ok()?);
+        let args: Vec<String> = ["-X", "-A", "-t", "-q", "-d", &conn, "-c", command]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let r = self.run(&self.bin("psql"), &args, &[], Duration::from_secs(10)).await;
+        if r.code != Some(0) {
+            tracing::debug!(upstream = %up.node, command, error = %r.err, "pgsql: replication command failed");
+            return None;
+        }
+        Some(r.out)
     }
 
     /// Point a running replica at `up` if it follows something else (the primary moved).
@@ -518,14 +589,19 @@ impl Pg<'_> {
                 return a;
             }
         }
-        if self.has_data() && !self.p.pgdata.join("standby.signal").exists() {
+        let marker = self.p.pgdata.join(REWIND_MARKER);
+        if self.has_data() && (!self.p.pgdata.join("standby.signal").exists() || marker.exists()) {
             // It last ran as a primary (promotion removes standby.signal): another may have
-            // been promoted since, and this one may hold WAL the new primary never had.
+            // been promoted since, and this one may hold WAL the new primary never had. Or a
+            // monitor found this replica had replayed such WAL (the marker).
             if let Some(u) = up {
                 match self.rejoin(u).await {
                     Ok(how) => did.push(how),
                     Err(a) => return a,
                 }
+                // pg_rewind removes files the primary does not have; when it had nothing to do
+                // the marker is still here, and a set-aside directory took it along.
+                let _ = std::fs::remove_file(&marker);
             }
         }
         if !self.has_data() {

@@ -281,6 +281,65 @@ async fn a_former_primary_still_running_is_demoted_by_a_rewind_and_streams() {
     }
 }
 
+/// A replica that replayed WAL the promoted one never had is found diverged and rewound (the
+/// pg lab's crash flake): an asynchronous replica can be ahead of the one promoted when the
+/// primary dies. Here n2 is stopped while n1 takes a write only n3 receives; n1 stops, n2 is
+/// promoted and n3 is told to follow it. n3 can never stream ("new timeline forked off …
+/// before current recovery point"); before the fix its monitors called it a healthy replica
+/// forever. Now a monitor stops it and answers "not running" (a soft failure, recovered in
+/// place) saying why, and the recovery's start rewinds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_ahead_of_the_promoted_one_is_found_diverged_and_rewound() {
+    let root = tempfile::tempdir().unwrap();
+    let (n1, n2) = primary_and_replica(root.path()).await;
+    let n3 = Instance::new(root.path(), "n3");
+    let r = n3.call(AgentAction::Start, Some(&n1)).await;
+    assert_eq!(code(&r), Some(0), "{r:?}");
+    n3.wait_sql("select count(*) from cart", "1");
+
+    assert_eq!(code(&n2.call(AgentAction::Stop, None).await), Some(0));
+    n1.sql("insert into cart values (100)");
+    n3.wait_sql("select count(*) from cart", "2");
+    assert_eq!(code(&n1.call(AgentAction::Stop, None).await), Some(0));
+    assert_eq!(code(&n2.call(AgentAction::Start, None).await), Some(0));
+    assert_eq!(code(&n2.call(AgentAction::Promote, None).await), Some(0));
+    n2.sql("insert into cart values (2)");
+
+    // n3's monitors, told to follow n2, fail within a deadline (a monitor while its WAL
+    // receiver happens to stream gives no verdict).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let failed = loop {
+        let r = n3.call(AgentAction::Monitor, Some(&n2)).await;
+        if code(&r) != Some(0) {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "n3 still reported healthy: {r:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(code(&failed), Some(7), "{failed:?}");
+    let why = failed.exit_reason.clone().unwrap_or_default();
+    assert!(why.contains("diverged: replayed timeline 2"), "{failed:?}");
+    assert!(n3.data().join(phalanx_node::pgsql::REWIND_MARKER).is_file());
+    assert_eq!(code(&n3.call(AgentAction::Monitor, Some(&n2)).await), Some(7));
+
+    assert_eq!(code(&n3.call(AgentAction::Stop, None).await), Some(0));
+    let r = n3.call(AgentAction::Start, Some(&n2)).await;
+    assert_eq!(code(&r), Some(0), "{r:?}");
+    let did = r.exit_reason.clone().unwrap_or_default();
+    assert!(did.contains("rejoined as a replica of n2 (pg_rewind)"), "{r:?}");
+    assert!(!n3.data().join(phalanx_node::pgsql::REWIND_MARKER).exists());
+    n2.sql("insert into cart values (3)");
+    n3.wait_sql("select string_agg(id::text, ',' order by id) from cart", "1,2,3");
+    n2.wait_sql(
+        "select state from pg_stat_replication where application_name = 'n3'",
+        "streaming",
+    );
+    assert_eq!(code(&n3.call(AgentAction::Monitor, Some(&n2)).await), Some(0));
+    for n in [&n2, &n3] {
+        assert_eq!(code(&n.call(AgentAction::Stop, None).await), Some(0));
+    }
+}
+
 /// A former primary whose timeline cannot be rewound is not left broken: its `pg_rewind` fails
 /// (here from a `bindir` whose `pg_rewind` exits 1 as the real one does when the WAL it needs
 /// is gone; every other program is the real one), so its start sets the data directory aside
