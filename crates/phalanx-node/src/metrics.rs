@@ -168,7 +168,8 @@ fn drills(reg: &mut Registry, rtos: &[(String, f64)]) {
 /// The session store on this node (series exist while `[sessions]` is configured):
 /// `phalanx_sessions_leader`, `_items`, `_bytes`, `_connections`, `_applied_index`, and the
 /// counters `_evictions_total`, `_gets_total`, `_get_hits_total`, `_writes_total`,
-/// `_write_errors_total`, `_refused_connections_total`.
+/// `_write_errors_total`, `_refused_connections_total`, `_peer_stream_calls_total`,
+/// `_peer_http_calls_total`.
 fn sessions(reg: &mut Registry, s: &crate::sessions::SessionsStatus) {
     if !s.enabled {
         return;
@@ -205,7 +206,7 @@ fn sessions(reg: &mut Registry, s: &crate::sessions::SessionsStatus) {
     for (name, help, v) in gauges {
         reg.register(name, help, one(v));
     }
-    let counters: [(&str, &str, u64); 6] = [
+    let counters: [(&str, &str, u64); 8] = [
         (
             "sessions_refused_connections",
             "Client connections closed because [sessions] allow does not name their address",
@@ -223,6 +224,16 @@ fn sessions(reg: &mut Registry, s: &crate::sessions::SessionsStatus) {
             s.get_hits,
         ),
         ("sessions_writes", "Write requests received on this node", s.writes),
+        (
+            "sessions_peer_stream_calls",
+            "Calls to peers (Raft appends and votes, forwarded writes, read indexes) answered over their stream",
+            s.peer_stream_calls,
+        ),
+        (
+            "sessions_peer_http_calls",
+            "Calls to peers made over HTTP because the peer took no stream (an older version)",
+            s.peer_http_calls,
+        ),
         (
             "sessions_write_errors",
             "Write requests received on this node and answered SERVER_ERROR",

@@ -504,13 +504,19 @@ impl Pg<'_> {
         tracing::warn!(upstream = %up.node, %why, "pgsql: this replica cannot stream from the primary: stopping it for a rewind");
         let marker = self.p.pgdata.join(REWIND_MARKER);
         if let Err(e) = std::fs::write(&marker, why.as_bytes()) {
-            return err(ocf::OCF_ERR_GENERIC, format!("{why}; could not write {}: {e}", marker.display()));
+            return err(
+                ocf::OCF_ERR_GENERIC,
+                format!("{why}; could not write {}: {e}", marker.display()),
+            );
         }
         let stopped = self.stop().await;
         if stopped.0 != ocf::OCF_SUCCESS {
             return stopped;
         }
-        err(ocf::OCF_NOT_RUNNING, format!("{why}: stopped, its start rewinds it (pg_rewind)"))
+        err(
+            ocf::OCF_NOT_RUNNING,
+            format!("{why}: stopped, its start rewinds it (pg_rewind)"),
+        )
     }
 
     /// Whether this replica replayed WAL its primary `up` never had (see

@@ -119,6 +119,15 @@ async fn writes_through_any_node_are_read_everywhere_and_survive_the_leader() {
             );
         }
     }
+    // Every node called its peers over the session store's streams, none over HTTP (a stream
+    // refused falls back to HTTP: this fails if the upgrade stopped working).
+    for n in ["n1", "n2", "n3"] {
+        let s = eventually("the node's status", || {
+            futures_block(sessions_status(&c, n)).map(|r| r["nodes"][0]["status"].clone())
+        });
+        assert!(s["peer_stream_calls"].as_u64().unwrap_or(0) > 0, "{n}: {s}");
+        assert_eq!(s["peer_http_calls"].as_u64(), Some(0), "{n}: {s}");
+    }
     // The store's leader, killed while a client of another node writes.
     let leader = eventually("the store's leader", || {
         futures_block(sessions_status(&c, "n1")).and_then(|s| s["leader"].as_str().map(String::from))

@@ -221,6 +221,7 @@ fn peer_path(path: &str) -> bool {
         || path == crate::forward::FORWARD_PATH
         || path == crate::sessions::WRITE_PATH
         || path == crate::sessions::READ_PATH
+        || path == crate::sessions::stream::STREAM_PATH
         || path == peer::CERT_PATH
 }
 

@@ -5,7 +5,9 @@
 //! leader (`/peer/write`, JSON, see `forward`). A forwarded write is accepted only when a node
 //! may forward it (`Command::forwardable`: operator requests, agent results, claims); a
 //! leader's decision (bootstrap, liveness, plan) is refused with 403 and a reason, whoever
-//! sends it, because only the leader's own controller may write those, on its own view.
+//! sends it, because only the leader's own controller may write those, on its own view. The
+//! session store's peers talk over a stream that opens here (`GET /sessions/stream`, an HTTP
+//! upgrade, see `sessions::stream`), its per-request routes kept for peers that do not.
 
 use super::{parse_json, ApiError};
 use crate::forward::FORWARD_PATH;
@@ -13,7 +15,7 @@ use crate::node::Node;
 use crate::raft::network::RpcError;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use phalanx_core::{Command, Outcome};
 use std::sync::Arc;
@@ -36,6 +38,7 @@ pub(super) fn routes() -> Router<Arc<Node>> {
             post(sessions_write).layer(DefaultBodyLimit::max(crate::raft::RAFT_BODY_LIMIT)),
         )
         .route(crate::sessions::READ_PATH, post(sessions_read))
+        .route(crate::sessions::stream::STREAM_PATH, get(sessions_stream))
         .route(CERT_PATH, post(certificate))
 }
 
@@ -108,6 +111,47 @@ async fn sessions_write(State(node): State<Arc<Node>>, body: Bytes) -> Result<Ve
         .await
         .map_err(|_| ApiError::Internal("the sessions runtime stopped"))?;
     postcard::to_allocvec(&r).map_err(|_| ApiError::Internal("encoding the session answers failed"))
+}
+
+/// A peer opens its stream of session-store RPCs (`sessions::stream`): an HTTP upgrade to
+/// [`crate::sessions::stream::PROTOCOL`], served on the sessions runtime. The certificate the
+/// peer presented is checked again before each of its requests.
+async fn sessions_stream(
+    State(node): State<Arc<Node>>,
+    mut req: axum::extract::Request,
+) -> Result<axum::response::Response, ApiError> {
+    use crate::sessions::stream::PROTOCOL;
+    use axum::http::header::{CONNECTION, UPGRADE};
+    let s = sessions_of(&node)?;
+    if req.headers().get(UPGRADE).and_then(|v| v.to_str().ok()) != Some(PROTOCOL) {
+        return Err(ApiError::BadInput(format!(
+            "a sessions stream is an upgrade to {PROTOCOL}"
+        )));
+    }
+    let on_upgrade = req
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .ok_or_else(|| ApiError::BadInput("this connection cannot be upgraded".into()))?;
+    let cert = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<crate::transport::Peer>>()
+        .and_then(|p| p.0.cert.clone());
+    let handler = s.stream_handler();
+    s.rt.spawn(async move {
+        match on_upgrade.await {
+            Ok(io) => {
+                let admitted = move || cert.as_deref().is_none_or(|name| node.tls.admits(name));
+                crate::sessions::stream::serve(hyper_util::rt::TokioIo::new(io), handler, admitted).await
+            }
+            Err(e) => tracing::debug!(error = %e, "sessions stream: the upgrade failed"),
+        }
+    });
+    axum::response::Response::builder()
+        .status(axum::http::StatusCode::SWITCHING_PROTOCOLS)
+        .header(CONNECTION, "upgrade")
+        .header(UPGRADE, PROTOCOL)
+        .body(axum::body::Body::empty())
+        .map_err(|_| ApiError::Internal("building the upgrade's answer failed"))
 }
 
 /// A follower's read-index request, on the leader (postcard `Result<ReadPoint, SessionsError>`).

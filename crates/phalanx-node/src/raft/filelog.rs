@@ -105,6 +105,21 @@ impl Inner {
     }
 }
 
+impl<C> FileLog<C> {
+    /// The bytes of the records of the entries after `index` (all: None), what a snapshot at
+    /// `index` would let a purge remove.
+    pub fn bytes_after(&self, index: Option<u64>) -> u64 {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.segments
+            .iter()
+            .map(|s| {
+                let skip = index.map_or(0, |i| (i + 1).saturating_sub(s.first).min(s.entries.len() as u64));
+                s.len() - s.start_of(skip as usize)
+            })
+            .sum()
+    }
+}
+
 /// The append-only log (and, in the redb file beside, the vote) of group `C`.
 pub struct FileLog<C> {
     db: Arc<Database>,
@@ -613,6 +628,16 @@ mod tests {
         log.save_vote(&Vote::new(3, 2)).await.unwrap();
         assert!(segment_files(&p).len() > 3, "{:?}", segment_files(&p));
         assert_eq!(indexes(&mut log, 5..9).await, vec![5, 6, 7, 8]);
+        // Every record has the same size here: the bytes after an index count the entries.
+        let all = log.bytes_after(None);
+        let on_disk: u64 = segment_files(&p)
+            .iter()
+            .map(|f| std::fs::metadata(p.dir.join(f)).unwrap().len())
+            .sum();
+        assert_eq!(all, on_disk);
+        assert_eq!(log.bytes_after(Some(9)), all / 30 * 20);
+        assert_eq!(log.bytes_after(Some(29)), 0);
+        assert_eq!(log.bytes_after(Some(99)), 0);
         log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 20))
             .await
             .unwrap();

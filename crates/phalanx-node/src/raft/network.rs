@@ -4,10 +4,13 @@
 //! `APPEND_BUDGET`, both far below the peer router's `RAFT_BODY_LIMIT`). The other end is
 //! [`GroupRpc`], implemented here for every group's `openraft::Raft`; the peer router
 //! (`api::peer`) reaches it through the node's `Groups`. Unreachable peers map to openraft's
-//! `Unreachable` so replication backs off instead of spinning.
+//! `Unreachable` so replication backs off instead of spinning. A group given a stream client
+//! (`HttpNetwork::with_stream`: the session store's) sends its appends and votes over the
+//! peer's stream (`sessions::stream`), and over HTTP only to a peer that refuses one.
 
 use super::group::{Group, GroupId, GroupRpc};
 use super::{BasicNode, LogId, NodeId};
+use crate::sessions::stream::{Kind, StreamClient, StreamError};
 use futures_util::future::BoxFuture;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -18,6 +21,7 @@ use openraft::raft::{
 use openraft::RaftLogId;
 use serde::{de::DeserializeOwned, Serialize};
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 /// Errors of the server side of an RPC (finding the group, decoding the request).
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +44,9 @@ pub struct HttpNetwork<C> {
     client: reqwest::Client,
     /// The node's keys: requests carry the signing key's token (it changes in a rotation).
     keys: crate::key::Keys,
+    /// The session store's peer streams: its appends and votes go there (see
+    /// `sessions::stream`); None: every RPC is an HTTP request.
+    stream: Option<Arc<StreamClient>>,
     _group: PhantomData<C>,
 }
 
@@ -48,14 +55,24 @@ impl<C: Group> HttpNetwork<C> {
         Ok(HttpNetwork {
             client: crate::transport::raft_client(tls)?,
             keys,
+            stream: None,
             _group: PhantomData,
         })
+    }
+
+    /// Appends and votes over `stream` (snapshots stay HTTP requests).
+    pub fn with_stream(self, stream: Arc<StreamClient>) -> Self {
+        HttpNetwork {
+            stream: Some(stream),
+            ..self
+        }
     }
 }
 
 pub struct HttpConn<C> {
     client: reqwest::Client,
     keys: crate::key::Keys,
+    stream: Option<Arc<StreamClient>>,
     target: NodeId,
     addr: String,
     _group: PhantomData<C>,
@@ -68,6 +85,7 @@ impl<C: Group> RaftNetworkFactory<C> for HttpNetwork<C> {
         HttpConn {
             client: self.client.clone(),
             keys: self.keys.clone(),
+            stream: self.stream.clone(),
             target,
             addr: node.addr.clone(),
             _group: PhantomData,
@@ -143,6 +161,28 @@ impl<C: Group> HttpConn<C> {
         E: std::error::Error + DeserializeOwned,
     {
         let body = postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let kind = match rpc {
+            "append" => Some(Kind::Append),
+            "vote" => Some(Kind::Vote),
+            _ => None,
+        };
+        if let (Some(stream), Some(kind)) = (&self.stream, kind) {
+            let unreachable = |e: &StreamError| {
+                RPCError::Unreachable(Unreachable::new(&PeerCallError::new(self.target, &self.addr, e)))
+            };
+            match stream.call(&self.addr, kind, &body, option.hard_ttl()).await {
+                Ok(bytes) => return self.answer(&bytes),
+                Err(StreamError::Fallback(_)) => {}
+                Err(e @ (StreamError::NotDelivered(_) | StreamError::Timeout(_))) => return Err(unreachable(&e)),
+                Err(e @ (StreamError::Lost(_) | StreamError::Remote(_))) => {
+                    return Err(RPCError::Network(NetworkError::new(&PeerCallError::new(
+                        self.target,
+                        &self.addr,
+                        &e,
+                    ))))
+                }
+            }
+        }
         let resp = self
             .client
             .post(crate::transport::url(&self.addr, &rpc_path(C::ID, rpc)))
@@ -170,8 +210,19 @@ impl<C: Group> HttpConn<C> {
                 "peer answered {status}: {msg}"
             )))));
         }
+        self.answer(&bytes)
+    }
+
+    /// A peer's answer (postcard `Result<Resp, RaftError>`).
+    // openraft's RPCError is the error type its network trait requires.
+    #[allow(clippy::result_large_err)]
+    fn answer<Resp, E>(&self, bytes: &[u8]) -> RpcResult<Resp, E>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let res: Result<Resp, RaftError<NodeId, E>> =
-            postcard::from_bytes(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            postcard::from_bytes(bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

@@ -125,6 +125,13 @@ pub struct SessionsSm {
     state: Arc<Mutex<SmState>>,
     /// When the applied store was last written to redb, and last durably (see [`FLUSH_EVERY`]).
     flushed: Arc<Mutex<Flushed>>,
+    /// Held over a write from taking the changes to its commit: writes commit in the order
+    /// they took them.
+    writer: Arc<Mutex<()>>,
+    /// A write in the background failed: its changes were taken, so redb no longer follows
+    /// the store, and the next apply fails with this (the group stops, as when a write on the
+    /// apply path failed).
+    failed: Arc<Mutex<Option<String>>>,
 }
 
 struct Flushed {
@@ -172,24 +179,30 @@ impl SessionsSm {
                 at: Instant::now(),
                 durable_at: Instant::now(),
             })),
+            writer: Default::default(),
+            failed: Default::default(),
         })
     }
 
-    /// Write what changed since the last write to redb (when `FLUSH_EVERY` has passed, or
-    /// `now`), durably when `DURABLE_EVERY` has.
-    fn flush(&self, now: bool) -> Result<(), StorageError> {
-        let durable = {
-            let mut f = self.flushed.lock().map_err(|_| poisoned())?;
-            if !now && f.at.elapsed() < FLUSH_EVERY {
-                return Ok(());
-            }
-            f.at = Instant::now();
-            let durable = f.durable_at.elapsed() >= DURABLE_EVERY;
-            if durable {
-                f.durable_at = f.at;
-            }
-            durable
-        };
+    /// Whether a write to redb is due (`FLUSH_EVERY` has passed, or `now`), and whether it is
+    /// to be durable (`DURABLE_EVERY` has passed); None: not yet.
+    fn due(&self, now: bool) -> Result<Option<bool>, StorageError> {
+        let mut f = self.flushed.lock().map_err(|_| poisoned())?;
+        if !now && f.at.elapsed() < FLUSH_EVERY {
+            return Ok(None);
+        }
+        f.at = Instant::now();
+        let durable = f.durable_at.elapsed() >= DURABLE_EVERY;
+        if durable {
+            f.durable_at = f.at;
+        }
+        Ok(Some(durable))
+    }
+
+    /// Write what changed since the last write to redb now (blocking: off the runtime, or in
+    /// tests), durably if `durable`.
+    fn flush(&self, durable: bool) -> Result<(), StorageError> {
+        let _writing = self.writer.lock().map_err(|_| poisoned())?;
         let (cleared, items, applied) = {
             let mut s = self.state.lock().map_err(|_| poisoned())?;
             let changes = s.store.take_changes();
@@ -276,8 +289,10 @@ fn snapshot_of(whole: &Whole) -> StoredSnapshot {
 impl RaftSnapshotBuilder<SessionsGroup> for SessionsSm {
     async fn build_snapshot(&mut self) -> Result<Snapshot<SessionsGroup>, StorageError> {
         // The log will be purged behind this snapshot: what redb lacks is written first (the
-        // purge's durable commit makes it durable).
-        self.flush(true)?;
+        // purge's durable commit makes it durable), after any write in the background.
+        let durable = self.due(true)?.unwrap_or(false);
+        let me = self.clone();
+        off_runtime(move || me.flush(durable), StorageIOError::write_state_machine).await?;
         // Copied under the lock (a memcpy of the store), encoded and stored off the runtime.
         let whole = {
             let s = self.state.lock().map_err(|_| poisoned())?;
@@ -319,6 +334,11 @@ impl RaftStateMachine<SessionsGroup> for SessionsSm {
         I: IntoIterator<Item = openraft::Entry<SessionsGroup>> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
+        if let Some(e) = self.failed.lock().map_err(|_| poisoned())?.clone() {
+            return Err(StorageError::from(StorageIOError::write_state_machine(io(
+                std::io::Error::other(e),
+            ))));
+        }
         let mut out = Vec::new();
         {
             let mut guard = self.state.lock().map_err(|_| poisoned())?;
@@ -347,7 +367,17 @@ impl RaftStateMachine<SessionsGroup> for SessionsSm {
                 });
             }
         }
-        self.flush(false)?;
+        // Written by a blocking thread: a write (an fsync every `DURABLE_EVERY`) on the apply
+        // path held every commit, and the reads queued behind them, for its duration.
+        if let Some(durable) = self.due(false)? {
+            let me = self.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = me.flush(durable) {
+                    tracing::error!(error = %e, "sessions: writing the applied store failed");
+                    *me.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                }
+            });
+        }
         Ok(out)
     }
 
@@ -462,13 +492,13 @@ mod tests {
         assert_eq!(out[0].0, vec![b"STORED\r\n".to_vec(), b"STORED\r\n".to_vec()]);
         assert_eq!(out[1].0, vec![b"NOT_STORED\r\n".to_vec()]);
         assert_eq!(sm.lock().logged_now_ms(), 2_000, "time never goes back");
-        sm.flush(true).unwrap();
+        sm.flush(false).unwrap();
         let del = Request::Text(TextRequest::Delete {
             key: "b".into(),
             noreply: false,
         });
         sm.apply(vec![entry(3, 3_000, vec![del])]).await.unwrap();
-        sm.flush(true).unwrap();
+        sm.flush(false).unwrap();
         let before = sm.lock().store.clone();
         drop(sm);
         let mut again = SessionsSm::load(db.clone(), 1 << 20).unwrap();
