@@ -300,10 +300,21 @@ impl StreamClient {
         }
     }
 
-    /// Call `kind` with `body` on the peer at `addr` (its API address), answered within `limit`.
-    pub async fn call(&self, addr: &str, kind: Kind, body: &[u8], limit: Duration) -> Result<Vec<u8>, StreamError> {
-        let r = match self.conn(addr).await {
-            Ok(conn) => conn.call(kind, body, limit).await,
+    /// Call `kind` with `body` on the peer at `addr` (its API address), answered within `limit`
+    /// (opening the stream included).
+    pub async fn call(
+        self: &Arc<Self>,
+        addr: &str,
+        kind: Kind,
+        body: &[u8],
+        limit: Duration,
+    ) -> Result<Vec<u8>, StreamError> {
+        let deadline = Instant::now() + limit;
+        let r = match self.conn(addr, limit).await {
+            Ok(conn) => {
+                conn.call(kind, body, deadline.saturating_duration_since(Instant::now()))
+                    .await
+            }
             Err(e) => Err(e),
         };
         match &r {
@@ -314,7 +325,10 @@ impl StreamClient {
         r
     }
 
-    async fn conn(&self, addr: &str) -> Result<Arc<Conn>, StreamError> {
+    /// The open stream to `addr`, waited for up to `limit`. Opening it is a task of its own: a
+    /// caller's short deadline (a heartbeat's) never cuts a TLS handshake short, so that on a
+    /// loaded machine a stream still opens, and the next caller finds it.
+    async fn conn(self: &Arc<Self>, addr: &str, limit: Duration) -> Result<Arc<Conn>, StreamError> {
         let slot = self
             .slots
             .lock()
@@ -322,6 +336,24 @@ impl StreamClient {
             .entry(addr.to_string())
             .or_default()
             .clone();
+        if let Ok(s) = slot.try_lock() {
+            if let Some(c) = s.conn.as_ref().filter(|c| c.usable()) {
+                return Ok(c.clone());
+            }
+        }
+        let (me, to) = (self.clone(), addr.to_string());
+        let opening = tokio::spawn(async move { me.open_into(&slot, &to).await });
+        match tokio::time::timeout(limit, opening).await {
+            Err(_) => Err(StreamError::NotDelivered(format!(
+                "no stream to {addr} within {limit:?}"
+            ))),
+            Ok(Err(e)) => Err(StreamError::NotDelivered(e.to_string())),
+            Ok(Ok(r)) => r,
+        }
+    }
+
+    /// Under the peer's slot: its usable stream, or a new one (or the refusal of one).
+    async fn open_into(&self, slot: &tokio::sync::Mutex<Slot>, addr: &str) -> Result<Arc<Conn>, StreamError> {
         let mut slot = slot.lock().await;
         if let Some(c) = slot.conn.as_ref().filter(|c| c.usable()) {
             return Ok(c.clone());
