@@ -2011,8 +2011,11 @@ async fn a_capture_of_the_cluster_network_shows_no_session_value_and_no_state() 
 
     let (nodes, all) = (nodes_only.stop(), everything.stop());
     eprintln!("captured {} bytes between nodes, {} in all", nodes.len(), all.len());
+    // Not empty (a pcap header alone is 24 bytes): the nodes' traffic over these seconds. Since
+    // the session store's RPCs share one stream per peer (no HTTP request per RPC), it is 10-30
+    // KB here, where it was over 20 KB.
     assert!(
-        nodes.len() > 20_000,
+        nodes.len() > 4_096,
         "the capture holds the cluster's traffic: {} bytes",
         nodes.len()
     );
