@@ -103,14 +103,11 @@ fn sessions_of(node: &Node) -> Result<Arc<crate::sessions::Sessions>, ApiError> 
 /// answered (postcard `Result<Answers, SessionsError>`), on the sessions runtime.
 async fn sessions_write(State(node): State<Arc<Node>>, body: Bytes) -> Result<Vec<u8>, ApiError> {
     let s = sessions_of(&node)?;
-    let requests: Vec<phalanx_core::sessions::protocol::Request> =
-        postcard::from_bytes(&body).map_err(|e| ApiError::BadInput(format!("session writes: {e}")))?;
     let rt = s.rt.clone();
-    let r = rt
-        .spawn(async move { s.leader_write(requests).await })
+    rt.spawn(async move { s.serve_write(&body).await })
         .await
-        .map_err(|_| ApiError::Internal("the sessions runtime stopped"))?;
-    postcard::to_allocvec(&r).map_err(|_| ApiError::Internal("encoding the session answers failed"))
+        .map_err(|_| ApiError::Internal("the sessions runtime stopped"))?
+        .map_err(rpc_error)
 }
 
 /// A peer opens its stream of session-store RPCs (`sessions::stream`): an HTTP upgrade to
@@ -158,11 +155,10 @@ async fn sessions_stream(
 async fn sessions_read(State(node): State<Arc<Node>>) -> Result<Vec<u8>, ApiError> {
     let s = sessions_of(&node)?;
     let rt = s.rt.clone();
-    let r = rt
-        .spawn(async move { s.leader_read().await })
+    rt.spawn(async move { s.serve_read().await })
         .await
-        .map_err(|_| ApiError::Internal("the sessions runtime stopped"))?;
-    postcard::to_allocvec(&r).map_err(|_| ApiError::Internal("encoding the read point failed"))
+        .map_err(|_| ApiError::Internal("the sessions runtime stopped"))?
+        .map_err(rpc_error)
 }
 
 async fn raft_rpc(
@@ -170,17 +166,19 @@ async fn raft_rpc(
     Path((group, rpc)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Vec<u8>, ApiError> {
-    node.raft_groups()
-        .serve(&group, &rpc, &body)
-        .await
-        .map_err(|e| match e {
-            RpcError::UnknownGroup(_) | RpcError::UnknownRpc(_) => ApiError::NotFound(e.to_string()),
-            RpcError::Malformed { .. } => ApiError::BadInput(e.to_string()),
-            RpcError::Encode { .. } | RpcError::Stopped(_) => {
-                tracing::error!(error = %e, "raft rpc");
-                ApiError::Internal("encoding the raft answer failed")
-            }
-        })
+    node.raft_groups().serve(&group, &rpc, &body).await.map_err(rpc_error)
+}
+
+/// How a peer RPC that failed here is answered: 404, 400, or 500 (logged).
+fn rpc_error(e: RpcError) -> ApiError {
+    match e {
+        RpcError::UnknownGroup(_) | RpcError::UnknownRpc(_) => ApiError::NotFound(e.to_string()),
+        RpcError::Malformed { .. } => ApiError::BadInput(e.to_string()),
+        RpcError::Encode { .. } | RpcError::Stopped(_) => {
+            tracing::error!(error = %e, "peer rpc");
+            ApiError::Internal("encoding the answer failed")
+        }
+    }
 }
 
 /// A write a follower forwards: committed here (or forwarded on, if leadership moved), and

@@ -167,19 +167,18 @@ impl<C: Group> HttpConn<C> {
             _ => None,
         };
         if let (Some(stream), Some(kind)) = (&self.stream, kind) {
-            let unreachable = |e: &StreamError| {
-                RPCError::Unreachable(Unreachable::new(&PeerCallError::new(self.target, &self.addr, e)))
-            };
             match stream.call(&self.addr, kind, &body, option.hard_ttl()).await {
                 Ok(bytes) => return self.answer(&bytes),
                 Err(StreamError::Fallback(_)) => {}
-                Err(e @ (StreamError::NotDelivered(_) | StreamError::Timeout(_))) => return Err(unreachable(&e)),
-                Err(e @ (StreamError::Lost(_) | StreamError::Remote(_))) => {
-                    return Err(RPCError::Network(NetworkError::new(&PeerCallError::new(
-                        self.target,
-                        &self.addr,
-                        &e,
-                    ))))
+                Err(e) => {
+                    let failed = PeerCallError::new(self.target, &self.addr, &e);
+                    return Err(match e {
+                        // Never sent, or unanswered in time: back off, as for HTTP.
+                        StreamError::NotDelivered(_) | StreamError::Timeout(_) => {
+                            RPCError::Unreachable(Unreachable::new(&failed))
+                        }
+                        _ => RPCError::Network(NetworkError::new(&failed)),
+                    });
                 }
             }
         }
@@ -271,11 +270,11 @@ impl<C: Group> RaftNetwork<C> for HttpConn<C> {
 /// See `HttpConn::backoff`.
 const REPLICATION_BACKOFF: std::time::Duration = std::time::Duration::from_millis(25);
 
-fn decode<T: DeserializeOwned>(rpc: &'static str, body: &[u8]) -> Result<T, RpcError> {
+pub(crate) fn decode<T: DeserializeOwned>(rpc: &'static str, body: &[u8]) -> Result<T, RpcError> {
     postcard::from_bytes(body).map_err(|source| RpcError::Malformed { rpc, source })
 }
 
-fn encode<T: Serialize>(rpc: &'static str, v: &T) -> Result<Vec<u8>, RpcError> {
+pub(crate) fn encode<T: Serialize>(rpc: &'static str, v: &T) -> Result<Vec<u8>, RpcError> {
     postcard::to_allocvec(v).map_err(|source| RpcError::Encode { rpc, source })
 }
 

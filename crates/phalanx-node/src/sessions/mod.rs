@@ -24,7 +24,7 @@
 pub mod listener;
 pub mod stream;
 
-use crate::raft::network::HttpNetwork;
+use crate::raft::network::{decode, encode, HttpNetwork, RpcError};
 use crate::raft::sessions::{Answers, Batch, SessionsGroup, SessionsRaft, SessionsSm};
 use crate::raft::{BasicNode, NodeId};
 use openraft::ChangeMembers;
@@ -579,6 +579,19 @@ impl Sessions {
             .map_err(|e| SessionsError::Unreachable(e.to_string()))
     }
 
+    /// A follower's batch of writes, on the leader (postcard `Vec<Request>` → postcard
+    /// `Result<Answers, SessionsError>`), for its HTTP route and its stream alike.
+    pub async fn serve_write(&self, body: &[u8]) -> Result<Vec<u8>, RpcError> {
+        let requests: Vec<Request> = decode("session writes", body)?;
+        encode("session writes", &self.leader_write(requests).await)
+    }
+
+    /// A follower's read-index request, on the leader (postcard `Result<ReadPoint,
+    /// SessionsError>`), for its HTTP route and its stream alike.
+    pub async fn serve_read(&self) -> Result<Vec<u8>, RpcError> {
+        encode("read index", &self.leader_read().await)
+    }
+
     /// What serves the requests of a peer's stream here (the peer routes' work, on this
     /// runtime): Raft appends and votes, a follower's writes, its read-index requests.
     pub fn stream_handler(self: &Arc<Self>) -> stream::Handler {
@@ -588,17 +601,13 @@ impl Sessions {
             Box::pin(async move {
                 use crate::raft::group::GroupRpc;
                 let s = me.upgrade().ok_or("the session store is stopping")?;
-                let encode = |r: Result<Vec<u8>, postcard::Error>| r.map_err(|e| format!("encoding the answer: {e}"));
                 match kind {
-                    stream::Kind::Append => s.raft.serve("append", &body).await.map_err(|e| e.to_string()),
-                    stream::Kind::Vote => s.raft.serve("vote", &body).await.map_err(|e| e.to_string()),
-                    stream::Kind::Write => {
-                        let requests: Vec<Request> =
-                            postcard::from_bytes(&body).map_err(|e| format!("session writes: {e}"))?;
-                        encode(postcard::to_allocvec(&s.leader_write(requests).await))
-                    }
-                    stream::Kind::Read => encode(postcard::to_allocvec(&s.leader_read().await)),
+                    stream::Kind::Append => s.raft.serve("append", &body).await,
+                    stream::Kind::Vote => s.raft.serve("vote", &body).await,
+                    stream::Kind::Write => s.serve_write(&body).await,
+                    stream::Kind::Read => s.serve_read().await,
                 }
+                .map_err(|e| e.to_string())
             })
         })
     }
