@@ -550,6 +550,9 @@ struct Tally {
     misses: u64,
     errors: u64,
     kinds: BTreeMap<String, u64>,
+    /// Diagnostics (`PHALANX_MCLOAD_TRACE`): every open-loop request as (due, taken, answered)
+    /// in µs since the run's start and whether it was a set.
+    trace: Option<Vec<(u64, u64, u64, bool)>>,
 }
 
 impl Tally {
@@ -562,6 +565,7 @@ impl Tally {
             misses: 0,
             errors: 0,
             kinds: BTreeMap::new(),
+            trace: std::env::var_os(TRACE_ENV).map(|_| Vec::new()),
         }
     }
 
@@ -576,10 +580,24 @@ fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant, valid histogram bounds")
 }
 
-/// One request of the mix, drawn from the connection's own seeded generator.
-async fn one_request(conn: &mut Conn, w: &Workload, m: &Material, rng: &mut StdRng, t: &mut Tally, since: Instant) {
+/// Set to a file path, each open loop appends to it a `#` line naming the run, then one line
+/// per request — `due taken answered set` in µs since the run's start (set: 1 or 0) — to line
+/// the generator's stalls up with the servers' logs.
+const TRACE_ENV: &str = "PHALANX_MCLOAD_TRACE";
+
+/// One request of the mix, drawn from the connection's own seeded generator. Returns whether
+/// it was a set.
+async fn one_request(
+    conn: &mut Conn,
+    w: &Workload,
+    m: &Material,
+    rng: &mut StdRng,
+    t: &mut Tally,
+    since: Instant,
+) -> bool {
     let key = &m.keys[rng.gen_range(0..m.keys.len())];
-    if rng.gen_bool(w.get_ratio) {
+    let get = rng.gen_bool(w.get_ratio);
+    if get {
         match tokio::time::timeout(w.timeout, conn.get(key)).await {
             Ok(Ok(hit)) => {
                 t.get.saturating_record(since.elapsed().as_micros().max(1) as u64);
@@ -606,6 +624,7 @@ async fn one_request(conn: &mut Conn, w: &Workload, m: &Material, rng: &mut StdR
             }
         }
     }
+    !get
 }
 
 /// Open `w.connections` connections (all of them, or an error).
@@ -711,8 +730,13 @@ pub async fn open_loop(w: &Workload, rate: f64, phase: Duration) -> Result<RunRe
                     return t;
                 }
                 taken.fetch_add(1, Ordering::Relaxed);
-                t.delay.saturating_record(due.elapsed().as_micros().max(1) as u64);
-                one_request(&mut c, &w, &m, &mut rng, &mut t, due).await;
+                let took = Instant::now();
+                t.delay.saturating_record((took - due).as_micros().max(1) as u64);
+                let set = one_request(&mut c, &w, &m, &mut rng, &mut t, due).await;
+                if let Some(trace) = t.trace.as_mut() {
+                    let us = |at: Instant| (at - start).as_micros() as u64;
+                    trace.push((us(due), us(took), us(Instant::now()), set));
+                }
             }
         }));
     }
@@ -735,6 +759,27 @@ pub async fn open_loop(w: &Workload, rate: f64, phase: Duration) -> Result<RunRe
     // The pacer ends once every slot is sent or every connection has gone (its sends fail).
     let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
     let elapsed = start.elapsed();
+    if let Some(path) = std::env::var_os(TRACE_ENV) {
+        // Appended: a benchmark of several systems writes one run after the other.
+        let began = std::time::SystemTime::now() - elapsed;
+        let began = began
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let mut out = format!(
+            "# open loop at {rate:.0}/s against {:?}, began at unix ms {began}\n",
+            w.addrs
+        );
+        for (due, took, done, set) in tallies.iter().flat_map(|t| t.trace.iter().flatten()) {
+            out.push_str(&format!("{due} {took} {done} {}\n", *set as u8));
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, out.as_bytes()))
+            .with_context(|| format!("writing the trace {path:?}"))?;
+    }
     let unsent = scheduled.saturating_sub(taken.load(Ordering::Relaxed));
     Ok(report("open", Some(rate), tallies, elapsed, unsent))
 }

@@ -19,7 +19,7 @@
 
 use super::protocol::StoreMode;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 /// memcached's limit between relative and absolute exptimes (`REALTIME_MAXDELTA`): 30 days.
 pub const RELATIVE_MAX_S: i64 = 60 * 60 * 24 * 30;
@@ -146,7 +146,7 @@ impl Reply {
     }
 }
 
-/// One item (serde: a node persists each item as its own record, see [`Store::take_changes`]).
+/// One item (serde: a snapshot holds each item with its key, see [`Store::from_parts`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Item {
     pub flags: u32,
@@ -243,15 +243,6 @@ pub struct StoreMeta {
     pub evictions: u64,
 }
 
-/// What changed since the last [`Store::take_changes`]: whether everything was dropped first
-/// (`flush_all` now), then the keys whose item was written or removed (their current item,
-/// if any, is [`Store::raw`]'s). What a node persists after applying a batch.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Changes {
-    pub cleared: bool,
-    pub keys: BTreeSet<Vec<u8>>,
-}
-
 /// The store.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Store {
@@ -265,7 +256,6 @@ pub struct Store {
     /// `flush_all`'s time (unix ms): items stored at or before it are gone once it has come.
     flushed_at_ms: Option<u64>,
     evictions: u64,
-    changes: Changes,
 }
 
 impl Store {
@@ -301,14 +291,9 @@ impl Store {
         self.live(self.items.get(key)?, now_ms)
     }
 
-    /// The item stored under `key`, live or not (what a node persists).
+    /// The item stored under `key`, live or not.
     pub fn raw(&self, key: &[u8]) -> Option<&Item> {
         self.items.get(key)
-    }
-
-    /// What changed since the last call (and forget it).
-    pub fn take_changes(&mut self) -> Changes {
-        std::mem::take(&mut self.changes)
     }
 
     /// The counters beside the items.
@@ -353,7 +338,6 @@ impl Store {
 
     fn remove(&mut self, key: &[u8]) -> Option<Item> {
         let item = self.items.remove(key)?;
-        self.changes.keys.insert(key.to_vec());
         self.order.remove(&item.seq);
         self.bytes -= item.cost(key);
         Some(item)
@@ -374,7 +358,6 @@ impl Store {
             if let Some(old) = self.items.remove(&oldest) {
                 self.bytes -= old.cost(&oldest);
             }
-            self.changes.keys.insert(oldest);
             self.evictions += 1;
         }
         self.next_seq += 1;
@@ -382,7 +365,6 @@ impl Store {
         self.order.insert(item.seq, key.to_vec());
         self.bytes += cost;
         self.items.insert(key.to_vec(), item);
-        self.changes.keys.insert(key.to_vec());
         true
     }
 
@@ -412,10 +394,6 @@ impl Store {
                         self.order.clear();
                         self.bytes = 0;
                         self.flushed_at_ms = None;
-                        self.changes = Changes {
-                            cleared: true,
-                            keys: BTreeSet::new(),
-                        };
                     }
                     // Later: what was stored until then is gone from then on (memcached's
                     // `oldest_live`, a second's granularity there, a millisecond's here).
@@ -562,7 +540,6 @@ impl Store {
     fn modify(&mut self, key: &[u8], f: impl FnOnce(&mut Item)) {
         if let Some(i) = self.items.get_mut(key) {
             f(i);
-            self.changes.keys.insert(key.to_vec());
         }
     }
 

@@ -42,6 +42,9 @@ const HEADER: usize = 8;
 const MAX_TORN_TAIL: usize = 3 * super::APPEND_BUDGET;
 /// The largest payload a record may claim (a bigger length is a torn or corrupt header).
 const MAX_RECORD: usize = 64 << 20;
+/// An append (write and fdatasync) at least this slow is logged as a warning: every write of
+/// the group waits for it (etcd warns of a slow fdatasync at 1 s and a slow apply at 100 ms).
+const SLOW_APPEND: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Why the log could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -385,8 +388,18 @@ where
             let s = g.segments.last().ok_or_else(|| std::io::Error::other("no segment"))?;
             (s.file.clone(), s.len())
         };
+        let began = std::time::Instant::now();
         file.write_all_at(&buf, offset)?;
         file.sync_data()?;
+        let took = began.elapsed();
+        if took >= SLOW_APPEND {
+            // Every write of the group waits for this; a disk this slow shows in clients' latency.
+            tracing::warn!(
+                ms = took.as_millis() as u64,
+                bytes = buf.len(),
+                "slow log append (write and fdatasync)"
+            );
+        }
         let mut g = self.guard()?;
         if let Some(s) = g.segments.last_mut() {
             s.entries.extend(ends.into_iter().map(|(id, end)| (id, end + offset)));

@@ -1,11 +1,13 @@
 //! The `sessions` Raft group's glue (issue 15): its type config ([`SessionsGroup`]), what it
 //! logs (a [`Batch`] of memcached write requests with the leader's time and memory limit) and
 //! its state machine ([`SessionsSm`]): the pure `phalanx_core::sessions` store, applied in
-//! memory, persisting only the items applied batches changed (one record per item in
-//! `<data_dir>/raft-sessions.redb`, at most every `FLUSH_EVERY`), so that neither applying nor
-//! restarting costs the whole store. The group's log is append-only segment files (`filelog`, `<data_dir>/raft-sessions.log/`:
-//! [`Storage`]). Snapshots are the whole store in postcard, built and installed off the runtime
-//! threads; openraft compacts the group's log behind them.
+//! memory. Applying writes nothing: the group's log (append-only segment files, `filelog`,
+//! `<data_dir>/raft-sessions.log/`: [`Storage`]) already holds every change, fsynced. What
+//! persists the store itself is its snapshots — the whole store in postcard, in
+//! `<data_dir>/raft-sessions.redb`, built and installed off the runtime threads — taken once
+//! the log behind the last one grows past a bound (see `sessions::upkeep`), after which
+//! openraft purges the log behind it. A restarted node loads its last snapshot and applies the
+//! log after it again once the leader tells it what is committed.
 
 // openraft's StorageError (224 bytes) is the error type its storage traits require.
 #![allow(clippy::result_large_err)]
@@ -13,25 +15,24 @@
 use super::filelog::{FileLog, FileLogError};
 use super::group::{Group, GroupId};
 use super::state_machine::{current_snapshot, off_runtime, poisoned, store_snapshot, StoredSnapshot};
-use super::store::{decode, encode, io, StoreError, META};
+use super::store::{decode, encode, io, meta_get, StoreError};
 use super::{BasicNode, LogId, Membership, NodeId, StorageError};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta, StorageIOError};
 use phalanx_core::sessions::engine::answer_logged;
 use phalanx_core::sessions::protocol::Request;
 use phalanx_core::sessions::store::{Item, Store, StoreMeta};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, TableHandle};
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 /// The session store's group.
 pub const SESSIONS: GroupId = GroupId::new("sessions");
 
-/// The group's storage on a node: its redb file (the applied store, the vote, the last
-/// snapshot: `raft-sessions.redb`) and its log's segment files (`raft-sessions.log/`).
+/// The group's storage on a node: its redb file (the vote, the last snapshot:
+/// `raft-sessions.redb`) and its log's segment files (`raft-sessions.log/`).
 #[derive(Clone)]
 pub struct Storage {
     pub db: Arc<Database>,
@@ -47,10 +48,8 @@ impl Storage {
     }
 }
 
-/// Item key → postcard [`Item`].
-const ITEMS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions_items");
-/// `"applied"` → postcard [`Applied`].
-const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions_meta");
+/// Tables of an earlier layout that wrote every applied item to redb (removed at load).
+const LEGACY_TABLES: [&str; 2] = ["sessions_items", "sessions_meta"];
 
 /// What the leader logs: write requests as the clients sent them, answered by every replica
 /// with `engine::answer_logged` at `now_ms` (the leader's clock when it proposed; a replica
@@ -83,7 +82,7 @@ impl Group for SessionsGroup {
 
 pub type SessionsRaft = openraft::Raft<SessionsGroup>;
 
-/// Where the state machine stands, persisted with every applied batch.
+/// Where the state machine stands (in a snapshot with the items).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Applied {
     last_applied: Option<LogId>,
@@ -123,102 +122,41 @@ struct Whole {
 pub struct SessionsSm {
     db: Arc<Database>,
     state: Arc<Mutex<SmState>>,
-    /// When the applied store was last written to redb, and last durably (see [`FLUSH_EVERY`]).
-    flushed: Arc<Mutex<Flushed>>,
-    /// Held over a write from taking the changes to its commit: writes commit in the order
-    /// they took them.
-    writer: Arc<Mutex<()>>,
-    /// A write in the background failed: its changes were taken, so redb no longer follows
-    /// the store, and the next apply fails with this (the group stops, as when a write on the
-    /// apply path failed).
-    failed: Arc<Mutex<Option<String>>>,
 }
-
-struct Flushed {
-    at: Instant,
-    durable_at: Instant,
-}
-
-/// What applied batches changed is written to redb at most this often (the items changed
-/// since, each once however often it changed, and where the store stands), without an fsync:
-/// the log has those batches, fsynced, and is purged only behind a snapshot, which writes
-/// first (a restarted node applies again what its redb copy lacks; with a write per batch the
-/// redb transactions were 10 % of the machine's CPU under the session benchmark).
-const FLUSH_EVERY: Duration = Duration::from_millis(100);
-/// A write is durable at most this long after the one before: redb keeps the pages a
-/// non-durable commit freed until a durable one, so without it the file would grow until the
-/// next purge (which is durable).
-const DURABLE_EVERY: Duration = Duration::from_secs(1);
 
 impl SessionsSm {
-    /// Load the persisted store (empty on a fresh node); `limit` until a batch logs one.
+    /// Load the last snapshot (an empty store on a fresh node, holding `limit` until a batch
+    /// logs one); the log after it is applied again once the leader says it is committed.
     pub fn load(db: Arc<Database>, limit: u64) -> Result<SessionsSm, StoreError> {
         let tx = db.begin_write().map_err(redb::Error::from)?;
-        tx.open_table(ITEMS)?;
-        tx.open_table(SM_META)?;
+        // The log still holds everything after the last snapshot: what these held is applied
+        // again from it.
+        let legacy: Vec<_> = tx
+            .list_tables()
+            .map_err(redb::Error::from)?
+            .filter(|t| LEGACY_TABLES.contains(&t.name()))
+            .collect();
+        for table in legacy {
+            tx.delete_table(table).map_err(redb::Error::from)?;
+        }
         tx.commit().map_err(redb::Error::from)?;
-        let rx = db.begin_read().map_err(redb::Error::from)?;
-        let meta = rx.open_table(SM_META)?;
-        let applied: Applied = match meta.get("applied").map_err(redb::Error::from)? {
-            Some(v) => decode("sessions state", v.value())?,
-            None => Applied {
-                limit,
-                ..Applied::default()
+        let state = match meta_get::<StoredSnapshot>(&db, "snapshot")? {
+            Some(snap) => {
+                let whole: Whole = decode("sessions snapshot", &snap.data)?;
+                SmState::of(whole)
+            }
+            None => SmState {
+                store: Store::new(limit as usize),
+                applied: Applied {
+                    limit,
+                    ..Applied::default()
+                },
             },
         };
-        let mut items = Vec::new();
-        for row in rx.open_table(ITEMS)?.iter().map_err(redb::Error::from)? {
-            let (k, v) = row.map_err(redb::Error::from)?;
-            items.push((k.value().to_vec(), decode::<Item>("session item", v.value())?));
-        }
-        let store = Store::from_parts(applied.limit as usize, applied.store, items);
         Ok(SessionsSm {
             db,
-            state: Arc::new(Mutex::new(SmState { store, applied })),
-            flushed: Arc::new(Mutex::new(Flushed {
-                at: Instant::now(),
-                durable_at: Instant::now(),
-            })),
-            writer: Default::default(),
-            failed: Default::default(),
+            state: Arc::new(Mutex::new(state)),
         })
-    }
-
-    /// Whether a write to redb is due (`FLUSH_EVERY` has passed, or `now`), and whether it is
-    /// to be durable (`DURABLE_EVERY` has passed); None: not yet.
-    fn due(&self, now: bool) -> Result<Option<bool>, StorageError> {
-        let mut f = self.flushed.lock().map_err(|_| poisoned())?;
-        if !now && f.at.elapsed() < FLUSH_EVERY {
-            return Ok(None);
-        }
-        f.at = Instant::now();
-        let durable = f.durable_at.elapsed() >= DURABLE_EVERY;
-        if durable {
-            f.durable_at = f.at;
-        }
-        Ok(Some(durable))
-    }
-
-    /// Write what changed since the last write to redb now (blocking: off the runtime, or in
-    /// tests), durably if `durable`.
-    fn flush(&self, durable: bool) -> Result<(), StorageError> {
-        let _writing = self.writer.lock().map_err(|_| poisoned())?;
-        let (cleared, items, applied) = {
-            let mut s = self.state.lock().map_err(|_| poisoned())?;
-            let changes = s.store.take_changes();
-            let items: Vec<(Vec<u8>, Option<Vec<u8>>)> = changes
-                .keys
-                .into_iter()
-                .map(|k| {
-                    let v = s.store.raw(&k).map(encode);
-                    (k, v)
-                })
-                .collect();
-            s.applied.store = s.store.meta();
-            (changes.cleared, items, encode(&s.applied))
-        };
-        write_changes(&self.db, cleared, &items, &applied, durable)
-            .map_err(|e| StorageError::from(StorageIOError::write_state_machine(io(e))))
     }
 
     /// The applied store (reads lock it briefly; the listener answers gets under it).
@@ -227,55 +165,13 @@ impl SessionsSm {
     }
 }
 
-/// Write what applied batches changed: the changed items (or their removal), the meta; fsynced
-/// only when `durable` (the log is, and see [`FLUSH_EVERY`] for why that is enough).
-fn write_changes(
-    db: &Database,
-    cleared: bool,
-    items: &[(Vec<u8>, Option<Vec<u8>>)],
-    applied: &[u8],
-    durable: bool,
-) -> Result<(), redb::Error> {
-    let mut tx = db.begin_write()?;
-    if !durable {
-        tx.set_durability(redb::Durability::None)?;
-    }
-    {
-        let mut t = tx.open_table(ITEMS)?;
-        if cleared {
-            t.retain(|_, _| false)?;
+impl SmState {
+    fn of(whole: Whole) -> SmState {
+        SmState {
+            store: Store::from_parts(whole.applied.limit as usize, whole.applied.store, whole.items),
+            applied: whole.applied,
         }
-        for (k, v) in items {
-            match v {
-                Some(v) => {
-                    t.insert(k.as_slice(), v.as_slice())?;
-                }
-                None => {
-                    t.remove(k.as_slice())?;
-                }
-            }
-        }
-        tx.open_table(SM_META)?.insert("applied", applied)?;
     }
-    tx.commit()?;
-    Ok(())
-}
-
-/// Replace everything with `whole` (an installed snapshot), fsynced, with the snapshot itself.
-fn write_whole(db: &Database, whole: &Whole, snapshot: &[u8]) -> Result<(), redb::Error> {
-    let tx = db.begin_write()?;
-    {
-        let mut t = tx.open_table(ITEMS)?;
-        t.retain(|_, _| false)?;
-        for (k, item) in &whole.items {
-            t.insert(k.as_slice(), encode(item).as_slice())?;
-        }
-        tx.open_table(SM_META)?
-            .insert("applied", encode(&whole.applied).as_slice())?;
-        tx.open_table(META)?.insert("snapshot", snapshot)?;
-    }
-    tx.commit()?;
-    Ok(())
 }
 
 fn snapshot_of(whole: &Whole) -> StoredSnapshot {
@@ -288,11 +184,6 @@ fn snapshot_of(whole: &Whole) -> StoredSnapshot {
 
 impl RaftSnapshotBuilder<SessionsGroup> for SessionsSm {
     async fn build_snapshot(&mut self) -> Result<Snapshot<SessionsGroup>, StorageError> {
-        // The log will be purged behind this snapshot: what redb lacks is written first (the
-        // purge's durable commit makes it durable), after any write in the background.
-        let durable = self.due(true)?.unwrap_or(false);
-        let me = self.clone();
-        off_runtime(move || me.flush(durable), StorageIOError::write_state_machine).await?;
         // Copied under the lock (a memcpy of the store), encoded and stored off the runtime.
         let whole = {
             let s = self.state.lock().map_err(|_| poisoned())?;
@@ -334,11 +225,6 @@ impl RaftStateMachine<SessionsGroup> for SessionsSm {
         I: IntoIterator<Item = openraft::Entry<SessionsGroup>> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
-        if let Some(e) = self.failed.lock().map_err(|_| poisoned())?.clone() {
-            return Err(StorageError::from(StorageIOError::write_state_machine(io(
-                std::io::Error::other(e),
-            ))));
-        }
         let mut out = Vec::new();
         {
             let mut guard = self.state.lock().map_err(|_| poisoned())?;
@@ -367,17 +253,11 @@ impl RaftStateMachine<SessionsGroup> for SessionsSm {
                 });
             }
         }
-        // Written by a blocking thread: a write (an fsync every `DURABLE_EVERY`) on the apply
-        // path held every commit, and the reads queued behind them, for its duration.
-        if let Some(durable) = self.due(false)? {
-            let me = self.clone();
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = me.flush(durable) {
-                    tracing::error!(error = %e, "sessions: writing the applied store failed");
-                    *me.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-                }
-            });
-        }
+        // Nothing written: the log holds these batches, fsynced, and is purged only behind a
+        // stored snapshot. (Writing the changed items to redb instead — every 100 ms, durable
+        // every second — cost 9 % of the session benchmark's throughput, and each durable
+        // commit's burst of pages delayed the log's fdatasyncs on every node at once: a stall
+        // of 20–60 ms a second, the open-loop p99.)
         Ok(out)
     }
 
@@ -396,20 +276,20 @@ impl RaftStateMachine<SessionsGroup> for SessionsSm {
     ) -> Result<(), StorageError> {
         let bytes = snapshot.into_inner();
         let (db, meta) = (self.db.clone(), meta.clone());
+        // Stored (fsynced) before it replaces the store: openraft purges the log behind it next.
         let whole = off_runtime(
             move || {
                 let whole: Whole = decode("sessions snapshot", &bytes)
                     .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), io(e)))?;
-                let stored = encode(&StoredSnapshot { meta, data: bytes });
-                write_whole(&db, &whole, &stored).map_err(|e| StorageIOError::write_state_machine(io(e)))?;
+                let snap = StoredSnapshot { meta, data: bytes };
+                store_snapshot(&db, &snap)
+                    .map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), io(e)))?;
                 Ok(whole)
             },
             StorageIOError::write_state_machine,
         )
         .await?;
-        let mut s = self.state.lock().map_err(|_| poisoned())?;
-        s.store = Store::from_parts(whole.applied.limit as usize, whole.applied.store, whole.items);
-        s.applied = whole.applied;
+        *self.state.lock().map_err(|_| poisoned())? = SmState::of(whole);
         Ok(())
     }
 
@@ -465,13 +345,19 @@ mod tests {
         }
     }
 
-    /// Applied batches answer in memcached's bytes, persist item by item, and a reload reads
-    /// back the same store; time never goes back when a later batch carries an earlier clock.
+    /// Applied batches answer in memcached's bytes and write nothing (the log holds them); a
+    /// reload reads back the last snapshot, to which the log's later entries apply again
+    /// alike; time never goes back when a later batch carries an earlier clock; the tables of
+    /// the layout that wrote every item are dropped.
     #[tokio::test]
-    async fn applied_items_persist_one_by_one_and_load_back() {
+    async fn a_reload_is_the_last_snapshot_and_the_log_after_it_applies_again_alike() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft-sessions.redb");
         let db = open(&path).unwrap();
+        let legacy = redb::TableDefinition::<&[u8], &[u8]>::new(LEGACY_TABLES[0]);
+        let tx = db.begin_write().unwrap();
+        tx.open_table(legacy).unwrap().insert(&b"a"[..], &b"stale"[..]).unwrap();
+        tx.commit().unwrap();
         let mut sm = SessionsSm::load(db.clone(), 1 << 20).unwrap();
         let add = Request::Text(TextRequest::Store {
             mode: StoreMode::Add,
@@ -482,38 +368,39 @@ mod tests {
             data: "z".into(),
             noreply: false,
         });
-        let out = sm
-            .apply(vec![
-                entry(1, 2_000, vec![set("a", "1"), set("b", "2")]),
-                entry(2, 1_000, vec![add]),
-            ])
-            .await
-            .unwrap();
+        let first = vec![
+            entry(1, 2_000, vec![set("a", "1"), set("b", "2")]),
+            entry(2, 1_000, vec![add]),
+        ];
+        let out = sm.apply(first.clone()).await.unwrap();
         assert_eq!(out[0].0, vec![b"STORED\r\n".to_vec(), b"STORED\r\n".to_vec()]);
         assert_eq!(out[1].0, vec![b"NOT_STORED\r\n".to_vec()]);
         assert_eq!(sm.lock().logged_now_ms(), 2_000, "time never goes back");
-        sm.flush(false).unwrap();
-        let del = Request::Text(TextRequest::Delete {
-            key: "b".into(),
-            noreply: false,
-        });
-        sm.apply(vec![entry(3, 3_000, vec![del])]).await.unwrap();
-        sm.flush(false).unwrap();
-        let before = sm.lock().store.clone();
         drop(sm);
         let mut again = SessionsSm::load(db.clone(), 1 << 20).unwrap();
-        {
-            let s = again.lock();
-            assert_eq!(s.store, before);
-            assert_eq!(s.last_applied().map(|l| l.index), Some(3));
-            assert!(s.store.raw(b"a").is_some() && s.store.raw(b"b").is_none());
-        }
-        // The log is purged behind a snapshot: building one writes what redb lacked.
-        again.apply(vec![entry(4, 4_000, vec![set("c", "3")])]).await.unwrap();
+        assert_eq!(again.lock().last_applied(), None, "no snapshot yet: all from the log");
+        assert!(again.lock().store.is_empty(), "the legacy table is not read");
+        assert_eq!(again.apply(first).await.unwrap(), out, "applied again, answered alike");
         again.build_snapshot().await.unwrap();
+        let del = vec![entry(
+            3,
+            3_000,
+            vec![Request::Text(TextRequest::Delete {
+                key: "b".into(),
+                noreply: false,
+            })],
+        )];
+        again.apply(del.clone()).await.unwrap();
+        let before = again.lock().store.clone();
         drop(again);
-        let s = SessionsSm::load(db, 1 << 20).unwrap();
-        assert_eq!(s.lock().last_applied().map(|l| l.index), Some(4));
-        assert!(s.lock().store.raw(b"c").is_some());
+        let mut third = SessionsSm::load(db.clone(), 1 << 20).unwrap();
+        assert_eq!(third.lock().last_applied().map(|l| l.index), Some(2), "the snapshot's");
+        assert!(third.lock().store.raw(b"b").is_some());
+        third.apply(del).await.unwrap();
+        assert_eq!(third.lock().store, before, "the snapshot and the log after it");
+        assert_eq!(third.lock().logged_now_ms(), 3_000);
+        let tx = db.begin_write().unwrap();
+        let names: Vec<String> = tx.list_tables().unwrap().map(|t| t.name().to_string()).collect();
+        assert!(!names.iter().any(|n| LEGACY_TABLES.contains(&n.as_str())), "{names:?}");
     }
 }

@@ -15,8 +15,9 @@
 //!   configured, the group's members following the cluster's, leader and eviction events.
 //! - Between nodes, the group's appends and votes, forwarded writes and read-index requests go
 //!   over one long-lived stream per peer (`stream`), not an HTTP request each.
-//! - The applied store is written to redb by a blocking thread, and a node snapshots once its
-//!   log since the last snapshot is long enough ([`SNAPSHOT_LOG_BYTES`]).
+//! - The applied store lives in memory (the log persists every change); a node snapshots it
+//!   once its log since the last snapshot is long enough ([`SNAPSHOT_LOG_BYTES`]), which also
+//!   bounds what a restarted node applies again.
 //!
 //! The memcached listener is `listener`; its connections run on threads of their own
 //! ([`clients_runtime`]).
@@ -56,7 +57,8 @@ const FORWARDS_IN_FLIGHT: usize = 8;
 /// every 100,000 writes. Building one copies, encodes and stores the whole store (about 200 ms
 /// of a core for 10,000 items of 100-1000 B on the benchmark's machine, on every node at once):
 /// the earlier 5,000 entries, whatever their size, did that every 15 s under the benchmark's
-/// load and set its p99 at half load.
+/// load and set its p99 at half load. A snapshot is also what a restarted node loads: it
+/// applies again at most this much log after it.
 const SNAPSHOT_LOG_BYTES: u64 = 128 << 20;
 const SNAPSHOT_LOG_ENTRIES: u64 = 100_000;
 /// Between two snapshots asked for (one in progress shows in the metrics once built).
