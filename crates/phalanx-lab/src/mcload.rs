@@ -551,8 +551,8 @@ struct Tally {
     errors: u64,
     kinds: BTreeMap<String, u64>,
     /// Diagnostics (`PHALANX_MCLOAD_TRACE`): every open-loop request as (due, taken, answered)
-    /// in µs since the run's start and whether it was a set.
-    trace: Option<Vec<(u64, u64, u64, bool)>>,
+    /// in µs since the run's start, whether it was a set, and the server address's index.
+    trace: Option<Vec<(u64, u64, u64, bool, usize)>>,
 }
 
 impl Tally {
@@ -581,8 +581,8 @@ fn new_hist() -> Histogram<u64> {
 }
 
 /// Set to a file path, each open loop appends to it a `#` line naming the run, then one line
-/// per request — `due taken answered set` in µs since the run's start (set: 1 or 0) — to line
-/// the generator's stalls up with the servers' logs.
+/// per request — `due taken answered set server`: µs since the run's start, 1 for a set, the
+/// index of the address it went to — to line the generator's stalls up with the servers' logs.
 const TRACE_ENV: &str = "PHALANX_MCLOAD_TRACE";
 
 /// One request of the mix, drawn from the connection's own seeded generator. Returns whether
@@ -735,7 +735,7 @@ pub async fn open_loop(w: &Workload, rate: f64, phase: Duration) -> Result<RunRe
                 let set = one_request(&mut c, &w, &m, &mut rng, &mut t, due).await;
                 if let Some(trace) = t.trace.as_mut() {
                     let us = |at: Instant| (at - start).as_micros() as u64;
-                    trace.push((us(due), us(took), us(Instant::now()), set));
+                    trace.push((us(due), us(took), us(Instant::now()), set, i % w.addrs.len()));
                 }
             }
         }));
@@ -770,8 +770,8 @@ pub async fn open_loop(w: &Workload, rate: f64, phase: Duration) -> Result<RunRe
             "# open loop at {rate:.0}/s against {:?}, began at unix ms {began}\n",
             w.addrs
         );
-        for (due, took, done, set) in tallies.iter().flat_map(|t| t.trace.iter().flatten()) {
-            out.push_str(&format!("{due} {took} {done} {}\n", *set as u8));
+        for (due, took, done, set, server) in tallies.iter().flat_map(|t| t.trace.iter().flatten()) {
+            out.push_str(&format!("{due} {took} {done} {} {server}\n", *set as u8));
         }
         std::fs::OpenOptions::new()
             .create(true)
