@@ -540,6 +540,10 @@ fn base64(input: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// One open-loop request as traced: when it was due, taken and answered (µs since the run's
+/// start), whether it was a set, and the index of the server address it went to.
+type Traced = (u64, u64, u64, bool, usize);
+
 /// A connection's tally.
 struct Tally {
     get: Histogram<u64>,
@@ -550,9 +554,8 @@ struct Tally {
     misses: u64,
     errors: u64,
     kinds: BTreeMap<String, u64>,
-    /// Diagnostics (`PHALANX_MCLOAD_TRACE`): every open-loop request as (due, taken, answered)
-    /// in µs since the run's start, whether it was a set, and the server address's index.
-    trace: Option<Vec<(u64, u64, u64, bool, usize)>>,
+    /// Diagnostics (`PHALANX_MCLOAD_TRACE`): every open-loop request.
+    trace: Option<Vec<Traced>>,
 }
 
 impl Tally {
