@@ -369,6 +369,26 @@ async fn kill_9_of_every_node_in_turn_during_a_write_burst_loses_nothing() {
             "read through {n}: acknowledged writes missing: {lost:?}"
         );
     }
+    // Each leadership is noted once, terms in order: a node killed while it led comes back
+    // leading its old term until it hears of the newer one, and must not report that.
+    let (code, out, _) = c
+        .cli(&["events", "--kind", "sessions_leader_changed", "--json"])
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    let terms: Vec<u64> = out
+        .lines()
+        .map(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            let summary = e["summary"].as_str().unwrap().to_string();
+            let term = summary.rsplit("(term ").next().unwrap().trim_end_matches(')');
+            term.parse().unwrap_or_else(|_| panic!("{summary}"))
+        })
+        .collect();
+    assert!(terms.len() >= 2, "a leader was killed: {terms:?}");
+    assert!(
+        terms.windows(2).all(|w| w[0] < w[1]),
+        "leader events by term: {terms:?}"
+    );
 }
 
 /// Bad input on a live node: memcached's replies, the connection closed where memcached closes

@@ -787,9 +787,16 @@ impl Sessions {
                 led = false;
                 continue;
             }
-            if !led {
+            let (term, acked) = {
+                let m = self.raft.metrics();
+                let m = m.borrow();
+                (m.current_term, m.millis_since_quorum_ack)
+            };
+            // A node restarted with its own committed vote comes back as the leader of its old
+            // term until it hears of a newer one (openraft 0.9): only a leadership a quorum has
+            // acknowledged is an event ("n2 leads (term 2)" came after "n1 leads (term 3)").
+            if !led && acked.is_some() {
                 led = true;
-                let term = self.raft.metrics().borrow().current_term;
                 self.note(
                     &node,
                     EventKind::SessionsLeaderChanged,
