@@ -20,6 +20,7 @@
 use super::protocol::StoreMode;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// memcached's limit between relative and absolute exptimes (`REALTIME_MAXDELTA`): 30 days.
 pub const RELATIVE_MAX_S: i64 = 60 * 60 * 24 * 30;
@@ -243,12 +244,20 @@ pub struct StoreMeta {
     pub evictions: u64,
 }
 
-/// The store.
+/// A key as the store holds it: shared by the items and the eviction order, and with a
+/// snapshot being encoded.
+pub type Key = Arc<[u8]>;
+
+/// The store. Keys and items are shared (`Arc`), so that a snapshot takes them all under the
+/// state's lock in a few milliseconds ([`Store::shared_items`]) and encodes them without it: a
+/// write to an item a snapshot still holds copies that item first (`Arc::make_mut`). (Copied
+/// whole, a store of 100,000 items of 600 B held the lock, and every read and write of the
+/// node, for 146 ms.)
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Store {
-    items: HashMap<Vec<u8>, Item>,
+    items: HashMap<Key, Arc<Item>>,
     /// seq → key: the eviction order (lowest first).
-    order: BTreeMap<u64, Vec<u8>>,
+    order: BTreeMap<u64, Key>,
     next_seq: u64,
     last_cas: u64,
     bytes: usize,
@@ -293,7 +302,7 @@ impl Store {
 
     /// The item stored under `key`, live or not.
     pub fn raw(&self, key: &[u8]) -> Option<&Item> {
-        self.items.get(key)
+        self.items.get(key).map(|i| &**i)
     }
 
     /// The counters beside the items.
@@ -306,9 +315,15 @@ impl Store {
         }
     }
 
-    /// Every item, by key (a snapshot's content).
-    pub fn items(&self) -> impl Iterator<Item = (&Vec<u8>, &Item)> {
-        self.items.iter()
+    /// Every item, by key.
+    pub fn items(&self) -> impl Iterator<Item = (&[u8], &Item)> {
+        self.items.iter().map(|(k, i)| (&**k, &**i))
+    }
+
+    /// Every item with its key, shared with the store (a snapshot's content: taking them costs
+    /// two reference counts per item, not a copy).
+    pub fn shared_items(&self) -> Vec<(Key, Arc<Item>)> {
+        self.items.iter().map(|(k, i)| (k.clone(), i.clone())).collect()
     }
 
     /// A store made again from what [`Store::meta`] and [`Store::items`] gave (after a restart
@@ -324,8 +339,9 @@ impl Store {
         };
         for (key, item) in items {
             s.bytes += item.cost(&key);
+            let key = Key::from(key);
             s.order.insert(item.seq, key.clone());
-            s.items.insert(key, item);
+            s.items.insert(key, Arc::new(item));
         }
         s
     }
@@ -336,7 +352,7 @@ impl Store {
         self.limit = limit;
     }
 
-    fn remove(&mut self, key: &[u8]) -> Option<Item> {
+    fn remove(&mut self, key: &[u8]) -> Option<Arc<Item>> {
         let item = self.items.remove(key)?;
         self.order.remove(&item.seq);
         self.bytes -= item.cost(key);
@@ -362,9 +378,10 @@ impl Store {
         }
         self.next_seq += 1;
         item.seq = self.next_seq;
-        self.order.insert(item.seq, key.to_vec());
+        let key = Key::from(key);
+        self.order.insert(item.seq, key.clone());
         self.bytes += cost;
-        self.items.insert(key.to_vec(), item);
+        self.items.insert(key, Arc::new(item));
         true
     }
 
@@ -402,10 +419,10 @@ impl Store {
                 return Reply::Ok;
             }
         };
-        let current = self
+        let mut current = self
             .items
             .get(key.as_slice())
-            .and_then(|i| self.live(i, now_ms))
+            .filter(|i| self.live(i, now_ms).is_some())
             .cloned();
         if current.is_none() {
             self.remove(key);
@@ -460,6 +477,8 @@ impl Store {
                 if cas.is_some_and(|u| u != c.cas) {
                     return Reply::Exists;
                 }
+                // Held, it would make `modify` copy the item.
+                drop(c);
                 if *invalidate {
                     // Marked, not removed: a new unique, the token free for the next client.
                     let cas = self.next_cas();
@@ -501,7 +520,7 @@ impl Store {
                 (current, _) => self.arith(key, *incr, *delta, cas.unwrap_or(0), current, now_ms),
             },
             Op::Touch { exptime, .. } => {
-                if current.is_none() {
+                if current.take().is_none() {
                     return Reply::NotFound;
                 }
                 // A touch keeps the item's place: it is not a write of its value.
@@ -521,7 +540,7 @@ impl Store {
                 token_sent,
                 ..
             } => {
-                if current.is_none() {
+                if current.take().is_none() {
                     return Reply::NotFound;
                 }
                 self.modify(key, |i| {
@@ -539,7 +558,7 @@ impl Store {
     /// Change an item where it stands (its place in the eviction order kept).
     fn modify(&mut self, key: &[u8], f: impl FnOnce(&mut Item)) {
         if let Some(i) = self.items.get_mut(key) {
-            f(i);
+            f(Arc::make_mut(i));
         }
     }
 
@@ -553,7 +572,7 @@ impl Store {
         mut new: Item,
         cas: u64,
         stale_ok: bool,
-        current: Option<Item>,
+        current: Option<Arc<Item>>,
         now_ms: u64,
     ) -> Reply {
         match (mode, current) {
@@ -596,7 +615,15 @@ impl Store {
     /// memcached's `do_add_delta` on the live `current` item, guarded by the unique `cas`
     /// (0: none): a result no longer than the value is written in place (padded with spaces,
     /// the item's bits kept), a longer one makes a new item.
-    fn arith(&mut self, key: &[u8], incr: bool, delta: u64, cas: u64, current: Option<Item>, now_ms: u64) -> Reply {
+    fn arith(
+        &mut self,
+        key: &[u8],
+        incr: bool,
+        delta: u64,
+        cas: u64,
+        current: Option<Arc<Item>>,
+        now_ms: u64,
+    ) -> Reply {
         let Some(c) = current else { return Reply::NotFound };
         if c.value.is_empty() {
             return Reply::NonNumeric;
@@ -619,7 +646,7 @@ impl Store {
             Item {
                 value,
                 stored_ms: now_ms,
-                ..c
+                ..Arc::unwrap_or_clone(c)
             }
         } else {
             Item::new(c.flags, value, c.expires_ms, now_ms)

@@ -205,7 +205,7 @@ fn parts_rebuild_the_same_store_that_goes_on_alike() {
     assert_eq!(s.meta().evictions, 1, "a evicted for d");
 
     // Rebuilt from its parts (a snapshot), it is the same store and goes on alike.
-    let items: Vec<(Vec<u8>, Item)> = s.items().map(|(k, i)| (k.clone(), i.clone())).collect();
+    let items: Vec<(Vec<u8>, Item)> = s.items().map(|(k, i)| (k.to_vec(), i.clone())).collect();
     let mut t = Store::from_parts(limit, s.meta(), items);
     assert_eq!(t, s);
     for st in [&mut s, &mut t] {
@@ -213,6 +213,50 @@ fn parts_rebuild_the_same_store_that_goes_on_alike() {
         st.apply(&set(StoreMode::Set, "f", "0123456789", 0), now);
     }
     assert_eq!(t, s, "the same evictions and CAS uniques after a rebuild");
+}
+
+/// What a snapshot took ([`Store::shared_items`]) stays as it was while the store goes on:
+/// every way a write changes an item (in place or anew, removed, evicted, flushed) leaves the
+/// taken items alone.
+#[test]
+fn taken_items_do_not_change_with_later_writes() {
+    let limit = 4 * (1 + 10 + ITEM_OVERHEAD);
+    let mut s = Store::new(limit);
+    let now = T0;
+    for k in ["a", "b", "c", "n"] {
+        s.apply(&set(StoreMode::Set, k, "0123456789", 0), now);
+    }
+    let before: Vec<(Vec<u8>, Item)> = s.items().map(|(k, i)| (k.to_vec(), i.clone())).collect();
+    let taken = s.shared_items();
+    let writes = [
+        Op::Touch {
+            key: b"a".to_vec(),
+            exptime: 100,
+        },
+        Op::Arith {
+            incr: true,
+            key: b"b".to_vec(),
+            delta: 1,
+        },
+        Op::MetaDelete {
+            key: b"c".to_vec(),
+            cas: None,
+            invalidate: true,
+            exptime: Some(5),
+        },
+        set(StoreMode::Append, "n", "x", 0),
+        set(StoreMode::Set, "e", "0123456789", 0),
+        Op::FlushAll { delay: None },
+    ];
+    for w in &writes {
+        s.apply(w, now);
+    }
+    let mut after: Vec<(Vec<u8>, Item)> = taken.iter().map(|(k, i)| (k.to_vec(), (**i).clone())).collect();
+    let mut before = before;
+    before.sort_by(|x, y| x.0.cmp(&y.0));
+    after.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(after, before);
+    assert!(s.is_empty(), "the store itself went on");
 }
 
 /// A model item: value, flags, expiry (unix ms), CAS unique.
@@ -375,7 +419,7 @@ proptest::proptest! {
                 }
                 Step::Wait(ms) => now += ms,
                 Step::Restart => {
-                    let items: Vec<(Vec<u8>, Item)> = s.items().map(|(k, i)| (k.clone(), i.clone())).collect();
+                    let items: Vec<(Vec<u8>, Item)> = s.items().map(|(k, i)| (k.to_vec(), i.clone())).collect();
                     s = Store::from_parts(limit, s.meta(), items);
                 }
             }

@@ -21,7 +21,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta, StorageIOError};
 use phalanx_core::sessions::engine::answer_logged;
 use phalanx_core::sessions::protocol::Request;
-use phalanx_core::sessions::store::{Item, Store, StoreMeta};
+use phalanx_core::sessions::store::{Item, Key, Store, StoreMeta};
 use redb::{Database, TableHandle};
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
@@ -110,11 +110,19 @@ impl SmState {
     }
 }
 
-/// A whole store: a snapshot's content.
-#[derive(Serialize, Deserialize)]
+/// A whole store: a snapshot's content, as read back.
+#[derive(Deserialize)]
 struct Whole {
     applied: Applied,
     items: Vec<(Vec<u8>, Item)>,
+}
+
+/// A whole store as a snapshot takes it: the items shared with the store (encoded alike:
+/// postcard writes an `Arc` as what it holds).
+#[derive(Serialize)]
+struct Taken {
+    applied: Applied,
+    items: Vec<(Key, Arc<Item>)>,
 }
 
 /// The session store's state machine.
@@ -174,7 +182,7 @@ impl SmState {
     }
 }
 
-fn snapshot_of(whole: &Whole) -> StoredSnapshot {
+fn snapshot_of(whole: &Taken) -> StoredSnapshot {
     StoredSnapshot::of(
         whole.applied.last_applied,
         whole.applied.membership.clone(),
@@ -184,17 +192,21 @@ fn snapshot_of(whole: &Whole) -> StoredSnapshot {
 
 impl RaftSnapshotBuilder<SessionsGroup> for SessionsSm {
     async fn build_snapshot(&mut self) -> Result<Snapshot<SessionsGroup>, StorageError> {
-        // Copied under the lock (a memcpy of the store), encoded and stored off the runtime.
+        // Taken under the lock (shared, not copied: see `Store`), encoded and stored off the
+        // runtime.
+        let began = std::time::Instant::now();
         let whole = {
             let s = self.state.lock().map_err(|_| poisoned())?;
             let mut applied = s.applied.clone();
             applied.store = s.store.meta();
-            Whole {
+            Taken {
                 applied,
-                items: s.store.items().map(|(k, i)| (k.clone(), i.clone())).collect(),
+                items: s.store.shared_items(),
             }
         };
+        let held = began.elapsed();
         let db = self.db.clone();
+        let items = whole.items.len();
         let snap = off_runtime(
             move || {
                 let snap = snapshot_of(&whole);
@@ -205,6 +217,13 @@ impl RaftSnapshotBuilder<SessionsGroup> for SessionsSm {
             |e| StorageIOError::write_snapshot(None, e),
         )
         .await?;
+        tracing::info!(
+            items,
+            bytes = snap.data.len(),
+            lock_held_ms = held.as_secs_f64() * 1e3,
+            built_ms = began.elapsed().as_secs_f64() * 1e3,
+            "sessions snapshot stored"
+        );
         Ok(Snapshot {
             meta: snap.meta,
             snapshot: Box::new(Cursor::new(snap.data)),

@@ -57,7 +57,7 @@ fn replicas_applying_the_same_logged_requests_agree() {
         assert_eq!(x, y, "{line}: the same store on every replica");
     }
     // A replica rebuilt from what the other persisted goes on alike.
-    let items: Vec<(Vec<u8>, Item)> = x.items().map(|(k, i)| (k.clone(), i.clone())).collect();
+    let items: Vec<(Vec<u8>, Item)> = x.items().map(|(k, i)| (k.to_vec(), i.clone())).collect();
     let mut z = Store::from_parts(1 << 20, x.meta(), items);
     let now = T0 + 60_000;
     for line in ["mg a c v t", "md v I", "mg v c", "ma n v c"] {
@@ -160,7 +160,7 @@ fn meta_writes_change_the_store_refused_ones_do_not_and_a_rebuild_keeps_it() {
     }
     assert!(s.raw(b"c").is_some_and(|i| i.token_sent), "a won token is kept");
     // A snapshot's parts rebuild the same store.
-    let items: Vec<(Vec<u8>, Item)> = s.items().map(|(k, i)| (k.clone(), i.clone())).collect();
+    let items: Vec<(Vec<u8>, Item)> = s.items().map(|(k, i)| (k.to_vec(), i.clone())).collect();
     assert_eq!(Store::from_parts(1 << 20, s.meta(), items), s);
 }
 
