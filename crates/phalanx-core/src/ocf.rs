@@ -1,6 +1,5 @@
-//! What an agent's exit code means (OCF 1.1, as Pacemaker reads it, with this project's
-//! contract for hard errors): a pure mapping from (action, exit code, timed out) to an outcome
-//! the controller acts on, and the reading of an agent's `meta-data` (parameters, default
+//! What an agent's exit code means (OCF 1.1, as Pacemaker reads it): a pure mapping from
+//! (action, exit code, timed out) to an outcome the controller acts on, and the reading of an agent's `meta-data` (parameters, default
 //! timeouts). The runner that produces exit codes and meta-data lives in phalanx-node.
 
 use crate::model::Role;
@@ -70,7 +69,14 @@ pub enum Verdict {
     NotRunning,
     /// A failed primary (9).
     FailedPromoted,
-    /// Exit 1–5: this node cannot run it (ban here).
+    /// Exit 1 (`OCF_ERR_GENERIC`) of a monitor, promote, demote or any action but start and
+    /// stop: a transient failure, Pacemaker's soft error. It is recovered where it is (stopped
+    /// and started again there) until the `migration_threshold`, as Pacemaker does: a monitor
+    /// that answers 1 once (a status page slow to answer, say) does not ban the node.
+    Error,
+    /// Exit 2–5, and exit 1 of a start or a stop: this node cannot run it (ban here until
+    /// cleanup). A failed start or stop is as final in Pacemaker: it counts as INFINITY
+    /// failures there (`start-failure-is-fatal`, true by default, and a failed stop's).
     HardError,
     /// Exit 6: the configuration is wrong (ban everywhere until cleanup).
     Fatal,
@@ -93,6 +99,7 @@ impl Verdict {
             Some(OCF_DEGRADED_PROMOTED) => Verdict::Promoted { degraded: true },
             Some(OCF_NOT_RUNNING) => Verdict::NotRunning,
             Some(OCF_FAILED_PROMOTED) => Verdict::FailedPromoted,
+            Some(OCF_ERR_GENERIC) if !matches!(action, AgentAction::Start | AgentAction::Stop) => Verdict::Error,
             Some(c) if (OCF_ERR_GENERIC..=OCF_ERR_INSTALLED).contains(&c) => {
                 // Stopping something that is not installed means it is not running.
                 if action == AgentAction::Stop && c == OCF_ERR_INSTALLED {
@@ -136,9 +143,12 @@ pub fn probed_role(verdict: Verdict, exit_code: Option<i32>) -> Option<Role> {
         Verdict::Promoted { .. } => Some(Role::Promoted),
         Verdict::NotRunning => None,
         Verdict::HardError if matches!(exit_code, Some(OCF_ERR_INSTALLED | OCF_ERR_ARGS)) => None,
-        Verdict::FailedPromoted | Verdict::HardError | Verdict::Fatal | Verdict::Timeout | Verdict::Unknown => {
-            Some(Role::Failed)
-        }
+        Verdict::FailedPromoted
+        | Verdict::Error
+        | Verdict::HardError
+        | Verdict::Fatal
+        | Verdict::Timeout
+        | Verdict::Unknown => Some(Role::Failed),
     }
 }
 
@@ -316,6 +326,11 @@ mod tests {
             (Monitor, Some(190), Verdict::Degraded),
             (Monitor, Some(191), Verdict::Promoted { degraded: true }),
             (Start, Some(1), Verdict::HardError),
+            (Stop, Some(1), Verdict::HardError),
+            (Monitor, Some(1), Verdict::Error),
+            (Promote, Some(1), Verdict::Error),
+            (Demote, Some(1), Verdict::Error),
+            (Monitor, Some(2), Verdict::HardError),
             (Start, Some(2), Verdict::HardError),
             (Start, Some(3), Verdict::HardError),
             (Start, Some(4), Verdict::HardError),

@@ -499,7 +499,8 @@ impl Pg<'_> {
     /// A replica that can never stream from `up` again (and whose hot-standby reads include
     /// writes no primary has) is marked for a rewind and stopped; the monitor answers "not
     /// running", a soft failure, so the recovery starts it again in place, and that start
-    /// rewinds it (see `start`). Not an error code: OCF 1 bans the node here until cleanup.
+    /// rewinds it (see `start`). Not an error code: a monitor's 1 would do the same, but a
+    /// stop's 1 bans the node here until cleanup.
     async fn stop_diverged(&self, up: &Upstream, why: String) -> Answer {
         tracing::warn!(upstream = %up.node, %why, "pgsql: this replica cannot stream from the primary: stopping it for a rewind");
         let marker = self.p.pgdata.join(REWIND_MARKER);

@@ -214,6 +214,62 @@ async fn migration_threshold_moves_the_group_and_cleanup_lifts_it() {
     .unwrap();
 }
 
+/// A monitor answering 1 (`OCF_ERR_GENERIC`) is a soft error, as in Pacemaker: the resource
+/// is stopped and started again where it runs, the failure counted there and the node not
+/// banned. (It was a hard error here before: one slow answer banned the node until cleanup.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_answering_1_restarts_the_resource_in_place_without_a_ban() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run, starts, flag) = (
+        dir.path().join("run"),
+        dir.path().join("starts"),
+        dir.path().join("fail-once"),
+    );
+    let (run, starts, flag) = (run.display(), starts.display(), flag.display());
+    let c = cluster_with(&format!(
+        r#"
+[[resource]]
+id = "svc"
+agent = "exec"
+params = {{ start = "echo started >> {starts}; touch {run}", stop = "rm -f {run}", monitor = "if [ -f {flag} ]; then rm -f {flag}; exit 1; fi; test -f {run} || exit 7" }}
+monitor = {{ interval = "500ms", timeout = "10s" }}
+"#
+    ));
+    c.wait_stable(T).await.unwrap();
+    let home = c
+        .wait_for(T, "svc to start", |st| {
+            let s = st.values().next()?;
+            (s.plan_pending == 0).then_some(())?;
+            where_runs(s, "svc")
+        })
+        .await
+        .unwrap();
+    let starts_now = || {
+        std::fs::read_to_string(dir.path().join("starts"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    assert_eq!(starts_now(), 1);
+    std::fs::write(dir.path().join("fail-once"), b"").unwrap();
+    let h = home.clone();
+    let svc = c
+        .wait_for(T, "the failure to be counted and svc started again", |st| {
+            let s = st.values().next()?;
+            let r = s.resources.iter().find(|r| r.id == "svc")?;
+            let again = r.failures.get(&h) == Some(&1)
+                && r.running.get(&h) == Some(&Role::Started)
+                && s.plan_pending == 0
+                && starts_now() == 2;
+            again.then(|| r.clone())
+        })
+        .await
+        .unwrap();
+    assert!(svc.banned.is_empty(), "a soft error bans nothing: {svc:?}");
+    assert_eq!(svc.running.len(), 1, "restarted in place, nowhere else: {svc:?}");
+    assert!(!dir.path().join("fail-once").exists(), "the monitor answered 1");
+}
+
 fn where_runs(st: &StatusReport, rsc: &str) -> Option<String> {
     st.resources
         .iter()
