@@ -369,8 +369,9 @@ async fn kill_9_of_every_node_in_turn_during_a_write_burst_loses_nothing() {
             "read through {n}: acknowledged writes missing: {lost:?}"
         );
     }
-    // Each leadership is noted once, terms in order: a node killed while it led comes back
-    // leading its old term until it hears of the newer one, and must not report that.
+    // Each leadership is noted, terms in order: a node killed while it led comes back leading
+    // its old term until it hears of the newer one, and must not report that. (A note is
+    // retried until committed, so one may be there twice: at least once, as alerts are.)
     let (code, out, _) = c
         .cli(&["events", "--kind", "sessions_leader_changed", "--json"])
         .unwrap();
@@ -384,9 +385,10 @@ async fn kill_9_of_every_node_in_turn_during_a_write_burst_loses_nothing() {
             term.parse().unwrap_or_else(|_| panic!("{summary}"))
         })
         .collect();
-    assert!(terms.len() >= 2, "a leader was killed: {terms:?}");
+    let distinct: std::collections::BTreeSet<u64> = terms.iter().copied().collect();
+    assert!(distinct.len() >= 2, "a leader was killed: {terms:?}");
     assert!(
-        terms.windows(2).all(|w| w[0] < w[1]),
+        terms.windows(2).all(|w| w[0] <= w[1]),
         "leader events by term: {terms:?}"
     );
 }

@@ -71,6 +71,9 @@ const SNAPSHOT_LOG_ENTRIES: u64 = 100_000;
 fn snapshot_share(id: NodeId) -> u64 {
     4 + id % 4
 }
+/// How long a note of the store (a leader change, evictions) is retried while the cluster
+/// group cannot commit it.
+const NOTE_TRIES_FOR: Duration = Duration::from_secs(30);
 /// Between two snapshots asked for (one in progress shows in the metrics once built).
 const SNAPSHOT_PAUSE: Duration = Duration::from_secs(5);
 /// The peer routes a follower sends writes and read-index requests to (postcard bodies).
@@ -895,8 +898,16 @@ impl Sessions {
         };
         let node = node.clone();
         self.rt.spawn(async move {
-            if let Err(e) = node.write(phalanx_core::Command::Note(n)).await {
-                tracing::debug!(error = %e, "a session store note is not committed");
+            // The cluster group may have no leader yet, or have lost it with the node that led
+            // both groups: try again for a while. (Tried once, the first leader's note, made
+            // before the new cluster had committed its config, was lost in one start in five.)
+            let deadline = tokio::time::Instant::now() + NOTE_TRIES_FOR;
+            while let Err(e) = node.write(phalanx_core::Command::Note(n.clone())).await {
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(error = %e, summary = %n.summary, "a session store note was not committed");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
     }
