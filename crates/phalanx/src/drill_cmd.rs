@@ -358,6 +358,8 @@ struct Ready {
     witness_api: String,
     /// The resource's failures recorded so far (a kill-service run waits for one more).
     failures: usize,
+    /// It has a primary (a promotable clone's promoted instance): it is back once one is.
+    primary: bool,
     /// The primitives `--resource` names (itself, or a group's or clone's members).
     members: Vec<String>,
     /// The APIs of the online nodes other than the victim (fence-fail arms and heals them).
@@ -600,6 +602,11 @@ async fn ready(
         api,
         victim_api: api_of(&victim),
         witness_api: api_of(&to),
+        primary: st
+            .resources
+            .iter()
+            .filter(|r| r.id == a.resource || r.parent.as_deref() == Some(&a.resource))
+            .any(|r| r.running.values().any(|role| *role == Role::Promoted)),
         from,
         victim,
         to,
@@ -900,11 +907,12 @@ async fn one(
     let fault_ms = started.elapsed().as_millis() as u64;
     let fault_unix = begun + fault_ms;
     let (rsc, victim, from) = (a.resource.clone(), ids.victim.clone(), ids.from.clone());
+    let primary = ids.primary;
     // Off the victim if it ran there, else once the victim is out (or not, for a watch).
     let off_victim: Done = {
         let (rsc, victim) = (rsc.clone(), victim.clone());
         Box::new(move |st| {
-            let at = runs_on(st, &rsc)?;
+            let at = serving_on(st, &rsc, primary)?;
             // Offline, or fenced since the fault (a reboot may have brought it back already).
             let out = st.nodes.iter().any(|n| {
                 n.name == victim && (n.state == "offline" || n.fence.fenced_at_ms.is_some_and(|t| t >= fault_unix))
@@ -974,21 +982,16 @@ async fn one(
                     FAULT_RETRY,
                 )
                 .await,
-            // The monitor saw it and no instance is left failed: the failure is committed a
-            // moment before the plan that restarts it, and in between nothing is pending (taken
-            // for settled there, the drill stopped probing before the service was back and
-            // reported no RTO: a failure of the drill test in a full test run).
             Box::new({
                 let (rsc, before) = (rsc.clone(), ids.failures);
                 move |st| {
-                    let mine = || {
-                        st.resources
-                            .iter()
-                            .filter(|r| r.id == rsc || r.parent.as_deref() == Some(&rsc))
-                    };
-                    let failed: usize = mine().map(|r| r.failures.values().sum::<usize>()).sum();
-                    let recovering = mine().any(|r| r.running.values().any(|role| *role == Role::Failed));
-                    runs_on(st, &rsc).filter(|_| failed > before && !recovering)
+                    let failed: usize = st
+                        .resources
+                        .iter()
+                        .filter(|r| r.id == rsc || r.parent.as_deref() == Some(&rsc))
+                        .map(|r| r.failures.values().sum::<usize>())
+                        .sum();
+                    serving_on(st, &rsc, primary).filter(|_| failed > before)
                 }
             }),
         ),
@@ -1063,7 +1066,7 @@ async fn one(
                 .await,
             Box::new({
                 let (rsc, to) = (rsc.clone(), ids.to.clone());
-                move |st| runs_on(st, &rsc).filter(|n| *n == to)
+                move |st| serving_on(st, &rsc, primary).filter(|n| *n == to)
             }),
         ),
     };
@@ -1190,6 +1193,25 @@ type Done = Box<dyn Fn(&StatusReport) -> Option<String> + Send>;
 
 /// Wait until `done` says where `rsc` runs in the view of a node that answers, with no plan
 /// pending; where it runs then.
+/// Where `rsc` serves again after a fault: [`runs_on`], once no instance of it is left failed
+/// and, for a resource with a primary, once one is promoted again. The state records a failure
+/// or a lost node a moment before the plan that recovers it, with nothing pending in between:
+/// taken for settled there, a drill stopped probing before the service was back and reported
+/// no RTO (a kill-service run, whose instance was still `Failed`; a kill-node run of
+/// PostgreSQL, whose replicas still ran: `runs_on` names a replica's node when no instance is
+/// promoted).
+fn serving_on(st: &StatusReport, rsc: &str, primary: bool) -> Option<String> {
+    let roles = || {
+        st.resources
+            .iter()
+            .filter(|r| r.id == rsc || r.parent.as_deref() == Some(rsc))
+            .flat_map(|r| r.running.values())
+    };
+    let failed = roles().any(|role| *role == Role::Failed);
+    let promoted = roles().any(|role| *role == Role::Promoted);
+    (!failed && (promoted || !primary)).then(|| runs_on(st, rsc)).flatten()
+}
+
 async fn settle(client: &Client, apis: &[String], rsc: &str, bound: Duration, done: Done) -> Result<String> {
     let deadline = Instant::now() + bound;
     loop {
