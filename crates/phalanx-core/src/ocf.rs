@@ -1,6 +1,7 @@
 //! What an agent's exit code means (OCF 1.1, as Pacemaker reads it): a pure mapping from
-//! (action, exit code, timed out) to an outcome the controller acts on, and the reading of an agent's `meta-data` (parameters, default
-//! timeouts). The runner that produces exit codes and meta-data lives in phalanx-node.
+//! (action, exit code, timed out) to an outcome the controller acts on, and the reading of an
+//! agent's `meta-data` (parameters, default timeouts). The runner that produces exit codes and
+//! meta-data lives in phalanx-node.
 
 use crate::model::Role;
 use serde::{Deserialize, Serialize};

@@ -92,7 +92,8 @@ pub struct ResourceState {
     /// Failure times (ms) per node.
     #[serde(default)]
     pub failures: BTreeMap<String, Vec<u64>>,
-    /// Nodes where its agent answered a hard error (OCF 2–5, or 1 from a start or a stop): banned there until cleaned up.
+    /// Nodes where its agent answered a hard error (OCF 2–5, or 1 from a start or a stop):
+    /// banned there until cleaned up.
     #[serde(default)]
     pub banned: BTreeSet<String>,
     /// A fatal configuration error (OCF exit 6): it may run nowhere until cleaned up.
