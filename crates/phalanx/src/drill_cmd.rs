@@ -36,6 +36,7 @@ use crate::session_writer::Writer;
 use anyhow::{anyhow, bail, Context, Result};
 use phalanx_core::drill::{self, Measured, Sample};
 use phalanx_core::scheduler::Role;
+use phalanx_node::node::ResourceStatus;
 use phalanx_node::StatusReport;
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -589,6 +590,7 @@ async fn ready(
     if !probe(http, targets).await {
         bail!("the service is not healthy now (no answer from {}): no drill", a.probe);
     }
+    let primary = instances(&st, &a.resource).any(|r| r.running.values().any(|role| *role == Role::Promoted));
     Ok(Ready {
         members: st.resources.iter().filter(killed).map(|r| r.id.clone()).collect(),
         monitor_ms,
@@ -602,11 +604,7 @@ async fn ready(
         api,
         victim_api: api_of(&victim),
         witness_api: api_of(&to),
-        primary: st
-            .resources
-            .iter()
-            .filter(|r| r.id == a.resource || r.parent.as_deref() == Some(&a.resource))
-            .any(|r| r.running.values().any(|role| *role == Role::Promoted)),
+        primary,
         from,
         victim,
         to,
@@ -985,12 +983,7 @@ async fn one(
             Box::new({
                 let (rsc, before) = (rsc.clone(), ids.failures);
                 move |st| {
-                    let failed: usize = st
-                        .resources
-                        .iter()
-                        .filter(|r| r.id == rsc || r.parent.as_deref() == Some(&rsc))
-                        .map(|r| r.failures.values().sum::<usize>())
-                        .sum();
+                    let failed: usize = instances(st, &rsc).map(|r| r.failures.values().sum::<usize>()).sum();
                     serving_on(st, &rsc, primary).filter(|_| failed > before)
                 }
             }),
@@ -1191,8 +1184,6 @@ async fn backends_back(client: &Client, apis: &[String], lb: &str, l: &LbTarget,
 /// Where the resource runs once the cluster has dealt with a fault (None: not yet).
 type Done = Box<dyn Fn(&StatusReport) -> Option<String> + Send>;
 
-/// Wait until `done` says where `rsc` runs in the view of a node that answers, with no plan
-/// pending; where it runs then.
 /// Where `rsc` serves again after a fault: [`runs_on`], once no instance of it is left failed
 /// and, for a resource with a primary, once one is promoted again. The state records a failure
 /// or a lost node a moment before the plan that recovers it, with nothing pending in between:
@@ -1201,17 +1192,21 @@ type Done = Box<dyn Fn(&StatusReport) -> Option<String> + Send>;
 /// PostgreSQL, whose replicas still ran: `runs_on` names a replica's node when no instance is
 /// promoted).
 fn serving_on(st: &StatusReport, rsc: &str, primary: bool) -> Option<String> {
-    let roles = || {
-        st.resources
-            .iter()
-            .filter(|r| r.id == rsc || r.parent.as_deref() == Some(rsc))
-            .flat_map(|r| r.running.values())
-    };
+    let roles = || instances(st, rsc).flat_map(|r| r.running.values());
     let failed = roles().any(|role| *role == Role::Failed);
     let promoted = roles().any(|role| *role == Role::Promoted);
     (!failed && (promoted || !primary)).then(|| runs_on(st, rsc)).flatten()
 }
 
+/// The primitives `rsc` names in `st`: itself, or its group's or clone's members.
+fn instances<'a>(st: &'a StatusReport, rsc: &'a str) -> impl Iterator<Item = &'a ResourceStatus> + 'a {
+    st.resources
+        .iter()
+        .filter(move |r| r.id == rsc || r.parent.as_deref() == Some(rsc))
+}
+
+/// Wait until `done` says where `rsc` runs in the view of a node that answers, with no plan
+/// pending; where it runs then.
 async fn settle(client: &Client, apis: &[String], rsc: &str, bound: Duration, done: Done) -> Result<String> {
     let deadline = Instant::now() + bound;
     loop {

@@ -225,15 +225,17 @@ async fn a_monitor_answering_1_restarts_the_resource_in_place_without_a_ban() {
         dir.path().join("starts"),
         dir.path().join("fail-once"),
     );
-    let (run, starts, flag) = (run.display(), starts.display(), flag.display());
     let c = cluster_with(&format!(
         r#"
 [[resource]]
 id = "svc"
 agent = "exec"
-params = {{ start = "echo started >> {starts}; touch {run}", stop = "rm -f {run}", monitor = "if [ -f {flag} ]; then rm -f {flag}; exit 1; fi; test -f {run} || exit 7" }}
+params = {{ start = "echo started >> {s}; touch {r}", stop = "rm -f {r}", monitor = "if [ -f {f} ]; then rm -f {f}; exit 1; fi; test -f {r} || exit 7" }}
 monitor = {{ interval = "500ms", timeout = "10s" }}
-"#
+"#,
+        s = starts.display(),
+        r = run.display(),
+        f = flag.display()
     ));
     c.wait_stable(T).await.unwrap();
     let home = c
@@ -244,14 +246,9 @@ monitor = {{ interval = "500ms", timeout = "10s" }}
         })
         .await
         .unwrap();
-    let starts_now = || {
-        std::fs::read_to_string(dir.path().join("starts"))
-            .unwrap_or_default()
-            .lines()
-            .count()
-    };
+    let starts_now = || std::fs::read_to_string(&starts).unwrap_or_default().lines().count();
     assert_eq!(starts_now(), 1);
-    std::fs::write(dir.path().join("fail-once"), b"").unwrap();
+    std::fs::write(&flag, b"").unwrap();
     let h = home.clone();
     let svc = c
         .wait_for(T, "the failure to be counted and svc started again", |st| {
@@ -267,7 +264,7 @@ monitor = {{ interval = "500ms", timeout = "10s" }}
         .unwrap();
     assert!(svc.banned.is_empty(), "a soft error bans nothing: {svc:?}");
     assert_eq!(svc.running.len(), 1, "restarted in place, nowhere else: {svc:?}");
-    assert!(!dir.path().join("fail-once").exists(), "the monitor answered 1");
+    assert!(!flag.exists(), "the monitor answered 1");
 }
 
 fn where_runs(st: &StatusReport, rsc: &str) -> Option<String> {

@@ -110,20 +110,15 @@ impl SmState {
     }
 }
 
-/// A whole store: a snapshot's content, as read back.
-#[derive(Deserialize)]
-struct Whole {
+/// A whole store: a snapshot's content. A snapshot takes the items shared with the store
+/// ([`Taken`]) and reads them back owned ([`Whole`]): postcard writes an `Arc` as what it holds.
+#[derive(Serialize, Deserialize)]
+struct Parts<K, I> {
     applied: Applied,
-    items: Vec<(Vec<u8>, Item)>,
+    items: Vec<(K, I)>,
 }
-
-/// A whole store as a snapshot takes it: the items shared with the store (encoded alike:
-/// postcard writes an `Arc` as what it holds).
-#[derive(Serialize)]
-struct Taken {
-    applied: Applied,
-    items: Vec<(Key, Arc<Item>)>,
-}
+type Whole = Parts<Vec<u8>, Item>;
+type Taken = Parts<Key, Arc<Item>>;
 
 /// The session store's state machine.
 #[derive(Clone)]

@@ -71,11 +71,12 @@ const SNAPSHOT_LOG_ENTRIES: u64 = 100_000;
 fn snapshot_share(id: NodeId) -> u64 {
     4 + id % 4
 }
+
+/// Between two snapshots asked for (one in progress shows in the metrics once built).
+const SNAPSHOT_PAUSE: Duration = Duration::from_secs(5);
 /// How long a note of the store (a leader change, evictions) is retried while the cluster
 /// group cannot commit it.
 const NOTE_TRIES_FOR: Duration = Duration::from_secs(30);
-/// Between two snapshots asked for (one in progress shows in the metrics once built).
-const SNAPSHOT_PAUSE: Duration = Duration::from_secs(5);
 /// The peer routes a follower sends writes and read-index requests to (postcard bodies).
 pub const WRITE_PATH: &str = "/sessions/write";
 pub const READ_PATH: &str = "/sessions/read";
