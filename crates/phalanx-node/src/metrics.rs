@@ -169,7 +169,7 @@ fn drills(reg: &mut Registry, rtos: &[(String, f64)]) {
 /// `phalanx_sessions_leader`, `_items`, `_bytes`, `_connections`, `_applied_index`, and the
 /// counters `_evictions_total`, `_gets_total`, `_get_hits_total`, `_writes_total`,
 /// `_write_errors_total`, `_refused_connections_total`, `_peer_stream_calls_total`,
-/// `_peer_http_calls_total`.
+/// `_peer_http_calls_total`, and the histogram `_log_append_seconds`.
 fn sessions(reg: &mut Registry, s: &crate::sessions::SessionsStatus) {
     if !s.enabled {
         return;
@@ -245,6 +245,15 @@ fn sessions(reg: &mut Registry, s: &crate::sessions::SessionsStatus) {
         c.inc_by(v);
         reg.register(name, help, c);
     }
+    let mut appends = ConstHistograms::new(&crate::raft::filelog::APPEND_BUCKETS);
+    appends
+        .rows
+        .push((Labels::new(), s.log_append.buckets.clone(), s.log_append.sum_us));
+    reg.register(
+        "sessions_log_append_seconds",
+        "Time of each append to the session store's Raft log (write and fdatasync): every write waits for one",
+        appends,
+    );
 }
 
 /// prometheus-client writes OpenMetrics, where a counter's family is named without the
@@ -678,7 +687,7 @@ fn balancers_http(reg: &mut Registry, lb: &[BalancerStatus]) {
     let answers = Family::<Labels, Counter>::default();
     let responses = Family::<Labels, Counter>::default();
     let fives = Family::<Labels, Counter>::default();
-    let mut histograms = ConstHistograms::default();
+    let mut histograms = ConstHistograms::new(&crate::lb::stats::BUCKETS);
     let mut rates = Vec::new();
     for (b, h) in http() {
         requests
@@ -694,7 +703,9 @@ fn balancers_http(reg: &mut Registry, lb: &[BalancerStatus]) {
             responses.get_or_create(&labels).inc_by(be.responses_total);
             fives.get_or_create(&labels).inc_by(be.responses_5xx_total);
             rates.push((labels.clone(), be.req_per_s as i64));
-            histograms.0.push((labels, be.clone()));
+            histograms
+                .rows
+                .push((labels, be.latency_buckets.clone(), be.latency_sum_us));
         }
     }
     reg.register(
@@ -725,9 +736,22 @@ fn balancers_http(reg: &mut Registry, lb: &[BalancerStatus]) {
     );
 }
 
-/// Histograms already counted (by `lb::stats`), encoded as a family.
-#[derive(Debug, Default)]
-struct ConstHistograms(Vec<(Labels, crate::lb::stats::HttpBackendStatus)>);
+/// Histograms already counted (per bucket of `bounds`, +Inf last, not cumulative; the sum in
+/// microseconds), encoded as a family.
+#[derive(Debug)]
+struct ConstHistograms {
+    bounds: &'static [f64],
+    rows: Vec<(Labels, Vec<u64>, u64)>,
+}
+
+impl ConstHistograms {
+    fn new(bounds: &'static [f64]) -> Self {
+        ConstHistograms {
+            bounds,
+            rows: Vec::new(),
+        }
+    }
+}
 
 impl prometheus_client::metrics::TypedMetric for ConstHistograms {
     const TYPE: prometheus_client::metrics::MetricType = prometheus_client::metrics::MetricType::Histogram;
@@ -735,22 +759,19 @@ impl prometheus_client::metrics::TypedMetric for ConstHistograms {
 
 impl prometheus_client::encoding::EncodeMetric for ConstHistograms {
     fn encode(&self, mut encoder: prometheus_client::encoding::MetricEncoder) -> Result<(), std::fmt::Error> {
-        use crate::lb::stats::BUCKETS;
-        for (labels, be) in &self.0 {
-            let mut buckets: Vec<(f64, u64)> = BUCKETS
-                .iter()
-                .copied()
-                .chain([f64::MAX])
-                .zip(be.latency_buckets.iter().copied())
-                .collect();
-            if buckets.is_empty() {
-                buckets = BUCKETS.iter().copied().chain([f64::MAX]).map(|le| (le, 0)).collect();
-            }
+        for (labels, counts, sum_us) in &self.rows {
+            let uppers = self.bounds.iter().copied().chain([f64::MAX]);
+            // Nothing counted yet (no bucket at all): every bucket at 0.
+            let buckets: Vec<(f64, u64)> = uppers.zip(counts.iter().copied().chain(std::iter::repeat(0))).collect();
             let count = buckets.iter().map(|(_, n)| n).sum();
-            let sum = be.latency_sum_us as f64 / 1e6;
             encoder
                 .encode_family(labels)?
-                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    *sum_us as f64 / 1e6,
+                    count,
+                    &buckets,
+                    None,
+                )?;
         }
         Ok(())
     }

@@ -128,6 +128,29 @@ async fn writes_through_any_node_are_read_everywhere_and_survive_the_leader() {
         assert!(s["peer_stream_calls"].as_u64().unwrap_or(0) > 0, "{n}: {s}");
         assert_eq!(s["peer_http_calls"].as_u64(), Some(0), "{n}: {s}");
     }
+    // Every node appended those writes to its log, and /metrics has the appends' times.
+    let token = phalanx_node::ClusterKey::load(&c.dir().join("phalanx.key"))
+        .unwrap()
+        .api_token();
+    let http = c.operator_http().unwrap();
+    for n in ["n1", "n2", "n3"] {
+        let api = c.node(n).unwrap().api.clone();
+        let metrics = http
+            .get(LocalCluster::url(&api, "/metrics"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let appends: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("phalanx_sessions_log_append_seconds_count"))
+            .and_then(|v| v.trim_start_matches("{}").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{n}: no appends' histogram in {metrics}"));
+        assert!(appends >= 3, "{n}: {appends} appends after three writes");
+    }
     // The store's leader, killed while a client of another node writes.
     let leader = eventually("the store's leader", || {
         futures_block(sessions_status(&c, "n1")).and_then(|s| s["leader"].as_str().map(String::from))

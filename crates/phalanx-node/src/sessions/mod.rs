@@ -971,6 +971,10 @@ pub struct SessionsStatus {
     pub peer_stream_calls: u64,
     #[serde(default)]
     pub peer_http_calls: u64,
+    /// How long this node's appends to the group's log took (write and fdatasync), since it
+    /// started: what every write waits for, as etcd's `wal_fsync_duration_seconds`.
+    #[serde(default)]
+    pub log_append: crate::raft::filelog::Histogram,
 }
 
 impl Sessions {
@@ -1023,6 +1027,7 @@ impl Sessions {
             refused_connections: c.refused.load(Ordering::Relaxed),
             peer_stream_calls: self.stream.answered.load(Ordering::Relaxed),
             peer_http_calls: self.stream.fell_back.load(Ordering::Relaxed),
+            log_append: self.log.append_times(),
         }
     }
 }
