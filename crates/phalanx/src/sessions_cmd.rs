@@ -105,8 +105,8 @@ pub fn render(r: &Report) -> String {
         r.commit_ms.map_or("-".into(), |c| format!("{c:.2} ms")),
     );
     out += &format!(
-        "{:<12} {:<8} {:>10} {:>8} {:>8} {:>10}  {}\n",
-        "NODE", "ROLE", "APPLIED", "LAG", "CONNS", "OPS/S", "LISTEN"
+        "{:<12} {:<8} {:>10} {:>8} {:>8} {:>10} {:>11}  {}\n",
+        "NODE", "ROLE", "APPLIED", "LAG", "CONNS", "OPS/S", "APPEND P99", "LISTEN"
     );
     for l in &r.nodes {
         match &l.status {
@@ -118,14 +118,21 @@ pub fn render(r: &Report) -> String {
                 } else {
                     "learner"
                 };
+                // The bucket the 99th percentile of this node's log appends fell in.
+                let append = match s.log_append.append_quantile(0.99) {
+                    None => "-".to_string(),
+                    Some(le) if le.is_infinite() => "> 1 s".to_string(),
+                    Some(le) => format!("≤ {} ms", (le * 1e6).round() / 1e3),
+                };
                 out += &format!(
-                    "{:<12} {:<8} {:>10} {:>8} {:>8} {:>10.0}  {}\n",
+                    "{:<12} {:<8} {:>10} {:>8} {:>8} {:>10.0} {:>11}  {}\n",
                     s.node,
                     role,
                     opt(s.applied_index),
                     opt(l.lag),
                     s.connections,
                     s.ops_per_s,
+                    append,
                     s.listen.join(", ")
                 );
             }

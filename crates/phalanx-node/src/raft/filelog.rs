@@ -179,6 +179,26 @@ pub struct Histogram {
     pub sum_us: u64,
 }
 
+impl Histogram {
+    /// The upper bound (seconds; infinite for the last bucket) of the bucket of
+    /// [`APPEND_BUCKETS`] that holds the `q` quantile; None with nothing counted.
+    pub fn append_quantile(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = (q * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (k, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(APPEND_BUCKETS.get(k).copied().unwrap_or(f64::INFINITY));
+            }
+        }
+        Some(f64::INFINITY)
+    }
+}
+
 fn segment_name(first: u64) -> String {
     format!("{first:020}.seg")
 }
@@ -760,6 +780,22 @@ mod tests {
         assert_eq!(times.buckets.len(), APPEND_BUCKETS.len() + 1);
         assert_eq!(times.buckets.iter().sum::<u64>(), 30, "one per append: {times:?}");
         assert!(times.sum_us > 0);
+        let p99 = times.append_quantile(0.99).unwrap();
+        assert!(APPEND_BUCKETS.contains(&p99) || p99.is_infinite(), "{p99}");
+        let h = |buckets: Vec<u64>| Histogram { buckets, sum_us: 0 };
+        assert_eq!(h(vec![0; 14]).append_quantile(0.99), None);
+        let mut b = vec![0; 14];
+        b[1] = 98;
+        b[8] = 2;
+        assert_eq!(h(b.clone()).append_quantile(0.5), Some(0.00025));
+        assert_eq!(h(b.clone()).append_quantile(0.98), Some(0.00025));
+        assert_eq!(
+            h(b.clone()).append_quantile(0.99),
+            Some(0.05),
+            "the 99th of 100 is in the 50 ms bucket"
+        );
+        b[13] = 100;
+        assert_eq!(h(b).append_quantile(0.99), Some(f64::INFINITY));
         assert!(segment_files(&p).len() > 3, "{:?}", segment_files(&p));
         assert_eq!(indexes(&mut log, 5..9).await, vec![5, 6, 7, 8]);
         // Every record has the same size here: the bytes after an index count the entries.
