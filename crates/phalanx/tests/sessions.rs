@@ -151,6 +151,17 @@ async fn writes_through_any_node_are_read_everywhere_and_survive_the_leader() {
             .unwrap_or_else(|| panic!("{n}: no appends' histogram in {metrics}"));
         assert!(appends >= 3, "{n}: {appends} appends after three writes");
     }
+    // The human status shows where each node's appends' 99th percentile fell.
+    let (code, out, _) = c.cli(&["sessions", "status"]).unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("APPEND P99"), "{out}");
+    for n in ["n1", "n2", "n3"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(n))
+            .unwrap_or_else(|| panic!("{n}: {out}"));
+        assert!(line.contains(" ms ") || line.contains("> 1 s"), "{line}");
+    }
     // The store's leader, killed while a client of another node writes.
     let leader = eventually("the store's leader", || {
         futures_block(sessions_status(&c, "n1")).and_then(|s| s["leader"].as_str().map(String::from))
