@@ -948,6 +948,23 @@ impl LocalCluster {
         Ok(transport::Tls::node(&ca, &cert, &key)?.http_client(Duration::from_secs(10))?)
     }
 
+    /// The operators' API token (from the cluster's `phalanx.key`).
+    pub fn api_token(&self) -> Result<String> {
+        Ok(phalanx_node::ClusterKey::load(&self.dir().join("phalanx.key"))?.api_token())
+    }
+
+    /// GET `path` from node `name`'s API as an operator (its token, the cluster CA): the body.
+    pub async fn api_get(&self, name: &str, path: &str) -> Result<String> {
+        let api = &self.node(name)?.api;
+        let r = self
+            .operator_http()?
+            .get(Self::url(api, path))
+            .bearer_auth(self.api_token()?)
+            .send()
+            .await?;
+        Ok(r.error_for_status()?.text().await?)
+    }
+
     /// The URL of `path` on the node endpoint `api` (HTTPS).
     pub fn url(api: &str, path: &str) -> String {
         transport::url(api, path)

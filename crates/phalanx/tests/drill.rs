@@ -156,19 +156,9 @@ async fn a_switchover_drill_measures_what_clients_saw_and_clears_its_move() {
     assert_eq!(kinds, want, "{out}");
     assert!(out.contains("\"rto_ms="), "{out}");
     let api = c.node("n1").unwrap().api.clone();
-    let token = phalanx_node::ClusterKey::load(&c.dir().join("phalanx.key"))
-        .unwrap()
-        .api_token();
+    let token = c.api_token().unwrap();
     let http = c.operator_http().unwrap();
-    let metrics = http
-        .get(LocalCluster::url(&api, "/metrics"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = c.api_get("n1", "/metrics").await.unwrap();
     assert!(
         metrics.contains("phalanx_drill_rto_seconds_count{scenario=\"switchover\"} 3"),
         "{metrics}"

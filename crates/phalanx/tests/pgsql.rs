@@ -189,9 +189,7 @@ async fn postgres_is_promoted_switched_over_and_failed_over_with_its_rows() {
     assert_eq!(status[0]["resource"], "pg");
     assert_eq!(status[0]["primary"], p.as_str());
     let http = c.operator_http().unwrap();
-    let token = phalanx_node::ClusterKey::load(&c.dir().join("phalanx.key"))
-        .unwrap()
-        .api_token();
+    let token = c.api_token().unwrap();
     for i in 0..3 {
         let name = format!("n{}", i + 1);
         let api = c.node(&name).unwrap().api.clone();

@@ -129,21 +129,8 @@ async fn writes_through_any_node_are_read_everywhere_and_survive_the_leader() {
         assert_eq!(s["peer_http_calls"].as_u64(), Some(0), "{n}: {s}");
     }
     // Every node appended those writes to its log, and /metrics has the appends' times.
-    let token = phalanx_node::ClusterKey::load(&c.dir().join("phalanx.key"))
-        .unwrap()
-        .api_token();
-    let http = c.operator_http().unwrap();
     for n in ["n1", "n2", "n3"] {
-        let api = c.node(n).unwrap().api.clone();
-        let metrics = http
-            .get(LocalCluster::url(&api, "/metrics"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = c.api_get(n, "/metrics").await.unwrap();
         let appends: u64 = metrics
             .lines()
             .find_map(|l| l.strip_prefix("phalanx_sessions_log_append_seconds_count"))

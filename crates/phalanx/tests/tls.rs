@@ -184,9 +184,7 @@ async fn a_removed_nodes_certificate_is_refused_by_every_node_and_it_cannot_rejo
     })
     .await
     .unwrap();
-    let token = phalanx_node::ClusterKey::load(&c.dir().join("phalanx.key"))
-        .unwrap()
-        .api_token();
+    let token = c.api_token().unwrap();
     let apis: Vec<String> = ["n1", "n2", "n3"]
         .iter()
         .map(|n| c.node(n).unwrap().api.clone())
@@ -266,9 +264,7 @@ async fn node_certificates_renew_while_the_cluster_runs_and_no_request_fails() {
     c.wait_stable(T).await.unwrap();
     let paths = pki::Paths::beside(&c.dir().join("phalanx.key"));
     let ca_pem = std::fs::read_to_string(paths.ca_cert()).unwrap();
-    let token = phalanx_node::ClusterKey::load(&c.dir().join("phalanx.key"))
-        .unwrap()
-        .api_token();
+    let token = c.api_token().unwrap();
     let names = ["n1", "n2", "n3"];
     let apis: Vec<String> = names.iter().map(|n| c.node(n).unwrap().api.clone()).collect();
     let mut serials: std::collections::BTreeMap<&str, std::collections::BTreeSet<String>> = Default::default();
@@ -336,9 +332,7 @@ async fn a_node_without_the_ca_key_renews_its_certificate_through_a_peer() {
     c.start_all().unwrap();
     c.wait_stable(T).await.unwrap();
     let api = c.node("n1").unwrap().api.clone();
-    let token = phalanx_node::ClusterKey::load(&c.dir().join("phalanx.key"))
-        .unwrap()
-        .api_token();
+    let token = c.api_token().unwrap();
     let mut serials = std::collections::BTreeSet::new();
     let (mut requests, mut failed) = (0, Vec::new());
     let until = Instant::now() + Duration::from_secs(15);

@@ -766,6 +766,25 @@ mod tests {
         names
     }
 
+    /// The quantile of the appends' histogram names the upper bound of the bucket it fell in.
+    #[test]
+    fn append_quantile_names_the_bucket_the_quantile_fell_in() {
+        let h = |buckets: Vec<u64>| Histogram { buckets, sum_us: 0 };
+        assert_eq!(h(vec![0; 14]).append_quantile(0.99), None);
+        let mut b = vec![0; 14];
+        b[1] = 98;
+        b[8] = 2;
+        assert_eq!(h(b.clone()).append_quantile(0.5), Some(0.00025));
+        assert_eq!(h(b.clone()).append_quantile(0.98), Some(0.00025));
+        assert_eq!(
+            h(b.clone()).append_quantile(0.99),
+            Some(0.05),
+            "the 99th of 100 is in the 50 ms bucket"
+        );
+        b[13] = 100;
+        assert_eq!(h(b).append_quantile(0.99), Some(f64::INFINITY));
+    }
+
     /// Appends roll over to new segments, survive a reopen with their vote, a truncation stays
     /// truncated, and a purge removes exactly the segments it passed.
     #[tokio::test]
@@ -782,20 +801,6 @@ mod tests {
         assert!(times.sum_us > 0);
         let p99 = times.append_quantile(0.99).unwrap();
         assert!(APPEND_BUCKETS.contains(&p99) || p99.is_infinite(), "{p99}");
-        let h = |buckets: Vec<u64>| Histogram { buckets, sum_us: 0 };
-        assert_eq!(h(vec![0; 14]).append_quantile(0.99), None);
-        let mut b = vec![0; 14];
-        b[1] = 98;
-        b[8] = 2;
-        assert_eq!(h(b.clone()).append_quantile(0.5), Some(0.00025));
-        assert_eq!(h(b.clone()).append_quantile(0.98), Some(0.00025));
-        assert_eq!(
-            h(b.clone()).append_quantile(0.99),
-            Some(0.05),
-            "the 99th of 100 is in the 50 ms bucket"
-        );
-        b[13] = 100;
-        assert_eq!(h(b).append_quantile(0.99), Some(f64::INFINITY));
         assert!(segment_files(&p).len() > 3, "{:?}", segment_files(&p));
         assert_eq!(indexes(&mut log, 5..9).await, vec![5, 6, 7, 8]);
         // Every record has the same size here: the bytes after an index count the entries.
