@@ -444,11 +444,12 @@ async fn session_check(
             phalanx_lab::session_nemesis::run(a, move |i, seed, run, faults| {
                 if !json {
                     println!(
-                        "{}  nemesis: {} leader kills, {} pauses, {} partitions{}",
+                        "{}  nemesis: {} leader kills, {} pauses, {} partitions, {} snapshots sent{}",
                         session_check::render_run(i, seed, run).trim_end(),
                         faults.kills,
                         faults.pauses,
                         faults.partitions,
+                        faults.snapshots_installed,
                         if faults.notes.is_empty() {
                             String::new()
                         } else {

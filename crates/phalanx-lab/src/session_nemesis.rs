@@ -5,7 +5,10 @@
 //! client still reaches it: it must answer SERVER_ERROR, never a stale read or a false STORED),
 //! and partitions the store's leader. Each fault lasts 1–3 s, then heals; one fault at a time.
 //! `plant_stale_reads` runs the daemons with a planted bug (followers answer reads from their
-//! own copy), which the check must catch.
+//! own copy), which the check must catch. The daemons' session logs are small
+//! (`PHALANX_TEST_SESSIONS_SMALL_LOG`): each node snapshots and purges its log every second or
+//! so, and a node a fault left behind the leader's purge point is sent a snapshot, so that
+//! snapshots, purges and installs happen under the faults too.
 
 use crate::lab::{cluster_in, in_netns, phalanx_exe, Lab};
 use crate::mcclient::{self, McClient};
@@ -22,7 +25,21 @@ pub struct Faults {
     pub kills: usize,
     pub pauses: usize,
     pub partitions: usize,
+    /// Snapshots the leader sent to a node left behind its log's purge point.
+    pub snapshots_installed: usize,
     pub notes: Vec<String>,
+}
+
+/// Snapshots the nodes have installed so far, as their logs say.
+fn snapshots_installed(c: &LocalCluster) -> usize {
+    (1..=3)
+        .map(|i| {
+            std::fs::read_to_string(c.log_path(&format!("n{i}")))
+                .unwrap_or_default()
+                .matches("sessions snapshot installed")
+                .count()
+        })
+        .sum()
 }
 
 /// The node (1-based index) leading the session store, as any node that answers says.
@@ -128,9 +145,11 @@ pub fn run(args: Args, mut each: impl FnMut(usize, u64, &RunResult, &Faults) + S
         cluster_extra: String::new(),
     };
     let mut c = cluster_in(spec, &lab)?;
-    if args.plant_stale_reads {
-        for i in 1..=3 {
-            c.set_env(&format!("n{i}"), phalanx_node::sessions::PLANT_STALE_READS, "1")?;
+    for i in 1..=3 {
+        let n = format!("n{i}");
+        c.set_env(&n, phalanx_node::sessions::SMALL_LOG, "1")?;
+        if args.plant_stale_reads {
+            c.set_env(&n, phalanx_node::sessions::PLANT_STALE_READS, "1")?;
         }
     }
     let addrs: Vec<SocketAddr> = (1..=3)
@@ -147,7 +166,9 @@ pub fn run(args: Args, mut each: impl FnMut(usize, u64, &RunResult, &Faults) + S
                 let seed = args.seed.wrapping_add(i as u64);
                 ready(&addrs).await?;
                 let w = Workload::new(&addrs, Duration::from_secs_f64(args.seconds), seed);
-                let (rec, faults) = session_check::run_beside(&w, |win| nemesis(&lab, &mut c, seed, win)).await?;
+                let installed = snapshots_installed(&c);
+                let (rec, mut faults) = session_check::run_beside(&w, |win| nemesis(&lab, &mut c, seed, win)).await?;
+                faults.snapshots_installed = snapshots_installed(&c).saturating_sub(installed);
                 let r = session_check::check_timed(rec).await?;
                 report.add(&r);
                 each(i, seed, &r, &faults);

@@ -267,10 +267,20 @@ fn futures_block<F: std::future::Future>(f: F) -> F::Output {
 
 /// A 3-node cluster with `[sessions]` on per-node loopback ports.
 async fn cluster() -> (LocalCluster, BTreeMap<String, SocketAddr>) {
+    cluster_with_env(&[]).await
+}
+
+/// [`cluster`], its daemons started with `env`.
+async fn cluster_with_env(env: &[(&str, &str)]) -> (LocalCluster, BTreeMap<String, SocketAddr>) {
     let ports: BTreeMap<String, SocketAddr> = (1..=3).map(|i| (format!("n{i}"), listen_addr(i))).collect();
     let listen: Vec<String> = ports.iter().map(|(n, a)| format!("{n} = \"{a}\"")).collect();
     let extra = format!("\n[sessions]\nlisten = {{ {} }}\n", listen.join(", "));
     let mut c = LocalCluster::create(Spec::loopback(3, exe(), extra)).unwrap();
+    for n in ports.keys() {
+        for (k, v) in env {
+            c.set_env(n, k, v).unwrap();
+        }
+    }
     c.start_all().unwrap();
     c.wait_stable(T).await.unwrap();
     for a in ports.values() {
@@ -323,13 +333,24 @@ async fn pymemcache_and_php_session_locks_across_a_leader_kill() {
     assert!(v["won"].as_u64().unwrap() > 10, "{v}");
 }
 
+/// How many times `what` is in node `n`'s log.
+fn logged(c: &LocalCluster, n: &str, what: &str) -> usize {
+    std::fs::read_to_string(c.log_path(n))
+        .unwrap_or_default()
+        .matches(what)
+        .count()
+}
+
 /// kill -9 of every node in turn while three clients (one per node, moving on to the next node
 /// when theirs is dead) write without pause; each killed node restarts and catches up before
-/// the next kill. Afterwards every acknowledged write reads back through every node.
+/// the next kill. Afterwards every acknowledged write reads back through every node. The
+/// nodes' logs are small (`PHALANX_TEST_SESSIONS_SMALL_LOG`), so that every node has
+/// snapshotted and purged its log before the first kill and goes on doing so throughout: a
+/// restarted node loads its snapshot, applies the log after it, and may be sent a snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_every_node_in_turn_during_a_write_burst_loses_nothing() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let (mut c, ports) = cluster().await;
+    let (mut c, ports) = cluster_with_env(&[(phalanx_node::sessions::SMALL_LOG, "1")]).await;
     let addrs: Vec<SocketAddr> = ports.values().copied().collect();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writers: Vec<_> = (0..3)
@@ -364,19 +385,35 @@ async fn kill_9_of_every_node_in_turn_during_a_write_burst_loses_nothing() {
             })
         })
         .collect();
+    eventually("every node to snapshot and remove purged log segments", || {
+        ports
+            .keys()
+            .all(|n| logged(&c, n, "sessions snapshot stored") > 0 && logged(&c, n, "purged log segments removed") > 0)
+            .then_some(())
+    });
     for victim in ["n1", "n2", "n3"] {
         std::thread::sleep(Duration::from_millis(1500));
         c.kill(victim).unwrap();
         std::thread::sleep(Duration::from_millis(1000));
+        let loaded = logged(&c, victim, "sessions snapshot loaded");
         c.start(victim).unwrap();
         let addr = ports[victim];
         eventually("the restarted node to serve reads", || {
             Mc::connect(addr).ok().and_then(|mut m| m.get("hello").ok().flatten())
         });
+        assert_eq!(
+            logged(&c, victim, "sessions snapshot loaded"),
+            loaded + 1,
+            "{victim} restarted from its snapshot"
+        );
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let acked: Vec<(String, String)> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
-    eprintln!("{} writes acknowledged across three kills", acked.len());
+    let installed: usize = ports.keys().map(|n| logged(&c, n, "sessions snapshot installed")).sum();
+    eprintln!(
+        "{} writes acknowledged across three kills; {installed} snapshots sent to restarted nodes",
+        acked.len()
+    );
     assert!(acked.len() > 100, "{}", acked.len());
     for (n, a) in &ports {
         let mut m = Mc::connect(*a).unwrap();

@@ -257,7 +257,8 @@ where
         Self::open_with(dir, db, SEGMENT_BYTES)
     }
 
-    fn open_with(dir: &Path, db: Arc<Database>, segment_bytes: u64) -> Result<Self, FileLogError> {
+    /// [`FileLog::open`] with segments of `segment_bytes`.
+    pub fn open_with(dir: &Path, db: Arc<Database>, segment_bytes: u64) -> Result<Self, FileLogError> {
         std::fs::create_dir_all(dir).map_err(io_at(dir))?;
         let purged: Option<LogId> = meta_get(&db, "purged")?;
         let mut names: Vec<(u64, PathBuf)> = Vec::new();

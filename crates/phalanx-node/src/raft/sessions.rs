@@ -43,7 +43,8 @@ impl Storage {
     /// Open (or create) the group's storage in a node's data directory.
     pub fn open(data_dir: &Path) -> Result<Storage, FileLogError> {
         let db = super::store::open(&super::group::db_file(data_dir, SESSIONS))?;
-        let log = FileLog::open(&data_dir.join("raft-sessions.log"), db.clone())?;
+        let segment = crate::sessions::LogBounds::get().segment_bytes;
+        let log = FileLog::open_with(&data_dir.join("raft-sessions.log"), db.clone(), segment)?;
         Ok(Storage { db, log })
     }
 }
@@ -146,6 +147,11 @@ impl SessionsSm {
         let state = match meta_get::<StoredSnapshot>(&db, "snapshot")? {
             Some(snap) => {
                 let whole: Whole = decode("sessions snapshot", &snap.data)?;
+                tracing::info!(
+                    items = whole.items.len(),
+                    index = whole.applied.last_applied.map_or(0, |l| l.index),
+                    "sessions snapshot loaded"
+                );
                 SmState::of(whole)
             }
             None => SmState {
@@ -303,6 +309,11 @@ impl RaftStateMachine<SessionsGroup> for SessionsSm {
             StorageIOError::write_state_machine,
         )
         .await?;
+        tracing::info!(
+            items = whole.items.len(),
+            index = whole.applied.last_applied.map_or(0, |l| l.index),
+            "sessions snapshot installed"
+        );
         *self.state.lock().map_err(|_| poisoned())? = SmState::of(whole);
         Ok(())
     }

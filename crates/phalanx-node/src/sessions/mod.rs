@@ -61,6 +61,49 @@ const FORWARDS_IN_FLIGHT: usize = 8;
 /// applies again at most this much log after it (times its [`snapshot_share`]).
 const SNAPSHOT_LOG_BYTES: u64 = 128 << 20;
 const SNAPSHOT_LOG_ENTRIES: u64 = 100_000;
+/// Log entries kept behind a snapshot when the log is purged (a follower that far behind
+/// catches up from the log, not a snapshot).
+const KEPT_BEHIND_SNAPSHOT: u64 = 1000;
+
+/// A test knob: with this variable set to 1 the node's session log is small — segments of
+/// 16 KiB, a snapshot every 400 entries (times [`snapshot_share`]), 50 entries kept behind
+/// it — so that a test's few thousand writes cross snapshots, purges, segment removals and
+/// snapshot installs. Never set it on a real cluster (snapshots would cost a core).
+pub const SMALL_LOG: &str = "PHALANX_TEST_SESSIONS_SMALL_LOG";
+
+/// When the node's session log is snapshotted and purged, and its segments' size.
+#[derive(Debug, Clone, Copy)]
+pub struct LogBounds {
+    pub snapshot_bytes: u64,
+    pub snapshot_entries: u64,
+    pub kept_behind: u64,
+    pub segment_bytes: u64,
+    /// Between two snapshots asked for (one in progress shows in the metrics once built).
+    pub pause: Duration,
+}
+
+impl LogBounds {
+    /// The bounds in force: the constants above, or [`SMALL_LOG`]'s.
+    pub fn get() -> LogBounds {
+        if std::env::var(SMALL_LOG).is_ok_and(|v| v == "1") {
+            LogBounds {
+                snapshot_bytes: 4 << 20,
+                snapshot_entries: 400,
+                kept_behind: 50,
+                segment_bytes: 16 << 10,
+                pause: Duration::from_secs(1),
+            }
+        } else {
+            LogBounds {
+                snapshot_bytes: SNAPSHOT_LOG_BYTES,
+                snapshot_entries: SNAPSHOT_LOG_ENTRIES,
+                kept_behind: KEPT_BEHIND_SNAPSHOT,
+                segment_bytes: crate::raft::filelog::SEGMENT_BYTES,
+                pause: Duration::from_secs(5),
+            }
+        }
+    }
+}
 
 /// A node snapshots at `snapshot_share(id)` quarters of the bounds above (4 to 7: node 1 at
 /// 1.25 ×, 2 at 1.5 ×, 3 at 1.75 ×, 4 at 1 ×, …), so that the nodes of a group, which see the same
@@ -72,8 +115,6 @@ fn snapshot_share(id: NodeId) -> u64 {
     4 + id % 4
 }
 
-/// Between two snapshots asked for (one in progress shows in the metrics once built).
-const SNAPSHOT_PAUSE: Duration = Duration::from_secs(5);
 /// How long a note of the store (a leader change, evictions) is retried while the cluster
 /// group cannot commit it.
 const NOTE_TRIES_FOR: Duration = Duration::from_secs(30);
@@ -220,6 +261,8 @@ pub struct Sessions {
     pub sm: SessionsSm,
     /// The group's log (how much of it a snapshot would let go: see [`SNAPSHOT_LOG_BYTES`]).
     log: crate::raft::filelog::FileLog<SessionsGroup>,
+    /// When the log is snapshotted and purged.
+    bounds: LogBounds,
     pub rt: tokio::runtime::Handle,
     writes: mpsc::Sender<Pending>,
     reads: mpsc::Sender<ReadWaiter>,
@@ -272,7 +315,11 @@ impl Sessions {
         rc.cluster_name = format!("{}-sessions", rc.cluster_name);
         // Snapshots are asked for by `upkeep` (see `SNAPSHOT_LOG_BYTES`).
         rc.snapshot_policy = openraft::SnapshotPolicy::Never;
-        rc.max_in_snapshot_log_to_keep = 1000;
+        let bounds = LogBounds::get();
+        if std::env::var(SMALL_LOG).is_ok_and(|v| v == "1") {
+            tracing::warn!("{SMALL_LOG}=1: the session log is snapshotted every few hundred entries (a test knob)");
+        }
+        rc.max_in_snapshot_log_to_keep = bounds.kept_behind;
         // Off until `[sessions]` is configured (see `upkeep`): an unused group costs nothing.
         rc.enable_heartbeat = false;
         rc.enable_elect = false;
@@ -305,6 +352,7 @@ impl Sessions {
             raft,
             sm,
             log: o.storage.log.clone(),
+            bounds,
             rt,
             writes: wtx,
             reads: rtx,
@@ -768,7 +816,7 @@ impl Sessions {
         let mut snapshot_asked: Option<tokio::time::Instant> = None;
         loop {
             tick.tick().await;
-            if snapshot_asked.is_none_or(|t| t.elapsed() >= SNAPSHOT_PAUSE) && self.snapshot_due() {
+            if snapshot_asked.is_none_or(|t| t.elapsed() >= self.bounds.pause) && self.snapshot_due() {
                 snapshot_asked = Some(tokio::time::Instant::now());
                 if let Err(e) = self.raft.trigger().snapshot().await {
                     tracing::warn!(error = %e, "sessions: could not start a snapshot");
@@ -884,7 +932,8 @@ impl Sessions {
         };
         let entries = last.unwrap_or(0).saturating_sub(snapshot.unwrap_or(0));
         let share = |bound: u64| bound / 4 * snapshot_share(self.id);
-        entries >= share(SNAPSHOT_LOG_ENTRIES) || self.log.bytes_after(snapshot) >= share(SNAPSHOT_LOG_BYTES)
+        let b = &self.bounds;
+        entries >= share(b.snapshot_entries) || self.log.bytes_after(snapshot) >= share(b.snapshot_bytes)
     }
 
     /// Record an event the group's leader observed (committed in the cluster group, in the
