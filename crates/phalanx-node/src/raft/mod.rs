@@ -12,6 +12,7 @@ mod legacy;
 pub mod network;
 pub mod sessions;
 mod sm_tables;
+pub mod snapfile;
 pub mod state_machine;
 pub mod store;
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //! memory. Applying writes nothing: the group's log (append-only segment files, `filelog`,
 //! `<data_dir>/raft-sessions.log/`: [`Storage`]) already holds every change, fsynced. What
 //! persists the store itself is its snapshots — the whole store in postcard, in
-//! `<data_dir>/raft-sessions.redb`, built and installed off the runtime threads — taken once
+//! `<data_dir>/raft-sessions.snapshot` (`snapfile`: written a little at a time beside the log's
+//! appends), built and installed off the runtime threads — taken once
 //! the log behind the last one grows past a bound (see `sessions::upkeep`), after which
 //! openraft purges the log behind it. A restarted node loads its last snapshot and applies the
 //! log after it again once the leader tells it what is committed.
@@ -14,7 +15,8 @@
 
 use super::filelog::{FileLog, FileLogError};
 use super::group::{Group, GroupId};
-use super::state_machine::{current_snapshot, off_runtime, poisoned, store_snapshot, StoredSnapshot};
+use super::snapfile::SnapshotFile;
+use super::state_machine::{off_runtime, poisoned, StoredSnapshot};
 use super::store::{decode, encode, io, meta_get, StoreError};
 use super::{BasicNode, LogId, Membership, NodeId, StorageError};
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -31,12 +33,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// The session store's group.
 pub const SESSIONS: GroupId = GroupId::new("sessions");
 
-/// The group's storage on a node: its redb file (the vote, the last snapshot:
-/// `raft-sessions.redb`) and its log's segment files (`raft-sessions.log/`).
+/// The group's storage on a node: its redb file (the vote and the log's purge point:
+/// `raft-sessions.redb`), its log's segment files (`raft-sessions.log/`) and its last snapshot
+/// (`raft-sessions.snapshot`).
 #[derive(Clone)]
 pub struct Storage {
     pub db: Arc<Database>,
     pub log: FileLog<SessionsGroup>,
+    pub snapshot: Arc<SnapshotFile>,
 }
 
 impl Storage {
@@ -45,12 +49,17 @@ impl Storage {
         let db = super::store::open(&super::group::db_file(data_dir, SESSIONS))?;
         let segment = crate::sessions::LogBounds::get().segment_bytes;
         let log = FileLog::open_with(&data_dir.join("raft-sessions.log"), db.clone(), segment)?;
-        Ok(Storage { db, log })
+        let snapshot =
+            SnapshotFile::at(&data_dir.join("raft-sessions.snapshot")).map_err(|e| FileLogError::Meta(e.into()))?;
+        let snapshot = Arc::new(snapshot);
+        Ok(Storage { db, log, snapshot })
     }
 }
 
 /// Tables of an earlier layout that wrote every applied item to redb (removed at load).
 const LEGACY_TABLES: [&str; 2] = ["sessions_items", "sessions_meta"];
+/// Where an earlier version kept the last snapshot (in redb's meta table; moved at load).
+const LEGACY_SNAPSHOT: &str = "snapshot";
 
 /// What the leader logs: write requests as the clients sent them, answered by every replica
 /// with `engine::answer_logged` at `now_ms` (the leader's clock when it proposed; a replica
@@ -124,14 +133,16 @@ type Taken = Parts<Key, Arc<Item>>;
 /// The session store's state machine.
 #[derive(Clone)]
 pub struct SessionsSm {
-    db: Arc<Database>,
+    snapshot: Arc<SnapshotFile>,
     state: Arc<Mutex<SmState>>,
 }
 
 impl SessionsSm {
     /// Load the last snapshot (an empty store on a fresh node, holding `limit` until a batch
-    /// logs one); the log after it is applied again once the leader says it is committed.
-    pub fn load(db: Arc<Database>, limit: u64) -> Result<SessionsSm, StoreError> {
+    /// logs one); the log after it is applied again once the leader says it is committed. A
+    /// snapshot an earlier version kept in redb moves to the snapshot file, once.
+    pub fn load(storage: &Storage, limit: u64) -> Result<SessionsSm, StoreError> {
+        let db = &storage.db;
         let tx = db.begin_write().map_err(redb::Error::from)?;
         // The log still holds everything after the last snapshot: what these held is applied
         // again from it.
@@ -144,7 +155,26 @@ impl SessionsSm {
             tx.delete_table(table).map_err(redb::Error::from)?;
         }
         tx.commit().map_err(redb::Error::from)?;
-        let state = match meta_get::<StoredSnapshot>(&db, "snapshot")? {
+        let mut snapshot = storage.snapshot.read()?;
+        storage
+            .snapshot
+            .note_stored(snapshot.as_ref().and_then(|s| s.meta.last_log_id));
+        if let Some(old) = meta_get::<StoredSnapshot>(db, LEGACY_SNAPSHOT)? {
+            if snapshot
+                .as_ref()
+                .is_none_or(|s| s.meta.last_log_id < old.meta.last_log_id)
+            {
+                storage.snapshot.store(&old)?;
+                snapshot = Some(old);
+            }
+            let tx = db.begin_write().map_err(redb::Error::from)?;
+            tx.open_table(super::store::META)?
+                .remove(LEGACY_SNAPSHOT)
+                .map_err(redb::Error::from)?;
+            tx.commit().map_err(redb::Error::from)?;
+            tracing::info!(file = %storage.snapshot.path().display(), "the sessions snapshot moved out of redb to a file of its own");
+        }
+        let state = match snapshot {
             Some(snap) => {
                 let whole: Whole = decode("sessions snapshot", &snap.data)?;
                 tracing::info!(
@@ -163,7 +193,7 @@ impl SessionsSm {
             },
         };
         Ok(SessionsSm {
-            db,
+            snapshot: storage.snapshot.clone(),
             state: Arc::new(Mutex::new(state)),
         })
     }
@@ -206,23 +236,26 @@ impl RaftSnapshotBuilder<SessionsGroup> for SessionsSm {
             }
         };
         let held = began.elapsed();
-        let db = self.db.clone();
+        let file = self.snapshot.clone();
         let items = whole.items.len();
-        let snap = off_runtime(
+        let (snap, stored_in) = off_runtime(
             move || {
                 let snap = snapshot_of(&whole);
-                store_snapshot(&db, &snap)
+                let storing = std::time::Instant::now();
+                file.store(&snap)
                     .map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), io(e)))?;
-                Ok(snap)
+                Ok((snap, storing.elapsed()))
             },
             |e| StorageIOError::write_snapshot(None, e),
         )
         .await?;
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         tracing::info!(
             items,
             bytes = snap.data.len(),
-            lock_held_ms = held.as_secs_f64() * 1e3,
-            built_ms = began.elapsed().as_secs_f64() * 1e3,
+            lock_held_ms = ms(held),
+            stored_ms = ms(stored_in),
+            built_ms = ms(began.elapsed()),
             "sessions snapshot stored"
         );
         Ok(Snapshot {
@@ -295,14 +328,14 @@ impl RaftStateMachine<SessionsGroup> for SessionsSm {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let bytes = snapshot.into_inner();
-        let (db, meta) = (self.db.clone(), meta.clone());
+        let (file, meta) = (self.snapshot.clone(), meta.clone());
         // Stored (fsynced) before it replaces the store: openraft purges the log behind it next.
         let whole = off_runtime(
             move || {
                 let whole: Whole = decode("sessions snapshot", &bytes)
                     .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), io(e)))?;
                 let snap = StoredSnapshot { meta, data: bytes };
-                store_snapshot(&db, &snap)
+                file.store(&snap)
                     .map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), io(e)))?;
                 Ok(whole)
             },
@@ -319,13 +352,24 @@ impl RaftStateMachine<SessionsGroup> for SessionsSm {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<SessionsGroup>>, StorageError> {
-        current_snapshot(self.db.clone()).await
+        let file = self.snapshot.clone();
+        let stored = off_runtime(
+            move || {
+                file.read()
+                    .map_err(|e| StorageIOError::read_snapshot(None, io(e)).into())
+            },
+            |e| StorageIOError::read_snapshot(None, e),
+        )
+        .await?;
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::store::open;
     use super::*;
     use openraft::testing::{StoreBuilder, Suite};
     use openraft::CommittedLeaderId;
@@ -338,7 +382,7 @@ mod tests {
             let dir = self.0.path().join(rand::random::<u64>().to_string());
             std::fs::create_dir_all(&dir).unwrap();
             let s = Storage::open(&dir).unwrap();
-            Ok(((), s.log, SessionsSm::load(s.db, 1 << 20).unwrap()))
+            Ok(((), s.log.clone(), SessionsSm::load(&s, 1 << 20).unwrap()))
         }
     }
 
@@ -377,13 +421,13 @@ mod tests {
     #[tokio::test]
     async fn a_reload_is_the_last_snapshot_and_the_log_after_it_applies_again_alike() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raft-sessions.redb");
-        let db = open(&path).unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let db = storage.db.clone();
         let legacy = redb::TableDefinition::<&[u8], &[u8]>::new(LEGACY_TABLES[0]);
         let tx = db.begin_write().unwrap();
         tx.open_table(legacy).unwrap().insert(&b"a"[..], &b"stale"[..]).unwrap();
         tx.commit().unwrap();
-        let mut sm = SessionsSm::load(db.clone(), 1 << 20).unwrap();
+        let mut sm = SessionsSm::load(&storage, 1 << 20).unwrap();
         let add = Request::Text(TextRequest::Store {
             mode: StoreMode::Add,
             key: "a".into(),
@@ -402,7 +446,7 @@ mod tests {
         assert_eq!(out[1].0, vec![b"NOT_STORED\r\n".to_vec()]);
         assert_eq!(sm.lock().logged_now_ms(), 2_000, "time never goes back");
         drop(sm);
-        let mut again = SessionsSm::load(db.clone(), 1 << 20).unwrap();
+        let mut again = SessionsSm::load(&storage, 1 << 20).unwrap();
         assert_eq!(again.lock().last_applied(), None, "no snapshot yet: all from the log");
         assert!(again.lock().store.is_empty(), "the legacy table is not read");
         assert_eq!(again.apply(first).await.unwrap(), out, "applied again, answered alike");
@@ -418,7 +462,7 @@ mod tests {
         again.apply(del.clone()).await.unwrap();
         let before = again.lock().store.clone();
         drop(again);
-        let mut third = SessionsSm::load(db.clone(), 1 << 20).unwrap();
+        let mut third = SessionsSm::load(&storage, 1 << 20).unwrap();
         assert_eq!(third.lock().last_applied().map(|l| l.index), Some(2), "the snapshot's");
         assert!(third.lock().store.raw(b"b").is_some());
         third.apply(del).await.unwrap();
@@ -427,5 +471,43 @@ mod tests {
         let tx = db.begin_write().unwrap();
         let names: Vec<String> = tx.list_tables().unwrap().map(|t| t.name().to_string()).collect();
         assert!(!names.iter().any(|n| LEGACY_TABLES.contains(&n.as_str())), "{names:?}");
+    }
+
+    /// A snapshot an earlier version kept in redb is loaded, moved to the snapshot file and
+    /// removed from redb; a newer snapshot stored in the file since is not replaced by it.
+    #[tokio::test]
+    async fn a_snapshot_kept_in_redb_moves_to_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let mut sm = SessionsSm::load(&storage, 1 << 20).unwrap();
+        sm.apply(vec![entry(1, 1_000, vec![set("a", "1")])]).await.unwrap();
+        let at_1 = sm.build_snapshot().await.unwrap();
+        let old = StoredSnapshot {
+            meta: at_1.meta.clone(),
+            data: at_1.snapshot.into_inner(),
+        };
+        let legacy = |db: &Database| super::super::store::meta_get::<StoredSnapshot>(db, LEGACY_SNAPSHOT).unwrap();
+        // As an earlier version left it: in redb, no file.
+        super::super::store::meta_put(&storage.db, LEGACY_SNAPSHOT, &old).unwrap();
+        std::fs::remove_file(storage.snapshot.path()).unwrap();
+        drop((sm, storage));
+        let storage = Storage::open(dir.path()).unwrap();
+        let mut sm = SessionsSm::load(&storage, 1 << 20).unwrap();
+        assert_eq!(sm.lock().last_applied().map(|l| l.index), Some(1));
+        assert!(sm.lock().store.raw(b"a").is_some());
+        assert!(storage.snapshot.path().exists(), "moved to its file");
+        assert!(legacy(&storage.db).is_none(), "and out of redb");
+        // A newer one in the file wins over one left in redb.
+        sm.apply(vec![entry(2, 2_000, vec![set("b", "2")])]).await.unwrap();
+        sm.build_snapshot().await.unwrap();
+        super::super::store::meta_put(&storage.db, LEGACY_SNAPSHOT, &old).unwrap();
+        drop((sm, storage));
+        let storage = Storage::open(dir.path()).unwrap();
+        let sm = SessionsSm::load(&storage, 1 << 20).unwrap();
+        assert_eq!(sm.lock().last_applied().map(|l| l.index), Some(2));
+        assert!(legacy(&storage.db).is_none());
+        let mut sm = sm;
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta.last_log_id.map(|l| l.index), Some(2));
     }
 }

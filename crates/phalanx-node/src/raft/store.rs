@@ -47,6 +47,8 @@ pub enum StoreError {
     },
     #[error("stored {0} is not valid UTF-8")]
     Corrupt(&'static str),
+    #[error("{0}")]
+    SnapshotFile(#[from] super::snapfile::SnapshotFileError),
 }
 
 impl From<redb::TableError> for StoreError {

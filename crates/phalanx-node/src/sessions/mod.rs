@@ -310,7 +310,7 @@ impl Sessions {
             .config
             .as_ref()
             .map_or(phalanx_core::config::DEFAULT_MEMORY_LIMIT, |c| c.memory_limit);
-        let sm = SessionsSm::load(o.storage.db.clone(), limit)?;
+        let sm = SessionsSm::load(&o.storage, limit)?;
         let mut rc = o.raft_config;
         rc.cluster_name = format!("{}-sessions", rc.cluster_name);
         // Snapshots are asked for by `upkeep` (see `SNAPSHOT_LOG_BYTES`).
