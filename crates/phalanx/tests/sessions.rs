@@ -449,6 +449,23 @@ async fn kill_9_of_every_node_in_turn_during_a_write_burst_loses_nothing() {
         terms.windows(2).all(|w| w[0] <= w[1]),
         "leader events by term: {terms:?}"
     );
+    // A snapshot file that does not read back whole: the node refuses to start, naming it.
+    c.kill("n1").unwrap();
+    let snapshot = c.node("n1").unwrap().data_dir.join("raft-sessions.snapshot");
+    let mut bytes = std::fs::read(&snapshot).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&snapshot, bytes).unwrap();
+    c.start("n1").unwrap();
+    eventually("n1 to refuse to start", || {
+        c.exited().contains(&"n1".to_string()).then_some(())
+    });
+    let log = std::fs::read_to_string(c.log_path("n1")).unwrap();
+    let why = format!("{} is damaged: its checksum does not match", snapshot.display());
+    assert!(
+        log.contains(&why),
+        "n1's log names the damaged snapshot: {}",
+        &log[log.len().saturating_sub(2000)..]
+    );
 }
 
 /// Bad input on a live node: memcached's replies, the connection closed where memcached closes
