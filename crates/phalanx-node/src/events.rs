@@ -157,7 +157,11 @@ impl Notes {
     }
 }
 
-/// Commit a note in the background (no caller waits for it); lost if there is no quorum.
+/// How long a note is retried while the cluster group cannot commit it (no leader yet, a
+/// leader change, no quorum).
+const NOTE_TRIES_FOR: Duration = Duration::from_secs(30);
+
+/// Commit a note in the background (no caller waits for it): see [`commit_note`].
 pub(crate) fn note(node: &Arc<Node>, kind: EventKind, about: String, summary: String, at_ms: u64) {
     let n = Note {
         kind,
@@ -166,11 +170,26 @@ pub(crate) fn note(node: &Arc<Node>, kind: EventKind, about: String, summary: St
         at_ms,
     };
     let node2 = node.clone();
-    node.spawn(async move {
-        if let Err(e) = node2.write(Command::Note(n)).await {
-            tracing::debug!(error = %e, "an event note was not committed");
+    node.spawn(async move { commit_note(&node2, n).await });
+}
+
+/// Commit a note, tried again every 200 ms for [`NOTE_TRIES_FOR`] while the cluster group
+/// cannot commit it, then given up with a warning. (Tried once, the first session-store
+/// leader's note, made before a new cluster had committed its config, was lost in one start in
+/// five.) A note committed whose answer was lost may be there twice: at least once, as alerts.
+pub(crate) async fn commit_note(node: &Node, n: Note) {
+    let deadline = tokio::time::Instant::now() + NOTE_TRIES_FOR;
+    loop {
+        match node.write(Command::Note(n.clone())).await {
+            Ok(_) => return,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                tracing::warn!(error = %e, kind = n.kind.as_str(), summary = %n.summary, "an event note was not committed");
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "an event note is not committed yet"),
         }
-    });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// How often the leader evaluates the burn rates (the table's shortest window is 5 minutes).
@@ -260,8 +279,8 @@ pub async fn watch_quorum(node: Arc<Node>) {
                         ),
                     ];
                     let node2 = node.clone();
-                    // In order, one after the other, each retried until it commits: quorum is
-                    // back, but a leader may not be elected yet.
+                    // In order, one after the other, each retried: quorum is back, but a leader
+                    // may not be elected yet.
                     node.spawn(async move {
                         for (kind, summary, at_ms) in notes {
                             let n = Note {
@@ -270,13 +289,7 @@ pub async fn watch_quorum(node: Arc<Node>) {
                                 summary,
                                 at_ms,
                             };
-                            for _ in 0..150 {
-                                match node2.write(Command::Note(n.clone())).await {
-                                    Ok(_) => break,
-                                    Err(e) => tracing::debug!(error = %e, "a quorum note is not committed yet"),
-                                }
-                                tokio::time::sleep(Duration::from_millis(200)).await;
-                            }
+                            commit_note(&node2, n).await;
                         }
                     });
                 }

@@ -115,9 +115,6 @@ fn snapshot_share(id: NodeId) -> u64 {
     4 + id % 4
 }
 
-/// How long a note of the store (a leader change, evictions) is retried while the cluster
-/// group cannot commit it.
-const NOTE_TRIES_FOR: Duration = Duration::from_secs(30);
 /// The peer routes a follower sends writes and read-index requests to (postcard bodies).
 pub const WRITE_PATH: &str = "/sessions/write";
 pub const READ_PATH: &str = "/sessions/read";
@@ -946,20 +943,10 @@ impl Sessions {
             summary,
             at_ms: now_ms(),
         };
+        // The cluster group may have no leader yet, or have lost it with the node that led
+        // both groups: `commit_note` tries again for a while.
         let node = node.clone();
-        self.rt.spawn(async move {
-            // The cluster group may have no leader yet, or have lost it with the node that led
-            // both groups: try again for a while. (Tried once, the first leader's note, made
-            // before the new cluster had committed its config, was lost in one start in five.)
-            let deadline = tokio::time::Instant::now() + NOTE_TRIES_FOR;
-            while let Err(e) = node.write(phalanx_core::Command::Note(n.clone())).await {
-                if tokio::time::Instant::now() >= deadline {
-                    tracing::warn!(error = %e, summary = %n.summary, "a session store note was not committed");
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        });
+        self.rt.spawn(async move { crate::events::commit_note(&node, n).await });
     }
 }
 
