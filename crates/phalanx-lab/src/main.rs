@@ -442,6 +442,10 @@ async fn session_check(
         };
         tokio::task::spawn_blocking(move || {
             phalanx_lab::session_nemesis::run(a, move |i, seed, run, faults| {
+                if json && !run.violations.is_empty() {
+                    // The summary on stdout counts them; what they were goes to stderr.
+                    eprint!("{}", session_check::render_run(i, seed, run));
+                }
                 if !json {
                     println!(
                         "{}  nemesis: {} leader kills, {} pauses, {} partitions, {} snapshots sent{}",

@@ -75,6 +75,28 @@ pub struct Recorded {
     pub history: Vec<Op>,
     /// Each key's final read.
     pub final_values: BTreeMap<String, Option<Vec<u8>>>,
+    /// When the run began (unix ms): operation times are ns after it.
+    pub began_unix_ms: u64,
+}
+
+impl Recorded {
+    /// The whole history in a file, one operation a line by call time, with the run's
+    /// violations first (for a failed run: the nodes' logs tell what happened when).
+    pub fn dump(&self, path: &std::path::Path, r: &RunResult) -> std::io::Result<()> {
+        use std::fmt::Write as _;
+        let mut out = format!("# began at unix ms {}; times are ms after it\n", self.began_unix_ms);
+        for v in &r.violations {
+            for l in v.to_string().lines() {
+                let _ = writeln!(out, "# {l}");
+            }
+        }
+        let mut ops: Vec<&Op> = self.history.iter().collect();
+        ops.sort_by_key(|o| o.call);
+        for o in ops {
+            let _ = writeln!(out, "{o}");
+        }
+        std::fs::write(path, out)
+    }
 }
 
 /// A run's verdicts.
@@ -145,6 +167,9 @@ where
         .map(|k| format!("lin-{:x}-{:x}-{k}", w.seed, nonce))
         .collect();
     let start = Instant::now();
+    let began_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let window = Window {
         start,
         end: start + w.duration,
@@ -178,6 +203,7 @@ where
             keys,
             history,
             final_values,
+            began_unix_ms,
         },
         out,
     ))

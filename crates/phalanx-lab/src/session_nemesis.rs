@@ -169,7 +169,24 @@ pub fn run(args: Args, mut each: impl FnMut(usize, u64, &RunResult, &Faults) + S
                 let installed = snapshots_installed(&c);
                 let (rec, mut faults) = session_check::run_beside(&w, |win| nemesis(&lab, &mut c, seed, win)).await?;
                 faults.snapshots_installed = snapshots_installed(&c).saturating_sub(installed);
+                let kept = rec.clone();
                 let r = session_check::check_timed(rec).await?;
+                if !r.violations.is_empty() || r.unknown > 0 {
+                    let path = std::env::temp_dir().join(format!("session-check-seed-{seed}.history"));
+                    match kept.dump(&path, &r) {
+                        Ok(()) => eprintln!(
+                            "session-check: run {} (seed {seed}) failed or was undecided; its history is in {}{}",
+                            i + 1,
+                            path.display(),
+                            if std::env::var_os("PHALANX_KEEP").is_some() {
+                                format!(", the nodes' logs in {}", c.dir().display())
+                            } else {
+                                " (PHALANX_KEEP=1 keeps the nodes' logs)".to_string()
+                            }
+                        ),
+                        Err(e) => eprintln!("session-check: could not write {}: {e}", path.display()),
+                    }
+                }
                 report.add(&r);
                 each(i, seed, &r, &faults);
             }
