@@ -33,12 +33,7 @@ pub struct Faults {
 /// Snapshots the nodes have installed so far, as their logs say.
 fn snapshots_installed(c: &LocalCluster) -> usize {
     (1..=3)
-        .map(|i| {
-            std::fs::read_to_string(c.log_path(&format!("n{i}")))
-                .unwrap_or_default()
-                .matches("sessions snapshot installed")
-                .count()
-        })
+        .map(|i| c.log_count(&format!("n{i}"), "sessions snapshot installed"))
         .sum()
 }
 

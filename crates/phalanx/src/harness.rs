@@ -948,6 +948,14 @@ impl LocalCluster {
         Ok(transport::Tls::node(&ca, &cert, &key)?.http_client(Duration::from_secs(10))?)
     }
 
+    /// How many times `what` appears in node `name`'s log (0 if it has none yet).
+    pub fn log_count(&self, name: &str, what: &str) -> usize {
+        std::fs::read_to_string(self.log_path(name))
+            .unwrap_or_default()
+            .matches(what)
+            .count()
+    }
+
     /// The operators' API token (from the cluster's `phalanx.key`).
     pub fn api_token(&self) -> Result<String> {
         Ok(phalanx_node::ClusterKey::load(&self.dir().join("phalanx.key"))?.api_token())

@@ -333,14 +333,6 @@ async fn pymemcache_and_php_session_locks_across_a_leader_kill() {
     assert!(v["won"].as_u64().unwrap() > 10, "{v}");
 }
 
-/// How many times `what` is in node `n`'s log.
-fn logged(c: &LocalCluster, n: &str, what: &str) -> usize {
-    std::fs::read_to_string(c.log_path(n))
-        .unwrap_or_default()
-        .matches(what)
-        .count()
-}
-
 /// kill -9 of every node in turn while three clients (one per node, moving on to the next node
 /// when theirs is dead) write without pause; each killed node restarts and catches up before
 /// the next kill. Afterwards every acknowledged write reads back through every node. The
@@ -388,28 +380,33 @@ async fn kill_9_of_every_node_in_turn_during_a_write_burst_loses_nothing() {
     eventually("every node to snapshot and remove purged log segments", || {
         ports
             .keys()
-            .all(|n| logged(&c, n, "sessions snapshot stored") > 0 && logged(&c, n, "purged log segments removed") > 0)
+            .all(|n| {
+                c.log_count(n, "sessions snapshot stored") > 0 && c.log_count(n, "purged log segments removed") > 0
+            })
             .then_some(())
     });
     for victim in ["n1", "n2", "n3"] {
         std::thread::sleep(Duration::from_millis(1500));
         c.kill(victim).unwrap();
         std::thread::sleep(Duration::from_millis(1000));
-        let loaded = logged(&c, victim, "sessions snapshot loaded");
+        let loaded = c.log_count(victim, "sessions snapshot loaded");
         c.start(victim).unwrap();
         let addr = ports[victim];
         eventually("the restarted node to serve reads", || {
             Mc::connect(addr).ok().and_then(|mut m| m.get("hello").ok().flatten())
         });
         assert_eq!(
-            logged(&c, victim, "sessions snapshot loaded"),
+            c.log_count(victim, "sessions snapshot loaded"),
             loaded + 1,
             "{victim} restarted from its snapshot"
         );
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let acked: Vec<(String, String)> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
-    let installed: usize = ports.keys().map(|n| logged(&c, n, "sessions snapshot installed")).sum();
+    let installed: usize = ports
+        .keys()
+        .map(|n| c.log_count(n, "sessions snapshot installed"))
+        .sum();
     eprintln!(
         "{} writes acknowledged across three kills; {installed} snapshots sent to restarted nodes",
         acked.len()

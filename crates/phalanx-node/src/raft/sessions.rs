@@ -503,10 +503,9 @@ mod tests {
         super::super::store::meta_put(&storage.db, LEGACY_SNAPSHOT, &old).unwrap();
         drop((sm, storage));
         let storage = Storage::open(dir.path()).unwrap();
-        let sm = SessionsSm::load(&storage, 1 << 20).unwrap();
+        let mut sm = SessionsSm::load(&storage, 1 << 20).unwrap();
         assert_eq!(sm.lock().last_applied().map(|l| l.index), Some(2));
         assert!(legacy(&storage.db).is_none());
-        let mut sm = sm;
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta.last_log_id.map(|l| l.index), Some(2));
     }

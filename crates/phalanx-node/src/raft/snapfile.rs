@@ -27,9 +27,9 @@ use std::time::Duration;
 const MAGIC: &[u8; 8] = b"PHXSNAP1";
 const HEADER: usize = 8 + 4 + 8 + 4;
 /// What is written (and made durable) at once.
-pub const CHUNK: usize = 1 << 20;
+const CHUNK: usize = 1 << 20;
 /// Between two chunks: the log's appends on the same disk go first.
-pub const PAUSE: Duration = Duration::from_millis(5);
+const PAUSE: Duration = Duration::from_millis(5);
 
 /// Why a snapshot file could not be read or written.
 #[derive(Debug, thiserror::Error)]

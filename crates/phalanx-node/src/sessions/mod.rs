@@ -83,9 +83,14 @@ pub struct LogBounds {
 }
 
 impl LogBounds {
+    /// Whether [`SMALL_LOG`] is set.
+    pub fn small() -> bool {
+        std::env::var(SMALL_LOG).is_ok_and(|v| v == "1")
+    }
+
     /// The bounds in force: the constants above, or [`SMALL_LOG`]'s.
     pub fn get() -> LogBounds {
-        if std::env::var(SMALL_LOG).is_ok_and(|v| v == "1") {
+        if Self::small() {
             LogBounds {
                 snapshot_bytes: 4 << 20,
                 snapshot_entries: 400,
@@ -313,7 +318,7 @@ impl Sessions {
         // Snapshots are asked for by `upkeep` (see `SNAPSHOT_LOG_BYTES`).
         rc.snapshot_policy = openraft::SnapshotPolicy::Never;
         let bounds = LogBounds::get();
-        if std::env::var(SMALL_LOG).is_ok_and(|v| v == "1") {
+        if LogBounds::small() {
             tracing::warn!("{SMALL_LOG}=1: the session log is snapshotted every few hundred entries (a test knob)");
         }
         rc.max_in_snapshot_log_to_keep = bounds.kept_behind;
