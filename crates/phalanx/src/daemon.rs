@@ -310,12 +310,17 @@ async fn renew_certificate(node: std::sync::Arc<Node>, key_file: PathBuf, name: 
     let retry = std::time::Duration::from_secs(60).min(pki::node_lifetime() / 30);
     let mut trust = node.trust_changes();
     let mut wait = pki::next_check(&current, std::time::SystemTime::now());
+    // Failed attempts in a row: the next one comes 1 s after the first failure, doubling up to
+    // `retry` (a rotation's second step waits for every member: a first failure, e.g. a peer
+    // that has not yet applied the step, must not cost a minute).
+    let mut failures = 0u32;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             changed = trust.changed() => if changed.is_err() { return },
         }
-        wait = retry;
+        wait = std::time::Duration::from_secs(1 << failures.min(6)).min(retry);
+        failures += 1;
         let issuer = node.with_state(|sm| sm.cluster.trust.issuer_pem().map(str::to_string));
         let due = due(&current, issuer.as_deref());
         let (p, n, i, want) = (paths.clone(), name.clone(), ips.clone(), issuer.clone());
@@ -325,12 +330,13 @@ async fn renew_certificate(node: std::sync::Arc<Node>, key_file: PathBuf, name: 
         .await;
         let me = match me {
             Ok(Ok(me)) if me.cert_pem == current && !due => {
+                failures = 0;
                 wait = pki::next_check(&current, std::time::SystemTime::now());
                 continue;
             }
             Ok(Ok(me)) if me.cert_pem == current => {
                 // Nothing new here (no key of the issuing CA): ask the peers while it is valid.
-                match renew_through_a_peer(&node, &paths, &name).await {
+                match renew_through_a_peer(&node, &paths, &name, issuer.as_deref()).await {
                     Ok(me) => me,
                     Err(e) => {
                         tracing::warn!(error = %e, "renewing this node's certificate through a peer");
@@ -351,6 +357,7 @@ async fn renew_certificate(node: std::sync::Arc<Node>, key_file: PathBuf, name: 
         match node.tls.swap_identity(&me.cert_pem, &me.key_pem) {
             Ok(()) => {
                 tracing::info!(node = %name, "renewed this node's certificate: new connections present it");
+                failures = 0;
                 current = me.cert_pem;
                 wait = pki::next_check(&current, std::time::SystemTime::now());
             }
@@ -373,11 +380,14 @@ fn due(cert_pem: &str, issuer: Option<&str>) -> bool {
 }
 
 /// A new key and a signing request sent to each peer in turn (over mutual TLS with the current
-/// certificate), until one that holds the CA key signs it; the result written to `certs/`.
+/// certificate), until one that holds the CA key signs it with the issuing CA `issuer` (the
+/// replicated trust's as this node applied it: a peer that has not applied that step yet signs
+/// with the CA before, and its answer is not taken); the result written to `certs/`.
 async fn renew_through_a_peer(
     node: &Node,
     paths: &phalanx_node::pki::Paths,
     name: &str,
+    issuer: Option<&str>,
 ) -> Result<phalanx_node::pki::Issued> {
     use phalanx_node::api::peer::{CertAnswer, CertRequest, CERT_PATH};
     let (csr, key_pem) = phalanx_node::pki::request(name)?;
@@ -412,6 +422,10 @@ async fn renew_through_a_peer(
                 // It must go with our key and chain to our CA before it replaces anything.
                 transport::Tls::node(&ca, &a.cert, &key_pem)
                     .with_context(|| format!("the certificate {api} signed"))?;
+                if due(&a.cert, issuer) {
+                    last = anyhow!("{api} signed with another CA than the cluster's issuing one (it has not applied the rotation's step yet)");
+                    continue;
+                }
                 let me = phalanx_node::pki::Issued {
                     cert_pem: a.cert,
                     key_pem,
