@@ -143,6 +143,8 @@ pub enum StartError {
     Transport(#[from] crate::transport::TransportError),
     #[error("the sessions runtime: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("reading the session log: {0}")]
+    Log(String),
 }
 
 /// Why a write or a read got no answer (the client gets `SERVER_ERROR` and the reason).
@@ -282,6 +284,9 @@ pub struct Sessions {
     /// long a round's lease lasts.
     lease: std::sync::Mutex<Option<Lease>>,
     lease_for: Duration,
+    /// The stored vote's term and the log's last index when this node started: leading that
+    /// term again, it reads no lower (see `leader_read_index`).
+    started: (u64, u64),
     rate: std::sync::Mutex<Rate>,
     /// The addresses the listener holds now.
     pub(crate) listening: std::sync::Mutex<BTreeSet<std::net::SocketAddr>>,
@@ -330,6 +335,23 @@ impl Sessions {
         let tls = o.tls.clone();
         let http = rt.spawn(async move { crate::transport::raft_client(&tls) }).await??;
         let stream = Arc::new(stream::StreamClient::new(http.clone(), o.keys.clone()));
+        let started = {
+            use openraft::storage::RaftLogStorage;
+            let mut log = o.storage.log.clone();
+            let log_error = |e: crate::raft::StorageError| StartError::Log(e.to_string());
+            let term = log
+                .read_vote()
+                .await
+                .map_err(log_error)?
+                .map_or(0, |v| v.leader_id().term);
+            let last = log
+                .get_log_state()
+                .await
+                .map_err(log_error)?
+                .last_log_id
+                .map_or(0, |l| l.index);
+            (term, last)
+        };
         let (log, sm2, keys, tls, st) = (
             o.storage.log.clone(),
             sm.clone(),
@@ -366,6 +388,7 @@ impl Sessions {
             stale_reads: std::env::var(PLANT_STALE_READS).is_ok_and(|v| v == "1"),
             lease: Default::default(),
             lease_for,
+            started,
             rate: Default::default(),
             listening: Default::default(),
             allow: Default::default(),
@@ -755,6 +778,13 @@ impl Sessions {
     /// while still leading in term T, a read needs no round: its index is what this leader has
     /// applied (a write is acknowledged only once the leader has applied it, and the term's first
     /// round waited for everything committed before the term).
+    ///
+    /// openraft's read index is the greater of its commit index and its term's first entry. A
+    /// leader killed and restarted before its followers gave up on it comes back leading its
+    /// old term (openraft 0.9) with the commit index of its snapshot (none is stored): both can
+    /// be far below writes it acknowledged before the kill, which a read must see. So, leading
+    /// the term it started in, it reads no lower than its log's last entry then (all of which
+    /// it commits, being the leader) — a stale read the test of a restart at once caught.
     async fn leader_read_index(&self) -> Result<u64, SessionsError> {
         let term = self.raft.metrics().borrow().current_term;
         let last = self.sm.lock().last_applied().map_or(0, |l| l.index);
@@ -766,7 +796,8 @@ impl Sessions {
             .await
             .map_err(|_| SessionsError::Timeout)?
             .map_err(|e| SessionsError::NotCommitted(e.to_string()))?;
-        let index = read.map_or(0, |l| l.index);
+        let floor = if self.started.0 == term { self.started.1 } else { 0 };
+        let index = read.map_or(0, |l| l.index).max(floor);
         *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(Lease {
             term,
             until: t0 + self.lease_for,
