@@ -106,6 +106,8 @@ struct Inner {
     dir: PathBuf,
     segments: Vec<Segment>,
     purged: Option<LogId>,
+    /// A purge openraft asked for beyond the stored snapshot (see [`FileLog::purge_upto`]).
+    deferred: Option<LogId>,
     segment_bytes: u64,
     /// Threads removing purged segments' files (see [`FileLog::purge_upto`]).
     removals: Vec<std::thread::JoinHandle<()>>,
@@ -149,6 +151,8 @@ pub struct FileLog<C> {
     db: Arc<Database>,
     inner: Arc<Mutex<Inner>>,
     times: Arc<AppendTimes>,
+    /// How far a purge may go at once (see [`FileLog::bounded_by`]); None: as far as asked.
+    bound: Option<PurgeBound>,
     _group: PhantomData<C>,
 }
 
@@ -158,8 +162,32 @@ impl<C> Clone for FileLog<C> {
             db: self.db.clone(),
             inner: self.inner.clone(),
             times: self.times.clone(),
+            bound: self.bound.clone(),
             _group: PhantomData,
         }
+    }
+}
+
+/// The last index the group's stored snapshot covers (None: none stored), shared by the
+/// snapshot file, which raises it once a snapshot is durable, and the log, whose purges wait
+/// for it (see [`FileLog::purge_upto`]).
+#[derive(Clone, Debug, Default)]
+pub struct PurgeBound(Arc<Mutex<Option<u64>>>);
+
+impl PurgeBound {
+    /// A snapshot covering up to `index` is stored (durably).
+    pub fn raise(&self, index: u64) {
+        let mut b = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if b.is_none_or(|had| had < index) {
+            *b = Some(index);
+        }
+    }
+
+    fn allows(&self, upto: LogId) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|i| i >= upto.index)
     }
 }
 
@@ -313,8 +341,10 @@ where
                 purged,
                 segment_bytes,
                 removals: Vec::new(),
+                deferred: None,
             })),
             times: Arc::default(),
+            bound: None,
             _group: PhantomData,
         };
         log.migrate()?;
@@ -342,6 +372,21 @@ where
         }
         clear_redb_log(&self.db)?;
         Ok(())
+    }
+
+    /// Purges go no further than a stored snapshot covers (`bound`): see
+    /// [`FileLog::purge_upto`].
+    pub fn bounded_by(mut self, bound: PurgeBound) -> Self {
+        self.bound = Some(bound);
+        self
+    }
+
+    /// Purges as far as asked, whatever is stored (openraft's storage suite purges with no
+    /// snapshot).
+    #[cfg(test)]
+    pub(crate) fn unbounded(mut self) -> Self {
+        self.bound = None;
+        self
     }
 
     /// Read a segment's entries back; a torn tail is cut off in the last segment only.
@@ -418,6 +463,7 @@ where
             ends.push((*e.get_log_id(), buf.len() as u64));
         }
         drop(entries);
+        self.purge_deferred(true)?;
         // openraft truncates before it overwrites; should entries ever come again, the later
         // ones replace them and everything after (a log has no holes); nothing to do otherwise.
         self.truncate_from(first.index)?;
@@ -516,7 +562,44 @@ where
     /// follower's snapshot made it miss the leader's 100 ms RPC timeout).
     /// A crash before they are gone leaves segments the recorded purge point passed: opening
     /// removes them.
+    ///
+    /// With a [`PurgeBound`], a purge past the stored snapshot waits (`deferred`) until the
+    /// snapshot is stored, then the next append or purge does it: openraft 0.9 purges the log
+    /// behind a snapshot sent by the leader as soon as it hands the snapshot to the state
+    /// machine, before it is stored, and a crash between left a log starting after everything
+    /// the older stored snapshot covers — a node that could never apply its log again (openraft
+    /// refuses a range with a hole: the group stops on that node, at every restart). An append
+    /// that comes while a purge still waits (openraft sends none before the snapshot is in)
+    /// purges first regardless: the log has no holes.
     fn purge_upto(&self, upto: LogId) -> Result<(), std::io::Error> {
+        {
+            let mut g = self.guard()?;
+            if g.deferred.is_none_or(|d| d < upto) {
+                g.deferred = Some(upto);
+            }
+        }
+        self.purge_deferred(false)
+    }
+
+    /// Do the purge that waits, if the stored snapshot covers it now (or `regardless`).
+    fn purge_deferred(&self, regardless: bool) -> Result<(), std::io::Error> {
+        let Some(upto) = self.guard()?.deferred else {
+            return Ok(());
+        };
+        if !self.bound.as_ref().is_none_or(|b| b.allows(upto)) {
+            if !regardless {
+                return Ok(());
+            }
+            tracing::warn!(
+                upto = upto.index,
+                "appending before the snapshot a purge waits for is stored: purging now"
+            );
+        }
+        self.guard()?.deferred = None;
+        self.purge_now(upto)
+    }
+
+    fn purge_now(&self, upto: LogId) -> Result<(), std::io::Error> {
         // Durable, and so also every state-machine change committed before it in the same file.
         meta_put(&self.db, "purged", &upto).map_err(std::io::Error::other)?;
         let mut g = self.guard()?;
@@ -854,6 +937,51 @@ mod tests {
         drop(log);
         let mut log = log_in(&p, 100);
         assert_eq!(indexes(&mut log, 0..100).await, vec![41, 42]);
+    }
+
+    /// With a bound, a purge past the stored snapshot waits for it (openraft 0.9 purges behind
+    /// an installed snapshot before it is stored): a crash meanwhile finds every entry after the
+    /// older snapshot; once the bound covers it, the next purge or append does it; an append
+    /// while it still waits purges first (a log has no holes).
+    #[tokio::test]
+    async fn a_purge_past_the_stored_snapshot_waits_for_it() {
+        let id = |i| LogId::new(CommittedLeaderId::new(1, 1), i);
+        let p = place();
+        let bound = PurgeBound::default();
+        let mut log = log_in(&p, 100).bounded_by(bound.clone());
+        log.write_entries(blanks(1, 0, 30)).unwrap();
+        bound.raise(5);
+        log.purge(id(20)).await.unwrap();
+        assert_eq!(indexes(&mut log, 0..40).await, (0..30).collect::<Vec<_>>(), "it waits");
+        // A crash: the waiting purge is gone with the process, the entries are all there.
+        drop(log);
+        let mut log = log_in(&p, 100).bounded_by(bound.clone());
+        assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id, None);
+        assert_eq!(indexes(&mut log, 0..40).await, (0..30).collect::<Vec<_>>());
+        // Stored: the next purge does what waited, and more.
+        log.purge(id(20)).await.unwrap();
+        bound.raise(24);
+        log.purge(id(22)).await.unwrap();
+        assert_eq!(indexes(&mut log, 0..40).await, (23..30).collect::<Vec<_>>());
+        // Stored, then an append: it purges first.
+        log.purge(id(26)).await.unwrap();
+        assert_eq!(
+            indexes(&mut log, 0..40).await,
+            (23..30).collect::<Vec<_>>(),
+            "26 > 24: it waits"
+        );
+        bound.raise(26);
+        log.write_entries(blanks(1, 30, 31)).unwrap();
+        assert_eq!(indexes(&mut log, 0..40).await, (27..31).collect::<Vec<_>>());
+        // Not stored, and an append comes: it purges regardless.
+        log.purge(id(29)).await.unwrap();
+        log.write_entries(blanks(1, 31, 32)).unwrap();
+        assert_eq!(indexes(&mut log, 0..40).await, vec![30, 31]);
+        log.removed();
+        drop(log);
+        let mut log = log_in(&p, 100);
+        assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id, Some(id(29)));
+        assert_eq!(indexes(&mut log, 0..40).await, vec![30, 31]);
     }
 
     /// A crash in the middle of an append leaves a torn record at the end: reopening cuts it off

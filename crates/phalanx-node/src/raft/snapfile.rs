@@ -15,6 +15,7 @@
 //! No library writes a file paced like this (RocksDB's rate-limited deletes and writes do it for
 //! its own files); it is a loop over `write` and `fdatasync`.
 
+use super::filelog::PurgeBound;
 use super::state_machine::StoredSnapshot;
 use super::{BasicNode, LogId, NodeId};
 use openraft::SnapshotMeta;
@@ -47,6 +48,8 @@ pub struct SnapshotFile {
     path: PathBuf,
     /// The last log id of the snapshot stored (None: none yet), held while one is written.
     stored: Mutex<Option<Option<LogId>>>,
+    /// The group log's purges wait for what is stored here (see `FileLog::purge_upto`).
+    bound: Option<PurgeBound>,
 }
 
 impl SnapshotFile {
@@ -62,7 +65,20 @@ impl SnapshotFile {
         Ok(SnapshotFile {
             path: path.to_path_buf(),
             stored: Mutex::new(None),
+            bound: None,
         })
+    }
+
+    /// Raise `bound` to what is stored here, as it is stored.
+    pub fn bounding(mut self, bound: PurgeBound) -> Self {
+        self.bound = Some(bound);
+        self
+    }
+
+    fn raise_bound(&self, last: Option<LogId>) {
+        if let (Some(b), Some(l)) = (&self.bound, last) {
+            b.raise(l.index);
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -120,6 +136,7 @@ impl SnapshotFile {
         if s.is_none_or(|had| had < last) {
             *s = Some(last);
         }
+        self.raise_bound(last);
     }
 
     /// Store `snap` (paced: see the module), unless the stored snapshot is newer; whether it
@@ -157,6 +174,7 @@ impl SnapshotFile {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         File::open(dir).and_then(|d| d.sync_all()).map_err(io_at(dir))?;
         *stored = Some(snap.meta.last_log_id);
+        self.raise_bound(snap.meta.last_log_id);
         Ok(true)
     }
 }
