@@ -21,6 +21,7 @@ use openraft::raft::{
 use openraft::RaftLogId;
 use serde::{de::DeserializeOwned, Serialize};
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Errors of the server side of an RPC (finding the group, decoding the request).
@@ -47,6 +48,8 @@ pub struct HttpNetwork<C> {
     /// The session store's peer streams: its appends and votes go there (see
     /// `sessions::stream`); None: every RPC is an HTTP request.
     stream: Option<Arc<StreamClient>>,
+    /// See [`HttpNetwork::with_commit_sent`].
+    commit_sent: Option<Arc<AtomicU64>>,
     _group: PhantomData<C>,
 }
 
@@ -56,8 +59,19 @@ impl<C: Group> HttpNetwork<C> {
             client: crate::transport::raft_client(tls)?,
             keys,
             stream: None,
+            commit_sent: None,
             _group: PhantomData,
         })
+    }
+
+    /// Raise `sent` to every commit index this node tells a peer (plus one: 0 is none), before
+    /// it is sent: a follower applies nothing beyond it, so a read index no lower than it sees
+    /// whatever a read through a follower could have seen (see `sessions::leader_read_index`).
+    pub fn with_commit_sent(self, sent: Arc<AtomicU64>) -> Self {
+        HttpNetwork {
+            commit_sent: Some(sent),
+            ..self
+        }
     }
 
     /// Appends and votes over `stream` (snapshots stay HTTP requests).
@@ -73,6 +87,7 @@ pub struct HttpConn<C> {
     client: reqwest::Client,
     keys: crate::key::Keys,
     stream: Option<Arc<StreamClient>>,
+    commit_sent: Option<Arc<AtomicU64>>,
     target: NodeId,
     addr: String,
     _group: PhantomData<C>,
@@ -86,6 +101,7 @@ impl<C: Group> RaftNetworkFactory<C> for HttpNetwork<C> {
             client: self.client.clone(),
             keys: self.keys.clone(),
             stream: self.stream.clone(),
+            commit_sent: self.commit_sent.clone(),
             target,
             addr: node.addr.clone(),
             _group: PhantomData,
@@ -234,6 +250,9 @@ impl<C: Group> RaftNetwork<C> for HttpConn<C> {
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
         // Most requests fit; a long batch of large entries goes as a prefix, and openraft
         // sends the rest next (a partial success names the last entry the follower took).
+        if let (Some(sent), Some(c)) = (&self.commit_sent, &req.leader_commit) {
+            sent.fetch_max(c.index + 1, Ordering::SeqCst);
+        }
         let (req, cut) = fit_append(req, super::APPEND_BUDGET);
         match (self.call("append", &req, &option).await?, cut) {
             (AppendEntriesResponse::Success, Some(last)) => Ok(AppendEntriesResponse::PartialSuccess(Some(last))),

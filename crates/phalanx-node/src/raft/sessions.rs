@@ -208,6 +208,17 @@ impl SessionsSm {
     }
 }
 
+/// See [`crate::sessions::APPLY_DELAY`].
+fn apply_delay() -> Option<std::time::Duration> {
+    static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        std::env::var(crate::sessions::APPLY_DELAY)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis)
+    })
+}
+
 impl SmState {
     fn of(whole: Whole) -> SmState {
         SmState {
@@ -282,6 +293,9 @@ impl RaftStateMachine<SessionsGroup> for SessionsSm {
         I: IntoIterator<Item = openraft::Entry<SessionsGroup>> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
+        if let Some(d) = apply_delay() {
+            tokio::time::sleep(d).await;
+        }
         let mut out = Vec::new();
         {
             let mut guard = self.state.lock().map_err(|_| poisoned())?;

@@ -71,6 +71,11 @@ const KEPT_BEHIND_SNAPSHOT: u64 = 1000;
 /// snapshot installs. Never set it on a real cluster (snapshots would cost a core).
 pub const SMALL_LOG: &str = "PHALANX_TEST_SESSIONS_SMALL_LOG";
 
+/// A test knob: with this variable set to N, the node applies each batch of the session log N
+/// ms late, so that a test can hold a committed write unapplied on the leader while its
+/// followers apply it. Never set it on a real cluster.
+pub const APPLY_DELAY: &str = "PHALANX_TEST_SESSIONS_APPLY_DELAY_MS";
+
 /// When the node's session log is snapshotted and purged, and its segments' size.
 #[derive(Debug, Clone, Copy)]
 pub struct LogBounds {
@@ -287,6 +292,8 @@ pub struct Sessions {
     /// The stored vote's term and the log's last index when this node started: leading that
     /// term again, it reads no lower (see `leader_read_index`).
     started: (u64, u64),
+    /// The highest commit index this node sent a peer, plus one (see `leader_read_index`).
+    commit_sent: Arc<AtomicU64>,
     rate: std::sync::Mutex<Rate>,
     /// The addresses the listener holds now.
     pub(crate) listening: std::sync::Mutex<BTreeSet<std::net::SocketAddr>>,
@@ -352,6 +359,8 @@ impl Sessions {
                 .map_or(0, |l| l.index);
             (term, last)
         };
+        let commit_sent = Arc::new(AtomicU64::new(0));
+        let sent = commit_sent.clone();
         let (log, sm2, keys, tls, st) = (
             o.storage.log.clone(),
             sm.clone(),
@@ -361,11 +370,16 @@ impl Sessions {
         );
         let raft = rt
             .spawn(async move {
-                let net = HttpNetwork::<SessionsGroup>::new(keys, &tls)?.with_stream(st);
+                let net = HttpNetwork::<SessionsGroup>::new(keys, &tls)?
+                    .with_stream(st)
+                    .with_commit_sent(sent);
                 let raft = openraft::Raft::new(o.id, rc, net, log, sm2).await?;
                 Ok::<_, StartError>(raft)
             })
             .await??;
+        if std::env::var(APPLY_DELAY).is_ok() {
+            tracing::warn!("{APPLY_DELAY} is set: the session log is applied late (a test knob)");
+        }
         if std::env::var(PLANT_STALE_READS).is_ok_and(|v| v == "1") {
             tracing::error!("{PLANT_STALE_READS}=1: followers answer session reads from their own copy (a planted bug for the linearizability check)");
         }
@@ -389,6 +403,7 @@ impl Sessions {
             lease: Default::default(),
             lease_for,
             started,
+            commit_sent,
             rate: Default::default(),
             listening: Default::default(),
             allow: Default::default(),
@@ -779,6 +794,12 @@ impl Sessions {
     /// applied (a write is acknowledged only once the leader has applied it, and the term's first
     /// round waited for everything committed before the term).
     ///
+    /// Never below what the leader told a follower was committed (`commit_sent`): a follower
+    /// applies that at once, and a read through it may return it, while the leader, whose own
+    /// apply comes a moment later, has not — a read on the lease answered from its applied
+    /// index then gave the value before (a test holding the leader's apply caught it: reads on
+    /// the leader after a read through a follower returned the older value).
+    ///
     /// openraft's read index is the greater of its commit index and its term's first entry. A
     /// leader killed and restarted before its followers gave up on it comes back leading its
     /// old term (openraft 0.9) with the commit index of its snapshot (none is stored): both can
@@ -789,7 +810,7 @@ impl Sessions {
         let term = self.raft.metrics().borrow().current_term;
         let last = self.sm.lock().last_applied().map_or(0, |l| l.index);
         if let Some(lease) = self.valid_lease(term) {
-            return Ok(last.max(lease.index));
+            return Ok(last.max(lease.index).max(self.commit_sent()));
         }
         let t0 = std::time::Instant::now();
         let (read, _) = tokio::time::timeout(WAIT, self.raft.get_read_log_id())
@@ -797,13 +818,18 @@ impl Sessions {
             .map_err(|_| SessionsError::Timeout)?
             .map_err(|e| SessionsError::NotCommitted(e.to_string()))?;
         let floor = if self.started.0 == term { self.started.1 } else { 0 };
-        let index = read.map_or(0, |l| l.index).max(floor);
+        let index = read.map_or(0, |l| l.index).max(floor).max(self.commit_sent());
         *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(Lease {
             term,
             until: t0 + self.lease_for,
             index,
         });
         Ok(index)
+    }
+
+    /// The highest commit index this node sent a peer (0: none).
+    fn commit_sent(&self) -> u64 {
+        self.commit_sent.load(Ordering::SeqCst).saturating_sub(1)
     }
 
     /// The lease, if it holds now: this node leads in `term`, the lease's term.
@@ -813,16 +839,18 @@ impl Sessions {
     }
 
     /// A read point without a round trip through the read gate: on the leader, while its lease
-    /// holds and it has applied what the lease's round asked for (so the point covers every
-    /// write acknowledged before now). None: ask [`Sessions::read_point`].
+    /// holds and it has applied what the lease's round asked for and every commit index it
+    /// sent (so the point covers every write acknowledged, or read through a follower, before
+    /// now). None: ask [`Sessions::read_point`].
     fn leased_point(&self) -> Option<ReadPoint> {
         let term = self.raft.metrics().borrow().current_term;
         let lease = self.valid_lease(term)?;
+        let sent = self.commit_sent();
         let (applied, logged) = {
             let sm = self.sm.lock();
             (sm.last_applied().map_or(0, |l| l.index), sm.logged_now_ms())
         };
-        (applied >= lease.index).then(|| ReadPoint {
+        (applied >= lease.index.max(sent)).then(|| ReadPoint {
             index: applied,
             now_ms: now_ms().max(logged),
         })
