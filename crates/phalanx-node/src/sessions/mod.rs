@@ -9,8 +9,9 @@
 //! - The read path: a read waits for a read index. The leader confirms its leadership with a
 //!   quorum once for every read that arrived before the round began, or reads on the lease
 //!   such a round gave it (`leader_read_index`; while it holds, `read_point` answers at once,
-//!   without the gate: `leased_point`); a follower asks the leader for the index and its time,
-//!   waits until it has applied it, and answers from its own copy.
+//!   without the gate: `leased_point`), never below a commit index it sent its followers
+//!   (`commit_sent`); a follower asks the leader for the index and its time, waits until it has
+//!   applied it, and answers from its own copy.
 //! - Upkeep (`Sessions::upkeep`): heartbeats and elections on only while `[sessions]` is
 //!   configured, the group's members following the cluster's, leader and eviction events.
 //! - Between nodes, the group's appends and votes, forwarded writes and read-index requests go
