@@ -549,6 +549,12 @@ async fn a_read_on_the_leader_sees_what_a_read_through_a_follower_saw() {
         c.start(&leader).unwrap();
     }
     assert_eq!(leader_now(&c), "n1", "n1 leads after ten tries");
+    // A node restarted above serves again.
+    for (n, a) in &ports {
+        eventually(&format!("{n} to serve reads"), || {
+            Mc::connect(*a).ok()?.get("hello").ok()
+        });
+    }
     let mut rounds = Vec::new();
     for round in 0..5 {
         let key = format!("seen{round}");
