@@ -208,8 +208,8 @@ impl SessionsSm {
     }
 }
 
-/// See [`crate::sessions::APPLY_DELAY`].
-fn apply_delay() -> Option<std::time::Duration> {
+/// How late this node applies the session log: [`crate::sessions::APPLY_DELAY`]'s, if set.
+pub(crate) fn apply_delay() -> Option<std::time::Duration> {
     static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
     *DELAY.get_or_init(|| {
         std::env::var(crate::sessions::APPLY_DELAY)

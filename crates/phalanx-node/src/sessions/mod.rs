@@ -378,8 +378,11 @@ impl Sessions {
                 Ok::<_, StartError>(raft)
             })
             .await??;
-        if std::env::var(APPLY_DELAY).is_ok() {
-            tracing::warn!("{APPLY_DELAY} is set: the session log is applied late (a test knob)");
+        if let Some(d) = crate::raft::sessions::apply_delay() {
+            tracing::warn!(
+                ?d,
+                "{APPLY_DELAY} is set: the session log is applied late (a test knob)"
+            );
         }
         if std::env::var(PLANT_STALE_READS).is_ok_and(|v| v == "1") {
             tracing::error!("{PLANT_STALE_READS}=1: followers answer session reads from their own copy (a planted bug for the linearizability check)");
