@@ -151,6 +151,7 @@ impl Reply {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Item {
     pub flags: u32,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub cas: u64,
     /// Unix ms at which it is gone; None: never.

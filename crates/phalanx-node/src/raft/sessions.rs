@@ -434,6 +434,50 @@ mod tests {
         }
     }
 
+    /// A batch and a stored item encode as they always did: the log's entries, the peers'
+    /// appends and the snapshots written before byte strings went through `serde_bytes` (one
+    /// length and the bytes, not serde's byte-at-a-time sequence) read back alike.
+    #[test]
+    fn batches_and_items_keep_their_encoding() {
+        use phalanx_core::sessions::protocol::{MetaFlags, MetaRequest};
+        let meta = Request::Meta(MetaRequest::Set {
+            key: b"m".to_vec(),
+            flags: MetaFlags {
+                opaque: Some(b"op".to_vec()),
+                ttl: Some(30),
+                order: b"OT".to_vec(),
+                ..MetaFlags::default()
+            },
+            data: b"xyz".to_vec(),
+        });
+        let batch = Batch {
+            now_ms: 1_700_000_000_000,
+            limit: 1 << 20,
+            requests: vec![set("k", "ab"), meta],
+        };
+        let bytes = postcard::to_allocvec(&batch).unwrap();
+        assert_eq!(bytes, BATCH_BEFORE);
+        assert_eq!(postcard::from_bytes::<Batch>(&bytes).unwrap(), batch);
+        let mut store = Store::new(1 << 20);
+        for r in &batch.requests {
+            answer_logged(&mut store, r, batch.now_ms);
+        }
+        let mut items: Vec<(Vec<u8>, Item)> = store.items().map(|(k, i)| (k.to_vec(), i.clone())).collect();
+        items.sort_by(|a, b| a.0.cmp(&b.0));
+        let bytes = postcard::to_allocvec(&items).unwrap();
+        assert_eq!(bytes, ITEMS_BEFORE);
+        assert_eq!(postcard::from_bytes::<Vec<(Vec<u8>, Item)>>(&bytes).unwrap(), items);
+    }
+
+    const BATCH_BEFORE: &[u8] = &[
+        128, 208, 149, 255, 188, 49, 128, 128, 64, 2, 0, 2, 0, 1, 107, 0, 0, 0, 2, 97, 98, 0, 1, 1, 1, 109, 0, 1, 2,
+        111, 112, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 60, 0, 0, 0, 0, 0, 0, 2, 79, 84, 3, 120, 121, 122,
+    ];
+    const ITEMS_BEFORE: &[u8] = &[
+        2, 1, 107, 0, 2, 97, 98, 1, 0, 128, 208, 149, 255, 188, 49, 1, 0, 0, 0, 1, 109, 0, 3, 120, 121, 122, 2, 1, 176,
+        186, 151, 255, 188, 49, 128, 208, 149, 255, 188, 49, 2, 0, 0, 0,
+    ];
+
     /// Applied batches answer in memcached's bytes and write nothing (the log holds them); a
     /// reload reads back the last snapshot, to which the log's later entries apply again
     /// alike; time never goes back when a later batch carries an earlier clock; the tables of

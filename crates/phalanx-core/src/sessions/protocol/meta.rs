@@ -26,6 +26,7 @@ pub struct MetaFlags {
     /// `b`: the key was sent base64-encoded (the request's key is decoded).
     pub base64: bool,
     /// `O`: an opaque token echoed in the reply (without the `O`).
+    #[serde(with = "serde_bytes")]
     pub opaque: Option<Vec<u8>>,
     /// `q`: no reply on the common outcome (EN, HD, NF).
     pub quiet: bool,
@@ -68,7 +69,7 @@ pub struct MetaFlags {
     /// `D`: `ma`'s delta.
     pub delta: Option<u64>,
     /// Every flag's letter, in the order sent (each at most once).
-    #[serde(default)]
+    #[serde(default, with = "serde_bytes")]
     pub order: Vec<u8>,
 }
 
@@ -83,19 +84,24 @@ impl MetaFlags {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MetaRequest {
     Get {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         flags: MetaFlags,
     },
     Set {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         flags: MetaFlags,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     Delete {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         flags: MetaFlags,
     },
     Arith {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         flags: MetaFlags,
     },

@@ -33,24 +33,29 @@ pub enum TextRequest {
     },
     Store {
         mode: StoreMode,
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         flags: u32,
         exptime: i32,
         cas: Option<u64>,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
         noreply: bool,
     },
     Delete {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         noreply: bool,
     },
     Arith {
         incr: bool,
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         delta: u64,
         noreply: bool,
     },
     Touch {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         exptime: i32,
         noreply: bool,
