@@ -175,11 +175,11 @@ pub enum SessionsError {
     Stopped,
 }
 
-/// The threads the session store's Raft group runs on ([`threads`], lowered like the
+/// The threads the session store's Raft group runs on ([`group_threads`], lowered like the
 /// balancer's), made at the first start and kept for the process.
 pub fn runtime() -> std::io::Result<tokio::runtime::Handle> {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    lowered_runtime(&RT, "phalanx-sessions")
+    lowered_runtime(&RT, "phalanx-sessions", group_threads())
 }
 
 /// The threads client connections are served on (made when the first listener opens): apart
@@ -188,18 +188,20 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Handle> {
 /// connections took 16 ms per set at p50; with two, 6 ms).
 pub fn clients_runtime() -> std::io::Result<tokio::runtime::Handle> {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    lowered_runtime(&RT, "phalanx-mc")
+    lowered_runtime(&RT, "phalanx-mc", 2)
 }
 
-/// The environment variable that sets each session-store runtime's thread count (1..=64, read
-/// at the first start).
+/// The environment variable that sets the group runtime's thread count (1..=64, read at the
+/// first start).
 pub const THREADS_ENV: &str = "PHALANX_SESSIONS_THREADS";
 
-/// Each runtime's threads: [`THREADS_ENV`] if set, else one on a machine of one or two cores
-/// (the two runtimes then have a thread per core; with two each, three nodes sharing two
-/// cores served 48,000–50,000 ops/s in the 90/10 benchmark against 57,000–63,000 with one,
-/// and a lone node the same 81,000–83,000 either way), else two.
-fn threads() -> usize {
+/// The group runtime's threads: [`THREADS_ENV`] if set, else one on a machine of one or two
+/// cores, else two. The group's work is mostly one task after another (openraft's core, the
+/// applies, the batcher), which two threads hand back and forth: three nodes sharing two cores
+/// served 48,000–53,000 ops/s in the 90/10 benchmark with two, 63,000–70,000 with one. (One
+/// thread for the connections too gave no more, 65,000–67,000, and an open-loop p99 of 14 ms in
+/// one run of two against 5 ms: the connections keep two.)
+fn group_threads() -> usize {
     let default = match std::thread::available_parallelism().map_or(1, |n| n.get()) {
         ..=2 => 1,
         _ => 2,
@@ -219,12 +221,13 @@ fn threads() -> usize {
 fn lowered_runtime(
     rt: &'static OnceLock<tokio::runtime::Runtime>,
     name: &str,
+    threads: usize,
 ) -> std::io::Result<tokio::runtime::Handle> {
     if let Some(rt) = rt.get() {
         return Ok(rt.handle().clone());
     }
     let made = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads())
+        .worker_threads(threads)
         .thread_name(name)
         .on_thread_start(crate::priority::lower_lb_thread)
         .enable_all()
