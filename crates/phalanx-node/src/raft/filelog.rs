@@ -1,8 +1,9 @@
 //! An append-only Raft log in segment files, for a group whose log is hot (the session store's:
 //! every memcached write is an entry). Each append is one `pwrite` of the entries' records at
-//! the end of the active segment and one `fdatasync`, where a redb transaction rewrote a dozen
-//! B-tree pages per entry (the append was 18 % of the whole machine's CPU under the session
-//! benchmark). The vote and the last purged id stay in the group's redb file (`store::META`),
+//! the end of the active segment and one `fdatasync` (on a blocking-pool thread, so that the
+//! group's runtime goes on meanwhile; the entries are shown to readers once synced), where a
+//! redb transaction rewrote a dozen B-tree pages per entry (the append was 18 % of the whole
+//! machine's CPU under the session benchmark). The vote and the last purged id stay in the group's redb file (`store::META`),
 //! whose state machine tables this log does not touch.
 //!
 //! Layout: `<dir>/<first index, 20 digits>.seg`, each a run of records `[len: u32 LE][crc32 of
@@ -225,6 +226,15 @@ impl Histogram {
         }
         Some(f64::INFINITY)
     }
+}
+
+/// Entries written at a segment's end and not yet synced (see [`FileLog::write_unsynced`]).
+struct Written {
+    file: Arc<File>,
+    offset: u64,
+    bytes: usize,
+    ends: Vec<(LogId, u64)>,
+    began: std::time::Instant,
 }
 
 fn segment_name(first: u64) -> String {
@@ -452,9 +462,23 @@ where
         self.guard().map_err(|e| StorageIOError::read_logs(io(e)).into())
     }
 
+    /// Append `entries` and sync them (the migration and tests; the group's appends sync off
+    /// the runtime's thread, see `append`).
     fn write_entries(&self, entries: Vec<C::Entry>) -> Result<(), std::io::Error> {
+        match self.write_unsynced(entries)? {
+            Some(w) => {
+                w.file.sync_data()?;
+                self.publish(w)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Write `entries` at the log's end, not yet synced nor visible to readers (None: there
+    /// were none).
+    fn write_unsynced(&self, entries: Vec<C::Entry>) -> Result<Option<Written>, std::io::Error> {
         let Some(first) = entries.first().map(|e| *e.get_log_id()) else {
-            return Ok(());
+            return Ok(None);
         };
         let mut buf = Vec::new();
         let mut ends = Vec::with_capacity(entries.len());
@@ -503,8 +527,18 @@ where
         };
         let began = std::time::Instant::now();
         file.write_all_at(&buf, offset)?;
-        file.sync_data()?;
-        let took = began.elapsed();
+        Ok(Some(Written {
+            file,
+            offset,
+            bytes: buf.len(),
+            ends,
+            began,
+        }))
+    }
+
+    /// Count a synced write's time and show its entries to readers.
+    fn publish(&self, w: Written) -> Result<(), std::io::Error> {
+        let took = w.began.elapsed();
         let at = APPEND_BUCKETS
             .iter()
             .position(|le| took.as_secs_f64() <= *le)
@@ -515,13 +549,14 @@ where
             // Every write of the group waits for this; a disk this slow shows in clients' latency.
             tracing::warn!(
                 ms = took.as_millis() as u64,
-                bytes = buf.len(),
+                bytes = w.bytes,
                 "slow log append (write and fdatasync)"
             );
         }
         let mut g = self.guard()?;
         if let Some(s) = g.segments.last_mut() {
-            s.entries.extend(ends.into_iter().map(|(id, end)| (id, end + offset)));
+            s.entries
+                .extend(w.ends.into_iter().map(|(id, end)| (id, end + w.offset)));
         }
         Ok(())
     }
@@ -767,7 +802,23 @@ where
         I: IntoIterator<Item = C::Entry> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
-        match self.write_entries(entries.into_iter().collect()) {
+        // The fdatasync runs on a blocking-pool thread: openraft's core waits for it anyway
+        // (0.9 awaits every append's flush), but the runtime's thread goes on with the group's
+        // other tasks meanwhile (a leader's answers to its followers' read-index requests, the
+        // peers' streams, applies) instead of sitting in the disk's queue.
+        let r = match self.write_unsynced(entries.into_iter().collect()) {
+            Ok(Some(w)) => {
+                let file = w.file.clone();
+                match tokio::task::spawn_blocking(move || file.sync_data()).await {
+                    Ok(Ok(())) => self.publish(w),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(std::io::Error::other(e)),
+                }
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match r {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
