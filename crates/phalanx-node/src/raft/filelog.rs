@@ -3,8 +3,8 @@
 //! the end of the active segment and one `fdatasync` (on a blocking-pool thread, so that the
 //! group's runtime goes on meanwhile; the entries are shown to readers once synced), where a
 //! redb transaction rewrote a dozen B-tree pages per entry (the append was 18 % of the whole
-//! machine's CPU under the session benchmark). The vote and the last purged id stay in the group's redb file (`store::META`),
-//! whose state machine tables this log does not touch.
+//! machine's CPU under the session benchmark). The vote and the last purged id stay in the
+//! group's redb file (`store::META`), whose state machine tables this log does not touch.
 //!
 //! Layout: `<dir>/<first index, 20 digits>.seg`, each a run of records `[len: u32 LE][crc32 of
 //! the payload: u32 LE][payload: postcard entry]` with consecutive indexes; a segment is closed

@@ -199,8 +199,8 @@ pub const THREADS_ENV: &str = "PHALANX_SESSIONS_THREADS";
 /// cores, else two. The group's work is mostly one task after another (openraft's core, the
 /// applies, the batcher), which two threads hand back and forth: three nodes sharing two cores
 /// served 48,000–53,000 ops/s in the 90/10 benchmark with two, 63,000–70,000 with one. (One
-/// thread for the connections too gave no more, 65,000–67,000, and an open-loop p99 of 14 ms in
-/// one run of two against 5 ms: the connections keep two.)
+/// thread for the connections too gave no more, 65,000–67,000, and open-loop p99s of 14 and
+/// 93 ms in two of four runs against 5–7 ms: the connections keep two.)
 fn group_threads() -> usize {
     let default = match std::thread::available_parallelism().map_or(1, |n| n.get()) {
         ..=2 => 1,
