@@ -4,7 +4,8 @@
 //! balancer's threads lower theirs, so a saturated proxy yields the CPU to Raft, the API and
 //! the controller. Both are per thread (Linux schedules threads; `0` / the thread id name the
 //! calling one). Neither is required: without the privilege the thread runs as it is, and says
-//! so in the log. Written with libc because no kept crate wraps `sched_setscheduler`.
+//! so in the log. Written with libc because no kept crate wraps `sched_setscheduler`. Also the
+//! lowered runtimes' thread counts an operator may set in the environment ([`threads_from_env`]).
 
 /// The real-time priority asked for the mesh (1..=99; low: it only has to beat normal threads,
 /// and stays below the kernel's own real-time work).
@@ -49,6 +50,21 @@ pub fn raise_mesh_thread() -> String {
     }
 }
 
+/// A runtime's thread count from the environment variable `var` (1..=`max`), else `default`
+/// (a value out of range or not a number is logged and ignored).
+pub fn threads_from_env(var: &str, max: usize, default: usize) -> usize {
+    match std::env::var(var) {
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => n,
+            _ => {
+                tracing::warn!("{var}={v:?} is not a thread count 1..={max}; using {default}");
+                default
+            }
+        },
+        Err(_) => default,
+    }
+}
+
 /// Lower the calling thread (a balancer thread) to nice [`LB_NICE`]; a failure is only logged
 /// (lowering one's own priority is always allowed; this cannot really fail).
 pub fn lower_lb_thread() {
@@ -60,6 +76,18 @@ pub fn lower_lb_thread() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_thread_count_comes_from_the_environment_within_its_range() {
+        // Names of this test's own: the environment is shared by the test threads.
+        let var = "PHALANX_TEST_THREADS_FROM_ENV";
+        assert_eq!(threads_from_env(var, 8, 2), 2);
+        for (set, want) in [("3", 3), (" 8 ", 8), ("9", 2), ("0", 2), ("two", 2)] {
+            std::env::set_var(var, set);
+            assert_eq!(threads_from_env(var, 8, 2), want, "{var}={set:?}");
+        }
+        std::env::remove_var(var);
+    }
 
     #[test]
     fn a_lowered_thread_reads_back_its_nice_value() {

@@ -85,16 +85,7 @@ pub const THREADS_ENV: &str = "PHALANX_LB_THREADS";
 /// The proxy runtime's threads: [`THREADS_ENV`] if set to 1..=256, else the cores, up to 4.
 fn threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    match std::env::var(THREADS_ENV) {
-        Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n) if (1..=256).contains(&n) => n,
-            _ => {
-                tracing::warn!("{THREADS_ENV}={v:?} is not a thread count 1..=256; using {cores}");
-                cores
-            }
-        },
-        Err(_) => cores,
-    }
+    crate::priority::threads_from_env(THREADS_ENV, 256, cores)
 }
 
 /// The runtime every balancer runs on, made at the first start and kept for the process.

@@ -206,16 +206,7 @@ fn group_threads() -> usize {
         ..=2 => 1,
         _ => 2,
     };
-    match std::env::var(THREADS_ENV) {
-        Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n) if (1..=64).contains(&n) => n,
-            _ => {
-                tracing::warn!("{THREADS_ENV}={v:?} is not a thread count 1..=64; using {default}");
-                default
-            }
-        },
-        Err(_) => default,
-    }
+    crate::priority::threads_from_env(THREADS_ENV, 64, default)
 }
 
 fn lowered_runtime(
