@@ -463,15 +463,28 @@ where
     }
 
     /// Append `entries` and sync them (the migration and tests; the group's appends sync off
-    /// the runtime's thread, see `append`).
+    /// the runtime's thread: [`FileLog::write_entries_off_thread`]).
     fn write_entries(&self, entries: Vec<C::Entry>) -> Result<(), std::io::Error> {
-        match self.write_unsynced(entries)? {
-            Some(w) => {
-                w.file.sync_data()?;
-                self.publish(w)
-            }
-            None => Ok(()),
-        }
+        let Some(w) = self.write_unsynced(entries)? else {
+            return Ok(());
+        };
+        w.file.sync_data()?;
+        self.publish(w)
+    }
+
+    /// [`FileLog::write_entries`] with the fdatasync on a blocking-pool thread: openraft's core
+    /// waits for it anyway (0.9 awaits every append's flush), but the runtime's thread goes on
+    /// with the group's other tasks meanwhile (a leader's answers to its followers' read-index
+    /// requests, the peers' streams, applies) instead of sitting in the disk's queue.
+    async fn write_entries_off_thread(&self, entries: Vec<C::Entry>) -> Result<(), std::io::Error> {
+        let Some(w) = self.write_unsynced(entries)? else {
+            return Ok(());
+        };
+        let file = w.file.clone();
+        tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(std::io::Error::other)??;
+        self.publish(w)
     }
 
     /// Write `entries` at the log's end, not yet synced nor visible to readers (None: there
@@ -802,23 +815,7 @@ where
         I: IntoIterator<Item = C::Entry> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
-        // The fdatasync runs on a blocking-pool thread: openraft's core waits for it anyway
-        // (0.9 awaits every append's flush), but the runtime's thread goes on with the group's
-        // other tasks meanwhile (a leader's answers to its followers' read-index requests, the
-        // peers' streams, applies) instead of sitting in the disk's queue.
-        let r = match self.write_unsynced(entries.into_iter().collect()) {
-            Ok(Some(w)) => {
-                let file = w.file.clone();
-                match tokio::task::spawn_blocking(move || file.sync_data()).await {
-                    Ok(Ok(())) => self.publish(w),
-                    Ok(Err(e)) => Err(e),
-                    Err(e) => Err(std::io::Error::other(e)),
-                }
-            }
-            Ok(None) => Ok(()),
-            Err(e) => Err(e),
-        };
-        match r {
+        match self.write_entries_off_thread(entries.into_iter().collect()).await {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
