@@ -310,7 +310,7 @@ impl ForwardSeam for FakeForwarder {
                     reason: format!("{} is a leader's decision", cmd.name()),
                 });
             }
-            let answer = node.write(cmd).await;
+            let answer = node.write_indexed(cmd).await;
             if !net.lock().delivers(&to, &from) {
                 return Err(ForwardError::NotDelivered { leader });
             }

@@ -10,6 +10,10 @@ use phalanx_core::{Command, Outcome};
 /// The peer route a follower forwards writes to.
 pub const FORWARD_PATH: &str = "/peer/write";
 
+/// The header of the route's answer that carries the log index the write was committed at (so
+/// the follower can wait to have applied it); a leader of an older build leaves it out.
+pub const INDEX_HEADER: &str = "x-phalanx-log-index";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     #[error("the leader at {leader} did not answer: {source}")]
@@ -52,7 +56,8 @@ impl ForwardError {
 }
 
 /// The future of a faked forward.
-pub type FakeForward = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Outcome, ForwardError>> + Send>>;
+pub type FakeForward =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(Outcome, Option<u64>), ForwardError>> + Send>>;
 
 /// What carries forwarded writes in tests instead of HTTP (the fake network: it hands the
 /// command to the leader's node in the same process, as its peer route would).
@@ -70,13 +75,14 @@ fn reason_of(body: &str) -> String {
         .unwrap_or_else(|| body.lines().next().unwrap_or("").chars().take(200).collect())
 }
 
-/// Post `cmd` to the leader at `leader` (its API address) and return what committing it gave.
+/// Post `cmd` to the leader at `leader` (its API address) and return what committing it gave,
+/// with the log index it was committed at when the leader says.
 pub async fn to_leader(
     http: &reqwest::Client,
     token: &str,
     leader: &str,
     cmd: &Command,
-) -> Result<Outcome, ForwardError> {
+) -> Result<(Outcome, Option<u64>), ForwardError> {
     let resp = http
         .post(crate::transport::url(leader, FORWARD_PATH))
         .bearer_auth(token)
@@ -89,10 +95,15 @@ pub async fn to_leader(
         })?;
     let status = resp.status();
     if status.is_success() {
-        return resp.json::<Outcome>().await.map_err(|source| ForwardError::Malformed {
+        let index = resp
+            .headers()
+            .get(INDEX_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let outcome = resp.json::<Outcome>().await.map_err(|source| ForwardError::Malformed {
             leader: leader.to_string(),
             source,
-        });
+        })?;
+        return Ok((outcome, index));
     }
     let reason = reason_of(&resp.text().await.unwrap_or_default());
     let (leader, status) = (leader.to_string(), status.as_u16());

@@ -21,6 +21,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
 
+/// How long an operator's forwarded write waits for this node to apply it before answering
+/// (see [`Node::write_by`]); the leader pushes the commit index out as it answers, so this is
+/// milliseconds unless the node is cut off.
+const READ_YOUR_WRITE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What can go wrong starting a node or committing through it. openraft's error kinds are kept
 /// (the API tells a retryable one from a refusal by the variant).
 #[derive(Debug, thiserror::Error)]
@@ -793,20 +798,37 @@ impl Node {
     /// to the leader when this node is not it. A leader's decision (`Command::forwardable` is
     /// false) is refused here, whoever asks: it goes through `write_as_leader` only.
     pub async fn write(&self, cmd: Command) -> Result<Outcome, NodeError> {
+        Ok(self.write_indexed(cmd).await?.0)
+    }
+
+    /// [`write`](Self::write), with the log index the command was committed at when known (the
+    /// peer route hands it back to the follower that forwarded it).
+    pub(crate) async fn write_indexed(&self, cmd: Command) -> Result<(Outcome, Option<u64>), NodeError> {
         self.write_stamped(self.stamp(cmd, None, None)).await
     }
 
     /// [`write`](Self::write) an operator's command: the event history names who asked and from
-    /// where, and the command is logged here.
+    /// where, and the command is logged here. Forwarded, it is answered once this node has
+    /// applied it too (within [`READ_YOUR_WRITE`]): the operator's next request to this node
+    /// sees it — a token revoked here is refused here, a move shows in this node's status.
     pub async fn write_by(&self, cmd: Command, by: &str, from: &str) -> Result<Outcome, NodeError> {
         tracing::info!(operator = %by, from = %from, command = cmd.name(), ?cmd, "operator command");
-        self.write_stamped(self.stamp(cmd, Some((by, from)), None)).await
+        let (outcome, index) = self.write_stamped(self.stamp(cmd, Some((by, from)), None)).await?;
+        if let Some(index) = index {
+            // Past the bound (this node cut off from the leader right after), the command is
+            // committed all the same: answer, and this node catches up when it hears the leader.
+            let wait = self.raft.wait(Some(READ_YOUR_WRITE));
+            if let Err(e) = wait.applied_index_at_least(Some(index), "an operator's write").await {
+                tracing::warn!(index, error = %e, "answering an operator before applying its committed write here");
+            }
+        }
+        Ok(outcome)
     }
 
     /// [`write`](Self::write) what an agent call found, with its exit code, duration and stderr
     /// for the event history.
     pub async fn write_reported(&self, cmd: Command, call: Option<CallReport>) -> Result<Outcome, NodeError> {
-        self.write_stamped(self.stamp(cmd, None, call)).await
+        Ok(self.write_stamped(self.stamp(cmd, None, call)).await?.0)
     }
 
     /// An API request without the right token, from `from` (see `events::Notes`).
@@ -831,12 +853,14 @@ impl Node {
         }
     }
 
-    async fn write_stamped(&self, cmd: Command) -> Result<Outcome, NodeError> {
+    /// Commit `cmd` here or through the leader: its outcome and the log index it was committed
+    /// at (None: a leader that did not say, of an older build).
+    async fn write_stamped(&self, cmd: Command) -> Result<(Outcome, Option<u64>), NodeError> {
         if !cmd.forwardable() {
             return Err(NodeError::NotForwardable { command: cmd.name() });
         }
         match self.raft.client_write(Request(cmd.clone())).await {
-            Ok(resp) => Ok(self.committed(resp.data.0).await),
+            Ok(resp) => Ok((self.committed(resp.data.0).await, Some(resp.log_id.index))),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 let Some(leader) = f.leader_node else {
                     return Err(NodeError::NoLeader);

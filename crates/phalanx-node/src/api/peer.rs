@@ -184,7 +184,10 @@ fn rpc_error(e: RpcError) -> ApiError {
 /// A write a follower forwards: committed here (or forwarded on, if leadership moved), and
 /// its outcome returned as data (a rejected command is a 200 carrying `Rejected`: the
 /// forwarding node maps it for its own caller).
-async fn forwarded_write(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<Outcome>, ApiError> {
+async fn forwarded_write(
+    State(node): State<Arc<Node>>,
+    body: Bytes,
+) -> Result<([(&'static str, String); 1], Json<Outcome>), ApiError> {
     let cmd: Command = parse_json(&body)?;
     if !cmd.forwardable() {
         tracing::warn!(command = cmd.name(), "refused a forwarded leader's decision");
@@ -193,5 +196,7 @@ async fn forwarded_write(State(node): State<Arc<Node>>, body: Bytes) -> Result<J
             cmd.name()
         )));
     }
-    Ok(Json(node.write(cmd).await?))
+    let (outcome, index) = node.write_indexed(cmd).await?;
+    let index = index.map(|i| i.to_string()).unwrap_or_default();
+    Ok(([(crate::forward::INDEX_HEADER, index)], Json(outcome)))
 }
