@@ -1864,6 +1864,20 @@ fn add_node_certificate(cli: &Cli, name: &str, links: &[String], node_api: Optio
     format!("The CA key is not on this machine: run `phalanx cert issue {name}{ip_args}` where it is, and copy the two files to its machine.")
 }
 
+/// What to warn an operator of when no online node may host anything any more (every one in
+/// standby or down): the resources that stop. None while one may, or when nothing is configured.
+fn nowhere_to_run(st: &phalanx_node::node::StatusReport) -> Option<String> {
+    let hosts = st.nodes.iter().any(|n| n.state == "online" && !n.standby);
+    if hosts || st.resources.is_empty() {
+        return None;
+    }
+    let ids: Vec<&str> = st.resources.iter().map(|r| r.id.as_str()).collect();
+    Some(format!(
+        "no online node is out of standby: {} can run nowhere and stop (`phalanx node unstandby NAME` brings one back)",
+        ids.join(", ")
+    ))
+}
+
 async fn node_cmd(cli: &Cli, cmd: &NodeCmd) -> Result<i32> {
     let (client, apis) = apis(cli)?;
     let (api, _) = client.first_answering(&apis).await?;
@@ -1906,7 +1920,7 @@ async fn node_cmd(cli: &Cli, cmd: &NodeCmd) -> Result<i32> {
                     RETRY_WRITES,
                 )
                 .await?;
-            let human = match wait {
+            let mut human = match wait {
                 None => format!("{name} is in standby."),
                 Some(within) => {
                     let waited = wait_emptied(&client, &apis, name, *within).await?;
@@ -1916,6 +1930,14 @@ async fn node_cmd(cli: &Cli, cmd: &NodeCmd) -> Result<i32> {
                     )
                 }
             };
+            // The node that answered has applied the standby (see `Node::write_by`).
+            // On stderr with --json: the answer on stdout keeps its shape.
+            if let Some(w) = client.status(&api).await.ok().as_ref().and_then(nowhere_to_run) {
+                match cli.json {
+                    true => eprintln!("warning: {w}"),
+                    false => human.push_str(&format!("\nWarning: {w}")),
+                }
+            }
             (answer, human)
         }
         NodeCmd::Unstandby { name } => (

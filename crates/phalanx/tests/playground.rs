@@ -219,12 +219,25 @@ fn playground_up_commands_and_down_leave_nothing_behind() {
     assert!(human.contains("n1") && human.contains("shop"), "{human}");
     ok(Some(config), &["resource", "move", "shop", "--to", "n2"]);
     wait_status(config, "shop on n2", |s| shop_on(s, "n2"));
-    ok(Some(config), &["node", "standby", "n2"]);
+    let out = ok(Some(config), &["node", "standby", "n2"]);
+    assert!(!out.contains("Warning"), "{out}");
     let st = wait_status(config, "shop off n2 (standby)", |s| {
         s.plan_pending == 0 && ["n1", "n3"].iter().any(|n| shop_on(s, n))
     });
     assert!(st.nodes.iter().any(|n| n.name == "n2" && n.standby));
-    ok(Some(config), &["node", "unstandby", "n2"]);
+    // The last node out of service: allowed, with a warning naming what stops.
+    ok(Some(config), &["node", "standby", "n1"]);
+    let out = ok(Some(config), &["node", "standby", "n3"]);
+    assert!(
+        out.contains("Warning: no online node is out of standby: db, web"),
+        "{out}"
+    );
+    for n in ["n1", "n2", "n3"] {
+        ok(Some(config), &["node", "unstandby", n]);
+    }
+    wait_status(config, "shop runs again", |s| {
+        s.plan_pending == 0 && ["n1", "n2", "n3"].iter().any(|n| shop_on(s, n))
+    });
     ok(Some(config), &["resource", "clear", "shop"]);
 
     let pst = json(None, &["playground", "status", "--dir", dir.to_str().unwrap()]);
