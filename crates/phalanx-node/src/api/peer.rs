@@ -15,9 +15,10 @@ use crate::node::Node;
 use crate::raft::network::RpcError;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use phalanx_core::{Command, Outcome};
+use phalanx_core::Command;
 use std::sync::Arc;
 
 /// The peer router alone (`/raft/{group}/{rpc}` and forwarding), authenticated, for node `node`.
@@ -183,11 +184,9 @@ fn rpc_error(e: RpcError) -> ApiError {
 
 /// A write a follower forwards: committed here (or forwarded on, if leadership moved), and
 /// its outcome returned as data (a rejected command is a 200 carrying `Rejected`: the
-/// forwarding node maps it for its own caller).
-async fn forwarded_write(
-    State(node): State<Arc<Node>>,
-    body: Bytes,
-) -> Result<([(&'static str, String); 1], Json<Outcome>), ApiError> {
+/// forwarding node maps it for its own caller), with the log index it was committed at in
+/// `forward::INDEX_HEADER` (the follower answers its operator once it applied that index).
+async fn forwarded_write(State(node): State<Arc<Node>>, body: Bytes) -> Result<axum::response::Response, ApiError> {
     let cmd: Command = parse_json(&body)?;
     if !cmd.forwardable() {
         tracing::warn!(command = cmd.name(), "refused a forwarded leader's decision");
@@ -197,6 +196,9 @@ async fn forwarded_write(
         )));
     }
     let (outcome, index) = node.write_indexed(cmd).await?;
-    let index = index.map(|i| i.to_string()).unwrap_or_default();
-    Ok(([(crate::forward::INDEX_HEADER, index)], Json(outcome)))
+    let mut answer = Json(outcome).into_response();
+    if let Some(i) = index {
+        answer.headers_mut().insert(crate::forward::INDEX_HEADER, i.into());
+    }
+    Ok(answer)
 }
