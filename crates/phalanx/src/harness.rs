@@ -137,18 +137,21 @@ pub fn daemon_pid(dir: &Path, name: &str) -> Option<u32> {
         .and_then(|t| t.trim().parse().ok())
 }
 
+/// Where `rsc` (a primitive, or a group's or clone's members) runs: the node of an instance
+/// promoted, else of one started; never a node where it failed. A promotable clone without a
+/// primary names a replica's node (callers that need a primary check for one: the drills'
+/// `serving_on`).
 pub fn runs_on(s: &StatusReport, rsc: &str) -> Option<String> {
-    s.resources
-        .iter()
-        .find(|r| r.id == rsc || r.parent.as_deref() == Some(rsc))
-        .and_then(|r| {
-            // A promotable clone's node is its primary's.
-            let promoted = r
-                .running
-                .iter()
-                .find(|(_, role)| **role == phalanx_core::scheduler::Role::Promoted);
-            promoted.or_else(|| r.running.iter().next()).map(|(n, _)| n.clone())
-        })
+    use phalanx_core::scheduler::Role;
+    let on = |want: Role| {
+        s.resources
+            .iter()
+            .filter(|r| r.id == rsc || r.parent.as_deref() == Some(rsc))
+            .flat_map(|r| r.running.iter())
+            .find(|(_, role)| **role == want)
+            .map(|(n, _)| n.clone())
+    };
+    on(Role::Promoted).or_else(|| on(Role::Started))
 }
 
 impl LocalCluster {
@@ -996,5 +999,35 @@ impl Drop for LocalCluster {
         if !self.keep {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use phalanx_core::scheduler::Role;
+
+    #[test]
+    fn runs_on_names_a_primary_else_a_started_node_and_never_a_failed_one() {
+        let mut s = crate::render::tests::report(true);
+        assert_eq!(runs_on(&s, "web").as_deref(), Some("n1"));
+        assert_eq!(runs_on(&s, "shop"), None);
+        // Failed where it was, started elsewhere: the started node.
+        let web = &mut s.resources[0];
+        web.running = [("n1".to_string(), Role::Failed), ("n2".to_string(), Role::Started)].into();
+        assert_eq!(runs_on(&s, "web").as_deref(), Some("n2"));
+        // Failed only: nowhere.
+        s.resources[0].running = [("n1".to_string(), Role::Failed)].into();
+        assert_eq!(runs_on(&s, "web"), None);
+        // A clone's instances (one entry per member): the promoted one's node, on any entry.
+        let mut replica = s.resources[0].clone();
+        replica.id = "pg:0".into();
+        replica.parent = Some("pg".into());
+        replica.running = [("n1".to_string(), Role::Started)].into();
+        let mut primary = replica.clone();
+        primary.id = "pg:1".into();
+        primary.running = [("n3".to_string(), Role::Promoted)].into();
+        s.resources.extend([replica, primary]);
+        assert_eq!(runs_on(&s, "pg").as_deref(), Some("n3"));
     }
 }

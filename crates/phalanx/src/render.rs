@@ -521,7 +521,7 @@ pub fn cleared(rsc: &str, cleared: &[phalanx_core::state::OperatorEntry]) -> Str
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use phalanx_core::state::OperatorEntry;
 
@@ -537,8 +537,9 @@ mod tests {
         }
     }
 
-    /// A report of n1..n3 answered by n2, web recorded Started on n1.
-    fn report(quorum: bool) -> StatusReport {
+    /// A report of n1..n3 answered by n2, web recorded Started on n1 (also the harness's
+    /// tests' fixture).
+    pub(crate) fn report(quorum: bool) -> StatusReport {
         let node = |name: &str, id: u64| {
             serde_json::json!({
                 "name": name, "id": id, "state": "online", "voter": true, "is_self": name == "n2",
