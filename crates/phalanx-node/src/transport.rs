@@ -21,6 +21,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -532,6 +533,120 @@ pub async fn serve(listener: Listener, app: axum::Router) -> Result<(), Transpor
 pub struct Peer {
     pub addr: SocketAddr,
     pub cert: Option<String>,
+    /// Moves this connection's socket to the runtime that polls it next ([`Movable`]).
+    pub mover: Mover,
+}
+
+/// A request that an accepted connection's socket move to the runtime that next polls it:
+/// what a route that hands its upgraded connection to another runtime asks once the upgrade is
+/// done (the session store's peer stream, served on the store's threads). A tokio socket stays
+/// registered with the runtime that accepted it, the API's: without the move, every frame that
+/// arrived woke the API's thread, which then woke the store's (2,600 wake-ups a second of the
+/// leader's API thread under the session benchmark), and session traffic queued behind the
+/// cluster's own work there.
+#[derive(Debug, Clone, Default)]
+pub struct Mover(Arc<AtomicBool>);
+
+impl Mover {
+    /// Ask for the move (done at the connection's next read or write).
+    pub fn request(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// An accepted TCP connection that can move to another runtime when its [`Mover`] asks: its
+/// next read or write then deregisters the socket from the runtime it was registered with and
+/// registers it with the runtime of the task polling it (nothing is lost: the kernel keeps
+/// the socket's data, and the TLS session above it is untouched). Written here because tokio
+/// moves a socket only through `into_std` and `from_std`, which need the socket by value under
+/// the TLS stream that owns it.
+pub struct Movable {
+    tcp: Option<tokio::net::TcpStream>,
+    mover: Mover,
+}
+
+impl Movable {
+    fn new(tcp: tokio::net::TcpStream, mover: Mover) -> Self {
+        Movable { tcp: Some(tcp), mover }
+    }
+
+    /// The socket, moved first if that was asked (and a runtime is polling).
+    fn tcp(&mut self) -> std::io::Result<&mut tokio::net::TcpStream> {
+        if self.mover.0.load(Ordering::Relaxed)
+            && tokio::runtime::Handle::try_current().is_ok()
+            && self.mover.0.swap(false, Ordering::SeqCst)
+        {
+            if let Some(tcp) = self.tcp.take() {
+                let std = tcp.into_std()?;
+                self.tcp = Some(tokio::net::TcpStream::from_std(std)?);
+            }
+        }
+        // None only after a move failed half way: the connection is lost.
+        self.tcp
+            .as_mut()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotConnected, "the socket was lost moving it"))
+    }
+}
+
+impl tokio::io::AsyncRead for Movable {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut().tcp() {
+            Ok(tcp) => std::pin::Pin::new(tcp).poll_read(cx, buf),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Movable {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut().tcp() {
+            Ok(tcp) => std::pin::Pin::new(tcp).poll_write(cx, buf),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut().tcp() {
+            Ok(tcp) => std::pin::Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut().tcp() {
+            Ok(tcp) => std::pin::Pin::new(tcp).poll_flush(cx),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut().tcp() {
+            Ok(tcp) => std::pin::Pin::new(tcp).poll_shutdown(cx),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
 }
 
 /// A connection refused at the TLS handshake: from where, why (a short class: `unknown-ca` for
@@ -582,12 +697,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The accepted, handshaken connections of a TLS endpoint, for `axum::serve`. Handshakes run in
 /// tasks of their own, so a slow or hostile client never holds the next one back.
 struct TlsIncoming {
-    rx: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, Peer)>,
+    rx: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<Movable>, Peer)>,
     local: SocketAddr,
 }
 
 impl axum::serve::Listener for TlsIncoming {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Io = tokio_rustls::server::TlsStream<Movable>;
     type Addr = Peer;
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.rx.recv().await {
@@ -600,6 +715,7 @@ impl axum::serve::Listener for TlsIncoming {
         Ok(Peer {
             addr: self.local,
             cert: None,
+            mover: Mover::default(),
         })
     }
 }
@@ -625,7 +741,7 @@ async fn handshake(
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: tokio::net::TcpStream,
     from: SocketAddr,
-) -> Result<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, Peer), Refused> {
+) -> Result<(tokio_rustls::server::TlsStream<Movable>, Peer), Refused> {
     let refused = |reason, detail: String| Refused { from, reason, detail };
     // A TLS record starts with 0x16 (handshake); an HTTP request with a method's letter.
     let mut first = [0u8; 1];
@@ -640,7 +756,8 @@ async fn handshake(
         Ok(Err(e)) => return Err(refused("malformed", e.to_string())),
         Err(_) => return Err(refused("timeout", "no handshake".into())),
     }
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let mover = Mover::default();
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(Movable::new(tcp, mover.clone()))).await {
         Ok(Ok(s)) => {
             let cert = s
                 .get_ref()
@@ -649,7 +766,14 @@ async fn handshake(
                 .and_then(|c| c.first())
                 .and_then(|d| crate::pki::inspect(d).ok())
                 .map(|i| i.name);
-            Ok((s, Peer { addr: from, cert }))
+            Ok((
+                s,
+                Peer {
+                    addr: from,
+                    cert,
+                    mover,
+                },
+            ))
         }
         Ok(Err(e)) => Err(refused(classify(&e), e.to_string())),
         Err(_) => Err(refused("timeout", "the handshake did not finish".into())),
@@ -728,6 +852,50 @@ pub async fn serve_tls(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection accepted on runtime `a` (a blocking client on its other end).
+    fn accepted_on(a: &tokio::runtime::Runtime) -> (Movable, Mover, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let _in = a.enter();
+        let mover = Mover::default();
+        let tcp = tokio::net::TcpStream::from_std(server).unwrap();
+        (Movable::new(tcp, mover.clone()), mover, client)
+    }
+
+    #[test]
+    fn a_moved_connection_works_on_its_new_runtime_once_the_old_one_is_gone() {
+        use std::io::{Read, Write};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let a = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let b = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (mut moved, mover, mut client) = accepted_on(&a);
+        let (mut stayed, _, mut other) = accepted_on(&a);
+        mover.request();
+        // Written before the move: the kernel keeps it for the socket wherever it is registered.
+        client.write_all(b"hello").unwrap();
+        other.write_all(b"hello").unwrap();
+        drop(a);
+        b.block_on(async {
+            let mut got = [0u8; 5];
+            moved.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"hello");
+            moved.write_all(b"world").await.unwrap();
+            // The one left registered with the runtime that is gone cannot be read any more.
+            assert!(stayed.read_exact(&mut got).await.is_err());
+        });
+        let mut got = [0u8; 5];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"world");
+    }
 
     #[test]
     fn every_client_builds_and_urls_are_https() {

@@ -130,14 +130,20 @@ async fn sessions_stream(
         .extensions_mut()
         .remove::<hyper::upgrade::OnUpgrade>()
         .ok_or_else(|| ApiError::BadInput("this connection cannot be upgraded".into()))?;
-    let cert = req
+    let peer = req
         .extensions()
         .get::<axum::extract::ConnectInfo<crate::transport::Peer>>()
-        .and_then(|p| p.0.cert.clone());
+        .map(|p| p.0.clone());
+    let cert = peer.as_ref().and_then(|p| p.cert.clone());
     let handler = s.stream_handler();
     s.rt.spawn(async move {
         match on_upgrade.await {
             Ok(io) => {
+                // The socket moves to the store's runtime, which reads and writes it from now on
+                // (`transport::Mover`; a plain-TCP API, TLS off, keeps it where it is).
+                if let Some(p) = peer {
+                    p.mover.request();
+                }
                 let admitted = move || cert.as_deref().is_none_or(|name| node.tls.admits(name));
                 crate::sessions::stream::serve(hyper_util::rt::TokioIo::new(io), handler, admitted).await
             }
