@@ -586,6 +586,17 @@ impl Movable {
             .as_mut()
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotConnected, "the socket was lost moving it"))
     }
+
+    /// Poll the socket (moved first if asked) with `f`.
+    fn poll_with<T>(
+        self: std::pin::Pin<&mut Self>,
+        f: impl FnOnce(std::pin::Pin<&mut tokio::net::TcpStream>) -> std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        match self.get_mut().tcp() {
+            Ok(tcp) => f(std::pin::Pin::new(tcp)),
+            Err(e) => std::task::Poll::Ready(Err(e)),
+        }
+    }
 }
 
 impl tokio::io::AsyncRead for Movable {
@@ -594,10 +605,7 @@ impl tokio::io::AsyncRead for Movable {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut().tcp() {
-            Ok(tcp) => std::pin::Pin::new(tcp).poll_read(cx, buf),
-            Err(e) => std::task::Poll::Ready(Err(e)),
-        }
+        self.poll_with(|tcp| tcp.poll_read(cx, buf))
     }
 }
 
@@ -607,10 +615,7 @@ impl tokio::io::AsyncWrite for Movable {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut().tcp() {
-            Ok(tcp) => std::pin::Pin::new(tcp).poll_write(cx, buf),
-            Err(e) => std::task::Poll::Ready(Err(e)),
-        }
+        self.poll_with(|tcp| tcp.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -618,10 +623,7 @@ impl tokio::io::AsyncWrite for Movable {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut().tcp() {
-            Ok(tcp) => std::pin::Pin::new(tcp).poll_write_vectored(cx, bufs),
-            Err(e) => std::task::Poll::Ready(Err(e)),
-        }
+        self.poll_with(|tcp| tcp.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -632,20 +634,14 @@ impl tokio::io::AsyncWrite for Movable {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut().tcp() {
-            Ok(tcp) => std::pin::Pin::new(tcp).poll_flush(cx),
-            Err(e) => std::task::Poll::Ready(Err(e)),
-        }
+        self.poll_with(|tcp| tcp.poll_flush(cx))
     }
 
     fn poll_shutdown(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut().tcp() {
-            Ok(tcp) => std::pin::Pin::new(tcp).poll_shutdown(cx),
-            Err(e) => std::task::Poll::Ready(Err(e)),
-        }
+        self.poll_with(|tcp| tcp.poll_shutdown(cx))
     }
 }
 
