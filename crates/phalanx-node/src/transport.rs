@@ -10,6 +10,8 @@
 //! in the product calls `reqwest::Client::builder`, binds an HTTP listener or calls
 //! `axum::serve` (the demo service, a stand-in for the user's own service, is plain TCP and
 //! stays out of it; fence devices and alert webhooks are the user's URLs, as they wrote them).
+//! An accepted TLS connection can move to another runtime once a route hands it over
+//! ([`Movable`], [`Mover`]: the session store's peer stream).
 
 use axum::serve::ListenerExt;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
