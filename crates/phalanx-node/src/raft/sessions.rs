@@ -50,8 +50,9 @@ impl Storage {
         let segment = crate::sessions::LogBounds::get().segment_bytes;
         // The log's purges wait until a snapshot covering them is stored (see `FileLog::purge_upto`).
         let bound = PurgeBound::default();
-        let log =
-            FileLog::open_with(&data_dir.join("raft-sessions.log"), db.clone(), segment)?.bounded_by(bound.clone());
+        let log = FileLog::open_with(&data_dir.join("raft-sessions.log"), db.clone(), segment)?
+            .bounded_by(bound.clone())
+            .preallocated();
         let snapshot = SnapshotFile::at(&data_dir.join("raft-sessions.snapshot"))
             .map_err(|e| FileLogError::Meta(e.into()))?
             .bounding(bound);
