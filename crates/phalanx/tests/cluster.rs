@@ -431,9 +431,7 @@ async fn api_refuses_bad_tokens_and_malformed_json_and_serves_metrics() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let token = phalanx_node::ClusterKey::load(&c.dir.join("phalanx.key"))
-        .unwrap()
-        .api_token();
+    let token = c.api_token().unwrap();
     // Raft RPCs: a node's certificate and the key's token, both.
     let r = http
         .post(LocalCluster::url(api, "/raft/cluster/vote"))
@@ -586,9 +584,7 @@ async fn a_leaders_decision_sent_over_the_api_is_refused() {
     let baseline = markers();
     assert!(baseline.contains(&format!("web-{holder}")), "{baseline:?}");
 
-    let token = phalanx_node::ClusterKey::load(&c.dir.join("phalanx.key"))
-        .unwrap()
-        .api_token();
+    let token = c.api_token().unwrap();
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
