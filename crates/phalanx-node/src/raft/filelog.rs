@@ -156,12 +156,7 @@ impl Spare {
             std::thread::Builder::new()
                 .name("phalanx-log-spare".into())
                 .spawn(move || -> std::io::Result<File> {
-                    let file = OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .open(&path)?;
+                    let file = create(&path)?;
                     let zeros = vec![0u8; SPARE_STEP];
                     let mut at = 0u64;
                     while at < bytes {
@@ -319,6 +314,16 @@ struct Written {
     bytes: usize,
     ends: Vec<(LogId, u64)>,
     began: std::time::Instant,
+}
+
+/// Create (or empty) a file for reading and writing.
+fn create(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
 }
 
 fn segment_name(first: u64) -> String {
@@ -653,15 +658,7 @@ where
                         (spare, false)
                     }
                     // None filled yet (or it failed): this segment grows as it is written.
-                    None => {
-                        let file = OpenOptions::new()
-                            .read(true)
-                            .write(true)
-                            .create(true)
-                            .truncate(true)
-                            .open(&path)?;
-                        (file, true)
-                    }
+                    None => (create(&path)?, true),
                 };
                 sync_dir(&g.dir)?;
                 g.fill_spare();
