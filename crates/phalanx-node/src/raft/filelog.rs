@@ -149,25 +149,19 @@ impl Inner {
 struct Spare(std::thread::JoinHandle<std::io::Result<File>>);
 
 impl Spare {
-    /// Start filling `<dir>/next.spare` with `bytes` zeros.
+    /// Start filling `<dir>/next.spare` with `bytes` zeros. A fill that fails (a full disk)
+    /// removes what it wrote, so that the space is the log's again.
     fn fill(dir: &Path, bytes: u64) -> Option<Spare> {
         let path = dir.join(SPARE);
-        let filling =
-            std::thread::Builder::new()
-                .name("phalanx-log-spare".into())
-                .spawn(move || -> std::io::Result<File> {
-                    let file = create(&path)?;
-                    let zeros = vec![0u8; SPARE_STEP];
-                    let mut at = 0u64;
-                    while at < bytes {
-                        let n = zeros.len().min((bytes - at) as usize);
-                        file.write_all_at(&zeros[..n], at)?;
-                        file.sync_data()?;
-                        at += n as u64;
-                        std::thread::sleep(SPARE_PAUSE);
-                    }
-                    Ok(file)
-                });
+        let filling = std::thread::Builder::new()
+            .name("phalanx-log-spare".into())
+            .spawn(move || {
+                let filled = zero_filled(&path, bytes);
+                if filled.is_err() {
+                    let _ = std::fs::remove_file(&path);
+                }
+                filled
+            });
         match filling {
             Ok(h) => Some(Spare(h)),
             Err(e) => {
@@ -314,6 +308,21 @@ struct Written {
     bytes: usize,
     ends: Vec<(LogId, u64)>,
     began: std::time::Instant,
+}
+
+/// A file of `bytes` zeros at `path`, written [`SPARE_STEP`] at a time, each synced.
+fn zero_filled(path: &Path, bytes: u64) -> std::io::Result<File> {
+    let file = create(path)?;
+    let zeros = vec![0u8; SPARE_STEP];
+    let mut at = 0u64;
+    while at < bytes {
+        let n = zeros.len().min((bytes - at) as usize);
+        file.write_all_at(&zeros[..n], at)?;
+        file.sync_data()?;
+        at += n as u64;
+        std::thread::sleep(SPARE_PAUSE);
+    }
+    Ok(file)
 }
 
 /// Create (or empty) a file for reading and writing.
