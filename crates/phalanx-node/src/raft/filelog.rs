@@ -653,15 +653,18 @@ where
                     std::fs::remove_file(&s.path)?;
                 }
             }
-            // A segment that grows as written is closed as soon as a spare is filled.
-            let spare = g.spare.as_ref().is_some_and(|s| s.0.is_finished());
-            let roll = g
-                .segments
-                .last()
-                .is_none_or(|s| s.len() >= g.segment_bytes || s.next_index() != first.index || (s.grows && spare));
-            if roll {
+            let last = g.segments.last();
+            let full = last.is_none_or(|s| s.len() >= g.segment_bytes || s.next_index() != first.index);
+            // A segment that grows as written is closed as soon as a spare is filled (a fill that
+            // failed closes nothing: the next is tried once this segment is full).
+            let spare = if full || last.is_some_and(|s| s.grows) {
+                Spare::take(&mut g.spare)
+            } else {
+                None
+            };
+            if full || spare.is_some() {
                 let path = g.dir.join(segment_name(first.index));
-                let (file, grows) = match Spare::take(&mut g.spare) {
+                let (file, grows) = match spare {
                     Some(spare) => {
                         std::fs::rename(g.dir.join(SPARE), &path)?;
                         (spare, false)
@@ -1237,7 +1240,10 @@ mod tests {
         drop(log);
 
         let mut log = log_in(&p, 512).preallocated();
-        assert!(!p.dir.join(SPARE).exists() || log.guard().unwrap().spare.is_some());
+        assert!(
+            log.guard().unwrap().spare.is_some(),
+            "a written log prepares a spare at opening"
+        );
         assert_eq!(indexes(&mut log, 0..400).await, (0..300).collect::<Vec<_>>());
         log.write_entries(blanks(1, 300, 305)).unwrap();
         log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 303))
