@@ -108,6 +108,23 @@ pub struct Run {
     /// The system's processes over the run, % of one core (None: their pids are unknown, as
     /// with `--phalanx-addrs`).
     pub server_cpu_pct: Option<f64>,
+    /// The same per request: µs of one core the generator spent per request answered.
+    pub client_cpu_us_per_op: Option<f64>,
+    /// µs of one core the system's processes (all of its nodes) spent per request answered.
+    pub server_cpu_us_per_op: Option<f64>,
+}
+
+impl Run {
+    fn new(load: RunReport, client_cpu_pct: f64, server_cpu_pct: Option<f64>) -> Run {
+        let per_op = |pct: f64| (load.ops_per_s > 0.0).then(|| pct / 100.0 / load.ops_per_s * 1e6);
+        Run {
+            client_cpu_us_per_op: per_op(client_cpu_pct),
+            server_cpu_us_per_op: server_cpu_pct.and_then(per_op),
+            load,
+            client_cpu_pct,
+            server_cpu_pct,
+        }
+    }
 }
 
 /// One system's figures.
@@ -154,6 +171,13 @@ pub struct Report {
     /// phalanx's p99 ÷ etcd's, all requests (gets and sets), open loop at 50 % of each one's
     /// own maximum (goal ≤ 1).
     pub p99_ratio_vs_etcd: Option<f64>,
+    /// The CPU the gets goal leaves phalanx's nodes on this machine: the most µs of one core
+    /// they may spend per request for the closed loop to reach 0.8 × memcached's gets/s, the
+    /// generator spending what it spent per request on phalanx and every core busy
+    /// ([`cpu_budget_us`]). Against `phalanx.max.server_cpu_us_per_op`: what they spent.
+    pub get_goal_server_cpu_budget_us: Option<f64>,
+    /// The cores the budget counts.
+    pub cores: usize,
     /// Systems asked for and not measured, with why (human output and stderr only).
     #[serde(skip)]
     pub not_measured: BTreeMap<String, String>,
@@ -479,11 +503,7 @@ async fn measure(sys: System, a: &Args, pb: &ProgressBar) -> Result<SystemResult
     let cpu = CpuMeter::start(&s.pids);
     let max = mcload::closed_loop(&w, a.phase).await?;
     let (client, server) = cpu.stop(&s.pids);
-    let max = Run {
-        load: max,
-        client_cpu_pct: client,
-        server_cpu_pct: server,
-    };
+    let max = Run::new(max, client, server);
     pb.inc(1);
     if max.load.ops_per_s < 2.0 {
         bail!("{name}: the closed loop completed {} requests", max.load.ops);
@@ -509,11 +529,7 @@ async fn measure(sys: System, a: &Args, pb: &ProgressBar) -> Result<SystemResult
         phase_s: a.phase.as_secs_f64(),
         preload_s: preload.as_secs_f64(),
         max,
-        load_50: Run {
-            load,
-            client_cpu_pct: client,
-            server_cpu_pct: server,
-        },
+        load_50: Run::new(load, client, server),
     })
 }
 
@@ -533,7 +549,10 @@ pub async fn run(a: Args) -> Result<Report> {
     systems.dedup();
     let pb = crate::progress(a.json, systems.len() as u64 * 3, "");
     pb.enable_steady_tick(Duration::from_millis(200));
-    let mut r = Report::default();
+    let mut r = Report {
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ..Report::default()
+    };
     for sys in systems {
         // Ctrl-C drops the system's run, and with it the servers it started (killed, their
         // folders removed), instead of leaving them behind.
@@ -573,6 +592,10 @@ pub async fn run(a: Args) -> Result<Report> {
         }
         if let Some(m) = &r.memcached {
             r.get_ratio_vs_memcached = ratio(p.max.load.gets_per_s, m.max.load.gets_per_s);
+            r.get_goal_server_cpu_budget_us = p
+                .max
+                .client_cpu_us_per_op
+                .and_then(|client| cpu_budget_us(r.cores, 0.8 * m.max.load.gets_per_s, p.get_ratio, client));
         }
         if let Some(e) = &r.etcd {
             r.set_ratio_vs_etcd = ratio(p.max.load.sets_per_s, e.max.load.sets_per_s);
@@ -580,6 +603,18 @@ pub async fn run(a: Args) -> Result<Report> {
         }
     }
     Ok(r)
+}
+
+/// The µs of one core a system may spend per request for a closed loop on `cores` cores to
+/// reach `gets_per_s` with `get_share` of its requests gets, the generator spending
+/// `client_us` per request: with every core busy, requests/s × (client + server µs) = cores ×
+/// 10⁶. None: no room at all (the generator alone would need more than the cores).
+pub fn cpu_budget_us(cores: usize, gets_per_s: f64, get_share: f64, client_us: f64) -> Option<f64> {
+    if gets_per_s <= 0.0 || get_share <= 0.0 {
+        return None;
+    }
+    let requests_per_s = gets_per_s / get_share;
+    Some(cores as f64 * 1e6 / requests_per_s - client_us).filter(|b| *b > 0.0)
 }
 
 pub fn render(r: &Report) -> String {
@@ -650,6 +685,16 @@ pub fn render(r: &Report) -> String {
         f(r.set_ratio_vs_etcd),
         f(r.p99_ratio_vs_etcd)
     );
+    let us = |x: Option<&SystemResult>| x.and_then(|x| x.max.server_cpu_us_per_op);
+    if let (Some(b), Some(spent)) = (r.get_goal_server_cpu_budget_us, us(r.phalanx.as_ref())) {
+        s += &format!(
+            "CPU per request, closed loop: phalanx's nodes {spent:.1} µs{}; for gets ≥ 0.80 × memcached's on these {} cores they may spend at most {b:.1} µs\n",
+            us(r.memcached.as_ref())
+                .map(|m| format!(" (memcached {m:.1} µs)"))
+                .unwrap_or_default(),
+            r.cores
+        );
+    }
     if let Some(x) = r.set_ratio_tls_over_plain {
         s += &format!("phalanx sets/s with TLS ÷ without (closed loop): {x:.2} (goal ≥ 0.85)\n");
     }
@@ -657,4 +702,37 @@ pub fn render(r: &Report) -> String {
         s += &format!("not measured: {name}: {why}\n");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_budget_is_what_the_cores_leave_after_the_generator() {
+        // 2 cores, 90,000 gets/s at 90 % gets: 100,000 requests/s, 20 µs of CPU each in all.
+        let b = cpu_budget_us(2, 90_000.0, 0.9, 9.0).expect("room left");
+        assert!((b - 11.0).abs() < 1e-9, "{b}");
+        // Twice the cores, twice the time per request.
+        let b = cpu_budget_us(4, 90_000.0, 0.9, 9.0).expect("room left");
+        assert!((b - 31.0).abs() < 1e-9, "{b}");
+        // The generator alone needs more than the cores: no budget.
+        assert_eq!(cpu_budget_us(2, 90_000.0, 0.9, 25.0), None);
+        assert_eq!(cpu_budget_us(2, 0.0, 0.9, 9.0), None);
+    }
+
+    #[test]
+    fn a_run_reports_cpu_per_request() {
+        let load = RunReport {
+            ops_per_s: 50_000.0,
+            ..RunReport::default()
+        };
+        let r = Run::new(load.clone(), 45.0, Some(150.0));
+        assert!((r.client_cpu_us_per_op.expect("client") - 9.0).abs() < 1e-9);
+        assert!((r.server_cpu_us_per_op.expect("server") - 30.0).abs() < 1e-9);
+        let r = Run::new(load, 45.0, None);
+        assert_eq!(r.server_cpu_us_per_op, None);
+        let idle = Run::new(RunReport::default(), 5.0, Some(1.0));
+        assert_eq!((idle.client_cpu_us_per_op, idle.server_cpu_us_per_op), (None, None));
+    }
 }
