@@ -401,11 +401,14 @@ agent = "ocf:heartbeat:NoSuchAgent"
     })
     .await
     .unwrap();
-    // The hanging start times out (its process group killed) and is recorded with its reason.
-    c.wait_for(T, "the hanging start to time out", |st| {
+    // The hanging start times out (its process group killed), is recorded with its reason,
+    // and bans the node it hung on, as any failed start does (Pacemaker's
+    // start-failure-is-fatal): it is tried on another node, not again there.
+    c.wait_for(T, "the hanging start to time out and ban its node", |st| {
         let s = st.values().next()?;
         let h = s.resources.iter().find(|r| r.id == "hang")?;
-        h.last_error.as_ref().filter(|e| e.contains("timed out")).map(|_| ())
+        let timed_out = h.last_error.as_ref().is_some_and(|e| e.contains("timed out"));
+        (timed_out && !h.banned.is_empty()).then_some(())
     })
     .await
     .unwrap();

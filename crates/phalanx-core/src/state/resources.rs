@@ -14,8 +14,8 @@ pub struct ResourceRecord {
     pub running: BTreeMap<String, Role>,
     /// Failure times (unix ms) per node.
     pub failures: BTreeMap<String, Vec<u64>>,
-    /// Nodes where an agent answered a hard error (OCF 2–5, or 1 from a start or a stop):
-    /// banned there until cleanup.
+    /// Nodes where an agent answered a hard error (OCF 2–5, 1 from a start or a stop, or a start
+    /// that timed out or was killed): banned there until cleanup.
     pub banned: BTreeSet<String>,
     /// A fatal configuration error (OCF 6): it runs nowhere until cleanup.
     pub fatal: bool,
@@ -28,7 +28,8 @@ pub struct ResourceRecord {
 #[serde(rename_all = "kebab-case")]
 pub enum CallOutcome {
     Ok,
-    /// Hard error on this node (OCF 2–5, or 1 from a start or a stop): ban it here.
+    /// Hard error on this node (OCF 2–5, 1 from a start or a stop, or a start that timed out or
+    /// was killed): ban it here.
     Hard,
     /// Fatal configuration error (OCF 6): ban it everywhere.
     Fatal,

@@ -22,7 +22,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How a result is recorded.
+/// How a result is recorded. A start that timed out, was killed or answered an unknown code
+/// bans the resource on that node, as exit 1 of a start does: Pacemaker counts a failed start
+/// as INFINITY failures there (`start-failure-is-fatal`, true by default), so a start that
+/// hangs on one node is tried on another instead of again and again where it hangs. A start
+/// answering "not running" (7) stays a soft failure, tried again: the built-in `pgsql` agent
+/// answers so when it has nothing to copy from yet.
 pub fn outcome_of(r: &CallResult) -> CallOutcome {
     if r.succeeded() {
         return CallOutcome::Ok;
@@ -30,6 +35,7 @@ pub fn outcome_of(r: &CallResult) -> CallOutcome {
     match r.verdict {
         Verdict::HardError => CallOutcome::Hard,
         Verdict::Fatal => CallOutcome::Fatal,
+        Verdict::Timeout | Verdict::Unknown if r.action == AgentAction::Start => CallOutcome::Hard,
         _ => CallOutcome::Soft,
     }
 }
@@ -397,8 +403,48 @@ fn reannounce_on_membership_change(
 
 #[cfg(test)]
 mod tests {
-    use super::upstream_node;
+    use super::{outcome_of, upstream_node};
+    use crate::agents::CallResult;
+    use phalanx_core::ocf::{AgentAction, Verdict};
     use phalanx_core::scheduler::Role;
+    use phalanx_core::state::CallOutcome;
+
+    #[test]
+    fn every_failed_start_bans_the_node_a_failed_monitor_does_not() {
+        let r = |action, code: Option<i32>, timed_out| {
+            let verdict = Verdict::of(action, code, timed_out);
+            outcome_of(&CallResult {
+                action,
+                verdict,
+                exit_code: code,
+                timed_out,
+                exit_reason: None,
+                stdout: String::new(),
+                stderr: String::new(),
+                elapsed_ms: 0,
+                attrs: Default::default(),
+            })
+        };
+        use AgentAction::{Monitor, Start, Stop};
+        assert_eq!(r(Start, Some(0), false), CallOutcome::Ok);
+        // Timed out, killed by a signal, an unknown code, exit 1: banned there.
+        for (code, timed_out) in [(None, true), (None, false), (Some(99), false), (Some(1), false)] {
+            assert_eq!(
+                r(Start, code, timed_out),
+                CallOutcome::Hard,
+                "start {code:?} {timed_out}"
+            );
+        }
+        // "Not running": tried again (pgsql's replica with no primary to copy from yet).
+        assert_eq!(r(Start, Some(7), false), CallOutcome::Soft);
+        // A configuration error stays fatal everywhere.
+        assert_eq!(r(Start, Some(6), false), CallOutcome::Fatal);
+        // A monitor's timeout or exit 1 is recovered in place (Pacemaker's soft errors); a
+        // stop's timeout has the node fenced whatever its outcome (`record_result`).
+        assert_eq!(r(Monitor, None, true), CallOutcome::Soft);
+        assert_eq!(r(Monitor, Some(1), false), CallOutcome::Soft);
+        assert_eq!(r(Stop, None, true), CallOutcome::Soft);
+    }
 
     #[test]
     fn a_replica_follows_the_node_promoted_or_another_primary_never_itself() {
