@@ -136,6 +136,13 @@ async fn writes_through_any_node_are_read_everywhere_and_survive_the_leader() {
         });
         assert!(s["peer_stream_calls"].as_u64().unwrap_or(0) > 0, "{n}: {s}");
         assert_eq!(s["peer_http_calls"].as_u64(), Some(0), "{n}: {s}");
+        // A follower's three gets above each waited for a read round (one request to the
+        // leader, then its apply), which its status counts.
+        if s["leader"].as_str() != Some(n) {
+            let r = &s["read_rounds"];
+            let (rounds, reads) = (r["rounds"].as_u64().unwrap_or(0), r["reads"].as_u64().unwrap_or(0));
+            assert!(rounds >= 1 && reads >= 3 && reads >= rounds, "{n}: {r}");
+        }
     }
     // Every node appended those writes to its log, and /metrics has the appends' times.
     for n in ["n1", "n2", "n3"] {

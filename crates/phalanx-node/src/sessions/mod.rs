@@ -278,6 +278,12 @@ pub struct Counters {
     pub commit_us: AtomicU64,
     pub commits: AtomicU64,
     pub connections: AtomicU64,
+    /// Read rounds run here (`read_round`), the reads they served, and the µs spent getting
+    /// their read index and waiting to apply it (see [`ReadRounds`]).
+    pub read_rounds: AtomicU64,
+    pub round_reads: AtomicU64,
+    pub read_index_us: AtomicU64,
+    pub read_apply_us: AtomicU64,
     /// Connections from clients `[sessions] allow` does not name, closed at once, and, with
     /// `[sessions] tls`, connections whose TLS handshake failed (a plain client, say).
     pub refused: AtomicU64,
@@ -768,6 +774,10 @@ impl Sessions {
                 waiters.push(w);
             }
             let r = self.read_round().await;
+            self.counters.read_rounds.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .round_reads
+                .fetch_add(waiters.len() as u64, Ordering::Relaxed);
             if r.is_err() {
                 self.counters
                     .read_errors
@@ -787,6 +797,7 @@ impl Sessions {
                 now_ms: now_ms(),
             });
         }
+        let began = std::time::Instant::now();
         self.await_leader().await?;
         let point = match self.post::<ReadPoint>(READ_PATH, Vec::new()).await {
             // Asked of itself (`post` sends only to another node), or elected meanwhile.
@@ -796,11 +807,17 @@ impl Sessions {
             },
             r => r?,
         };
+        let indexed = std::time::Instant::now();
         self.raft
             .wait(Some(WAIT))
             .applied_index_at_least(Some(point.index), "a session read")
             .await
             .map_err(|_| SessionsError::Timeout)?;
+        let c = &self.counters;
+        c.read_index_us
+            .fetch_add(indexed.duration_since(began).as_micros() as u64, Ordering::Relaxed);
+        c.read_apply_us
+            .fetch_add(indexed.elapsed().as_micros() as u64, Ordering::Relaxed);
         let logged = self.sm.lock().logged_now_ms();
         Ok(ReadPoint {
             now_ms: point.now_ms.max(logged),
@@ -1098,6 +1115,25 @@ pub struct SessionsStatus {
     /// started: what every write waits for, as etcd's `wal_fsync_duration_seconds`.
     #[serde(default)]
     pub log_append: crate::raft::filelog::Histogram,
+    /// The read rounds this node ran since it started (reads on the leader's lease need none).
+    #[serde(default)]
+    pub read_rounds: ReadRounds,
+}
+
+/// A node's read rounds since it started (`Sessions::read_round`): every read that arrived
+/// before a round began shares it. A round gets a read index (a follower: one request to the
+/// leader; the leader: its lease, or a quorum round) and then waits until this node has applied
+/// it; the two waits are summed apart, so a slow read shows which it waited for.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReadRounds {
+    /// Rounds that ended (failed ones too; their reads count in `read_errors`).
+    pub rounds: u64,
+    /// Reads that waited for them.
+    pub reads: u64,
+    /// µs spent getting the read indexes of the rounds that got one, summed.
+    pub index_us: u64,
+    /// µs spent waiting to apply them, summed.
+    pub apply_us: u64,
 }
 
 impl Sessions {
@@ -1151,6 +1187,12 @@ impl Sessions {
             peer_stream_calls: self.stream.answered.load(Ordering::Relaxed),
             peer_http_calls: self.stream.fell_back.load(Ordering::Relaxed),
             log_append: self.log.append_times(),
+            read_rounds: ReadRounds {
+                rounds: c.read_rounds.load(Ordering::Relaxed),
+                reads: c.round_reads.load(Ordering::Relaxed),
+                index_us: c.read_index_us.load(Ordering::Relaxed),
+                apply_us: c.read_apply_us.load(Ordering::Relaxed),
+            },
         }
     }
 }
