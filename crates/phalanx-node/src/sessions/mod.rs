@@ -278,8 +278,8 @@ pub struct Counters {
     pub commit_us: AtomicU64,
     pub commits: AtomicU64,
     pub connections: AtomicU64,
-    /// Read rounds run here (`read_round`), the reads they served, and the µs spent getting
-    /// their read index and waiting to apply it (see [`ReadRounds`]).
+    /// Read rounds run here (`read_round`), the reads that waited for them, and the µs the
+    /// rounds that got a read point spent getting its index and applying it ([`ReadRounds`]).
     pub read_rounds: AtomicU64,
     pub round_reads: AtomicU64,
     pub read_index_us: AtomicU64,
@@ -1130,9 +1130,9 @@ pub struct ReadRounds {
     pub rounds: u64,
     /// Reads that waited for them.
     pub reads: u64,
-    /// µs spent getting the read indexes of the rounds that got one, summed.
+    /// µs the rounds that got a read point spent getting its index, summed.
     pub index_us: u64,
-    /// µs spent waiting to apply them, summed.
+    /// µs they spent waiting to apply it, summed.
     pub apply_us: u64,
 }
 
