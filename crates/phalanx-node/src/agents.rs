@@ -138,7 +138,8 @@ impl CallResult {
         }
     }
 
-    fn ours(action: AgentAction, code: i32, reason: String, started: Instant) -> CallResult {
+    /// A result phalanx made itself (a built-in agent's, or a refusal), exit `code`.
+    pub(crate) fn ours(action: AgentAction, code: i32, reason: String, started: Instant) -> CallResult {
         CallResult {
             action,
             verdict: Verdict::of(action, Some(code), false),

@@ -412,17 +412,11 @@ mod tests {
     #[test]
     fn every_failed_start_bans_the_node_a_failed_monitor_does_not() {
         let r = |action, code: Option<i32>, timed_out| {
-            let verdict = Verdict::of(action, code, timed_out);
             outcome_of(&CallResult {
-                action,
-                verdict,
+                verdict: Verdict::of(action, code, timed_out),
                 exit_code: code,
                 timed_out,
-                exit_reason: None,
-                stdout: String::new(),
-                stderr: String::new(),
-                elapsed_ms: 0,
-                attrs: Default::default(),
+                ..CallResult::ours(action, 0, String::new(), std::time::Instant::now())
             })
         };
         use AgentAction::{Monitor, Start, Stop};

@@ -120,15 +120,8 @@ pub type PowerHook = Box<dyn Fn(&str) + Send + Sync>;
 
 fn result(action: AgentAction, code: i32, reason: Option<String>) -> CallResult {
     CallResult {
-        action,
-        verdict: Verdict::of(action, Some(code), false),
-        exit_code: Some(code),
-        timed_out: false,
         exit_reason: reason,
-        stdout: String::new(),
-        stderr: String::new(),
-        elapsed_ms: 0,
-        attrs: Default::default(),
+        ..CallResult::ours(action, code, String::new(), std::time::Instant::now())
     }
 }
 
